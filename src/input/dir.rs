@@ -1,0 +1,1 @@
+//! Directory on disk → tree (with --digest-store content copying).

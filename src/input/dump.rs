@@ -1,0 +1,1 @@
+//! composefs dumpfile text format → tree, and tree → dumpfile text.

@@ -1,0 +1,1 @@
+//! eStargz TOC (stargz.index.json) → tree.

@@ -1,0 +1,1 @@
+//! zstd:chunked TOC JSON (containers/storage) → tree.

@@ -1,0 +1,18 @@
+//! cfsmount: container TOC → composefs EROFS image → verified, mounted read-only tree.
+//!
+//! One module per stage; all `unsafe` and raw syscalls are confined to [`sys`].
+#![deny(unsafe_code)]
+
+pub mod cli;
+pub mod erofs;
+pub mod fsverity;
+pub mod helper;
+pub mod input;
+pub mod loopback;
+pub mod mkimage;
+pub mod mount;
+pub mod overlay;
+pub mod sandbox;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod tree;

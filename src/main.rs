@@ -1,0 +1,4 @@
+//! Binary entry point: hands argv to the CLI (which also answers as `mount.composefs`).
+fn main() {
+    std::process::exit(cfsmount::cli::main());
+}

@@ -1,0 +1,1 @@
+//! overlayfs assembly: EROFS metadata lower + data-only object lowers, attached or handed out as an fd.

@@ -1,0 +1,3 @@
+//! The only place with `unsafe` code: raw syscalls and ioctls that rustix does not wrap.
+//!
+//! Each submodule belongs to one stage; every `unsafe` block carries a `SAFETY:` comment.

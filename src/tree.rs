@@ -1,0 +1,386 @@
+//! The in-memory file tree that every input format builds and the EROFS writer consumes; owns name/path validation and the documented size limits.
+//!
+//! Nodes live in one arena (`Tree::nodes`), addressed by `NodeId`; node 0 is the root.
+//! Input parsers call [`Tree::insert`] / [`Tree::insert_hardlink`] with paths they have
+//! stripped of format-specific decoration (a leading `/` or `./`, a trailing `/`); the
+//! tree rejects every other irregular path. [`Tree::finalize`] checks whole-tree
+//! invariants and sorts directories before the writer runs.
+
+use thiserror::Error;
+
+/// Longest file name (one path component), as the kernel allows.
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest symlink target / path, as the kernel allows (PATH_MAX including the NUL).
+pub const PATH_MAX: usize = 4096;
+/// Longest xattr name (XATTR_NAME_MAX).
+pub const XATTR_NAME_MAX: usize = 255;
+/// Largest xattr value (XATTR_SIZE_MAX).
+pub const XATTR_SIZE_MAX: usize = 65536;
+
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFSOCK: u32 = 0o140000;
+pub const S_IFLNK: u32 = 0o120000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFBLK: u32 = 0o060000;
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFCHR: u32 = 0o020000;
+pub const S_IFIFO: u32 = 0o010000;
+
+/// Limits on hostile input. Defaults are documented in the README.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most nodes (entries, including created parent directories and hard links).
+    pub max_entries: usize,
+    /// Deepest directory nesting (root is depth 0).
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_entries: 4_000_000, max_depth: 1024 }
+    }
+}
+
+pub type NodeId = u32;
+pub const ROOT: NodeId = 0;
+
+/// stat-like metadata of one inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Inode {
+    /// Full st_mode: file type bits and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Device number as the kernel's `new_encode_dev` packs it (only for char/block).
+    pub rdev: u32,
+    /// Size in bytes (regular files; for symlinks the target length).
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+}
+
+impl Inode {
+    pub fn file_type(&self) -> u32 {
+        self.mode & S_IFMT
+    }
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == S_IFDIR
+    }
+    pub fn is_reg(&self) -> bool {
+        self.file_type() == S_IFREG
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.file_type() == S_IFLNK
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Xattr {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// What a parser hands to [`Tree::insert`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub inode: Inode,
+    /// Symlink target, or for regular files the object path the overlay redirect names.
+    pub payload: Option<Vec<u8>>,
+    /// Inline content stored inside the image (small regular files).
+    pub content: Option<Vec<u8>>,
+    pub xattrs: Vec<Xattr>,
+    /// fs-verity (SHA-256, 4 KiB) digest of the file's content, when known.
+    pub fsverity_digest: Option<[u8; 32]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: Vec<u8>,
+    pub parent: NodeId,
+    /// Child ids; sorted by name (bytewise) after [`Tree::finalize`].
+    pub children: Vec<NodeId>,
+    pub entry: Entry,
+    /// For a hard link: the node whose inode this name shares (never itself a link).
+    pub link_to: Option<NodeId>,
+    /// True when the node was created only because a child named it as parent.
+    pub implicit: bool,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TreeError {
+    #[error("{path}: {reason}")]
+    BadPath { path: String, reason: &'static str },
+    #[error("{path}: parent {parent} is not a directory")]
+    ParentNotDir { path: String, parent: String },
+    #[error("{path}: duplicate entry with different metadata")]
+    Duplicate { path: String },
+    #[error("{path}: hard link target {target}: {reason}")]
+    BadHardlink { path: String, target: String, reason: &'static str },
+    #[error("too many entries (limit {limit})")]
+    TooManyEntries { limit: usize },
+    #[error("{path}: directory nesting deeper than {limit}")]
+    TooDeep { path: String, limit: usize },
+    #[error("{path}: {field}: {reason}")]
+    BadField { path: String, field: &'static str, reason: String },
+}
+
+/// Lossy, printable form of a byte path for error messages.
+pub fn show(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).escape_debug().to_string()
+}
+
+/// Split a relative path into validated components. Rejects empty paths, empty, `.`
+/// and `..` components, NUL bytes and names over [`MAX_NAME_LEN`].
+pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
+    let bad = |reason| TreeError::BadPath { path: show(path), reason };
+    if path.len() >= PATH_MAX {
+        return Err(bad("path longer than PATH_MAX"));
+    }
+    if path.contains(&0) {
+        return Err(bad("NUL byte in path"));
+    }
+    let mut out = Vec::new();
+    for comp in path.split(|&b| b == b'/') {
+        match comp {
+            b"" => return Err(bad("empty path component")),
+            b"." => return Err(bad("'.' path component")),
+            b".." => return Err(bad("'..' path component")),
+            c if c.len() > MAX_NAME_LEN => return Err(bad("name longer than 255 bytes")),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+    pub limits: Limits,
+    /// Inode used for parent directories that the input did not list.
+    pub implicit_dir: Inode,
+    index: std::collections::HashMap<(NodeId, Vec<u8>), NodeId>,
+}
+
+impl Tree {
+    /// A tree with only a root directory. The root's metadata is replaced when the
+    /// input lists the root itself (see [`Tree::set_root`]).
+    pub fn new(limits: Limits) -> Tree {
+        let implicit_dir = Inode { mode: S_IFDIR | 0o755, ..Inode::default() };
+        let root = Node {
+            name: Vec::new(),
+            parent: ROOT,
+            children: Vec::new(),
+            entry: Entry { inode: implicit_dir, ..Entry::default() },
+            link_to: None,
+            implicit: true,
+        };
+        Tree { nodes: vec![root], limits, implicit_dir, index: Default::default() }
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id as usize]
+    }
+
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[id as usize]
+    }
+
+    /// The node a name resolves to after following a hard link.
+    pub fn resolve(&self, id: NodeId) -> NodeId {
+        self.node(id).link_to.unwrap_or(id)
+    }
+
+    /// Full path of a node, `/`-separated, without a leading slash ("" for the root).
+    pub fn path_of(&self, mut id: NodeId) -> Vec<u8> {
+        let mut parts = Vec::new();
+        while id != ROOT {
+            let n = self.node(id);
+            parts.push(n.name.as_slice());
+            id = n.parent;
+        }
+        parts.reverse();
+        parts.join(&b'/')
+    }
+
+    pub fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+        // The index owns its key; build a temporary key for the lookup.
+        self.index.get(&(dir, name.to_vec())).copied()
+    }
+
+    pub fn lookup(&self, path: &[u8]) -> Option<NodeId> {
+        if path.is_empty() {
+            return Some(ROOT);
+        }
+        let mut cur = ROOT;
+        for comp in path.split(|&b| b == b'/') {
+            cur = self.child(cur, comp)?;
+        }
+        Some(cur)
+    }
+
+    /// Replace the root directory's metadata (the input listed `/` or `./`).
+    pub fn set_root(&mut self, entry: Entry) -> Result<(), TreeError> {
+        if !entry.inode.is_dir() {
+            return Err(TreeError::BadField {
+                path: "/".into(),
+                field: "mode",
+                reason: "root must be a directory".into(),
+            });
+        }
+        let root = &mut self.nodes[0];
+        if !root.implicit && root.entry != entry {
+            return Err(TreeError::Duplicate { path: "/".into() });
+        }
+        root.entry = entry;
+        root.implicit = false;
+        Ok(())
+    }
+
+    fn alloc(&mut self, parent: NodeId, name: &[u8], entry: Entry, implicit: bool) -> Result<NodeId, TreeError> {
+        if self.nodes.len() >= self.limits.max_entries {
+            return Err(TreeError::TooManyEntries { limit: self.limits.max_entries });
+        }
+        let id = self.nodes.len() as NodeId;
+        self.nodes.push(Node {
+            name: name.to_vec(),
+            parent,
+            children: Vec::new(),
+            entry,
+            link_to: None,
+            implicit,
+        });
+        self.nodes[parent as usize].children.push(id);
+        self.index.insert((parent, name.to_vec()), id);
+        Ok(id)
+    }
+
+    /// Walk to the parent directory of `comps`, creating missing directories.
+    fn parent_for(&mut self, path: &[u8], comps: &[&[u8]]) -> Result<NodeId, TreeError> {
+        if comps.len() > self.limits.max_depth {
+            return Err(TreeError::TooDeep { path: show(path), limit: self.limits.max_depth });
+        }
+        let mut cur = ROOT;
+        for (i, comp) in comps[..comps.len() - 1].iter().enumerate() {
+            cur = match self.child(cur, comp) {
+                Some(id) => {
+                    let id = id;
+                    if !self.node(id).entry.inode.is_dir() || self.node(id).link_to.is_some() {
+                        return Err(TreeError::ParentNotDir {
+                            path: show(path),
+                            parent: show(&comps[..=i].join(&b'/')),
+                        });
+                    }
+                    id
+                }
+                None => {
+                    let e = Entry { inode: self.implicit_dir, ..Entry::default() };
+                    self.alloc(cur, comp, e, true)?
+                }
+            };
+        }
+        Ok(cur)
+    }
+
+    /// Add an entry at `path`. A directory that was created implicitly takes the
+    /// entry's metadata (keeping its children); an identical duplicate is accepted;
+    /// any other duplicate is an error.
+    pub fn insert(&mut self, path: &[u8], entry: Entry) -> Result<NodeId, TreeError> {
+        let comps = split_path(path)?;
+        let parent = self.parent_for(path, &comps)?;
+        let name = comps[comps.len() - 1];
+        if let Some(id) = self.child(parent, name) {
+            let n = self.node_mut(id);
+            if n.implicit && n.entry.inode.is_dir() && entry.inode.is_dir() {
+                n.entry = entry;
+                n.implicit = false;
+                return Ok(id);
+            }
+            if n.link_to.is_none() && n.entry == entry {
+                return Ok(id);
+            }
+            return Err(TreeError::Duplicate { path: show(path) });
+        }
+        self.alloc(parent, name, entry, false)
+    }
+
+    /// Add a hard link at `path` to the existing non-directory entry at `target`.
+    pub fn insert_hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<NodeId, TreeError> {
+        let bad = |reason| TreeError::BadHardlink { path: show(path), target: show(target), reason };
+        if path == target {
+            return Err(bad("links to itself"));
+        }
+        let tcomps = split_path(target).map_err(|_| bad("invalid target path"))?;
+        let _ = tcomps;
+        let tid = self.lookup(target).ok_or_else(|| bad("target does not exist"))?;
+        let tid = self.resolve(tid);
+        if self.node(tid).entry.inode.is_dir() {
+            return Err(bad("target is a directory"));
+        }
+        let comps = split_path(path)?;
+        let parent = self.parent_for(path, &comps)?;
+        let name = comps[comps.len() - 1];
+        if let Some(id) = self.child(parent, name) {
+            if self.node(id).link_to == Some(tid) {
+                return Ok(id);
+            }
+            return Err(TreeError::Duplicate { path: show(path) });
+        }
+        let entry = self.node(tid).entry.clone();
+        let id = self.alloc(parent, name, entry, false)?;
+        self.node_mut(id).link_to = Some(tid);
+        Ok(id)
+    }
+
+    /// Whole-tree checks and canonical ordering: children sorted bytewise by name.
+    pub fn finalize(&mut self) -> Result<(), TreeError> {
+        for i in 0..self.nodes.len() {
+            let mut children = std::mem::take(&mut self.nodes[i].children);
+            children.sort_unstable_by(|a, b| self.nodes[*a as usize].name.cmp(&self.nodes[*b as usize].name));
+            self.nodes[i].children = children;
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(mode: u32) -> Entry {
+        Entry { inode: Inode { mode: S_IFREG | mode, ..Inode::default() }, ..Entry::default() }
+    }
+
+    #[test]
+    fn creates_parents_and_rejects_bad_names() {
+        let mut t = Tree::new(Limits::default());
+        let id = t.insert(b"a/b/c", reg(0o644)).unwrap();
+        assert_eq!(t.path_of(id), b"a/b/c");
+        assert!(t.node(t.lookup(b"a").unwrap()).implicit);
+        for bad in [&b"a/../x"[..], b"./x", b"a//b", b"", b"x\0y"] {
+            assert!(matches!(t.insert(bad, reg(0o644)), Err(TreeError::BadPath { .. })), "{bad:?}");
+        }
+        assert!(matches!(t.insert(b"a/b/c/d", reg(0o644)), Err(TreeError::ParentNotDir { .. })));
+    }
+
+    #[test]
+    fn duplicates_and_hardlinks() {
+        let mut t = Tree::new(Limits::default());
+        t.insert(b"f", reg(0o644)).unwrap();
+        t.insert(b"f", reg(0o644)).unwrap();
+        assert_eq!(t.insert(b"f", reg(0o600)), Err(TreeError::Duplicate { path: "f".into() }));
+        let l = t.insert_hardlink(b"g", b"f").unwrap();
+        assert_eq!(t.node(l).link_to, t.lookup(b"f"));
+        assert!(matches!(t.insert_hardlink(b"h", b"nope"), Err(TreeError::BadHardlink { .. })));
+        assert!(matches!(t.insert_hardlink(b"h", b"h"), Err(TreeError::BadHardlink { .. })));
+        t.insert(b"d/x", reg(0o644)).unwrap();
+        assert!(matches!(t.insert_hardlink(b"h", b"d"), Err(TreeError::BadHardlink { .. })));
+    }
+}
