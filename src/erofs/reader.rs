@@ -1,0 +1,950 @@
+//! Hostile-image reader: parses a composefs EROFS image back into the shared [`Tree`] (`cfsmount inspect`).
+//!
+//! The image is untrusted. Every offset, count and size read from it is bounds-checked with
+//! checked arithmetic before use; nothing is allocated from an unchecked on-disk count. The
+//! directory walk is an iterative breadth-first search with a depth limit; a directory that
+//! is reachable twice (a cycle or an aliased directory) is an error, as are overlapping inodes
+//! and data blocks claimed by two inodes, which bounds the work to the size of the image.
+//!
+//! What the composefs writer adds to an image is removed again so that the tree is the one
+//! the user described: the 256 whiteout stubs in the root, the root's `trusted.overlay.opaque`,
+//! the `trusted.overlay.metacopy` / `trusted.overlay.redirect` xattrs (turned back into the
+//! fs-verity digest and the payload), escaped `trusted.overlay.overlay.*` xattrs (unescaped),
+//! and escaped user whiteouts with their directory markers (turned back into 0/0 character
+//! devices). For images this project writes, `write_image(read_image(img)) == img`.
+//!
+//! Hard links: EROFS does not record which name of an inode is the "original". The writer
+//! places an inode where its first non-link name sits in its breadth-first walk, so the
+//! reader picks as primary the name whose walk position matches the inode's nid order.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use thiserror::Error;
+
+use crate::tree::{self, Entry, Inode, Limits, Tree, TreeError, Xattr};
+
+/// EROFS block size; composefs images always use 4 KiB blocks.
+const BLOCK_SIZE: u64 = 4096;
+const BLOCK_BITS: u8 = 12;
+/// Inode slot size: nids count 32-byte slots from the start of the metadata area.
+const SLOT_SIZE: u64 = 32;
+const SUPER_OFFSET: u64 = 1024;
+const SUPER_SIZE: u64 = 128;
+const COMPOSEFS_MAGIC: u32 = 0xd078_629a;
+const COMPOSEFS_HEADER_VERSION: u32 = 1;
+/// Highest composefs format version this reader understands.
+const COMPOSEFS_MAX_VERSION: u32 = 1;
+const EROFS_MAGIC: u32 = 0xe0f5_e1e2;
+/// The only incompatible feature a composefs image may carry (chunk-based inodes).
+const EROFS_INCOMPAT_CHUNKED_FILE: u32 = 0x4;
+
+const COMPACT_INODE_SIZE: u64 = 32;
+const EXTENDED_INODE_SIZE: u64 = 64;
+const XATTR_HEADER_SIZE: u64 = 12;
+const XATTR_ENTRY_SIZE: u64 = 4;
+const DIRENT_SIZE: u64 = 12;
+
+const LAYOUT_FLAT_PLAIN: u16 = 0;
+const LAYOUT_FLAT_INLINE: u16 = 2;
+const LAYOUT_CHUNK_BASED: u16 = 4;
+/// i_format bits the format defines (version bit + 3 data layout bits).
+const I_FORMAT_ALL: u16 = 0xf;
+
+/// Largest inline (stored in the image) regular file the composefs writer produces.
+pub const INLINE_CONTENT_MAX: u64 = 5000;
+/// Largest image `inspect` reads into memory.
+pub const MAX_IMAGE_BYTES: u64 = 4 << 30;
+
+/// Name-index prefixes of EROFS xattr entries (index 0 means "no prefix").
+const XATTR_PREFIXES: [&[u8]; 7] = [
+    b"",
+    b"user.",
+    b"system.posix_acl_access",
+    b"system.posix_acl_default",
+    b"trusted.",
+    b"lustre.",
+    b"security.",
+];
+
+const OVL_PREFIX: &[u8] = b"trusted.overlay.";
+const OVL_ESCAPE_PREFIX: &[u8] = b"trusted.overlay.overlay.";
+const OVL_REDIRECT: &[u8] = b"trusted.overlay.redirect";
+const OVL_METACOPY: &[u8] = b"trusted.overlay.metacopy";
+const OVL_OPAQUE: &[u8] = b"trusted.overlay.opaque";
+// User-visible names (after unescaping) of the whiteout escape markers.
+const WH_MARK: &[u8] = b"trusted.overlay.whiteout";
+const WH_MARK_USER: &[u8] = b"user.overlay.whiteout";
+const WH_DIR_MARK: &[u8] = b"trusted.overlay.whiteouts";
+const WH_DIR_MARK_USER: &[u8] = b"user.overlay.whiteouts";
+const WH_DIR_OPAQUE_USER: &[u8] = b"user.overlay.opaque";
+
+/// Limits on what a hostile image may make the reader do.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// Entry count and nesting depth of the resulting tree.
+    pub tree: Limits,
+    /// Most directory entries read in total (including `.` and `..`).
+    pub max_dirents: u64,
+    /// Most bytes of names, xattrs, payloads and inline content the tree may hold in total
+    /// (shared xattrs and hard links are counted once per name that carries them).
+    pub max_decoded_bytes: u64,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        let tree = Limits::default();
+        ReadLimits {
+            tree,
+            max_dirents: (tree.max_entries as u64).saturating_mul(3),
+            max_decoded_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Facts about the image itself (not part of the tree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// composefs format version from the header (0 or 1); write with min = max = this
+    /// version to reproduce the image.
+    pub composefs_version: u32,
+    /// composefs header flags (bit 0: the tree holds POSIX ACLs).
+    pub flags: u32,
+    /// Number of distinct inodes in the image, including the root whiteout stubs.
+    pub inodes: u64,
+}
+
+/// Parse a composefs EROFS image into a tree, with the default [`ReadLimits`].
+pub fn read_image(bytes: &[u8]) -> Result<Tree, ReadError> {
+    read_image_with(bytes, &ReadLimits::default()).map(|(t, _)| t)
+}
+
+/// Parse a composefs EROFS image into a tree and report the image's header facts.
+pub fn read_image_with(bytes: &[u8], limits: &ReadLimits) -> Result<(Tree, ImageInfo), ReadError> {
+    Reader::new(bytes, limits)?.run()
+}
+
+// ---------------------------------------------------------------------------------------
+// CLI
+
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// The image file to read, or `-` for standard input.
+    pub image: PathBuf,
+}
+
+/// `cfsmount inspect IMAGE`: print the image as a composefs dumpfile on stdout.
+pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
+    let name = a.image.display().to_string();
+    let bytes = if a.image.as_os_str() == "-" {
+        read_bounded(&mut std::io::stdin().lock()).context("reading the image from standard input")?
+    } else {
+        let f = std::fs::File::open(&a.image).with_context(|| format!("opening {name}"))?;
+        let meta = f.metadata().with_context(|| format!("{name}: stat"))?;
+        if !meta.is_file() {
+            anyhow::bail!("{name}: not a regular file");
+        }
+        read_bounded(&mut &f).with_context(|| format!("reading {name}"))?
+    };
+    let tree = read_image(&bytes).with_context(|| format!("{name}: invalid composefs image"))?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    print_dump(&tree, &mut out).context("writing the dumpfile")?;
+    out.flush().context("writing the dumpfile")?;
+    Ok(())
+}
+
+// Until the shared dumpfile printer (`crate::input::dump::write_dump`) lands.
+fn print_dump(_tree: &Tree, _out: &mut dyn Write) -> std::io::Result<()> {
+    Err(std::io::Error::other("the dumpfile printer is not available yet"))
+}
+
+fn read_bounded(r: &mut dyn Read) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    r.take(MAX_IMAGE_BYTES + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_IMAGE_BYTES {
+        anyhow::bail!("image larger than {MAX_IMAGE_BYTES} bytes");
+    }
+    Ok(buf)
+}
+
+// ---------------------------------------------------------------------------------------
+// Little-endian field access on checked slices.
+
+fn le16(b: &[u8], off: usize) -> u16 {
+    // Callers pass slices whose length they checked; a short slice yields 0 rather than a panic.
+    match b.get(off..off + 2) {
+        Some(s) => u16::from_le_bytes([s[0], s[1]]),
+        None => 0,
+    }
+}
+
+fn le32(b: &[u8], off: usize) -> u32 {
+    match b.get(off..off + 4) {
+        Some(s) => u32::from_le_bytes([s[0], s[1], s[2], s[3]]),
+        None => 0,
+    }
+}
+
+fn le64(b: &[u8], off: usize) -> u64 {
+    match b.get(off..off + 8) {
+        Some(s) => u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]),
+        None => 0,
+    }
+}
+
+/// A fixed-size bit set used to detect overlapping inodes and doubly claimed blocks.
+struct Claims {
+    bits: Vec<u64>,
+    len: u64,
+}
+
+impl Claims {
+    fn new(len: u64) -> Claims {
+        let words = usize::try_from(len.div_ceil(64)).unwrap_or(usize::MAX);
+        Claims { bits: vec![0; words], len }
+    }
+
+    /// Mark `[start, start + count)`; false if out of range or any bit was already set.
+    fn claim(&mut self, start: u64, count: u64) -> bool {
+        let Some(end) = start.checked_add(count) else { return false };
+        if end > self.len {
+            return false;
+        }
+        for i in start..end {
+            let (w, b) = ((i / 64) as usize, i % 64);
+            let Some(word) = self.bits.get_mut(w) else { return false };
+            if *word & (1 << b) != 0 {
+                return false;
+            }
+            *word |= 1 << b;
+        }
+        true
+    }
+}
+
+fn show_path(p: &[u8]) -> String {
+    format!("/{}", tree::show(p))
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    p.extend_from_slice(dir);
+    if !dir.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+fn entry_bytes(e: &Entry) -> u64 {
+    let x: usize = e.xattrs.iter().map(|x| x.key.len() + x.value.len()).sum();
+    (x + e.payload.as_ref().map_or(0, Vec::len) + e.content.as_ref().map_or(0, Vec::len)) as u64
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoding
+
+/// Where a directory's entries live: `full_blocks` whole-or-partial blocks at `blocks_off`
+/// covering `blocks_len` bytes, then an optional inline tail.
+#[derive(Debug, Clone, Copy)]
+struct DirData {
+    blocks_off: u64,
+    blocks_len: u64,
+    tail: Option<(u64, u64)>,
+}
+
+#[derive(Debug)]
+struct Ino {
+    /// `None` once moved into the tree.
+    entry: Option<Entry>,
+    /// EROFS dirent file type this inode must be listed with (its on-disk type).
+    ftype: u8,
+    dir: Option<DirData>,
+    /// A character device 0/0 as stored: only legitimate as a root whiteout stub.
+    raw_whiteout: bool,
+    /// An escaped user whiteout turned back into a 0/0 character device.
+    user_whiteout: bool,
+    /// Number of directory entries naming this inode.
+    names: u32,
+}
+
+struct DirRec {
+    nid: u64,
+    path: Vec<u8>,
+    /// (name, child nid) in on-disk order, without `.`/`..` and without whiteout stubs.
+    children: Vec<(Vec<u8>, u64)>,
+}
+
+struct Reader<'a> {
+    d: &'a [u8],
+    limits: ReadLimits,
+    meta_off: u64,
+    xattr_off: u64,
+    build_time: i64,
+    build_nsec: u32,
+    version: u32,
+    flags: u32,
+    root_nid: u64,
+    slots: Claims,
+    blocks: Claims,
+    inodes: HashMap<u64, Ino>,
+    dirents: u64,
+    decoded: u64,
+}
+
+impl<'a> Reader<'a> {
+    fn new(d: &'a [u8], limits: &ReadLimits) -> Result<Reader<'a>, ReadError> {
+        let len = d.len() as u64;
+        if len < SUPER_OFFSET + SUPER_SIZE {
+            return Err(ReadError::TooSmall { len });
+        }
+        let hdr = |r: &str| ReadError::Header(r.to_string());
+        if le32(d, 0) != COMPOSEFS_MAGIC {
+            return Err(hdr("bad composefs magic"));
+        }
+        if le32(d, 4) != COMPOSEFS_HEADER_VERSION {
+            return Err(ReadError::Header(format!("unsupported composefs header version {}", le32(d, 4))));
+        }
+        let flags = le32(d, 8);
+        let version = le32(d, 12);
+        if version > COMPOSEFS_MAX_VERSION {
+            return Err(ReadError::Header(format!("unsupported composefs format version {version}")));
+        }
+        let sb = &d[SUPER_OFFSET as usize..(SUPER_OFFSET + SUPER_SIZE) as usize];
+        let bad = |r: String| ReadError::Superblock(r);
+        if le32(sb, 0) != EROFS_MAGIC {
+            return Err(bad("bad EROFS magic".into()));
+        }
+        if sb[12] != BLOCK_BITS {
+            return Err(bad(format!("block size 2^{} (only 4096 is supported)", sb[12])));
+        }
+        let incompat = le32(sb, 80);
+        if incompat & !EROFS_INCOMPAT_CHUNKED_FILE != 0 {
+            return Err(bad(format!("unsupported incompatible features {incompat:#x}")));
+        }
+        if le16(sb, 86) != 0 {
+            return Err(bad("extra devices are not supported".into()));
+        }
+        if sb[90] != 0 {
+            return Err(bad(format!("directory block bits {} (must be 0)", sb[90])));
+        }
+        let root_nid = u64::from(le16(sb, 14));
+        let build_time = le64(sb, 24) as i64;
+        let build_nsec = le32(sb, 32);
+        if build_nsec >= 1_000_000_000 {
+            return Err(bad(format!("build time nanoseconds {build_nsec} out of range")));
+        }
+        let meta_off = u64::from(le32(sb, 40)) * BLOCK_SIZE;
+        let xattr_off = u64::from(le32(sb, 44)) * BLOCK_SIZE;
+        if meta_off >= len {
+            return Err(bad(format!("metadata block address {} beyond the image", meta_off / BLOCK_SIZE)));
+        }
+        if xattr_off >= len {
+            return Err(bad(format!("shared xattr block address {} beyond the image", xattr_off / BLOCK_SIZE)));
+        }
+        Ok(Reader {
+            d,
+            limits: *limits,
+            meta_off,
+            xattr_off,
+            build_time,
+            build_nsec,
+            version,
+            flags,
+            root_nid,
+            slots: Claims::new((len - meta_off) / SLOT_SIZE + 1),
+            blocks: Claims::new(len.div_ceil(BLOCK_SIZE)),
+            inodes: HashMap::new(),
+            dirents: 0,
+            decoded: 0,
+        })
+    }
+
+    fn bytes(&self, off: u64, len: u64) -> Option<&'a [u8]> {
+        let end = off.checked_add(len)?;
+        self.d.get(usize::try_from(off).ok()?..usize::try_from(end).ok()?)
+    }
+
+    fn budget(&mut self, n: u64) -> Result<(), ReadError> {
+        self.decoded = self.decoded.saturating_add(n);
+        if self.decoded > self.limits.max_decoded_bytes {
+            return Err(ReadError::Limit(format!(
+                "more than {} bytes of names, xattrs and contents",
+                self.limits.max_decoded_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decode the inode at `nid` (once); `path` names it in errors.
+    fn load(&mut self, nid: u64, path: &[u8]) -> Result<(), ReadError> {
+        if self.inodes.contains_key(&nid) {
+            return Ok(());
+        }
+        let ino = self.decode(nid, path)?;
+        self.inodes.insert(nid, ino);
+        Ok(())
+    }
+
+    fn decode(&mut self, nid: u64, path: &[u8]) -> Result<Ino, ReadError> {
+        let bad = |reason: String| ReadError::Inode { nid, path: show_path(path), reason };
+        let off = nid
+            .checked_mul(SLOT_SIZE)
+            .and_then(|o| o.checked_add(self.meta_off))
+            .ok_or_else(|| bad("nid out of range".into()))?;
+        let head = self.bytes(off, COMPACT_INODE_SIZE).ok_or_else(|| bad("inode beyond the end of the image".into()))?;
+        let format = le16(head, 0);
+        if format & !I_FORMAT_ALL != 0 {
+            return Err(bad(format!("unknown inode format bits {format:#x}")));
+        }
+        let compact = format & 1 == 0;
+        let layout = (format >> 1) & 7;
+        let isize = if compact { COMPACT_INODE_SIZE } else { EXTENDED_INODE_SIZE };
+        let raw = self.bytes(off, isize).ok_or_else(|| bad("inode beyond the end of the image".into()))?;
+        let icount = le16(raw, 2);
+        let mode = u32::from(le16(raw, 4));
+        let i_u = le32(raw, 16);
+        let (size, uid, gid, mtime, mtime_nsec) = if compact {
+            (
+                u64::from(le32(raw, 8)),
+                u32::from(le16(raw, 24)),
+                u32::from(le16(raw, 26)),
+                self.build_time,
+                self.build_nsec,
+            )
+        } else {
+            (le64(raw, 8), le32(raw, 24), le32(raw, 28), le64(raw, 32) as i64, le32(raw, 40))
+        };
+        if mtime_nsec >= 1_000_000_000 {
+            return Err(bad(format!("mtime nanoseconds {mtime_nsec} out of range")));
+        }
+        let ftype = match mode & tree::S_IFMT {
+            tree::S_IFREG => 1,
+            tree::S_IFDIR => 2,
+            tree::S_IFCHR => 3,
+            tree::S_IFBLK => 4,
+            tree::S_IFIFO => 5,
+            tree::S_IFSOCK => 6,
+            tree::S_IFLNK => 7,
+            t => return Err(bad(format!("invalid file type {:#o} in mode", t))),
+        };
+        let xattr_size = if icount == 0 { 0 } else { XATTR_HEADER_SIZE + XATTR_ENTRY_SIZE * (u64::from(icount) - 1) };
+        let xattr_off = off + isize; // off + isize was in bounds above
+        let data_off = xattr_off.checked_add(xattr_size).ok_or_else(|| bad("xattrs out of range".into()))?;
+
+        let mut inode = Inode { mode, uid, gid, rdev: 0, size, mtime, mtime_nsec };
+        let mut entry = Entry::default();
+        let mut dir = None;
+        let mut raw_whiteout = false;
+        // Bytes stored inline right after the inode and its xattrs.
+        let mut inline_len = 0u64;
+
+        let check_layout = |allowed: &[u16]| {
+            if allowed.contains(&layout) {
+                Ok(())
+            } else {
+                Err(bad(format!("data layout {layout} not valid for this file type")))
+            }
+        };
+        match mode & tree::S_IFMT {
+            tree::S_IFDIR => {
+                check_layout(&[LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE])?;
+                if size == 0 {
+                    return Err(bad("directory of size 0 (no '.' and '..')".into()));
+                }
+                let (blocks_len, tail) = self.split_data(layout, size).map_err(bad)?;
+                let blocks_off = self.claim_blocks(i_u, blocks_len).map_err(bad)?;
+                inline_len = tail;
+                dir = Some(DirData {
+                    blocks_off,
+                    blocks_len,
+                    tail: (tail > 0).then_some((data_off, tail)),
+                });
+            }
+            tree::S_IFREG if size > 0 && layout == LAYOUT_CHUNK_BASED => {
+                // Content lives outside the image (named by the redirect xattr). The chunk
+                // map holds only null addresses; nothing in it is needed.
+                if i_u & 0x20 != 0 {
+                    return Err(bad("chunk indexes are not used by composefs".into()));
+                }
+            }
+            tree::S_IFREG if size > 0 => {
+                check_layout(&[LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE])?;
+                if size > INLINE_CONTENT_MAX {
+                    return Err(bad(format!("inline content of {size} bytes (limit {INLINE_CONTENT_MAX})")));
+                }
+                let data = self.read_data(layout, size, i_u, data_off).map_err(bad)?;
+                inline_len = if layout == LAYOUT_FLAT_INLINE { size % BLOCK_SIZE } else { 0 };
+                self.budget(size)?;
+                entry.content = Some(data);
+            }
+            tree::S_IFREG => check_layout(&[LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE])?,
+            tree::S_IFLNK => {
+                check_layout(&[LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE])?;
+                if size == 0 || size >= tree::PATH_MAX as u64 {
+                    return Err(bad(format!("symlink target length {size}")));
+                }
+                let data = self.read_data(layout, size, i_u, data_off).map_err(bad)?;
+                if data.contains(&0) {
+                    return Err(bad("NUL byte in symlink target".into()));
+                }
+                inline_len = if layout == LAYOUT_FLAT_INLINE { size } else { 0 };
+                self.budget(size)?;
+                entry.payload = Some(data);
+            }
+            tree::S_IFCHR | tree::S_IFBLK => {
+                check_layout(&[LAYOUT_FLAT_PLAIN])?;
+                inode.rdev = i_u;
+                raw_whiteout = mode & tree::S_IFMT == tree::S_IFCHR && i_u == 0;
+            }
+            _ => check_layout(&[LAYOUT_FLAT_PLAIN])?,
+        }
+
+        // The inode, its xattrs and its inline tail may not overlap any other inode.
+        let span = isize + xattr_size + inline_len;
+        if !self.slots.claim(nid, span.div_ceil(SLOT_SIZE)) {
+            return Err(bad("inode overlaps another inode or runs past the end of the image".into()));
+        }
+
+        if xattr_size > 0 {
+            let raw_xattrs = self.read_xattrs(xattr_off, xattr_size).map_err(bad)?;
+            self.apply_xattrs(nid, &mut inode, &mut entry, raw_xattrs).map_err(bad)?;
+        }
+        let user_whiteout = self.unescape_whiteout(&mut inode, &mut entry);
+        entry.inode = inode;
+        Ok(Ino {
+            entry: Some(entry),
+            ftype,
+            dir,
+            raw_whiteout,
+            user_whiteout,
+            names: 0,
+        })
+    }
+
+    /// For flat layouts: (bytes in blocks, bytes inline) of `size` bytes of data.
+    fn split_data(&self, layout: u16, size: u64) -> Result<(u64, u64), String> {
+        if layout == LAYOUT_FLAT_INLINE {
+            let tail = size % BLOCK_SIZE;
+            if tail == 0 {
+                return Err("inline layout without an inline tail".into());
+            }
+            Ok((size - tail, tail))
+        } else {
+            Ok((size, 0))
+        }
+    }
+
+    /// Claim the blocks holding `len` bytes starting at block `blkaddr`; returns their offset.
+    fn claim_blocks(&mut self, blkaddr: u32, len: u64) -> Result<u64, String> {
+        let off = u64::from(blkaddr) * BLOCK_SIZE;
+        if len == 0 {
+            return Ok(off);
+        }
+        if self.bytes(off, len).is_none() {
+            return Err(format!("data blocks at block {blkaddr} run past the end of the image"));
+        }
+        if !self.blocks.claim(u64::from(blkaddr), len.div_ceil(BLOCK_SIZE)) {
+            return Err(format!("data blocks at block {blkaddr} are used by another inode"));
+        }
+        Ok(off)
+    }
+
+    /// Read `size` bytes (already bounded by the caller) of flat file data.
+    fn read_data(&mut self, layout: u16, size: u64, blkaddr: u32, inline_off: u64) -> Result<Vec<u8>, String> {
+        let (blocks_len, tail) = self.split_data(layout, size)?;
+        let off = self.claim_blocks(blkaddr, blocks_len)?;
+        let mut data = Vec::with_capacity(size as usize);
+        if blocks_len > 0 {
+            data.extend_from_slice(self.bytes(off, blocks_len).ok_or("data beyond the image")?);
+        }
+        if tail > 0 {
+            if inline_off / BLOCK_SIZE != (inline_off + tail - 1) / BLOCK_SIZE {
+                return Err("inline data crosses a block boundary".into());
+            }
+            data.extend_from_slice(self.bytes(inline_off, tail).ok_or("inline data beyond the image")?);
+        }
+        Ok(data)
+    }
+
+    /// Raw (full name, value) pairs of an inode's inline and shared xattrs.
+    fn read_xattrs(&mut self, off: u64, size: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+        let area = self.bytes(off, size).ok_or("xattrs beyond the end of the image")?;
+        let shared = u64::from(area[8]);
+        let mut pos = XATTR_HEADER_SIZE + shared * 4;
+        if pos > size {
+            return Err(format!("{shared} shared xattrs do not fit in the xattr area"));
+        }
+        let mut out = Vec::new();
+        while pos < size {
+            let (key, value, len) = parse_xattr_entry(&area[pos as usize..]).map_err(|r| format!("inline xattr: {r}"))?;
+            self.budget((key.len() + value.len()) as u64).map_err(|e| e.to_string())?;
+            out.push((key, value));
+            pos += len;
+        }
+        for i in 0..shared {
+            let id = le32(area, (XATTR_HEADER_SIZE + i * 4) as usize);
+            let eoff = self.xattr_off + u64::from(id) * 4;
+            let rest = usize::try_from(eoff).ok().and_then(|o| self.d.get(o..)).unwrap_or(&[]);
+            let (key, value, _) = parse_xattr_entry(rest).map_err(|r| format!("shared xattr {id}: {r}"))?;
+            self.budget((key.len() + value.len()) as u64).map_err(|e| e.to_string())?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// Interpret the overlay xattrs the writer generates and keep the user-visible ones.
+    fn apply_xattrs(
+        &self,
+        nid: u64,
+        inode: &mut Inode,
+        entry: &mut Entry,
+        raw: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), String> {
+        let is_reg = inode.is_reg();
+        for (key, value) in raw {
+            let key = if key == OVL_REDIRECT {
+                if !is_reg || entry.content.is_some() {
+                    return Err("overlay redirect xattr on a file that is not an external regular file".into());
+                }
+                let v = value.strip_prefix(b"/").unwrap_or(&value);
+                if v.is_empty() || v.contains(&0) {
+                    return Err("empty or NUL-containing overlay redirect".into());
+                }
+                entry.payload = Some(v.to_vec());
+                continue;
+            } else if key == OVL_METACOPY {
+                if !is_reg || entry.content.is_some() {
+                    return Err("overlay metacopy xattr on a file that is not an external regular file".into());
+                }
+                match value.len() {
+                    0 => {}
+                    36 if value[..4] == [0, 36, 0, 1] => {
+                        let mut d = [0u8; 32];
+                        d.copy_from_slice(&value[4..]);
+                        entry.fsverity_digest = Some(d);
+                    }
+                    n => return Err(format!("malformed overlay metacopy xattr ({n} bytes)")),
+                }
+                continue;
+            } else if let Some(rest) = key.strip_prefix(OVL_ESCAPE_PREFIX) {
+                [OVL_PREFIX, rest].concat()
+            } else if key.starts_with(OVL_PREFIX) {
+                if nid == self.root_nid && key == OVL_OPAQUE && value == b"y" {
+                    continue;
+                }
+                return Err(format!("unexpected overlay xattr {}", tree::show(&key)));
+            } else {
+                key
+            };
+            if entry.xattrs.iter().any(|x| x.key == key) {
+                return Err(format!("duplicate xattr {}", tree::show(&key)));
+            }
+            entry.xattrs.push(Xattr { key, value });
+        }
+        entry.xattrs.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(())
+    }
+
+    /// An escaped user whiteout (empty regular file with both whiteout markers) becomes a
+    /// 0/0 character device again.
+    fn unescape_whiteout(&self, inode: &mut Inode, entry: &mut Entry) -> bool {
+        let has = |k: &[u8]| entry.xattrs.iter().any(|x| x.key == k && x.value.is_empty());
+        if !(inode.is_reg() && inode.size == 0 && has(WH_MARK) && has(WH_MARK_USER)) {
+            return false;
+        }
+        entry.xattrs.retain(|x| x.key != WH_MARK && x.key != WH_MARK_USER);
+        inode.mode = tree::S_IFCHR | (inode.mode & !tree::S_IFMT);
+        inode.rdev = 0;
+        true
+    }
+
+    /// Read the entries of directory `dir` (nid `nid`, at `path`), in on-disk order.
+    fn read_dir(&mut self, nid: u64, path: &[u8], dd: DirData) -> Result<Vec<(Vec<u8>, u64, u8)>, ReadError> {
+        let bad = |reason: String| ReadError::Dir { nid, path: show_path(path), reason };
+        let mut out: Vec<(Vec<u8>, u64, u8)> = Vec::new();
+        let mut pieces = Vec::new();
+        let mut done = 0u64;
+        while done < dd.blocks_len {
+            let n = (dd.blocks_len - done).min(BLOCK_SIZE);
+            pieces.push((dd.blocks_off + done, n));
+            done += n;
+        }
+        if let Some(t) = dd.tail {
+            pieces.push(t);
+        }
+        for (off, len) in pieces {
+            let block = self.bytes(off, len).ok_or_else(|| bad("directory data beyond the image".into()))?;
+            let n = parse_dirent_block(block, &mut out, self.limits.max_dirents.saturating_sub(self.dirents))
+                .map_err(|r| bad(format!("block at offset {off}: {r}")))?;
+            self.dirents += n;
+        }
+        for w in out.windows(2) {
+            if w[0].0 >= w[1].0 {
+                return Err(bad(format!("entries not in sorted order at {}", tree::show(&w[1].0))));
+            }
+        }
+        Ok(out)
+    }
+
+    fn run(mut self) -> Result<(Tree, ImageInfo), ReadError> {
+        let root_nid = self.root_nid;
+        self.load(root_nid, b"")?;
+        let root = &self.inodes[&root_nid];
+        if root.dir.is_none() {
+            return Err(ReadError::Inode { nid: root_nid, path: "/".into(), reason: "root is not a directory".into() });
+        }
+
+        // 1. Breadth-first walk over the directories, in the writer's order.
+        let mut dirs: Vec<DirRec> = Vec::new();
+        let mut queue: VecDeque<(u64, u64, Vec<u8>, usize)> = VecDeque::new(); // nid, parent nid, path, depth
+        queue.push_back((root_nid, root_nid, Vec::new(), 0));
+        if let Some(r) = self.inodes.get_mut(&root_nid) {
+            r.names = 1;
+        }
+        while let Some((nid, parent, path, depth)) = queue.pop_front() {
+            let dd = self.inodes.get(&nid).and_then(|i| i.dir).ok_or_else(|| ReadError::Dir {
+                nid,
+                path: show_path(&path),
+                reason: "not a directory".into(),
+            })?;
+            let ents = self.read_dir(nid, &path, dd)?;
+            let mut rec = DirRec { nid, path, children: Vec::new() };
+            let (mut dot, mut dotdot) = (false, false);
+            for (name, cnid, ftype) in ents {
+                let bad = |reason: String| ReadError::Dir { nid, path: show_path(&rec.path), reason };
+                if name == b"." || name == b".." {
+                    let want = if name == b"." { nid } else { parent };
+                    if cnid != want || ftype != 2 {
+                        return Err(bad(format!("'{}' entry points to nid {cnid}", tree::show(&name))));
+                    }
+                    if name == b"." { dot = true } else { dotdot = true }
+                    continue;
+                }
+                let cpath = join(&rec.path, &name);
+                self.load(cnid, &cpath)?;
+                let Some(child) = self.inodes.get_mut(&cnid) else { continue };
+                if child.ftype != ftype {
+                    return Err(bad(format!(
+                        "entry {} has file type {ftype} but its inode is of type {}",
+                        tree::show(&name),
+                        child.ftype
+                    )));
+                }
+                child.names += 1;
+                if child.raw_whiteout {
+                    let stub = nid == root_nid && name.len() == 2 && name.iter().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+                    if !stub || child.names > 1 {
+                        return Err(bad(format!("unescaped whiteout {} outside the root whiteout stubs", tree::show(&name))));
+                    }
+                    continue;
+                }
+                if child.dir.is_some() {
+                    if child.names > 1 {
+                        return Err(bad(format!(
+                            "directory {} (nid {cnid}) is reachable twice (cycle or aliased directory)",
+                            tree::show(&name)
+                        )));
+                    }
+                    if depth + 1 > self.limits.tree.max_depth {
+                        return Err(ReadError::Limit(format!(
+                            "{}: nested deeper than {}",
+                            show_path(&cpath),
+                            self.limits.tree.max_depth
+                        )));
+                    }
+                    queue.push_back((cnid, nid, cpath, depth + 1));
+                }
+                rec.children.push((name, cnid));
+            }
+            if !dot || !dotdot {
+                return Err(ReadError::Dir { nid, path: show_path(&rec.path), reason: "missing '.' or '..' entry".into() });
+            }
+            dirs.push(rec);
+        }
+
+        // 2. Pick the primary name of each inode: the name whose breadth-first position
+        //    matches the inode's place in nid order (see the module docs).
+        let mut order: Vec<u64> = self.inodes.keys().copied().collect();
+        order.sort_unstable();
+        let mut primary: HashMap<u64, (usize, usize)> = HashMap::with_capacity(order.len()); // nid -> (dir idx, child idx)
+        let mut next = order.iter().position(|&n| n == root_nid).map_or(order.len(), |p| p + 1);
+        for (di, d) in dirs.iter().enumerate() {
+            for (ci, (_, cnid)) in d.children.iter().enumerate() {
+                // Whiteout stubs (only in the root) were left out of `children` but hold
+                // walk positions; skip over them.
+                while next < order.len() && self.inodes.get(&order[next]).is_some_and(|i| i.raw_whiteout) {
+                    next += 1;
+                }
+                if primary.contains_key(cnid) {
+                    continue;
+                }
+                if next < order.len() && order[next] == *cnid {
+                    primary.insert(*cnid, (di, ci));
+                    next += 1;
+                }
+            }
+        }
+        // Images not laid out by the composefs writer: first name in walk order.
+        for (di, d) in dirs.iter().enumerate() {
+            for (ci, (_, cnid)) in d.children.iter().enumerate() {
+                primary.entry(*cnid).or_insert((di, ci));
+            }
+        }
+
+        // 3. Whiteout markers on the directory holding a user whiteout's primary name.
+        let mut marked_dirs: Vec<u64> = Vec::new();
+        for (nid, &(di, _)) in &primary {
+            if self.inodes.get(nid).is_some_and(|i| i.user_whiteout) {
+                marked_dirs.push(dirs[di].nid);
+            }
+        }
+        for dnid in marked_dirs {
+            let v1 = self.version >= 1;
+            if let Some(e) = self.inodes.get_mut(&dnid).and_then(|i| i.entry.as_mut()) {
+                e.xattrs.retain(|x| {
+                    let k = x.key.as_slice();
+                    let v = x.value.as_slice();
+                    let marker = ((k == WH_DIR_MARK || k == WH_DIR_MARK_USER) && v.is_empty())
+                        || (v1 && (k == OVL_OPAQUE || k == WH_DIR_OPAQUE_USER) && v == b"x");
+                    !marker
+                });
+            }
+        }
+
+        // 4. Build the tree: root, then primaries in walk order, then hard links.
+        let mut t = Tree::new(self.limits.tree);
+        let root_entry = self.inodes.get_mut(&root_nid).and_then(|i| i.entry.take()).unwrap_or_default();
+        self.budget(entry_bytes(&root_entry))?;
+        t.set_root(root_entry).map_err(|e| tree_err(root_nid, e))?;
+        let mut links: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut primary_path: HashMap<u64, Vec<u8>> = HashMap::new();
+        for (di, d) in dirs.iter().enumerate() {
+            for (ci, (name, cnid)) in d.children.iter().enumerate() {
+                let path = join(&d.path, name);
+                if primary.get(cnid) == Some(&(di, ci)) {
+                    let Some(ino) = self.inodes.get_mut(cnid) else { continue };
+                    let shared = ino.names > 1;
+                    let e = ino.entry.take().unwrap_or_default();
+                    let nbytes = entry_bytes(&e) + name.len() as u64;
+                    self.budget(nbytes)?;
+                    t.insert(&path, e).map_err(|e| tree_err(*cnid, e))?;
+                    if shared {
+                        primary_path.insert(*cnid, path);
+                    }
+                } else {
+                    links.push((path, *cnid));
+                }
+            }
+        }
+        for (path, cnid) in links {
+            let Some(target) = primary_path.get(&cnid) else { continue };
+            let t_id = t.lookup(target).map(|id| t.node(id).entry.clone());
+            if let Some(e) = t_id {
+                self.budget(entry_bytes(&e) + path.len() as u64)?;
+            }
+            t.insert_hardlink(&path, target).map_err(|e| tree_err(cnid, e))?;
+        }
+        t.finalize().map_err(|e| tree_err(root_nid, e))?;
+        let info = ImageInfo { composefs_version: self.version, flags: self.flags, inodes: self.inodes.len() as u64 };
+        Ok((t, info))
+    }
+}
+
+fn tree_err(nid: u64, e: TreeError) -> ReadError {
+    match e {
+        TreeError::TooManyEntries { limit } => ReadError::Limit(format!("more than {limit} entries")),
+        TreeError::TooDeep { path, limit } => ReadError::Limit(format!("{path}: nested deeper than {limit}")),
+        e => ReadError::Tree { nid, source: e },
+    }
+}
+
+/// Decode one xattr entry at the start of `b`: (full name, value, entry size rounded to 4).
+fn parse_xattr_entry(b: &[u8]) -> Result<(Vec<u8>, Vec<u8>, u64), String> {
+    if b.len() < XATTR_ENTRY_SIZE as usize {
+        return Err("entry header beyond the end".into());
+    }
+    let name_len = usize::from(b[0]);
+    let index = b[1];
+    let value_len = usize::from(le16(b, 2));
+    let end = XATTR_ENTRY_SIZE as usize + name_len + value_len;
+    if end > b.len() {
+        return Err("entry runs past the end".into());
+    }
+    let name = &b[4..4 + name_len];
+    let value = &b[4 + name_len..end];
+    let prefix = XATTR_PREFIXES
+        .get(usize::from(index))
+        .ok_or_else(|| format!("unknown name index {index:#x} (long prefixes are not used by composefs)"))?;
+    let key = [*prefix, name].concat();
+    if key.is_empty() {
+        return Err("empty xattr name".into());
+    }
+    if key.len() > tree::XATTR_NAME_MAX {
+        return Err(format!("xattr name longer than {} bytes", tree::XATTR_NAME_MAX));
+    }
+    if key.contains(&0) {
+        return Err("NUL byte in xattr name".into());
+    }
+    Ok((key, value.to_vec(), (end as u64).div_ceil(4) * 4))
+}
+
+/// Parse one directory block, appending (name, nid, file type); returns the entry count.
+fn parse_dirent_block(b: &[u8], out: &mut Vec<(Vec<u8>, u64, u8)>, budget: u64) -> Result<u64, String> {
+    if (b.len() as u64) < DIRENT_SIZE {
+        return Err("block shorter than one entry".into());
+    }
+    let first = usize::from(le16(b, 8));
+    if first < DIRENT_SIZE as usize || first % DIRENT_SIZE as usize != 0 || first > b.len() {
+        return Err(format!("bad first name offset {first}"));
+    }
+    let n = first / DIRENT_SIZE as usize;
+    if n as u64 > budget {
+        return Err("too many directory entries in the image".into());
+    }
+    for i in 0..n {
+        let at = i * DIRENT_SIZE as usize;
+        let nid = le64(b, at);
+        let nameoff = usize::from(le16(b, at + 8));
+        let ftype = b.get(at + 10).copied().unwrap_or(0);
+        let end = if i + 1 < n {
+            usize::from(le16(b, at + DIRENT_SIZE as usize + 8))
+        } else {
+            let rest = b.get(nameoff..).unwrap_or(&[]);
+            nameoff + rest.iter().position(|&c| c == 0).unwrap_or(rest.len())
+        };
+        if nameoff < first || end <= nameoff || end > b.len() {
+            return Err(format!("entry {i}: bad name offsets {nameoff}..{end}"));
+        }
+        let name = &b[nameoff..end];
+        if name.len() > tree::MAX_NAME_LEN {
+            return Err(format!("entry {i}: name longer than {} bytes", tree::MAX_NAME_LEN));
+        }
+        if name.contains(&0) || name.contains(&b'/') {
+            return Err(format!("entry {i}: NUL or '/' in name {}", tree::show(name)));
+        }
+        out.push((name.to_vec(), nid, ftype));
+    }
+    Ok(n as u64)
+}
+
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("image too small ({len} bytes) to hold a composefs header and EROFS superblock")]
+    TooSmall { len: u64 },
+    #[error("composefs header: {0}")]
+    Header(String),
+    #[error("EROFS superblock: {0}")]
+    Superblock(String),
+    #[error("inode {nid} ({path}): {reason}")]
+    Inode { nid: u64, path: String, reason: String },
+    #[error("directory {path} (nid {nid}): {reason}")]
+    Dir { nid: u64, path: String, reason: String },
+    #[error("inode {nid}: {source}")]
+    Tree { nid: u64, source: TreeError },
+    #[error("limit exceeded: {0}")]
+    Limit(String),
+}
