@@ -2,3 +2,4 @@
 //!
 //! Each submodule belongs to one stage; every `unsafe` block carries a `SAFETY:` comment.
 pub mod verity;
+pub mod helper;

@@ -1,0 +1,325 @@
+//! Privileged-helper syscalls rustix does not wrap: AT_SECURE, fsuid/fsgid, namespace ioctls,
+//! statx mount ids, std fd repair, signal dispositions, and reading a user namespace's id maps.
+
+use rustix::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use rustix::io;
+
+fn last_errno() -> io::Errno {
+    io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// `getauxval(AT_SECURE) != 0`: the kernel says this exec changed credentials (setuid, setgid,
+/// file capabilities, or an LSM decision).
+pub fn at_secure() -> bool {
+    // SAFETY: getauxval only reads the process's auxiliary vector; AT_SECURE is a valid key.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// `setfsuid(uid)`; returns the previous fsuid. Per thread. The caller checks the result with
+/// [`current_fsuid`] (setfsuid reports no errors).
+pub fn set_fsuid(uid: u32) -> u32 {
+    // SAFETY: setfsuid takes a plain integer and only changes this thread's credentials.
+    unsafe { libc::setfsuid(uid) as u32 }
+}
+
+/// `setfsgid(gid)`; returns the previous fsgid.
+pub fn set_fsgid(gid: u32) -> u32 {
+    // SAFETY: as for set_fsuid.
+    unsafe { libc::setfsgid(gid) as u32 }
+}
+
+/// The current fsuid (setfsuid(-1) fails and reports the current value without changing it).
+pub fn current_fsuid() -> u32 {
+    // SAFETY: an invalid id (-1) is rejected by the kernel, which returns the current fsuid.
+    unsafe { libc::setfsuid(u32::MAX) as u32 }
+}
+
+/// The current fsgid.
+pub fn current_fsgid() -> u32 {
+    // SAFETY: as for current_fsuid.
+    unsafe { libc::setfsgid(u32::MAX) as u32 }
+}
+
+/// Makes sure fds 0, 1 and 2 are open: any closed one is pointed at /dev/null, so that files the
+/// helper opens later can never land on a standard stream number.
+pub fn ensure_std_fds() -> io::Result<()> {
+    for fd in 0..3 {
+        // SAFETY: fcntl(F_GETFD) on an int is harmless; EBADF means the slot is free.
+        let r = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if r >= 0 {
+            continue;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EBADF) {
+            return Err(last_errno());
+        }
+        let flags = if fd == 0 { libc::O_RDONLY } else { libc::O_WRONLY };
+        // SAFETY: the path is a NUL-terminated literal; the returned fd is owned by the process
+        // as a standard stream and deliberately never closed.
+        let n = unsafe { libc::open(c"/dev/null".as_ptr(), flags | libc::O_NOFOLLOW) };
+        if n < 0 {
+            return Err(last_errno());
+        }
+        if n != fd {
+            // The lowest free slot must be `fd` since all lower ones are open; anything else
+            // means the process state is not what we think: fail closed.
+            // SAFETY: `n` is the fd we just opened.
+            unsafe { libc::close(n) };
+            return Err(io::Errno::BADF);
+        }
+    }
+    Ok(())
+}
+
+/// Ignores SIGXFSZ (a caller-set RLIMIT_FSIZE then gives EFBIG instead of killing the helper
+/// halfway through writing state) and restores SIGPIPE's default-ignore set by the Rust runtime.
+pub fn ignore_sigxfsz() -> io::Result<()> {
+    // SAFETY: SIG_IGN is a valid disposition for SIGXFSZ; no handler code runs.
+    let r = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    if r == libc::SIG_ERR {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+const NSIO: libc::c_ulong = 0xb7;
+const NS_GET_USERNS: libc::c_ulong = NSIO << 8 | 0x1; // _IO(0xb7, 0x1)
+const NS_GET_PARENT: libc::c_ulong = NSIO << 8 | 0x2; // _IO(0xb7, 0x2)
+const NS_GET_NSTYPE: libc::c_ulong = NSIO << 8 | 0x3; // _IO(0xb7, 0x3)
+// _IOR(0xb7, 0x4, uid_t): dir=2 (read) << 30 | size 4 << 16 | type << 8 | nr.
+const NS_GET_OWNER_UID: libc::c_ulong = (2 << 30) | (4 << 16) | (NSIO << 8) | 0x4;
+
+/// `ioctl(fd, NS_GET_NSTYPE)`: the CLONE_NEW* type of a namespace fd (ENOTTY if not a ns fd).
+pub fn ns_get_nstype(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns an int; the fd is borrowed.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    Ok(r)
+}
+
+/// `ioctl(fd, NS_GET_OWNER_UID)`: the uid (in our user namespace) that created a user namespace.
+pub fn ns_get_owner_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut uid: libc::uid_t = 0;
+    // SAFETY: NS_GET_OWNER_UID writes one uid_t through the pointer, which points to `uid`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_OWNER_UID as _, &mut uid as *mut libc::uid_t) };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    Ok(uid)
+}
+
+fn ns_ioctl_fd(fd: BorrowedFd<'_>, req: libc::c_ulong) -> io::Result<OwnedFd> {
+    // SAFETY: NS_GET_PARENT / NS_GET_USERNS take no argument and return a new fd or -1.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _) };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: `r` is a new fd (opened O_CLOEXEC by the kernel) that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// `ioctl(fd, NS_GET_PARENT)`: the parent namespace (EPERM when it is outside our scope, i.e.
+/// `fd` is our own or the initial user namespace).
+pub fn ns_get_parent(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    ns_ioctl_fd(fd, NS_GET_PARENT)
+}
+
+/// `ioctl(fd, NS_GET_USERNS)`: the user namespace owning a namespace.
+pub fn ns_get_userns(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    ns_ioctl_fd(fd, NS_GET_USERNS)
+}
+
+/// `STATX_MNT_ID_UNIQUE` (Linux 6.8): a 64-bit mount id never reused while the system runs.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+
+/// Mount id of the mount holding `fd` (statx with AT_EMPTY_PATH): `(id, unique)`, preferring
+/// the never-reused STATX_MNT_ID_UNIQUE and falling back to the classic STATX_MNT_ID.
+pub fn statx_mnt_id(fd: BorrowedFd<'_>) -> io::Result<(u64, bool)> {
+    // SAFETY: an all-zero statx is a valid value of the plain-data struct.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is an empty NUL-terminated literal, `stx` is a valid out buffer.
+    let r = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
+            STATX_MNT_ID_UNIQUE | libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    if stx.stx_mask & STATX_MNT_ID_UNIQUE != 0 {
+        Ok((stx.stx_mnt_id, true))
+    } else if stx.stx_mask & libc::STATX_MNT_ID != 0 {
+        Ok((stx.stx_mnt_id, false))
+    } else {
+        Err(io::Errno::NOSYS)
+    }
+}
+
+/// Reads `uid_map` and `gid_map` of the user namespace `userns`, as seen from its parent: a forked
+/// child joins the namespace (setns) and reads its own /proc/self/{uid,gid}_map — a reader inside
+/// the namespace sees the outside ids relative to the parent namespace. The child only uses raw,
+/// async-signal-safe syscalls and a stack buffer, and sends both files back over a pipe.
+pub fn read_userns_maps(userns: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (rr, rw, nsfd) = (r.as_raw_fd(), w.as_raw_fd(), userns.as_raw_fd());
+    // SAFETY: the child calls only async-signal-safe functions (setns, open, read, write, close,
+    // _exit) with stack buffers and literal paths, takes no locks, never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(last_errno());
+    }
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe {
+            libc::close(rr);
+            if libc::setns(nsfd, libc::CLONE_NEWUSER) != 0 {
+                libc::_exit(2);
+            }
+            for path in [c"/proc/self/uid_map", c"/proc/self/gid_map"] {
+                let f = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if f < 0 {
+                    libc::_exit(3);
+                }
+                let mut buf = [0u8; 4096];
+                let mut len = 0usize;
+                loop {
+                    let n = libc::read(f, buf.as_mut_ptr().add(len).cast(), buf.len() - len);
+                    if n <= 0 {
+                        break;
+                    }
+                    len += n as usize;
+                    if len == buf.len() {
+                        libc::_exit(4);
+                    }
+                }
+                libc::close(f);
+                // Length-prefixed record: 2 bytes little endian, then the bytes.
+                let hdr = [(len & 0xff) as u8, (len >> 8) as u8];
+                if libc::write(rw, hdr.as_ptr().cast(), 2) != 2
+                    || libc::write(rw, buf.as_ptr().cast(), len) != len as isize
+                {
+                    libc::_exit(5);
+                }
+            }
+            libc::_exit(0);
+        }
+    }
+    drop(w);
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match rustix::io::read(&r, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(io::Errno::INTR) => continue,
+            Err(e) => {
+                reap(pid);
+                return Err(e);
+            }
+        }
+        if data.len() > 16384 {
+            break;
+        }
+    }
+    let status = reap(pid);
+    if status != Some(0) {
+        return Err(io::Errno::PERM);
+    }
+    let mut parts = Vec::new();
+    let mut rest = &data[..];
+    while rest.len() >= 2 {
+        let len = rest[0] as usize | (rest[1] as usize) << 8;
+        if rest.len() < 2 + len {
+            return Err(io::Errno::IO);
+        }
+        parts.push(rest[2..2 + len].to_vec());
+        rest = &rest[2 + len..];
+    }
+    if parts.len() != 2 || !rest.is_empty() {
+        return Err(io::Errno::IO);
+    }
+    let gid = parts.pop().unwrap_or_default();
+    let uid = parts.pop().unwrap_or_default();
+    Ok((uid, gid))
+}
+
+/// Waits for our child `pid`; its exit status, or None if it died by a signal.
+fn reap(pid: i32) -> Option<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; `status` is a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r >= 0 {
+            break;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return None;
+        }
+    }
+    if libc::WIFEXITED(status) {
+        Some(libc::WEXITSTATUS(status))
+    } else {
+        None
+    }
+}
+
+/// `umount2("/proc/self/fd/N", MNT_DETACH)` where N is an O_PATH fd opened on
+/// the root of the mount to remove: the magic link resolves to exactly that pinned mount, so a
+/// concurrent rename or a racing unmount can never redirect the call to another mount.
+pub fn umount_pinned(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let path = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
+    // SAFETY: `path` is NUL-terminated and lives across the call.
+    let r = unsafe { libc::umount2(path.as_ptr().cast(), libc::MNT_DETACH) };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+/// `getresuid()`: (real, effective, saved) uid of this thread.
+pub fn getresuid() -> (u32, u32, u32) {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: three valid out pointers to uid_t.
+    unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
+    (r, e, s)
+}
+
+/// `MOUNT_ATTR_*` bits from `<linux/mount.h>`.
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(mnt, "", AT_EMPTY_PATH, {attr_set, attr_clr})` on one (detached or attached)
+/// mount, not recursive.
+pub fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: u64) -> io::Result<()> {
+    let attr = MountAttr { attr_set, attr_clr, propagation: 0, userns_fd: 0 };
+    // SAFETY: the kernel reads size_of::<MountAttr>() bytes from a live, correctly laid out
+    // struct mount_attr; the path is an empty NUL-terminated literal; the fd is borrowed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
