@@ -104,6 +104,10 @@ pub struct Node {
     pub link_to: Option<NodeId>,
     /// True when the node was created only because a child named it as parent.
     pub implicit: bool,
+    /// st_nlink given explicitly by the input (the dumpfile carries it); `None` means
+    /// computed: directories 2 + subdirectories, others 1 + hard links naming them.
+    /// Directories always get the computed value in an image.
+    pub nlink: Option<u32>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -173,6 +177,7 @@ impl Tree {
             entry: Entry { inode: implicit_dir, ..Entry::default() },
             link_to: None,
             implicit: true,
+            nlink: None,
         };
         Tree { nodes: vec![root], limits, implicit_dir, index: Default::default() }
     }
@@ -248,6 +253,7 @@ impl Tree {
             entry,
             link_to: None,
             implicit,
+            nlink: None,
         });
         self.nodes[parent as usize].children.push(id);
         self.index.insert((parent, name.to_vec()), id);
@@ -343,6 +349,113 @@ impl Tree {
 
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Depth of a node (root is 0).
+    pub fn depth(&self, mut id: NodeId) -> usize {
+        let mut d = 0;
+        while id != ROOT {
+            id = self.node(id).parent;
+            d += 1;
+        }
+        d
+    }
+
+    /// Add `name` directly under the existing directory `parent` (no implicit parents,
+    /// no duplicate accepted). Used by inputs that list every directory themselves.
+    pub fn insert_child(&mut self, parent: NodeId, name: &[u8], entry: Entry) -> Result<NodeId, TreeError> {
+        self.check_new_child(parent, name)?;
+        self.alloc(parent, name, entry, false)
+    }
+
+    /// Add a hard link `name` under `parent` to the existing non-directory `target`.
+    pub fn insert_hardlink_child(&mut self, parent: NodeId, name: &[u8], target: NodeId) -> Result<NodeId, TreeError> {
+        self.check_new_child(parent, name)?;
+        let tid = self.resolve(target);
+        if self.node(tid).entry.inode.is_dir() {
+            return Err(TreeError::BadHardlink {
+                path: show(&self.child_path(parent, name)),
+                target: show(&self.path_of(tid)),
+                reason: "target is a directory",
+            });
+        }
+        let entry = self.node(tid).entry.clone();
+        let id = self.alloc(parent, name, entry, false)?;
+        self.node_mut(id).link_to = Some(tid);
+        Ok(id)
+    }
+
+    fn child_path(&self, parent: NodeId, name: &[u8]) -> Vec<u8> {
+        let mut p = self.path_of(parent);
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name);
+        p
+    }
+
+    fn check_new_child(&self, parent: NodeId, name: &[u8]) -> Result<(), TreeError> {
+        let bad = |reason| TreeError::BadPath { path: show(&self.child_path(parent, name)), reason };
+        match name {
+            b"" => return Err(bad("empty name")),
+            b"." | b".." => return Err(bad("'.' or '..' as name")),
+            n if n.len() > MAX_NAME_LEN => return Err(bad("name longer than 255 bytes")),
+            n if n.contains(&0) => return Err(bad("NUL byte in name")),
+            n if n.contains(&b'/') => return Err(bad("'/' in name")),
+            _ => {}
+        }
+        let p = self.nodes.get(parent as usize).ok_or_else(|| bad("no such parent"))?;
+        if !p.entry.inode.is_dir() || p.link_to.is_some() {
+            return Err(TreeError::ParentNotDir { path: show(&self.child_path(parent, name)), parent: show(&self.path_of(parent)) });
+        }
+        if self.child(parent, name).is_some() {
+            return Err(TreeError::Duplicate { path: show(&self.child_path(parent, name)) });
+        }
+        let depth = self.depth(parent) + 1;
+        if depth > self.limits.max_depth {
+            return Err(TreeError::TooDeep { path: show(&self.child_path(parent, name)), limit: self.limits.max_depth });
+        }
+        Ok(())
+    }
+
+    /// Set the explicit st_nlink of a node (see [`Node::nlink`]).
+    pub fn set_nlink(&mut self, id: NodeId, nlink: u32) {
+        self.node_mut(id).nlink = Some(nlink);
+    }
+
+    /// For every node, how many hard-link names point at it (index = NodeId).
+    pub fn link_counts(&self) -> Vec<u32> {
+        let mut counts = vec![0u32; self.nodes.len()];
+        for n in &self.nodes {
+            if let Some(t) = n.link_to {
+                if let Some(c) = counts.get_mut(t as usize) {
+                    *c = c.saturating_add(1);
+                }
+            }
+        }
+        counts
+    }
+
+    /// The st_nlink a node has: explicit for non-directories when the input gave one,
+    /// else computed. `link_counts` comes from [`Tree::link_counts`].
+    pub fn nlink_with(&self, id: NodeId, link_counts: &[u32]) -> u32 {
+        let id = self.resolve(id);
+        let n = self.node(id);
+        if n.entry.inode.is_dir() {
+            if let Some(v) = n.nlink {
+                return v;
+            }
+            let subdirs = n
+                .children
+                .iter()
+                .filter(|&&c| self.node(c).link_to.is_none() && self.node(c).entry.inode.is_dir())
+                .count();
+            return u32::try_from(subdirs).unwrap_or(u32::MAX).saturating_add(2);
+        }
+        match n.nlink {
+            Some(v) => v,
+            None => link_counts.get(id as usize).copied().unwrap_or(0).saturating_add(1),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
