@@ -236,7 +236,50 @@ pub fn check_image(fd: BorrowedFd<'_>) -> Result<ImageFacts, HelperError> {
             return Err(HelperError::Limit { what: "image entries", value: inodes, limit: max });
         }
     }
+    if privileged() {
+        check_image_content(fd, inodes)?;
+    }
     Ok(ImageFacts { inodes, block_size: 1 << blkszbits })
+}
+
+/// Privileged mode: parses the whole image with the hostile-input reader (which refuses
+/// unexpected `trusted.overlay.*` xattrs and malformed redirect/metacopy xattrs; escaped
+/// `trusted.overlay.overlay.*` user xattrs come back unescaped, i.e. inert) and refuses
+/// device nodes (other than 0/0 whiteouts) and redirect payloads with `.`/`..`/empty components.
+fn check_image_content(fd: BorrowedFd<'_>, inodes: u64) -> Result<(), HelperError> {
+    let limits = caller_limits().ok_or_else(|| HelperError::Policy("no policy loaded".into()))?;
+    let size = rustix::fs::fstat(fd).map_err(|e| HelperError::Io { what: "fstat image", errno: e })?.st_size as u64;
+    if size > limits.max_image_size {
+        return Err(HelperError::Limit { what: "image size", value: size, limit: limits.max_image_size });
+    }
+    let src = Source { fd: rustix::io::dup(fd).map_err(|e| HelperError::Io { what: "dup", errno: e })?, size };
+    let bytes = read_all(&src, limits.max_image_size)?;
+    let mut rl = crate::erofs::reader::ReadLimits::default();
+    rl.tree.max_entries = usize::try_from(limits.max_entries.min(inodes.saturating_mul(2) + 1024)).unwrap_or(usize::MAX);
+    let (tree, _) = crate::erofs::reader::read_image_with(&bytes, &rl)
+        .map_err(|e| HelperError::BadImage { reason: e.to_string() })?;
+    if tree.len() as u64 > limits.max_entries {
+        return Err(HelperError::Limit { what: "image entries", value: tree.len() as u64, limit: limits.max_entries });
+    }
+    for (i, node) in tree.nodes.iter().enumerate() {
+        let ino = &node.entry.inode;
+        let ft = ino.mode & 0o170000;
+        let path = || crate::tree::show(&tree.path_of(i as crate::tree::NodeId));
+        if (ft == 0o020000 && ino.rdev != 0) || ft == 0o060000 {
+            return Err(HelperError::BadImage { reason: format!("{}: device node (not allowed for unprivileged callers)", path()) });
+        }
+        if ino.is_reg() {
+            if let Some(p) = &node.entry.payload {
+                let bad = p.split(|c| *c == b'/').enumerate().any(|(k, c)| (c.is_empty() && k > 0) || c == b"." || c == b"..");
+                if bad || p.is_empty() {
+                    return Err(HelperError::BadImage {
+                        reason: format!("{}: overlay redirect {:?} has empty, '.' or '..' components", path(), String::from_utf8_lossy(p)),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn fstat_as(what: &'static str, path: &Path, fd: BorrowedFd<'_>) -> Result<rustix::fs::Stat, HelperError> {
@@ -533,9 +576,9 @@ pub struct MountRecord {
     /// Where it was attached (None for --fd-out mounts).
     #[serde(default)]
     pub target: Option<PathBuf>,
-    /// The loop device, if one is held.
-    #[serde(default, alias = "loop")]
-    pub loop_device: Option<String>,
+    /// Loop devices held (one per layer that needed one).
+    #[serde(default)]
+    pub loop_devices: Vec<PathBuf>,
 }
 
 /// Reads every record in `dir` that is a root-owned, non-writable regular JSON file. Records
@@ -574,8 +617,8 @@ fn record_live(r: &MountRecord) -> bool {
             Ok(fd) => sys::statx_mnt_id(fd.as_fd()).is_ok_and(|(id, uniq)| id == r.mount_id && uniq == r.mount_id_unique),
             Err(_) => false,
         },
-        None => r.loop_device.as_ref().is_some_and(|d| {
-            let name = Path::new(d).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        None => r.loop_devices.iter().any(|d| {
+            let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).is_ok()
         }),
     }
@@ -595,7 +638,7 @@ pub fn check_mount_limits(state_dir: &Path, needs_loop: bool) -> Result<(), Help
     if mounts + 1 > limits.max_mounts as u64 {
         return Err(HelperError::Limit { what: "mounts", value: mounts + 1, limit: limits.max_mounts as u64 });
     }
-    let loops = mine.iter().filter(|r| r.loop_device.is_some()).count() as u64;
+    let loops = mine.iter().map(|r| r.loop_devices.len()).sum::<usize>() as u64;
     if needs_loop && loops + 1 > limits.max_loop_devices as u64 {
         return Err(HelperError::Limit { what: "loop devices", value: loops + 1, limit: limits.max_loop_devices as u64 });
     }
