@@ -764,15 +764,22 @@ fn probe_mount_features() -> Vec<(&'static str, String)> {
         Some(fsfd) => {
             // A 4 KiB zero file is not an EROFS image: a kernel with file-backed mounts rejects
             // its superblock (EINVAL); one without insists on a block device (ENOTBLK).
-            // Nothing is mounted either way.
+            // Nothing is mounted either way. The file is an unnamed O_TMPFILE on a disk
+            // filesystem (tmpfs/memfd pages cannot back EROFS), so nothing is left behind.
             let probe = || -> io::Result<io::Result<()>> {
-                let memfd = rustix::fs::memfd_create("cfsmount-probe", rustix::fs::MemfdFlags::CLOEXEC)?;
-                rustix::fs::ftruncate(&memfd, 4096)?;
-                fsconfig_set_string(&fsfd, "source", format!("/proc/self/fd/{}", memfd.as_raw_fd()))?;
+                let tmp = rustix::fs::open(
+                    "/var/tmp",
+                    rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                )?;
+                rustix::fs::ftruncate(&tmp, 4096)?;
+                fsconfig_set_string(&fsfd, "source", format!("/proc/self/fd/{}", tmp.as_raw_fd()))?;
                 Ok(fsconfig_create(&fsfd).map_err(io::Error::from))
             };
             match probe() {
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOTBLK) => "no (needs a loop device)".to_string(),
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOTBLK) => {
+                    "no (needs a loop device; or /var/tmp is on a filesystem EROFS cannot read from)".to_string()
+                }
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => "yes".to_string(),
                 Ok(Err(e)) => format!("unknown ({e})"),
                 Ok(Ok(())) => "yes (unexpectedly accepted an empty file)".to_string(),
