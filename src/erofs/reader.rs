@@ -17,14 +17,14 @@
 //! places an inode where its first non-link name sits in its breadth-first walk, so the
 //! reader picks as primary the name whose walk position matches the inode's nid order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
 use thiserror::Error;
 
-use crate::tree::{self, Entry, Inode, Limits, Tree, TreeError, Xattr};
+use crate::tree::{self, Entry, Inode, Limits, NodeId, Tree, TreeError, Xattr, ROOT};
 
 /// EROFS block size; composefs images always use 4 KiB blocks.
 const BLOCK_SIZE: u64 = 4096;
@@ -151,14 +151,9 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     let tree = read_image(&bytes).with_context(|| format!("{name}: invalid composefs image"))?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    print_dump(&tree, &mut out).context("writing the dumpfile")?;
+    crate::input::dump::write_dump(&tree, &mut out).context("writing the dumpfile")?;
     out.flush().context("writing the dumpfile")?;
     Ok(())
-}
-
-// Until the shared dumpfile printer (`crate::input::dump::write_dump`) lands.
-fn print_dump(_tree: &Tree, _out: &mut dyn Write) -> std::io::Result<()> {
-    Err(std::io::Error::other("the dumpfile printer is not available yet"))
 }
 
 fn read_bounded(r: &mut dyn Read) -> anyhow::Result<Vec<u8>> {
@@ -229,14 +224,35 @@ fn show_path(p: &[u8]) -> String {
     format!("/{}", tree::show(p))
 }
 
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
-    p.extend_from_slice(dir);
-    if !dir.is_empty() {
+/// Path of directory `idx` (built only for error messages: directory records link to
+/// their parent instead of holding full paths, which a deep hostile tree would multiply).
+fn dir_path(dirs: &[DirRec], mut idx: usize) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    while idx != 0 {
+        let Some(d) = dirs.get(idx) else { break };
+        parts.push(&d.name);
+        idx = d.parent;
+    }
+    parts.reverse();
+    parts.join(&b'/')
+}
+
+fn child_path(dirs: &[DirRec], idx: usize, name: &[u8]) -> Vec<u8> {
+    let mut p = dir_path(dirs, idx);
+    if !p.is_empty() {
         p.push(b'/');
     }
     p.extend_from_slice(name);
     p
+}
+
+/// Fill in the path of an inode/directory error raised where only the nid was known.
+fn with_path(e: ReadError, path: impl FnOnce() -> Vec<u8>) -> ReadError {
+    match e {
+        ReadError::Inode { nid, reason, .. } => ReadError::Inode { nid, path: show_path(&path()), reason },
+        ReadError::Dir { nid, reason, .. } => ReadError::Dir { nid, path: show_path(&path()), reason },
+        e => e,
+    }
 }
 
 fn entry_bytes(e: &Entry) -> u64 {
@@ -269,11 +285,15 @@ struct Ino {
     user_whiteout: bool,
     /// Number of directory entries naming this inode.
     names: u32,
+    /// st_nlink as stored.
+    nlink: u32,
 }
 
 struct DirRec {
     nid: u64,
-    path: Vec<u8>,
+    /// Index of the parent directory's record (0, the root, for the root itself).
+    parent: usize,
+    name: Vec<u8>,
     /// (name, child nid) in on-disk order, without `.`/`..` and without whiteout stubs.
     children: Vec<(Vec<u8>, u64)>,
 }
@@ -379,18 +399,18 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// Decode the inode at `nid` (once); `path` names it in errors.
-    fn load(&mut self, nid: u64, path: &[u8]) -> Result<(), ReadError> {
+    /// Decode the inode at `nid` (once). Errors carry no path yet (see [`with_path`]).
+    fn load(&mut self, nid: u64) -> Result<(), ReadError> {
         if self.inodes.contains_key(&nid) {
             return Ok(());
         }
-        let ino = self.decode(nid, path)?;
+        let ino = self.decode(nid)?;
         self.inodes.insert(nid, ino);
         Ok(())
     }
 
-    fn decode(&mut self, nid: u64, path: &[u8]) -> Result<Ino, ReadError> {
-        let bad = |reason: String| ReadError::Inode { nid, path: show_path(path), reason };
+    fn decode(&mut self, nid: u64) -> Result<Ino, ReadError> {
+        let bad = |reason: String| ReadError::Inode { nid, path: String::new(), reason };
         let off = nid
             .checked_mul(SLOT_SIZE)
             .and_then(|o| o.checked_add(self.meta_off))
@@ -407,16 +427,17 @@ impl<'a> Reader<'a> {
         let icount = le16(raw, 2);
         let mode = u32::from(le16(raw, 4));
         let i_u = le32(raw, 16);
-        let (size, uid, gid, mtime, mtime_nsec) = if compact {
+        let (size, uid, gid, mtime, mtime_nsec, nlink) = if compact {
             (
                 u64::from(le32(raw, 8)),
                 u32::from(le16(raw, 24)),
                 u32::from(le16(raw, 26)),
                 self.build_time,
                 self.build_nsec,
+                u32::from(le16(raw, 6)),
             )
         } else {
-            (le64(raw, 8), le32(raw, 24), le32(raw, 28), le64(raw, 32) as i64, le32(raw, 40))
+            (le64(raw, 8), le32(raw, 24), le32(raw, 28), le64(raw, 32) as i64, le32(raw, 40), le32(raw, 44))
         };
         if mtime_nsec >= 1_000_000_000 {
             return Err(bad(format!("mtime nanoseconds {mtime_nsec} out of range")));
@@ -522,6 +543,7 @@ impl<'a> Reader<'a> {
             raw_whiteout,
             user_whiteout,
             names: 0,
+            nlink,
         })
     }
 
@@ -573,7 +595,7 @@ impl<'a> Reader<'a> {
     /// Raw (full name, value) pairs of an inode's inline and shared xattrs.
     fn read_xattrs(&mut self, off: u64, size: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
         let area = self.bytes(off, size).ok_or("xattrs beyond the end of the image")?;
-        let shared = u64::from(area[8]);
+        let shared = u64::from(area[4]);
         let mut pos = XATTR_HEADER_SIZE + shared * 4;
         if pos > size {
             return Err(format!("{shared} shared xattrs do not fit in the xattr area"));
@@ -662,9 +684,9 @@ impl<'a> Reader<'a> {
         true
     }
 
-    /// Read the entries of directory `dir` (nid `nid`, at `path`), in on-disk order.
-    fn read_dir(&mut self, nid: u64, path: &[u8], dd: DirData) -> Result<Vec<(Vec<u8>, u64, u8)>, ReadError> {
-        let bad = |reason: String| ReadError::Dir { nid, path: show_path(path), reason };
+    /// Read the entries of directory `nid`, in on-disk order. Errors carry no path yet.
+    fn read_dir(&mut self, nid: u64, dd: DirData) -> Result<Vec<(Vec<u8>, u64, u8)>, ReadError> {
+        let bad = |reason: String| ReadError::Dir { nid, path: String::new(), reason };
         let mut out: Vec<(Vec<u8>, u64, u8)> = Vec::new();
         let mut pieces = Vec::new();
         let mut done = 0u64;
@@ -692,85 +714,98 @@ impl<'a> Reader<'a> {
 
     fn run(mut self) -> Result<(Tree, ImageInfo), ReadError> {
         let root_nid = self.root_nid;
-        self.load(root_nid, b"")?;
-        let root = &self.inodes[&root_nid];
-        if root.dir.is_none() {
+        self.load(root_nid).map_err(|e| with_path(e, Vec::new))?;
+        if self.inodes.get(&root_nid).is_none_or(|r| r.dir.is_none()) {
             return Err(ReadError::Inode { nid: root_nid, path: "/".into(), reason: "root is not a directory".into() });
         }
-
-        // 1. Breadth-first walk over the directories, in the writer's order.
-        let mut dirs: Vec<DirRec> = Vec::new();
-        let mut queue: VecDeque<(u64, u64, Vec<u8>, usize)> = VecDeque::new(); // nid, parent nid, path, depth
-        queue.push_back((root_nid, root_nid, Vec::new(), 0));
         if let Some(r) = self.inodes.get_mut(&root_nid) {
             r.names = 1;
         }
-        while let Some((nid, parent, path, depth)) = queue.pop_front() {
-            let dd = self.inodes.get(&nid).and_then(|i| i.dir).ok_or_else(|| ReadError::Dir {
-                nid,
-                path: show_path(&path),
-                reason: "not a directory".into(),
-            })?;
-            let ents = self.read_dir(nid, &path, dd)?;
-            let mut rec = DirRec { nid, path, children: Vec::new() };
+
+        // 1. Breadth-first walk over the directories, in the writer's order.
+        let mut dirs: Vec<DirRec> = vec![DirRec { nid: root_nid, parent: 0, name: Vec::new(), children: Vec::new() }];
+        let mut depth: Vec<usize> = vec![0];
+        let mut parent_nid: Vec<u64> = vec![root_nid];
+        let mut at = 0;
+        while at < dirs.len() {
+            let nid = dirs[at].nid;
+            let dir_err = |dirs: &[DirRec], reason: String| ReadError::Dir { nid, path: show_path(&dir_path(dirs, at)), reason };
+            let Some(dd) = self.inodes.get(&nid).and_then(|i| i.dir) else {
+                return Err(dir_err(&dirs, "not a directory".into()));
+            };
+            let ents = self.read_dir(nid, dd).map_err(|e| with_path(e, || dir_path(&dirs, at)))?;
+            let mut children = Vec::new();
             let (mut dot, mut dotdot) = (false, false);
             for (name, cnid, ftype) in ents {
-                let bad = |reason: String| ReadError::Dir { nid, path: show_path(&rec.path), reason };
                 if name == b"." || name == b".." {
-                    let want = if name == b"." { nid } else { parent };
+                    let want = if name == b"." { nid } else { parent_nid[at] };
                     if cnid != want || ftype != 2 {
-                        return Err(bad(format!("'{}' entry points to nid {cnid}", tree::show(&name))));
+                        return Err(dir_err(&dirs, format!("'{}' entry points to nid {cnid}", tree::show(&name))));
                     }
-                    if name == b"." { dot = true } else { dotdot = true }
+                    if name == b"." {
+                        dot = true
+                    } else {
+                        dotdot = true
+                    }
                     continue;
                 }
-                let cpath = join(&rec.path, &name);
-                self.load(cnid, &cpath)?;
+                self.load(cnid).map_err(|e| with_path(e, || child_path(&dirs, at, &name)))?;
                 let Some(child) = self.inodes.get_mut(&cnid) else { continue };
                 if child.ftype != ftype {
-                    return Err(bad(format!(
+                    let reason = format!(
                         "entry {} has file type {ftype} but its inode is of type {}",
                         tree::show(&name),
                         child.ftype
-                    )));
+                    );
+                    return Err(dir_err(&dirs, reason));
                 }
-                child.names += 1;
+                child.names = child.names.saturating_add(1);
                 if child.raw_whiteout {
-                    let stub = nid == root_nid && name.len() == 2 && name.iter().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+                    let stub = nid == root_nid
+                        && name.len() == 2
+                        && name.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
                     if !stub || child.names > 1 {
-                        return Err(bad(format!("unescaped whiteout {} outside the root whiteout stubs", tree::show(&name))));
+                        let reason = format!("unescaped whiteout {} outside the root whiteout stubs", tree::show(&name));
+                        return Err(dir_err(&dirs, reason));
                     }
                     continue;
                 }
                 if child.dir.is_some() {
                     if child.names > 1 {
-                        return Err(bad(format!(
+                        let reason = format!(
                             "directory {} (nid {cnid}) is reachable twice (cycle or aliased directory)",
                             tree::show(&name)
-                        )));
+                        );
+                        return Err(dir_err(&dirs, reason));
                     }
-                    if depth + 1 > self.limits.tree.max_depth {
+                    let d = depth[at] + 1;
+                    if d > self.limits.tree.max_depth {
                         return Err(ReadError::Limit(format!(
                             "{}: nested deeper than {}",
-                            show_path(&cpath),
+                            show_path(&child_path(&dirs, at, &name)),
                             self.limits.tree.max_depth
                         )));
                     }
-                    queue.push_back((cnid, nid, cpath, depth + 1));
+                    dirs.push(DirRec { nid: cnid, parent: at, name: name.clone(), children: Vec::new() });
+                    depth.push(d);
+                    parent_nid.push(nid);
                 }
-                rec.children.push((name, cnid));
+                children.push((name, cnid));
             }
             if !dot || !dotdot {
-                return Err(ReadError::Dir { nid, path: show_path(&rec.path), reason: "missing '.' or '..' entry".into() });
+                return Err(dir_err(&dirs, "missing '.' or '..' entry".into()));
             }
-            dirs.push(rec);
+            dirs[at].children = children;
+            at += 1;
         }
+        drop(depth);
+        drop(parent_nid);
 
         // 2. Pick the primary name of each inode: the name whose breadth-first position
         //    matches the inode's place in nid order (see the module docs).
         let mut order: Vec<u64> = self.inodes.keys().copied().collect();
         order.sort_unstable();
-        let mut primary: HashMap<u64, (usize, usize)> = HashMap::with_capacity(order.len()); // nid -> (dir idx, child idx)
+        let mut primary: HashMap<u64, (usize, usize)> = HashMap::with_capacity(order.len()); // nid -> (dir, child)
         let mut next = order.iter().position(|&n| n == root_nid).map_or(order.len(), |p| p + 1);
         for (di, d) in dirs.iter().enumerate() {
             for (ci, (_, cnid)) in d.children.iter().enumerate() {
@@ -782,7 +817,7 @@ impl<'a> Reader<'a> {
                 if primary.contains_key(cnid) {
                     continue;
                 }
-                if next < order.len() && order[next] == *cnid {
+                if order.get(next) == Some(cnid) {
                     primary.insert(*cnid, (di, ci));
                     next += 1;
                 }
@@ -796,18 +831,15 @@ impl<'a> Reader<'a> {
         }
 
         // 3. Whiteout markers on the directory holding a user whiteout's primary name.
-        let mut marked_dirs: Vec<u64> = Vec::new();
+        let v1 = self.version >= 1;
         for (nid, &(di, _)) in &primary {
-            if self.inodes.get(nid).is_some_and(|i| i.user_whiteout) {
-                marked_dirs.push(dirs[di].nid);
+            if !self.inodes.get(nid).is_some_and(|i| i.user_whiteout) {
+                continue;
             }
-        }
-        for dnid in marked_dirs {
-            let v1 = self.version >= 1;
+            let Some(dnid) = dirs.get(di).map(|d| d.nid) else { continue };
             if let Some(e) = self.inodes.get_mut(&dnid).and_then(|i| i.entry.as_mut()) {
                 e.xattrs.retain(|x| {
-                    let k = x.key.as_slice();
-                    let v = x.value.as_slice();
+                    let (k, v) = (x.key.as_slice(), x.value.as_slice());
                     let marker = ((k == WH_DIR_MARK || k == WH_DIR_MARK_USER) && v.is_empty())
                         || (v1 && (k == OVL_OPAQUE || k == WH_DIR_OPAQUE_USER) && v == b"x");
                     !marker
@@ -820,33 +852,42 @@ impl<'a> Reader<'a> {
         let root_entry = self.inodes.get_mut(&root_nid).and_then(|i| i.entry.take()).unwrap_or_default();
         self.budget(entry_bytes(&root_entry))?;
         t.set_root(root_entry).map_err(|e| tree_err(root_nid, e))?;
-        let mut links: Vec<(Vec<u8>, u64)> = Vec::new();
-        let mut primary_path: HashMap<u64, Vec<u8>> = HashMap::new();
+        let dir_index: HashMap<u64, usize> = dirs.iter().enumerate().map(|(i, d)| (d.nid, i)).collect();
+        let mut tree_id: Vec<NodeId> = vec![ROOT; dirs.len()];
+        // Primaries that other names link to: nid -> (tree node, bytes a copy costs).
+        let mut linked: HashMap<u64, (NodeId, u64)> = HashMap::new();
+        let mut links: Vec<(usize, usize)> = Vec::new();
         for (di, d) in dirs.iter().enumerate() {
+            let parent = tree_id[di];
             for (ci, (name, cnid)) in d.children.iter().enumerate() {
-                let path = join(&d.path, name);
-                if primary.get(cnid) == Some(&(di, ci)) {
-                    let Some(ino) = self.inodes.get_mut(cnid) else { continue };
-                    let shared = ino.names > 1;
-                    let e = ino.entry.take().unwrap_or_default();
-                    let nbytes = entry_bytes(&e) + name.len() as u64;
-                    self.budget(nbytes)?;
-                    t.insert(&path, e).map_err(|e| tree_err(*cnid, e))?;
-                    if shared {
-                        primary_path.insert(*cnid, path);
+                if primary.get(cnid) != Some(&(di, ci)) {
+                    links.push((di, ci));
+                    continue;
+                }
+                let Some(ino) = self.inodes.get_mut(cnid) else { continue };
+                let (names, nlink, is_dir) = (ino.names, ino.nlink, ino.dir.is_some());
+                let e = ino.entry.take().unwrap_or_default();
+                let cost = entry_bytes(&e) + name.len() as u64;
+                self.budget(cost)?;
+                let id = t.insert_child(parent, name, e).map_err(|e| tree_err(*cnid, e))?;
+                if is_dir {
+                    if let Some(&i) = dir_index.get(cnid) {
+                        tree_id[i] = id;
                     }
                 } else {
-                    links.push((path, *cnid));
+                    t.set_nlink(id, nlink);
+                }
+                if names > 1 {
+                    linked.insert(*cnid, (id, cost));
                 }
             }
         }
-        for (path, cnid) in links {
-            let Some(target) = primary_path.get(&cnid) else { continue };
-            let t_id = t.lookup(target).map(|id| t.node(id).entry.clone());
-            if let Some(e) = t_id {
-                self.budget(entry_bytes(&e) + path.len() as u64)?;
-            }
-            t.insert_hardlink(&path, target).map_err(|e| tree_err(cnid, e))?;
+        for (di, ci) in links {
+            let (Some(d), Some(&parent)) = (dirs.get(di), tree_id.get(di)) else { continue };
+            let Some((name, cnid)) = d.children.get(ci) else { continue };
+            let Some(&(target, cost)) = linked.get(cnid) else { continue };
+            self.budget(cost)?;
+            t.insert_hardlink_child(parent, name, target).map_err(|e| tree_err(*cnid, e))?;
         }
         t.finalize().map_err(|e| tree_err(root_nid, e))?;
         let info = ImageInfo { composefs_version: self.version, flags: self.flags, inodes: self.inodes.len() as u64 };
