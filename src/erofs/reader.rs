@@ -359,10 +359,10 @@ impl<'a> Reader<'a> {
         }
         let meta_off = u64::from(le32(sb, 40)) * BLOCK_SIZE;
         let xattr_off = u64::from(le32(sb, 44)) * BLOCK_SIZE;
-        if meta_off >= len {
+        if meta_off > len {
             return Err(bad(format!("metadata block address {} beyond the image", meta_off / BLOCK_SIZE)));
         }
-        if xattr_off >= len {
+        if xattr_off > len {
             return Err(bad(format!("shared xattr block address {} beyond the image", xattr_off / BLOCK_SIZE)));
         }
         Ok(Reader {
@@ -988,4 +988,197 @@ pub enum ReadError {
     Tree { nid: u64, source: TreeError },
     #[error("limit exceeded: {0}")]
     Limit(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A compact inode: (format, mode, nlink, size, i_u).
+    fn compact(format: u16, mode: u16, nlink: u16, size: u32, i_u: u32) -> Vec<u8> {
+        let mut b = vec![0u8; 32];
+        b[0..2].copy_from_slice(&format.to_le_bytes());
+        b[4..6].copy_from_slice(&mode.to_le_bytes());
+        b[6..8].copy_from_slice(&nlink.to_le_bytes());
+        b[8..12].copy_from_slice(&size.to_le_bytes());
+        b[16..20].copy_from_slice(&i_u.to_le_bytes());
+        b
+    }
+
+    fn dirents(ents: &[(&[u8], u64, u8)]) -> Vec<u8> {
+        let mut names = Vec::new();
+        let mut out = Vec::new();
+        let base = ents.len() * 12;
+        for (name, nid, ft) in ents {
+            out.extend_from_slice(&nid.to_le_bytes());
+            out.extend_from_slice(&((base + names.len()) as u16).to_le_bytes());
+            out.extend_from_slice(&[*ft, 0]);
+            names.extend_from_slice(name);
+        }
+        out.extend_from_slice(&names);
+        out
+    }
+
+    const ROOT_NID: u64 = 36; // first slot after the superblock (meta block 0)
+
+    /// Header + superblock + a root directory (inline dirents: `.`, `..` and `children`,
+    /// which must be given in sorted order) + the given inodes at their nids.
+    fn image(children: &[(&[u8], u64, u8)], inodes: &[(u64, Vec<u8>)]) -> Vec<u8> {
+        let mut img = vec![0u8; 8192];
+        img[0..4].copy_from_slice(&COMPOSEFS_MAGIC.to_le_bytes());
+        img[4..8].copy_from_slice(&1u32.to_le_bytes());
+        let sb = 1024;
+        img[sb..sb + 4].copy_from_slice(&EROFS_MAGIC.to_le_bytes());
+        img[sb + 12] = 12;
+        img[sb + 14..sb + 16].copy_from_slice(&(ROOT_NID as u16).to_le_bytes());
+        img[sb + 44..sb + 48].copy_from_slice(&1u32.to_le_bytes()); // shared xattrs: block 1
+        let mut ents: Vec<(&[u8], u64, u8)> = vec![(b".", ROOT_NID, 2), (b"..", ROOT_NID, 2)];
+        ents.extend_from_slice(children);
+        ents.sort_by(|a, b| a.0.cmp(b.0));
+        let d = dirents(&ents);
+        let root = compact(LAYOUT_FLAT_INLINE << 1, 0o40755, 2, d.len() as u32, 0);
+        let at = (ROOT_NID * 32) as usize;
+        img[at..at + 32].copy_from_slice(&root);
+        img[at + 32..at + 32 + d.len()].copy_from_slice(&d);
+        for (nid, bytes) in inodes {
+            let at = (*nid * 32) as usize;
+            img[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        img
+    }
+
+    fn file() -> Vec<u8> {
+        compact(0, 0o100644, 1, 0, 0)
+    }
+
+    #[test]
+    fn reads_a_minimal_image() {
+        let img = image(&[(b"a", 40, 1)], &[(40, file())]);
+        let (t, info) = read_image_with(&img, &ReadLimits::default()).unwrap();
+        assert_eq!(info.composefs_version, 0);
+        let a = t.lookup(b"a").unwrap();
+        assert_eq!(t.node(a).entry.inode.mode, 0o100644);
+        assert_eq!(t.node(a).nlink, Some(1));
+        assert_eq!(t.node(ROOT).entry.inode.mode, 0o40755);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn second_name_of_an_inode_is_a_hard_link() {
+        let img = image(&[(b"a", 40, 1), (b"b", 40, 1)], &[(40, compact(0, 0o100644, 2, 0, 0))]);
+        let t = read_image(&img).unwrap();
+        let (a, b) = (t.lookup(b"a").unwrap(), t.lookup(b"b").unwrap());
+        assert_eq!(t.node(a).link_to, None);
+        assert_eq!(t.node(b).link_to, Some(a));
+    }
+
+    #[test]
+    fn cycles_and_bad_references_are_errors() {
+        let err = |img: &[u8]| read_image(img).unwrap_err().to_string();
+        // A child naming the root: the root directory reachable twice.
+        assert!(err(&image(&[(b"loop", ROOT_NID, 2)], &[])).contains("reachable twice"));
+        // A directory reachable under two names.
+        let dir = |nid: u64| {
+            let d = dirents(&[(b".", nid, 2), (b"..", ROOT_NID, 2)]);
+            [compact(LAYOUT_FLAT_INLINE << 1, 0o40755, 2, d.len() as u32, 0), d].concat()
+        };
+        assert!(err(&image(&[(b"x", 40, 2), (b"y", 40, 2)], &[(40, dir(40))])).contains("reachable twice"));
+        // The dirent's file type disagrees with the inode.
+        assert!(err(&image(&[(b"a", 40, 2)], &[(40, file())])).contains("file type"));
+        // A nid whose offset overflows, and one beyond the image.
+        assert!(err(&image(&[(b"a", u64::MAX, 1)], &[])).contains("nid"));
+        assert!(err(&image(&[(b"a", 1 << 20, 1)], &[])).contains("beyond"));
+        // An inode inside the root inode's inline directory data.
+        assert!(err(&image(&[(b"a", ROOT_NID + 1, 1)], &[])).contains("inode"));
+        // '..' of a subdirectory pointing at itself.
+        let d = dirents(&[(b".", 40, 2), (b"..", 40, 2)]);
+        let bad = [compact(LAYOUT_FLAT_INLINE << 1, 0o40755, 2, d.len() as u32, 0), d].concat();
+        assert!(err(&image(&[(b"x", 40, 2)], &[(40, bad)])).contains("'..'"));
+    }
+
+    #[test]
+    fn whiteouts_only_as_root_stubs() {
+        let wh = compact(0, 0o20644, 1, 0, 0);
+        // A stub named like the writer names them is not part of the tree.
+        let t = read_image(&image(&[(b"0a", 40, 3)], &[(40, wh.clone())])).unwrap();
+        assert_eq!(t.len(), 1);
+        // Anywhere else (or another name) a raw 0/0 device is an error.
+        assert!(read_image(&image(&[(b"wh", 40, 3)], &[(40, wh.clone())])).is_err());
+        assert!(read_image(&image(&[(b"0A", 40, 3)], &[(40, wh)])).is_err());
+        // A device with a real number is an ordinary node.
+        let t = read_image(&image(&[(b"null", 40, 3)], &[(40, compact(0, 0o20666, 1, 0, 0x103))])).unwrap();
+        assert_eq!(t.node(t.lookup(b"null").unwrap()).entry.inode.rdev, 0x103);
+    }
+
+    #[test]
+    fn header_and_superblock_checks() {
+        let good = image(&[], &[]);
+        assert!(read_image(&good).is_ok());
+        assert!(matches!(read_image(&good[..1100]), Err(ReadError::TooSmall { .. })));
+        for (at, what) in [(0usize, "composefs magic"), (1024, "EROFS magic"), (1024 + 12, "block size")] {
+            let mut m = good.clone();
+            m[at] ^= 0x55;
+            let e = read_image(&m).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        let mut m = good.clone();
+        m[12] = 2; // composefs format version 2
+        assert!(read_image(&m).is_err());
+    }
+
+    #[test]
+    fn dirent_blocks() {
+        let mut out = Vec::new();
+        let b = dirents(&[(b".", 1, 2), (b"..", 1, 2), (b"name", 7, 1)]);
+        assert_eq!(parse_dirent_block(&b, &mut out, 100).unwrap(), 3);
+        assert_eq!(out[2], (b"name".to_vec(), 7, 1));
+        // The last name ends at the first NUL or the end of the block.
+        let mut padded = b.clone();
+        padded.extend_from_slice(&[0, 0, 0]);
+        out.clear();
+        parse_dirent_block(&padded, &mut out, 100).unwrap();
+        assert_eq!(out[2].0, b"name");
+        // Bad first offset, names that overlap the table, '/' in a name, the budget.
+        let mut bad = b.clone();
+        bad[8] = 13;
+        assert!(parse_dirent_block(&bad, &mut out, 100).is_err());
+        let mut bad = b.clone();
+        bad[12 + 8] = 2; // second name offset inside the dirent table
+        assert!(parse_dirent_block(&bad, &mut out, 100).is_err());
+        let slash = dirents(&[(b".", 1, 2), (b"a/b", 1, 1)]);
+        assert!(parse_dirent_block(&slash, &mut out, 100).is_err());
+        assert!(parse_dirent_block(&b, &mut out, 2).is_err());
+        assert!(parse_dirent_block(&b[..5], &mut out, 100).is_err());
+    }
+
+    #[test]
+    fn xattr_entries() {
+        let entry = |index: u8, name: &[u8], value: &[u8]| {
+            let mut e = vec![name.len() as u8, index];
+            e.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            e.extend_from_slice(name);
+            e.extend_from_slice(value);
+            e
+        };
+        let (k, v, len) = parse_xattr_entry(&entry(6, b"selinux", b"ctx")).unwrap();
+        assert_eq!((k.as_slice(), v.as_slice(), len), (&b"security.selinux"[..], &b"ctx"[..], 16));
+        let (k, _, _) = parse_xattr_entry(&entry(2, b"", b"acl")).unwrap();
+        assert_eq!(k, b"system.posix_acl_access");
+        assert!(parse_xattr_entry(&entry(0, b"", b"x")).is_err(), "empty name");
+        assert!(parse_xattr_entry(&entry(0x80, b"x", b"")).is_err(), "long prefix");
+        assert!(parse_xattr_entry(&entry(7, b"x", b"")).is_err(), "unknown index");
+        assert!(parse_xattr_entry(&entry(1, b"a\0b", b"")).is_err(), "NUL in name");
+        let e = entry(1, b"name", b"value");
+        assert!(parse_xattr_entry(&e[..e.len() - 1]).is_err(), "value past the end");
+    }
+
+    #[test]
+    fn claims_detect_overlap() {
+        let mut c = Claims::new(100);
+        assert!(c.claim(10, 5));
+        assert!(!c.claim(14, 1));
+        assert!(c.claim(15, 85));
+        assert!(!c.claim(99, 2));
+        assert!(!c.claim(u64::MAX, 2));
+    }
 }
