@@ -415,9 +415,10 @@ impl Parser {
                 return Err(err(path, "CONTENT", format!("content is {} bytes but SIZE is {size}", c.len())));
             }
         }
+        // An empty DIGEST field (a line cut short) means no digest.
         let digest = match unescape_optional(f(10)).map_err(|r| err(path, "DIGEST", r))? {
-            Some(d) => Some(parse_digest(&d).map_err(|r| err(path, "DIGEST", r))?),
-            None => None,
+            Some(d) if !d.is_empty() => Some(parse_digest(&d).map_err(|r| err(path, "DIGEST", r))?),
+            _ => None,
         };
         let ftype = mode & S_IFMT;
         let rdev = if ftype == S_IFCHR || ftype == S_IFBLK {

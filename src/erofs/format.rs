@@ -1,0 +1,400 @@
+//! On-disk constants and structures of the composefs EROFS image (little endian),
+//! with byte-exact encoders for the writer and bounds-checked decoders for readers.
+
+/// composefs header magic at offset 0.
+pub const COMPOSEFS_MAGIC: u32 = 0xd078_629a;
+/// Version of the composefs header layout.
+pub const COMPOSEFS_HEADER_VERSION: u32 = 1;
+/// Header flag: some inode carries a POSIX ACL xattr.
+pub const COMPOSEFS_FLAG_HAS_ACL: u32 = 1;
+/// Highest composefs format version this implementation writes.
+pub const COMPOSEFS_VERSION_MAX: u32 = 1;
+pub const COMPOSEFS_HEADER_SIZE: usize = 32;
+
+pub const EROFS_SUPER_MAGIC: u32 = 0xe0f5_e1e2;
+pub const EROFS_SUPER_OFFSET: u64 = 1024;
+pub const EROFS_SUPER_SIZE: usize = 128;
+pub const BLOCK_BITS: u32 = 12;
+pub const BLOCK_SIZE: u64 = 1 << BLOCK_BITS;
+pub const SLOT_BITS: u32 = 5;
+pub const SLOT_SIZE: u64 = 1 << SLOT_BITS;
+
+pub const FEATURE_COMPAT_MTIME: u32 = 0x2;
+pub const FEATURE_COMPAT_XATTR_FILTER: u32 = 0x4;
+
+pub const INODE_COMPACT_SIZE: usize = 32;
+pub const INODE_EXTENDED_SIZE: usize = 64;
+pub const XATTR_IBODY_HEADER_SIZE: usize = 12;
+pub const XATTR_ENTRY_SIZE: usize = 4;
+pub const DIRENT_SIZE: usize = 12;
+
+/// Data layouts (i_format bits 1..3).
+pub const LAYOUT_FLAT_PLAIN: u16 = 0;
+pub const LAYOUT_FLAT_INLINE: u16 = 2;
+pub const LAYOUT_CHUNK_BASED: u16 = 4;
+pub const I_VERSION_BIT: u16 = 0;
+pub const I_DATALAYOUT_BIT: u16 = 1;
+/// Chunk format: low bits hold log2(chunk size / block size).
+pub const CHUNK_FORMAT_BLKBITS_MASK: u32 = 0x1f;
+/// A chunk pointer meaning "hole".
+pub const NULL_ADDR: u32 = 0xffff_ffff;
+
+/// xattr name prefix indexes.
+pub const XATTR_INDEX_USER: u8 = 1;
+pub const XATTR_INDEX_POSIX_ACL_ACCESS: u8 = 2;
+pub const XATTR_INDEX_POSIX_ACL_DEFAULT: u8 = 3;
+pub const XATTR_INDEX_TRUSTED: u8 = 4;
+pub const XATTR_INDEX_LUSTRE: u8 = 5;
+pub const XATTR_INDEX_SECURITY: u8 = 6;
+/// Prefixes by index (index 0: the full name is stored).
+pub const XATTR_PREFIXES: [&[u8]; 7] =
+    [b"", b"user.", b"system.posix_acl_access", b"system.posix_acl_default", b"trusted.", b"lustre.", b"security."];
+/// Most shared xattrs the writer references from one inode.
+pub const MAX_SHARED_PER_INODE: usize = 0x80;
+pub const XATTR_FILTER_BITS: u32 = 32;
+pub const XATTR_FILTER_SEED: u32 = 0x25bb_e08f;
+
+/// Directory entry file types.
+pub const FT_UNKNOWN: u8 = 0;
+pub const FT_REG_FILE: u8 = 1;
+pub const FT_DIR: u8 = 2;
+pub const FT_CHRDEV: u8 = 3;
+pub const FT_BLKDEV: u8 = 4;
+pub const FT_FIFO: u8 = 5;
+pub const FT_SOCK: u8 = 6;
+pub const FT_SYMLINK: u8 = 7;
+
+/// Which prefix index the writer uses for a full xattr name, and the rest of the name.
+/// The order of the checks matters ("system.posix_acl_access" before "trusted.", ...)
+/// and matches the reference writer; "lustre." is never used for writing.
+pub fn xattr_prefix_split(name: &[u8]) -> (u8, &[u8]) {
+    const ORDER: [u8; 5] =
+        [XATTR_INDEX_USER, XATTR_INDEX_POSIX_ACL_ACCESS, XATTR_INDEX_POSIX_ACL_DEFAULT, XATTR_INDEX_TRUSTED, XATTR_INDEX_SECURITY];
+    for idx in ORDER {
+        let p = XATTR_PREFIXES[idx as usize];
+        if let Some(rest) = name.strip_prefix(p) {
+            return (idx, rest);
+        }
+    }
+    (0, name)
+}
+
+/// Size of one xattr entry (header + name suffix + value, 4-byte aligned).
+pub fn xattr_entry_size(suffix_len: usize, value_len: usize) -> usize {
+    (XATTR_ENTRY_SIZE + suffix_len + value_len + 3) & !3
+}
+
+/// xxHash32 as the kernel uses it for the xattr name filter.
+pub fn xxh32(input: &[u8], seed: u32) -> u32 {
+    const P1: u32 = 2_654_435_761;
+    const P2: u32 = 2_246_822_519;
+    const P3: u32 = 3_266_489_917;
+    const P4: u32 = 668_265_263;
+    const P5: u32 = 374_761_393;
+    let rd = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let round = |acc: u32, lane: u32| acc.wrapping_add(lane.wrapping_mul(P2)).rotate_left(13).wrapping_mul(P1);
+    let mut p = input;
+    let mut h: u32;
+    if p.len() >= 16 {
+        let mut v = [seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2), seed, seed.wrapping_sub(P1)];
+        while p.len() >= 16 {
+            for (i, lane) in v.iter_mut().enumerate() {
+                *lane = round(*lane, rd(&p[i * 4..]));
+            }
+            p = &p[16..];
+        }
+        h = v[0].rotate_left(1).wrapping_add(v[1].rotate_left(7)).wrapping_add(v[2].rotate_left(12)).wrapping_add(v[3].rotate_left(18));
+    } else {
+        h = seed.wrapping_add(P5);
+    }
+    h = h.wrapping_add(input.len() as u32);
+    while p.len() >= 4 {
+        h = h.wrapping_add(rd(p).wrapping_mul(P3)).rotate_left(17).wrapping_mul(P4);
+        p = &p[4..];
+    }
+    for &b in p {
+        h = h.wrapping_add((b as u32).wrapping_mul(P5)).rotate_left(11).wrapping_mul(P1);
+    }
+    h ^= h >> 15;
+    h = h.wrapping_mul(P2);
+    h ^= h >> 13;
+    h = h.wrapping_mul(P3);
+    h ^= h >> 16;
+    h
+}
+
+/// Little-endian field writer over a fixed buffer.
+struct Le<'a>(&'a mut [u8]);
+impl Le<'_> {
+    fn u8(&mut self, off: usize, v: u8) {
+        self.0[off] = v;
+    }
+    fn u16(&mut self, off: usize, v: u16) {
+        self.0[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, off: usize, v: u32) {
+        self.0[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, off: usize, v: u64) {
+        self.0[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn rd16(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
+}
+fn rd32(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+fn rd64(b: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
+}
+
+/// The 32-byte composefs header at offset 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ComposefsHeader {
+    pub magic: u32,
+    pub version: u32,
+    pub flags: u32,
+    pub composefs_version: u32,
+}
+
+impl ComposefsHeader {
+    pub fn encode(&self) -> [u8; COMPOSEFS_HEADER_SIZE] {
+        let mut b = [0u8; COMPOSEFS_HEADER_SIZE];
+        let mut w = Le(&mut b);
+        w.u32(0, self.magic);
+        w.u32(4, self.version);
+        w.u32(8, self.flags);
+        w.u32(12, self.composefs_version);
+        b
+    }
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        Some(Self { magic: rd32(b, 0)?, version: rd32(b, 4)?, flags: rd32(b, 8)?, composefs_version: rd32(b, 12)? })
+    }
+}
+
+/// The fields of the 128-byte EROFS superblock that composefs uses (others are zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SuperBlock {
+    pub magic: u32,
+    pub checksum: u32,
+    pub feature_compat: u32,
+    pub blkszbits: u8,
+    pub sb_extslots: u8,
+    pub root_nid: u16,
+    pub inos: u64,
+    pub build_time: u64,
+    pub build_time_nsec: u32,
+    pub blocks: u32,
+    pub meta_blkaddr: u32,
+    pub xattr_blkaddr: u32,
+    pub feature_incompat: u32,
+    pub extra_devices: u16,
+    pub dirblkbits: u8,
+    pub xattr_prefix_count: u8,
+    pub packed_nid: u64,
+}
+
+impl SuperBlock {
+    pub fn encode(&self) -> [u8; EROFS_SUPER_SIZE] {
+        let mut b = [0u8; EROFS_SUPER_SIZE];
+        let mut w = Le(&mut b);
+        w.u32(0, self.magic);
+        w.u32(4, self.checksum);
+        w.u32(8, self.feature_compat);
+        w.u8(12, self.blkszbits);
+        w.u8(13, self.sb_extslots);
+        w.u16(14, self.root_nid);
+        w.u64(16, self.inos);
+        w.u64(24, self.build_time);
+        w.u32(32, self.build_time_nsec);
+        w.u32(36, self.blocks);
+        w.u32(40, self.meta_blkaddr);
+        w.u32(44, self.xattr_blkaddr);
+        // 48..64 uuid, 64..80 volume_name
+        w.u32(80, self.feature_incompat);
+        // 84..86 available_compr_algs
+        w.u16(86, self.extra_devices);
+        // 88..90 devt_slotoff
+        w.u8(90, self.dirblkbits);
+        w.u8(91, self.xattr_prefix_count);
+        // 92..96 xattr_prefix_start
+        w.u64(96, self.packed_nid);
+        b
+    }
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        Some(Self {
+            magic: rd32(b, 0)?,
+            checksum: rd32(b, 4)?,
+            feature_compat: rd32(b, 8)?,
+            blkszbits: *b.get(12)?,
+            sb_extslots: *b.get(13)?,
+            root_nid: rd16(b, 14)?,
+            inos: rd64(b, 16)?,
+            build_time: rd64(b, 24)?,
+            build_time_nsec: rd32(b, 32)?,
+            blocks: rd32(b, 36)?,
+            meta_blkaddr: rd32(b, 40)?,
+            xattr_blkaddr: rd32(b, 44)?,
+            feature_incompat: rd32(b, 80)?,
+            extra_devices: rd16(b, 86)?,
+            dirblkbits: *b.get(90)?,
+            xattr_prefix_count: *b.get(91)?,
+            packed_nid: rd64(b, 96)?,
+        })
+    }
+}
+
+/// An on-disk inode, compact (32 bytes) or extended (64 bytes). `i_u` is the raw
+/// 4-byte union (block address, rdev, or chunk format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiskInode {
+    pub extended: bool,
+    pub format: u16,
+    pub xattr_icount: u16,
+    pub mode: u16,
+    pub nlink: u32,
+    pub size: u64,
+    pub i_u: u32,
+    pub ino: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u64,
+    pub mtime_nsec: u32,
+}
+
+impl DiskInode {
+    /// Encode into `buf` (at least 64 bytes); returns the encoded length.
+    /// Compact inodes keep only the low 16 bits of nlink/uid/gid and 32 of size.
+    pub fn encode(&self, buf: &mut [u8; INODE_EXTENDED_SIZE]) -> usize {
+        buf.fill(0);
+        let mut w = Le(&mut buf[..]);
+        w.u16(0, self.format);
+        w.u16(2, self.xattr_icount);
+        w.u16(4, self.mode);
+        if self.extended {
+            w.u64(8, self.size);
+            w.u32(16, self.i_u);
+            w.u32(20, self.ino);
+            w.u32(24, self.uid);
+            w.u32(28, self.gid);
+            w.u64(32, self.mtime);
+            w.u32(40, self.mtime_nsec);
+            w.u32(44, self.nlink);
+            INODE_EXTENDED_SIZE
+        } else {
+            w.u16(6, self.nlink as u16);
+            w.u32(8, self.size as u32);
+            w.u32(16, self.i_u);
+            w.u32(20, self.ino);
+            w.u16(24, self.uid as u16);
+            w.u16(26, self.gid as u16);
+            INODE_COMPACT_SIZE
+        }
+    }
+
+    /// Decode the inode at the start of `b`; compact inodes get mtime 0 (the caller
+    /// applies the superblock build time).
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let format = rd16(b, 0)?;
+        let extended = format & 1 == 1;
+        if extended {
+            Some(Self {
+                extended,
+                format,
+                xattr_icount: rd16(b, 2)?,
+                mode: rd16(b, 4)?,
+                size: rd64(b, 8)?,
+                i_u: rd32(b, 16)?,
+                ino: rd32(b, 20)?,
+                uid: rd32(b, 24)?,
+                gid: rd32(b, 28)?,
+                mtime: rd64(b, 32)?,
+                mtime_nsec: rd32(b, 40)?,
+                nlink: rd32(b, 44)?,
+            })
+        } else {
+            Some(Self {
+                extended,
+                format,
+                xattr_icount: rd16(b, 2)?,
+                mode: rd16(b, 4)?,
+                nlink: rd16(b, 6)? as u32,
+                size: rd32(b, 8)? as u64,
+                i_u: rd32(b, 16)?,
+                ino: rd32(b, 20)?,
+                uid: rd16(b, 24)? as u32,
+                gid: rd16(b, 26)? as u32,
+                mtime: 0,
+                mtime_nsec: 0,
+            })
+        }
+    }
+
+    pub fn datalayout(&self) -> u16 {
+        (self.format >> I_DATALAYOUT_BIT) & 7
+    }
+}
+
+/// Bytes an inode's xattr area takes for a given `i_xattr_icount`.
+pub fn xattr_ibody_size(icount: u16) -> usize {
+    if icount == 0 {
+        0
+    } else {
+        XATTR_IBODY_HEADER_SIZE + (icount as usize - 1) * 4
+    }
+}
+
+/// Encode a 12-byte directory entry.
+pub fn encode_dirent(nid: u64, nameoff: u16, file_type: u8) -> [u8; DIRENT_SIZE] {
+    let mut b = [0u8; DIRENT_SIZE];
+    let mut w = Le(&mut b);
+    w.u64(0, nid);
+    w.u16(8, nameoff);
+    w.u8(10, file_type);
+    b
+}
+
+/// Decode a directory entry: (nid, nameoff, file_type).
+pub fn decode_dirent(b: &[u8]) -> Option<(u64, u16, u8)> {
+    Some((rd64(b, 0)?, rd16(b, 8)?, *b.get(10)?))
+}
+
+/// Encode the 12-byte inline xattr header.
+pub fn encode_xattr_ibody_header(name_filter: u32, shared_count: u8) -> [u8; XATTR_IBODY_HEADER_SIZE] {
+    let mut b = [0u8; XATTR_IBODY_HEADER_SIZE];
+    let mut w = Le(&mut b);
+    w.u32(0, name_filter);
+    w.u8(4, shared_count);
+    b
+}
+
+/// Encode a 4-byte xattr entry header.
+pub fn encode_xattr_entry(name_len: u8, name_index: u8, value_size: u16) -> [u8; XATTR_ENTRY_SIZE] {
+    let v = value_size.to_le_bytes();
+    [name_len, name_index, v[0], v[1]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xxh32_known_values() {
+        // Reference values of xxHash32.
+        assert_eq!(xxh32(b"", 0), 0x02cc_5d05);
+        assert_eq!(xxh32(b"a", 0), 0x550d_7456);
+        assert_eq!(xxh32(b"abc", 0), 0x32d1_53ff);
+        assert_eq!(xxh32(b"Nobody inspects the spammish repetition", 0), 0xe229_3b2f);
+    }
+
+    #[test]
+    fn prefix_split_order() {
+        assert_eq!(xattr_prefix_split(b"user.foo"), (1, &b"foo"[..]));
+        assert_eq!(xattr_prefix_split(b"system.posix_acl_access"), (2, &b""[..]));
+        assert_eq!(xattr_prefix_split(b"trusted.overlay.x"), (4, &b"overlay.x"[..]));
+        assert_eq!(xattr_prefix_split(b"security.selinux"), (6, &b"selinux"[..]));
+        assert_eq!(xattr_prefix_split(b"lustre.x"), (0, &b"lustre.x"[..]));
+    }
+}
