@@ -289,6 +289,58 @@ struct Ino {
     nlink: u32,
 }
 
+/// Decoded inodes by nid: a dense index over the image's inode slots (nids of inodes that
+/// exist are bounded by the image size) into a list, instead of hashing every lookup.
+struct InodeTable {
+    index: Vec<u32>,
+    list: Vec<Ino>,
+}
+
+impl InodeTable {
+    fn new(slots: u64) -> InodeTable {
+        InodeTable { index: vec![u32::MAX; usize::try_from(slots).unwrap_or(0)], list: Vec::new() }
+    }
+
+    fn pos(&self, nid: &u64) -> Option<usize> {
+        let i = *self.index.get(usize::try_from(*nid).ok()?)?;
+        (i != u32::MAX).then_some(i as usize)
+    }
+
+    fn contains_key(&self, nid: &u64) -> bool {
+        self.pos(nid).is_some()
+    }
+
+    fn get(&self, nid: &u64) -> Option<&Ino> {
+        self.list.get(self.pos(nid)?)
+    }
+
+    fn get_mut(&mut self, nid: &u64) -> Option<&mut Ino> {
+        let p = self.pos(nid)?;
+        self.list.get_mut(p)
+    }
+
+    /// Only called for nids whose inode decoded, hence inside the slot range.
+    fn insert(&mut self, nid: u64, ino: Ino) {
+        let Some(slot) = usize::try_from(nid).ok().and_then(|n| self.index.get_mut(n)) else { return };
+        *slot = self.list.len() as u32;
+        self.list.push(ino);
+    }
+
+    fn nids_in_order(&self) -> Vec<u64> {
+        let mut v = Vec::with_capacity(self.list.len());
+        for (nid, &i) in self.index.iter().enumerate() {
+            if i != u32::MAX {
+                v.push(nid as u64);
+            }
+        }
+        v
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+}
+
 struct DirRec {
     nid: u64,
     /// Index of the parent directory's record (0, the root, for the root itself).
@@ -310,7 +362,7 @@ struct Reader<'a> {
     root_nid: u64,
     slots: Claims,
     blocks: Claims,
-    inodes: HashMap<u64, Ino>,
+    inodes: InodeTable,
     dirents: u64,
     decoded: u64,
 }
@@ -377,7 +429,7 @@ impl<'a> Reader<'a> {
             root_nid,
             slots: Claims::new((len - meta_off) / SLOT_SIZE + 1),
             blocks: Claims::new(len.div_ceil(BLOCK_SIZE)),
-            inodes: HashMap::new(),
+            inodes: InodeTable::new((len - meta_off) / SLOT_SIZE + 1),
             dirents: 0,
             decoded: 0,
         })
@@ -477,6 +529,9 @@ impl<'a> Reader<'a> {
                     return Err(bad("directory of size 0 (no '.' and '..')".into()));
                 }
                 let (blocks_len, tail) = self.split_data(layout, size).map_err(bad)?;
+                if tail > 0 && data_off / BLOCK_SIZE != (data_off + tail - 1) / BLOCK_SIZE {
+                    return Err(bad("inline directory data crosses a block boundary".into()));
+                }
                 let blocks_off = self.claim_blocks(i_u, blocks_len).map_err(bad)?;
                 inline_len = tail;
                 dir = Some(DirData {
@@ -727,6 +782,7 @@ impl<'a> Reader<'a> {
         let mut depth: Vec<usize> = vec![0];
         let mut parent_nid: Vec<u64> = vec![root_nid];
         let mut at = 0;
+        let mut names_total = 0usize;
         while at < dirs.len() {
             let nid = dirs[at].nid;
             let dir_err = |dirs: &[DirRec], reason: String| ReadError::Dir { nid, path: show_path(&dir_path(dirs, at)), reason };
@@ -790,6 +846,10 @@ impl<'a> Reader<'a> {
                     depth.push(d);
                     parent_nid.push(nid);
                 }
+                names_total += 1;
+                if names_total >= self.limits.tree.max_entries {
+                    return Err(ReadError::Limit(format!("more than {} entries", self.limits.tree.max_entries)));
+                }
                 children.push((name, cnid));
             }
             if !dot || !dotdot {
@@ -803,8 +863,7 @@ impl<'a> Reader<'a> {
 
         // 2. Pick the primary name of each inode: the name whose breadth-first position
         //    matches the inode's place in nid order (see the module docs).
-        let mut order: Vec<u64> = self.inodes.keys().copied().collect();
-        order.sort_unstable();
+        let order: Vec<u64> = self.inodes.nids_in_order();
         let mut primary: HashMap<u64, (usize, usize)> = HashMap::with_capacity(order.len()); // nid -> (dir, child)
         let mut next = order.iter().position(|&n| n == root_nid).map_or(order.len(), |p| p + 1);
         for (di, d) in dirs.iter().enumerate() {
