@@ -1,0 +1,314 @@
+#!/usr/bin/env bash
+# Runs INSIDE the tier-3 VM (kernel with CONFIG_FS_VERITY=y), as root. Usage: inside.sh DIR
+# where DIR (a virtme --rwdir) holds the cfsmount binary under test.
+#
+# Prints one line per test: `PASS name` or `FAIL name: reason`; nothing else on stdout is a
+# result line. The host side (run-tier3.sh) counts them.
+set -u
+OUT=${1:?usage: inside.sh DIR}
+CFS=$OUT/cfsmount
+W=/tmp/cfs-tier3                 # the guest's own tmpfs
+V=$W/verity                      # ext4 with the verity feature, on a loop file
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+# run NAME FUNCTION [ARGS]: the function prints a reason and returns non-zero on failure.
+run() {
+    local name=$1 msg rc
+    shift
+    msg=$("$@" 2>&1)
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        echo "PASS $name"
+    else
+        echo "FAIL $name: $(printf '%s' "$msg" | tail -n 3 | tr '\n' ' ' | cut -c1-400)"
+    fi
+}
+no() { echo "$*"; return 1; }
+
+hexof() { "$CFS" verity digest --compact "$1"; }
+# Random content of SIZE bytes into FILE.
+mkrand() { head -c "$2" /dev/urandom >"$1"; }
+
+# ---- setup --------------------------------------------------------------------------------
+
+setup() {
+    local m
+    for m in loop erofs overlay ext4; do modprobe "$m" 2>/dev/null; done
+    mkdir -p "$W" "$V" || return 1
+    truncate -s 512M "$W/ext4.img" || return 1
+    mkfs.ext4 -q -O verity "$W/ext4.img" || no "mkfs.ext4 -O verity failed"
+    mount -o loop "$W/ext4.img" "$V" || no "mounting the verity ext4 failed"
+    [ -x "$CFS" ] || no "no cfsmount binary at $CFS"
+}
+if ! msg=$(setup 2>&1); then
+    echo "FAIL setup: $(printf '%s' "$msg" | tail -n 3 | tr '\n' ' ')"
+    exit 1
+fi
+echo "# kernel $(uname -r); verity ext4 at $V" >&2
+
+# ---- fs-verity: enable / measure against the userspace digest --------------------------------
+
+# enable + measure equals the userspace digest (ours and fsverity-utils') for a file of SIZE bytes.
+t_enable_measure() {
+    local size=$1 f=$V/size-$1 user ref meas kref
+    mkrand "$f" "$size" || return 1
+    user=$("$CFS" verity digest "$f") || no "digest failed"
+    ref=$(fsverity digest "$f") || no "fsverity digest failed"
+    [ "$user" = "$ref" ] || no "userspace digest $user != fsverity digest $ref"
+    "$CFS" verity enable "$f" || no "enable failed"
+    meas=$("$CFS" verity measure "$f") || no "measure failed"
+    [ "$meas" = "$user" ] || no "kernel measure $meas != userspace $user"
+    kref=$(fsverity measure "$f") || no "fsverity measure failed"
+    [ "$kref" = "$meas" ] || no "fsverity measure $kref != cfsmount measure $meas"
+}
+for s in 0 1 4095 4096 4097 $((1024 * 1024 + 1)) $((3 * 1024 * 1024 + 123)); do
+    run "enable_measure_equals_digest_size_$s" t_enable_measure "$s"
+done
+
+t_already_enabled() {
+    local f=$V/size-4097 out
+    out=$("$CFS" verity enable "$f" 2>&1) || no "second enable failed: $out"
+    [ -z "$out" ] || no "second enable printed: $out"
+    [ "$("$CFS" verity measure "$f")" = "$("$CFS" verity digest "$f")" ] || no "measure changed"
+}
+run enable_already_enabled_is_success t_already_enabled
+
+t_several_files() {
+    local a=$V/multi-a b=$V/multi-b out
+    mkrand "$a" 10000; mkrand "$b" 20000
+    "$CFS" verity enable "$a" "$b" || no "enable of two files failed"
+    out=$("$CFS" verity measure "$a" "$b") || no "measure of two files failed"
+    [ "$out" = "$(fsverity measure "$a"; fsverity measure "$b")" ] || no "output differs from fsverity measure: $out"
+}
+run enable_measure_several_files t_several_files
+
+t_measure_not_enabled() {
+    local f=$V/plain err
+    mkrand "$f" 5000
+    if err=$("$CFS" verity measure "$f" 2>&1); then no "measure succeeded on a file without verity"; fi
+    case $err in *"$f"*"not enabled"*) ;; *) no "unclear error: $err" ;; esac
+}
+run measure_without_verity_names_file t_measure_not_enabled
+
+t_tmpfs_unsupported() {
+    local f=$W/on-tmpfs err
+    mkrand "$f" 5000
+    if err=$("$CFS" verity enable "$f" 2>&1); then no "enable succeeded on tmpfs"; fi
+    case $err in *"$f"*"not supported"*) ;; *) no "unclear error: $err" ;; esac
+}
+run enable_on_tmpfs_is_unsupported_naming_file t_tmpfs_unsupported
+
+# A writer that stays: enable gives up after its brief retries with a clear error.
+t_busy_writer() {
+    local f=$V/busy err pid
+    mkrand "$f" 5000
+    sleep 30 3>>"$f" &
+    pid=$!
+    sleep 0.2
+    err=$("$CFS" verity enable "$f" 2>&1)
+    local rc=$?
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    [ $rc -ne 0 ] || no "enable succeeded while a writer had the file open"
+    case $err in *"$f"*"open for writing"*) ;; *) no "unclear error: $err" ;; esac
+}
+run enable_with_open_writer_fails_clearly t_busy_writer
+
+# A writer that goes away within the retry window: enable succeeds (ETXTBSY was retried).
+t_writer_closes() {
+    local f=$V/closing pid
+    mkrand "$f" 5000
+    rm -f "$W/ready"
+    ( exec 3>>"$f"; touch "$W/ready"; sleep 0.15 ) &
+    pid=$!
+    while [ ! -e "$W/ready" ]; do sleep 0.01; done
+    "$CFS" verity enable "$f" || { wait "$pid"; no "enable did not wait for the writer to close"; }
+    wait "$pid"
+    [ "$("$CFS" verity measure "$f")" = "$("$CFS" verity digest "$f")" ] || no "measure != digest"
+}
+run enable_retries_while_writer_closes t_writer_closes
+
+# ---- mount: digest= and verity=require ----------------------------------------------------
+
+mount_ready() {
+    "$CFS" mount --help >/dev/null 2>&1 && "$CFS" mkimage --help 2>/dev/null | grep -q -- '--from-dump'
+}
+
+OBJ=$V/objects
+IMG=$V/image.cfs
+M=$W/mnt
+declare -A CONTENT_DIGEST   # name -> fs-verity digest of its object
+
+# Object store named by fs-verity digest (xx/yyyy...), verity enabled on every object and on the
+# image, built from a dumpfile whose metacopy digests are those objects' digests.
+build_fixture() {
+    local n d
+    mkdir -p "$OBJ" "$M" "$W/src" || return 1
+    mkrand "$W/src/a" 5000
+    mkrand "$W/src/b" $((1024 * 1024 + 1))
+    printf 'hello from c\n' >"$W/src/c"
+    mkrand "$W/src/d" 70000
+    {
+        echo "/ 4096 40755 2 0 0 0 0.0 - - -"
+        for n in a b c d; do
+            d=$(hexof "$W/src/$n") || no "digest of $n failed"
+            CONTENT_DIGEST[$n]=$d
+            mkdir -p "$OBJ/${d:0:2}"
+            cp "$W/src/$n" "$OBJ/${d:0:2}/${d:2}" || return 1
+            "$CFS" verity enable "$OBJ/${d:0:2}/${d:2}" || no "enable on object $n failed"
+            echo "/$n $(stat -c %s "$W/src/$n") 100644 1 0 0 0 0.0 ${d:0:2}/${d:2} - $d"
+        done
+    } >"$W/image.dump" || return 1
+    "$CFS" mkimage --from-dump "$W/image.dump" "$IMG" || no "mkimage --from-dump failed"
+    "$CFS" verity enable "$IMG" || no "enable on the image failed"
+    IMG_DIGEST=$(hexof "$IMG") || return 1
+    [ "$("$CFS" verity measure "$IMG")" = "sha256:$IMG_DIGEST $IMG" ] || no "image measure != digest"
+}
+
+is_mounted() { grep -q " $1 " /proc/self/mounts; }
+unmount() { is_mounted "$1" && { "$CFS" umount "$1" 2>/dev/null || umount "$1"; }; ! is_mounted "$1"; }
+
+# Every file reads back identical to its source.
+all_files_ok() {
+    local n
+    for n in "$@"; do
+        cmp -s "$M/$n" "$W/src/$n" || no "$n does not read back correctly"
+    done
+}
+
+t_digest_accepts() {
+    "$CFS" mount "$IMG" "$M" --basedir "$OBJ" --digest "$IMG_DIGEST" || no "mount with the right digest failed"
+    all_files_ok a b c d || { unmount "$M"; return 1; }
+    unmount "$M" || no "unmount failed"
+}
+
+# Expect a refused mount whose message matches PATTERN (a shell glob), and nothing mounted.
+refused() {
+    local pattern=$1 err
+    shift
+    if err=$("$@" 2>&1); then unmount "$M"; no "mount succeeded: $*"; fi
+    is_mounted "$M" && { unmount "$M"; no "refused but something is mounted at $M"; }
+    # shellcheck disable=SC2254
+    case $err in $pattern) ;; *) no "unclear message: $err" ;; esac
+}
+
+t_digest_wrong() {
+    local other=${CONTENT_DIGEST[a]}
+    refused "*$IMG*mismatch*" "$CFS" mount "$IMG" "$M" --basedir "$OBJ" --digest "$other"
+}
+
+t_digest_tampered_image() {
+    local t=$V/tampered.cfs size
+    cp "$IMG" "$t" || return 1
+    size=$(stat -c %s "$t")
+    # Change one byte in the last block, then give the copy verity of its own.
+    printf '\x5a' | dd of="$t" bs=1 seek=$((size - 100)) conv=notrunc status=none
+    cmp -s "$IMG" "$t" && no "tampering did not change the image"
+    "$CFS" verity enable "$t" || no "enable on the tampered copy failed"
+    refused "*$t*mismatch*" "$CFS" mount "$t" "$M" --basedir "$OBJ" --digest "$IMG_DIGEST"
+}
+
+t_digest_nonverity_image() {
+    local t=$V/noverity.cfs
+    cp "$IMG" "$t" || return 1
+    refused "*$t*not enabled*" "$CFS" mount "$t" "$M" --basedir "$OBJ" --digest "$IMG_DIGEST"
+}
+
+# The util-linux helper form: mount.composefs SOURCE TARGET -o basedir=...,digest=...
+t_helper_digest_option() {
+    mkdir -p "$W/bin"
+    ln -sf "$CFS" "$W/bin/mount.composefs"
+    "$W/bin/mount.composefs" "$IMG" "$M" -o "basedir=$OBJ,digest=$IMG_DIGEST" || no "mount.composefs with digest= failed"
+    all_files_ok a b c d || { unmount "$M"; return 1; }
+    unmount "$M" || no "unmount failed"
+    refused "*mismatch*" "$W/bin/mount.composefs" "$IMG" "$M" -o "basedir=$OBJ,digest=${CONTENT_DIGEST[b]}"
+}
+
+# A copy of the object store with verity enabled on each copy (cp does not carry verity).
+copy_store() {
+    local dst=$1 f
+    rm -rf "$dst"
+    cp -a "$OBJ" "$dst" || return 1
+    find "$dst" -type f | while read -r f; do "$CFS" verity enable "$f" || exit 1; done
+}
+
+obj_path() { local d=${CONTENT_DIGEST[$2]}; echo "$1/${d:0:2}/${d:2}"; }
+
+t_verity_tampered_object() {
+    local s=$V/store-tampered o err
+    copy_store "$s" || no "copying the store failed"
+    o=$(obj_path "$s" a)
+    rm -f "$o"
+    mkrand "$o" 5000                       # other content, same size, with verity of its own
+    "$CFS" verity enable "$o" || return 1
+    "$CFS" mount "$IMG" "$M" --basedir "$s" --verity --digest "$IMG_DIGEST" || no "mount --verity failed"
+    all_files_ok b c d || { unmount "$M"; return 1; }
+    if err=$(cat "$M/a" 2>&1 >/dev/null); then unmount "$M"; no "tampered object a was readable"; fi
+    unmount "$M" || no "unmount failed"
+    case $err in *"Input/output error"*) ;; *) no "expected EIO, got: $err" ;; esac
+}
+
+t_verity_object_without_verity() {
+    local s=$V/store-noverity o err
+    copy_store "$s" || no "copying the store failed"
+    o=$(obj_path "$s" d)
+    cp "$W/src/d" "$o.new" && mv -f "$o.new" "$o"   # right content, but no verity on it
+    "$CFS" mount "$IMG" "$M" --basedir "$s" --verity || no "mount --verity failed"
+    all_files_ok a b c || { unmount "$M"; return 1; }
+    if err=$(cat "$M/d" 2>&1 >/dev/null); then unmount "$M"; no "object without verity was readable"; fi
+    unmount "$M" || no "unmount failed"
+    case $err in *"Input/output error"*) ;; *) no "expected EIO, got: $err" ;; esac
+}
+
+t_missing_object() {
+    local s=$V/store-missing err rc
+    copy_store "$s" || no "copying the store failed"
+    rm -f "$(obj_path "$s" c)"
+    "$CFS" mount "$IMG" "$M" --basedir "$s" --verity || no "mount --verity failed"
+    all_files_ok a b d || { unmount "$M"; return 1; }
+    err=$(timeout 30 cat "$M/c" 2>&1 >/dev/null)
+    rc=$?
+    unmount "$M" || no "unmount failed"
+    [ $rc -ne 124 ] || no "reading the file with a missing object hung"
+    [ $rc -ne 0 ] || no "file with a missing object was readable"
+    [ -n "$err" ] || no "no error message"
+}
+
+# Documented limit: without --verity (and without --digest) objects are NOT checked.
+t_no_verity_option_does_not_check() {
+    local s=$V/store-tampered2 o
+    copy_store "$s" || no "copying the store failed"
+    o=$(obj_path "$s" a)
+    rm -f "$o"; mkrand "$o" 5000
+    "$CFS" mount "$IMG" "$M" --basedir "$s" || no "plain mount failed"
+    cmp -s "$M/a" "$o" || { unmount "$M"; no "expected the tampered bytes to be served without --verity"; }
+    unmount "$M" || no "unmount failed"
+}
+
+if mount_ready; then
+    # Not in a subshell: the fixture sets IMG_DIGEST and CONTENT_DIGEST.
+    if build_fixture >"$W/fixture.log" 2>&1; then
+        run mount_digest_accepts_right_image t_digest_accepts
+        run mount_digest_refuses_wrong_digest t_digest_wrong
+        run mount_digest_refuses_tampered_image t_digest_tampered_image
+        run mount_digest_refuses_image_without_verity t_digest_nonverity_image
+        run mount_helper_digest_option t_helper_digest_option
+        run mount_verity_tampered_object_is_eio t_verity_tampered_object
+        run mount_verity_object_without_verity_is_eio t_verity_object_without_verity
+        run mount_verity_missing_object_fails_cleanly t_missing_object
+        run mount_without_verity_does_not_check_objects t_no_verity_option_does_not_check
+    else
+        echo "FAIL mount_fixture: $(tail -n 3 "$W/fixture.log" | tr '\n' ' ' | cut -c1-400)"
+    fi
+else
+    echo "FAIL mount_tests: this cfsmount has no working 'mount' and 'mkimage --from-dump' yet"
+fi
+
+t_kernel_log_clean() {
+    local bad
+    bad=$(dmesg 2>/dev/null | grep -E 'BUG:|Oops|WARNING:|general protection|Call Trace' | head -n 3)
+    [ -z "$bad" ] || no "kernel log: $bad"
+}
+run kernel_log_clean t_kernel_log_clean
+
+umount "$V" 2>/dev/null
+exit 0
