@@ -108,7 +108,12 @@ pub struct Node {
     /// computed: directories 2 + subdirectories, others 1 + hard links naming them.
     /// Directories always get the computed value in an image.
     pub nlink: Option<u32>,
+    /// Next node in the same name-index bucket (`NO_NODE` ends the chain).
+    next_same_hash: NodeId,
 }
+
+/// "No node" marker for index chains.
+const NO_NODE: NodeId = NodeId::MAX;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TreeError {
@@ -162,7 +167,11 @@ pub struct Tree {
     pub limits: Limits,
     /// Inode used for parent directories that the input did not list.
     pub implicit_dir: Inode,
-    index: std::collections::HashMap<(NodeId, Vec<u8>), NodeId>,
+    /// Name index: hash of (parent, name) → most recent node with that hash; nodes
+    /// with equal hashes are chained through `Node::next_same_hash`. The hash is
+    /// keyed per tree (RandomState), so hostile names cannot force collisions.
+    index: std::collections::HashMap<u64, NodeId>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl Tree {
@@ -178,8 +187,9 @@ impl Tree {
             link_to: None,
             implicit: true,
             nlink: None,
+            next_same_hash: NO_NODE,
         };
-        Tree { nodes: vec![root], limits, implicit_dir, index: Default::default() }
+        Tree { nodes: vec![root], limits, implicit_dir, index: Default::default(), hasher: Default::default() }
     }
 
     pub fn node(&self, id: NodeId) -> &Node {
@@ -208,8 +218,20 @@ impl Tree {
     }
 
     pub fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
-        // The index owns its key; build a temporary key for the lookup.
-        self.index.get(&(dir, name.to_vec())).copied()
+        let mut cur = self.index.get(&self.name_hash(dir, name)).copied().unwrap_or(NO_NODE);
+        while cur != NO_NODE {
+            let n = &self.nodes[cur as usize];
+            if n.parent == dir && n.name == name {
+                return Some(cur);
+            }
+            cur = n.next_same_hash;
+        }
+        None
+    }
+
+    fn name_hash(&self, dir: NodeId, name: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((dir, name))
     }
 
     pub fn lookup(&self, path: &[u8]) -> Option<NodeId> {
@@ -242,7 +264,7 @@ impl Tree {
     }
 
     fn alloc(&mut self, parent: NodeId, name: &[u8], entry: Entry, implicit: bool) -> Result<NodeId, TreeError> {
-        if self.nodes.len() >= self.limits.max_entries {
+        if self.nodes.len() >= self.limits.max_entries || self.nodes.len() >= NO_NODE as usize {
             return Err(TreeError::TooManyEntries { limit: self.limits.max_entries });
         }
         let id = self.nodes.len() as NodeId;
@@ -254,9 +276,13 @@ impl Tree {
             link_to: None,
             implicit,
             nlink: None,
+            next_same_hash: NO_NODE,
         });
         self.nodes[parent as usize].children.push(id);
-        self.index.insert((parent, name.to_vec()), id);
+        let h = self.name_hash(parent, name);
+        if let Some(prev) = self.index.insert(h, id) {
+            self.nodes[id as usize].next_same_hash = prev;
+        }
         Ok(id)
     }
 

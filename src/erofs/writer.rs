@@ -21,7 +21,6 @@
 //! data-only lower layers need them), and every directory gets `.` and `..`.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::io::Write;
 
 use thiserror::Error;
@@ -144,26 +143,6 @@ impl PartialOrd for Cat<'_> {
         Some(self.cmp(o))
     }
 }
-impl Hash for Cat<'_> {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        // Hash the concatenation byte by byte in chunks of whatever the parts are;
-        // std's SipHasher is a streaming hash, so split points do not matter, but to
-        // be independent of that we feed one part at a time through a fixed buffer.
-        let mut buf = [0u8; 64];
-        let mut n = 0;
-        for byte in self.bytes() {
-            buf[n] = byte;
-            n += 1;
-            if n == buf.len() {
-                h.write(&buf);
-                n = 0;
-            }
-        }
-        h.write(&buf[..n]);
-        h.write_usize(self.len());
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 struct X<'a> {
     key: Cat<'a>,
@@ -664,41 +643,51 @@ impl<'a> Builder<'a> {
         }
         self.min_mtime = min;
 
-        // Shared xattrs: every (name, value) used by more than one inode.
-        let mut counts: HashMap<(Cat<'a>, Cat<'a>), u64> = HashMap::with_capacity(self.xattrs.len() / 4 + 16);
-        for x in &self.xattrs {
-            *counts.entry((x.key, x.value)).or_insert(0) += 1;
-        }
-        let mut shared: Vec<(Cat<'a>, Cat<'a>)> = counts.iter().filter(|(_, &c)| c > 1).map(|(k, _)| *k).collect();
-        // Canonical order: name descending, then longer value first, then value descending.
-        shared.sort_unstable_by(|x, y| {
-            y.0.cmp(&x.0).then_with(|| y.1.len().cmp(&x.1.len())).then_with(|| y.1.cmp(&x.1))
-        });
-        let mut offsets: HashMap<(Cat<'a>, Cat<'a>), u64> = HashMap::with_capacity(shared.len());
+        // Shared xattrs: every (name, value) used by more than one inode. Sorting all
+        // xattr references in the canonical shared-table order (name descending, then
+        // longer value first, then value descending) groups equal pairs together and
+        // yields the table order at once.
+        let canon = |x: &X<'a>, y: &X<'a>| {
+            y.key.cmp(&x.key).then_with(|| y.value.len().cmp(&x.value.len())).then_with(|| y.value.cmp(&x.value))
+        };
+        let mut order: Vec<u32> = (0..self.xattrs.len() as u32).collect();
+        order.sort_unstable_by(|&i, &j| canon(&self.xattrs[i as usize], &self.xattrs[j as usize]));
+        let mut candidate = vec![INLINE; self.xattrs.len()];
+        let mut shared: Vec<(Cat<'a>, Cat<'a>)> = Vec::new();
         let mut off = 0u64;
         let mut kbuf = Vec::new();
-        for s in &shared {
-            offsets.insert(*s, off);
-            let (_, suffix) = xattr_prefix_split(s.0.copy_to(&mut kbuf));
-            off += xattr_entry_size(suffix.len(), s.1.len()) as u64;
+        let mut k = 0;
+        while k < order.len() {
+            let first = &self.xattrs[order[k] as usize];
+            let mut end = k + 1;
+            while end < order.len() && canon(first, &self.xattrs[order[end] as usize]).is_eq() {
+                end += 1;
+            }
+            if end - k > 1 {
+                for &m in &order[k..end] {
+                    candidate[m as usize] = off;
+                }
+                shared.push((first.key, first.value));
+                let (_, suffix) = xattr_prefix_split(first.key.copy_to(&mut kbuf));
+                off += xattr_entry_size(suffix.len(), first.value.len()) as u64;
+            }
+            k = end;
         }
+        drop(order);
         self.shared_size = off;
         self.shared = shared;
-        drop(counts);
         for ino in &mut self.inos {
             let mut n_shared = 0;
-            for x in &mut self.xattrs[ino.xa.0..ino.xa.0 + ino.xa.1] {
+            for (x, &cand) in self.xattrs[ino.xa.0..ino.xa.0 + ino.xa.1].iter_mut().zip(&candidate[ino.xa.0..ino.xa.0 + ino.xa.1]) {
                 x.shared = INLINE;
-                if n_shared < MAX_SHARED_PER_INODE {
-                    if let Some(&o) = offsets.get(&(x.key, x.value)) {
-                        x.shared = o;
-                        n_shared += 1;
-                    }
+                if n_shared < MAX_SHARED_PER_INODE && cand != INLINE {
+                    x.shared = cand;
+                    n_shared += 1;
                 }
             }
             ino.n_shared = n_shared;
         }
-        drop(offsets);
+        drop(candidate);
 
         // Directory nlink: 2 + subdirectories.
         for i in 0..self.inos.len() {
@@ -1116,10 +1105,5 @@ mod tests {
         let b = Cat::one(b"trusted.x");
         assert_eq!(a, b);
         assert_eq!(a.cmp(&Cat::one(b"trusted.y")), std::cmp::Ordering::Less);
-        let mut h1 = std::collections::hash_map::DefaultHasher::new();
-        let mut h2 = std::collections::hash_map::DefaultHasher::new();
-        a.hash(&mut h1);
-        b.hash(&mut h2);
-        assert_eq!(h1.finish(), h2.finish());
     }
 }

@@ -378,7 +378,8 @@ impl Parser {
             let parent_rel = &rel[..rel.len() - name.len()];
             let parent_rel = parent_rel.strip_suffix(b"/").unwrap_or(parent_rel);
             let parent = self.find_parent(parent_rel, &comps[..comps.len() - 1]).map_err(|r| err(path, "PATH", r))?;
-            if self.tree.child(parent, name).is_some() || self.link_index.contains_key(rel) {
+            // (insert_child rejects names already in the tree.)
+            if self.link_index.contains_key(rel) {
                 return Err(err(path, "PATH", "path listed twice".into()));
             }
             (parent, name, rel)
