@@ -1,1 +1,191 @@
 //! Attaching an image as a block device: loop devices configured with one LOOP_CONFIGURE.
+//!
+//! `attach` asks `/dev/loop-control` for a free device, binds the already-open image fd to it with
+//! read-only + direct-io + autoclear and 4 KiB blocks in a single `LOOP_CONFIGURE`, retries (bounded)
+//! when another process grabbed the same device first (EBUSY), and then verifies what the kernel
+//! reports (flags, backing dev/ino, block size). Why not the `loopdev-3` crate: see docs/loop.md.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::sys::loopctl::{self, LoopConfig, LO_FLAGS_AUTOCLEAR, LO_FLAGS_DIRECT_IO, LO_FLAGS_READ_ONLY};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+
+/// Block size used for the loop device (the composefs EROFS block size).
+pub const BLOCK_SIZE: u32 = 4096;
+/// How many times a device handed out by LOOP_CTL_GET_FREE may be lost to a racing process.
+pub const MAX_ATTEMPTS: u32 = 64;
+
+/// A loop device we configured. It has AUTOCLEAR set: once this fd is closed and nothing (an EROFS
+/// superblock) holds the device open, the kernel detaches it. Dropping the value closes the fd; if
+/// nothing else was set up on top, the device is released at that moment.
+#[derive(Debug)]
+pub struct LoopDevice {
+    fd: OwnedFd,
+    number: u32,
+    path: PathBuf,
+    direct_io: bool,
+}
+
+impl LoopDevice {
+    /// `/dev/loopN`
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+    /// Whether the kernel kept direct I/O on (it silently drops it when the backing filesystem
+    /// cannot do O_DIRECT, e.g. tmpfs).
+    pub fn direct_io(&self) -> bool {
+        self.direct_io
+    }
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Attaches `image` (an fd opened read-only) to a free loop device. `name` is only a label shown
+/// by `losetup` (truncated to 63 bytes).
+pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopError> {
+    let st = rustix::fs::fstat(image).map_err(|e| LoopError::Image { errno: e })?;
+    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
+        return Err(LoopError::NotRegular);
+    }
+    let raw_fd = u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&image)).map_err(|_| LoopError::Image { errno: Errno::BADF })?;
+
+    let ctl = rustix::fs::open("/dev/loop-control", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| LoopError::Control { op: "open", errno: e })?;
+
+    let mut cfg = LoopConfig { fd: raw_fd, block_size: BLOCK_SIZE, ..Default::default() };
+    cfg.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_DIRECT_IO | LO_FLAGS_AUTOCLEAR;
+    let label = name.as_os_str().as_encoded_bytes();
+    let n = label.len().min(loopctl::LO_NAME_SIZE - 1);
+    cfg.info.lo_file_name[..n].copy_from_slice(&label[..n]);
+
+    let mut last = Errno::BUSY;
+    for _attempt in 0..MAX_ATTEMPTS {
+        let number = loopctl::ctl_get_free(ctl.as_fd()).map_err(|e| LoopError::Control { op: "LOOP_CTL_GET_FREE", errno: e })?;
+        let path = PathBuf::from(format!("/dev/loop{number}"));
+        let dev = match rustix::fs::open(&path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty()) {
+            Ok(fd) => fd,
+            // The node may not exist yet (udev/devtmpfs lag) or the device was removed meanwhile.
+            Err(e @ (Errno::NOENT | Errno::NXIO | Errno::BUSY)) => {
+                last = e;
+                std::thread::yield_now();
+                continue;
+            }
+            Err(e) => return Err(LoopError::Device { path, op: "open", errno: e }),
+        };
+        match loopctl::configure(dev.as_fd(), &cfg) {
+            Ok(()) => {}
+            Err(Errno::BUSY) => {
+                // Someone configured this device between GET_FREE and CONFIGURE: take another.
+                last = Errno::BUSY;
+                std::thread::yield_now();
+                continue;
+            }
+            Err(e) => return Err(LoopError::Device { path, op: "LOOP_CONFIGURE", errno: e }),
+        }
+        // From here on, dropping `dev` (on any error) lets AUTOCLEAR detach the device.
+        let lo = LoopDevice { fd: dev, number, path, direct_io: false };
+        return verify(lo, &st);
+    }
+    Err(LoopError::Exhausted { attempts: MAX_ATTEMPTS, last })
+}
+
+/// Checks that the device is bound to our image with the flags and block size we asked for.
+fn verify(mut lo: LoopDevice, image: &rustix::fs::Stat) -> Result<LoopDevice, LoopError> {
+    let undo = |lo: &LoopDevice| {
+        let _ = loopctl::clr_fd(lo.fd.as_fd());
+    };
+    let info = match loopctl::get_status64(lo.fd.as_fd()) {
+        Ok(i) => i,
+        Err(e) => {
+            undo(&lo);
+            return Err(LoopError::Device { path: lo.path.clone(), op: "LOOP_GET_STATUS64", errno: e });
+        }
+    };
+    let want = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+    let (maj, min) = decode_kernel_dev(info.lo_device);
+    let same_file = maj == rustix::fs::major(image.st_dev)
+        && min == rustix::fs::minor(image.st_dev)
+        && info.lo_inode == image.st_ino;
+    let reason = if info.lo_flags & want != want {
+        Some(format!("flags {:#x} lack read-only/autoclear", info.lo_flags))
+    } else if !same_file {
+        Some(format!(
+            "backing file is dev {maj}:{min} ino {} but the image is dev {}:{} ino {}",
+            info.lo_inode,
+            rustix::fs::major(image.st_dev),
+            rustix::fs::minor(image.st_dev),
+            image.st_ino
+        ))
+    } else if info.lo_offset != 0 || info.lo_sizelimit != 0 {
+        Some("offset/sizelimit not zero".to_string())
+    } else {
+        match loopctl::logical_block_size(lo.fd.as_fd()) {
+            Ok(BLOCK_SIZE) => None,
+            Ok(b) => Some(format!("block size {b}, wanted {BLOCK_SIZE}")),
+            Err(e) => Some(format!("BLKSSZGET failed: {e}")),
+        }
+    };
+    if let Some(reason) = reason {
+        undo(&lo);
+        return Err(LoopError::Verify { path: lo.path.clone(), reason });
+    }
+    lo.direct_io = info.lo_flags & LO_FLAGS_DIRECT_IO != 0;
+    Ok(lo)
+}
+
+/// The kernel reports `lo_device` with `huge_encode_dev` (new_encode_dev); split it.
+fn decode_kernel_dev(dev: u64) -> (u32, u32) {
+    let major = ((dev & 0xfff00) >> 8) as u32;
+    let minor = ((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32;
+    (major, minor)
+}
+
+/// Lists the loop devices that currently have a backing file (from sysfs), for leak checks.
+pub fn attached_devices() -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block")? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("loop") && e.path().join("loop/backing_file").exists() {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("image: fstat failed: {errno}")]
+    Image { errno: Errno },
+    #[error("image is not a regular file; only regular files can back a loop device")]
+    NotRegular,
+    #[error("/dev/loop-control: {op} failed: {errno}")]
+    Control { op: &'static str, errno: Errno },
+    #[error("{}: {op} failed: {errno}", path.display())]
+    Device { path: PathBuf, op: &'static str, errno: Errno },
+    #[error("no loop device could be configured after {attempts} attempts (last error: {last}); other processes keep taking the free devices")]
+    Exhausted { attempts: u32, last: Errno },
+    #[error("{}: configured device does not match the request: {reason}", path.display())]
+    Verify { path: PathBuf, reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_dev_decoding() {
+        // new_encode_dev(MKDEV(259, 0x12345)) = (minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)
+        let (maj, min) = (259u64, 0x12345u64);
+        let enc = (min & 0xff) | (maj << 8) | ((min & !0xff) << 12);
+        assert_eq!(decode_kernel_dev(enc), (259, 0x12345));
+        assert_eq!(decode_kernel_dev((8 << 8) | 1), (8, 1));
+    }
+}

@@ -1,17 +1,1127 @@
-//! Mounting: EROFS (file-backed or on a loop device) with the new mount API, idmapped mounts, umount.
+//! Mounting: EROFS (file-backed or on a loop device) with the new mount API, idmapped mounts, the
+//! overlay on top, mount records, `cfsmount umount`, and the `mount.composefs` helper form.
+//!
+//! Every resource is an RAII value (image fds, loop devices with AUTOCLEAR, detached mount fds,
+//! the userns helper child, temporary files), so an error at any step releases everything made so
+//! far: a detached mount disappears when its last fd closes, a loop device detaches when its fd
+//! closes and no superblock holds it. Nothing is attached anywhere until the final `move_mount`.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
+use rustix::io::Errno;
+use rustix::mount::{
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags,
+    FsOpenFlags, MountAttrFlags, MoveMountFlags,
+};
+
+use crate::loopback::LoopDevice;
+use crate::overlay::{self, OverlaySpec, Verity};
+
+/// composefs header magic at offset 0 of the image.
+const COMPOSEFS_MAGIC: u32 = 0xd078_629a;
+/// EROFS superblock magic at offset 1024.
+const EROFS_MAGIC: u32 = 0xe0f5_e1e2;
+/// composefs header flag: the image carries POSIX ACLs.
+const COMPOSEFS_FLAG_HAS_ACL: u32 = 1;
+/// `STATX_MNT_ID_UNIQUE` (Linux 6.8): a mount id never reused during the boot.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+/// `STATX_ATTR_MOUNT_ROOT`
+const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
+/// overlayfs `f_type`
+const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+/// procfs `f_type`
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+/// Default directory of mount records.
+pub const DEFAULT_STATE_DIR: &str = "/run/cfsmount";
+
+// ---------------------------------------------------------------------------------------------
+// CLI
+// ---------------------------------------------------------------------------------------------
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
-#[derive(clap::Args, Debug)]
-pub struct UmountArgs {}
+pub struct Args {
+    /// The image (or, with --toc/--dump, the TOC/dumpfile to build one from). This is the lowest
+    /// layer; each --layer goes on top of the previous one.
+    pub source: PathBuf,
+    /// Directory to mount on (omit with --fd-out).
+    pub target: Option<PathBuf>,
+    /// Object directories (content store), ':'-separated; repeatable.
+    #[arg(long, required = true)]
+    pub basedir: Vec<OsString>,
+    /// Expected fs-verity digest of the image (hex); repeat once per image (SOURCE, then each
+    /// --layer). Implies --verity, as the reference mount.composefs does.
+    #[arg(long)]
+    pub digest: Vec<String>,
+    /// overlay verity=require: every object must carry the fs-verity digest the image names.
+    #[arg(long, conflicts_with = "try_verity")]
+    pub verity: bool,
+    /// verity=require when the kernel offers it.
+    #[arg(long)]
+    pub try_verity: bool,
+    /// Idmap the mount with this user namespace (e.g. /proc/PID/ns/user).
+    #[arg(long, conflicts_with_all = ["uidmap", "gidmap"])]
+    pub idmap: Option<PathBuf>,
+    /// INSIDE:OUTSIDE:COUNT (repeatable): create a user namespace with this uid map for the idmap.
+    #[arg(long, requires = "gidmap")]
+    pub uidmap: Vec<String>,
+    /// INSIDE:OUTSIDE:COUNT (repeatable): gid map of the created user namespace.
+    #[arg(long, requires = "uidmap")]
+    pub gidmap: Vec<String>,
+    /// Writable upper layer (requires --workdir).
+    #[arg(long, requires = "workdir")]
+    pub upperdir: Option<PathBuf>,
+    /// overlay work directory (requires --upperdir).
+    #[arg(long, requires = "upperdir")]
+    pub workdir: Option<PathBuf>,
+    /// Mount read-only even with an upper layer.
+    #[arg(long)]
+    pub ro: bool,
+    /// Instead of attaching at TARGET, send the detached mount fd (SCM_RIGHTS) over this unix
+    /// socket: a socket path to connect to, or the number of an inherited connected socket fd.
+    #[arg(long, conflicts_with = "target")]
+    pub fd_out: Option<String>,
+    /// Always use a loop device, even when the kernel can mount the image file directly.
+    #[arg(long)]
+    pub force_loop: bool,
+    /// Another layer on top (repeatable, in stacking order, lowest first).
+    #[arg(long)]
+    pub layer: Vec<PathBuf>,
+    /// SOURCE and the layers are zstd:chunked TOC JSON files, built on the fly (sandboxed).
+    #[arg(long, conflicts_with = "dump")]
+    pub toc: bool,
+    /// SOURCE and the layers are composefs dumpfiles, built on the fly (sandboxed).
+    #[arg(long)]
+    pub dump: bool,
+    /// Keep setuid/setgid bits effective (root only).
+    #[arg(long)]
+    pub allow_suid: bool,
+    /// Allow device nodes (root only).
+    #[arg(long)]
+    pub allow_dev: bool,
+    /// Print what was done.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
 
-pub fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("mount: not implemented yet")
+#[derive(clap::Args, Debug)]
+pub struct UmountArgs {
+    /// Mount point of a cfsmount mount.
+    pub target: PathBuf,
 }
-pub fn umount(_a: UmountArgs) -> anyhow::Result<()> {
-    anyhow::bail!("umount: not implemented yet")
+
+// ---------------------------------------------------------------------------------------------
+// Request model (shared by the CLI and the mount.composefs form)
+// ---------------------------------------------------------------------------------------------
+
+/// How the image bytes are given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    Image,
+    Toc,
+    Dump,
 }
+
+/// One id-map line: INSIDE OUTSIDE COUNT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdMap {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+impl std::str::FromStr for IdMap {
+    type Err = MountError;
+    fn from_str(s: &str) -> Result<Self, MountError> {
+        let bad = || MountError::BadIdMap(s.to_string());
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 3 {
+            return Err(bad());
+        }
+        let n = |p: &str| -> Result<u32, MountError> {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            p.parse::<u32>().map_err(|_| bad())
+        };
+        let m = IdMap { inside: n(parts[0])?, outside: n(parts[1])?, count: n(parts[2])? };
+        if m.count == 0
+            || m.inside.checked_add(m.count - 1).is_none()
+            || m.outside.checked_add(m.count - 1).is_none()
+        {
+            return Err(bad());
+        }
+        Ok(m)
+    }
+}
+
+/// Where the user namespace for an idmapped mount comes from.
+#[derive(Debug, Clone)]
+pub enum IdmapSpec {
+    Path(PathBuf),
+    Maps { uid: Vec<IdMap>, gid: Vec<IdMap> },
+}
+
+/// Where the finished overlay goes.
+#[derive(Debug)]
+pub enum Dest {
+    Target(PathBuf),
+    /// Socket path to connect to.
+    Socket(PathBuf),
+    /// Inherited, connected socket fd.
+    SocketFd(OwnedFd),
+}
+
+#[derive(Debug)]
+pub struct MountRequest {
+    /// Images, lowest layer first.
+    pub sources: Vec<PathBuf>,
+    pub kind: SourceKind,
+    /// Expected fs-verity digests, by position in `sources`.
+    pub digests: Vec<[u8; 32]>,
+    pub basedirs: Vec<PathBuf>,
+    pub verity: Verity,
+    pub idmap: Option<IdmapSpec>,
+    pub upper: Option<(PathBuf, PathBuf)>,
+    pub readonly: bool,
+    pub force_loop: bool,
+    pub allow_suid: bool,
+    pub allow_dev: bool,
+    pub dest: Dest,
+    pub verbose: bool,
+}
+
+/// What a successful mount produced.
+#[derive(Debug)]
+pub struct MountOutcome {
+    pub record: MountRecord,
+    pub legacy_overlay: bool,
+    pub verity: bool,
+}
+
+/// One JSON file per mount in the state dir.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct MountRecord {
+    /// statx mount id of the overlay (STATX_MNT_ID_UNIQUE when the kernel has it).
+    pub mount_id: u64,
+    /// Whether `mount_id` is the unique (never reused) id.
+    pub mount_id_unique: bool,
+    /// Where it was attached (None: handed out with --fd-out).
+    pub target: Option<PathBuf>,
+    /// Real uid of the caller.
+    pub uid: u32,
+    /// Loop devices used (empty for file-backed EROFS), one per layer that needed one.
+    pub loop_devices: Vec<PathBuf>,
+    /// statx mount ids of the (detached) EROFS mounts, lowest layer first.
+    pub erofs_mount_ids: Vec<u64>,
+    /// The sources as given.
+    pub sources: Vec<PathBuf>,
+    /// Seconds since the epoch.
+    pub created: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Privilege (privileged-helper mode is decided by crate::helper)
+// ---------------------------------------------------------------------------------------------
+
+/// True when running setuid / with file capabilities for someone else.
+fn privileged() -> bool {
+    crate::helper::privileged()
+}
+
+/// The real uid of whoever ran us (in privileged mode, the recorded caller).
+fn caller_uid() -> u32 {
+    crate::helper::caller().uid
+}
+
+/// The state directory; `CFSMOUNT_STATE_DIR` is honoured only when not privileged.
+pub fn state_dir() -> PathBuf {
+    if !privileged() {
+        if let Some(d) = std::env::var_os("CFSMOUNT_STATE_DIR") {
+            if !d.is_empty() {
+                return PathBuf::from(d);
+            }
+        }
+    }
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+/// Opens (creating if needed) the state dir, and checks it is ours and private.
+fn open_state_dir(create: bool) -> Result<(PathBuf, OwnedFd), MountError> {
+    let dir = state_dir();
+    let err = |errno: Errno| MountError::StateDir { path: dir.clone(), reason: errno.to_string() };
+    if create {
+        match rustix::fs::mkdir(&dir, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    let fd = rustix::fs::open(&dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        .map_err(err)?;
+    let st = rustix::fs::fstat(&fd).map_err(err)?;
+    let euid = rustix::process::geteuid().as_raw();
+    if st.st_uid != euid || st.st_mode & 0o022 != 0 {
+        return Err(MountError::StateDir {
+            path: dir,
+            reason: format!("must be owned by uid {euid} and not group/world-writable (owner {}, mode {:o})", st.st_uid, st.st_mode & 0o7777),
+        });
+    }
+    Ok((dir, fd))
+}
+
+fn record_name(mount_id: u64) -> String {
+    format!("{mount_id}.json")
+}
+
+fn write_record(dirfd: BorrowedFd<'_>, rec: &MountRecord) -> Result<(), MountError> {
+    let name = record_name(rec.mount_id);
+    let tmp = format!(".{}.tmp", name);
+    let data = serde_json::to_vec_pretty(rec).map_err(|e| MountError::Record { reason: e.to_string() })?;
+    let io = |e: Errno| MountError::Record { reason: format!("{name}: {e}") };
+    let fd = rustix::fs::openat(dirfd, &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::from_raw_mode(0o600))
+        .map_err(io)?;
+    let mut off = 0;
+    while off < data.len() {
+        match rustix::io::write(&fd, &data[off..]) {
+            Ok(n) => off += n,
+            Err(Errno::INTR) => {}
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(dirfd, &tmp, AtFlags::empty());
+                return Err(io(e));
+            }
+        }
+    }
+    drop(fd);
+    rustix::fs::renameat(dirfd, &tmp, dirfd, &name).map_err(|e| {
+        let _ = rustix::fs::unlinkat(dirfd, &tmp, AtFlags::empty());
+        io(e)
+    })
+}
+
+fn read_record(dirfd: BorrowedFd<'_>, mount_id: u64) -> Result<Option<MountRecord>, MountError> {
+    let name = record_name(mount_id);
+    let fd = match rustix::fs::openat(dirfd, &name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(MountError::Record { reason: format!("{name}: {e}") }),
+    };
+    let mut s = Vec::new();
+    File::from(fd).take(1 << 20).read_to_end(&mut s).map_err(|e| MountError::Record { reason: format!("{name}: {e}") })?;
+    let rec: MountRecord = serde_json::from_slice(&s).map_err(|e| MountError::Record { reason: format!("{name}: {e}") })?;
+    if rec.mount_id != mount_id {
+        return Err(MountError::Record { reason: format!("{name}: names mount {}", rec.mount_id) });
+    }
+    Ok(Some(rec))
+}
+
+/// Reads all records (for listing and tests).
+pub fn list_records() -> Result<Vec<MountRecord>, MountError> {
+    let (_, dirfd) = match open_state_dir(false) {
+        Ok(x) => x,
+        Err(MountError::StateDir { reason, .. }) if reason == Errno::NOENT.to_string() => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    let dir = std::fs::read_dir(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).map_err(|e| MountError::Record { reason: e.to_string() })?;
+    for e in dir.flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if let Some(id) = n.strip_suffix(".json").and_then(|i| i.parse::<u64>().ok()) {
+            if let Some(r) = read_record(dirfd.as_fd(), id)? {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The mount id of `fd` (unique id when available).
+pub fn mount_id(fd: BorrowedFd<'_>) -> Result<(u64, bool, u64), Errno> {
+    let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE))?;
+    if st.stx_mask & STATX_MNT_ID_UNIQUE != 0 {
+        return Ok((st.stx_mnt_id, true, (st.stx_attributes & st.stx_attributes_mask).bits()));
+    }
+    let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)?;
+    if st.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
+        return Err(Errno::NOSYS);
+    }
+    Ok((st.stx_mnt_id, false, (st.stx_attributes & st.stx_attributes_mask).bits()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images
+// ---------------------------------------------------------------------------------------------
+
+/// An opened image: the one fd that is measured, attached and mounted.
+struct Image {
+    file: File,
+    label: PathBuf,
+    has_acl: bool,
+}
+
+fn open_image(path: &Path, kind: SourceKind, state_dir: &Path) -> Result<Image, MountError> {
+    let file = match kind {
+        SourceKind::Image => {
+            let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty())
+                .map_err(|e| MountError::Source { path: path.into(), reason: e.to_string() })?;
+            File::from(fd)
+        }
+        SourceKind::Toc | SourceKind::Dump => build_image(path, kind, state_dir)?,
+    };
+    let st = rustix::fs::fstat(&file).map_err(|e| MountError::Source { path: path.into(), reason: e.to_string() })?;
+    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
+        return Err(MountError::Source { path: path.into(), reason: "not a regular file".into() });
+    }
+    let mut hdr = [0u8; 1028];
+    let n = rustix::io::pread(&file, &mut hdr, 0).map_err(|e| MountError::Source { path: path.into(), reason: e.to_string() })?;
+    if n < hdr.len() {
+        return Err(MountError::NotComposefs { path: path.into(), reason: "shorter than an EROFS superblock".into() });
+    }
+    let le = |o: usize| u32::from_le_bytes([hdr[o], hdr[o + 1], hdr[o + 2], hdr[o + 3]]);
+    if le(0) != COMPOSEFS_MAGIC {
+        return Err(MountError::NotComposefs { path: path.into(), reason: format!("composefs header magic {:#x}", le(0)) });
+    }
+    if le(1024) != EROFS_MAGIC {
+        return Err(MountError::NotComposefs { path: path.into(), reason: format!("EROFS superblock magic {:#x}", le(1024)) });
+    }
+    let has_acl = le(8) & COMPOSEFS_FLAG_HAS_ACL != 0;
+    Ok(Image { file, label: path.to_path_buf(), has_acl })
+}
+
+/// Builds an image from a TOC or dumpfile (sandboxed builder) into an unlinked file.
+fn build_image(path: &Path, kind: SourceKind, state_dir: &Path) -> Result<File, MountError> {
+    let tmpname = format!(
+        ".build-{}-{}.img",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    );
+    let out = state_dir.join(tmpname);
+    let res = build_with_mkimage(path, kind == SourceKind::Toc, &out);
+    let opened = res.and_then(|()| File::open(&out).map_err(anyhow::Error::from));
+    let _ = std::fs::remove_file(&out);
+    opened.map_err(|e| MountError::Build { path: path.into(), reason: format!("{e:#}") })
+}
+
+/// The inputs helper's parent-side builder (sandboxed parse + write + validate + rename).
+fn build_with_mkimage(_src: &Path, _toc: bool, _out: &Path) -> anyhow::Result<()> {
+    anyhow::bail!("building from a TOC/dumpfile needs crate::mkimage::build_image_file, which is not available yet")
+}
+
+// ---------------------------------------------------------------------------------------------
+// EROFS
+// ---------------------------------------------------------------------------------------------
+
+/// A detached EROFS mount (and the loop device under it, if any).
+pub struct ErofsMount {
+    pub mnt: OwnedFd,
+    pub loopdev: Option<LoopDevice>,
+    pub mount_id: u64,
+}
+
+fn erofs_attrs(req: &MountRequest) -> MountAttrFlags {
+    let mut a = MountAttrFlags::MOUNT_ATTR_RDONLY;
+    if !req.allow_suid {
+        a |= MountAttrFlags::MOUNT_ATTR_NOSUID;
+    }
+    if !req.allow_dev {
+        a |= MountAttrFlags::MOUNT_ATTR_NODEV;
+    }
+    a
+}
+
+/// fsopen("erofs") + source + ro (+ noacl) + create + fsmount, detached.
+fn erofs_fsmount(source: &str, has_acl: bool, attrs: MountAttrFlags) -> Result<OwnedFd, (Errno, String)> {
+    let fs = fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| (e, "fsopen(erofs)".to_string()))?;
+    let ctx = |what: &str, e: Errno| {
+        let log = overlay::fs_log(fs.as_fd());
+        (e, if log.is_empty() { what.to_string() } else { format!("{what} (kernel: {log})") })
+    };
+    fsconfig_set_string(fs.as_fd(), "source", source).map_err(|e| ctx("source", e))?;
+    fsconfig_set_flag(fs.as_fd(), "ro").map_err(|e| ctx("ro", e))?;
+    if !has_acl {
+        // Optional: kernels built without EROFS ACL support do not know the option.
+        let _ = fsconfig_set_flag(fs.as_fd(), "noacl");
+    }
+    fsconfig_create(fs.as_fd()).map_err(|e| ctx("create", e))?;
+    fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| ctx("fsmount", e))
+}
+
+fn mount_erofs(img: &Image, req: &MountRequest, userns: Option<BorrowedFd<'_>>) -> Result<ErofsMount, MountError> {
+    let attrs = erofs_attrs(req);
+    let mut loopdev = None;
+    let mut mnt = None;
+    if !req.force_loop {
+        // File-backed EROFS (Linux 6.12+): the kernel opens our fd's file through the magic link.
+        let src = format!("/proc/self/fd/{}", img.file.as_raw_fd());
+        match erofs_fsmount(&src, img.has_acl, attrs) {
+            Ok(m) => mnt = Some(m),
+            // ENOTBLK: this kernel wants a block device.
+            Err((Errno::NOTBLK, _)) => {}
+            Err((e, what)) => return Err(MountError::Erofs { path: img.label.clone(), step: what, errno: e }),
+        }
+    }
+    let mnt = match mnt {
+        Some(m) => m,
+        None => {
+            let lo = crate::loopback::attach(img.file.as_fd(), &img.label)
+                .map_err(|e| MountError::Loop { path: img.label.clone(), source: e })?;
+            let src = lo.path().to_str().unwrap_or_default().to_string();
+            let m = erofs_fsmount(&src, img.has_acl, attrs)
+                .map_err(|(e, what)| MountError::Erofs { path: img.label.clone(), step: what, errno: e })?;
+            loopdev = Some(lo);
+            m
+        }
+    };
+    if let Some(ns) = userns {
+        crate::sys::mount::mount_setattr_idmap(mnt.as_fd(), ns).map_err(|e| MountError::Idmap { reason: format!("mount_setattr(MOUNT_ATTR_IDMAP): {e}") })?;
+    }
+    let (mount_id, _, _) = mount_id(mnt.as_fd()).map_err(|e| MountError::Erofs { path: img.label.clone(), step: "statx".into(), errno: e })?;
+    Ok(ErofsMount { mnt, loopdev, mount_id })
+}
+
+// ---------------------------------------------------------------------------------------------
+// idmap
+// ---------------------------------------------------------------------------------------------
+
+/// Opens the user namespace to idmap with: the given one, or a new one with the given maps.
+fn idmap_userns(spec: &IdmapSpec) -> Result<OwnedFd, MountError> {
+    match spec {
+        IdmapSpec::Path(p) => {
+            let fd = rustix::fs::open(p, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty())
+                .map_err(|e| MountError::Idmap { reason: format!("{}: {e}", p.display()) })?;
+            check_userns_fd(fd.as_fd()).map_err(|r| MountError::Idmap { reason: format!("{}: {r}", p.display()) })?;
+            Ok(fd)
+        }
+        IdmapSpec::Maps { uid, gid } => create_userns(uid, gid),
+    }
+}
+
+/// `NS_GET_NSTYPE`-free check: a user namespace fd is an nsfs file whose link reads `user:[...]`.
+fn check_userns_fd(fd: BorrowedFd<'_>) -> Result<(), String> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| e.to_string())?;
+    if !link.as_os_str().as_bytes().starts_with(b"user:[") {
+        return Err(format!("not a user namespace (it is {})", link.display()));
+    }
+    Ok(())
+}
+
+fn map_text(maps: &[IdMap]) -> String {
+    maps.iter().map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count)).collect()
+}
+
+/// A helper child unshares a user namespace; we write its maps, keep an fd to it, and reap it.
+pub fn create_userns(uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, MountError> {
+    if uid.is_empty() || gid.is_empty() {
+        return Err(MountError::Idmap { reason: "both --uidmap and --gidmap are needed".into() });
+    }
+    let child = crate::sys::mount::UsernsChild::spawn().map_err(|e| MountError::Idmap { reason: format!("creating a user namespace: {e}") })?;
+    let pid = child.pid();
+    let write = |name: &str, text: &str| -> Result<(), MountError> {
+        std::fs::write(format!("/proc/{pid}/{name}"), text.as_bytes())
+            .map_err(|e| MountError::Idmap { reason: format!("writing {name} ({}): {e}", text.trim().replace('\n', ", ")) })
+    };
+    write("uid_map", &map_text(uid))?;
+    write("gid_map", &map_text(gid))?;
+    let fd = rustix::fs::open(format!("/proc/{pid}/ns/user"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| MountError::Idmap { reason: format!("opening the new user namespace: {e}") })?;
+    drop(child); // lets it exit and reaps it; the namespace lives on through `fd`
+    Ok(fd)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mount pipeline
+// ---------------------------------------------------------------------------------------------
+
+fn open_dir_path(p: &Path, what: &'static str) -> Result<OwnedFd, MountError> {
+    rustix::fs::open(p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| MountError::Dir { what, path: p.into(), errno: e })
+}
+
+fn check_procfs() -> Result<(), MountError> {
+    let st = rustix::fs::statfs("/proc/self/fd").map_err(|e| MountError::Proc { reason: e.to_string() })?;
+    #[allow(clippy::unnecessary_cast)]
+    if st.f_type as i64 != PROC_SUPER_MAGIC {
+        return Err(MountError::Proc { reason: "/proc is not procfs".into() });
+    }
+    Ok(())
+}
+
+/// Validation that does not touch the system.
+fn validate(req: &MountRequest) -> Result<(), MountError> {
+    if req.sources.is_empty() {
+        return Err(MountError::Usage("no source image".into()));
+    }
+    if req.basedirs.is_empty() {
+        return Err(MountError::Usage("at least one basedir is needed".into()));
+    }
+    if req.digests.len() > req.sources.len() {
+        return Err(MountError::Usage(format!("{} digests given for {} images", req.digests.len(), req.sources.len())));
+    }
+    if (req.allow_suid || req.allow_dev) && (privileged() || caller_uid() != 0) {
+        return Err(MountError::Usage("suid/dev mounts may only be requested by root".into()));
+    }
+    if req.sources.len() > 1 && req.upper.is_none() && req.sources.len() > 500 {
+        return Err(MountError::Usage("too many layers".into()));
+    }
+    Ok(())
+}
+
+/// Performs the whole mount. On error, everything made so far is released by drop.
+pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
+    validate(&req)?;
+    check_procfs()?;
+    let (state_path, state_fd) = open_state_dir(true)?;
+
+    // 1. images (opened once; this fd is measured and mounted)
+    let mut images = Vec::with_capacity(req.sources.len());
+    for s in &req.sources {
+        images.push(open_image(s, req.kind, &state_path)?);
+    }
+    for (img, want) in images.iter().zip(&req.digests) {
+        crate::fsverity::check_digest(img.file.as_fd(), want)
+            .map_err(|e| MountError::Digest { path: img.label.clone(), reason: e.to_string() })?;
+    }
+    // 2. pinned directories
+    let basedirs = req.basedirs.iter().map(|b| open_dir_path(b, "basedir")).collect::<Result<Vec<_>, _>>()?;
+    let upper = match &req.upper {
+        Some((u, w)) => Some((open_dir_path(u, "upperdir")?, open_dir_path(w, "workdir")?)),
+        None => None,
+    };
+    let target_fd = match &req.dest {
+        Dest::Target(t) => Some(
+            rustix::fs::open(t, OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| MountError::Dir { what: "target", path: t.clone(), errno: e })?,
+        ),
+        _ => None,
+    };
+    let sock = match &req.dest {
+        Dest::Socket(p) => Some(overlay::connect_socket(p)?),
+        Dest::SocketFd(fd) => Some(rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| MountError::Usage(format!("--fd-out fd: {e}")))?),
+        Dest::Target(_) => None,
+    };
+    // 3. idmap user namespace
+    let userns = req.idmap.as_ref().map(idmap_userns).transpose()?;
+    // 4. EROFS mounts, detached
+    let mut erofs = Vec::with_capacity(images.len());
+    for img in &images {
+        erofs.push(mount_erofs(img, &req, userns.as_ref().map(|f| f.as_fd()))?);
+    }
+    // 5. overlay, detached; uppermost layer first
+    let mut attrs = erofs_attrs(&req);
+    if req.upper.is_some() && !req.readonly {
+        attrs -= MountAttrFlags::MOUNT_ATTR_RDONLY;
+    }
+    let spec = OverlaySpec {
+        lowers: erofs.iter().rev().map(|e| e.mnt.as_fd()).collect(),
+        datadirs: basedirs.iter().map(|f| f.as_fd()).collect(),
+        verity: req.verity,
+        upper: upper.as_ref().map(|(u, w)| (u.as_fd(), w.as_fd())),
+        attrs,
+        force_legacy: !privileged() && std::env::var_os("CFSMOUNT_TEST_LEGACY_OVERLAY").is_some(),
+    };
+    let ovl = overlay::assemble(&spec)?;
+    let (ovl_id, unique, _) = mount_id(ovl.mnt.as_fd()).map_err(|e| MountError::Record { reason: format!("statx of the overlay: {e}") })?;
+    let record = MountRecord {
+        mount_id: ovl_id,
+        mount_id_unique: unique,
+        target: match &req.dest {
+            Dest::Target(t) => Some(std::path::absolute(t).unwrap_or_else(|_| t.clone())),
+            _ => None,
+        },
+        uid: caller_uid(),
+        loop_devices: erofs.iter().filter_map(|e| e.loopdev.as_ref().map(|l| l.path().to_path_buf())).collect(),
+        erofs_mount_ids: erofs.iter().map(|e| e.mount_id).collect(),
+        sources: req.sources.clone(),
+        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    };
+    // 6. record first (the id does not change when the mount is attached), then hand over
+    write_record(state_fd.as_fd(), &record)?;
+    let handed = match (&target_fd, &sock) {
+        (Some(t), _) => move_mount(
+            ovl.mnt.as_fd(),
+            "",
+            t.as_fd(),
+            "",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+        .map_err(|e| MountError::Attach { target: record.target.clone().unwrap_or_default(), errno: e }),
+        (None, Some(s)) => overlay::send_fd(s.as_fd(), ovl.mnt.as_fd()).map_err(MountError::from),
+        (None, None) => Err(MountError::Usage("no target".into())),
+    };
+    if let Err(e) = handed {
+        let _ = rustix::fs::unlinkat(state_fd.as_fd(), record_name(record.mount_id), AtFlags::empty());
+        return Err(e);
+    }
+    if req.verbose {
+        for (img, e) in images.iter().zip(&erofs) {
+            eprintln!(
+                "cfsmount: {}: EROFS {} (mount id {})",
+                img.label.display(),
+                match &e.loopdev {
+                    Some(l) => format!("on {}{}", l.path().display(), if l.direct_io() { " (direct I/O)" } else { "" }),
+                    None => "file-backed".to_string(),
+                },
+                e.mount_id
+            );
+        }
+        eprintln!(
+            "cfsmount: overlay mount id {} ({}{})",
+            record.mount_id,
+            if ovl.legacy { "legacy lowerdir string" } else { "lowerdir+/datadir+" },
+            if ovl.verity { ", verity=require" } else { "" }
+        );
+    }
+    // Dropping the detached EROFS fds and loop fds now is what we want: the overlay pins them.
+    Ok(MountOutcome { record, legacy_overlay: ovl.legacy, verity: ovl.verity })
+}
+
+/// Unmounts a cfsmount mount at `target` (pinned by fd, matched by mount id against the record).
+pub fn unmount(target: &Path) -> Result<MountRecord, MountError> {
+    check_procfs()?;
+    let (_, state_fd) = open_state_dir(false)?;
+    let fd = rustix::fs::open(target, OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| MountError::Dir { what: "target", path: target.into(), errno: e })?;
+    let (id, _, attrs) = mount_id(fd.as_fd()).map_err(|e| MountError::Dir { what: "target", path: target.into(), errno: e })?;
+    let not_ours = || MountError::NotOurs { target: target.into() };
+    if attrs & STATX_ATTR_MOUNT_ROOT == 0 {
+        return Err(not_ours());
+    }
+    let st = rustix::fs::fstatfs(&fd).map_err(|e| MountError::Dir { what: "target", path: target.into(), errno: e })?;
+    #[allow(clippy::unnecessary_cast)]
+    if st.f_type as i64 != OVERLAYFS_SUPER_MAGIC {
+        return Err(not_ours());
+    }
+    let rec = read_record(state_fd.as_fd(), id)?.ok_or_else(not_ours)?;
+    if privileged() && rec.uid != caller_uid() {
+        return Err(MountError::OtherUser { target: target.into(), owner: rec.uid });
+    }
+    // Detach exactly the pinned mount: the magic link resolves to the mount we checked, whatever
+    // happens to the path meanwhile. Our own fd holds a reference, so this must be MNT_DETACH;
+    // the overlay (and the EROFS mount and loop device under it) go away when the last user closes.
+    rustix::mount::unmount(format!("/proc/self/fd/{}", fd.as_raw_fd()), rustix::mount::UnmountFlags::DETACH)
+        .map_err(|e| MountError::Umount { target: target.into(), errno: e })?;
+    drop(fd);
+    let _ = rustix::fs::unlinkat(state_fd.as_fd(), record_name(id), AtFlags::empty());
+    Ok(rec)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+// ---------------------------------------------------------------------------------------------
+
+fn parse_digests(v: &[String]) -> Result<Vec<[u8; 32]>, MountError> {
+    v.iter()
+        .map(|d| crate::fsverity::parse_hex(d).map_err(|e| MountError::Usage(format!("digest: {e}"))))
+        .collect()
+}
+
+fn split_basedirs(v: &[OsString]) -> Result<Vec<PathBuf>, MountError> {
+    let mut out = Vec::new();
+    for b in v {
+        for part in b.as_bytes().split(|c| *c == b':') {
+            if part.is_empty() {
+                return Err(MountError::Usage(format!("basedir {:?} has an empty component", b)));
+            }
+            out.push(PathBuf::from(std::ffi::OsStr::from_bytes(part)));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let n: i32 = s.parse().map_err(|_| MountError::Usage(format!("--fd-out {s}: bad fd number")))?;
+        let fd = crate::sys::mount::dup_inherited_fd(n).map_err(|e| MountError::Usage(format!("--fd-out {s}: {e}")))?;
+        Ok(Dest::SocketFd(fd))
+    } else {
+        Ok(Dest::Socket(PathBuf::from(s)))
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let mut sources = vec![a.source.clone()];
+    sources.extend(a.layer.iter().cloned());
+    let digests = parse_digests(&a.digest)?;
+    let verity = if a.verity || !digests.is_empty() {
+        Verity::Require
+    } else if a.try_verity {
+        Verity::Try
+    } else {
+        Verity::Off
+    };
+    let idmap = if let Some(p) = &a.idmap {
+        Some(IdmapSpec::Path(p.clone()))
+    } else if !a.uidmap.is_empty() {
+        Some(IdmapSpec::Maps {
+            uid: a.uidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
+            gid: a.gidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
+        })
+    } else {
+        None
+    };
+    let dest = match (&a.target, &a.fd_out) {
+        (Some(t), None) => Dest::Target(t.clone()),
+        (None, Some(s)) => parse_dest_fd_out(s)?,
+        _ => bail!("give either TARGET or --fd-out SOCKET"),
+    };
+    let req = MountRequest {
+        sources,
+        kind: if a.toc {
+            SourceKind::Toc
+        } else if a.dump {
+            SourceKind::Dump
+        } else {
+            SourceKind::Image
+        },
+        digests,
+        basedirs: split_basedirs(&a.basedir)?,
+        verity,
+        idmap,
+        upper: a.upperdir.clone().zip(a.workdir.clone()),
+        readonly: a.ro,
+        force_loop: a.force_loop,
+        allow_suid: a.allow_suid,
+        allow_dev: a.allow_dev,
+        dest,
+        verbose: a.verbose,
+    };
+    mount(req).with_context(|| format!("mounting {}", a.source.display()))?;
+    Ok(())
+}
+
+pub fn umount(a: UmountArgs) -> anyhow::Result<()> {
+    unmount(&a.target).with_context(|| format!("unmounting {}", a.target.display()))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// mount.composefs
+// ---------------------------------------------------------------------------------------------
+
+/// Splits a `-o` string at unescaped commas; `\` escapes the next character in values (as the
+/// reference mount.composefs does). Returns (key, value) pairs.
+pub fn parse_options(s: &str) -> Result<Vec<(String, Option<String>)>, MountError> {
+    let mut out = Vec::new();
+    if s.is_empty() {
+        return Ok(out);
+    }
+    let b = s.as_bytes();
+    let mut i = 0;
+    loop {
+        // one option: up to an unescaped ','
+        let start = i;
+        let mut eq = None;
+        while i < b.len() && b[i] != b',' {
+            if b[i] == b'=' && eq.is_none() {
+                eq = Some(i);
+            } else if b[i] == b'\\' && i + 1 < b.len() {
+                i += 1;
+            }
+            i += 1;
+        }
+        let opt = &s[start..i];
+        let (key, val) = match eq {
+            Some(e) => (&s[start..e], Some(unescape(&s[e + 1..i]))),
+            None => (opt, None),
+        };
+        if key.is_empty() {
+            return Err(MountError::Usage(format!("empty option in {s:?}")));
+        }
+        out.push((key.to_string(), val));
+        if i >= b.len() {
+            break;
+        }
+        i += 1; // skip ','
+        if i >= b.len() {
+            return Err(MountError::Usage(format!("trailing comma in {s:?}")));
+        }
+    }
+    Ok(out)
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\\' {
+            if let Some(n) = it.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Parsed `mount.composefs` command line.
+#[derive(Debug, Default)]
+pub struct HelperArgs {
+    pub source: Option<PathBuf>,
+    pub target: Option<PathBuf>,
+    pub options: Vec<String>,
+    pub fake: bool,
+    pub sloppy: bool,
+    pub verbose: bool,
+    pub namespace: Option<String>,
+}
+
+/// util-linux calls helpers as `mount.TYPE SPEC DIR [-sfnv] [-N NS] [-o OPTS] [-t TYPE]`; options
+/// may also precede the operands (getopt order).
+pub fn parse_helper_argv(argv: &[OsString]) -> Result<HelperArgs, MountError> {
+    let mut h = HelperArgs::default();
+    let mut pos: Vec<PathBuf> = Vec::new();
+    let mut i = 0;
+    let mut only_pos = false;
+    let need = |i: usize, flag: &str| -> Result<String, MountError> {
+        argv.get(i)
+            .and_then(|v| v.to_str())
+            .map(|s| s.to_string())
+            .ok_or_else(|| MountError::Usage(format!("option {flag} needs a (UTF-8) argument")))
+    };
+    while i < argv.len() {
+        let a = &argv[i];
+        let ab = a.as_bytes();
+        if only_pos || ab.len() < 2 || ab[0] != b'-' {
+            pos.push(PathBuf::from(a));
+            i += 1;
+            continue;
+        }
+        if ab == b"--" {
+            only_pos = true;
+            i += 1;
+            continue;
+        }
+        // a cluster of short options, possibly ending in one that takes an argument
+        let mut j = 1;
+        while j < ab.len() {
+            match ab[j] {
+                b's' => h.sloppy = true,
+                b'f' => h.fake = true,
+                b'n' => {}
+                b'v' => h.verbose = true,
+                b'h' => return Err(MountError::Usage(helper_usage())),
+                c @ (b'o' | b't' | b'N') => {
+                    let val = if j + 1 < ab.len() {
+                        String::from_utf8(ab[j + 1..].to_vec()).map_err(|_| MountError::Usage("option value is not UTF-8".into()))?
+                    } else {
+                        i += 1;
+                        need(i, &format!("-{}", c as char))?
+                    };
+                    match c {
+                        b'o' => h.options.push(val),
+                        b't' => {
+                            if val != "composefs" {
+                                return Err(MountError::Usage(format!("unsupported filesystem type {val:?}")));
+                            }
+                        }
+                        _ => h.namespace = Some(val),
+                    }
+                    j = ab.len();
+                    continue;
+                }
+                c => return Err(MountError::Usage(format!("unknown flag -{}\n{}", c as char, helper_usage()))),
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    if pos.len() != 2 {
+        return Err(MountError::Usage(format!("expected IMAGE and MOUNTPOINT, got {} operands\n{}", pos.len(), helper_usage())));
+    }
+    h.target = pos.pop();
+    h.source = pos.pop();
+    Ok(h)
+}
+
+fn helper_usage() -> String {
+    "usage: mount.composefs IMAGE MOUNTPOINT [-sfnv] [-N NAMESPACE] [-o OPTIONS]\n\
+     options: basedir=PATH[:PATH...], digest=HEX, verity, tryverity, idmap=PATH, ro, rw, upperdir=PATH, workdir=PATH"
+        .to_string()
+}
+
+/// Turns `mount.composefs` arguments into a request.
+pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
+    let (mut basedir, mut digest, mut idmap, mut upper, mut work) = (None, None, None, None, None);
+    let (mut verity, mut tryverity, mut ro, mut suid, mut dev) = (false, false, false, false, false);
+    let need = |k: &str, v: Option<String>| v.ok_or_else(|| MountError::Usage(format!("No value specified for {k} option")));
+    for o in &h.options {
+        for (k, v) in parse_options(o)? {
+            match k.as_str() {
+                "basedir" => basedir = Some(need(&k, v)?),
+                "digest" => digest = Some(need(&k, v)?),
+                "idmap" => idmap = Some(need(&k, v)?),
+                "upperdir" => upper = Some(need(&k, v)?),
+                "workdir" => work = Some(need(&k, v)?),
+                "verity" | "tryverity" | "ro" | "rw" | "nosuid" | "nodev" | "suid" | "dev" if v.is_some() => {
+                    return Err(MountError::Usage(format!("option {k} takes no value")));
+                }
+                "verity" => verity = true,
+                "tryverity" => tryverity = true,
+                "ro" => ro = true,
+                "rw" => ro = false,
+                "nosuid" => suid = false,
+                "nodev" => dev = false,
+                "suid" => suid = true,
+                "dev" => dev = true,
+                _ if h.sloppy => eprintln!("mount.composefs: ignoring unsupported option {k}"),
+                _ => return Err(MountError::Usage(format!("Unsupported option {k}"))),
+            }
+        }
+    }
+    let basedir = basedir.ok_or_else(|| MountError::Usage("No object dirs specified (basedir=)".into()))?;
+    if upper.is_some() != work.is_some() {
+        return Err(MountError::Usage("Both workdir and upperdir must be specified if used".into()));
+    }
+    let digests = match &digest {
+        Some(d) => vec![crate::fsverity::parse_hex(d).map_err(|e| MountError::Usage(format!("digest: {e}")))?],
+        None => vec![],
+    };
+    Ok(MountRequest {
+        sources: vec![h.source.clone().unwrap_or_default()],
+        kind: SourceKind::Image,
+        basedirs: split_basedirs(&[OsString::from(basedir)])?,
+        verity: if verity || !digests.is_empty() {
+            Verity::Require
+        } else if tryverity {
+            Verity::Try
+        } else {
+            Verity::Off
+        },
+        digests,
+        idmap: idmap.map(|p| IdmapSpec::Path(PathBuf::from(p))),
+        upper: upper.map(PathBuf::from).zip(work.map(PathBuf::from)),
+        readonly: ro,
+        force_loop: false,
+        allow_suid: suid,
+        allow_dev: dev,
+        dest: Dest::Target(h.target.clone().unwrap_or_default()),
+        verbose: h.verbose,
+    })
+}
+
 /// `mount.composefs SOURCE TARGET [-o OPTIONS]`, as util-linux calls helpers.
-pub fn helper_main(_argv: &[std::ffi::OsString]) -> anyhow::Result<()> {
-    anyhow::bail!("mount.composefs: not implemented yet")
+pub fn helper_main(argv: &[OsString]) -> anyhow::Result<()> {
+    let h = parse_helper_argv(argv)?;
+    let req = helper_request(&h)?;
+    if let Some(ns) = &h.namespace {
+        enter_mount_ns(ns)?;
+    }
+    if h.fake {
+        return Ok(());
+    }
+    let src = h.source.clone().unwrap_or_default();
+    mount(req).with_context(|| format!("Failed to mount composefs {}", src.display()))?;
+    Ok(())
+}
+
+/// `-N NS`: a PID or a path of a mount namespace to mount in.
+fn enter_mount_ns(ns: &str) -> Result<(), MountError> {
+    let path = if !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_digit()) { format!("/proc/{ns}/ns/mnt") } else { ns.to_string() };
+    let fd = rustix::fs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| MountError::Usage(format!("-N {ns}: {e}")))?;
+    rustix::thread::move_into_link_name_space(fd.as_fd(), Some(rustix::thread::LinkNameSpaceType::Mount))
+        .map_err(|e| MountError::Usage(format!("-N {ns}: setns: {e}")))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("bad id map {0:?}: expected INSIDE:OUTSIDE:COUNT with COUNT > 0 and no overflow")]
+    BadIdMap(String),
+    #[error("{}: {reason}", path.display())]
+    Source { path: PathBuf, reason: String },
+    #[error("{}: not a composefs image ({reason})", path.display())]
+    NotComposefs { path: PathBuf, reason: String },
+    #[error("{}: building the image failed: {reason}", path.display())]
+    Build { path: PathBuf, reason: String },
+    #[error("{}: image digest check failed: {reason}", path.display())]
+    Digest { path: PathBuf, reason: String },
+    #[error("{what} {}: {errno}", path.display())]
+    Dir { what: &'static str, path: PathBuf, errno: Errno },
+    #[error("{}: loop device: {source}", path.display())]
+    Loop { path: PathBuf, source: crate::loopback::LoopError },
+    #[error("{}: EROFS mount failed at {step}: {errno}", path.display())]
+    Erofs { path: PathBuf, step: String, errno: Errno },
+    #[error("idmap: {reason}")]
+    Idmap { reason: String },
+    #[error(transparent)]
+    Overlay(#[from] crate::overlay::OverlayError),
+    #[error("attaching the mount at {}: {errno}", target.display())]
+    Attach { target: PathBuf, errno: Errno },
+    #[error("state directory {}: {reason}", path.display())]
+    StateDir { path: PathBuf, reason: String },
+    #[error("mount record: {reason}")]
+    Record { reason: String },
+    #[error("{}: not a mount made by cfsmount (no record for the mount there)", target.display())]
+    NotOurs { target: PathBuf },
+    #[error("{}: mounted by uid {owner}, not by you", target.display())]
+    OtherUser { target: PathBuf, owner: u32 },
+    #[error("unmounting {}: {errno}", target.display())]
+    Umount { target: PathBuf, errno: Errno },
+    #[error("/proc: {reason}")]
+    Proc { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_like_the_reference() {
+        let o = parse_options("basedir=/a\\,b:/c,digest=ab,verity,ro").unwrap();
+        assert_eq!(o[0], ("basedir".to_string(), Some("/a,b:/c".to_string())));
+        assert_eq!(o[1], ("digest".to_string(), Some("ab".to_string())));
+        assert_eq!(o[2], ("verity".to_string(), None));
+        assert_eq!(o[3], ("ro".to_string(), None));
+        assert!(parse_options("ro,").is_err());
+        assert!(parse_options(",ro").is_err());
+    }
+
+    #[test]
+    fn helper_argv_orders() {
+        let v = |s: &[&str]| s.iter().map(OsString::from).collect::<Vec<_>>();
+        let h = parse_helper_argv(&v(&["img", "/mnt", "-n", "-o", "basedir=/x,ro", "-t", "composefs"])).unwrap();
+        assert_eq!(h.source.as_deref(), Some(Path::new("img")));
+        assert_eq!(h.target.as_deref(), Some(Path::new("/mnt")));
+        assert_eq!(h.options, vec!["basedir=/x,ro".to_string()]);
+        let h = parse_helper_argv(&v(&["-sv", "-obasedir=/x", "img", "/mnt"])).unwrap();
+        assert!(h.sloppy && h.verbose);
+        assert!(parse_helper_argv(&v(&["img"])).is_err());
+        assert!(parse_helper_argv(&v(&["img", "/m", "-t", "ext4"])).is_err());
+        assert!(parse_helper_argv(&v(&["img", "/m", "-q"])).is_err());
+    }
+
+    #[test]
+    fn helper_options_rejected() {
+        let mk = |o: &str| HelperArgs { source: Some("i".into()), target: Some("t".into()), options: vec![o.into()], ..Default::default() };
+        assert!(helper_request(&mk("basedir=/a,bogus")).is_err());
+        assert!(helper_request(&mk("ro")).is_err()); // no basedir
+        assert!(helper_request(&mk("basedir=/a,upperdir=/u")).is_err());
+        assert!(helper_request(&mk("basedir=/a::/b")).is_err());
+        let r = helper_request(&mk("basedir=/a:/b\\,c,tryverity,ro")).unwrap();
+        assert_eq!(r.basedirs, vec![PathBuf::from("/a"), PathBuf::from("/b,c")]);
+        assert_eq!(r.verity, Verity::Try);
+        assert!(r.readonly);
+    }
+
+    #[test]
+    fn idmap_specs() {
+        assert_eq!("0:100000:65536".parse::<IdMap>().unwrap(), IdMap { inside: 0, outside: 100000, count: 65536 });
+        for bad in ["0:1", "a:1:1", "0:0:0", "4294967295:0:2", "-1:0:1", "0:1:1:1", "+1:0:1"] {
+            assert!(bad.parse::<IdMap>().is_err(), "{bad}");
+        }
+    }
 }
