@@ -437,8 +437,12 @@ fn confine(
             | S::NO_CAP_AMBIENT_RAISE
             | S::NO_CAP_AMBIENT_RAISE_LOCKED;
         rustix::thread::set_capabilities_secure_bits(bits).map_err(|e| step("PR_SET_SECUREBITS", &e))?;
-        caps::clear(None, caps::CapSet::Bounding).map_err(|e| step("clear bounding set", &e))?;
+        // Every capability number the kernel knows, including ones newer than the caps crate.
         sys::drop_bounding_set_all().map_err(|e| step("PR_CAPBSET_DROP", &e))?;
+        let left = caps::read(None, caps::CapSet::Bounding).map_err(|e| step("read bounding set", &e))?;
+        if !left.is_empty() {
+            return Err(format!("capabilities left in the bounding set: {left:?}"));
+        }
     }
     caps::clear(None, caps::CapSet::Ambient).map_err(|e| step("clear ambient set", &e))?;
 
@@ -576,7 +580,10 @@ fn wait_child(pid: rustix::process::Pid, status_r: OwnedFd, timeout: Duration) -
             break;
         }
         let ms = left.as_millis().min(i32::MAX as u128) as i32;
-        let ready = crate::sys::sandbox::poll_two(status_file.as_fd(), pidfd.as_fd(), ms.max(1))
+        // After end-of-file on the status pipe only the exit is left to wait for (a hung-up pipe
+        // stays "ready" and would make poll spin).
+        let first = if eof { pidfd.as_fd() } else { status_file.as_fd() };
+        let ready = crate::sys::sandbox::poll_two(first, pidfd.as_fd(), ms.max(1))
             .map_err(|e| SandboxError::Parent { step: "poll", source: e })?;
         if ready.a && !eof {
             eof = drain(&mut status_file, &mut buf);
