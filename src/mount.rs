@@ -17,8 +17,8 @@ use anyhow::{bail, Context};
 use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
 use rustix::io::Errno;
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags,
-    FsOpenFlags, MountAttrFlags, MoveMountFlags,
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, FsMountFlags, FsOpenFlags,
+    MountAttrFlags,
 };
 
 use crate::loopback::LoopDevice;
@@ -367,11 +367,7 @@ struct Image {
 
 fn open_image(path: &Path, kind: SourceKind, state_dir: &Path) -> Result<Image, MountError> {
     let file = match kind {
-        SourceKind::Image => {
-            let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty())
-                .map_err(|e| MountError::Source { path: path.into(), reason: e.to_string() })?;
-            File::from(fd)
-        }
+        SourceKind::Image => open_source_file(path)?,
         SourceKind::Toc | SourceKind::Dump => build_image(path, kind, state_dir)?,
     };
     let st = rustix::fs::fstat(&file).map_err(|e| MountError::Source { path: path.into(), reason: e.to_string() })?;
@@ -452,7 +448,7 @@ fn erofs_fsmount(source: &str, has_acl: bool, attrs: MountAttrFlags) -> Result<O
     fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| ctx("fsmount", e))
 }
 
-fn mount_erofs(img: &Image, req: &MountRequest, userns: Option<BorrowedFd<'_>>) -> Result<ErofsMount, MountError> {
+fn mount_erofs(img: &Image, req: &MountRequest, state_dir: &Path, userns: Option<BorrowedFd<'_>>) -> Result<ErofsMount, MountError> {
     let attrs = erofs_attrs(req);
     let mut loopdev = None;
     let mut mnt = None;
@@ -469,6 +465,7 @@ fn mount_erofs(img: &Image, req: &MountRequest, userns: Option<BorrowedFd<'_>>) 
     let mnt = match mnt {
         Some(m) => m,
         None => {
+            authz(crate::helper::check_mount_limits(state_dir, true))?;
             let lo = crate::loopback::attach(img.file.as_fd(), &img.label)
                 .map_err(|e| MountError::Loop { path: img.label.clone(), source: e })?;
             let src = lo.path().to_str().unwrap_or_default().to_string();
@@ -488,28 +485,6 @@ fn mount_erofs(img: &Image, req: &MountRequest, userns: Option<BorrowedFd<'_>>) 
 // ---------------------------------------------------------------------------------------------
 // idmap
 // ---------------------------------------------------------------------------------------------
-
-/// Opens the user namespace to idmap with: the given one, or a new one with the given maps.
-fn idmap_userns(spec: &IdmapSpec) -> Result<OwnedFd, MountError> {
-    match spec {
-        IdmapSpec::Path(p) => {
-            let fd = rustix::fs::open(p, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty())
-                .map_err(|e| MountError::Idmap { reason: format!("{}: {e}", p.display()) })?;
-            check_userns_fd(fd.as_fd()).map_err(|r| MountError::Idmap { reason: format!("{}: {r}", p.display()) })?;
-            Ok(fd)
-        }
-        IdmapSpec::Maps { uid, gid } => create_userns(uid, gid),
-    }
-}
-
-/// `NS_GET_NSTYPE`-free check: a user namespace fd is an nsfs file whose link reads `user:[...]`.
-fn check_userns_fd(fd: BorrowedFd<'_>) -> Result<(), String> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| e.to_string())?;
-    if !link.as_os_str().as_bytes().starts_with(b"user:[") {
-        return Err(format!("not a user namespace (it is {})", link.display()));
-    }
-    Ok(())
-}
 
 fn map_text(maps: &[IdMap]) -> String {
     maps.iter().map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count)).collect()
@@ -537,11 +512,6 @@ pub fn create_userns(uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, MountError
 // ---------------------------------------------------------------------------------------------
 // The mount pipeline
 // ---------------------------------------------------------------------------------------------
-
-fn open_dir_path(p: &Path, what: &'static str) -> Result<OwnedFd, MountError> {
-    rustix::fs::open(p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| MountError::Dir { what, path: p.into(), errno: e })
-}
 
 fn check_procfs() -> Result<(), MountError> {
     let st = rustix::fs::statfs("/proc/self/fd").map_err(|e| MountError::Proc { reason: e.to_string() })?;
@@ -572,32 +542,52 @@ fn validate(req: &MountRequest) -> Result<(), MountError> {
     Ok(())
 }
 
+fn authz<T>(r: Result<T, crate::helper::HelperError>) -> Result<T, MountError> {
+    r.map_err(|e| MountError::Refused(e.to_string()))
+}
+
+fn phase(p: crate::helper::Phase) -> Result<(), MountError> {
+    crate::helper::enter_phase(p).map_err(|e| MountError::Refused(format!("{e:#}")))
+}
+
+/// Opens an image source: pinned, opened as the caller (in privileged mode a sealed private copy).
+fn open_source_file(path: &Path) -> Result<File, MountError> {
+    let src = authz(crate::helper::open_source(path))?;
+    Ok(File::from(src.fd))
+}
+
 /// Performs the whole mount. On error, everything made so far is released by drop.
 pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
+    use crate::helper::{self as h, Phase};
     validate(&req)?;
     check_procfs()?;
+    let creates_userns = matches!(req.idmap, Some(IdmapSpec::Maps { .. }));
+    phase(Phase::Mount { setid: true })?;
     let (state_path, state_fd) = open_state_dir(true)?;
+    authz(h::check_mount_limits(&state_path, req.force_loop))?;
 
-    // 1. images (opened once; this fd is measured and mounted)
+    // 1. images (opened once, as the caller; this fd is measured and mounted)
     let mut images = Vec::with_capacity(req.sources.len());
     for s in &req.sources {
         images.push(open_image(s, req.kind, &state_path)?);
+    }
+    for img in &images {
+        if privileged() {
+            authz(h::check_image(img.file.as_fd()))?;
+        }
     }
     for (img, want) in images.iter().zip(&req.digests) {
         crate::fsverity::check_digest(img.file.as_fd(), want)
             .map_err(|e| MountError::Digest { path: img.label.clone(), reason: e.to_string() })?;
     }
-    // 2. pinned directories
-    let basedirs = req.basedirs.iter().map(|b| open_dir_path(b, "basedir")).collect::<Result<Vec<_>, _>>()?;
+    // 2. pinned directories, opened as the caller
+    let basedirs = req.basedirs.iter().map(|b| authz(h::open_basedir(b))).collect::<Result<Vec<_>, _>>()?;
     let upper = match &req.upper {
-        Some((u, w)) => Some((open_dir_path(u, "upperdir")?, open_dir_path(w, "workdir")?)),
+        Some((u, w)) => Some(authz(h::open_upper(u, w))?),
         None => None,
     };
     let target_fd = match &req.dest {
-        Dest::Target(t) => Some(
-            rustix::fs::open(t, OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| MountError::Dir { what: "target", path: t.clone(), errno: e })?,
-        ),
+        Dest::Target(t) => Some(authz(h::open_target(t))?),
         _ => None,
     };
     let sock = match &req.dest {
@@ -606,15 +596,27 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
         Dest::Target(_) => None,
     };
     // 3. idmap user namespace
-    let userns = req.idmap.as_ref().map(idmap_userns).transpose()?;
+    let userns = match &req.idmap {
+        None => None,
+        Some(IdmapSpec::Path(p)) => Some(authz(h::open_userns(p))?),
+        Some(IdmapSpec::Maps { uid, gid }) => {
+            let ext = |m: &[IdMap]| m.iter().map(|x| h::IdExtent { inside: x.inside, outside: x.outside, count: x.count }).collect::<Vec<_>>();
+            authz(h::check_id_maps(&ext(uid), &ext(gid)))?;
+            Some(create_userns(uid, gid)?)
+        }
+    };
+    if creates_userns || privileged() {
+        phase(Phase::Mount { setid: false })?;
+    }
     // 4. EROFS mounts, detached
     let mut erofs = Vec::with_capacity(images.len());
     for img in &images {
-        erofs.push(mount_erofs(img, &req, userns.as_ref().map(|f| f.as_fd()))?);
+        erofs.push(mount_erofs(img, &req, &state_path, userns.as_ref().map(|f| f.as_fd()))?);
     }
     // 5. overlay, detached; uppermost layer first
+    let writable = req.upper.is_some() && !req.readonly;
     let mut attrs = erofs_attrs(&req);
-    if req.upper.is_some() && !req.readonly {
+    if writable {
         attrs -= MountAttrFlags::MOUNT_ATTR_RDONLY;
     }
     let spec = OverlaySpec {
@@ -643,21 +645,19 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     // 6. record first (the id does not change when the mount is attached), then hand over
     write_record(state_fd.as_fd(), &record)?;
     let handed = match (&target_fd, &sock) {
-        (Some(t), _) => move_mount(
-            ovl.mnt.as_fd(),
-            "",
-            t.as_fd(),
-            "",
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-        )
-        .map_err(|e| MountError::Attach { target: record.target.clone().unwrap_or_default(), errno: e }),
-        (None, Some(s)) => overlay::send_fd(s.as_fd(), ovl.mnt.as_fd()).map_err(MountError::from),
+        (Some(t), _) => authz(h::attach_at_target(ovl.mnt.as_fd(), t.as_fd(), writable)).map_err(|e| MountError::Attach {
+            target: record.target.clone().unwrap_or_default(),
+            reason: e.to_string(),
+        }),
+        (None, Some(s)) => authz(h::enforce_mount_attrs(ovl.mnt.as_fd(), writable))
+            .and_then(|()| overlay::send_fd(s.as_fd(), ovl.mnt.as_fd()).map_err(MountError::from)),
         (None, None) => Err(MountError::Usage("no target".into())),
     };
     if let Err(e) = handed {
         let _ = rustix::fs::unlinkat(state_fd.as_fd(), record_name(record.mount_id), AtFlags::empty());
         return Err(e);
     }
+    phase(Phase::Done)?;
     if req.verbose {
         for (img, e) in images.iter().zip(&erofs) {
             eprintln!(
@@ -681,32 +681,29 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     Ok(MountOutcome { record, legacy_overlay: ovl.legacy, verity: ovl.verity })
 }
 
-/// Unmounts a cfsmount mount at `target` (pinned by fd, matched by mount id against the record).
+/// Unmounts a cfsmount mount at `target`: pinned by fd, matched by mount id against the record
+/// (and, in privileged mode, the record's owner against the caller).
 pub fn unmount(target: &Path) -> Result<MountRecord, MountError> {
+    use crate::helper as h;
     check_procfs()?;
-    let (_, state_fd) = open_state_dir(false)?;
-    let fd = rustix::fs::open(target, OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| MountError::Dir { what: "target", path: target.into(), errno: e })?;
-    let (id, _, attrs) = mount_id(fd.as_fd()).map_err(|e| MountError::Dir { what: "target", path: target.into(), errno: e })?;
+    let (state_path, state_fd) = open_state_dir(false)?;
+    let grant = authz(h::authorize_umount(&state_path, target))?;
     let not_ours = || MountError::NotOurs { target: target.into() };
-    if attrs & STATX_ATTR_MOUNT_ROOT == 0 {
+    let (id, _, attrs) = mount_id(grant.target.as_fd()).map_err(|e| MountError::Dir { what: "target", path: target.into(), errno: e })?;
+    if attrs & STATX_ATTR_MOUNT_ROOT == 0 || id != grant.record.mount_id {
         return Err(not_ours());
     }
-    let st = rustix::fs::fstatfs(&fd).map_err(|e| MountError::Dir { what: "target", path: target.into(), errno: e })?;
+    let st = rustix::fs::fstatfs(&grant.target).map_err(|e| MountError::Dir { what: "target", path: target.into(), errno: e })?;
     #[allow(clippy::unnecessary_cast)]
     if st.f_type as i64 != OVERLAYFS_SUPER_MAGIC {
         return Err(not_ours());
     }
     let rec = read_record(state_fd.as_fd(), id)?.ok_or_else(not_ours)?;
-    if privileged() && rec.uid != caller_uid() {
-        return Err(MountError::OtherUser { target: target.into(), owner: rec.uid });
-    }
-    // Detach exactly the pinned mount: the magic link resolves to the mount we checked, whatever
-    // happens to the path meanwhile. Our own fd holds a reference, so this must be MNT_DETACH;
-    // the overlay (and the EROFS mount and loop device under it) go away when the last user closes.
-    rustix::mount::unmount(format!("/proc/self/fd/{}", fd.as_raw_fd()), rustix::mount::UnmountFlags::DETACH)
-        .map_err(|e| MountError::Umount { target: target.into(), errno: e })?;
-    drop(fd);
+    // Detach exactly the pinned mount (MNT_DETACH through /proc/self/fd/N: our fd holds a
+    // reference); the overlay, the EROFS mount and the loop device under it go away as soon as
+    // the last file open in it is closed.
+    authz(h::umount_pinned(&grant)).map_err(|e| MountError::Umount { target: target.into(), reason: e.to_string() })?;
+    drop(grant);
     let _ = rustix::fs::unlinkat(state_fd.as_fd(), record_name(id), AtFlags::empty());
     Ok(rec)
 }
@@ -1059,8 +1056,10 @@ pub enum MountError {
     Idmap { reason: String },
     #[error(transparent)]
     Overlay(#[from] crate::overlay::OverlayError),
-    #[error("attaching the mount at {}: {errno}", target.display())]
-    Attach { target: PathBuf, errno: Errno },
+    #[error("attaching the mount at {}: {reason}", target.display())]
+    Attach { target: PathBuf, reason: String },
+    #[error("{0}")]
+    Refused(String),
     #[error("state directory {}: {reason}", path.display())]
     StateDir { path: PathBuf, reason: String },
     #[error("mount record: {reason}")]
@@ -1069,8 +1068,8 @@ pub enum MountError {
     NotOurs { target: PathBuf },
     #[error("{}: mounted by uid {owner}, not by you", target.display())]
     OtherUser { target: PathBuf, owner: u32 },
-    #[error("unmounting {}: {errno}", target.display())]
-    Umount { target: PathBuf, errno: Errno },
+    #[error("unmounting {}: {reason}", target.display())]
+    Umount { target: PathBuf, reason: String },
     #[error("/proc: {reason}")]
     Proc { reason: String },
 }
