@@ -586,7 +586,10 @@ impl<'a> Reader<'a> {
         }
 
         if xattr_size > 0 {
+            // At most 255 shared and 64 Ki inline entries of bounded size: the budget is
+            // charged once they are decoded.
             let raw_xattrs = self.read_xattrs(xattr_off, xattr_size).map_err(bad)?;
+            self.budget(raw_xattrs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())?;
             self.apply_xattrs(nid, &mut inode, &mut entry, raw_xattrs).map_err(bad)?;
         }
         let user_whiteout = self.unescape_whiteout(&mut inode, &mut entry);
@@ -658,7 +661,6 @@ impl<'a> Reader<'a> {
         let mut out = Vec::new();
         while pos < size {
             let (key, value, len) = parse_xattr_entry(&area[pos as usize..]).map_err(|r| format!("inline xattr: {r}"))?;
-            self.budget((key.len() + value.len()) as u64).map_err(|e| e.to_string())?;
             out.push((key, value));
             pos += len;
         }
@@ -667,7 +669,6 @@ impl<'a> Reader<'a> {
             let eoff = self.xattr_off + u64::from(id) * 4;
             let rest = usize::try_from(eoff).ok().and_then(|o| self.d.get(o..)).unwrap_or(&[]);
             let (key, value, _) = parse_xattr_entry(rest).map_err(|r| format!("shared xattr {id}: {r}"))?;
-            self.budget((key.len() + value.len()) as u64).map_err(|e| e.to_string())?;
             out.push((key, value));
         }
         Ok(out)
@@ -911,6 +912,9 @@ impl<'a> Reader<'a> {
         let root_entry = self.inodes.get_mut(&root_nid).and_then(|i| i.entry.take()).unwrap_or_default();
         self.budget(entry_bytes(&root_entry))?;
         t.set_root(root_entry).map_err(|e| tree_err(root_nid, e))?;
+        if let Some(r) = self.inodes.get(&root_nid) {
+            t.set_nlink(ROOT, r.nlink);
+        }
         let dir_index: HashMap<u64, usize> = dirs.iter().enumerate().map(|(i, d)| (d.nid, i)).collect();
         let mut tree_id: Vec<NodeId> = vec![ROOT; dirs.len()];
         // Primaries that other names link to: nid -> (tree node, bytes a copy costs).
@@ -933,9 +937,9 @@ impl<'a> Reader<'a> {
                     if let Some(&i) = dir_index.get(cnid) {
                         tree_id[i] = id;
                     }
-                } else {
-                    t.set_nlink(id, nlink);
                 }
+                // As stored (the writer recomputes it for directories).
+                t.set_nlink(id, nlink);
                 if names > 1 {
                     linked.insert(*cnid, (id, cost));
                 }

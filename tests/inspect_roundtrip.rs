@@ -1,0 +1,368 @@
+//! Round trips through the image reader (`cfsmount inspect`): every buildable conformance
+//! dumpfile → image → read_image → image must give identical bytes, the dump that inspect
+//! prints must parse back to an equal tree and rebuild the same image, and corrupted images
+//! must be rejected (or read) without a panic and in bounded time.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cfsmount::erofs::reader::{read_image, read_image_with, ReadError, ReadLimits};
+use cfsmount::erofs::writer::{write_image, WriteOptions};
+use cfsmount::input::dump::{parse, write_dump, DumpOptions};
+use cfsmount::tree::{Limits, NodeId, Tree, ROOT};
+
+fn conformance() -> PathBuf {
+    let dir = match std::env::var_os("CFS_CONFORMANCE") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
+    };
+    assert!(
+        dir.join("composefs-dump").is_dir(),
+        "conformance data not found at {} (set CFS_CONFORMANCE)",
+        dir.display()
+    );
+    dir.join("composefs-dump")
+}
+
+/// One buildable dumpfile case: name, input bytes, forced version, strict parsing.
+struct Case {
+    name: String,
+    input: Vec<u8>,
+    version: Option<u32>,
+    strict: bool,
+}
+
+fn read_maybe_gz(p: &Path) -> Vec<u8> {
+    let raw = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    if p.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&raw[..]), &mut out)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        out
+    } else {
+        raw
+    }
+}
+
+/// The cases the conformance README says build: an input with a `.sha256` next to it,
+/// not `should-fail-*`. (Some inputs are stored as a one-line file naming a sibling.)
+fn cases() -> Vec<Case> {
+    let dir = conformance();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("reading the conformance directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| (n.ends_with(".dump") || n.ends_with(".dump.gz")) && !n.starts_with("should-fail-"))
+        .filter(|n| dir.join(format!("{n}.sha256")).exists())
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let path = dir.join(&name);
+        let mut input = read_maybe_gz(&path);
+        let text = String::from_utf8_lossy(&input).trim().to_string();
+        if !text.contains(' ') && !text.contains('\n') && dir.join(&text).is_file() {
+            input = read_maybe_gz(&dir.join(&text));
+        }
+        let version = std::fs::read_to_string(dir.join(format!("{name}.version")))
+            .ok()
+            .map(|v| v.trim().parse().expect("version file holds a number"));
+        let lenient = ["no-newline", "longlink", "honggfuzz-longlink-unterminated"];
+        let strict = !lenient.iter().any(|l| name.starts_with(&format!("{l}.dump")));
+        out.push(Case { name, input, version, strict });
+    }
+    assert!(out.len() >= 10, "expected the conformance dumpfiles, found {}", out.len());
+    out
+}
+
+fn build(tree: &Tree, version: Option<u32>) -> Vec<u8> {
+    let opts = match version {
+        Some(v) => WriteOptions { min_version: v, max_version: v },
+        None => WriteOptions::default(),
+    };
+    let mut img = Vec::new();
+    write_image(tree, &opts, &mut img).expect("write_image");
+    img
+}
+
+/// Canonical listing of a tree: per path (sorted walk), the entry, the hard link target
+/// and the explicit nlink.
+fn listing(t: &Tree) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack: Vec<NodeId> = vec![ROOT];
+    while let Some(id) = stack.pop() {
+        let n = t.node(id);
+        let link = n.link_to.map(|l| t.path_of(l));
+        let entry = &t.node(t.resolve(id)).entry;
+        out.push(format!("{:?} link={:?} nlink={:?} {:?}", t.path_of(id), link, t.node(t.resolve(id)).nlink, entry));
+        let mut kids = n.children.clone();
+        kids.sort_by(|a, b| t.node(*b).name.cmp(&t.node(*a).name));
+        stack.extend(kids);
+    }
+    out
+}
+
+fn dump_of(t: &Tree) -> Vec<u8> {
+    let mut d = Vec::new();
+    write_dump(t, &mut d).expect("write_dump");
+    d
+}
+
+#[test]
+fn conformance_images_round_trip_through_the_reader() {
+    for case in cases() {
+        let opts = DumpOptions { strict: case.strict, limits: Limits::default() };
+        let tree0 = parse(&case.input, &opts).unwrap_or_else(|e| panic!("{}: parse: {e}", case.name));
+        let img1 = build(&tree0, case.version);
+
+        let (tree1, info) = read_image_with(&img1, &ReadLimits::default())
+            .unwrap_or_else(|e| panic!("{}: read_image: {e}", case.name));
+        if let Some(v) = case.version {
+            assert_eq!(info.composefs_version, v, "{}: version in header", case.name);
+        }
+        // The header version is all that is needed besides the tree to rebuild the image.
+        let img2 = build(&tree1, Some(info.composefs_version));
+        assert!(img1 == img2, "{}: write_image(read_image(img)) differs from img ({} vs {} bytes)", case.name, img1.len(), img2.len());
+
+        // What `inspect` prints parses back to an equal tree, which rebuilds the same image.
+        let dump1 = dump_of(&tree1);
+        let tree2 = parse(&dump1, &DumpOptions { strict: true, limits: Limits::default() })
+            .unwrap_or_else(|e| panic!("{}: the printed dump does not parse: {e}", case.name));
+        assert_eq!(listing(&tree1), listing(&tree2), "{}: dump → parse changed the tree", case.name);
+        assert!(dump_of(&tree2) == dump1, "{}: printing the reparsed tree differs", case.name);
+        let img3 = build(&tree2, Some(info.composefs_version));
+        assert!(img1 == img3, "{}: mkimage of the inspected dump differs from the image", case.name);
+
+        // And without forcing the version, the writer picks the same one again.
+        if case.version.is_none() {
+            assert!(build(&tree1, None) == img1, "{}: default versions pick another version", case.name);
+        }
+    }
+}
+
+#[test]
+fn the_reader_drops_what_the_writer_adds() {
+    // special.dump at version 1: user whiteout, escaped overlay xattrs, inline files.
+    let case = cases().into_iter().find(|c| c.name == "special_v1.dump").expect("special_v1.dump case");
+    let tree0 = parse(&case.input, &DumpOptions { strict: true, limits: Limits::default() }).expect("parse");
+    let img = build(&tree0, Some(1));
+    let t = read_image(&img).expect("read_image");
+    // No whiteout stubs: the root holds exactly the names the dump listed.
+    let names = |t: &Tree| {
+        let mut v: Vec<Vec<u8>> = t.node(ROOT).children.iter().map(|&c| t.node(c).name.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&t), names(&tree0));
+    let root = &t.node(ROOT).entry;
+    let keys: Vec<&[u8]> = root.xattrs.iter().map(|x| x.key.as_slice()).collect();
+    assert_eq!(keys, [&b"trusted.foo1"[..], b"user.foo2"], "root xattrs: v1 whiteout markers and opaque must be gone");
+    // The whiteout is a 0/0 character device again, without its escape xattrs.
+    let w = &t.node(t.lookup(b"whiteout").expect("whiteout")).entry;
+    assert_eq!(w.inode.mode, 0o20777);
+    assert_eq!(w.inode.rdev, 0);
+    assert_eq!(w.xattrs.iter().map(|x| x.key.as_slice()).collect::<Vec<_>>(), [&b"trusted.foo"[..]]);
+    // trusted.overlay.* given by the user is unescaped again.
+    let e = &t.node(t.lookup(b"escaped-xattr").expect("escaped-xattr")).entry;
+    assert!(e.xattrs.iter().any(|x| x.key == b"trusted.overlay.redirect" && x.value == b"/foo\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile images
+
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn hostile_inputs() -> Vec<(String, Vec<u8>)> {
+    let wanted = ["special_v1.dump", "longlink.dump", "honggfuzz-bigfile-with-acl.dump", "config-with-hard-link.dump.gz"];
+    cases()
+        .into_iter()
+        .filter(|c| wanted.contains(&c.name.as_str()))
+        .map(|c| {
+            let t = parse(&c.input, &DumpOptions { strict: c.strict, limits: Limits::default() }).expect("parse");
+            (c.name.clone(), build(&t, c.version))
+        })
+        .collect()
+}
+
+/// Each read of a (corrupted) image must return in bounded time; a panic fails the test.
+fn read_timed(img: &[u8], what: &str, worst: &mut Duration) -> Result<(), ReadError> {
+    let t0 = Instant::now();
+    let r = read_image(img).map(|_| ());
+    let el = t0.elapsed();
+    assert!(el < Duration::from_secs(5), "{what}: read_image took {el:?}");
+    *worst = (*worst).max(el);
+    r
+}
+
+#[test]
+fn corrupted_images_never_panic() {
+    let inputs = hostile_inputs();
+    assert_eq!(inputs.len(), 4);
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let (mut ok, mut err, mut worst) = (0u32, 0u32, Duration::ZERO);
+    for (name, img) in &inputs {
+        assert!(read_image(img).is_ok(), "{name}: the uncorrupted image must read");
+        let big = img.len() > 1 << 20;
+        // Truncations: every 61st length over the metadata, then random ones.
+        let step = if big { 4093 } else { 61 };
+        for cut in (0..img.len().min(1 << 16)).step_by(step).chain((0..64).map(|_| rng.below(img.len()))) {
+            match read_timed(&img[..cut], &format!("{name} truncated at {cut}"), &mut worst) {
+                Ok(()) => ok += 1,
+                Err(_) => err += 1,
+            }
+        }
+        // Byte corruption: single bit flips anywhere, and bursts of random bytes in the metadata.
+        let rounds = if big { 150 } else { 1500 };
+        for round in 0..rounds {
+            let mut m = img.clone();
+            let span = if round % 2 == 0 { m.len() } else { m.len().min(1 << 16) };
+            for _ in 0..1 + rng.below(6) {
+                let at = rng.below(span);
+                if round % 2 == 0 {
+                    m[at] ^= 1 << rng.below(8);
+                } else {
+                    m[at] = rng.next() as u8;
+                }
+            }
+            match read_timed(&m, &format!("{name} corruption round {round}"), &mut worst) {
+                Ok(()) => ok += 1,
+                Err(_) => err += 1,
+            }
+        }
+    }
+    eprintln!("corrupted images: {ok} read, {err} rejected, slowest read {worst:?}");
+    assert!(err > 0 && ok > 0, "the corruptions exercise both outcomes ({ok} ok, {err} errors)");
+}
+
+/// Minimal EROFS facts of an image, found the way any reader would, to aim corruptions.
+struct Layout {
+    meta: usize,
+    root_nid: u64,
+}
+
+fn layout(img: &[u8]) -> Layout {
+    let le32 = |o: usize| u32::from_le_bytes(img[o..o + 4].try_into().unwrap());
+    let root_nid = u64::from(u16::from_le_bytes(img[1024 + 14..1024 + 16].try_into().unwrap()));
+    Layout { meta: le32(1024 + 40) as usize * 4096, root_nid }
+}
+
+/// (offset of the dirent, nid, name) for every entry of the root directory's first block.
+fn root_dirents(img: &[u8]) -> Vec<(usize, u64, Vec<u8>)> {
+    let l = layout(img);
+    let ino = l.meta + l.root_nid as usize * 32;
+    let format = u16::from_le_bytes(img[ino..ino + 2].try_into().unwrap());
+    let compact = format & 1 == 0;
+    let isize = if compact { 32 } else { 64 };
+    let icount = u16::from_le_bytes(img[ino + 2..ino + 4].try_into().unwrap()) as usize;
+    let xsize = if icount == 0 { 0 } else { 12 + (icount - 1) * 4 };
+    let size = if compact {
+        u32::from_le_bytes(img[ino + 8..ino + 12].try_into().unwrap()) as usize
+    } else {
+        u64::from_le_bytes(img[ino + 8..ino + 16].try_into().unwrap()) as usize
+    };
+    let blk = u32::from_le_bytes(img[ino + 16..ino + 20].try_into().unwrap()) as usize;
+    let (start, len) = if (format >> 1) & 7 == 2 && size < 4096 {
+        (ino + isize + xsize, size)
+    } else {
+        (blk * 4096, size.min(4096))
+    };
+    let b = &img[start..start + len];
+    let n = u16::from_le_bytes(b[8..10].try_into().unwrap()) as usize / 12;
+    (0..n)
+        .map(|i| {
+            let nid = u64::from_le_bytes(b[i * 12..i * 12 + 8].try_into().unwrap());
+            let off = u16::from_le_bytes(b[i * 12 + 8..i * 12 + 10].try_into().unwrap()) as usize;
+            let end = if i + 1 < n {
+                u16::from_le_bytes(b[i * 12 + 20..i * 12 + 22].try_into().unwrap()) as usize
+            } else {
+                off + b[off..].iter().position(|&c| c == 0).unwrap_or(b.len() - off)
+            };
+            (start + i * 12, nid, b[off..end].to_vec())
+        })
+        .collect()
+}
+
+fn config_image() -> Vec<u8> {
+    let c = cases().into_iter().find(|c| c.name == "config-with-hard-link.dump.gz").expect("config case");
+    build(&parse(&c.input, &DumpOptions { strict: c.strict, limits: Limits::default() }).expect("parse"), None)
+}
+
+fn expect_err(img: &[u8], needle: &str) {
+    match read_image(img) {
+        Ok(_) => panic!("corrupted image was accepted (expected an error about {needle:?})"),
+        Err(e) => assert!(e.to_string().contains(needle), "error {e:?} does not mention {needle:?}"),
+    }
+}
+
+#[test]
+fn directory_cycles_and_aliases_are_rejected() {
+    let img = config_image();
+    let ents = root_dirents(&img);
+    let root = layout(&img).root_nid;
+    let (at, _, _) = ents.iter().find(|(_, _, n)| n == b"etc").expect("/etc in the root").clone();
+    let (_, usr_nid, _) = ents.iter().find(|(_, _, n)| n == b"usr").expect("/usr in the root").clone();
+
+    // /etc → the root itself: a cycle.
+    let mut m = img.clone();
+    m[at..at + 8].copy_from_slice(&root.to_le_bytes());
+    expect_err(&m, "reachable twice");
+    // /etc → /usr: the same directory under two names.
+    let mut m = img.clone();
+    m[at..at + 8].copy_from_slice(&usr_nid.to_le_bytes());
+    expect_err(&m, "reachable twice");
+    // '.' of the root pointing elsewhere.
+    let (dot, _, _) = ents.iter().find(|(_, _, n)| n == b".").expect("'.'").clone();
+    let mut m = img.clone();
+    m[dot..dot + 8].copy_from_slice(&usr_nid.to_le_bytes());
+    expect_err(&m, "'.' entry");
+}
+
+#[test]
+fn out_of_range_references_are_rejected() {
+    let img = config_image();
+    let ents = root_dirents(&img);
+    let (at, nid, _) = ents.iter().find(|(_, _, n)| n == b"etc").expect("/etc").clone();
+    // A nid far beyond the image, and one at the very top of the range (overflow).
+    for bad in [u64::from(u32::MAX), u64::MAX, u64::MAX / 32] {
+        let mut m = img.clone();
+        m[at..at + 8].copy_from_slice(&bad.to_le_bytes());
+        assert!(read_image(&m).is_err(), "nid {bad:#x} accepted");
+    }
+    // A nid one slot into another inode: overlapping inodes.
+    let mut m = img.clone();
+    m[at..at + 8].copy_from_slice(&(nid + 1).to_le_bytes());
+    assert!(read_image(&m).is_err(), "an inode overlapping /etc accepted");
+    // Shared xattr block address and metadata block address past the end.
+    for field in [1024 + 40, 1024 + 44] {
+        let mut m = img.clone();
+        m[field..field + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(read_image(&m).is_err(), "superblock field at {field} accepted");
+    }
+    // Every size is too small to hold the header and superblock, or a truncated image.
+    for cut in [0, 1, 31, 1024, 1151] {
+        assert!(read_image(&img[..cut]).is_err());
+    }
+}
+
+#[test]
+fn decoded_size_limit_bounds_memory() {
+    // Hard links and shared xattrs multiply what a small image decodes to; the budget stops it.
+    let img = config_image();
+    let tiny = ReadLimits { max_decoded_bytes: 10_000, ..ReadLimits::default() };
+    match read_image_with(&img, &tiny) {
+        Err(ReadError::Limit(msg)) => assert!(msg.contains("bytes"), "{msg}"),
+        other => panic!("expected a limit error, got {:?}", other.map(|(_, i)| i)),
+    }
+    let few = ReadLimits { max_dirents: 100, ..ReadLimits::default() };
+    assert!(matches!(read_image_with(&img, &few), Err(ReadError::Dir { .. } | ReadError::Limit(_))));
+}
