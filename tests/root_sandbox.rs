@@ -422,3 +422,154 @@ mod hooks {
         assert_seccomp_kill(&e);
     }
 }
+
+/// Sandboxed vs in-process builds of every conformance case (dumpfiles and TOC JSON): the same
+/// bytes (also equal to the reference's sha256), the same error for every should-fail case. This
+/// also runs the real parsers and writer under the seccomp filter: a syscall outside the policy
+/// would kill the child and fail the case.
+mod conformance {
+    use super::*;
+    use cfsmount::erofs::writer::{write_image, WriteOptions};
+    use cfsmount::input::{dump, toc};
+    use sha2::{Digest, Sha256};
+    use std::path::{Path, PathBuf};
+
+    #[derive(Clone, Copy, Debug)]
+    enum Kind {
+        Dump { strict: bool },
+        Toc,
+    }
+
+    /// The build the sandbox runs for `mkimage` (parse, then write the image), on plain bytes.
+    fn build(kind: Kind, opts: WriteOptions, input: &[u8], out: &mut dyn Write) -> Result<(), String> {
+        let tree = match kind {
+            Kind::Dump { strict } => {
+                dump::parse(input, &dump::DumpOptions { strict, ..Default::default() }).map_err(|e| e.to_string())?
+            }
+            Kind::Toc => toc::parse(input, &toc::TocOptions::default()).map_err(|e| e.to_string())?,
+        };
+        write_image(&tree, &opts, out).map_err(|e| e.to_string())
+    }
+
+    fn sandboxed(kind: Kind, opts: WriteOptions, input: &[u8]) -> Result<Vec<u8>, SandboxError> {
+        let (i, o, r) = io_pair(input);
+        run_confined(&SandboxConfig::default(), i, o, move |mut input, output| {
+            let mut bytes = Vec::new();
+            input.read_to_end(&mut bytes).map_err(|e| format!("read input: {e}"))?;
+            let mut w = std::io::BufWriter::new(output);
+            build(kind, opts, &bytes, &mut w)?;
+            w.flush().map_err(|e| format!("write image: {e}"))
+        })?;
+        Ok(read_back(r))
+    }
+
+    fn conformance_dir() -> PathBuf {
+        let dir = std::env::var_os("CFS_CONFORMANCE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"));
+        assert!(dir.is_dir(), "conformance data not found at {} (set CFS_CONFORMANCE)", dir.display());
+        dir
+    }
+
+    fn load(path: &Path) -> Vec<u8> {
+        let mut raw = std::fs::read(path).unwrap();
+        // A git symlink checked out as a text file (special_v1.dump holds "special.dump").
+        if raw.len() < 256 && !raw.contains(&b'\n') && !raw.contains(&b' ') {
+            let target = path.with_file_name(String::from_utf8_lossy(&raw).trim());
+            if target.is_file() {
+                raw = std::fs::read(&target).unwrap();
+            }
+        }
+        if path.extension().is_some_and(|e| e == "gz") {
+            let mut v = Vec::new();
+            flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut v).unwrap();
+            v
+        } else {
+            raw
+        }
+    }
+
+    fn expected_sha(path: &Path, suffix: &str) -> Option<String> {
+        let p = PathBuf::from(format!("{}{suffix}", path.display()));
+        std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    }
+
+    fn check(path: &Path, kind: Kind, opts: WriteOptions, sha_suffix: &str) -> Result<(), String> {
+        let input = load(path);
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let mut direct = Vec::new();
+        let direct_res = build(kind, opts, &input, &mut direct);
+        let sandbox_res = sandboxed(kind, opts, &input);
+        match (direct_res, sandbox_res) {
+            (Ok(()), Ok(img)) => {
+                if img != direct {
+                    return Err(format!("{name}: sandboxed image differs ({} vs {} bytes)", img.len(), direct.len()));
+                }
+                // Agreement with the reference is the conformance tests' job
+                // (tests/conformance_*.rs); here it is only noted.
+                if let Some(want) = expected_sha(path, sha_suffix) {
+                    let got = hex(&Sha256::digest(&img));
+                    if got != want {
+                        eprintln!("note: {name}: image sha256 {got} differs from the reference {want}");
+                    }
+                }
+                Ok(())
+            }
+            (Err(d), Err(SandboxError::Job(s))) if d == s => {
+                if name.starts_with("should-fail") {
+                    Ok(())
+                } else {
+                    Err(format!("{name}: both paths failed: {d}"))
+                }
+            }
+            (d, s) => Err(format!("{name}: in-process {:?}, sandboxed {:?}", d.map(|_| "ok"), s.map(|v| v.len()))),
+        }
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn sandboxed_and_unsandboxed_builds_are_identical() {
+        require_root();
+        let dir = conformance_dir();
+        let mut failures = Vec::new();
+        let mut cases = 0;
+        let mut entries: Vec<_> = std::fs::read_dir(dir.join("composefs-dump")).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            if !(n.ends_with(".dump") || n.ends_with(".dump.gz")) {
+                continue;
+            }
+            let lenient = ["no-newline.dump", "longlink.dump", "honggfuzz-longlink-unterminated.dump"];
+            let kind = Kind::Dump { strict: !lenient.contains(&n.as_str()) };
+            let opts = match std::fs::read_to_string(format!("{}.version", p.display())) {
+                Ok(v) => {
+                    let v: u32 = v.trim().parse().unwrap();
+                    WriteOptions { min_version: v, max_version: v }
+                }
+                Err(_) => WriteOptions::default(),
+            };
+            cases += 1;
+            if let Err(e) = check(&p, kind, opts, ".sha256") {
+                failures.push(e);
+            }
+        }
+        let mut entries: Vec<_> = std::fs::read_dir(dir.join("composefs-json")).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            if !(n.ends_with(".json") || n.ends_with(".json.gz")) {
+                continue;
+            }
+            cases += 1;
+            if let Err(e) = check(&p, Kind::Toc, WriteOptions::default(), ".sha256_erofs") {
+                failures.push(e);
+            }
+        }
+        assert!(cases >= 30, "only {cases} conformance cases found in {}", dir.display());
+        assert!(failures.is_empty(), "{} of {cases} cases failed:\n{}", failures.len(), failures.join("\n"));
+    }
+}
