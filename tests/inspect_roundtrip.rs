@@ -366,3 +366,190 @@ fn decoded_size_limit_bounds_memory() {
     let few = ReadLimits { max_dirents: 100, ..ReadLimits::default() };
     assert!(matches!(read_image_with(&img, &few), Err(ReadError::Dir { .. } | ReadError::Limit(_))));
 }
+
+// ---------------------------------------------------------------------------------------
+// Random trees
+
+use cfsmount::tree::{Entry, Inode, Xattr, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK};
+
+fn random_name(rng: &mut XorShift, in_root: bool) -> Vec<u8> {
+    loop {
+        let name: Vec<u8> = match rng.below(10) {
+            // Names the root whiteout stubs use.
+            0 if in_root => format!("{:02x}", rng.below(256)).into_bytes(),
+            1 => (0..1 + rng.below(255)).map(|_| b'a' + rng.below(26) as u8).collect(),
+            2 => (0..1 + rng.below(12)).map(|_| 1 + rng.below(255) as u8).filter(|&c| c != b'/').collect(),
+            _ => (0..1 + rng.below(8)).map(|_| b"abcdefgh.-_0123"[rng.below(15)]).collect(),
+        };
+        if !name.is_empty() && name != b"." && name != b".." {
+            return name;
+        }
+    }
+}
+
+fn random_entry(rng: &mut XorShift, mtime: i64, dir: bool) -> Entry {
+    let xattr_pool: [(&[u8], &[u8]); 9] = [
+        (b"security.selinux", b"system_u:object_r:usr_t:s0"),
+        (b"security.selinux", b"system_u:object_r:bin_t:s0"),
+        (b"user.comment", b"hello"),
+        (b"user.empty", b""),
+        (b"trusted.overlay.opaque", b"y"),
+        (b"trusted.overlay.redirect", b"/elsewhere"),
+        (b"trusted.md5", b"\x00\x01\x02=\xff"),
+        (b"system.posix_acl_access", b"\x02\x00\x00\x00\x01\x00\x06\x00\xff\xff\xff\xff"),
+        (b"lustre.x", b"odd prefix"),
+    ];
+    let mut xattrs: Vec<Xattr> = Vec::new();
+    for _ in 0..rng.below(4) {
+        let (k, v) = xattr_pool[rng.below(xattr_pool.len())];
+        if !xattrs.iter().any(|x| x.key == k) {
+            xattrs.push(Xattr { key: k.to_vec(), value: v.to_vec() });
+        }
+    }
+    if rng.below(8) == 0 {
+        let v: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+        xattrs.push(Xattr { key: format!("user.r{}", rng.below(1000)).into_bytes(), value: v });
+    }
+    xattrs.sort_by(|a, b| a.key.cmp(&b.key));
+    xattrs.dedup_by(|a, b| a.key == b.key);
+    let mtime = if rng.below(4) == 0 { mtime + rng.below(100_000) as i64 - 50_000 } else { mtime };
+    let id = |rng: &mut XorShift| if rng.below(5) == 0 { rng.next() as u32 } else { rng.below(3) as u32 };
+    let mut inode = Inode {
+        mode: (rng.below(0o10000)) as u32,
+        uid: id(rng),
+        gid: id(rng),
+        rdev: 0,
+        size: 0,
+        mtime,
+        mtime_nsec: if rng.below(3) == 0 { rng.below(1_000_000_000) as u32 } else { 0 },
+    };
+    let mut e = Entry { inode, xattrs, ..Entry::default() };
+    if dir {
+        e.inode.mode |= S_IFDIR;
+        return e;
+    }
+    match rng.below(9) {
+        0 | 1 => {
+            // Inline content, around the tail-packing thresholds.
+            let size = [0, 1, 100, 2047, 2048, 2049, 4095, 4096, 4097, 5000][rng.below(10)];
+            inode.mode |= S_IFREG;
+            inode.size = size as u64;
+            if size > 0 {
+                e.content = Some((0..size).map(|_| rng.next() as u8).collect());
+            }
+        }
+        2 | 3 => {
+            // External content: object path and maybe an fs-verity digest.
+            inode.mode |= S_IFREG;
+            inode.size = 1 + rng.next() % (1 << (1 + rng.below(44)));
+            let hex: String = (0..64).map(|_| char::from(b"0123456789abcdef"[rng.below(16)])).collect();
+            if rng.below(5) != 0 {
+                e.payload = Some(format!("{}/{}", &hex[..2], &hex[2..]).into_bytes());
+            }
+            if rng.below(2) == 0 {
+                let mut d = [0u8; 32];
+                d.iter_mut().for_each(|b| *b = rng.next() as u8);
+                e.fsverity_digest = Some(d);
+            }
+        }
+        4 => {
+            inode.mode |= S_IFLNK;
+            let len = [1, 10, 100, 1000, 3000, 4000, 4095][rng.below(7)];
+            let t: Vec<u8> = (0..len).map(|_| b"abc/._-xyz"[rng.below(10)]).collect();
+            inode.size = t.len() as u64;
+            e.payload = Some(t);
+        }
+        5 => {
+            inode.mode |= if rng.below(2) == 0 { S_IFCHR } else { S_IFBLK };
+            inode.rdev = 1 + rng.below(0xfffff) as u32;
+        }
+        6 => {
+            // An overlay whiteout.
+            inode.mode |= S_IFCHR;
+        }
+        7 => inode.mode |= S_IFIFO,
+        _ => inode.mode |= S_IFSOCK,
+    }
+    e.inode = inode;
+    e
+}
+
+fn random_tree(rng: &mut XorShift, n: usize) -> Tree {
+    let mut t = Tree::new(Limits::default());
+    let base = 1_600_000_000 + rng.below(1000) as i64;
+    t.set_root(random_entry(rng, base, true)).unwrap();
+    let mut dirs: Vec<NodeId> = vec![ROOT];
+    let mut files: Vec<NodeId> = Vec::new();
+    for _ in 0..n {
+        let parent = dirs[rng.below(dirs.len())];
+        let name = random_name(rng, parent == ROOT);
+        if t.child(parent, &name).is_some() {
+            continue;
+        }
+        if !files.is_empty() && rng.below(8) == 0 {
+            let target = files[rng.below(files.len())];
+            t.insert_hardlink_child(parent, &name, target).unwrap();
+            continue;
+        }
+        let is_dir = rng.below(4) == 0;
+        let id = t.insert_child(parent, &name, random_entry(rng, base, is_dir)).unwrap();
+        if is_dir {
+            dirs.push(id);
+        } else {
+            files.push(id);
+        }
+    }
+    t.finalize().unwrap();
+    t
+}
+
+#[test]
+fn random_trees_round_trip_through_the_reader() {
+    // CFS_RANDOM_ROUNDS / CFS_RANDOM_SEED run it longer or elsewhere; the default is brief.
+    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let rounds = env("CFS_RANDOM_ROUNDS", 60) as usize;
+    let mut rng = XorShift(env("CFS_RANDOM_SEED", 0x2545_f491_4f6c_dd1d) | 1);
+    let (mut done, mut refused) = (0, 0);
+    for round in 0..rounds {
+        let n = [5, 20, 60, 200, 600][round % 5];
+        let tree = random_tree(&mut rng, n);
+        let version = if rng.below(2) == 0 { None } else { Some(rng.below(2) as u32) };
+        let opts = match version {
+            Some(v) => WriteOptions { min_version: v, max_version: v },
+            None => WriteOptions::default(),
+        };
+        let mut img = Vec::new();
+        if let Err(e) = write_image(&tree, &opts, &mut img) {
+            // The writer may refuse a random tree (e.g. too many xattrs for one inode).
+            eprintln!("round {round}: writer refused the tree: {e}");
+            refused += 1;
+            continue;
+        }
+        let (t1, info) = read_image_with(&img, &ReadLimits::default())
+            .unwrap_or_else(|e| panic!("round {round}: read_image: {e}"));
+        let again = build(&t1, Some(info.composefs_version));
+        if again != img {
+            // Keep both images for a look with `cfsmount inspect` / dump.erofs.
+            let dir = std::env::temp_dir();
+            let _ = std::fs::write(dir.join(format!("inspect-rt-{round}.orig.img")), &img);
+            let _ = std::fs::write(dir.join(format!("inspect-rt-{round}.again.img")), &again);
+            let first = img.iter().zip(&again).position(|(a, b)| a != b);
+            panic!(
+                "round {round}: write_image(read_image(img)) differs ({} vs {} bytes, first difference at {first:?}; images in {})",
+                img.len(),
+                again.len(),
+                dir.display()
+            );
+        }
+        let dump = dump_of(&t1);
+        let t2 = parse(&dump, &DumpOptions { strict: true, limits: Limits::default() })
+            .unwrap_or_else(|e| panic!("round {round}: the printed dump does not parse: {e}"));
+        assert_eq!(listing(&t1), listing(&t2), "round {round}: dump → parse changed the tree");
+        assert!(build(&t2, Some(info.composefs_version)) == img, "round {round}: the inspected dump rebuilds another image");
+        // Every name of the input is in the image tree (stubs excluded, none added).
+        assert_eq!(t1.len(), tree.len(), "round {round}: node count");
+        done += 1;
+    }
+    eprintln!("{done} random trees round-tripped, {refused} refused by the writer");
+    assert!(done * 6 >= rounds * 5, "only {done} of {rounds} random trees were written ({refused} refused)");
+}

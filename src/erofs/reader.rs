@@ -784,6 +784,8 @@ impl<'a> Reader<'a> {
         let mut parent_nid: Vec<u64> = vec![root_nid];
         let mut at = 0;
         let mut names_total = 0usize;
+        // Root whiteout stubs: (index of the root child they precede, nid).
+        let mut stubs: Vec<(usize, u64)> = Vec::new();
         while at < dirs.len() {
             let nid = dirs[at].nid;
             let dir_err = |dirs: &[DirRec], reason: String| ReadError::Dir { nid, path: show_path(&dir_path(dirs, at)), reason };
@@ -825,6 +827,8 @@ impl<'a> Reader<'a> {
                         let reason = format!("unescaped whiteout {} outside the root whiteout stubs", tree::show(&name));
                         return Err(dir_err(&dirs, reason));
                     }
+                    // Not part of the tree, but it holds a place in the writer's walk.
+                    stubs.push((children.len(), cnid));
                     continue;
                 }
                 if child.dir.is_some() {
@@ -867,12 +871,19 @@ impl<'a> Reader<'a> {
         let order: Vec<u64> = self.inodes.nids_in_order();
         let mut primary: HashMap<u64, (usize, usize)> = HashMap::with_capacity(order.len()); // nid -> (dir, child)
         let mut next = order.iter().position(|&n| n == root_nid).map_or(order.len(), |p| p + 1);
+        let mut stub_iter = stubs.iter().peekable();
         for (di, d) in dirs.iter().enumerate() {
             for (ci, (_, cnid)) in d.children.iter().enumerate() {
                 // Whiteout stubs (only in the root) were left out of `children` but hold
-                // walk positions; skip over them.
-                while next < order.len() && self.inodes.get(&order[next]).is_some_and(|i| i.raw_whiteout) {
-                    next += 1;
+                // their places in the walk: they are always where the walk puts them.
+                while let Some(&&(before, snid)) = stub_iter.peek() {
+                    if di != 0 || before > ci {
+                        break;
+                    }
+                    if order.get(next) == Some(&snid) {
+                        next += 1;
+                    }
+                    stub_iter.next();
                 }
                 if primary.contains_key(cnid) {
                     continue;
@@ -880,6 +891,13 @@ impl<'a> Reader<'a> {
                 if order.get(next) == Some(cnid) {
                     primary.insert(*cnid, (di, ci));
                     next += 1;
+                }
+            }
+            if di == 0 {
+                for &(_, snid) in stub_iter.by_ref() {
+                    if order.get(next) == Some(&snid) {
+                        next += 1;
+                    }
                 }
             }
         }
