@@ -619,15 +619,47 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     if writable {
         attrs -= MountAttrFlags::MOUNT_ATTR_RDONLY;
     }
-    let spec = OverlaySpec {
-        lowers: erofs.iter().rev().map(|e| e.mnt.as_fd()).collect(),
-        datadirs: basedirs.iter().map(|f| f.as_fd()).collect(),
-        verity: req.verity,
-        upper: upper.as_ref().map(|(u, w)| (u.as_fd(), w.as_fd())),
-        attrs,
-        force_legacy: !privileged() && std::env::var_os("CFSMOUNT_TEST_LEGACY_OVERLAY").is_some(),
+    let force_legacy = !privileged() && std::env::var_os("CFSMOUNT_TEST_LEGACY_OVERLAY").is_some();
+    let datadirs: Vec<BorrowedFd<'_>> = basedirs.iter().map(|f| f.as_fd()).collect();
+    let upper_fds = upper.as_ref().map(|(u, w)| (u.as_fd(), w.as_fd()));
+    // One image: the composefs overlay is the result. Several: each layer gets its own
+    // composefs overlay (its escaped whiteouts/opaque xattrs become real for the overlay above),
+    // and a stacking overlay merges them, uppermost first, with the upper dir if any.
+    let mut layer_ovls = Vec::new();
+    let ovl = if erofs.len() == 1 {
+        overlay::assemble(&OverlaySpec {
+            lowers: vec![erofs[0].mnt.as_fd()],
+            datadirs,
+            verity: req.verity,
+            upper: upper_fds,
+            attrs,
+            force_legacy,
+            composefs: true,
+        })?
+    } else {
+        for e in &erofs {
+            layer_ovls.push(overlay::assemble(&OverlaySpec {
+                lowers: vec![e.mnt.as_fd()],
+                datadirs: datadirs.clone(),
+                verity: req.verity,
+                upper: None,
+                attrs: erofs_attrs(&req),
+                force_legacy,
+                composefs: true,
+            })?);
+        }
+        let mut top = overlay::assemble(&OverlaySpec {
+            lowers: layer_ovls.iter().rev().map(|o| o.mnt.as_fd()).collect(),
+            datadirs: Vec::new(),
+            verity: Verity::Off,
+            upper: upper_fds,
+            attrs,
+            force_legacy,
+            composefs: false,
+        })?;
+        top.verity = layer_ovls.iter().all(|o| o.verity);
+        top
     };
-    let ovl = overlay::assemble(&spec)?;
     let (ovl_id, unique, _) = mount_id(ovl.mnt.as_fd()).map_err(|e| MountError::Record { reason: format!("statx of the overlay: {e}") })?;
     let record = MountRecord {
         mount_id: ovl_id,

@@ -39,6 +39,10 @@ pub struct OverlaySpec<'a> {
     pub attrs: MountAttrFlags,
     /// Use the legacy `lowerdir=` string even if `lowerdir+` works (tests of the fallback).
     pub force_legacy: bool,
+    /// A composefs layer (metacopy=on, redirect_dir=on, verity). When false, this is the
+    /// stacking overlay over several composefs layers: it merges them (whiteouts, opaque
+    /// directories) but never follows metacopy/redirect xattrs (metacopy=off, redirect_dir=nofollow).
+    pub composefs: bool,
 }
 
 /// The assembled overlay: a detached mount, plus how it was built.
@@ -111,10 +115,15 @@ fn build(spec: &OverlaySpec<'_>, legacy: bool) -> Result<Overlay, OverlayError> 
         })
     };
     cfg("source", "composefs")?;
-    cfg("metacopy", "on")?;
-    cfg("redirect_dir", "on")?;
+    if !spec.composefs {
+        cfg("metacopy", "off")?;
+        cfg("redirect_dir", "nofollow")?;
+    } else {
+        cfg("metacopy", "on")?;
+        cfg("redirect_dir", "on")?;
+    }
     let mut verity = false;
-    match spec.verity {
+    match if spec.composefs { spec.verity } else { Verity::Off } {
         Verity::Off => {}
         Verity::Require => {
             cfg("verity", "require")?;

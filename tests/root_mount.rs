@@ -1,0 +1,934 @@
+//! Root tier for the mount engine: real kernel mounts through `cfsmount mount` and util-linux
+//! `mount -t composefs` (the binary linked as /sbin/mount.composefs): conformance images and a
+//! TOC whose objects the test writes, file-backed and loop paths, idmap, layers, EBUSY races,
+//! 200 mount/umount cycles, injected failures, --fd-out handover, the legacy overlay syntax.
+//! Every check that mounts holds one lock (mounts run serially) and verifies that nothing (mount,
+//! loop device, EROFS superblock) is left behind. Needs root: fails with the reason otherwise.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+use cfsmount::erofs::writer::{write_image, WriteOptions};
+use cfsmount::input::dump::{parse, DumpOptions};
+use cfsmount::tree::{Limits, NodeId, Tree, S_IFCHR, S_IFMT, S_IFREG};
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// Serializes the mounting tests and checks root.
+fn setup() -> MutexGuard<'static, ()> {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "root_mount needs root (it attaches loop devices and mounts EROFS/overlayfs); run the root tier as root"
+    );
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cfsmount")
+}
+
+fn conformance_dir() -> PathBuf {
+    let dir = match std::env::var_os("CFS_CONFORMANCE") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
+    };
+    let dumps = dir.join("composefs-dump");
+    assert!(dumps.is_dir(), "conformance data missing: {} (set CFS_CONFORMANCE)", dumps.display());
+    dumps
+}
+
+fn read_input(dir: &Path, name: &str) -> Vec<u8> {
+    let mut raw = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    // Some cases are stored as a one-line pointer to another case (a git symlink checked out as text).
+    if raw.len() < 256 && !raw.contains(&b'\n') && !raw.contains(&b' ') {
+        let target = dir.join(String::from_utf8_lossy(&raw).trim());
+        if target.is_file() {
+            raw = std::fs::read(&target).unwrap();
+        }
+    }
+    if name.ends_with(".gz") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
+        out
+    } else {
+        raw
+    }
+}
+
+/// A scratch area for one test: images, objects, mount points, a private state dir.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::Builder::new().prefix("cfsm-root-").tempdir_in("/var/tmp").unwrap();
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        std::fs::set_permissions(dir.path().join("state"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        Scratch { dir }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn mkdir(&self, p: &str) -> PathBuf {
+        let d = self.path(p);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env("CFSMOUNT_STATE_DIR", self.path("state"));
+        c
+    }
+    fn records(&self) -> usize {
+        std::fs::read_dir(self.path("state")).unwrap().filter(|e| e.as_ref().unwrap().file_name().as_bytes().ends_with(b".json")).count()
+    }
+}
+
+fn run_ok(mut c: Command) -> Output {
+    let out = c.output().expect("spawning cfsmount");
+    assert!(out.status.success(), "{:?} failed: {}", c, String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn run_fail(mut c: Command, expect: &str) -> String {
+    let out = c.output().expect("spawning cfsmount");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{:?} unexpectedly succeeded", c);
+    assert!(err.contains(expect), "{:?}: error {:?} does not mention {:?}", c, err, expect);
+    err
+}
+
+/// What could leak: mounts under our scratch dir, loop devices backed by our files, EROFS
+/// superblocks (file-backed ones are only visible in /sys/fs/erofs).
+#[derive(Debug, PartialEq, Eq, Clone)]
+struct Snapshot {
+    mounts: Vec<String>,
+    loops: Vec<String>,
+    erofs: BTreeSet<String>,
+}
+
+fn snapshot(prefix: &Path) -> Snapshot {
+    let p = prefix.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&p) || l.contains(" composefs ") && l.contains(&p))
+        .map(|l| l.to_string())
+        .collect();
+    let mut loops = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+            if b.contains(&p) {
+                loops.push(format!("{}: {}", e.file_name().to_string_lossy(), b.trim()));
+            }
+        }
+    }
+    let erofs = std::fs::read_dir("/sys/fs/erofs")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "features").collect())
+        .unwrap_or_default();
+    Snapshot { mounts, loops, erofs }
+}
+
+/// Asserts that nothing is left compared with `before` (EROFS superblocks of other processes
+/// may come and go: a difference must persist for 3 s to count).
+fn assert_clean(before: &Snapshot, prefix: &Path, ctx: &str) {
+    let mut now = snapshot(prefix);
+    for _ in 0..30 {
+        if now.mounts == before.mounts && now.loops == before.loops && now.erofs.is_subset(&before.erofs) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        now = snapshot(prefix);
+    }
+    assert_eq!(now.mounts, before.mounts, "{ctx}: mounts left behind");
+    assert_eq!(now.loops, before.loops, "{ctx}: loop devices left behind");
+    let extra: Vec<_> = now.erofs.difference(&before.erofs).collect();
+    assert!(extra.is_empty(), "{ctx}: EROFS superblocks left behind: {extra:?}");
+}
+
+fn is_whiteout(tree: &Tree, id: NodeId) -> bool {
+    let i = &tree.node(id).entry.inode;
+    i.mode & S_IFMT == S_IFCHR && i.rdev == 0
+}
+
+/// The first bytes of the object for `payload`, as this test writes it.
+fn object_pattern(payload: &[u8], size: u64) -> Vec<u8> {
+    (0..size.min(4096) as usize).map(|i| payload[i % payload.len()] ^ (i as u8)).collect()
+}
+
+/// Writes one object per payload the tree references: a sparse file of the right size whose
+/// first 4 KiB are a pattern derived from the payload path.
+fn write_objects(tree: &Tree, basedir: &Path) -> usize {
+    let mut sizes: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+    for id in 0..tree.len() as NodeId {
+        let e = &tree.node(id).entry;
+        if e.inode.mode & S_IFMT == S_IFREG && e.content.is_none() {
+            if let Some(p) = e.payload.as_ref().filter(|p| !p.is_empty()) {
+                let s = sizes.entry(p.clone()).or_default();
+                *s = (*s).max(e.inode.size);
+            }
+        }
+    }
+    for (p, size) in &sizes {
+        let path = basedir.join(OsStr::from_bytes(p));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&object_pattern(p, *size)).unwrap();
+        f.set_len(*size).unwrap();
+    }
+    sizes.len()
+}
+
+fn user_xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    let n = rustix::fs::llistxattr(p, &mut buf).unwrap_or(0);
+    let mut out = BTreeMap::new();
+    for k in buf[..n].split(|b| *b == 0).filter(|k| !k.is_empty()) {
+        if k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.") || k.starts_with(b"security.") || k.starts_with(b"system.") {
+            continue;
+        }
+        let mut v = vec![0u8; 65536];
+        let m = rustix::fs::lgetxattr(p, OsStr::from_bytes(k), &mut v).unwrap();
+        out.insert(k.to_vec(), v[..m].to_vec());
+    }
+    out
+}
+
+/// Compares the tree seen through a composefs mount with the input: types, modes, owners
+/// (shifted by `id_shift`), mtimes, sizes, symlink targets, device numbers, directory entries,
+/// non-overlay xattrs, inline content and the first bytes of every object-backed file.
+fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
+    let mut checked = 0;
+    for id in 0..tree.len() as NodeId {
+        let target = tree.resolve(id);
+        if is_whiteout(tree, target) {
+            continue;
+        }
+        let rel = tree.path_of(id);
+        let p = if rel.is_empty() { mnt.to_path_buf() } else { mnt.join(OsStr::from_bytes(&rel)) };
+        let c = format!("{ctx}: /{}", String::from_utf8_lossy(&rel));
+        let md = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{c}: lstat: {e}"));
+        let node = tree.node(target);
+        let e = &node.entry;
+        let ino = &e.inode;
+        assert_eq!(md.mode(), ino.mode, "{c}: mode");
+        assert_eq!(md.uid(), ino.uid + id_shift, "{c}: uid");
+        assert_eq!(md.gid(), ino.gid + id_shift, "{c}: gid");
+        assert_eq!((md.mtime(), md.mtime_nsec()), (ino.mtime, ino.mtime_nsec as i64), "{c}: mtime");
+        let ft = md.file_type();
+        if ft.is_symlink() {
+            let t = std::fs::read_link(&p).unwrap();
+            assert_eq!(t.as_os_str().as_bytes(), e.payload.as_deref().unwrap(), "{c}: symlink target");
+        } else if ft.is_file() {
+            assert_eq!(md.len(), ino.size, "{c}: size");
+            if let Some(content) = &e.content {
+                assert!(std::fs::read(&p).unwrap() == *content, "{c}: inline content differs");
+            } else if ino.size > 0 {
+                let payload = e.payload.as_deref().expect("object-backed file has a payload");
+                let want = object_pattern(payload, ino.size);
+                let mut f = std::fs::File::open(&p).unwrap_or_else(|err| panic!("{c}: open: {err}"));
+                let mut got = vec![0u8; want.len()];
+                f.read_exact(&mut got).unwrap_or_else(|err| panic!("{c}: read: {err}"));
+                assert!(got == want, "{c}: object content differs");
+            }
+        } else if ft.is_char_device() || ft.is_block_device() {
+            assert_eq!(md.rdev(), ino.rdev as u64, "{c}: rdev");
+        } else if ft.is_dir() {
+            let names: BTreeSet<Vec<u8>> =
+                std::fs::read_dir(&p).unwrap().map(|d| d.unwrap().file_name().as_bytes().to_vec()).collect();
+            let want: BTreeSet<Vec<u8>> = node
+                .children
+                .iter()
+                .filter(|&&ch| !is_whiteout(tree, tree.resolve(ch)))
+                .map(|&ch| tree.node(ch).name.clone())
+                .collect();
+            let got: BTreeSet<Vec<u8>> = names.into_iter().filter(|n| {
+                // escaped whiteouts of the input may show as plain entries; they are not compared
+                tree.child(target, n).is_none_or(|ch| !is_whiteout(tree, tree.resolve(ch)))
+            }).collect();
+            assert_eq!(got, want, "{c}: directory entries");
+        }
+        let want_x: BTreeMap<Vec<u8>, Vec<u8>> = e
+            .xattrs
+            .iter()
+            .filter(|x| !x.key.starts_with(b"trusted.overlay.") && !x.key.starts_with(b"user.overlay.") && !x.key.starts_with(b"security.") && !x.key.starts_with(b"system."))
+            .map(|x| (x.key.clone(), x.value.clone()))
+            .collect();
+        assert_eq!(user_xattrs(&p), want_x, "{c}: xattrs");
+        checked += 1;
+    }
+    checked
+}
+
+fn load_case(name: &str) -> (Tree, WriteOptions) {
+    let dir = conformance_dir();
+    let lenient = ["no-newline.dump", "longlink.dump", "honggfuzz-longlink-unterminated.dump"];
+    let input = read_input(&dir, name);
+    let tree = parse(&input, &DumpOptions { strict: !lenient.contains(&name), limits: Limits::default() })
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let opts = match std::fs::read_to_string(dir.join(format!("{name}.version"))) {
+        Ok(v) => {
+            let v = v.trim().parse().unwrap();
+            WriteOptions { min_version: v, max_version: v }
+        }
+        Err(_) => WriteOptions::default(),
+    };
+    (tree, opts)
+}
+
+fn write_img(tree: &Tree, opts: &WriteOptions, path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    write_image(tree, opts, &mut f).unwrap();
+}
+
+fn dump_tree(text: &str) -> Tree {
+    parse(text.as_bytes(), &DumpOptions { strict: true, limits: Limits::default() }).unwrap()
+}
+
+/// Waits for the loop device(s) of a mount to be gone after umount.
+fn umount(s: &Scratch, mnt: &Path) {
+    let mut c = s.cmd();
+    c.arg("umount").arg(mnt);
+    run_ok(c);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const CASES: &[&str] = &[
+    "special.dump",
+    "special_v1.dump",
+    "config-with-hard-link.dump.gz",
+    "longlink.dump",
+    "bigfile-xattr.dump",
+    "honggfuzz-bigfile-with-acl.dump",
+    "cs9-x86_64-minimal.dump.gz",
+];
+
+#[test]
+fn cfsmount_conformance_file_backed_and_loop() {
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    for name in CASES {
+        let (tree, opts) = load_case(name);
+        let img = s.path(&format!("{name}.img"));
+        write_img(&tree, &opts, &img);
+        let objs = s.mkdir(&format!("objs-{name}"));
+        write_objects(&tree, &objs);
+        let mnt = s.mkdir(&format!("mnt-{name}"));
+        for force_loop in [false, true] {
+            let mut c = s.cmd();
+            c.args(["mount", "-v"]).arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+            if force_loop {
+                c.arg("--force-loop");
+            }
+            let out = run_ok(c);
+            let err = String::from_utf8_lossy(&out.stderr);
+            // The path taken is the one asked for (the kernel here has file-backed EROFS).
+            assert_eq!(err.contains("file-backed"), !force_loop, "{name}: {err}");
+            assert_eq!(err.contains("EROFS on /dev/loop"), force_loop, "{name}: {err}");
+            let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            let line = mi.lines().find(|l| l.contains(&*mnt.to_string_lossy())).expect("mount visible");
+            assert!(line.contains(" ro,nosuid,nodev"), "{name}: mount flags: {line}");
+            let n = check_tree(&tree, &mnt, 0, &format!("{name} (force_loop={force_loop})"));
+            assert!(n > 0);
+            assert_eq!(s.records(), 1);
+            umount(&s, &mnt);
+            assert_eq!(s.records(), 0);
+            assert_clean(&before, s.dir.path(), name);
+        }
+    }
+}
+
+/// Links the binary as /sbin/mount.composefs for the duration of a test.
+struct HelperLink(PathBuf);
+impl HelperLink {
+    fn new() -> HelperLink {
+        let p = PathBuf::from("/sbin/mount.composefs");
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() && std::fs::read_link(&p).unwrap() == Path::new(bin()) => {}
+            Ok(_) => panic!("{} exists and is not our link; refusing to replace it", p.display()),
+            Err(_) => std::os::unix::fs::symlink(bin(), &p).unwrap(),
+        }
+        HelperLink(p)
+    }
+}
+impl Drop for HelperLink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn util_linux_mount_t_composefs() {
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let link = HelperLink::new();
+    for name in ["special_v1.dump", "config-with-hard-link.dump.gz", "cs9-x86_64-minimal.dump.gz"] {
+        let (tree, opts) = load_case(name);
+        let img = s.path(&format!("{name}.img"));
+        write_img(&tree, &opts, &img);
+        // A basedir whose name needs escaping in the option string.
+        let objs = s.mkdir(&format!("objs,{name}"));
+        write_objects(&tree, &objs);
+        let mnt = s.mkdir(&format!("mnt-{name}"));
+        let opt = format!("basedir={},ro", objs.to_string_lossy().replace(',', "\\,"));
+        let out = Command::new("mount")
+            .env("CFSMOUNT_STATE_DIR", s.path("state"))
+            .args(["-t", "composefs", "-o", &opt])
+            .arg(&img)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount -t composefs {name}: {}", String::from_utf8_lossy(&out.stderr));
+        check_tree(&tree, &mnt, 0, &format!("mount -t composefs {name}"));
+        umount(&s, &mnt);
+        assert_clean(&before, s.dir.path(), name);
+    }
+    // Unknown options are an error, through util-linux too, and nothing is mounted.
+    let (tree, opts) = load_case("special.dump");
+    let img = s.path("special.img");
+    write_img(&tree, &opts, &img);
+    let objs = s.mkdir("objs-special");
+    let mnt = s.mkdir("mnt-special");
+    let out = Command::new("mount")
+        .env("CFSMOUNT_STATE_DIR", s.path("state"))
+        .args(["-t", "composefs", "-o"])
+        .arg(format!("basedir={},frobnicate", objs.display()))
+        .arg(&img)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unsupported option frobnicate"), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(link);
+    assert!(!Path::new("/sbin/mount.composefs").exists());
+    assert_clean(&before, s.dir.path(), "unknown option");
+}
+
+#[test]
+fn helper_form_flags_and_fake() {
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let (tree, opts) = load_case("special.dump");
+    let img = s.path("img");
+    write_img(&tree, &opts, &img);
+    let objs = s.mkdir("objs");
+    let mnt = s.mkdir("mnt");
+    let link = s.path("mount.composefs");
+    std::os::unix::fs::symlink(bin(), &link).unwrap();
+    let helper = || {
+        let mut c = Command::new(&link);
+        c.env("CFSMOUNT_STATE_DIR", s.path("state"));
+        c
+    };
+    // -f (fake): options are checked, nothing is mounted.
+    let mut c = helper();
+    c.arg(&img).arg(&mnt).args(["-f", "-n", "-o"]).arg(format!("basedir={}", objs.display()));
+    run_ok(c);
+    assert_clean(&before, s.dir.path(), "-f");
+    // Option value missing, upperdir without workdir, bad digest: errors, nothing mounted.
+    for (o, msg) in [
+        ("basedir", "No value specified for basedir"),
+        ("ro", "No object dirs"),
+        ("basedir=/x,upperdir=/y", "Both workdir and upperdir"),
+        ("basedir=/x,digest=zz", "digest"),
+        ("basedir=/x,verity=1", "takes no value"),
+    ] {
+        let mut c = helper();
+        c.arg(&img).arg(&mnt).arg("-o").arg(o);
+        run_fail(c, msg);
+    }
+    // -s tolerates unknown options; -v reports; options may come before the operands.
+    let mut c = helper();
+    c.args(["-sv", "-o"]).arg(format!("basedir={},frob,ro", objs.display())).arg(&img).arg(&mnt);
+    let out = run_ok(c);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("overlay mount id"));
+    check_tree(&tree, &mnt, 0, "helper -s");
+    umount(&s, &mnt);
+    assert_clean(&before, s.dir.path(), "helper form");
+}
+
+/// A TOC written by the test, with its objects: contents through the mount equal the objects.
+#[test]
+fn toc_with_objects() {
+    use sha2::Digest;
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let objs = s.mkdir("objs");
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("etc/hostname", b"composefs-test\n".to_vec()),
+        ("usr/bin/tool", (0..200_000u32).map(|i| (i % 251) as u8).collect()),
+        ("usr/share/doc/a, b:c.txt", b"odd name\n".to_vec()),
+        ("empty", Vec::new()),
+    ];
+    let mut entries = vec![serde_json::json!({"type": "dir", "name": "usr/share/doc", "mode": 0o755, "uid": 0, "gid": 0, "modtime": "2024-01-02T03:04:05Z"})];
+    for (name, data) in &files {
+        let h = hex(&sha2::Sha256::digest(data));
+        if !data.is_empty() {
+            let p = objs.join(&h[..2]).join(&h[2..]);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, data).unwrap();
+        }
+        let mut e = serde_json::json!({"type": "reg", "name": name, "mode": 0o644, "uid": 1000, "gid": 1000,
+            "size": data.len(), "modtime": "2024-01-02T03:04:05Z"});
+        if !data.is_empty() {
+            e["digest"] = serde_json::json!(format!("sha256:{h}"));
+        }
+        entries.push(e);
+    }
+    entries.push(serde_json::json!({"type": "symlink", "name": "usr/bin/alias", "linkName": "tool", "modtime": "2024-01-02T03:04:05Z"}));
+    let toc = serde_json::to_vec(&serde_json::json!({"version": 1, "entries": entries})).unwrap();
+    let toc_path = s.path("layer.toc.json");
+    std::fs::write(&toc_path, &toc).unwrap();
+    let tree = cfsmount::input::toc::parse(&toc, &Default::default()).unwrap();
+    let img = s.path("toc.img");
+    write_img(&tree, &WriteOptions::default(), &img);
+    let mnt = s.mkdir("mnt");
+    for force_loop in [false, true] {
+        let mut c = s.cmd();
+        c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+        if force_loop {
+            c.arg("--force-loop");
+        }
+        run_ok(c);
+        for (name, data) in &files {
+            let p = mnt.join(name);
+            assert_eq!(&std::fs::read(&p).unwrap(), data, "{name}");
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            assert_eq!((md.uid(), md.gid(), md.mode(), md.mtime()), (1000, 1000, 0o100644, 1704164645), "{name}");
+        }
+        assert_eq!(std::fs::read_link(mnt.join("usr/bin/alias")).unwrap(), Path::new("tool"));
+        umount(&s, &mnt);
+    }
+    assert_clean(&before, s.dir.path(), "toc");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const SMALL: &str = "/ 4096 40755 3 0 0 0 1000.0 - - -\n\
+/file 11 100644 1 5 7 0 1000.0 ab/cdef - -\n\
+/inline 3 100640 1 0 0 0 1000.0 - abc -\n\
+/sub 4096 40750 2 10 10 0 1000.0 - - -\n\
+/sub/x 11 100600 1 0 0 0 1000.0 ab/cdef - -\n";
+
+fn small_setup(s: &Scratch) -> (Tree, PathBuf, PathBuf) {
+    let tree = dump_tree(SMALL);
+    let img = s.path("small.img");
+    write_img(&tree, &WriteOptions::default(), &img);
+    let objs = s.mkdir("objs");
+    write_objects(&tree, &objs);
+    (tree, img, objs)
+}
+
+#[test]
+fn idmapped_mounts() {
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let (tree, img, objs) = small_setup(&s);
+    let mnt = s.mkdir("mnt");
+    for force_loop in [false, true] {
+        let mut c = s.cmd();
+        c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+        c.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]);
+        if force_loop {
+            c.arg("--force-loop");
+        }
+        run_ok(c);
+        check_tree(&tree, &mnt, 100000, "uidmap");
+        let md = std::fs::metadata(mnt.join("file")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (100005, 100007));
+        let err = std::fs::write(mnt.join("file"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "writing through the idmapped mount");
+        assert_eq!(std::fs::create_dir(mnt.join("new")).unwrap_err().raw_os_error(), Some(libc::EROFS));
+        umount(&s, &mnt);
+    }
+    // --idmap with an existing user namespace: util-linux unshare holds it, we (root) write its maps.
+    let mut child = Command::new("unshare").args(["--user", "sleep", "60"]).spawn().unwrap();
+    let ns = PathBuf::from(format!("/proc/{}/ns/user", child.id()));
+    let own = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if std::fs::read_link(&ns).is_ok_and(|l| l != own) {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(ok, "unshare did not create a user namespace");
+    std::fs::write(format!("/proc/{}/uid_map", child.id()), "0 200000 65536\n").unwrap();
+    std::fs::write(format!("/proc/{}/gid_map", child.id()), "0 200000 65536\n").unwrap();
+    let mut c = s.cmd();
+    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs).arg("--idmap").arg(&ns);
+    run_ok(c);
+    let _ = child.kill();
+    let _ = child.wait();
+    check_tree(&tree, &mnt, 200000, "--idmap");
+    umount(&s, &mnt);
+    // Not a user namespace: refused.
+    let mut c = s.cmd();
+    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs).arg("--idmap").arg("/proc/self/ns/net");
+    run_fail(c, "not a user namespace");
+    assert_clean(&before, s.dir.path(), "idmap");
+}
+
+#[test]
+fn layers_whiteouts_and_opaque_dirs() {
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let lower = dump_tree(
+        "/ 4096 40755 4 0 0 0 1000.0 - - -\n\
+/a 3 100644 1 0 0 0 1000.0 - aaa -\n\
+/b 3 100644 1 0 0 0 1000.0 - bbb -\n\
+/d 4096 40755 2 0 0 0 1000.0 - - -\n\
+/d/x 1 100644 1 0 0 0 1000.0 - x -\n\
+/d/y 11 100644 1 0 0 0 1000.0 ab/cdef - -\n\
+/e 4096 40755 2 0 0 0 1000.0 - - -\n\
+/e/keep 1 100644 1 0 0 0 1000.0 - k -\n",
+    );
+    let upper = dump_tree(
+        "/ 4096 40755 4 0 0 0 1000.0 - - -\n\
+/a 0 20000 1 0 0 0 1000.0 - - -\n\
+/c 3 100644 1 0 0 0 1000.0 - ccc -\n\
+/d 4096 40755 2 0 0 0 1000.0 - - - trusted.overlay.opaque=y\n\
+/d/z 1 100644 1 0 0 0 1000.0 - z -\n\
+/e 4096 40755 2 0 0 0 1000.0 - - -\n\
+/e/new 1 100644 1 0 0 0 1000.0 - n -\n",
+    );
+    let (l, u) = (s.path("lower.img"), s.path("upper.img"));
+    write_img(&lower, &WriteOptions::default(), &l);
+    write_img(&upper, &WriteOptions::default(), &u);
+    let objs = s.mkdir("objs");
+    write_objects(&lower, &objs);
+    let mnt = s.mkdir("mnt");
+    for force_loop in [false, true] {
+        let mut c = s.cmd();
+        c.arg("mount").arg(&l).arg(&mnt).arg("--basedir").arg(&objs).arg("--layer").arg(&u);
+        if force_loop {
+            c.arg("--force-loop");
+        }
+        run_ok(c);
+        let names = |p: &Path| -> BTreeSet<String> {
+            std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+        };
+        let root = names(&mnt);
+        assert!(!root.contains("a"), "whiteout in the upper layer must hide /a: {root:?}");
+        assert!(!mnt.join("a").exists());
+        assert_eq!(std::fs::read(mnt.join("b")).unwrap(), b"bbb");
+        assert_eq!(std::fs::read(mnt.join("c")).unwrap(), b"ccc");
+        assert_eq!(names(&mnt.join("d")), BTreeSet::from(["z".to_string()]), "opaque /d hides the lower /d");
+        assert_eq!(names(&mnt.join("e")), BTreeSet::from(["keep".to_string(), "new".to_string()]), "non-opaque /e merges");
+        umount(&s, &mnt);
+        assert_clean(&before, s.dir.path(), "layers");
+    }
+    // A lower-layer object is read through the stack.
+    let mut c = s.cmd();
+    c.arg("mount").arg(&u).arg(&mnt).arg("--basedir").arg(&objs).arg("--layer").arg(&l);
+    run_ok(c);
+    // now the old lower is on top: /a is back, /d is merged? no: /d of the top (lower.img) is not opaque
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"aaa");
+    let y = std::fs::read(mnt.join("d/y")).unwrap();
+    assert_eq!(y, object_pattern(b"ab/cdef", 11));
+    umount(&s, &mnt);
+    assert_clean(&before, s.dir.path(), "layers reversed");
+}
+
+/// LOOP_CTL_GET_FREE hands out the same device to racing processes; the loser must retry.
+#[test]
+fn loop_ebusy_race() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let (tree, img, objs) = small_setup(&s);
+    let mnt = s.mkdir("mnt");
+    let dummy = s.path("dummy");
+    std::fs::write(&dummy, vec![0u8; 1 << 20]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let grabbed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let grabber = {
+        let (stop, grabbed, dummy) = (stop.clone(), grabbed.clone(), dummy.clone());
+        std::thread::spawn(move || {
+            // Another "process": keeps grabbing free devices with losetup-like calls.
+            while !stop.load(Ordering::Relaxed) {
+                let mut held = Vec::new();
+                for _ in 0..8 {
+                    let out = Command::new("losetup").args(["--find", "--show", "--read-only"]).arg(&dummy).output().unwrap();
+                    if out.status.success() {
+                        held.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+                        grabbed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                for d in held {
+                    let _ = Command::new("losetup").arg("-d").arg(&d).status();
+                }
+            }
+        })
+    };
+    for i in 0..30 {
+        let mut c = s.cmd();
+        c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs).arg("--force-loop");
+        run_ok(c);
+        if i % 10 == 0 {
+            check_tree(&tree, &mnt, 0, "race");
+        }
+        umount(&s, &mnt);
+    }
+    stop.store(true, Ordering::Relaxed);
+    grabber.join().unwrap();
+    assert!(grabbed.load(Ordering::Relaxed) > 0, "the competing process never got a device");
+    assert_clean(&before, s.dir.path(), "race");
+}
+
+/// An in-process race on the same free device number: two threads attach at once, many times.
+#[test]
+fn loop_attach_concurrent_threads() {
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let (_, img, _) = small_setup(&s);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let img = img.clone();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    let f = std::fs::File::open(&img).unwrap();
+                    let lo = cfsmount::loopback::attach(f.as_fd(), &img).expect("attach under contention");
+                    assert!(lo.path().to_string_lossy().starts_with("/dev/loop"));
+                    drop(lo); // autoclear detaches
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_clean(&before, s.dir.path(), "threads");
+}
+
+#[test]
+fn cycles_200_leave_nothing() {
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let losetup_before = String::from_utf8(Command::new("losetup").arg("-a").output().unwrap().stdout).unwrap();
+    let (_, img, objs) = small_setup(&s);
+    let mnt = s.mkdir("mnt");
+    for i in 0..200 {
+        let mut c = s.cmd();
+        c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+        if i % 2 == 1 {
+            c.arg("--force-loop");
+        }
+        run_ok(c);
+        assert_eq!(std::fs::read(mnt.join("inline")).unwrap(), b"abc");
+        umount(&s, &mnt);
+    }
+    assert_eq!(s.records(), 0);
+    assert_clean(&before, s.dir.path(), "200 cycles");
+    let losetup_after = String::from_utf8(Command::new("losetup").arg("-a").output().unwrap().stdout).unwrap();
+    let p = s.dir.path().to_string_lossy().into_owned();
+    assert!(!losetup_after.lines().any(|l| l.contains(&p)), "losetup -a still lists our image: {losetup_after}");
+    let _ = losetup_before;
+}
+
+#[test]
+fn injected_failures_leave_nothing() {
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let (_, img, objs) = small_setup(&s);
+    let mnt = s.mkdir("mnt");
+    let garbage = s.path("garbage.img");
+    std::fs::write(&garbage, vec![0x5au8; 8192]).unwrap();
+    // A composefs header and EROFS magic, but a corrupt superblock: fails in the kernel, after
+    // the loop device was attached.
+    let mut corrupt = std::fs::read(&img).unwrap();
+    for b in &mut corrupt[1028..1100] {
+        *b = 0xff;
+    }
+    let corrupt_p = s.path("corrupt.img");
+    std::fs::write(&corrupt_p, &corrupt).unwrap();
+    let upper = s.mkdir("upper");
+    let nodir = s.path("nonexistent");
+    let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
+        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), nodir.clone().into()], "basedir"),
+        (vec![nodir.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into()], "nonexistent"),
+        (vec![garbage.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into()], "not a composefs image"),
+        (vec![corrupt_p.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into()], "EROFS mount failed"),
+        (vec![corrupt_p.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--force-loop".into()], "EROFS mount failed"),
+        (vec![img.clone().into(), nodir.clone().into(), "--basedir".into(), objs.clone().into()], "target"),
+        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--digest".into(), "00".repeat(32).into()], "digest"),
+        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--digest".into(), "xyz".into()], "digest"),
+        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--upperdir".into(), upper.clone().into(), "--workdir".into(), nodir.clone().into()], "workdir"),
+        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--idmap".into(), nodir.clone().into()], "nonexistent"),
+        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--uidmap".into(), "0:4294967295:2".into(), "--gidmap".into(), "0:1:1".into()], "bad id map"),
+        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--layer".into(), garbage.clone().into(), "--force-loop".into()], "not a composefs image"),
+        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--layer".into(), corrupt_p.clone().into(), "--force-loop".into()], "EROFS mount failed"),
+        (vec![img.clone().into(), "--basedir".into(), objs.clone().into(), "--fd-out".into(), s.path("no-socket").into()], "connect"),
+    ];
+    for (args, msg) in cases {
+        let mut c = s.cmd();
+        c.arg("mount").args(&args);
+        run_fail(c, msg);
+        assert_eq!(s.records(), 0, "{args:?}: record left");
+        assert_clean(&before, s.dir.path(), &format!("{args:?}"));
+    }
+    // umount of something that is not ours / not mounted
+    let mut c = s.cmd();
+    c.arg("umount").arg(&mnt);
+    run_fail(c, "not a mount made by cfsmount");
+}
+
+/// --fd-out: the detached overlay goes over a unix socket; the receiver attaches it.
+#[test]
+fn fd_out_handover() {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let (tree, img, objs) = small_setup(&s);
+    let sock = s.path("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut c = s.cmd();
+    c.arg("mount").arg(&img).arg("--basedir").arg(&objs).arg("--fd-out").arg(&sock);
+    let child = c.spawn().unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    let r = recvmsg(&conn, &mut [std::io::IoSliceMut::new(&mut byte)], &mut anc, RecvFlags::CMSG_CLOEXEC).unwrap();
+    assert_eq!(r.bytes, 1);
+    let mut fds = Vec::new();
+    for m in anc.drain() {
+        if let RecvAncillaryMessage::ScmRights(it) = m {
+            fds.extend(it);
+        }
+    }
+    assert_eq!(fds.len(), 1, "one mount fd received");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Nothing is attached yet.
+    let mnt = s.mkdir("mnt");
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&*mnt.to_string_lossy()));
+    rustix::mount::move_mount(
+        &fds[0],
+        "",
+        rustix::fs::CWD,
+        &mnt,
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .unwrap();
+    drop(fds);
+    check_tree(&tree, &mnt, 0, "fd-out");
+    // The record (made without a target) is found by mount id once attached.
+    umount(&s, &mnt);
+    assert_eq!(s.records(), 0);
+    assert_clean(&before, s.dir.path(), "fd-out");
+}
+
+/// The legacy `lowerdir=A::B` syntax (used when lowerdir+ is refused), with a basedir whose
+/// path needs every escape.
+#[test]
+fn legacy_overlay_syntax() {
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let tree = dump_tree(SMALL);
+    let img = s.path("small.img");
+    write_img(&tree, &WriteOptions::default(), &img);
+    let objs = s.mkdir("ob,j\\ s=x");
+    write_objects(&tree, &objs);
+    let mnt = s.mkdir("mnt");
+    let mut c = s.cmd();
+    c.env("CFSMOUNT_TEST_LEGACY_OVERLAY", "1").args(["mount", "-v"]).arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+    let out = run_ok(c);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("legacy lowerdir string"));
+    check_tree(&tree, &mnt, 0, "legacy");
+    umount(&s, &mnt);
+    assert_clean(&before, s.dir.path(), "legacy");
+}
+
+#[test]
+fn upperdir_makes_it_writable() {
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let (tree, img, objs) = small_setup(&s);
+    let (up, work, mnt) = (s.mkdir("upper"), s.mkdir("work"), s.mkdir("mnt"));
+    let mut c = s.cmd();
+    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs).arg("--upperdir").arg(&up).arg("--workdir").arg(&work);
+    run_ok(c);
+    std::fs::write(mnt.join("newfile"), b"hi").unwrap();
+    assert_eq!(std::fs::read(up.join("newfile")).unwrap(), b"hi");
+    assert_eq!(std::fs::read(mnt.join("file")).unwrap()[..], object_pattern(b"ab/cdef", 11)[..]);
+    umount(&s, &mnt);
+    let _ = tree;
+    assert_clean(&before, s.dir.path(), "upper");
+}
+
+/// --allow-suid/--allow-dev change the flags for root; without them the mount is nosuid,nodev.
+#[test]
+fn suid_dev_flags() {
+    let _g = setup();
+    let s = Scratch::new();
+    let (_, img, objs) = small_setup(&s);
+    let mnt = s.mkdir("mnt");
+    let mut c = s.cmd();
+    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs).arg("--allow-suid").arg("--allow-dev");
+    run_ok(c);
+    let vfs = rustix::fs::statvfs(&mnt).unwrap();
+    use rustix::fs::StatVfsMountFlags as F;
+    assert!(!vfs.f_flag.contains(F::NOSUID) && !vfs.f_flag.contains(F::NODEV) && vfs.f_flag.contains(F::RDONLY));
+    umount(&s, &mnt);
+    let mut c = s.cmd();
+    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+    run_ok(c);
+    let vfs = rustix::fs::statvfs(&mnt).unwrap();
+    assert!(vfs.f_flag.contains(F::NOSUID | F::NODEV | F::RDONLY));
+    umount(&s, &mnt);
+}
+
+#[test]
+fn statx_mount_ids_in_record() {
+    let _g = setup();
+    let s = Scratch::new();
+    let (_, img, objs) = small_setup(&s);
+    let mnt = s.mkdir("mnt");
+    let mut c = s.cmd();
+    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs).arg("--force-loop");
+    run_ok(c);
+    let rec_path = std::fs::read_dir(s.path("state")).unwrap().next().unwrap().unwrap().path();
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    let fd = rustix::fs::open(&mnt, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+    let st = rustix::fs::statx(&fd, "", rustix::fs::AtFlags::EMPTY_PATH, rustix::fs::StatxFlags::from_bits_retain(0x4000)).unwrap();
+    drop(fd);
+    assert_eq!(rec["mount_id"].as_u64(), Some(st.stx_mnt_id));
+    assert_eq!(rec["target"].as_str(), Some(&*mnt.to_string_lossy()));
+    assert_eq!(rec["uid"].as_u64(), Some(0));
+    let lo = rec["loop_devices"][0].as_str().unwrap().to_string();
+    let dev = lo.trim_start_matches("/dev/");
+    let backing = std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).unwrap();
+    assert_eq!(backing.trim(), img.to_string_lossy());
+    assert_eq!(std::fs::read_to_string(format!("/sys/block/{dev}/loop/autoclear")).unwrap().trim(), "1");
+    assert_eq!(std::fs::read_to_string(format!("/sys/block/{dev}/ro")).unwrap().trim(), "1");
+    assert_eq!(std::fs::read_to_string(format!("/sys/block/{dev}/queue/logical_block_size")).unwrap().trim(), "4096");
+    umount(&s, &mnt);
+    assert!(std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).is_err(), "{lo} freed after umount");
+}
