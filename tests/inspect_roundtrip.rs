@@ -182,16 +182,24 @@ impl XorShift {
     }
 }
 
+/// Valid images to corrupt: conformance cases plus random trees (hard links, whiteouts,
+/// shared xattrs, block-stored symlinks and contents, extended inodes).
 fn hostile_inputs() -> Vec<(String, Vec<u8>)> {
     let wanted = ["special_v1.dump", "longlink.dump", "honggfuzz-bigfile-with-acl.dump", "config-with-hard-link.dump.gz"];
-    cases()
+    let mut out: Vec<(String, Vec<u8>)> = cases()
         .into_iter()
         .filter(|c| wanted.contains(&c.name.as_str()))
         .map(|c| {
             let t = parse(&c.input, &DumpOptions { strict: c.strict, limits: Limits::default() }).expect("parse");
             (c.name.clone(), build(&t, c.version))
         })
-        .collect()
+        .collect();
+    let mut rng = XorShift(0x5851_f42d_4c95_7f2d);
+    for i in 0..3 {
+        let t = random_tree(&mut rng, [40, 150, 400][i]);
+        out.push((format!("random tree {i}"), build(&t, None)));
+    }
+    out
 }
 
 /// Each read of a (corrupted) image must return in bounded time; a panic fails the test.
@@ -207,8 +215,10 @@ fn read_timed(img: &[u8], what: &str, worst: &mut Duration) -> Result<(), ReadEr
 #[test]
 fn corrupted_images_never_panic() {
     let inputs = hostile_inputs();
-    assert_eq!(inputs.len(), 4);
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    assert_eq!(inputs.len(), 7);
+    // CFS_FUZZ_SCALE multiplies the number of corruptions (default 1: a brief run).
+    let scale: usize = std::env::var("CFS_FUZZ_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut rng = XorShift(std::env::var("CFS_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x9e37_79b9_7f4a_7c15) | 1);
     let (mut ok, mut err, mut worst) = (0u32, 0u32, Duration::ZERO);
     for (name, img) in &inputs {
         assert!(read_image(img).is_ok(), "{name}: the uncorrupted image must read");
@@ -222,7 +232,7 @@ fn corrupted_images_never_panic() {
             }
         }
         // Byte corruption: single bit flips anywhere, and bursts of random bytes in the metadata.
-        let rounds = if big { 150 } else { 1500 };
+        let rounds = scale * if big { 100 } else { 800 };
         for round in 0..rounds {
             let mut m = img.clone();
             let span = if round % 2 == 0 { m.len() } else { m.len().min(1 << 16) };
