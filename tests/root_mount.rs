@@ -196,7 +196,12 @@ fn user_xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
             continue;
         }
         let mut v = vec![0u8; 65536];
-        let m = rustix::fs::lgetxattr(p, OsStr::from_bytes(k), &mut v).unwrap();
+        let m = match rustix::fs::lgetxattr(p, OsStr::from_bytes(k), &mut v) {
+            Ok(m) => m,
+            // user.* xattrs of symlinks/devices are listed but not readable (xattr_permission)
+            Err(rustix::io::Errno::NODATA) if k.starts_with(b"user.") => continue,
+            Err(e) => panic!("{}: getxattr {}: {e}", p.display(), String::from_utf8_lossy(k)),
+        };
         out.insert(k.to_vec(), v[..m].to_vec());
     }
     out
@@ -215,10 +220,16 @@ fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
         let rel = tree.path_of(id);
         let p = if rel.is_empty() { mnt.to_path_buf() } else { mnt.join(OsStr::from_bytes(&rel)) };
         let c = format!("{ctx}: /{}", String::from_utf8_lossy(&rel));
-        let md = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{c}: lstat: {e}"));
         let node = tree.node(target);
         let e = &node.entry;
         let ino = &e.inode;
+        if ino.mode & S_IFMT == S_IFREG && ino.size > 0 && e.content.is_none() && e.payload.as_ref().is_none_or(|p| p.is_empty()) {
+            // A metacopy file without a redirect has no data anywhere: overlay refuses it (EIO).
+            let err = std::fs::symlink_metadata(&p).expect_err("file without object");
+            assert_eq!(err.raw_os_error(), Some(libc::EIO), "{c}: file without object");
+            continue;
+        }
+        let md = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{c}: lstat: {e}"));
         assert_eq!(md.mode(), ino.mode, "{c}: mode");
         assert_eq!(md.uid(), ino.uid + id_shift, "{c}: uid");
         assert_eq!(md.gid(), ino.gid + id_shift, "{c}: gid");
@@ -259,6 +270,7 @@ fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
         let want_x: BTreeMap<Vec<u8>, Vec<u8>> = e
             .xattrs
             .iter()
+            .filter(|x| !x.key.starts_with(b"user.") || ft.is_file() || ft.is_dir())
             .filter(|x| !x.key.starts_with(b"trusted.overlay.") && !x.key.starts_with(b"user.overlay.") && !x.key.starts_with(b"security.") && !x.key.starts_with(b"system."))
             .map(|x| (x.key.clone(), x.value.clone()))
             .collect();
