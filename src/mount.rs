@@ -94,8 +94,11 @@ pub struct Args {
     #[arg(long)]
     pub layer: Vec<PathBuf>,
     /// SOURCE and the layers are zstd:chunked TOC JSON files, built on the fly (sandboxed).
-    #[arg(long, conflicts_with = "dump")]
+    #[arg(long, conflicts_with_all = ["dump", "estargz"])]
     pub toc: bool,
+    /// SOURCE and the layers are eStargz TOCs (stargz.index.json), built on the fly (sandboxed).
+    #[arg(long, conflicts_with = "dump")]
+    pub estargz: bool,
     /// SOURCE and the layers are composefs dumpfiles, built on the fly (sandboxed).
     #[arg(long)]
     pub dump: bool,
@@ -125,6 +128,7 @@ pub struct UmountArgs {
 pub enum SourceKind {
     Image,
     Toc,
+    Estargz,
     Dump,
 }
 
@@ -365,10 +369,10 @@ struct Image {
     has_acl: bool,
 }
 
-fn open_image(path: &Path, kind: SourceKind, state_dir: &Path) -> Result<Image, MountError> {
+fn open_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<&Path>) -> Result<Image, MountError> {
     let file = match kind {
         SourceKind::Image => open_source_file(path)?,
-        SourceKind::Toc | SourceKind::Dump => build_image(path, kind, state_dir)?,
+        _ => build_image(path, kind, state_dir, objects)?,
     };
     let st = rustix::fs::fstat(&file).map_err(|e| MountError::Source { path: path.into(), reason: e.to_string() })?;
     if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
@@ -390,23 +394,34 @@ fn open_image(path: &Path, kind: SourceKind, state_dir: &Path) -> Result<Image, 
     Ok(Image { file, label: path.to_path_buf(), has_acl })
 }
 
-/// Builds an image from a TOC or dumpfile (sandboxed builder) into an unlinked file.
-fn build_image(path: &Path, kind: SourceKind, state_dir: &Path) -> Result<File, MountError> {
-    let tmpname = format!(
+/// Builds an image from a TOC or dumpfile with the sandboxed builder (`crate::mkimage`), into a
+/// file in the private state directory that is unlinked as soon as it is open: the returned fd
+/// is the only reference (and the one that gets mounted).
+fn build_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<&Path>) -> Result<File, MountError> {
+    use crate::mkimage::{BuildRequest, InputFormat, Output, Source};
+    let format = match kind {
+        SourceKind::Toc => InputFormat::Toc,
+        SourceKind::Estargz => InputFormat::Estargz,
+        SourceKind::Dump => InputFormat::Dump,
+        SourceKind::Image => unreachable!("images are not built"),
+    };
+    let err = |reason: String| MountError::Build { path: path.into(), reason };
+    // The input is opened as the caller (pinned) and handed to the builder as an fd.
+    let src = authz(crate::helper::open_source(path))?;
+    let mut req = BuildRequest::new(format);
+    req.objects = objects.map(Path::to_path_buf);
+    let out = state_dir.join(format!(
         ".build-{}-{}.img",
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-    );
-    let out = state_dir.join(tmpname);
-    let res = build_with_mkimage(path, kind == SourceKind::Toc, &out);
-    let opened = res.and_then(|()| File::open(&out).map_err(anyhow::Error::from));
+    ));
+    let res = crate::mkimage::build_image(&req, Source::Fd(src.fd), &Output::Path(out.clone()), &Default::default());
     let _ = std::fs::remove_file(&out);
-    opened.map_err(|e| MountError::Build { path: path.into(), reason: format!("{e:#}") })
-}
-
-/// The inputs helper's parent-side builder (sandboxed parse + write + validate + rename).
-fn build_with_mkimage(_src: &Path, _toc: bool, _out: &Path) -> anyhow::Result<()> {
-    anyhow::bail!("building from a TOC/dumpfile needs crate::mkimage::build_image_file, which is not available yet")
+    match res {
+        Ok((_, Some(f))) => Ok(f),
+        Ok((_, None)) => Err(err("the builder returned no image".into())),
+        Err(e) => Err(err(format!("{e:#}"))),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -569,7 +584,10 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     // 1. images (opened once, as the caller; this fd is measured and mounted)
     let mut images = Vec::with_capacity(req.sources.len());
     for s in &req.sources {
-        images.push(open_image(s, req.kind, &state_path)?);
+        // With verity requested, a TOC build records each object's fs-verity digest (the TOC
+        // only has content sha256s), reading the objects from the first basedir.
+        let objects = (req.verity != Verity::Off).then(|| req.basedirs[0].as_path());
+        images.push(open_image(s, req.kind, &state_path, objects)?);
     }
     for img in &images {
         if privileged() {
@@ -803,6 +821,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         sources,
         kind: if a.toc {
             SourceKind::Toc
+        } else if a.estargz {
+            SourceKind::Estargz
         } else if a.dump {
             SourceKind::Dump
         } else {

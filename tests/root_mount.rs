@@ -508,9 +508,13 @@ fn toc_with_objects() {
     let img = s.path("toc.img");
     write_img(&tree, &WriteOptions::default(), &img);
     let mnt = s.mkdir("mnt");
-    for force_loop in [false, true] {
+    // The image built here, and the TOC itself built on the fly by `mount --toc` (sandboxed).
+    for (source, toc, force_loop) in [(&img, false, false), (&img, false, true), (&toc_path, true, false), (&toc_path, true, true)] {
         let mut c = s.cmd();
-        c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+        c.arg("mount").arg(source).arg(&mnt).arg("--basedir").arg(&objs);
+        if toc {
+            c.arg("--toc");
+        }
         if force_loop {
             c.arg("--force-loop");
         }
@@ -524,6 +528,25 @@ fn toc_with_objects() {
         assert_eq!(std::fs::read_link(mnt.join("usr/bin/alias")).unwrap(), Path::new("tool"));
         umount(&s, &mnt);
     }
+    // The temporary image of an on-the-fly build does not stay in the state directory.
+    assert_eq!(std::fs::read_dir(s.path("state")).unwrap().count(), 0);
+    // A dumpfile built on the fly.
+    let dump = s.path("small.dump");
+    std::fs::write(&dump, SMALL).unwrap();
+    let dobjs = s.mkdir("dobjs");
+    let tree = dump_tree(SMALL);
+    write_objects(&tree, &dobjs);
+    let mut c = s.cmd();
+    c.arg("mount").arg(&dump).arg(&mnt).arg("--basedir").arg(&dobjs).arg("--dump");
+    run_ok(c);
+    check_tree(&tree, &mnt, 0, "--dump");
+    umount(&s, &mnt);
+    // A hostile TOC is refused by the builder, and nothing is mounted or left.
+    std::fs::write(&toc_path, br#"{"version":1,"entries":[{"type":"reg","name":"../../etc/passwd","size":1}]}"#).unwrap();
+    let mut c = s.cmd();
+    c.arg("mount").arg(&toc_path).arg(&mnt).arg("--basedir").arg(&objs).arg("--toc");
+    run_fail(c, "building the image failed");
+    assert_eq!(std::fs::read_dir(s.path("state")).unwrap().count(), 0);
     assert_clean(&before, s.dir.path(), "toc");
 }
 
