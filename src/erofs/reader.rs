@@ -263,6 +263,9 @@ fn entry_bytes(e: &Entry) -> u64 {
 // ---------------------------------------------------------------------------------------
 // Decoding
 
+/// (full name, value) of an xattr as stored.
+type RawXattr = (Vec<u8>, Vec<u8>);
+
 /// Where a directory's entries live: `full_blocks` whole-or-partial blocks at `blocks_off`
 /// covering `blocks_len` bytes, then an optional inline tail.
 #[derive(Debug, Clone, Copy)]
@@ -651,7 +654,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Raw (full name, value) pairs of an inode's inline and shared xattrs.
-    fn read_xattrs(&mut self, off: u64, size: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    fn read_xattrs(&self, off: u64, size: u64) -> Result<Vec<RawXattr>, String> {
         let area = self.bytes(off, size).ok_or("xattrs beyond the end of the image")?;
         let shared = u64::from(area[4]);
         let mut pos = XATTR_HEADER_SIZE + shared * 4;
@@ -680,7 +683,7 @@ impl<'a> Reader<'a> {
         nid: u64,
         inode: &mut Inode,
         entry: &mut Entry,
-        raw: Vec<(Vec<u8>, Vec<u8>)>,
+        raw: Vec<RawXattr>,
     ) -> Result<(), String> {
         let is_reg = inode.is_reg();
         for (key, value) in raw {
