@@ -28,6 +28,8 @@ const HASH_SIZE: usize = 32;
 const ARITY: usize = BLOCK_SIZE / HASH_SIZE;
 /// Bytes of data covered by one first-level tree block (128 data blocks = 512 KiB).
 const GROUP_BYTES: usize = ARITY * BLOCK_SIZE;
+/// Bytes per pread.
+const READ_BYTES: usize = 64 << 10;
 /// Unit of work handed to a thread: 4 groups = 2 MiB of file data.
 const UNIT_GROUPS: usize = 4;
 /// Below this many bytes digest_file does not start threads.
@@ -68,6 +70,25 @@ fn hash_group(data: &[u8]) -> Sha256Digest {
         slot.copy_from_slice(&hash_block(block));
     }
     Sha256::digest(level).into()
+}
+
+/// [`hash_group`] of the `len` bytes at `off` in `f`, read in `buf`-sized pieces (small enough
+/// to stay in the CPU cache between the copy and the hashing).
+fn hash_group_at(f: &File, off: u64, len: usize, buf: &mut [u8]) -> io::Result<Sha256Digest> {
+    debug_assert!(len <= GROUP_BYTES && buf.len() % BLOCK_SIZE == 0);
+    let mut level = [0u8; BLOCK_SIZE];
+    let mut slots = level.chunks_exact_mut(HASH_SIZE);
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len());
+        f.read_exact_at(&mut buf[..n], off + done as u64)?;
+        // Blocks first: zip must not pull a slot it will not fill.
+        for (block, slot) in buf[..n].chunks(BLOCK_SIZE).zip(slots.by_ref()) {
+            slot.copy_from_slice(&hash_block(block));
+        }
+        done += n;
+    }
+    Ok(Sha256::digest(level).into())
 }
 
 /// Reduces the first-level hashes (one per 128 data blocks, at least one) to the root hash.
@@ -149,7 +170,7 @@ pub fn digest_file_with(f: &File, size: u64, threads: usize) -> io::Result<Sha25
     let units = Mutex::new(level1.chunks_mut(UNIT_GROUPS).enumerate());
     let failed = AtomicBool::new(false);
     let worker = || -> io::Result<()> {
-        let mut buf = vec![0u8; GROUP_BYTES];
+        let mut buf = vec![0u8; READ_BYTES];
         loop {
             if failed.load(Ordering::Relaxed) {
                 return Ok(());
@@ -160,11 +181,13 @@ pub fn digest_file_with(f: &File, size: u64, threads: usize) -> io::Result<Sha25
             for (i, slot) in out.iter_mut().enumerate() {
                 let off = ((first_group + i) * GROUP_BYTES) as u64;
                 let len = (size - off).min(GROUP_BYTES as u64) as usize;
-                if let Err(e) = f.read_exact_at(&mut buf[..len], off) {
-                    failed.store(true, Ordering::Relaxed);
-                    return Err(e);
+                match hash_group_at(f, off, len, &mut buf) {
+                    Ok(h) => *slot = h,
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
                 }
-                *slot = hash_group(&buf[..len]);
             }
         }
     };

@@ -88,7 +88,8 @@ fn check_size(dir: &Path, size: usize) {
 #[test]
 fn digest_matches_fsverity_small_sizes() {
     let dir = scratch();
-    for size in [0, 1, 4095, 4096, 4097, 8192, 12289] {
+    // 64 KiB is the pread size of digest_file.
+    for size in [0, 1, 4095, 4096, 4097, 8192, 12289, 65535, 65536, 65537] {
         check_size(dir.path(), size);
     }
 }
