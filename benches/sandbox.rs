@@ -2,11 +2,16 @@
 //! seccomp) + exit + the parent's wait, with an empty job. `cargo bench --bench sandbox [-- N]`.
 //! Run as root to include the uid switch and capability dropping (the production path).
 use std::fs::File;
+use std::io::{Read, Seek, Write};
 use std::time::{Duration, Instant};
 
 use cfsmount::sandbox::{run_confined, SandboxConfig};
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--cs9-one") {
+        return cs9_one(args.get(i + 1).map(String::as_str) == Some("sandboxed"));
+    }
     let n: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
@@ -56,5 +61,74 @@ fn main() {
         ms(pct(0.5)),
         ms(pct(0.95)),
         ms(times[times.len() - 1]),
+    );
+
+    cs9_developer(&cfg);
+}
+
+fn cs9_json() -> Option<Vec<u8>> {
+    let dir = std::env::var_os("CFS_CONFORMANCE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"));
+    let path = dir.join("composefs-json/cs9-x86_64-developer.json.gz");
+    let gz = std::fs::read(&path).ok()?;
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut json).expect("gunzip");
+    Some(json)
+}
+
+/// One build of the cs9-x86_64-developer TOC in this (fresh) process, in-process or sandboxed;
+/// prints the milliseconds of the build alone (input already in a file, image written to a file).
+fn cs9_one(sandboxed: bool) {
+    let json = cs9_json().expect("cs9-x86_64-developer.json.gz");
+    let mut input = tempfile::tempfile().unwrap();
+    input.write_all(&json).unwrap();
+    input.rewind().unwrap();
+    drop(json);
+    let output = tempfile::tempfile().unwrap();
+    let job = |mut i: File, o: File| -> Result<(), String> {
+        let mut bytes = Vec::new();
+        i.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        let tree = cfsmount::input::toc::parse(&bytes, &Default::default()).map_err(|e| e.to_string())?;
+        let mut w = std::io::BufWriter::new(o);
+        cfsmount::erofs::writer::write_image(&tree, &Default::default(), &mut w).map_err(|e| e.to_string())?;
+        w.flush().map_err(|e| e.to_string())
+    };
+    let t = Instant::now();
+    if sandboxed {
+        run_confined(&SandboxConfig::default(), input.into(), output.into(), job).expect("sandboxed build");
+    } else {
+        job(input, output).expect("in-process build");
+    }
+    println!("{}", t.elapsed().as_secs_f64() * 1e3);
+}
+
+/// Build time of the cs9-x86_64-developer TOC (64k entries) in-process and in the sandbox, each
+/// in a fresh process as the CLI would run it, to put the overhead in proportion (target < 5 %).
+fn cs9_developer(_cfg: &SandboxConfig) {
+    if cs9_json().is_none() {
+        println!("cs9-x86_64-developer: conformance data not found (set CFS_CONFORMANCE); skipped");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let one = |mode: &str| -> f64 {
+        let out = std::process::Command::new(&exe).args(["--cs9-one", mode]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let rounds = 9;
+    let mut direct = Vec::new();
+    let mut boxed = Vec::new();
+    for _ in 0..rounds {
+        direct.push(one("direct"));
+        boxed.push(one("sandboxed"));
+    }
+    direct.sort_by(f64::total_cmp);
+    boxed.sort_by(f64::total_cmp);
+    let (d, b) = (direct[rounds / 2], boxed[rounds / 2]);
+    println!(
+        "cs9-x86_64-developer TOC, fresh process each ({rounds} rounds): in-process median {d:.1} ms, sandboxed median {b:.1} ms, difference {:.1} ms = {:.1} %",
+        b - d,
+        (b / d - 1.0) * 100.0
     );
 }
