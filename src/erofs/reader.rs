@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use thiserror::Error;
 
+use crate::erofs::format;
 use crate::tree::{self, Entry, Inode, Limits, NodeId, Tree, TreeError, Xattr, ROOT};
 
 /// EROFS block size; composefs images always use 4 KiB blocks.
@@ -363,6 +364,8 @@ struct Reader<'a> {
     version: u32,
     flags: u32,
     root_nid: u64,
+    /// The superblock enables the xattr name filter (the kernel then consults it).
+    xattr_filter: bool,
     slots: Claims,
     blocks: Claims,
     inodes: InodeTable,
@@ -430,6 +433,7 @@ impl<'a> Reader<'a> {
             version,
             flags,
             root_nid,
+            xattr_filter: le32(sb, 8) & format::FEATURE_COMPAT_XATTR_FILTER != 0,
             slots: Claims::new((len - meta_off) / SLOT_SIZE + 1),
             blocks: Claims::new(len.div_ceil(BLOCK_SIZE)),
             inodes: InodeTable::new((len - meta_off) / SLOT_SIZE + 1),
@@ -673,6 +677,19 @@ impl<'a> Reader<'a> {
             let rest = usize::try_from(eoff).ok().and_then(|o| self.d.get(o..)).unwrap_or(&[]);
             let (key, value, _) = parse_xattr_entry(rest).map_err(|r| format!("shared xattr {id}: {r}"))?;
             out.push((key, value));
+        }
+        // With the name filter feature the kernel trusts the inode's filter: a set bit
+        // means "no xattr with a name hashing here". One hiding a stored xattr would make
+        // the kernel see fewer xattrs than this reader.
+        if self.xattr_filter {
+            let filter = le32(area, 0);
+            for (key, _) in &out {
+                let (index, suffix) = format::xattr_prefix_split(key);
+                let bit = format::xxh32(suffix, format::XATTR_FILTER_SEED.wrapping_add(u32::from(index))) % 32;
+                if filter & (1 << bit) != 0 {
+                    return Err(format!("the xattr name filter hides {}", tree::show(key)));
+                }
+            }
         }
         Ok(out)
     }
@@ -1014,6 +1031,13 @@ fn parse_xattr_entry(b: &[u8]) -> Result<(Vec<u8>, Vec<u8>, u64), String> {
     if key.contains(&0) {
         return Err("NUL byte in xattr name".into());
     }
+    // The kernel finds an xattr only under the index its name prefix maps to (and shows
+    // none under index 0 or "lustre."), so any other encoding would make it see
+    // something else than this reader; the writer never produces one.
+    let (canonical, _) = format::xattr_prefix_split(&key);
+    if canonical != index {
+        return Err(format!("{} stored under name index {index}, not {canonical}", tree::show(&key)));
+    }
     Ok((key, value.to_vec(), (end as u64).div_ceil(4) * 4))
 }
 
@@ -1211,6 +1235,31 @@ mod tests {
     }
 
     #[test]
+    fn xattr_name_filter_must_not_hide_stored_xattrs() {
+        let bit = format::xxh32(b"a", format::XATTR_FILTER_SEED + 1) % 32;
+        let with_filter = |filter: u32| {
+            let mut ino = compact(0, 0o100644, 1, 0, 0);
+            ino[2..4].copy_from_slice(&3u16.to_le_bytes()); // 12-byte header + one 8-byte entry
+            let mut x = filter.to_le_bytes().to_vec();
+            x.extend_from_slice(&[0; 8]);
+            x.extend_from_slice(&[1, 1, 1, 0, b'a', b'v', 0, 0]); // user.a = "v"
+            ino.extend_from_slice(&x);
+            let mut img = image(&[(b"f", 40, 1)], &[(40, ino)]);
+            img[1024 + 8] = format::FEATURE_COMPAT_XATTR_FILTER as u8;
+            img
+        };
+        let t = read_image(&with_filter(!(1 << bit))).unwrap();
+        let f = &t.node(t.lookup(b"f").unwrap()).entry;
+        assert_eq!(f.xattrs, vec![Xattr { key: b"user.a".to_vec(), value: b"v".to_vec() }]);
+        let e = read_image(&with_filter(1 << bit)).unwrap_err().to_string();
+        assert!(e.contains("filter hides user.a"), "{e}");
+        // Without the feature the kernel ignores the filter, and so does the reader.
+        let mut img = with_filter(1 << bit);
+        img[1024 + 8] = 0;
+        assert!(read_image(&img).is_ok());
+    }
+
+    #[test]
     fn dirent_blocks() {
         let mut out = Vec::new();
         let b = dirents(&[(b".", 1, 2), (b"..", 1, 2), (b"name", 7, 1)]);
@@ -1252,6 +1301,10 @@ mod tests {
         assert!(parse_xattr_entry(&entry(0x80, b"x", b"")).is_err(), "long prefix");
         assert!(parse_xattr_entry(&entry(7, b"x", b"")).is_err(), "unknown index");
         assert!(parse_xattr_entry(&entry(1, b"a\0b", b"")).is_err(), "NUL in name");
+        // Names under another index than their prefix maps to are invisible to the kernel.
+        assert!(parse_xattr_entry(&entry(0, b"user.x", b"")).is_err(), "user. under index 0");
+        assert!(parse_xattr_entry(&entry(5, b"x", b"")).is_err(), "lustre.");
+        assert!(parse_xattr_entry(&entry(0, b"lustre.x", b"")).is_ok(), "unknown prefix under index 0");
         let e = entry(1, b"name", b"value");
         assert!(parse_xattr_entry(&e[..e.len() - 1]).is_err(), "value past the end");
     }
