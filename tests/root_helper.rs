@@ -72,6 +72,7 @@ fn env() -> &'static Env {
     ENV.get_or_init(|| {
         require_root();
         let root = PathBuf::from("/tmp/cfsmount-helper-test");
+        umount_all_under(&root);
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -139,6 +140,7 @@ fn mountpoints() -> Vec<String> {
 /// A fresh directory owned by `u` (mode 0755) under the test root.
 fn user_dir(u: &User, name: &str) -> PathBuf {
     let d = env().root.join(format!("{}-{name}", u.name));
+    umount_all_under(&d);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     std::os::unix::fs::chown(&d, Some(u.uid), Some(u.gid)).unwrap();
@@ -568,4 +570,730 @@ fn umount_of_foreign_or_unrecorded_mounts_is_refused() {
         assert_eq!(o.status.code(), Some(1), "umount {p}: {}", stderr(&o));
     }
     assert_eq!(before, mountpoints());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests that mount (they need the mount engine and the image writer)
+// ---------------------------------------------------------------------------------------------
+
+/// A composefs image built with the library (dumpfile parser + EROFS writer).
+fn build_image(dump: &str) -> Vec<u8> {
+    let opts = cfsmount::input::dump::DumpOptions { strict: false, limits: Default::default() };
+    let tree = cfsmount::input::dump::parse(dump.as_bytes(), &opts).expect("test dumpfile parses");
+    let mut out = Vec::new();
+    cfsmount::erofs::writer::write_image(&tree, &Default::default(), &mut out).expect("image writes");
+    out
+}
+
+/// Object path (as in composefs: xx/rest of the sha256 hex) for some content.
+fn object_name(content: &[u8]) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(content);
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}/{}", &hex[..2], &hex[2..])
+}
+
+struct Fixture {
+    dir: PathBuf,
+    image: PathBuf,
+    objects: PathBuf,
+    target: PathBuf,
+}
+
+/// Files for `u`: `image.cfs` from `dump_body` (lines after the root line; `{uid}`/`{gid}`
+/// are replaced), the objects in `objects/`, and an empty target `mnt/`; all owned by `u`.
+fn fixture(u: &User, name: &str, dump_body: &str, objects: &[&[u8]]) -> Fixture {
+    let dir = user_dir(u, name);
+    let objdir = dir.join("objects");
+    let target = dir.join("mnt");
+    std::fs::create_dir_all(&objdir).unwrap();
+    std::fs::create_dir_all(&target).unwrap();
+    for o in objects {
+        let p = objdir.join(object_name(o));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, o).unwrap();
+    }
+    let dump = format!("/ 4096 40755 2 {uid} {gid} 0 0.0 - - -\n{dump_body}", uid = u.uid, gid = u.gid)
+        .replace("{uid}", &u.uid.to_string())
+        .replace("{gid}", &u.gid.to_string());
+    let image = dir.join("image.cfs");
+    std::fs::write(&image, build_image(&dump)).unwrap();
+    let o = sh("chown", &["-R", &format!("{}:{}", u.uid, u.gid), dir.to_str().unwrap()]);
+    assert!(o.status.success());
+    Fixture { dir, image, objects: objdir, target }
+}
+
+fn dump_line_external(path: &str, mode: &str, uid: u32, content: &[u8]) -> String {
+    format!("/{path} {} {mode} 1 {uid} {uid} 0 0.0 {} - -\n", content.len(), object_name(content))
+}
+
+fn mount_args<'a>(fx: &'a Fixture, extra: &[&'a str]) -> Vec<String> {
+    let mut v = vec![
+        "mount".to_string(),
+        fx.image.display().to_string(),
+        fx.target.display().to_string(),
+        "--basedir".to_string(),
+        fx.objects.display().to_string(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run_as_strs(u: &User, args: &[String]) -> Output {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_as(u, &a)
+}
+
+/// The mountinfo line whose mount point is `p` (the topmost one).
+fn mount_line(p: &Path) -> Option<String> {
+    let s = p.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.split(' ').nth(4) == Some(s)).last().map(str::to_string)
+}
+
+fn loop_devices_in_use() -> usize {
+    std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
+        .filter(|e| e.path().join("loop/backing_file").exists())
+        .count()
+}
+
+/// Root cleanup: detach whatever is still mounted under `dir`.
+fn umount_all_under(dir: &Path) {
+    let s = dir.to_str().unwrap();
+    for _ in 0..8 {
+        let mps: Vec<String> = mountpoints().into_iter().filter(|m| m.starts_with(s)).collect();
+        if mps.is_empty() {
+            return;
+        }
+        for m in mps.iter().rev() {
+            let _ = sh("umount", &["-l", m]);
+        }
+    }
+}
+
+fn new_mounts(before: &[String]) -> Vec<String> {
+    let mut after = mountpoints();
+    for b in before {
+        if let Some(i) = after.iter().position(|a| a == b) {
+            after.remove(i);
+        }
+    }
+    after
+}
+
+/// Positive path: the caller mounts its own image in its own directory, reads the files, sees
+/// ro,nosuid,nodev, and unmounts; nothing (mount, loop device, record) is left behind.
+#[test]
+fn positive_path_mount_read_umount() {
+    let _g = serial();
+    let u = &env().user;
+    let hello = b"hello from an object file\n".as_slice();
+    let body = format!("{}/inline.txt 7 100644 1 {{uid}} {{gid}} 0 0.0 - inline! -\n", dump_line_external("hello.txt", "100644", u.uid, hello));
+    let fx = fixture(u, "pos", &body, &[hello]);
+    let before = mountpoints();
+    let loops = loop_devices_in_use();
+    let o = run_as_strs(u, &mount_args(&fx, &[]));
+    assert!(o.status.success(), "mount as {}: {}", u.name, stderr(&o));
+    let line = mount_line(&fx.target).expect("target is mounted");
+    let opts = line.split(' ').nth(5).unwrap().to_string();
+    for want in ["ro", "nosuid", "nodev"] {
+        assert!(opts.split(',').any(|x| x == want), "mount options {opts} lack {want}");
+    }
+    let cat = |p: &str| run_as_with(u, Path::new("/usr/bin/cat"), &[fx.target.join(p).into()], |_| {});
+    let c = cat("hello.txt");
+    assert!(c.status.success(), "{}", stderr(&c));
+    assert_eq!(c.stdout, hello);
+    assert_eq!(cat("inline.txt").stdout, b"inline!");
+    let recs: Vec<String> = std::fs::read_dir("/run/cfsmount")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|t| t.contains(&fx.target.display().to_string()))
+        .collect();
+    assert_eq!(recs.len(), 1, "one record for the mount");
+    assert!(recs[0].contains(&format!("\"uid\": {}", u.uid)), "record names the caller: {}", recs[0]);
+    let o = run_as(u, &["umount", fx.target.to_str().unwrap()]);
+    assert!(o.status.success(), "umount: {}", stderr(&o));
+    assert!(mount_line(&fx.target).is_none(), "still mounted after umount");
+    assert_eq!(before, mountpoints());
+    // Loop devices are released asynchronously after the lazy unmount.
+    for _ in 0..100 {
+        if loop_devices_in_use() <= loops {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(loop_devices_in_use() <= loops, "loop device leaked");
+    umount_all_under(&fx.dir);
+}
+
+/// Case 4: a setuid-root binary in the image does not gain privileges (nosuid); an image with
+/// a device node is refused outright.
+#[test]
+fn setuid_files_gain_nothing_and_device_nodes_are_refused() {
+    let _g = serial();
+    let u = &env().user;
+    let id_bin = std::fs::read("/usr/bin/id").unwrap();
+    let body = dump_line_external("suid-id", "104755", 0, &id_bin);
+    let fx = fixture(u, "suid", &body, &[&id_bin]);
+    let o = run_as_strs(u, &mount_args(&fx, &[]));
+    assert!(o.status.success(), "mount: {}", stderr(&o));
+    let exe = fx.target.join("suid-id");
+    let st = std::fs::metadata(&exe).unwrap();
+    assert_eq!(st.mode() & 0o4000, 0o4000, "the image does carry a setuid-root file");
+    assert_eq!(st.uid(), 0);
+    let r = run_as_with(u, &exe, &["-u".into()], |_| {});
+    umount_all_under(&fx.dir);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), u.uid.to_string(), "setuid bit took effect through the mount");
+
+    let body = "/sda 0 60660 1 {uid} {gid} 2048 0.0 - - -\n/null 0 20666 1 {uid} {gid} 259 0.0 - - -\n";
+    let fx = fixture(u, "dev", body, &[]);
+    let before = mountpoints();
+    let o = run_as_strs(u, &mount_args(&fx, &[]));
+    assert_refused(&o, "device node");
+    assert_eq!(before, mountpoints());
+}
+
+/// Case 2: targets the caller may not mount on.
+#[test]
+fn foreign_sticky_special_and_symlink_targets_are_refused() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let hello = b"x".as_slice();
+    let fx = fixture(u, "tgt", &dump_line_external("x", "100644", u.uid, hello), &[hello]);
+    let before = mountpoints();
+    let with_target = |t: &Path| {
+        let mut a = mount_args(&fx, &[]);
+        a[2] = t.display().to_string();
+        run_as_strs(u, &a)
+    };
+    // Owned by another user (0755).
+    let foreign = user_dir(&e.other, "tgt-foreign");
+    assert_refused(&with_target(&foreign), "not writable by the caller");
+    // Owned by another user but world-writable, inside a sticky directory.
+    let sticky = e.root.join("sticky");
+    let _ = std::fs::remove_dir_all(&sticky);
+    std::fs::create_dir(&sticky).unwrap();
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let inner = sticky.join("other");
+    std::fs::create_dir(&inner).unwrap();
+    std::os::unix::fs::chown(&inner, Some(e.other.uid), Some(e.other.gid)).unwrap();
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert_refused(&with_target(&inner), "inside a sticky directory");
+    // A symlink to the caller's own directory is refused, not followed.
+    let link = fx.dir.join("link");
+    std::os::unix::fs::symlink(&fx.target, &link).unwrap();
+    assert_refused(&with_target(&link), "cannot open as the calling user");
+    // procfs: a directory the caller owns there (its own process's fdinfo).
+    let mut sleeper = Command::new("/usr/bin/setpriv")
+        .arg(format!("--reuid={}", u.uid))
+        .arg(format!("--regid={}", u.gid))
+        .arg("--init-groups")
+        .args(["--", "/usr/bin/sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let procdir = PathBuf::from(format!("/proc/{}/fdinfo", sleeper.id()));
+    let o = with_target(&procdir);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_refused(&o, "filesystem type");
+    // sysfs / root-owned system directories.
+    assert_refused(&with_target(Path::new("/sys/kernel")), "target");
+    assert_refused(&with_target(Path::new("/etc")), "target");
+    assert_eq!(before, mountpoints());
+}
+
+/// Case 3: option and path injection in both command forms.
+#[test]
+fn option_and_path_injection_is_refused() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let hello = b"y".as_slice();
+    let fx = fixture(u, "opt", &dump_line_external("y", "100644", u.uid, hello), &[hello]);
+    let helper = e.root.join("mount.composefs");
+    let _ = std::fs::remove_file(&helper);
+    std::os::unix::fs::symlink(&e.bin, &helper).unwrap();
+    let before = mountpoints();
+    let img = fx.image.to_str().unwrap();
+    let tgt = fx.target.to_str().unwrap();
+    let obj = fx.objects.to_str().unwrap();
+    let long = "a".repeat(5000);
+    let cases: Vec<(String, &str)> = vec![
+        (format!("basedir={obj},suid"), "\"suid\" is not allowed"),
+        (format!("basedir={obj},dev"), "\"dev\" is not allowed"),
+        (format!("basedir={obj},exec"), "\"exec\" is not allowed"),
+        (format!("basedir={obj},foo=bar"), "unknown option \"foo\""),
+        (format!("basedir={obj},,ro"), "empty option"),
+        (format!("basedir={obj},-ro"), "starts with '-'"),
+        (format!("basedir={obj}\\,upperdir=/etc"), "contains ','"),
+        (format!("basedir={obj},x-{long}"), "longer than 4096"),
+        (format!("basedir={obj}\n,ro"), "control character"),
+        (format!("basedir={obj},upperdir=/tmp/a,b"), "unknown option \"b\""),
+    ];
+    for (opts, needle) in cases {
+        let o = run_as_with(u, &helper, &[img.into(), tgt.into(), "-o".into(), opts.clone().into()], |_| {});
+        assert_refused(&o, needle);
+    }
+    // CLI form: paths with separators or a leading '-'.
+    let odd = fx.dir.join("a,b");
+    std::fs::create_dir_all(&odd).unwrap();
+    std::os::unix::fs::chown(&odd, Some(u.uid), Some(u.gid)).unwrap();
+    let o = run_as(u, &["mount", img, odd.to_str().unwrap(), "--basedir", obj]);
+    assert_refused(&o, "contains ','");
+    let o = run_as(u, &["mount", img, tgt, "--basedir", &format!("{obj}/../objects\\x")]);
+    assert_refused(&o, "contains '\\'");
+    let o = run_as(u, &["mount", "--basedir", obj, "--", "-image", tgt]);
+    assert_refused(&o, "starts with '-'");
+    let o = run_as(u, &["mount", img, tgt, "--basedir", obj, "--allow-suid"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("root"), "{}", stderr(&o));
+    assert_eq!(before, mountpoints());
+}
+
+/// Case 7: sources the caller cannot read; an image changed after validation cannot change
+/// what is mounted (the helper mounts its own sealed copy).
+#[test]
+fn unreadable_and_modified_images() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let a = b"original content\n".as_slice();
+    let fx = fixture(u, "img7", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let before = mountpoints();
+    // Root-only image.
+    let secret = e.root.join("root-only.cfs");
+    std::fs::copy(&fx.image, &secret).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut args = mount_args(&fx, &[]);
+    args[1] = secret.display().to_string();
+    assert_refused(&run_as_strs(u, &args), "cannot open as the calling user");
+    // Object directory owned by someone else.
+    let foreign_objs = user_dir(&e.other, "objs");
+    let mut args = mount_args(&fx, &[]);
+    args[4] = foreign_objs.display().to_string();
+    assert_refused(&run_as_strs(u, &args), "not by the caller");
+    // Not an image.
+    let mut args = mount_args(&fx, &[]);
+    args[1] = "/etc/passwd".into();
+    assert_eq!(run_as_strs(u, &args).status.code(), Some(1));
+    assert_eq!(before, mountpoints());
+    // Modified after the mount: what is mounted stays the validated copy.
+    let o = run_as_strs(u, &mount_args(&fx, &[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let other = b"evil replaced content\n".as_slice();
+    let evil = fixture(u, "img7-evil", &dump_line_external("f", "100644", u.uid, other), &[other]);
+    std::fs::write(&fx.image, std::fs::read(&evil.image).unwrap()).unwrap();
+    let c = run_as_with(u, Path::new("/usr/bin/cat"), &[fx.target.join("f").into()], |_| {});
+    umount_all_under(&fx.dir);
+    assert_eq!(c.stdout, a, "mounted content changed with the caller's file");
+}
+
+/// Case 10: someone else's mount cannot be unmounted; two racing unmounts of one's own mount
+/// unmount it exactly once and nothing else.
+#[test]
+fn umount_other_users_mount_and_racing_unmounts() {
+    let _g = serial();
+    let e = env();
+    let (u, o2) = (&e.user, &e.other);
+    let a = b"theirs".as_slice();
+    let theirs = fixture(o2, "um-theirs", &dump_line_external("t", "100644", o2.uid, a), &[a]);
+    let o = run_as_strs(o2, &mount_args(&theirs, &[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = run_as(u, &["umount", theirs.target.to_str().unwrap()]);
+    let still = mount_line(&theirs.target).is_some();
+    assert!(still, "another user's mount was removed");
+    assert_refused(&r, "not for the caller");
+    let ok = run_as(o2, &["umount", theirs.target.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    // Racing unmounts.
+    let mine = fixture(u, "um-mine", &dump_line_external("t", "100644", u.uid, a), &[a]);
+    let before = mountpoints();
+    let o = run_as_strs(u, &mount_args(&mine, &[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = mine.target.to_str().unwrap().to_string();
+    let spawn = || {
+        Command::new("/usr/bin/setpriv")
+            .arg(format!("--reuid={}", u.uid))
+            .arg(format!("--regid={}", u.gid))
+            .arg("--init-groups")
+            .arg("--")
+            .arg(&e.bin)
+            .args(["umount", &t])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (c1, c2) = (spawn(), spawn());
+    let (r1, r2) = (c1.wait_with_output().unwrap(), c2.wait_with_output().unwrap());
+    let oks = [&r1, &r2].iter().filter(|r| r.status.success()).count();
+    assert!(oks >= 1, "neither unmount succeeded: {} / {}", stderr(&r1), stderr(&r2));
+    for r in [&r1, &r2] {
+        assert!(r.status.code().is_some(), "killed by a signal");
+    }
+    assert!(mount_line(&mine.target).is_none());
+    assert_eq!(before, mountpoints(), "racing unmounts removed something else");
+    umount_all_under(&mine.dir);
+    umount_all_under(&theirs.dir);
+}
+
+/// Case 11: per-user mount limit and loop-device limit from the policy.
+#[test]
+fn per_user_limits() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    // Mounts left behind by earlier failed tests would count against the limit.
+    umount_all_under(&e.root);
+    let guard = PolicyGuard::new();
+    let mut v = default_policy();
+    v["user_limits"] = serde_json::json!({ u.name.clone(): { "max_mounts": 2 } });
+    guard.write(&v.to_string(), 0o644, 0);
+    let a = b"lim".as_slice();
+    let fxs: Vec<Fixture> = (0..3).map(|i| fixture(u, &format!("lim{i}"), &dump_line_external("l", "100644", u.uid, a), &[a])).collect();
+    for fx in &fxs[..2] {
+        let o = run_as_strs(u, &mount_args(fx, &[]));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let before = mountpoints();
+    let o = run_as_strs(u, &mount_args(&fxs[2], &[]));
+    assert_refused(&o, "per-user limit exceeded: mounts");
+    assert_eq!(before, mountpoints());
+    // Another user is not affected by cfstest's limit.
+    let b = fixture(&e.other, "lim-other", &dump_line_external("l", "100644", e.other.uid, a), &[a]);
+    let o = run_as_strs(&e.other, &mount_args(&b, &[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    umount_all_under(&b.dir);
+    // Loop devices: none allowed.
+    for fx in &fxs[..2] {
+        let _ = run_as(u, &["umount", fx.target.to_str().unwrap()]);
+    }
+    v["user_limits"] = serde_json::json!({ u.name.clone(): { "max_loop_devices": 0 } });
+    guard.write(&v.to_string(), 0o644, 0);
+    let o = run_as_strs(u, &mount_args(&fxs[2], &["--force-loop"]));
+    assert_refused(&o, "per-user limit exceeded: loop devices");
+    for fx in &fxs {
+        umount_all_under(&fx.dir);
+    }
+    drop(guard);
+}
+
+/// A process of `u` (via setpriv) running `args`; killed on drop.
+struct Proc(std::process::Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+fn spawn_as(u: &User, args: &[&str]) -> Proc {
+    let c = Command::new("/usr/bin/setpriv")
+        .arg(format!("--reuid={}", u.uid))
+        .arg(format!("--regid={}", u.gid))
+        .arg("--init-groups")
+        .arg("--")
+        .args(args)
+        .spawn()
+        .unwrap();
+    let p = Proc(c);
+    // Wait until the process has exec'd its final program (unshare then execs sleep).
+    for _ in 0..200 {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", p.0.id())).unwrap_or_default();
+        if exe.ends_with("sleep") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    p
+}
+
+/// Case 6: idmap user namespaces: the initial one, a non-userns, another user's, one mapping
+/// ids outside the caller's subordinate ranges; --uidmap specs likewise. The caller's own
+/// namespace and its subuid range work.
+#[test]
+fn idmap_namespaces_are_checked() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let a = b"idm".as_slice();
+    let fx = fixture(u, "idmap", &dump_line_external("f", "100644", 0, a), &[a]);
+    let before = mountpoints();
+    let with_idmap = |p: &str| run_as_strs(u, &mount_args(&fx, &["--idmap", p]));
+    // Its own process in the initial namespace.
+    let plain = spawn_as(u, &["/usr/bin/sleep", "30"]);
+    assert_refused(&with_idmap(&format!("/proc/{}/ns/user", plain.0.id())), "is the initial user namespace");
+    assert_refused(&with_idmap(&format!("/proc/{}/ns/mnt", plain.0.id())), "not a user namespace");
+    assert_refused(&with_idmap("/etc/passwd"), "not a namespace file");
+    // Another user's namespace: not even openable by the caller ...
+    let theirs = spawn_as(&e.other, &["/usr/bin/unshare", "--user", "--map-root-user", "/usr/bin/sleep", "30"]);
+    let theirs_ns = format!("/proc/{}/ns/user", theirs.0.id());
+    assert_refused(&with_idmap(&theirs_ns), "cannot open as the calling user");
+    // ... and when root hands it out through a readable bind mount, the owner check refuses it.
+    let nsfile = e.root.join("theirs-ns");
+    std::fs::write(&nsfile, b"").unwrap();
+    std::fs::set_permissions(&nsfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(sh("mount", &["--bind", &theirs_ns, nsfile.to_str().unwrap()]).status.success());
+    let o = with_idmap(nsfile.to_str().unwrap());
+    let _ = sh("umount", &[nsfile.to_str().unwrap()]);
+    assert_refused(&o, &format!("owned by uid {}", e.other.uid));
+    // The caller's own namespace, but root wrote a map giving it uid 0 of the host.
+    let own = spawn_as(u, &["/usr/bin/unshare", "--user", "/usr/bin/sleep", "30"]);
+    let pid = own.0.id();
+    std::fs::write(format!("/proc/{pid}/uid_map"), "0 0 1\n").unwrap();
+    std::fs::write(format!("/proc/{pid}/setgroups"), "deny").unwrap();
+    std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {} 1\n", u.gid)).unwrap();
+    assert_refused(&with_idmap(&format!("/proc/{pid}/ns/user")), "neither the caller's own id");
+    // Specs.
+    let o = run_as_strs(u, &mount_args(&fx, &["--uidmap", "0:0:1", "--gidmap", &format!("0:{}:1", u.gid)]));
+    assert_refused(&o, "neither the caller's own id");
+    let o = run_as_strs(u, &mount_args(&fx, &["--uidmap", "0:400000:65537", "--gidmap", "0:400000:65536"]));
+    assert_refused(&o, "neither the caller's own id");
+    assert_eq!(before, mountpoints());
+    // Allowed: the caller's own root-mapped namespace, and its subuid range.
+    let mine = spawn_as(u, &["/usr/bin/unshare", "--user", "--map-root-user", "/usr/bin/sleep", "30"]);
+    let o = with_idmap(&format!("/proc/{}/ns/user", mine.0.id()));
+    assert!(o.status.success(), "own userns: {}", stderr(&o));
+    let st = std::fs::metadata(fx.target.join("f")).unwrap();
+    assert_eq!(st.uid(), u.uid, "on-disk uid 0 shows as the caller through its own map");
+    assert!(run_as(u, &["umount", fx.target.to_str().unwrap()]).status.success());
+    let o = run_as_strs(u, &mount_args(&fx, &["--uidmap", "0:400000:65536", "--gidmap", "0:400000:65536"]));
+    assert!(o.status.success(), "subuid map: {}", stderr(&o));
+    assert_eq!(std::fs::metadata(fx.target.join("f")).unwrap().uid(), 400000);
+    assert!(run_as(u, &["umount", fx.target.to_str().unwrap()]).status.success());
+    umount_all_under(&fx.dir);
+}
+
+/// Case 5: overlay xattrs smuggled in a TOC/dumpfile are escaped by the image writer and stay
+/// inert: a `trusted.overlay.redirect` aiming at /etc/shadow does not redirect anything; an image
+/// whose payload contains `..` is refused.
+#[test]
+fn overlay_xattrs_in_input_are_inert() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let a = b"innocent object\n".as_slice();
+    // Inline file with hostile xattrs (dumpfile escapes: \x2f is '/').
+    let body = format!(
+        "{}/inl 6 100644 1 {{uid}} {{gid}} 0 0.0 - inline - trusted.overlay.redirect=/etc/shadow trusted.overlay.metacopy= user.overlay.redirect=/etc/shadow\n",
+        dump_line_external("ext", "100644", u.uid, a)
+    );
+    let fx = fixture(u, "xattr", &body, &[a]);
+    let img = std::fs::read(&fx.image).unwrap();
+    // The writer escaped them: the raw image holds the escaped name for the hostile xattr.
+    assert!(find(&img, b"overlay.overlay.redirect") || find(&img, b"overlay.redirect"), "xattr present");
+    let o = run_as_strs(u, &mount_args(&fx, &[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = run_as_with(u, Path::new("/usr/bin/cat"), &[fx.target.join("inl").into()], |_| {});
+    let ext = run_as_with(u, Path::new("/usr/bin/cat"), &[fx.target.join("ext").into()], |_| {});
+    // As root, the smuggled xattr is visible as plain data (i.e. it was not consumed by overlayfs).
+    let g = Command::new("/usr/bin/python3")
+        .args(["-c", "import os, sys; sys.stdout.buffer.write(os.getxattr(sys.argv[1], 'trusted.overlay.redirect'))"])
+        .arg(fx.target.join("inl"))
+        .output()
+        .unwrap();
+    umount_all_under(&fx.dir);
+    assert_eq!(c.stdout, b"inline", "hostile redirect changed the file's content");
+    assert_eq!(ext.stdout, a);
+    assert_eq!(String::from_utf8_lossy(&g.stdout), "/etc/shadow", "escaped xattr should read back verbatim: {}", stderr(&g));
+    // A payload with '..' components.
+    let body = format!("/dotdot {} 100644 1 {{uid}} {{gid}} 0 0.0 ../../etc/shadow - -\n", a.len());
+    let opts = cfsmount::input::dump::DumpOptions { strict: false, limits: Default::default() };
+    let dump = format!("/ 4096 40755 2 0 0 0 0.0 - - -\n{}", body.replace("{uid}", "0").replace("{gid}", "0"));
+    if let Ok(tree) = cfsmount::input::dump::parse(dump.as_bytes(), &opts) {
+        let mut out = Vec::new();
+        if cfsmount::erofs::writer::write_image(&tree, &Default::default(), &mut out).is_ok() {
+            let fx2 = fixture(u, "dotdot", "", &[]);
+            std::fs::write(&fx2.image, &out).unwrap();
+            let before = mountpoints();
+            let o = run_as_strs(u, &mount_args(&fx2, &[]));
+            assert_refused(&o, "'..'");
+            assert_eq!(before, mountpoints());
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Case 1: the target is swapped (renameat2 RENAME_EXCHANGE loop between the caller's directory
+/// and a symlink to a root-owned directory) while mounts run: the mount lands on the pinned,
+/// caller-owned directory or is refused, never on the symlink's target.
+#[test]
+fn target_swap_race_never_mounts_elsewhere() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let a = b"race".as_slice();
+    let fx = fixture(u, "race", &dump_line_external("r", "100644", u.uid, a), &[a]);
+    let victim = e.root.join("victim");
+    let _ = std::fs::remove_dir_all(&victim);
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let link = fx.dir.join("swap");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let _ = sh("chown", &["-h", &format!("{}:{}", u.uid, u.gid), link.to_str().unwrap()]);
+    let script = e.root.join("swap.py");
+    std::fs::write(
+        &script,
+        "import ctypes, os, sys, time\nlibc = ctypes.CDLL(None, use_errno=True)\nd = sys.argv[1]\nend = time.time() + float(sys.argv[2])\nn = 0\nwhile time.time() < end:\n    libc.renameat2(-100, (d + '/mnt').encode(), -100, (d + '/swap').encode(), 2)\n    n += 1\nprint(n)\n",
+    )
+    .unwrap();
+    let swapper = Command::new("/usr/bin/setpriv")
+        .arg(format!("--reuid={}", u.uid))
+        .arg(format!("--regid={}", u.gid))
+        .arg("--init-groups")
+        .arg("--")
+        .arg("/usr/bin/python3")
+        .arg(&script)
+        .arg(&fx.dir)
+        .arg("6")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut mounted, mut refused) = (0, 0);
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        let o = run_as_strs(u, &mount_args(&fx, &[]));
+        assert!(o.status.code() == Some(0) || o.status.code() == Some(1), "crash: {:?} {}", o.status, stderr(&o));
+        if o.status.success() {
+            mounted += 1;
+        } else {
+            refused += 1;
+        }
+        assert!(mount_line(&victim).is_none(), "the root-owned victim directory got mounted on");
+        umount_all_under(&fx.dir);
+    }
+    let out = swapper.wait_with_output().unwrap();
+    let swaps: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    assert!(mount_line(&victim).is_none());
+    eprintln!("swap race: {swaps} exchanges, {mounted} mounts on the pinned dir, {refused} refused");
+    assert!(swaps > 1000, "the swapper did not run");
+    assert!(refused > 0, "no attempt ever saw the symlink (race not exercised)");
+    umount_all_under(&fx.dir);
+}
+
+/// Rootless-runtime flow: the caller, inside its own user+mount namespace, receives the
+/// detached mount fd over a unix socket (--fd-out) and attaches it there.
+#[test]
+fn fd_out_into_callers_own_namespaces() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let a = b"via a detached mount fd\n".as_slice();
+    let fx = fixture(u, "fdout", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let sock = fx.dir.join("sock");
+    let script = e.root.join("recv.py");
+    std::fs::write(&script, RECEIVER).unwrap();
+    let before = mountpoints();
+    let mut recv = Command::new("/usr/bin/setpriv")
+        .arg(format!("--reuid={}", u.uid))
+        .arg(format!("--regid={}", u.gid))
+        .arg("--init-groups")
+        .args(["--", "/usr/bin/unshare", "--user", "--map-root-user", "--mount", "/usr/bin/python3"])
+        .arg(&script)
+        .arg(&sock)
+        .arg(&fx.target)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let o = run_as(u, &["mount", fx.image.to_str().unwrap(), "--basedir", fx.objects.to_str().unwrap(), "--fd-out", sock.to_str().unwrap()]);
+    if !o.status.success() {
+        let _ = recv.kill();
+    }
+    let r = recv.wait_with_output().unwrap();
+    assert!(o.status.success(), "mount --fd-out: {}", stderr(&o));
+    assert!(r.status.success(), "receiver: {}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(r.stdout, a, "content read in the caller's namespace");
+    // Nothing appeared in the initial mount namespace.
+    assert_eq!(before, mountpoints());
+}
+
+const RECEIVER: &str = r#"
+import ctypes, os, socket, sys, array
+libc = ctypes.CDLL(None, use_errno=True)
+sock_path, target = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sock_path)
+s.listen(1)
+s.settimeout(30)
+c, _ = s.accept()
+fds = array.array('i')
+msg, anc, flags, addr = c.recvmsg(16, socket.CMSG_LEN(4 * fds.itemsize))
+for level, typ, data in anc:
+    if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+        fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
+if not fds:
+    sys.exit("no fd received")
+# move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)
+r = libc.syscall(429, fds[0], b"", -100, target.encode(), 4)
+if r != 0:
+    sys.exit("move_mount failed: errno %d" % ctypes.get_errno())
+sys.stdout.write(open(os.path.join(target, "f")).read())
+"#;
+
+fn state_files() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/run/cfsmount")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Case 8 during a real mount: fds 0/1 closed and RLIMIT_FSIZE 0 — the mount works (fds repaired,
+/// limit lifted) or is refused cleanly, with no half-written record and nothing mounted.
+#[test]
+fn mount_with_closed_fds_and_zero_fsize() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let a = b"fds".as_slice();
+    let fx = fixture(u, "fdsmount", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let args = mount_args(&fx, &[]);
+    let cmd = format!(
+        "exec /usr/bin/setpriv --reuid={} --regid={} --init-groups -- {} {} <&- >&-",
+        u.uid,
+        u.gid,
+        e.bin.display(),
+        args.join(" ")
+    );
+    let o = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
+    assert!(o.status.success(), "mount with fds 0/1 closed: {}", stderr(&o));
+    let c = run_as_with(u, Path::new("/usr/bin/cat"), &[fx.target.join("f").into()], |_| {});
+    assert_eq!(c.stdout, a);
+    assert!(run_as(u, &["umount", fx.target.to_str().unwrap()]).status.success());
+    let before = mountpoints();
+    let records = state_files();
+    let o = Command::new("prlimit")
+        .args(["--fsize=0:0", "--", "/usr/bin/setpriv"])
+        .arg(format!("--reuid={}", u.uid))
+        .arg(format!("--regid={}", u.gid))
+        .arg("--init-groups")
+        .arg("--")
+        .arg(&e.bin)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(o.status.code().is_some(), "killed by a signal (SIGXFSZ?): {:?}", o.status);
+    if o.status.success() {
+        assert!(mount_line(&fx.target).is_some());
+        assert!(run_as(u, &["umount", fx.target.to_str().unwrap()]).status.success());
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert_eq!(before, mountpoints(), "refused but something was mounted");
+    }
+    assert_eq!(records, state_files(), "records or temp files left behind");
+    umount_all_under(&fx.dir);
 }

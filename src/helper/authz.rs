@@ -356,9 +356,7 @@ pub fn open_target(path: &Path) -> Result<OwnedFd, HelperError> {
     let st = fstat_as("target", path, fd.as_fd())?;
     let sticky = |m: u32| m & 0o1000 != 0;
     if st.st_uid != c.uid {
-        let writable = as_caller(|| {
-            rustix::fs::accessat(&fd, "", rustix::fs::Access::WRITE_OK, rustix::fs::AtFlags::EACCESS | rustix::fs::AtFlags::EMPTY_PATH)
-        })?;
+        let writable = as_caller(|| sys::may_write_fd(fd.as_fd()))?;
         if writable.is_err() {
             return Err(refuse(format!("owned by uid {} and not writable by the caller (uid {})", st.st_uid, c.uid)));
         }

@@ -85,8 +85,8 @@ const NSIO: libc::c_ulong = 0xb7;
 const NS_GET_USERNS: libc::c_ulong = NSIO << 8 | 0x1; // _IO(0xb7, 0x1)
 const NS_GET_PARENT: libc::c_ulong = NSIO << 8 | 0x2; // _IO(0xb7, 0x2)
 const NS_GET_NSTYPE: libc::c_ulong = NSIO << 8 | 0x3; // _IO(0xb7, 0x3)
-// _IOR(0xb7, 0x4, uid_t): dir=2 (read) << 30 | size 4 << 16 | type << 8 | nr.
-const NS_GET_OWNER_UID: libc::c_ulong = (2 << 30) | (4 << 16) | (NSIO << 8) | 0x4;
+// _IO(0xb7, 0x4) (it does write a uid_t through the argument, but is declared without a size).
+const NS_GET_OWNER_UID: libc::c_ulong = NSIO << 8 | 0x4;
 
 /// `ioctl(fd, NS_GET_NSTYPE)`: the CLONE_NEW* type of a namespace fd (ENOTTY if not a ns fd).
 pub fn ns_get_nstype(fd: BorrowedFd<'_>) -> io::Result<i32> {
@@ -316,6 +316,26 @@ pub fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: u64) ->
             libc::AT_EMPTY_PATH,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+/// `faccessat2(fd, "", W_OK, AT_EACCESS | AT_EMPTY_PATH)`: may the current fsuid/fsgid (and
+/// groups) write to the inode behind `fd` (which may be an O_PATH fd)? Raw syscall, because
+/// libc wrappers may refuse AT_EMPTY_PATH without asking the kernel.
+pub fn may_write_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: the path is an empty NUL-terminated literal; the fd is borrowed; plain ints otherwise.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::W_OK,
+            libc::AT_EACCESS | libc::AT_EMPTY_PATH,
         )
     };
     if r < 0 {
