@@ -563,3 +563,54 @@ fn random_trees_round_trip_through_the_reader() {
     eprintln!("{done} random trees round-tripped, {refused} refused by the writer");
     assert!(done * 6 >= rounds * 5, "only {done} of {rounds} random trees were written ({refused} refused)");
 }
+
+// ---------------------------------------------------------------------------------------
+// The command line
+
+#[test]
+fn inspect_command_prints_the_dump() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let case = cases().into_iter().find(|c| c.name == "special_v1.dump").expect("special_v1.dump case");
+    let tree = parse(&case.input, &DumpOptions { strict: true, limits: Limits::default() }).expect("parse");
+    let img = build(&tree, Some(1));
+    let want = dump_of(&read_image(&img).expect("read_image"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("special_v1.img");
+    std::fs::write(&path, &img).expect("write image");
+    let exe = env!("CARGO_BIN_EXE_cfsmount");
+
+    let out = Command::new(exe).arg("inspect").arg(&path).output().expect("run cfsmount inspect");
+    assert!(out.status.success(), "inspect FILE failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == want, "inspect FILE printed another dump");
+
+    // IMAGE `-` reads standard input.
+    let mut child = Command::new(exe)
+        .args(["inspect", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cfsmount inspect -");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = {
+        let img = img.clone();
+        std::thread::spawn(move || stdin.write_all(&img))
+    };
+    let out = child.wait_with_output().expect("wait");
+    feeder.join().expect("stdin thread").expect("writing stdin");
+    assert!(out.status.success(), "inspect - failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == want, "inspect - printed another dump");
+
+    // A corrupted image: non-zero exit, one line naming the problem, nothing on stdout.
+    let mut bad = img.clone();
+    bad[1024] ^= 0xff; // EROFS magic
+    let bad_path = dir.path().join("bad.img");
+    std::fs::write(&bad_path, &bad).expect("write bad image");
+    let out = Command::new(exe).arg("inspect").arg(&bad_path).output().expect("run cfsmount inspect");
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "partial output on failure");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("EROFS magic") && err.contains("bad.img"), "{err}");
+}
