@@ -203,39 +203,47 @@ impl Ino<'_> {
     }
 }
 
-/// Per-inode xattr working set with the reference's budget accounting.
+/// Per-inode xattr working set. The overlay xattrs the writer adds are checked
+/// against [`XATTR_BUDGET`] the way the reference checks them: its writer works on
+/// a copy of the tree whose budget counter starts at zero (the input's own xattrs
+/// were checked by the input parser), and the counter uses wrapping (size_t)
+/// arithmetic when a replaced input xattr is subtracted.
 struct XSet<'a> {
     v: Vec<X<'a>>,
-    used: usize,
+    used: u64,
 }
 
 impl<'a> XSet<'a> {
     fn find(&self, key: &Cat<'a>) -> Option<usize> {
         self.v.iter().position(|x| x.key == *key)
     }
-    fn set(&mut self, key: Cat<'a>, value: Cat<'a>, existing: Option<usize>) -> Result<(), String> {
+    /// Load an input xattr (replacing an earlier one of the same name), unaccounted.
+    fn load(&mut self, key: Cat<'a>, value: Cat<'a>, existing: Option<usize>) {
         if let Some(i) = existing {
+            self.v.swap_remove(i);
+        }
+        self.v.push(X { key, value, shared: INLINE });
+    }
+    /// Add or replace an xattr with the budget check.
+    fn set_find(&mut self, key: Cat<'a>, value: Cat<'a>) -> Result<(), String> {
+        if let Some(i) = self.find(&key) {
             let old = self.v.swap_remove(i);
             if self.v.is_empty() {
                 self.used = 0;
             } else {
-                self.used = self.used.saturating_sub(7 + key.len() + old.value.len());
+                self.used = self.used.wrapping_sub((7 + key.len() + old.value.len()) as u64);
             }
         }
-        let mut cost = 7 + key.len() + value.len();
+        let mut cost = (7 + key.len() + value.len()) as u64;
         if self.v.is_empty() {
             cost += 12;
         }
-        if self.used + cost > XATTR_BUDGET {
+        if self.used.wrapping_add(cost) > XATTR_BUDGET as u64 {
             return Err(format!("xattrs exceed the per-inode budget of {XATTR_BUDGET} bytes"));
         }
-        self.used += cost;
+        self.used = self.used.wrapping_add(cost);
         self.v.push(X { key, value, shared: INLINE });
         Ok(())
-    }
-    fn set_find(&mut self, key: Cat<'a>, value: Cat<'a>) -> Result<(), String> {
-        let e = self.find(&key);
-        self.set(key, value, e)
     }
 }
 
@@ -457,6 +465,7 @@ impl<'a> Builder<'a> {
                     }
                 }
                 if node == ROOT {
+                    // Stubs are marked with Ino(STUB - 1 - k) until they get an inode.
                     for (k, name) in STUB_NAMES.iter().enumerate() {
                         if tree.child(ROOT, name).is_none() {
                             scratch.push((Dirent { name, target: Target::Ino(STUB - 1 - k as u32) }, true));
@@ -480,7 +489,12 @@ impl<'a> Builder<'a> {
                         };
                         d.target = Target::Ino(idx);
                     } else if let Target::Tree(c) = d.target {
-                        d.target = Target::Tree(tree.resolve(c));
+                        let t = tree.resolve(c);
+                        let tn = tree.nodes.get(t as usize);
+                        if tn.is_none_or(|tn| tn.link_to.is_some() || tn.entry.inode.is_dir()) {
+                            return Err(self.node_err(c, "hard link to a directory, to a link or to nothing"));
+                        }
+                        d.target = Target::Tree(t);
                     }
                     self.dirents.push(d);
                 }
@@ -558,7 +572,7 @@ impl<'a> Builder<'a> {
             // Whiteout stubs inherit the root's SELinux label.
             let root = &tree.node(ROOT).entry;
             if let Some(x) = root.xattrs.iter().rev().find(|x| x.key == SELINUX) {
-                xs.set(Cat::one(SELINUX), Cat::one(&x.value), None).map_err(err)?;
+                xs.set_find(Cat::one(SELINUX), Cat::one(&x.value)).map_err(err)?;
             }
         } else {
             let e = &tree.node(node).entry;
@@ -582,7 +596,7 @@ impl<'a> Builder<'a> {
                         }
                     }
                 }
-                xs.set(Cat::one(&x.key), Cat::one(&x.value), existing).map_err(err)?;
+                xs.load(Cat::one(&x.key), Cat::one(&x.value), existing);
                 if use_index {
                     key_index.insert(&x.key, xs.v.len() - 1);
                 }
