@@ -429,8 +429,8 @@ mod hooks {
 /// would kill the child and fail the case.
 mod conformance {
     use super::*;
-    use cfsmount::erofs::writer::{write_image, WriteOptions};
-    use cfsmount::input::{dump, toc};
+    use cfsmount::erofs::writer::WriteOptions;
+    use cfsmount::mkimage::{build_from_reader, BuildRequest, InputFormat};
     use sha2::{Digest, Sha256};
     use std::path::{Path, PathBuf};
 
@@ -440,24 +440,28 @@ mod conformance {
         Toc,
     }
 
-    /// The build the sandbox runs for `mkimage` (parse, then write the image), on plain bytes.
+    fn request(kind: Kind, opts: WriteOptions) -> BuildRequest {
+        let mut req = BuildRequest::new(match kind {
+            Kind::Dump { .. } => InputFormat::Dump,
+            Kind::Toc => InputFormat::Toc,
+        });
+        if let Kind::Dump { strict } = kind {
+            req.strict_dump = strict;
+        }
+        req.write = opts;
+        req
+    }
+
+    /// The untrusted stage of `mkimage` (`build_from_reader`), in this process.
     fn build(kind: Kind, opts: WriteOptions, input: &[u8], out: &mut dyn Write) -> Result<(), String> {
-        let tree = match kind {
-            Kind::Dump { strict } => {
-                dump::parse(input, &dump::DumpOptions { strict, ..Default::default() }).map_err(|e| e.to_string())?
-            }
-            Kind::Toc => toc::parse(input, &toc::TocOptions::default()).map_err(|e| e.to_string())?,
-        };
-        write_image(&tree, &opts, out).map_err(|e| e.to_string())
+        build_from_reader(&request(kind, opts), &mut &input[..], out).map(|_| ()).map_err(|e| e.to_string())
     }
 
     fn sandboxed(kind: Kind, opts: WriteOptions, input: &[u8]) -> Result<Vec<u8>, SandboxError> {
         let (i, o, r) = io_pair(input);
         run_confined(&SandboxConfig::default(), i, o, move |mut input, output| {
-            let mut bytes = Vec::new();
-            input.read_to_end(&mut bytes).map_err(|e| format!("read input: {e}"))?;
             let mut w = std::io::BufWriter::new(output);
-            build(kind, opts, &bytes, &mut w)?;
+            build_from_reader(&request(kind, opts), &mut input, &mut w).map_err(|e| e.to_string())?;
             w.flush().map_err(|e| format!("write image: {e}"))
         })?;
         Ok(read_back(r))
@@ -571,5 +575,40 @@ mod conformance {
         }
         assert!(cases >= 30, "only {cases} conformance cases found in {}", dir.display());
         assert!(failures.is_empty(), "{} of {cases} cases failed:\n{}", failures.len(), failures.join("\n"));
+    }
+
+    /// `mkimage`'s parent side really goes through the sandbox: the same bytes as the in-process
+    /// build, and a sandbox limit set through its options (1 ms of wall clock) makes it fail.
+    /// (RLIMIT_AS would not do here: a forked child may reuse heap the test process already has
+    /// mapped; the limit only stops growth.)
+    #[test]
+    fn mkimage_builds_through_the_sandbox() {
+        use cfsmount::mkimage::{build_image, BuildOptions, Output, Source};
+        require_root();
+        let src = conformance_dir().join("composefs-json/cs9-x86_64-minimal.json.gz");
+        let json = load(&src);
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("toc.json");
+        std::fs::write(&input, &json).unwrap();
+        let req = request(Kind::Toc, WriteOptions::default());
+
+        let out = tmp.path().join("image");
+        build_image(&req, Source::Path(input.clone()), &Output::Path(out.clone()), &BuildOptions::default())
+            .expect("mkimage build");
+        let mut direct = Vec::new();
+        build(Kind::Toc, WriteOptions::default(), &json, &mut direct).unwrap();
+        assert!(std::fs::read(&out).unwrap() == direct, "mkimage's image differs from the in-process build");
+
+        let starved = BuildOptions {
+            sandbox: SandboxConfig {
+                limits: Limits { wall_timeout: Duration::from_millis(1), ..Limits::default() },
+                ..Default::default()
+            },
+        };
+        let out2 = tmp.path().join("image2");
+        let err = build_image(&req, Source::Path(input), &Output::Path(out2.clone()), &starved)
+            .expect_err("a 1 ms wall-clock limit must stop the sandboxed build");
+        assert!(format!("{err:#}").contains("sandboxed child"), "{err:#}");
+        assert!(!out2.exists(), "a failed build left an image behind");
     }
 }
