@@ -128,12 +128,15 @@ fn assert_refused(o: &Output, needle: &str) {
     assert_eq!(e.trim_end().lines().count(), 1, "one-line message expected, got: {e}");
 }
 
-/// Mount points currently listed in /proc/self/mountinfo.
+/// Mount points currently listed in /proc/self/mountinfo, leaving out scratch mounts of other
+/// test suites running at the same time (under /tmp and /var/tmp but not under our test root).
 fn mountpoints() -> Vec<String> {
+    let ours = "/tmp/cfsmount-helper-test";
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
         .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(ours) || !(m.starts_with("/tmp/") || m.starts_with("/var/tmp/")))
         .collect()
 }
 

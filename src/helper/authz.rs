@@ -24,31 +24,35 @@ pub const MAX_OPTION_STRING: usize = 4096;
 /// Default state directory (one JSON record per mount, written by the mount engine).
 pub const STATE_DIR: &str = "/run/cfsmount";
 
-/// Runs `f` with fsuid/fsgid switched to the caller (its supplementary groups are still ours from
-/// exec time), then switches back to root. File-system permission checks inside `f` are the
-/// caller's; the kernel drops the DAC-override capabilities while fsuid is non-zero.
+/// Runs `f` as the caller: the effective uid/gid (and with them fsuid/fsgid) are switched to the
+/// caller's real ids — the supplementary groups are still the caller's from exec time — while the
+/// real and saved ids stay 0, then switched back. Inside `f` every permission check is the
+/// caller's: file access (the kernel also clears the effective capabilities while euid is not 0),
+/// ptrace-mode checks such as opening /proc/PID/ns/* (ownership of user namespaces counts as for
+/// the caller itself). The caller still cannot signal or ptrace us (our real/saved ids are 0).
 /// In unprivileged mode `f` simply runs.
 pub fn as_caller<T>(f: impl FnOnce() -> T) -> Result<T, HelperError> {
     if !privileged() {
         return Ok(f());
     }
     let c = caller();
-    sys::set_fsgid(c.gid);
-    sys::set_fsuid(c.uid);
-    let switched = sys::current_fsuid() == c.uid && sys::current_fsgid() == c.gid;
+    let switched = sys::set_effective_ids(c.uid, c.gid).is_ok()
+        && sys::getresuid() == (0, c.uid, 0)
+        && sys::getresgid().1 == c.gid
+        && sys::current_fsuid() == c.uid
+        && sys::current_fsgid() == c.gid;
     let out = if switched { Some(f()) } else { None };
-    sys::set_fsuid(0);
-    sys::set_fsgid(0);
-    let back = sys::current_fsuid() == 0 && sys::current_fsgid() == 0;
+    let restored = sys::set_effective_ids(0, 0).is_ok();
+    let back = restored && sys::getresuid() == (0, 0, 0) && sys::getresgid() == (0, 0, 0) && sys::current_fsuid() == 0;
     // Every credential change resets dumpability to fs.suid_dumpable.
     let dump = set_undumpable();
     if !back {
-        // Cannot happen with CAP_SETUID; if it does, stop rather than run on with odd ids.
-        eprintln!("cfsmount: could not restore root fsuid after acting as the caller");
+        // Cannot happen (real and saved ids are 0); if it does, stop rather than run on with odd ids.
+        eprintln!("cfsmount: could not restore root ids after acting as the caller");
         std::process::exit(1);
     }
     dump.map_err(|e| HelperError::Credentials(e.to_string()))?;
-    out.ok_or_else(|| HelperError::Credentials(format!("could not switch fsuid/fsgid to {}/{}", c.uid, c.gid)))
+    out.ok_or_else(|| HelperError::Credentials(format!("could not switch to uid/gid {}/{}", c.uid, c.gid)))
 }
 
 fn open_as_caller(what: &'static str, path: &Path, flags: OFlags) -> Result<OwnedFd, HelperError> {

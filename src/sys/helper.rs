@@ -343,3 +343,32 @@ pub fn may_write_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Sets this thread's effective uid and gid (real and saved stay as they are), with the raw
+/// syscalls so that only the calling thread changes. `u32::MAX` = leave unchanged. The kernel also
+/// moves fsuid/fsgid along and clears (uid 0 → other) or restores (other → 0) the effective
+/// capability set.
+pub fn set_effective_ids(uid: u32, gid: u32) -> io::Result<()> {
+    let keep = u32::MAX as libc::c_long;
+    if gid != u32::MAX {
+        // SAFETY: plain integer arguments.
+        if unsafe { libc::syscall(libc::SYS_setresgid, keep, gid as libc::c_long, keep) } < 0 {
+            return Err(last_errno());
+        }
+    }
+    if uid != u32::MAX {
+        // SAFETY: plain integer arguments.
+        if unsafe { libc::syscall(libc::SYS_setresuid, keep, uid as libc::c_long, keep) } < 0 {
+            return Err(last_errno());
+        }
+    }
+    Ok(())
+}
+
+/// `getresgid()`: (real, effective, saved) gid of this thread.
+pub fn getresgid() -> (u32, u32, u32) {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: three valid out pointers to gid_t.
+    unsafe { libc::getresgid(&mut r, &mut e, &mut s) };
+    (r, e, s)
+}
