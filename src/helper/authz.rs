@@ -1,5 +1,5 @@
 //! Caller authorization for the privileged helper: every path the caller names is opened with the
-//! caller's own credentials (fsuid/fsgid + its groups) and pinned by fd; option strings, target
+//! caller's own credentials (effective uid/gid + its groups) and pinned by fd; option strings, target
 //! directories, idmap user namespaces, per-user limits and unmount rights are checked here.
 //!
 //! In unprivileged mode (plain root or plain user) every function still pins by fd but skips the

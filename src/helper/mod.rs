@@ -44,7 +44,7 @@ const ENV_ALLOWLIST: &[&str] = &["TERM", "LANG", "LC_ALL", "LC_MESSAGES", "LC_CT
 /// The fixed PATH set in privileged mode (the caller's is never read).
 const SAFE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// Capabilities kept after early_init in privileged mode: mounting and loop setup
-/// (CAP_SYS_ADMIN), switching fsuid/fsgid to the caller and writing idmap maps
+/// (CAP_SYS_ADMIN), switching the effective ids to the caller and writing idmap maps
 /// (CAP_SETUID/CAP_SETGID). Everything else is dropped from every set, bounding included.
 pub const KEPT_CAPS: &[Capability] = &[Capability::CAP_SYS_ADMIN, Capability::CAP_SETUID, Capability::CAP_SETGID];
 
