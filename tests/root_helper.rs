@@ -446,13 +446,18 @@ fn ptrace_and_proc_mem_never_reach_privileged_helper() {
     let _g = serial();
     let e = env();
     let u = &e.user;
-    let dir = user_dir(u, "ptrace");
+    // The helper alternates between mounting (all phases: open as caller, copy, loop device,
+    // EROFS, overlay, attach, record) and unmounting.
+    let a = b"ptrace target".as_slice();
+    let fx = fixture(u, "ptrace", &dump_line_external("p", "100644", u.uid, a), &[a]);
     let script = e.root.join("attack.py");
     std::fs::write(&script, ATTACKER).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut attempts = 0u64;
     let mut early = 0u64;
-    for _ in 0..40 {
+    let mut mounted = 0;
+    for i in 0..40 {
+        let helper_args: Vec<String> = if i % 2 == 0 { mount_args(&fx, &[]) } else { vec!["umount".into(), fx.target.display().to_string()] };
         // The helper is started stopped-free; the attacker starts first and waits for the pid.
         let pidfile = user_dir(u, "ptrace-pid").join("pid");
         let attacker = Command::new("/usr/bin/setpriv")
@@ -481,8 +486,7 @@ fn ptrace_and_proc_mem_never_reach_privileged_helper() {
             .arg("--init-groups")
             .arg("--")
             .arg(&e.bin)
-            .arg("umount")
-            .arg(&dir)
+            .args(&helper_args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -504,9 +508,14 @@ fn ptrace_and_proc_mem_never_reach_privileged_helper() {
             }
         }
         assert!(st.code().is_some(), "helper died by a signal: {st:?}");
+        if i % 2 == 0 && st.success() {
+            mounted += 1;
+        }
     }
+    umount_all_under(&fx.dir);
+    assert!(mounted > 10, "too few mounts succeeded under attack ({mounted}/20)");
     assert!(attempts > 40, "attacker made too few attempts ({attempts})");
-    eprintln!("ptrace/mem attempts: {attempts}, attached before exec: {early}");
+    eprintln!("ptrace/mem attempts: {attempts}, attached before exec: {early}, mounts: {mounted}/20");
 }
 
 const ATTACKER: &str = r#"
