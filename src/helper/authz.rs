@@ -65,6 +65,10 @@ fn open_as_caller(what: &'static str, path: &Path, flags: OFlags) -> Result<Owne
 /// mode: non-empty, at most [`MAX_PATH_ARG`] bytes, no control characters, no leading `-`, and
 /// none of `,` `:` `\` `=` (which would change meaning inside a mount option string).
 pub fn check_path_arg(what: &'static str, p: &OsStr) -> Result<(), HelperError> {
+    check_path_arg_as(what, p, privileged())
+}
+
+fn check_path_arg_as(what: &'static str, p: &OsStr, strict: bool) -> Result<(), HelperError> {
     let b = p.as_bytes();
     let bad = |reason: &str| HelperError::BadArgument { what, value: p.to_string_lossy().into_owned(), reason: reason.into() };
     if b.is_empty() {
@@ -73,7 +77,7 @@ pub fn check_path_arg(what: &'static str, p: &OsStr) -> Result<(), HelperError> 
     if b.contains(&0) {
         return Err(bad("contains NUL"));
     }
-    if !privileged() {
+    if !strict {
         return Ok(());
     }
     if b.len() > MAX_PATH_ARG {
@@ -99,11 +103,15 @@ const ALLOWED_OPTIONS: &[&str] =
 /// characters, no empty options, only known option names; `suid`, `dev`, `exec`-style
 /// re-enabling and anything unknown are refused. Values are checked later as paths.
 pub fn check_option_string(opts: &str) -> Result<(), HelperError> {
+    check_option_string_as(opts, privileged())
+}
+
+fn check_option_string_as(opts: &str, strict: bool) -> Result<(), HelperError> {
     let bad = |reason: String| HelperError::BadOption { option: truncate(opts), reason };
     if opts.len() > MAX_OPTION_STRING {
         return Err(bad(format!("longer than {MAX_OPTION_STRING} bytes")));
     }
-    if !privileged() {
+    if !strict {
         return Ok(());
     }
     if let Some(c) = opts.bytes().find(|c| c.is_ascii_control()) {
@@ -772,6 +780,36 @@ mod tests {
             assert!(subid_ranges_from(&p, 1000, Some("alice")).is_err());
         }
         assert!(subid_ranges_from(&d.path().join("missing"), 1, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn strict_path_and_option_checks() {
+        let ok = |p: &str| check_path_arg_as("t", OsStr::new(p), true).is_ok();
+        assert!(ok("/home/u/mnt"));
+        assert!(ok("relative/dir.d_1"));
+        for bad in ["", "-o", "/a,b", "/a:b", "/a\\b", "/a=b", "/a\nb", "/a\tb", "/a\x7fb"] {
+            assert!(!ok(bad), "accepted {bad:?}");
+        }
+        assert!(!ok(&"a".repeat(MAX_PATH_ARG + 1)));
+        assert!(check_path_arg_as("t", OsStr::new("/a,b"), false).is_ok(), "lenient when not privileged");
+        let opt = |o: &str| check_option_string_as(o, true);
+        assert!(opt("basedir=/o,ro,verity,digest=ab,idmap=/proc/1/ns/user").is_ok());
+        assert!(opt("basedir=/o,upperdir=/u,workdir=/w,rw,nosuid,nodev,noexec,tryverity").is_ok());
+        for (o, why) in [
+            ("basedir=/o,suid", "not allowed"),
+            ("basedir=/o,dev", "not allowed"),
+            ("exec", "not allowed"),
+            ("basedir=/o,loop", "unknown option"),
+            ("basedir=/o,,ro", "empty option"),
+            ("basedir=/o,", "empty option"),
+            ("-o", "starts with '-'"),
+            ("basedir=/o\n,ro", "control character"),
+        ] {
+            let e = opt(o).expect_err(o).to_string();
+            assert!(e.contains(why), "{o:?}: {e}");
+        }
+        assert!(opt(&format!("basedir=/{}", "a".repeat(MAX_OPTION_STRING))).is_err());
+        assert!(check_option_string_as("whatever,suid", false).is_ok());
     }
 
     #[test]
