@@ -1309,3 +1309,59 @@ fn mount_with_closed_fds_and_zero_fsize() {
     assert_eq!(records, state_files(), "records or temp files left behind");
     umount_all_under(&fx.dir);
 }
+
+/// Policy feature switches fail closed: idmap, writable overlays, attaching at a path.
+#[test]
+fn policy_feature_switches() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let a = b"feat".as_slice();
+    let fx = fixture(u, "feat", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let guard = PolicyGuard::new();
+    let before = mountpoints();
+    let mut v = default_policy();
+    v["features"]["idmap"] = false.into();
+    v["features"]["upperdir"] = false.into();
+    v["features"]["attach_at_target"] = false.into();
+    guard.write(&v.to_string(), 0o644, 0);
+    let o = run_as_strs(u, &mount_args(&fx, &[]));
+    assert_refused(&o, "attaching at a target is disabled");
+    let up = fx.dir.join("up");
+    let work = fx.dir.join("work");
+    for d in [&up, &work] {
+        std::fs::create_dir_all(d).unwrap();
+        std::os::unix::fs::chown(d, Some(u.uid), Some(u.gid)).unwrap();
+    }
+    v["features"]["attach_at_target"] = true.into();
+    guard.write(&v.to_string(), 0o644, 0);
+    let o = run_as_strs(u, &mount_args(&fx, &["--upperdir", up.to_str().unwrap(), "--workdir", work.to_str().unwrap()]));
+    assert_refused(&o, "writable overlays (--upperdir) are disabled");
+    let o = run_as_strs(u, &mount_args(&fx, &["--uidmap", &format!("0:{}:1", u.uid), "--gidmap", &format!("0:{}:1", u.gid)]));
+    assert_refused(&o, "idmapped mounts are disabled");
+    // Only listed target filesystems: tmpfs removed from the list, target on a tmpfs.
+    v = default_policy();
+    v["allowed_target_fs"] = serde_json::json!(["ext4"]);
+    guard.write(&v.to_string(), 0o644, 0);
+    let t = fx.dir.join("tmpfs-target");
+    std::fs::create_dir_all(&t).unwrap();
+    assert!(sh("mount", &["-t", "tmpfs", "-o", &format!("uid={},mode=0755", u.uid), "none", t.to_str().unwrap()]).status.success());
+    let mut args = mount_args(&fx, &[]);
+    args[2] = t.display().to_string();
+    let o = run_as_strs(u, &args);
+    let _ = sh("umount", &[t.to_str().unwrap()]);
+    assert_refused(&o, "filesystem type");
+    drop(guard);
+    assert_eq!(before, mountpoints());
+    // Writable overlay with the caller's own upper dir (default policy): rw, still nosuid,nodev.
+    let o = run_as_strs(u, &mount_args(&fx, &["--upperdir", up.to_str().unwrap(), "--workdir", work.to_str().unwrap()]));
+    assert!(o.status.success(), "upperdir mount: {}", stderr(&o));
+    let line = mount_line(&fx.target).unwrap();
+    let opts = line.split(' ').nth(5).unwrap().to_string();
+    umount_all_under(&fx.dir);
+    assert!(opts.split(',').any(|x| x == "rw") && opts.contains("nosuid") && opts.contains("nodev"), "{opts}");
+    // An upper dir owned by someone else is refused.
+    let foreign_up = user_dir(&e.other, "feat-up");
+    let o = run_as_strs(u, &mount_args(&fx, &["--upperdir", foreign_up.to_str().unwrap(), "--workdir", work.to_str().unwrap()]));
+    assert_refused(&o, "not owned by the caller");
+}
