@@ -1365,3 +1365,41 @@ fn policy_feature_switches() {
     let o = run_as_strs(u, &mount_args(&fx, &["--upperdir", foreign_up.to_str().unwrap(), "--workdir", work.to_str().unwrap()]));
     assert_refused(&o, "not owned by the caller");
 }
+
+/// The file-capabilities install (`setcap cap_sys_admin,cap_setuid,cap_setgid=ep`, no setuid
+/// bit) is enough for the whole flow, and is restricted the same way.
+#[test]
+fn file_capabilities_install() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let bin = e.root.join("cfsmount-caps");
+    let _ = std::fs::remove_file(&bin);
+    std::fs::copy(env!("CARGO_BIN_EXE_cfsmount"), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = sh("setcap", &["cap_sys_admin,cap_setuid,cap_setgid=ep", bin.to_str().unwrap()]);
+    assert!(o.status.success(), "setcap: {}", stderr(&o));
+    let a = b"caps".as_slice();
+    let fx = fixture(u, "caps", &dump_line_external("c", "100644", u.uid, a), &[a]);
+    let args: Vec<OsString> = mount_args(&fx, &[]).into_iter().map(OsString::from).collect();
+    let o = run_as_with(u, &bin, &args, |_| {});
+    assert!(o.status.success(), "mount with file caps: {}", stderr(&o));
+    let c = run_as_with(u, Path::new("/usr/bin/cat"), &[fx.target.join("c").into()], |_| {});
+    assert_eq!(c.stdout, a);
+    let line = mount_line(&fx.target).unwrap();
+    assert!(line.split(' ').nth(5).unwrap().contains("nosuid"));
+    let o = run_as_with(u, &bin, &["umount".into(), fx.target.clone().into()], |_| {});
+    assert!(o.status.success(), "umount with file caps: {}", stderr(&o));
+    let mut bad = args.clone();
+    bad[2] = "/etc".into();
+    let before = mountpoints();
+    assert_refused(&run_as_with(u, &bin, &bad, |_| {}), "not writable by the caller");
+    assert_refused(&run_as_with(u, &bin, &["mkimage".into(), "--help".into()], |_| {}), "only `mount` and `umount`");
+    assert_eq!(before, mountpoints());
+    // Without cap_setuid the helper cannot become root and refuses to run at all.
+    let o = sh("setcap", &["cap_sys_admin=ep", bin.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert_refused(&run_as_with(u, &bin, &args, |_| {}), "cap_set");
+    assert_eq!(before, mountpoints());
+    umount_all_under(&fx.dir);
+}
