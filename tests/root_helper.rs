@@ -1403,3 +1403,29 @@ fn file_capabilities_install() {
     assert_eq!(before, mountpoints());
     umount_all_under(&fx.dir);
 }
+
+/// The id maps of a user namespace are read through its fd (forked child joins it and reads
+/// /proc/self/{uid,gid}_map), as seen from the initial namespace.
+#[test]
+fn userns_maps_are_read_through_the_fd() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let p = spawn_as(u, &["/usr/bin/unshare", "--user", "/usr/bin/sleep", "30"]);
+    let pid = p.0.id();
+    std::fs::write(format!("/proc/{pid}/uid_map"), "0 400000 1000\n1000 999999 1\n").unwrap();
+    std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {} 1\n", u.gid)).unwrap();
+    let f = std::fs::File::open(format!("/proc/{pid}/ns/user")).unwrap();
+    use std::os::fd::AsFd;
+    let (um, gm) = cfsmount::sys::helper::read_userns_maps(f.as_fd()).unwrap();
+    let um = cfsmount::helper::parse_id_map(&um).unwrap();
+    let gm = cfsmount::helper::parse_id_map(&gm).unwrap();
+    use cfsmount::helper::IdExtent as X;
+    assert_eq!(um, vec![X { inside: 0, outside: 400000, count: 1000 }, X { inside: 1000, outside: 999999, count: 1 }]);
+    assert_eq!(gm, vec![X { inside: 0, outside: u.gid, count: 1 }]);
+    assert_eq!(cfsmount::sys::helper::ns_get_owner_uid(f.as_fd()).unwrap(), u.uid);
+    assert_eq!(cfsmount::sys::helper::ns_get_nstype(f.as_fd()).unwrap(), libc::CLONE_NEWUSER);
+    // Not a namespace at all.
+    let etc = std::fs::File::open("/etc/passwd").unwrap();
+    assert!(cfsmount::sys::helper::ns_get_nstype(etc.as_fd()).is_err());
+}
