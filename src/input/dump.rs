@@ -817,4 +817,32 @@ mod tests {
         assert!(parse(b"/ 0 40755 2 0 0 0 0.0 - - -", &strict()).is_err());
         assert!(parse(b"/ 0 40755 2 0 0 0 0.0 - - -", &DumpOptions::default()).is_ok());
     }
+
+    #[test]
+    fn enforces_limits_and_hardlink_rules() {
+        let few = DumpOptions { strict: true, limits: Limits { max_entries: 3, max_depth: 2 } };
+        let many = b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0.0 - - -\n/b 0 100644 1 0 0 0 0.0 - - -\n/c 0 100644 1 0 0 0 0.0 - - -\n";
+        assert!(parse(many, &few).unwrap_err().to_string().contains("too many entries"));
+        let deep = b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 40755 2 0 0 0 0.0 - - -\n/a/b 0 40755 2 0 0 0 0.0 - - -\n/a/b/c 0 100644 1 0 0 0 0.0 - - -\n";
+        assert!(parse(deep, &DumpOptions { strict: true, limits: Limits { max_entries: 100, max_depth: 2 } }).is_err());
+        // Forward reference and a chain of links resolve to the file.
+        let chain = b"/ 0 40755 2 0 0 0 0.0 - - -\n/l1 0 @100644 1 0 0 0 0.0 /l2 - -\n/l2 0 @100644 1 0 0 0 0.0 /f - -\n/f 3 100644 3 0 0 0 0.0 - abc -\n";
+        let t = parse(chain, &strict()).unwrap();
+        let f = t.lookup(b"f").unwrap();
+        assert_eq!(t.node(t.lookup(b"l1").unwrap()).link_to, Some(f));
+        assert_eq!(t.node(f).nlink, Some(3));
+        // Cycles, links to directories and duplicate names are rejected.
+        let cycle = b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 @100644 1 0 0 0 0.0 /b - -\n/b 0 @100644 1 0 0 0 0.0 /a - -\n";
+        assert!(parse(cycle, &strict()).unwrap_err().to_string().contains("cycle"));
+        let to_dir = b"/ 0 40755 2 0 0 0 0.0 - - -\n/d 0 40755 2 0 0 0 0.0 - - -\n/l 0 @100644 1 0 0 0 0.0 /d - -\n";
+        assert!(parse(to_dir, &strict()).unwrap_err().to_string().contains("directory"));
+        let dup = b"/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0.0 - - -\n";
+        assert!(parse(dup, &strict()).is_err());
+        // Duplicate xattr names: the last value wins, as in the reference.
+        let x = b"/ 0 40755 2 0 0 0 0.0 - - - user.a=1 user.b=2 user.a=3\n";
+        let t = parse(x, &strict()).unwrap();
+        let xs = &t.node(ROOT).entry.xattrs;
+        assert_eq!(xs.len(), 2);
+        assert!(xs.iter().any(|x| x.key == b"user.a" && x.value == b"3"));
+    }
 }
