@@ -324,6 +324,28 @@ fn read_record(dirfd: BorrowedFd<'_>, mount_id: u64) -> Result<Option<MountRecor
     Ok(Some(rec))
 }
 
+/// Removes records of mounts that were unmounted behind our back (e.g. with plain `umount`):
+/// those whose target no longer has the recorded mount at its root. Records without a target
+/// (`--fd-out`) are kept: the receiver may have attached the mount anywhere.
+fn prune_stale_records(dirfd: BorrowedFd<'_>) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/self/fd/{}", dirfd.as_raw_fd())) else { return };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|i| i.parse::<u64>().ok()) else {
+            continue;
+        };
+        let Ok(Some(rec)) = read_record(dirfd, id) else { continue };
+        let Some(target) = &rec.target else { continue };
+        let live = rustix::fs::open(target, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .ok()
+            .and_then(|fd| mount_id(fd.as_fd()).ok())
+            .is_some_and(|(mid, uniq, _)| mid == rec.mount_id && uniq == rec.mount_id_unique);
+        if !live {
+            let _ = rustix::fs::unlinkat(dirfd, record_name(id), AtFlags::empty());
+        }
+    }
+}
+
 /// Reads all records (for listing and tests).
 pub fn list_records() -> Result<Vec<MountRecord>, MountError> {
     let (_, dirfd) = match open_state_dir(false) {
@@ -579,6 +601,7 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     let creates_userns = matches!(req.idmap, Some(IdmapSpec::Maps { .. }));
     phase(Phase::Mount { setid: true })?;
     let (state_path, state_fd) = open_state_dir(true)?;
+    prune_stale_records(state_fd.as_fd());
     authz(h::check_mount_limits(&state_path, req.force_loop))?;
 
     // 1. images (opened once, as the caller; this fd is measured and mounted)
@@ -609,7 +632,8 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
         _ => None,
     };
     let sock = match &req.dest {
-        Dest::Socket(p) => Some(overlay::connect_socket(p)?),
+        // Connected as the caller: root must not reach sockets the caller cannot.
+        Dest::Socket(p) => Some(authz(crate::helper::as_caller(|| overlay::connect_socket(p)))??),
         Dest::SocketFd(fd) => Some(rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| MountError::Usage(format!("--fd-out fd: {e}")))?),
         Dest::Target(_) => None,
     };
@@ -1058,6 +1082,14 @@ pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
 /// `mount.composefs SOURCE TARGET [-o OPTIONS]`, as util-linux calls helpers.
 pub fn helper_main(argv: &[OsString]) -> anyhow::Result<()> {
     let h = parse_helper_argv(argv)?;
+    // Privileged helper: option strings are vetted whole (suid/dev/unknown/escapes/length), and
+    // no other mount namespace may be entered on behalf of an unprivileged caller.
+    for o in &h.options {
+        authz(crate::helper::check_option_string(o))?;
+    }
+    if privileged() && h.namespace.is_some() {
+        return Err(MountError::Refused("-N is not available to unprivileged callers".into()).into());
+    }
     let req = helper_request(&h)?;
     if let Some(ns) = &h.namespace {
         enter_mount_ns(ns)?;

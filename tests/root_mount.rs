@@ -825,6 +825,21 @@ fn injected_failures_leave_nothing() {
         assert_eq!(s.records(), 0, "{args:?}: record left");
         assert_clean(&before, s.dir.path(), &format!("{args:?}"));
     }
+    // A record whose mount was removed behind cfsmount's back (plain umount) is pruned by the
+    // next mount.
+    let mut c = s.cmd();
+    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+    run_ok(c);
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    assert_eq!(s.records(), 1);
+    let mnt2 = s.mkdir("mnt2");
+    let mut c = s.cmd();
+    c.arg("mount").arg(&img).arg(&mnt2).arg("--basedir").arg(&objs);
+    run_ok(c);
+    assert_eq!(s.records(), 1, "the stale record was pruned");
+    umount(&s, &mnt2);
+    assert_eq!(s.records(), 0);
+    assert_clean(&before, s.dir.path(), "plain umount");
     // umount of something that is not ours / not mounted
     let mut c = s.cmd();
     c.arg("umount").arg(&mnt);
@@ -966,4 +981,91 @@ fn statx_mount_ids_in_record() {
     assert_eq!(std::fs::read_to_string(format!("/sys/block/{dev}/queue/logical_block_size")).unwrap().trim(), "4096");
     umount(&s, &mnt);
     assert!(std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).is_err(), "{lo} freed after umount");
+}
+
+/// `--fd-out N`: an inherited, connected socket fd (here stdin) instead of a socket path.
+#[test]
+fn fd_out_inherited_fd() {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let (tree, img, objs) = small_setup(&s);
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut c = s.cmd();
+    c.arg("mount").arg(&img).arg("--basedir").arg(&objs).args(["--fd-out", "0"]);
+    c.stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    recvmsg(&ours, &mut [std::io::IoSliceMut::new(&mut byte)], &mut anc, RecvFlags::CMSG_CLOEXEC).unwrap();
+    let mut fds = Vec::new();
+    for m in anc.drain() {
+        if let RecvAncillaryMessage::ScmRights(it) = m {
+            fds.extend(it);
+        }
+    }
+    assert_eq!(fds.len(), 1);
+    let mnt = s.mkdir("mnt");
+    rustix::mount::move_mount(&fds[0], "", rustix::fs::CWD, &mnt, rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH).unwrap();
+    drop(fds);
+    check_tree(&tree, &mnt, 0, "fd-out 0");
+    umount(&s, &mnt);
+    // A received mount that is never attached disappears when its fd is closed.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut c = s.cmd();
+    c.arg("mount").arg(&img).arg("--basedir").arg(&objs).arg("--force-loop").args(["--fd-out", "0"]);
+    c.stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+    assert!(c.output().unwrap().status.success());
+    drop(ours);
+    let _ = std::fs::remove_dir_all(s.path("state"));
+    std::fs::create_dir(s.path("state")).unwrap();
+    assert_clean(&before, s.dir.path(), "fd-out dropped");
+}
+
+/// util-linux's `-N NS`: the helper mounts inside another mount namespace.
+#[test]
+fn helper_mounts_in_other_namespace() {
+    let _g = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    let (tree, img, objs) = small_setup(&s);
+    let mnt = s.mkdir("mnt");
+    let mut holder = Command::new("unshare").args(["-m", "--propagation", "private", "sleep", "60"]).spawn().unwrap();
+    let pid = holder.id();
+    let own = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    for _ in 0..100 {
+        if std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|l| l != own) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let link = s.path("mount.composefs");
+    std::os::unix::fs::symlink(bin(), &link).unwrap();
+    let mut c = Command::new(&link);
+    c.env("CFSMOUNT_STATE_DIR", s.path("state"));
+    c.arg(&img).arg(&mnt).args(["-N", &pid.to_string(), "-o"]).arg(format!("basedir={}", objs.display()));
+    run_ok(c);
+    let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(theirs.contains(&*mnt.to_string_lossy()), "mounted in the other namespace");
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&*mnt.to_string_lossy()), "not in ours");
+    // Read it through that namespace's root.
+    let there = PathBuf::from(format!("/proc/{pid}/root")).join(mnt.strip_prefix("/").unwrap());
+    check_tree(&tree, &there, 0, "-N");
+    let out = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "--"])
+        .arg(bin())
+        .arg("umount")
+        .arg(&mnt)
+        .env("CFSMOUNT_STATE_DIR", s.path("state"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap().contains(&*mnt.to_string_lossy()));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(s.records(), 0);
+    assert_clean(&before, s.dir.path(), "-N");
 }
