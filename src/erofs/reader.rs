@@ -264,6 +264,13 @@ fn entry_bytes(e: &Entry) -> u64 {
 // ---------------------------------------------------------------------------------------
 // Decoding
 
+/// Overlay xattrs the writer adds that were found on an inode.
+#[derive(Debug, Default, Clone, Copy)]
+struct OverlayMarks {
+    metacopy: bool,
+    root_opaque: bool,
+}
+
 /// (full name, value) of an xattr as stored.
 type RawXattr = (Vec<u8>, Vec<u8>);
 
@@ -580,10 +587,18 @@ impl<'a> Reader<'a> {
             }
             tree::S_IFCHR | tree::S_IFBLK => {
                 check_layout(&[LAYOUT_FLAT_PLAIN])?;
+                if size != 0 {
+                    return Err(bad(format!("device node of size {size}")));
+                }
                 inode.rdev = i_u;
                 raw_whiteout = mode & tree::S_IFMT == tree::S_IFCHR && i_u == 0;
             }
-            _ => check_layout(&[LAYOUT_FLAT_PLAIN])?,
+            _ => {
+                check_layout(&[LAYOUT_FLAT_PLAIN])?;
+                if size != 0 {
+                    return Err(bad(format!("fifo or socket of size {size}")));
+                }
+            }
         }
 
         // The inode, its xattrs and its inline tail may not overlap any other inode.
@@ -592,12 +607,22 @@ impl<'a> Reader<'a> {
             return Err(bad("inode overlaps another inode or runs past the end of the image".into()));
         }
 
+        let external = inode.is_reg() && size > 0 && layout == LAYOUT_CHUNK_BASED;
+        let mut marks = OverlayMarks::default();
         if xattr_size > 0 {
             // At most 255 shared and 64 Ki inline entries of bounded size: the budget is
             // charged once they are decoded.
             let raw_xattrs = self.read_xattrs(xattr_off, xattr_size).map_err(bad)?;
             self.budget(raw_xattrs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())?;
-            self.apply_xattrs(nid, &mut inode, &mut entry, raw_xattrs).map_err(bad)?;
+            marks = self.apply_xattrs(nid, &mut entry, raw_xattrs, external).map_err(bad)?;
+        }
+        // What the writer always adds must be there: otherwise the kernel (and overlayfs)
+        // would see something else than the tree this reader returns.
+        if external && !marks.metacopy {
+            return Err(bad("external file without the overlay metacopy xattr".into()));
+        }
+        if nid == self.root_nid && !marks.root_opaque {
+            return Err(bad("root directory without trusted.overlay.opaque=y".into()));
         }
         let user_whiteout = self.unescape_whiteout(&mut inode, &mut entry);
         entry.inode = inode;
@@ -698,14 +723,14 @@ impl<'a> Reader<'a> {
     fn apply_xattrs(
         &self,
         nid: u64,
-        inode: &mut Inode,
         entry: &mut Entry,
         raw: Vec<RawXattr>,
-    ) -> Result<(), String> {
-        let is_reg = inode.is_reg();
+        external: bool,
+    ) -> Result<OverlayMarks, String> {
+        let mut marks = OverlayMarks::default();
         for (key, value) in raw {
             let key = if key == OVL_REDIRECT {
-                if !is_reg || entry.content.is_some() {
+                if !external {
                     return Err("overlay redirect xattr on a file that is not an external regular file".into());
                 }
                 let v = value.strip_prefix(b"/").unwrap_or(&value);
@@ -715,9 +740,10 @@ impl<'a> Reader<'a> {
                 entry.payload = Some(v.to_vec());
                 continue;
             } else if key == OVL_METACOPY {
-                if !is_reg || entry.content.is_some() {
+                if !external {
                     return Err("overlay metacopy xattr on a file that is not an external regular file".into());
                 }
+                marks.metacopy = true;
                 match value.len() {
                     0 => {}
                     36 if value[..4] == [0, 36, 0, 1] => {
@@ -732,6 +758,7 @@ impl<'a> Reader<'a> {
                 [OVL_PREFIX, rest].concat()
             } else if key.starts_with(OVL_PREFIX) {
                 if nid == self.root_nid && key == OVL_OPAQUE && value == b"y" {
+                    marks.root_opaque = true;
                     continue;
                 }
                 return Err(format!("unexpected overlay xattr {}", tree::show(&key)));
@@ -744,7 +771,7 @@ impl<'a> Reader<'a> {
             entry.xattrs.push(Xattr { key, value });
         }
         entry.xattrs.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(())
+        Ok(marks)
     }
 
     /// An escaped user whiteout (empty regular file with both whiteout markers) becomes a
@@ -806,6 +833,7 @@ impl<'a> Reader<'a> {
         let mut names_total = 0usize;
         // Root whiteout stubs: (index of the root child they precede, nid).
         let mut stubs: Vec<(usize, u64)> = Vec::new();
+        let mut stub_names: Vec<Vec<u8>> = Vec::new();
         while at < dirs.len() {
             let nid = dirs[at].nid;
             let dir_err = |dirs: &[DirRec], reason: String| ReadError::Dir { nid, path: show_path(&dir_path(dirs, at)), reason };
@@ -849,6 +877,7 @@ impl<'a> Reader<'a> {
                     }
                     // Not part of the tree, but it holds a place in the writer's walk.
                     stubs.push((children.len(), cnid));
+                    stub_names.push(name);
                     continue;
                 }
                 if child.dir.is_some() {
@@ -885,6 +914,8 @@ impl<'a> Reader<'a> {
         }
         drop(depth);
         drop(parent_nid);
+        self.check_stubs(&dirs, &stubs, &stub_names)?;
+        self.check_dir_nlinks(&dirs)?;
 
         // 2. Pick the primary name of each inode: the name whose breadth-first position
         //    matches the inode's place in nid order (see the module docs).
@@ -928,14 +959,34 @@ impl<'a> Reader<'a> {
             }
         }
 
-        // 3. Whiteout markers on the directory holding a user whiteout's primary name.
+        // 3. Whiteout markers: the writer puts them on the directory holding a whiteout's
+        //    primary name, so they tell where an ambiguous primary was; then they go.
         let v1 = self.version >= 1;
+        let marked: Vec<bool> = dirs
+            .iter()
+            .map(|d| self.inodes.get(&d.nid).and_then(|i| i.entry.as_ref()).is_some_and(|e| has_whiteout_markers(e, v1)))
+            .collect();
+        self.place_whiteouts(&dirs, &marked, &mut primary);
+        let mut holds_whiteout = vec![false; dirs.len()];
         for (nid, &(di, _)) in &primary {
-            if !self.inodes.get(nid).is_some_and(|i| i.user_whiteout) {
+            if self.inodes.get(nid).is_some_and(|i| i.user_whiteout) {
+                if let Some(h) = holds_whiteout.get_mut(di) {
+                    *h = true;
+                }
+            }
+        }
+        for (di, d) in dirs.iter().enumerate() {
+            if !holds_whiteout[di] {
                 continue;
             }
-            let Some(dnid) = dirs.get(di).map(|d| d.nid) else { continue };
-            if let Some(e) = self.inodes.get_mut(&dnid).and_then(|i| i.entry.as_mut()) {
+            if !marked[di] {
+                return Err(ReadError::Dir {
+                    nid: d.nid,
+                    path: show_path(&dir_path(&dirs, di)),
+                    reason: "holds a whiteout but lacks the whiteout marker xattrs".into(),
+                });
+            }
+            if let Some(e) = self.inodes.get_mut(&d.nid).and_then(|i| i.entry.as_mut()) {
                 e.xattrs.retain(|x| {
                     let (k, v) = (x.key.as_slice(), x.value.as_slice());
                     let marker = ((k == WH_DIR_MARK || k == WH_DIR_MARK_USER) && v.is_empty())
@@ -993,6 +1044,167 @@ impl<'a> Reader<'a> {
         t.finalize().map_err(|e| tree_err(root_nid, e))?;
         let info = ImageInfo { composefs_version: self.version, flags: self.flags, inodes: self.inodes.len() as u64 };
         Ok((t, info))
+    }
+}
+
+/// Does a directory carry the markers the writer puts on a directory holding a whiteout?
+fn has_whiteout_markers(e: &Entry, v1: bool) -> bool {
+    let has = |k: &[u8], v: &[u8]| e.xattrs.iter().any(|x| x.key == k && x.value == v);
+    has(WH_DIR_MARK, b"")
+        && has(WH_DIR_MARK_USER, b"")
+        && (!v1 || (has(OVL_OPAQUE, b"x") && has(WH_DIR_OPAQUE_USER, b"x")))
+}
+
+impl Reader<'_> {
+    /// A hard-linked whiteout whose primary name could sit at the end of one directory's
+    /// part of the walk or at the start of a later one's gives the same layout either way;
+    /// only the markers tell which. Move such primaries to the marked directory when the
+    /// walk order allows it. (Work is capped; past the cap, the choice stays.)
+    fn place_whiteouts(&self, dirs: &[DirRec], marked: &[bool], primary: &mut HashMap<u64, (usize, usize)>) {
+        let mut wh = vec![0u32; dirs.len()];
+        let mut prims = vec![0u32; dirs.len()];
+        let mut cands: Vec<u64> = Vec::new();
+        for (nid, &(di, _)) in primary.iter() {
+            let Some(p) = prims.get_mut(di) else { continue };
+            *p += 1;
+            if let Some(ino) = self.inodes.get(nid).filter(|i| i.user_whiteout) {
+                wh[di] += 1;
+                if ino.names > 1 {
+                    cands.push(*nid);
+                }
+            }
+        }
+        if cands.is_empty() {
+            return;
+        }
+        cands.sort_unstable();
+        let mut names: HashMap<u64, Vec<(usize, usize)>> = cands.iter().map(|&n| (n, Vec::new())).collect();
+        let mut total = 0usize;
+        for (di, d) in dirs.iter().enumerate() {
+            total += d.children.len();
+            for (ci, (_, cnid)) in d.children.iter().enumerate() {
+                if let Some(v) = names.get_mut(cnid) {
+                    v.push((di, ci));
+                }
+            }
+        }
+        let mut budget = total.saturating_mul(4).saturating_add(1024);
+        for t in cands {
+            let Some(&(di, ci)) = primary.get(&t) else { continue };
+            if marked[di] && wh[di] == 1 {
+                continue;
+            }
+            let occ = names.get(&t).map(Vec::as_slice).unwrap_or(&[]);
+            let later = |want_empty: bool| {
+                occ.iter().copied().find(|&(ei, _)| ei > di && marked[ei] && (!want_empty || wh[ei] == 0))
+            };
+            let target = match later(true) {
+                Some(x) => Some(x),
+                None if !marked[di] => later(false),
+                None => None,
+            };
+            let Some((ei, cj)) = target else { continue };
+            // Valid only if the name is the last primary of its directory, every directory
+            // walked in between has none, and the new name comes before any other primary
+            // of the target directory: then the walk order is unchanged.
+            let is_primary_at = |p: &HashMap<u64, (usize, usize)>, d: usize, k: usize, n: &u64| p.get(n) == Some(&(d, k));
+            let mut ok = true;
+            for (k, (_, n)) in dirs[di].children.iter().enumerate().skip(ci + 1) {
+                budget = budget.saturating_sub(1);
+                if is_primary_at(primary, di, k, n) {
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                for p in &prims[di + 1..ei] {
+                    budget = budget.saturating_sub(1);
+                    if *p != 0 {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                for (k, (_, n)) in dirs[ei].children.iter().enumerate().take(cj) {
+                    budget = budget.saturating_sub(1);
+                    if is_primary_at(primary, ei, k, n) {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if budget == 0 {
+                return;
+            }
+            if ok {
+                primary.insert(t, (ei, cj));
+                prims[di] -= 1;
+                prims[ei] += 1;
+                wh[di] -= 1;
+                wh[ei] += 1;
+            }
+        }
+    }
+
+    /// The root whiteout stubs are exactly the writer's: every name `00`..`ff` is in the
+    /// root (as a stub or a real entry), and each stub is a 0644 0/0 character device
+    /// with the root's owner, mtime and SELinux label, and nothing else.
+    fn check_stubs(&self, dirs: &[DirRec], stubs: &[(usize, u64)], stub_names: &[Vec<u8>]) -> Result<(), ReadError> {
+        let root_nid = self.root_nid;
+        let bad = |reason: String| ReadError::Dir { nid: root_nid, path: "/".into(), reason };
+        let hex = |n: &[u8]| -> Option<usize> {
+            let d = |c: u8| match c {
+                b'0'..=b'9' => Some(usize::from(c - b'0')),
+                b'a'..=b'f' => Some(usize::from(c - b'a' + 10)),
+                _ => None,
+            };
+            match n {
+                [a, b] => Some(d(*a)? * 16 + d(*b)?),
+                _ => None,
+            }
+        };
+        let mut seen = [false; 256];
+        for n in dirs.first().map(|d| d.children.iter().map(|(n, _)| n)).into_iter().flatten().chain(stub_names) {
+            if let Some(i) = hex(n) {
+                seen[i] = true;
+            }
+        }
+        if let Some(missing) = seen.iter().position(|s| !s) {
+            return Err(bad(format!("whiteout stub {missing:02x} is missing")));
+        }
+        let Some(root) = self.inodes.get(&root_nid).and_then(|i| i.entry.as_ref()) else { return Ok(()) };
+        let label: Vec<&Xattr> = root.xattrs.iter().filter(|x| x.key == b"security.selinux").collect();
+        for (&(_, snid), name) in stubs.iter().zip(stub_names) {
+            let Some(ino) = self.inodes.get(&snid) else { continue };
+            let Some(e) = ino.entry.as_ref() else { continue };
+            let (i, r) = (&e.inode, &root.inode);
+            let same = i.mode == tree::S_IFCHR | 0o644
+                && (i.uid, i.gid, i.mtime, i.mtime_nsec) == (r.uid, r.gid, r.mtime, r.mtime_nsec)
+                && ino.nlink == 1
+                && e.xattrs.iter().collect::<Vec<_>>() == label;
+            if !same {
+                return Err(bad(format!("whiteout stub {} differs from what the writer makes", tree::show(name))));
+            }
+        }
+        Ok(())
+    }
+
+    /// A directory's stored nlink is 2 + its subdirectories (the kernel shows it).
+    fn check_dir_nlinks(&self, dirs: &[DirRec]) -> Result<(), ReadError> {
+        for (di, d) in dirs.iter().enumerate() {
+            let subdirs = d.children.iter().filter(|(_, c)| self.inodes.get(c).is_some_and(|i| i.dir.is_some())).count();
+            let want = u32::try_from(subdirs).unwrap_or(u32::MAX).saturating_add(2);
+            let have = self.inodes.get(&d.nid).map_or(want, |i| i.nlink);
+            if have != want {
+                return Err(ReadError::Dir {
+                    nid: d.nid,
+                    path: show_path(&dir_path(dirs, di)),
+                    reason: format!("nlink {have}, but it has {subdirs} subdirectories"),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1128,26 +1340,47 @@ mod tests {
     }
 
     const ROOT_NID: u64 = 36; // first slot after the superblock (meta block 0)
+    const STUB_NID: u64 = 64; // 256 stubs from here (offsets 2048..10240)
+    const ROOT_BLOCK: u32 = 4;
 
-    /// Header + superblock + a root directory (inline dirents: `.`, `..` and `children`,
-    /// which must be given in sorted order) + the given inodes at their nids.
+    /// Header + superblock + a root directory as the writer makes it (opaque xattr,
+    /// whiteout stubs for the `00`..`ff` names not among `children`, entries in one data
+    /// block) + the given inodes at their nids. Children with file type 2 count as
+    /// subdirectories for the root's nlink.
     fn image(children: &[(&[u8], u64, u8)], inodes: &[(u64, Vec<u8>)]) -> Vec<u8> {
-        let mut img = vec![0u8; 8192];
+        let mut img = vec![0u8; 5 * 4096];
         img[0..4].copy_from_slice(&COMPOSEFS_MAGIC.to_le_bytes());
         img[4..8].copy_from_slice(&1u32.to_le_bytes());
         let sb = 1024;
         img[sb..sb + 4].copy_from_slice(&EROFS_MAGIC.to_le_bytes());
         img[sb + 12] = 12;
         img[sb + 14..sb + 16].copy_from_slice(&(ROOT_NID as u16).to_le_bytes());
-        img[sb + 44..sb + 48].copy_from_slice(&1u32.to_le_bytes()); // shared xattrs: block 1
+        img[sb + 44..sb + 48].copy_from_slice(&3u32.to_le_bytes()); // shared xattrs: block 3 (none)
+        let stub_names: Vec<Vec<u8>> = (0..256).map(|i| format!("{i:02x}").into_bytes()).collect();
         let mut ents: Vec<(&[u8], u64, u8)> = vec![(b".", ROOT_NID, 2), (b"..", ROOT_NID, 2)];
         ents.extend_from_slice(children);
+        for (i, n) in stub_names.iter().enumerate() {
+            if !children.iter().any(|c| c.0 == n.as_slice()) {
+                ents.push((n.as_slice(), STUB_NID + i as u64, 3));
+                let at = ((STUB_NID + i as u64) * 32) as usize;
+                img[at..at + 32].copy_from_slice(&compact(0, 0o20644, 1, 0, 0));
+            }
+        }
         ents.sort_by(|a, b| a.0.cmp(b.0));
         let d = dirents(&ents);
-        let root = compact(LAYOUT_FLAT_INLINE << 1, 0o40755, 2, d.len() as u32, 0);
+        let subdirs = children.iter().filter(|c| c.2 == 2).count() as u16;
+        let mut root = compact(LAYOUT_FLAT_PLAIN << 1, 0o40755, 2 + subdirs, d.len() as u32, ROOT_BLOCK);
+        root[2..4].copy_from_slice(&6u16.to_le_bytes()); // xattrs: header + one 20-byte entry
+        let bit = format::xxh32(b"overlay.opaque", format::XATTR_FILTER_SEED + 4) % 32;
+        let mut x = (!(1u32 << bit)).to_le_bytes().to_vec();
+        x.extend_from_slice(&[0; 8]);
+        x.extend_from_slice(&[14, 4, 1, 0]);
+        x.extend_from_slice(b"overlay.opaquey\0");
+        root.extend_from_slice(&x);
         let at = (ROOT_NID * 32) as usize;
-        img[at..at + 32].copy_from_slice(&root);
-        img[at + 32..at + 32 + d.len()].copy_from_slice(&d);
+        img[at..at + root.len()].copy_from_slice(&root);
+        let blk = ROOT_BLOCK as usize * 4096;
+        img[blk..blk + d.len()].copy_from_slice(&d);
         for (nid, bytes) in inodes {
             let at = (*nid * 32) as usize;
             img[at..at + bytes.len()].copy_from_slice(bytes);
@@ -1257,6 +1490,37 @@ mod tests {
         let mut img = with_filter(1 << bit);
         img[1024 + 8] = 0;
         assert!(read_image(&img).is_ok());
+    }
+
+    #[test]
+    fn writer_invariants_are_required() {
+        let err = |img: &[u8]| read_image(img).unwrap_err().to_string();
+        // A stub that is not the writer's (other permissions).
+        let mut img = image(&[], &[]);
+        let at = (STUB_NID * 32 + 4) as usize;
+        img[at..at + 2].copy_from_slice(&0o20600u16.to_le_bytes());
+        assert!(err(&img).contains("whiteout stub 00 differs"));
+        // A stub name that is missing: rename the entry "00" (a regular file) to "0!".
+        let mut img = image(&[(b"00", 40, 1)], &[(40, file())]);
+        let blk = ROOT_BLOCK as usize * 4096;
+        let pos = blk + img[blk..].windows(4).position(|w| w == b"..00").unwrap() + 2;
+        img[pos + 1] = b'!';
+        assert!(err(&img).contains("whiteout stub 00 is missing"));
+        // The root without its opaque xattr.
+        let mut img = image(&[], &[]);
+        let at = (ROOT_NID * 32 + 2) as usize;
+        img[at..at + 2].copy_from_slice(&0u16.to_le_bytes());
+        assert!(err(&img).contains("opaque"));
+        // A directory nlink that does not count its subdirectories.
+        let d = dirents(&[(b".", 40, 2), (b"..", ROOT_NID, 2)]);
+        let sub = |nlink: u16| [compact(LAYOUT_FLAT_INLINE << 1, 0o40755, nlink, d.len() as u32, 0), d.clone()].concat();
+        assert!(read_image(&image(&[(b"d", 40, 2)], &[(40, sub(2))])).is_ok());
+        assert!(err(&image(&[(b"d", 40, 2)], &[(40, sub(3))])).contains("nlink 3"));
+        // An external (chunk-based) file without the metacopy xattr, a device with a size.
+        let ext = compact(LAYOUT_CHUNK_BASED << 1, 0o100644, 1, 10, 0);
+        assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext)])).contains("metacopy"));
+        let dev = compact(0, 0o20644, 1, 5, 0x101);
+        assert!(err(&image(&[(b"c", 40, 3)], &[(40, dev)])).contains("size 5"));
     }
 
     #[test]
