@@ -619,18 +619,16 @@ pub fn read_records(dir: &Path) -> Vec<(PathBuf, MountRecord)> {
 }
 
 /// Whether a record describes a mount that still exists: its target's current mount id is the
-/// recorded one. Records without a target (fd-out) are counted as live while their loop device
-/// (if any) is bound.
+/// recorded one. Records without a target (handed out with --fd-out into another mount
+/// namespace) cannot be checked from here and are not counted: a loop device number alone is
+/// reused by later mounts and would make stale records look live.
 fn record_live(r: &MountRecord) -> bool {
     match &r.target {
         Some(t) => match rustix::fs::open(t, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
             Ok(fd) => sys::statx_mnt_id(fd.as_fd()).is_ok_and(|(id, uniq)| id == r.mount_id && uniq == r.mount_id_unique),
             Err(_) => false,
         },
-        None => r.loop_devices.iter().any(|d| {
-            let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).is_ok()
-        }),
+        None => false,
     }
 }
 

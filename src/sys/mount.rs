@@ -59,7 +59,7 @@ impl UsernsChild {
         let (release_r, release_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (rr, rw, lr, lw) =
             (ready_r.as_raw_fd(), ready_w.as_raw_fd(), release_r.as_raw_fd(), release_w.as_raw_fd());
-        // SAFETY: the child only calls async-signal-safe functions (unshare, write, read, _exit) on
+        // SAFETY: the child only calls async-signal-safe functions (unshare, prctl, write, read, _exit) on
         // raw fds it inherited, touches no locks or allocator state, and never returns.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -74,6 +74,9 @@ impl UsernsChild {
                 libc::close(rr);
                 libc::close(lw);
                 let status: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 { 1 } else { 0 };
+                // Inherited non-dumpability (privileged helper) would make the parent's open of
+                // /proc/PID/ns/user fail; our uids are the parent's, so only it can trace us.
+                libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
                 libc::write(rw, (&status as *const u8).cast(), 1);
                 libc::close(rw);
                 let mut b = 0u8;
