@@ -1429,3 +1429,60 @@ fn userns_maps_are_read_through_the_fd() {
     let etc = std::fs::File::open("/etc/passwd").unwrap();
     assert!(cfsmount::sys::helper::ns_get_nstype(etc.as_fd()).is_err());
 }
+
+/// Case 5 through the helper's own sandboxed builder: a caller's TOC whose entries carry
+/// `trusted.overlay.redirect`/`metacopy` and `user.overlay.redirect` xattrs. The image the helper
+/// builds escapes them: the file still shows its own object's content, and the smuggled xattr is
+/// plain data (root reads it back verbatim).
+#[test]
+fn toc_overlay_xattrs_are_escaped_by_the_helper_build() {
+    use base64::Engine;
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let a = b"content of the real object\n".as_slice();
+    let fx = fixture(u, "toc", "", &[a]);
+    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+    let hex: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(a).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let toc = serde_json::json!({
+        "version": 1,
+        "entries": [
+            { "type": "reg", "name": "f", "mode": 420, "size": a.len(), "uid": u.uid, "gid": u.gid,
+              "modtime": "2024-01-01T00:00:00Z", "digest": format!("sha256:{hex}"),
+              "xattrs": {
+                  "trusted.overlay.redirect": b64(b"/etc/shadow"),
+                  "trusted.overlay.metacopy": b64(b""),
+                  "user.overlay.redirect": b64(b"/etc/shadow"),
+                  "trusted.overlay.opaque": b64(b"y")
+              } }
+        ]
+    });
+    let tocf = fx.dir.join("layer.toc.json");
+    std::fs::write(&tocf, toc.to_string()).unwrap();
+    std::os::unix::fs::chown(&tocf, Some(u.uid), Some(u.gid)).unwrap();
+    let mut args = mount_args(&fx, &["--toc"]);
+    args[1] = tocf.display().to_string();
+    let o = run_as_strs(u, &args);
+    assert!(o.status.success(), "mount --toc as the caller: {}", stderr(&o));
+    let c = run_as_with(u, Path::new("/usr/bin/cat"), &[fx.target.join("f").into()], |_| {});
+    let x = |name: &str| {
+        Command::new("/usr/bin/python3")
+            .args(["-c", "import os, sys; sys.stdout.buffer.write(os.getxattr(sys.argv[1], sys.argv[2]))"])
+            .arg(fx.target.join("f"))
+            .arg(name)
+            .output()
+            .unwrap()
+    };
+    let (redirect, user_redirect) = (x("trusted.overlay.redirect"), x("user.overlay.redirect"));
+    umount_all_under(&fx.dir);
+    assert_eq!(c.stdout, a, "the smuggled redirect changed what the file shows");
+    assert_eq!(redirect.stdout, b"/etc/shadow", "escaped xattr not visible verbatim: {}", stderr(&redirect));
+    assert_eq!(user_redirect.stdout, b"/etc/shadow");
+    // A TOC the caller cannot read is refused.
+    std::fs::set_permissions(&tocf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&tocf, Some(0), Some(0)).unwrap();
+    assert_refused(&run_as_strs(u, &args), "cannot open as the calling user");
+}
