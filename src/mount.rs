@@ -108,6 +108,9 @@ pub struct Args {
     /// Allow device nodes (root only).
     #[arg(long)]
     pub allow_dev: bool,
+    /// Mount noexec.
+    #[arg(long)]
+    pub noexec: bool,
     /// Print what was done.
     #[arg(long, short)]
     pub verbose: bool,
@@ -197,6 +200,8 @@ pub struct MountRequest {
     pub force_loop: bool,
     pub allow_suid: bool,
     pub allow_dev: bool,
+    /// MOUNT_ATTR_NOEXEC on the final mount.
+    pub noexec: bool,
     pub dest: Dest,
     pub verbose: bool,
 }
@@ -661,6 +666,9 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     if writable {
         attrs -= MountAttrFlags::MOUNT_ATTR_RDONLY;
     }
+    if req.noexec {
+        attrs |= MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    }
     let force_legacy = !privileged() && std::env::var_os("CFSMOUNT_TEST_LEGACY_OVERLAY").is_some();
     let datadirs: Vec<BorrowedFd<'_>> = basedirs.iter().map(|f| f.as_fd()).collect();
     let upper_fds = upper.as_ref().map(|(u, w)| (u.as_fd(), w.as_fd()));
@@ -861,6 +869,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         force_loop: a.force_loop,
         allow_suid: a.allow_suid,
         allow_dev: a.allow_dev,
+        noexec: a.noexec,
         dest,
         verbose: a.verbose,
     };
@@ -1022,7 +1031,7 @@ fn helper_usage() -> String {
 /// Turns `mount.composefs` arguments into a request.
 pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
     let (mut basedir, mut digest, mut idmap, mut upper, mut work) = (None, None, None, None, None);
-    let (mut verity, mut tryverity, mut ro, mut suid, mut dev) = (false, false, false, false, false);
+    let (mut verity, mut tryverity, mut ro, mut suid, mut dev, mut noexec) = (false, false, false, false, false, false);
     let need = |k: &str, v: Option<String>| v.ok_or_else(|| MountError::Usage(format!("No value specified for {k} option")));
     for o in &h.options {
         for (k, v) in parse_options(o)? {
@@ -1032,7 +1041,7 @@ pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
                 "idmap" => idmap = Some(need(&k, v)?),
                 "upperdir" => upper = Some(need(&k, v)?),
                 "workdir" => work = Some(need(&k, v)?),
-                "verity" | "tryverity" | "ro" | "rw" | "nosuid" | "nodev" | "suid" | "dev" if v.is_some() => {
+                "verity" | "tryverity" | "ro" | "rw" | "nosuid" | "nodev" | "suid" | "dev" | "noexec" | "exec" if v.is_some() => {
                     return Err(MountError::Usage(format!("option {k} takes no value")));
                 }
                 "verity" => verity = true,
@@ -1043,6 +1052,8 @@ pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
                 "nodev" => dev = false,
                 "suid" => suid = true,
                 "dev" => dev = true,
+                "noexec" => noexec = true,
+                "exec" => noexec = false,
                 _ if h.sloppy => eprintln!("mount.composefs: ignoring unsupported option {k}"),
                 _ => return Err(MountError::Usage(format!("Unsupported option {k}"))),
             }
@@ -1074,6 +1085,7 @@ pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
         force_loop: false,
         allow_suid: suid,
         allow_dev: dev,
+        noexec,
         dest: Dest::Target(h.target.clone().unwrap_or_default()),
         verbose: h.verbose,
     })
