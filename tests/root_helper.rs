@@ -491,7 +491,7 @@ fn ptrace_and_proc_mem_never_reach_privileged_helper() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        std::fs::write(&pidfile.with_extension("tmp"), helper.id().to_string()).unwrap();
+        std::fs::write(pidfile.with_extension("tmp"), helper.id().to_string()).unwrap();
         std::fs::rename(pidfile.with_extension("tmp"), &pidfile).unwrap();
         let st = helper.wait().unwrap();
         let out = attacker.wait_with_output().unwrap();
@@ -659,7 +659,7 @@ fn run_as_strs(u: &User, args: &[String]) -> Output {
 /// The mountinfo line whose mount point is `p` (the topmost one).
 fn mount_line(p: &Path) -> Option<String> {
     let s = p.to_str().unwrap();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.split(' ').nth(4) == Some(s)).last().map(str::to_string)
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().rfind(|l| l.split(' ').nth(4) == Some(s)).map(str::to_string)
 }
 
 fn loop_devices_in_use() -> usize {
@@ -683,16 +683,6 @@ fn umount_all_under(dir: &Path) {
             let _ = sh("umount", &["-l", m]);
         }
     }
-}
-
-fn new_mounts(before: &[String]) -> Vec<String> {
-    let mut after = mountpoints();
-    for b in before {
-        if let Some(i) = after.iter().position(|a| a == b) {
-            after.remove(i);
-        }
-    }
-    after
 }
 
 /// Positive path: the caller mounts its own image in its own directory, reads the files, sees

@@ -97,26 +97,18 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> anyhow::Result<()> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     crate::sys::helper::ignore_sigxfsz().context("privileged mode: SIGXFSZ")?;
     let _ = rustix::process::setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
-    for (res, min) in [(Resource::Fsize, None), (Resource::Nofile, Some(1024u64))] {
-        let want = Rlimit { current: min, maximum: min };
-        if rustix::process::setrlimit(res, want.clone()).is_err() {
-            // Could not raise the hard limit (no CAP_SYS_RESOURCE): use the hard limit.
+    // RLIMIT_FSIZE → infinity, RLIMIT_NOFILE → 1024; where the hard limit cannot be raised
+    // (no CAP_SYS_RESOURCE in the owning user namespace) the soft limit goes up to the hard one.
+    // A finite RLIMIT_FSIZE then makes writes fail with EFBIG (SIGXFSZ is ignored), reported.
+    for (res, want) in [(Resource::Fsize, None), (Resource::Nofile, Some(1024u64))] {
+        if rustix::process::setrlimit(res, Rlimit { current: want, maximum: want }).is_err() {
             let cur = rustix::process::getrlimit(res);
             let _ = rustix::process::setrlimit(res, Rlimit { current: cur.maximum, maximum: cur.maximum });
         }
-        if res == Resource::Nofile {
-            // Raising may exceed fs.nr_open; never lower below what we need.
-            let cur = rustix::process::getrlimit(res);
-            if cur.current.is_some_and(|c| c < 64) {
-                anyhow::bail!("privileged mode: RLIMIT_NOFILE hard limit is too low ({:?} < 64)", cur.current);
-            }
-        } else {
-            let cur = rustix::process::getrlimit(res);
-            if cur.current.is_some() {
-                // A finite RLIMIT_FSIZE we could not lift: image copies and state records may
-                // fail with EFBIG (SIGXFSZ is ignored), which is reported, never half-written.
-            }
-        }
+    }
+    let nofile = rustix::process::getrlimit(Resource::Nofile);
+    if nofile.current.is_some_and(|c| c < 64) {
+        anyhow::bail!("privileged mode: RLIMIT_NOFILE hard limit is too low ({:?} < 64)", nofile.current);
     }
     // 5. Only mount/umount are offered to unprivileged callers.
     check_subcommand(argv)?;
