@@ -107,7 +107,12 @@ pub fn parse_input(req: &BuildRequest, input: &[u8]) -> Result<Tree, BuildError>
 /// The untrusted stage: read the whole input (bounded), parse, validate, optionally record the
 /// objects' fs-verity digests, and write the image to `out`.
 pub fn build_from_reader(req: &BuildRequest, input: &mut dyn Read, out: &mut dyn Write) -> Result<BuildInfo, BuildError> {
-    let mut buf = Vec::new();
+    build_from_reader_sized(req, input, 0, out)
+}
+
+/// [`build_from_reader`] with the input's expected size (0 if unknown) to read it in one buffer.
+pub fn build_from_reader_sized(req: &BuildRequest, input: &mut dyn Read, size_hint: u64, out: &mut dyn Write) -> Result<BuildInfo, BuildError> {
+    let mut buf = Vec::with_capacity(size_hint.min(req.max_input_bytes).saturating_add(1) as usize);
     input.take(req.max_input_bytes.saturating_add(1)).read_to_end(&mut buf).map_err(BuildError::Read)?;
     if buf.len() as u64 > req.max_input_bytes {
         return Err(BuildError::Input(format!("input is larger than the limit of {} bytes", req.max_input_bytes)));
@@ -272,7 +277,10 @@ pub fn build_image(req: &BuildRequest, source: Source, output: &Output, bopts: &
     run_untrusted(&cfg, input, out_fd, move |mut i: File, mut o: File| {
         let r = match &tree_from_dir {
             Some(t) => write_tree(t, &req2.write, &mut o),
-            None => build_from_reader(&req2, &mut i, &mut o),
+            None => {
+                let hint = i.metadata().ok().filter(|m| m.is_file()).map_or(0, |m| m.len());
+                build_from_reader_sized(&req2, &mut i, hint, &mut o)
+            }
         };
         r.map(|_| ()).map_err(|e| e.to_string())
     })?;

@@ -125,6 +125,7 @@ pub fn parse_flavor(json: &[u8], opts: &TocOptions, flavor: Flavor) -> Result<Tr
         error: None,
         version: None,
         entries_seen: false,
+        parent_cache: None,
     };
     let mut de = serde_json::Deserializer::from_slice(json);
     let res = (&mut de).deserialize_any(TopVisitor { st: &mut st });
@@ -774,6 +775,8 @@ struct State {
     error: Option<TocError>,
     version: Option<i128>,
     entries_seen: bool,
+    /// Directory of the previous insertion: (relative path, node).
+    parent_cache: Option<(Vec<u8>, tree::NodeId)>,
 }
 
 /// Strip a leading `/` or `./` and a trailing `/`; `None` means the root.
@@ -876,8 +879,9 @@ pub fn encode_dev(major: i64, minor: i64) -> Result<u32, String> {
 impl State {
     fn entry(&mut self, raw: Raw<'_>) -> Result<(), TocError> {
         let index = self.index;
-        let name_shown = raw.name.as_deref().map(|n| tree::show(n.as_bytes())).unwrap_or_default();
-        let err = |field: &'static str, reason: String| TocError::Entry { index, name: name_shown.clone(), field, reason };
+        // The printable name is only built for an error (it costs more than the parse).
+        let shown = |raw_name: &Option<Cow<'_, str>>| raw_name.as_deref().map(|n| tree::show(n.as_bytes())).unwrap_or_default();
+        let err = |field: &'static str, reason: String| TocError::Entry { index, name: shown(&raw.name), field, reason };
         if let Some((field, reason)) = &raw.bad {
             return Err(err(field, reason.clone()));
         }
@@ -920,10 +924,8 @@ impl State {
         if name.is_empty() {
             return Err(err("name", "empty name".into()));
         }
+        // Validated by the tree on insertion (whiteout and hard link paths are checked below).
         let path = normalize(name);
-        if let Some(p) = path {
-            split_path(p).map_err(|e| err("name", tree_reason(&e)))?;
-        }
 
         let is_hardlink = typ == "hardlink"
             || (typ == "reg"
@@ -979,7 +981,7 @@ impl State {
                     None => (&b""[..], p),
                 };
                 if base == WHITEOUT_OPAQUE {
-                    self.opaques.push(PendingOpaque { index, name: name_shown.clone(), dir: dir.to_vec() });
+                    self.opaques.push(PendingOpaque { index, name: shown(&raw.name), dir: dir.to_vec() });
                     return Ok(());
                 }
                 if base.starts_with(WHITEOUT_META_PREFIX) {
@@ -997,7 +999,7 @@ impl State {
                     }
                     self.whiteouts.push(PendingWhiteout {
                         index,
-                        name: name_shown.clone(),
+                        name: shown(&raw.name),
                         path: hp,
                         inode: Inode { mode: S_IFCHR, uid, gid, rdev: 0, size: 0, mtime, mtime_nsec },
                     });
@@ -1091,13 +1093,32 @@ impl State {
         match path {
             None => self.tree.set_root(entry).map_err(|e| err(if matches!(e, TreeError::BadField { .. }) { "type" } else { "name" }, tree_reason(&e)))?,
             Some(p) => {
-                self.tree.insert(p, entry).map_err(|e| err("name", tree_reason(&e)))?;
+                self.insert(p, entry).map_err(|e| err("name", tree_reason(&e)))?;
             }
         }
         if ftype == S_IFREG {
             self.last_reg = path.map(|p| p.to_vec());
         }
         Ok(())
+    }
+
+    /// [`Tree::insert`], skipping the walk from the root when the entry lives in the same
+    /// directory as the previous one (the common case in tar order).
+    fn insert(&mut self, p: &[u8], entry: Entry) -> Result<tree::NodeId, TreeError> {
+        let (dir, name) = match p.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&p[..i], &p[i + 1..]),
+            None => (&b""[..], p),
+        };
+        if let Some((cdir, cid)) = &self.parent_cache {
+            // The cached directory's path was validated when it was cached; the name is checked
+            // by insert_child, the whole length here.
+            if cdir.as_slice() == dir && p.len() < PATH_MAX && self.tree.child(*cid, name).is_none() {
+                return self.tree.insert_child(*cid, name, entry);
+            }
+        }
+        let id = self.tree.insert(p, entry)?;
+        self.parent_cache = Some((dir.to_vec(), self.tree.node(id).parent));
+        Ok(id)
     }
 
     /// Turn the collected OCI whiteout markers into overlay whiteouts and opaque directories.
