@@ -55,9 +55,11 @@ const OVL_ESCAPED_PREFIX: &[u8] = b"trusted.overlay.overlay.";
 const OVL_METACOPY: &[u8] = b"trusted.overlay.metacopy";
 const OVL_REDIRECT: &[u8] = b"trusted.overlay.redirect";
 const OVL_OPAQUE: &[u8] = b"trusted.overlay.opaque";
-const OVL_ESC_WHITEOUT: &[u8] = b"trusted.overlay.overlay.whiteout";
-const OVL_ESC_WHITEOUTS: &[u8] = b"trusted.overlay.overlay.whiteouts";
-const OVL_ESC_OPAQUE: &[u8] = b"trusted.overlay.overlay.opaque";
+// Escaped names are always split as (OVL_ESCAPED_PREFIX, rest), like renamed input
+// names, so equal names have equal parts (see `Cat`'s Hash).
+const OVL_ESC_WHITEOUT: &[u8] = b"whiteout";
+const OVL_ESC_WHITEOUTS: &[u8] = b"whiteouts";
+const OVL_ESC_OPAQUE: &[u8] = b"opaque";
 const USER_OVL_WHITEOUT: &[u8] = b"user.overlay.whiteout";
 const USER_OVL_WHITEOUTS: &[u8] = b"user.overlay.whiteouts";
 const USER_OVL_OPAQUE: &[u8] = b"user.overlay.opaque";
@@ -141,6 +143,16 @@ impl Ord for Cat<'_> {
 impl PartialOrd for Cat<'_> {
     fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(o))
+    }
+}
+impl std::hash::Hash for Cat<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // std's SipHasher is a streaming hash (split points do not matter); the
+        // writer also keeps one split per distinct name, so this is consistent
+        // with the concatenation equality either way.
+        h.write(self.a);
+        h.write(self.b);
+        h.write_usize(self.len());
     }
 }
 #[derive(Clone, Copy, Debug)]
@@ -620,14 +632,14 @@ impl<'a> Builder<'a> {
                 }
             }
             if orig.mode & S_IFMT == S_IFCHR && orig.rdev == 0 {
-                xs.set_find(Cat::one(OVL_ESC_WHITEOUT), Cat::one(&[])).map_err(err)?;
+                xs.set_find(Cat::two(OVL_ESCAPED_PREFIX, OVL_ESC_WHITEOUT), Cat::one(&[])).map_err(err)?;
                 xs.set_find(Cat::one(USER_OVL_WHITEOUT), Cat::one(&[])).map_err(err)?;
             }
             if whiteout_child {
-                xs.set_find(Cat::one(OVL_ESC_WHITEOUTS), Cat::one(&[])).map_err(err)?;
+                xs.set_find(Cat::two(OVL_ESCAPED_PREFIX, OVL_ESC_WHITEOUTS), Cat::one(&[])).map_err(err)?;
                 xs.set_find(Cat::one(USER_OVL_WHITEOUTS), Cat::one(&[])).map_err(err)?;
                 if self.version >= 1 {
-                    xs.set_find(Cat::one(OVL_ESC_OPAQUE), Cat::one(b"x")).map_err(err)?;
+                    xs.set_find(Cat::two(OVL_ESCAPED_PREFIX, OVL_ESC_OPAQUE), Cat::one(b"x")).map_err(err)?;
                     xs.set_find(Cat::one(USER_OVL_OPAQUE), Cat::one(b"x")).map_err(err)?;
                 }
             }
@@ -657,43 +669,41 @@ impl<'a> Builder<'a> {
         }
         self.min_mtime = min;
 
-        // Shared xattrs: every (name, value) used by more than one inode. Sorting all
-        // xattr references in the canonical shared-table order (name descending, then
-        // longer value first, then value descending) groups equal pairs together and
-        // yields the table order at once.
-        let canon = |x: &X<'a>, y: &X<'a>| {
-            y.key.cmp(&x.key).then_with(|| y.value.len().cmp(&x.value.len())).then_with(|| y.value.cmp(&x.value))
-        };
-        let mut order: Vec<u32> = (0..self.xattrs.len() as u32).collect();
-        order.sort_unstable_by(|&i, &j| canon(&self.xattrs[i as usize], &self.xattrs[j as usize]));
-        let mut candidate = vec![INLINE; self.xattrs.len()];
-        let mut shared: Vec<(Cat<'a>, Cat<'a>)> = Vec::new();
+        // Shared xattrs: every (name, value) used by more than one inode, in the
+        // canonical table order: name descending, then longer value first, then
+        // value descending.
+        let mut pair_id: HashMap<(Cat<'a>, Cat<'a>), u32> = HashMap::with_capacity(self.xattrs.len() / 2 + 16);
+        let mut pairs: Vec<(u32, u64)> = Vec::new(); // (use count, shared offset)
+        let mut id_of: Vec<u32> = Vec::with_capacity(self.xattrs.len());
+        for x in &self.xattrs {
+            let next = pairs.len() as u32;
+            let id = *pair_id.entry((x.key, x.value)).or_insert(next);
+            if id == next {
+                pairs.push((0, INLINE));
+            }
+            pairs[id as usize].0 += 1;
+            id_of.push(id);
+        }
+        let mut shared: Vec<((Cat<'a>, Cat<'a>), u32)> =
+            pair_id.into_iter().filter(|(_, id)| pairs[*id as usize].0 > 1).collect();
+        shared.sort_unstable_by(|(x, _), (y, _)| {
+            y.0.cmp(&x.0).then_with(|| y.1.len().cmp(&x.1.len())).then_with(|| y.1.cmp(&x.1))
+        });
         let mut off = 0u64;
         let mut kbuf = Vec::new();
-        let mut k = 0;
-        while k < order.len() {
-            let first = &self.xattrs[order[k] as usize];
-            let mut end = k + 1;
-            while end < order.len() && canon(first, &self.xattrs[order[end] as usize]).is_eq() {
-                end += 1;
-            }
-            if end - k > 1 {
-                for &m in &order[k..end] {
-                    candidate[m as usize] = off;
-                }
-                shared.push((first.key, first.value));
-                let (_, suffix) = xattr_prefix_split(first.key.copy_to(&mut kbuf));
-                off += xattr_entry_size(suffix.len(), first.value.len()) as u64;
-            }
-            k = end;
+        for (pair, id) in &shared {
+            pairs[*id as usize].1 = off;
+            let (_, suffix) = xattr_prefix_split(pair.0.copy_to(&mut kbuf));
+            off += xattr_entry_size(suffix.len(), pair.1.len()) as u64;
         }
-        drop(order);
         self.shared_size = off;
-        self.shared = shared;
+        self.shared = shared.into_iter().map(|(p, _)| p).collect();
         for ino in &mut self.inos {
             let mut n_shared = 0;
-            for (x, &cand) in self.xattrs[ino.xa.0..ino.xa.0 + ino.xa.1].iter_mut().zip(&candidate[ino.xa.0..ino.xa.0 + ino.xa.1]) {
+            let range = ino.xa.0..ino.xa.0 + ino.xa.1;
+            for (x, &id) in self.xattrs[range.clone()].iter_mut().zip(&id_of[range]) {
                 x.shared = INLINE;
+                let cand = pairs[id as usize].1;
                 if n_shared < MAX_SHARED_PER_INODE && cand != INLINE {
                     x.shared = cand;
                     n_shared += 1;
@@ -701,7 +711,8 @@ impl<'a> Builder<'a> {
             }
             ino.n_shared = n_shared;
         }
-        drop(candidate);
+        drop(id_of);
+        drop(pairs);
 
         // Directory nlink: 2 + subdirectories.
         for i in 0..self.inos.len() {
@@ -1119,5 +1130,11 @@ mod tests {
         let b = Cat::one(b"trusted.x");
         assert_eq!(a, b);
         assert_eq!(a.cmp(&Cat::one(b"trusted.y")), std::cmp::Ordering::Less);
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let rs = std::collections::hash_map::RandomState::new();
+        let (mut h1, mut h2) = (rs.build_hasher(), rs.build_hasher());
+        a.hash(&mut h1);
+        b.hash(&mut h2);
+        assert_eq!(h1.finish(), h2.finish(), "hash must follow concatenation equality");
     }
 }

@@ -49,6 +49,10 @@ pub fn valid_file_type(mode: u32) -> bool {
 /// Decode one escaped field into `out` (cleared first).
 fn unescape_into(s: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     out.clear();
+    if !s.contains(&b'\\') {
+        out.extend_from_slice(s);
+        return Ok(());
+    }
     out.reserve(s.len());
     let mut i = 0;
     while i < s.len() {
