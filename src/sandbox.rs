@@ -318,6 +318,12 @@ where
 
 /// The uid/gid the child switches to, or None to keep the current ones.
 fn target_ids(cfg: &SandboxConfig) -> Option<(Uid, Gid)> {
+    if crate::helper::privileged() {
+        // Privileged helper (which already became uid 0 in all ids): the child is the caller,
+        // so whatever it reads (e.g. --objects for verity digests) is read with its rights.
+        let c = crate::helper::caller();
+        return Some((Uid::from_raw(c.uid), Gid::from_raw(c.gid)));
+    }
     if let Some((u, g)) = cfg.run_as {
         return Some((Uid::from_raw(u), Gid::from_raw(g)));
     }
@@ -423,6 +429,7 @@ fn confine(
     keep.extend(probe);
     sys::close_fds_except(&keep).map_err(|e| step("close_range", &e))?;
     sys::clear_environment().map_err(|e| step("clearenv", &e))?;
+    sys::disable_heap_trim();
     set_limits(&plan.limits).map_err(|e| step("setrlimit", &e))?;
 
     // 2. Securebits and bounding set (need CAP_SETPCAP), ambient set.

@@ -177,3 +177,17 @@ pub fn mount_setattr_available() -> io::Result<()> {
     }
     Err(e)
 }
+
+/// Stops glibc malloc from ever trimming its heaps in this process.
+///
+/// Trimming a non-main arena's heap makes glibc open `/proc/sys/vm/overcommit_memory` once
+/// (check_may_shrink_heap), which the sandbox's seccomp policy (no `openat`) answers by killing
+/// the child. That happens when run_confined is called from a thread other than the main one.
+/// The child is short-lived, so keeping freed memory mapped costs nothing. No-op on other libcs.
+pub fn disable_heap_trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt with an integer parameter; the child is single-threaded at this point.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+}
