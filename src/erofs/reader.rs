@@ -494,11 +494,17 @@ impl<'a> Reader<'a> {
         let mode = u32::from(le16(raw, 4));
         let i_u = le32(raw, 16);
         let (size, uid, gid, mtime, mtime_nsec, nlink) = if compact {
+            // Current kernels read a compact inode's mtime as the superblock's epoch plus
+            // the 32-bit field at offset 12 (zero from the composefs writer).
+            let mtime = self
+                .build_time
+                .checked_add(i64::from(le32(raw, 12)))
+                .ok_or_else(|| bad("compact inode mtime out of range".into()))?;
             (
                 u64::from(le32(raw, 8)),
                 u32::from(le16(raw, 24)),
                 u32::from(le16(raw, 26)),
-                self.build_time,
+                mtime,
                 self.build_nsec,
                 u32::from(le16(raw, 6)),
             )
