@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
 
 use cfsmount::sandbox::{run_confined, Limits, SandboxConfig, SandboxError};
@@ -269,6 +270,70 @@ fn wall_timeout_kills_child() {
     let e = res.expect_err("a child blocked forever must be killed");
     assert!(matches!(e, SandboxError::Timeout { .. }), "expected a timeout, got {e}");
     assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn exit_without_status_is_an_error() {
+    let e = must_fail(&SandboxConfig::default(), |_, _| {
+        // SAFETY (test): ends the child at once, skipping the status message.
+        unsafe { libc::_exit(0) }
+    });
+    assert!(
+        matches!(&e, SandboxError::MalformedStatus { reason } if reason.contains("without a status")),
+        "expected a missing-status error, got {e}"
+    );
+}
+
+#[test]
+fn forged_status_bytes_are_an_error() {
+    // A compromised job writes junk to every descriptor it did not get as input/output (the
+    // status pipe is among them); the parent must not accept the resulting stream.
+    let e = must_fail(&SandboxConfig::default(), |i, o| {
+        for fd in 0..64 {
+            if fd != i.as_raw_fd() && fd != o.as_raw_fd() {
+                // SAFETY (test): write(2) on raw fd numbers with a valid buffer.
+                unsafe { libc::write(fd, b"CFSB\x00\xff\xff\xff\xffjunk".as_ptr().cast(), 13) };
+            }
+        }
+        Ok(())
+    });
+    assert!(matches!(&e, SandboxError::MalformedStatus { .. }), "expected a malformed-status error, got {e}");
+}
+
+/// Changing the limits or the ids of the child is root-only: run this test binary again as
+/// `nobody` and let it try.
+#[test]
+fn limits_and_ids_need_root() {
+    const AS_USER: &str = "CFS_SANDBOX_TEST_AS_USER";
+    if std::env::var_os(AS_USER).is_some() {
+        assert!(!rustix::process::getuid().is_root());
+        let custom = SandboxConfig { limits: Limits { cpu_seconds: 600, ..Limits::default() }, ..Default::default() };
+        let ids = SandboxConfig { run_as: Some((0, 0)), ..Default::default() };
+        for cfg in [custom, ids] {
+            let (i, o) = (File::open("/dev/null").unwrap(), File::options().write(true).open("/dev/null").unwrap());
+            let e = run_confined(&cfg, i.into(), o.into(), |_, _| Ok(())).expect_err("must be refused");
+            assert!(matches!(e, SandboxError::NeedsRoot { .. }), "{e}");
+        }
+        // The default configuration works for an ordinary user too (no id change, no caps).
+        let (i, o) = (File::open("/dev/null").unwrap(), File::options().write(true).open("/dev/null").unwrap());
+        run_confined(&SandboxConfig::default(), i.into(), o.into(), |_, _| Ok(())).expect("unprivileged sandbox");
+        return;
+    }
+    require_root();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "limits_and_ids_need_root", "--test-threads=1", "--nocapture"])
+        .env(AS_USER, "1")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "as nobody: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[cfg(feature = "misbehave")]
