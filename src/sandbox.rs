@@ -429,6 +429,7 @@ fn confine(
     keep.extend(probe);
     sys::close_fds_except(&keep).map_err(|e| step("close_range", &e))?;
     sys::clear_environment().map_err(|e| step("clearenv", &e))?;
+    sys::disable_heap_trim();
     set_limits(&plan.limits).map_err(|e| step("setrlimit", &e))?;
 
     // 2. Securebits and bounding set (need CAP_SETPCAP), ambient set.
@@ -871,4 +872,58 @@ pub enum SandboxError {
     Timeout { seconds: f64 },
     #[error("sandboxed child sent a malformed status: {reason}")]
     MalformedStatus { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = STATUS_MAGIC.to_vec();
+        v.push(kind);
+        v.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn status_well_formed() {
+        assert_eq!(parse_status(&msg(KIND_OK, b"")).unwrap(), (KIND_OK, String::new()));
+        assert_eq!(parse_status(&msg(KIND_JOB, b"bad entry")).unwrap(), (KIND_JOB, "bad entry".into()));
+    }
+
+    #[test]
+    fn status_malformed_is_rejected() {
+        let bad = |b: &[u8]| matches!(parse_status(b), Err(SandboxError::MalformedStatus { .. }));
+        assert!(bad(b""), "empty");
+        assert!(bad(b"CFSB\0\0\0"), "short header");
+        assert!(bad(&msg(KIND_OK, b"")[1..]), "shifted");
+        let mut m = msg(KIND_OK, b"");
+        m[0] = b'X';
+        assert!(bad(&m), "magic");
+        assert!(bad(&msg(9, b"")), "unknown kind");
+        let mut m = msg(KIND_JOB, b"abc");
+        m.push(b'!');
+        assert!(bad(&m), "trailing byte");
+        let mut m = msg(KIND_JOB, b"abc");
+        m.pop();
+        assert!(bad(&m), "truncated body");
+        assert!(bad(&msg(KIND_JOB, &vec![b'a'; MAX_MESSAGE + 1])), "oversized message");
+    }
+
+    #[test]
+    fn status_text_is_sanitized() {
+        let (_, m) = parse_status(&msg(KIND_JOB, b"line1\nline2\x1b[31m\xff")).unwrap();
+        assert!(!m.chars().any(char::is_control), "{m:?}");
+        assert!(m.starts_with("line1 line2"));
+    }
+
+    #[test]
+    fn bpf_blobs_decode() {
+        let p = decode_bpf(POLICY_PARSE).expect("parse policy compiled");
+        let f = decode_bpf(POLICY_FILES).expect("files policy compiled");
+        assert!(p.len() > 10 && f.len() > p.len());
+        assert!(decode_bpf(&[0u8; 7]).is_none());
+        assert!(decode_bpf(&[]).is_none());
+    }
 }
