@@ -8,7 +8,7 @@
 //! no path is resolved twice and no temporary mount is ever attached anywhere.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
 use rustix::mount::{
@@ -39,6 +39,10 @@ pub struct OverlaySpec<'a> {
     pub attrs: MountAttrFlags,
     /// Use the legacy `lowerdir=` string even if `lowerdir+` works (tests of the fallback).
     pub force_legacy: bool,
+    /// Private (root-only) directory where, for the legacy syntax, the detached lower mounts are
+    /// attached for the moment the overlay is created (kernels without `lowerdir+` also refuse
+    /// detached mounts as layers); they are detached again right after.
+    pub scratch: &'a Path,
     /// A composefs layer (metacopy=on, redirect_dir=on, verity). When false, this is the
     /// stacking overlay over several composefs layers: it merges them (whiteouts, opaque
     /// directories) but never follows metacopy/redirect xattrs (metacopy=off, redirect_dir=nofollow).
@@ -99,6 +103,9 @@ pub fn assemble(spec: &OverlaySpec<'_>) -> Result<Overlay, OverlayError> {
     if !spec.force_legacy {
         match build(spec, false) {
             Err(OverlayError::Config { key, errno: Errno::INVAL, .. }) if key == "lowerdir+" || key == "datadir+" => {}
+            // Before Linux 6.15 overlay cannot clone a detached mount as a layer ("failed to
+            // clone lowerpath", EINVAL at create): retry with the lowers attached. (Seen on 6.12.)
+            Err(OverlayError::Create { errno: Errno::INVAL, .. }) => {}
             r => return r,
         }
     }
@@ -133,8 +140,18 @@ fn build(spec: &OverlaySpec<'_>, legacy: bool) -> Result<Overlay, OverlayError> 
             verity = cfg("verity", "require").is_ok();
         }
     }
-    let lowers: Vec<String> = spec.lowers.iter().map(|f| fd_path(*f)).collect();
     let datas: Vec<String> = spec.datadirs.iter().map(|f| fd_path(*f)).collect();
+    // Legacy kernels: attach each lower mount in the private scratch dir while the overlay is
+    // built; the guards detach and remove them on every path out of this function.
+    let mut attached = Vec::new();
+    let lowers: Vec<String> = if legacy {
+        for f in &spec.lowers {
+            attached.push(TempAttach::new(spec.scratch, *f)?);
+        }
+        attached.iter().map(|a| a.dir.to_string_lossy().into_owned()).collect()
+    } else {
+        spec.lowers.iter().map(|f| fd_path(*f)).collect()
+    };
     if legacy {
         cfg("lowerdir", &legacy_lowerdir(&lowers, &datas))?;
     } else {
@@ -153,6 +170,50 @@ fn build(spec: &OverlaySpec<'_>, legacy: bool) -> Result<Overlay, OverlayError> 
     let mnt = fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, spec.attrs)
         .map_err(|e| OverlayError::Fsmount { errno: e })?;
     Ok(Overlay { mnt, legacy, verity })
+}
+
+/// A lower mount attached at a fresh directory in the scratch dir; dropping it detaches the
+/// mount (MNT_DETACH: the overlay keeps its own private clone) and removes the directory.
+struct TempAttach {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl TempAttach {
+    fn new(scratch: &Path, mnt: BorrowedFd<'_>) -> Result<TempAttach, OverlayError> {
+        use rustix::mount::{move_mount, MoveMountFlags};
+        let tmp_err = |errno: Errno| OverlayError::TempAttach { dir: scratch.to_path_buf(), errno };
+        let mut dir = None;
+        for i in 0..100u32 {
+            let d = scratch.join(format!(".layer-{}-{}-{i}", std::process::id(), mnt.as_raw_fd()));
+            match rustix::fs::mkdir(&d, rustix::fs::Mode::from_raw_mode(0o700)) {
+                Ok(()) => {
+                    dir = Some(d);
+                    break;
+                }
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(tmp_err(e)),
+            }
+        }
+        let dir = dir.ok_or_else(|| tmp_err(Errno::EXIST))?;
+        let mut t = TempAttach { dir, mounted: false };
+        let dfd = rustix::fs::open(&t.dir, rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
+            .map_err(tmp_err)?;
+        // Onto the pinned directory (not a re-resolved path).
+        move_mount(mnt, "", dfd.as_fd(), "", MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH)
+            .map_err(tmp_err)?;
+        t.mounted = true;
+        Ok(t)
+    }
+}
+
+impl Drop for TempAttach {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW);
+        }
+        let _ = rustix::fs::rmdir(&self.dir);
+    }
 }
 
 /// Sends a detached mount fd over a connected unix socket (one byte of payload, SCM_RIGHTS).
@@ -202,6 +263,8 @@ pub enum OverlayError {
     Config { key: &'static str, errno: Errno, log: String },
     #[error("overlay: creating the filesystem failed: {errno}{}", if log.is_empty() { String::new() } else { format!(" (kernel: {log})") })]
     Create { errno: Errno, log: String },
+    #[error("overlay (legacy syntax): attaching a layer temporarily under {}: {errno}", dir.display())]
+    TempAttach { dir: PathBuf, errno: Errno },
     #[error("overlay: fsmount failed: {errno}")]
     Fsmount { errno: Errno },
     #[error("--fd-out: sending the mount fd failed: {errno}")]

@@ -87,8 +87,27 @@ impl Scratch {
         c.env("CFSMOUNT_STATE_DIR", self.path("state"));
         c
     }
+    /// Mount points under the scratch dir (fifth mountinfo field).
+    fn mount_points(&self) -> Vec<String> {
+        let p = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|mp| mp.starts_with(&p))
+            .collect()
+    }
     fn records(&self) -> usize {
         std::fs::read_dir(self.path("state")).unwrap().filter(|e| e.as_ref().unwrap().file_name().as_bytes().ends_with(b".json")).count()
+    }
+}
+
+impl Drop for Scratch {
+    /// A failed test may leave its mounts: detach them so the next run starts clean.
+    fn drop(&mut self) {
+        for mp in self.mount_points().into_iter().rev() {
+            let _ = rustix::mount::unmount(mp.as_str(), rustix::mount::UnmountFlags::DETACH);
+        }
     }
 }
 
@@ -911,8 +930,27 @@ fn legacy_overlay_syntax() {
     let out = run_ok(c);
     assert!(String::from_utf8_lossy(&out.stderr).contains("legacy lowerdir string"));
     check_tree(&tree, &mnt, 0, "legacy");
+    // The layer was attached in the state dir only while the overlay was created.
+    let state = s.path("state").to_string_lossy().into_owned();
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mi.lines().filter(|l| l.split(' ').nth(4).is_some_and(|mp| mp.starts_with(&state))).collect();
+    assert!(left.is_empty(), "temporary layer mount left: {left:?}");
+    assert_eq!(std::fs::read_dir(s.path("state")).unwrap().count(), 1, "only the record in the state dir");
     umount(&s, &mnt);
     assert_clean(&before, s.dir.path(), "legacy");
+    // Several layers, loop-backed, in the legacy syntax too.
+    let upper = dump_tree("/ 4096 40755 2 0 0 0 1000.0 - - -\n/inline 0 20000 1 0 0 0 1000.0 - - -\n/new 2 100644 1 0 0 0 1000.0 - hi -\n");
+    let uimg = s.path("upper.img");
+    write_img(&upper, &WriteOptions::default(), &uimg);
+    let mut c = s.cmd();
+    c.env("CFSMOUNT_TEST_LEGACY_OVERLAY", "1").arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+    c.arg("--layer").arg(&uimg).arg("--force-loop");
+    run_ok(c);
+    assert!(!mnt.join("inline").exists(), "whited out by the upper layer");
+    assert_eq!(std::fs::read(mnt.join("new")).unwrap(), b"hi");
+    assert_eq!(std::fs::read(mnt.join("file")).unwrap(), object_pattern(b"ab/cdef", 11));
+    umount(&s, &mnt);
+    assert_clean(&before, s.dir.path(), "legacy layers");
 }
 
 #[test]
