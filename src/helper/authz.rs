@@ -214,6 +214,24 @@ pub fn open_source(path: &Path) -> Result<Source, HelperError> {
     Ok(Source { fd: memfd, size: copied })
 }
 
+/// Checks an image's expected fs-verity digest (`--digest`/`digest=`). In privileged mode the
+/// image fd is the helper's sealed private copy (a memfd, which cannot carry fs-verity), so the
+/// digest is computed in userspace over that copy — which can no longer change, so this proves
+/// what gets mounted. Otherwise the kernel's measurement of the file is required.
+pub fn check_source_digest(fd: BorrowedFd<'_>, want: &[u8; 32]) -> Result<(), HelperError> {
+    if !privileged() {
+        return crate::fsverity::check_digest(fd, want).map_err(|e| HelperError::BadImage { reason: format!("digest check: {e}") });
+    }
+    let f = File::from(rustix::io::dup(fd).map_err(|e| HelperError::Io { what: "dup", errno: e })?);
+    let got = crate::fsverity::digest_file(&f)
+        .map_err(|e| HelperError::Io { what: "fs-verity digest of the image copy", errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO) })?;
+    if &got != want {
+        let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        return Err(HelperError::BadImage { reason: format!("fs-verity digest {} does not match the expected {}", hex(&got), hex(want)) });
+    }
+    Ok(())
+}
+
 /// EROFS superblock facts checked before an image is mounted for an unprivileged caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageFacts {
