@@ -257,6 +257,10 @@ pub fn enable(fd: BorrowedFd<'_>) -> Result<Enabled, VerityError> {
     if fl & rustix::fs::OFlags::RWMODE != rustix::fs::OFlags::RDONLY {
         return Err(VerityError::WritableFd);
     }
+    let st = rustix::fs::fstat(fd).map_err(|e| VerityError::Io { op: "fstat", source: e.into() })?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(VerityError::NotRegular);
+    }
     let mut delay = Duration::from_millis(5);
     let mut attempt = 0;
     loop {
@@ -269,6 +273,9 @@ pub fn enable(fd: BorrowedFd<'_>) -> Result<Enabled, VerityError> {
                 delay = (delay * 2).min(Duration::from_millis(200));
             }
             Err(rustix::io::Errno::TXTBSY) => return Err(VerityError::Busy),
+            // ext4/f2fs refuse Merkle blocks larger than the filesystem block (EINVAL), e.g.
+            // ext4 made with 1 KiB blocks, which mke2fs picks for small filesystems.
+            Err(rustix::io::Errno::INVAL) => return Err(VerityError::BlockSize),
             Err(e) => return Err(map_errno("FS_IOC_ENABLE_VERITY", e)),
         }
     }
@@ -408,6 +415,11 @@ pub enum VerityError {
     Busy,
     #[error("cannot enable fs-verity through a writable file descriptor; open the file read-only")]
     WritableFd,
+    #[error("fs-verity needs a regular file")]
+    NotRegular,
+    /// EINVAL from FS_IOC_ENABLE_VERITY on a regular file.
+    #[error("cannot enable fs-verity with 4096-byte Merkle tree blocks here (EINVAL: is the filesystem block size smaller than 4096, e.g. ext4 made with -b 1024?)")]
+    BlockSize,
     #[error("kernel reports fs-verity hash algorithm {alg} with a {size}-byte digest; only SHA-256 is supported")]
     WrongAlgorithm { alg: u16, size: usize },
     #[error("fs-verity digest mismatch: expected {expected}, file has {actual}")]

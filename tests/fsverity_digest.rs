@@ -233,3 +233,14 @@ fn enable_refuses_writable_fd() {
     assert!(matches!(e, VerityError::WritableFd), "{e}");
 }
 
+
+/// Directories and devices are refused before the ioctl, naming the file.
+#[test]
+fn enable_refuses_non_regular_files() {
+    let dir = scratch();
+    for p in [dir.path(), Path::new("/dev/null")] {
+        let e = fsverity::enable_path(p).unwrap_err();
+        assert!(matches!(e.kind(), VerityError::NotRegular), "{}: {e}", p.display());
+        assert!(e.to_string().contains(&*p.to_string_lossy()), "{e}");
+    }
+}

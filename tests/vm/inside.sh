@@ -11,19 +11,23 @@ W=/tmp/cfs-tier3                 # the guest's own tmpfs
 V=$W/verity                      # ext4 with the verity feature, on a loop file
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-# run NAME FUNCTION [ARGS]: the function prints a reason and returns non-zero on failure.
+# run NAME FUNCTION [ARGS]: the function runs in a subshell and fails by printing a reason and
+# exiting non-zero (see `no`); whatever it left mounted at $M is unmounted afterwards.
 run() {
-    local name=$1 msg rc
+    local name=$1 msg rc t0=$SECONDS
     shift
     msg=$("$@" 2>&1)
     rc=$?
+    cleanup_mnt
+    echo "# $name: $((SECONDS - t0)) s" >&2
     if [ $rc -eq 0 ]; then
         echo "PASS $name"
     else
         echo "FAIL $name: $(printf '%s' "$msg" | tail -n 3 | tr '\n' ' ' | cut -c1-400)"
     fi
 }
-no() { echo "$*"; return 1; }
+no() { echo "$*"; exit 1; }
+cleanup_mnt() { :; }
 
 hexof() { "$CFS" verity digest --compact "$1"; }
 # Random content of SIZE bytes into FILE.
@@ -34,24 +38,28 @@ mkrand() { head -c "$2" /dev/urandom >"$1"; }
 setup() {
     local m
     for m in loop erofs overlay ext4; do modprobe "$m" 2>/dev/null; done
-    mkdir -p "$W" "$V" || return 1
-    truncate -s 512M "$W/ext4.img" || return 1
-    mkfs.ext4 -q -O verity "$W/ext4.img" || no "mkfs.ext4 -O verity failed"
+    mkdir -p "$W" "$V" || no "mkdir failed"
+    truncate -s 512M "$W/ext4.img" || no "truncate failed"
+    mkfs.ext4 -q -b 4096 -O verity "$W/ext4.img" || no "mkfs.ext4 -O verity failed"
     mount -o loop "$W/ext4.img" "$V" || no "mounting the verity ext4 failed"
     [ -x "$CFS" ] || no "no cfsmount binary at $CFS"
+    # Run it from the guest's own /tmp, not through the shared directory.
+    cp "$CFS" "$W/cfsmount" || no "copying cfsmount failed"
 }
-if ! msg=$(setup 2>&1); then
-    echo "FAIL setup: $(printf '%s' "$msg" | tail -n 3 | tr '\n' ' ')"
+T0=$SECONDS
+if ! (setup) >"$OUT/setup.log" 2>&1; then
+    echo "FAIL setup: $(tail -n 3 "$OUT/setup.log" | tr '\n' ' ')"
     exit 1
 fi
-echo "# kernel $(uname -r); verity ext4 at $V" >&2
+CFS=$W/cfsmount
+echo "# kernel $(uname -r); verity ext4 at $V; setup $((SECONDS - T0)) s" >&2
 
 # ---- fs-verity: enable / measure against the userspace digest --------------------------------
 
 # enable + measure equals the userspace digest (ours and fsverity-utils') for a file of SIZE bytes.
 t_enable_measure() {
     local size=$1 f=$V/size-$1 user ref meas kref
-    mkrand "$f" "$size" || return 1
+    mkrand "$f" "$size" || no "writing the test file failed"
     user=$("$CFS" verity digest "$f") || no "digest failed"
     ref=$(fsverity digest "$f") || no "fsverity digest failed"
     [ "$user" = "$ref" ] || no "userspace digest $user != fsverity digest $ref"
@@ -142,7 +150,7 @@ declare -A CONTENT_DIGEST   # name -> fs-verity digest of its object
 # image, built from a dumpfile whose metacopy digests are those objects' digests.
 build_fixture() {
     local n d
-    mkdir -p "$OBJ" "$M" "$W/src" || return 1
+    mkdir -p "$OBJ" "$M" "$W/src" || no "mkdir failed"
     mkrand "$W/src/a" 5000
     mkrand "$W/src/b" $((1024 * 1024 + 1))
     printf 'hello from c\n' >"$W/src/c"
@@ -153,19 +161,24 @@ build_fixture() {
             d=$(hexof "$W/src/$n") || no "digest of $n failed"
             CONTENT_DIGEST[$n]=$d
             mkdir -p "$OBJ/${d:0:2}"
-            cp "$W/src/$n" "$OBJ/${d:0:2}/${d:2}" || return 1
+            cp "$W/src/$n" "$OBJ/${d:0:2}/${d:2}" || no "cp failed"
             "$CFS" verity enable "$OBJ/${d:0:2}/${d:2}" || no "enable on object $n failed"
             echo "/$n $(stat -c %s "$W/src/$n") 100644 1 0 0 0 0.0 ${d:0:2}/${d:2} - $d"
         done
-    } >"$W/image.dump" || return 1
+    } >"$W/image.dump" || no "writing the dumpfile failed"
     "$CFS" mkimage --from-dump "$W/image.dump" "$IMG" || no "mkimage --from-dump failed"
     "$CFS" verity enable "$IMG" || no "enable on the image failed"
-    IMG_DIGEST=$(hexof "$IMG") || return 1
+    IMG_DIGEST=$(hexof "$IMG") || no "digest of the image failed"
     [ "$("$CFS" verity measure "$IMG")" = "sha256:$IMG_DIGEST $IMG" ] || no "image measure != digest"
+    {
+        echo "IMG_DIGEST=$IMG_DIGEST"
+        for n in "${!CONTENT_DIGEST[@]}"; do echo "CONTENT_DIGEST[$n]=${CONTENT_DIGEST[$n]}"; done
+    } >"$W/fixture.env"
 }
 
 is_mounted() { grep -q " $1 " /proc/self/mounts; }
 unmount() { is_mounted "$1" && { "$CFS" umount "$1" 2>/dev/null || umount "$1"; }; ! is_mounted "$1"; }
+cleanup_mnt() { local i; for i in 1 2 3; do is_mounted "$M" || return 0; umount "$M" 2>/dev/null; done; }
 
 # Every file reads back identical to its source.
 all_files_ok() {
@@ -177,7 +190,7 @@ all_files_ok() {
 
 t_digest_accepts() {
     "$CFS" mount "$IMG" "$M" --basedir "$OBJ" --digest "$IMG_DIGEST" || no "mount with the right digest failed"
-    all_files_ok a b c d || { unmount "$M"; return 1; }
+    all_files_ok a b c d
     unmount "$M" || no "unmount failed"
 }
 
@@ -198,7 +211,7 @@ t_digest_wrong() {
 
 t_digest_tampered_image() {
     local t=$V/tampered.cfs size
-    cp "$IMG" "$t" || return 1
+    cp "$IMG" "$t" || no "cp failed"
     size=$(stat -c %s "$t")
     # Change one byte in the last block, then give the copy verity of its own.
     printf '\x5a' | dd of="$t" bs=1 seek=$((size - 100)) conv=notrunc status=none
@@ -209,7 +222,7 @@ t_digest_tampered_image() {
 
 t_digest_nonverity_image() {
     local t=$V/noverity.cfs
-    cp "$IMG" "$t" || return 1
+    cp "$IMG" "$t" || no "cp failed"
     refused "*$t*not enabled*" "$CFS" mount "$t" "$M" --basedir "$OBJ" --digest "$IMG_DIGEST"
 }
 
@@ -218,7 +231,7 @@ t_helper_digest_option() {
     mkdir -p "$W/bin"
     ln -sf "$CFS" "$W/bin/mount.composefs"
     "$W/bin/mount.composefs" "$IMG" "$M" -o "basedir=$OBJ,digest=$IMG_DIGEST" || no "mount.composefs with digest= failed"
-    all_files_ok a b c d || { unmount "$M"; return 1; }
+    all_files_ok a b c d
     unmount "$M" || no "unmount failed"
     refused "*mismatch*" "$W/bin/mount.composefs" "$IMG" "$M" -o "basedir=$OBJ,digest=${CONTENT_DIGEST[b]}"
 }
@@ -227,7 +240,7 @@ t_helper_digest_option() {
 copy_store() {
     local dst=$1 f
     rm -rf "$dst"
-    cp -a "$OBJ" "$dst" || return 1
+    cp -a "$OBJ" "$dst" || no "cp -a failed"
     find "$dst" -type f | while read -r f; do "$CFS" verity enable "$f" || exit 1; done
 }
 
@@ -239,9 +252,9 @@ t_verity_tampered_object() {
     o=$(obj_path "$s" a)
     rm -f "$o"
     mkrand "$o" 5000                       # other content, same size, with verity of its own
-    "$CFS" verity enable "$o" || return 1
+    "$CFS" verity enable "$o" || no "enable on the replacement object failed"
     "$CFS" mount "$IMG" "$M" --basedir "$s" --verity --digest "$IMG_DIGEST" || no "mount --verity failed"
-    all_files_ok b c d || { unmount "$M"; return 1; }
+    all_files_ok b c d
     if err=$(cat "$M/a" 2>&1 >/dev/null); then unmount "$M"; no "tampered object a was readable"; fi
     unmount "$M" || no "unmount failed"
     case $err in *"Input/output error"*) ;; *) no "expected EIO, got: $err" ;; esac
@@ -253,7 +266,7 @@ t_verity_object_without_verity() {
     o=$(obj_path "$s" d)
     cp "$W/src/d" "$o.new" && mv -f "$o.new" "$o"   # right content, but no verity on it
     "$CFS" mount "$IMG" "$M" --basedir "$s" --verity || no "mount --verity failed"
-    all_files_ok a b c || { unmount "$M"; return 1; }
+    all_files_ok a b c
     if err=$(cat "$M/d" 2>&1 >/dev/null); then unmount "$M"; no "object without verity was readable"; fi
     unmount "$M" || no "unmount failed"
     case $err in *"Input/output error"*) ;; *) no "expected EIO, got: $err" ;; esac
@@ -264,7 +277,7 @@ t_missing_object() {
     copy_store "$s" || no "copying the store failed"
     rm -f "$(obj_path "$s" c)"
     "$CFS" mount "$IMG" "$M" --basedir "$s" --verity || no "mount --verity failed"
-    all_files_ok a b d || { unmount "$M"; return 1; }
+    all_files_ok a b d
     err=$(timeout 30 cat "$M/c" 2>&1 >/dev/null)
     rc=$?
     unmount "$M" || no "unmount failed"
@@ -285,8 +298,7 @@ t_no_verity_option_does_not_check() {
 }
 
 if mount_ready; then
-    # Not in a subshell: the fixture sets IMG_DIGEST and CONTENT_DIGEST.
-    if build_fixture >"$W/fixture.log" 2>&1; then
+    if (build_fixture) >"$W/fixture.log" 2>&1 && . "$W/fixture.env"; then
         run mount_digest_accepts_right_image t_digest_accepts
         run mount_digest_refuses_wrong_digest t_digest_wrong
         run mount_digest_refuses_tampered_image t_digest_tampered_image
