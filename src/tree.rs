@@ -295,7 +295,6 @@ impl Tree {
         for (i, comp) in comps[..comps.len() - 1].iter().enumerate() {
             cur = match self.child(cur, comp) {
                 Some(id) => {
-                    let id = id;
                     if !self.node(id).entry.inode.is_dir() || self.node(id).link_to.is_some() {
                         return Err(TreeError::ParentNotDir {
                             path: show(path),

@@ -489,8 +489,7 @@ impl<'a> Builder<'a> {
                     return Err(self.node_err(node, "duplicate names in directory"));
                 }
                 let start = self.dirents.len();
-                for k in 0..scratch.len() {
-                    let (mut d, is_new_inode) = scratch[k];
+                for &(mut d, is_new_inode) in scratch.iter() {
                     if is_new_inode {
                         let idx = match d.target {
                             Target::Tree(c) => self.make_ino(c, cur)?,
