@@ -848,6 +848,11 @@ fn option_and_path_injection_is_refused() {
     std::os::unix::fs::chown(&odd, Some(u.uid), Some(u.gid)).unwrap();
     let o = run_as(u, &["mount", img, odd.to_str().unwrap(), "--basedir", obj]);
     assert_refused(&o, "contains ','");
+    let colon = fx.dir.join("a:b");
+    std::fs::create_dir_all(&colon).unwrap();
+    std::os::unix::fs::chown(&colon, Some(u.uid), Some(u.gid)).unwrap();
+    let o = run_as(u, &["mount", img, colon.to_str().unwrap(), "--basedir", obj]);
+    assert_refused(&o, "contains ':'");
     let o = run_as(u, &["mount", img, tgt, "--basedir", &format!("{obj}/../objects\\x")]);
     assert_refused(&o, "contains '\\'");
     let o = run_as(u, &["mount", "--basedir", obj, "--", "-image", tgt]);
@@ -1500,4 +1505,46 @@ fn digest_is_checked_on_the_private_copy() {
         assert!(!stderr(&o).contains("does not match"), "{}", stderr(&o));
         assert_eq!(before, mountpoints());
     }
+}
+
+/// packaging/Makefile: a staged install (DESTDIR) in setuid mode lays out the binary 4755 root,
+/// the mount.composefs link, the man page and the default policy; the staged helper works.
+#[test]
+fn packaging_makefile_install() {
+    let _g = serial();
+    let e = env();
+    let stage = e.root.join("stage");
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage).unwrap();
+    std::fs::set_permissions(&stage, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new("make")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["-f", "packaging/Makefile", "install", "MODE=setuid"])
+        .arg(format!("DESTDIR={}", stage.display()))
+        .arg(format!("BIN={}", env!("CARGO_BIN_EXE_cfsmount")))
+        .arg("PREFIX=/usr")
+        .output()
+        .expect("make");
+    assert!(o.status.success(), "make install: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    let bin = stage.join("usr/bin/cfsmount");
+    let m = std::fs::metadata(&bin).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o4755));
+    assert_eq!(std::fs::read_link(stage.join("sbin/mount.composefs")).unwrap(), Path::new("/usr/bin/cfsmount"));
+    assert!(stage.join("usr/share/man/man8/cfsmount.8").exists());
+    let pol = stage.join("etc/cfsmount/helper.conf");
+    let pm = std::fs::metadata(&pol).unwrap();
+    assert_eq!((pm.uid(), pm.mode() & 0o777), (0, 0o644));
+    assert!(cfsmount::helper::Policy::load_from(&pol).is_ok(), "installed policy loads");
+    // The staged binary works as a helper for the test user.
+    let o = run_as_with(&e.user, &bin, &["mkimage".into()], |_| {});
+    assert_refused(&o, "only `mount` and `umount`");
+    // Unknown mode is refused.
+    let o = Command::new("make")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["-f", "packaging/Makefile", "install", "MODE=bogus"])
+        .arg(format!("DESTDIR={}", stage.display()))
+        .arg(format!("BIN={}", env!("CARGO_BIN_EXE_cfsmount")))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
 }
