@@ -1548,3 +1548,22 @@ fn packaging_makefile_install() {
         .unwrap();
     assert!(!o.status.success());
 }
+
+/// An idmap user namespace nested inside another (its parent is not the initial namespace) is
+/// refused: the helper can only interpret maps relative to the initial namespace (fails closed).
+#[test]
+fn nested_idmap_namespace_is_refused() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let a = b"nest".as_slice();
+    let fx = fixture(u, "nested", &dump_line_external("n", "100644", u.uid, a), &[a]);
+    let p = spawn_as(
+        u,
+        &["/usr/bin/unshare", "--user", "--map-root-user", "/usr/bin/unshare", "--user", "--map-root-user", "/usr/bin/sleep", "30"],
+    );
+    let before = mountpoints();
+    let o = run_as_strs(u, &mount_args(&fx, &["--idmap", &format!("/proc/{}/ns/user", p.0.id())]));
+    assert_refused(&o, "nested user namespaces are not supported");
+    assert_eq!(before, mountpoints());
+}
