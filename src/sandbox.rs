@@ -172,6 +172,8 @@ struct Hooks {
     skip_landlock: bool,
     #[cfg(feature = "misbehave")]
     proc_status: bool,
+    #[cfg(feature = "misbehave")]
+    pretend_no_landlock: bool,
 }
 
 #[cfg(feature = "misbehave")]
@@ -188,6 +190,8 @@ pub mod misbehave {
         pub skip_landlock: bool,
         /// Open /proc/self/status before landlock and pass it as the job's third argument.
         pub proc_status: bool,
+        /// Act as if the kernel had no landlock (tests the refusal and `--no-sandbox`).
+        pub pretend_no_landlock: bool,
     }
 
     /// [`run_confined`] with hooks; the job also gets the /proc/self/status fd if asked for.
@@ -205,6 +209,7 @@ pub mod misbehave {
             skip_seccomp: hooks.skip_seccomp,
             skip_landlock: hooks.skip_landlock,
             proc_status: hooks.proc_status,
+            pretend_no_landlock: hooks.pretend_no_landlock,
         };
         run_with_hooks(cfg, &h, input, output, job)
     }
@@ -220,6 +225,12 @@ impl Hooks {
     fn skip_landlock(&self) -> bool {
         #[cfg(feature = "misbehave")]
         return self.skip_landlock;
+        #[cfg(not(feature = "misbehave"))]
+        false
+    }
+    fn pretend_no_landlock(&self) -> bool {
+        #[cfg(feature = "misbehave")]
+        return self.pretend_no_landlock;
         #[cfg(not(feature = "misbehave"))]
         false
     }
@@ -263,7 +274,10 @@ where
         }
     }
 
-    let support = KernelSupport::probe();
+    let mut support = KernelSupport::probe();
+    if hooks.pretend_no_landlock() {
+        support.landlock_abi = Err("landlock is not built into this kernel (pretended by a test hook)".into());
+    }
     let missing = support.missing();
     if !missing.is_empty() {
         if !cfg.allow_unsandboxed {

@@ -354,8 +354,10 @@ mod hooks {
         }
     }
 
-    const NO_SECCOMP: MisbehaveHooks = MisbehaveHooks { skip_seccomp: true, skip_landlock: false, proc_status: false };
-    const NO_LANDLOCK: MisbehaveHooks = MisbehaveHooks { skip_seccomp: false, skip_landlock: true, proc_status: false };
+    const NO_SECCOMP: MisbehaveHooks = MisbehaveHooks { skip_seccomp: true, ..NONE };
+    const NO_LANDLOCK: MisbehaveHooks = MisbehaveHooks { skip_landlock: true, ..NONE };
+    const NONE: MisbehaveHooks =
+        MisbehaveHooks { skip_seccomp: false, skip_landlock: false, proc_status: false, pretend_no_landlock: false };
 
     fn expect_errno(e: &SandboxError, errno: i32) {
         assert!(
@@ -477,6 +479,31 @@ mod hooks {
                 .map_err(|e| format!("errno {}", e.raw_os_error()))
         });
         expect_errno(&e, libc::EPERM);
+    }
+
+    #[test]
+    fn kernel_without_landlock_is_refused_unless_no_sandbox() {
+        require_root();
+        let hooks = MisbehaveHooks { pretend_no_landlock: true, ..NONE };
+        let (i, o, _r) = io_pair(b"data");
+        let e = run_confined_with(&SandboxConfig::default(), hooks, i, o, |_, _, _| Ok(()))
+            .expect_err("an incomplete sandbox must be refused by default");
+        assert!(matches!(&e, SandboxError::Unavailable { missing } if missing.contains("landlock")), "{e}");
+        assert!(e.to_string().contains("--no-sandbox"), "{e}");
+
+        // Root with --no-sandbox: runs, with every other layer still in place.
+        let cfg = SandboxConfig { allow_unsandboxed: true, ..Default::default() };
+        let (i, o, r) = io_pair(b"data");
+        run_confined_with(&cfg, hooks, i, o, |mut i, mut o, _| {
+            // (Not io::copy: between files it uses copy_file_range, outside the parse policy.)
+            let mut buf = Vec::new();
+            i.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+            o.write_all(&buf).map_err(|e| e.to_string())
+        })
+        .expect("partial sandbox with allow_unsandboxed");
+        assert_eq!(read_back(r), b"data");
+        let e = must_fail_hooked(&cfg, hooks, |_, _, _| File::open("/etc/hostname").map(|_| ()).map_err(|e| errno_of(&e)));
+        assert_seccomp_kill(&e);
     }
 
     #[test]
