@@ -315,3 +315,86 @@ fn kernel_big_files_and_acl() {
 fn kernel_cs9_minimal() {
     mount_and_compare("cs9-x86_64-minimal.dump.gz");
 }
+
+/// Overlayfs on top of the mounted image (as composefs mounts it, here with an empty
+/// second lower layer and no data layer): the 256 whiteout stubs are hidden, the
+/// escaped `trusted.overlay.*` xattrs of the input come back under their own names,
+/// whiteouts appear as overlay "xwhiteout" files and their directories carry the
+/// matching markers (plus `opaque=x` from format version 1 on).
+fn overlay_view(name: &str) {
+    require_root();
+    let dir = conformance_dir();
+    let tree = parse(&read_input(&dir, name), &DumpOptions { strict: true, limits: Limits::default() }).unwrap();
+    let opts = match std::fs::read_to_string(dir.join(format!("{name}.version"))) {
+        Ok(v) => {
+            let v = v.trim().parse().unwrap();
+            WriteOptions { min_version: v, max_version: v }
+        }
+        Err(_) => WriteOptions::default(),
+    };
+    let has_whiteout = (0..tree.len() as NodeId).any(|i| tree.node(i).link_to.is_none() && is_whiteout(&tree, i));
+    let version = if opts.min_version == 0 && opts.max_version >= 1 && has_whiteout { 1 } else { opts.min_version };
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("image.erofs");
+    let mut f = std::fs::File::create(&img).unwrap();
+    write_image(&tree, &opts, &mut f).unwrap();
+    drop(f);
+    let (lower, empty, ovl) = (tmp.path().join("lower"), tmp.path().join("empty"), tmp.path().join("ovl"));
+    for d in [&lower, &empty, &ovl] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let m = Mounted::new(&img, &lower);
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!("ro,lowerdir={}:{}", lower.display(), empty.display()))
+        .arg(&ovl)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "overlay mount failed: {}", String::from_utf8_lossy(&out.stderr));
+    let o = Mounted { dir: ovl.clone() };
+    for id in 0..tree.len() as NodeId {
+        let rel = tree.path_of(id);
+        let p = if rel.is_empty() { ovl.clone() } else { ovl.join(std::ffi::OsStr::from_bytes(&rel)) };
+        let ctx = format!("{name} (overlay): /{}", String::from_utf8_lossy(&rel));
+        let t = tree.resolve(id);
+        let n = tree.node(t);
+        let md = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let mut want: BTreeMap<Vec<u8>, Vec<u8>> = n.entry.xattrs.iter().map(|x| (x.key.clone(), x.value.clone())).collect();
+        if is_whiteout(&tree, t) {
+            assert!(md.file_type().is_file() && md.len() == 0, "{ctx}: whiteout is not an empty regular file");
+            want.insert(b"trusted.overlay.whiteout".to_vec(), Vec::new());
+            want.insert(b"user.overlay.whiteout".to_vec(), Vec::new());
+        }
+        if n.entry.inode.is_dir() {
+            if n.children.iter().any(|&c| tree.node(c).link_to.is_none() && is_whiteout(&tree, c)) {
+                want.insert(b"trusted.overlay.whiteouts".to_vec(), Vec::new());
+                want.insert(b"user.overlay.whiteouts".to_vec(), Vec::new());
+                if version >= 1 {
+                    want.insert(b"trusted.overlay.opaque".to_vec(), b"x".to_vec());
+                    want.insert(b"user.overlay.opaque".to_vec(), b"x".to_vec());
+                }
+            }
+            let names: BTreeSet<Vec<u8>> =
+                std::fs::read_dir(&p).unwrap().map(|d| d.unwrap().file_name().as_bytes().to_vec()).collect();
+            let expect: BTreeSet<Vec<u8>> = n.children.iter().map(|&c| tree.node(c).name.clone()).collect();
+            assert_eq!(names, expect, "{ctx}: entries (whiteout stubs must be hidden)");
+        }
+        compare_xattrs(&read_xattrs(&p), &want, &ctx);
+        if let Some(c) = &n.entry.content {
+            assert!(std::fs::read(&p).unwrap() == *c, "{ctx}: content");
+        }
+    }
+    drop(o);
+    drop(m);
+}
+
+#[test]
+fn kernel_overlay_view_special_v0() {
+    overlay_view("special.dump");
+}
+
+#[test]
+fn kernel_overlay_view_special_v1() {
+    overlay_view("special_v1.dump");
+}
+
