@@ -26,6 +26,7 @@ pub struct LoopDevice {
     number: u32,
     path: PathBuf,
     direct_io: bool,
+    retries: u32,
 }
 
 impl LoopDevice {
@@ -40,6 +41,10 @@ impl LoopDevice {
     /// cannot do O_DIRECT, e.g. tmpfs).
     pub fn direct_io(&self) -> bool {
         self.direct_io
+    }
+    /// How many devices were lost to racing processes (EBUSY) before this one was configured.
+    pub fn retries(&self) -> u32 {
+        self.retries
     }
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -65,7 +70,7 @@ pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopErro
     cfg.info.lo_file_name[..n].copy_from_slice(&label[..n]);
 
     let mut last = Errno::BUSY;
-    for _attempt in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
         let number = loopctl::ctl_get_free(ctl.as_fd()).map_err(|e| LoopError::Control { op: "LOOP_CTL_GET_FREE", errno: e })?;
         let path = PathBuf::from(format!("/dev/loop{number}"));
         let dev = match rustix::fs::open(&path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty()) {
@@ -89,7 +94,7 @@ pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopErro
             Err(e) => return Err(LoopError::Device { path, op: "LOOP_CONFIGURE", errno: e }),
         }
         // From here on, dropping `dev` (on any error) lets AUTOCLEAR detach the device.
-        let lo = LoopDevice { fd: dev, number, path, direct_io: false };
+        let lo = LoopDevice { fd: dev, number, path, direct_io: false, retries: attempt };
         return verify(lo, &st);
     }
     Err(LoopError::Exhausted { attempts: MAX_ATTEMPTS, last })

@@ -755,7 +755,12 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
                 "cfsmount: {}: EROFS {} (mount id {})",
                 img.label.display(),
                 match &e.loopdev {
-                    Some(l) => format!("on {}{}", l.path().display(), if l.direct_io() { " (direct I/O)" } else { "" }),
+                    Some(l) => format!(
+                        "on {}{}{}",
+                        l.path().display(),
+                        if l.direct_io() { " (direct I/O)" } else { "" },
+                        if l.retries() > 0 { format!(" after {} EBUSY retries", l.retries()) } else { String::new() }
+                    ),
                     None => "file-backed".to_string(),
                 },
                 e.mount_id
