@@ -1,0 +1,94 @@
+#!/bin/sh
+# Benchmark of `cfsmount mkimage`: wall time (hyperfine) and peak RSS (/usr/bin/time -v) on
+#   1. the cs9-x86_64-developer TOC JSON of the conformance data (64k entries, ~19 MB), and
+#   2. a generated zstd:chunked TOC with 500k entries;
+# plus the same trees as dumpfiles (--from-dump) and, when MKCOMPOSEFS points at a reference
+# `mkcomposefs` binary, the reference on the same dumpfiles (with its default threads).
+# The peak RSS covers cfsmount and its sandboxed child (time -v reports the larger of the two).
+#
+# Usage: benches/mkimage.sh            (needs: cargo, hyperfine, GNU time, gzip, awk)
+#        MKCOMPOSEFS=/path/to/mkcomposefs RUNS=10 benches/mkimage.sh
+set -eu
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+conf=${CFS_CONFORMANCE:-$here/../shared/conformance}
+runs=${RUNS:-10}
+work=$(mktemp -d "${TMPDIR:-/tmp}/cfsmount-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT INT TERM
+
+for tool in hyperfine gzip awk; do
+    command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
+done
+[ -x /usr/bin/time ] || { echo "missing GNU time (/usr/bin/time): apt-get install time" >&2; exit 1; }
+[ -f "$conf/composefs-json/cs9-x86_64-developer.json.gz" ] || { echo "conformance data missing: $conf" >&2; exit 1; }
+
+(cd "$here" && cargo build --release --quiet)
+bin=$here/target/release/cfsmount
+
+gzip -dc "$conf/composefs-json/cs9-x86_64-developer.json.gz" > "$work/cs9.json"
+
+# 500k entries: 1000 directories of 499 regular files each (content digests, xattrs on some,
+# a symlink per directory), in tar order as containers/storage writes them.
+awk 'BEGIN {
+    srand(1);
+    printf "{\"version\":1,\"entries\":[\n";
+    n = 0; first = 1;
+    for (d = 0; d < 1000; d++) {
+        printf "%s{\"type\":\"dir\",\"name\":\"usr/share/d%04d/\",\"mode\":493,\"uid\":0,\"gid\":0,\"modtime\":\"2024-01-02T03:04:05Z\"}\n", (first ? "" : ","), d;
+        first = 0; n++;
+        printf ",{\"type\":\"symlink\",\"name\":\"usr/share/d%04d/link\",\"linkName\":\"f0000\",\"mode\":511,\"modtime\":\"2024-01-02T03:04:05Z\"}\n", d; n++;
+        for (f = 0; f < 498; f++) {
+            h = "";
+            for (i = 0; i < 8; i++) h = h sprintf("%08x", int(rand() * 4294967295));
+            x = (f % 10 == 0) ? ",\"xattrs\":{\"user.tag\":\"dmFsdWU=\"}" : "";
+            printf ",{\"type\":\"reg\",\"name\":\"usr/share/d%04d/f%04d\",\"mode\":420,\"size\":%d,\"uid\":0,\"gid\":0,\"modtime\":\"2024-01-02T03:04:05Z\",\"accesstime\":\"0001-01-01T00:00:00Z\",\"changetime\":\"0001-01-01T00:00:00Z\",\"digest\":\"sha256:%s\",\"offset\":%d,\"endOffset\":%d%s}\n", d, f, 100 + f * 37, h, n * 512, n * 512 + 300, x;
+            n++;
+        }
+    }
+    printf "]}\n";
+}' > "$work/500k.json"
+
+"$bin" mkimage --from-toc "$work/cs9.json" "$work/cs9.img"
+"$bin" mkimage --from-toc "$work/500k.json" "$work/500k.img"
+"$bin" inspect "$work/cs9.img" > "$work/cs9.dump"
+"$bin" inspect "$work/500k.img" > "$work/500k.dump"
+entries_500k=$(grep -c '"name"' "$work/500k.json")
+
+size_of() { wc -c < "$1" | tr -d ' '; }
+
+# peak RSS in KiB of a command (max over the process and its waited-for children)
+peak_rss() {
+    /usr/bin/time -v "$@" 2>"$work/time.txt" >/dev/null
+    awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }' "$work/time.txt"
+}
+
+# mean wall time in seconds
+wall() {
+    hyperfine --style none --warmup 1 --runs "$runs" --export-json "$work/h.json" "$1" >/dev/null 2>&1
+    awk -F: '/"mean"/ { gsub(/[ ,]/, "", $2); printf "%.3f", $2; exit }' "$work/h.json"
+}
+cpu() {
+    awk -F: '/"user"/ { gsub(/[ ,]/, "", $2); u = $2 } /"system"/ { gsub(/[ ,]/, "", $2); s = $2 } END { printf "%.3f", u + s }' "$work/h.json"
+}
+
+printf '%-34s %12s %10s %10s %12s %8s\n' case input_bytes wall_s cpu_s peak_rss_MB rss/in
+row() {
+    name=$1; input=$2; shift 2
+    w=$(wall "$*")
+    c=$(cpu)
+    r=$(peak_rss "$@")
+    in=$(size_of "$input")
+    awk -v n="$name" -v i="$in" -v w="$w" -v c="$c" -v r="$r" \
+        'BEGIN { printf "%-34s %12d %10s %10s %12.1f %8.2f\n", n, i, w, c, r / 1024, (r * 1024) / i }'
+}
+
+row "cs9-developer toc (64k)" "$work/cs9.json" "$bin" mkimage --from-toc "$work/cs9.json" "$work/out.img"
+row "generated toc ($entries_500k)" "$work/500k.json" "$bin" mkimage --from-toc "$work/500k.json" "$work/out.img"
+row "cs9-developer dump" "$work/cs9.dump" "$bin" mkimage --from-dump "$work/cs9.dump" "$work/out.img"
+row "generated dump" "$work/500k.dump" "$bin" mkimage --from-dump "$work/500k.dump" "$work/out.img"
+if [ -n "${MKCOMPOSEFS:-}" ]; then
+    row "reference mkcomposefs cs9 dump" "$work/cs9.dump" "$MKCOMPOSEFS" --from-file "$work/cs9.dump" "$work/ref.img"
+    row "reference mkcomposefs gen. dump" "$work/500k.dump" "$MKCOMPOSEFS" --from-file "$work/500k.dump" "$work/ref.img"
+    cmp -s "$work/out.img" "$work/ref.img" && echo "generated tree: cfsmount and reference images are identical" \
+        || echo "generated tree: images DIFFER from the reference"
+fi
