@@ -58,12 +58,17 @@ pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopErro
     if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
         return Err(LoopError::NotRegular);
     }
-    let raw_fd = u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&image)).map_err(|_| LoopError::Image { errno: Errno::BADF })?;
+    let raw_fd =
+        u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&image)).map_err(|_| LoopError::Image { errno: Errno::BADF })?;
 
     let ctl = rustix::fs::open("/dev/loop-control", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| LoopError::Control { op: "open", errno: e })?;
 
-    let mut cfg = LoopConfig { fd: raw_fd, block_size: BLOCK_SIZE, ..Default::default() };
+    let mut cfg = LoopConfig {
+        fd: raw_fd,
+        block_size: BLOCK_SIZE,
+        ..Default::default()
+    };
     cfg.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_DIRECT_IO | LO_FLAGS_AUTOCLEAR;
     let label = name.as_os_str().as_encoded_bytes();
     let n = label.len().min(loopctl::LO_NAME_SIZE - 1);
@@ -71,7 +76,10 @@ pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopErro
 
     let mut last = Errno::BUSY;
     for attempt in 0..MAX_ATTEMPTS {
-        let number = loopctl::ctl_get_free(ctl.as_fd()).map_err(|e| LoopError::Control { op: "LOOP_CTL_GET_FREE", errno: e })?;
+        let number = loopctl::ctl_get_free(ctl.as_fd()).map_err(|e| LoopError::Control {
+            op: "LOOP_CTL_GET_FREE",
+            errno: e,
+        })?;
         let path = PathBuf::from(format!("/dev/loop{number}"));
         let dev = match rustix::fs::open(&path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty()) {
             Ok(fd) => fd,
@@ -81,7 +89,13 @@ pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopErro
                 std::thread::yield_now();
                 continue;
             }
-            Err(e) => return Err(LoopError::Device { path, op: "open", errno: e }),
+            Err(e) => {
+                return Err(LoopError::Device {
+                    path,
+                    op: "open",
+                    errno: e,
+                })
+            }
         };
         match loopctl::configure(dev.as_fd(), &cfg) {
             Ok(()) => {}
@@ -91,13 +105,28 @@ pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopErro
                 std::thread::yield_now();
                 continue;
             }
-            Err(e) => return Err(LoopError::Device { path, op: "LOOP_CONFIGURE", errno: e }),
+            Err(e) => {
+                return Err(LoopError::Device {
+                    path,
+                    op: "LOOP_CONFIGURE",
+                    errno: e,
+                })
+            }
         }
         // From here on, dropping `dev` (on any error) lets AUTOCLEAR detach the device.
-        let lo = LoopDevice { fd: dev, number, path, direct_io: false, retries: attempt };
+        let lo = LoopDevice {
+            fd: dev,
+            number,
+            path,
+            direct_io: false,
+            retries: attempt,
+        };
         return verify(lo, &st);
     }
-    Err(LoopError::Exhausted { attempts: MAX_ATTEMPTS, last })
+    Err(LoopError::Exhausted {
+        attempts: MAX_ATTEMPTS,
+        last,
+    })
 }
 
 /// Checks that the device is bound to our image with the flags and block size we asked for.
@@ -109,7 +138,11 @@ fn verify(mut lo: LoopDevice, image: &rustix::fs::Stat) -> Result<LoopDevice, Lo
         Ok(i) => i,
         Err(e) => {
             undo(&lo);
-            return Err(LoopError::Device { path: lo.path.clone(), op: "LOOP_GET_STATUS64", errno: e });
+            return Err(LoopError::Device {
+                path: lo.path.clone(),
+                op: "LOOP_GET_STATUS64",
+                errno: e,
+            });
         }
     };
     let want = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
@@ -138,7 +171,10 @@ fn verify(mut lo: LoopDevice, image: &rustix::fs::Stat) -> Result<LoopDevice, Lo
     };
     if let Some(reason) = reason {
         undo(&lo);
-        return Err(LoopError::Verify { path: lo.path.clone(), reason });
+        return Err(LoopError::Verify {
+            path: lo.path.clone(),
+            reason,
+        });
     }
     lo.direct_io = info.lo_flags & LO_FLAGS_DIRECT_IO != 0;
     Ok(lo)
@@ -174,7 +210,11 @@ pub enum LoopError {
     #[error("/dev/loop-control: {op} failed: {errno}")]
     Control { op: &'static str, errno: Errno },
     #[error("{}: {op} failed: {errno}", path.display())]
-    Device { path: PathBuf, op: &'static str, errno: Errno },
+    Device {
+        path: PathBuf,
+        op: &'static str,
+        errno: Errno,
+    },
     #[error("no loop device could be configured after {attempts} attempts (last error: {last}); other processes keep taking the free devices")]
     Exhausted { attempts: u32, last: Errno },
     #[error("{}: configured device does not match the request: {reason}", path.display())]

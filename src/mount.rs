@@ -17,8 +17,7 @@ use anyhow::{bail, Context};
 use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
 use rustix::io::Errno;
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, FsMountFlags, FsOpenFlags,
-    MountAttrFlags,
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, FsMountFlags, FsOpenFlags, MountAttrFlags,
 };
 
 use crate::loopback::LoopDevice;
@@ -157,11 +156,12 @@ impl std::str::FromStr for IdMap {
             }
             p.parse::<u32>().map_err(|_| bad())
         };
-        let m = IdMap { inside: n(parts[0])?, outside: n(parts[1])?, count: n(parts[2])? };
-        if m.count == 0
-            || m.inside.checked_add(m.count - 1).is_none()
-            || m.outside.checked_add(m.count - 1).is_none()
-        {
+        let m = IdMap {
+            inside: n(parts[0])?,
+            outside: n(parts[1])?,
+            count: n(parts[2])?,
+        };
+        if m.count == 0 || m.inside.checked_add(m.count - 1).is_none() || m.outside.checked_add(m.count - 1).is_none() {
             return Err(bad());
         }
         Ok(m)
@@ -264,21 +264,32 @@ pub fn state_dir() -> PathBuf {
 /// Opens (creating if needed) the state dir, and checks it is ours and private.
 fn open_state_dir(create: bool) -> Result<(PathBuf, OwnedFd), MountError> {
     let dir = state_dir();
-    let err = |errno: Errno| MountError::StateDir { path: dir.clone(), reason: errno.to_string() };
+    let err = |errno: Errno| MountError::StateDir {
+        path: dir.clone(),
+        reason: errno.to_string(),
+    };
     if create {
         match rustix::fs::mkdir(&dir, Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(err(e)),
         }
     }
-    let fd = rustix::fs::open(&dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-        .map_err(err)?;
+    let fd = rustix::fs::open(
+        &dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)?;
     let st = rustix::fs::fstat(&fd).map_err(err)?;
     let euid = rustix::process::geteuid().as_raw();
     if st.st_uid != euid || st.st_mode & 0o022 != 0 {
         return Err(MountError::StateDir {
             path: dir,
-            reason: format!("must be owned by uid {euid} and not group/world-writable (owner {}, mode {:o})", st.st_uid, st.st_mode & 0o7777),
+            reason: format!(
+                "must be owned by uid {euid} and not group/world-writable (owner {}, mode {:o})",
+                st.st_uid,
+                st.st_mode & 0o7777
+            ),
         });
     }
     Ok((dir, fd))
@@ -292,9 +303,16 @@ fn write_record(dirfd: BorrowedFd<'_>, rec: &MountRecord) -> Result<(), MountErr
     let name = record_name(rec.mount_id);
     let tmp = format!(".{}.tmp", name);
     let data = serde_json::to_vec_pretty(rec).map_err(|e| MountError::Record { reason: e.to_string() })?;
-    let io = |e: Errno| MountError::Record { reason: format!("{name}: {e}") };
-    let fd = rustix::fs::openat(dirfd, &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::from_raw_mode(0o600))
-        .map_err(io)?;
+    let io = |e: Errno| MountError::Record {
+        reason: format!("{name}: {e}"),
+    };
+    let fd = rustix::fs::openat(
+        dirfd,
+        &tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(io)?;
     let mut off = 0;
     while off < data.len() {
         match rustix::io::write(&fd, &data[off..]) {
@@ -315,16 +333,34 @@ fn write_record(dirfd: BorrowedFd<'_>, rec: &MountRecord) -> Result<(), MountErr
 
 fn read_record(dirfd: BorrowedFd<'_>, mount_id: u64) -> Result<Option<MountRecord>, MountError> {
     let name = record_name(mount_id);
-    let fd = match rustix::fs::openat(dirfd, &name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+    let fd = match rustix::fs::openat(
+        dirfd,
+        &name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(None),
-        Err(e) => return Err(MountError::Record { reason: format!("{name}: {e}") }),
+        Err(e) => {
+            return Err(MountError::Record {
+                reason: format!("{name}: {e}"),
+            })
+        }
     };
     let mut s = Vec::new();
-    File::from(fd).take(1 << 20).read_to_end(&mut s).map_err(|e| MountError::Record { reason: format!("{name}: {e}") })?;
-    let rec: MountRecord = serde_json::from_slice(&s).map_err(|e| MountError::Record { reason: format!("{name}: {e}") })?;
+    File::from(fd)
+        .take(1 << 20)
+        .read_to_end(&mut s)
+        .map_err(|e| MountError::Record {
+            reason: format!("{name}: {e}"),
+        })?;
+    let rec: MountRecord = serde_json::from_slice(&s).map_err(|e| MountError::Record {
+        reason: format!("{name}: {e}"),
+    })?;
     if rec.mount_id != mount_id {
-        return Err(MountError::Record { reason: format!("{name}: names mount {}", rec.mount_id) });
+        return Err(MountError::Record {
+            reason: format!("{name}: names mount {}", rec.mount_id),
+        });
     }
     Ok(Some(rec))
 }
@@ -333,13 +369,21 @@ fn read_record(dirfd: BorrowedFd<'_>, mount_id: u64) -> Result<Option<MountRecor
 /// those whose target no longer has the recorded mount at its root. Records without a target
 /// (`--fd-out`) are kept: the receiver may have attached the mount anywhere.
 fn prune_stale_records(dirfd: BorrowedFd<'_>) {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/self/fd/{}", dirfd.as_raw_fd())) else { return };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/self/fd/{}", dirfd.as_raw_fd())) else {
+        return;
+    };
     for e in dir.flatten() {
         let name = e.file_name();
-        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|i| i.parse::<u64>().ok()) else {
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|i| i.parse::<u64>().ok())
+        else {
             continue;
         };
-        let Ok(Some(rec)) = read_record(dirfd, id) else { continue };
+        let Ok(Some(rec)) = read_record(dirfd, id) else {
+            continue;
+        };
         let Some(target) = &rec.target else { continue };
         let live = rustix::fs::open(target, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
             .ok()
@@ -359,7 +403,8 @@ pub fn list_records() -> Result<Vec<MountRecord>, MountError> {
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
-    let dir = std::fs::read_dir(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).map_err(|e| MountError::Record { reason: e.to_string() })?;
+    let dir = std::fs::read_dir(format!("/proc/self/fd/{}", dirfd.as_raw_fd()))
+        .map_err(|e| MountError::Record { reason: e.to_string() })?;
     for e in dir.flatten() {
         let n = e.file_name();
         let n = n.to_string_lossy();
@@ -374,7 +419,12 @@ pub fn list_records() -> Result<Vec<MountRecord>, MountError> {
 
 /// The mount id of `fd` (unique id when available).
 pub fn mount_id(fd: BorrowedFd<'_>) -> Result<(u64, bool, u64), Errno> {
-    let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE))?;
+    let st = rustix::fs::statx(
+        fd,
+        "",
+        AtFlags::EMPTY_PATH,
+        StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE),
+    )?;
     if st.stx_mask & STATX_MNT_ID_UNIQUE != 0 {
         return Ok((st.stx_mnt_id, true, (st.stx_attributes & st.stx_attributes_mask).bits()));
     }
@@ -382,7 +432,11 @@ pub fn mount_id(fd: BorrowedFd<'_>) -> Result<(u64, bool, u64), Errno> {
     if st.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
         return Err(Errno::NOSYS);
     }
-    Ok((st.stx_mnt_id, false, (st.stx_attributes & st.stx_attributes_mask).bits()))
+    Ok((
+        st.stx_mnt_id,
+        false,
+        (st.stx_attributes & st.stx_attributes_mask).bits(),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -401,24 +455,46 @@ fn open_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<&
         SourceKind::Image => open_source_file(path)?,
         _ => build_image(path, kind, state_dir, objects)?,
     };
-    let st = rustix::fs::fstat(&file).map_err(|e| MountError::Source { path: path.into(), reason: e.to_string() })?;
+    let st = rustix::fs::fstat(&file).map_err(|e| MountError::Source {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
-        return Err(MountError::Source { path: path.into(), reason: "not a regular file".into() });
+        return Err(MountError::Source {
+            path: path.into(),
+            reason: "not a regular file".into(),
+        });
     }
     let mut hdr = [0u8; 1028];
-    let n = rustix::io::pread(&file, &mut hdr, 0).map_err(|e| MountError::Source { path: path.into(), reason: e.to_string() })?;
+    let n = rustix::io::pread(&file, &mut hdr, 0).map_err(|e| MountError::Source {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     if n < hdr.len() {
-        return Err(MountError::NotComposefs { path: path.into(), reason: "shorter than an EROFS superblock".into() });
+        return Err(MountError::NotComposefs {
+            path: path.into(),
+            reason: "shorter than an EROFS superblock".into(),
+        });
     }
     let le = |o: usize| u32::from_le_bytes([hdr[o], hdr[o + 1], hdr[o + 2], hdr[o + 3]]);
     if le(0) != COMPOSEFS_MAGIC {
-        return Err(MountError::NotComposefs { path: path.into(), reason: format!("composefs header magic {:#x}", le(0)) });
+        return Err(MountError::NotComposefs {
+            path: path.into(),
+            reason: format!("composefs header magic {:#x}", le(0)),
+        });
     }
     if le(1024) != EROFS_MAGIC {
-        return Err(MountError::NotComposefs { path: path.into(), reason: format!("EROFS superblock magic {:#x}", le(1024)) });
+        return Err(MountError::NotComposefs {
+            path: path.into(),
+            reason: format!("EROFS superblock magic {:#x}", le(1024)),
+        });
     }
     let has_acl = le(8) & COMPOSEFS_FLAG_HAS_ACL != 0;
-    Ok(Image { file, label: path.to_path_buf(), has_acl })
+    Ok(Image {
+        file,
+        label: path.to_path_buf(),
+        has_acl,
+    })
 }
 
 /// Builds an image from a TOC or dumpfile with the sandboxed builder (`crate::mkimage`), into a
@@ -432,7 +508,10 @@ fn build_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<
         SourceKind::Dump => InputFormat::Dump,
         SourceKind::Image => unreachable!("images are not built"),
     };
-    let err = |reason: String| MountError::Build { path: path.into(), reason };
+    let err = |reason: String| MountError::Build {
+        path: path.into(),
+        reason,
+    };
     // The input is opened as the caller (pinned) and handed to the builder as an fd.
     let src = authz(crate::helper::open_source(path))?;
     let mut req = BuildRequest::new(format);
@@ -440,9 +519,17 @@ fn build_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<
     let out = state_dir.join(format!(
         ".build-{}-{}.img",
         std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
     ));
-    let res = crate::mkimage::build_image(&req, Source::Fd(src.fd), &Output::Path(out.clone()), &Default::default());
+    let res = crate::mkimage::build_image(
+        &req,
+        Source::Fd(src.fd),
+        &Output::Path(out.clone()),
+        &Default::default(),
+    );
     let _ = std::fs::remove_file(&out);
     match res {
         Ok((_, Some(f))) => Ok(f),
@@ -478,7 +565,14 @@ fn erofs_fsmount(source: &str, has_acl: bool, attrs: MountAttrFlags) -> Result<O
     let fs = fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| (e, "fsopen(erofs)".to_string()))?;
     let ctx = |what: &str, e: Errno| {
         let log = overlay::fs_log(fs.as_fd());
-        (e, if log.is_empty() { what.to_string() } else { format!("{what} (kernel: {log})") })
+        (
+            e,
+            if log.is_empty() {
+                what.to_string()
+            } else {
+                format!("{what} (kernel: {log})")
+            },
+        )
     };
     fsconfig_set_string(fs.as_fd(), "source", source).map_err(|e| ctx("source", e))?;
     fsconfig_set_flag(fs.as_fd(), "ro").map_err(|e| ctx("ro", e))?;
@@ -490,7 +584,12 @@ fn erofs_fsmount(source: &str, has_acl: bool, attrs: MountAttrFlags) -> Result<O
     fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| ctx("fsmount", e))
 }
 
-fn mount_erofs(img: &Image, req: &MountRequest, state_dir: &Path, userns: Option<BorrowedFd<'_>>) -> Result<ErofsMount, MountError> {
+fn mount_erofs(
+    img: &Image,
+    req: &MountRequest,
+    state_dir: &Path,
+    userns: Option<BorrowedFd<'_>>,
+) -> Result<ErofsMount, MountError> {
     let attrs = erofs_attrs(req);
     let mut loopdev = None;
     let mut mnt = None;
@@ -501,26 +600,43 @@ fn mount_erofs(img: &Image, req: &MountRequest, state_dir: &Path, userns: Option
             Ok(m) => mnt = Some(m),
             // ENOTBLK: this kernel wants a block device.
             Err((Errno::NOTBLK, _)) => {}
-            Err((e, what)) => return Err(MountError::Erofs { path: img.label.clone(), step: what, errno: e }),
+            Err((e, what)) => {
+                return Err(MountError::Erofs {
+                    path: img.label.clone(),
+                    step: what,
+                    errno: e,
+                })
+            }
         }
     }
     let mnt = match mnt {
         Some(m) => m,
         None => {
             authz(crate::helper::check_mount_limits(state_dir, true))?;
-            let lo = crate::loopback::attach(img.file.as_fd(), &img.label)
-                .map_err(|e| MountError::Loop { path: img.label.clone(), source: e })?;
+            let lo = crate::loopback::attach(img.file.as_fd(), &img.label).map_err(|e| MountError::Loop {
+                path: img.label.clone(),
+                source: e,
+            })?;
             let src = lo.path().to_str().unwrap_or_default().to_string();
-            let m = erofs_fsmount(&src, img.has_acl, attrs)
-                .map_err(|(e, what)| MountError::Erofs { path: img.label.clone(), step: what, errno: e })?;
+            let m = erofs_fsmount(&src, img.has_acl, attrs).map_err(|(e, what)| MountError::Erofs {
+                path: img.label.clone(),
+                step: what,
+                errno: e,
+            })?;
             loopdev = Some(lo);
             m
         }
     };
     if let Some(ns) = userns {
-        crate::sys::mount::mount_setattr_idmap(mnt.as_fd(), ns).map_err(|e| MountError::Idmap { reason: format!("mount_setattr(MOUNT_ATTR_IDMAP): {e}") })?;
+        crate::sys::mount::mount_setattr_idmap(mnt.as_fd(), ns).map_err(|e| MountError::Idmap {
+            reason: format!("mount_setattr(MOUNT_ATTR_IDMAP): {e}"),
+        })?;
     }
-    let (mount_id, _, _) = mount_id(mnt.as_fd()).map_err(|e| MountError::Erofs { path: img.label.clone(), step: "statx".into(), errno: e })?;
+    let (mount_id, _, _) = mount_id(mnt.as_fd()).map_err(|e| MountError::Erofs {
+        path: img.label.clone(),
+        step: "statx".into(),
+        errno: e,
+    })?;
     Ok(ErofsMount { mnt, loopdev, mount_id })
 }
 
@@ -529,24 +645,37 @@ fn mount_erofs(img: &Image, req: &MountRequest, state_dir: &Path, userns: Option
 // ---------------------------------------------------------------------------------------------
 
 fn map_text(maps: &[IdMap]) -> String {
-    maps.iter().map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count)).collect()
+    maps.iter()
+        .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count))
+        .collect()
 }
 
 /// A helper child unshares a user namespace; we write its maps, keep an fd to it, and reap it.
 pub fn create_userns(uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, MountError> {
     if uid.is_empty() || gid.is_empty() {
-        return Err(MountError::Idmap { reason: "both --uidmap and --gidmap are needed".into() });
+        return Err(MountError::Idmap {
+            reason: "both --uidmap and --gidmap are needed".into(),
+        });
     }
-    let child = crate::sys::mount::UsernsChild::spawn().map_err(|e| MountError::Idmap { reason: format!("creating a user namespace: {e}") })?;
+    let child = crate::sys::mount::UsernsChild::spawn().map_err(|e| MountError::Idmap {
+        reason: format!("creating a user namespace: {e}"),
+    })?;
     let pid = child.pid();
     let write = |name: &str, text: &str| -> Result<(), MountError> {
-        std::fs::write(format!("/proc/{pid}/{name}"), text.as_bytes())
-            .map_err(|e| MountError::Idmap { reason: format!("writing {name} ({}): {e}", text.trim().replace('\n', ", ")) })
+        std::fs::write(format!("/proc/{pid}/{name}"), text.as_bytes()).map_err(|e| MountError::Idmap {
+            reason: format!("writing {name} ({}): {e}", text.trim().replace('\n', ", ")),
+        })
     };
     write("uid_map", &map_text(uid))?;
     write("gid_map", &map_text(gid))?;
-    let fd = rustix::fs::open(format!("/proc/{pid}/ns/user"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| MountError::Idmap { reason: format!("opening the new user namespace: {e}") })?;
+    let fd = rustix::fs::open(
+        format!("/proc/{pid}/ns/user"),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| MountError::Idmap {
+        reason: format!("opening the new user namespace: {e}"),
+    })?;
     drop(child); // lets it exit and reaps it; the namespace lives on through `fd`
     Ok(fd)
 }
@@ -559,7 +688,9 @@ fn check_procfs() -> Result<(), MountError> {
     let st = rustix::fs::statfs("/proc/self/fd").map_err(|e| MountError::Proc { reason: e.to_string() })?;
     #[allow(clippy::unnecessary_cast)]
     if st.f_type as i64 != PROC_SUPER_MAGIC {
-        return Err(MountError::Proc { reason: "/proc is not procfs".into() });
+        return Err(MountError::Proc {
+            reason: "/proc is not procfs".into(),
+        });
     }
     Ok(())
 }
@@ -573,10 +704,16 @@ fn validate(req: &MountRequest) -> Result<(), MountError> {
         return Err(MountError::Usage("at least one basedir is needed".into()));
     }
     if req.digests.len() > req.sources.len() {
-        return Err(MountError::Usage(format!("{} digests given for {} images", req.digests.len(), req.sources.len())));
+        return Err(MountError::Usage(format!(
+            "{} digests given for {} images",
+            req.digests.len(),
+            req.sources.len()
+        )));
     }
     if (req.allow_suid || req.allow_dev) && (privileged() || caller_uid() != 0) {
-        return Err(MountError::Usage("suid/dev mounts may only be requested by root".into()));
+        return Err(MountError::Usage(
+            "suid/dev mounts may only be requested by root".into(),
+        ));
     }
     if req.sources.len() > 1 && req.upper.is_none() && req.sources.len() > 500 {
         return Err(MountError::Usage("too many layers".into()));
@@ -625,15 +762,23 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     for (img, want) in images.iter().zip(&req.digests) {
         if privileged() {
             // The sealed private copy cannot carry fs-verity: digest it in userspace.
-            authz(h::check_source_digest(img.file.as_fd(), want))
-                .map_err(|e| MountError::Digest { path: img.label.clone(), reason: e.to_string() })?;
+            authz(h::check_source_digest(img.file.as_fd(), want)).map_err(|e| MountError::Digest {
+                path: img.label.clone(),
+                reason: e.to_string(),
+            })?;
             continue;
         }
-        crate::fsverity::check_digest(img.file.as_fd(), want)
-            .map_err(|e| MountError::Digest { path: img.label.clone(), reason: e.to_string() })?;
+        crate::fsverity::check_digest(img.file.as_fd(), want).map_err(|e| MountError::Digest {
+            path: img.label.clone(),
+            reason: e.to_string(),
+        })?;
     }
     // 2. pinned directories, opened as the caller
-    let basedirs = req.basedirs.iter().map(|b| authz(h::open_basedir(b))).collect::<Result<Vec<_>, _>>()?;
+    let basedirs = req
+        .basedirs
+        .iter()
+        .map(|b| authz(h::open_basedir(b)))
+        .collect::<Result<Vec<_>, _>>()?;
     let upper = match &req.upper {
         Some((u, w)) => Some(authz(h::open_upper(u, w))?),
         None => None,
@@ -645,7 +790,9 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     let sock = match &req.dest {
         // Connected as the caller: root must not reach sockets the caller cannot.
         Dest::Socket(p) => Some(authz(crate::helper::as_caller(|| overlay::connect_socket(p)))??),
-        Dest::SocketFd(fd) => Some(rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| MountError::Usage(format!("--fd-out fd: {e}")))?),
+        Dest::SocketFd(fd) => {
+            Some(rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| MountError::Usage(format!("--fd-out fd: {e}")))?)
+        }
         Dest::Target(_) => None,
     };
     // 3. idmap user namespace
@@ -653,7 +800,15 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
         None => None,
         Some(IdmapSpec::Path(p)) => Some(authz(h::open_userns(p))?),
         Some(IdmapSpec::Maps { uid, gid }) => {
-            let ext = |m: &[IdMap]| m.iter().map(|x| h::IdExtent { inside: x.inside, outside: x.outside, count: x.count }).collect::<Vec<_>>();
+            let ext = |m: &[IdMap]| {
+                m.iter()
+                    .map(|x| h::IdExtent {
+                        inside: x.inside,
+                        outside: x.outside,
+                        count: x.count,
+                    })
+                    .collect::<Vec<_>>()
+            };
             authz(h::check_id_maps(&ext(uid), &ext(gid)))?;
             Some(create_userns(uid, gid)?)
         }
@@ -719,7 +874,9 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
         top.verity = layer_ovls.iter().all(|o| o.verity);
         top
     };
-    let (ovl_id, unique, _) = mount_id(ovl.mnt.as_fd()).map_err(|e| MountError::Record { reason: format!("statx of the overlay: {e}") })?;
+    let (ovl_id, unique, _) = mount_id(ovl.mnt.as_fd()).map_err(|e| MountError::Record {
+        reason: format!("statx of the overlay: {e}"),
+    })?;
     let record = MountRecord {
         mount_id: ovl_id,
         mount_id_unique: unique,
@@ -728,18 +885,26 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
             _ => None,
         },
         uid: caller_uid(),
-        loop_devices: erofs.iter().filter_map(|e| e.loopdev.as_ref().map(|l| l.path().to_path_buf())).collect(),
+        loop_devices: erofs
+            .iter()
+            .filter_map(|e| e.loopdev.as_ref().map(|l| l.path().to_path_buf()))
+            .collect(),
         erofs_mount_ids: erofs.iter().map(|e| e.mount_id).collect(),
         sources: req.sources.clone(),
-        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     };
     // 6. record first (the id does not change when the mount is attached), then hand over
     write_record(state_fd.as_fd(), &record)?;
     let handed = match (&target_fd, &sock) {
-        (Some(t), _) => authz(h::attach_at_target(ovl.mnt.as_fd(), t.as_fd(), writable)).map_err(|e| MountError::Attach {
-            target: record.target.clone().unwrap_or_default(),
-            reason: e.to_string(),
-        }),
+        (Some(t), _) => {
+            authz(h::attach_at_target(ovl.mnt.as_fd(), t.as_fd(), writable)).map_err(|e| MountError::Attach {
+                target: record.target.clone().unwrap_or_default(),
+                reason: e.to_string(),
+            })
+        }
         (None, Some(s)) => authz(h::enforce_mount_attrs(ovl.mnt.as_fd(), writable))
             .and_then(|()| overlay::send_fd(s.as_fd(), ovl.mnt.as_fd()).map_err(MountError::from)),
         (None, None) => Err(MountError::Usage("no target".into())),
@@ -759,7 +924,11 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
                         "on {}{}{}",
                         l.path().display(),
                         if l.direct_io() { " (direct I/O)" } else { "" },
-                        if l.retries() > 0 { format!(" after {} EBUSY retries", l.retries()) } else { String::new() }
+                        if l.retries() > 0 {
+                            format!(" after {} EBUSY retries", l.retries())
+                        } else {
+                            String::new()
+                        }
                     ),
                     None => "file-backed".to_string(),
                 },
@@ -769,12 +938,20 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
         eprintln!(
             "cfsmount: overlay mount id {} ({}{})",
             record.mount_id,
-            if ovl.legacy { "legacy lowerdir string" } else { "lowerdir+/datadir+" },
+            if ovl.legacy {
+                "legacy lowerdir string"
+            } else {
+                "lowerdir+/datadir+"
+            },
             if ovl.verity { ", verity=require" } else { "" }
         );
     }
     // Dropping the detached EROFS fds and loop fds now is what we want: the overlay pins them.
-    Ok(MountOutcome { record, legacy_overlay: ovl.legacy, verity: ovl.verity })
+    Ok(MountOutcome {
+        record,
+        legacy_overlay: ovl.legacy,
+        verity: ovl.verity,
+    })
 }
 
 /// Unmounts a cfsmount mount at `target`: pinned by fd, matched by mount id against the record
@@ -785,11 +962,19 @@ pub fn unmount(target: &Path) -> Result<MountRecord, MountError> {
     let (state_path, state_fd) = open_state_dir(false)?;
     let grant = authz(h::authorize_umount(&state_path, target))?;
     let not_ours = || MountError::NotOurs { target: target.into() };
-    let (id, _, attrs) = mount_id(grant.target.as_fd()).map_err(|e| MountError::Dir { what: "target", path: target.into(), errno: e })?;
+    let (id, _, attrs) = mount_id(grant.target.as_fd()).map_err(|e| MountError::Dir {
+        what: "target",
+        path: target.into(),
+        errno: e,
+    })?;
     if attrs & STATX_ATTR_MOUNT_ROOT == 0 || id != grant.record.mount_id {
         return Err(not_ours());
     }
-    let st = rustix::fs::fstatfs(&grant.target).map_err(|e| MountError::Dir { what: "target", path: target.into(), errno: e })?;
+    let st = rustix::fs::fstatfs(&grant.target).map_err(|e| MountError::Dir {
+        what: "target",
+        path: target.into(),
+        errno: e,
+    })?;
     #[allow(clippy::unnecessary_cast)]
     if st.f_type as i64 != OVERLAYFS_SUPER_MAGIC {
         return Err(not_ours());
@@ -798,7 +983,10 @@ pub fn unmount(target: &Path) -> Result<MountRecord, MountError> {
     // Detach exactly the pinned mount (MNT_DETACH through /proc/self/fd/N: our fd holds a
     // reference); the overlay, the EROFS mount and the loop device under it go away as soon as
     // the last file open in it is closed.
-    authz(h::umount_pinned(&grant)).map_err(|e| MountError::Umount { target: target.into(), reason: e.to_string() })?;
+    authz(h::umount_pinned(&grant)).map_err(|e| MountError::Umount {
+        target: target.into(),
+        reason: e.to_string(),
+    })?;
     drop(grant);
     let _ = rustix::fs::unlinkat(state_fd.as_fd(), record_name(id), AtFlags::empty());
     Ok(rec)
@@ -829,7 +1017,9 @@ fn split_basedirs(v: &[OsString]) -> Result<Vec<PathBuf>, MountError> {
 
 fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        let n: i32 = s.parse().map_err(|_| MountError::Usage(format!("--fd-out {s}: bad fd number")))?;
+        let n: i32 = s
+            .parse()
+            .map_err(|_| MountError::Usage(format!("--fd-out {s}: bad fd number")))?;
         let fd = crate::sys::mount::dup_inherited_fd(n).map_err(|e| MountError::Usage(format!("--fd-out {s}: {e}")))?;
         Ok(Dest::SocketFd(fd))
     } else {
@@ -1005,7 +1195,8 @@ pub fn parse_helper_argv(argv: &[OsString]) -> Result<HelperArgs, MountError> {
                 b'h' => return Err(MountError::Usage(helper_usage())),
                 c @ (b'o' | b't' | b'N') => {
                     let val = if j + 1 < ab.len() {
-                        String::from_utf8(ab[j + 1..].to_vec()).map_err(|_| MountError::Usage("option value is not UTF-8".into()))?
+                        String::from_utf8(ab[j + 1..].to_vec())
+                            .map_err(|_| MountError::Usage("option value is not UTF-8".into()))?
                     } else {
                         i += 1;
                         need(i, &format!("-{}", c as char))?
@@ -1022,14 +1213,24 @@ pub fn parse_helper_argv(argv: &[OsString]) -> Result<HelperArgs, MountError> {
                     j = ab.len();
                     continue;
                 }
-                c => return Err(MountError::Usage(format!("unknown flag -{}\n{}", c as char, helper_usage()))),
+                c => {
+                    return Err(MountError::Usage(format!(
+                        "unknown flag -{}\n{}",
+                        c as char,
+                        helper_usage()
+                    )))
+                }
             }
             j += 1;
         }
         i += 1;
     }
     if pos.len() != 2 {
-        return Err(MountError::Usage(format!("expected IMAGE and MOUNTPOINT, got {} operands\n{}", pos.len(), helper_usage())));
+        return Err(MountError::Usage(format!(
+            "expected IMAGE and MOUNTPOINT, got {} operands\n{}",
+            pos.len(),
+            helper_usage()
+        )));
     }
     h.target = pos.pop();
     h.source = pos.pop();
@@ -1046,7 +1247,8 @@ fn helper_usage() -> String {
 pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
     let (mut basedir, mut digest, mut idmap, mut upper, mut work) = (None, None, None, None, None);
     let (mut verity, mut tryverity, mut ro, mut suid, mut dev, mut noexec) = (false, false, false, false, false, false);
-    let need = |k: &str, v: Option<String>| v.ok_or_else(|| MountError::Usage(format!("No value specified for {k} option")));
+    let need =
+        |k: &str, v: Option<String>| v.ok_or_else(|| MountError::Usage(format!("No value specified for {k} option")));
     for o in &h.options {
         for (k, v) in parse_options(o)? {
             match k.as_str() {
@@ -1055,7 +1257,9 @@ pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
                 "idmap" => idmap = Some(need(&k, v)?),
                 "upperdir" => upper = Some(need(&k, v)?),
                 "workdir" => work = Some(need(&k, v)?),
-                "verity" | "tryverity" | "ro" | "rw" | "nosuid" | "nodev" | "suid" | "dev" | "noexec" | "exec" if v.is_some() => {
+                "verity" | "tryverity" | "ro" | "rw" | "nosuid" | "nodev" | "suid" | "dev" | "noexec" | "exec"
+                    if v.is_some() =>
+                {
                     return Err(MountError::Usage(format!("option {k} takes no value")));
                 }
                 "verity" => verity = true,
@@ -1075,7 +1279,9 @@ pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
     }
     let basedir = basedir.ok_or_else(|| MountError::Usage("No object dirs specified (basedir=)".into()))?;
     if upper.is_some() != work.is_some() {
-        return Err(MountError::Usage("Both workdir and upperdir must be specified if used".into()));
+        return Err(MountError::Usage(
+            "Both workdir and upperdir must be specified if used".into(),
+        ));
     }
     let digests = match &digest {
         Some(d) => vec![crate::fsverity::parse_hex(d).map_err(|e| MountError::Usage(format!("digest: {e}")))?],
@@ -1130,7 +1336,11 @@ pub fn helper_main(argv: &[OsString]) -> anyhow::Result<()> {
 
 /// `-N NS`: a PID or a path of a mount namespace to mount in.
 fn enter_mount_ns(ns: &str) -> Result<(), MountError> {
-    let path = if !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_digit()) { format!("/proc/{ns}/ns/mnt") } else { ns.to_string() };
+    let path = if !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_digit()) {
+        format!("/proc/{ns}/ns/mnt")
+    } else {
+        ns.to_string()
+    };
     let fd = rustix::fs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| MountError::Usage(format!("-N {ns}: {e}")))?;
     rustix::thread::move_into_link_name_space(fd.as_fd(), Some(rustix::thread::LinkNameSpaceType::Mount))
@@ -1157,9 +1367,16 @@ pub enum MountError {
     #[error("{}: image digest check failed: {reason}", path.display())]
     Digest { path: PathBuf, reason: String },
     #[error("{what} {}: {errno}", path.display())]
-    Dir { what: &'static str, path: PathBuf, errno: Errno },
+    Dir {
+        what: &'static str,
+        path: PathBuf,
+        errno: Errno,
+    },
     #[error("{}: loop device: {source}", path.display())]
-    Loop { path: PathBuf, source: crate::loopback::LoopError },
+    Loop {
+        path: PathBuf,
+        source: crate::loopback::LoopError,
+    },
     #[error("{}: EROFS mount failed at {step}: {errno}", path.display())]
     Erofs { path: PathBuf, step: String, errno: Errno },
     #[error("idmap: {reason}")]
@@ -1215,7 +1432,12 @@ mod tests {
 
     #[test]
     fn helper_options_rejected() {
-        let mk = |o: &str| HelperArgs { source: Some("i".into()), target: Some("t".into()), options: vec![o.into()], ..Default::default() };
+        let mk = |o: &str| HelperArgs {
+            source: Some("i".into()),
+            target: Some("t".into()),
+            options: vec![o.into()],
+            ..Default::default()
+        };
         assert!(helper_request(&mk("basedir=/a,bogus")).is_err());
         assert!(helper_request(&mk("ro")).is_err()); // no basedir
         assert!(helper_request(&mk("basedir=/a,upperdir=/u")).is_err());
@@ -1228,7 +1450,14 @@ mod tests {
 
     #[test]
     fn idmap_specs() {
-        assert_eq!("0:100000:65536".parse::<IdMap>().unwrap(), IdMap { inside: 0, outside: 100000, count: 65536 });
+        assert_eq!(
+            "0:100000:65536".parse::<IdMap>().unwrap(),
+            IdMap {
+                inside: 0,
+                outside: 100000,
+                count: 65536
+            }
+        );
         for bad in ["0:1", "a:1:1", "0:0:0", "4294967295:0:2", "-1:0:1", "0:1:1:1", "+1:0:1"] {
             assert!(bad.parse::<IdMap>().is_err(), "{bad}");
         }

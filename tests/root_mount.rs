@@ -40,7 +40,11 @@ fn conformance_dir() -> PathBuf {
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
     };
     let dumps = dir.join("composefs-dump");
-    assert!(dumps.is_dir(), "conformance data missing: {} (set CFS_CONFORMANCE)", dumps.display());
+    assert!(
+        dumps.is_dir(),
+        "conformance data missing: {} (set CFS_CONFORMANCE)",
+        dumps.display()
+    );
     dumps
 }
 
@@ -69,9 +73,16 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Scratch {
-        let dir = tempfile::Builder::new().prefix("cfsm-root-").tempdir_in("/var/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("cfsm-root-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
         std::fs::create_dir(dir.path().join("state")).unwrap();
-        std::fs::set_permissions(dir.path().join("state"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("state"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
         Scratch { dir }
     }
     fn path(&self, p: &str) -> PathBuf {
@@ -98,7 +109,10 @@ impl Scratch {
             .collect()
     }
     fn records(&self) -> usize {
-        std::fs::read_dir(self.path("state")).unwrap().filter(|e| e.as_ref().unwrap().file_name().as_bytes().ends_with(b".json")).count()
+        std::fs::read_dir(self.path("state"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().as_bytes().ends_with(b".json"))
+            .count()
     }
 }
 
@@ -113,7 +127,12 @@ impl Drop for Scratch {
 
 fn run_ok(mut c: Command) -> Output {
     let out = c.output().expect("spawning cfsmount");
-    assert!(out.status.success(), "{:?} failed: {}", c, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        c,
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -121,7 +140,13 @@ fn run_fail(mut c: Command, expect: &str) -> String {
     let out = c.output().expect("spawning cfsmount");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{:?} unexpectedly succeeded", c);
-    assert!(err.contains(expect), "{:?}: error {:?} does not mention {:?}", c, err, expect);
+    assert!(
+        err.contains(expect),
+        "{:?}: error {:?} does not mention {:?}",
+        c,
+        err,
+        expect
+    );
     err
 }
 
@@ -151,7 +176,12 @@ fn snapshot(prefix: &Path) -> Snapshot {
         }
     }
     let erofs = std::fs::read_dir("/sys/fs/erofs")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "features").collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "features")
+                .collect()
+        })
         .unwrap_or_default();
     Snapshot { mounts, loops, erofs }
 }
@@ -180,7 +210,9 @@ fn is_whiteout(tree: &Tree, id: NodeId) -> bool {
 
 /// The first bytes of the object for `payload`, as this test writes it.
 fn object_pattern(payload: &[u8], size: u64) -> Vec<u8> {
-    (0..size.min(4096) as usize).map(|i| payload[i % payload.len()] ^ (i as u8)).collect()
+    (0..size.min(4096) as usize)
+        .map(|i| payload[i % payload.len()] ^ (i as u8))
+        .collect()
 }
 
 /// Writes one object per payload the tree references: a sparse file of the right size whose
@@ -211,7 +243,11 @@ fn user_xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let n = rustix::fs::llistxattr(p, &mut buf).unwrap_or(0);
     let mut out = BTreeMap::new();
     for k in buf[..n].split(|b| *b == 0).filter(|k| !k.is_empty()) {
-        if k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.") || k.starts_with(b"security.") || k.starts_with(b"system.") {
+        if k.starts_with(b"trusted.overlay.")
+            || k.starts_with(b"user.overlay.")
+            || k.starts_with(b"security.")
+            || k.starts_with(b"system.")
+        {
             continue;
         }
         let mut v = vec![0u8; 65536];
@@ -237,12 +273,20 @@ fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
             continue;
         }
         let rel = tree.path_of(id);
-        let p = if rel.is_empty() { mnt.to_path_buf() } else { mnt.join(OsStr::from_bytes(&rel)) };
+        let p = if rel.is_empty() {
+            mnt.to_path_buf()
+        } else {
+            mnt.join(OsStr::from_bytes(&rel))
+        };
         let c = format!("{ctx}: /{}", String::from_utf8_lossy(&rel));
         let node = tree.node(target);
         let e = &node.entry;
         let ino = &e.inode;
-        if ino.mode & S_IFMT == S_IFREG && ino.size > 0 && e.content.is_none() && e.payload.as_ref().is_none_or(|p| p.is_empty()) {
+        if ino.mode & S_IFMT == S_IFREG
+            && ino.size > 0
+            && e.content.is_none()
+            && e.payload.as_ref().is_none_or(|p| p.is_empty())
+        {
             // A metacopy file without a redirect has no data anywhere: overlay refuses it (EIO).
             let err = std::fs::symlink_metadata(&p).expect_err("file without object");
             assert_eq!(err.raw_os_error(), Some(libc::EIO), "{c}: file without object");
@@ -252,11 +296,19 @@ fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
         assert_eq!(md.mode(), ino.mode, "{c}: mode");
         assert_eq!(md.uid(), ino.uid + id_shift, "{c}: uid");
         assert_eq!(md.gid(), ino.gid + id_shift, "{c}: gid");
-        assert_eq!((md.mtime(), md.mtime_nsec()), (ino.mtime, ino.mtime_nsec as i64), "{c}: mtime");
+        assert_eq!(
+            (md.mtime(), md.mtime_nsec()),
+            (ino.mtime, ino.mtime_nsec as i64),
+            "{c}: mtime"
+        );
         let ft = md.file_type();
         if ft.is_symlink() {
             let t = std::fs::read_link(&p).unwrap();
-            assert_eq!(t.as_os_str().as_bytes(), e.payload.as_deref().unwrap(), "{c}: symlink target");
+            assert_eq!(
+                t.as_os_str().as_bytes(),
+                e.payload.as_deref().unwrap(),
+                "{c}: symlink target"
+            );
         } else if ft.is_file() {
             assert_eq!(md.len(), ino.size, "{c}: size");
             if let Some(content) = &e.content {
@@ -272,25 +324,36 @@ fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
         } else if ft.is_char_device() || ft.is_block_device() {
             assert_eq!(md.rdev(), ino.rdev as u64, "{c}: rdev");
         } else if ft.is_dir() {
-            let names: BTreeSet<Vec<u8>> =
-                std::fs::read_dir(&p).unwrap().map(|d| d.unwrap().file_name().as_bytes().to_vec()).collect();
+            let names: BTreeSet<Vec<u8>> = std::fs::read_dir(&p)
+                .unwrap()
+                .map(|d| d.unwrap().file_name().as_bytes().to_vec())
+                .collect();
             let want: BTreeSet<Vec<u8>> = node
                 .children
                 .iter()
                 .filter(|&&ch| !is_whiteout(tree, tree.resolve(ch)))
                 .map(|&ch| tree.node(ch).name.clone())
                 .collect();
-            let got: BTreeSet<Vec<u8>> = names.into_iter().filter(|n| {
-                // escaped whiteouts of the input may show as plain entries; they are not compared
-                tree.child(target, n).is_none_or(|ch| !is_whiteout(tree, tree.resolve(ch)))
-            }).collect();
+            let got: BTreeSet<Vec<u8>> = names
+                .into_iter()
+                .filter(|n| {
+                    // escaped whiteouts of the input may show as plain entries; they are not compared
+                    tree.child(target, n)
+                        .is_none_or(|ch| !is_whiteout(tree, tree.resolve(ch)))
+                })
+                .collect();
             assert_eq!(got, want, "{c}: directory entries");
         }
         let want_x: BTreeMap<Vec<u8>, Vec<u8>> = e
             .xattrs
             .iter()
             .filter(|x| !x.key.starts_with(b"user.") || ft.is_file() || ft.is_dir())
-            .filter(|x| !x.key.starts_with(b"trusted.overlay.") && !x.key.starts_with(b"user.overlay.") && !x.key.starts_with(b"security.") && !x.key.starts_with(b"system."))
+            .filter(|x| {
+                !x.key.starts_with(b"trusted.overlay.")
+                    && !x.key.starts_with(b"user.overlay.")
+                    && !x.key.starts_with(b"security.")
+                    && !x.key.starts_with(b"system.")
+            })
             .map(|x| (x.key.clone(), x.value.clone()))
             .collect();
         assert_eq!(user_xattrs(&p), want_x, "{c}: xattrs");
@@ -301,14 +364,27 @@ fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
 
 fn load_case(name: &str) -> (Tree, WriteOptions) {
     let dir = conformance_dir();
-    let lenient = ["no-newline.dump", "longlink.dump", "honggfuzz-longlink-unterminated.dump"];
+    let lenient = [
+        "no-newline.dump",
+        "longlink.dump",
+        "honggfuzz-longlink-unterminated.dump",
+    ];
     let input = read_input(&dir, name);
-    let tree = parse(&input, &DumpOptions { strict: !lenient.contains(&name), limits: Limits::default() })
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let tree = parse(
+        &input,
+        &DumpOptions {
+            strict: !lenient.contains(&name),
+            limits: Limits::default(),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
     let opts = match std::fs::read_to_string(dir.join(format!("{name}.version"))) {
         Ok(v) => {
             let v = v.trim().parse().unwrap();
-            WriteOptions { min_version: v, max_version: v }
+            WriteOptions {
+                min_version: v,
+                max_version: v,
+            }
         }
         Err(_) => WriteOptions::default(),
     };
@@ -321,7 +397,14 @@ fn write_img(tree: &Tree, opts: &WriteOptions, path: &Path) {
 }
 
 fn dump_tree(text: &str) -> Tree {
-    parse(text.as_bytes(), &DumpOptions { strict: true, limits: Limits::default() }).unwrap()
+    parse(
+        text.as_bytes(),
+        &DumpOptions {
+            strict: true,
+            limits: Limits::default(),
+        },
+    )
+    .unwrap()
 }
 
 /// Waits for the loop device(s) of a mount to be gone after umount.
@@ -367,7 +450,10 @@ fn cfsmount_conformance_file_backed_and_loop() {
             assert_eq!(err.contains("file-backed"), !force_loop, "{name}: {err}");
             assert_eq!(err.contains("EROFS on /dev/loop"), force_loop, "{name}: {err}");
             let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-            let line = mi.lines().find(|l| l.contains(&*mnt.to_string_lossy())).expect("mount visible");
+            let line = mi
+                .lines()
+                .find(|l| l.contains(&*mnt.to_string_lossy()))
+                .expect("mount visible");
             assert!(line.contains(" ro,nosuid,nodev"), "{name}: mount flags: {line}");
             let n = check_tree(&tree, &mnt, 0, &format!("{name} (force_loop={force_loop})"));
             assert!(n > 0);
@@ -404,7 +490,11 @@ fn util_linux_mount_t_composefs() {
     let s = Scratch::new();
     let before = snapshot(s.dir.path());
     let link = HelperLink::new();
-    for name in ["special_v1.dump", "config-with-hard-link.dump.gz", "cs9-x86_64-minimal.dump.gz"] {
+    for name in [
+        "special_v1.dump",
+        "config-with-hard-link.dump.gz",
+        "cs9-x86_64-minimal.dump.gz",
+    ] {
         let (tree, opts) = load_case(name);
         let img = s.path(&format!("{name}.img"));
         write_img(&tree, &opts, &img);
@@ -420,7 +510,11 @@ fn util_linux_mount_t_composefs() {
             .arg(&mnt)
             .output()
             .unwrap();
-        assert!(out.status.success(), "mount -t composefs {name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mount -t composefs {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         check_tree(&tree, &mnt, 0, &format!("mount -t composefs {name}"));
         umount(&s, &mnt);
         assert_clean(&before, s.dir.path(), name);
@@ -440,7 +534,11 @@ fn util_linux_mount_t_composefs() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Unsupported option frobnicate"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unsupported option frobnicate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(link);
     assert!(!Path::new("/sbin/mount.composefs").exists());
     assert_clean(&before, s.dir.path(), "unknown option");
@@ -465,7 +563,10 @@ fn helper_form_flags_and_fake() {
     };
     // -f (fake): options are checked, nothing is mounted.
     let mut c = helper();
-    c.arg(&img).arg(&mnt).args(["-f", "-n", "-o"]).arg(format!("basedir={}", objs.display()));
+    c.arg(&img)
+        .arg(&mnt)
+        .args(["-f", "-n", "-o"])
+        .arg(format!("basedir={}", objs.display()));
     run_ok(c);
     assert_clean(&before, s.dir.path(), "-f");
     // Option value missing, upperdir without workdir, bad digest: errors, nothing mounted.
@@ -482,7 +583,10 @@ fn helper_form_flags_and_fake() {
     }
     // -s tolerates unknown options; -v reports; options may come before the operands.
     let mut c = helper();
-    c.args(["-sv", "-o"]).arg(format!("basedir={},frob,ro", objs.display())).arg(&img).arg(&mnt);
+    c.args(["-sv", "-o"])
+        .arg(format!("basedir={},frob,ro", objs.display()))
+        .arg(&img)
+        .arg(&mnt);
     let out = run_ok(c);
     assert!(String::from_utf8_lossy(&out.stderr).contains("overlay mount id"));
     check_tree(&tree, &mnt, 0, "helper -s");
@@ -504,7 +608,9 @@ fn toc_with_objects() {
         ("usr/share/doc/a, b:c.txt", b"odd name\n".to_vec()),
         ("empty", Vec::new()),
     ];
-    let mut entries = vec![serde_json::json!({"type": "dir", "name": "usr/share/doc", "mode": 0o755, "uid": 0, "gid": 0, "modtime": "2024-01-02T03:04:05Z"})];
+    let mut entries = vec![
+        serde_json::json!({"type": "dir", "name": "usr/share/doc", "mode": 0o755, "uid": 0, "gid": 0, "modtime": "2024-01-02T03:04:05Z"}),
+    ];
     for (name, data) in &files {
         let h = hex(&sha2::Sha256::digest(data));
         if !data.is_empty() {
@@ -528,7 +634,12 @@ fn toc_with_objects() {
     write_img(&tree, &WriteOptions::default(), &img);
     let mnt = s.mkdir("mnt");
     // The image built here, and the TOC itself built on the fly by `mount --toc` (sandboxed).
-    for (source, toc, force_loop) in [(&img, false, false), (&img, false, true), (&toc_path, true, false), (&toc_path, true, true)] {
+    for (source, toc, force_loop) in [
+        (&img, false, false),
+        (&img, false, true),
+        (&toc_path, true, false),
+        (&toc_path, true, true),
+    ] {
         let mut c = s.cmd();
         c.arg("mount").arg(source).arg(&mnt).arg("--basedir").arg(&objs);
         if toc {
@@ -542,9 +653,16 @@ fn toc_with_objects() {
             let p = mnt.join(name);
             assert_eq!(&std::fs::read(&p).unwrap(), data, "{name}");
             let md = std::fs::symlink_metadata(&p).unwrap();
-            assert_eq!((md.uid(), md.gid(), md.mode(), md.mtime()), (1000, 1000, 0o100644, 1704164645), "{name}");
+            assert_eq!(
+                (md.uid(), md.gid(), md.mode(), md.mtime()),
+                (1000, 1000, 0o100644, 1704164645),
+                "{name}"
+            );
         }
-        assert_eq!(std::fs::read_link(mnt.join("usr/bin/alias")).unwrap(), Path::new("tool"));
+        assert_eq!(
+            std::fs::read_link(mnt.join("usr/bin/alias")).unwrap(),
+            Path::new("tool")
+        );
         umount(&s, &mnt);
     }
     // The temporary image of an on-the-fly build does not stay in the state directory.
@@ -556,14 +674,28 @@ fn toc_with_objects() {
     let tree = dump_tree(SMALL);
     write_objects(&tree, &dobjs);
     let mut c = s.cmd();
-    c.arg("mount").arg(&dump).arg(&mnt).arg("--basedir").arg(&dobjs).arg("--dump");
+    c.arg("mount")
+        .arg(&dump)
+        .arg(&mnt)
+        .arg("--basedir")
+        .arg(&dobjs)
+        .arg("--dump");
     run_ok(c);
     check_tree(&tree, &mnt, 0, "--dump");
     umount(&s, &mnt);
     // A hostile TOC is refused by the builder, and nothing is mounted or left.
-    std::fs::write(&toc_path, br#"{"version":1,"entries":[{"type":"reg","name":"../../etc/passwd","size":1}]}"#).unwrap();
+    std::fs::write(
+        &toc_path,
+        br#"{"version":1,"entries":[{"type":"reg","name":"../../etc/passwd","size":1}]}"#,
+    )
+    .unwrap();
     let mut c = s.cmd();
-    c.arg("mount").arg(&toc_path).arg(&mnt).arg("--basedir").arg(&objs).arg("--toc");
+    c.arg("mount")
+        .arg(&toc_path)
+        .arg(&mnt)
+        .arg("--basedir")
+        .arg(&objs)
+        .arg("--toc");
     run_fail(c, "building the image failed");
     assert_eq!(std::fs::read_dir(s.path("state")).unwrap().count(), 0);
     assert_clean(&before, s.dir.path(), "toc");
@@ -607,8 +739,15 @@ fn idmapped_mounts() {
         let md = std::fs::metadata(mnt.join("file")).unwrap();
         assert_eq!((md.uid(), md.gid()), (100005, 100007));
         let err = std::fs::write(mnt.join("file"), b"x").unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "writing through the idmapped mount");
-        assert_eq!(std::fs::create_dir(mnt.join("new")).unwrap_err().raw_os_error(), Some(libc::EROFS));
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EROFS),
+            "writing through the idmapped mount"
+        );
+        assert_eq!(
+            std::fs::create_dir(mnt.join("new")).unwrap_err().raw_os_error(),
+            Some(libc::EROFS)
+        );
         umount(&s, &mnt);
     }
     // --idmap with an existing user namespace: util-linux unshare holds it, we (root) write its maps.
@@ -627,7 +766,13 @@ fn idmapped_mounts() {
     std::fs::write(format!("/proc/{}/uid_map", child.id()), "0 200000 65536\n").unwrap();
     std::fs::write(format!("/proc/{}/gid_map", child.id()), "0 200000 65536\n").unwrap();
     let mut c = s.cmd();
-    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs).arg("--idmap").arg(&ns);
+    c.arg("mount")
+        .arg(&img)
+        .arg(&mnt)
+        .arg("--basedir")
+        .arg(&objs)
+        .arg("--idmap")
+        .arg(&ns);
     run_ok(c);
     let _ = child.kill();
     let _ = child.wait();
@@ -635,7 +780,13 @@ fn idmapped_mounts() {
     umount(&s, &mnt);
     // Not a user namespace: refused.
     let mut c = s.cmd();
-    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs).arg("--idmap").arg("/proc/self/ns/net");
+    c.arg("mount")
+        .arg(&img)
+        .arg(&mnt)
+        .arg("--basedir")
+        .arg(&objs)
+        .arg("--idmap")
+        .arg("/proc/self/ns/net");
     run_fail(c, "not a user namespace");
     assert_clean(&before, s.dir.path(), "idmap");
 }
@@ -672,27 +823,53 @@ fn layers_whiteouts_and_opaque_dirs() {
     let mnt = s.mkdir("mnt");
     for force_loop in [false, true] {
         let mut c = s.cmd();
-        c.arg("mount").arg(&l).arg(&mnt).arg("--basedir").arg(&objs).arg("--layer").arg(&u);
+        c.arg("mount")
+            .arg(&l)
+            .arg(&mnt)
+            .arg("--basedir")
+            .arg(&objs)
+            .arg("--layer")
+            .arg(&u);
         if force_loop {
             c.arg("--force-loop");
         }
         run_ok(c);
         let names = |p: &Path| -> BTreeSet<String> {
-            std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+            std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
         };
         let root = names(&mnt);
-        assert!(!root.contains("a"), "whiteout in the upper layer must hide /a: {root:?}");
+        assert!(
+            !root.contains("a"),
+            "whiteout in the upper layer must hide /a: {root:?}"
+        );
         assert!(!mnt.join("a").exists());
         assert_eq!(std::fs::read(mnt.join("b")).unwrap(), b"bbb");
         assert_eq!(std::fs::read(mnt.join("c")).unwrap(), b"ccc");
-        assert_eq!(names(&mnt.join("d")), BTreeSet::from(["z".to_string()]), "opaque /d hides the lower /d");
-        assert_eq!(names(&mnt.join("e")), BTreeSet::from(["keep".to_string(), "new".to_string()]), "non-opaque /e merges");
+        assert_eq!(
+            names(&mnt.join("d")),
+            BTreeSet::from(["z".to_string()]),
+            "opaque /d hides the lower /d"
+        );
+        assert_eq!(
+            names(&mnt.join("e")),
+            BTreeSet::from(["keep".to_string(), "new".to_string()]),
+            "non-opaque /e merges"
+        );
         umount(&s, &mnt);
         assert_clean(&before, s.dir.path(), "layers");
     }
     // A lower-layer object is read through the stack.
     let mut c = s.cmd();
-    c.arg("mount").arg(&u).arg(&mnt).arg("--basedir").arg(&objs).arg("--layer").arg(&l);
+    c.arg("mount")
+        .arg(&u)
+        .arg(&mnt)
+        .arg("--basedir")
+        .arg(&objs)
+        .arg("--layer")
+        .arg(&l);
     run_ok(c);
     // now the old lower is on top: /a is back, /d is merged? no: /d of the top (lower.img) is not opaque
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"aaa");
@@ -723,7 +900,11 @@ fn loop_ebusy_race() {
             while !stop.load(Ordering::Relaxed) {
                 let mut held = Vec::new();
                 for _ in 0..8 {
-                    let out = Command::new("losetup").args(["--find", "--show", "--read-only"]).arg(&dummy).output().unwrap();
+                    let out = Command::new("losetup")
+                        .args(["--find", "--show", "--read-only"])
+                        .arg(&dummy)
+                        .output()
+                        .unwrap();
                     if out.status.success() {
                         held.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
                         grabbed.fetch_add(1, Ordering::Relaxed);
@@ -737,7 +918,12 @@ fn loop_ebusy_race() {
     };
     for i in 0..30 {
         let mut c = s.cmd();
-        c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs).arg("--force-loop");
+        c.arg("mount")
+            .arg(&img)
+            .arg(&mnt)
+            .arg("--basedir")
+            .arg(&objs)
+            .arg("--force-loop");
         run_ok(c);
         if i % 10 == 0 {
             check_tree(&tree, &mnt, 0, "race");
@@ -746,7 +932,10 @@ fn loop_ebusy_race() {
     }
     stop.store(true, Ordering::Relaxed);
     grabber.join().unwrap();
-    assert!(grabbed.load(Ordering::Relaxed) > 0, "the competing process never got a device");
+    assert!(
+        grabbed.load(Ordering::Relaxed) > 0,
+        "the competing process never got a device"
+    );
     assert_clean(&before, s.dir.path(), "race");
 }
 
@@ -760,30 +949,33 @@ fn loop_attach_concurrent_threads() {
     // Rounds until the race was actually lost at least once (typically dozens of times per round).
     let mut total = 0;
     for _round in 0..10 {
-    let handles: Vec<_> = (0..4)
-        .map(|_| {
-            let img = img.clone();
-            std::thread::spawn(move || {
-                let mut retries = 0;
-                for _ in 0..25 {
-                    let f = std::fs::File::open(&img).unwrap();
-                    let lo = cfsmount::loopback::attach(f.as_fd(), &img).expect("attach under contention");
-                    assert!(lo.path().to_string_lossy().starts_with("/dev/loop"));
-                    retries += lo.retries();
-                    drop(lo); // autoclear detaches
-                }
-                retries
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let img = img.clone();
+                std::thread::spawn(move || {
+                    let mut retries = 0;
+                    for _ in 0..25 {
+                        let f = std::fs::File::open(&img).unwrap();
+                        let lo = cfsmount::loopback::attach(f.as_fd(), &img).expect("attach under contention");
+                        assert!(lo.path().to_string_lossy().starts_with("/dev/loop"));
+                        retries += lo.retries();
+                        drop(lo); // autoclear detaches
+                    }
+                    retries
+                })
             })
-        })
-        .collect();
-    let retries: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    eprintln!("EBUSY retries over 100 concurrent attaches: {retries}");
-    total += retries;
-    if total > 0 {
-        break;
+            .collect();
+        let retries: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        eprintln!("EBUSY retries over 100 concurrent attaches: {retries}");
+        total += retries;
+        if total > 0 {
+            break;
+        }
     }
-    }
-    assert!(total > 0, "LOOP_CONFIGURE never returned EBUSY under contention: the retry path was not exercised");
+    assert!(
+        total > 0,
+        "LOOP_CONFIGURE never returned EBUSY under contention: the retry path was not exercised"
+    );
     assert_clean(&before, s.dir.path(), "threads");
 }
 
@@ -809,7 +1001,10 @@ fn cycles_200_leave_nothing() {
     assert_clean(&before, s.dir.path(), "200 cycles");
     let losetup_after = String::from_utf8(Command::new("losetup").arg("-a").output().unwrap().stdout).unwrap();
     let p = s.dir.path().to_string_lossy().into_owned();
-    assert!(!losetup_after.lines().any(|l| l.contains(&p)), "losetup -a still lists our image: {losetup_after}");
+    assert!(
+        !losetup_after.lines().any(|l| l.contains(&p)),
+        "losetup -a still lists our image: {losetup_after}"
+    );
     let _ = losetup_before;
 }
 
@@ -833,20 +1028,154 @@ fn injected_failures_leave_nothing() {
     let upper = s.mkdir("upper");
     let nodir = s.path("nonexistent");
     let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
-        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), nodir.clone().into()], "basedir"),
-        (vec![nodir.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into()], "nonexistent"),
-        (vec![garbage.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into()], "not a composefs image"),
-        (vec![corrupt_p.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into()], "EROFS mount failed"),
-        (vec![corrupt_p.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--force-loop".into()], "EROFS mount failed"),
-        (vec![img.clone().into(), nodir.clone().into(), "--basedir".into(), objs.clone().into()], "target"),
-        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--digest".into(), "00".repeat(32).into()], "digest"),
-        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--digest".into(), "xyz".into()], "digest"),
-        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--upperdir".into(), upper.clone().into(), "--workdir".into(), nodir.clone().into()], "workdir"),
-        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--idmap".into(), nodir.clone().into()], "nonexistent"),
-        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--uidmap".into(), "0:4294967295:2".into(), "--gidmap".into(), "0:1:1".into()], "bad id map"),
-        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--layer".into(), garbage.clone().into(), "--force-loop".into()], "not a composefs image"),
-        (vec![img.clone().into(), mnt.clone().into(), "--basedir".into(), objs.clone().into(), "--layer".into(), corrupt_p.clone().into(), "--force-loop".into()], "EROFS mount failed"),
-        (vec![img.clone().into(), "--basedir".into(), objs.clone().into(), "--fd-out".into(), s.path("no-socket").into()], "connect"),
+        (
+            vec![
+                img.clone().into(),
+                mnt.clone().into(),
+                "--basedir".into(),
+                nodir.clone().into(),
+            ],
+            "basedir",
+        ),
+        (
+            vec![
+                nodir.clone().into(),
+                mnt.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+            ],
+            "nonexistent",
+        ),
+        (
+            vec![
+                garbage.clone().into(),
+                mnt.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+            ],
+            "not a composefs image",
+        ),
+        (
+            vec![
+                corrupt_p.clone().into(),
+                mnt.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+            ],
+            "EROFS mount failed",
+        ),
+        (
+            vec![
+                corrupt_p.clone().into(),
+                mnt.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+                "--force-loop".into(),
+            ],
+            "EROFS mount failed",
+        ),
+        (
+            vec![
+                img.clone().into(),
+                nodir.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+            ],
+            "target",
+        ),
+        (
+            vec![
+                img.clone().into(),
+                mnt.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+                "--digest".into(),
+                "00".repeat(32).into(),
+            ],
+            "digest",
+        ),
+        (
+            vec![
+                img.clone().into(),
+                mnt.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+                "--digest".into(),
+                "xyz".into(),
+            ],
+            "digest",
+        ),
+        (
+            vec![
+                img.clone().into(),
+                mnt.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+                "--upperdir".into(),
+                upper.clone().into(),
+                "--workdir".into(),
+                nodir.clone().into(),
+            ],
+            "workdir",
+        ),
+        (
+            vec![
+                img.clone().into(),
+                mnt.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+                "--idmap".into(),
+                nodir.clone().into(),
+            ],
+            "nonexistent",
+        ),
+        (
+            vec![
+                img.clone().into(),
+                mnt.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+                "--uidmap".into(),
+                "0:4294967295:2".into(),
+                "--gidmap".into(),
+                "0:1:1".into(),
+            ],
+            "bad id map",
+        ),
+        (
+            vec![
+                img.clone().into(),
+                mnt.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+                "--layer".into(),
+                garbage.clone().into(),
+                "--force-loop".into(),
+            ],
+            "not a composefs image",
+        ),
+        (
+            vec![
+                img.clone().into(),
+                mnt.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+                "--layer".into(),
+                corrupt_p.clone().into(),
+                "--force-loop".into(),
+            ],
+            "EROFS mount failed",
+        ),
+        (
+            vec![
+                img.clone().into(),
+                "--basedir".into(),
+                objs.clone().into(),
+                "--fd-out".into(),
+                s.path("no-socket").into(),
+            ],
+            "connect",
+        ),
     ];
     for (args, msg) in cases {
         let mut c = s.cmd();
@@ -887,13 +1216,24 @@ fn fd_out_handover() {
     let sock = s.path("sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let mut c = s.cmd();
-    c.arg("mount").arg(&img).arg("--basedir").arg(&objs).arg("--fd-out").arg(&sock);
+    c.arg("mount")
+        .arg(&img)
+        .arg("--basedir")
+        .arg(&objs)
+        .arg("--fd-out")
+        .arg(&sock);
     let child = c.spawn().unwrap();
     let (conn, _) = listener.accept().unwrap();
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
     let mut byte = [0u8; 1];
-    let r = recvmsg(&conn, &mut [std::io::IoSliceMut::new(&mut byte)], &mut anc, RecvFlags::CMSG_CLOEXEC).unwrap();
+    let r = recvmsg(
+        &conn,
+        &mut [std::io::IoSliceMut::new(&mut byte)],
+        &mut anc,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .unwrap();
     assert_eq!(r.bytes, 1);
     let mut fds = Vec::new();
     for m in anc.drain() {
@@ -906,7 +1246,9 @@ fn fd_out_handover() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Nothing is attached yet.
     let mnt = s.mkdir("mnt");
-    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&*mnt.to_string_lossy()));
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(&*mnt.to_string_lossy()));
     rustix::mount::move_mount(
         &fds[0],
         "",
@@ -937,16 +1279,28 @@ fn legacy_overlay_syntax() {
     write_objects(&tree, &objs);
     let mnt = s.mkdir("mnt");
     let mut c = s.cmd();
-    c.env("CFSMOUNT_TEST_LEGACY_OVERLAY", "1").args(["mount", "-v"]).arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+    c.env("CFSMOUNT_TEST_LEGACY_OVERLAY", "1")
+        .args(["mount", "-v"])
+        .arg(&img)
+        .arg(&mnt)
+        .arg("--basedir")
+        .arg(&objs);
     let out = run_ok(c);
     assert!(String::from_utf8_lossy(&out.stderr).contains("legacy lowerdir string"));
     check_tree(&tree, &mnt, 0, "legacy");
     // The layer was attached in the state dir only while the overlay was created.
     let state = s.path("state").to_string_lossy().into_owned();
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let left: Vec<&str> = mi.lines().filter(|l| l.split(' ').nth(4).is_some_and(|mp| mp.starts_with(&state))).collect();
+    let left: Vec<&str> = mi
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|mp| mp.starts_with(&state)))
+        .collect();
     assert!(left.is_empty(), "temporary layer mount left: {left:?}");
-    assert_eq!(std::fs::read_dir(s.path("state")).unwrap().count(), 1, "only the record in the state dir");
+    assert_eq!(
+        std::fs::read_dir(s.path("state")).unwrap().count(),
+        1,
+        "only the record in the state dir"
+    );
     umount(&s, &mnt);
     assert_clean(&before, s.dir.path(), "legacy");
     // Several layers, loop-backed, in the legacy syntax too.
@@ -954,7 +1308,12 @@ fn legacy_overlay_syntax() {
     let uimg = s.path("upper.img");
     write_img(&upper, &WriteOptions::default(), &uimg);
     let mut c = s.cmd();
-    c.env("CFSMOUNT_TEST_LEGACY_OVERLAY", "1").arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+    c.env("CFSMOUNT_TEST_LEGACY_OVERLAY", "1")
+        .arg("mount")
+        .arg(&img)
+        .arg(&mnt)
+        .arg("--basedir")
+        .arg(&objs);
     c.arg("--layer").arg(&uimg).arg("--force-loop");
     run_ok(c);
     assert!(!mnt.join("inline").exists(), "whited out by the upper layer");
@@ -972,11 +1331,22 @@ fn upperdir_makes_it_writable() {
     let (tree, img, objs) = small_setup(&s);
     let (up, work, mnt) = (s.mkdir("upper"), s.mkdir("work"), s.mkdir("mnt"));
     let mut c = s.cmd();
-    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs).arg("--upperdir").arg(&up).arg("--workdir").arg(&work);
+    c.arg("mount")
+        .arg(&img)
+        .arg(&mnt)
+        .arg("--basedir")
+        .arg(&objs)
+        .arg("--upperdir")
+        .arg(&up)
+        .arg("--workdir")
+        .arg(&work);
     run_ok(c);
     std::fs::write(mnt.join("newfile"), b"hi").unwrap();
     assert_eq!(std::fs::read(up.join("newfile")).unwrap(), b"hi");
-    assert_eq!(std::fs::read(mnt.join("file")).unwrap()[..], object_pattern(b"ab/cdef", 11)[..]);
+    assert_eq!(
+        std::fs::read(mnt.join("file")).unwrap()[..],
+        object_pattern(b"ab/cdef", 11)[..]
+    );
     umount(&s, &mnt);
     let _ = tree;
     assert_clean(&before, s.dir.path(), "upper");
@@ -990,7 +1360,13 @@ fn suid_dev_flags() {
     let (_, img, objs) = small_setup(&s);
     let mnt = s.mkdir("mnt");
     let mut c = s.cmd();
-    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs).arg("--allow-suid").arg("--allow-dev");
+    c.arg("mount")
+        .arg(&img)
+        .arg(&mnt)
+        .arg("--basedir")
+        .arg(&objs)
+        .arg("--allow-suid")
+        .arg("--allow-dev");
     run_ok(c);
     let vfs = rustix::fs::statvfs(&mnt).unwrap();
     use rustix::fs::StatVfsMountFlags as F;
@@ -1011,12 +1387,28 @@ fn statx_mount_ids_in_record() {
     let (_, img, objs) = small_setup(&s);
     let mnt = s.mkdir("mnt");
     let mut c = s.cmd();
-    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs).arg("--force-loop");
+    c.arg("mount")
+        .arg(&img)
+        .arg(&mnt)
+        .arg("--basedir")
+        .arg(&objs)
+        .arg("--force-loop");
     run_ok(c);
-    let rec_path = std::fs::read_dir(s.path("state")).unwrap().next().unwrap().unwrap().path();
+    let rec_path = std::fs::read_dir(s.path("state"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
     let fd = rustix::fs::open(&mnt, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
-    let st = rustix::fs::statx(&fd, "", rustix::fs::AtFlags::EMPTY_PATH, rustix::fs::StatxFlags::from_bits_retain(0x4000)).unwrap();
+    let st = rustix::fs::statx(
+        &fd,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::from_bits_retain(0x4000),
+    )
+    .unwrap();
     drop(fd);
     assert_eq!(rec["mount_id"].as_u64(), Some(st.stx_mnt_id));
     assert_eq!(rec["target"].as_str(), Some(&*mnt.to_string_lossy()));
@@ -1025,11 +1417,27 @@ fn statx_mount_ids_in_record() {
     let dev = lo.trim_start_matches("/dev/");
     let backing = std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).unwrap();
     assert_eq!(backing.trim(), img.to_string_lossy());
-    assert_eq!(std::fs::read_to_string(format!("/sys/block/{dev}/loop/autoclear")).unwrap().trim(), "1");
-    assert_eq!(std::fs::read_to_string(format!("/sys/block/{dev}/ro")).unwrap().trim(), "1");
-    assert_eq!(std::fs::read_to_string(format!("/sys/block/{dev}/queue/logical_block_size")).unwrap().trim(), "4096");
+    assert_eq!(
+        std::fs::read_to_string(format!("/sys/block/{dev}/loop/autoclear"))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("/sys/block/{dev}/ro")).unwrap().trim(),
+        "1"
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("/sys/block/{dev}/queue/logical_block_size"))
+            .unwrap()
+            .trim(),
+        "4096"
+    );
     umount(&s, &mnt);
-    assert!(std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).is_err(), "{lo} freed after umount");
+    assert!(
+        std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).is_err(),
+        "{lo} freed after umount"
+    );
 }
 
 /// `--fd-out N`: an inherited, connected socket fd (here stdin) instead of a socket path.
@@ -1042,14 +1450,24 @@ fn fd_out_inherited_fd() {
     let (tree, img, objs) = small_setup(&s);
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let mut c = s.cmd();
-    c.arg("mount").arg(&img).arg("--basedir").arg(&objs).args(["--fd-out", "0"]);
+    c.arg("mount")
+        .arg(&img)
+        .arg("--basedir")
+        .arg(&objs)
+        .args(["--fd-out", "0"]);
     c.stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)));
     let out = c.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
     let mut byte = [0u8; 1];
-    recvmsg(&ours, &mut [std::io::IoSliceMut::new(&mut byte)], &mut anc, RecvFlags::CMSG_CLOEXEC).unwrap();
+    recvmsg(
+        &ours,
+        &mut [std::io::IoSliceMut::new(&mut byte)],
+        &mut anc,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .unwrap();
     let mut fds = Vec::new();
     for m in anc.drain() {
         if let RecvAncillaryMessage::ScmRights(it) = m {
@@ -1058,14 +1476,26 @@ fn fd_out_inherited_fd() {
     }
     assert_eq!(fds.len(), 1);
     let mnt = s.mkdir("mnt");
-    rustix::mount::move_mount(&fds[0], "", rustix::fs::CWD, &mnt, rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH).unwrap();
+    rustix::mount::move_mount(
+        &fds[0],
+        "",
+        rustix::fs::CWD,
+        &mnt,
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .unwrap();
     drop(fds);
     check_tree(&tree, &mnt, 0, "fd-out 0");
     umount(&s, &mnt);
     // A received mount that is never attached disappears when its fd is closed.
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let mut c = s.cmd();
-    c.arg("mount").arg(&img).arg("--basedir").arg(&objs).arg("--force-loop").args(["--fd-out", "0"]);
+    c.arg("mount")
+        .arg(&img)
+        .arg("--basedir")
+        .arg(&objs)
+        .arg("--force-loop")
+        .args(["--fd-out", "0"]);
     c.stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)));
     assert!(c.output().unwrap().status.success());
     drop(ours);
@@ -1082,7 +1512,10 @@ fn helper_mounts_in_other_namespace() {
     let before = snapshot(s.dir.path());
     let (tree, img, objs) = small_setup(&s);
     let mnt = s.mkdir("mnt");
-    let mut holder = Command::new("unshare").args(["-m", "--propagation", "private", "sleep", "60"]).spawn().unwrap();
+    let mut holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "60"])
+        .spawn()
+        .unwrap();
     let pid = holder.id();
     let own = std::fs::read_link("/proc/self/ns/mnt").unwrap();
     for _ in 0..100 {
@@ -1095,11 +1528,22 @@ fn helper_mounts_in_other_namespace() {
     std::os::unix::fs::symlink(bin(), &link).unwrap();
     let mut c = Command::new(&link);
     c.env("CFSMOUNT_STATE_DIR", s.path("state"));
-    c.arg(&img).arg(&mnt).args(["-N", &pid.to_string(), "-o"]).arg(format!("basedir={}", objs.display()));
+    c.arg(&img)
+        .arg(&mnt)
+        .args(["-N", &pid.to_string(), "-o"])
+        .arg(format!("basedir={}", objs.display()));
     run_ok(c);
     let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
-    assert!(theirs.contains(&*mnt.to_string_lossy()), "mounted in the other namespace");
-    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&*mnt.to_string_lossy()), "not in ours");
+    assert!(
+        theirs.contains(&*mnt.to_string_lossy()),
+        "mounted in the other namespace"
+    );
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&*mnt.to_string_lossy()),
+        "not in ours"
+    );
     // Read it through that namespace's root.
     let there = PathBuf::from(format!("/proc/{pid}/root")).join(mnt.strip_prefix("/").unwrap());
     check_tree(&tree, &there, 0, "-N");
@@ -1112,7 +1556,9 @@ fn helper_mounts_in_other_namespace() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap().contains(&*mnt.to_string_lossy()));
+    assert!(!std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .contains(&*mnt.to_string_lossy()));
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(s.records(), 0);

@@ -23,7 +23,12 @@ const _: () = assert!(std::mem::size_of::<MountAttr>() == 32);
 /// (detached, not yet attached anywhere) mount `mnt` into an idmapped mount using `userns`'s maps.
 pub fn mount_setattr_idmap(mnt: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Result<()> {
     let fd = u64::try_from(userns.as_raw_fd()).map_err(|_| io::Errno::BADF)?;
-    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: fd };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: fd,
+    };
     // SAFETY: mount_setattr(2) reads `usize` bytes from `attr`, which points to a live, correctly
     // laid out `struct mount_attr`; the path is a NUL-terminated empty string and both fds are
     // borrowed for the duration of the call.
@@ -38,7 +43,9 @@ pub fn mount_setattr_idmap(mnt: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::R
         )
     };
     if ret < 0 {
-        Err(io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)))
+        Err(io::Errno::from_raw_os_error(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO),
+        ))
     } else {
         Ok(())
     }
@@ -57,8 +64,12 @@ impl UsernsChild {
     pub fn spawn() -> io::Result<UsernsChild> {
         let (ready_r, ready_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (release_r, release_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let (rr, rw, lr, lw) =
-            (ready_r.as_raw_fd(), ready_w.as_raw_fd(), release_r.as_raw_fd(), release_w.as_raw_fd());
+        let (rr, rw, lr, lw) = (
+            ready_r.as_raw_fd(),
+            ready_w.as_raw_fd(),
+            release_r.as_raw_fd(),
+            release_w.as_raw_fd(),
+        );
         // SAFETY: the child only calls async-signal-safe functions (unshare, prctl, write, read, _exit) on
         // raw fds it inherited, touches no locks or allocator state, and never returns.
         let pid = unsafe { libc::fork() };
@@ -86,7 +97,10 @@ impl UsernsChild {
         }
         drop(ready_w);
         drop(release_r);
-        let child = UsernsChild { pid, release: Some(release_w) };
+        let child = UsernsChild {
+            pid,
+            release: Some(release_w),
+        };
         let mut buf = [0u8; 1];
         let n = loop {
             match rustix::io::read(&ready_r, &mut buf) {
