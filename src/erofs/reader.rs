@@ -562,9 +562,15 @@ impl<'a> Reader<'a> {
             }
             tree::S_IFREG if size > 0 && layout == LAYOUT_CHUNK_BASED => {
                 // Content lives outside the image (named by the redirect xattr). The chunk
-                // map holds only null addresses; nothing in it is needed.
-                if i_u & 0x20 != 0 {
-                    return Err(bad("chunk indexes are not used by composefs".into()));
+                // map holds only null addresses; nothing in it is needed, but its format
+                // must be the writer's (one chunk size per file size, at most 1024 chunks).
+                let bits = chunk_bits(size);
+                if size.div_ceil(1 << bits) > MAX_CHUNKS {
+                    return Err(bad(format!("external file of {size} bytes needs more than {MAX_CHUNKS} chunks")));
+                }
+                let format = i_u & 0xffff;
+                if u64::from(format) != bits - BLOCK_BITS as u64 {
+                    return Err(bad(format!("chunk format {format:#x} (the writer uses {:#x})", bits - BLOCK_BITS as u64)));
                 }
             }
             tree::S_IFREG if size > 0 => {
@@ -1214,6 +1220,16 @@ impl Reader<'_> {
     }
 }
 
+/// Most chunks of an external file in the composefs layout.
+const MAX_CHUNKS: u64 = 1024;
+
+/// log2 of the chunk size the composefs writer picks for an external file of `size` bytes:
+/// the smallest power of two holding the file, at least a block, at most 2^31 blocks.
+fn chunk_bits(size: u64) -> u64 {
+    let bits = if size <= 1 { 0 } else { 64 - u64::from((size - 1).leading_zeros()) };
+    bits.clamp(u64::from(BLOCK_BITS), u64::from(BLOCK_BITS) + 31)
+}
+
 fn tree_err(nid: u64, e: TreeError) -> ReadError {
     match e {
         TreeError::TooManyEntries { limit } => ReadError::Limit(format!("more than {limit} entries")),
@@ -1577,6 +1593,13 @@ mod tests {
         assert!(parse_xattr_entry(&entry(0, b"lustre.x", b"")).is_ok(), "unknown prefix under index 0");
         let e = entry(1, b"name", b"value");
         assert!(parse_xattr_entry(&e[..e.len() - 1]).is_err(), "value past the end");
+    }
+
+    #[test]
+    fn chunk_sizes_follow_the_writer() {
+        for (size, bits) in [(1u64, 12u64), (4096, 12), (4097, 13), (1 << 30, 30), ((1 << 30) + 1, 31), (1 << 43, 43), (1 << 50, 43)] {
+            assert_eq!(chunk_bits(size), bits, "size {size}");
+        }
     }
 
     #[test]
