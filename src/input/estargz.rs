@@ -11,6 +11,7 @@
 //!   `stargz.index.json` are skipped;
 //! - no `x-payload`/`x-content`, `accesstime`, `changetime`, `endOffset`, `chunkType` keys (ignored
 //!   like any unknown key).
+//!
 //! Everything else (validation, whiteouts, limits, errors) is as in [`crate::input::toc`].
 
 use crate::input::toc::{parse_flavor, Flavor, TocError, TocOptions};
