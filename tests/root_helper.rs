@@ -913,6 +913,9 @@ fn umount_other_users_mount_and_racing_unmounts() {
     let o = run_as_strs(o2, &mount_args(&theirs, &[]));
     assert!(o.status.success(), "{}", stderr(&o));
     let r = run_as(u, &["umount", theirs.target.to_str().unwrap()]);
+    // A directory inside the mount does not name it.
+    let o = run_as(o2, &["umount", theirs.target.join(".").join("t").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let still = mount_line(&theirs.target).is_some();
     assert!(still, "another user's mount was removed");
     assert_refused(&r, "not for the caller");

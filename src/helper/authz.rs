@@ -688,6 +688,18 @@ pub struct UmountGrant {
 pub fn authorize_umount(state_dir: &Path, target: &Path) -> Result<UmountGrant, HelperError> {
     let fd = open_as_caller("umount target", target, OFlags::PATH | OFlags::NOFOLLOW)?;
     let (id, uniq) = sys::statx_mnt_id(fd.as_fd()).map_err(|e| HelperError::Io { what: "statx(STATX_MNT_ID)", errno: e })?;
+    // STATX_ATTR_MOUNT_ROOT: only the root of the mount (not a directory inside it) names it.
+    const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
+    let sx = rustix::fs::statx(&fd, "", rustix::fs::AtFlags::EMPTY_PATH, rustix::fs::StatxFlags::BASIC_STATS)
+        .map_err(|e| HelperError::Io { what: "statx", errno: e })?;
+    let attrs = sx.stx_attributes.bits() & sx.stx_attributes_mask.bits();
+    if sx.stx_attributes_mask.bits() & STATX_ATTR_MOUNT_ROOT != 0 && attrs & STATX_ATTR_MOUNT_ROOT == 0 {
+        return Err(HelperError::Refused {
+            what: "umount target",
+            path: target.into(),
+            reason: "not a mount made by cfsmount (not a mount point; a directory inside a mount does not name it)".into(),
+        });
+    }
     let c = caller();
     let found = read_records(state_dir)
         .into_iter()
