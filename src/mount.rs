@@ -750,8 +750,9 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     let mut images = Vec::with_capacity(req.sources.len());
     for s in &req.sources {
         // With verity requested, a TOC build records each object's fs-verity digest (the TOC
-        // only has content sha256s), reading the objects from the first basedir.
-        let objects = (req.verity != Verity::Off).then(|| req.basedirs[0].as_path());
+        // only has content sha256s), reading the objects from the first basedir. Not for
+        // unprivileged callers: the builder would read files by path with our credentials.
+        let objects = (req.verity != Verity::Off && !privileged()).then(|| req.basedirs[0].as_path());
         images.push(open_image(s, req.kind, &state_path, objects)?);
     }
     for img in &images {

@@ -665,6 +665,23 @@ fn toc_with_objects() {
         );
         umount(&s, &mnt);
     }
+    // The same image through util-linux `mount -t composefs` and the helper link.
+    {
+        let _link = HelperLink::new();
+        let out = Command::new("mount")
+            .env("CFSMOUNT_STATE_DIR", s.path("state"))
+            .args(["-t", "composefs", "-o"])
+            .arg(format!("basedir={},ro", objs.display()))
+            .arg(&img)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount -t composefs: {}", String::from_utf8_lossy(&out.stderr));
+        for (name, data) in &files {
+            assert_eq!(&std::fs::read(mnt.join(name)).unwrap(), data, "mount -t composefs: {name}");
+        }
+        umount(&s, &mnt);
+    }
     // The temporary image of an on-the-fly build does not stay in the state directory.
     assert_eq!(std::fs::read_dir(s.path("state")).unwrap().count(), 0);
     // A dumpfile built on the fly.
