@@ -15,19 +15,6 @@ pub fn at_secure() -> bool {
     unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
 }
 
-/// `setfsuid(uid)`; returns the previous fsuid. Per thread. The caller checks the result with
-/// [`current_fsuid`] (setfsuid reports no errors).
-pub fn set_fsuid(uid: u32) -> u32 {
-    // SAFETY: setfsuid takes a plain integer and only changes this thread's credentials.
-    unsafe { libc::setfsuid(uid) as u32 }
-}
-
-/// `setfsgid(gid)`; returns the previous fsgid.
-pub fn set_fsgid(gid: u32) -> u32 {
-    // SAFETY: as for set_fsuid.
-    unsafe { libc::setfsgid(gid) as u32 }
-}
-
 /// The current fsuid (setfsuid(-1) fails and reports the current value without changing it).
 pub fn current_fsuid() -> u32 {
     // SAFETY: an invalid id (-1) is rejected by the kernel, which returns the current fsuid.
@@ -82,7 +69,6 @@ pub fn ignore_sigxfsz() -> io::Result<()> {
 }
 
 const NSIO: libc::c_ulong = 0xb7;
-const NS_GET_USERNS: libc::c_ulong = NSIO << 8 | 0x1; // _IO(0xb7, 0x1)
 const NS_GET_PARENT: libc::c_ulong = NSIO << 8 | 0x2; // _IO(0xb7, 0x2)
 const NS_GET_NSTYPE: libc::c_ulong = NSIO << 8 | 0x3; // _IO(0xb7, 0x3)
 // _IO(0xb7, 0x4) (it does write a uid_t through the argument, but is declared without a size).
@@ -110,7 +96,7 @@ pub fn ns_get_owner_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
 }
 
 fn ns_ioctl_fd(fd: BorrowedFd<'_>, req: libc::c_ulong) -> io::Result<OwnedFd> {
-    // SAFETY: NS_GET_PARENT / NS_GET_USERNS take no argument and return a new fd or -1.
+    // SAFETY: NS_GET_PARENT takes no argument and returns a new fd or -1.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _) };
     if r < 0 {
         return Err(last_errno());
@@ -123,11 +109,6 @@ fn ns_ioctl_fd(fd: BorrowedFd<'_>, req: libc::c_ulong) -> io::Result<OwnedFd> {
 /// `fd` is our own or the initial user namespace).
 pub fn ns_get_parent(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     ns_ioctl_fd(fd, NS_GET_PARENT)
-}
-
-/// `ioctl(fd, NS_GET_USERNS)`: the user namespace owning a namespace.
-pub fn ns_get_userns(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    ns_ioctl_fd(fd, NS_GET_USERNS)
 }
 
 /// `STATX_MNT_ID_UNIQUE` (Linux 6.8): a 64-bit mount id never reused while the system runs.
