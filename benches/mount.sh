@@ -18,7 +18,7 @@ OUT="${OUT:-$PWD/target/bench-mount}"
 mkdir -p "$OUT"
 
 cargo build --release --bin cfsmount >&2
-B="$PWD/target/release/cfsmount"
+B="${CARGO_TARGET_DIR:-$PWD/target}/release/cfsmount"
 
 W=$(mktemp -d /var/tmp/cfsmount-bench.XXXXXX)
 export CFSMOUNT_STATE_DIR="$W/state"
