@@ -745,7 +745,11 @@ impl<'a> Reader<'a> {
                 if !external {
                     return Err("overlay redirect xattr on a file that is not an external regular file".into());
                 }
-                let v = value.strip_prefix(b"/").unwrap_or(&value);
+                // The writer writes "/" + payload; overlayfs would take anything else
+                // relative to the file's directory.
+                let Some(v) = value.strip_prefix(b"/") else {
+                    return Err("overlay redirect is not an absolute path".into());
+                };
                 if v.is_empty() || v.contains(&0) {
                     return Err("empty or NUL-containing overlay redirect".into());
                 }
