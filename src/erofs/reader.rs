@@ -1547,6 +1547,24 @@ mod tests {
         assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext)])).contains("metacopy"));
         let dev = compact(0, 0o20644, 1, 5, 0x101);
         assert!(err(&image(&[(b"c", 40, 3)], &[(40, dev)])).contains("size 5"));
+        // An external file: metacopy + redirect; the redirect must be absolute.
+        let ext = |redirect: &[u8; 3], format: u32| {
+            let mut ino = compact(LAYOUT_CHUNK_BASED << 1, 0o100644, 1, 10, format);
+            ino[2..4].copy_from_slice(&12u16.to_le_bytes()); // 12 + 20 + 24 bytes of xattrs
+            ino.extend_from_slice(&[0; 12]);
+            ino.extend_from_slice(&[16, 4, 0, 0]);
+            ino.extend_from_slice(b"overlay.metacopy");
+            ino.extend_from_slice(&[16, 4, 3, 0]);
+            ino.extend_from_slice(b"overlay.redirect");
+            ino.extend_from_slice(redirect);
+            ino.push(0);
+            ino
+        };
+        let t = read_image(&image(&[(b"f", 40, 1)], &[(40, ext(b"/ab", 0))])).unwrap();
+        let f = &t.node(t.lookup(b"f").unwrap()).entry;
+        assert_eq!((f.payload.as_deref(), f.fsverity_digest, f.content.as_ref()), (Some(&b"ab"[..]), None, None));
+        assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext(b"xab", 0))])).contains("not an absolute path"));
+        assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext(b"/ab", 0x20))])).contains("chunk format"));
     }
 
     #[test]
