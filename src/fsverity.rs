@@ -116,10 +116,10 @@ fn descriptor_digest(root: &Sha256Digest, size: u64) -> Sha256Digest {
     d[1] = 1; // hash_algorithm: SHA-256
     d[2] = LOG_BLOCK_SIZE;
     d[3] = 0; // salt_size
-    // d[4..8]: sig_size / reserved, zero
+              // d[4..8]: sig_size / reserved, zero
     d[8..16].copy_from_slice(&size.to_le_bytes());
     d[16..16 + HASH_SIZE].copy_from_slice(root); // root_hash[64]
-    // salt[32] and reserved[144]: zero
+                                                 // salt[32] and reserved[144]: zero
     Sha256::digest(d).into()
 }
 
@@ -199,7 +199,9 @@ pub fn digest_file_with(f: &File, size: u64, threads: usize) -> io::Result<Sha25
             let handles: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
             let mut result = Ok(());
             for h in handles {
-                let r = h.join().unwrap_or_else(|_| Err(io::Error::other("digest worker panicked")));
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("digest worker panicked")));
                 if result.is_ok() {
                     result = r;
                 }
@@ -253,11 +255,17 @@ const BUSY_RETRIES: u32 = 8;
 /// retried briefly with backoff. ENOTTY/EOPNOTSUPP (kernel or filesystem without fs-verity)
 /// give [`VerityError::Unsupported`].
 pub fn enable(fd: BorrowedFd<'_>) -> Result<Enabled, VerityError> {
-    let fl = rustix::fs::fcntl_getfl(fd).map_err(|e| VerityError::Io { op: "fcntl(F_GETFL)", source: e.into() })?;
+    let fl = rustix::fs::fcntl_getfl(fd).map_err(|e| VerityError::Io {
+        op: "fcntl(F_GETFL)",
+        source: e.into(),
+    })?;
     if fl & rustix::fs::OFlags::RWMODE != rustix::fs::OFlags::RDONLY {
         return Err(VerityError::WritableFd);
     }
-    let st = rustix::fs::fstat(fd).map_err(|e| VerityError::Io { op: "fstat", source: e.into() })?;
+    let st = rustix::fs::fstat(fd).map_err(|e| VerityError::Io {
+        op: "fstat",
+        source: e.into(),
+    })?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(VerityError::NotRegular);
     }
@@ -288,7 +296,10 @@ pub fn enable(fd: BorrowedFd<'_>) -> Result<Enabled, VerityError> {
 pub fn measure(fd: BorrowedFd<'_>) -> Result<Sha256Digest, VerityError> {
     let (alg, digest) = crate::sys::verity::measure(fd).map_err(|e| map_errno("FS_IOC_MEASURE_VERITY", e))?;
     if u32::from(alg) != crate::sys::verity::HASH_ALG_SHA256 || digest.len() != HASH_SIZE {
-        return Err(VerityError::WrongAlgorithm { alg, size: digest.len() });
+        return Err(VerityError::WrongAlgorithm {
+            alg,
+            size: digest.len(),
+        });
     }
     let mut out = [0u8; HASH_SIZE];
     out.copy_from_slice(&digest);
@@ -300,7 +311,10 @@ pub fn measure(fd: BorrowedFd<'_>) -> Result<Sha256Digest, VerityError> {
 pub fn check_digest(fd: BorrowedFd<'_>, expected: &Sha256Digest) -> Result<(), VerityError> {
     let actual = measure(fd)?;
     if &actual != expected {
-        return Err(VerityError::Mismatch { expected: to_hex(expected), actual: to_hex(&actual) });
+        return Err(VerityError::Mismatch {
+            expected: to_hex(expected),
+            actual: to_hex(&actual),
+        });
     }
     Ok(())
 }
@@ -438,7 +452,10 @@ impl VerityError {
     pub fn at(self, path: &Path) -> Self {
         match self {
             e @ VerityError::File { .. } => e,
-            e => VerityError::File { path: path.to_path_buf(), inner: Box::new(e) },
+            e => VerityError::File {
+                path: path.to_path_buf(),
+                inner: Box::new(e),
+            },
         }
     }
 

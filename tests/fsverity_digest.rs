@@ -43,9 +43,7 @@ fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
 fn reference_line(path: &Path) -> String {
     let out = match Command::new("fsverity").arg("digest").arg(path).output() {
         Ok(o) => o,
-        Err(e) => panic!(
-            "the `fsverity` tool (Debian package fsverity) is needed as the reference for this test: {e}"
-        ),
+        Err(e) => panic!("the `fsverity` tool (Debian package fsverity) is needed as the reference for this test: {e}"),
     };
     assert!(
         out.status.success(),
@@ -80,9 +78,17 @@ fn check_size(dir: &Path, size: usize) {
     let thread_counts: &[usize] = if size > (8 << 20) { &[1, 3] } else { &[1, 2, 3, 8] };
     for &threads in thread_counts {
         let d = fsverity::digest_file_with(&f, size as u64, threads).unwrap();
-        assert_eq!(fsverity::to_hex(&d), want, "digest_file_with {threads} threads, size {size}");
+        assert_eq!(
+            fsverity::to_hex(&d),
+            want,
+            "digest_file_with {threads} threads, size {size}"
+        );
     }
-    assert_eq!(fsverity::to_hex(&fsverity::digest_path(&path).unwrap()), want, "digest_path, size {size}");
+    assert_eq!(
+        fsverity::to_hex(&fsverity::digest_path(&path).unwrap()),
+        want,
+        "digest_path, size {size}"
+    );
 }
 
 #[test]
@@ -144,7 +150,10 @@ fn cli_digest_output_matches_fsverity() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{}\n", reference_hex(&files[1])));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}\n", reference_hex(&files[1]))
+    );
 }
 
 /// A missing file among several: non-zero exit, the file is named, the good file still printed.
@@ -161,7 +170,10 @@ fn cli_digest_failure_names_file() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&*missing.to_string_lossy()), "stderr does not name the file: {err}");
+    assert!(
+        err.contains(&*missing.to_string_lossy()),
+        "stderr does not name the file: {err}"
+    );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), reference_line(&good));
 }
 
@@ -198,7 +210,10 @@ fn enable_and_measure_without_kernel_verity() {
             assert!(msg.contains("not supported"), "{msg}");
         }
         Ok(r) => {
-            assert!(verity_kernel, "enable succeeded although ext4 has no verity feature: {r:?}");
+            assert!(
+                verity_kernel,
+                "enable succeeded although ext4 has no verity feature: {r:?}"
+            );
             assert_eq!(r, Enabled::Now);
             assert_eq!(fsverity::enable_path(&path).unwrap(), Enabled::AlreadyEnabled);
             let m = fsverity::measure_path(&path).unwrap();
@@ -215,10 +230,17 @@ fn enable_and_measure_without_kernel_verity() {
 
     // The CLI exits non-zero and names the file.
     for verb in ["enable", "measure"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_cfsmount")).args(["verity", verb]).arg(&path).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_cfsmount"))
+            .args(["verity", verb])
+            .arg(&path)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "verity {verb} succeeded");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&name), "verity {verb} stderr does not name the file: {err}");
+        assert!(
+            err.contains(&name),
+            "verity {verb} stderr does not name the file: {err}"
+        );
         assert!(out.stdout.is_empty());
     }
 }
@@ -232,7 +254,6 @@ fn enable_refuses_writable_fd() {
     let e = fsverity::enable(f.as_fd()).unwrap_err();
     assert!(matches!(e, VerityError::WritableFd), "{e}");
 }
-
 
 /// Directories and devices are refused before the ioctl, naming the file.
 #[test]
