@@ -295,6 +295,15 @@ t_verity_missing_object() {
     cmp -s "$M2/b" "$W/src/b" || no "b no longer reads correctly"
 }
 
+# --try-verity on a kernel that offers verity=require behaves like --verity.
+t_try_verity() {
+    local err
+    "$CFS" mount "$IMG" "$M" --basedir "$BAD" --try-verity || no "mount --try-verity failed"
+    all_files_ok b
+    if err=$(cat "$M/a" 2>&1 >/dev/null); then no "tampered object a was readable"; fi
+    case $err in *"Input/output error"*) ;; *) no "expected EIO, got: $err" ;; esac
+}
+
 # Documented limit: without --verity (and without --digest) objects are NOT checked.
 t_no_verity_option_does_not_check() {
     "$CFS" mount "$IMG" "$M" --basedir "$BAD" || no "plain mount failed"
@@ -315,6 +324,7 @@ if mount_ready; then
             run mount_verity_object_without_verity_is_eio t_verity_eio d
             run mount_verity_missing_object_fails_cleanly t_verity_missing_object
             unmount "$M2" || echo "FAIL mount_verity_unmount: $M2 still mounted"
+            run mount_try_verity_checks_objects_here t_try_verity
             run mount_without_verity_does_not_check_objects t_no_verity_option_does_not_check
         else
             echo "FAIL mount_damaged_store: $(tail -n 3 "$W/bad-store.log" | tr '\n' ' ' | cut -c1-400)"
