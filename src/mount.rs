@@ -233,6 +233,14 @@ pub struct MountRecord {
     pub sources: Vec<PathBuf>,
     /// Seconds since the epoch.
     pub created: u64,
+    /// Inode of the mount namespace the target was resolved in (`/proc/self/ns/mnt`).
+    #[serde(default)]
+    pub mnt_ns: Option<u64>,
+}
+
+/// Identity (nsfs inode) of our mount namespace.
+fn own_mnt_ns() -> Option<u64> {
+    rustix::fs::stat("/proc/self/ns/mnt").ok().map(|st| st.st_ino)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -385,6 +393,10 @@ fn prune_stale_records(dirfd: BorrowedFd<'_>) {
             continue;
         };
         let Some(target) = &rec.target else { continue };
+        // A target path only means something in the mount namespace it was mounted in.
+        if rec.mnt_ns.is_none() || rec.mnt_ns != own_mnt_ns() {
+            continue;
+        }
         let live = rustix::fs::open(target, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
             .ok()
             .and_then(|fd| mount_id(fd.as_fd()).ok())
@@ -892,6 +904,7 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
             .collect(),
         erofs_mount_ids: erofs.iter().map(|e| e.mount_id).collect(),
         sources: req.sources.clone(),
+        mnt_ns: own_mnt_ns(),
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

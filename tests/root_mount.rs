@@ -1564,6 +1564,15 @@ fn helper_mounts_in_other_namespace() {
     // Read it through that namespace's root.
     let there = PathBuf::from(format!("/proc/{pid}/root")).join(mnt.strip_prefix("/").unwrap());
     check_tree(&tree, &there, 0, "-N");
+    // A mount in our namespace (which prunes stale records) leaves that record alone: its target
+    // path belongs to the other namespace.
+    let mnt2 = s.mkdir("mnt2");
+    let mut c = s.cmd();
+    c.arg("mount").arg(&img).arg(&mnt2).arg("--basedir").arg(&objs);
+    run_ok(c);
+    assert_eq!(s.records(), 2);
+    umount(&s, &mnt2);
+    assert_eq!(s.records(), 1, "the other namespace's record survives pruning");
     let out = Command::new("nsenter")
         .args(["-t", &pid.to_string(), "-m", "--"])
         .arg(bin())
