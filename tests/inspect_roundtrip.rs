@@ -51,7 +51,9 @@ fn cases() -> Vec<Case> {
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .expect("reading the conformance directory")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| (n.ends_with(".dump") || n.ends_with(".dump.gz")) && !n.starts_with("should-fail-"))
+        .filter(|n| {
+            (n.ends_with(".dump") || n.ends_with(".dump.gz")) && !n.starts_with("should-fail-")
+        })
         .filter(|n| dir.join(format!("{n}.sha256")).exists())
         .collect();
     names.sort();
@@ -67,16 +69,30 @@ fn cases() -> Vec<Case> {
             .ok()
             .map(|v| v.trim().parse().expect("version file holds a number"));
         let lenient = ["no-newline", "longlink", "honggfuzz-longlink-unterminated"];
-        let strict = !lenient.iter().any(|l| name.starts_with(&format!("{l}.dump")));
-        out.push(Case { name, input, version, strict });
+        let strict = !lenient
+            .iter()
+            .any(|l| name.starts_with(&format!("{l}.dump")));
+        out.push(Case {
+            name,
+            input,
+            version,
+            strict,
+        });
     }
-    assert!(out.len() >= 10, "expected the conformance dumpfiles, found {}", out.len());
+    assert!(
+        out.len() >= 10,
+        "expected the conformance dumpfiles, found {}",
+        out.len()
+    );
     out
 }
 
 fn build(tree: &Tree, version: Option<u32>) -> Vec<u8> {
     let opts = match version {
-        Some(v) => WriteOptions { min_version: v, max_version: v },
+        Some(v) => WriteOptions {
+            min_version: v,
+            max_version: v,
+        },
         None => WriteOptions::default(),
     };
     let mut img = Vec::new();
@@ -93,7 +109,13 @@ fn listing(t: &Tree) -> Vec<String> {
         let n = t.node(id);
         let link = n.link_to.map(|l| t.path_of(l));
         let entry = &t.node(t.resolve(id)).entry;
-        out.push(format!("{:?} link={:?} nlink={:?} {:?}", t.path_of(id), link, t.node(t.resolve(id)).nlink, entry));
+        out.push(format!(
+            "{:?} link={:?} nlink={:?} {:?}",
+            t.path_of(id),
+            link,
+            t.node(t.resolve(id)).nlink,
+            entry
+        ));
         let mut kids = n.children.clone();
         kids.sort_by(|a, b| t.node(*b).name.cmp(&t.node(*a).name));
         stack.extend(kids);
@@ -110,31 +132,68 @@ fn dump_of(t: &Tree) -> Vec<u8> {
 #[test]
 fn conformance_images_round_trip_through_the_reader() {
     for case in cases() {
-        let opts = DumpOptions { strict: case.strict, limits: Limits::default() };
-        let tree0 = parse(&case.input, &opts).unwrap_or_else(|e| panic!("{}: parse: {e}", case.name));
+        let opts = DumpOptions {
+            strict: case.strict,
+            limits: Limits::default(),
+        };
+        let tree0 =
+            parse(&case.input, &opts).unwrap_or_else(|e| panic!("{}: parse: {e}", case.name));
         let img1 = build(&tree0, case.version);
 
         let (tree1, info) = read_image_with(&img1, &ReadLimits::default())
             .unwrap_or_else(|e| panic!("{}: read_image: {e}", case.name));
         if let Some(v) = case.version {
-            assert_eq!(info.composefs_version, v, "{}: version in header", case.name);
+            assert_eq!(
+                info.composefs_version, v,
+                "{}: version in header",
+                case.name
+            );
         }
         // The header version is all that is needed besides the tree to rebuild the image.
         let img2 = build(&tree1, Some(info.composefs_version));
-        assert!(img1 == img2, "{}: write_image(read_image(img)) differs from img ({} vs {} bytes)", case.name, img1.len(), img2.len());
+        assert!(
+            img1 == img2,
+            "{}: write_image(read_image(img)) differs from img ({} vs {} bytes)",
+            case.name,
+            img1.len(),
+            img2.len()
+        );
 
         // What `inspect` prints parses back to an equal tree, which rebuilds the same image.
         let dump1 = dump_of(&tree1);
-        let tree2 = parse(&dump1, &DumpOptions { strict: true, limits: Limits::default() })
-            .unwrap_or_else(|e| panic!("{}: the printed dump does not parse: {e}", case.name));
-        assert_eq!(listing(&tree1), listing(&tree2), "{}: dump → parse changed the tree", case.name);
-        assert!(dump_of(&tree2) == dump1, "{}: printing the reparsed tree differs", case.name);
+        let tree2 = parse(
+            &dump1,
+            &DumpOptions {
+                strict: true,
+                limits: Limits::default(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{}: the printed dump does not parse: {e}", case.name));
+        assert_eq!(
+            listing(&tree1),
+            listing(&tree2),
+            "{}: dump → parse changed the tree",
+            case.name
+        );
+        assert!(
+            dump_of(&tree2) == dump1,
+            "{}: printing the reparsed tree differs",
+            case.name
+        );
         let img3 = build(&tree2, Some(info.composefs_version));
-        assert!(img1 == img3, "{}: mkimage of the inspected dump differs from the image", case.name);
+        assert!(
+            img1 == img3,
+            "{}: mkimage of the inspected dump differs from the image",
+            case.name
+        );
 
         // And without forcing the version, the writer picks the same one again.
         if case.version.is_none() {
-            assert!(build(&tree1, None) == img1, "{}: default versions pick another version", case.name);
+            assert!(
+                build(&tree1, None) == img1,
+                "{}: default versions pick another version",
+                case.name
+            );
         }
     }
 }
@@ -142,28 +201,58 @@ fn conformance_images_round_trip_through_the_reader() {
 #[test]
 fn the_reader_drops_what_the_writer_adds() {
     // special.dump at version 1: user whiteout, escaped overlay xattrs, inline files.
-    let case = cases().into_iter().find(|c| c.name == "special_v1.dump").expect("special_v1.dump case");
-    let tree0 = parse(&case.input, &DumpOptions { strict: true, limits: Limits::default() }).expect("parse");
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name == "special_v1.dump")
+        .expect("special_v1.dump case");
+    let tree0 = parse(
+        &case.input,
+        &DumpOptions {
+            strict: true,
+            limits: Limits::default(),
+        },
+    )
+    .expect("parse");
     let img = build(&tree0, Some(1));
     let t = read_image(&img).expect("read_image");
     // No whiteout stubs: the root holds exactly the names the dump listed.
     let names = |t: &Tree| {
-        let mut v: Vec<Vec<u8>> = t.node(ROOT).children.iter().map(|&c| t.node(c).name.clone()).collect();
+        let mut v: Vec<Vec<u8>> = t
+            .node(ROOT)
+            .children
+            .iter()
+            .map(|&c| t.node(c).name.clone())
+            .collect();
         v.sort();
         v
     };
     assert_eq!(names(&t), names(&tree0));
     let root = &t.node(ROOT).entry;
     let keys: Vec<&[u8]> = root.xattrs.iter().map(|x| x.key.as_slice()).collect();
-    assert_eq!(keys, [&b"trusted.foo1"[..], b"user.foo2"], "root xattrs: v1 whiteout markers and opaque must be gone");
+    assert_eq!(
+        keys,
+        [&b"trusted.foo1"[..], b"user.foo2"],
+        "root xattrs: v1 whiteout markers and opaque must be gone"
+    );
     // The whiteout is a 0/0 character device again, without its escape xattrs.
     let w = &t.node(t.lookup(b"whiteout").expect("whiteout")).entry;
     assert_eq!(w.inode.mode, 0o20777);
     assert_eq!(w.inode.rdev, 0);
-    assert_eq!(w.xattrs.iter().map(|x| x.key.as_slice()).collect::<Vec<_>>(), [&b"trusted.foo"[..]]);
+    assert_eq!(
+        w.xattrs
+            .iter()
+            .map(|x| x.key.as_slice())
+            .collect::<Vec<_>>(),
+        [&b"trusted.foo"[..]]
+    );
     // trusted.overlay.* given by the user is unescaped again.
-    let e = &t.node(t.lookup(b"escaped-xattr").expect("escaped-xattr")).entry;
-    assert!(e.xattrs.iter().any(|x| x.key == b"trusted.overlay.redirect" && x.value == b"/foo\n"));
+    let e = &t
+        .node(t.lookup(b"escaped-xattr").expect("escaped-xattr"))
+        .entry;
+    assert!(e
+        .xattrs
+        .iter()
+        .any(|x| x.key == b"trusted.overlay.redirect" && x.value == b"/foo\n"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -185,12 +274,24 @@ impl XorShift {
 /// Valid images to corrupt: conformance cases plus random trees (hard links, whiteouts,
 /// shared xattrs, block-stored symlinks and contents, extended inodes).
 fn hostile_inputs() -> Vec<(String, Vec<u8>)> {
-    let wanted = ["special_v1.dump", "longlink.dump", "honggfuzz-bigfile-with-acl.dump", "config-with-hard-link.dump.gz"];
+    let wanted = [
+        "special_v1.dump",
+        "longlink.dump",
+        "honggfuzz-bigfile-with-acl.dump",
+        "config-with-hard-link.dump.gz",
+    ];
     let mut out: Vec<(String, Vec<u8>)> = cases()
         .into_iter()
         .filter(|c| wanted.contains(&c.name.as_str()))
         .map(|c| {
-            let t = parse(&c.input, &DumpOptions { strict: c.strict, limits: Limits::default() }).expect("parse");
+            let t = parse(
+                &c.input,
+                &DumpOptions {
+                    strict: c.strict,
+                    limits: Limits::default(),
+                },
+            )
+            .expect("parse");
             (c.name.clone(), build(&t, c.version))
         })
         .collect();
@@ -207,7 +308,10 @@ fn read_timed(img: &[u8], what: &str, worst: &mut Duration) -> Result<(), ReadEr
     let t0 = Instant::now();
     let r = read_image(img).map(|_| ());
     let el = t0.elapsed();
-    assert!(el < Duration::from_secs(5), "{what}: read_image took {el:?}");
+    assert!(
+        el < Duration::from_secs(5),
+        "{what}: read_image took {el:?}"
+    );
     *worst = (*worst).max(el);
     r
 }
@@ -217,16 +321,35 @@ fn corrupted_images_never_panic() {
     let inputs = hostile_inputs();
     assert_eq!(inputs.len(), 7);
     // CFS_FUZZ_SCALE multiplies the number of corruptions (default 1: a brief run).
-    let scale: usize = std::env::var("CFS_FUZZ_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let mut rng = XorShift(std::env::var("CFS_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x9e37_79b9_7f4a_7c15) | 1);
+    let scale: usize = std::env::var("CFS_FUZZ_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut rng = XorShift(
+        std::env::var("CFS_FUZZ_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0x9e37_79b9_7f4a_7c15)
+            | 1,
+    );
     let (mut ok, mut err, mut worst) = (0u32, 0u32, Duration::ZERO);
     for (name, img) in &inputs {
-        assert!(read_image(img).is_ok(), "{name}: the uncorrupted image must read");
+        assert!(
+            read_image(img).is_ok(),
+            "{name}: the uncorrupted image must read"
+        );
         let big = img.len() > 1 << 20;
         // Truncations: every 61st length over the metadata, then random ones.
         let step = if big { 4093 } else { 61 };
-        for cut in (0..img.len().min(1 << 16)).step_by(step).chain((0..64).map(|_| rng.below(img.len()))) {
-            match read_timed(&img[..cut], &format!("{name} truncated at {cut}"), &mut worst) {
+        for cut in (0..img.len().min(1 << 16))
+            .step_by(step)
+            .chain((0..64).map(|_| rng.below(img.len())))
+        {
+            match read_timed(
+                &img[..cut],
+                &format!("{name} truncated at {cut}"),
+                &mut worst,
+            ) {
                 Ok(()) => ok += 1,
                 Err(_) => err += 1,
             }
@@ -235,7 +358,11 @@ fn corrupted_images_never_panic() {
         let rounds = scale * if big { 100 } else { 800 };
         for round in 0..rounds {
             let mut m = img.clone();
-            let span = if round % 2 == 0 { m.len() } else { m.len().min(1 << 16) };
+            let span = if round % 2 == 0 {
+                m.len()
+            } else {
+                m.len().min(1 << 16)
+            };
             for _ in 0..1 + rng.below(6) {
                 let at = rng.below(span);
                 if round % 2 == 0 {
@@ -251,7 +378,10 @@ fn corrupted_images_never_panic() {
         }
     }
     eprintln!("corrupted images: {ok} read, {err} rejected, slowest read {worst:?}");
-    assert!(err > 0 && ok > 0, "the corruptions exercise both outcomes ({ok} ok, {err} errors)");
+    assert!(
+        err > 0 && ok > 0,
+        "the corruptions exercise both outcomes ({ok} ok, {err} errors)"
+    );
 }
 
 /// Minimal EROFS facts of an image, found the way any reader would, to aim corruptions.
@@ -262,8 +392,13 @@ struct Layout {
 
 fn layout(img: &[u8]) -> Layout {
     let le32 = |o: usize| u32::from_le_bytes(img[o..o + 4].try_into().unwrap());
-    let root_nid = u64::from(u16::from_le_bytes(img[1024 + 14..1024 + 16].try_into().unwrap()));
-    Layout { meta: le32(1024 + 40) as usize * 4096, root_nid }
+    let root_nid = u64::from(u16::from_le_bytes(
+        img[1024 + 14..1024 + 16].try_into().unwrap(),
+    ));
+    Layout {
+        meta: le32(1024 + 40) as usize * 4096,
+        root_nid,
+    }
 }
 
 /// (offset of the dirent, nid, name) for every entry of the root directory's first block.
@@ -274,7 +409,11 @@ fn root_dirents(img: &[u8]) -> Vec<(usize, u64, Vec<u8>)> {
     let compact = format & 1 == 0;
     let isize = if compact { 32 } else { 64 };
     let icount = u16::from_le_bytes(img[ino + 2..ino + 4].try_into().unwrap()) as usize;
-    let xsize = if icount == 0 { 0 } else { 12 + (icount - 1) * 4 };
+    let xsize = if icount == 0 {
+        0
+    } else {
+        12 + (icount - 1) * 4
+    };
     let size = if compact {
         u32::from_le_bytes(img[ino + 8..ino + 12].try_into().unwrap()) as usize
     } else {
@@ -295,7 +434,10 @@ fn root_dirents(img: &[u8]) -> Vec<(usize, u64, Vec<u8>)> {
             let end = if i + 1 < n {
                 u16::from_le_bytes(b[i * 12 + 20..i * 12 + 22].try_into().unwrap()) as usize
             } else {
-                off + b[off..].iter().position(|&c| c == 0).unwrap_or(b.len() - off)
+                off + b[off..]
+                    .iter()
+                    .position(|&c| c == 0)
+                    .unwrap_or(b.len() - off)
             };
             (start + i * 12, nid, b[off..end].to_vec())
         })
@@ -303,14 +445,30 @@ fn root_dirents(img: &[u8]) -> Vec<(usize, u64, Vec<u8>)> {
 }
 
 fn config_image() -> Vec<u8> {
-    let c = cases().into_iter().find(|c| c.name == "config-with-hard-link.dump.gz").expect("config case");
-    build(&parse(&c.input, &DumpOptions { strict: c.strict, limits: Limits::default() }).expect("parse"), None)
+    let c = cases()
+        .into_iter()
+        .find(|c| c.name == "config-with-hard-link.dump.gz")
+        .expect("config case");
+    build(
+        &parse(
+            &c.input,
+            &DumpOptions {
+                strict: c.strict,
+                limits: Limits::default(),
+            },
+        )
+        .expect("parse"),
+        None,
+    )
 }
 
 fn expect_err(img: &[u8], needle: &str) {
     match read_image(img) {
         Ok(_) => panic!("corrupted image was accepted (expected an error about {needle:?})"),
-        Err(e) => assert!(e.to_string().contains(needle), "error {e:?} does not mention {needle:?}"),
+        Err(e) => assert!(
+            e.to_string().contains(needle),
+            "error {e:?} does not mention {needle:?}"
+        ),
     }
 }
 
@@ -319,8 +477,16 @@ fn directory_cycles_and_aliases_are_rejected() {
     let img = config_image();
     let ents = root_dirents(&img);
     let root = layout(&img).root_nid;
-    let (at, _, _) = ents.iter().find(|(_, _, n)| n == b"etc").expect("/etc in the root").clone();
-    let (_, usr_nid, _) = ents.iter().find(|(_, _, n)| n == b"usr").expect("/usr in the root").clone();
+    let (at, _, _) = ents
+        .iter()
+        .find(|(_, _, n)| n == b"etc")
+        .expect("/etc in the root")
+        .clone();
+    let (_, usr_nid, _) = ents
+        .iter()
+        .find(|(_, _, n)| n == b"usr")
+        .expect("/usr in the root")
+        .clone();
 
     // /etc → the root itself: a cycle.
     let mut m = img.clone();
@@ -331,7 +497,11 @@ fn directory_cycles_and_aliases_are_rejected() {
     m[at..at + 8].copy_from_slice(&usr_nid.to_le_bytes());
     expect_err(&m, "reachable twice");
     // '.' of the root pointing elsewhere.
-    let (dot, _, _) = ents.iter().find(|(_, _, n)| n == b".").expect("'.'").clone();
+    let (dot, _, _) = ents
+        .iter()
+        .find(|(_, _, n)| n == b".")
+        .expect("'.'")
+        .clone();
     let mut m = img.clone();
     m[dot..dot + 8].copy_from_slice(&usr_nid.to_le_bytes());
     expect_err(&m, "'.' entry");
@@ -341,7 +511,11 @@ fn directory_cycles_and_aliases_are_rejected() {
 fn out_of_range_references_are_rejected() {
     let img = config_image();
     let ents = root_dirents(&img);
-    let (at, nid, _) = ents.iter().find(|(_, _, n)| n == b"etc").expect("/etc").clone();
+    let (at, nid, _) = ents
+        .iter()
+        .find(|(_, _, n)| n == b"etc")
+        .expect("/etc")
+        .clone();
     // A nid far beyond the image, and one at the very top of the range (overflow).
     for bad in [u64::from(u32::MAX), u64::MAX, u64::MAX / 32] {
         let mut m = img.clone();
@@ -351,12 +525,18 @@ fn out_of_range_references_are_rejected() {
     // A nid one slot into another inode: overlapping inodes.
     let mut m = img.clone();
     m[at..at + 8].copy_from_slice(&(nid + 1).to_le_bytes());
-    assert!(read_image(&m).is_err(), "an inode overlapping /etc accepted");
+    assert!(
+        read_image(&m).is_err(),
+        "an inode overlapping /etc accepted"
+    );
     // Shared xattr block address and metadata block address past the end.
     for field in [1024 + 40, 1024 + 44] {
         let mut m = img.clone();
         m[field..field + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(read_image(&m).is_err(), "superblock field at {field} accepted");
+        assert!(
+            read_image(&m).is_err(),
+            "superblock field at {field} accepted"
+        );
     }
     // Every size is too small to hold the header and superblock, or a truncated image.
     for cut in [0, 1, 31, 1024, 1151] {
@@ -368,28 +548,46 @@ fn out_of_range_references_are_rejected() {
 fn decoded_size_limit_bounds_memory() {
     // Hard links and shared xattrs multiply what a small image decodes to; the budget stops it.
     let img = config_image();
-    let tiny = ReadLimits { max_decoded_bytes: 10_000, ..ReadLimits::default() };
+    let tiny = ReadLimits {
+        max_decoded_bytes: 10_000,
+        ..ReadLimits::default()
+    };
     match read_image_with(&img, &tiny) {
         Err(ReadError::Limit(msg)) => assert!(msg.contains("bytes"), "{msg}"),
         other => panic!("expected a limit error, got {:?}", other.map(|(_, i)| i)),
     }
-    let few = ReadLimits { max_dirents: 100, ..ReadLimits::default() };
-    assert!(matches!(read_image_with(&img, &few), Err(ReadError::Dir { .. } | ReadError::Limit(_))));
+    let few = ReadLimits {
+        max_dirents: 100,
+        ..ReadLimits::default()
+    };
+    assert!(matches!(
+        read_image_with(&img, &few),
+        Err(ReadError::Dir { .. } | ReadError::Limit(_))
+    ));
 }
 
 // ---------------------------------------------------------------------------------------
 // Random trees
 
-use cfsmount::tree::{Entry, Inode, Xattr, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK};
+use cfsmount::tree::{
+    Entry, Inode, Xattr, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK,
+};
 
 fn random_name(rng: &mut XorShift, in_root: bool) -> Vec<u8> {
     loop {
         let name: Vec<u8> = match rng.below(10) {
             // Names the root whiteout stubs use.
             0 if in_root => format!("{:02x}", rng.below(256)).into_bytes(),
-            1 => (0..1 + rng.below(255)).map(|_| b'a' + rng.below(26) as u8).collect(),
-            2 => (0..1 + rng.below(12)).map(|_| 1 + rng.below(255) as u8).filter(|&c| c != b'/').collect(),
-            _ => (0..1 + rng.below(8)).map(|_| b"abcdefgh.-_0123"[rng.below(15)]).collect(),
+            1 => (0..1 + rng.below(255))
+                .map(|_| b'a' + rng.below(26) as u8)
+                .collect(),
+            2 => (0..1 + rng.below(12))
+                .map(|_| 1 + rng.below(255) as u8)
+                .filter(|&c| c != b'/')
+                .collect(),
+            _ => (0..1 + rng.below(8))
+                .map(|_| b"abcdefgh.-_0123"[rng.below(15)])
+                .collect(),
         };
         if !name.is_empty() && name != b"." && name != b".." {
             return name;
@@ -406,24 +604,43 @@ fn random_entry(rng: &mut XorShift, mtime: i64, dir: bool) -> Entry {
         (b"trusted.overlay.opaque", b"y"),
         (b"trusted.overlay.redirect", b"/elsewhere"),
         (b"trusted.md5", b"\x00\x01\x02=\xff"),
-        (b"system.posix_acl_access", b"\x02\x00\x00\x00\x01\x00\x06\x00\xff\xff\xff\xff"),
+        (
+            b"system.posix_acl_access",
+            b"\x02\x00\x00\x00\x01\x00\x06\x00\xff\xff\xff\xff",
+        ),
         (b"lustre.x", b"odd prefix"),
     ];
     let mut xattrs: Vec<Xattr> = Vec::new();
     for _ in 0..rng.below(4) {
         let (k, v) = xattr_pool[rng.below(xattr_pool.len())];
         if !xattrs.iter().any(|x| x.key == k) {
-            xattrs.push(Xattr { key: k.to_vec(), value: v.to_vec() });
+            xattrs.push(Xattr {
+                key: k.to_vec(),
+                value: v.to_vec(),
+            });
         }
     }
     if rng.below(8) == 0 {
         let v: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
-        xattrs.push(Xattr { key: format!("user.r{}", rng.below(1000)).into_bytes(), value: v });
+        xattrs.push(Xattr {
+            key: format!("user.r{}", rng.below(1000)).into_bytes(),
+            value: v,
+        });
     }
     xattrs.sort_by(|a, b| a.key.cmp(&b.key));
     xattrs.dedup_by(|a, b| a.key == b.key);
-    let mtime = if rng.below(4) == 0 { mtime + rng.below(100_000) as i64 - 50_000 } else { mtime };
-    let id = |rng: &mut XorShift| if rng.below(5) == 0 { rng.next() as u32 } else { rng.below(3) as u32 };
+    let mtime = if rng.below(4) == 0 {
+        mtime + rng.below(100_000) as i64 - 50_000
+    } else {
+        mtime
+    };
+    let id = |rng: &mut XorShift| {
+        if rng.below(5) == 0 {
+            rng.next() as u32
+        } else {
+            rng.below(3) as u32
+        }
+    };
     let mut inode = Inode {
         mode: (rng.below(0o10000)) as u32,
         uid: id(rng),
@@ -431,9 +648,17 @@ fn random_entry(rng: &mut XorShift, mtime: i64, dir: bool) -> Entry {
         rdev: 0,
         size: 0,
         mtime,
-        mtime_nsec: if rng.below(3) == 0 { rng.below(1_000_000_000) as u32 } else { 0 },
+        mtime_nsec: if rng.below(3) == 0 {
+            rng.below(1_000_000_000) as u32
+        } else {
+            0
+        },
     };
-    let mut e = Entry { inode, xattrs, ..Entry::default() };
+    let mut e = Entry {
+        inode,
+        xattrs,
+        ..Entry::default()
+    };
     if dir {
         e.inode.mode |= S_IFDIR;
         return e;
@@ -452,7 +677,9 @@ fn random_entry(rng: &mut XorShift, mtime: i64, dir: bool) -> Entry {
             // External content: object path and maybe an fs-verity digest.
             inode.mode |= S_IFREG;
             inode.size = 1 + rng.next() % (1 << (1 + rng.below(44)));
-            let hex: String = (0..64).map(|_| char::from(b"0123456789abcdef"[rng.below(16)])).collect();
+            let hex: String = (0..64)
+                .map(|_| char::from(b"0123456789abcdef"[rng.below(16)]))
+                .collect();
             if rng.below(5) != 0 {
                 e.payload = Some(format!("{}/{}", &hex[..2], &hex[2..]).into_bytes());
             }
@@ -502,7 +729,9 @@ fn random_tree(rng: &mut XorShift, n: usize) -> Tree {
             continue;
         }
         let is_dir = rng.below(4) == 0;
-        let id = t.insert_child(parent, &name, random_entry(rng, base, is_dir)).unwrap();
+        let id = t
+            .insert_child(parent, &name, random_entry(rng, base, is_dir))
+            .unwrap();
         if is_dir {
             dirs.push(id);
         } else {
@@ -516,16 +745,28 @@ fn random_tree(rng: &mut XorShift, n: usize) -> Tree {
 #[test]
 fn random_trees_round_trip_through_the_reader() {
     // CFS_RANDOM_ROUNDS / CFS_RANDOM_SEED run it longer or elsewhere; the default is brief.
-    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let rounds = env("CFS_RANDOM_ROUNDS", 60) as usize;
     let mut rng = XorShift(env("CFS_RANDOM_SEED", 0x2545_f491_4f6c_dd1d) | 1);
     let (mut done, mut refused) = (0, 0);
     for round in 0..rounds {
         let n = [5, 20, 60, 200, 600][round % 5];
         let tree = random_tree(&mut rng, n);
-        let version = if rng.below(2) == 0 { None } else { Some(rng.below(2) as u32) };
+        let version = if rng.below(2) == 0 {
+            None
+        } else {
+            Some(rng.below(2) as u32)
+        };
         let opts = match version {
-            Some(v) => WriteOptions { min_version: v, max_version: v },
+            Some(v) => WriteOptions {
+                min_version: v,
+                max_version: v,
+            },
             None => WriteOptions::default(),
         };
         let mut img = Vec::new();
@@ -552,16 +793,32 @@ fn random_trees_round_trip_through_the_reader() {
             );
         }
         let dump = dump_of(&t1);
-        let t2 = parse(&dump, &DumpOptions { strict: true, limits: Limits::default() })
-            .unwrap_or_else(|e| panic!("round {round}: the printed dump does not parse: {e}"));
-        assert_eq!(listing(&t1), listing(&t2), "round {round}: dump → parse changed the tree");
-        assert!(build(&t2, Some(info.composefs_version)) == img, "round {round}: the inspected dump rebuilds another image");
+        let t2 = parse(
+            &dump,
+            &DumpOptions {
+                strict: true,
+                limits: Limits::default(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("round {round}: the printed dump does not parse: {e}"));
+        assert_eq!(
+            listing(&t1),
+            listing(&t2),
+            "round {round}: dump → parse changed the tree"
+        );
+        assert!(
+            build(&t2, Some(info.composefs_version)) == img,
+            "round {round}: the inspected dump rebuilds another image"
+        );
         // Every name of the input is in the image tree (stubs excluded, none added).
         assert_eq!(t1.len(), tree.len(), "round {round}: node count");
         done += 1;
     }
     eprintln!("{done} random trees round-tripped, {refused} refused by the writer");
-    assert!(done * 6 >= rounds * 5, "only {done} of {rounds} random trees were written ({refused} refused)");
+    assert!(
+        done * 6 >= rounds * 5,
+        "only {done} of {rounds} random trees were written ({refused} refused)"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -571,8 +828,18 @@ fn random_trees_round_trip_through_the_reader() {
 fn inspect_command_prints_the_dump() {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
-    let case = cases().into_iter().find(|c| c.name == "special_v1.dump").expect("special_v1.dump case");
-    let tree = parse(&case.input, &DumpOptions { strict: true, limits: Limits::default() }).expect("parse");
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name == "special_v1.dump")
+        .expect("special_v1.dump case");
+    let tree = parse(
+        &case.input,
+        &DumpOptions {
+            strict: true,
+            limits: Limits::default(),
+        },
+    )
+    .expect("parse");
     let img = build(&tree, Some(1));
     let want = dump_of(&read_image(&img).expect("read_image"));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -580,8 +847,16 @@ fn inspect_command_prints_the_dump() {
     std::fs::write(&path, &img).expect("write image");
     let exe = env!("CARGO_BIN_EXE_cfsmount");
 
-    let out = Command::new(exe).arg("inspect").arg(&path).output().expect("run cfsmount inspect");
-    assert!(out.status.success(), "inspect FILE failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(exe)
+        .arg("inspect")
+        .arg(&path)
+        .output()
+        .expect("run cfsmount inspect");
+    assert!(
+        out.status.success(),
+        "inspect FILE failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout == want, "inspect FILE printed another dump");
 
     // IMAGE `-` reads standard input.
@@ -599,7 +874,11 @@ fn inspect_command_prints_the_dump() {
     };
     let out = child.wait_with_output().expect("wait");
     feeder.join().expect("stdin thread").expect("writing stdin");
-    assert!(out.status.success(), "inspect - failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "inspect - failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout == want, "inspect - printed another dump");
 
     // A corrupted image: non-zero exit, one line naming the problem, nothing on stdout.
@@ -607,10 +886,17 @@ fn inspect_command_prints_the_dump() {
     bad[1024] ^= 0xff; // EROFS magic
     let bad_path = dir.path().join("bad.img");
     std::fs::write(&bad_path, &bad).expect("write bad image");
-    let out = Command::new(exe).arg("inspect").arg(&bad_path).output().expect("run cfsmount inspect");
+    let out = Command::new(exe)
+        .arg("inspect")
+        .arg(&bad_path)
+        .output()
+        .expect("run cfsmount inspect");
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "partial output on failure");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("EROFS magic") && err.contains("bad.img"), "{err}");
+    assert!(
+        err.contains("EROFS magic") && err.contains("bad.img"),
+        "{err}"
+    );
 }

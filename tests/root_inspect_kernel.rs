@@ -38,7 +38,11 @@ fn conformance() -> PathBuf {
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
     };
     let d = dir.join("composefs-dump");
-    assert!(d.is_dir(), "conformance data not found at {} (set CFS_CONFORMANCE)", d.display());
+    assert!(
+        d.is_dir(),
+        "conformance data not found at {} (set CFS_CONFORMANCE)",
+        d.display()
+    );
     d
 }
 
@@ -47,17 +51,29 @@ fn dump_case(name: &str, version: Option<u32>) -> Vec<u8> {
     let mut raw = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     if name.ends_with(".gz") {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).expect("gunzip");
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .expect("gunzip");
         raw = out;
     }
     let lenient = name.starts_with("longlink");
-    let tree = parse(&raw, &DumpOptions { strict: !lenient, limits: Limits::default() }).expect("parse");
+    let tree = parse(
+        &raw,
+        &DumpOptions {
+            strict: !lenient,
+            limits: Limits::default(),
+        },
+    )
+    .expect("parse");
     build(&tree, version)
 }
 
 fn build(tree: &cfsmount::tree::Tree, version: Option<u32>) -> Vec<u8> {
     let opts = match version {
-        Some(v) => WriteOptions { min_version: v, max_version: v },
+        Some(v) => WriteOptions {
+            min_version: v,
+            max_version: v,
+        },
         None => WriteOptions::default(),
     };
     let mut img = Vec::new();
@@ -80,7 +96,10 @@ struct Mounted(PathBuf);
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let ok = Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success());
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
         if !ok {
             let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
@@ -107,17 +126,28 @@ fn kernel_view(img: &[u8], work: &Path) -> Result<BTreeMap<Vec<u8>, String>, Str
         .output()
         .map_err(|e| format!("running mount: {e}"))?;
     if !out.status.success() {
-        return Err(format!("mount: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     let _m = Mounted(mnt.clone());
     let mut view = BTreeMap::new();
     let mut ino_first: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
     while let Some(rel) = stack.pop() {
-        let p = if rel.is_empty() { mnt.clone() } else { mnt.join(std::ffi::OsStr::from_bytes(&rel)) };
-        let md = std::fs::symlink_metadata(&p).map_err(|e| format!("lstat /{}: {e}", String::from_utf8_lossy(&rel)))?;
+        let p = if rel.is_empty() {
+            mnt.clone()
+        } else {
+            mnt.join(std::ffi::OsStr::from_bytes(&rel))
+        };
+        let md = std::fs::symlink_metadata(&p)
+            .map_err(|e| format!("lstat /{}: {e}", String::from_utf8_lossy(&rel)))?;
         let ft = md.file_type();
-        let group = ino_first.entry(md.ino()).or_insert_with(|| rel.clone()).clone();
+        let group = ino_first
+            .entry(md.ino())
+            .or_insert_with(|| rel.clone())
+            .clone();
         let mut line = format!(
             "mode={:o} uid={} gid={} mtime={}.{} rdev={:x} link-group={:?}",
             md.mode(),
@@ -157,7 +187,8 @@ fn kernel_view(img: &[u8], work: &Path) -> Result<BTreeMap<Vec<u8>, String>, Str
                 }
             };
             for ent in rd {
-                let ent = ent.map_err(|e| format!("readdir /{}: {e}", String::from_utf8_lossy(&rel)))?;
+                let ent =
+                    ent.map_err(|e| format!("readdir /{}: {e}", String::from_utf8_lossy(&rel)))?;
                 let name = ent.file_name();
                 let mut child = rel.clone();
                 if !child.is_empty() {
@@ -178,7 +209,9 @@ fn kernel_view(img: &[u8], work: &Path) -> Result<BTreeMap<Vec<u8>, String>, Str
 /// refuses the image; anything else is shown.
 fn shown_error(e: std::io::Error, rel: &[u8]) -> Result<String, String> {
     match e.raw_os_error() {
-        Some(libc::EIO) | Some(libc::EUCLEAN) => Err(format!("/{}: {e}", String::from_utf8_lossy(rel))),
+        Some(libc::EIO) | Some(libc::EUCLEAN) => {
+            Err(format!("/{}: {e}", String::from_utf8_lossy(rel)))
+        }
         _ => Ok(e.to_string()),
     }
 }
@@ -220,18 +253,31 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
     let mut bases: Vec<(String, Vec<u8>)> = vec![
         ("special.dump v1".into(), dump_case("special.dump", Some(1))),
         ("longlink.dump".into(), dump_case("longlink.dump", None)),
-        ("honggfuzz-bigfile-with-acl.dump".into(), dump_case("honggfuzz-bigfile-with-acl.dump", None)),
+        (
+            "honggfuzz-bigfile-with-acl.dump".into(),
+            dump_case("honggfuzz-bigfile-with-acl.dump", None),
+        ),
     ];
     for seed in [11u64, 12, 13] {
-        bases.push((format!("random tree {seed}"), build(&random_tree::random_tree(seed, 120), None)));
+        bases.push((
+            format!("random tree {seed}"),
+            build(&random_tree::random_tree(seed, 120), None),
+        ));
     }
-    let per_base: usize = std::env::var("CFS_KERNEL_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
-    let seed = std::env::var("CFS_KERNEL_DIFF_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0xdead_beef_1234_5677u64);
+    let per_base: usize = std::env::var("CFS_KERNEL_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let seed = std::env::var("CFS_KERNEL_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0xdead_beef_1234_5677u64);
     let mut rng = XorShift(seed | 1);
     let (mut compared, mut refused) = (0usize, 0usize);
     for (name, img) in &bases {
         // The valid image itself: the kernel must show it as the rewritten one.
-        let base_view = kernel_view(img, work.path()).unwrap_or_else(|e| panic!("{name}: kernel refuses the valid image: {e}"));
+        let base_view = kernel_view(img, work.path())
+            .unwrap_or_else(|e| panic!("{name}: kernel refuses the valid image: {e}"));
         assert!(!base_view.is_empty());
         let mut accepted = 0;
         for attempt in 0..4000 {
@@ -239,7 +285,11 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
                 break;
             }
             let mut m = img.clone();
-            let span = if attempt % 5 == 4 { m.len() } else { m.len().min(1 << 16) };
+            let span = if attempt % 5 == 4 {
+                m.len()
+            } else {
+                m.len().min(1 << 16)
+            };
             for _ in 0..1 + rng.below(3) {
                 let at = rng.below(span);
                 if attempt % 2 == 0 {
@@ -251,14 +301,20 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
             if m == *img {
                 continue;
             }
-            let Ok((tree, info)) = read_image_with(&m, &ReadLimits::default()) else { continue };
+            let Ok((tree, info)) = read_image_with(&m, &ReadLimits::default()) else {
+                continue;
+            };
             accepted += 1;
             let rewritten = build(&tree, Some(info.composefs_version));
             let want = kernel_view(&rewritten, work.path()).unwrap_or_else(|e| {
-                let keep = std::env::temp_dir().join(format!("root-inspect-rewritten-{attempt}.img"));
+                let keep =
+                    std::env::temp_dir().join(format!("root-inspect-rewritten-{attempt}.img"));
                 let _ = std::fs::write(&keep, &rewritten);
                 let _ = std::fs::write(keep.with_extension("orig.img"), &m);
-                panic!("{name} attempt {attempt}: the kernel refuses the rewritten image ({}): {e}", keep.display())
+                panic!(
+                    "{name} attempt {attempt}: the kernel refuses the rewritten image ({}): {e}",
+                    keep.display()
+                )
             });
             let got = match kernel_view(&m, work.path()) {
                 Ok(v) => v,
@@ -274,7 +330,12 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
                     .find(|(a, b)| a != b)
                     .map(|((pa, la), (pb, lb))| {
                         // Only the fields that differ.
-                        let only = |x: &str, y: &str| x.split(' ').filter(|t| !y.split(' ').any(|u| u == *t)).collect::<Vec<_>>().join(" ");
+                        let only = |x: &str, y: &str| {
+                            x.split(' ')
+                                .filter(|t| !y.split(' ').any(|u| u == *t))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        };
                         format!(
                             "kernel: /{}: {}\nreader: /{}: {}",
                             String::from_utf8_lossy(pa),
@@ -290,7 +351,10 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
             }
             compared += 1;
         }
-        assert!(accepted > 0, "{name}: no corruption was accepted by the reader");
+        assert!(
+            accepted > 0,
+            "{name}: no corruption was accepted by the reader"
+        );
     }
     eprintln!("{compared} accepted corruptions looked the same to the kernel, {refused} were refused by the kernel");
     assert!(compared >= 10, "too few comparisons ({compared})");
