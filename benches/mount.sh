@@ -37,13 +37,17 @@ echo "image: $(stat -c %s "$W/dev.img") bytes, $(wc -l < "$W/dev.dump") entries"
 
 M="$W/mnt"
 unmount_cfs="$B umount $M >/dev/null 2>&1 || true"
+# Latencies are a few ms: measure without a shell (-N); the unmount between runs is a script.
+printf '#!/bin/sh\n%s umount %s >/dev/null 2>&1 || true\n' "$B" "$M" > "$W/unmount-cfs"
+printf '#!/bin/sh\numount %s >/dev/null 2>&1 || true\n' "$W/mnt-ref" > "$W/unmount-ref"
+chmod +x "$W/unmount-cfs" "$W/unmount-ref"
 
-hyperfine --runs "$RUNS" --warmup 3 --export-markdown "$OUT/latency.md" \
-    --prepare "$unmount_cfs" -n "cfsmount mount (file-backed EROFS)" \
+hyperfine -N --runs "$RUNS" --warmup 3 --export-markdown "$OUT/latency.md" \
+    --prepare "$W/unmount-cfs" -n "cfsmount mount (file-backed EROFS)" \
     "$B mount $W/dev.img $M --basedir $W/objs" \
-    --prepare "$unmount_cfs" -n "cfsmount mount --force-loop" \
+    --prepare "$W/unmount-cfs" -n "cfsmount mount --force-loop" \
     "$B mount $W/dev.img $M --basedir $W/objs --force-loop" \
-    ${REF_MOUNT_COMPOSEFS:+--prepare "umount $W/mnt-ref >/dev/null 2>&1 || true" -n "reference mount.composefs" "$REF_MOUNT_COMPOSEFS -o basedir=$W/objs $W/dev.img $W/mnt-ref"}
+    ${REF_MOUNT_COMPOSEFS:+--prepare "$W/unmount-ref" -n "reference mount.composefs" "$REF_MOUNT_COMPOSEFS -o basedir=$W/objs $W/dev.img $W/mnt-ref"}
 $B umount "$M" >/dev/null 2>&1 || true
 umount "$W/mnt-ref" >/dev/null 2>&1 || true
 
