@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs (Debian packages) what the test tiers need and a fresh machine may lack.
+# Tier 3's VM kernel and virtme-ng are installed by tests/vm/run-tier3.sh itself.
+set -euo pipefail
+pkgs=(erofs-utils fsverity util-linux mount passwd uidmap libcap2-bin strace time zstd hyperfine
+      gcc make python3 python3-pip qemu-system-x86 busybox-static e2fsprogs kmod)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ "${#missing[@]}" -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing packages ${missing[*]} and not root to install them" >&2
+    exit 1
+fi
+echo "install-deps: apt-get install ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${missing[@]}" >/dev/null
