@@ -1043,6 +1043,8 @@ fn injected_failures_leave_nothing() {
     let corrupt_p = s.path("corrupt.img");
     std::fs::write(&corrupt_p, &corrupt).unwrap();
     let upper = s.mkdir("upper");
+    // workdir inside upperdir: refused by overlayfs at creation, after the EROFS mount exists.
+    let nested_work = s.mkdir("upper/work");
     let nodir = s.path("nonexistent");
     let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
         (
@@ -1194,6 +1196,23 @@ fn injected_failures_leave_nothing() {
             "connect",
         ),
     ];
+    let mut cases = cases;
+    for force_loop in [false, true] {
+        let mut v: Vec<std::ffi::OsString> = vec![
+            img.clone().into(),
+            mnt.clone().into(),
+            "--basedir".into(),
+            objs.clone().into(),
+            "--upperdir".into(),
+            upper.clone().into(),
+            "--workdir".into(),
+            nested_work.clone().into(),
+        ];
+        if force_loop {
+            v.push("--force-loop".into());
+        }
+        cases.push((v, "overlay"));
+    }
     for (args, msg) in cases {
         let mut c = s.cmd();
         c.arg("mount").args(&args);
