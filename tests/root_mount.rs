@@ -465,22 +465,31 @@ fn cfsmount_conformance_file_backed_and_loop() {
     }
 }
 
-/// Links the binary as /sbin/mount.composefs for the duration of a test.
-struct HelperLink(PathBuf);
+/// Links the binary as /sbin/mount.composefs for the duration of a test; an existing helper
+/// there is moved aside and put back afterwards.
+struct HelperLink {
+    path: PathBuf,
+    saved: Option<PathBuf>,
+}
 impl HelperLink {
     fn new() -> HelperLink {
-        let p = PathBuf::from("/sbin/mount.composefs");
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() && std::fs::read_link(&p).unwrap() == Path::new(bin()) => {}
-            Ok(_) => panic!("{} exists and is not our link; refusing to replace it", p.display()),
-            Err(_) => std::os::unix::fs::symlink(bin(), &p).unwrap(),
+        let path = PathBuf::from("/sbin/mount.composefs");
+        let mut saved = None;
+        if std::fs::symlink_metadata(&path).is_ok() {
+            let aside = PathBuf::from(format!("/sbin/.mount.composefs.root_mount-{}", std::process::id()));
+            std::fs::rename(&path, &aside).unwrap();
+            saved = Some(aside);
         }
-        HelperLink(p)
+        std::os::unix::fs::symlink(bin(), &path).unwrap();
+        HelperLink { path, saved }
     }
 }
 impl Drop for HelperLink {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(aside) = self.saved.take() {
+            let _ = std::fs::rename(&aside, &self.path);
+        }
     }
 }
 
@@ -539,8 +548,13 @@ fn util_linux_mount_t_composefs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let had_helper = link.saved.is_some();
     drop(link);
-    assert!(!Path::new("/sbin/mount.composefs").exists());
+    assert_eq!(
+        std::fs::symlink_metadata("/sbin/mount.composefs").is_ok(),
+        had_helper,
+        "link removed, previous helper restored"
+    );
     assert_clean(&before, s.dir.path(), "unknown option");
 }
 
@@ -676,9 +690,17 @@ fn toc_with_objects() {
             .arg(&mnt)
             .output()
             .unwrap();
-        assert!(out.status.success(), "mount -t composefs: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mount -t composefs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         for (name, data) in &files {
-            assert_eq!(&std::fs::read(mnt.join(name)).unwrap(), data, "mount -t composefs: {name}");
+            assert_eq!(
+                &std::fs::read(mnt.join(name)).unwrap(),
+                data,
+                "mount -t composefs: {name}"
+            );
         }
         umount(&s, &mnt);
     }
