@@ -295,6 +295,25 @@ t_verity_missing_object() {
     cmp -s "$M2/b" "$W/src/b" || no "b no longer reads correctly"
 }
 
+# mkimage --from-dir --digest-store: objects get fs-verity enabled and are named by their
+# digest; the image then mounts with --digest (so also --verity) and reads back.
+t_digest_store() {
+    local src=$W/tree store=$V/store-dir img=$V/dir.cfs f n d
+    mkdir -p "$src/sub" || no "mkdir failed"
+    mkrand "$src/big" 100000; mkrand "$src/sub/f" 9000; printf 'tiny\n' >"$src/small"
+    "$CFS" mkimage --from-dir "$src" "$img" --digest-store "$store" || no "mkimage --from-dir --digest-store failed"
+    n=0
+    for f in $(find "$store" -type f); do
+        d=$("$CFS" verity measure --compact "$f") || no "object $f has no fs-verity"
+        [ "$d" = "$(basename "$(dirname "$f")")$(basename "$f")" ] || no "object $f measures $d"
+        n=$((n + 1))
+    done
+    [ "$n" -ge 2 ] || no "expected the two large files in the store, found $n objects"
+    "$CFS" verity enable "$img" || no "enable on the image failed"
+    "$CFS" mount "$img" "$M" --basedir "$store" --digest "$(hexof "$img")" || no "mount of the dir image failed"
+    for f in big sub/f small; do cmp -s "$M/$f" "$src/$f" || no "$f does not read back correctly"; done
+}
+
 # --try-verity on a kernel that offers verity=require behaves like --verity.
 t_try_verity() {
     local err
@@ -314,6 +333,7 @@ t_no_verity_option_does_not_check() {
 if mount_ready; then
     if (build_fixture) >"$W/fixture.log" 2>&1 && . "$W/fixture.env"; then
         run mount_digest_accepts_right_image t_digest_accepts
+        run mkimage_digest_store_enables_verity_and_mounts t_digest_store
         run mount_digest_refuses_wrong_digest t_digest_wrong
         run mount_digest_refuses_tampered_image t_digest_tampered_image
         run mount_digest_refuses_image_without_verity t_digest_nonverity_image
