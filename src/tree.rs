@@ -161,6 +161,25 @@ pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
     Ok(out)
 }
 
+/// Hasher for keys that already are a keyed hash (the name index): passes the u64 through.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl std::hash::Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are used; fold anything else in so the hasher stays total.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Tree {
     pub nodes: Vec<Node>,
@@ -169,8 +188,9 @@ pub struct Tree {
     pub implicit_dir: Inode,
     /// Name index: hash of (parent, name) → most recent node with that hash; nodes
     /// with equal hashes are chained through `Node::next_same_hash`. The hash is
-    /// keyed per tree (RandomState), so hostile names cannot force collisions.
-    index: std::collections::HashMap<u64, NodeId>,
+    /// keyed per tree (RandomState), so hostile names cannot force collisions; the map
+    /// itself uses that hash as is instead of hashing it a second time.
+    index: std::collections::HashMap<u64, NodeId, std::hash::BuildHasherDefault<PreHashed>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
