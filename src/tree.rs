@@ -110,6 +110,8 @@ pub struct Node {
     pub nlink: Option<u32>,
     /// Next node in the same name-index bucket (`NO_NODE` ends the chain).
     next_same_hash: NodeId,
+    /// Distance from the root (root = 0), kept so depth checks cost O(1).
+    depth: u32,
 }
 
 /// "No node" marker for index chains.
@@ -208,6 +210,7 @@ impl Tree {
             implicit: true,
             nlink: None,
             next_same_hash: NO_NODE,
+            depth: 0,
         };
         Tree { nodes: vec![root], limits, implicit_dir, index: Default::default(), hasher: Default::default() }
     }
@@ -288,6 +291,7 @@ impl Tree {
             return Err(TreeError::TooManyEntries { limit: self.limits.max_entries });
         }
         let id = self.nodes.len() as NodeId;
+        let depth = self.nodes[parent as usize].depth.saturating_add(1);
         self.nodes.push(Node {
             name: name.to_vec(),
             parent,
@@ -297,6 +301,7 @@ impl Tree {
             implicit,
             nlink: None,
             next_same_hash: NO_NODE,
+            depth,
         });
         self.nodes[parent as usize].children.push(id);
         let h = self.name_hash(parent, name);
@@ -397,13 +402,8 @@ impl Tree {
     }
 
     /// Depth of a node (root is 0).
-    pub fn depth(&self, mut id: NodeId) -> usize {
-        let mut d = 0;
-        while id != ROOT {
-            id = self.node(id).parent;
-            d += 1;
-        }
-        d
+    pub fn depth(&self, id: NodeId) -> usize {
+        self.node(id).depth as usize
     }
 
     /// Add `name` directly under the existing directory `parent` (no implicit parents,
