@@ -270,40 +270,7 @@ pub fn getresuid() -> (u32, u32, u32) {
     (r, e, s)
 }
 
-/// `MOUNT_ATTR_*` bits from `<linux/mount.h>`.
-pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
-pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
-pub const MOUNT_ATTR_NODEV: u64 = 0x4;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-/// `mount_setattr(mnt, "", AT_EMPTY_PATH, {attr_set, attr_clr})` on one (detached or attached)
-/// mount, not recursive.
-pub fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: u64) -> io::Result<()> {
-    let attr = MountAttr { attr_set, attr_clr, propagation: 0, userns_fd: 0 };
-    // SAFETY: the kernel reads size_of::<MountAttr>() bytes from a live, correctly laid out
-    // struct mount_attr; the path is an empty NUL-terminated literal; the fd is borrowed.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            mnt.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(last_errno());
-    }
-    Ok(())
-}
+pub use super::mount::{mount_setattr_flags, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 
 /// `faccessat2(fd, "", W_OK, AT_EACCESS | AT_EMPTY_PATH)`: may the current fsuid/fsgid (and
 /// groups) write to the inode behind `fd` (which may be an O_PATH fd)? Raw syscall, because

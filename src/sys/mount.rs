@@ -19,18 +19,21 @@ struct MountAttr {
 }
 const _: () = assert!(std::mem::size_of::<MountAttr>() == 32);
 
-/// `mount_setattr(mnt, "", AT_EMPTY_PATH, {attr_set = MOUNT_ATTR_IDMAP, userns_fd})`: turns the
-/// (detached, not yet attached anywhere) mount `mnt` into an idmapped mount using `userns`'s maps.
-pub fn mount_setattr_idmap(mnt: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Result<()> {
-    let fd = u64::try_from(userns.as_raw_fd()).map_err(|_| io::Errno::BADF)?;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: fd,
+/// `MOUNT_ATTR_*` bits from `<linux/mount.h>`.
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// `mount_setattr(mnt, "", AT_EMPTY_PATH, {attr_set, attr_clr, 0, userns_fd})` on one mount
+/// (detached or attached), not recursive.
+fn mount_setattr(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: u64, userns: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let userns_fd = match userns {
+        Some(fd) => u64::try_from(fd.as_raw_fd()).map_err(|_| io::Errno::BADF)?,
+        None => 0,
     };
+    let attr = MountAttr { attr_set, attr_clr, propagation: 0, userns_fd };
     // SAFETY: mount_setattr(2) reads `usize` bytes from `attr`, which points to a live, correctly
-    // laid out `struct mount_attr`; the path is a NUL-terminated empty string and both fds are
+    // laid out `struct mount_attr`; the path is a NUL-terminated empty string and the fds are
     // borrowed for the duration of the call.
     let ret = unsafe {
         libc::syscall(
@@ -49,6 +52,17 @@ pub fn mount_setattr_idmap(mnt: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::R
     } else {
         Ok(())
     }
+}
+
+/// Turns the (detached, not yet attached anywhere) mount `mnt` into an idmapped mount using
+/// `userns`'s maps (`MOUNT_ATTR_IDMAP`).
+pub fn mount_setattr_idmap(mnt: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Result<()> {
+    mount_setattr(mnt, MOUNT_ATTR_IDMAP, 0, Some(userns))
+}
+
+/// Sets and clears `MOUNT_ATTR_*` flags (e.g. nosuid, nodev, rdonly) on one mount.
+pub fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: u64) -> io::Result<()> {
+    mount_setattr(mnt, attr_set, attr_clr, None)
 }
 
 /// A child process sitting in a new user namespace, waiting for its parent to write its maps and
