@@ -34,7 +34,10 @@ for f in tests/*.rs; do
     esac
 done
 
-tier1() { cargo test --lib --bins "${unit_tests[@]}" -- --test-threads=2; }
+tier1() {
+    cargo test --lib --bins "${unit_tests[@]}" -- --test-threads=2 || return 1
+    bash tests/fuzz-brief.sh
+}
 tier2() {
     if [ "$(id -u)" != 0 ]; then echo "tier 2 needs root (real mounts, loop devices, setuid helper)"; return 1; fi
     cargo test "${root_tests[@]}" -- --test-threads=1 || return 1
