@@ -210,6 +210,9 @@ pub enum Output {
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
     pub sandbox: SandboxConfig,
+    /// Enable fs-verity on the written image (path output only) before it is renamed into
+    /// place; failure (e.g. a filesystem without verity) fails the build and leaves nothing.
+    pub enable_verity: bool,
 }
 
 /// Build `source` into the image file `output` (temporary file in the same directory, renamed
@@ -291,6 +294,18 @@ pub fn build_image(req: &BuildRequest, source: Source, output: &Output, bopts: &
             tmp.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)).context("fchmod")?;
             tmp.sync_all().context("fsync")?;
             let mut guard = guard.expect("path output has a temporary file");
+            let tmp = if bopts.enable_verity {
+                // fs-verity refuses files with writers: close ours, reopen read-only.
+                let tp = guard.0.as_ref().expect("temporary path").clone();
+                drop(tmp);
+                let ro = File::open(&tp).with_context(|| format!("reopening {}", tp.display()))?;
+                crate::fsverity::enable(ro.as_fd())
+                    .map_err(|e| e.at(p))
+                    .context("enabling fs-verity on the image (--enable-verity)")?;
+                ro
+            } else {
+                tmp
+            };
             let tp = guard.0.take().expect("temporary path");
             if let Err(e) = std::fs::rename(&tp, p) {
                 let _ = std::fs::remove_file(&tp);
@@ -396,6 +411,9 @@ pub struct Args {
     /// Root only: run with partial confinement where the kernel lacks landlock or seccomp.
     #[arg(long)]
     pub no_sandbox: bool,
+    /// Enable fs-verity on OUTPUT (needs a filesystem with verity); on failure nothing is left.
+    #[arg(long)]
+    pub enable_verity: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -421,6 +439,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.objects.is_some() && !matches!(format, InputFormat::Toc | InputFormat::Estargz) {
         anyhow::bail!("mkimage: --objects applies to --from-toc and --from-estargz only");
     }
+    if a.enable_verity && is_dash(&a.output) {
+        anyhow::bail!("mkimage: --enable-verity needs an OUTPUT file, not -");
+    }
     if a.print_digest && is_dash(&a.output) {
         anyhow::bail!("mkimage: --print-digest cannot share stdout with OUTPUT -");
     }
@@ -432,7 +453,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     req.digest_store = a.digest_store;
     let source = if is_dash(&a.source) { Source::Stdin } else { Source::Path(a.source.clone()) };
     let output = if is_dash(&a.output) { Output::Stdout } else { Output::Path(a.output.clone()) };
-    let bopts = BuildOptions { sandbox: SandboxConfig { allow_unsandboxed: a.no_sandbox, ..SandboxConfig::default() } };
+    let bopts = BuildOptions {
+        sandbox: SandboxConfig { allow_unsandboxed: a.no_sandbox, ..SandboxConfig::default() },
+        enable_verity: a.enable_verity,
+    };
     let (_, file) = build_image(&req, source, &output, &bopts).with_context(|| format!("mkimage {}", a.source.display()))?;
     if a.print_digest {
         let f = file.expect("path output");

@@ -323,6 +323,17 @@ t_try_verity() {
     case $err in *"Input/output error"*) ;; *) no "expected EIO, got: $err" ;; esac
 }
 
+# mkimage --enable-verity seals the image it wrote: the kernel's measurement equals the digest
+# --print-digest computed in userspace, and the image mounts with --digest right away.
+t_mkimage_enable_verity() {
+    local img=$V/sealed.cfs d m
+    d=$("$CFS" mkimage --from-dir "$W/tree" "$img" --print-digest --enable-verity) || no "mkimage --enable-verity failed"
+    m=$("$CFS" verity measure --compact "$img") || no "the image has no fs-verity after --enable-verity"
+    [ "$m" = "$d" ] || no "kernel measures $m, --print-digest said $d"
+    "$CFS" mount "$img" "$M" --basedir "$V/store-dir" --digest "$d" || no "mount --digest of the sealed image failed"
+    cmp -s "$M/big" "$W/tree/big" || no "big does not read back"
+}
+
 # Documented limit: without --verity (and without --digest) objects are NOT checked.
 t_no_verity_option_does_not_check() {
     "$CFS" mount "$IMG" "$M" --basedir "$BAD" || no "plain mount failed"
@@ -334,6 +345,7 @@ if mount_ready; then
     if (build_fixture) >"$W/fixture.log" 2>&1 && . "$W/fixture.env"; then
         run mount_digest_accepts_right_image t_digest_accepts
         run mkimage_digest_store_enables_verity_and_mounts t_digest_store
+        run mkimage_enable_verity_seals_image t_mkimage_enable_verity
         run mount_digest_refuses_wrong_digest t_digest_wrong
         run mount_digest_refuses_tampered_image t_digest_tampered_image
         run mount_digest_refuses_image_without_verity t_digest_nonverity_image
