@@ -2,7 +2,6 @@
 //! image whose sha256 equals the reference's, passes `fsck.erofs`, and survives the
 //! dump printer round trip; every `should-fail-*` case is rejected with a clear error.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,38 +10,12 @@ use cfsmount::input::dump::{parse, write_dump, DumpOptions};
 use cfsmount::tree::Limits;
 use sha2::{Digest, Sha256};
 
-fn conformance_dir() -> PathBuf {
-    let dir = match std::env::var_os("CFS_CONFORMANCE") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
-    };
-    let dumps = dir.join("composefs-dump");
-    assert!(
-        dumps.is_dir(),
-        "conformance data missing: {} does not exist (set CFS_CONFORMANCE to the conformance directory)",
-        dumps.display()
-    );
-    dumps
-}
+#[path = "support/conformance.rs"]
+mod conformance;
+use conformance::read_input;
 
-/// Read a case input; `.gz` is decompressed. A git symlink checked out as a text
-/// file (special_v1.dump holds just "special.dump") is followed.
-fn read_input(dir: &Path, name: &str) -> Vec<u8> {
-    let path = dir.join(name);
-    let mut raw = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    if raw.len() < 256 && !raw.contains(&b'\n') && !raw.contains(&b' ') {
-        let target = dir.join(String::from_utf8_lossy(&raw).trim());
-        if target.is_file() {
-            raw = std::fs::read(&target).unwrap();
-        }
-    }
-    if name.ends_with(".gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).expect("gunzip");
-        out
-    } else {
-        raw
-    }
+fn conformance_dir() -> PathBuf {
+    conformance::dump_dir()
 }
 
 fn options_for(dir: &Path, name: &str) -> (DumpOptions, WriteOptions) {
