@@ -10,17 +10,13 @@ use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cfsmount");
 
+#[path = "support/conformance.rs"]
+mod conformance;
+
+/// The conformance root, asserted to hold `composefs-json/`.
 fn conformance_dir() -> PathBuf {
-    let dir = match std::env::var_os("CFS_CONFORMANCE") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
-    };
-    assert!(
-        dir.join("composefs-json").is_dir(),
-        "conformance data missing: {} (set CFS_CONFORMANCE to the conformance directory)",
-        dir.display()
-    );
-    dir
+    conformance::json_dir();
+    conformance::conformance_root()
 }
 
 fn gunzip(path: &Path) -> Vec<u8> {

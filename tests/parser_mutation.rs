@@ -15,13 +15,13 @@ use cfsmount::input::estargz;
 use cfsmount::input::toc::{self, TocOptions};
 use cfsmount::tree::{Limits, Tree};
 
+#[path = "support/conformance.rs"]
+mod conformance;
+
+/// The conformance root, asserted to hold `composefs-json/`.
 fn conformance_dir() -> PathBuf {
-    let dir = match std::env::var_os("CFS_CONFORMANCE") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
-    };
-    assert!(dir.join("composefs-json").is_dir(), "conformance data missing: {} (set CFS_CONFORMANCE)", dir.display());
-    dir
+    conformance::json_dir();
+    conformance::conformance_root()
 }
 
 fn iters() -> usize {
