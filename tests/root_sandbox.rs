@@ -696,6 +696,7 @@ mod conformance {
                 limits: Limits { wall_timeout: Duration::from_millis(1), ..Limits::default() },
                 ..Default::default()
             },
+            ..Default::default()
         };
         let out2 = tmp.path().join("image2");
         let err = build_image(&req, Source::Path(input), &Output::Path(out2.clone()), &starved)
