@@ -6,7 +6,6 @@
 //! Needs root (mount); fails, with the reason, when not root.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -19,32 +18,9 @@ use cfsmount::tree::{Limits, NodeId, Tree, ROOT, S_IFCHR, S_IFDIR, S_IFMT, S_IFR
 #[path = "support/random_tree.rs"]
 mod random_tree;
 
-fn conformance_dir() -> PathBuf {
-    let dir = match std::env::var_os("CFS_CONFORMANCE") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
-    };
-    let dumps = dir.join("composefs-dump");
-    assert!(dumps.is_dir(), "conformance data missing: {} (set CFS_CONFORMANCE)", dumps.display());
-    dumps
-}
-
-fn read_input(dir: &Path, name: &str) -> Vec<u8> {
-    let mut raw = std::fs::read(dir.join(name)).unwrap();
-    if raw.len() < 256 && !raw.contains(&b'\n') && !raw.contains(&b' ') {
-        let target = dir.join(String::from_utf8_lossy(&raw).trim());
-        if target.is_file() {
-            raw = std::fs::read(&target).unwrap();
-        }
-    }
-    if name.ends_with(".gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
-        out
-    } else {
-        raw
-    }
-}
+#[path = "support/conformance.rs"]
+mod conformance;
+use conformance::{dump_dir as conformance_dir, read_input};
 
 fn require_root() {
     assert!(

@@ -34,37 +34,9 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cfsmount")
 }
 
-fn conformance_dir() -> PathBuf {
-    let dir = match std::env::var_os("CFS_CONFORMANCE") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
-    };
-    let dumps = dir.join("composefs-dump");
-    assert!(
-        dumps.is_dir(),
-        "conformance data missing: {} (set CFS_CONFORMANCE)",
-        dumps.display()
-    );
-    dumps
-}
-
-fn read_input(dir: &Path, name: &str) -> Vec<u8> {
-    let mut raw = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    // Some cases are stored as a one-line pointer to another case (a git symlink checked out as text).
-    if raw.len() < 256 && !raw.contains(&b'\n') && !raw.contains(&b' ') {
-        let target = dir.join(String::from_utf8_lossy(&raw).trim());
-        if target.is_file() {
-            raw = std::fs::read(&target).unwrap();
-        }
-    }
-    if name.ends_with(".gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
-        out
-    } else {
-        raw
-    }
-}
+#[path = "support/conformance.rs"]
+mod conformance;
+use conformance::{dump_dir as conformance_dir, read_input};
 
 /// A scratch area for one test: images, objects, mount points, a private state dir.
 struct Scratch {
