@@ -207,9 +207,9 @@ pub enum LoopError {
     Image { errno: Errno },
     #[error("image is not a regular file; only regular files can back a loop device")]
     NotRegular,
-    #[error("/dev/loop-control: {op} failed: {errno}")]
+    #[error("/dev/loop-control: {op} failed: {errno}{}", control_hint(*op, *errno))]
     Control { op: &'static str, errno: Errno },
-    #[error("{}: {op} failed: {errno}", path.display())]
+    #[error("{}: {op} failed: {errno}{}", path.display(), device_hint(*op, *errno))]
     Device {
         path: PathBuf,
         op: &'static str,
@@ -219,6 +219,22 @@ pub enum LoopError {
     Exhausted { attempts: u32, last: Errno },
     #[error("{}: configured device does not match the request: {reason}", path.display())]
     Verify { path: PathBuf, reason: String },
+}
+
+/// What a /dev/loop-control failure usually means, for the one-line message.
+fn control_hint(op: &str, errno: Errno) -> &'static str {
+    match (op, errno) {
+        ("open", Errno::NOENT | Errno::NODEV | Errno::NXIO) => " (this kernel has no loop driver: CONFIG_BLK_DEV_LOOP / modprobe loop)",
+        ("LOOP_CTL_GET_FREE", Errno::NOSPC | Errno::NOMEM | Errno::NODEV) => " (no free loop device: every loop minor is in use or the max_loop limit is reached)",
+        _ => "",
+    }
+}
+
+fn device_hint(op: &str, errno: Errno) -> &'static str {
+    match (op, errno) {
+        ("LOOP_CONFIGURE", Errno::NOTTY | Errno::INVAL) => " (this kernel lacks LOOP_CONFIGURE, Linux 5.8+; cfsmount does not fall back to separate ioctls)",
+        _ => "",
+    }
 }
 
 #[cfg(test)]

@@ -574,7 +574,14 @@ fn erofs_attrs(req: &MountRequest) -> MountAttrFlags {
 
 /// fsopen("erofs") + source + ro (+ noacl) + create + fsmount, detached.
 fn erofs_fsmount(source: &str, has_acl: bool, attrs: MountAttrFlags) -> Result<OwnedFd, (Errno, String)> {
-    let fs = fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| (e, "fsopen(erofs)".to_string()))?;
+    let fs = fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| {
+        let why = match e {
+            Errno::NOSYS => " (this kernel lacks the new mount API: fsopen needs Linux 5.2+)",
+            Errno::NODEV => " (this kernel has no EROFS: CONFIG_EROFS_FS / modprobe erofs)",
+            _ => "",
+        };
+        (e, format!("fsopen(erofs){why}"))
+    })?;
     let ctx = |what: &str, e: Errno| {
         let log = overlay::fs_log(fs.as_fd());
         (
@@ -627,7 +634,7 @@ fn mount_erofs(
             authz(crate::helper::check_mount_limits(state_dir, true))?;
             let lo = crate::loopback::attach(img.file.as_fd(), &img.label).map_err(|e| MountError::Loop {
                 path: img.label.clone(),
-                source: e,
+                cause: e,
             })?;
             let src = lo.path().to_str().unwrap_or_default().to_string();
             let m = erofs_fsmount(&src, img.has_acl, attrs).map_err(|(e, what)| MountError::Erofs {
@@ -641,7 +648,14 @@ fn mount_erofs(
     };
     if let Some(ns) = userns {
         crate::sys::mount::mount_setattr_idmap(mnt.as_fd(), ns).map_err(|e| MountError::Idmap {
-            reason: format!("mount_setattr(MOUNT_ATTR_IDMAP): {e}"),
+            reason: format!(
+                "mount_setattr(MOUNT_ATTR_IDMAP): {e}{}",
+                match e {
+                    Errno::NOSYS => " (this kernel lacks mount_setattr: idmapped mounts need Linux 5.12+)",
+                    Errno::INVAL => " (this kernel cannot idmap EROFS mounts: Linux 5.19+)",
+                    _ => "",
+                }
+            ),
         })?;
     }
     let (mount_id, _, _) = mount_id(mnt.as_fd()).map_err(|e| MountError::Erofs {
@@ -1386,10 +1400,11 @@ pub enum MountError {
         path: PathBuf,
         errno: Errno,
     },
-    #[error("{}: loop device: {source}", path.display())]
+    // The cause is part of the message (not an error `source`), so `{:#}` prints it once.
+    #[error("{}: loop device: {cause}", path.display())]
     Loop {
         path: PathBuf,
-        source: crate::loopback::LoopError,
+        cause: crate::loopback::LoopError,
     },
     #[error("{}: EROFS mount failed at {step}: {errno}", path.display())]
     Erofs { path: PathBuf, step: String, errno: Errno },

@@ -297,7 +297,11 @@ pub fn connect_socket(path: &std::path::Path) -> Result<OwnedFd, OverlayError> {
 pub enum OverlayError {
     #[error("overlay: no metadata layer given")]
     NoLower,
-    #[error("overlay: fsopen failed: {errno} (is overlayfs available?)")]
+    #[error("overlay: fsopen failed: {errno}{}", match *errno {
+        Errno::NOSYS => " (this kernel lacks the new mount API: fsopen needs Linux 5.2+)",
+        Errno::NODEV => " (this kernel has no overlayfs: CONFIG_OVERLAY_FS / modprobe overlay)",
+        _ => "",
+    })]
     Open { errno: Errno },
     #[error("overlay: option {key} refused: {errno}{}", if log.is_empty() { String::new() } else { format!(" (kernel: {log})") })]
     Config {

@@ -1570,3 +1570,135 @@ fn nested_idmap_namespace_is_refused() {
     assert_refused(&o, "nested user namespaces are not supported");
     assert_eq!(before, mountpoints());
 }
+
+/// A syscall the kernel is made to fail for the helper: `errno` for every call of `nr` (or, with
+/// `arg1`, only for calls whose second argument equals it, e.g. one ioctl request).
+struct Fault {
+    nr: i64,
+    arg1: Option<u64>,
+    errno: u32,
+}
+
+/// Runs the helper as `u` under a seccomp filter that injects `fault`. The filter is installed by
+/// this (root) process between fork and exec, WITHOUT no_new_privs, so the setuid exec that
+/// follows still takes effect: the helper runs privileged on a kernel that behaves as if it lacked
+/// a feature or had run out of a resource.
+fn run_as_faulty(u: &User, args: &[&str], fault: &Fault) -> Output {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+    use std::os::unix::process::CommandExt;
+    let rule = match fault.arg1 {
+        Some(v) => vec![SeccompRule::new(vec![SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v).unwrap()]).unwrap()],
+        None => vec![],
+    };
+    let filter = SeccompFilter::new(
+        [(fault.nr, rule)].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(fault.errno),
+        std::env::consts::ARCH.try_into().unwrap(),
+    )
+    .unwrap();
+    let prog: BpfProgram = filter.try_into().unwrap();
+    let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+    run_as_with(u, &env().bin, &args, move |c| {
+        // SAFETY: only the seccomp(2) syscall runs between fork and exec; `prog` outlives it
+        // (moved into the closure) and has the kernel's sock_filter layout.
+        unsafe {
+            c.pre_exec(move || {
+                let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
+                if libc::syscall(libc::SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, 0, &fprog as *const libc::sock_fprog) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+}
+
+/// Case 11 (rest): no free loop device, and kernels lacking a feature. Each is simulated by
+/// making the relevant syscall fail as that kernel would; the helper must refuse with a message
+/// that names what is missing, mount nothing, hold no loop device and leave no record.
+#[test]
+fn exhaustion_and_missing_kernel_features_fail_closed() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let a = b"fault injection\n".as_slice();
+    let fx = fixture(u, "faults", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let uidmap = format!("0:{}:1", u.uid);
+    let gidmap = format!("0:{}:1", u.gid);
+    const LOOP_CTL_GET_FREE: u64 = 0x4C82;
+    const LOOP_CONFIGURE: u64 = 0x4C0A;
+    let cases: Vec<(&str, Vec<&str>, Fault, &str)> = vec![
+        (
+            "no free loop device",
+            vec!["--force-loop"],
+            Fault { nr: libc::SYS_ioctl, arg1: Some(LOOP_CTL_GET_FREE), errno: libc::ENOSPC as u32 },
+            "no free loop device",
+        ),
+        (
+            "every free loop device taken by someone else",
+            vec!["--force-loop"],
+            Fault { nr: libc::SYS_ioctl, arg1: Some(LOOP_CONFIGURE), errno: libc::EBUSY as u32 },
+            "no loop device could be configured after 64 attempts",
+        ),
+        (
+            "kernel without LOOP_CONFIGURE",
+            vec!["--force-loop"],
+            Fault { nr: libc::SYS_ioctl, arg1: Some(LOOP_CONFIGURE), errno: libc::ENOTTY as u32 },
+            "lacks LOOP_CONFIGURE",
+        ),
+        (
+            "kernel without EROFS",
+            vec![],
+            Fault { nr: libc::SYS_fsopen, arg1: None, errno: libc::ENODEV as u32 },
+            "this kernel has no EROFS",
+        ),
+        (
+            "kernel without the new mount API",
+            vec![],
+            Fault { nr: libc::SYS_fsopen, arg1: None, errno: libc::ENOSYS as u32 },
+            "lacks the new mount API",
+        ),
+        (
+            "kernel that cannot idmap EROFS",
+            vec!["--uidmap", &uidmap, "--gidmap", &gidmap],
+            Fault { nr: libc::SYS_mount_setattr, arg1: None, errno: libc::EINVAL as u32 },
+            "cannot idmap EROFS mounts",
+        ),
+        (
+            "kernel without move_mount",
+            vec![],
+            Fault { nr: libc::SYS_move_mount, arg1: None, errno: libc::ENOSYS as u32 },
+            "move_mount onto the target",
+        ),
+    ];
+    for (what, extra, fault, needle) in &cases {
+        let before = (mountpoints(), loop_devices_in_use(), state_files());
+        let args = mount_args(&fx, extra);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run_as_faulty(u, &a, fault);
+        let after = (mountpoints(), loop_devices_in_use(), state_files());
+        umount_all_under(&fx.dir);
+        assert_eq!(o.status.code(), Some(1), "{what}: expected a refusal, got {:?}: {}", o.status, stderr(&o));
+        assert!(stderr(&o).contains(needle), "{what}: expected {needle:?} in: {}", stderr(&o));
+        assert_eq!((&before.0, before.1), (&after.0, after.1), "{what}: a mount or loop device was left behind");
+        // (the helper may prune stale records of earlier tests, but must not add one)
+        let new: Vec<_> = after.2.iter().filter(|f| !before.2.contains(f)).collect();
+        assert!(new.is_empty(), "{what}: records left behind: {new:?}");
+    }
+    // The same filter that breaks idmapping leaves a plain mount working: fsmount already sets
+    // nosuid,nodev,ro, so the helper needs no mount_setattr for that (kernels 5.2-5.11).
+    let o = run_as_faulty(u, &a_strs(&mount_args(&fx, &[])), &Fault { nr: libc::SYS_mount_setattr, arg1: None, errno: libc::ENOSYS as u32 });
+    let line = mount_line(&fx.target);
+    let content = std::fs::read(fx.target.join("f"));
+    let _ = run_as(u, &["umount", fx.target.to_str().unwrap()]);
+    umount_all_under(&fx.dir);
+    assert!(o.status.success(), "mount without mount_setattr: {}", stderr(&o));
+    let opts = line.expect("mounted").split(' ').nth(5).unwrap().to_string();
+    assert!(opts.contains("ro") && opts.contains("nosuid") && opts.contains("nodev"), "{opts}");
+    assert_eq!(content.unwrap(), a);
+}
+
+fn a_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

@@ -415,14 +415,21 @@ pub fn enforce_mount_attrs(mnt: BorrowedFd<'_>, writable: bool) -> Result<(), He
     if !privileged() {
         return Ok(());
     }
+    use rustix::fs::StatVfsMountFlags as F;
+    let ok = |vfs: &rustix::fs::StatVfs| vfs.f_flag.contains(F::NOSUID | F::NODEV) && (writable || vfs.f_flag.contains(F::RDONLY));
+    let vfs = rustix::fs::fstatvfs(mnt).map_err(|e| HelperError::Io { what: "fstatvfs on the new mount", errno: e })?;
+    if ok(&vfs) {
+        // fsmount already set them (the usual case): no mount_setattr needed, which also keeps
+        // kernels without mount_setattr (5.2-5.11) usable.
+        return Ok(());
+    }
     let mut set = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
     if !writable {
         set |= sys::MOUNT_ATTR_RDONLY;
     }
     sys::mount_setattr_flags(mnt, set, 0).map_err(|e| HelperError::Io { what: "mount_setattr(nosuid,nodev)", errno: e })?;
     let vfs = rustix::fs::fstatvfs(mnt).map_err(|e| HelperError::Io { what: "fstatvfs on the new mount", errno: e })?;
-    use rustix::fs::StatVfsMountFlags as F;
-    if !vfs.f_flag.contains(F::NOSUID | F::NODEV) || (!writable && !vfs.f_flag.contains(F::RDONLY)) {
+    if !ok(&vfs) {
         return Err(HelperError::Io { what: "verifying nosuid,nodev on the new mount", errno: rustix::io::Errno::PERM });
     }
     Ok(())
