@@ -27,6 +27,7 @@ pub struct LoopDevice {
     path: PathBuf,
     direct_io: bool,
     retries: u32,
+    diskseq: Option<u64>,
 }
 
 impl LoopDevice {
@@ -41,6 +42,11 @@ impl LoopDevice {
     /// cannot do O_DIRECT, e.g. tmpfs).
     pub fn direct_io(&self) -> bool {
         self.direct_io
+    }
+    /// The disk sequence number of this binding (None on kernels before 5.15). Together with the
+    /// device number it names this configuration of the device uniquely: see [`still_bound`].
+    pub fn diskseq(&self) -> Option<u64> {
+        self.diskseq
     }
     /// How many devices were lost to racing processes (EBUSY) before this one was configured.
     pub fn retries(&self) -> u32 {
@@ -120,6 +126,7 @@ pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopErro
             path,
             direct_io: false,
             retries: attempt,
+            diskseq: None,
         };
         return verify(lo, &st);
     }
@@ -177,6 +184,7 @@ fn verify(mut lo: LoopDevice, image: &rustix::fs::Stat) -> Result<LoopDevice, Lo
         });
     }
     lo.direct_io = info.lo_flags & LO_FLAGS_DIRECT_IO != 0;
+    lo.diskseq = loopctl::diskseq(lo.fd.as_fd()).ok();
     Ok(lo)
 }
 
@@ -185,6 +193,21 @@ fn decode_kernel_dev(dev: u64) -> (u32, u32) {
     let major = ((dev & 0xfff00) >> 8) as u32;
     let minor = ((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32;
     (major, minor)
+}
+
+/// Whether `/dev/loop{number}` is still bound with disk sequence number `diskseq`, i.e. the very
+/// configuration we made is still in use (with AUTOCLEAR it ends when the last user, the EROFS
+/// superblock, goes away; a later configuration of the same device gets a new diskseq). Read
+/// from sysfs: no device is opened, so nothing about the device changes.
+pub fn still_bound(number: u32, diskseq: u64) -> bool {
+    let base = PathBuf::from(format!("/sys/block/loop{number}"));
+    let seq = std::fs::read_to_string(base.join("diskseq")).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    seq == Some(diskseq) && base.join("loop/backing_file").exists()
+}
+
+/// The device number of a `/dev/loopN` path.
+pub fn number_of(path: &Path) -> Option<u32> {
+    path.file_name()?.to_str()?.strip_prefix("loop")?.parse().ok()
 }
 
 /// Lists the loop devices that currently have a backing file (from sysfs), for leak checks.

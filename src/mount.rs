@@ -227,6 +227,10 @@ pub struct MountRecord {
     pub uid: u32,
     /// Loop devices used (empty for file-backed EROFS), one per layer that needed one.
     pub loop_devices: Vec<PathBuf>,
+    /// Their disk sequence numbers (same order; empty on kernels without BLKGETDISKSEQ): how a
+    /// record of a mount handed out with --fd-out is known to be live (see `record_liveness`).
+    #[serde(default)]
+    pub loop_diskseq: Vec<u64>,
     /// statx mount ids of the (detached) EROFS mounts, lowest layer first.
     pub erofs_mount_ids: Vec<u64>,
     /// The sources as given.
@@ -373,9 +377,9 @@ fn read_record(dirfd: BorrowedFd<'_>, mount_id: u64) -> Result<Option<MountRecor
     Ok(Some(rec))
 }
 
-/// Removes records of mounts that were unmounted behind our back (e.g. with plain `umount`):
-/// those whose target no longer has the recorded mount at its root. Records without a target
-/// (`--fd-out`) are kept: the receiver may have attached the mount anywhere.
+/// Removes records of mounts that are gone (unmounted behind our back, e.g. with plain `umount`,
+/// or an `--fd-out` mount whose receiver dropped it): those that
+/// [`crate::helper::liveness`] finds dead. Records it cannot judge are kept.
 fn prune_stale_records(dirfd: BorrowedFd<'_>) {
     let Ok(dir) = std::fs::read_dir(format!("/proc/self/fd/{}", dirfd.as_raw_fd())) else {
         return;
@@ -392,16 +396,15 @@ fn prune_stale_records(dirfd: BorrowedFd<'_>) {
         let Ok(Some(rec)) = read_record(dirfd, id) else {
             continue;
         };
-        let Some(target) = &rec.target else { continue };
-        // A target path only means something in the mount namespace it was mounted in.
-        if rec.mnt_ns.is_none() || rec.mnt_ns != own_mnt_ns() {
-            continue;
-        }
-        let live = rustix::fs::open(target, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .ok()
-            .and_then(|fd| mount_id(fd.as_fd()).ok())
-            .is_some_and(|(mid, uniq, _)| mid == rec.mount_id && uniq == rec.mount_id_unique);
-        if !live {
+        let l = crate::helper::liveness(
+            rec.target.as_deref(),
+            rec.mnt_ns,
+            rec.mount_id,
+            rec.mount_id_unique,
+            &rec.loop_devices,
+            &rec.loop_diskseq,
+        );
+        if l == crate::helper::Liveness::Dead {
             let _ = rustix::fs::unlinkat(dirfd, record_name(id), AtFlags::empty());
         }
     }
@@ -916,6 +919,11 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
             .iter()
             .filter_map(|e| e.loopdev.as_ref().map(|l| l.path().to_path_buf()))
             .collect(),
+        loop_diskseq: erofs
+            .iter()
+            .filter_map(|e| e.loopdev.as_ref().map(|l| l.diskseq()))
+            .collect::<Option<Vec<u64>>>()
+            .unwrap_or_default(),
         erofs_mount_ids: erofs.iter().map(|e| e.mount_id).collect(),
         sources: req.sources.clone(),
         mnt_ns: own_mnt_ns(),

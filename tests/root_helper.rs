@@ -1231,6 +1231,87 @@ fn fd_out_into_callers_own_namespaces() {
     assert_eq!(before, mountpoints());
 }
 
+/// What `--fd-out` cannot promise: a caller that attaches the mount in a mount namespace it owns
+/// may clear nosuid/nodev with mount_setattr (the kernel locks those flags only when a namespace
+/// is copied, not for a mount fd handed over). This shows why that gains nothing: the image's
+/// setuid-root file runs without root, because root is not mapped in the caller's user namespace;
+/// and device nodes, which would be usable, are refused in every image the helper mounts.
+#[test]
+fn fd_out_flags_cleared_by_the_caller_gain_nothing() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let cat = std::fs::read("/usr/bin/cat").unwrap();
+    let fx = fixture(u, "fdout-clear", &dump_line_external("suid-cat", "104755", 0, &cat), &[&cat]);
+    let sock = fx.dir.join("sock");
+    let _ = std::fs::remove_file(&sock);
+    let script = e.root.join("recv-clear.py");
+    std::fs::write(&script, RECEIVER_CLEAR).unwrap();
+    let recv = Command::new("/usr/bin/setpriv")
+        .arg(format!("--reuid={}", u.uid))
+        .arg(format!("--regid={}", u.gid))
+        .arg("--init-groups")
+        .args(["--", "/usr/bin/unshare", "--user", "--map-root-user", "--mount", "/usr/bin/python3"])
+        .arg(&script)
+        .arg(&sock)
+        .arg(&fx.target)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let recv = Proc(recv);
+    for _ in 0..300 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let o = run_as(u, &["mount", fx.image.to_str().unwrap(), "--basedir", fx.objects.to_str().unwrap(), "--fd-out", sock.to_str().unwrap()]);
+    assert!(o.status.success(), "mount --fd-out: {}", stderr(&o));
+    let mut recv = recv;
+    let mut out = String::new();
+    std::io::Read::read_to_string(recv.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let status = recv.0.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(recv.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "receiver: {err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("receiver said: {out} {err}"));
+    // The setuid-root cat ran but could not read /etc/shadow (root-only), whatever the flags were.
+    assert_ne!(v["cat_status"], 0, "setuid-root file gained root through a flag-cleared fd-out mount: {v}");
+    assert!(v["cat_stderr"].as_str().unwrap().contains("/etc/shadow: Permission denied"), "{v}");
+    assert!(v["cat_mode_suid"].as_bool().unwrap(), "the file in the image is setuid: {v}");
+    // Record what this kernel did with the attempt to clear the flags (informational, both are safe).
+    eprintln!("clearing nosuid,nodev on the received mount: {}", v["clear"]);
+}
+
+const RECEIVER_CLEAR: &str = r#"
+import ctypes, os, socket, sys, array, struct, json, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+sock_path, target = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sock_path)
+s.listen(1)
+s.settimeout(30)
+c, _ = s.accept()
+fds = array.array('i')
+msg, anc, flags, addr = c.recvmsg(16, socket.CMSG_LEN(4 * fds.itemsize))
+for level, typ, data in anc:
+    if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+        fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
+if not fds:
+    sys.exit("no fd received")
+if libc.syscall(429, fds[0], b"", -100, target.encode(), 4) != 0:
+    sys.exit("move_mount failed: errno %d" % ctypes.get_errno())
+# mount_setattr(AT_FDCWD, target, 0, {attr_clr = NOSUID|NODEV}, 32)
+attr = struct.pack("QQQQ", 0, 0x2 | 0x4, 0, 0)
+r = libc.syscall(442, -100, target.encode(), 0, attr, 32)
+clear = "allowed" if r == 0 else "refused (errno %d)" % ctypes.get_errno()
+exe = os.path.join(target, "suid-cat")
+p = subprocess.run([exe, "/etc/shadow"], capture_output=True)
+print(json.dumps({"clear": clear, "cat_status": p.returncode, "cat_stderr": p.stderr.decode(errors="replace"),
+                  "cat_mode_suid": bool(os.stat(exe).st_mode & 0o4000)}))
+"#;
+
 const RECEIVER: &str = r#"
 import ctypes, os, socket, sys, array
 libc = ctypes.CDLL(None, use_errno=True)
@@ -1702,3 +1783,100 @@ fn exhaustion_and_missing_kernel_features_fail_closed() {
 fn a_strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+/// `--fd-out` mounts count against `max_mounts` for as long as the receiver keeps them (the
+/// helper watches the loop device each one holds, by its disk sequence number), and stop
+/// counting, with their record pruned, once the receiver drops them.
+#[test]
+fn fd_out_mounts_count_against_limits_until_dropped() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    umount_all_under(&e.root);
+    let guard = PolicyGuard::new();
+    let mut v = default_policy();
+    v["user_limits"] = serde_json::json!({ u.name.clone(): { "max_mounts": 1 } });
+    guard.write(&v.to_string(), 0o644, 0);
+    let a = b"held by a receiver\n".as_slice();
+    let fx = fixture(u, "fdout-limit", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let sock = fx.dir.join("sock");
+    let _ = std::fs::remove_file(&sock);
+    let script = e.root.join("recv-hold.py");
+    std::fs::write(&script, RECEIVER_HOLD).unwrap();
+    let mut recv = Proc(
+        Command::new("/usr/bin/setpriv")
+            .arg(format!("--reuid={}", u.uid))
+            .arg(format!("--regid={}", u.gid))
+            .arg("--init-groups")
+            .args(["--", "/usr/bin/unshare", "--user", "--map-root-user", "--mount", "/usr/bin/python3"])
+            .arg(&script)
+            .arg(&sock)
+            .arg(&fx.target)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..300 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let records_before = state_files();
+    let o = run_as(u, &["mount", fx.image.to_str().unwrap(), "--basedir", fx.objects.to_str().unwrap(), "--fd-out", sock.to_str().unwrap()]);
+    assert!(o.status.success(), "mount --fd-out: {}", stderr(&o));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(recv.0.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "attached", "receiver did not attach the mount");
+    let fd_out_record: Vec<String> = state_files().into_iter().filter(|f| !records_before.contains(f)).collect();
+    assert_eq!(fd_out_record.len(), 1, "one record for the --fd-out mount");
+    // While the receiver holds it, the fd-out mount is the caller's one allowed mount.
+    let before = mountpoints();
+    let o = run_as_strs(u, &mount_args(&fx, &[]));
+    assert_refused(&o, "per-user limit exceeded: mounts");
+    assert_eq!(before, mountpoints());
+    assert!(state_files().contains(&fd_out_record[0]), "the live fd-out record was kept");
+    // The receiver exits: its namespace and the mount go away, and with them the loop device.
+    drop(recv.0.stdin.take());
+    let st = recv.0.wait().unwrap();
+    assert!(st.success());
+    let mut o = run_as_strs(u, &mount_args(&fx, &[]));
+    for _ in 0..50 {
+        if o.status.success() {
+            break;
+        }
+        // the last reference to the mount may be dropped a moment after the process exits
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        o = run_as_strs(u, &mount_args(&fx, &[]));
+    }
+    let gone = !state_files().contains(&fd_out_record[0]);
+    let content = std::fs::read(fx.target.join("f"));
+    let _ = run_as(u, &["umount", fx.target.to_str().unwrap()]);
+    umount_all_under(&fx.dir);
+    drop(guard);
+    assert!(o.status.success(), "mount after the receiver dropped its fd-out mount: {}", stderr(&o));
+    assert_eq!(content.unwrap(), a);
+    assert!(gone, "the dead fd-out record {} was not pruned", fd_out_record[0]);
+}
+
+const RECEIVER_HOLD: &str = r#"
+import ctypes, socket, sys, array
+libc = ctypes.CDLL(None, use_errno=True)
+sock_path, target = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sock_path)
+s.listen(1)
+s.settimeout(30)
+c, _ = s.accept()
+fds = array.array('i')
+msg, anc, flags, addr = c.recvmsg(16, socket.CMSG_LEN(4 * fds.itemsize))
+for level, typ, data in anc:
+    if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+        fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
+if not fds or libc.syscall(429, fds[0], b"", -100, target.encode(), 4) != 0:
+    sys.exit("could not attach the received mount")
+print("attached", flush=True)
+sys.stdin.read()
+"#;

@@ -614,6 +614,61 @@ pub struct MountRecord {
     /// Loop devices held (one per layer that needed one).
     #[serde(default)]
     pub loop_devices: Vec<PathBuf>,
+    /// Their disk sequence numbers, same order.
+    #[serde(default)]
+    pub loop_diskseq: Vec<u64>,
+    /// The mount namespace (nsfs inode) `target` was resolved in.
+    #[serde(default)]
+    pub mnt_ns: Option<u64>,
+}
+
+/// Whether a recorded mount still exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Live,
+    Dead,
+    /// Cannot be told from here (a mount handed out without a loop device to watch).
+    Unknown,
+}
+
+/// The liveness rule shared by the per-user limits and the pruning of stale records:
+/// - attached at a target in OUR mount namespace: live while the target's mount id (statx, the
+///   unique id where the kernel has it) is the recorded one;
+/// - otherwise (`--fd-out`, or attached in another namespace): live while any of its loop
+///   devices still carries the recorded disk sequence number — the EROFS superblock holds the
+///   device, and AUTOCLEAR releases it when the last mount of that superblock is gone, wherever
+///   the receiver attached it; a device configured again later has a new diskseq;
+/// - no loop device to watch (file-backed EROFS, kernels before 5.15): unknown.
+pub fn liveness(
+    target: Option<&Path>,
+    mnt_ns: Option<u64>,
+    mount_id: u64,
+    unique: bool,
+    loop_devices: &[PathBuf],
+    loop_diskseq: &[u64],
+) -> Liveness {
+    let own_ns = rustix::fs::stat("/proc/self/ns/mnt").ok().map(|st| st.st_ino);
+    if let Some(t) = target {
+        if mnt_ns.is_some() && mnt_ns == own_ns {
+            let live = rustix::fs::open(t, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                .ok()
+                .and_then(|fd| sys::statx_mnt_id(fd.as_fd()).ok())
+                .is_some_and(|(id, uniq)| id == mount_id && uniq == unique);
+            return if live { Liveness::Live } else { Liveness::Dead };
+        }
+    }
+    if loop_devices.is_empty() || loop_diskseq.len() != loop_devices.len() {
+        return Liveness::Unknown;
+    }
+    let any = loop_devices
+        .iter()
+        .zip(loop_diskseq)
+        .any(|(p, seq)| crate::loopback::number_of(p).is_some_and(|n| crate::loopback::still_bound(n, *seq)));
+    if any {
+        Liveness::Live
+    } else {
+        Liveness::Dead
+    }
 }
 
 /// Reads every record in `dir` that is a root-owned, non-writable regular JSON file. Records
@@ -643,18 +698,9 @@ pub fn read_records(dir: &Path) -> Vec<(PathBuf, MountRecord)> {
     out
 }
 
-/// Whether a record describes a mount that still exists: its target's current mount id is the
-/// recorded one. Records without a target (handed out with --fd-out into another mount
-/// namespace) cannot be checked from here and are not counted: a loop device number alone is
-/// reused by later mounts and would make stale records look live.
+/// Whether a record counts against the limits: see [`liveness`]; unknown ones do not count.
 fn record_live(r: &MountRecord) -> bool {
-    match &r.target {
-        Some(t) => match rustix::fs::open(t, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
-            Ok(fd) => sys::statx_mnt_id(fd.as_fd()).is_ok_and(|(id, uniq)| id == r.mount_id && uniq == r.mount_id_unique),
-            Err(_) => false,
-        },
-        None => false,
-    }
+    liveness(r.target.as_deref(), r.mnt_ns, r.mount_id, r.mount_id_unique, &r.loop_devices, &r.loop_diskseq) == Liveness::Live
 }
 
 /// Checks the caller's per-user limits against the live records in the state directory before a

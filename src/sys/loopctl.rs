@@ -24,6 +24,8 @@ const LOOP_CONFIGURE: Opcode = 0x4C0A;
 const LOOP_CTL_GET_FREE: Opcode = 0x4C82;
 /// `BLKSSZGET` = `_IO(0x12, 104)`: logical block size of a block device.
 const BLKSSZGET: Opcode = 0x1268;
+/// `_IOR(0x12, 128, __u64)`: the block device's disk sequence number (Linux 5.15+).
+const BLKGETDISKSEQ: Opcode = 0x8008_1280;
 
 /// `struct loop_info64` from `<linux/loop.h>`.
 #[repr(C)]
@@ -121,6 +123,13 @@ pub fn get_status64(loop_dev: BorrowedFd<'_>) -> io::Result<LoopInfo64> {
 pub fn clr_fd(loop_dev: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: LOOP_CLR_FD takes no argument.
     unsafe { ioctl(loop_dev, NoArg::<LOOP_CLR_FD>::new()) }
+}
+
+/// `ioctl(blockdev, BLKGETDISKSEQ, &u64)`: a number the kernel never hands out twice per boot; a
+/// loop device gets a new one each time it is configured.
+pub fn diskseq(dev: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: BLKGETDISKSEQ writes one `__u64`.
+    unsafe { ioctl(dev, Getter::<BLKGETDISKSEQ, u64>::new()) }
 }
 
 /// `ioctl(blockdev, BLKSSZGET, &int)`: logical sector size.
