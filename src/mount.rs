@@ -775,13 +775,23 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     prune_stale_records(state_fd.as_fd());
     authz(h::check_mount_limits(&state_path, req.force_loop))?;
 
-    // 1. images (opened once, as the caller; this fd is measured and mounted)
+    // 1. pinned object directories, opened as the caller (before any build reads from them)
+    let basedirs = req
+        .basedirs
+        .iter()
+        .map(|b| authz(h::open_basedir(b)))
+        .collect::<Result<Vec<_>, _>>()?;
+    // 2. images (opened once, as the caller; this fd is measured and mounted)
     let mut images = Vec::with_capacity(req.sources.len());
     for s in &req.sources {
         // With verity requested, a TOC build records each object's fs-verity digest (the TOC
-        // only has content sha256s), reading the objects from the first basedir. Not for
-        // unprivileged callers: the builder would read files by path with our credentials.
-        let objects = (req.verity != Verity::Off && !privileged()).then(|| req.basedirs[0].as_path());
+        // only has content sha256s), reading the objects from the first basedir. The builder
+        // is the sandboxed child: for a privileged caller it runs with the CALLER's uid/gid
+        // (and landlock limits it to that directory), so it reads only what the caller could,
+        // from a basedir that passed the caller checks above. A basedir swapped in between
+        // only changes which of the caller's own files get digested; overlay then checks the
+        // pinned one against those digests.
+        let objects = (req.verity != Verity::Off).then(|| req.basedirs[0].as_path());
         images.push(open_image(s, req.kind, &state_path, objects)?);
     }
     for img in &images {
@@ -803,12 +813,7 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
             reason: e.to_string(),
         })?;
     }
-    // 2. pinned directories, opened as the caller
-    let basedirs = req
-        .basedirs
-        .iter()
-        .map(|b| authz(h::open_basedir(b)))
-        .collect::<Result<Vec<_>, _>>()?;
+    // 3. upper/work dirs and target, pinned, opened as the caller
     let upper = match &req.upper {
         Some((u, w)) => Some(authz(h::open_upper(u, w))?),
         None => None,
@@ -825,7 +830,7 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
         }
         Dest::Target(_) => None,
     };
-    // 3. idmap user namespace
+    // 4. idmap user namespace
     let userns = match &req.idmap {
         None => None,
         Some(IdmapSpec::Path(p)) => Some(authz(h::open_userns(p))?),
@@ -846,12 +851,12 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     if creates_userns || privileged() {
         phase(Phase::Mount { setid: false })?;
     }
-    // 4. EROFS mounts, detached
+    // 5. EROFS mounts, detached
     let mut erofs = Vec::with_capacity(images.len());
     for img in &images {
         erofs.push(mount_erofs(img, &req, &state_path, userns.as_ref().map(|f| f.as_fd()))?);
     }
-    // 5. overlay, detached; uppermost layer first
+    // 6. overlay, detached; uppermost layer first
     let writable = req.upper.is_some() && !req.readonly;
     let mut attrs = erofs_attrs(&req);
     if writable {
@@ -932,7 +937,7 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
-    // 6. record first (the id does not change when the mount is attached), then hand over
+    // 7. record first (the id does not change when the mount is attached), then hand over
     write_record(state_fd.as_fd(), &record)?;
     let handed = match (&target_fd, &sock) {
         (Some(t), _) => {

@@ -995,6 +995,22 @@ fn per_user_limits() {
 
 /// A process of `u` (via setpriv) running `args`; killed on drop.
 struct Proc(std::process::Child);
+impl Proc {
+    /// Closes its stdin, waits for it and collects what it wrote (small outputs only).
+    fn output(&mut self) -> Output {
+        use std::io::Read;
+        drop(self.0.stdin.take());
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        if let Some(mut o) = self.0.stdout.take() {
+            o.read_to_end(&mut stdout).unwrap();
+        }
+        if let Some(mut e) = self.0.stderr.take() {
+            e.read_to_end(&mut stderr).unwrap();
+        }
+        let status = self.0.wait().unwrap();
+        Output { status, stdout, stderr }
+    }
+}
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -1198,33 +1214,12 @@ fn fd_out_into_callers_own_namespaces() {
     let a = b"via a detached mount fd\n".as_slice();
     let fx = fixture(u, "fdout", &dump_line_external("f", "100644", u.uid, a), &[a]);
     let sock = fx.dir.join("sock");
-    let script = e.root.join("recv.py");
-    std::fs::write(&script, RECEIVER).unwrap();
     let before = mountpoints();
-    let mut recv = Command::new("/usr/bin/setpriv")
-        .arg(format!("--reuid={}", u.uid))
-        .arg(format!("--regid={}", u.gid))
-        .arg("--init-groups")
-        .args(["--", "/usr/bin/unshare", "--user", "--map-root-user", "--mount", "/usr/bin/python3"])
-        .arg(&script)
-        .arg(&sock)
-        .arg(&fx.target)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..300 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let o = run_as(u, &["mount", fx.image.to_str().unwrap(), "--basedir", fx.objects.to_str().unwrap(), "--fd-out", sock.to_str().unwrap()]);
-    if !o.status.success() {
-        let _ = recv.kill();
-    }
-    let r = recv.wait_with_output().unwrap();
+    let mut recv = spawn_receiver(u, "read", &sock, &fx.target);
+    let o = mount_fd_out(u, &fx, &sock);
+    // (on a failed assertion the receiver is killed when `recv` drops)
     assert!(o.status.success(), "mount --fd-out: {}", stderr(&o));
+    let r = recv.output();
     assert!(r.status.success(), "receiver: {}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(r.stdout, a, "content read in the caller's namespace");
     // Nothing appeared in the initial mount namespace.
@@ -1244,37 +1239,12 @@ fn fd_out_flags_cleared_by_the_caller_gain_nothing() {
     let cat = std::fs::read("/usr/bin/cat").unwrap();
     let fx = fixture(u, "fdout-clear", &dump_line_external("suid-cat", "104755", 0, &cat), &[&cat]);
     let sock = fx.dir.join("sock");
-    let _ = std::fs::remove_file(&sock);
-    let script = e.root.join("recv-clear.py");
-    std::fs::write(&script, RECEIVER_CLEAR).unwrap();
-    let recv = Command::new("/usr/bin/setpriv")
-        .arg(format!("--reuid={}", u.uid))
-        .arg(format!("--regid={}", u.gid))
-        .arg("--init-groups")
-        .args(["--", "/usr/bin/unshare", "--user", "--map-root-user", "--mount", "/usr/bin/python3"])
-        .arg(&script)
-        .arg(&sock)
-        .arg(&fx.target)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let recv = Proc(recv);
-    for _ in 0..300 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let o = run_as(u, &["mount", fx.image.to_str().unwrap(), "--basedir", fx.objects.to_str().unwrap(), "--fd-out", sock.to_str().unwrap()]);
+    let mut recv = spawn_receiver(u, "clear", &sock, &fx.target);
+    let o = mount_fd_out(u, &fx, &sock);
     assert!(o.status.success(), "mount --fd-out: {}", stderr(&o));
-    let mut recv = recv;
-    let mut out = String::new();
-    std::io::Read::read_to_string(recv.0.stdout.as_mut().unwrap(), &mut out).unwrap();
-    let status = recv.0.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(recv.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "receiver: {err}");
+    let r = recv.output();
+    let (out, err) = (String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+    assert!(r.status.success(), "receiver: {err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("receiver said: {out} {err}"));
     // The setuid-root cat ran but could not read /etc/shadow (root-only), whatever the flags were.
     assert_ne!(v["cat_status"], 0, "setuid-root file gained root through a flag-cleared fd-out mount: {v}");
@@ -1284,38 +1254,47 @@ fn fd_out_flags_cleared_by_the_caller_gain_nothing() {
     eprintln!("clearing nosuid,nodev on the received mount: {}", v["clear"]);
 }
 
-const RECEIVER_CLEAR: &str = r#"
+
+/// A receiver for `--fd-out`, run as `u` in a new user+mount namespace of its own (the rootless
+/// runtime's position): it listens on `sock`, attaches the received mount at `target` and then
+/// acts per `mode` (see [`RECEIVER`]). Returns once the socket exists.
+fn spawn_receiver(u: &User, mode: &str, sock: &Path, target: &Path) -> Proc {
+    let script = env().root.join("recv.py");
+    std::fs::write(&script, RECEIVER).unwrap();
+    let _ = std::fs::remove_file(sock);
+    let child = Command::new("/usr/bin/setpriv")
+        .arg(format!("--reuid={}", u.uid))
+        .arg(format!("--regid={}", u.gid))
+        .arg("--init-groups")
+        .args(["--", "/usr/bin/unshare", "--user", "--map-root-user", "--mount", "/usr/bin/python3"])
+        .arg(&script)
+        .args([mode.as_ref(), sock.as_os_str(), target.as_os_str()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Proc(child)
+}
+
+/// Asks `u`'s helper to send the mount of `fx` to the receiver listening on `sock`.
+fn mount_fd_out(u: &User, fx: &Fixture, sock: &Path) -> Output {
+    run_as(u, &["mount", fx.image.to_str().unwrap(), "--basedir", fx.objects.to_str().unwrap(), "--fd-out", sock.to_str().unwrap()])
+}
+
+/// Modes: `read` prints the attached mount's file `f`; `clear` clears nosuid,nodev on it and
+/// runs its setuid-root `suid-cat` on /etc/shadow, printing JSON; `hold` prints "attached" and
+/// keeps the mount until stdin closes.
+const RECEIVER: &str = r#"
 import ctypes, os, socket, sys, array, struct, json, subprocess
 libc = ctypes.CDLL(None, use_errno=True)
-sock_path, target = sys.argv[1], sys.argv[2]
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(sock_path)
-s.listen(1)
-s.settimeout(30)
-c, _ = s.accept()
-fds = array.array('i')
-msg, anc, flags, addr = c.recvmsg(16, socket.CMSG_LEN(4 * fds.itemsize))
-for level, typ, data in anc:
-    if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-        fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
-if not fds:
-    sys.exit("no fd received")
-if libc.syscall(429, fds[0], b"", -100, target.encode(), 4) != 0:
-    sys.exit("move_mount failed: errno %d" % ctypes.get_errno())
-# mount_setattr(AT_FDCWD, target, 0, {attr_clr = NOSUID|NODEV}, 32)
-attr = struct.pack("QQQQ", 0, 0x2 | 0x4, 0, 0)
-r = libc.syscall(442, -100, target.encode(), 0, attr, 32)
-clear = "allowed" if r == 0 else "refused (errno %d)" % ctypes.get_errno()
-exe = os.path.join(target, "suid-cat")
-p = subprocess.run([exe, "/etc/shadow"], capture_output=True)
-print(json.dumps({"clear": clear, "cat_status": p.returncode, "cat_stderr": p.stderr.decode(errors="replace"),
-                  "cat_mode_suid": bool(os.stat(exe).st_mode & 0o4000)}))
-"#;
-
-const RECEIVER: &str = r#"
-import ctypes, os, socket, sys, array
-libc = ctypes.CDLL(None, use_errno=True)
-sock_path, target = sys.argv[1], sys.argv[2]
+mode, sock_path, target = sys.argv[1], sys.argv[2], sys.argv[3]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.bind(sock_path)
 s.listen(1)
@@ -1329,10 +1308,22 @@ for level, typ, data in anc:
 if not fds:
     sys.exit("no fd received")
 # move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)
-r = libc.syscall(429, fds[0], b"", -100, target.encode(), 4)
-if r != 0:
+if libc.syscall(429, fds[0], b"", -100, target.encode(), 4) != 0:
     sys.exit("move_mount failed: errno %d" % ctypes.get_errno())
-sys.stdout.write(open(os.path.join(target, "f")).read())
+if mode == "read":
+    sys.stdout.write(open(os.path.join(target, "f")).read())
+elif mode == "clear":
+    # mount_setattr(AT_FDCWD, target, 0, {attr_clr = NOSUID|NODEV}, 32)
+    attr = struct.pack("QQQQ", 0, 0x2 | 0x4, 0, 0)
+    r = libc.syscall(442, -100, target.encode(), 0, attr, 32)
+    clear = "allowed" if r == 0 else "refused (errno %d)" % ctypes.get_errno()
+    exe = os.path.join(target, "suid-cat")
+    p = subprocess.run([exe, "/etc/shadow"], capture_output=True)
+    print(json.dumps({"clear": clear, "cat_status": p.returncode, "cat_stderr": p.stderr.decode(errors="replace"),
+                      "cat_mode_suid": bool(os.stat(exe).st_mode & 0o4000)}))
+elif mode == "hold":
+    print("attached", flush=True)
+    sys.stdin.read()
 "#;
 
 fn state_files() -> Vec<String> {
@@ -1800,32 +1791,9 @@ fn fd_out_mounts_count_against_limits_until_dropped() {
     let a = b"held by a receiver\n".as_slice();
     let fx = fixture(u, "fdout-limit", &dump_line_external("f", "100644", u.uid, a), &[a]);
     let sock = fx.dir.join("sock");
-    let _ = std::fs::remove_file(&sock);
-    let script = e.root.join("recv-hold.py");
-    std::fs::write(&script, RECEIVER_HOLD).unwrap();
-    let mut recv = Proc(
-        Command::new("/usr/bin/setpriv")
-            .arg(format!("--reuid={}", u.uid))
-            .arg(format!("--regid={}", u.gid))
-            .arg("--init-groups")
-            .args(["--", "/usr/bin/unshare", "--user", "--map-root-user", "--mount", "/usr/bin/python3"])
-            .arg(&script)
-            .arg(&sock)
-            .arg(&fx.target)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    for _ in 0..300 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let mut recv = spawn_receiver(u, "hold", &sock, &fx.target);
     let records_before = state_files();
-    let o = run_as(u, &["mount", fx.image.to_str().unwrap(), "--basedir", fx.objects.to_str().unwrap(), "--fd-out", sock.to_str().unwrap()]);
+    let o = mount_fd_out(u, &fx, &sock);
     assert!(o.status.success(), "mount --fd-out: {}", stderr(&o));
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(recv.0.stdout.as_mut().unwrap()), &mut line).unwrap();
@@ -1839,9 +1807,8 @@ fn fd_out_mounts_count_against_limits_until_dropped() {
     assert_eq!(before, mountpoints());
     assert!(state_files().contains(&fd_out_record[0]), "the live fd-out record was kept");
     // The receiver exits: its namespace and the mount go away, and with them the loop device.
-    drop(recv.0.stdin.take());
-    let st = recv.0.wait().unwrap();
-    assert!(st.success());
+    let r = recv.output();
+    assert!(r.status.success(), "receiver: {}", String::from_utf8_lossy(&r.stderr));
     let mut o = run_as_strs(u, &mount_args(&fx, &[]));
     for _ in 0..50 {
         if o.status.success() {
@@ -1861,22 +1828,3 @@ fn fd_out_mounts_count_against_limits_until_dropped() {
     assert!(gone, "the dead fd-out record {} was not pruned", fd_out_record[0]);
 }
 
-const RECEIVER_HOLD: &str = r#"
-import ctypes, socket, sys, array
-libc = ctypes.CDLL(None, use_errno=True)
-sock_path, target = sys.argv[1], sys.argv[2]
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(sock_path)
-s.listen(1)
-s.settimeout(30)
-c, _ = s.accept()
-fds = array.array('i')
-msg, anc, flags, addr = c.recvmsg(16, socket.CMSG_LEN(4 * fds.itemsize))
-for level, typ, data in anc:
-    if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-        fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
-if not fds or libc.syscall(429, fds[0], b"", -100, target.encode(), 4) != 0:
-    sys.exit("could not attach the received mount")
-print("attached", flush=True)
-sys.stdin.read()
-"#;

@@ -341,6 +341,49 @@ t_no_verity_option_does_not_check() {
     all_files_ok b d
 }
 
+# ---- privileged helper: --toc --verity ---------------------------------------------------------
+# The setuid helper, run by an unprivileged user (nobody), builds the image from a TOC. With
+# --verity its sandboxed builder (running as that user) records each object's fs-verity digest,
+# so verity=require serves the intact objects and refuses, with EIO, an object swapped after
+# the build.
+HV=$V/helper            # the setuid copy (the verity ext4 is not nosuid)
+HU=$V/helper-user       # the caller's own files
+as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"; }
+build_helper_fixture() {
+    local n sha size first=1
+    mkdir -p "$HV" "$HU/store" "$HU/mnt" || no "mkdir failed"
+    cp "$CFS" "$HV/cfsmount" && chown 0:0 "$HV/cfsmount" && chmod 4755 "$HV/cfsmount" || no "installing the setuid copy failed"
+    {
+        printf '{"version":1,"entries":[{"type":"dir","name":"./","mode":493}'
+        for n in a b; do
+            sha=$(sha256sum "$W/src/$n" | cut -c1-64)
+            size=$(stat -c %s "$W/src/$n")
+            mkdir -p "$HU/store/${sha:0:2}"
+            cp "$W/src/$n" "$HU/store/${sha:0:2}/${sha:2}" || exit 1
+            "$CFS" verity enable "$HU/store/${sha:0:2}/${sha:2}" || exit 1
+            printf ',{"type":"reg","name":"%s","mode":420,"size":%s,"digest":"sha256:%s"}' "$n" "$size" "$sha"
+            echo "SHA_$n=$sha" >>"$W/helper.env"
+        done
+        printf ']}\n'
+    } >"$HU/toc.json" || no "writing the TOC or the store failed"
+    chown -R 65534:65534 "$HU" || no "chown failed"
+}
+t_helper_toc_verity() {
+    local err o
+    . "$W/helper.env"
+    as_nobody "$HV/cfsmount" mount "$HU/toc.json" "$HU/mnt" --toc --basedir "$HU/store" --verity \
+        || no "privileged mount --toc --verity as nobody failed"
+    grep " $HU/mnt " /proc/self/mounts | grep -q 'verity=require' || no "the overlay has no verity=require: $(grep " $HU/mnt " /proc/self/mounts)"
+    cmp -s "$HU/mnt/b" "$W/src/b" || no "b does not read back through the verity=require mount"
+    # swap object a (not read yet) for other content of the same size with verity of its own
+    o=$HU/store/${SHA_a:0:2}/${SHA_a:2}
+    mkrand "$o.new" 5000 && "$CFS" verity enable "$o.new" && chown 65534:65534 "$o.new" && mv -f "$o.new" "$o" || no "swapping object a failed"
+    if err=$(cat "$HU/mnt/a" 2>&1 >/dev/null); then no "the swapped object a was served"; fi
+    case $err in *"Input/output error"*) ;; *) no "expected EIO for the swapped object, got: $err" ;; esac
+    as_nobody "$HV/cfsmount" umount "$HU/mnt" || no "umount as nobody failed"
+    ! is_mounted "$HU/mnt" || no "still mounted after umount"
+}
+
 if mount_ready; then
     if (build_fixture) >"$W/fixture.log" 2>&1 && . "$W/fixture.env"; then
         run mount_digest_accepts_right_image t_digest_accepts
@@ -358,6 +401,12 @@ if mount_ready; then
             unmount "$M2" || echo "FAIL mount_verity_unmount: $M2 still mounted"
             run mount_try_verity_checks_objects_here t_try_verity
             run mount_without_verity_does_not_check_objects t_no_verity_option_does_not_check
+            if (build_helper_fixture) >"$W/helper-fixture.log" 2>&1; then
+                run helper_toc_verity_records_and_enforces_object_digests t_helper_toc_verity
+                is_mounted "$HU/mnt" && umount "$HU/mnt"
+            else
+                echo "FAIL helper_fixture: $(tail -n 3 "$W/helper-fixture.log" | tr '\n' ' ' | cut -c1-400)"
+            fi
         else
             echo "FAIL mount_damaged_store: $(tail -n 3 "$W/bad-store.log" | tr '\n' ' ' | cut -c1-400)"
         fi
