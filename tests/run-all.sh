@@ -36,7 +36,8 @@ done
 
 tier1() {
     cargo test --lib --bins "${unit_tests[@]}" -- --test-threads=2 || return 1
-    bash tests/fuzz-brief.sh
+    bash tests/fuzz-brief.sh || return 1
+    bash packaging/build-packages.sh
 }
 tier2() {
     if [ "$(id -u)" != 0 ]; then echo "tier 2 needs root (real mounts, loop devices, setuid helper)"; return 1; fi
