@@ -1,5 +1,5 @@
 //! Command line: argument parsing, dispatch to the stages, and turning errors into one-line messages with exit codes.
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "cfsmount", version, about = "Build, verify and mount composefs images")]
@@ -30,7 +30,15 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     if argv0.is_some_and(|n| n == "mount.composefs") {
         return crate::mount::helper_main(&argv[1..]);
     }
-    let cli = match Cli::try_parse_from(argv) {
+    // `--version` (long form) also says whether the parser sandbox is complete on this kernel;
+    // only asked for then (cheap probes, no side effects).
+    let mut cmd = Cli::command();
+    if argv.iter().any(|a| a == "--version") {
+        let s = crate::sandbox::KernelSupport::probe();
+        let text = format!("{}\n{}", env!("CARGO_PKG_VERSION"), crate::sandbox::sandbox_line(&s));
+        cmd = cmd.long_version(Box::leak(text.into_boxed_str()) as &'static str);
+    }
+    let cli = match cmd.try_get_matches_from(argv).and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(c) => c,
         Err(e) => {
             // --help/--version print and succeed; usage errors exit 2 as clap does.

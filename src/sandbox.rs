@@ -748,20 +748,23 @@ pub fn doctor_report() -> Vec<String> {
         )),
         Err(e) => l.push(format!("seccomp: no: {e}")),
     }
-    let missing = s.missing();
-    if missing.is_empty() {
-        l.push("sandbox: complete".into());
-    } else {
-        l.push(format!(
-            "sandbox: WARNING incomplete ({}); mkimage refuses to run unless root passes --no-sandbox",
-            missing.join("; ")
-        ));
-    }
+    l.push(sandbox_line(&s));
     for (name, r) in probe_mount_features() {
         l.push(format!("{name}: {r}"));
     }
     l.push(format!("fs-verity: {}", verity_report()));
     l
+}
+
+/// One line on whether the parser sandbox is complete here (`doctor`, `--version`).
+pub fn sandbox_line(s: &KernelSupport) -> String {
+    let missing = s.missing();
+    if missing.is_empty() {
+        let abi = s.landlock_abi.as_ref().map_or(0, |v| *v);
+        format!("sandbox: complete (landlock ABI {abi}, seccomp allowlist)")
+    } else {
+        format!("sandbox: WARNING incomplete ({}); mkimage refuses to run unless root passes --no-sandbox", missing.join("; "))
+    }
 }
 
 /// Mount-related features. As root, fsopen/fsconfig probes that never create a mount; otherwise

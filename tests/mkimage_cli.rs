@@ -282,3 +282,18 @@ fn bundled_example() {
     assert_eq!(t.node(t.lookup(b"latest").unwrap()).entry.payload.as_deref(), Some(&b"hello.txt"[..]));
     assert_eq!(t.node(t.lookup(b"empty").unwrap()).entry.inode.uid, 1000);
 }
+
+/// `--version` names the version and whether the parser sandbox is complete on this kernel;
+/// `-V` stays the short form.
+#[test]
+fn version_reports_the_sandbox_state() {
+    let o = Command::new(BIN).arg("--version").output().unwrap();
+    ok(&o);
+    let text = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first().copied(), Some(concat!("cfsmount ", env!("CARGO_PKG_VERSION"))), "{text}");
+    assert!(lines.get(1).is_some_and(|l| l.starts_with("sandbox: complete (landlock ABI ") || l.starts_with("sandbox: WARNING incomplete")), "{text}");
+    let short = Command::new(BIN).arg("-V").output().unwrap();
+    ok(&short);
+    assert_eq!(String::from_utf8(short.stdout).unwrap().trim_end(), concat!("cfsmount ", env!("CARGO_PKG_VERSION")));
+}
