@@ -1021,15 +1021,24 @@ pub fn unmount(target: &Path) -> Result<MountRecord, MountError> {
         return Err(not_ours());
     }
     let rec = read_record(state_fd.as_fd(), id)?.ok_or_else(not_ours)?;
-    // Detach exactly the pinned mount (MNT_DETACH through /proc/self/fd/N: our fd holds a
-    // reference); the overlay, the EROFS mount and the loop device under it go away as soon as
-    // the last file open in it is closed.
+    // Detach exactly the pinned mount (MNT_DETACH through /proc/self/fd/N; a plain umount2
+    // would always see the mount busy, held by the very fd that pins it). The overlay, the EROFS
+    // mount and the loop device under it go away as soon as the last file open in it is closed.
     authz(h::umount_pinned(&grant)).map_err(|e| MountError::Umount {
         target: target.into(),
         reason: e.to_string(),
     })?;
     drop(grant);
-    let _ = rustix::fs::unlinkat(state_fd.as_fd(), record_name(id), AtFlags::empty());
+    // Still held open by someone: the record stays, without its target, so the per-user limits
+    // keep counting the mount and its loop devices until they are released (liveness by
+    // diskseq); otherwise, or with nothing to watch, it is removed.
+    let mut detached = rec.clone();
+    detached.target = None;
+    let held = crate::helper::liveness(None, None, id, rec.mount_id_unique, &rec.loop_devices, &rec.loop_diskseq)
+        == crate::helper::Liveness::Live;
+    if !(held && write_record(state_fd.as_fd(), &detached).is_ok()) {
+        let _ = rustix::fs::unlinkat(state_fd.as_fd(), record_name(id), AtFlags::empty());
+    }
     Ok(rec)
 }
 

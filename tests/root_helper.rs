@@ -1828,3 +1828,48 @@ fn fd_out_mounts_count_against_limits_until_dropped() {
     assert!(gone, "the dead fd-out record {} was not pruned", fd_out_record[0]);
 }
 
+
+/// umount detaches lazily (the fd that pins the mount would make a plain umount see it busy):
+/// a mount still held open after `cfsmount umount` keeps its loop device, so it keeps counting
+/// against the caller's limits until the last file in it is closed; then its record is pruned.
+#[test]
+fn unmounted_but_busy_mounts_count_until_released() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    umount_all_under(&e.root);
+    let guard = PolicyGuard::new();
+    let mut v = default_policy();
+    v["user_limits"] = serde_json::json!({ u.name.clone(): { "max_loop_devices": 1 } });
+    guard.write(&v.to_string(), 0o644, 0);
+    let a = b"kept open across umount\n".as_slice();
+    let fx = fixture(u, "busy", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let records_before = state_files();
+    let o = run_as_strs(u, &mount_args(&fx, &[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let held = std::fs::File::open(fx.target.join("f")).unwrap();
+    let o = run_as(u, &["umount", fx.target.to_str().unwrap()]);
+    assert!(o.status.success(), "umount of a busy mount: {}", stderr(&o));
+    assert!(mount_line(&fx.target).is_none(), "still attached at the target after umount");
+    let kept: Vec<String> = state_files().into_iter().filter(|f| !records_before.contains(f)).collect();
+    assert_eq!(kept.len(), 1, "the busy mount's record is kept (without its target)");
+    // The detached mount still holds its loop device: no second one for this caller.
+    let o = run_as_strs(u, &mount_args(&fx, &[]));
+    assert_refused(&o, "per-user limit exceeded: loop devices");
+    assert_eq!(std::fs::read(fx.target.join("f")).ok(), None, "the refused mount left something at the target");
+    drop(held);
+    let mut o = run_as_strs(u, &mount_args(&fx, &[]));
+    for _ in 0..50 {
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        o = run_as_strs(u, &mount_args(&fx, &[]));
+    }
+    let pruned = !state_files().contains(&kept[0]);
+    let _ = run_as(u, &["umount", fx.target.to_str().unwrap()]);
+    umount_all_under(&fx.dir);
+    drop(guard);
+    assert!(o.status.success(), "mount once the old one was released: {}", stderr(&o));
+    assert!(pruned, "the released mount's record {} was not pruned", kept[0]);
+}
