@@ -215,32 +215,22 @@ pub mod misbehave {
     }
 }
 
-impl Hooks {
-    fn skip_seccomp(&self) -> bool {
-        #[cfg(feature = "misbehave")]
-        return self.skip_seccomp;
-        #[cfg(not(feature = "misbehave"))]
-        false
-    }
-    fn skip_landlock(&self) -> bool {
-        #[cfg(feature = "misbehave")]
-        return self.skip_landlock;
-        #[cfg(not(feature = "misbehave"))]
-        false
-    }
-    fn pretend_no_landlock(&self) -> bool {
-        #[cfg(feature = "misbehave")]
-        return self.pretend_no_landlock;
-        #[cfg(not(feature = "misbehave"))]
-        false
-    }
-    fn proc_status(&self) -> bool {
-        #[cfg(feature = "misbehave")]
-        return self.proc_status;
-        #[cfg(not(feature = "misbehave"))]
-        false
-    }
+/// One accessor per hook: the flag with the `misbehave` feature, a constant `false` without it.
+macro_rules! hook_accessors {
+    ($($name:ident),*) => {
+        impl Hooks {
+            $(
+                fn $name(&self) -> bool {
+                    #[cfg(feature = "misbehave")]
+                    return self.$name;
+                    #[cfg(not(feature = "misbehave"))]
+                    false
+                }
+            )*
+        }
+    };
 }
+hook_accessors!(skip_seccomp, skip_landlock, pretend_no_landlock, proc_status);
 
 /// Decided by the parent before forking.
 struct Plan {

@@ -179,7 +179,9 @@ struct Dirent<'a> {
 
 const STUB: u32 = u32::MAX;
 
-/// One inode of the image, in breadth-first order.
+/// One inode of the image, in breadth-first order. (`Default` only fills the layout fields,
+/// which are computed later, and the empty xattr/dirent ranges.)
+#[derive(Default)]
 struct Ino<'a> {
     /// Tree node, or `STUB` for a generated root whiteout.
     node: NodeId,
@@ -432,18 +434,9 @@ impl<'a> Builder<'a> {
             mtime_nsec: ino.mtime_nsec,
             payload,
             content,
-            xa: (0, 0),
-            dirents: (0, 0),
             chunk_bits,
             chunk_count,
-            n_blocks: 0,
-            tail: 0,
-            compact: false,
-            ipad: 0,
-            xattr_size: 0,
-            n_shared: 0,
-            isize: 0,
-            nid: 0,
+            ..Ino::default()
         });
         Ok(idx)
     }
@@ -546,18 +539,7 @@ impl<'a> Builder<'a> {
             mtime_nsec: root.mtime_nsec,
             payload: &[],
             content: None,
-            xa: (0, 0),
-            dirents: (0, 0),
-            chunk_bits: 0,
-            chunk_count: 0,
-            n_blocks: 0,
-            tail: 0,
-            compact: false,
-            ipad: 0,
-            xattr_size: 0,
-            n_shared: 0,
-            isize: 0,
-            nid: 0,
+            ..Ino::default()
         };
         self.inos.push(stub);
         Ok(idx)
