@@ -3,51 +3,26 @@
 //! dump printer round trip; every `should-fail-*` case is rejected with a clear error.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cfsmount::erofs::writer::{write_image, WriteOptions};
 use cfsmount::input::dump::{parse, write_dump, DumpOptions};
 use cfsmount::tree::Limits;
-use sha2::{Digest, Sha256};
 
 #[path = "support/conformance.rs"]
 mod conformance;
-use conformance::read_input;
+use conformance::{forced_version, is_strict, read_input};
+#[path = "support/image.rs"]
+mod image;
+use image::{fsck, sha256_hex, write_options};
 
 fn conformance_dir() -> PathBuf {
     conformance::dump_dir()
 }
 
+/// The parser and writer options of the case `name` in `dir`.
 fn options_for(dir: &Path, name: &str) -> (DumpOptions, WriteOptions) {
-    let lenient = ["no-newline.dump", "longlink.dump", "honggfuzz-longlink-unterminated.dump"];
-    let dopts = DumpOptions { strict: !lenient.contains(&name), limits: Limits::default() };
-    let wopts = match std::fs::read_to_string(dir.join(format!("{name}.version"))) {
-        Ok(v) => {
-            let v: u32 = v.trim().parse().expect("version file");
-            WriteOptions { min_version: v, max_version: v }
-        }
-        Err(_) => WriteOptions::default(),
-    };
-    (dopts, wopts)
-}
-
-fn fsck(image: &[u8], what: &str) {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(&mut f, image).unwrap();
-    let out = Command::new("fsck.erofs")
-        .arg(f.path())
-        .output()
-        .unwrap_or_else(|e| panic!("running fsck.erofs (install erofs-utils): {e}"));
-    assert!(
-        out.status.success(),
-        "{what}: fsck.erofs failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    let dopts = DumpOptions { strict: is_strict(name), limits: Limits::default() };
+    (dopts, write_options(forced_version(dir, name)))
 }
 
 fn check_case(name: &str) {
@@ -60,7 +35,7 @@ fn check_case(name: &str) {
     let tree = parse(&input, &dopts).unwrap_or_else(|e| panic!("{name}: parse failed: {e}"));
     let mut image = Vec::new();
     write_image(&tree, &wopts, &mut image).unwrap_or_else(|e| panic!("{name}: write failed: {e}"));
-    let got = hex(&Sha256::digest(&image));
+    let got = sha256_hex(&image);
     if got != expected {
         let keep = std::env::temp_dir().join(format!("cfs-conformance-{name}.img"));
         let _ = std::fs::write(&keep, &image);

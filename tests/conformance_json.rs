@@ -3,38 +3,24 @@
 //! the JSON equals the tree parsed from the matching dumpfile (compared through the dumpfile
 //! printer); the small zstd:chunked example TOC parses.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cfsmount::erofs::writer::{write_image, WriteOptions};
 use cfsmount::input::dump::{self, write_dump, DumpOptions};
 use cfsmount::input::toc::{self, TocOptions};
 use cfsmount::tree::{Limits, Tree};
-use sha2::{Digest, Sha256};
 
 #[path = "support/conformance.rs"]
 mod conformance;
+use conformance::{forced_version, read_maybe_gz};
+#[path = "support/image.rs"]
+mod image;
+use image::{fsck, sha256_hex, write_options};
 
 /// The conformance root, asserted to hold `composefs-json/`.
 fn conformance_dir() -> PathBuf {
     conformance::json_dir();
     conformance::conformance_root()
-}
-
-fn read_maybe_gz(path: &Path) -> Vec<u8> {
-    let raw = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).expect("gunzip");
-        out
-    } else {
-        raw
-    }
-}
-
-fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The dumpfile text of a tree, with what only a dumpfile carries (directory sizes, which the
@@ -54,21 +40,6 @@ fn dump_text(t: &Tree) -> Vec<u8> {
     let mut v = Vec::new();
     write_dump(&t, &mut v).unwrap();
     v
-}
-
-fn fsck(image: &[u8], what: &str) {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(&mut f, image).unwrap();
-    let out = Command::new("fsck.erofs")
-        .arg(f.path())
-        .output()
-        .unwrap_or_else(|e| panic!("running fsck.erofs (install erofs-utils): {e}"));
-    assert!(
-        out.status.success(),
-        "{what}: fsck.erofs failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The JSON cases: (json file name, case stem).
@@ -93,13 +64,7 @@ fn check_case(dir: &Path, name: &str, stem: &str) {
     // The matching dumpfile case decides the format version (special.dump.version) and gives a
     // second, independent description of the same tree.
     let dump_dir = dir.join("composefs-dump");
-    let wopts = match std::fs::read_to_string(dump_dir.join(format!("{stem}.dump.version"))) {
-        Ok(v) => {
-            let v: u32 = v.trim().parse().unwrap();
-            WriteOptions { min_version: v, max_version: v }
-        }
-        Err(_) => WriteOptions::default(),
-    };
+    let wopts = write_options(forced_version(&dump_dir, &format!("{stem}.dump")));
     let dump_path = [format!("{stem}.dump"), format!("{stem}.dump.gz")].into_iter().map(|n| dump_dir.join(n)).find(|p| p.is_file());
     if let Some(dp) = dump_path {
         let dtree = dump::parse(&read_maybe_gz(&dp), &DumpOptions { strict: true, limits: Limits::default() })
@@ -121,7 +86,7 @@ fn check_case(dir: &Path, name: &str, stem: &str) {
     let mut image = Vec::new();
     write_image(&tree, &wopts, &mut image).unwrap_or_else(|e| panic!("{name}: write_image: {e}"));
     let expected = std::fs::read_to_string(json_dir.join(format!("{name}.sha256_erofs"))).unwrap();
-    assert_eq!(hex(&Sha256::digest(&image)), expected.trim(), "{name}: image sha256 differs from the reference");
+    assert_eq!(sha256_hex(&image), expected.trim(), "{name}: image sha256 differs from the reference");
     fsck(&image, name);
 }
 

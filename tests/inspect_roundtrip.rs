@@ -3,26 +3,22 @@
 //! prints must parse back to an equal tree and rebuild the same image, and corrupted images
 //! must be rejected (or read) without a panic and in bounded time.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cfsmount::erofs::reader::{read_image, read_image_with, ReadError, ReadLimits};
-use cfsmount::erofs::writer::{write_image, WriteOptions};
+use cfsmount::erofs::writer::write_image;
 use cfsmount::input::dump::{parse, write_dump, DumpOptions};
 use cfsmount::tree::{Limits, NodeId, Tree, ROOT};
 
-fn conformance() -> PathBuf {
-    let dir = match std::env::var_os("CFS_CONFORMANCE") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
-    };
-    assert!(
-        dir.join("composefs-dump").is_dir(),
-        "conformance data not found at {} (set CFS_CONFORMANCE)",
-        dir.display()
-    );
-    dir.join("composefs-dump")
-}
+#[path = "support/conformance.rs"]
+mod conformance;
+use conformance::{forced_version, is_strict, read_input};
+#[path = "support/image.rs"]
+mod image;
+use image::{build, write_options};
+#[path = "support/hostile.rs"]
+mod hostile;
+use hostile::{corrupted, env_or, XorShift};
 
 /// One buildable dumpfile case: name, input bytes, forced version, strict parsing.
 struct Case {
@@ -32,22 +28,21 @@ struct Case {
     strict: bool,
 }
 
-fn read_maybe_gz(p: &Path) -> Vec<u8> {
-    let raw = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    if p.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&raw[..]), &mut out)
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        out
-    } else {
-        raw
+impl Case {
+    /// The case's input parsed (strictly unless it is a lenient case).
+    fn tree(&self) -> Tree {
+        let opts = DumpOptions {
+            strict: self.strict,
+            limits: Limits::default(),
+        };
+        parse(&self.input, &opts).unwrap_or_else(|e| panic!("{}: parse: {e}", self.name))
     }
 }
 
 /// The cases the conformance README says build: an input with a `.sha256` next to it,
 /// not `should-fail-*`. (Some inputs are stored as a one-line file naming a sibling.)
 fn cases() -> Vec<Case> {
-    let dir = conformance();
+    let dir = conformance::dump_dir();
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .expect("reading the conformance directory")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -59,19 +54,9 @@ fn cases() -> Vec<Case> {
     names.sort();
     let mut out = Vec::new();
     for name in names {
-        let path = dir.join(&name);
-        let mut input = read_maybe_gz(&path);
-        let text = String::from_utf8_lossy(&input).trim().to_string();
-        if !text.contains(' ') && !text.contains('\n') && dir.join(&text).is_file() {
-            input = read_maybe_gz(&dir.join(&text));
-        }
-        let version = std::fs::read_to_string(dir.join(format!("{name}.version")))
-            .ok()
-            .map(|v| v.trim().parse().expect("version file holds a number"));
-        let lenient = ["no-newline", "longlink", "honggfuzz-longlink-unterminated"];
-        let strict = !lenient
-            .iter()
-            .any(|l| name.starts_with(&format!("{l}.dump")));
+        let input = read_input(&dir, &name);
+        let version = forced_version(&dir, &name);
+        let strict = is_strict(&name);
         out.push(Case {
             name,
             input,
@@ -87,17 +72,12 @@ fn cases() -> Vec<Case> {
     out
 }
 
-fn build(tree: &Tree, version: Option<u32>) -> Vec<u8> {
-    let opts = match version {
-        Some(v) => WriteOptions {
-            min_version: v,
-            max_version: v,
-        },
-        None => WriteOptions::default(),
-    };
-    let mut img = Vec::new();
-    write_image(tree, &opts, &mut img).expect("write_image");
-    img
+/// The one case named `name`.
+fn case(name: &str) -> Case {
+    cases()
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("{name} case"))
 }
 
 /// Canonical listing of a tree: per path (sorted walk), the entry, the hard link target
@@ -129,15 +109,30 @@ fn dump_of(t: &Tree) -> Vec<u8> {
     d
 }
 
+/// Prints `tree` as `inspect` does and parses that back strictly, asserting an equal tree;
+/// returns the printed dump and the reparsed tree. `what` names the tree in failures.
+fn print_and_reparse(tree: &Tree, what: &str) -> (Vec<u8>, Tree) {
+    let dump = dump_of(tree);
+    let again = parse(
+        &dump,
+        &DumpOptions {
+            strict: true,
+            limits: Limits::default(),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{what}: the printed dump does not parse: {e}"));
+    assert_eq!(
+        listing(tree),
+        listing(&again),
+        "{what}: dump → parse changed the tree"
+    );
+    (dump, again)
+}
+
 #[test]
 fn conformance_images_round_trip_through_the_reader() {
     for case in cases() {
-        let opts = DumpOptions {
-            strict: case.strict,
-            limits: Limits::default(),
-        };
-        let tree0 =
-            parse(&case.input, &opts).unwrap_or_else(|e| panic!("{}: parse: {e}", case.name));
+        let tree0 = case.tree();
         let img1 = build(&tree0, case.version);
 
         let (tree1, info) = read_image_with(&img1, &ReadLimits::default())
@@ -160,21 +155,7 @@ fn conformance_images_round_trip_through_the_reader() {
         );
 
         // What `inspect` prints parses back to an equal tree, which rebuilds the same image.
-        let dump1 = dump_of(&tree1);
-        let tree2 = parse(
-            &dump1,
-            &DumpOptions {
-                strict: true,
-                limits: Limits::default(),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{}: the printed dump does not parse: {e}", case.name));
-        assert_eq!(
-            listing(&tree1),
-            listing(&tree2),
-            "{}: dump → parse changed the tree",
-            case.name
-        );
+        let (dump1, tree2) = print_and_reparse(&tree1, &case.name);
         assert!(
             dump_of(&tree2) == dump1,
             "{}: printing the reparsed tree differs",
@@ -201,18 +182,7 @@ fn conformance_images_round_trip_through_the_reader() {
 #[test]
 fn the_reader_drops_what_the_writer_adds() {
     // special.dump at version 1: user whiteout, escaped overlay xattrs, inline files.
-    let case = cases()
-        .into_iter()
-        .find(|c| c.name == "special_v1.dump")
-        .expect("special_v1.dump case");
-    let tree0 = parse(
-        &case.input,
-        &DumpOptions {
-            strict: true,
-            limits: Limits::default(),
-        },
-    )
-    .expect("parse");
+    let tree0 = case("special_v1.dump").tree();
     let img = build(&tree0, Some(1));
     let t = read_image(&img).expect("read_image");
     // No whiteout stubs: the root holds exactly the names the dump listed.
@@ -258,19 +228,6 @@ fn the_reader_drops_what_the_writer_adds() {
 // ---------------------------------------------------------------------------------------
 // Hostile images
 
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// Valid images to corrupt: conformance cases plus random trees (hard links, whiteouts,
 /// shared xattrs, block-stored symlinks and contents, extended inodes).
 fn hostile_inputs() -> Vec<(String, Vec<u8>)> {
@@ -283,17 +240,7 @@ fn hostile_inputs() -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = cases()
         .into_iter()
         .filter(|c| wanted.contains(&c.name.as_str()))
-        .map(|c| {
-            let t = parse(
-                &c.input,
-                &DumpOptions {
-                    strict: c.strict,
-                    limits: Limits::default(),
-                },
-            )
-            .expect("parse");
-            (c.name.clone(), build(&t, c.version))
-        })
+        .map(|c| (c.name.clone(), build(&c.tree(), c.version)))
         .collect();
     let mut rng = XorShift(0x5851_f42d_4c95_7f2d);
     for i in 0..3 {
@@ -321,17 +268,8 @@ fn corrupted_images_never_panic() {
     let inputs = hostile_inputs();
     assert_eq!(inputs.len(), 7);
     // CFS_FUZZ_SCALE multiplies the number of corruptions (default 1: a brief run).
-    let scale: usize = std::env::var("CFS_FUZZ_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let mut rng = XorShift(
-        std::env::var("CFS_FUZZ_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0x9e37_79b9_7f4a_7c15)
-            | 1,
-    );
+    let scale: usize = env_or("CFS_FUZZ_SCALE", 1);
+    let mut rng = XorShift(env_or("CFS_FUZZ_SEED", 0x9e37_79b9_7f4a_7c15u64) | 1);
     let (mut ok, mut err, mut worst) = (0u32, 0u32, Duration::ZERO);
     for (name, img) in &inputs {
         assert!(
@@ -357,20 +295,12 @@ fn corrupted_images_never_panic() {
         // Byte corruption: single bit flips anywhere, and bursts of random bytes in the metadata.
         let rounds = scale * if big { 100 } else { 800 };
         for round in 0..rounds {
-            let mut m = img.clone();
             let span = if round % 2 == 0 {
-                m.len()
+                img.len()
             } else {
-                m.len().min(1 << 16)
+                img.len().min(1 << 16)
             };
-            for _ in 0..1 + rng.below(6) {
-                let at = rng.below(span);
-                if round % 2 == 0 {
-                    m[at] ^= 1 << rng.below(8);
-                } else {
-                    m[at] = rng.next() as u8;
-                }
-            }
+            let m = corrupted(&mut rng, img, span, 6, round % 2 == 0);
             match read_timed(&m, &format!("{name} corruption round {round}"), &mut worst) {
                 Ok(()) => ok += 1,
                 Err(_) => err += 1,
@@ -445,21 +375,19 @@ fn root_dirents(img: &[u8]) -> Vec<(usize, u64, Vec<u8>)> {
 }
 
 fn config_image() -> Vec<u8> {
-    let c = cases()
-        .into_iter()
-        .find(|c| c.name == "config-with-hard-link.dump.gz")
-        .expect("config case");
-    build(
-        &parse(
-            &c.input,
-            &DumpOptions {
-                strict: c.strict,
-                limits: Limits::default(),
-            },
-        )
-        .expect("parse"),
-        None,
-    )
+    build(&case("config-with-hard-link.dump.gz").tree(), None)
+}
+
+/// The entry of `ents` (from `root_dirents`) named `name`; `what` is the panic message if none.
+fn find_dirent(ents: &[(usize, u64, Vec<u8>)], name: &[u8], what: &str) -> (usize, u64, Vec<u8>) {
+    ents.iter().find(|(_, _, n)| n == name).expect(what).clone()
+}
+
+/// A copy of `img` whose dirent at offset `at` points to inode `nid`.
+fn with_dirent_nid(img: &[u8], at: usize, nid: u64) -> Vec<u8> {
+    let mut m = img.to_vec();
+    m[at..at + 8].copy_from_slice(&nid.to_le_bytes());
+    m
 }
 
 fn expect_err(img: &[u8], needle: &str) {
@@ -477,54 +405,30 @@ fn directory_cycles_and_aliases_are_rejected() {
     let img = config_image();
     let ents = root_dirents(&img);
     let root = layout(&img).root_nid;
-    let (at, _, _) = ents
-        .iter()
-        .find(|(_, _, n)| n == b"etc")
-        .expect("/etc in the root")
-        .clone();
-    let (_, usr_nid, _) = ents
-        .iter()
-        .find(|(_, _, n)| n == b"usr")
-        .expect("/usr in the root")
-        .clone();
+    let (at, _, _) = find_dirent(&ents, b"etc", "/etc in the root");
+    let (_, usr_nid, _) = find_dirent(&ents, b"usr", "/usr in the root");
 
     // /etc → the root itself: a cycle.
-    let mut m = img.clone();
-    m[at..at + 8].copy_from_slice(&root.to_le_bytes());
-    expect_err(&m, "reachable twice");
+    expect_err(&with_dirent_nid(&img, at, root), "reachable twice");
     // /etc → /usr: the same directory under two names.
-    let mut m = img.clone();
-    m[at..at + 8].copy_from_slice(&usr_nid.to_le_bytes());
-    expect_err(&m, "reachable twice");
+    expect_err(&with_dirent_nid(&img, at, usr_nid), "reachable twice");
     // '.' of the root pointing elsewhere.
-    let (dot, _, _) = ents
-        .iter()
-        .find(|(_, _, n)| n == b".")
-        .expect("'.'")
-        .clone();
-    let mut m = img.clone();
-    m[dot..dot + 8].copy_from_slice(&usr_nid.to_le_bytes());
-    expect_err(&m, "'.' entry");
+    let (dot, _, _) = find_dirent(&ents, b".", "'.'");
+    expect_err(&with_dirent_nid(&img, dot, usr_nid), "'.' entry");
 }
 
 #[test]
 fn out_of_range_references_are_rejected() {
     let img = config_image();
     let ents = root_dirents(&img);
-    let (at, nid, _) = ents
-        .iter()
-        .find(|(_, _, n)| n == b"etc")
-        .expect("/etc")
-        .clone();
+    let (at, nid, _) = find_dirent(&ents, b"etc", "/etc");
     // A nid far beyond the image, and one at the very top of the range (overflow).
     for bad in [u64::from(u32::MAX), u64::MAX, u64::MAX / 32] {
-        let mut m = img.clone();
-        m[at..at + 8].copy_from_slice(&bad.to_le_bytes());
+        let m = with_dirent_nid(&img, at, bad);
         assert!(read_image(&m).is_err(), "nid {bad:#x} accepted");
     }
     // A nid one slot into another inode: overlapping inodes.
-    let mut m = img.clone();
-    m[at..at + 8].copy_from_slice(&(nid + 1).to_le_bytes());
+    let m = with_dirent_nid(&img, at, nid + 1);
     assert!(
         read_image(&m).is_err(),
         "an inode overlapping /etc accepted"
@@ -745,14 +649,8 @@ fn random_tree(rng: &mut XorShift, n: usize) -> Tree {
 #[test]
 fn random_trees_round_trip_through_the_reader() {
     // CFS_RANDOM_ROUNDS / CFS_RANDOM_SEED run it longer or elsewhere; the default is brief.
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let rounds = env("CFS_RANDOM_ROUNDS", 60) as usize;
-    let mut rng = XorShift(env("CFS_RANDOM_SEED", 0x2545_f491_4f6c_dd1d) | 1);
+    let rounds = env_or("CFS_RANDOM_ROUNDS", 60u64) as usize;
+    let mut rng = XorShift(env_or("CFS_RANDOM_SEED", 0x2545_f491_4f6c_dd1du64) | 1);
     let (mut done, mut refused) = (0, 0);
     for round in 0..rounds {
         let n = [5, 20, 60, 200, 600][round % 5];
@@ -762,13 +660,7 @@ fn random_trees_round_trip_through_the_reader() {
         } else {
             Some(rng.below(2) as u32)
         };
-        let opts = match version {
-            Some(v) => WriteOptions {
-                min_version: v,
-                max_version: v,
-            },
-            None => WriteOptions::default(),
-        };
+        let opts = write_options(version);
         let mut img = Vec::new();
         if let Err(e) = write_image(&tree, &opts, &mut img) {
             // The writer may refuse a random tree (e.g. too many xattrs for one inode).
@@ -792,20 +684,7 @@ fn random_trees_round_trip_through_the_reader() {
                 dir.display()
             );
         }
-        let dump = dump_of(&t1);
-        let t2 = parse(
-            &dump,
-            &DumpOptions {
-                strict: true,
-                limits: Limits::default(),
-            },
-        )
-        .unwrap_or_else(|e| panic!("round {round}: the printed dump does not parse: {e}"));
-        assert_eq!(
-            listing(&t1),
-            listing(&t2),
-            "round {round}: dump → parse changed the tree"
-        );
+        let (_, t2) = print_and_reparse(&t1, &format!("round {round}"));
         assert!(
             build(&t2, Some(info.composefs_version)) == img,
             "round {round}: the inspected dump rebuilds another image"
@@ -828,18 +707,7 @@ fn random_trees_round_trip_through_the_reader() {
 fn inspect_command_prints_the_dump() {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
-    let case = cases()
-        .into_iter()
-        .find(|c| c.name == "special_v1.dump")
-        .expect("special_v1.dump case");
-    let tree = parse(
-        &case.input,
-        &DumpOptions {
-            strict: true,
-            limits: Limits::default(),
-        },
-    )
-    .expect("parse");
+    let tree = case("special_v1.dump").tree();
     let img = build(&tree, Some(1));
     let want = dump_of(&read_image(&img).expect("read_image"));
     let dir = tempfile::tempdir().expect("tempdir");

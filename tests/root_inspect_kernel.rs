@@ -11,19 +11,26 @@
 //! Needs root (mount); fails, with the reason, when not root.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cfsmount::erofs::reader::{read_image_with, ReadLimits};
-use cfsmount::erofs::writer::{write_image, WriteOptions};
 use cfsmount::input::dump::{parse, DumpOptions};
 use cfsmount::tree::Limits;
 
 #[path = "support/random_tree.rs"]
 mod random_tree;
+#[path = "support/conformance.rs"]
+mod conformance;
+use conformance::{is_strict, read_input};
+#[path = "support/image.rs"]
+mod image;
+use image::build;
+#[path = "support/hostile.rs"]
+mod hostile;
+use hostile::{corrupted, env_or, XorShift};
 
 fn require_root() {
     assert!(
@@ -32,53 +39,18 @@ fn require_root() {
     );
 }
 
-fn conformance() -> PathBuf {
-    let dir = match std::env::var_os("CFS_CONFORMANCE") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"),
-    };
-    let d = dir.join("composefs-dump");
-    assert!(
-        d.is_dir(),
-        "conformance data not found at {} (set CFS_CONFORMANCE)",
-        d.display()
-    );
-    d
-}
-
+/// The image of the conformance dumpfile case `name`, at `version` when given.
 fn dump_case(name: &str, version: Option<u32>) -> Vec<u8> {
-    let dir = conformance();
-    let mut raw = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    if name.ends_with(".gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .expect("gunzip");
-        raw = out;
-    }
-    let lenient = name.starts_with("longlink");
+    let raw = read_input(&conformance::dump_dir(), name);
     let tree = parse(
         &raw,
         &DumpOptions {
-            strict: !lenient,
+            strict: is_strict(name),
             limits: Limits::default(),
         },
     )
     .expect("parse");
     build(&tree, version)
-}
-
-fn build(tree: &cfsmount::tree::Tree, version: Option<u32>) -> Vec<u8> {
-    let opts = match version {
-        Some(v) => WriteOptions {
-            min_version: v,
-            max_version: v,
-        },
-        None => WriteOptions::default(),
-    };
-    let mut img = Vec::new();
-    write_image(tree, &opts, &mut img).expect("write_image");
-    img
 }
 
 /// Removes the image file and the mount point when dropped (after the unmount).
@@ -233,19 +205,6 @@ fn xattrs(p: &Path) -> Result<BTreeMap<Vec<u8>, String>, String> {
     Ok(m)
 }
 
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 #[test]
 fn accepted_corruptions_look_the_same_to_the_kernel() {
     require_root();
@@ -264,14 +223,8 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
             build(&random_tree::random_tree(seed, 120), None),
         ));
     }
-    let per_base: usize = std::env::var("CFS_KERNEL_DIFF_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
-    let seed = std::env::var("CFS_KERNEL_DIFF_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0xdead_beef_1234_5677u64);
+    let per_base: usize = env_or("CFS_KERNEL_DIFF_CASES", 12);
+    let seed = env_or("CFS_KERNEL_DIFF_SEED", 0xdead_beef_1234_5677u64);
     let mut rng = XorShift(seed | 1);
     let (mut compared, mut refused) = (0usize, 0usize);
     for (name, img) in &bases {
@@ -284,20 +237,12 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
             if accepted == per_base {
                 break;
             }
-            let mut m = img.clone();
             let span = if attempt % 5 == 4 {
-                m.len()
+                img.len()
             } else {
-                m.len().min(1 << 16)
+                img.len().min(1 << 16)
             };
-            for _ in 0..1 + rng.below(3) {
-                let at = rng.below(span);
-                if attempt % 2 == 0 {
-                    m[at] ^= 1 << rng.below(8);
-                } else {
-                    m[at] = rng.next() as u8;
-                }
-            }
+            let m = corrupted(&mut rng, img, span, 3, attempt % 2 == 0);
             if m == *img {
                 continue;
             }

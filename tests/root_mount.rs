@@ -6,9 +6,9 @@
 //! loop device, EROFS superblock) is left behind. Needs root: fails with the reason otherwise.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -30,13 +30,25 @@ fn setup() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `setup()`, a new scratch dir, and the snapshot of it that `assert_clean` compares with.
+/// (Bind all three, in this order: the scratch dir is dropped while the lock is still held.)
+fn setup_with_scratch() -> (MutexGuard<'static, ()>, Scratch, Snapshot) {
+    let guard = setup();
+    let s = Scratch::new();
+    let before = snapshot(s.dir.path());
+    (guard, s, before)
+}
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cfsmount")
 }
 
 #[path = "support/conformance.rs"]
 mod conformance;
-use conformance::{dump_dir as conformance_dir, read_input};
+use conformance::{dump_dir as conformance_dir, forced_version, is_strict, read_input};
+#[path = "support/image.rs"]
+mod image;
+use image::{sha256_hex, write_options};
 
 /// A scratch area for one test: images, objects, mount points, a private state dir.
 struct Scratch {
@@ -334,33 +346,19 @@ fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
     checked
 }
 
+/// The tree of the conformance dumpfile case `name` and the writer options it asks for.
 fn load_case(name: &str) -> (Tree, WriteOptions) {
     let dir = conformance_dir();
-    let lenient = [
-        "no-newline.dump",
-        "longlink.dump",
-        "honggfuzz-longlink-unterminated.dump",
-    ];
     let input = read_input(&dir, name);
     let tree = parse(
         &input,
         &DumpOptions {
-            strict: !lenient.contains(&name),
+            strict: is_strict(name),
             limits: Limits::default(),
         },
     )
     .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let opts = match std::fs::read_to_string(dir.join(format!("{name}.version"))) {
-        Ok(v) => {
-            let v = v.trim().parse().unwrap();
-            WriteOptions {
-                min_version: v,
-                max_version: v,
-            }
-        }
-        Err(_) => WriteOptions::default(),
-    };
-    (tree, opts)
+    (tree, write_options(forced_version(&dir, name)))
 }
 
 fn write_img(tree: &Tree, opts: &WriteOptions, path: &Path) {
@@ -386,6 +384,107 @@ fn umount(s: &Scratch, mnt: &Path) {
     run_ok(c);
 }
 
+/// `umount` of `mnt`, then `assert_clean` against `before`.
+fn umount_and_assert_clean(s: &Scratch, mnt: &Path, before: &Snapshot, ctx: &str) {
+    umount(s, mnt);
+    assert_clean(before, s.dir.path(), ctx);
+}
+
+/// The arguments `SOURCE MNT --basedir OBJS EXTRA...` of `cfsmount mount`.
+fn mount_args(source: &Path, mnt: &Path, objs: &Path, extra: &[&dyn AsRef<OsStr>]) -> Vec<OsString> {
+    let mut v: Vec<OsString> = vec![source.into(), mnt.into(), "--basedir".into(), objs.into()];
+    v.extend(extra.iter().map(|a| a.as_ref().to_os_string()));
+    v
+}
+
+/// `cfsmount mount SOURCE MNT --basedir OBJS` with the scratch state dir; callers add options.
+fn mount_cmd(s: &Scratch, source: &Path, mnt: &Path, objs: &Path) -> Command {
+    let mut c = s.cmd();
+    c.arg("mount").args(mount_args(source, mnt, objs, &[]));
+    c
+}
+
+/// `cfsmount mount IMG --basedir OBJS` without a target (for `--fd-out`); callers add options.
+fn detached_mount_cmd(s: &Scratch, img: &Path, objs: &Path) -> Command {
+    let mut c = s.cmd();
+    c.arg("mount").arg(img).arg("--basedir").arg(objs);
+    c
+}
+
+/// util-linux `mount -t composefs -o OPTS SOURCE MNT` with the scratch state dir, run to the end.
+fn mount_t_composefs(s: &Scratch, opts: impl AsRef<OsStr>, source: &Path, mnt: &Path) -> Output {
+    Command::new("mount")
+        .env("CFSMOUNT_STATE_DIR", s.path("state"))
+        .args(["-t", "composefs", "-o"])
+        .arg(opts)
+        .arg(source)
+        .arg(mnt)
+        .output()
+        .unwrap()
+}
+
+/// Writes `tree` as the image `img_name` and its objects under the new directory `objs_name`.
+fn write_img_and_objects(
+    s: &Scratch,
+    tree: &Tree,
+    opts: &WriteOptions,
+    img_name: &str,
+    objs_name: &str,
+) -> (PathBuf, PathBuf) {
+    let img = s.path(img_name);
+    write_img(tree, opts, &img);
+    let objs = s.mkdir(objs_name);
+    write_objects(tree, &objs);
+    (img, objs)
+}
+
+/// Receives one message with room for one SCM_RIGHTS fd: (bytes received, fds received).
+fn receive_fds(sock: impl AsFd) -> (usize, Vec<OwnedFd>) {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    let r = recvmsg(
+        sock,
+        &mut [std::io::IoSliceMut::new(&mut byte)],
+        &mut anc,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .unwrap();
+    let mut fds = Vec::new();
+    for m in anc.drain() {
+        if let RecvAncillaryMessage::ScmRights(it) = m {
+            fds.extend(it);
+        }
+    }
+    (r.bytes, fds)
+}
+
+/// Attaches a detached mount (a received mount fd) at `mnt`.
+fn attach_mount_fd(fd: &OwnedFd, mnt: &Path) {
+    rustix::mount::move_mount(
+        fd,
+        "",
+        rustix::fs::CWD,
+        mnt,
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .unwrap();
+}
+
+/// Waits up to 2 s for process `pid` to be in a `kind` namespace (`user`, `mnt`) other than
+/// ours; returns whether it is.
+fn wait_for_other_namespace(pid: u32, kind: &str) -> bool {
+    let own = std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap();
+    for _ in 0..100 {
+        if std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).is_ok_and(|l| l != own) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
 // ---------------------------------------------------------------------------------------------
 
 const CASES: &[&str] = &[
@@ -400,19 +499,14 @@ const CASES: &[&str] = &[
 
 #[test]
 fn cfsmount_conformance_file_backed_and_loop() {
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
+    let (_g, s, before) = setup_with_scratch();
     for name in CASES {
         let (tree, opts) = load_case(name);
-        let img = s.path(&format!("{name}.img"));
-        write_img(&tree, &opts, &img);
-        let objs = s.mkdir(&format!("objs-{name}"));
-        write_objects(&tree, &objs);
+        let (img, objs) = write_img_and_objects(&s, &tree, &opts, &format!("{name}.img"), &format!("objs-{name}"));
         let mnt = s.mkdir(&format!("mnt-{name}"));
         for force_loop in [false, true] {
             let mut c = s.cmd();
-            c.args(["mount", "-v"]).arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+            c.args(["mount", "-v"]).args(mount_args(&img, &mnt, &objs, &[]));
             if force_loop {
                 c.arg("--force-loop");
             }
@@ -467,9 +561,7 @@ impl Drop for HelperLink {
 
 #[test]
 fn util_linux_mount_t_composefs() {
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
+    let (_g, s, before) = setup_with_scratch();
     let link = HelperLink::new();
     for name in [
         "special_v1.dump",
@@ -477,28 +569,18 @@ fn util_linux_mount_t_composefs() {
         "cs9-x86_64-minimal.dump.gz",
     ] {
         let (tree, opts) = load_case(name);
-        let img = s.path(&format!("{name}.img"));
-        write_img(&tree, &opts, &img);
         // A basedir whose name needs escaping in the option string.
-        let objs = s.mkdir(&format!("objs,{name}"));
-        write_objects(&tree, &objs);
+        let (img, objs) = write_img_and_objects(&s, &tree, &opts, &format!("{name}.img"), &format!("objs,{name}"));
         let mnt = s.mkdir(&format!("mnt-{name}"));
         let opt = format!("basedir={},ro", objs.to_string_lossy().replace(',', "\\,"));
-        let out = Command::new("mount")
-            .env("CFSMOUNT_STATE_DIR", s.path("state"))
-            .args(["-t", "composefs", "-o", &opt])
-            .arg(&img)
-            .arg(&mnt)
-            .output()
-            .unwrap();
+        let out = mount_t_composefs(&s, &opt, &img, &mnt);
         assert!(
             out.status.success(),
             "mount -t composefs {name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         check_tree(&tree, &mnt, 0, &format!("mount -t composefs {name}"));
-        umount(&s, &mnt);
-        assert_clean(&before, s.dir.path(), name);
+        umount_and_assert_clean(&s, &mnt, &before, name);
     }
     // Unknown options are an error, through util-linux too, and nothing is mounted.
     let (tree, opts) = load_case("special.dump");
@@ -506,14 +588,7 @@ fn util_linux_mount_t_composefs() {
     write_img(&tree, &opts, &img);
     let objs = s.mkdir("objs-special");
     let mnt = s.mkdir("mnt-special");
-    let out = Command::new("mount")
-        .env("CFSMOUNT_STATE_DIR", s.path("state"))
-        .args(["-t", "composefs", "-o"])
-        .arg(format!("basedir={},frobnicate", objs.display()))
-        .arg(&img)
-        .arg(&mnt)
-        .output()
-        .unwrap();
+    let out = mount_t_composefs(&s, format!("basedir={},frobnicate", objs.display()), &img, &mnt);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Unsupported option frobnicate"),
@@ -532,9 +607,7 @@ fn util_linux_mount_t_composefs() {
 
 #[test]
 fn helper_form_flags_and_fake() {
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
+    let (_g, s, before) = setup_with_scratch();
     let (tree, opts) = load_case("special.dump");
     let img = s.path("img");
     write_img(&tree, &opts, &img);
@@ -576,17 +649,13 @@ fn helper_form_flags_and_fake() {
     let out = run_ok(c);
     assert!(String::from_utf8_lossy(&out.stderr).contains("overlay mount id"));
     check_tree(&tree, &mnt, 0, "helper -s");
-    umount(&s, &mnt);
-    assert_clean(&before, s.dir.path(), "helper form");
+    umount_and_assert_clean(&s, &mnt, &before, "helper form");
 }
 
 /// A TOC written by the test, with its objects: contents through the mount equal the objects.
 #[test]
 fn toc_with_objects() {
-    use sha2::Digest;
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
+    let (_g, s, before) = setup_with_scratch();
     let objs = s.mkdir("objs");
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("etc/hostname", b"composefs-test\n".to_vec()),
@@ -598,7 +667,7 @@ fn toc_with_objects() {
         serde_json::json!({"type": "dir", "name": "usr/share/doc", "mode": 0o755, "uid": 0, "gid": 0, "modtime": "2024-01-02T03:04:05Z"}),
     ];
     for (name, data) in &files {
-        let h = hex(&sha2::Sha256::digest(data));
+        let h = sha256_hex(data);
         if !data.is_empty() {
             let p = objs.join(&h[..2]).join(&h[2..]);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -626,8 +695,7 @@ fn toc_with_objects() {
         (&toc_path, true, false),
         (&toc_path, true, true),
     ] {
-        let mut c = s.cmd();
-        c.arg("mount").arg(source).arg(&mnt).arg("--basedir").arg(&objs);
+        let mut c = mount_cmd(&s, source, &mnt, &objs);
         if toc {
             c.arg("--toc");
         }
@@ -654,14 +722,7 @@ fn toc_with_objects() {
     // The same image through util-linux `mount -t composefs` and the helper link.
     {
         let _link = HelperLink::new();
-        let out = Command::new("mount")
-            .env("CFSMOUNT_STATE_DIR", s.path("state"))
-            .args(["-t", "composefs", "-o"])
-            .arg(format!("basedir={},ro", objs.display()))
-            .arg(&img)
-            .arg(&mnt)
-            .output()
-            .unwrap();
+        let out = mount_t_composefs(&s, format!("basedir={},ro", objs.display()), &img, &mnt);
         assert!(
             out.status.success(),
             "mount -t composefs: {}",
@@ -684,13 +745,8 @@ fn toc_with_objects() {
     let dobjs = s.mkdir("dobjs");
     let tree = dump_tree(SMALL);
     write_objects(&tree, &dobjs);
-    let mut c = s.cmd();
-    c.arg("mount")
-        .arg(&dump)
-        .arg(&mnt)
-        .arg("--basedir")
-        .arg(&dobjs)
-        .arg("--dump");
+    let mut c = mount_cmd(&s, &dump, &mnt, &dobjs);
+    c.arg("--dump");
     run_ok(c);
     check_tree(&tree, &mnt, 0, "--dump");
     umount(&s, &mnt);
@@ -700,20 +756,11 @@ fn toc_with_objects() {
         br#"{"version":1,"entries":[{"type":"reg","name":"../../etc/passwd","size":1}]}"#,
     )
     .unwrap();
-    let mut c = s.cmd();
-    c.arg("mount")
-        .arg(&toc_path)
-        .arg(&mnt)
-        .arg("--basedir")
-        .arg(&objs)
-        .arg("--toc");
+    let mut c = mount_cmd(&s, &toc_path, &mnt, &objs);
+    c.arg("--toc");
     run_fail(c, "building the image failed");
     assert_eq!(std::fs::read_dir(s.path("state")).unwrap().count(), 0);
     assert_clean(&before, s.dir.path(), "toc");
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 const SMALL: &str = "/ 4096 40755 3 0 0 0 1000.0 - - -\n\
@@ -722,25 +769,25 @@ const SMALL: &str = "/ 4096 40755 3 0 0 0 1000.0 - - -\n\
 /sub 4096 40750 2 10 10 0 1000.0 - - -\n\
 /sub/x 11 100600 1 0 0 0 1000.0 ab/cdef - -\n";
 
+/// The SMALL tree, written as `small.img` with its objects in `objs`.
 fn small_setup(s: &Scratch) -> (Tree, PathBuf, PathBuf) {
     let tree = dump_tree(SMALL);
-    let img = s.path("small.img");
-    write_img(&tree, &WriteOptions::default(), &img);
-    let objs = s.mkdir("objs");
-    write_objects(&tree, &objs);
+    let (img, objs) = write_img_and_objects(s, &tree, &WriteOptions::default(), "small.img", "objs");
     (tree, img, objs)
+}
+
+/// `small_setup` plus an empty mount point `mnt`.
+fn small_setup_with_mnt(s: &Scratch) -> (Tree, PathBuf, PathBuf, PathBuf) {
+    let (tree, img, objs) = small_setup(s);
+    (tree, img, objs, s.mkdir("mnt"))
 }
 
 #[test]
 fn idmapped_mounts() {
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
-    let (tree, img, objs) = small_setup(&s);
-    let mnt = s.mkdir("mnt");
+    let (_g, s, before) = setup_with_scratch();
+    let (tree, img, objs, mnt) = small_setup_with_mnt(&s);
     for force_loop in [false, true] {
-        let mut c = s.cmd();
-        c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+        let mut c = mount_cmd(&s, &img, &mnt, &objs);
         c.args(["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"]);
         if force_loop {
             c.arg("--force-loop");
@@ -764,49 +811,27 @@ fn idmapped_mounts() {
     // --idmap with an existing user namespace: util-linux unshare holds it, we (root) write its maps.
     let mut child = Command::new("unshare").args(["--user", "sleep", "60"]).spawn().unwrap();
     let ns = PathBuf::from(format!("/proc/{}/ns/user", child.id()));
-    let own = std::fs::read_link("/proc/self/ns/user").unwrap();
-    let mut ok = false;
-    for _ in 0..100 {
-        if std::fs::read_link(&ns).is_ok_and(|l| l != own) {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let ok = wait_for_other_namespace(child.id(), "user");
     assert!(ok, "unshare did not create a user namespace");
     std::fs::write(format!("/proc/{}/uid_map", child.id()), "0 200000 65536\n").unwrap();
     std::fs::write(format!("/proc/{}/gid_map", child.id()), "0 200000 65536\n").unwrap();
-    let mut c = s.cmd();
-    c.arg("mount")
-        .arg(&img)
-        .arg(&mnt)
-        .arg("--basedir")
-        .arg(&objs)
-        .arg("--idmap")
-        .arg(&ns);
+    let mut c = mount_cmd(&s, &img, &mnt, &objs);
+    c.arg("--idmap").arg(&ns);
     run_ok(c);
     let _ = child.kill();
     let _ = child.wait();
     check_tree(&tree, &mnt, 200000, "--idmap");
     umount(&s, &mnt);
     // Not a user namespace: refused.
-    let mut c = s.cmd();
-    c.arg("mount")
-        .arg(&img)
-        .arg(&mnt)
-        .arg("--basedir")
-        .arg(&objs)
-        .arg("--idmap")
-        .arg("/proc/self/ns/net");
+    let mut c = mount_cmd(&s, &img, &mnt, &objs);
+    c.arg("--idmap").arg("/proc/self/ns/net");
     run_fail(c, "not a user namespace");
     assert_clean(&before, s.dir.path(), "idmap");
 }
 
 #[test]
 fn layers_whiteouts_and_opaque_dirs() {
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
+    let (_g, s, before) = setup_with_scratch();
     let lower = dump_tree(
         "/ 4096 40755 4 0 0 0 1000.0 - - -\n\
 /a 3 100644 1 0 0 0 1000.0 - aaa -\n\
@@ -833,14 +858,8 @@ fn layers_whiteouts_and_opaque_dirs() {
     write_objects(&lower, &objs);
     let mnt = s.mkdir("mnt");
     for force_loop in [false, true] {
-        let mut c = s.cmd();
-        c.arg("mount")
-            .arg(&l)
-            .arg(&mnt)
-            .arg("--basedir")
-            .arg(&objs)
-            .arg("--layer")
-            .arg(&u);
+        let mut c = mount_cmd(&s, &l, &mnt, &objs);
+        c.arg("--layer").arg(&u);
         if force_loop {
             c.arg("--force-loop");
         }
@@ -869,25 +888,17 @@ fn layers_whiteouts_and_opaque_dirs() {
             BTreeSet::from(["keep".to_string(), "new".to_string()]),
             "non-opaque /e merges"
         );
-        umount(&s, &mnt);
-        assert_clean(&before, s.dir.path(), "layers");
+        umount_and_assert_clean(&s, &mnt, &before, "layers");
     }
     // A lower-layer object is read through the stack.
-    let mut c = s.cmd();
-    c.arg("mount")
-        .arg(&u)
-        .arg(&mnt)
-        .arg("--basedir")
-        .arg(&objs)
-        .arg("--layer")
-        .arg(&l);
+    let mut c = mount_cmd(&s, &u, &mnt, &objs);
+    c.arg("--layer").arg(&l);
     run_ok(c);
     // now the old lower is on top: /a is back, /d is merged? no: /d of the top (lower.img) is not opaque
     assert_eq!(std::fs::read(mnt.join("a")).unwrap(), b"aaa");
     let y = std::fs::read(mnt.join("d/y")).unwrap();
     assert_eq!(y, object_pattern(b"ab/cdef", 11));
-    umount(&s, &mnt);
-    assert_clean(&before, s.dir.path(), "layers reversed");
+    umount_and_assert_clean(&s, &mnt, &before, "layers reversed");
 }
 
 /// LOOP_CTL_GET_FREE hands out the same device to racing processes; the loser must retry.
@@ -895,11 +906,8 @@ fn layers_whiteouts_and_opaque_dirs() {
 fn loop_ebusy_race() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
-    let (tree, img, objs) = small_setup(&s);
-    let mnt = s.mkdir("mnt");
+    let (_g, s, before) = setup_with_scratch();
+    let (tree, img, objs, mnt) = small_setup_with_mnt(&s);
     let dummy = s.path("dummy");
     std::fs::write(&dummy, vec![0u8; 1 << 20]).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -928,13 +936,8 @@ fn loop_ebusy_race() {
         })
     };
     for i in 0..30 {
-        let mut c = s.cmd();
-        c.arg("mount")
-            .arg(&img)
-            .arg(&mnt)
-            .arg("--basedir")
-            .arg(&objs)
-            .arg("--force-loop");
+        let mut c = mount_cmd(&s, &img, &mnt, &objs);
+        c.arg("--force-loop");
         run_ok(c);
         if i % 10 == 0 {
             check_tree(&tree, &mnt, 0, "race");
@@ -953,9 +956,7 @@ fn loop_ebusy_race() {
 /// An in-process race on the same free device number: two threads attach at once, many times.
 #[test]
 fn loop_attach_concurrent_threads() {
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
+    let (_g, s, before) = setup_with_scratch();
     let (_, img, _) = small_setup(&s);
     // Rounds until the race was actually lost at least once (typically dozens of times per round).
     let mut total = 0;
@@ -992,15 +993,11 @@ fn loop_attach_concurrent_threads() {
 
 #[test]
 fn cycles_200_leave_nothing() {
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
+    let (_g, s, before) = setup_with_scratch();
     let losetup_before = String::from_utf8(Command::new("losetup").arg("-a").output().unwrap().stdout).unwrap();
-    let (_, img, objs) = small_setup(&s);
-    let mnt = s.mkdir("mnt");
+    let (_, img, objs, mnt) = small_setup_with_mnt(&s);
     for i in 0..200 {
-        let mut c = s.cmd();
-        c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
+        let mut c = mount_cmd(&s, &img, &mnt, &objs);
         if i % 2 == 1 {
             c.arg("--force-loop");
         }
@@ -1021,11 +1018,8 @@ fn cycles_200_leave_nothing() {
 
 #[test]
 fn injected_failures_leave_nothing() {
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
-    let (_, img, objs) = small_setup(&s);
-    let mnt = s.mkdir("mnt");
+    let (_g, s, before) = setup_with_scratch();
+    let (_, img, objs, mnt) = small_setup_with_mnt(&s);
     let garbage = s.path("garbage.img");
     std::fs::write(&garbage, vec![0x5au8; 8192]).unwrap();
     // A composefs header and EROFS magic, but a corrupt superblock: fails in the kernel, after
@@ -1040,143 +1034,30 @@ fn injected_failures_leave_nothing() {
     // workdir inside upperdir: refused by overlayfs at creation, after the EROFS mount exists.
     let nested_work = s.mkdir("upper/work");
     let nodir = s.path("nonexistent");
-    let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
+    let mut cases: Vec<(Vec<OsString>, &str)> = vec![
+        (mount_args(&img, &mnt, &nodir, &[]), "basedir"),
+        (mount_args(&nodir, &mnt, &objs, &[]), "nonexistent"),
+        (mount_args(&garbage, &mnt, &objs, &[]), "not a composefs image"),
+        (mount_args(&corrupt_p, &mnt, &objs, &[]), "EROFS mount failed"),
+        (mount_args(&corrupt_p, &mnt, &objs, &[&"--force-loop"]), "EROFS mount failed"),
+        (mount_args(&img, &nodir, &objs, &[]), "target"),
+        (mount_args(&img, &mnt, &objs, &[&"--digest", &"00".repeat(32)]), "digest"),
+        (mount_args(&img, &mnt, &objs, &[&"--digest", &"xyz"]), "digest"),
         (
-            vec![
-                img.clone().into(),
-                mnt.clone().into(),
-                "--basedir".into(),
-                nodir.clone().into(),
-            ],
-            "basedir",
-        ),
-        (
-            vec![
-                nodir.clone().into(),
-                mnt.clone().into(),
-                "--basedir".into(),
-                objs.clone().into(),
-            ],
-            "nonexistent",
-        ),
-        (
-            vec![
-                garbage.clone().into(),
-                mnt.clone().into(),
-                "--basedir".into(),
-                objs.clone().into(),
-            ],
-            "not a composefs image",
-        ),
-        (
-            vec![
-                corrupt_p.clone().into(),
-                mnt.clone().into(),
-                "--basedir".into(),
-                objs.clone().into(),
-            ],
-            "EROFS mount failed",
-        ),
-        (
-            vec![
-                corrupt_p.clone().into(),
-                mnt.clone().into(),
-                "--basedir".into(),
-                objs.clone().into(),
-                "--force-loop".into(),
-            ],
-            "EROFS mount failed",
-        ),
-        (
-            vec![
-                img.clone().into(),
-                nodir.clone().into(),
-                "--basedir".into(),
-                objs.clone().into(),
-            ],
-            "target",
-        ),
-        (
-            vec![
-                img.clone().into(),
-                mnt.clone().into(),
-                "--basedir".into(),
-                objs.clone().into(),
-                "--digest".into(),
-                "00".repeat(32).into(),
-            ],
-            "digest",
-        ),
-        (
-            vec![
-                img.clone().into(),
-                mnt.clone().into(),
-                "--basedir".into(),
-                objs.clone().into(),
-                "--digest".into(),
-                "xyz".into(),
-            ],
-            "digest",
-        ),
-        (
-            vec![
-                img.clone().into(),
-                mnt.clone().into(),
-                "--basedir".into(),
-                objs.clone().into(),
-                "--upperdir".into(),
-                upper.clone().into(),
-                "--workdir".into(),
-                nodir.clone().into(),
-            ],
+            mount_args(&img, &mnt, &objs, &[&"--upperdir", &upper, &"--workdir", &nodir]),
             "workdir",
         ),
+        (mount_args(&img, &mnt, &objs, &[&"--idmap", &nodir]), "nonexistent"),
         (
-            vec![
-                img.clone().into(),
-                mnt.clone().into(),
-                "--basedir".into(),
-                objs.clone().into(),
-                "--idmap".into(),
-                nodir.clone().into(),
-            ],
-            "nonexistent",
-        ),
-        (
-            vec![
-                img.clone().into(),
-                mnt.clone().into(),
-                "--basedir".into(),
-                objs.clone().into(),
-                "--uidmap".into(),
-                "0:4294967295:2".into(),
-                "--gidmap".into(),
-                "0:1:1".into(),
-            ],
+            mount_args(&img, &mnt, &objs, &[&"--uidmap", &"0:4294967295:2", &"--gidmap", &"0:1:1"]),
             "bad id map",
         ),
         (
-            vec![
-                img.clone().into(),
-                mnt.clone().into(),
-                "--basedir".into(),
-                objs.clone().into(),
-                "--layer".into(),
-                garbage.clone().into(),
-                "--force-loop".into(),
-            ],
+            mount_args(&img, &mnt, &objs, &[&"--layer", &garbage, &"--force-loop"]),
             "not a composefs image",
         ),
         (
-            vec![
-                img.clone().into(),
-                mnt.clone().into(),
-                "--basedir".into(),
-                objs.clone().into(),
-                "--layer".into(),
-                corrupt_p.clone().into(),
-                "--force-loop".into(),
-            ],
+            mount_args(&img, &mnt, &objs, &[&"--layer", &corrupt_p, &"--force-loop"]),
             "EROFS mount failed",
         ),
         (
@@ -1190,18 +1071,8 @@ fn injected_failures_leave_nothing() {
             "connect",
         ),
     ];
-    let mut cases = cases;
     for force_loop in [false, true] {
-        let mut v: Vec<std::ffi::OsString> = vec![
-            img.clone().into(),
-            mnt.clone().into(),
-            "--basedir".into(),
-            objs.clone().into(),
-            "--upperdir".into(),
-            upper.clone().into(),
-            "--workdir".into(),
-            nested_work.clone().into(),
-        ];
+        let mut v = mount_args(&img, &mnt, &objs, &[&"--upperdir", &upper, &"--workdir", &nested_work]);
         if force_loop {
             v.push("--force-loop".into());
         }
@@ -1216,15 +1087,11 @@ fn injected_failures_leave_nothing() {
     }
     // A record whose mount was removed behind cfsmount's back (plain umount) is pruned by the
     // next mount.
-    let mut c = s.cmd();
-    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
-    run_ok(c);
+    run_ok(mount_cmd(&s, &img, &mnt, &objs));
     assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
     assert_eq!(s.records(), 1);
     let mnt2 = s.mkdir("mnt2");
-    let mut c = s.cmd();
-    c.arg("mount").arg(&img).arg(&mnt2).arg("--basedir").arg(&objs);
-    run_ok(c);
+    run_ok(mount_cmd(&s, &img, &mnt2, &objs));
     assert_eq!(s.records(), 1, "the stale record was pruned");
     umount(&s, &mnt2);
     assert_eq!(s.records(), 0);
@@ -1238,39 +1105,16 @@ fn injected_failures_leave_nothing() {
 /// --fd-out: the detached overlay goes over a unix socket; the receiver attaches it.
 #[test]
 fn fd_out_handover() {
-    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
+    let (_g, s, before) = setup_with_scratch();
     let (tree, img, objs) = small_setup(&s);
     let sock = s.path("sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let mut c = s.cmd();
-    c.arg("mount")
-        .arg(&img)
-        .arg("--basedir")
-        .arg(&objs)
-        .arg("--fd-out")
-        .arg(&sock);
+    let mut c = detached_mount_cmd(&s, &img, &objs);
+    c.arg("--fd-out").arg(&sock);
     let child = c.spawn().unwrap();
     let (conn, _) = listener.accept().unwrap();
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut anc = RecvAncillaryBuffer::new(&mut space);
-    let mut byte = [0u8; 1];
-    let r = recvmsg(
-        &conn,
-        &mut [std::io::IoSliceMut::new(&mut byte)],
-        &mut anc,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .unwrap();
-    assert_eq!(r.bytes, 1);
-    let mut fds = Vec::new();
-    for m in anc.drain() {
-        if let RecvAncillaryMessage::ScmRights(it) = m {
-            fds.extend(it);
-        }
-    }
+    let (bytes, fds) = receive_fds(&conn);
+    assert_eq!(bytes, 1);
     assert_eq!(fds.len(), 1, "one mount fd received");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -1279,14 +1123,7 @@ fn fd_out_handover() {
     assert!(!std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .contains(&*mnt.to_string_lossy()));
-    rustix::mount::move_mount(
-        &fds[0],
-        "",
-        rustix::fs::CWD,
-        &mnt,
-        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .unwrap();
+    attach_mount_fd(&fds[0], &mnt);
     drop(fds);
     check_tree(&tree, &mnt, 0, "fd-out");
     // The record (made without a target) is found by mount id once attached.
@@ -1299,22 +1136,14 @@ fn fd_out_handover() {
 /// path needs every escape.
 #[test]
 fn legacy_overlay_syntax() {
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
+    let (_g, s, before) = setup_with_scratch();
     let tree = dump_tree(SMALL);
-    let img = s.path("small.img");
-    write_img(&tree, &WriteOptions::default(), &img);
-    let objs = s.mkdir("ob,j\\ s=x");
-    write_objects(&tree, &objs);
+    let (img, objs) = write_img_and_objects(&s, &tree, &WriteOptions::default(), "small.img", "ob,j\\ s=x");
     let mnt = s.mkdir("mnt");
     let mut c = s.cmd();
     c.env("CFSMOUNT_TEST_LEGACY_OVERLAY", "1")
         .args(["mount", "-v"])
-        .arg(&img)
-        .arg(&mnt)
-        .arg("--basedir")
-        .arg(&objs);
+        .args(mount_args(&img, &mnt, &objs, &[]));
     let out = run_ok(c);
     assert!(String::from_utf8_lossy(&out.stderr).contains("legacy lowerdir string"));
     check_tree(&tree, &mnt, 0, "legacy");
@@ -1331,45 +1160,28 @@ fn legacy_overlay_syntax() {
         1,
         "only the record in the state dir"
     );
-    umount(&s, &mnt);
-    assert_clean(&before, s.dir.path(), "legacy");
+    umount_and_assert_clean(&s, &mnt, &before, "legacy");
     // Several layers, loop-backed, in the legacy syntax too.
     let upper = dump_tree("/ 4096 40755 2 0 0 0 1000.0 - - -\n/inline 0 20000 1 0 0 0 1000.0 - - -\n/new 2 100644 1 0 0 0 1000.0 - hi -\n");
     let uimg = s.path("upper.img");
     write_img(&upper, &WriteOptions::default(), &uimg);
-    let mut c = s.cmd();
-    c.env("CFSMOUNT_TEST_LEGACY_OVERLAY", "1")
-        .arg("mount")
-        .arg(&img)
-        .arg(&mnt)
-        .arg("--basedir")
-        .arg(&objs);
+    let mut c = mount_cmd(&s, &img, &mnt, &objs);
+    c.env("CFSMOUNT_TEST_LEGACY_OVERLAY", "1");
     c.arg("--layer").arg(&uimg).arg("--force-loop");
     run_ok(c);
     assert!(!mnt.join("inline").exists(), "whited out by the upper layer");
     assert_eq!(std::fs::read(mnt.join("new")).unwrap(), b"hi");
     assert_eq!(std::fs::read(mnt.join("file")).unwrap(), object_pattern(b"ab/cdef", 11));
-    umount(&s, &mnt);
-    assert_clean(&before, s.dir.path(), "legacy layers");
+    umount_and_assert_clean(&s, &mnt, &before, "legacy layers");
 }
 
 #[test]
 fn upperdir_makes_it_writable() {
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
-    let (tree, img, objs) = small_setup(&s);
+    let (_g, s, before) = setup_with_scratch();
+    let (_, img, objs) = small_setup(&s);
     let (up, work, mnt) = (s.mkdir("upper"), s.mkdir("work"), s.mkdir("mnt"));
-    let mut c = s.cmd();
-    c.arg("mount")
-        .arg(&img)
-        .arg(&mnt)
-        .arg("--basedir")
-        .arg(&objs)
-        .arg("--upperdir")
-        .arg(&up)
-        .arg("--workdir")
-        .arg(&work);
+    let mut c = mount_cmd(&s, &img, &mnt, &objs);
+    c.arg("--upperdir").arg(&up).arg("--workdir").arg(&work);
     run_ok(c);
     std::fs::write(mnt.join("newfile"), b"hi").unwrap();
     assert_eq!(std::fs::read(up.join("newfile")).unwrap(), b"hi");
@@ -1377,9 +1189,7 @@ fn upperdir_makes_it_writable() {
         std::fs::read(mnt.join("file")).unwrap()[..],
         object_pattern(b"ab/cdef", 11)[..]
     );
-    umount(&s, &mnt);
-    let _ = tree;
-    assert_clean(&before, s.dir.path(), "upper");
+    umount_and_assert_clean(&s, &mnt, &before, "upper");
 }
 
 /// --allow-suid/--allow-dev change the flags for root; without them the mount is nosuid,nodev.
@@ -1387,24 +1197,15 @@ fn upperdir_makes_it_writable() {
 fn suid_dev_flags() {
     let _g = setup();
     let s = Scratch::new();
-    let (_, img, objs) = small_setup(&s);
-    let mnt = s.mkdir("mnt");
-    let mut c = s.cmd();
-    c.arg("mount")
-        .arg(&img)
-        .arg(&mnt)
-        .arg("--basedir")
-        .arg(&objs)
-        .arg("--allow-suid")
-        .arg("--allow-dev");
+    let (_, img, objs, mnt) = small_setup_with_mnt(&s);
+    let mut c = mount_cmd(&s, &img, &mnt, &objs);
+    c.arg("--allow-suid").arg("--allow-dev");
     run_ok(c);
     let vfs = rustix::fs::statvfs(&mnt).unwrap();
     use rustix::fs::StatVfsMountFlags as F;
     assert!(!vfs.f_flag.contains(F::NOSUID) && !vfs.f_flag.contains(F::NODEV) && vfs.f_flag.contains(F::RDONLY));
     umount(&s, &mnt);
-    let mut c = s.cmd();
-    c.arg("mount").arg(&img).arg(&mnt).arg("--basedir").arg(&objs);
-    run_ok(c);
+    run_ok(mount_cmd(&s, &img, &mnt, &objs));
     let vfs = rustix::fs::statvfs(&mnt).unwrap();
     assert!(vfs.f_flag.contains(F::NOSUID | F::NODEV | F::RDONLY));
     umount(&s, &mnt);
@@ -1414,15 +1215,9 @@ fn suid_dev_flags() {
 fn statx_mount_ids_in_record() {
     let _g = setup();
     let s = Scratch::new();
-    let (_, img, objs) = small_setup(&s);
-    let mnt = s.mkdir("mnt");
-    let mut c = s.cmd();
-    c.arg("mount")
-        .arg(&img)
-        .arg(&mnt)
-        .arg("--basedir")
-        .arg(&objs)
-        .arg("--force-loop");
+    let (_, img, objs, mnt) = small_setup_with_mnt(&s);
+    let mut c = mount_cmd(&s, &img, &mnt, &objs);
+    c.arg("--force-loop");
     run_ok(c);
     let rec_path = std::fs::read_dir(s.path("state"))
         .unwrap()
@@ -1473,60 +1268,26 @@ fn statx_mount_ids_in_record() {
 /// `--fd-out N`: an inherited, connected socket fd (here stdin) instead of a socket path.
 #[test]
 fn fd_out_inherited_fd() {
-    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
+    let (_g, s, before) = setup_with_scratch();
     let (tree, img, objs) = small_setup(&s);
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let mut c = s.cmd();
-    c.arg("mount")
-        .arg(&img)
-        .arg("--basedir")
-        .arg(&objs)
-        .args(["--fd-out", "0"]);
-    c.stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+    let mut c = detached_mount_cmd(&s, &img, &objs);
+    c.args(["--fd-out", "0"]);
+    c.stdin(std::process::Stdio::from(OwnedFd::from(theirs)));
     let out = c.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut anc = RecvAncillaryBuffer::new(&mut space);
-    let mut byte = [0u8; 1];
-    recvmsg(
-        &ours,
-        &mut [std::io::IoSliceMut::new(&mut byte)],
-        &mut anc,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .unwrap();
-    let mut fds = Vec::new();
-    for m in anc.drain() {
-        if let RecvAncillaryMessage::ScmRights(it) = m {
-            fds.extend(it);
-        }
-    }
+    let (_, fds) = receive_fds(&ours);
     assert_eq!(fds.len(), 1);
     let mnt = s.mkdir("mnt");
-    rustix::mount::move_mount(
-        &fds[0],
-        "",
-        rustix::fs::CWD,
-        &mnt,
-        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .unwrap();
+    attach_mount_fd(&fds[0], &mnt);
     drop(fds);
     check_tree(&tree, &mnt, 0, "fd-out 0");
     umount(&s, &mnt);
     // A received mount that is never attached disappears when its fd is closed.
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let mut c = s.cmd();
-    c.arg("mount")
-        .arg(&img)
-        .arg("--basedir")
-        .arg(&objs)
-        .arg("--force-loop")
-        .args(["--fd-out", "0"]);
-    c.stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+    let mut c = detached_mount_cmd(&s, &img, &objs);
+    c.arg("--force-loop").args(["--fd-out", "0"]);
+    c.stdin(std::process::Stdio::from(OwnedFd::from(theirs)));
     assert!(c.output().unwrap().status.success());
     drop(ours);
     let _ = std::fs::remove_dir_all(s.path("state"));
@@ -1537,23 +1298,14 @@ fn fd_out_inherited_fd() {
 /// util-linux's `-N NS`: the helper mounts inside another mount namespace.
 #[test]
 fn helper_mounts_in_other_namespace() {
-    let _g = setup();
-    let s = Scratch::new();
-    let before = snapshot(s.dir.path());
-    let (tree, img, objs) = small_setup(&s);
-    let mnt = s.mkdir("mnt");
+    let (_g, s, before) = setup_with_scratch();
+    let (tree, img, objs, mnt) = small_setup_with_mnt(&s);
     let mut holder = Command::new("unshare")
         .args(["-m", "--propagation", "private", "sleep", "60"])
         .spawn()
         .unwrap();
     let pid = holder.id();
-    let own = std::fs::read_link("/proc/self/ns/mnt").unwrap();
-    for _ in 0..100 {
-        if std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|l| l != own) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_other_namespace(pid, "mnt");
     let link = s.path("mount.composefs");
     std::os::unix::fs::symlink(bin(), &link).unwrap();
     let mut c = Command::new(&link);
@@ -1580,9 +1332,7 @@ fn helper_mounts_in_other_namespace() {
     // A mount in our namespace (which prunes stale records) leaves that record alone: its target
     // path belongs to the other namespace.
     let mnt2 = s.mkdir("mnt2");
-    let mut c = s.cmd();
-    c.arg("mount").arg(&img).arg(&mnt2).arg("--basedir").arg(&objs);
-    run_ok(c);
+    run_ok(mount_cmd(&s, &img, &mnt2, &objs));
     assert_eq!(s.records(), 2);
     umount(&s, &mnt2);
     assert_eq!(s.records(), 1, "the other namespace's record survives pruning");

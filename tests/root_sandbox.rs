@@ -12,6 +12,12 @@ use std::time::Duration;
 
 use cfsmount::sandbox::{run_confined, Limits, SandboxConfig, SandboxError};
 
+// The shared conformance-data helpers (this file's own `mod conformance` holds its tests).
+#[path = "support/conformance.rs"]
+mod conformance_data;
+#[path = "support/image.rs"]
+mod image;
+
 fn require_root() {
     assert!(
         rustix::process::geteuid().is_root(),
@@ -521,9 +527,10 @@ mod hooks {
 /// would kill the child and fail the case.
 mod conformance {
     use super::*;
+    use crate::conformance_data::{conformance_root, forced_version, is_strict, json_dir, read_input};
+    use crate::image::{sha256_hex, write_options};
     use cfsmount::erofs::writer::WriteOptions;
     use cfsmount::mkimage::{build_from_reader, BuildRequest, InputFormat};
-    use sha2::{Digest, Sha256};
     use std::path::{Path, PathBuf};
 
     #[derive(Clone, Copy, Debug)]
@@ -559,40 +566,14 @@ mod conformance {
         Ok(read_back(r))
     }
 
-    fn conformance_dir() -> PathBuf {
-        let dir = std::env::var_os("CFS_CONFORMANCE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"));
-        assert!(dir.is_dir(), "conformance data not found at {} (set CFS_CONFORMANCE)", dir.display());
-        dir
-    }
-
-    fn load(path: &Path) -> Vec<u8> {
-        let mut raw = std::fs::read(path).unwrap();
-        // A git symlink checked out as a text file (special_v1.dump holds "special.dump").
-        if raw.len() < 256 && !raw.contains(&b'\n') && !raw.contains(&b' ') {
-            let target = path.with_file_name(String::from_utf8_lossy(&raw).trim());
-            if target.is_file() {
-                raw = std::fs::read(&target).unwrap();
-            }
-        }
-        if path.extension().is_some_and(|e| e == "gz") {
-            let mut v = Vec::new();
-            flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut v).unwrap();
-            v
-        } else {
-            raw
-        }
-    }
-
     fn expected_sha(path: &Path, suffix: &str) -> Option<String> {
         let p = PathBuf::from(format!("{}{suffix}", path.display()));
         std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
     }
 
     fn check(path: &Path, kind: Kind, opts: WriteOptions, sha_suffix: &str) -> Result<(), String> {
-        let input = load(path);
         let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let input = read_input(path.parent().unwrap(), &name);
         let mut direct = Vec::new();
         let direct_res = build(kind, opts, &input, &mut direct);
         let sandbox_res = sandboxed(kind, opts, &input);
@@ -604,7 +585,7 @@ mod conformance {
                 // Agreement with the reference is the conformance tests' job
                 // (tests/conformance_*.rs); here it is only noted.
                 if let Some(want) = expected_sha(path, sha_suffix) {
-                    let got = hex(&Sha256::digest(&img));
+                    let got = sha256_hex(&img);
                     if got != want {
                         eprintln!("note: {name}: image sha256 {got} differs from the reference {want}");
                     }
@@ -622,44 +603,36 @@ mod conformance {
         }
     }
 
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
+    /// The files in `dir` named `*.EXT` or `*.EXT.gz`, sorted by path, each with its file name.
+    fn inputs(dir: &Path, ext: &str) -> Vec<(PathBuf, String)> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        entries
+            .into_iter()
+            .map(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().to_string();
+                (p, n)
+            })
+            .filter(|(_, n)| n.ends_with(&format!(".{ext}")) || n.ends_with(&format!(".{ext}.gz")))
+            .collect()
     }
 
     #[test]
     fn sandboxed_and_unsandboxed_builds_are_identical() {
         require_root();
-        let dir = conformance_dir();
+        let dir = conformance_root();
         let mut failures = Vec::new();
         let mut cases = 0;
-        let mut entries: Vec<_> = std::fs::read_dir(dir.join("composefs-dump")).unwrap().map(|e| e.unwrap().path()).collect();
-        entries.sort();
-        for p in entries {
-            let n = p.file_name().unwrap().to_string_lossy().to_string();
-            if !(n.ends_with(".dump") || n.ends_with(".dump.gz")) {
-                continue;
-            }
-            let lenient = ["no-newline.dump", "longlink.dump", "honggfuzz-longlink-unterminated.dump"];
-            let kind = Kind::Dump { strict: !lenient.contains(&n.as_str()) };
-            let opts = match std::fs::read_to_string(format!("{}.version", p.display())) {
-                Ok(v) => {
-                    let v: u32 = v.trim().parse().unwrap();
-                    WriteOptions { min_version: v, max_version: v }
-                }
-                Err(_) => WriteOptions::default(),
-            };
+        let dump_dir = dir.join("composefs-dump");
+        for (p, n) in inputs(&dump_dir, "dump") {
+            let kind = Kind::Dump { strict: is_strict(&n) };
+            let opts = write_options(forced_version(&dump_dir, &n));
             cases += 1;
             if let Err(e) = check(&p, kind, opts, ".sha256") {
                 failures.push(e);
             }
         }
-        let mut entries: Vec<_> = std::fs::read_dir(dir.join("composefs-json")).unwrap().map(|e| e.unwrap().path()).collect();
-        entries.sort();
-        for p in entries {
-            let n = p.file_name().unwrap().to_string_lossy().to_string();
-            if !(n.ends_with(".json") || n.ends_with(".json.gz")) {
-                continue;
-            }
+        for (p, _) in inputs(&dir.join("composefs-json"), "json") {
             cases += 1;
             if let Err(e) = check(&p, Kind::Toc, WriteOptions::default(), ".sha256_erofs") {
                 failures.push(e);
@@ -677,8 +650,7 @@ mod conformance {
     fn mkimage_builds_through_the_sandbox() {
         use cfsmount::mkimage::{build_image, BuildOptions, Output, Source};
         require_root();
-        let src = conformance_dir().join("composefs-json/cs9-x86_64-minimal.json.gz");
-        let json = load(&src);
+        let json = read_input(&json_dir(), "cs9-x86_64-minimal.json.gz");
         let tmp = tempfile::tempdir().unwrap();
         let input = tmp.path().join("toc.json");
         std::fs::write(&input, &json).unwrap();

@@ -4,8 +4,6 @@
 //! read back by the reader rebuilds the same bytes, and mutated dumpfiles never make
 //! the parser or the writer panic.
 
-use std::process::Command;
-
 use cfsmount::erofs::writer::{write_image, WriteOptions};
 use cfsmount::input::dump::{parse, write_dump, DumpOptions};
 use cfsmount::tree::{Limits, NodeId, Tree};
@@ -13,6 +11,9 @@ use cfsmount::tree::{Limits, NodeId, Tree};
 #[path = "support/random_tree.rs"]
 mod random_tree;
 use random_tree::{random_tree, Rng};
+#[path = "support/image.rs"]
+mod image;
+use image::fsck;
 
 fn assert_same_tree(a: &Tree, b: &Tree, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: node count");
@@ -40,18 +41,6 @@ fn image_of(t: &Tree) -> Vec<u8> {
     let mut v = Vec::new();
     write_image(t, &WriteOptions::default(), &mut v).unwrap();
     v
-}
-
-fn fsck(image: &[u8], what: &str) {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(&mut f, image).unwrap();
-    let out = Command::new("fsck.erofs").arg(f.path()).output().expect("fsck.erofs (erofs-utils) must be installed");
-    assert!(
-        out.status.success(),
-        "{what}: fsck.erofs failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn strict() -> DumpOptions {

@@ -42,10 +42,44 @@ pub fn read_input(dir: &Path, name: &str) -> Vec<u8> {
         }
     }
     if name.ends_with(".gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).expect("gunzip");
-        out
+        gunzip(&raw)
     } else {
         raw
     }
+}
+
+/// Read a file, decompressed when its name ends in `.gz` (no text-file symlinks followed).
+pub fn read_maybe_gz(path: &Path) -> Vec<u8> {
+    let raw = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    if path.extension().is_some_and(|e| e == "gz") {
+        gunzip(&raw)
+    } else {
+        raw
+    }
+}
+
+/// The gzip-decompressed `raw`.
+pub fn gunzip(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(raw).read_to_end(&mut out).expect("gunzip");
+    out
+}
+
+/// The dumpfile cases the reference parses leniently (not in strict mode).
+pub const LENIENT_DUMPS: &[&str] = &[
+    "no-newline.dump",
+    "longlink.dump",
+    "honggfuzz-longlink-unterminated.dump",
+];
+
+/// Whether the dumpfile case `name` is parsed in strict mode (all but `LENIENT_DUMPS`).
+pub fn is_strict(name: &str) -> bool {
+    !LENIENT_DUMPS.contains(&name)
+}
+
+/// The format version the case `name` in `dir` forces (`<name>.version`), if any.
+pub fn forced_version(dir: &Path, name: &str) -> Option<u32> {
+    std::fs::read_to_string(dir.join(format!("{name}.version")))
+        .ok()
+        .map(|v| v.trim().parse().expect("version file holds a number"))
 }
