@@ -1,15 +1,14 @@
 //! Fuzz target: zstd:chunked TOC parser, and the EROFS writer on every tree it accepts.
 #![no_main]
-use cfsmount::erofs::writer::{write_image, WriteOptions};
 use cfsmount::input::toc::{parse, TocOptions};
-use cfsmount::tree::Limits;
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+
 fuzz_target!(|data: &[u8]| {
-    let opts = TocOptions { limits: Limits { max_entries: 10_000, max_depth: 64 }, ..TocOptions::default() };
+    let opts = common::toc_options();
     if let Ok(tree) = parse(data, &opts) {
-        let mut out = Vec::new();
-        let _ = write_image(&tree, &WriteOptions::default(), &mut out);
+        common::write_image_to_memory(&tree);
     }
     let _ = parse(data, &TocOptions { keep_whiteouts: true, ..opts });
 });
