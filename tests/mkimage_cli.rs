@@ -2,7 +2,7 @@
 //! `--print-digest`, `--objects`, `--digest-store`, and hostile input (non-zero exit, one-line
 //! message naming the field, nothing left at OUTPUT or next to it).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -17,13 +17,6 @@ mod conformance;
 fn conformance_dir() -> PathBuf {
     conformance::json_dir();
     conformance::conformance_root()
-}
-
-fn gunzip(path: &Path) -> Vec<u8> {
-    let raw = std::fs::read(path).unwrap();
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
-    out
 }
 
 fn hex(d: &[u8]) -> String {
@@ -73,7 +66,7 @@ fn toc_file_to_image_matches_reference() {
     let c = conformance_dir();
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("config.json");
-    std::fs::write(&src, gunzip(&c.join("composefs-json/config.json.gz"))).unwrap();
+    std::fs::write(&src, conformance::read_maybe_gz(&c.join("composefs-json/config.json.gz"))).unwrap();
     let out = tmp.path().join("config.img");
     let o = mkimage(&[os("--from-toc"), src.as_os_str(), out.as_os_str(), os("--print-digest")], None);
     ok(&o);
@@ -95,7 +88,7 @@ fn toc_file_to_image_matches_reference() {
 #[test]
 fn stdin_to_stdout() {
     let c = conformance_dir();
-    let input = gunzip(&c.join("composefs-json/config-with-hard-link.json.gz"));
+    let input = conformance::read_maybe_gz(&c.join("composefs-json/config-with-hard-link.json.gz"));
     let o = mkimage(&[os("--from-toc"), os("-"), os("-")], Some(&input));
     ok(&o);
     let want = std::fs::read_to_string(c.join("composefs-json/config-with-hard-link.json.gz.sha256_erofs")).unwrap();

@@ -4,7 +4,6 @@
 //! Errors are fine; a panic fails the test and prints the seed and iteration to reproduce.
 //! `CFS_MUTATION_ITERS` changes the iteration count per parser (default 3000).
 
-use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -101,17 +100,6 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
     v
 }
 
-fn read(path: &Path) -> Vec<u8> {
-    let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
-        out
-    } else {
-        raw
-    }
-}
-
 fn limits() -> Limits {
     Limits { max_entries: 20_000, max_depth: 64 }
 }
@@ -156,12 +144,12 @@ fn head_entries(json: &[u8], n: usize) -> Vec<u8> {
 
 fn json_seeds() -> Vec<Vec<u8>> {
     let c = conformance_dir();
-    let mut seeds = vec![read(&c.join("composefs-json/special.json")), read(&c.join("zstd-chunked-example-toc.json"))];
-    let cfg = read(&c.join("composefs-json/config-with-hard-link.json.gz"));
+    let mut seeds = vec![conformance::read_maybe_gz(&c.join("composefs-json/special.json")), conformance::read_maybe_gz(&c.join("zstd-chunked-example-toc.json"))];
+    let cfg = conformance::read_maybe_gz(&c.join("composefs-json/config-with-hard-link.json.gz"));
     let small = head_entries(&cfg, 40);
     assert!(toc::parse(&small, &TocOptions::default()).is_ok(), "seed construction failed");
     seeds.push(small);
-    seeds.push(read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello/toc.json")));
+    seeds.push(conformance::read_maybe_gz(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello/toc.json")));
     seeds
 }
 
@@ -196,7 +184,7 @@ fn dump_parser_survives_mutations() {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         let small = std::fs::metadata(&p).unwrap().len() < 64 * 1024;
         if (name.ends_with(".dump")) && small {
-            seeds.push(read(&p));
+            seeds.push(conformance::read_maybe_gz(&p));
         }
     }
     assert!(seeds.len() >= 10, "expected the small dumpfile cases");
