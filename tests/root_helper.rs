@@ -121,11 +121,19 @@ fn stderr(o: &Output) -> String {
 }
 
 /// Asserts a refusal: exit status 1 (not a signal, not success) and a message containing `needle`.
+#[track_caller]
 fn assert_refused(o: &Output, needle: &str) {
     let e = stderr(o);
     assert_eq!(o.status.code(), Some(1), "expected a clean refusal (exit 1), got {:?}; stderr: {e}", o.status);
     assert!(e.contains(needle), "expected {needle:?} in the message, got: {e}");
     assert_eq!(e.trim_end().lines().count(), 1, "one-line message expected, got: {e}");
+}
+
+/// [`assert_refused`], and the mount table is what it was (`before`, from [`mountpoints`]).
+#[track_caller]
+fn assert_refused_nothing_mounted(o: &Output, needle: &str, before: &[String]) {
+    assert_refused(o, needle);
+    assert_eq!(before, mountpoints(), "refused, yet the mount table changed");
 }
 
 /// Mount points currently listed in /proc/self/mountinfo, leaving out scratch mounts of other
@@ -190,6 +198,16 @@ impl Drop for PolicyGuard {
             let _ = std::fs::remove_dir("/etc/cfsmount");
         }
     }
+}
+
+/// Installs the default policy with `limits` as `u`'s user_limits; returns the guard (restores
+/// the old policy on drop) and the policy written, for further changes.
+fn user_limits_policy(u: &User, limits: serde_json::Value) -> (PolicyGuard, serde_json::Value) {
+    let guard = PolicyGuard::new();
+    let mut v = default_policy();
+    v["user_limits"] = serde_json::json!({ u.name.clone(): limits });
+    guard.write(&v.to_string(), 0o644, 0);
+    (guard, v)
 }
 
 fn default_policy() -> serde_json::Value {
@@ -449,7 +467,7 @@ fn ptrace_and_proc_mem_never_reach_privileged_helper() {
     // The helper alternates between mounting (all phases: open as caller, copy, loop device,
     // EROFS, overlay, attach, record) and unmounting.
     let a = b"ptrace target".as_slice();
-    let fx = fixture(u, "ptrace", &dump_line_external("p", "100644", u.uid, a), &[a]);
+    let fx = one_file_fixture(u, "ptrace", "p", a);
     let script = e.root.join("attack.py");
     std::fs::write(&script, ATTACKER).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -635,6 +653,11 @@ fn fixture(u: &User, name: &str, dump_body: &str, objects: &[&[u8]]) -> Fixture 
     Fixture { dir, image, objects: objdir, target }
 }
 
+/// A [`fixture`] whose image holds one regular file `file` (0644, owned by `u`) with `content`.
+fn one_file_fixture(u: &User, name: &str, file: &str, content: &[u8]) -> Fixture {
+    fixture(u, name, &dump_line_external(file, "100644", u.uid, content), &[content])
+}
+
 fn dump_line_external(path: &str, mode: &str, uid: u32, content: &[u8]) -> String {
     format!("/{path} {} {mode} 1 {uid} {uid} 0 0.0 {} - -\n", content.len(), object_name(content))
 }
@@ -652,8 +675,21 @@ fn mount_args<'a>(fx: &'a Fixture, extra: &[&'a str]) -> Vec<String> {
 }
 
 fn run_as_strs(u: &User, args: &[String]) -> Output {
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_as(u, &a)
+    run_as(u, &a_strs(args))
+}
+
+/// Mounts `fx` as `u`, retrying for up to a second while it is refused: the last reference to
+/// an earlier mount (and so its loop device) may go a moment after its holder let go.
+fn mount_within_a_second(u: &User, fx: &Fixture) -> Output {
+    let mut o = run_as_strs(u, &mount_args(fx, &[]));
+    for _ in 0..50 {
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        o = run_as_strs(u, &mount_args(fx, &[]));
+    }
+    o
 }
 
 /// The mountinfo line whose mount point is `p` (the topmost one).
@@ -755,8 +791,7 @@ fn setuid_files_gain_nothing_and_device_nodes_are_refused() {
     let fx = fixture(u, "dev", body, &[]);
     let before = mountpoints();
     let o = run_as_strs(u, &mount_args(&fx, &[]));
-    assert_refused(&o, "device node");
-    assert_eq!(before, mountpoints());
+    assert_refused_nothing_mounted(&o, "device node", &before);
 }
 
 /// Case 2: targets the caller may not mount on.
@@ -766,7 +801,7 @@ fn foreign_sticky_special_and_symlink_targets_are_refused() {
     let e = env();
     let u = &e.user;
     let hello = b"x".as_slice();
-    let fx = fixture(u, "tgt", &dump_line_external("x", "100644", u.uid, hello), &[hello]);
+    let fx = one_file_fixture(u, "tgt", "x", hello);
     let before = mountpoints();
     let with_target = |t: &Path| {
         let mut a = mount_args(&fx, &[]);
@@ -817,7 +852,7 @@ fn option_and_path_injection_is_refused() {
     let e = env();
     let u = &e.user;
     let hello = b"y".as_slice();
-    let fx = fixture(u, "opt", &dump_line_external("y", "100644", u.uid, hello), &[hello]);
+    let fx = one_file_fixture(u, "opt", "y", hello);
     let helper = e.root.join("mount.composefs");
     let _ = std::fs::remove_file(&helper);
     std::os::unix::fs::symlink(&e.bin, &helper).unwrap();
@@ -871,7 +906,7 @@ fn unreadable_and_modified_images() {
     let e = env();
     let u = &e.user;
     let a = b"original content\n".as_slice();
-    let fx = fixture(u, "img7", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let fx = one_file_fixture(u, "img7", "f", a);
     let before = mountpoints();
     // Root-only image.
     let secret = e.root.join("root-only.cfs");
@@ -894,7 +929,7 @@ fn unreadable_and_modified_images() {
     let o = run_as_strs(u, &mount_args(&fx, &[]));
     assert!(o.status.success(), "{}", stderr(&o));
     let other = b"evil replaced content\n".as_slice();
-    let evil = fixture(u, "img7-evil", &dump_line_external("f", "100644", u.uid, other), &[other]);
+    let evil = one_file_fixture(u, "img7-evil", "f", other);
     std::fs::write(&fx.image, std::fs::read(&evil.image).unwrap()).unwrap();
     let c = run_as_with(u, Path::new("/usr/bin/cat"), &[fx.target.join("f").into()], |_| {});
     umount_all_under(&fx.dir);
@@ -909,7 +944,7 @@ fn umount_other_users_mount_and_racing_unmounts() {
     let e = env();
     let (u, o2) = (&e.user, &e.other);
     let a = b"theirs".as_slice();
-    let theirs = fixture(o2, "um-theirs", &dump_line_external("t", "100644", o2.uid, a), &[a]);
+    let theirs = one_file_fixture(o2, "um-theirs", "t", a);
     let o = run_as_strs(o2, &mount_args(&theirs, &[]));
     assert!(o.status.success(), "{}", stderr(&o));
     let r = run_as(u, &["umount", theirs.target.to_str().unwrap()]);
@@ -922,7 +957,7 @@ fn umount_other_users_mount_and_racing_unmounts() {
     let ok = run_as(o2, &["umount", theirs.target.to_str().unwrap()]);
     assert!(ok.status.success(), "{}", stderr(&ok));
     // Racing unmounts.
-    let mine = fixture(u, "um-mine", &dump_line_external("t", "100644", u.uid, a), &[a]);
+    let mine = one_file_fixture(u, "um-mine", "t", a);
     let before = mountpoints();
     let o = run_as_strs(u, &mount_args(&mine, &[]));
     assert!(o.status.success(), "{}", stderr(&o));
@@ -960,22 +995,18 @@ fn per_user_limits() {
     let u = &e.user;
     // Mounts left behind by earlier failed tests would count against the limit.
     umount_all_under(&e.root);
-    let guard = PolicyGuard::new();
-    let mut v = default_policy();
-    v["user_limits"] = serde_json::json!({ u.name.clone(): { "max_mounts": 2 } });
-    guard.write(&v.to_string(), 0o644, 0);
+    let (guard, mut v) = user_limits_policy(u, serde_json::json!({ "max_mounts": 2 }));
     let a = b"lim".as_slice();
-    let fxs: Vec<Fixture> = (0..3).map(|i| fixture(u, &format!("lim{i}"), &dump_line_external("l", "100644", u.uid, a), &[a])).collect();
+    let fxs: Vec<Fixture> = (0..3).map(|i| one_file_fixture(u, &format!("lim{i}"), "l", a)).collect();
     for fx in &fxs[..2] {
         let o = run_as_strs(u, &mount_args(fx, &[]));
         assert!(o.status.success(), "{}", stderr(&o));
     }
     let before = mountpoints();
     let o = run_as_strs(u, &mount_args(&fxs[2], &[]));
-    assert_refused(&o, "per-user limit exceeded: mounts");
-    assert_eq!(before, mountpoints());
+    assert_refused_nothing_mounted(&o, "per-user limit exceeded: mounts", &before);
     // Another user is not affected by cfstest's limit.
-    let b = fixture(&e.other, "lim-other", &dump_line_external("l", "100644", e.other.uid, a), &[a]);
+    let b = one_file_fixture(&e.other, "lim-other", "l", a);
     let o = run_as_strs(&e.other, &mount_args(&b, &[]));
     assert!(o.status.success(), "{}", stderr(&o));
     umount_all_under(&b.dir);
@@ -1078,8 +1109,7 @@ fn idmap_namespaces_are_checked() {
     let o = run_as_strs(u, &mount_args(&fx, &["--uidmap", "0:0:1", "--gidmap", &format!("0:{}:1", u.gid)]));
     assert_refused(&o, "neither the caller's own id");
     let o = run_as_strs(u, &mount_args(&fx, &["--uidmap", "0:400000:65537", "--gidmap", "0:400000:65536"]));
-    assert_refused(&o, "neither the caller's own id");
-    assert_eq!(before, mountpoints());
+    assert_refused_nothing_mounted(&o, "neither the caller's own id", &before);
     // Allowed: the caller's own root-mapped namespace, and its subuid range.
     let mine = spawn_as(u, &["/usr/bin/unshare", "--user", "--map-root-user", "/usr/bin/sleep", "30"]);
     let o = with_idmap(&format!("/proc/{}/ns/user", mine.0.id()));
@@ -1137,8 +1167,7 @@ fn overlay_xattrs_in_input_are_inert() {
             std::fs::write(&fx2.image, &out).unwrap();
             let before = mountpoints();
             let o = run_as_strs(u, &mount_args(&fx2, &[]));
-            assert_refused(&o, "'..'");
-            assert_eq!(before, mountpoints());
+            assert_refused_nothing_mounted(&o, "'..'", &before);
         }
     }
 }
@@ -1156,7 +1185,7 @@ fn target_swap_race_never_mounts_elsewhere() {
     let e = env();
     let u = &e.user;
     let a = b"race".as_slice();
-    let fx = fixture(u, "race", &dump_line_external("r", "100644", u.uid, a), &[a]);
+    let fx = one_file_fixture(u, "race", "r", a);
     let victim = e.root.join("victim");
     let _ = std::fs::remove_dir_all(&victim);
     std::fs::create_dir(&victim).unwrap();
@@ -1212,7 +1241,7 @@ fn fd_out_into_callers_own_namespaces() {
     let e = env();
     let u = &e.user;
     let a = b"via a detached mount fd\n".as_slice();
-    let fx = fixture(u, "fdout", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let fx = one_file_fixture(u, "fdout", "f", a);
     let sock = fx.dir.join("sock");
     let before = mountpoints();
     let mut recv = spawn_receiver(u, "read", &sock, &fx.target);
@@ -1342,7 +1371,7 @@ fn mount_with_closed_fds_and_zero_fsize() {
     let e = env();
     let u = &e.user;
     let a = b"fds".as_slice();
-    let fx = fixture(u, "fdsmount", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let fx = one_file_fixture(u, "fdsmount", "f", a);
     let args = mount_args(&fx, &[]);
     let cmd = format!(
         "exec /usr/bin/setpriv --reuid={} --regid={} --init-groups -- {} {} <&- >&-",
@@ -1387,7 +1416,7 @@ fn policy_feature_switches() {
     let e = env();
     let u = &e.user;
     let a = b"feat".as_slice();
-    let fx = fixture(u, "feat", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let fx = one_file_fixture(u, "feat", "f", a);
     let guard = PolicyGuard::new();
     let before = mountpoints();
     let mut v = default_policy();
@@ -1450,7 +1479,7 @@ fn file_capabilities_install() {
     let o = sh("setcap", &["cap_sys_admin,cap_setuid,cap_setgid=ep", bin.to_str().unwrap()]);
     assert!(o.status.success(), "setcap: {}", stderr(&o));
     let a = b"caps".as_slice();
-    let fx = fixture(u, "caps", &dump_line_external("c", "100644", u.uid, a), &[a]);
+    let fx = one_file_fixture(u, "caps", "c", a);
     let args: Vec<OsString> = mount_args(&fx, &[]).into_iter().map(OsString::from).collect();
     let o = run_as_with(u, &bin, &args, |_| {});
     assert!(o.status.success(), "mount with file caps: {}", stderr(&o));
@@ -1564,13 +1593,12 @@ fn digest_is_checked_on_the_private_copy() {
     let e = env();
     let u = &e.user;
     let a = b"digest me".as_slice();
-    let fx = fixture(u, "digest", &dump_line_external("d", "100644", u.uid, a), &[a]);
+    let fx = one_file_fixture(u, "digest", "d", a);
     let good: String = cfsmount::fsverity::digest_bytes(&std::fs::read(&fx.image).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
     let bad = format!("{}{}", if good.starts_with('0') { "1" } else { "0" }, &good[1..]);
     let before = mountpoints();
     let o = run_as_strs(u, &mount_args(&fx, &["--digest", &bad]));
-    assert_refused(&o, "does not match");
-    assert_eq!(before, mountpoints());
+    assert_refused_nothing_mounted(&o, "does not match", &before);
     let o = run_as_strs(u, &mount_args(&fx, &["--digest", &good]));
     // --digest implies verity=require for the objects; without fs-verity on the objects (this
     // kernel/filesystem) the overlay refuses — either way the image digest check itself passed.
@@ -1632,15 +1660,14 @@ fn nested_idmap_namespace_is_refused() {
     let e = env();
     let u = &e.user;
     let a = b"nest".as_slice();
-    let fx = fixture(u, "nested", &dump_line_external("n", "100644", u.uid, a), &[a]);
+    let fx = one_file_fixture(u, "nested", "n", a);
     let p = spawn_as(
         u,
         &["/usr/bin/unshare", "--user", "--map-root-user", "/usr/bin/unshare", "--user", "--map-root-user", "/usr/bin/sleep", "30"],
     );
     let before = mountpoints();
     let o = run_as_strs(u, &mount_args(&fx, &["--idmap", &format!("/proc/{}/ns/user", p.0.id())]));
-    assert_refused(&o, "nested user namespaces are not supported");
-    assert_eq!(before, mountpoints());
+    assert_refused_nothing_mounted(&o, "nested user namespaces are not supported", &before);
 }
 
 /// A syscall the kernel is made to fail for the helper: `errno` for every call of `nr` (or, with
@@ -1695,7 +1722,7 @@ fn exhaustion_and_missing_kernel_features_fail_closed() {
     let e = env();
     let u = &e.user;
     let a = b"fault injection\n".as_slice();
-    let fx = fixture(u, "faults", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let fx = one_file_fixture(u, "faults", "f", a);
     let uidmap = format!("0:{}:1", u.uid);
     let gidmap = format!("0:{}:1", u.gid);
     const LOOP_CTL_GET_FREE: u64 = 0x4C82;
@@ -1784,12 +1811,9 @@ fn fd_out_mounts_count_against_limits_until_dropped() {
     let e = env();
     let u = &e.user;
     umount_all_under(&e.root);
-    let guard = PolicyGuard::new();
-    let mut v = default_policy();
-    v["user_limits"] = serde_json::json!({ u.name.clone(): { "max_mounts": 1 } });
-    guard.write(&v.to_string(), 0o644, 0);
+    let (guard, _) = user_limits_policy(u, serde_json::json!({ "max_mounts": 1 }));
     let a = b"held by a receiver\n".as_slice();
-    let fx = fixture(u, "fdout-limit", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let fx = one_file_fixture(u, "fdout-limit", "f", a);
     let sock = fx.dir.join("sock");
     let mut recv = spawn_receiver(u, "hold", &sock, &fx.target);
     let records_before = state_files();
@@ -1803,21 +1827,12 @@ fn fd_out_mounts_count_against_limits_until_dropped() {
     // While the receiver holds it, the fd-out mount is the caller's one allowed mount.
     let before = mountpoints();
     let o = run_as_strs(u, &mount_args(&fx, &[]));
-    assert_refused(&o, "per-user limit exceeded: mounts");
-    assert_eq!(before, mountpoints());
+    assert_refused_nothing_mounted(&o, "per-user limit exceeded: mounts", &before);
     assert!(state_files().contains(&fd_out_record[0]), "the live fd-out record was kept");
     // The receiver exits: its namespace and the mount go away, and with them the loop device.
     let r = recv.output();
     assert!(r.status.success(), "receiver: {}", String::from_utf8_lossy(&r.stderr));
-    let mut o = run_as_strs(u, &mount_args(&fx, &[]));
-    for _ in 0..50 {
-        if o.status.success() {
-            break;
-        }
-        // the last reference to the mount may be dropped a moment after the process exits
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        o = run_as_strs(u, &mount_args(&fx, &[]));
-    }
+    let o = mount_within_a_second(u, &fx);
     let gone = !state_files().contains(&fd_out_record[0]);
     let content = std::fs::read(fx.target.join("f"));
     let _ = run_as(u, &["umount", fx.target.to_str().unwrap()]);
@@ -1838,12 +1853,9 @@ fn unmounted_but_busy_mounts_count_until_released() {
     let e = env();
     let u = &e.user;
     umount_all_under(&e.root);
-    let guard = PolicyGuard::new();
-    let mut v = default_policy();
-    v["user_limits"] = serde_json::json!({ u.name.clone(): { "max_loop_devices": 1 } });
-    guard.write(&v.to_string(), 0o644, 0);
+    let (guard, _) = user_limits_policy(u, serde_json::json!({ "max_loop_devices": 1 }));
     let a = b"kept open across umount\n".as_slice();
-    let fx = fixture(u, "busy", &dump_line_external("f", "100644", u.uid, a), &[a]);
+    let fx = one_file_fixture(u, "busy", "f", a);
     let records_before = state_files();
     let o = run_as_strs(u, &mount_args(&fx, &[]));
     assert!(o.status.success(), "{}", stderr(&o));
@@ -1858,14 +1870,7 @@ fn unmounted_but_busy_mounts_count_until_released() {
     assert_refused(&o, "per-user limit exceeded: loop devices");
     assert_eq!(std::fs::read(fx.target.join("f")).ok(), None, "the refused mount left something at the target");
     drop(held);
-    let mut o = run_as_strs(u, &mount_args(&fx, &[]));
-    for _ in 0..50 {
-        if o.status.success() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        o = run_as_strs(u, &mount_args(&fx, &[]));
-    }
+    let o = mount_within_a_second(u, &fx);
     let pruned = !state_files().contains(&kept[0]);
     let _ = run_as(u, &["umount", fx.target.to_str().unwrap()]);
     umount_all_under(&fx.dir);
