@@ -1127,8 +1127,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         dest,
         verbose: a.verbose,
     };
-    mount(req).with_context(|| format!("mounting {}", a.source.display()))?;
-    Ok(())
+    match mount(req) {
+        Ok(_) => Ok(()),
+        // Errors about the source already start with its path: say it once.
+        Err(e) if e.to_string().starts_with(&*a.source.to_string_lossy()) => Err(anyhow::Error::new(e).context("mount")),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("mounting {}", a.source.display()))),
+    }
 }
 
 pub fn umount(a: UmountArgs) -> anyhow::Result<()> {
