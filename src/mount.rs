@@ -228,7 +228,7 @@ pub struct MountRecord {
     /// Loop devices used (empty for file-backed EROFS), one per layer that needed one.
     pub loop_devices: Vec<PathBuf>,
     /// Their disk sequence numbers (same order; empty on kernels without BLKGETDISKSEQ): how a
-    /// record of a mount handed out with --fd-out is known to be live (see `record_liveness`).
+    /// record of a mount handed out with --fd-out is known to be live (see `crate::helper::liveness`).
     #[serde(default)]
     pub loop_diskseq: Vec<u64>,
     /// statx mount ids of the (detached) EROFS mounts, lowest layer first.
