@@ -230,9 +230,9 @@ pub enum LoopError {
     Image { errno: Errno },
     #[error("image is not a regular file; only regular files can back a loop device")]
     NotRegular,
-    #[error("/dev/loop-control: {op} failed: {errno}{}", control_hint(*op, *errno))]
+    #[error("/dev/loop-control: {op} failed: {errno}{}", control_hint(op, *errno))]
     Control { op: &'static str, errno: Errno },
-    #[error("{}: {op} failed: {errno}{}", path.display(), device_hint(*op, *errno))]
+    #[error("{}: {op} failed: {errno}{}", path.display(), device_hint(op, *errno))]
     Device {
         path: PathBuf,
         op: &'static str,
