@@ -214,38 +214,9 @@ pub struct MountOutcome {
     pub verity: bool,
 }
 
-/// One JSON file per mount in the state dir.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct MountRecord {
-    /// statx mount id of the overlay (STATX_MNT_ID_UNIQUE when the kernel has it).
-    pub mount_id: u64,
-    /// Whether `mount_id` is the unique (never reused) id.
-    pub mount_id_unique: bool,
-    /// Where it was attached (None: handed out with --fd-out).
-    pub target: Option<PathBuf>,
-    /// Real uid of the caller.
-    pub uid: u32,
-    /// Loop devices used (empty for file-backed EROFS), one per layer that needed one.
-    pub loop_devices: Vec<PathBuf>,
-    /// Their disk sequence numbers (same order; empty on kernels without BLKGETDISKSEQ): how a
-    /// record of a mount handed out with --fd-out is known to be live (see `crate::helper::liveness`).
-    #[serde(default)]
-    pub loop_diskseq: Vec<u64>,
-    /// statx mount ids of the (detached) EROFS mounts, lowest layer first.
-    pub erofs_mount_ids: Vec<u64>,
-    /// The sources as given.
-    pub sources: Vec<PathBuf>,
-    /// Seconds since the epoch.
-    pub created: u64,
-    /// Inode of the mount namespace the target was resolved in (`/proc/self/ns/mnt`).
-    #[serde(default)]
-    pub mnt_ns: Option<u64>,
-}
-
-/// Identity (nsfs inode) of our mount namespace.
-fn own_mnt_ns() -> Option<u64> {
-    rustix::fs::stat("/proc/self/ns/mnt").ok().map(|st| st.st_ino)
-}
+/// One JSON file per mount in the state dir (the format lives with the helper's checks).
+pub use crate::helper::MountRecord;
+use crate::helper::own_mnt_ns;
 
 // ---------------------------------------------------------------------------------------------
 // Privilege (privileged-helper mode is decided by crate::helper)
@@ -396,15 +367,7 @@ fn prune_stale_records(dirfd: BorrowedFd<'_>) {
         let Ok(Some(rec)) = read_record(dirfd, id) else {
             continue;
         };
-        let l = crate::helper::liveness(
-            rec.target.as_deref(),
-            rec.mnt_ns,
-            rec.mount_id,
-            rec.mount_id_unique,
-            &rec.loop_devices,
-            &rec.loop_diskseq,
-        );
-        if l == crate::helper::Liveness::Dead {
+        if crate::helper::liveness(&rec) == crate::helper::Liveness::Dead {
             let _ = rustix::fs::unlinkat(dirfd, record_name(id), AtFlags::empty());
         }
     }
@@ -1034,8 +997,7 @@ pub fn unmount(target: &Path) -> Result<MountRecord, MountError> {
     // diskseq); otherwise, or with nothing to watch, it is removed.
     let mut detached = rec.clone();
     detached.target = None;
-    let held = crate::helper::liveness(None, None, id, rec.mount_id_unique, &rec.loop_devices, &rec.loop_diskseq)
-        == crate::helper::Liveness::Live;
+    let held = crate::helper::liveness(&detached) == crate::helper::Liveness::Live;
     if !(held && write_record(state_fd.as_fd(), &detached).is_ok()) {
         let _ = rustix::fs::unlinkat(state_fd.as_fd(), record_name(id), AtFlags::empty());
     }

@@ -595,31 +595,47 @@ pub fn open_userns(path: &Path) -> Result<OwnedFd, HelperError> {
     Ok(fd)
 }
 
-/// A mount record in the state directory, as written by the mount engine (one JSON file per
-/// mount). Unknown fields are ignored here (the engine owns the format).
-#[derive(Debug, Clone, serde::Deserialize, PartialEq, Eq)]
+/// A mount record in the state directory (one JSON file per mount, root-owned): written by the
+/// mount engine, read here for the per-user limits and umount authorization. Fields added over
+/// time default when absent; the aliases read the first record format.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct MountRecord {
-    /// statx mount id of the final (overlay) mount.
+    /// statx mount id of the overlay (STATX_MNT_ID_UNIQUE when the kernel has it).
     #[serde(alias = "mnt_id")]
     pub mount_id: u64,
-    /// Whether `mount_id` is a STATX_MNT_ID_UNIQUE id (never reused) or a classic one.
+    /// Whether `mount_id` is the unique (never reused) id.
     #[serde(default)]
     pub mount_id_unique: bool,
-    /// The caller's real uid.
-    #[serde(alias = "caller_uid")]
-    pub uid: u32,
-    /// Where it was attached (None for --fd-out mounts).
+    /// Where it was attached (None: handed out with --fd-out, or detached while still busy).
     #[serde(default)]
     pub target: Option<PathBuf>,
-    /// Loop devices held (one per layer that needed one).
+    /// Real uid of the caller.
+    #[serde(alias = "caller_uid")]
+    pub uid: u32,
+    /// Loop devices used (empty for file-backed EROFS), one per layer that needed one.
     #[serde(default)]
     pub loop_devices: Vec<PathBuf>,
-    /// Their disk sequence numbers, same order.
+    /// Their disk sequence numbers (same order; empty on kernels without BLKGETDISKSEQ): how a
+    /// record without a usable target is known to be live (see [`liveness`]).
     #[serde(default)]
     pub loop_diskseq: Vec<u64>,
-    /// The mount namespace (nsfs inode) `target` was resolved in.
+    /// statx mount ids of the (detached) EROFS mounts, lowest layer first.
+    #[serde(default)]
+    pub erofs_mount_ids: Vec<u64>,
+    /// The sources as given.
+    #[serde(default)]
+    pub sources: Vec<PathBuf>,
+    /// Seconds since the epoch.
+    #[serde(default)]
+    pub created: u64,
+    /// Inode of the mount namespace the target was resolved in (`/proc/self/ns/mnt`).
     #[serde(default)]
     pub mnt_ns: Option<u64>,
+}
+
+/// Identity (nsfs inode) of our mount namespace.
+pub fn own_mnt_ns() -> Option<u64> {
+    rustix::fs::stat("/proc/self/ns/mnt").ok().map(|st| st.st_ino)
 }
 
 /// Whether a recorded mount still exists.
@@ -639,30 +655,23 @@ pub enum Liveness {
 ///   device, and AUTOCLEAR releases it when the last mount of that superblock is gone, wherever
 ///   the receiver attached it; a device configured again later has a new diskseq;
 /// - no loop device to watch (file-backed EROFS, kernels before 5.15): unknown.
-pub fn liveness(
-    target: Option<&Path>,
-    mnt_ns: Option<u64>,
-    mount_id: u64,
-    unique: bool,
-    loop_devices: &[PathBuf],
-    loop_diskseq: &[u64],
-) -> Liveness {
-    let own_ns = rustix::fs::stat("/proc/self/ns/mnt").ok().map(|st| st.st_ino);
-    if let Some(t) = target {
-        if mnt_ns.is_some() && mnt_ns == own_ns {
+pub fn liveness(r: &MountRecord) -> Liveness {
+    if let Some(t) = &r.target {
+        if r.mnt_ns.is_some() && r.mnt_ns == own_mnt_ns() {
             let live = rustix::fs::open(t, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
                 .ok()
                 .and_then(|fd| sys::statx_mnt_id(fd.as_fd()).ok())
-                .is_some_and(|(id, uniq)| id == mount_id && uniq == unique);
+                .is_some_and(|(id, uniq)| id == r.mount_id && uniq == r.mount_id_unique);
             return if live { Liveness::Live } else { Liveness::Dead };
         }
     }
-    if loop_devices.is_empty() || loop_diskseq.len() != loop_devices.len() {
+    if r.loop_devices.is_empty() || r.loop_diskseq.len() != r.loop_devices.len() {
         return Liveness::Unknown;
     }
-    let any = loop_devices
+    let any = r
+        .loop_devices
         .iter()
-        .zip(loop_diskseq)
+        .zip(&r.loop_diskseq)
         .any(|(p, seq)| crate::loopback::number_of(p).is_some_and(|n| crate::loopback::still_bound(n, *seq)));
     if any {
         Liveness::Live
@@ -700,7 +709,7 @@ pub fn read_records(dir: &Path) -> Vec<(PathBuf, MountRecord)> {
 
 /// Whether a record counts against the limits: see [`liveness`]; unknown ones do not count.
 fn record_live(r: &MountRecord) -> bool {
-    liveness(r.target.as_deref(), r.mnt_ns, r.mount_id, r.mount_id_unique, &r.loop_devices, &r.loop_diskseq) == Liveness::Live
+    liveness(r) == Liveness::Live
 }
 
 /// Checks the caller's per-user limits against the live records in the state directory before a
