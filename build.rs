@@ -27,9 +27,7 @@ fn main() {
         if let Some(target) = target {
             let map = seccompiler::compile_from_json(json.as_slice(), target)
                 .unwrap_or_else(|e| panic!("policy/seccomp.json: {e}"));
-            let prog = map
-                .get(*name)
-                .unwrap_or_else(|| panic!("policy/seccomp.json: missing filter {name:?}"));
+            let prog = map.get(*name).unwrap_or_else(|| panic!("policy/seccomp.json: missing filter {name:?}"));
             for ins in prog {
                 blob.extend_from_slice(&ins.code.to_ne_bytes());
                 blob.push(ins.jt);

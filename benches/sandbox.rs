@@ -12,10 +12,7 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--cs9-one") {
         return cs9_one(args.get(i + 1).map(String::as_str) == Some("sandboxed"), &args[i + 2]);
     }
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(300);
+    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(300);
     let cfg = SandboxConfig::default();
     let run = || {
         let input = File::open("/dev/null").expect("/dev/null");

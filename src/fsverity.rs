@@ -143,11 +143,7 @@ pub fn digest_file(f: &File) -> io::Result<Sha256Digest> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }
     let size = md.len();
-    let threads = if size < PARALLEL_MIN {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    };
+    let threads = if size < PARALLEL_MIN { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
     digest_file_with(f, size, threads)
 }
 
@@ -199,9 +195,7 @@ pub fn digest_file_with(f: &File, size: u64, threads: usize) -> io::Result<Sha25
             let handles: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
             let mut result = Ok(());
             for h in handles {
-                let r = h
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("digest worker panicked")));
+                let r = h.join().unwrap_or_else(|_| Err(io::Error::other("digest worker panicked")));
                 if result.is_ok() {
                     result = r;
                 }
@@ -255,17 +249,11 @@ const BUSY_RETRIES: u32 = 8;
 /// retried briefly with backoff. ENOTTY/EOPNOTSUPP (kernel or filesystem without fs-verity)
 /// give [`VerityError::Unsupported`].
 pub fn enable(fd: BorrowedFd<'_>) -> Result<Enabled, VerityError> {
-    let fl = rustix::fs::fcntl_getfl(fd).map_err(|e| VerityError::Io {
-        op: "fcntl(F_GETFL)",
-        source: e.into(),
-    })?;
+    let fl = rustix::fs::fcntl_getfl(fd).map_err(|e| VerityError::Io { op: "fcntl(F_GETFL)", source: e.into() })?;
     if fl & rustix::fs::OFlags::RWMODE != rustix::fs::OFlags::RDONLY {
         return Err(VerityError::WritableFd);
     }
-    let st = rustix::fs::fstat(fd).map_err(|e| VerityError::Io {
-        op: "fstat",
-        source: e.into(),
-    })?;
+    let st = rustix::fs::fstat(fd).map_err(|e| VerityError::Io { op: "fstat", source: e.into() })?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(VerityError::NotRegular);
     }
@@ -296,10 +284,7 @@ pub fn enable(fd: BorrowedFd<'_>) -> Result<Enabled, VerityError> {
 pub fn measure(fd: BorrowedFd<'_>) -> Result<Sha256Digest, VerityError> {
     let (alg, digest) = crate::sys::verity::measure(fd).map_err(|e| map_errno("FS_IOC_MEASURE_VERITY", e))?;
     if u32::from(alg) != crate::sys::verity::HASH_ALG_SHA256 || digest.len() != HASH_SIZE {
-        return Err(VerityError::WrongAlgorithm {
-            alg,
-            size: digest.len(),
-        });
+        return Err(VerityError::WrongAlgorithm { alg, size: digest.len() });
     }
     let mut out = [0u8; HASH_SIZE];
     out.copy_from_slice(&digest);
@@ -311,10 +296,7 @@ pub fn measure(fd: BorrowedFd<'_>) -> Result<Sha256Digest, VerityError> {
 pub fn check_digest(fd: BorrowedFd<'_>, expected: &Sha256Digest) -> Result<(), VerityError> {
     let actual = measure(fd)?;
     if &actual != expected {
-        return Err(VerityError::Mismatch {
-            expected: to_hex(expected),
-            actual: to_hex(&actual),
-        });
+        return Err(VerityError::Mismatch { expected: to_hex(expected), actual: to_hex(&actual) });
     }
     Ok(())
 }
@@ -452,10 +434,7 @@ impl VerityError {
     pub fn at(self, path: &Path) -> Self {
         match self {
             e @ VerityError::File { .. } => e,
-            e => VerityError::File {
-                path: path.to_path_buf(),
-                inner: Box::new(e),
-            },
+            e => VerityError::File { path: path.to_path_buf(), inner: Box::new(e) },
         }
     }
 
@@ -489,13 +468,7 @@ mod tests {
     /// Known answers from `fsverity digest` (fsverity-utils 1.5) for "" and "hello".
     #[test]
     fn known_answers() {
-        assert_eq!(
-            to_hex(&digest_bytes(b"")),
-            "3d248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95"
-        );
-        assert_eq!(
-            to_hex(&digest_bytes(b"hello")),
-            "555b589c26ee43b7a2510e6c67ced9fb3190b6da6e9e683984551f5d77a763de"
-        );
+        assert_eq!(to_hex(&digest_bytes(b"")), "3d248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95");
+        assert_eq!(to_hex(&digest_bytes(b"hello")), "555b589c26ee43b7a2510e6c67ced9fb3190b6da6e9e683984551f5d77a763de");
     }
 }

@@ -70,11 +70,7 @@ pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopErro
     let ctl = rustix::fs::open("/dev/loop-control", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| LoopError::Control { op: "open", errno: e })?;
 
-    let mut cfg = LoopConfig {
-        fd: raw_fd,
-        block_size: BLOCK_SIZE,
-        ..Default::default()
-    };
+    let mut cfg = LoopConfig { fd: raw_fd, block_size: BLOCK_SIZE, ..Default::default() };
     cfg.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_DIRECT_IO | LO_FLAGS_AUTOCLEAR;
     let label = name.as_os_str().as_encoded_bytes();
     let n = label.len().min(loopctl::LO_NAME_SIZE - 1);
@@ -82,10 +78,8 @@ pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopErro
 
     let mut last = Errno::BUSY;
     for attempt in 0..MAX_ATTEMPTS {
-        let number = loopctl::ctl_get_free(ctl.as_fd()).map_err(|e| LoopError::Control {
-            op: "LOOP_CTL_GET_FREE",
-            errno: e,
-        })?;
+        let number =
+            loopctl::ctl_get_free(ctl.as_fd()).map_err(|e| LoopError::Control { op: "LOOP_CTL_GET_FREE", errno: e })?;
         let path = PathBuf::from(format!("/dev/loop{number}"));
         let dev = match rustix::fs::open(&path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty()) {
             Ok(fd) => fd,
@@ -95,13 +89,7 @@ pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopErro
                 std::thread::yield_now();
                 continue;
             }
-            Err(e) => {
-                return Err(LoopError::Device {
-                    path,
-                    op: "open",
-                    errno: e,
-                })
-            }
+            Err(e) => return Err(LoopError::Device { path, op: "open", errno: e }),
         };
         match loopctl::configure(dev.as_fd(), &cfg) {
             Ok(()) => {}
@@ -111,29 +99,13 @@ pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopErro
                 std::thread::yield_now();
                 continue;
             }
-            Err(e) => {
-                return Err(LoopError::Device {
-                    path,
-                    op: "LOOP_CONFIGURE",
-                    errno: e,
-                })
-            }
+            Err(e) => return Err(LoopError::Device { path, op: "LOOP_CONFIGURE", errno: e }),
         }
         // From here on, dropping `dev` (on any error) lets AUTOCLEAR detach the device.
-        let lo = LoopDevice {
-            fd: dev,
-            number,
-            path,
-            direct_io: false,
-            retries: attempt,
-            diskseq: None,
-        };
+        let lo = LoopDevice { fd: dev, number, path, direct_io: false, retries: attempt, diskseq: None };
         return verify(lo, &st);
     }
-    Err(LoopError::Exhausted {
-        attempts: MAX_ATTEMPTS,
-        last,
-    })
+    Err(LoopError::Exhausted { attempts: MAX_ATTEMPTS, last })
 }
 
 /// Checks that the device is bound to our image with the flags and block size we asked for.
@@ -145,11 +117,7 @@ fn verify(mut lo: LoopDevice, image: &rustix::fs::Stat) -> Result<LoopDevice, Lo
         Ok(i) => i,
         Err(e) => {
             undo(&lo);
-            return Err(LoopError::Device {
-                path: lo.path.clone(),
-                op: "LOOP_GET_STATUS64",
-                errno: e,
-            });
+            return Err(LoopError::Device { path: lo.path.clone(), op: "LOOP_GET_STATUS64", errno: e });
         }
     };
     let want = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
@@ -178,10 +146,7 @@ fn verify(mut lo: LoopDevice, image: &rustix::fs::Stat) -> Result<LoopDevice, Lo
     };
     if let Some(reason) = reason {
         undo(&lo);
-        return Err(LoopError::Verify {
-            path: lo.path.clone(),
-            reason,
-        });
+        return Err(LoopError::Verify { path: lo.path.clone(), reason });
     }
     lo.direct_io = info.lo_flags & LO_FLAGS_DIRECT_IO != 0;
     lo.diskseq = loopctl::diskseq(lo.fd.as_fd()).ok();
@@ -233,11 +198,7 @@ pub enum LoopError {
     #[error("/dev/loop-control: {op} failed: {errno}{}", control_hint(op, *errno))]
     Control { op: &'static str, errno: Errno },
     #[error("{}: {op} failed: {errno}{}", path.display(), device_hint(op, *errno))]
-    Device {
-        path: PathBuf,
-        op: &'static str,
-        errno: Errno,
-    },
+    Device { path: PathBuf, op: &'static str, errno: Errno },
     #[error("no loop device could be configured after {attempts} attempts (last error: {last}); other processes keep taking the free devices")]
     Exhausted { attempts: u32, last: Errno },
     #[error("{}: configured device does not match the request: {reason}", path.display())]
@@ -247,15 +208,21 @@ pub enum LoopError {
 /// What a /dev/loop-control failure usually means, for the one-line message.
 fn control_hint(op: &str, errno: Errno) -> &'static str {
     match (op, errno) {
-        ("open", Errno::NOENT | Errno::NODEV | Errno::NXIO) => " (this kernel has no loop driver: CONFIG_BLK_DEV_LOOP / modprobe loop)",
-        ("LOOP_CTL_GET_FREE", Errno::NOSPC | Errno::NOMEM | Errno::NODEV) => " (no free loop device: every loop minor is in use or the max_loop limit is reached)",
+        ("open", Errno::NOENT | Errno::NODEV | Errno::NXIO) => {
+            " (this kernel has no loop driver: CONFIG_BLK_DEV_LOOP / modprobe loop)"
+        }
+        ("LOOP_CTL_GET_FREE", Errno::NOSPC | Errno::NOMEM | Errno::NODEV) => {
+            " (no free loop device: every loop minor is in use or the max_loop limit is reached)"
+        }
         _ => "",
     }
 }
 
 fn device_hint(op: &str, errno: Errno) -> &'static str {
     match (op, errno) {
-        ("LOOP_CONFIGURE", Errno::NOTTY | Errno::INVAL) => " (this kernel lacks LOOP_CONFIGURE, Linux 5.8+; cfsmount does not fall back to separate ioctls)",
+        ("LOOP_CONFIGURE", Errno::NOTTY | Errno::INVAL) => {
+            " (this kernel lacks LOOP_CONFIGURE, Linux 5.8+; cfsmount does not fall back to separate ioctls)"
+        }
         _ => "",
     }
 }

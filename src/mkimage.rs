@@ -99,19 +99,30 @@ pub fn parse_input(req: &BuildRequest, input: &[u8]) -> Result<Tree, BuildError>
     match req.format {
         InputFormat::Toc => Ok(crate::input::toc::parse_flavor(input, &req.toc_options(), Flavor::ZstdChunked)?),
         InputFormat::Estargz => Ok(crate::input::toc::parse_flavor(input, &req.toc_options(), Flavor::Estargz)?),
-        InputFormat::Dump => Ok(crate::input::dump::parse(input, &DumpOptions { strict: req.strict_dump, limits: Limits::default() })?),
+        InputFormat::Dump => {
+            Ok(crate::input::dump::parse(input, &DumpOptions { strict: req.strict_dump, limits: Limits::default() })?)
+        }
         InputFormat::Dir => Err(BuildError::Input("directory input cannot be read from a stream".into())),
     }
 }
 
 /// The untrusted stage: read the whole input (bounded), parse, validate, optionally record the
 /// objects' fs-verity digests, and write the image to `out`.
-pub fn build_from_reader(req: &BuildRequest, input: &mut dyn Read, out: &mut dyn Write) -> Result<BuildInfo, BuildError> {
+pub fn build_from_reader(
+    req: &BuildRequest,
+    input: &mut dyn Read,
+    out: &mut dyn Write,
+) -> Result<BuildInfo, BuildError> {
     build_from_reader_sized(req, input, 0, out)
 }
 
 /// [`build_from_reader`] with the input's expected size (0 if unknown) to read it in one buffer.
-pub fn build_from_reader_sized(req: &BuildRequest, input: &mut dyn Read, size_hint: u64, out: &mut dyn Write) -> Result<BuildInfo, BuildError> {
+pub fn build_from_reader_sized(
+    req: &BuildRequest,
+    input: &mut dyn Read,
+    size_hint: u64,
+    out: &mut dyn Write,
+) -> Result<BuildInfo, BuildError> {
     let mut buf = Vec::with_capacity(size_hint.min(req.max_input_bytes).saturating_add(1) as usize);
     input.take(req.max_input_bytes.saturating_add(1)).read_to_end(&mut buf).map_err(BuildError::Read)?;
     if buf.len() as u64 > req.max_input_bytes {
@@ -223,7 +234,12 @@ pub fn build_image_file(req: &BuildRequest, source: Source, output: &Path) -> an
 
 /// [`build_image_file`] with any [`Output`] and explicit parent-side options. Returns the build
 /// info and, for a path output, the final file (open read-only, positioned at 0).
-pub fn build_image(req: &BuildRequest, source: Source, output: &Output, bopts: &BuildOptions) -> anyhow::Result<(BuildInfo, Option<File>)> {
+pub fn build_image(
+    req: &BuildRequest,
+    source: Source,
+    output: &Output,
+    bopts: &BuildOptions,
+) -> anyhow::Result<(BuildInfo, Option<File>)> {
     // The image is first written to an unnamed-to-the-user temporary file.
     let (tmp, guard) = match output {
         Output::Path(p) => {
@@ -231,11 +247,13 @@ pub fn build_image(req: &BuildRequest, source: Source, output: &Output, bopts: &
                 Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
                 _ => PathBuf::from("."),
             };
-            let (f, tp) = create_temp(&dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+            let (f, tp) =
+                create_temp(&dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
             (f, Some(UnlinkOnDrop(Some(tp))))
         }
         Output::Stdout => {
-            let fd = rustix::fs::memfd_create("cfsmount-image", rustix::fs::MemfdFlags::CLOEXEC).context("memfd_create")?;
+            let fd =
+                rustix::fs::memfd_create("cfsmount-image", rustix::fs::MemfdFlags::CLOEXEC).context("memfd_create")?;
             (File::from(fd), None)
         }
     };
@@ -348,7 +366,8 @@ fn validate_image(f: &File) -> anyhow::Result<BuildInfo> {
     if h.magic != COMPOSEFS_MAGIC {
         anyhow::bail!("bad composefs magic {:#x}", h.magic);
     }
-    let sb = SuperBlock::decode(&hdr[EROFS_SUPER_OFFSET as usize..]).ok_or_else(|| anyhow::anyhow!("unreadable EROFS superblock"))?;
+    let sb = SuperBlock::decode(&hdr[EROFS_SUPER_OFFSET as usize..])
+        .ok_or_else(|| anyhow::anyhow!("unreadable EROFS superblock"))?;
     if sb.magic != EROFS_SUPER_MAGIC {
         anyhow::bail!("bad EROFS magic {:#x}", sb.magic);
     }
@@ -457,7 +476,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         sandbox: SandboxConfig { allow_unsandboxed: a.no_sandbox, ..SandboxConfig::default() },
         enable_verity: a.enable_verity,
     };
-    let (_, file) = build_image(&req, source, &output, &bopts).with_context(|| format!("mkimage {}", a.source.display()))?;
+    let (_, file) =
+        build_image(&req, source, &output, &bopts).with_context(|| format!("mkimage {}", a.source.display()))?;
     if a.print_digest {
         let f = file.expect("path output");
         let d = crate::fsverity::digest_file(&f).context("computing the image's fs-verity digest")?;

@@ -156,11 +156,7 @@ impl std::str::FromStr for IdMap {
             }
             p.parse::<u32>().map_err(|_| bad())
         };
-        let m = IdMap {
-            inside: n(parts[0])?,
-            outside: n(parts[1])?,
-            count: n(parts[2])?,
-        };
+        let m = IdMap { inside: n(parts[0])?, outside: n(parts[1])?, count: n(parts[2])? };
         if m.count == 0 || m.inside.checked_add(m.count - 1).is_none() || m.outside.checked_add(m.count - 1).is_none() {
             return Err(bad());
         }
@@ -214,9 +210,9 @@ pub struct MountOutcome {
     pub verity: bool,
 }
 
+use crate::helper::own_mnt_ns;
 /// One JSON file per mount in the state dir (the format lives with the helper's checks).
 pub use crate::helper::MountRecord;
-use crate::helper::own_mnt_ns;
 
 // ---------------------------------------------------------------------------------------------
 // Privilege (privileged-helper mode is decided by crate::helper)
@@ -247,22 +243,16 @@ pub fn state_dir() -> PathBuf {
 /// Opens (creating if needed) the state dir, and checks it is ours and private.
 fn open_state_dir(create: bool) -> Result<(PathBuf, OwnedFd), MountError> {
     let dir = state_dir();
-    let err = |errno: Errno| MountError::StateDir {
-        path: dir.clone(),
-        reason: errno.to_string(),
-    };
+    let err = |errno: Errno| MountError::StateDir { path: dir.clone(), reason: errno.to_string() };
     if create {
         match rustix::fs::mkdir(&dir, Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(err(e)),
         }
     }
-    let fd = rustix::fs::open(
-        &dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(err)?;
+    let fd =
+        rustix::fs::open(&dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .map_err(err)?;
     let st = rustix::fs::fstat(&fd).map_err(err)?;
     let euid = rustix::process::geteuid().as_raw();
     if st.st_uid != euid || st.st_mode & 0o022 != 0 {
@@ -286,9 +276,7 @@ fn write_record(dirfd: BorrowedFd<'_>, rec: &MountRecord) -> Result<(), MountErr
     let name = record_name(rec.mount_id);
     let tmp = format!(".{}.tmp", name);
     let data = serde_json::to_vec_pretty(rec).map_err(|e| MountError::Record { reason: e.to_string() })?;
-    let io = |e: Errno| MountError::Record {
-        reason: format!("{name}: {e}"),
-    };
+    let io = |e: Errno| MountError::Record { reason: format!("{name}: {e}") };
     let fd = rustix::fs::openat(
         dirfd,
         &tmp,
@@ -316,34 +304,21 @@ fn write_record(dirfd: BorrowedFd<'_>, rec: &MountRecord) -> Result<(), MountErr
 
 fn read_record(dirfd: BorrowedFd<'_>, mount_id: u64) -> Result<Option<MountRecord>, MountError> {
     let name = record_name(mount_id);
-    let fd = match rustix::fs::openat(
-        dirfd,
-        &name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
+    let fd = match rustix::fs::openat(dirfd, &name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+    {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(None),
-        Err(e) => {
-            return Err(MountError::Record {
-                reason: format!("{name}: {e}"),
-            })
-        }
+        Err(e) => return Err(MountError::Record { reason: format!("{name}: {e}") }),
     };
     let mut s = Vec::new();
     File::from(fd)
         .take(1 << 20)
         .read_to_end(&mut s)
-        .map_err(|e| MountError::Record {
-            reason: format!("{name}: {e}"),
-        })?;
-    let rec: MountRecord = serde_json::from_slice(&s).map_err(|e| MountError::Record {
-        reason: format!("{name}: {e}"),
-    })?;
+        .map_err(|e| MountError::Record { reason: format!("{name}: {e}") })?;
+    let rec: MountRecord =
+        serde_json::from_slice(&s).map_err(|e| MountError::Record { reason: format!("{name}: {e}") })?;
     if rec.mount_id != mount_id {
-        return Err(MountError::Record {
-            reason: format!("{name}: names mount {}", rec.mount_id),
-        });
+        return Err(MountError::Record { reason: format!("{name}: names mount {}", rec.mount_id) });
     }
     Ok(Some(rec))
 }
@@ -357,11 +332,7 @@ fn prune_stale_records(dirfd: BorrowedFd<'_>) {
     };
     for e in dir.flatten() {
         let name = e.file_name();
-        let Some(id) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".json"))
-            .and_then(|i| i.parse::<u64>().ok())
-        else {
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|i| i.parse::<u64>().ok()) else {
             continue;
         };
         let Ok(Some(rec)) = read_record(dirfd, id) else {
@@ -397,12 +368,7 @@ pub fn list_records() -> Result<Vec<MountRecord>, MountError> {
 
 /// The mount id of `fd` (unique id when available).
 pub fn mount_id(fd: BorrowedFd<'_>) -> Result<(u64, bool, u64), Errno> {
-    let st = rustix::fs::statx(
-        fd,
-        "",
-        AtFlags::EMPTY_PATH,
-        StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE),
-    )?;
+    let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE))?;
     if st.stx_mask & STATX_MNT_ID_UNIQUE != 0 {
         return Ok((st.stx_mnt_id, true, (st.stx_attributes & st.stx_attributes_mask).bits()));
     }
@@ -410,11 +376,7 @@ pub fn mount_id(fd: BorrowedFd<'_>) -> Result<(u64, bool, u64), Errno> {
     if st.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
         return Err(Errno::NOSYS);
     }
-    Ok((
-        st.stx_mnt_id,
-        false,
-        (st.stx_attributes & st.stx_attributes_mask).bits(),
-    ))
+    Ok((st.stx_mnt_id, false, (st.stx_attributes & st.stx_attributes_mask).bits()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,26 +395,15 @@ fn open_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<&
         SourceKind::Image => open_source_file(path)?,
         _ => build_image(path, kind, state_dir, objects)?,
     };
-    let st = rustix::fs::fstat(&file).map_err(|e| MountError::Source {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
+    let st = rustix::fs::fstat(&file).map_err(|e| MountError::Source { path: path.into(), reason: e.to_string() })?;
     if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
-        return Err(MountError::Source {
-            path: path.into(),
-            reason: "not a regular file".into(),
-        });
+        return Err(MountError::Source { path: path.into(), reason: "not a regular file".into() });
     }
     let mut hdr = [0u8; 1028];
-    let n = rustix::io::pread(&file, &mut hdr, 0).map_err(|e| MountError::Source {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
+    let n = rustix::io::pread(&file, &mut hdr, 0)
+        .map_err(|e| MountError::Source { path: path.into(), reason: e.to_string() })?;
     if n < hdr.len() {
-        return Err(MountError::NotComposefs {
-            path: path.into(),
-            reason: "shorter than an EROFS superblock".into(),
-        });
+        return Err(MountError::NotComposefs { path: path.into(), reason: "shorter than an EROFS superblock".into() });
     }
     let le = |o: usize| u32::from_le_bytes([hdr[o], hdr[o + 1], hdr[o + 2], hdr[o + 3]]);
     if le(0) != COMPOSEFS_MAGIC {
@@ -468,11 +419,7 @@ fn open_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<&
         });
     }
     let has_acl = le(8) & COMPOSEFS_FLAG_HAS_ACL != 0;
-    Ok(Image {
-        file,
-        label: path.to_path_buf(),
-        has_acl,
-    })
+    Ok(Image { file, label: path.to_path_buf(), has_acl })
 }
 
 /// Builds an image from a TOC or dumpfile with the sandboxed builder (`crate::mkimage`), into a
@@ -486,10 +433,7 @@ fn build_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<
         SourceKind::Dump => InputFormat::Dump,
         SourceKind::Image => unreachable!("images are not built"),
     };
-    let err = |reason: String| MountError::Build {
-        path: path.into(),
-        reason,
-    };
+    let err = |reason: String| MountError::Build { path: path.into(), reason };
     // The input is opened as the caller (pinned) and handed to the builder as an fd.
     let src = authz(crate::helper::open_source(path))?;
     let mut req = BuildRequest::new(format);
@@ -497,17 +441,9 @@ fn build_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<
     let out = state_dir.join(format!(
         ".build-{}-{}.img",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
     ));
-    let res = crate::mkimage::build_image(
-        &req,
-        Source::Fd(src.fd),
-        &Output::Path(out.clone()),
-        &Default::default(),
-    );
+    let res = crate::mkimage::build_image(&req, Source::Fd(src.fd), &Output::Path(out.clone()), &Default::default());
     let _ = std::fs::remove_file(&out);
     match res {
         Ok((_, Some(f))) => Ok(f),
@@ -550,14 +486,7 @@ fn erofs_fsmount(source: &str, has_acl: bool, attrs: MountAttrFlags) -> Result<O
     })?;
     let ctx = |what: &str, e: Errno| {
         let log = overlay::fs_log(fs.as_fd());
-        (
-            e,
-            if log.is_empty() {
-                what.to_string()
-            } else {
-                format!("{what} (kernel: {log})")
-            },
-        )
+        (e, if log.is_empty() { what.to_string() } else { format!("{what} (kernel: {log})") })
     };
     fsconfig_set_string(fs.as_fd(), "source", source).map_err(|e| ctx("source", e))?;
     fsconfig_set_flag(fs.as_fd(), "ro").map_err(|e| ctx("ro", e))?;
@@ -585,23 +514,15 @@ fn mount_erofs(
             Ok(m) => mnt = Some(m),
             // ENOTBLK: this kernel wants a block device.
             Err((Errno::NOTBLK, _)) => {}
-            Err((e, what)) => {
-                return Err(MountError::Erofs {
-                    path: img.label.clone(),
-                    step: what,
-                    errno: e,
-                })
-            }
+            Err((e, what)) => return Err(MountError::Erofs { path: img.label.clone(), step: what, errno: e }),
         }
     }
     let mnt = match mnt {
         Some(m) => m,
         None => {
             authz(crate::helper::check_mount_limits(state_dir, true))?;
-            let lo = crate::loopback::attach(img.file.as_fd(), &img.label).map_err(|e| MountError::Loop {
-                path: img.label.clone(),
-                cause: e,
-            })?;
+            let lo = crate::loopback::attach(img.file.as_fd(), &img.label)
+                .map_err(|e| MountError::Loop { path: img.label.clone(), cause: e })?;
             let src = lo.path().to_str().unwrap_or_default().to_string();
             let m = erofs_fsmount(&src, img.has_acl, attrs).map_err(|(e, what)| MountError::Erofs {
                 path: img.label.clone(),
@@ -637,21 +558,16 @@ fn mount_erofs(
 // ---------------------------------------------------------------------------------------------
 
 fn map_text(maps: &[IdMap]) -> String {
-    maps.iter()
-        .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count))
-        .collect()
+    maps.iter().map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count)).collect()
 }
 
 /// A helper child unshares a user namespace; we write its maps, keep an fd to it, and reap it.
 pub fn create_userns(uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, MountError> {
     if uid.is_empty() || gid.is_empty() {
-        return Err(MountError::Idmap {
-            reason: "both --uidmap and --gidmap are needed".into(),
-        });
+        return Err(MountError::Idmap { reason: "both --uidmap and --gidmap are needed".into() });
     }
-    let child = crate::sys::mount::UsernsChild::spawn().map_err(|e| MountError::Idmap {
-        reason: format!("creating a user namespace: {e}"),
-    })?;
+    let child = crate::sys::mount::UsernsChild::spawn()
+        .map_err(|e| MountError::Idmap { reason: format!("creating a user namespace: {e}") })?;
     let pid = child.pid();
     let write = |name: &str, text: &str| -> Result<(), MountError> {
         std::fs::write(format!("/proc/{pid}/{name}"), text.as_bytes()).map_err(|e| MountError::Idmap {
@@ -660,14 +576,8 @@ pub fn create_userns(uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, MountError
     };
     write("uid_map", &map_text(uid))?;
     write("gid_map", &map_text(gid))?;
-    let fd = rustix::fs::open(
-        format!("/proc/{pid}/ns/user"),
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| MountError::Idmap {
-        reason: format!("opening the new user namespace: {e}"),
-    })?;
+    let fd = rustix::fs::open(format!("/proc/{pid}/ns/user"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| MountError::Idmap { reason: format!("opening the new user namespace: {e}") })?;
     drop(child); // lets it exit and reaps it; the namespace lives on through `fd`
     Ok(fd)
 }
@@ -680,9 +590,7 @@ fn check_procfs() -> Result<(), MountError> {
     let st = rustix::fs::statfs("/proc/self/fd").map_err(|e| MountError::Proc { reason: e.to_string() })?;
     #[allow(clippy::unnecessary_cast)]
     if st.f_type as i64 != PROC_SUPER_MAGIC {
-        return Err(MountError::Proc {
-            reason: "/proc is not procfs".into(),
-        });
+        return Err(MountError::Proc { reason: "/proc is not procfs".into() });
     }
     Ok(())
 }
@@ -696,16 +604,10 @@ fn validate(req: &MountRequest) -> Result<(), MountError> {
         return Err(MountError::Usage("at least one basedir is needed".into()));
     }
     if req.digests.len() > req.sources.len() {
-        return Err(MountError::Usage(format!(
-            "{} digests given for {} images",
-            req.digests.len(),
-            req.sources.len()
-        )));
+        return Err(MountError::Usage(format!("{} digests given for {} images", req.digests.len(), req.sources.len())));
     }
     if (req.allow_suid || req.allow_dev) && (privileged() || caller_uid() != 0) {
-        return Err(MountError::Usage(
-            "suid/dev mounts may only be requested by root".into(),
-        ));
+        return Err(MountError::Usage("suid/dev mounts may only be requested by root".into()));
     }
     if req.sources.len() > 1 && req.upper.is_none() && req.sources.len() > 500 {
         return Err(MountError::Usage("too many layers".into()));
@@ -739,11 +641,7 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     authz(h::check_mount_limits(&state_path, req.force_loop))?;
 
     // 1. pinned object directories, opened as the caller (before any build reads from them)
-    let basedirs = req
-        .basedirs
-        .iter()
-        .map(|b| authz(h::open_basedir(b)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let basedirs = req.basedirs.iter().map(|b| authz(h::open_basedir(b))).collect::<Result<Vec<_>, _>>()?;
     // 2. images (opened once, as the caller; this fd is measured and mounted)
     let mut images = Vec::with_capacity(req.sources.len());
     for s in &req.sources {
@@ -765,16 +663,12 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     for (img, want) in images.iter().zip(&req.digests) {
         if privileged() {
             // The sealed private copy cannot carry fs-verity: digest it in userspace.
-            authz(h::check_source_digest(img.file.as_fd(), want)).map_err(|e| MountError::Digest {
-                path: img.label.clone(),
-                reason: e.to_string(),
-            })?;
+            authz(h::check_source_digest(img.file.as_fd(), want))
+                .map_err(|e| MountError::Digest { path: img.label.clone(), reason: e.to_string() })?;
             continue;
         }
-        crate::fsverity::check_digest(img.file.as_fd(), want).map_err(|e| MountError::Digest {
-            path: img.label.clone(),
-            reason: e.to_string(),
-        })?;
+        crate::fsverity::check_digest(img.file.as_fd(), want)
+            .map_err(|e| MountError::Digest { path: img.label.clone(), reason: e.to_string() })?;
     }
     // 3. upper/work dirs and target, pinned, opened as the caller
     let upper = match &req.upper {
@@ -800,11 +694,7 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
         Some(IdmapSpec::Maps { uid, gid }) => {
             let ext = |m: &[IdMap]| {
                 m.iter()
-                    .map(|x| h::IdExtent {
-                        inside: x.inside,
-                        outside: x.outside,
-                        count: x.count,
-                    })
+                    .map(|x| h::IdExtent { inside: x.inside, outside: x.outside, count: x.count })
                     .collect::<Vec<_>>()
             };
             authz(h::check_id_maps(&ext(uid), &ext(gid)))?;
@@ -872,9 +762,8 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
         top.verity = layer_ovls.iter().all(|o| o.verity);
         top
     };
-    let (ovl_id, unique, _) = mount_id(ovl.mnt.as_fd()).map_err(|e| MountError::Record {
-        reason: format!("statx of the overlay: {e}"),
-    })?;
+    let (ovl_id, unique, _) =
+        mount_id(ovl.mnt.as_fd()).map_err(|e| MountError::Record { reason: format!("statx of the overlay: {e}") })?;
     let record = MountRecord {
         mount_id: ovl_id,
         mount_id_unique: unique,
@@ -883,10 +772,7 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
             _ => None,
         },
         uid: caller_uid(),
-        loop_devices: erofs
-            .iter()
-            .filter_map(|e| e.loopdev.as_ref().map(|l| l.path().to_path_buf()))
-            .collect(),
+        loop_devices: erofs.iter().filter_map(|e| e.loopdev.as_ref().map(|l| l.path().to_path_buf())).collect(),
         loop_diskseq: erofs
             .iter()
             .filter_map(|e| e.loopdev.as_ref().map(|l| l.diskseq()))
@@ -895,20 +781,14 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
         erofs_mount_ids: erofs.iter().map(|e| e.mount_id).collect(),
         sources: req.sources.clone(),
         mnt_ns: own_mnt_ns(),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     };
     // 7. record first (the id does not change when the mount is attached), then hand over
     write_record(state_fd.as_fd(), &record)?;
     let handed = match (&target_fd, &sock) {
-        (Some(t), _) => {
-            authz(h::attach_at_target(ovl.mnt.as_fd(), t.as_fd(), writable)).map_err(|e| MountError::Attach {
-                target: record.target.clone().unwrap_or_default(),
-                reason: e.to_string(),
-            })
-        }
+        (Some(t), _) => authz(h::attach_at_target(ovl.mnt.as_fd(), t.as_fd(), writable)).map_err(|e| {
+            MountError::Attach { target: record.target.clone().unwrap_or_default(), reason: e.to_string() }
+        }),
         (None, Some(s)) => authz(h::enforce_mount_attrs(ovl.mnt.as_fd(), writable))
             .and_then(|()| overlay::send_fd(s.as_fd(), ovl.mnt.as_fd()).map_err(MountError::from)),
         (None, None) => Err(MountError::Usage("no target".into())),
@@ -928,11 +808,7 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
                         "on {}{}{}",
                         l.path().display(),
                         if l.direct_io() { " (direct I/O)" } else { "" },
-                        if l.retries() > 0 {
-                            format!(" after {} EBUSY retries", l.retries())
-                        } else {
-                            String::new()
-                        }
+                        if l.retries() > 0 { format!(" after {} EBUSY retries", l.retries()) } else { String::new() }
                     ),
                     None => "file-backed".to_string(),
                 },
@@ -942,20 +818,12 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
         eprintln!(
             "cfsmount: overlay mount id {} ({}{})",
             record.mount_id,
-            if ovl.legacy {
-                "legacy lowerdir string"
-            } else {
-                "lowerdir+/datadir+"
-            },
+            if ovl.legacy { "legacy lowerdir string" } else { "lowerdir+/datadir+" },
             if ovl.verity { ", verity=require" } else { "" }
         );
     }
     // Dropping the detached EROFS fds and loop fds now is what we want: the overlay pins them.
-    Ok(MountOutcome {
-        record,
-        legacy_overlay: ovl.legacy,
-        verity: ovl.verity,
-    })
+    Ok(MountOutcome { record, legacy_overlay: ovl.legacy, verity: ovl.verity })
 }
 
 /// Unmounts a cfsmount mount at `target`: pinned by fd, matched by mount id against the record
@@ -987,10 +855,7 @@ pub fn unmount(target: &Path) -> Result<MountRecord, MountError> {
     // Detach exactly the pinned mount (MNT_DETACH through /proc/self/fd/N; a plain umount2
     // would always see the mount busy, held by the very fd that pins it). The overlay, the EROFS
     // mount and the loop device under it go away as soon as the last file open in it is closed.
-    authz(h::umount_pinned(&grant)).map_err(|e| MountError::Umount {
-        target: target.into(),
-        reason: e.to_string(),
-    })?;
+    authz(h::umount_pinned(&grant)).map_err(|e| MountError::Umount { target: target.into(), reason: e.to_string() })?;
     drop(grant);
     // Still held open by someone: the record stays, without its target, so the per-user limits
     // keep counting the mount and its loop devices until they are released (liveness by
@@ -1009,9 +874,7 @@ pub fn unmount(target: &Path) -> Result<MountRecord, MountError> {
 // ---------------------------------------------------------------------------------------------
 
 fn parse_digests(v: &[String]) -> Result<Vec<[u8; 32]>, MountError> {
-    v.iter()
-        .map(|d| crate::fsverity::parse_hex(d).map_err(|e| MountError::Usage(format!("digest: {e}"))))
-        .collect()
+    v.iter().map(|d| crate::fsverity::parse_hex(d).map_err(|e| MountError::Usage(format!("digest: {e}")))).collect()
 }
 
 fn split_basedirs(v: &[OsString]) -> Result<Vec<PathBuf>, MountError> {
@@ -1029,9 +892,7 @@ fn split_basedirs(v: &[OsString]) -> Result<Vec<PathBuf>, MountError> {
 
 fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        let n: i32 = s
-            .parse()
-            .map_err(|_| MountError::Usage(format!("--fd-out {s}: bad fd number")))?;
+        let n: i32 = s.parse().map_err(|_| MountError::Usage(format!("--fd-out {s}: bad fd number")))?;
         let fd = crate::sys::mount::dup_inherited_fd(n).map_err(|e| MountError::Usage(format!("--fd-out {s}: {e}")))?;
         Ok(Dest::SocketFd(fd))
     } else {
@@ -1092,7 +953,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     match mount(req) {
         Ok(_) => Ok(()),
         // Errors about the source already start with its path: say it once.
-        Err(e) if e.to_string().starts_with(&*a.source.to_string_lossy()) => Err(anyhow::Error::new(e).context("mount")),
+        Err(e) if e.to_string().starts_with(&*a.source.to_string_lossy()) => {
+            Err(anyhow::Error::new(e).context("mount"))
+        }
         Err(e) => Err(anyhow::Error::new(e).context(format!("mounting {}", a.source.display()))),
     }
 }
@@ -1229,13 +1092,7 @@ pub fn parse_helper_argv(argv: &[OsString]) -> Result<HelperArgs, MountError> {
                     j = ab.len();
                     continue;
                 }
-                c => {
-                    return Err(MountError::Usage(format!(
-                        "unknown flag -{}\n{}",
-                        c as char,
-                        helper_usage()
-                    )))
-                }
+                c => return Err(MountError::Usage(format!("unknown flag -{}\n{}", c as char, helper_usage()))),
             }
             j += 1;
         }
@@ -1295,9 +1152,7 @@ pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
     }
     let basedir = basedir.ok_or_else(|| MountError::Usage("No object dirs specified (basedir=)".into()))?;
     if upper.is_some() != work.is_some() {
-        return Err(MountError::Usage(
-            "Both workdir and upperdir must be specified if used".into(),
-        ));
+        return Err(MountError::Usage("Both workdir and upperdir must be specified if used".into()));
     }
     let digests = match &digest {
         Some(d) => vec![crate::fsverity::parse_hex(d).map_err(|e| MountError::Usage(format!("digest: {e}")))?],
@@ -1383,17 +1238,10 @@ pub enum MountError {
     #[error("{}: image digest check failed: {reason}", path.display())]
     Digest { path: PathBuf, reason: String },
     #[error("{what} {}: {errno}", path.display())]
-    Dir {
-        what: &'static str,
-        path: PathBuf,
-        errno: Errno,
-    },
+    Dir { what: &'static str, path: PathBuf, errno: Errno },
     // The cause is part of the message (not an error `source`), so `{:#}` prints it once.
     #[error("{}: loop device: {cause}", path.display())]
-    Loop {
-        path: PathBuf,
-        cause: crate::loopback::LoopError,
-    },
+    Loop { path: PathBuf, cause: crate::loopback::LoopError },
     #[error("{}: EROFS mount failed at {step}: {errno}", path.display())]
     Erofs { path: PathBuf, step: String, errno: Errno },
     #[error("idmap: {reason}")]
@@ -1467,14 +1315,7 @@ mod tests {
 
     #[test]
     fn idmap_specs() {
-        assert_eq!(
-            "0:100000:65536".parse::<IdMap>().unwrap(),
-            IdMap {
-                inside: 0,
-                outside: 100000,
-                count: 65536
-            }
-        );
+        assert_eq!("0:100000:65536".parse::<IdMap>().unwrap(), IdMap { inside: 0, outside: 100000, count: 65536 });
         for bad in ["0:1", "a:1:1", "0:0:0", "4294967295:0:2", "-1:0:1", "0:1:1:1", "+1:0:1"] {
             assert!(bad.parse::<IdMap>().is_err(), "{bad}");
         }

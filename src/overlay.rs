@@ -100,16 +100,10 @@ pub fn assemble(spec: &OverlaySpec<'_>) -> Result<Overlay, OverlayError> {
     }
     if !spec.force_legacy {
         match build(spec, false) {
-            Err(OverlayError::Config {
-                key,
-                errno: Errno::INVAL,
-                ..
-            }) if key == "lowerdir+" || key == "datadir+" => {}
+            Err(OverlayError::Config { key, errno: Errno::INVAL, .. }) if key == "lowerdir+" || key == "datadir+" => {}
             // Before Linux 6.15 overlay cannot clone a detached mount as a layer ("failed to
             // clone lowerpath", EINVAL at create): retry with the lowers attached. (Seen on 6.12.)
-            Err(OverlayError::Create {
-                errno: Errno::INVAL, ..
-            }) => {}
+            Err(OverlayError::Create { errno: Errno::INVAL, .. }) => {}
             r => return r,
         }
     }
@@ -170,10 +164,7 @@ fn build(spec: &OverlaySpec<'_>, legacy: bool) -> Result<Overlay, OverlayError> 
         cfg("upperdir", &fd_path(up))?;
         cfg("workdir", &fd_path(work))?;
     }
-    fsconfig_create(fs.as_fd()).map_err(|e| OverlayError::Create {
-        errno: e,
-        log: fs_log(fs.as_fd()),
-    })?;
+    fsconfig_create(fs.as_fd()).map_err(|e| OverlayError::Create { errno: e, log: fs_log(fs.as_fd()) })?;
     let mnt = fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, spec.attrs)
         .map_err(|e| OverlayError::Fsmount { errno: e })?;
     Ok(Overlay { mnt, legacy, verity })
@@ -189,10 +180,7 @@ struct TempAttach {
 impl TempAttach {
     fn new(scratch: &Path, mnt: BorrowedFd<'_>) -> Result<TempAttach, OverlayError> {
         use rustix::mount::{move_mount, MoveMountFlags};
-        let tmp_err = |errno: Errno| OverlayError::TempAttach {
-            dir: scratch.to_path_buf(),
-            errno,
-        };
+        let tmp_err = |errno: Errno| OverlayError::TempAttach { dir: scratch.to_path_buf(), errno };
         let mut dir = None;
         for i in 0..100u32 {
             let d = scratch.join(format!(".layer-{}-{}-{i}", std::process::id(), mnt.as_raw_fd()));
@@ -265,32 +253,18 @@ pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<(), OverlayEr
 /// Connects to a unix socket path for `--fd-out` (stream, then seqpacket, then datagram).
 pub fn connect_socket(path: &std::path::Path) -> Result<OwnedFd, OverlayError> {
     use rustix::net::{connect, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-    let addr = SocketAddrUnix::new(path).map_err(|e| OverlayError::Connect {
-        path: path.into(),
-        errno: e,
-    })?;
+    let addr = SocketAddrUnix::new(path).map_err(|e| OverlayError::Connect { path: path.into(), errno: e })?;
     let mut last = Errno::PROTOTYPE;
     for ty in [SocketType::STREAM, SocketType::SEQPACKET, SocketType::DGRAM] {
-        let s =
-            socket_with(AddressFamily::UNIX, ty, SocketFlags::CLOEXEC, None).map_err(|e| OverlayError::Connect {
-                path: path.into(),
-                errno: e,
-            })?;
+        let s = socket_with(AddressFamily::UNIX, ty, SocketFlags::CLOEXEC, None)
+            .map_err(|e| OverlayError::Connect { path: path.into(), errno: e })?;
         match connect(&s, &addr) {
             Ok(()) => return Ok(s),
             Err(e @ Errno::PROTOTYPE) => last = e,
-            Err(e) => {
-                return Err(OverlayError::Connect {
-                    path: path.into(),
-                    errno: e,
-                })
-            }
+            Err(e) => return Err(OverlayError::Connect { path: path.into(), errno: e }),
         }
     }
-    Err(OverlayError::Connect {
-        path: path.into(),
-        errno: last,
-    })
+    Err(OverlayError::Connect { path: path.into(), errno: last })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -304,11 +278,7 @@ pub enum OverlayError {
     })]
     Open { errno: Errno },
     #[error("overlay: option {key} refused: {errno}{}", if log.is_empty() { String::new() } else { format!(" (kernel: {log})") })]
-    Config {
-        key: &'static str,
-        errno: Errno,
-        log: String,
-    },
+    Config { key: &'static str, errno: Errno, log: String },
     #[error("overlay: creating the filesystem failed: {errno}{}", if log.is_empty() { String::new() } else { format!(" (kernel: {log})") })]
     Create { errno: Errno, log: String },
     #[error("overlay (legacy syntax): attaching a layer temporarily under {}: {errno}", dir.display())]

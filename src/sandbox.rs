@@ -36,8 +36,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use landlock::{
-    Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope, ABI,
 };
 use rustix::process::{Gid, Uid};
 
@@ -75,12 +75,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            address_space: 4 << 30,
-            cpu_seconds: 60,
-            file_size: 4 << 30,
-            wall_timeout: Duration::from_secs(120),
-        }
+        Limits { address_space: 4 << 30, cpu_seconds: 60, file_size: 4 << 30, wall_timeout: Duration::from_secs(120) }
     }
 }
 
@@ -299,24 +294,22 @@ where
         dirs.push((fd, write));
     }
 
-    let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
-        .map_err(|e| SandboxError::Parent { step: "pipe", source: e.into() })?;
+    let (status_r, status_w) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
+            .map_err(|e| SandboxError::Parent { step: "pipe", source: e.into() })?;
     // The child's end must block (a full pipe is waited on, not an error).
     rustix::fs::fcntl_setfl(&status_w, rustix::fs::OFlags::empty())
         .map_err(|e| SandboxError::Parent { step: "fcntl(status pipe)", source: e.into() })?;
     let proc_status = hooks.proc_status();
 
     // The child's copy of `status_r` is closed by close_range (it is not in the keep list).
-    let pid = crate::sys::sandbox::fork_child(move || {
-        child_main(&plan, dirs, input, output, status_w, proc_status, job)
-    })
-    .map_err(|e| SandboxError::Parent { step: "fork", source: e })?;
+    let pid =
+        crate::sys::sandbox::fork_child(move || child_main(&plan, dirs, input, output, status_w, proc_status, job))
+            .map_err(|e| SandboxError::Parent { step: "fork", source: e })?;
     // `input`, `output`, `status_w` and the job were moved into the closure, which the parent
     // dropped on return: the parent holds no copy of the child's descriptors any more.
-    let pid = rustix::process::Pid::from_raw(pid).ok_or(SandboxError::Parent {
-        step: "fork",
-        source: io::Error::other("fork returned pid 0 in the parent"),
-    })?;
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or(SandboxError::Parent { step: "fork", source: io::Error::other("fork returned pid 0 in the parent") })?;
     wait_child(pid, status_r, cfg.limits.wall_timeout)
 }
 
@@ -681,10 +674,7 @@ fn parse_status(buf: &[u8]) -> Result<(u8, String), SandboxError> {
 
 /// Printable one-line text from the child's (untrusted) message.
 fn sanitize(b: &[u8]) -> String {
-    String::from_utf8_lossy(b)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    String::from_utf8_lossy(b).chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 fn signal_meaning(sig: i32) -> &'static str {
@@ -753,7 +743,10 @@ pub fn sandbox_line(s: &KernelSupport) -> String {
         let abi = s.landlock_abi.as_ref().map_or(0, |v| *v);
         format!("sandbox: complete (landlock ABI {abi}, seccomp allowlist)")
     } else {
-        format!("sandbox: WARNING incomplete ({}); mkimage refuses to run unless root passes --no-sandbox", missing.join("; "))
+        format!(
+            "sandbox: WARNING incomplete ({}); mkimage refuses to run unless root passes --no-sandbox",
+            missing.join("; ")
+        )
     }
 }
 
@@ -766,71 +759,90 @@ fn probe_mount_features() -> Vec<(&'static str, String)> {
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
     let listed = |fs: &str| filesystems.lines().any(|l| l.split_whitespace().last() == Some(fs));
 
-    r.push(("loop-control", match rustix::fs::stat("/dev/loop-control") {
-        Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice => {
-            "yes (/dev/loop-control)".to_string()
-        }
-        Ok(_) => "no (/dev/loop-control is not a character device)".to_string(),
-        Err(e) => format!("no (/dev/loop-control: {e})"),
-    }));
+    r.push((
+        "loop-control",
+        match rustix::fs::stat("/dev/loop-control") {
+            Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice => {
+                "yes (/dev/loop-control)".to_string()
+            }
+            Ok(_) => "no (/dev/loop-control is not a character device)".to_string(),
+            Err(e) => format!("no (/dev/loop-control: {e})"),
+        },
+    ));
 
     let erofs = if root { fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).ok() } else { None };
-    r.push(("erofs", match (&erofs, listed("erofs")) {
-        (Some(_), _) | (None, true) => "yes".to_string(),
-        (None, false) if root => "no (fsopen(\"erofs\") failed)".to_string(),
-        (None, false) => "not listed in /proc/filesystems (module may load on demand; run as root to probe)".to_string(),
-    }));
-    r.push(("erofs file-backed", match erofs {
-        None => "unknown (needs root and EROFS)".to_string(),
-        Some(fsfd) => {
-            // A 4 KiB zero file is not an EROFS image: a kernel with file-backed mounts rejects
-            // its superblock (EINVAL); one without insists on a block device (ENOTBLK).
-            // Nothing is mounted either way. The file is an unnamed O_TMPFILE on a disk
-            // filesystem (tmpfs/memfd pages cannot back EROFS), so nothing is left behind.
-            let probe = || -> io::Result<io::Result<()>> {
-                let tmp = rustix::fs::open(
-                    "/var/tmp",
-                    rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-                    rustix::fs::Mode::from_raw_mode(0o600),
-                )?;
-                rustix::fs::ftruncate(&tmp, 4096)?;
-                fsconfig_set_string(&fsfd, "source", format!("/proc/self/fd/{}", tmp.as_raw_fd()))?;
-                Ok(fsconfig_create(&fsfd).map_err(io::Error::from))
-            };
-            match probe() {
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOTBLK) => {
-                    "no (needs a loop device; or /var/tmp is on a filesystem EROFS cannot read from)".to_string()
-                }
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => "yes".to_string(),
-                Ok(Err(e)) => format!("unknown ({e})"),
-                Ok(Ok(())) => "yes (unexpectedly accepted an empty file)".to_string(),
-                Err(e) => format!("unknown ({e})"),
+    r.push((
+        "erofs",
+        match (&erofs, listed("erofs")) {
+            (Some(_), _) | (None, true) => "yes".to_string(),
+            (None, false) if root => "no (fsopen(\"erofs\") failed)".to_string(),
+            (None, false) => {
+                "not listed in /proc/filesystems (module may load on demand; run as root to probe)".to_string()
             }
-        }
-    }));
+        },
+    ));
+    r.push((
+        "erofs file-backed",
+        match erofs {
+            None => "unknown (needs root and EROFS)".to_string(),
+            Some(fsfd) => {
+                // A 4 KiB zero file is not an EROFS image: a kernel with file-backed mounts rejects
+                // its superblock (EINVAL); one without insists on a block device (ENOTBLK).
+                // Nothing is mounted either way. The file is an unnamed O_TMPFILE on a disk
+                // filesystem (tmpfs/memfd pages cannot back EROFS), so nothing is left behind.
+                let probe = || -> io::Result<io::Result<()>> {
+                    let tmp = rustix::fs::open(
+                        "/var/tmp",
+                        rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+                        rustix::fs::Mode::from_raw_mode(0o600),
+                    )?;
+                    rustix::fs::ftruncate(&tmp, 4096)?;
+                    fsconfig_set_string(&fsfd, "source", format!("/proc/self/fd/{}", tmp.as_raw_fd()))?;
+                    Ok(fsconfig_create(&fsfd).map_err(io::Error::from))
+                };
+                match probe() {
+                    Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOTBLK) => {
+                        "no (needs a loop device; or /var/tmp is on a filesystem EROFS cannot read from)".to_string()
+                    }
+                    Ok(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => "yes".to_string(),
+                    Ok(Err(e)) => format!("unknown ({e})"),
+                    Ok(Ok(())) => "yes (unexpectedly accepted an empty file)".to_string(),
+                    Err(e) => format!("unknown ({e})"),
+                }
+            }
+        },
+    ));
 
     let overlay = if root { fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).ok() } else { None };
-    r.push(("overlay data-only lowers", match overlay {
-        None if root => "no (fsopen(\"overlay\") failed)".to_string(),
-        None => format!(
-            "overlay {}; run as root to probe lowerdir+/datadir+",
-            if listed("overlay") { "listed" } else { "not listed" }
-        ),
-        Some(fsfd) => {
-            let lower = fsconfig_set_string(&fsfd, "lowerdir+", "/").is_ok();
-            let data = fsconfig_set_string(&fsfd, "datadir+", "/").is_ok();
-            match (lower, data) {
-                (true, true) => "yes (lowerdir+/datadir+)".to_string(),
-                (true, false) => "lowerdir+ only; data-only lowers via the \"::\" lowerdir syntax (Linux 6.5+)".to_string(),
-                _ => "no lowerdir+/datadir+; try the \"::\" lowerdir syntax (Linux 6.5+)".to_string(),
+    r.push((
+        "overlay data-only lowers",
+        match overlay {
+            None if root => "no (fsopen(\"overlay\") failed)".to_string(),
+            None => format!(
+                "overlay {}; run as root to probe lowerdir+/datadir+",
+                if listed("overlay") { "listed" } else { "not listed" }
+            ),
+            Some(fsfd) => {
+                let lower = fsconfig_set_string(&fsfd, "lowerdir+", "/").is_ok();
+                let data = fsconfig_set_string(&fsfd, "datadir+", "/").is_ok();
+                match (lower, data) {
+                    (true, true) => "yes (lowerdir+/datadir+)".to_string(),
+                    (true, false) => {
+                        "lowerdir+ only; data-only lowers via the \"::\" lowerdir syntax (Linux 6.5+)".to_string()
+                    }
+                    _ => "no lowerdir+/datadir+; try the \"::\" lowerdir syntax (Linux 6.5+)".to_string(),
+                }
             }
-        }
-    }));
+        },
+    ));
 
-    r.push(("idmapped mounts", match crate::sys::sandbox::mount_setattr_available() {
-        Ok(()) => "mount_setattr available (MOUNT_ATTR_IDMAP; the filesystem must support idmaps)".to_string(),
-        Err(e) => format!("no (mount_setattr: {e})"),
-    }));
+    r.push((
+        "idmapped mounts",
+        match crate::sys::sandbox::mount_setattr_available() {
+            Ok(()) => "mount_setattr available (MOUNT_ATTR_IDMAP; the filesystem must support idmaps)".to_string(),
+            Err(e) => format!("no (mount_setattr: {e})"),
+        },
+    ));
     r
 }
 
@@ -859,7 +871,9 @@ fn verity_report() -> String {
 /// Errors of the sandbox. Messages name the step, signal or limit involved.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("sandbox unavailable on this kernel: {missing} (root may pass --no-sandbox to run with partial confinement)")]
+    #[error(
+        "sandbox unavailable on this kernel: {missing} (root may pass --no-sandbox to run with partial confinement)"
+    )]
     Unavailable { missing: String },
     #[error("{what} requires root")]
     NeedsRoot { what: &'static str },

@@ -451,14 +451,20 @@ impl Tree {
         }
         let p = self.nodes.get(parent as usize).ok_or_else(|| bad("no such parent"))?;
         if !p.entry.inode.is_dir() || p.link_to.is_some() {
-            return Err(TreeError::ParentNotDir { path: show(&self.child_path(parent, name)), parent: show(&self.path_of(parent)) });
+            return Err(TreeError::ParentNotDir {
+                path: show(&self.child_path(parent, name)),
+                parent: show(&self.path_of(parent)),
+            });
         }
         if self.child(parent, name).is_some() {
             return Err(TreeError::Duplicate { path: show(&self.child_path(parent, name)) });
         }
         let depth = self.depth(parent) + 1;
         if depth > self.limits.max_depth {
-            return Err(TreeError::TooDeep { path: show(&self.child_path(parent, name)), limit: self.limits.max_depth });
+            return Err(TreeError::TooDeep {
+                path: show(&self.child_path(parent, name)),
+                limit: self.limits.max_depth,
+            });
         }
         Ok(())
     }

@@ -27,8 +27,8 @@ fn options_for(dir: &Path, name: &str) -> (DumpOptions, WriteOptions) {
 
 fn check_case(name: &str) {
     let dir = conformance_dir();
-    let expected = std::fs::read_to_string(dir.join(format!("{name}.sha256")))
-        .unwrap_or_else(|e| panic!("{name}.sha256: {e}"));
+    let expected =
+        std::fs::read_to_string(dir.join(format!("{name}.sha256"))).unwrap_or_else(|e| panic!("{name}.sha256: {e}"));
     let expected = expected.split_whitespace().next().unwrap_or("").to_string();
     let input = read_input(&dir, name);
     let (dopts, wopts) = options_for(&dir, name);

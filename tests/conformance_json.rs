@@ -65,7 +65,8 @@ fn check_case(dir: &Path, name: &str, stem: &str) {
     // second, independent description of the same tree.
     let dump_dir = dir.join("composefs-dump");
     let wopts = write_options(forced_version(&dump_dir, &format!("{stem}.dump")));
-    let dump_path = [format!("{stem}.dump"), format!("{stem}.dump.gz")].into_iter().map(|n| dump_dir.join(n)).find(|p| p.is_file());
+    let dump_path =
+        [format!("{stem}.dump"), format!("{stem}.dump.gz")].into_iter().map(|n| dump_dir.join(n)).find(|p| p.is_file());
     if let Some(dp) = dump_path {
         let dtree = dump::parse(&read_maybe_gz(&dp), &DumpOptions { strict: true, limits: Limits::default() })
             .unwrap_or_else(|e| panic!("{}: {e}", dp.display()));

@@ -78,17 +78,9 @@ fn check_size(dir: &Path, size: usize) {
     let thread_counts: &[usize] = if size > (8 << 20) { &[1, 3] } else { &[1, 2, 3, 8] };
     for &threads in thread_counts {
         let d = fsverity::digest_file_with(&f, size as u64, threads).unwrap();
-        assert_eq!(
-            fsverity::to_hex(&d),
-            want,
-            "digest_file_with {threads} threads, size {size}"
-        );
+        assert_eq!(fsverity::to_hex(&d), want, "digest_file_with {threads} threads, size {size}");
     }
-    assert_eq!(
-        fsverity::to_hex(&fsverity::digest_path(&path).unwrap()),
-        want,
-        "digest_path, size {size}"
-    );
+    assert_eq!(fsverity::to_hex(&fsverity::digest_path(&path).unwrap()), want, "digest_path, size {size}");
 }
 
 #[test]
@@ -105,14 +97,7 @@ fn digest_matches_fsverity_small_sizes() {
 #[test]
 fn digest_matches_fsverity_tree_boundaries() {
     let dir = scratch();
-    for size in [
-        (512 << 10) - 1,
-        512 << 10,
-        (512 << 10) + 1,
-        (1 << 20) + 1,
-        (2 << 20) + 4096 * 3 + 5,
-        (4 << 20) + 1,
-    ] {
+    for size in [(512 << 10) - 1, 512 << 10, (512 << 10) + 1, (1 << 20) + 1, (2 << 20) + 4096 * 3 + 5, (4 << 20) + 1] {
         check_size(dir.path(), size);
     }
 }
@@ -131,16 +116,10 @@ fn digest_matches_fsverity_three_levels() {
 #[test]
 fn cli_digest_output_matches_fsverity() {
     let dir = scratch();
-    let files: Vec<PathBuf> = [0usize, 5000, (1 << 20) + 1]
-        .iter()
-        .map(|&s| write_file(dir.path(), &format!("c{s}"), &content(s)))
-        .collect();
+    let files: Vec<PathBuf> =
+        [0usize, 5000, (1 << 20) + 1].iter().map(|&s| write_file(dir.path(), &format!("c{s}"), &content(s))).collect();
     let want: String = files.iter().map(|p| reference_line(p)).collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_cfsmount"))
-        .args(["verity", "digest"])
-        .args(&files)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cfsmount")).args(["verity", "digest"]).args(&files).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), want);
 
@@ -150,10 +129,7 @@ fn cli_digest_output_matches_fsverity() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        format!("{}\n", reference_hex(&files[1]))
-    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{}\n", reference_hex(&files[1])));
 }
 
 /// A missing file among several: non-zero exit, the file is named, the good file still printed.
@@ -170,10 +146,7 @@ fn cli_digest_failure_names_file() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&*missing.to_string_lossy()),
-        "stderr does not name the file: {err}"
-    );
+    assert!(err.contains(&*missing.to_string_lossy()), "stderr does not name the file: {err}");
     assert_eq!(String::from_utf8(out.stdout).unwrap(), reference_line(&good));
 }
 
@@ -210,10 +183,7 @@ fn enable_and_measure_without_kernel_verity() {
             assert!(msg.contains("not supported"), "{msg}");
         }
         Ok(r) => {
-            assert!(
-                verity_kernel,
-                "enable succeeded although ext4 has no verity feature: {r:?}"
-            );
+            assert!(verity_kernel, "enable succeeded although ext4 has no verity feature: {r:?}");
             assert_eq!(r, Enabled::Now);
             assert_eq!(fsverity::enable_path(&path).unwrap(), Enabled::AlreadyEnabled);
             let m = fsverity::measure_path(&path).unwrap();
@@ -222,25 +192,15 @@ fn enable_and_measure_without_kernel_verity() {
         }
     }
     let e = fsverity::measure_path(&path).unwrap_err();
-    assert!(
-        e.is_unsupported() || (verity_kernel && matches!(e.kind(), VerityError::NotEnabled)),
-        "measure: {e}"
-    );
+    assert!(e.is_unsupported() || (verity_kernel && matches!(e.kind(), VerityError::NotEnabled)), "measure: {e}");
     assert!(e.to_string().contains(&name), "{e}");
 
     // The CLI exits non-zero and names the file.
     for verb in ["enable", "measure"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_cfsmount"))
-            .args(["verity", verb])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_cfsmount")).args(["verity", verb]).arg(&path).output().unwrap();
         assert!(!out.status.success(), "verity {verb} succeeded");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains(&name),
-            "verity {verb} stderr does not name the file: {err}"
-        );
+        assert!(err.contains(&name), "verity {verb} stderr does not name the file: {err}");
         assert!(out.stdout.is_empty());
     }
 }

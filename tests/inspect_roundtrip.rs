@@ -31,10 +31,7 @@ struct Case {
 impl Case {
     /// The case's input parsed (strictly unless it is a lenient case).
     fn tree(&self) -> Tree {
-        let opts = DumpOptions {
-            strict: self.strict,
-            limits: Limits::default(),
-        };
+        let opts = DumpOptions { strict: self.strict, limits: Limits::default() };
         parse(&self.input, &opts).unwrap_or_else(|e| panic!("{}: parse: {e}", self.name))
     }
 }
@@ -46,9 +43,7 @@ fn cases() -> Vec<Case> {
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .expect("reading the conformance directory")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| {
-            (n.ends_with(".dump") || n.ends_with(".dump.gz")) && !n.starts_with("should-fail-")
-        })
+        .filter(|n| (n.ends_with(".dump") || n.ends_with(".dump.gz")) && !n.starts_with("should-fail-"))
         .filter(|n| dir.join(format!("{n}.sha256")).exists())
         .collect();
     names.sort();
@@ -57,27 +52,15 @@ fn cases() -> Vec<Case> {
         let input = read_input(&dir, &name);
         let version = forced_version(&dir, &name);
         let strict = is_strict(&name);
-        out.push(Case {
-            name,
-            input,
-            version,
-            strict,
-        });
+        out.push(Case { name, input, version, strict });
     }
-    assert!(
-        out.len() >= 10,
-        "expected the conformance dumpfiles, found {}",
-        out.len()
-    );
+    assert!(out.len() >= 10, "expected the conformance dumpfiles, found {}", out.len());
     out
 }
 
 /// The one case named `name`.
 fn case(name: &str) -> Case {
-    cases()
-        .into_iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("{name} case"))
+    cases().into_iter().find(|c| c.name == name).unwrap_or_else(|| panic!("{name} case"))
 }
 
 /// Canonical listing of a tree: per path (sorted walk), the entry, the hard link target
@@ -89,13 +72,7 @@ fn listing(t: &Tree) -> Vec<String> {
         let n = t.node(id);
         let link = n.link_to.map(|l| t.path_of(l));
         let entry = &t.node(t.resolve(id)).entry;
-        out.push(format!(
-            "{:?} link={:?} nlink={:?} {:?}",
-            t.path_of(id),
-            link,
-            t.node(t.resolve(id)).nlink,
-            entry
-        ));
+        out.push(format!("{:?} link={:?} nlink={:?} {:?}", t.path_of(id), link, t.node(t.resolve(id)).nlink, entry));
         let mut kids = n.children.clone();
         kids.sort_by(|a, b| t.node(*b).name.cmp(&t.node(*a).name));
         stack.extend(kids);
@@ -113,19 +90,9 @@ fn dump_of(t: &Tree) -> Vec<u8> {
 /// returns the printed dump and the reparsed tree. `what` names the tree in failures.
 fn print_and_reparse(tree: &Tree, what: &str) -> (Vec<u8>, Tree) {
     let dump = dump_of(tree);
-    let again = parse(
-        &dump,
-        &DumpOptions {
-            strict: true,
-            limits: Limits::default(),
-        },
-    )
-    .unwrap_or_else(|e| panic!("{what}: the printed dump does not parse: {e}"));
-    assert_eq!(
-        listing(tree),
-        listing(&again),
-        "{what}: dump → parse changed the tree"
-    );
+    let again = parse(&dump, &DumpOptions { strict: true, limits: Limits::default() })
+        .unwrap_or_else(|e| panic!("{what}: the printed dump does not parse: {e}"));
+    assert_eq!(listing(tree), listing(&again), "{what}: dump → parse changed the tree");
     (dump, again)
 }
 
@@ -135,14 +102,10 @@ fn conformance_images_round_trip_through_the_reader() {
         let tree0 = case.tree();
         let img1 = build(&tree0, case.version);
 
-        let (tree1, info) = read_image_with(&img1, &ReadLimits::default())
-            .unwrap_or_else(|e| panic!("{}: read_image: {e}", case.name));
+        let (tree1, info) =
+            read_image_with(&img1, &ReadLimits::default()).unwrap_or_else(|e| panic!("{}: read_image: {e}", case.name));
         if let Some(v) = case.version {
-            assert_eq!(
-                info.composefs_version, v,
-                "{}: version in header",
-                case.name
-            );
+            assert_eq!(info.composefs_version, v, "{}: version in header", case.name);
         }
         // The header version is all that is needed besides the tree to rebuild the image.
         let img2 = build(&tree1, Some(info.composefs_version));
@@ -156,25 +119,13 @@ fn conformance_images_round_trip_through_the_reader() {
 
         // What `inspect` prints parses back to an equal tree, which rebuilds the same image.
         let (dump1, tree2) = print_and_reparse(&tree1, &case.name);
-        assert!(
-            dump_of(&tree2) == dump1,
-            "{}: printing the reparsed tree differs",
-            case.name
-        );
+        assert!(dump_of(&tree2) == dump1, "{}: printing the reparsed tree differs", case.name);
         let img3 = build(&tree2, Some(info.composefs_version));
-        assert!(
-            img1 == img3,
-            "{}: mkimage of the inspected dump differs from the image",
-            case.name
-        );
+        assert!(img1 == img3, "{}: mkimage of the inspected dump differs from the image", case.name);
 
         // And without forcing the version, the writer picks the same one again.
         if case.version.is_none() {
-            assert!(
-                build(&tree1, None) == img1,
-                "{}: default versions pick another version",
-                case.name
-            );
+            assert!(build(&tree1, None) == img1, "{}: default versions pick another version", case.name);
         }
     }
 }
@@ -187,42 +138,22 @@ fn the_reader_drops_what_the_writer_adds() {
     let t = read_image(&img).expect("read_image");
     // No whiteout stubs: the root holds exactly the names the dump listed.
     let names = |t: &Tree| {
-        let mut v: Vec<Vec<u8>> = t
-            .node(ROOT)
-            .children
-            .iter()
-            .map(|&c| t.node(c).name.clone())
-            .collect();
+        let mut v: Vec<Vec<u8>> = t.node(ROOT).children.iter().map(|&c| t.node(c).name.clone()).collect();
         v.sort();
         v
     };
     assert_eq!(names(&t), names(&tree0));
     let root = &t.node(ROOT).entry;
     let keys: Vec<&[u8]> = root.xattrs.iter().map(|x| x.key.as_slice()).collect();
-    assert_eq!(
-        keys,
-        [&b"trusted.foo1"[..], b"user.foo2"],
-        "root xattrs: v1 whiteout markers and opaque must be gone"
-    );
+    assert_eq!(keys, [&b"trusted.foo1"[..], b"user.foo2"], "root xattrs: v1 whiteout markers and opaque must be gone");
     // The whiteout is a 0/0 character device again, without its escape xattrs.
     let w = &t.node(t.lookup(b"whiteout").expect("whiteout")).entry;
     assert_eq!(w.inode.mode, 0o20777);
     assert_eq!(w.inode.rdev, 0);
-    assert_eq!(
-        w.xattrs
-            .iter()
-            .map(|x| x.key.as_slice())
-            .collect::<Vec<_>>(),
-        [&b"trusted.foo"[..]]
-    );
+    assert_eq!(w.xattrs.iter().map(|x| x.key.as_slice()).collect::<Vec<_>>(), [&b"trusted.foo"[..]]);
     // trusted.overlay.* given by the user is unescaped again.
-    let e = &t
-        .node(t.lookup(b"escaped-xattr").expect("escaped-xattr"))
-        .entry;
-    assert!(e
-        .xattrs
-        .iter()
-        .any(|x| x.key == b"trusted.overlay.redirect" && x.value == b"/foo\n"));
+    let e = &t.node(t.lookup(b"escaped-xattr").expect("escaped-xattr")).entry;
+    assert!(e.xattrs.iter().any(|x| x.key == b"trusted.overlay.redirect" && x.value == b"/foo\n"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -231,12 +162,8 @@ fn the_reader_drops_what_the_writer_adds() {
 /// Valid images to corrupt: conformance cases plus random trees (hard links, whiteouts,
 /// shared xattrs, block-stored symlinks and contents, extended inodes).
 fn hostile_inputs() -> Vec<(String, Vec<u8>)> {
-    let wanted = [
-        "special_v1.dump",
-        "longlink.dump",
-        "honggfuzz-bigfile-with-acl.dump",
-        "config-with-hard-link.dump.gz",
-    ];
+    let wanted =
+        ["special_v1.dump", "longlink.dump", "honggfuzz-bigfile-with-acl.dump", "config-with-hard-link.dump.gz"];
     let mut out: Vec<(String, Vec<u8>)> = cases()
         .into_iter()
         .filter(|c| wanted.contains(&c.name.as_str()))
@@ -255,10 +182,7 @@ fn read_timed(img: &[u8], what: &str, worst: &mut Duration) -> Result<(), ReadEr
     let t0 = Instant::now();
     let r = read_image(img).map(|_| ());
     let el = t0.elapsed();
-    assert!(
-        el < Duration::from_secs(5),
-        "{what}: read_image took {el:?}"
-    );
+    assert!(el < Duration::from_secs(5), "{what}: read_image took {el:?}");
     *worst = (*worst).max(el);
     r
 }
@@ -272,22 +196,12 @@ fn corrupted_images_never_panic() {
     let mut rng = XorShift(env_or("CFS_FUZZ_SEED", 0x9e37_79b9_7f4a_7c15u64) | 1);
     let (mut ok, mut err, mut worst) = (0u32, 0u32, Duration::ZERO);
     for (name, img) in &inputs {
-        assert!(
-            read_image(img).is_ok(),
-            "{name}: the uncorrupted image must read"
-        );
+        assert!(read_image(img).is_ok(), "{name}: the uncorrupted image must read");
         let big = img.len() > 1 << 20;
         // Truncations: every 61st length over the metadata, then random ones.
         let step = if big { 4093 } else { 61 };
-        for cut in (0..img.len().min(1 << 16))
-            .step_by(step)
-            .chain((0..64).map(|_| rng.below(img.len())))
-        {
-            match read_timed(
-                &img[..cut],
-                &format!("{name} truncated at {cut}"),
-                &mut worst,
-            ) {
+        for cut in (0..img.len().min(1 << 16)).step_by(step).chain((0..64).map(|_| rng.below(img.len()))) {
+            match read_timed(&img[..cut], &format!("{name} truncated at {cut}"), &mut worst) {
                 Ok(()) => ok += 1,
                 Err(_) => err += 1,
             }
@@ -295,11 +209,7 @@ fn corrupted_images_never_panic() {
         // Byte corruption: single bit flips anywhere, and bursts of random bytes in the metadata.
         let rounds = scale * if big { 100 } else { 800 };
         for round in 0..rounds {
-            let span = if round % 2 == 0 {
-                img.len()
-            } else {
-                img.len().min(1 << 16)
-            };
+            let span = if round % 2 == 0 { img.len() } else { img.len().min(1 << 16) };
             let m = corrupted(&mut rng, img, span, 6, round % 2 == 0);
             match read_timed(&m, &format!("{name} corruption round {round}"), &mut worst) {
                 Ok(()) => ok += 1,
@@ -308,10 +218,7 @@ fn corrupted_images_never_panic() {
         }
     }
     eprintln!("corrupted images: {ok} read, {err} rejected, slowest read {worst:?}");
-    assert!(
-        err > 0 && ok > 0,
-        "the corruptions exercise both outcomes ({ok} ok, {err} errors)"
-    );
+    assert!(err > 0 && ok > 0, "the corruptions exercise both outcomes ({ok} ok, {err} errors)");
 }
 
 /// Minimal EROFS facts of an image, found the way any reader would, to aim corruptions.
@@ -322,13 +229,8 @@ struct Layout {
 
 fn layout(img: &[u8]) -> Layout {
     let le32 = |o: usize| u32::from_le_bytes(img[o..o + 4].try_into().unwrap());
-    let root_nid = u64::from(u16::from_le_bytes(
-        img[1024 + 14..1024 + 16].try_into().unwrap(),
-    ));
-    Layout {
-        meta: le32(1024 + 40) as usize * 4096,
-        root_nid,
-    }
+    let root_nid = u64::from(u16::from_le_bytes(img[1024 + 14..1024 + 16].try_into().unwrap()));
+    Layout { meta: le32(1024 + 40) as usize * 4096, root_nid }
 }
 
 /// (offset of the dirent, nid, name) for every entry of the root directory's first block.
@@ -339,22 +241,15 @@ fn root_dirents(img: &[u8]) -> Vec<(usize, u64, Vec<u8>)> {
     let compact = format & 1 == 0;
     let isize = if compact { 32 } else { 64 };
     let icount = u16::from_le_bytes(img[ino + 2..ino + 4].try_into().unwrap()) as usize;
-    let xsize = if icount == 0 {
-        0
-    } else {
-        12 + (icount - 1) * 4
-    };
+    let xsize = if icount == 0 { 0 } else { 12 + (icount - 1) * 4 };
     let size = if compact {
         u32::from_le_bytes(img[ino + 8..ino + 12].try_into().unwrap()) as usize
     } else {
         u64::from_le_bytes(img[ino + 8..ino + 16].try_into().unwrap()) as usize
     };
     let blk = u32::from_le_bytes(img[ino + 16..ino + 20].try_into().unwrap()) as usize;
-    let (start, len) = if (format >> 1) & 7 == 2 && size < 4096 {
-        (ino + isize + xsize, size)
-    } else {
-        (blk * 4096, size.min(4096))
-    };
+    let (start, len) =
+        if (format >> 1) & 7 == 2 && size < 4096 { (ino + isize + xsize, size) } else { (blk * 4096, size.min(4096)) };
     let b = &img[start..start + len];
     let n = u16::from_le_bytes(b[8..10].try_into().unwrap()) as usize / 12;
     (0..n)
@@ -364,10 +259,7 @@ fn root_dirents(img: &[u8]) -> Vec<(usize, u64, Vec<u8>)> {
             let end = if i + 1 < n {
                 u16::from_le_bytes(b[i * 12 + 20..i * 12 + 22].try_into().unwrap()) as usize
             } else {
-                off + b[off..]
-                    .iter()
-                    .position(|&c| c == 0)
-                    .unwrap_or(b.len() - off)
+                off + b[off..].iter().position(|&c| c == 0).unwrap_or(b.len() - off)
             };
             (start + i * 12, nid, b[off..end].to_vec())
         })
@@ -393,10 +285,7 @@ fn with_dirent_nid(img: &[u8], at: usize, nid: u64) -> Vec<u8> {
 fn expect_err(img: &[u8], needle: &str) {
     match read_image(img) {
         Ok(_) => panic!("corrupted image was accepted (expected an error about {needle:?})"),
-        Err(e) => assert!(
-            e.to_string().contains(needle),
-            "error {e:?} does not mention {needle:?}"
-        ),
+        Err(e) => assert!(e.to_string().contains(needle), "error {e:?} does not mention {needle:?}"),
     }
 }
 
@@ -429,18 +318,12 @@ fn out_of_range_references_are_rejected() {
     }
     // A nid one slot into another inode: overlapping inodes.
     let m = with_dirent_nid(&img, at, nid + 1);
-    assert!(
-        read_image(&m).is_err(),
-        "an inode overlapping /etc accepted"
-    );
+    assert!(read_image(&m).is_err(), "an inode overlapping /etc accepted");
     // Shared xattr block address and metadata block address past the end.
     for field in [1024 + 40, 1024 + 44] {
         let mut m = img.clone();
         m[field..field + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(
-            read_image(&m).is_err(),
-            "superblock field at {field} accepted"
-        );
+        assert!(read_image(&m).is_err(), "superblock field at {field} accepted");
     }
     // Every size is too small to hold the header and superblock, or a truncated image.
     for cut in [0, 1, 31, 1024, 1151] {
@@ -452,46 +335,28 @@ fn out_of_range_references_are_rejected() {
 fn decoded_size_limit_bounds_memory() {
     // Hard links and shared xattrs multiply what a small image decodes to; the budget stops it.
     let img = config_image();
-    let tiny = ReadLimits {
-        max_decoded_bytes: 10_000,
-        ..ReadLimits::default()
-    };
+    let tiny = ReadLimits { max_decoded_bytes: 10_000, ..ReadLimits::default() };
     match read_image_with(&img, &tiny) {
         Err(ReadError::Limit(msg)) => assert!(msg.contains("bytes"), "{msg}"),
         other => panic!("expected a limit error, got {:?}", other.map(|(_, i)| i)),
     }
-    let few = ReadLimits {
-        max_dirents: 100,
-        ..ReadLimits::default()
-    };
-    assert!(matches!(
-        read_image_with(&img, &few),
-        Err(ReadError::Dir { .. } | ReadError::Limit(_))
-    ));
+    let few = ReadLimits { max_dirents: 100, ..ReadLimits::default() };
+    assert!(matches!(read_image_with(&img, &few), Err(ReadError::Dir { .. } | ReadError::Limit(_))));
 }
 
 // ---------------------------------------------------------------------------------------
 // Random trees
 
-use cfsmount::tree::{
-    Entry, Inode, Xattr, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK,
-};
+use cfsmount::tree::{Entry, Inode, Xattr, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK};
 
 fn random_name(rng: &mut XorShift, in_root: bool) -> Vec<u8> {
     loop {
         let name: Vec<u8> = match rng.below(10) {
             // Names the root whiteout stubs use.
             0 if in_root => format!("{:02x}", rng.below(256)).into_bytes(),
-            1 => (0..1 + rng.below(255))
-                .map(|_| b'a' + rng.below(26) as u8)
-                .collect(),
-            2 => (0..1 + rng.below(12))
-                .map(|_| 1 + rng.below(255) as u8)
-                .filter(|&c| c != b'/')
-                .collect(),
-            _ => (0..1 + rng.below(8))
-                .map(|_| b"abcdefgh.-_0123"[rng.below(15)])
-                .collect(),
+            1 => (0..1 + rng.below(255)).map(|_| b'a' + rng.below(26) as u8).collect(),
+            2 => (0..1 + rng.below(12)).map(|_| 1 + rng.below(255) as u8).filter(|&c| c != b'/').collect(),
+            _ => (0..1 + rng.below(8)).map(|_| b"abcdefgh.-_0123"[rng.below(15)]).collect(),
         };
         if !name.is_empty() && name != b"." && name != b".." {
             return name;
@@ -508,36 +373,23 @@ fn random_entry(rng: &mut XorShift, mtime: i64, dir: bool) -> Entry {
         (b"trusted.overlay.opaque", b"y"),
         (b"trusted.overlay.redirect", b"/elsewhere"),
         (b"trusted.md5", b"\x00\x01\x02=\xff"),
-        (
-            b"system.posix_acl_access",
-            b"\x02\x00\x00\x00\x01\x00\x06\x00\xff\xff\xff\xff",
-        ),
+        (b"system.posix_acl_access", b"\x02\x00\x00\x00\x01\x00\x06\x00\xff\xff\xff\xff"),
         (b"lustre.x", b"odd prefix"),
     ];
     let mut xattrs: Vec<Xattr> = Vec::new();
     for _ in 0..rng.below(4) {
         let (k, v) = xattr_pool[rng.below(xattr_pool.len())];
         if !xattrs.iter().any(|x| x.key == k) {
-            xattrs.push(Xattr {
-                key: k.to_vec(),
-                value: v.to_vec(),
-            });
+            xattrs.push(Xattr { key: k.to_vec(), value: v.to_vec() });
         }
     }
     if rng.below(8) == 0 {
         let v: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
-        xattrs.push(Xattr {
-            key: format!("user.r{}", rng.below(1000)).into_bytes(),
-            value: v,
-        });
+        xattrs.push(Xattr { key: format!("user.r{}", rng.below(1000)).into_bytes(), value: v });
     }
     xattrs.sort_by(|a, b| a.key.cmp(&b.key));
     xattrs.dedup_by(|a, b| a.key == b.key);
-    let mtime = if rng.below(4) == 0 {
-        mtime + rng.below(100_000) as i64 - 50_000
-    } else {
-        mtime
-    };
+    let mtime = if rng.below(4) == 0 { mtime + rng.below(100_000) as i64 - 50_000 } else { mtime };
     let id = |rng: &mut XorShift| {
         if rng.below(5) == 0 {
             rng.next() as u32
@@ -552,17 +404,9 @@ fn random_entry(rng: &mut XorShift, mtime: i64, dir: bool) -> Entry {
         rdev: 0,
         size: 0,
         mtime,
-        mtime_nsec: if rng.below(3) == 0 {
-            rng.below(1_000_000_000) as u32
-        } else {
-            0
-        },
+        mtime_nsec: if rng.below(3) == 0 { rng.below(1_000_000_000) as u32 } else { 0 },
     };
-    let mut e = Entry {
-        inode,
-        xattrs,
-        ..Entry::default()
-    };
+    let mut e = Entry { inode, xattrs, ..Entry::default() };
     if dir {
         e.inode.mode |= S_IFDIR;
         return e;
@@ -581,9 +425,7 @@ fn random_entry(rng: &mut XorShift, mtime: i64, dir: bool) -> Entry {
             // External content: object path and maybe an fs-verity digest.
             inode.mode |= S_IFREG;
             inode.size = 1 + rng.next() % (1 << (1 + rng.below(44)));
-            let hex: String = (0..64)
-                .map(|_| char::from(b"0123456789abcdef"[rng.below(16)]))
-                .collect();
+            let hex: String = (0..64).map(|_| char::from(b"0123456789abcdef"[rng.below(16)])).collect();
             if rng.below(5) != 0 {
                 e.payload = Some(format!("{}/{}", &hex[..2], &hex[2..]).into_bytes());
             }
@@ -633,9 +475,7 @@ fn random_tree(rng: &mut XorShift, n: usize) -> Tree {
             continue;
         }
         let is_dir = rng.below(4) == 0;
-        let id = t
-            .insert_child(parent, &name, random_entry(rng, base, is_dir))
-            .unwrap();
+        let id = t.insert_child(parent, &name, random_entry(rng, base, is_dir)).unwrap();
         if is_dir {
             dirs.push(id);
         } else {
@@ -655,11 +495,7 @@ fn random_trees_round_trip_through_the_reader() {
     for round in 0..rounds {
         let n = [5, 20, 60, 200, 600][round % 5];
         let tree = random_tree(&mut rng, n);
-        let version = if rng.below(2) == 0 {
-            None
-        } else {
-            Some(rng.below(2) as u32)
-        };
+        let version = if rng.below(2) == 0 { None } else { Some(rng.below(2) as u32) };
         let opts = write_options(version);
         let mut img = Vec::new();
         if let Err(e) = write_image(&tree, &opts, &mut img) {
@@ -668,8 +504,8 @@ fn random_trees_round_trip_through_the_reader() {
             refused += 1;
             continue;
         }
-        let (t1, info) = read_image_with(&img, &ReadLimits::default())
-            .unwrap_or_else(|e| panic!("round {round}: read_image: {e}"));
+        let (t1, info) =
+            read_image_with(&img, &ReadLimits::default()).unwrap_or_else(|e| panic!("round {round}: read_image: {e}"));
         let again = build(&t1, Some(info.composefs_version));
         if again != img {
             // Keep both images for a look with `cfsmount inspect` / dump.erofs.
@@ -694,10 +530,7 @@ fn random_trees_round_trip_through_the_reader() {
         done += 1;
     }
     eprintln!("{done} random trees round-tripped, {refused} refused by the writer");
-    assert!(
-        done * 6 >= rounds * 5,
-        "only {done} of {rounds} random trees were written ({refused} refused)"
-    );
+    assert!(done * 6 >= rounds * 5, "only {done} of {rounds} random trees were written ({refused} refused)");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -715,16 +548,8 @@ fn inspect_command_prints_the_dump() {
     std::fs::write(&path, &img).expect("write image");
     let exe = env!("CARGO_BIN_EXE_cfsmount");
 
-    let out = Command::new(exe)
-        .arg("inspect")
-        .arg(&path)
-        .output()
-        .expect("run cfsmount inspect");
-    assert!(
-        out.status.success(),
-        "inspect FILE failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(exe).arg("inspect").arg(&path).output().expect("run cfsmount inspect");
+    assert!(out.status.success(), "inspect FILE failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout == want, "inspect FILE printed another dump");
 
     // IMAGE `-` reads standard input.
@@ -742,11 +567,7 @@ fn inspect_command_prints_the_dump() {
     };
     let out = child.wait_with_output().expect("wait");
     feeder.join().expect("stdin thread").expect("writing stdin");
-    assert!(
-        out.status.success(),
-        "inspect - failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "inspect - failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout == want, "inspect - printed another dump");
 
     // A corrupted image: non-zero exit, one line naming the problem, nothing on stdout.
@@ -754,17 +575,10 @@ fn inspect_command_prints_the_dump() {
     bad[1024] ^= 0xff; // EROFS magic
     let bad_path = dir.path().join("bad.img");
     std::fs::write(&bad_path, &bad).expect("write bad image");
-    let out = Command::new(exe)
-        .arg("inspect")
-        .arg(&bad_path)
-        .output()
-        .expect("run cfsmount inspect");
+    let out = Command::new(exe).arg("inspect").arg(&bad_path).output().expect("run cfsmount inspect");
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "partial output on failure");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains("EROFS magic") && err.contains("bad.img"),
-        "{err}"
-    );
+    assert!(err.contains("EROFS magic") && err.contains("bad.img"), "{err}");
 }

@@ -101,13 +101,27 @@ fn dumpfile_with_versions() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("special.img");
     let src = c.join("composefs-dump/special.dump");
-    let o = mkimage(&[os("--from-dump"), src.as_os_str(), out.as_os_str(), os("--min-version"), os("0"), os("--max-version"), os("0")], None);
+    let o = mkimage(
+        &[
+            os("--from-dump"),
+            src.as_os_str(),
+            out.as_os_str(),
+            os("--min-version"),
+            os("0"),
+            os("--max-version"),
+            os("0"),
+        ],
+        None,
+    );
     ok(&o);
     let want = std::fs::read_to_string(c.join("composefs-dump/special.dump.sha256")).unwrap();
     assert_eq!(hex(&Sha256::digest(std::fs::read(&out).unwrap())), want.trim());
     // The same dump read from stdin into a file.
     let out2 = tmp.path().join("special2.img");
-    let o = mkimage(&[os("--from-dump"), os("-"), out2.as_os_str(), os("--max-version"), os("0")], Some(&std::fs::read(&src).unwrap()));
+    let o = mkimage(
+        &[os("--from-dump"), os("-"), out2.as_os_str(), os("--max-version"), os("0")],
+        Some(&std::fs::read(&src).unwrap()),
+    );
     ok(&o);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&out2).unwrap());
     // Lenient parsing accepts the reference's no-newline case, strict rejects it.
@@ -138,7 +152,10 @@ fn estargz_toc_to_image() {
     let t = cfsmount::erofs::reader::read_image(&std::fs::read(&out).unwrap()).unwrap();
     let f = t.node(t.lookup(b"etc/f").unwrap());
     assert_eq!((f.entry.inode.uid, f.entry.inode.size), (5, 10));
-    assert_eq!(f.entry.payload.as_deref(), Some(&b"2c/e0d0f8eb2aa93d13007097763e4459c814c8d0e859e5a57465af924169b544"[..]));
+    assert_eq!(
+        f.entry.payload.as_deref(),
+        Some(&b"2c/e0d0f8eb2aa93d13007097763e4459c814c8d0e859e5a57465af924169b544"[..])
+    );
     assert!(t.lookup(b".no.prefetch.landmark").is_none());
 }
 
@@ -180,7 +197,10 @@ fn toc_with_objects_records_digests() {
     let h = hex(&Sha256::digest(&data));
     std::fs::create_dir_all(objects.join(&h[..2])).unwrap();
     std::fs::write(objects.join(&h[..2]).join(&h[2..]), &data).unwrap();
-    let toc = format!(r#"{{"version":1,"entries":[{{"type":"reg","name":"f","size":{},"digest":"sha256:{h}"}}]}}"#, data.len());
+    let toc = format!(
+        r#"{{"version":1,"entries":[{{"type":"reg","name":"f","size":{},"digest":"sha256:{h}"}}]}}"#,
+        data.len()
+    );
     let src = tmp.path().join("toc.json");
     std::fs::write(&src, toc).unwrap();
     let out = tmp.path().join("o.img");
@@ -203,13 +223,21 @@ fn hostile_input_fails_cleanly() {
     let cases: &[(&str, &str, &str)] = &[
         ("--from-toc", r#"{"version":1,"entries":[{"type":"reg","name":"a/../../etc/passwd"}]}"#, "name"),
         ("--from-toc", r#"{"version":1,"entries":[{"type":"reg","name":"a","mode":16877}]}"#, "mode"),
-        ("--from-toc", r#"{"version":1,"entries":[{"type":"reg","name":"a","size":4,"digest":"sha256:zz"}]}"#, "digest"),
+        (
+            "--from-toc",
+            r#"{"version":1,"entries":[{"type":"reg","name":"a","size":4,"digest":"sha256:zz"}]}"#,
+            "digest",
+        ),
         ("--from-toc", r#"{"version":1,"entries":[{"type":"reg","name":"a","xattrs":{"user.x":"%%%"}}]}"#, "xattrs"),
         ("--from-toc", r#"{"version":1,"entries":[{"type":"hardlink","name":"a","linkName":"nowhere"}]}"#, "linkName"),
         ("--from-toc", r#"{"version":1,"entries":[]} trailing"#, "invalid JSON"),
         ("--from-toc", r#"{"version":2,"entries":[]}"#, "version"),
         ("--from-estargz", r#"{"version":1,"entries":[{"type":"chunk"}]}"#, "type"),
-        ("--from-dump", "/ 0 40755 1 0 0 0 0.0 - - -\n/x 0 100644 1 0 0 0 0.0 ../.. - - \n/.. 0 40755 1 0 0 0 0.0 - - -\n", "PATH"),
+        (
+            "--from-dump",
+            "/ 0 40755 1 0 0 0 0.0 - - -\n/x 0 100644 1 0 0 0 0.0 ../.. - - \n/.. 0 40755 1 0 0 0 0.0 - - -\n",
+            "PATH",
+        ),
     ];
     for (flag, input, field) in cases {
         let src = tmp.path().join("input");
@@ -285,7 +313,12 @@ fn version_reports_the_sandbox_state() {
     let text = String::from_utf8(o.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.first().copied(), Some(concat!("cfsmount ", env!("CARGO_PKG_VERSION"))), "{text}");
-    assert!(lines.get(1).is_some_and(|l| l.starts_with("sandbox: complete (landlock ABI ") || l.starts_with("sandbox: WARNING incomplete")), "{text}");
+    assert!(
+        lines.get(1).is_some_and(
+            |l| l.starts_with("sandbox: complete (landlock ABI ") || l.starts_with("sandbox: WARNING incomplete")
+        ),
+        "{text}"
+    );
     let short = Command::new(BIN).arg("-V").output().unwrap();
     ok(&short);
     assert_eq!(String::from_utf8(short.stdout).unwrap().trim_end(), concat!("cfsmount ", env!("CARGO_PKG_VERSION")));

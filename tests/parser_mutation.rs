@@ -48,10 +48,47 @@ impl Rng {
 
 /// Tokens that tend to hit edge cases of the formats.
 const TOKENS: &[&str] = &[
-    "\"..\"", "\"/\"", "\".\"", "\"\"", "-1", "0", "18446744073709551616", "9223372036854775807", "1e309", "1.5", "null",
-    "true", "[]", "{}", "\"\\u0000\"", "\"sha256:\"", "\"hardlink\"", "\"chunk\"", "\"symlink\"", "\".wh..wh..opq\"",
-    "\".wh.x\"", "\"a/../b\"", "\"YQ==\"", "\"%%%\"", "4095", "1048576", "262143", " ", "\n", "\\", "@", "-", "/",
-    "\\x00", "=", "trusted.overlay.", "user.overlay.whiteout", "40755", "20000", "120777", "100644",
+    "\"..\"",
+    "\"/\"",
+    "\".\"",
+    "\"\"",
+    "-1",
+    "0",
+    "18446744073709551616",
+    "9223372036854775807",
+    "1e309",
+    "1.5",
+    "null",
+    "true",
+    "[]",
+    "{}",
+    "\"\\u0000\"",
+    "\"sha256:\"",
+    "\"hardlink\"",
+    "\"chunk\"",
+    "\"symlink\"",
+    "\".wh..wh..opq\"",
+    "\".wh.x\"",
+    "\"a/../b\"",
+    "\"YQ==\"",
+    "\"%%%\"",
+    "4095",
+    "1048576",
+    "262143",
+    " ",
+    "\n",
+    "\\",
+    "@",
+    "-",
+    "/",
+    "\\x00",
+    "=",
+    "trusted.overlay.",
+    "user.overlay.whiteout",
+    "40755",
+    "20000",
+    "120777",
+    "100644",
 ];
 
 fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
@@ -144,7 +181,10 @@ fn head_entries(json: &[u8], n: usize) -> Vec<u8> {
 
 fn json_seeds() -> Vec<Vec<u8>> {
     let c = conformance_dir();
-    let mut seeds = vec![conformance::read_maybe_gz(&c.join("composefs-json/special.json")), conformance::read_maybe_gz(&c.join("zstd-chunked-example-toc.json"))];
+    let mut seeds = vec![
+        conformance::read_maybe_gz(&c.join("composefs-json/special.json")),
+        conformance::read_maybe_gz(&c.join("zstd-chunked-example-toc.json")),
+    ];
     let cfg = conformance::read_maybe_gz(&c.join("composefs-json/config-with-hard-link.json.gz"));
     let small = head_entries(&cfg, 40);
     assert!(toc::parse(&small, &TocOptions::default()).is_ok(), "seed construction failed");

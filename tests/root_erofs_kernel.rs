@@ -89,7 +89,9 @@ fn expected_xattrs(tree: &Tree, id: NodeId, version: u32) -> BTreeMap<Vec<u8>, V
         m.insert(b"trusted.overlay.overlay.whiteout".to_vec(), Vec::new());
         m.insert(b"user.overlay.whiteout".to_vec(), Vec::new());
     }
-    if ino.mode & S_IFMT == S_IFDIR && n.children.iter().any(|&c| tree.node(c).link_to.is_none() && is_whiteout(tree, c)) {
+    if ino.mode & S_IFMT == S_IFDIR
+        && n.children.iter().any(|&c| tree.node(c).link_to.is_none() && is_whiteout(tree, c))
+    {
         m.insert(b"trusted.overlay.overlay.whiteouts".to_vec(), Vec::new());
         m.insert(b"user.overlay.whiteouts".to_vec(), Vec::new());
         if version >= 1 {
@@ -168,7 +170,11 @@ fn check_mounted(tree: &Tree, version: u32, mnt: &Path, what: &str) {
         assert_eq!(md.gid(), ino.gid, "{ctx}: gid");
         assert_eq!((md.mtime(), md.mtime_nsec()), (ino.mtime, ino.mtime_nsec as i64), "{ctx}: mtime");
         let expected_nlink = if ino.mode & S_IFMT == S_IFDIR {
-            2 + tn.children.iter().filter(|&&c| tree.node(c).link_to.is_none() && tree.node(c).entry.inode.is_dir()).count() as u64
+            2 + tn
+                .children
+                .iter()
+                .filter(|&&c| tree.node(c).link_to.is_none() && tree.node(c).entry.inode.is_dir())
+                .count() as u64
         } else {
             tree.nlink_with(target, &links) as u64
         };
@@ -188,17 +194,18 @@ fn check_mounted(tree: &Tree, version: u32, mnt: &Path, what: &str) {
         } else if ft.is_char_device() || ft.is_block_device() {
             assert_eq!(md.rdev(), ino.rdev as u64, "{ctx}: rdev");
         } else if ft.is_dir() {
-            let mut names: BTreeSet<Vec<u8>> = std::fs::read_dir(&p)
-                .unwrap()
-                .map(|d| d.unwrap().file_name().as_bytes().to_vec())
-                .collect();
+            let mut names: BTreeSet<Vec<u8>> =
+                std::fs::read_dir(&p).unwrap().map(|d| d.unwrap().file_name().as_bytes().to_vec()).collect();
             if target == ROOT {
                 for i in 0..256 {
                     let stub = format!("{i:02x}");
                     if tree.child(ROOT, stub.as_bytes()).is_none() {
                         assert!(names.remove(stub.as_bytes()), "{ctx}: whiteout stub {stub} missing");
                         let sm = std::fs::symlink_metadata(p.join(&stub)).unwrap();
-                        assert!(sm.file_type().is_char_device() && sm.rdev() == 0, "{ctx}: stub {stub} is not a 0/0 chardev");
+                        assert!(
+                            sm.file_type().is_char_device() && sm.rdev() == 0,
+                            "{ctx}: stub {stub} is not a 0/0 chardev"
+                        );
                         assert_eq!(sm.mode(), S_IFCHR | 0o644, "{ctx}: stub {stub} mode");
                     }
                 }
@@ -335,7 +342,8 @@ fn overlay_view(name: &str) {
         let t = tree.resolve(id);
         let n = tree.node(t);
         let md = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{ctx}: {e}"));
-        let mut want: BTreeMap<Vec<u8>, Vec<u8>> = n.entry.xattrs.iter().map(|x| (x.key.clone(), x.value.clone())).collect();
+        let mut want: BTreeMap<Vec<u8>, Vec<u8>> =
+            n.entry.xattrs.iter().map(|x| (x.key.clone(), x.value.clone())).collect();
         if is_whiteout(&tree, t) {
             assert!(md.file_type().is_file() && md.len() == 0, "{ctx}: whiteout is not an empty regular file");
             want.insert(b"trusted.overlay.whiteout".to_vec(), Vec::new());
@@ -373,4 +381,3 @@ fn kernel_overlay_view_special_v0() {
 fn kernel_overlay_view_special_v1() {
     overlay_view("special_v1.dump");
 }
-

@@ -309,7 +309,10 @@ fn hostile_environment_is_ignored() {
     assert_refused(&o, "not a mount made by cfsmount");
     assert!(!marker.exists(), "LD_PRELOAD library ran inside the setuid helper");
     assert!(!stderr(&o).contains("backtrace"), "{}", stderr(&o));
-    assert!(std::fs::read_dir(&marker_dir).unwrap().next().is_none(), "helper wrote into the caller's TMPDIR/HOME/state dir");
+    assert!(
+        std::fs::read_dir(&marker_dir).unwrap().next().is_none(),
+        "helper wrote into the caller's TMPDIR/HOME/state dir"
+    );
     assert_eq!(before, mountpoints());
 }
 
@@ -475,7 +478,8 @@ fn ptrace_and_proc_mem_never_reach_privileged_helper() {
     let mut early = 0u64;
     let mut mounted = 0;
     for i in 0..40 {
-        let helper_args: Vec<String> = if i % 2 == 0 { mount_args(&fx, &[]) } else { vec!["umount".into(), fx.target.display().to_string()] };
+        let helper_args: Vec<String> =
+            if i % 2 == 0 { mount_args(&fx, &[]) } else { vec!["umount".into(), fx.target.display().to_string()] };
         // The helper is started stopped-free; the attacker starts first and waits for the pid.
         let pidfile = user_dir(u, "ptrace-pid").join("pid");
         let attacker = Command::new("/usr/bin/setpriv")
@@ -589,7 +593,9 @@ fn umount_of_foreign_or_unrecorded_mounts_is_refused() {
     assert_refused(&run_as(u, &["umount", dir.to_str().unwrap()]), "not a mount made by cfsmount");
     // A real mount that cfsmount did not make (a tmpfs owned by root, even one the user owns).
     let m = user_dir(u, "umount-tmpfs");
-    assert!(sh("mount", &["-t", "tmpfs", "-o", &format!("uid={}", u.uid), "none", m.to_str().unwrap()]).status.success());
+    assert!(sh("mount", &["-t", "tmpfs", "-o", &format!("uid={}", u.uid), "none", m.to_str().unwrap()])
+        .status
+        .success());
     let o = run_as(u, &["umount", m.to_str().unwrap()]);
     let still = mountpoints().iter().any(|p| p == m.to_str().unwrap());
     let _ = sh("umount", &[m.to_str().unwrap()]);
@@ -695,7 +701,11 @@ fn mount_within_a_second(u: &User, fx: &Fixture) -> Output {
 /// The mountinfo line whose mount point is `p` (the topmost one).
 fn mount_line(p: &Path) -> Option<String> {
     let s = p.to_str().unwrap();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().rfind(|l| l.split(' ').nth(4) == Some(s)).map(str::to_string)
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(s))
+        .map(str::to_string)
 }
 
 fn loop_devices_in_use() -> usize {
@@ -728,7 +738,10 @@ fn positive_path_mount_read_umount() {
     let _g = serial();
     let u = &env().user;
     let hello = b"hello from an object file\n".as_slice();
-    let body = format!("{}/inline.txt 7 100644 1 {{uid}} {{gid}} 0 0.0 - inline! -\n", dump_line_external("hello.txt", "100644", u.uid, hello));
+    let body = format!(
+        "{}/inline.txt 7 100644 1 {{uid}} {{gid}} 0 0.0 - inline! -\n",
+        dump_line_external("hello.txt", "100644", u.uid, hello)
+    );
     let fx = fixture(u, "pos", &body, &[hello]);
     let before = mountpoints();
     let loops = loop_devices_in_use();
@@ -785,7 +798,11 @@ fn setuid_files_gain_nothing_and_device_nodes_are_refused() {
     let r = run_as_with(u, &exe, &["-u".into()], |_| {});
     umount_all_under(&fx.dir);
     assert!(r.status.success(), "{}", stderr(&r));
-    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), u.uid.to_string(), "setuid bit took effect through the mount");
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        u.uid.to_string(),
+        "setuid bit took effect through the mount"
+    );
 
     let body = "/sda 0 60660 1 {uid} {gid} 2048 0.0 - - -\n/null 0 20666 1 {uid} {gid} 259 0.0 - - -\n";
     let fx = fixture(u, "dev", body, &[]);
@@ -1155,7 +1172,12 @@ fn overlay_xattrs_in_input_are_inert() {
     umount_all_under(&fx.dir);
     assert_eq!(c.stdout, b"inline", "hostile redirect changed the file's content");
     assert_eq!(ext.stdout, a);
-    assert_eq!(String::from_utf8_lossy(&g.stdout), "/etc/shadow", "escaped xattr should read back verbatim: {}", stderr(&g));
+    assert_eq!(
+        String::from_utf8_lossy(&g.stdout),
+        "/etc/shadow",
+        "escaped xattr should read back verbatim: {}",
+        stderr(&g)
+    );
     // A payload with '..' components.
     let body = format!("/dotdot {} 100644 1 {{uid}} {{gid}} 0 0.0 ../../etc/shadow - -\n", a.len());
     let opts = cfsmount::input::dump::DumpOptions { strict: false, limits: Default::default() };
@@ -1274,7 +1296,8 @@ fn fd_out_flags_cleared_by_the_caller_gain_nothing() {
     let r = recv.output();
     let (out, err) = (String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
     assert!(r.status.success(), "receiver: {err}");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("receiver said: {out} {err}"));
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("receiver said: {out} {err}"));
     // The setuid-root cat ran but could not read /etc/shadow (root-only), whatever the flags were.
     assert_ne!(v["cat_status"], 0, "setuid-root file gained root through a flag-cleared fd-out mount: {v}");
     assert!(v["cat_stderr"].as_str().unwrap().contains("/etc/shadow: Permission denied"), "{v}");
@@ -1282,7 +1305,6 @@ fn fd_out_flags_cleared_by_the_caller_gain_nothing() {
     // Record what this kernel did with the attempt to clear the flags (informational, both are safe).
     eprintln!("clearing nosuid,nodev on the received mount: {}", v["clear"]);
 }
-
 
 /// A receiver for `--fd-out`, run as `u` in a new user+mount namespace of its own (the rootless
 /// runtime's position): it listens on `sock`, attaches the received mount at `target` and then
@@ -1314,7 +1336,17 @@ fn spawn_receiver(u: &User, mode: &str, sock: &Path, target: &Path) -> Proc {
 
 /// Asks `u`'s helper to send the mount of `fx` to the receiver listening on `sock`.
 fn mount_fd_out(u: &User, fx: &Fixture, sock: &Path) -> Output {
-    run_as(u, &["mount", fx.image.to_str().unwrap(), "--basedir", fx.objects.to_str().unwrap(), "--fd-out", sock.to_str().unwrap()])
+    run_as(
+        u,
+        &[
+            "mount",
+            fx.image.to_str().unwrap(),
+            "--basedir",
+            fx.objects.to_str().unwrap(),
+            "--fd-out",
+            sock.to_str().unwrap(),
+        ],
+    )
 }
 
 /// Modes: `read` prints the attached mount's file `f`; `clear` clears nosuid,nodev on it and
@@ -1434,9 +1466,13 @@ fn policy_feature_switches() {
     }
     v["features"]["attach_at_target"] = true.into();
     guard.write(&v.to_string(), 0o644, 0);
-    let o = run_as_strs(u, &mount_args(&fx, &["--upperdir", up.to_str().unwrap(), "--workdir", work.to_str().unwrap()]));
+    let o =
+        run_as_strs(u, &mount_args(&fx, &["--upperdir", up.to_str().unwrap(), "--workdir", work.to_str().unwrap()]));
     assert_refused(&o, "writable overlays (--upperdir) are disabled");
-    let o = run_as_strs(u, &mount_args(&fx, &["--uidmap", &format!("0:{}:1", u.uid), "--gidmap", &format!("0:{}:1", u.gid)]));
+    let o = run_as_strs(
+        u,
+        &mount_args(&fx, &["--uidmap", &format!("0:{}:1", u.uid), "--gidmap", &format!("0:{}:1", u.gid)]),
+    );
     assert_refused(&o, "idmapped mounts are disabled");
     // Only listed target filesystems: tmpfs removed from the list, target on a tmpfs.
     v = default_policy();
@@ -1444,7 +1480,9 @@ fn policy_feature_switches() {
     guard.write(&v.to_string(), 0o644, 0);
     let t = fx.dir.join("tmpfs-target");
     std::fs::create_dir_all(&t).unwrap();
-    assert!(sh("mount", &["-t", "tmpfs", "-o", &format!("uid={},mode=0755", u.uid), "none", t.to_str().unwrap()]).status.success());
+    assert!(sh("mount", &["-t", "tmpfs", "-o", &format!("uid={},mode=0755", u.uid), "none", t.to_str().unwrap()])
+        .status
+        .success());
     let mut args = mount_args(&fx, &[]);
     args[2] = t.display().to_string();
     let o = run_as_strs(u, &args);
@@ -1453,7 +1491,8 @@ fn policy_feature_switches() {
     drop(guard);
     assert_eq!(before, mountpoints());
     // Writable overlay with the caller's own upper dir (default policy): rw, still nosuid,nodev.
-    let o = run_as_strs(u, &mount_args(&fx, &["--upperdir", up.to_str().unwrap(), "--workdir", work.to_str().unwrap()]));
+    let o =
+        run_as_strs(u, &mount_args(&fx, &["--upperdir", up.to_str().unwrap(), "--workdir", work.to_str().unwrap()]));
     assert!(o.status.success(), "upperdir mount: {}", stderr(&o));
     let line = mount_line(&fx.target).unwrap();
     let opts = line.split(' ').nth(5).unwrap().to_string();
@@ -1461,7 +1500,10 @@ fn policy_feature_switches() {
     assert!(opts.split(',').any(|x| x == "rw") && opts.contains("nosuid") && opts.contains("nodev"), "{opts}");
     // An upper dir owned by someone else is refused.
     let foreign_up = user_dir(&e.other, "feat-up");
-    let o = run_as_strs(u, &mount_args(&fx, &["--upperdir", foreign_up.to_str().unwrap(), "--workdir", work.to_str().unwrap()]));
+    let o = run_as_strs(
+        u,
+        &mount_args(&fx, &["--upperdir", foreign_up.to_str().unwrap(), "--workdir", work.to_str().unwrap()]),
+    );
     assert_refused(&o, "not owned by the caller");
 }
 
@@ -1594,7 +1636,10 @@ fn digest_is_checked_on_the_private_copy() {
     let u = &e.user;
     let a = b"digest me".as_slice();
     let fx = one_file_fixture(u, "digest", "d", a);
-    let good: String = cfsmount::fsverity::digest_bytes(&std::fs::read(&fx.image).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
+    let good: String = cfsmount::fsverity::digest_bytes(&std::fs::read(&fx.image).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let bad = format!("{}{}", if good.starts_with('0') { "1" } else { "0" }, &good[1..]);
     let before = mountpoints();
     let o = run_as_strs(u, &mount_args(&fx, &["--digest", &bad]));
@@ -1663,7 +1708,16 @@ fn nested_idmap_namespace_is_refused() {
     let fx = one_file_fixture(u, "nested", "n", a);
     let p = spawn_as(
         u,
-        &["/usr/bin/unshare", "--user", "--map-root-user", "/usr/bin/unshare", "--user", "--map-root-user", "/usr/bin/sleep", "30"],
+        &[
+            "/usr/bin/unshare",
+            "--user",
+            "--map-root-user",
+            "/usr/bin/unshare",
+            "--user",
+            "--map-root-user",
+            "/usr/bin/sleep",
+            "30",
+        ],
     );
     let before = mountpoints();
     let o = run_as_strs(u, &mount_args(&fx, &["--idmap", &format!("/proc/{}/ns/user", p.0.id())]));
@@ -1683,10 +1737,17 @@ struct Fault {
 /// follows still takes effect: the helper runs privileged on a kernel that behaves as if it lacked
 /// a feature or had run out of a resource.
 fn run_as_faulty(u: &User, args: &[&str], fault: &Fault) -> Output {
-    use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+    use seccompiler::{
+        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    };
     use std::os::unix::process::CommandExt;
     let rule = match fault.arg1 {
-        Some(v) => vec![SeccompRule::new(vec![SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v).unwrap()]).unwrap()],
+        Some(v) => {
+            vec![SeccompRule::new(
+                vec![SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v).unwrap()],
+            )
+            .unwrap()]
+        }
         None => vec![],
     };
     let filter = SeccompFilter::new(
@@ -1703,8 +1764,15 @@ fn run_as_faulty(u: &User, args: &[&str], fault: &Fault) -> Output {
         // (moved into the closure) and has the kernel's sock_filter layout.
         unsafe {
             c.pre_exec(move || {
-                let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
-                if libc::syscall(libc::SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, 0, &fprog as *const libc::sock_fprog) != 0 {
+                let fprog =
+                    libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
+                if libc::syscall(
+                    libc::SYS_seccomp,
+                    1, /* SECCOMP_SET_MODE_FILTER */
+                    0,
+                    &fprog as *const libc::sock_fprog,
+                ) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -1787,7 +1855,11 @@ fn exhaustion_and_missing_kernel_features_fail_closed() {
     }
     // The same filter that breaks idmapping leaves a plain mount working: fsmount already sets
     // nosuid,nodev,ro, so the helper needs no mount_setattr for that (kernels 5.2-5.11).
-    let o = run_as_faulty(u, &a_strs(&mount_args(&fx, &[])), &Fault { nr: libc::SYS_mount_setattr, arg1: None, errno: libc::ENOSYS as u32 });
+    let o = run_as_faulty(
+        u,
+        &a_strs(&mount_args(&fx, &[])),
+        &Fault { nr: libc::SYS_mount_setattr, arg1: None, errno: libc::ENOSYS as u32 },
+    );
     let line = mount_line(&fx.target);
     let content = std::fs::read(fx.target.join("f"));
     let _ = run_as(u, &["umount", fx.target.to_str().unwrap()]);
@@ -1842,7 +1914,6 @@ fn fd_out_mounts_count_against_limits_until_dropped() {
     assert_eq!(content.unwrap(), a);
     assert!(gone, "the dead fd-out record {} was not pruned", fd_out_record[0]);
 }
-
 
 /// umount detaches lazily (the fd that pins the mount would make a plain umount see it busy):
 /// a mount still held open after `cfsmount umount` keeps its loop device, so it keeps counting

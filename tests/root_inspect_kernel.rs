@@ -20,10 +20,10 @@ use cfsmount::erofs::reader::{read_image_with, ReadLimits};
 use cfsmount::input::dump::{parse, DumpOptions};
 use cfsmount::tree::Limits;
 
-#[path = "support/random_tree.rs"]
-mod random_tree;
 #[path = "support/conformance.rs"]
 mod conformance;
+#[path = "support/random_tree.rs"]
+mod random_tree;
 use conformance::{is_strict, read_input};
 #[path = "support/image.rs"]
 mod image;
@@ -42,14 +42,7 @@ fn require_root() {
 /// The image of the conformance dumpfile case `name`, at `version` when given.
 fn dump_case(name: &str, version: Option<u32>) -> Vec<u8> {
     let raw = read_input(&conformance::dump_dir(), name);
-    let tree = parse(
-        &raw,
-        &DumpOptions {
-            strict: is_strict(name),
-            limits: Limits::default(),
-        },
-    )
-    .expect("parse");
+    let tree = parse(&raw, &DumpOptions { strict: is_strict(name), limits: Limits::default() }).expect("parse");
     build(&tree, version)
 }
 
@@ -68,10 +61,7 @@ struct Mounted(PathBuf);
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
+        let ok = Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success());
         if !ok {
             let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
@@ -98,28 +88,17 @@ fn kernel_view(img: &[u8], work: &Path) -> Result<BTreeMap<Vec<u8>, String>, Str
         .output()
         .map_err(|e| format!("running mount: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "mount: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("mount: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     let _m = Mounted(mnt.clone());
     let mut view = BTreeMap::new();
     let mut ino_first: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
     while let Some(rel) = stack.pop() {
-        let p = if rel.is_empty() {
-            mnt.clone()
-        } else {
-            mnt.join(std::ffi::OsStr::from_bytes(&rel))
-        };
-        let md = std::fs::symlink_metadata(&p)
-            .map_err(|e| format!("lstat /{}: {e}", String::from_utf8_lossy(&rel)))?;
+        let p = if rel.is_empty() { mnt.clone() } else { mnt.join(std::ffi::OsStr::from_bytes(&rel)) };
+        let md = std::fs::symlink_metadata(&p).map_err(|e| format!("lstat /{}: {e}", String::from_utf8_lossy(&rel)))?;
         let ft = md.file_type();
-        let group = ino_first
-            .entry(md.ino())
-            .or_insert_with(|| rel.clone())
-            .clone();
+        let group = ino_first.entry(md.ino()).or_insert_with(|| rel.clone()).clone();
         let mut line = format!(
             "mode={:o} uid={} gid={} mtime={}.{} rdev={:x} link-group={:?}",
             md.mode(),
@@ -159,8 +138,7 @@ fn kernel_view(img: &[u8], work: &Path) -> Result<BTreeMap<Vec<u8>, String>, Str
                 }
             };
             for ent in rd {
-                let ent =
-                    ent.map_err(|e| format!("readdir /{}: {e}", String::from_utf8_lossy(&rel)))?;
+                let ent = ent.map_err(|e| format!("readdir /{}: {e}", String::from_utf8_lossy(&rel)))?;
                 let name = ent.file_name();
                 let mut child = rel.clone();
                 if !child.is_empty() {
@@ -181,9 +159,7 @@ fn kernel_view(img: &[u8], work: &Path) -> Result<BTreeMap<Vec<u8>, String>, Str
 /// refuses the image; anything else is shown.
 fn shown_error(e: std::io::Error, rel: &[u8]) -> Result<String, String> {
     match e.raw_os_error() {
-        Some(libc::EIO) | Some(libc::EUCLEAN) => {
-            Err(format!("/{}: {e}", String::from_utf8_lossy(rel)))
-        }
+        Some(libc::EIO) | Some(libc::EUCLEAN) => Err(format!("/{}: {e}", String::from_utf8_lossy(rel))),
         _ => Ok(e.to_string()),
     }
 }
@@ -212,16 +188,10 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
     let mut bases: Vec<(String, Vec<u8>)> = vec![
         ("special.dump v1".into(), dump_case("special.dump", Some(1))),
         ("longlink.dump".into(), dump_case("longlink.dump", None)),
-        (
-            "honggfuzz-bigfile-with-acl.dump".into(),
-            dump_case("honggfuzz-bigfile-with-acl.dump", None),
-        ),
+        ("honggfuzz-bigfile-with-acl.dump".into(), dump_case("honggfuzz-bigfile-with-acl.dump", None)),
     ];
     for seed in [11u64, 12, 13] {
-        bases.push((
-            format!("random tree {seed}"),
-            build(&random_tree::random_tree(seed, 120), None),
-        ));
+        bases.push((format!("random tree {seed}"), build(&random_tree::random_tree(seed, 120), None)));
     }
     let per_base: usize = env_or("CFS_KERNEL_DIFF_CASES", 12);
     let seed = env_or("CFS_KERNEL_DIFF_SEED", 0xdead_beef_1234_5677u64);
@@ -229,19 +199,15 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
     let (mut compared, mut refused) = (0usize, 0usize);
     for (name, img) in &bases {
         // The valid image itself: the kernel must show it as the rewritten one.
-        let base_view = kernel_view(img, work.path())
-            .unwrap_or_else(|e| panic!("{name}: kernel refuses the valid image: {e}"));
+        let base_view =
+            kernel_view(img, work.path()).unwrap_or_else(|e| panic!("{name}: kernel refuses the valid image: {e}"));
         assert!(!base_view.is_empty());
         let mut accepted = 0;
         for attempt in 0..4000 {
             if accepted == per_base {
                 break;
             }
-            let span = if attempt % 5 == 4 {
-                img.len()
-            } else {
-                img.len().min(1 << 16)
-            };
+            let span = if attempt % 5 == 4 { img.len() } else { img.len().min(1 << 16) };
             let m = corrupted(&mut rng, img, span, 3, attempt % 2 == 0);
             if m == *img {
                 continue;
@@ -252,14 +218,10 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
             accepted += 1;
             let rewritten = build(&tree, Some(info.composefs_version));
             let want = kernel_view(&rewritten, work.path()).unwrap_or_else(|e| {
-                let keep =
-                    std::env::temp_dir().join(format!("root-inspect-rewritten-{attempt}.img"));
+                let keep = std::env::temp_dir().join(format!("root-inspect-rewritten-{attempt}.img"));
                 let _ = std::fs::write(&keep, &rewritten);
                 let _ = std::fs::write(keep.with_extension("orig.img"), &m);
-                panic!(
-                    "{name} attempt {attempt}: the kernel refuses the rewritten image ({}): {e}",
-                    keep.display()
-                )
+                panic!("{name} attempt {attempt}: the kernel refuses the rewritten image ({}): {e}", keep.display())
             });
             let got = match kernel_view(&m, work.path()) {
                 Ok(v) => v,
@@ -276,10 +238,7 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
                     .map(|((pa, la), (pb, lb))| {
                         // Only the fields that differ.
                         let only = |x: &str, y: &str| {
-                            x.split(' ')
-                                .filter(|t| !y.split(' ').any(|u| u == *t))
-                                .collect::<Vec<_>>()
-                                .join(" ")
+                            x.split(' ').filter(|t| !y.split(' ').any(|u| u == *t)).collect::<Vec<_>>().join(" ")
                         };
                         format!(
                             "kernel: /{}: {}\nreader: /{}: {}",
@@ -296,10 +255,7 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
             }
             compared += 1;
         }
-        assert!(
-            accepted > 0,
-            "{name}: no corruption was accepted by the reader"
-        );
+        assert!(accepted > 0, "{name}: no corruption was accepted by the reader");
     }
     eprintln!("{compared} accepted corruptions looked the same to the kernel, {refused} were refused by the kernel");
     assert!(compared >= 10, "too few comparisons ({compared})");

@@ -57,16 +57,10 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Scratch {
-        let dir = tempfile::Builder::new()
-            .prefix("cfsm-root-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("cfsm-root-").tempdir_in("/var/tmp").unwrap();
         std::fs::create_dir(dir.path().join("state")).unwrap();
-        std::fs::set_permissions(
-            dir.path().join("state"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .unwrap();
+        std::fs::set_permissions(dir.path().join("state"), std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
         Scratch { dir }
     }
     fn path(&self, p: &str) -> PathBuf {
@@ -111,12 +105,7 @@ impl Drop for Scratch {
 
 fn run_ok(mut c: Command) -> Output {
     let out = c.output().expect("spawning cfsmount");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        c,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{:?} failed: {}", c, String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -124,13 +113,7 @@ fn run_fail(mut c: Command, expect: &str) -> String {
     let out = c.output().expect("spawning cfsmount");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{:?} unexpectedly succeeded", c);
-    assert!(
-        err.contains(expect),
-        "{:?}: error {:?} does not mention {:?}",
-        c,
-        err,
-        expect
-    );
+    assert!(err.contains(expect), "{:?}: error {:?} does not mention {:?}", c, err, expect);
     err
 }
 
@@ -161,10 +144,7 @@ fn snapshot(prefix: &Path) -> Snapshot {
     }
     let erofs = std::fs::read_dir("/sys/fs/erofs")
         .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "features")
-                .collect()
+            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "features").collect()
         })
         .unwrap_or_default();
     Snapshot { mounts, loops, erofs }
@@ -194,9 +174,7 @@ fn is_whiteout(tree: &Tree, id: NodeId) -> bool {
 
 /// The first bytes of the object for `payload`, as this test writes it.
 fn object_pattern(payload: &[u8], size: u64) -> Vec<u8> {
-    (0..size.min(4096) as usize)
-        .map(|i| payload[i % payload.len()] ^ (i as u8))
-        .collect()
+    (0..size.min(4096) as usize).map(|i| payload[i % payload.len()] ^ (i as u8)).collect()
 }
 
 /// Writes one object per payload the tree references: a sparse file of the right size whose
@@ -257,11 +235,7 @@ fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
             continue;
         }
         let rel = tree.path_of(id);
-        let p = if rel.is_empty() {
-            mnt.to_path_buf()
-        } else {
-            mnt.join(OsStr::from_bytes(&rel))
-        };
+        let p = if rel.is_empty() { mnt.to_path_buf() } else { mnt.join(OsStr::from_bytes(&rel)) };
         let c = format!("{ctx}: /{}", String::from_utf8_lossy(&rel));
         let node = tree.node(target);
         let e = &node.entry;
@@ -280,19 +254,11 @@ fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
         assert_eq!(md.mode(), ino.mode, "{c}: mode");
         assert_eq!(md.uid(), ino.uid + id_shift, "{c}: uid");
         assert_eq!(md.gid(), ino.gid + id_shift, "{c}: gid");
-        assert_eq!(
-            (md.mtime(), md.mtime_nsec()),
-            (ino.mtime, ino.mtime_nsec as i64),
-            "{c}: mtime"
-        );
+        assert_eq!((md.mtime(), md.mtime_nsec()), (ino.mtime, ino.mtime_nsec as i64), "{c}: mtime");
         let ft = md.file_type();
         if ft.is_symlink() {
             let t = std::fs::read_link(&p).unwrap();
-            assert_eq!(
-                t.as_os_str().as_bytes(),
-                e.payload.as_deref().unwrap(),
-                "{c}: symlink target"
-            );
+            assert_eq!(t.as_os_str().as_bytes(), e.payload.as_deref().unwrap(), "{c}: symlink target");
         } else if ft.is_file() {
             assert_eq!(md.len(), ino.size, "{c}: size");
             if let Some(content) = &e.content {
@@ -308,10 +274,8 @@ fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
         } else if ft.is_char_device() || ft.is_block_device() {
             assert_eq!(md.rdev(), ino.rdev as u64, "{c}: rdev");
         } else if ft.is_dir() {
-            let names: BTreeSet<Vec<u8>> = std::fs::read_dir(&p)
-                .unwrap()
-                .map(|d| d.unwrap().file_name().as_bytes().to_vec())
-                .collect();
+            let names: BTreeSet<Vec<u8>> =
+                std::fs::read_dir(&p).unwrap().map(|d| d.unwrap().file_name().as_bytes().to_vec()).collect();
             let want: BTreeSet<Vec<u8>> = node
                 .children
                 .iter()
@@ -322,8 +286,7 @@ fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
                 .into_iter()
                 .filter(|n| {
                     // escaped whiteouts of the input may show as plain entries; they are not compared
-                    tree.child(target, n)
-                        .is_none_or(|ch| !is_whiteout(tree, tree.resolve(ch)))
+                    tree.child(target, n).is_none_or(|ch| !is_whiteout(tree, tree.resolve(ch)))
                 })
                 .collect();
             assert_eq!(got, want, "{c}: directory entries");
@@ -350,14 +313,8 @@ fn check_tree(tree: &Tree, mnt: &Path, id_shift: u32, ctx: &str) -> usize {
 fn load_case(name: &str) -> (Tree, WriteOptions) {
     let dir = conformance_dir();
     let input = read_input(&dir, name);
-    let tree = parse(
-        &input,
-        &DumpOptions {
-            strict: is_strict(name),
-            limits: Limits::default(),
-        },
-    )
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let tree = parse(&input, &DumpOptions { strict: is_strict(name), limits: Limits::default() })
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     (tree, write_options(forced_version(&dir, name)))
 }
 
@@ -367,14 +324,7 @@ fn write_img(tree: &Tree, opts: &WriteOptions, path: &Path) {
 }
 
 fn dump_tree(text: &str) -> Tree {
-    parse(
-        text.as_bytes(),
-        &DumpOptions {
-            strict: true,
-            limits: Limits::default(),
-        },
-    )
-    .unwrap()
+    parse(text.as_bytes(), &DumpOptions { strict: true, limits: Limits::default() }).unwrap()
 }
 
 /// Waits for the loop device(s) of a mount to be gone after umount.
@@ -444,13 +394,7 @@ fn receive_fds(sock: impl AsFd) -> (usize, Vec<OwnedFd>) {
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
     let mut byte = [0u8; 1];
-    let r = recvmsg(
-        sock,
-        &mut [std::io::IoSliceMut::new(&mut byte)],
-        &mut anc,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .unwrap();
+    let r = recvmsg(sock, &mut [std::io::IoSliceMut::new(&mut byte)], &mut anc, RecvFlags::CMSG_CLOEXEC).unwrap();
     let mut fds = Vec::new();
     for m in anc.drain() {
         if let RecvAncillaryMessage::ScmRights(it) = m {
@@ -462,14 +406,8 @@ fn receive_fds(sock: impl AsFd) -> (usize, Vec<OwnedFd>) {
 
 /// Attaches a detached mount (a received mount fd) at `mnt`.
 fn attach_mount_fd(fd: &OwnedFd, mnt: &Path) {
-    rustix::mount::move_mount(
-        fd,
-        "",
-        rustix::fs::CWD,
-        mnt,
-        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .unwrap();
+    rustix::mount::move_mount(fd, "", rustix::fs::CWD, mnt, rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+        .unwrap();
 }
 
 /// Waits up to 2 s for process `pid` to be in a `kind` namespace (`user`, `mnt`) other than
@@ -516,10 +454,7 @@ fn cfsmount_conformance_file_backed_and_loop() {
             assert_eq!(err.contains("file-backed"), !force_loop, "{name}: {err}");
             assert_eq!(err.contains("EROFS on /dev/loop"), force_loop, "{name}: {err}");
             let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-            let line = mi
-                .lines()
-                .find(|l| l.contains(&*mnt.to_string_lossy()))
-                .expect("mount visible");
+            let line = mi.lines().find(|l| l.contains(&*mnt.to_string_lossy())).expect("mount visible");
             assert!(line.contains(" ro,nosuid,nodev"), "{name}: mount flags: {line}");
             let n = check_tree(&tree, &mnt, 0, &format!("{name} (force_loop={force_loop})"));
             assert!(n > 0);
@@ -563,22 +498,14 @@ impl Drop for HelperLink {
 fn util_linux_mount_t_composefs() {
     let (_g, s, before) = setup_with_scratch();
     let link = HelperLink::new();
-    for name in [
-        "special_v1.dump",
-        "config-with-hard-link.dump.gz",
-        "cs9-x86_64-minimal.dump.gz",
-    ] {
+    for name in ["special_v1.dump", "config-with-hard-link.dump.gz", "cs9-x86_64-minimal.dump.gz"] {
         let (tree, opts) = load_case(name);
         // A basedir whose name needs escaping in the option string.
         let (img, objs) = write_img_and_objects(&s, &tree, &opts, &format!("{name}.img"), &format!("objs,{name}"));
         let mnt = s.mkdir(&format!("mnt-{name}"));
         let opt = format!("basedir={},ro", objs.to_string_lossy().replace(',', "\\,"));
         let out = mount_t_composefs(&s, &opt, &img, &mnt);
-        assert!(
-            out.status.success(),
-            "mount -t composefs {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "mount -t composefs {name}: {}", String::from_utf8_lossy(&out.stderr));
         check_tree(&tree, &mnt, 0, &format!("mount -t composefs {name}"));
         umount_and_assert_clean(&s, &mnt, &before, name);
     }
@@ -622,10 +549,7 @@ fn helper_form_flags_and_fake() {
     };
     // -f (fake): options are checked, nothing is mounted.
     let mut c = helper();
-    c.arg(&img)
-        .arg(&mnt)
-        .args(["-f", "-n", "-o"])
-        .arg(format!("basedir={}", objs.display()));
+    c.arg(&img).arg(&mnt).args(["-f", "-n", "-o"]).arg(format!("basedir={}", objs.display()));
     run_ok(c);
     assert_clean(&before, s.dir.path(), "-f");
     // Option value missing, upperdir without workdir, bad digest: errors, nothing mounted.
@@ -642,10 +566,7 @@ fn helper_form_flags_and_fake() {
     }
     // -s tolerates unknown options; -v reports; options may come before the operands.
     let mut c = helper();
-    c.args(["-sv", "-o"])
-        .arg(format!("basedir={},frob,ro", objs.display()))
-        .arg(&img)
-        .arg(&mnt);
+    c.args(["-sv", "-o"]).arg(format!("basedir={},frob,ro", objs.display())).arg(&img).arg(&mnt);
     let out = run_ok(c);
     assert!(String::from_utf8_lossy(&out.stderr).contains("overlay mount id"));
     check_tree(&tree, &mnt, 0, "helper -s");
@@ -689,12 +610,9 @@ fn toc_with_objects() {
     write_img(&tree, &WriteOptions::default(), &img);
     let mnt = s.mkdir("mnt");
     // The image built here, and the TOC itself built on the fly by `mount --toc` (sandboxed).
-    for (source, toc, force_loop) in [
-        (&img, false, false),
-        (&img, false, true),
-        (&toc_path, true, false),
-        (&toc_path, true, true),
-    ] {
+    for (source, toc, force_loop) in
+        [(&img, false, false), (&img, false, true), (&toc_path, true, false), (&toc_path, true, true)]
+    {
         let mut c = mount_cmd(&s, source, &mnt, &objs);
         if toc {
             c.arg("--toc");
@@ -707,33 +625,18 @@ fn toc_with_objects() {
             let p = mnt.join(name);
             assert_eq!(&std::fs::read(&p).unwrap(), data, "{name}");
             let md = std::fs::symlink_metadata(&p).unwrap();
-            assert_eq!(
-                (md.uid(), md.gid(), md.mode(), md.mtime()),
-                (1000, 1000, 0o100644, 1704164645),
-                "{name}"
-            );
+            assert_eq!((md.uid(), md.gid(), md.mode(), md.mtime()), (1000, 1000, 0o100644, 1704164645), "{name}");
         }
-        assert_eq!(
-            std::fs::read_link(mnt.join("usr/bin/alias")).unwrap(),
-            Path::new("tool")
-        );
+        assert_eq!(std::fs::read_link(mnt.join("usr/bin/alias")).unwrap(), Path::new("tool"));
         umount(&s, &mnt);
     }
     // The same image through util-linux `mount -t composefs` and the helper link.
     {
         let _link = HelperLink::new();
         let out = mount_t_composefs(&s, format!("basedir={},ro", objs.display()), &img, &mnt);
-        assert!(
-            out.status.success(),
-            "mount -t composefs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "mount -t composefs: {}", String::from_utf8_lossy(&out.stderr));
         for (name, data) in &files {
-            assert_eq!(
-                &std::fs::read(mnt.join(name)).unwrap(),
-                data,
-                "mount -t composefs: {name}"
-            );
+            assert_eq!(&std::fs::read(mnt.join(name)).unwrap(), data, "mount -t composefs: {name}");
         }
         umount(&s, &mnt);
     }
@@ -751,11 +654,8 @@ fn toc_with_objects() {
     check_tree(&tree, &mnt, 0, "--dump");
     umount(&s, &mnt);
     // A hostile TOC is refused by the builder, and nothing is mounted or left.
-    std::fs::write(
-        &toc_path,
-        br#"{"version":1,"entries":[{"type":"reg","name":"../../etc/passwd","size":1}]}"#,
-    )
-    .unwrap();
+    std::fs::write(&toc_path, br#"{"version":1,"entries":[{"type":"reg","name":"../../etc/passwd","size":1}]}"#)
+        .unwrap();
     let mut c = mount_cmd(&s, &toc_path, &mnt, &objs);
     c.arg("--toc");
     run_fail(c, "building the image failed");
@@ -797,15 +697,8 @@ fn idmapped_mounts() {
         let md = std::fs::metadata(mnt.join("file")).unwrap();
         assert_eq!((md.uid(), md.gid()), (100005, 100007));
         let err = std::fs::write(mnt.join("file"), b"x").unwrap_err();
-        assert_eq!(
-            err.raw_os_error(),
-            Some(libc::EROFS),
-            "writing through the idmapped mount"
-        );
-        assert_eq!(
-            std::fs::create_dir(mnt.join("new")).unwrap_err().raw_os_error(),
-            Some(libc::EROFS)
-        );
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "writing through the idmapped mount");
+        assert_eq!(std::fs::create_dir(mnt.join("new")).unwrap_err().raw_os_error(), Some(libc::EROFS));
         umount(&s, &mnt);
     }
     // --idmap with an existing user namespace: util-linux unshare holds it, we (root) write its maps.
@@ -865,24 +758,14 @@ fn layers_whiteouts_and_opaque_dirs() {
         }
         run_ok(c);
         let names = |p: &Path| -> BTreeSet<String> {
-            std::fs::read_dir(p)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
+            std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
         };
         let root = names(&mnt);
-        assert!(
-            !root.contains("a"),
-            "whiteout in the upper layer must hide /a: {root:?}"
-        );
+        assert!(!root.contains("a"), "whiteout in the upper layer must hide /a: {root:?}");
         assert!(!mnt.join("a").exists());
         assert_eq!(std::fs::read(mnt.join("b")).unwrap(), b"bbb");
         assert_eq!(std::fs::read(mnt.join("c")).unwrap(), b"ccc");
-        assert_eq!(
-            names(&mnt.join("d")),
-            BTreeSet::from(["z".to_string()]),
-            "opaque /d hides the lower /d"
-        );
+        assert_eq!(names(&mnt.join("d")), BTreeSet::from(["z".to_string()]), "opaque /d hides the lower /d");
         assert_eq!(
             names(&mnt.join("e")),
             BTreeSet::from(["keep".to_string(), "new".to_string()]),
@@ -919,11 +802,8 @@ fn loop_ebusy_race() {
             while !stop.load(Ordering::Relaxed) {
                 let mut held = Vec::new();
                 for _ in 0..8 {
-                    let out = Command::new("losetup")
-                        .args(["--find", "--show", "--read-only"])
-                        .arg(&dummy)
-                        .output()
-                        .unwrap();
+                    let out =
+                        Command::new("losetup").args(["--find", "--show", "--read-only"]).arg(&dummy).output().unwrap();
                     if out.status.success() {
                         held.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
                         grabbed.fetch_add(1, Ordering::Relaxed);
@@ -946,10 +826,7 @@ fn loop_ebusy_race() {
     }
     stop.store(true, Ordering::Relaxed);
     grabber.join().unwrap();
-    assert!(
-        grabbed.load(Ordering::Relaxed) > 0,
-        "the competing process never got a device"
-    );
+    assert!(grabbed.load(Ordering::Relaxed) > 0, "the competing process never got a device");
     assert_clean(&before, s.dir.path(), "race");
 }
 
@@ -984,10 +861,7 @@ fn loop_attach_concurrent_threads() {
             break;
         }
     }
-    assert!(
-        total > 0,
-        "LOOP_CONFIGURE never returned EBUSY under contention: the retry path was not exercised"
-    );
+    assert!(total > 0, "LOOP_CONFIGURE never returned EBUSY under contention: the retry path was not exercised");
     assert_clean(&before, s.dir.path(), "threads");
 }
 
@@ -1009,10 +883,7 @@ fn cycles_200_leave_nothing() {
     assert_clean(&before, s.dir.path(), "200 cycles");
     let losetup_after = String::from_utf8(Command::new("losetup").arg("-a").output().unwrap().stdout).unwrap();
     let p = s.dir.path().to_string_lossy().into_owned();
-    assert!(
-        !losetup_after.lines().any(|l| l.contains(&p)),
-        "losetup -a still lists our image: {losetup_after}"
-    );
+    assert!(!losetup_after.lines().any(|l| l.contains(&p)), "losetup -a still lists our image: {losetup_after}");
     let _ = losetup_before;
 }
 
@@ -1043,23 +914,11 @@ fn injected_failures_leave_nothing() {
         (mount_args(&img, &nodir, &objs, &[]), "target"),
         (mount_args(&img, &mnt, &objs, &[&"--digest", &"00".repeat(32)]), "digest"),
         (mount_args(&img, &mnt, &objs, &[&"--digest", &"xyz"]), "digest"),
-        (
-            mount_args(&img, &mnt, &objs, &[&"--upperdir", &upper, &"--workdir", &nodir]),
-            "workdir",
-        ),
+        (mount_args(&img, &mnt, &objs, &[&"--upperdir", &upper, &"--workdir", &nodir]), "workdir"),
         (mount_args(&img, &mnt, &objs, &[&"--idmap", &nodir]), "nonexistent"),
-        (
-            mount_args(&img, &mnt, &objs, &[&"--uidmap", &"0:4294967295:2", &"--gidmap", &"0:1:1"]),
-            "bad id map",
-        ),
-        (
-            mount_args(&img, &mnt, &objs, &[&"--layer", &garbage, &"--force-loop"]),
-            "not a composefs image",
-        ),
-        (
-            mount_args(&img, &mnt, &objs, &[&"--layer", &corrupt_p, &"--force-loop"]),
-            "EROFS mount failed",
-        ),
+        (mount_args(&img, &mnt, &objs, &[&"--uidmap", &"0:4294967295:2", &"--gidmap", &"0:1:1"]), "bad id map"),
+        (mount_args(&img, &mnt, &objs, &[&"--layer", &garbage, &"--force-loop"]), "not a composefs image"),
+        (mount_args(&img, &mnt, &objs, &[&"--layer", &corrupt_p, &"--force-loop"]), "EROFS mount failed"),
         (
             vec![
                 img.clone().into(),
@@ -1120,9 +979,7 @@ fn fd_out_handover() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Nothing is attached yet.
     let mnt = s.mkdir("mnt");
-    assert!(!std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .contains(&*mnt.to_string_lossy()));
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&*mnt.to_string_lossy()));
     attach_mount_fd(&fds[0], &mnt);
     drop(fds);
     check_tree(&tree, &mnt, 0, "fd-out");
@@ -1141,25 +998,16 @@ fn legacy_overlay_syntax() {
     let (img, objs) = write_img_and_objects(&s, &tree, &WriteOptions::default(), "small.img", "ob,j\\ s=x");
     let mnt = s.mkdir("mnt");
     let mut c = s.cmd();
-    c.env("CFSMOUNT_TEST_LEGACY_OVERLAY", "1")
-        .args(["mount", "-v"])
-        .args(mount_args(&img, &mnt, &objs, &[]));
+    c.env("CFSMOUNT_TEST_LEGACY_OVERLAY", "1").args(["mount", "-v"]).args(mount_args(&img, &mnt, &objs, &[]));
     let out = run_ok(c);
     assert!(String::from_utf8_lossy(&out.stderr).contains("legacy lowerdir string"));
     check_tree(&tree, &mnt, 0, "legacy");
     // The layer was attached in the state dir only while the overlay was created.
     let state = s.path("state").to_string_lossy().into_owned();
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let left: Vec<&str> = mi
-        .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|mp| mp.starts_with(&state)))
-        .collect();
+    let left: Vec<&str> = mi.lines().filter(|l| l.split(' ').nth(4).is_some_and(|mp| mp.starts_with(&state))).collect();
     assert!(left.is_empty(), "temporary layer mount left: {left:?}");
-    assert_eq!(
-        std::fs::read_dir(s.path("state")).unwrap().count(),
-        1,
-        "only the record in the state dir"
-    );
+    assert_eq!(std::fs::read_dir(s.path("state")).unwrap().count(), 1, "only the record in the state dir");
     umount_and_assert_clean(&s, &mnt, &before, "legacy");
     // Several layers, loop-backed, in the legacy syntax too.
     let upper = dump_tree("/ 4096 40755 2 0 0 0 1000.0 - - -\n/inline 0 20000 1 0 0 0 1000.0 - - -\n/new 2 100644 1 0 0 0 1000.0 - hi -\n");
@@ -1185,10 +1033,7 @@ fn upperdir_makes_it_writable() {
     run_ok(c);
     std::fs::write(mnt.join("newfile"), b"hi").unwrap();
     assert_eq!(std::fs::read(up.join("newfile")).unwrap(), b"hi");
-    assert_eq!(
-        std::fs::read(mnt.join("file")).unwrap()[..],
-        object_pattern(b"ab/cdef", 11)[..]
-    );
+    assert_eq!(std::fs::read(mnt.join("file")).unwrap()[..], object_pattern(b"ab/cdef", 11)[..]);
     umount_and_assert_clean(&s, &mnt, &before, "upper");
 }
 
@@ -1219,21 +1064,12 @@ fn statx_mount_ids_in_record() {
     let mut c = mount_cmd(&s, &img, &mnt, &objs);
     c.arg("--force-loop");
     run_ok(c);
-    let rec_path = std::fs::read_dir(s.path("state"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let rec_path = std::fs::read_dir(s.path("state")).unwrap().next().unwrap().unwrap().path();
     let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
     let fd = rustix::fs::open(&mnt, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
-    let st = rustix::fs::statx(
-        &fd,
-        "",
-        rustix::fs::AtFlags::EMPTY_PATH,
-        rustix::fs::StatxFlags::from_bits_retain(0x4000),
-    )
-    .unwrap();
+    let st =
+        rustix::fs::statx(&fd, "", rustix::fs::AtFlags::EMPTY_PATH, rustix::fs::StatxFlags::from_bits_retain(0x4000))
+            .unwrap();
     drop(fd);
     assert_eq!(rec["mount_id"].as_u64(), Some(st.stx_mnt_id));
     assert_eq!(rec["target"].as_str(), Some(&*mnt.to_string_lossy()));
@@ -1242,27 +1078,11 @@ fn statx_mount_ids_in_record() {
     let dev = lo.trim_start_matches("/dev/");
     let backing = std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).unwrap();
     assert_eq!(backing.trim(), img.to_string_lossy());
-    assert_eq!(
-        std::fs::read_to_string(format!("/sys/block/{dev}/loop/autoclear"))
-            .unwrap()
-            .trim(),
-        "1"
-    );
-    assert_eq!(
-        std::fs::read_to_string(format!("/sys/block/{dev}/ro")).unwrap().trim(),
-        "1"
-    );
-    assert_eq!(
-        std::fs::read_to_string(format!("/sys/block/{dev}/queue/logical_block_size"))
-            .unwrap()
-            .trim(),
-        "4096"
-    );
+    assert_eq!(std::fs::read_to_string(format!("/sys/block/{dev}/loop/autoclear")).unwrap().trim(), "1");
+    assert_eq!(std::fs::read_to_string(format!("/sys/block/{dev}/ro")).unwrap().trim(), "1");
+    assert_eq!(std::fs::read_to_string(format!("/sys/block/{dev}/queue/logical_block_size")).unwrap().trim(), "4096");
     umount(&s, &mnt);
-    assert!(
-        std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).is_err(),
-        "{lo} freed after umount"
-    );
+    assert!(std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).is_err(), "{lo} freed after umount");
 }
 
 /// `--fd-out N`: an inherited, connected socket fd (here stdin) instead of a socket path.
@@ -1300,32 +1120,18 @@ fn fd_out_inherited_fd() {
 fn helper_mounts_in_other_namespace() {
     let (_g, s, before) = setup_with_scratch();
     let (tree, img, objs, mnt) = small_setup_with_mnt(&s);
-    let mut holder = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sleep", "60"])
-        .spawn()
-        .unwrap();
+    let mut holder = Command::new("unshare").args(["-m", "--propagation", "private", "sleep", "60"]).spawn().unwrap();
     let pid = holder.id();
     wait_for_other_namespace(pid, "mnt");
     let link = s.path("mount.composefs");
     std::os::unix::fs::symlink(bin(), &link).unwrap();
     let mut c = Command::new(&link);
     c.env("CFSMOUNT_STATE_DIR", s.path("state"));
-    c.arg(&img)
-        .arg(&mnt)
-        .args(["-N", &pid.to_string(), "-o"])
-        .arg(format!("basedir={}", objs.display()));
+    c.arg(&img).arg(&mnt).args(["-N", &pid.to_string(), "-o"]).arg(format!("basedir={}", objs.display()));
     run_ok(c);
     let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
-    assert!(
-        theirs.contains(&*mnt.to_string_lossy()),
-        "mounted in the other namespace"
-    );
-    assert!(
-        !std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .contains(&*mnt.to_string_lossy()),
-        "not in ours"
-    );
+    assert!(theirs.contains(&*mnt.to_string_lossy()), "mounted in the other namespace");
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&*mnt.to_string_lossy()), "not in ours");
     // Read it through that namespace's root.
     let there = PathBuf::from(format!("/proc/{pid}/root")).join(mnt.strip_prefix("/").unwrap());
     check_tree(&tree, &there, 0, "-N");
@@ -1345,9 +1151,7 @@ fn helper_mounts_in_other_namespace() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .unwrap()
-        .contains(&*mnt.to_string_lossy()));
+    assert!(!std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap().contains(&*mnt.to_string_lossy()));
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(s.records(), 0);

@@ -100,9 +100,8 @@ fn job_panic_is_an_error() {
 
 #[test]
 fn open_by_path_is_killed_by_seccomp() {
-    let e = must_fail(&SandboxConfig::default(), |_, _| {
-        File::open("/etc/hostname").map(|_| ()).map_err(|e| errno_of(&e))
-    });
+    let e =
+        must_fail(&SandboxConfig::default(), |_, _| File::open("/etc/hostname").map(|_| ()).map_err(|e| errno_of(&e)));
     assert_seccomp_kill(&e);
 }
 
@@ -151,7 +150,11 @@ fn ptrace_is_killed_by_seccomp() {
     let e = must_fail(&SandboxConfig::default(), move |_, _| {
         // SAFETY (test): ptrace with integer arguments.
         let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, parent, 0, 0) };
-        if r == 0 { Ok(()) } else { Err(errno_of(&std::io::Error::last_os_error())) }
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(errno_of(&std::io::Error::last_os_error()))
+        }
     });
     assert_seccomp_kill(&e);
 }
@@ -203,7 +206,11 @@ fn inherited_fd_not_granted_is_closed() {
     let e = must_fail(&SandboxConfig::default(), move |_, _| {
         // SAFETY (test): write(2) on a raw fd number with a valid buffer.
         let n = unsafe { libc::write(raw, b"leak".as_ptr().cast(), 4) };
-        if n == 4 { Ok(()) } else { Err(errno_of(&std::io::Error::last_os_error())) }
+        if n == 4 {
+            Ok(())
+        } else {
+            Err(errno_of(&std::io::Error::last_os_error()))
+        }
     });
     assert!(matches!(&e, SandboxError::Job(m) if m == &format!("errno {}", libc::EBADF)), "expected EBADF, got {e}");
     assert!(read_back(reader).is_empty(), "bytes reached the inherited file");
@@ -213,18 +220,19 @@ fn inherited_fd_not_granted_is_closed() {
 #[test]
 fn setuid_root_is_killed_by_seccomp() {
     let e = must_fail(&SandboxConfig::default(), |_, _| {
-        rustix::thread::set_thread_res_uid(rustix::process::Uid::ROOT, rustix::process::Uid::ROOT, rustix::process::Uid::ROOT)
-            .map_err(|e| format!("errno {}", e.raw_os_error()))
+        rustix::thread::set_thread_res_uid(
+            rustix::process::Uid::ROOT,
+            rustix::process::Uid::ROOT,
+            rustix::process::Uid::ROOT,
+        )
+        .map_err(|e| format!("errno {}", e.raw_os_error()))
     });
     assert_seccomp_kill(&e);
 }
 
 #[test]
 fn allocation_past_memory_limit_kills_child() {
-    let cfg = SandboxConfig {
-        limits: Limits { address_space: 256 << 20, ..Limits::default() },
-        ..Default::default()
-    };
+    let cfg = SandboxConfig { limits: Limits { address_space: 256 << 20, ..Limits::default() }, ..Default::default() };
     // Fallible allocation: the job sees the failure and reports it.
     let e = must_fail(&cfg, |_, _| {
         let mut v: Vec<u8> = Vec::new();
@@ -242,10 +250,7 @@ fn allocation_past_memory_limit_kills_child() {
 
 #[test]
 fn cpu_limit_kills_child() {
-    let cfg = SandboxConfig {
-        limits: Limits { cpu_seconds: 1, ..Limits::default() },
-        ..Default::default()
-    };
+    let cfg = SandboxConfig { limits: Limits { cpu_seconds: 1, ..Limits::default() }, ..Default::default() };
     let start = std::time::Instant::now();
     let e = must_fail(&cfg, |_, _| {
         let mut x: u64 = 1;
@@ -426,7 +431,8 @@ mod hooks {
     #[test]
     fn without_seccomp_landlock_scopes_abstract_unix_sockets() {
         let name = format!("cfsmount-test-{}", std::process::id());
-        let addr = <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(&name).unwrap();
+        let addr =
+            <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(&name).unwrap();
         let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
         let e = must_fail_hooked(&SandboxConfig::default(), NO_SECCOMP, move |_, _, _| {
             std::os::unix::net::UnixStream::connect_addr(&addr).map(|_| ()).map_err(|e| errno_of(&e))
@@ -440,7 +446,11 @@ mod hooks {
         let e = must_fail_hooked(&SandboxConfig::default(), NO_SECCOMP, move |_, _, _| {
             // SAFETY (test): ptrace with integer arguments.
             let r = unsafe { libc::ptrace(libc::PTRACE_ATTACH, parent, 0, 0) };
-            if r == 0 { Ok(()) } else { Err(errno_of(&std::io::Error::last_os_error())) }
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(errno_of(&std::io::Error::last_os_error()))
+            }
         });
         expect_errno(&e, libc::EPERM);
     }
@@ -481,8 +491,12 @@ mod hooks {
     #[test]
     fn without_seccomp_setuid_root_is_denied() {
         let e = must_fail_hooked(&SandboxConfig::default(), NO_SECCOMP, |_, _, _| {
-            rustix::thread::set_thread_res_uid(rustix::process::Uid::ROOT, rustix::process::Uid::ROOT, rustix::process::Uid::ROOT)
-                .map_err(|e| format!("errno {}", e.raw_os_error()))
+            rustix::thread::set_thread_res_uid(
+                rustix::process::Uid::ROOT,
+                rustix::process::Uid::ROOT,
+                rustix::process::Uid::ROOT,
+            )
+            .map_err(|e| format!("errno {}", e.raw_os_error()))
         });
         expect_errno(&e, libc::EPERM);
     }
@@ -508,7 +522,8 @@ mod hooks {
         })
         .expect("partial sandbox with allow_unsandboxed");
         assert_eq!(read_back(r), b"data");
-        let e = must_fail_hooked(&cfg, hooks, |_, _, _| File::open("/etc/hostname").map(|_| ()).map_err(|e| errno_of(&e)));
+        let e =
+            must_fail_hooked(&cfg, hooks, |_, _, _| File::open("/etc/hostname").map(|_| ()).map_err(|e| errno_of(&e)));
         assert_seccomp_kill(&e);
     }
 

@@ -79,7 +79,8 @@ fn random_trees_image_read_back_rebuilds_same_bytes() {
     for (seed, n) in sizes() {
         let t = random_tree(seed, n);
         let img = image_of(&t);
-        let back = cfsmount::erofs::reader::read_image(&img).unwrap_or_else(|e| panic!("seed {seed}: reading image: {e}"));
+        let back =
+            cfsmount::erofs::reader::read_image(&img).unwrap_or_else(|e| panic!("seed {seed}: reading image: {e}"));
         let img2 = image_of(&back);
         assert!(img2 == img, "seed {seed}: image -> read -> image differs");
         // And through the printed dump, as `cfsmount inspect | mkimage --from-dump` does.

@@ -7,17 +7,11 @@ use cfsmount::input::toc::TocOptions;
 use cfsmount::tree::{Limits, Tree};
 
 /// Parser limits for fuzzing: at most 10,000 entries, 64 levels deep.
-pub const LIMITS: Limits = Limits {
-    max_entries: 10_000,
-    max_depth: 64,
-};
+pub const LIMITS: Limits = Limits { max_entries: 10_000, max_depth: 64 };
 
 /// The default TOC options with `LIMITS`.
 pub fn toc_options() -> TocOptions {
-    TocOptions {
-        limits: LIMITS,
-        ..TocOptions::default()
-    }
+    TocOptions { limits: LIMITS, ..TocOptions::default() }
 }
 
 /// Writes `tree` as an image into memory and drops it: errors are fine, panics are bugs.

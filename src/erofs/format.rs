@@ -68,8 +68,13 @@ pub const FT_SYMLINK: u8 = 7;
 /// The order of the checks matters ("system.posix_acl_access" before "trusted.", ...)
 /// and matches the reference writer; "lustre." is never used for writing.
 pub fn xattr_prefix_split(name: &[u8]) -> (u8, &[u8]) {
-    const ORDER: [u8; 5] =
-        [XATTR_INDEX_USER, XATTR_INDEX_POSIX_ACL_ACCESS, XATTR_INDEX_POSIX_ACL_DEFAULT, XATTR_INDEX_TRUSTED, XATTR_INDEX_SECURITY];
+    const ORDER: [u8; 5] = [
+        XATTR_INDEX_USER,
+        XATTR_INDEX_POSIX_ACL_ACCESS,
+        XATTR_INDEX_POSIX_ACL_DEFAULT,
+        XATTR_INDEX_TRUSTED,
+        XATTR_INDEX_SECURITY,
+    ];
     for idx in ORDER {
         let p = XATTR_PREFIXES[idx as usize];
         if let Some(rest) = name.strip_prefix(p) {
@@ -103,7 +108,11 @@ pub fn xxh32(input: &[u8], seed: u32) -> u32 {
             }
             p = &p[16..];
         }
-        h = v[0].rotate_left(1).wrapping_add(v[1].rotate_left(7)).wrapping_add(v[2].rotate_left(12)).wrapping_add(v[3].rotate_left(18));
+        h = v[0]
+            .rotate_left(1)
+            .wrapping_add(v[1].rotate_left(7))
+            .wrapping_add(v[2].rotate_left(12))
+            .wrapping_add(v[3].rotate_left(18));
     } else {
         h = seed.wrapping_add(P5);
     }

@@ -66,15 +66,8 @@ pub const INLINE_CONTENT_MAX: u64 = 5000;
 pub const MAX_IMAGE_BYTES: u64 = 4 << 30;
 
 /// Name-index prefixes of EROFS xattr entries (index 0 means "no prefix").
-const XATTR_PREFIXES: [&[u8]; 7] = [
-    b"",
-    b"user.",
-    b"system.posix_acl_access",
-    b"system.posix_acl_default",
-    b"trusted.",
-    b"lustre.",
-    b"security.",
-];
+const XATTR_PREFIXES: [&[u8]; 7] =
+    [b"", b"user.", b"system.posix_acl_access", b"system.posix_acl_default", b"trusted.", b"lustre.", b"security."];
 
 const OVL_PREFIX: &[u8] = b"trusted.overlay.";
 const OVL_ESCAPE_PREFIX: &[u8] = b"trusted.overlay.overlay.";
@@ -103,11 +96,7 @@ pub struct ReadLimits {
 impl Default for ReadLimits {
     fn default() -> Self {
         let tree = Limits::default();
-        ReadLimits {
-            tree,
-            max_dirents: (tree.max_entries as u64).saturating_mul(3),
-            max_decoded_bytes: 1 << 30,
-        }
+        ReadLimits { tree, max_dirents: (tree.max_entries as u64).saturating_mul(3), max_decoded_bytes: 1 << 30 }
     }
 }
 
@@ -146,8 +135,7 @@ pub struct InspectArgs {
 pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
     let name = a.image.display().to_string();
     let bytes = if a.image.as_os_str() == "-" {
-        read_bounded(&mut std::io::stdin().lock())
-            .context("reading the image from standard input")?
+        read_bounded(&mut std::io::stdin().lock()).context("reading the image from standard input")?
     } else {
         let f = std::fs::File::open(&a.image).with_context(|| format!("opening {name}"))?;
         let meta = f.metadata().with_context(|| format!("{name}: stat"))?;
@@ -207,10 +195,7 @@ struct Claims {
 impl Claims {
     fn new(len: u64) -> Claims {
         let words = usize::try_from(len.div_ceil(64)).unwrap_or(usize::MAX);
-        Claims {
-            bits: vec![0; words],
-            len,
-        }
+        Claims { bits: vec![0; words], len }
     }
 
     /// Mark `[start, start + count)`; false if out of range or any bit was already set.
@@ -264,16 +249,8 @@ fn child_path(dirs: &[DirRec], idx: usize, name: &[u8]) -> Vec<u8> {
 /// Fill in the path of an inode/directory error raised where only the nid was known.
 fn with_path(e: ReadError, path: impl FnOnce() -> Vec<u8>) -> ReadError {
     match e {
-        ReadError::Inode { nid, reason, .. } => ReadError::Inode {
-            nid,
-            path: show_path(&path()),
-            reason,
-        },
-        ReadError::Dir { nid, reason, .. } => ReadError::Dir {
-            nid,
-            path: show_path(&path()),
-            reason,
-        },
+        ReadError::Inode { nid, reason, .. } => ReadError::Inode { nid, path: show_path(&path()), reason },
+        ReadError::Dir { nid, reason, .. } => ReadError::Dir { nid, path: show_path(&path()), reason },
         e => e,
     }
 }
@@ -331,10 +308,7 @@ struct InodeTable {
 
 impl InodeTable {
     fn new(slots: u64) -> InodeTable {
-        InodeTable {
-            index: vec![u32::MAX; usize::try_from(slots).unwrap_or(0)],
-            list: Vec::new(),
-        }
+        InodeTable { index: vec![u32::MAX; usize::try_from(slots).unwrap_or(0)], list: Vec::new() }
     }
 
     fn pos(&self, nid: &u64) -> Option<usize> {
@@ -357,10 +331,7 @@ impl InodeTable {
 
     /// Only called for nids whose inode decoded, hence inside the slot range.
     fn insert(&mut self, nid: u64, ino: Ino) {
-        let Some(slot) = usize::try_from(nid)
-            .ok()
-            .and_then(|n| self.index.get_mut(n))
-        else {
+        let Some(slot) = usize::try_from(nid).ok().and_then(|n| self.index.get_mut(n)) else {
             return;
         };
         *slot = self.list.len() as u32;
@@ -421,17 +392,12 @@ impl<'a> Reader<'a> {
             return Err(hdr("bad composefs magic"));
         }
         if le32(d, 4) != COMPOSEFS_HEADER_VERSION {
-            return Err(ReadError::Header(format!(
-                "unsupported composefs header version {}",
-                le32(d, 4)
-            )));
+            return Err(ReadError::Header(format!("unsupported composefs header version {}", le32(d, 4))));
         }
         let flags = le32(d, 8);
         let version = le32(d, 12);
         if version > COMPOSEFS_MAX_VERSION {
-            return Err(ReadError::Header(format!(
-                "unsupported composefs format version {version}"
-            )));
+            return Err(ReadError::Header(format!("unsupported composefs format version {version}")));
         }
         let sb = &d[SUPER_OFFSET as usize..(SUPER_OFFSET + SUPER_SIZE) as usize];
         let bad = |r: String| ReadError::Superblock(r);
@@ -439,16 +405,11 @@ impl<'a> Reader<'a> {
             return Err(bad("bad EROFS magic".into()));
         }
         if sb[12] != BLOCK_BITS {
-            return Err(bad(format!(
-                "block size 2^{} (only 4096 is supported)",
-                sb[12]
-            )));
+            return Err(bad(format!("block size 2^{} (only 4096 is supported)", sb[12])));
         }
         let incompat = le32(sb, 80);
         if incompat & !EROFS_INCOMPAT_CHUNKED_FILE != 0 {
-            return Err(bad(format!(
-                "unsupported incompatible features {incompat:#x}"
-            )));
+            return Err(bad(format!("unsupported incompatible features {incompat:#x}")));
         }
         if le16(sb, 86) != 0 {
             return Err(bad("extra devices are not supported".into()));
@@ -460,23 +421,15 @@ impl<'a> Reader<'a> {
         let build_time = le64(sb, 24) as i64;
         let build_nsec = le32(sb, 32);
         if build_nsec >= 1_000_000_000 {
-            return Err(bad(format!(
-                "build time nanoseconds {build_nsec} out of range"
-            )));
+            return Err(bad(format!("build time nanoseconds {build_nsec} out of range")));
         }
         let meta_off = u64::from(le32(sb, 40)) * BLOCK_SIZE;
         let xattr_off = u64::from(le32(sb, 44)) * BLOCK_SIZE;
         if meta_off > len {
-            return Err(bad(format!(
-                "metadata block address {} beyond the image",
-                meta_off / BLOCK_SIZE
-            )));
+            return Err(bad(format!("metadata block address {} beyond the image", meta_off / BLOCK_SIZE)));
         }
         if xattr_off > len {
-            return Err(bad(format!(
-                "shared xattr block address {} beyond the image",
-                xattr_off / BLOCK_SIZE
-            )));
+            return Err(bad(format!("shared xattr block address {} beyond the image", xattr_off / BLOCK_SIZE)));
         }
         Ok(Reader {
             d,
@@ -499,8 +452,7 @@ impl<'a> Reader<'a> {
 
     fn bytes(&self, off: u64, len: u64) -> Option<&'a [u8]> {
         let end = off.checked_add(len)?;
-        self.d
-            .get(usize::try_from(off).ok()?..usize::try_from(end).ok()?)
+        self.d.get(usize::try_from(off).ok()?..usize::try_from(end).ok()?)
     }
 
     fn budget(&mut self, n: u64) -> Result<(), ReadError> {
@@ -525,32 +477,21 @@ impl<'a> Reader<'a> {
     }
 
     fn decode(&mut self, nid: u64) -> Result<Ino, ReadError> {
-        let bad = |reason: String| ReadError::Inode {
-            nid,
-            path: String::new(),
-            reason,
-        };
+        let bad = |reason: String| ReadError::Inode { nid, path: String::new(), reason };
         let off = nid
             .checked_mul(SLOT_SIZE)
             .and_then(|o| o.checked_add(self.meta_off))
             .ok_or_else(|| bad("nid out of range".into()))?;
-        let head = self
-            .bytes(off, COMPACT_INODE_SIZE)
-            .ok_or_else(|| bad("inode beyond the end of the image".into()))?;
+        let head =
+            self.bytes(off, COMPACT_INODE_SIZE).ok_or_else(|| bad("inode beyond the end of the image".into()))?;
         let format = le16(head, 0);
         if format & !I_FORMAT_ALL != 0 {
             return Err(bad(format!("unknown inode format bits {format:#x}")));
         }
         let compact = format & 1 == 0;
         let layout = (format >> 1) & 7;
-        let isize = if compact {
-            COMPACT_INODE_SIZE
-        } else {
-            EXTENDED_INODE_SIZE
-        };
-        let raw = self
-            .bytes(off, isize)
-            .ok_or_else(|| bad("inode beyond the end of the image".into()))?;
+        let isize = if compact { COMPACT_INODE_SIZE } else { EXTENDED_INODE_SIZE };
+        let raw = self.bytes(off, isize).ok_or_else(|| bad("inode beyond the end of the image".into()))?;
         let icount = le16(raw, 2);
         let mode = u32::from(le16(raw, 4));
         let i_u = le32(raw, 16);
@@ -570,14 +511,7 @@ impl<'a> Reader<'a> {
                 u32::from(le16(raw, 6)),
             )
         } else {
-            (
-                le64(raw, 8),
-                le32(raw, 24),
-                le32(raw, 28),
-                le64(raw, 32) as i64,
-                le32(raw, 40),
-                le32(raw, 44),
-            )
+            (le64(raw, 8), le32(raw, 24), le32(raw, 28), le64(raw, 32) as i64, le32(raw, 40), le32(raw, 44))
         };
         if mtime_nsec >= 1_000_000_000 {
             return Err(bad(format!("mtime nanoseconds {mtime_nsec} out of range")));
@@ -592,25 +526,11 @@ impl<'a> Reader<'a> {
             tree::S_IFLNK => 7,
             t => return Err(bad(format!("invalid file type {:#o} in mode", t))),
         };
-        let xattr_size = if icount == 0 {
-            0
-        } else {
-            XATTR_HEADER_SIZE + XATTR_ENTRY_SIZE * (u64::from(icount) - 1)
-        };
+        let xattr_size = if icount == 0 { 0 } else { XATTR_HEADER_SIZE + XATTR_ENTRY_SIZE * (u64::from(icount) - 1) };
         let xattr_off = off + isize; // off + isize was in bounds above
-        let data_off = xattr_off
-            .checked_add(xattr_size)
-            .ok_or_else(|| bad("xattrs out of range".into()))?;
+        let data_off = xattr_off.checked_add(xattr_size).ok_or_else(|| bad("xattrs out of range".into()))?;
 
-        let mut inode = Inode {
-            mode,
-            uid,
-            gid,
-            rdev: 0,
-            size,
-            mtime,
-            mtime_nsec,
-        };
+        let mut inode = Inode { mode, uid, gid, rdev: 0, size, mtime, mtime_nsec };
         let mut entry = Entry::default();
         let mut dir = None;
         let mut raw_whiteout = false;
@@ -621,9 +541,7 @@ impl<'a> Reader<'a> {
             if allowed.contains(&layout) {
                 Ok(())
             } else {
-                Err(bad(format!(
-                    "data layout {layout} not valid for this file type"
-                )))
+                Err(bad(format!("data layout {layout} not valid for this file type")))
             }
         };
         match mode & tree::S_IFMT {
@@ -638,11 +556,7 @@ impl<'a> Reader<'a> {
                 }
                 let blocks_off = self.claim_blocks(i_u, blocks_len).map_err(bad)?;
                 inline_len = tail;
-                dir = Some(DirData {
-                    blocks_off,
-                    blocks_len,
-                    tail: (tail > 0).then_some((data_off, tail)),
-                });
+                dir = Some(DirData { blocks_off, blocks_len, tail: (tail > 0).then_some((data_off, tail)) });
             }
             tree::S_IFREG if size > 0 && layout == LAYOUT_CHUNK_BASED => {
                 // Content lives outside the image (named by the redirect xattr). The chunk
@@ -650,9 +564,7 @@ impl<'a> Reader<'a> {
                 // must be the writer's (one chunk size per file size, at most 1024 chunks).
                 let bits = chunk_bits(size);
                 if size.div_ceil(1 << bits) > MAX_CHUNKS {
-                    return Err(bad(format!(
-                        "external file of {size} bytes needs more than {MAX_CHUNKS} chunks"
-                    )));
+                    return Err(bad(format!("external file of {size} bytes needs more than {MAX_CHUNKS} chunks")));
                 }
                 let format = i_u & 0xffff;
                 if u64::from(format) != bits - BLOCK_BITS as u64 {
@@ -665,16 +577,10 @@ impl<'a> Reader<'a> {
             tree::S_IFREG if size > 0 => {
                 check_layout(&[LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE])?;
                 if size > INLINE_CONTENT_MAX {
-                    return Err(bad(format!(
-                        "inline content of {size} bytes (limit {INLINE_CONTENT_MAX})"
-                    )));
+                    return Err(bad(format!("inline content of {size} bytes (limit {INLINE_CONTENT_MAX})")));
                 }
                 let data = self.read_data(layout, size, i_u, data_off).map_err(bad)?;
-                inline_len = if layout == LAYOUT_FLAT_INLINE {
-                    size % BLOCK_SIZE
-                } else {
-                    0
-                };
+                inline_len = if layout == LAYOUT_FLAT_INLINE { size % BLOCK_SIZE } else { 0 };
                 self.budget(size)?;
                 entry.content = Some(data);
             }
@@ -688,11 +594,7 @@ impl<'a> Reader<'a> {
                 if data.contains(&0) {
                     return Err(bad("NUL byte in symlink target".into()));
                 }
-                inline_len = if layout == LAYOUT_FLAT_INLINE {
-                    size
-                } else {
-                    0
-                };
+                inline_len = if layout == LAYOUT_FLAT_INLINE { size } else { 0 };
                 self.budget(size)?;
                 entry.payload = Some(data);
             }
@@ -715,9 +617,7 @@ impl<'a> Reader<'a> {
         // The inode, its xattrs and its inline tail may not overlap any other inode.
         let span = isize + xattr_size + inline_len;
         if !self.slots.claim(nid, span.div_ceil(SLOT_SIZE)) {
-            return Err(bad(
-                "inode overlaps another inode or runs past the end of the image".into(),
-            ));
+            return Err(bad("inode overlaps another inode or runs past the end of the image".into()));
         }
 
         let external = inode.is_reg() && size > 0 && layout == LAYOUT_CHUNK_BASED;
@@ -726,37 +626,20 @@ impl<'a> Reader<'a> {
             // At most 255 shared and 64 Ki inline entries of bounded size: the budget is
             // charged once they are decoded.
             let raw_xattrs = self.read_xattrs(xattr_off, xattr_size).map_err(bad)?;
-            self.budget(
-                raw_xattrs
-                    .iter()
-                    .map(|(k, v)| (k.len() + v.len()) as u64)
-                    .sum(),
-            )?;
-            marks = self
-                .apply_xattrs(nid, &mut entry, raw_xattrs, external)
-                .map_err(bad)?;
+            self.budget(raw_xattrs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())?;
+            marks = self.apply_xattrs(nid, &mut entry, raw_xattrs, external).map_err(bad)?;
         }
         // What the writer always adds must be there: otherwise the kernel (and overlayfs)
         // would see something else than the tree this reader returns.
         if external && !marks.metacopy {
-            return Err(bad(
-                "external file without the overlay metacopy xattr".into()
-            ));
+            return Err(bad("external file without the overlay metacopy xattr".into()));
         }
         if nid == self.root_nid && !marks.root_opaque {
             return Err(bad("root directory without trusted.overlay.opaque=y".into()));
         }
         let user_whiteout = self.unescape_whiteout(&mut inode, &mut entry);
         entry.inode = inode;
-        Ok(Ino {
-            entry: Some(entry),
-            ftype,
-            dir,
-            raw_whiteout,
-            user_whiteout,
-            names: 0,
-            nlink,
-        })
+        Ok(Ino { entry: Some(entry), ftype, dir, raw_whiteout, user_whiteout, names: 0, nlink })
     }
 
     /// For flat layouts: (bytes in blocks, bytes inline) of `size` bytes of data.
@@ -779,29 +662,16 @@ impl<'a> Reader<'a> {
             return Ok(off);
         }
         if self.bytes(off, len).is_none() {
-            return Err(format!(
-                "data blocks at block {blkaddr} run past the end of the image"
-            ));
+            return Err(format!("data blocks at block {blkaddr} run past the end of the image"));
         }
-        if !self
-            .blocks
-            .claim(u64::from(blkaddr), len.div_ceil(BLOCK_SIZE))
-        {
-            return Err(format!(
-                "data blocks at block {blkaddr} are used by another inode"
-            ));
+        if !self.blocks.claim(u64::from(blkaddr), len.div_ceil(BLOCK_SIZE)) {
+            return Err(format!("data blocks at block {blkaddr} are used by another inode"));
         }
         Ok(off)
     }
 
     /// Read `size` bytes (already bounded by the caller) of flat file data.
-    fn read_data(
-        &mut self,
-        layout: u16,
-        size: u64,
-        blkaddr: u32,
-        inline_off: u64,
-    ) -> Result<Vec<u8>, String> {
+    fn read_data(&mut self, layout: u16, size: u64, blkaddr: u32, inline_off: u64) -> Result<Vec<u8>, String> {
         let (blocks_len, tail) = self.split_data(layout, size)?;
         let off = self.claim_blocks(blkaddr, blocks_len)?;
         let mut data = Vec::with_capacity(size as usize);
@@ -812,42 +682,31 @@ impl<'a> Reader<'a> {
             if inline_off / BLOCK_SIZE != (inline_off + tail - 1) / BLOCK_SIZE {
                 return Err("inline data crosses a block boundary".into());
             }
-            data.extend_from_slice(
-                self.bytes(inline_off, tail)
-                    .ok_or("inline data beyond the image")?,
-            );
+            data.extend_from_slice(self.bytes(inline_off, tail).ok_or("inline data beyond the image")?);
         }
         Ok(data)
     }
 
     /// Raw (full name, value) pairs of an inode's inline and shared xattrs.
     fn read_xattrs(&self, off: u64, size: u64) -> Result<Vec<RawXattr>, String> {
-        let area = self
-            .bytes(off, size)
-            .ok_or("xattrs beyond the end of the image")?;
+        let area = self.bytes(off, size).ok_or("xattrs beyond the end of the image")?;
         let shared = u64::from(area[4]);
         let mut pos = XATTR_HEADER_SIZE + shared * 4;
         if pos > size {
-            return Err(format!(
-                "{shared} shared xattrs do not fit in the xattr area"
-            ));
+            return Err(format!("{shared} shared xattrs do not fit in the xattr area"));
         }
         let mut out = Vec::new();
         while pos < size {
-            let (key, value, len) = parse_xattr_entry(&area[pos as usize..])
-                .map_err(|r| format!("inline xattr: {r}"))?;
+            let (key, value, len) =
+                parse_xattr_entry(&area[pos as usize..]).map_err(|r| format!("inline xattr: {r}"))?;
             out.push((key, value));
             pos += len;
         }
         for i in 0..shared {
             let id = le32(area, (XATTR_HEADER_SIZE + i * 4) as usize);
             let eoff = self.xattr_off + u64::from(id) * 4;
-            let rest = usize::try_from(eoff)
-                .ok()
-                .and_then(|o| self.d.get(o..))
-                .unwrap_or(&[]);
-            let (key, value, _) =
-                parse_xattr_entry(rest).map_err(|r| format!("shared xattr {id}: {r}"))?;
+            let rest = usize::try_from(eoff).ok().and_then(|o| self.d.get(o..)).unwrap_or(&[]);
+            let (key, value, _) = parse_xattr_entry(rest).map_err(|r| format!("shared xattr {id}: {r}"))?;
             out.push((key, value));
         }
         // With the name filter feature the kernel trusts the inode's filter: a set bit
@@ -857,10 +716,7 @@ impl<'a> Reader<'a> {
             let filter = le32(area, 0);
             for (key, _) in &out {
                 let (index, suffix) = format::xattr_prefix_split(key);
-                let bit = format::xxh32(
-                    suffix,
-                    format::XATTR_FILTER_SEED.wrapping_add(u32::from(index)),
-                ) % 32;
+                let bit = format::xxh32(suffix, format::XATTR_FILTER_SEED.wrapping_add(u32::from(index))) % 32;
                 if filter & (1 << bit) != 0 {
                     return Err(format!("the xattr name filter hides {}", tree::show(key)));
                 }
@@ -881,10 +737,7 @@ impl<'a> Reader<'a> {
         for (key, value) in raw {
             let key = if key == OVL_REDIRECT {
                 if !external {
-                    return Err(
-                        "overlay redirect xattr on a file that is not an external regular file"
-                            .into(),
-                    );
+                    return Err("overlay redirect xattr on a file that is not an external regular file".into());
                 }
                 // The writer writes "/" + payload; overlayfs would take anything else
                 // relative to the file's directory.
@@ -898,10 +751,7 @@ impl<'a> Reader<'a> {
                 continue;
             } else if key == OVL_METACOPY {
                 if !external {
-                    return Err(
-                        "overlay metacopy xattr on a file that is not an external regular file"
-                            .into(),
-                    );
+                    return Err("overlay metacopy xattr on a file that is not an external regular file".into());
                 }
                 marks.metacopy = true;
                 match value.len() {
@@ -937,18 +787,11 @@ impl<'a> Reader<'a> {
     /// An escaped user whiteout (empty regular file with both whiteout markers) becomes a
     /// 0/0 character device again.
     fn unescape_whiteout(&self, inode: &mut Inode, entry: &mut Entry) -> bool {
-        let has = |k: &[u8]| {
-            entry
-                .xattrs
-                .iter()
-                .any(|x| x.key == k && x.value.is_empty())
-        };
+        let has = |k: &[u8]| entry.xattrs.iter().any(|x| x.key == k && x.value.is_empty());
         if !(inode.is_reg() && inode.size == 0 && has(WH_MARK) && has(WH_MARK_USER)) {
             return false;
         }
-        entry
-            .xattrs
-            .retain(|x| x.key != WH_MARK && x.key != WH_MARK_USER);
+        entry.xattrs.retain(|x| x.key != WH_MARK && x.key != WH_MARK_USER);
         inode.mode = tree::S_IFCHR | (inode.mode & !tree::S_IFMT);
         inode.rdev = 0;
         true
@@ -956,11 +799,7 @@ impl<'a> Reader<'a> {
 
     /// Read the entries of directory `nid`, in on-disk order. Errors carry no path yet.
     fn read_dir(&mut self, nid: u64, dd: DirData) -> Result<Vec<(Vec<u8>, u64, u8)>, ReadError> {
-        let bad = |reason: String| ReadError::Dir {
-            nid,
-            path: String::new(),
-            reason,
-        };
+        let bad = |reason: String| ReadError::Dir { nid, path: String::new(), reason };
         let mut out: Vec<(Vec<u8>, u64, u8)> = Vec::new();
         let mut pieces = Vec::new();
         let mut done = 0u64;
@@ -973,23 +812,14 @@ impl<'a> Reader<'a> {
             pieces.push(t);
         }
         for (off, len) in pieces {
-            let block = self
-                .bytes(off, len)
-                .ok_or_else(|| bad("directory data beyond the image".into()))?;
-            let n = parse_dirent_block(
-                block,
-                &mut out,
-                self.limits.max_dirents.saturating_sub(self.dirents),
-            )
-            .map_err(|r| bad(format!("block at offset {off}: {r}")))?;
+            let block = self.bytes(off, len).ok_or_else(|| bad("directory data beyond the image".into()))?;
+            let n = parse_dirent_block(block, &mut out, self.limits.max_dirents.saturating_sub(self.dirents))
+                .map_err(|r| bad(format!("block at offset {off}: {r}")))?;
             self.dirents += n;
         }
         for w in out.windows(2) {
             if w[0].0 >= w[1].0 {
-                return Err(bad(format!(
-                    "entries not in sorted order at {}",
-                    tree::show(&w[1].0)
-                )));
+                return Err(bad(format!("entries not in sorted order at {}", tree::show(&w[1].0))));
             }
         }
         Ok(out)
@@ -999,23 +829,14 @@ impl<'a> Reader<'a> {
         let root_nid = self.root_nid;
         self.load(root_nid).map_err(|e| with_path(e, Vec::new))?;
         if self.inodes.get(&root_nid).is_none_or(|r| r.dir.is_none()) {
-            return Err(ReadError::Inode {
-                nid: root_nid,
-                path: "/".into(),
-                reason: "root is not a directory".into(),
-            });
+            return Err(ReadError::Inode { nid: root_nid, path: "/".into(), reason: "root is not a directory".into() });
         }
         if let Some(r) = self.inodes.get_mut(&root_nid) {
             r.names = 1;
         }
 
         // 1. Breadth-first walk over the directories, in the writer's order.
-        let mut dirs: Vec<DirRec> = vec![DirRec {
-            nid: root_nid,
-            parent: 0,
-            name: Vec::new(),
-            children: Vec::new(),
-        }];
+        let mut dirs: Vec<DirRec> = vec![DirRec { nid: root_nid, parent: 0, name: Vec::new(), children: Vec::new() }];
         let mut depth: Vec<usize> = vec![0];
         let mut parent_nid: Vec<u64> = vec![root_nid];
         let mut at = 0;
@@ -1025,27 +846,19 @@ impl<'a> Reader<'a> {
         let mut stub_names: Vec<Vec<u8>> = Vec::new();
         while at < dirs.len() {
             let nid = dirs[at].nid;
-            let dir_err = |dirs: &[DirRec], reason: String| ReadError::Dir {
-                nid,
-                path: show_path(&dir_path(dirs, at)),
-                reason,
-            };
+            let dir_err =
+                |dirs: &[DirRec], reason: String| ReadError::Dir { nid, path: show_path(&dir_path(dirs, at)), reason };
             let Some(dd) = self.inodes.get(&nid).and_then(|i| i.dir) else {
                 return Err(dir_err(&dirs, "not a directory".into()));
             };
-            let ents = self
-                .read_dir(nid, dd)
-                .map_err(|e| with_path(e, || dir_path(&dirs, at)))?;
+            let ents = self.read_dir(nid, dd).map_err(|e| with_path(e, || dir_path(&dirs, at)))?;
             let mut children = Vec::new();
             let (mut dot, mut dotdot) = (false, false);
             for (name, cnid, ftype) in ents {
                 if name == b"." || name == b".." {
                     let want = if name == b"." { nid } else { parent_nid[at] };
                     if cnid != want || ftype != 2 {
-                        return Err(dir_err(
-                            &dirs,
-                            format!("'{}' entry points to nid {cnid}", tree::show(&name)),
-                        ));
+                        return Err(dir_err(&dirs, format!("'{}' entry points to nid {cnid}", tree::show(&name))));
                     }
                     if name == b"." {
                         dot = true
@@ -1054,8 +867,7 @@ impl<'a> Reader<'a> {
                     }
                     continue;
                 }
-                self.load(cnid)
-                    .map_err(|e| with_path(e, || child_path(&dirs, at, &name)))?;
+                self.load(cnid).map_err(|e| with_path(e, || child_path(&dirs, at, &name)))?;
                 let Some(child) = self.inodes.get_mut(&cnid) else {
                     continue;
                 };
@@ -1071,14 +883,10 @@ impl<'a> Reader<'a> {
                 if child.raw_whiteout {
                     let stub = nid == root_nid
                         && name.len() == 2
-                        && name
-                            .iter()
-                            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+                        && name.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
                     if !stub || child.names > 1 {
-                        let reason = format!(
-                            "unescaped whiteout {} outside the root whiteout stubs",
-                            tree::show(&name)
-                        );
+                        let reason =
+                            format!("unescaped whiteout {} outside the root whiteout stubs", tree::show(&name));
                         return Err(dir_err(&dirs, reason));
                     }
                     // Not part of the tree, but it holds a place in the writer's walk.
@@ -1102,21 +910,13 @@ impl<'a> Reader<'a> {
                             self.limits.tree.max_depth
                         )));
                     }
-                    dirs.push(DirRec {
-                        nid: cnid,
-                        parent: at,
-                        name: name.clone(),
-                        children: Vec::new(),
-                    });
+                    dirs.push(DirRec { nid: cnid, parent: at, name: name.clone(), children: Vec::new() });
                     depth.push(d);
                     parent_nid.push(nid);
                 }
                 names_total += 1;
                 if names_total >= self.limits.tree.max_entries {
-                    return Err(ReadError::Limit(format!(
-                        "more than {} entries",
-                        self.limits.tree.max_entries
-                    )));
+                    return Err(ReadError::Limit(format!("more than {} entries", self.limits.tree.max_entries)));
                 }
                 children.push((name, cnid));
             }
@@ -1135,10 +935,7 @@ impl<'a> Reader<'a> {
         //    matches the inode's place in nid order (see the module docs).
         let order: Vec<u64> = self.inodes.nids_in_order();
         let mut primary: HashMap<u64, (usize, usize)> = HashMap::with_capacity(order.len()); // nid -> (dir, child)
-        let mut next = order
-            .iter()
-            .position(|&n| n == root_nid)
-            .map_or(order.len(), |p| p + 1);
+        let mut next = order.iter().position(|&n| n == root_nid).map_or(order.len(), |p| p + 1);
         let mut stub_iter = stubs.iter().peekable();
         for (di, d) in dirs.iter().enumerate() {
             for (ci, (_, cnid)) in d.children.iter().enumerate() {
@@ -1182,10 +979,7 @@ impl<'a> Reader<'a> {
         let marked: Vec<bool> = dirs
             .iter()
             .map(|d| {
-                self.inodes
-                    .get(&d.nid)
-                    .and_then(|i| i.entry.as_ref())
-                    .is_some_and(|e| has_whiteout_markers(e, v1))
+                self.inodes.get(&d.nid).and_then(|i| i.entry.as_ref()).is_some_and(|e| has_whiteout_markers(e, v1))
             })
             .collect();
         self.place_whiteouts(&dirs, &marked, &mut primary);
@@ -1220,18 +1014,13 @@ impl<'a> Reader<'a> {
 
         // 4. Build the tree: root, then primaries in walk order, then hard links.
         let mut t = Tree::new(self.limits.tree);
-        let root_entry = self
-            .inodes
-            .get_mut(&root_nid)
-            .and_then(|i| i.entry.take())
-            .unwrap_or_default();
+        let root_entry = self.inodes.get_mut(&root_nid).and_then(|i| i.entry.take()).unwrap_or_default();
         self.budget(entry_bytes(&root_entry))?;
         t.set_root(root_entry).map_err(|e| tree_err(root_nid, e))?;
         if let Some(r) = self.inodes.get(&root_nid) {
             t.set_nlink(ROOT, r.nlink);
         }
-        let dir_index: HashMap<u64, usize> =
-            dirs.iter().enumerate().map(|(i, d)| (d.nid, i)).collect();
+        let dir_index: HashMap<u64, usize> = dirs.iter().enumerate().map(|(i, d)| (d.nid, i)).collect();
         let mut tree_id: Vec<NodeId> = vec![ROOT; dirs.len()];
         // Primaries that other names link to: nid -> (tree node, bytes a copy costs).
         let mut linked: HashMap<u64, (NodeId, u64)> = HashMap::new();
@@ -1250,9 +1039,7 @@ impl<'a> Reader<'a> {
                 let e = ino.entry.take().unwrap_or_default();
                 let cost = entry_bytes(&e) + name.len() as u64;
                 self.budget(cost)?;
-                let id = t
-                    .insert_child(parent, name, e)
-                    .map_err(|e| tree_err(*cnid, e))?;
+                let id = t.insert_child(parent, name, e).map_err(|e| tree_err(*cnid, e))?;
                 if is_dir {
                     if let Some(&i) = dir_index.get(cnid) {
                         tree_id[i] = id;
@@ -1276,15 +1063,10 @@ impl<'a> Reader<'a> {
                 continue;
             };
             self.budget(cost)?;
-            t.insert_hardlink_child(parent, name, target)
-                .map_err(|e| tree_err(*cnid, e))?;
+            t.insert_hardlink_child(parent, name, target).map_err(|e| tree_err(*cnid, e))?;
         }
         t.finalize().map_err(|e| tree_err(root_nid, e))?;
-        let info = ImageInfo {
-            composefs_version: self.version,
-            flags: self.flags,
-            inodes: self.inodes.len() as u64,
-        };
+        let info = ImageInfo { composefs_version: self.version, flags: self.flags, inodes: self.inodes.len() as u64 };
         Ok((t, info))
     }
 }
@@ -1302,12 +1084,7 @@ impl Reader<'_> {
     /// part of the walk or at the start of a later one's gives the same layout either way;
     /// only the markers tell which. Move such primaries to the marked directory when the
     /// walk order allows it. (Work is capped; past the cap, the choice stays.)
-    fn place_whiteouts(
-        &self,
-        dirs: &[DirRec],
-        marked: &[bool],
-        primary: &mut HashMap<u64, (usize, usize)>,
-    ) {
+    fn place_whiteouts(&self, dirs: &[DirRec], marked: &[bool], primary: &mut HashMap<u64, (usize, usize)>) {
         let mut wh = vec![0u32; dirs.len()];
         let mut prims = vec![0u32; dirs.len()];
         let mut cands: Vec<u64> = Vec::new();
@@ -1325,8 +1102,7 @@ impl Reader<'_> {
             return;
         }
         cands.sort_unstable();
-        let mut names: HashMap<u64, Vec<(usize, usize)>> =
-            cands.iter().map(|&n| (n, Vec::new())).collect();
+        let mut names: HashMap<u64, Vec<(usize, usize)>> = cands.iter().map(|&n| (n, Vec::new())).collect();
         let mut total = 0usize;
         for (di, d) in dirs.iter().enumerate() {
             total += d.children.len();
@@ -1346,9 +1122,7 @@ impl Reader<'_> {
             }
             let occ = names.get(&t).map(Vec::as_slice).unwrap_or(&[]);
             let later = |want_empty: bool| {
-                occ.iter()
-                    .copied()
-                    .find(|&(ei, _)| ei > di && marked[ei] && (!want_empty || wh[ei] == 0))
+                occ.iter().copied().find(|&(ei, _)| ei > di && marked[ei] && (!want_empty || wh[ei] == 0))
             };
             let target = match later(true) {
                 Some(x) => Some(x),
@@ -1359,9 +1133,8 @@ impl Reader<'_> {
             // Valid only if the name is the last primary of its directory, every directory
             // walked in between has none, and the new name comes before any other primary
             // of the target directory: then the walk order is unchanged.
-            let is_primary_at = |p: &HashMap<u64, (usize, usize)>, d: usize, k: usize, n: &u64| {
-                p.get(n) == Some(&(d, k))
-            };
+            let is_primary_at =
+                |p: &HashMap<u64, (usize, usize)>, d: usize, k: usize, n: &u64| p.get(n) == Some(&(d, k));
             let mut ok = true;
             for (k, (_, n)) in dirs[di].children.iter().enumerate().skip(ci + 1) {
                 budget = budget.saturating_sub(1);
@@ -1404,18 +1177,9 @@ impl Reader<'_> {
     /// The root whiteout stubs are exactly the writer's: every name `00`..`ff` is in the
     /// root (as a stub or a real entry), and each stub is a 0644 0/0 character device
     /// with the root's owner, mtime and SELinux label, and nothing else.
-    fn check_stubs(
-        &self,
-        dirs: &[DirRec],
-        stubs: &[(usize, u64)],
-        stub_names: &[Vec<u8>],
-    ) -> Result<(), ReadError> {
+    fn check_stubs(&self, dirs: &[DirRec], stubs: &[(usize, u64)], stub_names: &[Vec<u8>]) -> Result<(), ReadError> {
         let root_nid = self.root_nid;
-        let bad = |reason: String| ReadError::Dir {
-            nid: root_nid,
-            path: "/".into(),
-            reason,
-        };
+        let bad = |reason: String| ReadError::Dir { nid: root_nid, path: "/".into(), reason };
         let hex = |n: &[u8]| -> Option<usize> {
             let d = |c: u8| match c {
                 b'0'..=b'9' => Some(usize::from(c - b'0')),
@@ -1428,13 +1192,7 @@ impl Reader<'_> {
             }
         };
         let mut seen = [false; 256];
-        for n in dirs
-            .first()
-            .map(|d| d.children.iter().map(|(n, _)| n))
-            .into_iter()
-            .flatten()
-            .chain(stub_names)
-        {
+        for n in dirs.first().map(|d| d.children.iter().map(|(n, _)| n)).into_iter().flatten().chain(stub_names) {
             if let Some(i) = hex(n) {
                 seen[i] = true;
             }
@@ -1445,11 +1203,7 @@ impl Reader<'_> {
         let Some(root) = self.inodes.get(&root_nid).and_then(|i| i.entry.as_ref()) else {
             return Ok(());
         };
-        let label: Vec<&Xattr> = root
-            .xattrs
-            .iter()
-            .filter(|x| x.key == b"security.selinux")
-            .collect();
+        let label: Vec<&Xattr> = root.xattrs.iter().filter(|x| x.key == b"security.selinux").collect();
         for (&(_, snid), name) in stubs.iter().zip(stub_names) {
             let Some(ino) = self.inodes.get(&snid) else {
                 continue;
@@ -1463,10 +1217,7 @@ impl Reader<'_> {
                 && ino.nlink == 1
                 && e.xattrs.iter().collect::<Vec<_>>() == label;
             if !same {
-                return Err(bad(format!(
-                    "whiteout stub {} differs from what the writer makes",
-                    tree::show(name)
-                )));
+                return Err(bad(format!("whiteout stub {} differs from what the writer makes", tree::show(name))));
             }
         }
         Ok(())
@@ -1475,11 +1226,8 @@ impl Reader<'_> {
     /// A directory's stored nlink is 2 + its subdirectories (the kernel shows it).
     fn check_dir_nlinks(&self, dirs: &[DirRec]) -> Result<(), ReadError> {
         for (di, d) in dirs.iter().enumerate() {
-            let subdirs = d
-                .children
-                .iter()
-                .filter(|(_, c)| self.inodes.get(c).is_some_and(|i| i.dir.is_some()))
-                .count();
+            let subdirs =
+                d.children.iter().filter(|(_, c)| self.inodes.get(c).is_some_and(|i| i.dir.is_some())).count();
             let want = u32::try_from(subdirs).unwrap_or(u32::MAX).saturating_add(2);
             let have = self.inodes.get(&d.nid).map_or(want, |i| i.nlink);
             if have != want {
@@ -1500,22 +1248,14 @@ const MAX_CHUNKS: u64 = 1024;
 /// log2 of the chunk size the composefs writer picks for an external file of `size` bytes:
 /// the smallest power of two holding the file, at least a block, at most 2^31 blocks.
 fn chunk_bits(size: u64) -> u64 {
-    let bits = if size <= 1 {
-        0
-    } else {
-        64 - u64::from((size - 1).leading_zeros())
-    };
+    let bits = if size <= 1 { 0 } else { 64 - u64::from((size - 1).leading_zeros()) };
     bits.clamp(u64::from(BLOCK_BITS), u64::from(BLOCK_BITS) + 31)
 }
 
 fn tree_err(nid: u64, e: TreeError) -> ReadError {
     match e {
-        TreeError::TooManyEntries { limit } => {
-            ReadError::Limit(format!("more than {limit} entries"))
-        }
-        TreeError::TooDeep { path, limit } => {
-            ReadError::Limit(format!("{path}: nested deeper than {limit}"))
-        }
+        TreeError::TooManyEntries { limit } => ReadError::Limit(format!("more than {limit} entries")),
+        TreeError::TooDeep { path, limit } => ReadError::Limit(format!("{path}: nested deeper than {limit}")),
         e => ReadError::Tree { nid, source: e },
     }
 }
@@ -1534,18 +1274,15 @@ fn parse_xattr_entry(b: &[u8]) -> Result<(Vec<u8>, Vec<u8>, u64), String> {
     }
     let name = &b[4..4 + name_len];
     let value = &b[4 + name_len..end];
-    let prefix = XATTR_PREFIXES.get(usize::from(index)).ok_or_else(|| {
-        format!("unknown name index {index:#x} (long prefixes are not used by composefs)")
-    })?;
+    let prefix = XATTR_PREFIXES
+        .get(usize::from(index))
+        .ok_or_else(|| format!("unknown name index {index:#x} (long prefixes are not used by composefs)"))?;
     let key = [*prefix, name].concat();
     if key.is_empty() {
         return Err("empty xattr name".into());
     }
     if key.len() > tree::XATTR_NAME_MAX {
-        return Err(format!(
-            "xattr name longer than {} bytes",
-            tree::XATTR_NAME_MAX
-        ));
+        return Err(format!("xattr name longer than {} bytes", tree::XATTR_NAME_MAX));
     }
     if key.contains(&0) {
         return Err("NUL byte in xattr name".into());
@@ -1555,20 +1292,13 @@ fn parse_xattr_entry(b: &[u8]) -> Result<(Vec<u8>, Vec<u8>, u64), String> {
     // something else than this reader; the writer never produces one.
     let (canonical, _) = format::xattr_prefix_split(&key);
     if canonical != index {
-        return Err(format!(
-            "{} stored under name index {index}, not {canonical}",
-            tree::show(&key)
-        ));
+        return Err(format!("{} stored under name index {index}, not {canonical}", tree::show(&key)));
     }
     Ok((key, value.to_vec(), (end as u64).div_ceil(4) * 4))
 }
 
 /// Parse one directory block, appending (name, nid, file type); returns the entry count.
-fn parse_dirent_block(
-    b: &[u8],
-    out: &mut Vec<(Vec<u8>, u64, u8)>,
-    budget: u64,
-) -> Result<u64, String> {
+fn parse_dirent_block(b: &[u8], out: &mut Vec<(Vec<u8>, u64, u8)>, budget: u64) -> Result<u64, String> {
     if (b.len() as u64) < DIRENT_SIZE {
         return Err("block shorter than one entry".into());
     }
@@ -1596,16 +1326,10 @@ fn parse_dirent_block(
         }
         let name = &b[nameoff..end];
         if name.len() > tree::MAX_NAME_LEN {
-            return Err(format!(
-                "entry {i}: name longer than {} bytes",
-                tree::MAX_NAME_LEN
-            ));
+            return Err(format!("entry {i}: name longer than {} bytes", tree::MAX_NAME_LEN));
         }
         if name.contains(&0) || name.contains(&b'/') {
-            return Err(format!(
-                "entry {i}: NUL or '/' in name {}",
-                tree::show(name)
-            ));
+            return Err(format!("entry {i}: NUL or '/' in name {}", tree::show(name)));
         }
         out.push((name.to_vec(), nid, ftype));
     }
@@ -1621,17 +1345,9 @@ pub enum ReadError {
     #[error("EROFS superblock: {0}")]
     Superblock(String),
     #[error("inode {nid} ({path}): {reason}")]
-    Inode {
-        nid: u64,
-        path: String,
-        reason: String,
-    },
+    Inode { nid: u64, path: String, reason: String },
     #[error("directory {path} (nid {nid}): {reason}")]
-    Dir {
-        nid: u64,
-        path: String,
-        reason: String,
-    },
+    Dir { nid: u64, path: String, reason: String },
     #[error("inode {nid}: {source}")]
     Tree { nid: u64, source: TreeError },
     #[error("limit exceeded: {0}")]
@@ -1697,13 +1413,7 @@ mod tests {
         ents.sort_by(|a, b| a.0.cmp(b.0));
         let d = dirents(&ents);
         let subdirs = children.iter().filter(|c| c.2 == 2).count() as u16;
-        let mut root = compact(
-            LAYOUT_FLAT_PLAIN << 1,
-            0o40755,
-            2 + subdirs,
-            d.len() as u32,
-            ROOT_BLOCK,
-        );
+        let mut root = compact(LAYOUT_FLAT_PLAIN << 1, 0o40755, 2 + subdirs, d.len() as u32, ROOT_BLOCK);
         root[2..4].copy_from_slice(&6u16.to_le_bytes()); // xattrs: header + one 20-byte entry
         let bit = format::xxh32(b"overlay.opaque", format::XATTR_FILTER_SEED + 4) % 32;
         let mut x = (!(1u32 << bit)).to_le_bytes().to_vec();
@@ -1740,10 +1450,7 @@ mod tests {
 
     #[test]
     fn second_name_of_an_inode_is_a_hard_link() {
-        let img = image(
-            &[(b"a", 40, 1), (b"b", 40, 1)],
-            &[(40, compact(0, 0o100644, 2, 0, 0))],
-        );
+        let img = image(&[(b"a", 40, 1), (b"b", 40, 1)], &[(40, compact(0, 0o100644, 2, 0, 0))]);
         let t = read_image(&img).unwrap();
         let (a, b) = (t.lookup(b"a").unwrap(), t.lookup(b"b").unwrap());
         assert_eq!(t.node(a).link_to, None);
@@ -1758,16 +1465,9 @@ mod tests {
         // A directory reachable under two names.
         let dir = |nid: u64| {
             let d = dirents(&[(b".", nid, 2), (b"..", ROOT_NID, 2)]);
-            [
-                compact(LAYOUT_FLAT_INLINE << 1, 0o40755, 2, d.len() as u32, 0),
-                d,
-            ]
-            .concat()
+            [compact(LAYOUT_FLAT_INLINE << 1, 0o40755, 2, d.len() as u32, 0), d].concat()
         };
-        assert!(
-            err(&image(&[(b"x", 40, 2), (b"y", 40, 2)], &[(40, dir(40))]))
-                .contains("reachable twice")
-        );
+        assert!(err(&image(&[(b"x", 40, 2), (b"y", 40, 2)], &[(40, dir(40))])).contains("reachable twice"));
         // The dirent's file type disagrees with the inode.
         assert!(err(&image(&[(b"a", 40, 2)], &[(40, file())])).contains("file type"));
         // A nid whose offset overflows, and one beyond the image.
@@ -1777,11 +1477,7 @@ mod tests {
         assert!(err(&image(&[(b"a", ROOT_NID + 1, 1)], &[])).contains("inode"));
         // '..' of a subdirectory pointing at itself.
         let d = dirents(&[(b".", 40, 2), (b"..", 40, 2)]);
-        let bad = [
-            compact(LAYOUT_FLAT_INLINE << 1, 0o40755, 2, d.len() as u32, 0),
-            d,
-        ]
-        .concat();
+        let bad = [compact(LAYOUT_FLAT_INLINE << 1, 0o40755, 2, d.len() as u32, 0), d].concat();
         assert!(err(&image(&[(b"x", 40, 2)], &[(40, bad)])).contains("'..'"));
     }
 
@@ -1795,11 +1491,7 @@ mod tests {
         assert!(read_image(&image(&[(b"wh", 40, 3)], &[(40, wh.clone())])).is_err());
         assert!(read_image(&image(&[(b"0A", 40, 3)], &[(40, wh)])).is_err());
         // A device with a real number is an ordinary node.
-        let t = read_image(&image(
-            &[(b"null", 40, 3)],
-            &[(40, compact(0, 0o20666, 1, 0, 0x103))],
-        ))
-        .unwrap();
+        let t = read_image(&image(&[(b"null", 40, 3)], &[(40, compact(0, 0o20666, 1, 0, 0x103))])).unwrap();
         assert_eq!(t.node(t.lookup(b"null").unwrap()).entry.inode.rdev, 0x103);
     }
 
@@ -1807,15 +1499,8 @@ mod tests {
     fn header_and_superblock_checks() {
         let good = image(&[], &[]);
         assert!(read_image(&good).is_ok());
-        assert!(matches!(
-            read_image(&good[..1100]),
-            Err(ReadError::TooSmall { .. })
-        ));
-        for (at, what) in [
-            (0usize, "composefs magic"),
-            (1024, "EROFS magic"),
-            (1024 + 12, "block size"),
-        ] {
+        assert!(matches!(read_image(&good[..1100]), Err(ReadError::TooSmall { .. })));
+        for (at, what) in [(0usize, "composefs magic"), (1024, "EROFS magic"), (1024 + 12, "block size")] {
             let mut m = good.clone();
             m[at] ^= 0x55;
             let e = read_image(&m).unwrap_err().to_string();
@@ -1842,13 +1527,7 @@ mod tests {
         };
         let t = read_image(&with_filter(!(1 << bit))).unwrap();
         let f = &t.node(t.lookup(b"f").unwrap()).entry;
-        assert_eq!(
-            f.xattrs,
-            vec![Xattr {
-                key: b"user.a".to_vec(),
-                value: b"v".to_vec()
-            }]
-        );
+        assert_eq!(f.xattrs, vec![Xattr { key: b"user.a".to_vec(), value: b"v".to_vec() }]);
         let e = read_image(&with_filter(1 << bit)).unwrap_err().to_string();
         assert!(e.contains("filter hides user.a"), "{e}");
         // Without the feature the kernel ignores the filter, and so does the reader.
@@ -1878,13 +1557,8 @@ mod tests {
         assert!(err(&img).contains("opaque"));
         // A directory nlink that does not count its subdirectories.
         let d = dirents(&[(b".", 40, 2), (b"..", ROOT_NID, 2)]);
-        let sub = |nlink: u16| {
-            [
-                compact(LAYOUT_FLAT_INLINE << 1, 0o40755, nlink, d.len() as u32, 0),
-                d.clone(),
-            ]
-            .concat()
-        };
+        let sub =
+            |nlink: u16| [compact(LAYOUT_FLAT_INLINE << 1, 0o40755, nlink, d.len() as u32, 0), d.clone()].concat();
         assert!(read_image(&image(&[(b"d", 40, 2)], &[(40, sub(2))])).is_ok());
         assert!(err(&image(&[(b"d", 40, 2)], &[(40, sub(3))])).contains("nlink 3"));
         // An external (chunk-based) file without the metacopy xattr, a device with a size.
@@ -1907,13 +1581,8 @@ mod tests {
         };
         let t = read_image(&image(&[(b"f", 40, 1)], &[(40, ext(b"/ab", 0))])).unwrap();
         let f = &t.node(t.lookup(b"f").unwrap()).entry;
-        assert_eq!(
-            (f.payload.as_deref(), f.fsverity_digest, f.content.as_ref()),
-            (Some(&b"ab"[..]), None, None)
-        );
-        assert!(
-            err(&image(&[(b"f", 40, 1)], &[(40, ext(b"xab", 0))])).contains("not an absolute path")
-        );
+        assert_eq!((f.payload.as_deref(), f.fsverity_digest, f.content.as_ref()), (Some(&b"ab"[..]), None, None));
+        assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext(b"xab", 0))])).contains("not an absolute path"));
         assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext(b"/ab", 0x20))])).contains("chunk format"));
     }
 
@@ -1952,56 +1621,26 @@ mod tests {
             e
         };
         let (k, v, len) = parse_xattr_entry(&entry(6, b"selinux", b"ctx")).unwrap();
-        assert_eq!(
-            (k.as_slice(), v.as_slice(), len),
-            (&b"security.selinux"[..], &b"ctx"[..], 16)
-        );
+        assert_eq!((k.as_slice(), v.as_slice(), len), (&b"security.selinux"[..], &b"ctx"[..], 16));
         let (k, _, _) = parse_xattr_entry(&entry(2, b"", b"acl")).unwrap();
         assert_eq!(k, b"system.posix_acl_access");
-        assert!(
-            parse_xattr_entry(&entry(0, b"", b"x")).is_err(),
-            "empty name"
-        );
-        assert!(
-            parse_xattr_entry(&entry(0x80, b"x", b"")).is_err(),
-            "long prefix"
-        );
-        assert!(
-            parse_xattr_entry(&entry(7, b"x", b"")).is_err(),
-            "unknown index"
-        );
-        assert!(
-            parse_xattr_entry(&entry(1, b"a\0b", b"")).is_err(),
-            "NUL in name"
-        );
+        assert!(parse_xattr_entry(&entry(0, b"", b"x")).is_err(), "empty name");
+        assert!(parse_xattr_entry(&entry(0x80, b"x", b"")).is_err(), "long prefix");
+        assert!(parse_xattr_entry(&entry(7, b"x", b"")).is_err(), "unknown index");
+        assert!(parse_xattr_entry(&entry(1, b"a\0b", b"")).is_err(), "NUL in name");
         // Names under another index than their prefix maps to are invisible to the kernel.
-        assert!(
-            parse_xattr_entry(&entry(0, b"user.x", b"")).is_err(),
-            "user. under index 0"
-        );
+        assert!(parse_xattr_entry(&entry(0, b"user.x", b"")).is_err(), "user. under index 0");
         assert!(parse_xattr_entry(&entry(5, b"x", b"")).is_err(), "lustre.");
-        assert!(
-            parse_xattr_entry(&entry(0, b"lustre.x", b"")).is_ok(),
-            "unknown prefix under index 0"
-        );
+        assert!(parse_xattr_entry(&entry(0, b"lustre.x", b"")).is_ok(), "unknown prefix under index 0");
         let e = entry(1, b"name", b"value");
-        assert!(
-            parse_xattr_entry(&e[..e.len() - 1]).is_err(),
-            "value past the end"
-        );
+        assert!(parse_xattr_entry(&e[..e.len() - 1]).is_err(), "value past the end");
     }
 
     #[test]
     fn chunk_sizes_follow_the_writer() {
-        for (size, bits) in [
-            (1u64, 12u64),
-            (4096, 12),
-            (4097, 13),
-            (1 << 30, 30),
-            ((1 << 30) + 1, 31),
-            (1 << 43, 43),
-            (1 << 50, 43),
-        ] {
+        for (size, bits) in
+            [(1u64, 12u64), (4096, 12), (4097, 13), (1 << 30, 30), ((1 << 30) + 1, 31), (1 << 43, 43), (1 << 50, 43)]
+        {
             assert_eq!(chunk_bits(size), bits, "size {size}");
         }
     }

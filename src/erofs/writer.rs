@@ -302,9 +302,10 @@ pub fn effective_version(tree: &Tree, opts: &WriteOptions) -> Result<u32, WriteE
     let max = opts.max_version.max(opts.min_version);
     let mut version = opts.min_version;
     if version < 1 && max >= 1 {
-        let has_whiteout = tree.nodes.iter().any(|n| {
-            n.link_to.is_none() && n.entry.inode.mode & S_IFMT == S_IFCHR && n.entry.inode.rdev == 0
-        });
+        let has_whiteout = tree
+            .nodes
+            .iter()
+            .any(|n| n.link_to.is_none() && n.entry.inode.mode & S_IFMT == S_IFCHR && n.entry.inode.rdev == 0);
         if has_whiteout {
             version = 1;
         }
@@ -378,10 +379,15 @@ impl<'a> Builder<'a> {
             S_IFREG => {
                 if let Some(c) = content {
                     if c.len() as u64 != size {
-                        return Err(self.node_err(id, format!("inline content is {} bytes but size is {size}", c.len())));
+                        return Err(
+                            self.node_err(id, format!("inline content is {} bytes but size is {size}", c.len()))
+                        );
                     }
                     if c.len() > INLINE_CONTENT_MAX {
-                        return Err(self.node_err(id, format!("inline content of {} bytes (limit {INLINE_CONTENT_MAX})", c.len())));
+                        return Err(self.node_err(
+                            id,
+                            format!("inline content of {} bytes (limit {INLINE_CONTENT_MAX})", c.len()),
+                        ));
                     }
                 } else if size > 0 {
                     let (bits, count) = chunking(size);
@@ -579,7 +585,8 @@ impl<'a> Builder<'a> {
                 if x.value.len() > u16::MAX as usize {
                     return Err(err(format!("xattr {} value too large", tree::show(&x.key))));
                 }
-                let existing = if use_index { key_index.get(x.key.as_slice()).copied() } else { xs.find(&Cat::one(&x.key)) };
+                let existing =
+                    if use_index { key_index.get(x.key.as_slice()).copied() } else { xs.find(&Cat::one(&x.key)) };
                 if use_index {
                     if let Some(j) = existing {
                         key_index.remove(x.key.as_slice());
@@ -884,8 +891,11 @@ impl<'a> Builder<'a> {
             o.pad(ino.ipad)?;
             debug_assert_eq!(o.pos % SLOT_SIZE, 0);
             let ftype = ino.ftype();
-            let xattr_icount =
-                if ino.xattr_size == 0 { 0 } else { ((ino.xattr_size - XATTR_IBODY_HEADER_SIZE as u64) / 4 + 1) as u16 };
+            let xattr_icount = if ino.xattr_size == 0 {
+                0
+            } else {
+                ((ino.xattr_size - XATTR_IBODY_HEADER_SIZE as u64) / 4 + 1) as u16
+            };
             let mut layout = if ino.tail > 0 { LAYOUT_FLAT_INLINE } else { LAYOUT_FLAT_PLAIN };
             let mut chunk_format: Option<u16> = None;
             let size = match ftype {
@@ -1190,4 +1200,3 @@ mod tests {
         assert!(write(&t, WriteOptions::default()).unwrap_err().to_string().contains("budget"));
     }
 }
-

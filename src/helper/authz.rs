@@ -70,7 +70,11 @@ pub fn check_path_arg(what: &'static str, p: &OsStr) -> Result<(), HelperError> 
 
 fn check_path_arg_as(what: &'static str, p: &OsStr, strict: bool) -> Result<(), HelperError> {
     let b = p.as_bytes();
-    let bad = |reason: &str| HelperError::BadArgument { what, value: p.to_string_lossy().into_owned(), reason: reason.into() };
+    let bad = |reason: &str| HelperError::BadArgument {
+        what,
+        value: p.to_string_lossy().into_owned(),
+        reason: reason.into(),
+    };
     if b.is_empty() {
         return Err(bad("empty"));
     }
@@ -96,8 +100,20 @@ fn check_path_arg_as(what: &'static str, p: &OsStr, strict: bool) -> Result<(), 
 }
 
 /// Options a privileged caller may pass in a `mount.composefs -o` string.
-const ALLOWED_OPTIONS: &[&str] =
-    &["basedir", "digest", "verity", "tryverity", "ro", "rw", "upperdir", "workdir", "idmap", "nosuid", "nodev", "noexec"];
+const ALLOWED_OPTIONS: &[&str] = &[
+    "basedir",
+    "digest",
+    "verity",
+    "tryverity",
+    "ro",
+    "rw",
+    "upperdir",
+    "workdir",
+    "idmap",
+    "nosuid",
+    "nodev",
+    "noexec",
+];
 
 /// Validates a whole `-o` option string before it is split (privileged mode): length, no control
 /// characters, no empty options, only known option names; `suid`, `dev`, `exec`-style
@@ -126,7 +142,9 @@ fn check_option_string_as(opts: &str, strict: bool) -> Result<(), HelperError> {
             return Err(bad(format!("option {opt:?} starts with '-'")));
         }
         if ["suid", "dev", "exec"].contains(&name) {
-            return Err(bad(format!("{name:?} is not allowed for unprivileged callers (mounts are always nosuid,nodev)")));
+            return Err(bad(format!(
+                "{name:?} is not allowed for unprivileged callers (mounts are always nosuid,nodev)"
+            )));
         }
         if !ALLOWED_OPTIONS.contains(&name) {
             return Err(bad(format!("unknown option {name:?}")));
@@ -201,8 +219,10 @@ pub fn open_source(path: &Path) -> Result<Source, HelperError> {
     .map_err(|e| HelperError::Io { what: "memfd_create", errno: e })?;
     let mut src = File::from(fd);
     let mut dst = File::from(memfd);
-    let copied = std::io::copy(&mut (&mut src).take(max + 1), &mut dst)
-        .map_err(|e| HelperError::Io { what: "copying the source", errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO) })?;
+    let copied = std::io::copy(&mut (&mut src).take(max + 1), &mut dst).map_err(|e| HelperError::Io {
+        what: "copying the source",
+        errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+    })?;
     if copied > max {
         return Err(HelperError::Limit { what: "image size", value: copied, limit: max });
     }
@@ -220,14 +240,19 @@ pub fn open_source(path: &Path) -> Result<Source, HelperError> {
 /// what gets mounted. Otherwise the kernel's measurement of the file is required.
 pub fn check_source_digest(fd: BorrowedFd<'_>, want: &[u8; 32]) -> Result<(), HelperError> {
     if !privileged() {
-        return crate::fsverity::check_digest(fd, want).map_err(|e| HelperError::BadImage { reason: format!("digest check: {e}") });
+        return crate::fsverity::check_digest(fd, want)
+            .map_err(|e| HelperError::BadImage { reason: format!("digest check: {e}") });
     }
     let f = File::from(rustix::io::dup(fd).map_err(|e| HelperError::Io { what: "dup", errno: e })?);
-    let got = crate::fsverity::digest_file(&f)
-        .map_err(|e| HelperError::Io { what: "fs-verity digest of the image copy", errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO) })?;
+    let got = crate::fsverity::digest_file(&f).map_err(|e| HelperError::Io {
+        what: "fs-verity digest of the image copy",
+        errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+    })?;
     if &got != want {
         let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-        return Err(HelperError::BadImage { reason: format!("fs-verity digest {} does not match the expected {}", hex(&got), hex(want)) });
+        return Err(HelperError::BadImage {
+            reason: format!("fs-verity digest {} does not match the expected {}", hex(&got), hex(want)),
+        });
     }
     Ok(())
 }
@@ -244,7 +269,8 @@ pub struct ImageFacts {
 /// copied into a sealed memfd by [`open_source`] so they cannot change afterwards).
 pub fn check_image(fd: BorrowedFd<'_>) -> Result<ImageFacts, HelperError> {
     let mut sb = [0u8; 128];
-    let n = rustix::io::pread(fd, &mut sb, 1024).map_err(|e| HelperError::Io { what: "reading the image superblock", errno: e })?;
+    let n = rustix::io::pread(fd, &mut sb, 1024)
+        .map_err(|e| HelperError::Io { what: "reading the image superblock", errno: e })?;
     let bad = |reason: &str| HelperError::BadImage { reason: reason.to_string() };
     if n < sb.len() {
         return Err(bad("shorter than an EROFS superblock"));
@@ -285,7 +311,8 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64) -> Result<(), HelperErro
     let src = Source { fd: rustix::io::dup(fd).map_err(|e| HelperError::Io { what: "dup", errno: e })?, size };
     let bytes = read_all(&src, limits.max_image_size)?;
     let mut rl = crate::erofs::reader::ReadLimits::default();
-    rl.tree.max_entries = usize::try_from(limits.max_entries.min(inodes.saturating_mul(2) + 1024)).unwrap_or(usize::MAX);
+    rl.tree.max_entries =
+        usize::try_from(limits.max_entries.min(inodes.saturating_mul(2) + 1024)).unwrap_or(usize::MAX);
     let (tree, _) = crate::erofs::reader::read_image_with(&bytes, &rl)
         .map_err(|e| HelperError::BadImage { reason: e.to_string() })?;
     if tree.len() as u64 > limits.max_entries {
@@ -296,14 +323,23 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64) -> Result<(), HelperErro
         let ft = ino.mode & 0o170000;
         let path = || crate::tree::show(&tree.path_of(i as crate::tree::NodeId));
         if (ft == 0o020000 && ino.rdev != 0) || ft == 0o060000 {
-            return Err(HelperError::BadImage { reason: format!("{}: device node (not allowed for unprivileged callers)", path()) });
+            return Err(HelperError::BadImage {
+                reason: format!("{}: device node (not allowed for unprivileged callers)", path()),
+            });
         }
         if ino.is_reg() {
             if let Some(p) = &node.entry.payload {
-                let bad = p.split(|c| *c == b'/').enumerate().any(|(k, c)| (c.is_empty() && k > 0) || c == b"." || c == b"..");
+                let bad = p
+                    .split(|c| *c == b'/')
+                    .enumerate()
+                    .any(|(k, c)| (c.is_empty() && k > 0) || c == b"." || c == b"..");
                 if bad || p.is_empty() {
                     return Err(HelperError::BadImage {
-                        reason: format!("{}: overlay redirect {:?} has empty, '.' or '..' components", path(), String::from_utf8_lossy(p)),
+                        reason: format!(
+                            "{}: overlay redirect {:?} has empty, '.' or '..' components",
+                            path(),
+                            String::from_utf8_lossy(p)
+                        ),
                     });
                 }
             }
@@ -363,7 +399,11 @@ pub fn open_upper(upper: &Path, work: &Path) -> Result<(OwnedFd, OwnedFd), Helpe
         }
     }
     if su.st_dev != sw.st_dev {
-        return Err(HelperError::Refused { what: "workdir", path: work.into(), reason: "not on the upperdir's filesystem".into() });
+        return Err(HelperError::Refused {
+            what: "workdir",
+            path: work.into(),
+            reason: "not on the upperdir's filesystem".into(),
+        });
     }
     Ok((u, w))
 }
@@ -393,14 +433,17 @@ pub fn open_target(path: &Path) -> Result<OwnedFd, HelperError> {
         if sticky(st.st_mode) {
             return Err(refuse(format!("sticky directory owned by uid {}", st.st_uid)));
         }
-        let parent = as_caller(|| rustix::fs::openat(&fd, "..", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()))?
-            .map_err(|e| HelperError::Open { what: "target parent", path: path.into(), errno: e })?;
+        let parent = as_caller(|| {
+            rustix::fs::openat(&fd, "..", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        })?
+        .map_err(|e| HelperError::Open { what: "target parent", path: path.into(), errno: e })?;
         let ps = fstat_as("target parent", path, parent.as_fd())?;
         if sticky(ps.st_mode) {
             return Err(refuse(format!("owned by uid {} inside a sticky directory", st.st_uid)));
         }
     }
-    let sfs = rustix::fs::fstatfs(&fd).map_err(|e| HelperError::Open { what: "target", path: path.into(), errno: e })?;
+    let sfs =
+        rustix::fs::fstatfs(&fd).map_err(|e| HelperError::Open { what: "target", path: path.into(), errno: e })?;
     let magic = sfs.f_type as u64 & 0xffff_ffff;
     let allowed = policy().and_then(|p| p.target_fs_name(magic)).is_some();
     if !allowed {
@@ -416,7 +459,9 @@ pub fn enforce_mount_attrs(mnt: BorrowedFd<'_>, writable: bool) -> Result<(), He
         return Ok(());
     }
     use rustix::fs::StatVfsMountFlags as F;
-    let ok = |vfs: &rustix::fs::StatVfs| vfs.f_flag.contains(F::NOSUID | F::NODEV) && (writable || vfs.f_flag.contains(F::RDONLY));
+    let ok = |vfs: &rustix::fs::StatVfs| {
+        vfs.f_flag.contains(F::NOSUID | F::NODEV) && (writable || vfs.f_flag.contains(F::RDONLY))
+    };
     let vfs = rustix::fs::fstatvfs(mnt).map_err(|e| HelperError::Io { what: "fstatvfs on the new mount", errno: e })?;
     if ok(&vfs) {
         // fsmount already set them (the usual case): no mount_setattr needed, which also keeps
@@ -427,10 +472,14 @@ pub fn enforce_mount_attrs(mnt: BorrowedFd<'_>, writable: bool) -> Result<(), He
     if !writable {
         set |= sys::MOUNT_ATTR_RDONLY;
     }
-    sys::mount_setattr_flags(mnt, set, 0).map_err(|e| HelperError::Io { what: "mount_setattr(nosuid,nodev)", errno: e })?;
+    sys::mount_setattr_flags(mnt, set, 0)
+        .map_err(|e| HelperError::Io { what: "mount_setattr(nosuid,nodev)", errno: e })?;
     let vfs = rustix::fs::fstatvfs(mnt).map_err(|e| HelperError::Io { what: "fstatvfs on the new mount", errno: e })?;
     if !ok(&vfs) {
-        return Err(HelperError::Io { what: "verifying nosuid,nodev on the new mount", errno: rustix::io::Errno::PERM });
+        return Err(HelperError::Io {
+            what: "verifying nosuid,nodev on the new mount",
+            errno: rustix::io::Errno::PERM,
+        });
     }
     Ok(())
 }
@@ -471,7 +520,10 @@ pub fn parse_id_map(text: &[u8]) -> Result<Vec<IdExtent>, HelperError> {
     let text = std::str::from_utf8(text).map_err(|_| HelperError::Idmap("id map is not text".into()))?;
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let f: Vec<u32> = line.split_whitespace().map(|x| x.parse::<u32>()).collect::<Result<_, _>>()
+        let f: Vec<u32> = line
+            .split_whitespace()
+            .map(|x| x.parse::<u32>())
+            .collect::<Result<_, _>>()
             .map_err(|_| HelperError::Idmap(format!("bad id map line {line:?}")))?;
         if f.len() != 3 {
             return Err(HelperError::Idmap(format!("bad id map line {line:?}")));
@@ -484,7 +536,14 @@ pub fn parse_id_map(text: &[u8]) -> Result<Vec<IdExtent>, HelperError> {
 /// Reads the caller's subordinate id ranges from /etc/subuid or /etc/subgid (entries by login
 /// name or by numeric id). The file must be root-owned and not group/world-writable.
 pub fn subid_ranges(kind: IdKind, uid: u32, name: Option<&str>) -> Result<Vec<(u64, u64)>, HelperError> {
-    subid_ranges_from(Path::new(match kind { IdKind::Uid => "/etc/subuid", IdKind::Gid => "/etc/subgid" }), uid, name)
+    subid_ranges_from(
+        Path::new(match kind {
+            IdKind::Uid => "/etc/subuid",
+            IdKind::Gid => "/etc/subgid",
+        }),
+        uid,
+        name,
+    )
 }
 
 fn subid_ranges_from(path: &Path, uid: u32, name: Option<&str>) -> Result<Vec<(u64, u64)>, HelperError> {
@@ -590,8 +649,10 @@ pub fn open_userns(path: &Path) -> Result<OwnedFd, HelperError> {
     }
     let (um, gm) = sys::read_userns_maps(fd.as_fd()).map_err(|e| idm(format!("reading its id maps: {e}")))?;
     let (um, gm) = (parse_id_map(&um)?, parse_id_map(&gm)?);
-    check_id_map(IdKind::Uid, &um, c.uid, &subid_ranges(IdKind::Uid, c.uid, c.name.as_deref())?).map_err(|e| idm(e.to_string()))?;
-    check_id_map(IdKind::Gid, &gm, c.gid, &subid_ranges(IdKind::Gid, c.uid, c.name.as_deref())?).map_err(|e| idm(e.to_string()))?;
+    check_id_map(IdKind::Uid, &um, c.uid, &subid_ranges(IdKind::Uid, c.uid, c.name.as_deref())?)
+        .map_err(|e| idm(e.to_string()))?;
+    check_id_map(IdKind::Gid, &gm, c.gid, &subid_ranges(IdKind::Gid, c.uid, c.name.as_deref())?)
+        .map_err(|e| idm(e.to_string()))?;
     Ok(fd)
 }
 
@@ -728,7 +789,11 @@ pub fn check_mount_limits(state_dir: &Path, needs_loop: bool) -> Result<(), Help
     }
     let loops = mine.iter().map(|r| r.loop_devices.len()).sum::<usize>() as u64;
     if needs_loop && loops + 1 > limits.max_loop_devices as u64 {
-        return Err(HelperError::Limit { what: "loop devices", value: loops + 1, limit: limits.max_loop_devices as u64 });
+        return Err(HelperError::Limit {
+            what: "loop devices",
+            value: loops + 1,
+            limit: limits.max_loop_devices as u64,
+        });
     }
     Ok(())
 }
@@ -749,7 +814,8 @@ pub struct UmountGrant {
 /// path or path prefix.
 pub fn authorize_umount(state_dir: &Path, target: &Path) -> Result<UmountGrant, HelperError> {
     let fd = open_as_caller("umount target", target, OFlags::PATH | OFlags::NOFOLLOW)?;
-    let (id, uniq) = sys::statx_mnt_id(fd.as_fd()).map_err(|e| HelperError::Io { what: "statx(STATX_MNT_ID)", errno: e })?;
+    let (id, uniq) =
+        sys::statx_mnt_id(fd.as_fd()).map_err(|e| HelperError::Io { what: "statx(STATX_MNT_ID)", errno: e })?;
     // STATX_ATTR_MOUNT_ROOT: only the root of the mount (not a directory inside it) names it.
     const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
     let sx = rustix::fs::statx(&fd, "", rustix::fs::AtFlags::EMPTY_PATH, rustix::fs::StatxFlags::BASIC_STATS)
@@ -759,13 +825,12 @@ pub fn authorize_umount(state_dir: &Path, target: &Path) -> Result<UmountGrant, 
         return Err(HelperError::Refused {
             what: "umount target",
             path: target.into(),
-            reason: "not a mount made by cfsmount (not a mount point; a directory inside a mount does not name it)".into(),
+            reason: "not a mount made by cfsmount (not a mount point; a directory inside a mount does not name it)"
+                .into(),
         });
     }
     let c = caller();
-    let found = read_records(state_dir)
-        .into_iter()
-        .find(|(_, r)| r.mount_id == id && r.mount_id_unique == uniq);
+    let found = read_records(state_dir).into_iter().find(|(_, r)| r.mount_id == id && r.mount_id_unique == uniq);
     match found {
         Some((p, r)) if !privileged() || r.uid == c.uid => Ok(UmountGrant { target: fd, record_path: p, record: r }),
         Some((_, r)) => Err(HelperError::Refused {
@@ -798,11 +863,15 @@ pub fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
 pub fn read_all(src: &Source, max: u64) -> Result<Vec<u8>, HelperError> {
     let f = rustix::io::dup(&src.fd).map_err(|e| HelperError::Io { what: "dup", errno: e })?;
     let mut f = File::from(f);
-    f.seek(SeekFrom::Start(0)).map_err(|e| HelperError::Io { what: "seek", errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO) })?;
+    f.seek(SeekFrom::Start(0)).map_err(|e| HelperError::Io {
+        what: "seek",
+        errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+    })?;
     let mut v = Vec::new();
-    f.take(max + 1)
-        .read_to_end(&mut v)
-        .map_err(|e| HelperError::Io { what: "read", errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO) })?;
+    f.take(max + 1).read_to_end(&mut v).map_err(|e| HelperError::Io {
+        what: "read",
+        errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+    })?;
     if v.len() as u64 > max {
         return Err(HelperError::Limit { what: "source size", value: v.len() as u64, limit: max });
     }
@@ -851,7 +920,10 @@ mod tests {
         assert!(check_id_map(IdKind::Uid, &[], 1000, &ranges).is_err());
         assert_eq!(
             parse_id_map(b"         0       1000          1\n         1     100000      65536\n").unwrap(),
-            vec![IdExtent { inside: 0, outside: 1000, count: 1 }, IdExtent { inside: 1, outside: 100000, count: 65536 }]
+            vec![
+                IdExtent { inside: 0, outside: 1000, count: 1 },
+                IdExtent { inside: 1, outside: 100000, count: 65536 }
+            ]
         );
         assert!(parse_id_map(b"0 1\n").is_err());
     }

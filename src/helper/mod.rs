@@ -113,11 +113,8 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> anyhow::Result<()> {
     // 5. Only mount/umount are offered to unprivileged callers.
     check_subcommand(argv)?;
     // 6. Caller identity (before changing any id).
-    let groups: Vec<u32> = rustix::process::getgroups()
-        .context("privileged mode: getgroups")?
-        .into_iter()
-        .map(|g| g.as_raw())
-        .collect();
+    let groups: Vec<u32> =
+        rustix::process::getgroups().context("privileged mode: getgroups")?.into_iter().map(|g| g.as_raw()).collect();
     let name = passwd_name(ruid);
     // 7. Become root in all of real/effective/saved ids, so that the caller can neither signal nor
     //    ptrace us; needs CAP_SETUID/CAP_SETGID (present when setuid-root; required in file caps).
@@ -126,13 +123,17 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> anyhow::Result<()> {
         rustix::process::Gid::ROOT,
         rustix::process::Gid::ROOT,
     )
-    .context("privileged mode: setresgid(0) failed (install setuid-root, or with file capabilities including cap_setgid)")?;
+    .context(
+        "privileged mode: setresgid(0) failed (install setuid-root, or with file capabilities including cap_setgid)",
+    )?;
     rustix::thread::set_thread_res_uid(
         rustix::process::Uid::ROOT,
         rustix::process::Uid::ROOT,
         rustix::process::Uid::ROOT,
     )
-    .context("privileged mode: setresuid(0) failed (install setuid-root, or with file capabilities including cap_setuid)")?;
+    .context(
+        "privileged mode: setresuid(0) failed (install setuid-root, or with file capabilities including cap_setuid)",
+    )?;
     let (r, e, s) = crate::sys::helper::getresuid();
     if (r, e, s) != (0, 0, 0) || crate::sys::helper::current_fsuid() != 0 {
         anyhow::bail!("privileged mode: could not become root (uids {r}/{e}/{s})");
@@ -148,10 +149,8 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> anyhow::Result<()> {
     rustix::thread::set_no_new_privs(true).context("privileged mode: no_new_privs")?;
     // 9. Policy (fails closed) and access check.
     let policy = Policy::load()?;
-    let gids: Vec<(u32, Option<String>)> = std::iter::once(rgid)
-        .chain(groups.iter().copied())
-        .map(|g| (g, group_name(g)))
-        .collect();
+    let gids: Vec<(u32, Option<String>)> =
+        std::iter::once(rgid).chain(groups.iter().copied()).map(|g| (g, group_name(g))).collect();
     if !policy.allows(ruid, name.as_deref(), &gids) {
         anyhow::bail!(
             "helper policy {} does not allow user {} (uid {ruid}) to use cfsmount",
@@ -184,7 +183,12 @@ pub fn caller() -> Caller {
         Some(s) => s.caller.clone(),
         None => {
             let groups = rustix::process::getgroups().unwrap_or_default().into_iter().map(|g| g.as_raw()).collect();
-            Caller { uid: rustix::process::getuid().as_raw(), gid: rustix::process::getgid().as_raw(), groups, name: None }
+            Caller {
+                uid: rustix::process::getuid().as_raw(),
+                gid: rustix::process::getgid().as_raw(),
+                groups,
+                name: None,
+            }
         }
     }
 }

@@ -209,9 +209,7 @@ impl Policy {
     /// The limits that apply to `user` (name) / `uid`.
     pub fn limits_for(&self, user: Option<&str>, uid: u32) -> Limits {
         let key_uid = uid.to_string();
-        let o = user
-            .and_then(|u| self.user_limits.get(u))
-            .or_else(|| self.user_limits.get(&key_uid));
+        let o = user.and_then(|u| self.user_limits.get(u)).or_else(|| self.user_limits.get(&key_uid));
         match o {
             Some(o) => apply(&self.limits, o),
             None => self.limits.clone(),
@@ -229,9 +227,7 @@ impl Policy {
         if self.access.users.iter().any(|e| e == "*" || matches(e, uid, user)) {
             return true;
         }
-        groups
-            .iter()
-            .any(|(gid, name)| self.access.groups.iter().any(|e| matches(e, *gid, name.as_deref())))
+        groups.iter().any(|(gid, name)| self.access.groups.iter().any(|e| matches(e, *gid, name.as_deref())))
     }
 
     /// The name of an allowed target filesystem magic, or None if it is not allowed.
@@ -369,10 +365,7 @@ mod tests {
         let f = d.path().join("helper.conf");
         // Missing file → built-in default.
         assert_eq!(Policy::load_from(&f).unwrap().limits, Policy::builtin().unwrap().limits);
-        assert_eq!(
-            Policy::load_from(&d.path().join("nodir/helper.conf")).unwrap().source,
-            "<built-in default>"
-        );
+        assert_eq!(Policy::load_from(&d.path().join("nodir/helper.conf")).unwrap().source, "<built-in default>");
         std::fs::write(&f, DEFAULT_POLICY).unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         let am_root = rustix::process::geteuid().is_root();

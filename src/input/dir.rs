@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::input::toc::encode_dev;
-use crate::tree::{Entry, Inode, Limits, NodeId, Tree, Xattr, ROOT, S_IFDIR, S_IFMT, S_IFREG, XATTR_NAME_MAX, XATTR_SIZE_MAX};
+use crate::tree::{
+    Entry, Inode, Limits, NodeId, Tree, Xattr, ROOT, S_IFDIR, S_IFMT, S_IFREG, XATTR_NAME_MAX, XATTR_SIZE_MAX,
+};
 
 /// Largest file stored inline in the image (the reference's recommended inline limit).
 pub const INLINE_MAX: u64 = 64;
@@ -61,9 +63,7 @@ pub fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirError> {
     }
     let mut b = Builder { opts, tree: Tree::new(opts.limits), links: HashMap::new() };
     let root_entry = b.entry_for(root, &md)?;
-    b.tree
-        .set_root(root_entry)
-        .map_err(|e| DirError::Entry { path: root.to_path_buf(), reason: e.to_string() })?;
+    b.tree.set_root(root_entry).map_err(|e| DirError::Entry { path: root.to_path_buf(), reason: e.to_string() })?;
 
     // Depth-first walk with an explicit stack (no recursion on hostile depth).
     let mut stack: Vec<(PathBuf, NodeId)> = vec![(root.to_path_buf(), ROOT)];
@@ -133,7 +133,10 @@ impl Builder<'_> {
             let t = fs::read_link(path).map_err(io_err("readlink"))?;
             let t = t.as_os_str().as_bytes().to_vec();
             if t.is_empty() || t.len() >= crate::tree::PATH_MAX {
-                return Err(DirError::Entry { path: path.to_path_buf(), reason: "symlink target empty or too long".into() });
+                return Err(DirError::Entry {
+                    path: path.to_path_buf(),
+                    reason: "symlink target empty or too long".into(),
+                });
             }
             entry.inode.size = t.len() as u64;
             entry.payload = Some(t);
@@ -162,7 +165,10 @@ impl Builder<'_> {
             let mut buf = Vec::with_capacity(size as usize);
             (&f).take(size + 1).read_to_end(&mut buf).map_err(io_err("read"))?;
             if buf.len() as u64 != size {
-                return Err(DirError::Entry { path: path.to_path_buf(), reason: "file changed size while being read".into() });
+                return Err(DirError::Entry {
+                    path: path.to_path_buf(),
+                    reason: "file changed size while being read".into(),
+                });
             }
             entry.content = Some(buf);
             return Ok(());
@@ -207,7 +213,10 @@ fn copy_into_store(src: &File, src_path: &Path, store: &Path, obj: &str, digest:
     let ro = File::open(&tmp_path).map_err(io_err(&tmp_path, "open"))?;
     let copied = crate::fsverity::digest_file(&ro).map_err(io_err(&tmp_path, "read"))?;
     if &copied != digest {
-        return Err(DirError::Entry { path: src_path.to_path_buf(), reason: "file changed while being copied into the store".into() });
+        return Err(DirError::Entry {
+            path: src_path.to_path_buf(),
+            reason: "file changed while being copied into the store".into(),
+        });
     }
     use std::os::fd::AsFd;
     match crate::fsverity::enable(ro.as_fd()) {
@@ -230,7 +239,14 @@ pub(crate) fn create_temp(dir: &Path) -> io::Result<(File, PathBuf)> {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let name = format!(".tmp{:x}{:x}{:x}", std::process::id(), n, t & 0xffff_ffff);
         let p = dir.join(name);
-        match OpenOptions::new().write(true).read(true).create_new(true).mode(0o600).custom_flags(libc::O_CLOEXEC).open(&p) {
+        match OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&p)
+        {
             Ok(f) => return Ok((f, p)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -251,7 +267,8 @@ impl Drop for UnlinkOnDrop {
 }
 
 fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, DirError> {
-    let err = |op: &'static str| move |e: rustix::io::Errno| DirError::Io { path: path.to_path_buf(), op, source: e.into() };
+    let err =
+        |op: &'static str| move |e: rustix::io::Errno| DirError::Io { path: path.to_path_buf(), op, source: e.into() };
     let mut list = vec![0u8; 1024];
     let n = loop {
         match rustix::fs::llistxattr(path, &mut list[..]) {
@@ -270,7 +287,8 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, DirError> {
         if name.len() > XATTR_NAME_MAX {
             return Err(DirError::Entry { path: path.to_path_buf(), reason: "xattr name too long".into() });
         }
-        let cname = std::ffi::CString::new(name).map_err(|_| DirError::Entry { path: path.to_path_buf(), reason: "NUL in xattr name".into() })?;
+        let cname = std::ffi::CString::new(name)
+            .map_err(|_| DirError::Entry { path: path.to_path_buf(), reason: "NUL in xattr name".into() })?;
         let mut value = vec![0u8; 256];
         let len = loop {
             match rustix::fs::lgetxattr(path, cname.as_c_str(), &mut value[..]) {
@@ -330,7 +348,11 @@ mod tests {
         assert_eq!(sl.entry.inode.mode & S_IFMT, S_IFLNK);
         assert_eq!(sl.entry.payload.as_deref(), Some(&b"d/small"[..]));
         // No temporary files left in the store; a second run finds the object present.
-        let leftovers: Vec<_> = fs::read_dir(store.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.as_bytes().starts_with(b".tmp")).collect();
+        let leftovers: Vec<_> = fs::read_dir(store.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.as_bytes().starts_with(b".tmp"))
+            .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
         build_tree(s, &opts).unwrap();
     }

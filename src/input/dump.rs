@@ -19,8 +19,8 @@ use std::io::Write;
 use thiserror::Error;
 
 use crate::tree::{
-    self, split_path, Entry, Inode, Limits, NodeId, Tree, Xattr, PATH_MAX, ROOT, S_IFBLK, S_IFCHR, S_IFDIR,
-    S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, XATTR_NAME_MAX, XATTR_SIZE_MAX,
+    self, split_path, Entry, Inode, Limits, NodeId, Tree, Xattr, PATH_MAX, ROOT, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO,
+    S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
 
 /// Largest inline content a dumpfile may carry (the reference's LCFS_INLINE_CONTENT_MAX).
@@ -446,14 +446,22 @@ impl Parser {
                 _ => return Err(err(path, "PAYLOAD", "symlink without a target".into())),
             };
             if target.len() >= PATH_MAX {
-                return Err(err(path, "PAYLOAD", format!("symlink target of {} bytes (limit {})", target.len(), PATH_MAX - 1)));
+                return Err(err(
+                    path,
+                    "PAYLOAD",
+                    format!("symlink target of {} bytes (limit {})", target.len(), PATH_MAX - 1),
+                ));
             }
             if target.contains(&0) {
                 return Err(err(path, "PAYLOAD", "NUL byte in symlink target".into()));
             }
             if self.strict {
                 if size != target.len() as u64 {
-                    return Err(err(path, "SIZE", format!("symlink SIZE {size} differs from target length {}", target.len())));
+                    return Err(err(
+                        path,
+                        "SIZE",
+                        format!("symlink SIZE {size} differs from target length {}", target.len()),
+                    ));
                 }
                 if content.as_ref().is_some_and(|c| !c.is_empty()) {
                     return Err(err(path, "CONTENT", "symlinks cannot have content".into()));
@@ -473,7 +481,11 @@ impl Parser {
             entry.payload = payload;
             if let Some(c) = content {
                 if c.len() > INLINE_CONTENT_MAX {
-                    return Err(err(path, "CONTENT", format!("inline content of {} bytes (limit {INLINE_CONTENT_MAX})", c.len())));
+                    return Err(err(
+                        path,
+                        "CONTENT",
+                        format!("inline content of {} bytes (limit {INLINE_CONTENT_MAX})", c.len()),
+                    ));
                 }
                 if !c.is_empty() {
                     entry.content = Some(c);
@@ -493,7 +505,8 @@ impl Parser {
                 None => (rest, &rest[rest.len()..]),
             };
             rest = next;
-            let eq = item.iter().position(|&b| b == b'=').ok_or_else(|| err(path, "XATTRS", "xattr without '='".into()))?;
+            let eq =
+                item.iter().position(|&b| b == b'=').ok_or_else(|| err(path, "XATTRS", "xattr without '='".into()))?;
             let key = unescape(&item[..eq]).map_err(|r| err(path, "XATTRS", r))?;
             let value = unescape(&item[eq + 1..]).map_err(|r| err(path, "XATTRS", r))?;
             set_xattr(&mut entry.xattrs, &mut index, &mut budget, key, value).map_err(|r| err(path, "XATTRS", r))?;

@@ -147,7 +147,9 @@ pub fn parse_flavor(json: &[u8], opts: &TocOptions, flavor: Flavor) -> Result<Tr
     }
     match st.version {
         Some(1) => {}
-        Some(v) => return Err(TocError::Toc { field: "version", reason: format!("unsupported version {v} (must be 1)") }),
+        Some(v) => {
+            return Err(TocError::Toc { field: "version", reason: format!("unsupported version {v} (must be 1)") })
+        }
         None => return Err(TocError::Toc { field: "version", reason: "missing (must be 1)".into() }),
     }
     st.apply_whiteouts()?;
@@ -567,9 +569,10 @@ impl<'de> Visitor<'de> for EntrySeed {
                             match v {
                                 Val::Str(s) => out.push((k, s)),
                                 Val::Null => out.push((k, Cow::Borrowed(""))),
-                                other => {
-                                    r.bad(field, format!("value of {k:?} must be a base64 string, got {}", other.kind()))
-                                }
+                                other => r.bad(
+                                    field,
+                                    format!("value of {k:?} must be a base64 string, got {}", other.kind()),
+                                ),
                             }
                         }
                         r.xattrs = Some(out);
@@ -880,8 +883,10 @@ impl State {
     fn entry(&mut self, raw: Raw<'_>) -> Result<(), TocError> {
         let index = self.index;
         // The printable name is only built for an error (it costs more than the parse).
-        let shown = |raw_name: &Option<Cow<'_, str>>| raw_name.as_deref().map(|n| tree::show(n.as_bytes())).unwrap_or_default();
-        let err = |field: &'static str, reason: String| TocError::Entry { index, name: shown(&raw.name), field, reason };
+        let shown =
+            |raw_name: &Option<Cow<'_, str>>| raw_name.as_deref().map(|n| tree::show(n.as_bytes())).unwrap_or_default();
+        let err =
+            |field: &'static str, reason: String| TocError::Entry { index, name: shown(&raw.name), field, reason };
         if let Some((field, reason)) = &raw.bad {
             return Err(err(field, reason.clone()));
         }
@@ -908,7 +913,10 @@ impl State {
             if let Some(n) = raw.name.as_deref() {
                 // eStargz chunks may leave the name out; when given it must be the file's.
                 if normalize(n) != Some(last.as_slice()) {
-                    return Err(err("name", format!("chunk entry does not follow its file (previous file is {})", tree::show(last))));
+                    return Err(err(
+                        "name",
+                        format!("chunk entry does not follow its file (previous file is {})", tree::show(last)),
+                    ));
                 }
             }
             if let Some(t) = raw.chunk_type.as_deref() {
@@ -933,7 +941,11 @@ impl State {
                 && raw.digest.as_deref().unwrap_or("").is_empty()
                 && raw.x_payload.is_none()
                 && raw.x_content.is_none());
-        let ftype = if is_hardlink { S_IFREG } else { file_type_of(typ).ok_or_else(|| err("type", format!("unknown type {:?}", trunc(typ))))? };
+        let ftype = if is_hardlink {
+            S_IFREG
+        } else {
+            file_type_of(typ).ok_or_else(|| err("type", format!("unknown type {:?}", trunc(typ))))?
+        };
 
         // Values checked for every non-chunk entry (hard links included).
         let mode = raw.mode.unwrap_or(0);
@@ -960,7 +972,8 @@ impl State {
                 parse_time(t).map_err(|r| err(field, r))?;
             }
         }
-        let rdev = encode_dev(raw.dev_major.unwrap_or(0), raw.dev_minor.unwrap_or(0)).map_err(|r| err("devMajor/devMinor", r))?;
+        let rdev = encode_dev(raw.dev_major.unwrap_or(0), raw.dev_minor.unwrap_or(0))
+            .map_err(|r| err("devMajor/devMinor", r))?;
         let size = raw.size.unwrap_or(0);
         if size < 0 {
             return Err(err("size", format!("negative size {size}")));
@@ -993,7 +1006,8 @@ impl State {
                         hp.push(b'/');
                     }
                     hp.extend_from_slice(hidden);
-                    split_path(&hp).map_err(|e| err("name", format!("whiteout names an invalid path: {}", tree_reason(&e))))?;
+                    split_path(&hp)
+                        .map_err(|e| err("name", format!("whiteout names an invalid path: {}", tree_reason(&e))))?;
                     if self.whiteouts.len() >= self.tree.limits.max_entries {
                         return Err(err("name", format!("too many entries (limit {})", self.tree.limits.max_entries)));
                     }
@@ -1009,7 +1023,11 @@ impl State {
         }
 
         if is_hardlink {
-            let target = raw.link_name.as_deref().filter(|l| !l.is_empty()).ok_or_else(|| err("linkName", "hard link without a target".into()))?;
+            let target = raw
+                .link_name
+                .as_deref()
+                .filter(|l| !l.is_empty())
+                .ok_or_else(|| err("linkName", "hard link without a target".into()))?;
             let p = path.ok_or_else(|| err("name", "the root cannot be a hard link".into()))?;
             let t = normalize(target).ok_or_else(|| err("linkName", "hard link to the root directory".into()))?;
             split_path(t).map_err(|e| err("linkName", tree_reason(&e)))?;
@@ -1042,10 +1060,16 @@ impl State {
                 if let Some(c) = raw.x_content.as_deref() {
                     let content = decode_base64(c).map_err(|r| err("x-content", r))?;
                     if content.len() > INLINE_CONTENT_MAX {
-                        return Err(err("x-content", format!("inline content of {} bytes (limit {INLINE_CONTENT_MAX})", content.len())));
+                        return Err(err(
+                            "x-content",
+                            format!("inline content of {} bytes (limit {INLINE_CONTENT_MAX})", content.len()),
+                        ));
                     }
                     if raw.size.is_some() && size != content.len() as u64 {
-                        return Err(err("size", format!("size {size} differs from the {} bytes of x-content", content.len())));
+                        return Err(err(
+                            "size",
+                            format!("size {size} differs from the {} bytes of x-content", content.len()),
+                        ));
                     }
                     size = content.len() as u64;
                     if !content.is_empty() {
@@ -1054,7 +1078,9 @@ impl State {
                 }
                 if let Some(p) = raw.x_payload.as_deref() {
                     let pb = p.as_bytes();
-                    split_path(pb).map_err(|e| err("x-payload", format!("not a clean relative object path: {}", tree_reason(&e))))?;
+                    split_path(pb).map_err(|e| {
+                        err("x-payload", format!("not a clean relative object path: {}", tree_reason(&e)))
+                    })?;
                     entry.payload = Some(pb.to_vec());
                 } else if let Some(d) = raw.digest.as_deref().filter(|d| !d.is_empty()) {
                     let hex = parse_digest(d).map_err(|r| err("digest", r))?;
@@ -1075,7 +1101,10 @@ impl State {
                     return Err(err("linkName", "symlink without a target".into()));
                 }
                 if t.len() >= PATH_MAX {
-                    return Err(err("linkName", format!("symlink target of {} bytes (limit {})", t.len(), PATH_MAX - 1)));
+                    return Err(err(
+                        "linkName",
+                        format!("symlink target of {} bytes (limit {})", t.len(), PATH_MAX - 1),
+                    ));
                 }
                 if t.contains('\0') {
                     return Err(err("linkName", "NUL byte in symlink target".into()));
@@ -1091,7 +1120,9 @@ impl State {
         }
 
         match path {
-            None => self.tree.set_root(entry).map_err(|e| err(if matches!(e, TreeError::BadField { .. }) { "type" } else { "name" }, tree_reason(&e)))?,
+            None => self.tree.set_root(entry).map_err(|e| {
+                err(if matches!(e, TreeError::BadField { .. }) { "type" } else { "name" }, tree_reason(&e))
+            })?,
             Some(p) => {
                 self.insert(p, entry).map_err(|e| err("name", tree_reason(&e)))?;
             }
@@ -1204,7 +1235,8 @@ fn decode_xattrs(xs: &[(Cow<'_, str>, Cow<'_, str>)]) -> Result<Vec<Xattr>, (&'s
             return Err(("xattrs", format!("xattrs exceed the per-file budget of {EXTERNAL_XATTR_BUDGET} bytes")));
         }
     }
-    let used: usize = if out.is_empty() { 0 } else { 12 + out.iter().map(|x| 7 + x.key.len() + x.value.len()).sum::<usize>() };
+    let used: usize =
+        if out.is_empty() { 0 } else { 12 + out.iter().map(|x| 7 + x.key.len() + x.value.len()).sum::<usize>() };
     if used > EXTERNAL_XATTR_BUDGET {
         return Err(("xattrs", format!("xattrs exceed the per-file budget of {EXTERNAL_XATTR_BUDGET} bytes")));
     }
@@ -1268,8 +1300,14 @@ mod tests {
         assert_eq!(root.entry.inode.mtime, 1641555403);
         assert_eq!(root.entry.inode.mtime_nsec, 500_000_000);
         let f = t.node(t.lookup(b"usr/bin/foo").unwrap());
-        assert_eq!(f.entry.inode, Inode { mode: S_IFREG | 0o755, uid: 7, gid: 8, rdev: 0, size: 5, mtime: 0, mtime_nsec: 0 });
-        assert_eq!(f.entry.payload.as_deref(), Some(&b"99/fe908c699dc068438b23e28319cadff1f2153c3043bafb8e83a430bba0a2c6"[..]));
+        assert_eq!(
+            f.entry.inode,
+            Inode { mode: S_IFREG | 0o755, uid: 7, gid: 8, rdev: 0, size: 5, mtime: 0, mtime_nsec: 0 }
+        );
+        assert_eq!(
+            f.entry.payload.as_deref(),
+            Some(&b"99/fe908c699dc068438b23e28319cadff1f2153c3043bafb8e83a430bba0a2c6"[..])
+        );
         assert_eq!(f.entry.xattrs, vec![Xattr { key: b"user.a".to_vec(), value: b"bar".to_vec() }]);
         let usr = t.node(t.lookup(b"usr").unwrap());
         assert_eq!(usr.entry.inode, Inode { mode: S_IFDIR | 0o755, ..Inode::default() });
@@ -1308,16 +1346,14 @@ mod tests {
 
     #[test]
     fn whiteouts_convert_or_stay_literal() {
-        let j = toc(
-            r#"{"type":"dir","name":"d","mode":493},
+        let j = toc(r#"{"type":"dir","name":"d","mode":493},
                {"type":"reg","name":"d/.wh..wh..opq","mode":0},
                {"type":"reg","name":"d/.wh.gone","uid":3,"modtime":"1970-01-01T00:00:10Z"},
                {"type":"reg","name":".wh.x"},
                {"type":"reg","name":"x/.wh.y"},
                {"type":"reg","name":".wh.kept"},
                {"type":"reg","name":"kept"},
-               {"type":"reg","name":".wh..wh.plnk"}"#,
-        );
+               {"type":"reg","name":".wh..wh.plnk"}"#);
         let t = p(&j).unwrap();
         let d = t.node(t.lookup(b"d").unwrap());
         assert_eq!(d.entry.xattrs, vec![Xattr { key: b"trusted.overlay.opaque".to_vec(), value: b"y".to_vec() }]);
@@ -1350,7 +1386,11 @@ mod tests {
         rejects(r#"{"version":1,"entries":[]}{}"#, "after the document");
         rejects(r#"{"version":1,"entries":[{"type":"dir","name":"a"},]}"#, "entry 1");
         rejects(r#"{"version":1,"entries":[5]}"#, "entry 0");
-        let deep = format!(r#"{{"version":1,"entries":[{{"type":"dir","name":"a","x":{}{}}}]}}"#, "[".repeat(200), "]".repeat(200));
+        let deep = format!(
+            r#"{{"version":1,"entries":[{{"type":"dir","name":"a","x":{}{}}}]}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
         rejects(&deep, "recursion limit");
         let big = toc(r#"{"type":"dir","name":"a"}"#);
         let e = parse(big.as_bytes(), &TocOptions { max_input_bytes: 10, ..TocOptions::default() }).unwrap_err();
@@ -1370,7 +1410,10 @@ mod tests {
         rejects(&toc(&format!(r#"{{"type":"reg","name":"{}"}}"#, "x/".repeat(2100))), "PATH_MAX");
         rejects(&toc(r#"{"type":"reg","name":"/"}"#), "root must be a directory");
         rejects(&toc(r#"{"type":"reg","name":"f"},{"type":"reg","name":"f/g"}"#), "not a directory");
-        rejects(&toc(r#"{"type":"reg","name":"f","mode":420},{"type":"reg","name":"f","mode":384}"#), "different metadata");
+        rejects(
+            &toc(r#"{"type":"reg","name":"f","mode":420},{"type":"reg","name":"f","mode":384}"#),
+            "different metadata",
+        );
         // Identical duplicates are accepted.
         p(&toc(r#"{"type":"reg","name":"f","mode":420},{"type":"reg","name":"/f","mode":420}"#)).unwrap();
     }
@@ -1394,8 +1437,17 @@ mod tests {
         rejects(&toc(r#"{"type":"char","name":"a","devMajor":4096}"#), "devMajor");
         rejects(&toc(r#"{"type":"char","name":"a","devMinor":1048576}"#), "devMinor");
         rejects(&toc(r#"{"type":"reg","name":"a","size":3,"digest":"sha256:abc"}"#), "digest");
-        rejects(&toc(&format!(r#"{{"type":"reg","name":"a","size":3,"digest":"{}"}}"#, D.to_uppercase().replace("SHA256", "sha256"))), "digest");
-        rejects(&toc(&format!(r#"{{"type":"reg","name":"a","size":3,"digest":"{}"}}"#, D.replace("sha256", "sha512"))), "digest");
+        rejects(
+            &toc(&format!(
+                r#"{{"type":"reg","name":"a","size":3,"digest":"{}"}}"#,
+                D.to_uppercase().replace("SHA256", "sha256")
+            )),
+            "digest",
+        );
+        rejects(
+            &toc(&format!(r#"{{"type":"reg","name":"a","size":3,"digest":"{}"}}"#, D.replace("sha256", "sha512"))),
+            "digest",
+        );
         rejects(&toc(r#"{"type":"reg","name":"a","size":3}"#), "no digest");
         rejects(&toc(r#"{"type":"reg","name":"a","x-content":"!!"}"#), "x-content");
         rejects(&toc(r#"{"type":"reg","name":"a","size":2,"x-content":"YWJj"}"#), "size");
@@ -1406,7 +1458,10 @@ mod tests {
         rejects(&toc(r#"{"type":"reg","name":"a","xattrs":{"user.a":"not base64!"}}"#), "xattrs");
         rejects(&toc(r#"{"type":"reg","name":"a","xattrs":{"":"YQ=="}}"#), "empty xattr name");
         rejects(&toc(r#"{"type":"reg","name":"a","xattrs":{"user.\u0000":"YQ=="}}"#), "NUL");
-        rejects(&toc(&format!(r#"{{"type":"reg","name":"a","xattrs":{{"user.{}":"YQ=="}}}}"#, "k".repeat(251))), "xattr name longer");
+        rejects(
+            &toc(&format!(r#"{{"type":"reg","name":"a","xattrs":{{"user.{}":"YQ=="}}}}"#, "k".repeat(251))),
+            "xattr name longer",
+        );
         let v = base64::engine::general_purpose::STANDARD.encode(vec![1u8; 65536]);
         rejects(&toc(&format!(r#"{{"type":"reg","name":"a","xattrs":{{"user.a":"{v}"}}}}"#)), "value longer");
         let v = base64::engine::general_purpose::STANDARD.encode(vec![1u8; 20000]);
@@ -1444,7 +1499,11 @@ mod tests {
     #[test]
     fn limits() {
         let opts = TocOptions { limits: Limits { max_entries: 3, max_depth: 2 }, ..TocOptions::default() };
-        let e = parse(toc(r#"{"type":"dir","name":"a"},{"type":"dir","name":"b"},{"type":"dir","name":"c"}"#).as_bytes(), &opts).unwrap_err();
+        let e = parse(
+            toc(r#"{"type":"dir","name":"a"},{"type":"dir","name":"b"},{"type":"dir","name":"c"}"#).as_bytes(),
+            &opts,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("too many entries"), "{e}");
         let e = parse(toc(r#"{"type":"dir","name":"a/b/c"}"#).as_bytes(), &opts).unwrap_err();
         assert!(e.to_string().contains("deeper"), "{e}");
@@ -1452,7 +1511,10 @@ mod tests {
 
     #[test]
     fn detects_flavor() {
-        assert_eq!(detect(br#"{"version":1,"entries":[{"name":".prefetch.landmark","innerOffset":0}]}"#), Flavor::Estargz);
+        assert_eq!(
+            detect(br#"{"version":1,"entries":[{"name":".prefetch.landmark","innerOffset":0}]}"#),
+            Flavor::Estargz
+        );
         assert_eq!(detect(br#"{"version":1,"entries":[{"name":"a","endOffset":3}]}"#), Flavor::ZstdChunked);
     }
 

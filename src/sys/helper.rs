@@ -71,7 +71,7 @@ pub fn ignore_sigxfsz() -> io::Result<()> {
 const NSIO: libc::c_ulong = 0xb7;
 const NS_GET_PARENT: libc::c_ulong = NSIO << 8 | 0x2; // _IO(0xb7, 0x2)
 const NS_GET_NSTYPE: libc::c_ulong = NSIO << 8 | 0x3; // _IO(0xb7, 0x3)
-// _IO(0xb7, 0x4) (it does write a uid_t through the argument, but is declared without a size).
+                                                      // _IO(0xb7, 0x4) (it does write a uid_t through the argument, but is declared without a size).
 const NS_GET_OWNER_UID: libc::c_ulong = NSIO << 8 | 0x4;
 
 /// `ioctl(fd, NS_GET_NSTYPE)`: the CLONE_NEW* type of a namespace fd (ENOTTY if not a ns fd).

@@ -1,8 +1,8 @@
 //! The only place with `unsafe` code: raw syscalls and ioctls that rustix does not wrap.
 //!
 //! Each submodule belongs to one stage; every `unsafe` block carries a `SAFETY:` comment.
+pub mod helper;
 pub mod loopctl;
 pub mod mount;
 pub mod sandbox;
 pub mod verity;
-pub mod helper;

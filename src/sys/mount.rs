@@ -46,9 +46,7 @@ fn mount_setattr(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: u64, userns: Opti
         )
     };
     if ret < 0 {
-        Err(io::Errno::from_raw_os_error(
-            std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO),
-        ))
+        Err(io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)))
     } else {
         Ok(())
     }
@@ -78,12 +76,7 @@ impl UsernsChild {
     pub fn spawn() -> io::Result<UsernsChild> {
         let (ready_r, ready_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (release_r, release_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let (rr, rw, lr, lw) = (
-            ready_r.as_raw_fd(),
-            ready_w.as_raw_fd(),
-            release_r.as_raw_fd(),
-            release_w.as_raw_fd(),
-        );
+        let (rr, rw, lr, lw) = (ready_r.as_raw_fd(), ready_w.as_raw_fd(), release_r.as_raw_fd(), release_w.as_raw_fd());
         // SAFETY: the child only calls async-signal-safe functions (unshare, prctl, write, read, _exit) on
         // raw fds it inherited, touches no locks or allocator state, and never returns.
         let pid = unsafe { libc::fork() };
@@ -111,10 +104,7 @@ impl UsernsChild {
         }
         drop(ready_w);
         drop(release_r);
-        let child = UsernsChild {
-            pid,
-            release: Some(release_w),
-        };
+        let child = UsernsChild { pid, release: Some(release_w) };
         let mut buf = [0u8; 1];
         let n = loop {
             match rustix::io::read(&ready_r, &mut buf) {

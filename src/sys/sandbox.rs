@@ -147,9 +147,7 @@ pub fn seccomp_kill_process_available() -> io::Result<()> {
     const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
     let action: u32 = SECCOMP_RET_KILL_PROCESS;
     // SAFETY: the kernel reads one u32 from a pointer to a live local.
-    let r = unsafe {
-        libc::syscall(libc::SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0u32, &action as *const u32)
-    };
+    let r = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0u32, &action as *const u32) };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }

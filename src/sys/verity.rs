@@ -73,10 +73,7 @@ pub fn enable_sha256(fd: BorrowedFd<'_>, block_size: u32) -> rustix::io::Result<
 /// Reads the file's fs-verity digest: returns (hash algorithm number, digest bytes).
 pub fn measure(fd: BorrowedFd<'_>) -> rustix::io::Result<(u16, Vec<u8>)> {
     let mut buf = DigestBuf {
-        hdr: DigestHeader {
-            digest_algorithm: 0,
-            digest_size: MAX_DIGEST as u16,
-        },
+        hdr: DigestHeader { digest_algorithm: 0, digest_size: MAX_DIGEST as u16 },
         digest: [0; MAX_DIGEST],
     };
     // SAFETY: FS_IOC_MEASURE_VERITY takes a pointer to `struct fsverity_digest`: the kernel reads

@@ -66,11 +66,7 @@ pub fn gunzip(raw: &[u8]) -> Vec<u8> {
 }
 
 /// The dumpfile cases the reference parses leniently (not in strict mode).
-pub const LENIENT_DUMPS: &[&str] = &[
-    "no-newline.dump",
-    "longlink.dump",
-    "honggfuzz-longlink-unterminated.dump",
-];
+pub const LENIENT_DUMPS: &[&str] = &["no-newline.dump", "longlink.dump", "honggfuzz-longlink-unterminated.dump"];
 
 /// Whether the dumpfile case `name` is parsed in strict mode (all but `LENIENT_DUMPS`).
 pub fn is_strict(name: &str) -> bool {

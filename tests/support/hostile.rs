@@ -19,13 +19,7 @@ impl XorShift {
 
 /// A copy of `img` with 1 to `max_edits` edits at random offsets below `span`: each a single
 /// bit flip when `flip_bits`, else a random byte.
-pub fn corrupted(
-    rng: &mut XorShift,
-    img: &[u8],
-    span: usize,
-    max_edits: usize,
-    flip_bits: bool,
-) -> Vec<u8> {
+pub fn corrupted(rng: &mut XorShift, img: &[u8], span: usize, max_edits: usize, flip_bits: bool) -> Vec<u8> {
     let mut m = img.to_vec();
     for _ in 0..1 + rng.below(max_edits) {
         let at = rng.below(span);
@@ -40,8 +34,5 @@ pub fn corrupted(
 
 /// The environment variable `key` parsed as a `T`, or `default` when unset or unparsable.
 pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

@@ -11,10 +11,7 @@ use sha2::{Digest, Sha256};
 /// Writer options pinned to `version` (min = max), or the defaults when there is none.
 pub fn write_options(version: Option<u32>) -> WriteOptions {
     match version {
-        Some(v) => WriteOptions {
-            min_version: v,
-            max_version: v,
-        },
+        Some(v) => WriteOptions { min_version: v, max_version: v },
         None => WriteOptions::default(),
     }
 }
@@ -44,8 +41,5 @@ pub fn fsck(image: &[u8], what: &str) {
 
 /// The sha256 of `data`, in lower-case hex.
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -53,7 +53,10 @@ fn random_xattrs(r: &mut Rng) -> Vec<Xattr> {
         (b"trusted.overlay.opaque", b"y"),
         (b"trusted.overlay.redirect", b"/somewhere"),
         (b"trusted.other", b""),
-        (b"system.posix_acl_access", b"\x02\0\0\0\x01\0\x06\0\xff\xff\xff\xff\x04\0\x04\0\xff\xff\xff\xff\x20\0\x04\0\xff\xff\xff\xff"),
+        (
+            b"system.posix_acl_access",
+            b"\x02\0\0\0\x01\0\x06\0\xff\xff\xff\xff\x04\0\x04\0\xff\xff\xff\xff\x20\0\x04\0\xff\xff\xff\xff",
+        ),
         (b"user.-", b"-"),
     ];
     let mut out: Vec<Xattr> = Vec::new();
@@ -202,4 +205,3 @@ pub fn random_tree(seed: u64, n: usize) -> Tree {
     t.finalize().unwrap();
     t
 }
-
