@@ -11,6 +11,7 @@ pub mod input;
 pub mod loopback;
 pub mod mkimage;
 pub mod mount;
+pub mod oci;
 pub mod overlay;
 pub mod sandbox;
 #[allow(unsafe_code)]
