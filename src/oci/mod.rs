@@ -8,7 +8,7 @@
 //! Layer blobs are never parsed here: they go to the layer reader (sandboxed) together with
 //! their descriptor and diff_id.
 
-// pub mod flatten;
+pub mod flatten;
 pub mod layout;
 
 use std::fmt;
