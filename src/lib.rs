@@ -14,6 +14,7 @@ pub mod mount;
 pub mod oci;
 pub mod overlay;
 pub mod sandbox;
+pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tree;

@@ -354,7 +354,7 @@ where
 }
 
 /// Check what the child wrote: a composefs header, an EROFS superblock, a sane size.
-fn validate_image(f: &File) -> anyhow::Result<BuildInfo> {
+pub(crate) fn validate_image(f: &File) -> anyhow::Result<BuildInfo> {
     use std::os::unix::fs::FileExt;
     let size = f.metadata()?.len();
     let mut hdr = [0u8; 1024 + 128];
