@@ -1,6 +1,8 @@
 //! Command line: argument parsing, dispatch to the stages, and turning errors into one-line messages with exit codes.
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+pub mod oci;
+
 #[derive(Parser)]
 #[command(name = "cfsmount", version, about = "Build, verify and mount composefs images")]
 struct Cli {
@@ -23,6 +25,12 @@ enum Command {
     Verity(crate::fsverity::Command),
     /// Report which kernel features (loop, EROFS, overlay, landlock, seccomp, verity) this machine offers.
     Doctor,
+    /// OCI images: import from an OCI layout into the store, mount, list, remove.
+    #[command(subcommand)]
+    Oci(oci::OciCommand),
+    /// The store of images, layers and objects.
+    #[command(subcommand)]
+    Store(oci::StoreCommand),
 }
 
 fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
@@ -52,6 +60,8 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
         Command::Umount(a) => crate::mount::umount(a),
         Command::Verity(c) => crate::fsverity::run(c),
         Command::Doctor => crate::sandbox::doctor(),
+        Command::Oci(c) => oci::run_oci(c),
+        Command::Store(c) => oci::run_store(c),
     }
 }
 

@@ -9,7 +9,9 @@
 //! their descriptor and diff_id.
 
 pub mod flatten;
+pub mod import;
 pub mod layout;
+pub mod reader;
 
 use std::fmt;
 

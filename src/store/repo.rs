@@ -53,6 +53,8 @@ pub enum RepoError {
     NoImage(String),
     #[error("{0}")]
     Ambiguous(String),
+    #[error("{0}")]
+    Reader(String),
 }
 
 fn io_err<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) -> RepoError + 'a {
@@ -253,13 +255,28 @@ impl Repo {
     }
 
     /// Store a layer's tree (literal whiteouts) as its layer image, with `info`.
-    pub fn add_layer(&self, key: &Sha256, layer: &LayerTree, mut info: LayerInfo) -> Result<(), RepoError> {
+    pub fn add_layer(&self, key: &Sha256, layer: &LayerTree, info: LayerInfo) -> Result<(), RepoError> {
+        self.add_layer_image(key, info, |out| {
+            write_image(&layer.tree, out)?;
+            Ok(layer.external_links.clone())
+        })
+    }
+
+    /// Store a layer whose image `write` writes at the path it is given (in staging): the
+    /// layer reader's output. The image is read back with the hostile-image reader before the
+    /// layer directory is published; `write`'s hard links to lower layers go to layer.json.
+    pub fn add_layer_image<F>(&self, key: &Sha256, mut info: LayerInfo, write: F) -> Result<(), RepoError>
+    where
+        F: FnOnce(&Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RepoError>,
+    {
         use base64::Engine as _;
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-        info.external_links = layer.external_links.iter().map(|(p, t)| (b64(p), b64(t))).collect();
         let st = self.staging()?;
         let dir = st.path();
-        write_image(&layer.tree, &dir.join("layer.cfs"))?;
+        let img = dir.join("layer.cfs");
+        let links = write(&img)?;
+        read_image(&img)?;
+        info.external_links = links.iter().map(|(p, t)| (b64(p), b64(t))).collect();
         write_json(&dir.join("layer.json"), &info)?;
         self.publish(st, &self.layer_dir(key))
     }
@@ -287,32 +304,43 @@ impl Repo {
         Ok(LayerTree { tree, external_links })
     }
 
-    /// Store an image: its flattened tree as image.cfs (fs-verity enabled where the filesystem
-    /// has it), the layout's manifest and config bytes, and `info` (its `fsverity`,
-    /// `verity_enabled` and `image_size` are filled in here). Returns the stored info.
+    /// Store an image: its flattened tree as image.cfs, the layout's manifest and config
+    /// bytes, and `info` (its `fsverity`, `verity_enabled` and `image_size` are filled in
+    /// here). Where the store's filesystem has fs-verity, the image records every object's
+    /// fs-verity digest and gets fs-verity itself, so that mounts can check both. Returns the
+    /// stored info (another import's, if it published the same image first).
     pub fn add_image(
         &self,
         key: &Sha256,
-        tree: &Tree,
+        mut tree: Tree,
         manifest: &[u8],
         config: &[u8],
         mut info: ImageInfo,
     ) -> Result<ImageInfo, RepoError> {
         let st = self.staging()?;
         let dir = st.path();
+        let verity = verity_supported(&dir);
+        if verity {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            crate::mkimage::record_object_digests(&mut tree, &self.objects_dir(), threads)
+                .map_err(|e| RepoError::Build(e.to_string()))?;
+        }
         let img = dir.join("image.cfs");
-        let f = write_image(tree, &img)?;
+        let f = write_image(&tree, &img)?;
+        drop(tree);
         info.image_size = f.metadata().map_err(io_err(&img, "fstat"))?.len();
         let d = crate::fsverity::digest_file(&f).map_err(io_err(&img, "fs-verity digest"))?;
         info.fsverity = crate::fsverity::to_hex(&d);
+        info.verity_enabled = false;
+        if verity {
+            crate::fsverity::enable(f.as_fd()).map_err(|e| RepoError::Build(format!("{}: {e}", img.display())))?;
+            info.verity_enabled = true;
+        }
         drop(f);
-        let ro = File::open(&img).map_err(io_err(&img, "reopening"))?;
-        info.verity_enabled = crate::fsverity::enable(ro.as_fd()).is_ok();
         write_file(&dir.join("manifest.json"), manifest)?;
         write_file(&dir.join("config.json"), config)?;
         write_json(&dir.join("image.json"), &info)?;
         self.publish(st, &self.image_dir(key))?;
-        // Another import may have won: report what is stored.
         self.image_info(key)
     }
 
@@ -429,6 +457,15 @@ pub struct GcReport {
     pub layers: usize,
     pub objects: usize,
     pub bytes: u64,
+}
+
+/// Whether files in `dir` can get fs-verity (a probe file, removed again).
+fn verity_supported(dir: &Path) -> bool {
+    let p = dir.join("verity-probe");
+    let ok = fs::write(&p, b"probe").is_ok()
+        && File::open(&p).map(|f| crate::fsverity::enable(f.as_fd()).is_ok()).unwrap_or(false);
+    let _ = fs::remove_file(&p);
+    ok
 }
 
 /// A staging directory, removed on drop unless published.

@@ -93,8 +93,8 @@ fn layers_and_images_round_trip_and_gc_keeps_shared_objects() {
     .unwrap();
     let flat_b = crate::oci::flatten::flatten(vec![repo.layer_tree(&k3).unwrap()], Limits::default()).unwrap();
     let (ia, ib) = (Sha256::of(b"manifest a"), Sha256::of(b"manifest b"));
-    let a = repo.add_image(&ia, &flat_a, b"{}", b"{}", image_info(&[k1, k2], "oci:a:v1")).unwrap();
-    repo.add_image(&ib, &flat_b, b"{}", b"{}", image_info(&[k3], "oci:b:v1")).unwrap();
+    let a = repo.add_image(&ia, flat_a, b"{}", b"{}", image_info(&[k1, k2], "oci:a:v1")).unwrap();
+    repo.add_image(&ib, flat_b, b"{}", b"{}", image_info(&[k3], "oci:b:v1")).unwrap();
     assert_eq!(a.fsverity.len(), 64);
     let img = repo.image_path(&ia);
     let d = crate::fsverity::digest_file(&File::open(&img).unwrap()).unwrap();
