@@ -44,3 +44,13 @@ fn real_layouts_resolve() {
         }
     }
 }
+
+/// The example shipped for the README's main job: umoci's two gzip layers, tag v1.
+#[test]
+fn example_layout_resolves() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oci-hello/oci");
+    let img = Layout::open(&dir).unwrap().resolve(Some("v1"), None).unwrap();
+    assert_eq!(img.layers.len(), 2);
+    assert!(img.layers.iter().all(|l| l.compression == Compression::Gzip));
+    assert_eq!(img.platform, "linux/amd64");
+}
