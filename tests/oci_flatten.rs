@@ -25,9 +25,13 @@ fn toc_tree(writer: &str, n: u32) -> Tree {
 fn real_layers_flatten_to_umocis_listing() {
     let expected =
         std::fs::read_to_string(conformance::conformance_root().join("real-layers/expected/image.tree.txt")).unwrap();
+    let mut images = Vec::new();
     for writer in ["skopeo-1.22.2-zstd-chunked", "skopeo-1.9.3-zstd-chunked", "cstorage-1.48.1-zstd-chunked"] {
         let layers = vec![toc_tree(writer, 1).into(), toc_tree(writer, 2).into()];
         let t = flatten(layers, Limits::default()).unwrap();
+        let mut img = Vec::new();
+        cfsmount::erofs::writer::write_image(&t, &Default::default(), &mut img).unwrap();
+        images.push((writer, img));
         let got = listing::listing(&t);
         let want: Vec<&str> = expected.lines().collect();
         let diff: Vec<String> = got
@@ -38,5 +42,9 @@ fn real_layers_flatten_to_umocis_listing() {
             .collect();
         assert!(diff.is_empty(), "{writer}: {} lines differ:\n{}", diff.len(), diff.join("\n"));
         assert_eq!(got.len(), want.len(), "{writer}");
+    }
+    // The three writers' layers give one and the same flattened image, byte for byte.
+    for (w, img) in &images[1..] {
+        assert!(*img == images[0].1, "{w}: flattened image differs from {}'s", images[0].0);
     }
 }

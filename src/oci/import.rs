@@ -23,8 +23,7 @@ use super::Sha256;
 use crate::store::repo::{ImageInfo, LayerInfo, Repo, RepoError};
 use crate::tree::Limits;
 
-/// Hard links `(path, target)` of a layer whose target is in a lower layer.
-pub type ExternalLinks = Vec<(Vec<u8>, Vec<u8>)>;
+pub use crate::store::repo::LayerExtras;
 
 /// The layer reader as an import uses it (implemented over issue 12's reader in
 /// [`super::reader`]; tests may give their own).
@@ -32,7 +31,7 @@ pub trait LayerReader {
     /// Read `blob` (hostile; its descriptor and diff_id in `layer`), commit the contents of
     /// its regular files to `objects` (`xx/rest` of their sha256) and write its tree, OCI
     /// whiteouts kept literal, as a composefs image at `image_out` (a new file).
-    fn read_layer(&self, blob: File, layer: &Layer, objects: &Path, image_out: &Path) -> anyhow::Result<ExternalLinks>;
+    fn read_layer(&self, blob: File, layer: &Layer, objects: &Path, image_out: &Path) -> anyhow::Result<LayerExtras>;
 }
 
 /// What an import did.
@@ -88,6 +87,7 @@ pub fn import_image(
             diff_id: layer.diff_id.to_string(),
             annotations: layer.annotations.clone(),
             external_links: Vec::new(),
+            implicit_dirs: Vec::new(),
         };
         let objects = repo.objects_dir();
         repo.add_layer_image(&layer.digest, info, |out| {

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use super::import::{ExternalLinks, LayerReader};
+use super::import::{LayerExtras, LayerReader};
 use super::layout::Layer;
 
 /// Reads layer blobs with issue 12's sandboxed reader.
@@ -21,7 +21,7 @@ impl LayerReader for BlobReader {
         layer: &Layer,
         _objects: &Path,
         _image_out: &Path,
-    ) -> anyhow::Result<ExternalLinks> {
+    ) -> anyhow::Result<LayerExtras> {
         anyhow::bail!("{}: this build has no layer-blob reader yet (issue 12)", layer.media_type)
     }
 }

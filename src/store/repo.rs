@@ -76,6 +76,33 @@ pub struct LayerInfo {
     /// Hard links `(path, target)` to files of lower layers, paths base64 (bytes, not UTF-8).
     #[serde(default)]
     pub external_links: Vec<(String, String)>,
+    /// Directories the layer does not list but implies (parents of its entries; "" is the
+    /// root), base64: an image cannot tell them from listed ones, and flattening must not let
+    /// them override the metadata of the layers below.
+    #[serde(default)]
+    pub implicit_dirs: Vec<String>,
+}
+
+/// What a layer reader returns besides the layer image (see [`Repo::add_layer_image`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerExtras {
+    /// Hard links `(path, target)` whose target is in a lower layer.
+    pub external_links: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Paths of the directories the layer only implies ("" for the root).
+    pub implicit_dirs: Vec<Vec<u8>>,
+}
+
+impl LayerExtras {
+    /// The implied directories of `tree` (nodes created as parents, the root included).
+    pub fn implicit_dirs_of(tree: &Tree) -> Vec<Vec<u8>> {
+        (0..tree.len() as crate::tree::NodeId)
+            .filter(|&i| {
+                let n = tree.node(i);
+                n.implicit && n.entry.inode.is_dir() && n.link_to.is_none()
+            })
+            .map(|i| tree.path_of(i))
+            .collect()
+    }
 }
 
 /// What the store keeps about an image (images/<hex>/image.json).
@@ -258,25 +285,29 @@ impl Repo {
     pub fn add_layer(&self, key: &Sha256, layer: &LayerTree, info: LayerInfo) -> Result<(), RepoError> {
         self.add_layer_image(key, info, |out| {
             write_image(&layer.tree, out)?;
-            Ok(layer.external_links.clone())
+            Ok(LayerExtras {
+                external_links: layer.external_links.clone(),
+                implicit_dirs: LayerExtras::implicit_dirs_of(&layer.tree),
+            })
         })
     }
 
     /// Store a layer whose image `write` writes at the path it is given (in staging): the
     /// layer reader's output. The image is read back with the hostile-image reader before the
-    /// layer directory is published; `write`'s hard links to lower layers go to layer.json.
+    /// layer directory is published; what `write` returns besides goes to layer.json.
     pub fn add_layer_image<F>(&self, key: &Sha256, mut info: LayerInfo, write: F) -> Result<(), RepoError>
     where
-        F: FnOnce(&Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RepoError>,
+        F: FnOnce(&Path) -> Result<LayerExtras, RepoError>,
     {
         use base64::Engine as _;
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         let st = self.staging()?;
         let dir = st.path();
         let img = dir.join("layer.cfs");
-        let links = write(&img)?;
+        let extras = write(&img)?;
         read_image(&img)?;
-        info.external_links = links.iter().map(|(p, t)| (b64(p), b64(t))).collect();
+        info.external_links = extras.external_links.iter().map(|(p, t)| (b64(p), b64(t))).collect();
+        info.implicit_dirs = extras.implicit_dirs.iter().map(|p| b64(p)).collect();
         write_json(&dir.join("layer.json"), &info)?;
         self.publish(st, &self.layer_dir(key))
     }
@@ -290,7 +321,7 @@ impl Repo {
         use base64::Engine as _;
         let info = self.layer_info(key)?;
         let p = self.layer_dir(key).join("layer.cfs");
-        let tree = read_image(&p)?;
+        let mut tree = read_image(&p)?;
         let dec = |s: &str| {
             base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| RepoError::Corrupt {
                 path: self.layer_dir(key).join("layer.json"),
@@ -300,6 +331,16 @@ impl Repo {
         let mut external_links = Vec::new();
         for (a, b) in &info.external_links {
             external_links.push((dec(a)?, dec(b)?));
+        }
+        // Everything in an image is listed (the reader leaves the root marked as created,
+        // as Tree::new made it); then the recorded implied directories are marked again.
+        tree.node_mut(crate::tree::ROOT).implicit = false;
+        for d in &info.implicit_dirs {
+            let path = dec(d)?;
+            // Only directories count; a stale entry names nothing and is ignored.
+            if let Some(id) = tree.lookup(&path).filter(|&id| tree.node(id).entry.inode.is_dir()) {
+                tree.node_mut(id).implicit = true;
+            }
         }
         Ok(LayerTree { tree, external_links })
     }

@@ -33,6 +33,7 @@ fn info(d: &Sha256) -> LayerInfo {
         diff_id: d.to_string(),
         annotations: Default::default(),
         external_links: vec![],
+        implicit_dirs: vec![],
     }
 }
 
@@ -85,6 +86,19 @@ fn layers_and_images_round_trip_and_gc_keeps_shared_objects() {
     let back = repo.layer_tree(&k1).unwrap();
     assert!(back.tree.lookup(b"only-a").is_some() && back.tree.lookup(b"top-a").is_none());
     assert_eq!(repo.layer_tree(&k2).unwrap().external_links, l2.external_links);
+    // Implied directories (here the root) stay implied through the image; listed ones do not.
+    assert!(back.tree.node(crate::tree::ROOT).implicit);
+    let mut t = Tree::new(Limits::default());
+    let listed = Entry { inode: Inode { mode: crate::tree::S_IFDIR | 0o700, ..Inode::default() }, ..Entry::default() };
+    t.set_root(listed.clone()).unwrap();
+    t.insert(b"d", listed).unwrap();
+    t.insert(b"implied/f", Entry { inode: Inode { mode: S_IFREG, ..Inode::default() }, ..Entry::default() }).unwrap();
+    t.finalize().unwrap();
+    let k4 = Sha256::of(b"l4");
+    repo.add_layer(&k4, &t.into(), info(&k4)).unwrap();
+    let back4 = repo.layer_tree(&k4).unwrap().tree;
+    let implicit = |p: &[u8]| back4.node(back4.lookup(p).unwrap()).implicit;
+    assert_eq!((implicit(b""), implicit(b"d"), implicit(b"implied")), (false, false, true));
 
     let flat_a = crate::oci::flatten::flatten(
         vec![repo.layer_tree(&k1).unwrap(), repo.layer_tree(&k2).unwrap()],
@@ -111,7 +125,7 @@ fn layers_and_images_round_trip_and_gc_keeps_shared_objects() {
     let repo = Repo::open(dir.path(), Lock::Exclusive).unwrap();
     repo.remove_image(&ia).unwrap();
     let r = repo.gc().unwrap();
-    assert_eq!((r.layers, r.objects), (2, 2));
+    assert_eq!((r.layers, r.objects), (3, 2));
     assert!(!repo.has_layer(&k1) && !repo.has_layer(&k2) && repo.has_layer(&k3));
     assert_eq!(object_count(&repo), 2);
     let left: Vec<_> = walk(&repo.objects_dir()).iter().map(|p| fs::read(p).unwrap()).collect();
