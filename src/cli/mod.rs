@@ -1,4 +1,6 @@
 //! Command line: argument parsing, dispatch to the stages, and turning errors into one-line messages with exit codes.
+pub mod layer;
+
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -21,6 +23,8 @@ enum Command {
     /// fs-verity: enable, measure (kernel) or digest (userspace) files.
     #[command(subcommand)]
     Verity(crate::fsverity::Command),
+    /// Write a layer's original tar from its tar-split, its image and the objects (the way back).
+    LayerTar(crate::layer::export::Args),
     /// Report which kernel features (loop, EROFS, overlay, landlock, seccomp, verity) this machine offers.
     Doctor,
 }
@@ -51,6 +55,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
         Command::Mount(a) => crate::mount::run(a),
         Command::Umount(a) => crate::mount::umount(a),
         Command::Verity(c) => crate::fsverity::run(c),
+        Command::LayerTar(a) => crate::layer::export::run(a),
         Command::Doctor => crate::sandbox::doctor(),
     }
 }
