@@ -390,14 +390,18 @@ impl Walk<'_, '_> {
             };
             let err = |r: String| format!("tar member {} ({}): {r}", e.index, crate::tree::show(&e.name));
             let placed = self.tt.add(&e).map_err(err)?;
-            let crc = self.content(tr, &e, placed, split_crc.is_some())?;
+            let (crc, inline) = self.content(tr, &e, placed, split_crc.is_some())?;
             if let (Some(want), Some(got)) = (split_crc, crc) {
                 if want != got.to_be_bytes() {
                     return Err(err("its content does not match the tar-split's CRC-64".into()));
                 }
             }
             if let Some(w) = &mut self.link.tarsplit {
-                w.file(&e.name, e.size, crc.filter(|_| e.size > 0));
+                match inline {
+                    // Not in the tree (eStargz bookkeeping): its content is kept as raw bytes.
+                    Some(bytes) => w.segment(&bytes),
+                    None => w.file(&e.name, e.size, crc.filter(|_| e.size > 0)),
+                }
             }
             self.link.flush_tarsplit(false)?;
         }
@@ -412,9 +416,10 @@ impl Walk<'_, '_> {
         e: &TarEntry,
         placed: Placed,
         need_crc: bool,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<(Option<u64>, Option<Vec<u8>>), String> {
+        let mut inline = (placed == Placed::Skipped && self.link.tarsplit.is_some()).then(Vec::new);
         if e.size == 0 {
-            return Ok(None);
+            return Ok((None, inline));
         }
         let name = crate::layer::tartree::normalize(&e.name).ok().flatten().unwrap_or_default().to_vec();
         let facts = self.toc.and_then(|t| t.map.get(&name));
@@ -442,6 +447,9 @@ impl Walk<'_, '_> {
             if let Some(c) = &mut crc {
                 c.update(b);
             }
+            if let Some(v) = &mut inline {
+                v.extend_from_slice(b);
+            }
         }
         if let Some(c) = chunks {
             c.finish()?;
@@ -456,7 +464,7 @@ impl Walk<'_, '_> {
         if let Placed::Content(id) = placed {
             self.link.sent(id, name)?;
         }
-        Ok(crc.map(|c| c.finalize()))
+        Ok((crc.map(|c| c.finalize()), inline))
     }
 
     /// The raw bytes after the last member; returns what the tar-split holds beyond the stream.
