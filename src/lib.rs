@@ -8,6 +8,7 @@ pub mod erofs;
 pub mod fsverity;
 pub mod helper;
 pub mod input;
+pub mod layer;
 pub mod loopback;
 pub mod mkimage;
 pub mod mount;

@@ -1,4 +1,6 @@
 //! Command line: argument parsing, dispatch to the stages, and turning errors into one-line messages with exit codes.
+pub mod layer;
+
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 pub mod oci;
@@ -23,6 +25,8 @@ enum Command {
     /// fs-verity: enable, measure (kernel) or digest (userspace) files.
     #[command(subcommand)]
     Verity(crate::fsverity::Command),
+    /// Write a layer's original tar from its tar-split, its image and the objects (the way back).
+    LayerTar(crate::layer::export::Args),
     /// Report which kernel features (loop, EROFS, overlay, landlock, seccomp, verity) this machine offers.
     Doctor,
     /// OCI images: import from an OCI layout into the store, mount, list, remove.
@@ -59,6 +63,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
         Command::Mount(a) => crate::mount::run(a),
         Command::Umount(a) => crate::mount::umount(a),
         Command::Verity(c) => crate::fsverity::run(c),
+        Command::LayerTar(a) => crate::layer::export::run(a),
         Command::Doctor => crate::sandbox::doctor(),
         Command::Oci(c) => oci::run_oci(c),
         Command::Store(c) => oci::run_store(c),
