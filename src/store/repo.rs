@@ -501,7 +501,7 @@ pub struct GcReport {
 }
 
 /// Whether files in `dir` can get fs-verity (a probe file, removed again).
-fn verity_supported(dir: &Path) -> bool {
+pub(crate) fn verity_supported(dir: &Path) -> bool {
     let p = dir.join("verity-probe");
     let ok = fs::write(&p, b"probe").is_ok()
         && File::open(&p).map(|f| crate::fsverity::enable(f.as_fd()).is_ok()).unwrap_or(false);
