@@ -164,11 +164,10 @@ fn layer_content_that_disagrees_is_refused_with_nothing_left() {
     // A layer blob whose bytes are not its digest (same size): refused, nothing imported.
     let tmp2 = tempfile::tempdir().unwrap();
     let l = copy_layout(&writers().join("skopeo-1.22.2-zstd/oci"), tmp2.path());
-    let m = json(
-        &l.join("blobs/sha256").join(
+    let m =
+        json(&l.join("blobs/sha256").join(
             json(&l.join("index.json"))["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:"),
-        ),
-    );
+        ));
     let blob = l.join("blobs/sha256").join(m["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:"));
     let mut b = std::fs::read(&blob).unwrap();
     let i = b.len() / 2;

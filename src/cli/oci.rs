@@ -141,7 +141,10 @@ pub fn run_store(c: StoreCommand) -> anyhow::Result<()> {
         StoreCommand::Gc(s) => {
             let repo = s.open(Lock::Exclusive)?;
             let r = repo.gc().context("store gc")?;
-            println!("removed {} layers and {} objects ({} bytes)", r.layers, r.objects, r.bytes);
+            println!(
+                "removed {} layers and {} objects ({} bytes), {} staging directories of killed imports",
+                r.layers, r.objects, r.bytes, r.staging
+            );
             Ok(())
         }
     }

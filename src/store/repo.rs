@@ -36,6 +36,9 @@ use crate::oci::flatten::LayerTree;
 use crate::oci::Sha256;
 use crate::tree::Tree;
 
+/// Name prefix of the object store's per-import staging directories in objects/ (see
+/// `crate::layer::store::Staging`): what a killed layer import leaves there.
+const OBJECT_STAGING_PREFIX: &[u8] = b".cfsmount-import-";
 /// Largest layer.json / image.json read back (they are ours, but the store may be a user's).
 const MAX_RECORD_BYTES: u64 = 16 << 20;
 /// Largest layer or image read back into memory for flattening or gc.
@@ -475,6 +478,16 @@ impl Repo {
             if !fan.file_type().map_err(io_err(&fp, "stat"))?.is_dir() {
                 continue;
             }
+            // Staging of a layer import that was killed (no import runs: the lock is ours).
+            if name.as_encoded_bytes().starts_with(OBJECT_STAGING_PREFIX) {
+                fs::remove_dir_all(&fp).map_err(io_err(&fp, "removing staging"))?;
+                report.staging += 1;
+                continue;
+            }
+            let fan_ok = name.len() == 2 && name.as_encoded_bytes().iter().all(|b| b.is_ascii_hexdigit());
+            if !fan_ok {
+                continue;
+            }
             for obj in fs::read_dir(&fp).map_err(io_err(&fp, "listing"))? {
                 let obj = obj.map_err(io_err(&fp, "listing"))?;
                 let mut rel = name.as_encoded_bytes().to_vec();
@@ -498,6 +511,8 @@ pub struct GcReport {
     pub layers: usize,
     pub objects: usize,
     pub bytes: u64,
+    /// Staging directories of killed layer imports removed from objects/.
+    pub staging: usize,
 }
 
 /// Whether files in `dir` can get fs-verity (a probe file, removed again).
