@@ -152,3 +152,135 @@ fn real_layers_image_mounts_as_umoci_unpacks_it() {
     assert_eq!(count_files(&store.join("objects")), 0);
     assert_eq!(count_files(&store.join("images")) + count_files(&store.join("layers")), 0);
 }
+
+fn list_tree(dir: &Path) -> Vec<u8> {
+    run(Command::new("python3").arg(real().join("list-tree.py")).arg(dir)).stdout
+}
+
+/// `diff` of two listings for a failure message.
+fn diff(a: &[u8], b: &[u8], scratch: &Path) -> String {
+    std::fs::write(scratch.join("a.txt"), a).unwrap();
+    std::fs::write(scratch.join("b.txt"), b).unwrap();
+    let d = Command::new("diff").arg(scratch.join("a.txt")).arg(scratch.join("b.txt")).output().unwrap();
+    String::from_utf8_lossy(&d.stdout).into_owned()
+}
+
+/// Import and mount `reference` with the CLI, list the mount, unmount.
+fn mount_and_list(reference: &str, store: &Path, state: &Path, mnt: &Path) -> Vec<u8> {
+    run(cfs(state).args(["oci", "mount", reference]).arg(mnt).arg("--store").arg(store));
+    let l = Command::new("python3").arg(real().join("list-tree.py")).arg(mnt).output().unwrap();
+    run(cfs(state).arg("umount").arg(mnt));
+    assert!(l.status.success(), "{}", String::from_utf8_lossy(&l.stderr));
+    l.stdout
+}
+
+#[test]
+fn real_layouts_import_and_mount_as_umoci_unpacks_them() {
+    assert!(rustix::process::geteuid().is_root(), "root_oci needs root (it mounts); run the root tier as root");
+    let scratch = tempfile::Builder::new().prefix("oci-root-").tempdir_in("/var/tmp").unwrap();
+    let s = scratch.path();
+    let (store, state, mnt) = (s.join("store"), s.join("state"), s.join("mnt"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let want = std::fs::read(real().join("expected/image.tree.txt")).unwrap();
+    for w in ["umoci-0.4.7-gzip", "skopeo-1.9.3-zstd-chunked", "skopeo-1.22.2-zstd-chunked"] {
+        let r = format!("oci:{}:v1", real().join("writers").join(w).join("oci").display());
+        let got = mount_and_list(&r, &store, &state, &mnt);
+        assert!(got == want, "{w}: mounted image differs from image.tree.txt:\n{}", diff(&want, &got, s));
+    }
+    // One image digest for all three (gzip and zstd:chunked of two generations).
+    let ls = String::from_utf8(run(cfs(&state).args(["oci", "ls", "--store"]).arg(&store)).stdout).unwrap();
+    let digests: std::collections::BTreeSet<&str> = ls.lines().skip(1).map(|l| l.split('\t').nth(4).unwrap()).collect();
+    assert_eq!(digests.len(), 1, "{ls}");
+}
+
+/// A tree for a layer tar: (path, content or "DIR" or "->target" or "=link-to").
+fn make_tree(root: &Path, entries: &[(&str, &str)]) {
+    std::fs::create_dir_all(root).unwrap();
+    for (p, what) in entries {
+        let path = root.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        if *what == "DIR" {
+            std::fs::create_dir_all(&path).unwrap();
+        } else if let Some(t) = what.strip_prefix("->") {
+            std::os::unix::fs::symlink(t, &path).unwrap();
+        } else if let Some(t) = what.strip_prefix('=') {
+            std::fs::hard_link(root.join(t), &path).unwrap();
+        } else {
+            std::fs::write(&path, what).unwrap();
+        }
+    }
+}
+
+/// Images made here with real tools (GNU tar layers, umoci), compared with `umoci unpack`.
+#[test]
+fn images_made_with_umoci_mount_as_umoci_unpacks_them() {
+    assert!(rustix::process::geteuid().is_root(), "root_oci needs root (it mounts); run the root tier as root");
+    let scratch = tempfile::Builder::new().prefix("oci-root-").tempdir_in("/var/tmp").unwrap();
+    let s = scratch.path();
+    let (store, state, mnt) = (s.join("store"), s.join("state"), s.join("mnt"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let layers: [&[(&str, &str)]; 3] = [
+        &[
+            ("etc/motd", "hello\n"),
+            ("etc/keep", "keep\n"),
+            ("bin/tool", "#!/bin/sh\n"),
+            ("bin/tool-link", "=bin/tool"),
+            ("bin/sh", "->tool"),
+            ("data/a", "a1\n"),
+            ("data/b", "b1\n"),
+            ("data/sub/c", "c1\n"),
+            ("gone/deep/x", "x\n"),
+            ("file-to-dir", "was a file\n"),
+            ("dir-to-file/inside", "in a dir\n"),
+        ],
+        &[
+            ("etc/.wh.motd", ""),
+            (".wh.gone", ""),
+            ("data/.wh..wh..opq", ""),
+            ("data/a", "a2\n"),
+            ("file-to-dir/now-inside", "now a dir\n"),
+            ("dir-to-file", "now a file\n"),
+            ("bin/added", "added in layer 2\n"),
+        ],
+        &[("file-to-dir", "a file again\n"), ("dir-to-file/back", "a dir again\n"), ("etc/motd", "motd is back\n")],
+    ];
+    let layout = s.join("layout");
+    let img = format!("{}:v1", layout.display());
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &img]));
+    for (i, entries) in layers.iter().enumerate() {
+        let t = s.join(format!("t{i}"));
+        make_tree(&t, entries);
+        let tar = s.join(format!("l{i}.tar"));
+        run(Command::new("tar")
+            .args(["--format=posix", "--numeric-owner", "--sort=name", "--mtime=@1714564800", "--xattrs"])
+            .arg("-C")
+            .arg(&t)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."));
+        run(Command::new("umoci").args(["raw", "add-layer", "--image", &img]).arg(&tar));
+    }
+    let bundle = s.join("bundle");
+    run(Command::new("umoci").args(["unpack", "--image", &img]).arg(&bundle));
+    let want = list_tree(&bundle.join("rootfs"));
+    let got = mount_and_list(&format!("oci:{img}"), &store, &state, &mnt);
+    assert!(got == want, "mounted image differs from umoci unpack:\n{}", diff(&want, &got, s));
+    let text = String::from_utf8_lossy(&got).to_string();
+    for p in ["/etc/motd\t", "/file-to-dir\tf", "/dir-to-file\td", "/dir-to-file/back\t", "/data/a\t"] {
+        assert!(text.contains(p), "{p} missing:\n{text}");
+    }
+    for p in ["/gone", "/data/b\t", "/data/sub", "/.wh.", "/dir-to-file/inside"] {
+        assert!(!text.contains(p), "{p} present:\n{text}");
+    }
+
+    // The bundled example, too.
+    let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/oci-hello/oci");
+    let b2 = s.join("bundle2");
+    run(Command::new("umoci").args(["unpack", "--image", &format!("{}:v1", ex.display())]).arg(&b2));
+    let want = list_tree(&b2.join("rootfs"));
+    let got = mount_and_list(&format!("oci:{}:v1", ex.display()), &store, &state, &mnt);
+    assert!(got == want, "examples/oci-hello differs from umoci unpack:\n{}", diff(&want, &got, s));
+}

@@ -125,7 +125,7 @@ pub fn run_oci(c: OciCommand) -> anyhow::Result<()> {
         }
         OciCommand::Rm(a) => {
             let repo = a.store.open(Lock::Exclusive)?;
-            let keys = a.names.iter().map(|n| repo.find_image(n)).collect::<Result<Vec<_>, _>>()?;
+            let keys = a.names.iter().map(|n| find(&repo, n)).collect::<anyhow::Result<Vec<_>>>()?;
             for k in keys {
                 refuse_if_mounted(&repo.image_path(&k))?;
                 repo.remove_image(&k).with_context(|| format!("removing {k}"))?;
@@ -150,6 +150,27 @@ pub fn run_store(c: StoreCommand) -> anyhow::Result<()> {
     }
 }
 
+/// An image by name: `oci:DIR[:TAG]` is resolved in its layout (if the layout is still there)
+/// to its manifest digest, else matched with the recorded source; anything else is a digest or
+/// a unique digest prefix.
+fn find(repo: &Repo, name: &str) -> anyhow::Result<Sha256> {
+    if let Ok(r) = Reference::parse(name) {
+        let layout = crate::oci::layout::Layout::open(&r.dir);
+        if let Ok(img) = layout.and_then(|l| l.resolve(r.tag.as_deref(), None)) {
+            if repo.has_image(&img.manifest_digest) {
+                return Ok(img.manifest_digest);
+            }
+        }
+        let dir = std::path::absolute(&r.dir).unwrap_or(r.dir.clone());
+        let source = match &r.tag {
+            Some(t) => format!("oci:{}:{t}", dir.display()),
+            None => format!("oci:{}", dir.display()),
+        };
+        return Ok(repo.find_image(&source)?);
+    }
+    Ok(repo.find_image(name)?)
+}
+
 /// An image that a live mount uses cannot be removed (its objects would vanish under it).
 fn refuse_if_mounted(image: &Path) -> anyhow::Result<()> {
     let records = crate::mount::list_records().unwrap_or_default();
@@ -166,7 +187,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     let key: Sha256 = if a.reference.starts_with("oci:") {
         do_import(&repo, &a.reference, &a.platform)?.manifest
     } else {
-        repo.find_image(&a.reference)?
+        find(&repo, &a.reference)?
     };
     let info = repo.image_info(&key)?;
     let image = repo.image_path(&key);

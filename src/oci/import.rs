@@ -54,9 +54,11 @@ pub fn import(
 ) -> anyhow::Result<Imported> {
     let layout = Layout::open(&reference.dir)?;
     let image = layout.resolve(reference.tag.as_deref(), platform)?;
+    // Recorded with the layout's absolute path, so that it names the image from anywhere.
+    let dir = std::path::absolute(&reference.dir).unwrap_or_else(|_| reference.dir.clone());
     let source = match &reference.tag {
-        Some(t) => format!("oci:{}:{t}", reference.dir.display()),
-        None => format!("oci:{}", reference.dir.display()),
+        Some(t) => format!("oci:{}:{t}", dir.display()),
+        None => format!("oci:{}", dir.display()),
     };
     import_image(repo, &layout, &image, &source, reader)
 }
