@@ -227,8 +227,11 @@ impl Repo {
     fn clean_tmp(&self) -> Result<(), RepoError> {
         let t = self.root.join("tmp");
         for e in fs::read_dir(&t).map_err(io_err(&t, "listing"))? {
-            let p = e.map_err(io_err(&t, "listing"))?.path();
-            let r = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            let e = e.map_err(io_err(&t, "listing"))?;
+            let p = e.path();
+            // Never follows a symlink: a link is removed, not what it points to.
+            let is_dir = e.file_type().map_err(io_err(&p, "stat"))?.is_dir();
+            let r = if is_dir { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
             r.map_err(io_err(&p, "removing staging"))?;
         }
         Ok(())
