@@ -9,8 +9,10 @@
 //!   diff_id (with its rule for writers that dropped the tar's trailing padding: skopeo 1.9.3,
 //!   containers/storage 1.48).
 //! - Whiteouts are kept literal (flattening needs them so).
-//! - Objects are committed to the store's objects; with fs-verity where the store's
-//!   filesystem has it (then the layer image records the objects' fs-verity digests).
+//! - Objects are committed to the store's objects. fs-verity is not asked of the reader: its
+//!   `enable_verity` also seals the layer image, which fails with ETXTBSY while its writable
+//!   handle is open (reported to `layers`), and layer images are never mounted; the repository
+//!   seals the objects an image uses and records their digests when it writes the image.
 //! - Directories the layer only implies: today's reader does not report them, so they are
 //!   recognised in the written image by the metadata the tree gives implied directories
 //!   (0755, owner 0:0, mtime 0, no xattrs). A directory a tar lists with exactly that metadata
@@ -46,7 +48,7 @@ impl LayerReader for BlobReader {
         req.descriptor = Some(desc_path.clone());
         req.diff_id = Some(layer.diff_id.to_string());
         req.keep_whiteouts = true;
-        req.enable_verity = crate::store::repo::verity_supported(dir);
+        req.enable_verity = false;
         let r = crate::layer::import(&req);
         let _ = std::fs::remove_file(&desc_path);
         drop(blob);

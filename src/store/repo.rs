@@ -26,6 +26,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -368,9 +369,7 @@ impl Repo {
         let dir = st.path();
         let verity = verity_supported(&dir);
         if verity {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            crate::mkimage::record_object_digests(&mut tree, &self.objects_dir(), threads)
-                .map_err(|e| RepoError::Build(e.to_string()))?;
+            self.seal_objects(&mut tree)?;
         }
         let img = dir.join("image.cfs");
         let f = write_image(&tree, &img)?;
@@ -389,6 +388,33 @@ impl Repo {
         write_json(&dir.join("image.json"), &info)?;
         self.publish(st, &self.image_dir(key))?;
         self.image_info(key)
+    }
+
+    /// Enable fs-verity on every object `tree` names (already sealed ones are fine) and record
+    /// the kernel's digest of each in the tree, so that the image carries it.
+    fn seal_objects(&self, tree: &mut Tree) -> Result<(), RepoError> {
+        let od = self.objects_dir();
+        let mut done: std::collections::HashMap<Vec<u8>, [u8; 32]> = std::collections::HashMap::new();
+        for n in tree.nodes.iter_mut() {
+            let e = &mut n.entry;
+            let Some(p) = e.payload.clone().filter(|_| e.inode.is_reg() && e.content.is_none()) else { continue };
+            if let Some(d) = done.get(&p) {
+                e.fsverity_digest = Some(*d);
+                continue;
+            }
+            let path = od.join(std::ffi::OsStr::from_bytes(&p));
+            let f = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path)
+                .map_err(io_err(&path, "opening the object"))?;
+            let verr = |e: crate::fsverity::VerityError| RepoError::Build(format!("{}: {e}", path.display()));
+            crate::fsverity::enable(f.as_fd()).map_err(verr)?;
+            let d = crate::fsverity::measure(f.as_fd()).map_err(verr)?;
+            e.fsverity_digest = Some(d);
+            done.insert(p, d);
+        }
+        Ok(())
     }
 
     pub fn image_info(&self, key: &Sha256) -> Result<ImageInfo, RepoError> {
