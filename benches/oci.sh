@@ -9,6 +9,8 @@
 # files), assembled by umoci (gzip layers). Also the same image as zstd:chunked (skopeo).
 # Needs root, hyperfine, mmdebstrap, skopeo, umoci; peers by path (optional):
 #   MKCOMPOSEFS=/opt/peers/composefs/bin/mkcomposefs MOUNT_COMPOSEFS=/opt/peers/composefs/bin/mount.composefs
+# Every command ends with its data on disk: cfsmount syncs the store itself (one syncfs per
+# published layer/image), the others get a final `sync` (before the mount for mkcomposefs).
 # Data is built once into $BENCH_DIR (default /var/tmp/cfsmount-bench-oci) and reused
 # (BENCH_DATA_ONLY=1 builds it and stops: that part needs no mount lock).
 # Run it under the machine's mount lock: flock /tmp/cfsmount-root.lock bash benches/oci.sh
@@ -71,6 +73,7 @@ for d in $(python3 -c 'import json,sys;print(" ".join(l["digest"][7:] for l in j
     tar -xpf "$blob" -C "$out/root" --numeric-owner --xattrs --xattrs-include='*' --exclude='.wh.*'
 done
 "$mk" --digest-store="$out/objects" "$out/root" "$out/image.cfs"
+sync
 "$mnt_composefs" "$out/image.cfs" "$out/mnt" -o basedir="$out/objects"
 umount "$out/mnt"
 EOF
@@ -79,19 +82,20 @@ chmod +x "$BENCH_DIR/tar-mkcomposefs.sh"
 # ---- one run ----------------------------------------------------------------------------------
 S=$BENCH_DIR/store M=$BENCH_DIR/mnt B=$BENCH_DIR/bundle T=$BENCH_DIR/tarcfs
 mkdir -p "$M"
-echo "== $(date -u +%FT%TZ) $(uname -r), $(nproc) cores; image: $(du -sh "$L/blobs" | cut -f1) of blobs"
+echo "== $(date -u +%FT%TZ) $(uname -r), $(nproc) cores; image: $(du -sh "$L/blobs" | cut -f1) of blobs; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 cmds=(
     -n "cfsmount import+mount (gzip)" --prepare "rm -rf $S; sync" "$bin oci mount oci:$L:v1 $M --store $S && $bin umount $M"
     -n "cfsmount import+mount (zstd:chunked)" --prepare "rm -rf $S; sync" "$bin oci mount oci:$BENCH_DIR/layout-zstd-chunked:v1 $M --store $S && $bin umount $M"
-    -n "umoci unpack (gzip)" --prepare "rm -rf $B; sync" "umoci unpack --image $L:v1 $B >/dev/null"
+    -n "umoci unpack + sync (gzip)" --prepare "rm -rf $B; sync" "umoci unpack --image $L:v1 $B >/dev/null && sync"
 )
 if [ -x "$MKCOMPOSEFS" ] && [ -x "$MOUNT_COMPOSEFS" ]; then
-    cmds+=(-n "tar -x per layer + mkcomposefs + mount.composefs (gzip)" --prepare "rm -rf $T; sync"
+    cmds+=(-n "tar -x per layer + mkcomposefs + sync + mount.composefs (gzip)" --prepare "rm -rf $T; sync"
            "$BENCH_DIR/tar-mkcomposefs.sh $L $T $MKCOMPOSEFS $MOUNT_COMPOSEFS")
 fi
 hyperfine --runs "$RUNS" --export-markdown "$BENCH_DIR/result.md" "${cmds[@]}"
 echo "== peak RSS (KiB), one run each"
 rm -rf "$S"; /usr/bin/time -f "cfsmount oci import (gzip): %M KiB, %e s" "$bin" oci import "oci:$L:v1" --store "$S" >/dev/null
 rm -rf "$B"; /usr/bin/time -f "umoci unpack: %M KiB, %e s" umoci unpack --image "$L:v1" "$B" >/dev/null
+echo "== load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 rm -rf "$S" "$B" "$T"
 cat "$BENCH_DIR/result.md"
