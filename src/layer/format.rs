@@ -234,11 +234,8 @@ fn detect_zstd(blob: &mut dyn ReadAt, size: u64, desc: &Descriptor) -> Result<La
         (Footer::None, None, None)
     };
     // The descriptor's annotations win (as in containers/storage); a footer must agree with them.
-    let (ann_pos_key, ann_digest_key) = if desc.ann(ANN_TOC_POS).is_some() {
-        (ANN_TOC_POS, ANN_TOC_DIGEST)
-    } else {
-        (ANN_OLD_TOC_POS, ANN_OLD_TOC_DIGEST)
-    };
+    let ann_pos_key = if desc.ann(ANN_TOC_POS).is_some() { ANN_TOC_POS } else { ANN_OLD_TOC_POS };
+    let ann_digest_key = if desc.ann(ANN_TOC_DIGEST).is_some() { ANN_TOC_DIGEST } else { ANN_OLD_TOC_DIGEST };
     let apos = desc.ann(ann_pos_key).map(|s| parse_pos(s, true, ann_pos_key)).transpose()?;
     let asplit = desc.ann(ANN_TARSPLIT_POS).map(|s| parse_pos(s, false, ANN_TARSPLIT_POS)).transpose()?;
     let toc = match (apos, fpos) {
