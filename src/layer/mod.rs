@@ -152,7 +152,8 @@ pub fn import(req: &ImportRequest) -> anyhow::Result<ImportResult> {
         limits: Limits::default(),
     };
 
-    let staging = store::Staging::new(&req.objects, req.enable_verity)?;
+    let mut staging = store::Staging::new(&req.objects, req.enable_verity)?;
+    staging.start_prefetch(2)?;
     let out_dir = parent_dir(&req.output);
     let (img, img_path) =
         create_temp(&out_dir).with_context(|| format!("creating a temporary file in {}", out_dir.display()))?;
