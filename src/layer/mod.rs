@@ -190,18 +190,19 @@ pub fn import(req: &ImportRequest) -> anyhow::Result<ImportResult> {
 
     validate(&img, &staging, req.enable_verity).context("the sandboxed reader returned an invalid image")?;
     let stats = staging.commit()?;
-    let mut img = img;
-    finish_file(&mut img, &mut img_guard, &req.output, req.enable_verity)?;
-    if let (Some(mut f), Some(p)) = (ts_file, &req.tar_split) {
-        finish_file(&mut f, &mut ts_guard, p, false)?;
+    finish_file(img, &mut img_guard, &req.output, req.enable_verity)?;
+    if let (Some(f), Some(p)) = (ts_file, &req.tar_split) {
+        finish_file(f, &mut ts_guard, p, false)?;
     }
     Ok(ImportResult { summary: drained.summary, stats, image_size: drained.image_size })
 }
 
-fn finish_file(f: &mut File, guard: &mut UnlinkOnDrop, dest: &Path, verity: bool) -> anyhow::Result<()> {
+fn finish_file(f: File, guard: &mut UnlinkOnDrop, dest: &Path, verity: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     f.set_permissions(std::fs::Permissions::from_mode(0o644)).context("fchmod")?;
     f.sync_all().context("fsync")?;
+    // fs-verity refuses a file that is open for writing: this was the last writer.
+    drop(f);
     let tp = guard.0.clone().expect("temporary path");
     if verity {
         let ro = File::open(&tp).with_context(|| format!("reopening {}", tp.display()))?;
