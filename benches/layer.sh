@@ -8,6 +8,7 @@
 #     tree (it copies and fsyncs each object);
 #   - `umoci unpack` of the gzip image (extraction only, no image, no sync);
 #   - the physical limit: `zstd -dc BLOB | sha256sum` (and `gzip -dc` for the gzip blob).
+# The same paths again with the store and tree on tmpfs (/dev/shm: file creation is cheap there).
 # Then peak RSS (GNU time; the larger of cfsmount and its sandboxed reader) on a ~1 GB layer
 # (the minbase tree plus 6 files of 128 MiB of random bytes), with its time and its limit.
 #
@@ -58,6 +59,17 @@ hyperfine --runs "$runs" --warmup 1 --prepare "$clean" --export-markdown layer.m
        "mkdir tree && zstd -dc $zs | tar -x --numeric-owner --xattrs --xattrs-include='*' -C tree && $mkcomposefs --digest-store=store tree cfsimg" \
     -n "umoci unpack (gzip)" "umoci unpack --image oci-gzip:v1 bundle >/dev/null"
 eval "$clean"
+
+# The same on tmpfs (/dev/shm), where creating a file is cheap: what is left is the CPU side.
+shm=$(mktemp -d /dev/shm/cfsmount-bench.XXXXXX)
+sclean="rm -rf $shm/store $shm/img $shm/tree $shm/cfsimg"
+hyperfine --runs "$runs" --warmup 1 --prepare "$sclean" --export-markdown layer-tmpfs.md \
+    -n "tmpfs: limit: zstd -dc | sha256sum" "zstd -dc $zs | sha256sum" \
+    -n "tmpfs: cfsmount --from-layer zstd" "$bin mkimage --from-layer $zs $shm/img --objects $shm/store 2>/dev/null" \
+    -n "tmpfs: cfsmount --from-layer zstd:chunked" "$bin mkimage --from-layer $zc $shm/img --objects $shm/store 2>/dev/null" \
+    -n "tmpfs: tar -x + mkcomposefs --digest-store" \
+       "mkdir $shm/tree && zstd -dc $zs | tar -x --numeric-owner --xattrs --xattrs-include='*' -C $shm/tree && $mkcomposefs --digest-store=$shm/store $shm/tree $shm/cfsimg"
+rm -rf "$shm"
 
 # ~1 GB layer: peak RSS must not grow with content size.
 if [ ! -f big.tar ]; then
