@@ -187,8 +187,17 @@ pub(crate) fn run(req: &ChildRequest, mut blob: File, sock: File) -> Result<(), 
         seen: Vec::new(),
         toc_copy_ok: false,
     };
-    walk.entries(&mut tr)?;
-    let extra = walk.end(&mut tr)?;
+    let extra = match walk.entries(&mut tr).and_then(|()| walk.end(&mut tr)) {
+        Ok(x) => x,
+        Err(e) => {
+            // A blob that is not the one the descriptor names is reported as that.
+            if let Some(want) = want_digest {
+                let (f, _) = tr.into_inner().inner.into_region().into_parts();
+                check_whole_digest(f, want)?;
+            }
+            return Err(e);
+        }
+    };
     let Walk { mut link, tt, seen, toc_copy_ok, .. } = walk;
     link.answers(0)?;
     let stream = tr.into_inner();
@@ -545,6 +554,22 @@ impl<'f> ChunkCheck<'f> {
         }
         Ok(())
     }
+}
+
+/// Hash the whole blob again (error path only).
+fn check_whole_digest(f: &mut File, want: [u8; 32]) -> Result<(), String> {
+    f.seek(SeekFrom::Start(0)).map_err(|e| format!("blob: {e}"))?;
+    let mut h = Sha256::new();
+    std::io::copy(f, &mut h).map_err(|e| format!("blob: {e}"))?;
+    let got: [u8; 32] = h.finalize().into();
+    if got != want {
+        return Err(format!(
+            "the blob's digest sha256:{} does not match the descriptor's sha256:{}",
+            hex(&got),
+            hex(&want)
+        ));
+    }
+    Ok(())
 }
 
 fn finish_blob_digest(

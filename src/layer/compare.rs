@@ -109,3 +109,34 @@ pub(crate) fn trees(toc: &Tree, tar: &Tree) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{Inode, Limits, S_IFREG};
+
+    fn tree_with(mtime: i64, nsec: u32, mode: u32) -> Tree {
+        let mut t = Tree::new(Limits::default());
+        let inode = Inode { mode: S_IFREG | mode, mtime, mtime_nsec: nsec, ..Inode::default() };
+        t.insert(b"a", Entry { inode, ..Entry::default() }).unwrap();
+        t.finalize().unwrap();
+        t
+    }
+
+    #[test]
+    fn whole_second_toc_times_may_round() {
+        let tar = tree_with(100, 600_000_000, 0o644);
+        assert!(trees(&tree_with(100, 600_000_000, 0o644), &tar).is_ok());
+        assert!(trees(&tree_with(101, 0, 0o644), &tar).is_ok());
+        assert!(trees(&tree_with(100, 0, 0o644), &tar).is_ok());
+        let e = trees(&tree_with(102, 0, 0o644), &tar).unwrap_err();
+        assert!(e.contains("/a: the modification time"), "{e}");
+        let e = trees(&tree_with(100, 600_000_000, 0o4755), &tar).unwrap_err();
+        assert!(e.contains("the mode is 0o104755 in the TOC but 0o100644"), "{e}");
+        let mut extra = tree_with(100, 600_000_000, 0o644);
+        extra.insert(b"b", Entry { inode: Inode { mode: S_IFREG, ..Inode::default() }, ..Entry::default() }).unwrap();
+        extra.finalize().unwrap();
+        assert!(trees(&extra, &tar).unwrap_err().contains("the TOC lists /b"));
+        assert!(trees(&tar, &extra).unwrap_err().contains("the tar stream has /b"));
+    }
+}

@@ -234,11 +234,8 @@ fn detect_zstd(blob: &mut dyn ReadAt, size: u64, desc: &Descriptor) -> Result<La
         (Footer::None, None, None)
     };
     // The descriptor's annotations win (as in containers/storage); a footer must agree with them.
-    let (ann_pos_key, ann_digest_key) = if desc.ann(ANN_TOC_POS).is_some() {
-        (ANN_TOC_POS, ANN_TOC_DIGEST)
-    } else {
-        (ANN_OLD_TOC_POS, ANN_OLD_TOC_DIGEST)
-    };
+    let ann_pos_key = if desc.ann(ANN_TOC_POS).is_some() { ANN_TOC_POS } else { ANN_OLD_TOC_POS };
+    let ann_digest_key = if desc.ann(ANN_TOC_DIGEST).is_some() { ANN_TOC_DIGEST } else { ANN_OLD_TOC_DIGEST };
     let apos = desc.ann(ann_pos_key).map(|s| parse_pos(s, true, ann_pos_key)).transpose()?;
     let asplit = desc.ann(ANN_TARSPLIT_POS).map(|s| parse_pos(s, false, ANN_TARSPLIT_POS)).transpose()?;
     let toc = match (apos, fpos) {
@@ -377,6 +374,30 @@ mod tests {
         let e = detect(&mut &blob[..], blob.len() as u64, &d).unwrap_err();
         assert!(e.contains("over the limit"), "{e}");
         assert!(matches!(detect(&mut &blob[..], 100, &Descriptor::default()).unwrap(), Layout::Zstd));
+        // eStargz: the 51-byte footer and the legacy 47-byte one (gzip members with empty bodies).
+        let gz_footer = |extra: &[u8]| {
+            let mut f = vec![0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 255];
+            f.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+            f.extend_from_slice(extra);
+            f.extend_from_slice(&[1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
+            f
+        };
+        let mut new_extra = b"SG".to_vec();
+        new_extra.extend_from_slice(&22u16.to_le_bytes());
+        new_extra.extend_from_slice(b"0000000000000010STARGZ");
+        for (extra, legacy) in [(new_extra, false), (b"0000000000000010STARGZ".to_vec(), true)] {
+            let mut b = vec![0x1f, 0x8b];
+            b.resize(40, 0);
+            let f = gz_footer(&extra);
+            assert_eq!(f.len(), if legacy { 47 } else { 51 });
+            b.extend_from_slice(&f);
+            match detect(&mut &b[..], b.len() as u64, &Descriptor::default()).unwrap() {
+                Layout::Estargz { legacy_footer, toc_offset: 16, footer_start, .. } => {
+                    assert_eq!((legacy_footer, footer_start), (legacy, 40));
+                }
+                l => panic!("{l:?}"),
+            }
+        }
         assert!(detect(&mut &b"hello world"[..], 11, &Descriptor::default()).is_err());
     }
 }

@@ -152,7 +152,8 @@ pub fn import(req: &ImportRequest) -> anyhow::Result<ImportResult> {
         limits: Limits::default(),
     };
 
-    let staging = store::Staging::new(&req.objects, req.enable_verity)?;
+    let mut staging = store::Staging::new(&req.objects, req.enable_verity)?;
+    staging.start_prefetch(2)?;
     let out_dir = parent_dir(&req.output);
     let (img, img_path) =
         create_temp(&out_dir).with_context(|| format!("creating a temporary file in {}", out_dir.display()))?;
@@ -189,18 +190,19 @@ pub fn import(req: &ImportRequest) -> anyhow::Result<ImportResult> {
 
     validate(&img, &staging, req.enable_verity).context("the sandboxed reader returned an invalid image")?;
     let stats = staging.commit()?;
-    let mut img = img;
-    finish_file(&mut img, &mut img_guard, &req.output, req.enable_verity)?;
-    if let (Some(mut f), Some(p)) = (ts_file, &req.tar_split) {
-        finish_file(&mut f, &mut ts_guard, p, false)?;
+    finish_file(img, &mut img_guard, &req.output, req.enable_verity)?;
+    if let (Some(f), Some(p)) = (ts_file, &req.tar_split) {
+        finish_file(f, &mut ts_guard, p, false)?;
     }
     Ok(ImportResult { summary: drained.summary, stats, image_size: drained.image_size })
 }
 
-fn finish_file(f: &mut File, guard: &mut UnlinkOnDrop, dest: &Path, verity: bool) -> anyhow::Result<()> {
+fn finish_file(f: File, guard: &mut UnlinkOnDrop, dest: &Path, verity: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     f.set_permissions(std::fs::Permissions::from_mode(0o644)).context("fchmod")?;
     f.sync_all().context("fsync")?;
+    // fs-verity refuses a file that is open for writing: this was the last writer.
+    drop(f);
     let tp = guard.0.clone().expect("temporary path");
     if verity {
         let ro = File::open(&tp).with_context(|| format!("reopening {}", tp.display()))?;
@@ -345,4 +347,76 @@ fn object_digest(p: &[u8]) -> anyhow::Result<[u8; 32]> {
     let s = std::str::from_utf8(p).ok().filter(|s| s.len() == 65 && s.as_bytes()[2] == b'/');
     let s = s.context("not of the form xx/<62 hex digits>")?;
     format::parse_sha256(&format!("sha256:{}{}", &s[..2], &s[3..])).map_err(|r| anyhow::anyhow!(r))
+}
+
+/// Options of [`read_in_process`].
+#[derive(Debug, Clone, Default)]
+pub struct InProcess {
+    pub descriptor: Option<Vec<u8>>,
+    pub diff_id: Option<[u8; 32]>,
+    pub tar_split: bool,
+    pub max_uncompressed: u64,
+    pub limits: Limits,
+}
+
+/// The reader without the sandbox and without a store (for fuzzing and tests): the blob's
+/// bytes go through the same checks; the objects are hashed and dropped. Returns the summary
+/// and the image bytes.
+pub fn read_in_process(blob: &[u8], o: &InProcess) -> Result<(Summary, Vec<u8>), String> {
+    let fd = rustix::fs::memfd_create("cfsmount-blob", rustix::fs::MemfdFlags::CLOEXEC).map_err(|e| e.to_string())?;
+    let mut f = File::from(fd);
+    f.write_all(blob).map_err(|e| e.to_string())?;
+    std::io::Seek::rewind(&mut f).map_err(|e| e.to_string())?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let store = std::thread::spawn(move || -> Result<(Summary, Vec<u8>), String> {
+        let mut r = BufReader::new(&ours);
+        let (mut summary, mut image) = (None, Vec::new());
+        let mut tag = [0u8; 1];
+        while r.read(&mut tag).map_err(|e| e.to_string())? == 1 {
+            match tag[0] {
+                proto::TAG_OBJECT => {
+                    let n = read_u64(&mut r).map_err(|e| e.to_string())?;
+                    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+                    copy_n(&mut r, n, |b| {
+                        sha2::Digest::update(&mut h, b);
+                        Ok(())
+                    })
+                    .map_err(|e| e.to_string())?;
+                    let mut answer = [0u8; 64];
+                    answer[..32].copy_from_slice(&sha2::Digest::finalize(h));
+                    (&ours).write_all(&answer).map_err(|e| e.to_string())?;
+                }
+                proto::TAG_TARSPLIT => drop(read_small(&mut r).map_err(|e| e.to_string())?),
+                proto::TAG_IMAGE => {
+                    let n = read_u64(&mut r).map_err(|e| e.to_string())?;
+                    copy_n(&mut r, n, |b| {
+                        image.extend_from_slice(b);
+                        Ok(())
+                    })
+                    .map_err(|e| e.to_string())?;
+                }
+                proto::TAG_SUMMARY => {
+                    let b = read_small(&mut r).map_err(|e| e.to_string())?;
+                    summary = Some(serde_json::from_slice(&b).map_err(|e| e.to_string())?);
+                }
+                _ => break,
+            }
+        }
+        Ok((summary.ok_or("no summary")?, image))
+    });
+    let req = child::ChildRequest {
+        descriptor: o.descriptor.clone(),
+        diff_id: o.diff_id,
+        keep_whiteouts: false,
+        write: WriteOptions::default(),
+        want_tarsplit: o.tar_split,
+        verity: false,
+        max_uncompressed: o.max_uncompressed,
+        limits: o.limits,
+    };
+    let sock = File::from(OwnedFd::from(theirs));
+    let r = child::run(&req, f, sock);
+    let stored = store.join().map_err(|_| "store thread panicked".to_string())?;
+    r?;
+    stored
 }

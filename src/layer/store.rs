@@ -45,6 +45,19 @@ pub struct Staging {
     known: HashMap<[u8; 32], Known>,
     tmp_counter: u64,
     verity: bool,
+    prefetch: Option<Prefetch>,
+    /// Staged objects: digest → temporary name in the staging directory.
+    staged: HashMap<[u8; 32], String>,
+}
+
+/// Threads that create the next temporary files ahead of need, each in its own subdirectory
+/// of the staging directory (creating a file is the costly step on some filesystems, and a
+/// directory's creations are serialized by its lock).
+struct Prefetch {
+    rx: std::sync::mpsc::Receiver<Result<(File, String), String>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    dirs: Vec<String>,
 }
 
 /// An object being written.
@@ -101,6 +114,8 @@ impl Staging {
             known: HashMap::new(),
             tmp_counter: 0,
             verity,
+            prefetch: None,
+            staged: HashMap::new(),
         })
     }
 
@@ -116,7 +131,83 @@ impl Staging {
         &self.known
     }
 
+    /// Create temporary files ahead of need on `threads` threads.
+    pub fn start_prefetch(&mut self, threads: usize) -> Result<(), StoreError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut p = Prefetch { rx, stop: stop.clone(), threads: Vec::new(), dirs: Vec::new() };
+        for t in 0..threads {
+            let sub = format!("p{t}");
+            rustix::fs::mkdirat(self.stage(), sub.as_str(), Mode::from_raw_mode(0o700))
+                .map_err(|e| self.io(format!("mkdir {sub}"), e))?;
+            p.dirs.push(sub.clone());
+            let dfd = rustix::fs::openat(
+                self.stage(),
+                sub.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )
+            .map_err(|e| self.io(format!("open {sub}"), e))?;
+            let (tx, stop) = (tx.clone(), stop.clone());
+            let h = std::thread::Builder::new()
+                .name("cfsmount-create".into())
+                .spawn(move || {
+                    for n in 0u64.. {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let name = format!("tmp-{n}");
+                        let r = rustix::fs::openat(
+                            &dfd,
+                            name.as_str(),
+                            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                            Mode::from_raw_mode(0o644),
+                        );
+                        let item = r
+                            .map(|fd| (File::from(fd), format!("{sub}/{name}")))
+                            .map_err(|e| format!("creating {sub}/{name}: {e}"));
+                        let failed = item.is_err();
+                        if tx.send(item).is_err() || failed {
+                            let _ = rustix::fs::unlinkat(&dfd, name.as_str(), AtFlags::empty());
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| self.io("starting a thread".into(), e))?;
+            p.threads.push(h);
+        }
+        self.prefetch = Some(p);
+        Ok(())
+    }
+
+    /// Stop the creating threads and remove the files they made that were not used.
+    fn stop_prefetch(&mut self) {
+        let Some(p) = self.prefetch.take() else { return };
+        p.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let stage = self.stage.as_ref().expect("staging directory");
+        while let Ok(item) = p.rx.recv() {
+            if let Ok((f, name)) = item {
+                drop(f);
+                let _ = rustix::fs::unlinkat(stage, name.as_str(), AtFlags::empty());
+            }
+        }
+        for h in p.threads {
+            let _ = h.join();
+        }
+        for d in p.dirs {
+            let _ = rustix::fs::unlinkat(stage, d.as_str(), AtFlags::REMOVEDIR);
+        }
+    }
+
     pub fn begin(&mut self) -> Result<ObjectWriter, StoreError> {
+        if let Some(p) = &self.prefetch {
+            match p.rx.recv() {
+                Ok(Ok((file, tmp))) => return Ok(ObjectWriter { file, tmp, hash: Sha256::new(), size: 0 }),
+                Ok(Err(e)) => return Err(self.io(e, std::io::Error::other("prefetch"))),
+                Err(_) => {}
+            }
+        }
         self.tmp_counter += 1;
         let tmp = format!("tmp-{}", self.tmp_counter);
         let fd = rustix::fs::openat(
@@ -157,11 +248,9 @@ impl Staging {
             Err(Errno::NOENT) => {}
             Err(e) => return Err(self.io(format!("stat {name}"), e)),
         }
-        let hexname = hexs(&d);
-        rustix::fs::renameat(self.stage(), tmp.as_str(), self.stage(), hexname.as_str())
-            .map_err(|e| self.io(format!("renaming {tmp}"), e))?;
-        let verity = if self.verity { Some(self.seal(self.stage(), &hexname)?) } else { None };
+        let verity = if self.verity { Some(self.seal(self.stage(), &tmp)?) } else { None };
         self.known.insert(d, Known { size, verity, new: true });
+        self.staged.insert(d, tmp);
         Ok(d)
     }
 
@@ -200,6 +289,7 @@ impl Staging {
         let new: Vec<[u8; 32]> = self.known.iter().filter(|(_, k)| k.new).map(|(d, _)| *d).collect();
         for d in new {
             let hexname = hexs(&d);
+            let tmp = self.staged.remove(&d).expect("staged object");
             if !made[d[0] as usize] {
                 match rustix::fs::mkdirat(&self.store, &hexname[..2], Mode::from_raw_mode(0o755)) {
                     Ok(()) | Err(Errno::EXIST) => made[d[0] as usize] = true,
@@ -209,14 +299,14 @@ impl Staging {
             let name = object_name(&d);
             match rustix::fs::renameat_with(
                 self.stage(),
-                hexname.as_str(),
+                tmp.as_str(),
                 &self.store,
                 name.as_str(),
                 RenameFlags::NOREPLACE,
             ) {
                 Ok(()) => stats.added += 1,
                 Err(Errno::EXIST) => {
-                    self.unlink_tmp(&hexname)?;
+                    self.unlink_tmp(&tmp)?;
                     stats.reused += 1;
                 }
                 Err(e) => return Err(self.io(format!("moving {name} into place"), e)),
@@ -225,6 +315,7 @@ impl Staging {
                 k.new = false;
             }
         }
+        self.stop_prefetch();
         rustix::fs::syncfs(&self.store).map_err(|e| self.io("syncfs".into(), e))?;
         self.stage = None;
         rustix::fs::unlinkat(&self.store, self.stage_name.as_str(), AtFlags::REMOVEDIR)
@@ -241,19 +332,39 @@ pub struct CommitStats {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        let Some(stage) = self.stage.take() else { return };
-        // Remove what this import staged; nothing of it was moved into the store.
-        let names: Vec<String> = match rustix::fs::Dir::read_from(&stage) {
-            Ok(dir) => dir.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
-            Err(_) => Vec::new(),
-        };
-        for n in names {
-            if n != "." && n != ".." {
-                let _ = rustix::fs::unlinkat(&stage, n.as_str(), AtFlags::empty());
-            }
+        if self.stage.is_none() {
+            return;
         }
+        for tmp in std::mem::take(&mut self.staged).into_values() {
+            let _ = self.unlink_tmp(&tmp);
+        }
+        self.stop_prefetch();
+        let Some(stage) = self.stage.take() else { return };
+        // Remove what this import staged (an object cut off mid-way included); nothing of it
+        // was moved into the store.
+        clear_dir(&stage, 1);
         drop(stage);
         let _ = rustix::fs::unlinkat(&self.store, self.stage_name.as_str(), AtFlags::REMOVEDIR);
+    }
+}
+
+/// Remove the files in a directory, and in its subdirectories `depth` levels down.
+fn clear_dir(dir: &OwnedFd, depth: u32) {
+    let names: Vec<String> = match rustix::fs::Dir::read_from(dir) {
+        Ok(d) => d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    for n in names.iter().filter(|n| *n != "." && *n != "..") {
+        match rustix::fs::unlinkat(dir, n.as_str(), AtFlags::empty()) {
+            Err(Errno::ISDIR) if depth > 0 => {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+                if let Ok(sub) = rustix::fs::openat(dir, n.as_str(), flags, Mode::empty()) {
+                    clear_dir(&sub, depth - 1);
+                }
+                let _ = rustix::fs::unlinkat(dir, n.as_str(), AtFlags::REMOVEDIR);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -266,6 +377,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let store = d.path().join("objects");
         let mut s = Staging::new(&store, false).unwrap();
+        s.start_prefetch(2).unwrap();
         let mut w = s.begin().unwrap();
         w.write(b"hello").unwrap();
         let h = s.finish(w).unwrap();
@@ -280,6 +392,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(&store).unwrap().count(), 1, "staging directory removed");
         // A dropped (failed) import leaves nothing; an existing object is reused.
         let mut s = Staging::new(&store, false).unwrap();
+        s.start_prefetch(2).unwrap();
         let mut w = s.begin().unwrap();
         w.write(b"other").unwrap();
         let o = s.finish(w).unwrap();
