@@ -6,12 +6,10 @@
 pub mod cli;
 pub mod erofs;
 pub mod fsverity;
-pub mod helper;
 pub mod input;
-pub mod loopback;
 pub mod mkimage;
 pub mod mount;
-pub mod overlay;
+pub mod privileged;
 pub mod sandbox;
 #[allow(unsafe_code)]
 pub mod sys;

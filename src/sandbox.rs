@@ -315,10 +315,10 @@ where
 
 /// The uid/gid the child switches to, or None to keep the current ones.
 fn target_ids(cfg: &SandboxConfig) -> Option<(Uid, Gid)> {
-    if crate::helper::privileged() {
+    if crate::privileged::privileged() {
         // Privileged helper (which already became uid 0 in all ids): the child is the caller,
         // so whatever it reads (e.g. --objects for verity digests) is read with its rights.
-        let c = crate::helper::caller();
+        let c = crate::privileged::caller();
         return Some((Uid::from_raw(c.uid), Gid::from_raw(c.gid)));
     }
     if let Some((u, g)) = cfg.run_as {

@@ -845,7 +845,7 @@ fn loop_attach_concurrent_threads() {
                     let mut retries = 0;
                     for _ in 0..25 {
                         let f = std::fs::File::open(&img).unwrap();
-                        let lo = cfsmount::loopback::attach(f.as_fd(), &img).expect("attach under contention");
+                        let lo = cfsmount::mount::loopdev::attach(f.as_fd(), &img).expect("attach under contention");
                         assert!(lo.path().to_string_lossy().starts_with("/dev/loop"));
                         retries += lo.retries();
                         drop(lo); // autoclear detaches

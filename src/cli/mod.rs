@@ -1,6 +1,9 @@
 //! Command line: argument parsing, dispatch to the stages, and turning errors into one-line messages with exit codes.
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+pub mod mount;
+pub mod mount_composefs;
+
 #[derive(Parser)]
 #[command(name = "cfsmount", version, about = "Build, verify and mount composefs images")]
 struct Cli {
@@ -15,9 +18,9 @@ enum Command {
     /// Read an image back and print it as a composefs dumpfile.
     Inspect(crate::erofs::InspectArgs),
     /// Mount an image (or a TOC/dumpfile built on the fly) with its object directories.
-    Mount(crate::mount::Args),
+    Mount(crate::cli::mount::Args),
     /// Unmount what `cfsmount mount` mounted.
-    Umount(crate::mount::UmountArgs),
+    Umount(crate::cli::mount::UmountArgs),
     /// fs-verity: enable, measure (kernel) or digest (userspace) files.
     #[command(subcommand)]
     Verity(crate::fsverity::Command),
@@ -28,7 +31,7 @@ enum Command {
 fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     let argv0 = argv.first().map(std::path::Path::new).and_then(|p| p.file_name());
     if argv0.is_some_and(|n| n == "mount.composefs") {
-        return crate::mount::helper_main(&argv[1..]);
+        return crate::cli::mount_composefs::helper_main(&argv[1..]);
     }
     // `--version` (long form) also says whether the parser sandbox is complete on this kernel;
     // only asked for then (cheap probes, no side effects).
@@ -48,8 +51,8 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     match cli.cmd {
         Command::Mkimage(a) => crate::mkimage::run(a),
         Command::Inspect(a) => crate::erofs::inspect(a),
-        Command::Mount(a) => crate::mount::run(a),
-        Command::Umount(a) => crate::mount::umount(a),
+        Command::Mount(a) => crate::cli::mount::run(a),
+        Command::Umount(a) => crate::cli::mount::umount(a),
         Command::Verity(c) => crate::fsverity::run(c),
         Command::Doctor => crate::sandbox::doctor(),
     }
@@ -58,7 +61,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
 /// Entry point used by `main`: returns the process exit code.
 pub fn main() -> i32 {
     // Privileged (setuid / file caps) execution is made safe before anything else runs.
-    if let Err(e) = crate::helper::early_init() {
+    if let Err(e) = crate::privileged::early_init() {
         eprintln!("cfsmount: {e:#}");
         return 1;
     }
