@@ -22,7 +22,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::erofs::format::{ComposefsHeader, SuperBlock, COMPOSEFS_MAGIC, EROFS_SUPER_MAGIC, EROFS_SUPER_OFFSET};
+use crate::erofs::format::ImageHeader;
 use crate::erofs::writer::{effective_version, write_image, WriteOptions};
 use crate::input::dir::{create_temp, DirOptions, UnlinkOnDrop};
 use crate::input::dump::DumpOptions;
@@ -353,28 +353,14 @@ where
     crate::sandbox::run_confined(cfg, input, output, job).map_err(anyhow::Error::from)
 }
 
-/// Check what the child wrote: a composefs header, an EROFS superblock, a sane size.
+/// Check what the child wrote: a composefs header and EROFS superblock as the writer makes them
+/// (through the one header codec), and a size that is the superblock's whole number of blocks.
 fn validate_image(f: &File) -> anyhow::Result<BuildInfo> {
-    use std::os::unix::fs::FileExt;
     let size = f.metadata()?.len();
-    let mut hdr = [0u8; 1024 + 128];
-    if size < hdr.len() as u64 {
-        anyhow::bail!("image of {size} bytes is shorter than the composefs header and EROFS superblock");
-    }
-    f.read_exact_at(&mut hdr, 0)?;
-    let h = ComposefsHeader::decode(&hdr).ok_or_else(|| anyhow::anyhow!("unreadable composefs header"))?;
-    if h.magic != COMPOSEFS_MAGIC {
-        anyhow::bail!("bad composefs magic {:#x}", h.magic);
-    }
-    let sb = SuperBlock::decode(&hdr[EROFS_SUPER_OFFSET as usize..])
-        .ok_or_else(|| anyhow::anyhow!("unreadable EROFS superblock"))?;
-    if sb.magic != EROFS_SUPER_MAGIC {
-        anyhow::bail!("bad EROFS magic {:#x}", sb.magic);
-    }
-    if size % 4096 != 0 {
-        anyhow::bail!("image size {size} is not a multiple of the block size");
-    }
-    Ok(BuildInfo { image_size: size, version: h.composefs_version, entries: None })
+    let header = ImageHeader::read_from(f.as_fd())?;
+    header.check_composefs(size)?;
+    header.check_block_count(size)?;
+    Ok(BuildInfo { image_size: size, version: header.format_version(), entries: None })
 }
 
 // ---------------------------------------------------------------------------------------------

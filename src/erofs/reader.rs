@@ -30,56 +30,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use thiserror::Error;
 
-use crate::erofs::format;
+use crate::erofs::format::{self, *};
 use crate::tree::{self, Entry, Inode, Limits, NodeId, Tree, TreeError, Xattr, ROOT};
 
-/// EROFS block size; composefs images always use 4 KiB blocks.
-const BLOCK_SIZE: u64 = 4096;
-const BLOCK_BITS: u8 = 12;
-/// Inode slot size: nids count 32-byte slots from the start of the metadata area.
-const SLOT_SIZE: u64 = 32;
-const SUPER_OFFSET: u64 = 1024;
-const SUPER_SIZE: u64 = 128;
-const COMPOSEFS_MAGIC: u32 = 0xd078_629a;
-const COMPOSEFS_HEADER_VERSION: u32 = 1;
-/// Highest composefs format version this reader understands.
-const COMPOSEFS_MAX_VERSION: u32 = 1;
-const EROFS_MAGIC: u32 = 0xe0f5_e1e2;
-/// The only incompatible feature a composefs image may carry (chunk-based inodes).
-const EROFS_INCOMPAT_CHUNKED_FILE: u32 = 0x4;
-
-const COMPACT_INODE_SIZE: u64 = 32;
-const EXTENDED_INODE_SIZE: u64 = 64;
-const XATTR_HEADER_SIZE: u64 = 12;
-const XATTR_ENTRY_SIZE: u64 = 4;
-const DIRENT_SIZE: u64 = 12;
-
-const LAYOUT_FLAT_PLAIN: u16 = 0;
-const LAYOUT_FLAT_INLINE: u16 = 2;
-const LAYOUT_CHUNK_BASED: u16 = 4;
-/// i_format bits the format defines (version bit + 3 data layout bits).
-const I_FORMAT_ALL: u16 = 0xf;
-
-/// Largest inline (stored in the image) regular file the composefs writer produces.
-pub const INLINE_CONTENT_MAX: u64 = 5000;
 /// Largest image `inspect` reads into memory.
 pub const MAX_IMAGE_BYTES: u64 = 4 << 30;
-
-/// Name-index prefixes of EROFS xattr entries (index 0 means "no prefix").
-const XATTR_PREFIXES: [&[u8]; 7] =
-    [b"", b"user.", b"system.posix_acl_access", b"system.posix_acl_default", b"trusted.", b"lustre.", b"security."];
-
-const OVL_PREFIX: &[u8] = b"trusted.overlay.";
-const OVL_ESCAPE_PREFIX: &[u8] = b"trusted.overlay.overlay.";
-const OVL_REDIRECT: &[u8] = b"trusted.overlay.redirect";
-const OVL_METACOPY: &[u8] = b"trusted.overlay.metacopy";
-const OVL_OPAQUE: &[u8] = b"trusted.overlay.opaque";
-// User-visible names (after unescaping) of the whiteout escape markers.
-const WH_MARK: &[u8] = b"trusted.overlay.whiteout";
-const WH_MARK_USER: &[u8] = b"user.overlay.whiteout";
-const WH_DIR_MARK: &[u8] = b"trusted.overlay.whiteouts";
-const WH_DIR_MARK_USER: &[u8] = b"user.overlay.whiteouts";
-const WH_DIR_OPAQUE_USER: &[u8] = b"user.overlay.opaque";
 
 /// Limits on what a hostile image may make the reader do.
 #[derive(Debug, Clone, Copy)]
@@ -384,64 +339,23 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn new(d: &'a [u8], limits: &ReadLimits) -> Result<Reader<'a>, ReadError> {
         let len = d.len() as u64;
-        if len < SUPER_OFFSET + SUPER_SIZE {
-            return Err(ReadError::TooSmall { len });
-        }
-        let hdr = |r: &str| ReadError::Header(r.to_string());
-        if le32(d, 0) != COMPOSEFS_MAGIC {
-            return Err(hdr("bad composefs magic"));
-        }
-        if le32(d, 4) != COMPOSEFS_HEADER_VERSION {
-            return Err(ReadError::Header(format!("unsupported composefs header version {}", le32(d, 4))));
-        }
-        let flags = le32(d, 8);
-        let version = le32(d, 12);
-        if version > COMPOSEFS_MAX_VERSION {
-            return Err(ReadError::Header(format!("unsupported composefs format version {version}")));
-        }
-        let sb = &d[SUPER_OFFSET as usize..(SUPER_OFFSET + SUPER_SIZE) as usize];
-        let bad = |r: String| ReadError::Superblock(r);
-        if le32(sb, 0) != EROFS_MAGIC {
-            return Err(bad("bad EROFS magic".into()));
-        }
-        if sb[12] != BLOCK_BITS {
-            return Err(bad(format!("block size 2^{} (only 4096 is supported)", sb[12])));
-        }
-        let incompat = le32(sb, 80);
-        if incompat & !EROFS_INCOMPAT_CHUNKED_FILE != 0 {
-            return Err(bad(format!("unsupported incompatible features {incompat:#x}")));
-        }
-        if le16(sb, 86) != 0 {
-            return Err(bad("extra devices are not supported".into()));
-        }
-        if sb[90] != 0 {
-            return Err(bad(format!("directory block bits {} (must be 0)", sb[90])));
-        }
-        let root_nid = u64::from(le16(sb, 14));
-        let build_time = le64(sb, 24) as i64;
-        let build_nsec = le32(sb, 32);
-        if build_nsec >= 1_000_000_000 {
-            return Err(bad(format!("build time nanoseconds {build_nsec} out of range")));
-        }
-        let meta_off = u64::from(le32(sb, 40)) * BLOCK_SIZE;
-        let xattr_off = u64::from(le32(sb, 44)) * BLOCK_SIZE;
-        if meta_off > len {
-            return Err(bad(format!("metadata block address {} beyond the image", meta_off / BLOCK_SIZE)));
-        }
-        if xattr_off > len {
-            return Err(bad(format!("shared xattr block address {} beyond the image", xattr_off / BLOCK_SIZE)));
-        }
+        let header = match ImageHeader::decode(d) {
+            Err(HeaderError::Short { len }) => return Err(ReadError::TooSmall { len }),
+            h => h?,
+        };
+        header.check_composefs(len)?;
+        let meta_off = header.meta_offset();
         Ok(Reader {
             d,
             limits: *limits,
             meta_off,
-            xattr_off,
-            build_time,
-            build_nsec,
-            version,
-            flags,
-            root_nid,
-            xattr_filter: le32(sb, 8) & format::FEATURE_COMPAT_XATTR_FILTER != 0,
+            xattr_off: header.xattr_offset(),
+            build_time: header.sb.build_time as i64,
+            build_nsec: header.sb.build_time_nsec,
+            version: header.format_version(),
+            flags: header.composefs.flags,
+            root_nid: u64::from(header.sb.root_nid),
+            xattr_filter: header.xattr_filter(),
             slots: Claims::new((len - meta_off) / SLOT_SIZE + 1),
             blocks: Claims::new(len.div_ceil(BLOCK_SIZE)),
             inodes: InodeTable::new((len - meta_off) / SLOT_SIZE + 1),
@@ -482,15 +396,16 @@ impl<'a> Reader<'a> {
             .checked_mul(SLOT_SIZE)
             .and_then(|o| o.checked_add(self.meta_off))
             .ok_or_else(|| bad("nid out of range".into()))?;
-        let head =
-            self.bytes(off, COMPACT_INODE_SIZE).ok_or_else(|| bad("inode beyond the end of the image".into()))?;
+        let head = self
+            .bytes(off, INODE_COMPACT_SIZE as u64)
+            .ok_or_else(|| bad("inode beyond the end of the image".into()))?;
         let format = le16(head, 0);
         if format & !I_FORMAT_ALL != 0 {
             return Err(bad(format!("unknown inode format bits {format:#x}")));
         }
         let compact = format & 1 == 0;
         let layout = (format >> 1) & 7;
-        let isize = if compact { COMPACT_INODE_SIZE } else { EXTENDED_INODE_SIZE };
+        let isize = if compact { INODE_COMPACT_SIZE } else { INODE_EXTENDED_SIZE } as u64;
         let raw = self.bytes(off, isize).ok_or_else(|| bad("inode beyond the end of the image".into()))?;
         let icount = le16(raw, 2);
         let mode = u32::from(le16(raw, 4));
@@ -526,7 +441,7 @@ impl<'a> Reader<'a> {
             tree::S_IFLNK => 7,
             t => return Err(bad(format!("invalid file type {:#o} in mode", t))),
         };
-        let xattr_size = if icount == 0 { 0 } else { XATTR_HEADER_SIZE + XATTR_ENTRY_SIZE * (u64::from(icount) - 1) };
+        let xattr_size = xattr_ibody_size(icount) as u64;
         let xattr_off = off + isize; // off + isize was in bounds above
         let data_off = xattr_off.checked_add(xattr_size).ok_or_else(|| bad("xattrs out of range".into()))?;
 
@@ -576,7 +491,7 @@ impl<'a> Reader<'a> {
             }
             tree::S_IFREG if size > 0 => {
                 check_layout(&[LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE])?;
-                if size > INLINE_CONTENT_MAX {
+                if size > INLINE_CONTENT_MAX as u64 {
                     return Err(bad(format!("inline content of {size} bytes (limit {INLINE_CONTENT_MAX})")));
                 }
                 let data = self.read_data(layout, size, i_u, data_off).map_err(bad)?;
@@ -691,7 +606,7 @@ impl<'a> Reader<'a> {
     fn read_xattrs(&self, off: u64, size: u64) -> Result<Vec<RawXattr>, String> {
         let area = self.bytes(off, size).ok_or("xattrs beyond the end of the image")?;
         let shared = u64::from(area[4]);
-        let mut pos = XATTR_HEADER_SIZE + shared * 4;
+        let mut pos = XATTR_IBODY_HEADER_SIZE as u64 + shared * 4;
         if pos > size {
             return Err(format!("{shared} shared xattrs do not fit in the xattr area"));
         }
@@ -703,7 +618,7 @@ impl<'a> Reader<'a> {
             pos += len;
         }
         for i in 0..shared {
-            let id = le32(area, (XATTR_HEADER_SIZE + i * 4) as usize);
+            let id = le32(area, XATTR_IBODY_HEADER_SIZE + i as usize * 4);
             let eoff = self.xattr_off + u64::from(id) * 4;
             let rest = usize::try_from(eoff).ok().and_then(|o| self.d.get(o..)).unwrap_or(&[]);
             let (key, value, _) = parse_xattr_entry(rest).map_err(|r| format!("shared xattr {id}: {r}"))?;
@@ -756,7 +671,7 @@ impl<'a> Reader<'a> {
                 marks.metacopy = true;
                 match value.len() {
                     0 => {}
-                    36 if value[..4] == [0, 36, 0, 1] => {
+                    METACOPY_DIGEST_SIZE if value[..4] == METACOPY_HEADER => {
                         let mut d = [0u8; 32];
                         d.copy_from_slice(&value[4..]);
                         entry.fsverity_digest = Some(d);
@@ -764,7 +679,7 @@ impl<'a> Reader<'a> {
                     n => return Err(format!("malformed overlay metacopy xattr ({n} bytes)")),
                 }
                 continue;
-            } else if let Some(rest) = key.strip_prefix(OVL_ESCAPE_PREFIX) {
+            } else if let Some(rest) = key.strip_prefix(OVL_ESCAPED_PREFIX) {
                 [OVL_PREFIX, rest].concat()
             } else if key.starts_with(OVL_PREFIX) {
                 if nid == self.root_nid && key == OVL_OPAQUE && value == b"y" {
@@ -788,10 +703,10 @@ impl<'a> Reader<'a> {
     /// 0/0 character device again.
     fn unescape_whiteout(&self, inode: &mut Inode, entry: &mut Entry) -> bool {
         let has = |k: &[u8]| entry.xattrs.iter().any(|x| x.key == k && x.value.is_empty());
-        if !(inode.is_reg() && inode.size == 0 && has(WH_MARK) && has(WH_MARK_USER)) {
+        if !(inode.is_reg() && inode.size == 0 && has(OVL_WHITEOUT) && has(USER_OVL_WHITEOUT)) {
             return false;
         }
-        entry.xattrs.retain(|x| x.key != WH_MARK && x.key != WH_MARK_USER);
+        entry.xattrs.retain(|x| x.key != OVL_WHITEOUT && x.key != USER_OVL_WHITEOUT);
         inode.mode = tree::S_IFCHR | (inode.mode & !tree::S_IFMT);
         inode.rdev = 0;
         true
@@ -1005,8 +920,8 @@ impl<'a> Reader<'a> {
             if let Some(e) = self.inodes.get_mut(&d.nid).and_then(|i| i.entry.as_mut()) {
                 e.xattrs.retain(|x| {
                     let (k, v) = (x.key.as_slice(), x.value.as_slice());
-                    let marker = ((k == WH_DIR_MARK || k == WH_DIR_MARK_USER) && v.is_empty())
-                        || (v1 && (k == OVL_OPAQUE || k == WH_DIR_OPAQUE_USER) && v == b"x");
+                    let marker = ((k == OVL_WHITEOUTS || k == USER_OVL_WHITEOUTS) && v.is_empty())
+                        || (v1 && (k == OVL_OPAQUE || k == USER_OVL_OPAQUE) && v == b"x");
                     !marker
                 });
             }
@@ -1074,9 +989,9 @@ impl<'a> Reader<'a> {
 /// Does a directory carry the markers the writer puts on a directory holding a whiteout?
 fn has_whiteout_markers(e: &Entry, v1: bool) -> bool {
     let has = |k: &[u8], v: &[u8]| e.xattrs.iter().any(|x| x.key == k && x.value == v);
-    has(WH_DIR_MARK, b"")
-        && has(WH_DIR_MARK_USER, b"")
-        && (!v1 || (has(OVL_OPAQUE, b"x") && has(WH_DIR_OPAQUE_USER, b"x")))
+    has(OVL_WHITEOUTS, b"")
+        && has(USER_OVL_WHITEOUTS, b"")
+        && (!v1 || (has(OVL_OPAQUE, b"x") && has(USER_OVL_OPAQUE, b"x")))
 }
 
 impl Reader<'_> {
@@ -1203,7 +1118,7 @@ impl Reader<'_> {
         let Some(root) = self.inodes.get(&root_nid).and_then(|i| i.entry.as_ref()) else {
             return Ok(());
         };
-        let label: Vec<&Xattr> = root.xattrs.iter().filter(|x| x.key == b"security.selinux").collect();
+        let label: Vec<&Xattr> = root.xattrs.iter().filter(|x| x.key == SELINUX_XATTR).collect();
         for (&(_, snid), name) in stubs.iter().zip(stub_names) {
             let Some(ino) = self.inodes.get(&snid) else {
                 continue;
@@ -1242,9 +1157,6 @@ impl Reader<'_> {
     }
 }
 
-/// Most chunks of an external file in the composefs layout.
-const MAX_CHUNKS: u64 = 1024;
-
 /// log2 of the chunk size the composefs writer picks for an external file of `size` bytes:
 /// the smallest power of two holding the file, at least a block, at most 2^31 blocks.
 fn chunk_bits(size: u64) -> u64 {
@@ -1262,13 +1174,13 @@ fn tree_err(nid: u64, e: TreeError) -> ReadError {
 
 /// Decode one xattr entry at the start of `b`: (full name, value, entry size rounded to 4).
 fn parse_xattr_entry(b: &[u8]) -> Result<(Vec<u8>, Vec<u8>, u64), String> {
-    if b.len() < XATTR_ENTRY_SIZE as usize {
+    if b.len() < XATTR_ENTRY_SIZE {
         return Err("entry header beyond the end".into());
     }
     let name_len = usize::from(b[0]);
     let index = b[1];
     let value_len = usize::from(le16(b, 2));
-    let end = XATTR_ENTRY_SIZE as usize + name_len + value_len;
+    let end = XATTR_ENTRY_SIZE + name_len + value_len;
     if end > b.len() {
         return Err("entry runs past the end".into());
     }
@@ -1299,24 +1211,24 @@ fn parse_xattr_entry(b: &[u8]) -> Result<(Vec<u8>, Vec<u8>, u64), String> {
 
 /// Parse one directory block, appending (name, nid, file type); returns the entry count.
 fn parse_dirent_block(b: &[u8], out: &mut Vec<(Vec<u8>, u64, u8)>, budget: u64) -> Result<u64, String> {
-    if (b.len() as u64) < DIRENT_SIZE {
+    if b.len() < DIRENT_SIZE {
         return Err("block shorter than one entry".into());
     }
     let first = usize::from(le16(b, 8));
-    if first < DIRENT_SIZE as usize || first % DIRENT_SIZE as usize != 0 || first > b.len() {
+    if first < DIRENT_SIZE || first % DIRENT_SIZE != 0 || first > b.len() {
         return Err(format!("bad first name offset {first}"));
     }
-    let n = first / DIRENT_SIZE as usize;
+    let n = first / DIRENT_SIZE;
     if n as u64 > budget {
         return Err("too many directory entries in the image".into());
     }
     for i in 0..n {
-        let at = i * DIRENT_SIZE as usize;
+        let at = i * DIRENT_SIZE;
         let nid = le64(b, at);
         let nameoff = usize::from(le16(b, at + 8));
         let ftype = b.get(at + 10).copied().unwrap_or(0);
         let end = if i + 1 < n {
-            usize::from(le16(b, at + DIRENT_SIZE as usize + 8))
+            usize::from(le16(b, at + DIRENT_SIZE + 8))
         } else {
             let rest = b.get(nameoff..).unwrap_or(&[]);
             nameoff + rest.iter().position(|&c| c == 0).unwrap_or(rest.len())
@@ -1340,10 +1252,8 @@ fn parse_dirent_block(b: &[u8], out: &mut Vec<(Vec<u8>, u64, u8)>, budget: u64) 
 pub enum ReadError {
     #[error("image too small ({len} bytes) to hold a composefs header and EROFS superblock")]
     TooSmall { len: u64 },
-    #[error("composefs header: {0}")]
-    Header(String),
-    #[error("EROFS superblock: {0}")]
-    Superblock(String),
+    #[error("{0}")]
+    Header(#[from] HeaderError),
     #[error("inode {nid} ({path}): {reason}")]
     Inode { nid: u64, path: String, reason: String },
     #[error("directory {path} (nid {nid}): {reason}")]
@@ -1396,7 +1306,7 @@ mod tests {
         img[0..4].copy_from_slice(&COMPOSEFS_MAGIC.to_le_bytes());
         img[4..8].copy_from_slice(&1u32.to_le_bytes());
         let sb = 1024;
-        img[sb..sb + 4].copy_from_slice(&EROFS_MAGIC.to_le_bytes());
+        img[sb..sb + 4].copy_from_slice(&EROFS_SUPER_MAGIC.to_le_bytes());
         img[sb + 12] = 12;
         img[sb + 14..sb + 16].copy_from_slice(&(ROOT_NID as u16).to_le_bytes());
         img[sb + 44..sb + 48].copy_from_slice(&3u32.to_le_bytes()); // shared xattrs: block 3 (none)

@@ -43,42 +43,6 @@ impl Default for WriteOptions {
     }
 }
 
-/// Largest inline content the writer stores (as the reference).
-pub const INLINE_CONTENT_MAX: usize = 5000;
-/// Most chunk pointers of an external file (its stub must fit one block).
-pub const MAX_CHUNKS: u64 = 1024;
-/// xattr budget per inode, counted as the reference counts it.
-pub const XATTR_BUDGET: usize = u16::MAX as usize / 2;
-
-const OVL_PREFIX: &[u8] = b"trusted.overlay.";
-const OVL_ESCAPED_PREFIX: &[u8] = b"trusted.overlay.overlay.";
-const OVL_METACOPY: &[u8] = b"trusted.overlay.metacopy";
-const OVL_REDIRECT: &[u8] = b"trusted.overlay.redirect";
-const OVL_OPAQUE: &[u8] = b"trusted.overlay.opaque";
-// Escaped names are always split as (OVL_ESCAPED_PREFIX, rest), like renamed input
-// names, so equal names have equal parts (see `Cat`'s Hash).
-const OVL_ESC_WHITEOUT: &[u8] = b"whiteout";
-const OVL_ESC_WHITEOUTS: &[u8] = b"whiteouts";
-const OVL_ESC_OPAQUE: &[u8] = b"opaque";
-const USER_OVL_WHITEOUT: &[u8] = b"user.overlay.whiteout";
-const USER_OVL_WHITEOUTS: &[u8] = b"user.overlay.whiteouts";
-const USER_OVL_OPAQUE: &[u8] = b"user.overlay.opaque";
-/// metacopy xattr header: version 0, length 36, flags 0, hash algorithm SHA-256.
-const METACOPY_HEADER: &[u8] = &[0, 36, 0, 1];
-const SELINUX: &[u8] = b"security.selinux";
-
-const fn hex_names() -> [[u8; 2]; 256] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut t = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = [HEX[i >> 4], HEX[i & 15]];
-        i += 1;
-    }
-    t
-}
-static STUB_NAMES: [[u8; 2]; 256] = hex_names();
-
 #[derive(Debug, Error)]
 pub enum WriteError {
     #[error("unsupported format versions: min {min}, max {max} (highest supported is {COMPOSEFS_VERSION_MAX})")]
@@ -155,6 +119,14 @@ impl std::hash::Hash for Cat<'_> {
         h.write_usize(self.len());
     }
 }
+/// An overlay xattr name escaped the way user xattrs in the overlay namespace are stored
+/// (`trusted.overlay.NAME` → `trusted.overlay.overlay.NAME`). Escaped names are always split as
+/// (OVL_ESCAPED_PREFIX, rest), like renamed input names, so equal names have equal parts (see
+/// `Cat`'s Hash).
+fn escaped(name: &'static [u8]) -> Cat<'static> {
+    Cat::two(OVL_ESCAPED_PREFIX, &name[OVL_PREFIX.len()..])
+}
+
 #[derive(Clone, Copy, Debug)]
 struct X<'a> {
     key: Cat<'a>,
@@ -570,8 +542,8 @@ impl<'a> Builder<'a> {
         if node == STUB {
             // Whiteout stubs inherit the root's SELinux label.
             let root = &tree.node(ROOT).entry;
-            if let Some(x) = root.xattrs.iter().rev().find(|x| x.key == SELINUX) {
-                xs.set_find(Cat::one(SELINUX), Cat::one(&x.value)).map_err(err)?;
+            if let Some(x) = root.xattrs.iter().rev().find(|x| x.key == SELINUX_XATTR) {
+                xs.set_find(Cat::one(SELINUX_XATTR), Cat::one(&x.value)).map_err(err)?;
             }
         } else {
             let e = &tree.node(node).entry;
@@ -611,7 +583,7 @@ impl<'a> Builder<'a> {
             let ino = &self.inos[i];
             if orig.mode & S_IFMT == S_IFREG && ino.size > 0 && ino.content.is_none() {
                 let value = match &e.fsverity_digest {
-                    Some(d) => Cat::two(METACOPY_HEADER, d),
+                    Some(d) => Cat::two(&METACOPY_HEADER, d),
                     None => Cat::one(&[]),
                 };
                 xs.set_find(Cat::one(OVL_METACOPY), value).map_err(err)?;
@@ -620,14 +592,14 @@ impl<'a> Builder<'a> {
                 }
             }
             if orig.mode & S_IFMT == S_IFCHR && orig.rdev == 0 {
-                xs.set_find(Cat::two(OVL_ESCAPED_PREFIX, OVL_ESC_WHITEOUT), Cat::one(&[])).map_err(err)?;
+                xs.set_find(escaped(OVL_WHITEOUT), Cat::one(&[])).map_err(err)?;
                 xs.set_find(Cat::one(USER_OVL_WHITEOUT), Cat::one(&[])).map_err(err)?;
             }
             if whiteout_child {
-                xs.set_find(Cat::two(OVL_ESCAPED_PREFIX, OVL_ESC_WHITEOUTS), Cat::one(&[])).map_err(err)?;
+                xs.set_find(escaped(OVL_WHITEOUTS), Cat::one(&[])).map_err(err)?;
                 xs.set_find(Cat::one(USER_OVL_WHITEOUTS), Cat::one(&[])).map_err(err)?;
                 if self.version >= 1 {
-                    xs.set_find(Cat::two(OVL_ESCAPED_PREFIX, OVL_ESC_OPAQUE), Cat::one(b"x")).map_err(err)?;
+                    xs.set_find(escaped(OVL_OPAQUE), Cat::one(b"x")).map_err(err)?;
                     xs.set_find(Cat::one(USER_OVL_OPAQUE), Cat::one(b"x")).map_err(err)?;
                 }
             }
@@ -942,8 +914,9 @@ impl<'a> Builder<'a> {
                 ino: i as u32,
                 uid: ino.uid,
                 gid: ino.gid,
-                mtime: ino.mtime as u64,
-                mtime_nsec: ino.mtime_nsec,
+                // A compact inode's time is the superblock's build time (its own field is 0).
+                mtime: if ino.compact { 0 } else { ino.mtime as u64 },
+                mtime_nsec: if ino.compact { 0 } else { ino.mtime_nsec },
             };
             let n = di.encode(&mut ibuf);
             o.put(&ibuf[..n])?;
