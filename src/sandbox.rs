@@ -91,7 +91,8 @@ pub struct SandboxConfig {
     pub allow_unsandboxed: bool,
     /// Resource limits; changing them from [`Limits::default`] needs a real uid of 0.
     pub limits: Limits,
-    /// Root only: uid/gid for the child instead of nobody/nogroup (or the setuid caller's ids).
+    /// Root only: uid/gid for the child instead of nobody/nogroup (the setuid helper passes its
+    /// caller's ids, so whatever the child reads is read with the caller's rights).
     pub run_as: Option<(u32, u32)>,
 }
 
@@ -315,12 +316,6 @@ where
 
 /// The uid/gid the child switches to, or None to keep the current ones.
 fn target_ids(cfg: &SandboxConfig) -> Option<(Uid, Gid)> {
-    if crate::privileged::privileged() {
-        // Privileged helper (which already became uid 0 in all ids): the child is the caller,
-        // so whatever it reads (e.g. --objects for verity digests) is read with its rights.
-        let c = crate::privileged::caller();
-        return Some((Uid::from_raw(c.uid), Gid::from_raw(c.gid)));
-    }
     if let Some((u, g)) = cfg.run_as {
         return Some((Uid::from_raw(u), Gid::from_raw(g)));
     }
