@@ -25,6 +25,10 @@ pub(crate) mod overlay;
 pub(crate) mod pipeline;
 pub(crate) mod records;
 pub(crate) mod request;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
 pub(crate) mod umount;
 pub(crate) mod userns;
 
