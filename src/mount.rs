@@ -422,11 +422,11 @@ fn open_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<&
     Ok(Image { file, label: path.to_path_buf(), has_acl })
 }
 
-/// Builds an image from a TOC or dumpfile with the sandboxed builder (`crate::mkimage`), into a
+/// Builds an image from a TOC or dumpfile with the sandboxed builder (`crate::build`), into a
 /// file in the private state directory that is unlinked as soon as it is open: the returned fd
 /// is the only reference (and the one that gets mounted).
 fn build_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<&Path>) -> Result<File, MountError> {
-    use crate::mkimage::{BuildRequest, InputFormat, Output, Source};
+    use crate::build::{BuildOptions, BuildRequest, InputFormat, Output, Source};
     let format = match kind {
         SourceKind::Toc => InputFormat::Toc,
         SourceKind::Estargz => InputFormat::Estargz,
@@ -443,7 +443,11 @@ fn build_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
     ));
-    let res = crate::mkimage::build_image(&req, Source::Fd(src.fd), &Output::Path(out.clone()), &Default::default());
+    // Privileged mode: the sandboxed builder runs as the caller (it reads --objects with the caller's rights).
+    let mut bopts = BuildOptions::default();
+    bopts.sandbox.run_as =
+        crate::helper::privileged().then(|| (crate::helper::caller().uid, crate::helper::caller().gid));
+    let res = crate::build::build_image(&req, Source::Fd(src.fd), &Output::Path(out.clone()), &bopts);
     let _ = std::fs::remove_file(&out);
     match res {
         Ok((_, Some(f))) => Ok(f),

@@ -1,4 +1,12 @@
 //! Command line: argument parsing, dispatch to the stages, and turning errors into one-line messages with exit codes.
+//!
+//! One file per command; this file only dispatches (by argv0 for `mount.composefs`, else by
+//! subcommand).
+mod doctor;
+mod inspect;
+mod mkimage;
+mod verity;
+
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -11,16 +19,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build a composefs EROFS image from a TOC, an eStargz TOC, a dumpfile or a directory.
-    Mkimage(crate::mkimage::Args),
+    Mkimage(mkimage::Args),
     /// Read an image back and print it as a composefs dumpfile.
-    Inspect(crate::erofs::InspectArgs),
+    Inspect(inspect::Args),
     /// Mount an image (or a TOC/dumpfile built on the fly) with its object directories.
     Mount(crate::mount::Args),
     /// Unmount what `cfsmount mount` mounted.
     Umount(crate::mount::UmountArgs),
     /// fs-verity: enable, measure (kernel) or digest (userspace) files.
     #[command(subcommand)]
-    Verity(crate::fsverity::Command),
+    Verity(verity::Command),
     /// Report which kernel features (loop, EROFS, overlay, landlock, seccomp, verity) this machine offers.
     Doctor,
 }
@@ -46,12 +54,12 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
         }
     };
     match cli.cmd {
-        Command::Mkimage(a) => crate::mkimage::run(a),
-        Command::Inspect(a) => crate::erofs::inspect(a),
+        Command::Mkimage(a) => mkimage::run(a),
+        Command::Inspect(a) => inspect::run(a),
         Command::Mount(a) => crate::mount::run(a),
         Command::Umount(a) => crate::mount::umount(a),
-        Command::Verity(c) => crate::fsverity::run(c),
-        Command::Doctor => crate::sandbox::doctor(),
+        Command::Verity(c) => verity::run(c),
+        Command::Doctor => doctor::run(),
     }
 }
 

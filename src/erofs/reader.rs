@@ -1,4 +1,5 @@
-//! Hostile-image reader: parses a composefs EROFS image back into the shared [`Tree`] (`cfsmount inspect`).
+//! Hostile-image reader: parses a composefs EROFS image back into the shared [`Tree`] (what
+//! `cfsmount inspect` prints, and what the helper vets before it mounts a caller's image).
 //!
 //! The image is untrusted. Every offset, count and size read from it is bounds-checked with
 //! checked arithmetic before use; nothing is allocated from an unchecked on-disk count. The
@@ -24,17 +25,11 @@
 //! (whiteout markers settle the cases where two names fit).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::path::PathBuf;
 
-use anyhow::Context;
 use thiserror::Error;
 
 use crate::erofs::format::{self, *};
 use crate::tree::{self, Entry, Inode, Limits, NodeId, Tree, TreeError, Xattr, ROOT};
-
-/// Largest image `inspect` reads into memory.
-pub const MAX_IMAGE_BYTES: u64 = 4 << 30;
 
 /// Limits on what a hostile image may make the reader do.
 #[derive(Debug, Clone, Copy)]
@@ -75,45 +70,6 @@ pub fn read_image(bytes: &[u8]) -> Result<Tree, ReadError> {
 /// Parse a composefs EROFS image into a tree and report the image's header facts.
 pub fn read_image_with(bytes: &[u8], limits: &ReadLimits) -> Result<(Tree, ImageInfo), ReadError> {
     Reader::new(bytes, limits)?.run()
-}
-
-// ---------------------------------------------------------------------------------------
-// CLI
-
-#[derive(clap::Args, Debug)]
-pub struct InspectArgs {
-    /// The image file to read, or `-` for standard input.
-    pub image: PathBuf,
-}
-
-/// `cfsmount inspect IMAGE`: print the image as a composefs dumpfile on stdout.
-pub fn inspect(a: InspectArgs) -> anyhow::Result<()> {
-    let name = a.image.display().to_string();
-    let bytes = if a.image.as_os_str() == "-" {
-        read_bounded(&mut std::io::stdin().lock()).context("reading the image from standard input")?
-    } else {
-        let f = std::fs::File::open(&a.image).with_context(|| format!("opening {name}"))?;
-        let meta = f.metadata().with_context(|| format!("{name}: stat"))?;
-        if !meta.is_file() {
-            anyhow::bail!("{name}: not a regular file");
-        }
-        read_bounded(&mut &f).with_context(|| format!("reading {name}"))?
-    };
-    let tree = read_image(&bytes).with_context(|| format!("{name}: invalid composefs image"))?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    crate::input::dump::write_dump(&tree, &mut out).context("writing the dumpfile")?;
-    out.flush().context("writing the dumpfile")?;
-    Ok(())
-}
-
-fn read_bounded(r: &mut dyn Read) -> anyhow::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    r.take(MAX_IMAGE_BYTES + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_IMAGE_BYTES {
-        anyhow::bail!("image larger than {MAX_IMAGE_BYTES} bytes");
-    }
-    Ok(buf)
 }
 
 // ---------------------------------------------------------------------------------------
