@@ -249,19 +249,6 @@ fn chunking(size: u64) -> (u32, u64) {
     (bits, size.div_ceil(1u64 << bits))
 }
 
-fn file_type_code(mode: u32) -> u8 {
-    match mode & S_IFMT {
-        S_IFREG => FT_REG_FILE,
-        S_IFDIR => FT_DIR,
-        S_IFCHR => FT_CHRDEV,
-        S_IFBLK => FT_BLKDEV,
-        S_IFIFO => FT_FIFO,
-        S_IFSOCK => FT_SOCK,
-        S_IFLNK => FT_SYMLINK,
-        _ => FT_UNKNOWN,
-    }
-}
-
 fn valid_type(mode: u32) -> bool {
     matches!(mode & S_IFMT, S_IFREG | S_IFDIR | S_IFLNK | S_IFBLK | S_IFCHR | S_IFSOCK | S_IFIFO)
 }
@@ -1028,7 +1015,7 @@ impl<'a> Builder<'a> {
                 Target::Ino(t) => &self.inos[t as usize],
                 Target::Tree(_) => return Err(WriteError::TooLarge("unresolved directory entry")),
             };
-            o.put(&encode_dirent(t.nid, nameoff as u16, file_type_code(t.mode)))?;
+            o.put(&encode_dirent(t.nid, nameoff as u16, dirent_file_type(t.mode)))?;
             nameoff += d.name.len() as u64;
         }
         for d in ds {
