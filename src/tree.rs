@@ -26,6 +26,11 @@ pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFCHR: u32 = 0o020000;
 pub const S_IFIFO: u32 = 0o010000;
 
+/// Is `mode`'s file type one of the seven the formats know?
+pub fn valid_file_type(mode: u32) -> bool {
+    matches!(mode & S_IFMT, S_IFREG | S_IFDIR | S_IFLNK | S_IFBLK | S_IFCHR | S_IFSOCK | S_IFIFO)
+}
+
 /// Limits on hostile input. Defaults are documented in the README.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

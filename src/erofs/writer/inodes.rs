@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::{chunking, escaped, valid_type, Builder, Cat, Dirent, Ino, Target, WriteError, XSet, STUB};
+use super::{chunking, escaped, Builder, Cat, Dirent, Ino, Target, WriteError, XSet, STUB};
 use crate::erofs::format::*;
 use crate::tree::{self, NodeId, ROOT, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 
@@ -17,7 +17,7 @@ impl<'a> Builder<'a> {
         let e = &n.entry;
         let ino = &e.inode;
         let mut mode = ino.mode;
-        if !valid_type(mode) {
+        if !tree::valid_file_type(mode) {
             return Err(self.node_err(id, format!("invalid file type in mode {mode:o}")));
         }
         let mut size = ino.size;

@@ -38,7 +38,7 @@ use std::io::Write;
 use thiserror::Error;
 
 use super::format::*;
-use crate::tree::{self, NodeId, Tree, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK};
+use crate::tree::{self, NodeId, Tree, S_IFCHR, S_IFMT};
 
 /// Format version selection (the reference's `--min-version` / `--max-version`).
 /// The version written is `min_version`, raised to 1 (if `max_version` allows) when
@@ -337,8 +337,4 @@ fn chunking(size: u64) -> (u32, u64) {
         bits = CHUNK_FORMAT_BLKBITS_MASK + BLOCK_BITS;
     }
     (bits, size.div_ceil(1u64 << bits))
-}
-
-fn valid_type(mode: u32) -> bool {
-    matches!(mode & S_IFMT, S_IFREG | S_IFDIR | S_IFLNK | S_IFBLK | S_IFCHR | S_IFSOCK | S_IFIFO)
 }

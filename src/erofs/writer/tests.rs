@@ -2,6 +2,7 @@
 //! tests/conformance_*.rs).
 
 use super::*;
+use crate::tree::{S_IFLNK, S_IFREG};
 #[test]
 fn chunking_matches_reference_rules() {
     assert_eq!(chunking(1), (12, 1));
