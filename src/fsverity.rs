@@ -20,7 +20,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 /// Merkle tree block size (and data block size) used everywhere in composefs.
-pub const BLOCK_SIZE: usize = 4096;
+const BLOCK_SIZE: usize = 4096;
 const LOG_BLOCK_SIZE: u8 = 12;
 const HASH_SIZE: usize = 32;
 /// Hashes per Merkle tree block.
@@ -221,7 +221,7 @@ pub fn to_hex(d: &[u8]) -> String {
 }
 
 /// Parses a 64-character hex SHA-256 digest (either case).
-pub fn parse_hex(s: &str) -> Result<Sha256Digest, VerityError> {
+pub(crate) fn parse_hex(s: &str) -> Result<Sha256Digest, VerityError> {
     let bad = || VerityError::BadHex(s.chars().take(80).collect());
     let b = s.as_bytes();
     if b.len() != 2 * HASH_SIZE {
@@ -280,7 +280,7 @@ pub fn enable(fd: BorrowedFd<'_>) -> Result<Enabled, VerityError> {
 ///
 /// ENODATA gives [`VerityError::NotEnabled`]; ENOTTY/EOPNOTSUPP [`VerityError::Unsupported`];
 /// a digest other than SHA-256 [`VerityError::WrongAlgorithm`].
-pub fn measure(fd: BorrowedFd<'_>) -> Result<Sha256Digest, VerityError> {
+pub(crate) fn measure(fd: BorrowedFd<'_>) -> Result<Sha256Digest, VerityError> {
     let (alg, digest) = crate::sys::verity::measure(fd).map_err(|e| map_errno("FS_IOC_MEASURE_VERITY", e))?;
     if u32::from(alg) != crate::sys::verity::HASH_ALG_SHA256 || digest.len() != HASH_SIZE {
         return Err(VerityError::WrongAlgorithm { alg, size: digest.len() });
@@ -292,7 +292,7 @@ pub fn measure(fd: BorrowedFd<'_>) -> Result<Sha256Digest, VerityError> {
 
 /// Measures `fd` and compares with `expected`: a file without verity, or with another digest,
 /// is an error ([`VerityError::NotEnabled`] / [`VerityError::Mismatch`]).
-pub fn check_digest(fd: BorrowedFd<'_>, expected: &Sha256Digest) -> Result<(), VerityError> {
+pub(crate) fn check_digest(fd: BorrowedFd<'_>, expected: &Sha256Digest) -> Result<(), VerityError> {
     let actual = measure(fd)?;
     if &actual != expected {
         return Err(VerityError::Mismatch { expected: to_hex(expected), actual: to_hex(&actual) });
@@ -361,7 +361,7 @@ pub enum VerityError {
 
 impl VerityError {
     /// Attaches the file name (once).
-    pub fn at(self, path: &Path) -> Self {
+    pub(crate) fn at(self, path: &Path) -> Self {
         match self {
             e @ VerityError::File { .. } => e,
             e => VerityError::File { path: path.to_path_buf(), inner: Box::new(e) },

@@ -65,7 +65,6 @@ pub const XATTR_INDEX_USER: u8 = 1;
 pub const XATTR_INDEX_POSIX_ACL_ACCESS: u8 = 2;
 pub const XATTR_INDEX_POSIX_ACL_DEFAULT: u8 = 3;
 pub const XATTR_INDEX_TRUSTED: u8 = 4;
-pub const XATTR_INDEX_LUSTRE: u8 = 5;
 pub const XATTR_INDEX_SECURITY: u8 = 6;
 /// Prefixes by index (index 0: the full name is stored).
 pub const XATTR_PREFIXES: [&[u8]; 7] =

@@ -1,6 +1,6 @@
 //! composefs EROFS image format: the on-disk format and header codec ([`format`]), the writer
 //! (tree → image) and the hostile-image reader (image → tree).
 
-pub mod format;
+pub(crate) mod format;
 pub mod reader;
 pub mod writer;

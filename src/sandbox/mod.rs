@@ -52,8 +52,8 @@ use rustix::process::{Gid, Uid};
 pub(crate) use support::{sandbox_line, KernelSupport, LANDLOCK_KNOWN_ABI};
 
 /// `nobody` / `nogroup` on Debian, Fedora, Arch, Alpine: the ids root-invoked children run as.
-pub const NOBODY_UID: u32 = 65534;
-pub const NOGROUP_GID: u32 = 65534;
+pub(crate) const NOBODY_UID: u32 = 65534;
+pub(crate) const NOGROUP_GID: u32 = 65534;
 
 /// Resource limits of the child. Only root may change them from the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

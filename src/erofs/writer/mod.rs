@@ -68,7 +68,7 @@ pub enum WriteError {
 }
 
 /// The composefs format version that will be written for `tree`.
-pub fn effective_version(tree: &Tree, opts: &WriteOptions) -> Result<u32, WriteError> {
+pub(crate) fn effective_version(tree: &Tree, opts: &WriteOptions) -> Result<u32, WriteError> {
     if opts.min_version > COMPOSEFS_VERSION_MAX || opts.max_version > COMPOSEFS_VERSION_MAX {
         return Err(WriteError::Version { min: opts.min_version, max: opts.max_version });
     }

@@ -33,7 +33,7 @@ use crate::tree::{self, Limits, NodeId, Tree, ROOT};
 pub use write::write_dump;
 
 /// Longest xattr section of one line (the reference's cap against quadratic work).
-pub const MAX_XATTR_SECTION: usize = u16::MAX as usize;
+const MAX_XATTR_SECTION: usize = u16::MAX as usize;
 
 /// Parser settings.
 #[derive(Debug, Clone, Copy, Default)]

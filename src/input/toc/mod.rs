@@ -57,7 +57,7 @@ use thiserror::Error;
 use crate::tree::{self, Inode, Limits, Tree, TreeError, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG};
 
 /// Largest TOC document accepted by default (bytes).
-pub const MAX_INPUT_BYTES: usize = 1 << 30;
+pub(crate) const MAX_INPUT_BYTES: usize = 1 << 30;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
@@ -81,7 +81,7 @@ impl Default for TocOptions {
 
 /// Which TOC dialect a document is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
+pub(crate) enum Flavor {
     /// zstd:chunked (containers/storage), with the reference's `x-payload`/`x-content`.
     ZstdChunked,
     /// eStargz `stargz.index.json` (containerd/stargz-snapshotter).
@@ -94,7 +94,7 @@ pub fn parse(json: &[u8], opts: &TocOptions) -> Result<Tree, TocError> {
 }
 
 /// Parse a TOC of the given dialect into a finalized tree.
-pub fn parse_flavor(json: &[u8], opts: &TocOptions, flavor: Flavor) -> Result<Tree, TocError> {
+pub(crate) fn parse_flavor(json: &[u8], opts: &TocOptions, flavor: Flavor) -> Result<Tree, TocError> {
     if json.len() > opts.max_input_bytes {
         return Err(TocError::TooLarge { size: json.len(), limit: opts.max_input_bytes });
     }
@@ -238,7 +238,7 @@ fn trunc(s: &str) -> &str {
 
 /// Base64 as Go's `StdEncoding` reads it: standard alphabet, canonical padding, CR/LF ignored,
 /// non-zero trailing bits tolerated.
-pub fn decode_base64(s: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn decode_base64(s: &str) -> Result<Vec<u8>, String> {
     use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
     const ENGINE: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::STANDARD,
@@ -256,14 +256,14 @@ pub fn decode_base64(s: &str) -> Result<Vec<u8>, String> {
 }
 
 /// RFC 3339 → (seconds, nanoseconds) since the epoch.
-pub fn parse_time(s: &str) -> Result<(i64, u32), String> {
+pub(crate) fn parse_time(s: &str) -> Result<(i64, u32), String> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map_err(|e| format!("{:?} is not an RFC 3339 time: {e}", trunc(s)))?;
     Ok((t.unix_timestamp(), t.nanosecond()))
 }
 
 /// The kernel's `new_encode_dev` for a major/minor pair in its range.
-pub fn encode_dev(major: i64, minor: i64) -> Result<u32, String> {
+pub(crate) fn encode_dev(major: i64, minor: i64) -> Result<u32, String> {
     if !(0..=0xfff).contains(&major) {
         return Err(format!("device major {major} out of range (0..=4095)"));
     }
