@@ -22,7 +22,7 @@ pub use request::{BuildError, BuildInfo, BuildOptions, BuildRequest, InputFormat
 pub use untrusted::build_from_reader;
 
 /// Build `source` into `output` with the untrusted stage sandboxed. Returns the build info and,
-/// for a path output, the final file (open read-only, positioned at 0).
+/// for a path or anonymous output, the final file (positioned at 0).
 pub fn build_image(
     req: &BuildRequest,
     source: Source,

@@ -1,12 +1,12 @@
 //! Atomic output: the image is written to a file nobody else names (a temporary file in
-//! OUTPUT's directory, or a memfd for stdout) and only a validated image is made visible
+//! OUTPUT's directory, an `O_TMPFILE`, or a memfd) and only a validated image is made visible
 //! (fchmod 0644, fsync, optionally fs-verity, rename into place). On any failure the temporary
 //! file is removed: nothing is ever left at OUTPUT.
 
 use std::fs::File;
 use std::io::{self, Seek, Write};
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{BuildError, Output};
 use crate::input::dir::{create_temp, UnlinkOnDrop};
@@ -30,11 +30,8 @@ impl TempImage {
                     .map_err(BuildError::step(format!("creating a temporary file in {}", dir.display())))?;
                 TempImage { file, guard: Some(UnlinkOnDrop(Some(tp))) }
             }
-            Output::Stdout => {
-                let fd = rustix::fs::memfd_create("cfsmount-image", rustix::fs::MemfdFlags::CLOEXEC)
-                    .map_err(|e| BuildError::step("memfd_create")(e.into()))?;
-                TempImage { file: File::from(fd), guard: None }
-            }
+            Output::Stdout | Output::Anonymous { dir: None } => TempImage { file: memfd()?, guard: None },
+            Output::Anonymous { dir: Some(dir) } => TempImage { file: unnamed_in(dir)?, guard: None },
         })
     }
 
@@ -69,6 +66,11 @@ impl TempImage {
                 f.rewind().map_err(BuildError::step("rewinding the image"))?;
                 Ok(Some(f))
             }
+            Output::Anonymous { .. } => {
+                let mut f = file;
+                f.rewind().map_err(BuildError::step("rewinding the image"))?;
+                Ok(Some(f))
+            }
             Output::Stdout => {
                 let mut f = file;
                 f.rewind().map_err(BuildError::step("rewinding the image"))?;
@@ -79,5 +81,27 @@ impl TempImage {
                 Ok(None)
             }
         }
+    }
+}
+
+fn memfd() -> Result<File, BuildError> {
+    let fd = rustix::fs::memfd_create("cfsmount-image", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| BuildError::step("memfd_create")(e.into()))?;
+    Ok(File::from(fd))
+}
+
+/// A file without a name in `dir`: `O_TMPFILE`, or where the filesystem lacks it, a temporary
+/// file unlinked at once.
+fn unnamed_in(dir: &Path) -> Result<File, BuildError> {
+    use rustix::fs::{Mode, OFlags};
+    let step = || format!("creating an unnamed file in {}", dir.display());
+    match rustix::fs::open(dir, OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC, Mode::from_raw_mode(0o600)) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR) => {
+            let (file, tp) = create_temp(dir).map_err(BuildError::step(step()))?;
+            std::fs::remove_file(&tp).map_err(BuildError::step(step()))?;
+            Ok(file)
+        }
+        Err(e) => Err(BuildError::step(step())(e.into())),
     }
 }

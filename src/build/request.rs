@@ -88,15 +88,23 @@ pub enum Source {
 /// Where the image goes (parent side).
 #[derive(Debug, Clone)]
 pub enum Output {
+    /// A file, replaced atomically (a temporary file in its directory is renamed into place).
     Path(PathBuf),
     Stdout,
+    /// A file without a name, handed back by [`super::build_image`]: an `O_TMPFILE` in `dir`
+    /// (for an image that will be mounted: EROFS needs a disk filesystem's page cache, not
+    /// tmpfs/memfd pages), or a memfd without `dir`. Nothing is left behind whatever happens
+    /// to the process.
+    Anonymous {
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Parent-side settings that are not part of the untrusted request.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
     pub sandbox: SandboxConfig,
-    /// Enable fs-verity on the written image (path output only) before it is renamed into
+    /// Enable fs-verity on the written image ([`Output::Path`] only) before it is renamed into
     /// place; failure (e.g. a filesystem without verity) fails the build and leaves nothing.
     pub enable_verity: bool,
 }
