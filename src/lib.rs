@@ -7,11 +7,9 @@ pub mod build;
 pub mod cli;
 pub mod erofs;
 pub mod fsverity;
-pub mod helper;
 pub mod input;
-pub mod loopback;
 pub mod mount;
-pub mod overlay;
+pub mod privileged;
 mod probe;
 pub mod sandbox;
 #[allow(unsafe_code)]

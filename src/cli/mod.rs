@@ -5,6 +5,8 @@
 mod doctor;
 mod inspect;
 mod mkimage;
+pub mod mount;
+pub mod mount_composefs;
 mod verity;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -23,9 +25,9 @@ enum Command {
     /// Read an image back and print it as a composefs dumpfile.
     Inspect(inspect::Args),
     /// Mount an image (or a TOC/dumpfile built on the fly) with its object directories.
-    Mount(crate::mount::Args),
+    Mount(mount::Args),
     /// Unmount what `cfsmount mount` mounted.
-    Umount(crate::mount::UmountArgs),
+    Umount(mount::UmountArgs),
     /// fs-verity: enable, measure (kernel) or digest (userspace) files.
     #[command(subcommand)]
     Verity(verity::Command),
@@ -36,7 +38,7 @@ enum Command {
 fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     let argv0 = argv.first().map(std::path::Path::new).and_then(|p| p.file_name());
     if argv0.is_some_and(|n| n == "mount.composefs") {
-        return crate::mount::helper_main(&argv[1..]);
+        return crate::cli::mount_composefs::helper_main(&argv[1..]);
     }
     // `--version` (long form) also says whether the parser sandbox is complete on this kernel;
     // only asked for then (cheap probes, no side effects).
@@ -56,8 +58,8 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     match cli.cmd {
         Command::Mkimage(a) => mkimage::run(a),
         Command::Inspect(a) => inspect::run(a),
-        Command::Mount(a) => crate::mount::run(a),
-        Command::Umount(a) => crate::mount::umount(a),
+        Command::Mount(a) => mount::run(a),
+        Command::Umount(a) => mount::umount(a),
         Command::Verity(c) => verity::run(c),
         Command::Doctor => doctor::run(),
     }
@@ -66,7 +68,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
 /// Entry point used by `main`: returns the process exit code.
 pub fn main() -> i32 {
     // Privileged (setuid / file caps) execution is made safe before anything else runs.
-    if let Err(e) = crate::helper::early_init() {
+    if let Err(e) = crate::privileged::early_init() {
         eprintln!("cfsmount: {e:#}");
         return 1;
     }

@@ -1,6 +1,6 @@
 //! Loop device ioctls (LOOP_CTL_GET_FREE, LOOP_CONFIGURE, LOOP_GET_STATUS64, BLKSSZGET) over rustix.
 //!
-//! Only the raw ioctl calls live here; policy (retries, verification) is in `crate::loopback`.
+//! Only the raw ioctl calls live here; policy (retries, verification) is in `crate::mount::loopdev`.
 //! Struct layouts follow `<linux/loop.h>` (UAPI, stable since Linux 5.8 for `loop_config`).
 
 use rustix::fd::BorrowedFd;

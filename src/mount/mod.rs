@@ -6,22 +6,22 @@
 //! far: a detached mount disappears when its last fd closes, a loop device detaches when its fd
 //! closes and no superblock holds it. Nothing is attached anywhere until the final `move_mount`.
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+pub mod loopdev;
+pub mod overlay;
+
 use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
 use rustix::io::Errno;
 use rustix::mount::{
     fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, FsMountFlags, FsOpenFlags, MountAttrFlags,
 };
 
-use crate::loopback::LoopDevice;
-use crate::overlay::{self, OverlaySpec, Verity};
+use self::loopdev::LoopDevice;
+use self::overlay::{OverlaySpec, Verity};
 
 /// composefs header magic at offset 0 of the image.
 const COMPOSEFS_MAGIC: u32 = 0xd078_629a;
@@ -39,87 +39,6 @@ const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 /// Default directory of mount records.
 pub const DEFAULT_STATE_DIR: &str = "/run/cfsmount";
-
-// ---------------------------------------------------------------------------------------------
-// CLI
-// ---------------------------------------------------------------------------------------------
-
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// The image (or, with --toc/--dump, the TOC/dumpfile to build one from). This is the lowest
-    /// layer; each --layer goes on top of the previous one.
-    pub source: PathBuf,
-    /// Directory to mount on (omit with --fd-out).
-    pub target: Option<PathBuf>,
-    /// Object directories (content store), ':'-separated; repeatable.
-    #[arg(long, required = true)]
-    pub basedir: Vec<OsString>,
-    /// Expected fs-verity digest of the image (hex); repeat once per image (SOURCE, then each
-    /// --layer). Implies --verity, as the reference mount.composefs does.
-    #[arg(long)]
-    pub digest: Vec<String>,
-    /// overlay verity=require: every object must carry the fs-verity digest the image names.
-    #[arg(long, conflicts_with = "try_verity")]
-    pub verity: bool,
-    /// verity=require when the kernel offers it.
-    #[arg(long)]
-    pub try_verity: bool,
-    /// Idmap the mount with this user namespace (e.g. /proc/PID/ns/user).
-    #[arg(long, conflicts_with_all = ["uidmap", "gidmap"])]
-    pub idmap: Option<PathBuf>,
-    /// INSIDE:OUTSIDE:COUNT (repeatable): create a user namespace with this uid map for the idmap.
-    #[arg(long, requires = "gidmap")]
-    pub uidmap: Vec<String>,
-    /// INSIDE:OUTSIDE:COUNT (repeatable): gid map of the created user namespace.
-    #[arg(long, requires = "uidmap")]
-    pub gidmap: Vec<String>,
-    /// Writable upper layer (requires --workdir).
-    #[arg(long, requires = "workdir")]
-    pub upperdir: Option<PathBuf>,
-    /// overlay work directory (requires --upperdir).
-    #[arg(long, requires = "upperdir")]
-    pub workdir: Option<PathBuf>,
-    /// Mount read-only even with an upper layer.
-    #[arg(long)]
-    pub ro: bool,
-    /// Instead of attaching at TARGET, send the detached mount fd (SCM_RIGHTS) over this unix
-    /// socket: a socket path to connect to, or the number of an inherited connected socket fd.
-    #[arg(long, conflicts_with = "target")]
-    pub fd_out: Option<String>,
-    /// Always use a loop device, even when the kernel can mount the image file directly.
-    #[arg(long)]
-    pub force_loop: bool,
-    /// Another layer on top (repeatable, in stacking order, lowest first).
-    #[arg(long)]
-    pub layer: Vec<PathBuf>,
-    /// SOURCE and the layers are zstd:chunked TOC JSON files, built on the fly (sandboxed).
-    #[arg(long, conflicts_with_all = ["dump", "estargz"])]
-    pub toc: bool,
-    /// SOURCE and the layers are eStargz TOCs (stargz.index.json), built on the fly (sandboxed).
-    #[arg(long, conflicts_with = "dump")]
-    pub estargz: bool,
-    /// SOURCE and the layers are composefs dumpfiles, built on the fly (sandboxed).
-    #[arg(long)]
-    pub dump: bool,
-    /// Keep setuid/setgid bits effective (root only).
-    #[arg(long)]
-    pub allow_suid: bool,
-    /// Allow device nodes (root only).
-    #[arg(long)]
-    pub allow_dev: bool,
-    /// Mount noexec.
-    #[arg(long)]
-    pub noexec: bool,
-    /// Print what was done.
-    #[arg(long, short)]
-    pub verbose: bool,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct UmountArgs {
-    /// Mount point of a cfsmount mount.
-    pub target: PathBuf,
-}
 
 // ---------------------------------------------------------------------------------------------
 // Request model (shared by the CLI and the mount.composefs form)
@@ -210,22 +129,22 @@ pub struct MountOutcome {
     pub verity: bool,
 }
 
-use crate::helper::own_mnt_ns;
+use crate::privileged::own_mnt_ns;
 /// One JSON file per mount in the state dir (the format lives with the helper's checks).
-pub use crate::helper::MountRecord;
+pub use crate::privileged::MountRecord;
 
 // ---------------------------------------------------------------------------------------------
-// Privilege (privileged-helper mode is decided by crate::helper)
+// Privilege (privileged-helper mode is decided by crate::privileged)
 // ---------------------------------------------------------------------------------------------
 
 /// True when running setuid / with file capabilities for someone else.
 fn privileged() -> bool {
-    crate::helper::privileged()
+    crate::privileged::privileged()
 }
 
 /// The real uid of whoever ran us (in privileged mode, the recorded caller).
 fn caller_uid() -> u32 {
-    crate::helper::caller().uid
+    crate::privileged::caller().uid
 }
 
 /// The state directory; `CFSMOUNT_STATE_DIR` is honoured only when not privileged.
@@ -325,7 +244,7 @@ fn read_record(dirfd: BorrowedFd<'_>, mount_id: u64) -> Result<Option<MountRecor
 
 /// Removes records of mounts that are gone (unmounted behind our back, e.g. with plain `umount`,
 /// or an `--fd-out` mount whose receiver dropped it): those that
-/// [`crate::helper::liveness`] finds dead. Records it cannot judge are kept.
+/// [`crate::privileged::liveness`] finds dead. Records it cannot judge are kept.
 fn prune_stale_records(dirfd: BorrowedFd<'_>) {
     let Ok(dir) = std::fs::read_dir(format!("/proc/self/fd/{}", dirfd.as_raw_fd())) else {
         return;
@@ -338,7 +257,7 @@ fn prune_stale_records(dirfd: BorrowedFd<'_>) {
         let Ok(Some(rec)) = read_record(dirfd, id) else {
             continue;
         };
-        if crate::helper::liveness(&rec) == crate::helper::Liveness::Dead {
+        if crate::privileged::liveness(&rec) == crate::privileged::Liveness::Dead {
             let _ = rustix::fs::unlinkat(dirfd, record_name(id), AtFlags::empty());
         }
     }
@@ -435,7 +354,7 @@ fn build_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<
     };
     let err = |reason: String| MountError::Build { path: path.into(), reason };
     // The input is opened as the caller (pinned) and handed to the builder as an fd.
-    let src = authz(crate::helper::open_source(path))?;
+    let src = authz(crate::privileged::open_source(path))?;
     let mut req = BuildRequest::new(format);
     req.objects = objects.map(Path::to_path_buf);
     let out = state_dir.join(format!(
@@ -446,7 +365,7 @@ fn build_image(path: &Path, kind: SourceKind, state_dir: &Path, objects: Option<
     // Privileged mode: the sandboxed builder runs as the caller (it reads --objects with the caller's rights).
     let mut bopts = BuildOptions::default();
     bopts.sandbox.run_as =
-        crate::helper::privileged().then(|| (crate::helper::caller().uid, crate::helper::caller().gid));
+        crate::privileged::privileged().then(|| (crate::privileged::caller().uid, crate::privileged::caller().gid));
     let res = crate::build::build_image(&req, Source::Fd(src.fd), &Output::Path(out.clone()), &bopts);
     let _ = std::fs::remove_file(&out);
     match res {
@@ -524,8 +443,8 @@ fn mount_erofs(
     let mnt = match mnt {
         Some(m) => m,
         None => {
-            authz(crate::helper::check_mount_limits(state_dir, true))?;
-            let lo = crate::loopback::attach(img.file.as_fd(), &img.label)
+            authz(crate::privileged::check_mount_limits(state_dir, true))?;
+            let lo = crate::mount::loopdev::attach(img.file.as_fd(), &img.label)
                 .map_err(|e| MountError::Loop { path: img.label.clone(), cause: e })?;
             let src = lo.path().to_str().unwrap_or_default().to_string();
             let m = erofs_fsmount(&src, img.has_acl, attrs).map_err(|(e, what)| MountError::Erofs {
@@ -619,23 +538,23 @@ fn validate(req: &MountRequest) -> Result<(), MountError> {
     Ok(())
 }
 
-fn authz<T>(r: Result<T, crate::helper::HelperError>) -> Result<T, MountError> {
+fn authz<T>(r: Result<T, crate::privileged::HelperError>) -> Result<T, MountError> {
     r.map_err(|e| MountError::Refused(e.to_string()))
 }
 
-fn phase(p: crate::helper::Phase) -> Result<(), MountError> {
-    crate::helper::enter_phase(p).map_err(|e| MountError::Refused(format!("{e:#}")))
+fn phase(p: crate::privileged::Phase) -> Result<(), MountError> {
+    crate::privileged::enter_phase(p).map_err(|e| MountError::Refused(format!("{e:#}")))
 }
 
 /// Opens an image source: pinned, opened as the caller (in privileged mode a sealed private copy).
 fn open_source_file(path: &Path) -> Result<File, MountError> {
-    let src = authz(crate::helper::open_source(path))?;
+    let src = authz(crate::privileged::open_source(path))?;
     Ok(File::from(src.fd))
 }
 
 /// Performs the whole mount. On error, everything made so far is released by drop.
 pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
-    use crate::helper::{self as h, Phase};
+    use crate::privileged::{self as h, Phase};
     validate(&req)?;
     check_procfs()?;
     let creates_userns = matches!(req.idmap, Some(IdmapSpec::Maps { .. }));
@@ -685,7 +604,7 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
     };
     let sock = match &req.dest {
         // Connected as the caller: root must not reach sockets the caller cannot.
-        Dest::Socket(p) => Some(authz(crate::helper::as_caller(|| overlay::connect_socket(p)))??),
+        Dest::Socket(p) => Some(authz(crate::privileged::as_caller(|| overlay::connect_socket(p)))??),
         Dest::SocketFd(fd) => {
             Some(rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| MountError::Usage(format!("--fd-out fd: {e}")))?)
         }
@@ -833,7 +752,7 @@ pub fn mount(req: MountRequest) -> Result<MountOutcome, MountError> {
 /// Unmounts a cfsmount mount at `target`: pinned by fd, matched by mount id against the record
 /// (and, in privileged mode, the record's owner against the caller).
 pub fn unmount(target: &Path) -> Result<MountRecord, MountError> {
-    use crate::helper as h;
+    use crate::privileged as h;
     check_procfs()?;
     let (state_path, state_fd) = open_state_dir(false)?;
     let grant = authz(h::authorize_umount(&state_path, target))?;
@@ -866,361 +785,11 @@ pub fn unmount(target: &Path) -> Result<MountRecord, MountError> {
     // diskseq); otherwise, or with nothing to watch, it is removed.
     let mut detached = rec.clone();
     detached.target = None;
-    let held = crate::helper::liveness(&detached) == crate::helper::Liveness::Live;
+    let held = crate::privileged::liveness(&detached) == crate::privileged::Liveness::Live;
     if !(held && write_record(state_fd.as_fd(), &detached).is_ok()) {
         let _ = rustix::fs::unlinkat(state_fd.as_fd(), record_name(id), AtFlags::empty());
     }
     Ok(rec)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Entry points
-// ---------------------------------------------------------------------------------------------
-
-fn parse_digests(v: &[String]) -> Result<Vec<[u8; 32]>, MountError> {
-    v.iter().map(|d| crate::fsverity::parse_hex(d).map_err(|e| MountError::Usage(format!("digest: {e}")))).collect()
-}
-
-fn split_basedirs(v: &[OsString]) -> Result<Vec<PathBuf>, MountError> {
-    let mut out = Vec::new();
-    for b in v {
-        for part in b.as_bytes().split(|c| *c == b':') {
-            if part.is_empty() {
-                return Err(MountError::Usage(format!("basedir {:?} has an empty component", b)));
-            }
-            out.push(PathBuf::from(std::ffi::OsStr::from_bytes(part)));
-        }
-    }
-    Ok(out)
-}
-
-fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        let n: i32 = s.parse().map_err(|_| MountError::Usage(format!("--fd-out {s}: bad fd number")))?;
-        let fd = crate::sys::mount::dup_inherited_fd(n).map_err(|e| MountError::Usage(format!("--fd-out {s}: {e}")))?;
-        Ok(Dest::SocketFd(fd))
-    } else {
-        Ok(Dest::Socket(PathBuf::from(s)))
-    }
-}
-
-pub fn run(a: Args) -> anyhow::Result<()> {
-    let mut sources = vec![a.source.clone()];
-    sources.extend(a.layer.iter().cloned());
-    let digests = parse_digests(&a.digest)?;
-    let verity = if a.verity || !digests.is_empty() {
-        Verity::Require
-    } else if a.try_verity {
-        Verity::Try
-    } else {
-        Verity::Off
-    };
-    let idmap = if let Some(p) = &a.idmap {
-        Some(IdmapSpec::Path(p.clone()))
-    } else if !a.uidmap.is_empty() {
-        Some(IdmapSpec::Maps {
-            uid: a.uidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
-            gid: a.gidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
-        })
-    } else {
-        None
-    };
-    let dest = match (&a.target, &a.fd_out) {
-        (Some(t), None) => Dest::Target(t.clone()),
-        (None, Some(s)) => parse_dest_fd_out(s)?,
-        _ => bail!("give either TARGET or --fd-out SOCKET"),
-    };
-    let req = MountRequest {
-        sources,
-        kind: if a.toc {
-            SourceKind::Toc
-        } else if a.estargz {
-            SourceKind::Estargz
-        } else if a.dump {
-            SourceKind::Dump
-        } else {
-            SourceKind::Image
-        },
-        digests,
-        basedirs: split_basedirs(&a.basedir)?,
-        verity,
-        idmap,
-        upper: a.upperdir.clone().zip(a.workdir.clone()),
-        readonly: a.ro,
-        force_loop: a.force_loop,
-        allow_suid: a.allow_suid,
-        allow_dev: a.allow_dev,
-        noexec: a.noexec,
-        dest,
-        verbose: a.verbose,
-    };
-    match mount(req) {
-        Ok(_) => Ok(()),
-        // Errors about the source already start with its path: say it once.
-        Err(e) if e.to_string().starts_with(&*a.source.to_string_lossy()) => {
-            Err(anyhow::Error::new(e).context("mount"))
-        }
-        Err(e) => Err(anyhow::Error::new(e).context(format!("mounting {}", a.source.display()))),
-    }
-}
-
-pub fn umount(a: UmountArgs) -> anyhow::Result<()> {
-    unmount(&a.target).with_context(|| format!("unmounting {}", a.target.display()))?;
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// mount.composefs
-// ---------------------------------------------------------------------------------------------
-
-/// Splits a `-o` string at unescaped commas; `\` escapes the next character in values (as the
-/// reference mount.composefs does). Returns (key, value) pairs.
-pub fn parse_options(s: &str) -> Result<Vec<(String, Option<String>)>, MountError> {
-    let mut out = Vec::new();
-    if s.is_empty() {
-        return Ok(out);
-    }
-    let b = s.as_bytes();
-    let mut i = 0;
-    loop {
-        // one option: up to an unescaped ','
-        let start = i;
-        let mut eq = None;
-        while i < b.len() && b[i] != b',' {
-            if b[i] == b'=' && eq.is_none() {
-                eq = Some(i);
-            } else if b[i] == b'\\' && i + 1 < b.len() {
-                i += 1;
-            }
-            i += 1;
-        }
-        let opt = &s[start..i];
-        let (key, val) = match eq {
-            Some(e) => (&s[start..e], Some(unescape(&s[e + 1..i]))),
-            None => (opt, None),
-        };
-        if key.is_empty() {
-            return Err(MountError::Usage(format!("empty option in {s:?}")));
-        }
-        out.push((key.to_string(), val));
-        if i >= b.len() {
-            break;
-        }
-        i += 1; // skip ','
-        if i >= b.len() {
-            return Err(MountError::Usage(format!("trailing comma in {s:?}")));
-        }
-    }
-    Ok(out)
-}
-
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c == '\\' {
-            if let Some(n) = it.next() {
-                out.push(n);
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Parsed `mount.composefs` command line.
-#[derive(Debug, Default)]
-pub struct HelperArgs {
-    pub source: Option<PathBuf>,
-    pub target: Option<PathBuf>,
-    pub options: Vec<String>,
-    pub fake: bool,
-    pub sloppy: bool,
-    pub verbose: bool,
-    pub namespace: Option<String>,
-}
-
-/// util-linux calls helpers as `mount.TYPE SPEC DIR [-sfnv] [-N NS] [-o OPTS] [-t TYPE]`; options
-/// may also precede the operands (getopt order).
-pub fn parse_helper_argv(argv: &[OsString]) -> Result<HelperArgs, MountError> {
-    let mut h = HelperArgs::default();
-    let mut pos: Vec<PathBuf> = Vec::new();
-    let mut i = 0;
-    let mut only_pos = false;
-    let need = |i: usize, flag: &str| -> Result<String, MountError> {
-        argv.get(i)
-            .and_then(|v| v.to_str())
-            .map(|s| s.to_string())
-            .ok_or_else(|| MountError::Usage(format!("option {flag} needs a (UTF-8) argument")))
-    };
-    while i < argv.len() {
-        let a = &argv[i];
-        let ab = a.as_bytes();
-        if only_pos || ab.len() < 2 || ab[0] != b'-' {
-            pos.push(PathBuf::from(a));
-            i += 1;
-            continue;
-        }
-        if ab == b"--" {
-            only_pos = true;
-            i += 1;
-            continue;
-        }
-        // a cluster of short options, possibly ending in one that takes an argument
-        let mut j = 1;
-        while j < ab.len() {
-            match ab[j] {
-                b's' => h.sloppy = true,
-                b'f' => h.fake = true,
-                b'n' => {}
-                b'v' => h.verbose = true,
-                b'h' => return Err(MountError::Usage(helper_usage())),
-                c @ (b'o' | b't' | b'N') => {
-                    let val = if j + 1 < ab.len() {
-                        String::from_utf8(ab[j + 1..].to_vec())
-                            .map_err(|_| MountError::Usage("option value is not UTF-8".into()))?
-                    } else {
-                        i += 1;
-                        need(i, &format!("-{}", c as char))?
-                    };
-                    match c {
-                        b'o' => h.options.push(val),
-                        b't' => {
-                            if val != "composefs" {
-                                return Err(MountError::Usage(format!("unsupported filesystem type {val:?}")));
-                            }
-                        }
-                        _ => h.namespace = Some(val),
-                    }
-                    j = ab.len();
-                    continue;
-                }
-                c => return Err(MountError::Usage(format!("unknown flag -{}\n{}", c as char, helper_usage()))),
-            }
-            j += 1;
-        }
-        i += 1;
-    }
-    if pos.len() != 2 {
-        return Err(MountError::Usage(format!(
-            "expected IMAGE and MOUNTPOINT, got {} operands\n{}",
-            pos.len(),
-            helper_usage()
-        )));
-    }
-    h.target = pos.pop();
-    h.source = pos.pop();
-    Ok(h)
-}
-
-fn helper_usage() -> String {
-    "usage: mount.composefs IMAGE MOUNTPOINT [-sfnv] [-N NAMESPACE] [-o OPTIONS]\n\
-     options: basedir=PATH[:PATH...], digest=HEX, verity, tryverity, idmap=PATH, ro, rw, upperdir=PATH, workdir=PATH"
-        .to_string()
-}
-
-/// Turns `mount.composefs` arguments into a request.
-pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
-    let (mut basedir, mut digest, mut idmap, mut upper, mut work) = (None, None, None, None, None);
-    let (mut verity, mut tryverity, mut ro, mut suid, mut dev, mut noexec) = (false, false, false, false, false, false);
-    let need =
-        |k: &str, v: Option<String>| v.ok_or_else(|| MountError::Usage(format!("No value specified for {k} option")));
-    for o in &h.options {
-        for (k, v) in parse_options(o)? {
-            match k.as_str() {
-                "basedir" => basedir = Some(need(&k, v)?),
-                "digest" => digest = Some(need(&k, v)?),
-                "idmap" => idmap = Some(need(&k, v)?),
-                "upperdir" => upper = Some(need(&k, v)?),
-                "workdir" => work = Some(need(&k, v)?),
-                "verity" | "tryverity" | "ro" | "rw" | "nosuid" | "nodev" | "suid" | "dev" | "noexec" | "exec"
-                    if v.is_some() =>
-                {
-                    return Err(MountError::Usage(format!("option {k} takes no value")));
-                }
-                "verity" => verity = true,
-                "tryverity" => tryverity = true,
-                "ro" => ro = true,
-                "rw" => ro = false,
-                "nosuid" => suid = false,
-                "nodev" => dev = false,
-                "suid" => suid = true,
-                "dev" => dev = true,
-                "noexec" => noexec = true,
-                "exec" => noexec = false,
-                _ if h.sloppy => eprintln!("mount.composefs: ignoring unsupported option {k}"),
-                _ => return Err(MountError::Usage(format!("Unsupported option {k}"))),
-            }
-        }
-    }
-    let basedir = basedir.ok_or_else(|| MountError::Usage("No object dirs specified (basedir=)".into()))?;
-    if upper.is_some() != work.is_some() {
-        return Err(MountError::Usage("Both workdir and upperdir must be specified if used".into()));
-    }
-    let digests = match &digest {
-        Some(d) => vec![crate::fsverity::parse_hex(d).map_err(|e| MountError::Usage(format!("digest: {e}")))?],
-        None => vec![],
-    };
-    Ok(MountRequest {
-        sources: vec![h.source.clone().unwrap_or_default()],
-        kind: SourceKind::Image,
-        basedirs: split_basedirs(&[OsString::from(basedir)])?,
-        verity: if verity || !digests.is_empty() {
-            Verity::Require
-        } else if tryverity {
-            Verity::Try
-        } else {
-            Verity::Off
-        },
-        digests,
-        idmap: idmap.map(|p| IdmapSpec::Path(PathBuf::from(p))),
-        upper: upper.map(PathBuf::from).zip(work.map(PathBuf::from)),
-        readonly: ro,
-        force_loop: false,
-        allow_suid: suid,
-        allow_dev: dev,
-        noexec,
-        dest: Dest::Target(h.target.clone().unwrap_or_default()),
-        verbose: h.verbose,
-    })
-}
-
-/// `mount.composefs SOURCE TARGET [-o OPTIONS]`, as util-linux calls helpers.
-pub fn helper_main(argv: &[OsString]) -> anyhow::Result<()> {
-    let h = parse_helper_argv(argv)?;
-    // Privileged helper: option strings are vetted whole (suid/dev/unknown/escapes/length), and
-    // no other mount namespace may be entered on behalf of an unprivileged caller.
-    for o in &h.options {
-        authz(crate::helper::check_option_string(o))?;
-    }
-    if privileged() && h.namespace.is_some() {
-        return Err(MountError::Refused("-N is not available to unprivileged callers".into()).into());
-    }
-    let req = helper_request(&h)?;
-    if let Some(ns) = &h.namespace {
-        enter_mount_ns(ns)?;
-    }
-    if h.fake {
-        return Ok(());
-    }
-    let src = h.source.clone().unwrap_or_default();
-    mount(req).with_context(|| format!("Failed to mount composefs {}", src.display()))?;
-    Ok(())
-}
-
-/// `-N NS`: a PID or a path of a mount namespace to mount in.
-fn enter_mount_ns(ns: &str) -> Result<(), MountError> {
-    let path = if !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_digit()) {
-        format!("/proc/{ns}/ns/mnt")
-    } else {
-        ns.to_string()
-    };
-    let fd = rustix::fs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| MountError::Usage(format!("-N {ns}: {e}")))?;
-    rustix::thread::move_into_link_name_space(fd.as_fd(), Some(rustix::thread::LinkNameSpaceType::Mount))
-        .map_err(|e| MountError::Usage(format!("-N {ns}: setns: {e}")))?;
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1245,13 +814,13 @@ pub enum MountError {
     Dir { what: &'static str, path: PathBuf, errno: Errno },
     // The cause is part of the message (not an error `source`), so `{:#}` prints it once.
     #[error("{}: loop device: {cause}", path.display())]
-    Loop { path: PathBuf, cause: crate::loopback::LoopError },
+    Loop { path: PathBuf, cause: crate::mount::loopdev::LoopError },
     #[error("{}: EROFS mount failed at {step}: {errno}", path.display())]
     Erofs { path: PathBuf, step: String, errno: Errno },
     #[error("idmap: {reason}")]
     Idmap { reason: String },
     #[error(transparent)]
-    Overlay(#[from] crate::overlay::OverlayError),
+    Overlay(#[from] crate::mount::overlay::OverlayError),
     #[error("attaching the mount at {}: {reason}", target.display())]
     Attach { target: PathBuf, reason: String },
     #[error("{0}")]
@@ -1268,60 +837,4 @@ pub enum MountError {
     Umount { target: PathBuf, reason: String },
     #[error("/proc: {reason}")]
     Proc { reason: String },
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn options_like_the_reference() {
-        let o = parse_options("basedir=/a\\,b:/c,digest=ab,verity,ro").unwrap();
-        assert_eq!(o[0], ("basedir".to_string(), Some("/a,b:/c".to_string())));
-        assert_eq!(o[1], ("digest".to_string(), Some("ab".to_string())));
-        assert_eq!(o[2], ("verity".to_string(), None));
-        assert_eq!(o[3], ("ro".to_string(), None));
-        assert!(parse_options("ro,").is_err());
-        assert!(parse_options(",ro").is_err());
-    }
-
-    #[test]
-    fn helper_argv_orders() {
-        let v = |s: &[&str]| s.iter().map(OsString::from).collect::<Vec<_>>();
-        let h = parse_helper_argv(&v(&["img", "/mnt", "-n", "-o", "basedir=/x,ro", "-t", "composefs"])).unwrap();
-        assert_eq!(h.source.as_deref(), Some(Path::new("img")));
-        assert_eq!(h.target.as_deref(), Some(Path::new("/mnt")));
-        assert_eq!(h.options, vec!["basedir=/x,ro".to_string()]);
-        let h = parse_helper_argv(&v(&["-sv", "-obasedir=/x", "img", "/mnt"])).unwrap();
-        assert!(h.sloppy && h.verbose);
-        assert!(parse_helper_argv(&v(&["img"])).is_err());
-        assert!(parse_helper_argv(&v(&["img", "/m", "-t", "ext4"])).is_err());
-        assert!(parse_helper_argv(&v(&["img", "/m", "-q"])).is_err());
-    }
-
-    #[test]
-    fn helper_options_rejected() {
-        let mk = |o: &str| HelperArgs {
-            source: Some("i".into()),
-            target: Some("t".into()),
-            options: vec![o.into()],
-            ..Default::default()
-        };
-        assert!(helper_request(&mk("basedir=/a,bogus")).is_err());
-        assert!(helper_request(&mk("ro")).is_err()); // no basedir
-        assert!(helper_request(&mk("basedir=/a,upperdir=/u")).is_err());
-        assert!(helper_request(&mk("basedir=/a::/b")).is_err());
-        let r = helper_request(&mk("basedir=/a:/b\\,c,tryverity,ro")).unwrap();
-        assert_eq!(r.basedirs, vec![PathBuf::from("/a"), PathBuf::from("/b,c")]);
-        assert_eq!(r.verity, Verity::Try);
-        assert!(r.readonly);
-    }
-
-    #[test]
-    fn idmap_specs() {
-        assert_eq!("0:100000:65536".parse::<IdMap>().unwrap(), IdMap { inside: 0, outside: 100000, count: 65536 });
-        for bad in ["0:1", "a:1:1", "0:0:0", "4294967295:0:2", "-1:0:1", "0:1:1:1", "+1:0:1"] {
-            assert!(bad.parse::<IdMap>().is_err(), "{bad}");
-        }
-    }
 }

@@ -7,7 +7,7 @@
 //! (failing closed) and refuses every subcommand except `mount`/`umount`.
 //! The mount path then calls the [`authz`] functions, which act with the CALLER's credentials.
 
-pub mod authz;
+pub mod gate;
 pub mod policy;
 
 use std::ffi::OsString;
@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use caps::{CapSet, Capability};
 
-pub use authz::*;
+pub use gate::*;
 pub use policy::{Limits, Policy, PolicyError};
 
 /// Who ran us.

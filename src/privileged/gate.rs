@@ -729,11 +729,9 @@ pub fn liveness(r: &MountRecord) -> Liveness {
     if r.loop_devices.is_empty() || r.loop_diskseq.len() != r.loop_devices.len() {
         return Liveness::Unknown;
     }
-    let any = r
-        .loop_devices
-        .iter()
-        .zip(&r.loop_diskseq)
-        .any(|(p, seq)| crate::loopback::number_of(p).is_some_and(|n| crate::loopback::still_bound(n, *seq)));
+    let any = r.loop_devices.iter().zip(&r.loop_diskseq).any(|(p, seq)| {
+        crate::mount::loopdev::number_of(p).is_some_and(|n| crate::mount::loopdev::still_bound(n, *seq))
+    });
     if any {
         Liveness::Live
     } else {

@@ -1,0 +1,187 @@
+//! `cfsmount mount` and `cfsmount umount`: clap arguments → a mount request for the engine.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+use crate::mount::overlay::Verity;
+use crate::mount::{mount, unmount, Dest, IdmapSpec, MountError, MountRequest, SourceKind};
+
+// ---------------------------------------------------------------------------------------------
+// CLI
+// ---------------------------------------------------------------------------------------------
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The image (or, with --toc/--dump, the TOC/dumpfile to build one from). This is the lowest
+    /// layer; each --layer goes on top of the previous one.
+    pub source: PathBuf,
+    /// Directory to mount on (omit with --fd-out).
+    pub target: Option<PathBuf>,
+    /// Object directories (content store), ':'-separated; repeatable.
+    #[arg(long, required = true)]
+    pub basedir: Vec<OsString>,
+    /// Expected fs-verity digest of the image (hex); repeat once per image (SOURCE, then each
+    /// --layer). Implies --verity, as the reference mount.composefs does.
+    #[arg(long)]
+    pub digest: Vec<String>,
+    /// overlay verity=require: every object must carry the fs-verity digest the image names.
+    #[arg(long, conflicts_with = "try_verity")]
+    pub verity: bool,
+    /// verity=require when the kernel offers it.
+    #[arg(long)]
+    pub try_verity: bool,
+    /// Idmap the mount with this user namespace (e.g. /proc/PID/ns/user).
+    #[arg(long, conflicts_with_all = ["uidmap", "gidmap"])]
+    pub idmap: Option<PathBuf>,
+    /// INSIDE:OUTSIDE:COUNT (repeatable): create a user namespace with this uid map for the idmap.
+    #[arg(long, requires = "gidmap")]
+    pub uidmap: Vec<String>,
+    /// INSIDE:OUTSIDE:COUNT (repeatable): gid map of the created user namespace.
+    #[arg(long, requires = "uidmap")]
+    pub gidmap: Vec<String>,
+    /// Writable upper layer (requires --workdir).
+    #[arg(long, requires = "workdir")]
+    pub upperdir: Option<PathBuf>,
+    /// overlay work directory (requires --upperdir).
+    #[arg(long, requires = "upperdir")]
+    pub workdir: Option<PathBuf>,
+    /// Mount read-only even with an upper layer.
+    #[arg(long)]
+    pub ro: bool,
+    /// Instead of attaching at TARGET, send the detached mount fd (SCM_RIGHTS) over this unix
+    /// socket: a socket path to connect to, or the number of an inherited connected socket fd.
+    #[arg(long, conflicts_with = "target")]
+    pub fd_out: Option<String>,
+    /// Always use a loop device, even when the kernel can mount the image file directly.
+    #[arg(long)]
+    pub force_loop: bool,
+    /// Another layer on top (repeatable, in stacking order, lowest first).
+    #[arg(long)]
+    pub layer: Vec<PathBuf>,
+    /// SOURCE and the layers are zstd:chunked TOC JSON files, built on the fly (sandboxed).
+    #[arg(long, conflicts_with_all = ["dump", "estargz"])]
+    pub toc: bool,
+    /// SOURCE and the layers are eStargz TOCs (stargz.index.json), built on the fly (sandboxed).
+    #[arg(long, conflicts_with = "dump")]
+    pub estargz: bool,
+    /// SOURCE and the layers are composefs dumpfiles, built on the fly (sandboxed).
+    #[arg(long)]
+    pub dump: bool,
+    /// Keep setuid/setgid bits effective (root only).
+    #[arg(long)]
+    pub allow_suid: bool,
+    /// Allow device nodes (root only).
+    #[arg(long)]
+    pub allow_dev: bool,
+    /// Mount noexec.
+    #[arg(long)]
+    pub noexec: bool,
+    /// Print what was done.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UmountArgs {
+    /// Mount point of a cfsmount mount.
+    pub target: PathBuf,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) fn parse_digests(v: &[String]) -> Result<Vec<[u8; 32]>, MountError> {
+    v.iter().map(|d| crate::fsverity::parse_hex(d).map_err(|e| MountError::Usage(format!("digest: {e}")))).collect()
+}
+
+pub(crate) fn split_basedirs(v: &[OsString]) -> Result<Vec<PathBuf>, MountError> {
+    let mut out = Vec::new();
+    for b in v {
+        for part in b.as_bytes().split(|c| *c == b':') {
+            if part.is_empty() {
+                return Err(MountError::Usage(format!("basedir {:?} has an empty component", b)));
+            }
+            out.push(PathBuf::from(std::ffi::OsStr::from_bytes(part)));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let n: i32 = s.parse().map_err(|_| MountError::Usage(format!("--fd-out {s}: bad fd number")))?;
+        let fd = crate::sys::mount::dup_inherited_fd(n).map_err(|e| MountError::Usage(format!("--fd-out {s}: {e}")))?;
+        Ok(Dest::SocketFd(fd))
+    } else {
+        Ok(Dest::Socket(PathBuf::from(s)))
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let mut sources = vec![a.source.clone()];
+    sources.extend(a.layer.iter().cloned());
+    let digests = parse_digests(&a.digest)?;
+    let verity = if a.verity || !digests.is_empty() {
+        Verity::Require
+    } else if a.try_verity {
+        Verity::Try
+    } else {
+        Verity::Off
+    };
+    let idmap = if let Some(p) = &a.idmap {
+        Some(IdmapSpec::Path(p.clone()))
+    } else if !a.uidmap.is_empty() {
+        Some(IdmapSpec::Maps {
+            uid: a.uidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
+            gid: a.gidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
+        })
+    } else {
+        None
+    };
+    let dest = match (&a.target, &a.fd_out) {
+        (Some(t), None) => Dest::Target(t.clone()),
+        (None, Some(s)) => parse_dest_fd_out(s)?,
+        _ => bail!("give either TARGET or --fd-out SOCKET"),
+    };
+    let req = MountRequest {
+        sources,
+        kind: if a.toc {
+            SourceKind::Toc
+        } else if a.estargz {
+            SourceKind::Estargz
+        } else if a.dump {
+            SourceKind::Dump
+        } else {
+            SourceKind::Image
+        },
+        digests,
+        basedirs: split_basedirs(&a.basedir)?,
+        verity,
+        idmap,
+        upper: a.upperdir.clone().zip(a.workdir.clone()),
+        readonly: a.ro,
+        force_loop: a.force_loop,
+        allow_suid: a.allow_suid,
+        allow_dev: a.allow_dev,
+        noexec: a.noexec,
+        dest,
+        verbose: a.verbose,
+    };
+    match mount(req) {
+        Ok(_) => Ok(()),
+        // Errors about the source already start with its path: say it once.
+        Err(e) if e.to_string().starts_with(&*a.source.to_string_lossy()) => {
+            Err(anyhow::Error::new(e).context("mount"))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("mounting {}", a.source.display()))),
+    }
+}
+
+pub fn umount(a: UmountArgs) -> anyhow::Result<()> {
+    unmount(&a.target).with_context(|| format!("unmounting {}", a.target.display()))?;
+    Ok(())
+}
