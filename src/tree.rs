@@ -26,6 +26,11 @@ pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFCHR: u32 = 0o020000;
 pub const S_IFIFO: u32 = 0o010000;
 
+/// Is `mode`'s file type one of the seven the formats know?
+pub(crate) fn valid_file_type(mode: u32) -> bool {
+    matches!(mode & S_IFMT, S_IFREG | S_IFDIR | S_IFLNK | S_IFBLK | S_IFCHR | S_IFSOCK | S_IFIFO)
+}
+
 /// Limits on hostile input. Defaults are documented in the README.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -142,7 +147,7 @@ pub fn show(path: &[u8]) -> String {
 
 /// Split a relative path into validated components. Rejects empty paths, empty, `.`
 /// and `..` components, NUL bytes and names over [`MAX_NAME_LEN`].
-pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
+pub(crate) fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
     let bad = |reason| TreeError::BadPath { path: show(path), reason };
     if path.len() >= PATH_MAX {
         return Err(bad("path longer than PATH_MAX"));
@@ -219,7 +224,7 @@ impl Tree {
         &self.nodes[id as usize]
     }
 
-    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+    pub(crate) fn node_mut(&mut self, id: NodeId) -> &mut Node {
         &mut self.nodes[id as usize]
     }
 
@@ -360,7 +365,7 @@ impl Tree {
     }
 
     /// Add a hard link at `path` to the existing non-directory entry at `target`.
-    pub fn insert_hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<NodeId, TreeError> {
+    pub(crate) fn insert_hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<NodeId, TreeError> {
         let bad = |reason| TreeError::BadHardlink { path: show(path), target: show(target), reason };
         if path == target {
             return Err(bad("links to itself"));

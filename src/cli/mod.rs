@@ -1,8 +1,15 @@
 //! Command line: argument parsing, dispatch to the stages, and turning errors into one-line messages with exit codes.
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-
+//!
+//! One file per command; this file only dispatches (by argv0 for `mount.composefs`, else by
+//! subcommand).
+mod doctor;
+mod inspect;
+mod mkimage;
 pub(crate) mod mount;
 pub(crate) mod mount_composefs;
+mod verity;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "cfsmount", version, about = "Build, verify and mount composefs images")]
@@ -14,16 +21,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build a composefs EROFS image from a TOC, an eStargz TOC, a dumpfile or a directory.
-    Mkimage(crate::mkimage::Args),
+    Mkimage(mkimage::Args),
     /// Read an image back and print it as a composefs dumpfile.
-    Inspect(crate::erofs::InspectArgs),
+    Inspect(inspect::Args),
     /// Mount an image (or a TOC/dumpfile built on the fly) with its object directories.
-    Mount(crate::cli::mount::Args),
+    Mount(mount::Args),
     /// Unmount what `cfsmount mount` mounted.
-    Umount(crate::cli::mount::UmountArgs),
+    Umount(mount::UmountArgs),
     /// fs-verity: enable, measure (kernel) or digest (userspace) files.
     #[command(subcommand)]
-    Verity(crate::fsverity::Command),
+    Verity(verity::Command),
     /// Report which kernel features (loop, EROFS, overlay, landlock, seccomp, verity) this machine offers.
     Doctor,
 }
@@ -31,7 +38,7 @@ enum Command {
 fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
     let argv0 = argv.first().map(std::path::Path::new).and_then(|p| p.file_name());
     if argv0.is_some_and(|n| n == "mount.composefs") {
-        return crate::cli::mount_composefs::helper_main(&argv[1..], mode);
+        return mount_composefs::helper_main(&argv[1..], mode);
     }
     // `--version` (long form) also says whether the parser sandbox is complete on this kernel;
     // only asked for then (cheap probes, no side effects).
@@ -49,12 +56,12 @@ fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow:
         }
     };
     match cli.cmd {
-        Command::Mkimage(a) => crate::mkimage::run(a),
-        Command::Inspect(a) => crate::erofs::inspect(a),
-        Command::Mount(a) => crate::cli::mount::run(a, mode),
-        Command::Umount(a) => crate::cli::mount::umount(a, mode),
-        Command::Verity(c) => crate::fsverity::run(c),
-        Command::Doctor => crate::sandbox::doctor(),
+        Command::Mkimage(a) => mkimage::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Mount(a) => mount::run(a, mode),
+        Command::Umount(a) => mount::umount(a, mode),
+        Command::Verity(c) => verity::run(c),
+        Command::Doctor => doctor::run(),
     }
 }
 

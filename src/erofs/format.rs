@@ -65,7 +65,6 @@ pub const XATTR_INDEX_USER: u8 = 1;
 pub const XATTR_INDEX_POSIX_ACL_ACCESS: u8 = 2;
 pub const XATTR_INDEX_POSIX_ACL_DEFAULT: u8 = 3;
 pub const XATTR_INDEX_TRUSTED: u8 = 4;
-pub const XATTR_INDEX_LUSTRE: u8 = 5;
 pub const XATTR_INDEX_SECURITY: u8 = 6;
 /// Prefixes by index (index 0: the full name is stored).
 pub const XATTR_PREFIXES: [&[u8]; 7] =
@@ -436,6 +435,21 @@ pub fn decode_dirent(b: &[u8]) -> Option<(u64, u16, u8)> {
     Some((rd64(b, 0)?, rd16(b, 8)?, *b.get(10)?))
 }
 
+/// The directory entry file type of an inode mode (`FT_UNKNOWN` for no valid file type).
+pub fn dirent_file_type(mode: u32) -> u8 {
+    use crate::tree::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK};
+    match mode & S_IFMT {
+        S_IFREG => FT_REG_FILE,
+        S_IFDIR => FT_DIR,
+        S_IFCHR => FT_CHRDEV,
+        S_IFBLK => FT_BLKDEV,
+        S_IFIFO => FT_FIFO,
+        S_IFSOCK => FT_SOCK,
+        S_IFLNK => FT_SYMLINK,
+        _ => FT_UNKNOWN,
+    }
+}
+
 /// Encode the 12-byte inline xattr header.
 pub fn encode_xattr_ibody_header(name_filter: u32, shared_count: u8) -> [u8; XATTR_IBODY_HEADER_SIZE] {
     let mut b = [0u8; XATTR_IBODY_HEADER_SIZE];
@@ -449,6 +463,22 @@ pub fn encode_xattr_ibody_header(name_filter: u32, shared_count: u8) -> [u8; XAT
 pub fn encode_xattr_entry(name_len: u8, name_index: u8, value_size: u16) -> [u8; XATTR_ENTRY_SIZE] {
     let v = value_size.to_le_bytes();
     [name_len, name_index, v[0], v[1]]
+}
+
+/// Decode the inline xattr header at the start of an inode's xattr area: (name filter, number
+/// of shared xattr ids that follow it).
+pub fn decode_xattr_ibody_header(b: &[u8]) -> Option<(u32, u8)> {
+    Some((rd32(b, 0)?, *b.get(4)?))
+}
+
+/// The `i`-th shared xattr id of an inode's xattr area (after the inline header).
+pub fn decode_shared_xattr_id(area: &[u8], i: usize) -> Option<u32> {
+    rd32(area, XATTR_IBODY_HEADER_SIZE.checked_add(i.checked_mul(4)?)?)
+}
+
+/// Decode a 4-byte xattr entry header: (name length, name index, value size).
+pub fn decode_xattr_entry(b: &[u8]) -> Option<(u8, u8, u16)> {
+    Some((*b.first()?, *b.get(1)?, rd16(b, 2)?))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -261,7 +261,7 @@ pub(crate) enum AccessError {
     #[error("image refused: {reason}")]
     BadImage { reason: String },
     #[error("image refused: {0}")]
-    Header(#[from] crate::erofs::format::HeaderError),
+    Header(crate::erofs::format::HeaderError),
     #[error(transparent)]
     Verity(crate::fsverity::VerityError),
     #[error("idmap refused: {0}")]

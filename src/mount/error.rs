@@ -17,20 +17,20 @@ pub(crate) enum MountError {
     /// An input could not be opened, or the access policy refused it.
     #[error(transparent)]
     Access(#[from] AccessError),
-    #[error("{}: not a composefs image ({source})", path.display())]
-    NotComposefs { path: PathBuf, source: crate::erofs::format::HeaderError },
+    // Causes are part of the messages (not error `source`s), so `{:#}` prints each once.
+    #[error("{}: not a composefs image ({cause})", path.display())]
+    NotComposefs { path: PathBuf, cause: crate::erofs::format::HeaderError },
     #[error("{}: {what}: {errno}", path.display())]
     Source { path: PathBuf, what: &'static str, errno: Errno },
-    #[error("{}: building the image failed: {reason}", path.display())]
-    Build { path: PathBuf, reason: String },
-    #[error("{}: image digest check failed: {source}", path.display())]
-    Digest { path: PathBuf, source: AccessError },
-    // The cause is part of the message (not an error `source`), so `{:#}` prints it once.
+    #[error("{}: building the image failed: {cause}", path.display())]
+    Build { path: PathBuf, cause: crate::build::BuildError },
+    #[error("{}: image digest check failed: {cause}", path.display())]
+    Digest { path: PathBuf, cause: AccessError },
     #[error("{}: loop device: {cause}", path.display())]
     Loop { path: PathBuf, cause: LoopError },
     #[error("{}: EROFS mount failed: {cause}", path.display())]
     Erofs { path: PathBuf, cause: FsError },
-    #[error("idmap: {0}")]
+    #[error(transparent)]
     Idmap(#[from] IdmapError),
     #[error("overlay: {0}")]
     Overlay(FsError),
@@ -74,15 +74,15 @@ impl MountError {
 /// Why an idmapped mount could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum IdmapError {
-    #[error("both --uidmap and --gidmap are needed")]
+    #[error("idmap: both --uidmap and --gidmap are needed")]
     MissingMap,
-    #[error("creating a user namespace: {0}")]
+    #[error("idmap: creating a user namespace: {0}")]
     Create(Errno),
-    #[error("writing {file} ({text}): {errno}")]
+    #[error("idmap: writing {file} ({text}): {errno}")]
     WriteMap { file: &'static str, text: String, errno: Errno },
-    #[error("opening the new user namespace: {0}")]
+    #[error("idmap: opening the new user namespace: {0}")]
     Open(Errno),
-    #[error("mount_setattr(MOUNT_ATTR_IDMAP): {errno}{}", match *errno {
+    #[error("idmap: mount_setattr(MOUNT_ATTR_IDMAP): {errno}{}", match *errno {
         Errno::NOSYS => " (this kernel lacks mount_setattr: idmapped mounts need Linux 5.12+)",
         Errno::INVAL => " (this kernel cannot idmap EROFS mounts: Linux 5.19+)",
         _ => "",

@@ -39,16 +39,16 @@ pub(crate) fn open(
         Err(HeaderError::Read(errno)) => {
             return Err(MountError::Source { path: path.into(), what: "reading the header", errno })
         }
-        Err(e) => return Err(MountError::NotComposefs { path: path.into(), source: e }),
+        Err(e) => return Err(MountError::NotComposefs { path: path.into(), cause: e }),
     };
     Ok(Image { file, label: path.to_path_buf(), has_acl: h.has_acl() })
 }
 
-/// Builds an image from a TOC or dumpfile with the sandboxed builder (`crate::mkimage`), into a
-/// file in the private `scratch` directory that is unlinked as soon as it is open: the returned
-/// fd is the only reference (and the one that gets mounted). The input is opened through the
-/// access policy (as the caller, pinned) and handed to the builder as an fd; the builder runs
-/// as `access.builder_ids()`.
+/// Builds an image from a TOC or dumpfile with the sandboxed builder (`crate::build`), into a
+/// file without a name in the private `scratch` directory (`O_TMPFILE`): the returned fd is the
+/// only reference (and the one that gets mounted), so nothing is left behind whatever happens
+/// to the process. The input is opened through the access policy (as the caller, pinned) and
+/// handed to the builder as an fd; the builder runs as `access.builder_ids()`.
 fn build(
     path: &Path,
     kind: SourceKind,
@@ -56,29 +56,22 @@ fn build(
     scratch: &Path,
     objects: Option<&Path>,
 ) -> Result<File, MountError> {
-    use crate::mkimage::{BuildOptions, BuildRequest, InputFormat, Output, Source};
+    use crate::build::{BuildOptions, BuildRequest, InputFormat, Output, Source};
     let format = match kind {
         SourceKind::Toc => InputFormat::Toc,
         SourceKind::Estargz => InputFormat::Estargz,
         SourceKind::Dump => InputFormat::Dump,
         SourceKind::Image => unreachable!("images are not built"),
     };
-    let err = |reason: String| MountError::Build { path: path.into(), reason };
     let src: OwnedFd = access.open_source(path)?;
     let mut req = BuildRequest::new(format);
     req.objects = objects.map(Path::to_path_buf);
     let mut opts = BuildOptions::default();
     opts.sandbox.run_as = access.builder_ids();
-    let out = scratch.join(format!(
-        ".build-{}-{}.img",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-    ));
-    let res = crate::mkimage::build_image(&req, Source::Fd(src), &Output::Path(out.clone()), &opts);
-    let _ = std::fs::remove_file(&out);
-    match res {
+    let out = Output::Anonymous { dir: Some(scratch.to_path_buf()) };
+    match crate::build::build_image(&req, Source::Fd(src), &out, &opts) {
         Ok((_, Some(f))) => Ok(f),
-        Ok((_, None)) => Err(err("the builder returned no image".into())),
-        Err(e) => Err(err(format!("{e:#}"))),
+        Ok((_, None)) => unreachable!("an anonymous output always hands the image back"),
+        Err(e) => Err(MountError::Build { path: path.into(), cause: e }),
     }
 }

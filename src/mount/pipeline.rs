@@ -160,7 +160,7 @@ fn open_inputs(
     for (img, want) in images.iter().zip(&req.digests) {
         access
             .check_digest(img.file.as_fd(), want)
-            .map_err(|e| MountError::Digest { path: img.label.clone(), source: e })?;
+            .map_err(|e| MountError::Digest { path: img.label.clone(), cause: e })?;
     }
     let upper = match &req.upper {
         Some((u, w)) => Some(access.open_upper(u, w)?),

@@ -64,13 +64,21 @@ pub(crate) fn unmount(
     Ok(rec)
 }
 
-/// Whether the detached mount of `rec` is still held. The loop device of a mount nobody holds
-/// is released asynchronously (AUTOCLEAR runs after the superblock is gone): give it up to half
-/// a second before judging the mount held.
+/// Whether the detached mount of `rec` is still held. Its EROFS superblocks go away while the
+/// pinning fd is closed (the last reference), but a loop device under them is released
+/// asynchronously (AUTOCLEAR runs from a workqueue after the superblock is gone), so a loop
+/// still bound alone does not mean "held": the EROFS superblock on it (`/sys/fs/erofs/loopN`)
+/// must still exist too. Kernels without that sysfs directory get up to half a second for the
+/// release.
 fn still_held(rec: &MountRecord) -> bool {
+    let sysfs = Path::new("/sys/fs/erofs");
+    let erofs_on_a_loop = || rec.loop_devices.iter().any(|d| d.file_name().is_some_and(|n| sysfs.join(n).exists()));
     for _ in 0..50 {
         if liveness(rec) != Liveness::Live {
             return false;
+        }
+        if sysfs.is_dir() {
+            return erofs_on_a_loop();
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }

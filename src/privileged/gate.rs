@@ -117,8 +117,8 @@ impl Access for Gate {
     /// The EROFS superblock (block size, inode count within `max_entries`), then the whole image
     /// through the hostile-input reader, refusing device nodes and unsafe redirects.
     fn check_image(&self, image: BorrowedFd<'_>) -> Result<(), AccessError> {
-        let h = crate::erofs::format::ImageHeader::read_from(image)?;
-        h.block_size()?;
+        let h = crate::erofs::format::ImageHeader::read_from(image).map_err(AccessError::Header)?;
+        h.block_size().map_err(AccessError::Header)?;
         let max = self.limits.max_entries;
         if h.inodes() > max {
             return Err(AccessError::Limit { what: "image entries", value: h.inodes(), limit: max });
