@@ -43,7 +43,7 @@ use crate::tree::{self, NodeId, Tree, S_IFCHR, S_IFMT};
 /// Format version selection (the reference's `--min-version` / `--max-version`).
 /// The version written is `min_version`, raised to 1 (if `max_version` allows) when
 /// the tree holds an overlay whiteout (character device 0/0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteOptions {
     pub min_version: u32,
     pub max_version: u32,
