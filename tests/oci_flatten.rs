@@ -9,7 +9,7 @@ mod listing;
 
 use std::io::Read;
 
-use cfsmount::input::toc::{parse_flavor, Flavor, TocOptions};
+use cfsmount::input::toc::{parse, TocOptions};
 use cfsmount::oci::flatten::flatten;
 use cfsmount::tree::{Limits, Tree};
 
@@ -18,7 +18,7 @@ fn toc_tree(writer: &str, n: u32) -> Tree {
     let mut json = Vec::new();
     flate2::read::GzDecoder::new(std::fs::File::open(&p).unwrap()).read_to_end(&mut json).unwrap();
     let opts = TocOptions { keep_whiteouts: true, ..TocOptions::default() };
-    parse_flavor(&json, &opts, Flavor::ZstdChunked).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    parse(&json, &opts).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cfsmount::input::toc::{parse_flavor, Flavor, TocOptions};
+use cfsmount::input::toc::{parse, TocOptions};
 use cfsmount::oci::flatten::{flatten, LayerTree};
 use cfsmount::oci::Sha256;
 use cfsmount::store::repo::{ImageInfo, LayerInfo, Lock, Repo};
@@ -73,7 +73,7 @@ fn layer_tree(n: u32) -> LayerTree {
     let mut json = Vec::new();
     flate2::read::GzDecoder::new(std::fs::File::open(p).unwrap()).read_to_end(&mut json).unwrap();
     let opts = TocOptions { keep_whiteouts: true, ..TocOptions::default() };
-    parse_flavor(&json, &opts, Flavor::ZstdChunked).unwrap().into()
+    parse(&json, &opts).unwrap().into()
 }
 
 fn count_files(d: &Path) -> usize {

@@ -100,7 +100,7 @@ fn do_import(repo: &Repo, reference: &str, p: &Option<String>) -> anyhow::Result
     import(repo, &r, platform(p)?.as_ref(), &BlobReader).with_context(|| format!("importing {reference}"))
 }
 
-pub fn run_oci(c: OciCommand) -> anyhow::Result<()> {
+pub(crate) fn run_oci(c: OciCommand, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
     match c {
         OciCommand::Import(a) => {
             let repo = a.store.open(Lock::Shared)?;
@@ -113,7 +113,7 @@ pub fn run_oci(c: OciCommand) -> anyhow::Result<()> {
             println!("{}\t{}\t{}\t{state}", im.manifest, im.info.fsverity, im.info.platform);
             Ok(())
         }
-        OciCommand::Mount(a) => mount(a),
+        OciCommand::Mount(a) => mount(a, mode),
         OciCommand::Ls(s) => {
             let repo = s.open(Lock::Shared)?;
             println!("IMAGE\tPLATFORM\tSIZE\tVERITY\tFS-VERITY DIGEST\tSOURCE");
@@ -127,7 +127,7 @@ pub fn run_oci(c: OciCommand) -> anyhow::Result<()> {
             let repo = a.store.open(Lock::Exclusive)?;
             let keys = a.names.iter().map(|n| find(&repo, n)).collect::<anyhow::Result<Vec<_>>>()?;
             for k in keys {
-                refuse_if_mounted(&repo.image_path(&k))?;
+                refuse_if_mounted(&repo.image_path(&k), mode)?;
                 repo.remove_image(&k).with_context(|| format!("removing {k}"))?;
                 println!("removed {k}");
             }
@@ -172,8 +172,12 @@ fn find(repo: &Repo, name: &str) -> anyhow::Result<Sha256> {
 }
 
 /// An image that a live mount uses cannot be removed (its objects would vanish under it).
-fn refuse_if_mounted(image: &Path) -> anyhow::Result<()> {
-    let records = crate::mount::list_records().unwrap_or_default();
+fn refuse_if_mounted(image: &Path, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
+    let (_, settings) = super::mount::engine_for(mode);
+    let records = match crate::mount::records::RecordStore::open(&settings.state_dir, false) {
+        Ok(Some(store)) => store.list(),
+        _ => Vec::new(),
+    };
     if let Some(r) = records.iter().find(|r| r.sources.iter().any(|s| s == image)) {
         let at = r.target.as_ref().map_or("(detached)".to_string(), |t| t.display().to_string());
         bail!("{} is mounted at {at}: unmount it first", image.display());
@@ -181,7 +185,7 @@ fn refuse_if_mounted(image: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mount(a: MountArgs) -> anyhow::Result<()> {
+fn mount(a: MountArgs, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
     // Shared for the whole mount: gc (exclusive) cannot remove objects in the meantime.
     let repo = a.store.open(Lock::Shared)?;
     let key: Sha256 = if a.reference.starts_with("oci:") {
@@ -199,7 +203,7 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
     let req = crate::mount::MountRequest {
         sources: vec![image.clone()],
         kind: crate::mount::SourceKind::Image,
-        verity: if digests.is_empty() { crate::overlay::Verity::Off } else { crate::overlay::Verity::Require },
+        verity: if digests.is_empty() { crate::mount::Verity::Off } else { crate::mount::Verity::Require },
         digests,
         basedirs: vec![repo.objects_dir()],
         idmap: None,
@@ -210,8 +214,9 @@ fn mount(a: MountArgs) -> anyhow::Result<()> {
         allow_dev: a.allow_dev,
         noexec: false,
         dest: crate::mount::Dest::Target(a.target.clone()),
-        verbose: false,
     };
-    crate::mount::mount(req).with_context(|| format!("mounting {} ({key}) at {}", a.reference, a.target.display()))?;
+    let (access, settings) = super::mount::engine_for(mode);
+    crate::mount::mount(&req, access.as_ref(), &crate::mount::kernel::Real, &settings)
+        .with_context(|| format!("mounting {} ({key}) at {}", a.reference, a.target.display()))?;
     Ok(())
 }

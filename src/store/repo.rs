@@ -636,10 +636,10 @@ fn write_image(tree: &Tree, p: &Path) -> Result<File, RepoError> {
     let null: OwnedFd = File::open("/dev/null").map_err(io_err(Path::new("/dev/null"), "opening"))?.into();
     let opts = crate::erofs::writer::WriteOptions::default();
     crate::sandbox::run_confined(&crate::sandbox::SandboxConfig::default(), null, out, move |_, mut o| {
-        crate::mkimage::write_tree(tree, &opts, &mut o).map(|_| ()).map_err(|e| e.to_string())
+        crate::build::write_tree(tree, &opts, &mut o).map(|_| ()).map_err(|e| e.to_string())
     })
     .map_err(|e| RepoError::Build(e.to_string()))?;
-    crate::mkimage::validate_image(&f).map_err(|e| RepoError::Build(format!("{}: {e:#}", p.display())))?;
+    crate::build::validate_image(&f).map_err(|e| RepoError::Build(format!("{}: {e}", p.display())))?;
     f.sync_all().map_err(io_err(p, "fsync"))?;
     drop(f);
     File::open(p).map_err(io_err(p, "reopening"))
