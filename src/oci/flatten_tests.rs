@@ -166,3 +166,19 @@ fn hostile_whiteouts_and_real_devices() {
     let e = flatten(vec![l1.into(), l2.into()], Limits { max_entries: 3, max_depth: 10 }).unwrap_err();
     assert!(e.to_string().contains("too many entries"), "{e}");
 }
+
+#[test]
+fn paths_never_resolve_through_symlinks() {
+    let link = Entry {
+        inode: Inode { mode: crate::tree::S_IFLNK | 0o777, size: 7, ..Inode::default() },
+        payload: Some(b"usr/lib".to_vec()),
+        ..Entry::default()
+    };
+    let l1 = layer(&[("lib", link), ("usr/lib/keep", reg(1, "keep"))], &[]);
+    // A whiteout below the symlink removes nothing; an entry below it replaces the symlink
+    // with a directory (overlayfs' view), and usr/lib is left alone.
+    let l2 = layer(&[("lib/.wh.keep", marker())], &[]);
+    let l3 = layer(&[("lib/x", reg(3, "x"))], &[]);
+    let t = flatten(vec![l1.into(), l2.into(), l3.into()], Limits::default()).unwrap();
+    assert_eq!(listing(&t), ["lib d755@0", "lib/x f:x", "usr d755@0", "usr/lib d755@0", "usr/lib/keep f:keep"]);
+}
