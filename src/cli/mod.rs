@@ -2,6 +2,7 @@
 //!
 //! One file per command; this file only dispatches (by argv0 for `mount.composefs`, else by
 //! subcommand).
+pub(crate) mod als;
 mod doctor;
 mod inspect;
 pub mod layer;
@@ -43,6 +44,9 @@ enum Command {
     /// The store of images, layers and objects.
     #[command(subcommand)]
     Store(oci::StoreCommand),
+    /// Additional Layer Store for podman: serve image layers as composefs mounts.
+    #[command(subcommand)]
+    Als(als::AlsCommand),
 }
 
 fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
@@ -75,6 +79,7 @@ fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow:
         Command::Doctor => doctor::run(),
         Command::Oci(c) => oci::run_oci(c, mode),
         Command::Store(c) => oci::run_store(c),
+        Command::Als(c) => als::run(c, mode),
     }
 }
 

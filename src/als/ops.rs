@@ -1,0 +1,262 @@
+//! `als add`, `als rm`, `als ls`, `als mount-all`: the records in the store first, then each
+//! affected ALS root made to match them ([`super::root::sync`]). Every command can be run
+//! again after a crash and converges (the records are written atomically; a root is rebuilt
+//! from them).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::protocol::{self, LayerInfoJson};
+use super::root::{self, Desired, Engine, LayerSpec, SyncReport};
+use super::state::{AlsState, LayerRef, RefRecord, STATE_DIR};
+use super::AlsError;
+use crate::oci::flatten::{flatten, LayerTree};
+use crate::oci::layout::{Image, Layer, Layout, Platform, Reference};
+use crate::oci::reader::BlobReader;
+use crate::oci::Sha256;
+use crate::store::repo::{ReadFacts, Repo};
+use crate::tree::{Limits, Tree};
+
+/// What `als add` did.
+#[derive(Debug, Clone)]
+pub struct Added {
+    /// The reference as podman will look it up.
+    pub reference: String,
+    pub manifest: Sha256,
+    /// Blob digest, TOC digest (if served) per layer, lowest first.
+    pub layers: Vec<(String, Option<String>)>,
+    /// Layer blobs read by the layer reader (the others were in the store).
+    pub layers_read: usize,
+    pub sync: SyncReport,
+}
+
+/// The ALS root path as records name it: absolute, symlinks resolved (created, 0700, when
+/// missing, so that storage.conf can name it before anything is added).
+pub fn canonical_root(root: &Path) -> Result<PathBuf, AlsError> {
+    let abs =
+        std::path::absolute(root).map_err(|e| AlsError::Io { path: root.into(), step: "absolute path", source: e })?;
+    if !abs.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).recursive(true).create(&abs).map_err(|e| AlsError::Io {
+            path: abs.clone(),
+            step: "creating",
+            source: e,
+        })?;
+    }
+    abs.canonicalize().map_err(|e| AlsError::Io { path: abs, step: "resolving", source: e })
+}
+
+/// Add `source` (an OCI layout reference) to the ALS `root` under `reference`.
+/// `repo` is held shared (objects and layers cannot be collected meanwhile), `als` exclusive.
+pub fn add(
+    repo: &Repo,
+    als: &AlsState,
+    root: &Path,
+    reference: &str,
+    source: &Reference,
+    platform: Option<&Platform>,
+    eng: &Engine<'_>,
+) -> Result<Added, AlsError> {
+    let reference = protocol::normalize_reference(reference)?;
+    let layout = Layout::open(&source.dir).map_err(|e| AlsError::Other(format!("{e}")))?;
+    let image = layout.resolve(source.tag.as_deref(), platform).map_err(|e| AlsError::Other(format!("{e}")))?;
+    let layers_read = crate::oci::import::import_layers(repo, &layout, &image, &BlobReader)
+        .map_err(|e| AlsError::Other(format!("importing the layers: {e:#}")))?;
+    let seal = crate::store::repo::verity_supported(&repo.root().join(STATE_DIR).join("tmp"));
+    let mut refs = Vec::new();
+    for (i, layer) in image.layers.iter().enumerate() {
+        let what = format!("layer {} ({})", i + 1, layer.digest);
+        let facts = read_facts(repo, &layout, layer, &what)?;
+        let toc = protocol::toc_digest(&layer.annotations)
+            .filter(|_| protocol::toc_verified(&layer.annotations, &facts.format, &facts.checked));
+        if !als.has_layer(&layer.digest) {
+            let info = info_json(layer, &facts, toc.as_deref());
+            let blob =
+                layout.open_blob(&what, &layer.digest, layer.size).map_err(|e| AlsError::Other(format!("{e}")))?;
+            als.add_layer(&layer.digest, blob, layer.size, &info.to_bytes())?;
+        }
+        let lt = repo.layer_tree(&layer.digest)?;
+        // Implied directories take their metadata from the layers below (flattened).
+        let lower = if i > 0 && lt.tree.nodes.iter().any(|n| n.implicit) {
+            Some(flatten_prefix(repo, &image, i)?)
+        } else {
+            None
+        };
+        let tree = super::convert::overlay_form(&lt.tree, &lt.external_links, lower.as_ref(), Limits::default())
+            .map_err(|source| AlsError::Convert { layer: what.clone(), source })?;
+        let (digest, sealed) = als.add_image(repo, tree, seal)?;
+        refs.push(LayerRef { blob: layer.digest.to_string(), toc, image: digest, image_verity: sealed });
+    }
+    let dir = std::path::absolute(&source.dir).unwrap_or_else(|_| source.dir.clone());
+    let src = match &source.tag {
+        Some(t) => format!("oci:{}:{t}", dir.display()),
+        None => format!("oci:{}", dir.display()),
+    };
+    let rec = RefRecord {
+        root: root.to_path_buf(),
+        reference: reference.clone(),
+        source: src,
+        manifest: image.manifest_digest.to_string(),
+        layers: refs,
+        added: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    };
+    als.put_ref(&rec)?;
+    let sync = sync_root(repo, als, root, eng, false)?;
+    Ok(Added {
+        reference,
+        manifest: image.manifest_digest,
+        layers: rec.layers.iter().map(|l| (l.blob.clone(), l.toc.clone())).collect(),
+        layers_read,
+        sync,
+    })
+}
+
+/// The flattened tree of the first `n` layers of `image` (for implied directories).
+fn flatten_prefix(repo: &Repo, image: &Image, n: usize) -> Result<Tree, AlsError> {
+    let mut trees: Vec<LayerTree> = Vec::with_capacity(n);
+    for l in &image.layers[..n] {
+        trees.push(repo.layer_tree(&l.digest)?);
+    }
+    flatten(trees, Limits::default()).map_err(|e| AlsError::Other(format!("flattening the layers below: {e}")))
+}
+
+/// What the layer reader recorded about a stored layer; for a layer stored before that was
+/// recorded, the blob is read again (sandboxed, into a scratch image that is dropped).
+fn read_facts(repo: &Repo, layout: &Layout, layer: &Layer, what: &str) -> Result<ReadFacts, AlsError> {
+    if let Some(f) = repo.layer_info(&layer.digest)?.read {
+        return Ok(f);
+    }
+    let blob = layout.open_blob(what, &layer.digest, layer.size).map_err(|e| AlsError::Other(format!("{e}")))?;
+    // tmp/ of STORE/als belongs to the exclusive holder of its lock (the caller).
+    let scratch = repo.root().join(STATE_DIR).join("tmp").join(format!("measure-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir(&scratch).map_err(|e| AlsError::Io { path: scratch.clone(), step: "creating", source: e })?;
+    let out = scratch.join("layer.cfs");
+    let r = crate::oci::import::LayerReader::read_layer(&BlobReader, blob, layer, &repo.objects_dir(), &out);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let extras = r.map_err(|e| AlsError::Other(format!("{what}: reading the blob again for its size: {e:#}")))?;
+    extras.read.ok_or_else(|| AlsError::Other(format!("{what}: the layer reader reported no size")))
+}
+
+/// The `info` of a layer (see [`LayerInfoJson`] for what each field is for).
+fn info_json(layer: &Layer, facts: &ReadFacts, toc: Option<&str>) -> LayerInfoJson {
+    let mut flags = std::collections::BTreeMap::new();
+    if toc.is_some() {
+        flags.insert(protocol::FLAG_EXPECTED_DIFFID.to_string(), layer.diff_id.to_string());
+    }
+    LayerInfoJson {
+        compressed_digest: layer.digest.to_string(),
+        compressed_size: i64::try_from(layer.size).unwrap_or(i64::MAX),
+        diff_digest: layer.diff_id.to_string(),
+        diff_size: i64::try_from(facts.diff_size).unwrap_or(i64::MAX),
+        compression: protocol::compression_code(layer.compression),
+        toc_digest: toc.map(str::to_owned),
+        flags,
+    }
+}
+
+/// What `root` should hold according to the records.
+pub fn desired_for(als: &AlsState, root: &Path) -> Result<Desired, AlsError> {
+    let refs = als.refs()?;
+    desired_from(als, &refs, root)
+}
+
+fn desired_from(als: &AlsState, refs: &[RefRecord], root: &Path) -> Result<Desired, AlsError> {
+    let spec = |l: &LayerRef| -> Result<LayerSpec, AlsError> {
+        let blob = Sha256::parse(&l.blob).map_err(AlsError::Other)?;
+        let dir = als.layer_dir(&blob);
+        let info_path = dir.join("info");
+        let info = crate::store::repo::read_capped(&info_path, 1 << 20)?;
+        let verity_digest = if l.image_verity {
+            Some(Sha256::from_hex(&l.image).ok_or_else(|| AlsError::Other(format!("bad image digest {}", l.image)))?.0)
+        } else {
+            None
+        };
+        Ok(LayerSpec { info, blob: dir.join("blob"), image: als.image_path(&l.image), verity_digest })
+    };
+    root::desired(refs, root, &spec)
+}
+
+/// Make `root` match the records.
+pub fn sync_root(
+    repo: &Repo,
+    als: &AlsState,
+    root: &Path,
+    eng: &Engine<'_>,
+    force: bool,
+) -> Result<SyncReport, AlsError> {
+    let want = desired_for(als, root)?;
+    root::sync(root, &want, eng, None, repo.root(), force)
+}
+
+/// What `als rm` did.
+#[derive(Debug, Clone, Default)]
+pub struct Removed {
+    pub sync: SyncReport,
+    /// ALS layer directories and images no reference needs any more, removed from the store.
+    pub pruned: (usize, usize),
+}
+
+/// Remove `reference` from `root`: refused (nothing changed) while a layer only it uses is
+/// mounted by a container, unless `force`. `repo` must be held exclusively (the caller then
+/// collects garbage).
+pub fn rm(
+    repo: &Repo,
+    als: &AlsState,
+    root: &Path,
+    reference: &str,
+    eng: &Engine<'_>,
+    force: bool,
+) -> Result<Removed, AlsError> {
+    let reference = protocol::normalize_reference(reference)?;
+    let refs = als.refs()?;
+    if !refs.iter().any(|r| r.root == root && r.reference == reference) {
+        return Err(AlsError::Other(format!("{reference} is not in the ALS root {}", root.display())));
+    }
+    let rest: Vec<RefRecord> = refs.into_iter().filter(|r| !(r.root == root && r.reference == reference)).collect();
+    let want = desired_from(als, &rest, root)?;
+    if !force {
+        if let Some(b) = root::busy_layers(root, &want)?.into_iter().next() {
+            return Err(AlsError::Busy { path: b });
+        }
+    }
+    als.remove_ref(root, &reference)?;
+    let sync = root::sync(root, &want, eng, None, repo.root(), force)?;
+    // With --force a detached mount may still read its image and objects: keep them for gc.
+    let pruned = if force { (0, 0) } else { als.prune()? };
+    Ok(Removed { sync, pruned })
+}
+
+/// Every ALS root the records name, mounted and complete (after a reboot).
+pub fn mount_all(repo: &Repo, als: &AlsState, eng: &Engine<'_>) -> Result<Vec<(PathBuf, SyncReport)>, AlsError> {
+    let roots: BTreeSet<PathBuf> = als.refs()?.into_iter().map(|r| r.root).collect();
+    let mut out = Vec::new();
+    for r in roots {
+        let rep = sync_root(repo, als, &r, eng, false)?;
+        out.push((r, rep));
+    }
+    Ok(out)
+}
+
+/// Every ALS root the records name, unmounted (its tmpfs and mounts gone; the records stay,
+/// `mount_all` brings it back). A layer in use is refused unless `force`.
+pub fn umount_all(
+    als: &AlsState,
+    repo: &Repo,
+    eng: &Engine<'_>,
+    force: bool,
+) -> Result<Vec<(PathBuf, SyncReport)>, AlsError> {
+    let roots: BTreeSet<PathBuf> = als.refs()?.into_iter().map(|r| r.root).collect();
+    let mut out = Vec::new();
+    for r in roots {
+        let empty = Desired::default();
+        if !force {
+            if let Some(b) = root::busy_layers(&r, &empty)?.into_iter().next() {
+                return Err(AlsError::Busy { path: b });
+            }
+        }
+        let rep = root::sync(&r, &empty, eng, None, repo.root(), force)?;
+        out.push((r, rep));
+    }
+    Ok(out)
+}
