@@ -9,7 +9,8 @@
 //! - [`state`]: the durable records in the store (`STORE/als-records/`).
 //! - [`root`]: an ALS root as podman sees it, rebuilt from the records (a tmpfs of symlinks,
 //!   info files and composefs mounts).
-//! - [`ops`]: `als add`, `rm`, `ls`, `mount-all`.
+//! - [`view`]: per-user views for rootless podman (idmapped `diff` mounts).
+//! - [`ops`]: `als add`, `rm`, `ls`, `mount-all`, `umount-all`, `view`.
 //!
 //! docs/als.md describes the protocol (containers/storage 1.43 and ≥ 1.54), the layout, the
 //! storage.conf lines, and what works for rootless podman.
@@ -20,6 +21,7 @@ pub(crate) mod ops;
 pub mod protocol;
 pub(crate) mod root;
 pub(crate) mod state;
+pub(crate) mod view;
 
 use std::path::PathBuf;
 

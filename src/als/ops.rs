@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::protocol::{self, LayerInfoJson};
-use super::root::{self, Desired, Engine, LayerSpec, SyncReport};
+use super::root::{self, Desired, Engine, LayerSpec, SyncMode, SyncReport, ViewOf};
 use super::state::{AlsState, LayerRef, RefRecord, STATE_DIR};
+use super::view::{self, ViewRecord};
 use super::AlsError;
 use crate::oci::flatten::{flatten, LayerTree};
 use crate::oci::layout::{Image, Layer, Layout, Platform, Reference};
@@ -177,16 +178,39 @@ fn desired_from(als: &AlsState, refs: &[RefRecord], root: &Path) -> Result<Desir
     root::desired(refs, root, &spec)
 }
 
-/// Make `root` match the records.
-pub fn sync_root(
-    repo: &Repo,
-    als: &AlsState,
-    root: &Path,
-    eng: &Engine<'_>,
-    force: bool,
-) -> Result<SyncReport, AlsError> {
+/// Where `root`'s references are served: the root itself (root's podman) and each view of it.
+fn targets(als: &AlsState, root: &Path) -> Result<Vec<(PathBuf, Option<ViewOf>)>, AlsError> {
+    let mut v = vec![(root.to_path_buf(), None)];
+    for view in als.views()?.into_iter().filter(|v| v.root == root) {
+        v.push((view.target.clone(), Some(view.view_of())));
+    }
+    Ok(v)
+}
+
+/// Make `root` and its views hold `want`.
+fn sync_targets(repo: &Repo, als: &AlsState, root: &Path, want: &Desired, eng: &Engine<'_>, force: bool) -> Result<SyncReport, AlsError> {
+    let mut total = SyncReport::default();
+    for (t, view) in targets(als, root)? {
+        let mode = SyncMode { force, keep_mounted: view.is_some() };
+        total.add(&root::sync(&t, want, eng, view.as_ref(), repo.root(), mode)?);
+    }
+    Ok(total)
+}
+
+/// The first `diff` mount of `root` or its views that is in use although `want` drops it.
+fn first_busy(als: &AlsState, root: &Path, want: &Desired) -> Result<Option<PathBuf>, AlsError> {
+    for (t, _) in targets(als, root)? {
+        if let Some(b) = root::busy_layers(&t, want)?.into_iter().next() {
+            return Ok(Some(b));
+        }
+    }
+    Ok(None)
+}
+
+/// Make `root` (and its views) match the records.
+pub fn sync_root(repo: &Repo, als: &AlsState, root: &Path, eng: &Engine<'_>, force: bool) -> Result<SyncReport, AlsError> {
     let want = desired_for(als, root)?;
-    root::sync(root, &want, eng, None, repo.root(), force)
+    sync_targets(repo, als, root, &want, eng, force)
 }
 
 /// What `als rm` did.
@@ -200,14 +224,7 @@ pub struct Removed {
 /// Remove `reference` from `root`: refused (nothing changed) while a layer only it uses is
 /// mounted by a container, unless `force`. `repo` must be held exclusively (the caller then
 /// collects garbage).
-pub fn rm(
-    repo: &Repo,
-    als: &AlsState,
-    root: &Path,
-    reference: &str,
-    eng: &Engine<'_>,
-    force: bool,
-) -> Result<Removed, AlsError> {
+pub fn rm(repo: &Repo, als: &AlsState, root: &Path, reference: &str, eng: &Engine<'_>, force: bool) -> Result<Removed, AlsError> {
     let reference = protocol::normalize_reference(reference)?;
     let refs = als.refs()?;
     if !refs.iter().any(|r| r.root == root && r.reference == reference) {
@@ -216,20 +233,21 @@ pub fn rm(
     let rest: Vec<RefRecord> = refs.into_iter().filter(|r| !(r.root == root && r.reference == reference)).collect();
     let want = desired_from(als, &rest, root)?;
     if !force {
-        if let Some(b) = root::busy_layers(root, &want)?.into_iter().next() {
+        if let Some(b) = first_busy(als, root, &want)? {
             return Err(AlsError::Busy { path: b });
         }
     }
     als.remove_ref(root, &reference)?;
-    let sync = root::sync(root, &want, eng, None, repo.root(), force)?;
+    let sync = sync_targets(repo, als, root, &want, eng, force)?;
     // With --force a detached mount may still read its image and objects: keep them for gc.
     let pruned = if force { (0, 0) } else { als.prune()? };
     Ok(Removed { sync, pruned })
 }
 
-/// Every ALS root the records name, mounted and complete (after a reboot).
+/// Every ALS root and view the records name, mounted and complete (after a reboot).
 pub fn mount_all(repo: &Repo, als: &AlsState, eng: &Engine<'_>) -> Result<Vec<(PathBuf, SyncReport)>, AlsError> {
-    let roots: BTreeSet<PathBuf> = als.refs()?.into_iter().map(|r| r.root).collect();
+    let mut roots: BTreeSet<PathBuf> = als.refs()?.into_iter().map(|r| r.root).collect();
+    roots.extend(als.views()?.into_iter().map(|v| v.root));
     let mut out = Vec::new();
     for r in roots {
         let rep = sync_root(repo, als, &r, eng, false)?;
@@ -238,25 +256,97 @@ pub fn mount_all(repo: &Repo, als: &AlsState, eng: &Engine<'_>) -> Result<Vec<(P
     Ok(out)
 }
 
-/// Every ALS root the records name, unmounted (its tmpfs and mounts gone; the records stay,
-/// `mount_all` brings it back). A layer in use is refused unless `force`.
-pub fn umount_all(
-    als: &AlsState,
-    repo: &Repo,
-    eng: &Engine<'_>,
-    force: bool,
-) -> Result<Vec<(PathBuf, SyncReport)>, AlsError> {
-    let roots: BTreeSet<PathBuf> = als.refs()?.into_iter().map(|r| r.root).collect();
-    let mut out = Vec::new();
-    for r in roots {
-        let empty = Desired::default();
-        if !force {
-            if let Some(b) = root::busy_layers(&r, &empty)?.into_iter().next() {
+/// Every ALS root and view the records name, unmounted (the tmpfs and mounts gone; the records
+/// stay, `mount_all` brings them back). A layer in use is refused unless `force`.
+pub fn umount_all(als: &AlsState, repo: &Repo, eng: &Engine<'_>, force: bool) -> Result<Vec<(PathBuf, SyncReport)>, AlsError> {
+    let mut roots: BTreeSet<PathBuf> = als.refs()?.into_iter().map(|r| r.root).collect();
+    roots.extend(als.views()?.into_iter().map(|v| v.root));
+    let empty = Desired::default();
+    if !force {
+        for r in &roots {
+            if let Some(b) = first_busy(als, r, &empty)? {
                 return Err(AlsError::Busy { path: b });
             }
         }
-        let rep = root::sync(&r, &empty, eng, None, repo.root(), force)?;
-        out.push((r, rep));
+    }
+    let mut out = Vec::new();
+    for r in roots {
+        let mut total = SyncReport::default();
+        for (t, view) in targets(als, &r)? {
+            let mode = SyncMode { force, keep_mounted: false };
+            total.add(&root::sync(&t, &empty, eng, view.as_ref(), repo.root(), mode)?);
+        }
+        out.push((r, total));
     }
     Ok(out)
+}
+
+/// Create (or refresh) `user`'s view of `root` at `target` (default `/run/cfsmount-als/USER`):
+/// the same references, `diff` mounts idmapped with the user's rootless podman mapping.
+pub fn view(
+    repo: &Repo,
+    als: &AlsState,
+    root: &Path,
+    user: &str,
+    target: Option<&Path>,
+    eng: &Engine<'_>,
+) -> Result<(ViewRecord, SyncReport), AlsError> {
+    let (name, uid, gid) = view::lookup_user(user)?;
+    let target = match target {
+        Some(t) => std::path::absolute(t).map_err(|e| AlsError::Io { path: t.into(), step: "absolute path", source: e })?,
+        None => Path::new(view::VIEWS_DIR).join(&name),
+    };
+    view::check_target_path(&target)?;
+    if target == root || target.starts_with(root) || root.starts_with(&target) {
+        return Err(AlsError::Other(format!("a view must not overlap its ALS root {}", root.display())));
+    }
+    if !target.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .recursive(true)
+            .create(&target)
+            .map_err(|e| AlsError::Io { path: target.clone(), step: "creating", source: e })?;
+    }
+    let rec = ViewRecord {
+        root: root.to_path_buf(),
+        target: target.clone(),
+        user: name.clone(),
+        uid,
+        gid,
+        uid_map: view::podman_mapping(Path::new("/etc/subuid"), &name, uid, uid)?,
+        gid_map: view::podman_mapping(Path::new("/etc/subgid"), &name, uid, gid)?,
+    };
+    if let Some(other) = als.views()?.into_iter().find(|v| v.target == target && v != &rec) {
+        if other.uid != uid || other.root != rec.root {
+            return Err(AlsError::Other(format!(
+                "{} is already the view of {} for {}: remove that first",
+                target.display(),
+                other.root.display(),
+                other.user
+            )));
+        }
+    }
+    als.put_view(&rec)?;
+    let want = desired_for(als, root)?;
+    let mode = SyncMode { force: false, keep_mounted: true };
+    let rep = root::sync(&target, &want, eng, Some(&rec.view_of()), repo.root(), mode)?;
+    Ok((rec, rep))
+}
+
+/// Remove the view at `target`: refused while one of its layers is in use unless `force`.
+pub fn view_rm(repo: &Repo, als: &AlsState, target: &Path, eng: &Engine<'_>, force: bool) -> Result<SyncReport, AlsError> {
+    let target = std::path::absolute(target).map_err(|e| AlsError::Io { path: target.into(), step: "absolute path", source: e })?;
+    let Some(rec) = als.views()?.into_iter().find(|v| v.target == target) else {
+        return Err(AlsError::Other(format!("no view at {}", target.display())));
+    };
+    let empty = Desired::default();
+    if !force {
+        if let Some(b) = root::busy_layers(&target, &empty)?.into_iter().next() {
+            return Err(AlsError::Busy { path: b });
+        }
+    }
+    let rep = root::sync(&target, &empty, eng, Some(&rec.view_of()), repo.root(), SyncMode { force, keep_mounted: false })?;
+    als.remove_view(&rec)?;
+    Ok(rep)
 }

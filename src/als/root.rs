@@ -89,7 +89,7 @@ pub struct Engine<'a> {
     pub objects: PathBuf,
 }
 
-/// What [`sync`] did.
+/// What [`sync`] did (summed over the targets of a root by [`SyncReport::add`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SyncReport {
     pub mounted: usize,
@@ -98,6 +98,16 @@ pub struct SyncReport {
     pub keys_removed: usize,
     /// The tmpfs was mounted (true) or unmounted (false) by this sync.
     pub root_mounted: Option<bool>,
+}
+
+impl SyncReport {
+    pub fn add(&mut self, o: &SyncReport) {
+        self.mounted += o.mounted;
+        self.unmounted += o.unmounted;
+        self.keys_added += o.keys_added;
+        self.keys_removed += o.keys_removed;
+        self.root_mounted = self.root_mounted.or(o.root_mounted);
+    }
 }
 
 /// Whether `root` holds cfsmount's ALS tmpfs now.
@@ -121,19 +131,29 @@ pub fn busy_layers(root: &Path, want: &Desired) -> Result<Vec<PathBuf>, AlsError
     Ok(busy)
 }
 
-/// Make `root` hold exactly `want` (see the module documentation). With `force`, a `diff`
-/// mount still in use is detached lazily instead of refused.
+/// How [`sync`] treats what is in the way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncMode {
+    /// Detach a `diff` mount still in use lazily instead of refusing.
+    pub force: bool,
+    /// Keep (or put) the tmpfs in place even with nothing to serve (a view: rootless podman
+    /// must find the mount when it starts, to see what is added later).
+    pub keep_mounted: bool,
+}
+
+/// Make `root` hold exactly `want` (see the module documentation).
 pub fn sync(
     root: &Path,
     want: &Desired,
     eng: &Engine<'_>,
     view: Option<&ViewOf>,
     store: &Path,
-    force: bool,
+    mode: SyncMode,
 ) -> Result<SyncReport, AlsError> {
     let mut rep = SyncReport::default();
+    let force = mode.force;
     let mounted = is_mounted(root)?;
-    if want.layers.is_empty() && !mounted {
+    if want.layers.is_empty() && !mounted && !mode.keep_mounted {
         return Ok(rep);
     }
     if !mounted {
@@ -166,7 +186,7 @@ pub fn sync(
         remove_layer(&layers.join(&id), eng, force)?;
         rep.unmounted += 1;
     }
-    if want.layers.is_empty() {
+    if want.layers.is_empty() && !mode.keep_mounted {
         mounts::unmount(root)?;
         rep.root_mounted = Some(false);
     }
@@ -200,10 +220,13 @@ fn mount_root(root: &Path, view: Option<&ViewOf>, store: &Path) -> Result<(), Al
             reason: "the directory is not empty (the ALS tmpfs would hide its content)".into(),
         });
     }
-    let (uid, gid) = view.map_or((0, 0), |v| (v.uid, v.gid));
-    mounts::mount_tmpfs(root, 0o700, uid, gid)?;
+    mounts::mount_tmpfs(root, 0o700, 0, 0)?;
+    let uid = view.map_or(0, |v| v.uid);
     let marker = serde_json::json!({ "root": root, "store": store, "uid": uid });
     let r = (|| {
+        if let Some(v) = view {
+            open_to(root, v)?;
+        }
         let p = root.join(MARKER);
         fs::write(&p, format!("{marker}\n")).map_err(io_err(&p, "writing"))?;
         let l = root.join(LAYERS);
@@ -213,6 +236,20 @@ fn mount_root(root: &Path, view: Option<&ViewOf>, store: &Path) -> Result<(), Al
         let _ = mounts::detach(root);
     }
     r
+}
+
+/// Let the view's user (and no one else) traverse and read the root-owned tmpfs: a POSIX ACL
+/// entry; where the tmpfs has no ACLs, the user owns the top directory (mode 0500) instead.
+fn open_to(root: &Path, v: &ViewOf) -> Result<(), AlsError> {
+    let acl = super::view::acl_user_rx(v.uid);
+    match rustix::fs::setxattr(root, "system.posix_acl_access", &acl, rustix::fs::XattrFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP) => {
+            std::os::unix::fs::chown(root, Some(v.uid), Some(v.gid)).map_err(io_err(root, "chown"))?;
+            fs::set_permissions(root, fs::Permissions::from_mode(0o500)).map_err(io_err(root, "chmod"))
+        }
+        Err(e) => Err(AlsError::Io { path: root.into(), step: "setting the ACL", source: e.into() }),
+    }
 }
 
 /// Make the layer directory `dir` complete (info, blob, use, diff mounted). Returns whether
@@ -309,8 +346,15 @@ fn remove_layer(dir: &Path, eng: &Engine<'_>, force: bool) -> Result<(), AlsErro
         if !force && mounts::in_use(&diff)? {
             return Err(AlsError::Busy { path: diff });
         }
-        crate::mount::unmount(&diff, eng.access, eng.kernel, eng.settings)
-            .map_err(|e| AlsError::Mount { path: diff.clone(), reason: e.to_string() })?;
+        match crate::mount::unmount(&diff, eng.access, eng.kernel, eng.settings) {
+            Ok(_) => {}
+            // The mount engine's record is gone (its state directory was emptied, e.g. a
+            // reboot with a persistent /run); the mount is still ours: an overlay on a layer
+            // directory of our marked tmpfs.
+            Err(crate::mount::MountError::NotOurs { .. }) if force => mounts::detach(&diff)?,
+            Err(crate::mount::MountError::NotOurs { .. }) => mounts::unmount(&diff)?,
+            Err(e) => return Err(AlsError::Mount { path: diff.clone(), reason: e.to_string() }),
+        }
     }
     let blob = dir.join("blob");
     if let Some((true, _)) = mounts::mount_state(&blob)? {
@@ -344,6 +388,13 @@ fn present_keys(root: &Path) -> Result<BTreeMap<PathBuf, PathBuf>, AlsError> {
                 continue;
             }
             let r = rel.join(&name);
+            // Base64 and digests never start with '.': a temporary symlink of an interrupted
+            // [`put_symlink`].
+            if name.as_encoded_bytes().first() == Some(&b'.') {
+                let p = root.join(&r);
+                fs::remove_file(&p).map_err(io_err(&p, "removing debris"))?;
+                continue;
+            }
             let ft = e.file_type().map_err(io_err(&d, "stat"))?;
             if ft.is_dir() {
                 stack.push(r);

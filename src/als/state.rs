@@ -244,6 +244,48 @@ impl AlsState {
         }
     }
 
+    /// Every view record.
+    pub fn views(&self) -> Result<Vec<super::view::ViewRecord>, AlsError> {
+        let d = self.dir.join("views");
+        let mut names = Vec::new();
+        for e in fs::read_dir(&d).map_err(io_err(&d, "listing"))? {
+            let p = e.map_err(io_err(&d, "listing"))?.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                names.push(p);
+            }
+        }
+        names.sort();
+        let mut out = Vec::new();
+        for p in names {
+            let bytes = crate::store::repo::read_capped(&p, MAX_RECORD)?;
+            let v = serde_json::from_slice(&bytes)
+                .map_err(|e| AlsError::Repo(RepoError::Corrupt { path: p.clone(), reason: e.to_string() }))?;
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// Write (or replace) a view record.
+    pub fn put_view(&self, v: &super::view::ViewRecord) -> Result<(), AlsError> {
+        let mut bytes = serde_json::to_vec_pretty(v).expect("record serializes");
+        bytes.push(b'\n');
+        let tmp = self.tmp_path("view");
+        write_new(&tmp, &bytes)?;
+        let dest = self.dir.join("views").join(format!("{}.json", v.id()));
+        fs::rename(&tmp, &dest).map_err(io_err(&dest, "renaming into place"))?;
+        fsync_dir(&self.dir.join("views"))
+    }
+
+    /// Remove a view record; false if there was none.
+    pub fn remove_view(&self, v: &super::view::ViewRecord) -> Result<bool, AlsError> {
+        let p = self.dir.join("views").join(format!("{}.json", v.id()));
+        match fs::remove_file(&p) {
+            Ok(()) => fsync_dir(&self.dir.join("views")).map(|()| true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(AlsError::Io { path: p, step: "removing", source: e }),
+        }
+    }
+
     /// Remove the layer directories and images no ref names any more. Returns how many.
     pub fn prune(&self) -> Result<(usize, usize), AlsError> {
         let refs = self.refs()?;

@@ -22,8 +22,41 @@ pub enum AlsCommand {
     Ls(LsArgs),
     /// Mount every ALS root the store records (after a reboot).
     MountAll(StoreArg),
-    /// Unmount every ALS root (the records stay; mount-all brings them back).
+    /// Unmount every ALS root and view (the records stay; mount-all brings them back).
     UmountAll(UmountAllArgs),
+    /// Give a user (rootless podman) a view of an ALS root: the same layers, idmapped onto the
+    /// user's podman mapping (its uid as root, then its /etc/subuid range).
+    View(ViewArgs),
+    /// Remove a view.
+    ViewRm(ViewRmArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ViewArgs {
+    /// The ALS root whose references the view serves.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// The user (name or uid).
+    #[arg(long)]
+    pub user: String,
+    /// Where to mount the view (default /run/cfsmount-als/USER; every ancestor must be a
+    /// root-owned directory only root can write). The user's storage.conf names it.
+    #[arg(long, value_name = "DIR")]
+    pub target: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ViewRmArgs {
+    /// The view's directory.
+    #[arg(long, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Detach layers still in use lazily.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub store: StoreArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -137,6 +170,17 @@ pub(crate) fn run(c: AlsCommand, mode: &crate::privileged::Mode) -> anyhow::Resu
                     r.source
                 );
             }
+            for v in als.views()?.iter().filter(|v| only.as_ref().is_none_or(|o| *o == v.root)) {
+                let mounted = crate::als::root::is_mounted(&v.target).unwrap_or(false);
+                println!(
+                    "view {}\t{}\tuser {} ({})\tof {}",
+                    v.target.display(),
+                    if mounted { "yes" } else { "no" },
+                    v.user,
+                    v.uid,
+                    v.root.display()
+                );
+            }
             Ok(())
         }
         AlsCommand::MountAll(s) => {
@@ -145,6 +189,26 @@ pub(crate) fn run(c: AlsCommand, mode: &crate::privileged::Mode) -> anyhow::Resu
             for (root, r) in ops::mount_all(&repo, &als, &engine(repo.objects_dir()))? {
                 println!("{}\t{} layers mounted, {} keys added", root.display(), r.mounted, r.keys_added);
             }
+            Ok(())
+        }
+        AlsCommand::View(a) => {
+            let repo = a.store.open(Lock::Shared)?;
+            let als = AlsState::open(&repo, true)?;
+            let root = ops::canonical_root(&a.root)?;
+            let (v, r) = ops::view(&repo, &als, &root, &a.user, a.target.as_deref(), &engine(repo.objects_dir()))
+                .with_context(|| format!("view of {} for {}", root.display(), a.user))?;
+            println!("{}	{}	{}", v.target.display(), v.user, root.display());
+            let maps = |m: &[(u32, u32, u32)]| m.iter().map(|(i, o, n)| format!("{i}:{o}:{n}")).collect::<Vec<_>>().join(",");
+            println!("uid map {}\tgid map {}", maps(&v.uid_map), maps(&v.gid_map));
+            println!("{} layers mounted, {} keys added", r.mounted, r.keys_added);
+            Ok(())
+        }
+        AlsCommand::ViewRm(a) => {
+            let repo = a.store.open(Lock::Shared)?;
+            let als = AlsState::open(&repo, true)?;
+            let r = ops::view_rm(&repo, &als, &a.target, &engine(repo.objects_dir()), a.force)
+                .with_context(|| format!("removing the view {}", a.target.display()))?;
+            println!("{} layers unmounted", r.unmounted);
             Ok(())
         }
         AlsCommand::UmountAll(a) => {

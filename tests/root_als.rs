@@ -1,0 +1,404 @@
+//! Root tier: the Additional Layer Store with the real podman 4.3.1 (Debian bookworm), a real
+//! registry (Debian's docker-registry on 127.0.0.1) and an image made by real tools (GNU tar,
+//! umoci, skopeo). Run under the machine-wide lock:
+//! `flock /tmp/cfsmount-root.lock cargo test --test root_als -- --test-threads=1`.
+//!
+//! - `podman_takes_every_layer_from_the_store`: `als add`, then `podman pull` skips every layer
+//!   blob (its debug log) and the registry serves no layer blob (its log); `podman run` reads
+//!   the files through the composefs mounts; `podman image mount` shows exactly the tree
+//!   `umoci unpack` makes of the image; `podman push` to another registry works from `blob`
+//!   (the pushed layers decompress to the config's diff_ids); a layer in use refuses `als rm`;
+//!   after `podman rmi` and `als rm` nothing is left (mounts, loop devices, records, objects).
+//! - `mount_all_brings_a_root_back`: `als umount-all` (what a reboot does) leaves an empty
+//!   directory podman ignores; `als mount-all` serves the same layers again.
+//! - `toc_keys_follow_the_containers_storage_1_54_rules`: a zstd:chunked image (skopeo): every
+//!   layer is served under its blob digest and its TOC digest, checked against the lookup
+//!   containers/storage ≥ 1.54 makes (restated from its source); podman 4.3.1 pulls it by blob
+//!   digest.
+//! - `rootless_podman_uses_an_idmapped_view`: see docs/als.md "Rootless podman".
+
+#[path = "support/podman.rs"]
+mod podman;
+#[path = "support/root.rs"]
+mod root;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use podman::{ok, run, text, Podman, Registry};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cfsmount");
+
+/// The test image, built once per run (umoci is slow-ish) in a directory that outlives the tests.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    layout: PathBuf,
+    chunked: PathBuf,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("cfsmount-als-image-").tempdir_in("/var/tmp").unwrap();
+        let layout = dir.path().join("layout");
+        podman::build_image(&dir.path().join("work"), &layout);
+        // The same image with zstd:chunked layers (TOC annotations), as skopeo 1.9.3 writes them.
+        let chunked = dir.path().join("chunked");
+        ok(Command::new("skopeo").args(["copy", "--quiet", "--dest-compress-format", "zstd:chunked"]).arg(format!("oci:{}:v1", layout.display())).arg(format!("oci:{}:v1", chunked.display())));
+        Fixture { _dir: dir, layout, chunked }
+    })
+}
+
+fn cfsmount(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    c
+}
+
+fn push(src: &Path, reg: &Registry, name: &str) -> String {
+    let dest = format!("{}/{name}", reg.host());
+    ok(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", src.display()))
+        .arg(format!("docker://{dest}")));
+    dest
+}
+
+/// One test's world: scratch dir, store, ALS root, registry, podman; cleaned up on drop.
+struct World {
+    s: root::Scratch,
+    store: PathBuf,
+    als: PathBuf,
+    reg: Registry,
+    podman: Podman,
+    state: PathBuf,
+}
+
+impl World {
+    fn new(prefix: &str) -> World {
+        let s = root::Scratch::new(prefix);
+        let store = s.path("store");
+        let als = s.mkdir("als");
+        let reg = Registry::start(&s.path("registry"));
+        let podman = Podman::new(&s.path("podman"), &als);
+        World { store, als, reg, podman, state: PathBuf::from("/run/cfsmount"), s }
+    }
+
+    fn als(&self, args: &[&str]) -> Command {
+        let mut c = cfsmount(&["als"]);
+        c.args(args).arg("--store").arg(&self.store);
+        c
+    }
+
+    fn add(&self, reference: &str, source: &Path) -> String {
+        let o = ok(self.als(&["add", "--root", self.als.to_str().unwrap(), "--ref", reference]).arg(format!("oci:{}:v1", source.display())));
+        text(&o.stdout)
+    }
+
+    fn objects(&self) -> usize {
+        count_files(&self.store.join("objects"))
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.podman.reset();
+        root::umount_all_under(&self.podman.graphroot);
+        let _ = run(&mut self.als(&["umount-all", "--force"]));
+    }
+}
+
+fn count_files(d: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![d.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&p) else { continue };
+        for e in rd.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// The layer blob digests of the image, from the layout.
+fn blob_digests(layout: &Path) -> Vec<String> {
+    podman::layout_layers(layout, "v1").0.iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn podman_takes_every_layer_from_the_store() {
+    root::require_root("root_als");
+    let _g = root::serial();
+    let f = fixture();
+    let w = World::new("cfsmount-als-pull-");
+    let before = root::Snapshot::take(w.s.root(), Some(&w.state));
+    let image = push(&f.layout, &w.reg, "als/img:v1");
+    let out = w.add(&image, &f.layout);
+    assert!(out.starts_with(&format!("{image}\t")), "{out}");
+    let blobs = blob_digests(&f.layout);
+    assert_eq!(blobs.len(), 3);
+
+    // Pull: every layer taken from the store, no layer blob downloaded.
+    let mark = w.reg.requests().len();
+    let o = w.podman.ok(&["--log-level=debug", "pull", "--tls-verify=false", &image]);
+    let log = text(&o.stderr);
+    for b in &blobs {
+        assert!(log.contains(&format!("Skipping blob {b} (already present)")), "podman did not skip {b}:\n{log}");
+    }
+    assert!(!log.contains("during use"), "the use notification must get ENOENT (no warning):\n{log}");
+    let reqs = w.reg.requests()[mark..].to_vec();
+    for b in &blobs {
+        assert!(!reqs.iter().any(|r| r.contains(b.as_str())), "layer blob {b} was downloaded: {reqs:?}");
+    }
+    assert!(reqs.iter().any(|r| r.contains("/manifests/v1")), "{reqs:?}");
+
+    // podman's layers are the store's mounts.
+    let o = w.podman.ok(&Podman::run_args(&image, &["sh", "-c", "cat /data/one /opq/new /home/u/file /swap/thing/now-a-dir; id -u; stat -c '%u:%g %a' /home/u/file /data/suid; ls /opq; test ! -e /data/doomed && echo gone"]));
+    assert_eq!(
+        text(&o.stdout),
+        "one\nnew in layer 2\nowned by u\nlayer 3\n0\n1000:1000 644\n0:0 4755\nnew\ngone\n",
+        "{}",
+        text(&o.stderr)
+    );
+
+    // `podman image mount` shows exactly what umoci unpacks.
+    let bundle = w.s.path("bundle");
+    ok(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:v1", f.layout.display())).arg(&bundle));
+    let want = podman::walk(&bundle.join("rootfs"));
+    let mp = text(&w.podman.ok(&["image", "mount", &image]).stdout).trim().to_string();
+    let got = podman::walk(Path::new(&mp));
+    let diffs = podman::diff_trees(&want, &got);
+    assert!(diffs.is_empty(), "podman image mount differs from umoci unpack:\n{}", diffs.join("\n"));
+
+    // A layer in use (the image mount holds it) cannot be removed.
+    let o = run(&mut w.als(&["rm", "--root", w.als.to_str().unwrap(), "--ref", &image]));
+    assert!(!o.status.success() && text(&o.stderr).contains("in use"), "{}", text(&o.stderr));
+    w.podman.ok(&["image", "unmount", &image]);
+
+    // Push to another registry: the layers come from `blob`.
+    let reg2 = Registry::start(&w.s.path("registry2"));
+    let dest = format!("{}/copy/img:v2", reg2.host());
+    w.podman.ok(&["push", "--tls-verify=false", &image, &dest]);
+    let uploads = reg2.requests().iter().filter(|r| r.starts_with("PUT ") && r.contains("/blobs/uploads/")).count();
+    assert!(uploads >= 4, "3 layers and the config uploaded: {:?}", reg2.requests());
+    let pulled = w.s.path("pushed");
+    ok(Command::new("skopeo").args(["copy", "--quiet", "--src-tls-verify=false"]).arg(format!("docker://{dest}")).arg(format!("oci:{}:v1", pulled.display())));
+    check_diff_ids(&pulled);
+
+    // Release: podman forgets the image; als rm unmounts; gc leaves no object.
+    w.podman.ok(&["rmi", &image]);
+    assert!(w.objects() > 0);
+    let o = ok(&mut w.als(&["rm", "--root", w.als.to_str().unwrap(), "--ref", &image]));
+    assert!(text(&o.stdout).contains("3 layers unmounted"), "{}", text(&o.stdout));
+    assert_eq!(w.objects(), 0, "objects no image needs are gone");
+    assert_eq!(count_files(&w.store.join("als-records")), 0, "no ALS record, layer or image left");
+    assert_eq!(count_files(&w.store.join("layers")), 0);
+    assert!(root::dir_entries(&w.als).is_empty(), "the ALS root is an empty directory again");
+    w.podman.reset();
+    root::umount_all_under(&w.podman.graphroot);
+    before.assert_nothing_left("after podman rmi and als rm");
+}
+
+/// Every layer of the OCI layout `dir` decompresses to its config diff_id.
+fn check_diff_ids(dir: &Path) {
+    let (layers, diff_ids) = podman::layout_layers(dir, "v1");
+    assert_eq!(layers.len(), diff_ids.len());
+    for (l, want) in layers.iter().zip(&diff_ids) {
+        let d = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let blob = std::fs::read(dir.join("blobs/sha256").join(d)).unwrap();
+        let mut tar = Vec::new();
+        use std::io::Read;
+        flate2::read::GzDecoder::new(&blob[..]).read_to_end(&mut tar).unwrap();
+        use sha2::Digest;
+        assert_eq!(format!("sha256:{:x}", sha2::Sha256::digest(&tar)), *want, "pushed layer {d}");
+    }
+}
+
+#[test]
+fn mount_all_brings_a_root_back() {
+    root::require_root("root_als");
+    let _g = root::serial();
+    let f = fixture();
+    let w = World::new("cfsmount-als-reboot-");
+    let image = push(&f.layout, &w.reg, "als/img:v1");
+    w.add(&image, &f.layout);
+    w.podman.ok(&["pull", "--tls-verify=false", &image]);
+    let cat = Podman::run_args(&image, &["cat", "/data/one"]);
+    assert_eq!(text(&w.podman.ok(&cat).stdout), "one\n");
+
+    // What a reboot does to the runtime state: the tmpfs and the mounts are gone.
+    ok(&mut w.als(&["umount-all"]));
+    assert!(root::dir_entries(&w.als).is_empty());
+    assert!(!root::mountpoints().iter().any(|m| m.starts_with(w.als.to_str().unwrap())));
+    let o = run(&mut w.podman.cmd(&cat));
+    assert!(!o.status.success(), "a container cannot start without its layers: {}", text(&o.stdout));
+    let o = ok(&mut w.als(&["ls"]));
+    assert!(text(&o.stdout).contains(&format!("{}\tno\t{image}", w.als.display())), "{}", text(&o.stdout));
+
+    ok(&mut w.als(&["mount-all"]));
+    assert_eq!(text(&w.podman.ok(&cat).stdout), "one\n");
+    let o = ok(&mut w.als(&["ls", "--root", w.als.to_str().unwrap()]));
+    assert!(text(&o.stdout).contains(&format!("{}\tyes\t{image}", w.als.display())), "{}", text(&o.stdout));
+    // mount-all again changes nothing.
+    let o = ok(&mut w.als(&["mount-all"]));
+    assert!(text(&o.stdout).contains("0 layers mounted, 0 keys added"), "{}", text(&o.stdout));
+}
+
+#[test]
+fn toc_keys_follow_the_containers_storage_1_54_rules() {
+    root::require_root("root_als");
+    let _g = root::serial();
+    let f = fixture();
+    let w = World::new("cfsmount-als-toc-");
+    let image = push(&f.chunked, &w.reg, "als/chunked:v1");
+    let out = w.add(&image, &f.chunked);
+    let (layers, diff_ids) = podman::layout_layers(&f.chunked, "v1");
+    for (l, diff_id) in layers.iter().zip(&diff_ids) {
+        let blob = l["digest"].as_str().unwrap();
+        let toc = l["annotations"]["io.github.containers.zstd-chunked.manifest-checksum"].as_str().expect("a zstd:chunked layer");
+        assert!(out.contains(&format!("{blob}\ttoc {toc}")), "{out}");
+        check_lookup_1_54(&w.als, &image, toc, l, diff_id, &f.chunked);
+        // ≤ 1.53 finds the same directory by the blob digest.
+        let by_blob = cs_layer_path(&w.als, &image, blob);
+        assert_eq!(std::fs::canonicalize(&by_blob).unwrap(), std::fs::canonicalize(cs_layer_path(&w.als, &image, toc)).unwrap());
+    }
+    // podman 4.3.1 (containers/storage 1.43) takes them by blob digest.
+    let o = w.podman.ok(&["--log-level=debug", "pull", "--tls-verify=false", &image]);
+    for l in &layers {
+        let b = l["digest"].as_str().unwrap();
+        assert!(text(&o.stderr).contains(&format!("Skipping blob {b} (already present)")), "{}", text(&o.stderr));
+    }
+    let o = w.podman.ok(&Podman::run_args(&image, &["cat", "/opq/new", "/swap/thing/now-a-dir"]));
+    assert_eq!(text(&o.stdout), "new in layer 2\nlayer 3\n");
+}
+
+/// `getAdditionalLayerPath`: `path.Join(store, base64.StdEncoding(ref), digest)`.
+fn cs_layer_path(store: &Path, reference: &str, digest: &str) -> PathBuf {
+    use base64::Engine as _;
+    let b = base64::engine::general_purpose::STANDARD.encode(reference);
+    let mut p = store.to_path_buf();
+    for c in b.split('/').filter(|c| !c.is_empty()) {
+        p.push(c);
+    }
+    p.join(digest)
+}
+
+/// What containers/storage ≥ 1.54 does with a TOC digest (drivers/overlay/overlay.go
+/// `getAdditionalLayerPath` + `validateOneAdditionalLayerPath`, store.go
+/// `LookupAdditionalLayer`, containers/image storage_dest.go `tryReusingBlobAsPending`,
+/// storage_src.go), restated: the three files exist (following symlinks); `info` decodes as a
+/// Layer whose `toc-digest` equals the key (else the pull fails); `compressed-size` is what it
+/// reports as the blob size; `use` created as os.Create does fails with ENOENT (a notification-
+/// aware store); `blob` is the compressed blob; `diff` is the layer's tree.
+fn check_lookup_1_54(als: &Path, reference: &str, toc: &str, l: &serde_json::Value, diff_id: &str, layout: &Path) {
+    let dir = cs_layer_path(als, reference, toc);
+    for f in ["diff", "info", "blob"] {
+        assert!(rustix::fs::access(&dir.join(f), rustix::fs::Access::EXISTS).is_ok(), "{}/{f} missing", dir.display());
+    }
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("info")).unwrap()).unwrap();
+    assert_eq!(info["toc-digest"], toc, "TOCDigest must equal the lookup key");
+    assert_eq!(info["compressed-diff-digest"], l["digest"]);
+    assert_eq!(info["compressed-size"], l["size"]);
+    assert_eq!(info["diff-digest"], diff_id);
+    assert_eq!(info["flags"]["expected-layer-diffid"], diff_id);
+    assert_eq!(info["compression"], 4, "archive.Zstd");
+    let blob = std::fs::read(dir.join("blob")).unwrap();
+    let want = std::fs::read(layout.join("blobs/sha256").join(l["digest"].as_str().unwrap().trim_start_matches("sha256:"))).unwrap();
+    assert!(blob == want, "blob is the compressed layer");
+    // diff-size: the uncompressed stream (with the tar padding skopeo 1.9.3 leaves out) that
+    // hashes to the diff_id.
+    let mut tar = zstd::stream::decode_all(&blob[..]).unwrap();
+    let size = info["diff-size"].as_u64().unwrap();
+    assert!(size >= tar.len() as u64 && size - (tar.len() as u64) < 10240, "diff-size {size} vs stream {}", tar.len());
+    tar.resize(size as usize, 0);
+    use sha2::Digest;
+    assert_eq!(format!("sha256:{:x}", sha2::Sha256::digest(&tar)), diff_id);
+    // The use notification: os.Create(<dir>/use) must fail with ENOENT.
+    let e = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.join("use")).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "use: {e}");
+    // The release notification (rmdir) is answered ENOTDIR: podman logs a warning.
+    let e = rustix::fs::rmdir(&dir).unwrap_err();
+    assert_eq!(e, rustix::io::Errno::NOTDIR);
+    assert!(std::fs::read_dir(dir.join("diff")).unwrap().count() > 0, "diff is the layer's tree");
+}
+
+#[test]
+fn rootless_podman_uses_an_idmapped_view() {
+    root::require_root("root_als");
+    let _g = root::serial();
+    let f = fixture();
+    let mut w = World::new("cfsmount-als-rootless-");
+    let user = root::ensure_user("cfsals", 600000);
+    // The user's podman lives in the scratch directory: make it reachable.
+    std::fs::set_permissions(w.s.root(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let home = root::fresh_dir_for(&user, &w.s.path("home"));
+    let xdg = root::fresh_dir_for(&user, &w.s.path("xdg"));
+    std::fs::set_permissions(&xdg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let view = PathBuf::from(format!("/run/cfsmount-als/{}", user.name));
+    let image = push(&f.layout, &w.reg, "als/img:v1");
+    w.add(&image, &f.layout);
+    let o = ok(&mut w.als(&["view", "--root", w.als.to_str().unwrap(), "--user", &user.name]));
+    assert!(text(&o.stdout).starts_with(&format!("{}\t{}", view.display(), user.name)), "{}", text(&o.stdout));
+    let want_map = format!("uid map 0:{}:1,1:600000:65536\tgid map 0:{}:1,1:600000:65536", user.uid, user.gid);
+    assert!(text(&o.stdout).contains(&want_map), "{}", text(&o.stdout));
+
+    // The view as the host sees it: image root is the user, image uid 1000 the 1000th subuid;
+    // only the user (ACL) and root can enter it.
+    let layer_dirs: Vec<PathBuf> = std::fs::read_dir(view.join(".layers")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(layer_dirs.len(), 3);
+    let md = |p: &Path| std::os::unix::fs::MetadataExt::uid(&std::fs::symlink_metadata(p).unwrap());
+    let l2 = layer_dirs.iter().find(|d| d.join("diff/home/u/file").exists()).expect("layer 2");
+    assert_eq!(md(&l2.join("diff/home/u/file")), 600000 + 999);
+    assert_eq!(md(&l2.join("diff/opq/new")), user.uid);
+    let other = &root::test_users().0;
+    let o = root::run_as(other, Path::new("/bin/ls"), &[view.clone().into()], |_| {});
+    assert!(!o.status.success(), "another user must not read the view");
+
+    // Rootless podman, its own storage, the view as its ALS.
+    w.podman = Podman::new(&w.s.path("podman-user"), &view);
+    w.podman.graphroot = home.join("graph");
+    w.podman.runroot = xdg.join("run");
+    std::fs::write(
+        &w.podman.conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n[storage.options]\nadditionallayerstores = [\"{}:ref\"]\n",
+            w.podman.graphroot.display(),
+            w.podman.runroot.display(),
+            view.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(w.s.path("podman-user"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    w.podman.user = Some((user.uid, user.gid, home.clone(), xdg.clone()));
+    let mark = w.reg.requests().len();
+    let o = w.podman.ok(&["--log-level=debug", "pull", "--tls-verify=false", &image]);
+    let log = text(&o.stderr);
+    for b in blob_digests(&f.layout) {
+        assert!(log.contains(&format!("Skipping blob {b} (already present)")), "rootless podman did not skip {b}:\n{log}");
+        assert!(!w.reg.requests()[mark..].iter().any(|r| r.contains(b.as_str())), "layer blob {b} downloaded");
+    }
+    assert!(!log.contains("during use"), "{log}");
+    let script = "id -u; stat -c '%n %u:%g %a' /data/one /data/suid /home/u/file /opq/new /swap/thing/now-a-dir; \
+                  cat /data/one; echo changed > /data/one && cat /data/one; ls /opq; test ! -e /data/doomed && echo gone";
+    let o = w.podman.ok(&Podman::run_args(&image, &["sh", "-c", script]));
+    assert_eq!(
+        text(&o.stdout),
+        "0\n/data/one 0:0 600\n/data/suid 0:0 4755\n/home/u/file 1000:1000 644\n/opq/new 0:0 644\n\
+         /swap/thing/now-a-dir 0:0 644\none\nchanged\nnew\ngone\n",
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Cleanup: podman forgets the image, the view goes, then the reference.
+    w.podman.reset();
+    root::umount_all_under(&w.podman.graphroot);
+    ok(&mut w.als(&["view-rm", "--target", view.to_str().unwrap()]));
+    assert!(root::dir_entries(&view).is_empty());
+    ok(&mut w.als(&["rm", "--root", w.als.to_str().unwrap(), "--ref", &image]));
+    assert_eq!(w.objects(), 0);
+}
