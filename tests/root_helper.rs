@@ -1431,9 +1431,9 @@ fn userns_maps_are_read_through_the_fd() {
     let f = std::fs::File::open(format!("/proc/{pid}/ns/user")).unwrap();
     use std::os::fd::AsFd;
     let (um, gm) = cfsmount::sys::helper::read_userns_maps(f.as_fd()).unwrap();
-    let um = cfsmount::privileged::parse_id_map(&um).unwrap();
-    let gm = cfsmount::privileged::parse_id_map(&gm).unwrap();
-    use cfsmount::privileged::IdExtent as X;
+    let um = cfsmount::privileged::idmap::parse_id_map(&um).unwrap();
+    let gm = cfsmount::privileged::idmap::parse_id_map(&gm).unwrap();
+    use cfsmount::mount::IdMap as X;
     assert_eq!(um, vec![X { inside: 0, outside: 400000, count: 1000 }, X { inside: 1000, outside: 999999, count: 1 }]);
     assert_eq!(gm, vec![X { inside: 0, outside: u.gid, count: 1 }]);
     assert_eq!(cfsmount::sys::helper::ns_get_owner_uid(f.as_fd()).unwrap(), u.uid);
@@ -1554,7 +1554,7 @@ fn packaging_makefile_install() {
     let pol = stage.join("etc/cfsmount/helper.conf");
     let pm = std::fs::metadata(&pol).unwrap();
     assert_eq!((pm.uid(), pm.mode() & 0o777), (0, 0o644));
-    assert!(cfsmount::privileged::Policy::load_from(&pol).is_ok(), "installed policy loads");
+    assert!(cfsmount::privileged::policy::Policy::load_from(&pol).is_ok(), "installed policy loads");
     // The staged binary works as a helper for the test user.
     let o = run_as_with(&e.user, &bin, &["mkimage".into()], |_| {});
     assert_refused(&o, "only `mount` and `umount`");

@@ -5,8 +5,8 @@
 mod doctor;
 mod inspect;
 mod mkimage;
-pub mod mount;
-pub mod mount_composefs;
+pub(crate) mod mount;
+pub(crate) mod mount_composefs;
 mod verity;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -35,10 +35,10 @@ enum Command {
     Doctor,
 }
 
-fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
     let argv0 = argv.first().map(std::path::Path::new).and_then(|p| p.file_name());
     if argv0.is_some_and(|n| n == "mount.composefs") {
-        return crate::cli::mount_composefs::helper_main(&argv[1..]);
+        return mount_composefs::helper_main(&argv[1..], mode);
     }
     // `--version` (long form) also says whether the parser sandbox is complete on this kernel;
     // only asked for then (cheap probes, no side effects).
@@ -58,8 +58,8 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
     match cli.cmd {
         Command::Mkimage(a) => mkimage::run(a),
         Command::Inspect(a) => inspect::run(a),
-        Command::Mount(a) => mount::run(a),
-        Command::Umount(a) => mount::umount(a),
+        Command::Mount(a) => mount::run(a, mode),
+        Command::Umount(a) => mount::umount(a, mode),
         Command::Verity(c) => verity::run(c),
         Command::Doctor => doctor::run(),
     }
@@ -67,12 +67,17 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
 
 /// Entry point used by `main`: returns the process exit code.
 pub fn main() -> i32 {
-    // Privileged (setuid / file caps) execution is made safe before anything else runs.
-    if let Err(e) = crate::privileged::early_init() {
-        eprintln!("cfsmount: {e:#}");
-        return 1;
-    }
-    match run(std::env::args_os().collect()) {
+    // The privilege mode is decided once, first; privileged (setuid / file caps) execution is
+    // made safe before anything else runs.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mode = match crate::privileged::early_init(&argv) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("cfsmount: {e}");
+            return 1;
+        }
+    };
+    match run(argv, &mode) {
         Ok(()) => 0,
         Err(e) => {
             // One line: the context chain joined with ": ".

@@ -1,92 +1,112 @@
-//! `mount.composefs`: util-linux's helper argv and the `-o` option grammar.
+//! `mount.composefs`: util-linux's helper argv (`mount -t composefs` calls it) and THE `-o`
+//! option grammar: [`parse_options`] yields typed options, the access policy checks that very
+//! list, and the request is built from it.
 
 use std::ffi::OsString;
-use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use rustix::fs::{Mode, OFlags};
 
-use super::mount::split_basedirs;
-use crate::mount::overlay::Verity;
-use crate::mount::{mount, Dest, IdmapSpec, MountError, MountRequest, SourceKind};
+use super::mount::{engine_for, print_outcome, split_basedirs};
+use crate::mount::{kernel, mount, Dest, IdmapSpec, MountError, MountOption, MountRequest, SourceKind, Verity};
+use crate::privileged::Mode;
 
-// ---------------------------------------------------------------------------------------------
-// mount.composefs
-// ---------------------------------------------------------------------------------------------
-
-/// Splits a `-o` string at unescaped commas; `\` escapes the next character in values (as the
-/// reference mount.composefs does). Returns (key, value) pairs.
-pub fn parse_options(s: &str) -> Result<Vec<(String, Option<String>)>, MountError> {
+/// Splits a `-o` string into options at unescaped commas, and each option into key and value at
+/// its first unescaped `=`; `\` escapes the next character (as in the reference
+/// mount.composefs), in keys and values alike. Empty options, a trailing comma and a dangling
+/// backslash are errors.
+pub(crate) fn parse_options(s: &str) -> Result<Vec<MountOption>, MountError> {
+    let usage = |m: String| MountError::Usage(m);
     let mut out = Vec::new();
     if s.is_empty() {
         return Ok(out);
     }
-    let b = s.as_bytes();
-    let mut i = 0;
+    // (key, value) with the escapes resolved; `in_value` once the first unescaped '=' was seen.
+    let (mut key, mut value, mut in_value) = (String::new(), None::<String>, false);
+    let mut chars = s.chars();
     loop {
-        // one option: up to an unescaped ','
-        let start = i;
-        let mut eq = None;
-        while i < b.len() && b[i] != b',' {
-            if b[i] == b'=' && eq.is_none() {
-                eq = Some(i);
-            } else if b[i] == b'\\' && i + 1 < b.len() {
-                i += 1;
+        let c = chars.next();
+        match c {
+            Some('\\') => {
+                let n = chars.next().ok_or_else(|| usage(format!("dangling backslash at the end of {s:?}")))?;
+                if in_value {
+                    value.get_or_insert_with(String::new).push(n)
+                } else {
+                    key.push(n)
+                }
             }
-            i += 1;
-        }
-        let opt = &s[start..i];
-        let (key, val) = match eq {
-            Some(e) => (&s[start..e], Some(unescape(&s[e + 1..i]))),
-            None => (opt, None),
-        };
-        if key.is_empty() {
-            return Err(MountError::Usage(format!("empty option in {s:?}")));
-        }
-        out.push((key.to_string(), val));
-        if i >= b.len() {
-            break;
-        }
-        i += 1; // skip ','
-        if i >= b.len() {
-            return Err(MountError::Usage(format!("trailing comma in {s:?}")));
+            Some('=') if !in_value => {
+                in_value = true;
+                value = Some(String::new());
+            }
+            Some(',') | None => {
+                if key.is_empty() {
+                    return Err(usage(if c.is_none() && !out.is_empty() {
+                        format!("trailing comma in {s:?}")
+                    } else {
+                        format!("empty option in {s:?}")
+                    }));
+                }
+                out.push(typed(std::mem::take(&mut key), value.take())?);
+                in_value = false;
+                if c.is_none() {
+                    return Ok(out);
+                }
+            }
+            Some(ch) => {
+                if in_value {
+                    value.get_or_insert_with(String::new).push(ch)
+                } else {
+                    key.push(ch)
+                }
+            }
         }
     }
-    Ok(out)
 }
 
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c == '\\' {
-            if let Some(n) = it.next() {
-                out.push(n);
-            }
-        } else {
-            out.push(c);
-        }
+/// One option by name: the known ones with their value rules, anything else `Unknown`.
+fn typed(key: String, value: Option<String>) -> Result<MountOption, MountError> {
+    let need = |v: Option<String>| v.ok_or_else(|| MountError::Usage(format!("No value specified for {key} option")));
+    let flag = |o: MountOption| match &value {
+        Some(_) => Err(MountError::Usage(format!("option {key} takes no value"))),
+        None => Ok(o),
+    };
+    match key.as_str() {
+        "basedir" => Ok(MountOption::Basedir(need(value)?)),
+        "digest" => Ok(MountOption::Digest(need(value)?)),
+        "idmap" => Ok(MountOption::Idmap(need(value)?)),
+        "upperdir" => Ok(MountOption::Upperdir(need(value)?)),
+        "workdir" => Ok(MountOption::Workdir(need(value)?)),
+        "verity" => flag(MountOption::Verity),
+        "tryverity" => flag(MountOption::TryVerity),
+        "ro" => flag(MountOption::Ro),
+        "rw" => flag(MountOption::Rw),
+        "nosuid" => flag(MountOption::Nosuid),
+        "nodev" => flag(MountOption::Nodev),
+        "noexec" => flag(MountOption::Noexec),
+        "suid" => flag(MountOption::Suid),
+        "dev" => flag(MountOption::Dev),
+        "exec" => flag(MountOption::Exec),
+        _ => Ok(MountOption::Unknown { key, value }),
     }
-    out
 }
 
 /// Parsed `mount.composefs` command line.
 #[derive(Debug, Default)]
-pub struct HelperArgs {
-    pub source: Option<PathBuf>,
-    pub target: Option<PathBuf>,
-    pub options: Vec<String>,
-    pub fake: bool,
-    pub sloppy: bool,
-    pub verbose: bool,
-    pub namespace: Option<String>,
+pub(crate) struct HelperArgs {
+    pub(crate) source: Option<PathBuf>,
+    pub(crate) target: Option<PathBuf>,
+    pub(crate) options: Vec<String>,
+    pub(crate) fake: bool,
+    pub(crate) sloppy: bool,
+    pub(crate) verbose: bool,
+    pub(crate) namespace: Option<String>,
 }
 
 /// util-linux calls helpers as `mount.TYPE SPEC DIR [-sfnv] [-N NS] [-o OPTS] [-t TYPE]`; options
 /// may also precede the operands (getopt order).
-pub fn parse_helper_argv(argv: &[OsString]) -> Result<HelperArgs, MountError> {
+pub(crate) fn parse_helper_argv(argv: &[OsString]) -> Result<HelperArgs, MountError> {
     let mut h = HelperArgs::default();
     let mut pos: Vec<PathBuf> = Vec::new();
     let mut i = 0;
@@ -163,38 +183,34 @@ fn helper_usage() -> String {
         .to_string()
 }
 
-/// Turns `mount.composefs` arguments into a request.
-pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
+/// Turns `mount.composefs` arguments and their parsed options into a request; also returns the
+/// unknown options `-s` (sloppy) told it to ignore.
+pub(crate) fn helper_request(
+    h: &HelperArgs,
+    options: &[MountOption],
+) -> Result<(MountRequest, Vec<String>), MountError> {
     let (mut basedir, mut digest, mut idmap, mut upper, mut work) = (None, None, None, None, None);
     let (mut verity, mut tryverity, mut ro, mut suid, mut dev, mut noexec) = (false, false, false, false, false, false);
-    let need =
-        |k: &str, v: Option<String>| v.ok_or_else(|| MountError::Usage(format!("No value specified for {k} option")));
-    for o in &h.options {
-        for (k, v) in parse_options(o)? {
-            match k.as_str() {
-                "basedir" => basedir = Some(need(&k, v)?),
-                "digest" => digest = Some(need(&k, v)?),
-                "idmap" => idmap = Some(need(&k, v)?),
-                "upperdir" => upper = Some(need(&k, v)?),
-                "workdir" => work = Some(need(&k, v)?),
-                "verity" | "tryverity" | "ro" | "rw" | "nosuid" | "nodev" | "suid" | "dev" | "noexec" | "exec"
-                    if v.is_some() =>
-                {
-                    return Err(MountError::Usage(format!("option {k} takes no value")));
-                }
-                "verity" => verity = true,
-                "tryverity" => tryverity = true,
-                "ro" => ro = true,
-                "rw" => ro = false,
-                "nosuid" => suid = false,
-                "nodev" => dev = false,
-                "suid" => suid = true,
-                "dev" => dev = true,
-                "noexec" => noexec = true,
-                "exec" => noexec = false,
-                _ if h.sloppy => eprintln!("mount.composefs: ignoring unsupported option {k}"),
-                _ => return Err(MountError::Usage(format!("Unsupported option {k}"))),
-            }
+    let mut ignored = Vec::new();
+    for o in options {
+        match o {
+            MountOption::Basedir(v) => basedir = Some(v.clone()),
+            MountOption::Digest(v) => digest = Some(v.clone()),
+            MountOption::Idmap(v) => idmap = Some(v.clone()),
+            MountOption::Upperdir(v) => upper = Some(v.clone()),
+            MountOption::Workdir(v) => work = Some(v.clone()),
+            MountOption::Verity => verity = true,
+            MountOption::TryVerity => tryverity = true,
+            MountOption::Ro => ro = true,
+            MountOption::Rw => ro = false,
+            MountOption::Nosuid => suid = false,
+            MountOption::Nodev => dev = false,
+            MountOption::Suid => suid = true,
+            MountOption::Dev => dev = true,
+            MountOption::Noexec => noexec = true,
+            MountOption::Exec => noexec = false,
+            MountOption::Unknown { key, .. } if h.sloppy => ignored.push(key.clone()),
+            MountOption::Unknown { key, .. } => return Err(MountError::Usage(format!("Unsupported option {key}"))),
         }
     }
     let basedir = basedir.ok_or_else(|| MountError::Usage("No object dirs specified (basedir=)".into()))?;
@@ -205,7 +221,7 @@ pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
         Some(d) => vec![crate::fsverity::parse_hex(d).map_err(|e| MountError::Usage(format!("digest: {e}")))?],
         None => vec![],
     };
-    Ok(MountRequest {
+    let req = MountRequest {
         sources: vec![h.source.clone().unwrap_or_default()],
         kind: SourceKind::Image,
         basedirs: split_basedirs(&[OsString::from(basedir)])?,
@@ -225,62 +241,66 @@ pub fn helper_request(h: &HelperArgs) -> Result<MountRequest, MountError> {
         allow_dev: dev,
         noexec,
         dest: Dest::Target(h.target.clone().unwrap_or_default()),
-        verbose: h.verbose,
-    })
+    };
+    Ok((req, ignored))
 }
 
 /// `mount.composefs SOURCE TARGET [-o OPTIONS]`, as util-linux calls helpers.
-pub fn helper_main(argv: &[OsString]) -> anyhow::Result<()> {
+pub(crate) fn helper_main(argv: &[OsString], mode: &Mode) -> anyhow::Result<()> {
     let h = parse_helper_argv(argv)?;
-    // Privileged helper: option strings are vetted whole (suid/dev/unknown/escapes/length), and
-    // no other mount namespace may be entered on behalf of an unprivileged caller.
-    for o in &h.options {
-        crate::privileged::check_option_string(o)?;
+    let (access, settings) = engine_for(mode);
+    // The access policy sees each option string and the very options parsed from it.
+    let mut options = Vec::new();
+    for raw in &h.options {
+        let parsed = parse_options(raw)?;
+        access.check_options(raw, &parsed).map_err(MountError::from)?;
+        options.extend(parsed);
     }
-    if crate::privileged::privileged() && h.namespace.is_some() {
-        return Err(MountError::Refused("-N is not available to unprivileged callers".into()).into());
+    if h.namespace.is_some() {
+        access.check_namespace_switch().map_err(MountError::from)?;
     }
-    let req = helper_request(&h)?;
+    let (req, ignored) = helper_request(&h, &options)?;
+    for k in ignored {
+        eprintln!("mount.composefs: ignoring unsupported option {k}");
+    }
     if let Some(ns) = &h.namespace {
-        enter_mount_ns(ns)?;
+        crate::mount::handover::enter_mount_namespace(ns)?;
     }
     if h.fake {
         return Ok(());
     }
     let src = h.source.clone().unwrap_or_default();
-    mount(req).with_context(|| format!("Failed to mount composefs {}", src.display()))?;
-    Ok(())
-}
-
-/// `-N NS`: a PID or a path of a mount namespace to mount in.
-fn enter_mount_ns(ns: &str) -> Result<(), MountError> {
-    let path = if !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_digit()) {
-        format!("/proc/{ns}/ns/mnt")
-    } else {
-        ns.to_string()
-    };
-    let fd = rustix::fs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| MountError::Usage(format!("-N {ns}: {e}")))?;
-    rustix::thread::move_into_link_name_space(fd.as_fd(), Some(rustix::thread::LinkNameSpaceType::Mount))
-        .map_err(|e| MountError::Usage(format!("-N {ns}: setns: {e}")))?;
+    let o = mount(&req, access.as_ref(), &kernel::Real, &settings)
+        .with_context(|| format!("Failed to mount composefs {}", src.display()))?;
+    if h.verbose {
+        print_outcome(&o);
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mount::IdMap;
     use std::path::Path;
+
+    fn opts(s: &str) -> Vec<MountOption> {
+        parse_options(s).unwrap()
+    }
 
     #[test]
     fn options_like_the_reference() {
-        let o = parse_options("basedir=/a\\,b:/c,digest=ab,verity,ro").unwrap();
-        assert_eq!(o[0], ("basedir".to_string(), Some("/a,b:/c".to_string())));
-        assert_eq!(o[1], ("digest".to_string(), Some("ab".to_string())));
-        assert_eq!(o[2], ("verity".to_string(), None));
-        assert_eq!(o[3], ("ro".to_string(), None));
-        assert!(parse_options("ro,").is_err());
-        assert!(parse_options(",ro").is_err());
+        use MountOption as O;
+        assert_eq!(
+            opts("basedir=/a\\,b:/c,digest=ab,verity,ro"),
+            vec![O::Basedir("/a,b:/c".into()), O::Digest("ab".into()), O::Verity, O::Ro]
+        );
+        assert_eq!(opts("x=a=b"), vec![O::Unknown { key: "x".into(), value: Some("a=b".into()) }]);
+        assert_eq!(opts("basedir=a\\=b"), vec![O::Basedir("a=b".into())]);
+        assert_eq!(opts("-ro"), vec![O::Unknown { key: "-ro".into(), value: None }]);
+        assert!(opts("").is_empty());
+        for bad in ["ro,", ",ro", "ro,,rw", "basedir", "ro=1", "=x", "basedir=a\\"] {
+            assert!(parse_options(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -299,27 +319,30 @@ mod tests {
 
     #[test]
     fn helper_options_rejected() {
-        let mk = |o: &str| HelperArgs {
-            source: Some("i".into()),
-            target: Some("t".into()),
-            options: vec![o.into()],
-            ..Default::default()
-        };
-        assert!(helper_request(&mk("basedir=/a,bogus")).is_err());
-        assert!(helper_request(&mk("ro")).is_err()); // no basedir
-        assert!(helper_request(&mk("basedir=/a,upperdir=/u")).is_err());
-        assert!(helper_request(&mk("basedir=/a::/b")).is_err());
-        let r = helper_request(&mk("basedir=/a:/b\\,c,tryverity,ro")).unwrap();
+        let h =
+            |sloppy| HelperArgs { source: Some("i".into()), target: Some("t".into()), sloppy, ..Default::default() };
+        let req = |o: &str| helper_request(&h(false), &opts(o));
+        assert!(req("basedir=/a,bogus").is_err());
+        assert!(req("ro").is_err()); // no basedir
+        assert!(req("basedir=/a,upperdir=/u").is_err());
+        assert!(req("basedir=/a::/b").is_err());
+        let (r, ignored) = req("basedir=/a:/b\\,c,tryverity,ro").unwrap();
         assert_eq!(r.basedirs, vec![PathBuf::from("/a"), PathBuf::from("/b,c")]);
         assert_eq!(r.verity, Verity::Try);
-        assert!(r.readonly);
+        assert!(r.readonly && ignored.is_empty());
+        let (_, ignored) = helper_request(&h(true), &opts("basedir=/a,bogus")).unwrap();
+        assert_eq!(ignored, vec!["bogus".to_string()], "-s ignores unknown options (unprivileged)");
     }
 
     #[test]
-    fn idmap_specs() {
-        assert_eq!("0:100000:65536".parse::<IdMap>().unwrap(), IdMap { inside: 0, outside: 100000, count: 65536 });
-        for bad in ["0:1", "a:1:1", "0:0:0", "4294967295:0:2", "-1:0:1", "0:1:1:1", "+1:0:1"] {
-            assert!(bad.parse::<IdMap>().is_err(), "{bad}");
-        }
+    fn the_gate_sees_the_options_the_request_is_built_from() {
+        // A comma escaped into a value stays inside that value for both: the gate sees no
+        // `upperdir` option, and neither does the request.
+        let parsed = opts("basedir=/o\\,upperdir=/etc");
+        assert_eq!(parsed, vec![MountOption::Basedir("/o,upperdir=/etc".into())]);
+        let h = HelperArgs { source: Some("i".into()), target: Some("t".into()), ..Default::default() };
+        let (r, _) = helper_request(&h, &parsed).unwrap();
+        assert!(r.upper.is_none());
+        assert_eq!(r.basedirs, vec![PathBuf::from("/o,upperdir=/etc")]);
     }
 }

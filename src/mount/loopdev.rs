@@ -13,9 +13,9 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 /// Block size used for the loop device (the composefs EROFS block size).
-pub const BLOCK_SIZE: u32 = 4096;
+pub(crate) const BLOCK_SIZE: u32 = 4096;
 /// How many times a device handed out by LOOP_CTL_GET_FREE may be lost to a racing process.
-pub const MAX_ATTEMPTS: u32 = 64;
+pub(crate) const MAX_ATTEMPTS: u32 = 64;
 
 /// A loop device we configured. It has AUTOCLEAR set: once this fd is closed and nothing (an EROFS
 /// superblock) holds the device open, the kernel detaches it. Dropping the value closes the fd; if
@@ -23,7 +23,6 @@ pub const MAX_ATTEMPTS: u32 = 64;
 #[derive(Debug)]
 pub struct LoopDevice {
     fd: OwnedFd,
-    number: u32,
     path: PathBuf,
     direct_io: bool,
     retries: u32,
@@ -31,29 +30,29 @@ pub struct LoopDevice {
 }
 
 impl LoopDevice {
+    /// A stand-in for the fake kernel of the unit tests (`fd` is the fake's handle).
+    #[cfg(test)]
+    pub(crate) fn fake(fd: OwnedFd, path: PathBuf) -> LoopDevice {
+        LoopDevice { fd, path, direct_io: false, retries: 0, diskseq: None }
+    }
+
     /// `/dev/loopN`
     pub fn path(&self) -> &Path {
         &self.path
     }
-    pub fn number(&self) -> u32 {
-        self.number
-    }
     /// Whether the kernel kept direct I/O on (it silently drops it when the backing filesystem
     /// cannot do O_DIRECT, e.g. tmpfs).
-    pub fn direct_io(&self) -> bool {
+    pub(crate) fn direct_io(&self) -> bool {
         self.direct_io
     }
     /// The disk sequence number of this binding (None on kernels before 5.15). Together with the
     /// device number it names this configuration of the device uniquely: see [`still_bound`].
-    pub fn diskseq(&self) -> Option<u64> {
+    pub(crate) fn diskseq(&self) -> Option<u64> {
         self.diskseq
     }
     /// How many devices were lost to racing processes (EBUSY) before this one was configured.
     pub fn retries(&self) -> u32 {
         self.retries
-    }
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 }
 
@@ -102,7 +101,7 @@ pub fn attach(image: BorrowedFd<'_>, name: &Path) -> Result<LoopDevice, LoopErro
             Err(e) => return Err(LoopError::Device { path, op: "LOOP_CONFIGURE", errno: e }),
         }
         // From here on, dropping `dev` (on any error) lets AUTOCLEAR detach the device.
-        let lo = LoopDevice { fd: dev, number, path, direct_io: false, retries: attempt, diskseq: None };
+        let lo = LoopDevice { fd: dev, path, direct_io: false, retries: attempt, diskseq: None };
         return verify(lo, &st);
     }
     Err(LoopError::Exhausted { attempts: MAX_ATTEMPTS, last })
@@ -164,29 +163,15 @@ fn decode_kernel_dev(dev: u64) -> (u32, u32) {
 /// configuration we made is still in use (with AUTOCLEAR it ends when the last user, the EROFS
 /// superblock, goes away; a later configuration of the same device gets a new diskseq). Read
 /// from sysfs: no device is opened, so nothing about the device changes.
-pub fn still_bound(number: u32, diskseq: u64) -> bool {
+pub(crate) fn still_bound(number: u32, diskseq: u64) -> bool {
     let base = PathBuf::from(format!("/sys/block/loop{number}"));
     let seq = std::fs::read_to_string(base.join("diskseq")).ok().and_then(|s| s.trim().parse::<u64>().ok());
     seq == Some(diskseq) && base.join("loop/backing_file").exists()
 }
 
 /// The device number of a `/dev/loopN` path.
-pub fn number_of(path: &Path) -> Option<u32> {
+pub(crate) fn number_of(path: &Path) -> Option<u32> {
     path.file_name()?.to_str()?.strip_prefix("loop")?.parse().ok()
-}
-
-/// Lists the loop devices that currently have a backing file (from sysfs), for leak checks.
-pub fn attached_devices() -> std::io::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/sys/block")? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("loop") && e.path().join("loop/backing_file").exists() {
-            out.push(name);
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 #[derive(Debug, thiserror::Error)]
