@@ -36,7 +36,7 @@ pub(crate) fn refuse_layer_options(l: &LayerArgs) -> anyhow::Result<()> {
 }
 
 /// `cfsmount mkimage --from-layer BLOB OUTPUT --objects DIR ...`
-pub(crate) fn mkimage(a: super::mkimage::Args) -> anyhow::Result<()> {
+pub(crate) fn mkimage(a: crate::cli::mkimage::Args) -> anyhow::Result<()> {
     let dash = |p: &std::path::Path| p.as_os_str() == "-";
     if dash(&a.source) || dash(&a.output) {
         anyhow::bail!("mkimage --from-layer: BLOB and OUTPUT must be files, not -");

@@ -217,7 +217,7 @@ pub(crate) fn run(req: &ChildRequest, mut blob: File, sock: File) -> Result<(), 
     check_diff_id(req, stream_hash, &extra, &mut link, &mut sum)?;
     link.flush_tarsplit(true)?;
     let mut img = Vec::new();
-    crate::build::write_tree(&tree, &req.write, &mut img).map_err(|e| e.to_string())?;
+    crate::erofs::writer::write_image(&tree, &req.write, &mut img).map_err(|e| e.to_string())?;
     link.put(&[proto::TAG_IMAGE])?;
     link.put(&(img.len() as u64).to_le_bytes())?;
     link.put(&img)?;

@@ -180,10 +180,10 @@ pub fn import(req: &ImportRequest) -> anyhow::Result<ImportResult> {
             (staging, r)
         })
         .context("starting the store thread")?;
-    let confined =
-        crate::sandbox::run_confined(&req.sandbox, OwnedFd::from(blob), OwnedFd::from(theirs), move |b, s| {
-            child::run(&creq, b, s)
-        });
+    let cfg = sandbox_config(&req.sandbox, blob_size.saturating_mul(8).min(creq.max_uncompressed));
+    let confined = crate::sandbox::run_confined(&cfg, OwnedFd::from(blob), OwnedFd::from(theirs), move |b, s| {
+        child::run(&creq, b, s)
+    });
     let (staging, drained) = drain.join().map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
     confined.with_context(|| format!("layer {}", req.blob.display()))?;
     let drained = drained.with_context(|| format!("layer {}: store side", req.blob.display()))?;
@@ -195,6 +195,19 @@ pub fn import(req: &ImportRequest) -> anyhow::Result<ImportResult> {
         finish_file(f, &mut ts_guard, p, false)?;
     }
     Ok(ImportResult { summary: drained.summary, stats, image_size: drained.image_size })
+}
+
+/// The reader's time limits grow with the layer (root only: the sandbox refuses other limits
+/// to other callers): one CPU second and two wall seconds more per 50 MB of expected stream
+/// (8 times the blob, at most the decompression limit).
+fn sandbox_config(base: &SandboxConfig, max_stream: u64) -> SandboxConfig {
+    let mut cfg = base.clone();
+    if rustix::process::getuid().is_root() && cfg.limits == crate::sandbox::Limits::default() {
+        let extra = max_stream / 50_000_000;
+        cfg.limits.cpu_seconds = cfg.limits.cpu_seconds.saturating_add(extra);
+        cfg.limits.wall_timeout += std::time::Duration::from_secs(extra.saturating_mul(2));
+    }
+    cfg
 }
 
 fn finish_file(f: File, guard: &mut UnlinkOnDrop, dest: &Path, verity: bool) -> anyhow::Result<()> {

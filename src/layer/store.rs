@@ -95,6 +95,7 @@ impl Staging {
         }
         let store = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| io("open", e))?;
+        remove_stale_staging(&store);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let stage_name = format!(".cfsmount-import-{}-{nanos:x}", std::process::id());
         rustix::fs::mkdirat(&store, stage_name.as_str(), Mode::from_raw_mode(0o700))
@@ -348,6 +349,27 @@ impl Drop for Staging {
     }
 }
 
+/// Remove the staging directories of imports whose process is gone (killed mid-way): they
+/// hold no object under a final name, only temporary files.
+fn remove_stale_staging(store: &OwnedFd) {
+    let Ok(d) = rustix::fs::Dir::read_from(store) else { return };
+    let stale: Vec<String> = d
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            let pid = n.strip_prefix(".cfsmount-import-").and_then(|r| r.split('-').next());
+            pid.and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+        })
+        .collect();
+    for n in stale {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        if let Ok(sub) = rustix::fs::openat(store, n.as_str(), flags, Mode::empty()) {
+            clear_dir(&sub, 1);
+        }
+        let _ = rustix::fs::unlinkat(store, n.as_str(), AtFlags::REMOVEDIR);
+    }
+}
+
 /// Remove the files in a directory, and in its subdirectories `depth` levels down.
 fn clear_dir(dir: &OwnedFd, depth: u32) {
     let names: Vec<String> = match rustix::fs::Dir::read_from(dir) {
@@ -403,5 +425,11 @@ mod tests {
         drop(s);
         assert!(!store.join(object_name(&o)).exists());
         assert_eq!(std::fs::read_dir(&store).unwrap().count(), 1);
+        // The staging directory of a killed import is removed by the next one.
+        let stale = store.join(".cfsmount-import-999999999-1");
+        std::fs::create_dir_all(stale.join("p0")).unwrap();
+        std::fs::write(stale.join("p0/tmp-1"), b"partial").unwrap();
+        drop(Staging::new(&store, false).unwrap());
+        assert!(!stale.exists());
     }
 }

@@ -259,8 +259,8 @@ mod tests {
 
     #[test]
     fn go_crc64_iso() {
-        // hash/crc64 with crc64.ISO over "hello" (Go: 0xb6c33b5b6e8a6d8d? computed by the
-        // reference implementation below, bit by bit).
+        // Go's hash/crc64 with the ISO table, written out bit by bit (reflected polynomial
+        // 0xD800000000000000, initial value and final xor all ones).
         let mut crc: u64 = !0;
         for &b in b"hello" {
             crc ^= u64::from(b);

@@ -16,8 +16,7 @@
 //! - In eStargz mode, the bookkeeping members `.prefetch.landmark`, `.no.prefetch.landmark` and
 //!   `stargz.index.json` at the root are not part of the tree.
 
-use crate::erofs::format::OVL_OPAQUE as OVERLAY_OPAQUE_XATTR;
-use crate::erofs::format::XATTR_BUDGET as EXTERNAL_XATTR_BUDGET;
+use crate::erofs::format::{OVL_OPAQUE as OVERLAY_OPAQUE_XATTR, XATTR_BUDGET as EXTERNAL_XATTR_BUDGET};
 use crate::layer::tar::{Kind, TarEntry};
 use crate::tree::{
     self, split_path, Entry, Inode, Limits, NodeId, Tree, TreeError, Xattr, PATH_MAX, S_IFBLK, S_IFCHR, S_IFDIR,
