@@ -138,6 +138,7 @@ check_file deb /usr/bin/cfsmount -rwsr-xr-x root/root
 check_sbin_link deb
 check_man deb
 check_file deb /etc/cfsmount/helper.conf -rw-r--r-- root/root
+check_file deb /lib/systemd/system/cfsmount-als.service -rw-r--r-- root/root
 if dpkg-deb -I "$deb" conffiles 2>/dev/null | grep -qx /etc/cfsmount/helper.conf; then
     ok "deb: /etc/cfsmount/helper.conf is a conffile"
 else fail "deb: /etc/cfsmount/helper.conf is not listed in conffiles"; fi
@@ -163,6 +164,7 @@ check_file rpm /usr/bin/cfsmount -rwsr-xr-x root/root
 check_sbin_link rpm
 check_man rpm
 check_file rpm /etc/cfsmount/helper.conf -rw-r--r-- root/root
+check_file rpm /usr/lib/systemd/system/cfsmount-als.service -rw-r--r-- root/root
 # %config(noreplace) shows as file flags "cn".
 flags=$(rpm -qp --qf '[%{FILENAMES} %{FILEFLAGS:fflags}\n]' "$rpmf" | awk '$1 == "/etc/cfsmount/helper.conf" { print $2 }')
 if [[ "$flags" == *c* && "$flags" == *n* ]]; then ok "rpm: /etc/cfsmount/helper.conf is %config(noreplace)"

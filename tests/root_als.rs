@@ -45,7 +45,10 @@ fn fixture() -> &'static Fixture {
         podman::build_image(&dir.path().join("work"), &layout);
         // The same image with zstd:chunked layers (TOC annotations), as skopeo 1.9.3 writes them.
         let chunked = dir.path().join("chunked");
-        ok(Command::new("skopeo").args(["copy", "--quiet", "--dest-compress-format", "zstd:chunked"]).arg(format!("oci:{}:v1", layout.display())).arg(format!("oci:{}:v1", chunked.display())));
+        ok(Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-compress-format", "zstd:chunked"])
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(format!("oci:{}:v1", chunked.display())));
         Fixture { _dir: dir, layout, chunked }
     })
 }
@@ -92,7 +95,9 @@ impl World {
     }
 
     fn add(&self, reference: &str, source: &Path) -> String {
-        let o = ok(self.als(&["add", "--root", self.als.to_str().unwrap(), "--ref", reference]).arg(format!("oci:{}:v1", source.display())));
+        let o = ok(self
+            .als(&["add", "--root", self.als.to_str().unwrap(), "--ref", reference])
+            .arg(format!("oci:{}:v1", source.display())));
         text(&o.stdout)
     }
 
@@ -187,7 +192,10 @@ fn podman_takes_every_layer_from_the_store() {
     let uploads = reg2.requests().iter().filter(|r| r.starts_with("PUT ") && r.contains("/blobs/uploads/")).count();
     assert!(uploads >= 4, "3 layers and the config uploaded: {:?}", reg2.requests());
     let pulled = w.s.path("pushed");
-    ok(Command::new("skopeo").args(["copy", "--quiet", "--src-tls-verify=false"]).arg(format!("docker://{dest}")).arg(format!("oci:{}:v1", pulled.display())));
+    ok(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{dest}"))
+        .arg(format!("oci:{}:v1", pulled.display())));
     check_diff_ids(&pulled);
 
     // Release: podman forgets the image; als rm unmounts; gc leaves no object.
@@ -260,12 +268,17 @@ fn toc_keys_follow_the_containers_storage_1_54_rules() {
     let (layers, diff_ids) = podman::layout_layers(&f.chunked, "v1");
     for (l, diff_id) in layers.iter().zip(&diff_ids) {
         let blob = l["digest"].as_str().unwrap();
-        let toc = l["annotations"]["io.github.containers.zstd-chunked.manifest-checksum"].as_str().expect("a zstd:chunked layer");
+        let toc = l["annotations"]["io.github.containers.zstd-chunked.manifest-checksum"]
+            .as_str()
+            .expect("a zstd:chunked layer");
         assert!(out.contains(&format!("{blob}\ttoc {toc}")), "{out}");
         check_lookup_1_54(&w.als, &image, toc, l, diff_id, &f.chunked);
         // ≤ 1.53 finds the same directory by the blob digest.
         let by_blob = cs_layer_path(&w.als, &image, blob);
-        assert_eq!(std::fs::canonicalize(&by_blob).unwrap(), std::fs::canonicalize(cs_layer_path(&w.als, &image, toc)).unwrap());
+        assert_eq!(
+            std::fs::canonicalize(&by_blob).unwrap(),
+            std::fs::canonicalize(cs_layer_path(&w.als, &image, toc)).unwrap()
+        );
     }
     // podman 4.3.1 (containers/storage 1.43) takes them by blob digest.
     let o = w.podman.ok(&["--log-level=debug", "pull", "--tls-verify=false", &image]);
@@ -298,7 +311,7 @@ fn cs_layer_path(store: &Path, reference: &str, digest: &str) -> PathBuf {
 fn check_lookup_1_54(als: &Path, reference: &str, toc: &str, l: &serde_json::Value, diff_id: &str, layout: &Path) {
     let dir = cs_layer_path(als, reference, toc);
     for f in ["diff", "info", "blob"] {
-        assert!(rustix::fs::access(&dir.join(f), rustix::fs::Access::EXISTS).is_ok(), "{}/{f} missing", dir.display());
+        assert!(rustix::fs::access(dir.join(f), rustix::fs::Access::EXISTS).is_ok(), "{}/{f} missing", dir.display());
     }
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("info")).unwrap()).unwrap();
     assert_eq!(info["toc-digest"], toc, "TOCDigest must equal the lookup key");
@@ -308,7 +321,9 @@ fn check_lookup_1_54(als: &Path, reference: &str, toc: &str, l: &serde_json::Val
     assert_eq!(info["flags"]["expected-layer-diffid"], diff_id);
     assert_eq!(info["compression"], 4, "archive.Zstd");
     let blob = std::fs::read(dir.join("blob")).unwrap();
-    let want = std::fs::read(layout.join("blobs/sha256").join(l["digest"].as_str().unwrap().trim_start_matches("sha256:"))).unwrap();
+    let want =
+        std::fs::read(layout.join("blobs/sha256").join(l["digest"].as_str().unwrap().trim_start_matches("sha256:")))
+            .unwrap();
     assert!(blob == want, "blob is the compressed layer");
     // diff-size: the uncompressed stream (with the tar padding skopeo 1.9.3 leaves out) that
     // hashes to the diff_id.
@@ -319,7 +334,13 @@ fn check_lookup_1_54(als: &Path, reference: &str, toc: &str, l: &serde_json::Val
     use sha2::Digest;
     assert_eq!(format!("sha256:{:x}", sha2::Sha256::digest(&tar)), diff_id);
     // The use notification: os.Create(<dir>/use) must fail with ENOENT.
-    let e = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.join("use")).unwrap_err();
+    let e = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join("use"))
+        .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "use: {e}");
     // The release notification (rmdir) is answered ENOTDIR: podman logs a warning.
     let e = rustix::fs::rmdir(&dir).unwrap_err();
@@ -349,7 +370,8 @@ fn rootless_podman_uses_an_idmapped_view() {
 
     // The view as the host sees it: image root is the user, image uid 1000 the 1000th subuid;
     // only the user (ACL) and root can enter it.
-    let layer_dirs: Vec<PathBuf> = std::fs::read_dir(view.join(".layers")).unwrap().map(|e| e.unwrap().path()).collect();
+    let layer_dirs: Vec<PathBuf> =
+        std::fs::read_dir(view.join(".layers")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(layer_dirs.len(), 3);
     let md = |p: &Path| std::os::unix::fs::MetadataExt::uid(&std::fs::symlink_metadata(p).unwrap());
     let l2 = layer_dirs.iter().find(|d| d.join("diff/home/u/file").exists()).expect("layer 2");
@@ -379,7 +401,10 @@ fn rootless_podman_uses_an_idmapped_view() {
     let o = w.podman.ok(&["--log-level=debug", "pull", "--tls-verify=false", &image]);
     let log = text(&o.stderr);
     for b in blob_digests(&f.layout) {
-        assert!(log.contains(&format!("Skipping blob {b} (already present)")), "rootless podman did not skip {b}:\n{log}");
+        assert!(
+            log.contains(&format!("Skipping blob {b} (already present)")),
+            "rootless podman did not skip {b}:\n{log}"
+        );
         assert!(!w.reg.requests()[mark..].iter().any(|r| r.contains(b.as_str())), "layer blob {b} downloaded");
     }
     assert!(!log.contains("during use"), "{log}");

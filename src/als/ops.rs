@@ -188,7 +188,14 @@ fn targets(als: &AlsState, root: &Path) -> Result<Vec<(PathBuf, Option<ViewOf>)>
 }
 
 /// Make `root` and its views hold `want`.
-fn sync_targets(repo: &Repo, als: &AlsState, root: &Path, want: &Desired, eng: &Engine<'_>, force: bool) -> Result<SyncReport, AlsError> {
+fn sync_targets(
+    repo: &Repo,
+    als: &AlsState,
+    root: &Path,
+    want: &Desired,
+    eng: &Engine<'_>,
+    force: bool,
+) -> Result<SyncReport, AlsError> {
     let mut total = SyncReport::default();
     for (t, view) in targets(als, root)? {
         let mode = SyncMode { force, keep_mounted: view.is_some() };
@@ -208,7 +215,13 @@ fn first_busy(als: &AlsState, root: &Path, want: &Desired) -> Result<Option<Path
 }
 
 /// Make `root` (and its views) match the records.
-pub fn sync_root(repo: &Repo, als: &AlsState, root: &Path, eng: &Engine<'_>, force: bool) -> Result<SyncReport, AlsError> {
+pub fn sync_root(
+    repo: &Repo,
+    als: &AlsState,
+    root: &Path,
+    eng: &Engine<'_>,
+    force: bool,
+) -> Result<SyncReport, AlsError> {
     let want = desired_for(als, root)?;
     sync_targets(repo, als, root, &want, eng, force)
 }
@@ -224,7 +237,14 @@ pub struct Removed {
 /// Remove `reference` from `root`: refused (nothing changed) while a layer only it uses is
 /// mounted by a container, unless `force`. `repo` must be held exclusively (the caller then
 /// collects garbage).
-pub fn rm(repo: &Repo, als: &AlsState, root: &Path, reference: &str, eng: &Engine<'_>, force: bool) -> Result<Removed, AlsError> {
+pub fn rm(
+    repo: &Repo,
+    als: &AlsState,
+    root: &Path,
+    reference: &str,
+    eng: &Engine<'_>,
+    force: bool,
+) -> Result<Removed, AlsError> {
     let reference = protocol::normalize_reference(reference)?;
     let refs = als.refs()?;
     if !refs.iter().any(|r| r.root == root && r.reference == reference) {
@@ -258,7 +278,12 @@ pub fn mount_all(repo: &Repo, als: &AlsState, eng: &Engine<'_>) -> Result<Vec<(P
 
 /// Every ALS root and view the records name, unmounted (the tmpfs and mounts gone; the records
 /// stay, `mount_all` brings them back). A layer in use is refused unless `force`.
-pub fn umount_all(als: &AlsState, repo: &Repo, eng: &Engine<'_>, force: bool) -> Result<Vec<(PathBuf, SyncReport)>, AlsError> {
+pub fn umount_all(
+    als: &AlsState,
+    repo: &Repo,
+    eng: &Engine<'_>,
+    force: bool,
+) -> Result<Vec<(PathBuf, SyncReport)>, AlsError> {
     let mut roots: BTreeSet<PathBuf> = als.refs()?.into_iter().map(|r| r.root).collect();
     roots.extend(als.views()?.into_iter().map(|v| v.root));
     let empty = Desired::default();
@@ -293,7 +318,9 @@ pub fn view(
 ) -> Result<(ViewRecord, SyncReport), AlsError> {
     let (name, uid, gid) = view::lookup_user(user)?;
     let target = match target {
-        Some(t) => std::path::absolute(t).map_err(|e| AlsError::Io { path: t.into(), step: "absolute path", source: e })?,
+        Some(t) => {
+            std::path::absolute(t).map_err(|e| AlsError::Io { path: t.into(), step: "absolute path", source: e })?
+        }
         None => Path::new(view::VIEWS_DIR).join(&name),
     };
     view::check_target_path(&target)?;
@@ -302,11 +329,11 @@ pub fn view(
     }
     if !target.exists() {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .recursive(true)
-            .create(&target)
-            .map_err(|e| AlsError::Io { path: target.clone(), step: "creating", source: e })?;
+        std::fs::DirBuilder::new().mode(0o755).recursive(true).create(&target).map_err(|e| AlsError::Io {
+            path: target.clone(),
+            step: "creating",
+            source: e,
+        })?;
     }
     let rec = ViewRecord {
         root: root.to_path_buf(),
@@ -335,8 +362,18 @@ pub fn view(
 }
 
 /// Remove the view at `target`: refused while one of its layers is in use unless `force`.
-pub fn view_rm(repo: &Repo, als: &AlsState, target: &Path, eng: &Engine<'_>, force: bool) -> Result<SyncReport, AlsError> {
-    let target = std::path::absolute(target).map_err(|e| AlsError::Io { path: target.into(), step: "absolute path", source: e })?;
+pub fn view_rm(
+    repo: &Repo,
+    als: &AlsState,
+    target: &Path,
+    eng: &Engine<'_>,
+    force: bool,
+) -> Result<SyncReport, AlsError> {
+    let target = std::path::absolute(target).map_err(|e| AlsError::Io {
+        path: target.into(),
+        step: "absolute path",
+        source: e,
+    })?;
     let Some(rec) = als.views()?.into_iter().find(|v| v.target == target) else {
         return Err(AlsError::Other(format!("no view at {}", target.display())));
     };
@@ -346,7 +383,8 @@ pub fn view_rm(repo: &Repo, als: &AlsState, target: &Path, eng: &Engine<'_>, for
             return Err(AlsError::Busy { path: b });
         }
     }
-    let rep = root::sync(&target, &empty, eng, Some(&rec.view_of()), repo.root(), SyncMode { force, keep_mounted: false })?;
+    let rep =
+        root::sync(&target, &empty, eng, Some(&rec.view_of()), repo.root(), SyncMode { force, keep_mounted: false })?;
     als.remove_view(&rec)?;
     Ok(rep)
 }

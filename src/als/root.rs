@@ -454,3 +454,56 @@ pub fn desired(
     }
     Ok(want)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::als::state::{LayerRef, RefRecord};
+
+    #[test]
+    fn desired_keys_and_shared_layer_directories() {
+        let d = |s: &str| crate::oci::Sha256::of(s.as_bytes()).to_string();
+        let img = |s: &str| crate::oci::Sha256::of(s.as_bytes()).hex();
+        let lr = |b: &str, toc: Option<&str>, i: &str| LayerRef {
+            blob: d(b),
+            toc: toc.map(d),
+            image: img(i),
+            image_verity: false,
+        };
+        let r = |root: &str, reference: &str, layers: Vec<LayerRef>| RefRecord {
+            root: PathBuf::from(root),
+            reference: reference.into(),
+            source: String::new(),
+            manifest: String::new(),
+            layers,
+            added: 0,
+        };
+        let refs = vec![
+            r("/als", "h/a:1", vec![lr("base", None, "base-img"), lr("top", Some("toc"), "top-img")]),
+            r("/als", "h/a:2", vec![lr("base", None, "base-img")]),
+            r("/other", "h/a:1", vec![lr("x", None, "x-img")]),
+        ];
+        let spec = |_: &LayerRef| {
+            Ok(LayerSpec { info: vec![], blob: PathBuf::new(), image: PathBuf::new(), verity_digest: None })
+        };
+        let want = desired(&refs, Path::new("/als"), &spec).unwrap();
+        assert_eq!(want.layers.len(), 2, "the base layer directory is shared by both references");
+        let b64 = |s: &str| super::super::protocol::ref_components(s).join("/");
+        let keys: Vec<String> = want.keys.keys().map(|k| k.to_string_lossy().into_owned()).collect();
+        let mut expect = vec![
+            format!("{}/{}", b64("h/a:1"), d("base")),
+            format!("{}/{}", b64("h/a:1"), d("top")),
+            format!("{}/{}", b64("h/a:1"), d("toc")),
+            format!("{}/{}", b64("h/a:2"), d("base")),
+        ];
+        expect.sort();
+        assert_eq!(keys, expect);
+        let top = &want.keys[&PathBuf::from(format!("{}/{}", b64("h/a:1"), d("top")))];
+        assert_eq!(
+            top,
+            &want.keys[&PathBuf::from(format!("{}/{}", b64("h/a:1"), d("toc")))],
+            "both keys, one directory"
+        );
+        assert_eq!(*top, format!("{}-{}", &d("top")[7..], img("top-img")));
+    }
+}

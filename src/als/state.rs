@@ -408,3 +408,7 @@ fn remove_any(p: &Path) -> Result<(), AlsError> {
     let r = if md.is_dir() { fs::remove_dir_all(p) } else { fs::remove_file(p) };
     r.map_err(io_err(p, "removing"))
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

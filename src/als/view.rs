@@ -42,7 +42,9 @@ pub struct ViewRecord {
 
 impl ViewRecord {
     pub fn view_of(&self) -> ViewOf {
-        let m = |v: &[(u32, u32, u32)]| v.iter().map(|&(inside, outside, count)| IdMap { inside, outside, count }).collect();
+        let m = |v: &[(u32, u32, u32)]| {
+            v.iter().map(|&(inside, outside, count)| IdMap { inside, outside, count }).collect()
+        };
         ViewOf { uid: self.uid, gid: self.gid, uid_map: m(&self.uid_map), gid_map: m(&self.gid_map) }
     }
 
@@ -61,7 +63,8 @@ pub fn lookup_user(name: &str) -> Result<(String, u32, u32), AlsError> {
             continue;
         }
         if f[0] == name || f[2] == name {
-            let n = |s: &str| s.parse::<u32>().map_err(|_| AlsError::Other(format!("/etc/passwd: bad id in {:?}", f[0])));
+            let n =
+                |s: &str| s.parse::<u32>().map_err(|_| AlsError::Other(format!("/etc/passwd: bad id in {:?}", f[0])));
             return Ok((f[0].to_string(), n(f[2])?, n(f[3])?));
         }
     }
@@ -125,7 +128,11 @@ pub fn check_target_path(target: &Path) -> Result<(), AlsError> {
         };
         let parent = p.clone();
         p.push(c);
-        let md = std::fs::symlink_metadata(&parent).map_err(|e| AlsError::Io { path: parent.clone(), step: "stat", source: e })?;
+        let md = std::fs::symlink_metadata(&parent).map_err(|e| AlsError::Io {
+            path: parent.clone(),
+            step: "stat",
+            source: e,
+        })?;
         if !md.is_dir() || md.uid() != 0 || md.mode() & 0o022 != 0 {
             return Err(AlsError::NotOurs {
                 path: parent,

@@ -198,7 +198,8 @@ pub(crate) fn run(c: AlsCommand, mode: &crate::privileged::Mode) -> anyhow::Resu
             let (v, r) = ops::view(&repo, &als, &root, &a.user, a.target.as_deref(), &engine(repo.objects_dir()))
                 .with_context(|| format!("view of {} for {}", root.display(), a.user))?;
             println!("{}	{}	{}", v.target.display(), v.user, root.display());
-            let maps = |m: &[(u32, u32, u32)]| m.iter().map(|(i, o, n)| format!("{i}:{o}:{n}")).collect::<Vec<_>>().join(",");
+            let maps =
+                |m: &[(u32, u32, u32)]| m.iter().map(|(i, o, n)| format!("{i}:{o}:{n}")).collect::<Vec<_>>().join(",");
             println!("uid map {}\tgid map {}", maps(&v.uid_map), maps(&v.gid_map));
             println!("{} layers mounted, {} keys added", r.mounted, r.keys_added);
             Ok(())

@@ -152,7 +152,11 @@ impl Podman {
             None => Command::new("podman"),
             Some((uid, gid, _, _)) => {
                 let mut c = Command::new("/usr/bin/setpriv");
-                c.arg(format!("--reuid={uid}")).arg(format!("--regid={gid}")).arg("--init-groups").arg("--").arg("podman");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--init-groups")
+                    .arg("--")
+                    .arg("podman");
                 c
             }
         };
@@ -266,8 +270,18 @@ pub fn build_image(work: &Path, dir: &Path) -> Vec<PathBuf> {
     std::fs::write(r2.join("opq/new"), "new in layer 2\n").unwrap();
     std::fs::write(r2.join("home/u/file"), "owned by u\n").unwrap();
     let l2 = w("l2.tar");
-    ok(Command::new("tar").args(["--numeric-owner", "--owner=0", "--group=0", "-C"]).arg(&r2).arg("-cf").arg(&l2).args(["./data", "./opq"]));
-    ok(Command::new("tar").args(["--numeric-owner", "--owner=1000", "--group=1000", "-C"]).arg(&r2).arg("-rf").arg(&l2).arg("./home"));
+    ok(Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&r2)
+        .arg("-cf")
+        .arg(&l2)
+        .args(["./data", "./opq"]));
+    ok(Command::new("tar")
+        .args(["--numeric-owner", "--owner=1000", "--group=1000", "-C"])
+        .arg(&r2)
+        .arg("-rf")
+        .arg(&l2)
+        .arg("./home"));
 
     let r3 = w("r3");
     std::fs::create_dir_all(r3.join("swap")).unwrap();
@@ -275,12 +289,20 @@ pub fn build_image(work: &Path, dir: &Path) -> Vec<PathBuf> {
     std::fs::create_dir_all(r3.join("swap/thing")).unwrap();
     std::fs::write(r3.join("swap/thing/now-a-dir"), "layer 3\n").unwrap();
     let l3 = w("l3.tar");
-    ok(Command::new("tar").args(["--numeric-owner", "--owner=0", "--group=0", "-C"]).arg(&r3).arg("-cf").arg(&l3).arg("."));
+    ok(Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&r3)
+        .arg("-cf")
+        .arg(&l3)
+        .arg("."));
 
     for l in [&l1, &l2, &l3] {
         ok(Command::new("umoci").args(["raw", "add-layer", "--image"]).arg(format!("{}:v1", dir.display())).arg(l));
     }
-    ok(Command::new("umoci").args(["config", "--image"]).arg(format!("{}:v1", dir.display())).args(["--config.cmd", "/bin/sh"]));
+    ok(Command::new("umoci")
+        .args(["config", "--image"])
+        .arg(format!("{}:v1", dir.display()))
+        .args(["--config.cmd", "/bin/sh"]));
     vec![l1, l2, l3]
 }
 
@@ -296,8 +318,10 @@ pub fn layout_layers(layout: &Path, tag: &str) -> (Vec<serde_json::Value>, Vec<S
         .expect("tag in index.json");
     let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(&blob(m["digest"].as_str().unwrap())).unwrap();
-    let config: serde_json::Value = serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
-    let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
+    let config: serde_json::Value =
+        serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    let diff_ids =
+        config["rootfs"]["diff_ids"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
     (manifest["layers"].as_array().unwrap().clone(), diff_ids)
 }
 
@@ -337,7 +361,11 @@ pub fn walk(root: &Path) -> BTreeMap<String, Meta> {
             use sha2::Digest;
             content = format!("{:x}", sha2::Sha256::digest(&b));
         }
-        let link = if ft.is_symlink() { std::fs::read_link(&p).unwrap().to_string_lossy().into_owned() } else { String::new() };
+        let link = if ft.is_symlink() {
+            std::fs::read_link(&p).unwrap().to_string_lossy().into_owned()
+        } else {
+            String::new()
+        };
         let mut xattrs = BTreeMap::new();
         if !ft.is_symlink() {
             let mut buf = vec![0u8; 65536];
