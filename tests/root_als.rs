@@ -11,12 +11,16 @@
 //!   after `podman rmi` and `als rm` nothing is left (mounts, loop devices, records, objects).
 //! - `mount_all_brings_a_root_back`: `als umount-all` (what a reboot does) leaves an empty
 //!   directory podman ignores; `als mount-all` serves the same layers again.
-//! - `toc_keys_follow_the_containers_storage_1_54_rules`: a zstd:chunked image (skopeo): every
-//!   layer is served under its blob digest and its TOC digest, checked against the lookup
-//!   containers/storage ≥ 1.54 makes (restated from its source); podman 4.3.1 pulls it by blob
-//!   digest.
+//! - `toc_keys_follow_the_containers_storage_1_54_rules`: the real-layers images with TOCs
+//!   (zstd:chunked by skopeo 1.22.2, eStargz and zstd:chunked by ctr-remote; conformance data):
+//!   every layer is served under its blob digest and its TOC digest, checked against the
+//!   lookup containers/storage ≥ 1.54 makes (restated from its source); skopeo 1.9.3's layers
+//!   get no TOC key (GetTOCDigest ignores their annotation); podman 4.3.1 pulls the
+//!   zstd:chunked image by blob digest and `podman image mount` equals umoci's listing.
 //! - `rootless_podman_uses_an_idmapped_view`: see docs/als.md "Rootless podman".
 
+#[path = "support/conformance.rs"]
+mod conformance;
 #[path = "support/podman.rs"]
 mod podman;
 #[path = "support/root.rs"]
@@ -24,33 +28,20 @@ mod root;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use podman::{ok, run, text, Podman, Registry};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cfsmount");
 
-/// The test image, built once per run (umoci is slow-ish) in a directory that outlives the tests.
+/// The test image, built in the test's scratch directory (removed with it).
 struct Fixture {
-    _dir: tempfile::TempDir,
     layout: PathBuf,
-    chunked: PathBuf,
 }
 
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("cfsmount-als-image-").tempdir_in("/var/tmp").unwrap();
-        let layout = dir.path().join("layout");
-        podman::build_image(&dir.path().join("work"), &layout);
-        // The same image with zstd:chunked layers (TOC annotations), as skopeo 1.9.3 writes them.
-        let chunked = dir.path().join("chunked");
-        ok(Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-compress-format", "zstd:chunked"])
-            .arg(format!("oci:{}:v1", layout.display()))
-            .arg(format!("oci:{}:v1", chunked.display())));
-        Fixture { _dir: dir, layout, chunked }
-    })
+fn fixture(s: &root::Scratch) -> Fixture {
+    let layout = s.path("layout");
+    podman::build_image(&s.path("image-work"), &layout);
+    Fixture { layout }
 }
 
 fn cfsmount(args: &[&str]) -> Command {
@@ -139,8 +130,8 @@ fn blob_digests(layout: &Path) -> Vec<String> {
 fn podman_takes_every_layer_from_the_store() {
     root::require_root("root_als");
     let _g = root::serial();
-    let f = fixture();
     let w = World::new("cfsmount-als-pull-");
+    let f = fixture(&w.s);
     let before = root::Snapshot::take(w.s.root(), Some(&w.state));
     let image = push(&f.layout, &w.reg, "als/img:v1");
     let out = w.add(&image, &f.layout);
@@ -180,10 +171,21 @@ fn podman_takes_every_layer_from_the_store() {
     let diffs = podman::diff_trees(&want, &got);
     assert!(diffs.is_empty(), "podman image mount differs from umoci unpack:\n{}", diffs.join("\n"));
 
-    // A layer in use (the image mount holds it) cannot be removed.
-    let o = run(&mut w.als(&["rm", "--root", w.als.to_str().unwrap(), "--ref", &image]));
-    assert!(!o.status.success() && text(&o.stderr).contains("in use"), "{}", text(&o.stderr));
+    // A layer in use (the image mount, a running container) cannot be removed.
+    let rm = || run(&mut w.als(&["rm", "--root", w.als.to_str().unwrap(), "--ref", &image]));
+    let o = rm();
+    assert!(
+        !o.status.success() && text(&o.stderr).contains(&format!("in use (overlay at {mp}")),
+        "{}",
+        text(&o.stderr)
+    );
     w.podman.ok(&["image", "unmount", &image]);
+    let mut args = Podman::run_args(&image, &["sleep", "600"]);
+    args.insert(1, "-d");
+    let ctr = text(&w.podman.ok(&args).stdout).trim().to_string();
+    let o = rm();
+    assert!(!o.status.success() && text(&o.stderr).contains("in use (overlay at "), "{}", text(&o.stderr));
+    w.podman.ok(&["rm", "-f", "-t", "0", &ctr]);
 
     // Push to another registry: the layers come from `blob`.
     let reg2 = Registry::start(&w.s.path("registry2"));
@@ -204,7 +206,9 @@ fn podman_takes_every_layer_from_the_store() {
     let o = ok(&mut w.als(&["rm", "--root", w.als.to_str().unwrap(), "--ref", &image]));
     assert!(text(&o.stdout).contains("3 layers unmounted"), "{}", text(&o.stdout));
     assert_eq!(w.objects(), 0, "objects no image needs are gone");
-    assert_eq!(count_files(&w.store.join("als-records")), 0, "no ALS record, layer or image left");
+    for d in ["layers", "images", "refs", "views", "tmp"] {
+        assert_eq!(count_files(&w.store.join("als-records").join(d)), 0, "no ALS {d} left");
+    }
     assert_eq!(count_files(&w.store.join("layers")), 0);
     assert!(root::dir_entries(&w.als).is_empty(), "the ALS root is an empty directory again");
     w.podman.reset();
@@ -231,8 +235,8 @@ fn check_diff_ids(dir: &Path) {
 fn mount_all_brings_a_root_back() {
     root::require_root("root_als");
     let _g = root::serial();
-    let f = fixture();
     let w = World::new("cfsmount-als-reboot-");
+    let f = fixture(&w.s);
     let image = push(&f.layout, &w.reg, "als/img:v1");
     w.add(&image, &f.layout);
     w.podman.ok(&["pull", "--tls-verify=false", &image]);
@@ -257,37 +261,120 @@ fn mount_all_brings_a_root_back() {
     assert!(text(&o.stdout).contains("0 layers mounted, 0 keys added"), "{}", text(&o.stdout));
 }
 
+/// The real-layers writers (conformance data) whose layers have a TOC digest, with the tag of
+/// their layout: zstd:chunked with the current annotation (skopeo 1.22.2), eStargz
+/// (ctr-remote), and zstd:chunked carrying the eStargz annotation and only the pre-1.0
+/// zstd:chunked key (ctr-remote's zstdchunked).
+const TOC_WRITERS: [(&str, &str); 3] = [
+    ("skopeo-1.22.2-zstd-chunked", "v1"),
+    ("ctr-remote-0.12.0-estargz", "estargz"),
+    ("ctr-remote-0.12.0-zstdchunked", "zstdchunked"),
+];
+
+fn real() -> PathBuf {
+    conformance::conformance_root().join("real-layers")
+}
+
 #[test]
 fn toc_keys_follow_the_containers_storage_1_54_rules() {
     root::require_root("root_als");
     let _g = root::serial();
-    let f = fixture();
     let w = World::new("cfsmount-als-toc-");
-    let image = push(&f.chunked, &w.reg, "als/chunked:v1");
-    let out = w.add(&image, &f.chunked);
-    let (layers, diff_ids) = podman::layout_layers(&f.chunked, "v1");
-    for (l, diff_id) in layers.iter().zip(&diff_ids) {
-        let blob = l["digest"].as_str().unwrap();
-        let toc = l["annotations"]["io.github.containers.zstd-chunked.manifest-checksum"]
-            .as_str()
-            .expect("a zstd:chunked layer");
-        assert!(out.contains(&format!("{blob}\ttoc {toc}")), "{out}");
-        check_lookup_1_54(&w.als, &image, toc, l, diff_id, &f.chunked);
-        // ≤ 1.53 finds the same directory by the blob digest.
-        let by_blob = cs_layer_path(&w.als, &image, blob);
-        assert_eq!(
-            std::fs::canonicalize(&by_blob).unwrap(),
-            std::fs::canonicalize(cs_layer_path(&w.als, &image, toc)).unwrap()
-        );
+    for (writer, tag) in TOC_WRITERS {
+        let layout = real().join("writers").join(writer).join("oci");
+        let reference = format!("{}/real/{writer}:{tag}", w.reg.host());
+        let o = ok(w
+            .als(&["add", "--root", w.als.to_str().unwrap(), "--ref", &reference])
+            .arg(format!("oci:{}:{tag}", layout.display())));
+        let out = text(&o.stdout);
+        let (layers, diff_ids) = podman::layout_layers(&layout, tag);
+        for (l, diff_id) in layers.iter().zip(&diff_ids) {
+            let blob = l["digest"].as_str().unwrap();
+            let ann = &l["annotations"];
+            // toc.GetTOCDigest: the eStargz key, else the current zstd:chunked key.
+            let toc = ann["containerd.io/snapshot/stargz/toc.digest"]
+                .as_str()
+                .or(ann["io.github.containers.zstd-chunked.manifest-checksum"].as_str())
+                .unwrap_or_else(|| panic!("{writer}: a TOC digest annotation"));
+            assert!(out.contains(&format!("{blob}\ttoc {toc}")), "{writer}: {out}");
+            check_lookup_1_54(&w.als, &reference, toc, l, diff_id, &layout);
+            // ≤ 1.53 finds the same directory by the blob digest.
+            let by_blob = std::fs::canonicalize(cs_layer_path(&w.als, &reference, blob)).unwrap();
+            assert_eq!(by_blob, std::fs::canonicalize(cs_layer_path(&w.als, &reference, toc)).unwrap());
+        }
     }
-    // podman 4.3.1 (containers/storage 1.43) takes them by blob digest.
+    // skopeo 1.9.3 writes only the pre-1.0 key, which GetTOCDigest ignores: no TOC key
+    // (podman >= 5.1 does not look such layers up in any store).
+    let layout = real().join("writers/skopeo-1.9.3-zstd-chunked/oci");
+    let reference = format!("{}/real/skopeo-1.9.3:v1", w.reg.host());
+    let o = ok(w
+        .als(&["add", "--root", w.als.to_str().unwrap(), "--ref", &reference])
+        .arg(format!("oci:{}:v1", layout.display())));
+    assert!(!text(&o.stdout).contains("toc "), "{}", text(&o.stdout));
+    for l in podman::layout_layers(&layout, "v1").0 {
+        let info: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(cs_layer_path(&w.als, &reference, l["digest"].as_str().unwrap()).join("info")).unwrap(),
+        )
+        .unwrap();
+        assert!(info.get("toc-digest").is_none() && info.get("flags").is_none(), "{info}");
+    }
+
+    // podman 4.3.1 (containers/storage 1.43) takes the zstd:chunked image by blob digest, and
+    // `podman image mount` lists as umoci unpacked the image (real-layers' expected listing).
+    let (writer, tag) = TOC_WRITERS[0];
+    let image = format!("{}/real/{writer}:{tag}", w.reg.host());
+    ok(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:{tag}", real().join("writers").join(writer).join("oci").display()))
+        .arg(format!("docker://{image}")));
+    let mark = w.reg.requests().len();
     let o = w.podman.ok(&["--log-level=debug", "pull", "--tls-verify=false", &image]);
+    let (layers, _) = podman::layout_layers(&real().join("writers").join(writer).join("oci"), tag);
     for l in &layers {
         let b = l["digest"].as_str().unwrap();
         assert!(text(&o.stderr).contains(&format!("Skipping blob {b} (already present)")), "{}", text(&o.stderr));
+        assert!(!w.reg.requests()[mark..].iter().any(|r| r.contains(b)), "layer blob {b} downloaded");
     }
-    let o = w.podman.ok(&Podman::run_args(&image, &["cat", "/opq/new", "/swap/thing/now-a-dir"]));
-    assert_eq!(text(&o.stdout), "new in layer 2\nlayer 3\n");
+    let mp = text(&w.podman.ok(&["image", "mount", &image]).stdout).trim().to_string();
+    let listing = ok(Command::new("python3").arg(real().join("list-tree.py")).arg(&mp)).stdout;
+    w.podman.ok(&["image", "unmount", &image]);
+    // The composefs writer marks directories holding whiteouts with `user.overlay.*` xattrs
+    // for rootless (userxattr) overlays, and opaque directories carry `user.overlay.opaque=y`;
+    // root's overlay ignores and shows them. They are taken out of the listing, and must be on
+    // exactly the directories layer 2 deletes from or makes opaque.
+    let (listing, marked) = strip_user_overlay_xattrs(&listing);
+    assert_eq!(
+        marked,
+        ["/etc", "/opt/edge", "/opt/edge/opaque-dir", "/usr/share/doc"],
+        "user.overlay.* xattrs elsewhere"
+    );
+    let want = std::fs::read(real().join("expected/image.tree.txt")).unwrap();
+    if listing != want {
+        let got = w.s.path("got.txt");
+        std::fs::write(&got, &listing).unwrap();
+        let d = Command::new("diff").arg(real().join("expected/image.tree.txt")).arg(&got).output().unwrap();
+        panic!("podman image mount differs from image.tree.txt:\n{}", text(&d.stdout));
+    }
+}
+
+/// list-tree.py's listing without `user.overlay.*` xattrs (last column, `;`-separated, `-` when
+/// none), and the paths that had some.
+fn strip_user_overlay_xattrs(listing: &[u8]) -> (Vec<u8>, Vec<String>) {
+    let mut out = String::new();
+    let mut marked = Vec::new();
+    for line in text(listing).lines() {
+        let mut cols: Vec<&str> = line.split('\t').collect();
+        let last = cols.pop().unwrap_or("-");
+        let kept: Vec<&str> = last.split(';').filter(|x| !x.starts_with("user.overlay.")).collect();
+        if kept.len() != last.split(';').count() {
+            marked.push(cols[0].to_string());
+        }
+        let kept = if kept.is_empty() { "-".to_string() } else { kept.join(";") };
+        cols.push(&kept);
+        out.push_str(&cols.join("\t"));
+        out.push('\n');
+    }
+    (out.into_bytes(), marked)
 }
 
 /// `getAdditionalLayerPath`: `path.Join(store, base64.StdEncoding(ref), digest)`.
@@ -319,7 +406,8 @@ fn check_lookup_1_54(als: &Path, reference: &str, toc: &str, l: &serde_json::Val
     assert_eq!(info["compressed-size"], l["size"]);
     assert_eq!(info["diff-digest"], diff_id);
     assert_eq!(info["flags"]["expected-layer-diffid"], diff_id);
-    assert_eq!(info["compression"], 4, "archive.Zstd");
+    let zstd = l["mediaType"].as_str().unwrap().ends_with("+zstd");
+    assert_eq!(info["compression"], if zstd { 4 } else { 2 }, "archive.Zstd / archive.Gzip");
     let blob = std::fs::read(dir.join("blob")).unwrap();
     let want =
         std::fs::read(layout.join("blobs/sha256").join(l["digest"].as_str().unwrap().trim_start_matches("sha256:")))
@@ -327,7 +415,13 @@ fn check_lookup_1_54(als: &Path, reference: &str, toc: &str, l: &serde_json::Val
     assert!(blob == want, "blob is the compressed layer");
     // diff-size: the uncompressed stream (with the tar padding skopeo 1.9.3 leaves out) that
     // hashes to the diff_id.
-    let mut tar = zstd::stream::decode_all(&blob[..]).unwrap();
+    let mut tar = Vec::new();
+    if zstd {
+        tar = zstd::stream::decode_all(&blob[..]).unwrap();
+    } else {
+        use std::io::Read;
+        flate2::read::MultiGzDecoder::new(&blob[..]).read_to_end(&mut tar).unwrap();
+    }
     let size = info["diff-size"].as_u64().unwrap();
     assert!(size >= tar.len() as u64 && size - (tar.len() as u64) < 10240, "diff-size {size} vs stream {}", tar.len());
     tar.resize(size as usize, 0);
@@ -352,8 +446,8 @@ fn check_lookup_1_54(als: &Path, reference: &str, toc: &str, l: &serde_json::Val
 fn rootless_podman_uses_an_idmapped_view() {
     root::require_root("root_als");
     let _g = root::serial();
-    let f = fixture();
     let mut w = World::new("cfsmount-als-rootless-");
+    let f = fixture(&w.s);
     let user = root::ensure_user("cfsals", 600000);
     // The user's podman lives in the scratch directory: make it reachable.
     std::fs::set_permissions(w.s.root(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -423,7 +517,8 @@ fn rootless_podman_uses_an_idmapped_view() {
     w.podman.reset();
     root::umount_all_under(&w.podman.graphroot);
     ok(&mut w.als(&["view-rm", "--target", view.to_str().unwrap()]));
-    assert!(root::dir_entries(&view).is_empty());
+    assert!(!view.exists(), "view-rm removes the view's directory under /run/cfsmount-als");
+    let _ = std::fs::remove_dir("/run/cfsmount-als");
     ok(&mut w.als(&["rm", "--root", w.als.to_str().unwrap(), "--ref", &image]));
     assert_eq!(w.objects(), 0);
 }

@@ -21,6 +21,7 @@ pub(crate) mod ops;
 pub mod protocol;
 pub(crate) mod root;
 pub(crate) mod state;
+pub(crate) mod usage;
 pub(crate) mod view;
 
 use std::path::PathBuf;
@@ -40,8 +41,8 @@ pub enum AlsError {
     Convert { layer: String, source: convert::ConvertError },
     #[error("mounting or unmounting {}: {reason}", path.display())]
     Mount { path: PathBuf, reason: String },
-    #[error("{} is in use (a container or `podman image mount` holds the layer): stop it, or --force to detach lazily", path.display())]
-    Busy { path: PathBuf },
+    #[error("{} is in use ({by}): stop that (podman rm / podman image unmount), or --force to detach lazily", path.display())]
+    Busy { path: PathBuf, by: String },
     #[error("{}: {reason}", path.display())]
     NotOurs { path: PathBuf, reason: String },
     #[error("{0}")]

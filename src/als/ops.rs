@@ -205,7 +205,7 @@ fn sync_targets(
 }
 
 /// The first `diff` mount of `root` or its views that is in use although `want` drops it.
-fn first_busy(als: &AlsState, root: &Path, want: &Desired) -> Result<Option<PathBuf>, AlsError> {
+fn first_busy(als: &AlsState, root: &Path, want: &Desired) -> Result<Option<(PathBuf, String)>, AlsError> {
     for (t, _) in targets(als, root)? {
         if let Some(b) = root::busy_layers(&t, want)?.into_iter().next() {
             return Ok(Some(b));
@@ -253,8 +253,8 @@ pub fn rm(
     let rest: Vec<RefRecord> = refs.into_iter().filter(|r| !(r.root == root && r.reference == reference)).collect();
     let want = desired_from(als, &rest, root)?;
     if !force {
-        if let Some(b) = first_busy(als, root, &want)? {
-            return Err(AlsError::Busy { path: b });
+        if let Some((path, by)) = first_busy(als, root, &want)? {
+            return Err(AlsError::Busy { path, by });
         }
     }
     als.remove_ref(root, &reference)?;
@@ -289,8 +289,8 @@ pub fn umount_all(
     let empty = Desired::default();
     if !force {
         for r in &roots {
-            if let Some(b) = first_busy(als, r, &empty)? {
-                return Err(AlsError::Busy { path: b });
+            if let Some((path, by)) = first_busy(als, r, &empty)? {
+                return Err(AlsError::Busy { path, by });
             }
         }
     }
@@ -379,12 +379,16 @@ pub fn view_rm(
     };
     let empty = Desired::default();
     if !force {
-        if let Some(b) = root::busy_layers(&target, &empty)?.into_iter().next() {
-            return Err(AlsError::Busy { path: b });
+        if let Some((path, by)) = root::busy_layers(&target, &empty)?.into_iter().next() {
+            return Err(AlsError::Busy { path, by });
         }
     }
     let rep =
         root::sync(&target, &empty, eng, Some(&rec.view_of()), repo.root(), SyncMode { force, keep_mounted: false })?;
     als.remove_view(&rec)?;
+    // The default place is ours: its (now empty) directory goes too.
+    if target.parent() == Some(Path::new(view::VIEWS_DIR)) {
+        let _ = std::fs::remove_dir(&target);
+    }
     Ok(rep)
 }

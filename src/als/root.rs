@@ -115,17 +115,31 @@ pub fn is_mounted(root: &Path) -> Result<bool, AlsError> {
     Ok(matches!(mounts::mount_state(root)?, Some((true, TMPFS_MAGIC))) && root.join(MARKER).is_file())
 }
 
-/// The layer directories of `root` whose `diff` mount is in use although `want` no longer
-/// has them (what an `als rm` would have to unmount).
-pub fn busy_layers(root: &Path, want: &Desired) -> Result<Vec<PathBuf>, AlsError> {
+/// The `diff` mounts of `root` that `want` no longer has but something uses (what an `als rm`
+/// would pull from under it): (diff, who). A use is an overlay anywhere on the machine with a
+/// layer inside it (podman's containers and image mounts, see [`super::usage`]), or anything
+/// that holds the mount itself (open files, working directories: umount2's busy check).
+pub fn busy_layers(root: &Path, want: &Desired) -> Result<Vec<(PathBuf, String)>, AlsError> {
     let mut busy = Vec::new();
     if !is_mounted(root)? {
         return Ok(busy);
     }
-    for id in present_layers(root)? {
+    let mut dropped = Vec::new();
+    for id in present_layers(root)?.into_iter().filter(|id| !want.layers.contains_key(id)) {
         let diff = root.join(LAYERS).join(&id).join("diff");
-        if !want.layers.contains_key(&id) && is_our_overlay(&diff)? && mounts::in_use(&diff)? {
-            busy.push(diff);
+        if is_our_overlay(&diff)? {
+            dropped.push(fs::canonicalize(&diff).map_err(io_err(&diff, "resolving"))?);
+        }
+    }
+    if dropped.is_empty() {
+        return Ok(busy);
+    }
+    for u in super::usage::users_of(&dropped) {
+        busy.push((u.diff.clone(), u.to_string()));
+    }
+    for d in &dropped {
+        if !busy.iter().any(|(b, _)| b == d) && mounts::in_use(d)? {
+            busy.push((d.clone(), "open files or a working directory in it".into()));
         }
     }
     Ok(busy)
@@ -344,7 +358,7 @@ fn remove_layer(dir: &Path, eng: &Engine<'_>, force: bool) -> Result<(), AlsErro
     let diff = dir.join("diff");
     if is_our_overlay(&diff)? {
         if !force && mounts::in_use(&diff)? {
-            return Err(AlsError::Busy { path: diff });
+            return Err(AlsError::Busy { path: diff, by: "open files or a working directory in it".into() });
         }
         match crate::mount::unmount(&diff, eng.access, eng.kernel, eng.settings) {
             Ok(_) => {}

@@ -233,7 +233,7 @@ pub fn build_image(work: &Path, dir: &Path) -> Vec<PathBuf> {
         std::fs::create_dir_all(r1.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", r1.join("bin/busybox")).expect("busybox-static");
-    for t in ["sh", "cat", "ls", "id", "stat"] {
+    for t in ["sh", "cat", "ls", "id", "stat", "sleep"] {
         std::os::unix::fs::symlink("busybox", r1.join("bin").join(t)).unwrap();
     }
     let files: &[(&str, &str, u32)] = &[
