@@ -259,6 +259,23 @@ fn mount_all_brings_a_root_back() {
     // mount-all again changes nothing.
     let o = ok(&mut w.als(&["mount-all"]));
     assert!(text(&o.stdout).contains("0 layers mounted, 0 keys added"), "{}", text(&o.stdout));
+
+    // Serving another image under the same reference would drop layers a running container
+    // stacks on: refused, nothing changed; once the container is gone it goes through.
+    let mut args = Podman::run_args(&image, &["sleep", "600"]);
+    args.insert(1, "-d");
+    let ctr = text(&w.podman.ok(&args).stdout).trim().to_string();
+    let other = format!("oci:{}:v1", real().join("writers/umoci-0.4.7-gzip/oci").display());
+    let replace = || run(w.als(&["add", "--root", w.als.to_str().unwrap(), "--ref", &image]).arg(&other));
+    let o = replace();
+    assert!(!o.status.success() && text(&o.stderr).contains("in use (overlay at "), "{}", text(&o.stderr));
+    assert_eq!(text(&w.podman.ok(&["exec", &ctr, "cat", "/data/one"]).stdout), "one\n");
+    w.podman.ok(&["rm", "-f", "-t", "0", &ctr]);
+    w.podman.ok(&["rmi", &image]);
+    let o = replace();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = ok(&mut w.als(&["ls"]));
+    assert_eq!(text(&o.stdout).lines().filter(|l| l.contains(&image)).count(), 1, "{}", text(&o.stdout));
 }
 
 /// The real-layers writers (conformance data) whose layers have a TOC digest, with the tag of

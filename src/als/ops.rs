@@ -31,12 +31,12 @@ pub struct Added {
     pub sync: SyncReport,
 }
 
-/// The ALS root path as records name it: absolute, symlinks resolved (created, 0700, when
-/// missing, so that storage.conf can name it before anything is added).
-pub fn canonical_root(root: &Path) -> Result<PathBuf, AlsError> {
+/// The ALS root path as records name it: absolute, symlinks resolved; with `create`, created
+/// (0700) when missing, so that storage.conf can name it before anything is added.
+pub fn canonical_root(root: &Path, create: bool) -> Result<PathBuf, AlsError> {
     let abs =
         std::path::absolute(root).map_err(|e| AlsError::Io { path: root.into(), step: "absolute path", source: e })?;
-    if !abs.exists() {
+    if create && !abs.exists() {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new().mode(0o700).recursive(true).create(&abs).map_err(|e| AlsError::Io {
             path: abs.clone(),
@@ -101,6 +101,14 @@ pub fn add(
         layers: refs,
         added: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     };
+    // Replacing what REF served before (a new image under the same tag) must not pull a
+    // layer from under a container: refused while one of the dropped layers is in use.
+    let mut refs_after: Vec<RefRecord> =
+        als.refs()?.into_iter().filter(|r| !(r.root == root && r.reference == reference)).collect();
+    refs_after.push(rec.clone());
+    if let Some((path, by)) = first_busy(als, root, &desired_from(als, &refs_after, root)?)? {
+        return Err(AlsError::Busy { path, by });
+    }
     als.put_ref(&rec)?;
     let sync = sync_root(repo, als, root, eng, false)?;
     Ok(Added {

@@ -357,8 +357,14 @@ fn is_our_overlay(diff: &Path) -> Result<bool, AlsError> {
 fn remove_layer(dir: &Path, eng: &Engine<'_>, force: bool) -> Result<(), AlsError> {
     let diff = dir.join("diff");
     if is_our_overlay(&diff)? {
-        if !force && mounts::in_use(&diff)? {
-            return Err(AlsError::Busy { path: diff, by: "open files or a working directory in it".into() });
+        if !force {
+            let canon = fs::canonicalize(&diff).map_err(io_err(&diff, "resolving"))?;
+            if let Some(u) = super::usage::users_of(std::slice::from_ref(&canon)).into_iter().next() {
+                return Err(AlsError::Busy { path: diff, by: u.to_string() });
+            }
+            if mounts::in_use(&diff)? {
+                return Err(AlsError::Busy { path: diff, by: "open files or a working directory in it".into() });
+            }
         }
         match crate::mount::unmount(&diff, eng.access, eng.kernel, eng.settings) {
             Ok(_) => {}

@@ -201,9 +201,14 @@ impl AlsState {
             let dest = self.image_path(&d);
             match rename_noreplace(&tmp, &dest) {
                 Ok(()) => fsync_dir(dest.parent().expect("parent"))?,
-                // The same tree was written before: same bytes, same name.
+                // The same tree was written before: same bytes, same name (sealed now if it
+                // was written before the store's filesystem had fs-verity).
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    fs::remove_file(&tmp).map_err(io_err(&tmp, "removing"))?
+                    fs::remove_file(&tmp).map_err(io_err(&tmp, "removing"))?;
+                    if seal {
+                        crate::fsverity::enable_path(&dest)
+                            .map_err(|e| AlsError::Other(format!("{}: enabling fs-verity: {e}", dest.display())))?;
+                    }
                 }
                 Err(e) => return Err(AlsError::Io { path: dest, step: "renaming into place", source: e }),
             }

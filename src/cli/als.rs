@@ -117,7 +117,7 @@ pub(crate) fn run(c: AlsCommand, mode: &crate::privileged::Mode) -> anyhow::Resu
         AlsCommand::Add(a) => {
             let repo = a.store.open(Lock::Shared)?;
             let als = AlsState::open(&repo, true)?;
-            let root = ops::canonical_root(&a.root)?;
+            let root = ops::canonical_root(&a.root, true)?;
             let source = Reference::parse(&a.source)?;
             let platform = a.platform.as_deref().map(Platform::parse).transpose()?;
             let eng = engine(repo.objects_dir());
@@ -136,7 +136,7 @@ pub(crate) fn run(c: AlsCommand, mode: &crate::privileged::Mode) -> anyhow::Resu
         AlsCommand::Rm(a) => {
             let repo = a.store.open(Lock::Exclusive)?;
             let als = AlsState::open(&repo, true)?;
-            let root = ops::canonical_root(&a.root)?;
+            let root = ops::canonical_root(&a.root, false)?;
             let eng = engine(repo.objects_dir());
             let r = ops::rm(&repo, &als, &root, &a.reference, &eng, a.force)
                 .with_context(|| format!("removing {} from {}", a.reference, root.display()))?;
@@ -155,7 +155,7 @@ pub(crate) fn run(c: AlsCommand, mode: &crate::privileged::Mode) -> anyhow::Resu
         AlsCommand::Ls(a) => {
             let repo = a.store.open(Lock::Shared)?;
             let als = AlsState::open(&repo, false)?;
-            let only = a.root.as_deref().map(ops::canonical_root).transpose()?;
+            let only = a.root.as_deref().map(|r| ops::canonical_root(r, false)).transpose()?;
             println!("ROOT\tMOUNTED\tREFERENCE\tMANIFEST\tLAYERS\tTOC KEYS\tSOURCE");
             for r in als.refs()?.iter().filter(|r| only.as_ref().is_none_or(|o| *o == r.root)) {
                 let mounted = crate::als::root::is_mounted(&r.root).unwrap_or(false);
@@ -194,7 +194,7 @@ pub(crate) fn run(c: AlsCommand, mode: &crate::privileged::Mode) -> anyhow::Resu
         AlsCommand::View(a) => {
             let repo = a.store.open(Lock::Shared)?;
             let als = AlsState::open(&repo, true)?;
-            let root = ops::canonical_root(&a.root)?;
+            let root = ops::canonical_root(&a.root, true)?;
             let (v, r) = ops::view(&repo, &als, &root, &a.user, a.target.as_deref(), &engine(repo.objects_dir()))
                 .with_context(|| format!("view of {} for {}", root.display(), a.user))?;
             println!("{}	{}	{}", v.target.display(), v.user, root.display());
