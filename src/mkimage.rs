@@ -41,6 +41,9 @@ pub enum InputFormat {
     Dump,
     /// A directory on disk (parent-side only; see [`build_image_file`]).
     Dir,
+    /// A composefs image, read with the hostile-image reader and written again with its own
+    /// format version (`composefs-dump`).
+    Image,
 }
 
 /// Everything the untrusted stage needs to know (crosses into the sandboxed child).
@@ -57,6 +60,8 @@ pub struct BuildRequest {
     pub objects: Option<PathBuf>,
     /// Content store for directory input.
     pub digest_store: Option<PathBuf>,
+    /// What a directory walk takes from the filesystem (directory input).
+    pub walk: crate::input::dir::WalkOptions,
     /// Largest input accepted, in bytes.
     pub max_input_bytes: u64,
 }
@@ -70,7 +75,12 @@ impl BuildRequest {
             strict_dump: true,
             objects: None,
             digest_store: None,
-            max_input_bytes: MAX_INPUT_BYTES as u64,
+            walk: Default::default(),
+            max_input_bytes: if format == InputFormat::Image {
+                crate::erofs::reader::MAX_IMAGE_BYTES
+            } else {
+                MAX_INPUT_BYTES as u64
+            },
         }
     }
 
@@ -103,6 +113,7 @@ pub fn parse_input(req: &BuildRequest, input: &[u8]) -> Result<Tree, BuildError>
             Ok(crate::input::dump::parse(input, &DumpOptions { strict: req.strict_dump, limits: Limits::default() })?)
         }
         InputFormat::Dir => Err(BuildError::Input("directory input cannot be read from a stream".into())),
+        InputFormat::Image => Ok(crate::erofs::reader::read_image(input)?),
     }
 }
 
@@ -127,6 +138,13 @@ pub fn build_from_reader_sized(
     input.take(req.max_input_bytes.saturating_add(1)).read_to_end(&mut buf).map_err(BuildError::Read)?;
     if buf.len() as u64 > req.max_input_bytes {
         return Err(BuildError::Input(format!("input is larger than the limit of {} bytes", req.max_input_bytes)));
+    }
+    if req.format == InputFormat::Image {
+        // Written again as it was: with the image's own format version.
+        let (tree, info) = crate::erofs::reader::read_image_with(&buf, &Default::default())?;
+        drop(buf);
+        let v = info.composefs_version;
+        return write_tree(&tree, &WriteOptions { min_version: v, max_version: v }, out);
     }
     let mut tree = parse_input(req, &buf)?;
     drop(buf);
@@ -215,6 +233,14 @@ pub enum Source {
 pub enum Output {
     Path(PathBuf),
     Stdout,
+    /// An anonymous file (memfd), handed back to the caller.
+    Anonymous,
+    /// Where the reference `mkcomposefs` would write IMAGE, but only once the image is built
+    /// and validated: a plain path (absent, or a regular file) is replaced atomically (temporary
+    /// file in its directory, renamed); anything else (`/proc/self/fd/N`, `/dev/stdout`, a
+    /// symlink, a FIFO, a device, or a regular file in a directory without room for a temporary
+    /// file) is opened like `fopen(IMAGE, "w")` and written in place. The image is handed back.
+    Reference(PathBuf),
 }
 
 /// Parent-side settings that are not part of the untrusted request.
@@ -251,7 +277,7 @@ pub fn build_image(
                 create_temp(&dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
             (f, Some(UnlinkOnDrop(Some(tp))))
         }
-        Output::Stdout => {
+        Output::Stdout | Output::Anonymous | Output::Reference(_) => {
             let fd =
                 rustix::fs::memfd_create("cfsmount-image", rustix::fs::MemfdFlags::CLOEXEC).context("memfd_create")?;
             (File::from(fd), None)
@@ -264,7 +290,7 @@ pub fn build_image(
             let Source::Path(src) = &source else {
                 anyhow::bail!("--from-dir needs a directory path as SOURCE");
             };
-            let dopts = DirOptions { digest_store: req.digest_store.clone(), limits: Limits::default() };
+            let dopts = DirOptions { digest_store: req.digest_store.clone(), walk: req.walk, ..DirOptions::default() };
             Some(crate::input::dir::build_tree(src, &dopts)?)
         }
         _ => None,
@@ -333,6 +359,18 @@ pub fn build_image(
             f.rewind()?;
             Ok((info, Some(f)))
         }
+        Output::Anonymous => {
+            let mut f = tmp;
+            f.rewind()?;
+            Ok((info, Some(f)))
+        }
+        Output::Reference(p) => {
+            let mut f = tmp;
+            f.rewind()?;
+            place_like_fopen(&mut f, p)?;
+            f.rewind()?;
+            Ok((info, Some(f)))
+        }
         Output::Stdout => {
             let mut f = tmp;
             f.rewind()?;
@@ -343,6 +381,49 @@ pub fn build_image(
             Ok((info, None))
         }
     }
+}
+
+/// Put the finished image `img` where `fopen(path, "w")` would write it (see
+/// [`Output::Reference`]): atomically for a plain path, in place otherwise.
+fn place_like_fopen(img: &mut File, path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let plain = match std::fs::symlink_metadata(path) {
+        Ok(md) => md.file_type().is_file(),
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    };
+    if plain {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        match create_temp(&dir) {
+            Ok((mut tmp, tp)) => {
+                let guard = UnlinkOnDrop(Some(tp.clone()));
+                io::copy(img, &mut tmp).with_context(|| format!("writing {}", tp.display()))?;
+                // What fopen's 0666 would give under the usual umask; a replaced file is a new
+                // inode (the reference truncates the old one in place).
+                tmp.set_permissions(std::fs::Permissions::from_mode(0o644)).context("fchmod")?;
+                tmp.sync_all().context("fsync")?;
+                std::fs::rename(&tp, path).with_context(|| format!("renaming the image to {}", path.display()))?;
+                std::mem::forget(guard);
+                return Ok(());
+            }
+            // No room for a temporary file, but maybe the file itself is writable.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)) && path.exists() => {}
+            Err(e) => return Err(e).with_context(|| format!("creating a temporary file in {}", dir.display())),
+        }
+    }
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o666)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("failed to open output file {}", path.display()))?;
+    io::copy(img, &mut out).with_context(|| format!("writing {}", path.display()))?;
+    out.flush().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// Runs the untrusted stage confined.
@@ -503,6 +584,8 @@ pub enum BuildError {
     Input(String),
     #[error("object {}: {reason}", path.display())]
     Object { path: PathBuf, reason: String },
+    #[error("invalid composefs image: {0}")]
+    ImageRead(#[from] crate::erofs::reader::ReadError),
 }
 
 #[cfg(test)]
