@@ -164,6 +164,40 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// For the drop-in personalities (`mkcomposefs`, `composefs-info`, `composefs-dump`): when this
+/// process was started setuid/setgid or with file capabilities, become the caller for good
+/// before anything else runs — real, effective and saved uid and gid set to the real ids,
+/// every capability set emptied (the kernel clears them on the uid change of a setuid-root
+/// start; with file capabilities the uids do not change, so they are cleared here), the process
+/// dumpable again like any process of the caller — and check the result. Unprivileged runs
+/// are left alone. The process is then in the state a plain copy of the tool would be in.
+pub fn drop_privileges_for_good() -> anyhow::Result<()> {
+    use anyhow::Context;
+    use rustix::process::{getegid, geteuid, getgid, getuid};
+    let (uid, gid) = (getuid(), getgid());
+    let setid = uid != geteuid() || gid != getegid();
+    if !setid && !crate::sys::helper::at_secure() {
+        return Ok(());
+    }
+    rustix::thread::set_thread_res_gid(gid, gid, gid).context("dropping privileges: setresgid")?;
+    rustix::thread::set_thread_res_uid(uid, uid, uid).context("dropping privileges: setresuid")?;
+    for set in [CapSet::Ambient, CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        caps::clear(None, set).with_context(|| format!("dropping privileges: clearing the {set:?} capabilities"))?;
+    }
+    let (r, e, s) = crate::sys::helper::getresuid();
+    let permitted = caps::read(None, CapSet::Permitted).context("dropping privileges: reading capabilities")?;
+    if (r, e, s) != (uid.as_raw(), uid.as_raw(), uid.as_raw())
+        || getgid() != gid
+        || getegid() != gid
+        || !permitted.is_empty()
+    {
+        anyhow::bail!("dropping privileges: still privileged after the drop (uids {r}/{e}/{s})");
+    }
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable)
+        .context("dropping privileges: PR_SET_DUMPABLE")?;
+    Ok(())
+}
+
 /// Whether this process runs as a privileged helper for an unprivileged caller.
 /// Fails safe: if early_init never ran, the process is treated as privileged when its ids or
 /// AT_SECURE say so.
