@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod compat;
 pub mod erofs;
 pub mod fsverity;
 pub mod helper;

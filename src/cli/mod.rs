@@ -1,8 +1,19 @@
 //! Command line: argument parsing, dispatch to the stages, and turning errors into one-line messages with exit codes.
+mod compat;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cfsmount", version, about = "Build, verify and mount composefs images")]
+#[command(
+    name = "cfsmount",
+    version,
+    about = "Build, verify and mount composefs images",
+    after_help = "Invoked under another name, cfsmount takes that tool's command line:\n  \
+                  mount.composefs   mount -t composefs helper (util-linux argv, -o options)\n  \
+                  mkcomposefs       drop-in for the reference mkcomposefs (image from a dumpfile or directory)\n  \
+                  composefs-info    drop-in for the reference composefs-info (ls, objects, missing-objects, dump, measure-file)\n  \
+                  composefs-dump    drop-in for the reference composefs-dump (read an image, write it again)\n\
+                  See docs/dropin.md and cfsmount(8)."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -57,12 +68,18 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
 
 /// Entry point used by `main`: returns the process exit code.
 pub fn main() -> i32 {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The drop-in personalities (mkcomposefs, composefs-info, composefs-dump) are the reference
+    // tools, run as the caller: they drop every privilege first thing (compat::main).
+    if let Some(p) = argv.first().and_then(|a| compat::Personality::from_argv0(a)) {
+        return compat::main(p, argv);
+    }
     // Privileged (setuid / file caps) execution is made safe before anything else runs.
     if let Err(e) = crate::helper::early_init() {
         eprintln!("cfsmount: {e:#}");
         return 1;
     }
-    match run(std::env::args_os().collect()) {
+    match run(argv) {
         Ok(()) => 0,
         Err(e) => {
             // One line: the context chain joined with ": ".
