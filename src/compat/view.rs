@@ -70,28 +70,31 @@ pub(crate) fn reference_tree(mut tree: Tree, version: u32, filter: &[Vec<u8>]) -
     Ok(tree)
 }
 
-/// Every node reachable from the root, depth-first, children in bytewise name order, with its
-/// path (without the leading `/`; empty for the root).
-fn depth_first(tree: &Tree) -> Vec<(NodeId, Vec<u8>)> {
-    let mut out = Vec::with_capacity(tree.len());
-    let mut stack: Vec<(NodeId, Vec<u8>)> = vec![(ROOT, Vec::new())];
-    while let Some((id, path)) = stack.pop() {
+/// Visit every node reachable from the root, depth-first, children in bytewise name order, with
+/// its path (without the leading `/`; empty for the root).
+fn walk(tree: &Tree, mut visit: impl FnMut(NodeId, &[u8])) {
+    let mut stack: Vec<(NodeId, usize)> = vec![(ROOT, 0)];
+    let mut path: Vec<u8> = Vec::with_capacity(256);
+    // ends[d]: length of `path` for the node at depth d on the current branch.
+    let mut ends: Vec<usize> = Vec::new();
+    while let Some((id, depth)) = stack.pop() {
         let n = tree.node(id);
+        if depth > 0 {
+            path.truncate(ends[depth - 1]);
+            if depth > 1 {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&n.name);
+        }
+        ends.truncate(depth);
+        ends.push(path.len());
+        visit(id, &path);
         if n.link_to.is_none() && n.entry.inode.is_dir() {
             let mut kids = n.children.clone();
             kids.sort_unstable_by(|a, b| tree.node(*b).name.cmp(&tree.node(*a).name));
-            for c in kids {
-                let mut p = path.clone();
-                if !p.is_empty() {
-                    p.push(b'/');
-                }
-                p.extend_from_slice(&tree.node(c).name);
-                stack.push((c, p));
-            }
+            stack.extend(kids.into_iter().map(|c| (c, depth + 1)));
         }
-        out.push((id, path));
     }
-    out
 }
 
 /// Make the first name of each hard-linked inode in depth-first order the one that holds it.
@@ -106,12 +109,12 @@ fn reroot_hard_links(tree: &mut Tree) {
         return;
     }
     let mut first: HashMap<NodeId, NodeId> = HashMap::new(); // holder -> first name
-    for (id, _) in depth_first(tree) {
+    walk(tree, |id, _| {
         let holder = tree.resolve(id);
         if members.contains_key(&holder) {
             first.entry(holder).or_insert(id);
         }
-    }
+    });
     for (holder, f) in first {
         if holder == f {
             continue;
@@ -135,10 +138,14 @@ fn reroot_hard_links(tree: &mut Tree) {
 pub(crate) fn write_ls(tree: &Tree, out: &mut dyn Write) -> io::Result<()> {
     let mut w = io::BufWriter::new(out);
     let mut line = Vec::new();
-    for (id, path) in depth_first(tree).into_iter().skip(1) {
+    let mut result = Ok(());
+    walk(tree, |id, path| {
+        if id == ROOT || result.is_err() {
+            return;
+        }
         line.clear();
         line.push(b'/');
-        escape(&mut line, &path, true);
+        escape(&mut line, path, true);
         let n = tree.node(id);
         // A name that links to an inode held elsewhere is an empty node to the reference.
         if n.link_to.is_none() {
@@ -154,21 +161,22 @@ pub(crate) fn write_ls(tree: &Tree, out: &mut dyn Write) -> io::Result<()> {
             }
         }
         line.push(b'\n');
-        w.write_all(&line)?;
-    }
+        result = w.write_all(&line);
+    });
+    result?;
     w.flush()
 }
 
 /// `composefs-info objects`: the payloads of the regular files (raw bytes, sorted, distinct).
 pub(crate) fn objects(tree: &Tree, into: &mut BTreeSet<Vec<u8>>) {
-    for (id, _) in depth_first(tree) {
+    walk(tree, |id, _| {
         let n = tree.node(id);
         if n.link_to.is_none() && n.entry.inode.is_reg() {
             if let Some(p) = &n.entry.payload {
                 into.insert(p.clone());
             }
         }
-    }
+    });
 }
 
 /// The reference's `print_escaped`: `\\ \n \r \t`, other bytes outside the printable ASCII
