@@ -1,7 +1,7 @@
 //! Engine side of the drop-in `composefs-info` personality (docs/dropin.md): each image is read
 //! by the hostile-image reader inside the sandbox, which hands back only the text the reference
 //! tool prints for it (or the list of its objects). The parent never parses image bytes.
-//! (`mkcomposefs` and `composefs-dump` are image builds: see [`crate::mkimage`].)
+//! (`mkcomposefs` and `composefs-dump` are image builds: see [`crate::build`].)
 
 mod view;
 

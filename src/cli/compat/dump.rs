@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 use super::{show, strerror, Fail};
-use crate::mkimage::{BuildOptions, BuildRequest, InputFormat, Output, Source};
+use crate::build::{BuildOptions, BuildRequest, InputFormat, Output, Source};
 
 pub(super) fn usage(argv0: &OsStr) -> String {
     format!("usage: {} SRC DEST\n", show(argv0))
@@ -22,7 +22,7 @@ pub(super) fn run(args: &[OsString]) -> Result<(), Fail> {
     let f = std::fs::File::open(src)
         .map_err(|e| Fail::Prefixed(format!("Failed to open '{}': {}", show(src), strerror(&e))))?;
     let req = BuildRequest::new(InputFormat::Image);
-    crate::mkimage::build_image(
+    crate::build::build_image(
         &req,
         Source::Fd(f.into()),
         &Output::Reference(PathBuf::from(dst)),

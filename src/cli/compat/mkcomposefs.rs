@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use super::getopt::{self, GetoptError, Item, LongOpt};
 use super::{posixly_correct, show, Fail};
+use crate::build::{BuildOptions, BuildRequest, InputFormat, Output, Source};
 use crate::erofs::writer::WriteOptions;
 use crate::input::dir::{WalkOptions, XattrSelection};
-use crate::mkimage::{BuildOptions, BuildRequest, InputFormat, Output, Source};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum O {
@@ -187,9 +187,9 @@ pub(super) fn run(args: &[OsString]) -> Result<(), Fail> {
     req.write = WriteOptions { min_version: min, max_version: max.max(min) };
     let output = match &image {
         Some(p) if !to_stdout => Output::Reference(PathBuf::from(p)),
-        _ => Output::Anonymous,
+        _ => Output::Anonymous { dir: None },
     };
-    let (_, file) = crate::mkimage::build_image(&req, source, &output, &BuildOptions::default())
+    let (_, file) = crate::build::build_image(&req, source, &output, &BuildOptions::default())
         .map_err(|e| Fail::Prefixed(format!("{e:#}")))?;
     let mut file = file.ok_or_else(|| Fail::Prefixed("the build returned no image".into()))?;
     let stdout = std::io::stdout();

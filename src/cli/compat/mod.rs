@@ -52,7 +52,7 @@ pub(crate) enum Fail {
 pub(crate) fn main(personality: Personality, argv: Vec<OsString>) -> i32 {
     // Invoked through a setuid or file-capability install, a personality is nothing more than the
     // reference tool run by the caller: every privilege goes before anything else happens.
-    if let Err(e) = crate::helper::drop_privileges_for_good() {
+    if let Err(e) = crate::privileged::drop::drop_for_good() {
         eprintln!("{}: {e:#}", personality.name());
         return 1;
     }
