@@ -112,6 +112,13 @@ pub fn missing_objects(basedir: Option<std::os::fd::BorrowedFd<'_>>, objects: &B
         .collect()
 }
 
+/// The object directory of `composefs-info --basedir` (`O_PATH|O_DIRECTORY`, as the reference
+/// opens it: only looked up in, never read).
+pub fn open_basedir(path: &std::ffi::OsStr) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::DIRECTORY | OFlags::PATH, Mode::empty())?)
+}
+
 /// Where a basedir lookup starts when `composefs-info missing-objects` has no `--basedir`: the
 /// reference uses descriptor 0 then (an unset global), so this is a duplicate of standard input
 /// (None when it is closed).

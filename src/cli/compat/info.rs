@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::getopt::{self, GetoptError, Item, LongOpt};
 use super::{posixly_correct, show, strerror, Fail};
-use crate::compat::{info_image, missing_objects, no_basedir, InfoCommand, InfoOutput};
+use crate::compat::{info_image, missing_objects, no_basedir, open_basedir, InfoCommand, InfoOutput};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum O {
@@ -72,15 +72,10 @@ pub(super) fn run(argv0: &OsStr, args: &[OsString]) -> Result<(), Fail> {
     };
     let missing = command == "missing-objects";
     let basedir: Option<OwnedFd> = match &basedir {
-        Some(b) => {
-            let flags = rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::CLOEXEC
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::PATH;
-            let fd = rustix::fs::open(b.as_os_str(), flags, rustix::fs::Mode::empty())
-                .map_err(|e| Fail::Prefixed(format!("Can't open basedir `{}`\n: {}", show(b), strerror(&e.into()))))?;
-            Some(fd)
-        }
+        Some(b) => Some(
+            open_basedir(b)
+                .map_err(|e| Fail::Prefixed(format!("Can't open basedir `{}`\n: {}", show(b), strerror(&e))))?,
+        ),
         None => None,
     };
     if rest.is_empty() {
