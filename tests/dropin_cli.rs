@@ -411,6 +411,28 @@ fn composefs_info_prints_the_payload_where_the_reference_reads_past_it() {
 }
 
 #[test]
+fn composefs_info_shows_a_file_with_the_escaped_whiteout_xattr_as_it_is() {
+    // A regular file whose own xattrs include trusted.overlay.whiteout: the reference loader
+    // turns it into a whiteout (`/f 0 20644 ...`, the xattr gone) and its dump then rebuilds a
+    // different image; cfsmount shows the file as written (docs/dropin.md, difference 6), so the
+    // dump rebuilds the same image.
+    let work = scratch("escaped-whiteout");
+    let img = work.path().join("img");
+    let dump = "/ 0 40755 2 0 0 0 0.0 - - -\n/f 0 100644 1 0 0 0 0.0 - - - trusted.overlay.whiteout= user.k=v\n";
+    let mut c = tool("mkcomposefs");
+    c.args(["--from-file", "-"]).arg(&img);
+    ok(&run_with(c, Some(dump.as_bytes().to_vec())), "dump");
+    let out = tool("composefs-info").arg("dump").arg(&img).output().unwrap();
+    ok(&out, "composefs-info dump");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/ 4096 40755 2 0 0 0 0.0 - - -\n".to_string() + &dump[28..]);
+    let again = work.path().join("again");
+    let mut c = tool("mkcomposefs");
+    c.args(["--from-file", "-"]).arg(&again);
+    ok(&run_with(c, Some(out.stdout)), "rebuild");
+    assert!(fs::read(&img).unwrap() == fs::read(&again).unwrap());
+}
+
+#[test]
 fn composefs_info_measure_file_and_errors() {
     // The known answers of the reference's tests/test-units.sh.
     let work = scratch("measure");

@@ -21,17 +21,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Write};
 
 use crate::erofs::writer::{disk_xattrs, WriteOptions};
-use crate::tree::{NodeId, Tree, Xattr, ROOT};
+use crate::tree::{NodeId, Tree, Xattr, ROOT, S_IFCHR, S_IFMT};
 
 const OVL_PREFIX: &[u8] = b"trusted.overlay.";
 const OVL_ESCAPED_PREFIX: &[u8] = b"trusted.overlay.overlay.";
 /// On-disk names the reference loader never shows (besides the writer's `trusted.overlay.*`).
-const HIDDEN: &[&[u8]] = &[
-    b"trusted.overlay.overlay.whiteout",
-    b"trusted.overlay.overlay.whiteouts",
-    b"user.overlay.whiteout",
-    b"user.overlay.whiteouts",
-];
+const HIDDEN: &[&[u8]] = &[b"trusted.overlay.overlay.whiteouts", b"user.overlay.whiteout", b"user.overlay.whiteouts"];
+/// The escaped whiteout marker: the reference loader turns ANY regular file carrying it into a
+/// whiteout; shown here on what is not a whiteout (docs/dropin.md, difference 6).
+const ESCAPED_WHITEOUT: &[u8] = b"trusted.overlay.overlay.whiteout";
 
 /// The tree as the reference loader builds it from the image `tree` was read from (format
 /// `version`), limited to the root entries in `filter` when it is not empty.
@@ -39,8 +37,10 @@ pub(crate) fn reference_tree(mut tree: Tree, version: u32, filter: &[Vec<u8>]) -
     let opts = WriteOptions { min_version: version, max_version: version };
     let layout = disk_xattrs(&tree, &opts).map_err(|e| e.to_string())?;
     for (id, xs) in layout {
+        let ino = &tree.node(id).entry.inode;
+        let whiteout = ino.mode & S_IFMT == S_IFCHR && ino.rdev == 0;
         let shown = xs.iter().filter(|x| !x.shared).chain(xs.iter().filter(|x| x.shared)).filter_map(|x| {
-            if HIDDEN.contains(&x.key.as_slice()) {
+            if HIDDEN.contains(&x.key.as_slice()) || (whiteout && x.key == ESCAPED_WHITEOUT) {
                 None
             } else if let Some(rest) = x.key.strip_prefix(OVL_ESCAPED_PREFIX) {
                 Some(Xattr { key: [OVL_PREFIX, rest].concat(), value: x.value.clone() })
