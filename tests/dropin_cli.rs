@@ -464,6 +464,8 @@ fn composefs_info_measure_file_and_errors() {
         let out = run(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(msg), "{args:?}: want {msg:?} in {}", stderr(&out));
+        // (The reference also prints "Def" on stdout for an unknown option: difference 8.)
+        assert!(out.stdout.is_empty(), "{args:?}: stdout {:?}", String::from_utf8_lossy(&out.stdout));
     }
 }
 
