@@ -1,7 +1,7 @@
 //! Root tier: a setuid-root (or file-capability) cfsmount invoked as `mkcomposefs`,
 //! `composefs-info` or `composefs-dump` runs as its caller, like a plain copy of the reference
 //! tool: what it creates belongs to the caller, and it can read and write only what the caller
-//! can (docs/dropin.md, difference 9).
+//! can (docs/dropin.md, difference 10).
 //!
 //! Run as root: `flock /tmp/cfsmount-root.lock cargo test --test root_dropin`.
 
