@@ -3,6 +3,7 @@
 //! One module per stage; all `unsafe` and raw syscalls are confined to [`sys`].
 #![deny(unsafe_code)]
 
+pub mod boot;
 pub mod cli;
 pub mod erofs;
 pub mod fsverity;

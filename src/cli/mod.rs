@@ -1,6 +1,8 @@
 //! Command line: argument parsing, dispatch to the stages, and turning errors into one-line messages with exit codes.
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod boot;
+
 #[derive(Parser)]
 #[command(name = "cfsmount", version, about = "Build, verify and mount composefs images")]
 struct Cli {
@@ -23,6 +25,10 @@ enum Command {
     Verity(crate::fsverity::Command),
     /// Report which kernel features (loop, EROFS, overlay, landlock, seccomp, verity) this machine offers.
     Doctor,
+    /// Initramfs: mount the composefs root that the kernel command line names over /sysroot.
+    SetupRoot(boot::SetupRootArgs),
+    /// Lay out a root tree as composefs/images + composefs/objects for setup-root; prints the kernel argument.
+    DeployRoot(boot::DeployRootArgs),
 }
 
 fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
@@ -52,6 +58,8 @@ fn run(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
         Command::Umount(a) => crate::mount::umount(a),
         Command::Verity(c) => crate::fsverity::run(c),
         Command::Doctor => crate::sandbox::doctor(),
+        Command::SetupRoot(a) => boot::setup_root(a),
+        Command::DeployRoot(a) => boot::deploy_root(a),
     }
 }
 
