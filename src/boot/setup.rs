@@ -89,7 +89,9 @@ fn sys_err(path: &Path, reason: impl std::fmt::Display) -> SetupError {
 
 /// Opens `rel` under `dir` with `openat2`; `resolve` says how symlinks may be followed.
 fn open_in(dir: BorrowedFd<'_>, rel: &str, flags: OFlags, resolve: ResolveFlags) -> Result<OwnedFd, Errno> {
-    rustix::fs::openat2(dir, rel, flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty(), resolve)
+    // openat2 refuses (EINVAL) flags that O_PATH would ignore.
+    let extra = if flags.contains(OFlags::PATH) { OFlags::CLOEXEC } else { OFlags::CLOEXEC | OFlags::NOCTTY };
+    rustix::fs::openat2(dir, rel, flags | extra, Mode::empty(), resolve)
 }
 
 fn dir_flags() -> OFlags {
