@@ -1,0 +1,65 @@
+#!/bin/sh
+# Runs in the booted composefs root (Debian + systemd) of the boot tests, from
+# cfsmount-boot-check.service: checks what setup-root made, prints "CFSBOOT PASS/FAIL" lines on
+# the serial console, then powers the VM off. /etc/cfsmount-test-expect says "insecure" in the
+# image booted with composefs=?HEX; otherwise a verified boot is expected.
+say() { echo "CFSBOOT $*"; }
+pass() { say "PASS $*"; }
+fail() { say "FAIL $*"; }
+check() { # name, command...
+    n=$1
+    shift
+    if "$@" >/dev/null 2>&1; then pass "$n"; else fail "$n"; fi
+}
+mode=verified
+[ -e /etc/cfsmount-test-expect ] && mode=$(cat /etc/cfsmount-test-expect)
+say "booted system ($mode): $(cat /proc/cmdline)"
+
+check "[$mode] PID 1 is systemd" test "$(cat /proc/1/comm)" = systemd
+root_fs=$(findmnt -n -o FSTYPE /)
+root_opts=$(findmnt -n -o OPTIONS /)
+say "root: $root_fs $root_opts"
+check "[$mode] / is an overlay" test "$root_fs" = overlay
+case ",$root_opts," in
+*,ro,*) pass "[$mode] / is read-only" ;;
+*) fail "[$mode] / is not read-only: $root_opts" ;;
+esac
+case ",$root_opts," in
+*,nosuid,* | *,nodev,*) fail "[$mode] / has nosuid/nodev: $root_opts" ;;
+*) pass "[$mode] / allows setuid and devices" ;;
+esac
+case "$mode,$root_opts" in
+verified,*verity=require*) pass "[verified] / has verity=require" ;;
+insecure,*verity=require*) fail "[insecure] / has verity=require" ;;
+insecure,*) pass "[insecure] / boots without verity=require" ;;
+*) fail "[$mode] / lacks verity=require" ;;
+esac
+check "[$mode] /etc is an overlay" test "$(findmnt -n -o FSTYPE /etc)" = overlay
+if echo "written at $(date)" >/etc/cfsmount-boot-write && grep -q written /etc/cfsmount-boot-write; then
+    pass "[$mode] /etc is writable"
+else
+    fail "[$mode] /etc is not writable"
+fi
+hex=$(sed -n 's/.*composefs=?\{0,1\}\([0-9a-f]\{64\}\).*/\1/p' /proc/cmdline)
+[ -n "$hex" ] || hex=$(ls /sysroot/state/deploy 2>/dev/null | head -n1)
+check "[$mode] /etc writes land in the state directory" test -e "/sysroot/state/deploy/$hex/etc/upper/cfsmount-boot-write"
+check "[$mode] /var is bound from the physical root" test "$(findmnt -n -o FSTYPE /var)" = ext4
+check "[$mode] the physical root is at /sysroot" test -d /sysroot/composefs/objects
+if grep -q ' erofs \|/\.layer-\|/\.boot-' /proc/self/mountinfo; then
+    fail "[$mode] a temporary or EROFS mount is visible: $(grep ' erofs \|/\.layer-\|/\.boot-' /proc/self/mountinfo | head -n3)"
+else
+    pass "[$mode] no EROFS or temporary lower mount visible in the booted system"
+fi
+check "[$mode] /usr/bin/su keeps its setuid bit" test -u /usr/bin/su
+if [ "$mode" = verified ]; then
+    # what the initramfs unit said, kept by the journal across switch-root
+    if journalctl -b --no-pager -o cat -u cfsmount-setup-root.service 2>/dev/null | grep "mounted at /sysroot" >/tmp/unit.log; then
+        pass "[verified] cfsmount-setup-root.service ran in the initramfs"
+        say "unit: $(cat /tmp/unit.log)"
+    else
+        fail "[verified] no cfsmount-setup-root.service message in the journal"
+    fi
+fi
+say "system state: $(systemctl is-system-running 2>/dev/null)"
+say "DONE $mode"
+systemctl --no-block poweroff

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Boot tests of `cfsmount setup-root` (issue 16), two qemu boots of a real Debian root laid out
+# as composefs on a verity-enabled ext4 disk. Called by tests/vm/run-tier3.sh (which installed
+# the backports kernel and qemu); usage: tests/vm/boot/run-boot.sh KERNEL-VERSION PATH/TO/cfsmount
+#
+#   1. mmdebstrap: Debian bookworm minbase + systemd-sysv, with a check service added
+#      (boot-check.sh); mkfs.ext4 -b 4096 -O verity -d puts it on a disk image at /tree.
+#   2. VM 1, busybox initramfs (init-busybox.sh): deploy-root with fs-verity, the failure cases
+#      (tampered image, tampered object, ...), then composefs=?HEX boots systemd unverified.
+#   3. VM 2, dracut initramfs with packaging/dracut/90cfsmount: root=/dev/vda composefs=HEX,
+#      systemd in the initramfs runs cfsmount-setup-root.service, switch-root, systemd in the
+#      composefs root runs the check service, which powers off.
+# Prints PASS/FAIL lines (and timings) on stdout; exits non-zero when anything failed.
+# Everything used comes from Debian packages (installed here when missing); mmdebstrap fetches
+# from the mirror that apt on this machine is configured with.
+set -uo pipefail
+HERE=$(dirname "$(realpath "$0")")
+REPO=$(realpath "$HERE/../../..")
+[ $# -eq 2 ] || { echo "usage: $0 KERNEL-VERSION PATH/TO/cfsmount" >&2; exit 2; }
+KVER=$1
+BIN=$(realpath -e "$2") || { echo "FAIL boot: no cfsmount binary at $2"; exit 1; }
+START=$(date +%s)
+export DEBIAN_FRONTEND=noninteractive
+FAILED=0
+pass() { echo "PASS boot: $*"; }
+fail() { echo "FAIL boot: $*"; FAILED=1; }
+log() { echo "boot: $*" >&2; }
+die() { fail "$*"; exit 1; }
+step_start=$START
+step() { local t; t=$(date +%s); log "$1 ($((t - step_start)) s)"; TIMES+=("$1: $((t - step_start)) s"); step_start=$t; }
+TIMES=()
+
+# ---- packages ---------------------------------------------------------------------------------
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+apt_updated=
+apt_install() {
+    [ -n "$apt_updated" ] || { apt-get -o DPkg::Lock::Timeout=1800 update -qq || return 1; apt_updated=1; }
+    apt-get -o DPkg::Lock::Timeout=1800 install -y -qq "$@" >/dev/null
+}
+for p in mmdebstrap cpio xz-utils e2fsprogs busybox-static qemu-system-x86 kmod binutils; do
+    have_pkg "$p" || { log "installing $p"; apt_install "$p" || die "installing $p failed"; }
+done
+# dracut from bookworm-backports (run-tier3.sh added that suite for the kernel)
+if ! have_pkg dracut-core || ! dpkg-query -W -f='${Version}' dracut-core | grep -q bpo; then
+    log "installing dracut-core from bookworm-backports"
+    apt_install -t bookworm-backports dracut-core || die "installing dracut-core from bookworm-backports failed"
+fi
+[ -r "/boot/vmlinuz-$KVER" ] && [ -d "/lib/modules/$KVER" ] || die "no kernel $KVER in /boot"
+step "packages"
+
+W=$(mktemp -d /var/tmp/cfs-boot.XXXXXX) || die "mktemp"
+trap 'rm -rf "$W"' EXIT
+strip -o "$W/cfsmount" "$BIN" 2>/dev/null || cp "$BIN" "$W/cfsmount"
+
+# ---- 1. the Debian root on a verity-enabled ext4 ------------------------------------------------
+mirror=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1 | awk '{ print $1 }')
+[ -n "$mirror" ] || mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
+[ -n "$mirror" ] || die "no Debian mirror in the apt sources of this machine"
+log "mmdebstrap bookworm minbase + systemd-sysv from $mirror"
+mmdebstrap --quiet --variant=minbase --include=systemd-sysv --mode=unshare --format=tar \
+    --aptopt='Acquire::Check-Valid-Until "false"' bookworm "$W/debian.tar" "deb $mirror bookworm main" \
+    >"$W/mmdebstrap.log" 2>&1 || { tail -n 20 "$W/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
+step "mmdebstrap"
+T=$W/fs/tree
+mkdir -p "$T" && tar -xpf "$W/debian.tar" --xattrs --xattrs-include='*' --numeric-owner -C "$T" || die "extracting the root"
+rm -f "$W/debian.tar"
+install -m 0755 "$HERE/boot-check.sh" "$T/usr/local/sbin/cfsmount-boot-check"
+cat >"$T/etc/systemd/system/cfsmount-boot-check.service" <<'EOF'
+[Unit]
+Description=cfsmount boot test: check the composefs root, then power off
+After=basic.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/cfsmount-boot-check
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyS0
+TTYReset=no
+TTYVHangup=no
+
+[Install]
+WantedBy=multi-user.target
+EOF
+mkdir -p "$T/etc/systemd/system/multi-user.target.wants" "$T/sysroot"
+ln -sf /etc/systemd/system/cfsmount-boot-check.service "$T/etc/systemd/system/multi-user.target.wants/"
+ln -sf /dev/null "$T/etc/systemd/system/serial-getty@ttyS0.service"
+ln -sf /dev/null "$T/etc/systemd/system/getty@tty1.service"
+ln -sf /lib/systemd/system/multi-user.target "$T/etc/systemd/system/default.target"
+echo cfsboot >"$T/etc/hostname"
+truncate -s 3G "$W/disk.img"
+mkfs.ext4 -q -b 4096 -O verity -L cfsroot -d "$W/fs" "$W/disk.img" || die "mkfs.ext4 -O verity -d"
+rm -rf "$W/fs"
+step "root tree and disk"
+
+# ---- 2. the busybox initramfs ---------------------------------------------------------------------
+B=$W/bb
+mkdir -p "$B"/{bin,mod,lib64,proc,sys,dev,run,tmp,sysroot}
+cp /bin/busybox "$B/bin/busybox" && cp "$W/cfsmount" "$B/bin/cfsmount" || die "copying busybox/cfsmount"
+install -m 0755 "$HERE/init-busybox.sh" "$B/init"
+mknod -m 600 "$B/dev/console" c 5 1 || die "mknod console"
+for lib in $(ldd "$W/cfsmount" | grep -o '/[^ ]*'); do
+    mkdir -p "$B$(dirname "$lib")" && cp -L "$lib" "$B$lib" || die "copying $lib"
+done
+: >"$B/modules.order"
+for m in virtio_blk ext4 erofs overlay loop; do
+    modprobe -S "$KVER" --show-depends "$m" | awk '$1 == "insmod" { print $2 }'
+done | awk '!seen[$0]++' | while read -r ko; do
+    n=$(basename "$ko" .xz)
+    case "$ko" in *.xz) xz -dc "$ko" >"$B/mod/$n" ;; *) cp "$ko" "$B/mod/$n" ;; esac || exit 1
+    echo "$n" >>"$B/modules.order"
+done || die "collecting kernel modules"
+(cd "$B" && find . | cpio --quiet -o -H newc) >"$W/initrd-busybox.img" || die "cpio"
+step "busybox initramfs"
+
+# ---- 3. the dracut initramfs ----------------------------------------------------------------------
+D=$W/dracut
+cp -a /usr/lib/dracut "$D" && cp -r "$REPO/packaging/dracut/90cfsmount" "$D/modules.d/" || die "dracut module dir"
+mkdir -p "$W/dracut.conf.d"
+CFSMOUNT_BIN=$W/cfsmount dracutbasedir=$D dracut --quiet --force --no-hostonly --no-hostonly-cmdline \
+    --conf /dev/null --confdir "$W/dracut.conf.d" --kver "$KVER" --no-compress --no-early-microcode \
+    --modules "base systemd systemd-initrd systemd-journald dracut-systemd kernel-modules rootfs-block udev-rules fs-lib cfsmount" \
+    --add-drivers "virtio_blk ext4" "$W/initrd-dracut.img" >"$W/dracut.log" 2>&1 \
+    || { tail -n 20 "$W/dracut.log" >&2; die "dracut failed"; }
+if lsinitrd "$W/initrd-dracut.img" 2>/dev/null | grep -q 'usr/lib/systemd/system/initrd-root-fs.target.wants/cfsmount-setup-root.service'; then
+    pass "dracut module 90cfsmount installs the unit, wanted by initrd-root-fs.target"
+else
+    fail "dracut initramfs lacks cfsmount-setup-root.service in initrd-root-fs.target.wants"
+fi
+lsinitrd "$W/initrd-dracut.img" 2>/dev/null | grep -Eq 'erofs\.ko' && pass "dracut initramfs has the erofs module" \
+    || fail "dracut initramfs lacks erofs.ko"
+step "dracut initramfs"
+
+# ---- the VMs ---------------------------------------------------------------------------------------
+SKIP_MODULES=kvm,kvm_amd,kvm_intel,iTCO_wdt,iTCO_vendor_support,lpc_ich,ahci,libahci,libata,sr_mod,cdrom
+SKIP_MODULES+=,i2c_i801,i2c_smbus,pcspkr,evdev,joydev,sg,serio_raw,button,psmouse,qemu_fw_cfg,bochs,drm
+vm() { # log, initrd, kernel command line
+    timeout 900 qemu-system-x86_64 -machine q35 -accel tcg -smp 2 -m 2G -nodefaults -display none -no-reboot \
+        -serial "file:$1" -kernel "/boot/vmlinuz-$KVER" -initrd "$2" -append "$3" \
+        -drive "file=$W/disk.img,if=virtio,format=raw" >"$1.qemu" 2>&1
+}
+results() { # log: CFSBOOT PASS/FAIL lines as PASS/FAIL lines; the others to stderr
+    grep -a -o 'CFSBOOT .*' "$1" | tr -d '\r' | while IFS= read -r l; do
+        case "$l" in
+        "CFSBOOT PASS "*) echo "PASS boot: ${l#CFSBOOT PASS }" ;;
+        "CFSBOOT FAIL "*) echo "FAIL boot: ${l#CFSBOOT FAIL }" ;;
+        *) echo "boot:   ${l#CFSBOOT }" >&2 ;;
+        esac
+    done
+}
+CMDLINE_COMMON="console=ttyS0 quiet loglevel=3 panic=-1 modprobe.blacklist=$SKIP_MODULES"
+
+log "VM 1: busybox initramfs (layout, failure cases, composefs=?HEX boot)"
+vm "$W/vm1.log" "$W/initrd-busybox.img" "$CMDLINE_COMMON"
+r1=$?
+results "$W/vm1.log" | tee "$W/vm1.results"
+grep -q '^FAIL' "$W/vm1.results" && FAILED=1
+grep -aq 'CFSBOOT DONE insecure' "$W/vm1.log" || { fail "VM 1 did not finish (qemu exit $r1)"; tail -n 30 "$W/vm1.log" | sed 's/^/    /' >&2; }
+step "VM 1"
+GOOD=$(grep -a -o 'CFSBOOT HEX_GOOD=[0-9a-f]*' "$W/vm1.log" | head -n1 | cut -d= -f2)
+[ ${#GOOD} = 64 ] || die "VM 1 reported no deployed image"
+
+log "VM 2: dracut + systemd, root=/dev/vda composefs=$GOOD"
+vm "$W/vm2.log" "$W/initrd-dracut.img" "root=/dev/vda rw composefs=$GOOD $CMDLINE_COMMON systemd.show_status=false rd.udev.log_level=3"
+r2=$?
+results "$W/vm2.log" | tee "$W/vm2.results"
+grep -q '^FAIL' "$W/vm2.results" && FAILED=1
+grep -aq 'CFSBOOT DONE verified' "$W/vm2.log" || { fail "VM 2 did not reach the check in the composefs root (qemu exit $r2)"; tail -n 40 "$W/vm2.log" | sed 's/^/    /' >&2; }
+step "VM 2"
+
+for t in "${TIMES[@]}"; do log "time: $t"; done
+log "took $(($(date +%s) - START)) s"
+exit $FAILED
