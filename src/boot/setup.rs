@@ -77,8 +77,9 @@ pub enum SetupError {
     Objects { path: PathBuf, reason: String },
     #[error("{}: {reason}", path.display())]
     State { path: PathBuf, reason: String },
-    #[error("mounting {}: {source}", image.display())]
-    Mount { image: PathBuf, source: crate::mount::MountError },
+    // The cause is part of the message (not an error `source`), so `{:#}` prints it once.
+    #[error("mounting {}: {cause}", image.display())]
+    Mount { image: PathBuf, cause: crate::mount::MountError },
     #[error("{what}: {reason} (the new root was detached again; /sysroot is as it was)")]
     Assemble { what: String, reason: String },
 }
@@ -254,7 +255,9 @@ fn prepare_state(sysroot: BorrowedFd<'_>, sysroot_path: &Path, hex: &str, cfg: &
 struct Transient {
     upper: OwnedFd,
     work: OwnedFd,
-    _attached: TempDir,
+    /// Where it is attached (a root-only scratch directory): the engine takes upper/work as
+    /// paths, and opens them with O_NOFOLLOW (so not as /proc/self/fd/N).
+    attached: TempDir,
 }
 
 /// A scratch directory, with a mount on it once `mounted`; dropping it detaches and removes it.
@@ -304,7 +307,7 @@ impl Transient {
         let upper =
             open_in(root.as_fd(), "upper", dir_flags(), ResolveFlags::BENEATH).map_err(|err| format!("{err}"))?;
         let work = open_in(root.as_fd(), "work", dir_flags(), ResolveFlags::BENEATH).map_err(|err| format!("{err}"))?;
-        Ok(Transient { upper, work, _attached: guard })
+        Ok(Transient { upper, work, attached: guard })
     }
 }
 
@@ -430,7 +433,7 @@ fn mount_image(
         basedirs: vec![fd_path(objects)],
         verity: if verity { Verity::Require } else { Verity::Off },
         idmap: None,
-        upper: upper.map(|t| (fd_path(t.upper.as_fd()), fd_path(t.work.as_fd()))),
+        upper: upper.map(|t| (t.attached.dir.join("upper"), t.attached.dir.join("work"))),
         readonly: false,
         force_loop: false,
         // The root filesystem: setuid binaries and device nodes work.
@@ -440,7 +443,7 @@ fn mount_image(
         dest: Dest::Target(req.sysroot.clone()),
         verbose: req.verbose,
     };
-    crate::mount::mount(r).map_err(|source| SetupError::Mount { image: chosen.path.clone(), source })
+    crate::mount::mount(r).map_err(|cause| SetupError::Mount { image: chosen.path.clone(), cause })
 }
 
 /// Mounts inside the new root: the physical root at `sysroot/` (if the image has it), `/etc`,

@@ -122,20 +122,25 @@ CFSMOUNT_BIN=$W/cfsmount dracutbasedir=$D dracut --quiet --force --no-hostonly -
     --modules "base systemd systemd-initrd systemd-journald dracut-systemd kernel-modules rootfs-block udev-rules fs-lib cfsmount" \
     --add-drivers "virtio_blk ext4" "$W/initrd-dracut.img" >"$W/dracut.log" 2>&1 \
     || { tail -n 20 "$W/dracut.log" >&2; die "dracut failed"; }
-if lsinitrd "$W/initrd-dracut.img" 2>/dev/null | grep -q 'usr/lib/systemd/system/initrd-root-fs.target.wants/cfsmount-setup-root.service'; then
-    pass "dracut module 90cfsmount installs the unit, wanted by initrd-root-fs.target"
+lsinitrd "$W/initrd-dracut.img" >"$W/initrd-dracut.list" 2>/dev/null
+if grep -q 'systemd/system/initrd-root-fs.target.wants/cfsmount-setup-root.service' "$W/initrd-dracut.list" \
+    && grep -q 'usr/lib/systemd/system/cfsmount-setup-root.service' "$W/initrd-dracut.list" \
+    && grep -q 'usr/bin/cfsmount$' "$W/initrd-dracut.list"; then
+    pass "dracut module 90cfsmount installs cfsmount and its unit, wanted by initrd-root-fs.target"
 else
-    fail "dracut initramfs lacks cfsmount-setup-root.service in initrd-root-fs.target.wants"
+    fail "dracut initramfs lacks cfsmount or cfsmount-setup-root.service in initrd-root-fs.target.wants"
 fi
-lsinitrd "$W/initrd-dracut.img" 2>/dev/null | grep -Eq 'erofs\.ko' && pass "dracut initramfs has the erofs module" \
-    || fail "dracut initramfs lacks erofs.ko"
+for m in erofs overlay loop; do
+    grep -Eq "/$m\.ko(\.xz|\.zst)?\$" "$W/initrd-dracut.list" && pass "dracut initramfs has the $m module" \
+        || fail "dracut initramfs lacks $m.ko"
+done
 step "dracut initramfs"
 
 # ---- the VMs ---------------------------------------------------------------------------------------
 SKIP_MODULES=kvm,kvm_amd,kvm_intel,iTCO_wdt,iTCO_vendor_support,lpc_ich,ahci,libahci,libata,sr_mod,cdrom
 SKIP_MODULES+=,i2c_i801,i2c_smbus,pcspkr,evdev,joydev,sg,serio_raw,button,psmouse,qemu_fw_cfg,bochs,drm
 vm() { # log, initrd, kernel command line
-    timeout 900 qemu-system-x86_64 -machine q35 -accel tcg -smp 2 -m 2G -nodefaults -display none -no-reboot \
+    timeout 900 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 2 -m 2G -nodefaults -display none -no-reboot \
         -serial "file:$1" -kernel "/boot/vmlinuz-$KVER" -initrd "$2" -append "$3" \
         -drive "file=$W/disk.img,if=virtio,format=raw" >"$1.qemu" 2>&1
 }
