@@ -131,7 +131,7 @@ fn unverified_root_with_default_config() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains(&format!("composefs image {} mounted", env.hex)), "{err}");
     let m = mounts_under(&sr);
-    let root = m.iter().filter(|x| x.1 == sr.to_str().unwrap()).last().unwrap();
+    let root = m.iter().rfind(|x| x.1 == sr.to_str().unwrap()).unwrap();
     assert_eq!(root.2, "overlay", "{m:?}");
     let opts = format!(",{},", root.3);
     assert!(opts.contains(",ro,") && !opts.contains(",nosuid,") && !opts.contains(",nodev,"), "{opts}");
@@ -170,7 +170,7 @@ fn transient_modes_and_no_sysroot_dir() {
     assert!(o.status.success(), "{err}");
     assert!(!err.contains("physical root at"), "the image has no sysroot/: {err}");
     let m = mounts_under(&sr);
-    let root = m.iter().filter(|x| x.1 == sr.to_str().unwrap()).last().unwrap();
+    let root = m.iter().rfind(|x| x.1 == sr.to_str().unwrap()).unwrap();
     assert!(format!(",{},", root.3).contains(",rw,"), "transient root is writable: {m:?}");
     std::fs::write(sr.join("new-in-root"), "r").unwrap();
     std::fs::write(sr.join("etc/new-in-etc"), "e").unwrap();
