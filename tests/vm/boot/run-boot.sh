@@ -49,7 +49,8 @@ fi
 step "packages"
 
 W=$(mktemp -d /var/tmp/cfs-boot.XXXXXX) || die "mktemp"
-trap 'rm -rf "$W"' EXIT
+# CFSMOUNT_BOOT_KEEP=1 keeps the work directory (logs, disk image) for a look afterwards.
+if [ "${CFSMOUNT_BOOT_KEEP:-0}" = 1 ]; then log "keeping $W"; else trap 'rm -rf "$W"' EXIT; fi
 strip -o "$W/cfsmount" "$BIN" 2>/dev/null || cp "$BIN" "$W/cfsmount"
 
 # ---- 1. the Debian root on a verity-enabled ext4 ------------------------------------------------
@@ -57,7 +58,11 @@ mirror=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/debian.sources
 [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
 [ -n "$mirror" ] || die "no Debian mirror in the apt sources of this machine"
 log "mmdebstrap bookworm minbase + systemd-sysv from $mirror"
+# documentation and translations left out: a smaller tree to lay out under TCG
 mmdebstrap --quiet --variant=minbase --include=systemd-sysv --mode=unshare --format=tar \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/info/*' \
     --aptopt='Acquire::Check-Valid-Until "false"' bookworm "$W/debian.tar" "deb $mirror bookworm main" \
     >"$W/mmdebstrap.log" 2>&1 || { tail -n 20 "$W/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
 step "mmdebstrap"
@@ -142,7 +147,7 @@ SKIP_MODULES+=,i2c_i801,i2c_smbus,pcspkr,evdev,joydev,sg,serio_raw,button,psmous
 vm() { # log, initrd, kernel command line
     timeout 900 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 2 -m 2G -nodefaults -display none -no-reboot \
         -serial "file:$1" -kernel "/boot/vmlinuz-$KVER" -initrd "$2" -append "$3" \
-        -drive "file=$W/disk.img,if=virtio,format=raw" >"$1.qemu" 2>&1
+        -drive "file=$W/disk.img,if=virtio,format=raw,cache=unsafe" >"$1.qemu" 2>&1
 }
 results() { # log: CFSBOOT PASS/FAIL lines as PASS/FAIL lines; the others to stderr
     grep -a -o 'CFSBOOT .*' "$1" | tr -d '\r' | while IFS= read -r l; do
@@ -171,6 +176,12 @@ r2=$?
 results "$W/vm2.log" | tee "$W/vm2.results"
 grep -q '^FAIL' "$W/vm2.results" && FAILED=1
 grep -aq 'CFSBOOT DONE verified' "$W/vm2.log" || { fail "VM 2 did not reach the check in the composefs root (qemu exit $r2)"; tail -n 40 "$W/vm2.log" | sed 's/^/    /' >&2; }
+unit_line="cfsmount: setup-root: composefs image $GOOD mounted at /sysroot (verity=require"
+if grep -aqF "$unit_line" "$W/vm2.log"; then
+    pass "cfsmount-setup-root.service ran in the dracut initramfs: $(grep -a -o "cfsmount: setup-root: composefs image.*" "$W/vm2.log" | head -n1 | tr -d '\r')"
+else
+    fail "no setup-root line from cfsmount-setup-root.service on the console"
+fi
 step "VM 2"
 
 for t in "${TIMES[@]}"; do log "time: $t"; done
