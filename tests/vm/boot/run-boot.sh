@@ -10,6 +10,7 @@
 #   3. VM 2, dracut initramfs with packaging/dracut/90cfsmount: root=/dev/vda composefs=HEX,
 #      systemd in the initramfs runs cfsmount-setup-root.service, switch-root, systemd in the
 #      composefs root runs the check service, which powers off.
+#   4. VM 3, the same boot with an initramfs-tools initramfs (packaging/initramfs-tools).
 # Prints PASS/FAIL lines (and timings) on stdout; exits non-zero when anything failed.
 # Everything used comes from Debian packages (installed here when missing); mmdebstrap fetches
 # from the mirror that apt on this machine is configured with.
@@ -141,6 +142,26 @@ for m in erofs overlay loop; do
 done
 step "dracut initramfs"
 
+# ---- initramfs-tools (Debian's default): the hook and script build into an initramfs ----------------
+I=$W/initramfs-tools
+mkdir -p "$I/hooks" "$I/scripts/local-bottom" "$I/conf.d"
+cp "$REPO/packaging/initramfs-tools/hooks/cfsmount" "$I/hooks/" \
+    && cp "$REPO/packaging/initramfs-tools/scripts/local-bottom/cfsmount" "$I/scripts/local-bottom/" \
+    && printf 'MODULES=list\nCOMPRESS=zstd\n' >"$I/initramfs.conf" && printf 'virtio_blk\next4\n' >"$I/modules" \
+    || die "initramfs-tools config dir"
+if have_pkg initramfs-tools && CFSMOUNT_BIN=$W/cfsmount mkinitramfs -d "$I" -o "$W/initrd-itools.img" "$KVER" >"$W/mkinitramfs.log" 2>&1; then
+    lsinitramfs "$W/initrd-itools.img" >"$W/initrd-itools.list" 2>/dev/null
+    if grep -qx 'usr/bin/cfsmount' "$W/initrd-itools.list" && grep -qx 'scripts/local-bottom/cfsmount' "$W/initrd-itools.list" \
+        && grep -Eq '/erofs\.ko(\.xz|\.zst)?$' "$W/initrd-itools.list" && grep -Eq '/overlay\.ko(\.xz|\.zst)?$' "$W/initrd-itools.list"; then
+        pass "initramfs-tools hook puts cfsmount, the local-bottom script, erofs and overlay in the initramfs"
+    else
+        fail "initramfs-tools initramfs lacks cfsmount, its script or the modules"
+    fi
+else
+    fail "mkinitramfs with the cfsmount hook failed: $(tail -n 3 "$W/mkinitramfs.log" 2>/dev/null | tr '\n' ' ')"
+fi
+step "initramfs-tools initramfs"
+
 # ---- the VMs ---------------------------------------------------------------------------------------
 SKIP_MODULES=kvm,kvm_amd,kvm_intel,iTCO_wdt,iTCO_vendor_support,lpc_ich,ahci,libahci,libata,sr_mod,cdrom
 SKIP_MODULES+=,i2c_i801,i2c_smbus,pcspkr,evdev,joydev,sg,serio_raw,button,psmouse,qemu_fw_cfg,bochs,drm
@@ -149,40 +170,50 @@ vm() { # log, initrd, kernel command line
         -serial "file:$1" -kernel "/boot/vmlinuz-$KVER" -initrd "$2" -append "$3" \
         -drive "file=$W/disk.img,if=virtio,format=raw,cache=unsafe" >"$1.qemu" 2>&1
 }
-results() { # log: CFSBOOT PASS/FAIL lines as PASS/FAIL lines; the others to stderr
+results() { # log tag: CFSBOOT PASS/FAIL lines as PASS/FAIL lines; the others to stderr
     grep -a -o 'CFSBOOT .*' "$1" | tr -d '\r' | while IFS= read -r l; do
         case "$l" in
-        "CFSBOOT PASS "*) echo "PASS boot: ${l#CFSBOOT PASS }" ;;
-        "CFSBOOT FAIL "*) echo "FAIL boot: ${l#CFSBOOT FAIL }" ;;
+        "CFSBOOT PASS "*) echo "PASS boot ($2): ${l#CFSBOOT PASS }" ;;
+        "CFSBOOT FAIL "*) echo "FAIL boot ($2): ${l#CFSBOOT FAIL }" ;;
         *) echo "boot:   ${l#CFSBOOT }" >&2 ;;
         esac
     done
+}
+# verified_boot NAME INITRD: boots root=/dev/vda rw composefs=$GOOD; the check service must report
+verified_boot() {
+    local name=$1 initrd=$2 r unit_line
+    log "$name: root=/dev/vda composefs=$GOOD"
+    vm "$W/$name.log" "$initrd" "root=/dev/vda rw composefs=$GOOD $CMDLINE_COMMON systemd.show_status=false rd.udev.log_level=3"
+    r=$?
+    results "$W/$name.log" "$name" | tee "$W/$name.results"
+    grep -q '^FAIL' "$W/$name.results" && FAILED=1
+    grep -aq 'CFSBOOT DONE verified' "$W/$name.log" || {
+        fail "$name did not reach the check in the composefs root (qemu exit $r)"
+        tail -n 40 "$W/$name.log" | sed 's/^/    /' >&2
+    }
+    unit_line="cfsmount: setup-root: composefs image $GOOD mounted at /sysroot (verity=require"
+    [ "$name" = dracut ] || unit_line="cfsmount: setup-root: composefs image $GOOD mounted at /root (verity=require"
+    if grep -aqF "$unit_line" "$W/$name.log"; then
+        pass "($name) setup-root ran in the initramfs: $(grep -a -o "cfsmount: setup-root: composefs image.*" "$W/$name.log" | head -n1 | tr -d '\r')"
+    else
+        fail "($name) no setup-root line on the console"
+    fi
+    step "VM $name"
 }
 CMDLINE_COMMON="console=ttyS0 quiet loglevel=3 panic=-1 modprobe.blacklist=$SKIP_MODULES"
 
 log "VM 1: busybox initramfs (layout, failure cases, composefs=?HEX boot)"
 vm "$W/vm1.log" "$W/initrd-busybox.img" "$CMDLINE_COMMON"
 r1=$?
-results "$W/vm1.log" | tee "$W/vm1.results"
+results "$W/vm1.log" busybox | tee "$W/vm1.results"
 grep -q '^FAIL' "$W/vm1.results" && FAILED=1
 grep -aq 'CFSBOOT DONE insecure' "$W/vm1.log" || { fail "VM 1 did not finish (qemu exit $r1)"; tail -n 30 "$W/vm1.log" | sed 's/^/    /' >&2; }
-step "VM 1"
+step "VM 1 busybox"
 GOOD=$(grep -a -o 'CFSBOOT HEX_GOOD=[0-9a-f]*' "$W/vm1.log" | head -n1 | cut -d= -f2)
 [ ${#GOOD} = 64 ] || die "VM 1 reported no deployed image"
 
-log "VM 2: dracut + systemd, root=/dev/vda composefs=$GOOD"
-vm "$W/vm2.log" "$W/initrd-dracut.img" "root=/dev/vda rw composefs=$GOOD $CMDLINE_COMMON systemd.show_status=false rd.udev.log_level=3"
-r2=$?
-results "$W/vm2.log" | tee "$W/vm2.results"
-grep -q '^FAIL' "$W/vm2.results" && FAILED=1
-grep -aq 'CFSBOOT DONE verified' "$W/vm2.log" || { fail "VM 2 did not reach the check in the composefs root (qemu exit $r2)"; tail -n 40 "$W/vm2.log" | sed 's/^/    /' >&2; }
-unit_line="cfsmount: setup-root: composefs image $GOOD mounted at /sysroot (verity=require"
-if grep -aqF "$unit_line" "$W/vm2.log"; then
-    pass "cfsmount-setup-root.service ran in the dracut initramfs: $(grep -a -o "cfsmount: setup-root: composefs image.*" "$W/vm2.log" | head -n1 | tr -d '\r')"
-else
-    fail "no setup-root line from cfsmount-setup-root.service on the console"
-fi
-step "VM 2"
+verified_boot dracut "$W/initrd-dracut.img"
+[ -s "$W/initrd-itools.img" ] && verified_boot initramfs-tools "$W/initrd-itools.img"
 
 for t in "${TIMES[@]}"; do log "time: $t"; done
 log "took $(($(date +%s) - START)) s"
