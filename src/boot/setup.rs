@@ -393,7 +393,8 @@ pub fn setup_root(req: &SetupRequest) -> Result<Outcome, SetupError> {
     let mounted = mount_image(req, &chosen, objects.as_fd(), verity, root_tmp.as_ref())?;
     drop(root_tmp);
     // Pin what is now at /sysroot and make sure it is the mount just made.
-    let fd = rustix::fs::open(sp, dir_flags() | OFlags::CLOEXEC, Mode::empty()).map_err(|e| sys_err(sp, e))?;
+    let fd = rustix::fs::open(sp, dir_flags() | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| sys_err(sp, format!("the new root is mounted but cannot be opened again to finish: {e}")))?;
     let mut root = NewRoot { fd, armed: true };
     match crate::mount::mount_id(root.fd.as_fd()) {
         Ok((id, _, _)) if id == mounted.record.mount_id => {}
