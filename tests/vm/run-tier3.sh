@@ -129,7 +129,7 @@ fi
 [ $((pass + fail)) -gt 0 ] || { echo "FAIL vm: no test results"; fail=1; }
 
 # ---- boot tests: setup-root in real initramfs boots (two more VMs, tests/vm/boot/) ----------------
-"$HERE/boot/run-boot.sh" "$KVER" "$BIN" >"$OUT/boot.log"
+bash "$HERE/boot/run-boot.sh" "$KVER" "$BIN" >"$OUT/boot.log"
 brc=$?
 cat "$OUT/boot.log"
 bpass=$(grep -c '^PASS ' "$OUT/boot.log"); bfail=$(grep -c '^FAIL ' "$OUT/boot.log")
