@@ -241,3 +241,33 @@ fn read_only_physical_root_needs_rw_for_the_state() {
     let o = env.setup_root(&format!("composefs=?{}", env.hex), "etc = ro\nvar = ro\n");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The documented OCI recipe (docs/boot.md): an OCI image made and unpacked by umoci, then
+/// deploy-root on the unpacked tree; setup-root mounts it with the image's files.
+#[test]
+fn oci_image_through_umoci_unpack() {
+    let env = Env::new(true);
+    let p = env.dir.path();
+    let layout = p.join("oci");
+    let ins = p.join("ins");
+    std::fs::create_dir_all(ins.join("etc")).unwrap();
+    std::fs::create_dir_all(ins.join("usr/bin")).unwrap();
+    std::fs::write(ins.join("etc/os-release"), "ID=oci-test\n").unwrap();
+    std::fs::write(ins.join("usr/bin/tool"), vec![7u8; 5000]).unwrap();
+    let image = format!("{}:v1", layout.display());
+    ok(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    ok(Command::new("umoci").args(["new", "--image", &image]));
+    for (src, dst) in [("etc", "/etc"), ("usr", "/usr")] {
+        ok(Command::new("umoci").args(["insert", "--image", &image]).arg(ins.join(src)).arg(dst));
+    }
+    let rootfs = p.join("rootfs");
+    ok(Command::new("umoci").args(["raw", "unpack", "--image", &image]).arg(&rootfs));
+    std::fs::create_dir_all(rootfs.join("sysroot")).unwrap();
+    let arg =
+        ok(Command::new(BIN).arg("deploy-root").arg("--from-dir").arg(&rootfs).arg(env.sysroot()).arg("--no-verity"));
+    let o = env.setup_root(arg.trim(), "var = ro\n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sr = env.sysroot();
+    assert_eq!(std::fs::read_to_string(sr.join("etc/os-release")).unwrap(), "ID=oci-test\n");
+    assert_eq!(std::fs::read(sr.join("usr/bin/tool")).unwrap(), vec![7u8; 5000]);
+}
