@@ -271,3 +271,33 @@ fn oci_image_through_umoci_unpack() {
     assert_eq!(std::fs::read_to_string(sr.join("etc/os-release")).unwrap(), "ID=oci-test\n");
     assert_eq!(std::fs::read(sr.join("usr/bin/tool")).unwrap(), vec![7u8; 5000]);
 }
+
+/// Installed setuid-root, cfsmount offers only mount/umount to other users: setup-root and
+/// deploy-root are refused before they read anything.
+#[test]
+fn refused_in_privileged_helper_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new(true);
+    let dir = env.dir.path().join("suid");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join("cfsmount");
+    std::fs::copy(BIN, &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let before = mounts_under(&env.sysroot());
+    for args in [
+        vec!["setup-root".to_string(), "--sysroot".into(), env.sysroot().display().to_string()],
+        vec!["deploy-root".into(), "--from-dir".into(), "/etc".into(), env.dir.path().join("x").display().to_string()],
+    ] {
+        let o = run(Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .args(&args));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("only `mount` and `umount` are available to unprivileged callers"), "{err}");
+    }
+    assert_eq!(mounts_under(&env.sysroot()), before);
+    assert!(!env.dir.path().join("x").exists());
+}
