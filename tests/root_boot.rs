@@ -301,3 +301,18 @@ fn refused_in_privileged_helper_mode() {
     assert_eq!(mounts_under(&env.sysroot()), before);
     assert!(!env.dir.path().join("x").exists());
 }
+
+/// bootc keeps one /var for all deployments (state/os/default/var) and links each deployment's
+/// var to it; the link is followed inside the physical root, an absolute one included.
+#[test]
+fn shared_var_through_a_symlink() {
+    let env = Env::new(true);
+    let shared = env.sysroot().join("state/os/default/var");
+    std::fs::create_dir_all(shared.join("lib")).unwrap();
+    std::fs::write(shared.join("lib/shared-marker"), "shared").unwrap();
+    std::fs::remove_dir(env.state().join("var")).unwrap();
+    std::os::unix::fs::symlink("/state/os/default/var", env.state().join("var")).unwrap();
+    let o = env.setup_root(&format!("composefs=?{}", env.hex), "");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(env.sysroot().join("var/lib/shared-marker")).unwrap(), "shared");
+}
