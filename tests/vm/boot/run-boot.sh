@@ -38,7 +38,7 @@ apt_install() {
     [ -n "$apt_updated" ] || { apt-get -o DPkg::Lock::Timeout=1800 update -qq || return 1; apt_updated=1; }
     apt-get -o DPkg::Lock::Timeout=1800 install -y -qq "$@" >/dev/null
 }
-for p in mmdebstrap cpio xz-utils e2fsprogs busybox-static qemu-system-x86 kmod binutils; do
+for p in mmdebstrap cpio xz-utils e2fsprogs busybox-static qemu-system-x86 kmod binutils initramfs-tools; do
     have_pkg "$p" || { log "installing $p"; apt_install "$p" || die "installing $p failed"; }
 done
 # dracut from bookworm-backports (run-tier3.sh added that suite for the kernel)
@@ -149,7 +149,7 @@ cp "$REPO/packaging/initramfs-tools/hooks/cfsmount" "$I/hooks/" \
     && cp "$REPO/packaging/initramfs-tools/scripts/local-bottom/cfsmount" "$I/scripts/local-bottom/" \
     && printf 'MODULES=list\nCOMPRESS=zstd\n' >"$I/initramfs.conf" && printf 'virtio_blk\next4\n' >"$I/modules" \
     || die "initramfs-tools config dir"
-if have_pkg initramfs-tools && CFSMOUNT_BIN=$W/cfsmount mkinitramfs -d "$I" -o "$W/initrd-itools.img" "$KVER" >"$W/mkinitramfs.log" 2>&1; then
+if CFSMOUNT_BIN=$W/cfsmount mkinitramfs -d "$I" -o "$W/initrd-itools.img" "$KVER" >"$W/mkinitramfs.log" 2>&1; then
     lsinitramfs "$W/initrd-itools.img" >"$W/initrd-itools.list" 2>/dev/null
     if grep -qx 'usr/bin/cfsmount' "$W/initrd-itools.list" && grep -qx 'scripts/local-bottom/cfsmount' "$W/initrd-itools.list" \
         && grep -Eq '/erofs\.ko(\.xz|\.zst)?$' "$W/initrd-itools.list" && grep -Eq '/overlay\.ko(\.xz|\.zst)?$' "$W/initrd-itools.list"; then
