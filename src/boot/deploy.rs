@@ -85,7 +85,7 @@ pub fn deploy(req: &DeployRequest) -> anyhow::Result<Deployed> {
 
 /// The one call into the image builder: a directory, its contents copied into `objects`.
 fn build(source: &Path, objects: &Path, out: &Path, verity: bool) -> anyhow::Result<std::fs::File> {
-    use crate::mkimage::{build_image, BuildOptions, BuildRequest, InputFormat, Output, Source};
+    use crate::build::{build_image, BuildOptions, BuildRequest, InputFormat, Output, Source};
     let mut req = BuildRequest::new(InputFormat::Dir);
     req.digest_store = Some(objects.to_path_buf());
     let bopts = BuildOptions { enable_verity: verity, ..Default::default() };

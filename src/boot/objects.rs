@@ -114,13 +114,14 @@ fn tree_path(tree: &crate::tree::Tree, mut id: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mkimage::{parse_input, write_tree, BuildRequest, InputFormat};
+    use crate::erofs::writer::write_image;
+    use crate::input::dump::{parse, DumpOptions};
 
     /// An image of `dump` (a composefs dumpfile) in a temporary file.
     fn image(dump: &str) -> File {
-        let tree = parse_input(&BuildRequest::new(InputFormat::Dump), dump.as_bytes()).unwrap();
+        let tree = parse(dump.as_bytes(), &DumpOptions::default()).unwrap();
         let mut bytes = Vec::new();
-        write_tree(&tree, &Default::default(), &mut bytes).unwrap();
+        write_image(&tree, &Default::default(), &mut bytes).unwrap();
         let mut f = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut f, &bytes).unwrap();
         f

@@ -26,10 +26,9 @@ use rustix::mount::{MoveMountFlags, OpenTreeFlags, UnmountFlags};
 use super::cmdline::{self, Algorithm, RootArg};
 use super::config::{Config, DirMode};
 use super::objects::{self, Checked};
-use crate::overlay::Verity;
-
-/// `STATX_ATTR_MOUNT_ROOT`
-const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
+use crate::mount::kernel::Real;
+use crate::mount::records::mount_id;
+use crate::mount::{Settings, Verity};
 
 /// What `setup-root` is asked to do.
 #[derive(Debug)]
@@ -37,7 +36,6 @@ pub struct SetupRequest {
     pub sysroot: PathBuf,
     pub cmdline: String,
     pub config: Config,
-    pub verbose: bool,
 }
 
 /// What it did.
@@ -45,7 +43,7 @@ pub struct SetupRequest {
 pub enum Outcome {
     /// No `composefs=` / `composefs.digest=` argument: not a composefs boot.
     NotComposefs,
-    Mounted(Mounted),
+    Mounted(Box<Mounted>),
 }
 
 #[derive(Debug)]
@@ -61,6 +59,8 @@ pub struct Mounted {
     /// Arguments whose image did not exist, in order.
     pub skipped: Vec<String>,
     pub config: Config,
+    /// What the mount engine reported (layers, legacy overlay syntax).
+    pub(crate) engine: crate::mount::MountOutcome,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ pub enum SetupError {
     State { path: PathBuf, reason: String },
     // The cause is part of the message (not an error `source`), so `{:#}` prints it once.
     #[error("mounting {}: {cause}", image.display())]
-    Mount { image: PathBuf, cause: crate::mount::MountError },
+    Mount { image: PathBuf, cause: Box<crate::mount::MountError> },
     #[error("{what}: {reason} (the new root was detached again; /sysroot is as it was)")]
     Assemble { what: String, reason: String },
 }
@@ -345,8 +345,8 @@ pub fn setup_root(req: &SetupRequest) -> Result<Outcome, SetupError> {
     }
     let sp = &req.sysroot;
     let sysroot = rustix::fs::open(sp, dir_flags() | OFlags::CLOEXEC, Mode::empty()).map_err(|e| sys_err(sp, e))?;
-    let (_, _, attrs) = crate::mount::mount_id(sysroot.as_fd()).map_err(|e| sys_err(sp, format!("statx: {e}")))?;
-    if attrs & STATX_ATTR_MOUNT_ROOT == 0 {
+    let id = mount_id(sysroot.as_fd()).map_err(|e| sys_err(sp, format!("statx: {e}")))?;
+    if !id.is_mount_root {
         return Err(sys_err(sp, "nothing is mounted here (the physical root must be mounted first)"));
     }
     let repo_path = sp.join("composefs");
@@ -381,7 +381,10 @@ pub fn setup_root(req: &SetupRequest) -> Result<Outcome, SetupError> {
             | OpenTreeFlags::AT_RECURSIVE,
     )
     .map_err(|e| sys_err(sp, format!("cloning the physical root (open_tree): {e}")))?;
-    let scratch = crate::mount::state_dir();
+    // The engine's settings: its state directory is also the scratch directory for temporary
+    // attaches (root-owned, 0700). setup-root runs as plain root only (privileged mode refuses it).
+    let settings = Settings::from_env();
+    let scratch = settings.state_dir.clone();
     let root_tmp = if req.config.transient_root {
         Some(
             Transient::new(&scratch, "root")
@@ -390,14 +393,14 @@ pub fn setup_root(req: &SetupRequest) -> Result<Outcome, SetupError> {
     } else {
         None
     };
-    let mounted = mount_image(req, &chosen, objects.as_fd(), verity, root_tmp.as_ref())?;
+    let mounted = mount_image(req, &settings, &chosen, objects.as_fd(), verity, root_tmp.as_ref())?;
     drop(root_tmp);
     // Pin what is now at /sysroot and make sure it is the mount just made.
     let fd = rustix::fs::open(sp, dir_flags() | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| sys_err(sp, format!("the new root is mounted but cannot be opened again to finish: {e}")))?;
     let mut root = NewRoot { fd, armed: true };
-    match crate::mount::mount_id(root.fd.as_fd()) {
-        Ok((id, _, _)) if id == mounted.record.mount_id => {}
+    match mount_id(root.fd.as_fd()) {
+        Ok(id) if id.id == mounted.record.mount_id => {}
         _ => {
             root.armed = false;
             return Err(sys_err(sp, "the mount at /sysroot is not the one just made (left alone)"));
@@ -405,7 +408,7 @@ pub fn setup_root(req: &SetupRequest) -> Result<Outcome, SetupError> {
     }
     let physical_root_kept = assemble(&root, physical, &state, &req.config, &scratch)?;
     root.armed = false;
-    Ok(Outcome::Mounted(Mounted {
+    Ok(Outcome::Mounted(Box::new(Mounted {
         hex: chosen.arg.hex.clone(),
         verity,
         image_has_verity: chosen.has_verity,
@@ -413,12 +416,14 @@ pub fn setup_root(req: &SetupRequest) -> Result<Outcome, SetupError> {
         physical_root_kept,
         skipped: chosen.skipped,
         config: req.config,
-    }))
+        engine: mounted,
+    })))
 }
 
 /// The one call into the mount engine: the image at `/sysroot`, as root filesystem.
 fn mount_image(
     req: &SetupRequest,
+    settings: &Settings,
     chosen: &Chosen,
     objects: BorrowedFd<'_>,
     verity: bool,
@@ -442,9 +447,10 @@ fn mount_image(
         allow_dev: true,
         noexec: false,
         dest: Dest::Target(req.sysroot.clone()),
-        verbose: req.verbose,
     };
-    crate::mount::mount(r).map_err(|cause| SetupError::Mount { image: chosen.path.clone(), cause })
+    let access = crate::mount::access::Direct::new();
+    crate::mount::mount(&r, &access, &Real, settings)
+        .map_err(|cause| SetupError::Mount { image: chosen.path.clone(), cause: Box::new(cause) })
 }
 
 /// Mounts inside the new root: the physical root at `sysroot/` (if the image has it), `/etc`,
@@ -517,17 +523,18 @@ fn dir_overlay(
     work: BorrowedFd<'_>,
     scratch: &Path,
 ) -> Result<OwnedFd, String> {
-    use crate::overlay::{assemble, OverlaySpec};
-    let o = assemble(&OverlaySpec {
-        lowers: vec![lower],
-        datadirs: Vec::new(),
-        verity: Verity::Off,
-        upper: Some((upper, work)),
-        attrs: rustix::mount::MountAttrFlags::empty(),
-        force_legacy: false,
-        scratch,
-        composefs: false,
-    })
+    use crate::mount::overlay::{assemble, OverlayOptions, OverlaySpec};
+    let o = assemble(
+        &Real,
+        &OverlaySpec {
+            lowers: vec![lower],
+            datadirs: Vec::new(),
+            options: OverlayOptions { composefs: false, verity: Verity::Off, upper: Some((upper, work)) },
+            attrs: rustix::mount::MountAttrFlags::empty(),
+            force_legacy: false,
+            scratch,
+        },
+    )
     .map_err(|e| e.to_string())?;
     Ok(o.mnt)
 }

@@ -43,7 +43,7 @@ pub fn setup_root(a: SetupRootArgs) -> anyhow::Result<()> {
             Some(p) => Config::load(p, false)?,
             None => Config::load(config::DEFAULT_PATH.as_ref(), true)?,
         };
-        let req = SetupRequest { sysroot: a.sysroot.clone(), cmdline, config, verbose: a.verbose };
+        let req = SetupRequest { sysroot: a.sysroot.clone(), cmdline, config };
         Ok(setup::setup_root(&req)?)
     };
     match run().context("setup-root")? {
@@ -51,6 +51,9 @@ pub fn setup_root(a: SetupRootArgs) -> anyhow::Result<()> {
             eprintln!("cfsmount: setup-root: no composefs= argument on the kernel command line, nothing to do");
         }
         Outcome::Mounted(m) => {
+            if a.verbose {
+                super::mount::print_outcome(&m.engine);
+            }
             for w in &m.skipped {
                 eprintln!("cfsmount: setup-root: {w}: image not present, tried the next one");
             }
@@ -64,7 +67,11 @@ pub fn setup_root(a: SetupRootArgs) -> anyhow::Result<()> {
                 "cfsmount: setup-root: composefs image {} mounted at {} ({}{}; /etc {}, /var {}, / {}{})",
                 m.hex,
                 a.sysroot.display(),
-                if m.verity { "verity=require" } else { "fs-verity not required (?)" },
+                match (m.verity, m.image_has_verity) {
+                    (true, _) => "verity=require",
+                    (false, true) => "fs-verity not required (?), image digest measured by the kernel",
+                    (false, false) => "fs-verity not required (?), image digest computed in userspace",
+                },
                 match m.objects {
                     Some(c) => format!(", {} objects of {} files measured", c.objects, c.files),
                     None => String::new(),
@@ -83,7 +90,8 @@ pub fn deploy_root(a: DeployRootArgs) -> anyhow::Result<()> {
     let req = crate::boot::deploy::DeployRequest { source: a.from_dir, sysroot: a.sysroot, verity: !a.no_verity };
     let d = crate::boot::deploy::deploy(&req).context("deploy-root")?;
     eprintln!(
-        "cfsmount: deploy-root: {}{}",
+        "cfsmount: deploy-root: image {} at {}{}",
+        d.hex,
         d.image.display(),
         match d.checked {
             Some(c) => format!(" ({} objects of {} files with fs-verity)", c.objects, c.files),

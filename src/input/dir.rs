@@ -32,11 +32,11 @@ use crate::tree::{
 };
 
 /// Largest file stored inline in the image (the reference's recommended inline limit).
-pub const INLINE_MAX: u64 = 64;
+pub(crate) const INLINE_MAX: u64 = 64;
 
 /// Settings for [`build_tree`].
 #[derive(Debug, Clone, Default)]
-pub struct DirOptions {
+pub(crate) struct DirOptions {
     /// Content store to copy external files into (`xx/yyyy...` by fs-verity digest).
     pub digest_store: Option<PathBuf>,
     pub limits: Limits,
@@ -49,7 +49,7 @@ pub fn object_path(d: &[u8; 32]) -> String {
 }
 
 /// Read the directory `root` into a finalized tree.
-pub fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirError> {
+pub(crate) fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirError> {
     let io_err = |path: &Path, op: &'static str| {
         let path = path.to_path_buf();
         move |e: io::Error| DirError::Io { path, op, source: e }
