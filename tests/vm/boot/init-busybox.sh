@@ -1,9 +1,11 @@
 #!/bin/busybox sh
 # /init of the busybox initramfs of the boot tests (tests/vm/boot/run-boot.sh), run as PID 1 in
 # a qemu VM whose kernel has fs-verity. The disk /dev/vda is an ext4 with the verity feature,
-# holding the Debian root tree at /tree. This init:
-#   1. lays the tree out for setup-root (cfsmount deploy-root, fs-verity on image and objects),
-#      and derives three more images from it (cfsmount inspect | edit | mkimage --from-dump):
+# holding the Debian root laid out by deploy-root (image named on the command line as
+# cfsboot.good=HEX) and a copy of its /etc at /part. This init:
+#   1. enables fs-verity on the layout the host made (cfsmount verity enable on every object and
+#      the image), runs a verified deploy-root of /etc, and derives three more images from the
+#      root's (cfsmount inspect | edit | mkimage --from-dump):
 #      one without fs-verity, one that is then tampered with (one byte), one naming an object
 #      that is then replaced;
 #   2. runs `cfsmount setup-root` as an initramfs would, once per case, and checks the exit
@@ -34,22 +36,33 @@ mount -o rw /dev/vda /sysroot || stop "mount /dev/vda at /sysroot"
 CFS=/bin/cfsmount
 R=/sysroot/composefs
 
-# ---- 1. layout -------------------------------------------------------------------------------
+# ---- 1. layout ---------------------------------------------------------------------------------
+# The host laid the root out (deploy-root --no-verity); fs-verity is enabled here, where the
+# kernel and the filesystem have it.
+GOOD=$(sed -n 's/.*cfsboot\.good=\([0-9a-f]*\).*/\1/p' /proc/cmdline)
+[ ${#GOOD} = 64 ] || stop "no cfsboot.good= on the command line"
 t0=$(now)
-if ! arg=$($CFS deploy-root --from-dir /sysroot/tree /sysroot 2>/tmp/deploy.err); then
-    cat /tmp/deploy.err
-    stop "deploy-root: $(tail -n1 /tmp/deploy.err)"
-fi
+find "$R/objects" -type f | xargs $CFS verity enable >/dev/null || stop "enabling fs-verity on the objects"
+$CFS verity enable "$R/images/$GOOD" >/dev/null || stop "enabling fs-verity on the image"
 t1=$(now)
-cat /tmp/deploy.err
-GOOD=${arg#composefs=}
 say "HEX_GOOD=$GOOD"
-say "TIME deploy-root $(awk "BEGIN { print $t1 - $t0 }") s"
-[ "$arg" = "composefs=$GOOD" ] && [ ${#GOOD} = 64 ] && pass "deploy-root prints composefs=HEX" || fail "deploy-root printed $arg"
-# /var of the deployment starts as the tree's /var (documented recipe).
-cp -a /sysroot/tree/var/. "/sysroot/state/deploy/$GOOD/var/" || stop "copying /var into the state directory"
+say "TIME fs-verity enable on $(find "$R/objects" -type f | wc -l) objects and the image: $(awk "BEGIN { print $t1 - $t0 }") s"
 $CFS verity measure "$R/images/$GOOD" | grep -q "$GOOD" && pass "image carries fs-verity with its name as digest" \
     || fail "image fs-verity: $($CFS verity measure "$R/images/$GOOD" 2>&1)"
+# deploy-root with fs-verity, in full, on a part of the tree (/etc)
+t0=$(now)
+if arg=$($CFS deploy-root --from-dir /sysroot/part /sysroot 2>/tmp/deploy.err); then
+    t1=$(now)
+    say "TIME deploy-root (verified) of /etc: $(awk "BEGIN { print $t1 - $t0 }") s: $(cat /tmp/deploy.err)"
+    PART=${arg#composefs=}
+    if [ "$arg" = "composefs=$PART" ] && [ ${#PART} = 64 ] && $CFS verity measure "$R/images/$PART" | grep -q "$PART"; then
+        pass "deploy-root with fs-verity prints composefs=HEX and seals the image"
+    else
+        fail "deploy-root with fs-verity printed $arg"
+    fi
+else
+    fail "deploy-root with fs-verity: $(tail -n1 /tmp/deploy.err)"
+fi
 
 $CFS inspect "$R/images/$GOOD" >/tmp/good.dump || stop "inspect"
 # derive IMAGE-NAME VERITY(yes/no) EXTRA-DUMP-LINE... : prints the new image's digest
