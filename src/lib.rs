@@ -9,10 +9,13 @@ pub mod cli;
 pub mod erofs;
 pub mod fsverity;
 pub mod input;
+pub mod layer;
 pub mod mount;
+pub mod oci;
 pub mod privileged;
 mod probe;
 pub mod sandbox;
+pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tree;

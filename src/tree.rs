@@ -1,7 +1,7 @@
 //! The in-memory file tree that every input format builds and the EROFS writer consumes; owns name/path validation and the documented size limits.
 //!
 //! Nodes live in one arena (`Tree::nodes`), addressed by `NodeId`; node 0 is the root.
-//! Input parsers call [`Tree::insert`] / [`Tree::insert_hardlink`] with paths they have
+//! Input parsers call [`Tree::insert`] / `Tree::insert_hardlink` with paths they have
 //! stripped of format-specific decoration (a leading `/` or `./`, a trailing `/`); the
 //! tree rejects every other irregular path. [`Tree::finalize`] checks whole-tree
 //! invariants and sorts directories before the writer runs.

@@ -3,7 +3,7 @@
 # Tier 3's VM kernel and virtme-ng are installed by tests/vm/run-tier3.sh itself, and dracut-core
 # (bookworm-backports) by tests/vm/boot/run-boot.sh.
 set -euo pipefail
-pkgs=(erofs-utils fsverity util-linux mount passwd uidmap libcap2-bin strace time zstd hyperfine
+pkgs=(erofs-utils fsverity util-linux mount passwd uidmap libcap2-bin strace time zstd hyperfine skopeo umoci
       gcc make python3 python3-pip qemu-system-x86 busybox-static e2fsprogs kmod
       mmdebstrap cpio xz-utils binutils umoci  # boot tests (root_boot, tests/vm/boot; dracut-core: backports)
       rpm dpkg-dev)  # for packaging/build-packages.sh: rpmbuild/rpm2archive, dpkg-shlibdeps

@@ -4,9 +4,11 @@
 //! subcommand).
 mod doctor;
 mod inspect;
+pub mod layer;
 mod mkimage;
 pub(crate) mod mount;
 pub(crate) mod mount_composefs;
+pub mod oci;
 mod verity;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -33,8 +35,16 @@ enum Command {
     /// fs-verity: enable, measure (kernel) or digest (userspace) files.
     #[command(subcommand)]
     Verity(verity::Command),
+    /// Write a layer's original tar from its tar-split, its image and the objects (the way back).
+    LayerTar(crate::layer::export::Args),
     /// Report which kernel features (loop, EROFS, overlay, landlock, seccomp, verity) this machine offers.
     Doctor,
+    /// OCI images: import from an OCI layout into the store, mount, list, remove.
+    #[command(subcommand)]
+    Oci(oci::OciCommand),
+    /// The store of images, layers and objects.
+    #[command(subcommand)]
+    Store(oci::StoreCommand),
     /// Initramfs: mount the composefs root that the kernel command line names over /sysroot.
     SetupRoot(boot::SetupRootArgs),
     /// Lay out a root tree as composefs/images + composefs/objects for setup-root; prints the kernel argument.
@@ -67,7 +77,10 @@ fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow:
         Command::Mount(a) => mount::run(a, mode),
         Command::Umount(a) => mount::umount(a, mode),
         Command::Verity(c) => verity::run(c),
+        Command::LayerTar(a) => crate::layer::export::run(a),
         Command::Doctor => doctor::run(),
+        Command::Oci(c) => oci::run_oci(c, mode),
+        Command::Store(c) => oci::run_store(c),
         Command::SetupRoot(a) => boot::setup_root(a),
         Command::DeployRoot(a) => boot::deploy_root(a),
     }

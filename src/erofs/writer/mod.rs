@@ -20,11 +20,11 @@
 //! and 256 whiteout character devices `00`..`ff` are added to the root (overlayfs
 //! data-only lower layers need them), and every directory gets `.` and `..`.
 //!
-//! The phases, one file each: [`inodes`] turns the tree into inode records in breadth-first
-//! order (validating each node, adding `.`/`..`, the stubs and the overlay xattrs); [`layout`]
+//! The phases, one file each: `inodes` turns the tree into inode records in breadth-first
+//! order (validating each node, adding `.`/`..`, the stubs and the overlay xattrs); `layout`
 //! decides the shared xattr table, directory nlinks and where every inode and data block goes;
-//! [`emit`] writes the bytes. This file holds what they share: the records and the two-part
-//! byte strings ([`Cat`]) that spare copies of renamed xattr names.
+//! `emit` writes the bytes. This file holds what they share: the records and the two-part
+//! byte strings (`Cat`) that spare copies of renamed xattr names.
 
 mod emit;
 mod inodes;
