@@ -5,7 +5,7 @@
 set -euo pipefail
 pkgs=(erofs-utils fsverity util-linux mount passwd uidmap libcap2-bin strace time zstd hyperfine skopeo umoci
       gcc make python3 python3-pip qemu-system-x86 busybox-static e2fsprogs kmod
-      mmdebstrap cpio xz-utils binutils umoci  # boot tests (root_boot, tests/vm/boot; dracut-core: backports)
+      mmdebstrap cpio xz-utils binutils  # boot tests (tests/vm/boot; dracut-core: backports there)
       rpm dpkg-dev)  # for packaging/build-packages.sh: rpmbuild/rpm2archive, dpkg-shlibdeps
 missing=()
 for p in "${pkgs[@]}"; do
