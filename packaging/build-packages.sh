@@ -152,6 +152,10 @@ check_personalities deb
 if [[ "$(dpkg-deb -f "$deb" Conflicts)" == *composefs* ]]; then ok "deb: Conflicts: composefs"
 else fail "deb: no Conflicts: composefs (the reference package ships the same commands)"; fi
 check_file deb /etc/cfsmount/helper.conf -rw-r--r-- root/root
+check_file deb /usr/lib/dracut/modules.d/90cfsmount/module-setup.sh -rwxr-xr-x root/root
+check_file deb /usr/lib/dracut/modules.d/90cfsmount/cfsmount-setup-root.service -rw-r--r-- root/root
+check_file deb /usr/share/initramfs-tools/hooks/cfsmount -rwxr-xr-x root/root
+check_file deb /usr/share/initramfs-tools/scripts/local-bottom/cfsmount -rwxr-xr-x root/root
 if dpkg-deb -I "$deb" conffiles 2>/dev/null | grep -qx /etc/cfsmount/helper.conf; then
     ok "deb: /etc/cfsmount/helper.conf is a conffile"
 else fail "deb: /etc/cfsmount/helper.conf is not listed in conffiles"; fi
@@ -180,6 +184,8 @@ check_personalities rpm
 if rpm -qp --conflicts "$rpmf" | grep -qx composefs; then ok "rpm: Conflicts: composefs"
 else fail "rpm: no Conflicts: composefs (the reference package ships the same commands)"; fi
 check_file rpm /etc/cfsmount/helper.conf -rw-r--r-- root/root
+check_file rpm /usr/lib/dracut/modules.d/90cfsmount/module-setup.sh -rwxr-xr-x root/root
+check_file rpm /usr/lib/dracut/modules.d/90cfsmount/cfsmount-setup-root.service -rw-r--r-- root/root
 # %config(noreplace) shows as file flags "cn".
 flags=$(rpm -qp --qf '[%{FILENAMES} %{FILEFLAGS:fflags}\n]' "$rpmf" | awk '$1 == "/etc/cfsmount/helper.conf" { print $2 }')
 if [[ "$flags" == *c* && "$flags" == *n* ]]; then ok "rpm: /etc/cfsmount/helper.conf is %config(noreplace)"

@@ -14,6 +14,8 @@ mod verity;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod boot;
+
 #[derive(Parser)]
 #[command(
     name = "cfsmount",
@@ -54,6 +56,10 @@ enum Command {
     /// The store of images, layers and objects.
     #[command(subcommand)]
     Store(oci::StoreCommand),
+    /// Initramfs: mount the composefs root that the kernel command line names over /sysroot.
+    SetupRoot(boot::SetupRootArgs),
+    /// Lay out a root tree as composefs/images + composefs/objects for setup-root; prints the kernel argument.
+    DeployRoot(boot::DeployRootArgs),
 }
 
 fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
@@ -86,6 +92,8 @@ fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow:
         Command::Doctor => doctor::run(),
         Command::Oci(c) => oci::run_oci(c, mode),
         Command::Store(c) => oci::run_store(c),
+        Command::SetupRoot(a) => boot::setup_root(a),
+        Command::DeployRoot(a) => boot::deploy_root(a),
     }
 }
 
