@@ -4,8 +4,10 @@
 #![deny(unsafe_code)]
 
 pub mod als;
+pub(crate) mod boot;
 pub mod build;
 pub mod cli;
+pub mod compat;
 pub mod erofs;
 pub mod fsverity;
 pub mod input;
