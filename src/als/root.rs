@@ -201,7 +201,11 @@ pub fn sync(
         rep.unmounted += 1;
     }
     if want.layers.is_empty() && !mode.keep_mounted {
-        mounts::unmount(root)?;
+        if force {
+            mounts::detach(root)?;
+        } else {
+            mounts::unmount(root)?;
+        }
         rep.root_mounted = Some(false);
     }
     Ok(rep)
