@@ -73,6 +73,9 @@ pub(crate) trait Access {
     fn check_unmount(&self, target: &Path, rec: &MountRecord) -> Result<(), AccessError>;
     /// The ids the sandboxed image builder runs as (None: the sandbox's own choice).
     fn builder_ids(&self) -> Option<(u32, u32)>;
+    /// Maps (uid, gid) of a user namespace to idmap the object directories with (None: use them
+    /// as they are).
+    fn data_idmap(&self) -> Option<(Vec<IdMap>, Vec<IdMap>)>;
 }
 
 /// Acting with this process's own credentials: plain root (administrators, `mount -t composefs`,
@@ -232,6 +235,10 @@ impl Access for Direct {
     }
 
     fn builder_ids(&self) -> Option<(u32, u32)> {
+        None
+    }
+
+    fn data_idmap(&self) -> Option<(Vec<IdMap>, Vec<IdMap>)> {
         None
     }
 }

@@ -6,7 +6,7 @@
 //! far: a detached mount disappears when its last fd closes, a loop device detaches when its fd
 //! closes and no superblock holds it. Nothing is attached anywhere until the hand-over.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use rustix::mount::MountAttrFlags;
@@ -17,7 +17,7 @@ use super::error::MountError;
 use super::handover;
 use super::image::{self, Image};
 use super::kernel::Kernel;
-use super::overlay::{self, Overlay, OverlayOptions, OverlaySpec};
+use super::overlay::{self, DataDir, Overlay, OverlayOptions, OverlaySpec};
 use super::records::{liveness, own_mnt_ns, Liveness, MountRecord, RecordStore};
 use super::request::{Dest, IdmapSpec, MountRequest, Settings, Verity};
 
@@ -134,6 +134,9 @@ struct Inputs {
     upper: Option<(OwnedFd, OwnedFd)>,
     dest: DestFd,
     userns: Option<OwnedFd>,
+    /// The user namespace the object directories are idmapped with (privileged mode: only the
+    /// caller's own ids are mapped, so data is read with the caller's rights).
+    data_userns: Option<OwnedFd>,
 }
 
 fn open_inputs(
@@ -181,7 +184,11 @@ fn open_inputs(
             Some(kernel.create_userns(uid, gid)?)
         }
     };
-    Ok(Inputs { basedirs, images, upper, dest, userns })
+    let data_userns = match access.data_idmap() {
+        Some((uid, gid)) => Some(kernel.create_userns(&uid, &gid)?),
+        None => None,
+    };
+    Ok(Inputs { basedirs, images, upper, dest, userns, data_userns })
 }
 
 /// The detached mounts: one EROFS mount per image, the overlay(s) on top.
@@ -226,12 +233,22 @@ fn assemble(
     if req.noexec {
         top_attrs |= MountAttrFlags::MOUNT_ATTR_NOEXEC;
     }
-    let datadirs: Vec<BorrowedFd<'_>> = inputs.basedirs.iter().map(|f| f.as_fd()).collect();
+    let clones = idmapped_clones(inputs, kernel)?;
+    let datadirs: Vec<DataDir<'_>> = match &clones {
+        Some(c) => c.iter().map(|f| DataDir::Mount(f.as_fd())).collect(),
+        None => inputs.basedirs.iter().map(|f| DataDir::Dir(f.as_fd())).collect(),
+    };
     let upper = inputs.upper.as_ref().map(|(u, w)| (u.as_fd(), w.as_fd()));
-    let spec = |lowers, datadirs, composefs, upper, attrs| OverlaySpec {
+    let upper_paths = req.upper.as_ref().map(|(u, w)| (u.as_path(), w.as_path()));
+    let spec = |lowers, datadirs, composefs, with_upper: bool, attrs| OverlaySpec {
         lowers,
         datadirs,
-        options: OverlayOptions { composefs, verity: if composefs { req.verity } else { Verity::Off }, upper },
+        upper_paths: if with_upper { upper_paths } else { None },
+        options: OverlayOptions {
+            composefs,
+            verity: if composefs { req.verity } else { Verity::Off },
+            upper: if with_upper { upper } else { None },
+        },
         attrs,
         force_legacy: settings.force_legacy_overlay,
         scratch: store.path(),
@@ -240,18 +257,37 @@ fn assemble(
     // composefs overlay (its escaped whiteouts/opaque xattrs become real for the overlay above),
     // and a stacking overlay merges them, uppermost first, with the upper dir if any.
     if let [only] = &erofs[..] {
-        let top = overlay::assemble(kernel, &spec(vec![only.mnt.as_fd()], datadirs, true, upper, top_attrs))?;
+        let top = overlay::assemble(kernel, &spec(vec![only.mnt.as_fd()], datadirs, true, true, top_attrs))?;
         return Ok(Stack { erofs, _layers: Vec::new(), top });
     }
     let mut layers = Vec::with_capacity(erofs.len());
     for e in &erofs {
-        layers.push(overlay::assemble(kernel, &spec(vec![e.mnt.as_fd()], datadirs.clone(), true, None, attrs))?);
+        layers.push(overlay::assemble(kernel, &spec(vec![e.mnt.as_fd()], datadirs.clone(), true, false, attrs))?);
     }
     let lowers = layers.iter().rev().map(|o| o.mnt.as_fd()).collect();
-    let mut top = overlay::assemble(kernel, &spec(lowers, Vec::new(), false, upper, top_attrs))?;
+    let mut top = overlay::assemble(kernel, &spec(lowers, Vec::new(), false, true, top_attrs))?;
     top.verity = layers.iter().all(|o| o.verity);
     top.legacy |= layers.iter().any(|o| o.legacy);
     Ok(Stack { erofs, _layers: layers, top })
+}
+
+/// Privileged mode: a detached clone of each object directory, idmapped with the data user
+/// namespace, in which only the caller's own ids are mapped. Files of any other owner (root's
+/// 0600 files renamed into the caller's directory, for instance) then have no mapping: no
+/// capability of the overlay's mounter applies to them, only their "other" permission bits, so
+/// overlay reads data with the caller's rights, for as long as the mount exists.
+fn idmapped_clones(inputs: &Inputs, kernel: &dyn Kernel) -> Result<Option<Vec<OwnedFd>>, MountError> {
+    let Some(ns) = &inputs.data_userns else { return Ok(None) };
+    let mut out = Vec::with_capacity(inputs.basedirs.len());
+    for b in &inputs.basedirs {
+        let err = |step, errno| MountError::DataDir { step, errno };
+        let clone = kernel.clone_tree(b.as_fd()).map_err(|e| err("open_tree(OPEN_TREE_CLONE)", e))?;
+        kernel
+            .mount_setattr(clone.as_fd(), MountAttrFlags::MOUNT_ATTR_IDMAP, MountAttrFlags::empty(), Some(ns.as_fd()))
+            .map_err(|e| err("mount_setattr(MOUNT_ATTR_IDMAP)", e))?;
+        out.push(clone);
+    }
+    Ok(Some(out))
 }
 
 fn new_record(

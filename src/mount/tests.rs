@@ -156,6 +156,9 @@ impl Access for HelperLike {
     fn builder_ids(&self) -> Option<(u32, u32)> {
         None
     }
+    fn data_idmap(&self) -> Option<(Vec<IdMap>, Vec<IdMap>)> {
+        self.gate.data_idmap()
+    }
 }
 
 fn has_call(fake: &Fake, prefix: &str) -> bool {
@@ -378,4 +381,41 @@ fn idmaps_apply_to_every_erofs_mount_before_the_overlay_is_made() {
         .filter(|o| matches!(o, Obj::Mount { fstype, idmapped: true, .. } if fstype == "erofs"))
         .count();
     assert_eq!(erofs_idmapped, 2);
+}
+
+#[test]
+fn helper_mode_reads_data_through_idmapped_clones_of_the_object_directories() {
+    let f = Files::new();
+    let fake = Fake::new(Behaviour::default());
+    mount(&f.request(), &HelperLike::new(8), &fake, &f.settings()).unwrap();
+    f.clear_records();
+    let calls = fake.calls();
+    let pos = |p: &str| calls.iter().position(|c| c.starts_with(p));
+    let (clone, idmap, datadir) = (
+        pos("open_tree clone"),
+        pos("mount_setattr set=MountAttrFlags(MOUNT_ATTR_IDMAP)"),
+        pos("fsconfig overlay datadir+"),
+    );
+    assert!(clone.is_some() && clone < idmap && idmap < datadir, "{calls:?}");
+    // The data layer the overlay holds is the idmapped clone, not the directory itself.
+    let left = fake.leftovers();
+    assert!(
+        left.iter().any(|o| matches!(o, Obj::Mount { fstype, idmapped: true, .. } if fstype == "bind")),
+        "{left:?}"
+    );
+    // Plain runs use the directory as it is.
+    let fake = Fake::new(Behaviour::default());
+    mount(&f.request(), &Direct::new(), &fake, &f.settings()).unwrap();
+    f.clear_records();
+    assert!(!has_call(&fake, "open_tree clone"));
+    // The legacy syntax gets the clone too (attached, with the other layers, in its private
+    // namespace).
+    let fake = Fake::new(Behaviour { lowerdir_plus: false, ..Default::default() });
+    mount(&f.request(), &HelperLike::new(8), &fake, &f.settings()).unwrap();
+    f.clear_records();
+    let left = fake.leftovers();
+    assert!(
+        left.iter().any(|o| matches!(o, Obj::Mount { fstype, idmapped: true, .. } if fstype == "bind")),
+        "{left:?}"
+    );
 }

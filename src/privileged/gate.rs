@@ -18,9 +18,9 @@ use super::caller::{as_caller, restrict_caps, set_undumpable, Caller, KEPT_CAPS}
 use super::idmap;
 use super::init::HelperContext;
 use super::policy::{Limits, Policy};
-use crate::mount::access::{check_is_userns, connect_unix, open_upper_with, Access, AccessError, Phase, Usage};
+use crate::mount::access::{check_is_userns, connect_unix, Access, AccessError, Phase, Usage};
 use crate::mount::records::MountRecord;
-use crate::mount::{IdMap, MountOption, MountRequest};
+use crate::mount::{IdMap, MountOption, MountRequest, SourceKind};
 use crate::sys::helper as sys;
 
 /// Longest path argument accepted.
@@ -79,9 +79,22 @@ impl Access for Gate {
         self.caller.uid
     }
 
+    /// Refused before anything is opened: suid/dev mounts; writable overlays (an overlay's
+    /// copy-up acts with its mounter's credentials, root's, on the caller's upper directory: a
+    /// root-owned setuid file of the image would be copied up root-owned and setuid, see
+    /// docs/helper.md); on-the-fly builds when the policy disables them.
     fn check_request(&self, req: &MountRequest) -> Result<(), AccessError> {
         if req.allow_suid || req.allow_dev {
             return Err(AccessError::NotPermitted("suid/dev mounts may only be requested by root"));
+        }
+        if req.upper.is_some() {
+            return Err(AccessError::NotPermitted(
+                "writable overlays (--upperdir/--workdir) are not offered to unprivileged callers; mount read-only \
+                 (or with --fd-out) and put your own overlay on top in your own user namespace (see cfsmount(8))",
+            ));
+        }
+        if req.kind != SourceKind::Image && !self.policy.features.build_from_toc {
+            return Err(AccessError::Policy("on-the-fly builds (--toc, --estargz, --dump) are disabled".into()));
         }
         Ok(())
     }
@@ -159,17 +172,9 @@ impl Access for Gate {
         Ok(fd)
     }
 
-    /// Allowed by the policy; directories owned by the caller, on one filesystem.
-    fn open_upper(&self, upper: &Path, work: &Path) -> Result<(OwnedFd, OwnedFd), AccessError> {
-        self.feature(self.policy.features.upperdir, "writable overlays (--upperdir)")?;
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
-        let (u, w, su, sw) = open_upper_with(upper, work, |what, p| self.open_as_caller(what, p, flags))?;
-        for (what, p, st) in [("upperdir", upper, &su), ("workdir", work, &sw)] {
-            if st.st_uid != self.caller.uid {
-                return Err(AccessError::Refused { what, path: p.into(), reason: "not owned by the caller".into() });
-            }
-        }
-        Ok((u, w))
+    /// Never reached: [`Gate::check_request`] refuses upper dirs.
+    fn open_upper(&self, _upper: &Path, _work: &Path) -> Result<(OwnedFd, OwnedFd), AccessError> {
+        Err(AccessError::NotPermitted("writable overlays are not offered to unprivileged callers"))
     }
 
     /// `O_PATH|O_NOFOLLOW|O_DIRECTORY` as the caller, then on that pinned inode: owned by the
@@ -295,6 +300,28 @@ impl Access for Gate {
     /// digests) is read with the caller's rights.
     fn builder_ids(&self) -> Option<(u32, u32)> {
         Some((self.caller.uid, self.caller.gid))
+    }
+
+    /// The object directories are idmapped with the identity on the caller's own uid/gid and
+    /// its subordinate ranges, and nothing else: files of other owners are then unmapped, and
+    /// overlay (whose mounter is root) reads them only as their "other" permission bits allow.
+    fn data_idmap(&self) -> Option<(Vec<IdMap>, Vec<IdMap>)> {
+        let identity = |own: u32, kind| {
+            let mut maps = vec![IdMap { inside: own, outside: own, count: 1 }];
+            let ranges = idmap::subid_ranges(kind, &self.caller).unwrap_or_default();
+            for (start, count) in ranges.into_iter().take(32) {
+                let (Ok(start), Ok(count)) = (u32::try_from(start), u32::try_from(count)) else { continue };
+                let end = u64::from(start) + u64::from(count);
+                let overlaps = maps.iter().any(|m| {
+                    u64::from(m.outside) < end && u64::from(start) < u64::from(m.outside) + u64::from(m.count)
+                });
+                if !overlaps {
+                    maps.push(IdMap { inside: start, outside: start, count });
+                }
+            }
+            maps
+        };
+        Some((identity(self.caller.uid, idmap::IdKind::Uid), identity(self.caller.gid, idmap::IdKind::Gid)))
     }
 }
 

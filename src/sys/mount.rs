@@ -1,7 +1,8 @@
-//! Mount-stage syscalls rustix does not wrap: `mount_setattr(MOUNT_ATTR_IDMAP)` and the helper
-//! process that holds a fresh user namespace while its id maps are written.
+//! Mount-stage syscalls rustix does not wrap: `mount_setattr(MOUNT_ATTR_IDMAP)`, the helper
+//! process that holds a fresh user namespace while its id maps are written, and the child that
+//! builds a legacy overlay in a private mount namespace.
 
-use rustix::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use rustix::io;
 
 /// `MOUNT_ATTR_IDMAP` from `<linux/mount.h>`.
@@ -148,4 +149,124 @@ pub(crate) fn dup_inherited_fd(raw: i32) -> io::Result<OwnedFd> {
     }
     // SAFETY: `r` is a fresh fd returned by fcntl, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// The number of threads of this process (`Threads:` of /proc/self/status).
+fn thread_count() -> Option<u32> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs `prepare`, then `unshare(CLONE_NEWNS)` (`unshare(2)`), then makes every mount of the new
+/// namespace private (`mount(2)` with MS_REC|MS_PRIVATE on `/`, so nothing made there
+/// propagates back), then `build`, in a forked child (`fork(2)`); the fd `build` returns is
+/// passed back over a socket pair (SCM_RIGHTS) with one byte of flags, and the child exits. The
+/// namespace has no other member, so it and every mount made in it vanish with the child,
+/// whatever happens to it or to us (the child also gets SIGKILL when we die,
+/// `PR_SET_PDEATHSIG`). Errors come back as text. rustix has no fork, and its unshare is unsafe
+/// (CLONE_FILES/CLONE_FS interplay with other threads); both are sound here because the
+/// process must be single-threaded (checked), which also lets the child run ordinary code.
+pub(crate) fn in_private_mount_ns<T>(
+    prepare: impl FnOnce() -> Result<T, String>,
+    build: impl FnOnce(T) -> Result<(OwnedFd, u8), String>,
+) -> Result<(OwnedFd, u8), String> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    if thread_count() != Some(1) {
+        return Err("cannot fork the private-namespace child while other threads run".into());
+    }
+    let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+        .map_err(|e| format!("socketpair: {e}"))?;
+    let parent = rustix::process::getpid();
+    // SAFETY: the process is single-threaded (checked above), so the child is a complete copy
+    // that may run ordinary Rust code; it never returns from this block (it `_exit`s).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(ours);
+        let run = || -> Result<(OwnedFd, u8), String> {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+            if rustix::process::getppid() != Some(parent) {
+                return Err("the parent is gone".into());
+            }
+            let prepared = prepare()?;
+            // SAFETY: CLONE_NEWNS only; this process has one thread.
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+                .map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
+            let private = rustix::mount::MountPropagationFlags::REC | rustix::mount::MountPropagationFlags::PRIVATE;
+            rustix::mount::mount_change("/", private).map_err(|e| format!("making the namespace private: {e}"))?;
+            build(prepared)
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+            .unwrap_or_else(|_| Err("the private-namespace child panicked".into()));
+        let _ = match result {
+            Ok((fd, flags)) => send_with_fd(theirs.as_fd(), &[b'F', flags], Some(fd.as_fd())),
+            Err(text) => send_with_fd(theirs.as_fd(), &[b"E".as_slice(), text.as_bytes()].concat(), None),
+        };
+        // SAFETY: ends the child without running the parent's destructors or atexit handlers.
+        unsafe { libc::_exit(0) }
+    }
+    drop(theirs);
+    let got = recv_with_fd(ours.as_fd());
+    let status = reap_child(pid);
+    match got {
+        Ok((msg, Some(fd))) if msg.first() == Some(&b'F') => Ok((fd, msg.get(1).copied().unwrap_or(0))),
+        Ok((msg, _)) if msg.first() == Some(&b'E') => Err(String::from_utf8_lossy(&msg[1..]).into_owned()),
+        Ok(_) | Err(_) => Err(format!("the private-namespace child ended without an answer ({status})")),
+    }
+}
+
+fn send_with_fd(sock: BorrowedFd<'_>, msg: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(fd) = fd {
+        fds = [fd];
+        anc.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    sendmsg(sock, &[std::io::IoSlice::new(msg)], &mut anc, SendFlags::NOSIGNAL).map(|_| ())
+}
+
+fn recv_with_fd(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = RecvAncillaryBuffer::new(&mut space);
+    let mut buf = vec![0u8; 4096];
+    let n = loop {
+        match recvmsg(sock, &mut [std::io::IoSliceMut::new(&mut buf)], &mut anc, RecvFlags::CMSG_CLOEXEC) {
+            Err(io::Errno::INTR) => continue,
+            r => break r?.bytes,
+        }
+    };
+    buf.truncate(n);
+    let mut fd = None;
+    for m in anc.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut it) = m {
+            fd = fd.or_else(|| it.next());
+        }
+    }
+    Ok((buf, fd))
+}
+
+/// Waits for our child `pid`; describes how it ended.
+fn reap_child(pid: i32) -> String {
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; `status` is a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r >= 0 {
+            break;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return "not reaped".into();
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("exit status {}", libc::WEXITSTATUS(status))
+    }
 }
