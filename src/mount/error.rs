@@ -48,6 +48,8 @@ pub(crate) enum MountError {
     MountAttrs { step: &'static str, errno: Errno },
     #[error("--fd-out: sending the mount fd failed: {errno}")]
     Send { errno: Errno },
+    #[error("--fd-out: {reason}")]
+    Courier { reason: String },
     #[error("state directory {}: {reason}", path.display())]
     StateDir { path: PathBuf, reason: String },
     #[error("mount record: {reason}")]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use rustix::mount::MountAttrFlags;
 
-use super::access::{Access, Phase, Usage};
+use super::access::{Access, FdSink, Phase, Usage};
 use super::erofs::{self, ErofsMount};
 use super::error::MountError;
 use super::handover;
@@ -67,15 +67,24 @@ pub(crate) fn mount(
     access.enter_phase(Phase::Mount { setid: true })?;
     let store = RecordStore::open(&settings.state_dir, true)?
         .ok_or_else(|| MountError::StateDir { path: settings.state_dir.clone(), reason: "missing".into() })?;
-    store.prune();
-    check_limits(access, &store, Usage { mounts: 1, loop_devices: u64::from(req.force_loop) })?;
-    let inputs = open_inputs(req, access, kernel, &store)?;
+    // Everything the request will hold, counted up front: one mount, and a loop device per image
+    // wherever one is required.
+    let force_loop = req.force_loop || access.requires_loop_devices();
+    let usage = Usage { mounts: 1, loop_devices: if force_loop { req.sources.len() as u64 } else { 0 } };
+    // Early (not binding): fail before opening and building anything.
+    check_limits(access, &store, usage)?;
+    let (inputs, dest) = open_inputs(req, access, kernel, &store)?;
     access.enter_phase(Phase::Mount { setid: false })?;
-    let stack = assemble(req, &inputs, access, kernel, &store, settings)?;
+    // Binding: under the store's lock, the check, the mount and its record are one step for
+    // every other request.
+    let _lock = store.lock()?;
+    store.prune();
+    check_limits(access, &store, usage)?;
+    let stack = assemble(req, force_loop, &inputs, kernel, &store, settings)?;
     let record = new_record(req, access, kernel, &stack)?;
     // Record first (the id does not change when the mount is attached), then hand over.
     store.write(&record)?;
-    if let Err(e) = hand_over(req, &inputs, &stack.top, access, kernel) {
+    if let Err(e) = hand_over(req, dest, &stack.top, access, kernel) {
         store.remove(record.mount_id);
         return Err(e);
     }
@@ -124,7 +133,7 @@ fn check_limits(access: &dyn Access, store: &RecordStore, adding: Usage) -> Resu
 /// Where the finished overlay goes, pinned.
 enum DestFd {
     Target { fd: OwnedFd, path: PathBuf },
-    Socket(OwnedFd),
+    Socket(FdSink),
 }
 
 /// Every input of the request, opened once and pinned.
@@ -132,7 +141,6 @@ struct Inputs {
     basedirs: Vec<OwnedFd>,
     images: Vec<Image>,
     upper: Option<(OwnedFd, OwnedFd)>,
-    dest: DestFd,
     userns: Option<OwnedFd>,
     /// The user namespace the object directories are idmapped with (privileged mode: only the
     /// caller's own ids are mapped, so data is read with the caller's rights).
@@ -144,7 +152,7 @@ fn open_inputs(
     access: &dyn Access,
     kernel: &dyn Kernel,
     store: &RecordStore,
-) -> Result<Inputs, MountError> {
+) -> Result<(Inputs, DestFd), MountError> {
     // Object directories first (before any build reads from them).
     let basedirs = req.basedirs.iter().map(|b| access.open_basedir(b)).collect::<Result<Vec<_>, _>>()?;
     // With verity requested, a TOC build records each object's fs-verity digest (the TOC only
@@ -172,9 +180,9 @@ fn open_inputs(
     let dest = match &req.dest {
         Dest::Target(t) => DestFd::Target { fd: access.open_target(t)?, path: t.clone() },
         Dest::Socket(p) => DestFd::Socket(access.connect_socket(p)?),
-        Dest::InheritedFd(n) => DestFd::Socket(
+        Dest::InheritedFd(n) => DestFd::Socket(access.use_socket(
             crate::sys::mount::dup_inherited_fd(*n).map_err(|e| MountError::Usage(format!("--fd-out {n}: {e}")))?,
-        ),
+        )?),
     };
     let userns = match &req.idmap {
         None => None,
@@ -188,7 +196,7 @@ fn open_inputs(
         Some((uid, gid)) => Some(kernel.create_userns(&uid, &gid)?),
         None => None,
     };
-    Ok(Inputs { basedirs, images, upper, dest, userns, data_userns })
+    Ok((Inputs { basedirs, images, upper, userns, data_userns }, dest))
 }
 
 /// The detached mounts: one EROFS mount per image, the overlay(s) on top.
@@ -213,18 +221,17 @@ fn erofs_attrs(req: &MountRequest) -> MountAttrFlags {
 
 fn assemble(
     req: &MountRequest,
+    force_loop: bool,
     inputs: &Inputs,
-    access: &dyn Access,
     kernel: &dyn Kernel,
     store: &RecordStore,
     settings: &Settings,
 ) -> Result<Stack, MountError> {
     let attrs = erofs_attrs(req);
-    let mut before_loop = || check_limits(access, store, Usage { mounts: 0, loop_devices: 1 });
     let userns = inputs.userns.as_ref().map(|f| f.as_fd());
     let mut erofs = Vec::with_capacity(inputs.images.len());
     for img in &inputs.images {
-        erofs.push(erofs::mount(kernel, img, req.force_loop, attrs, userns, &mut before_loop)?);
+        erofs.push(erofs::mount(kernel, img, force_loop, attrs, userns)?);
     }
     let mut top_attrs = attrs;
     if req.writable() {
@@ -319,14 +326,14 @@ fn new_record(
 
 fn hand_over(
     req: &MountRequest,
-    inputs: &Inputs,
+    dest: DestFd,
     top: &Overlay,
     access: &dyn Access,
     kernel: &dyn Kernel,
 ) -> Result<(), MountError> {
     let want = access.required_attrs(req.writable());
-    match &inputs.dest {
-        DestFd::Target { fd, path } => handover::attach_at_target(kernel, top.mnt.as_fd(), fd.as_fd(), path, want),
-        DestFd::Socket(s) => handover::send(kernel, top.mnt.as_fd(), s.as_fd(), want),
+    match dest {
+        DestFd::Target { fd, path } => handover::attach_at_target(kernel, top.mnt.as_fd(), fd.as_fd(), &path, want),
+        DestFd::Socket(sink) => handover::send(kernel, top.mnt.as_fd(), sink, want),
     }
 }

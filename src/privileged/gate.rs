@@ -18,10 +18,11 @@ use super::caller::{as_caller, restrict_caps, set_undumpable, Caller, KEPT_CAPS}
 use super::idmap;
 use super::init::HelperContext;
 use super::policy::{Limits, Policy};
-use crate::mount::access::{check_is_userns, connect_unix, Access, AccessError, Phase, Usage};
+use crate::mount::access::{check_is_userns, Access, AccessError, FdSink, Phase, Usage};
 use crate::mount::records::MountRecord;
 use crate::mount::{IdMap, MountOption, MountRequest, SourceKind};
 use crate::sys::helper as sys;
+use crate::sys::mount::{Courier, CourierTarget};
 
 /// Longest path argument accepted.
 pub(crate) const MAX_PATH_ARG: usize = 1024;
@@ -224,10 +225,21 @@ impl Access for Gate {
         Ok(fd)
     }
 
-    /// Connected as the caller: root must not reach sockets the caller cannot.
-    fn connect_socket(&self, path: &Path) -> Result<OwnedFd, AccessError> {
+    /// A courier that is the caller (every id, no capabilities) connects: root must not reach
+    /// sockets the caller cannot, and the receiver's `SO_PEERCRED` names the caller.
+    fn connect_socket(&self, path: &Path) -> Result<FdSink, AccessError> {
         check_path_arg("--fd-out socket", path.as_os_str())?;
-        as_caller(&self.caller, || connect_unix(path))?
+        Courier::spawn(self.caller.uid, self.caller.gid, CourierTarget::Path(path))
+            .map(FdSink::Courier)
+            .map_err(AccessError::Courier)
+    }
+
+    /// The courier takes the inherited socket and sends from it as the caller
+    /// (`SCM_CREDENTIALS` name the caller).
+    fn use_socket(&self, sock: OwnedFd) -> Result<FdSink, AccessError> {
+        Courier::spawn(self.caller.uid, self.caller.gid, CourierTarget::Socket(sock.as_fd()))
+            .map(FdSink::Courier)
+            .map_err(AccessError::Courier)
     }
 
     fn open_userns(&self, path: &Path) -> Result<OwnedFd, AccessError> {
@@ -243,20 +255,31 @@ impl Access for Gate {
         idmap::check_maps(&self.caller, uid, gid)
     }
 
-    /// The caller's live records plus `adding` against `max_mounts` and `max_loop_devices`.
+    /// The caller's live records plus `adding` against its `max_mounts` and `max_loop_devices`,
+    /// and the live records of all unprivileged callers (uid not 0) plus `adding` against the
+    /// machine-wide caps.
     fn check_limits(&self, live: &[MountRecord], adding: Usage) -> Result<(), AccessError> {
-        let mine: Vec<&MountRecord> = live.iter().filter(|r| r.uid == self.caller.uid).collect();
-        let mounts = mine.len() as u64 + adding.mounts;
-        if adding.mounts > 0 && mounts > self.limits.max_mounts as u64 {
-            return Err(AccessError::Limit { what: "mounts", value: mounts, limit: self.limits.max_mounts as u64 });
+        let helper: Vec<&MountRecord> = live.iter().filter(|r| r.uid != 0).collect();
+        let count = |rs: &[&MountRecord]| {
+            let loops = rs.iter().map(|r| r.loop_devices.len() as u64).sum::<u64>();
+            (rs.len() as u64 + adding.mounts, loops + adding.loop_devices)
+        };
+        let mine: Vec<&MountRecord> = helper.iter().copied().filter(|r| r.uid == self.caller.uid).collect();
+        let (mounts, loops) = count(&mine);
+        let (l, m) = (&self.limits, &self.policy.machine_limits);
+        if adding.mounts > 0 && mounts > u64::from(l.max_mounts) {
+            return Err(AccessError::Limit { what: "mounts", value: mounts, limit: l.max_mounts.into() });
         }
-        let loops = mine.iter().map(|r| r.loop_devices.len() as u64).sum::<u64>() + adding.loop_devices;
-        if adding.loop_devices > 0 && loops > self.limits.max_loop_devices as u64 {
-            return Err(AccessError::Limit {
-                what: "loop devices",
-                value: loops,
-                limit: self.limits.max_loop_devices as u64,
-            });
+        if adding.loop_devices > 0 && loops > u64::from(l.max_loop_devices) {
+            return Err(AccessError::Limit { what: "loop devices", value: loops, limit: l.max_loop_devices.into() });
+        }
+        let (mounts, loops) = count(&helper);
+        if adding.mounts > 0 && mounts > u64::from(m.max_mounts) {
+            return Err(AccessError::MachineLimit { what: "mounts", value: mounts, limit: m.max_mounts.into() });
+        }
+        if adding.loop_devices > 0 && loops > u64::from(m.max_loop_devices) {
+            let limit = m.max_loop_devices.into();
+            return Err(AccessError::MachineLimit { what: "loop devices", value: loops, limit });
         }
         Ok(())
     }
@@ -300,6 +323,13 @@ impl Access for Gate {
     /// digests) is read with the caller's rights.
     fn builder_ids(&self) -> Option<(u32, u32)> {
         Some((self.caller.uid, self.caller.gid))
+    }
+
+    /// Privileged mounts always hold loop devices: the image is a sealed memory copy (which
+    /// file-backed EROFS cannot use anyway), and the loop devices' disk sequence numbers are how
+    /// a mount is known to be alive wherever it went (`--fd-out` included).
+    fn requires_loop_devices(&self) -> bool {
+        true
     }
 
     /// The object directories are idmapped with the identity on the caller's own uid/gid and
