@@ -45,7 +45,7 @@ fn record_is_dead(name: &str) -> bool {
             let n = d.as_str().unwrap_or("").trim_start_matches("/dev/");
             let seq = std::fs::read_to_string(format!("/sys/block/{n}/diskseq")).unwrap_or_default();
             let bound = Path::new(&format!("/sys/block/{n}/loop/backing_file")).exists();
-            !(bound && seq.trim() == s.to_string())
+            !(bound && s.as_u64().is_some_and(|s| seq.trim() == s.to_string().as_str()))
         })
 }
 
@@ -271,7 +271,7 @@ fn terminal_signals_cannot_interrupt_the_helper() {
                     a[1] = fx.toc.display().to_string();
                 }
                 let mut cmd = vec![e.bin.display().to_string()];
-                cmd.extend(a.iter().skip(0).cloned());
+                cmd.extend(a.iter().cloned());
                 let o = Command::new("/usr/bin/python3")
                     .arg(&driver)
                     .args([u.uid.to_string(), u.gid.to_string(), ch.to_string(), delay.to_string()])
