@@ -314,8 +314,12 @@ import ctypes, os, socket, sys, array, struct, json, subprocess
 libc = ctypes.CDLL(None, use_errno=True)
 mode, sock_path, target = sys.argv[1], sys.argv[2], sys.argv[3]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(sock_path)
+# Bound and listening under a temporary name, then renamed: the socket appears ready.
+if os.path.exists(sock_path + ".tmp"):
+    os.unlink(sock_path + ".tmp")
+s.bind(sock_path + ".tmp")
 s.listen(1)
+os.rename(sock_path + ".tmp", sock_path)
 s.settimeout(30)
 c, _ = s.accept()
 fds = array.array('i')
