@@ -8,6 +8,7 @@ pub mod cli;
 pub mod erofs;
 pub mod fsverity;
 pub mod input;
+pub mod layer;
 pub mod mount;
 pub mod privileged;
 mod probe;

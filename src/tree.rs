@@ -1,7 +1,7 @@
 //! The in-memory file tree that every input format builds and the EROFS writer consumes; owns name/path validation and the documented size limits.
 //!
 //! Nodes live in one arena (`Tree::nodes`), addressed by `NodeId`; node 0 is the root.
-//! Input parsers call [`Tree::insert`] / [`Tree::insert_hardlink`] with paths they have
+//! Input parsers call [`Tree::insert`] / `Tree::insert_hardlink` with paths they have
 //! stripped of format-specific decoration (a leading `/` or `./`, a trailing `/`); the
 //! tree rejects every other irregular path. [`Tree::finalize`] checks whole-tree
 //! invariants and sorts directories before the writer runs.
@@ -166,6 +166,27 @@ pub(crate) fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
         }
     }
     Ok(out)
+}
+
+/// Checks a regular file's payload: the object it names below an object directory (`--basedir`,
+/// `--objects`), which the image's overlay redirect (`/` + payload) points at.
+///
+/// The object layout is `xx/rest` (containers/storage, the reference's `--digest-store`,
+/// composefs-rs). One leading `/` names the same object (the reference writes the redirect as
+/// `/` + payload and reads one `/` back off, and overlayfs resolves an absolute redirect from
+/// the top of the data layers). Anything that could name something else is refused: empty, `.`
+/// or `..` components (so also `//x`, `x/` and `a//b`), NUL, names over 255 bytes, PATH_MAX or
+/// more bytes. An empty payload names no object (no redirect is written). Returns the reason.
+pub(crate) fn check_object_path(payload: &[u8]) -> Result<(), &'static str> {
+    if payload.is_empty() {
+        return Ok(());
+    }
+    let rel = payload.strip_prefix(b"/").unwrap_or(payload);
+    match split_path(rel) {
+        Ok(_) => Ok(()),
+        Err(TreeError::BadPath { reason, .. }) => Err(reason),
+        Err(_) => Err("not an object path"),
+    }
 }
 
 /// Hasher for keys that already are a keyed hash (the name index): passes the u64 through.
@@ -522,6 +543,27 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_paths_stay_below_the_object_directory() {
+        for ok in [&b""[..], b"ab/cdef", b"/ab/cdef", b"a5/5e63.file", b"object", b"a/b/c"] {
+            assert_eq!(check_object_path(ok), Ok(()), "{}", show(ok));
+        }
+        for (bad, why) in [
+            (&b"../../../etc/passwd"[..], "'..' path component"),
+            (b"ab/../cd", "'..' path component"),
+            (b"/..", "'..' path component"),
+            (b"./ab", "'.' path component"),
+            (b"/", "empty path component"),
+            (b"//ab/cd", "empty path component"),
+            (b"ab//cd", "empty path component"),
+            (b"ab/cd/", "empty path component"),
+            (b"ab/c\0d", "NUL byte in path"),
+        ] {
+            assert_eq!(check_object_path(bad), Err(why), "{}", show(bad));
+        }
+        assert_eq!(check_object_path(&[b'a'; 256]), Err("name longer than 255 bytes"));
+    }
 
     fn reg(mode: u32) -> Entry {
         Entry { inode: Inode { mode: S_IFREG | mode, ..Inode::default() }, ..Entry::default() }

@@ -18,11 +18,12 @@ mod conformance_data;
 #[path = "support/image.rs"]
 mod image;
 
+#[path = "support/root.rs"]
+mod root;
+
+/// The sandbox tests check uid switching, capability dropping and landlock as root.
 fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this root-tier test needs root (it checks uid switching, capability dropping and landlock as root)"
-    );
+    root::require_root("root_sandbox (uid switching, capability dropping and landlock as root)");
 }
 
 /// An input fd holding `data` and an output fd, plus a handle to read the output back.

@@ -1,13 +1,13 @@
 //! Image building engine: `cfsmount mkimage`, and the mount path's builds of a TOC or dumpfile.
 //!
 //! One build, in the order [`build_image`] runs it:
-//! - [`request`]: what is asked ([`BuildRequest`], the only thing that crosses into the sandboxed
+//! - `request`: what is asked ([`BuildRequest`], the only thing that crosses into the sandboxed
 //!   child), where the input comes from ([`Source`]) and the image goes ([`Output`]);
-//! - [`output`]: a temporary file next to OUTPUT (or a memfd for stdout) receives the image;
-//! - [`run`]: the parent opens the input (or walks a `--from-dir` directory itself) and runs the
-//!   untrusted stage ([`untrusted`]: parse, validate, write) confined by [`crate::sandbox`];
-//! - [`validate`]: what the child wrote is checked as untrusted bytes;
-//! - [`output`] again: only a validated image is renamed into place (atomic output; on any
+//! - `output`: a temporary file next to OUTPUT (or a memfd for stdout) receives the image;
+//! - `run`: the parent opens the input (or walks a `--from-dir` directory itself) and runs the
+//!   untrusted stage (`untrusted`: parse, validate, write) confined by [`crate::sandbox`];
+//! - `validate`: what the child wrote is checked as untrusted bytes;
+//! - `output` again: only a validated image is renamed into place (atomic output; on any
 //!   failure the temporary file is removed and nothing is left at OUTPUT).
 
 mod output;

@@ -4,6 +4,7 @@
 //! subcommand).
 mod doctor;
 mod inspect;
+pub mod layer;
 mod mkimage;
 pub(crate) mod mount;
 pub(crate) mod mount_composefs;
@@ -31,6 +32,8 @@ enum Command {
     /// fs-verity: enable, measure (kernel) or digest (userspace) files.
     #[command(subcommand)]
     Verity(verity::Command),
+    /// Write a layer's original tar from its tar-split, its image and the objects (the way back).
+    LayerTar(crate::layer::export::Args),
     /// Report which kernel features (loop, EROFS, overlay, landlock, seccomp, verity) this machine offers.
     Doctor,
 }
@@ -61,6 +64,7 @@ fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow:
         Command::Mount(a) => mount::run(a, mode),
         Command::Umount(a) => mount::umount(a, mode),
         Command::Verity(c) => verity::run(c),
+        Command::LayerTar(a) => crate::layer::export::run(a),
         Command::Doctor => doctor::run(),
     }
 }

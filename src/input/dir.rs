@@ -6,7 +6,7 @@
 //!   validation as every other input ([`Tree::insert_child`], kernel limits).
 //! - Metadata: mode, uid, gid, rdev (re-encoded as the kernel's `new_encode_dev`), size, mtime
 //!   with nanoseconds, and every xattr `llistxattr` lists.
-//! - Regular files: empty files carry nothing; files of at most [`INLINE_MAX`] bytes (the
+//! - Regular files: empty files carry nothing; files of at most `INLINE_MAX` bytes (the
 //!   reference's `LCFS_RECOMMENDED_INLINE_CONTENT_MAX`) are stored inside the image; larger files
 //!   get their fs-verity digest computed and become external objects named `xx/yyyy...` after it
 //!   (the reference's `--digest-store` naming), with the digest recorded for the metacopy xattr.

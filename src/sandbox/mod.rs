@@ -6,9 +6,9 @@
 //! bytes the job wrote to `output` (which the caller must treat as untrusted) and one small status
 //! message. See docs/sandbox.md.
 //!
-//! The parts: [`child`] (the order of confinement), [`landlock`] and [`seccomp`] (the two policy
-//! layers), [`status`] (the one message from child to parent), [`parent`] (supervision: timeout,
-//! exit, signal) and [`support`] (what this kernel offers the sandbox).
+//! The parts: `child` (the order of confinement), `landlock` and `seccomp` (the two policy
+//! layers), `status` (the one message from child to parent), `parent` (supervision: timeout,
+//! exit, signal) and `support` (what this kernel offers the sandbox).
 //!
 //! # Order of confinement in the child
 //! 1. close every fd except input, output, status (and the landlock directory fds), clear the

@@ -97,6 +97,11 @@ trap 'rm -rf "$OUT"' EXIT
 { strip -o "$OUT/cfsmount" "$BIN" 2>/dev/null || cp "$BIN" "$OUT/cfsmount"; } \
     && cp "$HERE/inside.sh" "$OUT/inside.sh" || die "copying into $OUT failed"
 chmod +x "$OUT/cfsmount" "$OUT/inside.sh"
+# A real zstd:chunked layer blob (skopeo 1.22.2, layer 2 of the real-layers data) for the
+# --from-layer --enable-verity test; skipped there when the data is missing.
+CONF=${CFS_CONFORMANCE:-$HERE/../../../shared/conformance}
+cp "$CONF/real-layers/writers/skopeo-1.22.2-zstd-chunked/oci/blobs/sha256/79c63d87d3c1c32755d76dec9aa6c81da0d28f8c98552fa6c079be274b11d2a4" \
+    "$OUT/layer.blob" 2>/dev/null || true
 
 # Under TCG most of the boot is udev loading (decompressing) modules for emulated hardware the
 # tests never use; keep those from loading. (loop, ext4, erofs, overlay, sha256 stay allowed.)

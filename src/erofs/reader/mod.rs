@@ -24,11 +24,11 @@
 //! reader picks as primary the name whose walk position matches the inode's nid order
 //! (whiteout markers settle the cases where two names fit).
 //!
-//! The phases, one file each: [`inode`] decodes one inode (bounds, layout, inline data, claims
-//! on slots and blocks) with its xattrs ([`xattr`]); [`dir`] reads a directory's entries;
-//! [`walk`] walks the directories breadth-first and checks the writer's invariants (stubs,
-//! nlinks); [`names`] picks each inode's primary name, settles whiteout markers and builds the
-//! tree. Offsets and on-disk layouts come from [`crate::erofs::format`].
+//! The phases, one file each: `inode` decodes one inode (bounds, layout, inline data, claims
+//! on slots and blocks) with its xattrs (`xattr`); `dir` reads a directory's entries;
+//! `walk` walks the directories breadth-first and checks the writer's invariants (stubs,
+//! nlinks); `names` picks each inode's primary name, settles whiteout markers and builds the
+//! tree. Offsets and on-disk layouts come from `crate::erofs::format`.
 
 mod claims;
 mod dir;

@@ -233,6 +233,13 @@ fn writer_invariants_are_required() {
     let f = &t.node(t.lookup(b"f").unwrap()).entry;
     assert_eq!((f.payload.as_deref(), f.fsverity_digest, f.content.as_ref()), (Some(&b"ab"[..]), None, None));
     assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext(b"xab", 0))])).contains("not an absolute path"));
+    // Redirects name an object below the data layers: no '.', '..' or empty components.
+    let e = err(&image(&[(b"f", 40, 1)], &[(40, ext(b"/..", 0))]));
+    assert!(e.contains("overlay redirect /.. is not an object path ('..' path component)"), "{e}");
+    assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext(b"/a/", 0))])).contains("empty path component"));
+    // The payload `/a` (the same object as `a`) is written as `//a`.
+    let t = read_image(&image(&[(b"f", 40, 1)], &[(40, ext(b"//a", 0))])).unwrap();
+    assert_eq!(t.node(t.lookup(b"f").unwrap()).entry.payload.as_deref(), Some(&b"/a"[..]));
     assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext(b"/ab", 0x20))])).contains("chunk format"));
 }
 

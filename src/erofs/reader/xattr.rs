@@ -79,6 +79,9 @@ impl Reader<'_> {
                 if v.is_empty() || v.contains(&0) {
                     return Err("empty or NUL-containing overlay redirect".into());
                 }
+                // Only an object below the data layers, as the writer's payloads name them.
+                tree::check_object_path(v)
+                    .map_err(|r| format!("overlay redirect {} is not an object path ({r})", tree::show(&value)))?;
                 entry.payload = Some(v.to_vec());
                 continue;
             } else if key == OVL_METACOPY {

@@ -49,6 +49,12 @@ impl<'a> Builder<'a> {
                 if payload.len() >= tree::PATH_MAX || payload.contains(&0) {
                     return Err(self.node_err(id, "invalid payload (object path)"));
                 }
+                // The payload becomes the overlay redirect: whatever built the tree, it must
+                // name an object below the data layers (the input parsers refuse it first).
+                if let Err(r) = tree::check_object_path(payload) {
+                    let reason = format!("payload {} is not an object path ({r})", tree::show(payload));
+                    return Err(self.node_err(id, reason));
+                }
             }
             S_IFLNK => {
                 if payload.is_empty() || payload.len() >= tree::PATH_MAX || payload.contains(&0) {

@@ -20,11 +20,11 @@
 //! and 256 whiteout character devices `00`..`ff` are added to the root (overlayfs
 //! data-only lower layers need them), and every directory gets `.` and `..`.
 //!
-//! The phases, one file each: [`inodes`] turns the tree into inode records in breadth-first
-//! order (validating each node, adding `.`/`..`, the stubs and the overlay xattrs); [`layout`]
+//! The phases, one file each: `inodes` turns the tree into inode records in breadth-first
+//! order (validating each node, adding `.`/`..`, the stubs and the overlay xattrs); `layout`
 //! decides the shared xattr table, directory nlinks and where every inode and data block goes;
-//! [`emit`] writes the bytes. This file holds what they share: the records and the two-part
-//! byte strings ([`Cat`]) that spare copies of renamed xattr names.
+//! `emit` writes the bytes. This file holds what they share: the records and the two-part
+//! byte strings (`Cat`) that spare copies of renamed xattr names.
 
 mod emit;
 mod inodes;
@@ -43,7 +43,7 @@ use crate::tree::{self, NodeId, Tree, S_IFCHR, S_IFMT};
 /// Format version selection (the reference's `--min-version` / `--max-version`).
 /// The version written is `min_version`, raised to 1 (if `max_version` allows) when
 /// the tree holds an overlay whiteout (character device 0/0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteOptions {
     pub min_version: u32,
     pub max_version: u32,

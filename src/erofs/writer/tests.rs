@@ -2,7 +2,7 @@
 //! tests/conformance_*.rs).
 
 use super::*;
-use crate::tree::{S_IFLNK, S_IFREG};
+use crate::tree::{S_IFDIR, S_IFLNK, S_IFREG};
 #[test]
 fn chunking_matches_reference_rules() {
     assert_eq!(chunking(1), (12, 1));
@@ -81,7 +81,9 @@ fn rejects_what_the_image_cannot_hold() {
     }
     // The overlay xattrs added to a file with a huge xattr load exceed the budget.
     let mut t = Tree::new(Limits::default());
-    let mut e = Entry { payload: Some(vec![b'p'; 4000]), ..file(S_IFREG | 0o644, 10) };
+    // A redirect of about 4000 bytes (an object path of 40 names of 99 bytes).
+    let long_payload = vec![vec![b'p'; 99]; 40].join(&b'/');
+    let mut e = Entry { payload: Some(long_payload), ..file(S_IFREG | 0o644, 10) };
     e.xattrs.push(Xattr { key: b"user.big".to_vec(), value: vec![0; 30000] });
     t.insert(b"f", e).unwrap();
     t.finalize().unwrap();
@@ -96,4 +98,23 @@ fn rejects_what_the_image_cannot_hold() {
     t.insert(b"w", e).unwrap();
     t.finalize().unwrap();
     assert!(write(&t, WriteOptions::default()).unwrap_err().to_string().contains("budget"));
+}
+
+#[test]
+fn payloads_must_name_an_object() {
+    let mut t = Tree::new(Limits::default());
+    t.set_root(file(S_IFDIR | 0o755, 0)).unwrap();
+    let external = |p: &[u8]| Entry { payload: Some(p.to_vec()), ..file(S_IFREG | 0o644, 10) };
+    t.insert(b"ok", external(b"ab/cd")).unwrap();
+    t.insert(b"also-ok", external(b"/ab/cd")).unwrap();
+    t.finalize().unwrap();
+    assert!(write(&t, WriteOptions::default()).is_ok());
+    for bad in [&b"../../etc/passwd"[..], b"ab/../cd", b"//ab", b"ab/"] {
+        let mut t = Tree::new(Limits::default());
+        t.set_root(file(S_IFDIR | 0o755, 0)).unwrap();
+        t.insert(b"d/f", external(bad)).unwrap();
+        t.finalize().unwrap();
+        let e = write(&t, WriteOptions::default()).unwrap_err().to_string();
+        assert!(e.starts_with("/d/f: payload ") && e.contains("is not an object path"), "{e}");
+    }
 }

@@ -6,7 +6,8 @@ use super::xattr::{set_xattr, XattrBudget};
 use super::{normalize_target, tree_reason, DumpError, Parser, PendingLink, MAX_XATTR_SECTION};
 use crate::erofs::format::INLINE_CONTENT_MAX;
 use crate::tree::{
-    split_path, valid_file_type, Entry, Inode, NodeId, PATH_MAX, ROOT, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT,
+    self, check_object_path, split_path, valid_file_type, Entry, Inode, NodeId, PATH_MAX, ROOT, S_IFBLK, S_IFCHR,
+    S_IFDIR, S_IFLNK, S_IFMT,
 };
 
 /// A line's error: (path as unescaped, field, reason); the caller adds the line number.
@@ -204,7 +205,7 @@ impl Parser {
     }
 }
 
-/// PAYLOAD (the object path) and CONTENT (inline data) of anything but a symlink.
+/// PAYLOAD (a regular file's object path) and CONTENT (inline data) of anything but a symlink.
 fn file_payload(
     entry: &mut Entry,
     payload: Option<Vec<u8>>,
@@ -218,6 +219,11 @@ fn file_payload(
         }
         if p.contains(&0) {
             return Err(err(path, "PAYLOAD", "NUL byte in payload".into()));
+        }
+        // A regular file's payload becomes its overlay redirect: it must name an object.
+        if entry.inode.is_reg() {
+            check_object_path(p)
+                .map_err(|r| err(path, "PAYLOAD", format!("{} is not an object path ({r})", tree::show(p))))?;
         }
     }
     entry.payload = payload;

@@ -13,7 +13,7 @@
 //! nanoseconds >= 10^9 are errors. Mode bits above 0o177777 are dropped, as the
 //! reference's image (16-bit i_mode) drops them.
 //!
-//! The parts: [`fields`] (field syntax), [`line`] (one line → the tree), [`xattr`] (the budget),
+//! The parts: `fields` (field syntax), [`line`] (one line → the tree), `xattr` (the budget),
 //! [`write`] (the printer).
 
 mod fields;

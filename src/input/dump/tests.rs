@@ -54,6 +54,7 @@ fn rejects_bad_lines_with_context() {
         (b"/ 0 40755 2 0 0 0 0.0 - - -\n/a/x 0 100644 1 0 0 0 0.0 - - -\n", "PATH"),
         (b"/ 0 40755 2 0 0 0 0.0 - - -\n/x 0 @100644 1 0 0 0 0.0 /nope - -\n", "PAYLOAD"),
         (b"/ 0 40755 2 0 0 0 0.0 - - -\n/x 0 100644 1 0 0 5 0.0 - - -\n", "RDEV"),
+        (b"/ 0 40755 2 0 0 0 0.0 - - -\n/x 4 100644 1 0 0 0 0.0 ../x - -\n", "PAYLOAD"),
     ];
     for (input, field) in cases {
         let e = parse(input, &strict()).unwrap_err();
@@ -95,4 +96,25 @@ fn enforces_limits_and_hardlink_rules() {
     let xs = &t.node(ROOT).entry.xattrs;
     assert_eq!(xs.len(), 2);
     assert!(xs.iter().any(|x| x.key == b"user.a" && x.value == b"3"));
+}
+
+#[test]
+fn regular_file_payloads_must_name_an_object() {
+    let line =
+        |mode: &str, payload: &str| format!("/ 0 40755 2 0 0 0 0.0 - - -\n/x 4 {mode} 1 0 0 0 0.0 {payload} - -\n");
+    for opts in [strict(), DumpOptions::default()] {
+        let e = parse(line("100644", "../../../etc/passwd").as_bytes(), &opts).unwrap_err().to_string();
+        assert_eq!(e, "dumpfile line 2: /x: PAYLOAD: ../../../etc/passwd is not an object path ('..' path component)");
+        for bad in ["ab//cd", "//ab", "ab/.", "/"] {
+            assert!(parse(line("100644", bad).as_bytes(), &opts).is_err(), "{bad} accepted");
+        }
+        for good in ["ab/cdef", "/ab/cdef", "object"] {
+            let t = parse(line("100644", good).as_bytes(), &opts).unwrap();
+            assert_eq!(t.node(t.lookup(b"x").unwrap()).entry.payload.as_deref(), Some(good.as_bytes()));
+        }
+    }
+    // Only a regular file's payload becomes a redirect; other types' PAYLOAD is not an object
+    // path (a directory's is ignored by the writer, as by the reference).
+    let t = parse(line("40755", "../elsewhere").replace("/x 4", "/x 0").as_bytes(), &DumpOptions::default()).unwrap();
+    assert!(t.lookup(b"x").is_some());
 }

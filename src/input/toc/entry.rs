@@ -237,7 +237,7 @@ impl State {
         Ok(())
     }
 
-    /// [`Tree::insert`], skipping the walk from the root when the entry lives in the same
+    /// [`crate::tree::Tree::insert`], skipping the walk from the root when the entry lives in the same
     /// directory as the previous one (the common case in tar order).
     fn insert(&mut self, p: &[u8], entry: Entry) -> Result<tree::NodeId, TreeError> {
         let (dir, name) = match p.iter().rposition(|&b| b == b'/') {

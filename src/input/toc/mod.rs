@@ -27,7 +27,7 @@
 //! - `devMajor`/`devMinor` (major < 4096, minor < 2^20) become `rdev` as the kernel's
 //!   `new_encode_dev` packs it, for char/block devices only.
 //! - `xattrs`: name → base64 of the raw value; names 1..=255 bytes without NUL, values under
-//!   64 KiB, and per inode the budget of [`crate::erofs::format::XATTR_BUDGET`].
+//!   64 KiB, and per inode the budget of `crate::erofs::format::XATTR_BUDGET`.
 //! - Missing parent directories are created 0755, root-owned, mtime 0.
 //! - OCI whiteouts (unless [`TocOptions::keep_whiteouts`]): `DIR/.wh..wh..opq` sets
 //!   `trusted.overlay.opaque=y` on DIR; other `.wh..wh.*` names (AUFS metadata) are dropped;
@@ -37,10 +37,10 @@
 //!   directory is dropped.
 //!
 //! # Limits (documented defaults; see [`TocOptions`])
-//! Input size [`MAX_INPUT_BYTES`]; JSON nesting at most 128 levels (serde_json's limit); tree
+//! Input size `MAX_INPUT_BYTES`; JSON nesting at most 128 levels (serde_json's limit); tree
 //! limits from [`crate::tree::Limits`].
 //!
-//! The parts: [`json`] (the streaming visitor), [`entry`] (one entry → the tree), [`whiteout`]
+//! The parts: `json` (the streaming visitor), `entry` (one entry → the tree), `whiteout`
 //! (OCI whiteouts, applied at the end).
 
 mod entry;

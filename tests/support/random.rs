@@ -1,12 +1,13 @@
-//! Shared by the test crates (included with `#[path]`): a deterministic random tree
-//! generator producing trees shaped like the dump parser's output.
+//! Deterministic randomness for the tests (included with `#[path]`): the one RNG, the one
+//! random-tree generator, random corruption of bytes, and the environment knobs that make the
+//! randomized tests run longer or elsewhere.
 #![allow(dead_code)]
 
 use cfsmount::tree::{
     Entry, Inode, Limits, NodeId, Tree, Xattr, ROOT, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK,
 };
 
-/// splitmix64: small, deterministic, good enough for test data.
+/// splitmix64: small, deterministic, good enough for test data; any seed (0 included) works.
 pub struct Rng(pub u64);
 
 impl Rng {
@@ -17,27 +18,71 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
+    /// A number below `n` (0 when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
+    /// An index below `n` (0 when `n` is 0).
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+    /// True with a probability of `p` percent.
     pub fn pct(&mut self, p: u64) -> bool {
         self.below(100) < p
     }
     pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
+        &v[self.index(v.len())]
     }
+    /// `len` bytes drawn from `alphabet`.
     pub fn bytes(&mut self, len: usize, alphabet: &[u8]) -> Vec<u8> {
         (0..len).map(|_| *self.pick(alphabet)).collect()
     }
+    /// `len` arbitrary bytes.
+    pub fn fill(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+}
+
+/// The environment variable `key` parsed as a `T`, or `default` when unset or unparsable.
+pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A copy of `img` with 1 to `max_edits` edits at random offsets below `span`: each a single
+/// bit flip when `flip_bits`, else a random byte.
+pub fn corrupted(rng: &mut Rng, img: &[u8], span: usize, max_edits: usize, flip_bits: bool) -> Vec<u8> {
+    let mut m = img.to_vec();
+    for _ in 0..1 + rng.index(max_edits) {
+        let at = rng.index(span);
+        if flip_bits {
+            m[at] ^= 1 << rng.below(8);
+        } else {
+            m[at] = rng.next() as u8;
+        }
+    }
+    m
 }
 
 const NAME_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABC0123456789._- =\\\n\t\r@\x01\x7f\x80\xc3\xa9\xff";
 
-fn random_name(r: &mut Rng) -> Vec<u8> {
+fn random_name(r: &mut Rng, in_root: bool) -> Vec<u8> {
     loop {
-        let len = if r.pct(3) { 200 + r.below(56) as usize } else { 1 + r.below(12) as usize };
-        let n = r.bytes(len, NAME_CHARS);
-        if n != b"." && n != b".." {
+        let n = match r.below(20) {
+            // A name the root's whiteout stubs use (the writer then leaves that stub out).
+            0 if in_root => format!("{:02x}", r.below(256)).into_bytes(),
+            // Any bytes a name may hold.
+            1 => (0..1 + r.below(12)).map(|_| 1 + r.below(255) as u8).filter(|&c| c != b'/').collect(),
+            _ => {
+                let len = if r.pct(3) { 200 + r.below(56) as usize } else { 1 + r.below(12) as usize };
+                r.bytes(len, NAME_CHARS)
+            }
+        };
+        if !n.is_empty() && n != b"." && n != b".." {
             return n;
         }
     }
@@ -58,6 +103,8 @@ fn random_xattrs(r: &mut Rng) -> Vec<Xattr> {
             b"\x02\0\0\0\x01\0\x06\0\xff\xff\xff\xff\x04\0\x04\0\xff\xff\xff\xff\x20\0\x04\0\xff\xff\xff\xff",
         ),
         (b"user.-", b"-"),
+        (b"user.empty", b""),
+        (b"trusted.md5", b"\x00\x01\x02=\xff"),
     ];
     let mut out: Vec<Xattr> = Vec::new();
     for _ in 0..r.below(5) {
@@ -105,8 +152,10 @@ fn hex_path(r: &mut Rng) -> Vec<u8> {
     format!("{}/{}", &h[..2], &h[2..]).into_bytes()
 }
 
-/// A random tree shaped like what the dump parser produces (normalised entries,
-/// explicit nlink on every entry).
+/// A random tree shaped like what the dump parser produces (normalised entries, explicit nlink
+/// on every entry): every file type, hard links, overlay whiteouts, inline and external
+/// contents around the layout thresholds, shared and odd xattrs, extended inodes (large ids,
+/// sizes and times), names the root's whiteout stubs use.
 pub fn random_tree(seed: u64, n: usize) -> Tree {
     let mut r = Rng(seed);
     let mut t = Tree::new(Limits::default());
@@ -119,7 +168,7 @@ pub fn random_tree(seed: u64, n: usize) -> Tree {
     let mut made = 0;
     while made < n {
         let parent = *r.pick(&dirs);
-        let name = random_name(&mut r);
+        let name = random_name(&mut r, parent == ROOT);
         if t.child(parent, &name).is_some() || t.depth(parent) > 30 {
             continue;
         }
