@@ -107,7 +107,7 @@ pub struct Policy {
     /// (name, statfs f_type magic) of the filesystems a mount target may live on.
     pub allowed_target_fs: Vec<(String, u64)>,
     pub features: Features,
-    /// Where it came from (a path, or "<built-in default>").
+    /// Where it came from (a path, or `<built-in default>`).
     pub source: String,
 }
 
