@@ -77,13 +77,16 @@ pub(crate) fn mount(
     access.enter_phase(Phase::Mount { setid: false })?;
     // Binding: under the store's lock, the check, the mount and its record are one step for
     // every other request.
-    let _lock = store.lock()?;
+    let lock = store.lock()?;
     store.prune();
     check_limits(access, &store, usage)?;
     let stack = assemble(req, force_loop, &inputs, kernel, &store, settings)?;
     let record = new_record(req, access, kernel, &stack)?;
-    // Record first (the id does not change when the mount is attached), then hand over.
+    // Record first (the id does not change when the mount is attached), then hand over. The
+    // lock ends with the record: from here on the mount counts; the hand-over may wait on the
+    // caller's socket, which must not hold up anyone else.
     store.write(&record)?;
+    drop(lock);
     if let Err(e) = hand_over(req, dest, &stack.top, access, kernel) {
         store.remove(record.mount_id);
         return Err(e);

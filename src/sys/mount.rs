@@ -322,6 +322,9 @@ pub(crate) fn mount_in_our_namespace(mnt_id: u64) -> Option<bool> {
     }
 }
 
+/// How long the courier waits for the caller's socket to take the mount.
+const COURIER_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where a [`Courier`] delivers: a unix socket path it connects to, or an already connected
 /// socket (an inherited fd).
 pub(crate) enum CourierTarget<'a> {
@@ -464,6 +467,10 @@ fn courier_deliver(
         (CourierTarget::Socket(_), Some(s)) => s,
         (CourierTarget::Socket(_), None) => return Err("the inherited socket was not kept".into()),
     };
+    // A receiver that never reads must not keep the courier (and the helper waiting for it)
+    // forever.
+    rustix::net::sockopt::set_socket_timeout(&sock, rustix::net::sockopt::Timeout::Send, Some(COURIER_SEND_TIMEOUT))
+        .map_err(|e| format!("SO_SNDTIMEO: {e}"))?;
     send_with_fd(ctl, b"C", None).map_err(|e| format!("reporting: {e}"))?;
     let (msg, fd) = recv_with_fd(ctl).map_err(|e| format!("receiving the mount: {e}"))?;
     let Some(fd) = fd.filter(|_| msg == b"F") else {
