@@ -157,11 +157,29 @@ impl Access for Gate {
         Ok(())
     }
 
-    /// A directory the caller can read, owned by the caller, with fs.protected_hardlinks on: an
-    /// overlay redirect in the caller's image can then only reach files the caller put there.
+    /// A directory the caller can read, owned by the caller, on a filesystem type the policy
+    /// allows, with fs.protected_hardlinks on: an overlay redirect in the caller's image can then
+    /// only reach files inside the caller's own directory.
     fn open_basedir(&self, path: &Path) -> Result<OwnedFd, AccessError> {
         let fd = self.open_as_caller("basedir", path, OFlags::RDONLY | OFlags::DIRECTORY)?;
         self.owned_by_caller("basedir", path, fd.as_fd())?;
+        // The overlay looks the directory up while the helper holds the state lock: a
+        // filesystem the caller runs (FUSE) could stall it there for everyone. Only the
+        // filesystem types the policy allows for targets (disk filesystems by default).
+        let sfs = rustix::fs::fstatfs(&fd).map_err(|errno| AccessError::Open {
+            what: "basedir",
+            path: path.into(),
+            errno,
+            as_caller: true,
+        })?;
+        let magic = sfs.f_type as u64 & 0xffff_ffff;
+        if self.policy.target_fs_name(magic).is_none() {
+            return Err(AccessError::Refused {
+                what: "basedir",
+                path: path.into(),
+                reason: format!("on a filesystem type (magic 0x{magic:x}) the helper policy does not allow"),
+            });
+        }
         let ph = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").unwrap_or_default();
         if ph.trim() != "1" {
             return Err(AccessError::Refused {

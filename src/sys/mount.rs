@@ -324,6 +324,8 @@ pub(crate) fn mount_in_our_namespace(mnt_id: u64) -> Option<bool> {
 
 /// How long the courier waits for the caller's socket to take the mount.
 const COURIER_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long we wait for an answer of the courier (longer than its own send timeout).
+const COURIER_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Where a [`Courier`] delivers: a unix socket path it connects to, or an already connected
 /// socket (an inherited fd).
@@ -372,6 +374,13 @@ impl Courier {
             unsafe { libc::_exit(0) }
         }
         drop(theirs);
+        // The courier is the caller's process from early on: never wait on it without bound.
+        rustix::net::sockopt::set_socket_timeout(
+            &ours,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(COURIER_ANSWER_TIMEOUT),
+        )
+        .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
         let c = Courier { pid, ctl: Some(ours) };
         match recv_with_fd(c.ctl_fd()) {
             Ok((m, _)) if m == b"C" => Ok(c),
@@ -398,8 +407,12 @@ impl Courier {
 
 impl Drop for Courier {
     fn drop(&mut self) {
-        // Closing the control socket tells a waiting courier to give up.
+        // Closing the control socket tells a waiting courier to give up; the courier is the
+        // caller's process (it may have been stopped or traced by the caller): kill it so that
+        // reaping cannot wait on it.
         drop(self.ctl.take());
+        // SAFETY: signals our own child, which we have not reaped yet (its pid is still ours).
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
         let _ = reap_child(self.pid);
     }
 }
