@@ -10,9 +10,11 @@ pub mod fsverity;
 pub mod input;
 pub mod layer;
 pub mod mount;
+pub mod oci;
 pub mod privileged;
 mod probe;
 pub mod sandbox;
+pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tree;

@@ -57,7 +57,7 @@ pub(super) fn build_from_reader_sized(
 }
 
 /// Write `tree` as an image to `out` (buffered), returning its size and version.
-pub(super) fn write_tree(tree: &Tree, opts: &WriteOptions, out: &mut dyn Write) -> Result<BuildInfo, BuildError> {
+pub(crate) fn write_tree(tree: &Tree, opts: &WriteOptions, out: &mut dyn Write) -> Result<BuildInfo, BuildError> {
     let version = effective_version(tree, opts)?;
     let mut counter = Counter { inner: BufWriter::with_capacity(1 << 20, out), n: 0 };
     write_image(tree, opts, &mut counter)?;

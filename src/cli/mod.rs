@@ -8,6 +8,7 @@ pub mod layer;
 mod mkimage;
 pub(crate) mod mount;
 pub(crate) mod mount_composefs;
+pub mod oci;
 mod verity;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -36,6 +37,12 @@ enum Command {
     LayerTar(crate::layer::export::Args),
     /// Report which kernel features (loop, EROFS, overlay, landlock, seccomp, verity) this machine offers.
     Doctor,
+    /// OCI images: import from an OCI layout into the store, mount, list, remove.
+    #[command(subcommand)]
+    Oci(oci::OciCommand),
+    /// The store of images, layers and objects.
+    #[command(subcommand)]
+    Store(oci::StoreCommand),
 }
 
 fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
@@ -66,6 +73,8 @@ fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow:
         Command::Verity(c) => verity::run(c),
         Command::LayerTar(a) => crate::layer::export::run(a),
         Command::Doctor => doctor::run(),
+        Command::Oci(c) => oci::run_oci(c, mode),
+        Command::Store(c) => oci::run_store(c),
     }
 }
 

@@ -447,6 +447,44 @@ else
     echo "FAIL mount_tests: this cfsmount has no working 'mount' and 'mkimage --from-dump' yet"
 fi
 
+# ---- OCI images in a store on a filesystem with fs-verity -----------------------------------
+
+# The store seals objects and image; `oci mount` checks the image's digest and the objects'.
+OS=$V/oci-store
+OM=$W/mnt-oci
+t_oci_store_verity() {
+    local out obj img
+    mkdir -p "$OM"
+    out=$("$CFS" oci import "oci:$OUT/oci-hello:v1" --store "$OS") || no "oci import failed: $out"
+    "$CFS" oci ls --store "$OS" | grep -q $'\ton\t' || no "oci ls does not show verity on: $("$CFS" oci ls --store "$OS")"
+    img=$(ls -d "$OS"/images/*/image.cfs)
+    [ "$("$CFS" verity measure "$img")" = "sha256:$(printf '%s' "$out" | cut -f2) $img" ] || no "image.cfs verity != recorded digest"
+    "$CFS" oci mount "oci:$OUT/oci-hello:v1" "$OM" --store "$OS" || no "oci mount failed"
+    grep " $OM " /proc/self/mounts | grep -q "verity=require" || no "no verity=require overlay: $(grep " $OM " /proc/self/mounts)"
+    grep -q "flattened into one composefs image" "$OM/hello.txt" || no "hello.txt unreadable"
+    [ ! -e "$OM/share/doc/old-notes.txt" ] || no "whiteout not applied"
+    unmount "$OM" || no "umount failed"
+    # An object swapped for other content of the same size (with verity of its own): EIO.
+    local h
+    h=$(printf 'Hello from an OCI image, flattened into one composefs image and mounted by cfsmount.\n' | sha256sum | cut -c1-64)
+    obj=$OS/objects/${h:0:2}/${h:2}
+    [ -f "$obj" ] || no "object of hello.txt not at $obj"
+    "$CFS" verity measure "$obj" >/dev/null || no "object has no verity"
+    head -c "$(stat -c %s "$obj")" /dev/zero | tr '\0' x >"$obj.new" && "$CFS" verity enable "$obj.new" && mv -f "$obj.new" "$obj" || no "swap failed"
+    "$CFS" oci mount "oci:$OUT/oci-hello:v1" "$OM" --store "$OS" || no "oci mount after the swap failed"
+    if out=$(cat "$OM/hello.txt" 2>&1 >/dev/null); then no "the swapped object was served"; fi
+    case $out in *"Input/output error"*) ;; *) no "expected EIO, got: $out" ;; esac
+    unmount "$OM" || no "umount failed"
+    # A tampered image (with verity of its own) is refused at mount.
+    cp "$img" "$img.t" && printf 'X' | dd of="$img.t" bs=1 seek=$(( $(stat -c %s "$img") - 1 )) conv=notrunc 2>/dev/null \
+        && "$CFS" verity enable "$img.t" && mv -f "$img.t" "$img" || no "tampering the image failed"
+    if out=$("$CFS" oci mount "oci:$OUT/oci-hello:v1" "$OM" --store "$OS" 2>&1); then no "tampered image mounted"; fi
+    ! is_mounted "$OM" || no "something is mounted after the refusal"
+    printf '%s' "$out" | grep -qi "digest" || no "refusal does not name the digest: $out"
+}
+run oci_store_verity_sealed_and_checked_at_mount t_oci_store_verity
+unmount "$OM" 2>/dev/null
+
 # ---- layer import with --enable-verity ------------------------------------------------------
 
 # A real zstd:chunked blob imported into a store on the verity ext4: every new object sealed,

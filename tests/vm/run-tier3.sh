@@ -95,7 +95,8 @@ trap 'rm -rf "$OUT"' EXIT
 # Freeze the binary and the scripts: the tree may be rebuilt while the VM runs.
 # Without debug info (a debug build is mostly that): the guest reads it at ~2 MB/s under TCG.
 { strip -o "$OUT/cfsmount" "$BIN" 2>/dev/null || cp "$BIN" "$OUT/cfsmount"; } \
-    && cp "$HERE/inside.sh" "$OUT/inside.sh" || die "copying into $OUT failed"
+    && cp "$HERE/inside.sh" "$OUT/inside.sh" \
+    && cp -r "$HERE/../../examples/oci-hello/oci" "$OUT/oci-hello" || die "copying into $OUT failed"
 chmod +x "$OUT/cfsmount" "$OUT/inside.sh"
 # A real zstd:chunked layer blob (skopeo 1.22.2, layer 2 of the real-layers data) for the
 # --from-layer --enable-verity test; skipped there when the data is missing.
