@@ -585,5 +585,13 @@ mod tests {
         assert!(g.check_limits(&[rec(1000, 1), rec(2000, 5), rec(2000, 5)], one).is_ok(), "others do not count");
         let e = g.check_limits(&[rec(1000, 1)], Usage { mounts: 1, loop_devices: 3 }).unwrap_err().to_string();
         assert!(e.contains("loop devices 4 > 3"), "{e}");
+        // Machine-wide: every unprivileged caller's mounts together; root's own do not count.
+        let mut policy = Policy::builtin().unwrap();
+        policy.machine_limits.max_mounts = 2;
+        let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
+        let g = Gate::new(HelperContext { caller, policy });
+        assert!(g.check_limits(&[rec(2000, 1), rec(0, 1), rec(0, 1)], one).is_ok());
+        let e = g.check_limits(&[rec(2000, 1), rec(3000, 1)], one).unwrap_err().to_string();
+        assert!(e.contains("machine-wide limit exceeded: mounts of all unprivileged users 3 > 2"), "{e}");
     }
 }
