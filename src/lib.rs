@@ -3,8 +3,10 @@
 //! One module per stage; all `unsafe` and raw syscalls are confined to [`sys`].
 #![deny(unsafe_code)]
 
+pub(crate) mod boot;
 pub mod build;
 pub mod cli;
+pub mod compat;
 pub mod erofs;
 pub mod fsverity;
 pub mod input;

@@ -23,6 +23,7 @@ fn parse_input(req: &BuildRequest, input: &[u8]) -> Result<Tree, BuildError> {
             Ok(crate::input::dump::parse(input, &DumpOptions { strict: req.strict_dump, limits: Limits::default() })?)
         }
         InputFormat::Dir => Err(BuildError::Input("directory input cannot be read from a stream".into())),
+        InputFormat::Image => Ok(crate::erofs::reader::read_image(input)?),
     }
 }
 
@@ -47,6 +48,13 @@ pub(super) fn build_from_reader_sized(
     input.take(req.max_input_bytes.saturating_add(1)).read_to_end(&mut buf).map_err(BuildError::Read)?;
     if buf.len() as u64 > req.max_input_bytes {
         return Err(BuildError::Input(format!("input is larger than the limit of {} bytes", req.max_input_bytes)));
+    }
+    if req.format == InputFormat::Image {
+        // Written again as it was: with the image's own format version (composefs-dump).
+        let (tree, info) = crate::erofs::reader::read_image_with(&buf, &Default::default())?;
+        drop(buf);
+        let v = info.composefs_version;
+        return write_tree(&tree, &WriteOptions { min_version: v, max_version: v }, out);
     }
     let mut tree = parse_input(req, &buf)?;
     drop(buf);

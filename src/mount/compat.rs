@@ -172,7 +172,8 @@ pub(crate) fn legacy_overlay_in_private_ns(
         }
         let upper = match (spec.upper_paths, spec.options.upper) {
             (Some((u, w)), Some((uf, wf))) => Some((reopen_same(u, uf)?, reopen_same(w, wf)?)),
-            _ => None,
+            (None, Some(_)) => return Err("the legacy syntax needs the upper and work directories by path".into()),
+            (_, None) => None,
         };
         let options = OverlayOptions { upper: upper.as_ref().map(|(u, w)| (u.as_fd(), w.as_fd())), ..spec.options };
         let build = || -> Result<(OwnedFd, u8), FsError> {

@@ -314,6 +314,29 @@ t_digest_store() {
     for f in big sub/f small; do cmp -s "$M/$f" "$src/$f" || no "$f does not read back correctly"; done
 }
 
+# The drop-in `mkcomposefs --digest-store` (docs/dropin.md) on a verity filesystem: every object
+# gets fs-verity, measures as its name, composefs-info measure-file reads the kernel's digest, and
+# the image (hard links as separate inodes) mounts with --verity.
+t_dropin_digest_store() {
+    local src=$W/dropin-tree store=$V/dropin-store img=$V/dropin.cfs f n d
+    ln -sf cfsmount "$W/mkcomposefs" && ln -sf cfsmount "$W/composefs-info" || no "personality links failed"
+    mkdir -p "$src/sub" || no "mkdir failed"
+    mkrand "$src/big" 100000; mkrand "$src/sub/f" 9000; printf 'tiny\n' >"$src/small"
+    ln "$src/big" "$src/sub/big-link" || no "hard link failed"
+    "$W/mkcomposefs" --digest-store="$store" "$src" "$img" || no "mkcomposefs --digest-store failed"
+    n=0
+    for f in $(find "$store" -type f); do
+        d=$("$CFS" verity measure --compact "$f") || no "object $f has no fs-verity"
+        [ "$d" = "$(basename "$(dirname "$f")")$(basename "$f")" ] || no "object $f measures $d"
+        [ "$("$W/composefs-info" measure-file "$f")" = "$d" ] || no "composefs-info measure-file $f differs"
+        n=$((n + 1))
+    done
+    [ "$n" -eq 2 ] || no "expected the two large files in the store, found $n objects"
+    "$W/composefs-info" dump "$img" | grep -q '^/sub/big-link 100000 100644 1 ' || no "the hard link is not a separate inode"
+    "$CFS" mount "$img" "$M" --basedir "$store" --verity || no "mount --verity of the mkcomposefs image failed"
+    for f in big sub/f sub/big-link small; do cmp -s "$M/$f" "$src/${f/big-link/../big}" || no "$f does not read back"; done
+}
+
 # --try-verity on a kernel that offers verity=require behaves like --verity.
 t_try_verity() {
     local err
@@ -417,6 +440,7 @@ if mount_ready; then
     if (build_fixture) >"$W/fixture.log" 2>&1 && . "$W/fixture.env"; then
         run mount_digest_accepts_right_image t_digest_accepts
         run mkimage_digest_store_enables_verity_and_mounts t_digest_store
+        run dropin_mkcomposefs_digest_store_enables_verity_and_mounts t_dropin_digest_store
         run mkimage_enable_verity_seals_image t_mkimage_enable_verity
         run mount_digest_refuses_wrong_digest t_digest_wrong
         run mount_digest_refuses_tampered_image t_digest_tampered_image

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tier 3: fs-verity tests inside a throwaway qemu VM whose (stock Debian backports) kernel has
-# CONFIG_FS_VERITY=y. Usage: tests/vm/run-tier3.sh PATH/TO/cfsmount
+# CONFIG_FS_VERITY=y, then the boot tests (tests/vm/boot/run-boot.sh: a Debian root booted as
+# composefs by setup-root, two more VMs). Usage: tests/vm/run-tier3.sh PATH/TO/cfsmount
 #
 # Installs what it needs if missing (backports kernel, qemu-system-x86, busybox-static,
 # virtme-ng), boots ONE VM with `vng --disable-kvm`, runs tests/vm/inside.sh there and prints
@@ -132,6 +133,17 @@ elif [ "$(cat "$OUT/rc")" != 0 ] && [ "$fail" -eq 0 ]; then
     fail=$((fail + 1))
 fi
 [ $((pass + fail)) -gt 0 ] || { echo "FAIL vm: no test results"; fail=1; }
+
+# ---- boot tests: setup-root in real initramfs boots (two more VMs, tests/vm/boot/) ----------------
+bash "$HERE/boot/run-boot.sh" "$KVER" "$BIN" >"$OUT/boot.log"
+brc=$?
+cat "$OUT/boot.log"
+bpass=$(grep -c '^PASS ' "$OUT/boot.log"); bfail=$(grep -c '^FAIL ' "$OUT/boot.log")
+pass=$((pass + bpass)); fail=$((fail + bfail))
+if [ "$brc" != 0 ] && [ "$bfail" -eq 0 ]; then
+    echo "FAIL boot: run-boot.sh exited $brc without reporting a failure"
+    fail=$((fail + 1))
+fi
 
 log "took $(( $(date +%s) - START )) s (kernel $KVER)"
 echo "tier3: $pass passed, $fail failed"
