@@ -18,9 +18,16 @@
 //!   get no TOC key (GetTOCDigest ignores their annotation); podman 4.3.1 pulls the
 //!   zstd:chunked image by blob digest and `podman image mount` equals umoci's listing.
 //! - `rootless_podman_uses_an_idmapped_view`: see docs/als.md "Rootless podman".
+//! - `a_user_makes_its_view_through_the_setuid_helper`: the test user cfstest runs the installed
+//!   setuid helper: `als view` is refused while the policy's `features.als_view` is off, and
+//!   for anything but the caller's own view from a root-owned store; then it makes its view,
+//!   its rootless podman pulls and runs through it, another user can neither read nor remove
+//!   it, `als view-rm` by the user leaves nothing mounted.
 
 #[path = "support/conformance.rs"]
 mod conformance;
+#[path = "support/helper.rs"]
+mod helper;
 #[path = "support/podman.rs"]
 mod podman;
 #[path = "support/root.rs"]
@@ -492,8 +499,33 @@ fn rootless_podman_uses_an_idmapped_view() {
     let o = root::run_as(other, Path::new("/bin/ls"), &[view.clone().into()], |_| {});
     assert!(!o.status.success(), "another user must not read the view");
 
-    // Rootless podman, its own storage, the view as its ALS.
-    w.podman = Podman::new(&w.s.path("podman-user"), &view);
+    rootless_podman_through(&mut w, user.uid, user.gid, &home, &xdg, &view, &image, &f.layout);
+
+    // Cleanup: podman forgets the image, the view goes, then the reference.
+    w.podman.reset();
+    root::umount_all_under(&w.podman.graphroot);
+    ok(&mut w.als(&["view-rm", "--target", view.to_str().unwrap()]));
+    assert!(!view.exists(), "view-rm removes the view's directory under /run/cfsmount-als");
+    let _ = std::fs::remove_dir("/run/cfsmount-als");
+    ok(&mut w.als(&["rm", "--root", w.als.to_str().unwrap(), "--ref", &image]));
+    assert_eq!(w.objects(), 0);
+}
+
+/// The user's rootless podman, its own storage (in the scratch directory), `view` as its ALS:
+/// `podman pull` skips every layer blob (none downloaded), `podman run` sees image root as root,
+/// image uid 1000 as 1000, copies up, applies the whiteouts.
+#[allow(clippy::too_many_arguments)]
+fn rootless_podman_through(
+    w: &mut World,
+    uid: u32,
+    gid: u32,
+    home: &Path,
+    xdg: &Path,
+    view: &Path,
+    image: &str,
+    layout: &Path,
+) {
+    w.podman = Podman::new(&w.s.path("podman-user"), view);
     w.podman.graphroot = home.join("graph");
     w.podman.runroot = xdg.join("run");
     std::fs::write(
@@ -507,11 +539,11 @@ fn rootless_podman_uses_an_idmapped_view() {
     )
     .unwrap();
     std::fs::set_permissions(w.s.path("podman-user"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    w.podman.user = Some((user.uid, user.gid, home.clone(), xdg.clone()));
+    w.podman.user = Some((uid, gid, home.to_path_buf(), xdg.to_path_buf()));
     let mark = w.reg.requests().len();
-    let o = w.podman.ok(&["--log-level=debug", "pull", "--tls-verify=false", &image]);
+    let o = w.podman.ok(&["--log-level=debug", "pull", "--tls-verify=false", image]);
     let log = text(&o.stderr);
-    for b in blob_digests(&f.layout) {
+    for b in blob_digests(layout) {
         assert!(
             log.contains(&format!("Skipping blob {b} (already present)")),
             "rootless podman did not skip {b}:\n{log}"
@@ -521,7 +553,7 @@ fn rootless_podman_uses_an_idmapped_view() {
     assert!(!log.contains("during use"), "{log}");
     let script = "id -u; stat -c '%n %u:%g %a' /data/one /data/suid /home/u/file /opq/new /swap/thing/now-a-dir; \
                   cat /data/one; echo changed > /data/one && cat /data/one; ls /opq; test ! -e /data/doomed && echo gone";
-    let o = w.podman.ok(&Podman::run_args(&image, &["sh", "-c", script]));
+    let o = w.podman.ok(&Podman::run_args(image, &["sh", "-c", script]));
     assert_eq!(
         text(&o.stdout),
         "0\n/data/one 0:0 600\n/data/suid 0:0 4755\n/home/u/file 1000:1000 644\n/opq/new 0:0 644\n\
@@ -529,13 +561,98 @@ fn rootless_podman_uses_an_idmapped_view() {
         "{}",
         text(&o.stderr)
     );
+}
 
-    // Cleanup: podman forgets the image, the view goes, then the reference.
+#[test]
+fn a_user_makes_its_view_through_the_setuid_helper() {
+    root::require_root("root_als");
+    let _g = root::serial();
+    let env = helper::env();
+    let (user, other) = (&env.user, &env.other);
+    let mut w = World::new("cfsmount-als-helper-");
+    let f = fixture(&w.s);
+    std::fs::set_permissions(w.s.root(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let image = push(&f.layout, &w.reg, "als/img:v1");
+    w.add(&image, &f.layout);
+    let view = PathBuf::from(format!("/run/cfsmount-als/{}", user.name));
+    let (store, als) = (w.store.to_str().unwrap().to_string(), w.als.to_str().unwrap().to_string());
+    let before = helper::mountpoints();
+    let guard = helper::PolicyGuard::new();
+    let mut policy = helper::default_policy();
+    guard.write(&policy.to_string(), 0o644, 0);
+
+    // The shipped policy leaves ALS views off.
+    let o = helper::run_as(user, &["als", "view", "--root", &als, "--store", &store]);
+    helper::assert_refused_nothing_mounted(&o, "ALS views (features.als_view) are disabled", &before);
+    policy["features"]["als_view"] = true.into();
+    guard.write(&policy.to_string(), 0o644, 0);
+
+    // Of `als`, only view and view-rm; only the caller's own view, at its fixed place, from a
+    // store only root controls, of a root that store serves.
+    let o = helper::run_as(user, &["als", "add", "--root", &als, "--ref", "x/y:z", "--store", &store, "oci:/tmp/x"]);
+    helper::assert_refused(&o, "of `als`, only `view` and `view-rm` are available");
+    let o = helper::run_as(user, &["als", "view", "--root", &als, "--store", &store, "--user", &other.name]);
+    helper::assert_refused_nothing_mounted(&o, "--user: unprivileged callers get their own view only", &before);
+    let elsewhere = format!("/run/cfsmount-als/{}", other.name);
+    let o = helper::run_as(user, &["als", "view", "--root", &als, "--store", &store, "--target", &elsewhere]);
+    helper::assert_refused_nothing_mounted(
+        &o,
+        &format!("an unprivileged caller's view is at {}", view.display()),
+        &before,
+    );
+    let mine = helper::user_dir(user, "store");
+    let o = helper::run_as(user, &["als", "view", "--root", &als, "--store", mine.to_str().unwrap()]);
+    helper::assert_refused_nothing_mounted(&o, "not owned by root (the store must be root's alone)", &before);
+    let o = helper::run_as(user, &["als", "view", "--root", "/usr", "--store", &store]);
+    helper::assert_refused_nothing_mounted(&o, "/usr: not an ALS root the store", &before);
+
+    // The view: the layers idmapped onto the user's podman mapping (image root = the user,
+    // image uid 1000 = its 1000th subordinate id).
+    let o = ok(&mut helper_cmd(user, &["als", "view", "--root", &als, "--store", &store]));
+    let out = text(&o.stdout);
+    assert!(out.starts_with(&format!("{}\t{}", view.display(), user.name)), "{out}");
+    let s = user.subid_start;
+    assert!(
+        out.contains(&format!("uid map 0:{}:1,1:{s}:65536\tgid map 0:{}:1,1:{s}:65536", user.uid, user.gid)),
+        "{out}"
+    );
+    let layer_dirs: Vec<PathBuf> =
+        std::fs::read_dir(view.join(".layers")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(layer_dirs.len(), 3);
+    let uid_of = |p: &Path| std::os::unix::fs::MetadataExt::uid(&std::fs::symlink_metadata(p).unwrap());
+    let l2 = layer_dirs.iter().find(|d| d.join("diff/home/u/file").exists()).expect("layer 2");
+    assert_eq!(uid_of(&l2.join("diff/home/u/file")), s + 999);
+    assert_eq!(uid_of(&l2.join("diff/opq/new")), user.uid);
+    let opts = root::mount_options(&l2.join("diff")).unwrap_or_default();
+    assert!(opts.iter().any(|o| o == "nosuid") && opts.iter().any(|o| o == "nodev"), "a view's layers: {opts:?}");
+
+    // Another user can neither read nor remove it.
+    let o = root::run_as(other, Path::new("/bin/ls"), &[view.clone().into()], |_| {});
+    assert!(!o.status.success(), "another user must not read the view");
+    let o = helper::run_as(other, &["als", "view-rm", "--store", &store, "--target", view.to_str().unwrap()]);
+    helper::assert_refused(&o, &format!("an unprivileged caller's view is at /run/cfsmount-als/{}", other.name));
+    let o = helper::run_as(other, &["als", "view-rm", "--store", &store]);
+    helper::assert_refused(&o, &format!("no view at /run/cfsmount-als/{}", other.name));
+
+    let home = root::fresh_dir_for(user, &w.s.path("home"));
+    let xdg = root::fresh_dir_for(user, &w.s.path("xdg"));
+    std::fs::set_permissions(&xdg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    rootless_podman_through(&mut w, user.uid, user.gid, &home, &xdg, &view, &image, &f.layout);
+
+    // The user removes its view (once its podman is done with the image); nothing is left.
     w.podman.reset();
     root::umount_all_under(&w.podman.graphroot);
-    ok(&mut w.als(&["view-rm", "--target", view.to_str().unwrap()]));
-    assert!(!view.exists(), "view-rm removes the view's directory under /run/cfsmount-als");
+    ok(&mut helper_cmd(user, &["als", "view-rm", "--store", &store]));
+    assert!(!view.exists(), "view-rm removes the view's directory");
     let _ = std::fs::remove_dir("/run/cfsmount-als");
-    ok(&mut w.als(&["rm", "--root", w.als.to_str().unwrap(), "--ref", &image]));
+    assert_eq!(before, helper::mountpoints(), "the view's mounts are gone");
+    drop(guard);
+    ok(&mut w.als(&["rm", "--root", &als, "--ref", &image]));
     assert_eq!(w.objects(), 0);
+}
+
+/// The installed setuid helper run as `u` (for [`ok`], which shows stderr on failure).
+fn helper_cmd(u: &root::TestUser, args: &[&str]) -> Command {
+    let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    root::command_as(u, &helper::env().bin, &args)
 }

@@ -45,6 +45,9 @@ pub enum AlsError {
     Busy { path: PathBuf, by: String },
     #[error("{}: {reason}", path.display())]
     NotOurs { path: PathBuf, reason: String },
+    /// The setuid helper's gate refused (an unprivileged caller's view).
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Other(String),
 }

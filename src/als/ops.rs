@@ -316,6 +316,8 @@ pub fn umount_all(
 
 /// Create (or refresh) `user`'s view of `root` at `target` (default `/run/cfsmount-als/USER`):
 /// the same references, `diff` mounts idmapped with the user's rootless podman mapping.
+/// `approve` sees the view and its mount count (the tmpfs + one per layer) before anything is
+/// created (the setuid helper's gate; root passes `|_, _| Ok(())`).
 pub fn view(
     repo: &Repo,
     als: &AlsState,
@@ -323,6 +325,7 @@ pub fn view(
     user: &str,
     target: Option<&Path>,
     eng: &Engine<'_>,
+    approve: &dyn Fn(&ViewRecord, u64) -> Result<(), AlsError>,
 ) -> Result<(ViewRecord, SyncReport), AlsError> {
     let (name, uid, gid) = view::lookup_user(user)?;
     let target = match target {
@@ -334,14 +337,6 @@ pub fn view(
     view::check_target_path(&target)?;
     if target == root || target.starts_with(root) || root.starts_with(&target) {
         return Err(AlsError::Other(format!("a view must not overlap its ALS root {}", root.display())));
-    }
-    if !target.exists() {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().mode(0o755).recursive(true).create(&target).map_err(|e| AlsError::Io {
-            path: target.clone(),
-            step: "creating",
-            source: e,
-        })?;
     }
     let rec = ViewRecord {
         root: root.to_path_buf(),
@@ -362,20 +357,31 @@ pub fn view(
             )));
         }
     }
-    als.put_view(&rec)?;
     let want = desired_for(als, root)?;
+    approve(&rec, 1 + want.layers.len() as u64)?;
+    if !target.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o755).recursive(true).create(&target).map_err(|e| AlsError::Io {
+            path: target.clone(),
+            step: "creating",
+            source: e,
+        })?;
+    }
+    als.put_view(&rec)?;
     let mode = SyncMode { force: false, keep_mounted: true };
     let rep = root::sync(&target, &want, eng, Some(&rec.view_of()), repo.root(), mode)?;
     Ok((rec, rep))
 }
 
-/// Remove the view at `target`: refused while one of its layers is in use unless `force`.
+/// Remove the view at `target`: refused while one of its layers is in use unless `force`, or
+/// when `approve` refuses the view (the setuid helper's gate: only the caller's own).
 pub fn view_rm(
     repo: &Repo,
     als: &AlsState,
     target: &Path,
     eng: &Engine<'_>,
     force: bool,
+    approve: &dyn Fn(&ViewRecord) -> Result<(), AlsError>,
 ) -> Result<SyncReport, AlsError> {
     let target = std::path::absolute(target).map_err(|e| AlsError::Io {
         path: target.into(),
@@ -385,6 +391,7 @@ pub fn view_rm(
     let Some(rec) = als.views()?.into_iter().find(|v| v.target == target) else {
         return Err(AlsError::Other(format!("no view at {}", target.display())));
     };
+    approve(&rec)?;
     let empty = Desired::default();
     if !force {
         if let Some((path, by)) = root::busy_layers(&target, &empty)?.into_iter().next() {

@@ -151,6 +151,44 @@ pub fn check_target_path(target: &Path) -> Result<(), AlsError> {
     Ok(())
 }
 
+/// Refuse a path that root does not alone control (the store an unprivileged caller's view is
+/// made from): every component from `/` on, the path itself included, exists, is a directory
+/// and no symlink, is owned by root and writable by no one else, except that an ancestor may be
+/// sticky (/tmp, /var/tmp: others cannot rename or remove root's entries in it).
+pub fn check_root_owned_path(p: &Path) -> Result<(), AlsError> {
+    use std::os::unix::fs::MetadataExt;
+    if !p.is_absolute() {
+        return Err(AlsError::Other(format!("{} must be an absolute path", p.display())));
+    }
+    let comps: Vec<_> = p.components().skip(1).collect();
+    let mut cur = PathBuf::from("/");
+    for i in 0..=comps.len() {
+        if i > 0 {
+            let std::path::Component::Normal(c) = comps[i - 1] else {
+                return Err(AlsError::Other(format!("{}: '.' or '..' in the path", p.display())));
+            };
+            cur.push(c);
+        }
+        let md =
+            std::fs::symlink_metadata(&cur).map_err(|e| AlsError::Io { path: cur.clone(), step: "stat", source: e })?;
+        let last = i == comps.len();
+        let sticky = md.mode() & 0o1000 != 0;
+        let reason = if md.file_type().is_symlink() {
+            "a symlink"
+        } else if !md.is_dir() {
+            "not a directory"
+        } else if md.uid() != 0 {
+            "not owned by root"
+        } else if md.mode() & 0o022 != 0 && (last || !sticky) {
+            "writable by others than root"
+        } else {
+            continue;
+        };
+        return Err(AlsError::NotOurs { path: cur, reason: format!("{reason} (the store must be root's alone)") });
+    }
+    Ok(())
+}
+
 /// The `system.posix_acl_access` value granting `uid` r-x on a directory whose owner is root
 /// with rwx, and nothing to the group and others (`user::rwx,user:UID:r-x,group::---,
 /// mask::r-x,other::---`; entries sorted by tag as the kernel requires).
@@ -184,6 +222,16 @@ mod tests {
         assert_eq!(&a[..4], &2u32.to_le_bytes());
         assert_eq!(&a[12..14], &2u16.to_le_bytes());
         assert_eq!(&a[16..20], &1000u32.to_le_bytes());
+    }
+
+    #[test]
+    fn root_owned_paths() {
+        assert!(check_root_owned_path(Path::new("/usr/lib")).is_ok());
+        // Sticky ancestors are fine; a sticky, world-writable path itself is not.
+        assert!(check_root_owned_path(Path::new("/tmp")).is_err());
+        assert!(check_root_owned_path(Path::new("usr/lib")).is_err());
+        assert!(check_root_owned_path(Path::new("/usr/../tmp")).is_err());
+        assert!(check_root_owned_path(Path::new("/nonexistent-cfsmount-x")).is_err());
     }
 
     #[test]

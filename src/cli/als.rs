@@ -9,7 +9,13 @@ use super::oci::StoreArg;
 use crate::als::ops;
 use crate::als::root::Engine;
 use crate::als::state::AlsState;
+use crate::als::view::ViewRecord;
+use crate::als::AlsError;
+use crate::mount::access::Direct;
+use crate::mount::Settings;
 use crate::oci::layout::{Platform, Reference};
+use crate::privileged::gate::{AlsViewAsk, Gate};
+use crate::privileged::Mode;
 use crate::store::repo::Lock;
 
 #[derive(clap::Subcommand, Debug)]
@@ -36,11 +42,13 @@ pub struct ViewArgs {
     /// The ALS root whose references the view serves.
     #[arg(long, value_name = "DIR")]
     pub root: PathBuf,
-    /// The user (name or uid).
+    /// The user (name or uid). Required for root; an unprivileged caller (through the setuid
+    /// helper) always gets its own view.
     #[arg(long)]
-    pub user: String,
-    /// Where to mount the view (default /run/cfsmount-als/USER; every ancestor must be a
-    /// root-owned directory only root can write). The user's storage.conf names it.
+    pub user: Option<String>,
+    /// Where to mount the view (default /run/cfsmount-als/USER, the only place for an
+    /// unprivileged caller; every ancestor must be a root-owned directory only root can write).
+    /// The user's storage.conf names it.
     #[arg(long, value_name = "DIR")]
     pub target: Option<PathBuf>,
     #[command(flatten)]
@@ -49,9 +57,10 @@ pub struct ViewArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ViewRmArgs {
-    /// The view's directory.
+    /// The view's directory (required for root; an unprivileged caller's is
+    /// /run/cfsmount-als/USER).
     #[arg(long, value_name = "DIR")]
-    pub target: PathBuf,
+    pub target: Option<PathBuf>,
     /// Detach layers still in use lazily.
     #[arg(long)]
     pub force: bool,
@@ -109,7 +118,7 @@ pub struct UmountAllArgs {
     pub store: StoreArg,
 }
 
-pub(crate) fn run(c: AlsCommand, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
+pub(crate) fn run(c: AlsCommand, mode: &Mode) -> anyhow::Result<()> {
     let (access, settings) = super::mount::engine_for(mode);
     let kernel = crate::mount::kernel::Real;
     let engine = |objects: PathBuf| Engine { access: access.as_ref(), kernel: &kernel, settings: &settings, objects };
@@ -191,27 +200,8 @@ pub(crate) fn run(c: AlsCommand, mode: &crate::privileged::Mode) -> anyhow::Resu
             }
             Ok(())
         }
-        AlsCommand::View(a) => {
-            let repo = a.store.open(Lock::Shared)?;
-            let als = AlsState::open(&repo, true)?;
-            let root = ops::canonical_root(&a.root, true)?;
-            let (v, r) = ops::view(&repo, &als, &root, &a.user, a.target.as_deref(), &engine(repo.objects_dir()))
-                .with_context(|| format!("view of {} for {}", root.display(), a.user))?;
-            println!("{}	{}	{}", v.target.display(), v.user, root.display());
-            let maps =
-                |m: &[(u32, u32, u32)]| m.iter().map(|(i, o, n)| format!("{i}:{o}:{n}")).collect::<Vec<_>>().join(",");
-            println!("uid map {}\tgid map {}", maps(&v.uid_map), maps(&v.gid_map));
-            println!("{} layers mounted, {} keys added", r.mounted, r.keys_added);
-            Ok(())
-        }
-        AlsCommand::ViewRm(a) => {
-            let repo = a.store.open(Lock::Shared)?;
-            let als = AlsState::open(&repo, true)?;
-            let r = ops::view_rm(&repo, &als, &a.target, &engine(repo.objects_dir()), a.force)
-                .with_context(|| format!("removing the view {}", a.target.display()))?;
-            println!("{} layers unmounted", r.unmounted);
-            Ok(())
-        }
+        AlsCommand::View(a) => view_cmd(a, mode),
+        AlsCommand::ViewRm(a) => view_rm_cmd(a, mode),
         AlsCommand::UmountAll(a) => {
             let repo = a.store.open(Lock::Shared)?;
             let als = AlsState::open(&repo, true)?;
@@ -221,4 +211,104 @@ pub(crate) fn run(c: AlsCommand, mode: &crate::privileged::Mode) -> anyhow::Resu
             Ok(())
         }
     }
+}
+
+/// The setuid helper's checks for an unprivileged caller's view (the gate), and the engine its
+/// mounts are made with: root's own (`Direct`), because everything a view is made of is read
+/// from the root-owned store the gate checked, never from the caller.
+struct ViewGate {
+    gate: Gate,
+    name: String,
+    place: PathBuf,
+    store: PathBuf,
+}
+
+impl ViewGate {
+    fn new(
+        mode: &Mode,
+        user: Option<&str>,
+        target: Option<&std::path::Path>,
+        store: &StoreArg,
+    ) -> anyhow::Result<Option<ViewGate>> {
+        let Mode::Helper(ctx) = mode else { return Ok(None) };
+        let gate = Gate::new((**ctx).clone());
+        let store = match &store.store {
+            Some(s) => s.clone(),
+            None => crate::store::repo::Repo::default_root().map_err(anyhow::Error::msg)?,
+        };
+        let ask = AlsViewAsk { user, target, store: &store };
+        let (name, place) = gate.check_als_view(&ask, std::path::Path::new(crate::als::view::VIEWS_DIR))?;
+        Ok(Some(ViewGate { gate, name, place, store }))
+    }
+}
+
+fn view_cmd(a: ViewArgs, mode: &Mode) -> anyhow::Result<()> {
+    let vg = ViewGate::new(mode, a.user.as_deref(), a.target.as_deref(), &a.store)?;
+    let (direct, kernel, fixed) = (Direct::new(), crate::mount::kernel::Real, Settings::fixed());
+    let (access, settings) = super::mount::engine_for(mode);
+    let (repo, root, user, target) = match &vg {
+        Some(v) => {
+            let repo = StoreArg { store: Some(v.store.clone()) }.open(Lock::Shared)?;
+            let root = ops::canonical_root(&a.root, false)?;
+            (repo, root, v.name.clone(), Some(v.place.clone()))
+        }
+        None => {
+            let Some(user) = a.user.clone() else { anyhow::bail!("als view: --user is required") };
+            (a.store.open(Lock::Shared)?, ops::canonical_root(&a.root, true)?, user, a.target.clone())
+        }
+    };
+    let als = AlsState::open(&repo, true)?;
+    let eng = match &vg {
+        Some(_) => Engine { access: &direct, kernel: &kernel, settings: &fixed, objects: repo.objects_dir() },
+        None => Engine { access: access.as_ref(), kernel: &kernel, settings: &settings, objects: repo.objects_dir() },
+    };
+    if vg.is_some() && !als.refs()?.iter().any(|r| r.root == root) {
+        anyhow::bail!("{}: not an ALS root the store {} serves", root.display(), repo.root().display());
+    }
+    let approve = |rec: &ViewRecord, mounts: u64| -> Result<(), AlsError> {
+        match &vg {
+            Some(v) => {
+                let m = rec.view_of();
+                let r = v.gate.check_als_view_owner(&rec.target, rec.uid);
+                r.and_then(|()| v.gate.check_als_view_mounts(&m.uid_map, &m.gid_map, mounts))
+                    .map_err(|e| AlsError::Refused(e.to_string()))
+            }
+            None => Ok(()),
+        }
+    };
+    let (v, r) = ops::view(&repo, &als, &root, &user, target.as_deref(), &eng, &approve)
+        .with_context(|| format!("view of {} for {user}", root.display()))?;
+    println!("{}\t{}\t{}", v.target.display(), v.user, root.display());
+    let maps = |m: &[(u32, u32, u32)]| m.iter().map(|(i, o, n)| format!("{i}:{o}:{n}")).collect::<Vec<_>>().join(",");
+    println!("uid map {}\tgid map {}", maps(&v.uid_map), maps(&v.gid_map));
+    println!("{} layers mounted, {} keys added", r.mounted, r.keys_added);
+    Ok(())
+}
+
+fn view_rm_cmd(a: ViewRmArgs, mode: &Mode) -> anyhow::Result<()> {
+    let vg = ViewGate::new(mode, None, a.target.as_deref(), &a.store)?;
+    let (direct, kernel, fixed) = (Direct::new(), crate::mount::kernel::Real, Settings::fixed());
+    let (access, settings) = super::mount::engine_for(mode);
+    let (repo, target) = match &vg {
+        Some(v) => (StoreArg { store: Some(v.store.clone()) }.open(Lock::Shared)?, v.place.clone()),
+        None => {
+            let Some(t) = a.target.clone() else { anyhow::bail!("als view-rm: --target is required") };
+            (a.store.open(Lock::Shared)?, t)
+        }
+    };
+    let als = AlsState::open(&repo, true)?;
+    let eng = match &vg {
+        Some(_) => Engine { access: &direct, kernel: &kernel, settings: &fixed, objects: repo.objects_dir() },
+        None => Engine { access: access.as_ref(), kernel: &kernel, settings: &settings, objects: repo.objects_dir() },
+    };
+    let approve = |rec: &ViewRecord| -> Result<(), AlsError> {
+        match &vg {
+            Some(v) => v.gate.check_als_view_owner(&rec.target, rec.uid).map_err(|e| AlsError::Refused(e.to_string())),
+            None => Ok(()),
+        }
+    };
+    let r = ops::view_rm(&repo, &als, &target, &eng, a.force, &approve)
+        .with_context(|| format!("removing the view {}", target.display()))?;
+    println!("{} layers unmounted", r.unmounted);
+    Ok(())
 }

@@ -48,6 +48,8 @@ pub(crate) enum InitError {
     NofileTooLow(Option<u64>),
     #[error("privileged mode: only `mount` and `umount` are available to unprivileged callers (got {0:?}); run other subcommands from an unprivileged copy of cfsmount")]
     Subcommand(String),
+    #[error("privileged mode: of `als`, only `view` and `view-rm` are available to unprivileged callers (got {0:?}); run other subcommands as root")]
+    AlsSubcommand(String),
     #[error("privileged mode: getgroups: {0}")]
     Groups(Errno),
     #[error("privileged mode: setresgid(0) failed (install setuid-root, or with file capabilities including cap_setgid): {0}")]
@@ -171,7 +173,17 @@ fn check_subcommand(argv: &[OsString]) -> Result<(), InitError> {
     }
     match argv.get(1).and_then(|a| a.to_str()) {
         Some(s) if PRIVILEGED_SUBCOMMANDS.contains(&s) => Ok(()),
+        Some("als") => check_als_subcommand(argv),
         other => Err(InitError::Subcommand(other.unwrap_or("").to_string())),
+    }
+}
+
+/// Of `als`, only `view` and `view-rm` (the caller's own view, docs/als.md) reach the helper;
+/// the policy flag `features.als_view` is checked by the gate.
+fn check_als_subcommand(argv: &[OsString]) -> Result<(), InitError> {
+    match argv.get(2).and_then(|a| a.to_str()) {
+        Some("view" | "view-rm") => Ok(()),
+        other => Err(InitError::AlsSubcommand(other.unwrap_or("").to_string())),
     }
 }
 
@@ -214,5 +226,10 @@ mod tests {
         assert!(!ok(&["cfsmount", "mkimage", "x", "/etc/shadow"]));
         assert!(!ok(&["cfsmount", "verity", "enable"]));
         assert!(!ok(&["cfsmount"]));
+        assert!(ok(&["cfsmount", "als", "view", "--root", "/r"]));
+        assert!(ok(&["cfsmount", "als", "view-rm"]));
+        assert!(!ok(&["cfsmount", "als", "add", "--root", "/r", "--ref", "x", "oci:/tmp/x"]));
+        assert!(!ok(&["cfsmount", "als", "--store", "/x", "view"]));
+        assert!(!ok(&["cfsmount", "als"]));
     }
 }
