@@ -602,7 +602,11 @@ fn a_user_makes_its_view_through_the_setuid_helper() {
     );
     let mine = helper::user_dir(user, "store");
     let o = helper::run_as(user, &["als", "view", "--root", &als, "--store", mine.to_str().unwrap()]);
-    helper::assert_refused_nothing_mounted(&o, "not owned by root (the store must be root's alone)", &before);
+    helper::assert_refused_nothing_mounted(&o, "not an ALS store root alone controls", &before);
+    // Nor any other root-owned directory (nothing is created there).
+    let o = helper::run_as(user, &["als", "view", "--root", &als, "--store", "/etc"]);
+    helper::assert_refused_nothing_mounted(&o, "not an ALS store root alone controls", &before);
+    assert!(!Path::new("/etc/objects").exists() && !Path::new("/etc/als-records").exists());
     let o = helper::run_as(user, &["als", "view", "--root", "/usr", "--store", &store]);
     helper::assert_refused_nothing_mounted(&o, "/usr: not an ALS root the store", &before);
 

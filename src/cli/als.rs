@@ -249,7 +249,9 @@ fn view_cmd(a: ViewArgs, mode: &Mode) -> anyhow::Result<()> {
     let (repo, root, user, target) = match &vg {
         Some(v) => {
             let repo = StoreArg { store: Some(v.store.clone()) }.open(Lock::Shared)?;
-            let root = ops::canonical_root(&a.root, false)?;
+            // Compared with the recorded (canonical) roots as given: root resolves nothing the
+            // caller names.
+            let root = std::path::absolute(&a.root).with_context(|| format!("{}", a.root.display()))?;
             (repo, root, v.name.clone(), Some(v.place.clone()))
         }
         None => {

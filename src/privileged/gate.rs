@@ -571,11 +571,20 @@ impl Gate {
             }
         }
         check_path_arg("store", ask.store.as_os_str())?;
-        crate::als::view::check_root_owned_path(ask.store).map_err(|e| AccessError::Refused {
-            what: "store",
-            path: ask.store.into(),
-            reason: e.to_string(),
-        })?;
+        // An existing ALS store (its records directory too) that only root controls; nothing is
+        // created in it before this passed. One reason for every failure, so that the answer
+        // tells the caller nothing about paths it cannot see.
+        let records = ask.store.join(crate::als::state::STATE_DIR);
+        let view = crate::als::view::check_root_owned_path;
+        if ask.store.as_os_str().is_empty() || view(ask.store).and_then(|()| view(&records)).is_err() {
+            return Err(AccessError::Refused {
+                what: "store",
+                path: ask.store.into(),
+                reason: "not an ALS store root alone controls (every component a root-owned directory only root \
+                         can write, holding als-records/)"
+                    .into(),
+            });
+        }
         Ok((name, place))
     }
 
