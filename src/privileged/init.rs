@@ -105,8 +105,9 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> Result<HelperContext, Init
     //    ptrace us; needs CAP_SETUID/CAP_SETGID (present when setuid-root; required in file caps).
     become_root()?;
     // 8. Capabilities: keep only what mounting needs.
-    restrict_caps(KEPT_CAPS)?;
-    for cap in KEPT_CAPS {
+    let keep = kept_caps(argv);
+    restrict_caps(&keep)?;
+    for cap in &keep {
         if !caps::has_cap(None, CapSet::Effective, *cap).unwrap_or(false) {
             return Err(InitError::MissingCap(*cap));
         }
@@ -178,6 +179,22 @@ fn check_subcommand(argv: &[OsString]) -> Result<(), InitError> {
     }
 }
 
+/// The capabilities this run keeps: [`KEPT_CAPS`]; for `als view` also CAP_DAC_OVERRIDE and
+/// CAP_DAC_READ_SEARCH. A view's composefs overlays read the store's layer images and objects
+/// with their creator's credentials, through EROFS mounts idmapped onto the caller's mapping:
+/// a file of the image that is 0600 and owned by image root (mapped to the caller) is readable
+/// to that creator only with CAP_DAC_OVERRIDE (found by the root-tier test: without it the
+/// caller's container reads EACCES). Everything such an overlay reads lies in a store that only
+/// root controls (the gate checks it before anything is opened), never in a file the caller
+/// names, so the extra capabilities reach no data of the caller's choosing.
+fn kept_caps(argv: &[OsString]) -> Vec<Capability> {
+    let mut keep = KEPT_CAPS.to_vec();
+    if argv.get(1).is_some_and(|a| a == "als") && argv.get(2).is_some_and(|a| a == "view") {
+        keep.extend([Capability::CAP_DAC_OVERRIDE, Capability::CAP_DAC_READ_SEARCH]);
+    }
+    keep
+}
+
 /// Of `als`, only `view` and `view-rm` (the caller's own view, docs/als.md) reach the helper;
 /// the policy flag `features.als_view` is checked by the gate.
 fn check_als_subcommand(argv: &[OsString]) -> Result<(), InitError> {
@@ -231,5 +248,9 @@ mod tests {
         assert!(!ok(&["cfsmount", "als", "add", "--root", "/r", "--ref", "x", "oci:/tmp/x"]));
         assert!(!ok(&["cfsmount", "als", "--store", "/x", "view"]));
         assert!(!ok(&["cfsmount", "als"]));
+        let caps = |v: &[&str]| kept_caps(&v.iter().map(OsString::from).collect::<Vec<_>>());
+        assert_eq!(caps(&["cfsmount", "mount", "a", "b"]), KEPT_CAPS);
+        assert_eq!(caps(&["cfsmount", "als", "view-rm"]), KEPT_CAPS);
+        assert!(caps(&["cfsmount", "als", "view", "--root", "/r"]).contains(&Capability::CAP_DAC_OVERRIDE));
     }
 }
