@@ -74,6 +74,11 @@ hyperfine --runs "$RUNS" --export-markdown "$W/pull.md" \
     --prepare "CONTAINERS_STORAGE_CONF=$W/plain.conf $rmi >/dev/null 2>&1; CONTAINERS_STORAGE_CONF=$W/als.conf $rmi >/dev/null 2>&1; sync" \
     -n "podman pull (download + extract)" "CONTAINERS_STORAGE_CONF=$W/plain.conf $pull" \
     -n "podman pull (cfsmount ALS)" "CONTAINERS_STORAGE_CONF=$W/als.conf $pull 2>/dev/null"
+# hyperfine's --prepare removed the image from both graph roots before each run: pull it
+# once more into each (untimed) for the sizes and the run benchmarks.
+CONTAINERS_STORAGE_CONF=$W/plain.conf $pull >/dev/null
+skipped=$(CONTAINERS_STORAGE_CONF=$W/als.conf $P --log-level=debug pull --tls-verify=false "$image" 2>&1 | grep -c "Skipping blob .* (already present)" || true)
+echo "podman pull with the ALS: $skipped layer blobs skipped (taken from the store)"
 echo "graph root after pull: $(du -sh "$W/plain/graph" | cut -f1) without ALS, $(du -sh "$W/withals/graph" | cut -f1) with ALS; store $(du -sh "$W/store" | cut -f1)"
 
 run="run --rm --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 $image"
