@@ -1,0 +1,183 @@
+//! `cfsmount oci mount` in privileged mode: the translation of "image DIGEST of the caller's
+//! store" into an ordinary helper mount request (`images/<hex>/image.cfs` over `objects/`).
+//!
+//! Nothing here grants anything: every file is opened with the caller's credentials and checked
+//! on the opened inode, and the request then goes through the same gate as `cfsmount mount`
+//! (image copied into a sealed memfd and vetted as hostile, object directory owned by the caller
+//! and idmapped, target ownership, limits). The store's records (image.json) are the caller's
+//! to write: the recorded fs-verity digest can only add a check, never remove one. What these
+//! checks add over `mount images/<hex>/image.cfs --basedir objects` is that the named store is
+//! the caller's (a store another user lets the caller read is refused, rather than mounted as
+//! the caller's), and that the digest names an image the store holds (docs/oci.md).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, Mode, OFlags};
+
+use super::caller::{as_caller, Caller};
+use super::gate::check_path_arg;
+use crate::mount::access::AccessError;
+use crate::oci::Sha256;
+use crate::store::repo::ImageInfo;
+
+/// Largest image.json read by the helper (the store writes a few hundred bytes).
+const MAX_IMAGE_JSON: u64 = 64 << 10;
+
+/// An image of the caller's store, checked as the caller, ready to become a mount request.
+#[derive(Debug)]
+pub(crate) struct StoreImage {
+    /// `STORE/images/<hex>/image.cfs`.
+    pub(crate) image: PathBuf,
+    /// `STORE/objects`.
+    pub(crate) objects: PathBuf,
+    /// fs-verity digest the store recorded for an image sealed with fs-verity (an extra check).
+    pub(crate) digest: Option<[u8; 32]>,
+    /// The store's lock, held shared while mounting: `store gc` (exclusive) cannot remove
+    /// objects of an image while the helper mounts it.
+    _lock: OwnedFd,
+}
+
+/// The caller's default store: `~/.local/share/cfsmount` under the home directory that
+/// /etc/passwd gives for the caller's uid (the environment is the caller's, so `HOME` and
+/// `XDG_DATA_HOME` are not read in privileged mode).
+pub(crate) fn default_store(caller: &Caller) -> Result<PathBuf, AccessError> {
+    let text = std::fs::read_to_string("/etc/passwd")
+        .map_err(|e| AccessError::Io { what: "reading /etc/passwd", errno: io_errno(&e) })?;
+    let home = text
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && f[2].parse::<u32>().ok() == Some(caller.uid))
+        .map(|f| PathBuf::from(f[5]))
+        .filter(|h| h.is_absolute());
+    match home {
+        Some(h) => Ok(h.join(".local/share/cfsmount")),
+        None => Err(AccessError::BadArgument {
+            what: "store",
+            value: String::new(),
+            reason: format!("no --store given and /etc/passwd has no absolute home directory for uid {}", caller.uid),
+        }),
+    }
+}
+
+/// Opens image `digest` of the store at `store` (absolute) as the caller and checks, each on
+/// the opened inode: the store root, `images/`, `images/<hex>/` (not a symlink), `image.cfs`
+/// (a regular file, not a symlink), `objects/` and `lock` are all owned by the caller; the
+/// lock is taken shared (refused at once while `oci rm`/`store gc` hold it exclusively).
+pub(crate) fn open_store_image(caller: &Caller, store: &Path, digest: &Sha256) -> Result<StoreImage, AccessError> {
+    check_path_arg("store", store.as_os_str())?;
+    let hex = digest.hex();
+    let dir = OFlags::PATH | OFlags::DIRECTORY;
+    let root = open_owned(caller, None, store, dir, store)?;
+    let images = open_owned(caller, Some(root.as_fd()), Path::new("images"), dir | OFlags::NOFOLLOW, store)?;
+    let image_dir = store.join("images").join(&hex);
+    let imgdir = match open_owned(caller, Some(images.as_fd()), Path::new(&hex), dir | OFlags::NOFOLLOW, &image_dir) {
+        Err(AccessError::Open { errno: rustix::io::Errno::NOENT, .. }) => {
+            return Err(AccessError::Refused {
+                what: "store",
+                path: store.into(),
+                reason: format!("no image {digest} in the store (import it with `cfsmount oci import`)"),
+            })
+        }
+        Err(AccessError::Open { errno: rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR, .. }) => {
+            return Err(refused(&image_dir, "not a directory (a symlink?)".into()))
+        }
+        other => other?,
+    };
+    let image = image_dir.join("image.cfs");
+    let cfs =
+        open_owned(caller, Some(imgdir.as_fd()), Path::new("image.cfs"), OFlags::PATH | OFlags::NOFOLLOW, &image)?;
+    if file_type(&cfs, &image)? != FileType::RegularFile {
+        return Err(refused(&image, "not a regular file".into()));
+    }
+    let objects = store.join("objects");
+    open_owned(caller, Some(root.as_fd()), Path::new("objects"), dir | OFlags::NOFOLLOW, &objects)?;
+    let lock_path = store.join("lock");
+    let lock =
+        open_owned(caller, Some(root.as_fd()), Path::new("lock"), OFlags::RDONLY | OFlags::NOFOLLOW, &lock_path)?;
+    if file_type(&lock, &lock_path)? != FileType::RegularFile {
+        return Err(refused(&lock_path, "not a regular file".into()));
+    }
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockShared).map_err(|errno| {
+        if errno == rustix::io::Errno::WOULDBLOCK {
+            refused(&lock_path, "held exclusively (`oci rm` or `store gc` running); try again".into())
+        } else {
+            AccessError::Io { what: "flock of the store lock", errno }
+        }
+    })?;
+    let digest = recorded_digest(caller, imgdir.as_fd(), &image_dir, digest)?;
+    Ok(StoreImage { image, objects, digest, _lock: lock })
+}
+
+/// The fs-verity digest recorded in `image.json` when the store sealed the image with
+/// fs-verity: the caller's record, so it may only add a check (the mount then requires the
+/// image's digest to be this one, and every object to carry fs-verity). The record must name
+/// the image it describes.
+fn recorded_digest(
+    caller: &Caller,
+    imgdir: BorrowedFd<'_>,
+    image_dir: &Path,
+    digest: &Sha256,
+) -> Result<Option<[u8; 32]>, AccessError> {
+    use std::io::Read;
+    let path = image_dir.join("image.json");
+    let fd = open_owned(caller, Some(imgdir), Path::new("image.json"), OFlags::RDONLY | OFlags::NOFOLLOW, &path)?;
+    let st = rustix::fs::fstat(&fd).map_err(|errno| open_err(&path, errno))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_size as u64 > MAX_IMAGE_JSON {
+        return Err(refused(&path, format!("not a regular file of at most {MAX_IMAGE_JSON} bytes")));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd)
+        .take(MAX_IMAGE_JSON)
+        .read_to_end(&mut bytes)
+        .map_err(|e| AccessError::Io { what: "reading image.json", errno: io_errno(&e) })?;
+    let info: ImageInfo = serde_json::from_slice(&bytes).map_err(|e| refused(&path, e.to_string()))?;
+    if info.manifest != digest.to_string() {
+        return Err(refused(&path, format!("describes {}, not {digest}", info.manifest)));
+    }
+    if !info.verity_enabled {
+        return Ok(None);
+    }
+    match Sha256::from_hex(&info.fsverity) {
+        Some(d) => Ok(Some(d.0)),
+        None => Err(refused(&path, "fsverity is not 64 lower-case hex digits".into())),
+    }
+}
+
+/// `openat(dirfd or cwd, name, flags)` as the caller, then: owned by the caller.
+fn open_owned(
+    caller: &Caller,
+    dirfd: Option<BorrowedFd<'_>>,
+    name: &Path,
+    flags: OFlags,
+    shown: &Path,
+) -> Result<OwnedFd, AccessError> {
+    let flags = flags | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let fd = as_caller(caller, || match dirfd {
+        Some(d) => rustix::fs::openat(d, name, flags, Mode::empty()),
+        None => rustix::fs::open(name, flags, Mode::empty()),
+    })?
+    .map_err(|errno| open_err(shown, errno))?;
+    let st = rustix::fs::fstat(&fd).map_err(|errno| open_err(shown, errno))?;
+    if st.st_uid != caller.uid {
+        return Err(refused(shown, format!("owned by uid {}, not by the caller (uid {})", st.st_uid, caller.uid)));
+    }
+    Ok(fd)
+}
+
+fn file_type(fd: &OwnedFd, shown: &Path) -> Result<FileType, AccessError> {
+    let st = rustix::fs::fstat(fd).map_err(|errno| open_err(shown, errno))?;
+    Ok(FileType::from_raw_mode(st.st_mode))
+}
+
+fn open_err(path: &Path, errno: rustix::io::Errno) -> AccessError {
+    AccessError::Open { what: "store", path: path.into(), errno, as_caller: true }
+}
+
+fn refused(path: &Path, reason: String) -> AccessError {
+    AccessError::Refused { what: "store", path: path.into(), reason }
+}
+
+fn io_errno(e: &std::io::Error) -> rustix::io::Errno {
+    rustix::io::Errno::from_io_error(e).unwrap_or(rustix::io::Errno::IO)
+}
