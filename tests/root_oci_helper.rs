@@ -3,10 +3,12 @@
 //! opaque directory) into their own store through the setuid binary (which runs the import as
 //! the user: the store's files come out owned by the user), mounts it with `oci mount DIGEST`,
 //! reads it (the listing equals `umoci unpack` of the same layout; the user reads a file),
+//! mounts it by `oci:` reference (imported by a child that is the user) and by digest prefix,
 //! mounts it idmapped (the image's root becomes the user) and sends it with `--fd-out` to a
 //! receiver in the user's own namespaces; nothing is left behind. Then the refusals: another
 //! user's store, a store whose objects/ or images/ are not the user's, a symlinked
-//! images/<digest>, a digest not in the store, a name that is not a digest, `--upperdir`, a
+//! images/<digest>, a digest not in the store, names that resolve to nothing, an import into
+//! another user's store, `--upperdir`, a
 //! target that is not the user's; each refused with one line and nothing mounted.
 //! Needs root and the conformance data (list-tree.py). Run under /tmp/cfsmount-root.lock.
 #[path = "support/conformance.rs"]
@@ -164,6 +166,24 @@ fn user_imports_mounts_reads_and_unmounts_own_image() {
     umount_as(u, &t);
     snap.assert_nothing_left("oci mount --uidmap + umount");
 
+    // Names other than a digest are resolved (and `oci:` imported) by a child that is the user:
+    // an `oci:` reference into a store that does not exist yet creates it, owned by the user.
+    let layout_ref = format!("oci:{}:v1", fx.dir.join("layout").display());
+    let fresh = fx.dir.join("store-fresh");
+    ok(oci_mount(u, &fresh, &layout_ref, &[t.to_str().unwrap()]), "oci mount oci:LAYOUT as the user");
+    assert!(list_tree(&t) == fx.want, "oci mount oci:LAYOUT differs from umoci unpack");
+    umount_as(u, &t);
+    for p in ["", "objects", &format!("images/{hex}/image.cfs")] {
+        let md = std::fs::symlink_metadata(fresh.join(p)).unwrap();
+        assert_eq!((md.uid(), md.gid()), (u.uid, u.gid), "store-fresh/{p} is not the user's");
+    }
+    for name in [&hex[..12], layout_ref.as_str()] {
+        ok(oci_mount(u, &fx.store, name, &[t.to_str().unwrap()]), "oci mount by prefix / source");
+        assert!(list_tree(&t) == fx.want, "oci mount {name} differs from umoci unpack");
+        umount_as(u, &t);
+    }
+    snap.assert_nothing_left("oci mount by name");
+
     // --fd-out: the receiver attaches it in the user's own user+mount namespace and reads f.
     let sock = fx.dir.join("sock");
     let before = mountpoints();
@@ -245,13 +265,20 @@ fn foreign_stores_and_bad_requests_are_refused() {
     std::fs::rename(fx.dir.join("moved.cfs"), &cfs).unwrap();
     assert_refused_nothing_mounted(&o, "not a regular file", &before);
 
-    // A digest not in the store; names that are not digests (resolving them is the caller's job).
+    // A digest not in the store; names the store cannot resolve (the child that is the user
+    // answers); importing into another user's store (the import runs as the user: EACCES).
     let absent = format!("sha256:{}", "0".repeat(64));
     assert_refused_nothing_mounted(&oci_mount(u, &fx.store, &absent, &[ts]), "no image sha256:0000", &before);
-    let r = format!("oci:{}:v1", fx.dir.join("layout").display());
-    for name in [r.as_str(), &hex[..12], "sha256:ABC"] {
-        assert_refused_nothing_mounted(&oci_mount(u, &fx.store, name, &[ts]), "name the image by its digest", &before);
+    for name in ["0000dead", "sha256:ABC", "oci:/nonexistent/layout:v1"] {
+        assert_refused_nothing_mounted(
+            &oci_mount(u, &fx.store, name, &[ts]),
+            &format!("oci mount {name:?}: refused"),
+            &before,
+        );
     }
+    ok(sh("chmod", &["-R", "go-rwx", ostore.to_str().unwrap()]), "chmod");
+    let r = format!("oci:{}:v1", fx.dir.join("layout").display());
+    assert_refused_nothing_mounted(&oci_mount(u, &ostore, &r, &[ts]), "Permission denied", &before);
 
     // A writable overlay; a target that is not the user's.
     let (up, wk) = (target(u, "upper"), target(u, "work"));

@@ -63,8 +63,8 @@ pub struct ImportArgs {
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
     /// oci:DIR[:TAG], or an image already in the store (digest, unique digest prefix, or the
-    /// source it was imported from). Through the setuid helper: the image digest
-    /// (sha256:HEX, as `oci import` prints it) of an image in the caller's own store.
+    /// source it was imported from). Through the setuid helper: of the caller's own store, names
+    /// other than a full digest resolved (and imported) as the caller.
     pub reference: String,
     /// Directory to mount on (omit with --fd-out).
     #[arg(required_unless_present = "fd_out")]
@@ -251,10 +251,15 @@ fn helper_mount(
     ctx: &crate::privileged::init::HelperContext,
     mode: &crate::privileged::Mode,
 ) -> anyhow::Result<()> {
-    let digest = helper_digest(&a.reference)?;
     let store = match &a.store.store {
         Some(s) => std::path::absolute(s).with_context(|| format!("store {}", s.display()))?,
         None => crate::privileged::oci::default_store(&ctx.caller)?,
+    };
+    let digest = match helper_digest(&a.reference) {
+        Some(d) => d,
+        None => crate::privileged::oci::resolve_as_caller(&ctx.caller, &a.reference, || {
+            resolve_or_import(&store, &a.reference, &a.platform).map_err(|e| format!("{e:#}"))
+        })?,
     };
     let img = crate::privileged::oci::open_store_image(&ctx.caller, &store, &digest)
         .with_context(|| format!("oci mount {digest}"))?;
@@ -266,16 +271,23 @@ fn helper_mount(
     Ok(())
 }
 
-/// `sha256:HEX` or the bare 64 hex digits; nothing else through the helper.
-fn helper_digest(reference: &str) -> anyhow::Result<Sha256> {
-    let parsed =
-        if reference.starts_with("sha256:") { Sha256::parse(reference).ok() } else { Sha256::from_hex(reference) };
-    match parsed {
-        Some(d) => Ok(d),
-        None => bail!(
-            "oci mount {reference:?}: through the setuid helper, name the image by its digest (sha256:<64 hex>, \
-             as `cfsmount oci import` prints it)"
-        ),
+/// `sha256:HEX` or the bare 64 hex digits: a digest the helper checks against the store itself.
+fn helper_digest(reference: &str) -> Option<Sha256> {
+    if reference.starts_with("sha256:") {
+        Sha256::parse(reference).ok()
+    } else {
+        Sha256::from_hex(reference)
+    }
+}
+
+/// Any other name, in the child that is the caller (`privileged::oci::resolve_as_caller`):
+/// `oci:DIR[:TAG]` is imported if needed, anything else looked up in the store's records.
+fn resolve_or_import(store: &Path, reference: &str, p: &Option<String>) -> anyhow::Result<Sha256> {
+    let repo = StoreArg { store: Some(store.to_path_buf()) }.open(Lock::Shared)?;
+    if reference.starts_with("oci:") {
+        Ok(do_import(&repo, reference, p)?.manifest)
+    } else {
+        find(&repo, reference)
     }
 }
 

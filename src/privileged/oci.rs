@@ -1,5 +1,6 @@
 //! `cfsmount oci mount` in privileged mode: the translation of "image DIGEST of the caller's
-//! store" into an ordinary helper mount request (`images/<hex>/image.cfs` over `objects/`).
+//! store" into an ordinary helper mount request (`images/<hex>/image.cfs` over `objects/`), and
+//! the resolution of any other name in a child that is the caller ([`resolve_as_caller`]).
 //!
 //! Nothing here grants anything: every file is opened with the caller's credentials and checked
 //! on the opened inode, and the request then goes through the same gate as `cfsmount mount`
@@ -176,6 +177,77 @@ fn open_err(path: &Path, errno: rustix::io::Errno) -> AccessError {
 
 fn refused(path: &Path, reason: String) -> AccessError {
     AccessError::Refused { what: "store", path: path.into(), reason }
+}
+
+/// Longest answer of the resolving child (a digest, or its one-line error).
+const MAX_ANSWER: usize = 4096;
+
+/// Resolves a name (`oci:DIR[:TAG]`, imported first if needed; a digest prefix; a source) in a
+/// forked child that is the caller for good before it opens anything: supplementary groups,
+/// real/effective/saved gid and uid become the caller's (the kernel then clears every
+/// capability; `no_new_privs` is already set), verified, then `resolve` runs there — reading the
+/// layout, the sandboxed layer reader and writing the store are the caller's own work, exactly
+/// as `oci import` from an unprivileged copy. The child answers over a pipe with the digest or
+/// a one-line error (at most [`MAX_ANSWER`] bytes); the parent only parses a digest out of it,
+/// which [`open_store_image`] then checks like any digest the caller names. The child is the
+/// caller's to signal (the terminal signals stay blocked, as in the helper); the helper holds no
+/// lock, loop device or mount while it waits. Called before the helper starts any thread.
+pub(crate) fn resolve_as_caller(
+    caller: &Caller,
+    name: &str,
+    resolve: impl FnOnce() -> Result<Sha256, String>,
+) -> Result<Sha256, AccessError> {
+    use std::io::{Read, Write};
+    let io = |what, errno| AccessError::Io { what, errno };
+    let refuse = |reason| AccessError::BadArgument { what: "oci mount", value: name.to_string(), reason };
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| io("pipe", e))?;
+    let pid = crate::sys::sandbox::fork_child(|| {
+        let answer = match become_caller(caller) {
+            Ok(()) => match resolve() {
+                Ok(d) => format!("O{d}"),
+                Err(e) => format!("E{e}"),
+            },
+            Err(e) => format!("E{e}"),
+        };
+        let mut out = std::fs::File::from(match rustix::io::dup(&w) {
+            Ok(fd) => fd,
+            Err(_) => return 1,
+        });
+        let bytes = answer.as_bytes();
+        i32::from(out.write_all(&bytes[..bytes.len().min(MAX_ANSWER)]).is_err())
+    })
+    .map_err(|e| io("fork", io_errno(&e)))?;
+    drop(w);
+    let mut answer = Vec::new();
+    let read = std::fs::File::from(r).take(MAX_ANSWER as u64).read_to_end(&mut answer);
+    let pid =
+        rustix::process::Pid::from_raw(pid).ok_or(AccessError::Io { what: "fork", errno: rustix::io::Errno::SRCH })?;
+    let status =
+        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()).map_err(|e| io("waitpid", e))?;
+    read.map_err(|e| io("reading the resolving child's answer", io_errno(&e)))?;
+    let text: String = String::from_utf8_lossy(&answer).chars().filter(|c| !c.is_control()).collect();
+    let exited_ok = status.is_some_and(|(_, st)| st.exit_status() == Some(0));
+    match (text.split_at_checked(1), exited_ok) {
+        (Some(("O", d)), true) => Sha256::parse(d).map_err(|e| refuse(format!("the resolving child answered: {e}"))),
+        (Some(("E", e)), _) => Err(refuse(e.to_string())),
+        _ => Err(refuse(format!("the child resolving it as the caller ended without an answer ({status:?})"))),
+    }
+}
+
+/// Supplementary groups, then gid, then uid: the caller's, in every id; checked.
+fn become_caller(c: &Caller) -> Result<(), String> {
+    use rustix::process::{Gid, Uid};
+    let groups: Vec<Gid> = c.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    rustix::thread::set_thread_groups(&groups).map_err(|e| format!("becoming the caller: setgroups: {e}"))?;
+    let (uid, gid) = (Uid::from_raw(c.uid), Gid::from_raw(c.gid));
+    rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(|e| format!("becoming the caller: setresgid: {e}"))?;
+    rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(|e| format!("becoming the caller: setresuid: {e}"))?;
+    let permitted = caps::read(None, caps::CapSet::Permitted).map_err(|e| format!("becoming the caller: {e}"))?;
+    let ids = (crate::sys::helper::getresuid(), crate::sys::helper::getresgid());
+    if ids != ((c.uid, c.uid, c.uid), (c.gid, c.gid, c.gid)) || !permitted.is_empty() {
+        return Err(format!("becoming the caller: still ids {ids:?}, capabilities {permitted:?}"));
+    }
+    Ok(())
 }
 
 fn io_errno(e: &std::io::Error) -> rustix::io::Errno {
