@@ -40,6 +40,14 @@ fn list_tree(dir: &Path) -> Vec<u8> {
     ok(sh("python3", &[tool.to_str().unwrap(), dir.to_str().unwrap()]), "list-tree.py").stdout
 }
 
+/// [`list_tree`] run as `u`: a helper mount reads its data with the caller's rights (the object
+/// directory is an idmapped clone), so root reading the user's 0600 objects through it gets EACCES.
+fn list_tree_as(u: &User, dir: &Path) -> Vec<u8> {
+    let tool = conformance::conformance_root().join("real-layers/list-tree.py");
+    let o = run_as_with(u, Path::new("/usr/bin/python3"), &[tool.into(), dir.into()], |_| {});
+    ok(o, "list-tree.py as the user").stdout
+}
+
 /// The user's layout and store, the image digest and the `umoci unpack` listing.
 struct Fixture {
     dir: PathBuf,
@@ -146,7 +154,7 @@ fn user_imports_mounts_reads_and_unmounts_own_image() {
     // Plain mount: the listing equals `umoci unpack`; the user reads a file; nosuid,nodev,ro.
     let t = target(u, "mnt");
     ok(oci_mount(u, &fx.store, &fx.digest, &[t.to_str().unwrap()]), "oci mount as the user");
-    let got = list_tree(&t);
+    let got = list_tree_as(u, &t);
     assert!(got == fx.want, "mounted image differs from umoci unpack:\n{}\n---\n{}", show(&fx.want), show(&got));
     let cat = run_as_with(u, Path::new("/bin/cat"), &[t.join("f").into()], |_| {});
     assert_eq!(String::from_utf8_lossy(&ok(cat, "cat as the user").stdout), FILE_F);
@@ -171,7 +179,7 @@ fn user_imports_mounts_reads_and_unmounts_own_image() {
     let layout_ref = format!("oci:{}:v1", fx.dir.join("layout").display());
     let fresh = fx.dir.join("store-fresh");
     ok(oci_mount(u, &fresh, &layout_ref, &[t.to_str().unwrap()]), "oci mount oci:LAYOUT as the user");
-    assert!(list_tree(&t) == fx.want, "oci mount oci:LAYOUT differs from umoci unpack");
+    assert!(list_tree_as(u, &t) == fx.want, "oci mount oci:LAYOUT differs from umoci unpack");
     umount_as(u, &t);
     for p in ["", "objects", &format!("images/{hex}/image.cfs")] {
         let md = std::fs::symlink_metadata(fresh.join(p)).unwrap();
@@ -179,7 +187,7 @@ fn user_imports_mounts_reads_and_unmounts_own_image() {
     }
     for name in [&hex[..12], layout_ref.as_str()] {
         ok(oci_mount(u, &fx.store, name, &[t.to_str().unwrap()]), "oci mount by prefix / source");
-        assert!(list_tree(&t) == fx.want, "oci mount {name} differs from umoci unpack");
+        assert!(list_tree_as(u, &t) == fx.want, "oci mount {name} differs from umoci unpack");
         umount_as(u, &t);
     }
     snap.assert_nothing_left("oci mount by name");
@@ -230,15 +238,16 @@ fn foreign_stores_and_bad_requests_are_refused() {
     ok(sh("chown", &["-R", &other.name, odir.join("layout").to_str().unwrap()]), "chown");
     let ostore = odir.join("store");
     assert_eq!(import_as(other, &odir.join("layout"), &ostore), fx.digest);
-    let o = oci_mount(u, &ostore, &fx.digest, &[ts]);
-    assert_refused_nothing_mounted(&o, "cannot open as the calling user", &before);
+    let foreign_store = format!("owned by uid {}, not by the caller (uid {})", other.uid, u.uid);
+    assert_refused_nothing_mounted(&oci_mount(u, &ostore, &fx.digest, &[ts]), &foreign_store, &before);
     ok(sh("chmod", &["-R", "go+rX", ostore.to_str().unwrap()]), "chmod");
-    let o = oci_mount(u, &ostore, &fx.digest, &[ts]);
-    assert_refused_nothing_mounted(
-        &o,
-        &format!("owned by uid {}, not by the caller (uid {})", other.uid, u.uid),
-        &before,
-    );
+    assert_refused_nothing_mounted(&oci_mount(u, &ostore, &fx.digest, &[ts]), &foreign_store, &before);
+    // objects/ that others cannot search (the helper's overlay reads with others' rights).
+    let objects = fx.store.join("objects");
+    ok(sh("chmod", &["0700", objects.to_str().unwrap()]), "chmod");
+    let o = oci_mount(u, &fx.store, &fx.digest, &[ts]);
+    ok(sh("chmod", &["0755", objects.to_str().unwrap()]), "chmod");
+    assert_refused_nothing_mounted(&o, "mode 0700: the helper's overlay reads objects", &before);
 
     // The user's store with objects/, images/, images/<hex> or image.cfs not the user's.
     for p in ["objects".to_string(), "images".into(), format!("images/{hex}"), format!("images/{hex}/image.cfs")] {

@@ -63,8 +63,8 @@ pub(crate) fn default_store(caller: &Caller) -> Result<PathBuf, AccessError> {
 
 /// Opens image `digest` of the store at `store` (absolute) as the caller and checks, each on
 /// the opened inode: the store root, `images/`, `images/<hex>/` (not a symlink), `image.cfs`
-/// (a regular file, not a symlink), `objects/` and `lock` are all owned by the caller; the
-/// lock is taken shared (refused at once while `oci rm`/`store gc` hold it exclusively).
+/// (a regular file, not a symlink), `objects/` (searchable by others) and `lock` are all owned
+/// by the caller; the lock is taken shared (refused at once while `oci rm`/`store gc` hold it exclusively).
 pub(crate) fn open_store_image(caller: &Caller, store: &Path, digest: &Sha256) -> Result<StoreImage, AccessError> {
     check_path_arg("store", store.as_os_str())?;
     let hex = digest.hex();
@@ -92,7 +92,19 @@ pub(crate) fn open_store_image(caller: &Caller, store: &Path, digest: &Sha256) -
         return Err(refused(&image, "not a regular file".into()));
     }
     let objects = store.join("objects");
-    open_owned(caller, Some(root.as_fd()), Path::new("objects"), dir | OFlags::NOFOLLOW, &objects)?;
+    let objfd = open_owned(caller, Some(root.as_fd()), Path::new("objects"), dir | OFlags::NOFOLLOW, &objects)?;
+    // The overlay reads objects with "other" rights (the object directory is idmapped onto the
+    // caller's ids only and the mounter keeps no DAC capability): say so instead of EACCES later.
+    let st = rustix::fs::fstat(&objfd).map_err(|errno| open_err(&objects, errno))?;
+    if st.st_mode & 0o001 == 0 {
+        return Err(refused(
+            &objects,
+            format!(
+                "mode {:04o}: the helper's overlay reads objects with others' rights (chmod 0755)",
+                st.st_mode & 0o7777
+            ),
+        ));
+    }
     let lock_path = store.join("lock");
     let lock =
         open_owned(caller, Some(root.as_fd()), Path::new("lock"), OFlags::RDONLY | OFlags::NOFOLLOW, &lock_path)?;
