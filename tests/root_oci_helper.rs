@@ -312,3 +312,52 @@ fn foreign_stores_and_bad_requests_are_refused() {
     umount_as(u, &t);
     snap.assert_nothing_left("refusals");
 }
+
+/// The store is the user's to write: what it says grants nothing. A hostile image.cfs is vetted
+/// like any image (a device node is refused); image.json may only add a check (a recorded
+/// fs-verity digest that does not match the image refuses the mount) and must describe the
+/// image it sits next to.
+#[test]
+fn store_contents_are_hostile_input() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let fx = fixture();
+    let hex = fx.digest.strip_prefix("sha256:").unwrap();
+    let t = target(u, "mnt-hostile");
+    let ts = t.to_str().unwrap();
+    let snap = Snapshot::take(&e.root, Some(Path::new("/run/cfsmount")));
+    let before = mountpoints();
+    let dir = fx.store.join("images").join(hex);
+    let swap = |name: &str, bytes: &[u8], f: &dyn Fn() -> Output| {
+        let p = dir.join(name);
+        let old = std::fs::read(&p).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        let o = f();
+        std::fs::write(&p, old).unwrap();
+        o
+    };
+    let mount = || oci_mount(u, &fx.store, &fx.digest, &[ts]);
+
+    let dev = helper::build_image(&format!(
+        "/ 4096 40755 2 {uid} {gid} 0 0.0 - - -\n/sda 0 60660 1 {uid} {gid} 2048 0.0 - - -\n",
+        uid = u.uid,
+        gid = u.gid
+    ));
+    assert_refused_nothing_mounted(&swap("image.cfs", &dev, &mount), "device node", &before);
+
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("image.json")).unwrap()).unwrap();
+    let mut sealed = info.clone();
+    sealed["verity_enabled"] = true.into();
+    sealed["fsverity"] = "ab".repeat(32).into();
+    let o = swap("image.json", &serde_json::to_vec(&sealed).unwrap(), &mount);
+    assert_refused_nothing_mounted(&o, "does not match the expected abab", &before);
+    let mut other = info.clone();
+    other["manifest"] = format!("sha256:{}", "1".repeat(64)).into();
+    let o = swap("image.json", &serde_json::to_vec(&other).unwrap(), &mount);
+    assert_refused_nothing_mounted(&o, "describes sha256:1111", &before);
+
+    ok(mount(), "oci mount with the store restored");
+    umount_as(u, &t);
+    snap.assert_nothing_left("hostile store contents");
+}
