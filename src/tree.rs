@@ -145,27 +145,92 @@ pub fn show(path: &[u8]) -> String {
     String::from_utf8_lossy(path).escape_debug().to_string()
 }
 
-/// Split a relative path into validated components. Rejects empty paths, empty, `.`
-/// and `..` components, NUL bytes and names over [`MAX_NAME_LEN`].
-pub(crate) fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
-    let bad = |reason| TreeError::BadPath { path: show(path), reason };
+/// Why `path` is not a clean relative path, if it is not: empty, `.` or `..` components, a NUL
+/// byte, names over [`MAX_NAME_LEN`], [`PATH_MAX`] bytes or more. The reasons come in that
+/// order of precedence (length, NUL anywhere, then the first bad component).
+pub(crate) fn path_problem(path: &[u8]) -> Option<&'static str> {
+    scan_path(path, |_, _| {})
+}
+
+/// High bit set in each byte of `x` that is zero, exactly (no false positives above a zero byte,
+/// unlike the shorter `(x - 0x01..) & !x` form).
+fn zero_bytes(x: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    !((x & LOW7).wrapping_add(LOW7) | x | LOW7)
+}
+
+/// [`path_problem`], calling `each(start, end)` for every component's byte range of a clean path
+/// (a path with a problem may have had some of its components reported before it was found).
+///
+/// One pass over the bytes, eight at a time, without allocation: every path of every input
+/// goes through here (a regular file's payload twice), so it is on the hot path of a build.
+fn scan_path(path: &[u8], mut each: impl FnMut(usize, usize)) -> Option<&'static str> {
+    const SLASHES: u64 = 0x2f2f_2f2f_2f2f_2f2f;
     if path.len() >= PATH_MAX {
-        return Err(bad("path longer than PATH_MAX"));
+        return Some("path longer than PATH_MAX");
     }
-    if path.contains(&0) {
-        return Err(bad("NUL byte in path"));
+    let component = |c: &[u8]| match c {
+        b"" => Some("empty path component"),
+        b"." => Some("'.' path component"),
+        b".." => Some("'..' path component"),
+        c if c.len() > MAX_NAME_LEN => Some("name longer than 255 bytes"),
+        _ => None,
+    };
+    // The first bad component is remembered and the scan goes on: a NUL anywhere wins.
+    let mut first: Option<&'static str> = None;
+    let mut start = 0;
+    let mut slash_at = |i: usize, first: &mut Option<&'static str>| {
+        if first.is_none() {
+            *first = component(&path[start..i]);
+            each(start, i);
+        }
+        start = i + 1;
+    };
+    let mut words = path.chunks_exact(8);
+    let mut base = 0;
+    for w in &mut words {
+        let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        if zero_bytes(w) != 0 {
+            return Some("NUL byte in path");
+        }
+        let mut slashes = zero_bytes(w ^ SLASHES);
+        while slashes != 0 {
+            slash_at(base + (slashes.trailing_zeros() / 8) as usize, &mut first);
+            slashes &= slashes - 1;
+        }
+        base += 8;
     }
-    let mut out = Vec::new();
-    for comp in path.split(|&b| b == b'/') {
-        match comp {
-            b"" => return Err(bad("empty path component")),
-            b"." => return Err(bad("'.' path component")),
-            b".." => return Err(bad("'..' path component")),
-            c if c.len() > MAX_NAME_LEN => return Err(bad("name longer than 255 bytes")),
-            c => out.push(c),
+    for (k, &b) in words.remainder().iter().enumerate() {
+        if b == 0 {
+            return Some("NUL byte in path");
+        }
+        if b == b'/' {
+            slash_at(base + k, &mut first);
         }
     }
-    Ok(out)
+    if first.is_none() {
+        first = component(&path[start..]);
+        each(start, path.len());
+    }
+    first
+}
+
+/// [`path_problem`] as a [`TreeError::BadPath`] naming the path.
+pub(crate) fn check_path(path: &[u8]) -> Result<(), TreeError> {
+    match path_problem(path) {
+        None => Ok(()),
+        Some(reason) => Err(TreeError::BadPath { path: show(path), reason }),
+    }
+}
+
+/// Split a relative path into validated components. Rejects empty paths, empty, `.`
+/// and `..` components, NUL bytes and names over [`MAX_NAME_LEN`] (see [`path_problem`]).
+pub(crate) fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
+    let mut out = Vec::with_capacity(8);
+    match scan_path(path, |a, b| out.push(&path[a..b])) {
+        None => Ok(out),
+        Some(reason) => Err(TreeError::BadPath { path: show(path), reason }),
+    }
 }
 
 /// Checks a regular file's payload: the object it names below an object directory (`--basedir`,
@@ -182,10 +247,9 @@ pub(crate) fn check_object_path(payload: &[u8]) -> Result<(), &'static str> {
         return Ok(());
     }
     let rel = payload.strip_prefix(b"/").unwrap_or(payload);
-    match split_path(rel) {
-        Ok(_) => Ok(()),
-        Err(TreeError::BadPath { reason, .. }) => Err(reason),
-        Err(_) => Err("not an object path"),
+    match path_problem(rel) {
+        None => Ok(()),
+        Some(reason) => Err(reason),
     }
 }
 
@@ -563,6 +627,63 @@ mod tests {
             assert_eq!(check_object_path(bad), Err(why), "{}", show(bad));
         }
         assert_eq!(check_object_path(&[b'a'; 256]), Err("name longer than 255 bytes"));
+    }
+
+    /// The path rule written the plain way (what `scan_path` must agree with).
+    fn naive_path_problem(path: &[u8]) -> Option<&'static str> {
+        if path.len() >= PATH_MAX {
+            return Some("path longer than PATH_MAX");
+        }
+        if path.contains(&0) {
+            return Some("NUL byte in path");
+        }
+        path.split(|&b| b == b'/').find_map(|c| match c {
+            b"" => Some("empty path component"),
+            b"." => Some("'.' path component"),
+            b".." => Some("'..' path component"),
+            c if c.len() > MAX_NAME_LEN => Some("name longer than 255 bytes"),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn path_scan_agrees_with_the_plain_rule() {
+        // Every path of up to 10 bytes over an alphabet of the bytes that matter, at each of
+        // the offsets a word boundary can fall on, plus long names and long paths.
+        let alphabet = [b'a', b'/', b'.', 0u8];
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for len in 0..=10u32 {
+            for mut n in 0..4usize.pow(len) {
+                let mut p = Vec::new();
+                for _ in 0..len {
+                    p.push(alphabet[n % 4]);
+                    n /= 4;
+                }
+                cases.push(p);
+            }
+        }
+        for pre in 0..9 {
+            for name_len in [254, 255, 256] {
+                let mut p = vec![b'x'; pre];
+                p.push(b'/');
+                p.extend(std::iter::repeat_n(b'n', name_len));
+                cases.push(p.clone());
+                p.extend_from_slice(b"/../\0");
+                cases.push(p);
+            }
+        }
+        let long: Vec<u8> = b"abcdefg/".iter().copied().cycle().take(PATH_MAX + 8).collect();
+        for len in [PATH_MAX - 2, PATH_MAX - 1, PATH_MAX, PATH_MAX + 1] {
+            cases.push(long[..len].to_vec());
+        }
+        for p in &cases {
+            assert_eq!(path_problem(p), naive_path_problem(p), "{}", show(p));
+            match split_path(p) {
+                Ok(comps) => assert_eq!(comps, p.split(|&b| b == b'/').collect::<Vec<_>>(), "{}", show(p)),
+                Err(TreeError::BadPath { reason, .. }) => assert_eq!(Some(reason), naive_path_problem(p)),
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     fn reg(mode: u32) -> Entry {

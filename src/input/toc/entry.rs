@@ -12,7 +12,7 @@ use super::{
 };
 use crate::erofs::format::{INLINE_CONTENT_MAX, XATTR_BUDGET};
 use crate::tree::{
-    self, split_path, Entry, Inode, TreeError, Xattr, PATH_MAX, S_IFBLK, S_IFCHR, S_IFLNK, S_IFMT, S_IFREG,
+    self, check_path, Entry, Inode, TreeError, Xattr, PATH_MAX, S_IFBLK, S_IFCHR, S_IFLNK, S_IFMT, S_IFREG,
     XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
 
@@ -203,7 +203,7 @@ impl State {
             hp.push(b'/');
         }
         hp.extend_from_slice(hidden);
-        split_path(&hp).map_err(|e| err("name", format!("whiteout names an invalid path: {}", tree_reason(&e))))?;
+        check_path(&hp).map_err(|e| err("name", format!("whiteout names an invalid path: {}", tree_reason(&e))))?;
         if self.whiteouts.len() >= self.tree.limits.max_entries {
             return Err(err("name", format!("too many entries (limit {})", self.tree.limits.max_entries)));
         }
@@ -226,7 +226,7 @@ impl State {
             .ok_or_else(|| err("linkName", "hard link without a target".into()))?;
         let p = path.ok_or_else(|| err("name", "the root cannot be a hard link".into()))?;
         let t = normalize(target).ok_or_else(|| err("linkName", "hard link to the root directory".into()))?;
-        split_path(t).map_err(|e| err("linkName", tree_reason(&e)))?;
+        check_path(t).map_err(|e| err("linkName", tree_reason(&e)))?;
         if t == p {
             return Err(err("linkName", "hard link to itself".into()));
         }
@@ -295,7 +295,7 @@ fn regular_content(raw: &Raw<'_>, mut size: u64, entry: &mut Entry, err: Err<'_>
     }
     if let Some(p) = raw.x_payload.as_deref() {
         let pb = p.as_bytes();
-        split_path(pb)
+        check_path(pb)
             .map_err(|e| err("x-payload", format!("not a clean relative object path: {}", tree_reason(&e))))?;
         entry.payload = Some(pb.to_vec());
     } else if let Some(d) = raw.digest.as_deref().filter(|d| !d.is_empty()) {
