@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod build;
+mod bytes;
 pub mod cli;
 pub mod erofs;
 pub mod fsverity;

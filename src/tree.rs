@@ -113,14 +113,9 @@ pub struct Node {
     /// computed: directories 2 + subdirectories, others 1 + hard links naming them.
     /// Directories always get the computed value in an image.
     pub nlink: Option<u32>,
-    /// Next node in the same name-index bucket (`NO_NODE` ends the chain).
-    next_same_hash: NodeId,
     /// Distance from the root (root = 0), kept so depth checks cost O(1).
     depth: u32,
 }
-
-/// "No node" marker for index chains.
-const NO_NODE: NodeId = NodeId::MAX;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TreeError {
@@ -152,20 +147,13 @@ pub(crate) fn path_problem(path: &[u8]) -> Option<&'static str> {
     scan_path(path, |_, _| {})
 }
 
-/// High bit set in each byte of `x` that is zero, exactly (no false positives above a zero byte,
-/// unlike the shorter `(x - 0x01..) & !x` form).
-fn zero_bytes(x: u64) -> u64 {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    !((x & LOW7).wrapping_add(LOW7) | x | LOW7)
-}
-
 /// [`path_problem`], calling `each(start, end)` for every component's byte range of a clean path
 /// (a path with a problem may have had some of its components reported before it was found).
 ///
 /// One pass over the bytes, eight at a time, without allocation: every path of every input
 /// goes through here (a regular file's payload twice), so it is on the hot path of a build.
 fn scan_path(path: &[u8], mut each: impl FnMut(usize, usize)) -> Option<&'static str> {
-    const SLASHES: u64 = 0x2f2f_2f2f_2f2f_2f2f;
+    use crate::bytes::{eq_bytes, first_byte, splat, word, zero_bytes};
     if path.len() >= PATH_MAX {
         return Some("path longer than PATH_MAX");
     }
@@ -189,13 +177,13 @@ fn scan_path(path: &[u8], mut each: impl FnMut(usize, usize)) -> Option<&'static
     let mut words = path.chunks_exact(8);
     let mut base = 0;
     for w in &mut words {
-        let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        let w = word(w);
         if zero_bytes(w) != 0 {
             return Some("NUL byte in path");
         }
-        let mut slashes = zero_bytes(w ^ SLASHES);
+        let mut slashes = eq_bytes(w, splat(b'/'));
         while slashes != 0 {
-            slash_at(base + (slashes.trailing_zeros() / 8) as usize, &mut first);
+            slash_at(base + first_byte(slashes), &mut first);
             slashes &= slashes - 1;
         }
         base += 8;
@@ -253,37 +241,30 @@ pub(crate) fn check_object_path(payload: &[u8]) -> Result<(), &'static str> {
     }
 }
 
-/// Hasher for keys that already are a keyed hash (the name index): passes the u64 through.
-#[derive(Default)]
-struct PreHashed(u64);
-
-impl std::hash::Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are used; fold anything else in so the hasher stays total.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Tree {
     pub nodes: Vec<Node>,
     pub limits: Limits,
     /// Inode used for parent directories that the input did not list.
     pub implicit_dir: Inode,
-    /// Name index: hash of (parent, name) → most recent node with that hash; nodes
-    /// with equal hashes are chained through `Node::next_same_hash`. The hash is
-    /// keyed per tree (RandomState), so hostile names cannot force collisions; the map
-    /// itself uses that hash as is instead of hashing it a second time.
-    index: std::collections::HashMap<u64, NodeId, std::hash::BuildHasherDefault<PreHashed>>,
+    /// Name index: every non-root node, found by (parent, name). Each slot holds the node and
+    /// the 32-bit name hash ([`NameHash`]) it was filed under, so growing the table rehashes
+    /// nothing.
+    index: hashbrown::HashTable<(NodeId, u32)>,
+    /// Keyed per tree (SipHash with random keys), so hostile names cannot force collisions.
     hasher: std::collections::hash_map::RandomState,
+}
+
+/// The keyed hash of (parent, name), kept in 32 bits: the index stores it next to the node, and
+/// [`NameHash::spread`] makes the table's 64-bit hash from it (hashbrown takes its bucket from
+/// the low bits and its tag from the top 7).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct NameHash(u32);
+
+impl NameHash {
+    fn spread(self) -> u64 {
+        (self.0 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.0 as u64
+    }
 }
 
 impl Tree {
@@ -299,10 +280,9 @@ impl Tree {
             link_to: None,
             implicit: true,
             nlink: None,
-            next_same_hash: NO_NODE,
             depth: 0,
         };
-        Tree { nodes: vec![root], limits, implicit_dir, index: Default::default(), hasher: Default::default() }
+        Tree { nodes: vec![root], limits, implicit_dir, index: hashbrown::HashTable::new(), hasher: Default::default() }
     }
 
     pub fn node(&self, id: NodeId) -> &Node {
@@ -331,20 +311,32 @@ impl Tree {
     }
 
     pub fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
-        let mut cur = self.index.get(&self.name_hash(dir, name)).copied().unwrap_or(NO_NODE);
-        while cur != NO_NODE {
-            let n = &self.nodes[cur as usize];
-            if n.parent == dir && n.name == name {
-                return Some(cur);
-            }
-            cur = n.next_same_hash;
-        }
-        None
+        self.child_hashed(self.name_hash(dir, name), dir, name)
     }
 
-    fn name_hash(&self, dir: NodeId, name: &[u8]) -> u64 {
+    /// [`Tree::child`] with the name's hash already computed (see [`Tree::name_hash`]).
+    pub(crate) fn child_hashed(&self, h: NameHash, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+        let nodes = &self.nodes;
+        self.index
+            .find(h.spread(), |&(id, hh)| {
+                let n = &nodes[id as usize];
+                hh == h.0 && n.parent == dir && n.name == name
+            })
+            .map(|&(id, _)| id)
+    }
+
+    /// The keyed hash under which (dir, name) is filed in the name index.
+    pub(crate) fn name_hash(&self, dir: NodeId, name: &[u8]) -> NameHash {
         use std::hash::BuildHasher;
-        self.hasher.hash_one((dir, name))
+        NameHash(self.hasher.hash_one((dir, name)) as u32)
+    }
+
+    /// Room for `additional` more nodes (in the arena and the name index), for inputs that know
+    /// their size: no regrowth (and no copy of the arena) while they are inserted.
+    pub fn reserve(&mut self, additional: usize) {
+        let additional = additional.min(self.limits.max_entries.saturating_sub(self.nodes.len()));
+        self.nodes.reserve(additional);
+        self.index.reserve(additional, |&(_, h)| NameHash(h).spread());
     }
 
     pub fn lookup(&self, path: &[u8]) -> Option<NodeId> {
@@ -377,7 +369,20 @@ impl Tree {
     }
 
     fn alloc(&mut self, parent: NodeId, name: &[u8], entry: Entry, implicit: bool) -> Result<NodeId, TreeError> {
-        if self.nodes.len() >= self.limits.max_entries || self.nodes.len() >= NO_NODE as usize {
+        let h = self.name_hash(parent, name);
+        self.alloc_hashed(h, parent, name, entry, implicit)
+    }
+
+    /// Add a node `name` under `parent` (filed under `h`, which must be its [`Tree::name_hash`]).
+    fn alloc_hashed(
+        &mut self,
+        h: NameHash,
+        parent: NodeId,
+        name: &[u8],
+        entry: Entry,
+        implicit: bool,
+    ) -> Result<NodeId, TreeError> {
+        if self.nodes.len() >= self.limits.max_entries || self.nodes.len() >= NodeId::MAX as usize {
             return Err(TreeError::TooManyEntries { limit: self.limits.max_entries });
         }
         let id = self.nodes.len() as NodeId;
@@ -390,14 +395,10 @@ impl Tree {
             link_to: None,
             implicit,
             nlink: None,
-            next_same_hash: NO_NODE,
             depth,
         });
         self.nodes[parent as usize].children.push(id);
-        let h = self.name_hash(parent, name);
-        if let Some(prev) = self.index.insert(h, id) {
-            self.nodes[id as usize].next_same_hash = prev;
-        }
+        self.index.insert_unique(h.spread(), (id, h.0), |&(_, hh)| NameHash(hh).spread());
         Ok(id)
     }
 
@@ -408,7 +409,8 @@ impl Tree {
         }
         let mut cur = ROOT;
         for (i, comp) in comps[..comps.len() - 1].iter().enumerate() {
-            cur = match self.child(cur, comp) {
+            let h = self.name_hash(cur, comp);
+            cur = match self.child_hashed(h, cur, comp) {
                 Some(id) => {
                     if !self.node(id).entry.inode.is_dir() || self.node(id).link_to.is_some() {
                         return Err(TreeError::ParentNotDir {
@@ -420,7 +422,7 @@ impl Tree {
                 }
                 None => {
                     let e = Entry { inode: self.implicit_dir, ..Entry::default() };
-                    self.alloc(cur, comp, e, true)?
+                    self.alloc_hashed(h, cur, comp, e, true)?
                 }
             };
         }
@@ -434,7 +436,8 @@ impl Tree {
         let comps = split_path(path)?;
         let parent = self.parent_for(path, &comps)?;
         let name = comps[comps.len() - 1];
-        if let Some(id) = self.child(parent, name) {
+        let h = self.name_hash(parent, name);
+        if let Some(id) = self.child_hashed(h, parent, name) {
             let n = self.node_mut(id);
             if n.implicit && n.entry.inode.is_dir() && entry.inode.is_dir() {
                 n.entry = entry;
@@ -446,7 +449,7 @@ impl Tree {
             }
             return Err(TreeError::Duplicate { path: show(path) });
         }
-        self.alloc(parent, name, entry, false)
+        self.alloc_hashed(h, parent, name, entry, false)
     }
 
     /// Add a hard link at `path` to the existing non-directory entry at `target`.
@@ -499,13 +502,13 @@ impl Tree {
     /// Add `name` directly under the existing directory `parent` (no implicit parents,
     /// no duplicate accepted). Used by inputs that list every directory themselves.
     pub fn insert_child(&mut self, parent: NodeId, name: &[u8], entry: Entry) -> Result<NodeId, TreeError> {
-        self.check_new_child(parent, name)?;
-        self.alloc(parent, name, entry, false)
+        let h = self.check_new_child(parent, name)?;
+        self.alloc_hashed(h, parent, name, entry, false)
     }
 
     /// Add a hard link `name` under `parent` to the existing non-directory `target`.
     pub fn insert_hardlink_child(&mut self, parent: NodeId, name: &[u8], target: NodeId) -> Result<NodeId, TreeError> {
-        self.check_new_child(parent, name)?;
+        let h = self.check_new_child(parent, name)?;
         let tid = self.resolve(target);
         if self.node(tid).entry.inode.is_dir() {
             return Err(TreeError::BadHardlink {
@@ -515,7 +518,7 @@ impl Tree {
             });
         }
         let entry = self.node(tid).entry.clone();
-        let id = self.alloc(parent, name, entry, false)?;
+        let id = self.alloc_hashed(h, parent, name, entry, false)?;
         self.node_mut(id).link_to = Some(tid);
         Ok(id)
     }
@@ -529,7 +532,8 @@ impl Tree {
         p
     }
 
-    fn check_new_child(&self, parent: NodeId, name: &[u8]) -> Result<(), TreeError> {
+    /// Checks `name` as a new entry of `parent`; returns its name hash for the insertion.
+    fn check_new_child(&self, parent: NodeId, name: &[u8]) -> Result<NameHash, TreeError> {
         let bad = |reason| TreeError::BadPath { path: show(&self.child_path(parent, name)), reason };
         match name {
             b"" => return Err(bad("empty name")),
@@ -546,7 +550,8 @@ impl Tree {
                 parent: show(&self.path_of(parent)),
             });
         }
-        if self.child(parent, name).is_some() {
+        let h = self.name_hash(parent, name);
+        if self.child_hashed(h, parent, name).is_some() {
             return Err(TreeError::Duplicate { path: show(&self.child_path(parent, name)) });
         }
         let depth = self.depth(parent) + 1;
@@ -556,7 +561,7 @@ impl Tree {
                 limit: self.limits.max_depth,
             });
         }
-        Ok(())
+        Ok(h)
     }
 
     /// Set the explicit st_nlink of a node (see [`Node::nlink`]).
