@@ -5,7 +5,8 @@
 
 use std::io::Write;
 
-use super::{round_up, Builder, Dirent, Ino, Target, WriteError, INLINE, X};
+use super::xattrs::{KeyInfo, X};
+use super::{round_up, Builder, Cat, Dirent, Ino, Target, WriteError, INLINE};
 use crate::erofs::format::*;
 use crate::tree::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG};
 
@@ -16,14 +17,13 @@ impl<'a> Builder<'a> {
         self.emit_header(&mut o, data_start)?;
         let mut current_end = data_start;
         let mut ibuf = [0u8; INODE_EXTENDED_SIZE];
-        let mut kbuf = Vec::with_capacity(300);
         for (i, ino) in self.inos.iter().enumerate() {
-            self.emit_inode(&mut o, i, ino, &mut current_end, &mut ibuf, &mut kbuf)?;
+            self.emit_inode(&mut o, i, ino, &mut current_end, &mut ibuf)?;
         }
         o.align(SLOT_SIZE)?;
         debug_assert_eq!(o.pos, self.inodes_end);
-        for (k, v) in &self.shared {
-            o.xattr(&X { key: *k, value: *v, shared: 0 }, &mut kbuf)?;
+        for &(k, v) in &self.shared {
+            o.xattr(self.keys.get(k), v)?;
         }
         o.align(BLOCK_SIZE)?;
         debug_assert_eq!(o.pos, data_start);
@@ -70,7 +70,6 @@ impl<'a> Builder<'a> {
         ino: &Ino<'a>,
         current_end: &mut u64,
         ibuf: &mut [u8; INODE_EXTENDED_SIZE],
-        kbuf: &mut Vec<u8>,
     ) -> Result<(), WriteError> {
         o.pad(ino.ipad)?;
         debug_assert_eq!(o.pos % SLOT_SIZE, 0);
@@ -131,20 +130,15 @@ impl<'a> Builder<'a> {
         o.put(&ibuf[..n])?;
 
         if ino.xattr_size > 0 {
-            let xs = &self.xattrs[ino.xa.0..ino.xa.0 + ino.xa.1];
-            let mut filter = 0u32;
-            for x in xs {
-                let (idx, suffix) = xattr_prefix_split(x.key.copy_to(kbuf));
-                let bit = xxh32(suffix, XATTR_FILTER_SEED.wrapping_add(idx as u32)) & (XATTR_FILTER_BITS - 1);
-                filter |= 1 << bit;
-            }
+            let xs: &[X<'a>] = &self.xattrs[ino.xa.0..ino.xa.0 + ino.xa.1];
+            let filter = xs.iter().fold(0u32, |f, x| f | self.keys.get(x.key).filter_bit);
             o.put(&encode_xattr_ibody_header(!filter, ino.n_shared as u8))?;
             for x in xs.iter().filter(|x| x.shared != INLINE) {
-                let id = (self.inodes_end % BLOCK_SIZE + x.shared) / 4;
+                let id = (self.inodes_end % BLOCK_SIZE + x.shared as u64) / 4;
                 o.put(&(id as u32).to_le_bytes())?;
             }
             for x in xs.iter().filter(|x| x.shared == INLINE) {
-                o.xattr(x, kbuf)?;
+                o.xattr(self.keys.get(x.key), x.value)?;
             }
         }
 
@@ -270,12 +264,13 @@ impl Out<'_> {
         let end = round_up(self.pos, to);
         self.pad(end - self.pos)
     }
-    fn xattr(&mut self, x: &X<'_>, kbuf: &mut Vec<u8>) -> std::io::Result<()> {
-        let (idx, suffix) = xattr_prefix_split(x.key.copy_to(kbuf));
-        self.put(&encode_xattr_entry(suffix.len() as u8, idx, x.value.len() as u16))?;
-        self.put(suffix)?;
-        self.put(x.value.a)?;
-        self.put(x.value.b)?;
+    /// One xattr entry: header, name suffix, value, padding to 4 bytes.
+    fn xattr(&mut self, key: &KeyInfo<'_>, value: Cat<'_>) -> std::io::Result<()> {
+        self.put(&encode_xattr_entry(key.suffix.len() as u8, key.index, value.len() as u16))?;
+        self.put(key.suffix.a)?;
+        self.put(key.suffix.b)?;
+        self.put(value.a)?;
+        self.put(value.b)?;
         self.align(4)
     }
 }

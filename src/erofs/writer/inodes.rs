@@ -3,9 +3,11 @@
 //! and each inode's final xattr list made (escaping, overlay metacopy/redirect, whiteout
 //! markers, the root's opaque mark).
 
-use std::collections::HashMap;
-
-use super::{chunking, escaped, Builder, Cat, Dirent, Ino, Target, WriteError, XSet, STUB};
+use super::xattrs::{
+    XSet, K_ESC_OPAQUE, K_ESC_WHITEOUT, K_ESC_WHITEOUTS, K_METACOPY, K_OPAQUE, K_REDIRECT, K_SELINUX, K_USER_OPAQUE,
+    K_USER_WHITEOUT, K_USER_WHITEOUTS,
+};
+use super::{chunking, Builder, Cat, Dirent, Ino, Target, WriteError, STUB};
 use crate::erofs::format::*;
 use crate::tree::{self, NodeId, ROOT, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 
@@ -109,8 +111,7 @@ impl<'a> Builder<'a> {
         }
         self.make_ino(ROOT, 0)?;
         let mut scratch: Vec<(Dirent<'a>, bool)> = Vec::new();
-        let mut xs = XSet { v: Vec::new(), used: 0 };
-        let mut key_index: HashMap<&'a [u8], usize> = HashMap::new();
+        let mut xs = XSet::new();
         let mut i = 0usize;
         while i < self.inos.len() {
             let cur = i as u32;
@@ -165,7 +166,7 @@ impl<'a> Builder<'a> {
                 }
                 self.inos[i].dirents = (start, self.dirents.len() - start);
             }
-            self.build_xattrs(i, whiteout_child, &mut xs, &mut key_index)?;
+            self.build_xattrs(i, whiteout_child, &mut xs)?;
             i += 1;
         }
         // Resolve hard-link dirents now that every inode has its index.
@@ -207,16 +208,9 @@ impl<'a> Builder<'a> {
     }
 
     /// Compute the final xattr list of inode `i` (escaping and overlay additions).
-    fn build_xattrs(
-        &mut self,
-        i: usize,
-        whiteout_child: bool,
-        xs: &mut XSet<'a>,
-        key_index: &mut HashMap<&'a [u8], usize>,
-    ) -> Result<(), WriteError> {
+    fn build_xattrs(&mut self, i: usize, whiteout_child: bool, xs: &mut XSet<'a>) -> Result<(), WriteError> {
         let tree = self.tree;
-        xs.v.clear();
-        xs.used = 0;
+        xs.clear();
         let node = self.inos[i].node;
         let err = |reason: String| {
             let path = if node == STUB { Vec::new() } else { tree.path_of(node) };
@@ -226,13 +220,12 @@ impl<'a> Builder<'a> {
             // Whiteout stubs inherit the root's SELinux label.
             let root = &tree.node(ROOT).entry;
             if let Some(x) = root.xattrs.iter().rev().find(|x| x.key == SELINUX_XATTR) {
-                xs.set_find(Cat::one(SELINUX_XATTR), Cat::one(&x.value)).map_err(err)?;
+                xs.set(K_SELINUX, SELINUX_XATTR.len(), Cat::one(&x.value)).map_err(err)?;
             }
         } else {
             let e = &tree.node(node).entry;
-            // Input xattrs, later duplicates replacing earlier ones.
-            let use_index = e.xattrs.len() > 16;
-            key_index.clear();
+            // Input xattrs, later duplicates replacing earlier ones; the overlay namespace is
+            // escaped so that overlayfs shows these to users.
             for x in &e.xattrs {
                 if x.key.is_empty() || x.key.len() > tree::XATTR_NAME_MAX || x.key.contains(&0) {
                     return Err(err(format!("invalid xattr name {:?}", tree::show(&x.key))));
@@ -240,28 +233,15 @@ impl<'a> Builder<'a> {
                 if x.value.len() > u16::MAX as usize {
                     return Err(err(format!("xattr {} value too large", tree::show(&x.key))));
                 }
-                let existing =
-                    if use_index { key_index.get(x.key.as_slice()).copied() } else { xs.find(&Cat::one(&x.key)) };
-                if use_index {
-                    if let Some(j) = existing {
-                        key_index.remove(x.key.as_slice());
-                        if j + 1 < xs.v.len() {
-                            let last_key = xs.v[xs.v.len() - 1].key.b;
-                            key_index.insert(last_key, j);
-                        }
-                    }
-                }
-                xs.load(Cat::one(&x.key), Cat::one(&x.value), existing);
-                if use_index {
-                    key_index.insert(&x.key, xs.v.len() - 1);
-                }
+                let name = match x.key.strip_prefix(OVL_PREFIX) {
+                    Some(rest) => Cat::two(OVL_ESCAPED_PREFIX, rest),
+                    None => Cat::one(&x.key),
+                };
+                xs.load(self.keys.intern(name), Cat::one(&x.value));
             }
-            // Escape the overlay namespace so overlayfs shows these to users.
-            for x in xs.v.iter_mut() {
-                if let Some(rest) = x.key.b.strip_prefix(OVL_PREFIX) {
-                    x.key = Cat::two(OVL_ESCAPED_PREFIX, rest);
-                }
-            }
+            // The budget counts the full name's length.
+            let keys = &self.keys;
+            let set = |xs: &mut XSet<'a>, key, value| xs.set(key, keys.get(key).name.len(), value);
             let orig = &e.inode;
             let ino = &self.inos[i];
             if orig.mode & S_IFMT == S_IFREG && ino.size > 0 && ino.content.is_none() {
@@ -269,33 +249,32 @@ impl<'a> Builder<'a> {
                     Some(d) => Cat::two(&METACOPY_HEADER, d),
                     None => Cat::one(&[]),
                 };
-                xs.set_find(Cat::one(OVL_METACOPY), value).map_err(err)?;
+                set(xs, K_METACOPY, value).map_err(err)?;
                 if !ino.payload.is_empty() {
-                    xs.set_find(Cat::one(OVL_REDIRECT), Cat::two(b"/", ino.payload)).map_err(err)?;
+                    set(xs, K_REDIRECT, Cat::two(b"/", ino.payload)).map_err(err)?;
                 }
             }
             if orig.mode & S_IFMT == S_IFCHR && orig.rdev == 0 {
-                xs.set_find(escaped(OVL_WHITEOUT), Cat::one(&[])).map_err(err)?;
-                xs.set_find(Cat::one(USER_OVL_WHITEOUT), Cat::one(&[])).map_err(err)?;
+                set(xs, K_ESC_WHITEOUT, Cat::one(&[])).map_err(err)?;
+                set(xs, K_USER_WHITEOUT, Cat::one(&[])).map_err(err)?;
             }
             if whiteout_child {
-                xs.set_find(escaped(OVL_WHITEOUTS), Cat::one(&[])).map_err(err)?;
-                xs.set_find(Cat::one(USER_OVL_WHITEOUTS), Cat::one(&[])).map_err(err)?;
+                set(xs, K_ESC_WHITEOUTS, Cat::one(&[])).map_err(err)?;
+                set(xs, K_USER_WHITEOUTS, Cat::one(&[])).map_err(err)?;
                 if self.version >= 1 {
-                    xs.set_find(escaped(OVL_OPAQUE), Cat::one(b"x")).map_err(err)?;
-                    xs.set_find(Cat::one(USER_OVL_OPAQUE), Cat::one(b"x")).map_err(err)?;
+                    set(xs, K_ESC_OPAQUE, Cat::one(b"x")).map_err(err)?;
+                    set(xs, K_USER_OPAQUE, Cat::one(b"x")).map_err(err)?;
                 }
             }
             if node == ROOT {
-                xs.set_find(Cat::one(OVL_OPAQUE), Cat::one(b"y")).map_err(err)?;
+                set(xs, K_OPAQUE, Cat::one(b"y")).map_err(err)?;
             }
         }
-        xs.v.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        for x in &xs.v {
-            if x.key.eq_bytes(b"system.posix_acl_access") || x.key.eq_bytes(b"system.posix_acl_default") {
-                self.has_acl = true;
-            }
+        let keys = &self.keys;
+        if xs.v.len() > 1 {
+            xs.v.sort_unstable_by(|a, b| keys.get(a.key).name.cmp(&keys.get(b.key).name));
         }
+        self.has_acl |= xs.v.iter().any(|x| keys.get(x.key).acl);
         let start = self.xattrs.len();
         self.xattrs.extend_from_slice(&xs.v);
         self.inos[i].xa = (start, xs.v.len());

@@ -29,6 +29,7 @@
 mod emit;
 mod inodes;
 mod layout;
+mod xattrs;
 
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ use std::io::Write;
 
 use thiserror::Error;
 
+use self::xattrs::{KeyId, Keys, X};
 use super::format::*;
 use crate::tree::{self, NodeId, Tree, S_IFCHR, S_IFMT};
 
@@ -100,11 +102,13 @@ struct Builder<'a> {
     tree: &'a Tree,
     version: u32,
     inos: Vec<Ino<'a>>,
+    keys: Keys<'a>,
     xattrs: Vec<X<'a>>,
     dirents: Vec<Dirent<'a>>,
     ino_of_tree: Vec<u32>,
     link_counts: Vec<u32>,
-    shared: Vec<(Cat<'a>, Cat<'a>)>,
+    /// The shared xattr table, in order: (name, value).
+    shared: Vec<(KeyId, Cat<'a>)>,
     shared_size: u64,
     min_mtime: (i64, u32),
     has_acl: bool,
@@ -118,7 +122,8 @@ impl<'a> Builder<'a> {
             tree,
             version,
             inos: Vec::with_capacity(tree.len() + 256),
-            xattrs: Vec::with_capacity(tree.len() * 2),
+            keys: Keys::new(),
+            xattrs: Vec::new(),
             dirents: Vec::with_capacity(tree.len() * 2 + 512),
             ino_of_tree: vec![u32::MAX; tree.len()],
             link_counts: tree.link_counts(),
@@ -169,6 +174,14 @@ impl<'a> Cat<'a> {
     fn eq_bytes(&self, s: &[u8]) -> bool {
         self.len() == s.len() && self.a == &s[..self.a.len()] && self.b == &s[self.a.len()..]
     }
+    /// The bytes after the first `n`.
+    fn skip(&self, n: usize) -> Self {
+        if n <= self.a.len() {
+            Cat { a: &self.a[n..], b: self.b }
+        } else {
+            Cat { a: &[], b: &self.b[n - self.a.len()..] }
+        }
+    }
     fn copy_to<'x>(&self, buf: &'x mut Vec<u8>) -> &'x [u8] {
         buf.clear();
         buf.extend_from_slice(self.a);
@@ -199,33 +212,8 @@ impl PartialOrd for Cat<'_> {
         Some(self.cmp(o))
     }
 }
-impl std::hash::Hash for Cat<'_> {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        // std's SipHasher is a streaming hash (split points do not matter); the
-        // writer also keeps one split per distinct name, so this is consistent
-        // with the concatenation equality either way.
-        h.write(self.a);
-        h.write(self.b);
-        h.write_usize(self.len());
-    }
-}
-/// An overlay xattr name escaped the way user xattrs in the overlay namespace are stored
-/// (`trusted.overlay.NAME` → `trusted.overlay.overlay.NAME`). Escaped names are always split as
-/// (OVL_ESCAPED_PREFIX, rest), like renamed input names, so equal names have equal parts (see
-/// `Cat`'s Hash).
-fn escaped(name: &'static [u8]) -> Cat<'static> {
-    Cat::two(OVL_ESCAPED_PREFIX, &name[OVL_PREFIX.len()..])
-}
-
-#[derive(Clone, Copy, Debug)]
-struct X<'a> {
-    key: Cat<'a>,
-    value: Cat<'a>,
-    /// Offset in the shared xattr table, or `u64::MAX` when stored inline.
-    shared: u64,
-}
-
-const INLINE: u64 = u64::MAX;
+/// An xattr stored inline in its inode rather than in the shared table.
+const INLINE: u32 = u32::MAX;
 
 #[derive(Clone, Copy)]
 enum Target {
@@ -276,50 +264,6 @@ struct Ino<'a> {
 impl Ino<'_> {
     fn ftype(&self) -> u32 {
         self.mode & S_IFMT
-    }
-}
-
-/// Per-inode xattr working set. The overlay xattrs the writer adds are checked
-/// against [`XATTR_BUDGET`] the way the reference checks them: its writer works on
-/// a copy of the tree whose budget counter starts at zero (the input's own xattrs
-/// were checked by the input parser), and the counter uses wrapping (size_t)
-/// arithmetic when a replaced input xattr is subtracted.
-struct XSet<'a> {
-    v: Vec<X<'a>>,
-    used: u64,
-}
-
-impl<'a> XSet<'a> {
-    fn find(&self, key: &Cat<'a>) -> Option<usize> {
-        self.v.iter().position(|x| x.key == *key)
-    }
-    /// Load an input xattr (replacing an earlier one of the same name), unaccounted.
-    fn load(&mut self, key: Cat<'a>, value: Cat<'a>, existing: Option<usize>) {
-        if let Some(i) = existing {
-            self.v.swap_remove(i);
-        }
-        self.v.push(X { key, value, shared: INLINE });
-    }
-    /// Add or replace an xattr with the budget check.
-    fn set_find(&mut self, key: Cat<'a>, value: Cat<'a>) -> Result<(), String> {
-        if let Some(i) = self.find(&key) {
-            let old = self.v.swap_remove(i);
-            if self.v.is_empty() {
-                self.used = 0;
-            } else {
-                self.used = self.used.wrapping_sub((7 + key.len() + old.value.len()) as u64);
-            }
-        }
-        let mut cost = (7 + key.len() + value.len()) as u64;
-        if self.v.is_empty() {
-            cost += 12;
-        }
-        if self.used.wrapping_add(cost) > XATTR_BUDGET as u64 {
-            return Err(format!("xattrs exceed the per-inode budget of {XATTR_BUDGET} bytes"));
-        }
-        self.used = self.used.wrapping_add(cost);
-        self.v.push(X { key, value, shared: INLINE });
-        Ok(())
     }
 }
 
