@@ -19,7 +19,7 @@ mod validate;
 use std::fs::File;
 
 pub use request::{BuildError, BuildInfo, BuildOptions, BuildRequest, InputFormat, Output, Source};
-pub use untrusted::build_from_reader;
+pub use untrusted::{build_from_reader, build_from_reader_sized};
 
 /// Build `source` into `output` with the untrusted stage sandboxed. Returns the build info and,
 /// for a path or anonymous output, the final file (positioned at 0).

@@ -37,7 +37,7 @@ pub fn build_from_reader(
 }
 
 /// [`build_from_reader`] with the input's expected size (0 if unknown) to read it in one buffer.
-pub(super) fn build_from_reader_sized(
+pub fn build_from_reader_sized(
     req: &BuildRequest,
     input: &mut dyn Read,
     size_hint: u64,
