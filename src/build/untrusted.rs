@@ -4,7 +4,7 @@
 //! input stream or, for `--from-dir`, the tree it walked itself.
 
 use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -56,10 +56,11 @@ pub fn build_from_reader_sized(
     write_tree(&tree, &req.write, out)
 }
 
-/// Write `tree` as an image to `out` (buffered), returning its size and version.
+/// Write `tree` as an image to `out`, returning its size and version. (The writer buffers its
+/// output itself: `out` receives large writes.)
 pub(super) fn write_tree(tree: &Tree, opts: &WriteOptions, out: &mut dyn Write) -> Result<BuildInfo, BuildError> {
     let version = effective_version(tree, opts)?;
-    let mut counter = Counter { inner: BufWriter::with_capacity(1 << 20, out), n: 0 };
+    let mut counter = Counter { inner: out, n: 0 };
     write_image(tree, opts, &mut counter)?;
     counter.inner.flush().map_err(BuildError::Write)?;
     Ok(BuildInfo { image_size: counter.n, version })
