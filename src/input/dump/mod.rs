@@ -28,7 +28,7 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
-use crate::tree::{self, Limits, NodeId, Tree, ROOT};
+use crate::tree::{self, DirCursor, Limits, NodeId, Tree, ROOT};
 
 pub use write::write_dump;
 
@@ -72,21 +72,10 @@ struct Parser {
     links: Vec<PendingLink>,
     link_index: HashMap<Vec<u8>, usize>,
     /// The directories of the last parent looked up.
-    dirs: DirStack,
+    dirs: DirCursor,
     /// Offset of the input's first NUL byte: the line holding it is refused.
     first_nul: Option<usize>,
     path_buf: Vec<u8>,
-}
-
-/// The directories on the way to the last parent looked up, root first. A dumpfile lists a
-/// directory's entries together (composefs-dump writes depth first), so the next parent is
-/// almost always this one, a child of it or one of its ancestors: found without walking from
-/// the root (and hashing every component on the way).
-struct DirStack {
-    /// Relative path of the deepest directory (no leading `/`; empty for the root).
-    path: Vec<u8>,
-    /// (node, length of `path` up to the end of its name); `dirs[0]` is the root.
-    dirs: Vec<(NodeId, usize)>,
 }
 
 /// Parse a dumpfile into a finalized tree.
@@ -97,7 +86,7 @@ pub fn parse(input: &[u8], opts: &DumpOptions) -> Result<Tree, DumpError> {
         root_seen: false,
         links: Vec::new(),
         link_index: HashMap::new(),
-        dirs: DirStack { path: Vec::new(), dirs: vec![(ROOT, 0)] },
+        dirs: DirCursor::default(),
         first_nul: memchr::memchr(0, input),
         path_buf: Vec::new(),
     };
@@ -150,24 +139,9 @@ impl Parser {
 
     /// Find the directory node at `parent_rel` (relative, validated), which must exist.
     fn find_parent(&mut self, parent_rel: &[u8]) -> Result<NodeId, String> {
-        let st = &mut self.dirs;
-        if parent_rel == st.path.as_slice() {
-            return Ok(st.dirs[st.dirs.len() - 1].0);
-        }
-        // The deepest directory of the stack that is `parent_rel` or one of its ancestors.
-        let common = st.path.iter().zip(parent_rel).take_while(|(a, b)| a == b).count();
-        while st.dirs.len() > 1 {
-            let end = st.dirs[st.dirs.len() - 1].1;
-            if end <= common && (end == parent_rel.len() || parent_rel[end] == b'/') {
-                break;
-            }
-            st.dirs.pop();
-        }
-        let (mut cur, end) = st.dirs[st.dirs.len() - 1];
-        st.path.truncate(end);
-        // Down from there, one component at a time; only directories go on the stack.
+        let (mut cur, mut pos) = self.dirs.seek(parent_rel);
+        // Down from there, one component at a time; only directories go on the cursor.
         let mut cur_is_dir = true;
-        let mut pos = end;
         while pos < parent_rel.len() {
             let from = if pos == 0 { 0 } else { pos + 1 };
             let to = memchr::memchr(b'/', &parent_rel[from..]).map_or(parent_rel.len(), |i| from + i);
@@ -184,12 +158,7 @@ impl Parser {
             cur = id;
             cur_is_dir = n.entry.inode.is_dir() && n.link_to.is_none();
             if cur_is_dir {
-                let st = &mut self.dirs;
-                if !st.path.is_empty() {
-                    st.path.push(b'/');
-                }
-                st.path.extend_from_slice(comp);
-                st.dirs.push((id, st.path.len()));
+                self.dirs.descend(id, comp);
             }
             pos = to;
         }

@@ -237,23 +237,10 @@ impl State {
         Ok(())
     }
 
-    /// [`crate::tree::Tree::insert`], skipping the walk from the root when the entry lives in the same
-    /// directory as the previous one (the common case in tar order).
+    /// [`crate::tree::Tree::insert`], the parent found from the previous insertion's directories
+    /// (entries come directory by directory in tar order).
     fn insert(&mut self, p: &[u8], entry: Entry) -> Result<tree::NodeId, TreeError> {
-        let (dir, name) = match p.iter().rposition(|&b| b == b'/') {
-            Some(i) => (&p[..i], &p[i + 1..]),
-            None => (&b""[..], p),
-        };
-        if let Some((cdir, cid)) = &self.parent_cache {
-            // The cached directory's path was validated when it was cached; the name is checked
-            // by insert_child, the whole length here.
-            if cdir.as_slice() == dir && p.len() < PATH_MAX && self.tree.child(*cid, name).is_none() {
-                return self.tree.insert_child(*cid, name, entry);
-            }
-        }
-        let id = self.tree.insert(p, entry)?;
-        self.parent_cache = Some((dir.to_vec(), self.tree.node(id).parent));
-        Ok(id)
+        self.tree.insert_via(&mut self.cursor, p, entry)
     }
 }
 

@@ -109,7 +109,7 @@ pub(crate) fn parse_flavor(json: &[u8], opts: &TocOptions, flavor: Flavor) -> Re
         error: None,
         version: None,
         entries_seen: false,
-        parent_cache: None,
+        cursor: tree::DirCursor::default(),
     };
     let mut de = serde_json::Deserializer::from_slice(json);
     let res = (&mut de).deserialize_any(json::TopVisitor { st: &mut st });
@@ -173,8 +173,8 @@ struct State {
     error: Option<TocError>,
     version: Option<i128>,
     entries_seen: bool,
-    /// Directory of the previous insertion: (relative path, node).
-    parent_cache: Option<(Vec<u8>, tree::NodeId)>,
+    /// The directories of the previous insertion.
+    cursor: tree::DirCursor,
 }
 
 /// Strip a leading `/` or `./` and a trailing `/`; `None` means the root.
