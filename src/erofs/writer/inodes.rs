@@ -48,14 +48,19 @@ impl<'a> Builder<'a> {
                     chunk_bits = bits;
                     chunk_count = count as u32;
                 }
-                if payload.len() >= tree::PATH_MAX || payload.contains(&0) {
+                if payload.len() >= tree::PATH_MAX {
                     return Err(self.node_err(id, "invalid payload (object path)"));
                 }
                 // The payload becomes the overlay redirect: whatever built the tree, it must
                 // name an object below the data layers (the input parsers refuse it first).
-                if let Err(r) = tree::check_object_path(payload) {
-                    let reason = format!("payload {} is not an object path ({r})", tree::show(payload));
-                    return Err(self.node_err(id, reason));
+                // (One scan: it finds a NUL too.)
+                match tree::check_object_path(payload) {
+                    Ok(()) => {}
+                    Err("NUL byte in path") => return Err(self.node_err(id, "invalid payload (object path)")),
+                    Err(r) => {
+                        let reason = format!("payload {} is not an object path ({r})", tree::show(payload));
+                        return Err(self.node_err(id, reason));
+                    }
                 }
             }
             S_IFLNK => {
