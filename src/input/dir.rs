@@ -34,12 +34,41 @@ use crate::tree::{
 /// Largest file stored inline in the image (the reference's recommended inline limit).
 pub(crate) const INLINE_MAX: u64 = 64;
 
-/// Settings for [`build_tree`].
+/// Settings for [`build_tree`]. The default reads everything and keeps hard links.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DirOptions {
     /// Content store to copy external files into (`xx/yyyy...` by fs-verity digest).
     pub digest_store: Option<PathBuf>,
     pub limits: Limits,
+    pub walk: WalkOptions,
+}
+
+/// What a directory walk takes from the filesystem (the reference `mkcomposefs`'s build flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WalkOptions {
+    /// Store every hard-linked name as its own inode, as the reference `mkcomposefs` does.
+    pub break_hardlinks: bool,
+    /// Every mtime 0.0 (`mkcomposefs --use-epoch`).
+    pub use_epoch: bool,
+    /// Leave out character and block devices, overlay whiteouts (0/0) included
+    /// (`mkcomposefs --skip-devices`).
+    pub skip_devices: bool,
+    /// Which xattrs are read.
+    pub xattrs: XattrSelection,
+    /// Threads for the fs-verity digest of one large file (default: all CPUs).
+    pub threads: Option<usize>,
+}
+
+/// Which xattrs a directory walk reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum XattrSelection {
+    /// Every xattr `llistxattr` lists.
+    #[default]
+    All,
+    /// Only `user.*` (`mkcomposefs --user-xattrs`).
+    User,
+    /// None (`mkcomposefs --skip-xattrs`).
+    None,
 }
 
 /// Object path of a digest: `xx/yyyy...` (lower-case hex).
@@ -78,7 +107,12 @@ pub(crate) fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirErro
             let path = dir.join(&name);
             let md = fs::symlink_metadata(&path).map_err(io_err(&path, "lstat"))?;
             let bad = |e: crate::tree::TreeError| DirError::Entry { path: path.clone(), reason: e.to_string() };
-            if !md.is_dir() && md.nlink() > 1 {
+            use std::os::unix::fs::FileTypeExt;
+            if opts.walk.skip_devices && (md.file_type().is_char_device() || md.file_type().is_block_device()) {
+                continue;
+            }
+            let linked = !md.is_dir() && md.nlink() > 1 && !opts.walk.break_hardlinks;
+            if linked {
                 if let Some(&target) = b.links.get(&(md.dev(), md.ino())) {
                     b.tree.insert_hardlink_child(id, name.as_bytes(), target).map_err(bad)?;
                     continue;
@@ -88,7 +122,7 @@ pub(crate) fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirErro
             let child = b.tree.insert_child(id, name.as_bytes(), entry).map_err(bad)?;
             if md.is_dir() {
                 stack.push((path, child));
-            } else if md.nlink() > 1 {
+            } else if linked {
                 b.links.insert((md.dev(), md.ino()), child);
             }
         }
@@ -123,8 +157,8 @@ impl Builder<'_> {
                 gid: md.gid(),
                 rdev,
                 size: 0,
-                mtime: md.mtime(),
-                mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
+                mtime: if self.opts.walk.use_epoch { 0 } else { md.mtime() },
+                mtime_nsec: if self.opts.walk.use_epoch { 0 } else { md.mtime_nsec().clamp(0, 999_999_999) as u32 },
             },
             ..Entry::default()
         };
@@ -146,7 +180,11 @@ impl Builder<'_> {
         } else if ftype == S_IFDIR {
             entry.inode.size = 0;
         }
-        entry.xattrs = read_xattrs(path)?;
+        entry.xattrs = match self.opts.walk.xattrs {
+            XattrSelection::All => read_xattrs(path, false)?,
+            XattrSelection::User => read_xattrs(path, true)?,
+            XattrSelection::None => Vec::new(),
+        };
         Ok(entry)
     }
 
@@ -173,7 +211,11 @@ impl Builder<'_> {
             entry.content = Some(buf);
             return Ok(());
         }
-        let digest = crate::fsverity::digest_file(&f).map_err(io_err("read"))?;
+        let digest = match self.opts.walk.threads {
+            Some(n) => crate::fsverity::digest_file_with(&f, size, n.max(1)),
+            None => crate::fsverity::digest_file(&f),
+        }
+        .map_err(io_err("read"))?;
         let obj = object_path(&digest);
         if let Some(store) = &self.opts.digest_store {
             copy_into_store(&f, path, store, &obj, &digest)?;
@@ -266,7 +308,8 @@ impl Drop for UnlinkOnDrop {
     }
 }
 
-fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, DirError> {
+/// The xattrs of `path` itself (not followed), only `user.*` ones when `user_only`.
+fn read_xattrs(path: &Path, user_only: bool) -> Result<Vec<Xattr>, DirError> {
     let err =
         |op: &'static str| move |e: rustix::io::Errno| DirError::Io { path: path.to_path_buf(), op, source: e.into() };
     let mut list = vec![0u8; 1024];
@@ -283,7 +326,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, DirError> {
     };
     list.truncate(n);
     let mut out = Vec::new();
-    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty() && (!user_only || n.starts_with(b"user."))) {
         if name.len() > XATTR_NAME_MAX {
             return Err(DirError::Entry { path: path.to_path_buf(), reason: "xattr name too long".into() });
         }
@@ -332,7 +375,7 @@ mod tests {
         fs::write(s.join("empty"), b"").unwrap();
         let _ = rustix::fs::lsetxattr(s.join("empty").as_path(), "user.k", b"v", rustix::fs::XattrFlags::empty());
 
-        let opts = DirOptions { digest_store: Some(store.path().to_path_buf()), limits: Limits::default() };
+        let opts = DirOptions { digest_store: Some(store.path().to_path_buf()), ..DirOptions::default() };
         let t = build_tree(s, &opts).unwrap();
         let small = t.node(t.lookup(b"d/small").unwrap());
         assert_eq!(small.entry.content.as_deref(), Some(&b"hi\n"[..]));

@@ -10,9 +10,11 @@
 //! - [`gate`], THE gate, the closed list of extra checks privileged mode makes (the mount engine's
 //!   access policy in this mode);
 //! - [`idmap`], which id maps a caller may use;
-//! - [`policy`], the policy file `/etc/cfsmount/helper.conf`.
+//! - [`policy`], the policy file `/etc/cfsmount/helper.conf`;
+//! - [`drop`], for the drop-in personalities: become the caller for good instead.
 
 pub(crate) mod caller;
+pub(crate) mod drop;
 pub(crate) mod gate;
 pub mod idmap;
 pub(crate) mod init;

@@ -314,6 +314,29 @@ t_digest_store() {
     for f in big sub/f small; do cmp -s "$M/$f" "$src/$f" || no "$f does not read back correctly"; done
 }
 
+# The drop-in `mkcomposefs --digest-store` (docs/dropin.md) on a verity filesystem: every object
+# gets fs-verity, measures as its name, composefs-info measure-file reads the kernel's digest, and
+# the image (hard links as separate inodes) mounts with --verity.
+t_dropin_digest_store() {
+    local src=$W/dropin-tree store=$V/dropin-store img=$V/dropin.cfs f n d
+    ln -sf cfsmount "$W/mkcomposefs" && ln -sf cfsmount "$W/composefs-info" || no "personality links failed"
+    mkdir -p "$src/sub" || no "mkdir failed"
+    mkrand "$src/big" 100000; mkrand "$src/sub/f" 9000; printf 'tiny\n' >"$src/small"
+    ln "$src/big" "$src/sub/big-link" || no "hard link failed"
+    "$W/mkcomposefs" --digest-store="$store" "$src" "$img" || no "mkcomposefs --digest-store failed"
+    n=0
+    for f in $(find "$store" -type f); do
+        d=$("$CFS" verity measure --compact "$f") || no "object $f has no fs-verity"
+        [ "$d" = "$(basename "$(dirname "$f")")$(basename "$f")" ] || no "object $f measures $d"
+        [ "$("$W/composefs-info" measure-file "$f")" = "$d" ] || no "composefs-info measure-file $f differs"
+        n=$((n + 1))
+    done
+    [ "$n" -eq 2 ] || no "expected the two large files in the store, found $n objects"
+    "$W/composefs-info" dump "$img" | grep -q '^/sub/big-link 100000 100644 1 ' || no "the hard link is not a separate inode"
+    "$CFS" mount "$img" "$M" --basedir "$store" --verity || no "mount --verity of the mkcomposefs image failed"
+    for f in big sub/f sub/big-link small; do cmp -s "$M/$f" "$src/${f/big-link/../big}" || no "$f does not read back"; done
+}
+
 # --try-verity on a kernel that offers verity=require behaves like --verity.
 t_try_verity() {
     local err
@@ -388,6 +411,7 @@ if mount_ready; then
     if (build_fixture) >"$W/fixture.log" 2>&1 && . "$W/fixture.env"; then
         run mount_digest_accepts_right_image t_digest_accepts
         run mkimage_digest_store_enables_verity_and_mounts t_digest_store
+        run dropin_mkcomposefs_digest_store_enables_verity_and_mounts t_dropin_digest_store
         run mkimage_enable_verity_seals_image t_mkimage_enable_verity
         run mount_digest_refuses_wrong_digest t_digest_wrong
         run mount_digest_refuses_tampered_image t_digest_tampered_image
@@ -415,6 +439,75 @@ if mount_ready; then
     fi
 else
     echo "FAIL mount_tests: this cfsmount has no working 'mount' and 'mkimage --from-dump' yet"
+fi
+
+# ---- OCI images in a store on a filesystem with fs-verity -----------------------------------
+
+# The store seals objects and image; `oci mount` checks the image's digest and the objects'.
+OS=$V/oci-store
+OM=$W/mnt-oci
+t_oci_store_verity() {
+    local out obj img
+    mkdir -p "$OM"
+    out=$("$CFS" oci import "oci:$OUT/oci-hello:v1" --store "$OS") || no "oci import failed: $out"
+    "$CFS" oci ls --store "$OS" | grep -q $'\ton\t' || no "oci ls does not show verity on: $("$CFS" oci ls --store "$OS")"
+    img=$(ls -d "$OS"/images/*/image.cfs)
+    [ "$("$CFS" verity measure "$img")" = "sha256:$(printf '%s' "$out" | cut -f2) $img" ] || no "image.cfs verity != recorded digest"
+    "$CFS" oci mount "oci:$OUT/oci-hello:v1" "$OM" --store "$OS" || no "oci mount failed"
+    grep " $OM " /proc/self/mounts | grep -q "verity=require" || no "no verity=require overlay: $(grep " $OM " /proc/self/mounts)"
+    grep -q "flattened into one composefs image" "$OM/hello.txt" || no "hello.txt unreadable"
+    [ ! -e "$OM/share/doc/old-notes.txt" ] || no "whiteout not applied"
+    unmount "$OM" || no "umount failed"
+    # An object swapped for other content of the same size (with verity of its own): EIO.
+    local h
+    h=$(printf 'Hello from an OCI image, flattened into one composefs image and mounted by cfsmount.\n' | sha256sum | cut -c1-64)
+    obj=$OS/objects/${h:0:2}/${h:2}
+    [ -f "$obj" ] || no "object of hello.txt not at $obj"
+    "$CFS" verity measure "$obj" >/dev/null || no "object has no verity"
+    head -c "$(stat -c %s "$obj")" /dev/zero | tr '\0' x >"$obj.new" && "$CFS" verity enable "$obj.new" && mv -f "$obj.new" "$obj" || no "swap failed"
+    "$CFS" oci mount "oci:$OUT/oci-hello:v1" "$OM" --store "$OS" || no "oci mount after the swap failed"
+    if out=$(cat "$OM/hello.txt" 2>&1 >/dev/null); then no "the swapped object was served"; fi
+    case $out in *"Input/output error"*) ;; *) no "expected EIO, got: $out" ;; esac
+    unmount "$OM" || no "umount failed"
+    # A tampered image (with verity of its own) is refused at mount.
+    cp "$img" "$img.t" && printf 'X' | dd of="$img.t" bs=1 seek=$(( $(stat -c %s "$img") - 1 )) conv=notrunc 2>/dev/null \
+        && "$CFS" verity enable "$img.t" && mv -f "$img.t" "$img" || no "tampering the image failed"
+    if out=$("$CFS" oci mount "oci:$OUT/oci-hello:v1" "$OM" --store "$OS" 2>&1); then no "tampered image mounted"; fi
+    ! is_mounted "$OM" || no "something is mounted after the refusal"
+    printf '%s' "$out" | grep -qi "digest" || no "refusal does not name the digest: $out"
+}
+run oci_store_verity_sealed_and_checked_at_mount t_oci_store_verity
+unmount "$OM" 2>/dev/null
+
+# ---- layer import with --enable-verity ------------------------------------------------------
+
+# A real zstd:chunked blob imported into a store on the verity ext4: every new object sealed,
+# its fs-verity digest recorded in the image, the image sealed; a --verity mount then reads all.
+t_layer_import_verity() {
+    local L=$V/layer d n=0 o
+    mkdir -p "$L/mnt" || no "mkdir failed"
+    d=$("$CFS" mkimage --from-layer "$OUT/layer.blob" "$L/img" --objects "$L/objs" --enable-verity --print-digest) \
+        || no "mkimage --from-layer --enable-verity failed"
+    [ "$("$CFS" verity measure "$L/img")" = "sha256:$d $L/img" ] || no "the image is not sealed with digest $d"
+    for o in "$L"/objs/??/*; do
+        "$CFS" verity measure "$o" >/dev/null || no "object $o is not sealed"
+        n=$((n + 1))
+    done
+    [ "$n" -gt 0 ] || no "no objects"
+    "$CFS" mount "$L/img" "$L/mnt" --basedir "$L/objs" --digest "$d" --verity || no "--verity mount failed"
+    find "$L/mnt" -type f -exec cat {} + >/dev/null || { umount "$L/mnt"; no "reading the files failed"; }
+    [ -f "$L/mnt/opt/edge/new-in-layer-2.txt" ] || { umount "$L/mnt"; no "a file is missing"; }
+    "$CFS" umount "$L/mnt" || no "umount failed"
+    # A second import reuses the sealed objects.
+    "$CFS" mkimage --from-layer "$OUT/layer.blob" "$L/img2" --objects "$L/objs" --enable-verity 2>"$L/err" \
+        || no "second import failed: $(cat "$L/err")"
+    grep -q "(0 new," "$L/err" || no "second import stored objects again: $(cat "$L/err")"
+    cmp -s "$L/img" "$L/img2" || no "the second image differs"
+}
+if [ -f "$OUT/layer.blob" ]; then
+    run layer_import_enable_verity t_layer_import_verity
+else
+    echo "FAIL layer_import_enable_verity: no layer blob (conformance data missing on the host)"
 fi
 
 t_kernel_log_clean() {
