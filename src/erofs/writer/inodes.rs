@@ -5,11 +5,24 @@
 
 use super::xattrs::{
     XSet, K_ESC_OPAQUE, K_ESC_WHITEOUT, K_ESC_WHITEOUTS, K_METACOPY, K_OPAQUE, K_REDIRECT, K_SELINUX, K_USER_OPAQUE,
-    K_USER_WHITEOUT, K_USER_WHITEOUTS,
+    K_USER_WHITEOUT, K_USER_WHITEOUTS, X,
 };
-use super::{chunking, Builder, Cat, Dirent, Ino, Target, WriteError, STUB};
+use super::{
+    chunking, name_of_stub, Builder, Cat, Dirent, Ino, WriteError, INLINE, NAME_DOT, NAME_DOTDOT, STUB, UNRESOLVED,
+};
 use crate::erofs::format::*;
 use crate::tree::{self, NodeId, ROOT, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+
+/// What a directory entry names while its directory is read.
+#[derive(Clone, Copy)]
+enum Target {
+    /// An inode already made (`.` and `..`).
+    Ino(u32),
+    /// A tree node: a new inode, or the target of a hard link.
+    Tree(NodeId),
+    /// Whiteout stub `k` of the root (`00`..`ff`).
+    Stub(u32),
+}
 
 impl<'a> Builder<'a> {
     /// Make the inode record of a (non-link) tree node; validates it.
@@ -102,7 +115,7 @@ impl<'a> Builder<'a> {
             mtime_nsec: ino.mtime_nsec,
             payload,
             content,
-            chunk_bits,
+            chunk_bits: chunk_bits as u8,
             chunk_count,
             ..Ino::default()
         });
@@ -115,7 +128,9 @@ impl<'a> Builder<'a> {
             return Err(self.node_err(ROOT, "root is not a directory"));
         }
         self.make_ino(ROOT, 0)?;
-        let mut scratch: Vec<(Dirent<'a>, bool)> = Vec::new();
+        // A directory's entries while they are sorted: (name, name reference, target, is a new
+        // inode). Targets: a tree node, a stub number, or an inode index (`.`, `..`).
+        let mut scratch: Vec<(&'a [u8], u32, Target, bool)> = Vec::new();
         let mut xs = XSet::new();
         let mut i = 0usize;
         while i < self.inos.len() {
@@ -126,57 +141,57 @@ impl<'a> Builder<'a> {
                 // Collect `.`, `..`, the children and (root only) missing whiteout stubs.
                 scratch.clear();
                 let parent_ino = self.inos[i].parent_ino;
-                scratch.push((Dirent { name: b".", target: Target::Ino(cur) }, false));
-                scratch.push((Dirent { name: b"..", target: Target::Ino(parent_ino) }, false));
+                scratch.push((b".", NAME_DOT, Target::Ino(cur), false));
+                scratch.push((b"..", NAME_DOTDOT, Target::Ino(parent_ino), false));
                 let n = tree.node(node);
                 for &c in &n.children {
                     let cn = tree.node(c);
-                    scratch.push((Dirent { name: &cn.name, target: Target::Tree(c) }, cn.link_to.is_none()));
+                    scratch.push((&cn.name, c, Target::Tree(c), cn.link_to.is_none()));
                     if cn.link_to.is_none() && cn.entry.inode.mode & S_IFMT == S_IFCHR && cn.entry.inode.rdev == 0 {
                         whiteout_child = true;
                     }
                 }
                 if node == ROOT {
-                    // Stubs are marked with Ino(STUB - 1 - k) until they get an inode.
                     for (k, name) in STUB_NAMES.iter().enumerate() {
                         if tree.child(ROOT, name).is_none() {
-                            scratch.push((Dirent { name, target: Target::Ino(STUB - 1 - k as u32) }, true));
+                            scratch.push((name, name_of_stub(k as u32), Target::Stub(k as u32), true));
                         }
                     }
                 }
-                scratch.sort_unstable_by(|x, y| x.0.name.cmp(y.0.name));
-                if scratch.windows(2).any(|w| w[0].0.name == w[1].0.name) {
+                scratch.sort_unstable_by(|x, y| x.0.cmp(y.0));
+                if scratch.windows(2).any(|w| w[0].0 == w[1].0) {
                     return Err(self.node_err(node, "duplicate names in directory"));
                 }
-                let start = self.dirents.len();
-                for &(mut d, is_new_inode) in scratch.iter() {
-                    if is_new_inode {
-                        let idx = match d.target {
-                            Target::Tree(c) => self.make_ino(c, cur)?,
-                            Target::Ino(stub) => {
-                                let which = STUB - 1 - stub;
-                                self.make_stub(which, cur)?
+                let start = u32::try_from(self.dirents.len()).map_err(|_| WriteError::TooLarge("too many entries"))?;
+                for &(_, name, target, is_new_inode) in scratch.iter() {
+                    let target = match target {
+                        Target::Ino(idx) => idx,
+                        Target::Stub(which) => self.make_stub(which, cur)?,
+                        Target::Tree(c) if is_new_inode => self.make_ino(c, cur)?,
+                        Target::Tree(c) => {
+                            let t = tree.resolve(c);
+                            if t & UNRESOLVED != 0 {
+                                return Err(WriteError::TooLarge("too many entries"));
                             }
-                        };
-                        d.target = Target::Ino(idx);
-                    } else if let Target::Tree(c) = d.target {
-                        let t = tree.resolve(c);
-                        let tn = tree.nodes.get(t as usize);
-                        if tn.is_none_or(|tn| tn.link_to.is_some() || tn.entry.inode.is_dir()) {
-                            return Err(self.node_err(c, "hard link to a directory, to a link or to nothing"));
+                            let tn = tree.nodes.get(t as usize);
+                            if tn.is_none_or(|tn| tn.link_to.is_some() || tn.entry.inode.is_dir()) {
+                                return Err(self.node_err(c, "hard link to a directory, to a link or to nothing"));
+                            }
+                            t | UNRESOLVED
                         }
-                        d.target = Target::Tree(t);
-                    }
-                    self.dirents.push(d);
+                    };
+                    self.dirents.push(Dirent { name, target });
                 }
-                self.inos[i].dirents = (start, self.dirents.len() - start);
+                self.inos[i].dirent_start = start;
+                self.inos[i].dirent_len = self.dirents.len() as u32 - start;
             }
             self.build_xattrs(i, whiteout_child, &mut xs)?;
             i += 1;
         }
         // Resolve hard-link dirents now that every inode has its index.
         for d in &mut self.dirents {
-            if let Target::Tree(t) = d.target {
+            if d.target & UNRESOLVED != 0 {
+                let t = d.target & !UNRESOLVED;
                 let idx = self.ino_of_tree.get(t as usize).copied().unwrap_or(u32::MAX);
                 if idx == u32::MAX {
                     return Err(WriteError::Node {
@@ -184,7 +199,7 @@ impl<'a> Builder<'a> {
                         reason: "hard link target is not part of the tree".into(),
                     });
                 }
-                d.target = Target::Ino(idx);
+                d.target = idx;
             }
         }
         Ok(())
@@ -280,9 +295,13 @@ impl<'a> Builder<'a> {
             xs.v.sort_unstable_by(|a, b| keys.get(a.key).name.cmp(&keys.get(b.key).name));
         }
         self.has_acl |= xs.v.iter().any(|x| keys.get(x.key).acl);
-        let start = self.xattrs.len();
-        self.xattrs.extend_from_slice(&xs.v);
-        self.inos[i].xa = (start, xs.v.len());
+        let start = u32::try_from(self.xattrs.len()).map_err(|_| WriteError::TooLarge("too many xattrs"))?;
+        for x in &xs.v {
+            let pair = self.pairs.add(x.key, x.value);
+            self.xattrs.push(X { key: x.key, pair, shared: INLINE });
+        }
+        self.inos[i].xa_start = start;
+        self.inos[i].xa_len = xs.v.len() as u32;
         Ok(())
     }
 }

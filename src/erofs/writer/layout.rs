@@ -3,8 +3,7 @@
 //! subdirectories in nlink; each inode gets its slot-aligned position, moved to the next block
 //! when its inline tail would straddle a block boundary (or its tail goes to a data block).
 
-use super::xattrs::Pairs;
-use super::{round_up, Builder, Target, WriteError, INLINE};
+use super::{round_up, Builder, WriteError, INLINE, NAME_DOT, NAME_DOTDOT};
 use crate::erofs::format::*;
 use crate::tree::{S_IFDIR, S_IFLNK, S_IFREG};
 
@@ -35,11 +34,8 @@ impl<'a> Builder<'a> {
     /// order (name descending, then longer value first, then value descending); each inode
     /// references at most [`MAX_SHARED_PER_INODE`] of them.
     fn share_xattrs(&mut self) -> Result<(), WriteError> {
-        let mut pairs = Pairs::with_capacity(self.xattrs.len() / 2 + 16);
-        // Each xattr's `shared` holds its pair's index until the offsets are known.
-        for x in &mut self.xattrs {
-            x.shared = pairs.add(x.key, x.value);
-        }
+        // Every xattr was counted into `pairs` as its inode's set was made.
+        let pairs = &mut self.pairs;
         let keys = &self.keys;
         let mut shared: Vec<u32> = (0..pairs.list.len() as u32).filter(|&p| pairs.list[p as usize].count > 1).collect();
         shared.sort_unstable_by(|&x, &y| {
@@ -60,15 +56,15 @@ impl<'a> Builder<'a> {
         self.shared = shared.iter().map(|&p| (pairs.list[p as usize].key, pairs.list[p as usize].value)).collect();
         for ino in &mut self.inos {
             let mut n_shared = 0;
-            for x in &mut self.xattrs[ino.xa.0..ino.xa.0 + ino.xa.1] {
-                let cand = pairs.list[x.shared as usize].offset;
+            for x in &mut self.xattrs[ino.xa()] {
+                let cand = pairs.list[x.pair as usize].offset;
                 x.shared = INLINE;
                 if n_shared < MAX_SHARED_PER_INODE && cand != INLINE {
                     x.shared = cand;
                     n_shared += 1;
                 }
             }
-            ino.n_shared = n_shared;
+            ino.n_shared = n_shared as u8;
         }
         Ok(())
     }
@@ -77,18 +73,14 @@ impl<'a> Builder<'a> {
     fn dir_nlinks(&mut self) {
         for i in 0..self.inos.len() {
             if self.inos[i].ftype() == S_IFDIR {
-                let (s, n) = self.inos[i].dirents;
                 let mut subdirs = 0u32;
-                for d in &self.dirents[s..s + n] {
-                    if d.name == b"." || d.name == b".." {
+                for d in &self.dirents[self.inos[i].dirents()] {
+                    if d.name == NAME_DOT || d.name == NAME_DOTDOT {
                         continue;
                     }
-                    if let Target::Ino(t) = d.target {
-                        let t = &self.inos[t as usize];
-                        // Hard links never name directories, so a directory target is a child.
-                        if t.ftype() == S_IFDIR {
-                            subdirs = subdirs.saturating_add(1);
-                        }
+                    // Hard links never name directories, so a directory target is a child.
+                    if self.inos[d.target as usize].ftype() == S_IFDIR {
+                        subdirs = subdirs.saturating_add(1);
                     }
                 }
                 self.inos[i].nlink = subdirs.saturating_add(2);
@@ -104,12 +96,13 @@ impl<'a> Builder<'a> {
             let p = self.place_inode(i, pos)?;
             self.n_data_blocks = self.n_data_blocks.checked_add(p.n_blocks).ok_or(WriteError::TooLarge("blocks"))?;
             let ino = &mut self.inos[i];
-            ino.n_blocks = p.n_blocks;
-            ino.tail = p.tail;
+            let narrow = |v: u64| u32::try_from(v).map_err(|_| WriteError::TooLarge("inode layout"));
+            ino.n_blocks = narrow(p.n_blocks)?;
+            ino.tail = narrow(p.tail)?;
             ino.compact = p.compact;
-            ino.ipad = p.ipad;
-            ino.xattr_size = p.xattr_size;
-            ino.isize = p.isize;
+            ino.ipad = narrow(p.ipad)?;
+            ino.xattr_size = narrow(p.xattr_size)?;
+            ino.isize = narrow(p.isize)?;
             ino.nid = (p.pos - meta_start) / SLOT_SIZE;
             pos = p.pos + p.isize;
         }
@@ -138,9 +131,10 @@ impl<'a> Builder<'a> {
             && size_for_compact <= u32::MAX as u64;
         let inode_size = if compact { INODE_COMPACT_SIZE } else { INODE_EXTENDED_SIZE } as u64;
         let mut unshared = 0u64;
-        for x in &self.xattrs[ino.xa.0..ino.xa.0 + ino.xa.1] {
+        for x in &self.xattrs[ino.xa()] {
             if x.shared == INLINE {
-                unshared += xattr_entry_size(self.keys.get(x.key).suffix.len(), x.value.len()) as u64;
+                let value = &self.pairs.list[x.pair as usize].value;
+                unshared += xattr_entry_size(self.keys.get(x.key).suffix.len(), value.len()) as u64;
             }
         }
         let xattr_size = if ino.n_shared == 0 && unshared == 0 {
@@ -197,11 +191,10 @@ impl<'a> Builder<'a> {
         let ino = &self.inos[i];
         match ino.ftype() {
             S_IFDIR => {
-                let (s, n) = ino.dirents;
                 let mut blocks = 0u64;
                 let mut bsize = 0u64;
-                for d in &self.dirents[s..s + n] {
-                    let len = (DIRENT_SIZE + d.name.len()) as u64;
+                for d in &self.dirents[ino.dirents()] {
+                    let len = (DIRENT_SIZE + self.dirent_name(d).len()) as u64;
                     if bsize + len > BLOCK_SIZE {
                         blocks += 1;
                         bsize = 0;

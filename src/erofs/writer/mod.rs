@@ -38,7 +38,7 @@ use std::io::Write;
 
 use thiserror::Error;
 
-use self::xattrs::{KeyId, Keys, X};
+use self::xattrs::{KeyId, Keys, Pairs, X};
 use super::format::*;
 use crate::tree::{self, NodeId, Tree, S_IFCHR, S_IFMT};
 
@@ -122,9 +122,9 @@ pub fn disk_xattrs(tree: &Tree, opts: &WriteOptions) -> Result<Vec<(NodeId, Vec<
         .iter()
         .filter(|ino| ino.node != STUB)
         .map(|ino| {
-            let xs = b.xattrs[ino.xa.0..ino.xa.0 + ino.xa.1].iter().map(|x| DiskXattr {
+            let xs = b.xattrs[ino.xa()].iter().map(|x| DiskXattr {
                 key: b.keys.get(x.key).name.bytes().collect(),
-                value: x.value.bytes().collect(),
+                value: b.pairs.list[x.pair as usize].value.bytes().collect(),
                 shared: x.shared != INLINE,
             });
             (ino.node, xs.collect())
@@ -139,8 +139,10 @@ struct Builder<'a> {
     version: u32,
     inos: Vec<Ino<'a>>,
     keys: Keys<'a>,
-    xattrs: Vec<X<'a>>,
-    dirents: Vec<Dirent<'a>>,
+    /// Every distinct (name, value) pair, counted as the inodes' xattrs are made.
+    pairs: Pairs<'a>,
+    xattrs: Vec<X>,
+    dirents: Vec<Dirent>,
     ino_of_tree: Vec<u32>,
     link_counts: Vec<u32>,
     /// The shared xattr table, in order: (name, value).
@@ -159,7 +161,8 @@ impl<'a> Builder<'a> {
             version,
             inos: Vec::with_capacity(tree.len() + 256),
             keys: Keys::new(),
-            xattrs: Vec::new(),
+            pairs: Pairs::with_capacity(tree.len() + 16),
+            xattrs: Vec::with_capacity(tree.len() * 2),
             dirents: Vec::with_capacity(tree.len() * 2 + 512),
             ino_of_tree: vec![u32::MAX; tree.len()],
             link_counts: tree.link_counts(),
@@ -174,6 +177,16 @@ impl<'a> Builder<'a> {
 
     fn node_err(&self, id: NodeId, reason: impl Into<String>) -> WriteError {
         WriteError::Node { path: tree::show(&self.tree.path_of(id)), reason: reason.into() }
+    }
+
+    /// The name a directory entry carries.
+    fn dirent_name(&self, d: &Dirent) -> &'a [u8] {
+        match d.name {
+            NAME_DOT => b".",
+            NAME_DOTDOT => b"..",
+            n if n > NAME_DOTDOT - 257 => &STUB_NAMES[(u32::MAX - 2 - n) as usize],
+            n => &self.tree.node(n).name,
+        }
     }
 
     fn ino_err(&self, i: usize, reason: &str) -> WriteError {
@@ -251,22 +264,32 @@ impl PartialOrd for Cat<'_> {
 /// An xattr stored inline in its inode rather than in the shared table.
 const INLINE: u32 = u32::MAX;
 
+/// A directory entry of the image: whose name it is and which inode it names (8 bytes: a
+/// directory entry exists for every node, plus `.` and `..`).
 #[derive(Clone, Copy)]
-enum Target {
-    Ino(u32),
-    Tree(NodeId),
+struct Dirent {
+    /// A tree node (its name), or one of the generated names ([`NAME_DOT`], [`NAME_DOTDOT`],
+    /// [`name_of_stub`]).
+    name: u32,
+    /// The inode's index; while the tree is walked, a hard link's target tree node with
+    /// [`UNRESOLVED`] set.
+    target: u32,
 }
 
-#[derive(Clone, Copy)]
-struct Dirent<'a> {
-    name: &'a [u8],
-    target: Target,
+const NAME_DOT: u32 = u32::MAX;
+const NAME_DOTDOT: u32 = u32::MAX - 1;
+/// The name reference of whiteout stub `k` (`00`..`ff`).
+fn name_of_stub(k: u32) -> u32 {
+    u32::MAX - 2 - k
 }
+/// Marks a dirent target that is still a tree node (a hard link, resolved after the walk).
+const UNRESOLVED: u32 = 1 << 31;
 
 const STUB: u32 = u32::MAX;
 
 /// One inode of the image, in breadth-first order. (`Default` only fills the layout fields,
-/// which are computed later, and the empty xattr/dirent ranges.)
+/// which are computed later, and the empty xattr/dirent ranges.) Kept small: there is one per
+/// node, and the whole array is touched by every phase.
 #[derive(Default)]
 struct Ino<'a> {
     /// Tree node, or `STUB` for a generated root whiteout.
@@ -277,24 +300,36 @@ struct Ino<'a> {
     gid: u32,
     rdev: u32,
     nlink: u32,
+    mtime_nsec: u32,
     size: u64,
     mtime: i64,
-    mtime_nsec: u32,
     payload: &'a [u8],
     content: Option<&'a [u8]>,
-    xa: (usize, usize),
-    dirents: (usize, usize),
-    // Layout.
-    chunk_bits: u32,
-    chunk_count: u32,
-    n_blocks: u64,
-    tail: u64,
+    /// This inode's xattrs: `Builder::xattrs[xa_start..][..xa_len]`; dirents likewise.
+    xa_start: u32,
+    xa_len: u32,
+    dirent_start: u32,
+    dirent_len: u32,
+    // Layout (block counts fit 32 bits: the image is checked to stay within 2^32 blocks).
+    chunk_bits: u8,
     compact: bool,
-    ipad: u64,
-    xattr_size: u64,
-    n_shared: usize,
-    isize: u64,
+    n_shared: u8,
+    chunk_count: u32,
+    n_blocks: u32,
+    tail: u32,
+    ipad: u32,
+    xattr_size: u32,
+    isize: u32,
     nid: u64,
+}
+
+impl Ino<'_> {
+    fn xa(&self) -> std::ops::Range<usize> {
+        self.xa_start as usize..self.xa_start as usize + self.xa_len as usize
+    }
+    fn dirents(&self) -> std::ops::Range<usize> {
+        self.dirent_start as usize..self.dirent_start as usize + self.dirent_len as usize
+    }
 }
 
 impl Ino<'_> {

@@ -132,12 +132,20 @@ impl<'a> KeyInfo<'a> {
     }
 }
 
-/// One xattr of an inode: its name, its value, and where it is stored.
+/// One xattr of an inode (12 bytes: the value is its pair's).
 #[derive(Clone, Copy, Debug)]
-pub(super) struct X<'a> {
+pub(super) struct X {
     pub(super) key: KeyId,
+    /// Index in [`Pairs::list`]: the (name, value) pair.
+    pub(super) pair: u32,
     /// Offset in the shared xattr table, or [`INLINE`] when stored in the inode.
     pub(super) shared: u32,
+}
+
+/// An xattr while its inode's set is being made.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct XV<'a> {
+    pub(super) key: KeyId,
     pub(super) value: Cat<'a>,
 }
 
@@ -149,7 +157,7 @@ pub(super) struct X<'a> {
 /// Which names are present is kept per name id (`slot`, valid for the current inode's
 /// generation), so a duplicate name is found without a search however many xattrs an inode has.
 pub(super) struct XSet<'a> {
-    pub(super) v: Vec<X<'a>>,
+    pub(super) v: Vec<XV<'a>>,
     used: u64,
     /// Per name id: (generation, position in `v`).
     slot: Vec<(u32, u32)>,
@@ -180,7 +188,7 @@ impl<'a> XSet<'a> {
         }
     }
 
-    fn remove(&mut self, i: usize) -> X<'a> {
+    fn remove(&mut self, i: usize) -> XV<'a> {
         let old = self.v.swap_remove(i);
         self.slot[old.key as usize].0 = 0;
         if let Some(moved) = self.v.get(i) {
@@ -194,7 +202,7 @@ impl<'a> XSet<'a> {
             self.slot.resize(key as usize + 1, (0, 0));
         }
         self.slot[key as usize] = (self.generation, self.v.len() as u32);
-        self.v.push(X { key, value, shared: INLINE });
+        self.v.push(XV { key, value });
     }
 
     /// Load an input xattr (replacing an earlier one of the same name), unaccounted.
