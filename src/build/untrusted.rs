@@ -44,6 +44,20 @@ pub fn build_from_reader_sized(
     size_hint: u64,
     out: &mut dyn Write,
 ) -> Result<BuildInfo, BuildError> {
+    build_stream(req, input, size_hint, out, drop)
+}
+
+/// [`build_from_reader_sized`], handing the tree to `dispose` once the image is written. The
+/// sandboxed child, which exits right after, passes `std::mem::forget`: freeing the tree's
+/// hundred thousand small allocations one by one is work for nothing in a process about to end
+/// (15M instructions, 3 % of a cs9 dumpfile build); the kernel takes the pages back at exit.
+pub fn build_stream(
+    req: &BuildRequest,
+    input: &mut dyn Read,
+    size_hint: u64,
+    out: &mut dyn Write,
+    dispose: fn(Tree),
+) -> Result<BuildInfo, BuildError> {
     let mut buf = Vec::with_capacity(size_hint.min(req.max_input_bytes).saturating_add(1) as usize);
     input.take(req.max_input_bytes.saturating_add(1)).read_to_end(&mut buf).map_err(BuildError::Read)?;
     if buf.len() as u64 > req.max_input_bytes {
@@ -54,14 +68,18 @@ pub fn build_from_reader_sized(
         let (tree, info) = crate::erofs::reader::read_image_with(&buf, &Default::default())?;
         drop(buf);
         let v = info.composefs_version;
-        return write_tree(&tree, &WriteOptions { min_version: v, max_version: v }, out);
+        let r = write_tree(&tree, &WriteOptions { min_version: v, max_version: v }, out);
+        dispose(tree);
+        return r;
     }
     let mut tree = parse_input(req, &buf)?;
     drop(buf);
     if let Some(dir) = &req.objects {
         record_object_digests(&mut tree, dir, 1)?;
     }
-    write_tree(&tree, &req.write, out)
+    let r = write_tree(&tree, &req.write, out);
+    dispose(tree);
+    r
 }
 
 /// Write `tree` as an image to `out`, returning its size and version. (The writer buffers its
