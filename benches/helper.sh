@@ -2,7 +2,8 @@
 # The setuid helper's cost: `mount` + `umount` of a prebuilt image through the helper, run by an
 # unprivileged user (nobody), for a 1-file image and the cs9-x86_64-developer image (64k
 # entries). With OLD_CFSMOUNT=/path/to/another/cfsmount both binaries run side by side in one
-# hyperfine run (installed setuid the same way), so the result reads as a ratio.
+# hyperfine run (installed setuid the same way), so the result reads as a ratio; ORDER="old new"
+# runs the other binary first (the machine's load drifts over a run).
 #
 # Usage (root, hyperfine; the machine-wide lock of the root tier):
 #   flock /tmp/cfsmount-root.lock benches/helper.sh [target/release/cfsmount] [RUNS]
@@ -41,7 +42,7 @@ chown -R 65534:65534 "$W/objs" "$W/one.img" "$W/cs9.img"
 
 cmds=()
 names=()
-for bin in new old; do
+for bin in ${ORDER:-new old}; do
     [ -x "$W/$bin/cfsmount" ] || continue
     for img in one cs9; do
         t="$W/t-$bin-$img"
@@ -54,4 +55,4 @@ done
 args=()
 for i in "${!cmds[@]}"; do args+=(-n "${names[$i]}" "${cmds[$i]}"); done
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-hyperfine -N -w 2 -r "$RUNS" --style basic "${args[@]}"
+hyperfine -N -w 2 -r "$RUNS" --style basic ${HYPERFINE_JSON:+--export-json "$HYPERFINE_JSON"} "${args[@]}"

@@ -529,6 +529,7 @@ fn dir_overlay(
         &OverlaySpec {
             lowers: vec![lower],
             datadirs: Vec::new(),
+            upper_paths: None,
             options: OverlayOptions { composefs: false, verity: Verity::Off, upper: Some((upper, work)) },
             attrs: rustix::mount::MountAttrFlags::empty(),
             force_legacy: false,

@@ -97,6 +97,13 @@ fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow:
     }
 }
 
+/// Writes one line to stderr. A closed or hung-up terminal is no reason to die halfway (eprintln!
+/// would panic): the line is lost, the work is finished.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// Entry point used by `main`: returns the process exit code.
 pub fn main() -> i32 {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -111,7 +118,7 @@ pub fn main() -> i32 {
     let mode = match crate::privileged::early_init(&argv) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("cfsmount: {e}");
+            say(format_args!("cfsmount: {e}"));
             return 1;
         }
     };
@@ -119,7 +126,7 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             // One line: the context chain joined with ": ".
-            eprintln!("cfsmount: {e:#}");
+            say(format_args!("cfsmount: {e:#}"));
             1
         }
     }
