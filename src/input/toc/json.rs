@@ -202,6 +202,14 @@ impl<'de> de::Deserialize<'de> for XattrsVal<'de> {
 /// Fold a key the way Go's encoding/json compares field names (ASCII case-insensitive, plus
 /// U+017F LATIN SMALL LETTER LONG S = `s` and U+212A KELVIN SIGN = `k`) into `buf`.
 fn fold_key<'b>(key: &str, buf: &'b mut [u8; 24]) -> Option<&'b [u8]> {
+    if key.is_ascii() {
+        // Every key of a real TOC: byte by byte, without decoding characters.
+        let out = buf.get_mut(..key.len())?;
+        for (o, b) in out.iter_mut().zip(key.bytes()) {
+            *o = b.to_ascii_lowercase();
+        }
+        return Some(out);
+    }
     let mut n = 0;
     for c in key.chars() {
         let b = match c {
@@ -598,5 +606,31 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fold_key;
+
+    #[test]
+    fn fold_key_ascii_and_unicode_paths_agree() {
+        let mut buf = [0u8; 24];
+        assert_eq!(fold_key("LinkName", &mut buf), Some(&b"linkname"[..]));
+        assert_eq!(fold_key("x-PAYLOAD", &mut buf), Some(&b"x-payload"[..]));
+        assert_eq!(fold_key("", &mut buf), Some(&b""[..]));
+        // Go's extra folds (long s, Kelvin sign) take the character path, to the same bytes.
+        assert_eq!(fold_key("\u{17f}ize", &mut buf), Some(&b"size"[..]));
+        assert_eq!(fold_key("\u{212a}EY", &mut buf), Some(&b"key"[..]));
+        assert_eq!(fold_key("n\u{e4}me", &mut buf), None);
+        // At most 24 folded bytes, whichever path.
+        let a24 = "A".repeat(24);
+        assert_eq!(fold_key(&a24, &mut buf), Some("a".repeat(24).as_bytes()));
+        assert_eq!(fold_key(&"A".repeat(25), &mut buf), None);
+        assert_eq!(
+            fold_key(&format!("{}\u{17f}", "a".repeat(23)), &mut buf),
+            Some(&[b"a".repeat(23), b"s".to_vec()].concat()[..])
+        );
+        assert_eq!(fold_key(&format!("{}\u{17f}", "a".repeat(24)), &mut buf), None);
     }
 }
