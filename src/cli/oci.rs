@@ -332,3 +332,34 @@ fn request(a: &MountArgs, image: PathBuf, objects: PathBuf, digests: Vec<[u8; 32
         dest,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_oci_mount_keeps_the_helper() {
+        let argv = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        for as_caller in [
+            &["cfsmount", "oci", "import", "oci:x"][..],
+            &["cfsmount", "oci"],
+            &["cfsmount", "store", "gc"],
+            &["cfsmount", "oci", "--help"],
+        ] {
+            assert!(runs_as_caller(&argv(as_caller)), "{as_caller:?}");
+        }
+        for helper in [&["cfsmount", "oci", "mount", "x", "y"][..], &["cfsmount", "mount", "a"], &["cfsmount"]] {
+            assert!(!runs_as_caller(&argv(helper)), "{helper:?}");
+        }
+    }
+
+    #[test]
+    fn helper_digests_are_full_lower_case_sha256() {
+        let hex = "ab".repeat(32);
+        assert_eq!(helper_digest(&hex).map(|d| d.hex()), Some(hex.clone()));
+        assert_eq!(helper_digest(&format!("sha256:{hex}")).map(|d| d.hex()), Some(hex.clone()));
+        for not in [&hex[..12], "sha256:ABC", &hex.to_uppercase(), "oci:/x:v1", "sha512:00", ""] {
+            assert!(helper_digest(not).is_none(), "{not}");
+        }
+    }
+}
