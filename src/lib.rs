@@ -6,6 +6,7 @@
 pub mod als;
 pub(crate) mod boot;
 pub mod build;
+mod bytes;
 pub mod cli;
 pub mod compat;
 pub mod erofs;
