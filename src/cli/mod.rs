@@ -2,6 +2,7 @@
 //!
 //! One file per command; this file only dispatches (by argv0 for `mount.composefs`, else by
 //! subcommand; by argv0 also the drop-in personalities, `compat/`).
+pub(crate) mod als;
 mod compat;
 mod doctor;
 mod inspect;
@@ -56,6 +57,9 @@ enum Command {
     /// The store of images, layers and objects.
     #[command(subcommand)]
     Store(oci::StoreCommand),
+    /// Additional Layer Store for podman: serve image layers as composefs mounts.
+    #[command(subcommand)]
+    Als(als::AlsCommand),
     /// Initramfs: mount the composefs root that the kernel command line names over /sysroot.
     SetupRoot(boot::SetupRootArgs),
     /// Lay out a root tree as composefs/images + composefs/objects for setup-root; prints the kernel argument.
@@ -92,6 +96,7 @@ fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow:
         Command::Doctor => doctor::run(),
         Command::Oci(c) => oci::run_oci(c, mode),
         Command::Store(c) => oci::run_store(c),
+        Command::Als(c) => als::run(c, mode),
         Command::SetupRoot(a) => boot::setup_root(a),
         Command::DeployRoot(a) => boot::deploy_root(a),
     }

@@ -21,7 +21,7 @@ pub struct StoreArg {
 }
 
 impl StoreArg {
-    fn open(&self, lock: Lock) -> anyhow::Result<Repo> {
+    pub(crate) fn open(&self, lock: Lock) -> anyhow::Result<Repo> {
         let root = match &self.store {
             Some(s) => s.clone(),
             None => Repo::default_root().map_err(anyhow::Error::msg)?,

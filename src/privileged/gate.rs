@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::MountAttrFlags;
@@ -521,6 +521,94 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Resu
         }
     }
     Ok(())
+}
+
+/// What an unprivileged caller names in `als view` / `als view-rm` (issue 14, docs/als.md
+/// "Views through the helper"). Everything else a view is made of (the ALS root's layers, their
+/// images and objects, the id maps) root reads from root-owned files only.
+pub(crate) struct AlsViewAsk<'a> {
+    /// `--user`: absent, or the caller itself.
+    pub(crate) user: Option<&'a str>,
+    /// `--target`: absent, or the fixed place of the caller's view.
+    pub(crate) target: Option<&'a Path>,
+    /// The store holding the ALS records (default /var/lib/cfsmount).
+    pub(crate) store: &'a Path,
+}
+
+/// The ALS views' checks (their own functions; the rest of the gate serves `mount`/`umount`).
+impl Gate {
+    /// `als view` / `als view-rm` as the caller: the policy enables ALS views; the view is the
+    /// caller's own (a caller with a login name), at `views_dir/NAME`; the store is a directory
+    /// only root controls (every component root-owned, no symlink, writable by no one else
+    /// unless sticky), so that its records, layer images and objects are root's. Returns the
+    /// caller's name and the view's place.
+    pub(crate) fn check_als_view(
+        &self,
+        ask: &AlsViewAsk<'_>,
+        views_dir: &Path,
+    ) -> Result<(String, PathBuf), AccessError> {
+        self.feature(self.policy.features.als_view, "ALS views (features.als_view)")?;
+        let Some(name) = self.caller.name.clone() else {
+            return Err(AccessError::NotPermitted(
+                "an ALS view is named after the caller's login name: none in /etc/passwd",
+            ));
+        };
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(AccessError::NotPermitted("the caller's login name cannot name a view directory"));
+        }
+        if ask.user.is_some_and(|u| u != name && u != self.caller.uid.to_string()) {
+            return Err(AccessError::NotPermitted("--user: unprivileged callers get their own view only"));
+        }
+        let place = views_dir.join(&name);
+        if let Some(t) = ask.target {
+            check_path_arg("view", t.as_os_str())?;
+            if t != place {
+                return Err(AccessError::Refused {
+                    what: "view",
+                    path: t.into(),
+                    reason: format!("an unprivileged caller's view is at {}", place.display()),
+                });
+            }
+        }
+        check_path_arg("store", ask.store.as_os_str())?;
+        // An existing ALS store (its records directory too) that only root controls; nothing is
+        // created in it before this passed. One reason for every failure, so that the answer
+        // tells the caller nothing about paths it cannot see.
+        let records = ask.store.join(crate::als::state::STATE_DIR);
+        let view = crate::als::view::check_root_owned_path;
+        if ask.store.as_os_str().is_empty() || view(ask.store).and_then(|()| view(&records)).is_err() {
+            return Err(AccessError::Refused {
+                what: "store",
+                path: ask.store.into(),
+                reason: "not an ALS store root alone controls (every component a root-owned directory only root \
+                         can write, holding als-records/)"
+                    .into(),
+            });
+        }
+        Ok((name, place))
+    }
+
+    /// The view about to be made: its id maps are the caller's own id and subordinate ranges
+    /// only, and its mounts (the tmpfs and one per layer) stay within the caller's `max_mounts`.
+    pub(crate) fn check_als_view_mounts(&self, uid: &[IdMap], gid: &[IdMap], mounts: u64) -> Result<(), AccessError> {
+        idmap::check_maps(&self.caller, uid, gid)?;
+        if mounts > u64::from(self.limits.max_mounts) {
+            return Err(AccessError::Limit { what: "mounts", value: mounts, limit: self.limits.max_mounts.into() });
+        }
+        Ok(())
+    }
+
+    /// `view-rm`: only the caller's own view (the view record's uid).
+    pub(crate) fn check_als_view_owner(&self, target: &Path, uid: u32) -> Result<(), AccessError> {
+        if uid != self.caller.uid {
+            return Err(AccessError::Refused {
+                what: "view",
+                path: target.into(),
+                reason: format!("the view of uid {uid}, not the caller's (uid {})", self.caller.uid),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

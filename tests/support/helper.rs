@@ -159,13 +159,15 @@ pub fn user_limits_policy(u: &User, limits: serde_json::Value) -> (PolicyGuard, 
 
 /// The shipped default policy, without the sections an older helper does not know
 /// (`machine_limits`: its built-in defaults apply), so that the same tests can run against an
-/// older binary (`CFSMOUNT_TEST_BIN`). Tests about those sections add them.
+/// older binary (`CFSMOUNT_TEST_BIN`). Tests about those sections add them. The same for
+/// `features.als_view` (default off).
 pub fn default_policy() -> serde_json::Value {
     let mut v: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policy/helper.conf")).unwrap(),
     )
     .unwrap();
     v.as_object_mut().unwrap().remove("machine_limits");
+    v["features"].as_object_mut().unwrap().remove("als_view");
     v
 }
 
