@@ -11,6 +11,8 @@
 //!   access policy in this mode);
 //! - `idmap`, which id maps a caller may use;
 //! - `policy`, the policy file `/etc/cfsmount/helper.conf`;
+//! - `verdicts`, remembered verdicts of the image vetting (per caller, keyed by the sealed
+//!   bytes' SHA-256);
 //! - `drop`, for the drop-in personalities: become the caller for good instead.
 
 pub(crate) mod caller;
@@ -19,5 +21,6 @@ pub(crate) mod gate;
 pub mod idmap;
 pub(crate) mod init;
 pub mod policy;
+pub(crate) mod verdicts;
 
 pub(crate) use init::{early_init, Mode};

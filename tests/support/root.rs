@@ -97,10 +97,14 @@ pub fn erofs_superblocks() -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Names of the entries of a directory (empty when it does not exist), sorted.
+/// Names of the entries of a directory (empty when it does not exist), sorted, without
+/// `verdicts` (the setuid helper's remembered image verdicts in its state directory, made by its
+/// first mount and meant to stay).
 pub fn dir_entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "verdicts").collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
