@@ -6,7 +6,8 @@
 # runs the other binary first (the machine's load drifts over a run).
 # Cases: the 1-file image, cs9 (repeated mounts: from the second run on, a helper that remembers
 # verdicts finds this caller's verdict), and "cs9 first" (the verdict directory
-# /run/cfsmount/verdicts removed before every run: the first mount of the image). Then one line
+# /run/cfsmount/verdicts removed before every run: the first mount of the image), and "root cs9
+# (plain)": root mounting the same image with the new binary directly. Then one line
 # of peak RSS (`time -f %M`, the helper process, after the runs) per binary and case.
 #
 # Usage (root, hyperfine; the machine-wide lock of the root tier):
@@ -60,6 +61,12 @@ for bin in ${ORDER:-new old}; do
         if [ "$case" = cs9-first ]; then prepares+=("rm -rf /run/cfsmount/verdicts"); else prepares+=("true"); fi
     done
 done
+# The same image mounted by root with the plain (not setuid) new binary: the yardstick.
+t="$W/t-root-cs9"
+mkdir -p "$t"
+names+=("root cs9 (plain)")
+cmds+=("sh -c '$NEW mount $W/cs9.img $t --basedir $W/objs && $NEW umount $t'")
+prepares+=("true")
 args=()
 for i in "${!cmds[@]}"; do args+=(-n "${names[$i]}" --prepare "${prepares[$i]}" "${cmds[$i]}"); done
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -70,6 +77,8 @@ for bin in ${ORDER:-new old}; do
     [ -x "$W/$bin/cfsmount" ] || continue
     t="$W/t-$bin-cs9"
     rss() { /usr/bin/time -f %M $as_nobody "$W/$bin/cfsmount" mount "$W/cs9.img" "$t" --basedir "$W/objs" 2>&1 >/dev/null | tail -1; }
+    $as_nobody "$W/$bin/cfsmount" mount "$W/cs9.img" "$t" --basedir "$W/objs"
+    $as_nobody "$W/$bin/cfsmount" umount "$t"
     repeated=$(rss)
     $as_nobody "$W/$bin/cfsmount" umount "$t"
     rm -rf /run/cfsmount/verdicts
