@@ -113,6 +113,16 @@ pub fn main() -> i32 {
     if let Some(p) = argv.first().and_then(|a| compat::Personality::from_argv0(a)) {
         return compat::main(p, argv);
     }
+    // `oci import|ls|rm` and `store gc` touch nothing but the caller's own files: from a setuid
+    // or file-capability install they become the caller for good (as the drop-ins do) and run as
+    // an unprivileged copy would. Only `oci mount` goes on to the helper's early init.
+    if oci::runs_as_caller(&argv) {
+        if let Err(e) = crate::privileged::drop::drop_for_good() {
+            say(format_args!("cfsmount: {e}"));
+            return 1;
+        }
+        return exit_code(run(argv, &crate::privileged::Mode::Plain));
+    }
     // The privilege mode is decided once, first; privileged (setuid / file caps) execution is
     // made safe before anything else runs.
     let mode = match crate::privileged::early_init(&argv) {
@@ -122,7 +132,11 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    match run(argv, &mode) {
+    exit_code(run(argv, &mode))
+}
+
+fn exit_code(r: anyhow::Result<()>) -> i32 {
+    match r {
         Ok(()) => 0,
         Err(e) => {
             // One line: the context chain joined with ": ".

@@ -111,7 +111,7 @@ pub(crate) fn split_basedirs(v: &[OsString]) -> Result<Vec<PathBuf>, MountError>
 }
 
 /// `--fd-out S`: a socket path, or the number of an inherited connected socket.
-fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
+pub(crate) fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         let n: i32 = s.parse().map_err(|_| MountError::Usage(format!("--fd-out {s}: bad fd number")))?;
         Ok(Dest::InheritedFd(n))

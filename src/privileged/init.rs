@@ -46,7 +46,7 @@ pub(crate) enum InitError {
     Signals(Errno),
     #[error("privileged mode: RLIMIT_NOFILE hard limit is too low ({0:?} < 64)")]
     NofileTooLow(Option<u64>),
-    #[error("privileged mode: only `mount` and `umount` are available to unprivileged callers (got {0:?}); run other subcommands from an unprivileged copy of cfsmount")]
+    #[error("privileged mode: only `mount` and `umount` are available to unprivileged callers, besides `oci mount` (got {0:?}); run other subcommands from an unprivileged copy of cfsmount")]
     Subcommand(String),
     #[error("privileged mode: getgroups: {0}")]
     Groups(Errno),
@@ -93,7 +93,7 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> Result<HelperContext, Init
     crate::sys::helper::ignore_sigxfsz().map_err(InitError::Signals)?;
     crate::sys::helper::block_terminal_signals().map_err(InitError::Signals)?;
     fix_rlimits()?;
-    // 5. Only mount/umount are offered to unprivileged callers.
+    // 5. Only mount/umount/oci mount are offered to unprivileged callers.
     check_subcommand(argv)?;
     // 6. Caller identity (before changing any id).
     let groups: Vec<u32> =
@@ -171,8 +171,15 @@ fn check_subcommand(argv: &[OsString]) -> Result<(), InitError> {
     }
     match argv.get(1).and_then(|a| a.to_str()) {
         Some(s) if PRIVILEGED_SUBCOMMANDS.contains(&s) => Ok(()),
+        Some("oci") if is_oci_mount(argv) => Ok(()),
         other => Err(InitError::Subcommand(other.unwrap_or("").to_string())),
     }
+}
+
+/// `cfsmount oci mount ...`: the one `oci` subcommand the helper serves (privileged::oci; the
+/// other `oci` and `store` subcommands run as the caller, cli::runs_as_caller).
+fn is_oci_mount(argv: &[OsString]) -> bool {
+    argv.get(1).is_some_and(|a| a == "oci") && argv.get(2).is_some_and(|a| a == "mount")
 }
 
 /// Looks `id` up in a colon-separated database (/etc/passwd, /etc/group); field 0 is the name,
@@ -214,5 +221,10 @@ mod tests {
         assert!(!ok(&["cfsmount", "mkimage", "x", "/etc/shadow"]));
         assert!(!ok(&["cfsmount", "verity", "enable"]));
         assert!(!ok(&["cfsmount"]));
+        assert!(ok(&["cfsmount", "oci", "mount", "sha256:00", "/mnt"]));
+        assert!(!ok(&["cfsmount", "oci", "import", "oci:/x"]));
+        assert!(!ok(&["cfsmount", "oci", "--store", "/x", "mount"]));
+        assert!(!ok(&["cfsmount", "oci"]));
+        assert!(!ok(&["cfsmount", "store", "gc"]));
     }
 }

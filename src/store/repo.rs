@@ -167,9 +167,12 @@ impl Repo {
     /// exclusive lock first removes what killed imports left in `tmp/`; a shared holder does
     /// so too when no one else holds the lock at that moment.
     pub fn open(root: &Path, lock: Lock) -> Result<Repo, RepoError> {
-        for d in ["", "objects", "layers", "images", "tmp"] {
+        // objects/ is 0755 inside the 0700 store (others cannot reach it through the store):
+        // a helper mount's overlay reads objects with "other" rights (docs/helper.md, "Data read
+        // through the mount"), so it must be able to search the directory it is given.
+        for (d, mode) in [("", 0o700), ("objects", 0o755), ("layers", 0o700), ("images", 0o700), ("tmp", 0o700)] {
             let p = root.join(d);
-            match fs::DirBuilder::new().mode(0o700).create(&p) {
+            match fs::DirBuilder::new().mode(mode).create(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(RepoError::Io { path: p, step: "creating", source: e }),
