@@ -124,7 +124,10 @@ pub(crate) fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
 pub(crate) fn engine_for(mode: &Mode) -> (Box<dyn Access>, Settings) {
     match mode {
         Mode::Plain => (Box::new(Direct::new()), Settings::from_env()),
-        Mode::Helper(ctx) => (Box::new(Gate::new((**ctx).clone())), Settings::fixed()),
+        Mode::Helper(ctx) => {
+            let settings = Settings::fixed();
+            (Box::new(Gate::new((**ctx).clone()).with_verdicts(&settings.state_dir)), settings)
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use super::caller::{as_caller, restrict_caps, set_undumpable, Caller, KEPT_CAPS}
 use super::idmap;
 use super::init::HelperContext;
 use super::policy::{Limits, Policy};
+use super::verdicts::{Key, Verdict, Verdicts};
 use crate::mount::access::{check_is_userns, Access, AccessError, FdSink, Phase, Usage};
 use crate::mount::records::MountRecord;
 use crate::mount::{IdMap, MountOption, MountRequest, SourceKind};
@@ -35,12 +36,21 @@ pub(crate) struct Gate {
     caller: Caller,
     policy: Policy,
     limits: Limits,
+    /// The state directory, whose `verdicts` subdirectory remembers accepted images
+    /// (`super::verdicts`); `None`: every image is vetted in full.
+    state_dir: Option<PathBuf>,
 }
 
 impl Gate {
     pub(crate) fn new(ctx: HelperContext) -> Gate {
         let limits = ctx.policy.limits_for(ctx.caller.name.as_deref(), ctx.caller.uid);
-        Gate { caller: ctx.caller, policy: ctx.policy, limits }
+        Gate { caller: ctx.caller, policy: ctx.policy, limits, state_dir: None }
+    }
+
+    /// Remembers verdicts on vetted images in `<state_dir>/verdicts` (see `super::verdicts`).
+    pub(crate) fn with_verdicts(mut self, state_dir: &Path) -> Gate {
+        self.state_dir = Some(state_dir.to_path_buf());
+        self
     }
 
     /// Opens `path` as the caller (after [`check_path_arg`]).
@@ -129,7 +139,10 @@ impl Access for Gate {
     }
 
     /// The EROFS superblock (block size, inode count within `max_entries`), then the whole image
-    /// through the hostile-input reader, refusing device nodes and unsafe redirects.
+    /// through the hostile-input reader, refusing device nodes and unsafe redirects: unless this
+    /// caller's remembered verdict says that these very bytes (a sealed copy, by its SHA-256)
+    /// were accepted before by these checks; its entry count then meets the caller's limit
+    /// again (`super::verdicts`, docs/helper.md "Remembered verdicts").
     fn check_image(&self, image: BorrowedFd<'_>) -> Result<(), AccessError> {
         let h = crate::erofs::format::ImageHeader::read_from(image).map_err(AccessError::Header)?;
         h.block_size().map_err(AccessError::Header)?;
@@ -137,7 +150,26 @@ impl Access for Gate {
         if h.inodes() > max {
             return Err(AccessError::Limit { what: "image entries", value: h.inodes(), limit: max });
         }
-        check_image_content(image, h.inodes(), &self.limits)
+        let Some(state_dir) = &self.state_dir else {
+            return check_image_content(image, h.inodes(), &self.limits).map(|_| ());
+        };
+        let verdicts = Verdicts::open(state_dir);
+        let key = match verdicts {
+            Some(_) => {
+                Key::of(self.caller.uid, image).map_err(|errno| AccessError::Io { what: "hashing the image", errno })?
+            }
+            None => None,
+        };
+        if let (Some(key), Some(verdicts)) = (&key, &verdicts) {
+            if let Some(v) = verdicts.lookup(key) {
+                return within_limits(v, &self.limits);
+            }
+        }
+        let entries = check_image_content(image, h.inodes(), &self.limits)?;
+        if let (Some(key), Some(verdicts)) = (&key, &verdicts) {
+            verdicts.record(key, Verdict { size: key.size(), entries });
+        }
+        Ok(())
     }
 
     /// The image is the sealed private copy (a memfd cannot carry fs-verity): its digest is
@@ -468,11 +500,23 @@ fn sealed_copy(fd: OwnedFd, max: u64) -> Result<OwnedFd, AccessError> {
     Ok(memfd)
 }
 
+/// A remembered verdict against the caller's limits of now.
+fn within_limits(v: Verdict, limits: &Limits) -> Result<(), AccessError> {
+    if v.size > limits.max_image_size {
+        return Err(AccessError::Limit { what: "image size", value: v.size, limit: limits.max_image_size });
+    }
+    if v.entries > limits.max_entries {
+        return Err(AccessError::Limit { what: "image entries", value: v.entries, limit: limits.max_entries });
+    }
+    Ok(())
+}
+
 /// Parses the whole image with the hostile-input reader (which refuses unexpected
 /// `trusted.overlay.*` xattrs and malformed redirect/metacopy xattrs; escaped
 /// `trusted.overlay.overlay.*` user xattrs come back unescaped, i.e. inert) and refuses device
 /// nodes (other than 0/0 whiteouts) and redirect payloads with `.`/`..`/empty components.
-fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Result<(), AccessError> {
+/// Returns the number of entries of the accepted tree.
+fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Result<u64, AccessError> {
     let io = |what, errno| AccessError::Io { what, errno };
     let size = rustix::fs::fstat(fd).map_err(|e| io("fstat image", e))?.st_size as u64;
     if size > limits.max_image_size {
@@ -520,7 +564,7 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Resu
             }
         }
     }
-    Ok(())
+    Ok(tree.len() as u64)
 }
 
 /// What an unprivileged caller names in `als view` / `als view-rm` (issue 14, docs/als.md

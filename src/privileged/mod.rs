@@ -13,6 +13,8 @@
 //! - `oci`, `oci mount`: an image of the caller's own store, opened and checked as the caller,
 //!   becomes an ordinary helper mount request;
 //! - `policy`, the policy file `/etc/cfsmount/helper.conf`;
+//! - `verdicts`, remembered verdicts of the image vetting (per caller, keyed by the sealed
+//!   bytes' SHA-256);
 //! - `drop`, for the drop-in personalities: become the caller for good instead.
 
 pub(crate) mod caller;
@@ -22,5 +24,6 @@ pub mod idmap;
 pub(crate) mod init;
 pub(crate) mod oci;
 pub mod policy;
+pub(crate) mod verdicts;
 
 pub(crate) use init::{early_init, Mode};

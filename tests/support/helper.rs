@@ -370,9 +370,13 @@ elif mode.startswith("overlay:"):
     print(json.dumps(res))
 "#;
 
+/// The entries of /run/cfsmount (records and temporary files), without `verdicts`: the
+/// directory of remembered image verdicts, made by the first helper mount and meant to stay.
 pub fn state_files() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/run/cfsmount")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "verdicts").collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
