@@ -13,6 +13,7 @@ pub mod mkimage;
 pub mod mount;
 pub mod overlay;
 pub mod sandbox;
+pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tree;

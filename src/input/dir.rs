@@ -12,21 +12,24 @@
 //!   (the reference's `--digest-store` naming), with the digest recorded for the metacopy xattr.
 //! - Hard links (same `st_dev`/`st_ino`, `st_nlink > 1`) become hard links in the tree (the
 //!   reference would store separate inodes).
-//! - With a digest store: each external file is copied to a temporary file in the store, its
-//!   digest re-computed from the copy (a file that changed meanwhile is an error), made
-//!   world-readable, fs-verity enabled where the filesystem supports it, and renamed into place.
-//!   Objects already present are left alone.
+//! - External files are read, hashed and (with a digest store) stored by worker threads on all
+//!   cores while the walk goes on ([`crate::store::import`]); the store names objects by the
+//!   digest of the bytes it wrote, enables fs-verity where the filesystem has it, reuses objects
+//!   already present, and is made durable with one `syncfs` before the image is written
+//!   ([`crate::store::objects`]).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use crate::input::toc::encode_dev;
+use crate::store::import::{self, FileJob, ImportError};
+use crate::store::{Naming, ObjectStore, StoreError, StoreOptions};
 use crate::tree::{
     Entry, Inode, Limits, NodeId, Tree, Xattr, ROOT, S_IFDIR, S_IFMT, S_IFREG, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
@@ -44,8 +47,7 @@ pub struct DirOptions {
 
 /// Object path of a digest: `xx/yyyy...` (lower-case hex).
 pub fn object_path(d: &[u8; 32]) -> String {
-    let h = crate::fsverity::to_hex(d);
-    format!("{}/{}", &h[..2], &h[2..])
+    crate::store::object_name(d)
 }
 
 /// Read the directory `root` into a finalized tree.
@@ -58,14 +60,37 @@ pub fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirError> {
     if !md.is_dir() {
         return Err(DirError::Entry { path: root.to_path_buf(), reason: "not a directory".into() });
     }
-    if let Some(store) = &opts.digest_store {
-        fs::create_dir_all(store).map_err(io_err(store, "mkdir"))?;
-    }
-    let mut b = Builder { opts, tree: Tree::new(opts.limits), links: HashMap::new() };
-    let root_entry = b.entry_for(root, &md)?;
+    let store = match &opts.digest_store {
+        Some(p) => Some(ObjectStore::open(p, StoreOptions::new(Naming::FsVerity))?),
+        None => None,
+    };
+    let mut b = Builder { tree: Tree::new(opts.limits), links: HashMap::new() };
+    let (root_entry, _) = b.entry_for(root, &md)?;
     b.tree.set_root(root_entry).map_err(|e| DirError::Entry { path: root.to_path_buf(), reason: e.to_string() })?;
 
-    // Depth-first walk with an explicit stack (no recursion on hostile depth).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ((), objects) = import::with_workers(store.as_ref(), threads, |sub| walk(&mut b, root, sub))?;
+    let mut tree = b.tree;
+    for (id, obj) in objects {
+        let e = &mut tree.node_mut(id).entry;
+        e.payload = Some(object_path(&obj.digest).into_bytes());
+        e.fsverity_digest = obj.verity;
+    }
+    if let Some(store) = &store {
+        // Objects durable before the caller writes the image that names them.
+        store.sync()?;
+    }
+    tree.finalize().map_err(|e| DirError::Entry { path: root.to_path_buf(), reason: e.to_string() })?;
+    Ok(tree)
+}
+
+/// Depth-first walk with an explicit stack (no recursion on hostile depth); external regular
+/// files go to the import workers.
+fn walk(b: &mut Builder, root: &Path, sub: &import::Submitter<'_>) -> Result<(), DirError> {
+    let io_err = |path: &Path, op: &'static str| {
+        let path = path.to_path_buf();
+        move |e: io::Error| DirError::Io { path, op, source: e }
+    };
     let mut stack: Vec<(PathBuf, NodeId)> = vec![(root.to_path_buf(), ROOT)];
     while let Some((dir, id)) = stack.pop() {
         let mut names: Vec<_> = fs::read_dir(&dir)
@@ -84,28 +109,31 @@ pub fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirError> {
                     continue;
                 }
             }
-            let entry = b.entry_for(&path, &md)?;
+            let (entry, external) = b.entry_for(&path, &md)?;
             let child = b.tree.insert_child(id, name.as_bytes(), entry).map_err(bad)?;
             if md.is_dir() {
                 stack.push((path, child));
-            } else if md.nlink() > 1 {
+                continue;
+            }
+            if md.nlink() > 1 {
                 b.links.insert((md.dev(), md.ino()), child);
+            }
+            if external {
+                sub.submit(FileJob { id: child, path, dev: md.dev(), ino: md.ino(), size: md.len() })?;
             }
         }
     }
-    let mut tree = b.tree;
-    tree.finalize().map_err(|e| DirError::Entry { path: root.to_path_buf(), reason: e.to_string() })?;
-    Ok(tree)
+    Ok(())
 }
 
-struct Builder<'a> {
-    opts: &'a DirOptions,
+struct Builder {
     tree: Tree,
     links: HashMap<(u64, u64), NodeId>,
 }
 
-impl Builder<'_> {
-    fn entry_for(&mut self, path: &Path, md: &fs::Metadata) -> Result<Entry, DirError> {
+impl Builder {
+    /// The entry for `path`, and whether its content goes to the import workers.
+    fn entry_for(&mut self, path: &Path, md: &fs::Metadata) -> Result<(Entry, bool), DirError> {
         let io_err = |op: &'static str| move |e: io::Error| DirError::Io { path: path.to_path_buf(), op, source: e };
         let mode = md.mode();
         let ftype = mode & S_IFMT;
@@ -129,6 +157,7 @@ impl Builder<'_> {
             ..Entry::default()
         };
         use std::os::unix::fs::FileTypeExt;
+        let mut external = false;
         if md.file_type().is_symlink() {
             let t = fs::read_link(path).map_err(io_err("readlink"))?;
             let t = t.as_os_str().as_bytes().to_vec();
@@ -142,92 +171,40 @@ impl Builder<'_> {
             entry.payload = Some(t);
         } else if ftype == S_IFREG {
             entry.inode.size = md.len();
-            self.regular(path, md, &mut entry)?;
+            external = self.regular(path, md, &mut entry)?;
         } else if ftype == S_IFDIR {
             entry.inode.size = 0;
         }
         entry.xattrs = read_xattrs(path)?;
-        Ok(entry)
+        Ok((entry, external))
     }
 
-    fn regular(&mut self, path: &Path, md: &fs::Metadata, entry: &mut Entry) -> Result<(), DirError> {
+    /// Small files are read inline; larger ones are left to the import workers (`true`).
+    fn regular(&mut self, path: &Path, md: &fs::Metadata, entry: &mut Entry) -> Result<bool, DirError> {
         let io_err = |op: &'static str| move |e: io::Error| DirError::Io { path: path.to_path_buf(), op, source: e };
         let size = md.len();
         if size == 0 {
-            return Ok(());
+            return Ok(false);
+        }
+        if size > INLINE_MAX {
+            return Ok(true);
         }
         let f = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
             .open(path)
             .map_err(io_err("open"))?;
-        if size <= INLINE_MAX {
-            let mut buf = Vec::with_capacity(size as usize);
-            (&f).take(size + 1).read_to_end(&mut buf).map_err(io_err("read"))?;
-            if buf.len() as u64 != size {
-                return Err(DirError::Entry {
-                    path: path.to_path_buf(),
-                    reason: "file changed size while being read".into(),
-                });
-            }
-            entry.content = Some(buf);
-            return Ok(());
+        let mut buf = Vec::with_capacity(size as usize);
+        (&f).take(size + 1).read_to_end(&mut buf).map_err(io_err("read"))?;
+        if buf.len() as u64 != size {
+            return Err(DirError::Entry {
+                path: path.to_path_buf(),
+                reason: "file changed size while being read".into(),
+            });
         }
-        let digest = crate::fsverity::digest_file(&f).map_err(io_err("read"))?;
-        let obj = object_path(&digest);
-        if let Some(store) = &self.opts.digest_store {
-            copy_into_store(&f, path, store, &obj, &digest)?;
-        }
-        entry.payload = Some(obj.into_bytes());
-        entry.fsverity_digest = Some(digest);
-        Ok(())
+        entry.content = Some(buf);
+        Ok(false)
     }
-}
-
-/// Copy `src` into `store/obj` (temp file + rename) unless it is already there.
-fn copy_into_store(src: &File, src_path: &Path, store: &Path, obj: &str, digest: &[u8; 32]) -> Result<(), DirError> {
-    let dest = store.join(obj);
-    if fs::symlink_metadata(&dest).is_ok() {
-        return Ok(());
-    }
-    let io_err = |p: &Path, op: &'static str| {
-        let p = p.to_path_buf();
-        move |e: io::Error| DirError::Io { path: p, op, source: e }
-    };
-    let sub = store.join(&obj[..2]);
-    match fs::create_dir(&sub) {
-        Ok(()) => {
-            let _ = fs::set_permissions(&sub, fs::Permissions::from_mode(0o755));
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_err(&sub, "mkdir")(e)),
-    }
-    let (mut tmp, tmp_path) = create_temp(store).map_err(io_err(store, "create temporary file"))?;
-    let guard = UnlinkOnDrop(Some(tmp_path.clone()));
-    let mut reader = src;
-    let mut r = reader.by_ref();
-    io::copy(&mut r, &mut tmp).map_err(io_err(src_path, "copy"))?;
-    tmp.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_err(&tmp_path, "fchmod"))?;
-    tmp.sync_all().map_err(io_err(&tmp_path, "fsync"))?;
-    drop(tmp);
-    let ro = File::open(&tmp_path).map_err(io_err(&tmp_path, "open"))?;
-    let copied = crate::fsverity::digest_file(&ro).map_err(io_err(&tmp_path, "read"))?;
-    if &copied != digest {
-        return Err(DirError::Entry {
-            path: src_path.to_path_buf(),
-            reason: "file changed while being copied into the store".into(),
-        });
-    }
-    use std::os::fd::AsFd;
-    match crate::fsverity::enable(ro.as_fd()) {
-        Ok(_) => {}
-        Err(e) if e.is_unsupported() => {}
-        Err(e) => return Err(DirError::Verity { path: tmp_path.clone(), reason: e.to_string() }),
-    }
-    drop(ro);
-    fs::rename(&tmp_path, &dest).map_err(io_err(&dest, "rename"))?;
-    std::mem::forget(guard);
-    Ok(())
 }
 
 /// Create `dir/.tmpXXXXXXXX` exclusively (mode 0600 until finished).
@@ -309,8 +286,10 @@ pub enum DirError {
     Io { path: PathBuf, op: &'static str, source: io::Error },
     #[error("{}: {reason}", path.display())]
     Entry { path: PathBuf, reason: String },
-    #[error("{}: enabling fs-verity: {reason}", path.display())]
-    Verity { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 #[cfg(test)]
