@@ -65,11 +65,11 @@ pub fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirError> {
         None => None,
     };
     let mut b = Builder { tree: Tree::new(opts.limits), links: HashMap::new() };
-    let (root_entry, _) = b.entry_for(root, &md)?;
+    let (root_entry, _) = entry_for(root, &md)?;
     b.tree.set_root(root_entry).map_err(|e| DirError::Entry { path: root.to_path_buf(), reason: e.to_string() })?;
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let ((), objects) = import::with_workers(store.as_ref(), threads, |sub| walk(&mut b, root, sub))?;
+    let ((), objects) = import::with_workers(store.as_ref(), threads, &list_dir, |sub| walk(&mut b, root, sub))?;
     let mut tree = b.tree;
     for (id, obj) in objects {
         let e = &mut tree.node_mut(id).entry;
@@ -84,43 +84,72 @@ pub fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirError> {
     Ok(tree)
 }
 
-/// Depth-first walk with an explicit stack (no recursion on hostile depth); external regular
-/// files go to the import workers.
-fn walk(b: &mut Builder, root: &Path, sub: &import::Submitter<'_>) -> Result<(), DirError> {
+/// One entry of a directory as a worker read it.
+struct Child {
+    name: std::ffi::OsString,
+    path: PathBuf,
+    md: fs::Metadata,
+    entry: Entry,
+    /// Its content goes to the import workers.
+    external: bool,
+}
+
+type Listing = Result<Vec<Child>, DirError>;
+
+/// A directory's entries in name order, each with its metadata, xattrs, symlink target or inline
+/// content (run by the import workers).
+fn list_dir(dir: &Path) -> Listing {
     let io_err = |path: &Path, op: &'static str| {
         let path = path.to_path_buf();
         move |e: io::Error| DirError::Io { path, op, source: e }
     };
-    let mut stack: Vec<(PathBuf, NodeId)> = vec![(root.to_path_buf(), ROOT)];
-    while let Some((dir, id)) = stack.pop() {
-        let mut names: Vec<_> = fs::read_dir(&dir)
-            .map_err(io_err(&dir, "opendir"))?
-            .map(|r| r.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(io_err(&dir, "readdir"))?;
-        names.sort();
-        for name in names {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .map_err(io_err(dir, "opendir"))?
+        .map(|r| r.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(io_err(dir, "readdir"))?;
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
             let path = dir.join(&name);
             let md = fs::symlink_metadata(&path).map_err(io_err(&path, "lstat"))?;
+            let (entry, external) = entry_for(&path, &md)?;
+            Ok(Child { name, path, md, entry, external })
+        })
+        .collect()
+}
+
+/// Depth-first walk with an explicit stack (no recursion on hostile depth). The tree is built
+/// here, in a fixed order; the listings and the files' contents come from the import workers.
+fn walk(b: &mut Builder, root: &Path, sub: &import::Submitter<'_, Listing>) -> Result<(), DirError> {
+    let mut stack = vec![(sub.list(root.to_path_buf()), ROOT)];
+    while let Some((ticket, id)) = stack.pop() {
+        let mut subdirs = Vec::new();
+        for c in ticket.wait()?? {
+            let (md, path) = (&c.md, &c.path);
             let bad = |e: crate::tree::TreeError| DirError::Entry { path: path.clone(), reason: e.to_string() };
             if !md.is_dir() && md.nlink() > 1 {
                 if let Some(&target) = b.links.get(&(md.dev(), md.ino())) {
-                    b.tree.insert_hardlink_child(id, name.as_bytes(), target).map_err(bad)?;
+                    b.tree.insert_hardlink_child(id, c.name.as_bytes(), target).map_err(bad)?;
                     continue;
                 }
             }
-            let (entry, external) = b.entry_for(&path, &md)?;
-            let child = b.tree.insert_child(id, name.as_bytes(), entry).map_err(bad)?;
+            let child = b.tree.insert_child(id, c.name.as_bytes(), c.entry).map_err(bad)?;
             if md.is_dir() {
-                stack.push((path, child));
+                subdirs.push((c.path, child));
                 continue;
             }
             if md.nlink() > 1 {
                 b.links.insert((md.dev(), md.ino()), child);
             }
-            if external {
-                sub.submit(FileJob { id: child, path, dev: md.dev(), ino: md.ino(), size: md.len() })?;
+            if c.external {
+                sub.submit(FileJob { id: child, path: c.path, dev: md.dev(), ino: md.ino(), size: md.len() })?;
             }
+        }
+        // Asked for in walk order: the workers take the newest request first.
+        for (path, child) in subdirs {
+            stack.push((sub.list(path), child));
         }
     }
     Ok(())
@@ -131,80 +160,75 @@ struct Builder {
     links: HashMap<(u64, u64), NodeId>,
 }
 
-impl Builder {
-    /// The entry for `path`, and whether its content goes to the import workers.
-    fn entry_for(&mut self, path: &Path, md: &fs::Metadata) -> Result<(Entry, bool), DirError> {
-        let io_err = |op: &'static str| move |e: io::Error| DirError::Io { path: path.to_path_buf(), op, source: e };
-        let mode = md.mode();
-        let ftype = mode & S_IFMT;
-        let rdev = if md.file_type().is_char_device() || md.file_type().is_block_device() {
-            let r = md.rdev();
-            encode_dev(libc::major(r) as i64, libc::minor(r) as i64)
-                .map_err(|reason| DirError::Entry { path: path.to_path_buf(), reason })?
-        } else {
-            0
-        };
-        let mut entry = Entry {
-            inode: Inode {
-                mode: mode & 0o177777,
-                uid: md.uid(),
-                gid: md.gid(),
-                rdev,
-                size: 0,
-                mtime: md.mtime(),
-                mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
-            },
-            ..Entry::default()
-        };
-        use std::os::unix::fs::FileTypeExt;
-        let mut external = false;
-        if md.file_type().is_symlink() {
-            let t = fs::read_link(path).map_err(io_err("readlink"))?;
-            let t = t.as_os_str().as_bytes().to_vec();
-            if t.is_empty() || t.len() >= crate::tree::PATH_MAX {
-                return Err(DirError::Entry {
-                    path: path.to_path_buf(),
-                    reason: "symlink target empty or too long".into(),
-                });
-            }
-            entry.inode.size = t.len() as u64;
-            entry.payload = Some(t);
-        } else if ftype == S_IFREG {
-            entry.inode.size = md.len();
-            external = self.regular(path, md, &mut entry)?;
-        } else if ftype == S_IFDIR {
-            entry.inode.size = 0;
-        }
-        entry.xattrs = read_xattrs(path)?;
-        Ok((entry, external))
-    }
-
-    /// Small files are read inline; larger ones are left to the import workers (`true`).
-    fn regular(&mut self, path: &Path, md: &fs::Metadata, entry: &mut Entry) -> Result<bool, DirError> {
-        let io_err = |op: &'static str| move |e: io::Error| DirError::Io { path: path.to_path_buf(), op, source: e };
-        let size = md.len();
-        if size == 0 {
-            return Ok(false);
-        }
-        if size > INLINE_MAX {
-            return Ok(true);
-        }
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(io_err("open"))?;
-        let mut buf = Vec::with_capacity(size as usize);
-        (&f).take(size + 1).read_to_end(&mut buf).map_err(io_err("read"))?;
-        if buf.len() as u64 != size {
+/// The entry for `path`, and whether its content goes to the import workers.
+fn entry_for(path: &Path, md: &fs::Metadata) -> Result<(Entry, bool), DirError> {
+    let io_err = |op: &'static str| move |e: io::Error| DirError::Io { path: path.to_path_buf(), op, source: e };
+    let mode = md.mode();
+    let ftype = mode & S_IFMT;
+    let rdev = if md.file_type().is_char_device() || md.file_type().is_block_device() {
+        let r = md.rdev();
+        encode_dev(libc::major(r) as i64, libc::minor(r) as i64)
+            .map_err(|reason| DirError::Entry { path: path.to_path_buf(), reason })?
+    } else {
+        0
+    };
+    let mut entry = Entry {
+        inode: Inode {
+            mode: mode & 0o177777,
+            uid: md.uid(),
+            gid: md.gid(),
+            rdev,
+            size: 0,
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
+        },
+        ..Entry::default()
+    };
+    use std::os::unix::fs::FileTypeExt;
+    let mut external = false;
+    if md.file_type().is_symlink() {
+        let t = fs::read_link(path).map_err(io_err("readlink"))?;
+        let t = t.as_os_str().as_bytes().to_vec();
+        if t.is_empty() || t.len() >= crate::tree::PATH_MAX {
             return Err(DirError::Entry {
                 path: path.to_path_buf(),
-                reason: "file changed size while being read".into(),
+                reason: "symlink target empty or too long".into(),
             });
         }
-        entry.content = Some(buf);
-        Ok(false)
+        entry.inode.size = t.len() as u64;
+        entry.payload = Some(t);
+    } else if ftype == S_IFREG {
+        entry.inode.size = md.len();
+        external = regular(path, md, &mut entry)?;
+    } else if ftype == S_IFDIR {
+        entry.inode.size = 0;
     }
+    entry.xattrs = read_xattrs(path)?;
+    Ok((entry, external))
+}
+
+/// Small files are read inline; larger ones are left to the import workers (`true`).
+fn regular(path: &Path, md: &fs::Metadata, entry: &mut Entry) -> Result<bool, DirError> {
+    let io_err = |op: &'static str| move |e: io::Error| DirError::Io { path: path.to_path_buf(), op, source: e };
+    let size = md.len();
+    if size == 0 {
+        return Ok(false);
+    }
+    if size > INLINE_MAX {
+        return Ok(true);
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err("open"))?;
+    let mut buf = Vec::with_capacity(size as usize);
+    (&f).take(size + 1).read_to_end(&mut buf).map_err(io_err("read"))?;
+    if buf.len() as u64 != size {
+        return Err(DirError::Entry { path: path.to_path_buf(), reason: "file changed size while being read".into() });
+    }
+    entry.content = Some(buf);
+    Ok(false)
 }
 
 /// Create `dir/.tmpXXXXXXXX` exclusively (mode 0600 until finished).

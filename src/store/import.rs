@@ -1,19 +1,24 @@
-//! Many files at once (a directory walk): the walking thread hands every regular file it finds to
-//! worker threads, one per core, that open, hash and (with a store) store it; the results come
-//! back keyed by the walker's id. The walk itself stays on the calling thread, so it can keep
-//! its tree single-threaded.
+//! Many files at once (a directory walk) on all cores. The walking thread keeps the tree (single
+//! threaded, in a fixed order); worker threads, one per core, do the system calls:
+//! - **listings**: the walker asks for a directory's entries ([`Submitter::list`]) and gets a
+//!   [`Ticket`] it waits on when it reaches that directory; workers take listings first and
+//!   newest first, which is the order a depth-first walk needs them in;
+//! - **files**: every regular file whose content goes to the store ([`Submitter::submit`]) is
+//!   opened, read once, hashed and stored by a worker; the results come back keyed by the
+//!   walker's id.
 //!
 //! Each file is opened without following symlinks or blocking (a FIFO swapped in is refused,
 //! not waited on), and must still be the regular file the walker saw (same device, inode and
 //! size); its bytes are read once, and the digest is of exactly the bytes read (and stored).
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
 
 use thiserror::Error;
 
@@ -44,47 +49,128 @@ pub enum ImportError {
     Cancelled,
 }
 
-/// The walker's side: [`Submitter::submit`] queues a file (blocking while the queue is full).
-pub struct Submitter<'p> {
-    tx: SyncSender<FileJob>,
-    failed: &'p AtomicBool,
+/// A batch is queued when it holds this many files or this many bytes (one wake-up per batch;
+/// a few large files do not all land on one worker).
+const BATCH_FILES: usize = 64;
+const BATCH_BYTES: u64 = 4 << 20;
+/// File batches waiting per worker before the walker waits.
+const QUEUE_PER_WORKER: usize = 8;
+
+struct Queues<L> {
+    lists: Vec<(PathBuf, mpsc::Sender<L>)>,
+    files: VecDeque<Vec<FileJob>>,
+    closed: bool,
 }
 
-impl Submitter<'_> {
-    /// Queues `job`; `Err(Cancelled)` once a worker has failed (the walk should stop).
-    pub fn submit(&self, job: FileJob) -> Result<(), ImportError> {
-        if self.failed.load(Ordering::Relaxed) {
-            return Err(ImportError::Cancelled);
-        }
-        self.tx.send(job).map_err(|_| ImportError::Cancelled)
+struct Shared<L> {
+    q: Mutex<Queues<L>>,
+    /// Work arrived (workers wait on it).
+    work: Condvar,
+    /// Room in the file queue (the walker waits on it).
+    room: Condvar,
+    failed: AtomicBool,
+    max_files: usize,
+}
+
+impl<L> Shared<L> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues<L>> {
+        self.q.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Jobs waiting in the queue per worker (the walker blocks beyond that).
-const QUEUE_PER_WORKER: usize = 256;
+/// A directory listing asked for; [`Ticket::wait`] gives it.
+pub struct Ticket<L>(mpsc::Receiver<L>);
 
-/// Runs `walk` on this thread while `threads` workers import what it submits into `store`
-/// (or, without a store, only compute each file's fs-verity digest). Returns the walk's result
-/// and, per submitted id, the object ([`Stored::verity`] is always known). The first error of a
-/// worker wins over the walker's.
-pub fn with_workers<R, E: From<ImportError>>(
+impl<L> Ticket<L> {
+    pub fn wait(self) -> Result<L, ImportError> {
+        self.0.recv().map_err(|_| ImportError::Cancelled)
+    }
+}
+
+/// The walker's side of the pool.
+pub struct Submitter<'p, L> {
+    shared: &'p Shared<L>,
+    batch: std::cell::RefCell<(Vec<FileJob>, u64)>,
+}
+
+impl<L> Submitter<'_, L> {
+    /// Asks a worker to list `dir`.
+    pub fn list(&self, dir: PathBuf) -> Ticket<L> {
+        let (tx, rx) = mpsc::channel();
+        self.shared.lock().lists.push((dir, tx));
+        self.shared.work.notify_one();
+        Ticket(rx)
+    }
+
+    /// Queues a file; `Err(Cancelled)` once a worker has failed (the walk should stop).
+    pub fn submit(&self, job: FileJob) -> Result<(), ImportError> {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(ImportError::Cancelled);
+        }
+        let full = {
+            let mut b = self.batch.borrow_mut();
+            b.1 += job.size;
+            b.0.push(job);
+            b.0.len() >= BATCH_FILES || b.1 >= BATCH_BYTES
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), ImportError> {
+        let jobs = std::mem::take(&mut *self.batch.borrow_mut()).0;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut q = self.shared.lock();
+        while q.files.len() >= self.shared.max_files && !self.shared.failed.load(Ordering::Relaxed) {
+            q = self.shared.room.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(ImportError::Cancelled);
+        }
+        q.files.push_back(jobs);
+        drop(q);
+        self.shared.work.notify_one();
+        Ok(())
+    }
+}
+
+/// Runs `walk` on this thread while `threads` workers list the directories it asks for (with
+/// `lister`) and import the files it submits into `store` (without a store: only compute each
+/// file's fs-verity digest). Returns the walk's result and, per submitted id, the object
+/// ([`Stored::verity`] is always known). A worker's import error wins over the walker's.
+pub fn with_workers<L: Send, R, E: From<ImportError>>(
     store: Option<&ObjectStore>,
     threads: usize,
-    walk: impl FnOnce(&Submitter<'_>) -> Result<R, E>,
+    lister: &(dyn Fn(&Path) -> L + Sync),
+    walk: impl FnOnce(&Submitter<'_, L>) -> Result<R, E>,
 ) -> Result<(R, Vec<(u32, Stored)>), E> {
     let threads = threads.max(1);
-    let failed = AtomicBool::new(false);
+    let shared = Shared {
+        q: Mutex::new(Queues { lists: Vec::new(), files: VecDeque::new(), closed: false }),
+        work: Condvar::new(),
+        room: Condvar::new(),
+        failed: AtomicBool::new(false),
+        max_files: QUEUE_PER_WORKER * threads,
+    };
     let first_error: Mutex<Option<ImportError>> = Mutex::new(None);
-    let (tx, rx) = mpsc::sync_channel::<FileJob>(QUEUE_PER_WORKER * threads);
-    let rx = Mutex::new(rx);
     let (walked, results) = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads).map(|_| s.spawn(|| worker(store, &rx, &failed, &first_error))).collect();
-        let sub = Submitter { tx, failed: &failed };
-        let walked = walk(&sub);
-        if walked.is_err() {
-            failed.store(true, Ordering::Relaxed);
+        let workers: Vec<_> = (0..threads).map(|_| s.spawn(|| worker(store, lister, &shared, &first_error))).collect();
+        let sub = Submitter { shared: &shared, batch: Default::default() };
+        let mut walked = walk(&sub);
+        if walked.is_ok() {
+            if let Err(e) = sub.flush() {
+                walked = Err(E::from(e));
+            }
         }
-        drop(sub); // closes the queue: workers finish what is queued and stop
+        if walked.is_err() {
+            shared.failed.store(true, Ordering::Relaxed);
+        }
+        shared.lock().closed = true; // workers finish what is queued and stop
+        shared.work.notify_all();
         let mut results = Vec::new();
         for w in workers {
             match w.join() {
@@ -107,27 +193,62 @@ pub fn with_workers<R, E: From<ImportError>>(
     Ok((walked?, results))
 }
 
-fn worker(
+enum Work<L> {
+    List(PathBuf, mpsc::Sender<L>),
+    Files(Vec<FileJob>),
+}
+
+fn next_work<L>(shared: &Shared<L>) -> Option<Work<L>> {
+    let mut q = shared.lock();
+    loop {
+        if let Some((dir, tx)) = q.lists.pop() {
+            return Some(Work::List(dir, tx));
+        }
+        if let Some(b) = q.files.pop_front() {
+            drop(q);
+            shared.room.notify_one();
+            return Some(Work::Files(b));
+        }
+        if q.closed {
+            return None;
+        }
+        q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+fn worker<L>(
     store: Option<&ObjectStore>,
-    rx: &Mutex<Receiver<FileJob>>,
-    failed: &AtomicBool,
+    lister: &(dyn Fn(&Path) -> L + Sync),
+    shared: &Shared<L>,
     first_error: &Mutex<Option<ImportError>>,
 ) -> Vec<(u32, Stored)> {
     let mut out = Vec::new();
-    loop {
-        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok(job) = job else { return out };
-        if failed.load(Ordering::Relaxed) {
-            continue; // drain the queue so the walker never blocks on it
-        }
-        match import_one(store, &job) {
-            Ok(s) => out.push((job.id, s)),
-            Err(e) => {
-                failed.store(true, Ordering::Relaxed);
-                first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+    while let Some(w) = next_work(shared) {
+        let failed = || shared.failed.load(Ordering::Relaxed);
+        match w {
+            // A dropped sender tells the (stopping) walker there is no listing.
+            Work::List(dir, tx) if !failed() => {
+                let _ = tx.send(lister(&dir));
+            }
+            Work::List(..) => {}
+            Work::Files(batch) => {
+                for job in batch {
+                    if failed() {
+                        break; // drain the queue so the walker never waits on it
+                    }
+                    match import_one(store, &job) {
+                        Ok(s) => out.push((job.id, s)),
+                        Err(e) => {
+                            shared.failed.store(true, Ordering::Relaxed);
+                            first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                            shared.room.notify_all();
+                        }
+                    }
+                }
             }
         }
     }
+    out
 }
 
 /// Opens the file and checks it is still what the walker saw.

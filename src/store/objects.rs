@@ -95,8 +95,16 @@ pub struct Stored {
 
 /// `xx/rest-of-hex` (lower-case) for a digest.
 pub fn object_name(d: &Digest) -> String {
-    let h = crate::fsverity::to_hex(d);
-    format!("{}/{}", &h[..2], &h[2..])
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = Vec::with_capacity(65);
+    for (i, b) in d.iter().enumerate() {
+        s.push(HEX[usize::from(b >> 4)]);
+        s.push(HEX[usize::from(b & 15)]);
+        if i == 0 {
+            s.push(b'/');
+        }
+    }
+    String::from_utf8(s).expect("hex is ASCII")
 }
 
 #[derive(Debug, Error)]
@@ -153,6 +161,8 @@ pub struct ObjectStore {
     verity_off: AtomicBool,
     /// `FICLONE` failed once between this store and a source on its filesystem.
     reflink_off: AtomicBool,
+    /// The umask leaves 0644 alone: new files need no `fchmod`.
+    mode_exact: bool,
     tmp_counter: AtomicU64,
 }
 
@@ -185,6 +195,7 @@ impl ObjectStore {
             procfs,
             verity_off: AtomicBool::new(opts.verity == VerityMode::Off),
             reflink_off: AtomicBool::new(false),
+            mode_exact: umask().is_some_and(|m| m & 0o644 == 0),
             tmp_counter: AtomicU64::new(0),
         })
     }
@@ -475,7 +486,9 @@ impl ObjectStore {
         verity: Option<Digest>,
     ) -> Result<(bool, Option<Digest>), StoreError> {
         let name = object_name(digest);
-        rustix::fs::fchmod(&tmp.file, Mode::from_raw_mode(0o644)).map_err(|e| self.io_err("fchmod", e))?;
+        if !self.mode_exact {
+            rustix::fs::fchmod(&tmp.file, Mode::from_raw_mode(0o644)).map_err(|e| self.io_err("fchmod", e))?;
+        }
         let mut measured = None;
         if !self.verity_off.load(Ordering::Relaxed) {
             tmp.file = self.reopen_ro(&tmp)?; // closes the writable descriptor
@@ -569,6 +582,13 @@ impl ObjectStore {
         }
         Ok(Some(m))
     }
+}
+
+/// The process umask, read without changing it (`Umask:` of /proc/self/status, Linux 4.7+).
+fn umask() -> Option<u32> {
+    let st = std::fs::read_to_string("/proc/self/status").ok()?;
+    let v = st.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(v.trim(), 8).ok()
 }
 
 /// Reads from `f` at `off` until `buf` is full or end of file; returns the bytes read.

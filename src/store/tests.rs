@@ -247,7 +247,8 @@ fn workers_report_the_first_failure() {
     use std::os::unix::fs::MetadataExt;
     let job = |id, ino| FileJob { id, path: src.clone(), dev: md.dev(), ino, size: md.len() };
     // Without a store: digests only.
-    let (n, res) = with_workers::<_, ImportError>(None, 2, |sub| {
+    let no_lists = |_: &Path| ();
+    let (n, res) = with_workers::<(), _, ImportError>(None, 2, &no_lists, |sub| {
         sub.submit(job(7, md.ino()))?;
         Ok(1)
     })
@@ -257,7 +258,7 @@ fn workers_report_the_first_failure() {
     // A file that is no longer the one the walker saw fails the import with its path, and the
     // walker is told to stop.
     let stopped = std::sync::atomic::AtomicBool::new(false);
-    let e = with_workers::<(), ImportError>(None, 2, |sub| {
+    let e = with_workers::<(), (), ImportError>(None, 2, &no_lists, |sub| {
         sub.submit(job(1, md.ino() + 1))?;
         for i in 0..100_000 {
             if let Err(e) = sub.submit(job(i, md.ino())) {
@@ -270,4 +271,30 @@ fn workers_report_the_first_failure() {
     .unwrap_err();
     assert!(matches!(&e, ImportError::Changed { path, .. } if path == &src), "{e}");
     assert!(stopped.load(Ordering::Relaxed), "the walker was not stopped");
+}
+
+#[test]
+fn object_names() {
+    let mut d = [0u8; 32];
+    d[0] = 0xab;
+    d[31] = 0x0f;
+    let n = object_name(&d);
+    assert_eq!(n, format!("ab/{}0f", "00".repeat(30)));
+    assert_eq!(n.replace('/', ""), crate::fsverity::to_hex(&d));
+}
+
+/// Objects are 0644 whatever the umask (the store then fchmods each new object).
+#[test]
+fn object_mode_ignores_umask() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("objs");
+    // Process-wide for a moment; restored right after (other tests only create 0700 tempdirs).
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let r = std::panic::catch_unwind(|| {
+        let s = ObjectStore::open(&dir, StoreOptions::new(Naming::Sha256)).unwrap();
+        let st = s.insert_bytes(&data(1000, 3), None).unwrap();
+        fs::metadata(dir.join(object_name(&st.digest))).unwrap().permissions().mode() & 0o7777
+    });
+    rustix::process::umask(old);
+    assert_eq!(r.unwrap(), 0o644);
 }
