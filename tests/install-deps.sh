@@ -3,7 +3,7 @@
 # Tier 3's VM kernel and virtme-ng are installed by tests/vm/run-tier3.sh itself.
 set -euo pipefail
 pkgs=(erofs-utils fsverity util-linux mount passwd uidmap libcap2-bin strace time zstd hyperfine
-      gcc make python3 python3-pip qemu-system-x86 busybox-static e2fsprogs kmod
+      gcc make python3 python3-pip qemu-system-x86 busybox-static e2fsprogs kmod xfsprogs
       rpm dpkg-dev)  # for packaging/build-packages.sh: rpmbuild/rpm2archive, dpkg-shlibdeps
 missing=()
 for p in "${pkgs[@]}"; do
