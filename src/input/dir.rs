@@ -12,8 +12,9 @@
 //!   (the reference's `--digest-store` naming), with the digest recorded for the metacopy xattr.
 //! - Hard links (same `st_dev`/`st_ino`, `st_nlink > 1`) become hard links in the tree (the
 //!   reference would store separate inodes).
-//! - External files are read, hashed and (with a digest store) stored by worker threads on all
-//!   cores while the walk goes on ([`crate::store::import`]); the store names objects by the
+//! - Worker threads on all cores ([`crate::store::import`]) list the directories (the calls
+//!   above) and read, hash and (with a digest store) store the external files, while this
+//!   thread builds the tree in a fixed depth-first, name-sorted order; the store names objects by the
 //!   digest of the bytes it wrote, enables fs-verity where the filesystem has it, reuses objects
 //!   already present, and is made durable with one `syncfs` before the image is written
 //!   ([`crate::store::objects`]).
