@@ -24,9 +24,12 @@
 #
 # Needs root (mounts, the setuid copy, user nobody), hyperfine, GNU time, python3, setpriv,
 # fsverity (fsverity-utils), the conformance data, and cargo with the dependencies already
-# fetched (the build runs --offline). Mounting sections must run under the machine-wide lock:
-#   flock /tmp/cfsmount-root.lock benches/compare.sh
-# Output: the table (markdown) on stdout, and every raw timing under $OUT (target/bench-compare).
+# fetched (the build runs --offline). On a shared machine the mounting sections run under the
+# machine-wide lock, the rest need not hold it:
+#   flock /tmp/cfsmount-root.lock env SECTIONS="mount helper" benches/compare.sh
+#   SECTIONS="dir store dump toc verity" benches/compare.sh
+# Output: the table (markdown) on stdout and in $OUT/table.md (target/bench-compare), built from
+# every section's latest results there; raw timings (hyperfine JSON per round) next to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,8 +56,7 @@ for t in hyperfine python3 setpriv fsverity; do command -v "$t" >/dev/null || di
 
 cargo build --release --offline --quiet --bin cfsmount
 B=${CARGO_TARGET_DIR:-$PWD/target}/release/cfsmount
-rm -rf "$OUT"
-mkdir -p "$OUT"
+mkdir -p "$OUT/checks"
 
 W=$(mktemp -d /var/tmp/cfsmount-compare.XXXXXX)
 S=$(mktemp -d "$STORE_DIR/cfsmount-compare-store.XXXXXX")
@@ -90,6 +92,7 @@ tool() { names+=("$1"); prepares+=("$2"); cmds+=("$3"); }
 # run_case ID RUNS_PER_ROUND
 run_case() {
     local id=$1 per=$2 r i args
+    rm -rf "${OUT:?}/$id"
     mkdir -p "$OUT/$id"
     for r in $(seq 0 "$ROUNDS"); do          # round 0 warms up and is discarded
         args=()
@@ -197,34 +200,39 @@ if has verity; then
 fi
 
 # --- same outputs? ----------------------------------------------------------------------------
-checks=()
-same() { # same LABEL FILE...: all existing files identical
-    local label=$1 first="" f
-    shift
+# One file of findings per section in $OUT/checks, so that sections run separately (the mounting
+# ones under the lock, the others without) add up to one table.
+check() { echo "- $2" >>"$OUT/checks/$1"; }
+for sec in $SECTIONS; do rm -f "$OUT/checks/$sec"; done
+same() { # same SECTION LABEL FILE...: all existing files identical
+    local sec=$1 label=$2 first="" f
+    shift 2
     for f in "$@"; do
         [ -e "$f" ] || continue
-        if [ -z "$first" ]; then first=$f; elif ! cmp -s "$first" "$f"; then checks+=("$label: DIFFER ($first vs $f)"); return; fi
+        if [ -z "$first" ]; then first=$f; elif ! cmp -s "$first" "$f"; then check "$sec" "$label: DIFFER ($first vs $f)"; return; fi
     done
-    [ -z "$first" ] || checks+=("$label: identical ($(sha256sum <"$first" | cut -c1-16)...)")
+    [ -z "$first" ] || check "$sec" "$label: identical ($(sha256sum <"$first" | cut -c1-16)...)"
 }
-if has dir; then same "dir images" "$W"/dir-{cfs,ref,rs}.img; fi
+if has dir; then same dir "dir images" "$W"/dir-{cfs,ref,rs}.img; fi
 if has store; then
-    same "store images" "$W"/store-{cfs,ref,rs}.img
+    same store "store images" "$W"/store-{cfs,ref,rs}.img
     listing() { (cd "$1" && find . -type f -printf '%P %s %m\n' | sort) >"$2"; }
     listing "$S/obj-cfs" "$W/l-cfs"
     for t in ref rs; do
         [ -d "$S/obj-$t" ] || continue
         listing "$S/obj-$t" "$W/l-$t"
         if cmp -s "$W/l-cfs" "$W/l-$t" && diff -rq "$S/obj-cfs" "$S/obj-$t" >/dev/null; then
-            checks+=("object trees cfsmount / $t: identical ($(wc -l <"$W/l-cfs") objects: names, sizes, modes, contents)")
+            check store "object trees cfsmount / $t: identical ($(wc -l <"$W/l-cfs") objects: names, sizes, modes, contents)"
         else
-            checks+=("object trees cfsmount / $t: DIFFER")
+            check store "object trees cfsmount / $t: DIFFER"
         fi
     done
 fi
-if has dump; then same "dumpfile images" "$W"/dump-{cfs,ref,rs}.img; fi
-if has toc; then same "TOC image vs dumpfile image" "$W/cs9.img" "$W/toc-cfs.img"; fi
-if has verity; then [ "$digests" = 1 ] && checks+=("fs-verity digests: identical") || checks+=("fs-verity digests: DIFFER"); fi
+if has dump; then same dump "dumpfile images" "$W"/dump-{cfs,ref,rs}.img; fi
+if has toc; then same toc "TOC image vs dumpfile image" "$W/cs9.img" "$W/toc-cfs.img"; fi
+if has verity; then
+    [ "$digests" = 1 ] && check verity "fs-verity digests: identical" || check verity "fs-verity digests: DIFFER"
+fi
 
 # --- the table --------------------------------------------------------------------------------
 fmt() { # fmt SUMMARY NAME -> "mean ± sd (n=N), RSS MB"
@@ -262,5 +270,5 @@ row() { # row LABEL CASE CFS REF RS [noratio]
     echo
     echo "Times: mean ± standard deviation over all rounds; memory: peak RSS of one more run (with children)."
     echo "(N×) = peer time / cfsmount time. Output checks:"
-    for c in "${checks[@]}"; do echo "- $c"; done
+    cat "$OUT"/checks/* 2>/dev/null || true
 } | tee "$OUT/table.md"
