@@ -1,5 +1,5 @@
-//! fs-verity: userspace digest (parallel leaf hashing), enable and measure on files, and the
-//! `cfsmount verity` subcommands.
+//! fs-verity: userspace digest (parallel leaf hashing), enable and measure on files (the
+//! `cfsmount verity` subcommands are in [`crate::cli`]).
 //!
 //! The digest is the kernel's (Documentation/filesystems/fsverity.rst): SHA-256, 4096-byte
 //! Merkle tree blocks, no salt. Each data block (the last one zero-padded) is hashed; the
@@ -17,11 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 /// Merkle tree block size (and data block size) used everywhere in composefs.
-pub const BLOCK_SIZE: usize = 4096;
+const BLOCK_SIZE: usize = 4096;
 const LOG_BLOCK_SIZE: u8 = 12;
 const HASH_SIZE: usize = 32;
 /// Hashes per Merkle tree block.
@@ -222,7 +221,7 @@ pub fn to_hex(d: &[u8]) -> String {
 }
 
 /// Parses a 64-character hex SHA-256 digest (either case).
-pub fn parse_hex(s: &str) -> Result<Sha256Digest, VerityError> {
+pub(crate) fn parse_hex(s: &str) -> Result<Sha256Digest, VerityError> {
     let bad = || VerityError::BadHex(s.chars().take(80).collect());
     let b = s.as_bytes();
     if b.len() != 2 * HASH_SIZE {
@@ -281,7 +280,7 @@ pub fn enable(fd: BorrowedFd<'_>) -> Result<Enabled, VerityError> {
 ///
 /// ENODATA gives [`VerityError::NotEnabled`]; ENOTTY/EOPNOTSUPP [`VerityError::Unsupported`];
 /// a digest other than SHA-256 [`VerityError::WrongAlgorithm`].
-pub fn measure(fd: BorrowedFd<'_>) -> Result<Sha256Digest, VerityError> {
+pub(crate) fn measure(fd: BorrowedFd<'_>) -> Result<Sha256Digest, VerityError> {
     let (alg, digest) = crate::sys::verity::measure(fd).map_err(|e| map_errno("FS_IOC_MEASURE_VERITY", e))?;
     if u32::from(alg) != crate::sys::verity::HASH_ALG_SHA256 || digest.len() != HASH_SIZE {
         return Err(VerityError::WrongAlgorithm { alg, size: digest.len() });
@@ -293,7 +292,7 @@ pub fn measure(fd: BorrowedFd<'_>) -> Result<Sha256Digest, VerityError> {
 
 /// Measures `fd` and compares with `expected`: a file without verity, or with another digest,
 /// is an error ([`VerityError::NotEnabled`] / [`VerityError::Mismatch`]).
-pub fn check_digest(fd: BorrowedFd<'_>, expected: &Sha256Digest) -> Result<(), VerityError> {
+pub(crate) fn check_digest(fd: BorrowedFd<'_>, expected: &Sha256Digest) -> Result<(), VerityError> {
     let actual = measure(fd)?;
     if &actual != expected {
         return Err(VerityError::Mismatch { expected: to_hex(expected), actual: to_hex(&actual) });
@@ -323,75 +322,6 @@ pub fn enable_path(path: &Path) -> Result<Enabled, VerityError> {
 pub fn measure_path(path: &Path) -> Result<Sha256Digest, VerityError> {
     let f = open_ro(path)?;
     measure(f.as_fd()).map_err(|e| e.at(path))
-}
-
-// ---------------------------------------------------------------------------------------------
-// CLI
-// ---------------------------------------------------------------------------------------------
-
-#[derive(clap::Subcommand, Debug)]
-pub enum Command {
-    /// Enable fs-verity (SHA-256, 4 KiB blocks) on each FILE; already enabled counts as success.
-    Enable {
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
-    /// Print the kernel's fs-verity digest of each FILE as `sha256:HEX FILE`.
-    Measure {
-        /// Print only the hex digest.
-        #[arg(long)]
-        compact: bool,
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
-    /// Compute each FILE's fs-verity digest in userspace, printed as `sha256:HEX FILE`.
-    Digest {
-        /// Print only the hex digest.
-        #[arg(long)]
-        compact: bool,
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
-}
-
-pub fn run(c: Command) -> anyhow::Result<()> {
-    use std::io::Write;
-    let (verb, files, compact): (&str, _, bool) = match &c {
-        Command::Enable { files } => ("enable", files, false),
-        Command::Measure { files, compact } => ("measure", files, *compact),
-        Command::Digest { files, compact } => ("digest", files, *compact),
-    };
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    let mut failed: Vec<(&Path, VerityError)> = Vec::new();
-    for path in files {
-        let r = match c {
-            Command::Enable { .. } => enable_path(path).map(|_| None),
-            Command::Measure { .. } => measure_path(path).map(Some),
-            Command::Digest { .. } => digest_path(path).map(Some),
-        };
-        match r {
-            Ok(None) => {}
-            Ok(Some(d)) if compact => writeln!(out, "{}", to_hex(&d))?,
-            Ok(Some(d)) => writeln!(out, "sha256:{} {}", to_hex(&d), path.display())?,
-            Err(e) => failed.push((path, e)),
-        }
-    }
-    out.flush()?;
-    match failed.len() {
-        0 => Ok(()),
-        1 => {
-            let (_, e) = failed.pop().expect("one element");
-            Err(e).with_context(|| format!("verity {verb}"))
-        }
-        n => {
-            for (_, e) in &failed {
-                eprintln!("cfsmount: verity {verb}: {e}");
-            }
-            let names: Vec<String> = failed.iter().map(|(p, _)| p.display().to_string()).collect();
-            anyhow::bail!("verity {verb}: {n} files failed: {}", names.join(", "))
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -431,7 +361,7 @@ pub enum VerityError {
 
 impl VerityError {
     /// Attaches the file name (once).
-    pub fn at(self, path: &Path) -> Self {
+    pub(crate) fn at(self, path: &Path) -> Self {
         match self {
             e @ VerityError::File { .. } => e,
             e => VerityError::File { path: path.to_path_buf(), inner: Box::new(e) },

@@ -3,15 +3,14 @@
 //! One module per stage; all `unsafe` and raw syscalls are confined to [`sys`].
 #![deny(unsafe_code)]
 
+pub mod build;
 pub mod cli;
 pub mod erofs;
 pub mod fsverity;
-pub mod helper;
 pub mod input;
-pub mod loopback;
-pub mod mkimage;
 pub mod mount;
-pub mod overlay;
+pub mod privileged;
+mod probe;
 pub mod sandbox;
 pub mod store;
 #[allow(unsafe_code)]

@@ -1,7 +1,7 @@
 //! The in-memory file tree that every input format builds and the EROFS writer consumes; owns name/path validation and the documented size limits.
 //!
 //! Nodes live in one arena (`Tree::nodes`), addressed by `NodeId`; node 0 is the root.
-//! Input parsers call [`Tree::insert`] / [`Tree::insert_hardlink`] with paths they have
+//! Input parsers call [`Tree::insert`] / `Tree::insert_hardlink` with paths they have
 //! stripped of format-specific decoration (a leading `/` or `./`, a trailing `/`); the
 //! tree rejects every other irregular path. [`Tree::finalize`] checks whole-tree
 //! invariants and sorts directories before the writer runs.
@@ -25,6 +25,11 @@ pub const S_IFBLK: u32 = 0o060000;
 pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFCHR: u32 = 0o020000;
 pub const S_IFIFO: u32 = 0o010000;
+
+/// Is `mode`'s file type one of the seven the formats know?
+pub(crate) fn valid_file_type(mode: u32) -> bool {
+    matches!(mode & S_IFMT, S_IFREG | S_IFDIR | S_IFLNK | S_IFBLK | S_IFCHR | S_IFSOCK | S_IFIFO)
+}
 
 /// Limits on hostile input. Defaults are documented in the README.
 #[derive(Debug, Clone, Copy)]
@@ -142,7 +147,7 @@ pub fn show(path: &[u8]) -> String {
 
 /// Split a relative path into validated components. Rejects empty paths, empty, `.`
 /// and `..` components, NUL bytes and names over [`MAX_NAME_LEN`].
-pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
+pub(crate) fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
     let bad = |reason| TreeError::BadPath { path: show(path), reason };
     if path.len() >= PATH_MAX {
         return Err(bad("path longer than PATH_MAX"));
@@ -161,6 +166,27 @@ pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
         }
     }
     Ok(out)
+}
+
+/// Checks a regular file's payload: the object it names below an object directory (`--basedir`,
+/// `--objects`), which the image's overlay redirect (`/` + payload) points at.
+///
+/// The object layout is `xx/rest` (containers/storage, the reference's `--digest-store`,
+/// composefs-rs). One leading `/` names the same object (the reference writes the redirect as
+/// `/` + payload and reads one `/` back off, and overlayfs resolves an absolute redirect from
+/// the top of the data layers). Anything that could name something else is refused: empty, `.`
+/// or `..` components (so also `//x`, `x/` and `a//b`), NUL, names over 255 bytes, PATH_MAX or
+/// more bytes. An empty payload names no object (no redirect is written). Returns the reason.
+pub(crate) fn check_object_path(payload: &[u8]) -> Result<(), &'static str> {
+    if payload.is_empty() {
+        return Ok(());
+    }
+    let rel = payload.strip_prefix(b"/").unwrap_or(payload);
+    match split_path(rel) {
+        Ok(_) => Ok(()),
+        Err(TreeError::BadPath { reason, .. }) => Err(reason),
+        Err(_) => Err("not an object path"),
+    }
 }
 
 /// Hasher for keys that already are a keyed hash (the name index): passes the u64 through.
@@ -219,7 +245,7 @@ impl Tree {
         &self.nodes[id as usize]
     }
 
-    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+    pub(crate) fn node_mut(&mut self, id: NodeId) -> &mut Node {
         &mut self.nodes[id as usize]
     }
 
@@ -360,7 +386,7 @@ impl Tree {
     }
 
     /// Add a hard link at `path` to the existing non-directory entry at `target`.
-    pub fn insert_hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<NodeId, TreeError> {
+    pub(crate) fn insert_hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<NodeId, TreeError> {
         let bad = |reason| TreeError::BadHardlink { path: show(path), target: show(target), reason };
         if path == target {
             return Err(bad("links to itself"));
@@ -517,6 +543,27 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_paths_stay_below_the_object_directory() {
+        for ok in [&b""[..], b"ab/cdef", b"/ab/cdef", b"a5/5e63.file", b"object", b"a/b/c"] {
+            assert_eq!(check_object_path(ok), Ok(()), "{}", show(ok));
+        }
+        for (bad, why) in [
+            (&b"../../../etc/passwd"[..], "'..' path component"),
+            (b"ab/../cd", "'..' path component"),
+            (b"/..", "'..' path component"),
+            (b"./ab", "'.' path component"),
+            (b"/", "empty path component"),
+            (b"//ab/cd", "empty path component"),
+            (b"ab//cd", "empty path component"),
+            (b"ab/cd/", "empty path component"),
+            (b"ab/c\0d", "NUL byte in path"),
+        ] {
+            assert_eq!(check_object_path(bad), Err(why), "{}", show(bad));
+        }
+        assert_eq!(check_object_path(&[b'a'; 256]), Err("name longer than 255 bytes"));
+    }
 
     fn reg(mode: u32) -> Entry {
         Entry { inode: Inode { mode: S_IFREG | mode, ..Inode::default() }, ..Entry::default() }

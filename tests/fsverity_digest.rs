@@ -9,19 +9,12 @@ use std::process::Command;
 
 use cfsmount::fsverity::{self, Enabled, VerityError};
 
-/// Deterministic content: splitmix64 stream seeded by the size.
+#[path = "support/random.rs"]
+mod random;
+
+/// Deterministic content, different for every size.
 fn content(size: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (size as u64).wrapping_mul(0x0123_4567_89ab_cdef);
-    let mut out = Vec::with_capacity(size + 8);
-    while out.len() < size {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(size);
-    out
+    random::Rng((size as u64).wrapping_mul(0x0123_4567_89ab_cdef)).fill(size)
 }
 
 fn scratch() -> tempfile::TempDir {

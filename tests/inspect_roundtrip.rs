@@ -16,9 +16,9 @@ use conformance::{forced_version, is_strict, read_input};
 #[path = "support/image.rs"]
 mod image;
 use image::{build, write_options};
-#[path = "support/hostile.rs"]
-mod hostile;
-use hostile::{corrupted, env_or, XorShift};
+#[path = "support/random.rs"]
+mod random;
+use random::{corrupted, env_or, random_tree, Rng};
 
 /// One buildable dumpfile case: name, input bytes, forced version, strict parsing.
 struct Case {
@@ -169,9 +169,8 @@ fn hostile_inputs() -> Vec<(String, Vec<u8>)> {
         .filter(|c| wanted.contains(&c.name.as_str()))
         .map(|c| (c.name.clone(), build(&c.tree(), c.version)))
         .collect();
-    let mut rng = XorShift(0x5851_f42d_4c95_7f2d);
-    for i in 0..3 {
-        let t = random_tree(&mut rng, [40, 150, 400][i]);
+    for (i, n) in [40, 150, 400].into_iter().enumerate() {
+        let t = random_tree(0x5851_f42d_4c95_7f2d + i as u64, n);
         out.push((format!("random tree {i}"), build(&t, None)));
     }
     out
@@ -193,14 +192,14 @@ fn corrupted_images_never_panic() {
     assert_eq!(inputs.len(), 7);
     // CFS_FUZZ_SCALE multiplies the number of corruptions (default 1: a brief run).
     let scale: usize = env_or("CFS_FUZZ_SCALE", 1);
-    let mut rng = XorShift(env_or("CFS_FUZZ_SEED", 0x9e37_79b9_7f4a_7c15u64) | 1);
+    let mut rng = Rng(env_or("CFS_FUZZ_SEED", 0x9e37_79b9_7f4a_7c15u64));
     let (mut ok, mut err, mut worst) = (0u32, 0u32, Duration::ZERO);
     for (name, img) in &inputs {
         assert!(read_image(img).is_ok(), "{name}: the uncorrupted image must read");
         let big = img.len() > 1 << 20;
         // Truncations: every 61st length over the metadata, then random ones.
         let step = if big { 4093 } else { 61 };
-        for cut in (0..img.len().min(1 << 16)).step_by(step).chain((0..64).map(|_| rng.below(img.len()))) {
+        for cut in (0..img.len().min(1 << 16)).step_by(step).chain((0..64).map(|_| rng.index(img.len()))) {
             match read_timed(&img[..cut], &format!("{name} truncated at {cut}"), &mut worst) {
                 Ok(()) => ok += 1,
                 Err(_) => err += 1,
@@ -347,154 +346,15 @@ fn decoded_size_limit_bounds_memory() {
 // ---------------------------------------------------------------------------------------
 // Random trees
 
-use cfsmount::tree::{Entry, Inode, Xattr, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK};
-
-fn random_name(rng: &mut XorShift, in_root: bool) -> Vec<u8> {
-    loop {
-        let name: Vec<u8> = match rng.below(10) {
-            // Names the root whiteout stubs use.
-            0 if in_root => format!("{:02x}", rng.below(256)).into_bytes(),
-            1 => (0..1 + rng.below(255)).map(|_| b'a' + rng.below(26) as u8).collect(),
-            2 => (0..1 + rng.below(12)).map(|_| 1 + rng.below(255) as u8).filter(|&c| c != b'/').collect(),
-            _ => (0..1 + rng.below(8)).map(|_| b"abcdefgh.-_0123"[rng.below(15)]).collect(),
-        };
-        if !name.is_empty() && name != b"." && name != b".." {
-            return name;
-        }
-    }
-}
-
-fn random_entry(rng: &mut XorShift, mtime: i64, dir: bool) -> Entry {
-    let xattr_pool: [(&[u8], &[u8]); 9] = [
-        (b"security.selinux", b"system_u:object_r:usr_t:s0"),
-        (b"security.selinux", b"system_u:object_r:bin_t:s0"),
-        (b"user.comment", b"hello"),
-        (b"user.empty", b""),
-        (b"trusted.overlay.opaque", b"y"),
-        (b"trusted.overlay.redirect", b"/elsewhere"),
-        (b"trusted.md5", b"\x00\x01\x02=\xff"),
-        (b"system.posix_acl_access", b"\x02\x00\x00\x00\x01\x00\x06\x00\xff\xff\xff\xff"),
-        (b"lustre.x", b"odd prefix"),
-    ];
-    let mut xattrs: Vec<Xattr> = Vec::new();
-    for _ in 0..rng.below(4) {
-        let (k, v) = xattr_pool[rng.below(xattr_pool.len())];
-        if !xattrs.iter().any(|x| x.key == k) {
-            xattrs.push(Xattr { key: k.to_vec(), value: v.to_vec() });
-        }
-    }
-    if rng.below(8) == 0 {
-        let v: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
-        xattrs.push(Xattr { key: format!("user.r{}", rng.below(1000)).into_bytes(), value: v });
-    }
-    xattrs.sort_by(|a, b| a.key.cmp(&b.key));
-    xattrs.dedup_by(|a, b| a.key == b.key);
-    let mtime = if rng.below(4) == 0 { mtime + rng.below(100_000) as i64 - 50_000 } else { mtime };
-    let id = |rng: &mut XorShift| {
-        if rng.below(5) == 0 {
-            rng.next() as u32
-        } else {
-            rng.below(3) as u32
-        }
-    };
-    let mut inode = Inode {
-        mode: (rng.below(0o10000)) as u32,
-        uid: id(rng),
-        gid: id(rng),
-        rdev: 0,
-        size: 0,
-        mtime,
-        mtime_nsec: if rng.below(3) == 0 { rng.below(1_000_000_000) as u32 } else { 0 },
-    };
-    let mut e = Entry { inode, xattrs, ..Entry::default() };
-    if dir {
-        e.inode.mode |= S_IFDIR;
-        return e;
-    }
-    match rng.below(9) {
-        0 | 1 => {
-            // Inline content, around the tail-packing thresholds.
-            let size = [0, 1, 100, 2047, 2048, 2049, 4095, 4096, 4097, 5000][rng.below(10)];
-            inode.mode |= S_IFREG;
-            inode.size = size as u64;
-            if size > 0 {
-                e.content = Some((0..size).map(|_| rng.next() as u8).collect());
-            }
-        }
-        2 | 3 => {
-            // External content: object path and maybe an fs-verity digest.
-            inode.mode |= S_IFREG;
-            inode.size = 1 + rng.next() % (1 << (1 + rng.below(44)));
-            let hex: String = (0..64).map(|_| char::from(b"0123456789abcdef"[rng.below(16)])).collect();
-            if rng.below(5) != 0 {
-                e.payload = Some(format!("{}/{}", &hex[..2], &hex[2..]).into_bytes());
-            }
-            if rng.below(2) == 0 {
-                let mut d = [0u8; 32];
-                d.iter_mut().for_each(|b| *b = rng.next() as u8);
-                e.fsverity_digest = Some(d);
-            }
-        }
-        4 => {
-            inode.mode |= S_IFLNK;
-            let len = [1, 10, 100, 1000, 3000, 4000, 4095][rng.below(7)];
-            let t: Vec<u8> = (0..len).map(|_| b"abc/._-xyz"[rng.below(10)]).collect();
-            inode.size = t.len() as u64;
-            e.payload = Some(t);
-        }
-        5 => {
-            inode.mode |= if rng.below(2) == 0 { S_IFCHR } else { S_IFBLK };
-            inode.rdev = 1 + rng.below(0xfffff) as u32;
-        }
-        6 => {
-            // An overlay whiteout.
-            inode.mode |= S_IFCHR;
-        }
-        7 => inode.mode |= S_IFIFO,
-        _ => inode.mode |= S_IFSOCK,
-    }
-    e.inode = inode;
-    e
-}
-
-fn random_tree(rng: &mut XorShift, n: usize) -> Tree {
-    let mut t = Tree::new(Limits::default());
-    let base = 1_600_000_000 + rng.below(1000) as i64;
-    t.set_root(random_entry(rng, base, true)).unwrap();
-    let mut dirs: Vec<NodeId> = vec![ROOT];
-    let mut files: Vec<NodeId> = Vec::new();
-    for _ in 0..n {
-        let parent = dirs[rng.below(dirs.len())];
-        let name = random_name(rng, parent == ROOT);
-        if t.child(parent, &name).is_some() {
-            continue;
-        }
-        if !files.is_empty() && rng.below(8) == 0 {
-            let target = files[rng.below(files.len())];
-            t.insert_hardlink_child(parent, &name, target).unwrap();
-            continue;
-        }
-        let is_dir = rng.below(4) == 0;
-        let id = t.insert_child(parent, &name, random_entry(rng, base, is_dir)).unwrap();
-        if is_dir {
-            dirs.push(id);
-        } else {
-            files.push(id);
-        }
-    }
-    t.finalize().unwrap();
-    t
-}
-
 #[test]
 fn random_trees_round_trip_through_the_reader() {
     // CFS_RANDOM_ROUNDS / CFS_RANDOM_SEED run it longer or elsewhere; the default is brief.
     let rounds = env_or("CFS_RANDOM_ROUNDS", 60u64) as usize;
-    let mut rng = XorShift(env_or("CFS_RANDOM_SEED", 0x2545_f491_4f6c_dd1du64) | 1);
+    let mut rng = Rng(env_or("CFS_RANDOM_SEED", 0x2545_f491_4f6c_dd1du64));
     let (mut done, mut refused) = (0, 0);
     for round in 0..rounds {
         let n = [5, 20, 60, 200, 600][round % 5];
-        let tree = random_tree(&mut rng, n);
+        let tree = random_tree(rng.next(), n);
         let version = if rng.below(2) == 0 { None } else { Some(rng.below(2) as u32) };
         let opts = write_options(version);
         let mut img = Vec::new();

@@ -19,6 +19,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# Tier 1 checks formatting and lints: the toolchain's rustfmt and clippy components.
+if command -v rustup >/dev/null 2>&1; then
+    for c in rustfmt clippy; do
+        rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+    done
+fi
 # cargo-deb builds the .deb in packaging/build-packages.sh (a per-user cargo install, no root
 # needed), pinned to the version the packaging was checked with (Cargo.toml uses its
 # `{ dest, link_name }` symlink assets).

@@ -235,8 +235,16 @@ fn hostile_input_fails_cleanly() {
         ("--from-estargz", r#"{"version":1,"entries":[{"type":"chunk"}]}"#, "type"),
         (
             "--from-dump",
-            "/ 0 40755 1 0 0 0 0.0 - - -\n/x 0 100644 1 0 0 0 0.0 ../.. - - \n/.. 0 40755 1 0 0 0 0.0 - - -\n",
+            "/ 0 40755 1 0 0 0 0.0 - - -\n/x 0 100644 1 0 0 0 0.0 - - - \n/.. 0 40755 1 0 0 0 0.0 - - -\n",
             "PATH",
+        ),
+        // A regular file's payload is its overlay redirect: it must name an object below the
+        // object directory, whatever the input format (see redirect_payloads_are_refused).
+        ("--from-dump", "/ 0 40755 1 0 0 0 0.0 - - -\n/x 9 100644 1 0 0 0 0.0 ../../../etc/passwd - -\n", "PAYLOAD"),
+        (
+            "--from-toc",
+            r#"{"version":1,"entries":[{"type":"reg","name":"x","size":9,"x-payload":"../etc/passwd"}]}"#,
+            "x-payload",
         ),
     ];
     for (flag, input, field) in cases {
@@ -269,6 +277,61 @@ fn hostile_input_fails_cleanly() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("missing"));
     let o = mkimage(&[os("--from-toc"), src.as_os_str(), tmp.path().join("no/such/dir/x.img").as_os_str()], None);
     assert!(!o.status.success());
+}
+
+/// Redirect payloads that would leave the object directory are refused when the input is
+/// parsed, before any image exists: the error names the line (dumpfile) or the entry (TOC), in
+/// strict and lenient mode, and nothing is left at OUTPUT. The object layout's forms
+/// (`xx/rest`, and `/xx/rest` for the dumpfile) are accepted and become the redirect `/` +
+/// payload.
+#[test]
+fn redirect_payloads_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.img");
+    let src = tmp.path().join("input");
+    let dump = |payload: &str| {
+        format!("/ 0 40755 2 0 0 0 0.0 - - -\n/d 0 40755 2 0 0 0 0.0 - - -\n/d/f 9 100644 1 0 0 0 0.0 {payload} - -\n")
+    };
+    for payload in
+        ["../../../etc/passwd", "ab/../../x", "..", "./ab/cd", "//etc/passwd", "ab//cd", "ab/cd/", "/", "/.."]
+    {
+        for lenient in [false, true] {
+            std::fs::write(&src, dump(payload)).unwrap();
+            let mut args = vec![os("--from-dump"), src.as_os_str(), out.as_os_str()];
+            if lenient {
+                args.insert(0, os("--lenient"));
+            }
+            let o = mkimage(&args, None);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{payload} (lenient {lenient}): accepted");
+            assert_eq!(err.trim_end().lines().count(), 1, "{payload}: not one line: {err:?}");
+            assert!(err.contains("dumpfile line 3: /d/f: PAYLOAD:"), "{payload}: {err:?} does not name line and field");
+            assert!(err.contains("is not an object path"), "{payload}: {err:?}");
+            assert!(!out.exists(), "{payload}: output left behind");
+            assert_eq!(others(tmp.path(), &["input"]), Vec::<String>::new(), "{payload}: temporary files left");
+        }
+    }
+    for payload in ["../x", "/ab/cd", "ab/./cd"] {
+        let toc =
+            format!(r#"{{"version":1,"entries":[{{"type":"reg","name":"f","size":9,"x-payload":"{payload}"}}]}}"#);
+        std::fs::write(&src, toc).unwrap();
+        let o = mkimage(&[os("--from-toc"), src.as_os_str(), out.as_os_str()], None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "x-payload {payload}: accepted");
+        assert!(err.contains("TOC entry 0 (\"f\"): x-payload:"), "{payload}: {err:?} does not name entry and field");
+        assert!(!out.exists());
+    }
+    // The object layout: `xx/rest`, and in a dumpfile also `/xx/rest` (the same object).
+    for (payload, redirect) in [("ab/cdef", &b"/ab/cdef"[..]), ("/ab/cdef", b"//ab/cdef")] {
+        std::fs::write(&src, dump(payload)).unwrap();
+        let o = mkimage(&[os("--from-dump"), src.as_os_str(), out.as_os_str()], None);
+        assert!(o.status.success(), "{payload}: {}", String::from_utf8_lossy(&o.stderr));
+        let img = std::fs::read(&out).unwrap();
+        assert!(img.windows(redirect.len() + 1).any(|w| w[1..] == *redirect && w[0] != b'/'), "{payload}: redirect");
+        let t = cfsmount::erofs::reader::read_image(&img).unwrap();
+        assert_eq!(t.node(t.lookup(b"d/f").unwrap()).entry.payload.as_deref(), Some(payload.as_bytes()));
+        std::fs::remove_file(&out).unwrap();
+    }
 }
 
 /// examples/hello: every object is named by the sha256 of its bytes, the image builds, passes

@@ -16,6 +16,9 @@ use cfsmount::tree::{Limits, Tree};
 
 #[path = "support/conformance.rs"]
 mod conformance;
+#[path = "support/random.rs"]
+mod random;
+use random::Rng;
 
 /// The conformance root, asserted to hold `composefs-json/`.
 fn conformance_dir() -> PathBuf {
@@ -25,25 +28,6 @@ fn conformance_dir() -> PathBuf {
 
 fn iters() -> usize {
     std::env::var("CFS_MUTATION_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
-}
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
 }
 
 /// Tokens that tend to hit edge cases of the formats.
@@ -93,42 +77,42 @@ const TOKENS: &[&str] = &[
 
 fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
     let mut v = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
+    for _ in 0..1 + rng.index(4) {
         let len = v.len();
-        match rng.below(7) {
+        match rng.index(7) {
             0 if len > 0 => {
-                let i = rng.below(len);
-                v[i] ^= 1 << rng.below(8);
+                let i = rng.index(len);
+                v[i] ^= 1 << rng.index(8);
             }
             1 if len > 0 => {
-                let i = rng.below(len);
+                let i = rng.index(len);
                 v[i] = rng.next() as u8;
             }
             2 if len > 0 => {
-                let a = rng.below(len);
-                let b = (a + 1 + rng.below(64)).min(len);
+                let a = rng.index(len);
+                let b = (a + 1 + rng.index(64)).min(len);
                 v.drain(a..b);
             }
             3 if len > 0 => {
-                let a = rng.below(len);
-                let b = (a + 1 + rng.below(256)).min(len);
+                let a = rng.index(len);
+                let b = (a + 1 + rng.index(256)).min(len);
                 let chunk = v[a..b].to_vec();
-                let at = rng.below(len);
+                let at = rng.index(len);
                 v.splice(at..at, chunk);
             }
             4 => {
-                let t = TOKENS[rng.below(TOKENS.len())].as_bytes();
-                let at = rng.below(len + 1);
+                let t = TOKENS[rng.index(TOKENS.len())].as_bytes();
+                let at = rng.index(len + 1);
                 // Replace a short run (often a value) by the token.
-                let end = (at + rng.below(12)).min(len);
+                let end = (at + rng.index(12)).min(len);
                 v.splice(at..end, t.iter().copied());
             }
             5 if len > 0 => {
-                v.truncate(rng.below(len));
+                v.truncate(rng.index(len));
             }
             _ => {
-                let at = rng.below(len + 1);
-                let n = rng.below(8);
+                let at = rng.index(len + 1);
+                let n = rng.index(8);
                 let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
                 v.splice(at..at, bytes);
             }

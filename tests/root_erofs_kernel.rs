@@ -15,19 +15,18 @@ use cfsmount::erofs::writer::{write_image, WriteOptions};
 use cfsmount::input::dump::{parse, DumpOptions};
 use cfsmount::tree::{Limits, NodeId, Tree, ROOT, S_IFCHR, S_IFDIR, S_IFMT, S_IFREG};
 
-#[path = "support/random_tree.rs"]
-mod random_tree;
+#[path = "support/random.rs"]
+mod random;
 
 #[path = "support/conformance.rs"]
 mod conformance;
 use conformance::{dump_dir as conformance_dir, read_input};
 
-fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "root_erofs_kernel needs root (it mounts EROFS images); run the root tier as root"
-    );
-}
+#[path = "support/root.rs"]
+mod root;
+use root::{require_root, serial, Scratch, Snapshot};
+
+const SUITE: &str = "root_erofs_kernel (it mounts EROFS images)";
 
 /// Unmounts (and so frees the autoclear loop device) when dropped.
 struct Mounted {
@@ -242,28 +241,30 @@ fn mount_and_compare(name: &str) {
 }
 
 fn mount_tree_and_compare(tree: &Tree, opts: WriteOptions, what: &str) {
-    require_root();
+    require_root(SUITE);
+    let _serial = serial();
     let has_whiteout = (0..tree.len() as NodeId).any(|i| tree.node(i).link_to.is_none() && is_whiteout(tree, i));
     let version = if opts.min_version == 0 && opts.max_version >= 1 && has_whiteout { 1 } else { opts.min_version };
-    let tmp = tempfile::tempdir().unwrap();
-    let img = tmp.path().join("image.erofs");
+    let tmp = Scratch::new("cfs-erofs-kernel-");
+    let before = Snapshot::take(tmp.root(), None);
+    let img = tmp.path("image.erofs");
     let mut f = std::fs::File::create(&img).unwrap();
     write_image(tree, &opts, &mut f).unwrap();
     drop(f);
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
+    let mnt = tmp.mkdir("mnt");
     let m = Mounted::new(&img, &mnt);
     check_mounted(tree, version, &m.dir, what);
     drop(m);
+    before.assert_nothing_left(what);
 }
 
 #[test]
 fn kernel_random_trees() {
     for seed in 0..12u64 {
-        let tree = random_tree::random_tree(seed * 7919 + 3, [10usize, 80, 400][seed as usize % 3]);
+        let tree = random::random_tree(seed * 7919 + 3, [10usize, 80, 400][seed as usize % 3]);
         mount_tree_and_compare(&tree, WriteOptions::default(), &format!("random tree seed {seed}"));
     }
-    let tree = random_tree::random_tree(424242, 2000);
+    let tree = random::random_tree(424242, 2000);
     mount_tree_and_compare(&tree, WriteOptions { min_version: 0, max_version: 0 }, "random tree v0");
 }
 
@@ -305,7 +306,8 @@ fn kernel_cs9_minimal() {
 /// whiteouts appear as overlay "xwhiteout" files and their directories carry the
 /// matching markers (plus `opaque=x` from format version 1 on).
 fn overlay_view(name: &str) {
-    require_root();
+    require_root(SUITE);
+    let _serial = serial();
     let dir = conformance_dir();
     let tree = parse(&read_input(&dir, name), &DumpOptions { strict: true, limits: Limits::default() }).unwrap();
     let opts = match std::fs::read_to_string(dir.join(format!("{name}.version"))) {
@@ -317,15 +319,13 @@ fn overlay_view(name: &str) {
     };
     let has_whiteout = (0..tree.len() as NodeId).any(|i| tree.node(i).link_to.is_none() && is_whiteout(&tree, i));
     let version = if opts.min_version == 0 && opts.max_version >= 1 && has_whiteout { 1 } else { opts.min_version };
-    let tmp = tempfile::tempdir().unwrap();
-    let img = tmp.path().join("image.erofs");
+    let tmp = Scratch::new("cfs-erofs-overlay-");
+    let before = Snapshot::take(tmp.root(), None);
+    let img = tmp.path("image.erofs");
     let mut f = std::fs::File::create(&img).unwrap();
     write_image(&tree, &opts, &mut f).unwrap();
     drop(f);
-    let (lower, empty, ovl) = (tmp.path().join("lower"), tmp.path().join("empty"), tmp.path().join("ovl"));
-    for d in [&lower, &empty, &ovl] {
-        std::fs::create_dir(d).unwrap();
-    }
+    let (lower, empty, ovl) = (tmp.mkdir("lower"), tmp.mkdir("empty"), tmp.mkdir("ovl"));
     let m = Mounted::new(&img, &lower);
     let out = Command::new("mount")
         .args(["-t", "overlay", "overlay", "-o"])
@@ -370,6 +370,7 @@ fn overlay_view(name: &str) {
     }
     drop(o);
     drop(m);
+    before.assert_nothing_left(name);
 }
 
 #[test]

@@ -1,61 +1,24 @@
-//! Root tier: the privileged-helper mode (issue 6), driven as an unprivileged user.
+//! Root tier: the privileged-helper mode (cfsmount installed setuid-root or with file
+//! capabilities), driven as the unprivileged users `cfstest` and `cfstest2`.
 //!
-//! Each test installs the built binary setuid-root into a temporary directory on a filesystem
-//! without `nosuid`, creates (or reuses) the unprivileged users `cfstest` and `cfstest2`, and runs
-//! the helper as them with `setpriv --reuid --regid --init-groups`. Refusals are asserted by
+//! Each test installs the built binary setuid-root into a directory on a filesystem without
+//! `nosuid` and runs it as those users with `setpriv --reuid --regid --init-groups` (the harness
+//! in `support/root.rs` creates them and their subordinate id ranges). Refusals are asserted by
 //! exit status AND message AND by checking that nothing new is mounted.
-//! Needs: root, util-linux (setpriv, prlimit, findmnt), passwd (useradd), python3, gcc.
+//! Needs: root, util-linux (setpriv, prlimit, findmnt, unshare), passwd (useradd), python3, gcc.
 
 use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+#[path = "support/root.rs"]
+mod root;
+use root::{loop_devices_in_use, mount_line, serial, sh, stderr, umount_all_under, Proc, TestUser as User};
 
 fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "root_helper tests need root (they install a setuid-root binary and create test users)"
-    );
-}
-
-#[derive(Clone, Debug)]
-struct User {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-fn sh(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd}: {e} (is it installed?)"))
-}
-
-fn ensure_user(name: &str, subid_start: u32) -> User {
-    if !sh("id", &["-u", name]).status.success() {
-        let o = sh("useradd", &["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]);
-        assert!(o.status.success(), "useradd {name}: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    let id = |flag: &str| -> u32 {
-        String::from_utf8_lossy(&sh("id", &[flag, name]).stdout).trim().parse().expect("numeric id")
-    };
-    for f in ["/etc/subuid", "/etc/subgid"] {
-        let text = std::fs::read_to_string(f).unwrap_or_default();
-        if !text.lines().any(|l| l.starts_with(&format!("{name}:"))) {
-            let mut t = text.clone();
-            if !t.is_empty() && !t.ends_with('\n') {
-                t.push('\n');
-            }
-            t.push_str(&format!("{name}:{subid_start}:65536\n"));
-            std::fs::write(f, t).unwrap();
-        }
-    }
-    User { name: name.to_string(), uid: id("-u"), gid: id("-g") }
+    root::require_root("root_helper (installs a setuid-root binary and creates test users)");
 }
 
 struct Env {
@@ -91,33 +54,19 @@ fn env() -> &'static Env {
         let plain_bin = root.join("cfsmount-plain");
         std::fs::copy(env!("CARGO_BIN_EXE_cfsmount"), &plain_bin).unwrap();
         std::fs::set_permissions(&plain_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Env { root, bin, plain_bin, user: ensure_user("cfstest", 400000), other: ensure_user("cfstest2", 500000) }
+        let (user, other) = root::test_users().clone();
+        Env { root, bin, plain_bin, user, other }
     })
 }
 
-/// The helper (or `exe`) run as `u` via setpriv; `tweak` may add env, rlimits, fd closing.
+/// `exe args` run as `u` ([`root::run_as`]); `tweak` may add env, rlimits, fd closing.
 fn run_as_with(u: &User, exe: &Path, args: &[OsString], tweak: impl FnOnce(&mut Command)) -> Output {
-    let mut c = Command::new("/usr/bin/setpriv");
-    c.arg(format!("--reuid={}", u.uid))
-        .arg(format!("--regid={}", u.gid))
-        .arg("--init-groups")
-        .arg("--")
-        .arg(exe)
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::null());
-    tweak(&mut c);
-    c.output().expect("setpriv")
+    root::run_as(u, exe, args, tweak)
 }
 
 fn run_as(u: &User, args: &[&str]) -> Output {
     let args: Vec<OsString> = args.iter().map(OsString::from).collect();
     run_as_with(u, &env().bin, &args, |_| {})
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Asserts a refusal: exit status 1 (not a signal, not success) and a message containing `needle`.
@@ -137,26 +86,18 @@ fn assert_refused_nothing_mounted(o: &Output, needle: &str, before: &[String]) {
 }
 
 /// Mount points currently listed in /proc/self/mountinfo, leaving out scratch mounts of other
-/// test suites running at the same time (under /tmp and /var/tmp but not under our test root).
+/// root-tier suites (under /tmp and /var/tmp but not under this suite's test root).
 fn mountpoints() -> Vec<String> {
     let ours = "/tmp/cfsmount-helper-test";
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+    root::mountpoints()
+        .into_iter()
         .filter(|m| m.starts_with(ours) || !(m.starts_with("/tmp/") || m.starts_with("/var/tmp/")))
         .collect()
 }
 
 /// A fresh directory owned by `u` (mode 0755) under the test root.
 fn user_dir(u: &User, name: &str) -> PathBuf {
-    let d = env().root.join(format!("{}-{name}", u.name));
-    umount_all_under(&d);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    std::os::unix::fs::chown(&d, Some(u.uid), Some(u.gid)).unwrap();
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    d
+    root::fresh_dir_for(u, &env().root.join(format!("{}-{name}", u.name)))
 }
 
 /// Restores /etc/cfsmount/helper.conf (and the directory) as they were when dropped.
@@ -250,8 +191,8 @@ fn other_subcommands_are_refused_when_privileged() {
     assert!(run_as(u, &["--version"]).status.success());
 }
 
-/// Case 8: LD_PRELOAD, RUST_LOG/RUST_BACKTRACE, PATH, TMPDIR, HOME and cfsmount's own override
-/// variables from the caller have no effect.
+/// The caller controls the environment: LD_PRELOAD, RUST_LOG/RUST_BACKTRACE, PATH, TMPDIR, HOME
+/// and cfsmount's own override variables from the caller have no effect on the setuid helper.
 #[test]
 fn hostile_environment_is_ignored() {
     let _g = serial();
@@ -316,7 +257,8 @@ fn hostile_environment_is_ignored() {
     assert_eq!(before, mountpoints());
 }
 
-/// Case 8: closed fds 0-2 and tiny RLIMIT_NOFILE/RLIMIT_FSIZE: still a clean, reported refusal.
+/// The caller controls inherited fds and rlimits: closed fds 0-2 and tiny RLIMIT_NOFILE/RLIMIT_FSIZE
+/// still give a clean, reported refusal.
 #[test]
 fn closed_std_fds_and_tiny_rlimits() {
     let _g = serial();
@@ -460,7 +402,7 @@ fn policy_fails_closed() {
     assert_refused(&run_as(u, &["umount", dir.to_str().unwrap()]), "not a mount made by cfsmount");
 }
 
-/// Case 9: the caller's ptrace(PTRACE_ATTACH) and /proc/PID/mem never reach the helper while
+/// The caller's own processes: its ptrace(PTRACE_ATTACH) and /proc/PID/mem never reach the helper while
 /// it holds privileges (a python3 attacker running as the caller spins on the helper's pid).
 #[test]
 fn ptrace_and_proc_mem_never_reach_privileged_helper() {
@@ -698,39 +640,6 @@ fn mount_within_a_second(u: &User, fx: &Fixture) -> Output {
     o
 }
 
-/// The mountinfo line whose mount point is `p` (the topmost one).
-fn mount_line(p: &Path) -> Option<String> {
-    let s = p.to_str().unwrap();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .rfind(|l| l.split(' ').nth(4) == Some(s))
-        .map(str::to_string)
-}
-
-fn loop_devices_in_use() -> usize {
-    std::fs::read_dir("/sys/block")
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
-        .filter(|e| e.path().join("loop/backing_file").exists())
-        .count()
-}
-
-/// Root cleanup: detach whatever is still mounted under `dir`.
-fn umount_all_under(dir: &Path) {
-    let s = dir.to_str().unwrap();
-    for _ in 0..8 {
-        let mps: Vec<String> = mountpoints().into_iter().filter(|m| m.starts_with(s)).collect();
-        if mps.is_empty() {
-            return;
-        }
-        for m in mps.iter().rev() {
-            let _ = sh("umount", &["-l", m]);
-        }
-    }
-}
-
 /// Positive path: the caller mounts its own image in its own directory, reads the files, sees
 /// ro,nosuid,nodev, and unmounts; nothing (mount, loop device, record) is left behind.
 #[test]
@@ -780,7 +689,8 @@ fn positive_path_mount_read_umount() {
     umount_all_under(&fx.dir);
 }
 
-/// Case 4: a setuid-root binary in the image does not gain privileges (nosuid); an image with
+/// Setuid and device access through a mount: a setuid-root binary in the image does not gain
+/// privileges (nosuid); an image with
 /// a device node is refused outright.
 #[test]
 fn setuid_files_gain_nothing_and_device_nodes_are_refused() {
@@ -811,7 +721,8 @@ fn setuid_files_gain_nothing_and_device_nodes_are_refused() {
     assert_refused_nothing_mounted(&o, "device node", &before);
 }
 
-/// Case 2: targets the caller may not mount on.
+/// Targets the caller may not mount on: foreign, inside a sticky directory, a symlink, procfs,
+/// sysfs, system directories.
 #[test]
 fn foreign_sticky_special_and_symlink_targets_are_refused() {
     let _g = serial();
@@ -862,7 +773,7 @@ fn foreign_sticky_special_and_symlink_targets_are_refused() {
     assert_eq!(before, mountpoints());
 }
 
-/// Case 3: option and path injection in both command forms.
+/// Option and path injection in both command forms (`mount.composefs -o` and `cfsmount mount`).
 #[test]
 fn option_and_path_injection_is_refused() {
     let _g = serial();
@@ -915,7 +826,7 @@ fn option_and_path_injection_is_refused() {
     assert_eq!(before, mountpoints());
 }
 
-/// Case 7: sources the caller cannot read; an image changed after validation cannot change
+/// Sources the caller cannot read are refused; an image changed after validation cannot change
 /// what is mounted (the helper mounts its own sealed copy).
 #[test]
 fn unreadable_and_modified_images() {
@@ -953,7 +864,7 @@ fn unreadable_and_modified_images() {
     assert_eq!(c.stdout, a, "mounted content changed with the caller's file");
 }
 
-/// Case 10: someone else's mount cannot be unmounted; two racing unmounts of one's own mount
+/// Someone else's mount cannot be unmounted; two racing unmounts of one's own mount
 /// unmount it exactly once and nothing else.
 #[test]
 fn umount_other_users_mount_and_racing_unmounts() {
@@ -1004,7 +915,7 @@ fn umount_other_users_mount_and_racing_unmounts() {
     umount_all_under(&theirs.dir);
 }
 
-/// Case 11: per-user mount limit and loop-device limit from the policy.
+/// Per-user mount limit and loop-device limit from the policy.
 #[test]
 fn per_user_limits() {
     let _g = serial();
@@ -1041,52 +952,13 @@ fn per_user_limits() {
     drop(guard);
 }
 
-/// A process of `u` (via setpriv) running `args`; killed on drop.
-struct Proc(std::process::Child);
-impl Proc {
-    /// Closes its stdin, waits for it and collects what it wrote (small outputs only).
-    fn output(&mut self) -> Output {
-        use std::io::Read;
-        drop(self.0.stdin.take());
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        if let Some(mut o) = self.0.stdout.take() {
-            o.read_to_end(&mut stdout).unwrap();
-        }
-        if let Some(mut e) = self.0.stderr.take() {
-            e.read_to_end(&mut stderr).unwrap();
-        }
-        let status = self.0.wait().unwrap();
-        Output { status, stdout, stderr }
-    }
-}
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-fn spawn_as(u: &User, args: &[&str]) -> Proc {
-    let c = Command::new("/usr/bin/setpriv")
-        .arg(format!("--reuid={}", u.uid))
-        .arg(format!("--regid={}", u.gid))
-        .arg("--init-groups")
-        .arg("--")
-        .args(args)
-        .spawn()
-        .unwrap();
-    let p = Proc(c);
-    // Wait until the process has exec'd its final program (unshare then execs sleep).
-    for _ in 0..200 {
-        let exe = std::fs::read_link(format!("/proc/{}/exe", p.0.id())).unwrap_or_default();
-        if exe.ends_with("sleep") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    p
+/// Starts `argv` as `u` and returns once it has exec'd `sleep` (the last program of every
+/// command line used here, e.g. `unshare --user sleep 30`).
+fn spawn_as(u: &User, argv: &[&str]) -> Proc {
+    root::spawn_as_until_exec(u, argv, "sleep")
 }
 
-/// Case 6: idmap user namespaces: the initial one, a non-userns, another user's, one mapping
+/// idmap user namespaces: the initial one, a non-userns, another user's, one mapping
 /// ids outside the caller's subordinate ranges; --uidmap specs likewise. The caller's own
 /// namespace and its subuid range work.
 #[test]
@@ -1100,12 +972,12 @@ fn idmap_namespaces_are_checked() {
     let with_idmap = |p: &str| run_as_strs(u, &mount_args(&fx, &["--idmap", p]));
     // Its own process in the initial namespace.
     let plain = spawn_as(u, &["/usr/bin/sleep", "30"]);
-    assert_refused(&with_idmap(&format!("/proc/{}/ns/user", plain.0.id())), "is the initial user namespace");
-    assert_refused(&with_idmap(&format!("/proc/{}/ns/mnt", plain.0.id())), "not a user namespace");
+    assert_refused(&with_idmap(&format!("/proc/{}/ns/user", plain.id())), "is the initial user namespace");
+    assert_refused(&with_idmap(&format!("/proc/{}/ns/mnt", plain.id())), "not a user namespace");
     assert_refused(&with_idmap("/etc/passwd"), "not a namespace file");
     // Another user's namespace: not even openable by the caller ...
     let theirs = spawn_as(&e.other, &["/usr/bin/unshare", "--user", "--map-root-user", "/usr/bin/sleep", "30"]);
-    let theirs_ns = format!("/proc/{}/ns/user", theirs.0.id());
+    let theirs_ns = format!("/proc/{}/ns/user", theirs.id());
     assert_refused(&with_idmap(&theirs_ns), "cannot open as the calling user");
     // ... and when root hands it out through a readable bind mount, the owner check refuses it.
     let nsfile = e.root.join("theirs-ns");
@@ -1117,7 +989,7 @@ fn idmap_namespaces_are_checked() {
     assert_refused(&o, &format!("owned by uid {}", e.other.uid));
     // The caller's own namespace, but root wrote a map giving it uid 0 of the host.
     let own = spawn_as(u, &["/usr/bin/unshare", "--user", "/usr/bin/sleep", "30"]);
-    let pid = own.0.id();
+    let pid = own.id();
     std::fs::write(format!("/proc/{pid}/uid_map"), "0 0 1\n").unwrap();
     std::fs::write(format!("/proc/{pid}/setgroups"), "deny").unwrap();
     std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {} 1\n", u.gid)).unwrap();
@@ -1129,7 +1001,7 @@ fn idmap_namespaces_are_checked() {
     assert_refused_nothing_mounted(&o, "neither the caller's own id", &before);
     // Allowed: the caller's own root-mapped namespace, and its subuid range.
     let mine = spawn_as(u, &["/usr/bin/unshare", "--user", "--map-root-user", "/usr/bin/sleep", "30"]);
-    let o = with_idmap(&format!("/proc/{}/ns/user", mine.0.id()));
+    let o = with_idmap(&format!("/proc/{}/ns/user", mine.id()));
     assert!(o.status.success(), "own userns: {}", stderr(&o));
     let st = std::fs::metadata(fx.target.join("f")).unwrap();
     assert_eq!(st.uid(), u.uid, "on-disk uid 0 shows as the caller through its own map");
@@ -1141,7 +1013,7 @@ fn idmap_namespaces_are_checked() {
     umount_all_under(&fx.dir);
 }
 
-/// Case 5: overlay xattrs smuggled in a TOC/dumpfile are escaped by the image writer and stay
+/// Overlay xattrs smuggled in a TOC/dumpfile are escaped by the image writer and stay
 /// inert: a `trusted.overlay.redirect` aiming at /etc/shadow does not redirect anything; an image
 /// whose payload contains `..` is refused.
 #[test]
@@ -1178,27 +1050,31 @@ fn overlay_xattrs_in_input_are_inert() {
         "escaped xattr should read back verbatim: {}",
         stderr(&g)
     );
-    // A payload with '..' components.
-    let body = format!("/dotdot {} 100644 1 {{uid}} {{gid}} 0 0.0 ../../etc/shadow - -\n", a.len());
+    // A payload with '..' components. The parsers and the writer refuse one (issue 11.9), but a
+    // caller can write any bytes: the image is written with a clean payload of the same length
+    // and its redirect is then patched to `/../../etc/shadow` (the xattr name filter hashes
+    // names, not values, so nothing else changes).
+    let (clean, hostile) = (&b"/ab/cdefghijklmno"[..], &b"/../../etc/shadow"[..]);
+    let body = format!("/dotdot {} 100644 1 0 0 0 0.0 {} - -\n", a.len(), String::from_utf8_lossy(&clean[1..]));
+    let dump = format!("/ 4096 40755 2 0 0 0 0.0 - - -\n{body}");
     let opts = cfsmount::input::dump::DumpOptions { strict: false, limits: Default::default() };
-    let dump = format!("/ 4096 40755 2 0 0 0 0.0 - - -\n{}", body.replace("{uid}", "0").replace("{gid}", "0"));
-    if let Ok(tree) = cfsmount::input::dump::parse(dump.as_bytes(), &opts) {
-        let mut out = Vec::new();
-        if cfsmount::erofs::writer::write_image(&tree, &Default::default(), &mut out).is_ok() {
-            let fx2 = fixture(u, "dotdot", "", &[]);
-            std::fs::write(&fx2.image, &out).unwrap();
-            let before = mountpoints();
-            let o = run_as_strs(u, &mount_args(&fx2, &[]));
-            assert_refused_nothing_mounted(&o, "'..'", &before);
-        }
-    }
+    let tree = cfsmount::input::dump::parse(dump.as_bytes(), &opts).expect("the clean dumpfile parses");
+    let mut out = Vec::new();
+    cfsmount::erofs::writer::write_image(&tree, &Default::default(), &mut out).expect("the clean image writes");
+    let at = out.windows(clean.len()).position(|w| w == clean).expect("the redirect is in the image");
+    out[at..at + hostile.len()].copy_from_slice(hostile);
+    let fx2 = fixture(u, "dotdot", "", &[]);
+    std::fs::write(&fx2.image, &out).unwrap();
+    let before = mountpoints();
+    let o = run_as_strs(u, &mount_args(&fx2, &[]));
+    assert_refused_nothing_mounted(&o, "'..'", &before);
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Case 1: the target is swapped (renameat2 RENAME_EXCHANGE loop between the caller's directory
+/// The target is swapped (renameat2 RENAME_EXCHANGE loop between the caller's directory
 /// and a symlink to a root-owned directory) while mounts run: the mount lands on the pinned,
 /// caller-owned directory or is refused, never on the symlink's target.
 #[test]
@@ -1395,7 +1271,7 @@ fn state_files() -> Vec<String> {
     v
 }
 
-/// Case 8 during a real mount: fds 0/1 closed and RLIMIT_FSIZE 0 — the mount works (fds repaired,
+/// Closed fds and rlimits during a real mount: fds 0/1 closed and RLIMIT_FSIZE 0 — the mount works (fds repaired,
 /// limit lifted) or is refused cleanly, with no half-written record and nothing mounted.
 #[test]
 fn mount_with_closed_fds_and_zero_fsize() {
@@ -1553,15 +1429,15 @@ fn userns_maps_are_read_through_the_fd() {
     let e = env();
     let u = &e.user;
     let p = spawn_as(u, &["/usr/bin/unshare", "--user", "/usr/bin/sleep", "30"]);
-    let pid = p.0.id();
+    let pid = p.id();
     std::fs::write(format!("/proc/{pid}/uid_map"), "0 400000 1000\n1000 999999 1\n").unwrap();
     std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {} 1\n", u.gid)).unwrap();
     let f = std::fs::File::open(format!("/proc/{pid}/ns/user")).unwrap();
     use std::os::fd::AsFd;
     let (um, gm) = cfsmount::sys::helper::read_userns_maps(f.as_fd()).unwrap();
-    let um = cfsmount::helper::parse_id_map(&um).unwrap();
-    let gm = cfsmount::helper::parse_id_map(&gm).unwrap();
-    use cfsmount::helper::IdExtent as X;
+    let um = cfsmount::privileged::idmap::parse_id_map(&um).unwrap();
+    let gm = cfsmount::privileged::idmap::parse_id_map(&gm).unwrap();
+    use cfsmount::mount::IdMap as X;
     assert_eq!(um, vec![X { inside: 0, outside: 400000, count: 1000 }, X { inside: 1000, outside: 999999, count: 1 }]);
     assert_eq!(gm, vec![X { inside: 0, outside: u.gid, count: 1 }]);
     assert_eq!(cfsmount::sys::helper::ns_get_owner_uid(f.as_fd()).unwrap(), u.uid);
@@ -1571,7 +1447,7 @@ fn userns_maps_are_read_through_the_fd() {
     assert!(cfsmount::sys::helper::ns_get_nstype(etc.as_fd()).is_err());
 }
 
-/// Case 5 through the helper's own sandboxed builder: a caller's TOC whose entries carry
+/// Smuggled overlay xattrs through the helper's own sandboxed builder: a caller's TOC whose entries carry
 /// `trusted.overlay.redirect`/`metacopy` and `user.overlay.redirect` xattrs. The image the helper
 /// builds escapes them: the file still shows its own object's content, and the smuggled xattr is
 /// plain data (root reads it back verbatim).
@@ -1682,7 +1558,7 @@ fn packaging_makefile_install() {
     let pol = stage.join("etc/cfsmount/helper.conf");
     let pm = std::fs::metadata(&pol).unwrap();
     assert_eq!((pm.uid(), pm.mode() & 0o777), (0, 0o644));
-    assert!(cfsmount::helper::Policy::load_from(&pol).is_ok(), "installed policy loads");
+    assert!(cfsmount::privileged::policy::Policy::load_from(&pol).is_ok(), "installed policy loads");
     // The staged binary works as a helper for the test user.
     let o = run_as_with(&e.user, &bin, &["mkimage".into()], |_| {});
     assert_refused(&o, "only `mount` and `umount`");
@@ -1720,7 +1596,7 @@ fn nested_idmap_namespace_is_refused() {
         ],
     );
     let before = mountpoints();
-    let o = run_as_strs(u, &mount_args(&fx, &["--idmap", &format!("/proc/{}/ns/user", p.0.id())]));
+    let o = run_as_strs(u, &mount_args(&fx, &["--idmap", &format!("/proc/{}/ns/user", p.id())]));
     assert_refused_nothing_mounted(&o, "nested user namespaces are not supported", &before);
 }
 
@@ -1781,7 +1657,7 @@ fn run_as_faulty(u: &User, args: &[&str], fault: &Fault) -> Output {
     })
 }
 
-/// Case 11 (rest): no free loop device, and kernels lacking a feature. Each is simulated by
+/// No free loop device, and kernels lacking a feature. Each is simulated by
 /// making the relevant syscall fail as that kernel would; the helper must refuse with a message
 /// that names what is missing, mount nothing, hold no loop device and leave no record.
 #[test]

@@ -22,22 +22,17 @@ use cfsmount::tree::Limits;
 
 #[path = "support/conformance.rs"]
 mod conformance;
-#[path = "support/random_tree.rs"]
-mod random_tree;
 use conformance::{is_strict, read_input};
 #[path = "support/image.rs"]
 mod image;
 use image::build;
-#[path = "support/hostile.rs"]
-mod hostile;
-use hostile::{corrupted, env_or, XorShift};
+#[path = "support/random.rs"]
+mod random;
+use random::{corrupted, env_or, random_tree, Rng};
 
-fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "root_inspect_kernel needs root (it mounts EROFS images); run the root tier as root"
-    );
-}
+#[path = "support/root.rs"]
+mod root;
+use root::{require_root, serial, Scratch, Snapshot};
 
 /// The image of the conformance dumpfile case `name`, at `version` when given.
 fn dump_case(name: &str, version: Option<u32>) -> Vec<u8> {
@@ -183,24 +178,26 @@ fn xattrs(p: &Path) -> Result<BTreeMap<Vec<u8>, String>, String> {
 
 #[test]
 fn accepted_corruptions_look_the_same_to_the_kernel() {
-    require_root();
-    let work = tempfile::tempdir().expect("tempdir");
+    require_root("root_inspect_kernel (it mounts EROFS images)");
+    let _serial = serial();
+    let work = Scratch::new("cfs-inspect-kernel-");
+    let before = Snapshot::take(work.root(), None);
     let mut bases: Vec<(String, Vec<u8>)> = vec![
         ("special.dump v1".into(), dump_case("special.dump", Some(1))),
         ("longlink.dump".into(), dump_case("longlink.dump", None)),
         ("honggfuzz-bigfile-with-acl.dump".into(), dump_case("honggfuzz-bigfile-with-acl.dump", None)),
     ];
     for seed in [11u64, 12, 13] {
-        bases.push((format!("random tree {seed}"), build(&random_tree::random_tree(seed, 120), None)));
+        bases.push((format!("random tree {seed}"), build(&random_tree(seed, 120), None)));
     }
     let per_base: usize = env_or("CFS_KERNEL_DIFF_CASES", 12);
     let seed = env_or("CFS_KERNEL_DIFF_SEED", 0xdead_beef_1234_5677u64);
-    let mut rng = XorShift(seed | 1);
+    let mut rng = Rng(seed);
     let (mut compared, mut refused) = (0usize, 0usize);
     for (name, img) in &bases {
         // The valid image itself: the kernel must show it as the rewritten one.
         let base_view =
-            kernel_view(img, work.path()).unwrap_or_else(|e| panic!("{name}: kernel refuses the valid image: {e}"));
+            kernel_view(img, work.root()).unwrap_or_else(|e| panic!("{name}: kernel refuses the valid image: {e}"));
         assert!(!base_view.is_empty());
         let mut accepted = 0;
         for attempt in 0..4000 {
@@ -217,13 +214,13 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
             };
             accepted += 1;
             let rewritten = build(&tree, Some(info.composefs_version));
-            let want = kernel_view(&rewritten, work.path()).unwrap_or_else(|e| {
+            let want = kernel_view(&rewritten, work.root()).unwrap_or_else(|e| {
                 let keep = std::env::temp_dir().join(format!("root-inspect-rewritten-{attempt}.img"));
                 let _ = std::fs::write(&keep, &rewritten);
                 let _ = std::fs::write(keep.with_extension("orig.img"), &m);
                 panic!("{name} attempt {attempt}: the kernel refuses the rewritten image ({}): {e}", keep.display())
             });
-            let got = match kernel_view(&m, work.path()) {
+            let got = match kernel_view(&m, work.root()) {
                 Ok(v) => v,
                 Err(_) => {
                     refused += 1;
@@ -259,4 +256,5 @@ fn accepted_corruptions_look_the_same_to_the_kernel() {
     }
     eprintln!("{compared} accepted corruptions looked the same to the kernel, {refused} were refused by the kernel");
     assert!(compared >= 10, "too few comparisons ({compared})");
+    before.assert_nothing_left("kernel views of corrupted images");
 }

@@ -13,21 +13,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 
 use cfsmount::erofs::writer::{write_image, WriteOptions};
 use cfsmount::input::dump::{parse, DumpOptions};
 use cfsmount::tree::{Limits, NodeId, Tree, S_IFCHR, S_IFMT, S_IFREG};
 
-static LOCK: Mutex<()> = Mutex::new(());
+#[path = "support/root.rs"]
+mod root;
+use root::Snapshot;
 
 /// Serializes the mounting tests and checks root.
 fn setup() -> MutexGuard<'static, ()> {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "root_mount needs root (it attaches loop devices and mounts EROFS/overlayfs); run the root tier as root"
-    );
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    root::require_root("root_mount (attaches loop devices and mounts EROFS/overlayfs)");
+    root::serial()
 }
 
 /// `setup()`, a new scratch dir, and the snapshot of it that `assert_clean` compares with.
@@ -50,56 +49,34 @@ use conformance::{dump_dir as conformance_dir, forced_version, is_strict, read_i
 mod image;
 use image::{sha256_hex, write_options};
 
-/// A scratch area for one test: images, objects, mount points, a private state dir.
-struct Scratch {
-    dir: tempfile::TempDir,
+/// A scratch area for one test ([`root::Scratch`]) with a private state dir `state/` that every
+/// command of the test uses (`CFSMOUNT_STATE_DIR`).
+struct Scratch(root::Scratch);
+
+impl std::ops::Deref for Scratch {
+    type Target = root::Scratch;
+    fn deref(&self) -> &root::Scratch {
+        &self.0
+    }
 }
 
 impl Scratch {
     fn new() -> Scratch {
-        let dir = tempfile::Builder::new().prefix("cfsm-root-").tempdir_in("/var/tmp").unwrap();
-        std::fs::create_dir(dir.path().join("state")).unwrap();
-        std::fs::set_permissions(dir.path().join("state"), std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .unwrap();
-        Scratch { dir }
-    }
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-    fn mkdir(&self, p: &str) -> PathBuf {
-        let d = self.path(p);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        let s = root::Scratch::new("cfsm-root-");
+        let state = s.mkdir("state");
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        Scratch(s)
     }
     fn cmd(&self) -> Command {
         let mut c = Command::new(bin());
         c.env("CFSMOUNT_STATE_DIR", self.path("state"));
         c
     }
-    /// Mount points under the scratch dir (fifth mountinfo field).
-    fn mount_points(&self) -> Vec<String> {
-        let p = self.dir.path().to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .filter(|mp| mp.starts_with(&p))
-            .collect()
-    }
     fn records(&self) -> usize {
         std::fs::read_dir(self.path("state"))
             .unwrap()
             .filter(|e| e.as_ref().unwrap().file_name().as_bytes().ends_with(b".json"))
             .count()
-    }
-}
-
-impl Drop for Scratch {
-    /// A failed test may leave its mounts: detach them so the next run starts clean.
-    fn drop(&mut self) {
-        for mp in self.mount_points().into_iter().rev() {
-            let _ = rustix::mount::unmount(mp.as_str(), rustix::mount::UnmountFlags::DETACH);
-        }
     }
 }
 
@@ -117,54 +94,16 @@ fn run_fail(mut c: Command, expect: &str) -> String {
     err
 }
 
-/// What could leak: mounts under our scratch dir, loop devices backed by our files, EROFS
-/// superblocks (file-backed ones are only visible in /sys/fs/erofs).
-#[derive(Debug, PartialEq, Eq, Clone)]
-struct Snapshot {
-    mounts: Vec<String>,
-    loops: Vec<String>,
-    erofs: BTreeSet<String>,
-}
-
+/// What could leak under the scratch dir `prefix`: mounts, loop devices backed by our files,
+/// EROFS superblocks (file-backed ones are only visible in /sys/fs/erofs).
 fn snapshot(prefix: &Path) -> Snapshot {
-    let p = prefix.to_string_lossy().into_owned();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(&p) || l.contains(" composefs ") && l.contains(&p))
-        .map(|l| l.to_string())
-        .collect();
-    let mut loops = Vec::new();
-    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
-        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-            if b.contains(&p) {
-                loops.push(format!("{}: {}", e.file_name().to_string_lossy(), b.trim()));
-            }
-        }
-    }
-    let erofs = std::fs::read_dir("/sys/fs/erofs")
-        .map(|d| {
-            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "features").collect()
-        })
-        .unwrap_or_default();
-    Snapshot { mounts, loops, erofs }
+    Snapshot::take(prefix, None)
 }
 
-/// Asserts that nothing is left compared with `before` (EROFS superblocks of other processes
-/// may come and go: a difference must persist for 3 s to count).
-fn assert_clean(before: &Snapshot, prefix: &Path, ctx: &str) {
-    let mut now = snapshot(prefix);
-    for _ in 0..30 {
-        if now.mounts == before.mounts && now.loops == before.loops && now.erofs.is_subset(&before.erofs) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        now = snapshot(prefix);
-    }
-    assert_eq!(now.mounts, before.mounts, "{ctx}: mounts left behind");
-    assert_eq!(now.loops, before.loops, "{ctx}: loop devices left behind");
-    let extra: Vec<_> = now.erofs.difference(&before.erofs).collect();
-    assert!(extra.is_empty(), "{ctx}: EROFS superblocks left behind: {extra:?}");
+/// Asserts that nothing is left compared with `before` ([`Snapshot::assert_nothing_left`]).
+#[track_caller]
+fn assert_clean(before: &Snapshot, ctx: &str) {
+    before.assert_nothing_left(ctx);
 }
 
 fn is_whiteout(tree: &Tree, id: NodeId) -> bool {
@@ -337,7 +276,7 @@ fn umount(s: &Scratch, mnt: &Path) {
 /// `umount` of `mnt`, then `assert_clean` against `before`.
 fn umount_and_assert_clean(s: &Scratch, mnt: &Path, before: &Snapshot, ctx: &str) {
     umount(s, mnt);
-    assert_clean(before, s.dir.path(), ctx);
+    assert_clean(before, ctx);
 }
 
 /// The arguments `SOURCE MNT --basedir OBJS EXTRA...` of `cfsmount mount`.
@@ -461,7 +400,7 @@ fn cfsmount_conformance_file_backed_and_loop() {
             assert_eq!(s.records(), 1);
             umount(&s, &mnt);
             assert_eq!(s.records(), 0);
-            assert_clean(&before, s.dir.path(), name);
+            assert_clean(&before, name);
         }
     }
 }
@@ -529,7 +468,7 @@ fn util_linux_mount_t_composefs() {
         had_helper,
         "link removed, previous helper restored"
     );
-    assert_clean(&before, s.dir.path(), "unknown option");
+    assert_clean(&before, "unknown option");
 }
 
 #[test]
@@ -551,7 +490,7 @@ fn helper_form_flags_and_fake() {
     let mut c = helper();
     c.arg(&img).arg(&mnt).args(["-f", "-n", "-o"]).arg(format!("basedir={}", objs.display()));
     run_ok(c);
-    assert_clean(&before, s.dir.path(), "-f");
+    assert_clean(&before, "-f");
     // Option value missing, upperdir without workdir, bad digest: errors, nothing mounted.
     for (o, msg) in [
         ("basedir", "No value specified for basedir"),
@@ -660,7 +599,7 @@ fn toc_with_objects() {
     c.arg("--toc");
     run_fail(c, "building the image failed");
     assert_eq!(std::fs::read_dir(s.path("state")).unwrap().count(), 0);
-    assert_clean(&before, s.dir.path(), "toc");
+    assert_clean(&before, "toc");
 }
 
 const SMALL: &str = "/ 4096 40755 3 0 0 0 1000.0 - - -\n\
@@ -719,7 +658,7 @@ fn idmapped_mounts() {
     let mut c = mount_cmd(&s, &img, &mnt, &objs);
     c.arg("--idmap").arg("/proc/self/ns/net");
     run_fail(c, "not a user namespace");
-    assert_clean(&before, s.dir.path(), "idmap");
+    assert_clean(&before, "idmap");
 }
 
 #[test]
@@ -827,7 +766,7 @@ fn loop_ebusy_race() {
     stop.store(true, Ordering::Relaxed);
     grabber.join().unwrap();
     assert!(grabbed.load(Ordering::Relaxed) > 0, "the competing process never got a device");
-    assert_clean(&before, s.dir.path(), "race");
+    assert_clean(&before, "race");
 }
 
 /// An in-process race on the same free device number: two threads attach at once, many times.
@@ -845,7 +784,7 @@ fn loop_attach_concurrent_threads() {
                     let mut retries = 0;
                     for _ in 0..25 {
                         let f = std::fs::File::open(&img).unwrap();
-                        let lo = cfsmount::loopback::attach(f.as_fd(), &img).expect("attach under contention");
+                        let lo = cfsmount::mount::loopdev::attach(f.as_fd(), &img).expect("attach under contention");
                         assert!(lo.path().to_string_lossy().starts_with("/dev/loop"));
                         retries += lo.retries();
                         drop(lo); // autoclear detaches
@@ -862,7 +801,7 @@ fn loop_attach_concurrent_threads() {
         }
     }
     assert!(total > 0, "LOOP_CONFIGURE never returned EBUSY under contention: the retry path was not exercised");
-    assert_clean(&before, s.dir.path(), "threads");
+    assert_clean(&before, "threads");
 }
 
 #[test]
@@ -880,7 +819,7 @@ fn cycles_200_leave_nothing() {
         umount(&s, &mnt);
     }
     assert_eq!(s.records(), 0);
-    assert_clean(&before, s.dir.path(), "200 cycles");
+    assert_clean(&before, "200 cycles");
     let losetup_after = String::from_utf8(Command::new("losetup").arg("-a").output().unwrap().stdout).unwrap();
     let p = s.dir.path().to_string_lossy().into_owned();
     assert!(!losetup_after.lines().any(|l| l.contains(&p)), "losetup -a still lists our image: {losetup_after}");
@@ -942,7 +881,7 @@ fn injected_failures_leave_nothing() {
         c.arg("mount").args(&args);
         run_fail(c, msg);
         assert_eq!(s.records(), 0, "{args:?}: record left");
-        assert_clean(&before, s.dir.path(), &format!("{args:?}"));
+        assert_clean(&before, &format!("{args:?}"));
     }
     // A record whose mount was removed behind cfsmount's back (plain umount) is pruned by the
     // next mount.
@@ -954,7 +893,7 @@ fn injected_failures_leave_nothing() {
     assert_eq!(s.records(), 1, "the stale record was pruned");
     umount(&s, &mnt2);
     assert_eq!(s.records(), 0);
-    assert_clean(&before, s.dir.path(), "plain umount");
+    assert_clean(&before, "plain umount");
     // umount of something that is not ours / not mounted
     let mut c = s.cmd();
     c.arg("umount").arg(&mnt);
@@ -986,7 +925,7 @@ fn fd_out_handover() {
     // The record (made without a target) is found by mount id once attached.
     umount(&s, &mnt);
     assert_eq!(s.records(), 0);
-    assert_clean(&before, s.dir.path(), "fd-out");
+    assert_clean(&before, "fd-out");
 }
 
 /// The legacy `lowerdir=A::B` syntax (used when lowerdir+ is refused), with a basedir whose
@@ -1112,7 +1051,7 @@ fn fd_out_inherited_fd() {
     drop(ours);
     let _ = std::fs::remove_dir_all(s.path("state"));
     std::fs::create_dir(s.path("state")).unwrap();
-    assert_clean(&before, s.dir.path(), "fd-out dropped");
+    assert_clean(&before, "fd-out dropped");
 }
 
 /// util-linux's `-N NS`: the helper mounts inside another mount namespace.
@@ -1155,5 +1094,5 @@ fn helper_mounts_in_other_namespace() {
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(s.records(), 0);
-    assert_clean(&before, s.dir.path(), "-N");
+    assert_clean(&before, "-N");
 }

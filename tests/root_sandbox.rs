@@ -18,11 +18,12 @@ mod conformance_data;
 #[path = "support/image.rs"]
 mod image;
 
+#[path = "support/root.rs"]
+mod root;
+
+/// The sandbox tests check uid switching, capability dropping and landlock as root.
 fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this root-tier test needs root (it checks uid switching, capability dropping and landlock as root)"
-    );
+    root::require_root("root_sandbox (uid switching, capability dropping and landlock as root)");
 }
 
 /// An input fd holding `data` and an output fd, plus a handle to read the output back.
@@ -544,8 +545,8 @@ mod conformance {
     use super::*;
     use crate::conformance_data::{conformance_root, forced_version, is_strict, json_dir, read_input};
     use crate::image::{sha256_hex, write_options};
+    use cfsmount::build::{build_from_reader, BuildRequest, InputFormat};
     use cfsmount::erofs::writer::WriteOptions;
-    use cfsmount::mkimage::{build_from_reader, BuildRequest, InputFormat};
     use std::path::{Path, PathBuf};
 
     #[derive(Clone, Copy, Debug)]
@@ -663,7 +664,7 @@ mod conformance {
     /// mapped; the limit only stops growth.)
     #[test]
     fn mkimage_builds_through_the_sandbox() {
-        use cfsmount::mkimage::{build_image, BuildOptions, Output, Source};
+        use cfsmount::build::{build_image, BuildOptions, Output, Source};
         require_root();
         let json = read_input(&json_dir(), "cs9-x86_64-minimal.json.gz");
         let tmp = tempfile::tempdir().unwrap();

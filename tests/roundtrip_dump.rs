@@ -8,9 +8,9 @@ use cfsmount::erofs::writer::{write_image, WriteOptions};
 use cfsmount::input::dump::{parse, write_dump, DumpOptions};
 use cfsmount::tree::{Limits, NodeId, Tree};
 
-#[path = "support/random_tree.rs"]
-mod random_tree;
-use random_tree::{random_tree, Rng};
+#[path = "support/random.rs"]
+mod random;
+use random::{random_tree, Rng};
 #[path = "support/image.rs"]
 mod image;
 use image::fsck;

@@ -35,6 +35,11 @@ for f in tests/*.rs; do
 done
 
 tier1() {
+    # Formatting (rustfmt.toml) and lints (clippy.toml; Cargo.toml [lints]: too_many_lines),
+    # warnings are errors; the test-only misbehave hooks are linted too.
+    cargo fmt --check || return 1
+    cargo clippy --all-targets -- -D warnings || return 1
+    cargo clippy --all-targets --features misbehave -- -D warnings || return 1
     cargo test --lib --bins "${unit_tests[@]}" -- --test-threads=2 || return 1
     bash tests/fuzz-brief.sh || return 1
     bash packaging/build-packages.sh

@@ -1,5 +1,11 @@
-//! On-disk constants and structures of the composefs EROFS image (little endian),
-//! with byte-exact encoders for the writer and bounds-checked decoders for readers.
+//! On-disk constants and structures of the composefs EROFS image (little endian): the single
+//! source of every constant of the format, byte-exact encoders for the writer, bounds-checked
+//! decoders for readers, and the header codec ([`ImageHeader`]) that every caller checking an
+//! image's composefs header and EROFS superblock goes through (reader, build validation, mount).
+
+use std::os::fd::BorrowedFd;
+
+use thiserror::Error;
 
 /// composefs header magic at offset 0.
 pub const COMPOSEFS_MAGIC: u32 = 0xd078_629a;
@@ -7,20 +13,26 @@ pub const COMPOSEFS_MAGIC: u32 = 0xd078_629a;
 pub const COMPOSEFS_HEADER_VERSION: u32 = 1;
 /// Header flag: some inode carries a POSIX ACL xattr.
 pub const COMPOSEFS_FLAG_HAS_ACL: u32 = 1;
-/// Highest composefs format version this implementation writes.
+/// Highest composefs format version this implementation writes and reads.
 pub const COMPOSEFS_VERSION_MAX: u32 = 1;
 pub const COMPOSEFS_HEADER_SIZE: usize = 32;
 
 pub const EROFS_SUPER_MAGIC: u32 = 0xe0f5_e1e2;
 pub const EROFS_SUPER_OFFSET: u64 = 1024;
 pub const EROFS_SUPER_SIZE: usize = 128;
+/// Bytes at the start of an image that hold the composefs header and the EROFS superblock.
+pub const HEADER_AREA_SIZE: usize = EROFS_SUPER_OFFSET as usize + EROFS_SUPER_SIZE;
+/// composefs images always use 4 KiB blocks.
 pub const BLOCK_BITS: u32 = 12;
 pub const BLOCK_SIZE: u64 = 1 << BLOCK_BITS;
+/// Inode slots: nids count 32-byte slots from the start of the metadata area.
 pub const SLOT_BITS: u32 = 5;
 pub const SLOT_SIZE: u64 = 1 << SLOT_BITS;
 
 pub const FEATURE_COMPAT_MTIME: u32 = 0x2;
 pub const FEATURE_COMPAT_XATTR_FILTER: u32 = 0x4;
+/// The only incompatible feature a composefs image may carry (chunk-based inodes).
+pub const FEATURE_INCOMPAT_CHUNKED_FILE: u32 = 0x4;
 
 pub const INODE_COMPACT_SIZE: usize = 32;
 pub const INODE_EXTENDED_SIZE: usize = 64;
@@ -34,17 +46,25 @@ pub const LAYOUT_FLAT_INLINE: u16 = 2;
 pub const LAYOUT_CHUNK_BASED: u16 = 4;
 pub const I_VERSION_BIT: u16 = 0;
 pub const I_DATALAYOUT_BIT: u16 = 1;
+/// i_format bits the format defines (version bit + 3 data layout bits).
+pub const I_FORMAT_ALL: u16 = 0xf;
 /// Chunk format: low bits hold log2(chunk size / block size).
 pub const CHUNK_FORMAT_BLKBITS_MASK: u32 = 0x1f;
 /// A chunk pointer meaning "hole".
 pub const NULL_ADDR: u32 = 0xffff_ffff;
+/// Most chunk pointers of an external file (its chunk map must fit one block).
+pub const MAX_CHUNKS: u64 = 1024;
+/// Largest regular file stored inside the image (the reference's `LCFS_INLINE_CONTENT_MAX`).
+pub const INLINE_CONTENT_MAX: usize = 5000;
+/// Per-inode xattr budget, counted the way the reference counts it (12 + the sum of
+/// 7 + name + value per xattr): half of what an EROFS inode can hold.
+pub const XATTR_BUDGET: usize = u16::MAX as usize / 2;
 
 /// xattr name prefix indexes.
 pub const XATTR_INDEX_USER: u8 = 1;
 pub const XATTR_INDEX_POSIX_ACL_ACCESS: u8 = 2;
 pub const XATTR_INDEX_POSIX_ACL_DEFAULT: u8 = 3;
 pub const XATTR_INDEX_TRUSTED: u8 = 4;
-pub const XATTR_INDEX_LUSTRE: u8 = 5;
 pub const XATTR_INDEX_SECURITY: u8 = 6;
 /// Prefixes by index (index 0: the full name is stored).
 pub const XATTR_PREFIXES: [&[u8]; 7] =
@@ -53,6 +73,25 @@ pub const XATTR_PREFIXES: [&[u8]; 7] =
 pub const MAX_SHARED_PER_INODE: usize = 0x80;
 pub const XATTR_FILTER_BITS: u32 = 32;
 pub const XATTR_FILTER_SEED: u32 = 0x25bb_e08f;
+
+/// The overlayfs xattrs a composefs image carries (see docs/writer.md).
+pub const OVL_PREFIX: &[u8] = b"trusted.overlay.";
+/// User xattrs in the overlay namespace are stored escaped under this prefix.
+pub const OVL_ESCAPED_PREFIX: &[u8] = b"trusted.overlay.overlay.";
+pub const OVL_METACOPY: &[u8] = b"trusted.overlay.metacopy";
+pub const OVL_REDIRECT: &[u8] = b"trusted.overlay.redirect";
+pub const OVL_OPAQUE: &[u8] = b"trusted.overlay.opaque";
+/// Whiteout markers, as the user sees them (before escaping / after unescaping).
+pub const OVL_WHITEOUT: &[u8] = b"trusted.overlay.whiteout";
+pub const OVL_WHITEOUTS: &[u8] = b"trusted.overlay.whiteouts";
+pub const USER_OVL_WHITEOUT: &[u8] = b"user.overlay.whiteout";
+pub const USER_OVL_WHITEOUTS: &[u8] = b"user.overlay.whiteouts";
+pub const USER_OVL_OPAQUE: &[u8] = b"user.overlay.opaque";
+/// Header of a metacopy xattr that carries a digest: version 0, length 36, flags 0,
+/// hash algorithm SHA-256 (followed by the 32-byte fs-verity digest).
+pub const METACOPY_HEADER: [u8; 4] = [0, 36, 0, 1];
+pub const METACOPY_DIGEST_SIZE: usize = METACOPY_HEADER.len() + 32;
+pub const SELINUX_XATTR: &[u8] = b"security.selinux";
 
 /// Directory entry file types.
 pub const FT_UNKNOWN: u8 = 0;
@@ -63,6 +102,20 @@ pub const FT_BLKDEV: u8 = 4;
 pub const FT_FIFO: u8 = 5;
 pub const FT_SOCK: u8 = 6;
 pub const FT_SYMLINK: u8 = 7;
+
+/// Names of the 256 whiteout stubs (`00`..`ff`) the writer adds to the root.
+pub static STUB_NAMES: [[u8; 2]; 256] = hex_names();
+
+const fn hex_names() -> [[u8; 2]; 256] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    t
+}
 
 /// Which prefix index the writer uses for a full xattr name, and the rest of the name.
 /// The order of the checks matters ("system.posix_acl_access" before "trusted.", ...)
@@ -256,7 +309,10 @@ impl SuperBlock {
 }
 
 /// An on-disk inode, compact (32 bytes) or extended (64 bytes). `i_u` is the raw
-/// 4-byte union (block address, rdev, or chunk format).
+/// 4-byte union (block address, rdev, or chunk format). A compact inode stores no time of its
+/// own but a 32-bit `i_mtime` at offset 12, which current kernels add to the superblock's build
+/// time (nanoseconds: the build time's); for compact inodes `mtime` holds that field and
+/// `mtime_nsec` is 0. The composefs writer always writes 0 there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DiskInode {
     pub extended: bool,
@@ -295,6 +351,7 @@ impl DiskInode {
         } else {
             w.u16(6, self.nlink as u16);
             w.u32(8, self.size as u32);
+            w.u32(12, self.mtime as u32);
             w.u32(16, self.i_u);
             w.u32(20, self.ino);
             w.u16(24, self.uid as u16);
@@ -303,8 +360,7 @@ impl DiskInode {
         }
     }
 
-    /// Decode the inode at the start of `b`; compact inodes get mtime 0 (the caller
-    /// applies the superblock build time).
+    /// Decode the inode at the start of `b` (`None` if `b` is too short for its kind).
     pub fn decode(b: &[u8]) -> Option<Self> {
         let format = rd16(b, 0)?;
         let extended = format & 1 == 1;
@@ -335,7 +391,7 @@ impl DiskInode {
                 ino: rd32(b, 20)?,
                 uid: rd16(b, 24)? as u32,
                 gid: rd16(b, 26)? as u32,
-                mtime: 0,
+                mtime: u64::from(rd32(b, 12)?),
                 mtime_nsec: 0,
             })
         }
@@ -343,6 +399,15 @@ impl DiskInode {
 
     pub fn datalayout(&self) -> u16 {
         (self.format >> I_DATALAYOUT_BIT) & 7
+    }
+
+    /// Bytes the inode itself takes (32 or 64).
+    pub fn disk_size(&self) -> usize {
+        if self.extended {
+            INODE_EXTENDED_SIZE
+        } else {
+            INODE_COMPACT_SIZE
+        }
     }
 }
 
@@ -370,6 +435,21 @@ pub fn decode_dirent(b: &[u8]) -> Option<(u64, u16, u8)> {
     Some((rd64(b, 0)?, rd16(b, 8)?, *b.get(10)?))
 }
 
+/// The directory entry file type of an inode mode (`FT_UNKNOWN` for no valid file type).
+pub fn dirent_file_type(mode: u32) -> u8 {
+    use crate::tree::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK};
+    match mode & S_IFMT {
+        S_IFREG => FT_REG_FILE,
+        S_IFDIR => FT_DIR,
+        S_IFCHR => FT_CHRDEV,
+        S_IFBLK => FT_BLKDEV,
+        S_IFIFO => FT_FIFO,
+        S_IFSOCK => FT_SOCK,
+        S_IFLNK => FT_SYMLINK,
+        _ => FT_UNKNOWN,
+    }
+}
+
 /// Encode the 12-byte inline xattr header.
 pub fn encode_xattr_ibody_header(name_filter: u32, shared_count: u8) -> [u8; XATTR_IBODY_HEADER_SIZE] {
     let mut b = [0u8; XATTR_IBODY_HEADER_SIZE];
@@ -383,6 +463,187 @@ pub fn encode_xattr_ibody_header(name_filter: u32, shared_count: u8) -> [u8; XAT
 pub fn encode_xattr_entry(name_len: u8, name_index: u8, value_size: u16) -> [u8; XATTR_ENTRY_SIZE] {
     let v = value_size.to_le_bytes();
     [name_len, name_index, v[0], v[1]]
+}
+
+/// Decode the inline xattr header at the start of an inode's xattr area: (name filter, number
+/// of shared xattr ids that follow it).
+pub fn decode_xattr_ibody_header(b: &[u8]) -> Option<(u32, u8)> {
+    Some((rd32(b, 0)?, *b.get(4)?))
+}
+
+/// The `i`-th shared xattr id of an inode's xattr area (after the inline header).
+pub fn decode_shared_xattr_id(area: &[u8], i: usize) -> Option<u32> {
+    rd32(area, XATTR_IBODY_HEADER_SIZE.checked_add(i.checked_mul(4)?)?)
+}
+
+/// Decode a 4-byte xattr entry header: (name length, name index, value size).
+pub fn decode_xattr_entry(b: &[u8]) -> Option<(u8, u8, u16)> {
+    Some((*b.first()?, *b.get(1)?, rd16(b, 2)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header codec: the composefs header and the EROFS superblock, decoded in one place.
+
+/// Why an image's composefs header or EROFS superblock is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HeaderError {
+    #[error("{len} bytes, shorter than the composefs header and EROFS superblock ({HEADER_AREA_SIZE} bytes)")]
+    Short { len: u64 },
+    #[error("reading the composefs header and EROFS superblock: {0}")]
+    Read(rustix::io::Errno),
+    #[error("composefs header: bad composefs magic {0:#x}")]
+    ComposefsMagic(u32),
+    #[error("composefs header: unsupported composefs header version {0}")]
+    HeaderVersion(u32),
+    #[error("composefs header: unsupported composefs format version {0}")]
+    FormatVersion(u32),
+    #[error("EROFS superblock: bad EROFS magic {0:#x} at offset {EROFS_SUPER_OFFSET}")]
+    ErofsMagic(u32),
+    #[error("EROFS superblock: block size 2^{0} (only 4096 is supported)")]
+    BlockSize(u8),
+    #[error("EROFS superblock: unsupported incompatible features {0:#x}")]
+    Incompat(u32),
+    #[error("EROFS superblock: extra devices are not supported")]
+    ExtraDevices,
+    #[error("EROFS superblock: directory block bits {0} (must be 0)")]
+    DirBlockBits(u8),
+    #[error("EROFS superblock: build time nanoseconds {0} out of range")]
+    BuildTimeNsec(u32),
+    #[error("EROFS superblock: {what} block address {block} beyond the image")]
+    Beyond { what: &'static str, block: u32 },
+    #[error("EROFS superblock: {blocks} blocks of 4096 bytes, but the image has {len} bytes")]
+    BlockCount { blocks: u32, len: u64 },
+}
+
+/// The composefs header and the EROFS superblock of an image, decoded.
+///
+/// [`ImageHeader::decode`] (or [`ImageHeader::read_from`] on a file) checks what every caller
+/// needs before it looks further: the length and both magics. [`ImageHeader::check_composefs`]
+/// adds what a composefs image as the writer makes it must be (versions, 4 KiB blocks, no
+/// features beyond chunked files, metadata inside the image); the mount path leaves the rest of
+/// a superblock to the kernel and asks only for the facts ([`ImageHeader::has_acl`],
+/// [`ImageHeader::inodes`], [`ImageHeader::block_size`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    pub composefs: ComposefsHeader,
+    pub sb: SuperBlock,
+}
+
+impl ImageHeader {
+    /// Decode the first [`HEADER_AREA_SIZE`] bytes of `b` (an image or its beginning); checks
+    /// the length and both magics.
+    pub fn decode(b: &[u8]) -> Result<ImageHeader, HeaderError> {
+        let short = || HeaderError::Short { len: b.len() as u64 };
+        let area = b.get(..HEADER_AREA_SIZE).ok_or_else(short)?;
+        let composefs = ComposefsHeader::decode(area).ok_or_else(short)?;
+        let sb = SuperBlock::decode(&area[EROFS_SUPER_OFFSET as usize..]).ok_or_else(short)?;
+        if composefs.magic != COMPOSEFS_MAGIC {
+            return Err(HeaderError::ComposefsMagic(composefs.magic));
+        }
+        if sb.magic != EROFS_SUPER_MAGIC {
+            return Err(HeaderError::ErofsMagic(sb.magic));
+        }
+        Ok(ImageHeader { composefs, sb })
+    }
+
+    /// [`ImageHeader::decode`] of the first bytes of an open image (`pread` at offset 0, so the
+    /// file position is not moved).
+    pub fn read_from(fd: BorrowedFd<'_>) -> Result<ImageHeader, HeaderError> {
+        let mut buf = [0u8; HEADER_AREA_SIZE];
+        let mut have = 0;
+        while have < buf.len() {
+            match rustix::io::pread(fd, &mut buf[have..], have as u64) {
+                Ok(0) => break,
+                Ok(n) => have += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(HeaderError::Read(e)),
+            }
+        }
+        ImageHeader::decode(&buf[..have])
+    }
+
+    /// What an image of `image_len` bytes in the composefs layout must also satisfy: header
+    /// version 1, a format version this code knows, 4 KiB blocks, no incompatible feature but
+    /// chunked files, no extra devices, no directory block bits, a valid build time, and the
+    /// metadata and shared xattr areas inside the image.
+    pub fn check_composefs(&self, image_len: u64) -> Result<(), HeaderError> {
+        let (h, sb) = (&self.composefs, &self.sb);
+        if h.version != COMPOSEFS_HEADER_VERSION {
+            return Err(HeaderError::HeaderVersion(h.version));
+        }
+        if h.composefs_version > COMPOSEFS_VERSION_MAX {
+            return Err(HeaderError::FormatVersion(h.composefs_version));
+        }
+        if u32::from(sb.blkszbits) != BLOCK_BITS {
+            return Err(HeaderError::BlockSize(sb.blkszbits));
+        }
+        if sb.feature_incompat & !FEATURE_INCOMPAT_CHUNKED_FILE != 0 {
+            return Err(HeaderError::Incompat(sb.feature_incompat));
+        }
+        if sb.extra_devices != 0 {
+            return Err(HeaderError::ExtraDevices);
+        }
+        if sb.dirblkbits != 0 {
+            return Err(HeaderError::DirBlockBits(sb.dirblkbits));
+        }
+        if sb.build_time_nsec >= 1_000_000_000 {
+            return Err(HeaderError::BuildTimeNsec(sb.build_time_nsec));
+        }
+        if self.meta_offset() > image_len {
+            return Err(HeaderError::Beyond { what: "metadata", block: sb.meta_blkaddr });
+        }
+        if self.xattr_offset() > image_len {
+            return Err(HeaderError::Beyond { what: "shared xattr", block: sb.xattr_blkaddr });
+        }
+        Ok(())
+    }
+
+    /// The superblock's block count covers exactly `image_len` bytes (what the writer makes).
+    pub fn check_block_count(&self, image_len: u64) -> Result<(), HeaderError> {
+        if u64::from(self.sb.blocks) * BLOCK_SIZE != image_len {
+            return Err(HeaderError::BlockCount { blocks: self.sb.blocks, len: image_len });
+        }
+        Ok(())
+    }
+
+    /// The composefs format version (0 or 1 for images that passed [`Self::check_composefs`]).
+    pub fn format_version(&self) -> u32 {
+        self.composefs.composefs_version
+    }
+
+    /// Header flag: some inode carries a POSIX ACL (the mount then needs the `acl` option).
+    pub fn has_acl(&self) -> bool {
+        self.composefs.flags & COMPOSEFS_FLAG_HAS_ACL != 0
+    }
+
+    /// Inode count the superblock claims (hostile: a bound to compare, not an allocation size).
+    pub fn inodes(&self) -> u64 {
+        self.sb.inos
+    }
+
+    /// Block size in bytes, if the superblock's is one EROFS can have (512 bytes to 64 KiB).
+    pub fn block_size(&self) -> Result<u32, HeaderError> {
+        if (9..=16).contains(&self.sb.blkszbits) {
+            Ok(1 << self.sb.blkszbits)
+        } else {
+            Err(HeaderError::BlockSize(self.sb.blkszbits))
+        }
+    }
+
+    /// Whether inodes carry the xattr name filter the kernel consults.
+    pub fn xattr_filter(&self) -> bool {
+        self.sb.feature_compat & FEATURE_COMPAT_XATTR_FILTER != 0
+    }
+
+    /// Byte offset of the metadata area (inode slots count from here).
+    pub fn meta_offset(&self) -> u64 {
+        u64::from(self.sb.meta_blkaddr) * BLOCK_SIZE
+    }
+
+    /// Byte offset of the shared xattr table.
+    pub fn xattr_offset(&self) -> u64 {
+        u64::from(self.sb.xattr_blkaddr) * BLOCK_SIZE
+    }
 }
 
 #[cfg(test)]
@@ -405,5 +666,101 @@ mod tests {
         assert_eq!(xattr_prefix_split(b"trusted.overlay.x"), (4, &b"overlay.x"[..]));
         assert_eq!(xattr_prefix_split(b"security.selinux"), (6, &b"selinux"[..]));
         assert_eq!(xattr_prefix_split(b"lustre.x"), (0, &b"lustre.x"[..]));
+    }
+
+    fn header_bytes() -> Vec<u8> {
+        let h = ComposefsHeader { magic: COMPOSEFS_MAGIC, version: 1, flags: 1, composefs_version: 1 };
+        let sb = SuperBlock {
+            magic: EROFS_SUPER_MAGIC,
+            blkszbits: 12,
+            inos: 300,
+            blocks: 3,
+            meta_blkaddr: 0,
+            xattr_blkaddr: 2,
+            ..SuperBlock::default()
+        };
+        let mut b = vec![0u8; 3 * 4096];
+        b[..COMPOSEFS_HEADER_SIZE].copy_from_slice(&h.encode());
+        b[EROFS_SUPER_OFFSET as usize..HEADER_AREA_SIZE].copy_from_slice(&sb.encode());
+        b
+    }
+
+    #[test]
+    fn header_decodes_and_checks() {
+        let b = header_bytes();
+        let h = ImageHeader::decode(&b).unwrap();
+        assert!(h.has_acl());
+        assert_eq!((h.inodes(), h.block_size(), h.format_version()), (300, Ok(4096), 1));
+        assert_eq!(h.check_composefs(b.len() as u64), Ok(()));
+        assert_eq!(h.check_block_count(b.len() as u64), Ok(()));
+        assert_eq!(h.check_block_count(4096), Err(HeaderError::BlockCount { blocks: 3, len: 4096 }));
+        // The shared xattr table at block 2 lies beyond an image of one block.
+        assert!(matches!(h.check_composefs(4096), Err(HeaderError::Beyond { what: "shared xattr", .. })));
+    }
+
+    #[test]
+    fn header_refusals_name_the_field() {
+        let b = header_bytes();
+        assert_eq!(ImageHeader::decode(&b[..1151]), Err(HeaderError::Short { len: 1151 }));
+        let with = |at: usize, v: u8| {
+            let mut m = b.clone();
+            m[at] = v;
+            m
+        };
+        assert_eq!(ImageHeader::decode(&with(0, 0)), Err(HeaderError::ComposefsMagic(0xd078_6200)));
+        assert_eq!(ImageHeader::decode(&with(1024, 0)), Err(HeaderError::ErofsMagic(0xe0f5_e100)));
+        let check = |m: Vec<u8>| ImageHeader::decode(&m).unwrap().check_composefs(m.len() as u64).unwrap_err();
+        assert_eq!(check(with(4, 2)), HeaderError::HeaderVersion(2));
+        assert_eq!(check(with(12, 2)), HeaderError::FormatVersion(2));
+        assert_eq!(check(with(1024 + 12, 9)), HeaderError::BlockSize(9));
+        assert_eq!(check(with(1024 + 80, 1)), HeaderError::Incompat(1));
+        assert_eq!(check(with(1024 + 86, 1)), HeaderError::ExtraDevices);
+        assert_eq!(check(with(1024 + 90, 1)), HeaderError::DirBlockBits(1));
+        assert_eq!(check(with(1024 + 35, 0x40)), HeaderError::BuildTimeNsec(0x4000_0000));
+        // EROFS allows 512-byte to 64 KiB blocks; a composefs image only 4 KiB ones.
+        let odd = ImageHeader::decode(&with(1024 + 12, 17)).unwrap();
+        assert_eq!(odd.block_size(), Err(HeaderError::BlockSize(17)));
+        assert!(HeaderError::ErofsMagic(0).to_string().contains("EROFS magic"));
+        assert!(HeaderError::ComposefsMagic(0).to_string().contains("composefs magic"));
+    }
+
+    #[test]
+    fn header_reads_from_a_file_without_moving_its_offset() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::fd::AsFd;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&header_bytes()).unwrap();
+        let h = ImageHeader::read_from(f.as_fd()).unwrap();
+        assert_eq!(h.inodes(), 300);
+        assert_eq!(f.stream_position().unwrap(), 3 * 4096);
+        f.set_len(100).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        assert_eq!(ImageHeader::read_from(f.as_fd()), Err(HeaderError::Short { len: 100 }));
+    }
+
+    #[test]
+    fn inodes_encode_and_decode() {
+        let mut buf = [0u8; INODE_EXTENDED_SIZE];
+        for extended in [false, true] {
+            let di = DiskInode {
+                extended,
+                format: LAYOUT_FLAT_INLINE << I_DATALAYOUT_BIT | u16::from(extended),
+                xattr_icount: 3,
+                mode: 0o100644,
+                nlink: 2,
+                size: 77,
+                i_u: 9,
+                ino: 5,
+                uid: 1000,
+                gid: 100,
+                mtime: if extended { 1_700_000_000 } else { 0 },
+                mtime_nsec: if extended { 5 } else { 0 },
+            };
+            let n = di.encode(&mut buf);
+            assert_eq!(n, di.disk_size());
+            assert_eq!(DiskInode::decode(&buf[..n]), Some(di));
+            assert_eq!(di.datalayout(), LAYOUT_FLAT_INLINE);
+        }
+        assert_eq!(DiskInode::decode(&buf[..31]), None);
     }
 }

@@ -1,7 +1,6 @@
-//! composefs EROFS image format: on-disk structures, the writer (tree → image) and the hostile-image reader.
+//! composefs EROFS image format: the on-disk format and header codec ([`format`]), the writer
+//! (tree → image) and the hostile-image reader (image → tree).
 
-pub mod format;
-pub mod writer;
-
+pub(crate) mod format;
 pub mod reader;
-pub use reader::{inspect, InspectArgs};
+pub mod writer;

@@ -6,7 +6,7 @@
 //!   validation as every other input ([`Tree::insert_child`], kernel limits).
 //! - Metadata: mode, uid, gid, rdev (re-encoded as the kernel's `new_encode_dev`), size, mtime
 //!   with nanoseconds, and every xattr `llistxattr` lists.
-//! - Regular files: empty files carry nothing; files of at most [`INLINE_MAX`] bytes (the
+//! - Regular files: empty files carry nothing; files of at most `INLINE_MAX` bytes (the
 //!   reference's `LCFS_RECOMMENDED_INLINE_CONTENT_MAX`) are stored inside the image; larger files
 //!   get their fs-verity digest computed and become external objects named `xx/yyyy...` after it
 //!   (the reference's `--digest-store` naming), with the digest recorded for the metacopy xattr.
@@ -36,11 +36,11 @@ use crate::tree::{
 };
 
 /// Largest file stored inline in the image (the reference's recommended inline limit).
-pub const INLINE_MAX: u64 = 64;
+pub(crate) const INLINE_MAX: u64 = 64;
 
 /// Settings for [`build_tree`].
 #[derive(Debug, Clone, Default)]
-pub struct DirOptions {
+pub(crate) struct DirOptions {
     /// Content store to copy external files into (`xx/yyyy...` by fs-verity digest).
     pub digest_store: Option<PathBuf>,
     pub limits: Limits,
@@ -52,7 +52,7 @@ pub fn object_path(d: &[u8; 32]) -> String {
 }
 
 /// Read the directory `root` into a finalized tree.
-pub fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirError> {
+pub(crate) fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirError> {
     let io_err = |path: &Path, op: &'static str| {
         let path = path.to_path_buf();
         move |e: io::Error| DirError::Io { path, op, source: e }
@@ -312,9 +312,21 @@ pub enum DirError {
     #[error("{}: {reason}", path.display())]
     Entry { path: PathBuf, reason: String },
     #[error(transparent)]
-    Import(#[from] ImportError),
+    Import(Box<ImportError>),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
+}
+
+impl From<ImportError> for DirError {
+    fn from(e: ImportError) -> Self {
+        DirError::Import(Box::new(e))
+    }
+}
+
+impl From<StoreError> for DirError {
+    fn from(e: StoreError) -> Self {
+        DirError::Store(Box::new(e))
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::fsverity::BLOCK_SIZE;
+/// fs-verity data and Merkle tree block size used by composefs.
+const BLOCK_SIZE: usize = 4096;
 
 /// A 32-byte digest (SHA-256 or fs-verity SHA-256).
 pub type Digest = [u8; 32];

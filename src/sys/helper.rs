@@ -1,5 +1,5 @@
 //! Privileged-helper syscalls rustix does not wrap: AT_SECURE, fsuid/fsgid, namespace ioctls,
-//! statx mount ids, std fd repair, signal dispositions, and reading a user namespace's id maps.
+//! std fd repair, signal dispositions, and reading a user namespace's id maps.
 
 use rustix::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use rustix::io;
@@ -10,26 +10,26 @@ fn last_errno() -> io::Errno {
 
 /// `getauxval(AT_SECURE) != 0`: the kernel says this exec changed credentials (setuid, setgid,
 /// file capabilities, or an LSM decision).
-pub fn at_secure() -> bool {
+pub(crate) fn at_secure() -> bool {
     // SAFETY: getauxval only reads the process's auxiliary vector; AT_SECURE is a valid key.
     unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
 }
 
 /// The current fsuid (setfsuid(-1) fails and reports the current value without changing it).
-pub fn current_fsuid() -> u32 {
+pub(crate) fn current_fsuid() -> u32 {
     // SAFETY: an invalid id (-1) is rejected by the kernel, which returns the current fsuid.
     unsafe { libc::setfsuid(u32::MAX) as u32 }
 }
 
 /// The current fsgid.
-pub fn current_fsgid() -> u32 {
+pub(crate) fn current_fsgid() -> u32 {
     // SAFETY: as for current_fsuid.
     unsafe { libc::setfsgid(u32::MAX) as u32 }
 }
 
 /// Makes sure fds 0, 1 and 2 are open: any closed one is pointed at /dev/null, so that files the
 /// helper opens later can never land on a standard stream number.
-pub fn ensure_std_fds() -> io::Result<()> {
+pub(crate) fn ensure_std_fds() -> io::Result<()> {
     for fd in 0..3 {
         // SAFETY: fcntl(F_GETFD) on an int is harmless; EBADF means the slot is free.
         let r = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -59,7 +59,7 @@ pub fn ensure_std_fds() -> io::Result<()> {
 
 /// Ignores SIGXFSZ (a caller-set RLIMIT_FSIZE then gives EFBIG instead of killing the helper
 /// halfway through writing state) and restores SIGPIPE's default-ignore set by the Rust runtime.
-pub fn ignore_sigxfsz() -> io::Result<()> {
+pub(crate) fn ignore_sigxfsz() -> io::Result<()> {
     // SAFETY: SIG_IGN is a valid disposition for SIGXFSZ; no handler code runs.
     let r = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     if r == libc::SIG_ERR {
@@ -107,38 +107,8 @@ fn ns_ioctl_fd(fd: BorrowedFd<'_>, req: libc::c_ulong) -> io::Result<OwnedFd> {
 
 /// `ioctl(fd, NS_GET_PARENT)`: the parent namespace (EPERM when it is outside our scope, i.e.
 /// `fd` is our own or the initial user namespace).
-pub fn ns_get_parent(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+pub(crate) fn ns_get_parent(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     ns_ioctl_fd(fd, NS_GET_PARENT)
-}
-
-/// `STATX_MNT_ID_UNIQUE` (Linux 6.8): a 64-bit mount id never reused while the system runs.
-const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
-
-/// Mount id of the mount holding `fd` (statx with AT_EMPTY_PATH): `(id, unique)`, preferring
-/// the never-reused STATX_MNT_ID_UNIQUE and falling back to the classic STATX_MNT_ID.
-pub fn statx_mnt_id(fd: BorrowedFd<'_>) -> io::Result<(u64, bool)> {
-    // SAFETY: an all-zero statx is a valid value of the plain-data struct.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: the path is an empty NUL-terminated literal, `stx` is a valid out buffer.
-    let r = unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
-            STATX_MNT_ID_UNIQUE | libc::STATX_MNT_ID,
-            &mut stx,
-        )
-    };
-    if r < 0 {
-        return Err(last_errno());
-    }
-    if stx.stx_mask & STATX_MNT_ID_UNIQUE != 0 {
-        Ok((stx.stx_mnt_id, true))
-    } else if stx.stx_mask & libc::STATX_MNT_ID != 0 {
-        Ok((stx.stx_mnt_id, false))
-    } else {
-        Err(io::Errno::NOSYS)
-    }
 }
 
 /// Reads `uid_map` and `gid_map` of the user namespace `userns`, as seen from its parent: a forked
@@ -252,7 +222,7 @@ fn reap(pid: i32) -> Option<i32> {
 /// `umount2("/proc/self/fd/N", MNT_DETACH)` where N is an O_PATH fd opened on
 /// the root of the mount to remove: the magic link resolves to exactly that pinned mount, so a
 /// concurrent rename or a racing unmount can never redirect the call to another mount.
-pub fn umount_pinned(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn umount_pinned(fd: BorrowedFd<'_>) -> io::Result<()> {
     let path = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
     // SAFETY: `path` is NUL-terminated and lives across the call.
     let r = unsafe { libc::umount2(path.as_ptr().cast(), libc::MNT_DETACH) };
@@ -263,19 +233,17 @@ pub fn umount_pinned(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// `getresuid()`: (real, effective, saved) uid of this thread.
-pub fn getresuid() -> (u32, u32, u32) {
+pub(crate) fn getresuid() -> (u32, u32, u32) {
     let (mut r, mut e, mut s) = (0, 0, 0);
     // SAFETY: three valid out pointers to uid_t.
     unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
     (r, e, s)
 }
 
-pub use super::mount::{mount_setattr_flags, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
-
 /// `faccessat2(fd, "", W_OK, AT_EACCESS | AT_EMPTY_PATH)`: may the current fsuid/fsgid (and
 /// groups) write to the inode behind `fd` (which may be an O_PATH fd)? Raw syscall, because
 /// libc wrappers may refuse AT_EMPTY_PATH without asking the kernel.
-pub fn may_write_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn may_write_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: the path is an empty NUL-terminated literal; the fd is borrowed; plain ints otherwise.
     let r = unsafe {
         libc::syscall(
@@ -296,7 +264,7 @@ pub fn may_write_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// syscalls so that only the calling thread changes. `u32::MAX` = leave unchanged. The kernel also
 /// moves fsuid/fsgid along and clears (uid 0 → other) or restores (other → 0) the effective
 /// capability set.
-pub fn set_effective_ids(uid: u32, gid: u32) -> io::Result<()> {
+pub(crate) fn set_effective_ids(uid: u32, gid: u32) -> io::Result<()> {
     let keep = u32::MAX as libc::c_long;
     if gid != u32::MAX {
         // SAFETY: plain integer arguments.
@@ -314,7 +282,7 @@ pub fn set_effective_ids(uid: u32, gid: u32) -> io::Result<()> {
 }
 
 /// `getresgid()`: (real, effective, saved) gid of this thread.
-pub fn getresgid() -> (u32, u32, u32) {
+pub(crate) fn getresgid() -> (u32, u32, u32) {
     let (mut r, mut e, mut s) = (0, 0, 0);
     // SAFETY: three valid out pointers to gid_t.
     unsafe { libc::getresgid(&mut r, &mut e, &mut s) };

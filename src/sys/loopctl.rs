@@ -1,6 +1,6 @@
 //! Loop device ioctls (LOOP_CTL_GET_FREE, LOOP_CONFIGURE, LOOP_GET_STATUS64, BLKSSZGET) over rustix.
 //!
-//! Only the raw ioctl calls live here; policy (retries, verification) is in `crate::loopback`.
+//! Only the raw ioctl calls live here; policy (retries, verification) is in `crate::mount::loopdev`.
 //! Struct layouts follow `<linux/loop.h>` (UAPI, stable since Linux 5.8 for `loop_config`).
 
 use rustix::fd::BorrowedFd;
@@ -8,15 +8,13 @@ use rustix::io;
 use rustix::ioctl::{ioctl, Getter, Ioctl, IoctlOutput, NoArg, Opcode, Setter};
 
 /// `LO_FLAGS_READ_ONLY`
-pub const LO_FLAGS_READ_ONLY: u32 = 1;
+pub(crate) const LO_FLAGS_READ_ONLY: u32 = 1;
 /// `LO_FLAGS_AUTOCLEAR`
-pub const LO_FLAGS_AUTOCLEAR: u32 = 4;
-/// `LO_FLAGS_PARTSCAN`
-pub const LO_FLAGS_PARTSCAN: u32 = 8;
+pub(crate) const LO_FLAGS_AUTOCLEAR: u32 = 4;
 /// `LO_FLAGS_DIRECT_IO`
-pub const LO_FLAGS_DIRECT_IO: u32 = 16;
+pub(crate) const LO_FLAGS_DIRECT_IO: u32 = 16;
 /// `LO_NAME_SIZE`
-pub const LO_NAME_SIZE: usize = 64;
+pub(crate) const LO_NAME_SIZE: usize = 64;
 
 const LOOP_CLR_FD: Opcode = 0x4C01;
 const LOOP_GET_STATUS64: Opcode = 0x4C05;
@@ -30,20 +28,20 @@ const BLKGETDISKSEQ: Opcode = 0x8008_1280;
 /// `struct loop_info64` from `<linux/loop.h>`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct LoopInfo64 {
-    pub lo_device: u64,
-    pub lo_inode: u64,
-    pub lo_rdevice: u64,
-    pub lo_offset: u64,
-    pub lo_sizelimit: u64,
-    pub lo_number: u32,
-    pub lo_encrypt_type: u32,
-    pub lo_encrypt_key_size: u32,
-    pub lo_flags: u32,
-    pub lo_file_name: [u8; LO_NAME_SIZE],
-    pub lo_crypt_name: [u8; LO_NAME_SIZE],
-    pub lo_encrypt_key: [u8; 32],
-    pub lo_init: [u64; 2],
+pub(crate) struct LoopInfo64 {
+    pub(crate) lo_device: u64,
+    pub(crate) lo_inode: u64,
+    pub(crate) lo_rdevice: u64,
+    pub(crate) lo_offset: u64,
+    pub(crate) lo_sizelimit: u64,
+    pub(crate) lo_number: u32,
+    pub(crate) lo_encrypt_type: u32,
+    pub(crate) lo_encrypt_key_size: u32,
+    pub(crate) lo_flags: u32,
+    pub(crate) lo_file_name: [u8; LO_NAME_SIZE],
+    pub(crate) lo_crypt_name: [u8; LO_NAME_SIZE],
+    pub(crate) lo_encrypt_key: [u8; 32],
+    pub(crate) lo_init: [u64; 2],
 }
 
 impl Default for LoopInfo64 {
@@ -69,11 +67,11 @@ impl Default for LoopInfo64 {
 /// `struct loop_config` from `<linux/loop.h>` (the LOOP_CONFIGURE argument).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-pub struct LoopConfig {
-    pub fd: u32,
-    pub block_size: u32,
-    pub info: LoopInfo64,
-    pub reserved: [u64; 8],
+pub(crate) struct LoopConfig {
+    pub(crate) fd: u32,
+    pub(crate) block_size: u32,
+    pub(crate) info: LoopInfo64,
+    pub(crate) reserved: [u64; 8],
 }
 
 const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
@@ -99,7 +97,7 @@ unsafe impl Ioctl for GetFree {
 }
 
 /// `ioctl(loop_control, LOOP_CTL_GET_FREE)`: finds (or creates) a free loop device number.
-pub fn ctl_get_free(loop_control: BorrowedFd<'_>) -> io::Result<u32> {
+pub(crate) fn ctl_get_free(loop_control: BorrowedFd<'_>) -> io::Result<u32> {
     // SAFETY: `GetFree` describes LOOP_CTL_GET_FREE exactly (no argument, int result); the caller
     // passes /dev/loop-control (any other fd rejects the opcode with an error, no memory is touched).
     unsafe { ioctl(loop_control, GetFree) }
@@ -107,33 +105,33 @@ pub fn ctl_get_free(loop_control: BorrowedFd<'_>) -> io::Result<u32> {
 
 /// `ioctl(loop_dev, LOOP_CONFIGURE, &config)`: binds the backing fd and sets flags, block size and
 /// name in one atomic step (Linux 5.8+).
-pub fn configure(loop_dev: BorrowedFd<'_>, config: &LoopConfig) -> io::Result<()> {
+pub(crate) fn configure(loop_dev: BorrowedFd<'_>, config: &LoopConfig) -> io::Result<()> {
     // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, whose layout `LoopConfig` reproduces
     // (size checked at compile time); the kernel only reads from the pointer.
     unsafe { ioctl(loop_dev, Setter::<LOOP_CONFIGURE, LoopConfig>::new(*config)) }
 }
 
 /// `ioctl(loop_dev, LOOP_GET_STATUS64, &info)`.
-pub fn get_status64(loop_dev: BorrowedFd<'_>) -> io::Result<LoopInfo64> {
+pub(crate) fn get_status64(loop_dev: BorrowedFd<'_>) -> io::Result<LoopInfo64> {
     // SAFETY: LOOP_GET_STATUS64 writes exactly one `struct loop_info64`, reproduced by `LoopInfo64`.
     unsafe { ioctl(loop_dev, Getter::<LOOP_GET_STATUS64, LoopInfo64>::new()) }
 }
 
 /// `ioctl(loop_dev, LOOP_CLR_FD)`: detaches the backing file (used only to undo our own attach).
-pub fn clr_fd(loop_dev: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn clr_fd(loop_dev: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: LOOP_CLR_FD takes no argument.
     unsafe { ioctl(loop_dev, NoArg::<LOOP_CLR_FD>::new()) }
 }
 
 /// `ioctl(blockdev, BLKGETDISKSEQ, &u64)`: a number the kernel never hands out twice per boot; a
 /// loop device gets a new one each time it is configured.
-pub fn diskseq(dev: BorrowedFd<'_>) -> io::Result<u64> {
+pub(crate) fn diskseq(dev: BorrowedFd<'_>) -> io::Result<u64> {
     // SAFETY: BLKGETDISKSEQ writes one `__u64`.
     unsafe { ioctl(dev, Getter::<BLKGETDISKSEQ, u64>::new()) }
 }
 
 /// `ioctl(blockdev, BLKSSZGET, &int)`: logical sector size.
-pub fn logical_block_size(dev: BorrowedFd<'_>) -> io::Result<u32> {
+pub(crate) fn logical_block_size(dev: BorrowedFd<'_>) -> io::Result<u32> {
     // SAFETY: BLKSSZGET writes one C `int`.
     let v = unsafe { ioctl(dev, Getter::<BLKSSZGET, std::ffi::c_int>::new())? };
     u32::try_from(v).map_err(|_| io::Errno::RANGE)

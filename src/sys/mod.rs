@@ -2,7 +2,7 @@
 //!
 //! Each submodule belongs to one stage; every `unsafe` block carries a `SAFETY:` comment.
 pub mod helper;
-pub mod loopctl;
-pub mod mount;
+pub(crate) mod loopctl;
+pub(crate) mod mount;
 pub mod sandbox;
 pub mod verity;

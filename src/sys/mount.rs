@@ -19,11 +19,6 @@ struct MountAttr {
 }
 const _: () = assert!(std::mem::size_of::<MountAttr>() == 32);
 
-/// `MOUNT_ATTR_*` bits from `<linux/mount.h>`.
-pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
-pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
-pub const MOUNT_ATTR_NODEV: u64 = 0x4;
-
 /// `mount_setattr(mnt, "", AT_EMPTY_PATH, {attr_set, attr_clr, 0, userns_fd})` on one mount
 /// (detached or attached), not recursive.
 fn mount_setattr(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: u64, userns: Option<BorrowedFd<'_>>) -> io::Result<()> {
@@ -54,18 +49,18 @@ fn mount_setattr(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: u64, userns: Opti
 
 /// Turns the (detached, not yet attached anywhere) mount `mnt` into an idmapped mount using
 /// `userns`'s maps (`MOUNT_ATTR_IDMAP`).
-pub fn mount_setattr_idmap(mnt: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn mount_setattr_idmap(mnt: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Result<()> {
     mount_setattr(mnt, MOUNT_ATTR_IDMAP, 0, Some(userns))
 }
 
 /// Sets and clears `MOUNT_ATTR_*` flags (e.g. nosuid, nodev, rdonly) on one mount.
-pub fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: u64) -> io::Result<()> {
+pub(crate) fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: u64) -> io::Result<()> {
     mount_setattr(mnt, attr_set, attr_clr, None)
 }
 
 /// A child process sitting in a new user namespace, waiting for its parent to write its maps and
 /// take a reference to `/proc/PID/ns/user`. Dropping it lets the child exit and reaps it.
-pub struct UsernsChild {
+pub(crate) struct UsernsChild {
     pid: i32,
     /// Write end of the "you may exit" pipe; closing it releases the child.
     release: Option<OwnedFd>,
@@ -73,7 +68,7 @@ pub struct UsernsChild {
 
 impl UsernsChild {
     /// Forks a child that calls `unshare(CLONE_NEWUSER)` and then blocks until released.
-    pub fn spawn() -> io::Result<UsernsChild> {
+    pub(crate) fn spawn() -> io::Result<UsernsChild> {
         let (ready_r, ready_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (release_r, release_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (rr, rw, lr, lw) = (ready_r.as_raw_fd(), ready_w.as_raw_fd(), release_r.as_raw_fd(), release_w.as_raw_fd());
@@ -119,7 +114,7 @@ impl UsernsChild {
         Ok(child)
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.pid
     }
 }
@@ -139,7 +134,7 @@ impl Drop for UsernsChild {
 }
 
 /// Duplicates an inherited raw fd number (e.g. `--fd-out 3`); EBADF if it is not open.
-pub fn dup_inherited_fd(raw: i32) -> io::Result<OwnedFd> {
+pub(crate) fn dup_inherited_fd(raw: i32) -> io::Result<OwnedFd> {
     if raw < 0 {
         return Err(io::Errno::BADF);
     }

@@ -1,0 +1,76 @@
+//! A directory's entries: its data blocks and inline tail, each a table of 12-byte entries
+//! followed by the names, in sorted order.
+
+use super::inode::DirData;
+use super::{ReadError, Reader};
+use crate::erofs::format::*;
+use crate::tree;
+
+impl Reader<'_> {
+    /// Read the entries of directory `nid`, in on-disk order. Errors carry no path yet.
+    pub(super) fn read_dir(&mut self, nid: u64, dd: DirData) -> Result<Vec<(Vec<u8>, u64, u8)>, ReadError> {
+        let bad = |reason: String| ReadError::Dir { nid, path: String::new(), reason };
+        let mut out: Vec<(Vec<u8>, u64, u8)> = Vec::new();
+        let mut pieces = Vec::new();
+        let mut done = 0u64;
+        while done < dd.blocks_len {
+            let n = (dd.blocks_len - done).min(BLOCK_SIZE);
+            pieces.push((dd.blocks_off + done, n));
+            done += n;
+        }
+        if let Some(t) = dd.tail {
+            pieces.push(t);
+        }
+        for (off, len) in pieces {
+            let block = self.bytes(off, len).ok_or_else(|| bad("directory data beyond the image".into()))?;
+            let n = parse_dirent_block(block, &mut out, self.limits.max_dirents.saturating_sub(self.dirents))
+                .map_err(|r| bad(format!("block at offset {off}: {r}")))?;
+            self.dirents += n;
+        }
+        for w in out.windows(2) {
+            if w[0].0 >= w[1].0 {
+                return Err(bad(format!("entries not in sorted order at {}", tree::show(&w[1].0))));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parse one directory block, appending (name, nid, file type); returns the entry count.
+pub(super) fn parse_dirent_block(b: &[u8], out: &mut Vec<(Vec<u8>, u64, u8)>, budget: u64) -> Result<u64, String> {
+    let first = match decode_dirent(b) {
+        Some((_, first, _)) if b.len() >= DIRENT_SIZE => usize::from(first),
+        _ => return Err("block shorter than one entry".into()),
+    };
+    if first < DIRENT_SIZE || first % DIRENT_SIZE != 0 || first > b.len() {
+        return Err(format!("bad first name offset {first}"));
+    }
+    let n = first / DIRENT_SIZE;
+    if n as u64 > budget {
+        return Err("too many directory entries in the image".into());
+    }
+    // The entry table (n entries) lies within `first` <= b.len() bytes.
+    let entry = |i: usize| decode_dirent(&b[i * DIRENT_SIZE..]).unwrap_or_default();
+    for i in 0..n {
+        let (nid, nameoff, ftype) = entry(i);
+        let nameoff = usize::from(nameoff);
+        let end = if i + 1 < n {
+            usize::from(entry(i + 1).1)
+        } else {
+            let rest = b.get(nameoff..).unwrap_or(&[]);
+            nameoff + rest.iter().position(|&c| c == 0).unwrap_or(rest.len())
+        };
+        if nameoff < first || end <= nameoff || end > b.len() {
+            return Err(format!("entry {i}: bad name offsets {nameoff}..{end}"));
+        }
+        let name = &b[nameoff..end];
+        if name.len() > tree::MAX_NAME_LEN {
+            return Err(format!("entry {i}: name longer than {} bytes", tree::MAX_NAME_LEN));
+        }
+        if name.contains(&0) || name.contains(&b'/') {
+            return Err(format!("entry {i}: NUL or '/' in name {}", tree::show(name)));
+        }
+        out.push((name.to_vec(), nid, ftype));
+    }
+    Ok(n as u64)
+}

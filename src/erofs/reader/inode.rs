@@ -1,0 +1,323 @@
+//! One inode: its place (nid → offset), the on-disk inode ([`DiskInode`]), the type-specific
+//! data (directory blocks and inline tail, inline file content, symlink target, device number,
+//! an external file's chunk map), the claims on its slots and blocks, and its xattrs.
+
+use super::xattr::OverlayMarks;
+use super::{ReadError, Reader};
+use crate::erofs::format::*;
+use crate::tree::{self, Entry, Inode};
+
+/// Where a directory's entries live: `full_blocks` whole-or-partial blocks at `blocks_off`
+/// covering `blocks_len` bytes, then an optional inline tail.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DirData {
+    pub(super) blocks_off: u64,
+    pub(super) blocks_len: u64,
+    pub(super) tail: Option<(u64, u64)>,
+}
+
+#[derive(Debug)]
+pub(super) struct Ino {
+    /// `None` once moved into the tree.
+    pub(super) entry: Option<Entry>,
+    /// EROFS dirent file type this inode must be listed with (its on-disk type).
+    pub(super) ftype: u8,
+    pub(super) dir: Option<DirData>,
+    /// A character device 0/0 as stored: only legitimate as a root whiteout stub.
+    pub(super) raw_whiteout: bool,
+    /// An escaped user whiteout turned back into a 0/0 character device.
+    pub(super) user_whiteout: bool,
+    /// Number of directory entries naming this inode.
+    pub(super) names: u32,
+    /// st_nlink as stored.
+    pub(super) nlink: u32,
+}
+
+/// Decoded inodes by nid: a dense index over the image's inode slots (nids of inodes that
+/// exist are bounded by the image size) into a list, instead of hashing every lookup.
+pub(super) struct InodeTable {
+    index: Vec<u32>,
+    list: Vec<Ino>,
+}
+
+impl InodeTable {
+    pub(super) fn new(slots: u64) -> InodeTable {
+        InodeTable { index: vec![u32::MAX; usize::try_from(slots).unwrap_or(0)], list: Vec::new() }
+    }
+
+    fn pos(&self, nid: &u64) -> Option<usize> {
+        let i = *self.index.get(usize::try_from(*nid).ok()?)?;
+        (i != u32::MAX).then_some(i as usize)
+    }
+
+    pub(super) fn contains_key(&self, nid: &u64) -> bool {
+        self.pos(nid).is_some()
+    }
+
+    pub(super) fn get(&self, nid: &u64) -> Option<&Ino> {
+        self.list.get(self.pos(nid)?)
+    }
+
+    pub(super) fn get_mut(&mut self, nid: &u64) -> Option<&mut Ino> {
+        let p = self.pos(nid)?;
+        self.list.get_mut(p)
+    }
+
+    /// Only called for nids whose inode decoded, hence inside the slot range.
+    pub(super) fn insert(&mut self, nid: u64, ino: Ino) {
+        let Some(slot) = usize::try_from(nid).ok().and_then(|n| self.index.get_mut(n)) else {
+            return;
+        };
+        *slot = self.list.len() as u32;
+        self.list.push(ino);
+    }
+
+    pub(super) fn nids_in_order(&self) -> Vec<u64> {
+        let mut v = Vec::with_capacity(self.list.len());
+        for (nid, &i) in self.index.iter().enumerate() {
+            if i != u32::MAX {
+                v.push(nid as u64);
+            }
+        }
+        v
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+}
+
+/// What the type-specific part of an inode decoded to.
+#[derive(Default)]
+struct Body {
+    entry: Entry,
+    dir: Option<DirData>,
+    /// A character device 0/0 as stored: only legitimate as a root whiteout stub.
+    raw_whiteout: bool,
+    rdev: u32,
+    /// Bytes stored inline right after the inode and its xattrs.
+    inline_len: u64,
+}
+
+impl Reader<'_> {
+    /// Decode the inode at `nid`. Errors carry no path yet (see [`super::with_path`]).
+    pub(super) fn decode(&mut self, nid: u64) -> Result<Ino, ReadError> {
+        let bad = |reason: String| ReadError::Inode { nid, path: String::new(), reason };
+        let off = nid
+            .checked_mul(SLOT_SIZE)
+            .and_then(|o| o.checked_add(self.meta_off))
+            .ok_or_else(|| bad("nid out of range".into()))?;
+        let di = self.disk_inode(off).map_err(bad)?;
+        let inode = self.inode_of(&di).map_err(bad)?;
+        let ftype = match dirent_file_type(inode.mode) {
+            FT_UNKNOWN => return Err(bad(format!("invalid file type {:#o} in mode", inode.mode & tree::S_IFMT))),
+            ft => ft,
+        };
+        let isize = di.disk_size() as u64;
+        let xattr_size = xattr_ibody_size(di.xattr_icount) as u64;
+        let xattr_off = off + isize; // off + isize was in bounds above
+        let data_off = xattr_off.checked_add(xattr_size).ok_or_else(|| bad("xattrs out of range".into()))?;
+        let body = self.decode_body(nid, &di, &inode, data_off)?;
+
+        // The inode, its xattrs and its inline tail may not overlap any other inode.
+        let span = isize + xattr_size + body.inline_len;
+        if !self.slots.claim(nid, span.div_ceil(SLOT_SIZE)) {
+            return Err(bad("inode overlaps another inode or runs past the end of the image".into()));
+        }
+
+        let external = inode.is_reg() && inode.size > 0 && di.datalayout() == LAYOUT_CHUNK_BASED;
+        let mut entry = body.entry;
+        let mut marks = OverlayMarks::default();
+        if xattr_size > 0 {
+            // At most 255 shared and 64 Ki inline entries of bounded size: the budget is
+            // charged once they are decoded.
+            let raw_xattrs = self.read_xattrs(xattr_off, xattr_size).map_err(bad)?;
+            self.budget(raw_xattrs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())?;
+            marks = self.apply_xattrs(nid, &mut entry, raw_xattrs, external).map_err(bad)?;
+        }
+        // What the writer always adds must be there: otherwise the kernel (and overlayfs)
+        // would see something else than the tree this reader returns.
+        if external && !marks.metacopy {
+            return Err(bad("external file without the overlay metacopy xattr".into()));
+        }
+        if nid == self.root_nid && !marks.root_opaque {
+            return Err(bad("root directory without trusted.overlay.opaque=y".into()));
+        }
+        let mut inode = Inode { rdev: body.rdev, ..inode };
+        let user_whiteout = self.unescape_whiteout(&mut inode, &mut entry);
+        entry.inode = inode;
+        Ok(Ino {
+            entry: Some(entry),
+            ftype,
+            dir: body.dir,
+            raw_whiteout: body.raw_whiteout,
+            user_whiteout,
+            names: 0,
+            nlink: di.nlink,
+        })
+    }
+
+    /// The on-disk inode at byte offset `off`: known format bits, whole inside the image.
+    fn disk_inode(&self, off: u64) -> Result<DiskInode, String> {
+        let beyond = || "inode beyond the end of the image".to_string();
+        let head = self.bytes(off, INODE_COMPACT_SIZE as u64).ok_or_else(beyond)?;
+        let format = u16::from_le_bytes([head[0], head[1]]);
+        if format & !I_FORMAT_ALL != 0 {
+            return Err(format!("unknown inode format bits {format:#x}"));
+        }
+        let extended = format & (1 << I_VERSION_BIT) != 0;
+        let isize = if extended { INODE_EXTENDED_SIZE } else { INODE_COMPACT_SIZE } as u64;
+        let raw = self.bytes(off, isize).ok_or_else(beyond)?;
+        DiskInode::decode(raw).ok_or_else(beyond)
+    }
+
+    /// The tree's view of the inode's metadata (`rdev` is filled in from the data part).
+    fn inode_of(&self, di: &DiskInode) -> Result<Inode, String> {
+        let (mtime, mtime_nsec) = if di.extended {
+            (di.mtime as i64, di.mtime_nsec)
+        } else {
+            // Current kernels read a compact inode's mtime as the superblock's epoch plus
+            // its 32-bit field (zero from the composefs writer).
+            let mtime = self.build_time.checked_add(di.mtime as i64).ok_or("compact inode mtime out of range")?;
+            (mtime, self.build_nsec)
+        };
+        if mtime_nsec >= 1_000_000_000 {
+            return Err(format!("mtime nanoseconds {mtime_nsec} out of range"));
+        }
+        Ok(Inode { mode: u32::from(di.mode), uid: di.uid, gid: di.gid, rdev: 0, size: di.size, mtime, mtime_nsec })
+    }
+
+    /// The type-specific data of an inode whose xattrs end at `data_off`.
+    fn decode_body(&mut self, nid: u64, di: &DiskInode, inode: &Inode, data_off: u64) -> Result<Body, ReadError> {
+        let bad = |reason: String| ReadError::Inode { nid, path: String::new(), reason };
+        let (layout, size, i_u) = (di.datalayout(), inode.size, di.i_u);
+        let check_layout = |allowed: &[u16]| {
+            if allowed.contains(&layout) {
+                Ok(())
+            } else {
+                Err(bad(format!("data layout {layout} not valid for this file type")))
+            }
+        };
+        let mut body = Body::default();
+        match inode.mode & tree::S_IFMT {
+            tree::S_IFDIR => {
+                check_layout(&[LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE])?;
+                if size == 0 {
+                    return Err(bad("directory of size 0 (no '.' and '..')".into()));
+                }
+                let (blocks_len, tail) = self.split_data(layout, size).map_err(bad)?;
+                if tail > 0 && data_off / BLOCK_SIZE != (data_off + tail - 1) / BLOCK_SIZE {
+                    return Err(bad("inline directory data crosses a block boundary".into()));
+                }
+                let blocks_off = self.claim_blocks(i_u, blocks_len).map_err(bad)?;
+                body.inline_len = tail;
+                body.dir = Some(DirData { blocks_off, blocks_len, tail: (tail > 0).then_some((data_off, tail)) });
+            }
+            tree::S_IFREG if size > 0 && layout == LAYOUT_CHUNK_BASED => {
+                // Content lives outside the image (named by the redirect xattr). The chunk
+                // map holds only null addresses; nothing in it is needed, but its format
+                // must be the writer's (one chunk size per file size, at most 1024 chunks).
+                let bits = chunk_bits(size);
+                if size.div_ceil(1 << bits) > MAX_CHUNKS {
+                    return Err(bad(format!("external file of {size} bytes needs more than {MAX_CHUNKS} chunks")));
+                }
+                let format = i_u & 0xffff;
+                if u64::from(format) != bits - u64::from(BLOCK_BITS) {
+                    let want = bits - u64::from(BLOCK_BITS);
+                    return Err(bad(format!("chunk format {format:#x} (the writer uses {want:#x})")));
+                }
+            }
+            tree::S_IFREG if size > 0 => {
+                check_layout(&[LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE])?;
+                if size > INLINE_CONTENT_MAX as u64 {
+                    return Err(bad(format!("inline content of {size} bytes (limit {INLINE_CONTENT_MAX})")));
+                }
+                let data = self.read_data(layout, size, i_u, data_off).map_err(bad)?;
+                body.inline_len = if layout == LAYOUT_FLAT_INLINE { size % BLOCK_SIZE } else { 0 };
+                self.budget(size)?;
+                body.entry.content = Some(data);
+            }
+            tree::S_IFREG => check_layout(&[LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE])?,
+            tree::S_IFLNK => {
+                check_layout(&[LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE])?;
+                if size == 0 || size >= tree::PATH_MAX as u64 {
+                    return Err(bad(format!("symlink target length {size}")));
+                }
+                let data = self.read_data(layout, size, i_u, data_off).map_err(bad)?;
+                if data.contains(&0) {
+                    return Err(bad("NUL byte in symlink target".into()));
+                }
+                body.inline_len = if layout == LAYOUT_FLAT_INLINE { size } else { 0 };
+                self.budget(size)?;
+                body.entry.payload = Some(data);
+            }
+            tree::S_IFCHR | tree::S_IFBLK => {
+                check_layout(&[LAYOUT_FLAT_PLAIN])?;
+                if size != 0 {
+                    return Err(bad(format!("device node of size {size}")));
+                }
+                body.rdev = i_u;
+                body.raw_whiteout = inode.mode & tree::S_IFMT == tree::S_IFCHR && i_u == 0;
+            }
+            _ => {
+                check_layout(&[LAYOUT_FLAT_PLAIN])?;
+                if size != 0 {
+                    return Err(bad(format!("fifo or socket of size {size}")));
+                }
+            }
+        }
+        Ok(body)
+    }
+
+    /// For flat layouts: (bytes in blocks, bytes inline) of `size` bytes of data.
+    fn split_data(&self, layout: u16, size: u64) -> Result<(u64, u64), String> {
+        if layout == LAYOUT_FLAT_INLINE {
+            let tail = size % BLOCK_SIZE;
+            if tail == 0 {
+                return Err("inline layout without an inline tail".into());
+            }
+            Ok((size - tail, tail))
+        } else {
+            Ok((size, 0))
+        }
+    }
+
+    /// Claim the blocks holding `len` bytes starting at block `blkaddr`; returns their offset.
+    fn claim_blocks(&mut self, blkaddr: u32, len: u64) -> Result<u64, String> {
+        let off = u64::from(blkaddr) * BLOCK_SIZE;
+        if len == 0 {
+            return Ok(off);
+        }
+        if self.bytes(off, len).is_none() {
+            return Err(format!("data blocks at block {blkaddr} run past the end of the image"));
+        }
+        if !self.blocks.claim(u64::from(blkaddr), len.div_ceil(BLOCK_SIZE)) {
+            return Err(format!("data blocks at block {blkaddr} are used by another inode"));
+        }
+        Ok(off)
+    }
+
+    /// Read `size` bytes (already bounded by the caller) of flat file data.
+    fn read_data(&mut self, layout: u16, size: u64, blkaddr: u32, inline_off: u64) -> Result<Vec<u8>, String> {
+        let (blocks_len, tail) = self.split_data(layout, size)?;
+        let off = self.claim_blocks(blkaddr, blocks_len)?;
+        let mut data = Vec::with_capacity(size as usize);
+        if blocks_len > 0 {
+            data.extend_from_slice(self.bytes(off, blocks_len).ok_or("data beyond the image")?);
+        }
+        if tail > 0 {
+            if inline_off / BLOCK_SIZE != (inline_off + tail - 1) / BLOCK_SIZE {
+                return Err("inline data crosses a block boundary".into());
+            }
+            data.extend_from_slice(self.bytes(inline_off, tail).ok_or("inline data beyond the image")?);
+        }
+        Ok(data)
+    }
+}
+
+/// log2 of the chunk size the composefs writer picks for an external file of `size` bytes:
+/// the smallest power of two holding the file, at least a block, at most 2^31 blocks.
+pub(super) fn chunk_bits(size: u64) -> u64 {
+    let bits = if size <= 1 { 0 } else { 64 - u64::from((size - 1).leading_zeros()) };
+    bits.clamp(u64::from(BLOCK_BITS), u64::from(BLOCK_BITS) + 31)
+}

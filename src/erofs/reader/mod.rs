@@ -1,0 +1,261 @@
+//! Hostile-image reader: parses a composefs EROFS image back into the shared [`Tree`] (what
+//! `cfsmount inspect` prints, and what the helper vets before it mounts a caller's image).
+//!
+//! The image is untrusted. Every offset, count and size read from it is bounds-checked with
+//! checked arithmetic before use; nothing is allocated from an unchecked on-disk count. The
+//! directory walk is an iterative breadth-first search with a depth limit; a directory that
+//! is reachable twice (a cycle or an aliased directory) is an error, as are overlapping inodes
+//! and data blocks claimed by two inodes, which bounds the work to the size of the image.
+//!
+//! What the composefs writer adds to an image is removed again so that the tree is the one
+//! the user described: the 256 whiteout stubs in the root, the root's `trusted.overlay.opaque`,
+//! the `trusted.overlay.metacopy` / `trusted.overlay.redirect` xattrs (turned back into the
+//! fs-verity digest and the payload), escaped `trusted.overlay.overlay.*` xattrs (unescaped),
+//! and escaped user whiteouts with their directory markers (turned back into 0/0 character
+//! devices). For images this project writes, `write_image(read_image(img)) == img`.
+//!
+//! What the writer always adds is also required (stubs as it writes them, the root's opaque
+//! xattr, metacopy on external files, directory nlink, whiteout markers, ...), and xattrs the
+//! kernel would not find are refused, so that the kernel shows nothing the tree does not
+//! (`tests/root_inspect_kernel.rs` checks this against the real kernel; see docs/reader.md).
+//!
+//! Hard links: EROFS does not record which name of an inode is the "original". The writer
+//! places an inode where its first non-link name sits in its breadth-first walk, so the
+//! reader picks as primary the name whose walk position matches the inode's nid order
+//! (whiteout markers settle the cases where two names fit).
+//!
+//! The phases, one file each: `inode` decodes one inode (bounds, layout, inline data, claims
+//! on slots and blocks) with its xattrs (`xattr`); `dir` reads a directory's entries;
+//! `walk` walks the directories breadth-first and checks the writer's invariants (stubs,
+//! nlinks); `names` picks each inode's primary name, settles whiteout markers and builds the
+//! tree. Offsets and on-disk layouts come from `crate::erofs::format`.
+
+mod claims;
+mod dir;
+mod inode;
+mod names;
+mod walk;
+mod xattr;
+
+#[cfg(test)]
+mod tests;
+
+use thiserror::Error;
+
+use self::claims::Claims;
+use self::inode::InodeTable;
+use crate::erofs::format::*;
+use crate::tree::{self, Entry, Limits, Tree, TreeError};
+
+/// Limits on what a hostile image may make the reader do.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    /// Entry count and nesting depth of the resulting tree.
+    pub tree: Limits,
+    /// Most directory entries read in total (including `.` and `..`).
+    pub max_dirents: u64,
+    /// Most bytes of names, xattrs, payloads and inline content the tree may hold in total
+    /// (shared xattrs and hard links are counted once per name that carries them).
+    pub max_decoded_bytes: u64,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        let tree = Limits::default();
+        ReadLimits { tree, max_dirents: (tree.max_entries as u64).saturating_mul(3), max_decoded_bytes: 1 << 30 }
+    }
+}
+
+/// Facts about the image itself (not part of the tree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// composefs format version from the header (0 or 1); write with min = max = this
+    /// version to reproduce the image.
+    pub composefs_version: u32,
+    /// composefs header flags (bit 0: the tree holds POSIX ACLs).
+    pub flags: u32,
+    /// Number of distinct inodes in the image, including the root whiteout stubs.
+    pub inodes: u64,
+}
+
+/// Parse a composefs EROFS image into a tree, with the default [`ReadLimits`].
+pub fn read_image(bytes: &[u8]) -> Result<Tree, ReadError> {
+    read_image_with(bytes, &ReadLimits::default()).map(|(t, _)| t)
+}
+
+/// Parse a composefs EROFS image into a tree and report the image's header facts.
+pub fn read_image_with(bytes: &[u8], limits: &ReadLimits) -> Result<(Tree, ImageInfo), ReadError> {
+    Reader::new(bytes, limits)?.run()
+}
+
+/// A directory met in the walk.
+struct DirRec {
+    nid: u64,
+    /// Index of the parent directory's record (0, the root, for the root itself).
+    parent: usize,
+    name: Vec<u8>,
+    /// (name, child nid) in on-disk order, without `.`/`..` and without whiteout stubs.
+    children: Vec<(Vec<u8>, u64)>,
+}
+
+struct Reader<'a> {
+    d: &'a [u8],
+    limits: ReadLimits,
+    meta_off: u64,
+    xattr_off: u64,
+    build_time: i64,
+    build_nsec: u32,
+    version: u32,
+    flags: u32,
+    root_nid: u64,
+    /// The superblock enables the xattr name filter (the kernel then consults it).
+    xattr_filter: bool,
+    slots: Claims,
+    blocks: Claims,
+    inodes: InodeTable,
+    dirents: u64,
+    decoded: u64,
+}
+
+impl<'a> Reader<'a> {
+    fn new(d: &'a [u8], limits: &ReadLimits) -> Result<Reader<'a>, ReadError> {
+        let len = d.len() as u64;
+        let header = match ImageHeader::decode(d) {
+            Err(HeaderError::Short { len }) => return Err(ReadError::TooSmall { len }),
+            h => h?,
+        };
+        header.check_composefs(len)?;
+        let meta_off = header.meta_offset();
+        Ok(Reader {
+            d,
+            limits: *limits,
+            meta_off,
+            xattr_off: header.xattr_offset(),
+            build_time: header.sb.build_time as i64,
+            build_nsec: header.sb.build_time_nsec,
+            version: header.format_version(),
+            flags: header.composefs.flags,
+            root_nid: u64::from(header.sb.root_nid),
+            xattr_filter: header.xattr_filter(),
+            slots: Claims::new((len - meta_off) / SLOT_SIZE + 1),
+            blocks: Claims::new(len.div_ceil(BLOCK_SIZE)),
+            inodes: InodeTable::new((len - meta_off) / SLOT_SIZE + 1),
+            dirents: 0,
+            decoded: 0,
+        })
+    }
+
+    fn bytes(&self, off: u64, len: u64) -> Option<&'a [u8]> {
+        let end = off.checked_add(len)?;
+        self.d.get(usize::try_from(off).ok()?..usize::try_from(end).ok()?)
+    }
+
+    fn budget(&mut self, n: u64) -> Result<(), ReadError> {
+        self.decoded = self.decoded.saturating_add(n);
+        if self.decoded > self.limits.max_decoded_bytes {
+            return Err(ReadError::Limit(format!(
+                "more than {} bytes of names, xattrs and contents",
+                self.limits.max_decoded_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decode the inode at `nid` (once). Errors carry no path yet (see [`with_path`]).
+    fn load(&mut self, nid: u64) -> Result<(), ReadError> {
+        if self.inodes.contains_key(&nid) {
+            return Ok(());
+        }
+        let ino = self.decode(nid)?;
+        self.inodes.insert(nid, ino);
+        Ok(())
+    }
+
+    fn run(mut self) -> Result<(Tree, ImageInfo), ReadError> {
+        let root_nid = self.root_nid;
+        self.load(root_nid).map_err(|e| with_path(e, Vec::new))?;
+        if self.inodes.get(&root_nid).is_none_or(|r| r.dir.is_none()) {
+            return Err(ReadError::Inode { nid: root_nid, path: "/".into(), reason: "root is not a directory".into() });
+        }
+        if let Some(r) = self.inodes.get_mut(&root_nid) {
+            r.names = 1;
+        }
+        // 1. Breadth-first walk over the directories, in the writer's order, and the
+        //    invariants it shows (the root's whiteout stubs, directory nlinks).
+        let walk = self.walk()?;
+        self.check_stubs(&walk.dirs, &walk.stubs, &walk.stub_names)?;
+        self.check_dir_nlinks(&walk.dirs)?;
+        // 2. The primary name of each inode (the others are hard links).
+        let mut primary = self.primary_names(&walk);
+        // 3. Whiteout markers settle ambiguous primaries; then they go.
+        self.settle_whiteouts(&walk.dirs, &mut primary)?;
+        // 4. The tree: root, then primaries in walk order, then hard links.
+        let t = self.build_tree(&walk.dirs, &primary)?;
+        let info = ImageInfo { composefs_version: self.version, flags: self.flags, inodes: self.inodes.len() as u64 };
+        Ok((t, info))
+    }
+}
+
+fn show_path(p: &[u8]) -> String {
+    format!("/{}", tree::show(p))
+}
+
+/// Path of directory `idx` (built only for error messages: directory records link to
+/// their parent instead of holding full paths, which a deep hostile tree would multiply).
+fn dir_path(dirs: &[DirRec], mut idx: usize) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    while idx != 0 {
+        let Some(d) = dirs.get(idx) else { break };
+        parts.push(&d.name);
+        idx = d.parent;
+    }
+    parts.reverse();
+    parts.join(&b'/')
+}
+
+fn child_path(dirs: &[DirRec], idx: usize, name: &[u8]) -> Vec<u8> {
+    let mut p = dir_path(dirs, idx);
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// Fill in the path of an inode/directory error raised where only the nid was known.
+fn with_path(e: ReadError, path: impl FnOnce() -> Vec<u8>) -> ReadError {
+    match e {
+        ReadError::Inode { nid, reason, .. } => ReadError::Inode { nid, path: show_path(&path()), reason },
+        ReadError::Dir { nid, reason, .. } => ReadError::Dir { nid, path: show_path(&path()), reason },
+        e => e,
+    }
+}
+
+fn entry_bytes(e: &Entry) -> u64 {
+    let x: usize = e.xattrs.iter().map(|x| x.key.len() + x.value.len()).sum();
+    (x + e.payload.as_ref().map_or(0, Vec::len) + e.content.as_ref().map_or(0, Vec::len)) as u64
+}
+
+fn tree_err(nid: u64, e: TreeError) -> ReadError {
+    match e {
+        TreeError::TooManyEntries { limit } => ReadError::Limit(format!("more than {limit} entries")),
+        TreeError::TooDeep { path, limit } => ReadError::Limit(format!("{path}: nested deeper than {limit}")),
+        e => ReadError::Tree { nid, source: e },
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("image too small ({len} bytes) to hold a composefs header and EROFS superblock")]
+    TooSmall { len: u64 },
+    #[error("{0}")]
+    Header(#[from] HeaderError),
+    #[error("inode {nid} ({path}): {reason}")]
+    Inode { nid: u64, path: String, reason: String },
+    #[error("directory {path} (nid {nid}): {reason}")]
+    Dir { nid: u64, path: String, reason: String },
+    #[error("inode {nid}: {source}")]
+    Tree { nid: u64, source: TreeError },
+    #[error("limit exceeded: {0}")]
+    Limit(String),
+}

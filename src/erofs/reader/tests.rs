@@ -1,0 +1,313 @@
+//! Reader tests on hand-made images: a header, a superblock and a root directory as the writer
+//! makes them, plus the inodes a test needs at chosen nids.
+
+use super::claims::Claims;
+use super::dir::parse_dirent_block;
+use super::inode::chunk_bits;
+use super::xattr::parse_xattr_entry;
+use super::*;
+use crate::erofs::format;
+use crate::tree::{Xattr, ROOT};
+
+/// A compact inode: (format, mode, nlink, size, i_u).
+fn compact(format: u16, mode: u16, nlink: u16, size: u32, i_u: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 32];
+    b[0..2].copy_from_slice(&format.to_le_bytes());
+    b[4..6].copy_from_slice(&mode.to_le_bytes());
+    b[6..8].copy_from_slice(&nlink.to_le_bytes());
+    b[8..12].copy_from_slice(&size.to_le_bytes());
+    b[16..20].copy_from_slice(&i_u.to_le_bytes());
+    b
+}
+
+fn dirents(ents: &[(&[u8], u64, u8)]) -> Vec<u8> {
+    let mut names = Vec::new();
+    let mut out = Vec::new();
+    let base = ents.len() * 12;
+    for (name, nid, ft) in ents {
+        out.extend_from_slice(&nid.to_le_bytes());
+        out.extend_from_slice(&((base + names.len()) as u16).to_le_bytes());
+        out.extend_from_slice(&[*ft, 0]);
+        names.extend_from_slice(name);
+    }
+    out.extend_from_slice(&names);
+    out
+}
+
+const ROOT_NID: u64 = 36; // first slot after the superblock (meta block 0)
+const STUB_NID: u64 = 64; // 256 stubs from here (offsets 2048..10240)
+const ROOT_BLOCK: u32 = 4;
+
+/// Header + superblock + a root directory as the writer makes it (opaque xattr,
+/// whiteout stubs for the `00`..`ff` names not among `children`, entries in one data
+/// block) + the given inodes at their nids. Children with file type 2 count as
+/// subdirectories for the root's nlink.
+fn image(children: &[(&[u8], u64, u8)], inodes: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut img = vec![0u8; 5 * 4096];
+    img[0..4].copy_from_slice(&COMPOSEFS_MAGIC.to_le_bytes());
+    img[4..8].copy_from_slice(&1u32.to_le_bytes());
+    let sb = 1024;
+    img[sb..sb + 4].copy_from_slice(&EROFS_SUPER_MAGIC.to_le_bytes());
+    img[sb + 12] = 12;
+    img[sb + 14..sb + 16].copy_from_slice(&(ROOT_NID as u16).to_le_bytes());
+    img[sb + 44..sb + 48].copy_from_slice(&3u32.to_le_bytes()); // shared xattrs: block 3 (none)
+    let stub_names: Vec<Vec<u8>> = (0..256).map(|i| format!("{i:02x}").into_bytes()).collect();
+    let mut ents: Vec<(&[u8], u64, u8)> = vec![(b".", ROOT_NID, 2), (b"..", ROOT_NID, 2)];
+    ents.extend_from_slice(children);
+    for (i, n) in stub_names.iter().enumerate() {
+        if !children.iter().any(|c| c.0 == n.as_slice()) {
+            ents.push((n.as_slice(), STUB_NID + i as u64, 3));
+            let at = ((STUB_NID + i as u64) * 32) as usize;
+            img[at..at + 32].copy_from_slice(&compact(0, 0o20644, 1, 0, 0));
+        }
+    }
+    ents.sort_by(|a, b| a.0.cmp(b.0));
+    let d = dirents(&ents);
+    let subdirs = children.iter().filter(|c| c.2 == 2).count() as u16;
+    let mut root = compact(LAYOUT_FLAT_PLAIN << 1, 0o40755, 2 + subdirs, d.len() as u32, ROOT_BLOCK);
+    root[2..4].copy_from_slice(&6u16.to_le_bytes()); // xattrs: header + one 20-byte entry
+    let bit = format::xxh32(b"overlay.opaque", format::XATTR_FILTER_SEED + 4) % 32;
+    let mut x = (!(1u32 << bit)).to_le_bytes().to_vec();
+    x.extend_from_slice(&[0; 8]);
+    x.extend_from_slice(&[14, 4, 1, 0]);
+    x.extend_from_slice(b"overlay.opaquey\0");
+    root.extend_from_slice(&x);
+    let at = (ROOT_NID * 32) as usize;
+    img[at..at + root.len()].copy_from_slice(&root);
+    let blk = ROOT_BLOCK as usize * 4096;
+    img[blk..blk + d.len()].copy_from_slice(&d);
+    for (nid, bytes) in inodes {
+        let at = (*nid * 32) as usize;
+        img[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    img
+}
+
+fn file() -> Vec<u8> {
+    compact(0, 0o100644, 1, 0, 0)
+}
+
+#[test]
+fn reads_a_minimal_image() {
+    let img = image(&[(b"a", 40, 1)], &[(40, file())]);
+    let (t, info) = read_image_with(&img, &ReadLimits::default()).unwrap();
+    assert_eq!(info.composefs_version, 0);
+    let a = t.lookup(b"a").unwrap();
+    assert_eq!(t.node(a).entry.inode.mode, 0o100644);
+    assert_eq!(t.node(a).nlink, Some(1));
+    assert_eq!(t.node(ROOT).entry.inode.mode, 0o40755);
+    assert_eq!(t.len(), 2);
+}
+
+#[test]
+fn second_name_of_an_inode_is_a_hard_link() {
+    let img = image(&[(b"a", 40, 1), (b"b", 40, 1)], &[(40, compact(0, 0o100644, 2, 0, 0))]);
+    let t = read_image(&img).unwrap();
+    let (a, b) = (t.lookup(b"a").unwrap(), t.lookup(b"b").unwrap());
+    assert_eq!(t.node(a).link_to, None);
+    assert_eq!(t.node(b).link_to, Some(a));
+}
+
+#[test]
+fn cycles_and_bad_references_are_errors() {
+    let err = |img: &[u8]| read_image(img).unwrap_err().to_string();
+    // A child naming the root: the root directory reachable twice.
+    assert!(err(&image(&[(b"loop", ROOT_NID, 2)], &[])).contains("reachable twice"));
+    // A directory reachable under two names.
+    let dir = |nid: u64| {
+        let d = dirents(&[(b".", nid, 2), (b"..", ROOT_NID, 2)]);
+        [compact(LAYOUT_FLAT_INLINE << 1, 0o40755, 2, d.len() as u32, 0), d].concat()
+    };
+    assert!(err(&image(&[(b"x", 40, 2), (b"y", 40, 2)], &[(40, dir(40))])).contains("reachable twice"));
+    // The dirent's file type disagrees with the inode.
+    assert!(err(&image(&[(b"a", 40, 2)], &[(40, file())])).contains("file type"));
+    // A nid whose offset overflows, and one beyond the image.
+    assert!(err(&image(&[(b"a", u64::MAX, 1)], &[])).contains("nid"));
+    assert!(err(&image(&[(b"a", 1 << 20, 1)], &[])).contains("beyond"));
+    // An inode inside the root inode's inline directory data.
+    assert!(err(&image(&[(b"a", ROOT_NID + 1, 1)], &[])).contains("inode"));
+    // '..' of a subdirectory pointing at itself.
+    let d = dirents(&[(b".", 40, 2), (b"..", 40, 2)]);
+    let bad = [compact(LAYOUT_FLAT_INLINE << 1, 0o40755, 2, d.len() as u32, 0), d].concat();
+    assert!(err(&image(&[(b"x", 40, 2)], &[(40, bad)])).contains("'..'"));
+}
+
+#[test]
+fn whiteouts_only_as_root_stubs() {
+    let wh = compact(0, 0o20644, 1, 0, 0);
+    // A stub named like the writer names them is not part of the tree.
+    let t = read_image(&image(&[(b"0a", 40, 3)], &[(40, wh.clone())])).unwrap();
+    assert_eq!(t.len(), 1);
+    // Anywhere else (or another name) a raw 0/0 device is an error.
+    assert!(read_image(&image(&[(b"wh", 40, 3)], &[(40, wh.clone())])).is_err());
+    assert!(read_image(&image(&[(b"0A", 40, 3)], &[(40, wh)])).is_err());
+    // A device with a real number is an ordinary node.
+    let t = read_image(&image(&[(b"null", 40, 3)], &[(40, compact(0, 0o20666, 1, 0, 0x103))])).unwrap();
+    assert_eq!(t.node(t.lookup(b"null").unwrap()).entry.inode.rdev, 0x103);
+}
+
+#[test]
+fn header_and_superblock_checks() {
+    let good = image(&[], &[]);
+    assert!(read_image(&good).is_ok());
+    assert!(matches!(read_image(&good[..1100]), Err(ReadError::TooSmall { .. })));
+    for (at, what) in [(0usize, "composefs magic"), (1024, "EROFS magic"), (1024 + 12, "block size")] {
+        let mut m = good.clone();
+        m[at] ^= 0x55;
+        let e = read_image(&m).unwrap_err().to_string();
+        assert!(e.contains(what), "{e}");
+    }
+    let mut m = good.clone();
+    m[12] = 2; // composefs format version 2
+    assert!(read_image(&m).is_err());
+}
+
+#[test]
+fn xattr_name_filter_must_not_hide_stored_xattrs() {
+    let bit = format::xxh32(b"a", format::XATTR_FILTER_SEED + 1) % 32;
+    let with_filter = |filter: u32| {
+        let mut ino = compact(0, 0o100644, 1, 0, 0);
+        ino[2..4].copy_from_slice(&3u16.to_le_bytes()); // 12-byte header + one 8-byte entry
+        let mut x = filter.to_le_bytes().to_vec();
+        x.extend_from_slice(&[0; 8]);
+        x.extend_from_slice(&[1, 1, 1, 0, b'a', b'v', 0, 0]); // user.a = "v"
+        ino.extend_from_slice(&x);
+        let mut img = image(&[(b"f", 40, 1)], &[(40, ino)]);
+        img[1024 + 8] = format::FEATURE_COMPAT_XATTR_FILTER as u8;
+        img
+    };
+    let t = read_image(&with_filter(!(1 << bit))).unwrap();
+    let f = &t.node(t.lookup(b"f").unwrap()).entry;
+    assert_eq!(f.xattrs, vec![Xattr { key: b"user.a".to_vec(), value: b"v".to_vec() }]);
+    let e = read_image(&with_filter(1 << bit)).unwrap_err().to_string();
+    assert!(e.contains("filter hides user.a"), "{e}");
+    // Without the feature the kernel ignores the filter, and so does the reader.
+    let mut img = with_filter(1 << bit);
+    img[1024 + 8] = 0;
+    assert!(read_image(&img).is_ok());
+}
+
+#[test]
+fn writer_invariants_are_required() {
+    let err = |img: &[u8]| read_image(img).unwrap_err().to_string();
+    // A stub that is not the writer's (other permissions).
+    let mut img = image(&[], &[]);
+    let at = (STUB_NID * 32 + 4) as usize;
+    img[at..at + 2].copy_from_slice(&0o20600u16.to_le_bytes());
+    assert!(err(&img).contains("whiteout stub 00 differs"));
+    // A stub name that is missing: rename the entry "00" (a regular file) to "0!".
+    let mut img = image(&[(b"00", 40, 1)], &[(40, file())]);
+    let blk = ROOT_BLOCK as usize * 4096;
+    let pos = blk + img[blk..].windows(4).position(|w| w == b"..00").unwrap() + 2;
+    img[pos + 1] = b'!';
+    assert!(err(&img).contains("whiteout stub 00 is missing"));
+    // The root without its opaque xattr.
+    let mut img = image(&[], &[]);
+    let at = (ROOT_NID * 32 + 2) as usize;
+    img[at..at + 2].copy_from_slice(&0u16.to_le_bytes());
+    assert!(err(&img).contains("opaque"));
+    // A directory nlink that does not count its subdirectories.
+    let d = dirents(&[(b".", 40, 2), (b"..", ROOT_NID, 2)]);
+    let sub = |nlink: u16| [compact(LAYOUT_FLAT_INLINE << 1, 0o40755, nlink, d.len() as u32, 0), d.clone()].concat();
+    assert!(read_image(&image(&[(b"d", 40, 2)], &[(40, sub(2))])).is_ok());
+    assert!(err(&image(&[(b"d", 40, 2)], &[(40, sub(3))])).contains("nlink 3"));
+    // An external (chunk-based) file without the metacopy xattr, a device with a size.
+    let ext = compact(LAYOUT_CHUNK_BASED << 1, 0o100644, 1, 10, 0);
+    assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext)])).contains("metacopy"));
+    let dev = compact(0, 0o20644, 1, 5, 0x101);
+    assert!(err(&image(&[(b"c", 40, 3)], &[(40, dev)])).contains("size 5"));
+    // An external file: metacopy + redirect; the redirect must be absolute.
+    let ext = |redirect: &[u8; 3], format: u32| {
+        let mut ino = compact(LAYOUT_CHUNK_BASED << 1, 0o100644, 1, 10, format);
+        ino[2..4].copy_from_slice(&12u16.to_le_bytes()); // 12 + 20 + 24 bytes of xattrs
+        ino.extend_from_slice(&[0; 12]);
+        ino.extend_from_slice(&[16, 4, 0, 0]);
+        ino.extend_from_slice(b"overlay.metacopy");
+        ino.extend_from_slice(&[16, 4, 3, 0]);
+        ino.extend_from_slice(b"overlay.redirect");
+        ino.extend_from_slice(redirect);
+        ino.push(0);
+        ino
+    };
+    let t = read_image(&image(&[(b"f", 40, 1)], &[(40, ext(b"/ab", 0))])).unwrap();
+    let f = &t.node(t.lookup(b"f").unwrap()).entry;
+    assert_eq!((f.payload.as_deref(), f.fsverity_digest, f.content.as_ref()), (Some(&b"ab"[..]), None, None));
+    assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext(b"xab", 0))])).contains("not an absolute path"));
+    // Redirects name an object below the data layers: no '.', '..' or empty components.
+    let e = err(&image(&[(b"f", 40, 1)], &[(40, ext(b"/..", 0))]));
+    assert!(e.contains("overlay redirect /.. is not an object path ('..' path component)"), "{e}");
+    assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext(b"/a/", 0))])).contains("empty path component"));
+    // The payload `/a` (the same object as `a`) is written as `//a`.
+    let t = read_image(&image(&[(b"f", 40, 1)], &[(40, ext(b"//a", 0))])).unwrap();
+    assert_eq!(t.node(t.lookup(b"f").unwrap()).entry.payload.as_deref(), Some(&b"/a"[..]));
+    assert!(err(&image(&[(b"f", 40, 1)], &[(40, ext(b"/ab", 0x20))])).contains("chunk format"));
+}
+
+#[test]
+fn dirent_blocks() {
+    let mut out = Vec::new();
+    let b = dirents(&[(b".", 1, 2), (b"..", 1, 2), (b"name", 7, 1)]);
+    assert_eq!(parse_dirent_block(&b, &mut out, 100).unwrap(), 3);
+    assert_eq!(out[2], (b"name".to_vec(), 7, 1));
+    // The last name ends at the first NUL or the end of the block.
+    let mut padded = b.clone();
+    padded.extend_from_slice(&[0, 0, 0]);
+    out.clear();
+    parse_dirent_block(&padded, &mut out, 100).unwrap();
+    assert_eq!(out[2].0, b"name");
+    // Bad first offset, names that overlap the table, '/' in a name, the budget.
+    let mut bad = b.clone();
+    bad[8] = 13;
+    assert!(parse_dirent_block(&bad, &mut out, 100).is_err());
+    let mut bad = b.clone();
+    bad[12 + 8] = 2; // second name offset inside the dirent table
+    assert!(parse_dirent_block(&bad, &mut out, 100).is_err());
+    let slash = dirents(&[(b".", 1, 2), (b"a/b", 1, 1)]);
+    assert!(parse_dirent_block(&slash, &mut out, 100).is_err());
+    assert!(parse_dirent_block(&b, &mut out, 2).is_err());
+    assert!(parse_dirent_block(&b[..5], &mut out, 100).is_err());
+}
+
+#[test]
+fn xattr_entries() {
+    let entry = |index: u8, name: &[u8], value: &[u8]| {
+        let mut e = vec![name.len() as u8, index];
+        e.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        e.extend_from_slice(name);
+        e.extend_from_slice(value);
+        e
+    };
+    let (k, v, len) = parse_xattr_entry(&entry(6, b"selinux", b"ctx")).unwrap();
+    assert_eq!((k.as_slice(), v.as_slice(), len), (&b"security.selinux"[..], &b"ctx"[..], 16));
+    let (k, _, _) = parse_xattr_entry(&entry(2, b"", b"acl")).unwrap();
+    assert_eq!(k, b"system.posix_acl_access");
+    assert!(parse_xattr_entry(&entry(0, b"", b"x")).is_err(), "empty name");
+    assert!(parse_xattr_entry(&entry(0x80, b"x", b"")).is_err(), "long prefix");
+    assert!(parse_xattr_entry(&entry(7, b"x", b"")).is_err(), "unknown index");
+    assert!(parse_xattr_entry(&entry(1, b"a\0b", b"")).is_err(), "NUL in name");
+    // Names under another index than their prefix maps to are invisible to the kernel.
+    assert!(parse_xattr_entry(&entry(0, b"user.x", b"")).is_err(), "user. under index 0");
+    assert!(parse_xattr_entry(&entry(5, b"x", b"")).is_err(), "lustre.");
+    assert!(parse_xattr_entry(&entry(0, b"lustre.x", b"")).is_ok(), "unknown prefix under index 0");
+    let e = entry(1, b"name", b"value");
+    assert!(parse_xattr_entry(&e[..e.len() - 1]).is_err(), "value past the end");
+}
+
+#[test]
+fn chunk_sizes_follow_the_writer() {
+    for (size, bits) in
+        [(1u64, 12u64), (4096, 12), (4097, 13), (1 << 30, 30), ((1 << 30) + 1, 31), (1 << 43, 43), (1 << 50, 43)]
+    {
+        assert_eq!(chunk_bits(size), bits, "size {size}");
+    }
+}
+
+#[test]
+fn claims_detect_overlap() {
+    let mut c = Claims::new(100);
+    assert!(c.claim(10, 5));
+    assert!(!c.claim(14, 1));
+    assert!(c.claim(15, 85));
+    assert!(!c.claim(99, 2));
+    assert!(!c.claim(u64::MAX, 2));
+}

@@ -1,0 +1,199 @@
+//! The breadth-first walk over the directories, in the writer's order, and the invariants the
+//! walk shows: every directory has `.` and `..` pointing where they must, is reachable once, and
+//! is not nested too deep; raw 0/0 character devices appear only as the root's whiteout stubs,
+//! which are exactly the writer's; directory nlinks count the subdirectories.
+
+use super::{child_path, dir_path, show_path, with_path, DirRec, ReadError, Reader};
+use crate::erofs::format::*;
+use crate::tree::{self, Xattr};
+
+/// What the walk found.
+pub(super) struct Walk {
+    /// Directories in walk order (the root first).
+    pub(super) dirs: Vec<DirRec>,
+    /// Root whiteout stubs: (index of the root child they precede, nid).
+    pub(super) stubs: Vec<(usize, u64)>,
+    pub(super) stub_names: Vec<Vec<u8>>,
+}
+
+/// The walk in progress: [`Walk`] plus the depth of each directory and the names seen.
+struct State {
+    walk: Walk,
+    depth: Vec<usize>,
+    names_total: usize,
+}
+
+impl Reader<'_> {
+    pub(super) fn walk(&mut self) -> Result<Walk, ReadError> {
+        let root = DirRec { nid: self.root_nid, parent: 0, name: Vec::new(), children: Vec::new() };
+        let mut st = State {
+            walk: Walk { dirs: vec![root], stubs: Vec::new(), stub_names: Vec::new() },
+            depth: vec![0],
+            names_total: 0,
+        };
+        let mut at = 0;
+        while at < st.walk.dirs.len() {
+            self.walk_dir(at, &mut st)?;
+            at += 1;
+        }
+        Ok(st.walk)
+    }
+
+    /// Read directory `at` of the walk: check `.` and `..`, load every child, queue the
+    /// subdirectories, set the stubs aside.
+    fn walk_dir(&mut self, at: usize, st: &mut State) -> Result<(), ReadError> {
+        let dirs = &st.walk.dirs;
+        let nid = dirs[at].nid;
+        // The root's parent is itself (record 0).
+        let parent_nid = dirs[dirs[at].parent].nid;
+        let dir_err =
+            |dirs: &[DirRec], reason: String| ReadError::Dir { nid, path: show_path(&dir_path(dirs, at)), reason };
+        let Some(dd) = self.inodes.get(&nid).and_then(|i| i.dir) else {
+            return Err(dir_err(dirs, "not a directory".into()));
+        };
+        let ents = self.read_dir(nid, dd).map_err(|e| with_path(e, || dir_path(dirs, at)))?;
+        let mut children = Vec::new();
+        let (mut dot, mut dotdot) = (false, false);
+        for (name, cnid, ftype) in ents {
+            let dirs = &st.walk.dirs;
+            if name == b"." || name == b".." {
+                let want = if name == b"." { nid } else { parent_nid };
+                if cnid != want || ftype != FT_DIR {
+                    return Err(dir_err(dirs, format!("'{}' entry points to nid {cnid}", tree::show(&name))));
+                }
+                if name == b"." {
+                    dot = true
+                } else {
+                    dotdot = true
+                }
+                continue;
+            }
+            self.load(cnid).map_err(|e| with_path(e, || child_path(dirs, at, &name)))?;
+            let Some(child) = self.inodes.get_mut(&cnid) else {
+                continue;
+            };
+            if child.ftype != ftype {
+                let reason = format!(
+                    "entry {} has file type {ftype} but its inode is of type {}",
+                    tree::show(&name),
+                    child.ftype
+                );
+                return Err(dir_err(dirs, reason));
+            }
+            child.names = child.names.saturating_add(1);
+            if child.raw_whiteout {
+                let stub = nid == self.root_nid
+                    && name.len() == 2
+                    && name.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+                if !stub || child.names > 1 {
+                    let reason = format!("unescaped whiteout {} outside the root whiteout stubs", tree::show(&name));
+                    return Err(dir_err(dirs, reason));
+                }
+                // Not part of the tree, but it holds a place in the writer's walk.
+                st.walk.stubs.push((children.len(), cnid));
+                st.walk.stub_names.push(name);
+                continue;
+            }
+            if child.dir.is_some() {
+                if child.names > 1 {
+                    let reason = format!(
+                        "directory {} (nid {cnid}) is reachable twice (cycle or aliased directory)",
+                        tree::show(&name)
+                    );
+                    return Err(dir_err(dirs, reason));
+                }
+                let d = st.depth[at] + 1;
+                if d > self.limits.tree.max_depth {
+                    return Err(ReadError::Limit(format!(
+                        "{}: nested deeper than {}",
+                        show_path(&child_path(dirs, at, &name)),
+                        self.limits.tree.max_depth
+                    )));
+                }
+                st.walk.dirs.push(DirRec { nid: cnid, parent: at, name: name.clone(), children: Vec::new() });
+                st.depth.push(d);
+            }
+            st.names_total += 1;
+            if st.names_total >= self.limits.tree.max_entries {
+                return Err(ReadError::Limit(format!("more than {} entries", self.limits.tree.max_entries)));
+            }
+            children.push((name, cnid));
+        }
+        if !dot || !dotdot {
+            return Err(dir_err(&st.walk.dirs, "missing '.' or '..' entry".into()));
+        }
+        st.walk.dirs[at].children = children;
+        Ok(())
+    }
+    /// The root whiteout stubs are exactly the writer's: every name `00`..`ff` is in the
+    /// root (as a stub or a real entry), and each stub is a 0644 0/0 character device
+    /// with the root's owner, mtime and SELinux label, and nothing else.
+    pub(super) fn check_stubs(
+        &self,
+        dirs: &[DirRec],
+        stubs: &[(usize, u64)],
+        stub_names: &[Vec<u8>],
+    ) -> Result<(), ReadError> {
+        let root_nid = self.root_nid;
+        let bad = |reason: String| ReadError::Dir { nid: root_nid, path: "/".into(), reason };
+        let hex = |n: &[u8]| -> Option<usize> {
+            let d = |c: u8| match c {
+                b'0'..=b'9' => Some(usize::from(c - b'0')),
+                b'a'..=b'f' => Some(usize::from(c - b'a' + 10)),
+                _ => None,
+            };
+            match n {
+                [a, b] => Some(d(*a)? * 16 + d(*b)?),
+                _ => None,
+            }
+        };
+        let mut seen = [false; 256];
+        for n in dirs.first().map(|d| d.children.iter().map(|(n, _)| n)).into_iter().flatten().chain(stub_names) {
+            if let Some(i) = hex(n) {
+                seen[i] = true;
+            }
+        }
+        if let Some(missing) = seen.iter().position(|s| !s) {
+            return Err(bad(format!("whiteout stub {missing:02x} is missing")));
+        }
+        let Some(root) = self.inodes.get(&root_nid).and_then(|i| i.entry.as_ref()) else {
+            return Ok(());
+        };
+        let label: Vec<&Xattr> = root.xattrs.iter().filter(|x| x.key == SELINUX_XATTR).collect();
+        for (&(_, snid), name) in stubs.iter().zip(stub_names) {
+            let Some(ino) = self.inodes.get(&snid) else {
+                continue;
+            };
+            let Some(e) = ino.entry.as_ref() else {
+                continue;
+            };
+            let (i, r) = (&e.inode, &root.inode);
+            let same = i.mode == tree::S_IFCHR | 0o644
+                && (i.uid, i.gid, i.mtime, i.mtime_nsec) == (r.uid, r.gid, r.mtime, r.mtime_nsec)
+                && ino.nlink == 1
+                && e.xattrs.iter().collect::<Vec<_>>() == label;
+            if !same {
+                return Err(bad(format!("whiteout stub {} differs from what the writer makes", tree::show(name))));
+            }
+        }
+        Ok(())
+    }
+
+    /// A directory's stored nlink is 2 + its subdirectories (the kernel shows it).
+    pub(super) fn check_dir_nlinks(&self, dirs: &[DirRec]) -> Result<(), ReadError> {
+        for (di, d) in dirs.iter().enumerate() {
+            let subdirs =
+                d.children.iter().filter(|(_, c)| self.inodes.get(c).is_some_and(|i| i.dir.is_some())).count();
+            let want = u32::try_from(subdirs).unwrap_or(u32::MAX).saturating_add(2);
+            let have = self.inodes.get(&d.nid).map_or(want, |i| i.nlink);
+            if have != want {
+                return Err(ReadError::Dir {
+                    nid: d.nid,
+                    path: show_path(&dir_path(dirs, di)),
+                    reason: format!("nlink {have}, but it has {subdirs} subdirectories"),
+                });
+            }
+        }
+        Ok(())
+    }
+}

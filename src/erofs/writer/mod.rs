@@ -1,0 +1,340 @@
+//! composefs EROFS writer: [`Tree`] → image bytes, byte-identical to the reference
+//! C `mkcomposefs` (libcomposefs) for format versions 0 and 1.
+//!
+//! Layout of an image:
+//! 1. a 32-byte composefs header, zero padding up to 1024;
+//! 2. the EROFS superblock (128 bytes) at 1024;
+//! 3. inodes in breadth-first order (children in bytewise name order), each on a
+//!    32-byte slot, followed by its xattrs and its inline tail (directory entries,
+//!    symlink target, small file content or chunk pointers); an inode is moved to the
+//!    next block when its tail would straddle a block boundary;
+//! 4. the shared xattr table (xattrs used by more than one inode);
+//! 5. block-aligned data blocks: directory blocks, and the content blocks of files
+//!    and symlinks that do not fit inline.
+//!
+//! Before layout the tree is rewritten the way the reference does it: user-visible
+//! `trusted.overlay.*` xattrs are escaped to `trusted.overlay.overlay.*`, external
+//! regular files get `trusted.overlay.metacopy` (carrying the fs-verity digest when
+//! known) and `trusted.overlay.redirect`, character devices 0/0 (overlay whiteouts)
+//! become escaped whiteout files and mark their directory, the root becomes opaque,
+//! and 256 whiteout character devices `00`..`ff` are added to the root (overlayfs
+//! data-only lower layers need them), and every directory gets `.` and `..`.
+//!
+//! The phases, one file each: `inodes` turns the tree into inode records in breadth-first
+//! order (validating each node, adding `.`/`..`, the stubs and the overlay xattrs); `layout`
+//! decides the shared xattr table, directory nlinks and where every inode and data block goes;
+//! `emit` writes the bytes. This file holds what they share: the records and the two-part
+//! byte strings (`Cat`) that spare copies of renamed xattr names.
+
+mod emit;
+mod inodes;
+mod layout;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::Write;
+
+use thiserror::Error;
+
+use super::format::*;
+use crate::tree::{self, NodeId, Tree, S_IFCHR, S_IFMT};
+
+/// Format version selection (the reference's `--min-version` / `--max-version`).
+/// The version written is `min_version`, raised to 1 (if `max_version` allows) when
+/// the tree holds an overlay whiteout (character device 0/0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOptions {
+    pub min_version: u32,
+    pub max_version: u32,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions { min_version: 0, max_version: 1 }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum WriteError {
+    #[error("unsupported format versions: min {min}, max {max} (highest supported is {COMPOSEFS_VERSION_MAX})")]
+    Version { min: u32, max: u32 },
+    #[error("/{path}: {reason}")]
+    Node { path: String, reason: String },
+    #[error("image too large: {0}")]
+    TooLarge(&'static str),
+    #[error("writing image: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The composefs format version that will be written for `tree`.
+pub(crate) fn effective_version(tree: &Tree, opts: &WriteOptions) -> Result<u32, WriteError> {
+    if opts.min_version > COMPOSEFS_VERSION_MAX || opts.max_version > COMPOSEFS_VERSION_MAX {
+        return Err(WriteError::Version { min: opts.min_version, max: opts.max_version });
+    }
+    let max = opts.max_version.max(opts.min_version);
+    let mut version = opts.min_version;
+    if version < 1 && max >= 1 {
+        let has_whiteout = tree
+            .nodes
+            .iter()
+            .any(|n| n.link_to.is_none() && n.entry.inode.mode & S_IFMT == S_IFCHR && n.entry.inode.rdev == 0);
+        if has_whiteout {
+            version = 1;
+        }
+    }
+    Ok(version)
+}
+
+/// Write the composefs EROFS image of `tree` to `out`.
+pub fn write_image(tree: &Tree, opts: &WriteOptions, out: &mut dyn Write) -> Result<(), WriteError> {
+    let version = effective_version(tree, opts)?;
+    let mut b = Builder::new(tree, version);
+    b.build()?;
+    b.layout()?;
+    b.emit(out)
+}
+
+/// The image being made: inode records in breadth-first order and what the phases decide.
+struct Builder<'a> {
+    tree: &'a Tree,
+    version: u32,
+    inos: Vec<Ino<'a>>,
+    xattrs: Vec<X<'a>>,
+    dirents: Vec<Dirent<'a>>,
+    ino_of_tree: Vec<u32>,
+    link_counts: Vec<u32>,
+    shared: Vec<(Cat<'a>, Cat<'a>)>,
+    shared_size: u64,
+    min_mtime: (i64, u32),
+    has_acl: bool,
+    inodes_end: u64,
+    n_data_blocks: u64,
+}
+
+impl<'a> Builder<'a> {
+    fn new(tree: &'a Tree, version: u32) -> Self {
+        Builder {
+            tree,
+            version,
+            inos: Vec::with_capacity(tree.len() + 256),
+            xattrs: Vec::with_capacity(tree.len() * 2),
+            dirents: Vec::with_capacity(tree.len() * 2 + 512),
+            ino_of_tree: vec![u32::MAX; tree.len()],
+            link_counts: tree.link_counts(),
+            shared: Vec::new(),
+            shared_size: 0,
+            min_mtime: (0, 0),
+            has_acl: false,
+            inodes_end: 0,
+            n_data_blocks: 0,
+        }
+    }
+
+    fn node_err(&self, id: NodeId, reason: impl Into<String>) -> WriteError {
+        WriteError::Node { path: tree::show(&self.tree.path_of(id)), reason: reason.into() }
+    }
+
+    fn ino_err(&self, i: usize, reason: &str) -> WriteError {
+        let n = self.inos[i].node;
+        if n == STUB {
+            WriteError::Node { path: "(whiteout stub)".into(), reason: reason.into() }
+        } else {
+            self.node_err(n, reason)
+        }
+    }
+}
+
+/// A byte string made of two parts (a static prefix and borrowed bytes), so renamed
+/// xattr names and generated values need no allocation.
+#[derive(Clone, Copy, Debug)]
+struct Cat<'a> {
+    a: &'a [u8],
+    b: &'a [u8],
+}
+
+impl<'a> Cat<'a> {
+    fn one(b: &'a [u8]) -> Self {
+        Cat { a: &[], b }
+    }
+    fn two(a: &'a [u8], b: &'a [u8]) -> Self {
+        Cat { a, b }
+    }
+    fn len(&self) -> usize {
+        self.a.len() + self.b.len()
+    }
+    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.a.iter().chain(self.b.iter()).copied()
+    }
+    fn eq_bytes(&self, s: &[u8]) -> bool {
+        self.len() == s.len() && self.a == &s[..self.a.len()] && self.b == &s[self.a.len()..]
+    }
+    fn copy_to<'x>(&self, buf: &'x mut Vec<u8>) -> &'x [u8] {
+        buf.clear();
+        buf.extend_from_slice(self.a);
+        buf.extend_from_slice(self.b);
+        buf
+    }
+}
+
+impl PartialEq for Cat<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        if self.a.is_empty() && o.a.is_empty() {
+            return self.b == o.b;
+        }
+        self.len() == o.len() && self.bytes().eq(o.bytes())
+    }
+}
+impl Eq for Cat<'_> {}
+impl Ord for Cat<'_> {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        if self.a.is_empty() && o.a.is_empty() {
+            return self.b.cmp(o.b);
+        }
+        self.bytes().cmp(o.bytes())
+    }
+}
+impl PartialOrd for Cat<'_> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl std::hash::Hash for Cat<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // std's SipHasher is a streaming hash (split points do not matter); the
+        // writer also keeps one split per distinct name, so this is consistent
+        // with the concatenation equality either way.
+        h.write(self.a);
+        h.write(self.b);
+        h.write_usize(self.len());
+    }
+}
+/// An overlay xattr name escaped the way user xattrs in the overlay namespace are stored
+/// (`trusted.overlay.NAME` → `trusted.overlay.overlay.NAME`). Escaped names are always split as
+/// (OVL_ESCAPED_PREFIX, rest), like renamed input names, so equal names have equal parts (see
+/// `Cat`'s Hash).
+fn escaped(name: &'static [u8]) -> Cat<'static> {
+    Cat::two(OVL_ESCAPED_PREFIX, &name[OVL_PREFIX.len()..])
+}
+
+#[derive(Clone, Copy, Debug)]
+struct X<'a> {
+    key: Cat<'a>,
+    value: Cat<'a>,
+    /// Offset in the shared xattr table, or `u64::MAX` when stored inline.
+    shared: u64,
+}
+
+const INLINE: u64 = u64::MAX;
+
+#[derive(Clone, Copy)]
+enum Target {
+    Ino(u32),
+    Tree(NodeId),
+}
+
+#[derive(Clone, Copy)]
+struct Dirent<'a> {
+    name: &'a [u8],
+    target: Target,
+}
+
+const STUB: u32 = u32::MAX;
+
+/// One inode of the image, in breadth-first order. (`Default` only fills the layout fields,
+/// which are computed later, and the empty xattr/dirent ranges.)
+#[derive(Default)]
+struct Ino<'a> {
+    /// Tree node, or `STUB` for a generated root whiteout.
+    node: NodeId,
+    parent_ino: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    rdev: u32,
+    nlink: u32,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: u32,
+    payload: &'a [u8],
+    content: Option<&'a [u8]>,
+    xa: (usize, usize),
+    dirents: (usize, usize),
+    // Layout.
+    chunk_bits: u32,
+    chunk_count: u32,
+    n_blocks: u64,
+    tail: u64,
+    compact: bool,
+    ipad: u64,
+    xattr_size: u64,
+    n_shared: usize,
+    isize: u64,
+    nid: u64,
+}
+
+impl Ino<'_> {
+    fn ftype(&self) -> u32 {
+        self.mode & S_IFMT
+    }
+}
+
+/// Per-inode xattr working set. The overlay xattrs the writer adds are checked
+/// against [`XATTR_BUDGET`] the way the reference checks them: its writer works on
+/// a copy of the tree whose budget counter starts at zero (the input's own xattrs
+/// were checked by the input parser), and the counter uses wrapping (size_t)
+/// arithmetic when a replaced input xattr is subtracted.
+struct XSet<'a> {
+    v: Vec<X<'a>>,
+    used: u64,
+}
+
+impl<'a> XSet<'a> {
+    fn find(&self, key: &Cat<'a>) -> Option<usize> {
+        self.v.iter().position(|x| x.key == *key)
+    }
+    /// Load an input xattr (replacing an earlier one of the same name), unaccounted.
+    fn load(&mut self, key: Cat<'a>, value: Cat<'a>, existing: Option<usize>) {
+        if let Some(i) = existing {
+            self.v.swap_remove(i);
+        }
+        self.v.push(X { key, value, shared: INLINE });
+    }
+    /// Add or replace an xattr with the budget check.
+    fn set_find(&mut self, key: Cat<'a>, value: Cat<'a>) -> Result<(), String> {
+        if let Some(i) = self.find(&key) {
+            let old = self.v.swap_remove(i);
+            if self.v.is_empty() {
+                self.used = 0;
+            } else {
+                self.used = self.used.wrapping_sub((7 + key.len() + old.value.len()) as u64);
+            }
+        }
+        let mut cost = (7 + key.len() + value.len()) as u64;
+        if self.v.is_empty() {
+            cost += 12;
+        }
+        if self.used.wrapping_add(cost) > XATTR_BUDGET as u64 {
+            return Err(format!("xattrs exceed the per-inode budget of {XATTR_BUDGET} bytes"));
+        }
+        self.used = self.used.wrapping_add(cost);
+        self.v.push(X { key, value, shared: INLINE });
+        Ok(())
+    }
+}
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+/// (chunk bits, chunk count) for an external file of `size` > 0 bytes.
+fn chunking(size: u64) -> (u32, u64) {
+    let mut bits = if size <= 1 { 1 } else { 64 - (size - 1).leading_zeros() };
+    if bits < BLOCK_BITS {
+        bits = BLOCK_BITS;
+    }
+    if bits - BLOCK_BITS > CHUNK_FORMAT_BLKBITS_MASK {
+        bits = CHUNK_FORMAT_BLKBITS_MASK + BLOCK_BITS;
+    }
+    (bits, size.div_ceil(1u64 << bits))
+}

@@ -1,0 +1,188 @@
+//! The syscall seam of the mount sequence: the engine asks a [`Kernel`] to open filesystem
+//! contexts, mount, set mount attributes, attach loop devices, move and send mounts. [`Real`]
+//! is the kernel (rustix and `crate::sys`); the unit tests drive the same sequence with a
+//! recording fake (`super::testkit`) and no root, and check the engine's decisions.
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::StatVfsMountFlags;
+use rustix::io::Errno;
+use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags};
+
+use super::error::{IdmapError, MountError};
+use super::loopdev::{LoopDevice, LoopError};
+use super::overlay::{Overlay, OverlayOptions};
+use super::records::MountId;
+use super::request::{map_text, IdMap};
+
+/// An overlay created with the legacy `lowerdir=L1:L2::D1::D2` string, whose metadata layers
+/// (detached mounts) must be attached somewhere while it is created: kernels without
+/// `lowerdir+` (before 6.7), or that cannot use a detached mount as a layer (before 6.15).
+pub(crate) struct LegacyOverlay<'a> {
+    /// Metadata layers, uppermost first: detached mounts.
+    pub(crate) lowers: Vec<BorrowedFd<'a>>,
+    /// Data-only layers (object directories), pinned.
+    pub(crate) datadirs: Vec<BorrowedFd<'a>>,
+    pub(crate) options: OverlayOptions<'a>,
+    /// Attributes of the resulting detached mount.
+    pub(crate) attrs: MountAttrFlags,
+    /// A private (root-only) directory where the layers may be attached for the moment.
+    pub(crate) scratch: &'a Path,
+}
+
+/// The kernel operations of the mount sequence (see the module documentation).
+pub(crate) trait Kernel {
+    /// `fsopen(fstype, FSOPEN_CLOEXEC)`.
+    fn fsopen(&self, fstype: &str) -> Result<OwnedFd, Errno>;
+    /// `fsconfig(FSCONFIG_SET_STRING)`.
+    fn fsconfig_set_string(&self, fs: BorrowedFd<'_>, key: &str, value: &str) -> Result<(), Errno>;
+    /// `fsconfig(FSCONFIG_SET_FLAG)`.
+    fn fsconfig_set_flag(&self, fs: BorrowedFd<'_>, key: &str) -> Result<(), Errno>;
+    /// `fsconfig(FSCONFIG_CMD_CREATE)`.
+    fn fsconfig_create(&self, fs: BorrowedFd<'_>) -> Result<(), Errno>;
+    /// `fsmount(fs, FSMOUNT_CLOEXEC, attrs)`: a detached mount.
+    fn fsmount(&self, fs: BorrowedFd<'_>, attrs: MountAttrFlags) -> Result<OwnedFd, Errno>;
+    /// Drains the messages the kernel queued on an fs context.
+    fn fs_log(&self, fs: BorrowedFd<'_>) -> Vec<String>;
+    /// `mount_setattr` on one mount: set and clear attributes, or idmap it with `userns`.
+    fn mount_setattr(
+        &self,
+        mnt: BorrowedFd<'_>,
+        set: MountAttrFlags,
+        clear: MountAttrFlags,
+        userns: Option<BorrowedFd<'_>>,
+    ) -> Result<(), Errno>;
+    /// The per-mount flags of the mount holding `fd` (`fstatvfs`).
+    fn mount_flags(&self, fd: BorrowedFd<'_>) -> Result<StatVfsMountFlags, Errno>;
+    /// The mount id of the mount holding `fd` (statx).
+    fn mount_id(&self, fd: BorrowedFd<'_>) -> Result<MountId, Errno>;
+    /// `move_mount` of the detached mount `mnt` onto the pinned directory `target`.
+    fn move_mount(&self, mnt: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Result<(), Errno>;
+    /// Binds `image` to a free loop device (read-only, direct I/O, autoclear).
+    fn attach_loop(&self, image: BorrowedFd<'_>, label: &Path) -> Result<LoopDevice, LoopError>;
+    /// A new user namespace with these maps (for idmapped mounts).
+    fn create_userns(&self, uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, IdmapError>;
+    /// Creates an overlay with the legacy syntax (see [`LegacyOverlay`]); a detached mount.
+    fn legacy_overlay(&self, spec: &LegacyOverlay<'_>) -> Result<Overlay, MountError>;
+    /// Sends `fd` (SCM_RIGHTS, one byte of payload) over the connected socket `sock`.
+    fn send_fd(&self, sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<(), Errno>;
+    /// `umount2("/proc/self/fd/N", MNT_DETACH)` of the mount pinned by the O_PATH fd `root`.
+    fn umount_pinned(&self, root: BorrowedFd<'_>) -> Result<(), Errno>;
+}
+
+/// `/proc/self/fd/N` for a pinned fd, for kernel interfaces that only take a path string.
+pub(crate) fn fd_path(fd: BorrowedFd<'_>) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// The running kernel.
+pub(crate) struct Real;
+
+impl Kernel for Real {
+    fn fsopen(&self, fstype: &str) -> Result<OwnedFd, Errno> {
+        rustix::mount::fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC)
+    }
+
+    fn fsconfig_set_string(&self, fs: BorrowedFd<'_>, key: &str, value: &str) -> Result<(), Errno> {
+        rustix::mount::fsconfig_set_string(fs, key, value)
+    }
+
+    fn fsconfig_set_flag(&self, fs: BorrowedFd<'_>, key: &str) -> Result<(), Errno> {
+        rustix::mount::fsconfig_set_flag(fs, key)
+    }
+
+    fn fsconfig_create(&self, fs: BorrowedFd<'_>) -> Result<(), Errno> {
+        rustix::mount::fsconfig_create(fs)
+    }
+
+    fn fsmount(&self, fs: BorrowedFd<'_>, attrs: MountAttrFlags) -> Result<OwnedFd, Errno> {
+        rustix::mount::fsmount(fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+    }
+
+    fn fs_log(&self, fs: BorrowedFd<'_>) -> Vec<String> {
+        let mut msgs = Vec::new();
+        let mut buf = [0u8; 1024];
+        for _ in 0..32 {
+            match rustix::io::read(fs, &mut buf) {
+                Ok(n) if n > 0 => msgs.push(String::from_utf8_lossy(&buf[..n]).trim().to_string()),
+                _ => break,
+            }
+        }
+        msgs
+    }
+
+    fn mount_setattr(
+        &self,
+        mnt: BorrowedFd<'_>,
+        set: MountAttrFlags,
+        clear: MountAttrFlags,
+        userns: Option<BorrowedFd<'_>>,
+    ) -> Result<(), Errno> {
+        match userns {
+            Some(ns) => crate::sys::mount::mount_setattr_idmap(mnt, ns),
+            None => crate::sys::mount::mount_setattr_flags(mnt, u64::from(set.bits()), u64::from(clear.bits())),
+        }
+    }
+
+    fn mount_flags(&self, fd: BorrowedFd<'_>) -> Result<StatVfsMountFlags, Errno> {
+        rustix::fs::fstatvfs(fd).map(|v| v.f_flag)
+    }
+
+    fn mount_id(&self, fd: BorrowedFd<'_>) -> Result<MountId, Errno> {
+        super::records::mount_id(fd)
+    }
+
+    fn move_mount(&self, mnt: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Result<(), Errno> {
+        let flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
+        rustix::mount::move_mount(mnt, "", target, "", flags)
+    }
+
+    fn attach_loop(&self, image: BorrowedFd<'_>, label: &Path) -> Result<LoopDevice, LoopError> {
+        super::loopdev::attach(image, label)
+    }
+
+    fn create_userns(&self, uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, IdmapError> {
+        super::userns::create(uid, gid)
+    }
+
+    fn legacy_overlay(&self, spec: &LegacyOverlay<'_>) -> Result<Overlay, MountError> {
+        super::compat::legacy_overlay_with_temp_attach(self, spec)
+    }
+
+    fn send_fd(&self, sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        use std::mem::MaybeUninit;
+        let fds = [fd];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut anc = SendAncillaryBuffer::new(&mut space);
+        if !anc.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(Errno::NOMEM);
+        }
+        let payload = [std::io::IoSlice::new(b"M")];
+        loop {
+            match sendmsg(sock, &payload, &mut anc, SendFlags::NOSIGNAL) {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn umount_pinned(&self, root: BorrowedFd<'_>) -> Result<(), Errno> {
+        crate::sys::helper::umount_pinned(root)
+    }
+}
+
+/// Writes `uid_map`/`gid_map` of process `pid` (used while a user namespace is being made).
+pub(crate) fn write_maps(pid: i32, uid: &[IdMap], gid: &[IdMap]) -> Result<(), IdmapError> {
+    for (file, maps) in [("uid_map", uid), ("gid_map", gid)] {
+        let text = map_text(maps);
+        std::fs::write(format!("/proc/{pid}/{file}"), text.as_bytes()).map_err(|e| IdmapError::WriteMap {
+            file,
+            text: text.trim().replace('\n', ", "),
+            errno: Errno::from_io_error(&e).unwrap_or(Errno::IO),
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,514 @@
+//! THE gate of privileged mode: the closed list of extra checks the setuid helper makes, each a
+//! method of [`Gate`] (the mount engine's [`Access`] in privileged mode). Every path the caller
+//! names is opened with the caller's own credentials and pinned by fd; option strings, images,
+//! targets, idmap user namespaces, limits and unmount rights are checked here and nowhere else.
+//! docs/helper.md walks through the list in the order a mount meets it.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
+use rustix::mount::MountAttrFlags;
+
+use super::caller::{as_caller, restrict_caps, set_undumpable, Caller, KEPT_CAPS};
+use super::idmap;
+use super::init::HelperContext;
+use super::policy::{Limits, Policy};
+use crate::mount::access::{check_is_userns, connect_unix, open_upper_with, Access, AccessError, Phase, Usage};
+use crate::mount::records::MountRecord;
+use crate::mount::{IdMap, MountOption, MountRequest};
+use crate::sys::helper as sys;
+
+/// Longest path argument accepted.
+pub(crate) const MAX_PATH_ARG: usize = 1024;
+/// Longest `-o` option string accepted.
+pub(crate) const MAX_OPTION_STRING: usize = 4096;
+
+/// The setuid helper's access policy: the caller, the policy in force and the caller's limits.
+#[derive(Debug, Clone)]
+pub(crate) struct Gate {
+    caller: Caller,
+    policy: Policy,
+    limits: Limits,
+}
+
+impl Gate {
+    pub(crate) fn new(ctx: HelperContext) -> Gate {
+        let limits = ctx.policy.limits_for(ctx.caller.name.as_deref(), ctx.caller.uid);
+        Gate { caller: ctx.caller, policy: ctx.policy, limits }
+    }
+
+    /// Opens `path` as the caller (after [`check_path_arg`]).
+    fn open_as_caller(&self, what: &'static str, path: &Path, flags: OFlags) -> Result<OwnedFd, AccessError> {
+        check_path_arg(what, path.as_os_str())?;
+        as_caller(&self.caller, || rustix::fs::open(path, flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty()))?
+            .map_err(|errno| AccessError::Open { what, path: path.to_path_buf(), errno, as_caller: true })
+    }
+
+    fn feature(&self, on: bool, what: &str) -> Result<(), AccessError> {
+        if on {
+            Ok(())
+        } else {
+            Err(AccessError::Policy(format!("{what} are disabled")))
+        }
+    }
+
+    fn owned_by_caller(&self, what: &'static str, path: &Path, fd: BorrowedFd<'_>) -> Result<(), AccessError> {
+        let st = fstat(what, path, fd)?;
+        if st.st_uid != self.caller.uid {
+            return Err(AccessError::Refused {
+                what,
+                path: path.into(),
+                reason: format!("owned by uid {}, not by the caller (uid {})", st.st_uid, self.caller.uid),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn fstat(what: &'static str, path: &Path, fd: BorrowedFd<'_>) -> Result<rustix::fs::Stat, AccessError> {
+    rustix::fs::fstat(fd).map_err(|errno| AccessError::Open { what, path: path.into(), errno, as_caller: true })
+}
+
+impl Access for Gate {
+    fn caller_uid(&self) -> u32 {
+        self.caller.uid
+    }
+
+    fn check_request(&self, req: &MountRequest) -> Result<(), AccessError> {
+        if req.allow_suid || req.allow_dev {
+            return Err(AccessError::NotPermitted("suid/dev mounts may only be requested by root"));
+        }
+        Ok(())
+    }
+
+    fn check_options(&self, raw: &str, parsed: &[MountOption]) -> Result<(), AccessError> {
+        check_option_string(raw, parsed)
+    }
+
+    fn check_namespace_switch(&self) -> Result<(), AccessError> {
+        Err(AccessError::NotPermitted("-N is not available to unprivileged callers"))
+    }
+
+    /// As the caller, `O_RDONLY|O_NONBLOCK|O_NOCTTY`: a regular file within `max_image_size`;
+    /// the content is copied into a memfd sealed against writes, growth and shrinking, so that
+    /// what is validated, measured and mounted can no longer be modified by the caller.
+    fn open_source(&self, path: &Path) -> Result<OwnedFd, AccessError> {
+        let fd = self.open_as_caller("source", path, OFlags::RDONLY | OFlags::NONBLOCK)?;
+        let st = fstat("source", path, fd.as_fd())?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(AccessError::Refused {
+                what: "source",
+                path: path.into(),
+                reason: "not a regular file".into(),
+            });
+        }
+        let max = self.limits.max_image_size;
+        if st.st_size as u64 > max {
+            return Err(AccessError::Limit { what: "image size", value: st.st_size as u64, limit: max });
+        }
+        sealed_copy(fd, max)
+    }
+
+    /// The EROFS superblock (block size, inode count within `max_entries`), then the whole image
+    /// through the hostile-input reader, refusing device nodes and unsafe redirects.
+    fn check_image(&self, image: BorrowedFd<'_>) -> Result<(), AccessError> {
+        let h = crate::erofs::format::ImageHeader::read_from(image).map_err(AccessError::Header)?;
+        h.block_size().map_err(AccessError::Header)?;
+        let max = self.limits.max_entries;
+        if h.inodes() > max {
+            return Err(AccessError::Limit { what: "image entries", value: h.inodes(), limit: max });
+        }
+        check_image_content(image, h.inodes(), &self.limits)
+    }
+
+    /// The image is the sealed private copy (a memfd cannot carry fs-verity): its digest is
+    /// computed in userspace; the copy can no longer change, so this proves what is mounted.
+    fn check_digest(&self, image: BorrowedFd<'_>, want: &[u8; 32]) -> Result<(), AccessError> {
+        let f = File::from(rustix::io::dup(image).map_err(|e| AccessError::Io { what: "dup", errno: e })?);
+        let got = crate::fsverity::digest_file(&f).map_err(|e| AccessError::Io {
+            what: "fs-verity digest of the image copy",
+            errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+        })?;
+        if &got != want {
+            let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            return Err(AccessError::BadImage {
+                reason: format!("fs-verity digest {} does not match the expected {}", hex(&got), hex(want)),
+            });
+        }
+        Ok(())
+    }
+
+    /// A directory the caller can read, owned by the caller, with fs.protected_hardlinks on: an
+    /// overlay redirect in the caller's image can then only reach files the caller put there.
+    fn open_basedir(&self, path: &Path) -> Result<OwnedFd, AccessError> {
+        let fd = self.open_as_caller("basedir", path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        self.owned_by_caller("basedir", path, fd.as_fd())?;
+        let ph = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").unwrap_or_default();
+        if ph.trim() != "1" {
+            return Err(AccessError::Refused {
+                what: "basedir",
+                path: path.into(),
+                reason: "fs.protected_hardlinks is not 1 (callers could hardlink foreign files into it)".into(),
+            });
+        }
+        Ok(fd)
+    }
+
+    /// Allowed by the policy; directories owned by the caller, on one filesystem.
+    fn open_upper(&self, upper: &Path, work: &Path) -> Result<(OwnedFd, OwnedFd), AccessError> {
+        self.feature(self.policy.features.upperdir, "writable overlays (--upperdir)")?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
+        let (u, w, su, sw) = open_upper_with(upper, work, |what, p| self.open_as_caller(what, p, flags))?;
+        for (what, p, st) in [("upperdir", upper, &su), ("workdir", work, &sw)] {
+            if st.st_uid != self.caller.uid {
+                return Err(AccessError::Refused { what, path: p.into(), reason: "not owned by the caller".into() });
+            }
+        }
+        Ok((u, w))
+    }
+
+    /// `O_PATH|O_NOFOLLOW|O_DIRECTORY` as the caller, then on that pinned inode: owned by the
+    /// caller, or writable by the caller while neither it nor its parent is sticky; on a
+    /// filesystem type the policy allows (never procfs/sysfs/...).
+    fn open_target(&self, path: &Path) -> Result<OwnedFd, AccessError> {
+        if !self.policy.features.attach_at_target {
+            return Err(AccessError::Policy("attaching at a target is disabled; use --fd-out".into()));
+        }
+        let fd = self.open_as_caller("target", path, OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY)?;
+        let refuse = |reason: String| AccessError::Refused { what: "target", path: path.into(), reason };
+        let st = fstat("target", path, fd.as_fd())?;
+        let sticky = |m: u32| m & 0o1000 != 0;
+        if st.st_uid != self.caller.uid {
+            if as_caller(&self.caller, || sys::may_write_fd(fd.as_fd()))?.is_err() {
+                return Err(refuse(format!(
+                    "owned by uid {} and not writable by the caller (uid {})",
+                    st.st_uid, self.caller.uid
+                )));
+            }
+            if sticky(st.st_mode) {
+                return Err(refuse(format!("sticky directory owned by uid {}", st.st_uid)));
+            }
+            let parent = as_caller(&self.caller, || {
+                rustix::fs::openat(&fd, "..", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            })?
+            .map_err(|errno| AccessError::Open {
+                what: "target parent",
+                path: path.into(),
+                errno,
+                as_caller: true,
+            })?;
+            if sticky(fstat("target parent", path, parent.as_fd())?.st_mode) {
+                return Err(refuse(format!("owned by uid {} inside a sticky directory", st.st_uid)));
+            }
+        }
+        let sfs = rustix::fs::fstatfs(&fd).map_err(|errno| AccessError::Open {
+            what: "target",
+            path: path.into(),
+            errno,
+            as_caller: true,
+        })?;
+        let magic = sfs.f_type as u64 & 0xffff_ffff;
+        if self.policy.target_fs_name(magic).is_none() {
+            return Err(refuse(format!("on a filesystem type (magic 0x{magic:x}) the helper policy does not allow")));
+        }
+        Ok(fd)
+    }
+
+    /// Connected as the caller: root must not reach sockets the caller cannot.
+    fn connect_socket(&self, path: &Path) -> Result<OwnedFd, AccessError> {
+        check_path_arg("--fd-out socket", path.as_os_str())?;
+        as_caller(&self.caller, || connect_unix(path))?
+    }
+
+    fn open_userns(&self, path: &Path) -> Result<OwnedFd, AccessError> {
+        let fd = self.open_as_caller("idmap user namespace", path, OFlags::RDONLY)?;
+        check_is_userns(path, fd.as_fd())?;
+        self.feature(self.policy.features.idmap, "idmapped mounts")?;
+        idmap::check_userns(&self.caller, path, fd.as_fd())?;
+        Ok(fd)
+    }
+
+    fn check_id_maps(&self, uid: &[IdMap], gid: &[IdMap]) -> Result<(), AccessError> {
+        self.feature(self.policy.features.idmap, "idmapped mounts")?;
+        idmap::check_maps(&self.caller, uid, gid)
+    }
+
+    /// The caller's live records plus `adding` against `max_mounts` and `max_loop_devices`.
+    fn check_limits(&self, live: &[MountRecord], adding: Usage) -> Result<(), AccessError> {
+        let mine: Vec<&MountRecord> = live.iter().filter(|r| r.uid == self.caller.uid).collect();
+        let mounts = mine.len() as u64 + adding.mounts;
+        if adding.mounts > 0 && mounts > self.limits.max_mounts as u64 {
+            return Err(AccessError::Limit { what: "mounts", value: mounts, limit: self.limits.max_mounts as u64 });
+        }
+        let loops = mine.iter().map(|r| r.loop_devices.len() as u64).sum::<u64>() + adding.loop_devices;
+        if adding.loop_devices > 0 && loops > self.limits.max_loop_devices as u64 {
+            return Err(AccessError::Limit {
+                what: "loop devices",
+                value: loops,
+                limit: self.limits.max_loop_devices as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn required_attrs(&self, writable: bool) -> MountAttrFlags {
+        let ro = if writable { MountAttrFlags::empty() } else { MountAttrFlags::MOUNT_ATTR_RDONLY };
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV | ro
+    }
+
+    /// After the last as-the-caller step and the idmap only CAP_SYS_ADMIN stays; after the
+    /// hand-over, nothing.
+    fn enter_phase(&self, phase: Phase) -> Result<(), AccessError> {
+        let keep: &[caps::Capability] = match phase {
+            Phase::Mount { setid: true } => KEPT_CAPS,
+            Phase::Mount { setid: false } => &[caps::Capability::CAP_SYS_ADMIN],
+            Phase::Done => &[],
+        };
+        restrict_caps(keep).map_err(|e| AccessError::Credentials(format!("dropping capabilities: {e}")))?;
+        set_undumpable().map_err(|e| AccessError::Credentials(format!("PR_SET_DUMPABLE: {e}")))
+    }
+
+    fn open_umount_target(&self, path: &Path) -> Result<OwnedFd, AccessError> {
+        self.open_as_caller("umount target", path, OFlags::PATH | OFlags::NOFOLLOW)
+    }
+
+    fn check_unmount(&self, target: &Path, rec: &MountRecord) -> Result<(), AccessError> {
+        if rec.uid != self.caller.uid {
+            return Err(AccessError::Refused {
+                what: "umount target",
+                path: target.into(),
+                reason: format!(
+                    "mounted by cfsmount for uid {}, not for the caller (uid {})",
+                    rec.uid, self.caller.uid
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The sandboxed builder runs as the caller, so whatever it reads (objects for `--verity`
+    /// digests) is read with the caller's rights.
+    fn builder_ids(&self) -> Option<(u32, u32)> {
+        Some((self.caller.uid, self.caller.gid))
+    }
+}
+
+/// A path argument (source, basedir, target, upper/work, idmap path): non-empty, at most
+/// [`MAX_PATH_ARG`] bytes, no control characters, no leading `-`, and none of `,` `:` `\` `=`
+/// (which would change meaning inside a mount option string, e.g. the legacy `lowerdir=`).
+pub(crate) fn check_path_arg(what: &'static str, p: &OsStr) -> Result<(), AccessError> {
+    let b = p.as_bytes();
+    let bad = |reason: &str| AccessError::BadArgument {
+        what,
+        value: p.to_string_lossy().into_owned(),
+        reason: reason.into(),
+    };
+    if b.is_empty() {
+        return Err(bad("empty"));
+    }
+    if b.contains(&0) {
+        return Err(bad("contains NUL"));
+    }
+    if b.len() > MAX_PATH_ARG {
+        return Err(bad("too long"));
+    }
+    if b[0] == b'-' {
+        return Err(bad("starts with '-'"));
+    }
+    if let Some(c) = b.iter().find(|c| c.is_ascii_control()) {
+        return Err(bad(&format!("contains control character 0x{c:02x}")));
+    }
+    if let Some(c) = b.iter().find(|c| b",:\\=".contains(c)) {
+        return Err(bad(&format!("contains '{}'", *c as char)));
+    }
+    Ok(())
+}
+
+/// A `mount.composefs -o` string and the options the one `-o` parser made of it: at most
+/// [`MAX_OPTION_STRING`] bytes, no control characters; of the options, `suid`, `dev`, `exec`
+/// (re-enabling what every helper mount lacks) and anything unknown are refused. Values are
+/// checked later, as paths, when they are opened.
+pub(crate) fn check_option_string(raw: &str, parsed: &[MountOption]) -> Result<(), AccessError> {
+    let bad = |reason: String| AccessError::BadOption { option: truncate(raw), reason };
+    if raw.len() > MAX_OPTION_STRING {
+        return Err(bad(format!("longer than {MAX_OPTION_STRING} bytes")));
+    }
+    if let Some(c) = raw.bytes().find(|c| c.is_ascii_control()) {
+        return Err(bad(format!("contains control character 0x{c:02x}")));
+    }
+    for o in parsed {
+        match o {
+            MountOption::Unknown { key, .. } if key.starts_with('-') => {
+                return Err(bad(format!("option {key:?} starts with '-'")))
+            }
+            MountOption::Unknown { key, .. } => return Err(bad(format!("unknown option {key:?}"))),
+            MountOption::Suid | MountOption::Dev | MountOption::Exec => {
+                return Err(bad(format!(
+                    "{:?} is not allowed for unprivileged callers (mounts are always nosuid,nodev)",
+                    o.key()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= 80 {
+        return s.to_string();
+    }
+    let mut end = 80;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Copies at most `max` bytes of `fd` into a new memfd and seals it (F_SEAL_WRITE, GROW,
+/// SHRINK, SEAL); positioned at 0.
+fn sealed_copy(fd: OwnedFd, max: u64) -> Result<OwnedFd, AccessError> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let io = |what, e: std::io::Error| AccessError::Io {
+        what,
+        errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+    };
+    let memfd = rustix::fs::memfd_create("cfsmount-source", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .map_err(|e| AccessError::Io { what: "memfd_create", errno: e })?;
+    let mut src = File::from(fd);
+    let mut dst = File::from(memfd);
+    let copied = std::io::copy(&mut (&mut src).take(max + 1), &mut dst).map_err(|e| io("copying the source", e))?;
+    if copied > max {
+        return Err(AccessError::Limit { what: "image size", value: copied, limit: max });
+    }
+    let memfd = OwnedFd::from(dst);
+    rustix::fs::fcntl_add_seals(&memfd, SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)
+        .map_err(|e| AccessError::Io { what: "sealing the source copy", errno: e })?;
+    rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(0)).map_err(|e| AccessError::Io { what: "seek", errno: e })?;
+    Ok(memfd)
+}
+
+/// Parses the whole image with the hostile-input reader (which refuses unexpected
+/// `trusted.overlay.*` xattrs and malformed redirect/metacopy xattrs; escaped
+/// `trusted.overlay.overlay.*` user xattrs come back unescaped, i.e. inert) and refuses device
+/// nodes (other than 0/0 whiteouts) and redirect payloads with `.`/`..`/empty components.
+fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Result<(), AccessError> {
+    let io = |what, errno| AccessError::Io { what, errno };
+    let size = rustix::fs::fstat(fd).map_err(|e| io("fstat image", e))?.st_size as u64;
+    if size > limits.max_image_size {
+        return Err(AccessError::Limit { what: "image size", value: size, limit: limits.max_image_size });
+    }
+    let mut bytes = vec![0u8; size as usize];
+    let mut have = 0;
+    while have < bytes.len() {
+        match rustix::io::pread(fd, &mut bytes[have..], have as u64) {
+            Ok(0) => break,
+            Ok(n) => have += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(io("reading the image", e)),
+        }
+    }
+    bytes.truncate(have);
+    let mut rl = crate::erofs::reader::ReadLimits::default();
+    rl.tree.max_entries =
+        usize::try_from(limits.max_entries.min(inodes.saturating_mul(2) + 1024)).unwrap_or(usize::MAX);
+    let (tree, _) = crate::erofs::reader::read_image_with(&bytes, &rl)
+        .map_err(|e| AccessError::BadImage { reason: e.to_string() })?;
+    if tree.len() as u64 > limits.max_entries {
+        return Err(AccessError::Limit { what: "image entries", value: tree.len() as u64, limit: limits.max_entries });
+    }
+    for (i, node) in tree.nodes.iter().enumerate() {
+        let ino = &node.entry.inode;
+        let ft = ino.mode & 0o170000;
+        let path = || crate::tree::show(&tree.path_of(i as crate::tree::NodeId));
+        if (ft == 0o020000 && ino.rdev != 0) || ft == 0o060000 {
+            return Err(AccessError::BadImage {
+                reason: format!("{}: device node (not allowed for unprivileged callers)", path()),
+            });
+        }
+        if let Some(p) = node.entry.payload.as_ref().filter(|_| ino.is_reg()) {
+            let bad =
+                p.split(|c| *c == b'/').enumerate().any(|(k, c)| (c.is_empty() && k > 0) || c == b"." || c == b"..");
+            if bad || p.is_empty() {
+                return Err(AccessError::BadImage {
+                    reason: format!(
+                        "{}: overlay redirect {:?} has empty, '.' or '..' components",
+                        path(),
+                        String::from_utf8_lossy(p)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_path_checks() {
+        let ok = |p: &str| check_path_arg("t", OsStr::new(p)).is_ok();
+        assert!(ok("/home/u/mnt"));
+        assert!(ok("relative/dir.d_1"));
+        for bad in ["", "-o", "/a,b", "/a:b", "/a\\b", "/a=b", "/a\nb", "/a\tb", "/a\x7fb"] {
+            assert!(!ok(bad), "accepted {bad:?}");
+        }
+        assert!(!ok(&"a".repeat(MAX_PATH_ARG + 1)));
+    }
+
+    #[test]
+    fn option_checks_on_the_parsed_list() {
+        use MountOption as O;
+        let good = [O::Basedir("/o".into()), O::Ro, O::Verity, O::Digest("ab".into()), O::Idmap("/p".into())];
+        assert!(check_option_string("basedir=/o,ro,verity,digest=ab,idmap=/p", &good).is_ok());
+        let u = |k: &str| O::Unknown { key: k.into(), value: None };
+        for (list, why) in [
+            (vec![O::Suid], "not allowed"),
+            (vec![O::Dev], "not allowed"),
+            (vec![O::Exec], "not allowed"),
+            (vec![u("loop")], "unknown option"),
+            (vec![u("-ro")], "starts with '-'"),
+        ] {
+            let e = check_option_string("x", &list).expect_err(why).to_string();
+            assert!(e.contains(why), "{list:?}: {e}");
+        }
+        let e = check_option_string("basedir=/o\n", &[O::Basedir("/o\n".into())]).unwrap_err().to_string();
+        assert!(e.contains("control character"), "{e}");
+        let long = format!("basedir=/{}", "a".repeat(MAX_OPTION_STRING));
+        assert!(check_option_string(&long, &[]).unwrap_err().to_string().contains("longer than"));
+    }
+
+    #[test]
+    fn limits_count_the_callers_live_mounts_and_what_is_added() {
+        let mut policy = Policy::builtin().unwrap();
+        policy.limits.max_mounts = 2;
+        policy.limits.max_loop_devices = 3;
+        let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
+        let g = Gate::new(HelperContext { caller, policy });
+        let rec = |uid, loops: usize| MountRecord {
+            mount_id: 1,
+            mount_id_unique: true,
+            target: None,
+            uid,
+            loop_devices: vec!["/dev/loop0".into(); loops],
+            loop_diskseq: vec![],
+            erofs_mount_ids: vec![],
+            sources: vec![],
+            created: 0,
+            mnt_ns: None,
+        };
+        let one = Usage { mounts: 1, loop_devices: 1 };
+        assert!(g.check_limits(&[rec(1000, 1)], one).is_ok());
+        assert!(g.check_limits(&[rec(1000, 1), rec(1000, 1)], one).is_err(), "third mount");
+        assert!(g.check_limits(&[rec(1000, 1), rec(2000, 5), rec(2000, 5)], one).is_ok(), "others do not count");
+        let e = g.check_limits(&[rec(1000, 1)], Usage { mounts: 1, loop_devices: 3 }).unwrap_err().to_string();
+        assert!(e.contains("loop devices 4 > 3"), "{e}");
+    }
+}
