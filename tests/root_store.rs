@@ -8,35 +8,29 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "root_store needs root (it loop-mounts XFS); run the root tier as root"
-    );
-}
+#[path = "support/root.rs"]
+mod root;
 
-/// A fresh XFS (reflink on) mounted on a temporary directory; unmounted (and its autoclear loop
+/// A fresh XFS (reflink on) mounted in a scratch directory; unmounted (and its autoclear loop
 /// device freed) on drop.
 struct Xfs {
-    _dir: tempfile::TempDir,
     mnt: PathBuf,
+    _scratch: root::Scratch,
 }
 
 impl Xfs {
-    fn new() -> Xfs {
-        let dir = tempfile::Builder::new().prefix("cfsmount-root-store.").tempdir_in("/var/tmp").unwrap();
-        let img = dir.path().join("xfs.img");
+    fn new(scratch: root::Scratch) -> Xfs {
+        let img = scratch.path("xfs.img");
         let f = std::fs::File::create(&img).unwrap();
         f.set_len(512 << 20).unwrap();
         drop(f);
         let out =
             Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1"]).arg(&img).output().expect("mkfs.xfs (xfsprogs)");
         assert!(out.status.success(), "mkfs.xfs: {}", String::from_utf8_lossy(&out.stderr));
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
+        let mnt = scratch.mkdir("mnt");
         let out = Command::new("mount").args(["-t", "xfs", "-o", "loop"]).arg(&img).arg(&mnt).output().unwrap();
         assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
-        Xfs { _dir: dir, mnt }
+        Xfs { mnt, _scratch: scratch }
     }
 }
 
@@ -76,8 +70,19 @@ fn all_extents_shared(f: &Path) -> bool {
 
 #[test]
 fn objects_share_the_sources_extents_on_xfs() {
-    require_root();
-    let x = Xfs::new();
+    root::require_root("root_store");
+    let _serial = root::serial();
+    let scratch = root::Scratch::new("cfsmount-root-store.");
+    let before = root::Snapshot::take(scratch.root(), None);
+    let x = Xfs::new(scratch);
+    test_on(&x);
+    let prefix = x.mnt.parent().unwrap().to_path_buf();
+    drop(x);
+    assert!(!prefix.exists(), "scratch directory left behind");
+    before.assert_nothing_left("root_store");
+}
+
+fn test_on(x: &Xfs) {
     let src = x.mnt.join("src");
     std::fs::create_dir_all(src.join("sub")).unwrap();
     let big = random(8 << 20, 1);
