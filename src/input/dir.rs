@@ -69,7 +69,7 @@ pub(crate) fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirErro
     let (root_entry, _) = entry_for(root, &md)?;
     b.tree.set_root(root_entry).map_err(|e| DirError::Entry { path: root.to_path_buf(), reason: e.to_string() })?;
 
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = import::default_threads();
     let ((), objects) = import::with_workers(store.as_ref(), threads, &list_dir, |sub| walk(&mut b, root, sub))?;
     let mut tree = b.tree;
     for (id, obj) in objects {

@@ -49,6 +49,15 @@ pub enum ImportError {
     Cancelled,
 }
 
+/// Workers for a directory import: two per core. They block in system calls (a read of a file not
+/// in the page cache, a write held back by writeback throttling), so one per core leaves cores
+/// idle; with twice as many the CPU time stays the same (2.4 s for /usr/share into a tmpfs store
+/// on the project's 2-core VM with 2, 4 or 6 workers) and the wall time drops (5.5 s to 4.3 s
+/// there, with the machine shared by other jobs).
+pub fn default_threads() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// A batch is queued when it holds this many files or this many bytes (one wake-up per batch;
 /// a few large files do not all land on one worker).
 const BATCH_FILES: usize = 64;
