@@ -153,6 +153,9 @@ pub struct ObjectStore {
     dev: u64,
     opts: StoreOptions,
     fanout: [AtomicBool; 256],
+    /// Fan-out directories this handle created: nothing was in them before this handle, so a
+    /// new object there skips the lookup (a duplicate is caught by the link's EEXIST).
+    fresh: [AtomicBool; 256],
     /// `O_TMPFILE` refused here once: use named temporary files.
     no_tmpfile: AtomicBool,
     /// `/proc/self/fd` is there (reopening an unnamed file read-only to seal it needs it).
@@ -191,6 +194,7 @@ impl ObjectStore {
             dev: st.st_dev,
             opts,
             fanout: std::array::from_fn(|_| AtomicBool::new(false)),
+            fresh: std::array::from_fn(|_| AtomicBool::new(false)),
             no_tmpfile: AtomicBool::new(false),
             procfs,
             verity_off: AtomicBool::new(opts.verity == VerityMode::Off),
@@ -392,9 +396,12 @@ impl ObjectStore {
     ) -> Result<Stored, StoreError> {
         let (digest, verity) = self.digests(h, expected)?;
         let size = data.len() as u64;
-        if let Some(have) = self.lookup(&digest)? {
-            self.check_size(&digest, have, size)?;
-            return Ok(Stored { digest, verity, size, new: false });
+        let fresh = matches!(dest, Dest::Store) && self.fresh[digest[0] as usize].load(Ordering::Relaxed);
+        if !fresh {
+            if let Some(have) = self.lookup(&digest)? {
+                self.check_size(&digest, have, size)?;
+                return Ok(Stored { digest, verity, size, new: false });
+            }
         }
         let mut tmp = self.create_tmp()?;
         tmp.file.write_all(data).map_err(|e| self.io_err("writing a new object", e))?;
@@ -456,7 +463,7 @@ impl ObjectStore {
         }
         let name = format!("{:02x}", d[0]);
         match rustix::fs::mkdirat(&self.dir, name.as_str(), Mode::from_raw_mode(0o755)) {
-            Ok(()) => {}
+            Ok(()) => self.fresh[i].store(true, Ordering::Relaxed),
             Err(Errno::EXIST) => {
                 let st = rustix::fs::statat(&self.dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| self.io_err(format!("stat {name}"), e))?;
