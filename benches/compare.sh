@@ -115,14 +115,17 @@ run_case() {
 import json, statistics, sys, os
 d, rounds, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 times = {n: [] for n in names}
+cpu = {n: [] for n in names}
 for r in range(1, rounds + 1):
     for res in json.load(open(f"{d}/round{r}.json"))["results"]:
         times[res["command"]].extend(res["times"])
+        cpu[res["command"]].extend([res["user"] + res["system"]] * len(res["times"]))
 with open(f"{d}/summary.tsv", "w") as out:
     for i, n in enumerate(names):
         t = times[n]
         rss = open(f"{d}/rss.{i}").read().strip().splitlines()[-1] if os.path.exists(f"{d}/rss.{i}") else "?"
-        out.write(f"{n}\t{len(t)}\t{statistics.mean(t)}\t{statistics.stdev(t) if len(t) > 1 else 0}\t{min(t)}\t{rss}\n")
+        sd = statistics.stdev(t) if len(t) > 1 else 0
+        out.write(f"{n}\t{len(t)}\t{statistics.mean(t)}\t{sd}\t{min(t)}\t{rss}\t{statistics.mean(cpu[n])}\n")
 EOF
 }
 
@@ -235,10 +238,11 @@ if has verity; then
 fi
 
 # --- the table --------------------------------------------------------------------------------
-fmt() { # fmt SUMMARY NAME -> "mean ± sd (n=N), RSS MB"
+fmt() { # fmt SUMMARY NAME -> "mean ± sd s[, CPU c s], RSS MB" (CPU: user+system, shown from 1 s)
     awk -F'\t' -v n="$2" '$1 == n {
         m = $3; s = $4; u = "s"; if (m < 1) { m *= 1000; s *= 1000; u = "ms" }
-        printf "%.*f ± %.*f %s, %.1f MB", (m < 10 ? 2 : 1), m, (m < 10 ? 2 : 1), s, u, $6 / 1024 }' "$1"
+        c = ($7 != "" && $3 >= 1) ? sprintf(" (CPU %.2f s)", $7) : ""
+        printf "%.*f ± %.*f %s%s, %.1f MB", (m < 10 ? 2 : 1), m, (m < 10 ? 2 : 1), s, u, c, $6 / 1024 }' "$1"
 }
 ratio() { # ratio SUMMARY A B -> mean(B)/mean(A)
     awk -F'\t' -v a="$2" -v b="$3" '$1 == a { x = $3 } $1 == b { y = $3 } END { if (x && y) printf "%.2f×", y / x }' "$1"
@@ -268,7 +272,8 @@ row() { # row LABEL CASE CFS REF RS [noratio]
     row "image from the cs9 TOC JSON" toc cfsmount "" ""
     row "fs-verity digest of 1 GiB (tmpfs; reference column: fsverity digest)" verity cfsmount "fsverity digest" composefs-rs
     echo
-    echo "Times: mean ± standard deviation over all rounds; memory: peak RSS of one more run (with children)."
+    echo "Times: wall, mean ± standard deviation over all rounds; CPU: user + system time of the process and"
+    echo "its children (hyperfine), mean; memory: peak RSS of one more run (with children)."
     echo "(N×) = peer time / cfsmount time. Output checks:"
     cat "$OUT"/checks/* 2>/dev/null || true
 } | tee "$OUT/table.md"
