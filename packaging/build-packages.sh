@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the .deb (cargo-deb) and the .rpm (rpmbuild) from ONE release build of cfsmount, puts them
 # in target/packages/, and checks their contents without installing anything on this machine:
-# setuid-root binary, mount.composefs link, man page, /etc/cfsmount/helper.conf as a conffile /
-# %config(noreplace), and that both packages carry target/release/cfsmount byte for byte.
+# setuid-root binary, mount.composefs link, the mkcomposefs/composefs-info/composefs-dump links,
+# man page, /etc/cfsmount/helper.conf as a conffile / %config(noreplace), Conflicts: composefs,
+# and that both packages carry target/release/cfsmount byte for byte.
 # Needs cargo-deb, rpmbuild, dpkg-deb (tests/install-deps.sh installs them). See packaging/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -111,6 +112,16 @@ check_man() {
     check_file "$1" "$page" -rw-r--r-- root/root
     check_link "$1" "/usr/share/man/man8/mount.composefs.8${page#*/cfsmount.8}" "$page"
 }
+# check_personalities PKG: the drop-in links mkcomposefs, composefs-info, composefs-dump in
+# /usr/bin resolve to /usr/bin/cfsmount, and their man1 links to the cfsmount.8 page.
+check_personalities() {
+    local t page
+    page=$(awk '$1 ~ /^\/usr\/share\/man\/man8\/cfsmount\.8(\.[a-z0-9]+)?$/ { print $1 }' "$tmp/list")
+    for t in mkcomposefs composefs-info composefs-dump; do
+        check_link "$1" "/usr/bin/$t" /usr/bin/cfsmount
+        [ -n "$page" ] && check_link "$1" "/usr/share/man/man1/$t.1${page#*/cfsmount.8}" "$page"
+    done
+}
 check_scripts() { # PKG FILE: maintainer scripts must not create files dpkg/rpm do not track
     if grep -qE '(^|[^a-z])ln[[:space:]]' "$2"; then fail "$1: maintainer scripts create links:"; cat "$2" >&2
     else ok "$1: maintainer scripts create no links"; fi
@@ -137,7 +148,14 @@ else fail "deb: control fields wrong (want cfsmount $version, Depends with libc6
 check_file deb /usr/bin/cfsmount -rwsr-xr-x root/root
 check_sbin_link deb
 check_man deb
+check_personalities deb
+if [[ "$(dpkg-deb -f "$deb" Conflicts)" == *composefs* ]]; then ok "deb: Conflicts: composefs"
+else fail "deb: no Conflicts: composefs (the reference package ships the same commands)"; fi
 check_file deb /etc/cfsmount/helper.conf -rw-r--r-- root/root
+check_file deb /usr/lib/dracut/modules.d/90cfsmount/module-setup.sh -rwxr-xr-x root/root
+check_file deb /usr/lib/dracut/modules.d/90cfsmount/cfsmount-setup-root.service -rw-r--r-- root/root
+check_file deb /usr/share/initramfs-tools/hooks/cfsmount -rwxr-xr-x root/root
+check_file deb /usr/share/initramfs-tools/scripts/local-bottom/cfsmount -rwxr-xr-x root/root
 if dpkg-deb -I "$deb" conffiles 2>/dev/null | grep -qx /etc/cfsmount/helper.conf; then
     ok "deb: /etc/cfsmount/helper.conf is a conffile"
 else fail "deb: /etc/cfsmount/helper.conf is not listed in conffiles"; fi
@@ -162,7 +180,12 @@ if [[ "$nvr" == "cfsmount $version "* ]]; then ok "rpm: $nvr"; else fail "rpm: $
 check_file rpm /usr/bin/cfsmount -rwsr-xr-x root/root
 check_sbin_link rpm
 check_man rpm
+check_personalities rpm
+if rpm -qp --conflicts "$rpmf" | grep -qx composefs; then ok "rpm: Conflicts: composefs"
+else fail "rpm: no Conflicts: composefs (the reference package ships the same commands)"; fi
 check_file rpm /etc/cfsmount/helper.conf -rw-r--r-- root/root
+check_file rpm /usr/lib/dracut/modules.d/90cfsmount/module-setup.sh -rwxr-xr-x root/root
+check_file rpm /usr/lib/dracut/modules.d/90cfsmount/cfsmount-setup-root.service -rw-r--r-- root/root
 # %config(noreplace) shows as file flags "cn".
 flags=$(rpm -qp --qf '[%{FILENAMES} %{FILEFLAGS:fflags}\n]' "$rpmf" | awk '$1 == "/etc/cfsmount/helper.conf" { print $2 }')
 if [[ "$flags" == *c* && "$flags" == *n* ]]; then ok "rpm: /etc/cfsmount/helper.conf is %config(noreplace)"

@@ -3,12 +3,16 @@
 //! One module per stage; all `unsafe` and raw syscalls are confined to [`sys`].
 #![deny(unsafe_code)]
 
+pub(crate) mod boot;
 pub mod build;
 pub mod cli;
+pub mod compat;
 pub mod erofs;
 pub mod fsverity;
 pub mod input;
+pub mod layer;
 pub mod mount;
+pub mod oci;
 pub mod privileged;
 mod probe;
 pub mod sandbox;

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs (Debian packages) what the test tiers need and a fresh machine may lack.
-# Tier 3's VM kernel and virtme-ng are installed by tests/vm/run-tier3.sh itself.
+# Tier 3's VM kernel and virtme-ng are installed by tests/vm/run-tier3.sh itself, and dracut-core
+# (bookworm-backports) by tests/vm/boot/run-boot.sh.
 set -euo pipefail
-pkgs=(erofs-utils fsverity util-linux mount passwd uidmap libcap2-bin strace time zstd hyperfine
+pkgs=(erofs-utils fsverity util-linux mount passwd uidmap libcap2-bin strace time zstd hyperfine skopeo umoci
       gcc make python3 python3-pip qemu-system-x86 busybox-static e2fsprogs kmod xfsprogs
+      mmdebstrap cpio xz-utils binutils  # boot tests (tests/vm/boot; dracut-core: backports there)
       rpm dpkg-dev)  # for packaging/build-packages.sh: rpmbuild/rpm2archive, dpkg-shlibdeps
 missing=()
 for p in "${pkgs[@]}"; do

@@ -38,8 +38,12 @@ fn setup_with_scratch() -> (MutexGuard<'static, ()>, Scratch, Snapshot) {
     (guard, s, before)
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_cfsmount")
+/// The cfsmount binary under test: `CFSMOUNT_TEST_BIN` (read by the tests only, e.g. to show
+/// what an older build fails), or the one cargo built.
+fn bin() -> PathBuf {
+    std::env::var_os("CFSMOUNT_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cfsmount")))
 }
 
 #[path = "support/conformance.rs"]
@@ -1095,4 +1099,59 @@ fn helper_mounts_in_other_namespace() {
     let _ = holder.wait();
     assert_eq!(s.records(), 0);
     assert_clean(&before, "-N");
+}
+
+/// The legacy overlay syntax (kernels before 6.15, forced here) needs the layers attached while
+/// the overlay is created. Those temporary mounts live in a private mount namespace that dies
+/// with the child that made them: they never appear in ours, even for a moment, and a kill -9
+/// of cfsmount at any moment leaves no mount and no loop device behind.
+#[test]
+fn legacy_syntax_temporary_mounts_never_appear_here() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let (_g, s, before) = setup_with_scratch();
+    let (_, img, objs, mnt) = small_setup_with_mnt(&s);
+    let state = s.path("state").to_string_lossy().into_owned();
+    let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::<String>::new())));
+    let poller = {
+        let (stop, seen, state) = (stop.clone(), seen.clone(), state.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+                for l in mi.lines().filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&state))) {
+                    seen.lock().unwrap().push(l.to_string());
+                }
+            }
+        })
+    };
+    let legacy_mount = || {
+        let mut c = mount_cmd(&s, &img, &mnt, &objs);
+        c.env("CFSMOUNT_TEST_LEGACY_OVERLAY", "1").arg("--force-loop");
+        c
+    };
+    for _ in 0..20 {
+        run_ok(legacy_mount());
+        umount(&s, &mnt);
+    }
+    for delay_ms in (0..40).step_by(2) {
+        let mut child = legacy_mount().spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // A mount that completed before the kill is fine; it is unmounted here.
+        if std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&*mnt.to_string_lossy()) {
+            let _ = rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::DETACH);
+        }
+        let left: Vec<String> = s.mount_points().into_iter().filter(|m| m.starts_with(&state)).collect();
+        assert!(left.is_empty(), "kill -9 after {delay_ms} ms left temporary mounts: {left:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    poller.join().unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.is_empty(),
+        "temporary layer mounts appeared in this mount namespace: {:?}",
+        &seen[..seen.len().min(3)]
+    );
+    assert_clean(&before, "legacy, killed");
 }

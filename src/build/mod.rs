@@ -20,6 +20,9 @@ use std::fs::File;
 
 pub use request::{BuildError, BuildInfo, BuildOptions, BuildRequest, InputFormat, Output, Source};
 pub use untrusted::build_from_reader;
+/// For callers that build a tree themselves (layer reader, OCI store) and write it confined.
+pub(crate) use untrusted::write_tree;
+pub(crate) use validate::validate_image;
 
 /// Build `source` into `output` with the untrusted stage sandboxed. Returns the build info and,
 /// for a path or anonymous output, the final file (positioned at 0).

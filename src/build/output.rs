@@ -30,7 +30,9 @@ impl TempImage {
                     .map_err(BuildError::step(format!("creating a temporary file in {}", dir.display())))?;
                 TempImage { file, guard: Some(UnlinkOnDrop(Some(tp))) }
             }
-            Output::Stdout | Output::Anonymous { dir: None } => TempImage { file: memfd()?, guard: None },
+            Output::Stdout | Output::Anonymous { dir: None } | Output::Reference(_) => {
+                TempImage { file: memfd()?, guard: None }
+            }
             Output::Anonymous { dir: Some(dir) } => TempImage { file: unnamed_in(dir)?, guard: None },
         })
     }
@@ -71,6 +73,13 @@ impl TempImage {
                 f.rewind().map_err(BuildError::step("rewinding the image"))?;
                 Ok(Some(f))
             }
+            Output::Reference(p) => {
+                let mut f = file;
+                f.rewind().map_err(BuildError::step("rewinding the image"))?;
+                place_like_fopen(&mut f, p)?;
+                f.rewind().map_err(BuildError::step("rewinding the image"))?;
+                Ok(Some(f))
+            }
             Output::Stdout => {
                 let mut f = file;
                 f.rewind().map_err(BuildError::step("rewinding the image"))?;
@@ -82,6 +91,50 @@ impl TempImage {
             }
         }
     }
+}
+
+/// Put the finished image `img` where `fopen(path, "w")` would write it ([`Output::Reference`]):
+/// atomically for a plain path, in place otherwise.
+fn place_like_fopen(img: &mut File, path: &Path) -> Result<(), BuildError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let plain = match std::fs::symlink_metadata(path) {
+        Ok(md) => md.file_type().is_file(),
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    };
+    if plain {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        match create_temp(&dir) {
+            Ok((mut tmp, tp)) => {
+                // Removes the temporary file on every error below.
+                let mut guard = UnlinkOnDrop(Some(tp.clone()));
+                io::copy(img, &mut tmp).map_err(BuildError::step(format!("writing {}", tp.display())))?;
+                // What fopen's 0666 gives under the usual umask; a replaced file is a new inode
+                // (the reference truncates the old one in place).
+                tmp.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(BuildError::step("fchmod"))?;
+                tmp.sync_all().map_err(BuildError::step("fsync"))?;
+                std::fs::rename(&tp, path)
+                    .map_err(BuildError::step(format!("renaming the image to {}", path.display())))?;
+                guard.0 = None;
+                return Ok(());
+            }
+            // No room for a temporary file, but the file itself may be writable.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)) && path.exists() => {}
+            Err(e) => return Err(BuildError::step(format!("creating a temporary file in {}", dir.display()))(e)),
+        }
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o666)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(BuildError::step(format!("failed to open output file {}", path.display())))?;
+    io::copy(img, &mut out).map_err(BuildError::step(format!("writing {}", path.display())))?;
+    out.flush().map_err(BuildError::step(format!("writing {}", path.display())))
 }
 
 fn memfd() -> Result<File, BuildError> {

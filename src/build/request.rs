@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::erofs::format::HeaderError;
 use crate::erofs::writer::WriteOptions;
+use crate::input::dir::WalkOptions;
 use crate::input::toc::{TocOptions, MAX_INPUT_BYTES};
 use crate::sandbox::{SandboxConfig, SandboxError};
 use crate::tree::Limits;
@@ -25,6 +26,9 @@ pub enum InputFormat {
     Dump,
     /// A directory on disk (walked by the parent; see [`super::build_image`]).
     Dir,
+    /// A composefs image, read with the hostile-image reader and written again with its own
+    /// format version (`composefs-dump`).
+    Image,
 }
 
 /// Everything the untrusted stage needs to know (moved into the sandboxed child).
@@ -41,6 +45,8 @@ pub struct BuildRequest {
     pub objects: Option<PathBuf>,
     /// Content store for directory input.
     pub digest_store: Option<PathBuf>,
+    /// What a directory walk takes from the filesystem (directory input).
+    pub walk: WalkOptions,
     /// Largest input accepted, in bytes.
     pub max_input_bytes: u64,
 }
@@ -54,7 +60,11 @@ impl BuildRequest {
             strict_dump: true,
             objects: None,
             digest_store: None,
-            max_input_bytes: MAX_INPUT_BYTES as u64,
+            walk: WalkOptions::default(),
+            max_input_bytes: match format {
+                InputFormat::Image => crate::erofs::reader::MAX_IMAGE_BYTES,
+                _ => MAX_INPUT_BYTES as u64,
+            },
         }
     }
 
@@ -98,6 +108,13 @@ pub enum Output {
     Anonymous {
         dir: Option<PathBuf>,
     },
+    /// Where the reference `mkcomposefs` would write IMAGE, but only once the image is built and
+    /// validated: a plain path (absent, or a regular file) is replaced atomically (temporary file
+    /// in its directory, renamed); anything else (`/proc/self/fd/N`, `/dev/stdout`, a symlink, a
+    /// FIFO, a device, or a regular file in a directory without room for a temporary file) is
+    /// opened like `fopen(IMAGE, "w")` and written in place. The image is handed back (a memfd,
+    /// positioned at 0). Used by the drop-in personalities (docs/dropin.md).
+    Reference(PathBuf),
 }
 
 /// Parent-side settings that are not part of the untrusted request.
@@ -128,6 +145,8 @@ pub enum BuildError {
     Input(String),
     #[error("object {}: {reason}", path.display())]
     Object { path: PathBuf, reason: String },
+    #[error("invalid composefs image: {0}")]
+    ImageRead(#[from] crate::erofs::reader::ReadError),
     // The parent side.
     #[error("--from-dir needs a directory path as SOURCE")]
     DirNeedsPath,

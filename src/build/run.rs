@@ -23,7 +23,7 @@ pub(super) fn walk_dir_input(req: &BuildRequest, source: &Source) -> Result<Opti
     let Source::Path(src) = source else {
         return Err(BuildError::DirNeedsPath);
     };
-    let dopts = DirOptions { digest_store: req.digest_store.clone(), limits: Limits::default() };
+    let dopts = DirOptions { digest_store: req.digest_store.clone(), limits: Limits::default(), walk: req.walk };
     Ok(Some(crate::input::dir::build_tree(src, &dopts)?))
 }
 

@@ -23,6 +23,7 @@ fn parse_input(req: &BuildRequest, input: &[u8]) -> Result<Tree, BuildError> {
             Ok(crate::input::dump::parse(input, &DumpOptions { strict: req.strict_dump, limits: Limits::default() })?)
         }
         InputFormat::Dir => Err(BuildError::Input("directory input cannot be read from a stream".into())),
+        InputFormat::Image => Ok(crate::erofs::reader::read_image(input)?),
     }
 }
 
@@ -48,6 +49,13 @@ pub(super) fn build_from_reader_sized(
     if buf.len() as u64 > req.max_input_bytes {
         return Err(BuildError::Input(format!("input is larger than the limit of {} bytes", req.max_input_bytes)));
     }
+    if req.format == InputFormat::Image {
+        // Written again as it was: with the image's own format version (composefs-dump).
+        let (tree, info) = crate::erofs::reader::read_image_with(&buf, &Default::default())?;
+        drop(buf);
+        let v = info.composefs_version;
+        return write_tree(&tree, &WriteOptions { min_version: v, max_version: v }, out);
+    }
     let mut tree = parse_input(req, &buf)?;
     drop(buf);
     if let Some(dir) = &req.objects {
@@ -57,7 +65,7 @@ pub(super) fn build_from_reader_sized(
 }
 
 /// Write `tree` as an image to `out` (buffered), returning its size and version.
-pub(super) fn write_tree(tree: &Tree, opts: &WriteOptions, out: &mut dyn Write) -> Result<BuildInfo, BuildError> {
+pub(crate) fn write_tree(tree: &Tree, opts: &WriteOptions, out: &mut dyn Write) -> Result<BuildInfo, BuildError> {
     let version = effective_version(tree, opts)?;
     let mut counter = Counter { inner: BufWriter::with_capacity(1 << 20, out), n: 0 };
     write_image(tree, opts, &mut counter)?;

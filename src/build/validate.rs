@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use super::{BuildError, BuildInfo};
 use crate::erofs::format::ImageHeader;
 
-pub(super) fn validate_image(f: &File) -> Result<BuildInfo, BuildError> {
+pub(crate) fn validate_image(f: &File) -> Result<BuildInfo, BuildError> {
     let size = f.metadata().map_err(BuildError::step("fstat of the built image"))?.len();
     let header = ImageHeader::read_from(f.as_fd())?;
     header.check_composefs(size)?;

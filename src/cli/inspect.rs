@@ -6,11 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::erofs::reader::read_image;
+use crate::erofs::reader::{read_image, MAX_IMAGE_BYTES};
 use crate::input::dump::write_dump;
-
-/// Largest image `inspect` reads into memory.
-const MAX_IMAGE_BYTES: u64 = 4 << 30;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {

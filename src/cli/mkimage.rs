@@ -25,6 +25,10 @@ pub struct FormatArgs {
     /// SOURCE is a directory.
     #[arg(long)]
     pub from_dir: bool,
+    /// SOURCE is a layer blob (tar, gzip, zstd, zstd:chunked, eStargz): verified, its files
+    /// stored in --objects (src/layer/, see cli/layer.rs).
+    #[arg(long)]
+    pub from_layer: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -62,9 +66,16 @@ pub struct Args {
     /// Enable fs-verity on OUTPUT (needs a filesystem with verity); on failure nothing is left.
     #[arg(long)]
     pub enable_verity: bool,
+    /// Options of --from-layer (descriptor, diff_id, tar-split, decompression limit).
+    #[command(flatten)]
+    pub layer: crate::cli::layer::LayerArgs,
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<()> {
+    if a.format.from_layer {
+        return crate::cli::layer::mkimage(a);
+    }
+    crate::cli::layer::refuse_layer_options(&a.layer)?;
     let format = if a.format.from_toc {
         InputFormat::Toc
     } else if a.format.from_estargz {

@@ -1,18 +1,33 @@
 //! Command line: argument parsing, dispatch to the stages, and turning errors into one-line messages with exit codes.
 //!
 //! One file per command; this file only dispatches (by argv0 for `mount.composefs`, else by
-//! subcommand).
+//! subcommand; by argv0 also the drop-in personalities, `compat/`).
+mod compat;
 mod doctor;
 mod inspect;
+pub mod layer;
 mod mkimage;
 pub(crate) mod mount;
 pub(crate) mod mount_composefs;
+pub mod oci;
 mod verity;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod boot;
+
 #[derive(Parser)]
-#[command(name = "cfsmount", version, about = "Build, verify and mount composefs images")]
+#[command(
+    name = "cfsmount",
+    version,
+    about = "Build, verify and mount composefs images",
+    after_help = "Invoked under another name, cfsmount takes that tool's command line:\n  \
+                  mount.composefs   mount -t composefs helper (util-linux argv, -o options)\n  \
+                  mkcomposefs       drop-in for the reference mkcomposefs (image from a dumpfile or directory)\n  \
+                  composefs-info    drop-in for the reference composefs-info (ls, objects, missing-objects, dump, measure-file)\n  \
+                  composefs-dump    drop-in for the reference composefs-dump (read an image, write it again)\n\
+                  See docs/dropin.md and cfsmount(8)."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -31,8 +46,20 @@ enum Command {
     /// fs-verity: enable, measure (kernel) or digest (userspace) files.
     #[command(subcommand)]
     Verity(verity::Command),
+    /// Write a layer's original tar from its tar-split, its image and the objects (the way back).
+    LayerTar(crate::layer::export::Args),
     /// Report which kernel features (loop, EROFS, overlay, landlock, seccomp, verity) this machine offers.
     Doctor,
+    /// OCI images: import from an OCI layout into the store, mount, list, remove.
+    #[command(subcommand)]
+    Oci(oci::OciCommand),
+    /// The store of images, layers and objects.
+    #[command(subcommand)]
+    Store(oci::StoreCommand),
+    /// Initramfs: mount the composefs root that the kernel command line names over /sysroot.
+    SetupRoot(boot::SetupRootArgs),
+    /// Lay out a root tree as composefs/images + composefs/objects for setup-root; prints the kernel argument.
+    DeployRoot(boot::DeployRootArgs),
 }
 
 fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
@@ -61,19 +88,37 @@ fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow:
         Command::Mount(a) => mount::run(a, mode),
         Command::Umount(a) => mount::umount(a, mode),
         Command::Verity(c) => verity::run(c),
+        Command::LayerTar(a) => crate::layer::export::run(a),
         Command::Doctor => doctor::run(),
+        Command::Oci(c) => oci::run_oci(c, mode),
+        Command::Store(c) => oci::run_store(c),
+        Command::SetupRoot(a) => boot::setup_root(a),
+        Command::DeployRoot(a) => boot::deploy_root(a),
     }
+}
+
+/// Writes one line to stderr. A closed or hung-up terminal is no reason to die halfway (eprintln!
+/// would panic): the line is lost, the work is finished.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Entry point used by `main`: returns the process exit code.
 pub fn main() -> i32 {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The drop-in personalities (mkcomposefs, composefs-info, composefs-dump) are the reference
+    // tools run as the caller: they drop every privilege first thing (compat::main), instead of
+    // the helper's early init (which serves mount/umount only).
+    if let Some(p) = argv.first().and_then(|a| compat::Personality::from_argv0(a)) {
+        return compat::main(p, argv);
+    }
     // The privilege mode is decided once, first; privileged (setuid / file caps) execution is
     // made safe before anything else runs.
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mode = match crate::privileged::early_init(&argv) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("cfsmount: {e}");
+            say(format_args!("cfsmount: {e}"));
             return 1;
         }
     };
@@ -81,7 +126,7 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             // One line: the context chain joined with ": ".
-            eprintln!("cfsmount: {e:#}");
+            say(format_args!("cfsmount: {e:#}"));
             1
         }
     }

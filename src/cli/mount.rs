@@ -140,14 +140,14 @@ pub(crate) fn print_outcome(o: &MountOutcome) {
             ),
             None => "file-backed".to_string(),
         };
-        eprintln!("cfsmount: {}: EROFS {how} (mount id {})", l.label.display(), l.erofs_mount_id);
+        super::say(format_args!("cfsmount: {}: EROFS {how} (mount id {})", l.label.display(), l.erofs_mount_id));
     }
-    eprintln!(
+    super::say(format_args!(
         "cfsmount: overlay mount id {} ({}{})",
         o.record.mount_id,
         if o.legacy_overlay { "legacy lowerdir string" } else { "lowerdir+/datadir+" },
         if o.verity { ", verity=require" } else { "" }
-    );
+    ));
 }
 
 fn request(a: &Args) -> anyhow::Result<MountRequest> {

@@ -261,7 +261,7 @@ pub(crate) fn helper_main(argv: &[OsString], mode: &Mode) -> anyhow::Result<()> 
     }
     let (req, ignored) = helper_request(&h, &options)?;
     for k in ignored {
-        eprintln!("mount.composefs: ignoring unsupported option {k}");
+        super::say(format_args!("mount.composefs: ignoring unsupported option {k}"));
     }
     if let Some(ns) = &h.namespace {
         crate::mount::handover::enter_mount_namespace(ns)?;

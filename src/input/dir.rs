@@ -38,12 +38,42 @@ use crate::tree::{
 /// Largest file stored inline in the image (the reference's recommended inline limit).
 pub(crate) const INLINE_MAX: u64 = 64;
 
-/// Settings for [`build_tree`].
+/// Settings for [`build_tree`]. The default reads everything and keeps hard links.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DirOptions {
     /// Content store to copy external files into (`xx/yyyy...` by fs-verity digest).
     pub digest_store: Option<PathBuf>,
     pub limits: Limits,
+    pub walk: WalkOptions,
+}
+
+/// What a directory walk takes from the filesystem (the reference `mkcomposefs`'s build flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WalkOptions {
+    /// Store every hard-linked name as its own inode, as the reference `mkcomposefs` does.
+    pub break_hardlinks: bool,
+    /// Every mtime 0.0 (`mkcomposefs --use-epoch`).
+    pub use_epoch: bool,
+    /// Leave out character and block devices, overlay whiteouts (0/0) included
+    /// (`mkcomposefs --skip-devices`).
+    pub skip_devices: bool,
+    /// Which xattrs are read.
+    pub xattrs: XattrSelection,
+    /// Threads that read, hash and store the files (`mkcomposefs --threads`; default:
+    /// [`crate::store::import::default_threads`], two per CPU).
+    pub threads: Option<usize>,
+}
+
+/// Which xattrs a directory walk reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum XattrSelection {
+    /// Every xattr `llistxattr` lists.
+    #[default]
+    All,
+    /// Only `user.*` (`mkcomposefs --user-xattrs`).
+    User,
+    /// None (`mkcomposefs --skip-xattrs`).
+    None,
 }
 
 /// Object path of a digest: `xx/yyyy...` (lower-case hex).
@@ -66,11 +96,12 @@ pub(crate) fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirErro
         None => None,
     };
     let mut b = Builder { tree: Tree::new(opts.limits), links: HashMap::new() };
-    let (root_entry, _) = entry_for(root, &md)?;
+    let (root_entry, _) = entry_for(root, &md, &opts.walk)?;
     b.tree.set_root(root_entry).map_err(|e| DirError::Entry { path: root.to_path_buf(), reason: e.to_string() })?;
 
-    let threads = import::default_threads();
-    let ((), objects) = import::with_workers(store.as_ref(), threads, &list_dir, |sub| walk(&mut b, root, sub))?;
+    let threads = opts.walk.threads.unwrap_or_else(import::default_threads);
+    let lister = |dir: &Path| list_dir(dir, &opts.walk);
+    let ((), objects) = import::with_workers(store.as_ref(), threads, &lister, |sub| walk(&mut b, root, sub, &opts.walk))?;
     let mut tree = b.tree;
     for (id, obj) in objects {
         let e = &mut tree.node_mut(id).entry;
@@ -99,7 +130,7 @@ type Listing = Result<Vec<Child>, DirError>;
 
 /// A directory's entries in name order, each with its metadata, xattrs, symlink target or inline
 /// content (run by the import workers).
-fn list_dir(dir: &Path) -> Listing {
+fn list_dir(dir: &Path, walk: &WalkOptions) -> Listing {
     let io_err = |path: &Path, op: &'static str| {
         let path = path.to_path_buf();
         move |e: io::Error| DirError::Io { path, op, source: e }
@@ -110,27 +141,31 @@ fn list_dir(dir: &Path) -> Listing {
         .collect::<Result<_, _>>()
         .map_err(io_err(dir, "readdir"))?;
     names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let path = dir.join(&name);
-            let md = fs::symlink_metadata(&path).map_err(io_err(&path, "lstat"))?;
-            let (entry, external) = entry_for(&path, &md)?;
-            Ok(Child { name, path, md, entry, external })
-        })
-        .collect()
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let path = dir.join(&name);
+        let md = fs::symlink_metadata(&path).map_err(io_err(&path, "lstat"))?;
+        use std::os::unix::fs::FileTypeExt;
+        if walk.skip_devices && (md.file_type().is_char_device() || md.file_type().is_block_device()) {
+            continue;
+        }
+        let (entry, external) = entry_for(&path, &md, walk)?;
+        out.push(Child { name, path, md, entry, external });
+    }
+    Ok(out)
 }
 
 /// Depth-first walk with an explicit stack (no recursion on hostile depth). The tree is built
 /// here, in a fixed order; the listings and the files' contents come from the import workers.
-fn walk(b: &mut Builder, root: &Path, sub: &import::Submitter<'_, Listing>) -> Result<(), DirError> {
+fn walk(b: &mut Builder, root: &Path, sub: &import::Submitter<'_, Listing>, opts: &WalkOptions) -> Result<(), DirError> {
     let mut stack = vec![(sub.list(root.to_path_buf()), ROOT)];
     while let Some((ticket, id)) = stack.pop() {
         let mut subdirs = Vec::new();
         for c in ticket.wait()?? {
             let (md, path) = (&c.md, &c.path);
             let bad = |e: crate::tree::TreeError| DirError::Entry { path: path.clone(), reason: e.to_string() };
-            if !md.is_dir() && md.nlink() > 1 {
+            let linked = !md.is_dir() && md.nlink() > 1 && !opts.break_hardlinks;
+            if linked {
                 if let Some(&target) = b.links.get(&(md.dev(), md.ino())) {
                     b.tree.insert_hardlink_child(id, c.name.as_bytes(), target).map_err(bad)?;
                     continue;
@@ -141,7 +176,7 @@ fn walk(b: &mut Builder, root: &Path, sub: &import::Submitter<'_, Listing>) -> R
                 subdirs.push((c.path, child));
                 continue;
             }
-            if md.nlink() > 1 {
+            if linked {
                 b.links.insert((md.dev(), md.ino()), child);
             }
             if c.external {
@@ -162,7 +197,7 @@ struct Builder {
 }
 
 /// The entry for `path`, and whether its content goes to the import workers.
-fn entry_for(path: &Path, md: &fs::Metadata) -> Result<(Entry, bool), DirError> {
+fn entry_for(path: &Path, md: &fs::Metadata, walk: &WalkOptions) -> Result<(Entry, bool), DirError> {
     let io_err = |op: &'static str| move |e: io::Error| DirError::Io { path: path.to_path_buf(), op, source: e };
     let mode = md.mode();
     let ftype = mode & S_IFMT;
@@ -180,8 +215,8 @@ fn entry_for(path: &Path, md: &fs::Metadata) -> Result<(Entry, bool), DirError> 
             gid: md.gid(),
             rdev,
             size: 0,
-            mtime: md.mtime(),
-            mtime_nsec: md.mtime_nsec().clamp(0, 999_999_999) as u32,
+            mtime: if walk.use_epoch { 0 } else { md.mtime() },
+            mtime_nsec: if walk.use_epoch { 0 } else { md.mtime_nsec().clamp(0, 999_999_999) as u32 },
         },
         ..Entry::default()
     };
@@ -204,7 +239,11 @@ fn entry_for(path: &Path, md: &fs::Metadata) -> Result<(Entry, bool), DirError> 
     } else if ftype == S_IFDIR {
         entry.inode.size = 0;
     }
-    entry.xattrs = read_xattrs(path)?;
+    entry.xattrs = match walk.xattrs {
+        XattrSelection::All => read_xattrs(path, false)?,
+        XattrSelection::User => read_xattrs(path, true)?,
+        XattrSelection::None => Vec::new(),
+    };
     Ok((entry, external))
 }
 
@@ -268,7 +307,8 @@ impl Drop for UnlinkOnDrop {
     }
 }
 
-fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, DirError> {
+/// The xattrs of `path` itself (not followed), only `user.*` ones when `user_only`.
+fn read_xattrs(path: &Path, user_only: bool) -> Result<Vec<Xattr>, DirError> {
     let err =
         |op: &'static str| move |e: rustix::io::Errno| DirError::Io { path: path.to_path_buf(), op, source: e.into() };
     let mut list = vec![0u8; 1024];
@@ -285,7 +325,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>, DirError> {
     };
     list.truncate(n);
     let mut out = Vec::new();
-    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty() && (!user_only || n.starts_with(b"user."))) {
         if name.len() > XATTR_NAME_MAX {
             return Err(DirError::Entry { path: path.to_path_buf(), reason: "xattr name too long".into() });
         }
@@ -348,7 +388,7 @@ mod tests {
         fs::write(s.join("empty"), b"").unwrap();
         let _ = rustix::fs::lsetxattr(s.join("empty").as_path(), "user.k", b"v", rustix::fs::XattrFlags::empty());
 
-        let opts = DirOptions { digest_store: Some(store.path().to_path_buf()), limits: Limits::default() };
+        let opts = DirOptions { digest_store: Some(store.path().to_path_buf()), ..DirOptions::default() };
         let t = build_tree(s, &opts).unwrap();
         let small = t.node(t.lookup(b"d/small").unwrap());
         assert_eq!(small.entry.content.as_deref(), Some(&b"hi\n"[..]));

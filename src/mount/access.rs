@@ -54,8 +54,10 @@ pub(crate) trait Access {
     fn open_upper(&self, upper: &Path, work: &Path) -> Result<(OwnedFd, OwnedFd), AccessError>;
     /// Opens the mount target (O_PATH, never following a final symlink).
     fn open_target(&self, path: &Path) -> Result<OwnedFd, AccessError>;
-    /// Connects to the `--fd-out` socket.
-    fn connect_socket(&self, path: &Path) -> Result<OwnedFd, AccessError>;
+    /// Connects to the `--fd-out` socket at `path`.
+    fn connect_socket(&self, path: &Path) -> Result<FdSink, AccessError>;
+    /// Uses an inherited, connected `--fd-out` socket.
+    fn use_socket(&self, sock: OwnedFd) -> Result<FdSink, AccessError>;
     /// Opens and checks an `--idmap` user namespace.
     fn open_userns(&self, path: &Path) -> Result<OwnedFd, AccessError>;
     /// Checks `--uidmap`/`--gidmap` maps for a user namespace cfsmount creates.
@@ -73,6 +75,19 @@ pub(crate) trait Access {
     fn check_unmount(&self, target: &Path, rec: &MountRecord) -> Result<(), AccessError>;
     /// The ids the sandboxed image builder runs as (None: the sandbox's own choice).
     fn builder_ids(&self) -> Option<(u32, u32)>;
+    /// Maps (uid, gid) of a user namespace to idmap the object directories with (None: use them
+    /// as they are).
+    fn data_idmap(&self) -> Option<(Vec<IdMap>, Vec<IdMap>)>;
+    /// Every image on a loop device (so that every mount is counted and watched by the loop
+    /// devices it holds), instead of file-backed EROFS where the kernel can.
+    fn requires_loop_devices(&self) -> bool;
+}
+
+/// Where an `--fd-out` mount goes: a connected socket we send it over ourselves, or a courier
+/// process that is the caller and sends it with the caller's credentials (privileged mode).
+pub(crate) enum FdSink {
+    Socket(OwnedFd),
+    Courier(crate::sys::mount::Courier),
 }
 
 /// Acting with this process's own credentials: plain root (administrators, `mount -t composefs`,
@@ -197,8 +212,12 @@ impl Access for Direct {
         open_here("target", path, OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY)
     }
 
-    fn connect_socket(&self, path: &Path) -> Result<OwnedFd, AccessError> {
-        connect_unix(path)
+    fn connect_socket(&self, path: &Path) -> Result<FdSink, AccessError> {
+        connect_unix(path).map(FdSink::Socket)
+    }
+
+    fn use_socket(&self, sock: OwnedFd) -> Result<FdSink, AccessError> {
+        Ok(FdSink::Socket(sock))
     }
 
     fn open_userns(&self, path: &Path) -> Result<OwnedFd, AccessError> {
@@ -234,6 +253,14 @@ impl Access for Direct {
     fn builder_ids(&self) -> Option<(u32, u32)> {
         None
     }
+
+    fn data_idmap(&self) -> Option<(Vec<IdMap>, Vec<IdMap>)> {
+        None
+    }
+
+    fn requires_loop_devices(&self) -> bool {
+        false
+    }
 }
 
 /// `NS_GET_NSTYPE` must say CLONE_NEWUSER.
@@ -268,6 +295,8 @@ pub(crate) enum AccessError {
     Idmap(String),
     #[error("per-user limit exceeded: {what} {value} > {limit} (helper policy)")]
     Limit { what: &'static str, value: u64, limit: u64 },
+    #[error("machine-wide limit exceeded: {what} of all unprivileged users {value} > {limit} (helper policy)")]
+    MachineLimit { what: &'static str, value: u64, limit: u64 },
     #[error("helper policy: {0}")]
     Policy(String),
     #[error("{0}")]
@@ -276,6 +305,8 @@ pub(crate) enum AccessError {
     Credentials(String),
     #[error("--fd-out: cannot connect to {}: {errno}", path.display())]
     Connect { path: PathBuf, errno: Errno },
+    #[error("--fd-out: {0}")]
+    Courier(String),
     #[error("{what}: {errno}")]
     Io { what: &'static str, errno: Errno },
 }

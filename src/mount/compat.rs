@@ -5,7 +5,8 @@
 //!   only since 6.15 may a layer be a detached mount (before, `clone_private_mount` refuses a
 //!   mount outside the caller's namespace: EINVAL at creation, logged only to dmesg as "failed
 //!   to clone lowerpath"). The legacy `lowerdir=L1:L2::D1::D2` string, with the layers attached
-//!   for the moment of creation, is used when the kernel refuses the `lowerdir+` key, or when a
+//!   for the moment of creation in a private mount namespace that dies with the child that made
+//!   it, is used when the kernel refuses the `lowerdir+` key, or when a
 //!   creation fails with EINVAL AND a probe shows that this kernel cannot create even a minimal
 //!   overlay over detached mounts ([`detached_layers_work`]). Any other EINVAL is the request's
 //!   own error and is reported.
@@ -13,8 +14,10 @@
 //! - **kernels without `mount_setattr`** (5.2–5.11): attributes `fsmount` already set are not
 //!   set again ([`attrs_missing`]).
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
 
 use rustix::fs::StatVfsMountFlags;
 use rustix::io::Errno;
@@ -23,7 +26,7 @@ use rustix::mount::MountAttrFlags;
 use super::error::MountError;
 use super::fs_context::{FsContext, FsError, FsStep};
 use super::kernel::{fd_path, Kernel, LegacyOverlay};
-use super::overlay::{set_options, set_upper, Overlay};
+use super::overlay::{set_options, set_upper, DataDir, Overlay, OverlayOptions};
 
 /// Whether a failed overlay step means "this kernel needs the legacy syntax" rather than "this
 /// request is wrong". `probe` answers whether detached layers work on this kernel; it is only
@@ -118,71 +121,102 @@ pub(crate) fn legacy_lowerdir(lowers: &[String], datadirs: &[String]) -> String 
     s
 }
 
-/// The legacy overlay with each metadata layer attached at a fresh directory in the private
-/// scratch directory for the moment the overlay is created (the overlay keeps private clones);
-/// the guards detach and remove them on every path out.
-pub(crate) fn legacy_overlay_with_temp_attach(
+/// The legacy overlay, built by a child in a private mount namespace that dies with it
+/// (`crate::sys::mount::in_private_mount_ns`), so no temporary mount is ever visible in, or left
+/// behind in, the caller's or anyone's namespace. Before 6.15 a layer must be a mount in the
+/// creating process's namespace, so the child attaches every layer there for the moment of
+/// creation: it mounts a tmpfs over `scratch` (inside its namespace), attaches the metadata
+/// layers and the data directories (plain ones are cloned with `open_tree` first, still in the
+/// original namespace) at fresh directories in it, re-opens the upper and work dirs by path in
+/// its namespace (checked to be the pinned inodes), creates the overlay with the `lowerdir=`
+/// string, and passes the detached overlay mount back. The overlay keeps private clones of its
+/// layers; everything else vanishes with the child's namespace.
+pub(crate) fn legacy_overlay_in_private_ns(
     kernel: &dyn Kernel,
     spec: &LegacyOverlay<'_>,
 ) -> Result<Overlay, MountError> {
-    let mut attached = Vec::new();
-    for f in &spec.lowers {
-        attached.push(TempAttach::new(kernel, spec.scratch, *f)?);
-    }
-    let lowers: Vec<String> = attached.iter().map(|a| a.dir.to_string_lossy().into_owned()).collect();
-    let datas: Vec<String> = spec.datadirs.iter().map(|f| fd_path(*f)).collect();
-    let build = || -> Result<Overlay, FsError> {
-        let fs = FsContext::open(kernel, "overlay")?;
-        let verity = set_options(&fs, &spec.options)?;
-        fs.set("lowerdir", &legacy_lowerdir(&lowers, &datas))?;
-        set_upper(&fs, &spec.options)?;
-        fs.create()?;
-        Ok(Overlay { mnt: fs.mount(spec.attrs)?, legacy: true, verity })
+    let prepare = || -> Result<Vec<OwnedFd>, String> {
+        let plain = spec.datadirs.iter().filter_map(|d| match d {
+            DataDir::Dir(fd) => Some(*fd),
+            DataDir::Mount(_) => None,
+        });
+        plain.map(|fd| kernel.clone_tree(fd).map_err(|e| format!("cloning a data directory: {e}"))).collect()
     };
-    build().map_err(MountError::Overlay)
-}
-
-/// A layer mount attached at a fresh directory in the scratch dir; dropping it detaches the
-/// mount (MNT_DETACH: the overlay keeps its own private clone) and removes the directory.
-struct TempAttach {
-    dir: PathBuf,
-    mounted: bool,
-}
-
-impl TempAttach {
-    fn new(kernel: &dyn Kernel, scratch: &Path, mnt: BorrowedFd<'_>) -> Result<TempAttach, MountError> {
-        let tmp_err = |errno: Errno| MountError::TempAttach { dir: scratch.to_path_buf(), errno };
-        let mut dir = None;
-        for i in 0..100u32 {
-            let d = scratch.join(format!(".layer-{}-{}-{i}", std::process::id(), mnt.as_raw_fd()));
-            match rustix::fs::mkdir(&d, rustix::fs::Mode::from_raw_mode(0o700)) {
-                Ok(()) => {
-                    dir = Some(d);
-                    break;
-                }
-                Err(Errno::EXIST) => continue,
-                Err(e) => return Err(tmp_err(e)),
-            }
+    let build = |clones: Vec<OwnedFd>| -> Result<(OwnedFd, u8), String> {
+        let root = scratch_tmpfs(kernel, spec.scratch)?;
+        let mut clones = clones.iter();
+        let attach = |name: String, mnt: BorrowedFd<'_>| -> Result<String, String> {
+            rustix::fs::mkdirat(&root, name.as_str(), Mode::from_raw_mode(0o700))
+                .map_err(|e| format!("mkdir {name}: {e}"))?;
+            let dir = rustix::fs::openat(
+                &root,
+                name.as_str(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| format!("open {name}: {e}"))?;
+            kernel.move_mount(mnt, dir.as_fd()).map_err(|e| format!("attaching a layer at {name}: {e}"))?;
+            Ok(format!("{}/{name}", spec.scratch.display()))
+        };
+        let mut lowers = Vec::new();
+        for (i, l) in spec.lowers.iter().enumerate() {
+            lowers.push(attach(format!("l{i}"), *l)?);
         }
-        let dir = dir.ok_or_else(|| tmp_err(Errno::EXIST))?;
-        let mut t = TempAttach { dir, mounted: false };
-        use rustix::fs::OFlags;
-        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let dfd = rustix::fs::open(&t.dir, flags, rustix::fs::Mode::empty()).map_err(tmp_err)?;
-        // Onto the pinned directory (not a re-resolved path).
-        kernel.move_mount(mnt, dfd.as_fd()).map_err(tmp_err)?;
-        t.mounted = true;
-        Ok(t)
-    }
+        let mut datas = Vec::new();
+        for (i, d) in spec.datadirs.iter().enumerate() {
+            let fd = match d {
+                DataDir::Mount(fd) => *fd,
+                DataDir::Dir(_) => clones.next().ok_or("a data directory clone is missing")?.as_fd(),
+            };
+            datas.push(attach(format!("d{i}"), fd)?);
+        }
+        let upper = match (spec.upper_paths, spec.options.upper) {
+            (Some((u, w)), Some((uf, wf))) => Some((reopen_same(u, uf)?, reopen_same(w, wf)?)),
+            (None, Some(_)) => return Err("the legacy syntax needs the upper and work directories by path".into()),
+            (_, None) => None,
+        };
+        let options = OverlayOptions { upper: upper.as_ref().map(|(u, w)| (u.as_fd(), w.as_fd())), ..spec.options };
+        let build = || -> Result<(OwnedFd, u8), FsError> {
+            let fs = FsContext::open(kernel, "overlay")?;
+            let verity = set_options(&fs, &options)?;
+            fs.set("lowerdir", &legacy_lowerdir(&lowers, &datas))?;
+            set_upper(&fs, &options)?;
+            fs.create()?;
+            Ok((fs.mount(spec.attrs)?, u8::from(verity)))
+        };
+        build().map_err(|e| format!("overlay: {e}"))
+    };
+    crate::sys::mount::in_private_mount_ns(prepare, build)
+        .map(|(mnt, verity)| Overlay { mnt, legacy: true, verity: verity != 0 })
+        .map_err(|reason| MountError::LegacyOverlay { reason })
 }
 
-impl Drop for TempAttach {
-    fn drop(&mut self) {
-        if self.mounted {
-            let flags = rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW;
-            let _ = rustix::mount::unmount(&self.dir, flags);
-        }
-        let _ = rustix::fs::rmdir(&self.dir);
+/// Mounts a fresh tmpfs over `scratch` (in the private namespace: nobody else sees it) and
+/// returns its root.
+fn scratch_tmpfs(kernel: &dyn Kernel, scratch: &Path) -> Result<OwnedFd, String> {
+    let tmp = (|| -> Result<OwnedFd, FsError> {
+        let fs = FsContext::open(kernel, "tmpfs")?;
+        fs.set("mode", "0700")?;
+        fs.create()?;
+        fs.mount(MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV)
+    })()
+    .map_err(|e| format!("tmpfs for the temporary layer mounts: {e}"))?;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let at = rustix::fs::open(scratch, flags, Mode::empty()).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    kernel.move_mount(tmp.as_fd(), at.as_fd()).map_err(|e| format!("mounting the tmpfs: {e}"))?;
+    rustix::fs::open(scratch, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| format!("{}: {e}", scratch.display()))
+}
+
+/// Opens `path` (a directory) again, in this (private) mount namespace, and checks it is the
+/// inode `pinned` was opened on.
+fn reopen_same(path: &Path, pinned: BorrowedFd<'_>) -> Result<OwnedFd, String> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (a, b) = (rustix::fs::fstat(&fd), rustix::fs::fstat(pinned));
+    match (a, b) {
+        (Ok(a), Ok(b)) if a.st_dev == b.st_dev && a.st_ino == b.st_ino => Ok(fd),
+        _ => Err(format!("{}: not the directory that was checked", path.display())),
     }
 }
 

@@ -34,15 +34,13 @@ fn fsmount(kernel: &dyn Kernel, source: &str, has_acl: bool, attrs: MountAttrFla
 }
 
 /// Mounts `img` detached: file-backed unless `force_loop` or the kernel wants a block device,
-/// then on a loop device (`before_loop` runs first: the per-user loop limit); idmapped with
-/// `userns` if given.
+/// then on a loop device; idmapped with `userns` if given.
 pub(crate) fn mount(
     kernel: &dyn Kernel,
     img: &Image,
     force_loop: bool,
     attrs: MountAttrFlags,
     userns: Option<BorrowedFd<'_>>,
-    before_loop: &mut dyn FnMut() -> Result<(), MountError>,
 ) -> Result<ErofsMount, MountError> {
     let failed = |cause: FsError| MountError::Erofs { path: img.label.clone(), cause };
     let mut mnt = None;
@@ -58,7 +56,6 @@ pub(crate) fn mount(
     let (mnt, loopdev) = match mnt {
         Some(m) => (m, None),
         None => {
-            before_loop()?;
             let lo = kernel
                 .attach_loop(img.file.as_fd(), &img.label)
                 .map_err(|e| MountError::Loop { path: img.label.clone(), cause: e })?;

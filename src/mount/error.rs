@@ -34,14 +34,22 @@ pub(crate) enum MountError {
     Idmap(#[from] IdmapError),
     #[error("overlay: {0}")]
     Overlay(FsError),
-    #[error("overlay (legacy syntax): attaching a layer temporarily under {}: {errno}", dir.display())]
-    TempAttach { dir: PathBuf, errno: Errno },
+    #[error("object directory: {step}: {errno}{}", match *errno {
+        Errno::INVAL => " (its filesystem cannot be idmapped, which privileged mode needs to read data with the caller's rights)",
+        Errno::NOSYS => " (this kernel lacks mount_setattr: privileged mode needs idmapped mounts, Linux 5.12+)",
+        _ => "",
+    })]
+    DataDir { step: &'static str, errno: Errno },
+    #[error("overlay (legacy syntax, built in a private mount namespace): {reason}")]
+    LegacyOverlay { reason: String },
     #[error("attaching the mount at {}: {step}: {errno}", target.display())]
     Attach { target: PathBuf, step: &'static str, errno: Errno },
     #[error("the new mount: {step}: {errno}")]
     MountAttrs { step: &'static str, errno: Errno },
     #[error("--fd-out: sending the mount fd failed: {errno}")]
     Send { errno: Errno },
+    #[error("--fd-out: {reason}")]
+    Courier { reason: String },
     #[error("state directory {}: {reason}", path.display())]
     StateDir { path: PathBuf, reason: String },
     #[error("mount record: {reason}")]

@@ -8,6 +8,9 @@ use std::path::Path;
 use rustix::io::Errno;
 use rustix::mount::MountAttrFlags;
 
+use std::os::fd::AsFd;
+
+use super::access::FdSink;
 use super::compat::attrs_missing;
 use super::error::MountError;
 use super::kernel::Kernel;
@@ -48,15 +51,19 @@ pub(crate) fn attach_at_target(
     })
 }
 
-/// Sends `mnt` over the connected socket `sock` (`--fd-out`), after enforcing `want`.
+/// Sends `mnt` (`--fd-out`), after enforcing `want`: over the connected socket, or through the
+/// courier that is the caller.
 pub(crate) fn send(
     kernel: &dyn Kernel,
     mnt: BorrowedFd<'_>,
-    sock: BorrowedFd<'_>,
+    sink: FdSink,
     want: MountAttrFlags,
 ) -> Result<(), MountError> {
     enforce_attrs(kernel, mnt, want)?;
-    kernel.send_fd(sock, mnt).map_err(|errno| MountError::Send { errno })
+    match sink {
+        FdSink::Socket(sock) => kernel.send_fd(sock.as_fd(), mnt).map_err(|errno| MountError::Send { errno }),
+        FdSink::Courier(c) => c.send(mnt).map_err(|reason| MountError::Courier { reason }),
+    }
 }
 
 /// `mount.composefs -N NS`: a PID or the path of a mount namespace to mount in (`setns`).

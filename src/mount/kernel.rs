@@ -12,7 +12,7 @@ use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags};
 
 use super::error::{IdmapError, MountError};
 use super::loopdev::{LoopDevice, LoopError};
-use super::overlay::{Overlay, OverlayOptions};
+use super::overlay::{DataDir, Overlay, OverlayOptions};
 use super::records::MountId;
 use super::request::{map_text, IdMap};
 
@@ -22,12 +22,14 @@ use super::request::{map_text, IdMap};
 pub(crate) struct LegacyOverlay<'a> {
     /// Metadata layers, uppermost first: detached mounts.
     pub(crate) lowers: Vec<BorrowedFd<'a>>,
-    /// Data-only layers (object directories), pinned.
-    pub(crate) datadirs: Vec<BorrowedFd<'a>>,
+    /// Data-only layers.
+    pub(crate) datadirs: Vec<DataDir<'a>>,
+    /// The upper and work dirs as named (re-opened in the private namespace, checked).
+    pub(crate) upper_paths: Option<(&'a Path, &'a Path)>,
     pub(crate) options: OverlayOptions<'a>,
     /// Attributes of the resulting detached mount.
     pub(crate) attrs: MountAttrFlags,
-    /// A private (root-only) directory where the layers may be attached for the moment.
+    /// An existing directory to mount the temporary tmpfs over (in the private namespace).
     pub(crate) scratch: &'a Path,
 }
 
@@ -61,6 +63,8 @@ pub(crate) trait Kernel {
     fn move_mount(&self, mnt: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Result<(), Errno>;
     /// Binds `image` to a free loop device (read-only, direct I/O, autoclear).
     fn attach_loop(&self, image: BorrowedFd<'_>, label: &Path) -> Result<LoopDevice, LoopError>;
+    /// `open_tree(dir, OPEN_TREE_CLONE)`: a detached bind mount of the directory `dir`.
+    fn clone_tree(&self, dir: BorrowedFd<'_>) -> Result<OwnedFd, Errno>;
     /// A new user namespace with these maps (for idmapped mounts).
     fn create_userns(&self, uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, IdmapError>;
     /// Creates an overlay with the legacy syntax (see [`LegacyOverlay`]); a detached mount.
@@ -142,12 +146,17 @@ impl Kernel for Real {
         super::loopdev::attach(image, label)
     }
 
+    fn clone_tree(&self, dir: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+        use rustix::mount::OpenTreeFlags as F;
+        rustix::mount::open_tree(dir, "", F::OPEN_TREE_CLONE | F::OPEN_TREE_CLOEXEC | F::AT_EMPTY_PATH)
+    }
+
     fn create_userns(&self, uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, IdmapError> {
         super::userns::create(uid, gid)
     }
 
     fn legacy_overlay(&self, spec: &LegacyOverlay<'_>) -> Result<Overlay, MountError> {
-        super::compat::legacy_overlay_with_temp_attach(self, spec)
+        super::compat::legacy_overlay_in_private_ns(self, spec)
     }
 
     fn send_fd(&self, sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<(), Errno> {

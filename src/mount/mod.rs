@@ -1,16 +1,16 @@
 //! The mount engine: EROFS (file-backed or on a loop device) with the new mount API, idmapped
 //! mounts, the overlay on top, mount records, and unmounting. The CLI builds a
-//! [`MountRequest`] and chooses the access policy ([`access`]) and the kernel ([`kernel`]);
+//! `MountRequest` and chooses the access policy (`access`) and the kernel (`kernel`);
 //! nothing here reads the environment or asks whether it runs privileged.
 //!
-//! - [`request`]: the request model (one IdMap type, verity, destination, `-o` options);
-//! - [`pipeline`]: the mount sequence, phase by phase; [`umount`]: unmounting;
-//! - [`image`]: opening or building images; [`erofs`], [`loopdev`]: the EROFS layers;
-//! - [`fs_context`]: the one fs-context type; [`overlay`]: the overlays; [`compat`]: the
-//!   kernel-compatibility fallbacks; [`userns`]: user namespaces for idmaps;
-//! - [`handover`]: attributes enforced, attach at the target or send the fd;
-//! - [`records`]: the mount records and their liveness;
-//! - [`kernel`]: the syscall seam; [`error`]: the errors.
+//! - `request`: the request model (one IdMap type, verity, destination, `-o` options);
+//! - `pipeline`: the mount sequence, phase by phase; `umount`: unmounting;
+//! - `image`: opening or building images; `erofs`, `loopdev`: the EROFS layers;
+//! - `fs_context`: the one fs-context type; `overlay`: the overlays; `compat`: the
+//!   kernel-compatibility fallbacks; `userns`: user namespaces for idmaps;
+//! - `handover`: attributes enforced, attach at the target or send the fd;
+//! - `records`: the mount records and their liveness;
+//! - `kernel`: the syscall seam; `error`: the errors.
 
 pub(crate) mod access;
 pub(crate) mod compat;

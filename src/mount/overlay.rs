@@ -28,18 +28,38 @@ pub(crate) struct OverlayOptions<'a> {
     pub(crate) upper: Option<(BorrowedFd<'a>, BorrowedFd<'a>)>,
 }
 
+/// A data-only layer: an object directory as opened, or a detached mount of it (a clone, e.g.
+/// idmapped so that data is read with the caller's rights).
+#[derive(Clone, Copy)]
+pub(crate) enum DataDir<'a> {
+    Dir(BorrowedFd<'a>),
+    Mount(BorrowedFd<'a>),
+}
+
+impl<'a> DataDir<'a> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'a> {
+        match self {
+            DataDir::Dir(f) | DataDir::Mount(f) => *f,
+        }
+    }
+}
+
 /// Everything an overlay needs; all paths are pinned as fds.
 pub(crate) struct OverlaySpec<'a> {
     /// Metadata lowers, uppermost first (each a detached mount fd).
     pub(crate) lowers: Vec<BorrowedFd<'a>>,
     /// Data-only lowers (object directories), in lookup order.
-    pub(crate) datadirs: Vec<BorrowedFd<'a>>,
+    pub(crate) datadirs: Vec<DataDir<'a>>,
+    /// The upper and work dirs as the request named them (the legacy path re-opens them in its
+    /// private mount namespace and checks they are the pinned ones).
+    pub(crate) upper_paths: Option<(&'a Path, &'a Path)>,
     pub(crate) options: OverlayOptions<'a>,
     /// Mount attributes of the detached mount (RDONLY, NOSUID, NODEV...).
     pub(crate) attrs: MountAttrFlags,
     /// Use the legacy `lowerdir=` string even if `lowerdir+` works (tests of the fallback).
     pub(crate) force_legacy: bool,
-    /// Private (root-only) directory for the legacy syntax's temporary attaches.
+    /// A directory that exists; the legacy path mounts its temporary tmpfs over it, inside its
+    /// private mount namespace.
     pub(crate) scratch: &'a Path,
 }
 
@@ -97,6 +117,7 @@ pub(crate) fn assemble(kernel: &dyn Kernel, spec: &OverlaySpec<'_>) -> Result<Ov
     kernel.legacy_overlay(&LegacyOverlay {
         lowers: spec.lowers.clone(),
         datadirs: spec.datadirs.clone(),
+        upper_paths: spec.upper_paths,
         options: spec.options,
         attrs: spec.attrs,
         scratch: spec.scratch,
@@ -110,7 +131,7 @@ fn build(kernel: &dyn Kernel, spec: &OverlaySpec<'_>) -> Result<Overlay, FsError
         fs.set("lowerdir+", &fd_path(*l))?;
     }
     for d in &spec.datadirs {
-        fs.set("datadir+", &fd_path(*d))?;
+        fs.set("datadir+", &fd_path(d.fd()))?;
     }
     set_upper(&fs, &spec.options)?;
     fs.create()?;

@@ -6,18 +6,18 @@
 //! far: a detached mount disappears when its last fd closes, a loop device detaches when its fd
 //! closes and no superblock holds it. Nothing is attached anywhere until the hand-over.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use rustix::mount::MountAttrFlags;
 
-use super::access::{Access, Phase, Usage};
+use super::access::{Access, FdSink, Phase, Usage};
 use super::erofs::{self, ErofsMount};
 use super::error::MountError;
 use super::handover;
 use super::image::{self, Image};
 use super::kernel::Kernel;
-use super::overlay::{self, Overlay, OverlayOptions, OverlaySpec};
+use super::overlay::{self, DataDir, Overlay, OverlayOptions, OverlaySpec};
 use super::records::{liveness, own_mnt_ns, Liveness, MountRecord, RecordStore};
 use super::request::{Dest, IdmapSpec, MountRequest, Settings, Verity};
 
@@ -67,15 +67,27 @@ pub(crate) fn mount(
     access.enter_phase(Phase::Mount { setid: true })?;
     let store = RecordStore::open(&settings.state_dir, true)?
         .ok_or_else(|| MountError::StateDir { path: settings.state_dir.clone(), reason: "missing".into() })?;
-    store.prune();
-    check_limits(access, &store, Usage { mounts: 1, loop_devices: u64::from(req.force_loop) })?;
-    let inputs = open_inputs(req, access, kernel, &store)?;
+    // Everything the request will hold, counted up front: one mount, and a loop device per image
+    // wherever one is required.
+    let force_loop = req.force_loop || access.requires_loop_devices();
+    let usage = Usage { mounts: 1, loop_devices: if force_loop { req.sources.len() as u64 } else { 0 } };
+    // Early (not binding): fail before opening and building anything.
+    check_limits(access, &store, usage)?;
+    let (inputs, dest) = open_inputs(req, access, kernel, &store)?;
     access.enter_phase(Phase::Mount { setid: false })?;
-    let stack = assemble(req, &inputs, access, kernel, &store, settings)?;
+    // Binding: under the store's lock, the check, the mount and its record are one step for
+    // every other request.
+    let lock = store.lock()?;
+    store.prune();
+    check_limits(access, &store, usage)?;
+    let stack = assemble(req, force_loop, &inputs, kernel, &store, settings)?;
     let record = new_record(req, access, kernel, &stack)?;
-    // Record first (the id does not change when the mount is attached), then hand over.
+    // Record first (the id does not change when the mount is attached), then hand over. The
+    // lock ends with the record: from here on the mount counts; the hand-over may wait on the
+    // caller's socket, which must not hold up anyone else.
     store.write(&record)?;
-    if let Err(e) = hand_over(req, &inputs, &stack.top, access, kernel) {
+    drop(lock);
+    if let Err(e) = hand_over(req, dest, &stack.top, access, kernel) {
         store.remove(record.mount_id);
         return Err(e);
     }
@@ -124,7 +136,7 @@ fn check_limits(access: &dyn Access, store: &RecordStore, adding: Usage) -> Resu
 /// Where the finished overlay goes, pinned.
 enum DestFd {
     Target { fd: OwnedFd, path: PathBuf },
-    Socket(OwnedFd),
+    Socket(FdSink),
 }
 
 /// Every input of the request, opened once and pinned.
@@ -132,8 +144,10 @@ struct Inputs {
     basedirs: Vec<OwnedFd>,
     images: Vec<Image>,
     upper: Option<(OwnedFd, OwnedFd)>,
-    dest: DestFd,
     userns: Option<OwnedFd>,
+    /// The user namespace the object directories are idmapped with (privileged mode: only the
+    /// caller's own ids are mapped, so data is read with the caller's rights).
+    data_userns: Option<OwnedFd>,
 }
 
 fn open_inputs(
@@ -141,7 +155,7 @@ fn open_inputs(
     access: &dyn Access,
     kernel: &dyn Kernel,
     store: &RecordStore,
-) -> Result<Inputs, MountError> {
+) -> Result<(Inputs, DestFd), MountError> {
     // Object directories first (before any build reads from them).
     let basedirs = req.basedirs.iter().map(|b| access.open_basedir(b)).collect::<Result<Vec<_>, _>>()?;
     // With verity requested, a TOC build records each object's fs-verity digest (the TOC only
@@ -169,9 +183,9 @@ fn open_inputs(
     let dest = match &req.dest {
         Dest::Target(t) => DestFd::Target { fd: access.open_target(t)?, path: t.clone() },
         Dest::Socket(p) => DestFd::Socket(access.connect_socket(p)?),
-        Dest::InheritedFd(n) => DestFd::Socket(
+        Dest::InheritedFd(n) => DestFd::Socket(access.use_socket(
             crate::sys::mount::dup_inherited_fd(*n).map_err(|e| MountError::Usage(format!("--fd-out {n}: {e}")))?,
-        ),
+        )?),
     };
     let userns = match &req.idmap {
         None => None,
@@ -181,7 +195,11 @@ fn open_inputs(
             Some(kernel.create_userns(uid, gid)?)
         }
     };
-    Ok(Inputs { basedirs, images, upper, dest, userns })
+    let data_userns = match access.data_idmap() {
+        Some((uid, gid)) => Some(kernel.create_userns(&uid, &gid)?),
+        None => None,
+    };
+    Ok((Inputs { basedirs, images, upper, userns, data_userns }, dest))
 }
 
 /// The detached mounts: one EROFS mount per image, the overlay(s) on top.
@@ -206,18 +224,17 @@ fn erofs_attrs(req: &MountRequest) -> MountAttrFlags {
 
 fn assemble(
     req: &MountRequest,
+    force_loop: bool,
     inputs: &Inputs,
-    access: &dyn Access,
     kernel: &dyn Kernel,
     store: &RecordStore,
     settings: &Settings,
 ) -> Result<Stack, MountError> {
     let attrs = erofs_attrs(req);
-    let mut before_loop = || check_limits(access, store, Usage { mounts: 0, loop_devices: 1 });
     let userns = inputs.userns.as_ref().map(|f| f.as_fd());
     let mut erofs = Vec::with_capacity(inputs.images.len());
     for img in &inputs.images {
-        erofs.push(erofs::mount(kernel, img, req.force_loop, attrs, userns, &mut before_loop)?);
+        erofs.push(erofs::mount(kernel, img, force_loop, attrs, userns)?);
     }
     let mut top_attrs = attrs;
     if req.writable() {
@@ -226,12 +243,22 @@ fn assemble(
     if req.noexec {
         top_attrs |= MountAttrFlags::MOUNT_ATTR_NOEXEC;
     }
-    let datadirs: Vec<BorrowedFd<'_>> = inputs.basedirs.iter().map(|f| f.as_fd()).collect();
+    let clones = idmapped_clones(inputs, kernel)?;
+    let datadirs: Vec<DataDir<'_>> = match &clones {
+        Some(c) => c.iter().map(|f| DataDir::Mount(f.as_fd())).collect(),
+        None => inputs.basedirs.iter().map(|f| DataDir::Dir(f.as_fd())).collect(),
+    };
     let upper = inputs.upper.as_ref().map(|(u, w)| (u.as_fd(), w.as_fd()));
-    let spec = |lowers, datadirs, composefs, upper, attrs| OverlaySpec {
+    let upper_paths = req.upper.as_ref().map(|(u, w)| (u.as_path(), w.as_path()));
+    let spec = |lowers, datadirs, composefs, with_upper: bool, attrs| OverlaySpec {
         lowers,
         datadirs,
-        options: OverlayOptions { composefs, verity: if composefs { req.verity } else { Verity::Off }, upper },
+        upper_paths: if with_upper { upper_paths } else { None },
+        options: OverlayOptions {
+            composefs,
+            verity: if composefs { req.verity } else { Verity::Off },
+            upper: if with_upper { upper } else { None },
+        },
         attrs,
         force_legacy: settings.force_legacy_overlay,
         scratch: store.path(),
@@ -240,18 +267,37 @@ fn assemble(
     // composefs overlay (its escaped whiteouts/opaque xattrs become real for the overlay above),
     // and a stacking overlay merges them, uppermost first, with the upper dir if any.
     if let [only] = &erofs[..] {
-        let top = overlay::assemble(kernel, &spec(vec![only.mnt.as_fd()], datadirs, true, upper, top_attrs))?;
+        let top = overlay::assemble(kernel, &spec(vec![only.mnt.as_fd()], datadirs, true, true, top_attrs))?;
         return Ok(Stack { erofs, _layers: Vec::new(), top });
     }
     let mut layers = Vec::with_capacity(erofs.len());
     for e in &erofs {
-        layers.push(overlay::assemble(kernel, &spec(vec![e.mnt.as_fd()], datadirs.clone(), true, None, attrs))?);
+        layers.push(overlay::assemble(kernel, &spec(vec![e.mnt.as_fd()], datadirs.clone(), true, false, attrs))?);
     }
     let lowers = layers.iter().rev().map(|o| o.mnt.as_fd()).collect();
-    let mut top = overlay::assemble(kernel, &spec(lowers, Vec::new(), false, upper, top_attrs))?;
+    let mut top = overlay::assemble(kernel, &spec(lowers, Vec::new(), false, true, top_attrs))?;
     top.verity = layers.iter().all(|o| o.verity);
     top.legacy |= layers.iter().any(|o| o.legacy);
     Ok(Stack { erofs, _layers: layers, top })
+}
+
+/// Privileged mode: a detached clone of each object directory, idmapped with the data user
+/// namespace, in which only the caller's own ids are mapped. Files of any other owner (root's
+/// 0600 files renamed into the caller's directory, for instance) then have no mapping: no
+/// capability of the overlay's mounter applies to them, only their "other" permission bits, so
+/// overlay reads data with the caller's rights, for as long as the mount exists.
+fn idmapped_clones(inputs: &Inputs, kernel: &dyn Kernel) -> Result<Option<Vec<OwnedFd>>, MountError> {
+    let Some(ns) = &inputs.data_userns else { return Ok(None) };
+    let mut out = Vec::with_capacity(inputs.basedirs.len());
+    for b in &inputs.basedirs {
+        let err = |step, errno| MountError::DataDir { step, errno };
+        let clone = kernel.clone_tree(b.as_fd()).map_err(|e| err("open_tree(OPEN_TREE_CLONE)", e))?;
+        kernel
+            .mount_setattr(clone.as_fd(), MountAttrFlags::MOUNT_ATTR_IDMAP, MountAttrFlags::empty(), Some(ns.as_fd()))
+            .map_err(|e| err("mount_setattr(MOUNT_ATTR_IDMAP)", e))?;
+        out.push(clone);
+    }
+    Ok(Some(out))
 }
 
 fn new_record(
@@ -283,14 +329,14 @@ fn new_record(
 
 fn hand_over(
     req: &MountRequest,
-    inputs: &Inputs,
+    dest: DestFd,
     top: &Overlay,
     access: &dyn Access,
     kernel: &dyn Kernel,
 ) -> Result<(), MountError> {
     let want = access.required_attrs(req.writable());
-    match &inputs.dest {
-        DestFd::Target { fd, path } => handover::attach_at_target(kernel, top.mnt.as_fd(), fd.as_fd(), path, want),
-        DestFd::Socket(s) => handover::send(kernel, top.mnt.as_fd(), s.as_fd(), want),
+    match dest {
+        DestFd::Target { fd, path } => handover::attach_at_target(kernel, top.mnt.as_fd(), fd.as_fd(), &path, want),
+        DestFd::Socket(sink) => handover::send(kernel, top.mnt.as_fd(), sink, want),
     }
 }

@@ -4,7 +4,7 @@
 //! that says whether a recorded mount still exists.
 
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
@@ -103,37 +103,32 @@ pub(crate) enum Liveness {
     Unknown,
 }
 
-/// The liveness rule shared by the per-user limits and the pruning of stale records:
-/// - attached at a target in OUR mount namespace: live while the target's mount id (statx, the
-///   unique id where the kernel has it) is the recorded one;
-/// - otherwise (`--fd-out`, or attached in another namespace): live while any of its loop
-///   devices still carries the recorded disk sequence number — the EROFS superblock holds the
-///   device, and AUTOCLEAR releases it when the last mount of that superblock is gone, wherever
-///   the receiver attached it; a device configured again later has a new diskseq;
-/// - no loop device to watch (file-backed EROFS, kernels before 5.15): unknown.
+/// The liveness rule shared by the limits, the pruning of stale records and umount. It never
+/// resolves a recorded path (a path the caller controls can be renamed away, or be slow):
+/// - a mount on loop devices is live while any of them still carries the recorded disk sequence
+///   number: the EROFS superblock holds the device, AUTOCLEAR releases it when the last mount of
+///   that superblock is gone, wherever it was attached, and a device configured again has a new
+///   diskseq (privileged mounts always use loop devices, so this decides all of them);
+/// - a mount without one (file-backed EROFS, root's mounts) attached in our mount namespace is
+///   live while `statmount` finds its unique mount id in the namespace (Linux 6.8+);
+/// - anything else cannot be told from here: unknown.
 pub(crate) fn liveness(r: &MountRecord) -> Liveness {
-    if let Some(t) = &r.target {
-        if r.mnt_ns.is_some() && r.mnt_ns == own_mnt_ns() {
-            let live = rustix::fs::open(t, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                .ok()
-                .and_then(|fd| mount_id(fd.as_fd()).ok())
-                .is_some_and(|m| m.id == r.mount_id && m.unique == r.mount_id_unique);
-            return if live { Liveness::Live } else { Liveness::Dead };
-        }
+    if !r.loop_devices.is_empty() && r.loop_diskseq.len() == r.loop_devices.len() {
+        let any = r
+            .loop_devices
+            .iter()
+            .zip(&r.loop_diskseq)
+            .any(|(p, seq)| super::loopdev::number_of(p).is_some_and(|n| super::loopdev::still_bound(n, *seq)));
+        return if any { Liveness::Live } else { Liveness::Dead };
     }
-    if r.loop_devices.is_empty() || r.loop_diskseq.len() != r.loop_devices.len() {
-        return Liveness::Unknown;
+    if r.mount_id_unique && r.target.is_some() && r.mnt_ns.is_some() && r.mnt_ns == own_mnt_ns() {
+        return match crate::sys::mount::mount_in_our_namespace(r.mount_id) {
+            Some(true) => Liveness::Live,
+            Some(false) => Liveness::Dead,
+            None => Liveness::Unknown,
+        };
     }
-    let any = r
-        .loop_devices
-        .iter()
-        .zip(&r.loop_diskseq)
-        .any(|(p, seq)| super::loopdev::number_of(p).is_some_and(|n| super::loopdev::still_bound(n, *seq)));
-    if any {
-        Liveness::Live
-    } else {
-        Liveness::Dead
-    }
+    Liveness::Unknown
 }
 
 /// The state directory, opened and checked: owned by our effective uid, not group/world-writable.
@@ -257,6 +252,23 @@ impl RecordStore {
             }
         }
         out
+    }
+
+    /// Takes the store's lock (an exclusive `flock` on the state directory itself, through a
+    /// descriptor of its own; no file is created), held until the returned fd is dropped:
+    /// checks against the records, the mount they allow and the record it adds happen under
+    /// it, so that simultaneous requests are counted one after the other.
+    pub(crate) fn lock(&self) -> Result<OwnedFd, MountError> {
+        let err = |e: Errno| MountError::StateDir { path: self.path.clone(), reason: format!("locking: {e}") };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.dir, ".", flags, Mode::empty()).map_err(err)?;
+        loop {
+            match rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive) {
+                Ok(()) => return Ok(fd),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(err(e)),
+            }
+        }
     }
 
     /// Removes the record of `mount_id` (absent is fine).

@@ -72,7 +72,7 @@ pub(crate) struct Behaviour {
     pub(crate) fail_call: Option<usize>,
     /// Overlay creation fails with EINVAL when an upper dir is given (a request error).
     pub(crate) overlay_upper_einval: bool,
-    /// `mount_setattr` fails with this errno.
+    /// `mount_setattr` of attributes (not of an idmap) fails with this errno.
     pub(crate) setattr_errno: Option<Errno>,
 }
 
@@ -315,7 +315,7 @@ impl Kernel for Fake {
     ) -> Result<(), Errno> {
         let k = self.key_of(mnt).expect("mount");
         self.call(format!("mount_setattr set={set:?} clear={clear:?} userns={}", userns.is_some()))?;
-        if let Some(e) = self.behaviour.setattr_errno {
+        if let Some(e) = self.behaviour.setattr_errno.filter(|_| !set.contains(MountAttrFlags::MOUNT_ATTR_IDMAP)) {
             return Err(e);
         }
         self.with(k, |o| {
@@ -384,6 +384,21 @@ impl Kernel for Fake {
         Ok(LoopDevice::fake(fd, path))
     }
 
+    fn clone_tree(&self, _dir: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+        self.call("open_tree clone".into())?;
+        let id = 1000 + *self.next.borrow();
+        let obj = Obj::Mount {
+            fstype: "bind".into(),
+            attrs: MountAttrFlags::empty(),
+            id,
+            idmapped: false,
+            holds: vec![],
+            attached: false,
+            sent: false,
+        };
+        Ok(self.new_obj(obj).1)
+    }
+
     fn create_userns(&self, _uid: &[IdMap], _gid: &[IdMap]) -> Result<OwnedFd, IdmapError> {
         self.call("create_userns".into()).map_err(IdmapError::Create)?;
         Ok(self.new_obj(Obj::Userns).1)
@@ -398,7 +413,8 @@ impl Kernel for Fake {
                 log: vec![],
             })
         })?;
-        let holds = spec.lowers.iter().filter_map(|l| self.key_of(*l)).collect();
+        let layers = spec.lowers.iter().copied().chain(spec.datadirs.iter().map(|d| d.fd()));
+        let holds = layers.filter_map(|l| self.key_of(l)).collect();
         let id = 1000 + *self.next.borrow();
         let obj = Obj::Mount {
             fstype: "overlay".into(),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use rustix::io::Errno;
 use rustix::mount::MountAttrFlags;
 
-use super::access::{Access, AccessError, Direct, Phase, Usage};
+use super::access::{Access, AccessError, Direct, FdSink, Phase, Usage};
 use super::records::MountRecord;
 use super::request::{Dest, IdMap, IdmapSpec, MountOption, MountRequest, Settings, SourceKind, Verity};
 use super::testkit::{Behaviour, Fake, Obj};
@@ -129,8 +129,11 @@ impl Access for HelperLike {
     fn open_target(&self, path: &Path) -> Result<OwnedFd, AccessError> {
         self.direct.open_target(path)
     }
-    fn connect_socket(&self, path: &Path) -> Result<OwnedFd, AccessError> {
+    fn connect_socket(&self, path: &Path) -> Result<FdSink, AccessError> {
         self.direct.connect_socket(path)
+    }
+    fn use_socket(&self, sock: OwnedFd) -> Result<FdSink, AccessError> {
+        self.direct.use_socket(sock)
     }
     fn open_userns(&self, path: &Path) -> Result<OwnedFd, AccessError> {
         self.direct.open_userns(path)
@@ -155,6 +158,12 @@ impl Access for HelperLike {
     }
     fn builder_ids(&self) -> Option<(u32, u32)> {
         None
+    }
+    fn data_idmap(&self) -> Option<(Vec<IdMap>, Vec<IdMap>)> {
+        self.gate.data_idmap()
+    }
+    fn requires_loop_devices(&self) -> bool {
+        self.gate.requires_loop_devices()
     }
 }
 
@@ -341,20 +350,27 @@ fn helper_mode_always_ends_nosuid_nodev() {
 }
 
 #[test]
-fn no_file_backed_erofs_means_a_loop_device_within_the_loop_limit() {
+fn helper_mounts_hold_loop_devices_counted_up_front() {
     let f = Files::new();
-    let b = Behaviour { file_backed_erofs: false, ..Default::default() };
-    let fake = Fake::new(b.clone());
+    // Even where the kernel could mount the image file, a helper mount is on a loop device (the
+    // device's disk sequence number is how the mount is known to be alive, wherever it goes).
+    let fake = Fake::new(Behaviour::default());
     let out = mount(&f.request(), &HelperLike::new(8), &fake, &f.settings()).unwrap();
     f.clear_records();
-    assert!(has_call(&fake, "attach_loop"));
+    assert!(has_call(&fake, "attach_loop") && !has_call(&fake, "fsconfig erofs source=/proc/self/fd/"));
     assert_eq!(out.record.loop_devices.len(), 1);
-    // No loop device allowed: refused before one is attached, nothing left.
-    let fake = Fake::new(b);
-    let e = mount(&f.request(), &HelperLike::new(0), &fake, &f.settings()).unwrap_err();
-    assert!(e.to_string().contains("per-user limit exceeded: loop devices"), "{e}");
-    assert!(!has_call(&fake, "attach_loop"));
-    assert!(fake.leftovers().is_empty() && f.records().is_empty());
+    // Two images, one loop device allowed: refused before any device is attached.
+    let mut req = f.request();
+    req.sources.push(f.p("b.img"));
+    let fake = Fake::new(Behaviour::default());
+    let e = mount(&req, &HelperLike::new(1), &fake, &f.settings()).unwrap_err();
+    assert!(e.to_string().contains("per-user limit exceeded: loop devices 2 > 1"), "{e}");
+    assert!(fake.calls().is_empty(), "nothing asked of the kernel: {:?}", fake.calls());
+    // Plain runs without file-backed EROFS fall back to a loop device.
+    let fake = Fake::new(Behaviour { file_backed_erofs: false, ..Default::default() });
+    let out = mount(&f.request(), &Direct::new(), &fake, &f.settings()).unwrap();
+    f.clear_records();
+    assert!(has_call(&fake, "attach_loop") && out.record.loop_devices.len() == 1);
 }
 
 #[test]
@@ -378,4 +394,41 @@ fn idmaps_apply_to_every_erofs_mount_before_the_overlay_is_made() {
         .filter(|o| matches!(o, Obj::Mount { fstype, idmapped: true, .. } if fstype == "erofs"))
         .count();
     assert_eq!(erofs_idmapped, 2);
+}
+
+#[test]
+fn helper_mode_reads_data_through_idmapped_clones_of_the_object_directories() {
+    let f = Files::new();
+    let fake = Fake::new(Behaviour::default());
+    mount(&f.request(), &HelperLike::new(8), &fake, &f.settings()).unwrap();
+    f.clear_records();
+    let calls = fake.calls();
+    let pos = |p: &str| calls.iter().position(|c| c.starts_with(p));
+    let (clone, idmap, datadir) = (
+        pos("open_tree clone"),
+        pos("mount_setattr set=MountAttrFlags(MOUNT_ATTR_IDMAP)"),
+        pos("fsconfig overlay datadir+"),
+    );
+    assert!(clone.is_some() && clone < idmap && idmap < datadir, "{calls:?}");
+    // The data layer the overlay holds is the idmapped clone, not the directory itself.
+    let left = fake.leftovers();
+    assert!(
+        left.iter().any(|o| matches!(o, Obj::Mount { fstype, idmapped: true, .. } if fstype == "bind")),
+        "{left:?}"
+    );
+    // Plain runs use the directory as it is.
+    let fake = Fake::new(Behaviour::default());
+    mount(&f.request(), &Direct::new(), &fake, &f.settings()).unwrap();
+    f.clear_records();
+    assert!(!has_call(&fake, "open_tree clone"));
+    // The legacy syntax gets the clone too (attached, with the other layers, in its private
+    // namespace).
+    let fake = Fake::new(Behaviour { lowerdir_plus: false, ..Default::default() });
+    mount(&f.request(), &HelperLike::new(8), &fake, &f.settings()).unwrap();
+    f.clear_records();
+    let left = fake.leftovers();
+    assert!(
+        left.iter().any(|o| matches!(o, Obj::Mount { fstype, idmapped: true, .. } if fstype == "bind")),
+        "{left:?}"
+    );
 }

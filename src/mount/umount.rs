@@ -39,6 +39,7 @@ pub(crate) fn unmount(
     let Some(store) = RecordStore::open(&settings.state_dir, false)? else {
         return Err(not_ours("no record with its mount id"));
     };
+    let _lock = store.lock()?;
     // A record that cannot be read is never trusted: as if there were none.
     let rec = store
         .read(id.id)

@@ -18,10 +18,11 @@ use super::caller::{as_caller, restrict_caps, set_undumpable, Caller, KEPT_CAPS}
 use super::idmap;
 use super::init::HelperContext;
 use super::policy::{Limits, Policy};
-use crate::mount::access::{check_is_userns, connect_unix, open_upper_with, Access, AccessError, Phase, Usage};
+use crate::mount::access::{check_is_userns, Access, AccessError, FdSink, Phase, Usage};
 use crate::mount::records::MountRecord;
-use crate::mount::{IdMap, MountOption, MountRequest};
+use crate::mount::{IdMap, MountOption, MountRequest, SourceKind};
 use crate::sys::helper as sys;
+use crate::sys::mount::{Courier, CourierTarget};
 
 /// Longest path argument accepted.
 pub(crate) const MAX_PATH_ARG: usize = 1024;
@@ -79,9 +80,22 @@ impl Access for Gate {
         self.caller.uid
     }
 
+    /// Refused before anything is opened: suid/dev mounts; writable overlays (an overlay's
+    /// copy-up acts with its mounter's credentials, root's, on the caller's upper directory: a
+    /// root-owned setuid file of the image would be copied up root-owned and setuid, see
+    /// docs/helper.md); on-the-fly builds when the policy disables them.
     fn check_request(&self, req: &MountRequest) -> Result<(), AccessError> {
         if req.allow_suid || req.allow_dev {
             return Err(AccessError::NotPermitted("suid/dev mounts may only be requested by root"));
+        }
+        if req.upper.is_some() {
+            return Err(AccessError::NotPermitted(
+                "writable overlays (--upperdir/--workdir) are not offered to unprivileged callers; mount read-only \
+                 (or with --fd-out) and put your own overlay on top in your own user namespace (see cfsmount(8))",
+            ));
+        }
+        if req.kind != SourceKind::Image && !self.policy.features.build_from_toc {
+            return Err(AccessError::Policy("on-the-fly builds (--toc, --estargz, --dump) are disabled".into()));
         }
         Ok(())
     }
@@ -143,11 +157,29 @@ impl Access for Gate {
         Ok(())
     }
 
-    /// A directory the caller can read, owned by the caller, with fs.protected_hardlinks on: an
-    /// overlay redirect in the caller's image can then only reach files the caller put there.
+    /// A directory the caller can read, owned by the caller, on a filesystem type the policy
+    /// allows, with fs.protected_hardlinks on: an overlay redirect in the caller's image can then
+    /// only reach files inside the caller's own directory.
     fn open_basedir(&self, path: &Path) -> Result<OwnedFd, AccessError> {
         let fd = self.open_as_caller("basedir", path, OFlags::RDONLY | OFlags::DIRECTORY)?;
         self.owned_by_caller("basedir", path, fd.as_fd())?;
+        // The overlay looks the directory up while the helper holds the state lock: a
+        // filesystem the caller runs (FUSE) could stall it there for everyone. Only the
+        // filesystem types the policy allows for targets (disk filesystems by default).
+        let sfs = rustix::fs::fstatfs(&fd).map_err(|errno| AccessError::Open {
+            what: "basedir",
+            path: path.into(),
+            errno,
+            as_caller: true,
+        })?;
+        let magic = sfs.f_type as u64 & 0xffff_ffff;
+        if self.policy.target_fs_name(magic).is_none() {
+            return Err(AccessError::Refused {
+                what: "basedir",
+                path: path.into(),
+                reason: format!("on a filesystem type (magic 0x{magic:x}) the helper policy does not allow"),
+            });
+        }
         let ph = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").unwrap_or_default();
         if ph.trim() != "1" {
             return Err(AccessError::Refused {
@@ -159,17 +191,9 @@ impl Access for Gate {
         Ok(fd)
     }
 
-    /// Allowed by the policy; directories owned by the caller, on one filesystem.
-    fn open_upper(&self, upper: &Path, work: &Path) -> Result<(OwnedFd, OwnedFd), AccessError> {
-        self.feature(self.policy.features.upperdir, "writable overlays (--upperdir)")?;
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
-        let (u, w, su, sw) = open_upper_with(upper, work, |what, p| self.open_as_caller(what, p, flags))?;
-        for (what, p, st) in [("upperdir", upper, &su), ("workdir", work, &sw)] {
-            if st.st_uid != self.caller.uid {
-                return Err(AccessError::Refused { what, path: p.into(), reason: "not owned by the caller".into() });
-            }
-        }
-        Ok((u, w))
+    /// Never reached: [`Gate::check_request`] refuses upper dirs.
+    fn open_upper(&self, _upper: &Path, _work: &Path) -> Result<(OwnedFd, OwnedFd), AccessError> {
+        Err(AccessError::NotPermitted("writable overlays are not offered to unprivileged callers"))
     }
 
     /// `O_PATH|O_NOFOLLOW|O_DIRECTORY` as the caller, then on that pinned inode: owned by the
@@ -219,10 +243,21 @@ impl Access for Gate {
         Ok(fd)
     }
 
-    /// Connected as the caller: root must not reach sockets the caller cannot.
-    fn connect_socket(&self, path: &Path) -> Result<OwnedFd, AccessError> {
+    /// A courier that is the caller (every id, no capabilities) connects: root must not reach
+    /// sockets the caller cannot, and the receiver's `SO_PEERCRED` names the caller.
+    fn connect_socket(&self, path: &Path) -> Result<FdSink, AccessError> {
         check_path_arg("--fd-out socket", path.as_os_str())?;
-        as_caller(&self.caller, || connect_unix(path))?
+        Courier::spawn(self.caller.uid, self.caller.gid, CourierTarget::Path(path))
+            .map(FdSink::Courier)
+            .map_err(AccessError::Courier)
+    }
+
+    /// The courier takes the inherited socket and sends from it as the caller
+    /// (`SCM_CREDENTIALS` name the caller).
+    fn use_socket(&self, sock: OwnedFd) -> Result<FdSink, AccessError> {
+        Courier::spawn(self.caller.uid, self.caller.gid, CourierTarget::Socket(sock.as_fd()))
+            .map(FdSink::Courier)
+            .map_err(AccessError::Courier)
     }
 
     fn open_userns(&self, path: &Path) -> Result<OwnedFd, AccessError> {
@@ -238,20 +273,31 @@ impl Access for Gate {
         idmap::check_maps(&self.caller, uid, gid)
     }
 
-    /// The caller's live records plus `adding` against `max_mounts` and `max_loop_devices`.
+    /// The caller's live records plus `adding` against its `max_mounts` and `max_loop_devices`,
+    /// and the live records of all unprivileged callers (uid not 0) plus `adding` against the
+    /// machine-wide caps.
     fn check_limits(&self, live: &[MountRecord], adding: Usage) -> Result<(), AccessError> {
-        let mine: Vec<&MountRecord> = live.iter().filter(|r| r.uid == self.caller.uid).collect();
-        let mounts = mine.len() as u64 + adding.mounts;
-        if adding.mounts > 0 && mounts > self.limits.max_mounts as u64 {
-            return Err(AccessError::Limit { what: "mounts", value: mounts, limit: self.limits.max_mounts as u64 });
+        let helper: Vec<&MountRecord> = live.iter().filter(|r| r.uid != 0).collect();
+        let count = |rs: &[&MountRecord]| {
+            let loops = rs.iter().map(|r| r.loop_devices.len() as u64).sum::<u64>();
+            (rs.len() as u64 + adding.mounts, loops + adding.loop_devices)
+        };
+        let mine: Vec<&MountRecord> = helper.iter().copied().filter(|r| r.uid == self.caller.uid).collect();
+        let (mounts, loops) = count(&mine);
+        let (l, m) = (&self.limits, &self.policy.machine_limits);
+        if adding.mounts > 0 && mounts > u64::from(l.max_mounts) {
+            return Err(AccessError::Limit { what: "mounts", value: mounts, limit: l.max_mounts.into() });
         }
-        let loops = mine.iter().map(|r| r.loop_devices.len() as u64).sum::<u64>() + adding.loop_devices;
-        if adding.loop_devices > 0 && loops > self.limits.max_loop_devices as u64 {
-            return Err(AccessError::Limit {
-                what: "loop devices",
-                value: loops,
-                limit: self.limits.max_loop_devices as u64,
-            });
+        if adding.loop_devices > 0 && loops > u64::from(l.max_loop_devices) {
+            return Err(AccessError::Limit { what: "loop devices", value: loops, limit: l.max_loop_devices.into() });
+        }
+        let (mounts, loops) = count(&helper);
+        if adding.mounts > 0 && mounts > u64::from(m.max_mounts) {
+            return Err(AccessError::MachineLimit { what: "mounts", value: mounts, limit: m.max_mounts.into() });
+        }
+        if adding.loop_devices > 0 && loops > u64::from(m.max_loop_devices) {
+            let limit = m.max_loop_devices.into();
+            return Err(AccessError::MachineLimit { what: "loop devices", value: loops, limit });
         }
         Ok(())
     }
@@ -295,6 +341,35 @@ impl Access for Gate {
     /// digests) is read with the caller's rights.
     fn builder_ids(&self) -> Option<(u32, u32)> {
         Some((self.caller.uid, self.caller.gid))
+    }
+
+    /// Privileged mounts always hold loop devices: the image is a sealed memory copy (which
+    /// file-backed EROFS cannot use anyway), and the loop devices' disk sequence numbers are how
+    /// a mount is known to be alive wherever it went (`--fd-out` included).
+    fn requires_loop_devices(&self) -> bool {
+        true
+    }
+
+    /// The object directories are idmapped with the identity on the caller's own uid/gid and
+    /// its subordinate ranges, and nothing else: files of other owners are then unmapped, and
+    /// overlay (whose mounter is root) reads them only as their "other" permission bits allow.
+    fn data_idmap(&self) -> Option<(Vec<IdMap>, Vec<IdMap>)> {
+        let identity = |own: u32, kind| {
+            let mut maps = vec![IdMap { inside: own, outside: own, count: 1 }];
+            let ranges = idmap::subid_ranges(kind, &self.caller).unwrap_or_default();
+            for (start, count) in ranges.into_iter().take(32) {
+                let (Ok(start), Ok(count)) = (u32::try_from(start), u32::try_from(count)) else { continue };
+                let end = u64::from(start) + u64::from(count);
+                let overlaps = maps.iter().any(|m| {
+                    u64::from(m.outside) < end && u64::from(start) < u64::from(m.outside) + u64::from(m.count)
+                });
+                if !overlaps {
+                    maps.push(IdMap { inside: start, outside: start, count });
+                }
+            }
+            maps
+        };
+        Some((identity(self.caller.uid, idmap::IdKind::Uid), identity(self.caller.gid, idmap::IdKind::Gid)))
     }
 }
 
@@ -510,5 +585,13 @@ mod tests {
         assert!(g.check_limits(&[rec(1000, 1), rec(2000, 5), rec(2000, 5)], one).is_ok(), "others do not count");
         let e = g.check_limits(&[rec(1000, 1)], Usage { mounts: 1, loop_devices: 3 }).unwrap_err().to_string();
         assert!(e.contains("loop devices 4 > 3"), "{e}");
+        // Machine-wide: every unprivileged caller's mounts together; root's own do not count.
+        let mut policy = Policy::builtin().unwrap();
+        policy.machine_limits.max_mounts = 2;
+        let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
+        let g = Gate::new(HelperContext { caller, policy });
+        assert!(g.check_limits(&[rec(2000, 1), rec(0, 1), rec(0, 1)], one).is_ok());
+        let e = g.check_limits(&[rec(2000, 1), rec(3000, 1)], one).unwrap_err().to_string();
+        assert!(e.contains("machine-wide limit exceeded: mounts of all unprivileged users 3 > 2"), "{e}");
     }
 }

@@ -42,7 +42,7 @@ pub(crate) enum InitError {
     StdFds(Errno),
     #[error("privileged mode: PR_SET_DUMPABLE: {0}")]
     Dumpable(Errno),
-    #[error("privileged mode: SIGXFSZ: {0}")]
+    #[error("privileged mode: signal dispositions: {0}")]
     Signals(Errno),
     #[error("privileged mode: RLIMIT_NOFILE hard limit is too low ({0:?} < 64)")]
     NofileTooLow(Option<u64>),
@@ -88,9 +88,10 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> Result<HelperContext, Init
     set_undumpable().map_err(InitError::Dumpable)?;
     // 3. Environment: nothing from the caller except a few validated locale variables.
     sanitize_env();
-    // 4. umask, signals, rlimits.
+    // 4. umask, signals (the caller's terminal cannot interrupt or stop us), rlimits.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     crate::sys::helper::ignore_sigxfsz().map_err(InitError::Signals)?;
+    crate::sys::helper::block_terminal_signals().map_err(InitError::Signals)?;
     fix_rlimits()?;
     // 5. Only mount/umount are offered to unprivileged callers.
     check_subcommand(argv)?;

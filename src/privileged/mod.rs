@@ -1,18 +1,20 @@
 //! Privileged mode: cfsmount installed setuid-root or with file capabilities, serving
 //! unprivileged callers (rootless container runtimes). Nothing here runs otherwise.
 //!
-//! - [`init`], early init, the first thing `main` runs: decides the mode once and, when
+//! - `init`, early init, the first thing `main` runs: decides the mode once and, when
 //!   privileged, repairs fds 0-2, wipes the environment, fixes umask/rlimits, makes the process
 //!   undumpable, becomes uid/gid 0 in all ids (the caller can no longer signal or ptrace it),
 //!   trims capabilities, loads the policy (failing closed) and refuses every subcommand except
 //!   `mount`/`umount`;
-//! - [`caller`], the caller's credentials and acting with them;
-//! - [`gate`], THE gate, the closed list of extra checks privileged mode makes (the mount engine's
+//! - `caller`, the caller's credentials and acting with them;
+//! - `gate`, THE gate, the closed list of extra checks privileged mode makes (the mount engine's
 //!   access policy in this mode);
-//! - [`idmap`], which id maps a caller may use;
-//! - [`policy`], the policy file `/etc/cfsmount/helper.conf`.
+//! - `idmap`, which id maps a caller may use;
+//! - `policy`, the policy file `/etc/cfsmount/helper.conf`;
+//! - `drop`, for the drop-in personalities: become the caller for good instead.
 
 pub(crate) mod caller;
+pub(crate) mod drop;
 pub(crate) mod gate;
 pub mod idmap;
 pub(crate) mod init;

@@ -39,6 +39,21 @@ pub struct LimitsOverride {
     pub max_entries: Option<u64>,
 }
 
+/// Caps on all unprivileged callers together (live mounts the helper made for any user).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineLimits {
+    pub max_mounts: u32,
+    pub max_loop_devices: u32,
+}
+
+impl Default for MachineLimits {
+    /// For policy files written before the machine-wide caps existed.
+    fn default() -> MachineLimits {
+        MachineLimits { max_mounts: 256, max_loop_devices: 16 }
+    }
+}
+
 /// Which callers may use the helper.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,7 +73,8 @@ pub struct Access {
 pub struct Features {
     /// `--idmap`/`--uidmap`/`--gidmap` (validated against the caller's subordinate ids).
     pub idmap: bool,
-    /// A writable overlay with `--upperdir/--workdir` owned by the caller.
+    /// Accepted for policies written for earlier versions; has no effect: writable overlays
+    /// (`--upperdir`) are never offered to unprivileged callers (docs/helper.md).
     pub upperdir: bool,
     /// `--toc`/`--dump` sources built on the fly in the sandbox.
     pub build_from_toc: bool,
@@ -75,6 +91,8 @@ struct RawPolicy {
     limits: Limits,
     #[serde(default)]
     user_limits: BTreeMap<String, LimitsOverride>,
+    #[serde(default)]
+    machine_limits: MachineLimits,
     allowed_target_fs: Vec<String>,
     features: Features,
 }
@@ -85,10 +103,11 @@ pub struct Policy {
     pub access: Access,
     pub limits: Limits,
     pub user_limits: BTreeMap<String, LimitsOverride>,
+    pub machine_limits: MachineLimits,
     /// (name, statfs f_type magic) of the filesystems a mount target may live on.
     pub allowed_target_fs: Vec<(String, u64)>,
     pub features: Features,
-    /// Where it came from (a path, or "<built-in default>").
+    /// Where it came from (a path, or `<built-in default>`).
     pub source: String,
 }
 
@@ -122,6 +141,10 @@ impl Policy {
             return Err(bad(format!("version {} is not supported (expected 1)", raw.version)));
         }
         check_limits(&raw.limits).map_err(|r| bad(format!("limits: {r}")))?;
+        let m = &raw.machine_limits;
+        if m.max_mounts > 65536 || m.max_loop_devices > 65536 {
+            return Err(bad("machine_limits: max_mounts and max_loop_devices must be at most 65536".into()));
+        }
         for (user, o) in &raw.user_limits {
             check_name(user).map_err(|r| bad(format!("user_limits key {user:?}: {r}")))?;
             let merged = apply(&raw.limits, o);
@@ -155,6 +178,7 @@ impl Policy {
             access: raw.access,
             limits: raw.limits,
             user_limits: raw.user_limits,
+            machine_limits: raw.machine_limits,
             allowed_target_fs: fs,
             features: raw.features,
             source: source.to_string(),

@@ -8,6 +8,7 @@
 pub mod hash;
 pub mod import;
 pub mod objects;
+pub mod repo;
 pub mod stage;
 pub mod writer;
 

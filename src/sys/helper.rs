@@ -288,3 +288,26 @@ pub(crate) fn getresgid() -> (u32, u32, u32) {
     unsafe { libc::getresgid(&mut r, &mut e, &mut s) };
     (r, e, s)
 }
+
+/// Blocks (`sigprocmask(2)`) the signals a caller can send through its own terminal without any
+/// permission check: SIGINT (^C), SIGQUIT (^\), SIGTSTP (^Z), SIGTTIN, SIGTTOU (background
+/// reads/writes) and SIGHUP (hang-up). They stay pending and die with the process, so the
+/// privileged work can neither be interrupted halfway nor stopped while it holds resources.
+/// Blocked counts as ignored for the terminal's job control (a background write is allowed).
+/// The mask is inherited by every child (sandboxed builder, private-namespace child, courier).
+/// rustix does not wrap sigprocmask for programs (only for its own runtime).
+pub(crate) fn block_terminal_signals() -> io::Result<()> {
+    // SAFETY: `set` is initialized by sigemptyset before use; sigprocmask reads it and writes
+    // nothing (old set pointer null).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(last_errno());
+        }
+    }
+    Ok(())
+}

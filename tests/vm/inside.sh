@@ -314,6 +314,29 @@ t_digest_store() {
     for f in big sub/f small; do cmp -s "$M/$f" "$src/$f" || no "$f does not read back correctly"; done
 }
 
+# The drop-in `mkcomposefs --digest-store` (docs/dropin.md) on a verity filesystem: every object
+# gets fs-verity, measures as its name, composefs-info measure-file reads the kernel's digest, and
+# the image (hard links as separate inodes) mounts with --verity.
+t_dropin_digest_store() {
+    local src=$W/dropin-tree store=$V/dropin-store img=$V/dropin.cfs f n d
+    ln -sf cfsmount "$W/mkcomposefs" && ln -sf cfsmount "$W/composefs-info" || no "personality links failed"
+    mkdir -p "$src/sub" || no "mkdir failed"
+    mkrand "$src/big" 100000; mkrand "$src/sub/f" 9000; printf 'tiny\n' >"$src/small"
+    ln "$src/big" "$src/sub/big-link" || no "hard link failed"
+    "$W/mkcomposefs" --digest-store="$store" "$src" "$img" || no "mkcomposefs --digest-store failed"
+    n=0
+    for f in $(find "$store" -type f); do
+        d=$("$CFS" verity measure --compact "$f") || no "object $f has no fs-verity"
+        [ "$d" = "$(basename "$(dirname "$f")")$(basename "$f")" ] || no "object $f measures $d"
+        [ "$("$W/composefs-info" measure-file "$f")" = "$d" ] || no "composefs-info measure-file $f differs"
+        n=$((n + 1))
+    done
+    [ "$n" -eq 2 ] || no "expected the two large files in the store, found $n objects"
+    "$W/composefs-info" dump "$img" | grep -q '^/sub/big-link 100000 100644 1 ' || no "the hard link is not a separate inode"
+    "$CFS" mount "$img" "$M" --basedir "$store" --verity || no "mount --verity of the mkcomposefs image failed"
+    for f in big sub/f sub/big-link small; do cmp -s "$M/$f" "$src/${f/big-link/../big}" || no "$f does not read back"; done
+}
+
 # --try-verity on a kernel that offers verity=require behaves like --verity.
 t_try_verity() {
     local err
@@ -339,6 +362,35 @@ t_no_verity_option_does_not_check() {
     "$CFS" mount "$IMG" "$M" --basedir "$BAD" || no "plain mount failed"
     cmp -s "$M/a" "$(obj_path "$BAD" a)" || no "expected the tampered bytes to be served without --verity"
     all_files_ok b d
+}
+
+# ---- the legacy overlay syntax, on a kernel that needs it ---------------------------------------
+# Before 6.15 overlay cannot take a detached mount as a layer (EINVAL at creation). cfsmount
+# confirms that with a probe overlay and builds the overlay with the legacy lowerdir= string in a
+# private mount namespace of a child: the mount works, and none of its temporary layer mounts
+# ever shows in this namespace (a poller watches the mount table the whole time).
+t_legacy_private_namespace() {
+    local err seen=$W/seen-temp-mounts i k n poll
+    k=$(uname -r | awk -F. '{print $1 * 1000 + $2}')
+    : >"$seen"
+    rm -f "$W/stop-poll"
+    (while [ ! -e "$W/stop-poll" ]; do grep ' /run/cfsmount' /proc/self/mountinfo >>"$seen"; done) &
+    poll=$!
+    for i in 1 2 3 4 5; do
+        if ! err=$("$CFS" mount -v "$IMG" "$M" --basedir "$OBJ" 2>&1); then
+            touch "$W/stop-poll"; wait "$poll"; no "mount failed: $err"
+        fi
+        for n in a b c d; do
+            cmp -s "$M/$n" "$W/src/$n" || { touch "$W/stop-poll"; wait "$poll"; no "$n does not read back correctly"; }
+        done
+        "$CFS" umount "$M" || { touch "$W/stop-poll"; wait "$poll"; no "umount failed"; }
+    done
+    touch "$W/stop-poll"; wait "$poll"
+    [ ! -s "$seen" ] || no "temporary mounts appeared in this namespace: $(head -n 2 "$seen")"
+    if [ "$k" -lt 6015 ]; then
+        case $err in *"legacy lowerdir string"*) ;; *) no "expected the legacy syntax on $(uname -r): $err" ;; esac
+    fi
+    echo "# legacy: $(printf '%s' "$err" | tail -n 1)" >&2
 }
 
 # ---- privileged helper: --toc --verity ---------------------------------------------------------
@@ -388,11 +440,13 @@ if mount_ready; then
     if (build_fixture) >"$W/fixture.log" 2>&1 && . "$W/fixture.env"; then
         run mount_digest_accepts_right_image t_digest_accepts
         run mkimage_digest_store_enables_verity_and_mounts t_digest_store
+        run dropin_mkcomposefs_digest_store_enables_verity_and_mounts t_dropin_digest_store
         run mkimage_enable_verity_seals_image t_mkimage_enable_verity
         run mount_digest_refuses_wrong_digest t_digest_wrong
         run mount_digest_refuses_tampered_image t_digest_tampered_image
         run mount_digest_refuses_image_without_verity t_digest_nonverity_image
         run mount_helper_digest_option t_helper_digest_option
+        run legacy_syntax_in_a_private_namespace t_legacy_private_namespace
         if (build_bad_store) >"$W/bad-store.log" 2>&1; then
             run mount_verity_with_damaged_store_intact_file_reads t_verity_mount_bad_store
             run mount_verity_tampered_object_is_eio t_verity_eio a
@@ -415,6 +469,75 @@ if mount_ready; then
     fi
 else
     echo "FAIL mount_tests: this cfsmount has no working 'mount' and 'mkimage --from-dump' yet"
+fi
+
+# ---- OCI images in a store on a filesystem with fs-verity -----------------------------------
+
+# The store seals objects and image; `oci mount` checks the image's digest and the objects'.
+OS=$V/oci-store
+OM=$W/mnt-oci
+t_oci_store_verity() {
+    local out obj img
+    mkdir -p "$OM"
+    out=$("$CFS" oci import "oci:$OUT/oci-hello:v1" --store "$OS") || no "oci import failed: $out"
+    "$CFS" oci ls --store "$OS" | grep -q $'\ton\t' || no "oci ls does not show verity on: $("$CFS" oci ls --store "$OS")"
+    img=$(ls -d "$OS"/images/*/image.cfs)
+    [ "$("$CFS" verity measure "$img")" = "sha256:$(printf '%s' "$out" | cut -f2) $img" ] || no "image.cfs verity != recorded digest"
+    "$CFS" oci mount "oci:$OUT/oci-hello:v1" "$OM" --store "$OS" || no "oci mount failed"
+    grep " $OM " /proc/self/mounts | grep -q "verity=require" || no "no verity=require overlay: $(grep " $OM " /proc/self/mounts)"
+    grep -q "flattened into one composefs image" "$OM/hello.txt" || no "hello.txt unreadable"
+    [ ! -e "$OM/share/doc/old-notes.txt" ] || no "whiteout not applied"
+    unmount "$OM" || no "umount failed"
+    # An object swapped for other content of the same size (with verity of its own): EIO.
+    local h
+    h=$(printf 'Hello from an OCI image, flattened into one composefs image and mounted by cfsmount.\n' | sha256sum | cut -c1-64)
+    obj=$OS/objects/${h:0:2}/${h:2}
+    [ -f "$obj" ] || no "object of hello.txt not at $obj"
+    "$CFS" verity measure "$obj" >/dev/null || no "object has no verity"
+    head -c "$(stat -c %s "$obj")" /dev/zero | tr '\0' x >"$obj.new" && "$CFS" verity enable "$obj.new" && mv -f "$obj.new" "$obj" || no "swap failed"
+    "$CFS" oci mount "oci:$OUT/oci-hello:v1" "$OM" --store "$OS" || no "oci mount after the swap failed"
+    if out=$(cat "$OM/hello.txt" 2>&1 >/dev/null); then no "the swapped object was served"; fi
+    case $out in *"Input/output error"*) ;; *) no "expected EIO, got: $out" ;; esac
+    unmount "$OM" || no "umount failed"
+    # A tampered image (with verity of its own) is refused at mount.
+    cp "$img" "$img.t" && printf 'X' | dd of="$img.t" bs=1 seek=$(( $(stat -c %s "$img") - 1 )) conv=notrunc 2>/dev/null \
+        && "$CFS" verity enable "$img.t" && mv -f "$img.t" "$img" || no "tampering the image failed"
+    if out=$("$CFS" oci mount "oci:$OUT/oci-hello:v1" "$OM" --store "$OS" 2>&1); then no "tampered image mounted"; fi
+    ! is_mounted "$OM" || no "something is mounted after the refusal"
+    printf '%s' "$out" | grep -qi "digest" || no "refusal does not name the digest: $out"
+}
+run oci_store_verity_sealed_and_checked_at_mount t_oci_store_verity
+unmount "$OM" 2>/dev/null
+
+# ---- layer import with --enable-verity ------------------------------------------------------
+
+# A real zstd:chunked blob imported into a store on the verity ext4: every new object sealed,
+# its fs-verity digest recorded in the image, the image sealed; a --verity mount then reads all.
+t_layer_import_verity() {
+    local L=$V/layer d n=0 o
+    mkdir -p "$L/mnt" || no "mkdir failed"
+    d=$("$CFS" mkimage --from-layer "$OUT/layer.blob" "$L/img" --objects "$L/objs" --enable-verity --print-digest) \
+        || no "mkimage --from-layer --enable-verity failed"
+    [ "$("$CFS" verity measure "$L/img")" = "sha256:$d $L/img" ] || no "the image is not sealed with digest $d"
+    for o in "$L"/objs/??/*; do
+        "$CFS" verity measure "$o" >/dev/null || no "object $o is not sealed"
+        n=$((n + 1))
+    done
+    [ "$n" -gt 0 ] || no "no objects"
+    "$CFS" mount "$L/img" "$L/mnt" --basedir "$L/objs" --digest "$d" --verity || no "--verity mount failed"
+    find "$L/mnt" -type f -exec cat {} + >/dev/null || { umount "$L/mnt"; no "reading the files failed"; }
+    [ -f "$L/mnt/opt/edge/new-in-layer-2.txt" ] || { umount "$L/mnt"; no "a file is missing"; }
+    "$CFS" umount "$L/mnt" || no "umount failed"
+    # A second import reuses the sealed objects.
+    "$CFS" mkimage --from-layer "$OUT/layer.blob" "$L/img2" --objects "$L/objs" --enable-verity 2>"$L/err" \
+        || no "second import failed: $(cat "$L/err")"
+    grep -q "(0 new," "$L/err" || no "second import stored objects again: $(cat "$L/err")"
+    cmp -s "$L/img" "$L/img2" || no "the second image differs"
+}
+if [ -f "$OUT/layer.blob" ]; then
+    run layer_import_enable_verity t_layer_import_verity
+else
+    echo "FAIL layer_import_enable_verity: no layer blob (conformance data missing on the host)"
 fi
 
 t_kernel_log_clean() {

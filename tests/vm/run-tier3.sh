@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tier 3: fs-verity tests inside a throwaway qemu VM whose (stock Debian backports) kernel has
-# CONFIG_FS_VERITY=y. Usage: tests/vm/run-tier3.sh PATH/TO/cfsmount
+# CONFIG_FS_VERITY=y, then the boot tests (tests/vm/boot/run-boot.sh: a Debian root booted as
+# composefs by setup-root, two more VMs). Usage: tests/vm/run-tier3.sh PATH/TO/cfsmount
 #
 # Installs what it needs if missing (backports kernel, qemu-system-x86, busybox-static,
 # virtme-ng), boots ONE VM with `vng --disable-kvm`, runs tests/vm/inside.sh there and prints
@@ -95,8 +96,14 @@ trap 'rm -rf "$OUT"' EXIT
 # Freeze the binary and the scripts: the tree may be rebuilt while the VM runs.
 # Without debug info (a debug build is mostly that): the guest reads it at ~2 MB/s under TCG.
 { strip -o "$OUT/cfsmount" "$BIN" 2>/dev/null || cp "$BIN" "$OUT/cfsmount"; } \
-    && cp "$HERE/inside.sh" "$OUT/inside.sh" || die "copying into $OUT failed"
+    && cp "$HERE/inside.sh" "$OUT/inside.sh" \
+    && cp -r "$HERE/../../examples/oci-hello/oci" "$OUT/oci-hello" || die "copying into $OUT failed"
 chmod +x "$OUT/cfsmount" "$OUT/inside.sh"
+# A real zstd:chunked layer blob (skopeo 1.22.2, layer 2 of the real-layers data) for the
+# --from-layer --enable-verity test; skipped there when the data is missing.
+CONF=${CFS_CONFORMANCE:-$HERE/../../../shared/conformance}
+cp "$CONF/real-layers/writers/skopeo-1.22.2-zstd-chunked/oci/blobs/sha256/79c63d87d3c1c32755d76dec9aa6c81da0d28f8c98552fa6c079be274b11d2a4" \
+    "$OUT/layer.blob" 2>/dev/null || true
 
 # Under TCG most of the boot is udev loading (decompressing) modules for emulated hardware the
 # tests never use; keep those from loading. (loop, ext4, erofs, overlay, sha256 stay allowed.)
@@ -126,6 +133,17 @@ elif [ "$(cat "$OUT/rc")" != 0 ] && [ "$fail" -eq 0 ]; then
     fail=$((fail + 1))
 fi
 [ $((pass + fail)) -gt 0 ] || { echo "FAIL vm: no test results"; fail=1; }
+
+# ---- boot tests: setup-root in real initramfs boots (two more VMs, tests/vm/boot/) ----------------
+bash "$HERE/boot/run-boot.sh" "$KVER" "$BIN" >"$OUT/boot.log"
+brc=$?
+cat "$OUT/boot.log"
+bpass=$(grep -c '^PASS ' "$OUT/boot.log"); bfail=$(grep -c '^FAIL ' "$OUT/boot.log")
+pass=$((pass + bpass)); fail=$((fail + bfail))
+if [ "$brc" != 0 ] && [ "$bfail" -eq 0 ]; then
+    echo "FAIL boot: run-boot.sh exited $brc without reporting a failure"
+    fail=$((fail + 1))
+fi
 
 log "took $(( $(date +%s) - START )) s (kernel $KVER)"
 echo "tier3: $pass passed, $fail failed"

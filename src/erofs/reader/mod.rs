@@ -47,6 +47,9 @@ use self::inode::InodeTable;
 use crate::erofs::format::*;
 use crate::tree::{self, Entry, Limits, Tree, TreeError};
 
+/// Largest image the readers of whole images (`inspect`, composefs-dump, composefs-info) take in.
+pub const MAX_IMAGE_BYTES: u64 = 4 << 30;
+
 /// Limits on what a hostile image may make the reader do.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadLimits {

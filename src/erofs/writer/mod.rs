@@ -95,6 +95,42 @@ pub fn write_image(tree: &Tree, opts: &WriteOptions, out: &mut dyn Write) -> Res
     b.emit(out)
 }
 
+/// One xattr as an inode of the image carries it (see [`disk_xattrs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskXattr {
+    /// Full name as stored (`trusted.overlay.overlay.*` for escaped input xattrs).
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// Stored in the shared xattr table (referenced from the inode) rather than inline.
+    pub shared: bool,
+}
+
+/// The xattrs each inode of the image written for `tree` carries, as [`write_image`] lays them
+/// out: for every tree node that is an inode (not hard-link names, not the generated root
+/// whiteout stubs), its xattrs in the inode's order (names bytewise), the writer's overlay
+/// xattrs included. The composefs-info personality shows them in the order the reference's
+/// loader reads them: inline entries, then shared ones (`crate::compat`).
+pub fn disk_xattrs(tree: &Tree, opts: &WriteOptions) -> Result<Vec<(NodeId, Vec<DiskXattr>)>, WriteError> {
+    let version = effective_version(tree, opts)?;
+    let mut b = Builder::new(tree, version);
+    b.build()?;
+    b.layout()?;
+    let out = b
+        .inos
+        .iter()
+        .filter(|ino| ino.node != STUB)
+        .map(|ino| {
+            let xs = b.xattrs[ino.xa.0..ino.xa.0 + ino.xa.1].iter().map(|x| DiskXattr {
+                key: x.key.bytes().collect(),
+                value: x.value.bytes().collect(),
+                shared: x.shared != INLINE,
+            });
+            (ino.node, xs.collect())
+        })
+        .collect();
+    Ok(out)
+}
+
 /// The image being made: inode records in breadth-first order and what the phases decide.
 struct Builder<'a> {
     tree: &'a Tree,

@@ -1,0 +1,696 @@
+//! Root tier: the trust gaps a hostile review of the setuid helper found, each attacked as the
+//! unprivileged users `cfstest`/`cfstest2`: writable overlays (copy-up as root), data reached
+//! through redirects, temporary layer mounts of the legacy overlay syntax, the caller's terminal
+//! signals, per-user and machine-wide limits (layers, renamed targets, parallel requests,
+//! `--fd-out` builds), the `build_from_toc` switch, other users' records, the credentials an
+//! `--fd-out` receiver sees, and a machine without `/run/cfsmount`.
+//!
+//! Every test also checks that nothing is left behind: mounts, loop devices, records, temporary
+//! files. With `CFSMOUNT_TEST_BIN=/path/to/an/older/cfsmount` the same tests run against that
+//! binary (installed setuid the same way), which shows what they catch.
+//! Needs: root, util-linux (setpriv, unshare, mount), python3.
+
+use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+#[path = "support/root.rs"]
+mod root;
+use root::{loop_devices, mount_line, serial, sh, stderr, umount_all_under, Proc, TestUser as User};
+#[path = "support/helper.rs"]
+mod helper;
+use helper::*;
+
+/// Mounts, helper-held loop devices (memory copies) and the state directory's entries.
+fn system_state() -> (Vec<String>, Vec<String>, Vec<String>) {
+    let loops = loop_devices()
+        .into_iter()
+        .filter(|l| l.contains("/memfd:cfsmount") || l.contains("cfsmount-helper-test"))
+        .collect();
+    (mountpoints(), loops, state_files())
+}
+
+/// Whether the record file `name` in /run/cfsmount describes a mount that is gone: none of its
+/// loop devices still carries the recorded disk sequence number. (Records of mounts that went
+/// away by themselves, e.g. an `--fd-out` mount its receiver dropped, stay until the next mount
+/// prunes them.)
+fn record_is_dead(name: &str) -> bool {
+    let Ok(text) = std::fs::read(Path::new("/run/cfsmount").join(name)) else { return true };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else { return false };
+    let devs = v["loop_devices"].as_array().cloned().unwrap_or_default();
+    let seqs = v["loop_diskseq"].as_array().cloned().unwrap_or_default();
+    !devs.is_empty()
+        && devs.iter().zip(&seqs).all(|(d, s)| {
+            let n = d.as_str().unwrap_or("").trim_start_matches("/dev/");
+            let seq = std::fs::read_to_string(format!("/sys/block/{n}/diskseq")).unwrap_or_default();
+            let bound = Path::new(&format!("/sys/block/{n}/loop/backing_file")).exists();
+            !(bound && s.as_u64().is_some_and(|s| seq.trim() == s.to_string().as_str()))
+        })
+}
+
+/// Whether a mount namespace other than ours still holds a copy of a mount of this suite: a
+/// process that unshared its mount namespace while a test mount was attached (e.g. `unshare`,
+/// `mmdebstrap --mode=unshare` of another job on the machine) keeps that mount alive after our
+/// umount detached it here. Its record then correctly stays, without a target, until the copy
+/// is gone.
+fn held_in_another_namespace() -> bool {
+    let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        let ns = std::fs::read_link(p.path().join("ns/mnt")).ok();
+        ns.is_some()
+            && ns != ours
+            && std::fs::read_to_string(p.path().join("mountinfo")).is_ok_and(|mi| {
+                mi.lines().any(|l| l.contains(" /tmp/cfsmount-helper-test/") && l.contains(" - overlay composefs"))
+            })
+    })
+}
+
+/// Waits up to 3 s for nothing to be left compared with `before`: the same mounts and loop
+/// devices, and in the state directory no new file except records of mounts already gone
+/// (records of dead mounts may also have been pruned meanwhile) or held by another namespace.
+#[track_caller]
+fn assert_state_is(before: &(Vec<String>, Vec<String>, Vec<String>), ctx: &str) {
+    let ok = || {
+        let now = system_state();
+        let new_records_ok = now
+            .2
+            .iter()
+            .filter(|f| !before.2.contains(f))
+            .all(|f| f.ends_with(".json") && (record_is_dead(f) || held_in_another_namespace()));
+        now.0 == before.0 && (now.1 == before.1 || held_in_another_namespace()) && new_records_ok
+    };
+    assert!(root::eventually(3, ok), "{ctx}: left behind: {:?}, before: {before:?}", system_state());
+}
+
+fn args(v: &[&str]) -> Vec<OsString> {
+    v.iter().map(OsString::from).collect()
+}
+
+/// A target directory of `u` at `path` (empty).
+fn target_dir(u: &User, path: &Path) -> PathBuf {
+    std::fs::create_dir_all(path).unwrap();
+    std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid)).unwrap();
+    path.to_path_buf()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writable overlays and data read through redirects
+// ---------------------------------------------------------------------------------------------
+
+/// An overlay's copy-up acts with its mounter's credentials. Made by the helper (root), a write
+/// to a root-owned setuid file of the caller's image would copy it up into the caller's upper
+/// directory still root-owned and setuid. So the helper refuses upper directories in both
+/// command forms, and the pattern rootless runtimes use instead — their own overlay, in their
+/// own user namespace, on top of the `--fd-out` mount — is writable (the superblock, not only
+/// the mount flag) and turns the same attack into nothing: the copy-up cannot make a file owned
+/// by root.
+#[test]
+fn writable_overlays_are_refused_and_the_runtime_pattern_is_safe() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let id_bin = std::fs::read("/usr/bin/id").unwrap();
+    let mine = b"the caller's own file\n".as_slice();
+    let body = format!(
+        "{}/mine {} 100644 1 {} {} 0 0.0 {} - -\n",
+        dump_line_external("suid-copy", "104777", 0, &id_bin),
+        mine.len(),
+        u.uid,
+        u.gid,
+        object_name(mine)
+    );
+    let fx = fixture(u, "rw", &body, &[&id_bin, mine]);
+    let (up, work) = (fx.dir.join("up"), fx.dir.join("work"));
+    for d in [&up, &work] {
+        target_dir(u, d);
+    }
+    let before = system_state();
+    let o =
+        run_as_strs(u, &mount_args(&fx, &["--upperdir", up.to_str().unwrap(), "--workdir", work.to_str().unwrap()]));
+    assert_refused(&o, "writable overlays (--upperdir/--workdir) are not offered");
+    let link = e.root.join("mount.composefs");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&e.bin, &link).unwrap();
+    let opts = format!("basedir={},upperdir={},workdir={}", fx.objects.display(), up.display(), work.display());
+    let o =
+        run_as_with(u, &link, &args(&[fx.image.to_str().unwrap(), fx.target.to_str().unwrap(), "-o", &opts]), |_| {});
+    assert_refused(&o, "writable overlays (--upperdir/--workdir) are not offered");
+    assert_state_is(&before, "refused writable overlays");
+    // The runtime pattern: the receiver (the caller, in its own user+mount namespace) puts its
+    // own writable overlay on the read-only mount.
+    let sock = fx.dir.join("sock");
+    let merged = target_dir(u, &fx.dir.join("merged"));
+    let mut recv = spawn_receiver(
+        u,
+        &format!("overlay:{}:{}:{}", up.display(), work.display(), merged.display()),
+        &sock,
+        &fx.target,
+    );
+    let o = mount_fd_out(u, &fx, &sock);
+    assert!(o.status.success(), "mount --fd-out: {}", stderr(&o));
+    let r = recv.output();
+    let (out, err) = (String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+    assert!(r.status.success(), "receiver: {err}");
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("receiver said: {out} {err}"));
+    assert_eq!(v["super"], "rw", "the caller's own overlay is writable at the superblock: {v}");
+    assert_eq!(v["write_new"], "ok", "{v}");
+    assert_eq!(v["append_mine"], "ok", "{v}");
+    let new = std::fs::metadata(up.join("new")).expect("the new file is in the upper dir");
+    assert_eq!(new.uid(), u.uid, "written as the caller");
+    // Nothing in the upper dir is owned by root or setuid-root, whatever the attack gave.
+    for ent in walk(&up) {
+        let m = std::fs::symlink_metadata(&ent).unwrap();
+        assert!(m.uid() != 0 && !(m.mode() & 0o4000 != 0 && m.uid() == 0), "{} is root-owned ({v})", ent.display());
+    }
+    eprintln!("copy-up attack in the caller's own overlay: {}", v["attack"]);
+    assert_state_is(&before, "runtime pattern");
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// A root-owned 0600 file in the caller's object directory (left by sudo, or renamed in from a
+/// writable directory) is not readable by the caller; through a redirect in the caller's image
+/// it must not become readable either — not for the caller, not even for root reading through
+/// the mount. The caller's own objects stay readable.
+#[test]
+fn data_is_read_with_the_callers_rights() {
+    let _g = serial();
+    let u = &env().user;
+    let mine = b"an object of the caller\n".as_slice();
+    let secret = b"root's secret, not the caller's\n".as_slice();
+    let body = format!(
+        "{}{}",
+        dump_line_external("mine", "100644", u.uid, mine),
+        dump_line_external("secret", "100644", u.uid, secret)
+    );
+    let fx = fixture(u, "redirect", &body, &[mine, secret]);
+    let obj = fx.objects.join(object_name(secret));
+    std::os::unix::fs::chown(&obj, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&obj, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let direct = run_as_with(u, Path::new("/usr/bin/cat"), &[obj.clone().into()], |_| {});
+    assert!(!direct.status.success(), "the caller cannot read the object directly");
+    let o = run_as_strs(u, &mount_args(&fx, &[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cat = |p: &str| run_as_with(u, Path::new("/usr/bin/cat"), &[fx.target.join(p).into()], |_| {});
+    let (m, s) = (cat("mine"), cat("secret"));
+    let as_root = std::fs::read(fx.target.join("secret"));
+    let _ = run_as(u, &["umount", fx.target.to_str().unwrap()]);
+    umount_all_under(&fx.dir);
+    assert_eq!(m.stdout, mine, "{}", stderr(&m));
+    assert!(!s.status.success() && s.stdout.is_empty(), "the caller read root's file through the mount");
+    assert!(
+        as_root.is_err(),
+        "root read the root-owned object through the caller's mount: data was not read with the caller's rights"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Terminal signals
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the helper as `u` on a pseudo-terminal that is its controlling terminal, waits until it
+/// is privileged (all uids 0), sleeps `delay_ms`, types `ch` on the terminal (^C ^Z ^\), and
+/// reports how the helper ended: `exit N`, `signal N`, or `stopped` (then it is continued and
+/// waited for, so that it can clean up).
+const PTY_DRIVER: &str = r#"
+import os, pty, sys, time, json, signal
+uid, gid, ch, delay = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4]) / 1000
+cmd = sys.argv[5:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv("/usr/bin/setpriv", ["setpriv", "--reuid=%d" % uid, "--regid=%d" % gid, "--init-groups", "--"] + cmd)
+def uids():
+    try:
+        for l in open("/proc/%d/status" % pid):
+            if l.startswith("Uid:"):
+                return l.split()[1:]
+    except OSError:
+        return None
+# The child is root (the driver) until setpriv switches to the caller and execs the helper,
+# which becomes root in every id (the privileged section) early in its run.
+deadline = time.time() + 10
+while time.time() < deadline and (uids() or [str(uid)])[0] != str(uid):
+    time.sleep(0.0002)
+while time.time() < deadline and uids() not in (None, ["0", "0", "0", "0"]):
+    time.sleep(0.0002)
+time.sleep(delay)
+try:
+    os.write(fd, {"C": b"\x03", "Z": b"\x1a", "Q": b"\x1c"}[ch])
+except OSError:
+    pass
+out, status, stopped = b"", None, False
+end = time.time() + 60
+while status is None and time.time() < end:
+    try:
+        out += os.read(fd, 4096)
+    except OSError:
+        pass
+    r, st = os.waitpid(pid, os.WNOHANG | os.WUNTRACED)
+    if r == pid:
+        if os.WIFSTOPPED(st):
+            stopped = True
+            time.sleep(0.5)
+            os.kill(pid, signal.SIGCONT)
+            continue
+        status = "exit %d" % os.WEXITSTATUS(st) if os.WIFEXITED(st) else "signal %d" % os.WTERMSIG(st)
+    time.sleep(0.001)
+print(json.dumps({"status": status, "stopped": stopped, "output": out.decode(errors="replace")}))
+"#;
+
+/// ^C, ^Z and ^\ typed on the caller's terminal at different moments of privileged work (a TOC
+/// built in the sandbox, and a large image checked in full): the helper is never interrupted
+/// or stopped, and ends either mounted (with its record) or with nothing left behind.
+#[test]
+fn terminal_signals_cannot_interrupt_the_helper() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let driver = e.root.join("tty-driver.py");
+    std::fs::write(&driver, PTY_DRIVER).unwrap();
+    let fx = toc_fixture(u, "pty", 400);
+    let mut runs = 0;
+    for (what, extra) in [("toc", vec!["--toc"]), ("image", vec![])] {
+        for ch in ["C", "Z", "Q"] {
+            for delay in [0, 1, 3, 10, 30, 100] {
+                let before = system_state();
+                let mut a =
+                    if what == "toc" { mount_args(&fx.toc_fx, &extra) } else { mount_args(&fx.image_fx, &extra) };
+                if what == "toc" {
+                    a[1] = fx.toc.display().to_string();
+                }
+                let mut cmd = vec![e.bin.display().to_string()];
+                cmd.extend(a.iter().cloned());
+                let o = Command::new("/usr/bin/python3")
+                    .arg(&driver)
+                    .args([u.uid.to_string(), u.gid.to_string(), ch.to_string(), delay.to_string()])
+                    .args(&cmd)
+                    .output()
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+                    .unwrap_or_else(|_| panic!("driver: {} {}", String::from_utf8_lossy(&o.stdout), stderr(&o)));
+                let ctx = format!("{what}, ^{ch} after {delay} ms: {v}");
+                assert_eq!(v["stopped"], false, "{ctx}: the helper was stopped by the caller's terminal");
+                let status = v["status"].as_str().unwrap_or("none").to_string();
+                assert!(status.starts_with("exit "), "{ctx}: the helper did not end normally");
+                let target = if what == "toc" { &fx.toc_fx.target } else { &fx.image_fx.target };
+                if status == "exit 0" {
+                    assert!(mount_line(target).is_some(), "{ctx}: succeeded but nothing mounted");
+                    let o = run_as(u, &["umount", target.to_str().unwrap()]);
+                    assert!(o.status.success(), "{ctx}: umount: {}", stderr(&o));
+                }
+                assert_state_is(&before, &ctx);
+                runs += 1;
+            }
+        }
+    }
+    assert_eq!(runs, 36);
+}
+
+struct TocFixture {
+    toc: PathBuf,
+    toc_fx: Fixture,
+    image_fx: Fixture,
+}
+
+/// A TOC of `n` files with their objects, and a large image (a few thousand entries) of the
+/// caller: work that takes the helper long enough to be interrupted in the middle.
+fn toc_fixture(u: &User, name: &str, n: usize) -> TocFixture {
+    let content = b"one object\n".as_slice();
+    let hex: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(content).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let entries: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({ "type": "reg", "name": format!("f{i}"), "mode": 420, "size": content.len(),
+                "uid": u.uid, "gid": u.gid, "modtime": "2024-01-01T00:00:00Z", "digest": format!("sha256:{hex}") })
+        })
+        .collect();
+    let toc_fx = fixture(u, &format!("{name}-toc"), "", &[content]);
+    let toc = toc_fx.dir.join("layer.toc.json");
+    std::fs::write(&toc, serde_json::json!({ "version": 1, "entries": entries }).to_string()).unwrap();
+    std::os::unix::fs::chown(&toc, Some(u.uid), Some(u.gid)).unwrap();
+    let body: String = (0..4000).map(|i| format!("/d{} 4096 40755 2 {{uid}} {{gid}} 0 0.0 - - -\n", i)).collect();
+    let image_fx = fixture(u, &format!("{name}-image"), &body, &[]);
+    TocFixture { toc, toc_fx, image_fx }
+}
+
+/// The caller's process dies (kill -9) while the helper it started is working: the helper goes
+/// on and ends either mounted with its record or with nothing left behind.
+#[test]
+fn kill_of_the_caller_leaves_a_consistent_state() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let fx = toc_fixture(u, "kill", 400);
+    for delay in [1u64, 5, 20, 60] {
+        let before = system_state();
+        let mut a = mount_args(&fx.toc_fx, &["--toc"]);
+        a[1] = fx.toc.display().to_string();
+        // The caller is a shell that starts the helper in the background and waits for it.
+        let pidfile = fx.toc_fx.dir.join("helper.pid");
+        let _ = std::fs::remove_file(&pidfile);
+        let script = format!("{} {} & echo $! > {}; wait", e.bin.display(), a.join(" "), pidfile.display());
+        let mut caller = root::command_as(u, Path::new("/bin/sh"), &args(&["-c", &script]));
+        let mut child = caller.spawn().unwrap();
+        root::eventually(5, || std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n')));
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        // The orphaned helper goes on; wait for it to end.
+        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+        assert!(root::eventually(30, || !Path::new(&format!("/proc/{pid}")).exists()), "the helper did not end");
+        let ctx = format!("caller killed after {delay} ms");
+        if mount_line(&fx.toc_fx.target).is_some() {
+            let target = fx.toc_fx.target.display().to_string();
+            let recorded = std::fs::read_dir("/run/cfsmount")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .any(|t| t.contains(&format!("\"target\": \"{target}\"")));
+            assert!(recorded, "{ctx}: mounted without a record");
+            let o = run_as(u, &["umount", fx.toc_fx.target.to_str().unwrap()]);
+            assert!(o.status.success(), "{ctx}: {}", stderr(&o));
+        }
+        assert_state_is(&before, &ctx);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------------------------
+
+/// One request with N layers takes N loop devices: with `max_loop_devices: 2`, three layers are
+/// refused before any device is attached.
+#[test]
+fn every_layer_counts_against_the_loop_limit() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    umount_all_under(&e.root);
+    let (guard, _) = user_limits_policy(u, serde_json::json!({ "max_loop_devices": 2 }));
+    let a = b"layered".as_slice();
+    let fx = one_file_fixture(u, "layers", "l", a);
+    let before = system_state();
+    let img = fx.image.to_str().unwrap().to_string();
+    let o = run_as_strs(u, &mount_args(&fx, &["--layer", &img, "--layer", &img]));
+    let mounted = mount_line(&fx.target).is_some();
+    umount_all_under(&fx.dir);
+    drop(guard);
+    assert!(!mounted, "three layers mounted with a limit of two loop devices");
+    assert_refused(&o, "per-user limit exceeded: loop devices 3 > 2");
+    assert_state_is(&before, "refused layers");
+}
+
+/// Renaming the target's parent does not make a mount look gone: it still counts against the
+/// caller's limit, its record survives other mounts (the caller's or another user's), and the
+/// caller can unmount it at its new path.
+#[test]
+fn a_renamed_target_still_counts_and_can_be_unmounted() {
+    let _g = serial();
+    let e = env();
+    let (u, o2) = (&e.user, &e.other);
+    umount_all_under(&e.root);
+    let (guard, mut v) = user_limits_policy(u, serde_json::json!({ "max_mounts": 1 }));
+    v["user_limits"][o2.name.clone()] = serde_json::json!({ "max_mounts": 1 });
+    guard.write(&v.to_string(), 0o644, 0);
+    let a = b"renamed".as_slice();
+    let fx = one_file_fixture(u, "rename", "r", a);
+    let parent = target_dir(u, &fx.dir.join("a"));
+    let target = target_dir(u, &parent.join("mnt"));
+    let mut margs = mount_args(&fx, &[]);
+    margs[2] = target.display().to_string();
+    let o = run_as_strs(u, &margs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let renamed = fx.dir.join("b");
+    let o = run_as_with(u, Path::new("/bin/mv"), &[parent.clone().into(), renamed.clone().into()], |_| {});
+    assert!(o.status.success(), "mv: {}", stderr(&o));
+    // Another user's mount prunes records: ours must survive.
+    let theirs = one_file_fixture(o2, "rename-other", "t", a);
+    let o = run_as_strs(o2, &mount_args(&theirs, &[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = run_as(o2, &["umount", theirs.target.to_str().unwrap()]);
+    // Ours still counts.
+    let second = one_file_fixture(u, "rename-2", "s", a);
+    let o = run_as_strs(u, &mount_args(&second, &[]));
+    let second_mounted = mount_line(&second.target).is_some();
+    // And can be unmounted where it is now.
+    let new_target = renamed.join("mnt");
+    let um = run_as(u, &["umount", new_target.to_str().unwrap()]);
+    umount_all_under(&fx.dir);
+    umount_all_under(&second.dir);
+    umount_all_under(&theirs.dir);
+    drop(guard);
+    assert!(!second_mounted, "a second mount passed max_mounts 1: the renamed mount stopped counting");
+    assert_refused(&o, "per-user limit exceeded: mounts");
+    assert!(um.status.success(), "umount at the new path: {}", stderr(&um));
+}
+
+/// Simultaneous requests are counted one after the other: with `max_mounts: 1`, exactly one of
+/// four parallel mounts succeeds, every time.
+#[test]
+fn parallel_mounts_respect_max_mounts() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    umount_all_under(&e.root);
+    let (guard, _) = user_limits_policy(u, serde_json::json!({ "max_mounts": 1 }));
+    let a = b"parallel".as_slice();
+    let fxs: Vec<Fixture> = (0..4).map(|i| one_file_fixture(u, &format!("par{i}"), "p", a)).collect();
+    let before = system_state();
+    for round in 0..5 {
+        let children: Vec<Proc> = fxs.iter().map(|fx| spawn_helper(u, &mount_args(fx, &[]))).collect();
+        let outs: Vec<Output> = children.into_iter().map(|mut c| c.output()).collect();
+        let ok = outs.iter().filter(|o| o.status.success()).count();
+        for o in outs.iter().filter(|o| !o.status.success()) {
+            assert!(stderr(o).contains("per-user limit exceeded: mounts"), "round {round}: {}", stderr(o));
+        }
+        for fx in &fxs {
+            let _ = run_as(u, &["umount", fx.target.to_str().unwrap()]);
+            umount_all_under(&fx.dir);
+        }
+        assert_eq!(ok, 1, "round {round}: {ok} of 4 parallel mounts succeeded with max_mounts 1");
+        assert_state_is(&before, &format!("round {round}"));
+    }
+    drop(guard);
+}
+
+fn spawn_helper(u: &User, a: &[String]) -> Proc {
+    let mut c = root::command_as(u, &env().bin, &a.iter().map(OsString::from).collect::<Vec<_>>());
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    Proc(c.spawn().unwrap())
+}
+
+/// An `--fd-out` mount of an image built on the fly counts while the receiver holds it,
+/// wherever the state directory lives.
+#[test]
+fn fd_out_builds_count_while_held() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    umount_all_under(&e.root);
+    let (guard, _) = user_limits_policy(u, serde_json::json!({ "max_mounts": 1 }));
+    let fx = toc_fixture(u, "fdout-toc", 3);
+    let sock = fx.toc_fx.dir.join("sock");
+    let mut recv = spawn_receiver(u, "hold", &sock, &fx.toc_fx.target);
+    let o = run_as(
+        u,
+        &[
+            "mount",
+            fx.toc.to_str().unwrap(),
+            "--toc",
+            "--basedir",
+            fx.toc_fx.objects.to_str().unwrap(),
+            "--fd-out",
+            sock.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(recv.0.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "attached");
+    let o = run_as_strs(u, &mount_args(&fx.image_fx, &[]));
+    let mounted = mount_line(&fx.image_fx.target).is_some();
+    let _ = recv.output();
+    umount_all_under(&fx.image_fx.dir);
+    drop(guard);
+    assert!(!mounted, "a second mount passed max_mounts 1 while the --fd-out build was held");
+    assert_refused(&o, "per-user limit exceeded: mounts");
+}
+
+/// A machine-wide cap in the policy counts every unprivileged caller's mounts together; the
+/// default per-user loop limit stays below the loop devices of a small (`max_loop=8`) machine.
+#[test]
+fn machine_wide_limits() {
+    let _g = serial();
+    let e = env();
+    let (u, o2) = (&e.user, &e.other);
+    umount_all_under(&e.root);
+    let per_user = default_policy()["limits"]["max_loop_devices"].as_u64().unwrap();
+    assert!(per_user < 8, "default per-user loop limit {per_user} is all of a max_loop=8 machine");
+    let guard = PolicyGuard::new();
+    let mut v = default_policy();
+    v["machine_limits"] = serde_json::json!({ "max_mounts": 1, "max_loop_devices": 16 });
+    guard.write(&v.to_string(), 0o644, 0);
+    let a = b"machine".as_slice();
+    let mine = one_file_fixture(u, "machine-1", "m", a);
+    let theirs = one_file_fixture(o2, "machine-2", "m", a);
+    let o = run_as_strs(u, &mount_args(&mine, &[]));
+    let first = o.status.success();
+    let o2out = run_as_strs(o2, &mount_args(&theirs, &[]));
+    let second = mount_line(&theirs.target).is_some();
+    let _ = run_as(u, &["umount", mine.target.to_str().unwrap()]);
+    umount_all_under(&mine.dir);
+    umount_all_under(&theirs.dir);
+    drop(guard);
+    assert!(first, "first mount: {}", stderr(&o));
+    assert!(!second, "a second user's mount passed the machine-wide cap of 1");
+    assert_refused(&o2out, "machine-wide limit exceeded: mounts");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy switch, --fd-out credentials, fresh machine
+// ---------------------------------------------------------------------------------------------
+
+/// `features.build_from_toc: false` refuses on-the-fly builds (and only them).
+#[test]
+fn build_from_toc_switch_is_enforced() {
+    let _g = serial();
+    let u = &env().user;
+    let guard = PolicyGuard::new();
+    let mut v = default_policy();
+    v["features"]["build_from_toc"] = false.into();
+    guard.write(&v.to_string(), 0o644, 0);
+    let fx = toc_fixture(u, "notoc", 3);
+    let before = system_state();
+    let mut a = mount_args(&fx.toc_fx, &["--toc"]);
+    a[1] = fx.toc.display().to_string();
+    let o = run_as_strs(u, &a);
+    let mounted = mount_line(&fx.toc_fx.target).is_some();
+    umount_all_under(&fx.toc_fx.dir);
+    let plain = run_as_strs(u, &mount_args(&fx.image_fx, &[]));
+    let _ = run_as(u, &["umount", fx.image_fx.target.to_str().unwrap()]);
+    umount_all_under(&fx.image_fx.dir);
+    drop(guard);
+    assert!(!mounted, "--toc mounted with build_from_toc false");
+    assert_refused(&o, "on-the-fly builds (--toc, --estargz, --dump) are disabled");
+    assert!(plain.status.success(), "a prebuilt image still mounts: {}", stderr(&plain));
+    assert_state_is(&before, "build_from_toc");
+}
+
+/// Receives the mount over a stream or a datagram socket and reports the sender's credentials
+/// as the receiver sees them: `SO_PEERCRED` (stream) and `SCM_CREDENTIALS` (both).
+const CRED_RECEIVER: &str = r#"
+import os, socket, struct, sys, json, array
+kind, path = sys.argv[1], sys.argv[2]
+ty = socket.SOCK_STREAM if kind == "stream" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_UNIX, ty)
+if os.path.exists(path + ".tmp"):
+    os.unlink(path + ".tmp")
+s.bind(path + ".tmp")
+s.settimeout(30)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+out = {}
+if kind == "stream":
+    s.listen(1)
+# Ready (bound, listening, passing credentials) before the socket appears under its name.
+os.rename(path + ".tmp", path)
+if kind == "stream":
+    c, _ = s.accept()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    pid, uid, gid = struct.unpack("3i", c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    out["peercred"] = [uid, gid]
+else:
+    c = s
+msg, anc, flags, addr = c.recvmsg(16, socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4 * 4))
+fds = array.array("i")
+for level, typ, data in anc:
+    if level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS:
+        pid, uid, gid = struct.unpack("3i", data[:12])
+        out["scm_credentials"] = [uid, gid]
+    if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+        fds.frombytes(data[: len(data) - len(data) % 4])
+out["fds"] = len(fds)
+print(json.dumps(out))
+"#;
+
+/// The receiver of an `--fd-out` mount that asks who sent it (`SO_PEERCRED` on a stream,
+/// `SCM_CREDENTIALS` on a stream or a datagram socket) sees the caller, not root.
+#[test]
+fn fd_out_receivers_see_the_callers_credentials() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    let a = b"credentials".as_slice();
+    let fx = one_file_fixture(u, "creds", "c", a);
+    let script = e.root.join("creds.py");
+    std::fs::write(&script, CRED_RECEIVER).unwrap();
+    for kind in ["stream", "dgram"] {
+        let sock = fx.dir.join(format!("sock-{kind}"));
+        let _ = std::fs::remove_file(&sock);
+        let mut recv = root::spawn_as(
+            u,
+            Path::new("/usr/bin/python3"),
+            &args(&[script.to_str().unwrap(), kind, sock.to_str().unwrap()]),
+        );
+        root::eventually(3, || sock.exists());
+        let o = mount_fd_out(u, &fx, &sock);
+        let r = recv.output();
+        let out = String::from_utf8_lossy(&r.stdout).to_string();
+        assert!(o.status.success(), "{kind}: mount --fd-out: {}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{kind}: {out} {}", stderr(&r)));
+        assert_eq!(v["fds"], 1, "{kind}: {v}");
+        let caller = serde_json::json!([u.uid, u.gid]);
+        assert_eq!(v["scm_credentials"], caller, "{kind}: SCM_CREDENTIALS do not name the caller: {v}");
+        if kind == "stream" {
+            assert_eq!(v["peercred"], caller, "SO_PEERCRED does not name the caller: {v}");
+        }
+    }
+}
+
+/// On a machine where no mount was ever made (no /run/cfsmount yet), unmounting something
+/// cfsmount did not mount is the usual refusal, not an error about the state directory.
+#[test]
+fn umount_on_a_fresh_machine_is_the_refusal() {
+    let _g = serial();
+    let e = env();
+    let u = &e.user;
+    umount_all_under(&e.root);
+    let aside = PathBuf::from("/run/cfsmount.aside-for-test");
+    let _ = std::fs::remove_dir_all(&aside);
+    let had = Path::new("/run/cfsmount").exists();
+    if had {
+        std::fs::rename("/run/cfsmount", &aside).unwrap();
+    }
+    let dir = user_dir(u, "fresh");
+    let m = target_dir(u, &dir.join("tmpfs"));
+    assert!(sh("mount", &["-t", "tmpfs", "-o", &format!("uid={}", u.uid), "none", m.to_str().unwrap()])
+        .status
+        .success());
+    let plain = run_as(u, &["umount", dir.to_str().unwrap()]);
+    let foreign = run_as(u, &["umount", m.to_str().unwrap()]);
+    let still = mount_line(&m).is_some();
+    let _ = sh("umount", &[m.to_str().unwrap()]);
+    let created = Path::new("/run/cfsmount").exists();
+    if had {
+        let _ = std::fs::remove_dir_all("/run/cfsmount");
+        std::fs::rename(&aside, "/run/cfsmount").unwrap();
+    }
+    assert_refused(&plain, "not a mount made by cfsmount");
+    assert_refused(&foreign, "not a mount made by cfsmount");
+    assert!(still, "the foreign tmpfs was unmounted");
+    assert!(!created, "umount created the state directory");
+}
