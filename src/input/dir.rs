@@ -101,7 +101,8 @@ pub(crate) fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirErro
 
     let threads = opts.walk.threads.unwrap_or_else(import::default_threads);
     let lister = |dir: &Path| list_dir(dir, &opts.walk);
-    let ((), objects) = import::with_workers(store.as_ref(), threads, &lister, |sub| walk(&mut b, root, sub, &opts.walk))?;
+    let ((), objects) =
+        import::with_workers(store.as_ref(), threads, &lister, |sub| walk(&mut b, root, sub, &opts.walk))?;
     let mut tree = b.tree;
     for (id, obj) in objects {
         let e = &mut tree.node_mut(id).entry;
@@ -157,7 +158,12 @@ fn list_dir(dir: &Path, walk: &WalkOptions) -> Listing {
 
 /// Depth-first walk with an explicit stack (no recursion on hostile depth). The tree is built
 /// here, in a fixed order; the listings and the files' contents come from the import workers.
-fn walk(b: &mut Builder, root: &Path, sub: &import::Submitter<'_, Listing>, opts: &WalkOptions) -> Result<(), DirError> {
+fn walk(
+    b: &mut Builder,
+    root: &Path,
+    sub: &import::Submitter<'_, Listing>,
+    opts: &WalkOptions,
+) -> Result<(), DirError> {
     let mut stack = vec![(sub.list(root.to_path_buf()), ROOT)];
     while let Some((ticket, id)) = stack.pop() {
         let mut subdirs = Vec::new();

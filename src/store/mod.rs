@@ -14,7 +14,7 @@ pub mod writer;
 
 pub use hash::Digest;
 pub use objects::{object_name, Naming, ObjectStore, StoreError, StoreOptions, Stored, VerityMode};
-pub use stage::{Stage, StageStats};
+pub use stage::{Stage, StageStats, STAGE_PREFIX};
 pub use writer::ObjectWriter;
 
 #[cfg(test)]

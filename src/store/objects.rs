@@ -399,14 +399,52 @@ impl ObjectStore {
         let fresh = matches!(dest, Dest::Store) && self.fresh[digest[0] as usize].load(Ordering::Relaxed);
         if !fresh {
             if let Some(have) = self.lookup(&digest)? {
-                self.check_size(&digest, have, size)?;
-                return Ok(Stored { digest, verity, size, new: false });
+                return self.existing(digest, verity, have, size);
             }
         }
         let mut tmp = self.create_tmp()?;
         tmp.file.write_all(data).map_err(|e| self.io_err("writing a new object", e))?;
         let (new, measured) = self.place(tmp, dest, &digest, size, verity)?;
         Ok(Stored { digest, verity: verity.or(measured), size, new })
+    }
+
+    /// An object found in the store (`have` bytes) for content of `size` bytes: the sizes must
+    /// agree. With [`VerityMode::Require`] the object must also carry fs-verity: it is measured,
+    /// and sealed first if it is not (an object written by a tool or a run that did not seal it);
+    /// the measured digest must equal `verity` when that was computed.
+    pub(crate) fn existing(
+        &self,
+        digest: Digest,
+        verity: Option<Digest>,
+        have: u64,
+        size: u64,
+    ) -> Result<Stored, StoreError> {
+        self.check_size(&digest, have, size)?;
+        if self.opts.verity != VerityMode::Require {
+            return Ok(Stored { digest, verity, size, new: false });
+        }
+        let name = object_name(&digest);
+        let f = self.open_object(&digest)?;
+        let m = match crate::fsverity::measure(f.as_fd()) {
+            Ok(m) => m,
+            // Not sealed yet (ENODATA), or no fs-verity here: enabling tells which.
+            Err(_) => self
+                .enable_verity(&f, &name, None)?
+                .ok_or_else(|| self.io_err(format!("sealing {name}"), io::Error::other("fs-verity not available")))?,
+        };
+        if let Some(v) = verity {
+            if v != m {
+                return Err(StoreError::Verity {
+                    store: self.path.clone(),
+                    name,
+                    source: VerityError::Mismatch {
+                        expected: crate::fsverity::to_hex(&v),
+                        actual: crate::fsverity::to_hex(&m),
+                    },
+                });
+            }
+        }
+        Ok(Stored { digest, verity: Some(m), size, new: false })
     }
 
     pub(crate) fn check_size(&self, d: &Digest, have: u64, want: u64) -> Result<(), StoreError> {

@@ -2,14 +2,15 @@
 //!
 //! A layer import verifies the whole blob (its digest, the diff_id) only at its end; until then
 //! nothing of it may be visible. New objects of a stage are written, hashed and sealed exactly as
-//! direct ones, but named `HEX` in a private directory `.stage-*` of the store (mode 0700).
+//! direct ones, but named `HEX` in a private directory `.cfsmount-import-*` of the store (mode 0700).
 //! [`Stage::commit`] renames them to `xx/rest` (never replacing: an object that appeared
 //! meanwhile is kept and the staged copy dropped), makes them durable with one `syncfs` and
 //! removes the directory. Dropping the stage removes what it staged. A killed import leaves its
-//! `.stage-*` directory, which is no object name: gc removes it.
+//! `.cfsmount-import-PID-*` directory, which is no object name: the next stage in the store removes it
+//! when that process is gone, and `oci` gc removes it under its lock.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
@@ -18,6 +19,10 @@ use rustix::io::Errno;
 use super::hash::{Digest, Hashers};
 use super::objects::{object_name, Dest, ObjectStore, StoreError, Stored, Tmp};
 use super::writer::ObjectWriter;
+
+/// Name prefix of stage directories (`.cfsmount-import-PID-NANOS`); `oci` gc removes the ones
+/// it finds under its exclusive lock.
+pub const STAGE_PREFIX: &str = ".cfsmount-import-";
 
 /// What [`Stage::commit`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,7 +52,8 @@ impl ObjectStore {
     /// Starts a [`Stage`] in this store.
     pub fn stage(&self) -> Result<Stage<'_>, StoreError> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let name = format!(".stage-{:x}-{nanos:x}", std::process::id());
+        remove_stale_stages(self.dir_fd());
+        let name = format!("{STAGE_PREFIX}{}-{nanos:x}", std::process::id());
         rustix::fs::mkdirat(self.dir_fd(), name.as_str(), Mode::from_raw_mode(0o700))
             .map_err(|e| self.io_err(format!("mkdir {name}"), e))?;
         let dir = rustix::fs::openat(
@@ -101,8 +107,7 @@ impl<'s> Stage<'s> {
         }
         let size = data.len() as u64;
         if let Some(have) = self.store.lookup(&digest)? {
-            self.store.check_size(&digest, have, size)?;
-            return Ok(self.remember(Stored { digest, verity, size, new: false }));
+            return Ok(self.remember(self.store.existing(digest, verity, have, size)?));
         }
         let mut tmp = self.store.create_tmp()?;
         std::io::Write::write_all(&mut tmp.file, data).map_err(|e| self.store.io_err("writing a new object", e))?;
@@ -120,8 +125,7 @@ impl<'s> Stage<'s> {
             return Ok(s);
         }
         if let Some(have) = self.store.lookup(&digest)? {
-            self.store.check_size(&digest, have, size)?;
-            return Ok(self.remember(Stored { digest, verity, size, new: false }));
+            return Ok(self.remember(self.store.existing(digest, verity, have, size)?));
         }
         let (_, measured) = self.store.place(tmp, Dest::Stage(self.dir().as_fd()), &digest, size, verity)?;
         // A copy another thread staged first (EEXIST in the stage) is the same object.
@@ -169,16 +173,53 @@ impl Drop for Stage<'_> {
     fn drop(&mut self) {
         let Some(dir) = self.dir.take() else { return };
         // Remove what this stage holds; nothing of it was moved into the store.
-        let names: Vec<Vec<u8>> = match rustix::fs::Dir::read_from(&dir) {
-            Ok(d) => d.filter_map(Result::ok).map(|e| e.file_name().to_bytes().to_vec()).collect(),
-            Err(_) => Vec::new(),
-        };
-        for n in names {
-            if n != b"." && n != b".." {
-                let _ = rustix::fs::unlinkat(&dir, n.as_slice(), AtFlags::empty());
-            }
-        }
+        clear_dir(&dir, 0);
         drop(dir);
         let _ = rustix::fs::unlinkat(self.store.dir_fd(), self.name.as_str(), AtFlags::REMOVEDIR);
+    }
+}
+
+/// Removes the stage directories of imports whose process is gone (killed mid-way): they hold
+/// no object under a final name, only staged copies. A process that is alive in another PID
+/// namespace cannot be told from a dead one: if its stage is removed, its commit fails (the
+/// rename finds nothing) and it stores nothing; no object is ever lost or half-visible.
+fn remove_stale_stages(store: BorrowedFd<'_>) {
+    let Ok(d) = rustix::fs::Dir::read_from(store) else { return };
+    let stale: Vec<String> = d
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+        .filter(|n| {
+            let pid = n.strip_prefix(STAGE_PREFIX).and_then(|r| r.split('-').next());
+            pid.and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| p != std::process::id() && !std::path::Path::new(&format!("/proc/{p}")).exists())
+        })
+        .collect();
+    for n in stale {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        if let Ok(sub) = rustix::fs::openat(store, n.as_str(), flags, Mode::empty()) {
+            clear_dir(&sub, 1);
+        }
+        let _ = rustix::fs::unlinkat(store, n.as_str(), AtFlags::REMOVEDIR);
+    }
+}
+
+/// Removes the entries of a directory, and of its subdirectories `depth` levels down (the
+/// stages of earlier versions held one level of subdirectories).
+fn clear_dir(dir: &OwnedFd, depth: u32) {
+    let names: Vec<Vec<u8>> = match rustix::fs::Dir::read_from(dir) {
+        Ok(d) => d.filter_map(Result::ok).map(|e| e.file_name().to_bytes().to_vec()).collect(),
+        Err(_) => Vec::new(),
+    };
+    for n in names.iter().filter(|n| n.as_slice() != b"." && n.as_slice() != b"..") {
+        match rustix::fs::unlinkat(dir, n.as_slice(), AtFlags::empty()) {
+            Err(Errno::ISDIR) if depth > 0 => {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+                if let Ok(sub) = rustix::fs::openat(dir, n.as_slice(), flags, Mode::empty()) {
+                    clear_dir(&sub, depth - 1);
+                }
+                let _ = rustix::fs::unlinkat(dir, n.as_slice(), AtFlags::REMOVEDIR);
+            }
+            _ => {}
+        }
     }
 }

@@ -217,6 +217,28 @@ fn stage_commits_together_or_not_at_all() {
 }
 
 #[test]
+fn stages_of_killed_imports_are_removed_by_the_next_stage() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("objs");
+    let s = ObjectStore::open(&dir, StoreOptions::new(Naming::Sha256)).unwrap();
+    // A dead process's stage (this layout and the older one with per-thread subdirectories),
+    // and one of a live process (this one) that must stay.
+    let dead = dir.join(format!("{STAGE_PREFIX}999999999-1"));
+    fs::create_dir_all(dead.join("p0")).unwrap();
+    fs::write(dead.join("p0/tmp-1"), b"partial").unwrap();
+    fs::write(dead.join("ab12"), b"staged").unwrap();
+    let live = dir.join(format!("{STAGE_PREFIX}{}-1", std::process::id()));
+    fs::create_dir(&live).unwrap();
+    let st = s.stage().unwrap();
+    assert!(!dead.exists(), "the dead import's stage is removed");
+    assert!(live.exists(), "a live process's stage is left alone");
+    st.insert_bytes(&data(100, 30), None).unwrap();
+    st.commit().unwrap();
+    fs::remove_dir(&live).unwrap();
+    assert_clean(&dir);
+}
+
+#[test]
 fn concurrent_writers_of_the_same_objects() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("objs");

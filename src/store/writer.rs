@@ -97,8 +97,7 @@ impl<'s> ObjectWriter<'s> {
             return st.put_file(tmp, digest, verity, size);
         }
         if let Some(have) = self.store.lookup(&digest)? {
-            self.store.check_size(&digest, have, size)?;
-            return Ok(Stored { digest, verity, size, new: false });
+            return self.store.existing(digest, verity, have, size);
         }
         let (new, measured) = self.store.place(tmp, Dest::Store, &digest, size, verity)?;
         Ok(Stored { digest, verity: verity.or(measured), size, new })
