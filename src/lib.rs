@@ -5,6 +5,7 @@
 
 pub(crate) mod boot;
 pub mod build;
+mod bytes;
 pub mod cli;
 pub mod compat;
 pub mod erofs;

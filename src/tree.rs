@@ -113,14 +113,9 @@ pub struct Node {
     /// computed: directories 2 + subdirectories, others 1 + hard links naming them.
     /// Directories always get the computed value in an image.
     pub nlink: Option<u32>,
-    /// Next node in the same name-index bucket (`NO_NODE` ends the chain).
-    next_same_hash: NodeId,
     /// Distance from the root (root = 0), kept so depth checks cost O(1).
     depth: u32,
 }
-
-/// "No node" marker for index chains.
-const NO_NODE: NodeId = NodeId::MAX;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TreeError {
@@ -145,27 +140,85 @@ pub fn show(path: &[u8]) -> String {
     String::from_utf8_lossy(path).escape_debug().to_string()
 }
 
-/// Split a relative path into validated components. Rejects empty paths, empty, `.`
-/// and `..` components, NUL bytes and names over [`MAX_NAME_LEN`].
-pub(crate) fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
-    let bad = |reason| TreeError::BadPath { path: show(path), reason };
+/// Why `path` is not a clean relative path, if it is not: empty, `.` or `..` components, a NUL
+/// byte, names over [`MAX_NAME_LEN`], [`PATH_MAX`] bytes or more. The reasons come in that
+/// order of precedence (length, NUL anywhere, then the first bad component).
+pub(crate) fn path_problem(path: &[u8]) -> Option<&'static str> {
+    scan_path(path, |_, _| {})
+}
+
+/// [`path_problem`], calling `each(start, end)` for every component's byte range of a clean path
+/// (a path with a problem may have had some of its components reported before it was found).
+///
+/// One pass over the bytes, eight at a time, without allocation: every path of every input
+/// goes through here (a regular file's payload twice), so it is on the hot path of a build.
+fn scan_path(path: &[u8], mut each: impl FnMut(usize, usize)) -> Option<&'static str> {
+    use crate::bytes::{eq_bytes, first_byte, splat, word, zero_bytes};
     if path.len() >= PATH_MAX {
-        return Err(bad("path longer than PATH_MAX"));
+        return Some("path longer than PATH_MAX");
     }
-    if path.contains(&0) {
-        return Err(bad("NUL byte in path"));
+    let component = |c: &[u8]| match c {
+        b"" => Some("empty path component"),
+        b"." => Some("'.' path component"),
+        b".." => Some("'..' path component"),
+        c if c.len() > MAX_NAME_LEN => Some("name longer than 255 bytes"),
+        _ => None,
+    };
+    // The first bad component is remembered and the scan goes on: a NUL anywhere wins.
+    let mut first: Option<&'static str> = None;
+    let mut start = 0;
+    let mut slash_at = |i: usize, first: &mut Option<&'static str>| {
+        if first.is_none() {
+            *first = component(&path[start..i]);
+            each(start, i);
+        }
+        start = i + 1;
+    };
+    let mut words = path.chunks_exact(8);
+    let mut base = 0;
+    for w in &mut words {
+        let w = word(w);
+        if zero_bytes(w) != 0 {
+            return Some("NUL byte in path");
+        }
+        let mut slashes = eq_bytes(w, splat(b'/'));
+        while slashes != 0 {
+            slash_at(base + first_byte(slashes), &mut first);
+            slashes &= slashes - 1;
+        }
+        base += 8;
     }
-    let mut out = Vec::new();
-    for comp in path.split(|&b| b == b'/') {
-        match comp {
-            b"" => return Err(bad("empty path component")),
-            b"." => return Err(bad("'.' path component")),
-            b".." => return Err(bad("'..' path component")),
-            c if c.len() > MAX_NAME_LEN => return Err(bad("name longer than 255 bytes")),
-            c => out.push(c),
+    for (k, &b) in words.remainder().iter().enumerate() {
+        if b == 0 {
+            return Some("NUL byte in path");
+        }
+        if b == b'/' {
+            slash_at(base + k, &mut first);
         }
     }
-    Ok(out)
+    if first.is_none() {
+        first = component(&path[start..]);
+        each(start, path.len());
+    }
+    first
+}
+
+/// [`path_problem`] as a [`TreeError::BadPath`] naming the path.
+pub(crate) fn check_path(path: &[u8]) -> Result<(), TreeError> {
+    match path_problem(path) {
+        None => Ok(()),
+        Some(reason) => Err(TreeError::BadPath { path: show(path), reason }),
+    }
+}
+
+/// Split a relative path into validated components. Rejects empty paths, empty, `.`
+/// and `..` components, NUL bytes and names over [`MAX_NAME_LEN`] (see [`path_problem`]).
+pub(crate) fn split_path(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
+    let mut out = Vec::with_capacity(8);
+    match scan_path(path, |a, b| out.push(&path[a..b])) {
+        None => Ok(out),
+        Some(reason) => Err(TreeError::BadPath { path: show(path), reason }),
+    }
 }
 
 /// Checks a regular file's payload: the object it names below an object directory (`--basedir`,
@@ -182,29 +235,58 @@ pub(crate) fn check_object_path(payload: &[u8]) -> Result<(), &'static str> {
         return Ok(());
     }
     let rel = payload.strip_prefix(b"/").unwrap_or(payload);
-    match split_path(rel) {
-        Ok(_) => Ok(()),
-        Err(TreeError::BadPath { reason, .. }) => Err(reason),
-        Err(_) => Err("not an object path"),
+    match path_problem(rel) {
+        None => Ok(()),
+        Some(reason) => Err(reason),
     }
 }
 
-/// Hasher for keys that already are a keyed hash (the name index): passes the u64 through.
-#[derive(Default)]
-struct PreHashed(u64);
+/// The directories on the way to the last parent an input used, root first. Inputs list a
+/// directory's entries together (tar order, composefs-dump's depth-first order), so the next
+/// parent is almost always the same directory, a child of it or one of its ancestors: found
+/// without walking from the root and hashing every component on the way.
+pub(crate) struct DirCursor {
+    /// Relative path of the deepest directory (no leading `/`; empty for the root).
+    path: Vec<u8>,
+    /// (node, length of `path` up to the end of its name); `dirs[0]` is the root.
+    dirs: Vec<(NodeId, usize)>,
+}
 
-impl std::hash::Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
+impl Default for DirCursor {
+    fn default() -> Self {
+        DirCursor { path: Vec::new(), dirs: vec![(ROOT, 0)] }
     }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are used; fold anything else in so the hasher stays total.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+}
+
+impl DirCursor {
+    /// The deepest directory of the cursor that is `parent_rel` (a clean relative path) or one of
+    /// its ancestors, and the offset in `parent_rel` where the components below it start (at a
+    /// `/`, or 0 for the root). Deeper directories are dropped from the cursor.
+    pub(crate) fn seek(&mut self, parent_rel: &[u8]) -> (NodeId, usize) {
+        if parent_rel == self.path.as_slice() {
+            let &(id, end) = self.dirs.last().expect("the root is always there");
+            return (id, end);
         }
+        let common = self.path.iter().zip(parent_rel).take_while(|(a, b)| a == b).count();
+        while self.dirs.len() > 1 {
+            let end = self.dirs[self.dirs.len() - 1].1;
+            if end <= common && (end == parent_rel.len() || parent_rel[end] == b'/') {
+                break;
+            }
+            self.dirs.pop();
+        }
+        let &(id, end) = self.dirs.last().expect("the root is always there");
+        self.path.truncate(end);
+        (id, end)
     }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+
+    /// The directory `id`, named `comp`, is the next component below the cursor's deepest.
+    pub(crate) fn descend(&mut self, id: NodeId, comp: &[u8]) {
+        if !self.path.is_empty() {
+            self.path.push(b'/');
+        }
+        self.path.extend_from_slice(comp);
+        self.dirs.push((id, self.path.len()));
     }
 }
 
@@ -214,12 +296,24 @@ pub struct Tree {
     pub limits: Limits,
     /// Inode used for parent directories that the input did not list.
     pub implicit_dir: Inode,
-    /// Name index: hash of (parent, name) → most recent node with that hash; nodes
-    /// with equal hashes are chained through `Node::next_same_hash`. The hash is
-    /// keyed per tree (RandomState), so hostile names cannot force collisions; the map
-    /// itself uses that hash as is instead of hashing it a second time.
-    index: std::collections::HashMap<u64, NodeId, std::hash::BuildHasherDefault<PreHashed>>,
+    /// Name index: every non-root node, found by (parent, name). Each slot holds the node and
+    /// the 32-bit name hash ([`NameHash`]) it was filed under, so growing the table rehashes
+    /// nothing.
+    index: hashbrown::HashTable<(NodeId, u32)>,
+    /// Keyed per tree (SipHash with random keys), so hostile names cannot force collisions.
     hasher: std::collections::hash_map::RandomState,
+}
+
+/// The keyed hash of (parent, name), kept in 32 bits: the index stores it next to the node, and
+/// [`NameHash::spread`] makes the table's 64-bit hash from it (hashbrown takes its bucket from
+/// the low bits and its tag from the top 7).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct NameHash(u32);
+
+impl NameHash {
+    fn spread(self) -> u64 {
+        (self.0 as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.0 as u64
+    }
 }
 
 impl Tree {
@@ -235,10 +329,9 @@ impl Tree {
             link_to: None,
             implicit: true,
             nlink: None,
-            next_same_hash: NO_NODE,
             depth: 0,
         };
-        Tree { nodes: vec![root], limits, implicit_dir, index: Default::default(), hasher: Default::default() }
+        Tree { nodes: vec![root], limits, implicit_dir, index: hashbrown::HashTable::new(), hasher: Default::default() }
     }
 
     pub fn node(&self, id: NodeId) -> &Node {
@@ -267,20 +360,37 @@ impl Tree {
     }
 
     pub fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
-        let mut cur = self.index.get(&self.name_hash(dir, name)).copied().unwrap_or(NO_NODE);
-        while cur != NO_NODE {
-            let n = &self.nodes[cur as usize];
-            if n.parent == dir && n.name == name {
-                return Some(cur);
-            }
-            cur = n.next_same_hash;
-        }
-        None
+        self.child_hashed(self.name_hash(dir, name), dir, name)
     }
 
-    fn name_hash(&self, dir: NodeId, name: &[u8]) -> u64 {
-        use std::hash::BuildHasher;
-        self.hasher.hash_one((dir, name))
+    /// [`Tree::child`] with the name's hash already computed (see [`Tree::name_hash`]).
+    pub(crate) fn child_hashed(&self, h: NameHash, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+        let nodes = &self.nodes;
+        self.index
+            .find(h.spread(), |&(id, hh)| {
+                let n = &nodes[id as usize];
+                hh == h.0 && n.parent == dir && n.name == name
+            })
+            .map(|&(id, _)| id)
+    }
+
+    /// The keyed hash under which (dir, name) is filed in the name index: SipHash of the name
+    /// (one `write`, the cheapest way through std's SipHasher), the directory mixed in after by an
+    /// odd multiplier. Same name in two directories: different hashes (the multiplication is a
+    /// bijection on 32 bits); different names: as unpredictable as SipHash with unknown keys.
+    pub(crate) fn name_hash(&self, dir: NodeId, name: &[u8]) -> NameHash {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.hasher.build_hasher();
+        h.write(name);
+        NameHash(h.finish() as u32 ^ dir.wrapping_mul(0x9e37_79b9))
+    }
+
+    /// Room for `additional` more nodes (in the arena and the name index), for inputs that know
+    /// their size: no regrowth (and no copy of the arena) while they are inserted.
+    pub fn reserve(&mut self, additional: usize) {
+        let additional = additional.min(self.limits.max_entries.saturating_sub(self.nodes.len()));
+        self.nodes.reserve(additional);
+        self.index.reserve(additional, |&(_, h)| NameHash(h).spread());
     }
 
     pub fn lookup(&self, path: &[u8]) -> Option<NodeId> {
@@ -313,7 +423,20 @@ impl Tree {
     }
 
     fn alloc(&mut self, parent: NodeId, name: &[u8], entry: Entry, implicit: bool) -> Result<NodeId, TreeError> {
-        if self.nodes.len() >= self.limits.max_entries || self.nodes.len() >= NO_NODE as usize {
+        let h = self.name_hash(parent, name);
+        self.alloc_hashed(h, parent, name, entry, implicit)
+    }
+
+    /// Add a node `name` under `parent` (filed under `h`, which must be its [`Tree::name_hash`]).
+    fn alloc_hashed(
+        &mut self,
+        h: NameHash,
+        parent: NodeId,
+        name: &[u8],
+        entry: Entry,
+        implicit: bool,
+    ) -> Result<NodeId, TreeError> {
+        if self.nodes.len() >= self.limits.max_entries || self.nodes.len() >= NodeId::MAX as usize {
             return Err(TreeError::TooManyEntries { limit: self.limits.max_entries });
         }
         let id = self.nodes.len() as NodeId;
@@ -326,14 +449,10 @@ impl Tree {
             link_to: None,
             implicit,
             nlink: None,
-            next_same_hash: NO_NODE,
             depth,
         });
         self.nodes[parent as usize].children.push(id);
-        let h = self.name_hash(parent, name);
-        if let Some(prev) = self.index.insert(h, id) {
-            self.nodes[id as usize].next_same_hash = prev;
-        }
+        self.index.insert_unique(h.spread(), (id, h.0), |&(_, hh)| NameHash(hh).spread());
         Ok(id)
     }
 
@@ -344,7 +463,8 @@ impl Tree {
         }
         let mut cur = ROOT;
         for (i, comp) in comps[..comps.len() - 1].iter().enumerate() {
-            cur = match self.child(cur, comp) {
+            let h = self.name_hash(cur, comp);
+            cur = match self.child_hashed(h, cur, comp) {
                 Some(id) => {
                     if !self.node(id).entry.inode.is_dir() || self.node(id).link_to.is_some() {
                         return Err(TreeError::ParentNotDir {
@@ -356,7 +476,7 @@ impl Tree {
                 }
                 None => {
                     let e = Entry { inode: self.implicit_dir, ..Entry::default() };
-                    self.alloc(cur, comp, e, true)?
+                    self.alloc_hashed(h, cur, comp, e, true)?
                 }
             };
         }
@@ -370,7 +490,8 @@ impl Tree {
         let comps = split_path(path)?;
         let parent = self.parent_for(path, &comps)?;
         let name = comps[comps.len() - 1];
-        if let Some(id) = self.child(parent, name) {
+        let h = self.name_hash(parent, name);
+        if let Some(id) = self.child_hashed(h, parent, name) {
             let n = self.node_mut(id);
             if n.implicit && n.entry.inode.is_dir() && entry.inode.is_dir() {
                 n.entry = entry;
@@ -382,7 +503,65 @@ impl Tree {
             }
             return Err(TreeError::Duplicate { path: show(path) });
         }
-        self.alloc(parent, name, entry, false)
+        self.alloc_hashed(h, parent, name, entry, false)
+    }
+
+    /// [`Tree::insert`] for inputs that list entries directory by directory (tar order): the
+    /// parent is found from `cursor` (the directories of the previous insertion) instead of
+    /// walking from the root. Same checks, same errors, same result as [`Tree::insert`].
+    pub(crate) fn insert_via(
+        &mut self,
+        cursor: &mut DirCursor,
+        path: &[u8],
+        entry: Entry,
+    ) -> Result<NodeId, TreeError> {
+        let mut n_comps = 0usize;
+        if let Some(reason) = scan_path(path, |_, _| n_comps += 1) {
+            return Err(TreeError::BadPath { path: show(path), reason });
+        }
+        if n_comps > self.limits.max_depth {
+            return Err(TreeError::TooDeep { path: show(path), limit: self.limits.max_depth });
+        }
+        let (parent_rel, name) = match memchr::memrchr(b'/', path) {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&b""[..], path),
+        };
+        let (mut dir, mut pos) = cursor.seek(parent_rel);
+        while pos < parent_rel.len() {
+            let from = if pos == 0 { 0 } else { pos + 1 };
+            let to = memchr::memchr(b'/', &parent_rel[from..]).map_or(parent_rel.len(), |i| from + i);
+            let comp = &parent_rel[from..to];
+            let h = self.name_hash(dir, comp);
+            dir = match self.child_hashed(h, dir, comp) {
+                Some(id) => {
+                    let n = self.node(id);
+                    if !n.entry.inode.is_dir() || n.link_to.is_some() {
+                        return Err(TreeError::ParentNotDir { path: show(path), parent: show(&parent_rel[..to]) });
+                    }
+                    id
+                }
+                None => {
+                    let e = Entry { inode: self.implicit_dir, ..Entry::default() };
+                    self.alloc_hashed(h, dir, comp, e, true)?
+                }
+            };
+            cursor.descend(dir, comp);
+            pos = to;
+        }
+        let h = self.name_hash(dir, name);
+        if let Some(id) = self.child_hashed(h, dir, name) {
+            let n = self.node_mut(id);
+            if n.implicit && n.entry.inode.is_dir() && entry.inode.is_dir() {
+                n.entry = entry;
+                n.implicit = false;
+                return Ok(id);
+            }
+            if n.link_to.is_none() && n.entry == entry {
+                return Ok(id);
+            }
+            return Err(TreeError::Duplicate { path: show(path) });
+        }
+        self.alloc_hashed(h, dir, name, entry, false)
     }
 
     /// Add a hard link at `path` to the existing non-directory entry at `target`.
@@ -435,13 +614,13 @@ impl Tree {
     /// Add `name` directly under the existing directory `parent` (no implicit parents,
     /// no duplicate accepted). Used by inputs that list every directory themselves.
     pub fn insert_child(&mut self, parent: NodeId, name: &[u8], entry: Entry) -> Result<NodeId, TreeError> {
-        self.check_new_child(parent, name)?;
-        self.alloc(parent, name, entry, false)
+        let h = self.check_new_child(parent, name)?;
+        self.alloc_hashed(h, parent, name, entry, false)
     }
 
     /// Add a hard link `name` under `parent` to the existing non-directory `target`.
     pub fn insert_hardlink_child(&mut self, parent: NodeId, name: &[u8], target: NodeId) -> Result<NodeId, TreeError> {
-        self.check_new_child(parent, name)?;
+        let h = self.check_new_child(parent, name)?;
         let tid = self.resolve(target);
         if self.node(tid).entry.inode.is_dir() {
             return Err(TreeError::BadHardlink {
@@ -451,7 +630,7 @@ impl Tree {
             });
         }
         let entry = self.node(tid).entry.clone();
-        let id = self.alloc(parent, name, entry, false)?;
+        let id = self.alloc_hashed(h, parent, name, entry, false)?;
         self.node_mut(id).link_to = Some(tid);
         Ok(id)
     }
@@ -465,7 +644,8 @@ impl Tree {
         p
     }
 
-    fn check_new_child(&self, parent: NodeId, name: &[u8]) -> Result<(), TreeError> {
+    /// Checks `name` as a new entry of `parent`; returns its name hash for the insertion.
+    fn check_new_child(&self, parent: NodeId, name: &[u8]) -> Result<NameHash, TreeError> {
         let bad = |reason| TreeError::BadPath { path: show(&self.child_path(parent, name)), reason };
         match name {
             b"" => return Err(bad("empty name")),
@@ -482,7 +662,8 @@ impl Tree {
                 parent: show(&self.path_of(parent)),
             });
         }
-        if self.child(parent, name).is_some() {
+        let h = self.name_hash(parent, name);
+        if self.child_hashed(h, parent, name).is_some() {
             return Err(TreeError::Duplicate { path: show(&self.child_path(parent, name)) });
         }
         let depth = self.depth(parent) + 1;
@@ -492,7 +673,7 @@ impl Tree {
                 limit: self.limits.max_depth,
             });
         }
-        Ok(())
+        Ok(h)
     }
 
     /// Set the explicit st_nlink of a node (see [`Node::nlink`]).
@@ -563,6 +744,105 @@ mod tests {
             assert_eq!(check_object_path(bad), Err(why), "{}", show(bad));
         }
         assert_eq!(check_object_path(&[b'a'; 256]), Err("name longer than 255 bytes"));
+    }
+
+    /// The path rule written the plain way (what `scan_path` must agree with).
+    fn naive_path_problem(path: &[u8]) -> Option<&'static str> {
+        if path.len() >= PATH_MAX {
+            return Some("path longer than PATH_MAX");
+        }
+        if path.contains(&0) {
+            return Some("NUL byte in path");
+        }
+        path.split(|&b| b == b'/').find_map(|c| match c {
+            b"" => Some("empty path component"),
+            b"." => Some("'.' path component"),
+            b".." => Some("'..' path component"),
+            c if c.len() > MAX_NAME_LEN => Some("name longer than 255 bytes"),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn path_scan_agrees_with_the_plain_rule() {
+        // Every path of up to 10 bytes over an alphabet of the bytes that matter, at each of
+        // the offsets a word boundary can fall on, plus long names and long paths.
+        let alphabet = [b'a', b'/', b'.', 0u8];
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for len in 0..=10u32 {
+            for mut n in 0..4usize.pow(len) {
+                let mut p = Vec::new();
+                for _ in 0..len {
+                    p.push(alphabet[n % 4]);
+                    n /= 4;
+                }
+                cases.push(p);
+            }
+        }
+        for pre in 0..9 {
+            for name_len in [254, 255, 256] {
+                let mut p = vec![b'x'; pre];
+                p.push(b'/');
+                p.extend(std::iter::repeat_n(b'n', name_len));
+                cases.push(p.clone());
+                p.extend_from_slice(b"/../\0");
+                cases.push(p);
+            }
+        }
+        let long: Vec<u8> = b"abcdefg/".iter().copied().cycle().take(PATH_MAX + 8).collect();
+        for len in [PATH_MAX - 2, PATH_MAX - 1, PATH_MAX, PATH_MAX + 1] {
+            cases.push(long[..len].to_vec());
+        }
+        for p in &cases {
+            assert_eq!(path_problem(p), naive_path_problem(p), "{}", show(p));
+            match split_path(p) {
+                Ok(comps) => assert_eq!(comps, p.split(|&b| b == b'/').collect::<Vec<_>>(), "{}", show(p)),
+                Err(TreeError::BadPath { reason, .. }) => assert_eq!(Some(reason), naive_path_problem(p)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn insert_via_a_cursor_is_insert() {
+        // Random sequences over a small name space (files, directories, implicit parents,
+        // duplicates, names sharing a prefix, bad paths, a tiny depth limit): the cursor gives
+        // the same result (ids or errors) as the walk from the root, step by step.
+        let comps: [&[u8]; 7] = [b"a", b"b", b"ab", b"c", b".", b"", b"a.b"];
+        let mut seed = 11u32;
+        let mut next = |n: u32| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (seed >> 16) % n
+        };
+        for _ in 0..300 {
+            let limits = Limits { max_entries: 40, max_depth: 4 };
+            let (mut t1, mut t2) = (Tree::new(limits), Tree::new(limits));
+            let mut cursor = DirCursor::default();
+            for _ in 0..30 {
+                let depth = 1 + next(5);
+                let mut p = Vec::new();
+                for i in 0..depth {
+                    if i > 0 {
+                        p.push(b'/');
+                    }
+                    let k = if next(10) == 0 { next(7) } else { next(4) };
+                    p.extend_from_slice(comps[k as usize]);
+                }
+                let e = if next(2) == 0 {
+                    reg(0o644)
+                } else {
+                    Entry { inode: Inode { mode: S_IFDIR | 0o755, ..Inode::default() }, ..Entry::default() }
+                };
+                let r1 = t1.insert(&p, e.clone());
+                let r2 = t2.insert_via(&mut cursor, &p, e);
+                assert_eq!(r1, r2, "{}", show(&p));
+            }
+            assert_eq!(t1.len(), t2.len());
+            for id in 0..t1.len() as NodeId {
+                assert_eq!(t1.path_of(id), t2.path_of(id));
+                assert_eq!(t1.node(id).implicit, t2.node(id).implicit);
+            }
+        }
     }
 
     fn reg(mode: u32) -> Entry {

@@ -19,9 +19,9 @@ mod validate;
 use std::fs::File;
 
 pub use request::{BuildError, BuildInfo, BuildOptions, BuildRequest, InputFormat, Output, Source};
-pub use untrusted::build_from_reader;
 /// For callers that build a tree themselves (layer reader, OCI store) and write it confined.
 pub(crate) use untrusted::write_tree;
+pub use untrusted::{build_from_reader, build_from_reader_sized, build_stream};
 pub(crate) use validate::validate_image;
 
 /// Build `source` into `output` with the untrusted stage sandboxed. Returns the build info and,

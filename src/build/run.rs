@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::untrusted::{build_from_reader_sized, write_tree};
+use super::untrusted::{build_stream, write_tree};
 use super::{BuildError, BuildRequest, InputFormat, Source};
 use crate::input::dir::DirOptions;
 use crate::sandbox::SandboxConfig;
@@ -73,12 +73,18 @@ pub(super) fn run_untrusted(
     let out_fd: OwnedFd =
         out.as_fd().try_clone_to_owned().map_err(BuildError::step("duplicating the output descriptor"))?;
     let req = req.clone();
+    // The child exits as soon as the job returns: its trees are left to the kernel (forgotten,
+    // not freed one allocation at a time; see `build_stream`).
     crate::sandbox::run_confined(cfg, input, out_fd, move |mut i: File, mut o: File| {
-        let r = match &tree_from_dir {
-            Some(t) => write_tree(t, &req.write, &mut o),
+        let r = match tree_from_dir {
+            Some(t) => {
+                let r = write_tree(&t, &req.write, &mut o);
+                std::mem::forget(t);
+                r
+            }
             None => {
                 let hint = i.metadata().ok().filter(|m| m.is_file()).map_or(0, |m| m.len());
-                build_from_reader_sized(&req, &mut i, hint, &mut o)
+                build_stream(&req, &mut i, hint, &mut o, std::mem::forget)
             }
         };
         r.map(|_| ()).map_err(|e| e.to_string())

@@ -5,7 +5,8 @@
 
 use std::io::Write;
 
-use super::{round_up, Builder, Dirent, Ino, Target, WriteError, INLINE, X};
+use super::xattrs::{KeyInfo, X};
+use super::{round_up, Builder, Cat, Dirent, Ino, WriteError, INLINE, UNRESOLVED};
 use crate::erofs::format::*;
 use crate::tree::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG};
 
@@ -16,14 +17,13 @@ impl<'a> Builder<'a> {
         self.emit_header(&mut o, data_start)?;
         let mut current_end = data_start;
         let mut ibuf = [0u8; INODE_EXTENDED_SIZE];
-        let mut kbuf = Vec::with_capacity(300);
         for (i, ino) in self.inos.iter().enumerate() {
-            self.emit_inode(&mut o, i, ino, &mut current_end, &mut ibuf, &mut kbuf)?;
+            self.emit_inode(&mut o, i, ino, &mut current_end, &mut ibuf)?;
         }
         o.align(SLOT_SIZE)?;
         debug_assert_eq!(o.pos, self.inodes_end);
-        for (k, v) in &self.shared {
-            o.xattr(&X { key: *k, value: *v, shared: 0 }, &mut kbuf)?;
+        for &(k, v) in &self.shared {
+            o.xattr(self.keys.get(k), v)?;
         }
         o.align(BLOCK_SIZE)?;
         debug_assert_eq!(o.pos, data_start);
@@ -70,27 +70,27 @@ impl<'a> Builder<'a> {
         ino: &Ino<'a>,
         current_end: &mut u64,
         ibuf: &mut [u8; INODE_EXTENDED_SIZE],
-        kbuf: &mut Vec<u8>,
     ) -> Result<(), WriteError> {
-        o.pad(ino.ipad)?;
+        o.pad(ino.ipad as u64)?;
         debug_assert_eq!(o.pos % SLOT_SIZE, 0);
         let ftype = ino.ftype();
+        let (n_blocks, tail) = (ino.n_blocks as u64, ino.tail as u64);
         let xattr_icount =
-            if ino.xattr_size == 0 { 0 } else { ((ino.xattr_size - XATTR_IBODY_HEADER_SIZE as u64) / 4 + 1) as u16 };
-        let mut layout = if ino.tail > 0 { LAYOUT_FLAT_INLINE } else { LAYOUT_FLAT_PLAIN };
+            if ino.xattr_size == 0 { 0 } else { ((ino.xattr_size as usize - XATTR_IBODY_HEADER_SIZE) / 4 + 1) as u16 };
+        let mut layout = if tail > 0 { LAYOUT_FLAT_INLINE } else { LAYOUT_FLAT_PLAIN };
         let mut chunk_format: Option<u16> = None;
         let size = match ftype {
-            S_IFDIR => ino.n_blocks * BLOCK_SIZE + ino.tail,
+            S_IFDIR => n_blocks * BLOCK_SIZE + tail,
             S_IFREG => {
                 if ino.size > 0 && ino.content.is_none() {
                     layout = LAYOUT_CHUNK_BASED;
-                    chunk_format = Some((ino.chunk_bits - BLOCK_BITS) as u16);
+                    chunk_format = Some((ino.chunk_bits as u32 - BLOCK_BITS) as u16);
                 }
                 ino.size
             }
             S_IFLNK => {
-                if ino.n_blocks == 0 {
-                    ino.tail
+                if n_blocks == 0 {
+                    tail
                 } else {
                     ino.size
                 }
@@ -101,9 +101,9 @@ impl<'a> Builder<'a> {
         match ftype {
             S_IFCHR | S_IFBLK => i_u = ino.rdev,
             S_IFDIR | S_IFREG | S_IFLNK => {
-                if ino.n_blocks > 0 {
+                if n_blocks > 0 {
                     i_u = (*current_end / BLOCK_SIZE) as u32;
-                    *current_end += BLOCK_SIZE * ino.n_blocks;
+                    *current_end += BLOCK_SIZE * n_blocks;
                 }
                 if let Some(cf) = chunk_format {
                     i_u = (i_u & 0xffff_0000) | cf as u32;
@@ -131,20 +131,15 @@ impl<'a> Builder<'a> {
         o.put(&ibuf[..n])?;
 
         if ino.xattr_size > 0 {
-            let xs = &self.xattrs[ino.xa.0..ino.xa.0 + ino.xa.1];
-            let mut filter = 0u32;
-            for x in xs {
-                let (idx, suffix) = xattr_prefix_split(x.key.copy_to(kbuf));
-                let bit = xxh32(suffix, XATTR_FILTER_SEED.wrapping_add(idx as u32)) & (XATTR_FILTER_BITS - 1);
-                filter |= 1 << bit;
-            }
-            o.put(&encode_xattr_ibody_header(!filter, ino.n_shared as u8))?;
+            let xs: &[X] = &self.xattrs[ino.xa()];
+            let filter = xs.iter().fold(0u32, |f, x| f | self.keys.get(x.key).filter_bit);
+            o.put(&encode_xattr_ibody_header(!filter, ino.n_shared))?;
             for x in xs.iter().filter(|x| x.shared != INLINE) {
-                let id = (self.inodes_end % BLOCK_SIZE + x.shared) / 4;
+                let id = (self.inodes_end % BLOCK_SIZE + x.shared as u64) / 4;
                 o.put(&(id as u32).to_le_bytes())?;
             }
             for x in xs.iter().filter(|x| x.shared == INLINE) {
-                o.xattr(x, kbuf)?;
+                o.xattr(self.keys.get(x.key), self.pairs.list[x.pair as usize].value)?;
             }
         }
 
@@ -152,9 +147,9 @@ impl<'a> Builder<'a> {
             S_IFDIR => {
                 self.write_dirents(o, ino, false)?;
             }
-            S_IFLNK if ino.n_blocks == 0 => o.put(ino.payload)?,
-            S_IFREG if ino.tail > 0 => match ino.content {
-                Some(c) => o.put(&c[c.len() - ino.tail as usize..])?,
+            S_IFLNK if n_blocks == 0 => o.put(ino.payload)?,
+            S_IFREG if tail > 0 => match ino.content {
+                Some(c) => o.put(&c[c.len() - tail as usize..])?,
                 None => {
                     for _ in 0..ino.chunk_count {
                         o.put(&NULL_ADDR.to_le_bytes())?;
@@ -196,13 +191,12 @@ impl<'a> Builder<'a> {
 
     /// Write a directory's entries: the full blocks (`blocks`) or the inline tail.
     fn write_dirents(&self, o: &mut Out<'_>, ino: &Ino<'a>, blocks: bool) -> Result<(), WriteError> {
-        let (s, n) = ino.dirents;
-        let ds = &self.dirents[s..s + n];
+        let ds = &self.dirents[ino.dirents()];
         let mut bsize = 0u64;
         let mut written = 0u64;
         let mut first = 0usize;
         for (i, d) in ds.iter().enumerate() {
-            let len = (DIRENT_SIZE + d.name.len()) as u64;
+            let len = (DIRENT_SIZE + self.dirent_name(d).len()) as u64;
             if bsize + len > BLOCK_SIZE {
                 if blocks {
                     self.dirent_chunk(o, &ds[first..i], true)?;
@@ -213,7 +207,7 @@ impl<'a> Builder<'a> {
             }
             bsize += len;
         }
-        if written < ino.n_blocks {
+        if written < ino.n_blocks as u64 {
             if blocks {
                 self.dirent_chunk(o, &ds[first..], true)?;
             }
@@ -226,18 +220,18 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn dirent_chunk(&self, o: &mut Out<'_>, ds: &[Dirent<'a>], full_block: bool) -> Result<(), WriteError> {
+    fn dirent_chunk(&self, o: &mut Out<'_>, ds: &[Dirent], full_block: bool) -> Result<(), WriteError> {
         let mut nameoff = (ds.len() * DIRENT_SIZE) as u64;
         for d in ds {
-            let t = match d.target {
-                Target::Ino(t) => &self.inos[t as usize],
-                Target::Tree(_) => return Err(WriteError::TooLarge("unresolved directory entry")),
-            };
+            if d.target & UNRESOLVED != 0 {
+                return Err(WriteError::TooLarge("unresolved directory entry"));
+            }
+            let t = &self.inos[d.target as usize];
             o.put(&encode_dirent(t.nid, nameoff as u16, dirent_file_type(t.mode)))?;
-            nameoff += d.name.len() as u64;
+            nameoff += self.dirent_name(d).len() as u64;
         }
         for d in ds {
-            o.put(d.name)?;
+            o.put(self.dirent_name(d))?;
         }
         if full_block {
             o.align(BLOCK_SIZE)?;
@@ -270,12 +264,13 @@ impl Out<'_> {
         let end = round_up(self.pos, to);
         self.pad(end - self.pos)
     }
-    fn xattr(&mut self, x: &X<'_>, kbuf: &mut Vec<u8>) -> std::io::Result<()> {
-        let (idx, suffix) = xattr_prefix_split(x.key.copy_to(kbuf));
-        self.put(&encode_xattr_entry(suffix.len() as u8, idx, x.value.len() as u16))?;
-        self.put(suffix)?;
-        self.put(x.value.a)?;
-        self.put(x.value.b)?;
+    /// One xattr entry: header, name suffix, value, padding to 4 bytes.
+    fn xattr(&mut self, key: &KeyInfo<'_>, value: Cat<'_>) -> std::io::Result<()> {
+        self.put(&encode_xattr_entry(key.suffix.len() as u8, key.index, value.len() as u16))?;
+        self.put(key.suffix.a)?;
+        self.put(key.suffix.b)?;
+        self.put(value.a)?;
+        self.put(value.b)?;
         self.align(4)
     }
 }

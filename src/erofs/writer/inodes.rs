@@ -3,11 +3,26 @@
 //! and each inode's final xattr list made (escaping, overlay metacopy/redirect, whiteout
 //! markers, the root's opaque mark).
 
-use std::collections::HashMap;
-
-use super::{chunking, escaped, Builder, Cat, Dirent, Ino, Target, WriteError, XSet, STUB};
+use super::xattrs::{
+    XSet, K_ESC_OPAQUE, K_ESC_WHITEOUT, K_ESC_WHITEOUTS, K_METACOPY, K_OPAQUE, K_REDIRECT, K_SELINUX, K_USER_OPAQUE,
+    K_USER_WHITEOUT, K_USER_WHITEOUTS, X,
+};
+use super::{
+    chunking, name_of_stub, Builder, Cat, Dirent, Ino, WriteError, INLINE, NAME_DOT, NAME_DOTDOT, STUB, UNRESOLVED,
+};
 use crate::erofs::format::*;
 use crate::tree::{self, NodeId, ROOT, S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+
+/// What a directory entry names while its directory is read.
+#[derive(Clone, Copy)]
+enum Target {
+    /// An inode already made (`.` and `..`).
+    Ino(u32),
+    /// A tree node: a new inode, or the target of a hard link.
+    Tree(NodeId),
+    /// Whiteout stub `k` of the root (`00`..`ff`).
+    Stub(u32),
+}
 
 impl<'a> Builder<'a> {
     /// Make the inode record of a (non-link) tree node; validates it.
@@ -46,14 +61,19 @@ impl<'a> Builder<'a> {
                     chunk_bits = bits;
                     chunk_count = count as u32;
                 }
-                if payload.len() >= tree::PATH_MAX || payload.contains(&0) {
+                if payload.len() >= tree::PATH_MAX {
                     return Err(self.node_err(id, "invalid payload (object path)"));
                 }
                 // The payload becomes the overlay redirect: whatever built the tree, it must
                 // name an object below the data layers (the input parsers refuse it first).
-                if let Err(r) = tree::check_object_path(payload) {
-                    let reason = format!("payload {} is not an object path ({r})", tree::show(payload));
-                    return Err(self.node_err(id, reason));
+                // (One scan: it finds a NUL too.)
+                match tree::check_object_path(payload) {
+                    Ok(()) => {}
+                    Err("NUL byte in path") => return Err(self.node_err(id, "invalid payload (object path)")),
+                    Err(r) => {
+                        let reason = format!("payload {} is not an object path ({r})", tree::show(payload));
+                        return Err(self.node_err(id, reason));
+                    }
                 }
             }
             S_IFLNK => {
@@ -95,7 +115,7 @@ impl<'a> Builder<'a> {
             mtime_nsec: ino.mtime_nsec,
             payload,
             content,
-            chunk_bits,
+            chunk_bits: chunk_bits as u8,
             chunk_count,
             ..Ino::default()
         });
@@ -108,9 +128,10 @@ impl<'a> Builder<'a> {
             return Err(self.node_err(ROOT, "root is not a directory"));
         }
         self.make_ino(ROOT, 0)?;
-        let mut scratch: Vec<(Dirent<'a>, bool)> = Vec::new();
-        let mut xs = XSet { v: Vec::new(), used: 0 };
-        let mut key_index: HashMap<&'a [u8], usize> = HashMap::new();
+        // A directory's entries while they are sorted: (name, name reference, target, is a new
+        // inode). Targets: a tree node, a stub number, or an inode index (`.`, `..`).
+        let mut scratch: Vec<(&'a [u8], u32, Target, bool)> = Vec::new();
+        let mut xs = XSet::new();
         let mut i = 0usize;
         while i < self.inos.len() {
             let cur = i as u32;
@@ -120,57 +141,57 @@ impl<'a> Builder<'a> {
                 // Collect `.`, `..`, the children and (root only) missing whiteout stubs.
                 scratch.clear();
                 let parent_ino = self.inos[i].parent_ino;
-                scratch.push((Dirent { name: b".", target: Target::Ino(cur) }, false));
-                scratch.push((Dirent { name: b"..", target: Target::Ino(parent_ino) }, false));
+                scratch.push((b".", NAME_DOT, Target::Ino(cur), false));
+                scratch.push((b"..", NAME_DOTDOT, Target::Ino(parent_ino), false));
                 let n = tree.node(node);
                 for &c in &n.children {
                     let cn = tree.node(c);
-                    scratch.push((Dirent { name: &cn.name, target: Target::Tree(c) }, cn.link_to.is_none()));
+                    scratch.push((&cn.name, c, Target::Tree(c), cn.link_to.is_none()));
                     if cn.link_to.is_none() && cn.entry.inode.mode & S_IFMT == S_IFCHR && cn.entry.inode.rdev == 0 {
                         whiteout_child = true;
                     }
                 }
                 if node == ROOT {
-                    // Stubs are marked with Ino(STUB - 1 - k) until they get an inode.
                     for (k, name) in STUB_NAMES.iter().enumerate() {
                         if tree.child(ROOT, name).is_none() {
-                            scratch.push((Dirent { name, target: Target::Ino(STUB - 1 - k as u32) }, true));
+                            scratch.push((name, name_of_stub(k as u32), Target::Stub(k as u32), true));
                         }
                     }
                 }
-                scratch.sort_unstable_by(|x, y| x.0.name.cmp(y.0.name));
-                if scratch.windows(2).any(|w| w[0].0.name == w[1].0.name) {
+                scratch.sort_unstable_by(|x, y| x.0.cmp(y.0));
+                if scratch.windows(2).any(|w| w[0].0 == w[1].0) {
                     return Err(self.node_err(node, "duplicate names in directory"));
                 }
-                let start = self.dirents.len();
-                for &(mut d, is_new_inode) in scratch.iter() {
-                    if is_new_inode {
-                        let idx = match d.target {
-                            Target::Tree(c) => self.make_ino(c, cur)?,
-                            Target::Ino(stub) => {
-                                let which = STUB - 1 - stub;
-                                self.make_stub(which, cur)?
+                let start = u32::try_from(self.dirents.len()).map_err(|_| WriteError::TooLarge("too many entries"))?;
+                for &(_, name, target, is_new_inode) in scratch.iter() {
+                    let target = match target {
+                        Target::Ino(idx) => idx,
+                        Target::Stub(which) => self.make_stub(which, cur)?,
+                        Target::Tree(c) if is_new_inode => self.make_ino(c, cur)?,
+                        Target::Tree(c) => {
+                            let t = tree.resolve(c);
+                            if t & UNRESOLVED != 0 {
+                                return Err(WriteError::TooLarge("too many entries"));
                             }
-                        };
-                        d.target = Target::Ino(idx);
-                    } else if let Target::Tree(c) = d.target {
-                        let t = tree.resolve(c);
-                        let tn = tree.nodes.get(t as usize);
-                        if tn.is_none_or(|tn| tn.link_to.is_some() || tn.entry.inode.is_dir()) {
-                            return Err(self.node_err(c, "hard link to a directory, to a link or to nothing"));
+                            let tn = tree.nodes.get(t as usize);
+                            if tn.is_none_or(|tn| tn.link_to.is_some() || tn.entry.inode.is_dir()) {
+                                return Err(self.node_err(c, "hard link to a directory, to a link or to nothing"));
+                            }
+                            t | UNRESOLVED
                         }
-                        d.target = Target::Tree(t);
-                    }
-                    self.dirents.push(d);
+                    };
+                    self.dirents.push(Dirent { name, target });
                 }
-                self.inos[i].dirents = (start, self.dirents.len() - start);
+                self.inos[i].dirent_start = start;
+                self.inos[i].dirent_len = self.dirents.len() as u32 - start;
             }
-            self.build_xattrs(i, whiteout_child, &mut xs, &mut key_index)?;
+            self.build_xattrs(i, whiteout_child, &mut xs)?;
             i += 1;
         }
         // Resolve hard-link dirents now that every inode has its index.
         for d in &mut self.dirents {
-            if let Target::Tree(t) = d.target {
+            if d.target & UNRESOLVED != 0 {
+                let t = d.target & !UNRESOLVED;
                 let idx = self.ino_of_tree.get(t as usize).copied().unwrap_or(u32::MAX);
                 if idx == u32::MAX {
                     return Err(WriteError::Node {
@@ -178,7 +199,7 @@ impl<'a> Builder<'a> {
                         reason: "hard link target is not part of the tree".into(),
                     });
                 }
-                d.target = Target::Ino(idx);
+                d.target = idx;
             }
         }
         Ok(())
@@ -207,16 +228,9 @@ impl<'a> Builder<'a> {
     }
 
     /// Compute the final xattr list of inode `i` (escaping and overlay additions).
-    fn build_xattrs(
-        &mut self,
-        i: usize,
-        whiteout_child: bool,
-        xs: &mut XSet<'a>,
-        key_index: &mut HashMap<&'a [u8], usize>,
-    ) -> Result<(), WriteError> {
+    fn build_xattrs(&mut self, i: usize, whiteout_child: bool, xs: &mut XSet<'a>) -> Result<(), WriteError> {
         let tree = self.tree;
-        xs.v.clear();
-        xs.used = 0;
+        xs.clear();
         let node = self.inos[i].node;
         let err = |reason: String| {
             let path = if node == STUB { Vec::new() } else { tree.path_of(node) };
@@ -226,13 +240,12 @@ impl<'a> Builder<'a> {
             // Whiteout stubs inherit the root's SELinux label.
             let root = &tree.node(ROOT).entry;
             if let Some(x) = root.xattrs.iter().rev().find(|x| x.key == SELINUX_XATTR) {
-                xs.set_find(Cat::one(SELINUX_XATTR), Cat::one(&x.value)).map_err(err)?;
+                xs.set(K_SELINUX, SELINUX_XATTR.len(), Cat::one(&x.value)).map_err(err)?;
             }
         } else {
             let e = &tree.node(node).entry;
-            // Input xattrs, later duplicates replacing earlier ones.
-            let use_index = e.xattrs.len() > 16;
-            key_index.clear();
+            // Input xattrs, later duplicates replacing earlier ones; the overlay namespace is
+            // escaped so that overlayfs shows these to users.
             for x in &e.xattrs {
                 if x.key.is_empty() || x.key.len() > tree::XATTR_NAME_MAX || x.key.contains(&0) {
                     return Err(err(format!("invalid xattr name {:?}", tree::show(&x.key))));
@@ -240,28 +253,15 @@ impl<'a> Builder<'a> {
                 if x.value.len() > u16::MAX as usize {
                     return Err(err(format!("xattr {} value too large", tree::show(&x.key))));
                 }
-                let existing =
-                    if use_index { key_index.get(x.key.as_slice()).copied() } else { xs.find(&Cat::one(&x.key)) };
-                if use_index {
-                    if let Some(j) = existing {
-                        key_index.remove(x.key.as_slice());
-                        if j + 1 < xs.v.len() {
-                            let last_key = xs.v[xs.v.len() - 1].key.b;
-                            key_index.insert(last_key, j);
-                        }
-                    }
-                }
-                xs.load(Cat::one(&x.key), Cat::one(&x.value), existing);
-                if use_index {
-                    key_index.insert(&x.key, xs.v.len() - 1);
-                }
+                let name = match x.key.strip_prefix(OVL_PREFIX) {
+                    Some(rest) => Cat::two(OVL_ESCAPED_PREFIX, rest),
+                    None => Cat::one(&x.key),
+                };
+                xs.load(self.keys.intern(name), Cat::one(&x.value));
             }
-            // Escape the overlay namespace so overlayfs shows these to users.
-            for x in xs.v.iter_mut() {
-                if let Some(rest) = x.key.b.strip_prefix(OVL_PREFIX) {
-                    x.key = Cat::two(OVL_ESCAPED_PREFIX, rest);
-                }
-            }
+            // The budget counts the full name's length.
+            let keys = &self.keys;
+            let set = |xs: &mut XSet<'a>, key, value| xs.set(key, keys.get(key).name.len(), value);
             let orig = &e.inode;
             let ino = &self.inos[i];
             if orig.mode & S_IFMT == S_IFREG && ino.size > 0 && ino.content.is_none() {
@@ -269,36 +269,39 @@ impl<'a> Builder<'a> {
                     Some(d) => Cat::two(&METACOPY_HEADER, d),
                     None => Cat::one(&[]),
                 };
-                xs.set_find(Cat::one(OVL_METACOPY), value).map_err(err)?;
+                set(xs, K_METACOPY, value).map_err(err)?;
                 if !ino.payload.is_empty() {
-                    xs.set_find(Cat::one(OVL_REDIRECT), Cat::two(b"/", ino.payload)).map_err(err)?;
+                    set(xs, K_REDIRECT, Cat::two(b"/", ino.payload)).map_err(err)?;
                 }
             }
             if orig.mode & S_IFMT == S_IFCHR && orig.rdev == 0 {
-                xs.set_find(escaped(OVL_WHITEOUT), Cat::one(&[])).map_err(err)?;
-                xs.set_find(Cat::one(USER_OVL_WHITEOUT), Cat::one(&[])).map_err(err)?;
+                set(xs, K_ESC_WHITEOUT, Cat::one(&[])).map_err(err)?;
+                set(xs, K_USER_WHITEOUT, Cat::one(&[])).map_err(err)?;
             }
             if whiteout_child {
-                xs.set_find(escaped(OVL_WHITEOUTS), Cat::one(&[])).map_err(err)?;
-                xs.set_find(Cat::one(USER_OVL_WHITEOUTS), Cat::one(&[])).map_err(err)?;
+                set(xs, K_ESC_WHITEOUTS, Cat::one(&[])).map_err(err)?;
+                set(xs, K_USER_WHITEOUTS, Cat::one(&[])).map_err(err)?;
                 if self.version >= 1 {
-                    xs.set_find(escaped(OVL_OPAQUE), Cat::one(b"x")).map_err(err)?;
-                    xs.set_find(Cat::one(USER_OVL_OPAQUE), Cat::one(b"x")).map_err(err)?;
+                    set(xs, K_ESC_OPAQUE, Cat::one(b"x")).map_err(err)?;
+                    set(xs, K_USER_OPAQUE, Cat::one(b"x")).map_err(err)?;
                 }
             }
             if node == ROOT {
-                xs.set_find(Cat::one(OVL_OPAQUE), Cat::one(b"y")).map_err(err)?;
+                set(xs, K_OPAQUE, Cat::one(b"y")).map_err(err)?;
             }
         }
-        xs.v.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let keys = &self.keys;
+        if xs.v.len() > 1 {
+            xs.v.sort_unstable_by(|a, b| keys.get(a.key).name.cmp(&keys.get(b.key).name));
+        }
+        self.has_acl |= xs.v.iter().any(|x| keys.get(x.key).acl);
+        let start = u32::try_from(self.xattrs.len()).map_err(|_| WriteError::TooLarge("too many xattrs"))?;
         for x in &xs.v {
-            if x.key.eq_bytes(b"system.posix_acl_access") || x.key.eq_bytes(b"system.posix_acl_default") {
-                self.has_acl = true;
-            }
+            let pair = self.pairs.add(x.key, x.value);
+            self.xattrs.push(X { key: x.key, pair, shared: INLINE });
         }
-        let start = self.xattrs.len();
-        self.xattrs.extend_from_slice(&xs.v);
-        self.inos[i].xa = (start, xs.v.len());
+        self.inos[i].xa_start = start;
+        self.inos[i].xa_len = xs.v.len() as u32;
         Ok(())
     }
 }

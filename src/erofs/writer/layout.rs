@@ -3,9 +3,7 @@
 //! subdirectories in nlink; each inode gets its slot-aligned position, moved to the next block
 //! when its inline tail would straddle a block boundary (or its tail goes to a data block).
 
-use std::collections::HashMap;
-
-use super::{round_up, Builder, Cat, Target, WriteError, INLINE};
+use super::{round_up, Builder, WriteError, INLINE, NAME_DOT, NAME_DOTDOT};
 use crate::erofs::format::*;
 use crate::tree::{S_IFDIR, S_IFLNK, S_IFREG};
 
@@ -27,7 +25,7 @@ impl<'a> Builder<'a> {
     pub(super) fn layout(&mut self) -> Result<(), WriteError> {
         // Compact inodes take the superblock's build time: the minimum.
         self.min_mtime = self.inos.iter().map(|i| (i.mtime, i.mtime_nsec)).min().unwrap_or((0, 0));
-        self.share_xattrs();
+        self.share_xattrs()?;
         self.dir_nlinks();
         self.place_inodes()
     }
@@ -35,66 +33,54 @@ impl<'a> Builder<'a> {
     /// Shared xattrs: every (name, value) used by more than one inode, in the canonical table
     /// order (name descending, then longer value first, then value descending); each inode
     /// references at most [`MAX_SHARED_PER_INODE`] of them.
-    fn share_xattrs(&mut self) {
-        let mut pair_id: HashMap<(Cat<'a>, Cat<'a>), u32> = HashMap::with_capacity(self.xattrs.len() / 2 + 16);
-        let mut pairs: Vec<(u32, u64)> = Vec::new(); // (use count, shared offset)
-        let mut id_of: Vec<u32> = Vec::with_capacity(self.xattrs.len());
-        for x in &self.xattrs {
-            let next = pairs.len() as u32;
-            let id = *pair_id.entry((x.key, x.value)).or_insert(next);
-            if id == next {
-                pairs.push((0, INLINE));
-            }
-            pairs[id as usize].0 += 1;
-            id_of.push(id);
-        }
-        let mut shared: Vec<((Cat<'a>, Cat<'a>), u32)> =
-            pair_id.into_iter().filter(|(_, id)| pairs[*id as usize].0 > 1).collect();
-        shared.sort_unstable_by(|(x, _), (y, _)| {
-            y.0.cmp(&x.0).then_with(|| y.1.len().cmp(&x.1.len())).then_with(|| y.1.cmp(&x.1))
+    fn share_xattrs(&mut self) -> Result<(), WriteError> {
+        // Every xattr was counted into `pairs` as its inode's set was made.
+        let pairs = &mut self.pairs;
+        let keys = &self.keys;
+        let mut shared: Vec<u32> = (0..pairs.list.len() as u32).filter(|&p| pairs.list[p as usize].count > 1).collect();
+        shared.sort_unstable_by(|&x, &y| {
+            let (x, y) = (&pairs.list[x as usize], &pairs.list[y as usize]);
+            keys.get(y.key)
+                .name
+                .cmp(&keys.get(x.key).name)
+                .then_with(|| y.value.len().cmp(&x.value.len()))
+                .then_with(|| y.value.cmp(&x.value))
         });
         let mut off = 0u64;
-        let mut kbuf = Vec::new();
-        for (pair, id) in &shared {
-            pairs[*id as usize].1 = off;
-            let (_, suffix) = xattr_prefix_split(pair.0.copy_to(&mut kbuf));
-            off += xattr_entry_size(suffix.len(), pair.1.len()) as u64;
+        for &p in &shared {
+            let pair = &mut pairs.list[p as usize];
+            pair.offset = u32::try_from(off).map_err(|_| WriteError::TooLarge("shared xattr table"))?;
+            off += xattr_entry_size(keys.get(pair.key).suffix.len(), pair.value.len()) as u64;
         }
         self.shared_size = off;
-        self.shared = shared.into_iter().map(|(p, _)| p).collect();
+        self.shared = shared.iter().map(|&p| (pairs.list[p as usize].key, pairs.list[p as usize].value)).collect();
         for ino in &mut self.inos {
             let mut n_shared = 0;
-            let range = ino.xa.0..ino.xa.0 + ino.xa.1;
-            for (x, &id) in self.xattrs[range.clone()].iter_mut().zip(&id_of[range]) {
+            for x in &mut self.xattrs[ino.xa()] {
+                let cand = pairs.list[x.pair as usize].offset;
                 x.shared = INLINE;
-                let cand = pairs[id as usize].1;
                 if n_shared < MAX_SHARED_PER_INODE && cand != INLINE {
                     x.shared = cand;
                     n_shared += 1;
                 }
             }
-            ino.n_shared = n_shared;
+            ino.n_shared = n_shared as u8;
         }
-        drop(id_of);
-        drop(pairs);
+        Ok(())
     }
 
     /// Directory nlink: 2 + subdirectories.
     fn dir_nlinks(&mut self) {
         for i in 0..self.inos.len() {
             if self.inos[i].ftype() == S_IFDIR {
-                let (s, n) = self.inos[i].dirents;
                 let mut subdirs = 0u32;
-                for d in &self.dirents[s..s + n] {
-                    if d.name == b"." || d.name == b".." {
+                for d in &self.dirents[self.inos[i].dirents()] {
+                    if d.name == NAME_DOT || d.name == NAME_DOTDOT {
                         continue;
                     }
-                    if let Target::Ino(t) = d.target {
-                        let t = &self.inos[t as usize];
-                        // Hard links never name directories, so a directory target is a child.
-                        if t.ftype() == S_IFDIR {
-                            subdirs = subdirs.saturating_add(1);
-                        }
+                    // Hard links never name directories, so a directory target is a child.
+                    if self.inos[d.target as usize].ftype() == S_IFDIR {
+                        subdirs = subdirs.saturating_add(1);
                     }
                 }
                 self.inos[i].nlink = subdirs.saturating_add(2);
@@ -106,17 +92,17 @@ impl<'a> Builder<'a> {
     fn place_inodes(&mut self) -> Result<(), WriteError> {
         let mut pos = EROFS_SUPER_OFFSET + EROFS_SUPER_SIZE as u64;
         let meta_start = pos / BLOCK_SIZE * BLOCK_SIZE;
-        let mut kbuf = Vec::new();
         for i in 0..self.inos.len() {
-            let p = self.place_inode(i, pos, &mut kbuf)?;
+            let p = self.place_inode(i, pos)?;
             self.n_data_blocks = self.n_data_blocks.checked_add(p.n_blocks).ok_or(WriteError::TooLarge("blocks"))?;
             let ino = &mut self.inos[i];
-            ino.n_blocks = p.n_blocks;
-            ino.tail = p.tail;
+            let narrow = |v: u64| u32::try_from(v).map_err(|_| WriteError::TooLarge("inode layout"));
+            ino.n_blocks = narrow(p.n_blocks)?;
+            ino.tail = narrow(p.tail)?;
             ino.compact = p.compact;
-            ino.ipad = p.ipad;
-            ino.xattr_size = p.xattr_size;
-            ino.isize = p.isize;
+            ino.ipad = narrow(p.ipad)?;
+            ino.xattr_size = narrow(p.xattr_size)?;
+            ino.isize = narrow(p.isize)?;
             ino.nid = (p.pos - meta_start) / SLOT_SIZE;
             pos = p.pos + p.isize;
         }
@@ -133,7 +119,7 @@ impl<'a> Builder<'a> {
 
     /// Inode `i`, placed at the first slot from `start`: its form, its xattr area, and where
     /// its tail goes.
-    fn place_inode(&self, i: usize, start: u64, kbuf: &mut Vec<u8>) -> Result<Placement, WriteError> {
+    fn place_inode(&self, i: usize, start: u64) -> Result<Placement, WriteError> {
         let (n_blocks, tail) = self.data_size(i);
         let ino = &self.inos[i];
         let dir_size = n_blocks * BLOCK_SIZE + tail;
@@ -145,10 +131,10 @@ impl<'a> Builder<'a> {
             && size_for_compact <= u32::MAX as u64;
         let inode_size = if compact { INODE_COMPACT_SIZE } else { INODE_EXTENDED_SIZE } as u64;
         let mut unshared = 0u64;
-        for x in &self.xattrs[ino.xa.0..ino.xa.0 + ino.xa.1] {
+        for x in &self.xattrs[ino.xa()] {
             if x.shared == INLINE {
-                let (_, suffix) = xattr_prefix_split(x.key.copy_to(kbuf));
-                unshared += xattr_entry_size(suffix.len(), x.value.len()) as u64;
+                let value = &self.pairs.list[x.pair as usize].value;
+                unshared += xattr_entry_size(self.keys.get(x.key).suffix.len(), value.len()) as u64;
             }
         }
         let xattr_size = if ino.n_shared == 0 && unshared == 0 {
@@ -205,11 +191,10 @@ impl<'a> Builder<'a> {
         let ino = &self.inos[i];
         match ino.ftype() {
             S_IFDIR => {
-                let (s, n) = ino.dirents;
                 let mut blocks = 0u64;
                 let mut bsize = 0u64;
-                for d in &self.dirents[s..s + n] {
-                    let len = (DIRENT_SIZE + d.name.len()) as u64;
+                for d in &self.dirents[ino.dirents()] {
+                    let len = (DIRENT_SIZE + self.dirent_name(d).len()) as u64;
                     if bsize + len > BLOCK_SIZE {
                         blocks += 1;
                         bsize = 0;

@@ -29,6 +29,7 @@
 mod emit;
 mod inodes;
 mod layout;
+mod xattrs;
 
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ use std::io::Write;
 
 use thiserror::Error;
 
+use self::xattrs::{KeyId, Keys, Pairs, X};
 use super::format::*;
 use crate::tree::{self, NodeId, Tree, S_IFCHR, S_IFMT};
 
@@ -120,9 +122,9 @@ pub fn disk_xattrs(tree: &Tree, opts: &WriteOptions) -> Result<Vec<(NodeId, Vec<
         .iter()
         .filter(|ino| ino.node != STUB)
         .map(|ino| {
-            let xs = b.xattrs[ino.xa.0..ino.xa.0 + ino.xa.1].iter().map(|x| DiskXattr {
-                key: x.key.bytes().collect(),
-                value: x.value.bytes().collect(),
+            let xs = b.xattrs[ino.xa()].iter().map(|x| DiskXattr {
+                key: b.keys.get(x.key).name.bytes().collect(),
+                value: b.pairs.list[x.pair as usize].value.bytes().collect(),
                 shared: x.shared != INLINE,
             });
             (ino.node, xs.collect())
@@ -136,11 +138,15 @@ struct Builder<'a> {
     tree: &'a Tree,
     version: u32,
     inos: Vec<Ino<'a>>,
-    xattrs: Vec<X<'a>>,
-    dirents: Vec<Dirent<'a>>,
+    keys: Keys<'a>,
+    /// Every distinct (name, value) pair, counted as the inodes' xattrs are made.
+    pairs: Pairs<'a>,
+    xattrs: Vec<X>,
+    dirents: Vec<Dirent>,
     ino_of_tree: Vec<u32>,
     link_counts: Vec<u32>,
-    shared: Vec<(Cat<'a>, Cat<'a>)>,
+    /// The shared xattr table, in order: (name, value).
+    shared: Vec<(KeyId, Cat<'a>)>,
     shared_size: u64,
     min_mtime: (i64, u32),
     has_acl: bool,
@@ -154,6 +160,8 @@ impl<'a> Builder<'a> {
             tree,
             version,
             inos: Vec::with_capacity(tree.len() + 256),
+            keys: Keys::new(),
+            pairs: Pairs::with_capacity(tree.len() + 16),
             xattrs: Vec::with_capacity(tree.len() * 2),
             dirents: Vec::with_capacity(tree.len() * 2 + 512),
             ino_of_tree: vec![u32::MAX; tree.len()],
@@ -169,6 +177,16 @@ impl<'a> Builder<'a> {
 
     fn node_err(&self, id: NodeId, reason: impl Into<String>) -> WriteError {
         WriteError::Node { path: tree::show(&self.tree.path_of(id)), reason: reason.into() }
+    }
+
+    /// The name a directory entry carries.
+    fn dirent_name(&self, d: &Dirent) -> &'a [u8] {
+        match d.name {
+            NAME_DOT => b".",
+            NAME_DOTDOT => b"..",
+            n if n > NAME_DOTDOT - 257 => &STUB_NAMES[(u32::MAX - 2 - n) as usize],
+            n => &self.tree.node(n).name,
+        }
     }
 
     fn ino_err(&self, i: usize, reason: &str) -> WriteError {
@@ -205,6 +223,14 @@ impl<'a> Cat<'a> {
     fn eq_bytes(&self, s: &[u8]) -> bool {
         self.len() == s.len() && self.a == &s[..self.a.len()] && self.b == &s[self.a.len()..]
     }
+    /// The bytes after the first `n`.
+    fn skip(&self, n: usize) -> Self {
+        if n <= self.a.len() {
+            Cat { a: &self.a[n..], b: self.b }
+        } else {
+            Cat { a: &[], b: &self.b[n - self.a.len()..] }
+        }
+    }
     fn copy_to<'x>(&self, buf: &'x mut Vec<u8>) -> &'x [u8] {
         buf.clear();
         buf.extend_from_slice(self.a);
@@ -235,50 +261,35 @@ impl PartialOrd for Cat<'_> {
         Some(self.cmp(o))
     }
 }
-impl std::hash::Hash for Cat<'_> {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        // std's SipHasher is a streaming hash (split points do not matter); the
-        // writer also keeps one split per distinct name, so this is consistent
-        // with the concatenation equality either way.
-        h.write(self.a);
-        h.write(self.b);
-        h.write_usize(self.len());
-    }
-}
-/// An overlay xattr name escaped the way user xattrs in the overlay namespace are stored
-/// (`trusted.overlay.NAME` → `trusted.overlay.overlay.NAME`). Escaped names are always split as
-/// (OVL_ESCAPED_PREFIX, rest), like renamed input names, so equal names have equal parts (see
-/// `Cat`'s Hash).
-fn escaped(name: &'static [u8]) -> Cat<'static> {
-    Cat::two(OVL_ESCAPED_PREFIX, &name[OVL_PREFIX.len()..])
-}
+/// An xattr stored inline in its inode rather than in the shared table.
+const INLINE: u32 = u32::MAX;
 
-#[derive(Clone, Copy, Debug)]
-struct X<'a> {
-    key: Cat<'a>,
-    value: Cat<'a>,
-    /// Offset in the shared xattr table, or `u64::MAX` when stored inline.
-    shared: u64,
-}
-
-const INLINE: u64 = u64::MAX;
-
+/// A directory entry of the image: whose name it is and which inode it names (8 bytes: a
+/// directory entry exists for every node, plus `.` and `..`).
 #[derive(Clone, Copy)]
-enum Target {
-    Ino(u32),
-    Tree(NodeId),
+struct Dirent {
+    /// A tree node (its name), or one of the generated names ([`NAME_DOT`], [`NAME_DOTDOT`],
+    /// [`name_of_stub`]).
+    name: u32,
+    /// The inode's index; while the tree is walked, a hard link's target tree node with
+    /// [`UNRESOLVED`] set.
+    target: u32,
 }
 
-#[derive(Clone, Copy)]
-struct Dirent<'a> {
-    name: &'a [u8],
-    target: Target,
+const NAME_DOT: u32 = u32::MAX;
+const NAME_DOTDOT: u32 = u32::MAX - 1;
+/// The name reference of whiteout stub `k` (`00`..`ff`).
+fn name_of_stub(k: u32) -> u32 {
+    u32::MAX - 2 - k
 }
+/// Marks a dirent target that is still a tree node (a hard link, resolved after the walk).
+const UNRESOLVED: u32 = 1 << 31;
 
 const STUB: u32 = u32::MAX;
 
 /// One inode of the image, in breadth-first order. (`Default` only fills the layout fields,
-/// which are computed later, and the empty xattr/dirent ranges.)
+/// which are computed later, and the empty xattr/dirent ranges.) Kept small: there is one per
+/// node, and the whole array is touched by every phase.
 #[derive(Default)]
 struct Ino<'a> {
     /// Tree node, or `STUB` for a generated root whiteout.
@@ -289,73 +300,41 @@ struct Ino<'a> {
     gid: u32,
     rdev: u32,
     nlink: u32,
+    mtime_nsec: u32,
     size: u64,
     mtime: i64,
-    mtime_nsec: u32,
     payload: &'a [u8],
     content: Option<&'a [u8]>,
-    xa: (usize, usize),
-    dirents: (usize, usize),
-    // Layout.
-    chunk_bits: u32,
-    chunk_count: u32,
-    n_blocks: u64,
-    tail: u64,
+    /// This inode's xattrs: `Builder::xattrs[xa_start..][..xa_len]`; dirents likewise.
+    xa_start: u32,
+    xa_len: u32,
+    dirent_start: u32,
+    dirent_len: u32,
+    // Layout (block counts fit 32 bits: the image is checked to stay within 2^32 blocks).
+    chunk_bits: u8,
     compact: bool,
-    ipad: u64,
-    xattr_size: u64,
-    n_shared: usize,
-    isize: u64,
+    n_shared: u8,
+    chunk_count: u32,
+    n_blocks: u32,
+    tail: u32,
+    ipad: u32,
+    xattr_size: u32,
+    isize: u32,
     nid: u64,
+}
+
+impl Ino<'_> {
+    fn xa(&self) -> std::ops::Range<usize> {
+        self.xa_start as usize..self.xa_start as usize + self.xa_len as usize
+    }
+    fn dirents(&self) -> std::ops::Range<usize> {
+        self.dirent_start as usize..self.dirent_start as usize + self.dirent_len as usize
+    }
 }
 
 impl Ino<'_> {
     fn ftype(&self) -> u32 {
         self.mode & S_IFMT
-    }
-}
-
-/// Per-inode xattr working set. The overlay xattrs the writer adds are checked
-/// against [`XATTR_BUDGET`] the way the reference checks them: its writer works on
-/// a copy of the tree whose budget counter starts at zero (the input's own xattrs
-/// were checked by the input parser), and the counter uses wrapping (size_t)
-/// arithmetic when a replaced input xattr is subtracted.
-struct XSet<'a> {
-    v: Vec<X<'a>>,
-    used: u64,
-}
-
-impl<'a> XSet<'a> {
-    fn find(&self, key: &Cat<'a>) -> Option<usize> {
-        self.v.iter().position(|x| x.key == *key)
-    }
-    /// Load an input xattr (replacing an earlier one of the same name), unaccounted.
-    fn load(&mut self, key: Cat<'a>, value: Cat<'a>, existing: Option<usize>) {
-        if let Some(i) = existing {
-            self.v.swap_remove(i);
-        }
-        self.v.push(X { key, value, shared: INLINE });
-    }
-    /// Add or replace an xattr with the budget check.
-    fn set_find(&mut self, key: Cat<'a>, value: Cat<'a>) -> Result<(), String> {
-        if let Some(i) = self.find(&key) {
-            let old = self.v.swap_remove(i);
-            if self.v.is_empty() {
-                self.used = 0;
-            } else {
-                self.used = self.used.wrapping_sub((7 + key.len() + old.value.len()) as u64);
-            }
-        }
-        let mut cost = (7 + key.len() + value.len()) as u64;
-        if self.v.is_empty() {
-            cost += 12;
-        }
-        if self.used.wrapping_add(cost) > XATTR_BUDGET as u64 {
-            return Err(format!("xattrs exceed the per-inode budget of {XATTR_BUDGET} bytes"));
-        }
-        self.used = self.used.wrapping_add(cost);
-        self.v.push(X { key, value, shared: INLINE });
-        Ok(())
     }
 }
 

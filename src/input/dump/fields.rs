@@ -3,10 +3,11 @@
 
 use crate::tree;
 
-/// Decode one escaped field into `out` (cleared first).
-pub(super) fn unescape_into(s: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+/// Decode one escaped field into `out` (cleared first). `escapes`: whether the field may hold a
+/// backslash at all (false when the caller already knows it does not).
+pub(super) fn unescape_into(s: &[u8], out: &mut Vec<u8>, escapes: bool) -> Result<(), String> {
     out.clear();
-    if !s.contains(&b'\\') {
+    if !escapes || !s.contains(&b'\\') {
         out.extend_from_slice(s);
         return Ok(());
     }
@@ -44,13 +45,16 @@ pub(super) fn unescape_into(s: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
 
 pub(super) fn unescape(s: &[u8]) -> Result<Vec<u8>, String> {
     let mut v = Vec::new();
-    unescape_into(s, &mut v)?;
+    unescape_into(s, &mut v, true)?;
     Ok(v)
 }
 
-pub(super) fn unescape_optional(s: &[u8]) -> Result<Option<Vec<u8>>, String> {
+/// An optional field: `-` is absent. `escapes` as for [`unescape_into`].
+pub(super) fn unescape_optional(s: &[u8], escapes: bool) -> Result<Option<Vec<u8>>, String> {
     if s == b"-" {
         Ok(None)
+    } else if !escapes {
+        Ok(Some(s.to_vec()))
     } else {
         unescape(s).map(Some)
     }
@@ -66,6 +70,24 @@ fn hexval(b: u8) -> Option<u8> {
 }
 
 pub(super) fn parse_uint(s: &[u8], radix: u32, max: u64) -> Result<u64, String> {
+    // Fast path: at most 19 digits below the radix cannot overflow a u64 (radix <= 10).
+    if radix <= 10 && !s.is_empty() && s.len() <= 19 {
+        let mut v: u64 = 0;
+        let mut ok = true;
+        for &b in s {
+            let d = b.wrapping_sub(b'0') as u32;
+            ok &= d < radix;
+            v = v.wrapping_mul(radix as u64).wrapping_add(d as u64);
+        }
+        if ok && v <= max {
+            return Ok(v);
+        }
+    }
+    parse_uint_slow(s, radix, max)
+}
+
+/// [`parse_uint`] digit by digit, with the error of the first problem.
+fn parse_uint_slow(s: &[u8], radix: u32, max: u64) -> Result<u64, String> {
     if s.is_empty() {
         return Err("missing number".into());
     }

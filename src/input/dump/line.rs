@@ -6,7 +6,7 @@ use super::xattr::{set_xattr, XattrBudget};
 use super::{normalize_target, tree_reason, DumpError, Parser, PendingLink, MAX_XATTR_SECTION};
 use crate::erofs::format::INLINE_CONTENT_MAX;
 use crate::tree::{
-    self, check_object_path, split_path, valid_file_type, Entry, Inode, NodeId, PATH_MAX, ROOT, S_IFBLK, S_IFCHR,
+    self, check_object_path, check_path, valid_file_type, Entry, Inode, NodeId, PATH_MAX, ROOT, S_IFBLK, S_IFCHR,
     S_IFDIR, S_IFLNK, S_IFMT,
 };
 
@@ -26,11 +26,12 @@ impl Parser {
         &mut self,
         lineno: usize,
         fields: &[&[u8]; 11],
+        escapes: bool,
         xattr_section: &[u8],
         path: &mut Vec<u8>,
         err: Err<'_>,
     ) -> Result<(), DumpError> {
-        unescape_into(fields[0], path).map_err(|r| err(fields[0], "PATH", r))?;
+        unescape_into(fields[0], path, escapes).map_err(|r| err(fields[0], "PATH", r))?;
         let path: &[u8] = path;
         if path.is_empty() {
             return Err(err(b"", "PATH", "empty path".into()));
@@ -65,7 +66,7 @@ impl Parser {
             return self.hard_link(lineno, fields[8], path, &place, err);
         }
 
-        let (mut entry, nlink) = self.entry_of(path, mode, fields, err)?;
+        let (mut entry, nlink) = self.entry_of(path, mode, fields, escapes, err)?;
         parse_xattrs(xattr_section, &mut entry, path, err)?;
         let id = if is_root {
             self.tree.set_root(entry).map_err(|e| err(path, "PATH", tree_reason(&e)))?;
@@ -81,11 +82,12 @@ impl Parser {
     /// Where a non-root `path` goes; the parent must exist.
     fn locate<'p>(&mut self, path: &'p [u8], err: Err<'_>) -> Result<Place<'p>, DumpError> {
         let rel = path.strip_prefix(b"/").ok_or_else(|| err(path, "PATH", "path must start with '/'".into()))?;
-        let comps = split_path(rel).map_err(|e| err(path, "PATH", tree_reason(&e)))?;
-        let name = *comps.last().ok_or_else(|| err(path, "PATH", "empty path".into()))?;
-        let parent_rel = &rel[..rel.len() - name.len()];
-        let parent_rel = parent_rel.strip_suffix(b"/").unwrap_or(parent_rel);
-        let parent = self.find_parent(parent_rel, &comps[..comps.len() - 1]).map_err(|r| err(path, "PATH", r))?;
+        check_path(rel).map_err(|e| err(path, "PATH", tree_reason(&e)))?;
+        let (parent_rel, name) = match memchr::memrchr(b'/', rel) {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&b""[..], rel),
+        };
+        let parent = self.find_parent(parent_rel).map_err(|r| err(path, "PATH", r))?;
         // (insert_child rejects names already in the tree.)
         if self.link_index.contains_key(rel) {
             return Err(err(path, "PATH", "path listed twice".into()));
@@ -103,7 +105,7 @@ impl Parser {
         err: Err<'_>,
     ) -> Result<(), DumpError> {
         let Place { parent, name, rel } = *place;
-        let target = unescape_optional(payload).map_err(|r| err(path, "PAYLOAD", r))?;
+        let target = unescape_optional(payload, true).map_err(|r| err(path, "PAYLOAD", r))?;
         let target = target.ok_or_else(|| err(path, "PAYLOAD", "hard link without a target path".into()))?;
         if target.contains(&0) {
             return Err(err(path, "PAYLOAD", "NUL byte in hard link target".into()));
@@ -121,22 +123,29 @@ impl Parser {
     }
 
     /// The entry of a line that is not a hard link (without xattrs), and its NLINK.
-    fn entry_of(&self, path: &[u8], mode: u32, f: &[&[u8]; 11], err: Err<'_>) -> Result<(Entry, u32), DumpError> {
+    fn entry_of(
+        &self,
+        path: &[u8],
+        mode: u32,
+        f: &[&[u8]; 11],
+        escapes: bool,
+        err: Err<'_>,
+    ) -> Result<(Entry, u32), DumpError> {
         let size = parse_uint(f[1], 10, u64::MAX).map_err(|r| err(path, "SIZE", r))?;
         let nlink = parse_uint(f[3], 10, u32::MAX as u64).map_err(|r| err(path, "NLINK", r))? as u32;
         let uid = parse_uint(f[4], 10, u32::MAX as u64).map_err(|r| err(path, "UID", r))? as u32;
         let gid = parse_uint(f[5], 10, u32::MAX as u64).map_err(|r| err(path, "GID", r))? as u32;
         let rdev = parse_uint(f[6], 10, u32::MAX as u64).map_err(|r| err(path, "RDEV", r))? as u32;
         let (mtime, mtime_nsec) = parse_mtime(f[7]).map_err(|r| err(path, "MTIME", r))?;
-        let payload = unescape_optional(f[8]).map_err(|r| err(path, "PAYLOAD", r))?;
-        let content = unescape_optional(f[9]).map_err(|r| err(path, "CONTENT", r))?;
+        let payload = unescape_optional(f[8], escapes).map_err(|r| err(path, "PAYLOAD", r))?;
+        let content = unescape_optional(f[9], escapes).map_err(|r| err(path, "CONTENT", r))?;
         if let Some(c) = &content {
             if c.len() as u64 != size {
                 return Err(err(path, "CONTENT", format!("content is {} bytes but SIZE is {size}", c.len())));
             }
         }
         // An empty DIGEST field (a line cut short) means no digest.
-        let digest = match unescape_optional(f[10]).map_err(|r| err(path, "DIGEST", r))? {
+        let digest = match unescape_optional(f[10], escapes).map_err(|r| err(path, "DIGEST", r))? {
             Some(d) if !d.is_empty() => Some(parse_digest(&d).map_err(|r| err(path, "DIGEST", r))?),
             _ => None,
         };

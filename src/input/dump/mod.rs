@@ -28,7 +28,7 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
-use crate::tree::{self, Limits, NodeId, Tree, ROOT};
+use crate::tree::{self, DirCursor, Limits, NodeId, Tree, ROOT};
 
 pub use write::write_dump;
 
@@ -71,8 +71,10 @@ struct Parser {
     root_seen: bool,
     links: Vec<PendingLink>,
     link_index: HashMap<Vec<u8>, usize>,
-    /// Last parent directory looked up: (relative path, node).
-    cached_parent: (Vec<u8>, NodeId),
+    /// The directories of the last parent looked up.
+    dirs: DirCursor,
+    /// Offset of the input's first NUL byte: the line holding it is refused.
+    first_nul: Option<usize>,
     path_buf: Vec<u8>,
 }
 
@@ -84,24 +86,28 @@ pub fn parse(input: &[u8], opts: &DumpOptions) -> Result<Tree, DumpError> {
         root_seen: false,
         links: Vec::new(),
         link_index: HashMap::new(),
-        cached_parent: (Vec::new(), ROOT),
+        dirs: DirCursor::default(),
+        first_nul: memchr::memchr(0, input),
         path_buf: Vec::new(),
     };
-    let mut rest = input;
+    // One node per line (hard links included): the arena and the name index are sized once.
+    p.tree.reserve(memchr::memchr_iter(b'\n', input).count() + 1);
+    let mut pos = 0;
     let mut lineno = 0usize;
-    while !rest.is_empty() {
+    while pos < input.len() {
         lineno += 1;
-        let (line, next) = match rest.iter().position(|&b| b == b'\n') {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
+        let rest = &input[pos..];
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], pos + i + 1),
             None => {
                 if opts.strict {
                     return Err(DumpError::File { reason: format!("line {lineno}: missing trailing newline") });
                 }
-                (rest, &rest[rest.len()..])
+                (rest, input.len())
             }
         };
-        rest = next;
-        p.line(lineno, line)?;
+        p.line(lineno, line, pos)?;
+        pos = next;
     }
     if !p.root_seen {
         return Err(DumpError::File { reason: "no entries (the root directory \"/\" is missing)".into() });
@@ -113,63 +119,52 @@ pub fn parse(input: &[u8], opts: &DumpOptions) -> Result<Tree, DumpError> {
 }
 
 impl Parser {
-    fn line(&mut self, lineno: usize, line: &[u8]) -> Result<(), DumpError> {
+    /// Line `lineno`, which starts at offset `start` of the input.
+    fn line(&mut self, lineno: usize, line: &[u8], start: usize) -> Result<(), DumpError> {
         let err = |path: &[u8], field: &'static str, reason: String| DumpError::Line {
             line: lineno,
             path: tree::show(path),
             field,
             reason,
         };
-        if let Some(off) = line.iter().position(|&b| b == 0) {
-            return Err(err(b"?", "LINE", format!("NUL byte at position {off}")));
+        if let Some(nul) = self.first_nul.filter(|&n| n >= start && n < start + line.len()) {
+            return Err(err(b"?", "LINE", format!("NUL byte at position {}", nul - start)));
         }
-        let mut fields: [&[u8]; 11] = [&[]; 11];
-        let mut rest = line;
-        for f in fields.iter_mut() {
-            match rest.iter().position(|&b| b == b' ') {
-                Some(i) => {
-                    *f = &rest[..i];
-                    rest = &rest[i + 1..];
-                }
-                None => {
-                    *f = rest;
-                    rest = &rest[rest.len()..];
-                }
-            }
-        }
-        let xattr_section = rest;
-
+        let (fields, xattr_section, escapes) = split_fields(line);
         let mut path = std::mem::take(&mut self.path_buf);
-        let r = self.line_inner(lineno, &fields, xattr_section, &mut path, &err);
+        let r = self.line_inner(lineno, &fields, escapes, xattr_section, &mut path, &err);
         self.path_buf = path;
         r
     }
 
-    /// Find the directory node at `parent_rel` (components `comps`), which must exist.
-    fn find_parent(&mut self, parent_rel: &[u8], comps: &[&[u8]]) -> Result<NodeId, String> {
-        if parent_rel == self.cached_parent.0.as_slice() {
-            return Ok(self.cached_parent.1);
-        }
-        let mut cur = ROOT;
-        for (i, c) in comps.iter().enumerate() {
-            cur = match self.tree.child(cur, c) {
-                Some(id) => id,
-                None => {
-                    let so_far = comps[..=i].join(&b'/');
-                    if self.link_index.contains_key(&so_far) {
-                        return Err(format!("parent /{} is a hard link, not a directory", tree::show(&so_far)));
-                    }
-                    return Err(format!("parent directory /{} is missing", tree::show(&so_far)));
+    /// Find the directory node at `parent_rel` (relative, validated), which must exist.
+    fn find_parent(&mut self, parent_rel: &[u8]) -> Result<NodeId, String> {
+        let (mut cur, mut pos) = self.dirs.seek(parent_rel);
+        // Down from there, one component at a time; only directories go on the cursor.
+        let mut cur_is_dir = true;
+        while pos < parent_rel.len() {
+            let from = if pos == 0 { 0 } else { pos + 1 };
+            let to = memchr::memchr(b'/', &parent_rel[from..]).map_or(parent_rel.len(), |i| from + i);
+            let comp = &parent_rel[from..to];
+            let found = if cur_is_dir { self.tree.child(cur, comp) } else { None };
+            let Some(id) = found else {
+                let so_far = &parent_rel[..to];
+                if self.link_index.contains_key(so_far) {
+                    return Err(format!("parent /{} is a hard link, not a directory", tree::show(so_far)));
                 }
+                return Err(format!("parent directory /{} is missing", tree::show(so_far)));
             };
+            let n = self.tree.node(id);
+            cur = id;
+            cur_is_dir = n.entry.inode.is_dir() && n.link_to.is_none();
+            if cur_is_dir {
+                self.dirs.descend(id, comp);
+            }
+            pos = to;
         }
-        let n = self.tree.node(cur);
-        if !n.entry.inode.is_dir() || n.link_to.is_some() {
+        if !cur_is_dir {
             return Err(format!("parent /{} is not a directory", tree::show(parent_rel)));
         }
-        self.cached_parent.0.clear();
-        self.cached_parent.0.extend_from_slice(parent_rel);
-        self.cached_parent.1 = cur;
         Ok(cur)
     }
 
@@ -203,6 +198,56 @@ impl Parser {
             self.tree.insert_hardlink_child(l.parent, &l.name, tid).map_err(|e| err(tree_reason(&e)))?;
         }
         Ok(())
+    }
+}
+
+/// Splits a line at its first 11 spaces: the 11 fields (missing ones empty) and the xattr
+/// section after them; also says whether the fields hold a backslash (an escape to decode).
+/// Eight bytes at a time, as [`crate::bytes`] does it.
+fn split_fields(line: &[u8]) -> ([&[u8]; 11], &[u8], bool) {
+    use crate::bytes::{eq_bytes, first_byte, splat, word};
+    let mut cuts = [0usize; 11];
+    let mut n = 0;
+    let mut escapes = false;
+    let mut words = line.chunks_exact(8);
+    let mut base = 0;
+    'words: for w in &mut words {
+        let w = word(w);
+        escapes |= eq_bytes(w, splat(b'\\')) != 0;
+        let mut spaces = eq_bytes(w, splat(b' '));
+        while spaces != 0 {
+            cuts[n] = base + first_byte(spaces);
+            n += 1;
+            if n == cuts.len() {
+                break 'words;
+            }
+            spaces &= spaces - 1;
+        }
+        base += 8;
+    }
+    if n < cuts.len() {
+        for (k, &b) in words.remainder().iter().enumerate() {
+            escapes |= b == b'\\';
+            if b == b' ' {
+                cuts[n] = base + k;
+                n += 1;
+                if n == cuts.len() {
+                    break;
+                }
+            }
+        }
+    }
+    let mut fields: [&[u8]; 11] = [&[]; 11];
+    let mut from = 0;
+    for (f, &cut) in fields.iter_mut().zip(&cuts[..n]) {
+        *f = &line[from..cut];
+        from = cut + 1;
+    }
+    if n < cuts.len() {
+        fields[n] = &line[from..];
+        (fields, &[], escapes)
+    } else {
+        (fields, &line[from..], escapes)
     }
 }
 

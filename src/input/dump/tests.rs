@@ -118,3 +118,89 @@ fn regular_file_payloads_must_name_an_object() {
     let t = parse(line("40755", "../elsewhere").replace("/x 4", "/x 0").as_bytes(), &DumpOptions::default()).unwrap();
     assert!(t.lookup(b"x").is_some());
 }
+
+#[test]
+fn fields_split_as_the_plain_rule() {
+    // Lines with 0..14 fields of varied lengths, so the spaces fall at every word offset.
+    let mut seed = 7u32;
+    let mut next = || {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        seed >> 16
+    };
+    for _ in 0..3000 {
+        let n = (next() % 15) as usize;
+        let mut line = Vec::new();
+        for i in 0..n {
+            if i > 0 {
+                line.push(b' ');
+            }
+            for _ in 0..next() % 12 {
+                line.push(match next() % 9 {
+                    0 => b'\\',
+                    1 => b' ',
+                    _ => b'a',
+                });
+            }
+        }
+        let (fields, rest, escapes) = super::split_fields(&line);
+        // The plain rule: 11 times "up to the next space", the rest is the xattr section.
+        let mut expect: [&[u8]; 11] = [&[]; 11];
+        let mut r = &line[..];
+        for f in expect.iter_mut() {
+            match r.iter().position(|&b| b == b' ') {
+                Some(i) => {
+                    *f = &r[..i];
+                    r = &r[i + 1..];
+                }
+                None => {
+                    *f = r;
+                    r = &r[r.len()..];
+                }
+            }
+        }
+        assert_eq!(fields, expect, "{}", tree::show(&line));
+        assert_eq!(rest, r, "{}", tree::show(&line));
+        // The escape flag may only be false when no field holds a backslash.
+        if expect.iter().any(|f| f.contains(&b'\\')) {
+            assert!(escapes, "{}", tree::show(&line));
+        }
+    }
+}
+
+#[test]
+fn parents_found_in_any_order() {
+    // Jumps up and down, siblings sharing a name prefix, a return to an old directory.
+    let input = b"/ 0 40755 2 0 0 0 0.0 - - -\n\
+/a 0 40755 2 0 0 0 0.0 - - -\n\
+/a/b 0 40755 2 0 0 0 0.0 - - -\n\
+/a/bc 0 40755 2 0 0 0 0.0 - - -\n\
+/a/b/x 0 100644 1 0 0 0 0.0 - - -\n\
+/a/bc/y 0 100644 1 0 0 0 0.0 - - -\n\
+/a/b/d 0 40755 2 0 0 0 0.0 - - -\n\
+/a/b/d/z 0 100644 1 0 0 0 0.0 - - -\n\
+/top 0 100644 1 0 0 0 0.0 - - -\n\
+/a/b/d/w 0 100644 1 0 0 0 0.0 - - -\n\
+/a/bc/v 0 100644 1 0 0 0 0.0 - - -\n\
+/a/b/u 0 100644 1 0 0 0 0.0 - - -\n";
+    let t = parse(input, &strict()).unwrap();
+    for p in ["a/b/x", "a/bc/y", "a/b/d/z", "top", "a/b/d/w", "a/bc/v", "a/b/u"] {
+        let id = t.lookup(p.as_bytes()).unwrap_or_else(|| panic!("{p} missing"));
+        assert_eq!(t.path_of(id), p.as_bytes());
+    }
+    assert_eq!(t.node(t.lookup(b"a/bc").unwrap()).children.len(), 2);
+    assert_eq!(t.node(t.lookup(b"a/b").unwrap()).children.len(), 3);
+
+    let head = "/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 40755 2 0 0 0 0.0 - - -\n/f 0 100644 1 0 0 0 0.0 - - -\n\
+/a/l 0 @100644 1 0 0 0 0.0 /f - -\n";
+    for (line, reason) in [
+        ("/a/b/x", "parent directory /a/b is missing"),
+        ("/ab/x", "parent directory /ab is missing"),
+        ("/f/x", "parent /f is not a directory"),
+        ("/f/y/x", "parent directory /f/y is missing"),
+        ("/a/l/x", "parent /a/l is a hard link, not a directory"),
+    ] {
+        let input = format!("{head}{line} 0 100644 1 0 0 0 0.0 - - -\n");
+        let e = parse(input.as_bytes(), &strict()).unwrap_err().to_string();
+        assert!(e.contains(reason) && e.contains("line 5"), "{line}: {e}");
+    }
+}

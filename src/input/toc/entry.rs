@@ -12,7 +12,7 @@ use super::{
 };
 use crate::erofs::format::{INLINE_CONTENT_MAX, XATTR_BUDGET};
 use crate::tree::{
-    self, split_path, Entry, Inode, TreeError, Xattr, PATH_MAX, S_IFBLK, S_IFCHR, S_IFLNK, S_IFMT, S_IFREG,
+    self, check_path, Entry, Inode, TreeError, Xattr, PATH_MAX, S_IFBLK, S_IFCHR, S_IFLNK, S_IFMT, S_IFREG,
     XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
 
@@ -203,7 +203,7 @@ impl State {
             hp.push(b'/');
         }
         hp.extend_from_slice(hidden);
-        split_path(&hp).map_err(|e| err("name", format!("whiteout names an invalid path: {}", tree_reason(&e))))?;
+        check_path(&hp).map_err(|e| err("name", format!("whiteout names an invalid path: {}", tree_reason(&e))))?;
         if self.whiteouts.len() >= self.tree.limits.max_entries {
             return Err(err("name", format!("too many entries (limit {})", self.tree.limits.max_entries)));
         }
@@ -226,7 +226,7 @@ impl State {
             .ok_or_else(|| err("linkName", "hard link without a target".into()))?;
         let p = path.ok_or_else(|| err("name", "the root cannot be a hard link".into()))?;
         let t = normalize(target).ok_or_else(|| err("linkName", "hard link to the root directory".into()))?;
-        split_path(t).map_err(|e| err("linkName", tree_reason(&e)))?;
+        check_path(t).map_err(|e| err("linkName", tree_reason(&e)))?;
         if t == p {
             return Err(err("linkName", "hard link to itself".into()));
         }
@@ -237,23 +237,10 @@ impl State {
         Ok(())
     }
 
-    /// [`crate::tree::Tree::insert`], skipping the walk from the root when the entry lives in the same
-    /// directory as the previous one (the common case in tar order).
+    /// [`crate::tree::Tree::insert`], the parent found from the previous insertion's directories
+    /// (entries come directory by directory in tar order).
     fn insert(&mut self, p: &[u8], entry: Entry) -> Result<tree::NodeId, TreeError> {
-        let (dir, name) = match p.iter().rposition(|&b| b == b'/') {
-            Some(i) => (&p[..i], &p[i + 1..]),
-            None => (&b""[..], p),
-        };
-        if let Some((cdir, cid)) = &self.parent_cache {
-            // The cached directory's path was validated when it was cached; the name is checked
-            // by insert_child, the whole length here.
-            if cdir.as_slice() == dir && p.len() < PATH_MAX && self.tree.child(*cid, name).is_none() {
-                return self.tree.insert_child(*cid, name, entry);
-            }
-        }
-        let id = self.tree.insert(p, entry)?;
-        self.parent_cache = Some((dir.to_vec(), self.tree.node(id).parent));
-        Ok(id)
+        self.tree.insert_via(&mut self.cursor, p, entry)
     }
 }
 
@@ -295,7 +282,7 @@ fn regular_content(raw: &Raw<'_>, mut size: u64, entry: &mut Entry, err: Err<'_>
     }
     if let Some(p) = raw.x_payload.as_deref() {
         let pb = p.as_bytes();
-        split_path(pb)
+        check_path(pb)
             .map_err(|e| err("x-payload", format!("not a clean relative object path: {}", tree_reason(&e))))?;
         entry.payload = Some(pb.to_vec());
     } else if let Some(d) = raw.digest.as_deref().filter(|d| !d.is_empty()) {

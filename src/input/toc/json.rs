@@ -202,6 +202,14 @@ impl<'de> de::Deserialize<'de> for XattrsVal<'de> {
 /// Fold a key the way Go's encoding/json compares field names (ASCII case-insensitive, plus
 /// U+017F LATIN SMALL LETTER LONG S = `s` and U+212A KELVIN SIGN = `k`) into `buf`.
 fn fold_key<'b>(key: &str, buf: &'b mut [u8; 24]) -> Option<&'b [u8]> {
+    if key.is_ascii() {
+        // Every key of a real TOC: byte by byte, without decoding characters.
+        let out = buf.get_mut(..key.len())?;
+        for (o, b) in out.iter_mut().zip(key.bytes()) {
+            *o = b.to_ascii_lowercase();
+        }
+        return Some(out);
+    }
     let mut n = 0;
     for c in key.chars() {
         let b = match c {
@@ -383,28 +391,32 @@ impl<'de> Raw<'de> {
     }
 }
 
-struct EntrySeed {
-    flavor: Flavor,
+/// One element of `entries`: read into a [`Raw`] and handed to [`State::entry`] right there
+/// (the record is large: not moving it through serde's return values saves a copy per layer).
+struct EntrySeed<'a> {
+    st: &'a mut State,
 }
 
-impl<'de> DeserializeSeed<'de> for EntrySeed {
-    type Value = Option<Raw<'de>>;
+impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
+    type Value = bool;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for EntrySeed {
-    /// `None`: the entry is not an object (a type error reported by the caller).
-    type Value = Option<Raw<'de>>;
+impl<'de> Visitor<'de> for EntrySeed<'_> {
+    /// `false`: the entry is not an object (a type error reported by the caller). A rejected
+    /// entry leaves its error in `State::error` and stops the parse.
+    type Value = bool;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an entry object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let flavor = self.st.flavor;
         let mut r = Raw::default();
         let mut buf = [0u8; 24];
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            let field = fold_key(&key.0, &mut buf).and_then(|k| Field::lookup(k, self.flavor));
+            let field = fold_key(&key.0, &mut buf).and_then(|k| Field::lookup(k, flavor));
             let Some(field) = field else {
                 map.next_value::<Skip>()?;
                 continue;
@@ -464,29 +476,34 @@ impl<'de> Visitor<'de> for EntrySeed {
                 Field::Xattrs => {}
             }
         }
-        Ok(Some(r))
+        // The map is complete: its closing brace was read.
+        if let Err(e) = self.st.entry(r) {
+            self.st.error = Some(e);
+            return Err(de::Error::custom("entry rejected"));
+        }
+        Ok(true)
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(false)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<Skip>()?.is_some() {}
-        Ok(None)
+        Ok(false)
     }
 }
 
@@ -507,24 +524,19 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
         f.write_str("an array of entries")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let flavor = self.st.flavor;
         loop {
-            let raw = match seq.next_element_seed(EntrySeed { flavor })? {
+            match seq.next_element_seed(EntrySeed { st: &mut *self.st })? {
                 None => return Ok(()),
-                Some(r) => r,
-            };
-            let r = match raw {
-                Some(raw) => self.st.entry(raw),
-                None => Err(TocError::Entry {
-                    index: self.st.index,
-                    name: String::new(),
-                    field: "entry",
-                    reason: "not a JSON object".into(),
-                }),
-            };
-            if let Err(e) = r {
-                self.st.error = Some(e);
-                return Err(de::Error::custom("entry rejected"));
+                Some(true) => {}
+                Some(false) => {
+                    self.st.error = Some(TocError::Entry {
+                        index: self.st.index,
+                        name: String::new(),
+                        field: "entry",
+                        reason: "not a JSON object".into(),
+                    });
+                    return Err(de::Error::custom("entry rejected"));
+                }
             }
             self.st.index += 1;
         }
@@ -594,5 +606,31 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fold_key;
+
+    #[test]
+    fn fold_key_ascii_and_unicode_paths_agree() {
+        let mut buf = [0u8; 24];
+        assert_eq!(fold_key("LinkName", &mut buf), Some(&b"linkname"[..]));
+        assert_eq!(fold_key("x-PAYLOAD", &mut buf), Some(&b"x-payload"[..]));
+        assert_eq!(fold_key("", &mut buf), Some(&b""[..]));
+        // Go's extra folds (long s, Kelvin sign) take the character path, to the same bytes.
+        assert_eq!(fold_key("\u{17f}ize", &mut buf), Some(&b"size"[..]));
+        assert_eq!(fold_key("\u{212a}EY", &mut buf), Some(&b"key"[..]));
+        assert_eq!(fold_key("n\u{e4}me", &mut buf), None);
+        // At most 24 folded bytes, whichever path.
+        let a24 = "A".repeat(24);
+        assert_eq!(fold_key(&a24, &mut buf), Some("a".repeat(24).as_bytes()));
+        assert_eq!(fold_key(&"A".repeat(25), &mut buf), None);
+        assert_eq!(
+            fold_key(&format!("{}\u{17f}", "a".repeat(23)), &mut buf),
+            Some(&[b"a".repeat(23), b"s".to_vec()].concat()[..])
+        );
+        assert_eq!(fold_key(&format!("{}\u{17f}", "a".repeat(24)), &mut buf), None);
     }
 }

@@ -253,3 +253,26 @@ fn dev_encoding_matches_kernel() {
     assert_eq!(encode_dev(420, 170).unwrap(), 107690);
     assert_eq!(encode_dev(0xfff, 0xfffff).unwrap(), 0xffff_ffff);
 }
+
+#[test]
+fn utf8_checked_over_the_whole_document() {
+    // Non-ASCII names pass through byte for byte, escaped or not.
+    let t = p(&toc(r#"{"type":"reg","name":"dé/\u00e9\ud83d\ude00","size":0}"#)).unwrap();
+    assert!(t.lookup("dé/é😀".as_bytes()).is_some());
+    // Invalid UTF-8 is refused wherever it is: in a name (an encoded surrogate), in an ignored
+    // key, in a string nested in an ignored value (a cut sequence), in a known key, and after
+    // the document; the error names the byte.
+    let good = toc(r#"{"type":"reg","name":"a","size":0,"x-other":["q"]}"#);
+    let cases: [(&str, &[u8]); 4] = [("a", b"\xed\xa0\x80"), ("x-other", b"\xff"), ("q", b"\xc3"), ("size", b"\x80")];
+    for (what, bad) in cases {
+        let at = good.find(&format!("\"{what}\"")).unwrap() + 1;
+        let doc = [&good.as_bytes()[..at], bad, &good.as_bytes()[at..]].concat();
+        let e = match parse(&doc, &TocOptions::default()) {
+            Ok(_) => panic!("accepted invalid UTF-8 in {what}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("invalid JSON") && e.contains(&format!("at byte {at}")), "{e}");
+    }
+    let doc = [good.as_bytes(), b"\xfe"].concat();
+    assert!(parse(&doc, &TocOptions::default()).unwrap_err().to_string().contains("not UTF-8"));
+}

@@ -1,0 +1,65 @@
+//! Byte scanning a word (eight bytes) at a time, for the parsers' hot loops: which bytes of a
+//! word equal a given byte, exactly, in safe code. (The `memchr` crate is faster on long
+//! haystacks; on the short strings of a path or a dumpfile line its per-call setup dominates.)
+
+/// `b` in every byte of a word.
+pub(crate) const fn splat(b: u8) -> u64 {
+    0x0101_0101_0101_0101 * b as u64
+}
+
+/// The word made of `w[0..8]`, `w[0]` lowest (so a set bit's `trailing_zeros() / 8` is the
+/// index of its byte).
+pub(crate) fn word(w: &[u8]) -> u64 {
+    u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
+}
+
+/// The high bit of each byte of `x` that is zero, exactly: unlike the shorter
+/// `(x - 0x01..) & !x & 0x80..`, no false positive above a zero byte.
+pub(crate) fn zero_bytes(x: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    !((x & LOW7).wrapping_add(LOW7) | x | LOW7)
+}
+
+/// The high bit of each byte of `x` that equals the byte splatted in `pattern`.
+pub(crate) fn eq_bytes(x: u64, pattern: u64) -> u64 {
+    zero_bytes(x ^ pattern)
+}
+
+/// Index of the byte of the lowest set bit of a mask made by [`zero_bytes`] or [`eq_bytes`].
+pub(crate) fn first_byte(mask: u64) -> usize {
+    (mask.trailing_zeros() / 8) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_are_exact() {
+        // Every byte value at every position, next to every other interesting value.
+        for pos in 0..8 {
+            for v in 0..=255u8 {
+                for other in [0u8, 1, 0x2f, 0x7f, 0x80, 0xff, v] {
+                    let mut b = [other; 8];
+                    b[pos] = v;
+                    let w = word(&b);
+                    let mut expect_zero = 0u64;
+                    let mut expect_slash = 0u64;
+                    for (i, &x) in b.iter().enumerate() {
+                        if x == 0 {
+                            expect_zero |= 0x80 << (8 * i);
+                        }
+                        if x == b'/' {
+                            expect_slash |= 0x80 << (8 * i);
+                        }
+                    }
+                    assert_eq!(zero_bytes(w), expect_zero, "{b:?}");
+                    assert_eq!(eq_bytes(w, splat(b'/')), expect_slash, "{b:?}");
+                    if expect_zero != 0 {
+                        assert_eq!(first_byte(zero_bytes(w)), b.iter().position(|&x| x == 0).unwrap());
+                    }
+                }
+            }
+        }
+    }
+}
