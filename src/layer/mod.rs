@@ -157,6 +157,8 @@ pub fn import(req: &ImportRequest) -> anyhow::Result<ImportResult> {
     sopts.verity = if req.enable_verity { VerityMode::Require } else { VerityMode::Off };
     sopts.verity_digests = req.enable_verity;
     let store = ObjectStore::open(&req.objects, sopts)?;
+    // One store thread writes every object: two threads allocate the inodes ahead of it.
+    store.create_ahead(2)?;
     let staging = store.stage()?;
     let out_dir = parent_dir(&req.output);
     let (img, img_path) =

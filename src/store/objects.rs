@@ -167,6 +167,19 @@ pub struct ObjectStore {
     /// The umask leaves 0644 alone: new files need no `fchmod`.
     mode_exact: bool,
     tmp_counter: AtomicU64,
+    /// Unnamed temporary files created ahead of need ([`ObjectStore::create_ahead`]).
+    ahead: std::sync::OnceLock<Ahead>,
+}
+
+/// Threads that create unnamed temporary files (`O_TMPFILE`) ahead of need. Allocating an inode
+/// is the costly step of a new object on some filesystems (ext4 without a journal skips every
+/// recently freed inode one by one), and a single writer (a layer import's store side) would
+/// otherwise wait for each in turn. An unused file vanishes when it is closed: stopping leaves
+/// nothing behind.
+struct Ahead {
+    rx: std::sync::Mutex<std::sync::mpsc::Receiver<File>>,
+    stop: std::sync::Arc<AtomicBool>,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for ObjectStore {
@@ -201,6 +214,7 @@ impl ObjectStore {
             reflink_off: AtomicBool::new(false),
             mode_exact: umask().is_some_and(|m| m & 0o644 == 0),
             tmp_counter: AtomicU64::new(0),
+            ahead: std::sync::OnceLock::new(),
         })
     }
 
@@ -458,10 +472,52 @@ impl ObjectStore {
         })
     }
 
+    /// Starts `threads` threads that create the next unnamed temporary files ahead of need
+    /// (for a single writer such as a layer import's store side; a directory import has its own
+    /// workers). Only where unnamed files are used (`O_TMPFILE`); once per store handle.
+    pub fn create_ahead(&self, threads: usize) -> Result<(), StoreError> {
+        let unnamed_ok =
+            !self.no_tmpfile.load(Ordering::Relaxed) && (self.procfs || self.verity_off.load(Ordering::Relaxed));
+        if !unnamed_ok || threads == 0 || self.ahead.get().is_some() {
+            return Ok(());
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<File>(16);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for _ in 0..threads {
+            let dir = self.dir.try_clone().map_err(|e| self.io_err("dup of the store directory", e))?;
+            let (tx, stop) = (tx.clone(), stop.clone());
+            let h = std::thread::Builder::new()
+                .name("cfsmount-create".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
+                        let Ok(fd) = rustix::fs::openat(&dir, ".", flags, Mode::from_raw_mode(0o644)) else {
+                            return; // the writer creates its own and reports the error
+                        };
+                        if tx.send(File::from(fd)).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| self.io_err("starting a thread", e))?;
+            handles.push(h);
+        }
+        let _ = self.ahead.set(Ahead { rx: std::sync::Mutex::new(rx), stop, threads: std::sync::Mutex::new(handles) });
+        Ok(())
+    }
+
     /// An empty file to fill, not visible under any object name.
     pub(crate) fn create_tmp(&self) -> Result<Tmp<'_>, StoreError> {
         let unnamed_ok =
             !self.no_tmpfile.load(Ordering::Relaxed) && (self.procfs || self.verity_off.load(Ordering::Relaxed));
+        if let (true, Some(a)) = (unnamed_ok, self.ahead.get()) {
+            // None once the threads stopped (a creation failed): then create one here, which
+            // reports the error.
+            if let Ok(file) = a.rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                return Ok(Tmp { file, name: None, dir: self.dir.as_fd() });
+            }
+        }
         if unnamed_ok {
             match rustix::fs::openat(
                 &self.dir,
@@ -652,4 +708,17 @@ fn read_full(f: &File, buf: &mut [u8], off: u64) -> Result<usize, StoreError> {
 
 fn changed(want: u64, got: u64) -> StoreError {
     StoreError::SourceChanged(format!("expected {want} bytes, read {got}"))
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        let Some(a) = self.ahead.take() else { return };
+        a.stop.store(true, Ordering::Relaxed);
+        // Dropping the receiver closes the unused files (they vanish) and makes a creator
+        // blocked in `send` return; then wait for them.
+        drop(a.rx);
+        for h in a.threads.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            let _ = h.join();
+        }
+    }
 }

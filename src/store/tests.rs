@@ -239,6 +239,28 @@ fn stages_of_killed_imports_are_removed_by_the_next_stage() {
 }
 
 #[test]
+fn files_created_ahead_serve_a_single_writer_and_vanish_unused() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("objs");
+    let s = ObjectStore::open(&dir, StoreOptions::new(Naming::Sha256)).unwrap();
+    s.create_ahead(2).unwrap();
+    s.create_ahead(2).unwrap(); // once per handle: a second call changes nothing
+    let contents: Vec<Vec<u8>> = (0..50).map(|i| data(100 + i * 4099, 40 + i as u32)).collect();
+    let st = s.stage().unwrap();
+    for c in &contents {
+        let mut w = st.writer(Some(sha(c)));
+        w.write_all(c).unwrap();
+        assert!(w.commit().unwrap().new);
+    }
+    assert_eq!(st.commit().unwrap().added, 50);
+    drop(s); // stops the creators; their unused files had no name
+    for c in &contents {
+        assert_eq!(fs::read(dir.join(object_name(&sha(c)))).unwrap(), *c);
+    }
+    assert_clean(&dir);
+}
+
+#[test]
 fn concurrent_writers_of_the_same_objects() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("objs");
