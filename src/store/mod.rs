@@ -1,7 +1,7 @@
 //! The content store: objects shared by every layer and image (`objects.rs`, owner: store) and
 //! the repository of layer images and images keyed by digest, its lock and gc (`repo.rs`).
 //!
-//! The object store API (docs/store.md): [`ObjectStore`] (open, insert, import a file, stream
+//! The object store API (docs/object-store.md): [`ObjectStore`] (open, insert, import a file, stream
 //! with an [`ObjectWriter`], lookup, sync), [`Stage`] (objects committed together), the
 //! digests in [`hash`]; [`import`] runs a directory's file imports on all cores.
 
