@@ -4,6 +4,11 @@
 # entries). With OLD_CFSMOUNT=/path/to/another/cfsmount both binaries run side by side in one
 # hyperfine run (installed setuid the same way), so the result reads as a ratio; ORDER="old new"
 # runs the other binary first (the machine's load drifts over a run).
+# Cases: the 1-file image, cs9 (repeated mounts: from the second run on, a helper that remembers
+# verdicts finds this caller's verdict), and "cs9 first" (the verdict directory
+# /run/cfsmount/verdicts removed before every run: the first mount of the image), and "root cs9
+# (plain)": root mounting the same image with the new binary directly. Then one line
+# of peak RSS (`time -f %M`, the helper process, after the runs) per binary and case.
 #
 # Usage (root, hyperfine; the machine-wide lock of the root tier):
 #   flock /tmp/cfsmount-root.lock benches/helper.sh [target/release/cfsmount] [RUNS]
@@ -42,17 +47,42 @@ chown -R 65534:65534 "$W/objs" "$W/one.img" "$W/cs9.img"
 
 cmds=()
 names=()
+prepares=()
+as_nobody="setpriv --reuid=65534 --regid=65534 --clear-groups --"
 for bin in ${ORDER:-new old}; do
     [ -x "$W/$bin/cfsmount" ] || continue
-    for img in one cs9; do
-        t="$W/t-$bin-$img"
+    for case in one cs9 cs9-first; do
+        img=${case%-first}
+        t="$W/t-$bin-$case"
         mkdir -p "$t"
         chown 65534:65534 "$t"
-        names+=("$bin $img")
-        cmds+=("setpriv --reuid=65534 --regid=65534 --clear-groups -- sh -c '$W/$bin/cfsmount mount $W/$img.img $t --basedir $W/objs && $W/$bin/cfsmount umount $t'")
+        names+=("$bin ${case/-/ }")
+        cmds+=("$as_nobody sh -c '$W/$bin/cfsmount mount $W/$img.img $t --basedir $W/objs && $W/$bin/cfsmount umount $t'")
+        if [ "$case" = cs9-first ]; then prepares+=("rm -rf /run/cfsmount/verdicts"); else prepares+=("true"); fi
     done
 done
+# The same image mounted by root with the plain (not setuid) new binary: the yardstick.
+t="$W/t-root-cs9"
+mkdir -p "$t"
+names+=("root cs9 (plain)")
+cmds+=("sh -c '$NEW mount $W/cs9.img $t --basedir $W/objs && $NEW umount $t'")
+prepares+=("true")
 args=()
-for i in "${!cmds[@]}"; do args+=(-n "${names[$i]}" "${cmds[$i]}"); done
+for i in "${!cmds[@]}"; do args+=(-n "${names[$i]}" --prepare "${prepares[$i]}" "${cmds[$i]}"); done
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 hyperfine -N -w 2 -r "$RUNS" --style basic ${HYPERFINE_JSON:+--export-json "$HYPERFINE_JSON"} "${args[@]}"
+
+# Peak RSS of the helper process (KiB), mount only: a repeated mount, then a first one.
+for bin in ${ORDER:-new old}; do
+    [ -x "$W/$bin/cfsmount" ] || continue
+    t="$W/t-$bin-cs9"
+    rss() { /usr/bin/time -f %M $as_nobody "$W/$bin/cfsmount" mount "$W/cs9.img" "$t" --basedir "$W/objs" 2>&1 >/dev/null | tail -1; }
+    $as_nobody "$W/$bin/cfsmount" mount "$W/cs9.img" "$t" --basedir "$W/objs"
+    $as_nobody "$W/$bin/cfsmount" umount "$t"
+    repeated=$(rss)
+    $as_nobody "$W/$bin/cfsmount" umount "$t"
+    rm -rf /run/cfsmount/verdicts
+    first=$(rss)
+    $as_nobody "$W/$bin/cfsmount" umount "$t"
+    echo "peak RSS $bin cs9: repeated ${repeated} KiB, first ${first} KiB"
+done

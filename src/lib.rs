@@ -3,6 +3,7 @@
 //! One module per stage; all `unsafe` and raw syscalls are confined to [`sys`].
 #![deny(unsafe_code)]
 
+pub mod als;
 pub(crate) mod boot;
 pub mod build;
 mod bytes;

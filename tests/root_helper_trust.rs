@@ -694,3 +694,98 @@ fn umount_on_a_fresh_machine_is_the_refusal() {
     assert!(still, "the foreign tmpfs was unmounted");
     assert!(!created, "umount created the state directory");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Remembered verdicts (issue 17): an accepted image is not parsed again for the same caller
+// ---------------------------------------------------------------------------------------------
+
+/// `/run/cfsmount/verdicts/v1-<uid>-<sha256 of the image bytes>`, computed here independently.
+fn verdict_path(uid: u32, image: &[u8]) -> PathBuf {
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(image).iter().map(|b| format!("{b:02x}")).collect();
+    PathBuf::from(format!("/run/cfsmount/verdicts/v1-{uid}-{hex}"))
+}
+
+fn mount_and_umount(u: &User, fx: &Fixture, ctx: &str) {
+    let o = run_as_strs(u, &mount_args(fx, &[]));
+    assert!(o.status.success(), "{ctx}: mount: {}", stderr(&o));
+    let o = run_as(u, &["umount", fx.target.to_str().unwrap()]);
+    assert!(o.status.success(), "{ctx}: umount: {}", stderr(&o));
+}
+
+/// The helper remembers that it accepted an image for a caller, keyed by the caller's uid and
+/// the SHA-256 of the image's bytes, in a root-only file; on the next mount of the same bytes by
+/// the same caller that verdict stands in for the full parse. The verdict is really consulted
+/// (one root rewrote to claim more entries than the limit makes the mount refused), its entry
+/// count meets the caller's limit on every use, a file root did not write is ignored, another
+/// user's verdict does not apply to the same bytes, changed bytes are vetted again (a redirect
+/// patched to `..` is refused while the clean image's verdict exists), and a refused image
+/// leaves no verdict and is refused again.
+#[test]
+fn remembered_verdicts_cover_the_bytes_and_the_caller() {
+    let _g = serial();
+    let e = env();
+    let (u, other) = (&e.user, &e.other);
+    let before = system_state();
+    let fx = one_file_fixture(u, "verdict", "v", b"verdict");
+    let img = std::fs::read(&fx.image).unwrap();
+    let vp = verdict_path(u.uid, &img);
+    let _ = std::fs::remove_file(&vp);
+
+    mount_and_umount(u, &fx, "first mount");
+    let text = std::fs::read_to_string(&vp).expect("the first mount records a verdict");
+    assert!(text.starts_with(&format!("cfsmount verdict v1 accepted size={} entries=", img.len())), "{text}");
+    let md = std::fs::metadata(&vp).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o077), (0, 0), "verdict file not root-only");
+    mount_and_umount(u, &fx, "second mount (remembered verdict)");
+
+    // Consulted, and its entry count meets the caller's limit again.
+    let claim = format!("cfsmount verdict v1 accepted size={} entries=4000000000\n", img.len());
+    std::fs::write(&vp, &claim).unwrap();
+    let mps = mountpoints();
+    let o = run_as_strs(u, &mount_args(&fx, &[]));
+    assert_refused_nothing_mounted(&o, "image entries 4000000000", &mps);
+    // Another user's verdict does not apply: the same bytes, mounted by `other`, are vetted for
+    // it (and get its own verdict) while the one above would refuse them.
+    let fx2 = fixture(other, "verdict-other", "", &[]);
+    std::fs::write(&fx2.image, &img).unwrap();
+    std::os::unix::fs::chown(&fx2.image, Some(other.uid), Some(other.gid)).unwrap();
+    std::fs::create_dir_all(fx2.objects.join(object_name(b"verdict")).parent().unwrap()).unwrap();
+    std::fs::write(fx2.objects.join(object_name(b"verdict")), b"verdict").unwrap();
+    let _ = sh("chown", &["-R", &format!("{}:{}", other.uid, other.gid), fx2.dir.to_str().unwrap()]);
+    mount_and_umount(other, &fx2, "the same bytes by another user");
+    assert!(verdict_path(other.uid, &img).exists(), "the other user's mount was not vetted for it");
+    // A verdict file root did not write is ignored (and replaced by a fresh one).
+    std::os::unix::fs::chown(&vp, Some(u.uid), Some(u.gid)).unwrap();
+    mount_and_umount(u, &fx, "verdict owned by the caller");
+    let md = std::fs::metadata(&vp).unwrap();
+    assert_eq!(md.uid(), 0, "the caller's file was not replaced");
+    assert!(!std::fs::read_to_string(&vp).unwrap().contains("4000000000"));
+
+    // Changed bytes: a clean image is accepted (verdict), then its redirect is patched in place
+    // to `/../../etc/shadow` (same length): vetted again and refused.
+    let (clean, hostile) = (&b"/ab/cdefghijklmno"[..], &b"/../../etc/shadow"[..]);
+    let body = format!("/dotdot 6 100644 1 {{uid}} {{gid}} 0 0.0 {} - -\n", String::from_utf8_lossy(&clean[1..]));
+    let fx3 = fixture(u, "verdict-patched", &body, &[]);
+    let mut bytes = std::fs::read(&fx3.image).unwrap();
+    mount_and_umount(u, &fx3, "the clean image");
+    assert!(verdict_path(u.uid, &bytes).exists());
+    let at = bytes.windows(clean.len()).position(|w| w == clean).expect("the redirect is in the image");
+    bytes[at..at + hostile.len()].copy_from_slice(hostile);
+    std::fs::write(&fx3.image, &bytes).unwrap();
+    for round in ["first", "second"] {
+        let o = run_as_strs(u, &mount_args(&fx3, &[]));
+        assert_refused_nothing_mounted(&o, "'..'", &mps);
+        assert!(!verdict_path(u.uid, &bytes).exists(), "{round} refusal left a verdict");
+    }
+    // A refused image (device node) is refused again, with no verdict.
+    let body = "/null 0 20666 1 {uid} {gid} 259 0.0 - - -\n";
+    let fx4 = fixture(u, "verdict-dev", body, &[]);
+    let dev = std::fs::read(&fx4.image).unwrap();
+    for round in ["first", "second"] {
+        let o = run_as_strs(u, &mount_args(&fx4, &[]));
+        assert_refused_nothing_mounted(&o, "device node", &mps);
+        assert!(!verdict_path(u.uid, &dev).exists(), "{round} refusal left a verdict");
+    }
+    assert_state_is(&before, "remembered verdicts");
+}

@@ -104,6 +104,7 @@ fn real_layers_image_mounts_as_umoci_unpacks_it() {
             annotations: Default::default(),
             external_links: vec![],
             implicit_dirs: vec![],
+            read: None,
         };
         repo.add_layer(&key, &layer_tree(n), info).unwrap();
         keys.push(key);

@@ -2,6 +2,7 @@
 //!
 //! One file per command; this file only dispatches (by argv0 for `mount.composefs`, else by
 //! subcommand; by argv0 also the drop-in personalities, `compat/`).
+pub(crate) mod als;
 mod compat;
 mod doctor;
 mod inspect;
@@ -56,6 +57,9 @@ enum Command {
     /// The store of images, layers and objects.
     #[command(subcommand)]
     Store(oci::StoreCommand),
+    /// Additional Layer Store for podman: serve image layers as composefs mounts.
+    #[command(subcommand)]
+    Als(als::AlsCommand),
     /// Initramfs: mount the composefs root that the kernel command line names over /sysroot.
     SetupRoot(boot::SetupRootArgs),
     /// Lay out a root tree as composefs/images + composefs/objects for setup-root; prints the kernel argument.
@@ -92,6 +96,7 @@ fn run(argv: Vec<std::ffi::OsString>, mode: &crate::privileged::Mode) -> anyhow:
         Command::Doctor => doctor::run(),
         Command::Oci(c) => oci::run_oci(c, mode),
         Command::Store(c) => oci::run_store(c),
+        Command::Als(c) => als::run(c, mode),
         Command::SetupRoot(a) => boot::setup_root(a),
         Command::DeployRoot(a) => boot::deploy_root(a),
     }
@@ -113,6 +118,16 @@ pub fn main() -> i32 {
     if let Some(p) = argv.first().and_then(|a| compat::Personality::from_argv0(a)) {
         return compat::main(p, argv);
     }
+    // `oci import|ls|rm` and `store gc` touch nothing but the caller's own files: from a setuid
+    // or file-capability install they become the caller for good (as the drop-ins do) and run as
+    // an unprivileged copy would. Only `oci mount` goes on to the helper's early init.
+    if oci::runs_as_caller(&argv) {
+        if let Err(e) = crate::privileged::drop::drop_for_good() {
+            say(format_args!("cfsmount: {e}"));
+            return 1;
+        }
+        return exit_code(run(argv, &crate::privileged::Mode::Plain));
+    }
     // The privilege mode is decided once, first; privileged (setuid / file caps) execution is
     // made safe before anything else runs.
     let mode = match crate::privileged::early_init(&argv) {
@@ -122,7 +137,11 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    match run(argv, &mode) {
+    exit_code(run(argv, &mode))
+}
+
+fn exit_code(r: anyhow::Result<()>) -> i32 {
+    match r {
         Ok(()) => 0,
         Err(e) => {
             // One line: the context chain joined with ": ".

@@ -111,7 +111,7 @@ pub(crate) fn split_basedirs(v: &[OsString]) -> Result<Vec<PathBuf>, MountError>
 }
 
 /// `--fd-out S`: a socket path, or the number of an inherited connected socket.
-fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
+pub(crate) fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         let n: i32 = s.parse().map_err(|_| MountError::Usage(format!("--fd-out {s}: bad fd number")))?;
         Ok(Dest::InheritedFd(n))
@@ -124,7 +124,10 @@ fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
 pub(crate) fn engine_for(mode: &Mode) -> (Box<dyn Access>, Settings) {
     match mode {
         Mode::Plain => (Box::new(Direct::new()), Settings::from_env()),
-        Mode::Helper(ctx) => (Box::new(Gate::new((**ctx).clone())), Settings::fixed()),
+        Mode::Helper(ctx) => {
+            let settings = Settings::fixed();
+            (Box::new(Gate::new((**ctx).clone()).with_verdicts(&settings.state_dir)), settings)
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
+use crate::mount::{Dest, IdmapSpec, MountRequest, Verity};
 use crate::oci::import::{import, Imported};
 use crate::oci::layout::{Platform, Reference};
 use crate::oci::reader::BlobReader;
@@ -20,7 +21,7 @@ pub struct StoreArg {
 }
 
 impl StoreArg {
-    fn open(&self, lock: Lock) -> anyhow::Result<Repo> {
+    pub(crate) fn open(&self, lock: Lock) -> anyhow::Result<Repo> {
         let root = match &self.store {
             Some(s) => s.clone(),
             None => Repo::default_root().map_err(anyhow::Error::msg)?,
@@ -62,13 +63,34 @@ pub struct ImportArgs {
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
     /// oci:DIR[:TAG], or an image already in the store (digest, unique digest prefix, or the
-    /// source it was imported from).
+    /// source it was imported from). Through the setuid helper: of the caller's own store, names
+    /// other than a full digest resolved (and imported) as the caller.
     pub reference: String,
-    /// Directory to mount on.
-    pub target: PathBuf,
+    /// Directory to mount on (omit with --fd-out).
+    #[arg(required_unless_present = "fd_out")]
+    pub target: Option<PathBuf>,
     /// OS/ARCH[/VARIANT] to pick from a multi-platform image (default: this machine's).
     #[arg(long)]
     pub platform: Option<String>,
+    /// Instead of attaching at TARGET, send the detached mount fd (SCM_RIGHTS) over this unix
+    /// socket: a socket path to connect to, or the number of an inherited connected socket fd.
+    #[arg(long, conflicts_with = "target")]
+    pub fd_out: Option<String>,
+    /// Idmap the mount with this user namespace (e.g. /proc/PID/ns/user).
+    #[arg(long, conflicts_with_all = ["uidmap", "gidmap"])]
+    pub idmap: Option<PathBuf>,
+    /// INSIDE:OUTSIDE:COUNT (repeatable): create a user namespace with this uid map for the idmap.
+    #[arg(long, requires = "gidmap")]
+    pub uidmap: Vec<String>,
+    /// INSIDE:OUTSIDE:COUNT (repeatable): gid map of the created user namespace.
+    #[arg(long, requires = "uidmap")]
+    pub gidmap: Vec<String>,
+    /// Writable upper layer (requires --workdir; root only: the helper refuses writable overlays).
+    #[arg(long, requires = "workdir")]
+    pub upperdir: Option<PathBuf>,
+    /// overlay work directory (requires --upperdir).
+    #[arg(long, requires = "upperdir")]
+    pub workdir: Option<PathBuf>,
     /// Keep setuid/setgid bits effective (root only).
     #[arg(long)]
     pub allow_suid: bool,
@@ -186,6 +208,9 @@ fn refuse_if_mounted(image: &Path, mode: &crate::privileged::Mode) -> anyhow::Re
 }
 
 fn mount(a: MountArgs, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
+    if let crate::privileged::Mode::Helper(ctx) = mode {
+        return helper_mount(a, ctx, mode);
+    }
     // Shared for the whole mount: gc (exclusive) cannot remove objects in the meantime.
     let repo = a.store.open(Lock::Shared)?;
     let key: Sha256 = if a.reference.starts_with("oci:") {
@@ -200,23 +225,141 @@ fn mount(a: MountArgs, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
         let d = Sha256::from_hex(&info.fsverity).context("image.json: fsverity is not 64 hex digits")?;
         digests.push(d.0);
     }
-    let req = crate::mount::MountRequest {
-        sources: vec![image.clone()],
+    let req = request(&a, image, repo.objects_dir(), digests)?;
+    let (access, settings) = super::mount::engine_for(mode);
+    crate::mount::mount(&req, access.as_ref(), &crate::mount::kernel::Real, &settings)
+        .with_context(|| format!("mounting {} ({key}) at {}", a.reference, shown_dest(&a)))?;
+    Ok(())
+}
+
+/// `oci:`/`store` subcommands other than `oci mount` (also their help and usage errors): they
+/// run as the caller, never with the helper's privileges (see `cli::main`).
+pub(crate) fn runs_as_caller(argv: &[std::ffi::OsString]) -> bool {
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some("store") => true,
+        Some("oci") => argv.get(2).is_none_or(|a| a != "mount"),
+        _ => false,
+    }
+}
+
+/// `oci mount` through the setuid helper: the caller's own store only, the image named by its
+/// digest (resolving names needs the store's records, which are the caller's to write); the
+/// store is opened and checked as the caller (`privileged::oci`), then the request goes through
+/// the gate like any `cfsmount mount`.
+fn helper_mount(
+    a: MountArgs,
+    ctx: &crate::privileged::init::HelperContext,
+    mode: &crate::privileged::Mode,
+) -> anyhow::Result<()> {
+    let store = match &a.store.store {
+        Some(s) => std::path::absolute(s).with_context(|| format!("store {}", s.display()))?,
+        None => crate::privileged::oci::default_store(&ctx.caller)?,
+    };
+    let digest = match helper_digest(&a.reference) {
+        Some(d) => d,
+        None => crate::privileged::oci::resolve_as_caller(&ctx.caller, &a.reference, || {
+            resolve_or_import(&store, &a.reference, &a.platform).map_err(|e| format!("{e:#}"))
+        })?,
+    };
+    let img = crate::privileged::oci::open_store_image(&ctx.caller, &store, &digest)
+        .with_context(|| format!("oci mount {digest}"))?;
+    let req = request(&a, img.image.clone(), img.objects.clone(), img.digest.into_iter().collect())?;
+    let (access, settings) = super::mount::engine_for(mode);
+    crate::mount::mount(&req, access.as_ref(), &crate::mount::kernel::Real, &settings)
+        .with_context(|| format!("mounting {digest} of {} at {}", store.display(), shown_dest(&a)))?;
+    drop(img);
+    Ok(())
+}
+
+/// `sha256:HEX` or the bare 64 hex digits: a digest the helper checks against the store itself.
+fn helper_digest(reference: &str) -> Option<Sha256> {
+    if reference.starts_with("sha256:") {
+        Sha256::parse(reference).ok()
+    } else {
+        Sha256::from_hex(reference)
+    }
+}
+
+/// Any other name, in the child that is the caller (`privileged::oci::resolve_as_caller`):
+/// `oci:DIR[:TAG]` is imported if needed, anything else looked up in the store's records.
+fn resolve_or_import(store: &Path, reference: &str, p: &Option<String>) -> anyhow::Result<Sha256> {
+    let repo = StoreArg { store: Some(store.to_path_buf()) }.open(Lock::Shared)?;
+    if reference.starts_with("oci:") {
+        Ok(do_import(&repo, reference, p)?.manifest)
+    } else {
+        find(&repo, reference)
+    }
+}
+
+fn shown_dest(a: &MountArgs) -> String {
+    match (&a.target, &a.fd_out) {
+        (Some(t), _) => t.display().to_string(),
+        (None, Some(s)) => format!("--fd-out {s}"),
+        (None, None) => "?".into(),
+    }
+}
+
+/// The engine request for image `image` over `objects`, with the flags of `a`.
+fn request(a: &MountArgs, image: PathBuf, objects: PathBuf, digests: Vec<[u8; 32]>) -> anyhow::Result<MountRequest> {
+    let idmap = if let Some(p) = &a.idmap {
+        Some(IdmapSpec::Path(p.clone()))
+    } else if !a.uidmap.is_empty() {
+        Some(IdmapSpec::Maps {
+            uid: a.uidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
+            gid: a.gidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
+        })
+    } else {
+        None
+    };
+    let dest = match (&a.target, &a.fd_out) {
+        (Some(t), None) => Dest::Target(t.clone()),
+        (None, Some(s)) => super::mount::parse_dest_fd_out(s)?,
+        _ => bail!("give either TARGET or --fd-out SOCKET"),
+    };
+    Ok(MountRequest {
+        sources: vec![image],
         kind: crate::mount::SourceKind::Image,
-        verity: if digests.is_empty() { crate::mount::Verity::Off } else { crate::mount::Verity::Require },
+        verity: if digests.is_empty() { Verity::Off } else { Verity::Require },
         digests,
-        basedirs: vec![repo.objects_dir()],
-        idmap: None,
-        upper: None,
-        readonly: true,
+        basedirs: vec![objects],
+        idmap,
+        upper: a.upperdir.clone().zip(a.workdir.clone()),
+        readonly: a.upperdir.is_none(),
         force_loop: false,
         allow_suid: a.allow_suid,
         allow_dev: a.allow_dev,
         noexec: false,
-        dest: crate::mount::Dest::Target(a.target.clone()),
-    };
-    let (access, settings) = super::mount::engine_for(mode);
-    crate::mount::mount(&req, access.as_ref(), &crate::mount::kernel::Real, &settings)
-        .with_context(|| format!("mounting {} ({key}) at {}", a.reference, a.target.display()))?;
-    Ok(())
+        dest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_oci_mount_keeps_the_helper() {
+        let argv = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        for as_caller in [
+            &["cfsmount", "oci", "import", "oci:x"][..],
+            &["cfsmount", "oci"],
+            &["cfsmount", "store", "gc"],
+            &["cfsmount", "oci", "--help"],
+        ] {
+            assert!(runs_as_caller(&argv(as_caller)), "{as_caller:?}");
+        }
+        for helper in [&["cfsmount", "oci", "mount", "x", "y"][..], &["cfsmount", "mount", "a"], &["cfsmount"]] {
+            assert!(!runs_as_caller(&argv(helper)), "{helper:?}");
+        }
+    }
+
+    #[test]
+    fn helper_digests_are_full_lower_case_sha256() {
+        let hex = "ab".repeat(32);
+        assert_eq!(helper_digest(&hex).map(|d| d.hex()), Some(hex.clone()));
+        assert_eq!(helper_digest(&format!("sha256:{hex}")).map(|d| d.hex()), Some(hex.clone()));
+        for not in [&hex[..12], "sha256:ABC", &hex.to_uppercase(), "oci:/x:v1", "sha512:00", ""] {
+            assert!(helper_digest(not).is_none(), "{not}");
+        }
+    }
 }

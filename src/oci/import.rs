@@ -63,18 +63,9 @@ pub fn import(
     import_image(repo, &layout, &image, &source, reader)
 }
 
-/// Import an already resolved image of `layout`.
-pub fn import_image(
-    repo: &Repo,
-    layout: &Layout,
-    image: &Image,
-    source: &str,
-    reader: &dyn LayerReader,
-) -> anyhow::Result<Imported> {
-    let key = image.manifest_digest;
-    if repo.has_image(&key) {
-        return Ok(Imported { manifest: key, info: repo.image_info(&key)?, new: false, layers_read: 0 });
-    }
+/// Import the layers of an already resolved image of `layout` that the store does not have
+/// yet (step 2 above; also what the Additional Layer Store needs). Returns how many were read.
+pub fn import_layers(repo: &Repo, layout: &Layout, image: &Image, reader: &dyn LayerReader) -> anyhow::Result<usize> {
     let mut layers_read = 0;
     for (i, layer) in image.layers.iter().enumerate() {
         if repo.has_layer(&layer.digest) {
@@ -90,6 +81,7 @@ pub fn import_image(
             annotations: layer.annotations.clone(),
             external_links: Vec::new(),
             implicit_dirs: Vec::new(),
+            read: None,
         };
         let objects = repo.objects_dir();
         repo.add_layer_image(&layer.digest, info, |out| {
@@ -98,6 +90,22 @@ pub fn import_image(
         .with_context(|| what.clone())?;
         layers_read += 1;
     }
+    Ok(layers_read)
+}
+
+/// Import an already resolved image of `layout`.
+pub fn import_image(
+    repo: &Repo,
+    layout: &Layout,
+    image: &Image,
+    source: &str,
+    reader: &dyn LayerReader,
+) -> anyhow::Result<Imported> {
+    let key = image.manifest_digest;
+    if repo.has_image(&key) {
+        return Ok(Imported { manifest: key, info: repo.image_info(&key)?, new: false, layers_read: 0 });
+    }
+    let layers_read = import_layers(repo, layout, image, reader)?;
     let mut trees = Vec::with_capacity(image.layers.len());
     for l in &image.layers {
         trees.push(repo.layer_tree(&l.digest)?);

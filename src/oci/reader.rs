@@ -27,6 +27,7 @@ use anyhow::Context as _;
 
 use super::import::{LayerExtras, LayerReader};
 use super::layout::Layer;
+use crate::store::repo::ReadFacts;
 
 /// Reads layer blobs with issue 12's sandboxed reader.
 #[derive(Debug, Default, Clone, Copy)]
@@ -52,9 +53,14 @@ impl LayerReader for BlobReader {
         let r = crate::layer::import(&req);
         let _ = std::fs::remove_file(&desc_path);
         drop(blob);
-        r?;
+        let sum = r?.summary;
         let tree = crate::store::repo::read_image(image_out)?;
-        Ok(LayerExtras { external_links: Vec::new(), implicit_dirs: implied_dirs_by_metadata(&tree) })
+        let read = ReadFacts {
+            format: sum.format,
+            diff_size: sum.stream_size.saturating_add(sum.restored_padding),
+            checked: sum.checked,
+        };
+        Ok(LayerExtras { external_links: Vec::new(), implicit_dirs: implied_dirs_by_metadata(&tree), read: Some(read) })
     }
 }
 

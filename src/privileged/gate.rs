@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::MountAttrFlags;
@@ -18,6 +18,7 @@ use super::caller::{as_caller, restrict_caps, set_undumpable, Caller, KEPT_CAPS}
 use super::idmap;
 use super::init::HelperContext;
 use super::policy::{Limits, Policy};
+use super::verdicts::{Key, Verdict, Verdicts};
 use crate::mount::access::{check_is_userns, Access, AccessError, FdSink, Phase, Usage};
 use crate::mount::records::MountRecord;
 use crate::mount::{IdMap, MountOption, MountRequest, SourceKind};
@@ -35,12 +36,21 @@ pub(crate) struct Gate {
     caller: Caller,
     policy: Policy,
     limits: Limits,
+    /// The state directory, whose `verdicts` subdirectory remembers accepted images
+    /// (`super::verdicts`); `None`: every image is vetted in full.
+    state_dir: Option<PathBuf>,
 }
 
 impl Gate {
     pub(crate) fn new(ctx: HelperContext) -> Gate {
         let limits = ctx.policy.limits_for(ctx.caller.name.as_deref(), ctx.caller.uid);
-        Gate { caller: ctx.caller, policy: ctx.policy, limits }
+        Gate { caller: ctx.caller, policy: ctx.policy, limits, state_dir: None }
+    }
+
+    /// Remembers verdicts on vetted images in `<state_dir>/verdicts` (see `super::verdicts`).
+    pub(crate) fn with_verdicts(mut self, state_dir: &Path) -> Gate {
+        self.state_dir = Some(state_dir.to_path_buf());
+        self
     }
 
     /// Opens `path` as the caller (after [`check_path_arg`]).
@@ -129,7 +139,10 @@ impl Access for Gate {
     }
 
     /// The EROFS superblock (block size, inode count within `max_entries`), then the whole image
-    /// through the hostile-input reader, refusing device nodes and unsafe redirects.
+    /// through the hostile-input reader, refusing device nodes and unsafe redirects: unless this
+    /// caller's remembered verdict says that these very bytes (a sealed copy, by its SHA-256)
+    /// were accepted before by these checks; its entry count then meets the caller's limit
+    /// again (`super::verdicts`, docs/helper.md "Remembered verdicts").
     fn check_image(&self, image: BorrowedFd<'_>) -> Result<(), AccessError> {
         let h = crate::erofs::format::ImageHeader::read_from(image).map_err(AccessError::Header)?;
         h.block_size().map_err(AccessError::Header)?;
@@ -137,7 +150,26 @@ impl Access for Gate {
         if h.inodes() > max {
             return Err(AccessError::Limit { what: "image entries", value: h.inodes(), limit: max });
         }
-        check_image_content(image, h.inodes(), &self.limits)
+        let Some(state_dir) = &self.state_dir else {
+            return check_image_content(image, h.inodes(), &self.limits).map(|_| ());
+        };
+        let verdicts = Verdicts::open(state_dir);
+        let key = match verdicts {
+            Some(_) => {
+                Key::of(self.caller.uid, image).map_err(|errno| AccessError::Io { what: "hashing the image", errno })?
+            }
+            None => None,
+        };
+        if let (Some(key), Some(verdicts)) = (&key, &verdicts) {
+            if let Some(v) = verdicts.lookup(key) {
+                return within_limits(v, &self.limits);
+            }
+        }
+        let entries = check_image_content(image, h.inodes(), &self.limits)?;
+        if let (Some(key), Some(verdicts)) = (&key, &verdicts) {
+            verdicts.record(key, Verdict { size: key.size(), entries });
+        }
+        Ok(())
     }
 
     /// The image is the sealed private copy (a memfd cannot carry fs-verity): its digest is
@@ -468,11 +500,23 @@ fn sealed_copy(fd: OwnedFd, max: u64) -> Result<OwnedFd, AccessError> {
     Ok(memfd)
 }
 
+/// A remembered verdict against the caller's limits of now.
+fn within_limits(v: Verdict, limits: &Limits) -> Result<(), AccessError> {
+    if v.size > limits.max_image_size {
+        return Err(AccessError::Limit { what: "image size", value: v.size, limit: limits.max_image_size });
+    }
+    if v.entries > limits.max_entries {
+        return Err(AccessError::Limit { what: "image entries", value: v.entries, limit: limits.max_entries });
+    }
+    Ok(())
+}
+
 /// Parses the whole image with the hostile-input reader (which refuses unexpected
 /// `trusted.overlay.*` xattrs and malformed redirect/metacopy xattrs; escaped
 /// `trusted.overlay.overlay.*` user xattrs come back unescaped, i.e. inert) and refuses device
 /// nodes (other than 0/0 whiteouts) and redirect payloads with `.`/`..`/empty components.
-fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Result<(), AccessError> {
+/// Returns the number of entries of the accepted tree.
+fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Result<u64, AccessError> {
     let io = |what, errno| AccessError::Io { what, errno };
     let size = rustix::fs::fstat(fd).map_err(|e| io("fstat image", e))?.st_size as u64;
     if size > limits.max_image_size {
@@ -520,7 +564,95 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Resu
             }
         }
     }
-    Ok(())
+    Ok(tree.len() as u64)
+}
+
+/// What an unprivileged caller names in `als view` / `als view-rm` (issue 14, docs/als.md
+/// "Views through the helper"). Everything else a view is made of (the ALS root's layers, their
+/// images and objects, the id maps) root reads from root-owned files only.
+pub(crate) struct AlsViewAsk<'a> {
+    /// `--user`: absent, or the caller itself.
+    pub(crate) user: Option<&'a str>,
+    /// `--target`: absent, or the fixed place of the caller's view.
+    pub(crate) target: Option<&'a Path>,
+    /// The store holding the ALS records (default /var/lib/cfsmount).
+    pub(crate) store: &'a Path,
+}
+
+/// The ALS views' checks (their own functions; the rest of the gate serves `mount`/`umount`).
+impl Gate {
+    /// `als view` / `als view-rm` as the caller: the policy enables ALS views; the view is the
+    /// caller's own (a caller with a login name), at `views_dir/NAME`; the store is a directory
+    /// only root controls (every component root-owned, no symlink, writable by no one else
+    /// unless sticky), so that its records, layer images and objects are root's. Returns the
+    /// caller's name and the view's place.
+    pub(crate) fn check_als_view(
+        &self,
+        ask: &AlsViewAsk<'_>,
+        views_dir: &Path,
+    ) -> Result<(String, PathBuf), AccessError> {
+        self.feature(self.policy.features.als_view, "ALS views (features.als_view)")?;
+        let Some(name) = self.caller.name.clone() else {
+            return Err(AccessError::NotPermitted(
+                "an ALS view is named after the caller's login name: none in /etc/passwd",
+            ));
+        };
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(AccessError::NotPermitted("the caller's login name cannot name a view directory"));
+        }
+        if ask.user.is_some_and(|u| u != name && u != self.caller.uid.to_string()) {
+            return Err(AccessError::NotPermitted("--user: unprivileged callers get their own view only"));
+        }
+        let place = views_dir.join(&name);
+        if let Some(t) = ask.target {
+            check_path_arg("view", t.as_os_str())?;
+            if t != place {
+                return Err(AccessError::Refused {
+                    what: "view",
+                    path: t.into(),
+                    reason: format!("an unprivileged caller's view is at {}", place.display()),
+                });
+            }
+        }
+        check_path_arg("store", ask.store.as_os_str())?;
+        // An existing ALS store (its records directory too) that only root controls; nothing is
+        // created in it before this passed. One reason for every failure, so that the answer
+        // tells the caller nothing about paths it cannot see.
+        let records = ask.store.join(crate::als::state::STATE_DIR);
+        let view = crate::als::view::check_root_owned_path;
+        if ask.store.as_os_str().is_empty() || view(ask.store).and_then(|()| view(&records)).is_err() {
+            return Err(AccessError::Refused {
+                what: "store",
+                path: ask.store.into(),
+                reason: "not an ALS store root alone controls (every component a root-owned directory only root \
+                         can write, holding als-records/)"
+                    .into(),
+            });
+        }
+        Ok((name, place))
+    }
+
+    /// The view about to be made: its id maps are the caller's own id and subordinate ranges
+    /// only, and its mounts (the tmpfs and one per layer) stay within the caller's `max_mounts`.
+    pub(crate) fn check_als_view_mounts(&self, uid: &[IdMap], gid: &[IdMap], mounts: u64) -> Result<(), AccessError> {
+        idmap::check_maps(&self.caller, uid, gid)?;
+        if mounts > u64::from(self.limits.max_mounts) {
+            return Err(AccessError::Limit { what: "mounts", value: mounts, limit: self.limits.max_mounts.into() });
+        }
+        Ok(())
+    }
+
+    /// `view-rm`: only the caller's own view (the view record's uid).
+    pub(crate) fn check_als_view_owner(&self, target: &Path, uid: u32) -> Result<(), AccessError> {
+        if uid != self.caller.uid {
+            return Err(AccessError::Refused {
+                what: "view",
+                path: target.into(),
+                reason: format!("the view of uid {uid}, not the caller's (uid {})", self.caller.uid),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -46,8 +46,10 @@ pub(crate) enum InitError {
     Signals(Errno),
     #[error("privileged mode: RLIMIT_NOFILE hard limit is too low ({0:?} < 64)")]
     NofileTooLow(Option<u64>),
-    #[error("privileged mode: only `mount` and `umount` are available to unprivileged callers (got {0:?}); run other subcommands from an unprivileged copy of cfsmount")]
+    #[error("privileged mode: only `mount` and `umount` are available to unprivileged callers, besides `oci mount` (got {0:?}); run other subcommands from an unprivileged copy of cfsmount")]
     Subcommand(String),
+    #[error("privileged mode: of `als`, only `view` and `view-rm` are available to unprivileged callers (got {0:?}); run other subcommands as root")]
+    AlsSubcommand(String),
     #[error("privileged mode: getgroups: {0}")]
     Groups(Errno),
     #[error("privileged mode: setresgid(0) failed (install setuid-root, or with file capabilities including cap_setgid): {0}")]
@@ -93,7 +95,7 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> Result<HelperContext, Init
     crate::sys::helper::ignore_sigxfsz().map_err(InitError::Signals)?;
     crate::sys::helper::block_terminal_signals().map_err(InitError::Signals)?;
     fix_rlimits()?;
-    // 5. Only mount/umount are offered to unprivileged callers.
+    // 5. Only mount/umount/oci mount are offered to unprivileged callers.
     check_subcommand(argv)?;
     // 6. Caller identity (before changing any id).
     let groups: Vec<u32> =
@@ -103,8 +105,9 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> Result<HelperContext, Init
     //    ptrace us; needs CAP_SETUID/CAP_SETGID (present when setuid-root; required in file caps).
     become_root()?;
     // 8. Capabilities: keep only what mounting needs.
-    restrict_caps(KEPT_CAPS)?;
-    for cap in KEPT_CAPS {
+    let keep = kept_caps(argv);
+    restrict_caps(&keep)?;
+    for cap in &keep {
         if !caps::has_cap(None, CapSet::Effective, *cap).unwrap_or(false) {
             return Err(InitError::MissingCap(*cap));
         }
@@ -171,8 +174,41 @@ fn check_subcommand(argv: &[OsString]) -> Result<(), InitError> {
     }
     match argv.get(1).and_then(|a| a.to_str()) {
         Some(s) if PRIVILEGED_SUBCOMMANDS.contains(&s) => Ok(()),
+        Some("als") => check_als_subcommand(argv),
+        Some("oci") if is_oci_mount(argv) => Ok(()),
         other => Err(InitError::Subcommand(other.unwrap_or("").to_string())),
     }
+}
+
+/// The capabilities this run keeps: [`KEPT_CAPS`]; for `als view` also CAP_DAC_OVERRIDE and
+/// CAP_DAC_READ_SEARCH. A view's composefs overlays read the store's layer images and objects
+/// with their creator's credentials, through EROFS mounts idmapped onto the caller's mapping:
+/// a file of the image that is 0600 and owned by image root (mapped to the caller) is readable
+/// to that creator only with CAP_DAC_OVERRIDE (found by the root-tier test: without it the
+/// caller's container reads EACCES). Everything such an overlay reads lies in a store that only
+/// root controls (the gate checks it before anything is opened), never in a file the caller
+/// names, so the extra capabilities reach no data of the caller's choosing.
+fn kept_caps(argv: &[OsString]) -> Vec<Capability> {
+    let mut keep = KEPT_CAPS.to_vec();
+    if argv.get(1).is_some_and(|a| a == "als") && argv.get(2).is_some_and(|a| a == "view") {
+        keep.extend([Capability::CAP_DAC_OVERRIDE, Capability::CAP_DAC_READ_SEARCH]);
+    }
+    keep
+}
+
+/// Of `als`, only `view` and `view-rm` (the caller's own view, docs/als.md) reach the helper;
+/// the policy flag `features.als_view` is checked by the gate.
+fn check_als_subcommand(argv: &[OsString]) -> Result<(), InitError> {
+    match argv.get(2).and_then(|a| a.to_str()) {
+        Some("view" | "view-rm") => Ok(()),
+        other => Err(InitError::AlsSubcommand(other.unwrap_or("").to_string())),
+    }
+}
+
+/// `cfsmount oci mount ...`: the one `oci` subcommand the helper serves (privileged::oci; the
+/// other `oci` and `store` subcommands run as the caller, cli::runs_as_caller).
+fn is_oci_mount(argv: &[OsString]) -> bool {
+    argv.get(1).is_some_and(|a| a == "oci") && argv.get(2).is_some_and(|a| a == "mount")
 }
 
 /// Looks `id` up in a colon-separated database (/etc/passwd, /etc/group); field 0 is the name,
@@ -214,5 +250,19 @@ mod tests {
         assert!(!ok(&["cfsmount", "mkimage", "x", "/etc/shadow"]));
         assert!(!ok(&["cfsmount", "verity", "enable"]));
         assert!(!ok(&["cfsmount"]));
+        assert!(ok(&["cfsmount", "als", "view", "--root", "/r"]));
+        assert!(ok(&["cfsmount", "als", "view-rm"]));
+        assert!(!ok(&["cfsmount", "als", "add", "--root", "/r", "--ref", "x", "oci:/tmp/x"]));
+        assert!(!ok(&["cfsmount", "als", "--store", "/x", "view"]));
+        assert!(!ok(&["cfsmount", "als"]));
+        let caps = |v: &[&str]| kept_caps(&v.iter().map(OsString::from).collect::<Vec<_>>());
+        assert_eq!(caps(&["cfsmount", "mount", "a", "b"]), KEPT_CAPS);
+        assert_eq!(caps(&["cfsmount", "als", "view-rm"]), KEPT_CAPS);
+        assert!(caps(&["cfsmount", "als", "view", "--root", "/r"]).contains(&Capability::CAP_DAC_OVERRIDE));
+        assert!(ok(&["cfsmount", "oci", "mount", "sha256:00", "/mnt"]));
+        assert!(!ok(&["cfsmount", "oci", "import", "oci:/x"]));
+        assert!(!ok(&["cfsmount", "oci", "--store", "/x", "mount"]));
+        assert!(!ok(&["cfsmount", "oci"]));
+        assert!(!ok(&["cfsmount", "store", "gc"]));
     }
 }

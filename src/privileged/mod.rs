@@ -5,12 +5,16 @@
 //!   privileged, repairs fds 0-2, wipes the environment, fixes umask/rlimits, makes the process
 //!   undumpable, becomes uid/gid 0 in all ids (the caller can no longer signal or ptrace it),
 //!   trims capabilities, loads the policy (failing closed) and refuses every subcommand except
-//!   `mount`/`umount`;
+//!   `mount`/`umount` (and `oci mount`);
 //! - `caller`, the caller's credentials and acting with them;
 //! - `gate`, THE gate, the closed list of extra checks privileged mode makes (the mount engine's
 //!   access policy in this mode);
 //! - `idmap`, which id maps a caller may use;
+//! - `oci`, `oci mount`: an image of the caller's own store, opened and checked as the caller,
+//!   becomes an ordinary helper mount request;
 //! - `policy`, the policy file `/etc/cfsmount/helper.conf`;
+//! - `verdicts`, remembered verdicts of the image vetting (per caller, keyed by the sealed
+//!   bytes' SHA-256);
 //! - `drop`, for the drop-in personalities: become the caller for good instead.
 
 pub(crate) mod caller;
@@ -18,6 +22,8 @@ pub(crate) mod drop;
 pub(crate) mod gate;
 pub mod idmap;
 pub(crate) mod init;
+pub(crate) mod oci;
 pub mod policy;
+pub(crate) mod verdicts;
 
 pub(crate) use init::{early_init, Mode};

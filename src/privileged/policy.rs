@@ -80,6 +80,11 @@ pub struct Features {
     pub build_from_toc: bool,
     /// Attaching at a target path (false: only `--fd-out` is allowed).
     pub attach_at_target: bool,
+    /// `als view` / `als view-rm` for the caller: its own view (idmapped onto its rootless
+    /// podman mapping) of an ALS root that root serves from a root-owned store. Off when left
+    /// out: it shows every user the images root serves (docs/als.md, "Views through the helper").
+    #[serde(default)]
+    pub als_view: bool,
 }
 
 /// The policy file as written on disk (version 1).

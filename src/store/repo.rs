@@ -85,6 +85,23 @@ pub struct LayerInfo {
     /// them override the metadata of the layers below.
     #[serde(default)]
     pub implicit_dirs: Vec<String>,
+    /// What the layer reader measured and verified while it read the blob (absent in layers
+    /// stored before it was recorded): the Additional Layer Store (issue 14) serves the
+    /// uncompressed size and only TOC digests the reader checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<ReadFacts>,
+}
+
+/// Facts the layer reader established about a blob (see [`LayerInfo::read`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadFacts {
+    /// Detected format, e.g. `gzip`, `zstd:chunked (64-byte footer)`.
+    pub format: String,
+    /// Bytes of the uncompressed tar whose sha256 is the diff_id (with the trailing padding
+    /// the reader restored, if any).
+    pub diff_size: u64,
+    /// The digests the reader checked, by name (`blob digest`, `TOC digest`, `diff_id`...).
+    pub checked: Vec<String>,
 }
 
 /// What a layer reader returns besides the layer image (see [`Repo::add_layer_image`]).
@@ -94,6 +111,8 @@ pub struct LayerExtras {
     pub external_links: Vec<(Vec<u8>, Vec<u8>)>,
     /// Paths of the directories the layer only implies ("" for the root).
     pub implicit_dirs: Vec<Vec<u8>>,
+    /// What the reader measured and checked (stored as [`LayerInfo::read`]).
+    pub read: Option<ReadFacts>,
 }
 
 impl LayerExtras {
@@ -167,9 +186,12 @@ impl Repo {
     /// exclusive lock first removes what killed imports left in `tmp/`; a shared holder does
     /// so too when no one else holds the lock at that moment.
     pub fn open(root: &Path, lock: Lock) -> Result<Repo, RepoError> {
-        for d in ["", "objects", "layers", "images", "tmp"] {
+        // objects/ is 0755 inside the 0700 store (others cannot reach it through the store):
+        // a helper mount's overlay reads objects with "other" rights (docs/helper.md, "Data read
+        // through the mount"), so it must be able to search the directory it is given.
+        for (d, mode) in [("", 0o700), ("objects", 0o755), ("layers", 0o700), ("images", 0o700), ("tmp", 0o700)] {
             let p = root.join(d);
-            match fs::DirBuilder::new().mode(0o700).create(&p) {
+            match fs::DirBuilder::new().mode(mode).create(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(RepoError::Io { path: p, step: "creating", source: e }),
@@ -295,6 +317,7 @@ impl Repo {
             Ok(LayerExtras {
                 external_links: layer.external_links.clone(),
                 implicit_dirs: LayerExtras::implicit_dirs_of(&layer.tree),
+                read: None,
             })
         })
     }
@@ -315,6 +338,7 @@ impl Repo {
         read_image(&img)?;
         info.external_links = extras.external_links.iter().map(|(p, t)| (b64(p), b64(t))).collect();
         info.implicit_dirs = extras.implicit_dirs.iter().map(|p| b64(p)).collect();
+        info.read = extras.read;
         write_json(&dir.join("layer.json"), &info)?;
         self.publish(st, &self.layer_dir(key))
     }
@@ -392,7 +416,7 @@ impl Repo {
 
     /// Enable fs-verity on every object `tree` names (already sealed ones are fine) and record
     /// the kernel's digest of each in the tree, so that the image carries it.
-    fn seal_objects(&self, tree: &mut Tree) -> Result<(), RepoError> {
+    pub(crate) fn seal_objects(&self, tree: &mut Tree) -> Result<(), RepoError> {
         let od = self.objects_dir();
         let mut done: std::collections::HashMap<Vec<u8>, [u8; 32]> = std::collections::HashMap::new();
         for n in tree.nodes.iter_mut() {
@@ -484,6 +508,8 @@ impl Repo {
                 used_layers.insert(l);
             }
         }
+        // The Additional Layer Store's references are roots too (issue 14).
+        used_layers.extend(crate::als::state::layers_in_use(&self.root)?);
         let mut used_objects = std::collections::HashSet::new();
         for key in list_keys(&self.root.join("layers"))? {
             let dir = self.layer_dir(&key);
@@ -595,7 +621,7 @@ fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<(), RepoError> {
     write_file(p, &bytes)
 }
 
-fn read_capped(p: &Path, cap: u64) -> Result<Vec<u8>, RepoError> {
+pub(crate) fn read_capped(p: &Path, cap: u64) -> Result<Vec<u8>, RepoError> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -624,7 +650,7 @@ pub fn read_image(p: &Path) -> Result<Tree, RepoError> {
 
 /// Write `tree` as a composefs image at `p` (a new file), the writer running in the sandbox;
 /// the header is checked and the file synced. Returns the file, open read-only.
-fn write_image(tree: &Tree, p: &Path) -> Result<File, RepoError> {
+pub(crate) fn write_image(tree: &Tree, p: &Path) -> Result<File, RepoError> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)

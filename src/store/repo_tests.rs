@@ -34,6 +34,7 @@ fn info(d: &Sha256) -> LayerInfo {
         annotations: Default::default(),
         external_links: vec![],
         implicit_dirs: vec![],
+        read: None,
     }
 }
 

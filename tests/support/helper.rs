@@ -159,13 +159,15 @@ pub fn user_limits_policy(u: &User, limits: serde_json::Value) -> (PolicyGuard, 
 
 /// The shipped default policy, without the sections an older helper does not know
 /// (`machine_limits`: its built-in defaults apply), so that the same tests can run against an
-/// older binary (`CFSMOUNT_TEST_BIN`). Tests about those sections add them.
+/// older binary (`CFSMOUNT_TEST_BIN`). Tests about those sections add them. The same for
+/// `features.als_view` (default off).
 pub fn default_policy() -> serde_json::Value {
     let mut v: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policy/helper.conf")).unwrap(),
     )
     .unwrap();
     v.as_object_mut().unwrap().remove("machine_limits");
+    v["features"].as_object_mut().unwrap().remove("als_view");
     v
 }
 
@@ -368,9 +370,13 @@ elif mode.startswith("overlay:"):
     print(json.dumps(res))
 "#;
 
+/// The entries of /run/cfsmount (records and temporary files), without `verdicts`: the
+/// directory of remembered image verdicts, made by the first helper mount and meant to stay.
 pub fn state_files() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/run/cfsmount")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "verdicts").collect()
+        })
         .unwrap_or_default();
     v.sort();
     v

@@ -511,6 +511,46 @@ t_oci_store_verity() {
 run oci_store_verity_sealed_and_checked_at_mount t_oci_store_verity
 unmount "$OM" 2>/dev/null
 
+# ---- the Additional Layer Store on a verity filesystem --------------------------------------
+
+# `als add` into a store on the verity ext4: every layer's overlay-form image is sealed and named
+# by its fs-verity digest, every object it names is sealed, every diff mount is verity=require;
+# an object swapped for other content reads as EIO through the ALS layer; rm leaves nothing.
+AS=$V/als-store
+AR=$W/als-root
+t_als_verity() {
+    local out n=0 img d key h obj
+    out=$("$CFS" als add --root "$AR" --ref localhost/hello:v1 "oci:$OUT/oci-hello:v1" --store "$AS") \
+        || no "als add failed: $out"
+    for img in "$AS"/als-records/images/*.cfs; do
+        d=$(basename "$img" .cfs)
+        [ "$("$CFS" verity measure "$img")" = "sha256:$d $img" ] || no "$img is not sealed with its name's digest"
+        n=$((n + 1))
+    done
+    [ "$n" = 2 ] || no "expected 2 layer images, found $n"
+    n=$(grep -c " $AR/.layers/[^ ]*/diff overlay .*verity=require" /proc/self/mounts)
+    [ "$n" = 2 ] || no "expected 2 verity=require diff mounts: $(grep " $AR/" /proc/self/mounts)"
+    key=$(ls -d "$AR"/*/sha256:* | head -n 1)
+    for key in "$AR"/*/sha256:*; do
+        [ -f "$key/diff/hello.txt" ] && break
+    done
+    grep -q "flattened into one composefs image" "$key/diff/hello.txt" || no "hello.txt unreadable through $key/diff"
+    h=$(sha256sum <"$key/diff/hello.txt" | cut -c1-64)
+    obj=$AS/objects/${h:0:2}/${h:2}
+    "$CFS" verity measure "$obj" >/dev/null || no "object $obj is not sealed"
+    "$CFS" als umount-all --store "$AS" >/dev/null || no "umount-all failed"
+    head -c "$(stat -c %s "$obj")" /dev/zero | tr '\0' x >"$obj.new" && "$CFS" verity enable "$obj.new" && mv -f "$obj.new" "$obj" \
+        || no "swap failed"
+    "$CFS" als mount-all --store "$AS" >/dev/null || no "mount-all failed"
+    if out=$(cat "$key/diff/hello.txt" 2>&1 >/dev/null); then no "the swapped object was served"; fi
+    case $out in *"Input/output error"*) ;; *) no "expected EIO, got: $out" ;; esac
+    "$CFS" als rm --root "$AR" --ref localhost/hello:v1 --store "$AS" >/dev/null || no "als rm failed"
+    ! grep -q " $AR" /proc/self/mounts || no "mounts left under $AR"
+    [ -z "$(find "$AS/objects" -type f)" ] || no "objects left"
+}
+run als_store_verity_sealed_and_checked t_als_verity
+"$CFS" als umount-all --force --store "$AS" >/dev/null 2>&1
+
 # ---- layer import with --enable-verity ------------------------------------------------------
 
 # A real zstd:chunked blob imported into a store on the verity ext4: every new object sealed,
