@@ -4,7 +4,7 @@
 # (bookworm-backports) by tests/vm/boot/run-boot.sh.
 set -euo pipefail
 pkgs=(erofs-utils fsverity util-linux mount passwd uidmap libcap2-bin strace time zstd hyperfine skopeo umoci
-      gcc make python3 python3-pip qemu-system-x86 busybox-static e2fsprogs kmod
+      gcc make python3 python3-pip qemu-system-x86 busybox-static e2fsprogs kmod xfsprogs
       mmdebstrap cpio xz-utils binutils  # boot tests (tests/vm/boot; dracut-core: backports there)
       rpm dpkg-dev   # for packaging/build-packages.sh: rpmbuild/rpm2archive, dpkg-shlibdeps
       podman runc docker-registry attr)  # tests/root_als.rs (podman 4.3.1, a registry, setfattr)

@@ -12,21 +12,25 @@
 //!   (the reference's `--digest-store` naming), with the digest recorded for the metacopy xattr.
 //! - Hard links (same `st_dev`/`st_ino`, `st_nlink > 1`) become hard links in the tree (the
 //!   reference would store separate inodes).
-//! - With a digest store: each external file is copied to a temporary file in the store, its
-//!   digest re-computed from the copy (a file that changed meanwhile is an error), made
-//!   world-readable, fs-verity enabled where the filesystem supports it, and renamed into place.
-//!   Objects already present are left alone.
+//! - Worker threads on all cores ([`crate::store::import`]) list the directories (the calls
+//!   above) and read, hash and (with a digest store) store the external files, while this
+//!   thread builds the tree in a fixed depth-first, name-sorted order; the store names objects by the
+//!   digest of the bytes it wrote, enables fs-verity where the filesystem has it, reuses objects
+//!   already present, and is made durable with one `syncfs` before the image is written
+//!   ([`crate::store::objects`]).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use crate::input::toc::encode_dev;
+use crate::store::import::{self, FileJob, ImportError};
+use crate::store::{Naming, ObjectStore, StoreError, StoreOptions};
 use crate::tree::{
     Entry, Inode, Limits, NodeId, Tree, Xattr, ROOT, S_IFDIR, S_IFMT, S_IFREG, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
@@ -55,7 +59,8 @@ pub struct WalkOptions {
     pub skip_devices: bool,
     /// Which xattrs are read.
     pub xattrs: XattrSelection,
-    /// Threads for the fs-verity digest of one large file (default: all CPUs).
+    /// Threads that read, hash and store the files (`mkcomposefs --threads`; default:
+    /// [`crate::store::import::default_threads`], two per CPU).
     pub threads: Option<usize>,
 }
 
@@ -73,8 +78,7 @@ pub enum XattrSelection {
 
 /// Object path of a digest: `xx/yyyy...` (lower-case hex).
 pub fn object_path(d: &[u8; 32]) -> String {
-    let h = crate::fsverity::to_hex(d);
-    format!("{}/{}", &h[..2], &h[2..])
+    crate::store::object_name(d)
 }
 
 /// Read the directory `root` into a finalized tree.
@@ -87,189 +91,190 @@ pub(crate) fn build_tree(root: &Path, opts: &DirOptions) -> Result<Tree, DirErro
     if !md.is_dir() {
         return Err(DirError::Entry { path: root.to_path_buf(), reason: "not a directory".into() });
     }
-    if let Some(store) = &opts.digest_store {
-        fs::create_dir_all(store).map_err(io_err(store, "mkdir"))?;
-    }
-    let mut b = Builder { opts, tree: Tree::new(opts.limits), links: HashMap::new() };
-    let root_entry = b.entry_for(root, &md)?;
+    let store = match &opts.digest_store {
+        Some(p) => Some(ObjectStore::open(p, StoreOptions::new(Naming::FsVerity))?),
+        None => None,
+    };
+    let mut b = Builder { tree: Tree::new(opts.limits), links: HashMap::new() };
+    let (root_entry, _) = entry_for(root, &md, &opts.walk)?;
     b.tree.set_root(root_entry).map_err(|e| DirError::Entry { path: root.to_path_buf(), reason: e.to_string() })?;
 
-    // Depth-first walk with an explicit stack (no recursion on hostile depth).
-    let mut stack: Vec<(PathBuf, NodeId)> = vec![(root.to_path_buf(), ROOT)];
-    while let Some((dir, id)) = stack.pop() {
-        let mut names: Vec<_> = fs::read_dir(&dir)
-            .map_err(io_err(&dir, "opendir"))?
-            .map(|r| r.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(io_err(&dir, "readdir"))?;
-        names.sort();
-        for name in names {
-            let path = dir.join(&name);
-            let md = fs::symlink_metadata(&path).map_err(io_err(&path, "lstat"))?;
-            let bad = |e: crate::tree::TreeError| DirError::Entry { path: path.clone(), reason: e.to_string() };
-            use std::os::unix::fs::FileTypeExt;
-            if opts.walk.skip_devices && (md.file_type().is_char_device() || md.file_type().is_block_device()) {
-                continue;
-            }
-            let linked = !md.is_dir() && md.nlink() > 1 && !opts.walk.break_hardlinks;
-            if linked {
-                if let Some(&target) = b.links.get(&(md.dev(), md.ino())) {
-                    b.tree.insert_hardlink_child(id, name.as_bytes(), target).map_err(bad)?;
-                    continue;
-                }
-            }
-            let entry = b.entry_for(&path, &md)?;
-            let child = b.tree.insert_child(id, name.as_bytes(), entry).map_err(bad)?;
-            if md.is_dir() {
-                stack.push((path, child));
-            } else if linked {
-                b.links.insert((md.dev(), md.ino()), child);
-            }
-        }
-    }
+    let threads = opts.walk.threads.unwrap_or_else(import::default_threads);
+    let lister = |dir: &Path| list_dir(dir, &opts.walk);
+    let ((), objects) =
+        import::with_workers(store.as_ref(), threads, &lister, |sub| walk(&mut b, root, sub, &opts.walk))?;
     let mut tree = b.tree;
+    for (id, obj) in objects {
+        let e = &mut tree.node_mut(id).entry;
+        e.payload = Some(object_path(&obj.digest).into_bytes());
+        e.fsverity_digest = obj.verity;
+    }
+    if let Some(store) = &store {
+        // Objects durable before the caller writes the image that names them.
+        store.sync()?;
+    }
     tree.finalize().map_err(|e| DirError::Entry { path: root.to_path_buf(), reason: e.to_string() })?;
     Ok(tree)
 }
 
-struct Builder<'a> {
-    opts: &'a DirOptions,
+/// One entry of a directory as a worker read it.
+struct Child {
+    name: std::ffi::OsString,
+    path: PathBuf,
+    md: fs::Metadata,
+    entry: Entry,
+    /// Its content goes to the import workers.
+    external: bool,
+}
+
+type Listing = Result<Vec<Child>, DirError>;
+
+/// A directory's entries in name order, each with its metadata, xattrs, symlink target or inline
+/// content (run by the import workers).
+fn list_dir(dir: &Path, walk: &WalkOptions) -> Listing {
+    let io_err = |path: &Path, op: &'static str| {
+        let path = path.to_path_buf();
+        move |e: io::Error| DirError::Io { path, op, source: e }
+    };
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .map_err(io_err(dir, "opendir"))?
+        .map(|r| r.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(io_err(dir, "readdir"))?;
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let path = dir.join(&name);
+        let md = fs::symlink_metadata(&path).map_err(io_err(&path, "lstat"))?;
+        use std::os::unix::fs::FileTypeExt;
+        if walk.skip_devices && (md.file_type().is_char_device() || md.file_type().is_block_device()) {
+            continue;
+        }
+        let (entry, external) = entry_for(&path, &md, walk)?;
+        out.push(Child { name, path, md, entry, external });
+    }
+    Ok(out)
+}
+
+/// Depth-first walk with an explicit stack (no recursion on hostile depth). The tree is built
+/// here, in a fixed order; the listings and the files' contents come from the import workers.
+fn walk(
+    b: &mut Builder,
+    root: &Path,
+    sub: &import::Submitter<'_, Listing>,
+    opts: &WalkOptions,
+) -> Result<(), DirError> {
+    let mut stack = vec![(sub.list(root.to_path_buf()), ROOT)];
+    while let Some((ticket, id)) = stack.pop() {
+        let mut subdirs = Vec::new();
+        for c in ticket.wait()?? {
+            let (md, path) = (&c.md, &c.path);
+            let bad = |e: crate::tree::TreeError| DirError::Entry { path: path.clone(), reason: e.to_string() };
+            let linked = !md.is_dir() && md.nlink() > 1 && !opts.break_hardlinks;
+            if linked {
+                if let Some(&target) = b.links.get(&(md.dev(), md.ino())) {
+                    b.tree.insert_hardlink_child(id, c.name.as_bytes(), target).map_err(bad)?;
+                    continue;
+                }
+            }
+            let child = b.tree.insert_child(id, c.name.as_bytes(), c.entry).map_err(bad)?;
+            if md.is_dir() {
+                subdirs.push((c.path, child));
+                continue;
+            }
+            if linked {
+                b.links.insert((md.dev(), md.ino()), child);
+            }
+            if c.external {
+                sub.submit(FileJob { id: child, path: c.path, dev: md.dev(), ino: md.ino(), size: md.len() })?;
+            }
+        }
+        // Asked for in walk order: the workers take the newest request first.
+        for (path, child) in subdirs {
+            stack.push((sub.list(path), child));
+        }
+    }
+    Ok(())
+}
+
+struct Builder {
     tree: Tree,
     links: HashMap<(u64, u64), NodeId>,
 }
 
-impl Builder<'_> {
-    fn entry_for(&mut self, path: &Path, md: &fs::Metadata) -> Result<Entry, DirError> {
-        let io_err = |op: &'static str| move |e: io::Error| DirError::Io { path: path.to_path_buf(), op, source: e };
-        let mode = md.mode();
-        let ftype = mode & S_IFMT;
-        let rdev = if md.file_type().is_char_device() || md.file_type().is_block_device() {
-            let r = md.rdev();
-            encode_dev(libc::major(r) as i64, libc::minor(r) as i64)
-                .map_err(|reason| DirError::Entry { path: path.to_path_buf(), reason })?
-        } else {
-            0
-        };
-        let mut entry = Entry {
-            inode: Inode {
-                mode: mode & 0o177777,
-                uid: md.uid(),
-                gid: md.gid(),
-                rdev,
-                size: 0,
-                mtime: if self.opts.walk.use_epoch { 0 } else { md.mtime() },
-                mtime_nsec: if self.opts.walk.use_epoch { 0 } else { md.mtime_nsec().clamp(0, 999_999_999) as u32 },
-            },
-            ..Entry::default()
-        };
-        use std::os::unix::fs::FileTypeExt;
-        if md.file_type().is_symlink() {
-            let t = fs::read_link(path).map_err(io_err("readlink"))?;
-            let t = t.as_os_str().as_bytes().to_vec();
-            if t.is_empty() || t.len() >= crate::tree::PATH_MAX {
-                return Err(DirError::Entry {
-                    path: path.to_path_buf(),
-                    reason: "symlink target empty or too long".into(),
-                });
-            }
-            entry.inode.size = t.len() as u64;
-            entry.payload = Some(t);
-        } else if ftype == S_IFREG {
-            entry.inode.size = md.len();
-            self.regular(path, md, &mut entry)?;
-        } else if ftype == S_IFDIR {
-            entry.inode.size = 0;
+/// The entry for `path`, and whether its content goes to the import workers.
+fn entry_for(path: &Path, md: &fs::Metadata, walk: &WalkOptions) -> Result<(Entry, bool), DirError> {
+    let io_err = |op: &'static str| move |e: io::Error| DirError::Io { path: path.to_path_buf(), op, source: e };
+    let mode = md.mode();
+    let ftype = mode & S_IFMT;
+    let rdev = if md.file_type().is_char_device() || md.file_type().is_block_device() {
+        let r = md.rdev();
+        encode_dev(libc::major(r) as i64, libc::minor(r) as i64)
+            .map_err(|reason| DirError::Entry { path: path.to_path_buf(), reason })?
+    } else {
+        0
+    };
+    let mut entry = Entry {
+        inode: Inode {
+            mode: mode & 0o177777,
+            uid: md.uid(),
+            gid: md.gid(),
+            rdev,
+            size: 0,
+            mtime: if walk.use_epoch { 0 } else { md.mtime() },
+            mtime_nsec: if walk.use_epoch { 0 } else { md.mtime_nsec().clamp(0, 999_999_999) as u32 },
+        },
+        ..Entry::default()
+    };
+    use std::os::unix::fs::FileTypeExt;
+    let mut external = false;
+    if md.file_type().is_symlink() {
+        let t = fs::read_link(path).map_err(io_err("readlink"))?;
+        let t = t.as_os_str().as_bytes().to_vec();
+        if t.is_empty() || t.len() >= crate::tree::PATH_MAX {
+            return Err(DirError::Entry {
+                path: path.to_path_buf(),
+                reason: "symlink target empty or too long".into(),
+            });
         }
-        entry.xattrs = match self.opts.walk.xattrs {
-            XattrSelection::All => read_xattrs(path, false)?,
-            XattrSelection::User => read_xattrs(path, true)?,
-            XattrSelection::None => Vec::new(),
-        };
-        Ok(entry)
+        entry.inode.size = t.len() as u64;
+        entry.payload = Some(t);
+    } else if ftype == S_IFREG {
+        entry.inode.size = md.len();
+        external = regular(path, md, &mut entry)?;
+    } else if ftype == S_IFDIR {
+        entry.inode.size = 0;
     }
-
-    fn regular(&mut self, path: &Path, md: &fs::Metadata, entry: &mut Entry) -> Result<(), DirError> {
-        let io_err = |op: &'static str| move |e: io::Error| DirError::Io { path: path.to_path_buf(), op, source: e };
-        let size = md.len();
-        if size == 0 {
-            return Ok(());
-        }
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
-            .open(path)
-            .map_err(io_err("open"))?;
-        if size <= INLINE_MAX {
-            let mut buf = Vec::with_capacity(size as usize);
-            (&f).take(size + 1).read_to_end(&mut buf).map_err(io_err("read"))?;
-            if buf.len() as u64 != size {
-                return Err(DirError::Entry {
-                    path: path.to_path_buf(),
-                    reason: "file changed size while being read".into(),
-                });
-            }
-            entry.content = Some(buf);
-            return Ok(());
-        }
-        let digest = match self.opts.walk.threads {
-            Some(n) => crate::fsverity::digest_file_with(&f, size, n.max(1)),
-            None => crate::fsverity::digest_file(&f),
-        }
-        .map_err(io_err("read"))?;
-        let obj = object_path(&digest);
-        if let Some(store) = &self.opts.digest_store {
-            copy_into_store(&f, path, store, &obj, &digest)?;
-        }
-        entry.payload = Some(obj.into_bytes());
-        entry.fsverity_digest = Some(digest);
-        Ok(())
-    }
+    entry.xattrs = match walk.xattrs {
+        XattrSelection::All => read_xattrs(path, false)?,
+        XattrSelection::User => read_xattrs(path, true)?,
+        XattrSelection::None => Vec::new(),
+    };
+    Ok((entry, external))
 }
 
-/// Copy `src` into `store/obj` (temp file + rename) unless it is already there.
-fn copy_into_store(src: &File, src_path: &Path, store: &Path, obj: &str, digest: &[u8; 32]) -> Result<(), DirError> {
-    let dest = store.join(obj);
-    if fs::symlink_metadata(&dest).is_ok() {
-        return Ok(());
+/// Small files are read inline; larger ones are left to the import workers (`true`).
+fn regular(path: &Path, md: &fs::Metadata, entry: &mut Entry) -> Result<bool, DirError> {
+    let io_err = |op: &'static str| move |e: io::Error| DirError::Io { path: path.to_path_buf(), op, source: e };
+    let size = md.len();
+    if size == 0 {
+        return Ok(false);
     }
-    let io_err = |p: &Path, op: &'static str| {
-        let p = p.to_path_buf();
-        move |e: io::Error| DirError::Io { path: p, op, source: e }
-    };
-    let sub = store.join(&obj[..2]);
-    match fs::create_dir(&sub) {
-        Ok(()) => {
-            let _ = fs::set_permissions(&sub, fs::Permissions::from_mode(0o755));
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_err(&sub, "mkdir")(e)),
+    if size > INLINE_MAX {
+        return Ok(true);
     }
-    let (mut tmp, tmp_path) = create_temp(store).map_err(io_err(store, "create temporary file"))?;
-    let guard = UnlinkOnDrop(Some(tmp_path.clone()));
-    let mut reader = src;
-    let mut r = reader.by_ref();
-    io::copy(&mut r, &mut tmp).map_err(io_err(src_path, "copy"))?;
-    tmp.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_err(&tmp_path, "fchmod"))?;
-    tmp.sync_all().map_err(io_err(&tmp_path, "fsync"))?;
-    drop(tmp);
-    let ro = File::open(&tmp_path).map_err(io_err(&tmp_path, "open"))?;
-    let copied = crate::fsverity::digest_file(&ro).map_err(io_err(&tmp_path, "read"))?;
-    if &copied != digest {
-        return Err(DirError::Entry {
-            path: src_path.to_path_buf(),
-            reason: "file changed while being copied into the store".into(),
-        });
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err("open"))?;
+    let mut buf = Vec::with_capacity(size as usize);
+    (&f).take(size + 1).read_to_end(&mut buf).map_err(io_err("read"))?;
+    if buf.len() as u64 != size {
+        return Err(DirError::Entry { path: path.to_path_buf(), reason: "file changed size while being read".into() });
     }
-    use std::os::fd::AsFd;
-    match crate::fsverity::enable(ro.as_fd()) {
-        Ok(_) => {}
-        Err(e) if e.is_unsupported() => {}
-        Err(e) => return Err(DirError::Verity { path: tmp_path.clone(), reason: e.to_string() }),
-    }
-    drop(ro);
-    fs::rename(&tmp_path, &dest).map_err(io_err(&dest, "rename"))?;
-    std::mem::forget(guard);
-    Ok(())
+    entry.content = Some(buf);
+    Ok(false)
 }
 
 /// Create `dir/.tmpXXXXXXXX` exclusively (mode 0600 until finished).
@@ -352,8 +357,22 @@ pub enum DirError {
     Io { path: PathBuf, op: &'static str, source: io::Error },
     #[error("{}: {reason}", path.display())]
     Entry { path: PathBuf, reason: String },
-    #[error("{}: enabling fs-verity: {reason}", path.display())]
-    Verity { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Import(Box<ImportError>),
+    #[error(transparent)]
+    Store(Box<StoreError>),
+}
+
+impl From<ImportError> for DirError {
+    fn from(e: ImportError) -> Self {
+        DirError::Import(Box::new(e))
+    }
+}
+
+impl From<StoreError> for DirError {
+    fn from(e: StoreError) -> Self {
+        DirError::Store(Box::new(e))
+    }
 }
 
 #[cfg(test)]

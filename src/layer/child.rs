@@ -611,7 +611,7 @@ fn assemble(
 ) -> Result<Tree, String> {
     sum.objects = link.answered.len() as u64;
     for (id, name, d, v) in std::mem::take(&mut link.answered) {
-        link.verity.insert(crate::layer::store::object_name(&d).into_bytes(), v);
+        link.verity.insert(crate::store::object_name(&d).into_bytes(), v);
         if let Some(f) = toc.and_then(|t| t.map.get(&name)) {
             if f.digest != d {
                 return Err(format!(

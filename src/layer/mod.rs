@@ -7,7 +7,7 @@
 //!   blob, checks every digest it carries (blob, TOC, tar-split, chunks, diff_id), builds the
 //!   tree and writes the image; it sends each file's content over a socket pair;
 //! - the **store side** (this module, in the calling process): hashes every object it
-//!   receives, stages it under that digest ([`store::Staging`]) and answers with the digest; it
+//!   receives, stages it under that digest ([`crate::store::Stage`]) and answers with the digest; it
 //!   then checks that every object the image names is one it hashed (or one already in the
 //!   store), with the right size, and only then moves the objects into place, syncs, and
 //!   renames the image into place. On any failure nothing is left: no image, no object.
@@ -18,7 +18,6 @@ pub(crate) mod decode;
 pub mod export;
 pub mod format;
 pub(crate) mod proto;
-pub mod store;
 pub(crate) mod tar;
 pub(crate) mod tarsplit;
 pub(crate) mod tartree;
@@ -36,10 +35,10 @@ use anyhow::Context as _;
 use crate::erofs::writer::WriteOptions;
 use crate::input::dir::{create_temp, UnlinkOnDrop};
 use crate::sandbox::SandboxConfig;
+use crate::store::{Naming, ObjectStore, Stage, StageStats, StoreOptions, VerityMode};
 use crate::tree::Limits;
 
 pub use proto::Summary;
-pub use store::CommitStats;
 
 /// Largest descriptor file read.
 const MAX_DESCRIPTOR: u64 = 1 << 20;
@@ -90,7 +89,7 @@ impl ImportRequest {
 #[derive(Debug, Clone)]
 pub struct ImportResult {
     pub summary: Summary,
-    pub stats: CommitStats,
+    pub stats: StageStats,
     pub image_size: u64,
 }
 
@@ -152,8 +151,15 @@ pub fn import(req: &ImportRequest) -> anyhow::Result<ImportResult> {
         limits: Limits::default(),
     };
 
-    let mut staging = store::Staging::new(&req.objects, req.enable_verity)?;
-    staging.start_prefetch(2)?;
+    // Objects named by sha256; with --enable-verity each is sealed (new ones before they are
+    // moved, existing ones measured and sealed if they are not) and its fs-verity digest known.
+    let mut sopts = StoreOptions::new(Naming::Sha256);
+    sopts.verity = if req.enable_verity { VerityMode::Require } else { VerityMode::Off };
+    sopts.verity_digests = req.enable_verity;
+    let store = ObjectStore::open(&req.objects, sopts)?;
+    // One store thread writes every object: two threads allocate the inodes ahead of it.
+    store.create_ahead(2)?;
+    let staging = store.stage()?;
     let out_dir = parent_dir(&req.output);
     let (img, img_path) =
         create_temp(&out_dir).with_context(|| format!("creating a temporary file in {}", out_dir.display()))?;
@@ -172,19 +178,18 @@ pub fn import(req: &ImportRequest) -> anyhow::Result<ImportResult> {
     let (ours, theirs) = UnixStream::pair().context("socketpair")?;
     let img_w = img.try_clone().context("dup")?;
     let ts_w = ts_file.as_ref().map(File::try_clone).transpose().context("dup")?;
-    let drain = std::thread::Builder::new()
-        .name("cfsmount-store".into())
-        .spawn(move || {
-            let mut staging = staging;
-            let r = drain(ours, &mut staging, img_w, ts_w);
-            (staging, r)
-        })
-        .context("starting the store thread")?;
     let cfg = sandbox_config(&req.sandbox, blob_size.saturating_mul(8).min(creq.max_uncompressed));
-    let confined = crate::sandbox::run_confined(&cfg, OwnedFd::from(blob), OwnedFd::from(theirs), move |b, s| {
-        child::run(&creq, b, s)
-    });
-    let (staging, drained) = drain.join().map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
+    let (confined, drained) = std::thread::scope(|s| -> anyhow::Result<_> {
+        let drain = std::thread::Builder::new()
+            .name("cfsmount-store".into())
+            .spawn_scoped(s, || drain(ours, &staging, img_w, ts_w))
+            .context("starting the store thread")?;
+        let confined = crate::sandbox::run_confined(&cfg, OwnedFd::from(blob), OwnedFd::from(theirs), move |b, s| {
+            child::run(&creq, b, s)
+        });
+        let drained = drain.join().map_err(|_| anyhow::anyhow!("the store thread panicked"))?;
+        Ok((confined, drained))
+    })?;
     confined.with_context(|| format!("layer {}", req.blob.display()))?;
     let drained = drained.with_context(|| format!("layer {}: store side", req.blob.display()))?;
 
@@ -229,12 +234,7 @@ fn finish_file(f: File, guard: &mut UnlinkOnDrop, dest: &Path, verity: bool) -> 
 }
 
 /// The store side: read records, hash and stage objects, answer digests, collect the rest.
-fn drain(
-    sock: UnixStream,
-    staging: &mut store::Staging,
-    mut img: File,
-    mut ts: Option<File>,
-) -> anyhow::Result<Drained> {
+fn drain(sock: UnixStream, staging: &Stage<'_>, mut img: File, mut ts: Option<File>) -> anyhow::Result<Drained> {
     let mut r = BufReader::with_capacity(1 << 20, &sock);
     let mut summary = None;
     let mut image_size = None;
@@ -246,12 +246,12 @@ fn drain(
         match tag[0] {
             proto::TAG_OBJECT => {
                 let size = read_u64(&mut r)?;
-                let mut w = staging.begin()?;
-                copy_n(&mut r, size, |b| w.write(b))?;
-                let d = staging.finish(w)?;
+                let mut w = staging.writer(None);
+                copy_n(&mut r, size, |b| w.write_chunk(b).map_err(std::io::Error::other))?;
+                let obj = w.commit()?;
                 let mut answer = [0u8; 64];
-                answer[..32].copy_from_slice(&d);
-                if let Some(v) = staging.known().get(&d).and_then(|k| k.verity) {
+                answer[..32].copy_from_slice(&obj.digest);
+                if let Some(v) = obj.verity {
                     answer[32..].copy_from_slice(&v);
                 }
                 (&sock).write_all(&answer).context("answering the reader")?;
@@ -325,7 +325,7 @@ fn copy_n(r: &mut impl BufRead, mut n: u64, mut f: impl FnMut(&[u8]) -> std::io:
 
 /// Every object the image names must be one this import hashed or found, with its size (and
 /// fs-verity digest when sealing).
-fn validate(img: &File, staging: &store::Staging, verity: bool) -> anyhow::Result<()> {
+fn validate(img: &File, staging: &Stage<'_>, verity: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::FileExt;
     let size = img.metadata()?.len();
     if size > proto::MAX_IMAGE {
@@ -334,7 +334,7 @@ fn validate(img: &File, staging: &store::Staging, verity: bool) -> anyhow::Resul
     let mut bytes = vec![0u8; size as usize];
     img.read_exact_at(&mut bytes, 0).context("reading the image back")?;
     let tree = crate::erofs::reader::read_image(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let known = staging.known();
+    let known = staging.objects();
     for n in &tree.nodes {
         let e = &n.entry;
         if !e.inode.is_reg() {

@@ -38,8 +38,8 @@ use crate::oci::Sha256;
 use crate::tree::Tree;
 
 /// Name prefix of the object store's per-import staging directories in objects/ (see
-/// `crate::layer::store::Staging`): what a killed layer import leaves there.
-const OBJECT_STAGING_PREFIX: &[u8] = b".cfsmount-import-";
+/// [`crate::store::Stage`]): what a killed layer import leaves there.
+const OBJECT_STAGING_PREFIX: &[u8] = crate::store::STAGE_PREFIX.as_bytes();
 /// Largest layer.json / image.json read back (they are ours, but the store may be a user's).
 const MAX_RECORD_BYTES: u64 = 16 << 20;
 /// Largest layer or image read back into memory for flattening or gc.

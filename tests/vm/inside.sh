@@ -296,11 +296,13 @@ t_verity_missing_object() {
 }
 
 # mkimage --from-dir --digest-store: objects get fs-verity enabled and are named by their
-# digest; the image then mounts with --digest (so also --verity) and reads back.
+# digest (also one above the store's 1 MiB in-memory limit, written as a stream); the image then
+# mounts with --digest (so also --verity) and reads back.
 t_digest_store() {
     local src=$W/tree store=$V/store-dir img=$V/dir.cfs f n d
     mkdir -p "$src/sub" || no "mkdir failed"
     mkrand "$src/big" 100000; mkrand "$src/sub/f" 9000; printf 'tiny\n' >"$src/small"
+    mkrand "$src/huge" 3000000
     "$CFS" mkimage --from-dir "$src" "$img" --digest-store "$store" || no "mkimage --from-dir --digest-store failed"
     n=0
     for f in $(find "$store" -type f); do
@@ -308,10 +310,10 @@ t_digest_store() {
         [ "$d" = "$(basename "$(dirname "$f")")$(basename "$f")" ] || no "object $f measures $d"
         n=$((n + 1))
     done
-    [ "$n" -ge 2 ] || no "expected the two large files in the store, found $n objects"
+    [ "$n" -ge 3 ] || no "expected the three large files in the store, found $n objects"
     "$CFS" verity enable "$img" || no "enable on the image failed"
     "$CFS" mount "$img" "$M" --basedir "$store" --digest "$(hexof "$img")" || no "mount of the dir image failed"
-    for f in big sub/f small; do cmp -s "$M/$f" "$src/$f" || no "$f does not read back correctly"; done
+    for f in big huge sub/f small; do cmp -s "$M/$f" "$src/$f" || no "$f does not read back correctly"; done
 }
 
 # The drop-in `mkcomposefs --digest-store` (docs/dropin.md) on a verity filesystem: every object
@@ -553,6 +555,7 @@ run als_store_verity_sealed_and_checked t_als_verity
 
 # A real zstd:chunked blob imported into a store on the verity ext4: every new object sealed,
 # its fs-verity digest recorded in the image, the image sealed; a --verity mount then reads all.
+# Objects already in the store are reused, and sealed if an earlier import left them unsealed.
 t_layer_import_verity() {
     local L=$V/layer d n=0 o
     mkdir -p "$L/mnt" || no "mkdir failed"
@@ -573,6 +576,18 @@ t_layer_import_verity() {
         || no "second import failed: $(cat "$L/err")"
     grep -q "(0 new," "$L/err" || no "second import stored objects again: $(cat "$L/err")"
     cmp -s "$L/img" "$L/img2" || no "the second image differs"
+    # Objects an import without --enable-verity left unsealed are sealed by one with it.
+    "$CFS" mkimage --from-layer "$OUT/layer.blob" "$L/img3" --objects "$L/objs3" 2>/dev/null \
+        || no "import without --enable-verity failed"
+    for o in "$L"/objs3/??/*; do
+        ! "$CFS" verity measure "$o" >/dev/null 2>&1 || no "object $o sealed without --enable-verity"
+    done
+    "$CFS" mkimage --from-layer "$OUT/layer.blob" "$L/img4" --objects "$L/objs3" --enable-verity 2>"$L/err" \
+        || no "--enable-verity over unsealed objects failed: $(cat "$L/err")"
+    for o in "$L"/objs3/??/*; do
+        "$CFS" verity measure "$o" >/dev/null || no "existing object $o was not sealed"
+    done
+    cmp -s "$L/img" "$L/img4" || no "the image over formerly unsealed objects differs"
 }
 if [ -f "$OUT/layer.blob" ]; then
     run layer_import_enable_verity t_layer_import_verity
