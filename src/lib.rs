@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod als;
+mod below;
 pub(crate) mod boot;
 pub mod build;
 mod bytes;

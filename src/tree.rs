@@ -463,22 +463,7 @@ impl Tree {
         }
         let mut cur = ROOT;
         for (i, comp) in comps[..comps.len() - 1].iter().enumerate() {
-            let h = self.name_hash(cur, comp);
-            cur = match self.child_hashed(h, cur, comp) {
-                Some(id) => {
-                    if !self.node(id).entry.inode.is_dir() || self.node(id).link_to.is_some() {
-                        return Err(TreeError::ParentNotDir {
-                            path: show(path),
-                            parent: show(&comps[..=i].join(&b'/')),
-                        });
-                    }
-                    id
-                }
-                None => {
-                    let e = Entry { inode: self.implicit_dir, ..Entry::default() };
-                    self.alloc_hashed(h, cur, comp, e, true)?
-                }
-            };
+            cur = self.dir_step(cur, comp, path, || show(&comps[..=i].join(&b'/')))?;
         }
         Ok(cur)
     }
@@ -490,20 +475,7 @@ impl Tree {
         let comps = split_path(path)?;
         let parent = self.parent_for(path, &comps)?;
         let name = comps[comps.len() - 1];
-        let h = self.name_hash(parent, name);
-        if let Some(id) = self.child_hashed(h, parent, name) {
-            let n = self.node_mut(id);
-            if n.implicit && n.entry.inode.is_dir() && entry.inode.is_dir() {
-                n.entry = entry;
-                n.implicit = false;
-                return Ok(id);
-            }
-            if n.link_to.is_none() && n.entry == entry {
-                return Ok(id);
-            }
-            return Err(TreeError::Duplicate { path: show(path) });
-        }
-        self.alloc_hashed(h, parent, name, entry, false)
+        self.place(parent, name, path, entry)
     }
 
     /// [`Tree::insert`] for inputs that list entries directory by directory (tar order): the
@@ -531,25 +503,44 @@ impl Tree {
             let from = if pos == 0 { 0 } else { pos + 1 };
             let to = memchr::memchr(b'/', &parent_rel[from..]).map_or(parent_rel.len(), |i| from + i);
             let comp = &parent_rel[from..to];
-            let h = self.name_hash(dir, comp);
-            dir = match self.child_hashed(h, dir, comp) {
-                Some(id) => {
-                    let n = self.node(id);
-                    if !n.entry.inode.is_dir() || n.link_to.is_some() {
-                        return Err(TreeError::ParentNotDir { path: show(path), parent: show(&parent_rel[..to]) });
-                    }
-                    id
-                }
-                None => {
-                    let e = Entry { inode: self.implicit_dir, ..Entry::default() };
-                    self.alloc_hashed(h, dir, comp, e, true)?
-                }
-            };
+            dir = self.dir_step(dir, comp, path, || show(&parent_rel[..to]))?;
             cursor.descend(dir, comp);
             pos = to;
         }
-        let h = self.name_hash(dir, name);
-        if let Some(id) = self.child_hashed(h, dir, name) {
+        self.place(dir, name, path, entry)
+    }
+
+    /// The directory `comp` in `dir`, created implicitly (0755, 0:0) if missing. `parent` names
+    /// it in the error when it exists and is not a directory (or is a hard link).
+    fn dir_step(
+        &mut self,
+        dir: NodeId,
+        comp: &[u8],
+        path: &[u8],
+        parent: impl FnOnce() -> String,
+    ) -> Result<NodeId, TreeError> {
+        let h = self.name_hash(dir, comp);
+        match self.child_hashed(h, dir, comp) {
+            Some(id) => {
+                let n = self.node(id);
+                if !n.entry.inode.is_dir() || n.link_to.is_some() {
+                    return Err(TreeError::ParentNotDir { path: show(path), parent: parent() });
+                }
+                Ok(id)
+            }
+            None => {
+                let e = Entry { inode: self.implicit_dir, ..Entry::default() };
+                self.alloc_hashed(h, dir, comp, e, true)
+            }
+        }
+    }
+
+    /// Put `entry` as `name` in `parent`: a directory created implicitly takes the entry's
+    /// metadata (keeping its children), an identical duplicate is accepted, any other duplicate
+    /// is an error.
+    fn place(&mut self, parent: NodeId, name: &[u8], path: &[u8], entry: Entry) -> Result<NodeId, TreeError> {
+        let h = self.name_hash(parent, name);
+        if let Some(id) = self.child_hashed(h, parent, name) {
             let n = self.node_mut(id);
             if n.implicit && n.entry.inode.is_dir() && entry.inode.is_dir() {
                 n.entry = entry;
@@ -561,7 +552,7 @@ impl Tree {
             }
             return Err(TreeError::Duplicate { path: show(path) });
         }
-        self.alloc_hashed(h, dir, name, entry, false)
+        self.alloc_hashed(h, parent, name, entry, false)
     }
 
     /// Add a hard link at `path` to the existing non-directory entry at `target`.

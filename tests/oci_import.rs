@@ -5,6 +5,8 @@
 mod conformance;
 #[path = "support/listing.rs"]
 mod listing;
+#[path = "support/store.rs"]
+mod repo;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -30,41 +32,6 @@ fn import_ok(reference: &str, store: &Path) -> (String, String, String) {
     let f: Vec<&str> = s.trim_end().split('\t').collect();
     assert_eq!(f.len(), 4, "{s}");
     (f[0].to_string(), f[1].to_string(), f[3].to_string())
-}
-
-fn files_under(d: &Path) -> BTreeSet<PathBuf> {
-    let mut v = BTreeSet::new();
-    if let Ok(rd) = std::fs::read_dir(d) {
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                v.extend(files_under(&p));
-            } else {
-                v.insert(p);
-            }
-        }
-    }
-    v
-}
-
-/// Every object the store's images (`kind` "images", file image.cfs) or layer images ("layers",
-/// layer.cfs) name exists and holds bytes with that sha256; returns them.
-fn check_images(store: &Path, kind: &str) -> BTreeSet<PathBuf> {
-    let file = if kind == "images" { "image.cfs" } else { "layer.cfs" };
-    let mut used = BTreeSet::new();
-    for img in std::fs::read_dir(store.join(kind)).unwrap() {
-        let t = cfsmount::store::repo::read_image(&img.unwrap().path().join(file)).unwrap();
-        for n in &t.nodes {
-            if let (true, Some(p)) = (n.entry.inode.is_reg(), &n.entry.payload) {
-                let rel = String::from_utf8(p.clone()).unwrap();
-                let obj = store.join("objects").join(&rel);
-                let data = std::fs::read(&obj).unwrap_or_else(|e| panic!("{}: {e}", obj.display()));
-                assert_eq!(Sha256::of(&data).hex(), rel.replace('/', ""), "{}", obj.display());
-                used.insert(obj);
-            }
-        }
-    }
-    used
 }
 
 fn image_listing(store: &Path, manifest: &str) -> Vec<String> {
@@ -96,13 +63,13 @@ fn every_encoding_gives_the_same_image_with_shared_objects() {
     assert_eq!(digests.len(), 1, "{digests:?}");
     // Objects are shared: the store holds exactly the objects the layers use, once each (files
     // that a layer above deletes or replaces are in no image but in their layer).
-    let by_images = check_images(&store, "images");
-    let by_layers = check_images(&store, "layers");
-    let objects = files_under(&store.join("objects"));
+    let by_images = repo::used_objects(&store, "images", false);
+    let by_layers = repo::used_objects(&store, "layers", false);
+    let objects = repo::files_under(&store.join("objects"));
     assert!(by_images.is_subset(&by_layers));
     assert!(objects == by_layers, "{} objects, the layers name {}", objects.len(), by_layers.len());
     assert_eq!(std::fs::read_dir(store.join("layers")).unwrap().count(), 8);
-    assert_eq!(files_under(&store.join("tmp")).len(), 0);
+    assert_eq!(repo::files_under(&store.join("tmp")).len(), 0);
 }
 
 /// A writable copy of a real layout.
@@ -142,7 +109,7 @@ fn rewrite_config(layout: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 
 fn assert_nothing_imported(store: &Path) {
     for d in ["images", "layers", "objects", "tmp"] {
-        assert_eq!(files_under(&store.join(d)).len(), 0, "{d} is not empty");
+        assert_eq!(repo::files_under(&store.join(d)).len(), 0, "{d} is not empty");
     }
 }
 
@@ -159,7 +126,7 @@ fn layer_content_that_disagrees_is_refused_with_nothing_left() {
     // Layer 1 was good and stays imported (it is reused next time); no image, no stray object.
     assert_eq!(std::fs::read_dir(store.join("images")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(store.join("layers")).unwrap().count(), 1);
-    assert_eq!(files_under(&store.join("tmp")).len(), 0);
+    assert_eq!(repo::files_under(&store.join("tmp")).len(), 0);
 
     // A layer blob whose bytes are not its digest (same size): refused, nothing imported.
     let tmp2 = tempfile::tempdir().unwrap();
@@ -206,5 +173,5 @@ fn hard_link_to_a_lower_layer_is_refused_by_name() {
     assert!(!out.status.success(), "imported");
     assert!(err.contains("layer 2") && err.contains("d/link-to-lower") && err.contains("target"), "{err}");
     assert_eq!(std::fs::read_dir(store.join("images")).unwrap().count(), 0);
-    assert_eq!(files_under(&store.join("tmp")).len(), 0);
+    assert_eq!(repo::files_under(&store.join("tmp")).len(), 0);
 }

@@ -6,6 +6,8 @@
 //! objects the remaining image's layers use.
 #[path = "support/conformance.rs"]
 mod conformance;
+#[path = "support/store.rs"]
+mod repo;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -52,43 +54,6 @@ fn import_cmd(layout: &Path, tag: &str, store: &Path) -> Command {
     c
 }
 
-fn files_under(d: &Path) -> BTreeSet<PathBuf> {
-    let mut v = BTreeSet::new();
-    if let Ok(rd) = std::fs::read_dir(d) {
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                v.extend(files_under(&p));
-            } else {
-                v.insert(p);
-            }
-        }
-    }
-    v
-}
-
-/// Objects named by the images (kind "images") or layer images ("layers") of the store, each
-/// checked to exist with the content its name says.
-fn used_objects(store: &Path, kind: &str) -> BTreeSet<PathBuf> {
-    let file = if kind == "images" { "image.cfs" } else { "layer.cfs" };
-    let mut used = BTreeSet::new();
-    // A store killed before it was made has no directories yet.
-    let Ok(dirs) = std::fs::read_dir(store.join(kind)) else { return used };
-    for d in dirs {
-        let t = cfsmount::store::repo::read_image(&d.unwrap().path().join(file)).unwrap();
-        for n in &t.nodes {
-            if let (true, Some(p)) = (n.entry.inode.is_reg(), &n.entry.payload) {
-                let rel = String::from_utf8(p.clone()).unwrap();
-                let obj = store.join("objects").join(&rel);
-                let data = std::fs::read(&obj).unwrap_or_else(|e| panic!("{}: {e}", obj.display()));
-                assert_eq!(Sha256::of(&data).hex(), rel.replace('/', ""), "{}", obj.display());
-                used.insert(obj);
-            }
-        }
-    }
-    used
-}
-
 fn count(d: &Path) -> usize {
     std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0)
 }
@@ -113,9 +78,9 @@ fn parallel_imports_of_overlapping_images() {
     assert_eq!(digests.len(), 2, "{digests:?}");
     assert_eq!((count(&store.join("images")), count(&store.join("layers"))), (2, 3));
     assert_eq!(count(&store.join("tmp")), 0);
-    let by_layers = used_objects(&store, "layers");
-    assert!(used_objects(&store, "images").is_subset(&by_layers));
-    assert_eq!(files_under(&store.join("objects")), by_layers);
+    let by_layers = repo::used_objects(&store, "layers", true);
+    assert!(repo::used_objects(&store, "images", true).is_subset(&by_layers));
+    assert_eq!(repo::files_under(&store.join("objects")), by_layers);
 }
 
 #[test]
@@ -134,8 +99,8 @@ fn kill_9_during_imports_then_import_again_then_rm_and_gc() {
         let _ = k.wait();
         // Whatever is published is whole: every image and layer reads back, every object it
         // names is there with its content.
-        used_objects(&store, "layers");
-        used_objects(&store, "images");
+        repo::used_objects(&store, "layers", true);
+        repo::used_objects(&store, "images", true);
     }
     sh(&mut import_cmd(&l, "v1", &store));
     sh(&mut import_cmd(&l, "v2", &store));
@@ -152,7 +117,7 @@ fn kill_9_during_imports_then_import_again_then_rm_and_gc() {
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
         .count();
     assert_eq!(hidden, 0);
-    assert_eq!(files_under(&store.join("objects")), used_objects(&store, "layers"));
+    assert_eq!(repo::files_under(&store.join("objects")), repo::used_objects(&store, "layers", true));
 
     // rm v2 + gc: its third layer and the objects only it used go; v1's stay, exactly.
     let v2_only = tmp.path().join("t3/opt/edge/layer3-only.txt");
@@ -172,5 +137,5 @@ fn kill_9_during_imports_then_import_again_then_rm_and_gc() {
     assert!(gc.starts_with("removed 1 layers and "), "{gc}");
     assert!(!obj.exists());
     assert_eq!((count(&store.join("images")), count(&store.join("layers"))), (1, 2));
-    assert_eq!(files_under(&store.join("objects")), used_objects(&store, "layers"));
+    assert_eq!(repo::files_under(&store.join("objects")), repo::used_objects(&store, "layers", true));
 }

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 #[path = "support/root.rs"]
 mod root;
-use root::{loop_devices_in_use, mount_line, serial, sh, stderr, umount_all_under};
+use root::{loop_devices_in_use, mount_line, sh, stderr, umount_all_under};
 #[path = "support/helper.rs"]
 mod helper;
 use helper::*;
@@ -25,8 +25,7 @@ use helper::*;
 
 #[test]
 fn installed_helper_is_setuid_root() {
-    let _g = serial();
-    let e = env();
+    let (_g, e, _) = start();
     let m = std::fs::metadata(&e.bin).unwrap();
     assert_eq!(m.uid(), 0);
     assert_eq!(m.mode() & 0o7777, 0o4755);
@@ -38,8 +37,7 @@ fn installed_helper_is_setuid_root() {
 /// Only `mount` and `umount` are reachable through the setuid binary.
 #[test]
 fn other_subcommands_are_refused_when_privileged() {
-    let _g = serial();
-    let u = &env().user;
+    let (_g, _, u) = start();
     for args in [
         &["mkimage", "--help"][..],
         &["verity", "enable", "/etc/shadow"],
@@ -58,9 +56,7 @@ fn other_subcommands_are_refused_when_privileged() {
 /// and cfsmount's own override variables from the caller have no effect on the setuid helper.
 #[test]
 fn hostile_environment_is_ignored() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let dir = user_dir(u, "env");
     let marker_dir = user_dir(u, "env-marker");
     let marker = marker_dir.join("preload-ran");
@@ -124,9 +120,7 @@ fn hostile_environment_is_ignored() {
 /// still give a clean, reported refusal.
 #[test]
 fn closed_std_fds_and_tiny_rlimits() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let dir = user_dir(u, "fds");
     // stdin and stdout closed, stderr kept: the message still arrives on stderr (nothing the
     // helper opened landed on fd 2).
@@ -183,9 +177,7 @@ fn closed_std_fds_and_tiny_rlimits() {
 /// Policy file: a bad, foreign-owned or writable policy fails closed; deny lists work.
 #[test]
 fn policy_fails_closed() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let dir = user_dir(u, "policy");
     let guard = PolicyGuard::new();
     let good = default_policy().to_string();
@@ -269,9 +261,7 @@ fn policy_fails_closed() {
 /// it holds privileges (a python3 attacker running as the caller spins on the helper's pid).
 #[test]
 fn ptrace_and_proc_mem_never_reach_privileged_helper() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     // The helper alternates between mounting (all phases: open as caller, copy, loop device,
     // EROFS, overlay, attach, record) and unmounting.
     let a = b"ptrace target".as_slice();
@@ -390,9 +380,7 @@ print('attempts %d' % attempts, flush=True)
 /// Unmounting: only cfsmount's own records for the caller; nothing else.
 #[test]
 fn umount_of_foreign_or_unrecorded_mounts_is_refused() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, _, u) = start();
     let before = mountpoints();
     let dir = user_dir(u, "umount");
     assert_refused(&run_as(u, &["umount", dir.to_str().unwrap()]), "not a mount made by cfsmount");
@@ -421,8 +409,7 @@ fn umount_of_foreign_or_unrecorded_mounts_is_refused() {
 /// ro,nosuid,nodev, and unmounts; nothing (mount, loop device, record) is left behind.
 #[test]
 fn positive_path_mount_read_umount() {
-    let _g = serial();
-    let u = &env().user;
+    let (_g, _, u) = start();
     let hello = b"hello from an object file\n".as_slice();
     let body = format!(
         "{}/inline.txt 7 100644 1 {{uid}} {{gid}} 0 0.0 - inline! -\n",
@@ -471,8 +458,7 @@ fn positive_path_mount_read_umount() {
 /// a device node is refused outright.
 #[test]
 fn setuid_files_gain_nothing_and_device_nodes_are_refused() {
-    let _g = serial();
-    let u = &env().user;
+    let (_g, _, u) = start();
     let id_bin = std::fs::read("/usr/bin/id").unwrap();
     let body = dump_line_external("suid-id", "104755", 0, &id_bin);
     let fx = fixture(u, "suid", &body, &[&id_bin]);
@@ -502,9 +488,7 @@ fn setuid_files_gain_nothing_and_device_nodes_are_refused() {
 /// sysfs, system directories.
 #[test]
 fn foreign_sticky_special_and_symlink_targets_are_refused() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let hello = b"x".as_slice();
     let fx = one_file_fixture(u, "tgt", "x", hello);
     let before = mountpoints();
@@ -553,9 +537,7 @@ fn foreign_sticky_special_and_symlink_targets_are_refused() {
 /// Option and path injection in both command forms (`mount.composefs -o` and `cfsmount mount`).
 #[test]
 fn option_and_path_injection_is_refused() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let hello = b"y".as_slice();
     let fx = one_file_fixture(u, "opt", "y", hello);
     let helper = e.root.join("mount.composefs");
@@ -607,9 +589,7 @@ fn option_and_path_injection_is_refused() {
 /// what is mounted (the helper mounts its own sealed copy).
 #[test]
 fn unreadable_and_modified_images() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let a = b"original content\n".as_slice();
     let fx = one_file_fixture(u, "img7", "f", a);
     let before = mountpoints();
@@ -645,9 +625,8 @@ fn unreadable_and_modified_images() {
 /// unmount it exactly once and nothing else.
 #[test]
 fn umount_other_users_mount_and_racing_unmounts() {
-    let _g = serial();
-    let e = env();
-    let (u, o2) = (&e.user, &e.other);
+    let (_g, e, u) = start();
+    let o2 = &e.other;
     let a = b"theirs".as_slice();
     let theirs = one_file_fixture(o2, "um-theirs", "t", a);
     let o = run_as_strs(o2, &mount_args(&theirs, &[]));
@@ -695,9 +674,7 @@ fn umount_other_users_mount_and_racing_unmounts() {
 /// Per-user mount limit and loop-device limit from the policy.
 #[test]
 fn per_user_limits() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     // Mounts left behind by earlier failed tests would count against the limit.
     umount_all_under(&e.root);
     let (guard, mut v) = user_limits_policy(u, serde_json::json!({ "max_mounts": 2 }));
@@ -734,9 +711,7 @@ fn per_user_limits() {
 /// namespace and its subuid range work.
 #[test]
 fn idmap_namespaces_are_checked() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let a = b"idm".as_slice();
     let fx = fixture(u, "idmap", &dump_line_external("f", "100644", 0, a), &[a]);
     let before = mountpoints();
@@ -789,9 +764,7 @@ fn idmap_namespaces_are_checked() {
 /// whose payload contains `..` is refused.
 #[test]
 fn overlay_xattrs_in_input_are_inert() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, _, u) = start();
     let a = b"innocent object\n".as_slice();
     // Inline file with hostile xattrs (dumpfile escapes: \x2f is '/').
     let body = format!(
@@ -850,9 +823,7 @@ fn find(hay: &[u8], needle: &[u8]) -> bool {
 /// caller-owned directory or is refused, never on the symlink's target.
 #[test]
 fn target_swap_race_never_mounts_elsewhere() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let a = b"race".as_slice();
     let fx = one_file_fixture(u, "race", "r", a);
     let victim = e.root.join("victim");
@@ -906,9 +877,7 @@ fn target_swap_race_never_mounts_elsewhere() {
 /// detached mount fd over a unix socket (--fd-out) and attaches it there.
 #[test]
 fn fd_out_into_callers_own_namespaces() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, _, u) = start();
     let a = b"via a detached mount fd\n".as_slice();
     let fx = one_file_fixture(u, "fdout", "f", a);
     let sock = fx.dir.join("sock");
@@ -931,9 +900,7 @@ fn fd_out_into_callers_own_namespaces() {
 /// and device nodes, which would be usable, are refused in every image the helper mounts.
 #[test]
 fn fd_out_flags_cleared_by_the_caller_gain_nothing() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, _, u) = start();
     let cat = std::fs::read("/usr/bin/cat").unwrap();
     let fx = fixture(u, "fdout-clear", &dump_line_external("suid-cat", "104755", 0, &cat), &[&cat]);
     let sock = fx.dir.join("sock");
@@ -957,9 +924,7 @@ fn fd_out_flags_cleared_by_the_caller_gain_nothing() {
 /// limit lifted) or is refused cleanly, with no half-written record and nothing mounted.
 #[test]
 fn mount_with_closed_fds_and_zero_fsize() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let a = b"fds".as_slice();
     let fx = one_file_fixture(u, "fdsmount", "f", a);
     let args = mount_args(&fx, &[]);
@@ -1002,9 +967,7 @@ fn mount_with_closed_fds_and_zero_fsize() {
 /// Policy feature switches fail closed: idmap, on-the-fly builds, attaching at a path.
 #[test]
 fn policy_feature_switches() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, _, u) = start();
     let a = b"feat".as_slice();
     let fx = one_file_fixture(u, "feat", "f", a);
     let guard = PolicyGuard::new();
@@ -1044,9 +1007,7 @@ fn policy_feature_switches() {
 /// bit) is enough for the whole flow, and is restricted the same way.
 #[test]
 fn file_capabilities_install() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let bin = e.root.join("cfsmount-caps");
     let _ = std::fs::remove_file(&bin);
     std::fs::copy(env!("CARGO_BIN_EXE_cfsmount"), &bin).unwrap();
@@ -1082,9 +1043,7 @@ fn file_capabilities_install() {
 /// /proc/self/{uid,gid}_map), as seen from the initial namespace.
 #[test]
 fn userns_maps_are_read_through_the_fd() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, _, u) = start();
     let p = spawn_as(u, &["/usr/bin/unshare", "--user", "/usr/bin/sleep", "30"]);
     let pid = p.id();
     std::fs::write(format!("/proc/{pid}/uid_map"), "0 400000 1000\n1000 999999 1\n").unwrap();
@@ -1111,9 +1070,7 @@ fn userns_maps_are_read_through_the_fd() {
 #[test]
 fn toc_overlay_xattrs_are_escaped_by_the_helper_build() {
     use base64::Engine;
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, _, u) = start();
     let a = b"content of the real object\n".as_slice();
     let fx = fixture(u, "toc", "", &[a]);
     let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
@@ -1164,9 +1121,7 @@ fn toc_overlay_xattrs_are_escaped_by_the_helper_build() {
 /// `--digest` through the helper: checked on the private copy that gets mounted.
 #[test]
 fn digest_is_checked_on_the_private_copy() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, _, u) = start();
     let a = b"digest me".as_slice();
     let fx = one_file_fixture(u, "digest", "d", a);
     let good: String = cfsmount::fsverity::digest_bytes(&std::fs::read(&fx.image).unwrap())
@@ -1192,8 +1147,7 @@ fn digest_is_checked_on_the_private_copy() {
 /// the mount.composefs link, the man page and the default policy; the staged helper works.
 #[test]
 fn packaging_makefile_install() {
-    let _g = serial();
-    let e = env();
+    let (_g, e, _) = start();
     let stage = e.root.join("stage");
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::create_dir_all(&stage).unwrap();
@@ -1234,9 +1188,7 @@ fn packaging_makefile_install() {
 /// refused: the helper can only interpret maps relative to the initial namespace (fails closed).
 #[test]
 fn nested_idmap_namespace_is_refused() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, _, u) = start();
     let a = b"nest".as_slice();
     let fx = one_file_fixture(u, "nested", "n", a);
     let p = spawn_as(
@@ -1262,9 +1214,7 @@ fn nested_idmap_namespace_is_refused() {
 /// that names what is missing, mount nothing, hold no loop device and leave no record.
 #[test]
 fn exhaustion_and_missing_kernel_features_fail_closed() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, _, u) = start();
     let a = b"fault injection\n".as_slice();
     let fx = one_file_fixture(u, "faults", "f", a);
     let uidmap = format!("0:{}:1", u.uid);
@@ -1347,9 +1297,7 @@ fn exhaustion_and_missing_kernel_features_fail_closed() {
 /// counting, with their record pruned, once the receiver drops them.
 #[test]
 fn fd_out_mounts_count_against_limits_until_dropped() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     umount_all_under(&e.root);
     let (guard, _) = user_limits_policy(u, serde_json::json!({ "max_mounts": 1 }));
     let a = b"held by a receiver\n".as_slice();
@@ -1388,9 +1336,7 @@ fn fd_out_mounts_count_against_limits_until_dropped() {
 /// against the caller's limits until the last file in it is closed; then its record is pruned.
 #[test]
 fn unmounted_but_busy_mounts_count_until_released() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     umount_all_under(&e.root);
     let (guard, _) = user_limits_policy(u, serde_json::json!({ "max_loop_devices": 1 }));
     let a = b"kept open across umount\n".as_slice();

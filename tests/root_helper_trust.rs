@@ -17,7 +17,7 @@ use std::process::{Command, Output, Stdio};
 
 #[path = "support/root.rs"]
 mod root;
-use root::{loop_devices, mount_line, serial, sh, stderr, umount_all_under, Proc, TestUser as User};
+use root::{loop_devices, mount_line, sh, stderr, umount_all_under, Proc, TestUser as User};
 #[path = "support/helper.rs"]
 mod helper;
 use helper::*;
@@ -107,9 +107,7 @@ fn target_dir(u: &User, path: &Path) -> PathBuf {
 /// by root.
 #[test]
 fn writable_overlays_are_refused_and_the_runtime_pattern_is_safe() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let id_bin = std::fs::read("/usr/bin/id").unwrap();
     let mine = b"the caller's own file\n".as_slice();
     let body = format!(
@@ -186,8 +184,7 @@ fn walk(d: &Path) -> Vec<PathBuf> {
 /// the mount. The caller's own objects stay readable.
 #[test]
 fn data_is_read_with_the_callers_rights() {
-    let _g = serial();
-    let u = &env().user;
+    let (_g, _, u) = start();
     let mine = b"an object of the caller\n".as_slice();
     let secret = b"root's secret, not the caller's\n".as_slice();
     let body = format!(
@@ -274,9 +271,7 @@ print(json.dumps({"status": status, "stopped": stopped, "output": out.decode(err
 /// or stopped, and ends either mounted (with its record) or with nothing left behind.
 #[test]
 fn terminal_signals_cannot_interrupt_the_helper() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let driver = e.root.join("tty-driver.py");
     std::fs::write(&driver, PTY_DRIVER).unwrap();
     let fx = toc_fixture(u, "pty", 400);
@@ -351,9 +346,7 @@ fn toc_fixture(u: &User, name: &str, n: usize) -> TocFixture {
 /// on and ends either mounted with its record or with nothing left behind.
 #[test]
 fn kill_of_the_caller_leaves_a_consistent_state() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let fx = toc_fixture(u, "kill", 400);
     for delay in [1u64, 5, 20, 60] {
         let before = system_state();
@@ -396,9 +389,7 @@ fn kill_of_the_caller_leaves_a_consistent_state() {
 /// refused before any device is attached.
 #[test]
 fn every_layer_counts_against_the_loop_limit() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     umount_all_under(&e.root);
     let (guard, _) = user_limits_policy(u, serde_json::json!({ "max_loop_devices": 2 }));
     let a = b"layered".as_slice();
@@ -419,9 +410,8 @@ fn every_layer_counts_against_the_loop_limit() {
 /// caller can unmount it at its new path.
 #[test]
 fn a_renamed_target_still_counts_and_can_be_unmounted() {
-    let _g = serial();
-    let e = env();
-    let (u, o2) = (&e.user, &e.other);
+    let (_g, e, u) = start();
+    let o2 = &e.other;
     umount_all_under(&e.root);
     let (guard, mut v) = user_limits_policy(u, serde_json::json!({ "max_mounts": 1 }));
     v["user_limits"][o2.name.clone()] = serde_json::json!({ "max_mounts": 1 });
@@ -462,9 +452,7 @@ fn a_renamed_target_still_counts_and_can_be_unmounted() {
 /// four parallel mounts succeeds, every time.
 #[test]
 fn parallel_mounts_respect_max_mounts() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     umount_all_under(&e.root);
     let (guard, _) = user_limits_policy(u, serde_json::json!({ "max_mounts": 1 }));
     let a = b"parallel".as_slice();
@@ -497,9 +485,7 @@ fn spawn_helper(u: &User, a: &[String]) -> Proc {
 /// wherever the state directory lives.
 #[test]
 fn fd_out_builds_count_while_held() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     umount_all_under(&e.root);
     let (guard, _) = user_limits_policy(u, serde_json::json!({ "max_mounts": 1 }));
     let fx = toc_fixture(u, "fdout-toc", 3);
@@ -534,9 +520,8 @@ fn fd_out_builds_count_while_held() {
 /// default per-user loop limit stays below the loop devices of a small (`max_loop=8`) machine.
 #[test]
 fn machine_wide_limits() {
-    let _g = serial();
-    let e = env();
-    let (u, o2) = (&e.user, &e.other);
+    let (_g, e, u) = start();
+    let o2 = &e.other;
     umount_all_under(&e.root);
     let per_user = default_policy()["limits"]["max_loop_devices"].as_u64().unwrap();
     assert!(per_user < 8, "default per-user loop limit {per_user} is all of a max_loop=8 machine");
@@ -567,8 +552,7 @@ fn machine_wide_limits() {
 /// `features.build_from_toc: false` refuses on-the-fly builds (and only them).
 #[test]
 fn build_from_toc_switch_is_enforced() {
-    let _g = serial();
-    let u = &env().user;
+    let (_g, _, u) = start();
     let guard = PolicyGuard::new();
     let mut v = default_policy();
     v["features"]["build_from_toc"] = false.into();
@@ -630,9 +614,7 @@ print(json.dumps(out))
 /// `SCM_CREDENTIALS` on a stream or a datagram socket) sees the caller, not root.
 #[test]
 fn fd_out_receivers_see_the_callers_credentials() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     let a = b"credentials".as_slice();
     let fx = one_file_fixture(u, "creds", "c", a);
     let script = e.root.join("creds.py");
@@ -665,9 +647,7 @@ fn fd_out_receivers_see_the_callers_credentials() {
 /// cfsmount did not mount is the usual refusal, not an error about the state directory.
 #[test]
 fn umount_on_a_fresh_machine_is_the_refusal() {
-    let _g = serial();
-    let e = env();
-    let u = &e.user;
+    let (_g, e, u) = start();
     umount_all_under(&e.root);
     let aside = PathBuf::from("/run/cfsmount.aside-for-test");
     let _ = std::fs::remove_dir_all(&aside);
@@ -723,8 +703,7 @@ fn mount_and_umount(u: &User, fx: &Fixture, ctx: &str) {
 /// leaves no verdict and is refused again.
 #[test]
 fn remembered_verdicts_cover_the_bytes_and_the_caller() {
-    let _g = serial();
-    let e = env();
+    let (_g, e, _) = start();
     let (u, other) = (&e.user, &e.other);
     let before = system_state();
     let fx = one_file_fixture(u, "verdict", "v", b"verdict");

@@ -81,14 +81,22 @@ fn count_files(d: &Path) -> usize {
     out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count()
 }
 
-#[test]
-fn real_layers_image_mounts_as_umoci_unpacks_it() {
+/// Every test's start: root is checked; a scratch directory under /var/tmp with its store, state
+/// directory and mount point (the last two made).
+fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     assert!(rustix::process::geteuid().is_root(), "root_oci needs root (it mounts); run the root tier as root");
     let scratch = tempfile::Builder::new().prefix("oci-root-").tempdir_in("/var/tmp").unwrap();
     let s = scratch.path();
     let (store, state, mnt) = (s.join("store"), s.join("state"), s.join("mnt"));
     std::fs::create_dir_all(&state).unwrap();
     std::fs::create_dir_all(&mnt).unwrap();
+    (scratch, store, state, mnt)
+}
+
+#[test]
+fn real_layers_image_mounts_as_umoci_unpacks_it() {
+    let (scratch, store, state, mnt) = scratch();
+    let s = scratch.path();
 
     let repo = Repo::open(&store, Lock::Shared).unwrap();
     objects_from_tars(s, &repo.objects_dir());
@@ -177,12 +185,8 @@ fn mount_and_list(reference: &str, store: &Path, state: &Path, mnt: &Path) -> Ve
 
 #[test]
 fn real_layouts_import_and_mount_as_umoci_unpacks_them() {
-    assert!(rustix::process::geteuid().is_root(), "root_oci needs root (it mounts); run the root tier as root");
-    let scratch = tempfile::Builder::new().prefix("oci-root-").tempdir_in("/var/tmp").unwrap();
+    let (scratch, store, state, mnt) = scratch();
     let s = scratch.path();
-    let (store, state, mnt) = (s.join("store"), s.join("state"), s.join("mnt"));
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
     let want = std::fs::read(real().join("expected/image.tree.txt")).unwrap();
     for w in ["umoci-0.4.7-gzip", "skopeo-1.9.3-zstd-chunked", "skopeo-1.22.2-zstd-chunked"] {
         let r = format!("oci:{}:v1", real().join("writers").join(w).join("oci").display());
@@ -216,12 +220,8 @@ fn make_tree(root: &Path, entries: &[(&str, &str)]) {
 /// Images made here with real tools (GNU tar layers, umoci), compared with `umoci unpack`.
 #[test]
 fn images_made_with_umoci_mount_as_umoci_unpacks_them() {
-    assert!(rustix::process::geteuid().is_root(), "root_oci needs root (it mounts); run the root tier as root");
-    let scratch = tempfile::Builder::new().prefix("oci-root-").tempdir_in("/var/tmp").unwrap();
+    let (scratch, store, state, mnt) = scratch();
     let s = scratch.path();
-    let (store, state, mnt) = (s.join("store"), s.join("state"), s.join("mnt"));
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
     let layers: [&[(&str, &str)]; 3] = [
         &[
             ("etc/motd", "hello\n"),

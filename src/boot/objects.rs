@@ -15,7 +15,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{OFlags, ResolveFlags};
 
 /// Largest image parsed for the check (the reader's own limit is larger; a root image with
 /// millions of files is a few hundred MB).
@@ -81,11 +81,10 @@ pub fn verify(image: &File, objects: BorrowedFd<'_>) -> Result<Checked, ObjectEr
 fn check_one(objects: BorrowedFd<'_>, payload: &[u8], want: &[u8; 32]) -> Result<(), Option<String>> {
     use std::os::unix::ffi::OsStrExt;
     let rel = std::ffi::OsStr::from_bytes(payload);
-    let fd = rustix::fs::openat2(
+    let fd = crate::below::open_below(
         objects,
         rel,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::NOFOLLOW,
-        Mode::empty(),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW,
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
     )
     .map_err(|e| if e == rustix::io::Errno::NOENT { None } else { Some(format!("open: {e}")) })?;

@@ -26,6 +26,7 @@ use rustix::mount::{MoveMountFlags, OpenTreeFlags, UnmountFlags};
 use super::cmdline::{self, Algorithm, RootArg};
 use super::config::{Config, DirMode};
 use super::objects::{self, Checked};
+use crate::below::open_below;
 use crate::mount::kernel::Real;
 use crate::mount::records::mount_id;
 use crate::mount::{Settings, Verity};
@@ -88,13 +89,6 @@ fn sys_err(path: &Path, reason: impl std::fmt::Display) -> SetupError {
     SetupError::Sysroot { path: path.to_path_buf(), reason: reason.to_string() }
 }
 
-/// Opens `rel` under `dir` with `openat2`; `resolve` says how symlinks may be followed.
-fn open_in(dir: BorrowedFd<'_>, rel: &str, flags: OFlags, resolve: ResolveFlags) -> Result<OwnedFd, Errno> {
-    // openat2 refuses (EINVAL) flags that O_PATH would ignore.
-    let extra = if flags.contains(OFlags::PATH) { OFlags::CLOEXEC } else { OFlags::CLOEXEC | OFlags::NOCTTY };
-    rustix::fs::openat2(dir, rel, flags | extra, Mode::empty(), resolve)
-}
-
 fn dir_flags() -> OFlags {
     OFlags::PATH | OFlags::DIRECTORY
 }
@@ -125,7 +119,7 @@ fn choose_image(repo: BorrowedFd<'_>, repo_path: &Path, args: &[RootArg]) -> Res
         let path = repo_path.join(&rel);
         // Symlinks may point elsewhere inside the repository (composefs-rs links images/HEX to
         // ../objects/XX/...), never out of it.
-        let fd = match open_in(
+        let fd = match open_below(
             repo,
             &rel,
             OFlags::RDONLY | OFlags::NONBLOCK,
@@ -204,7 +198,7 @@ fn ensure_dir(root: BorrowedFd<'_>, rel: &str, mode: u32) -> Result<OwnedFd, Err
         let parent = if prefix.is_empty() {
             rustix::io::fcntl_dupfd_cloexec(root, 3)?
         } else {
-            open_in(root, &prefix, dir_flags(), in_root())?
+            open_below(root, &prefix, dir_flags(), in_root())?
         };
         match rustix::fs::mkdirat(&parent, comp, Mode::from_raw_mode(mode)) {
             Ok(()) | Err(Errno::EXIST) => {}
@@ -215,7 +209,7 @@ fn ensure_dir(root: BorrowedFd<'_>, rel: &str, mode: u32) -> Result<OwnedFd, Err
         }
         prefix.push_str(comp);
     }
-    open_in(root, &prefix, dir_flags(), in_root())
+    open_below(root, &prefix, dir_flags(), in_root())
 }
 
 /// The deployment's state directories on the physical root, opened (created when missing).
@@ -305,8 +299,9 @@ impl Transient {
                 .map_err(|err| format!("tmpfs {name}: {err}"))?;
         }
         let upper =
-            open_in(root.as_fd(), "upper", dir_flags(), ResolveFlags::BENEATH).map_err(|err| format!("{err}"))?;
-        let work = open_in(root.as_fd(), "work", dir_flags(), ResolveFlags::BENEATH).map_err(|err| format!("{err}"))?;
+            open_below(root.as_fd(), "upper", dir_flags(), ResolveFlags::BENEATH).map_err(|err| format!("{err}"))?;
+        let work =
+            open_below(root.as_fd(), "work", dir_flags(), ResolveFlags::BENEATH).map_err(|err| format!("{err}"))?;
         Ok(Transient { upper, work, attached: guard })
     }
 }
@@ -350,11 +345,11 @@ pub fn setup_root(req: &SetupRequest) -> Result<Outcome, SetupError> {
         return Err(sys_err(sp, "nothing is mounted here (the physical root must be mounted first)"));
     }
     let repo_path = sp.join("composefs");
-    let repo = open_in(sysroot.as_fd(), "composefs", dir_flags(), in_root())
+    let repo = open_below(sysroot.as_fd(), "composefs", dir_flags(), in_root())
         .map_err(|e| sys_err(&repo_path, format!("no composefs repository: {e}")))?;
     let chosen = choose_image(repo.as_fd(), &repo_path, &args)?;
     let objects_path = repo_path.join("objects");
-    let objects = open_in(
+    let objects = open_below(
         repo.as_fd(),
         "objects",
         OFlags::RDONLY | OFlags::DIRECTORY,
@@ -467,20 +462,23 @@ fn assemble(
         move |reason: String| SetupError::Assemble { what: what.clone(), reason }
     };
     let nr = root.fd.as_fd();
-    let kept =
-        match open_in(nr, "sysroot", dir_flags() | OFlags::NOFOLLOW, ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS)
-        {
-            Ok(d) => {
-                attach(physical.as_fd(), d.as_fd())
-                    .map_err(|e| fail("/sysroot/sysroot")(format!("attaching the physical root: {e}")))?;
-                true
-            }
-            Err(Errno::NOENT) => false,
-            Err(e) => return Err(fail("/sysroot/sysroot")(e.to_string())),
-        };
+    let kept = match open_below(
+        nr,
+        "sysroot",
+        dir_flags() | OFlags::NOFOLLOW,
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    ) {
+        Ok(d) => {
+            attach(physical.as_fd(), d.as_fd())
+                .map_err(|e| fail("/sysroot/sysroot")(format!("attaching the physical root: {e}")))?;
+            true
+        }
+        Err(Errno::NOENT) => false,
+        Err(e) => return Err(fail("/sysroot/sysroot")(e.to_string())),
+    };
     for (name, mode) in [("etc", cfg.etc), ("var", cfg.var)] {
         let what = format!("/{name}");
-        let target = match open_in(
+        let target = match open_below(
             nr,
             name,
             dir_flags() | OFlags::NOFOLLOW,

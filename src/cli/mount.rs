@@ -153,6 +153,33 @@ pub(crate) fn print_outcome(o: &MountOutcome) {
     ));
 }
 
+/// `--idmap FILE` or `--uidmap`/`--gidmap` maps → the engine's idmap (also `cfsmount oci mount`).
+pub(crate) fn idmap_spec(
+    idmap: Option<&PathBuf>,
+    uidmap: &[String],
+    gidmap: &[String],
+) -> anyhow::Result<Option<IdmapSpec>> {
+    Ok(if let Some(p) = idmap {
+        Some(IdmapSpec::Path(p.clone()))
+    } else if !uidmap.is_empty() {
+        Some(IdmapSpec::Maps {
+            uid: uidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
+            gid: gidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
+        })
+    } else {
+        None
+    })
+}
+
+/// `TARGET` or `--fd-out SOCKET` (exactly one) → where the mount goes (also `cfsmount oci mount`).
+pub(crate) fn dest(target: Option<&PathBuf>, fd_out: Option<&str>) -> anyhow::Result<Dest> {
+    Ok(match (target, fd_out) {
+        (Some(t), None) => Dest::Target(t.clone()),
+        (None, Some(s)) => parse_dest_fd_out(s)?,
+        _ => bail!("give either TARGET or --fd-out SOCKET"),
+    })
+}
+
 fn request(a: &Args) -> anyhow::Result<MountRequest> {
     let mut sources = vec![a.source.clone()];
     sources.extend(a.layer.iter().cloned());
@@ -164,21 +191,8 @@ fn request(a: &Args) -> anyhow::Result<MountRequest> {
     } else {
         Verity::Off
     };
-    let idmap = if let Some(p) = &a.idmap {
-        Some(IdmapSpec::Path(p.clone()))
-    } else if !a.uidmap.is_empty() {
-        Some(IdmapSpec::Maps {
-            uid: a.uidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
-            gid: a.gidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
-        })
-    } else {
-        None
-    };
-    let dest = match (&a.target, &a.fd_out) {
-        (Some(t), None) => Dest::Target(t.clone()),
-        (None, Some(s)) => parse_dest_fd_out(s)?,
-        _ => bail!("give either TARGET or --fd-out SOCKET"),
-    };
+    let idmap = idmap_spec(a.idmap.as_ref(), &a.uidmap, &a.gidmap)?;
+    let dest = dest(a.target.as_ref(), a.fd_out.as_deref())?;
     let kind = match (a.toc, a.estargz, a.dump) {
         (true, _, _) => SourceKind::Toc,
         (_, true, _) => SourceKind::Estargz,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 
-use crate::mount::{Dest, IdmapSpec, MountRequest, Verity};
+use crate::mount::{MountRequest, Verity};
 use crate::oci::import::{import, Imported};
 use crate::oci::layout::{Platform, Reference};
 use crate::oci::reader::BlobReader;
@@ -301,21 +301,8 @@ fn shown_dest(a: &MountArgs) -> String {
 
 /// The engine request for image `image` over `objects`, with the flags of `a`.
 fn request(a: &MountArgs, image: PathBuf, objects: PathBuf, digests: Vec<[u8; 32]>) -> anyhow::Result<MountRequest> {
-    let idmap = if let Some(p) = &a.idmap {
-        Some(IdmapSpec::Path(p.clone()))
-    } else if !a.uidmap.is_empty() {
-        Some(IdmapSpec::Maps {
-            uid: a.uidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
-            gid: a.gidmap.iter().map(|s| s.parse()).collect::<Result<_, _>>()?,
-        })
-    } else {
-        None
-    };
-    let dest = match (&a.target, &a.fd_out) {
-        (Some(t), None) => Dest::Target(t.clone()),
-        (None, Some(s)) => super::mount::parse_dest_fd_out(s)?,
-        _ => bail!("give either TARGET or --fd-out SOCKET"),
-    };
+    let idmap = super::mount::idmap_spec(a.idmap.as_ref(), &a.uidmap, &a.gidmap)?;
+    let dest = super::mount::dest(a.target.as_ref(), a.fd_out.as_deref())?;
     Ok(MountRequest {
         sources: vec![image],
         kind: crate::mount::SourceKind::Image,

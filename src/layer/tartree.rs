@@ -16,16 +16,13 @@
 //! - In eStargz mode, the bookkeeping members `.prefetch.landmark`, `.no.prefetch.landmark` and
 //!   `stargz.index.json` at the root are not part of the tree.
 
-use crate::erofs::format::{OVL_OPAQUE as OVERLAY_OPAQUE_XATTR, XATTR_BUDGET as EXTERNAL_XATTR_BUDGET};
+use crate::erofs::format::XATTR_BUDGET as EXTERNAL_XATTR_BUDGET;
+use crate::input::toc::whiteout::{self, Name};
 use crate::layer::tar::{Kind, TarEntry};
 use crate::tree::{
     self, split_path, Entry, Inode, Limits, NodeId, Tree, TreeError, Xattr, PATH_MAX, S_IFBLK, S_IFCHR, S_IFDIR,
     S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, XATTR_NAME_MAX, XATTR_SIZE_MAX,
 };
-
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
-const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
 
 /// What became of a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,19 +35,15 @@ pub(crate) enum Placed {
     Skipped,
 }
 
-struct Pending {
-    index: usize,
-    name: Vec<u8>,
-    path: Vec<u8>,
-    inode: Inode,
-}
+/// Whom a whiteout marker's error names: (member index, member name).
+type At = (usize, Vec<u8>);
 
 pub(crate) struct TarTree {
     pub tree: Tree,
     keep_whiteouts: bool,
     estargz: bool,
-    whiteouts: Vec<Pending>,
-    opaques: Vec<Pending>,
+    whiteouts: Vec<whiteout::Whiteout<At>>,
+    opaques: Vec<whiteout::Opaque<At>>,
     root_seen: bool,
 }
 
@@ -133,31 +126,23 @@ impl TarTree {
 
         if !self.keep_whiteouts {
             if let Some(p) = path {
-                let (dir, base) = match p.iter().rposition(|&b| b == b'/') {
-                    Some(i) => (&p[..i], &p[i + 1..]),
-                    None => (&b""[..], p),
-                };
-                if base == WHITEOUT_OPAQUE {
-                    self.opaques.push(Pending { index: e.index, name: e.name.clone(), path: dir.to_vec(), inode });
-                    return Ok(Placed::Done);
-                }
-                if base.starts_with(WHITEOUT_META_PREFIX) {
-                    return Ok(Placed::Done);
-                }
-                if let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX) {
-                    let mut hp = dir.to_vec();
-                    if !hp.is_empty() {
-                        hp.push(b'/');
+                match whiteout::classify(p) {
+                    Name::Plain => {}
+                    Name::Meta => return Ok(Placed::Done),
+                    Name::Opaque(dir) => {
+                        self.opaques.push(whiteout::Opaque { at: (e.index, e.name.clone()), dir: dir.to_vec() });
+                        return Ok(Placed::Done);
                     }
-                    hp.extend_from_slice(hidden);
-                    split_path(&hp).map_err(|e| format!("whiteout names an invalid path: {}", reason(&e)))?;
-                    if self.whiteouts.len() >= self.tree.limits.max_entries {
-                        return Err(format!("too many entries (limit {})", self.tree.limits.max_entries));
+                    Name::Hides(hp) => {
+                        split_path(&hp).map_err(|e| format!("whiteout names an invalid path: {}", reason(&e)))?;
+                        if self.whiteouts.len() >= self.tree.limits.max_entries {
+                            return Err(format!("too many entries (limit {})", self.tree.limits.max_entries));
+                        }
+                        let (mtime, mtime_nsec) = (e.mtime, e.mtime_nsec);
+                        let inode = Inode { mode: S_IFCHR, uid, gid, rdev: 0, size: 0, mtime, mtime_nsec };
+                        self.whiteouts.push(whiteout::Whiteout { at: (e.index, e.name.clone()), path: hp, inode });
+                        return Ok(Placed::Done);
                     }
-                    let inode =
-                        Inode { mode: S_IFCHR, uid, gid, rdev: 0, size: 0, mtime: e.mtime, mtime_nsec: e.mtime_nsec };
-                    self.whiteouts.push(Pending { index: e.index, name: e.name.clone(), path: hp, inode });
-                    return Ok(Placed::Done);
                 }
             }
         }
@@ -228,52 +213,17 @@ impl TarTree {
 
     /// Apply whiteouts, refresh hard-link copies and sort: the tree is ready to write.
     pub(crate) fn finish(mut self) -> Result<Tree, String> {
-        for o in std::mem::take(&mut self.opaques) {
-            let err = |r: String| format!("member {} ({}): opaque marker: {r}", o.index, tree::show(&o.name));
-            let id = match self.tree.lookup(&o.path) {
-                Some(id) => id,
-                None => {
-                    let e = Entry { inode: self.tree.implicit_dir, ..Entry::default() };
-                    self.tree.insert(&o.path, e).map_err(|e| err(reason(&e)))?
+        let (opaques, whiteouts) = (std::mem::take(&mut self.opaques), std::mem::take(&mut self.whiteouts));
+        whiteout::apply(&mut self.tree, opaques, whiteouts).map_err(|f| {
+            let ((index, name), what, r) = match f {
+                whiteout::Failed::OpaqueInsert(at, e) => (at, "opaque marker", reason(&e)),
+                whiteout::Failed::OpaqueNotDir(at) => {
+                    (at, "opaque marker", "inside a path that is not a directory".to_string())
                 }
+                whiteout::Failed::Whiteout(at, e) => (at, "whiteout", reason(&e)),
             };
-            let n = self.tree.node_mut(id);
-            if !n.entry.inode.is_dir() || n.link_to.is_some() {
-                return Err(err("inside a path that is not a directory".into()));
-            }
-            match n.entry.xattrs.iter_mut().find(|x| x.key == OVERLAY_OPAQUE_XATTR) {
-                Some(x) => x.value = b"y".to_vec(),
-                None => n.entry.xattrs.push(Xattr { key: OVERLAY_OPAQUE_XATTR.to_vec(), value: b"y".to_vec() }),
-            }
-        }
-        for w in std::mem::take(&mut self.whiteouts) {
-            if self.tree.lookup(&w.path).is_some() {
-                continue;
-            }
-            let mut cur = tree::ROOT;
-            let comps: Vec<&[u8]> = w.path.split(|&b| b == b'/').collect();
-            let mut blocked = false;
-            for c in &comps[..comps.len() - 1] {
-                match self.tree.child(cur, c) {
-                    Some(id) => {
-                        let n = self.tree.node(id);
-                        if !n.entry.inode.is_dir() || n.link_to.is_some() {
-                            blocked = true;
-                            break;
-                        }
-                        cur = id;
-                    }
-                    None => break,
-                }
-            }
-            if blocked {
-                continue;
-            }
-            let e = Entry { inode: w.inode, ..Entry::default() };
-            self.tree
-                .insert(&w.path, e)
-                .map_err(|e| format!("member {} ({}): whiteout: {}", w.index, tree::show(&w.name), reason(&e)))?;
-        }
+            format!("member {index} ({}): {what}: {r}", tree::show(&name))
+        })?;
         for i in 0..self.tree.nodes.len() {
             if let Some(t) = self.tree.nodes[i].link_to {
                 self.tree.nodes[i].entry = self.tree.nodes[t as usize].entry.clone();
@@ -331,7 +281,7 @@ mod tests {
         let g = tree.node(tree.lookup(b"a/g").unwrap());
         assert_eq!(g.entry.payload.as_deref().map(|p| &p[..3]), Some(&b"ab/"[..]));
         let b = tree.node(tree.lookup(b"b").unwrap());
-        assert_eq!(b.entry.xattrs[0].key, OVERLAY_OPAQUE_XATTR);
+        assert_eq!(b.entry.xattrs[0].key, crate::erofs::format::OVL_OPAQUE);
         assert_eq!(tree.node(tree.lookup(b"b/gone").unwrap()).entry.inode.mode, S_IFCHR);
     }
 

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, Os};
@@ -255,10 +255,9 @@ impl Layout {
 
     /// Open `rel` below the layout without ever leaving it.
     fn open_beneath(&self, what: &str, rel: &str) -> Result<File, LayoutError> {
-        use rustix::fs::{Mode, OFlags, ResolveFlags};
-        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        use rustix::fs::{OFlags, ResolveFlags};
         let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-        match rustix::fs::openat2(&self.dir, rel, flags, Mode::empty(), resolve) {
+        match crate::below::open_below(self.dir.as_fd(), rel, OFlags::RDONLY | OFlags::NONBLOCK, resolve) {
             Ok(fd) => Ok(File::from(fd)),
             Err(rustix::io::Errno::XDEV) => Err(LayoutError::Escapes { what: what.into(), path: rel.into() }),
             Err(e) => Err(LayoutError::Io { path: self.path.join(rel), step: "opening", source: e.into() }),

@@ -157,6 +157,42 @@ fn thread_count() -> Option<u32> {
     s.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
 }
 
+/// Where [`fork_with_socket`] returned.
+enum Forked {
+    /// In the parent: the child's pid and our end of the socket pair.
+    Parent { pid: libc::pid_t, sock: OwnedFd },
+    /// In the child: its end of the socket pair and the parent's pid. The child must end with
+    /// `libc::_exit` (never return to the caller's caller, never run the parent's destructors).
+    Child { sock: OwnedFd, parent: rustix::process::Pid },
+}
+
+/// `socketpair(2)` (SEQPACKET, close-on-exec), then `fork(2)` of this single-threaded process
+/// (checked; `what` names the child in the refusal); each side keeps its own end of the pair.
+/// rustix has no fork (a forked child of a multi-threaded process may run only
+/// async-signal-safe code); it is sound here because the process has one thread, so the child
+/// is a complete copy that may run ordinary Rust code.
+fn fork_with_socket(what: &str) -> Result<Forked, String> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    if thread_count() != Some(1) {
+        return Err(format!("cannot fork {what} while other threads run"));
+    }
+    let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+        .map_err(|e| format!("socketpair: {e}"))?;
+    let parent = rustix::process::getpid();
+    // SAFETY: the process is single-threaded (checked above), so the child is a complete copy
+    // that may run ordinary Rust code; every caller ends the child with `_exit` (see `Forked`).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(ours);
+        return Ok(Forked::Child { sock: theirs, parent });
+    }
+    drop(theirs);
+    Ok(Forked::Parent { pid, sock: ours })
+}
+
 /// Runs `prepare`, then `unshare(CLONE_NEWNS)` (`unshare(2)`), then makes every mount of the new
 /// namespace private (`mount(2)` with MS_REC|MS_PRIVATE on `/`, so nothing made there
 /// propagates back), then `build`, in a forked child (`fork(2)`); the fd `build` returns is
@@ -170,45 +206,33 @@ pub(crate) fn in_private_mount_ns<T>(
     prepare: impl FnOnce() -> Result<T, String>,
     build: impl FnOnce(T) -> Result<(OwnedFd, u8), String>,
 ) -> Result<(OwnedFd, u8), String> {
-    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-    if thread_count() != Some(1) {
-        return Err("cannot fork the private-namespace child while other threads run".into());
-    }
-    let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
-        .map_err(|e| format!("socketpair: {e}"))?;
-    let parent = rustix::process::getpid();
-    // SAFETY: the process is single-threaded (checked above), so the child is a complete copy
-    // that may run ordinary Rust code; it never returns from this block (it `_exit`s).
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(format!("fork: {}", std::io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        drop(ours);
-        let run = || -> Result<(OwnedFd, u8), String> {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
-            if rustix::process::getppid() != Some(parent) {
-                return Err("the parent is gone".into());
-            }
-            let prepared = prepare()?;
-            // SAFETY: CLONE_NEWNS only; this process has one thread.
-            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
-                .map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
-            let private = rustix::mount::MountPropagationFlags::REC | rustix::mount::MountPropagationFlags::PRIVATE;
-            rustix::mount::mount_change("/", private).map_err(|e| format!("making the namespace private: {e}"))?;
-            build(prepared)
-        };
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
-            .unwrap_or_else(|_| Err("the private-namespace child panicked".into()));
-        let _ = match result {
-            Ok((fd, flags)) => send_with_fd(theirs.as_fd(), &[b'F', flags], Some(fd.as_fd())),
-            Err(text) => send_with_fd(theirs.as_fd(), &[b"E".as_slice(), text.as_bytes()].concat(), None),
-        };
-        // SAFETY: ends the child without running the parent's destructors or atexit handlers.
-        unsafe { libc::_exit(0) }
-    }
-    drop(theirs);
+    let (pid, ours) = match fork_with_socket("the private-namespace child")? {
+        Forked::Parent { pid, sock } => (pid, sock),
+        Forked::Child { sock: theirs, parent } => {
+            let run = || -> Result<(OwnedFd, u8), String> {
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                    .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+                if rustix::process::getppid() != Some(parent) {
+                    return Err("the parent is gone".into());
+                }
+                let prepared = prepare()?;
+                // SAFETY: CLONE_NEWNS only; this process has one thread.
+                unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+                    .map_err(|e| format!("unshare(CLONE_NEWNS): {e}"))?;
+                let private = rustix::mount::MountPropagationFlags::REC | rustix::mount::MountPropagationFlags::PRIVATE;
+                rustix::mount::mount_change("/", private).map_err(|e| format!("making the namespace private: {e}"))?;
+                build(prepared)
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+                .unwrap_or_else(|_| Err("the private-namespace child panicked".into()));
+            let _ = match result {
+                Ok((fd, flags)) => send_with_fd(theirs.as_fd(), &[b'F', flags], Some(fd.as_fd())),
+                Err(text) => send_with_fd(theirs.as_fd(), &[b"E".as_slice(), text.as_bytes()].concat(), None),
+            };
+            // SAFETY: ends the child without running the parent's destructors or atexit handlers.
+            unsafe { libc::_exit(0) }
+        }
+    };
     let got = recv_with_fd(ours.as_fd());
     let status = reap_child(pid);
     match got {
@@ -350,30 +374,19 @@ impl Courier {
     /// `connect(2)` as the caller); returns once it is connected. Needs CAP_SETUID/CAP_SETGID and
     /// a single-threaded process (checked).
     pub(crate) fn spawn(uid: u32, gid: u32, target: CourierTarget<'_>) -> Result<Courier, String> {
-        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-        if thread_count() != Some(1) {
-            return Err("cannot fork the --fd-out courier while other threads run".into());
-        }
-        let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
-            .map_err(|e| format!("socketpair: {e}"))?;
-        let parent = rustix::process::getpid();
-        // SAFETY: single-threaded (checked), so the child may run ordinary code; it `_exit`s.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(format!("fork: {}", std::io::Error::last_os_error()));
-        }
-        if pid == 0 {
-            drop(ours);
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                courier_main(theirs.as_fd(), parent, uid, gid, target)
-            }));
-            if let Ok(Err(text)) = r {
-                let _ = send_with_fd(theirs.as_fd(), &[b"E".as_slice(), text.as_bytes()].concat(), None);
+        let (pid, ours) = match fork_with_socket("the --fd-out courier")? {
+            Forked::Parent { pid, sock } => (pid, sock),
+            Forked::Child { sock: theirs, parent } => {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    courier_main(theirs.as_fd(), parent, uid, gid, target)
+                }));
+                if let Ok(Err(text)) = r {
+                    let _ = send_with_fd(theirs.as_fd(), &[b"E".as_slice(), text.as_bytes()].concat(), None);
+                }
+                // SAFETY: ends the child without running the parent's destructors.
+                unsafe { libc::_exit(0) }
             }
-            // SAFETY: ends the child without running the parent's destructors.
-            unsafe { libc::_exit(0) }
-        }
-        drop(theirs);
+        };
         // The courier is the caller's process from early on: never wait on it without bound.
         rustix::net::sockopt::set_socket_timeout(
             &ours,

@@ -65,6 +65,14 @@ pub fn env() -> &'static Env {
     })
 }
 
+/// Every test's start: the suite's serial lock (taken first; held while the guard lives), the
+/// shared environment (made on first use) and its first test user.
+pub fn start() -> (std::sync::MutexGuard<'static, ()>, &'static Env, &'static User) {
+    let guard = root::serial();
+    let e = env();
+    (guard, e, &e.user)
+}
+
 /// `exe args` run as `u` ([`root::run_as`]); `tweak` may add env, rlimits, fd closing.
 pub fn run_as_with(u: &User, exe: &Path, args: &[OsString], tweak: impl FnOnce(&mut Command)) -> Output {
     root::run_as(u, exe, args, tweak)

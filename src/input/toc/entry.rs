@@ -7,8 +7,8 @@ use std::borrow::Cow;
 
 use super::json::Raw;
 use super::{
-    decode_base64, encode_dev, file_type_of, normalize, parse_digest, parse_time, tree_reason, trunc, Flavor,
-    PendingOpaque, PendingWhiteout, State, TocError, WHITEOUT_META_PREFIX, WHITEOUT_OPAQUE, WHITEOUT_PREFIX,
+    decode_base64, encode_dev, file_type_of, normalize, parse_digest, parse_time, tree_reason, trunc, whiteout, Flavor,
+    PendingOpaque, PendingWhiteout, State, TocError,
 };
 use crate::erofs::format::{INLINE_CONTENT_MAX, XATTR_BUDGET};
 use crate::tree::{
@@ -184,33 +184,22 @@ impl State {
         err: Err<'_>,
     ) -> Result<bool, TocError> {
         let index = self.index;
-        let (dir, base) = match p.iter().rposition(|&b| b == b'/') {
-            Some(i) => (&p[..i], &p[i + 1..]),
-            None => (&b""[..], p),
+        let hp = match whiteout::classify(p) {
+            whiteout::Name::Plain => return Ok(false),
+            whiteout::Name::Meta => return Ok(true),
+            whiteout::Name::Opaque(dir) => {
+                self.opaques.push(PendingOpaque { at: (index, shown()), dir: dir.to_vec() });
+                return Ok(true);
+            }
+            whiteout::Name::Hides(hp) => hp,
         };
-        if base == WHITEOUT_OPAQUE {
-            self.opaques.push(PendingOpaque { index, name: shown(), dir: dir.to_vec() });
-            return Ok(true);
-        }
-        if base.starts_with(WHITEOUT_META_PREFIX) {
-            return Ok(true);
-        }
-        let Some(hidden) = base.strip_prefix(WHITEOUT_PREFIX) else {
-            return Ok(false);
-        };
-        let mut hp = dir.to_vec();
-        if !hp.is_empty() {
-            hp.push(b'/');
-        }
-        hp.extend_from_slice(hidden);
         check_path(&hp).map_err(|e| err("name", format!("whiteout names an invalid path: {}", tree_reason(&e))))?;
         if self.whiteouts.len() >= self.tree.limits.max_entries {
             return Err(err("name", format!("too many entries (limit {})", self.tree.limits.max_entries)));
         }
         let (uid, gid, mtime, mtime_nsec) = (meta.uid, meta.gid, meta.mtime, meta.mtime_nsec);
         self.whiteouts.push(PendingWhiteout {
-            index,
-            name: shown(),
+            at: (index, shown()),
             path: hp,
             inode: Inode { mode: S_IFCHR, uid, gid, rdev: 0, size: 0, mtime, mtime_nsec },
         });

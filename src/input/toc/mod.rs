@@ -45,7 +45,7 @@
 
 mod entry;
 mod json;
-mod whiteout;
+pub(crate) mod whiteout;
 
 #[cfg(test)]
 mod tests;
@@ -54,14 +54,10 @@ use base64::Engine as _;
 use serde::de::Deserializer;
 use thiserror::Error;
 
-use crate::tree::{self, Inode, Limits, Tree, TreeError, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG};
+use crate::tree::{self, Limits, Tree, TreeError, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG};
 
 /// Largest TOC document accepted by default (bytes).
 pub(crate) const MAX_INPUT_BYTES: usize = 1 << 30;
-
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
-const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
 
 /// Parser settings.
 #[derive(Debug, Clone, Copy)]
@@ -142,28 +138,25 @@ pub(crate) fn parse_flavor(json: &[u8], opts: &TocOptions, flavor: Flavor) -> Re
         }
         None => return Err(TocError::Toc { field: "version", reason: "missing (must be 1)".into() }),
     }
-    st.apply_whiteouts()?;
+    let (opaques, whiteouts) = (std::mem::take(&mut st.opaques), std::mem::take(&mut st.whiteouts));
+    whiteout::apply(&mut st.tree, opaques, whiteouts).map_err(|f| {
+        let ((index, name), reason) = match f {
+            whiteout::Failed::OpaqueInsert(at, e) => (at, format!("opaque marker: {}", tree_reason(&e))),
+            whiteout::Failed::OpaqueNotDir(at) => (at, "opaque marker inside a path that is not a directory".into()),
+            whiteout::Failed::Whiteout(at, e) => (at, format!("whiteout: {}", tree_reason(&e))),
+        };
+        TocError::Entry { index, name, field: "name", reason }
+    })?;
     let mut tree = st.tree;
     tree.finalize().map_err(|e| TocError::Toc { field: "tree", reason: e.to_string() })?;
     Ok(tree)
 }
 
-/// An OCI whiteout (`.wh.NAME`) waiting for the end of the layer.
-struct PendingWhiteout {
-    index: usize,
-    name: String,
-    /// Path of the hidden entry (relative, validated).
-    path: Vec<u8>,
-    inode: Inode,
-}
+/// An OCI whiteout (`.wh.NAME`) waiting for the end of the layer: (entry index, name).
+type PendingWhiteout = whiteout::Whiteout<(usize, String)>;
 
-/// An opaque marker (`.wh..wh..opq`) waiting for the end of the layer.
-struct PendingOpaque {
-    index: usize,
-    name: String,
-    /// Directory path (relative; empty = root).
-    dir: Vec<u8>,
-}
+/// An opaque marker (`.wh..wh..opq`) waiting for the end of the layer: (entry index, name).
+type PendingOpaque = whiteout::Opaque<(usize, String)>;
 
 /// The parser's state while entries stream in.
 struct State {

@@ -1,7 +1,7 @@
 //! TOC parser tests: semantics, refusals (each naming its field), limits.
 
 use super::*;
-use crate::tree::Xattr;
+use crate::tree::{Inode, Xattr};
 fn p(json: &str) -> Result<Tree, TocError> {
     parse(json.as_bytes(), &TocOptions::default())
 }
