@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AlsError;
 use crate::oci::Sha256;
-use crate::store::repo::{Repo, RepoError};
+use crate::store::repo::{dirs_and_lock, Repo, RepoError};
 use crate::tree::Tree;
 
 /// The directory in the store (not `als`: the natural place for an ALS root is
@@ -97,23 +97,8 @@ impl AlsState {
     /// (debris in tmp/ is removed then), shared to read.
     pub fn open(repo: &Repo, exclusive: bool) -> Result<AlsState, AlsError> {
         let dir = repo.root().join(STATE_DIR);
-        for d in ["", "layers", "images", "refs", "views", "tmp"] {
-            let p = dir.join(d);
-            match fs::DirBuilder::new().mode(0o700).create(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(AlsError::Io { path: p, step: "creating", source: e }),
-            }
-        }
-        let lp = dir.join("lock");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&lp)
-            .map_err(io_err(&lp, "opening the lock"))?;
+        let dirs = ["", "layers", "images", "refs", "views", "tmp"].map(|d| (d, 0o700));
+        let (f, lp) = dirs_and_lock(&dir, &dirs).map_err(|(path, step, source)| AlsError::Io { path, step, source })?;
         use rustix::fs::{flock, FlockOperation as Op};
         let op = if exclusive { Op::LockExclusive } else { Op::LockShared };
         flock(&f, op).map_err(|e| io_err(&lp, "flock")(e.into()))?;

@@ -50,6 +50,18 @@ fn sha(d: &[u8]) -> [u8; 32] {
     Sha256::digest(d).into()
 }
 
+/// Checks the TOC's bytes (the zstd frame of zstd:chunked, the JSON of eStargz: what each
+/// format's annotation digests) against the annotated digest, when there is one.
+fn check_toc_digest(toc: &[u8], annotated: Option<&[u8; 32]>, sum: &mut Summary) -> Result<(), String> {
+    let Some(d) = annotated else { return Ok(()) };
+    let got = sha(toc);
+    if got != *d {
+        return Err(format!("the TOC's digest sha256:{} does not match the annotation sha256:{}", hex(&got), hex(d)));
+    }
+    sum.checked.push("TOC digest".into());
+    Ok(())
+}
+
 /// An object the store side answered: (node, normalised name, sha256, fs-verity digest).
 type Answered = (NodeId, Vec<u8>, [u8; 32], [u8; 32]);
 
@@ -280,16 +292,7 @@ fn read_toc(
         Layout::ZstdChunked { toc, toc_digest, tarsplit, tarsplit_digest, stargz_toc_digest, .. } => {
             check_trailer(blob, layout, size)?;
             let z = read_exact_at(blob, toc.offset, toc.len, "TOC")?;
-            if let Some(d) = toc_digest {
-                if sha(&z) != *d {
-                    return Err(format!(
-                        "the TOC's digest sha256:{} does not match the annotation sha256:{}",
-                        hex(&sha(&z)),
-                        hex(d)
-                    ));
-                }
-                sum.checked.push("TOC digest".into());
-            }
+            check_toc_digest(&z, toc_digest.as_ref(), sum)?;
             let json = decode::zstd_all(&z, toc.ulen).map_err(|e| format!("TOC frame: {e}"))?;
             if json.len() as u64 != toc.ulen {
                 return Err(format!("the TOC is {} bytes uncompressed, the position says {}", json.len(), toc.ulen));
@@ -355,16 +358,7 @@ fn read_toc(
             while let Some(c) = tr.content_chunk().map_err(|e| format!("eStargz TOC: {e}"))? {
                 json.extend_from_slice(c);
             }
-            if let Some(d) = toc_digest {
-                if sha(&json) != *d {
-                    return Err(format!(
-                        "the TOC's digest sha256:{} does not match the annotation sha256:{}",
-                        hex(&sha(&json)),
-                        hex(d)
-                    ));
-                }
-                sum.checked.push("TOC digest".into());
-            }
+            check_toc_digest(&json, toc_digest.as_ref(), sum)?;
             let tree = crate::input::toc::parse_flavor(&json, &topts, Flavor::Estargz).map_err(|e| e.to_string())?;
             let map = crate::layer::tocmap::read(&json)?;
             Ok(Some(TocSide { tree, map, tarsplit: None, json_digest: sha(&json), estargz: true }))

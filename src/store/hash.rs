@@ -180,16 +180,9 @@ mod tests {
 
     const ARITY: usize = BLOCK_SIZE / HASH;
 
+    /// The store tests' generator, with the seed these tests always used.
     fn data(n: usize) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_u32;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
+        crate::store::tests::data(n, 0x9e37_79b9)
     }
 
     /// Every size class of the Merkle tree (empty, one partial/full block, one/several first-level

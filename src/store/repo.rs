@@ -61,6 +61,36 @@ pub enum RepoError {
     Reader(String),
 }
 
+/// Creates each directory `root/NAME` of `dirs` with its mode (one that exists is kept as it is)
+/// and opens the lock file `root/lock` (created 0600, never through a symlink), for the
+/// repository and for the records kept beside it (`als-records/`). The error names the path
+/// and the step.
+pub(crate) fn dirs_and_lock(
+    root: &Path,
+    dirs: &[(&str, u32)],
+) -> Result<(File, PathBuf), (PathBuf, &'static str, io::Error)> {
+    for &(d, mode) in dirs {
+        let p = root.join(d);
+        match fs::DirBuilder::new().mode(mode).create(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err((p, "creating", e)),
+        }
+    }
+    let lp = root.join("lock");
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lp)
+    {
+        Ok(f) => Ok((f, lp)),
+        Err(e) => Err((lp, "opening the lock", e)),
+    }
+}
+
 fn io_err<'a>(path: &'a Path, step: &'static str) -> impl FnOnce(io::Error) -> RepoError + 'a {
     move |source| RepoError::Io { path: path.to_path_buf(), step, source }
 }
@@ -189,23 +219,9 @@ impl Repo {
         // objects/ is 0755 inside the 0700 store (others cannot reach it through the store):
         // a helper mount's overlay reads objects with "other" rights (docs/helper.md, "Data read
         // through the mount"), so it must be able to search the directory it is given.
-        for (d, mode) in [("", 0o700), ("objects", 0o755), ("layers", 0o700), ("images", 0o700), ("tmp", 0o700)] {
-            let p = root.join(d);
-            match fs::DirBuilder::new().mode(mode).create(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(RepoError::Io { path: p, step: "creating", source: e }),
-            }
-        }
-        let lp = root.join("lock");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&lp)
-            .map_err(io_err(&lp, "opening the lock"))?;
+        let dirs = [("", 0o700), ("objects", 0o755), ("layers", 0o700), ("images", 0o700), ("tmp", 0o700)];
+        let (f, lp) =
+            dirs_and_lock(root, &dirs).map_err(|(path, step, source)| RepoError::Io { path, step, source })?;
         use rustix::fs::{flock, FlockOperation as Op};
         let exclusive = match lock {
             Lock::Exclusive => {

@@ -14,7 +14,8 @@ use super::import::{with_workers, FileJob, ImportError};
 use super::*;
 use crate::fsverity::digest_bytes;
 
-fn data(n: usize, seed: u32) -> Vec<u8> {
+/// Deterministic test bytes (xorshift32); also used by `hash`'s tests.
+pub(super) fn data(n: usize, seed: u32) -> Vec<u8> {
     let mut x = seed | 1;
     (0..n)
         .map(|_| {
