@@ -113,7 +113,10 @@ SKIP_MODULES+=,qemu_fw_cfg,crct10dif_pclmul,crc32_pclmul,ghash_clmulni_intel,sha
 SKIP_MODULES+=,aesni_intel,gf128mul,crypto_simd,cryptd,intel_rapl_msr,intel_rapl_common,rapl,bochs
 
 log "booting /boot/vmlinuz-$KVER under TCG (vng $("$VNG" --version 2>/dev/null | head -n1))"
+# -accel tcg,thread=single: see the vm() note in boot/run-boot.sh (multi-threaded TCG in qemu 7.2
+# sometimes panics the guest kernel while it patches its own code at boot).
 timeout 600 "$VNG" -r "/boot/vmlinuz-$KVER" --memory 2G --cpus 2 --disable-kvm --rwdir="$OUT" \
+    --qemu-opts="-accel tcg,thread=single" \
     --append "modprobe.blacklist=$SKIP_MODULES" \
     --exec "$OUT/inside.sh $OUT >$OUT/log 2>&1; echo \$? >$OUT/rc" \
     >"$OUT/vng.log" 2>&1

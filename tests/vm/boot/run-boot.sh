@@ -181,8 +181,11 @@ step "initramfs-tools initramfs"
 # ---- the VMs ---------------------------------------------------------------------------------------
 SKIP_MODULES=kvm,kvm_amd,kvm_intel,iTCO_wdt,iTCO_vendor_support,lpc_ich,ahci,libahci,libata,sr_mod,cdrom
 SKIP_MODULES+=,i2c_i801,i2c_smbus,pcspkr,evdev,joydev,sg,serio_raw,button,psmouse,qemu_fw_cfg,bochs,drm
+# thread=single: one host thread runs both vCPUs. With qemu 7.2's default multi-threaded TCG the
+# guest kernel sometimes panicked while it patched its own code at boot (RIP sched_clock_cpu+0x9,
+# "Fatal exception in interrupt", about 1 boot in 45 here; once in CI); see docs/verity.md, "Testing" (tier 3).
 vm() { # log, initrd, kernel command line
-    timeout 900 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 2 -m 2G -nodefaults -display none -no-reboot \
+    timeout 900 qemu-system-x86_64 -machine q35 -accel tcg,thread=single -cpu max -smp 2 -m 2G -nodefaults -display none -no-reboot \
         -serial "file:$1" -kernel "/boot/vmlinuz-$KVER" -initrd "$2" -append "$3" \
         -drive "file=$W/disk.img,if=virtio,format=raw,cache=unsafe" >"$1.qemu" 2>&1
 }
