@@ -416,7 +416,10 @@ impl<'de> Visitor<'de> for EntrySeed<'_> {
         let mut r = Raw::default();
         let mut buf = [0u8; 24];
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            let field = fold_key(&key.0, &mut buf).and_then(|k| Field::lookup(k, flavor));
+            // Most keys are spelled exactly as the table has them (lowercase ASCII, which folds
+            // to itself): looked up as they are; the others are folded first.
+            let field = Field::lookup(key.0.as_bytes(), flavor)
+                .or_else(|| fold_key(&key.0, &mut buf).and_then(|k| Field::lookup(k, flavor)));
             let Some(field) = field else {
                 map.next_value::<Skip>()?;
                 continue;
@@ -611,7 +614,55 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::fold_key;
+    use super::{fold_key, Field, Flavor};
+
+    #[test]
+    fn lookup_table_is_lowercase_ascii() {
+        // The exact-spelling fast path in `EntrySeed::visit_map` relies on every key the table
+        // matches folding to itself.
+        for flavor in [Flavor::ZstdChunked, Flavor::Estargz] {
+            for f in ALL_FIELDS {
+                let folded = f.json_name().to_ascii_lowercase();
+                if let Some(hit) = Field::lookup(folded.as_bytes(), flavor) {
+                    assert_eq!(hit, f);
+                    let mut buf = [0u8; 24];
+                    assert_eq!(fold_key(&folded, &mut buf), Some(folded.as_bytes()));
+                }
+                // A spelling the table does not hold as it is goes through the fold.
+                if f.json_name() != folded {
+                    assert_eq!(Field::lookup(f.json_name().as_bytes(), flavor), None);
+                }
+            }
+        }
+    }
+
+    const ALL_FIELDS: [Field; 25] = [
+        Field::Type,
+        Field::Name,
+        Field::LinkName,
+        Field::Mode,
+        Field::Size,
+        Field::Uid,
+        Field::Gid,
+        Field::ModTime,
+        Field::AccessTime,
+        Field::ChangeTime,
+        Field::DevMajor,
+        Field::DevMinor,
+        Field::Xattrs,
+        Field::Digest,
+        Field::Offset,
+        Field::EndOffset,
+        Field::ChunkSize,
+        Field::ChunkOffset,
+        Field::ChunkDigest,
+        Field::ChunkType,
+        Field::XPayload,
+        Field::XContent,
+        Field::UserName,
+        Field::GroupName,
+        Field::InnerOffset,
+    ];
 
     #[test]
     fn fold_key_ascii_and_unicode_paths_agree() {
