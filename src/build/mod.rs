@@ -35,7 +35,7 @@ pub fn build_image(
     let tmp = output::TempImage::new(output)?;
     let tree_from_dir = run::walk_dir_input(req, &source)?;
     let input = run::open_input(source, tree_from_dir.is_some())?;
-    let cfg = run::sandbox_config(req, &bopts.sandbox);
+    let cfg = run::sandbox_config(req, &bopts.sandbox, output);
     run::run_untrusted(&cfg, req, tree_from_dir, input, tmp.file())?;
     let info = validate::validate_image(tmp.file())?;
     let file = tmp.commit(output, bopts.enable_verity)?;

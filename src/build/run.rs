@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::untrusted::{build_stream, write_tree};
-use super::{BuildError, BuildRequest, InputFormat, Source};
+use super::{BuildError, BuildRequest, InputFormat, Output, Source};
 use crate::input::dir::DirOptions;
 use crate::sandbox::SandboxConfig;
 use crate::tree::{Limits, Tree};
@@ -48,8 +48,11 @@ pub(super) fn open_input(source: Source, from_dir: bool) -> Result<OwnedFd, Buil
 }
 
 /// The child's confinement: the caller's settings, plus read access to `--objects`.
-pub(super) fn sandbox_config(req: &BuildRequest, base: &SandboxConfig) -> SandboxConfig {
+pub(super) fn sandbox_config(req: &BuildRequest, base: &SandboxConfig, output: &Output) -> SandboxConfig {
     let mut cfg = base.clone();
+    // A path output is fsynced before it is renamed into place: its writeback starts while the
+    // child still writes (docs/writer.md, "Build speed").
+    cfg.writeback_output = matches!(output, Output::Path(_));
     if let Some(objects) = &req.objects {
         cfg.read_dirs.push(objects.clone());
         if rustix::process::getuid().is_root() && cfg.run_as.is_none() {

@@ -3,13 +3,21 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::status::{parse_status, KIND_JOB, KIND_OK, KIND_PANIC, KIND_SETUP, MAX_STATUS};
 use super::SandboxError;
 
-pub(super) fn wait_child(pid: rustix::process::Pid, status_r: OwnedFd, timeout: Duration) -> Result<(), SandboxError> {
+/// How often the parent starts the writeback of the child's output (`SandboxConfig::writeback_output`).
+pub(super) const WRITEBACK_EVERY: Duration = Duration::from_millis(2);
+
+pub(super) fn wait_child(
+    pid: rustix::process::Pid,
+    status_r: OwnedFd,
+    timeout: Duration,
+    writeback: Option<BorrowedFd<'_>>,
+) -> Result<(), SandboxError> {
     let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
         Ok(fd) => fd,
         Err(e) => {
@@ -31,12 +39,19 @@ pub(super) fn wait_child(pid: rustix::process::Pid, status_r: OwnedFd, timeout: 
             timed_out = true;
             break;
         }
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        let mut ms = left.as_millis().min(i32::MAX as u128) as i32;
+        if writeback.is_some() {
+            ms = ms.min(WRITEBACK_EVERY.as_millis() as i32);
+        }
         // After end-of-file on the status pipe only the exit is left to wait for (a hung-up pipe
         // stays "ready" and would make poll spin).
         let first = if eof { pidfd.as_fd() } else { status_file.as_fd() };
         let ready = crate::sys::sandbox::poll_two(first, pidfd.as_fd(), ms.max(1))
             .map_err(|e| SandboxError::Parent { step: "poll", source: e })?;
+        if let Some(fd) = writeback {
+            // Best effort: an error here only means the final fsync does all the work.
+            let _ = crate::sys::writeback::start_writeback(fd);
+        }
         if ready.a && !eof {
             eof = drain(&mut status_file, &mut buf);
             if buf.len() > MAX_STATUS {

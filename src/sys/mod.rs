@@ -7,3 +7,4 @@ pub(crate) mod mem;
 pub(crate) mod mount;
 pub mod sandbox;
 pub mod verity;
+pub(crate) mod writeback;
