@@ -53,8 +53,11 @@ mod tests {
         let mut big: Vec<u64> = (0..(3 * HUGE / 8) as u64).collect();
         advise_huge_pages(&big, big.len());
         // The kernel recorded the advice: the mapping holding the aligned middle of `big` is
-        // flagged `hg` (where the kernel has transparent huge pages at all).
-        if std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+        // flagged `hg` (where the kernel has transparent huge pages at all and this process may
+        // use them: prctl(PR_SET_THP_DISABLE) shows as `THP_enabled: 0`).
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let thp_off = status.lines().any(|l| l.starts_with("THP_enabled:") && l.trim_end().ends_with('0'));
+        if std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() && !thp_off {
             let probe = (big.as_ptr() as usize).next_multiple_of(HUGE);
             assert!(vm_flags_at(probe).split_whitespace().any(|f| f == "hg"), "{}", vm_flags_at(probe));
         }
