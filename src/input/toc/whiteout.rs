@@ -30,7 +30,7 @@ pub(crate) enum Name<'a> {
 
 /// Classify a layer path (relative, without leading `./` or trailing `/`).
 pub(crate) fn classify(p: &[u8]) -> Name<'_> {
-    let (dir, base) = match p.iter().rposition(|&b| b == b'/') {
+    let (dir, base) = match memchr::memrchr(b'/', p) {
         Some(i) => (&p[..i], &p[i + 1..]),
         None => (&b""[..], p),
     };
