@@ -44,9 +44,10 @@ pub(crate) struct Gate {
     copies: RefCell<Vec<SealedCopy>>,
 }
 
-/// A sealed private copy and the hash of exactly what was written into it. The gate keeps an fd
-/// of the copy: while it is open, no other file can have the same device and inode number, so
-/// finding an fd's (dev, ino) here identifies the very copy.
+/// A sealed private copy and the hash of exactly what was written into it. Device and inode
+/// number together name one file in the system (POSIX `st_dev`/`st_ino`); the gate keeps an fd
+/// of the copy, so it stays alive and its number cannot pass to another file: finding an fd's
+/// (dev, ino) here identifies the very copy.
 #[derive(Debug, Clone)]
 struct SealedCopy {
     _pin: std::sync::Arc<OwnedFd>,
