@@ -203,7 +203,9 @@ impl Access for Gate {
         };
         let verdicts = Verdicts::open(state_dir);
         let key = match verdicts {
-            Some(_) => self.key_of(image).map_err(|errno| AccessError::Io { what: "fstat of the image", errno })?,
+            Some(_) => {
+                self.key_of(image).map_err(|errno| AccessError::Io { what: "seals and size of the image", errno })?
+            }
             None => None,
         };
         if let (Some(key), Some(verdicts)) = (&key, &verdicts) {
