@@ -523,22 +523,27 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Resu
     if size > limits.max_image_size {
         return Err(AccessError::Limit { what: "image size", value: size, limit: limits.max_image_size });
     }
-    let mut bytes = vec![0u8; size as usize];
-    let mut have = 0;
-    while have < bytes.len() {
-        match rustix::io::pread(fd, &mut bytes[have..], have as u64) {
-            Ok(0) => break,
-            Ok(n) => have += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(io("reading the image", e)),
+    // The helper's sealed copy of a caller's image is vetted through a read-only mapping (its
+    // seals keep the bytes from changing under it); any other image (one the helper built from
+    // a TOC or dumpfile) is read into memory.
+    let map = crate::sys::map::SealedMap::new(fd);
+    let read;
+    let bytes = match &map {
+        Ok(m) => m.bytes(),
+        Err(rustix::io::Errno::PERM | rustix::io::Errno::INVAL) => {
+            read = read_whole(fd, size).map_err(|e| io("reading the image", e))?;
+            &read[..]
         }
+        Err(e) => return Err(io("mapping the image", *e)),
+    };
+    if bytes.len() as u64 > limits.max_image_size {
+        return Err(AccessError::Limit { what: "image size", value: bytes.len() as u64, limit: limits.max_image_size });
     }
-    bytes.truncate(have);
     let mut rl = crate::erofs::reader::ReadLimits::default();
     rl.tree.max_entries =
         usize::try_from(limits.max_entries.min(inodes.saturating_mul(2) + 1024)).unwrap_or(usize::MAX);
     let vetted =
-        crate::erofs::reader::vet_image(&bytes, &rl).map_err(|e| AccessError::BadImage { reason: e.to_string() })?;
+        crate::erofs::reader::vet_image(bytes, &rl).map_err(|e| AccessError::BadImage { reason: e.to_string() })?;
     if vetted.entries > limits.max_entries {
         return Err(AccessError::Limit { what: "image entries", value: vetted.entries, limit: limits.max_entries });
     }
@@ -548,6 +553,22 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Resu
         });
     }
     Ok(vetted.entries)
+}
+
+/// Up to `size` bytes of `fd` from offset 0 (fewer if it ends before).
+fn read_whole(fd: BorrowedFd<'_>, size: u64) -> Result<Vec<u8>, rustix::io::Errno> {
+    let mut bytes = vec![0u8; usize::try_from(size).map_err(|_| rustix::io::Errno::FBIG)?];
+    let mut have = 0;
+    while have < bytes.len() {
+        match rustix::io::pread(fd, &mut bytes[have..], have as u64) {
+            Ok(0) => break,
+            Ok(n) => have += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    bytes.truncate(have);
+    Ok(bytes)
 }
 
 /// What an unprivileged caller names in `als view` / `als view-rm` (issue 14, docs/als.md

@@ -12,15 +12,12 @@ use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
 /// The whole of a sealed file, mapped read-only; unmapped on drop.
-// For the image vetting of the first helper mount (branch firstmount); unused until it lands.
-#[allow(dead_code)]
 #[derive(Debug)]
 pub(crate) struct SealedMap {
     ptr: *mut core::ffi::c_void,
     len: usize,
 }
 
-#[allow(dead_code)]
 impl SealedMap {
     /// Maps `fd` (read-only, shared). `EPERM` unless `F_GET_SEALS` on this very fd includes
     /// `F_SEAL_WRITE`, `F_SEAL_GROW` and `F_SEAL_SHRINK`; `EFBIG` if it does not fit in memory.
