@@ -18,14 +18,22 @@ pub(super) struct DirData {
 
 #[derive(Debug)]
 pub(super) struct Ino {
-    pub(super) nid: u64,
     /// `None` once moved into the tree. When vetting (no tree), only the root's and the raw
     /// whiteouts' entries are kept (the stub checks compare them); the facts below stand for
     /// the others.
     pub(super) entry: Option<Box<Entry>>,
+    /// Decoded bytes of the entry (xattrs, payload, inline content) as the tree holds it: the
+    /// whiteout markers' share (`marker_bytes`) goes when they are removed.
+    pub(super) bytes: u64,
+    pub(super) marker_bytes: u32,
+    /// A directory's place in the table's directory data ([`NO_DIR`] for other inodes).
+    dir: u32,
+    /// Number of directory entries naming this inode.
+    pub(super) names: u32,
+    /// st_nlink as stored.
+    pub(super) nlink: u32,
     /// EROFS dirent file type this inode must be listed with (its on-disk type).
     pub(super) ftype: u8,
-    pub(super) dir: Option<DirData>,
     /// A character device 0/0 as stored: only legitimate as a root whiteout stub.
     pub(super) raw_whiteout: bool,
     /// An escaped user whiteout turned back into a 0/0 character device.
@@ -34,26 +42,32 @@ pub(super) struct Ino {
     pub(super) device: bool,
     /// A directory carrying the markers the writer puts on a directory holding a whiteout.
     pub(super) marked: bool,
-    /// Decoded bytes of the entry (xattrs, payload, inline content) as the tree holds it: the
-    /// whiteout markers' share (`marker_bytes`) goes when they are removed.
-    pub(super) bytes: u64,
-    pub(super) marker_bytes: u64,
-    /// Number of directory entries naming this inode.
-    pub(super) names: u32,
-    /// st_nlink as stored.
-    pub(super) nlink: u32,
+}
+
+const NO_DIR: u32 = u32::MAX;
+
+impl Ino {
+    pub(super) fn is_dir(&self) -> bool {
+        self.dir != NO_DIR
+    }
 }
 
 /// Decoded inodes by nid: a dense index over the image's inode slots (nids of inodes that
-/// exist are bounded by the image size) into a list, instead of hashing every lookup.
+/// exist are bounded by the image size) into a list, instead of hashing every lookup; the
+/// directories' data apart (most inodes are not directories).
 pub(super) struct InodeTable {
     index: Vec<u32>,
     list: Vec<Ino>,
+    dirs: Vec<DirData>,
 }
 
 impl InodeTable {
-    pub(super) fn new(slots: u64) -> InodeTable {
-        InodeTable { index: vec![u32::MAX; usize::try_from(slots).unwrap_or(0)], list: Vec::new() }
+    /// For nids below `slots`; room for `expect` inodes (at most `slots`: the superblock's
+    /// count is hostile).
+    pub(super) fn new(slots: u64, expect: u64) -> InodeTable {
+        let slots = usize::try_from(slots).unwrap_or(0);
+        let expect = usize::try_from(expect).unwrap_or(0).min(slots);
+        InodeTable { index: vec![u32::MAX; slots], list: Vec::with_capacity(expect), dirs: Vec::new() }
     }
 
     /// The inode's place in the table (in decoding order).
@@ -75,22 +89,38 @@ impl InodeTable {
         self.list.get_mut(p)
     }
 
+    /// Where the entries of directory `nid` are (`None` if it is not a decoded directory).
+    pub(super) fn dir_data(&self, nid: &u64) -> Option<DirData> {
+        self.dirs.get(self.get(nid)?.dir as usize).copied()
+    }
+
     /// The inode at place `pos` of the table.
     pub(super) fn at(&self, pos: usize) -> Option<&Ino> {
         self.list.get(pos)
     }
 
-    /// The nid of the inode at place `pos`.
-    pub(super) fn nid_at(&self, pos: usize) -> u64 {
-        self.list.get(pos).map_or(u64::MAX, |i| i.nid)
+    /// The nid of every inode, by place in the table.
+    pub(super) fn nids_by_pos(&self) -> Vec<u64> {
+        let mut v = vec![u64::MAX; self.list.len()];
+        for (nid, &i) in self.index.iter().enumerate() {
+            if let Some(n) = v.get_mut(i as usize) {
+                *n = nid as u64;
+            }
+        }
+        v
     }
 
-    /// Only called for nids whose inode decoded, hence inside the slot range.
-    pub(super) fn insert(&mut self, nid: u64, ino: Ino) {
+    /// Only called for nids whose inode decoded, hence inside the slot range (and so fewer
+    /// than 2^32 of them: the index holds u32 places).
+    pub(super) fn insert(&mut self, nid: u64, mut ino: Ino, dir: Option<DirData>) {
         let Some(slot) = usize::try_from(nid).ok().and_then(|n| self.index.get_mut(n)) else {
             return;
         };
         *slot = self.list.len() as u32;
+        if let Some(d) = dir {
+            ino.dir = self.dirs.len() as u32;
+            self.dirs.push(d);
+        }
         self.list.push(ino);
     }
 
@@ -125,7 +155,7 @@ struct Body {
 
 impl<'a> Reader<'a> {
     /// Decode the inode at `nid`. Errors carry no path yet (see [`super::with_path`]).
-    pub(super) fn decode(&mut self, nid: u64) -> Result<Ino, ReadError> {
+    pub(super) fn decode(&mut self, nid: u64) -> Result<(Ino, Option<DirData>), ReadError> {
         let bad = |reason: String| ReadError::Inode { nid, path: String::new(), reason };
         let off = nid
             .checked_mul(SLOT_SIZE)
@@ -192,20 +222,20 @@ impl<'a> Reader<'a> {
             entry.fsverity_digest = x.fsverity_digest;
             Box::new(entry)
         });
-        Ok(Ino {
-            nid,
+        let ino = Ino {
             entry,
+            bytes,
+            marker_bytes: u32::try_from(marker_bytes).unwrap_or(u32::MAX),
+            dir: NO_DIR,
+            names: 0,
+            nlink: di.nlink,
             ftype,
-            dir: body.dir,
             raw_whiteout: body.raw_whiteout,
             user_whiteout,
             device,
             marked,
-            bytes,
-            marker_bytes,
-            names: 0,
-            nlink: di.nlink,
-        })
+        };
+        Ok((ino, body.dir))
     }
 
     /// The on-disk inode at byte offset `off`: known format bits, whole inside the image.

@@ -167,7 +167,7 @@ impl<'a> Reader<'a> {
             xattr_filter: header.xattr_filter(),
             slots: Claims::new((len - meta_off) / SLOT_SIZE + 1),
             blocks: Claims::new(len.div_ceil(BLOCK_SIZE)),
-            inodes: InodeTable::new((len - meta_off) / SLOT_SIZE + 1),
+            inodes: InodeTable::new((len - meta_off) / SLOT_SIZE + 1, header.inodes()),
             dirents: 0,
             decoded: 0,
         })
@@ -194,8 +194,8 @@ impl<'a> Reader<'a> {
         if self.inodes.contains_key(&nid) {
             return Ok(());
         }
-        let ino = self.decode(nid)?;
-        self.inodes.insert(nid, ino);
+        let (ino, dir) = self.decode(nid)?;
+        self.inodes.insert(nid, ino, dir);
         Ok(())
     }
 
@@ -203,7 +203,7 @@ impl<'a> Reader<'a> {
     fn check(&mut self) -> Result<(Walk<'a>, Primaries), ReadError> {
         let root_nid = self.root_nid;
         self.load(root_nid).map_err(|e| with_path(e, Vec::new))?;
-        if self.inodes.get(&root_nid).is_none_or(|r| r.dir.is_none()) {
+        if self.inodes.get(&root_nid).is_none_or(|r| !r.is_dir()) {
             return Err(ReadError::Inode { nid: root_nid, path: "/".into(), reason: "root is not a directory".into() });
         }
         if let Some(r) = self.inodes.get_mut(&root_nid) {

@@ -16,22 +16,30 @@ use crate::tree::{NodeId, Tree, ROOT};
 
 /// nid → (directory index in the walk, child index in that directory): a dense table by the
 /// inode's place in the [`InodeTable`] (every nid asked for was decoded) instead of a hash map.
-pub(super) struct Primaries(Vec<Option<(usize, usize)>>);
+pub(super) struct Primaries(Vec<(u32, u32)>);
+
+/// No primary (yet). Places fit in u32: the walk refuses more than u32::MAX - 1 names.
+const NO_PRIMARY: (u32, u32) = (u32::MAX, u32::MAX);
 
 impl Primaries {
-    fn get(&self, inodes: &InodeTable, nid: u64) -> Option<(usize, usize)> {
-        *self.0.get(inodes.pos(nid)?)?
+    fn new(inodes: usize) -> Primaries {
+        Primaries(vec![NO_PRIMARY; inodes])
     }
 
-    fn set(&mut self, inodes: &InodeTable, nid: u64, at: (usize, usize)) {
-        if let Some(p) = inodes.pos(nid).and_then(|i| self.0.get_mut(i)) {
-            *p = Some(at);
+    fn get(&self, inodes: &InodeTable, nid: u64) -> Option<(usize, usize)> {
+        let &(d, c) = self.0.get(inodes.pos(nid)?)?;
+        ((d, c) != NO_PRIMARY).then_some((d as usize, c as usize))
+    }
+
+    fn set(&mut self, inodes: &InodeTable, nid: u64, (d, c): (usize, usize)) {
+        if let (Some(p), Ok(d), Ok(c)) = (inodes.pos(nid).and_then(|i| self.0.get_mut(i)), d.try_into(), c.try_into()) {
+            *p = (d, c);
         }
     }
 
     /// (inode's place in the table, its primary), for every inode that has one.
     fn iter(&self) -> impl Iterator<Item = (usize, (usize, usize))> + '_ {
-        self.0.iter().enumerate().filter_map(|(i, p)| Some((i, (*p)?)))
+        self.0.iter().enumerate().filter(|(_, &p)| p != NO_PRIMARY).map(|(i, &(d, c))| (i, (d as usize, c as usize)))
     }
 }
 
@@ -40,7 +48,7 @@ impl Reader<'_> {
     pub(super) fn primary_names(&self, walk: &Walk<'_>) -> Primaries {
         let (dirs, stubs) = (&walk.dirs, &walk.stubs);
         let order: Vec<u64> = self.inodes.nids_in_order();
-        let mut primary = Primaries(vec![None; self.inodes.len()]);
+        let mut primary = Primaries::new(self.inodes.len());
         let mut next = order.iter().position(|&n| n == self.root_nid).map_or(order.len(), |p| p + 1);
         let mut stub_iter = stubs.iter().peekable();
         for (di, d) in dirs.iter().enumerate() {
@@ -110,7 +118,7 @@ impl Reader<'_> {
                 });
             }
             if let Some(i) = self.inodes.get_mut(&d.nid) {
-                i.bytes -= i.marker_bytes;
+                i.bytes = i.bytes.saturating_sub(u64::from(i.marker_bytes));
                 i.marker_bytes = 0;
                 if let Some(e) = i.entry.as_mut() {
                     e.xattrs.retain(|x| !is_whiteout_marker(&x.key, &x.value, v1));
@@ -134,12 +142,16 @@ impl Reader<'_> {
             if let Some(ino) = self.inodes.at(pos).filter(|i| i.user_whiteout) {
                 wh[di] += 1;
                 if ino.names > 1 {
-                    cands.push(self.inodes.nid_at(pos));
+                    cands.push(pos as u64);
                 }
             }
         }
         if cands.is_empty() {
             return;
+        }
+        let nids = self.inodes.nids_by_pos();
+        for c in &mut cands {
+            *c = nids.get(*c as usize).copied().unwrap_or(u64::MAX);
         }
         cands.sort_unstable();
         let mut names: HashMap<u64, Vec<(usize, usize)>> = cands.iter().map(|&n| (n, Vec::new())).collect();
@@ -238,7 +250,7 @@ impl Reader<'_> {
                 let Some(ino) = self.inodes.get_mut(cnid) else {
                     continue;
                 };
-                let (names, nlink, is_dir) = (ino.names, ino.nlink, ino.dir.is_some());
+                let (names, nlink, is_dir) = (ino.names, ino.nlink, ino.is_dir());
                 let e = ino.entry.take().map(|b| *b).unwrap_or_default();
                 let cost = entry_bytes(&e) + name.len() as u64;
                 self.budget(cost)?;

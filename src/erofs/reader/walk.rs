@@ -48,7 +48,7 @@ impl<'a> Reader<'a> {
         let parent_nid = dirs[dirs[at].parent].nid;
         let dir_err =
             |dirs: &[DirRec], reason: String| ReadError::Dir { nid, path: show_path(&dir_path(dirs, at)), reason };
-        let Some(dd) = self.inodes.get(&nid).and_then(|i| i.dir) else {
+        let Some(dd) = self.inodes.dir_data(&nid) else {
             return Err(dir_err(dirs, "not a directory".into()));
         };
         let ents = self.read_dir(nid, dd).map_err(|e| with_path(e, || dir_path(dirs, at)))?;
@@ -103,7 +103,7 @@ impl<'a> Reader<'a> {
                     self.limits.tree.max_depth
                 )));
             }
-            if child.dir.is_some() {
+            if child.is_dir() {
                 if child.names > 1 {
                     let reason = format!(
                         "directory {} (nid {cnid}) is reachable twice (cycle or aliased directory)",
@@ -115,7 +115,8 @@ impl<'a> Reader<'a> {
                 st.depth.push(d);
             }
             st.names_total += 1;
-            if st.names_total >= self.limits.tree.max_entries {
+            // (The tree's node ids and the primary-name table hold u32 places.)
+            if st.names_total >= self.limits.tree.max_entries.min(u32::MAX as usize) {
                 return Err(ReadError::Limit(format!("more than {} entries", self.limits.tree.max_entries)));
             }
             children.push((name, cnid));
@@ -183,8 +184,7 @@ impl<'a> Reader<'a> {
     /// A directory's stored nlink is 2 + its subdirectories (the kernel shows it).
     pub(super) fn check_dir_nlinks(&self, dirs: &[DirRec<'_>]) -> Result<(), ReadError> {
         for (di, d) in dirs.iter().enumerate() {
-            let subdirs =
-                d.children.iter().filter(|(_, c)| self.inodes.get(c).is_some_and(|i| i.dir.is_some())).count();
+            let subdirs = d.children.iter().filter(|(_, c)| self.inodes.get(c).is_some_and(|i| i.is_dir())).count();
             let want = u32::try_from(subdirs).unwrap_or(u32::MAX).saturating_add(2);
             let have = self.inodes.get(&d.nid).map_or(want, |i| i.nlink);
             if have != want {
