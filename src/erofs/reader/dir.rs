@@ -14,7 +14,13 @@ impl<'a> Reader<'a> {
     /// Errors carry no path yet.
     pub(super) fn read_dir(&mut self, nid: u64, dd: DirData) -> Result<Vec<Dirent<'a>>, ReadError> {
         let bad = |reason: String| ReadError::Dir { nid, path: String::new(), reason };
-        let mut out: Vec<Dirent<'a>> = Vec::new();
+        // Every entry takes at least 13 bytes (its 12-byte record and a name): room for the
+        // most this directory's data can hold (inside the image: claimed above) and the
+        // directory-entry budget still allows.
+        let data_len = dd.blocks_len.saturating_add(dd.tail.map_or(0, |t| t.1));
+        let budget = self.limits.max_dirents.saturating_sub(self.dirents);
+        let most = usize::try_from((data_len / (DIRENT_SIZE as u64 + 1)).min(budget)).unwrap_or(0);
+        let mut out: Vec<Dirent<'a>> = Vec::with_capacity(most);
         let mut pieces = Vec::new();
         let mut done = 0u64;
         while done < dd.blocks_len {

@@ -52,7 +52,7 @@ impl<'a> Reader<'a> {
             return Err(dir_err(dirs, "not a directory".into()));
         };
         let ents = self.read_dir(nid, dd).map_err(|e| with_path(e, || dir_path(dirs, at)))?;
-        let mut children = Vec::new();
+        let mut children = Vec::with_capacity(ents.len().saturating_sub(2));
         let (mut dot, mut dotdot) = (false, false);
         for (name, cnid, ftype) in ents {
             let dirs = &st.walk.dirs;

@@ -86,7 +86,8 @@ impl<'a> Reader<'a> {
         if pos > size {
             return Err(format!("{shared} shared xattrs do not fit in the xattr area"));
         }
-        let mut out = Vec::new();
+        // Room for the shared ones and a few inline ones (both bounded: 255 ids, the area's size).
+        let mut out = Vec::with_capacity(shared as usize + 4);
         while pos < size {
             let (x, len) = parse_xattr_entry(&area[pos as usize..]).map_err(|r| format!("inline xattr: {r}"))?;
             out.push(x);
