@@ -77,7 +77,8 @@ pub(super) fn parse_dirent_block<'b>(b: &'b [u8], out: &mut Vec<Dirent<'b>>, bud
         if name.len() > tree::MAX_NAME_LEN {
             return Err(format!("entry {i}: name longer than {} bytes", tree::MAX_NAME_LEN));
         }
-        if name.contains(&0) || name.contains(&b'/') {
+        // One pass over the (short) name, without memchr's setup per call.
+        if name.iter().any(|&c| c == 0 || c == b'/') {
             return Err(format!("entry {i}: NUL or '/' in name {}", tree::show(name)));
         }
         out.push((name, nid, ftype));
