@@ -180,13 +180,17 @@ impl<'a> Reader<'a> {
         }
 
         let external = inode.is_reg() && inode.size > 0 && di.datalayout() == LAYOUT_CHUNK_BASED;
-        let mut x = Applied::default();
+        // The two xattr lists are reused from inode to inode (no allocation per inode).
+        let mut x = Applied { xattrs: std::mem::take(&mut self.kept_xattrs), ..Applied::default() };
+        x.xattrs.clear();
         if xattr_size > 0 {
             // At most 255 shared and 64 Ki inline entries of bounded size: the budget is
             // charged once they are decoded.
-            let raw_xattrs = self.read_xattrs(xattr_off, xattr_size).map_err(bad)?;
-            self.budget(raw_xattrs.iter().map(RawXattr::cost).sum())?;
-            x = self.apply_xattrs(nid, raw_xattrs, external).map_err(bad)?;
+            let mut raw = std::mem::take(&mut self.raw_xattrs);
+            self.read_xattrs(xattr_off, xattr_size, &mut raw).map_err(bad)?;
+            self.budget(raw.iter().map(RawXattr::cost).sum())?;
+            x = self.apply_xattrs(nid, &raw, external, std::mem::take(&mut x.xattrs)).map_err(bad)?;
+            self.raw_xattrs = raw;
         }
         // What the writer always adds must be there: otherwise the kernel (and overlayfs)
         // would see something else than the tree this reader returns.
@@ -222,6 +226,7 @@ impl<'a> Reader<'a> {
             entry.fsverity_digest = x.fsverity_digest;
             Box::new(entry)
         });
+        self.kept_xattrs = x.xattrs;
         let ino = Ino {
             entry,
             bytes,

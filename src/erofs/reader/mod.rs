@@ -142,6 +142,9 @@ struct Reader<'a> {
     inodes: InodeTable,
     dirents: u64,
     decoded: u64,
+    /// An inode's xattrs as stored and as kept, reused from inode to inode.
+    raw_xattrs: Vec<xattr::RawXattr<'a>>,
+    kept_xattrs: Vec<xattr::RawXattr<'a>>,
 }
 
 impl<'a> Reader<'a> {
@@ -170,6 +173,8 @@ impl<'a> Reader<'a> {
             inodes: InodeTable::new((len - meta_off) / SLOT_SIZE + 1, header.inodes()),
             dirents: 0,
             decoded: 0,
+            raw_xattrs: Vec::new(),
+            kept_xattrs: Vec::new(),
         })
     }
 

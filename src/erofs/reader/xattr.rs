@@ -77,8 +77,10 @@ pub(super) struct Applied<'a> {
 }
 
 impl<'a> Reader<'a> {
-    /// The inline and shared xattrs of an inode, as stored.
-    pub(super) fn read_xattrs(&self, off: u64, size: u64) -> Result<Vec<RawXattr<'a>>, String> {
+    /// The inline and shared xattrs of an inode, as stored, into `out` (emptied first: the
+    /// caller reuses one list for every inode).
+    pub(super) fn read_xattrs(&self, off: u64, size: u64, out: &mut Vec<RawXattr<'a>>) -> Result<(), String> {
+        out.clear();
         let area = self.bytes(off, size).ok_or("xattrs beyond the end of the image")?;
         let (filter, shared) = decode_xattr_ibody_header(area).ok_or("xattr header beyond the end of the image")?;
         let shared = u64::from(shared);
@@ -87,7 +89,7 @@ impl<'a> Reader<'a> {
             return Err(format!("{shared} shared xattrs do not fit in the xattr area"));
         }
         // Room for the shared ones and a few inline ones (both bounded: 255 ids, the area's size).
-        let mut out = Vec::with_capacity(shared as usize + 4);
+        out.reserve(shared as usize + 4);
         while pos < size {
             let (x, len) = parse_xattr_entry(&area[pos as usize..]).map_err(|r| format!("inline xattr: {r}"))?;
             out.push(x);
@@ -106,20 +108,28 @@ impl<'a> Reader<'a> {
         // the kernel see fewer xattrs than this reader. (`index` is the name's canonical
         // index and `name` the rest: `parse_xattr_entry` made sure.)
         if self.xattr_filter {
-            for x in &out {
+            for x in out.iter() {
                 let bit = xxh32(x.name, XATTR_FILTER_SEED.wrapping_add(u32::from(x.index))) % XATTR_FILTER_BITS;
                 if filter & (1 << bit) != 0 {
                     return Err(format!("the xattr name filter hides {}", tree::show(&x.key())));
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Interpret the overlay xattrs the writer generates and keep the user-visible ones.
-    pub(super) fn apply_xattrs(&self, nid: u64, raw: Vec<RawXattr<'a>>, external: bool) -> Result<Applied<'a>, String> {
-        let mut out = Applied { xattrs: Vec::with_capacity(raw.len()), ..Applied::default() };
-        for x in raw {
+    /// Interpret the overlay xattrs the writer generates and keep the user-visible ones (in
+    /// `kept`, emptied first: the caller reuses one list for every inode).
+    pub(super) fn apply_xattrs(
+        &self,
+        nid: u64,
+        raw: &[RawXattr<'a>],
+        external: bool,
+        mut kept: Vec<RawXattr<'a>>,
+    ) -> Result<Applied<'a>, String> {
+        kept.clear();
+        let mut out = Applied { xattrs: kept, ..Applied::default() };
+        for &x in raw {
             let x = if x.is(OVL_REDIRECT) {
                 if !external {
                     return Err("overlay redirect xattr on a file that is not an external regular file".into());
