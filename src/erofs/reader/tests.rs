@@ -366,3 +366,22 @@ fn vetting_finds_devices_and_keeps_the_limits() {
         vet_agrees(&img, &limits, read.as_ref().map(|(t, _)| t));
     }
 }
+
+#[test]
+fn canonical_prefixes() {
+    // parse_xattr_entry skips the split for these indexes: every name under them maps back.
+    use super::xattr::CANONICAL_INDEXES;
+    for index in CANONICAL_INDEXES {
+        let prefix = format::XATTR_PREFIXES[usize::from(index)];
+        for rest in [&b""[..], b"x", b"user.x", b"trusted.x", b"security.x", b"system.posix_acl_access", b"\xff"] {
+            let key = [prefix, rest].concat();
+            assert_eq!(format::xattr_prefix_split(&key).0, index, "{}", tree::show(&key));
+        }
+    }
+    // The others are split: index 0 only for names without a known prefix, lustre. never.
+    for (index, name, ok) in [(0u8, &b"x"[..], true), (0, b"user.x", false), (5, b"x", false)] {
+        let mut e = vec![name.len() as u8, index, 0, 0];
+        e.extend_from_slice(name);
+        assert_eq!(parse_xattr_entry(&e).is_ok(), ok, "{index} {}", tree::show(name));
+    }
+}

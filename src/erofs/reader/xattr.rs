@@ -223,6 +223,15 @@ pub(super) fn has_whiteout_markers(xattrs: &[RawXattr<'_>], v1: bool) -> bool {
         && (!v1 || (has(OVL_OPAQUE, b"x") && has(USER_OVL_OPAQUE, b"x")))
 }
 
+/// The name indexes whose prefix `xattr_prefix_split` maps back to them whatever follows.
+pub(super) const CANONICAL_INDEXES: [u8; 5] = [
+    XATTR_INDEX_USER,
+    XATTR_INDEX_POSIX_ACL_ACCESS,
+    XATTR_INDEX_POSIX_ACL_DEFAULT,
+    XATTR_INDEX_TRUSTED,
+    XATTR_INDEX_SECURITY,
+];
+
 /// Decode one xattr entry at the start of `b`: the xattr and the entry's size rounded to 4.
 pub(super) fn parse_xattr_entry(b: &[u8]) -> Result<(RawXattr<'_>, u64), String> {
     let (name_len, index, value_len) = decode_xattr_entry(b).ok_or("entry header beyond the end")?;
@@ -248,15 +257,20 @@ pub(super) fn parse_xattr_entry(b: &[u8]) -> Result<(RawXattr<'_>, u64), String>
     }
     // The kernel finds an xattr only under the index its name prefix maps to (and shows
     // none under index 0 or "lustre."), so any other encoding would make it see
-    // something else than this reader; the writer never produces one. (The full name is
-    // put together on the stack: it is at most XATTR_NAME_MAX bytes.)
-    let mut buf = [0u8; tree::XATTR_NAME_MAX];
-    buf[..prefix.len()].copy_from_slice(prefix);
-    buf[prefix.len()..key_len].copy_from_slice(name);
-    let key = &buf[..key_len];
-    let (canonical, _) = xattr_prefix_split(key);
-    if canonical != index {
-        return Err(format!("{} stored under name index {index}, not {canonical}", tree::show(key)));
+    // something else than this reader; the writer never produces one. A name stored under
+    // the index of user., the ACLs, trusted. or security. maps back to that index whatever
+    // follows the prefix (no such prefix starts with another: `canonical_prefixes` tests it);
+    // for index 0 and lustre. the full name is put together on the stack (at most
+    // XATTR_NAME_MAX bytes) and split as the writer splits names.
+    if !CANONICAL_INDEXES.contains(&index) {
+        let mut buf = [0u8; tree::XATTR_NAME_MAX];
+        buf[..prefix.len()].copy_from_slice(prefix);
+        buf[prefix.len()..key_len].copy_from_slice(name);
+        let key = &buf[..key_len];
+        let (canonical, _) = xattr_prefix_split(key);
+        if canonical != index {
+            return Err(format!("{} stored under name index {index}, not {canonical}", tree::show(key)));
+        }
     }
     Ok((RawXattr { prefix, index, name, value }, (end as u64).div_ceil(4) * 4))
 }
