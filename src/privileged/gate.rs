@@ -587,60 +587,64 @@ fn within_limits(v: Verdict, limits: &Limits) -> Result<(), AccessError> {
     Ok(())
 }
 
-/// Parses the whole image with the hostile-input reader (which refuses unexpected
-/// `trusted.overlay.*` xattrs and malformed redirect/metacopy xattrs; escaped
-/// `trusted.overlay.overlay.*` user xattrs come back unescaped, i.e. inert) and refuses device
-/// nodes (other than 0/0 whiteouts) and redirect payloads with `.`/`..`/empty components.
-/// Returns the number of entries of the accepted tree.
+/// Vets the whole image with the hostile-input reader (`erofs::reader::vet_image`: every check
+/// of the reader, which among others refuses unexpected `trusted.overlay.*` xattrs, malformed
+/// metacopy xattrs and redirects that are not `/` + an object path — no empty, `.` or `..`
+/// component; escaped `trusted.overlay.overlay.*` user xattrs come back unescaped, i.e. inert),
+/// without building the tree, and refuses device nodes (other than 0/0 whiteouts).
+/// Returns the number of entries of the tree the reader would build.
 fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Result<u64, AccessError> {
     let io = |what, errno| AccessError::Io { what, errno };
     let size = rustix::fs::fstat(fd).map_err(|e| io("fstat image", e))?.st_size as u64;
     if size > limits.max_image_size {
         return Err(AccessError::Limit { what: "image size", value: size, limit: limits.max_image_size });
     }
-    let mut bytes = vec![0u8; size as usize];
+    // The helper's sealed copy of a caller's image is vetted through a read-only mapping (its
+    // seals keep the bytes from changing under it); any other image (one the helper built from
+    // a TOC or dumpfile) is read into memory.
+    let map = crate::sys::map::SealedMap::new(fd);
+    let read;
+    let bytes = match &map {
+        Ok(m) => m.bytes(),
+        Err(rustix::io::Errno::PERM | rustix::io::Errno::INVAL) => {
+            read = read_whole(fd, size).map_err(|e| io("reading the image", e))?;
+            &read[..]
+        }
+        Err(e) => return Err(io("mapping the image", *e)),
+    };
+    if bytes.len() as u64 > limits.max_image_size {
+        return Err(AccessError::Limit { what: "image size", value: bytes.len() as u64, limit: limits.max_image_size });
+    }
+    let mut rl = crate::erofs::reader::ReadLimits::default();
+    rl.tree.max_entries =
+        usize::try_from(limits.max_entries.min(inodes.saturating_mul(2) + 1024)).unwrap_or(usize::MAX);
+    let vetted =
+        crate::erofs::reader::vet_image(bytes, &rl).map_err(|e| AccessError::BadImage { reason: e.to_string() })?;
+    if vetted.entries > limits.max_entries {
+        return Err(AccessError::Limit { what: "image entries", value: vetted.entries, limit: limits.max_entries });
+    }
+    if let Some(path) = vetted.first_device {
+        return Err(AccessError::BadImage {
+            reason: format!("{path}: device node (not allowed for unprivileged callers)"),
+        });
+    }
+    Ok(vetted.entries)
+}
+
+/// Up to `size` bytes of `fd` from offset 0 (fewer if it ends before).
+fn read_whole(fd: BorrowedFd<'_>, size: u64) -> Result<Vec<u8>, rustix::io::Errno> {
+    let mut bytes = vec![0u8; usize::try_from(size).map_err(|_| rustix::io::Errno::FBIG)?];
     let mut have = 0;
     while have < bytes.len() {
         match rustix::io::pread(fd, &mut bytes[have..], have as u64) {
             Ok(0) => break,
             Ok(n) => have += n,
             Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(io("reading the image", e)),
+            Err(e) => return Err(e),
         }
     }
     bytes.truncate(have);
-    let mut rl = crate::erofs::reader::ReadLimits::default();
-    rl.tree.max_entries =
-        usize::try_from(limits.max_entries.min(inodes.saturating_mul(2) + 1024)).unwrap_or(usize::MAX);
-    let (tree, _) = crate::erofs::reader::read_image_with(&bytes, &rl)
-        .map_err(|e| AccessError::BadImage { reason: e.to_string() })?;
-    if tree.len() as u64 > limits.max_entries {
-        return Err(AccessError::Limit { what: "image entries", value: tree.len() as u64, limit: limits.max_entries });
-    }
-    for (i, node) in tree.nodes.iter().enumerate() {
-        let ino = &node.entry.inode;
-        let ft = ino.mode & 0o170000;
-        let path = || crate::tree::show(&tree.path_of(i as crate::tree::NodeId));
-        if (ft == 0o020000 && ino.rdev != 0) || ft == 0o060000 {
-            return Err(AccessError::BadImage {
-                reason: format!("{}: device node (not allowed for unprivileged callers)", path()),
-            });
-        }
-        if let Some(p) = node.entry.payload.as_ref().filter(|_| ino.is_reg()) {
-            let bad =
-                p.split(|c| *c == b'/').enumerate().any(|(k, c)| (c.is_empty() && k > 0) || c == b"." || c == b"..");
-            if bad || p.is_empty() {
-                return Err(AccessError::BadImage {
-                    reason: format!(
-                        "{}: overlay redirect {:?} has empty, '.' or '..' components",
-                        path(),
-                        String::from_utf8_lossy(p)
-                    ),
-                });
-            }
-        }
-    }
-    Ok(tree.len() as u64)
+    Ok(bytes)
 }
 
 /// What an unprivileged caller names in `als view` / `als view-rm` (issue 14, docs/als.md
