@@ -9,6 +9,9 @@
 # /run/cfsmount/verdicts removed before every run: the first mount of the image), and "root cs9
 # (plain)": root mounting the same image with the new binary directly. Then one line
 # of peak RSS (`time -f %M`, the helper process, after the runs) per binary and case.
+# Two binaries with different verdict versions (v1: SHA-256 key, v2: BLAKE3) remove each other's
+# verdicts whenever one records a new one; each case's warm-up runs record its own again, so the
+# timed runs of "cs9" are repeated mounts for both.
 #
 # Usage (root, hyperfine; the machine-wide lock of the root tier):
 #   flock /tmp/cfsmount-root.lock benches/helper.sh [target/release/cfsmount] [RUNS]

@@ -679,8 +679,13 @@ fn umount_on_a_fresh_machine_is_the_refusal() {
 // Remembered verdicts (issue 17): an accepted image is not parsed again for the same caller
 // ---------------------------------------------------------------------------------------------
 
-/// `/run/cfsmount/verdicts/v1-<uid>-<sha256 of the image bytes>`, computed here independently.
+/// `/run/cfsmount/verdicts/v2-<uid>-<BLAKE3 of the image bytes>`, computed here from the file.
 fn verdict_path(uid: u32, image: &[u8]) -> PathBuf {
+    PathBuf::from(format!("/run/cfsmount/verdicts/v2-{uid}-{}", blake3::hash(image).to_hex()))
+}
+
+/// Where a helper of verdict version 1 kept its verdicts: SHA-256 of the sealed copy.
+fn v1_verdict_path(uid: u32, image: &[u8]) -> PathBuf {
     use sha2::Digest;
     let hex: String = sha2::Sha256::digest(image).iter().map(|b| format!("{b:02x}")).collect();
     PathBuf::from(format!("/run/cfsmount/verdicts/v1-{uid}-{hex}"))
@@ -694,13 +699,14 @@ fn mount_and_umount(u: &User, fx: &Fixture, ctx: &str) {
 }
 
 /// The helper remembers that it accepted an image for a caller, keyed by the caller's uid and
-/// the SHA-256 of the image's bytes, in a root-only file; on the next mount of the same bytes by
+/// the BLAKE3 hash of the image's bytes, in a root-only file; on the next mount of the same bytes by
 /// the same caller that verdict stands in for the full parse. The verdict is really consulted
 /// (one root rewrote to claim more entries than the limit makes the mount refused), its entry
 /// count meets the caller's limit on every use, a file root did not write is ignored, another
 /// user's verdict does not apply to the same bytes, changed bytes are vetted again (a redirect
-/// patched to `..` is refused while the clean image's verdict exists), and a refused image
-/// leaves no verdict and is refused again.
+/// patched to `..` is refused while the clean image's verdict exists, and so it is while a
+/// verdict of the old version 1 claims the patched bytes), and a refused image leaves no
+/// verdict and is refused again.
 #[test]
 fn remembered_verdicts_cover_the_bytes_and_the_caller() {
     let (_g, e, _) = start();
@@ -713,13 +719,13 @@ fn remembered_verdicts_cover_the_bytes_and_the_caller() {
 
     mount_and_umount(u, &fx, "first mount");
     let text = std::fs::read_to_string(&vp).expect("the first mount records a verdict");
-    assert!(text.starts_with(&format!("cfsmount verdict v1 accepted size={} entries=", img.len())), "{text}");
+    assert!(text.starts_with(&format!("cfsmount verdict v2 accepted size={} entries=", img.len())), "{text}");
     let md = std::fs::metadata(&vp).unwrap();
     assert_eq!((md.uid(), md.mode() & 0o077), (0, 0), "verdict file not root-only");
     mount_and_umount(u, &fx, "second mount (remembered verdict)");
 
     // Consulted, and its entry count meets the caller's limit again.
-    let claim = format!("cfsmount verdict v1 accepted size={} entries=4000000000\n", img.len());
+    let claim = format!("cfsmount verdict v2 accepted size={} entries=4000000000\n", img.len());
     std::fs::write(&vp, &claim).unwrap();
     let mps = mountpoints();
     let o = run_as_strs(u, &mount_args(&fx, &[]));
@@ -752,11 +758,20 @@ fn remembered_verdicts_cover_the_bytes_and_the_caller() {
     let at = bytes.windows(clean.len()).position(|w| w == clean).expect("the redirect is in the image");
     bytes[at..at + hostile.len()].copy_from_slice(hostile);
     std::fs::write(&fx3.image, &bytes).unwrap();
+    // An accepting verdict of the old key (version 1: SHA-256) for exactly these bytes is not
+    // trusted, and is removed when the next verdict is written.
+    let old = v1_verdict_path(u.uid, &bytes);
+    std::fs::write(&old, format!("cfsmount verdict v1 accepted size={} entries=2\n", bytes.len())).unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     for round in ["first", "second"] {
         let o = run_as_strs(u, &mount_args(&fx3, &[]));
         assert_refused_nothing_mounted(&o, "'..'", &mps);
         assert!(!verdict_path(u.uid, &bytes).exists(), "{round} refusal left a verdict");
     }
+    std::fs::remove_file(&vp).unwrap();
+    mount_and_umount(u, &fx, "a mount that writes a verdict");
+    assert!(vp.exists());
+    assert!(!old.exists(), "the version 1 verdict was not removed");
     // A refused image (device node) is refused again, with no verdict.
     let body = "/null 0 20666 1 {uid} {gid} 259 0.0 - - -\n";
     let fx4 = fixture(u, "verdict-dev", body, &[]);

@@ -4,9 +4,9 @@
 //! targets, idmap user namespaces, limits and unmount rights are checked here and nowhere else.
 //! docs/helper.md walks through the list in the order a mount meets it.
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use super::caller::{as_caller, restrict_caps, set_undumpable, Caller, KEPT_CAPS}
 use super::idmap;
 use super::init::HelperContext;
 use super::policy::{Limits, Policy};
-use super::verdicts::{Key, Verdict, Verdicts};
+use super::verdicts::{Content, ContentHasher, Key, Verdict, Verdicts};
 use crate::mount::access::{check_is_userns, Access, AccessError, FdSink, Phase, Usage};
 use crate::mount::records::MountRecord;
 use crate::mount::{IdMap, MountOption, MountRequest, SourceKind};
@@ -39,12 +39,27 @@ pub(crate) struct Gate {
     /// The state directory, whose `verdicts` subdirectory remembers accepted images
     /// (`super::verdicts`); `None`: every image is vetted in full.
     state_dir: Option<PathBuf>,
+    /// The sealed copies `open_source` made (with verdicts on), each with the hash of the bytes
+    /// written into it; `check_image` finds an image's entry by its inode.
+    copies: RefCell<Vec<SealedCopy>>,
+}
+
+/// A sealed private copy and the hash of exactly what was written into it. Device and inode
+/// number together name one file in the system (POSIX `st_dev`/`st_ino`); the gate keeps an fd
+/// of the copy, so it stays alive and its number cannot pass to another file: finding an fd's
+/// (dev, ino) here identifies the very copy.
+#[derive(Debug, Clone)]
+struct SealedCopy {
+    _pin: std::sync::Arc<OwnedFd>,
+    dev: u64,
+    ino: u64,
+    content: Content,
 }
 
 impl Gate {
     pub(crate) fn new(ctx: HelperContext) -> Gate {
         let limits = ctx.policy.limits_for(ctx.caller.name.as_deref(), ctx.caller.uid);
-        Gate { caller: ctx.caller, policy: ctx.policy, limits, state_dir: None }
+        Gate { caller: ctx.caller, policy: ctx.policy, limits, state_dir: None, copies: RefCell::default() }
     }
 
     /// Remembers verdicts on vetted images in `<state_dir>/verdicts` (see `super::verdicts`).
@@ -58,6 +73,32 @@ impl Gate {
         check_path_arg(what, path.as_os_str())?;
         as_caller(&self.caller, || rustix::fs::open(path, flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty()))?
             .map_err(|errno| AccessError::Open { what, path: path.to_path_buf(), errno, as_caller: true })
+    }
+
+    /// Keeps `copy` (a sealed copy just made by `sealed_copy`) pinned with the hash of its bytes.
+    fn remember_copy(&self, copy: &OwnedFd, content: Content) -> Result<(), AccessError> {
+        let st = rustix::fs::fstat(copy).map_err(|e| AccessError::Io { what: "fstat of the source copy", errno: e })?;
+        let pin = rustix::io::dup(copy).map_err(|e| AccessError::Io { what: "dup", errno: e })?;
+        let pin = std::sync::Arc::new(pin);
+        self.copies.borrow_mut().push(SealedCopy { _pin: pin, dev: st.st_dev, ino: st.st_ino, content });
+        Ok(())
+    }
+
+    /// The verdict key of `image`: `None` unless it is one of the copies `open_source` made
+    /// (same device and inode, pinned by the gate), still sealed against writes, growth and
+    /// shrinking (`F_GET_SEALS` on this very fd) and of the size that was hashed.
+    fn key_of(&self, image: BorrowedFd<'_>) -> Result<Option<Key>, rustix::io::Errno> {
+        use rustix::fs::SealFlags;
+        let need = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK;
+        match rustix::fs::fcntl_get_seals(image) {
+            Ok(s) if s.contains(need) => {}
+            Ok(_) | Err(rustix::io::Errno::INVAL) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let st = rustix::fs::fstat(image)?;
+        let copies = self.copies.borrow();
+        let found = copies.iter().find(|c| c.dev == st.st_dev && c.ino == st.st_ino);
+        Ok(found.filter(|c| c.content.size() == st.st_size as u64).map(|c| Key::new(self.caller.uid, c.content)))
     }
 
     fn feature(&self, on: bool, what: &str) -> Result<(), AccessError> {
@@ -120,7 +161,8 @@ impl Access for Gate {
 
     /// As the caller, `O_RDONLY|O_NONBLOCK|O_NOCTTY`: a regular file within `max_image_size`;
     /// the content is copied into a memfd sealed against writes, growth and shrinking, so that
-    /// what is validated, measured and mounted can no longer be modified by the caller.
+    /// what is validated, measured and mounted can no longer be modified by the caller. With
+    /// verdicts on, the copy is hashed as it is written (the key of `check_image`'s verdict).
     fn open_source(&self, path: &Path) -> Result<OwnedFd, AccessError> {
         let fd = self.open_as_caller("source", path, OFlags::RDONLY | OFlags::NONBLOCK)?;
         let st = fstat("source", path, fd.as_fd())?;
@@ -135,14 +177,20 @@ impl Access for Gate {
         if st.st_size as u64 > max {
             return Err(AccessError::Limit { what: "image size", value: st.st_size as u64, limit: max });
         }
-        sealed_copy(fd, max)
+        let hashing = self.state_dir.is_some();
+        let (copy, content) = sealed_copy(fd, max, hashing)?;
+        if let Some(content) = content {
+            self.remember_copy(&copy, content)?;
+        }
+        Ok(copy)
     }
 
     /// The EROFS superblock (block size, inode count within `max_entries`), then the whole image
     /// through the hostile-input reader, refusing device nodes and unsafe redirects: unless this
-    /// caller's remembered verdict says that these very bytes (a sealed copy, by its SHA-256)
-    /// were accepted before by these checks; its entry count then meets the caller's limit
-    /// again (`super::verdicts`, docs/helper.md "Remembered verdicts").
+    /// caller's remembered verdict says that these very bytes (a sealed copy `open_source`
+    /// made, by the BLAKE3 hash of what was written into it) were accepted before by these
+    /// checks; its entry count then meets the caller's limit again (`super::verdicts`,
+    /// docs/helper.md "Remembered verdicts").
     fn check_image(&self, image: BorrowedFd<'_>) -> Result<(), AccessError> {
         let h = crate::erofs::format::ImageHeader::read_from(image).map_err(AccessError::Header)?;
         h.block_size().map_err(AccessError::Header)?;
@@ -156,7 +204,7 @@ impl Access for Gate {
         let verdicts = Verdicts::open(state_dir);
         let key = match verdicts {
             Some(_) => {
-                Key::of(self.caller.uid, image).map_err(|errno| AccessError::Io { what: "hashing the image", errno })?
+                self.key_of(image).map_err(|errno| AccessError::Io { what: "seals and size of the image", errno })?
             }
             None => None,
         };
@@ -477,27 +525,55 @@ fn truncate(s: &str) -> String {
     format!("{}...", &s[..end])
 }
 
+/// Bytes copied per read (measured: 128 KiB stays in the L2 cache between the read, the hash
+/// and the write; docs/helper.md "Cost").
+const COPY_CHUNK: usize = 128 << 10;
+
 /// Copies at most `max` bytes of `fd` into a new memfd and seals it (F_SEAL_WRITE, GROW,
-/// SHRINK, SEAL); positioned at 0.
-fn sealed_copy(fd: OwnedFd, max: u64) -> Result<OwnedFd, AccessError> {
+/// SHRINK, SEAL); positioned at 0. With `hash`, also the hash of exactly the bytes written (the
+/// memfd is this process's alone until it is sealed: nothing else can write into it, and its
+/// size after sealing is checked equal to what was hashed).
+fn sealed_copy(fd: OwnedFd, max: u64, hash: bool) -> Result<(OwnedFd, Option<Content>), AccessError> {
     use rustix::fs::{MemfdFlags, SealFlags};
-    let io = |what, e: std::io::Error| AccessError::Io {
-        what,
-        errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
-    };
+    use rustix::io::Errno;
+    let err = |what, errno| AccessError::Io { what, errno };
     let memfd = rustix::fs::memfd_create("cfsmount-source", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-        .map_err(|e| AccessError::Io { what: "memfd_create", errno: e })?;
-    let mut src = File::from(fd);
-    let mut dst = File::from(memfd);
-    let copied = std::io::copy(&mut (&mut src).take(max + 1), &mut dst).map_err(|e| io("copying the source", e))?;
-    if copied > max {
-        return Err(AccessError::Limit { what: "image size", value: copied, limit: max });
+        .map_err(|e| err("memfd_create", e))?;
+    let mut hasher = hash.then(ContentHasher::new);
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut copied = 0u64;
+    loop {
+        let n = match rustix::io::read(&fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(err("copying the source", e)),
+        };
+        copied += n as u64;
+        if copied > max {
+            return Err(AccessError::Limit { what: "image size", value: copied, limit: max });
+        }
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        let mut done = 0;
+        while done < n {
+            match rustix::io::write(&memfd, &buf[done..n]) {
+                Ok(0) => return Err(err("copying the source", Errno::NOSPC)),
+                Ok(w) => done += w,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(err("copying the source", e)),
+            }
+        }
     }
-    let memfd = OwnedFd::from(dst);
     rustix::fs::fcntl_add_seals(&memfd, SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)
-        .map_err(|e| AccessError::Io { what: "sealing the source copy", errno: e })?;
-    rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(0)).map_err(|e| AccessError::Io { what: "seek", errno: e })?;
-    Ok(memfd)
+        .map_err(|e| err("sealing the source copy", e))?;
+    let size = rustix::fs::fstat(&memfd).map_err(|e| err("fstat of the source copy", e))?.st_size as u64;
+    if size != copied {
+        return Err(err("copying the source", Errno::IO));
+    }
+    rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(0)).map_err(|e| err("seek", e))?;
+    Ok((memfd, hasher.map(ContentHasher::finish)))
 }
 
 /// A remembered verdict against the caller's limits of now.
@@ -511,60 +587,64 @@ fn within_limits(v: Verdict, limits: &Limits) -> Result<(), AccessError> {
     Ok(())
 }
 
-/// Parses the whole image with the hostile-input reader (which refuses unexpected
-/// `trusted.overlay.*` xattrs and malformed redirect/metacopy xattrs; escaped
-/// `trusted.overlay.overlay.*` user xattrs come back unescaped, i.e. inert) and refuses device
-/// nodes (other than 0/0 whiteouts) and redirect payloads with `.`/`..`/empty components.
-/// Returns the number of entries of the accepted tree.
+/// Vets the whole image with the hostile-input reader (`erofs::reader::vet_image`: every check
+/// of the reader, which among others refuses unexpected `trusted.overlay.*` xattrs, malformed
+/// metacopy xattrs and redirects that are not `/` + an object path — no empty, `.` or `..`
+/// component; escaped `trusted.overlay.overlay.*` user xattrs come back unescaped, i.e. inert),
+/// without building the tree, and refuses device nodes (other than 0/0 whiteouts).
+/// Returns the number of entries of the tree the reader would build.
 fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Result<u64, AccessError> {
     let io = |what, errno| AccessError::Io { what, errno };
     let size = rustix::fs::fstat(fd).map_err(|e| io("fstat image", e))?.st_size as u64;
     if size > limits.max_image_size {
         return Err(AccessError::Limit { what: "image size", value: size, limit: limits.max_image_size });
     }
-    let mut bytes = vec![0u8; size as usize];
+    // The helper's sealed copy of a caller's image is vetted through a read-only mapping (its
+    // seals keep the bytes from changing under it); any other image (one the helper built from
+    // a TOC or dumpfile) is read into memory.
+    let map = crate::sys::map::SealedMap::new(fd);
+    let read;
+    let bytes = match &map {
+        Ok(m) => m.bytes(),
+        Err(rustix::io::Errno::PERM | rustix::io::Errno::INVAL) => {
+            read = read_whole(fd, size).map_err(|e| io("reading the image", e))?;
+            &read[..]
+        }
+        Err(e) => return Err(io("mapping the image", *e)),
+    };
+    if bytes.len() as u64 > limits.max_image_size {
+        return Err(AccessError::Limit { what: "image size", value: bytes.len() as u64, limit: limits.max_image_size });
+    }
+    let mut rl = crate::erofs::reader::ReadLimits::default();
+    rl.tree.max_entries =
+        usize::try_from(limits.max_entries.min(inodes.saturating_mul(2) + 1024)).unwrap_or(usize::MAX);
+    let vetted =
+        crate::erofs::reader::vet_image(bytes, &rl).map_err(|e| AccessError::BadImage { reason: e.to_string() })?;
+    if vetted.entries > limits.max_entries {
+        return Err(AccessError::Limit { what: "image entries", value: vetted.entries, limit: limits.max_entries });
+    }
+    if let Some(path) = vetted.first_device {
+        return Err(AccessError::BadImage {
+            reason: format!("{path}: device node (not allowed for unprivileged callers)"),
+        });
+    }
+    Ok(vetted.entries)
+}
+
+/// Up to `size` bytes of `fd` from offset 0 (fewer if it ends before).
+fn read_whole(fd: BorrowedFd<'_>, size: u64) -> Result<Vec<u8>, rustix::io::Errno> {
+    let mut bytes = vec![0u8; usize::try_from(size).map_err(|_| rustix::io::Errno::FBIG)?];
     let mut have = 0;
     while have < bytes.len() {
         match rustix::io::pread(fd, &mut bytes[have..], have as u64) {
             Ok(0) => break,
             Ok(n) => have += n,
             Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(io("reading the image", e)),
+            Err(e) => return Err(e),
         }
     }
     bytes.truncate(have);
-    let mut rl = crate::erofs::reader::ReadLimits::default();
-    rl.tree.max_entries =
-        usize::try_from(limits.max_entries.min(inodes.saturating_mul(2) + 1024)).unwrap_or(usize::MAX);
-    let (tree, _) = crate::erofs::reader::read_image_with(&bytes, &rl)
-        .map_err(|e| AccessError::BadImage { reason: e.to_string() })?;
-    if tree.len() as u64 > limits.max_entries {
-        return Err(AccessError::Limit { what: "image entries", value: tree.len() as u64, limit: limits.max_entries });
-    }
-    for (i, node) in tree.nodes.iter().enumerate() {
-        let ino = &node.entry.inode;
-        let ft = ino.mode & 0o170000;
-        let path = || crate::tree::show(&tree.path_of(i as crate::tree::NodeId));
-        if (ft == 0o020000 && ino.rdev != 0) || ft == 0o060000 {
-            return Err(AccessError::BadImage {
-                reason: format!("{}: device node (not allowed for unprivileged callers)", path()),
-            });
-        }
-        if let Some(p) = node.entry.payload.as_ref().filter(|_| ino.is_reg()) {
-            let bad =
-                p.split(|c| *c == b'/').enumerate().any(|(k, c)| (c.is_empty() && k > 0) || c == b"." || c == b"..");
-            if bad || p.is_empty() {
-                return Err(AccessError::BadImage {
-                    reason: format!(
-                        "{}: overlay redirect {:?} has empty, '.' or '..' components",
-                        path(),
-                        String::from_utf8_lossy(p)
-                    ),
-                });
-            }
-        }
-    }
-    Ok(tree.len() as u64)
+    Ok(bytes)
 }
 
 /// What an unprivileged caller names in `als view` / `als view-rm` (issue 14, docs/als.md
@@ -690,6 +770,53 @@ mod tests {
         assert!(e.contains("control character"), "{e}");
         let long = format!("basedir=/{}", "a".repeat(MAX_OPTION_STRING));
         assert!(check_option_string(&long, &[]).unwrap_err().to_string().contains("longer than"));
+    }
+
+    #[test]
+    fn the_copy_is_sealed_hashed_as_written_and_keyed_only_by_the_gate_that_made_it() {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        use std::io::{Read, Seek, Write};
+        // Larger than one copy chunk, not a multiple of it.
+        let bytes: Vec<u8> = (0..(3 * COPY_CHUNK + 4097)).map(|i| (i % 251) as u8).collect();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&bytes).unwrap();
+        let reopen = |f: &mut File| {
+            f.rewind().unwrap();
+            OwnedFd::from(f.try_clone().unwrap())
+        };
+        let (copy, content) = sealed_copy(reopen(&mut f), bytes.len() as u64, true).unwrap();
+        let content = content.expect("hashed");
+        let mut want = ContentHasher::new();
+        want.update(&bytes);
+        assert_eq!(content, want.finish());
+        let seals = rustix::fs::fcntl_get_seals(&copy).unwrap();
+        assert!(seals.contains(SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL));
+        let mut back = Vec::new();
+        File::from(rustix::io::dup(&copy).unwrap()).read_to_end(&mut back).unwrap();
+        assert!(back == bytes, "the copy holds the source's bytes");
+        // Over the size limit: refused.
+        let e = sealed_copy(reopen(&mut f), bytes.len() as u64 - 1, true).unwrap_err().to_string();
+        assert!(e.contains("image size"), "{e}");
+        // Without verdicts nothing is hashed.
+        assert!(sealed_copy(reopen(&mut f), bytes.len() as u64, false).unwrap().1.is_none());
+
+        let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
+        let g = Gate::new(HelperContext { caller, policy: Policy::builtin().unwrap() });
+        assert_eq!(g.key_of(copy.as_fd()).unwrap(), None, "not remembered yet");
+        g.remember_copy(&copy, content).unwrap();
+        let key = Key::new(1000, content);
+        assert_eq!(g.key_of(copy.as_fd()).unwrap(), Some(key.clone()));
+        let dup = rustix::io::dup(&copy).unwrap();
+        assert_eq!(g.key_of(dup.as_fd()).unwrap(), Some(key), "another fd of the same copy");
+        // The same bytes in a sealed memfd the gate did not make: no key (vetted in full).
+        let other = rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        File::from(rustix::io::dup(&other).unwrap()).write_all(&bytes).unwrap();
+        rustix::fs::fcntl_add_seals(&other, SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK).unwrap();
+        assert_eq!(g.key_of(other.as_fd()).unwrap(), None);
+        // Not sealed, or not sealable: no key.
+        let unsealed = rustix::fs::memfd_create("u", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        assert_eq!(g.key_of(unsealed.as_fd()).unwrap(), None);
+        assert_eq!(g.key_of(f.as_fd()).unwrap(), None);
     }
 
     #[test]

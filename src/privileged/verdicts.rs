@@ -2,13 +2,16 @@
 //! has parsed and accepted for a caller is not parsed again for that caller while its bytes are
 //! the same. docs/helper.md ("Remembered verdicts") has the argument in full; in short:
 //!
-//! - the key is the SHA-256 of the bytes the kernel will mount: the sealed private copy
-//!   (`F_SEAL_WRITE|F_SEAL_GROW|F_SEAL_SHRINK` checked on the fd itself), hashed by the helper
-//!   after sealing, so nothing can change them between the hash, the verdict and the mount; an
-//!   fd that is not sealed so (a freshly built image) never uses or makes a verdict;
+//! - the key is the BLAKE3 hash of the bytes the kernel will mount: the helper's private copy,
+//!   hashed ([`ContentHasher`]) from the very buffers the helper writes into its own memfd, which
+//!   no other process holds until it is sealed (`F_SEAL_WRITE|F_SEAL_GROW|F_SEAL_SHRINK`,
+//!   checked on the fd itself before the key is used), its size checked equal to the bytes
+//!   hashed; so nothing can change them between the hash, the verdict and the mount; an fd that
+//!   is not such a copy (a freshly built image) never uses or makes a verdict;
 //! - the key also holds the caller's uid: a verdict made for one user is never used for another
 //!   (who could otherwise learn from the timing that someone mounted a given image);
-//! - and [`VERSION`] of the checks: a helper that checks more never trusts an older verdict;
+//! - and [`VERSION`] of the checks (and of the key's hash): a helper that checks more never
+//!   trusts an older verdict;
 //! - only accepted images are remembered (a refusal is always recomputed), with the entry count
 //!   the parse found, which is checked against the caller's limit on every use; the header and
 //!   size checks run on every mount anyway;
@@ -24,24 +27,22 @@
 //! mount and never an acceptance.
 
 use std::io::Read;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, Mode, OFlags, SealFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
-use sha2::{Digest, Sha256};
 
 /// Version of the checks a verdict vouches for: bump it whenever `check_image_content` (or the
-/// hostile-input reader under it) refuses something it accepted before.
-pub(crate) const VERSION: u32 = 1;
+/// hostile-input reader under it) refuses something it accepted before, or the key changes
+/// (v1: SHA-256 of the sealed copy read back; v2: BLAKE3 of the copy as it was written).
+pub(crate) const VERSION: u32 = 2;
 /// Most verdicts kept per user.
 pub(crate) const PER_UID: usize = 64;
 /// Most verdicts kept in all.
 pub(crate) const TOTAL: usize = 1024;
 /// Largest verdict file read.
 const MAX_FILE: u64 = 128;
-/// Bytes hashed per read.
-const CHUNK: usize = 1 << 20;
 
 /// What a verdict says about an accepted image (rechecked against the caller's limits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,49 +68,63 @@ impl Verdict {
     }
 }
 
-/// The key of an image for one caller: its uid and the SHA-256 of the sealed bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Key {
-    uid: u32,
+/// Hashes an image's bytes as the helper writes them into its private copy.
+pub(crate) struct ContentHasher {
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl ContentHasher {
+    pub(crate) fn new() -> ContentHasher {
+        ContentHasher { hasher: blake3::Hasher::new(), size: 0 }
+    }
+
+    /// The next bytes of the copy, in order.
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    pub(crate) fn finish(self) -> Content {
+        Content { digest: *self.hasher.finalize().as_bytes(), size: self.size }
+    }
+}
+
+/// The BLAKE3 hash and the length of all the bytes given to a [`ContentHasher`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Content {
     digest: [u8; 32],
     size: u64,
 }
 
+impl Content {
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// The key of an image for one caller: its uid and the hash of the sealed bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Key {
+    uid: u32,
+    content: Content,
+}
+
 impl Key {
-    /// `None` unless `fd` is sealed against writes, growth and shrinking (then its bytes can
-    /// no longer change, and the key covers exactly what will be mounted).
-    pub(crate) fn of(uid: u32, fd: BorrowedFd<'_>) -> Result<Option<Key>, Errno> {
-        let need = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK;
-        match rustix::fs::fcntl_get_seals(fd) {
-            Ok(s) if s.contains(need) => {}
-            Ok(_) | Err(Errno::INVAL) => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        let size = rustix::fs::fstat(fd)?.st_size as u64;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut off = 0u64;
-        while off < size {
-            match rustix::io::pread(fd, &mut buf, off) {
-                Ok(0) => return Err(Errno::IO), // sealed: cannot be shorter than fstat said
-                Ok(n) => {
-                    h.update(&buf[..n]);
-                    off += n as u64;
-                }
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(Some(Key { uid, digest: h.finalize().into(), size }))
+    /// The key of `content` for the caller `uid`. The caller of this function vouches that
+    /// `content` describes exactly the bytes that will be mounted (the gate: its own copy,
+    /// sealed, of that size).
+    pub(crate) fn new(uid: u32, content: Content) -> Key {
+        Key { uid, content }
     }
 
     fn file_name(&self) -> String {
-        let hex: String = self.digest.iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = self.content.digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("v{VERSION}-{}-{hex}", self.uid)
     }
 
     pub(crate) fn size(&self) -> u64 {
-        self.size
+        self.content.size
     }
 }
 
@@ -152,7 +167,7 @@ impl Verdicts {
         }
         let mut text = Vec::new();
         std::fs::File::from(fd).take(MAX_FILE).read_to_end(&mut text).ok()?;
-        Verdict::decode(&text).filter(|v| v.size == key.size)
+        Verdict::decode(&text).filter(|v| v.size == key.size())
     }
 
     /// Records that the image of `key` was accepted (best effort: a verdict that cannot be
@@ -230,22 +245,41 @@ fn now_secs() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
     use std::path::PathBuf;
 
     fn dir_path(state_dir: &Path) -> PathBuf {
         state_dir.join("verdicts")
     }
 
-    /// `printf 'image bytes' | sha256sum` (coreutils).
-    const HELLO_SHA256: &str = "de7030234493a8bea844dbe1d8676e68a2c1a4b014c721f0425a22b6df66faec";
+    /// The BLAKE3 team's test vectors (test_vectors/test_vectors.json of the BLAKE3 repository):
+    /// input of `len` bytes `0, 1, ..., 250, 0, 1, ...`, first 32 bytes of the output.
+    const VECTORS: [(usize, &str); 4] = [
+        (0, "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"),
+        (1, "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213"),
+        (1025, "d00278ae47eb27b34faecf67b4fe263f82d5412916c1ffd97c8cb7fb814b8444"),
+        (4097, "9b4052b38f1c5fc8b1f9ff7ac7b27cd242487b3d890d15c96a1c25b8aa0fb995"),
+    ];
 
-    fn sealed(bytes: &[u8]) -> OwnedFd {
-        use rustix::fs::MemfdFlags;
-        let fd = rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-        assert_eq!(rustix::io::write(&fd, bytes).unwrap(), bytes.len());
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK).unwrap();
-        fd
+    fn content(bytes: &[u8]) -> Content {
+        let mut h = ContentHasher::new();
+        h.update(bytes);
+        h.finish()
+    }
+
+    #[test]
+    fn content_hash_is_blake3_of_all_pieces_in_order() {
+        for (len, want) in VECTORS {
+            let input: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            // In uneven pieces, as the copy loop feeds it.
+            let mut h = ContentHasher::new();
+            for piece in input.chunks(1000) {
+                h.update(piece);
+            }
+            let c = h.finish();
+            let hex: String = c.digest.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, want, "len {len}");
+            assert_eq!(c.size(), len as u64);
+        }
     }
 
     #[test]
@@ -254,33 +288,26 @@ mod tests {
         assert_eq!(Verdict::decode(v.encode().as_bytes()), Some(v));
         for bad in [
             "",
-            "cfsmount verdict v1 accepted size=10 entries=3",
-            "cfsmount verdict v0 accepted size=10 entries=3\n",
-            "cfsmount verdict v1 refused size=10 entries=3\n",
-            "cfsmount verdict v1 accepted size=10 entries=+3\n",
-            "cfsmount verdict v1 accepted size=10 entries=3 \n",
-            "cfsmount verdict v1 accepted entries=3 size=10\n",
-            "cfsmount verdict v1 accepted size=010 entries=3\n",
+            "cfsmount verdict v2 accepted size=10 entries=3",
+            "cfsmount verdict v1 accepted size=10 entries=3\n",
+            "cfsmount verdict v2 refused size=10 entries=3\n",
+            "cfsmount verdict v2 accepted size=10 entries=+3\n",
+            "cfsmount verdict v2 accepted size=10 entries=3 \n",
+            "cfsmount verdict v2 accepted entries=3 size=10\n",
+            "cfsmount verdict v2 accepted size=010 entries=3\n",
         ] {
             assert_eq!(Verdict::decode(bad.as_bytes()), None, "{bad:?}");
         }
     }
 
     #[test]
-    fn key_needs_seals_and_covers_uid_and_bytes() {
-        let a = sealed(b"image bytes");
-        let k = Key::of(1000, a.as_fd()).unwrap().unwrap();
+    fn key_covers_uid_and_bytes() {
+        let k = Key::new(1000, content(b"image bytes"));
         assert_eq!(k.size(), 11);
-        let hex: String = k.digest.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, HELLO_SHA256);
-        assert_ne!(Key::of(1001, a.as_fd()).unwrap().unwrap().file_name(), k.file_name());
-        let b = sealed(b"image bytez");
-        assert_ne!(Key::of(1000, b.as_fd()).unwrap().unwrap(), k);
-        // Not sealed (or not sealable): no key.
-        let unsealed = rustix::fs::memfd_create("u", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-        assert!(Key::of(1000, unsealed.as_fd()).unwrap().is_none());
-        let tmp = tempfile::tempfile().unwrap();
-        assert!(Key::of(1000, tmp.as_fd()).unwrap().is_none());
+        assert!(k.file_name().starts_with("v2-1000-"), "{}", k.file_name());
+        assert_ne!(Key::new(1001, content(b"image bytes")).file_name(), k.file_name());
+        assert_ne!(Key::new(1000, content(b"image bytez")).file_name(), k.file_name());
+        assert_ne!(Key::new(1000, content(b"image byte")).file_name(), k.file_name());
     }
 
     #[test]
@@ -288,25 +315,28 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         std::fs::set_permissions(state.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         let v = Verdicts::open(state.path()).expect("verdict dir");
-        let img = sealed(b"accepted image");
-        let k = Key::of(1000, img.as_fd()).unwrap().unwrap();
+        let img = content(b"accepted image");
+        let k = Key::new(1000, img);
         assert_eq!(v.lookup(&k), None);
         let verdict = Verdict { size: k.size(), entries: 7 };
         v.record(&k, verdict);
         assert_eq!(v.lookup(&k), Some(verdict));
-        assert_eq!(v.lookup(&Key::of(1001, img.as_fd()).unwrap().unwrap()), None, "another user's verdict");
+        assert_eq!(v.lookup(&Key::new(1001, img)), None, "another user's verdict");
         // A tampered file (other content, or group-readable) is not trusted.
         let p = dir_path(state.path()).join(k.file_name());
-        std::fs::write(&p, "cfsmount verdict v1 accepted size=14 entries=x\n").unwrap();
+        std::fs::write(&p, "cfsmount verdict v2 accepted size=14 entries=x\n").unwrap();
         assert_eq!(v.lookup(&k), None);
         v.record(&k, verdict);
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
         assert_eq!(v.lookup(&k), None);
+        // A verdict of the old key (v1, SHA-256) is removed, never read.
+        let old = dir_path(state.path()).join("v1-1000-00");
+        std::fs::write(&old, "cfsmount verdict v1 accepted size=14 entries=7\n").unwrap();
         // Bounds: per uid, oldest first.
         for i in 0..(PER_UID + 5) {
-            let f = sealed(format!("image {i}").as_bytes());
-            v.record(&Key::of(1000, f.as_fd()).unwrap().unwrap(), verdict);
+            v.record(&Key::new(1000, content(format!("image {i}").as_bytes())), verdict);
         }
+        assert!(!old.exists(), "verdicts of another version are removed");
         let n = std::fs::read_dir(dir_path(state.path())).unwrap().count();
         assert_eq!(n, PER_UID);
         // A directory others can read is not used.

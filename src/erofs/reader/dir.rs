@@ -6,11 +6,21 @@ use super::{ReadError, Reader};
 use crate::erofs::format::*;
 use crate::tree;
 
-impl Reader<'_> {
-    /// Read the entries of directory `nid`, in on-disk order. Errors carry no path yet.
-    pub(super) fn read_dir(&mut self, nid: u64, dd: DirData) -> Result<Vec<(Vec<u8>, u64, u8)>, ReadError> {
+/// A directory entry: (name borrowed from the image, nid, file type).
+pub(super) type Dirent<'a> = (&'a [u8], u64, u8);
+
+impl<'a> Reader<'a> {
+    /// Read the entries of directory `nid`, in on-disk order (names borrowed from the image).
+    /// Errors carry no path yet.
+    pub(super) fn read_dir(&mut self, nid: u64, dd: DirData) -> Result<Vec<Dirent<'a>>, ReadError> {
         let bad = |reason: String| ReadError::Dir { nid, path: String::new(), reason };
-        let mut out: Vec<(Vec<u8>, u64, u8)> = Vec::new();
+        // Every entry takes at least 13 bytes (its 12-byte record and a name): room for the
+        // most this directory's data can hold (inside the image: claimed above) and the
+        // directory-entry budget still allows.
+        let data_len = dd.blocks_len.saturating_add(dd.tail.map_or(0, |t| t.1));
+        let budget = self.limits.max_dirents.saturating_sub(self.dirents);
+        let most = usize::try_from((data_len / (DIRENT_SIZE as u64 + 1)).min(budget)).unwrap_or(0);
+        let mut out: Vec<Dirent<'a>> = Vec::with_capacity(most);
         let mut pieces = Vec::new();
         let mut done = 0u64;
         while done < dd.blocks_len {
@@ -29,7 +39,7 @@ impl Reader<'_> {
         }
         for w in out.windows(2) {
             if w[0].0 >= w[1].0 {
-                return Err(bad(format!("entries not in sorted order at {}", tree::show(&w[1].0))));
+                return Err(bad(format!("entries not in sorted order at {}", tree::show(w[1].0))));
             }
         }
         Ok(out)
@@ -37,7 +47,7 @@ impl Reader<'_> {
 }
 
 /// Parse one directory block, appending (name, nid, file type); returns the entry count.
-pub(super) fn parse_dirent_block(b: &[u8], out: &mut Vec<(Vec<u8>, u64, u8)>, budget: u64) -> Result<u64, String> {
+pub(super) fn parse_dirent_block<'b>(b: &'b [u8], out: &mut Vec<Dirent<'b>>, budget: u64) -> Result<u64, String> {
     let first = match decode_dirent(b) {
         Some((_, first, _)) if b.len() >= DIRENT_SIZE => usize::from(first),
         _ => return Err("block shorter than one entry".into()),
@@ -67,10 +77,11 @@ pub(super) fn parse_dirent_block(b: &[u8], out: &mut Vec<(Vec<u8>, u64, u8)>, bu
         if name.len() > tree::MAX_NAME_LEN {
             return Err(format!("entry {i}: name longer than {} bytes", tree::MAX_NAME_LEN));
         }
-        if name.contains(&0) || name.contains(&b'/') {
+        // One pass over the (short) name, without memchr's setup per call.
+        if name.iter().any(|&c| c == 0 || c == b'/') {
             return Err(format!("entry {i}: NUL or '/' in name {}", tree::show(name)));
         }
-        out.push((name.to_vec(), nid, ftype));
+        out.push((name, nid, ftype));
     }
     Ok(n as u64)
 }

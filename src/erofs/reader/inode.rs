@@ -2,7 +2,7 @@
 //! data (directory blocks and inline tail, inline file content, symlink target, device number,
 //! an external file's chunk map), the claims on its slots and blocks, and its xattrs.
 
-use super::xattr::OverlayMarks;
+use super::xattr::{has_whiteout_markers, is_raw_whiteout_marker, Applied, RawXattr};
 use super::{ReadError, Reader};
 use crate::erofs::format::*;
 use crate::tree::{self, Entry, Inode};
@@ -18,57 +18,109 @@ pub(super) struct DirData {
 
 #[derive(Debug)]
 pub(super) struct Ino {
-    /// `None` once moved into the tree.
-    pub(super) entry: Option<Entry>,
-    /// EROFS dirent file type this inode must be listed with (its on-disk type).
-    pub(super) ftype: u8,
-    pub(super) dir: Option<DirData>,
-    /// A character device 0/0 as stored: only legitimate as a root whiteout stub.
-    pub(super) raw_whiteout: bool,
-    /// An escaped user whiteout turned back into a 0/0 character device.
-    pub(super) user_whiteout: bool,
+    /// `None` once moved into the tree. When vetting (no tree), only the root's and the raw
+    /// whiteouts' entries are kept (the stub checks compare them); the facts below stand for
+    /// the others.
+    pub(super) entry: Option<Box<Entry>>,
+    /// Decoded bytes of the entry (xattrs, payload, inline content) as the tree holds it: the
+    /// whiteout markers' share (`marker_bytes`) goes when they are removed.
+    pub(super) bytes: u64,
+    pub(super) marker_bytes: u32,
+    /// A directory's place in the table's directory data ([`NO_DIR`] for other inodes).
+    dir: u32,
     /// Number of directory entries naming this inode.
     pub(super) names: u32,
     /// st_nlink as stored.
     pub(super) nlink: u32,
+    /// EROFS dirent file type this inode must be listed with (its on-disk type).
+    pub(super) ftype: u8,
+    /// A character device 0/0 as stored: only legitimate as a root whiteout stub.
+    pub(super) raw_whiteout: bool,
+    /// An escaped user whiteout turned back into a 0/0 character device.
+    pub(super) user_whiteout: bool,
+    /// A block device, or a character device other than 0/0 (whiteouts), in the tree.
+    pub(super) device: bool,
+    /// A directory carrying the markers the writer puts on a directory holding a whiteout.
+    pub(super) marked: bool,
+}
+
+const NO_DIR: u32 = u32::MAX;
+
+impl Ino {
+    pub(super) fn is_dir(&self) -> bool {
+        self.dir != NO_DIR
+    }
 }
 
 /// Decoded inodes by nid: a dense index over the image's inode slots (nids of inodes that
-/// exist are bounded by the image size) into a list, instead of hashing every lookup.
+/// exist are bounded by the image size) into a list, instead of hashing every lookup; the
+/// directories' data apart (most inodes are not directories).
 pub(super) struct InodeTable {
     index: Vec<u32>,
     list: Vec<Ino>,
+    dirs: Vec<DirData>,
 }
 
 impl InodeTable {
-    pub(super) fn new(slots: u64) -> InodeTable {
-        InodeTable { index: vec![u32::MAX; usize::try_from(slots).unwrap_or(0)], list: Vec::new() }
+    /// For nids below `slots`; room for `expect` inodes (at most `slots`: the superblock's
+    /// count is hostile).
+    pub(super) fn new(slots: u64, expect: u64) -> InodeTable {
+        let slots = usize::try_from(slots).unwrap_or(0);
+        let expect = usize::try_from(expect).unwrap_or(0).min(slots);
+        InodeTable { index: vec![u32::MAX; slots], list: Vec::with_capacity(expect), dirs: Vec::new() }
     }
 
-    fn pos(&self, nid: &u64) -> Option<usize> {
-        let i = *self.index.get(usize::try_from(*nid).ok()?)?;
+    /// The inode's place in the table (in decoding order).
+    pub(super) fn pos(&self, nid: u64) -> Option<usize> {
+        let i = *self.index.get(usize::try_from(nid).ok()?)?;
         (i != u32::MAX).then_some(i as usize)
     }
 
     pub(super) fn contains_key(&self, nid: &u64) -> bool {
-        self.pos(nid).is_some()
+        self.pos(*nid).is_some()
     }
 
     pub(super) fn get(&self, nid: &u64) -> Option<&Ino> {
-        self.list.get(self.pos(nid)?)
+        self.list.get(self.pos(*nid)?)
     }
 
     pub(super) fn get_mut(&mut self, nid: &u64) -> Option<&mut Ino> {
-        let p = self.pos(nid)?;
+        let p = self.pos(*nid)?;
         self.list.get_mut(p)
     }
 
-    /// Only called for nids whose inode decoded, hence inside the slot range.
-    pub(super) fn insert(&mut self, nid: u64, ino: Ino) {
+    /// Where the entries of directory `nid` are (`None` if it is not a decoded directory).
+    pub(super) fn dir_data(&self, nid: &u64) -> Option<DirData> {
+        self.dirs.get(self.get(nid)?.dir as usize).copied()
+    }
+
+    /// The inode at place `pos` of the table.
+    pub(super) fn at(&self, pos: usize) -> Option<&Ino> {
+        self.list.get(pos)
+    }
+
+    /// The nid of every inode, by place in the table.
+    pub(super) fn nids_by_pos(&self) -> Vec<u64> {
+        let mut v = vec![u64::MAX; self.list.len()];
+        for (nid, &i) in self.index.iter().enumerate() {
+            if let Some(n) = v.get_mut(i as usize) {
+                *n = nid as u64;
+            }
+        }
+        v
+    }
+
+    /// Only called for nids whose inode decoded, hence inside the slot range (and so fewer
+    /// than 2^32 of them: the index holds u32 places).
+    pub(super) fn insert(&mut self, nid: u64, mut ino: Ino, dir: Option<DirData>) {
         let Some(slot) = usize::try_from(nid).ok().and_then(|n| self.index.get_mut(n)) else {
             return;
         };
         *slot = self.list.len() as u32;
+        if let Some(d) = dir {
+            ino.dir = self.dirs.len() as u32;
+            self.dirs.push(d);
+        }
         self.list.push(ino);
     }
 
@@ -97,11 +149,13 @@ struct Body {
     rdev: u32,
     /// Bytes stored inline right after the inode and its xattrs.
     inline_len: u64,
+    /// Length of the inline content or symlink target (held in `entry` only when keeping).
+    data_len: u64,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     /// Decode the inode at `nid`. Errors carry no path yet (see [`super::with_path`]).
-    pub(super) fn decode(&mut self, nid: u64) -> Result<Ino, ReadError> {
+    pub(super) fn decode(&mut self, nid: u64) -> Result<(Ino, Option<DirData>), ReadError> {
         let bad = |reason: String| ReadError::Inode { nid, path: String::new(), reason };
         let off = nid
             .checked_mul(SLOT_SIZE)
@@ -126,35 +180,67 @@ impl Reader<'_> {
         }
 
         let external = inode.is_reg() && inode.size > 0 && di.datalayout() == LAYOUT_CHUNK_BASED;
-        let mut entry = body.entry;
-        let mut marks = OverlayMarks::default();
+        // The two xattr lists are reused from inode to inode (no allocation per inode).
+        let mut x = Applied { xattrs: std::mem::take(&mut self.kept_xattrs), ..Applied::default() };
+        x.xattrs.clear();
         if xattr_size > 0 {
             // At most 255 shared and 64 Ki inline entries of bounded size: the budget is
             // charged once they are decoded.
-            let raw_xattrs = self.read_xattrs(xattr_off, xattr_size).map_err(bad)?;
-            self.budget(raw_xattrs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())?;
-            marks = self.apply_xattrs(nid, &mut entry, raw_xattrs, external).map_err(bad)?;
+            let mut raw = std::mem::take(&mut self.raw_xattrs);
+            self.read_xattrs(xattr_off, xattr_size, &mut raw).map_err(bad)?;
+            self.budget(raw.iter().map(RawXattr::cost).sum())?;
+            x = self.apply_xattrs(nid, &raw, external, std::mem::take(&mut x.xattrs)).map_err(bad)?;
+            self.raw_xattrs = raw;
         }
         // What the writer always adds must be there: otherwise the kernel (and overlayfs)
         // would see something else than the tree this reader returns.
-        if external && !marks.metacopy {
+        if external && !x.marks.metacopy {
             return Err(bad("external file without the overlay metacopy xattr".into()));
         }
-        if nid == self.root_nid && !marks.root_opaque {
+        if nid == self.root_nid && !x.marks.root_opaque {
             return Err(bad("root directory without trusted.overlay.opaque=y".into()));
         }
         let mut inode = Inode { rdev: body.rdev, ..inode };
-        let user_whiteout = self.unescape_whiteout(&mut inode, &mut entry);
-        entry.inode = inode;
-        Ok(Ino {
-            entry: Some(entry),
-            ftype,
-            dir: body.dir,
-            raw_whiteout: body.raw_whiteout,
-            user_whiteout,
+        let user_whiteout = self.unescape_whiteout(&mut inode, &mut x.xattrs);
+        let kind = inode.mode & tree::S_IFMT;
+        let device = (kind == tree::S_IFCHR && inode.rdev != 0) || kind == tree::S_IFBLK;
+        let v1 = self.version >= 1;
+        let marked = body.dir.is_some() && has_whiteout_markers(&x.xattrs, v1);
+        let marker_bytes = if marked {
+            x.xattrs.iter().filter(|m| is_raw_whiteout_marker(m, v1)).map(RawXattr::cost).sum()
+        } else {
+            0
+        };
+        let payload_len = x.payload.map_or(0, <[u8]>::len) as u64;
+        let bytes = x.xattrs.iter().map(RawXattr::cost).sum::<u64>() + payload_len + body.data_len;
+        // The tree's copy of the entry; when vetting, only the root's and the raw whiteouts'
+        // (the stub checks compare them).
+        let keep = self.keep || nid == self.root_nid || body.raw_whiteout;
+        let entry = keep.then(|| {
+            let mut entry = body.entry;
+            entry.inode = inode;
+            entry.xattrs = x.xattrs.iter().map(|r| r.to_xattr()).collect();
+            if let Some(p) = x.payload {
+                entry.payload = Some(p.to_vec());
+            }
+            entry.fsverity_digest = x.fsverity_digest;
+            Box::new(entry)
+        });
+        self.kept_xattrs = x.xattrs;
+        let ino = Ino {
+            entry,
+            bytes,
+            marker_bytes: u32::try_from(marker_bytes).unwrap_or(u32::MAX),
+            dir: NO_DIR,
             names: 0,
             nlink: di.nlink,
-        })
+            ftype,
+            raw_whiteout: body.raw_whiteout,
+            user_whiteout,
+            device,
+            marked,
+        };
+        Ok((ino, body.dir))
     }
 
     /// The on-disk inode at byte offset `off`: known format bits, whole inside the image.
@@ -232,10 +318,13 @@ impl Reader<'_> {
                 if size > INLINE_CONTENT_MAX as u64 {
                     return Err(bad(format!("inline content of {size} bytes (limit {INLINE_CONTENT_MAX})")));
                 }
-                let data = self.read_data(layout, size, i_u, data_off).map_err(bad)?;
+                let (blocks, tail) = self.read_data(layout, size, i_u, data_off).map_err(bad)?;
                 body.inline_len = if layout == LAYOUT_FLAT_INLINE { size % BLOCK_SIZE } else { 0 };
                 self.budget(size)?;
-                body.entry.content = Some(data);
+                body.data_len = size;
+                if self.keep {
+                    body.entry.content = Some([blocks, tail].concat());
+                }
             }
             tree::S_IFREG => check_layout(&[LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE])?,
             tree::S_IFLNK => {
@@ -243,13 +332,16 @@ impl Reader<'_> {
                 if size == 0 || size >= tree::PATH_MAX as u64 {
                     return Err(bad(format!("symlink target length {size}")));
                 }
-                let data = self.read_data(layout, size, i_u, data_off).map_err(bad)?;
-                if data.contains(&0) {
+                let (blocks, tail) = self.read_data(layout, size, i_u, data_off).map_err(bad)?;
+                if blocks.contains(&0) || tail.contains(&0) {
                     return Err(bad("NUL byte in symlink target".into()));
                 }
                 body.inline_len = if layout == LAYOUT_FLAT_INLINE { size } else { 0 };
                 self.budget(size)?;
-                body.entry.payload = Some(data);
+                body.data_len = size;
+                if self.keep {
+                    body.entry.payload = Some([blocks, tail].concat());
+                }
             }
             tree::S_IFCHR | tree::S_IFBLK => {
                 check_layout(&[LAYOUT_FLAT_PLAIN])?;
@@ -297,19 +389,26 @@ impl Reader<'_> {
         Ok(off)
     }
 
-    /// Read `size` bytes (already bounded by the caller) of flat file data.
-    fn read_data(&mut self, layout: u16, size: u64, blkaddr: u32, inline_off: u64) -> Result<Vec<u8>, String> {
+    /// Find `size` bytes (already bounded by the caller) of flat file data: (the part in
+    /// blocks, the inline tail), both inside the image.
+    fn read_data(
+        &mut self,
+        layout: u16,
+        size: u64,
+        blkaddr: u32,
+        inline_off: u64,
+    ) -> Result<(&'a [u8], &'a [u8]), String> {
         let (blocks_len, tail) = self.split_data(layout, size)?;
         let off = self.claim_blocks(blkaddr, blocks_len)?;
-        let mut data = Vec::with_capacity(size as usize);
+        let mut data: (&'a [u8], &'a [u8]) = (&[], &[]);
         if blocks_len > 0 {
-            data.extend_from_slice(self.bytes(off, blocks_len).ok_or("data beyond the image")?);
+            data.0 = self.bytes(off, blocks_len).ok_or("data beyond the image")?;
         }
         if tail > 0 {
             if inline_off / BLOCK_SIZE != (inline_off + tail - 1) / BLOCK_SIZE {
                 return Err("inline data crosses a block boundary".into());
             }
-            data.extend_from_slice(self.bytes(inline_off, tail).ok_or("inline data beyond the image")?);
+            data.1 = self.bytes(inline_off, tail).ok_or("inline data beyond the image")?;
         }
         Ok(data)
     }

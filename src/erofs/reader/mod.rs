@@ -44,6 +44,8 @@ use thiserror::Error;
 
 use self::claims::Claims;
 use self::inode::InodeTable;
+use self::names::Primaries;
+use self::walk::Walk;
 use crate::erofs::format::*;
 use crate::tree::{self, Entry, Limits, Tree, TreeError};
 
@@ -88,22 +90,44 @@ pub fn read_image(bytes: &[u8]) -> Result<Tree, ReadError> {
 
 /// Parse a composefs EROFS image into a tree and report the image's header facts.
 pub fn read_image_with(bytes: &[u8], limits: &ReadLimits) -> Result<(Tree, ImageInfo), ReadError> {
-    Reader::new(bytes, limits)?.run()
+    Reader::new(bytes, limits, true)?.run()
 }
 
-/// A directory met in the walk.
-struct DirRec {
+/// What vetting an image found (see [`vet_image`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vetted {
+    pub info: ImageInfo,
+    /// Entries of the tree [`read_image_with`] would return (the root and every name).
+    pub entries: u64,
+    /// Path of the first name, in walk order, of a block device or a character device other
+    /// than 0/0 (a whiteout), if the tree holds one.
+    pub first_device: Option<String>,
+}
+
+/// Every check [`read_image_with`] makes, with the same limits, without building the tree:
+/// `vet_image` accepts exactly the images `read_image_with` accepts. For the setuid helper,
+/// which only needs to know that an image is sound before it mounts it: it neither copies
+/// names, contents and symlink targets out of the image nor keeps the entries once their
+/// facts are known.
+pub fn vet_image(bytes: &[u8], limits: &ReadLimits) -> Result<Vetted, ReadError> {
+    Reader::new(bytes, limits, false)?.vet()
+}
+
+/// A directory met in the walk (names are borrowed from the image).
+struct DirRec<'a> {
     nid: u64,
     /// Index of the parent directory's record (0, the root, for the root itself).
     parent: usize,
-    name: Vec<u8>,
+    name: &'a [u8],
     /// (name, child nid) in on-disk order, without `.`/`..` and without whiteout stubs.
-    children: Vec<(Vec<u8>, u64)>,
+    children: Vec<(&'a [u8], u64)>,
 }
 
 struct Reader<'a> {
     d: &'a [u8],
     limits: ReadLimits,
+    /// Build the tree (else only vet: see [`vet_image`]).
+    keep: bool,
     meta_off: u64,
     xattr_off: u64,
     build_time: i64,
@@ -118,10 +142,13 @@ struct Reader<'a> {
     inodes: InodeTable,
     dirents: u64,
     decoded: u64,
+    /// An inode's xattrs as stored and as kept, reused from inode to inode.
+    raw_xattrs: Vec<xattr::RawXattr<'a>>,
+    kept_xattrs: Vec<xattr::RawXattr<'a>>,
 }
 
 impl<'a> Reader<'a> {
-    fn new(d: &'a [u8], limits: &ReadLimits) -> Result<Reader<'a>, ReadError> {
+    fn new(d: &'a [u8], limits: &ReadLimits, keep: bool) -> Result<Reader<'a>, ReadError> {
         let len = d.len() as u64;
         let header = match ImageHeader::decode(d) {
             Err(HeaderError::Short { len }) => return Err(ReadError::TooSmall { len }),
@@ -132,6 +159,7 @@ impl<'a> Reader<'a> {
         Ok(Reader {
             d,
             limits: *limits,
+            keep,
             meta_off,
             xattr_off: header.xattr_offset(),
             build_time: header.sb.build_time as i64,
@@ -142,9 +170,11 @@ impl<'a> Reader<'a> {
             xattr_filter: header.xattr_filter(),
             slots: Claims::new((len - meta_off) / SLOT_SIZE + 1),
             blocks: Claims::new(len.div_ceil(BLOCK_SIZE)),
-            inodes: InodeTable::new((len - meta_off) / SLOT_SIZE + 1),
+            inodes: InodeTable::new((len - meta_off) / SLOT_SIZE + 1, header.inodes()),
             dirents: 0,
             decoded: 0,
+            raw_xattrs: Vec::new(),
+            kept_xattrs: Vec::new(),
         })
     }
 
@@ -169,15 +199,16 @@ impl<'a> Reader<'a> {
         if self.inodes.contains_key(&nid) {
             return Ok(());
         }
-        let ino = self.decode(nid)?;
-        self.inodes.insert(nid, ino);
+        let (ino, dir) = self.decode(nid)?;
+        self.inodes.insert(nid, ino, dir);
         Ok(())
     }
 
-    fn run(mut self) -> Result<(Tree, ImageInfo), ReadError> {
+    /// Every check, in phases 1-3; then either the tree (phase 4) or its count.
+    fn check(&mut self) -> Result<(Walk<'a>, Primaries), ReadError> {
         let root_nid = self.root_nid;
         self.load(root_nid).map_err(|e| with_path(e, Vec::new))?;
-        if self.inodes.get(&root_nid).is_none_or(|r| r.dir.is_none()) {
+        if self.inodes.get(&root_nid).is_none_or(|r| !r.is_dir()) {
             return Err(ReadError::Inode { nid: root_nid, path: "/".into(), reason: "root is not a directory".into() });
         }
         if let Some(r) = self.inodes.get_mut(&root_nid) {
@@ -192,10 +223,25 @@ impl<'a> Reader<'a> {
         let mut primary = self.primary_names(&walk);
         // 3. Whiteout markers settle ambiguous primaries; then they go.
         self.settle_whiteouts(&walk.dirs, &mut primary)?;
+        Ok((walk, primary))
+    }
+
+    fn info(&self) -> ImageInfo {
+        ImageInfo { composefs_version: self.version, flags: self.flags, inodes: self.inodes.len() as u64 }
+    }
+
+    fn run(mut self) -> Result<(Tree, ImageInfo), ReadError> {
+        let (walk, primary) = self.check()?;
         // 4. The tree: root, then primaries in walk order, then hard links.
         let t = self.build_tree(&walk.dirs, &primary)?;
-        let info = ImageInfo { composefs_version: self.version, flags: self.flags, inodes: self.inodes.len() as u64 };
-        Ok((t, info))
+        Ok((t, self.info()))
+    }
+
+    fn vet(mut self) -> Result<Vetted, ReadError> {
+        let (walk, primary) = self.check()?;
+        // 4. What the tree would hold, charged to the same budget.
+        let (entries, first_device) = self.count_tree(&walk.dirs, &primary)?;
+        Ok(Vetted { info: self.info(), entries, first_device })
     }
 }
 
@@ -205,18 +251,18 @@ fn show_path(p: &[u8]) -> String {
 
 /// Path of directory `idx` (built only for error messages: directory records link to
 /// their parent instead of holding full paths, which a deep hostile tree would multiply).
-fn dir_path(dirs: &[DirRec], mut idx: usize) -> Vec<u8> {
+fn dir_path(dirs: &[DirRec<'_>], mut idx: usize) -> Vec<u8> {
     let mut parts: Vec<&[u8]> = Vec::new();
     while idx != 0 {
         let Some(d) = dirs.get(idx) else { break };
-        parts.push(&d.name);
+        parts.push(d.name);
         idx = d.parent;
     }
     parts.reverse();
     parts.join(&b'/')
 }
 
-fn child_path(dirs: &[DirRec], idx: usize, name: &[u8]) -> Vec<u8> {
+fn child_path(dirs: &[DirRec<'_>], idx: usize, name: &[u8]) -> Vec<u8> {
     let mut p = dir_path(dirs, idx);
     if !p.is_empty() {
         p.push(b'/');

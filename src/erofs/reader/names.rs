@@ -8,20 +8,47 @@
 
 use std::collections::HashMap;
 
+use super::inode::InodeTable;
 use super::walk::Walk;
-use super::{dir_path, entry_bytes, show_path, tree_err, DirRec, ReadError, Reader};
-use crate::erofs::format::*;
-use crate::tree::{Entry, NodeId, Tree, ROOT};
+use super::xattr::is_whiteout_marker;
+use super::{child_path, dir_path, entry_bytes, show_path, tree_err, DirRec, ReadError, Reader};
+use crate::tree::{NodeId, Tree, ROOT};
 
-/// nid → (directory index in the walk, child index in that directory).
-type Primaries = HashMap<u64, (usize, usize)>;
+/// nid → (directory index in the walk, child index in that directory): a dense table by the
+/// inode's place in the [`InodeTable`] (every nid asked for was decoded) instead of a hash map.
+pub(super) struct Primaries(Vec<(u32, u32)>);
+
+/// No primary (yet). Places fit in u32: the walk refuses more than u32::MAX - 1 names.
+const NO_PRIMARY: (u32, u32) = (u32::MAX, u32::MAX);
+
+impl Primaries {
+    fn new(inodes: usize) -> Primaries {
+        Primaries(vec![NO_PRIMARY; inodes])
+    }
+
+    fn get(&self, inodes: &InodeTable, nid: u64) -> Option<(usize, usize)> {
+        let &(d, c) = self.0.get(inodes.pos(nid)?)?;
+        ((d, c) != NO_PRIMARY).then_some((d as usize, c as usize))
+    }
+
+    fn set(&mut self, inodes: &InodeTable, nid: u64, (d, c): (usize, usize)) {
+        if let (Some(p), Ok(d), Ok(c)) = (inodes.pos(nid).and_then(|i| self.0.get_mut(i)), d.try_into(), c.try_into()) {
+            *p = (d, c);
+        }
+    }
+
+    /// (inode's place in the table, its primary), for every inode that has one.
+    fn iter(&self) -> impl Iterator<Item = (usize, (usize, usize))> + '_ {
+        self.0.iter().enumerate().filter(|(_, &p)| p != NO_PRIMARY).map(|(i, &(d, c))| (i, (d as usize, c as usize)))
+    }
+}
 
 impl Reader<'_> {
     /// The name whose breadth-first position matches each inode's place in nid order.
-    pub(super) fn primary_names(&self, walk: &Walk) -> Primaries {
+    pub(super) fn primary_names(&self, walk: &Walk<'_>) -> Primaries {
         let (dirs, stubs) = (&walk.dirs, &walk.stubs);
         let order: Vec<u64> = self.inodes.nids_in_order();
-        let mut primary: Primaries = HashMap::with_capacity(order.len());
+        let mut primary = Primaries::new(self.inodes.len());
         let mut next = order.iter().position(|&n| n == self.root_nid).map_or(order.len(), |p| p + 1);
         let mut stub_iter = stubs.iter().peekable();
         for (di, d) in dirs.iter().enumerate() {
@@ -37,11 +64,11 @@ impl Reader<'_> {
                     }
                     stub_iter.next();
                 }
-                if primary.contains_key(cnid) {
+                if primary.get(&self.inodes, *cnid).is_some() {
                     continue;
                 }
                 if order.get(next) == Some(cnid) {
-                    primary.insert(*cnid, (di, ci));
+                    primary.set(&self.inodes, *cnid, (di, ci));
                     next += 1;
                 }
             }
@@ -56,7 +83,9 @@ impl Reader<'_> {
         // Images not laid out by the composefs writer: first name in walk order.
         for (di, d) in dirs.iter().enumerate() {
             for (ci, (_, cnid)) in d.children.iter().enumerate() {
-                primary.entry(*cnid).or_insert((di, ci));
+                if primary.get(&self.inodes, *cnid).is_none() {
+                    primary.set(&self.inodes, *cnid, (di, ci));
+                }
             }
         }
         primary
@@ -65,18 +94,13 @@ impl Reader<'_> {
     /// The writer puts the whiteout markers on the directory holding a whiteout's primary name,
     /// so they tell where an ambiguous primary was; a directory holding one must carry them, and
     /// then they are removed (the tree does not show them).
-    pub(super) fn settle_whiteouts(&mut self, dirs: &[DirRec], primary: &mut Primaries) -> Result<(), ReadError> {
+    pub(super) fn settle_whiteouts(&mut self, dirs: &[DirRec<'_>], primary: &mut Primaries) -> Result<(), ReadError> {
         let v1 = self.version >= 1;
-        let marked: Vec<bool> = dirs
-            .iter()
-            .map(|d| {
-                self.inodes.get(&d.nid).and_then(|i| i.entry.as_ref()).is_some_and(|e| has_whiteout_markers(e, v1))
-            })
-            .collect();
+        let marked: Vec<bool> = dirs.iter().map(|d| self.inodes.get(&d.nid).is_some_and(|i| i.marked)).collect();
         self.place_whiteouts(dirs, &marked, primary);
         let mut holds_whiteout = vec![false; dirs.len()];
-        for (nid, &(di, _)) in primary.iter() {
-            if self.inodes.get(nid).is_some_and(|i| i.user_whiteout) {
+        for (pos, (di, _)) in primary.iter() {
+            if self.inodes.at(pos).is_some_and(|i| i.user_whiteout) {
                 if let Some(h) = holds_whiteout.get_mut(di) {
                     *h = true;
                 }
@@ -93,13 +117,12 @@ impl Reader<'_> {
                     reason: "holds a whiteout but lacks the whiteout marker xattrs".into(),
                 });
             }
-            if let Some(e) = self.inodes.get_mut(&d.nid).and_then(|i| i.entry.as_mut()) {
-                e.xattrs.retain(|x| {
-                    let (k, v) = (x.key.as_slice(), x.value.as_slice());
-                    let marker = ((k == OVL_WHITEOUTS || k == USER_OVL_WHITEOUTS) && v.is_empty())
-                        || (v1 && (k == OVL_OPAQUE || k == USER_OVL_OPAQUE) && v == b"x");
-                    !marker
-                });
+            if let Some(i) = self.inodes.get_mut(&d.nid) {
+                i.bytes = i.bytes.saturating_sub(u64::from(i.marker_bytes));
+                i.marker_bytes = 0;
+                if let Some(e) = i.entry.as_mut() {
+                    e.xattrs.retain(|x| !is_whiteout_marker(&x.key, &x.value, v1));
+                }
             }
         }
         Ok(())
@@ -109,22 +132,26 @@ impl Reader<'_> {
     /// part of the walk or at the start of a later one's gives the same layout either way;
     /// only the markers tell which. Move such primaries to the marked directory when the
     /// walk order allows it. (Work is capped; past the cap, the choice stays.)
-    fn place_whiteouts(&self, dirs: &[DirRec], marked: &[bool], primary: &mut HashMap<u64, (usize, usize)>) {
+    fn place_whiteouts(&self, dirs: &[DirRec<'_>], marked: &[bool], primary: &mut Primaries) {
         let mut wh = vec![0u32; dirs.len()];
         let mut prims = vec![0u32; dirs.len()];
         let mut cands: Vec<u64> = Vec::new();
-        for (nid, &(di, _)) in primary.iter() {
+        for (pos, (di, _)) in primary.iter() {
             let Some(p) = prims.get_mut(di) else { continue };
             *p += 1;
-            if let Some(ino) = self.inodes.get(nid).filter(|i| i.user_whiteout) {
+            if let Some(ino) = self.inodes.at(pos).filter(|i| i.user_whiteout) {
                 wh[di] += 1;
                 if ino.names > 1 {
-                    cands.push(*nid);
+                    cands.push(pos as u64);
                 }
             }
         }
         if cands.is_empty() {
             return;
+        }
+        let nids = self.inodes.nids_by_pos();
+        for c in &mut cands {
+            *c = nids.get(*c as usize).copied().unwrap_or(u64::MAX);
         }
         cands.sort_unstable();
         let mut names: HashMap<u64, Vec<(usize, usize)>> = cands.iter().map(|&n| (n, Vec::new())).collect();
@@ -139,7 +166,7 @@ impl Reader<'_> {
         }
         let mut budget = total.saturating_mul(4).saturating_add(1024);
         for t in cands {
-            let Some(&(di, ci)) = primary.get(&t) else {
+            let Some((di, ci)) = primary.get(&self.inodes, t) else {
                 continue;
             };
             if marked[di] && wh[di] == 1 {
@@ -158,8 +185,7 @@ impl Reader<'_> {
             // Valid only if the name is the last primary of its directory, every directory
             // walked in between has none, and the new name comes before any other primary
             // of the target directory: then the walk order is unchanged.
-            let is_primary_at =
-                |p: &HashMap<u64, (usize, usize)>, d: usize, k: usize, n: &u64| p.get(n) == Some(&(d, k));
+            let is_primary_at = |p: &Primaries, d: usize, k: usize, n: &u64| p.get(&self.inodes, *n) == Some((d, k));
             let mut ok = true;
             for (k, (_, n)) in dirs[di].children.iter().enumerate().skip(ci + 1) {
                 budget = budget.saturating_sub(1);
@@ -190,7 +216,7 @@ impl Reader<'_> {
                 return;
             }
             if ok {
-                primary.insert(t, (ei, cj));
+                primary.set(&self.inodes, t, (ei, cj));
                 prims[di] -= 1;
                 prims[ei] += 1;
                 wh[di] -= 1;
@@ -200,10 +226,10 @@ impl Reader<'_> {
     }
 
     /// The tree: the root, then every primary name in walk order, then the hard links.
-    pub(super) fn build_tree(&mut self, dirs: &[DirRec], primary: &Primaries) -> Result<Tree, ReadError> {
+    pub(super) fn build_tree(&mut self, dirs: &[DirRec<'_>], primary: &Primaries) -> Result<Tree, ReadError> {
         let root_nid = self.root_nid;
         let mut t = Tree::new(self.limits.tree);
-        let root_entry = self.inodes.get_mut(&root_nid).and_then(|i| i.entry.take()).unwrap_or_default();
+        let root_entry = self.inodes.get_mut(&root_nid).and_then(|i| i.entry.take()).map(|b| *b).unwrap_or_default();
         self.budget(entry_bytes(&root_entry))?;
         t.set_root(root_entry).map_err(|e| tree_err(root_nid, e))?;
         if let Some(r) = self.inodes.get(&root_nid) {
@@ -217,15 +243,15 @@ impl Reader<'_> {
         for (di, d) in dirs.iter().enumerate() {
             let parent = tree_id[di];
             for (ci, (name, cnid)) in d.children.iter().enumerate() {
-                if primary.get(cnid) != Some(&(di, ci)) {
+                if primary.get(&self.inodes, *cnid) != Some((di, ci)) {
                     links.push((di, ci));
                     continue;
                 }
                 let Some(ino) = self.inodes.get_mut(cnid) else {
                     continue;
                 };
-                let (names, nlink, is_dir) = (ino.names, ino.nlink, ino.dir.is_some());
-                let e = ino.entry.take().unwrap_or_default();
+                let (names, nlink, is_dir) = (ino.names, ino.nlink, ino.is_dir());
+                let e = ino.entry.take().map(|b| *b).unwrap_or_default();
                 let cost = entry_bytes(&e) + name.len() as u64;
                 self.budget(cost)?;
                 let id = t.insert_child(parent, name, e).map_err(|e| tree_err(*cnid, e))?;
@@ -257,12 +283,36 @@ impl Reader<'_> {
         t.finalize().map_err(|e| tree_err(root_nid, e))?;
         Ok(t)
     }
-}
 
-/// Does a directory carry the markers the writer puts on a directory holding a whiteout?
-fn has_whiteout_markers(e: &Entry, v1: bool) -> bool {
-    let has = |k: &[u8], v: &[u8]| e.xattrs.iter().any(|x| x.key == k && x.value == v);
-    has(OVL_WHITEOUTS, b"")
-        && has(USER_OVL_WHITEOUTS, b"")
-        && (!v1 || (has(OVL_OPAQUE, b"x") && has(USER_OVL_OPAQUE, b"x")))
+    /// What [`Self::build_tree`] would build, without building it: its entry count, charged to
+    /// the same decoded-bytes budget (a name's entry bytes plus its primary's name, once per
+    /// name), and the first name of a device node. Every check the tree's insertions make
+    /// (names, duplicates, depth, entry count, links to directories) was made by the walk.
+    pub(super) fn count_tree(
+        &mut self,
+        dirs: &[DirRec<'_>],
+        primary: &Primaries,
+    ) -> Result<(u64, Option<String>), ReadError> {
+        let root_bytes = self.inodes.get(&self.root_nid).map_or(0, |i| i.bytes);
+        self.budget(root_bytes)?;
+        let (mut entries, mut first_device) = (1u64, None);
+        for (di, d) in dirs.iter().enumerate() {
+            for &(name, cnid) in &d.children {
+                let Some(ino) = self.inodes.get(&cnid) else {
+                    continue;
+                };
+                let (bytes, device) = (ino.bytes, ino.device);
+                let Some((pd, pc)) = primary.get(&self.inodes, cnid) else {
+                    continue;
+                };
+                let primary_name = dirs.get(pd).and_then(|p| p.children.get(pc)).map_or(name, |c| c.0);
+                self.budget(bytes + primary_name.len() as u64)?;
+                entries += 1;
+                if device && first_device.is_none() {
+                    first_device = Some(show_path(&child_path(dirs, di, name)));
+                }
+            }
+        }
+        Ok((entries, first_device))
+    }
 }

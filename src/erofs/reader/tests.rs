@@ -87,6 +87,29 @@ fn file() -> Vec<u8> {
     compact(0, 0o100644, 1, 0, 0)
 }
 
+/// Every read in these tests also vets the image: `vet_image` must accept exactly what the
+/// reader accepts (with the same error), count the tree's entries and find its device nodes.
+fn read_image(img: &[u8]) -> Result<Tree, ReadError> {
+    let r = super::read_image(img);
+    vet_agrees(img, &ReadLimits::default(), r.as_ref());
+    r
+}
+
+fn vet_agrees(img: &[u8], limits: &ReadLimits, read: Result<&Tree, &ReadError>) {
+    match (read, vet_image(img, limits)) {
+        (Ok(t), Ok(v)) => {
+            assert_eq!(v.entries, t.len() as u64);
+            let device = |n: &crate::tree::Node| {
+                let i = &n.entry.inode;
+                (i.file_type() == tree::S_IFCHR && i.rdev != 0) || i.file_type() == tree::S_IFBLK
+            };
+            assert_eq!(v.first_device.is_some(), t.nodes.iter().any(device), "{:?}", v.first_device);
+        }
+        (Err(e), Err(v)) => assert_eq!(v.to_string(), e.to_string()),
+        (r, v) => panic!("read_image {:?} but vet_image {:?}", r.map(|t| t.len()), v),
+    }
+}
+
 #[test]
 fn reads_a_minimal_image() {
     let img = image(&[(b"a", 40, 1)], &[(40, file())]);
@@ -248,7 +271,7 @@ fn dirent_blocks() {
     let mut out = Vec::new();
     let b = dirents(&[(b".", 1, 2), (b"..", 1, 2), (b"name", 7, 1)]);
     assert_eq!(parse_dirent_block(&b, &mut out, 100).unwrap(), 3);
-    assert_eq!(out[2], (b"name".to_vec(), 7, 1));
+    assert_eq!(out[2], (&b"name"[..], 7, 1));
     // The last name ends at the first NUL or the end of the block.
     let mut padded = b.clone();
     padded.extend_from_slice(&[0, 0, 0]);
@@ -277,10 +300,12 @@ fn xattr_entries() {
         e.extend_from_slice(value);
         e
     };
-    let (k, v, len) = parse_xattr_entry(&entry(6, b"selinux", b"ctx")).unwrap();
-    assert_eq!((k.as_slice(), v.as_slice(), len), (&b"security.selinux"[..], &b"ctx"[..], 16));
-    let (k, _, _) = parse_xattr_entry(&entry(2, b"", b"acl")).unwrap();
-    assert_eq!(k, b"system.posix_acl_access");
+    let selinux = entry(6, b"selinux", b"ctx");
+    let (x, len) = parse_xattr_entry(&selinux).unwrap();
+    assert_eq!((x.key().as_slice(), x.value, len), (&b"security.selinux"[..], &b"ctx"[..], 16));
+    let acl = entry(2, b"", b"acl");
+    let (x, _) = parse_xattr_entry(&acl).unwrap();
+    assert_eq!(x.key(), b"system.posix_acl_access");
     assert!(parse_xattr_entry(&entry(0, b"", b"x")).is_err(), "empty name");
     assert!(parse_xattr_entry(&entry(0x80, b"x", b"")).is_err(), "long prefix");
     assert!(parse_xattr_entry(&entry(7, b"x", b"")).is_err(), "unknown index");
@@ -310,4 +335,53 @@ fn claims_detect_overlap() {
     assert!(c.claim(15, 85));
     assert!(!c.claim(99, 2));
     assert!(!c.claim(u64::MAX, 2));
+}
+
+#[test]
+fn vetting_finds_devices_and_keeps_the_limits() {
+    // A character device with a real number, under a second name too: refused by the helper.
+    let dev = compact(0, 0o20666, 2, 0, 0x103);
+    let img = image(&[(b"null", 40, 3), (b"zero", 40, 3)], &[(40, dev)]);
+    let v = vet_image(&img, &ReadLimits::default()).unwrap();
+    assert_eq!((v.entries, v.first_device.as_deref()), (3, Some("/null")));
+    // A whiteout stub (0/0) is not a device; a block device is.
+    assert_eq!(vet_image(&image(&[], &[]), &ReadLimits::default()).unwrap().first_device, None);
+    let blk = image(&[(b"sda", 40, 4)], &[(40, compact(0, 0o60660, 1, 0, 0x800))]);
+    assert_eq!(vet_image(&blk, &ReadLimits::default()).unwrap().first_device.as_deref(), Some("/sda"));
+    // Inline content and xattrs count against the decoded-bytes budget as in the tree, and a
+    // file below the deepest directory allowed is refused like the tree refuses it.
+    let content = [compact(LAYOUT_FLAT_INLINE << 1, 0o100644, 1, 100, 0), vec![b'x'; 100]].concat();
+    let img = image(&[(b"f", 40, 1)], &[(40, content)]);
+    for max in [0, 50, 100, 150, 200, 201, 220, 1000] {
+        let limits = ReadLimits { max_decoded_bytes: max, ..ReadLimits::default() };
+        vet_agrees(&img, &limits, read_image_with(&img, &limits).as_ref().map(|(t, _)| t));
+    }
+    let d = dirents(&[(b".", 40, 2), (b"..", ROOT_NID, 2), (b"f", 48, 1)]);
+    let sub = [compact(LAYOUT_FLAT_INLINE << 1, 0o40755, 2, d.len() as u32, 0), d].concat();
+    let img = image(&[(b"d", 40, 2)], &[(40, sub), (48, file())]);
+    for depth in [1, 2] {
+        let limits = ReadLimits { tree: tree::Limits { max_depth: depth, ..Default::default() }, ..Default::default() };
+        let read = read_image_with(&img, &limits);
+        assert_eq!(read.is_ok(), depth == 2);
+        vet_agrees(&img, &limits, read.as_ref().map(|(t, _)| t));
+    }
+}
+
+#[test]
+fn canonical_prefixes() {
+    // parse_xattr_entry skips the split for these indexes: every name under them maps back.
+    use super::xattr::CANONICAL_INDEXES;
+    for index in CANONICAL_INDEXES {
+        let prefix = format::XATTR_PREFIXES[usize::from(index)];
+        for rest in [&b""[..], b"x", b"user.x", b"trusted.x", b"security.x", b"system.posix_acl_access", b"\xff"] {
+            let key = [prefix, rest].concat();
+            assert_eq!(format::xattr_prefix_split(&key).0, index, "{}", tree::show(&key));
+        }
+    }
+    // The others are split: index 0 only for names without a known prefix, lustre. never.
+    for (index, name, ok) in [(0u8, &b"x"[..], true), (0, b"user.x", false), (5, b"x", false)] {
+        let mut e = vec![name.len() as u8, index, 0, 0];
+        e.extend_from_slice(name);
+        assert_eq!(parse_xattr_entry(&e).is_ok(), ok, "{index} {}", tree::show(name));
+    }
 }

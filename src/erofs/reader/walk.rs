@@ -8,24 +8,24 @@ use crate::erofs::format::*;
 use crate::tree::{self, Xattr};
 
 /// What the walk found.
-pub(super) struct Walk {
+pub(super) struct Walk<'a> {
     /// Directories in walk order (the root first).
-    pub(super) dirs: Vec<DirRec>,
+    pub(super) dirs: Vec<DirRec<'a>>,
     /// Root whiteout stubs: (index of the root child they precede, nid).
     pub(super) stubs: Vec<(usize, u64)>,
-    pub(super) stub_names: Vec<Vec<u8>>,
+    pub(super) stub_names: Vec<&'a [u8]>,
 }
 
 /// The walk in progress: [`Walk`] plus the depth of each directory and the names seen.
-struct State {
-    walk: Walk,
+struct State<'a> {
+    walk: Walk<'a>,
     depth: Vec<usize>,
     names_total: usize,
 }
 
-impl Reader<'_> {
-    pub(super) fn walk(&mut self) -> Result<Walk, ReadError> {
-        let root = DirRec { nid: self.root_nid, parent: 0, name: Vec::new(), children: Vec::new() };
+impl<'a> Reader<'a> {
+    pub(super) fn walk(&mut self) -> Result<Walk<'a>, ReadError> {
+        let root = DirRec { nid: self.root_nid, parent: 0, name: &[], children: Vec::new() };
         let mut st = State {
             walk: Walk { dirs: vec![root], stubs: Vec::new(), stub_names: Vec::new() },
             depth: vec![0],
@@ -41,25 +41,25 @@ impl Reader<'_> {
 
     /// Read directory `at` of the walk: check `.` and `..`, load every child, queue the
     /// subdirectories, set the stubs aside.
-    fn walk_dir(&mut self, at: usize, st: &mut State) -> Result<(), ReadError> {
+    fn walk_dir(&mut self, at: usize, st: &mut State<'a>) -> Result<(), ReadError> {
         let dirs = &st.walk.dirs;
         let nid = dirs[at].nid;
         // The root's parent is itself (record 0).
         let parent_nid = dirs[dirs[at].parent].nid;
         let dir_err =
             |dirs: &[DirRec], reason: String| ReadError::Dir { nid, path: show_path(&dir_path(dirs, at)), reason };
-        let Some(dd) = self.inodes.get(&nid).and_then(|i| i.dir) else {
+        let Some(dd) = self.inodes.dir_data(&nid) else {
             return Err(dir_err(dirs, "not a directory".into()));
         };
         let ents = self.read_dir(nid, dd).map_err(|e| with_path(e, || dir_path(dirs, at)))?;
-        let mut children = Vec::new();
+        let mut children = Vec::with_capacity(ents.len().saturating_sub(2));
         let (mut dot, mut dotdot) = (false, false);
         for (name, cnid, ftype) in ents {
             let dirs = &st.walk.dirs;
             if name == b"." || name == b".." {
                 let want = if name == b"." { nid } else { parent_nid };
                 if cnid != want || ftype != FT_DIR {
-                    return Err(dir_err(dirs, format!("'{}' entry points to nid {cnid}", tree::show(&name))));
+                    return Err(dir_err(dirs, format!("'{}' entry points to nid {cnid}", tree::show(name))));
                 }
                 if name == b"." {
                     dot = true
@@ -68,14 +68,14 @@ impl Reader<'_> {
                 }
                 continue;
             }
-            self.load(cnid).map_err(|e| with_path(e, || child_path(dirs, at, &name)))?;
+            self.load(cnid).map_err(|e| with_path(e, || child_path(dirs, at, name)))?;
             let Some(child) = self.inodes.get_mut(&cnid) else {
                 continue;
             };
             if child.ftype != ftype {
                 let reason = format!(
                     "entry {} has file type {ftype} but its inode is of type {}",
-                    tree::show(&name),
+                    tree::show(name),
                     child.ftype
                 );
                 return Err(dir_err(dirs, reason));
@@ -86,7 +86,7 @@ impl Reader<'_> {
                     && name.len() == 2
                     && name.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
                 if !stub || child.names > 1 {
-                    let reason = format!("unescaped whiteout {} outside the root whiteout stubs", tree::show(&name));
+                    let reason = format!("unescaped whiteout {} outside the root whiteout stubs", tree::show(name));
                     return Err(dir_err(dirs, reason));
                 }
                 // Not part of the tree, but it holds a place in the writer's walk.
@@ -94,27 +94,29 @@ impl Reader<'_> {
                 st.walk.stub_names.push(name);
                 continue;
             }
-            if child.dir.is_some() {
+            // The tree's depth limit, for every name (a file below the deepest directory too).
+            let d = st.depth[at] + 1;
+            if d > self.limits.tree.max_depth {
+                return Err(ReadError::Limit(format!(
+                    "{}: nested deeper than {}",
+                    show_path(&child_path(dirs, at, name)),
+                    self.limits.tree.max_depth
+                )));
+            }
+            if child.is_dir() {
                 if child.names > 1 {
                     let reason = format!(
                         "directory {} (nid {cnid}) is reachable twice (cycle or aliased directory)",
-                        tree::show(&name)
+                        tree::show(name)
                     );
                     return Err(dir_err(dirs, reason));
                 }
-                let d = st.depth[at] + 1;
-                if d > self.limits.tree.max_depth {
-                    return Err(ReadError::Limit(format!(
-                        "{}: nested deeper than {}",
-                        show_path(&child_path(dirs, at, &name)),
-                        self.limits.tree.max_depth
-                    )));
-                }
-                st.walk.dirs.push(DirRec { nid: cnid, parent: at, name: name.clone(), children: Vec::new() });
+                st.walk.dirs.push(DirRec { nid: cnid, parent: at, name, children: Vec::new() });
                 st.depth.push(d);
             }
             st.names_total += 1;
-            if st.names_total >= self.limits.tree.max_entries {
+            // (The tree's node ids and the primary-name table hold u32 places.)
+            if st.names_total >= self.limits.tree.max_entries.min(u32::MAX as usize) {
                 return Err(ReadError::Limit(format!("more than {} entries", self.limits.tree.max_entries)));
             }
             children.push((name, cnid));
@@ -130,9 +132,9 @@ impl Reader<'_> {
     /// with the root's owner, mtime and SELinux label, and nothing else.
     pub(super) fn check_stubs(
         &self,
-        dirs: &[DirRec],
+        dirs: &[DirRec<'_>],
         stubs: &[(usize, u64)],
-        stub_names: &[Vec<u8>],
+        stub_names: &[&[u8]],
     ) -> Result<(), ReadError> {
         let root_nid = self.root_nid;
         let bad = |reason: String| ReadError::Dir { nid: root_nid, path: "/".into(), reason };
@@ -148,7 +150,7 @@ impl Reader<'_> {
             }
         };
         let mut seen = [false; 256];
-        for n in dirs.first().map(|d| d.children.iter().map(|(n, _)| n)).into_iter().flatten().chain(stub_names) {
+        for &n in dirs.first().map(|d| d.children.iter().map(|(n, _)| n)).into_iter().flatten().chain(stub_names) {
             if let Some(i) = hex(n) {
                 seen[i] = true;
             }
@@ -180,10 +182,9 @@ impl Reader<'_> {
     }
 
     /// A directory's stored nlink is 2 + its subdirectories (the kernel shows it).
-    pub(super) fn check_dir_nlinks(&self, dirs: &[DirRec]) -> Result<(), ReadError> {
+    pub(super) fn check_dir_nlinks(&self, dirs: &[DirRec<'_>]) -> Result<(), ReadError> {
         for (di, d) in dirs.iter().enumerate() {
-            let subdirs =
-                d.children.iter().filter(|(_, c)| self.inodes.get(c).is_some_and(|i| i.dir.is_some())).count();
+            let subdirs = d.children.iter().filter(|(_, c)| self.inodes.get(c).is_some_and(|i| i.is_dir())).count();
             let want = u32::try_from(subdirs).unwrap_or(u32::MAX).saturating_add(2);
             let have = self.inodes.get(&d.nid).map_or(want, |i| i.nlink);
             if have != want {

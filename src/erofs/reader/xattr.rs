@@ -2,10 +2,15 @@
 //! consults), then what the writer added taken back out (redirect → payload, metacopy →
 //! fs-verity digest, the root's opaque mark, escaped `trusted.overlay.overlay.*` names and
 //! escaped whiteouts).
+//!
+//! Names and values stay borrowed from the image ([`RawXattr`]) until the tree needs its own
+//! copies, so that vetting an image allocates nothing per xattr.
+
+use std::cmp::Ordering;
 
 use super::Reader;
 use crate::erofs::format::*;
-use crate::tree::{self, Entry, Inode, Xattr};
+use crate::tree::{self, Inode, Xattr};
 
 /// Overlay xattrs the writer adds that were found on an inode.
 #[derive(Debug, Default, Clone, Copy)]
@@ -14,12 +19,68 @@ pub(super) struct OverlayMarks {
     pub(super) root_opaque: bool,
 }
 
-/// (full name, value) of an xattr as stored.
-pub(super) type RawXattr = (Vec<u8>, Vec<u8>);
+/// An xattr as stored, borrowed from the image: its full name is `prefix` + `name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RawXattr<'a> {
+    /// The name index's prefix (`XATTR_PREFIXES[index]`).
+    pub(super) prefix: &'static [u8],
+    pub(super) index: u8,
+    pub(super) name: &'a [u8],
+    pub(super) value: &'a [u8],
+}
 
-impl Reader<'_> {
-    /// Raw (full name, value) pairs of an inode's inline and shared xattrs.
-    pub(super) fn read_xattrs(&self, off: u64, size: u64) -> Result<Vec<RawXattr>, String> {
+impl RawXattr<'_> {
+    fn key_len(&self) -> usize {
+        self.prefix.len() + self.name.len()
+    }
+
+    /// Does the full name start with `p`?
+    fn starts_with(&self, p: &[u8]) -> bool {
+        match p.split_at_checked(self.prefix.len()) {
+            Some((head, rest)) => head == self.prefix && self.name.starts_with(rest),
+            None => self.prefix.starts_with(p),
+        }
+    }
+
+    /// Is the full name `full`?
+    pub(super) fn is(&self, full: &[u8]) -> bool {
+        full.len() == self.key_len() && self.starts_with(full)
+    }
+
+    fn key_cmp(&self, o: &RawXattr<'_>) -> Ordering {
+        self.prefix.iter().chain(self.name).cmp(o.prefix.iter().chain(o.name))
+    }
+
+    pub(super) fn key(&self) -> Vec<u8> {
+        [self.prefix, self.name].concat()
+    }
+
+    /// Decoded bytes it costs in the tree (name and value).
+    pub(super) fn cost(&self) -> u64 {
+        (self.key_len() + self.value.len()) as u64
+    }
+
+    pub(super) fn to_xattr(self) -> Xattr {
+        Xattr { key: self.key(), value: self.value.to_vec() }
+    }
+}
+
+/// What an inode's xattrs say once the writer's additions are taken out.
+#[derive(Debug, Default)]
+pub(super) struct Applied<'a> {
+    pub(super) marks: OverlayMarks,
+    /// The user-visible xattrs (unescaped), sorted by name.
+    pub(super) xattrs: Vec<RawXattr<'a>>,
+    /// The redirect's object path (the payload of an external file).
+    pub(super) payload: Option<&'a [u8]>,
+    pub(super) fsverity_digest: Option<[u8; 32]>,
+}
+
+impl<'a> Reader<'a> {
+    /// The inline and shared xattrs of an inode, as stored, into `out` (emptied first: the
+    /// caller reuses one list for every inode).
+    pub(super) fn read_xattrs(&self, off: u64, size: u64, out: &mut Vec<RawXattr<'a>>) -> Result<(), String> {
+        out.clear();
         let area = self.bytes(off, size).ok_or("xattrs beyond the end of the image")?;
         let (filter, shared) = decode_xattr_ibody_header(area).ok_or("xattr header beyond the end of the image")?;
         let shared = u64::from(shared);
@@ -27,11 +88,11 @@ impl Reader<'_> {
         if pos > size {
             return Err(format!("{shared} shared xattrs do not fit in the xattr area"));
         }
-        let mut out = Vec::new();
+        // Room for the shared ones and a few inline ones (both bounded: 255 ids, the area's size).
+        out.reserve(shared as usize + 4);
         while pos < size {
-            let (key, value, len) =
-                parse_xattr_entry(&area[pos as usize..]).map_err(|r| format!("inline xattr: {r}"))?;
-            out.push((key, value));
+            let (x, len) = parse_xattr_entry(&area[pos as usize..]).map_err(|r| format!("inline xattr: {r}"))?;
+            out.push(x);
             pos += len;
         }
         for i in 0..shared {
@@ -39,41 +100,43 @@ impl Reader<'_> {
             let id = decode_shared_xattr_id(area, i as usize).unwrap_or(0);
             let eoff = self.xattr_off + u64::from(id) * 4;
             let rest = usize::try_from(eoff).ok().and_then(|o| self.d.get(o..)).unwrap_or(&[]);
-            let (key, value, _) = parse_xattr_entry(rest).map_err(|r| format!("shared xattr {id}: {r}"))?;
-            out.push((key, value));
+            let (x, _) = parse_xattr_entry(rest).map_err(|r| format!("shared xattr {id}: {r}"))?;
+            out.push(x);
         }
         // With the name filter feature the kernel trusts the inode's filter: a set bit
         // means "no xattr with a name hashing here". One hiding a stored xattr would make
-        // the kernel see fewer xattrs than this reader.
+        // the kernel see fewer xattrs than this reader. (`index` is the name's canonical
+        // index and `name` the rest: `parse_xattr_entry` made sure.)
         if self.xattr_filter {
-            for (key, _) in &out {
-                let (index, suffix) = xattr_prefix_split(key);
-                let bit = xxh32(suffix, XATTR_FILTER_SEED.wrapping_add(u32::from(index))) % XATTR_FILTER_BITS;
+            for x in out.iter() {
+                let bit = xxh32(x.name, XATTR_FILTER_SEED.wrapping_add(u32::from(x.index))) % XATTR_FILTER_BITS;
                 if filter & (1 << bit) != 0 {
-                    return Err(format!("the xattr name filter hides {}", tree::show(key)));
+                    return Err(format!("the xattr name filter hides {}", tree::show(&x.key())));
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Interpret the overlay xattrs the writer generates and keep the user-visible ones.
+    /// Interpret the overlay xattrs the writer generates and keep the user-visible ones (in
+    /// `kept`, emptied first: the caller reuses one list for every inode).
     pub(super) fn apply_xattrs(
         &self,
         nid: u64,
-        entry: &mut Entry,
-        raw: Vec<RawXattr>,
+        raw: &[RawXattr<'a>],
         external: bool,
-    ) -> Result<OverlayMarks, String> {
-        let mut marks = OverlayMarks::default();
-        for (key, value) in raw {
-            let key = if key == OVL_REDIRECT {
+        mut kept: Vec<RawXattr<'a>>,
+    ) -> Result<Applied<'a>, String> {
+        kept.clear();
+        let mut out = Applied { xattrs: kept, ..Applied::default() };
+        for &x in raw {
+            let x = if x.is(OVL_REDIRECT) {
                 if !external {
                     return Err("overlay redirect xattr on a file that is not an external regular file".into());
                 }
                 // The writer writes "/" + payload; overlayfs would take anything else
                 // relative to the file's directory.
-                let Some(v) = value.strip_prefix(b"/") else {
+                let Some(v) = x.value.strip_prefix(b"/") else {
                     return Err("overlay redirect is not an absolute path".into());
                 };
                 if v.is_empty() || v.contains(&0) {
@@ -81,60 +144,96 @@ impl Reader<'_> {
                 }
                 // Only an object below the data layers, as the writer's payloads name them.
                 tree::check_object_path(v)
-                    .map_err(|r| format!("overlay redirect {} is not an object path ({r})", tree::show(&value)))?;
-                entry.payload = Some(v.to_vec());
+                    .map_err(|r| format!("overlay redirect {} is not an object path ({r})", tree::show(x.value)))?;
+                out.payload = Some(v);
                 continue;
-            } else if key == OVL_METACOPY {
+            } else if x.is(OVL_METACOPY) {
                 if !external {
                     return Err("overlay metacopy xattr on a file that is not an external regular file".into());
                 }
-                marks.metacopy = true;
-                match value.len() {
+                out.marks.metacopy = true;
+                match x.value.len() {
                     0 => {}
-                    METACOPY_DIGEST_SIZE if value[..4] == METACOPY_HEADER => {
+                    METACOPY_DIGEST_SIZE if x.value[..4] == METACOPY_HEADER => {
                         let mut d = [0u8; 32];
-                        d.copy_from_slice(&value[4..]);
-                        entry.fsverity_digest = Some(d);
+                        d.copy_from_slice(&x.value[4..]);
+                        out.fsverity_digest = Some(d);
                     }
                     n => return Err(format!("malformed overlay metacopy xattr ({n} bytes)")),
                 }
                 continue;
-            } else if let Some(rest) = key.strip_prefix(OVL_ESCAPED_PREFIX) {
-                [OVL_PREFIX, rest].concat()
-            } else if key.starts_with(OVL_PREFIX) {
-                if nid == self.root_nid && key == OVL_OPAQUE && value == b"y" {
-                    marks.root_opaque = true;
+            } else if x.starts_with(OVL_ESCAPED_PREFIX) {
+                // trusted.overlay.overlay.NAME → trusted.overlay.NAME: the same prefix (the
+                // name index of "trusted."), the name without one "overlay.".
+                let cut = OVL_ESCAPED_PREFIX.len() - OVL_PREFIX.len();
+                match x.name.get(cut..) {
+                    Some(name) if x.prefix.len() + cut <= OVL_PREFIX.len() => RawXattr { name, ..x },
+                    _ => return Err(format!("unexpected overlay xattr {}", tree::show(&x.key()))),
+                }
+            } else if x.starts_with(OVL_PREFIX) {
+                if nid == self.root_nid && x.is(OVL_OPAQUE) && x.value == b"y" {
+                    out.marks.root_opaque = true;
                     continue;
                 }
-                return Err(format!("unexpected overlay xattr {}", tree::show(&key)));
+                return Err(format!("unexpected overlay xattr {}", tree::show(&x.key())));
             } else {
-                key
+                x
             };
-            if entry.xattrs.iter().any(|x| x.key == key) {
-                return Err(format!("duplicate xattr {}", tree::show(&key)));
+            if out.xattrs.iter().any(|y| y.key_len() == x.key_len() && y.key_cmp(&x).is_eq()) {
+                return Err(format!("duplicate xattr {}", tree::show(&x.key())));
             }
-            entry.xattrs.push(Xattr { key, value });
+            out.xattrs.push(x);
         }
-        entry.xattrs.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(marks)
+        out.xattrs.sort_by(|a, b| a.key_cmp(b));
+        Ok(out)
     }
 
     /// An escaped user whiteout (empty regular file with both whiteout markers) becomes a
     /// 0/0 character device again.
-    pub(super) fn unescape_whiteout(&self, inode: &mut Inode, entry: &mut Entry) -> bool {
-        let has = |k: &[u8]| entry.xattrs.iter().any(|x| x.key == k && x.value.is_empty());
+    pub(super) fn unescape_whiteout(&self, inode: &mut Inode, xattrs: &mut Vec<RawXattr<'_>>) -> bool {
+        let has = |k: &[u8]| xattrs.iter().any(|x| x.is(k) && x.value.is_empty());
         if !(inode.is_reg() && inode.size == 0 && has(OVL_WHITEOUT) && has(USER_OVL_WHITEOUT)) {
             return false;
         }
-        entry.xattrs.retain(|x| x.key != OVL_WHITEOUT && x.key != USER_OVL_WHITEOUT);
+        xattrs.retain(|x| !x.is(OVL_WHITEOUT) && !x.is(USER_OVL_WHITEOUT));
         inode.mode = tree::S_IFCHR | (inode.mode & !tree::S_IFMT);
         inode.rdev = 0;
         true
     }
 }
 
-/// Decode one xattr entry at the start of `b`: (full name, value, entry size rounded to 4).
-pub(super) fn parse_xattr_entry(b: &[u8]) -> Result<(Vec<u8>, Vec<u8>, u64), String> {
+/// One of the markers the writer puts on a directory holding a whiteout (the tree does not
+/// show them): the two `whiteouts` xattrs, empty, and in format 1 the two `opaque=x`.
+pub(super) fn is_whiteout_marker(k: &[u8], v: &[u8], v1: bool) -> bool {
+    ((k == OVL_WHITEOUTS || k == USER_OVL_WHITEOUTS) && v.is_empty())
+        || (v1 && (k == OVL_OPAQUE || k == USER_OVL_OPAQUE) && v == b"x")
+}
+
+/// [`is_whiteout_marker`] of a borrowed xattr.
+pub(super) fn is_raw_whiteout_marker(x: &RawXattr<'_>, v1: bool) -> bool {
+    ((x.is(OVL_WHITEOUTS) || x.is(USER_OVL_WHITEOUTS)) && x.value.is_empty())
+        || (v1 && (x.is(OVL_OPAQUE) || x.is(USER_OVL_OPAQUE)) && x.value == b"x")
+}
+
+/// Does a directory carry the markers the writer puts on a directory holding a whiteout?
+pub(super) fn has_whiteout_markers(xattrs: &[RawXattr<'_>], v1: bool) -> bool {
+    let has = |k: &[u8], v: &[u8]| xattrs.iter().any(|x| x.is(k) && x.value == v);
+    has(OVL_WHITEOUTS, b"")
+        && has(USER_OVL_WHITEOUTS, b"")
+        && (!v1 || (has(OVL_OPAQUE, b"x") && has(USER_OVL_OPAQUE, b"x")))
+}
+
+/// The name indexes whose prefix `xattr_prefix_split` maps back to them whatever follows.
+pub(super) const CANONICAL_INDEXES: [u8; 5] = [
+    XATTR_INDEX_USER,
+    XATTR_INDEX_POSIX_ACL_ACCESS,
+    XATTR_INDEX_POSIX_ACL_DEFAULT,
+    XATTR_INDEX_TRUSTED,
+    XATTR_INDEX_SECURITY,
+];
+
+/// Decode one xattr entry at the start of `b`: the xattr and the entry's size rounded to 4.
+pub(super) fn parse_xattr_entry(b: &[u8]) -> Result<(RawXattr<'_>, u64), String> {
     let (name_len, index, value_len) = decode_xattr_entry(b).ok_or("entry header beyond the end")?;
     let (name_len, value_len) = (usize::from(name_len), usize::from(value_len));
     let end = XATTR_ENTRY_SIZE + name_len + value_len;
@@ -146,22 +245,32 @@ pub(super) fn parse_xattr_entry(b: &[u8]) -> Result<(Vec<u8>, Vec<u8>, u64), Str
     let prefix = XATTR_PREFIXES
         .get(usize::from(index))
         .ok_or_else(|| format!("unknown name index {index:#x} (long prefixes are not used by composefs)"))?;
-    let key = [*prefix, name].concat();
-    if key.is_empty() {
+    let key_len = prefix.len() + name.len();
+    if key_len == 0 {
         return Err("empty xattr name".into());
     }
-    if key.len() > tree::XATTR_NAME_MAX {
+    if key_len > tree::XATTR_NAME_MAX {
         return Err(format!("xattr name longer than {} bytes", tree::XATTR_NAME_MAX));
     }
-    if key.contains(&0) {
+    if name.contains(&0) {
         return Err("NUL byte in xattr name".into());
     }
     // The kernel finds an xattr only under the index its name prefix maps to (and shows
     // none under index 0 or "lustre."), so any other encoding would make it see
-    // something else than this reader; the writer never produces one.
-    let (canonical, _) = xattr_prefix_split(&key);
-    if canonical != index {
-        return Err(format!("{} stored under name index {index}, not {canonical}", tree::show(&key)));
+    // something else than this reader; the writer never produces one. A name stored under
+    // the index of user., the ACLs, trusted. or security. maps back to that index whatever
+    // follows the prefix (no such prefix starts with another: `canonical_prefixes` tests it);
+    // for index 0 and lustre. the full name is put together on the stack (at most
+    // XATTR_NAME_MAX bytes) and split as the writer splits names.
+    if !CANONICAL_INDEXES.contains(&index) {
+        let mut buf = [0u8; tree::XATTR_NAME_MAX];
+        buf[..prefix.len()].copy_from_slice(prefix);
+        buf[prefix.len()..key_len].copy_from_slice(name);
+        let key = &buf[..key_len];
+        let (canonical, _) = xattr_prefix_split(key);
+        if canonical != index {
+            return Err(format!("{} stored under name index {index}, not {canonical}", tree::show(key)));
+        }
     }
-    Ok((key, value.to_vec(), (end as u64).div_ceil(4) * 4))
+    Ok((RawXattr { prefix, index, name, value }, (end as u64).div_ceil(4) * 4))
 }
