@@ -88,12 +88,8 @@ impl Gate {
     /// (same device and inode, pinned by the gate), still sealed against writes, growth and
     /// shrinking (`F_GET_SEALS` on this very fd) and of the size that was hashed.
     fn key_of(&self, image: BorrowedFd<'_>) -> Result<Option<Key>, rustix::io::Errno> {
-        use rustix::fs::SealFlags;
-        let need = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK;
-        match rustix::fs::fcntl_get_seals(image) {
-            Ok(s) if s.contains(need) => {}
-            Ok(_) | Err(rustix::io::Errno::INVAL) => return Ok(None),
-            Err(e) => return Err(e),
+        if !crate::sys::map::sealed_against_change(image)? {
+            return Ok(None);
         }
         let st = rustix::fs::fstat(image)?;
         let copies = self.copies.borrow();
@@ -606,7 +602,7 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Resu
     let read;
     let bytes = match &map {
         Ok(m) => m.bytes(),
-        Err(rustix::io::Errno::PERM | rustix::io::Errno::INVAL) => {
+        Err(rustix::io::Errno::PERM) => {
             read = read_whole(fd, size).map_err(|e| io("reading the image", e))?;
             &read[..]
         }

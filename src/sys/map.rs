@@ -11,6 +11,19 @@ use rustix::fs::SealFlags;
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
+/// Whether `fd` is sealed against writes, growth and shrinking (`F_GET_SEALS` on this very fd):
+/// then the file's bytes can no longer change. A file that cannot carry seals (`EINVAL`) is not.
+/// The one definition of "sealed" for the helper's image copies (the mapping below, and the
+/// gate's verdict keys).
+pub(crate) fn sealed_against_change(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    let need = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK;
+    match rustix::fs::fcntl_get_seals(fd) {
+        Ok(s) => Ok(s.contains(need)),
+        Err(Errno::INVAL) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The whole of a sealed file, mapped read-only; unmapped on drop.
 #[derive(Debug)]
 pub(crate) struct SealedMap {
@@ -22,8 +35,7 @@ impl SealedMap {
     /// Maps `fd` (read-only, shared). `EPERM` unless `F_GET_SEALS` on this very fd includes
     /// `F_SEAL_WRITE`, `F_SEAL_GROW` and `F_SEAL_SHRINK`; `EFBIG` if it does not fit in memory.
     pub(crate) fn new(fd: BorrowedFd<'_>) -> Result<SealedMap, Errno> {
-        let need = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK;
-        if !rustix::fs::fcntl_get_seals(fd)?.contains(need) {
+        if !sealed_against_change(fd)? {
             return Err(Errno::PERM);
         }
         let len = usize::try_from(rustix::fs::fstat(fd)?.st_size).map_err(|_| Errno::FBIG)?;
@@ -90,5 +102,7 @@ mod tests {
         // A file that cannot carry seals.
         let f = tempfile::tempfile().unwrap();
         assert!(SealedMap::new(f.as_fd()).is_err());
+        assert!(!sealed_against_change(f.as_fd()).unwrap());
+        assert!(sealed_against_change(fd.as_fd()).unwrap());
     }
 }
