@@ -18,7 +18,7 @@ use super::caller::{as_caller, restrict_caps, set_undumpable, Caller, KEPT_CAPS}
 use super::idmap;
 use super::init::HelperContext;
 use super::policy::{Limits, Policy};
-use super::verdicts::{Content, ContentHasher, Key, Verdict, Verdicts};
+use super::verdicts::{Content, ContentHasher, Hash, Key, Verdict, Verdicts};
 use crate::mount::access::{check_is_userns, Access, AccessError, FdSink, Phase, Usage};
 use crate::mount::records::MountRecord;
 use crate::mount::{IdMap, MountOption, MountRequest, SourceKind};
@@ -39,27 +39,36 @@ pub(crate) struct Gate {
     /// The state directory, whose `verdicts` subdirectory remembers accepted images
     /// (`super::verdicts`); `None`: every image is vetted in full.
     state_dir: Option<PathBuf>,
-    /// The sealed copies `open_source` made (with verdicts on), each with the hash of the bytes
-    /// written into it; `check_image` finds an image's entry by its inode.
-    copies: RefCell<Vec<SealedCopy>>,
+    /// The images `open_source` handed out whose bytes can no longer change: its sealed copies
+    /// (with verdicts on), each with the hash of the bytes written into it, and the caller's
+    /// fs-verity files, each with its fs-verity digest; `check_image` and `check_digest` find
+    /// an image's entry by its inode.
+    pinned: RefCell<Vec<PinnedSource>>,
 }
 
-/// A sealed private copy and the hash of exactly what was written into it. Device and inode
-/// number together name one file in the system (POSIX `st_dev`/`st_ino`); the gate keeps an fd
-/// of the copy, so it stays alive and its number cannot pass to another file: finding an fd's
-/// (dev, ino) here identifies the very copy.
+/// An image that can no longer change and the digest of its bytes. Device and inode number
+/// together name one file in the system (POSIX `st_dev`/`st_ino`); the gate keeps an fd of the
+/// file, so it stays alive and its number cannot pass to another file: finding an fd's (dev,
+/// ino) here identifies the very file.
 #[derive(Debug, Clone)]
-struct SealedCopy {
+struct PinnedSource {
     _pin: std::sync::Arc<OwnedFd>,
     dev: u64,
     ino: u64,
     content: Content,
 }
 
+/// Filesystems on which the kernel itself enforces fs-verity (ext4, f2fs, btrfs: no write,
+/// truncation or disabling of verity once enabled, every page read checked against the
+/// measured digest), by their names in the policy's filesystem table. Any other filesystem
+/// that answers `FS_IOC_MEASURE_VERITY` is not believed: FUSE forwards the verity ioctls to
+/// its server, which could answer anything.
+const VERITY_FS: [&str; 3] = ["ext4", "f2fs", "btrfs"];
+
 impl Gate {
     pub(crate) fn new(ctx: HelperContext) -> Gate {
         let limits = ctx.policy.limits_for(ctx.caller.name.as_deref(), ctx.caller.uid);
-        Gate { caller: ctx.caller, policy: ctx.policy, limits, state_dir: None, copies: RefCell::default() }
+        Gate { caller: ctx.caller, policy: ctx.policy, limits, state_dir: None, pinned: RefCell::default() }
     }
 
     /// Remembers verdicts on vetted images in `<state_dir>/verdicts` (see `super::verdicts`).
@@ -75,26 +84,51 @@ impl Gate {
             .map_err(|errno| AccessError::Open { what, path: path.to_path_buf(), errno, as_caller: true })
     }
 
-    /// Keeps `copy` (a sealed copy just made by `sealed_copy`) pinned with the hash of its bytes.
-    fn remember_copy(&self, copy: &OwnedFd, content: Content) -> Result<(), AccessError> {
-        let st = rustix::fs::fstat(copy).map_err(|e| AccessError::Io { what: "fstat of the source copy", errno: e })?;
-        let pin = rustix::io::dup(copy).map_err(|e| AccessError::Io { what: "dup", errno: e })?;
+    /// Keeps `image` (a sealed copy just made by `sealed_copy`, or the caller's fs-verity file)
+    /// pinned with the digest of its bytes.
+    fn pin(&self, image: &OwnedFd, content: Content) -> Result<(), AccessError> {
+        let st = rustix::fs::fstat(image).map_err(|e| AccessError::Io { what: "fstat of the source", errno: e })?;
+        let pin = rustix::io::dup(image).map_err(|e| AccessError::Io { what: "dup", errno: e })?;
         let pin = std::sync::Arc::new(pin);
-        self.copies.borrow_mut().push(SealedCopy { _pin: pin, dev: st.st_dev, ino: st.st_ino, content });
+        self.pinned.borrow_mut().push(PinnedSource { _pin: pin, dev: st.st_dev, ino: st.st_ino, content });
         Ok(())
     }
 
-    /// The verdict key of `image`: `None` unless it is one of the copies `open_source` made
-    /// (same device and inode, pinned by the gate), still sealed against writes, growth and
-    /// shrinking (`F_GET_SEALS` on this very fd) and of the size that was hashed.
-    fn key_of(&self, image: BorrowedFd<'_>) -> Result<Option<Key>, rustix::io::Errno> {
-        if !crate::sys::map::sealed_against_change(image)? {
+    /// What `image`'s bytes are, if they can no longer change: `None` unless it is one of the
+    /// images `open_source` pinned (same device and inode) and of the size pinned, and still
+    /// as pinned: a copy still sealed against writes, growth and shrinking (`F_GET_SEALS` on
+    /// this very fd), a verity file still measured with the same digest.
+    fn pinned_content(&self, image: BorrowedFd<'_>) -> Result<Option<Content>, rustix::io::Errno> {
+        let st = rustix::fs::fstat(image)?;
+        let pinned = self.pinned.borrow();
+        let Some(p) = pinned.iter().find(|p| p.dev == st.st_dev && p.ino == st.st_ino) else { return Ok(None) };
+        if p.content.size() != st.st_size as u64 {
             return Ok(None);
         }
-        let st = rustix::fs::fstat(image)?;
-        let copies = self.copies.borrow();
-        let found = copies.iter().find(|c| c.dev == st.st_dev && c.ino == st.st_ino);
-        Ok(found.filter(|c| c.content.size() == st.st_size as u64).map(|c| Key::new(self.caller.uid, c.content)))
+        let unchanged = match p.content.hash() {
+            Hash::Blake3 => crate::sys::map::sealed_against_change(image)?,
+            Hash::FsVerity => self.verity_digest(image).as_ref() == Some(p.content.digest()),
+        };
+        Ok(unchanged.then_some(p.content))
+    }
+
+    /// The verdict key of `image` ([`Gate::pinned_content`] for this caller).
+    fn key_of(&self, image: BorrowedFd<'_>) -> Result<Option<Key>, rustix::io::Errno> {
+        Ok(self.pinned_content(image)?.map(|c| Key::new(self.caller.uid, c)))
+    }
+
+    /// The fs-verity digest of `fd` if the kernel enforces fs-verity on it: a file on one of
+    /// [`VERITY_FS`] that the policy also allows for targets and object directories (the same
+    /// filesystem types, and for the same reason: the kernel reads it while the helper holds
+    /// the state lock), with verity enabled (SHA-256). `None` otherwise, and on any error: the
+    /// image is then copied as any other.
+    fn verity_digest(&self, fd: BorrowedFd<'_>) -> Option<[u8; 32]> {
+        let magic = rustix::fs::fstatfs(fd).ok()?.f_type as u64 & 0xffff_ffff;
+        let name = self.policy.target_fs_name(magic)?;
+        if !VERITY_FS.contains(&name) {
+            return None;
+        }
+        crate::fsverity::measure(fd).ok()
     }
 
     fn feature(&self, on: bool, what: &str) -> Result<(), AccessError> {
@@ -155,10 +189,12 @@ impl Access for Gate {
         Err(AccessError::NotPermitted("-N is not available to unprivileged callers"))
     }
 
-    /// As the caller, `O_RDONLY|O_NONBLOCK|O_NOCTTY`: a regular file within `max_image_size`;
-    /// the content is copied into a memfd sealed against writes, growth and shrinking, so that
-    /// what is validated, measured and mounted can no longer be modified by the caller. With
-    /// verdicts on, the copy is hashed as it is written (the key of `check_image`'s verdict).
+    /// As the caller, `O_RDONLY|O_NONBLOCK|O_NOCTTY`: a regular file within `max_image_size`.
+    /// What is validated, measured and mounted must be bytes the caller can no longer modify:
+    /// a file with fs-verity on a filesystem where the kernel enforces it
+    /// ([`Gate::verity_digest`]) is used itself, pinned with its fs-verity digest (the key of
+    /// `check_image`'s verdict); any other is copied into a memfd sealed against writes, growth
+    /// and shrinking, with verdicts on hashed as it is written (the key then).
     fn open_source(&self, path: &Path) -> Result<OwnedFd, AccessError> {
         let fd = self.open_as_caller("source", path, OFlags::RDONLY | OFlags::NONBLOCK)?;
         let st = fstat("source", path, fd.as_fd())?;
@@ -173,20 +209,25 @@ impl Access for Gate {
         if st.st_size as u64 > max {
             return Err(AccessError::Limit { what: "image size", value: st.st_size as u64, limit: max });
         }
+        if let Some(digest) = self.verity_digest(fd.as_fd()) {
+            self.pin(&fd, Content::fs_verity(digest, st.st_size as u64))?;
+            return Ok(fd);
+        }
         let hashing = self.state_dir.is_some();
         let (copy, content) = sealed_copy(fd, max, hashing)?;
         if let Some(content) = content {
-            self.remember_copy(&copy, content)?;
+            self.pin(&copy, content)?;
         }
         Ok(copy)
     }
 
     /// The EROFS superblock (block size, inode count within `max_entries`), then the whole image
     /// through the hostile-input reader, refusing device nodes and unsafe redirects: unless this
-    /// caller's remembered verdict says that these very bytes (a sealed copy `open_source`
-    /// made, by the BLAKE3 hash of what was written into it) were accepted before by these
-    /// checks; its entry count then meets the caller's limit again (`super::verdicts`,
-    /// docs/helper.md "Remembered verdicts").
+    /// caller's remembered verdict says that these very bytes (an image `open_source` pinned:
+    /// its sealed copy, by the BLAKE3 hash of what was written into it, or the caller's
+    /// fs-verity file, by its fs-verity digest) were accepted before by these checks; its entry
+    /// count then meets the caller's limit again (`super::verdicts`, docs/helper.md
+    /// "Remembered verdicts").
     fn check_image(&self, image: BorrowedFd<'_>) -> Result<(), AccessError> {
         let h = crate::erofs::format::ImageHeader::read_from(image).map_err(AccessError::Header)?;
         h.block_size().map_err(AccessError::Header)?;
@@ -216,9 +257,17 @@ impl Access for Gate {
         Ok(())
     }
 
-    /// The image is the sealed private copy (a memfd cannot carry fs-verity): its digest is
-    /// computed in userspace; the copy can no longer change, so this proves what is mounted.
+    /// The image is the caller's fs-verity file that `open_source` pinned (the kernel's digest
+    /// is compared: constant time) or the sealed private copy (a memfd cannot carry fs-verity:
+    /// the digest is computed in userspace); neither can change any more, so this proves what
+    /// is mounted. A verity file measured with other parameters (block size, salt) than the
+    /// composefs digest's gets its digest computed too.
     fn check_digest(&self, image: BorrowedFd<'_>, want: &[u8; 32]) -> Result<(), AccessError> {
+        let pinned =
+            self.pinned_content(image).map_err(|errno| AccessError::Io { what: "fstat of the image", errno })?;
+        if pinned.is_some_and(|c| c.hash() == Hash::FsVerity && c.digest() == want) {
+            return Ok(());
+        }
         let f = File::from(rustix::io::dup(image).map_err(|e| AccessError::Io { what: "dup", errno: e })?);
         let got = crate::fsverity::digest_file(&f).map_err(|e| AccessError::Io {
             what: "fs-verity digest of the image copy",
@@ -597,7 +646,8 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Resu
     }
     // The helper's sealed copy of a caller's image is vetted through a read-only mapping (its
     // seals keep the bytes from changing under it); any other image (one the helper built from
-    // a TOC or dumpfile) is read into memory.
+    // a TOC or dumpfile, or the caller's fs-verity file: a page that fails verification would
+    // be a SIGBUS in a mapping, but is an EIO error here) is read into memory.
     let map = crate::sys::map::SealedMap::new(fd);
     let read;
     let bytes = match &map {
@@ -799,7 +849,7 @@ mod tests {
         let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
         let g = Gate::new(HelperContext { caller, policy: Policy::builtin().unwrap() });
         assert_eq!(g.key_of(copy.as_fd()).unwrap(), None, "not remembered yet");
-        g.remember_copy(&copy, content).unwrap();
+        g.pin(&copy, content).unwrap();
         let key = Key::new(1000, content);
         assert_eq!(g.key_of(copy.as_fd()).unwrap(), Some(key.clone()));
         let dup = rustix::io::dup(&copy).unwrap();
@@ -813,6 +863,26 @@ mod tests {
         let unsealed = rustix::fs::memfd_create("u", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
         assert_eq!(g.key_of(unsealed.as_fd()).unwrap(), None);
         assert_eq!(g.key_of(f.as_fd()).unwrap(), None);
+    }
+
+    #[test]
+    fn only_a_file_the_kernel_still_measures_has_a_verity_key() {
+        use std::io::Write;
+        // The file a test writes lives on tmpfs or a filesystem without fs-verity here: it has no
+        // verity digest, so it is copied, and a pin claiming one is not believed (the gate
+        // measures again before it uses a key or skips a digest computation).
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"image bytes").unwrap();
+        let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
+        let g = Gate::new(HelperContext { caller, policy: Policy::builtin().unwrap() });
+        assert_eq!(g.verity_digest(f.as_fd()), None);
+        let fd = OwnedFd::from(f.try_clone().unwrap());
+        let claimed = Content::fs_verity([7; 32], 11);
+        g.pin(&fd, claimed).unwrap();
+        assert_eq!(g.pinned_content(f.as_fd()).unwrap(), None);
+        assert_eq!(g.key_of(f.as_fd()).unwrap(), None);
+        let e = g.check_digest(f.as_fd(), &[7; 32]).unwrap_err().to_string();
+        assert!(e.contains("does not match"), "{e}");
     }
 
     #[test]

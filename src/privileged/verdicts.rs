@@ -8,6 +8,11 @@
 //!   checked on the fd itself before the key is used), its size checked equal to the bytes
 //!   hashed; so nothing can change them between the hash, the verdict and the mount; an fd that
 //!   is not such a copy (a freshly built image) never uses or makes a verdict;
+//! - or, for a caller's image with fs-verity on a filesystem where the kernel enforces it (the
+//!   gate mounts that file itself, without a copy), the kernel's fs-verity digest of the file
+//!   ([`Hash::FsVerity`], a verdict file of its own name): the kernel refuses every write,
+//!   truncation and disabling of verity on it, and checks every page it reads against that
+//!   digest, so the bytes mounted are the bytes measured;
 //! - the key also holds the caller's uid: a verdict made for one user is never used for another
 //!   (who could otherwise learn from the timing that someone mounted a given image);
 //! - and [`VERSION`] of the checks (and of the key's hash): a helper that checks more never
@@ -86,20 +91,45 @@ impl ContentHasher {
     }
 
     pub(crate) fn finish(self) -> Content {
-        Content { digest: *self.hasher.finalize().as_bytes(), size: self.size }
+        Content { hash: Hash::Blake3, digest: *self.hasher.finalize().as_bytes(), size: self.size }
     }
 }
 
-/// The BLAKE3 hash and the length of all the bytes given to a [`ContentHasher`].
+/// The bytes an image has, named by one of two digests that commit to all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Content {
+    hash: Hash,
     digest: [u8; 32],
     size: u64,
 }
 
+/// Which digest a [`Content`] holds: its verdict files have different names, so a digest of one
+/// kind is never looked up as one of the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hash {
+    /// BLAKE3 of all the bytes, from a [`ContentHasher`] (the helper's sealed copy).
+    Blake3,
+    /// The kernel's fs-verity digest (SHA-256, `FS_IOC_MEASURE_VERITY`) of a file whose bytes
+    /// the kernel keeps from changing (the caller's fs-verity image, mounted without a copy).
+    FsVerity,
+}
+
 impl Content {
+    /// The fs-verity digest `digest` of a file of `size` bytes, as the kernel measured it.
+    pub(crate) fn fs_verity(digest: [u8; 32], size: u64) -> Content {
+        Content { hash: Hash::FsVerity, digest, size }
+    }
+
     pub(crate) fn size(&self) -> u64 {
         self.size
+    }
+
+    pub(crate) fn hash(&self) -> Hash {
+        self.hash
+    }
+
+    pub(crate) fn digest(&self) -> &[u8; 32] {
+        &self.digest
     }
 }
 
@@ -113,14 +143,17 @@ pub(crate) struct Key {
 impl Key {
     /// The key of `content` for the caller `uid`. The caller of this function vouches that
     /// `content` describes exactly the bytes that will be mounted (the gate: its own copy,
-    /// sealed, of that size).
+    /// sealed, of that size; or the caller's fs-verity file it pinned, measured again).
     pub(crate) fn new(uid: u32, content: Content) -> Key {
         Key { uid, content }
     }
 
     fn file_name(&self) -> String {
         let hex: String = self.content.digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("v{VERSION}-{}-{hex}", self.uid)
+        match self.content.hash {
+            Hash::Blake3 => format!("v{VERSION}-{}-{hex}", self.uid),
+            Hash::FsVerity => format!("v{VERSION}-{}-fsverity-{hex}", self.uid),
+        }
     }
 
     pub(crate) fn size(&self) -> u64 {
@@ -308,6 +341,10 @@ mod tests {
         assert_ne!(Key::new(1001, content(b"image bytes")).file_name(), k.file_name());
         assert_ne!(Key::new(1000, content(b"image bytez")).file_name(), k.file_name());
         assert_ne!(Key::new(1000, content(b"image byte")).file_name(), k.file_name());
+        // The same 32 bytes as an fs-verity digest name another verdict.
+        let v = Key::new(1000, Content::fs_verity(*k.content.digest(), k.size()));
+        assert_eq!(v.file_name(), format!("v2-1000-fsverity-{}", &k.file_name()["v2-1000-".len()..]));
+        assert_ne!(Key::new(1001, Content::fs_verity(*k.content.digest(), k.size())).file_name(), v.file_name());
     }
 
     #[test]

@@ -438,6 +438,55 @@ t_helper_toc_verity() {
     ! is_mounted "$HU/mnt" || no "still mounted after umount"
 }
 
+# ---- privileged helper: an image with fs-verity is mounted without a copy ----------------------
+# The setuid helper, run by nobody, mounts the caller's own fs-verity image itself (the loop
+# device's backing file is that file, not the helper's sealed memory copy), keys its remembered
+# verdict by the kernel's fs-verity digest, checks --digest against the kernel's measurement,
+# and still vets the image: one with a device node is refused. The same image without verity
+# still goes through the sealed copy.
+back_files() { losetup -n -l -O BACK-FILE 2>/dev/null; }
+t_helper_verity_source() {
+    local h=$HU/verity img plain dev vd t0 t1 n round
+    . "$W/fixture.env"
+    img=$h/image.cfs plain=$h/plain.cfs dev=$h/devnode.cfs vd=/run/cfsmount/verdicts
+    mkdir -p "$h/mnt" && copy_store "$h/objs" && cp "$IMG" "$img" && cp "$IMG" "$plain" || no "copying the fixture failed"
+    printf '/ 4096 40755 2 0 0 0 0.0 - - -\n/null 0 20644 1 0 0 259 0.0 - - -\n' >"$h/devnode.dump"
+    "$CFS" mkimage --from-dump "$h/devnode.dump" "$dev" || no "mkimage of the device-node image failed"
+    "$CFS" verity enable "$img" && "$CFS" verity enable "$dev" || no "verity enable failed"
+    chown -R 65534:65534 "$h" || no "chown failed"
+    rm -rf "$vd"
+    for round in first repeated; do
+        t0=${EPOCHREALTIME/./}
+        as_nobody "$HV/cfsmount" mount "$img" "$h/mnt" --basedir "$h/objs" || no "$round helper mount of the verity image failed"
+        t1=${EPOCHREALTIME/./}
+        echo "# helper mount of the verity image ($round): $(((t1 - t0) / 1000)) ms" >&2
+        back_files | grep -qx "$img" || no "$round mount: the loop device is not backed by $img: $(back_files | tr '\n' ' ')"
+        for n in a b c d; do cmp -s "$h/mnt/$n" "$W/src/$n" || no "$n does not read back ($round mount)"; done
+        as_nobody "$HV/cfsmount" umount "$h/mnt" || no "umount as nobody failed"
+        [ -f "$vd/v2-65534-fsverity-$IMG_DIGEST" ] || no "no verdict keyed by the fs-verity digest after the $round mount: $(ls "$vd" 2>&1 | tr '\n' ' ')"
+    done
+    [ "$(ls "$vd" | wc -l)" = 1 ] || no "expected one verdict, found: $(ls "$vd" | tr '\n' ' ')"
+    # --digest is checked against the kernel's measurement of that file.
+    as_nobody "$HV/cfsmount" mount "$img" "$h/mnt" --basedir "$h/objs" --digest "$IMG_DIGEST" || no "mount with the right --digest failed"
+    cmp -s "$h/mnt/b" "$W/src/b" || no "b does not read back (--digest mount)"
+    as_nobody "$HV/cfsmount" umount "$h/mnt" || no "umount as nobody failed"
+    M=$h/mnt refused "*does not match*" as_nobody "$HV/cfsmount" mount "$img" "$h/mnt" --basedir "$h/objs" --digest "${CONTENT_DIGEST[a]}"
+    # Still vetted: a verity image with a device node is refused, and remembered as nothing.
+    M=$h/mnt refused "*device node*" as_nobody "$HV/cfsmount" mount "$dev" "$h/mnt" --basedir "$h/objs"
+    [ "$(ls "$vd" | wc -l)" = 1 ] || no "a verdict was recorded for the refused image: $(ls "$vd" | tr '\n' ' ')"
+    # Without verity: the sealed copy, keyed by its BLAKE3 hash.
+    t0=${EPOCHREALTIME/./}
+    as_nobody "$HV/cfsmount" mount "$plain" "$h/mnt" --basedir "$h/objs" || no "helper mount of the image without verity failed"
+    t1=${EPOCHREALTIME/./}
+    echo "# helper mount of the same image without verity (first): $(((t1 - t0) / 1000)) ms" >&2
+    back_files | grep -q '^/memfd:cfsmount-source' || no "the image without verity is not mounted from the sealed copy: $(back_files | tr '\n' ' ')"
+    back_files | grep -qx "$plain" && no "the image without verity was mounted from the caller's file"
+    cmp -s "$h/mnt/d" "$W/src/d" || no "d does not read back (copy)"
+    as_nobody "$HV/cfsmount" umount "$h/mnt" || no "umount as nobody failed"
+    ls "$vd" | grep -v fsverity | grep -q '^v2-65534-[0-9a-f]\{64\}$' || no "no BLAKE3 verdict for the copy: $(ls "$vd" | tr '\n' ' ')"
+    ! is_mounted "$h/mnt" || no "still mounted"
+}
+
 if mount_ready; then
     if (build_fixture) >"$W/fixture.log" 2>&1 && . "$W/fixture.env"; then
         run mount_digest_accepts_right_image t_digest_accepts
@@ -460,6 +509,8 @@ if mount_ready; then
             if (build_helper_fixture) >"$W/helper-fixture.log" 2>&1; then
                 run helper_toc_verity_records_and_enforces_object_digests t_helper_toc_verity
                 is_mounted "$HU/mnt" && umount "$HU/mnt"
+                run helper_mounts_verity_image_without_copy t_helper_verity_source
+                is_mounted "$HU/verity/mnt" && umount "$HU/verity/mnt"
             else
                 echo "FAIL helper_fixture: $(tail -n 3 "$W/helper-fixture.log" | tr '\n' ' ' | cut -c1-400)"
             fi
