@@ -13,6 +13,11 @@
 # verdicts whenever one records a new one; each case's warm-up runs record its own again, so the
 # timed runs of "cs9" are repeated mounts for both.
 #
+# With VERITY=1 (a kernel with fs-verity and HELPER_BENCH_DIR on ext4 made with -O verity:
+# benches/helper-vm.sh runs it so inside a VM), two more cases mount a copy of cs9 with
+# fs-verity enabled, which the helper mounts from the caller's file without its sealed copy:
+# "cs9v" (repeated) and "cs9v first".
+#
 # Usage (root, hyperfine; the machine-wide lock of the root tier):
 #   flock /tmp/cfsmount-root.lock benches/helper.sh [target/release/cfsmount] [RUNS]
 # CFS_CONFORMANCE locates the conformance data (default ../shared/conformance).
@@ -25,7 +30,8 @@ CONF=${CFS_CONFORMANCE:-$PWD/../shared/conformance}
 [ "$(id -u)" = 0 ] || { echo "helper.sh: needs root (installs setuid copies, mounts)" >&2; exit 1; }
 command -v hyperfine >/dev/null || { echo "helper.sh: needs hyperfine" >&2; exit 1; }
 
-W=$(mktemp -d /tmp/cfsmount-helper-bench.XXXXXX)
+VERITY=${VERITY:-}
+W=$(mktemp -d "${HELPER_BENCH_DIR:-/tmp}/cfsmount-helper-bench.XXXXXX")
 chmod 755 "$W"
 cleanup() {
     for t in "$W"/t-*; do umount -l "$t" 2>/dev/null || true; done
@@ -46,7 +52,13 @@ mkdir -p "$W/objs"
 printf '/ 4096 40755 2 65534 65534 0 0.0 - - -\n/f 5 100644 1 65534 65534 0 0.0 - hello -\n' >"$W/one.dump"
 "$NEW" mkimage --from-dump "$W/one.dump" "$W/one.img"
 zcat "$CONF/composefs-dump/cs9-x86_64-developer.dump.gz" | "$NEW" mkimage --from-dump - "$W/cs9.img"
-chown -R 65534:65534 "$W/objs" "$W/one.img" "$W/cs9.img"
+CASES="one cs9 cs9-first"
+if [ -n "$VERITY" ]; then
+    cp "$W/cs9.img" "$W/cs9v.img"
+    "$NEW" verity enable "$W/cs9v.img" >/dev/null || { echo "helper.sh: fs-verity cannot be enabled under $W" >&2; exit 1; }
+    CASES="$CASES cs9v cs9v-first"
+fi
+chown -R 65534:65534 "$W/objs" "$W"/*.img
 
 cmds=()
 names=()
@@ -54,14 +66,14 @@ prepares=()
 as_nobody="setpriv --reuid=65534 --regid=65534 --clear-groups --"
 for bin in ${ORDER:-new old}; do
     [ -x "$W/$bin/cfsmount" ] || continue
-    for case in one cs9 cs9-first; do
+    for case in $CASES; do
         img=${case%-first}
         t="$W/t-$bin-$case"
         mkdir -p "$t"
         chown 65534:65534 "$t"
         names+=("$bin ${case/-/ }")
         cmds+=("$as_nobody sh -c '$W/$bin/cfsmount mount $W/$img.img $t --basedir $W/objs && $W/$bin/cfsmount umount $t'")
-        if [ "$case" = cs9-first ]; then prepares+=("rm -rf /run/cfsmount/verdicts"); else prepares+=("true"); fi
+        if [ "${case%-first}" != "$case" ]; then prepares+=("rm -rf /run/cfsmount/verdicts"); else prepares+=("true"); fi
     done
 done
 # The same image mounted by root with the plain (not setuid) new binary: the yardstick.
@@ -88,4 +100,15 @@ for bin in ${ORDER:-new old}; do
     first=$(rss)
     $as_nobody "$W/$bin/cfsmount" umount "$t"
     echo "peak RSS $bin cs9: repeated ${repeated} KiB, first ${first} KiB"
+    if [ -n "$VERITY" ]; then
+        rss() { /usr/bin/time -f %M $as_nobody "$W/$bin/cfsmount" mount "$W/cs9v.img" "$t" --basedir "$W/objs" 2>&1 >/dev/null | tail -1; }
+        $as_nobody "$W/$bin/cfsmount" mount "$W/cs9v.img" "$t" --basedir "$W/objs"
+        $as_nobody "$W/$bin/cfsmount" umount "$t"
+        repeated=$(rss)
+        $as_nobody "$W/$bin/cfsmount" umount "$t"
+        rm -rf /run/cfsmount/verdicts
+        first=$(rss)
+        $as_nobody "$W/$bin/cfsmount" umount "$t"
+        echo "peak RSS $bin cs9v (fs-verity): repeated ${repeated} KiB, first ${first} KiB"
+    fi
 done
