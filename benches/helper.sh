@@ -88,27 +88,20 @@ echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $(cut -d' ' -f1-3 /p
 hyperfine -N -w 2 -r "$RUNS" --style basic ${HYPERFINE_JSON:+--export-json "$HYPERFINE_JSON"} "${args[@]}"
 
 # Peak RSS of the helper process (KiB), mount only: a repeated mount, then a first one.
-for bin in ${ORDER:-new old}; do
-    [ -x "$W/$bin/cfsmount" ] || continue
-    t="$W/t-$bin-cs9"
-    rss() { /usr/bin/time -f %M $as_nobody "$W/$bin/cfsmount" mount "$W/cs9.img" "$t" --basedir "$W/objs" 2>&1 >/dev/null | tail -1; }
-    $as_nobody "$W/$bin/cfsmount" mount "$W/cs9.img" "$t" --basedir "$W/objs"
-    $as_nobody "$W/$bin/cfsmount" umount "$t"
+peak_rss() { # BIN IMAGE-NAME LABEL
+    local exe=$W/$1/cfsmount img=$W/$2.img t=$W/t-$1-cs9 repeated first
+    rss() { /usr/bin/time -f %M $as_nobody "$exe" mount "$img" "$t" --basedir "$W/objs" 2>&1 >/dev/null | tail -1; }
+    $as_nobody "$exe" mount "$img" "$t" --basedir "$W/objs"
+    $as_nobody "$exe" umount "$t"
     repeated=$(rss)
-    $as_nobody "$W/$bin/cfsmount" umount "$t"
+    $as_nobody "$exe" umount "$t"
     rm -rf /run/cfsmount/verdicts
     first=$(rss)
-    $as_nobody "$W/$bin/cfsmount" umount "$t"
-    echo "peak RSS $bin cs9: repeated ${repeated} KiB, first ${first} KiB"
-    if [ -n "$VERITY" ]; then
-        rss() { /usr/bin/time -f %M $as_nobody "$W/$bin/cfsmount" mount "$W/cs9v.img" "$t" --basedir "$W/objs" 2>&1 >/dev/null | tail -1; }
-        $as_nobody "$W/$bin/cfsmount" mount "$W/cs9v.img" "$t" --basedir "$W/objs"
-        $as_nobody "$W/$bin/cfsmount" umount "$t"
-        repeated=$(rss)
-        $as_nobody "$W/$bin/cfsmount" umount "$t"
-        rm -rf /run/cfsmount/verdicts
-        first=$(rss)
-        $as_nobody "$W/$bin/cfsmount" umount "$t"
-        echo "peak RSS $bin cs9v (fs-verity): repeated ${repeated} KiB, first ${first} KiB"
-    fi
+    $as_nobody "$exe" umount "$t"
+    echo "peak RSS $1 $3: repeated ${repeated} KiB, first ${first} KiB"
+}
+for bin in ${ORDER:-new old}; do
+    [ -x "$W/$bin/cfsmount" ] || continue
+    peak_rss "$bin" cs9 cs9
+    [ -z "$VERITY" ] || peak_rss "$bin" cs9v "cs9v (fs-verity)"
 done
