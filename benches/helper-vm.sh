@@ -8,6 +8,9 @@
 # Needs what tier 3 installs (tests/vm/run-tier3.sh): a /boot kernel with CONFIG_FS_VERITY=y,
 # qemu-system-x86, virtme-ng (vng); and hyperfine. Builds nothing: give it a release binary.
 #
+# OLD_CFSMOUNT=/path/to/another/cfsmount runs that binary side by side, as helper.sh does (an
+# older helper takes the copy for the fs-verity image too).
+#
 # Usage (root; the VM lock of the test tiers):
 #   flock /tmp/cfsmount-vm.lock benches/helper-vm.sh [target/release/cfsmount] [RUNS]
 set -euo pipefail
@@ -32,6 +35,11 @@ VNG=$(command -v vng || ls /usr/local/bin/vng "$HOME/.local/bin/vng" 2>/dev/null
 OUT=$(mktemp -d /tmp/cfs-helper-vm.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 strip -o "$OUT/cfsmount" "$BIN" 2>/dev/null || cp "$BIN" "$OUT/cfsmount"
+OLD=
+if [ -n "${OLD_CFSMOUNT:-}" ]; then
+    strip -o "$OUT/old-cfsmount" "$OLD_CFSMOUNT" 2>/dev/null || cp "$OLD_CFSMOUNT" "$OUT/old-cfsmount" || die "no $OLD_CFSMOUNT"
+    OLD=$OUT/old-cfsmount
+fi
 cat >"$OUT/inside.sh" <<EOF
 #!/usr/bin/env bash
 set -eu
@@ -44,7 +52,7 @@ mkfs.ext4 -q -b 4096 -O verity,^has_journal /tmp/ext4.img
 mount -o loop /tmp/ext4.img \$V
 chmod 755 \$V
 echo "# in the VM: kernel \$(uname -r), \$(nproc) vCPUs (qemu TCG, one host thread)"
-HELPER_BENCH_DIR=\$V VERITY=1 CFS_CONFORMANCE=$CONF bash $PWD/benches/helper.sh $OUT/cfsmount $RUNS
+HELPER_BENCH_DIR=\$V VERITY=1 OLD_CFSMOUNT=$OLD ORDER="${ORDER:-new old}" CFS_CONFORMANCE=$CONF bash $PWD/benches/helper.sh $OUT/cfsmount $RUNS
 umount \$V
 EOF
 chmod +x "$OUT/inside.sh"
