@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use cfsmount::erofs::reader::{read_image, read_image_with, vet_image, ReadError, ReadLimits};
+use cfsmount::erofs::reader::{
+    read_image, read_image_with, vet_image, vet_image_releasing, ReadError, ReadLimits, Release,
+};
 use cfsmount::erofs::writer::write_image;
 use cfsmount::input::dump::{parse, write_dump, DumpOptions};
 use cfsmount::tree::{Limits, NodeId, Tree, ROOT};
@@ -176,6 +178,9 @@ fn hostile_inputs() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Calls of the release hook in [`read_timed`]'s vetting with releases.
+static RELEASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Each read of a (corrupted) image must return in bounded time; a panic fails the test.
 fn read_timed(img: &[u8], what: &str, worst: &mut Duration) -> Result<(), ReadError> {
     let t0 = Instant::now();
@@ -185,7 +190,14 @@ fn read_timed(img: &[u8], what: &str, worst: &mut Duration) -> Result<(), ReadEr
     *worst = (*worst).max(el);
     // The helper's vetting accepts exactly what the reader accepts (with the same error), and
     // counts the same entries.
-    match (&r, vet_image(img, &ReadLimits::default())) {
+    let vetted = vet_image(img, &ReadLimits::default());
+    // Releasing the image's pages as it goes (the helper's mapped copy) changes nothing else.
+    let calls = std::cell::Cell::new(0u64);
+    let hook = || calls.set(calls.get() + 1);
+    let released = vet_image_releasing(img, &ReadLimits::default(), Release { every: 4096, hook: &hook });
+    assert_eq!(format!("{released:?}"), format!("{vetted:?}"), "{what}: vetting with releases");
+    RELEASES.fetch_add(calls.get(), std::sync::atomic::Ordering::Relaxed);
+    match (&r, vetted) {
         (Ok(t), Ok(v)) => assert_eq!(v.entries, t.len() as u64, "{what}: entries"),
         (Err(e), Err(v)) => assert_eq!(v.to_string(), e.to_string(), "{what}"),
         (r, v) => panic!("{what}: read_image {:?} but vet_image {v:?}", r.as_ref().map(|t| t.len())),
@@ -225,6 +237,7 @@ fn corrupted_images_never_panic() {
     }
     eprintln!("corrupted images: {ok} read, {err} rejected, slowest read {worst:?}");
     assert!(err > 0 && ok > 0, "the corruptions exercise both outcomes ({ok} ok, {err} errors)");
+    assert!(RELEASES.load(std::sync::atomic::Ordering::Relaxed) > 0, "the release hook was exercised");
 }
 
 /// Minimal EROFS facts of an image, found the way any reader would, to aim corruptions.

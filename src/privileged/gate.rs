@@ -621,6 +621,10 @@ fn sealed_copy(fd: OwnedFd, max: u64, hash: bool) -> Result<(OwnedFd, Option<Con
     Ok((memfd, hasher.map(ContentHasher::finish)))
 }
 
+/// Bytes the vetting reads from a mapped image between two releases of its pages: bounds how
+/// much of the image is resident in the helper at once (docs/helper.md "Cost").
+const VET_RELEASE_EVERY: u64 = 2 << 20;
+
 /// A remembered verdict against the caller's limits of now.
 fn within_limits(v: Verdict, limits: &Limits) -> Result<(), AccessError> {
     if v.size > limits.max_image_size {
@@ -664,8 +668,16 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Resu
     let mut rl = crate::erofs::reader::ReadLimits::default();
     rl.tree.max_entries =
         usize::try_from(limits.max_entries.min(inodes.saturating_mul(2) + 1024)).unwrap_or(usize::MAX);
-    let vetted =
-        crate::erofs::reader::vet_image(bytes, &rl).map_err(|e| AccessError::BadImage { reason: e.to_string() })?;
+    // A mapped copy is released every VET_RELEASE_EVERY bytes read (its pages leave the
+    // helper's resident memory; reads map them again from the sealed copy).
+    let vetted = match &map {
+        Ok(m) => {
+            let release = crate::erofs::reader::Release { every: VET_RELEASE_EVERY, hook: &|| m.release() };
+            crate::erofs::reader::vet_image_releasing(bytes, &rl, release)
+        }
+        Err(_) => crate::erofs::reader::vet_image(bytes, &rl),
+    }
+    .map_err(|e| AccessError::BadImage { reason: e.to_string() })?;
     if vetted.entries > limits.max_entries {
         return Err(AccessError::Limit { what: "image entries", value: vetted.entries, limit: limits.max_entries });
     }

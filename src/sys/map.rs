@@ -48,6 +48,22 @@ impl SealedMap {
         Ok(SealedMap { ptr, len })
     }
 
+    /// Drops the mapping's pages from this process's resident memory (`madvise(2)`,
+    /// `MADV_DONTNEED`; rustix has it, as `unsafe`). For a shared mapping of a file that only
+    /// unmaps the pages: the file keeps them, and the next read maps them again, with the
+    /// same bytes (the file is sealed). Slices from [`SealedMap::bytes`] stay valid and
+    /// unchanged; only the process's resident set shrinks. Best effort.
+    pub(crate) fn release(&self) {
+        if self.len != 0 {
+            // SAFETY: `ptr`/`len` is this live mapping, MAP_SHARED of a file sealed against
+            // writes, growth and shrinking: MADV_DONTNEED zaps the page-table entries only, the
+            // pages stay in the file, and a later access faults the same bytes back in. No
+            // memory that a borrow points at is freed or changed (unlike MADV_DONTNEED on
+            // private or anonymous memory, which would zero it).
+            let _ = unsafe { rustix::mm::madvise(self.ptr, self.len, rustix::mm::Advice::LinuxDontNeed) };
+        }
+    }
+
     /// The file's bytes. They cannot change while the map lives: the file is sealed against
     /// writes (no write(2), no writable mapping can exist), growth and shrinking, and seals
     /// cannot be removed.
@@ -82,6 +98,29 @@ mod tests {
         assert_eq!(rustix::io::write(&fd, bytes).unwrap(), bytes.len());
         rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
         fd
+    }
+
+    /// This process's resident shared memory (`RssShmem` of /proc/self/status), in KiB.
+    fn rss_shmem_kib() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = s.lines().find(|l| l.starts_with("RssShmem:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn release_drops_the_pages_and_the_bytes_read_back_the_same() {
+        let all = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK;
+        let bytes: Vec<u8> = (0..(16usize << 20)).map(|i| (i % 251) as u8).collect();
+        let m = SealedMap::new(memfd(&bytes, all).as_fd()).unwrap();
+        let before = rss_shmem_kib();
+        assert!(m.bytes() == &bytes[..]);
+        let touched = rss_shmem_kib();
+        m.release();
+        let released = rss_shmem_kib();
+        // Other tests may map shared memory at the same time: compare with margins.
+        assert!(touched >= before + 12 * 1024, "reading 16 MiB mapped it: {before} -> {touched} KiB");
+        assert!(released + 12 * 1024 <= touched, "release unmapped it: {touched} -> {released} KiB");
+        assert!(m.bytes() == &bytes[..], "the same bytes after release");
     }
 
     #[test]

@@ -113,6 +113,23 @@ pub fn vet_image(bytes: &[u8], limits: &ReadLimits) -> Result<Vetted, ReadError>
     Reader::new(bytes, limits, false)?.vet()
 }
 
+/// A hook [`vet_image_releasing`] calls after every `every` bytes it has read from the image.
+pub struct Release<'a> {
+    pub every: u64,
+    /// May drop the image's pages from memory: every later read of `bytes` must still see the
+    /// same bytes (for example `madvise(MADV_DONTNEED)` on a shared mapping of a sealed file).
+    pub hook: &'a dyn Fn(),
+}
+
+/// [`vet_image`], calling `release.hook` after every `release.every` bytes read, so that a
+/// mapped image need not stay resident as a whole while it is vetted (the setuid helper's
+/// peak memory). Same result as [`vet_image`].
+pub fn vet_image_releasing(bytes: &[u8], limits: &ReadLimits, release: Release<'_>) -> Result<Vetted, ReadError> {
+    let mut r = Reader::new(bytes, limits, false)?;
+    r.release = Some(release);
+    r.vet()
+}
+
 /// A directory met in the walk (names are borrowed from the image).
 struct DirRec<'a> {
     nid: u64,
@@ -145,6 +162,9 @@ struct Reader<'a> {
     /// An inode's xattrs as stored and as kept, reused from inode to inode.
     raw_xattrs: Vec<xattr::RawXattr<'a>>,
     kept_xattrs: Vec<xattr::RawXattr<'a>>,
+    /// [`vet_image_releasing`]'s hook, and the bytes read since it was last called.
+    release: Option<Release<'a>>,
+    read_since_release: std::cell::Cell<u64>,
 }
 
 impl<'a> Reader<'a> {
@@ -175,10 +195,21 @@ impl<'a> Reader<'a> {
             decoded: 0,
             raw_xattrs: Vec::new(),
             kept_xattrs: Vec::new(),
+            release: None,
+            read_since_release: std::cell::Cell::new(0),
         })
     }
 
     fn bytes(&self, off: u64, len: u64) -> Option<&'a [u8]> {
+        if let Some(r) = &self.release {
+            let n = self.read_since_release.get().saturating_add(len);
+            if n >= r.every {
+                (r.hook)();
+                self.read_since_release.set(0);
+            } else {
+                self.read_since_release.set(n);
+            }
+        }
         let end = off.checked_add(len)?;
         self.d.get(usize::try_from(off).ok()?..usize::try_from(end).ok()?)
     }
