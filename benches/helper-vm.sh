@@ -22,15 +22,9 @@ die() { echo "helper-vm.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root (boots a VM that installs a setuid copy)"
 command -v hyperfine >/dev/null || die "needs hyperfine"
 
-kver=
-for k in /boot/vmlinuz-*; do
-    v=${k#/boot/vmlinuz-}
-    grep -qx 'CONFIG_FS_VERITY=y' "/boot/config-$v" 2>/dev/null && [ -d "/lib/modules/$v" ] || continue
-    kver=$(printf '%s\n%s\n' "$kver" "$v" | sed '/^$/d' | sort -V | tail -n1)
-done
-[ -n "$kver" ] || die "no /boot kernel with CONFIG_FS_VERITY=y (tests/vm/run-tier3.sh installs one)"
-VNG=$(command -v vng || ls /usr/local/bin/vng "$HOME/.local/bin/vng" 2>/dev/null | head -n1) \
-    || die "no vng (tests/vm/run-tier3.sh installs virtme-ng)"
+. tests/vm/host-lib.sh
+kver=$(verity_kernel) || die "no /boot kernel with CONFIG_FS_VERITY=y (tests/vm/run-tier3.sh installs one)"
+VNG=$(find_vng) || die "no vng (tests/vm/run-tier3.sh installs virtme-ng)"
 
 OUT=$(mktemp -d /tmp/cfs-helper-vm.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT

@@ -123,12 +123,18 @@ impl Gate {
     /// the state lock), with verity enabled (SHA-256). `None` otherwise, and on any error: the
     /// image is then copied as any other.
     fn verity_digest(&self, fd: BorrowedFd<'_>) -> Option<[u8; 32]> {
-        let magic = rustix::fs::fstatfs(fd).ok()?.f_type as u64 & 0xffff_ffff;
-        let name = self.policy.target_fs_name(magic)?;
-        if !VERITY_FS.contains(&name) {
+        let (_, name) = self.policy_fs(fd).ok()?;
+        if !VERITY_FS.contains(&name?) {
             return None;
         }
         crate::fsverity::measure(fd).ok()
+    }
+
+    /// The filesystem `fd` is on (`fstatfs` magic) and its name in the policy's
+    /// `allowed_target_fs` (`None`: the policy does not allow it).
+    fn policy_fs(&self, fd: BorrowedFd<'_>) -> Result<(u64, Option<&str>), rustix::io::Errno> {
+        let magic = rustix::fs::fstatfs(fd)?.f_type as u64 & 0xffff_ffff;
+        Ok((magic, self.policy.target_fs_name(magic)))
     }
 
     fn feature(&self, on: bool, what: &str) -> Result<(), AccessError> {
@@ -291,14 +297,13 @@ impl Access for Gate {
         // The overlay looks the directory up while the helper holds the state lock: a
         // filesystem the caller runs (FUSE) could stall it there for everyone. Only the
         // filesystem types the policy allows for targets (disk filesystems by default).
-        let sfs = rustix::fs::fstatfs(&fd).map_err(|errno| AccessError::Open {
+        let (magic, allowed) = self.policy_fs(fd.as_fd()).map_err(|errno| AccessError::Open {
             what: "basedir",
             path: path.into(),
             errno,
             as_caller: true,
         })?;
-        let magic = sfs.f_type as u64 & 0xffff_ffff;
-        if self.policy.target_fs_name(magic).is_none() {
+        if allowed.is_none() {
             return Err(AccessError::Refused {
                 what: "basedir",
                 path: path.into(),
@@ -355,14 +360,13 @@ impl Access for Gate {
                 return Err(refuse(format!("owned by uid {} inside a sticky directory", st.st_uid)));
             }
         }
-        let sfs = rustix::fs::fstatfs(&fd).map_err(|errno| AccessError::Open {
+        let (magic, allowed) = self.policy_fs(fd.as_fd()).map_err(|errno| AccessError::Open {
             what: "target",
             path: path.into(),
             errno,
             as_caller: true,
         })?;
-        let magic = sfs.f_type as u64 & 0xffff_ffff;
-        if self.policy.target_fs_name(magic).is_none() {
+        if allowed.is_none() {
             return Err(refuse(format!("on a filesystem type (magic 0x{magic:x}) the helper policy does not allow")));
         }
         Ok(fd)
@@ -669,15 +673,16 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Resu
     rl.tree.max_entries =
         usize::try_from(limits.max_entries.min(inodes.saturating_mul(2) + 1024)).unwrap_or(usize::MAX);
     // A mapped copy is released every VET_RELEASE_EVERY bytes read (its pages leave the
-    // helper's resident memory; reads map them again from the sealed copy).
-    let vetted = match &map {
-        Ok(m) => {
-            let release = crate::erofs::reader::Release { every: VET_RELEASE_EVERY, hook: &|| m.release() };
-            crate::erofs::reader::vet_image_releasing(bytes, &rl, release)
+    // helper's resident memory; reads map them again from the sealed copy); an image read
+    // into memory has nothing to release.
+    let release = || {
+        if let Ok(m) = &map {
+            m.release();
         }
-        Err(_) => crate::erofs::reader::vet_image(bytes, &rl),
-    }
-    .map_err(|e| AccessError::BadImage { reason: e.to_string() })?;
+    };
+    let release = crate::erofs::reader::Release { every: VET_RELEASE_EVERY, hook: &release };
+    let vetted = crate::erofs::reader::vet_image_releasing(bytes, &rl, release)
+        .map_err(|e| AccessError::BadImage { reason: e.to_string() })?;
     if vetted.entries > limits.max_entries {
         return Err(AccessError::Limit { what: "image entries", value: vetted.entries, limit: limits.max_entries });
     }

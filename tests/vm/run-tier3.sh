@@ -22,18 +22,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 # ---- what the VM needs on the host --------------------------------------------------------
 
-# Prints the newest /boot/vmlinuz-* whose config has CONFIG_FS_VERITY=y (and modules installed).
-verity_kernel() {
-    local k v best=
-    for k in /boot/vmlinuz-*; do
-        [ -e "$k" ] || continue
-        v=${k#/boot/vmlinuz-}
-        grep -qx 'CONFIG_FS_VERITY=y' "/boot/config-$v" 2>/dev/null || continue
-        [ -d "/lib/modules/$v" ] || continue
-        best=$(printf '%s\n%s\n' "$best" "$v" | sed '/^$/d' | sort -V | tail -n1)
-    done
-    [ -n "$best" ] && echo "$best"
-}
+# verity_kernel, find_vng
+. "$HERE/host-lib.sh"
 
 apt_updated=
 apt_install() { # packages...
@@ -69,14 +59,6 @@ for p in qemu-system-x86 busybox-static e2fsprogs fsverity kmod util-linux; do
     have_pkg "$p" || { log "installing $p"; apt_install "$p" || die "installing $p failed"; }
 done
 
-find_vng() {
-    local d
-    command -v vng 2>/dev/null && return 0
-    for d in "$(python3 -c 'import sys; print(sys.prefix)' 2>/dev/null)/bin" /usr/local/bin "$HOME/.local/bin"; do
-        [ -x "$d/vng" ] && { echo "$d/vng"; return 0; }
-    done
-    return 1
-}
 VNG=$(find_vng) || {
     log "installing virtme-ng (pip)"
     python3 -m pip install -q virtme-ng >/dev/null 2>&1 || python3 -m pip install -q --break-system-packages virtme-ng >/dev/null \
