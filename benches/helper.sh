@@ -7,7 +7,9 @@
 # Cases: the 1-file image, cs9 (repeated mounts: from the second run on, a helper that remembers
 # verdicts finds this caller's verdict), and "cs9 first" (the verdict directory
 # /run/cfsmount/verdicts removed before every run: the first mount of the image), and "root cs9
-# (plain)": root mounting the same image with the new binary directly. Then one line
+# (plain)": root mounting the same image with the new binary directly, "root cs9 (plain, via
+# setpriv)" the same through the helper cases' launcher, and the launcher alone (`setpriv` +
+# `sh -c true` as nobody: about 1-1.5 ms of every helper case is this). Then one line
 # of peak RSS (`time -f %M`, the helper process, after the runs) per binary and case.
 # Two binaries with different verdict versions (v1: SHA-256 key, v2: BLAKE3) remove each other's
 # verdicts whenever one records a new one; each case's warm-up runs record its own again, so the
@@ -76,11 +78,19 @@ for bin in ${ORDER:-new old}; do
         if [ "${case%-first}" != "$case" ]; then prepares+=("rm -rf /run/cfsmount/verdicts"); else prepares+=("true"); fi
     done
 done
-# The same image mounted by root with the plain (not setuid) new binary: the yardstick.
+# The same image mounted by root with the plain (not setuid) new binary: the yardstick; once
+# started directly, once through the same launcher as the helper's cases (setpriv, to uid 0),
+# and the launcher alone (setpriv + sh as nobody), so its cost can be told apart.
 t="$W/t-root-cs9"
 mkdir -p "$t"
 names+=("root cs9 (plain)")
 cmds+=("sh -c '$NEW mount $W/cs9.img $t --basedir $W/objs && $NEW umount $t'")
+prepares+=("true")
+names+=("root cs9 (plain, via setpriv)")
+cmds+=("setpriv --reuid=0 --regid=0 --clear-groups -- sh -c '$NEW mount $W/cs9.img $t --basedir $W/objs && $NEW umount $t'")
+prepares+=("true")
+names+=("launcher alone (setpriv + sh)")
+cmds+=("$as_nobody sh -c true")
 prepares+=("true")
 args=()
 for i in "${!cmds[@]}"; do args+=(-n "${names[$i]}" --prepare "${prepares[$i]}" "${cmds[$i]}"); done
