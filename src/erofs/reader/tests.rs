@@ -393,3 +393,50 @@ fn canonical_prefixes() {
         assert_eq!(parse_xattr_entry(&e).is_ok(), ok, "{index} {}", tree::show(name));
     }
 }
+
+#[test]
+fn overlay_prefix_split() {
+    // apply_xattrs looks at a name once: overlay_rest is the full name after
+    // "trusted.overlay.", under every name index (also those whose prefix is longer).
+    use super::xattr::RawXattr;
+    for (index, prefix) in format::XATTR_PREFIXES.iter().enumerate() {
+        for name in [
+            &b""[..],
+            b"x",
+            b"overlay.",
+            b"overlay.redirect",
+            b"overlay.overlay.x",
+            b"trusted.overlay.metacopy",
+            b"trusted.overlay",
+            b"posix_acl_access",
+            b"\xff",
+        ] {
+            let x = RawXattr { prefix, index: index as u8, name, value: b"" };
+            let full = [*prefix, name].concat();
+            assert_eq!(x.overlay_rest(), full.strip_prefix(format::OVL_PREFIX), "{}", tree::show(&full));
+        }
+    }
+}
+
+#[test]
+fn has_byte_finds_every_position() {
+    for len in 0..40 {
+        for pos in 0..len {
+            for (hit, a, b) in [(0u8, 0u8, b'/'), (b'/', 0, b'/'), (0, 0, 0), (0x80, 0x80, 0x80)] {
+                let mut s = vec![b'a'; len];
+                s[pos] = hit;
+                assert!(has_either(&s, a, b), "{len} {pos} {hit}");
+                assert_eq!(has_byte(&s, a), hit == a, "{len} {pos} {hit}");
+                s[pos] = 0x7f;
+                assert!(!has_either(&s, a, b), "{len} {pos}");
+                assert!(!has_byte(&s, a), "{len} {pos}");
+            }
+        }
+    }
+}
+
+#[test]
+fn inode_records_stay_small() {
+    // One per inode of the image, kept for the whole read: 28 bytes (the vetting's memory).
+    assert!(std::mem::size_of::<super::inode::Ino>() <= 28);
+}

@@ -51,10 +51,11 @@ impl<'a> Reader<'a> {
         let Some(dd) = self.inodes.dir_data(&nid) else {
             return Err(dir_err(dirs, "not a directory".into()));
         };
-        let ents = self.read_dir(nid, dd).map_err(|e| with_path(e, || dir_path(dirs, at)))?;
+        let mut ents = std::mem::take(&mut self.dirent_buf);
+        self.read_dir(nid, dd, &mut ents).map_err(|e| with_path(e, || dir_path(dirs, at)))?;
         let mut children = Vec::with_capacity(ents.len().saturating_sub(2));
         let (mut dot, mut dotdot) = (false, false);
-        for (name, cnid, ftype) in ents {
+        for &(name, cnid, ftype) in &ents {
             let dirs = &st.walk.dirs;
             if name == b"." || name == b".." {
                 let want = if name == b"." { nid } else { parent_nid };
@@ -124,6 +125,7 @@ impl<'a> Reader<'a> {
         if !dot || !dotdot {
             return Err(dir_err(&st.walk.dirs, "missing '.' or '..' entry".into()));
         }
+        self.dirent_buf = ents;
         st.walk.dirs[at].children = children;
         Ok(())
     }
@@ -158,7 +160,7 @@ impl<'a> Reader<'a> {
         if let Some(missing) = seen.iter().position(|s| !s) {
             return Err(bad(format!("whiteout stub {missing:02x} is missing")));
         }
-        let Some(root) = self.inodes.get(&root_nid).and_then(|i| i.entry.as_ref()) else {
+        let Some(root) = self.inodes.entry(&root_nid) else {
             return Ok(());
         };
         let label: Vec<&Xattr> = root.xattrs.iter().filter(|x| x.key == SELINUX_XATTR).collect();
@@ -166,7 +168,7 @@ impl<'a> Reader<'a> {
             let Some(ino) = self.inodes.get(&snid) else {
                 continue;
             };
-            let Some(e) = ino.entry.as_ref() else {
+            let Some(e) = self.inodes.entry(&snid) else {
                 continue;
             };
             let (i, r) = (&e.inode, &root.inode);
