@@ -61,16 +61,20 @@ pub(super) fn parse_dirent_block<'b>(b: &'b [u8], out: &mut Vec<Dirent<'b>>, bud
     if n as u64 > budget {
         return Err("too many directory entries in the image".into());
     }
-    // The entry table (n entries) lies within `first` <= b.len() bytes.
-    let entry = |i: usize| decode_dirent(&b[i * DIRENT_SIZE..]).unwrap_or_default();
+    // The entry table (n entries) lies within `first` <= b.len() bytes; each entry is decoded
+    // once (its name ends where the next entry's begins).
+    let mut table = b[..first].chunks_exact(DIRENT_SIZE).map(|e| decode_dirent(e).unwrap_or_default());
+    let mut next = table.next();
     for i in 0..n {
-        let (nid, nameoff, ftype) = entry(i);
+        let Some((nid, nameoff, ftype)) = next else { break };
+        next = table.next();
         let nameoff = usize::from(nameoff);
-        let end = if i + 1 < n {
-            usize::from(entry(i + 1).1)
-        } else {
-            let rest = b.get(nameoff..).unwrap_or(&[]);
-            nameoff + rest.iter().position(|&c| c == 0).unwrap_or(rest.len())
+        let end = match next {
+            Some((_, following, _)) => usize::from(following),
+            None => {
+                let rest = b.get(nameoff..).unwrap_or(&[]);
+                nameoff + rest.iter().position(|&c| c == 0).unwrap_or(rest.len())
+            }
         };
         if nameoff < first || end <= nameoff || end > b.len() {
             return Err(format!("entry {i}: bad name offsets {nameoff}..{end}"));
