@@ -164,6 +164,8 @@ struct Reader<'a> {
     kept_xattrs: Vec<xattr::RawXattr<'a>>,
     /// A directory's entries, reused from directory to directory by the walk.
     dirent_buf: Vec<dir::Dirent<'a>>,
+    /// Shared xattrs parsed lately (see `read_xattrs`).
+    shared_cache: [xattr::SharedSlot<'a>; xattr::SHARED_CACHE],
     /// [`vet_image_releasing`]'s hook, and the bytes read since it was last called.
     release: Option<Release<'a>>,
     read_since_release: std::cell::Cell<u64>,
@@ -198,6 +200,7 @@ impl<'a> Reader<'a> {
             raw_xattrs: Vec::new(),
             kept_xattrs: Vec::new(),
             dirent_buf: Vec::new(),
+            shared_cache: [None; xattr::SHARED_CACHE],
             release: None,
             read_since_release: std::cell::Cell::new(0),
         })

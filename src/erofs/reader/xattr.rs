@@ -98,7 +98,7 @@ pub(super) struct Applied<'a> {
 impl<'a> Reader<'a> {
     /// The inline and shared xattrs of an inode, as stored, into `out` (emptied first: the
     /// caller reuses one list for every inode).
-    pub(super) fn read_xattrs(&self, off: u64, size: u64, out: &mut Vec<RawXattr<'a>>) -> Result<(), String> {
+    pub(super) fn read_xattrs(&mut self, off: u64, size: u64, out: &mut Vec<RawXattr<'a>>) -> Result<(), String> {
         out.clear();
         let area = self.bytes(off, size).ok_or("xattrs beyond the end of the image")?;
         let (filter, shared) = decode_xattr_ibody_header(area).ok_or("xattr header beyond the end of the image")?;
@@ -109,30 +109,50 @@ impl<'a> Reader<'a> {
         }
         // Room for the shared ones and a few inline ones (both bounded: 255 ids, the area's size).
         out.reserve(shared as usize + 4);
+        // With the name filter feature the kernel trusts the inode's filter: a set bit
+        // means "no xattr with a name hashing here". One hiding a stored xattr would make
+        // the kernel see fewer xattrs than this reader. (`index` is the name's canonical
+        // index and `name` the rest: `parse_xattr_entry` made sure.) The first one hiding is
+        // noted as the xattrs are read and refused once all of them parsed.
+        let filter = if self.xattr_filter { filter } else { 0 };
+        let mut hidden: Option<RawXattr<'a>> = None;
+        let mut note = |x: RawXattr<'a>, bit: u32| {
+            if filter & (1 << bit) != 0 && hidden.is_none() {
+                hidden = Some(x);
+            }
+        };
         while pos < size {
             let (x, len) = parse_xattr_entry(&area[pos as usize..]).map_err(|r| format!("inline xattr: {r}"))?;
+            if filter != 0 {
+                note(x, filter_bit(&x));
+            }
             out.push(x);
             pos += len;
         }
         for i in 0..shared {
             // In bounds: the ids were found to fit in the area above.
             let id = decode_shared_xattr_id(area, i as usize).unwrap_or(0);
-            let eoff = self.xattr_off + u64::from(id) * 4;
-            let rest = usize::try_from(eoff).ok().and_then(|o| self.d.get(o..)).unwrap_or(&[]);
-            let (x, _) = parse_xattr_entry(rest).map_err(|r| format!("shared xattr {id}: {r}"))?;
+            // Many inodes share a few xattrs: each is parsed (and hashed) once while it stays
+            // in its cache slot (the image does not change while it is read).
+            let slot = &mut self.shared_cache[id as usize % SHARED_CACHE];
+            let (x, bit) = match *slot {
+                Some((cid, x, bit)) if cid == id => (x, bit),
+                _ => {
+                    let eoff = self.xattr_off + u64::from(id) * 4;
+                    let rest = usize::try_from(eoff).ok().and_then(|o| self.d.get(o..)).unwrap_or(&[]);
+                    let (x, _) = parse_xattr_entry(rest).map_err(|r| format!("shared xattr {id}: {r}"))?;
+                    let bit = filter_bit(&x);
+                    *slot = Some((id, x, bit));
+                    (x, bit)
+                }
+            };
+            if filter != 0 {
+                note(x, bit);
+            }
             out.push(x);
         }
-        // With the name filter feature the kernel trusts the inode's filter: a set bit
-        // means "no xattr with a name hashing here". One hiding a stored xattr would make
-        // the kernel see fewer xattrs than this reader. (`index` is the name's canonical
-        // index and `name` the rest: `parse_xattr_entry` made sure.)
-        if self.xattr_filter {
-            for x in out.iter() {
-                let bit = xxh32(x.name, XATTR_FILTER_SEED.wrapping_add(u32::from(x.index))) % XATTR_FILTER_BITS;
-                if filter & (1 << bit) != 0 {
-                    return Err(format!("the xattr name filter hides {}", tree::show(&x.key())));
-                }
-            }
+        if let Some(x) = hidden {
+            return Err(format!("the xattr name filter hides {}", tree::show(&x.key())));
         }
         Ok(())
     }
@@ -225,6 +245,17 @@ impl<'a> Reader<'a> {
         inode.rdev = 0;
         true
     }
+}
+
+/// Slots of the reader's cache of parsed shared xattrs (direct-mapped by id).
+pub(super) const SHARED_CACHE: usize = 16;
+
+/// A parsed shared xattr in the cache: (id, xattr, its bit in the name filter).
+pub(super) type SharedSlot<'a> = Option<(u32, RawXattr<'a>, u32)>;
+
+/// The bit of an xattr's name in an inode's name filter, as the kernel computes it.
+fn filter_bit(x: &RawXattr<'_>) -> u32 {
+    xxh32(x.name, XATTR_FILTER_SEED.wrapping_add(u32::from(x.index))) % XATTR_FILTER_BITS
 }
 
 /// One of the markers the writer puts on a directory holding a whiteout (the tree does not
