@@ -255,7 +255,7 @@ impl<'a> Reader<'a> {
         //    invariants it shows (the root's whiteout stubs, directory nlinks).
         let walk = self.walk()?;
         self.check_stubs(&walk.dirs, &walk.stubs, &walk.stub_names)?;
-        self.check_dir_nlinks(&walk.dirs)?;
+        self.check_dir_nlinks(&walk)?;
         // 2. The primary name of each inode (the others are hard links).
         let mut primary = self.primary_names(&walk);
         // 3. Whiteout markers settle ambiguous primaries; then they go.

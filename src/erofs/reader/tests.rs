@@ -490,3 +490,33 @@ fn shared_xattrs_read_through_the_cache() {
     let e = read_image(&img).unwrap_err().to_string();
     assert!(e.contains("inode 40") && e.contains("shared xattr 2: unknown name index"), "{e}");
 }
+
+#[test]
+fn first_wrong_directory_nlink_in_walk_order() {
+    // The walk counts subdirectories as it reads a directory; the first directory (in walk
+    // order) whose nlink differs is refused, naming its count.
+    let dir = |nlink: u16| {
+        let d = dirents(&[(b".", 40, 2), (b"..", ROOT_NID, 2)]);
+        let mut ino = compact(LAYOUT_FLAT_INLINE << 1, 0o40755, nlink, d.len() as u32, 0);
+        ino.extend_from_slice(&d);
+        ino
+    };
+    let dir2 = |nlink: u16| {
+        let d = dirents(&[(b".", 44, 2), (b"..", ROOT_NID, 2)]);
+        let mut ino = compact(LAYOUT_FLAT_INLINE << 1, 0o40755, nlink, d.len() as u32, 0);
+        ino.extend_from_slice(&d);
+        ino
+    };
+    let img = |a: u16, b: u16| image(&[(b"a", 40, 2), (b"b", 44, 2)], &[(40, dir(a)), (44, dir2(b))]);
+    assert!(read_image(&img(2, 2)).is_ok());
+    let e = read_image(&img(3, 5)).unwrap_err().to_string();
+    assert!(e.contains("directory /a (nid 40): nlink 3, but it has 0 subdirectories"), "{e}");
+    let e = read_image(&img(2, 5)).unwrap_err().to_string();
+    assert!(e.contains("directory /b (nid 44): nlink 5, but it has 0 subdirectories"), "{e}");
+    // The root's count too (its two subdirectories).
+    let mut bad_root = img(2, 2);
+    let at = (ROOT_NID * 32 + 6) as usize;
+    bad_root[at..at + 2].copy_from_slice(&3u16.to_le_bytes());
+    let e = read_image(&bad_root).unwrap_err().to_string();
+    assert!(e.contains("directory / (nid 36): nlink 3, but it has 2 subdirectories"), "{e}");
+}
