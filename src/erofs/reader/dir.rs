@@ -2,7 +2,7 @@
 //! followed by the names, in sorted order.
 
 use super::inode::DirData;
-use super::{ReadError, Reader};
+use super::{has_either, ReadError, Reader};
 use crate::erofs::format::*;
 use crate::tree;
 
@@ -10,9 +10,10 @@ use crate::tree;
 pub(super) type Dirent<'a> = (&'a [u8], u64, u8);
 
 impl<'a> Reader<'a> {
-    /// Read the entries of directory `nid`, in on-disk order (names borrowed from the image).
-    /// Errors carry no path yet.
-    pub(super) fn read_dir(&mut self, nid: u64, dd: DirData) -> Result<Vec<Dirent<'a>>, ReadError> {
+    /// Read the entries of directory `nid` into `out` (emptied first: the walk reuses one list
+    /// for every directory), in on-disk order (names borrowed from the image). Errors carry no
+    /// path yet.
+    pub(super) fn read_dir(&mut self, nid: u64, dd: DirData, out: &mut Vec<Dirent<'a>>) -> Result<(), ReadError> {
         let bad = |reason: String| ReadError::Dir { nid, path: String::new(), reason };
         // Every entry takes at least 13 bytes (its 12-byte record and a name): room for the
         // most this directory's data can hold (inside the image: claimed above) and the
@@ -20,7 +21,8 @@ impl<'a> Reader<'a> {
         let data_len = dd.blocks_len.saturating_add(dd.tail.map_or(0, |t| t.1));
         let budget = self.limits.max_dirents.saturating_sub(self.dirents);
         let most = usize::try_from((data_len / (DIRENT_SIZE as u64 + 1)).min(budget)).unwrap_or(0);
-        let mut out: Vec<Dirent<'a>> = Vec::with_capacity(most);
+        out.clear();
+        out.reserve(most);
         let mut pieces = Vec::new();
         let mut done = 0u64;
         while done < dd.blocks_len {
@@ -33,7 +35,7 @@ impl<'a> Reader<'a> {
         }
         for (off, len) in pieces {
             let block = self.bytes(off, len).ok_or_else(|| bad("directory data beyond the image".into()))?;
-            let n = parse_dirent_block(block, &mut out, self.limits.max_dirents.saturating_sub(self.dirents))
+            let n = parse_dirent_block(block, out, self.limits.max_dirents.saturating_sub(self.dirents))
                 .map_err(|r| bad(format!("block at offset {off}: {r}")))?;
             self.dirents += n;
         }
@@ -42,7 +44,7 @@ impl<'a> Reader<'a> {
                 return Err(bad(format!("entries not in sorted order at {}", tree::show(w[1].0))));
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -59,16 +61,20 @@ pub(super) fn parse_dirent_block<'b>(b: &'b [u8], out: &mut Vec<Dirent<'b>>, bud
     if n as u64 > budget {
         return Err("too many directory entries in the image".into());
     }
-    // The entry table (n entries) lies within `first` <= b.len() bytes.
-    let entry = |i: usize| decode_dirent(&b[i * DIRENT_SIZE..]).unwrap_or_default();
+    // The entry table (n entries) lies within `first` <= b.len() bytes; each entry is decoded
+    // once (its name ends where the next entry's begins).
+    let mut table = b[..first].chunks_exact(DIRENT_SIZE).map(|e| decode_dirent(e).unwrap_or_default());
+    let mut next = table.next();
     for i in 0..n {
-        let (nid, nameoff, ftype) = entry(i);
+        let Some((nid, nameoff, ftype)) = next else { break };
+        next = table.next();
         let nameoff = usize::from(nameoff);
-        let end = if i + 1 < n {
-            usize::from(entry(i + 1).1)
-        } else {
-            let rest = b.get(nameoff..).unwrap_or(&[]);
-            nameoff + rest.iter().position(|&c| c == 0).unwrap_or(rest.len())
+        let end = match next {
+            Some((_, following, _)) => usize::from(following),
+            None => {
+                let rest = b.get(nameoff..).unwrap_or(&[]);
+                nameoff + rest.iter().position(|&c| c == 0).unwrap_or(rest.len())
+            }
         };
         if nameoff < first || end <= nameoff || end > b.len() {
             return Err(format!("entry {i}: bad name offsets {nameoff}..{end}"));
@@ -77,8 +83,7 @@ pub(super) fn parse_dirent_block<'b>(b: &'b [u8], out: &mut Vec<Dirent<'b>>, bud
         if name.len() > tree::MAX_NAME_LEN {
             return Err(format!("entry {i}: name longer than {} bytes", tree::MAX_NAME_LEN));
         }
-        // One pass over the (short) name, without memchr's setup per call.
-        if name.iter().any(|&c| c == 0 || c == b'/') {
+        if has_either(name, 0, b'/') {
             return Err(format!("entry {i}: NUL or '/' in name {}", tree::show(name)));
         }
         out.push((name, nid, ftype));

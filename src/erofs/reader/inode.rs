@@ -16,18 +16,22 @@ pub(super) struct DirData {
     pub(super) tail: Option<(u64, u64)>,
 }
 
+/// What is kept of a decoded inode: 28 bytes (the table holds one per inode of the image; its
+/// tree entry, when there is one, is kept apart).
 #[derive(Debug)]
 pub(super) struct Ino {
-    /// `None` once moved into the tree. When vetting (no tree), only the root's and the raw
-    /// whiteouts' entries are kept (the stub checks compare them); the facts below stand for
-    /// the others.
-    pub(super) entry: Option<Box<Entry>>,
     /// Decoded bytes of the entry (xattrs, payload, inline content) as the tree holds it: the
-    /// whiteout markers' share (`marker_bytes`) goes when they are removed.
-    pub(super) bytes: u64,
-    pub(super) marker_bytes: u32,
+    /// whiteout markers' share (`marker_bytes`) goes when they are removed. (At most about
+    /// 17 MB: 64 KiB of inline xattr area, 255 shared xattrs of at most 64 KiB each, a
+    /// payload and inline data of at most 5000 bytes.)
+    pub(super) bytes: u32,
+    pub(super) marker_bytes: u16,
     /// A directory's place in the table's directory data ([`NO_DIR`] for other inodes).
     dir: u32,
+    /// Its tree entry's place in the table's entries ([`NO_DIR`] for none). When vetting (no
+    /// tree), only the root's and the raw whiteouts' entries are kept (the stub checks compare
+    /// them); the facts here stand for the others.
+    entry: u32,
     /// Number of directory entries naming this inode.
     pub(super) names: u32,
     /// st_nlink as stored.
@@ -54,11 +58,14 @@ impl Ino {
 
 /// Decoded inodes by nid: a dense index over the image's inode slots (nids of inodes that
 /// exist are bounded by the image size) into a list, instead of hashing every lookup; the
-/// directories' data apart (most inodes are not directories).
+/// directories' data and the tree entries apart (most inodes are not directories, and when
+/// vetting almost none keeps its entry).
 pub(super) struct InodeTable {
     index: Vec<u32>,
     list: Vec<Ino>,
     dirs: Vec<DirData>,
+    /// `None` once moved into the tree.
+    entries: Vec<Option<Box<Entry>>>,
 }
 
 impl InodeTable {
@@ -67,7 +74,12 @@ impl InodeTable {
     pub(super) fn new(slots: u64, expect: u64) -> InodeTable {
         let slots = usize::try_from(slots).unwrap_or(0);
         let expect = usize::try_from(expect).unwrap_or(0).min(slots);
-        InodeTable { index: vec![u32::MAX; slots], list: Vec::with_capacity(expect), dirs: Vec::new() }
+        InodeTable {
+            index: vec![u32::MAX; slots],
+            list: Vec::with_capacity(expect),
+            dirs: Vec::new(),
+            entries: Vec::new(),
+        }
     }
 
     /// The inode's place in the table (in decoding order).
@@ -94,6 +106,22 @@ impl InodeTable {
         self.dirs.get(self.get(nid)?.dir as usize).copied()
     }
 
+    /// The tree entry of inode `nid`, if it was kept and is still there.
+    pub(super) fn entry(&self, nid: &u64) -> Option<&Entry> {
+        self.entries.get(self.get(nid)?.entry as usize)?.as_deref()
+    }
+
+    pub(super) fn entry_mut(&mut self, nid: &u64) -> Option<&mut Entry> {
+        let i = self.get(nid)?.entry as usize;
+        self.entries.get_mut(i)?.as_deref_mut()
+    }
+
+    /// Move the tree entry of inode `nid` out of the table.
+    pub(super) fn take_entry(&mut self, nid: &u64) -> Option<Entry> {
+        let i = self.get(nid)?.entry as usize;
+        self.entries.get_mut(i)?.take().map(|b| *b)
+    }
+
     /// The inode at place `pos` of the table.
     pub(super) fn at(&self, pos: usize) -> Option<&Ino> {
         self.list.get(pos)
@@ -112,7 +140,7 @@ impl InodeTable {
 
     /// Only called for nids whose inode decoded, hence inside the slot range (and so fewer
     /// than 2^32 of them: the index holds u32 places).
-    pub(super) fn insert(&mut self, nid: u64, mut ino: Ino, dir: Option<DirData>) {
+    pub(super) fn insert(&mut self, nid: u64, mut ino: Ino, dir: Option<DirData>, entry: Option<Box<Entry>>) {
         let Some(slot) = usize::try_from(nid).ok().and_then(|n| self.index.get_mut(n)) else {
             return;
         };
@@ -121,17 +149,16 @@ impl InodeTable {
             ino.dir = self.dirs.len() as u32;
             self.dirs.push(d);
         }
+        if let Some(e) = entry {
+            ino.entry = self.entries.len() as u32;
+            self.entries.push(Some(e));
+        }
         self.list.push(ino);
     }
 
-    pub(super) fn nids_in_order(&self) -> Vec<u64> {
-        let mut v = Vec::with_capacity(self.list.len());
-        for (nid, &i) in self.index.iter().enumerate() {
-            if i != u32::MAX {
-                v.push(nid as u64);
-            }
-        }
-        v
+    /// The nid of every inode, in nid order.
+    pub(super) fn nids_in_order(&self) -> impl Iterator<Item = u64> + '_ {
+        self.index.iter().enumerate().filter(|(_, &i)| i != u32::MAX).map(|(nid, _)| nid as u64)
     }
 
     pub(super) fn len(&self) -> usize {
@@ -139,23 +166,28 @@ impl InodeTable {
     }
 }
 
-/// What the type-specific part of an inode decoded to.
+/// What the type-specific part of an inode decoded to (borrowed from the image: the tree's
+/// copies are made only when it is built).
 #[derive(Default)]
-struct Body {
-    entry: Entry,
+struct Body<'a> {
+    /// A small regular file's inline content: (the part in blocks, the inline tail).
+    content: Option<(&'a [u8], &'a [u8])>,
+    /// A symlink's target, likewise.
+    target: Option<(&'a [u8], &'a [u8])>,
     dir: Option<DirData>,
     /// A character device 0/0 as stored: only legitimate as a root whiteout stub.
     raw_whiteout: bool,
     rdev: u32,
     /// Bytes stored inline right after the inode and its xattrs.
     inline_len: u64,
-    /// Length of the inline content or symlink target (held in `entry` only when keeping).
+    /// Length of the inline content or symlink target.
     data_len: u64,
 }
 
 impl<'a> Reader<'a> {
     /// Decode the inode at `nid`. Errors carry no path yet (see [`super::with_path`]).
-    pub(super) fn decode(&mut self, nid: u64) -> Result<(Ino, Option<DirData>), ReadError> {
+    #[allow(clippy::type_complexity)]
+    pub(super) fn decode(&mut self, nid: u64) -> Result<(Ino, Option<DirData>, Option<Box<Entry>>), ReadError> {
         let bad = |reason: String| ReadError::Inode { nid, path: String::new(), reason };
         let off = nid
             .checked_mul(SLOT_SIZE)
@@ -217,21 +249,26 @@ impl<'a> Reader<'a> {
         // (the stub checks compare them).
         let keep = self.keep || nid == self.root_nid || body.raw_whiteout;
         let entry = keep.then(|| {
-            let mut entry = body.entry;
-            entry.inode = inode;
-            entry.xattrs = x.xattrs.iter().map(|r| r.to_xattr()).collect();
-            if let Some(p) = x.payload {
-                entry.payload = Some(p.to_vec());
-            }
-            entry.fsverity_digest = x.fsverity_digest;
-            Box::new(entry)
+            let payload = match (body.target, x.payload) {
+                (Some((blocks, tail)), _) => Some([blocks, tail].concat()),
+                (None, p) => p.map(<[u8]>::to_vec),
+            };
+            Box::new(Entry {
+                inode,
+                payload,
+                content: body.content.map(|(blocks, tail)| [blocks, tail].concat()),
+                xattrs: x.xattrs.iter().map(|r| r.to_xattr()).collect(),
+                fsverity_digest: x.fsverity_digest,
+            })
         });
         self.kept_xattrs = x.xattrs;
         let ino = Ino {
-            entry,
-            bytes,
-            marker_bytes: u32::try_from(marker_bytes).unwrap_or(u32::MAX),
+            // Bounded as said at `Ino::bytes`; saturated, it would still exceed any budget.
+            bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+            // At most the four markers (duplicates are refused), short names, short values.
+            marker_bytes: u16::try_from(marker_bytes).unwrap_or(u16::MAX),
             dir: NO_DIR,
+            entry: NO_DIR,
             names: 0,
             nlink: di.nlink,
             ftype,
@@ -240,7 +277,7 @@ impl<'a> Reader<'a> {
             device,
             marked,
         };
-        Ok((ino, body.dir))
+        Ok((ino, body.dir, entry))
     }
 
     /// The on-disk inode at byte offset `off`: known format bits, whole inside the image.
@@ -274,7 +311,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The type-specific data of an inode whose xattrs end at `data_off`.
-    fn decode_body(&mut self, nid: u64, di: &DiskInode, inode: &Inode, data_off: u64) -> Result<Body, ReadError> {
+    fn decode_body(&mut self, nid: u64, di: &DiskInode, inode: &Inode, data_off: u64) -> Result<Body<'a>, ReadError> {
         let bad = |reason: String| ReadError::Inode { nid, path: String::new(), reason };
         let (layout, size, i_u) = (di.datalayout(), inode.size, di.i_u);
         let check_layout = |allowed: &[u16]| {
@@ -322,9 +359,7 @@ impl<'a> Reader<'a> {
                 body.inline_len = if layout == LAYOUT_FLAT_INLINE { size % BLOCK_SIZE } else { 0 };
                 self.budget(size)?;
                 body.data_len = size;
-                if self.keep {
-                    body.entry.content = Some([blocks, tail].concat());
-                }
+                body.content = Some((blocks, tail));
             }
             tree::S_IFREG => check_layout(&[LAYOUT_FLAT_PLAIN, LAYOUT_FLAT_INLINE])?,
             tree::S_IFLNK => {
@@ -339,9 +374,7 @@ impl<'a> Reader<'a> {
                 body.inline_len = if layout == LAYOUT_FLAT_INLINE { size } else { 0 };
                 self.budget(size)?;
                 body.data_len = size;
-                if self.keep {
-                    body.entry.payload = Some([blocks, tail].concat());
-                }
+                body.target = Some((blocks, tail));
             }
             tree::S_IFCHR | tree::S_IFBLK => {
                 check_layout(&[LAYOUT_FLAT_PLAIN])?;

@@ -162,6 +162,10 @@ struct Reader<'a> {
     /// An inode's xattrs as stored and as kept, reused from inode to inode.
     raw_xattrs: Vec<xattr::RawXattr<'a>>,
     kept_xattrs: Vec<xattr::RawXattr<'a>>,
+    /// A directory's entries, reused from directory to directory by the walk.
+    dirent_buf: Vec<dir::Dirent<'a>>,
+    /// Shared xattrs parsed lately (see `read_xattrs`).
+    shared_cache: [xattr::SharedSlot<'a>; xattr::SHARED_CACHE],
     /// [`vet_image_releasing`]'s hook, and the bytes read since it was last called.
     release: Option<Release<'a>>,
     read_since_release: std::cell::Cell<u64>,
@@ -195,6 +199,8 @@ impl<'a> Reader<'a> {
             decoded: 0,
             raw_xattrs: Vec::new(),
             kept_xattrs: Vec::new(),
+            dirent_buf: Vec::new(),
+            shared_cache: [None; xattr::SHARED_CACHE],
             release: None,
             read_since_release: std::cell::Cell::new(0),
         })
@@ -230,8 +236,8 @@ impl<'a> Reader<'a> {
         if self.inodes.contains_key(&nid) {
             return Ok(());
         }
-        let (ino, dir) = self.decode(nid)?;
-        self.inodes.insert(nid, ino, dir);
+        let (ino, dir, entry) = self.decode(nid)?;
+        self.inodes.insert(nid, ino, dir, entry);
         Ok(())
     }
 
@@ -249,7 +255,7 @@ impl<'a> Reader<'a> {
         //    invariants it shows (the root's whiteout stubs, directory nlinks).
         let walk = self.walk()?;
         self.check_stubs(&walk.dirs, &walk.stubs, &walk.stub_names)?;
-        self.check_dir_nlinks(&walk.dirs)?;
+        self.check_dir_nlinks(&walk)?;
         // 2. The primary name of each inode (the others are hard links).
         let mut primary = self.primary_names(&walk);
         // 3. Whiteout markers settle ambiguous primaries; then they go.
@@ -274,6 +280,36 @@ impl<'a> Reader<'a> {
         let (entries, first_device) = self.count_tree(&walk.dirs, &primary)?;
         Ok(Vetted { info: self.info(), entries, first_device })
     }
+}
+
+/// Does `s` hold a byte equal to `a` or to `b`? Eight bytes at a time (`crate::bytes`): on the
+/// short names of an image, `memchr`'s setup per call costs more than the scan.
+#[inline]
+fn has_either(s: &[u8], a: u8, b: u8) -> bool {
+    use crate::bytes::{eq_bytes, splat, word};
+    let (pa, pb) = (splat(a), splat(b));
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let x = word(w);
+        if eq_bytes(x, pa) | eq_bytes(x, pb) != 0 {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&c| c == a || c == b)
+}
+
+/// Does `s` hold a byte equal to `a`? (As [`has_either`].)
+#[inline]
+fn has_byte(s: &[u8], a: u8) -> bool {
+    use crate::bytes::{eq_bytes, splat, word};
+    let pa = splat(a);
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        if eq_bytes(word(w), pa) != 0 {
+            return true;
+        }
+    }
+    words.remainder().contains(&a)
 }
 
 fn show_path(p: &[u8]) -> String {

@@ -47,9 +47,12 @@ impl Reader<'_> {
     /// The name whose breadth-first position matches each inode's place in nid order.
     pub(super) fn primary_names(&self, walk: &Walk<'_>) -> Primaries {
         let (dirs, stubs) = (&walk.dirs, &walk.stubs);
-        let order: Vec<u64> = self.inodes.nids_in_order();
+        // The inodes in nid order, from the one after the root (none left if the root is not
+        // among them).
+        let mut order = self.inodes.nids_in_order().peekable();
         let mut primary = Primaries::new(self.inodes.len());
-        let mut next = order.iter().position(|&n| n == self.root_nid).map_or(order.len(), |p| p + 1);
+        let root_nid = self.root_nid;
+        order.by_ref().any(|n| n == root_nid);
         let mut stub_iter = stubs.iter().peekable();
         for (di, d) in dirs.iter().enumerate() {
             for (ci, (_, cnid)) in d.children.iter().enumerate() {
@@ -59,24 +62,19 @@ impl Reader<'_> {
                     if di != 0 || before > ci {
                         break;
                     }
-                    if order.get(next) == Some(&snid) {
-                        next += 1;
-                    }
+                    order.next_if_eq(&snid);
                     stub_iter.next();
                 }
                 if primary.get(&self.inodes, *cnid).is_some() {
                     continue;
                 }
-                if order.get(next) == Some(cnid) {
+                if order.next_if_eq(cnid).is_some() {
                     primary.set(&self.inodes, *cnid, (di, ci));
-                    next += 1;
                 }
             }
             if di == 0 {
                 for &(_, snid) in stub_iter.by_ref() {
-                    if order.get(next) == Some(&snid) {
-                        next += 1;
-                    }
+                    order.next_if_eq(&snid);
                 }
             }
         }
@@ -118,11 +116,11 @@ impl Reader<'_> {
                 });
             }
             if let Some(i) = self.inodes.get_mut(&d.nid) {
-                i.bytes = i.bytes.saturating_sub(u64::from(i.marker_bytes));
+                i.bytes = i.bytes.saturating_sub(u32::from(i.marker_bytes));
                 i.marker_bytes = 0;
-                if let Some(e) = i.entry.as_mut() {
-                    e.xattrs.retain(|x| !is_whiteout_marker(&x.key, &x.value, v1));
-                }
+            }
+            if let Some(e) = self.inodes.entry_mut(&d.nid) {
+                e.xattrs.retain(|x| !is_whiteout_marker(&x.key, &x.value, v1));
             }
         }
         Ok(())
@@ -229,7 +227,7 @@ impl Reader<'_> {
     pub(super) fn build_tree(&mut self, dirs: &[DirRec<'_>], primary: &Primaries) -> Result<Tree, ReadError> {
         let root_nid = self.root_nid;
         let mut t = Tree::new(self.limits.tree);
-        let root_entry = self.inodes.get_mut(&root_nid).and_then(|i| i.entry.take()).map(|b| *b).unwrap_or_default();
+        let root_entry = self.inodes.take_entry(&root_nid).unwrap_or_default();
         self.budget(entry_bytes(&root_entry))?;
         t.set_root(root_entry).map_err(|e| tree_err(root_nid, e))?;
         if let Some(r) = self.inodes.get(&root_nid) {
@@ -247,11 +245,11 @@ impl Reader<'_> {
                     links.push((di, ci));
                     continue;
                 }
-                let Some(ino) = self.inodes.get_mut(cnid) else {
+                let Some(ino) = self.inodes.get(cnid) else {
                     continue;
                 };
                 let (names, nlink, is_dir) = (ino.names, ino.nlink, ino.is_dir());
-                let e = ino.entry.take().map(|b| *b).unwrap_or_default();
+                let e = self.inodes.take_entry(cnid).unwrap_or_default();
                 let cost = entry_bytes(&e) + name.len() as u64;
                 self.budget(cost)?;
                 let id = t.insert_child(parent, name, e).map_err(|e| tree_err(*cnid, e))?;
@@ -293,7 +291,7 @@ impl Reader<'_> {
         dirs: &[DirRec<'_>],
         primary: &Primaries,
     ) -> Result<(u64, Option<String>), ReadError> {
-        let root_bytes = self.inodes.get(&self.root_nid).map_or(0, |i| i.bytes);
+        let root_bytes = self.inodes.get(&self.root_nid).map_or(0, |i| u64::from(i.bytes));
         self.budget(root_bytes)?;
         let (mut entries, mut first_device) = (1u64, None);
         for (di, d) in dirs.iter().enumerate() {
@@ -301,7 +299,7 @@ impl Reader<'_> {
                 let Some(ino) = self.inodes.get(&cnid) else {
                     continue;
                 };
-                let (bytes, device) = (ino.bytes, ino.device);
+                let (bytes, device) = (u64::from(ino.bytes), ino.device);
                 let Some((pd, pc)) = primary.get(&self.inodes, cnid) else {
                     continue;
                 };

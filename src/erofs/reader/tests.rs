@@ -393,3 +393,130 @@ fn canonical_prefixes() {
         assert_eq!(parse_xattr_entry(&e).is_ok(), ok, "{index} {}", tree::show(name));
     }
 }
+
+#[test]
+fn overlay_prefix_split() {
+    // apply_xattrs looks at a name once: overlay_rest is the full name after
+    // "trusted.overlay.", under every name index (also those whose prefix is longer).
+    use super::xattr::RawXattr;
+    for (index, prefix) in format::XATTR_PREFIXES.iter().enumerate() {
+        for name in [
+            &b""[..],
+            b"x",
+            b"overlay.",
+            b"overlay.redirect",
+            b"overlay.overlay.x",
+            b"trusted.overlay.metacopy",
+            b"trusted.overlay",
+            b"posix_acl_access",
+            b"\xff",
+        ] {
+            let x = RawXattr { prefix, index: index as u8, name, value: b"" };
+            let full = [*prefix, name].concat();
+            assert_eq!(x.overlay_rest(), full.strip_prefix(format::OVL_PREFIX), "{}", tree::show(&full));
+        }
+    }
+}
+
+#[test]
+fn has_byte_finds_every_position() {
+    for len in 0..40 {
+        for pos in 0..len {
+            for (hit, a, b) in [(0u8, 0u8, b'/'), (b'/', 0, b'/'), (0, 0, 0), (0x80, 0x80, 0x80)] {
+                let mut s = vec![b'a'; len];
+                s[pos] = hit;
+                assert!(has_either(&s, a, b), "{len} {pos} {hit}");
+                assert_eq!(has_byte(&s, a), hit == a, "{len} {pos} {hit}");
+                s[pos] = 0x7f;
+                assert!(!has_either(&s, a, b), "{len} {pos}");
+                assert!(!has_byte(&s, a), "{len} {pos}");
+            }
+        }
+    }
+}
+
+#[test]
+fn inode_records_stay_small() {
+    // One per inode of the image, kept for the whole read: 28 bytes (the vetting's memory).
+    assert!(std::mem::size_of::<super::inode::Ino>() <= 28);
+}
+
+#[test]
+fn shared_xattrs_read_through_the_cache() {
+    // Shared xattrs at block 3: id 0 user.a=v, id 2 user.b=w, id 16 user.c=x (id 16 takes id
+    // 0's cache slot). Inodes list them in any order; each sees its own, whatever the cache held.
+    let with_shared = |filter: u32, ids: &[u32]| {
+        let mut ino = compact(0, 0o100644, 1, 0, 0);
+        ino[2..4].copy_from_slice(&(1 + ids.len() as u16).to_le_bytes());
+        ino.extend_from_slice(&filter.to_le_bytes());
+        ino.extend_from_slice(&[ids.len() as u8, 0, 0, 0, 0, 0, 0, 0]);
+        for id in ids {
+            ino.extend_from_slice(&id.to_le_bytes());
+        }
+        ino
+    };
+    let files: [(&[u8], u64, &[u32]); 4] =
+        [(b"f", 40, &[0, 2]), (b"g", 42, &[0]), (b"h", 44, &[16, 0]), (b"i", 46, &[2, 16])];
+    let children: Vec<(&[u8], u64, u8)> = files.iter().map(|&(n, nid, _)| (n, nid, 1)).collect();
+    let inodes: Vec<(u64, Vec<u8>)> = files.iter().map(|&(_, nid, ids)| (nid, with_shared(0, ids))).collect();
+    let mut img = image(&children, &inodes);
+    let shared = 3 * 4096;
+    for (id, e) in [(0usize, b"a" as &[u8], b"v" as &[u8]), (2, b"b", b"w"), (16, b"c", b"x")].map(|(i, n, v)| {
+        let mut e = vec![1, 1, 1, 0];
+        e.extend_from_slice(n);
+        e.extend_from_slice(v);
+        (i, e)
+    }) {
+        img[shared + id * 4..shared + id * 4 + e.len()].copy_from_slice(&e);
+    }
+    let t = read_image(&img).unwrap();
+    let x = |k: &[u8], v: &[u8]| Xattr { key: k.to_vec(), value: v.to_vec() };
+    let xattrs = |n: &[u8]| t.node(t.lookup(n).unwrap()).entry.xattrs.clone();
+    assert_eq!(xattrs(b"f"), vec![x(b"user.a", b"v"), x(b"user.b", b"w")]);
+    assert_eq!(xattrs(b"g"), vec![x(b"user.a", b"v")]);
+    assert_eq!(xattrs(b"h"), vec![x(b"user.a", b"v"), x(b"user.c", b"x")]);
+    assert_eq!(xattrs(b"i"), vec![x(b"user.b", b"w"), x(b"user.c", b"x")]);
+    // The name filter is checked for a shared xattr taken from the cache too: g's filter
+    // hides user.a, which f's reading put in the cache.
+    img[1024 + 8] = format::FEATURE_COMPAT_XATTR_FILTER as u8;
+    assert!(read_image(&img).is_ok());
+    let bit = format::xxh32(b"a", format::XATTR_FILTER_SEED + 1) % 32;
+    let g = with_shared(1 << bit, &[0]);
+    img[42 * 32..42 * 32 + g.len()].copy_from_slice(&g);
+    let e = read_image(&img).unwrap_err().to_string();
+    assert!(e.contains("inode 42") && e.contains("filter hides user.a"), "{e}");
+    // A bad shared entry is an error for every inode naming it, cached or not.
+    img[shared + 8 + 1] = 0x7f;
+    let e = read_image(&img).unwrap_err().to_string();
+    assert!(e.contains("inode 40") && e.contains("shared xattr 2: unknown name index"), "{e}");
+}
+
+#[test]
+fn first_wrong_directory_nlink_in_walk_order() {
+    // The walk counts subdirectories as it reads a directory; the first directory (in walk
+    // order) whose nlink differs is refused, naming its count.
+    let dir = |nlink: u16| {
+        let d = dirents(&[(b".", 40, 2), (b"..", ROOT_NID, 2)]);
+        let mut ino = compact(LAYOUT_FLAT_INLINE << 1, 0o40755, nlink, d.len() as u32, 0);
+        ino.extend_from_slice(&d);
+        ino
+    };
+    let dir2 = |nlink: u16| {
+        let d = dirents(&[(b".", 44, 2), (b"..", ROOT_NID, 2)]);
+        let mut ino = compact(LAYOUT_FLAT_INLINE << 1, 0o40755, nlink, d.len() as u32, 0);
+        ino.extend_from_slice(&d);
+        ino
+    };
+    let img = |a: u16, b: u16| image(&[(b"a", 40, 2), (b"b", 44, 2)], &[(40, dir(a)), (44, dir2(b))]);
+    assert!(read_image(&img(2, 2)).is_ok());
+    let e = read_image(&img(3, 5)).unwrap_err().to_string();
+    assert!(e.contains("directory /a (nid 40): nlink 3, but it has 0 subdirectories"), "{e}");
+    let e = read_image(&img(2, 5)).unwrap_err().to_string();
+    assert!(e.contains("directory /b (nid 44): nlink 5, but it has 0 subdirectories"), "{e}");
+    // The root's count too (its two subdirectories).
+    let mut bad_root = img(2, 2);
+    let at = (ROOT_NID * 32 + 6) as usize;
+    bad_root[at..at + 2].copy_from_slice(&3u16.to_le_bytes());
+    let e = read_image(&bad_root).unwrap_err().to_string();
+    assert!(e.contains("directory / (nid 36): nlink 3, but it has 2 subdirectories"), "{e}");
+}

@@ -14,6 +14,9 @@ pub(super) struct Walk<'a> {
     /// Root whiteout stubs: (index of the root child they precede, nid).
     pub(super) stubs: Vec<(usize, u64)>,
     pub(super) stub_names: Vec<&'a [u8]>,
+    /// The first directory, in walk order, whose stored nlink is not 2 + its subdirectories:
+    /// (its index, the nlink, the subdirectories), refused by `check_dir_nlinks`.
+    pub(super) bad_nlink: Option<(usize, u32, usize)>,
 }
 
 /// The walk in progress: [`Walk`] plus the depth of each directory and the names seen.
@@ -27,7 +30,7 @@ impl<'a> Reader<'a> {
     pub(super) fn walk(&mut self) -> Result<Walk<'a>, ReadError> {
         let root = DirRec { nid: self.root_nid, parent: 0, name: &[], children: Vec::new() };
         let mut st = State {
-            walk: Walk { dirs: vec![root], stubs: Vec::new(), stub_names: Vec::new() },
+            walk: Walk { dirs: vec![root], stubs: Vec::new(), stub_names: Vec::new(), bad_nlink: None },
             depth: vec![0],
             names_total: 0,
         };
@@ -51,10 +54,12 @@ impl<'a> Reader<'a> {
         let Some(dd) = self.inodes.dir_data(&nid) else {
             return Err(dir_err(dirs, "not a directory".into()));
         };
-        let ents = self.read_dir(nid, dd).map_err(|e| with_path(e, || dir_path(dirs, at)))?;
+        let mut ents = std::mem::take(&mut self.dirent_buf);
+        self.read_dir(nid, dd, &mut ents).map_err(|e| with_path(e, || dir_path(dirs, at)))?;
         let mut children = Vec::with_capacity(ents.len().saturating_sub(2));
         let (mut dot, mut dotdot) = (false, false);
-        for (name, cnid, ftype) in ents {
+        let mut subdirs = 0usize;
+        for &(name, cnid, ftype) in &ents {
             let dirs = &st.walk.dirs;
             if name == b"." || name == b".." {
                 let want = if name == b"." { nid } else { parent_nid };
@@ -113,6 +118,7 @@ impl<'a> Reader<'a> {
                 }
                 st.walk.dirs.push(DirRec { nid: cnid, parent: at, name, children: Vec::new() });
                 st.depth.push(d);
+                subdirs += 1;
             }
             st.names_total += 1;
             // (The tree's node ids and the primary-name table hold u32 places.)
@@ -124,7 +130,15 @@ impl<'a> Reader<'a> {
         if !dot || !dotdot {
             return Err(dir_err(&st.walk.dirs, "missing '.' or '..' entry".into()));
         }
+        self.dirent_buf = ents;
         st.walk.dirs[at].children = children;
+        // A directory's stored nlink is 2 + its subdirectories (the kernel shows it); the first
+        // one that differs is refused after the walk and the stub checks.
+        let want = u32::try_from(subdirs).unwrap_or(u32::MAX).saturating_add(2);
+        let have = self.inodes.get(&nid).map_or(want, |i| i.nlink);
+        if have != want && st.walk.bad_nlink.is_none() {
+            st.walk.bad_nlink = Some((at, have, subdirs));
+        }
         Ok(())
     }
     /// The root whiteout stubs are exactly the writer's: every name `00`..`ff` is in the
@@ -158,7 +172,7 @@ impl<'a> Reader<'a> {
         if let Some(missing) = seen.iter().position(|s| !s) {
             return Err(bad(format!("whiteout stub {missing:02x} is missing")));
         }
-        let Some(root) = self.inodes.get(&root_nid).and_then(|i| i.entry.as_ref()) else {
+        let Some(root) = self.inodes.entry(&root_nid) else {
             return Ok(());
         };
         let label: Vec<&Xattr> = root.xattrs.iter().filter(|x| x.key == SELINUX_XATTR).collect();
@@ -166,7 +180,7 @@ impl<'a> Reader<'a> {
             let Some(ino) = self.inodes.get(&snid) else {
                 continue;
             };
-            let Some(e) = ino.entry.as_ref() else {
+            let Some(e) = self.inodes.entry(&snid) else {
                 continue;
             };
             let (i, r) = (&e.inode, &root.inode);
@@ -181,20 +195,16 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// A directory's stored nlink is 2 + its subdirectories (the kernel shows it).
-    pub(super) fn check_dir_nlinks(&self, dirs: &[DirRec<'_>]) -> Result<(), ReadError> {
-        for (di, d) in dirs.iter().enumerate() {
-            let subdirs = d.children.iter().filter(|(_, c)| self.inodes.get(c).is_some_and(|i| i.is_dir())).count();
-            let want = u32::try_from(subdirs).unwrap_or(u32::MAX).saturating_add(2);
-            let have = self.inodes.get(&d.nid).map_or(want, |i| i.nlink);
-            if have != want {
-                return Err(ReadError::Dir {
-                    nid: d.nid,
-                    path: show_path(&dir_path(dirs, di)),
-                    reason: format!("nlink {have}, but it has {subdirs} subdirectories"),
-                });
-            }
-        }
-        Ok(())
+    /// A directory's stored nlink is 2 + its subdirectories (the kernel shows it): the first
+    /// directory in walk order where it is not, as the walk counted them.
+    pub(super) fn check_dir_nlinks(&self, walk: &Walk<'_>) -> Result<(), ReadError> {
+        let Some((di, have, subdirs)) = walk.bad_nlink else {
+            return Ok(());
+        };
+        Err(ReadError::Dir {
+            nid: walk.dirs.get(di).map_or(0, |d| d.nid),
+            path: show_path(&dir_path(&walk.dirs, di)),
+            reason: format!("nlink {have}, but it has {subdirs} subdirectories"),
+        })
     }
 }

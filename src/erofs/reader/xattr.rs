@@ -8,7 +8,7 @@
 
 use std::cmp::Ordering;
 
-use super::Reader;
+use super::{has_byte, Reader};
 use crate::erofs::format::*;
 use crate::tree::{self, Inode, Xattr};
 
@@ -29,7 +29,7 @@ pub(super) struct RawXattr<'a> {
     pub(super) value: &'a [u8],
 }
 
-impl RawXattr<'_> {
+impl<'a> RawXattr<'a> {
     fn key_len(&self) -> usize {
         self.prefix.len() + self.name.len()
     }
@@ -48,7 +48,26 @@ impl RawXattr<'_> {
     }
 
     fn key_cmp(&self, o: &RawXattr<'_>) -> Ordering {
+        if self.prefix == o.prefix {
+            return self.name.cmp(o.name);
+        }
         self.prefix.iter().chain(self.name).cmp(o.prefix.iter().chain(o.name))
+    }
+
+    /// The rest of the full name after `trusted.overlay.`, if it starts so. (No name index's
+    /// prefix is longer than `trusted.overlay.` and starts with it: `overlay_prefix_split`
+    /// tests it, so a longer prefix is never in the overlay namespace.)
+    pub(super) fn overlay_rest(&self) -> Option<&'a [u8]> {
+        if self.index == XATTR_INDEX_TRUSTED {
+            // The prefix is "trusted." (the index names it): eight bytes compared as a word.
+            let (head, rest) = self.name.split_first_chunk::<8>()?;
+            return (head == b"overlay.").then_some(rest);
+        }
+        let (head, rest) = OVL_PREFIX.split_at_checked(self.prefix.len())?;
+        if head != self.prefix {
+            return None;
+        }
+        self.name.strip_prefix(rest)
     }
 
     pub(super) fn key(&self) -> Vec<u8> {
@@ -79,7 +98,7 @@ pub(super) struct Applied<'a> {
 impl<'a> Reader<'a> {
     /// The inline and shared xattrs of an inode, as stored, into `out` (emptied first: the
     /// caller reuses one list for every inode).
-    pub(super) fn read_xattrs(&self, off: u64, size: u64, out: &mut Vec<RawXattr<'a>>) -> Result<(), String> {
+    pub(super) fn read_xattrs(&mut self, off: u64, size: u64, out: &mut Vec<RawXattr<'a>>) -> Result<(), String> {
         out.clear();
         let area = self.bytes(off, size).ok_or("xattrs beyond the end of the image")?;
         let (filter, shared) = decode_xattr_ibody_header(area).ok_or("xattr header beyond the end of the image")?;
@@ -90,30 +109,50 @@ impl<'a> Reader<'a> {
         }
         // Room for the shared ones and a few inline ones (both bounded: 255 ids, the area's size).
         out.reserve(shared as usize + 4);
+        // With the name filter feature the kernel trusts the inode's filter: a set bit
+        // means "no xattr with a name hashing here". One hiding a stored xattr would make
+        // the kernel see fewer xattrs than this reader. (`index` is the name's canonical
+        // index and `name` the rest: `parse_xattr_entry` made sure.) The first one hiding is
+        // noted as the xattrs are read and refused once all of them parsed.
+        let filter = if self.xattr_filter { filter } else { 0 };
+        let mut hidden: Option<RawXattr<'a>> = None;
+        let mut note = |x: RawXattr<'a>, bit: u32| {
+            if filter & (1 << bit) != 0 && hidden.is_none() {
+                hidden = Some(x);
+            }
+        };
         while pos < size {
             let (x, len) = parse_xattr_entry(&area[pos as usize..]).map_err(|r| format!("inline xattr: {r}"))?;
+            if filter != 0 {
+                note(x, filter_bit(&x));
+            }
             out.push(x);
             pos += len;
         }
         for i in 0..shared {
             // In bounds: the ids were found to fit in the area above.
             let id = decode_shared_xattr_id(area, i as usize).unwrap_or(0);
-            let eoff = self.xattr_off + u64::from(id) * 4;
-            let rest = usize::try_from(eoff).ok().and_then(|o| self.d.get(o..)).unwrap_or(&[]);
-            let (x, _) = parse_xattr_entry(rest).map_err(|r| format!("shared xattr {id}: {r}"))?;
+            // Many inodes share a few xattrs: each is parsed (and hashed) once while it stays
+            // in its cache slot (the image does not change while it is read).
+            let slot = &mut self.shared_cache[id as usize % SHARED_CACHE];
+            let (x, bit) = match *slot {
+                Some((cid, x, bit)) if cid == id => (x, bit),
+                _ => {
+                    let eoff = self.xattr_off + u64::from(id) * 4;
+                    let rest = usize::try_from(eoff).ok().and_then(|o| self.d.get(o..)).unwrap_or(&[]);
+                    let (x, _) = parse_xattr_entry(rest).map_err(|r| format!("shared xattr {id}: {r}"))?;
+                    let bit = filter_bit(&x);
+                    *slot = Some((id, x, bit));
+                    (x, bit)
+                }
+            };
+            if filter != 0 {
+                note(x, bit);
+            }
             out.push(x);
         }
-        // With the name filter feature the kernel trusts the inode's filter: a set bit
-        // means "no xattr with a name hashing here". One hiding a stored xattr would make
-        // the kernel see fewer xattrs than this reader. (`index` is the name's canonical
-        // index and `name` the rest: `parse_xattr_entry` made sure.)
-        if self.xattr_filter {
-            for x in out.iter() {
-                let bit = xxh32(x.name, XATTR_FILTER_SEED.wrapping_add(u32::from(x.index))) % XATTR_FILTER_BITS;
-                if filter & (1 << bit) != 0 {
-                    return Err(format!("the xattr name filter hides {}", tree::show(&x.key())));
-                }
-            }
+        if let Some(x) = hidden {
+            return Err(format!("the xattr name filter hides {}", tree::show(&x.key())));
         }
         Ok(())
     }
@@ -130,54 +169,60 @@ impl<'a> Reader<'a> {
         kept.clear();
         let mut out = Applied { xattrs: kept, ..Applied::default() };
         for &x in raw {
-            let x = if x.is(OVL_REDIRECT) {
-                if !external {
-                    return Err("overlay redirect xattr on a file that is not an external regular file".into());
-                }
-                // The writer writes "/" + payload; overlayfs would take anything else
-                // relative to the file's directory.
-                let Some(v) = x.value.strip_prefix(b"/") else {
-                    return Err("overlay redirect is not an absolute path".into());
-                };
-                if v.is_empty() || v.contains(&0) {
-                    return Err("empty or NUL-containing overlay redirect".into());
-                }
-                // Only an object below the data layers, as the writer's payloads name them.
-                tree::check_object_path(v)
-                    .map_err(|r| format!("overlay redirect {} is not an object path ({r})", tree::show(x.value)))?;
-                out.payload = Some(v);
-                continue;
-            } else if x.is(OVL_METACOPY) {
-                if !external {
-                    return Err("overlay metacopy xattr on a file that is not an external regular file".into());
-                }
-                out.marks.metacopy = true;
-                match x.value.len() {
-                    0 => {}
-                    METACOPY_DIGEST_SIZE if x.value[..4] == METACOPY_HEADER => {
-                        let mut d = [0u8; 32];
-                        d.copy_from_slice(&x.value[4..]);
-                        out.fsverity_digest = Some(d);
+            // One look at the name: is it in the overlay namespace, and what follows there.
+            let x = match x.overlay_rest() {
+                None => x,
+                Some(b"redirect") => {
+                    if !external {
+                        return Err("overlay redirect xattr on a file that is not an external regular file".into());
                     }
-                    n => return Err(format!("malformed overlay metacopy xattr ({n} bytes)")),
-                }
-                continue;
-            } else if x.starts_with(OVL_ESCAPED_PREFIX) {
-                // trusted.overlay.overlay.NAME → trusted.overlay.NAME: the same prefix (the
-                // name index of "trusted."), the name without one "overlay.".
-                let cut = OVL_ESCAPED_PREFIX.len() - OVL_PREFIX.len();
-                match x.name.get(cut..) {
-                    Some(name) if x.prefix.len() + cut <= OVL_PREFIX.len() => RawXattr { name, ..x },
-                    _ => return Err(format!("unexpected overlay xattr {}", tree::show(&x.key()))),
-                }
-            } else if x.starts_with(OVL_PREFIX) {
-                if nid == self.root_nid && x.is(OVL_OPAQUE) && x.value == b"y" {
-                    out.marks.root_opaque = true;
+                    // The writer writes "/" + payload; overlayfs would take anything else
+                    // relative to the file's directory.
+                    let Some(v) = x.value.strip_prefix(b"/") else {
+                        return Err("overlay redirect is not an absolute path".into());
+                    };
+                    if v.is_empty() {
+                        return Err("empty overlay redirect".into());
+                    }
+                    // Only an object below the data layers, as the writer's payloads name them
+                    // (this refuses a NUL byte too).
+                    tree::check_object_path(v)
+                        .map_err(|r| format!("overlay redirect {} is not an object path ({r})", tree::show(x.value)))?;
+                    out.payload = Some(v);
                     continue;
                 }
-                return Err(format!("unexpected overlay xattr {}", tree::show(&x.key())));
-            } else {
-                x
+                Some(b"metacopy") => {
+                    if !external {
+                        return Err("overlay metacopy xattr on a file that is not an external regular file".into());
+                    }
+                    out.marks.metacopy = true;
+                    match x.value.len() {
+                        0 => {}
+                        METACOPY_DIGEST_SIZE if x.value[..4] == METACOPY_HEADER => {
+                            let mut d = [0u8; 32];
+                            d.copy_from_slice(&x.value[4..]);
+                            out.fsverity_digest = Some(d);
+                        }
+                        n => return Err(format!("malformed overlay metacopy xattr ({n} bytes)")),
+                    }
+                    continue;
+                }
+                Some(rest) if rest.starts_with(b"overlay.") => {
+                    // trusted.overlay.overlay.NAME → trusted.overlay.NAME: the same prefix (the
+                    // name index of "trusted."), the name without one "overlay.".
+                    let cut = OVL_ESCAPED_PREFIX.len() - OVL_PREFIX.len();
+                    match x.name.get(cut..) {
+                        Some(name) if x.prefix.len() + cut <= OVL_PREFIX.len() => RawXattr { name, ..x },
+                        _ => return Err(format!("unexpected overlay xattr {}", tree::show(&x.key()))),
+                    }
+                }
+                Some(rest) => {
+                    if nid == self.root_nid && rest == b"opaque" && x.value == b"y" {
+                        out.marks.root_opaque = true;
+                        continue;
+                    }
+                    return Err(format!("unexpected overlay xattr {}", tree::show(&x.key())));
+                }
             };
             if out.xattrs.iter().any(|y| y.key_len() == x.key_len() && y.key_cmp(&x).is_eq()) {
                 return Err(format!("duplicate xattr {}", tree::show(&x.key())));
@@ -200,6 +245,17 @@ impl<'a> Reader<'a> {
         inode.rdev = 0;
         true
     }
+}
+
+/// Slots of the reader's cache of parsed shared xattrs (direct-mapped by id).
+pub(super) const SHARED_CACHE: usize = 16;
+
+/// A parsed shared xattr in the cache: (id, xattr, its bit in the name filter).
+pub(super) type SharedSlot<'a> = Option<(u32, RawXattr<'a>, u32)>;
+
+/// The bit of an xattr's name in an inode's name filter, as the kernel computes it.
+fn filter_bit(x: &RawXattr<'_>) -> u32 {
+    xxh32(x.name, XATTR_FILTER_SEED.wrapping_add(u32::from(x.index))) % XATTR_FILTER_BITS
 }
 
 /// One of the markers the writer puts on a directory holding a whiteout (the tree does not
@@ -252,7 +308,7 @@ pub(super) fn parse_xattr_entry(b: &[u8]) -> Result<(RawXattr<'_>, u64), String>
     if key_len > tree::XATTR_NAME_MAX {
         return Err(format!("xattr name longer than {} bytes", tree::XATTR_NAME_MAX));
     }
-    if name.contains(&0) {
+    if has_byte(name, 0) {
         return Err("NUL byte in xattr name".into());
     }
     // The kernel finds an xattr only under the index its name prefix maps to (and shows
