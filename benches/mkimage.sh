@@ -13,7 +13,7 @@
 # interleaved rounds of one hyperfine invocation each (RUNS_SHORT, 5, runs per tool), over
 # cfsmount --from-dump and --from-toc, the same with BASELINE=/path/to/an/older/cfsmount, and
 # MKCOMPOSEFS --from-file on the dumpfile; so a change of machine speed during the run hits
-# every tool alike. Prints mean ± sd, fastest run, mean CPU (user+sys, children included) and
+# every tool alike. Prints mean ± sd, median, fastest run, mean CPU (user+sys, children included) and
 # peak RSS (one more run under GNU time) per tool, and the ratios to the reference.
 #        SIDE_BY_SIDE=1 BASELINE=/tmp/cfsmount-main MKCOMPOSEFS=/path/to/mkcomposefs benches/mkimage.sh
 # Outputs go to OUTDIR (default /var/tmp: a disk filesystem, as images are mounted from one).
@@ -45,23 +45,28 @@ if [ -n "${SIDE_BY_SIDE:-}" ]; then
     # The dumpfile as benches/compare.sh makes it (object names without their `.file` suffix).
     gzip -dc "$conf/composefs-dump/cs9-x86_64-developer.dump.gz" |
         sed -E 's#( [0-9a-f]{2}/[0-9a-f]{62})\.file #\1 #' > "$work/cs9.dump"
-    set -- -n "cfsmount dump" "$bin mkimage --from-dump $work/cs9.dump $out/dump.img" \
-        -n "cfsmount toc" "$bin mkimage --from-toc $work/cs9.json $out/toc.img"
+    # Each run writes a new file: the previous run's output is removed before it, untimed (as
+    # benches/compare.sh does), so no tool's time includes deleting the last 10 MB image.
+    set -- --prepare "rm -f $out/dump.img" -n "cfsmount dump" "$bin mkimage --from-dump $work/cs9.dump $out/dump.img" \
+        --prepare "rm -f $out/toc.img" -n "cfsmount toc" "$bin mkimage --from-toc $work/cs9.json $out/toc.img"
     if [ -n "${BASELINE:-}" ]; then
-        set -- "$@" -n "baseline dump" "$BASELINE mkimage --from-dump $work/cs9.dump $out/dump-base.img" \
-            -n "baseline toc" "$BASELINE mkimage --from-toc $work/cs9.json $out/toc-base.img"
+        set -- "$@" --prepare "rm -f $out/dump-base.img" -n "baseline dump" "$BASELINE mkimage --from-dump $work/cs9.dump $out/dump-base.img" \
+            --prepare "rm -f $out/toc-base.img" -n "baseline toc" "$BASELINE mkimage --from-toc $work/cs9.json $out/toc-base.img"
     fi
     if [ -n "${MKCOMPOSEFS:-}" ]; then
-        set -- "$@" -n "reference dump" "$MKCOMPOSEFS --from-file $work/cs9.dump $out/dump-ref.img"
+        set -- "$@" --prepare "rm -f $out/dump-ref.img" -n "reference dump" "$MKCOMPOSEFS --from-file $work/cs9.dump $out/dump-ref.img"
     fi
     r=0
     while [ "$r" -le "$rounds" ]; do     # round 0 warms up and is discarded
         hyperfine -N --style none --runs "$per" --export-json "$work/round$r.json" "$@" >/dev/null 2>&1
         r=$((r + 1))
     done
-    # Peak RSS: one more run of each command (every other argument after a -n NAME pair).
+    # Peak RSS: one more run of each command (--prepare P -n NAME COMMAND).
     i=0
     while [ $# -gt 0 ]; do
+        shift  # --prepare
+        $1     # the prepare command
+        shift
         shift  # -n
         shift  # name
         /usr/bin/time -f %M -o "$work/rss.$i" $1 >/dev/null 2>&1
@@ -88,15 +93,17 @@ for r in range(1, rounds + 1):
         cpu[n].extend([res["user"] + res["system"]] * len(res["times"]))
 rss = {n: int(open(f"{d}/rss.{i}").read().split()[-1]) / 1024 for i, n in enumerate(names)}
 ref = names[-1] if names[-1].startswith("reference") else None
-print(f"{'tool':16} {'runs':>4} {'mean ms':>9} {'sd':>6} {'fastest':>8} {'CPU ms':>7} {'RSS MB':>7}  vs reference (mean / fastest / CPU)")
+print(f"{'tool':16} {'runs':>4} {'mean ms':>9} {'sd':>6} {'median':>7} {'fastest':>8} {'CPU ms':>7} {'RSS MB':>7}  vs reference (mean / median / fastest / CPU)")
 for n in names:
     t, c = times[n], cpu[n]
-    m, sd, lo, cp = statistics.mean(t) * 1e3, statistics.stdev(t) * 1e3, min(t) * 1e3, statistics.mean(c) * 1e3
+    m, sd, md, lo, cp = (statistics.mean(t) * 1e3, statistics.stdev(t) * 1e3, statistics.median(t) * 1e3,
+                         min(t) * 1e3, statistics.mean(c) * 1e3)
     vs = ""
     if ref and n != ref:
         rt = times[ref]
-        vs = f"{statistics.mean(rt) / statistics.mean(t):.2f}x / {min(rt) / min(t):.2f}x / {statistics.mean(cpu[ref]) / statistics.mean(c):.2f}x"
-    print(f"{n:16} {len(t):4d} {m:9.1f} {sd:6.1f} {lo:8.1f} {cp:7.1f} {rss[n]:7.1f}  {vs}")
+        vs = (f"{statistics.mean(rt) / statistics.mean(t):.2f}x / {statistics.median(rt) / statistics.median(t):.2f}x / "
+              f"{min(rt) / min(t):.2f}x / {statistics.mean(cpu[ref]) / statistics.mean(c):.2f}x")
+    print(f"{n:16} {len(t):4d} {m:9.1f} {sd:6.1f} {md:7.1f} {lo:8.1f} {cp:7.1f} {rss[n]:7.1f}  {vs}")
 PYEOF
     exit 0
 fi
