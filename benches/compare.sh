@@ -245,16 +245,17 @@ if has verity; then
 fi
 
 # --- the table --------------------------------------------------------------------------------
-fmt() { # fmt SUMMARY NAME -> "mean ± sd s[ (median)][, CPU c s], RSS MB" (median below 1 s, CPU from 1 s)
+fmt() { # fmt SUMMARY NAME -> "mean ± sd s[ (median, CPU)][ (CPU)], RSS MB"
     awk -F'\t' -v n="$2" '$1 == n {
         m = $3; s = $4; u = "s"; if (m < 1) { m *= 1000; s *= 1000; u = "ms" }
         c = ($7 != "" && $3 >= 1) ? sprintf(" (CPU %.2f s)", $7) : ""
-        md = ($8 != "" && $3 < 1) ? sprintf(" (median %.1f ms)", $8 * 1000) : ""
+        md = ($8 != "" && $3 < 1) ? sprintf(" (median %.1f ms, CPU %.1f ms)", $8 * 1000, $7 * 1000) : ""
         printf "%.*f ± %.*f %s%s%s, %.1f MB", (m < 10 ? 2 : 1), m, (m < 10 ? 2 : 1), s, u, md, c, $6 / 1024 }' "$1"
 }
-ratio() { # ratio SUMMARY A B -> mean(B)/mean(A) [, median(B)/median(A) for the ms cases]
-    awk -F'\t' -v a="$2" -v b="$3" '$1 == a { x = $3; mx = $8 } $1 == b { y = $3; my = $8 }
-        END { if (x && y) printf "%.2f×", y / x; if (x && y && mx && my && y < 1) printf " mean, %.2f× median", my / mx }' "$1"
+ratio() { # ratio SUMMARY A B -> mean(B)/mean(A) [, the same of medians and of CPU for the ms cases]
+    awk -F'\t' -v a="$2" -v b="$3" '$1 == a { x = $3; mx = $8; cx = $7 } $1 == b { y = $3; my = $8; cy = $7 }
+        END { if (x && y) printf "%.2f×", y / x
+              if (x && y && mx && my && y < 1) printf " mean, %.2f× median, %.2f× CPU", my / mx, cy / cx }' "$1"
 }
 row() { # row LABEL CASE CFS REF RS [noratio]
     local f=$OUT/$2/summary.tsv c r s
