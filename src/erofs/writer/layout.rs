@@ -40,13 +40,11 @@ impl<'a> Builder<'a> {
         let mut shared: Vec<u32> = (0..pairs.list.len() as u32).filter(|&p| pairs.list[p as usize].count > 1).collect();
         shared.sort_unstable_by(|&x, &y| {
             let (x, y) = (&pairs.list[x as usize], &pairs.list[y as usize]);
-            // One key id is one name: most pairs share their name, compared as ids.
-            let names = if x.key == y.key {
-                std::cmp::Ordering::Equal
-            } else {
-                keys.get(y.key).name.cmp(&keys.get(x.key).name)
-            };
-            names.then_with(|| y.value.len().cmp(&x.value.len())).then_with(|| y.value.cmp(&x.value))
+            keys.get(y.key)
+                .name
+                .cmp(&keys.get(x.key).name)
+                .then_with(|| y.value.len().cmp(&x.value.len()))
+                .then_with(|| y.value.cmp(&x.value))
         });
         let mut off = 0u64;
         for &p in &shared {

@@ -245,46 +245,19 @@ impl<'a> Cat<'a> {
 
 impl PartialEq for Cat<'_> {
     fn eq(&self, o: &Self) -> bool {
-        if self.a == o.a {
+        if self.a.is_empty() && o.a.is_empty() {
             return self.b == o.b;
         }
-        self.len() == o.len() && self.cmp(o) == std::cmp::Ordering::Equal
+        self.len() == o.len() && self.bytes().eq(o.bytes())
     }
 }
 impl Eq for Cat<'_> {}
 impl Ord for Cat<'_> {
-    /// Bytewise, as the concatenations compare; slice by slice rather than byte by byte (the
-    /// redirect values, `/` + payload, are sorted and compared for every shared xattr).
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        use std::cmp::Ordering;
-        if self.a == o.a {
-            // The same prefix (none, or the redirect's `/`): the rest decides.
+        if self.a.is_empty() && o.a.is_empty() {
             return self.b.cmp(o.b);
         }
-        let (xs, ys) = ([self.a, self.b], [o.a, o.b]);
-        let (mut xi, mut yi) = (0, 0);
-        let (mut x, mut y): (&[u8], &[u8]) = (xs[0], ys[0]);
-        loop {
-            while x.is_empty() && xi < 1 {
-                xi += 1;
-                x = xs[xi];
-            }
-            while y.is_empty() && yi < 1 {
-                yi += 1;
-                y = ys[yi];
-            }
-            if x.is_empty() || y.is_empty() {
-                // One side is used up (its last part is empty); the other is longer, or equal.
-                return x.len().cmp(&y.len());
-            }
-            let n = x.len().min(y.len());
-            match x[..n].cmp(&y[..n]) {
-                Ordering::Equal => {}
-                ord => return ord,
-            }
-            x = &x[n..];
-            y = &y[n..];
-        }
+        self.bytes().cmp(o.bytes())
     }
 }
 impl PartialOrd for Cat<'_> {
