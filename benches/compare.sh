@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of cfsmount and its peers (issue 17's table), in one run, interleaved:
 # every comparison runs in ROUNDS rounds, and each round times every tool once (hyperfine,
-# RUNS_SHORT runs for the millisecond cases), so a change of machine speed during the run hits
-# all tools alike. Peak RSS: one extra run of each tool under GNU time.
+# RUNS_SHORT runs for the millisecond cases; the tools' order rotates from round to round), so a
+# change of machine speed during the run hits all tools alike. Peak RSS: one extra run of each tool under GNU time.
 #
 #   mount of the prebuilt cs9-developer image as root     cfsmount / mount.composefs / cfsctl
 #   the same through the setuid helper, as user nobody    cfsmount
@@ -91,12 +91,15 @@ tool() { names+=("$1"); prepares+=("$2"); cmds+=("$3"); }
 
 # run_case ID RUNS_PER_ROUND
 run_case() {
-    local id=$1 per=$2 r i args
+    local id=$1 per=$2 r i k args
     rm -rf "${OUT:?}/$id"
     mkdir -p "$OUT/$id"
     for r in $(seq 0 "$ROUNDS"); do          # round 0 warms up and is discarded
+        # The order rotates from round to round, so that no tool always runs in the same place
+        # (first after the warm-up of the round, or right after the same other tool).
         args=()
-        for i in "${!names[@]}"; do
+        for k in "${!names[@]}"; do
+            i=$(((k + r) % ${#names[@]}))
             args+=(--prepare "${prepares[$i]}" -n "${names[$i]}" "${cmds[$i]}")
         done
         if ! hyperfine -N --style none --runs "$per" --export-json "$OUT/$id/round$r.json" "${args[@]}" \
