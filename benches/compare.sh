@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of cfsmount and its peers (issue 17's table), in one run, interleaved:
 # every comparison runs in ROUNDS rounds, and each round times every tool once (hyperfine,
-# RUNS_SHORT runs for the millisecond cases), so a change of machine speed during the run hits
-# all tools alike. Peak RSS: one extra run of each tool under GNU time.
+# RUNS_SHORT runs for the millisecond cases; the tools' order rotates from round to round), so a
+# change of machine speed during the run hits all tools alike. Peak RSS: one extra run of each tool under GNU time.
 #
 #   mount of the prebuilt cs9-developer image as root     cfsmount / mount.composefs / cfsctl
 #   the same through the setuid helper, as user nobody    cfsmount (and setpriv alone)
@@ -10,7 +10,7 @@
 #   mkimage --from-dir SRC (no store)                     cfsmount / mkcomposefs / cfsctl mkcomposefs
 #   mkimage --from-dir SRC --digest-store (fresh store)   idem; images AND object trees compared
 #   image from the cs9 dumpfile                           idem (--from-file)
-#   image from the cs9 TOC JSON                           cfsmount (the reference reads no TOC)
+#   image from the cs9 TOC JSON                           cfsmount; the reference on the dumpfile (it reads no TOC)
 #   fs-verity digest of 1 GiB (tmpfs)                     cfsmount / fsverity digest / cfsctl composefs-info measure-file
 #
 # The peers are optional inputs, by path (nothing is fetched or built here):
@@ -97,12 +97,15 @@ tool() { names+=("$1"); prepares+=("$2"); cmds+=("$3"); }
 
 # run_case ID RUNS_PER_ROUND
 run_case() {
-    local id=$1 per=$2 r i args
+    local id=$1 per=$2 r i k args
     rm -rf "${OUT:?}/$id"
     mkdir -p "$OUT/$id"
     for r in $(seq 0 "$ROUNDS"); do          # round 0 warms up and is discarded
+        # The order rotates from round to round, so that no tool always runs in the same place
+        # (first after the warm-up of the round, or right after the same other tool).
         args=()
-        for i in "${!names[@]}"; do
+        for k in "${!names[@]}"; do
+            i=$(((k + r) % ${#names[@]}))
             args+=(--prepare "${prepares[$i]}" -n "${names[$i]}" "${cmds[$i]}")
         done
         if ! hyperfine -N --style none --runs "$per" --export-json "$OUT/$id/round$r.json" "${args[@]}" \
@@ -131,7 +134,7 @@ with open(f"{d}/summary.tsv", "w") as out:
         t = times[n]
         rss = open(f"{d}/rss.{i}").read().strip().splitlines()[-1] if os.path.exists(f"{d}/rss.{i}") else "?"
         sd = statistics.stdev(t) if len(t) > 1 else 0
-        out.write(f"{n}\t{len(t)}\t{statistics.mean(t)}\t{sd}\t{min(t)}\t{rss}\t{statistics.mean(cpu[n])}\n")
+        out.write(f"{n}\t{len(t)}\t{statistics.mean(t)}\t{sd}\t{min(t)}\t{rss}\t{statistics.mean(cpu[n])}\t{statistics.median(t)}\n")
 EOF
 }
 
@@ -185,16 +188,23 @@ if has store; then
     [ -z "$CFSCTL" ] || tool composefs-rs "$W/bin/clear-rs" "$CFSCTL mkcomposefs --digest-store=$S/obj-rs $SRC $W/store-rs.img"
     run_case store 1
 fi
+# The image builds: every tool reads the same input file and writes a new file in $W (ext4 on
+# /var/tmp here, as images are mounted from disk); the previous run's output is removed before
+# each run, untimed, so that no tool's time includes deleting 10 MB of the last run's image
+# (the reference truncates it on open, cfsmount renames over it). The TOC case runs the
+# reference on the dumpfile of the same tree in the same rounds, for issue 17's TOC ratio (the
+# original dumpfile, `.file` names kept, so that all three images can be compared).
 if has dump; then
     case_reset
-    tool cfsmount "true" "$B mkimage --from-dump $W/cs9.dump $W/dump-cfs.img"
-    [ -z "$REFERENCE" ] || tool reference "true" "$REFERENCE/mkcomposefs --from-file $W/cs9.dump $W/dump-ref.img"
-    [ -z "$CFSCTL" ] || tool composefs-rs "true" "$CFSCTL mkcomposefs --from-file $W/cs9.dump $W/dump-rs.img"
+    tool cfsmount "rm -f $W/dump-cfs.img" "$B mkimage --from-dump $W/cs9.dump $W/dump-cfs.img"
+    [ -z "$REFERENCE" ] || tool reference "rm -f $W/dump-ref.img" "$REFERENCE/mkcomposefs --from-file $W/cs9.dump $W/dump-ref.img"
+    [ -z "$CFSCTL" ] || tool composefs-rs "rm -f $W/dump-rs.img" "$CFSCTL mkcomposefs --from-file $W/cs9.dump $W/dump-rs.img"
     run_case dump "$RUNS_SHORT"
 fi
 if has toc; then
     case_reset
-    tool cfsmount "true" "$B mkimage --from-toc $W/cs9.json $W/toc-cfs.img"
+    tool cfsmount "rm -f $W/toc-cfs.img" "$B mkimage --from-toc $W/cs9.json $W/toc-cfs.img"
+    [ -z "$REFERENCE" ] || tool "reference (dumpfile)" "rm -f $W/toc-ref.img" "$REFERENCE/mkcomposefs --from-file $W/cs9-orig.dump $W/toc-ref.img"
     run_case toc "$RUNS_SHORT"
 fi
 if has verity; then
@@ -239,20 +249,23 @@ if has store; then
     done
 fi
 if has dump; then same dump "dumpfile images" "$W"/dump-{cfs,ref,rs}.img; fi
-if has toc; then same toc "TOC image vs dumpfile image" "$W/cs9.img" "$W/toc-cfs.img"; fi
+if has toc; then same toc "TOC image vs dumpfile images (cfsmount, reference)" "$W/cs9.img" "$W/toc-cfs.img" "$W/toc-ref.img"; fi
 if has verity; then
     [ "$digests" = 1 ] && check verity "fs-verity digests: identical" || check verity "fs-verity digests: DIFFER"
 fi
 
 # --- the table --------------------------------------------------------------------------------
-fmt() { # fmt SUMMARY NAME -> "mean ± sd s[, CPU c s], RSS MB" (CPU: user+system, shown from 1 s)
+fmt() { # fmt SUMMARY NAME -> "mean ± sd s[ (median, CPU)][ (CPU)], RSS MB"
     awk -F'\t' -v n="$2" '$1 == n {
         m = $3; s = $4; u = "s"; if (m < 1) { m *= 1000; s *= 1000; u = "ms" }
         c = ($7 != "" && $3 >= 1) ? sprintf(" (CPU %.2f s)", $7) : ""
-        printf "%.*f ± %.*f %s%s, %.1f MB", (m < 10 ? 2 : 1), m, (m < 10 ? 2 : 1), s, u, c, $6 / 1024 }' "$1"
+        md = ($8 != "" && $3 < 1) ? sprintf(" (median %.1f ms, CPU %.1f ms)", $8 * 1000, $7 * 1000) : ""
+        printf "%.*f ± %.*f %s%s%s, %.1f MB", (m < 10 ? 2 : 1), m, (m < 10 ? 2 : 1), s, u, md, c, $6 / 1024 }' "$1"
 }
-ratio() { # ratio SUMMARY A B -> mean(B)/mean(A)
-    awk -F'\t' -v a="$2" -v b="$3" '$1 == a { x = $3 } $1 == b { y = $3 } END { if (x && y) printf "%.2f×", y / x }' "$1"
+ratio() { # ratio SUMMARY A B -> mean(B)/mean(A) [, the same of medians and of CPU for the ms cases]
+    awk -F'\t' -v a="$2" -v b="$3" '$1 == a { x = $3; mx = $8; cx = $7 } $1 == b { y = $3; my = $8; cy = $7 }
+        END { if (x && y) printf "%.2f×", y / x
+              if (x && y && mx && my && y < 1) printf " mean, %.2f× median, %.2f× CPU", my / mx, cy / cx }' "$1"
 }
 row() { # row LABEL CASE CFS REF RS [noratio]
     local f=$OUT/$2/summary.tsv c r s
@@ -277,10 +290,10 @@ row() { # row LABEL CASE CFS REF RS [noratio]
     row "mkimage --from-dir $SRC (no store)" dir cfsmount reference composefs-rs
     row "mkimage --from-dir $SRC --digest-store (fresh store)" store cfsmount reference composefs-rs
     row "image from the cs9 dumpfile (64k entries; payloads without .file)" dump cfsmount reference composefs-rs
-    row "image from the cs9 TOC JSON" toc cfsmount "" ""
+    row "image from the cs9 TOC JSON (reference column: the reference on the dumpfile, same rounds)" toc cfsmount "reference (dumpfile)" ""
     row "fs-verity digest of 1 GiB (tmpfs; reference column: fsverity digest)" verity cfsmount "fsverity digest" composefs-rs
     echo
-    echo "Times: wall, mean ± standard deviation over all rounds; CPU: user + system time of the process and"
+    echo "Times: wall, mean ± standard deviation over all rounds (and the median, for the millisecond cases); CPU: user + system time of the process and"
     echo "its children (hyperfine), mean; memory: peak RSS of one more run (with children)."
     echo "(N×) = peer time / cfsmount time. Output checks:"
     cat "$OUT"/checks/* 2>/dev/null || true

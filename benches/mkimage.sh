@@ -10,11 +10,12 @@
 #        MKCOMPOSEFS=/path/to/mkcomposefs RUNS=10 benches/mkimage.sh
 #
 # Side by side (SIDE_BY_SIDE=1, needs python3): only the cs9-developer builds, in ROUNDS (10)
-# interleaved rounds of one hyperfine invocation each (RUNS_SHORT, 5, runs per tool), over
+# interleaved rounds of one hyperfine invocation each (RUNS_SHORT, 5, runs per tool; the tools'
+# order rotates from round to round), over
 # cfsmount --from-dump and --from-toc, the same with BASELINE=/path/to/an/older/cfsmount, and
 # MKCOMPOSEFS --from-file on the dumpfile; so a change of machine speed during the run hits
-# every tool alike. Prints mean ± sd, fastest run, mean CPU (user+sys, children included) and
-# peak RSS (one more run under GNU time) per tool, and the ratios to the reference.
+# every tool alike. Prints mean ± sd, median, fastest run, mean CPU (user+sys, children included) and
+# peak RSS (one run under GNU time, before the rounds) per tool, and the ratios to the reference.
 #        SIDE_BY_SIDE=1 BASELINE=/tmp/cfsmount-main MKCOMPOSEFS=/path/to/mkcomposefs benches/mkimage.sh
 # Outputs go to OUTDIR (default /var/tmp: a disk filesystem, as images are mounted from one).
 set -eu
@@ -45,28 +46,35 @@ if [ -n "${SIDE_BY_SIDE:-}" ]; then
     # The dumpfile as benches/compare.sh makes it (object names without their `.file` suffix).
     gzip -dc "$conf/composefs-dump/cs9-x86_64-developer.dump.gz" |
         sed -E 's#( [0-9a-f]{2}/[0-9a-f]{62})\.file #\1 #' > "$work/cs9.dump"
-    set -- -n "cfsmount dump" "$bin mkimage --from-dump $work/cs9.dump $out/dump.img" \
-        -n "cfsmount toc" "$bin mkimage --from-toc $work/cs9.json $out/toc.img"
+    # Each run writes a new file: the previous run's output is removed before it, untimed (as
+    # benches/compare.sh does), so no tool's time includes deleting the last 10 MB image.
+    set -- --prepare "rm -f $out/dump.img" -n "cfsmount dump" "$bin mkimage --from-dump $work/cs9.dump $out/dump.img" \
+        --prepare "rm -f $out/toc.img" -n "cfsmount toc" "$bin mkimage --from-toc $work/cs9.json $out/toc.img"
     if [ -n "${BASELINE:-}" ]; then
-        set -- "$@" -n "baseline dump" "$BASELINE mkimage --from-dump $work/cs9.dump $out/dump-base.img" \
-            -n "baseline toc" "$BASELINE mkimage --from-toc $work/cs9.json $out/toc-base.img"
+        set -- "$@" --prepare "rm -f $out/dump-base.img" -n "baseline dump" "$BASELINE mkimage --from-dump $work/cs9.dump $out/dump-base.img" \
+            --prepare "rm -f $out/toc-base.img" -n "baseline toc" "$BASELINE mkimage --from-toc $work/cs9.json $out/toc-base.img"
     fi
     if [ -n "${MKCOMPOSEFS:-}" ]; then
-        set -- "$@" -n "reference dump" "$MKCOMPOSEFS --from-file $work/cs9.dump $out/dump-ref.img"
+        set -- "$@" --prepare "rm -f $out/dump-ref.img" -n "reference dump" "$MKCOMPOSEFS --from-file $work/cs9.dump $out/dump-ref.img"
     fi
+    # Peak RSS: one run of each command under GNU time (--prepare P -n NAME COMMAND), first,
+    # in the order given (which is also the order of the table).
+    i=0
+    for a in "$@"; do
+        case $i in
+            1) p=$a ;;
+            3) n=$a ;;
+            4) $p; /usr/bin/time -f %M -o "$work/rss.$n" $a >/dev/null 2>&1; echo "$n" >>"$work/names" ;;
+        esac
+        i=$(((i + 1) % 5))
+    done
     r=0
     while [ "$r" -le "$rounds" ]; do     # round 0 warms up and is discarded
         hyperfine -N --style none --runs "$per" --export-json "$work/round$r.json" "$@" >/dev/null 2>&1
+        # The order rotates by one tool per round, so that no tool always runs in the same place.
+        set -- "$@" "$1" "$2" "$3" "$4" "$5"
+        shift 5
         r=$((r + 1))
-    done
-    # Peak RSS: one more run of each command (every other argument after a -n NAME pair).
-    i=0
-    while [ $# -gt 0 ]; do
-        shift  # -n
-        shift  # name
-        /usr/bin/time -f %M -o "$work/rss.$i" $1 >/dev/null 2>&1
-        i=$((i + 1))
-        shift
     done
     for f in toc dump; do
         for other in "$out/$f-base.img" "$out/$f-ref.img"; do
@@ -77,26 +85,26 @@ if [ -n "${SIDE_BY_SIDE:-}" ]; then
     python3 - "$work" "$rounds" <<'PYEOF'
 import json, statistics, sys
 d, rounds = sys.argv[1], int(sys.argv[2])
-times, cpu, names = {}, {}, []
+names = open(f"{d}/names").read().splitlines()
+times, cpu = {n: [] for n in names}, {n: [] for n in names}
 for r in range(1, rounds + 1):
     for res in json.load(open(f"{d}/round{r}.json"))["results"]:
         n = res["command"]
-        if n not in times:
-            names.append(n)
-            times[n], cpu[n] = [], []
         times[n].extend(res["times"])
         cpu[n].extend([res["user"] + res["system"]] * len(res["times"]))
-rss = {n: int(open(f"{d}/rss.{i}").read().split()[-1]) / 1024 for i, n in enumerate(names)}
-ref = names[-1] if names[-1].startswith("reference") else None
-print(f"{'tool':16} {'runs':>4} {'mean ms':>9} {'sd':>6} {'fastest':>8} {'CPU ms':>7} {'RSS MB':>7}  vs reference (mean / fastest / CPU)")
+rss = {n: int(open(f"{d}/rss.{n}").read().split()[-1]) / 1024 for n in names}
+ref = next((n for n in names if n.startswith("reference")), None)
+print(f"{'tool':16} {'runs':>4} {'mean ms':>9} {'sd':>6} {'median':>7} {'fastest':>8} {'CPU ms':>7} {'RSS MB':>7}  vs reference (mean / median / fastest / CPU)")
 for n in names:
     t, c = times[n], cpu[n]
-    m, sd, lo, cp = statistics.mean(t) * 1e3, statistics.stdev(t) * 1e3, min(t) * 1e3, statistics.mean(c) * 1e3
+    m, sd, md, lo, cp = (statistics.mean(t) * 1e3, statistics.stdev(t) * 1e3, statistics.median(t) * 1e3,
+                         min(t) * 1e3, statistics.mean(c) * 1e3)
     vs = ""
     if ref and n != ref:
         rt = times[ref]
-        vs = f"{statistics.mean(rt) / statistics.mean(t):.2f}x / {min(rt) / min(t):.2f}x / {statistics.mean(cpu[ref]) / statistics.mean(c):.2f}x"
-    print(f"{n:16} {len(t):4d} {m:9.1f} {sd:6.1f} {lo:8.1f} {cp:7.1f} {rss[n]:7.1f}  {vs}")
+        vs = (f"{statistics.mean(rt) / statistics.mean(t):.2f}x / {statistics.median(rt) / statistics.median(t):.2f}x / "
+              f"{min(rt) / min(t):.2f}x / {statistics.mean(cpu[ref]) / statistics.mean(c):.2f}x")
+    print(f"{n:16} {len(t):4d} {m:9.1f} {sd:6.1f} {md:7.1f} {lo:8.1f} {cp:7.1f} {rss[n]:7.1f}  {vs}")
 PYEOF
     exit 0
 fi

@@ -8,8 +8,8 @@
 //! node arena, the writer's records). With transparent huge pages in `madvise` mode (Debian's
 //! default) each 4 KiB page costs a page fault; a cs9-developer build took ~14,000 of them, a
 //! third of its CPU time in the kernel. Advised ranges are filled 2 MiB at a time instead. The
-//! node arena and the writer's inode records are advised; the input buffer is not: advising it
-//! too was faster for cs9 but slower for a 158 MB TOC (docs/writer.md, "Build speed").
+//! node arena, the writer's inode records and the first 32 MiB of the input buffer are advised
+//! (advising all of a 158 MB TOC's buffer measured no faster; docs/writer.md, "Build speed").
 
 /// Size of a transparent huge page on x86_64 and aarch64 (4 KiB base pages).
 const HUGE: usize = 2 << 20;
