@@ -74,12 +74,14 @@ impl InodeTable {
     pub(super) fn new(slots: u64, expect: u64) -> InodeTable {
         let slots = usize::try_from(slots).unwrap_or(0);
         let expect = usize::try_from(expect).unwrap_or(0).min(slots);
-        InodeTable {
-            index: vec![u32::MAX; slots],
-            list: Vec::with_capacity(expect),
-            dirs: Vec::new(),
-            entries: Vec::new(),
-        }
+        // The index is filled whole now and the list up to the expected count: their pages are
+        // made present in one call each, not faulted in one by one (crate::sys::mem).
+        let mut index = Vec::with_capacity(slots);
+        crate::sys::mem::populate_write(&index, slots);
+        index.resize(slots, u32::MAX);
+        let list = Vec::with_capacity(expect);
+        crate::sys::mem::populate_write(&list, expect);
+        InodeTable { index, list, dirs: Vec::new(), entries: Vec::new() }
     }
 
     /// The inode's place in the table (in decoding order).
