@@ -142,6 +142,7 @@ impl InodeTable {
 
     /// Only called for nids whose inode decoded, hence inside the slot range (and so fewer
     /// than 2^32 of them: the index holds u32 places).
+    #[inline]
     pub(super) fn insert(&mut self, nid: u64, mut ino: Ino, dir: Option<DirData>, entry: Option<Box<Entry>>) {
         let Some(slot) = usize::try_from(nid).ok().and_then(|n| self.index.get_mut(n)) else {
             return;
