@@ -42,22 +42,25 @@ pub(crate) fn advise_huge_pages<T>(v: &Vec<T>, n: usize) {
         unsafe { rustix::mm::madvise(first as *mut std::ffi::c_void, last - first, rustix::mm::Advice::LinuxHugepage) };
 }
 
-/// Asks the kernel to back the whole pages within the first `n` elements of `v`'s allocated
-/// capacity with writable memory now, in one call, instead of one page fault per page when they
-/// are first written (`MADV_POPULATE_WRITE`, Linux 5.14). `n` should be what will surely be
-/// written: the pages become resident (the reader's tables whose size is known up front).
-/// Best effort: ignores errors (an older kernel says EINVAL; the first writes then fault as
-/// before).
+/// Asks the kernel to back the whole pages within elements `elems` of `v`'s allocated capacity
+/// with writable memory now, in one call, instead of one page fault per page when they are first
+/// written (`MADV_POPULATE_WRITE`, Linux 5.14). The range should be what will surely be written:
+/// its pages become resident. Best effort: ignores errors (an older kernel says EINVAL; the
+/// first writes then fault as before).
 ///
 /// Syscall: madvise(2) (man 2 madvise), advice `MADV_POPULATE_WRITE`.
-pub(crate) fn populate_write<T>(v: &Vec<T>, n: usize) {
+pub(crate) fn populate_write<T>(v: &Vec<T>, elems: std::ops::Range<usize>) {
     // 4 KiB base pages, as for HUGE; where pages are larger an unaligned start makes the call
     // fail with EINVAL, which is ignored.
     let page = 4096;
-    let start = v.as_ptr() as usize;
-    let Some(end) = n.min(v.capacity()).checked_mul(std::mem::size_of::<T>()).and_then(|b| start.checked_add(b)) else {
+    let size = std::mem::size_of::<T>();
+    let end_elem = elems.end.min(v.capacity());
+    if elems.start >= end_elem {
         return;
-    };
+    }
+    let base = v.as_ptr() as usize;
+    // No overflow: both ends lie within the allocation (start < end <= capacity).
+    let (start, end) = (base + elems.start * size, base + end_elem * size);
     let first = start.next_multiple_of(page);
     let last = end & !(page - 1);
     if last <= first {
@@ -115,7 +118,7 @@ mod tests {
         fn faults_writing(populate: bool) -> u64 {
             let mut v: Vec<u8> = Vec::with_capacity(40 << 20);
             if populate {
-                populate_write(&v, 40 << 20);
+                populate_write(&v, 0..40 << 20);
             }
             let before = minflt();
             v.resize(40 << 20, 7);
@@ -133,12 +136,13 @@ mod tests {
         // Contents already there stay; a buffer without a whole page and an empty one are fine.
         let mut kept: Vec<u64> = (0..(1u64 << 17)).collect();
         kept.reserve(1 << 17);
-        populate_write(&kept, kept.capacity());
+        populate_write(&kept, 0..kept.capacity());
+        populate_write(&kept, kept.capacity() + 1..kept.capacity() + 10);
         assert!(kept.iter().enumerate().all(|(i, &x)| x == i as u64));
         let small: Vec<u8> = vec![1, 2, 3];
-        populate_write(&small, 3);
+        populate_write(&small, 0..3);
         assert_eq!(small, [1, 2, 3]);
-        populate_write(&Vec::<u32>::new(), 10);
+        populate_write(&Vec::<u32>::new(), 0..10);
     }
 
     /// The `VmFlags` line of /proc/self/smaps for the mapping that contains `addr`.
