@@ -30,6 +30,14 @@ pub(crate) fn first_byte(mask: u64) -> usize {
     (mask.trailing_zeros() / 8) as usize
 }
 
+/// Non-zero exactly when some byte of `x` is below `n` (`n` at most 128). Cheaper than
+/// [`zero_bytes`] (four operations), but only the lowest set bit is exact (a borrow may set the
+/// bits of bytes above it): a filter for words that need no closer look.
+pub(crate) const fn has_below(x: u64, n: u8) -> u64 {
+    assert!(n <= 128);
+    x.wrapping_sub(splat(n)) & !x & splat(0x80)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +65,9 @@ mod tests {
                     assert_eq!(eq_bytes(w, splat(b'/')), expect_slash, "{b:?}");
                     if expect_zero != 0 {
                         assert_eq!(first_byte(zero_bytes(w)), b.iter().position(|&x| x == 0).unwrap());
+                    }
+                    for n in [1u8, b'/', b'0', 0x7f, 0x80] {
+                        assert_eq!(has_below(w, n) != 0, b.iter().any(|&x| x < n), "{b:?} {n}");
                     }
                 }
             }

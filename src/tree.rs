@@ -153,7 +153,7 @@ pub(crate) fn path_problem(path: &[u8]) -> Option<&'static str> {
 /// One pass over the bytes, eight at a time, without allocation: every path of every input
 /// goes through here (a regular file's payload twice), so it is on the hot path of a build.
 fn scan_path(path: &[u8], mut each: impl FnMut(usize, usize)) -> Option<&'static str> {
-    use crate::bytes::{eq_bytes, first_byte, splat, word, zero_bytes};
+    use crate::bytes::{eq_bytes, first_byte, has_below, splat, word, zero_bytes};
     if path.len() >= PATH_MAX {
         return Some("path longer than PATH_MAX");
     }
@@ -174,10 +174,29 @@ fn scan_path(path: &[u8], mut each: impl FnMut(usize, usize)) -> Option<&'static
         }
         start = i + 1;
     };
-    let mut words = path.chunks_exact(8);
-    let mut base = 0;
-    for w in &mut words {
-        let w = word(w);
+    // Words at 0, 8, 16, ...; then the last bytes as one word too: the path's last eight bytes
+    // (those already scanned replaced by a byte the scan ignores), or a short path padded with
+    // that byte. A padding byte is neither NUL nor '/', so it is never reported.
+    const PAD: u8 = b'a';
+    let n = path.len();
+    let mut at = 0;
+    while at < n {
+        let (w, base) = if at + 8 <= n {
+            (word(&path[at..at + 8]), at)
+        } else if n >= 8 {
+            let seen = 8 - (n - at); // 1..=7 bytes of the last word were in the previous one
+            let mask = (1u64 << (8 * seen)) - 1;
+            ((word(&path[n - 8..]) & !mask) | (splat(PAD) & mask), n - 8)
+        } else {
+            let mut buf = [PAD; 8];
+            buf[..n].copy_from_slice(path);
+            (word(&buf), 0)
+        };
+        at = base + 8;
+        // Most words hold no byte below '0' (no NUL, no '/'): nothing in them to look at.
+        if has_below(w, b'0') == 0 {
+            continue;
+        }
         if zero_bytes(w) != 0 {
             return Some("NUL byte in path");
         }
@@ -185,15 +204,6 @@ fn scan_path(path: &[u8], mut each: impl FnMut(usize, usize)) -> Option<&'static
         while slashes != 0 {
             slash_at(base + first_byte(slashes), &mut first);
             slashes &= slashes - 1;
-        }
-        base += 8;
-    }
-    for (k, &b) in words.remainder().iter().enumerate() {
-        if b == 0 {
-            return Some("NUL byte in path");
-        }
-        if b == b'/' {
-            slash_at(base + k, &mut first);
         }
     }
     if first.is_none() {
@@ -800,6 +810,29 @@ mod tests {
                 Err(TreeError::BadPath { reason, .. }) => assert_eq!(Some(reason), naive_path_problem(p)),
                 Err(e) => panic!("{e}"),
             }
+        }
+    }
+
+    #[test]
+    fn path_scan_agrees_with_the_plain_rule_over_every_kind_of_byte() {
+        // Random paths over bytes on both sides of every threshold the scan tests (NUL, '.',
+        // '/', '0', the high bit), at every word offset, as object paths too.
+        let alphabet = [0u8, 1, b'.', b'/', b'0', b'a', 0x7f, 0x80, 0xaf, 0xff];
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        for _ in 0..200_000 {
+            let len = next(40) as usize;
+            let rare = next(4) == 0;
+            let p: Vec<u8> = (0..len)
+                .map(|_| if rare || next(8) == 0 { alphabet[next(10) as usize] } else { b'a' + next(26) as u8 })
+                .collect();
+            assert_eq!(path_problem(&p), naive_path_problem(&p), "{}", show(&p));
+            let rel = p.strip_prefix(b"/").unwrap_or(&p);
+            let want = if p.is_empty() { Ok(()) } else { naive_path_problem(rel).map_or(Ok(()), Err) };
+            assert_eq!(check_object_path(&p), want, "{}", show(&p));
         }
     }
 

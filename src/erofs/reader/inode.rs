@@ -66,7 +66,14 @@ pub(super) struct InodeTable {
     dirs: Vec<DirData>,
     /// `None` once moved into the tree.
     entries: Vec<Option<Box<Entry>>>,
+    /// How much of `list`'s capacity was made present ([`LIST_POPULATE_STEP`] at a time).
+    populated: usize,
 }
+
+/// The inode list's pages are made present this many records at a time (112 KiB) as it fills,
+/// not all at once for the superblock's count: that count is not checked against the inodes
+/// found, so a false one could otherwise make the reader hold memory the image never fills.
+const LIST_POPULATE_STEP: usize = 4096;
 
 impl InodeTable {
     /// For nids below `slots`; room for `expect` inodes (at most `slots`: the superblock's
@@ -74,12 +81,12 @@ impl InodeTable {
     pub(super) fn new(slots: u64, expect: u64) -> InodeTable {
         let slots = usize::try_from(slots).unwrap_or(0);
         let expect = usize::try_from(expect).unwrap_or(0).min(slots);
-        InodeTable {
-            index: vec![u32::MAX; slots],
-            list: Vec::with_capacity(expect),
-            dirs: Vec::new(),
-            entries: Vec::new(),
-        }
+        // The index is filled whole now: its pages are made present in one call, not faulted in
+        // one by one (crate::sys::mem); the list's as it fills (`insert`).
+        let mut index = Vec::with_capacity(slots);
+        crate::sys::mem::populate_write(&index, 0..slots);
+        index.resize(slots, u32::MAX);
+        InodeTable { index, list: Vec::with_capacity(expect), dirs: Vec::new(), entries: Vec::new(), populated: 0 }
     }
 
     /// The inode's place in the table (in decoding order).
@@ -140,6 +147,7 @@ impl InodeTable {
 
     /// Only called for nids whose inode decoded, hence inside the slot range (and so fewer
     /// than 2^32 of them: the index holds u32 places).
+    #[inline]
     pub(super) fn insert(&mut self, nid: u64, mut ino: Ino, dir: Option<DirData>, entry: Option<Box<Entry>>) {
         let Some(slot) = usize::try_from(nid).ok().and_then(|n| self.index.get_mut(n)) else {
             return;
@@ -154,6 +162,14 @@ impl InodeTable {
             self.entries.push(Some(e));
         }
         self.list.push(ino);
+        if self.list.len() >= self.populated {
+            // (`populated` stops at the capacity: when the list grows into a new allocation,
+            // the next records' pages there are made present from its length on.)
+            let (len, cap) = (self.list.len(), self.list.capacity());
+            let to = len.saturating_add(LIST_POPULATE_STEP).min(cap);
+            crate::sys::mem::populate_write(&self.list, len..to);
+            self.populated = to;
+        }
     }
 
     /// The nid of every inode, in nid order.
