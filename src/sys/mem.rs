@@ -2,8 +2,9 @@
 //! `MADV_POPULATE_WRITE` (the image reader's tables).
 //!
 //! rustix wraps madvise, but as an `unsafe fn` (advice such as `MADV_DONTNEED` discards memory
-//! under live references); this wrapper confines the call to the one advice that changes no
-//! memory contents and no permissions, over memory the caller owns.
+//! under live references); these wrappers confine the call to two advices that change no
+//! memory contents and no permissions, over whole pages inside a `Vec`'s own allocation
+//! ([`inner_pages`]).
 //!
 //! Why: a build touches tens of megabytes of fresh anonymous memory (the input buffer, the tree's
 //! node arena, the writer's records). With transparent huge pages in `madvise` mode (Debian's
@@ -24,15 +25,9 @@ const HUGE: usize = 2 << 20;
 ///
 /// Syscall: madvise(2) (man 2 madvise), advice `MADV_HUGEPAGE`.
 pub(crate) fn advise_huge_pages<T>(v: &Vec<T>, n: usize) {
-    let start = v.as_ptr() as usize;
-    let Some(end) = n.min(v.capacity()).checked_mul(std::mem::size_of::<T>()).and_then(|b| start.checked_add(b)) else {
+    let Some((first, last)) = inner_pages(v, 0..n, HUGE) else {
         return;
     };
-    let first = start.next_multiple_of(HUGE);
-    let last = end & !(HUGE - 1);
-    if last <= first {
-        return;
-    }
     // SAFETY: [first, last) lies inside the allocation `v` owns (rounded inwards to page
     // boundaries), so the call cannot reach memory of anyone else. MADV_HUGEPAGE only sets the
     // range's eligibility for transparent huge pages (a VMA flag): it changes neither the
@@ -52,20 +47,9 @@ pub(crate) fn advise_huge_pages<T>(v: &Vec<T>, n: usize) {
 pub(crate) fn populate_write<T>(v: &Vec<T>, elems: std::ops::Range<usize>) {
     // 4 KiB base pages, as for HUGE; where pages are larger an unaligned start makes the call
     // fail with EINVAL, which is ignored.
-    let page = 4096;
-    let size = std::mem::size_of::<T>();
-    let end_elem = elems.end.min(v.capacity());
-    if elems.start >= end_elem {
+    let Some((first, last)) = inner_pages(v, elems, 4096) else {
         return;
-    }
-    let base = v.as_ptr() as usize;
-    // No overflow: both ends lie within the allocation (start < end <= capacity).
-    let (start, end) = (base + elems.start * size, base + end_elem * size);
-    let first = start.next_multiple_of(page);
-    let last = end & !(page - 1);
-    if last <= first {
-        return;
-    }
+    };
     // SAFETY: [first, last) lies inside the allocation `v` owns (rounded inwards to page
     // boundaries), so the call cannot reach memory of anyone else. MADV_POPULATE_WRITE only
     // makes the range's pages present and writable, as a write fault would, without writing:
@@ -75,6 +59,21 @@ pub(crate) fn populate_write<T>(v: &Vec<T>, elems: std::ops::Range<usize>) {
     let _ = unsafe {
         rustix::mm::madvise(first as *mut std::ffi::c_void, last - first, rustix::mm::Advice::LinuxPopulateWrite)
     };
+}
+
+/// The whole `page`-aligned pages (`page` a power of two) that lie within elements `elems` of
+/// `v`'s allocated capacity, as byte addresses `[first, last)`; `None` when there is none.
+fn inner_pages<T>(v: &Vec<T>, elems: std::ops::Range<usize>, page: usize) -> Option<(usize, usize)> {
+    let size = std::mem::size_of::<T>();
+    let end_elem = elems.end.min(v.capacity());
+    if elems.start >= end_elem {
+        return None;
+    }
+    let base = v.as_ptr() as usize;
+    // No overflow: both ends lie within the allocation (start < end <= capacity).
+    let (start, end) = (base + elems.start * size, base + end_elem * size);
+    let (first, last) = (start.next_multiple_of(page), end & !(page - 1));
+    (first < last).then_some((first, last))
 }
 
 #[cfg(test)]

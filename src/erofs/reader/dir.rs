@@ -2,7 +2,8 @@
 //! followed by the names, in sorted order.
 
 use super::inode::DirData;
-use super::{has_either, ReadError, Reader};
+use super::{ReadError, Reader};
+use crate::bytes::has_either;
 use crate::erofs::format::*;
 use crate::tree;
 

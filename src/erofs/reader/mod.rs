@@ -282,36 +282,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Does `s` hold a byte equal to `a` or to `b`? Eight bytes at a time (`crate::bytes`): on the
-/// short names of an image, `memchr`'s setup per call costs more than the scan.
-#[inline]
-fn has_either(s: &[u8], a: u8, b: u8) -> bool {
-    use crate::bytes::{eq_bytes, splat, word};
-    let (pa, pb) = (splat(a), splat(b));
-    let mut words = s.chunks_exact(8);
-    for w in &mut words {
-        let x = word(w);
-        if eq_bytes(x, pa) | eq_bytes(x, pb) != 0 {
-            return true;
-        }
-    }
-    words.remainder().iter().any(|&c| c == a || c == b)
-}
-
-/// Does `s` hold a byte equal to `a`? (As [`has_either`].)
-#[inline]
-fn has_byte(s: &[u8], a: u8) -> bool {
-    use crate::bytes::{eq_bytes, splat, word};
-    let pa = splat(a);
-    let mut words = s.chunks_exact(8);
-    for w in &mut words {
-        if eq_bytes(word(w), pa) != 0 {
-            return true;
-        }
-    }
-    words.remainder().contains(&a)
-}
-
 fn show_path(p: &[u8]) -> String {
     format!("/{}", tree::show(p))
 }

@@ -419,23 +419,6 @@ fn overlay_prefix_split() {
 }
 
 #[test]
-fn has_byte_finds_every_position() {
-    for len in 0..40 {
-        for pos in 0..len {
-            for (hit, a, b) in [(0u8, 0u8, b'/'), (b'/', 0, b'/'), (0, 0, 0), (0x80, 0x80, 0x80)] {
-                let mut s = vec![b'a'; len];
-                s[pos] = hit;
-                assert!(has_either(&s, a, b), "{len} {pos} {hit}");
-                assert_eq!(has_byte(&s, a), hit == a, "{len} {pos} {hit}");
-                s[pos] = 0x7f;
-                assert!(!has_either(&s, a, b), "{len} {pos}");
-                assert!(!has_byte(&s, a), "{len} {pos}");
-            }
-        }
-    }
-}
-
-#[test]
 fn inode_records_stay_small() {
     // One per inode of the image, kept for the whole read: 28 bytes (the vetting's memory).
     assert!(std::mem::size_of::<super::inode::Ino>() <= 28);

@@ -8,7 +8,8 @@
 
 use std::cmp::Ordering;
 
-use super::{has_byte, Reader};
+use super::Reader;
+use crate::bytes::has_byte;
 use crate::erofs::format::*;
 use crate::tree::{self, Inode, Xattr};
 
