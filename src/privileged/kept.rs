@@ -34,7 +34,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::verdicts::Key;
+use super::verdicts::{private_subdir, Key};
 
 /// Most copies kept per user.
 pub(crate) const PER_UID: usize = 8;
@@ -57,22 +57,10 @@ impl KeptCopies {
         if limit == 0 {
             return None;
         }
-        let owner = rustix::process::geteuid().as_raw();
-        let dflags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let state = rustix::fs::open(state_dir, dflags, Mode::empty()).ok()?;
-        let st = rustix::fs::fstat(&state).ok()?;
-        if st.st_uid != owner || st.st_mode & 0o022 != 0 {
-            return None;
-        }
-        match rustix::fs::mkdirat(&state, "copies", Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(Errno::EXIST) => {}
-            Err(_) => return None,
-        }
-        let dir = rustix::fs::openat(&state, "copies", dflags, Mode::empty()).ok()?;
-        let st = rustix::fs::fstat(&dir).ok()?;
+        let dir = private_subdir(state_dir, "copies")?;
         #[allow(clippy::unnecessary_cast)]
         let tmpfs = rustix::fs::fstatfs(&dir).ok()?.f_type as u64 & 0xffff_ffff == TMPFS_MAGIC;
-        (st.st_uid == owner && st.st_mode & 0o077 == 0 && tmpfs).then_some(KeptCopies { dir, limit })
+        tmpfs.then_some(KeptCopies { dir, limit })
     }
 
     /// Whether `uid` has a kept copy of `size` bytes (by name only): if not, the caller's file
