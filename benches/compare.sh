@@ -5,7 +5,9 @@
 # change of machine speed during the run hits all tools alike. Peak RSS: one extra run of each tool under GNU time.
 #
 #   mount of the prebuilt cs9-developer image as root     cfsmount / mount.composefs / cfsctl
-#   the same through the setuid helper, as user nobody    cfsmount (and setpriv alone)
+#   the same through the setuid helper, as user nobody    cfsmount (and setpriv alone); a repeated
+#                                                         mount: the helper's kept copy (on tmpfs,
+#                                                         benches/kept-copies.sh; KEPT_COPIES=0 off)
 #   a 1-file image through the helper (its fixed cost)    cfsmount (and setpriv alone)
 #   mkimage --from-dir SRC (no store)                     cfsmount / mkcomposefs / cfsctl mkcomposefs
 #   mkimage --from-dir SRC --digest-store (fresh store)   idem; images AND object trees compared
@@ -62,10 +64,12 @@ mkdir -p "$OUT/checks"
 W=$(mktemp -d /var/tmp/cfsmount-compare.XXXXXX)
 S=$(mktemp -d "$STORE_DIR/cfsmount-compare-store.XXXXXX")
 chmod 755 "$W"
+. benches/kept-copies.sh
 cleanup() {
     for m in "$W/mnt" "$W/hmnt"; do
         while mountpoint -q "$m" 2>/dev/null; do umount "$m" 2>/dev/null || umount -l "$m" || break; done
     done
+    kept_copies_teardown
     rm -rf "$W" "$S"
 }
 trap cleanup EXIT INT TERM
@@ -162,6 +166,7 @@ if has mount; then
 fi
 if has helper; then
     case_reset
+    kept_copies_setup
     install -o root -g root -m 4755 "$B" "$W/bin/cfsmount-suid"
     as_nobody="setpriv --reuid=65534 --regid=65534 --clear-groups"
     un_h=$(script un-h "$as_nobody $W/bin/cfsmount-suid umount $W/hmnt >/dev/null 2>&1 || true")

@@ -5,8 +5,9 @@
 # hyperfine run (installed setuid the same way), so the result reads as a ratio; ORDER="old new"
 # runs the other binary first (the machine's load drifts over a run).
 # Cases: the 1-file image, cs9 (repeated mounts: from the second run on, a helper that remembers
-# verdicts finds this caller's verdict), and "cs9 first" (the verdict directory
-# /run/cfsmount/verdicts removed before every run: the first mount of the image), and "root cs9
+# verdicts finds this caller's verdict, and one that keeps copies mounts its kept copy), and
+# "cs9 first" (the verdicts and kept copies removed before every run: the first mount of the
+# image), and "root cs9
 # (plain)": root mounting the same image with the new binary directly, "root cs9 (plain, via
 # setpriv)" the same through the helper cases' launcher, and the launcher alone (`setpriv` +
 # `sh -c true` as nobody: about 1-1.5 ms of every helper case is this). Then one line
@@ -14,6 +15,8 @@
 # Two binaries with different verdict versions (v1: SHA-256 key, v2: BLAKE3) remove each other's
 # verdicts whenever one records a new one; each case's warm-up runs record its own again, so the
 # timed runs of "cs9" are repeated mounts for both.
+# Kept copies need /run/cfsmount/copies on tmpfs: see benches/kept-copies.sh (KEPT_COPIES=0:
+# leave /run alone).
 #
 # With VERITY=1 (a kernel with fs-verity and HELPER_BENCH_DIR on ext4 made with -O verity:
 # benches/helper-vm.sh runs it so inside a VM), two more cases mount a copy of cs9 with
@@ -35,11 +38,14 @@ command -v hyperfine >/dev/null || { echo "helper.sh: needs hyperfine" >&2; exit
 VERITY=${VERITY:-}
 W=$(mktemp -d "${HELPER_BENCH_DIR:-/tmp}/cfsmount-helper-bench.XXXXXX")
 chmod 755 "$W"
+. benches/kept-copies.sh
 cleanup() {
     for t in "$W"/t-*; do umount -l "$t" 2>/dev/null || true; done
+    kept_copies_teardown
     rm -rf "$W"
 }
 trap cleanup EXIT
+kept_copies_setup
 
 install_copy() { # NAME BINARY
     mkdir -p "$W/$1"
@@ -61,6 +67,9 @@ if [ -n "$VERITY" ]; then
     CASES="$CASES cs9v cs9v-first"
 fi
 chown -R 65534:65534 "$W/objs" "$W"/*.img
+# Before every "first" run: no verdict and no kept copy.
+printf '#!/bin/sh\nrm -rf /run/cfsmount/verdicts\n[ ! -d /run/cfsmount/copies ] || find /run/cfsmount/copies -mindepth 1 -delete\n' >"$W/first.sh"
+chmod 755 "$W/first.sh"
 
 cmds=()
 names=()
@@ -75,7 +84,7 @@ for bin in ${ORDER:-new old}; do
         chown 65534:65534 "$t"
         names+=("$bin ${case/-/ }")
         cmds+=("$as_nobody sh -c '$W/$bin/cfsmount mount $W/$img.img $t --basedir $W/objs && $W/$bin/cfsmount umount $t'")
-        if [ "${case%-first}" != "$case" ]; then prepares+=("rm -rf /run/cfsmount/verdicts"); else prepares+=("true"); fi
+        if [ "${case%-first}" != "$case" ]; then prepares+=("$W/first.sh"); else prepares+=("true"); fi
     done
 done
 # The same image mounted by root with the plain (not setuid) new binary: the yardstick; once
@@ -94,7 +103,7 @@ cmds+=("$as_nobody sh -c true")
 prepares+=("true")
 args=()
 for i in "${!cmds[@]}"; do args+=(-n "${names[$i]}" --prepare "${prepares[$i]}" "${cmds[$i]}"); done
-echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); /run/cfsmount/copies on $(stat -f -c %T /run/cfsmount/copies 2>/dev/null || echo '(none)')"
 hyperfine -N -w 2 -r "$RUNS" --style basic ${HYPERFINE_JSON:+--export-json "$HYPERFINE_JSON"} "${args[@]}"
 
 # Peak RSS of the helper process (KiB), mount only: a repeated mount, then a first one.
@@ -105,7 +114,7 @@ peak_rss() { # BIN IMAGE-NAME LABEL
     $as_nobody "$exe" umount "$t"
     repeated=$(rss)
     $as_nobody "$exe" umount "$t"
-    rm -rf /run/cfsmount/verdicts
+    "$W/first.sh"
     first=$(rss)
     $as_nobody "$exe" umount "$t"
     echo "peak RSS $1 $3: repeated ${repeated} KiB, first ${first} KiB"

@@ -1096,8 +1096,12 @@ fn toc_overlay_xattrs_are_escaped_by_the_helper_build() {
     std::os::unix::fs::chown(&tocf, Some(u.uid), Some(u.gid)).unwrap();
     let mut args = mount_args(&fx, &["--toc"]);
     args[1] = tocf.display().to_string();
+    let kept = || std::fs::read_dir("/run/cfsmount/copies").map(|d| d.count()).unwrap_or(0);
+    let kept_before = kept();
     let o = run_as_strs(u, &args);
     assert!(o.status.success(), "mount --toc as the caller: {}", stderr(&o));
+    // The helper's copy of the TOC is never kept (only vetted images are).
+    assert!(kept() <= kept_before, "a TOC mount left a kept copy");
     let c = run_as_with(u, Path::new("/usr/bin/cat"), &[fx.target.join("f").into()], |_| {});
     let x = |name: &str| {
         Command::new("/usr/bin/python3")

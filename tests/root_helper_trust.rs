@@ -26,7 +26,9 @@ use helper::*;
 fn system_state() -> (Vec<String>, Vec<String>, Vec<String>) {
     let loops = loop_devices()
         .into_iter()
-        .filter(|l| l.contains("/memfd:cfsmount") || l.contains("cfsmount-helper-test"))
+        .filter(|l| {
+            l.contains("/memfd:cfsmount") || l.contains("/run/cfsmount/copies/") || l.contains("cfsmount-helper-test")
+        })
         .collect();
     (mountpoints(), loops, state_files())
 }
@@ -782,4 +784,173 @@ fn remembered_verdicts_cover_the_bytes_and_the_caller() {
         assert!(!verdict_path(u.uid, &dev).exists(), "{round} refusal left a verdict");
     }
     assert_state_is(&before, "remembered verdicts");
+}
+
+/// Kept copies live on tmpfs only (a disk filesystem could sit on a block device a user owns).
+/// On a machine whose /run is tmpfs (systemd's) /run/cfsmount/copies already is; elsewhere
+/// (this test machine: /run on ext4) the test mounts one there for its own time, as
+/// docs/helper.md tells an administrator to, and unmounts it when dropped.
+struct CopiesOnTmpfs(bool);
+
+impl CopiesOnTmpfs {
+    fn ensure() -> CopiesOnTmpfs {
+        let tmpfs = |p: &str| sh("stat", &["-f", "-c", "%T", p]).stdout == b"tmpfs\n";
+        if std::path::Path::new("/run/cfsmount").exists() && tmpfs("/run/cfsmount") {
+            return CopiesOnTmpfs(false);
+        }
+        std::fs::create_dir_all("/run/cfsmount/copies").unwrap();
+        for d in ["/run/cfsmount", "/run/cfsmount/copies"] {
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        }
+        let o =
+            sh("mount", &["-t", "tmpfs", "-o", "mode=0700,size=64m", "cfsmount-test-copies", "/run/cfsmount/copies"]);
+        assert!(o.status.success(), "mounting a tmpfs on /run/cfsmount/copies: {}", stderr(&o));
+        CopiesOnTmpfs(true)
+    }
+}
+
+impl Drop for CopiesOnTmpfs {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = sh("umount", &["-l", "/run/cfsmount/copies"]);
+        }
+    }
+}
+
+/// `/run/cfsmount/copies/k1-<uid>-<size>-<BLAKE3 of the image bytes>`: a kept copy.
+fn kept_copy_path(uid: u32, image: &[u8]) -> PathBuf {
+    PathBuf::from(format!("/run/cfsmount/copies/k1-{uid}-{}-{}", image.len(), blake3::hash(image).to_hex()))
+}
+
+/// The backing files of the loop devices of the EROFS layer under `target` (via its record in
+/// the state directory is more than this needs: the helper holds one loop device per mount, so
+/// the loop devices that appeared while it was mounted are its).
+fn new_backing_files(before: &[String]) -> Vec<String> {
+    loop_devices()
+        .into_iter()
+        .filter(|l| !before.contains(l))
+        .map(|l| l.split_once(": ").map(|(_, b)| b.to_string()).unwrap_or(l))
+        .collect()
+}
+
+/// Kept copies (issue 17): the first mount of an image leaves the helper's vetted copy in
+/// /run/cfsmount/copies, root-owned and read-only, named by the caller's uid, the size and the
+/// BLAKE3 hash of the bytes; the next mount of the same bytes by the same caller is backed by
+/// that very file (no new copy). Another user with the same bytes gets a copy of its own;
+/// changed bytes (same size) get a new copy; a kept copy whose verdict is gone is vetted again
+/// before it is mounted; a file at the name that others could write is not used, and is
+/// replaced; a TOC mount keeps nothing; with `machine_limits.kept_copy_bytes` 0 nothing is
+/// kept and the image goes through a sealed memory copy.
+#[test]
+fn kept_copies_are_mounted_again_for_the_same_bytes_and_caller() {
+    let (_g, e, _) = start();
+    let (u, other) = (&e.user, &e.other);
+    let _tmpfs = CopiesOnTmpfs::ensure();
+    let before = system_state();
+    let fx = one_file_fixture(u, "kept", "k", b"kept copy");
+    let img = std::fs::read(&fx.image).unwrap();
+    let (kp, vp) = (kept_copy_path(u.uid, &img), verdict_path(u.uid, &img));
+    let _ = std::fs::remove_file(&kp);
+    let _ = std::fs::remove_file(&vp);
+    let read_back = |fx: &Fixture, want: &[u8], ctx: &str| {
+        let c = run_as_with(u, Path::new("/usr/bin/cat"), &[fx.target.join("k").into()], |_| {});
+        assert_eq!(c.stdout, want, "{ctx}: the file does not read back: {}", stderr(&c));
+    };
+    let mount_backed_by = |who: &User, fx: &Fixture, ctx: &str| -> Vec<String> {
+        let loops = loop_devices();
+        let o = run_as_strs(who, &mount_args(fx, &[]));
+        assert!(o.status.success(), "{ctx}: mount: {}", stderr(&o));
+        new_backing_files(&loops)
+    };
+    let umount = |who: &User, fx: &Fixture, ctx: &str| {
+        let o = run_as(who, &["umount", fx.target.to_str().unwrap()]);
+        assert!(o.status.success(), "{ctx}: umount: {}", stderr(&o));
+    };
+
+    // First mount: a new copy, vetted, then kept under its name.
+    let backing = mount_backed_by(u, &fx, "first mount");
+    assert!(
+        backing.len() == 1 && backing[0].starts_with("/run/cfsmount/copies/"),
+        "first mount not backed by a new kept copy: {backing:?}"
+    );
+    read_back(&fx, b"kept copy", "first mount");
+    umount(u, &fx, "first mount");
+    let md = std::fs::symlink_metadata(&kp).expect("the first mount keeps its copy");
+    assert_eq!((md.uid(), md.mode() & 0o7777, md.nlink()), (0, 0o400, 1), "kept copy not root's and read-only");
+    assert!(std::fs::read(&kp).unwrap() == img, "the kept copy holds other bytes");
+    assert!(vp.exists(), "no verdict");
+    let mtime = md.modified().unwrap();
+
+    // Repeated: backed by the kept copy itself.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let backing = mount_backed_by(u, &fx, "repeated mount");
+    assert_eq!(backing, vec![kp.display().to_string()], "repeated mount not backed by the kept copy");
+    read_back(&fx, b"kept copy", "repeated mount");
+    umount(u, &fx, "repeated mount");
+    assert!(std::fs::metadata(&kp).unwrap().modified().unwrap() > mtime, "its use was not recorded");
+    let copies = || std::fs::read_dir("/run/cfsmount/copies").unwrap().count();
+    let n = copies();
+
+    // Another user, the same bytes: its own copy, never this one.
+    let fx2 = fixture(other, "kept-other", "", &[]);
+    std::fs::write(&fx2.image, &img).unwrap();
+    std::fs::create_dir_all(fx2.objects.join(object_name(b"kept copy")).parent().unwrap()).unwrap();
+    std::fs::write(fx2.objects.join(object_name(b"kept copy")), b"kept copy").unwrap();
+    let _ = sh("chown", &["-R", &format!("{}:{}", other.uid, other.gid), fx2.dir.to_str().unwrap()]);
+    let okp = kept_copy_path(other.uid, &img);
+    let _ = std::fs::remove_file(&okp);
+    let backing = mount_backed_by(other, &fx2, "the other user");
+    assert!(!backing.contains(&kp.display().to_string()), "another user's kept copy was mounted: {backing:?}");
+    umount(other, &fx2, "the other user");
+    assert!(okp.exists(), "the other user's copy was not kept");
+
+    // Changed bytes of the same size: a new copy.
+    let fx3 = one_file_fixture(u, "kept-changed", "k", b"kept cop!");
+    let img3 = std::fs::read(&fx3.image).unwrap();
+    assert_eq!(img3.len(), img.len());
+    assert_ne!(img3, img);
+    std::fs::copy(&fx3.image, &fx.image).unwrap();
+    std::fs::create_dir_all(fx.objects.join(object_name(b"kept cop!")).parent().unwrap()).unwrap();
+    std::fs::write(fx.objects.join(object_name(b"kept cop!")), b"kept cop!").unwrap();
+    let _ = sh("chown", &["-R", &format!("{}:{}", u.uid, u.gid), fx.dir.to_str().unwrap()]);
+    let backing = mount_backed_by(u, &fx, "changed bytes");
+    assert!(!backing.contains(&kp.display().to_string()), "changed bytes mounted from the old copy");
+    read_back(&fx, b"kept cop!", "changed bytes");
+    umount(u, &fx, "changed bytes");
+    assert!(kept_copy_path(u.uid, &img3).exists(), "the changed bytes' copy was not kept");
+    std::fs::write(&fx.image, &img).unwrap();
+
+    // A kept copy without its verdict: vetted again (a verdict is written again), then mounted.
+    std::fs::remove_file(&vp).unwrap();
+    assert_eq!(mount_backed_by(u, &fx, "no verdict"), vec![kp.display().to_string()]);
+    umount(u, &fx, "no verdict");
+    assert!(vp.exists(), "the kept copy was not vetted again");
+
+    // A file at the name that others could write is not used, and is replaced.
+    std::fs::set_permissions(&kp, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let backing = mount_backed_by(u, &fx, "untrusted kept copy");
+    assert!(!backing.contains(&kp.display().to_string()), "a kept copy others could write was mounted");
+    umount(u, &fx, "untrusted kept copy");
+    assert_eq!(std::fs::symlink_metadata(&kp).unwrap().mode() & 0o7777, 0o400, "not replaced");
+    let n_now = copies();
+    assert!(n_now >= n, "copies were lost: {n} -> {n_now}");
+
+    // Off in the policy: a sealed memory copy, nothing kept.
+    {
+        let guard = PolicyGuard::new();
+        let mut v = default_policy();
+        v["machine_limits"] = serde_json::json!({ "max_mounts": 256, "max_loop_devices": 16, "kept_copy_bytes": 0 });
+        guard.write(&v.to_string(), 0o644, 0);
+        let fx4 = one_file_fixture(u, "kept-off", "k", b"not kept");
+        let img4 = std::fs::read(&fx4.image).unwrap();
+        let backing = mount_backed_by(u, &fx4, "kept copies off");
+        assert!(backing.iter().all(|b| b.starts_with("/memfd:cfsmount-source")), "{backing:?}");
+        umount(u, &fx4, "kept copies off");
+        assert!(!kept_copy_path(u.uid, &img4).exists(), "kept with kept_copy_bytes 0");
+        // ... and the existing kept copy is not used either.
+        let backing = mount_backed_by(u, &fx, "kept copies off, repeated");
+        assert!(backing.iter().all(|b| b.starts_with("/memfd:cfsmount-source")), "{backing:?}");
+        umount(u, &fx, "kept copies off, repeated");
+    }
+    assert_state_is(&before, "kept copies");
 }

@@ -17,6 +17,7 @@ use rustix::mount::MountAttrFlags;
 use super::caller::{as_caller, restrict_caps, set_undumpable, Caller, KEPT_CAPS};
 use super::idmap;
 use super::init::HelperContext;
+use super::kept::KeptCopies;
 use super::policy::{Limits, Policy};
 use super::verdicts::{Content, ContentHasher, Hash, Key, Verdict, Verdicts};
 use crate::mount::access::{check_is_userns, Access, AccessError, FdSink, Phase, Usage};
@@ -39,8 +40,8 @@ pub(crate) struct Gate {
     /// The state directory, whose `verdicts` subdirectory remembers accepted images
     /// (`super::verdicts`); `None`: every image is vetted in full.
     state_dir: Option<PathBuf>,
-    /// The images `open_source` handed out whose bytes can no longer change: its sealed copies
-    /// (with verdicts on), each with the hash of the bytes written into it, and the caller's
+    /// The images `open_source` handed out whose bytes can no longer change: its sealed and kept
+    /// copies (with verdicts on), each with the hash of its bytes, and the caller's
     /// fs-verity files, each with its fs-verity digest; `check_image` and `check_digest` find
     /// an image's entry by its inode.
     pinned: RefCell<Vec<PinnedSource>>,
@@ -84,8 +85,8 @@ impl Gate {
             .map_err(|errno| AccessError::Open { what, path: path.to_path_buf(), errno, as_caller: true })
     }
 
-    /// Keeps `image` (a sealed copy just made by `sealed_copy`, or the caller's fs-verity file)
-    /// pinned with the digest of its bytes.
+    /// Keeps `image` (a sealed copy just made by `sealed_copy`, a kept copy, or the caller's
+    /// fs-verity file) pinned with the digest of its bytes.
     fn pin(&self, image: &OwnedFd, content: Content) -> Result<(), AccessError> {
         let st = rustix::fs::fstat(image).map_err(|e| AccessError::Io { what: "fstat of the source", errno: e })?;
         let pin = rustix::io::dup(image).map_err(|e| AccessError::Io { what: "dup", errno: e })?;
@@ -97,7 +98,8 @@ impl Gate {
     /// What `image`'s bytes are, if they can no longer change: `None` unless it is one of the
     /// images `open_source` pinned (same device and inode) and of the size pinned, and still
     /// as pinned: a copy still sealed against writes, growth and shrinking (`F_GET_SEALS` on
-    /// this very fd), a verity file still measured with the same digest.
+    /// this very fd) or still a kept copy only root can change
+    /// (`crate::sys::map::unchangeable`), a verity file still measured with the same digest.
     fn pinned_content(&self, image: BorrowedFd<'_>) -> Result<Option<Content>, rustix::io::Errno> {
         let st = rustix::fs::fstat(image)?;
         let pinned = self.pinned.borrow();
@@ -106,7 +108,7 @@ impl Gate {
             return Ok(None);
         }
         let unchanged = match p.content.hash() {
-            Hash::Blake3 => crate::sys::map::sealed_against_change(image)?,
+            Hash::Blake3 => crate::sys::map::unchangeable(image)?,
             Hash::FsVerity => self.verity_digest(image).as_ref() == Some(p.content.digest()),
         };
         Ok(unchanged.then_some(p.content))
@@ -199,8 +201,10 @@ impl Access for Gate {
     /// What is validated, measured and mounted must be bytes the caller can no longer modify:
     /// a file with fs-verity on a filesystem where the kernel enforces it
     /// ([`Gate::verity_digest`]) is used itself, pinned with its fs-verity digest (the key of
-    /// `check_image`'s verdict); any other is copied into a memfd sealed against writes, growth
-    /// and shrinking, with verdicts on hashed as it is written (the key then).
+    /// `check_image`'s verdict). Any other is, with verdicts on, the caller's kept copy of the
+    /// same bytes (the file hashed as read: `super::kept`) or else copied, hashed as written
+    /// (the key then), into a new unnamed kept copy when one may be kept, or into a memfd
+    /// sealed against writes, growth and shrinking.
     fn open_source(&self, path: &Path) -> Result<OwnedFd, AccessError> {
         let fd = self.open_as_caller("source", path, OFlags::RDONLY | OFlags::NONBLOCK)?;
         let st = fstat("source", path, fd.as_fd())?;
@@ -219,8 +223,29 @@ impl Access for Gate {
             self.pin(&fd, Content::fs_verity(digest, st.st_size as u64))?;
             return Ok(fd);
         }
-        let hashing = self.state_dir.is_some();
-        let (copy, content) = sealed_copy(fd, max, hashing)?;
+        let Some(state_dir) = &self.state_dir else {
+            return Ok(sealed_copy(fd.as_fd(), max, false)?.0);
+        };
+        if let Some(kept) = KeptCopies::open(state_dir, self.policy.machine_limits.kept_copy_bytes) {
+            let size = st.st_size as u64;
+            if kept.has_size(self.caller.uid, size) {
+                let content = Content::of_file(fd.as_fd(), size)
+                    .map_err(|errno| AccessError::Io { what: "reading the source", errno })?;
+                if let Some(content) = content {
+                    if let Some(copy) = kept.find(&Key::new(self.caller.uid, content)) {
+                        self.pin(&copy, content)?;
+                        return Ok(copy);
+                    }
+                }
+            }
+            if let Some(file) = kept.new_copy(size) {
+                if let Some((copy, content)) = kept_copy(fd.as_fd(), file, max)? {
+                    self.pin(&copy, content)?;
+                    return Ok(copy);
+                }
+            }
+        }
+        let (copy, content) = sealed_copy(fd.as_fd(), max, true)?;
         if let Some(content) = content {
             self.pin(&copy, content)?;
         }
@@ -242,7 +267,7 @@ impl Access for Gate {
             return Err(AccessError::Limit { what: "image entries", value: h.inodes(), limit: max });
         }
         let Some(state_dir) = &self.state_dir else {
-            return check_image_content(image, h.inodes(), &self.limits).map(|_| ());
+            return check_image_content(image, h.inodes(), &self.limits, false).map(|_| ());
         };
         let verdicts = Verdicts::open(state_dir);
         let key = match verdicts {
@@ -251,14 +276,27 @@ impl Access for Gate {
             }
             None => None,
         };
-        if let (Some(key), Some(verdicts)) = (&key, &verdicts) {
-            if let Some(v) = verdicts.lookup(key) {
-                return within_limits(v, &self.limits);
+        let remembered = match (&key, &verdicts) {
+            (Some(key), Some(verdicts)) => verdicts.lookup(key),
+            _ => None,
+        };
+        if let Some(v) = remembered {
+            within_limits(v, &self.limits)?;
+        } else {
+            // A kept copy (not sealed) is mapped only when the gate itself pinned it: a key.
+            let entries = check_image_content(image, h.inodes(), &self.limits, key.is_some())?;
+            if let (Some(key), Some(verdicts)) = (&key, &verdicts) {
+                verdicts.record(key, Verdict { size: key.size(), entries });
             }
         }
-        let entries = check_image_content(image, h.inodes(), &self.limits)?;
-        if let (Some(key), Some(verdicts)) = (&key, &verdicts) {
-            verdicts.record(key, Verdict { size: key.size(), entries });
+        // Accepted: a new copy that may be kept gets its name now (super::kept).
+        if let Some(key) = &key {
+            let unnamed = rustix::fs::fstat(image).is_ok_and(|st| st.st_nlink == 0);
+            if unnamed && crate::sys::map::root_read_only_copy(image).unwrap_or(false) {
+                if let Some(kept) = KeptCopies::open(state_dir, self.policy.machine_limits.kept_copy_bytes) {
+                    kept.keep(image, key);
+                }
+            }
         }
         Ok(())
     }
@@ -582,21 +620,65 @@ const COPY_CHUNK: usize = 128 << 10;
 /// SHRINK, SEAL); positioned at 0. With `hash`, also the hash of exactly the bytes written (the
 /// memfd is this process's alone until it is sealed: nothing else can write into it, and its
 /// size after sealing is checked equal to what was hashed).
-fn sealed_copy(fd: OwnedFd, max: u64, hash: bool) -> Result<(OwnedFd, Option<Content>), AccessError> {
+fn sealed_copy(fd: BorrowedFd<'_>, max: u64, hash: bool) -> Result<(OwnedFd, Option<Content>), AccessError> {
     use rustix::fs::{MemfdFlags, SealFlags};
-    use rustix::io::Errno;
     let err = |what, errno| AccessError::Io { what, errno };
     let memfd = rustix::fs::memfd_create("cfsmount-source", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
         .map_err(|e| err("memfd_create", e))?;
     let mut hasher = hash.then(ContentHasher::new);
+    let copied = copy_into(fd, &memfd, max, hasher.as_mut())?;
+    rustix::fs::fcntl_add_seals(&memfd, SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)
+        .map_err(|e| err("sealing the source copy", e))?;
+    let size = rustix::fs::fstat(&memfd).map_err(|e| err("fstat of the source copy", e))?.st_size as u64;
+    if size != copied {
+        return Err(err("copying the source", rustix::io::Errno::IO));
+    }
+    rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(0)).map_err(|e| err("seek", e))?;
+    Ok((memfd, hasher.map(ContentHasher::finish)))
+}
+
+/// Copies at most `max` bytes of `fd` into `file`, a new unnamed kept copy
+/// (`KeptCopies::new_copy`: mode 0400, open for writing, this process's alone), hashed as
+/// written; then reopens it read-only and closes the writable fd, so that no fd that can write
+/// it is left. `None` if it cannot be written (full: the caller then makes a sealed copy
+/// instead); the limit is an error as in [`sealed_copy`].
+fn kept_copy(fd: BorrowedFd<'_>, file: OwnedFd, max: u64) -> Result<Option<(OwnedFd, Content)>, AccessError> {
+    let mut hasher = ContentHasher::new();
+    match copy_into(fd, &file, max, Some(&mut hasher)) {
+        Ok(_) => {}
+        Err(e @ AccessError::Limit { .. }) => return Err(e),
+        Err(_) => return Ok(None),
+    }
+    let content = hasher.finish();
+    // Reopened through its /proc/self/fd link (a magic link: followed, so no O_NOFOLLOW; the
+    // pipeline checked that /proc is procfs).
+    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+    let Ok(copy) = rustix::fs::open(link.as_str(), flags, Mode::empty()) else { return Ok(None) };
+    drop(file);
+    let st = rustix::fs::fstat(&copy).map_err(|e| AccessError::Io { what: "fstat of the source copy", errno: e })?;
+    let private = crate::sys::map::root_read_only_copy(copy.as_fd()).unwrap_or(false);
+    Ok((private && st.st_size as u64 == content.size()).then_some((copy, content)))
+}
+
+/// Copies at most `max` bytes of `fd` (from offset 0, `pread`) to the end of `dst`, feeding
+/// them to `hasher` in order; the bytes copied.
+fn copy_into(
+    fd: BorrowedFd<'_>,
+    dst: &OwnedFd,
+    max: u64,
+    mut hasher: Option<&mut ContentHasher>,
+) -> Result<u64, AccessError> {
+    use rustix::io::Errno;
+    let err = |errno| AccessError::Io { what: "copying the source", errno };
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut copied = 0u64;
     loop {
-        let n = match rustix::io::read(&fd, &mut buf) {
+        let n = match rustix::io::pread(fd, &mut buf, copied) {
             Ok(0) => break,
             Ok(n) => n,
             Err(Errno::INTR) => continue,
-            Err(e) => return Err(err("copying the source", e)),
+            Err(e) => return Err(err(e)),
         };
         copied += n as u64;
         if copied > max {
@@ -607,22 +689,15 @@ fn sealed_copy(fd: OwnedFd, max: u64, hash: bool) -> Result<(OwnedFd, Option<Con
         }
         let mut done = 0;
         while done < n {
-            match rustix::io::write(&memfd, &buf[done..n]) {
-                Ok(0) => return Err(err("copying the source", Errno::NOSPC)),
+            match rustix::io::write(dst, &buf[done..n]) {
+                Ok(0) => return Err(err(Errno::NOSPC)),
                 Ok(w) => done += w,
                 Err(Errno::INTR) => {}
-                Err(e) => return Err(err("copying the source", e)),
+                Err(e) => return Err(err(e)),
             }
         }
     }
-    rustix::fs::fcntl_add_seals(&memfd, SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)
-        .map_err(|e| err("sealing the source copy", e))?;
-    let size = rustix::fs::fstat(&memfd).map_err(|e| err("fstat of the source copy", e))?.st_size as u64;
-    if size != copied {
-        return Err(err("copying the source", Errno::IO));
-    }
-    rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(0)).map_err(|e| err("seek", e))?;
-    Ok((memfd, hasher.map(ContentHasher::finish)))
+    Ok(copied)
 }
 
 /// Bytes the vetting reads from a mapped image between two releases of its pages: bounds how
@@ -646,17 +721,19 @@ fn within_limits(v: Verdict, limits: &Limits) -> Result<(), AccessError> {
 /// component; escaped `trusted.overlay.overlay.*` user xattrs come back unescaped, i.e. inert),
 /// without building the tree, and refuses device nodes (other than 0/0 whiteouts).
 /// Returns the number of entries of the tree the reader would build.
-fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits) -> Result<u64, AccessError> {
+fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits, pinned: bool) -> Result<u64, AccessError> {
     let io = |what, errno| AccessError::Io { what, errno };
     let size = rustix::fs::fstat(fd).map_err(|e| io("fstat image", e))?.st_size as u64;
     if size > limits.max_image_size {
         return Err(AccessError::Limit { what: "image size", value: size, limit: limits.max_image_size });
     }
     // The helper's sealed copy of a caller's image is vetted through a read-only mapping (its
-    // seals keep the bytes from changing under it); any other image (one the helper built from
-    // a TOC or dumpfile, or the caller's fs-verity file: a page that fails verification would
-    // be a SIGBUS in a mapping, but is an EIO error here) is read into memory.
-    let map = crate::sys::map::SealedMap::new(fd);
+    // seals keep the bytes from changing under it), and so is a kept copy the gate pinned
+    // (`pinned`: only root could change it); any other image (one the helper built from a TOC
+    // or dumpfile, or the caller's fs-verity file: a page that fails verification would be a
+    // SIGBUS in a mapping, but is an EIO error here) is read into memory.
+    let sealed = crate::sys::map::sealed_against_change(fd).map_err(|e| io("seals of the image", e))?;
+    let map = if sealed || pinned { crate::sys::map::SealedMap::new(fd) } else { Err(rustix::io::Errno::PERM) };
     let read;
     let bytes = match &map {
         Ok(m) => m.bytes(),
@@ -835,6 +912,45 @@ mod tests {
         assert!(check_option_string(&long, &[]).unwrap_err().to_string().contains("longer than"));
     }
 
+    /// A kept copy (super::kept) is written, hashed as written, left with only a read-only fd,
+    /// and keyed by the gate that pinned it like a sealed copy.
+    #[test]
+    fn a_kept_copy_is_read_only_hashed_as_written_and_keyed() {
+        use std::io::{Read, Write};
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: kept copies are root's (run as root)");
+            return;
+        }
+        let Ok(state) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("skipped: no tmpfs at /dev/shm");
+            return;
+        };
+        std::fs::set_permissions(state.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let bytes: Vec<u8> = (0..(2 * COPY_CHUNK + 17)).map(|i| (i % 253) as u8).collect();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&bytes).unwrap();
+        let kept = KeptCopies::open(state.path(), 1 << 30).unwrap();
+        let file = kept.new_copy(bytes.len() as u64).unwrap();
+        let (copy, content) = kept_copy(f.as_fd(), file, bytes.len() as u64).unwrap().expect("copied");
+        assert_eq!(content, Content::of_file(f.as_fd(), bytes.len() as u64).unwrap().unwrap());
+        let fl = rustix::fs::fcntl_getfl(&copy).unwrap();
+        assert_eq!(fl & OFlags::ACCMODE, OFlags::RDONLY, "only a read-only fd is left");
+        assert!(rustix::io::write(&copy, b"x").is_err());
+        let mut back = Vec::new();
+        File::from(rustix::io::dup(&copy).unwrap()).read_to_end(&mut back).unwrap();
+        assert!(back == bytes);
+        assert!(crate::sys::map::unchangeable(copy.as_fd()).unwrap());
+        let e = kept_copy(f.as_fd(), kept.new_copy(1).unwrap(), bytes.len() as u64 - 1).unwrap_err().to_string();
+        assert!(e.contains("image size"), "{e}");
+        let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
+        let g = Gate::new(HelperContext { caller, policy: Policy::builtin().unwrap() });
+        g.pin(&copy, content).unwrap();
+        assert_eq!(g.key_of(copy.as_fd()).unwrap(), Some(Key::new(1000, content)));
+        // Made writable for others (by root): no longer trusted.
+        rustix::fs::fchmod(&copy, Mode::from_raw_mode(0o644)).unwrap();
+        assert_eq!(g.key_of(copy.as_fd()).unwrap(), None);
+    }
+
     #[test]
     fn the_copy_is_sealed_hashed_as_written_and_keyed_only_by_the_gate_that_made_it() {
         use rustix::fs::{MemfdFlags, SealFlags};
@@ -847,7 +963,7 @@ mod tests {
             f.rewind().unwrap();
             OwnedFd::from(f.try_clone().unwrap())
         };
-        let (copy, content) = sealed_copy(reopen(&mut f), bytes.len() as u64, true).unwrap();
+        let (copy, content) = sealed_copy(reopen(&mut f).as_fd(), bytes.len() as u64, true).unwrap();
         let content = content.expect("hashed");
         let mut want = ContentHasher::new();
         want.update(&bytes);
@@ -858,10 +974,10 @@ mod tests {
         File::from(rustix::io::dup(&copy).unwrap()).read_to_end(&mut back).unwrap();
         assert!(back == bytes, "the copy holds the source's bytes");
         // Over the size limit: refused.
-        let e = sealed_copy(reopen(&mut f), bytes.len() as u64 - 1, true).unwrap_err().to_string();
+        let e = sealed_copy(reopen(&mut f).as_fd(), bytes.len() as u64 - 1, true).unwrap_err().to_string();
         assert!(e.contains("image size"), "{e}");
         // Without verdicts nothing is hashed.
-        assert!(sealed_copy(reopen(&mut f), bytes.len() as u64, false).unwrap().1.is_none());
+        assert!(sealed_copy(reopen(&mut f).as_fd(), bytes.len() as u64, false).unwrap().1.is_none());
 
         let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
         let g = Gate::new(HelperContext { caller, policy: Policy::builtin().unwrap() });

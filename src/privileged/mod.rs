@@ -13,8 +13,10 @@
 //! - `oci`, `oci mount`: an image of the caller's own store, opened and checked as the caller,
 //!   becomes an ordinary helper mount request;
 //! - `policy`, the policy file `/etc/cfsmount/helper.conf`;
-//! - `verdicts`, remembered verdicts of the image vetting (per caller, keyed by the sealed
-//!   bytes' SHA-256);
+//! - `verdicts`, remembered verdicts of the image vetting (per caller, keyed by the BLAKE3 hash
+//!   of the bytes mounted, or an fs-verity file's digest);
+//! - `kept`, kept copies of vetted images (per caller, by the same key), mounted again instead
+//!   of copying the image again;
 //! - `drop`, for the drop-in personalities: become the caller for good instead.
 
 pub(crate) mod caller;
@@ -22,6 +24,7 @@ pub(crate) mod drop;
 pub(crate) mod gate;
 pub mod idmap;
 pub(crate) mod init;
+pub(crate) mod kept;
 pub(crate) mod oci;
 pub mod policy;
 pub(crate) mod verdicts;

@@ -45,12 +45,26 @@ pub struct LimitsOverride {
 pub struct MachineLimits {
     pub max_mounts: u32,
     pub max_loop_devices: u32,
+    /// Bytes of vetted image copies the helper keeps in `<state dir>/copies` (tmpfs) so that a
+    /// repeated mount of the same image by the same caller is not copied again (privileged/
+    /// kept.rs); 0 turns kept copies off. Optional (policy files written before it existed).
+    #[serde(default = "default_kept_copy_bytes")]
+    pub kept_copy_bytes: u64,
+}
+
+/// The default of `machine_limits.kept_copy_bytes`: 256 MiB.
+pub const DEFAULT_KEPT_COPY_BYTES: u64 = 256 << 20;
+/// Largest `kept_copy_bytes` accepted.
+const KEPT_COPY_BYTES_CAP: u64 = 64 << 30;
+
+fn default_kept_copy_bytes() -> u64 {
+    DEFAULT_KEPT_COPY_BYTES
 }
 
 impl Default for MachineLimits {
     /// For policy files written before the machine-wide caps existed.
     fn default() -> MachineLimits {
-        MachineLimits { max_mounts: 256, max_loop_devices: 16 }
+        MachineLimits { max_mounts: 256, max_loop_devices: 16, kept_copy_bytes: DEFAULT_KEPT_COPY_BYTES }
     }
 }
 
@@ -149,6 +163,9 @@ impl Policy {
         let m = &raw.machine_limits;
         if m.max_mounts > 65536 || m.max_loop_devices > 65536 {
             return Err(bad("machine_limits: max_mounts and max_loop_devices must be at most 65536".into()));
+        }
+        if m.kept_copy_bytes > KEPT_COPY_BYTES_CAP {
+            return Err(bad(format!("machine_limits: kept_copy_bytes must be at most {KEPT_COPY_BYTES_CAP} (64 GiB)")));
         }
         for (user, o) in &raw.user_limits {
             check_name(user).map_err(|r| bad(format!("user_limits key {user:?}: {r}")))?;
@@ -362,11 +379,32 @@ mod tests {
             with(|v| v["access"]["deny_users"] = serde_json::json!(["*"])),
             with(|v| v["user_limits"] = serde_json::json!({"bob": {"max_entries": 0}})),
             with(|v| v["features"] = serde_json::json!({"idmap": true})),
+            with(|v| v["machine_limits"]["kept_copy_bytes"] = ((64u64 << 30) + 1).into()),
+            with(|v| v["machine_limits"]["kept_copy_bytes"] = (-1).into()),
             "".to_string(),
             "{".to_string(),
         ];
         for c in cases {
             assert!(Policy::parse(&c, "t").is_err(), "accepted: {c}");
+        }
+    }
+
+    /// `machine_limits.kept_copy_bytes`: the built-in 256 MiB, the same when left out (policy
+    /// files written before it), 0 (off) and the 64 GiB cap accepted.
+    #[test]
+    fn kept_copy_bytes_defaults_and_bounds() {
+        assert_eq!(Policy::builtin().unwrap().machine_limits.kept_copy_bytes, 256 << 20);
+        let old = with(|v| {
+            v["machine_limits"] = serde_json::json!({"max_mounts": 256, "max_loop_devices": 16});
+        });
+        assert_eq!(Policy::parse(&old, "t").unwrap().machine_limits.kept_copy_bytes, DEFAULT_KEPT_COPY_BYTES);
+        let none = with(|v| {
+            v.as_object_mut().unwrap().remove("machine_limits");
+        });
+        assert_eq!(Policy::parse(&none, "t").unwrap().machine_limits.kept_copy_bytes, DEFAULT_KEPT_COPY_BYTES);
+        for ok in [0u64, 64 << 30] {
+            let t = with(|v| v["machine_limits"]["kept_copy_bytes"] = ok.into());
+            assert_eq!(Policy::parse(&t, "t").unwrap().machine_limits.kept_copy_bytes, ok);
         }
     }
 

@@ -32,7 +32,7 @@
 //! mount and never an acceptance.
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -95,6 +95,75 @@ impl ContentHasher {
     }
 }
 
+/// Largest piece of a file [`Content::of_file`] hashes in one go (a BLAKE3 subtree).
+const PIECE: u64 = 1 << 20;
+/// Bytes read per `pread` while hashing a file.
+const READ_CHUNK: usize = 128 << 10;
+/// Most threads [`Content::of_file`] hashes on.
+const MAX_THREADS: usize = 4;
+
+/// A piece of the BLAKE3 tree of a file: a subtree hashed whole (offset, length), or the parent
+/// of two.
+enum Subtree {
+    Piece(u64, u64),
+    Parent(Box<Subtree>, Box<Subtree>),
+}
+
+impl Subtree {
+    /// The subtree of `len` bytes at `offset` (a subtree of BLAKE3's tree), split as BLAKE3
+    /// splits it (`hazmat::left_subtree_len`) until its pieces are at most [`PIECE`] bytes.
+    fn split(offset: u64, len: u64) -> Subtree {
+        if len <= PIECE {
+            return Subtree::Piece(offset, len);
+        }
+        let left = blake3::hazmat::left_subtree_len(len);
+        Subtree::Parent(Box::new(Subtree::split(offset, left)), Box::new(Subtree::split(offset + left, len - left)))
+    }
+
+    fn pieces(&self, out: &mut Vec<(u64, u64)>) {
+        match self {
+            Subtree::Piece(o, l) => out.push((*o, *l)),
+            Subtree::Parent(a, b) => {
+                a.pieces(out);
+                b.pieces(out);
+            }
+        }
+    }
+
+    /// The chaining value of this (non-root) subtree from its pieces' chaining values, in order.
+    fn chaining_value(&self, cvs: &mut impl Iterator<Item = blake3::hazmat::ChainingValue>) -> Option<[u8; 32]> {
+        match self {
+            Subtree::Piece(..) => cvs.next(),
+            Subtree::Parent(a, b) => {
+                let (l, r) = (a.chaining_value(cvs)?, b.chaining_value(cvs)?);
+                Some(blake3::hazmat::merge_subtrees_non_root(&l, &r, blake3::hazmat::Mode::Hash))
+            }
+        }
+    }
+}
+
+/// The chaining value of the `len` bytes of `fd` at `offset` (a BLAKE3 subtree), `None` if the
+/// file ends before them.
+fn piece_cv(fd: BorrowedFd<'_>, offset: u64, len: u64, buf: &mut [u8]) -> Result<Option<[u8; 32]>, Errno> {
+    use blake3::hazmat::HasherExt;
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(offset);
+    let mut done = 0u64;
+    while done < len {
+        let want = usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());
+        match rustix::io::pread(fd, &mut buf[..want], offset + done) {
+            Ok(0) => return Ok(None),
+            Ok(n) => {
+                h.update(&buf[..n]);
+                done += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(h.finalize_non_root()))
+}
+
 /// The bytes an image has, named by one of two digests that commit to all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Content {
@@ -115,6 +184,63 @@ pub(crate) enum Hash {
 }
 
 impl Content {
+    /// The BLAKE3 hash of the first `size` bytes of `fd` (a caller's file, read with `pread`,
+    /// never mapped), the same digest a [`ContentHasher`] gives for the same bytes; pieces of
+    /// the BLAKE3 tree are hashed on up to [`MAX_THREADS`] threads (all joined before it
+    /// returns). `None` if the file is not `size` bytes long after the hash (it changed while
+    /// read): the caller copies it instead.
+    pub(crate) fn of_file(fd: BorrowedFd<'_>, size: u64) -> Result<Option<Content>, Errno> {
+        if size <= PIECE {
+            let mut h = ContentHasher::new();
+            let mut buf = vec![0u8; READ_CHUNK];
+            while h.size < size {
+                let want = usize::try_from((size - h.size).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
+                match rustix::io::pread(fd, &mut buf[..want], h.size) {
+                    Ok(0) => return Ok(None),
+                    Ok(n) => h.update(&buf[..n]),
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(same_size(fd, size)?.then(|| h.finish()));
+        }
+        let tree = Subtree::split(0, size);
+        let mut pieces = Vec::new();
+        tree.pieces(&mut pieces);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_THREADS);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        type Done = Vec<(usize, Option<[u8; 32]>)>;
+        let work = || -> Result<Done, Errno> {
+            let mut buf = vec![0u8; READ_CHUNK];
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(offset, len)) = pieces.get(i) else { return Ok(out) };
+                out.push((i, piece_cv(fd, offset, len, &mut buf)?));
+            }
+        };
+        let mut cvs = vec![None; pieces.len()];
+        let results = std::thread::scope(|s| {
+            let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+            let mut all = vec![work()];
+            all.extend(helpers.into_iter().map(|h| h.join().unwrap_or(Err(Errno::IO))));
+            all
+        });
+        for r in results {
+            for (i, cv) in r? {
+                cvs[i] = cv;
+            }
+        }
+        let Some(cvs) = cvs.into_iter().collect::<Option<Vec<_>>>() else { return Ok(None) };
+        let Subtree::Parent(left, right) = &tree else { return Ok(None) };
+        let mut it = cvs.into_iter();
+        let (Some(l), Some(r)) = (left.chaining_value(&mut it), right.chaining_value(&mut it)) else {
+            return Ok(None);
+        };
+        let digest = *blake3::hazmat::merge_subtrees_root(&l, &r, blake3::hazmat::Mode::Hash).as_bytes();
+        Ok(same_size(fd, size)?.then_some(Content { hash: Hash::Blake3, digest, size }))
+    }
+
     /// The fs-verity digest `digest` of a file of `size` bytes, as the kernel measured it.
     pub(crate) fn fs_verity(digest: [u8; 32], size: u64) -> Content {
         Content { hash: Hash::FsVerity, digest, size }
@@ -159,6 +285,14 @@ impl Key {
     pub(crate) fn size(&self) -> u64 {
         self.content.size
     }
+
+    pub(crate) fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    pub(crate) fn digest(&self) -> &[u8; 32] {
+        &self.content.digest
+    }
 }
 
 /// The verdict directory (`<state dir>/verdicts`).
@@ -171,22 +305,8 @@ impl Verdicts {
     /// Opens (creating it 0700 if missing) `<state_dir>/verdicts`, owned by our euid and not
     /// accessible to group or others; `None` if that fails (no verdicts are used or kept).
     pub(crate) fn open(state_dir: &Path) -> Option<Verdicts> {
-        let owner = rustix::process::geteuid().as_raw();
-        let dflags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let state = rustix::fs::open(state_dir, dflags, Mode::empty()).ok()?;
-        let private = |fd: &OwnedFd| {
-            rustix::fs::fstat(fd).ok().filter(|st| st.st_uid == owner && st.st_mode & 0o022 == 0).is_some()
-        };
-        if !private(&state) {
-            return None;
-        }
-        match rustix::fs::mkdirat(&state, "verdicts", Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(Errno::EXIST) => {}
-            Err(_) => return None,
-        }
-        let dir = rustix::fs::openat(&state, "verdicts", dflags, Mode::empty()).ok()?;
-        let st = rustix::fs::fstat(&dir).ok()?;
-        (st.st_uid == owner && st.st_mode & 0o077 == 0).then_some(Verdicts { dir, owner })
+        let dir = private_subdir(state_dir, "verdicts")?;
+        Some(Verdicts { dir, owner: rustix::process::geteuid().as_raw() })
     }
 
     /// The verdict for `key`, if one was recorded and is still trustworthy.
@@ -268,6 +388,33 @@ impl Verdicts {
     }
 }
 
+/// `<state_dir>/NAME`, a directory of the helper's own (remembered verdicts, kept copies):
+/// created 0700 if missing, opened without following symlinks, and only if the state directory
+/// is owned by our euid and not group/world-writable and NAME is owned by our euid and not
+/// accessible to group or others; `None` otherwise (the caller then neither uses nor keeps
+/// anything there).
+pub(crate) fn private_subdir(state_dir: &Path, name: &str) -> Option<OwnedFd> {
+    let owner = rustix::process::geteuid().as_raw();
+    let dflags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let state = rustix::fs::open(state_dir, dflags, Mode::empty()).ok()?;
+    let st = rustix::fs::fstat(&state).ok()?;
+    if st.st_uid != owner || st.st_mode & 0o022 != 0 {
+        return None;
+    }
+    match rustix::fs::mkdirat(&state, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(_) => return None,
+    }
+    let dir = rustix::fs::openat(&state, name, dflags, Mode::empty()).ok()?;
+    let st = rustix::fs::fstat(&dir).ok()?;
+    (st.st_uid == owner && st.st_mode & 0o077 == 0).then_some(dir)
+}
+
+/// Whether `fd` is (still) `size` bytes long.
+fn same_size(fd: BorrowedFd<'_>, size: u64) -> Result<bool, Errno> {
+    Ok(rustix::fs::fstat(fd)?.st_size as u64 == size)
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -312,6 +459,28 @@ mod tests {
             let hex: String = c.digest.iter().map(|b| format!("{b:02x}")).collect();
             assert_eq!(hex, want, "len {len}");
             assert_eq!(c.size(), len as u64);
+        }
+    }
+
+    /// A file's hash, read in BLAKE3 subtrees on several threads, is the BLAKE3 hash of its
+    /// bytes (sizes around the piece size and the chunk size, and an odd one); a file shorter
+    /// than the size asked for has none.
+    #[test]
+    fn file_hash_in_pieces_is_blake3_of_the_bytes() {
+        use std::io::Write;
+        let p = PIECE as usize;
+        for len in [0, 1, 1024, 1025, p - 1, p, p + 1, 2 * p, 2 * p + 1025, 5 * p + 12_345, 10 * p + 7] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ (i / 4096) as u8).collect();
+            let mut f = tempfile::tempfile().unwrap();
+            f.write_all(&bytes).unwrap();
+            use std::os::fd::AsFd;
+            let c = Content::of_file(f.as_fd(), len as u64).unwrap().expect("hashed");
+            assert_eq!(c.digest(), blake3::hash(&bytes).as_bytes(), "len {len}");
+            assert_eq!(c, content(&bytes), "len {len}: the same Content as the copy's hasher");
+            if len > 0 {
+                assert_eq!(Content::of_file(f.as_fd(), len as u64 + 1).unwrap(), None, "len {len} + 1");
+                assert_eq!(Content::of_file(f.as_fd(), len as u64 - 1).unwrap(), None, "len {len} - 1: size changed");
+            }
         }
     }
 

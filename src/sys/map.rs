@@ -1,9 +1,11 @@
-//! A read-only mapping of a sealed file (`mmap(2)`, `munmap(2)`; `memfd_create(2)` and
-//! `fcntl(2)` F_GET_SEALS for the seals). rustix wraps the syscalls but, rightly, as `unsafe`:
-//! a mapping may only be handed out as `&[u8]` while nobody can change or shrink the file under
-//! it. This wrapper maps only files sealed against writes, growth and shrinking (the helper's
-//! private memfd copies of images), so the bytes behind the slice can never change and the
-//! mapping can never lose pages (no SIGBUS).
+//! A read-only mapping of a file whose bytes can no longer change (`mmap(2)`, `munmap(2)`;
+//! `memfd_create(2)` and `fcntl(2)` F_GET_SEALS for the seals, `fstat(2)`/`fstatfs(2)` for a
+//! kept copy). rustix wraps the syscalls but, rightly, as `unsafe`: a mapping may only be handed
+//! out as `&[u8]` while nobody can change or shrink the file under it. This wrapper maps only
+//! files that no unprivileged process can change ([`unchangeable`]: the helper's private memfd
+//! copies of images, sealed against writes, growth and shrinking; or its kept copies, read-only
+//! root-owned files on tmpfs), so the bytes behind the slice cannot change and the mapping
+//! cannot lose pages (no SIGBUS) unless root itself writes or truncates the file.
 
 use std::os::fd::BorrowedFd;
 
@@ -24,7 +26,39 @@ pub(crate) fn sealed_against_change(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
     }
 }
 
-/// The whole of a sealed file, mapped read-only; unmapped on drop.
+/// `TMPFS_MAGIC` (statfs(2)).
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+
+/// Whether `fd` is one of the setuid helper's kept copies of an image (privileged/kept.rs): a
+/// regular file on tmpfs (no block device under it that someone else could own and write),
+/// owned by root, mode exactly 0400, at most one name, while this process runs as root
+/// (`fstat(2)`, `fstatfs(2)`, `geteuid(2)`). No unprivileged process can open such a file for
+/// writing, truncate it, change its mode or, on tmpfs, reach its pages any other way; only a
+/// process running as root could, and the helper trusts root as it trusts its own code. (The
+/// helper makes these files unnamed (`O_TMPFILE`) and names them only inside its root-only
+/// state directory; an fd of one is never passed to anyone but the kernel's loop driver.)
+pub(crate) fn root_read_only_copy(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(false);
+    }
+    let st = rustix::fs::fstat(fd)?;
+    let regular = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
+    if !regular || st.st_uid != 0 || st.st_mode & 0o7777 != 0o400 || st.st_nlink > 1 {
+        return Ok(false);
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let magic = rustix::fs::fstatfs(fd)?.f_type as u64 & 0xffff_ffff;
+    Ok(magic == TMPFS_MAGIC)
+}
+
+/// Whether the bytes of `fd` can no longer change for anyone but root: sealed
+/// ([`sealed_against_change`]) or a kept copy ([`root_read_only_copy`]). The one definition the
+/// mapping below and the gate's verdict keys share.
+pub(crate) fn unchangeable(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    Ok(sealed_against_change(fd)? || root_read_only_copy(fd)?)
+}
+
+/// The whole of an unchangeable file ([`unchangeable`]), mapped read-only; unmapped on drop.
 #[derive(Debug)]
 pub(crate) struct SealedMap {
     ptr: *mut core::ffi::c_void,
@@ -32,10 +66,10 @@ pub(crate) struct SealedMap {
 }
 
 impl SealedMap {
-    /// Maps `fd` (read-only, shared). `EPERM` unless `F_GET_SEALS` on this very fd includes
-    /// `F_SEAL_WRITE`, `F_SEAL_GROW` and `F_SEAL_SHRINK`; `EFBIG` if it does not fit in memory.
+    /// Maps `fd` (read-only, shared). `EPERM` unless [`unchangeable`] (sealed against writes,
+    /// growth and shrinking, or a kept copy); `EFBIG` if it does not fit in memory.
     pub(crate) fn new(fd: BorrowedFd<'_>) -> Result<SealedMap, Errno> {
-        if !sealed_against_change(fd)? {
+        if !unchangeable(fd)? {
             return Err(Errno::PERM);
         }
         let len = usize::try_from(rustix::fs::fstat(fd)?.st_size).map_err(|_| Errno::FBIG)?;
@@ -55,8 +89,8 @@ impl SealedMap {
     /// unchanged; only the process's resident set shrinks. Best effort.
     pub(crate) fn release(&self) {
         if self.len != 0 {
-            // SAFETY: `ptr`/`len` is this live mapping, MAP_SHARED of a file sealed against
-            // writes, growth and shrinking: MADV_DONTNEED zaps the page-table entries only, the
+            // SAFETY: `ptr`/`len` is this live mapping, MAP_SHARED of an unchangeable file (sealed
+            // against writes, growth and shrinking, or a kept copy only root could write): MADV_DONTNEED zaps the page-table entries only, the
             // pages stay in the file, and a later access faults the same bytes back in. No
             // memory that a borrow points at is freed or changed (unlike MADV_DONTNEED on
             // private or anonymous memory, which would zero it).
@@ -66,13 +100,14 @@ impl SealedMap {
 
     /// The file's bytes. They cannot change while the map lives: the file is sealed against
     /// writes (no write(2), no writable mapping can exist), growth and shrinking, and seals
-    /// cannot be removed.
+    /// cannot be removed; or it is a kept copy that only root could open for writing.
     pub(crate) fn bytes(&self) -> &[u8] {
         if self.len == 0 {
             return &[];
         }
         // SAFETY: `ptr` is a live read-only mapping of `len` bytes (unmapped only in drop, which
-        // needs `&mut self`); the sealed file cannot be written or shrunk, so the memory stays
+        // needs `&mut self`); the file cannot be written or shrunk (sealed, or by no one but
+        // root: see `root_read_only_copy`), so the memory stays
         // valid and unchanged for the lifetime of the borrow.
         unsafe { core::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
     }
@@ -121,6 +156,48 @@ mod tests {
         assert!(touched >= before + 12 * 1024, "reading 16 MiB mapped it: {before} -> {touched} KiB");
         assert!(released + 12 * 1024 <= touched, "release unmapped it: {touched} -> {released} KiB");
         assert!(m.bytes() == &bytes[..], "the same bytes after release");
+    }
+
+    /// A kept copy (root's, 0400, on tmpfs, at most one name) is unchangeable and maps; with
+    /// any write bit, two names, or on a filesystem other than tmpfs it is not.
+    #[test]
+    fn root_read_only_copies_on_tmpfs_map_and_nothing_else_does() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: a kept copy is root's (run as root)");
+            return;
+        }
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("skipped: no tmpfs at /dev/shm");
+            return;
+        };
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 241) as u8).collect();
+        let p = shm.path().join("copy");
+        std::fs::write(&p, &bytes).unwrap();
+        let set = |mode: u32| std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        set(0o400);
+        let f = std::fs::File::open(&p).unwrap();
+        assert!(root_read_only_copy(f.as_fd()).unwrap());
+        assert!(unchangeable(f.as_fd()).unwrap());
+        assert!(SealedMap::new(f.as_fd()).unwrap().bytes() == &bytes[..]);
+        for mode in [0o600, 0o440, 0o404, 0o4400, 0o500] {
+            set(mode);
+            assert!(!root_read_only_copy(f.as_fd()).unwrap(), "mode {mode:o}");
+            assert_eq!(SealedMap::new(f.as_fd()).unwrap_err(), Errno::PERM, "mode {mode:o}");
+        }
+        set(0o400);
+        std::fs::hard_link(&p, shm.path().join("second")).unwrap();
+        assert!(!root_read_only_copy(f.as_fd()).unwrap(), "two names");
+        std::fs::remove_file(shm.path().join("second")).unwrap();
+        assert!(root_read_only_copy(f.as_fd()).unwrap());
+        // The same on a disk filesystem (where /tmp is not tmpfs).
+        let d = tempfile::tempdir().unwrap();
+        let q = d.path().join("copy");
+        std::fs::write(&q, &bytes).unwrap();
+        std::fs::set_permissions(&q, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+        let g = std::fs::File::open(&q).unwrap();
+        #[allow(clippy::unnecessary_cast)]
+        let on_tmpfs = rustix::fs::fstatfs(&g).unwrap().f_type as u64 & 0xffff_ffff == TMPFS_MAGIC;
+        assert_eq!(root_read_only_copy(g.as_fd()).unwrap(), on_tmpfs);
     }
 
     #[test]

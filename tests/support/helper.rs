@@ -378,12 +378,16 @@ elif mode.startswith("overlay:"):
     print(json.dumps(res))
 "#;
 
-/// The entries of /run/cfsmount (records and temporary files), without `verdicts`: the
-/// directory of remembered image verdicts, made by the first helper mount and meant to stay.
+/// The entries of /run/cfsmount (records and temporary files), without `verdicts` and
+/// `copies`: the directories of remembered image verdicts and kept image copies, made by the
+/// first helper mount and meant to stay.
 pub fn state_files() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("/run/cfsmount")
         .map(|d| {
-            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "verdicts").collect()
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "verdicts" && n != "copies")
+                .collect()
         })
         .unwrap_or_default();
     v.sort();

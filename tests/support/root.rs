@@ -98,12 +98,15 @@ pub fn erofs_superblocks() -> BTreeSet<String> {
 }
 
 /// Names of the entries of a directory (empty when it does not exist), sorted, without
-/// `verdicts` (the setuid helper's remembered image verdicts in its state directory, made by its
-/// first mount and meant to stay).
+/// `verdicts` and `copies` (the setuid helper's remembered image verdicts and kept image copies
+/// in its state directory, made by its first mount and meant to stay).
 pub fn dir_entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
-            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "verdicts").collect()
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "verdicts" && n != "copies")
+                .collect()
         })
         .unwrap_or_default();
     v.sort();
@@ -179,8 +182,8 @@ impl Drop for Scratch {
 }
 
 /// What a test could leave behind: mounts whose mountinfo lines mention `prefix`, loop devices
-/// backed by a file under `prefix` or by one of cfsmount's memory copies (`/memfd:cfsmount-*`,
-/// the private image copies of the setuid helper), EROFS superblocks, and the entries of a state
+/// backed by a file under `prefix` or by one of cfsmount's memory copies (`/memfd:cfsmount-*`
+/// and `/run/cfsmount/copies/*`, the private image copies of the setuid helper), EROFS superblocks, and the entries of a state
 /// directory (records, temporary images). `loops_in_use` (machine-wide) is informational.
 #[derive(Debug, PartialEq, Eq, Clone)]
 pub struct Snapshot {
@@ -207,7 +210,11 @@ impl Snapshot {
             prefix: prefix.to_path_buf(),
             state_dir: state_dir.map(Path::to_path_buf),
             mounts,
-            loops: all.iter().filter(|l| l.contains(&p) || l.contains("/memfd:cfsmount")).cloned().collect(),
+            loops: all
+                .iter()
+                .filter(|l| l.contains(&p) || l.contains("/memfd:cfsmount") || l.contains("/run/cfsmount/copies/"))
+                .cloned()
+                .collect(),
             loops_in_use: all.len(),
             erofs: erofs_superblocks(),
             state_files: state_dir.map(dir_entries).unwrap_or_default(),
