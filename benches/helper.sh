@@ -15,7 +15,8 @@
 # Two binaries with different verdict versions (v1: SHA-256 key, v2: BLAKE3) remove each other's
 # verdicts whenever one records a new one; each case's warm-up runs record its own again, so the
 # timed runs of "cs9" are repeated mounts for both.
-# Kept copies need /run/cfsmount/copies on tmpfs: see benches/kept-copies.sh (KEPT_COPIES=0:
+# Kept copies need a tmpfs mount of their own on /run/cfsmount/copies: benches/kept-copies.sh
+# mounts one for the run unless one is there (KEPT_COPIES=0:
 # leave /run alone).
 #
 # With VERITY=1 (a kernel with fs-verity and HELPER_BENCH_DIR on ext4 made with -O verity:
@@ -68,7 +69,7 @@ if [ -n "$VERITY" ]; then
 fi
 chown -R 65534:65534 "$W/objs" "$W"/*.img
 # Before every "first" run: no verdict and no kept copy.
-printf '#!/bin/sh\nrm -rf /run/cfsmount/verdicts\n[ ! -d /run/cfsmount/copies ] || find /run/cfsmount/copies -mindepth 1 -delete\n' >"$W/first.sh"
+printf '#!/bin/sh\nrm -rf /run/cfsmount/verdicts\n[ ! -d /run/cfsmount/copies ] || find /run/cfsmount/copies -mindepth 1 ! -name .key -delete\n' >"$W/first.sh"
 chmod 755 "$W/first.sh"
 
 cmds=()
@@ -103,7 +104,7 @@ cmds+=("$as_nobody sh -c true")
 prepares+=("true")
 args=()
 for i in "${!cmds[@]}"; do args+=(-n "${names[$i]}" --prepare "${prepares[$i]}" "${cmds[$i]}"); done
-echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); /run/cfsmount/copies on $(stat -f -c %T /run/cfsmount/copies 2>/dev/null || echo '(none)')"
+echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); kept copies: $(mountpoint -q /run/cfsmount/copies && echo "tmpfs on /run/cfsmount/copies" || echo off)"
 hyperfine -N -w 2 -r "$RUNS" --style basic ${HYPERFINE_JSON:+--export-json "$HYPERFINE_JSON"} "${args[@]}"
 
 # Peak RSS of the helper process (KiB), mount only: a repeated mount, then a first one.

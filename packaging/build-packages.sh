@@ -153,6 +153,7 @@ if [[ "$(dpkg-deb -f "$deb" Conflicts)" == *composefs* ]]; then ok "deb: Conflic
 else fail "deb: no Conflicts: composefs (the reference package ships the same commands)"; fi
 check_file deb /etc/cfsmount/helper.conf -rw-r--r-- root/root
 check_file deb /lib/systemd/system/cfsmount-als.service -rw-r--r-- root/root
+check_file deb /lib/systemd/system/run-cfsmount-copies.mount -rw-r--r-- root/root
 check_file deb /usr/lib/dracut/modules.d/90cfsmount/module-setup.sh -rwxr-xr-x root/root
 check_file deb /usr/lib/dracut/modules.d/90cfsmount/cfsmount-setup-root.service -rw-r--r-- root/root
 check_file deb /usr/share/initramfs-tools/hooks/cfsmount -rwxr-xr-x root/root
@@ -186,6 +187,7 @@ if rpm -qp --conflicts "$rpmf" | grep -qx composefs; then ok "rpm: Conflicts: co
 else fail "rpm: no Conflicts: composefs (the reference package ships the same commands)"; fi
 check_file rpm /etc/cfsmount/helper.conf -rw-r--r-- root/root
 check_file rpm /usr/lib/systemd/system/cfsmount-als.service -rw-r--r-- root/root
+check_file rpm /usr/lib/systemd/system/run-cfsmount-copies.mount -rw-r--r-- root/root
 check_file rpm /usr/lib/dracut/modules.d/90cfsmount/module-setup.sh -rwxr-xr-x root/root
 check_file rpm /usr/lib/dracut/modules.d/90cfsmount/cfsmount-setup-root.service -rw-r--r-- root/root
 # %config(noreplace) shows as file flags "cn".

@@ -1096,7 +1096,12 @@ fn toc_overlay_xattrs_are_escaped_by_the_helper_build() {
     std::os::unix::fs::chown(&tocf, Some(u.uid), Some(u.gid)).unwrap();
     let mut args = mount_args(&fx, &["--toc"]);
     args[1] = tocf.display().to_string();
-    let kept = || std::fs::read_dir("/run/cfsmount/copies").map(|d| d.count()).unwrap_or(0);
+    let _tmpfs = CopiesOnTmpfs::ensure();
+    let kept = || {
+        std::fs::read_dir("/run/cfsmount/copies")
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("k2-")).count())
+            .unwrap_or(0)
+    };
     let kept_before = kept();
     let o = run_as_strs(u, &args);
     assert!(o.status.success(), "mount --toc as the caller: {}", stderr(&o));

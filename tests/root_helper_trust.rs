@@ -786,45 +786,18 @@ fn remembered_verdicts_cover_the_bytes_and_the_caller() {
     assert_state_is(&before, "remembered verdicts");
 }
 
-/// Kept copies live on tmpfs only (a disk filesystem could sit on a block device a user owns).
-/// On a machine whose /run is tmpfs (systemd's) /run/cfsmount/copies already is; elsewhere
-/// (this test machine: /run on ext4) the test mounts one there for its own time, as
-/// docs/helper.md tells an administrator to, and unmounts it when dropped.
-struct CopiesOnTmpfs(bool);
-
-impl CopiesOnTmpfs {
-    fn ensure() -> CopiesOnTmpfs {
-        let tmpfs = |p: &str| sh("stat", &["-f", "-c", "%T", p]).stdout == b"tmpfs\n";
-        if std::path::Path::new("/run/cfsmount").exists() && tmpfs("/run/cfsmount") {
-            return CopiesOnTmpfs(false);
-        }
-        std::fs::create_dir_all("/run/cfsmount/copies").unwrap();
-        for d in ["/run/cfsmount", "/run/cfsmount/copies"] {
-            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        }
-        let o =
-            sh("mount", &["-t", "tmpfs", "-o", "mode=0700,size=64m", "cfsmount-test-copies", "/run/cfsmount/copies"]);
-        assert!(o.status.success(), "mounting a tmpfs on /run/cfsmount/copies: {}", stderr(&o));
-        CopiesOnTmpfs(true)
-    }
+/// The kept copies (`/run/cfsmount/copies/k2-*`) that hold exactly `image`.
+fn kept_copies_of(image: &[u8]) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir("/run/cfsmount/copies").map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    v.retain(|p| {
+        p.file_name().unwrap().to_string_lossy().starts_with("k2-") && std::fs::read(p).is_ok_and(|b| b == image)
+    });
+    v.sort();
+    v
 }
 
-impl Drop for CopiesOnTmpfs {
-    fn drop(&mut self) {
-        if self.0 {
-            let _ = sh("umount", &["-l", "/run/cfsmount/copies"]);
-        }
-    }
-}
-
-/// `/run/cfsmount/copies/k1-<uid>-<size>-<BLAKE3 of the image bytes>`: a kept copy.
-fn kept_copy_path(uid: u32, image: &[u8]) -> PathBuf {
-    PathBuf::from(format!("/run/cfsmount/copies/k1-{uid}-{}-{}", image.len(), blake3::hash(image).to_hex()))
-}
-
-/// The backing files of the loop devices of the EROFS layer under `target` (via its record in
-/// the state directory is more than this needs: the helper holds one loop device per mount, so
-/// the loop devices that appeared while it was mounted are its).
+/// The backing files of the loop devices that are not in `before`.
 fn new_backing_files(before: &[String]) -> Vec<String> {
     loop_devices()
         .into_iter()
@@ -834,13 +807,14 @@ fn new_backing_files(before: &[String]) -> Vec<String> {
 }
 
 /// Kept copies (issue 17): the first mount of an image leaves the helper's vetted copy in
-/// /run/cfsmount/copies, root-owned and read-only, named by the caller's uid, the size and the
-/// BLAKE3 hash of the bytes; the next mount of the same bytes by the same caller is backed by
-/// that very file (no new copy). Another user with the same bytes gets a copy of its own;
-/// changed bytes (same size) get a new copy; a kept copy whose verdict is gone is vetted again
-/// before it is mounted; a file at the name that others could write is not used, and is
-/// replaced; a TOC mount keeps nothing; with `machine_limits.kept_copy_bytes` 0 nothing is
-/// kept and the image goes through a sealed memory copy.
+/// /run/cfsmount/copies, root-owned and read-only, under a name that shows neither the caller,
+/// nor the size, nor the image's hash (the loop device's backing file is readable by
+/// everyone); the next mount of the same bytes by the same caller is backed by that very file
+/// (no new copy). Another user with the same bytes gets a copy of its own; changed bytes (same
+/// size) get a new copy; a kept copy whose verdict is gone is vetted again before it is
+/// mounted; a file at the name that others could write is not used, and is replaced; a TOC
+/// mount keeps nothing (root_helper.rs); with `machine_limits.kept_copy_bytes` 0 nothing is
+/// kept, the kept copies are removed, and the image goes through a sealed memory copy.
 #[test]
 fn kept_copies_are_mounted_again_for_the_same_bytes_and_caller() {
     let (_g, e, _) = start();
@@ -849,8 +823,10 @@ fn kept_copies_are_mounted_again_for_the_same_bytes_and_caller() {
     let before = system_state();
     let fx = one_file_fixture(u, "kept", "k", b"kept copy");
     let img = std::fs::read(&fx.image).unwrap();
-    let (kp, vp) = (kept_copy_path(u.uid, &img), verdict_path(u.uid, &img));
-    let _ = std::fs::remove_file(&kp);
+    let vp = verdict_path(u.uid, &img);
+    for p in kept_copies_of(&img) {
+        std::fs::remove_file(p).unwrap();
+    }
     let _ = std::fs::remove_file(&vp);
     let read_back = |fx: &Fixture, want: &[u8], ctx: &str| {
         let c = run_as_with(u, Path::new("/usr/bin/cat"), &[fx.target.join("k").into()], |_| {});
@@ -875,10 +851,17 @@ fn kept_copies_are_mounted_again_for_the_same_bytes_and_caller() {
     );
     read_back(&fx, b"kept copy", "first mount");
     umount(u, &fx, "first mount");
-    let md = std::fs::symlink_metadata(&kp).expect("the first mount keeps its copy");
+    let kept = kept_copies_of(&img);
+    assert_eq!(kept.len(), 1, "the first mount keeps one copy: {kept:?}");
+    let kp = kept[0].clone();
+    let md = std::fs::symlink_metadata(&kp).unwrap();
     assert_eq!((md.uid(), md.mode() & 0o7777, md.nlink()), (0, 0o400, 1), "kept copy not root's and read-only");
-    assert!(std::fs::read(&kp).unwrap() == img, "the kept copy holds other bytes");
     assert!(vp.exists(), "no verdict");
+    let name = kp.file_name().unwrap().to_string_lossy().into_owned();
+    let hex = blake3::hash(&img).to_hex();
+    for leak in [format!("-{}-", u.uid), format!("-{}-", img.len()), hex[..16].to_string()] {
+        assert!(!name.contains(&leak), "the kept copy's name {name} shows {leak}");
+    }
     let mtime = md.modified().unwrap();
 
     // Repeated: backed by the kept copy itself.
@@ -888,8 +871,6 @@ fn kept_copies_are_mounted_again_for_the_same_bytes_and_caller() {
     read_back(&fx, b"kept copy", "repeated mount");
     umount(u, &fx, "repeated mount");
     assert!(std::fs::metadata(&kp).unwrap().modified().unwrap() > mtime, "its use was not recorded");
-    let copies = || std::fs::read_dir("/run/cfsmount/copies").unwrap().count();
-    let n = copies();
 
     // Another user, the same bytes: its own copy, never this one.
     let fx2 = fixture(other, "kept-other", "", &[]);
@@ -897,12 +878,10 @@ fn kept_copies_are_mounted_again_for_the_same_bytes_and_caller() {
     std::fs::create_dir_all(fx2.objects.join(object_name(b"kept copy")).parent().unwrap()).unwrap();
     std::fs::write(fx2.objects.join(object_name(b"kept copy")), b"kept copy").unwrap();
     let _ = sh("chown", &["-R", &format!("{}:{}", other.uid, other.gid), fx2.dir.to_str().unwrap()]);
-    let okp = kept_copy_path(other.uid, &img);
-    let _ = std::fs::remove_file(&okp);
     let backing = mount_backed_by(other, &fx2, "the other user");
     assert!(!backing.contains(&kp.display().to_string()), "another user's kept copy was mounted: {backing:?}");
     umount(other, &fx2, "the other user");
-    assert!(okp.exists(), "the other user's copy was not kept");
+    assert_eq!(kept_copies_of(&img).len(), 2, "the other user's copy was not kept");
 
     // Changed bytes of the same size: a new copy.
     let fx3 = one_file_fixture(u, "kept-changed", "k", b"kept cop!");
@@ -917,7 +896,7 @@ fn kept_copies_are_mounted_again_for_the_same_bytes_and_caller() {
     assert!(!backing.contains(&kp.display().to_string()), "changed bytes mounted from the old copy");
     read_back(&fx, b"kept cop!", "changed bytes");
     umount(u, &fx, "changed bytes");
-    assert!(kept_copy_path(u.uid, &img3).exists(), "the changed bytes' copy was not kept");
+    assert_eq!(kept_copies_of(&img3).len(), 1, "the changed bytes' copy was not kept");
     std::fs::write(&fx.image, &img).unwrap();
 
     // A kept copy without its verdict: vetted again (a verdict is written again), then mounted.
@@ -932,10 +911,8 @@ fn kept_copies_are_mounted_again_for_the_same_bytes_and_caller() {
     assert!(!backing.contains(&kp.display().to_string()), "a kept copy others could write was mounted");
     umount(u, &fx, "untrusted kept copy");
     assert_eq!(std::fs::symlink_metadata(&kp).unwrap().mode() & 0o7777, 0o400, "not replaced");
-    let n_now = copies();
-    assert!(n_now >= n, "copies were lost: {n} -> {n_now}");
 
-    // Off in the policy: a sealed memory copy, nothing kept.
+    // Off in the policy: a sealed memory copy, nothing kept, and the kept copies removed.
     {
         let guard = PolicyGuard::new();
         let mut v = default_policy();
@@ -946,8 +923,8 @@ fn kept_copies_are_mounted_again_for_the_same_bytes_and_caller() {
         let backing = mount_backed_by(u, &fx4, "kept copies off");
         assert!(backing.iter().all(|b| b.starts_with("/memfd:cfsmount-source")), "{backing:?}");
         umount(u, &fx4, "kept copies off");
-        assert!(!kept_copy_path(u.uid, &img4).exists(), "kept with kept_copy_bytes 0");
-        // ... and the existing kept copy is not used either.
+        assert!(kept_copies_of(&img4).is_empty(), "kept with kept_copy_bytes 0");
+        assert!(kept_copies_of(&img).is_empty(), "kept copies left with kept_copy_bytes 0");
         let backing = mount_backed_by(u, &fx, "kept copies off, repeated");
         assert!(backing.iter().all(|b| b.starts_with("/memfd:cfsmount-source")), "{backing:?}");
         umount(u, &fx, "kept copies off, repeated");

@@ -239,7 +239,7 @@ impl Access for Gate {
                 }
             }
             if let Some(file) = kept.new_copy(size) {
-                if let Some((copy, content)) = kept_copy(fd.as_fd(), file, max)? {
+                if let Some((copy, content)) = kept_copy(fd.as_fd(), file, size) {
                     self.pin(&copy, content)?;
                     return Ok(copy);
                 }
@@ -637,28 +637,27 @@ fn sealed_copy(fd: BorrowedFd<'_>, max: u64, hash: bool) -> Result<(OwnedFd, Opt
     Ok((memfd, hasher.map(ContentHasher::finish)))
 }
 
-/// Copies at most `max` bytes of `fd` into `file`, a new unnamed kept copy
-/// (`KeptCopies::new_copy`: mode 0400, open for writing, this process's alone), hashed as
-/// written; then reopens it read-only and closes the writable fd, so that no fd that can write
-/// it is left. `None` if it cannot be written (full: the caller then makes a sealed copy
-/// instead); the limit is an error as in [`sealed_copy`].
-fn kept_copy(fd: BorrowedFd<'_>, file: OwnedFd, max: u64) -> Result<Option<(OwnedFd, Content)>, AccessError> {
+/// Copies `fd` into `file`, a new unnamed kept copy (`KeptCopies::new_copy` for `size` bytes:
+/// mode 0400, open for writing, this process's alone), hashed as written; then reopens it
+/// read-only and closes the writable fd, so that no fd that can write it is left. At most
+/// `size` bytes, the size the copy was allowed for: `None` if the file has grown past it, or
+/// the copy cannot be written or reopened (the caller then makes a sealed copy instead, which
+/// applies the image size limit).
+fn kept_copy(fd: BorrowedFd<'_>, file: OwnedFd, size: u64) -> Option<(OwnedFd, Content)> {
     let mut hasher = ContentHasher::new();
-    match copy_into(fd, &file, max, Some(&mut hasher)) {
-        Ok(_) => {}
-        Err(e @ AccessError::Limit { .. }) => return Err(e),
-        Err(_) => return Ok(None),
-    }
+    copy_into(fd, &file, size, Some(&mut hasher)).ok()?;
     let content = hasher.finish();
     // Reopened through its /proc/self/fd link (a magic link: followed, so no O_NOFOLLOW; the
-    // pipeline checked that /proc is procfs).
+    // pipeline checked that /proc is procfs, and the result is checked to be the same file).
     let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
-    let Ok(copy) = rustix::fs::open(link.as_str(), flags, Mode::empty()) else { return Ok(None) };
+    let copy = rustix::fs::open(link.as_str(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let (a, b) = (rustix::fs::fstat(&file).ok()?, rustix::fs::fstat(&copy).ok()?);
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+        return None;
+    }
     drop(file);
-    let st = rustix::fs::fstat(&copy).map_err(|e| AccessError::Io { what: "fstat of the source copy", errno: e })?;
     let private = crate::sys::map::root_read_only_copy(copy.as_fd()).unwrap_or(false);
-    Ok((private && st.st_size as u64 == content.size()).then_some((copy, content)))
+    (private && b.st_size as u64 == content.size()).then_some((copy, content))
 }
 
 /// Copies at most `max` bytes of `fd` (from offset 0, `pread`) to the end of `dst`, feeding
@@ -929,9 +928,9 @@ mod tests {
         let bytes: Vec<u8> = (0..(2 * COPY_CHUNK + 17)).map(|i| (i % 253) as u8).collect();
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&bytes).unwrap();
-        let kept = KeptCopies::open(state.path(), 1 << 30).unwrap();
+        let kept = KeptCopies::in_dir_for_tests(state.path(), 1 << 30).unwrap();
         let file = kept.new_copy(bytes.len() as u64).unwrap();
-        let (copy, content) = kept_copy(f.as_fd(), file, bytes.len() as u64).unwrap().expect("copied");
+        let (copy, content) = kept_copy(f.as_fd(), file, bytes.len() as u64).expect("copied");
         assert_eq!(content, Content::of_file(f.as_fd(), bytes.len() as u64).unwrap().unwrap());
         let fl = rustix::fs::fcntl_getfl(&copy).unwrap();
         assert_eq!(fl & OFlags::ACCMODE, OFlags::RDONLY, "only a read-only fd is left");
@@ -940,8 +939,8 @@ mod tests {
         File::from(rustix::io::dup(&copy).unwrap()).read_to_end(&mut back).unwrap();
         assert!(back == bytes);
         assert!(crate::sys::map::unchangeable(copy.as_fd()).unwrap());
-        let e = kept_copy(f.as_fd(), kept.new_copy(1).unwrap(), bytes.len() as u64 - 1).unwrap_err().to_string();
-        assert!(e.contains("image size"), "{e}");
+        // A file longer than the copy was allowed for (it grew): no kept copy.
+        assert!(kept_copy(f.as_fd(), kept.new_copy(1).unwrap(), bytes.len() as u64 - 1).is_none());
         let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
         let g = Gate::new(HelperContext { caller, policy: Policy::builtin().unwrap() });
         g.pin(&copy, content).unwrap();

@@ -305,7 +305,7 @@ impl Verdicts {
     /// Opens (creating it 0700 if missing) `<state_dir>/verdicts`, owned by our euid and not
     /// accessible to group or others; `None` if that fails (no verdicts are used or kept).
     pub(crate) fn open(state_dir: &Path) -> Option<Verdicts> {
-        let dir = private_subdir(state_dir, "verdicts")?;
+        let dir = private_subdir(state_dir, "verdicts", true)?;
         Some(Verdicts { dir, owner: rustix::process::geteuid().as_raw() })
     }
 
@@ -389,11 +389,11 @@ impl Verdicts {
 }
 
 /// `<state_dir>/NAME`, a directory of the helper's own (remembered verdicts, kept copies):
-/// created 0700 if missing, opened without following symlinks, and only if the state directory
-/// is owned by our euid and not group/world-writable and NAME is owned by our euid and not
-/// accessible to group or others; `None` otherwise (the caller then neither uses nor keeps
-/// anything there).
-pub(crate) fn private_subdir(state_dir: &Path, name: &str) -> Option<OwnedFd> {
+/// created 0700 if missing and `create`, opened without following symlinks, and only if the
+/// state directory is owned by our euid and not group/world-writable and NAME is owned by our
+/// euid and not accessible to group or others; `None` otherwise (the caller then neither uses
+/// nor keeps anything there).
+pub(crate) fn private_subdir(state_dir: &Path, name: &str, create: bool) -> Option<OwnedFd> {
     let owner = rustix::process::geteuid().as_raw();
     let dflags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let state = rustix::fs::open(state_dir, dflags, Mode::empty()).ok()?;
@@ -401,9 +401,11 @@ pub(crate) fn private_subdir(state_dir: &Path, name: &str) -> Option<OwnedFd> {
     if st.st_uid != owner || st.st_mode & 0o022 != 0 {
         return None;
     }
-    match rustix::fs::mkdirat(&state, name, Mode::from_raw_mode(0o700)) {
-        Ok(()) | Err(Errno::EXIST) => {}
-        Err(_) => return None,
+    if create {
+        match rustix::fs::mkdirat(&state, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(_) => return None,
+        }
     }
     let dir = rustix::fs::openat(&state, name, dflags, Mode::empty()).ok()?;
     let st = rustix::fs::fstat(&dir).ok()?;

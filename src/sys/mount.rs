@@ -157,6 +157,19 @@ fn thread_count() -> Option<u32> {
     s.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok())
 }
 
+/// Whether this process has one thread. A thread joined a moment ago (the gate's hashing
+/// threads) has run its last instruction when `pthread_join` returns, but the kernel counts it
+/// until it has released the task: up to 100 ms is allowed for that, then it is a real thread.
+fn single_threaded() -> bool {
+    for _ in 0..200 {
+        if thread_count() == Some(1) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
+    false
+}
+
 /// Where [`fork_with_socket`] returned.
 enum Forked {
     /// In the parent: the child's pid and our end of the socket pair.
@@ -173,7 +186,7 @@ enum Forked {
 /// is a complete copy that may run ordinary Rust code.
 fn fork_with_socket(what: &str) -> Result<Forked, String> {
     use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-    if thread_count() != Some(1) {
+    if !single_threaded() {
         return Err(format!("cannot fork {what} while other threads run"));
     }
     let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)

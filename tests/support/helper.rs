@@ -454,3 +454,32 @@ pub fn run_as_faulty(u: &User, args: &[&str], fault: &Fault) -> Output {
 pub fn a_strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+/// Kept copies are used only where `/run/cfsmount/copies` is a tmpfs mount of its own (the
+/// packaged `run-cfsmount-copies.mount`, or an administrator's). The test mounts one there for
+/// its own time unless one is mounted already, and unmounts it when dropped.
+pub struct CopiesOnTmpfs(bool);
+
+impl CopiesOnTmpfs {
+    pub fn ensure() -> CopiesOnTmpfs {
+        if sh("mountpoint", &["-q", "/run/cfsmount/copies"]).status.success() {
+            return CopiesOnTmpfs(false);
+        }
+        std::fs::create_dir_all("/run/cfsmount/copies").unwrap();
+        for d in ["/run/cfsmount", "/run/cfsmount/copies"] {
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        }
+        let o =
+            sh("mount", &["-t", "tmpfs", "-o", "mode=0700,size=64m", "cfsmount-test-copies", "/run/cfsmount/copies"]);
+        assert!(o.status.success(), "mounting a tmpfs on /run/cfsmount/copies: {}", stderr(&o));
+        CopiesOnTmpfs(true)
+    }
+}
+
+impl Drop for CopiesOnTmpfs {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = sh("umount", &["-l", "/run/cfsmount/copies"]);
+        }
+    }
+}
