@@ -458,28 +458,37 @@ pub fn a_strs(v: &[String]) -> Vec<&str> {
 /// Kept copies are used only where `/run/cfsmount/copies` is a tmpfs mount of its own (the
 /// packaged `run-cfsmount-copies.mount`, or an administrator's). The test mounts one there for
 /// its own time unless one is mounted already, and unmounts it when dropped.
-pub struct CopiesOnTmpfs(bool);
+pub struct CopiesOnTmpfs {
+    mounted: bool,
+    /// The directory did not exist before (removed again after the unmount).
+    made_dir: bool,
+}
 
 impl CopiesOnTmpfs {
     pub fn ensure() -> CopiesOnTmpfs {
+        let dir = std::path::Path::new("/run/cfsmount/copies");
         if sh("mountpoint", &["-q", "/run/cfsmount/copies"]).status.success() {
-            return CopiesOnTmpfs(false);
+            return CopiesOnTmpfs { mounted: false, made_dir: false };
         }
-        std::fs::create_dir_all("/run/cfsmount/copies").unwrap();
+        let made_dir = !dir.exists();
+        std::fs::create_dir_all(dir).unwrap();
         for d in ["/run/cfsmount", "/run/cfsmount/copies"] {
             std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         }
         let o =
             sh("mount", &["-t", "tmpfs", "-o", "mode=0700,size=64m", "cfsmount-test-copies", "/run/cfsmount/copies"]);
         assert!(o.status.success(), "mounting a tmpfs on /run/cfsmount/copies: {}", stderr(&o));
-        CopiesOnTmpfs(true)
+        CopiesOnTmpfs { mounted: true, made_dir }
     }
 }
 
 impl Drop for CopiesOnTmpfs {
     fn drop(&mut self) {
-        if self.0 {
+        if self.mounted {
             let _ = sh("umount", &["-l", "/run/cfsmount/copies"]);
+            if self.made_dir {
+                let _ = std::fs::remove_dir("/run/cfsmount/copies");
+            }
         }
     }
 }
