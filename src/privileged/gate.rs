@@ -647,9 +647,9 @@ fn kept_copy(fd: BorrowedFd<'_>, file: OwnedFd, size: u64) -> Option<(OwnedFd, C
     let mut hasher = ContentHasher::new();
     copy_into(fd, &file, size, Some(&mut hasher)).ok()?;
     let content = hasher.finish();
-    // Reopened through its /proc/self/fd link (a magic link: followed, so no O_NOFOLLOW; the
-    // pipeline checked that /proc is procfs, and the result is checked to be the same file).
-    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    // Reopened through its /proc/self/fd link (a magic link: followed, so no O_NOFOLLOW),
+    // checked to be the same file.
+    let link = super::kept::proc_fd_path(file.as_fd());
     let copy = rustix::fs::open(link.as_str(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
     let (a, b) = (rustix::fs::fstat(&file).ok()?, rustix::fs::fstat(&copy).ok()?);
     if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {

@@ -138,12 +138,8 @@ impl KeptCopies {
             return;
         }
         let name = self.name(key);
-        // linkat(2) of an O_TMPFILE file: through its /proc/self/fd link with
-        // AT_SYMLINK_FOLLOW (as open(2) shows), since AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH,
-        // which the helper does not keep. The pipeline checked that /proc is procfs; the name
-        // is checked to be this very file afterwards all the same.
-        let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy));
-        let link_it = || rustix::fs::linkat(rustix::fs::CWD, link.as_str(), &self.dir, &name, AtFlags::SYMLINK_FOLLOW);
+        // The name is checked to be this very file afterwards (see `link_unnamed`).
+        let link_it = || link_unnamed(copy, &self.dir, &name);
         let linked = match link_it() {
             Ok(()) => true,
             // The same bytes are kept already, unless what has the name is not a copy that
@@ -271,8 +267,7 @@ fn name_key(dir: &OwnedFd) -> Option<[u8; 32]> {
     if rustix::io::write(&file, &key).ok()? != key.len() {
         return None;
     }
-    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-    let link_it = || rustix::fs::linkat(rustix::fs::CWD, link.as_str(), dir, KEY_FILE, AtFlags::SYMLINK_FOLLOW);
+    let link_it = || link_unnamed(file.as_fd(), dir, KEY_FILE);
     match link_it() {
         Ok(()) => read(),
         // Another helper's key, or a file at the name that is not a key: replaced (the copies
@@ -283,6 +278,20 @@ fn name_key(dir: &OwnedFd) -> Option<[u8; 32]> {
         }),
         Err(_) => None,
     }
+}
+
+/// `/proc/self/fd/N` for `fd`: the magic link through which an unnamed (`O_TMPFILE`) file is
+/// reopened or linked. The mount pipeline checked that `/proc` is procfs; callers check the
+/// result is the very file all the same.
+pub(crate) fn proc_fd_path(fd: BorrowedFd<'_>) -> String {
+    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd))
+}
+
+/// Gives the unnamed (`O_TMPFILE`) `file` the name `name` in `dir` (`linkat(2)` of its
+/// `/proc/self/fd` link with `AT_SYMLINK_FOLLOW`, as open(2) shows: `AT_EMPTY_PATH` needs
+/// `CAP_DAC_READ_SEARCH`, which the helper does not keep). `EEXIST` if the name is taken.
+fn link_unnamed(file: BorrowedFd<'_>, dir: &OwnedFd, name: &str) -> Result<(), Errno> {
+    rustix::fs::linkat(rustix::fs::CWD, proc_fd_path(file).as_str(), dir, name, AtFlags::SYMLINK_FOLLOW)
 }
 
 /// Sets the copy's mtime to now (`futimens(2)`): the eviction order is by last use.

@@ -142,26 +142,41 @@ impl Subtree {
     }
 }
 
-/// The chaining value of the `len` bytes of `fd` at `offset` (a BLAKE3 subtree), `None` if the
-/// file ends before them.
-fn piece_cv(fd: BorrowedFd<'_>, offset: u64, len: u64, buf: &mut [u8]) -> Result<Option<[u8; 32]>, Errno> {
-    use blake3::hazmat::HasherExt;
-    let mut h = blake3::Hasher::new();
-    h.set_input_offset(offset);
+/// Reads the `len` bytes of `fd` at `offset` with `pread` into `buf`, piece by piece, handing
+/// each piece to `take` in order; `false` if the file ends before them.
+fn pread_each(
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    len: u64,
+    buf: &mut [u8],
+    mut take: impl FnMut(&[u8]),
+) -> Result<bool, Errno> {
     let mut done = 0u64;
     while done < len {
         let want = usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());
         match rustix::io::pread(fd, &mut buf[..want], offset + done) {
-            Ok(0) => return Ok(None),
+            Ok(0) => return Ok(false),
             Ok(n) => {
-                h.update(&buf[..n]);
+                take(&buf[..n]);
                 done += n as u64;
             }
             Err(Errno::INTR) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(Some(h.finalize_non_root()))
+    Ok(true)
+}
+
+/// The chaining value of the `len` bytes of `fd` at `offset` (a BLAKE3 subtree), `None` if the
+/// file ends before them.
+fn piece_cv(fd: BorrowedFd<'_>, offset: u64, len: u64, buf: &mut [u8]) -> Result<Option<[u8; 32]>, Errno> {
+    use blake3::hazmat::HasherExt;
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(offset);
+    let whole = pread_each(fd, offset, len, buf, |b| {
+        h.update(b);
+    })?;
+    Ok(whole.then(|| h.finalize_non_root()))
 }
 
 /// The bytes an image has, named by one of two digests that commit to all of them.
@@ -192,17 +207,8 @@ impl Content {
     pub(crate) fn of_file(fd: BorrowedFd<'_>, size: u64) -> Result<Option<Content>, Errno> {
         if size <= PIECE {
             let mut h = ContentHasher::new();
-            let mut buf = vec![0u8; READ_CHUNK];
-            while h.size < size {
-                let want = usize::try_from((size - h.size).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
-                match rustix::io::pread(fd, &mut buf[..want], h.size) {
-                    Ok(0) => return Ok(None),
-                    Ok(n) => h.update(&buf[..n]),
-                    Err(Errno::INTR) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            return Ok(same_size(fd, size)?.then(|| h.finish()));
+            let whole = pread_each(fd, 0, size, &mut vec![0u8; READ_CHUNK], |b| h.update(b))?;
+            return Ok((whole && same_size(fd, size)?).then(|| h.finish()));
         }
         let tree = Subtree::split(0, size);
         let mut pieces = Vec::new();
