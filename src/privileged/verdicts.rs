@@ -3,7 +3,7 @@
 //! the same. docs/helper.md ("Remembered verdicts") has the argument in full; in short:
 //!
 //! - the key is the BLAKE3 hash of the bytes the kernel will mount: the helper's private copy,
-//!   hashed ([`ContentHasher`]) from the very buffers the helper writes into its own memfd, which
+//!   hashed ([`Content::copy_file`]) from the very buffers the helper writes into its own memfd, which
 //!   no other process holds until it is sealed (`F_SEAL_WRITE|F_SEAL_GROW|F_SEAL_SHRINK`,
 //!   checked on the fd itself before the key is used), its size checked equal to the bytes
 //!   hashed; so nothing can change them between the hash, the verdict and the mount; an fd that
@@ -73,12 +73,15 @@ impl Verdict {
     }
 }
 
-/// Hashes an image's bytes as the helper writes them into its private copy.
+/// Hashes bytes in one pass, in order: the [`Content`] that [`Content::copy_file`] gives for
+/// the same bytes in pieces (tests compare the two).
+#[cfg(test)]
 pub(crate) struct ContentHasher {
     hasher: blake3::Hasher,
     size: u64,
 }
 
+#[cfg(test)]
 impl ContentHasher {
     pub(crate) fn new() -> ContentHasher {
         ContentHasher { hasher: blake3::Hasher::new(), size: 0 }
@@ -142,14 +145,77 @@ impl Subtree {
     }
 }
 
+/// A file of a known size cut into the pieces its BLAKE3 hash is made of, for hashing them apart
+/// (on several threads, in any order): subtrees of BLAKE3's tree of at most [`PIECE`] bytes, in
+/// file order. A file of at most PIECE bytes (an empty one too) is one piece, whose hash is the
+/// file's.
+struct Pieces {
+    size: u64,
+    tree: Subtree,
+    list: Vec<(u64, u64)>,
+}
+
+impl Pieces {
+    fn new(size: u64) -> Pieces {
+        let tree = Subtree::split(0, size);
+        let mut list = Vec::new();
+        tree.pieces(&mut list);
+        Pieces { size, tree, list }
+    }
+
+    fn count(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Reads piece `i` of `fd` (a file of `self.size` bytes) and hashes it; with `copy_to`,
+    /// writes each byte hashed there at the offset it was read from. Its chaining value (the
+    /// root hash if it is the only piece); `None` if `fd` ends before the piece does.
+    fn hash(
+        &self,
+        i: usize,
+        fd: BorrowedFd<'_>,
+        buf: &mut [u8],
+        copy_to: Option<BorrowedFd<'_>>,
+    ) -> Result<Option<[u8; 32]>, Errno> {
+        use blake3::hazmat::HasherExt;
+        let Some(&(offset, len)) = self.list.get(i) else { return Ok(None) };
+        let mut h = blake3::Hasher::new();
+        h.set_input_offset(offset);
+        let whole = pread_each(fd, offset, len, buf, |b, at| {
+            h.update(b);
+            copy_to.map_or(Ok(()), |dst| pwrite_all(dst, b, at))
+        })?;
+        if !whole {
+            return Ok(None);
+        }
+        Ok(Some(if self.list.len() == 1 { *h.finalize().as_bytes() } else { h.finalize_non_root() }))
+    }
+
+    /// The file's [`Content`] from the hashes of all its pieces, in order.
+    fn content(&self, hashes: &[[u8; 32]]) -> Option<Content> {
+        if hashes.len() != self.list.len() {
+            return None;
+        }
+        let digest = match &self.tree {
+            Subtree::Piece(..) => hashes[0],
+            Subtree::Parent(left, right) => {
+                let mut it = hashes.iter().copied();
+                let (l, r) = (left.chaining_value(&mut it)?, right.chaining_value(&mut it)?);
+                *blake3::hazmat::merge_subtrees_root(&l, &r, blake3::hazmat::Mode::Hash).as_bytes()
+            }
+        };
+        Some(Content { hash: Hash::Blake3, digest, size: self.size })
+    }
+}
+
 /// Reads the `len` bytes of `fd` at `offset` with `pread` into `buf`, piece by piece, handing
-/// each piece to `take` in order; `false` if the file ends before them.
+/// each piece and its offset to `take` in order; `false` if the file ends before them.
 fn pread_each(
     fd: BorrowedFd<'_>,
     offset: u64,
     len: u64,
     buf: &mut [u8],
-    mut take: impl FnMut(&[u8]),
+    mut take: impl FnMut(&[u8], u64) -> Result<(), Errno>,
 ) -> Result<bool, Errno> {
     let mut done = 0u64;
     while done < len {
@@ -157,7 +223,7 @@ fn pread_each(
         match rustix::io::pread(fd, &mut buf[..want], offset + done) {
             Ok(0) => return Ok(false),
             Ok(n) => {
-                take(&buf[..n]);
+                take(&buf[..n], offset + done)?;
                 done += n as u64;
             }
             Err(Errno::INTR) => {}
@@ -167,16 +233,20 @@ fn pread_each(
     Ok(true)
 }
 
-/// The chaining value of the `len` bytes of `fd` at `offset` (a BLAKE3 subtree), `None` if the
-/// file ends before them.
-fn piece_cv(fd: BorrowedFd<'_>, offset: u64, len: u64, buf: &mut [u8]) -> Result<Option<[u8; 32]>, Errno> {
-    use blake3::hazmat::HasherExt;
-    let mut h = blake3::Hasher::new();
-    h.set_input_offset(offset);
-    let whole = pread_each(fd, offset, len, buf, |b| {
-        h.update(b);
-    })?;
-    Ok(whole.then(|| h.finalize_non_root()))
+/// Writes all of `bytes` into `dst` at `offset` (`pwrite`).
+fn pwrite_all(dst: BorrowedFd<'_>, mut bytes: &[u8], mut offset: u64) -> Result<(), Errno> {
+    while !bytes.is_empty() {
+        match rustix::io::pwrite(dst, bytes, offset) {
+            Ok(0) => return Err(Errno::NOSPC),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The bytes an image has, named by one of two digests that commit to all of them.
@@ -191,7 +261,7 @@ pub(crate) struct Content {
 /// kind is never looked up as one of the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Hash {
-    /// BLAKE3 of all the bytes, from a [`ContentHasher`] (the helper's sealed copy).
+    /// BLAKE3 of all the bytes, hashed as they were written into the helper's copy.
     Blake3,
     /// The kernel's fs-verity digest (SHA-256, `FS_IOC_MEASURE_VERITY`) of a file whose bytes
     /// the kernel keeps from changing (the caller's fs-verity image, mounted without a copy).
@@ -200,19 +270,30 @@ pub(crate) enum Hash {
 
 impl Content {
     /// The BLAKE3 hash of the first `size` bytes of `fd` (a caller's file, read with `pread`,
-    /// never mapped), the same digest a [`ContentHasher`] gives for the same bytes; pieces of
+    /// never mapped), the BLAKE3 hash of its bytes; pieces of
     /// the BLAKE3 tree are hashed on up to [`MAX_THREADS`] threads (all joined before it
     /// returns). `None` if the file is not `size` bytes long after the hash (it changed while
     /// read): the caller copies it instead.
     pub(crate) fn of_file(fd: BorrowedFd<'_>, size: u64) -> Result<Option<Content>, Errno> {
-        if size <= PIECE {
-            let mut h = ContentHasher::new();
-            let whole = pread_each(fd, 0, size, &mut vec![0u8; READ_CHUNK], |b| h.update(b))?;
-            return Ok((whole && same_size(fd, size)?).then(|| h.finish()));
-        }
-        let tree = Subtree::split(0, size);
-        let mut pieces = Vec::new();
-        tree.pieces(&mut pieces);
+        Content::of_file_copied(fd, size, None)
+    }
+
+    /// [`Content::of_file`], writing the bytes hashed into `copy_to` at the offsets they were
+    /// read from as it goes (each piece by the thread that hashed it: the hash is of exactly
+    /// the bytes written). `copy_to` must be a file no one else can write (the gate's new kept
+    /// copy or memfd): then its first `size` bytes are what the returned hash commits to. `None`
+    /// as for `of_file` (the caller's file ended early or was longer): what was written is
+    /// then not a copy of anything, and the caller throws it away.
+    pub(crate) fn copy_file(fd: BorrowedFd<'_>, size: u64, copy_to: BorrowedFd<'_>) -> Result<Option<Content>, Errno> {
+        Content::of_file_copied(fd, size, Some(copy_to))
+    }
+
+    fn of_file_copied(
+        fd: BorrowedFd<'_>,
+        size: u64,
+        copy_to: Option<BorrowedFd<'_>>,
+    ) -> Result<Option<Content>, Errno> {
+        let pieces = Pieces::new(size);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_THREADS);
         let next = std::sync::atomic::AtomicUsize::new(0);
         type Done = Vec<(usize, Option<[u8; 32]>)>;
@@ -221,30 +302,31 @@ impl Content {
             let mut out = Vec::new();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&(offset, len)) = pieces.get(i) else { return Ok(out) };
-                out.push((i, piece_cv(fd, offset, len, &mut buf)?));
+                if i >= pieces.count() {
+                    return Ok(out);
+                }
+                out.push((i, pieces.hash(i, fd, &mut buf, copy_to)?));
             }
         };
-        let mut cvs = vec![None; pieces.len()];
-        let results = std::thread::scope(|s| {
-            let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-            let mut all = vec![work()];
-            all.extend(helpers.into_iter().map(|h| h.join().unwrap_or(Err(Errno::IO))));
-            all
-        });
+        let results = if pieces.count() == 1 {
+            vec![work()]
+        } else {
+            std::thread::scope(|s| {
+                let helpers: Vec<_> = (1..threads.min(pieces.count())).map(|_| s.spawn(work)).collect();
+                let mut all = vec![work()];
+                all.extend(helpers.into_iter().map(|h| h.join().unwrap_or(Err(Errno::IO))));
+                all
+            })
+        };
+        let mut hashes = vec![None; pieces.count()];
         for r in results {
-            for (i, cv) in r? {
-                cvs[i] = cv;
+            for (i, h) in r? {
+                hashes[i] = h;
             }
         }
-        let Some(cvs) = cvs.into_iter().collect::<Option<Vec<_>>>() else { return Ok(None) };
-        let Subtree::Parent(left, right) = &tree else { return Ok(None) };
-        let mut it = cvs.into_iter();
-        let (Some(l), Some(r)) = (left.chaining_value(&mut it), right.chaining_value(&mut it)) else {
-            return Ok(None);
-        };
-        let digest = *blake3::hazmat::merge_subtrees_root(&l, &r, blake3::hazmat::Mode::Hash).as_bytes();
-        Ok(same_size(fd, size)?.then_some(Content { hash: Hash::Blake3, digest, size }))
+        let Some(hashes) = hashes.into_iter().collect::<Option<Vec<_>>>() else { return Ok(None) };
+        let content = pieces.content(&hashes);
+        Ok(if same_size(fd, size)? { content } else { None })
     }
 
     /// The fs-verity digest `digest` of a file of `size` bytes, as the kernel measured it.
@@ -471,8 +553,9 @@ mod tests {
     }
 
     /// A file's hash, read in BLAKE3 subtrees on several threads, is the BLAKE3 hash of its
-    /// bytes (sizes around the piece size and the chunk size, and an odd one); a file shorter
-    /// than the size asked for has none.
+    /// bytes (sizes around the piece size and the chunk size, and an odd one), and a copy made
+    /// while hashing holds those bytes; a file shorter or longer than the size asked for has
+    /// none.
     #[test]
     fn file_hash_in_pieces_is_blake3_of_the_bytes() {
         use std::io::Write;
@@ -481,13 +564,23 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ (i / 4096) as u8).collect();
             let mut f = tempfile::tempfile().unwrap();
             f.write_all(&bytes).unwrap();
-            use std::os::fd::AsFd;
+            use std::os::fd::{AsFd, AsRawFd};
             let c = Content::of_file(f.as_fd(), len as u64).unwrap().expect("hashed");
             assert_eq!(c.digest(), blake3::hash(&bytes).as_bytes(), "len {len}");
             assert_eq!(c, content(&bytes), "len {len}: the same Content as the copy's hasher");
+            // Copied as hashed: the copy holds the bytes at their offsets, and the same hash.
+            let copy = tempfile::tempfile().unwrap();
+            assert_eq!(Content::copy_file(f.as_fd(), len as u64, copy.as_fd()).unwrap(), Some(c), "len {len}");
+            assert!(std::fs::read(format!("/proc/self/fd/{}", copy.as_raw_fd())).unwrap() == bytes, "len {len}");
             if len > 0 {
                 assert_eq!(Content::of_file(f.as_fd(), len as u64 + 1).unwrap(), None, "len {len} + 1");
                 assert_eq!(Content::of_file(f.as_fd(), len as u64 - 1).unwrap(), None, "len {len} - 1: size changed");
+                let other = tempfile::tempfile().unwrap();
+                assert_eq!(
+                    Content::copy_file(f.as_fd(), len as u64 - 1, other.as_fd()).unwrap(),
+                    None,
+                    "len {len} - 1"
+                );
             }
         }
     }
