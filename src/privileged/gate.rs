@@ -662,7 +662,7 @@ fn kept_copy(fd: BorrowedFd<'_>, file: OwnedFd, size: u64) -> Option<(OwnedFd, C
 
 /// Bytes the vetting reads from a mapped image between two releases of its pages: bounds how
 /// much of the image is resident in the helper at once (docs/helper.md "Cost").
-const VET_RELEASE_EVERY: u64 = 2 << 20;
+const VET_RELEASE_EVERY: u64 = 1 << 20;
 
 /// A remembered verdict against the caller's limits of now.
 fn within_limits(v: Verdict, limits: &Limits) -> Result<(), AccessError> {

@@ -475,8 +475,17 @@ impl CopiesOnTmpfs {
         for d in ["/run/cfsmount", "/run/cfsmount/copies"] {
             std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         }
-        let o =
-            sh("mount", &["-t", "tmpfs", "-o", "mode=0700,size=64m", "cfsmount-test-copies", "/run/cfsmount/copies"]);
+        let o = sh(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                "mode=0700,size=64m,huge=within_size",
+                "cfsmount-test-copies",
+                "/run/cfsmount/copies",
+            ],
+        );
         assert!(o.status.success(), "mounting a tmpfs on /run/cfsmount/copies: {}", stderr(&o));
         CopiesOnTmpfs { mounted: true, made_dir }
     }
