@@ -98,8 +98,12 @@ impl ContentHasher {
     }
 }
 
-/// Largest piece of a file [`Content::of_file`] hashes in one go (a BLAKE3 subtree).
-const PIECE: u64 = 1 << 20;
+/// Largest piece of a file [`Content::of_file`] hashes (and [`Content::copy_file`] copies) in
+/// one go (a BLAKE3 subtree). Threads take the pieces in file order, so the copy's end is at
+/// most a piece or two ahead of any write into it: a tmpfs mounted `huge=within_size` then
+/// backs it with folios of a piece or two, not 2 MiB (which the vetting's mapping would map
+/// whole: `crate::sys::map::SealedMap`).
+const PIECE: u64 = READ_CHUNK as u64;
 /// Bytes read per `pread` while hashing a file.
 const READ_CHUNK: usize = 128 << 10;
 /// Most threads [`Content::of_file`] hashes on.
