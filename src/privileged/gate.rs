@@ -902,7 +902,10 @@ mod tests {
         assert!(back == bytes);
         assert!(crate::sys::map::unchangeable(copy.as_fd()).unwrap());
         // A file longer than the copy was allowed for (it grew): no kept copy.
-        assert!(kept_copy(f.as_fd(), kept.new_copy(1).unwrap(), bytes.len() as u64 - 1).is_none());
+        let n = bytes.len() as u64;
+        assert!(kept_copy(f.as_fd(), kept.new_copy(n - 1).unwrap(), n - 1).is_none());
+        // One shorter than the copy was allowed for (it shrank): no kept copy either.
+        assert!(kept_copy(f.as_fd(), kept.new_copy(n + 1).unwrap(), n + 1).is_none());
         let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
         let g = Gate::new(HelperContext { caller, policy: Policy::builtin().unwrap() });
         g.pin(&copy, content).unwrap();
@@ -916,7 +919,7 @@ mod tests {
     fn the_copy_is_sealed_hashed_as_written_and_keyed_only_by_the_gate_that_made_it() {
         use rustix::fs::{MemfdFlags, SealFlags};
         use std::io::{Read, Seek, Write};
-        // Larger than two pieces of the copy (1 MiB each), not a multiple of one.
+        // Many pieces of the copy (128 KiB each), not a multiple of one.
         let bytes: Vec<u8> = (0..(3 * (1 << 20) + 4097)).map(|i| (i % 251) as u8).collect();
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&bytes).unwrap();
@@ -937,7 +940,7 @@ mod tests {
         // Over the size limit: refused.
         let e = sealed_copy(reopen(&mut f).as_fd(), bytes.len() as u64 - 1, true).unwrap_err().to_string();
         assert!(e.contains("image size"), "{e}");
-        // Without verdicts nothing is hashed.
+        // Without verdicts the hash is not handed out (the copy is hashed all the same).
         assert!(sealed_copy(reopen(&mut f).as_fd(), bytes.len() as u64, false).unwrap().1.is_none());
 
         let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };

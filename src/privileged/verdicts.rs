@@ -99,10 +99,10 @@ impl ContentHasher {
 }
 
 /// Largest piece of a file [`Content::of_file`] hashes (and [`Content::copy_file`] copies) in
-/// one go (a BLAKE3 subtree). Threads take the pieces in file order, so the copy's end is at
-/// most a piece or two ahead of any write into it: a tmpfs mounted `huge=within_size` then
-/// backs it with folios of a piece or two, not 2 MiB (which the vetting's mapping would map
-/// whole: `crate::sys::map::SealedMap`).
+/// one go (a BLAKE3 subtree). Threads take the pieces in file order, so the copy's end is
+/// usually a piece or a few ahead of any write into it: a tmpfs mounted `huge=within_size`
+/// then backs it with folios of a piece or two, not 2 MiB (which the vetting's mapping would
+/// map whole: `crate::sys::map::SealedMap`).
 const PIECE: u64 = READ_CHUNK as u64;
 /// Bytes read per `pread` while hashing a file.
 const READ_CHUNK: usize = 128 << 10;
@@ -279,44 +279,70 @@ impl Content {
     /// returns). `None` if the file is not `size` bytes long after the hash (it changed while
     /// read): the caller copies it instead.
     pub(crate) fn of_file(fd: BorrowedFd<'_>, size: u64) -> Result<Option<Content>, Errno> {
-        Content::of_file_copied(fd, size, None)
+        Content::of_file_copied(fd, size, None, None)
     }
 
     /// [`Content::of_file`], writing the bytes hashed into `copy_to` at the offsets they were
     /// read from as it goes (each piece by the thread that hashed it: the hash is of exactly
     /// the bytes written). `copy_to` must be a file no one else can write (the gate's new kept
-    /// copy or memfd): then its first `size` bytes are what the returned hash commits to. `None`
-    /// as for `of_file` (the caller's file ended early or was longer): what was written is
-    /// then not a copy of anything, and the caller throws it away.
+    /// copy or memfd), and not open `O_APPEND` (`EINVAL`: `pwrite` would ignore the offsets):
+    /// then its first `size` bytes are what the returned hash commits to. `None` as for
+    /// `of_file` (the caller's file ended early or was longer): what was written is then not a
+    /// copy of anything, and the caller throws it away.
     pub(crate) fn copy_file(fd: BorrowedFd<'_>, size: u64, copy_to: BorrowedFd<'_>) -> Result<Option<Content>, Errno> {
-        Content::of_file_copied(fd, size, Some(copy_to))
+        if rustix::fs::fcntl_getfl(copy_to)?.contains(OFlags::APPEND) {
+            return Err(Errno::INVAL);
+        }
+        Content::of_file_copied(fd, size, Some(copy_to), None)
     }
 
+    /// The pieces of the first `size` bytes of `fd` hashed (and copied) on `threads` threads,
+    /// by default as many as there are CPUs to run them, at most [`MAX_THREADS`]. A thread that
+    /// cannot be started (the caller's `pids.max`, `RLIMIT_AS`) is done without: the threads
+    /// that run take its pieces.
     fn of_file_copied(
         fd: BorrowedFd<'_>,
         size: u64,
         copy_to: Option<BorrowedFd<'_>>,
+        threads: Option<usize>,
     ) -> Result<Option<Content>, Errno> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let pieces = Pieces::new(size);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_THREADS);
-        let next = std::sync::atomic::AtomicUsize::new(0);
+        let next = AtomicUsize::new(0);
+        // Set by the first thread that fails: the others stop taking pieces.
+        let failed = AtomicBool::new(false);
         type Done = Vec<(usize, Option<[u8; 32]>)>;
         let work = || -> Result<Done, Errno> {
             let mut buf = vec![0u8; READ_CHUNK];
             let mut out = Vec::new();
             loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= pieces.count() {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= pieces.count() || failed.load(Ordering::Relaxed) {
                     return Ok(out);
                 }
-                out.push((i, pieces.hash(i, fd, &mut buf, copy_to)?));
+                match pieces.hash(i, fd, &mut buf, copy_to) {
+                    Ok(h) => out.push((i, h)),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
             }
         };
         let results = if pieces.count() == 1 {
             vec![work()]
         } else {
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS))
+                .clamp(1, pieces.count());
             std::thread::scope(|s| {
-                let helpers: Vec<_> = (1..threads.min(pieces.count())).map(|_| s.spawn(work)).collect();
+                let mut helpers = Vec::new();
+                for _ in 1..threads {
+                    match std::thread::Builder::new().spawn_scoped(s, work) {
+                        Ok(h) => helpers.push(h),
+                        Err(_) => break,
+                    }
+                }
                 let mut all = vec![work()];
                 all.extend(helpers.into_iter().map(|h| h.join().unwrap_or(Err(Errno::IO))));
                 all
@@ -328,6 +354,7 @@ impl Content {
                 hashes[i] = h;
             }
         }
+        // A piece nobody took (after a failure) or that the file ended before: no hash.
         let Some(hashes) = hashes.into_iter().collect::<Option<Vec<_>>>() else { return Ok(None) };
         let content = pieces.content(&hashes);
         Ok(if same_size(fd, size)? { content } else { None })
@@ -556,37 +583,73 @@ mod tests {
         }
     }
 
-    /// A file's hash, read in BLAKE3 subtrees on several threads, is the BLAKE3 hash of its
-    /// bytes (sizes around the piece size and the chunk size, and an odd one), and a copy made
-    /// while hashing holds those bytes; a file shorter or longer than the size asked for has
-    /// none.
+    /// A file's hash, read in BLAKE3 subtrees on one thread or several (four, whatever the
+    /// CPUs), is the BLAKE3 hash of its bytes (sizes around the piece size and the chunk size,
+    /// and an odd one), and a copy made while hashing holds those bytes; a file shorter or
+    /// longer than the size asked for has none.
     #[test]
     fn file_hash_in_pieces_is_blake3_of_the_bytes() {
         use std::io::Write;
+        use std::os::fd::{AsFd, AsRawFd};
         let p = PIECE as usize;
         for len in [0, 1, 1024, 1025, p - 1, p, p + 1, 2 * p, 2 * p + 1025, 5 * p + 12_345, 10 * p + 7] {
             let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ (i / 4096) as u8).collect();
             let mut f = tempfile::tempfile().unwrap();
             f.write_all(&bytes).unwrap();
-            use std::os::fd::{AsFd, AsRawFd};
             let c = Content::of_file(f.as_fd(), len as u64).unwrap().expect("hashed");
             assert_eq!(c.digest(), blake3::hash(&bytes).as_bytes(), "len {len}");
             assert_eq!(c, content(&bytes), "len {len}: the same Content as the copy's hasher");
-            // Copied as hashed: the copy holds the bytes at their offsets, and the same hash.
-            let copy = tempfile::tempfile().unwrap();
-            assert_eq!(Content::copy_file(f.as_fd(), len as u64, copy.as_fd()).unwrap(), Some(c), "len {len}");
-            assert!(std::fs::read(format!("/proc/self/fd/{}", copy.as_raw_fd())).unwrap() == bytes, "len {len}");
-            if len > 0 {
-                assert_eq!(Content::of_file(f.as_fd(), len as u64 + 1).unwrap(), None, "len {len} + 1");
-                assert_eq!(Content::of_file(f.as_fd(), len as u64 - 1).unwrap(), None, "len {len} - 1: size changed");
+            assert_eq!(
+                Content::copy_file(f.as_fd(), len as u64, tempfile::tempfile().unwrap().as_fd()).unwrap(),
+                Some(c)
+            );
+            for threads in [1, 4] {
+                let t = Some(threads);
+                assert_eq!(Content::of_file_copied(f.as_fd(), len as u64, None, t).unwrap(), Some(c), "len {len}");
+                // Copied as hashed: the copy holds the bytes at their offsets, and the same hash.
+                let copy = tempfile::tempfile().unwrap();
+                let got = Content::of_file_copied(f.as_fd(), len as u64, Some(copy.as_fd()), t).unwrap();
+                assert_eq!(got, Some(c), "len {len}, {threads} threads");
+                assert!(std::fs::read(format!("/proc/self/fd/{}", copy.as_raw_fd())).unwrap() == bytes, "len {len}");
+                // Asked for more bytes than the file has, or fewer: no hash, copied or not.
                 let other = tempfile::tempfile().unwrap();
-                assert_eq!(
-                    Content::copy_file(f.as_fd(), len as u64 - 1, other.as_fd()).unwrap(),
-                    None,
-                    "len {len} - 1"
-                );
+                let longer = Content::of_file_copied(f.as_fd(), len as u64 + 1, Some(other.as_fd()), t).unwrap();
+                assert_eq!(longer, None, "len {len} + 1");
+                assert_eq!(Content::of_file_copied(f.as_fd(), len as u64 + 1, None, t).unwrap(), None, "len {len} + 1");
+                if len > 0 {
+                    let shorter = Content::of_file_copied(f.as_fd(), len as u64 - 1, None, t).unwrap();
+                    assert_eq!(shorter, None, "len {len} - 1: size changed");
+                    let other = tempfile::tempfile().unwrap();
+                    let shorter = Content::of_file_copied(f.as_fd(), len as u64 - 1, Some(other.as_fd()), t).unwrap();
+                    assert_eq!(shorter, None, "len {len} - 1");
+                }
             }
         }
+    }
+
+    /// A copy that cannot be written is an error, never a hash: a read-only destination (every
+    /// thread's first write fails), and one open for appending (refused before anything is
+    /// read: `pwrite` there would ignore the offsets).
+    #[test]
+    fn a_copy_that_cannot_be_written_is_an_error() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let bytes = vec![5u8; 3 * PIECE as usize + 77];
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&bytes).unwrap();
+        let read_only = std::fs::File::open(f.path()).unwrap();
+        for threads in [1, 4] {
+            let r = Content::of_file_copied(
+                f.as_file().as_fd(),
+                bytes.len() as u64,
+                Some(read_only.as_fd()),
+                Some(threads),
+            );
+            assert_eq!(r, Err(Errno::BADF), "{threads} threads");
+        }
+        let append = std::fs::OpenOptions::new().append(true).open(f.path()).unwrap();
+        assert_eq!(Content::copy_file(f.as_file().as_fd(), bytes.len() as u64, append.as_fd()), Err(Errno::INVAL));
+        assert!(std::fs::read(f.path()).unwrap() == bytes, "nothing was written");
     }
 
     #[test]
