@@ -8,6 +8,7 @@
 #   the same through the setuid helper, as user nobody    cfsmount (and setpriv alone); a repeated
 #                                                         mount: the helper's kept copy (on tmpfs,
 #                                                         benches/kept-copies.sh; KEPT_COPIES=0 off)
+#   the same, a first mount (verdicts, copies removed)     cfsmount (and setpriv alone)
 #   a 1-file image through the helper (its fixed cost)    cfsmount (and setpriv alone)
 #   mkimage --from-dir SRC (no store)                     cfsmount / mkcomposefs / cfsctl mkcomposefs
 #   mkimage --from-dir SRC --digest-store (fresh store)   idem; images AND object trees compared
@@ -171,6 +172,10 @@ if has helper; then
     as_nobody="setpriv --reuid=65534 --regid=65534 --clear-groups"
     un_h=$(script un-h "$as_nobody $W/bin/cfsmount-suid umount $W/hmnt >/dev/null 2>&1 || true")
     tool "cfsmount (setuid, as nobody)" "$un_h" "$as_nobody $W/bin/cfsmount-suid mount $W/cs9.img $W/hmnt --basedir $W/hobjs"
+    # A first mount: no remembered verdict and no kept copy (both removed, the copies' key kept).
+    first_h=$(script first-h "$un_h" "rm -rf /run/cfsmount/verdicts" \
+        "[ ! -d /run/cfsmount/copies ] || find /run/cfsmount/copies -mindepth 1 ! -name .key -delete")
+    tool "cfsmount (setuid, as nobody, first mount)" "$first_h" "$as_nobody $W/bin/cfsmount-suid mount $W/cs9.img $W/hmnt --basedir $W/hobjs"
     tool "cfsmount (setuid, 1-file image)" "$un_h" "$as_nobody $W/bin/cfsmount-suid mount $W/one.img $W/hmnt --basedir $W/hobjs"
     tool "setpriv alone (exec overhead)" "true" "$as_nobody /bin/true"
     run_case helper "$RUNS_SHORT"
@@ -291,6 +296,7 @@ row() { # row LABEL CASE CFS REF RS [noratio]
     echo "|---|---|---|---|"
     row "mount of the prebuilt cs9-developer image, as root" mount cfsmount reference composefs-rs
     row "the same through the setuid helper, as nobody (reference column: setpriv exec alone)" helper "cfsmount (setuid, as nobody)" "setpriv alone (exec overhead)" "" noratio
+    row "the same, a first mount (no remembered verdict, no kept copy: copied and vetted in full; reference column: setpriv exec alone)" helper "cfsmount (setuid, as nobody, first mount)" "setpriv alone (exec overhead)" "" noratio
     row "a 1-file image through the setuid helper (its fixed cost; reference column: setpriv exec alone)" helper "cfsmount (setuid, 1-file image)" "setpriv alone (exec overhead)" "" noratio
     row "mkimage --from-dir $SRC (no store)" dir cfsmount reference composefs-rs
     row "mkimage --from-dir $SRC --digest-store (fresh store)" store cfsmount reference composefs-rs

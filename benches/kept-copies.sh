@@ -11,7 +11,9 @@ kept_copies_setup() {
     mountpoint -q /run/cfsmount/copies && return 0
     [ -e /run/cfsmount/copies ] || KEPT_MADE_DIR=1
     mkdir -p -m 700 /run/cfsmount /run/cfsmount/copies
-    mount -t tmpfs -o mode=0700,size=512m,nosuid,nodev,noexec cfsmount-bench-copies /run/cfsmount/copies
+    # As the packaged unit mounts it (without huge= where the kernel has no transparent huge pages).
+    mount -t tmpfs -o mode=0700,size=512m,nosuid,nodev,noexec,huge=within_size cfsmount-bench-copies /run/cfsmount/copies 2>/dev/null ||
+        mount -t tmpfs -o mode=0700,size=512m,nosuid,nodev,noexec cfsmount-bench-copies /run/cfsmount/copies
     KEPT_TMPFS=1
 }
 kept_copies_teardown() {

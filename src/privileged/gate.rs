@@ -19,7 +19,7 @@ use super::idmap;
 use super::init::HelperContext;
 use super::kept::KeptCopies;
 use super::policy::{Limits, Policy};
-use super::verdicts::{Content, ContentHasher, Hash, Key, Verdict, Verdicts};
+use super::verdicts::{Content, Hash, Key, Verdict, Verdicts};
 use crate::mount::access::{check_is_userns, Access, AccessError, FdSink, Phase, Usage};
 use crate::mount::records::MountRecord;
 use crate::mount::{IdMap, MountOption, MountRequest, SourceKind};
@@ -612,41 +612,41 @@ fn truncate(s: &str) -> String {
     format!("{}...", &s[..end])
 }
 
-/// Bytes copied per read (measured: 128 KiB stays in the L2 cache between the read, the hash
-/// and the write; docs/helper.md "Cost").
-const COPY_CHUNK: usize = 128 << 10;
-
-/// Copies at most `max` bytes of `fd` into a new memfd and seals it (F_SEAL_WRITE, GROW,
-/// SHRINK, SEAL); positioned at 0. With `hash`, also the hash of exactly the bytes written (the
-/// memfd is this process's alone until it is sealed: nothing else can write into it, and its
-/// size after sealing is checked equal to what was hashed).
+/// Copies the caller's regular file `fd` (`max` bytes at most: the image size limit) into a new
+/// memfd and seals it (F_SEAL_WRITE, GROW, SHRINK, SEAL); positioned at 0. With `hash`, also
+/// the hash of exactly the bytes written (`Content::copy_file`: the memfd is this process's
+/// alone until it is sealed, so nothing else can write into it, and its size after sealing is
+/// checked equal to what was hashed). A file that changes size while it is copied is refused.
 fn sealed_copy(fd: BorrowedFd<'_>, max: u64, hash: bool) -> Result<(OwnedFd, Option<Content>), AccessError> {
     use rustix::fs::{MemfdFlags, SealFlags};
     let err = |what, errno| AccessError::Io { what, errno };
+    let size = rustix::fs::fstat(fd).map_err(|e| err("fstat of the source", e))?.st_size as u64;
+    if size > max {
+        return Err(AccessError::Limit { what: "image size", value: size, limit: max });
+    }
     let memfd = rustix::fs::memfd_create("cfsmount-source", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
         .map_err(|e| err("memfd_create", e))?;
-    let mut hasher = hash.then(ContentHasher::new);
-    let copied = copy_into(fd, &memfd, max, hasher.as_mut())?;
+    let content = Content::copy_file(fd, size, memfd.as_fd())
+        .map_err(|e| err("copying the source", e))?
+        .ok_or_else(|| AccessError::BadImage { reason: "the source changed size while it was copied".into() })?;
     rustix::fs::fcntl_add_seals(&memfd, SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)
         .map_err(|e| err("sealing the source copy", e))?;
-    let size = rustix::fs::fstat(&memfd).map_err(|e| err("fstat of the source copy", e))?.st_size as u64;
-    if size != copied {
+    let sealed = rustix::fs::fstat(&memfd).map_err(|e| err("fstat of the source copy", e))?.st_size as u64;
+    if sealed != content.size() {
         return Err(err("copying the source", rustix::io::Errno::IO));
     }
     rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(0)).map_err(|e| err("seek", e))?;
-    Ok((memfd, hasher.map(ContentHasher::finish)))
+    Ok((memfd, hash.then_some(content)))
 }
 
 /// Copies `fd` into `file`, a new unnamed kept copy (`KeptCopies::new_copy` for `size` bytes:
-/// mode 0400, open for writing, this process's alone), hashed as written; then reopens it
-/// read-only and closes the writable fd, so that no fd that can write it is left. At most
-/// `size` bytes, the size the copy was allowed for: `None` if the file has grown past it, or
-/// the copy cannot be written or reopened (the caller then makes a sealed copy instead, which
-/// applies the image size limit).
+/// mode 0400, open for writing, this process's alone), hashed as written
+/// (`Content::copy_file`); then reopens it read-only and closes the writable fd, so that no fd
+/// that can write it is left. Exactly `size` bytes, the size the copy was allowed for: `None` if
+/// the file is longer or shorter by then, or the copy cannot be written or reopened (the caller
+/// then makes a sealed copy instead, which applies the image size limit).
 fn kept_copy(fd: BorrowedFd<'_>, file: OwnedFd, size: u64) -> Option<(OwnedFd, Content)> {
-    let mut hasher = ContentHasher::new();
-    copy_into(fd, &file, size, Some(&mut hasher)).ok()?;
-    let content = hasher.finish();
+    let content = Content::copy_file(fd, size, file.as_fd()).ok()??;
     // Reopened through its /proc/self/fd link (a magic link: followed, so no O_NOFOLLOW),
     // checked to be the same file.
     let link = super::kept::proc_fd_path(file.as_fd());
@@ -660,48 +660,9 @@ fn kept_copy(fd: BorrowedFd<'_>, file: OwnedFd, size: u64) -> Option<(OwnedFd, C
     (private && b.st_size as u64 == content.size()).then_some((copy, content))
 }
 
-/// Copies at most `max` bytes of `fd` (from offset 0, `pread`) to the end of `dst`, feeding
-/// them to `hasher` in order; the bytes copied.
-fn copy_into(
-    fd: BorrowedFd<'_>,
-    dst: &OwnedFd,
-    max: u64,
-    mut hasher: Option<&mut ContentHasher>,
-) -> Result<u64, AccessError> {
-    use rustix::io::Errno;
-    let err = |errno| AccessError::Io { what: "copying the source", errno };
-    let mut buf = vec![0u8; COPY_CHUNK];
-    let mut copied = 0u64;
-    loop {
-        let n = match rustix::io::pread(fd, &mut buf, copied) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(err(e)),
-        };
-        copied += n as u64;
-        if copied > max {
-            return Err(AccessError::Limit { what: "image size", value: copied, limit: max });
-        }
-        if let Some(h) = hasher.as_mut() {
-            h.update(&buf[..n]);
-        }
-        let mut done = 0;
-        while done < n {
-            match rustix::io::write(dst, &buf[done..n]) {
-                Ok(0) => return Err(err(Errno::NOSPC)),
-                Ok(w) => done += w,
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(err(e)),
-            }
-        }
-    }
-    Ok(copied)
-}
-
 /// Bytes the vetting reads from a mapped image between two releases of its pages: bounds how
 /// much of the image is resident in the helper at once (docs/helper.md "Cost").
-const VET_RELEASE_EVERY: u64 = 2 << 20;
+const VET_RELEASE_EVERY: u64 = 1 << 20;
 
 /// A remembered verdict against the caller's limits of now.
 fn within_limits(v: Verdict, limits: &Limits) -> Result<(), AccessError> {
@@ -877,6 +838,7 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::privileged::verdicts::ContentHasher;
 
     #[test]
     fn strict_path_checks() {
@@ -925,7 +887,7 @@ mod tests {
             return;
         };
         std::fs::set_permissions(state.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        let bytes: Vec<u8> = (0..(2 * COPY_CHUNK + 17)).map(|i| (i % 253) as u8).collect();
+        let bytes: Vec<u8> = (0..(2 * (1 << 20) + 17)).map(|i| (i % 253) as u8).collect();
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&bytes).unwrap();
         let kept = KeptCopies::in_dir_for_tests(state.path(), 1 << 30).unwrap();
@@ -940,7 +902,10 @@ mod tests {
         assert!(back == bytes);
         assert!(crate::sys::map::unchangeable(copy.as_fd()).unwrap());
         // A file longer than the copy was allowed for (it grew): no kept copy.
-        assert!(kept_copy(f.as_fd(), kept.new_copy(1).unwrap(), bytes.len() as u64 - 1).is_none());
+        let n = bytes.len() as u64;
+        assert!(kept_copy(f.as_fd(), kept.new_copy(n - 1).unwrap(), n - 1).is_none());
+        // One shorter than the copy was allowed for (it shrank): no kept copy either.
+        assert!(kept_copy(f.as_fd(), kept.new_copy(n + 1).unwrap(), n + 1).is_none());
         let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
         let g = Gate::new(HelperContext { caller, policy: Policy::builtin().unwrap() });
         g.pin(&copy, content).unwrap();
@@ -954,8 +919,8 @@ mod tests {
     fn the_copy_is_sealed_hashed_as_written_and_keyed_only_by_the_gate_that_made_it() {
         use rustix::fs::{MemfdFlags, SealFlags};
         use std::io::{Read, Seek, Write};
-        // Larger than one copy chunk, not a multiple of it.
-        let bytes: Vec<u8> = (0..(3 * COPY_CHUNK + 4097)).map(|i| (i % 251) as u8).collect();
+        // Many pieces of the copy (128 KiB each), not a multiple of one.
+        let bytes: Vec<u8> = (0..(3 * (1 << 20) + 4097)).map(|i| (i % 251) as u8).collect();
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&bytes).unwrap();
         let reopen = |f: &mut File| {
@@ -975,7 +940,7 @@ mod tests {
         // Over the size limit: refused.
         let e = sealed_copy(reopen(&mut f).as_fd(), bytes.len() as u64 - 1, true).unwrap_err().to_string();
         assert!(e.contains("image size"), "{e}");
-        // Without verdicts nothing is hashed.
+        // Without verdicts the hash is not handed out (the copy is hashed all the same).
         assert!(sealed_copy(reopen(&mut f).as_fd(), bytes.len() as u64, false).unwrap().1.is_none());
 
         let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };

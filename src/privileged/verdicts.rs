@@ -3,7 +3,7 @@
 //! the same. docs/helper.md ("Remembered verdicts") has the argument in full; in short:
 //!
 //! - the key is the BLAKE3 hash of the bytes the kernel will mount: the helper's private copy,
-//!   hashed ([`ContentHasher`]) from the very buffers the helper writes into its own memfd, which
+//!   hashed ([`Content::copy_file`]) from the very buffers the helper writes into its own memfd, which
 //!   no other process holds until it is sealed (`F_SEAL_WRITE|F_SEAL_GROW|F_SEAL_SHRINK`,
 //!   checked on the fd itself before the key is used), its size checked equal to the bytes
 //!   hashed; so nothing can change them between the hash, the verdict and the mount; an fd that
@@ -73,12 +73,15 @@ impl Verdict {
     }
 }
 
-/// Hashes an image's bytes as the helper writes them into its private copy.
+/// Hashes bytes in one pass, in order: the [`Content`] that [`Content::copy_file`] gives for
+/// the same bytes in pieces (tests compare the two).
+#[cfg(test)]
 pub(crate) struct ContentHasher {
     hasher: blake3::Hasher,
     size: u64,
 }
 
+#[cfg(test)]
 impl ContentHasher {
     pub(crate) fn new() -> ContentHasher {
         ContentHasher { hasher: blake3::Hasher::new(), size: 0 }
@@ -95,8 +98,12 @@ impl ContentHasher {
     }
 }
 
-/// Largest piece of a file [`Content::of_file`] hashes in one go (a BLAKE3 subtree).
-const PIECE: u64 = 1 << 20;
+/// Largest piece of a file [`Content::of_file`] hashes (and [`Content::copy_file`] copies) in
+/// one go (a BLAKE3 subtree). Threads take the pieces in file order, so the copy's end is
+/// usually a piece or a few ahead of any write into it: a tmpfs mounted `huge=within_size`
+/// then backs it with folios of a piece or two, not 2 MiB (which the vetting's mapping would
+/// map whole: `crate::sys::map::SealedMap`).
+const PIECE: u64 = READ_CHUNK as u64;
 /// Bytes read per `pread` while hashing a file.
 const READ_CHUNK: usize = 128 << 10;
 /// Most threads [`Content::of_file`] hashes on.
@@ -142,14 +149,77 @@ impl Subtree {
     }
 }
 
+/// A file of a known size cut into the pieces its BLAKE3 hash is made of, for hashing them apart
+/// (on several threads, in any order): subtrees of BLAKE3's tree of at most [`PIECE`] bytes, in
+/// file order. A file of at most PIECE bytes (an empty one too) is one piece, whose hash is the
+/// file's.
+struct Pieces {
+    size: u64,
+    tree: Subtree,
+    list: Vec<(u64, u64)>,
+}
+
+impl Pieces {
+    fn new(size: u64) -> Pieces {
+        let tree = Subtree::split(0, size);
+        let mut list = Vec::new();
+        tree.pieces(&mut list);
+        Pieces { size, tree, list }
+    }
+
+    fn count(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Reads piece `i` of `fd` (a file of `self.size` bytes) and hashes it; with `copy_to`,
+    /// writes each byte hashed there at the offset it was read from. Its chaining value (the
+    /// root hash if it is the only piece); `None` if `fd` ends before the piece does.
+    fn hash(
+        &self,
+        i: usize,
+        fd: BorrowedFd<'_>,
+        buf: &mut [u8],
+        copy_to: Option<BorrowedFd<'_>>,
+    ) -> Result<Option<[u8; 32]>, Errno> {
+        use blake3::hazmat::HasherExt;
+        let Some(&(offset, len)) = self.list.get(i) else { return Ok(None) };
+        let mut h = blake3::Hasher::new();
+        h.set_input_offset(offset);
+        let whole = pread_each(fd, offset, len, buf, |b, at| {
+            h.update(b);
+            copy_to.map_or(Ok(()), |dst| pwrite_all(dst, b, at))
+        })?;
+        if !whole {
+            return Ok(None);
+        }
+        Ok(Some(if self.list.len() == 1 { *h.finalize().as_bytes() } else { h.finalize_non_root() }))
+    }
+
+    /// The file's [`Content`] from the hashes of all its pieces, in order.
+    fn content(&self, hashes: &[[u8; 32]]) -> Option<Content> {
+        if hashes.len() != self.list.len() {
+            return None;
+        }
+        let digest = match &self.tree {
+            Subtree::Piece(..) => hashes[0],
+            Subtree::Parent(left, right) => {
+                let mut it = hashes.iter().copied();
+                let (l, r) = (left.chaining_value(&mut it)?, right.chaining_value(&mut it)?);
+                *blake3::hazmat::merge_subtrees_root(&l, &r, blake3::hazmat::Mode::Hash).as_bytes()
+            }
+        };
+        Some(Content { hash: Hash::Blake3, digest, size: self.size })
+    }
+}
+
 /// Reads the `len` bytes of `fd` at `offset` with `pread` into `buf`, piece by piece, handing
-/// each piece to `take` in order; `false` if the file ends before them.
+/// each piece and its offset to `take` in order; `false` if the file ends before them.
 fn pread_each(
     fd: BorrowedFd<'_>,
     offset: u64,
     len: u64,
     buf: &mut [u8],
-    mut take: impl FnMut(&[u8]),
+    mut take: impl FnMut(&[u8], u64) -> Result<(), Errno>,
 ) -> Result<bool, Errno> {
     let mut done = 0u64;
     while done < len {
@@ -157,7 +227,7 @@ fn pread_each(
         match rustix::io::pread(fd, &mut buf[..want], offset + done) {
             Ok(0) => return Ok(false),
             Ok(n) => {
-                take(&buf[..n]);
+                take(&buf[..n], offset + done)?;
                 done += n as u64;
             }
             Err(Errno::INTR) => {}
@@ -167,16 +237,20 @@ fn pread_each(
     Ok(true)
 }
 
-/// The chaining value of the `len` bytes of `fd` at `offset` (a BLAKE3 subtree), `None` if the
-/// file ends before them.
-fn piece_cv(fd: BorrowedFd<'_>, offset: u64, len: u64, buf: &mut [u8]) -> Result<Option<[u8; 32]>, Errno> {
-    use blake3::hazmat::HasherExt;
-    let mut h = blake3::Hasher::new();
-    h.set_input_offset(offset);
-    let whole = pread_each(fd, offset, len, buf, |b| {
-        h.update(b);
-    })?;
-    Ok(whole.then(|| h.finalize_non_root()))
+/// Writes all of `bytes` into `dst` at `offset` (`pwrite`).
+fn pwrite_all(dst: BorrowedFd<'_>, mut bytes: &[u8], mut offset: u64) -> Result<(), Errno> {
+    while !bytes.is_empty() {
+        match rustix::io::pwrite(dst, bytes, offset) {
+            Ok(0) => return Err(Errno::NOSPC),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The bytes an image has, named by one of two digests that commit to all of them.
@@ -191,7 +265,7 @@ pub(crate) struct Content {
 /// kind is never looked up as one of the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Hash {
-    /// BLAKE3 of all the bytes, from a [`ContentHasher`] (the helper's sealed copy).
+    /// BLAKE3 of all the bytes, hashed as they were written into the helper's copy.
     Blake3,
     /// The kernel's fs-verity digest (SHA-256, `FS_IOC_MEASURE_VERITY`) of a file whose bytes
     /// the kernel keeps from changing (the caller's fs-verity image, mounted without a copy).
@@ -200,51 +274,90 @@ pub(crate) enum Hash {
 
 impl Content {
     /// The BLAKE3 hash of the first `size` bytes of `fd` (a caller's file, read with `pread`,
-    /// never mapped), the same digest a [`ContentHasher`] gives for the same bytes; pieces of
+    /// never mapped), the BLAKE3 hash of its bytes; pieces of
     /// the BLAKE3 tree are hashed on up to [`MAX_THREADS`] threads (all joined before it
     /// returns). `None` if the file is not `size` bytes long after the hash (it changed while
     /// read): the caller copies it instead.
     pub(crate) fn of_file(fd: BorrowedFd<'_>, size: u64) -> Result<Option<Content>, Errno> {
-        if size <= PIECE {
-            let mut h = ContentHasher::new();
-            let whole = pread_each(fd, 0, size, &mut vec![0u8; READ_CHUNK], |b| h.update(b))?;
-            return Ok((whole && same_size(fd, size)?).then(|| h.finish()));
+        Content::of_file_copied(fd, size, None, None)
+    }
+
+    /// [`Content::of_file`], writing the bytes hashed into `copy_to` at the offsets they were
+    /// read from as it goes (each piece by the thread that hashed it: the hash is of exactly
+    /// the bytes written). `copy_to` must be a file no one else can write (the gate's new kept
+    /// copy or memfd), and not open `O_APPEND` (`EINVAL`: `pwrite` would ignore the offsets):
+    /// then its first `size` bytes are what the returned hash commits to. `None` as for
+    /// `of_file` (the caller's file ended early or was longer): what was written is then not a
+    /// copy of anything, and the caller throws it away.
+    pub(crate) fn copy_file(fd: BorrowedFd<'_>, size: u64, copy_to: BorrowedFd<'_>) -> Result<Option<Content>, Errno> {
+        if rustix::fs::fcntl_getfl(copy_to)?.contains(OFlags::APPEND) {
+            return Err(Errno::INVAL);
         }
-        let tree = Subtree::split(0, size);
-        let mut pieces = Vec::new();
-        tree.pieces(&mut pieces);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_THREADS);
-        let next = std::sync::atomic::AtomicUsize::new(0);
+        Content::of_file_copied(fd, size, Some(copy_to), None)
+    }
+
+    /// The pieces of the first `size` bytes of `fd` hashed (and copied) on `threads` threads,
+    /// by default as many as there are CPUs to run them, at most [`MAX_THREADS`]. A thread that
+    /// cannot be started (the caller's `pids.max`, `RLIMIT_AS`) is done without: the threads
+    /// that run take its pieces.
+    fn of_file_copied(
+        fd: BorrowedFd<'_>,
+        size: u64,
+        copy_to: Option<BorrowedFd<'_>>,
+        threads: Option<usize>,
+    ) -> Result<Option<Content>, Errno> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let pieces = Pieces::new(size);
+        let next = AtomicUsize::new(0);
+        // Set by the first thread that fails: the others stop taking pieces.
+        let failed = AtomicBool::new(false);
         type Done = Vec<(usize, Option<[u8; 32]>)>;
         let work = || -> Result<Done, Errno> {
             let mut buf = vec![0u8; READ_CHUNK];
             let mut out = Vec::new();
             loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&(offset, len)) = pieces.get(i) else { return Ok(out) };
-                out.push((i, piece_cv(fd, offset, len, &mut buf)?));
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= pieces.count() || failed.load(Ordering::Relaxed) {
+                    return Ok(out);
+                }
+                match pieces.hash(i, fd, &mut buf, copy_to) {
+                    Ok(h) => out.push((i, h)),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
             }
         };
-        let mut cvs = vec![None; pieces.len()];
-        let results = std::thread::scope(|s| {
-            let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-            let mut all = vec![work()];
-            all.extend(helpers.into_iter().map(|h| h.join().unwrap_or(Err(Errno::IO))));
-            all
-        });
+        let results = if pieces.count() == 1 {
+            vec![work()]
+        } else {
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS))
+                .clamp(1, pieces.count());
+            std::thread::scope(|s| {
+                let mut helpers = Vec::new();
+                for _ in 1..threads {
+                    match std::thread::Builder::new().spawn_scoped(s, work) {
+                        Ok(h) => helpers.push(h),
+                        Err(_) => break,
+                    }
+                }
+                let mut all = vec![work()];
+                all.extend(helpers.into_iter().map(|h| h.join().unwrap_or(Err(Errno::IO))));
+                all
+            })
+        };
+        let mut hashes = vec![None; pieces.count()];
         for r in results {
-            for (i, cv) in r? {
-                cvs[i] = cv;
+            for (i, h) in r? {
+                hashes[i] = h;
             }
         }
-        let Some(cvs) = cvs.into_iter().collect::<Option<Vec<_>>>() else { return Ok(None) };
-        let Subtree::Parent(left, right) = &tree else { return Ok(None) };
-        let mut it = cvs.into_iter();
-        let (Some(l), Some(r)) = (left.chaining_value(&mut it), right.chaining_value(&mut it)) else {
-            return Ok(None);
-        };
-        let digest = *blake3::hazmat::merge_subtrees_root(&l, &r, blake3::hazmat::Mode::Hash).as_bytes();
-        Ok(same_size(fd, size)?.then_some(Content { hash: Hash::Blake3, digest, size }))
+        // A piece nobody took (after a failure) or that the file ended before: no hash.
+        let Some(hashes) = hashes.into_iter().collect::<Option<Vec<_>>>() else { return Ok(None) };
+        let content = pieces.content(&hashes);
+        Ok(if same_size(fd, size)? { content } else { None })
     }
 
     /// The fs-verity digest `digest` of a file of `size` bytes, as the kernel measured it.
@@ -470,26 +583,73 @@ mod tests {
         }
     }
 
-    /// A file's hash, read in BLAKE3 subtrees on several threads, is the BLAKE3 hash of its
-    /// bytes (sizes around the piece size and the chunk size, and an odd one); a file shorter
-    /// than the size asked for has none.
+    /// A file's hash, read in BLAKE3 subtrees on one thread or several (four, whatever the
+    /// CPUs), is the BLAKE3 hash of its bytes (sizes around the piece size and the chunk size,
+    /// and an odd one), and a copy made while hashing holds those bytes; a file shorter or
+    /// longer than the size asked for has none.
     #[test]
     fn file_hash_in_pieces_is_blake3_of_the_bytes() {
         use std::io::Write;
+        use std::os::fd::{AsFd, AsRawFd};
         let p = PIECE as usize;
         for len in [0, 1, 1024, 1025, p - 1, p, p + 1, 2 * p, 2 * p + 1025, 5 * p + 12_345, 10 * p + 7] {
             let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ (i / 4096) as u8).collect();
             let mut f = tempfile::tempfile().unwrap();
             f.write_all(&bytes).unwrap();
-            use std::os::fd::AsFd;
             let c = Content::of_file(f.as_fd(), len as u64).unwrap().expect("hashed");
             assert_eq!(c.digest(), blake3::hash(&bytes).as_bytes(), "len {len}");
             assert_eq!(c, content(&bytes), "len {len}: the same Content as the copy's hasher");
-            if len > 0 {
-                assert_eq!(Content::of_file(f.as_fd(), len as u64 + 1).unwrap(), None, "len {len} + 1");
-                assert_eq!(Content::of_file(f.as_fd(), len as u64 - 1).unwrap(), None, "len {len} - 1: size changed");
+            assert_eq!(
+                Content::copy_file(f.as_fd(), len as u64, tempfile::tempfile().unwrap().as_fd()).unwrap(),
+                Some(c)
+            );
+            for threads in [1, 4] {
+                let t = Some(threads);
+                assert_eq!(Content::of_file_copied(f.as_fd(), len as u64, None, t).unwrap(), Some(c), "len {len}");
+                // Copied as hashed: the copy holds the bytes at their offsets, and the same hash.
+                let copy = tempfile::tempfile().unwrap();
+                let got = Content::of_file_copied(f.as_fd(), len as u64, Some(copy.as_fd()), t).unwrap();
+                assert_eq!(got, Some(c), "len {len}, {threads} threads");
+                assert!(std::fs::read(format!("/proc/self/fd/{}", copy.as_raw_fd())).unwrap() == bytes, "len {len}");
+                // Asked for more bytes than the file has, or fewer: no hash, copied or not.
+                let other = tempfile::tempfile().unwrap();
+                let longer = Content::of_file_copied(f.as_fd(), len as u64 + 1, Some(other.as_fd()), t).unwrap();
+                assert_eq!(longer, None, "len {len} + 1");
+                assert_eq!(Content::of_file_copied(f.as_fd(), len as u64 + 1, None, t).unwrap(), None, "len {len} + 1");
+                if len > 0 {
+                    let shorter = Content::of_file_copied(f.as_fd(), len as u64 - 1, None, t).unwrap();
+                    assert_eq!(shorter, None, "len {len} - 1: size changed");
+                    let other = tempfile::tempfile().unwrap();
+                    let shorter = Content::of_file_copied(f.as_fd(), len as u64 - 1, Some(other.as_fd()), t).unwrap();
+                    assert_eq!(shorter, None, "len {len} - 1");
+                }
             }
         }
+    }
+
+    /// A copy that cannot be written is an error, never a hash: a read-only destination (every
+    /// thread's first write fails), and one open for appending (refused before anything is
+    /// read: `pwrite` there would ignore the offsets).
+    #[test]
+    fn a_copy_that_cannot_be_written_is_an_error() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let bytes = vec![5u8; 3 * PIECE as usize + 77];
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&bytes).unwrap();
+        let read_only = std::fs::File::open(f.path()).unwrap();
+        for threads in [1, 4] {
+            let r = Content::of_file_copied(
+                f.as_file().as_fd(),
+                bytes.len() as u64,
+                Some(read_only.as_fd()),
+                Some(threads),
+            );
+            assert_eq!(r, Err(Errno::BADF), "{threads} threads");
+        }
+        let append = std::fs::OpenOptions::new().append(true).open(f.path()).unwrap();
+        assert_eq!(Content::copy_file(f.as_file().as_fd(), bytes.len() as u64, append.as_fd()), Err(Errno::INVAL));
+        assert!(std::fs::read(f.path()).unwrap() == bytes, "nothing was written");
     }
 
     #[test]

@@ -480,7 +480,8 @@ t_helper_verity_source() {
     local own_tmpfs= kept=
     if ! mountpoint -q /run/cfsmount/copies; then
         mkdir -p -m 700 /run/cfsmount/copies &&
-            mount -t tmpfs -o mode=0700,size=64m cfsmount-copies /run/cfsmount/copies || no "mounting the copies tmpfs failed"
+            { mount -t tmpfs -o mode=0700,size=64m,huge=within_size cfsmount-copies /run/cfsmount/copies 2>/dev/null ||
+                mount -t tmpfs -o mode=0700,size=64m cfsmount-copies /run/cfsmount/copies; } || no "mounting the copies tmpfs failed"
         own_tmpfs=1
     fi
     for round in first repeated; do
