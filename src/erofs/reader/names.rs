@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use super::inode::InodeTable;
 use super::walk::Walk;
 use super::xattr::is_whiteout_marker;
-use super::{child_path, dir_path, entry_bytes, show_path, tree_err, DirRec, ReadError, Reader};
+use super::{child_path, dir_path, entry_bytes, show_path, tree_err, ReadError, Reader};
 use crate::tree::{NodeId, Tree, ROOT};
 
 /// nid → (directory index in the walk, child index in that directory): a dense table by the
@@ -46,7 +46,7 @@ impl Primaries {
 impl Reader<'_> {
     /// The name whose breadth-first position matches each inode's place in nid order.
     pub(super) fn primary_names(&self, walk: &Walk<'_>) -> Primaries {
-        let (dirs, stubs) = (&walk.dirs, &walk.stubs);
+        let stubs = &walk.stubs;
         // The inodes in nid order, from the one after the root (none left if the root is not
         // among them).
         let mut order = self.inodes.nids_in_order().peekable();
@@ -54,8 +54,8 @@ impl Reader<'_> {
         let root_nid = self.root_nid;
         order.by_ref().any(|n| n == root_nid);
         let mut stub_iter = stubs.iter().peekable();
-        for (di, d) in dirs.iter().enumerate() {
-            for (ci, (_, cnid)) in d.children.iter().enumerate() {
+        for di in 0..walk.dirs.len() {
+            for (ci, (_, cnid)) in walk.children_of(di).iter().enumerate() {
                 // Whiteout stubs (only in the root) were left out of `children` but hold
                 // their places in the walk: they are always where the walk puts them.
                 while let Some(&&(before, snid)) = stub_iter.peek() {
@@ -79,8 +79,8 @@ impl Reader<'_> {
             }
         }
         // Images not laid out by the composefs writer: first name in walk order.
-        for (di, d) in dirs.iter().enumerate() {
-            for (ci, (_, cnid)) in d.children.iter().enumerate() {
+        for di in 0..walk.dirs.len() {
+            for (ci, (_, cnid)) in walk.children_of(di).iter().enumerate() {
                 if primary.get(&self.inodes, *cnid).is_none() {
                     primary.set(&self.inodes, *cnid, (di, ci));
                 }
@@ -92,10 +92,11 @@ impl Reader<'_> {
     /// The writer puts the whiteout markers on the directory holding a whiteout's primary name,
     /// so they tell where an ambiguous primary was; a directory holding one must carry them, and
     /// then they are removed (the tree does not show them).
-    pub(super) fn settle_whiteouts(&mut self, dirs: &[DirRec<'_>], primary: &mut Primaries) -> Result<(), ReadError> {
+    pub(super) fn settle_whiteouts(&mut self, walk: &Walk<'_>, primary: &mut Primaries) -> Result<(), ReadError> {
         let v1 = self.version >= 1;
+        let dirs = &walk.dirs;
         let marked: Vec<bool> = dirs.iter().map(|d| self.inodes.get(&d.nid).is_some_and(|i| i.marked)).collect();
-        self.place_whiteouts(dirs, &marked, primary);
+        self.place_whiteouts(walk, &marked, primary);
         let mut holds_whiteout = vec![false; dirs.len()];
         for (pos, (di, _)) in primary.iter() {
             if self.inodes.at(pos).is_some_and(|i| i.user_whiteout) {
@@ -130,7 +131,8 @@ impl Reader<'_> {
     /// part of the walk or at the start of a later one's gives the same layout either way;
     /// only the markers tell which. Move such primaries to the marked directory when the
     /// walk order allows it. (Work is capped; past the cap, the choice stays.)
-    fn place_whiteouts(&self, dirs: &[DirRec<'_>], marked: &[bool], primary: &mut Primaries) {
+    fn place_whiteouts(&self, walk: &Walk<'_>, marked: &[bool], primary: &mut Primaries) {
+        let dirs = &walk.dirs;
         let mut wh = vec![0u32; dirs.len()];
         let mut prims = vec![0u32; dirs.len()];
         let mut cands: Vec<u64> = Vec::new();
@@ -154,9 +156,10 @@ impl Reader<'_> {
         cands.sort_unstable();
         let mut names: HashMap<u64, Vec<(usize, usize)>> = cands.iter().map(|&n| (n, Vec::new())).collect();
         let mut total = 0usize;
-        for (di, d) in dirs.iter().enumerate() {
-            total += d.children.len();
-            for (ci, (_, cnid)) in d.children.iter().enumerate() {
+        for di in 0..dirs.len() {
+            let children = walk.children_of(di);
+            total += children.len();
+            for (ci, (_, cnid)) in children.iter().enumerate() {
                 if let Some(v) = names.get_mut(cnid) {
                     v.push((di, ci));
                 }
@@ -185,7 +188,7 @@ impl Reader<'_> {
             // of the target directory: then the walk order is unchanged.
             let is_primary_at = |p: &Primaries, d: usize, k: usize, n: &u64| p.get(&self.inodes, *n) == Some((d, k));
             let mut ok = true;
-            for (k, (_, n)) in dirs[di].children.iter().enumerate().skip(ci + 1) {
+            for (k, (_, n)) in walk.children_of(di).iter().enumerate().skip(ci + 1) {
                 budget = budget.saturating_sub(1);
                 if is_primary_at(primary, di, k, n) {
                     ok = false;
@@ -202,7 +205,7 @@ impl Reader<'_> {
                 }
             }
             if ok {
-                for (k, (_, n)) in dirs[ei].children.iter().enumerate().take(cj) {
+                for (k, (_, n)) in walk.children_of(ei).iter().enumerate().take(cj) {
                     budget = budget.saturating_sub(1);
                     if is_primary_at(primary, ei, k, n) {
                         ok = false;
@@ -224,7 +227,8 @@ impl Reader<'_> {
     }
 
     /// The tree: the root, then every primary name in walk order, then the hard links.
-    pub(super) fn build_tree(&mut self, dirs: &[DirRec<'_>], primary: &Primaries) -> Result<Tree, ReadError> {
+    pub(super) fn build_tree(&mut self, walk: &Walk<'_>, primary: &Primaries) -> Result<Tree, ReadError> {
+        let dirs = &walk.dirs;
         let root_nid = self.root_nid;
         let mut t = Tree::new(self.limits.tree);
         let root_entry = self.inodes.take_entry(&root_nid).unwrap_or_default();
@@ -238,9 +242,9 @@ impl Reader<'_> {
         // Primaries that other names link to: nid -> (tree node, bytes a copy costs).
         let mut linked: HashMap<u64, (NodeId, u64)> = HashMap::new();
         let mut links: Vec<(usize, usize)> = Vec::new();
-        for (di, d) in dirs.iter().enumerate() {
+        for di in 0..dirs.len() {
             let parent = tree_id[di];
-            for (ci, (name, cnid)) in d.children.iter().enumerate() {
+            for (ci, (name, cnid)) in walk.children_of(di).iter().enumerate() {
                 if primary.get(&self.inodes, *cnid) != Some((di, ci)) {
                     links.push((di, ci));
                     continue;
@@ -266,10 +270,10 @@ impl Reader<'_> {
             }
         }
         for (di, ci) in links {
-            let (Some(d), Some(&parent)) = (dirs.get(di), tree_id.get(di)) else {
+            let Some(&parent) = tree_id.get(di) else {
                 continue;
             };
-            let Some((name, cnid)) = d.children.get(ci) else {
+            let Some((name, cnid)) = walk.children_of(di).get(ci) else {
                 continue;
             };
             let Some(&(target, cost)) = linked.get(cnid) else {
@@ -288,14 +292,15 @@ impl Reader<'_> {
     /// (names, duplicates, depth, entry count, links to directories) was made by the walk.
     pub(super) fn count_tree(
         &mut self,
-        dirs: &[DirRec<'_>],
+        walk: &Walk<'_>,
         primary: &Primaries,
     ) -> Result<(u64, Option<String>), ReadError> {
+        let dirs = &walk.dirs;
         let root_bytes = self.inodes.get(&self.root_nid).map_or(0, |i| u64::from(i.bytes));
         self.budget(root_bytes)?;
         let (mut entries, mut first_device) = (1u64, None);
-        for (di, d) in dirs.iter().enumerate() {
-            for &(name, cnid) in &d.children {
+        for di in 0..dirs.len() {
+            for &(name, cnid) in walk.children_of(di) {
                 let Some(ino) = self.inodes.get(&cnid) else {
                     continue;
                 };
@@ -303,7 +308,7 @@ impl Reader<'_> {
                 let Some((pd, pc)) = primary.get(&self.inodes, cnid) else {
                     continue;
                 };
-                let primary_name = dirs.get(pd).and_then(|p| p.children.get(pc)).map_or(name, |c| c.0);
+                let primary_name = walk.children_of(pd).get(pc).map_or(name, |c| c.0);
                 self.budget(bytes + primary_name.len() as u64)?;
                 entries += 1;
                 if device && first_device.is_none() {
