@@ -11,10 +11,11 @@ use crate::tree::{self, Xattr};
 pub(super) struct Walk<'a> {
     /// Directories in walk order (the root first).
     pub(super) dirs: Vec<DirRec<'a>>,
-    /// Every directory's children, one directory after the other in walk order: (name, child
-    /// nid); a directory's are `children[dir.children]` ([`Walk::children_of`]). One list for
-    /// all directories rather than one allocation each.
-    pub(super) children: Vec<(&'a [u8], u64)>,
+    /// Every directory's children, one directory after the other in walk order: (name, the
+    /// child inode's place in the [`super::inode::InodeTable`], so that no later phase looks its
+    /// nid up again); a directory's are `children[dir.children]` ([`Walk::children_of`]). One
+    /// list for all directories rather than one allocation each.
+    pub(super) children: Vec<(&'a [u8], u32)>,
     /// Root whiteout stubs: (index of the root child they precede, nid).
     pub(super) stubs: Vec<(usize, u64)>,
     pub(super) stub_names: Vec<&'a [u8]>,
@@ -25,7 +26,7 @@ pub(super) struct Walk<'a> {
 
 impl<'a> Walk<'a> {
     /// The children of directory `di` (none for a directory not in the walk).
-    pub(super) fn children_of(&self, di: usize) -> &[(&'a [u8], u64)] {
+    pub(super) fn children_of(&self, di: usize) -> &[(&'a [u8], u32)] {
         let Some(d) = self.dirs.get(di) else { return &[] };
         self.children.get(d.children.start as usize..d.children.end as usize).unwrap_or(&[])
     }
@@ -92,7 +93,11 @@ impl<'a> Reader<'a> {
                 continue;
             }
             self.load(cnid).map_err(|e| with_path(e, || child_path(dirs, at, name)))?;
-            let Some(child) = self.inodes.get_mut(&cnid) else {
+            // (Decoded, so it has a place, below u32::MAX: the table's index holds u32 places.)
+            let Some(cpos) = self.inodes.pos(cnid) else {
+                continue;
+            };
+            let Some(child) = self.inodes.at_mut(cpos) else {
                 continue;
             };
             if child.ftype != ftype {
@@ -143,7 +148,7 @@ impl<'a> Reader<'a> {
             if st.names_total >= self.limits.tree.max_entries.min(u32::MAX as usize) {
                 return Err(ReadError::Limit(format!("more than {} entries", self.limits.tree.max_entries)));
             }
-            st.walk.children.push((name, cnid));
+            st.walk.children.push((name, cpos as u32));
         }
         if !dot || !dotdot {
             return Err(dir_err(&st.walk.dirs, "missing '.' or '..' entry".into()));
