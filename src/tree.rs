@@ -195,15 +195,24 @@ fn scan_path(path: &[u8], mut each: impl FnMut(usize, usize)) -> Option<&'static
         false
     };
     let n = path.len();
-    let mut words = path.chunks_exact(8);
+    // Two words at a time while there are: most pairs need one test.
+    let mut pairs = path.chunks_exact(16);
     let mut base = 0;
-    for w in &mut words {
+    for p in &mut pairs {
+        let (a, b) = (word(&p[..8]), word(&p[8..]));
+        if has_below(a, b'0') | has_below(b, b'0') != 0 && (look(a, base, &mut first) || look(b, base + 8, &mut first))
+        {
+            return Some("NUL byte in path");
+        }
+        base += 16;
+    }
+    if let Some(w) = pairs.remainder().first_chunk::<8>() {
         if look(word(w), base, &mut first) {
             return Some("NUL byte in path");
         }
         base += 8;
     }
-    let left = words.remainder().len();
+    let left = n - base;
     if left > 0 {
         let (w, base) = if n >= 8 {
             let seen = 8 - left; // 1..=7 bytes of the last word were in the previous one
