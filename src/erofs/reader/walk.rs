@@ -36,7 +36,15 @@ impl<'a> Walk<'a> {
 struct State<'a> {
     walk: Walk<'a>,
     names_total: usize,
+    /// The child list's capacity when its pages were last made present, and up to where.
+    children_cap: usize,
+    children_populated: usize,
 }
+
+/// The child list's pages are made present this many entries (96 KiB) at a time as it fills,
+/// as the inode list's are (see `InodeTable::insert`): never beyond its capacity, which the
+/// directories read so far asked for.
+const CHILDREN_POPULATE_STEP: usize = 4096;
 
 impl<'a> Reader<'a> {
     pub(super) fn walk(&mut self) -> Result<Walk<'a>, ReadError> {
@@ -50,6 +58,8 @@ impl<'a> Reader<'a> {
                 bad_nlink: None,
             },
             names_total: 0,
+            children_cap: 0,
+            children_populated: 0,
         };
         let mut at = 0;
         while at < st.walk.dirs.len() {
@@ -75,7 +85,18 @@ impl<'a> Reader<'a> {
         self.read_dir(nid, dd, &mut ents).map_err(|e| with_path(e, || dir_path(dirs, at)))?;
         // This directory's children go at the end of the one list (room for them made now).
         let first = st.walk.children.len();
-        st.walk.children.reserve(ents.len().saturating_sub(2));
+        let need = ents.len().saturating_sub(2);
+        st.walk.children.reserve(need);
+        let (len, cap) = (st.walk.children.len(), st.walk.children.capacity());
+        if cap != st.children_cap {
+            // A new allocation: what was there is in place; the rest is fresh.
+            (st.children_cap, st.children_populated) = (cap, len);
+        }
+        if len + need > st.children_populated {
+            let to = (len + need).max(st.children_populated.saturating_add(CHILDREN_POPULATE_STEP)).min(cap);
+            crate::sys::mem::populate_write(&st.walk.children, st.children_populated..to);
+            st.children_populated = to;
+        }
         let (mut dot, mut dotdot) = (false, false);
         let mut subdirs = 0usize;
         for &(name, cnid, ftype) in &ents {
