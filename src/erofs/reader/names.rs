@@ -22,7 +22,12 @@ const NO_PRIMARY: (u32, u32) = (u32::MAX, u32::MAX);
 
 impl Primaries {
     fn new(inodes: usize) -> Primaries {
-        Primaries(vec![NO_PRIMARY; inodes])
+        // Filled whole now (one slot per decoded inode): its pages made present in one call
+        // rather than faulted in one by one (crate::sys::mem).
+        let mut v = Vec::with_capacity(inodes);
+        crate::sys::mem::populate_write(&v, 0..inodes);
+        v.resize(inodes, NO_PRIMARY);
+        Primaries(v)
     }
 
     /// The primary of the inode at place `pos`.
