@@ -174,17 +174,48 @@ fn scan_path(path: &[u8], mut each: impl FnMut(usize, usize)) -> Option<&'static
         }
         start = i + 1;
     };
-    // Words at 0, 8, 16, ...; then the last bytes as one word too: the path's last eight bytes
-    // (those already scanned replaced by a byte the scan ignores), or a short path padded with
-    // that byte. A padding byte is neither NUL nor '/', so it is never reported.
+    // Whole words at 0, 8, 16, ...; then the last bytes as one word too: the path's last eight
+    // bytes (those already scanned replaced by a byte the scan ignores), or a short path padded
+    // with that byte. A padding byte is neither NUL nor '/', so it is never reported.
     const PAD: u8 = b'a';
+    // One word whose first byte is at `base`: true if it holds a NUL; each '/' ends a component.
+    let mut look = |w: u64, base: usize, first: &mut Option<&'static str>| {
+        // Most words hold no byte below '0' (no NUL, no '/'): nothing in them to look at.
+        if has_below(w, b'0') == 0 {
+            return false;
+        }
+        if zero_bytes(w) != 0 {
+            return true;
+        }
+        let mut slashes = eq_bytes(w, splat(b'/'));
+        while slashes != 0 {
+            slash_at(base + first_byte(slashes), first);
+            slashes &= slashes - 1;
+        }
+        false
+    };
     let n = path.len();
-    let mut at = 0;
-    while at < n {
-        let (w, base) = if at + 8 <= n {
-            (word(&path[at..at + 8]), at)
-        } else if n >= 8 {
-            let seen = 8 - (n - at); // 1..=7 bytes of the last word were in the previous one
+    // Two words at a time while there are: most pairs need one test.
+    let mut pairs = path.chunks_exact(16);
+    let mut base = 0;
+    for p in &mut pairs {
+        let (a, b) = (word(&p[..8]), word(&p[8..]));
+        if has_below(a, b'0') | has_below(b, b'0') != 0 && (look(a, base, &mut first) || look(b, base + 8, &mut first))
+        {
+            return Some("NUL byte in path");
+        }
+        base += 16;
+    }
+    if let Some(w) = pairs.remainder().first_chunk::<8>() {
+        if look(word(w), base, &mut first) {
+            return Some("NUL byte in path");
+        }
+        base += 8;
+    }
+    let left = n - base;
+    if left > 0 {
+        let (w, base) = if n >= 8 {
+            let seen = 8 - left; // 1..=7 bytes of the last word were in the previous one
             let mask = (1u64 << (8 * seen)) - 1;
             ((word(&path[n - 8..]) & !mask) | (splat(PAD) & mask), n - 8)
         } else {
@@ -192,18 +223,8 @@ fn scan_path(path: &[u8], mut each: impl FnMut(usize, usize)) -> Option<&'static
             buf[..n].copy_from_slice(path);
             (word(&buf), 0)
         };
-        at = base + 8;
-        // Most words hold no byte below '0' (no NUL, no '/'): nothing in them to look at.
-        if has_below(w, b'0') == 0 {
-            continue;
-        }
-        if zero_bytes(w) != 0 {
+        if look(w, base, &mut first) {
             return Some("NUL byte in path");
-        }
-        let mut slashes = eq_bytes(w, splat(b'/'));
-        while slashes != 0 {
-            slash_at(base + first_byte(slashes), &mut first);
-            slashes &= slashes - 1;
         }
     }
     if first.is_none() {

@@ -2,6 +2,7 @@
 //! overlapping inodes and blocks used twice, and bounds the reader's work by the image size.
 
 /// A fixed-size bit set used to detect overlapping inodes and doubly claimed blocks.
+#[cfg_attr(test, derive(Clone))]
 pub(super) struct Claims {
     bits: Vec<u64>,
     len: u64,
@@ -13,7 +14,9 @@ impl Claims {
         Claims { bits: vec![0; words], len }
     }
 
-    /// Mark `[start, start + count)`; false if out of range or any bit was already set.
+    /// Mark `[start, start + count)`; false if out of range or any bit was already set (then
+    /// nothing is marked).
+    #[inline]
     pub(super) fn claim(&mut self, start: u64, count: u64) -> bool {
         let Some(end) = start.checked_add(count) else {
             return false;
@@ -21,15 +24,24 @@ impl Claims {
         if end > self.len {
             return false;
         }
-        for i in start..end {
-            let (w, b) = ((i / 64) as usize, i % 64);
-            let Some(word) = self.bits.get_mut(w) else {
-                return false;
-            };
-            if *word & (1 << b) != 0 {
-                return false;
-            }
-            *word |= 1 << b;
+        if count == 0 {
+            return true;
+        }
+        // A word at a time (most claims lie in one): all free first, then all marked.
+        let (first, last) = ((start / 64) as usize, ((end - 1) / 64) as usize);
+        let mask = |w: usize| {
+            let lo = if w == first { start % 64 } else { 0 };
+            let hi = if w == last { (end - 1) % 64 } else { 63 };
+            (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
+        };
+        let Some(words) = self.bits.get_mut(first..=last) else {
+            return false;
+        };
+        if words.iter().enumerate().any(|(i, w)| w & mask(first + i) != 0) {
+            return false;
+        }
+        for (i, w) in words.iter_mut().enumerate() {
+            *w |= mask(first + i);
         }
         true
     }

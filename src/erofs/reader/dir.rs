@@ -24,17 +24,12 @@ impl<'a> Reader<'a> {
         let most = usize::try_from((data_len / (DIRENT_SIZE as u64 + 1)).min(budget)).unwrap_or(0);
         out.clear();
         out.reserve(most);
-        let mut pieces = Vec::new();
-        let mut done = 0u64;
-        while done < dd.blocks_len {
-            let n = (dd.blocks_len - done).min(BLOCK_SIZE);
-            pieces.push((dd.blocks_off + done, n));
-            done += n;
-        }
-        if let Some(t) = dd.tail {
-            pieces.push(t);
-        }
-        for (off, len) in pieces {
+        // The blocks, each whole or the last one partial, then the inline tail.
+        let blocks = (0..dd.blocks_len.div_ceil(BLOCK_SIZE)).map(|i| {
+            let done = i * BLOCK_SIZE;
+            (dd.blocks_off + done, (dd.blocks_len - done).min(BLOCK_SIZE))
+        });
+        for (off, len) in blocks.chain(dd.tail) {
             let block = self.bytes(off, len).ok_or_else(|| bad("directory data beyond the image".into()))?;
             let n = parse_dirent_block(block, out, self.limits.max_dirents.saturating_sub(self.dirents))
                 .map_err(|r| bad(format!("block at offset {off}: {r}")))?;

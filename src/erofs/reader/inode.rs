@@ -125,13 +125,22 @@ impl InodeTable {
 
     /// Move the tree entry of inode `nid` out of the table.
     pub(super) fn take_entry(&mut self, nid: &u64) -> Option<Entry> {
-        let i = self.get(nid)?.entry as usize;
+        self.take_entry_at(self.pos(*nid)?)
+    }
+
+    /// Move the tree entry of the inode at place `pos` out of the table.
+    pub(super) fn take_entry_at(&mut self, pos: usize) -> Option<Entry> {
+        let i = self.list.get(pos)?.entry as usize;
         self.entries.get_mut(i)?.take().map(|b| *b)
     }
 
     /// The inode at place `pos` of the table.
     pub(super) fn at(&self, pos: usize) -> Option<&Ino> {
         self.list.get(pos)
+    }
+
+    pub(super) fn at_mut(&mut self, pos: usize) -> Option<&mut Ino> {
+        self.list.get_mut(pos)
     }
 
     /// The nid of every inode, by place in the table.
@@ -172,9 +181,9 @@ impl InodeTable {
         }
     }
 
-    /// The nid of every inode, in nid order.
-    pub(super) fn nids_in_order(&self) -> impl Iterator<Item = u64> + '_ {
-        self.index.iter().enumerate().filter(|(_, &i)| i != u32::MAX).map(|(nid, _)| nid as u64)
+    /// The place of every inode in the table, in nid order.
+    pub(super) fn places_in_nid_order(&self) -> impl Iterator<Item = u32> + '_ {
+        self.index.iter().copied().filter(|&i| i != u32::MAX)
     }
 
     pub(super) fn len(&self) -> usize {

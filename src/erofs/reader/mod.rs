@@ -131,13 +131,18 @@ pub fn vet_image_releasing(bytes: &[u8], limits: &ReadLimits, release: Release<'
 }
 
 /// A directory met in the walk (names are borrowed from the image).
+/// (Indexes are u32: the walk refuses u32::MAX names, so it holds fewer directories and
+/// children.)
 struct DirRec<'a> {
     nid: u64,
-    /// Index of the parent directory's record (0, the root, for the root itself).
-    parent: usize,
     name: &'a [u8],
-    /// (name, child nid) in on-disk order, without `.`/`..` and without whiteout stubs.
-    children: Vec<(&'a [u8], u64)>,
+    /// Index of the parent directory's record (0, the root, for the root itself).
+    parent: u32,
+    /// Its nesting depth (the root's is 0).
+    depth: u32,
+    /// Its children's places in the walk's one child list ([`walk::Walk::children`]): in
+    /// on-disk order, without `.`/`..` and without whiteout stubs.
+    children: std::ops::Range<u32>,
 }
 
 struct Reader<'a> {
@@ -254,12 +259,12 @@ impl<'a> Reader<'a> {
         // 1. Breadth-first walk over the directories, in the writer's order, and the
         //    invariants it shows (the root's whiteout stubs, directory nlinks).
         let walk = self.walk()?;
-        self.check_stubs(&walk.dirs, &walk.stubs, &walk.stub_names)?;
+        self.check_stubs(&walk)?;
         self.check_dir_nlinks(&walk)?;
         // 2. The primary name of each inode (the others are hard links).
         let mut primary = self.primary_names(&walk);
         // 3. Whiteout markers settle ambiguous primaries; then they go.
-        self.settle_whiteouts(&walk.dirs, &mut primary)?;
+        self.settle_whiteouts(&walk, &mut primary)?;
         Ok((walk, primary))
     }
 
@@ -270,14 +275,14 @@ impl<'a> Reader<'a> {
     fn run(mut self) -> Result<(Tree, ImageInfo), ReadError> {
         let (walk, primary) = self.check()?;
         // 4. The tree: root, then primaries in walk order, then hard links.
-        let t = self.build_tree(&walk.dirs, &primary)?;
+        let t = self.build_tree(&walk, &primary)?;
         Ok((t, self.info()))
     }
 
     fn vet(mut self) -> Result<Vetted, ReadError> {
         let (walk, primary) = self.check()?;
         // 4. What the tree would hold, charged to the same budget.
-        let (entries, first_device) = self.count_tree(&walk.dirs, &primary)?;
+        let (entries, first_device) = self.count_tree(&walk, &primary)?;
         Ok(Vetted { info: self.info(), entries, first_device })
     }
 }
@@ -293,7 +298,7 @@ fn dir_path(dirs: &[DirRec<'_>], mut idx: usize) -> Vec<u8> {
     while idx != 0 {
         let Some(d) = dirs.get(idx) else { break };
         parts.push(d.name);
-        idx = d.parent;
+        idx = d.parent as usize;
     }
     parts.reverse();
     parts.join(&b'/')

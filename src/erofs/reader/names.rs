@@ -8,14 +8,13 @@
 
 use std::collections::HashMap;
 
-use super::inode::InodeTable;
 use super::walk::Walk;
 use super::xattr::is_whiteout_marker;
-use super::{child_path, dir_path, entry_bytes, show_path, tree_err, DirRec, ReadError, Reader};
+use super::{child_path, dir_path, entry_bytes, show_path, tree_err, ReadError, Reader};
 use crate::tree::{NodeId, Tree, ROOT};
 
-/// nid → (directory index in the walk, child index in that directory): a dense table by the
-/// inode's place in the [`InodeTable`] (every nid asked for was decoded) instead of a hash map.
+/// Inode → (directory index in the walk, child index in that directory): a dense table by the
+/// inode's place in the [`super::inode::InodeTable`] (the walk's children name their inodes by place).
 pub(super) struct Primaries(Vec<(u32, u32)>);
 
 /// No primary (yet). Places fit in u32: the walk refuses more than u32::MAX - 1 names.
@@ -23,16 +22,22 @@ const NO_PRIMARY: (u32, u32) = (u32::MAX, u32::MAX);
 
 impl Primaries {
     fn new(inodes: usize) -> Primaries {
-        Primaries(vec![NO_PRIMARY; inodes])
+        // Filled whole now (one slot per decoded inode): its pages made present in one call
+        // rather than faulted in one by one (crate::sys::mem).
+        let mut v = Vec::with_capacity(inodes);
+        crate::sys::mem::populate_write(&v, 0..inodes);
+        v.resize(inodes, NO_PRIMARY);
+        Primaries(v)
     }
 
-    fn get(&self, inodes: &InodeTable, nid: u64) -> Option<(usize, usize)> {
-        let &(d, c) = self.0.get(inodes.pos(nid)?)?;
+    /// The primary of the inode at place `pos`.
+    fn get(&self, pos: u32) -> Option<(usize, usize)> {
+        let &(d, c) = self.0.get(pos as usize)?;
         ((d, c) != NO_PRIMARY).then_some((d as usize, c as usize))
     }
 
-    fn set(&mut self, inodes: &InodeTable, nid: u64, (d, c): (usize, usize)) {
-        if let (Some(p), Ok(d), Ok(c)) = (inodes.pos(nid).and_then(|i| self.0.get_mut(i)), d.try_into(), c.try_into()) {
+    fn set(&mut self, pos: u32, (d, c): (usize, usize)) {
+        if let (Some(p), Ok(d), Ok(c)) = (self.0.get_mut(pos as usize), d.try_into(), c.try_into()) {
             *p = (d, c);
         }
     }
@@ -46,43 +51,45 @@ impl Primaries {
 impl Reader<'_> {
     /// The name whose breadth-first position matches each inode's place in nid order.
     pub(super) fn primary_names(&self, walk: &Walk<'_>) -> Primaries {
-        let (dirs, stubs) = (&walk.dirs, &walk.stubs);
-        // The inodes in nid order, from the one after the root (none left if the root is not
-        // among them).
-        let mut order = self.inodes.nids_in_order().peekable();
+        let stubs = &walk.stubs;
+        // The inodes (their places in the table) in nid order, from the one after the root
+        // (none left if the root is not among them).
+        let mut order = self.inodes.places_in_nid_order().peekable();
         let mut primary = Primaries::new(self.inodes.len());
-        let root_nid = self.root_nid;
-        order.by_ref().any(|n| n == root_nid);
-        let mut stub_iter = stubs.iter().peekable();
-        for (di, d) in dirs.iter().enumerate() {
-            for (ci, (_, cnid)) in d.children.iter().enumerate() {
+        // (Every inode asked for here was decoded: u32::MAX, no place, is never found.)
+        let place = |nid: u64| self.inodes.pos(nid).map_or(u32::MAX, |p| p as u32);
+        let root = place(self.root_nid);
+        order.by_ref().any(|p| p == root);
+        let mut stub_iter = stubs.iter().map(|&(before, snid)| (before, place(snid))).peekable();
+        for di in 0..walk.dirs.len() {
+            for (ci, &(_, cpos)) in walk.children_of(di).iter().enumerate() {
                 // Whiteout stubs (only in the root) were left out of `children` but hold
                 // their places in the walk: they are always where the walk puts them.
-                while let Some(&&(before, snid)) = stub_iter.peek() {
+                while let Some(&(before, spos)) = stub_iter.peek() {
                     if di != 0 || before > ci {
                         break;
                     }
-                    order.next_if_eq(&snid);
+                    order.next_if_eq(&spos);
                     stub_iter.next();
                 }
-                if primary.get(&self.inodes, *cnid).is_some() {
+                if primary.get(cpos).is_some() {
                     continue;
                 }
-                if order.next_if_eq(cnid).is_some() {
-                    primary.set(&self.inodes, *cnid, (di, ci));
+                if order.next_if_eq(&cpos).is_some() {
+                    primary.set(cpos, (di, ci));
                 }
             }
             if di == 0 {
-                for &(_, snid) in stub_iter.by_ref() {
-                    order.next_if_eq(&snid);
+                for (_, spos) in stub_iter.by_ref() {
+                    order.next_if_eq(&spos);
                 }
             }
         }
         // Images not laid out by the composefs writer: first name in walk order.
-        for (di, d) in dirs.iter().enumerate() {
-            for (ci, (_, cnid)) in d.children.iter().enumerate() {
-                if primary.get(&self.inodes, *cnid).is_none() {
-                    primary.set(&self.inodes, *cnid, (di, ci));
+        for di in 0..walk.dirs.len() {
+            for (ci, &(_, cpos)) in walk.children_of(di).iter().enumerate() {
+                if primary.get(cpos).is_none() {
+                    primary.set(cpos, (di, ci));
                 }
             }
         }
@@ -92,10 +99,11 @@ impl Reader<'_> {
     /// The writer puts the whiteout markers on the directory holding a whiteout's primary name,
     /// so they tell where an ambiguous primary was; a directory holding one must carry them, and
     /// then they are removed (the tree does not show them).
-    pub(super) fn settle_whiteouts(&mut self, dirs: &[DirRec<'_>], primary: &mut Primaries) -> Result<(), ReadError> {
+    pub(super) fn settle_whiteouts(&mut self, walk: &Walk<'_>, primary: &mut Primaries) -> Result<(), ReadError> {
         let v1 = self.version >= 1;
+        let dirs = &walk.dirs;
         let marked: Vec<bool> = dirs.iter().map(|d| self.inodes.get(&d.nid).is_some_and(|i| i.marked)).collect();
-        self.place_whiteouts(dirs, &marked, primary);
+        self.place_whiteouts(walk, &marked, primary);
         let mut holds_whiteout = vec![false; dirs.len()];
         for (pos, (di, _)) in primary.iter() {
             if self.inodes.at(pos).is_some_and(|i| i.user_whiteout) {
@@ -130,17 +138,19 @@ impl Reader<'_> {
     /// part of the walk or at the start of a later one's gives the same layout either way;
     /// only the markers tell which. Move such primaries to the marked directory when the
     /// walk order allows it. (Work is capped; past the cap, the choice stays.)
-    fn place_whiteouts(&self, dirs: &[DirRec<'_>], marked: &[bool], primary: &mut Primaries) {
+    fn place_whiteouts(&self, walk: &Walk<'_>, marked: &[bool], primary: &mut Primaries) {
+        let dirs = &walk.dirs;
         let mut wh = vec![0u32; dirs.len()];
         let mut prims = vec![0u32; dirs.len()];
-        let mut cands: Vec<u64> = Vec::new();
+        // (nid, place in the table) of each candidate.
+        let mut cands: Vec<(u64, u32)> = Vec::new();
         for (pos, (di, _)) in primary.iter() {
             let Some(p) = prims.get_mut(di) else { continue };
             *p += 1;
             if let Some(ino) = self.inodes.at(pos).filter(|i| i.user_whiteout) {
                 wh[di] += 1;
                 if ino.names > 1 {
-                    cands.push(pos as u64);
+                    cands.push((u64::MAX, pos as u32));
                 }
             }
         }
@@ -149,22 +159,24 @@ impl Reader<'_> {
         }
         let nids = self.inodes.nids_by_pos();
         for c in &mut cands {
-            *c = nids.get(*c as usize).copied().unwrap_or(u64::MAX);
+            c.0 = nids.get(c.1 as usize).copied().unwrap_or(u64::MAX);
         }
+        // In nid order.
         cands.sort_unstable();
-        let mut names: HashMap<u64, Vec<(usize, usize)>> = cands.iter().map(|&n| (n, Vec::new())).collect();
+        let mut names: HashMap<u32, Vec<(usize, usize)>> = cands.iter().map(|&(_, p)| (p, Vec::new())).collect();
         let mut total = 0usize;
-        for (di, d) in dirs.iter().enumerate() {
-            total += d.children.len();
-            for (ci, (_, cnid)) in d.children.iter().enumerate() {
-                if let Some(v) = names.get_mut(cnid) {
+        for di in 0..dirs.len() {
+            let children = walk.children_of(di);
+            total += children.len();
+            for (ci, (_, cpos)) in children.iter().enumerate() {
+                if let Some(v) = names.get_mut(cpos) {
                     v.push((di, ci));
                 }
             }
         }
         let mut budget = total.saturating_mul(4).saturating_add(1024);
-        for t in cands {
-            let Some((di, ci)) = primary.get(&self.inodes, t) else {
+        for (_, t) in cands {
+            let Some((di, ci)) = primary.get(t) else {
                 continue;
             };
             if marked[di] && wh[di] == 1 {
@@ -183,9 +195,9 @@ impl Reader<'_> {
             // Valid only if the name is the last primary of its directory, every directory
             // walked in between has none, and the new name comes before any other primary
             // of the target directory: then the walk order is unchanged.
-            let is_primary_at = |p: &Primaries, d: usize, k: usize, n: &u64| p.get(&self.inodes, *n) == Some((d, k));
+            let is_primary_at = |p: &Primaries, d: usize, k: usize, n: &u32| p.get(*n) == Some((d, k));
             let mut ok = true;
-            for (k, (_, n)) in dirs[di].children.iter().enumerate().skip(ci + 1) {
+            for (k, (_, n)) in walk.children_of(di).iter().enumerate().skip(ci + 1) {
                 budget = budget.saturating_sub(1);
                 if is_primary_at(primary, di, k, n) {
                     ok = false;
@@ -202,7 +214,7 @@ impl Reader<'_> {
                 }
             }
             if ok {
-                for (k, (_, n)) in dirs[ei].children.iter().enumerate().take(cj) {
+                for (k, (_, n)) in walk.children_of(ei).iter().enumerate().take(cj) {
                     budget = budget.saturating_sub(1);
                     if is_primary_at(primary, ei, k, n) {
                         ok = false;
@@ -214,7 +226,7 @@ impl Reader<'_> {
                 return;
             }
             if ok {
-                primary.set(&self.inodes, t, (ei, cj));
+                primary.set(t, (ei, cj));
                 prims[di] -= 1;
                 prims[ei] += 1;
                 wh[di] -= 1;
@@ -224,7 +236,8 @@ impl Reader<'_> {
     }
 
     /// The tree: the root, then every primary name in walk order, then the hard links.
-    pub(super) fn build_tree(&mut self, dirs: &[DirRec<'_>], primary: &Primaries) -> Result<Tree, ReadError> {
+    pub(super) fn build_tree(&mut self, walk: &Walk<'_>, primary: &Primaries) -> Result<Tree, ReadError> {
+        let dirs = &walk.dirs;
         let root_nid = self.root_nid;
         let mut t = Tree::new(self.limits.tree);
         let root_entry = self.inodes.take_entry(&root_nid).unwrap_or_default();
@@ -233,50 +246,54 @@ impl Reader<'_> {
         if let Some(r) = self.inodes.get(&root_nid) {
             t.set_nlink(ROOT, r.nlink);
         }
+        // (The walk's children name their inodes by place in the table; errors name nids.)
+        let nids = self.inodes.nids_by_pos();
+        let nid_at = |pos: u32| nids.get(pos as usize).copied().unwrap_or(u64::MAX);
         let dir_index: HashMap<u64, usize> = dirs.iter().enumerate().map(|(i, d)| (d.nid, i)).collect();
         let mut tree_id: Vec<NodeId> = vec![ROOT; dirs.len()];
-        // Primaries that other names link to: nid -> (tree node, bytes a copy costs).
-        let mut linked: HashMap<u64, (NodeId, u64)> = HashMap::new();
+        // Primaries that other names link to: place -> (tree node, bytes a copy costs).
+        let mut linked: HashMap<u32, (NodeId, u64)> = HashMap::new();
         let mut links: Vec<(usize, usize)> = Vec::new();
-        for (di, d) in dirs.iter().enumerate() {
+        for di in 0..dirs.len() {
             let parent = tree_id[di];
-            for (ci, (name, cnid)) in d.children.iter().enumerate() {
-                if primary.get(&self.inodes, *cnid) != Some((di, ci)) {
+            for (ci, &(name, cpos)) in walk.children_of(di).iter().enumerate() {
+                if primary.get(cpos) != Some((di, ci)) {
                     links.push((di, ci));
                     continue;
                 }
-                let Some(ino) = self.inodes.get(cnid) else {
+                let Some(ino) = self.inodes.at(cpos as usize) else {
                     continue;
                 };
                 let (names, nlink, is_dir) = (ino.names, ino.nlink, ino.is_dir());
-                let e = self.inodes.take_entry(cnid).unwrap_or_default();
+                let e = self.inodes.take_entry_at(cpos as usize).unwrap_or_default();
                 let cost = entry_bytes(&e) + name.len() as u64;
                 self.budget(cost)?;
-                let id = t.insert_child(parent, name, e).map_err(|e| tree_err(*cnid, e))?;
+                let cnid = nid_at(cpos);
+                let id = t.insert_child(parent, name, e).map_err(|e| tree_err(cnid, e))?;
                 if is_dir {
-                    if let Some(&i) = dir_index.get(cnid) {
+                    if let Some(&i) = dir_index.get(&cnid) {
                         tree_id[i] = id;
                     }
                 }
                 // As stored (the writer recomputes it for directories).
                 t.set_nlink(id, nlink);
                 if names > 1 {
-                    linked.insert(*cnid, (id, cost));
+                    linked.insert(cpos, (id, cost));
                 }
             }
         }
         for (di, ci) in links {
-            let (Some(d), Some(&parent)) = (dirs.get(di), tree_id.get(di)) else {
+            let Some(&parent) = tree_id.get(di) else {
                 continue;
             };
-            let Some((name, cnid)) = d.children.get(ci) else {
+            let Some(&(name, cpos)) = walk.children_of(di).get(ci) else {
                 continue;
             };
-            let Some(&(target, cost)) = linked.get(cnid) else {
+            let Some(&(target, cost)) = linked.get(&cpos) else {
                 continue;
             };
             self.budget(cost)?;
-            t.insert_hardlink_child(parent, name, target).map_err(|e| tree_err(*cnid, e))?;
+            t.insert_hardlink_child(parent, name, target).map_err(|e| tree_err(nid_at(cpos), e))?;
         }
         t.finalize().map_err(|e| tree_err(root_nid, e))?;
         Ok(t)
@@ -288,22 +305,23 @@ impl Reader<'_> {
     /// (names, duplicates, depth, entry count, links to directories) was made by the walk.
     pub(super) fn count_tree(
         &mut self,
-        dirs: &[DirRec<'_>],
+        walk: &Walk<'_>,
         primary: &Primaries,
     ) -> Result<(u64, Option<String>), ReadError> {
+        let dirs = &walk.dirs;
         let root_bytes = self.inodes.get(&self.root_nid).map_or(0, |i| u64::from(i.bytes));
         self.budget(root_bytes)?;
         let (mut entries, mut first_device) = (1u64, None);
-        for (di, d) in dirs.iter().enumerate() {
-            for &(name, cnid) in &d.children {
-                let Some(ino) = self.inodes.get(&cnid) else {
+        for di in 0..dirs.len() {
+            for &(name, cpos) in walk.children_of(di) {
+                let Some(ino) = self.inodes.at(cpos as usize) else {
                     continue;
                 };
                 let (bytes, device) = (u64::from(ino.bytes), ino.device);
-                let Some((pd, pc)) = primary.get(&self.inodes, cnid) else {
+                let Some((pd, pc)) = primary.get(cpos) else {
                     continue;
                 };
-                let primary_name = dirs.get(pd).and_then(|p| p.children.get(pc)).map_or(name, |c| c.0);
+                let primary_name = walk.children_of(pd).get(pc).map_or(name, |c| c.0);
                 self.budget(bytes + primary_name.len() as u64)?;
                 entries += 1;
                 if device && first_device.is_none() {

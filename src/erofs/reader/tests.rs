@@ -346,6 +346,35 @@ fn claims_detect_overlap() {
 }
 
 #[test]
+fn claims_agree_with_one_bit_at_a_time() {
+    // Ranges at every offset and length around word boundaries, against a plain bit list.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for _ in 0..2000 {
+        let len = 1 + next(300);
+        let (mut c, mut plain) = (Claims::new(len), vec![false; len as usize]);
+        for _ in 0..20 {
+            let start = next(len + 10);
+            let count = if next(4) == 0 { next(200) } else { next(70) };
+            let free = start + count <= len && (start..start + count).all(|i| !plain[i as usize]);
+            assert_eq!(c.claim(start, count), free, "len {len} claim {start}+{count}");
+            if free {
+                (start..start + count).for_each(|i| plain[i as usize] = true);
+            }
+            // What is marked: a range of one bit is free exactly when the plain list says so.
+            let probe = next(len);
+            let mut copy = c.clone();
+            assert_eq!(copy.claim(probe, 1), !plain[probe as usize], "len {len} probe {probe}");
+        }
+    }
+}
+
+#[test]
 fn vetting_finds_devices_and_keeps_the_limits() {
     // A character device with a real number, under a second name too: refused by the helper.
     let dev = compact(0, 0o20666, 2, 0, 0x103);

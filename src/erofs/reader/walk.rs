@@ -11,6 +11,11 @@ use crate::tree::{self, Xattr};
 pub(super) struct Walk<'a> {
     /// Directories in walk order (the root first).
     pub(super) dirs: Vec<DirRec<'a>>,
+    /// Every directory's children, one directory after the other in walk order: (name, the
+    /// child inode's place in the [`super::inode::InodeTable`], so that no later phase looks its
+    /// nid up again); a directory's are `children[dir.children]` ([`Walk::children_of`]). One
+    /// list for all directories rather than one allocation each.
+    pub(super) children: Vec<(&'a [u8], u32)>,
     /// Root whiteout stubs: (index of the root child they precede, nid).
     pub(super) stubs: Vec<(usize, u64)>,
     pub(super) stub_names: Vec<&'a [u8]>,
@@ -19,20 +24,42 @@ pub(super) struct Walk<'a> {
     pub(super) bad_nlink: Option<(usize, u32, usize)>,
 }
 
-/// The walk in progress: [`Walk`] plus the depth of each directory and the names seen.
+impl<'a> Walk<'a> {
+    /// The children of directory `di` (none for a directory not in the walk).
+    pub(super) fn children_of(&self, di: usize) -> &[(&'a [u8], u32)] {
+        let Some(d) = self.dirs.get(di) else { return &[] };
+        self.children.get(d.children.start as usize..d.children.end as usize).unwrap_or(&[])
+    }
+}
+
+/// The walk in progress: [`Walk`] plus the names seen.
 struct State<'a> {
     walk: Walk<'a>,
-    depth: Vec<usize>,
     names_total: usize,
+    /// The child list's capacity when its pages were last made present, and up to where.
+    children_cap: usize,
+    children_populated: usize,
 }
+
+/// The child list's pages are made present this many entries (96 KiB) at a time as it fills,
+/// as the inode list's are (see `InodeTable::insert`): never beyond its capacity, which the
+/// directories read so far asked for.
+const CHILDREN_POPULATE_STEP: usize = 4096;
 
 impl<'a> Reader<'a> {
     pub(super) fn walk(&mut self) -> Result<Walk<'a>, ReadError> {
-        let root = DirRec { nid: self.root_nid, parent: 0, name: &[], children: Vec::new() };
+        let root = DirRec { nid: self.root_nid, name: &[], parent: 0, depth: 0, children: 0..0 };
         let mut st = State {
-            walk: Walk { dirs: vec![root], stubs: Vec::new(), stub_names: Vec::new(), bad_nlink: None },
-            depth: vec![0],
+            walk: Walk {
+                dirs: vec![root],
+                children: Vec::new(),
+                stubs: Vec::new(),
+                stub_names: Vec::new(),
+                bad_nlink: None,
+            },
             names_total: 0,
+            children_cap: 0,
+            children_populated: 0,
         };
         let mut at = 0;
         while at < st.walk.dirs.len() {
@@ -48,7 +75,7 @@ impl<'a> Reader<'a> {
         let dirs = &st.walk.dirs;
         let nid = dirs[at].nid;
         // The root's parent is itself (record 0).
-        let parent_nid = dirs[dirs[at].parent].nid;
+        let parent_nid = dirs[dirs[at].parent as usize].nid;
         let dir_err =
             |dirs: &[DirRec], reason: String| ReadError::Dir { nid, path: show_path(&dir_path(dirs, at)), reason };
         let Some(dd) = self.inodes.dir_data(&nid) else {
@@ -56,7 +83,20 @@ impl<'a> Reader<'a> {
         };
         let mut ents = std::mem::take(&mut self.dirent_buf);
         self.read_dir(nid, dd, &mut ents).map_err(|e| with_path(e, || dir_path(dirs, at)))?;
-        let mut children = Vec::with_capacity(ents.len().saturating_sub(2));
+        // This directory's children go at the end of the one list (room for them made now).
+        let first = st.walk.children.len();
+        let need = ents.len().saturating_sub(2);
+        st.walk.children.reserve(need);
+        let (len, cap) = (st.walk.children.len(), st.walk.children.capacity());
+        if cap != st.children_cap {
+            // A new allocation: what was there is in place; the rest is fresh.
+            (st.children_cap, st.children_populated) = (cap, len);
+        }
+        if len + need > st.children_populated {
+            let to = (len + need).max(st.children_populated.saturating_add(CHILDREN_POPULATE_STEP)).min(cap);
+            crate::sys::mem::populate_write(&st.walk.children, st.children_populated..to);
+            st.children_populated = to;
+        }
         let (mut dot, mut dotdot) = (false, false);
         let mut subdirs = 0usize;
         for &(name, cnid, ftype) in &ents {
@@ -74,7 +114,11 @@ impl<'a> Reader<'a> {
                 continue;
             }
             self.load(cnid).map_err(|e| with_path(e, || child_path(dirs, at, name)))?;
-            let Some(child) = self.inodes.get_mut(&cnid) else {
+            // (Decoded, so it has a place, below u32::MAX: the table's index holds u32 places.)
+            let Some(cpos) = self.inodes.pos(cnid) else {
+                continue;
+            };
+            let Some(child) = self.inodes.at_mut(cpos) else {
                 continue;
             };
             if child.ftype != ftype {
@@ -95,12 +139,12 @@ impl<'a> Reader<'a> {
                     return Err(dir_err(dirs, reason));
                 }
                 // Not part of the tree, but it holds a place in the writer's walk.
-                st.walk.stubs.push((children.len(), cnid));
+                st.walk.stubs.push((st.walk.children.len() - first, cnid));
                 st.walk.stub_names.push(name);
                 continue;
             }
             // The tree's depth limit, for every name (a file below the deepest directory too).
-            let d = st.depth[at] + 1;
+            let d = dirs[at].depth as usize + 1;
             if d > self.limits.tree.max_depth {
                 return Err(ReadError::Limit(format!(
                     "{}: nested deeper than {}",
@@ -116,8 +160,8 @@ impl<'a> Reader<'a> {
                     );
                     return Err(dir_err(dirs, reason));
                 }
-                st.walk.dirs.push(DirRec { nid: cnid, parent: at, name, children: Vec::new() });
-                st.depth.push(d);
+                // (`at` and `d` are below the directory count: they fit, see `DirRec`.)
+                st.walk.dirs.push(DirRec { nid: cnid, name, parent: at as u32, depth: d as u32, children: 0..0 });
                 subdirs += 1;
             }
             st.names_total += 1;
@@ -125,13 +169,14 @@ impl<'a> Reader<'a> {
             if st.names_total >= self.limits.tree.max_entries.min(u32::MAX as usize) {
                 return Err(ReadError::Limit(format!("more than {} entries", self.limits.tree.max_entries)));
             }
-            children.push((name, cnid));
+            st.walk.children.push((name, cpos as u32));
         }
         if !dot || !dotdot {
             return Err(dir_err(&st.walk.dirs, "missing '.' or '..' entry".into()));
         }
         self.dirent_buf = ents;
-        st.walk.dirs[at].children = children;
+        // (Fewer than u32::MAX children: the count of names was checked at each.)
+        st.walk.dirs[at].children = first as u32..st.walk.children.len() as u32;
         // A directory's stored nlink is 2 + its subdirectories (the kernel shows it); the first
         // one that differs is refused after the walk and the stub checks.
         let want = u32::try_from(subdirs).unwrap_or(u32::MAX).saturating_add(2);
@@ -144,12 +189,8 @@ impl<'a> Reader<'a> {
     /// The root whiteout stubs are exactly the writer's: every name `00`..`ff` is in the
     /// root (as a stub or a real entry), and each stub is a 0644 0/0 character device
     /// with the root's owner, mtime and SELinux label, and nothing else.
-    pub(super) fn check_stubs(
-        &self,
-        dirs: &[DirRec<'_>],
-        stubs: &[(usize, u64)],
-        stub_names: &[&[u8]],
-    ) -> Result<(), ReadError> {
+    pub(super) fn check_stubs(&self, walk: &Walk<'_>) -> Result<(), ReadError> {
+        let (stubs, stub_names) = (&walk.stubs, &walk.stub_names);
         let root_nid = self.root_nid;
         let bad = |reason: String| ReadError::Dir { nid: root_nid, path: "/".into(), reason };
         let hex = |n: &[u8]| -> Option<usize> {
@@ -164,7 +205,7 @@ impl<'a> Reader<'a> {
             }
         };
         let mut seen = [false; 256];
-        for &n in dirs.first().map(|d| d.children.iter().map(|(n, _)| n)).into_iter().flatten().chain(stub_names) {
+        for &n in walk.children_of(0).iter().map(|(n, _)| n).chain(stub_names) {
             if let Some(i) = hex(n) {
                 seen[i] = true;
             }
