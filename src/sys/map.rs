@@ -122,6 +122,21 @@ impl Drop for SealedMap {
     }
 }
 
+/// A private directory on tmpfs (`/dev/shm`) for the tests of kept copies, which are root's:
+/// `None` (and a line saying why the test is skipped) when not root or where there is none.
+#[cfg(test)]
+pub(crate) fn root_tmpfs_dir() -> Option<tempfile::TempDir> {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: kept copies are root's (run as root)");
+        return None;
+    }
+    let d = tempfile::tempdir_in("/dev/shm");
+    if d.is_err() {
+        eprintln!("skipped: no tmpfs at /dev/shm");
+    }
+    d.ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,14 +177,7 @@ mod tests {
     /// any write bit, two names, or on a filesystem other than tmpfs it is not.
     #[test]
     fn root_read_only_copies_on_tmpfs_map_and_nothing_else_does() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: a kept copy is root's (run as root)");
-            return;
-        }
-        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
-            eprintln!("skipped: no tmpfs at /dev/shm");
-            return;
-        };
+        let Some(shm) = root_tmpfs_dir() else { return };
         let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 241) as u8).collect();
         let p = shm.path().join("copy");
         std::fs::write(&p, &bytes).unwrap();
