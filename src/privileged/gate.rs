@@ -223,8 +223,13 @@ impl Access for Gate {
             self.pin(&fd, Content::fs_verity(digest, st.st_size as u64))?;
             return Ok(fd);
         }
+        // A refusal of the copy (the file changed size meanwhile) names the caller's path.
+        let named = |e: AccessError| match e {
+            AccessError::BadImage { reason } => AccessError::Refused { what: "source", path: path.into(), reason },
+            e => e,
+        };
         let Some(state_dir) = &self.state_dir else {
-            return Ok(sealed_copy(fd.as_fd(), max, false)?.0);
+            return Ok(sealed_copy(fd.as_fd(), max, false).map_err(named)?.0);
         };
         if let Some(kept) = KeptCopies::open(state_dir, self.policy.machine_limits.kept_copy_bytes) {
             let size = st.st_size as u64;
@@ -245,7 +250,7 @@ impl Access for Gate {
                 }
             }
         }
-        let (copy, content) = sealed_copy(fd.as_fd(), max, true)?;
+        let (copy, content) = sealed_copy(fd.as_fd(), max, true).map_err(named)?;
         if let Some(content) = content {
             self.pin(&copy, content)?;
         }
