@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use cfsmount::erofs::reader::{
-    read_image, read_image_with, vet_image, vet_image_releasing, ReadError, ReadLimits, Release,
+    read_image, read_image_with, vet_image, vet_image_releasing, vet_image_threads, ReadError, ReadLimits, Release,
 };
 use cfsmount::erofs::writer::write_image;
 use cfsmount::input::dump::{parse, write_dump, DumpOptions};
@@ -192,11 +192,18 @@ fn read_timed(img: &[u8], what: &str, worst: &mut Duration) -> Result<(), ReadEr
     // counts the same entries.
     let vetted = vet_image(img, &ReadLimits::default());
     // Releasing the image's pages as it goes (the helper's mapped copy) changes nothing else.
-    let calls = std::cell::Cell::new(0u64);
-    let hook = || calls.set(calls.get() + 1);
+    let calls = std::sync::atomic::AtomicU64::new(0);
+    let hook = || {
+        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
     let released = vet_image_releasing(img, &ReadLimits::default(), Release { every: 4096, hook: &hook });
     assert_eq!(format!("{released:?}"), format!("{vetted:?}"), "{what}: vetting with releases");
-    RELEASES.fetch_add(calls.get(), std::sync::atomic::Ordering::Relaxed);
+    RELEASES.fetch_add(calls.into_inner(), std::sync::atomic::Ordering::Relaxed);
+    // On one thread or several (the large images get several by themselves), the same.
+    for threads in [1, 2, 4] {
+        let v = vet_image_threads(img, &ReadLimits::default(), threads);
+        assert_eq!(format!("{v:?}"), format!("{vetted:?}"), "{what}: vetting on {threads} threads");
+    }
     match (&r, vetted) {
         (Ok(t), Ok(v)) => assert_eq!(v.entries, t.len() as u64, "{what}: entries"),
         (Err(e), Err(v)) => assert_eq!(v.to_string(), e.to_string(), "{what}"),

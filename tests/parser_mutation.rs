@@ -7,7 +7,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use cfsmount::erofs::reader::{read_image, vet_image, ReadLimits};
+use cfsmount::erofs::reader::{read_image, vet_image, vet_image_threads, ReadLimits};
 use cfsmount::erofs::writer::{write_image, WriteOptions};
 use cfsmount::input::dump::{self, write_dump, DumpOptions};
 use cfsmount::input::estargz;
@@ -232,6 +232,10 @@ fn image_reader_survives_mutations() {
     }
     run("image", &seeds, 0x5eed_0004, &|d| {
         let vetted = vet_image(d, &ReadLimits::default());
+        // On several threads (in batches of 512 inodes, so these small images are decoded on
+        // the calling thread after the walk): the same.
+        let threads = vet_image_threads(d, &ReadLimits::default(), 2);
+        assert_eq!(format!("{threads:?}"), format!("{vetted:?}"));
         match read_image(d) {
             Ok(t) => {
                 // The helper's vetting accepts what the reader accepts and counts the same.

@@ -65,6 +65,15 @@ pub(crate) struct SealedMap {
     len: usize,
 }
 
+// SAFETY: shared between threads (the vetting of a large image reads it, and releases its
+// pages, from up to four: `erofs::reader::vet_image_releasing`), `SealedMap` offers only
+// `bytes`, a shared borrow of memory that does not change while the map lives (see there), and
+// `release`, an madvise(MADV_DONTNEED) of the shared file mapping, which any thread may make
+// while others read: it zaps page-table entries only, and a read on another thread faults the
+// same bytes back in. Unmapping needs `&mut self` (drop), so no thread can unmap it under
+// another's borrow.
+unsafe impl Sync for SealedMap {}
+
 impl SealedMap {
     /// Maps `fd` (read-only, shared). `EPERM` unless [`unchangeable`] (sealed against writes,
     /// growth and shrinking, or a kept copy); `EFBIG` if it does not fit in memory.

@@ -45,4 +45,24 @@ impl Claims {
         }
         true
     }
+
+    /// An empty set of the same size.
+    pub(super) fn empty_like(&self) -> Claims {
+        Claims::new(self.len)
+    }
+
+    /// Add `other`'s claims: false if one of them is also claimed here, or the sizes differ
+    /// (then `self` is left partly merged: the caller gives up).
+    pub(super) fn merge(&mut self, other: &Claims) -> bool {
+        if self.len != other.len {
+            return false;
+        }
+        for (a, b) in self.bits.iter_mut().zip(&other.bits) {
+            if *a & *b != 0 {
+                return false;
+            }
+            *a |= *b;
+        }
+        true
+    }
 }

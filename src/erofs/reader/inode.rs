@@ -46,6 +46,9 @@ pub(super) struct Ino {
     pub(super) device: bool,
     /// A directory carrying the markers the writer puts on a directory holding a whiteout.
     pub(super) marked: bool,
+    /// A place given by [`InodeTable::insert_pending`], not yet decoded: only `ftype` (the
+    /// naming entry's) and `names` hold.
+    pending: bool,
 }
 
 const NO_DIR: u32 = u32::MAX;
@@ -181,6 +184,52 @@ impl InodeTable {
         }
     }
 
+    /// Give inode `nid`, not yet in the table, its place now and decode it later ([`Self::settle`]);
+    /// `ftype` is the file type of the entry naming it. False (nothing done) if it is in the
+    /// table already or its nid is out of range.
+    pub(super) fn insert_pending(&mut self, nid: u64, ftype: u8) -> bool {
+        if self.contains_key(&nid) || usize::try_from(nid).ok().is_none_or(|n| n >= self.index.len()) {
+            return false;
+        }
+        let ino = Ino {
+            bytes: 0,
+            marker_bytes: 0,
+            dir: NO_DIR,
+            entry: NO_DIR,
+            names: 0,
+            nlink: 0,
+            ftype,
+            raw_whiteout: false,
+            user_whiteout: false,
+            device: false,
+            marked: false,
+            pending: true,
+        };
+        self.insert(nid, ino, None, None);
+        true
+    }
+
+    /// Put the decoded inode `nid` in the place [`Self::insert_pending`] gave it, keeping the
+    /// count of names the walk made. False if it is not what a pending place may hold: an
+    /// inode of the file type the entries naming it said (the walk compared each with the
+    /// first), neither a directory nor a raw whiteout, without a kept entry.
+    pub(super) fn settle(&mut self, nid: u64, ino: Ino) -> bool {
+        let Some(p) = self.get_mut(&nid) else {
+            return false;
+        };
+        if !p.pending
+            || ino.pending
+            || ino.ftype != p.ftype
+            || ino.raw_whiteout
+            || ino.dir != NO_DIR
+            || ino.entry != NO_DIR
+        {
+            return false;
+        }
+        *p = Ino { names: p.names, ..ino };
+        true
+    }
+
     /// The place of every inode in the table, in nid order.
     pub(super) fn places_in_nid_order(&self) -> impl Iterator<Item = u32> + '_ {
         self.index.iter().copied().filter(|&i| i != u32::MAX)
@@ -301,6 +350,7 @@ impl<'a> Reader<'a> {
             user_whiteout,
             device,
             marked,
+            pending: false,
         };
         Ok((ino, body.dir, entry))
     }

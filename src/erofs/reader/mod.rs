@@ -34,6 +34,7 @@ mod claims;
 mod dir;
 mod inode;
 mod names;
+mod pipe;
 mod walk;
 mod xattr;
 
@@ -109,25 +110,53 @@ pub struct Vetted {
 /// which only needs to know that an image is sound before it mounts it: it neither copies
 /// names, contents and symlink targets out of the image nor keeps the entries once their
 /// facts are known.
+///
+/// A large image is vetted on as many threads as there are CPUs (at most four; see
+/// `pipe.rs`): same result, same error.
 pub fn vet_image(bytes: &[u8], limits: &ReadLimits) -> Result<Vetted, ReadError> {
-    Reader::new(bytes, limits, false)?.vet()
+    vet(bytes, limits, None, pipe::threads_for(bytes.len()))
 }
 
-/// A hook [`vet_image_releasing`] calls after every `every` bytes it has read from the image.
+/// [`vet_image`] on `threads` threads (1: on the calling thread alone), for tests and
+/// benchmarks. Same result, same error, whatever `threads`.
+pub fn vet_image_threads(bytes: &[u8], limits: &ReadLimits, threads: usize) -> Result<Vetted, ReadError> {
+    vet(bytes, limits, None, threads)
+}
+
+/// A hook [`vet_image_releasing`] calls after every `every` bytes it has read from the image
+/// (on each thread the vetting runs on: from any of them).
+#[derive(Clone, Copy)]
 pub struct Release<'a> {
     pub every: u64,
     /// May drop the image's pages from memory: every later read of `bytes` must still see the
     /// same bytes (for example `madvise(MADV_DONTNEED)` on a shared mapping of a sealed file).
-    pub hook: &'a dyn Fn(),
+    pub hook: &'a (dyn Fn() + Sync),
 }
 
 /// [`vet_image`], calling `release.hook` after every `release.every` bytes read, so that a
 /// mapped image need not stay resident as a whole while it is vetted (the setuid helper's
 /// peak memory). Same result as [`vet_image`].
 pub fn vet_image_releasing(bytes: &[u8], limits: &ReadLimits, release: Release<'_>) -> Result<Vetted, ReadError> {
-    let mut r = Reader::new(bytes, limits, false)?;
-    r.release = Some(release);
-    r.vet()
+    vet(bytes, limits, Some(release), pipe::threads_for(bytes.len()))
+}
+
+fn vet<'a>(
+    bytes: &'a [u8],
+    limits: &ReadLimits,
+    release: Option<Release<'a>>,
+    threads: usize,
+) -> Result<Vetted, ReadError> {
+    let reader = || -> Result<Reader<'a>, ReadError> {
+        let mut r = Reader::new(bytes, limits, false)?;
+        r.release = release;
+        Ok(r)
+    };
+    if threads > 1 {
+        if let Some(v) = reader()?.vet_on_threads(threads) {
+            return Ok(v);
+        }
+    }
+    reader()?.vet()
 }
 
 /// A directory met in the walk (names are borrowed from the image).
@@ -248,6 +277,13 @@ impl<'a> Reader<'a> {
 
     /// Every check, in phases 1-3; then either the tree (phase 4) or its count.
     fn check(&mut self) -> Result<(Walk<'a>, Primaries), ReadError> {
+        let walk = self.walk_from_root(None)?;
+        self.check_walk(walk)
+    }
+
+    /// Phase 1's walk from the root (with `pipe`, some inodes are decoded on other threads:
+    /// see `pipe.rs`).
+    fn walk_from_root(&mut self, pipe: Option<&mut pipe::Pipe<'_>>) -> Result<Walk<'a>, ReadError> {
         let root_nid = self.root_nid;
         self.load(root_nid).map_err(|e| with_path(e, Vec::new))?;
         if self.inodes.get(&root_nid).is_none_or(|r| !r.is_dir()) {
@@ -258,7 +294,11 @@ impl<'a> Reader<'a> {
         }
         // 1. Breadth-first walk over the directories, in the writer's order, and the
         //    invariants it shows (the root's whiteout stubs, directory nlinks).
-        let walk = self.walk()?;
+        self.walk(pipe)
+    }
+
+    /// The rest of phase 1 (the invariants the walk shows), and phases 2-3.
+    fn check_walk(&mut self, walk: Walk<'a>) -> Result<(Walk<'a>, Primaries), ReadError> {
         self.check_stubs(&walk)?;
         self.check_dir_nlinks(&walk)?;
         // 2. The primary name of each inode (the others are hard links).

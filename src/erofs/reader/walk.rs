@@ -3,6 +3,7 @@
 //! is not nested too deep; raw 0/0 character devices appear only as the root's whiteout stubs,
 //! which are exactly the writer's; directory nlinks count the subdirectories.
 
+use super::pipe::Pipe;
 use super::{child_path, dir_path, show_path, with_path, DirRec, ReadError, Reader};
 use crate::erofs::format::*;
 use crate::tree::{self, Xattr};
@@ -47,7 +48,7 @@ struct State<'a> {
 const CHILDREN_POPULATE_STEP: usize = 4096;
 
 impl<'a> Reader<'a> {
-    pub(super) fn walk(&mut self) -> Result<Walk<'a>, ReadError> {
+    pub(super) fn walk(&mut self, mut pipe: Option<&mut Pipe<'_>>) -> Result<Walk<'a>, ReadError> {
         let root = DirRec { nid: self.root_nid, name: &[], parent: 0, depth: 0, children: 0..0 };
         let mut st = State {
             walk: Walk {
@@ -63,7 +64,12 @@ impl<'a> Reader<'a> {
         };
         let mut at = 0;
         while at < st.walk.dirs.len() {
-            self.walk_dir(at, &mut st)?;
+            self.walk_dir(at, &mut st, pipe.as_deref_mut())?;
+            if let Some(p) = pipe.as_deref_mut() {
+                if !p.collect(&mut self.inodes) {
+                    return Err(super::pipe::gave_up());
+                }
+            }
             at += 1;
         }
         Ok(st.walk)
@@ -71,7 +77,9 @@ impl<'a> Reader<'a> {
 
     /// Read directory `at` of the walk: check `.` and `..`, load every child, queue the
     /// subdirectories, set the stubs aside.
-    fn walk_dir(&mut self, at: usize, st: &mut State<'a>) -> Result<(), ReadError> {
+    /// With `pipe`, an inode that is neither a directory (by its entry's type) nor in the root
+    /// is given its place now and decoded later, on another thread (`pipe.rs`).
+    fn walk_dir(&mut self, at: usize, st: &mut State<'a>, mut pipe: Option<&mut Pipe<'_>>) -> Result<(), ReadError> {
         let dirs = &st.walk.dirs;
         let nid = dirs[at].nid;
         // The root's parent is itself (record 0).
@@ -113,7 +121,16 @@ impl<'a> Reader<'a> {
                 }
                 continue;
             }
-            self.load(cnid).map_err(|e| with_path(e, || child_path(dirs, at, name)))?;
+            let deferred = match pipe.as_deref_mut() {
+                Some(p) if at != 0 && ftype != FT_DIR && self.inodes.insert_pending(cnid, ftype) => {
+                    p.defer(cnid);
+                    true
+                }
+                _ => false,
+            };
+            if !deferred {
+                self.load(cnid).map_err(|e| with_path(e, || child_path(dirs, at, name)))?;
+            }
             // (Decoded, so it has a place, below u32::MAX: the table's index holds u32 places.)
             let Some(cpos) = self.inodes.pos(cnid) else {
                 continue;
