@@ -233,10 +233,16 @@ impl<'a> Reader<'a> {
     /// caller then runs the one-thread vetting (see the module's text).
     pub(super) fn vet_on_threads(mut self, threads: usize) -> Option<Vetted> {
         debug_assert!(!self.keep);
+        // Each thread releases the image's pages after its share of `every` bytes read, so that
+        // no more of the image is resident at once than on one thread.
+        let threads = threads.max(1);
+        if let Some(r) = &mut self.release {
+            r.every = (r.every / threads as u64).max(1);
+        }
         let shared =
             Shared { queue: Mutex::new(Queue { batches: VecDeque::new(), closed: false }), more: Condvar::new() };
         let (send, done) = mpsc::channel();
-        let helpers: Vec<Reader<'a>> = (1..threads.max(1)).map(|_| self.for_helper()).collect();
+        let helpers: Vec<Reader<'a>> = (1..threads).map(|_| self.for_helper()).collect();
         let walk = std::thread::scope(|s| {
             let mut started = Vec::new();
             for h in helpers {
