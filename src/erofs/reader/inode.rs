@@ -235,6 +235,12 @@ impl InodeTable {
         self.index.iter().copied().filter(|&i| i != u32::MAX)
     }
 
+    /// Room the list was made with: the superblock's inode count, at most the slots (a
+    /// hostile count makes room that is never made present: see `insert`).
+    pub(super) fn room(&self) -> usize {
+        self.list.capacity()
+    }
+
     pub(super) fn len(&self) -> usize {
         self.list.len()
     }

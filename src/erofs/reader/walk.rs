@@ -53,7 +53,10 @@ impl<'a> Reader<'a> {
         let mut st = State {
             walk: Walk {
                 dirs: vec![root],
-                children: Vec::new(),
+                // Room for a name per inode the superblock counts (most images have about as
+                // many names as inodes), made present only as it fills (`walk_dir`): growing the
+                // list would move it, with the other threads of the vetting held up meanwhile.
+                children: Vec::with_capacity(self.inodes.room()),
                 stubs: Vec::new(),
                 stub_names: Vec::new(),
                 bad_nlink: None,
