@@ -61,6 +61,8 @@ impl Reader<'_> {
         let root = place(self.root_nid);
         order.by_ref().any(|p| p == root);
         let mut stub_iter = stubs.iter().map(|&(before, snid)| (before, place(snid))).peekable();
+        // Primaries found in nid order (each inode's at most once).
+        let mut found = 0usize;
         for di in 0..walk.dirs.len() {
             for (ci, &(_, cpos)) in walk.children_of(di).iter().enumerate() {
                 // Whiteout stubs (only in the root) were left out of `children` but hold
@@ -77,6 +79,7 @@ impl Reader<'_> {
                 }
                 if order.next_if_eq(&cpos).is_some() {
                     primary.set(cpos, (di, ci));
+                    found += 1;
                 }
             }
             if di == 0 {
@@ -85,7 +88,11 @@ impl Reader<'_> {
                 }
             }
         }
-        // Images not laid out by the composefs writer: first name in walk order.
+        // Images not laid out by the composefs writer: first name in walk order. (Nothing to do
+        // when every inode but the root and the stubs, the inodes only those name, has one.)
+        if found == self.inodes.len().saturating_sub(1 + stubs.len()) {
+            return primary;
+        }
         for di in 0..walk.dirs.len() {
             for (ci, &(_, cpos)) in walk.children_of(di).iter().enumerate() {
                 if primary.get(cpos).is_none() {
@@ -310,25 +317,30 @@ impl Reader<'_> {
     ) -> Result<(u64, Option<String>), ReadError> {
         let dirs = &walk.dirs;
         let root_bytes = self.inodes.get(&self.root_nid).map_or(0, |i| u64::from(i.bytes));
-        self.budget(root_bytes)?;
+        // The budget is charged the sum once (it only grows, so it is exceeded at the end if it
+        // is anywhere on the way).
+        let mut bytes = root_bytes;
         let (mut entries, mut first_device) = (1u64, None);
         for di in 0..dirs.len() {
-            for &(name, cpos) in walk.children_of(di) {
+            for (ci, &(name, cpos)) in walk.children_of(di).iter().enumerate() {
                 let Some(ino) = self.inodes.at(cpos as usize) else {
                     continue;
                 };
-                let (bytes, device) = (u64::from(ino.bytes), ino.device);
+                let (ino_bytes, device) = (u64::from(ino.bytes), ino.device);
                 let Some((pd, pc)) = primary.get(cpos) else {
                     continue;
                 };
-                let primary_name = walk.children_of(pd).get(pc).map_or(name, |c| c.0);
-                self.budget(bytes + primary_name.len() as u64)?;
+                // (Most names are their inode's primary.)
+                let primary_name =
+                    if (pd, pc) == (di, ci) { name } else { walk.children_of(pd).get(pc).map_or(name, |c| c.0) };
+                bytes = bytes.saturating_add(ino_bytes + primary_name.len() as u64);
                 entries += 1;
                 if device && first_device.is_none() {
                     first_device = Some(show_path(&child_path(dirs, di, name)));
                 }
             }
         }
+        self.budget(bytes)?;
         Ok((entries, first_device))
     }
 }
