@@ -632,3 +632,27 @@ fn dirent_blocks_agree_with_the_plain_parse() {
     }
     assert!(oks > 1_000 && errs > 1_000, "{oks} {errs}");
 }
+
+#[test]
+fn filter_bits_as_the_kernel_computes_them() {
+    use super::xattr::{filter_bit, RawXattr};
+    // The bits known at build time and every other name: xxh32 of the rest of the name, seeded
+    // with the filter's seed plus the name index, modulo 32 (what the kernel computes).
+    let names: [&[u8]; 8] = [
+        b"overlay.redirect",
+        b"overlay.metacopy",
+        b"selinux",
+        b"overlay.redirecT",
+        b"overlay.redirec",
+        b"",
+        b"a",
+        b"overlay.opaque",
+    ];
+    for index in 0..=9u8 {
+        for name in names {
+            let x = RawXattr { prefix: b"", index, name, value: b"" };
+            let want = format::xxh32(name, format::XATTR_FILTER_SEED.wrapping_add(u32::from(index))) % 32;
+            assert_eq!(filter_bit(&x), want, "{index} {}", crate::tree::show(name));
+        }
+    }
+}

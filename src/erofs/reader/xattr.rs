@@ -48,6 +48,9 @@ impl<'a> RawXattr<'a> {
         full.len() == self.key_len() && self.starts_with(full)
     }
 
+    /// (Out of line: only the user-visible xattrs are compared, and inlined into
+    /// `apply_xattrs` it costs the overlay xattrs' path registers.)
+    #[inline(never)]
     fn key_cmp(&self, o: &RawXattr<'_>) -> Ordering {
         if self.prefix == o.prefix {
             return self.name.cmp(o.name);
@@ -254,9 +257,34 @@ pub(super) const SHARED_CACHE: usize = 16;
 /// A parsed shared xattr in the cache: (id, xattr, its bit in the name filter).
 pub(super) type SharedSlot<'a> = Option<(u32, RawXattr<'a>, u32)>;
 
-/// The bit of an xattr's name in an inode's name filter, as the kernel computes it.
-fn filter_bit(x: &RawXattr<'_>) -> u32 {
-    xxh32(x.name, XATTR_FILTER_SEED.wrapping_add(u32::from(x.index))) % XATTR_FILTER_BITS
+/// The bit of an xattr's name in an inode's name filter, as the kernel computes it: `index`
+/// the name index, `name` the rest of the name.
+const fn name_filter_bit(index: u8, name: &[u8]) -> u32 {
+    xxh32(name, XATTR_FILTER_SEED.wrapping_add(index as u32)) % XATTR_FILTER_BITS
+}
+
+/// The names most inodes of a composefs image carry inline, with their filter bits computed
+/// at build time (by the same function).
+const KNOWN_FILTER_BITS: [(u8, &[u8], u32); 3] = {
+    const fn known(index: u8, name: &'static [u8]) -> (u8, &'static [u8], u32) {
+        (index, name, name_filter_bit(index, name))
+    }
+    [
+        known(XATTR_INDEX_TRUSTED, b"overlay.redirect"),
+        known(XATTR_INDEX_TRUSTED, b"overlay.metacopy"),
+        known(XATTR_INDEX_SECURITY, b"selinux"),
+    ]
+};
+
+/// The bit of an xattr's name in an inode's name filter, as the kernel computes it (for the
+/// names in [`KNOWN_FILTER_BITS`], computed at build time).
+pub(super) fn filter_bit(x: &RawXattr<'_>) -> u32 {
+    for (index, name, bit) in KNOWN_FILTER_BITS {
+        if x.index == index && x.name == name {
+            return bit;
+        }
+    }
+    name_filter_bit(x.index, x.name)
 }
 
 /// One of the markers the writer puts on a directory holding a whiteout (the tree does not
