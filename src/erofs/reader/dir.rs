@@ -71,17 +71,31 @@ pub(super) fn parse_dirent_block<'b>(b: &'b [u8], out: &mut Vec<Dirent<'b>>, bud
                 nameoff + rest.iter().position(|&c| c == 0).unwrap_or(rest.len())
             }
         };
-        if nameoff < first || end <= nameoff || end > b.len() {
-            return Err(format!("entry {i}: bad name offsets {nameoff}..{end}"));
-        }
-        if end - nameoff > tree::MAX_NAME_LEN {
-            return Err(format!("entry {i}: name longer than {} bytes", tree::MAX_NAME_LEN));
-        }
-        // (The name ends at 13 or more: its last bytes are read as one word of the block.)
-        if has_either_in(b, nameoff, end, 0, b'/') {
-            return Err(format!("entry {i}: NUL or '/' in name {}", tree::show(&b[nameoff..end])));
+        // Every check at once; which one failed is told apart out of line.
+        if nameoff < first
+            || end <= nameoff
+            || end > b.len()
+            || end - nameoff > tree::MAX_NAME_LEN
+            || has_either_in(b, nameoff, end, 0, b'/')
+        {
+            return Err(entry_error(b, first, i, nameoff, end));
         }
         out.push((&b[nameoff..end], nid, ftype));
     }
     Ok(n as u64)
+}
+
+/// Why entry `i` of a directory block (its name at `nameoff..end`) was refused: the checks of
+/// [`parse_dirent_block`] again, in its order, each with its message. (Out of line: only an
+/// image being refused gets here.)
+#[cold]
+#[inline(never)]
+fn entry_error(b: &[u8], first: usize, i: usize, nameoff: usize, end: usize) -> String {
+    if nameoff < first || end <= nameoff || end > b.len() {
+        return format!("entry {i}: bad name offsets {nameoff}..{end}");
+    }
+    if end - nameoff > tree::MAX_NAME_LEN {
+        return format!("entry {i}: name longer than {} bytes", tree::MAX_NAME_LEN);
+    }
+    format!("entry {i}: NUL or '/' in name {}", tree::show(&b[nameoff..end]))
 }
