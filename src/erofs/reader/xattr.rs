@@ -172,10 +172,10 @@ impl<'a> Reader<'a> {
     ) -> Result<Applied<'a>, String> {
         kept.clear();
         let mut out = Applied { xattrs: kept, ..Applied::default() };
-        for &x in raw {
+        for x in raw {
             // One look at the name: is it in the overlay namespace, and what follows there.
             let x = match x.overlay_rest() {
-                None => x,
+                None => *x,
                 Some(b"redirect") => {
                     if !external {
                         return Err("overlay redirect xattr on a file that is not an external regular file".into());
@@ -216,7 +216,7 @@ impl<'a> Reader<'a> {
                     // name index of "trusted."), the name without one "overlay.".
                     let cut = OVL_ESCAPED_PREFIX.len() - OVL_PREFIX.len();
                     match x.name.get(cut..) {
-                        Some(name) if x.prefix.len() + cut <= OVL_PREFIX.len() => RawXattr { name, ..x },
+                        Some(name) if x.prefix.len() + cut <= OVL_PREFIX.len() => RawXattr { name, ..*x },
                         _ => return Err(format!("unexpected overlay xattr {}", tree::show(&x.key()))),
                     }
                 }
