@@ -587,7 +587,7 @@ fn dirent_blocks_agree_with_the_plain_parse() {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         (seed >> 33) % n
     };
-    let lens = [1usize, 2, 3, 7, 8, 9, 15, 16, 17, 30, 254, 255, 256, 300];
+    let lens = [1usize, 2, 3, 7, 8, 9, 15, 16, 17, 30, 252, 253, 254, 255, 256, 300];
     let (mut oks, mut errs) = (0, 0);
     for round in 0..6_000 {
         let count = 1 + next(40) as usize;
@@ -595,7 +595,10 @@ fn dirent_blocks_agree_with_the_plain_parse() {
             .map(|k| {
                 let len = if next(4) == 0 { lens[next(lens.len() as u64) as usize] } else { 1 + next(12) as usize };
                 let mut name: Vec<u8> = (0..len).map(|_| b'a' + next(26) as u8).collect();
-                name.extend_from_slice(format!("{k:03}").as_bytes());
+                // (Half of them with a 3-digit suffix: 255 and 256 bytes from 252 and 253.)
+                if next(2) == 0 {
+                    name.extend_from_slice(format!("{k:03}").as_bytes());
+                }
                 name
             })
             .collect();
@@ -631,6 +634,15 @@ fn dirent_blocks_agree_with_the_plain_parse() {
         }
     }
     assert!(oks > 1_000 && errs > 1_000, "{oks} {errs}");
+    // The length limit itself: 255 bytes pass, 256 do not.
+    for (len, ok) in [(255, true), (256, false)] {
+        let name = vec![b'n'; len];
+        let b = dirents(&[(b".", 1, 2), (&name, 9, 1)]);
+        let (mut fast, mut plain) = (Vec::new(), Vec::new());
+        let got = parse_dirent_block(&b, &mut fast, 100);
+        assert_eq!(got, plain_parse_dirent_block(&b, &mut plain, 100));
+        assert_eq!(got.is_ok(), ok, "{got:?}");
+    }
 }
 
 #[test]
