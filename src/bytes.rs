@@ -53,6 +53,33 @@ pub(crate) fn has_either(s: &[u8], a: u8, b: u8) -> bool {
     words.remainder().iter().any(|&c| c == a || c == b)
 }
 
+/// [`has_either`] of `hay[start..end]`, for a short string inside a larger buffer (a name in a
+/// directory block): when at least eight bytes end at `end`, the string's last partial word is
+/// read as the word ending there, the bytes before that part masked out (exactly: the masks
+/// of [`eq_bytes`] are exact for every byte), instead of byte by byte.
+#[inline]
+pub(crate) fn has_either_in(hay: &[u8], start: usize, end: usize, a: u8, b: u8) -> bool {
+    let s = &hay[start..end];
+    if end < 8 {
+        return has_either(s, a, b);
+    }
+    let (pa, pb) = (splat(a), splat(b));
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let x = word(w);
+        if eq_bytes(x, pa) | eq_bytes(x, pb) != 0 {
+            return true;
+        }
+    }
+    let left = words.remainder().len();
+    if left == 0 {
+        return false;
+    }
+    // The word's last `left` bytes are the string's; the first 8 - left lie before them.
+    let x = word(&hay[end - 8..end]);
+    (eq_bytes(x, pa) | eq_bytes(x, pb)) >> (8 * (8 - left)) != 0
+}
+
 /// Does `s` hold a byte equal to `a`? (As [`has_either`].)
 #[inline]
 pub(crate) fn has_byte(s: &[u8], a: u8) -> bool {
@@ -114,6 +141,39 @@ mod tests {
                     s[pos] = 0x7f;
                     assert!(!has_either(&s, a, b), "{len} {pos}");
                     assert!(!has_byte(&s, a), "{len} {pos}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn has_either_in_looks_at_its_range_only() {
+        // Every range of a buffer of up to 40 bytes, with the byte sought at every position
+        // inside it and just outside it (before, after), and every byte value inside it:
+        // the same answer as the plain test of the range.
+        let plain = |s: &[u8], a: u8, b: u8| s.iter().any(|&c| c == a || c == b);
+        for len in 0..40 {
+            for start in 0..=len {
+                for end in start..=len {
+                    for pos in 0..len {
+                        for v in [0u8, b'/', b'.', 0x2e, 0x7f, 0x80, 0xaf, 0xff, b'a'] {
+                            let mut hay = vec![b'x'; len];
+                            hay[pos] = v;
+                            assert_eq!(
+                                has_either_in(&hay, start, end, 0, b'/'),
+                                plain(&hay[start..end], 0, b'/'),
+                                "{len} {start}..{end} {pos} {v}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        for v in 0..=255u8 {
+            for a in [0u8, b'/', 0x80, 0xff] {
+                let hay = [[b'x'; 8], [v; 8], [b'x'; 8]].concat();
+                for (start, end) in [(8, 16), (9, 12), (3, 9), (15, 16), (16, 24), (0, 8), (7, 8)] {
+                    assert_eq!(has_either_in(&hay, start, end, a, a), plain(&hay[start..end], a, a), "{v} {a}");
                 }
             }
         }

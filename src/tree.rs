@@ -266,10 +266,45 @@ pub(crate) fn check_object_path(payload: &[u8]) -> Result<(), &'static str> {
         return Ok(());
     }
     let rel = payload.strip_prefix(b"/").unwrap_or(payload);
+    if is_plain_object_path(rel) {
+        return Ok(());
+    }
+    object_path_problem(rel)
+}
+
+/// The full scan of [`check_object_path`], for the paths its shortcut does not take: kept out
+/// of line so that the shortcut's caller saves no registers for it.
+#[cold]
+#[inline(never)]
+fn object_path_problem(rel: &[u8]) -> Result<(), &'static str> {
     match path_problem(rel) {
         None => Ok(()),
         Some(reason) => Err(reason),
     }
+}
+
+/// The common shape of an object path (`xx/` and a long name, as the writers make them, with
+/// or without containers/storage's `.file` suffix), tested in one pass a word at a time: two
+/// bytes above `'/'` (so neither NUL, `/` nor `.`), a `/`, then a name of 13 to 255 bytes
+/// holding no NUL and no `/`. Both components are then non-empty and neither `.` nor `..`
+/// (the name is too long for that), no name is over 255 bytes and the path is far below
+/// PATH_MAX: [`path_problem`] finds nothing in it. `false` decides nothing (the full scan
+/// does).
+fn is_plain_object_path(p: &[u8]) -> bool {
+    use crate::bytes::{has_below, splat, word};
+    let n = p.len();
+    if !(16..=3 + MAX_NAME_LEN).contains(&n) || p[0] <= b'/' || p[1] <= b'/' || p[2] != b'/' {
+        return false;
+    }
+    // Non-zero exactly when the word holds a NUL or a '/' (a byte below 1, as is or xor '/').
+    let nul_or_slash = |w: u64| has_below(w, 1) | has_below(w ^ splat(b'/'), 1);
+    // The name's whole words, then its last eight bytes (some seen already: testing a byte
+    // twice changes nothing; n >= 16, so they all lie in the name).
+    let mut found = nul_or_slash(word(&p[n - 8..]));
+    for w in p[3..].chunks_exact(8) {
+        found |= nul_or_slash(word(w));
+    }
+    found == 0
 }
 
 /// The directories on the way to the last parent an input used, root first. Inputs list a
@@ -855,6 +890,65 @@ mod tests {
             let want = if p.is_empty() { Ok(()) } else { naive_path_problem(rel).map_or(Ok(()), Err) };
             assert_eq!(check_object_path(&p), want, "{}", show(&p));
         }
+    }
+
+    #[test]
+    fn object_path_shortcut_agrees_with_the_plain_rule() {
+        // The `xx/` + name shape the shortcut takes, at the lengths around each of its
+        // bounds, with every byte value put at every position (and a second '/' or '.' at a
+        // few): the shortcut only ever says yes where the plain rule finds nothing, and
+        // `check_object_path` agrees with the plain rule (as a relative and an absolute path).
+        // The rule of `check_object_path` the plain way: an empty payload names no object; one
+        // leading '/' is dropped.
+        let want = |p: &[u8]| {
+            let rel = p.strip_prefix(b"/").unwrap_or(p);
+            if p.is_empty() {
+                Ok(())
+            } else {
+                naive_path_problem(rel).map_or(Ok(()), Err)
+            }
+        };
+        let check = |p: &[u8]| {
+            if is_plain_object_path(p) {
+                assert_eq!(naive_path_problem(p), None, "{}", show(p));
+            }
+            assert_eq!(check_object_path(p), want(p), "{}", show(p));
+            let abs = [b"/", p].concat();
+            assert_eq!(check_object_path(&abs), want(&abs), "{}", show(&abs));
+        };
+        let mut taken = 0;
+        let bases = [0, 1, 2, 3, 4, 8, 11, 15, 16, 17, 23, 24, 25, 64, 65, 66, 70, 257, 258, 259, 260].map(|len| {
+            let mut p: Vec<u8> = (0..len).map(|i| if i == 2 { b'/' } else { b"0123456789abcdef"[i % 16] }).collect();
+            // The containers/storage shape ("xx/" + 62 hex digits + ".file") for lengths of 70.
+            if len == 70 {
+                p[65..].copy_from_slice(b".file");
+            }
+            p
+        });
+        for base in bases {
+            let len = base.len();
+            check(&base);
+            for pos in 0..len {
+                for v in 0..=255u8 {
+                    let mut p = base.clone();
+                    p[pos] = v;
+                    check(&p);
+                    taken += usize::from(is_plain_object_path(&p));
+                    for other in [b'/', b'.', 0] {
+                        if pos + 5 < len && [0, b'.', b'/', b'0', b'a', 0x80].contains(&v) {
+                            let mut q = p.clone();
+                            q[pos + 5] = other;
+                            check(&q);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(taken > 100_000, "{taken}");
+        assert!(is_plain_object_path(b"5e/0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab"));
+        assert!(is_plain_object_path(b"5e/0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab.file"));
+        assert!(!is_plain_object_path(b"5e/0123456789abc/ef0123456789abcdef0123456789abcdef0123456789ab"));
+        assert!(!is_plain_object_path(b"../0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab"));
     }
 
     #[test]

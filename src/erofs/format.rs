@@ -142,40 +142,50 @@ pub fn xattr_entry_size(suffix_len: usize, value_len: usize) -> usize {
     (XATTR_ENTRY_SIZE + suffix_len + value_len + 3) & !3
 }
 
-/// xxHash32 as the kernel uses it for the xattr name filter.
-pub fn xxh32(input: &[u8], seed: u32) -> u32 {
+/// xxHash32 as the kernel uses it for the xattr name filter. A `const fn` (so the bits of the
+/// names every composefs image carries are computed at build time by this same code: see
+/// `reader::xattr::filter_bit`), hence the index loops.
+pub const fn xxh32(input: &[u8], seed: u32) -> u32 {
     const P1: u32 = 2_654_435_761;
     const P2: u32 = 2_246_822_519;
     const P3: u32 = 3_266_489_917;
     const P4: u32 = 668_265_263;
     const P5: u32 = 374_761_393;
-    let rd = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let round = |acc: u32, lane: u32| acc.wrapping_add(lane.wrapping_mul(P2)).rotate_left(13).wrapping_mul(P1);
-    let mut p = input;
+    const fn rd(b: &[u8], i: usize) -> u32 {
+        u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+    }
+    const fn round(acc: u32, lane: u32) -> u32 {
+        acc.wrapping_add(lane.wrapping_mul(P2)).rotate_left(13).wrapping_mul(P1)
+    }
+    let n = input.len();
+    let mut i = 0;
     let mut h: u32;
-    if p.len() >= 16 {
-        let mut v = [seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2), seed, seed.wrapping_sub(P1)];
-        while p.len() >= 16 {
-            for (i, lane) in v.iter_mut().enumerate() {
-                *lane = round(*lane, rd(&p[i * 4..]));
-            }
-            p = &p[16..];
+    if n >= 16 {
+        let (mut v0, mut v1) = (seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2));
+        let (mut v2, mut v3) = (seed, seed.wrapping_sub(P1));
+        while n - i >= 16 {
+            v0 = round(v0, rd(input, i));
+            v1 = round(v1, rd(input, i + 4));
+            v2 = round(v2, rd(input, i + 8));
+            v3 = round(v3, rd(input, i + 12));
+            i += 16;
         }
-        h = v[0]
+        h = v0
             .rotate_left(1)
-            .wrapping_add(v[1].rotate_left(7))
-            .wrapping_add(v[2].rotate_left(12))
-            .wrapping_add(v[3].rotate_left(18));
+            .wrapping_add(v1.rotate_left(7))
+            .wrapping_add(v2.rotate_left(12))
+            .wrapping_add(v3.rotate_left(18));
     } else {
         h = seed.wrapping_add(P5);
     }
-    h = h.wrapping_add(input.len() as u32);
-    while p.len() >= 4 {
-        h = h.wrapping_add(rd(p).wrapping_mul(P3)).rotate_left(17).wrapping_mul(P4);
-        p = &p[4..];
+    h = h.wrapping_add(n as u32);
+    while n - i >= 4 {
+        h = h.wrapping_add(rd(input, i).wrapping_mul(P3)).rotate_left(17).wrapping_mul(P4);
+        i += 4;
     }
-    for &b in p {
-        h = h.wrapping_add((b as u32).wrapping_mul(P5)).rotate_left(11).wrapping_mul(P1);
+    while i < n {
+        h = h.wrapping_add((input[i] as u32).wrapping_mul(P5)).rotate_left(11).wrapping_mul(P1);
+        i += 1;
     }
     h ^= h >> 15;
     h = h.wrapping_mul(P2);
@@ -657,6 +667,67 @@ mod tests {
         assert_eq!(xxh32(b"a", 0), 0x550d_7456);
         assert_eq!(xxh32(b"abc", 0), 0x32d1_53ff);
         assert_eq!(xxh32(b"Nobody inspects the spammish repetition", 0), 0xe229_3b2f);
+    }
+
+    /// xxHash32 written the plain way (slices and closures, as the function was before it
+    /// became a `const fn`).
+    fn plain_xxh32(input: &[u8], seed: u32) -> u32 {
+        const P1: u32 = 2_654_435_761;
+        const P2: u32 = 2_246_822_519;
+        const P3: u32 = 3_266_489_917;
+        const P4: u32 = 668_265_263;
+        const P5: u32 = 374_761_393;
+        let rd = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let round = |acc: u32, lane: u32| acc.wrapping_add(lane.wrapping_mul(P2)).rotate_left(13).wrapping_mul(P1);
+        let mut p = input;
+        let mut h: u32;
+        if p.len() >= 16 {
+            let mut v = [seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2), seed, seed.wrapping_sub(P1)];
+            while p.len() >= 16 {
+                for (i, lane) in v.iter_mut().enumerate() {
+                    *lane = round(*lane, rd(&p[i * 4..]));
+                }
+                p = &p[16..];
+            }
+            h = v[0]
+                .rotate_left(1)
+                .wrapping_add(v[1].rotate_left(7))
+                .wrapping_add(v[2].rotate_left(12))
+                .wrapping_add(v[3].rotate_left(18));
+        } else {
+            h = seed.wrapping_add(P5);
+        }
+        h = h.wrapping_add(input.len() as u32);
+        while p.len() >= 4 {
+            h = h.wrapping_add(rd(p).wrapping_mul(P3)).rotate_left(17).wrapping_mul(P4);
+            p = &p[4..];
+        }
+        for &b in p {
+            h = h.wrapping_add((b as u32).wrapping_mul(P5)).rotate_left(11).wrapping_mul(P1);
+        }
+        h ^= h >> 15;
+        h = h.wrapping_mul(P2);
+        h ^= h >> 13;
+        h = h.wrapping_mul(P3);
+        h ^= h >> 16;
+        h
+    }
+
+    #[test]
+    fn xxh32_agrees_with_the_plain_one() {
+        // Every length up to 300 (every stripe count and tail), bytes of every value, the
+        // filter's seeds and a few others.
+        let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for seed in [0, 1, XATTR_FILTER_SEED, XATTR_FILTER_SEED + 4, XATTR_FILTER_SEED + 6, u32::MAX] {
+            for len in 0..=data.len() {
+                for start in [0, 1, 3] {
+                    let s = &data[start.min(len)..len];
+                    assert_eq!(xxh32(s, seed), plain_xxh32(s, seed), "{len} {start} {seed:#x}");
+                }
+            }
+        }
+        const AT_BUILD: u32 = xxh32(b"Nobody inspects the spammish repetition", 0);
+        assert_eq!(AT_BUILD, 0xe229_3b2f);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use super::inode::DirData;
 use super::{ReadError, Reader};
-use crate::bytes::has_either;
+use crate::bytes::has_either_in;
 use crate::erofs::format::*;
 use crate::tree;
 
@@ -58,31 +58,44 @@ pub(super) fn parse_dirent_block<'b>(b: &'b [u8], out: &mut Vec<Dirent<'b>>, bud
         return Err("too many directory entries in the image".into());
     }
     // The entry table (n entries) lies within `first` <= b.len() bytes; each entry is decoded
-    // once (its name ends where the next entry's begins).
-    let mut table = b[..first].chunks_exact(DIRENT_SIZE).map(|e| decode_dirent(e).unwrap_or_default());
-    let mut next = table.next();
-    for i in 0..n {
-        let Some((nid, nameoff, ftype)) = next else { break };
-        next = table.next();
-        let nameoff = usize::from(nameoff);
-        let end = match next {
-            Some((_, following, _)) => usize::from(following),
-            None => {
+    // once (its name ends where the next entry's begins; the last one's at a NUL or the end).
+    let table = &b[..first];
+    let name_off = |e: &[u8]| usize::from(u16::from_le_bytes([e[8], e[9]]));
+    for (i, e) in table.chunks_exact(DIRENT_SIZE).enumerate() {
+        let nid = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+        let (nameoff, ftype) = (name_off(e), e[10]);
+        let end = match table.get((i + 1) * DIRENT_SIZE..) {
+            Some(next) if !next.is_empty() => name_off(next),
+            _ => {
                 let rest = b.get(nameoff..).unwrap_or(&[]);
                 nameoff + rest.iter().position(|&c| c == 0).unwrap_or(rest.len())
             }
         };
-        if nameoff < first || end <= nameoff || end > b.len() {
-            return Err(format!("entry {i}: bad name offsets {nameoff}..{end}"));
+        // Every check at once; which one failed is told apart out of line.
+        if nameoff < first
+            || end <= nameoff
+            || end > b.len()
+            || end - nameoff > tree::MAX_NAME_LEN
+            || has_either_in(b, nameoff, end, 0, b'/')
+        {
+            return Err(entry_error(b, first, i, nameoff, end));
         }
-        let name = &b[nameoff..end];
-        if name.len() > tree::MAX_NAME_LEN {
-            return Err(format!("entry {i}: name longer than {} bytes", tree::MAX_NAME_LEN));
-        }
-        if has_either(name, 0, b'/') {
-            return Err(format!("entry {i}: NUL or '/' in name {}", tree::show(name)));
-        }
-        out.push((name, nid, ftype));
+        out.push((&b[nameoff..end], nid, ftype));
     }
     Ok(n as u64)
+}
+
+/// Why entry `i` of a directory block (its name at `nameoff..end`) was refused: the checks of
+/// [`parse_dirent_block`] again, in its order, each with its message. (Out of line: only an
+/// image being refused gets here.)
+#[cold]
+#[inline(never)]
+fn entry_error(b: &[u8], first: usize, i: usize, nameoff: usize, end: usize) -> String {
+    if nameoff < first || end <= nameoff || end > b.len() {
+        return format!("entry {i}: bad name offsets {nameoff}..{end}");
+    }
+    if end - nameoff > tree::MAX_NAME_LEN {
+        return format!("entry {i}: name longer than {} bytes", tree::MAX_NAME_LEN);
+    }
+    format!("entry {i}: NUL or '/' in name {}", tree::show(&b[nameoff..end]))
 }

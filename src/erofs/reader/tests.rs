@@ -638,3 +638,138 @@ fn vetting_on_threads_gives_up_on_what_it_cannot_defer() {
     }
     assert!(flipped >= 10, "only {flipped} refused images");
 }
+/// `parse_dirent_block` written the plain way (entry by entry, byte by byte), what the word-wise
+/// one must agree with: the same entries, count and error.
+fn plain_parse_dirent_block<'b>(b: &'b [u8], out: &mut Vec<(&'b [u8], u64, u8)>, budget: u64) -> Result<u64, String> {
+    let rd16 = |o: usize| usize::from(u16::from_le_bytes([b[o], b[o + 1]]));
+    if b.len() < 12 {
+        return Err("block shorter than one entry".into());
+    }
+    let first = rd16(8);
+    if first < 12 || first % 12 != 0 || first > b.len() {
+        return Err(format!("bad first name offset {first}"));
+    }
+    let n = first / 12;
+    if n as u64 > budget {
+        return Err("too many directory entries in the image".into());
+    }
+    for i in 0..n {
+        let e = i * 12;
+        let nid = u64::from_le_bytes(b[e..e + 8].try_into().unwrap());
+        let nameoff = rd16(e + 8);
+        let end = if i + 1 < n {
+            rd16(e + 12 + 8)
+        } else {
+            let mut end = nameoff;
+            while end < b.len() && b[end] != 0 {
+                end += 1;
+            }
+            end
+        };
+        if nameoff < first || end <= nameoff || end > b.len() {
+            return Err(format!("entry {i}: bad name offsets {nameoff}..{end}"));
+        }
+        let name = &b[nameoff..end];
+        if name.len() > crate::tree::MAX_NAME_LEN {
+            return Err(format!("entry {i}: name longer than {} bytes", crate::tree::MAX_NAME_LEN));
+        }
+        if name.iter().any(|&c| c == 0 || c == b'/') {
+            return Err(format!("entry {i}: NUL or '/' in name {}", crate::tree::show(name)));
+        }
+        out.push((name, nid, b[e + 10]));
+    }
+    Ok(n as u64)
+}
+
+#[test]
+fn dirent_blocks_agree_with_the_plain_parse() {
+    // Blocks of 1 to 40 entries with names of 1 to 300 bytes (around every word length and the
+    // 255-byte limit), then random byte changes: every byte value in the names (NUL, '/', the
+    // high bit), the name offsets, the table's end; the last name NUL-padded or not, the
+    // block cut anywhere. Same entries, count and error as the plain parse.
+    let mut seed = 17u64;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    let lens = [1usize, 2, 3, 7, 8, 9, 15, 16, 17, 30, 252, 253, 254, 255, 256, 300];
+    let (mut oks, mut errs) = (0, 0);
+    for round in 0..6_000 {
+        let count = 1 + next(40) as usize;
+        let names: Vec<Vec<u8>> = (0..count)
+            .map(|k| {
+                let len = if next(4) == 0 { lens[next(lens.len() as u64) as usize] } else { 1 + next(12) as usize };
+                let mut name: Vec<u8> = (0..len).map(|_| b'a' + next(26) as u8).collect();
+                // (Half of them with a 3-digit suffix: 255 and 256 bytes from 252 and 253.)
+                if next(2) == 0 {
+                    name.extend_from_slice(format!("{k:03}").as_bytes());
+                }
+                name
+            })
+            .collect();
+        let ents: Vec<(&[u8], u64, u8)> = names.iter().map(|n| (n.as_slice(), next(1 << 40), next(8) as u8)).collect();
+        let mut b = dirents(&ents);
+        if next(2) == 0 {
+            b.extend(std::iter::repeat_n(0u8, next(9) as usize));
+        }
+        let changes = if round % 3 == 0 { 0 } else { 1 + next(3) };
+        for _ in 0..changes {
+            let at = next(b.len() as u64) as usize;
+            b[at] = match next(6) {
+                0 => 0,
+                1 => b'/',
+                2 => [0x80, 0xff, 0x7f, 1, b'.'][next(5) as usize],
+                _ => next(256) as u8,
+            };
+        }
+        if next(8) == 0 {
+            b.truncate(next(b.len() as u64 + 1) as usize);
+        }
+        let budget = if next(10) == 0 { next(40) } else { 1000 };
+        let (mut fast, mut plain) = (Vec::new(), Vec::new());
+        let got = parse_dirent_block(&b, &mut fast, budget);
+        let want = plain_parse_dirent_block(&b, &mut plain, budget);
+        assert_eq!(got, want, "round {round}");
+        // (Entries before an error are appended too, by both.)
+        assert_eq!(fast, plain, "round {round}");
+        if got.is_ok() {
+            oks += 1;
+        } else {
+            errs += 1;
+        }
+    }
+    assert!(oks > 1_000 && errs > 1_000, "{oks} {errs}");
+    // The length limit itself: 255 bytes pass, 256 do not.
+    for (len, ok) in [(255, true), (256, false)] {
+        let name = vec![b'n'; len];
+        let b = dirents(&[(b".", 1, 2), (&name, 9, 1)]);
+        let (mut fast, mut plain) = (Vec::new(), Vec::new());
+        let got = parse_dirent_block(&b, &mut fast, 100);
+        assert_eq!(got, plain_parse_dirent_block(&b, &mut plain, 100));
+        assert_eq!(got.is_ok(), ok, "{got:?}");
+    }
+}
+
+#[test]
+fn filter_bits_as_the_kernel_computes_them() {
+    use super::xattr::{filter_bit, RawXattr};
+    // The bits known at build time and every other name: xxh32 of the rest of the name, seeded
+    // with the filter's seed plus the name index, modulo 32 (what the kernel computes).
+    let names: [&[u8]; 8] = [
+        b"overlay.redirect",
+        b"overlay.metacopy",
+        b"selinux",
+        b"overlay.redirecT",
+        b"overlay.redirec",
+        b"",
+        b"a",
+        b"overlay.opaque",
+    ];
+    for index in 0..=9u8 {
+        for name in names {
+            let x = RawXattr { prefix: b"", index, name, value: b"" };
+            let want = format::xxh32(name, format::XATTR_FILTER_SEED.wrapping_add(u32::from(index))) % 32;
+            assert_eq!(filter_bit(&x), want, "{index} {}", crate::tree::show(name));
+        }
+    }
+}

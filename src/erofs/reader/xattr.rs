@@ -48,6 +48,9 @@ impl<'a> RawXattr<'a> {
         full.len() == self.key_len() && self.starts_with(full)
     }
 
+    /// (Out of line: only the user-visible xattrs are compared, and inlined into
+    /// `apply_xattrs` it costs the overlay xattrs' path registers.)
+    #[inline(never)]
     fn key_cmp(&self, o: &RawXattr<'_>) -> Ordering {
         if self.prefix == o.prefix {
             return self.name.cmp(o.name);
@@ -169,10 +172,10 @@ impl<'a> Reader<'a> {
     ) -> Result<Applied<'a>, String> {
         kept.clear();
         let mut out = Applied { xattrs: kept, ..Applied::default() };
-        for &x in raw {
+        for x in raw {
             // One look at the name: is it in the overlay namespace, and what follows there.
             let x = match x.overlay_rest() {
-                None => x,
+                None => *x,
                 Some(b"redirect") => {
                     if !external {
                         return Err("overlay redirect xattr on a file that is not an external regular file".into());
@@ -213,7 +216,7 @@ impl<'a> Reader<'a> {
                     // name index of "trusted."), the name without one "overlay.".
                     let cut = OVL_ESCAPED_PREFIX.len() - OVL_PREFIX.len();
                     match x.name.get(cut..) {
-                        Some(name) if x.prefix.len() + cut <= OVL_PREFIX.len() => RawXattr { name, ..x },
+                        Some(name) if x.prefix.len() + cut <= OVL_PREFIX.len() => RawXattr { name, ..*x },
                         _ => return Err(format!("unexpected overlay xattr {}", tree::show(&x.key()))),
                     }
                 }
@@ -254,9 +257,34 @@ pub(super) const SHARED_CACHE: usize = 16;
 /// A parsed shared xattr in the cache: (id, xattr, its bit in the name filter).
 pub(super) type SharedSlot<'a> = Option<(u32, RawXattr<'a>, u32)>;
 
-/// The bit of an xattr's name in an inode's name filter, as the kernel computes it.
-fn filter_bit(x: &RawXattr<'_>) -> u32 {
-    xxh32(x.name, XATTR_FILTER_SEED.wrapping_add(u32::from(x.index))) % XATTR_FILTER_BITS
+/// The bit of an xattr's name in an inode's name filter, as the kernel computes it: `index`
+/// the name index, `name` the rest of the name.
+const fn name_filter_bit(index: u8, name: &[u8]) -> u32 {
+    xxh32(name, XATTR_FILTER_SEED.wrapping_add(index as u32)) % XATTR_FILTER_BITS
+}
+
+/// The names most inodes of a composefs image carry inline, with their filter bits computed
+/// at build time (by the same function).
+const KNOWN_FILTER_BITS: [(u8, &[u8], u32); 3] = {
+    const fn known(index: u8, name: &'static [u8]) -> (u8, &'static [u8], u32) {
+        (index, name, name_filter_bit(index, name))
+    }
+    [
+        known(XATTR_INDEX_TRUSTED, b"overlay.redirect"),
+        known(XATTR_INDEX_TRUSTED, b"overlay.metacopy"),
+        known(XATTR_INDEX_SECURITY, b"selinux"),
+    ]
+};
+
+/// The bit of an xattr's name in an inode's name filter, as the kernel computes it (for the
+/// names in [`KNOWN_FILTER_BITS`], computed at build time).
+pub(super) fn filter_bit(x: &RawXattr<'_>) -> u32 {
+    for (index, name, bit) in KNOWN_FILTER_BITS {
+        if x.index == index && x.name == name {
+            return bit;
+        }
+    }
+    name_filter_bit(x.index, x.name)
 }
 
 /// One of the markers the writer puts on a directory holding a whiteout (the tree does not
