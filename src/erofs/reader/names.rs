@@ -64,7 +64,7 @@ impl Reader<'_> {
         // Primaries found in nid order (each inode's at most once).
         let mut found = 0usize;
         for di in 0..walk.dirs.len() {
-            for (ci, &(_, cpos)) in walk.children_of(di).iter().enumerate() {
+            for (ci, cpos) in walk.children_of(di).iter().map(|c| c.pos).enumerate() {
                 // Whiteout stubs (only in the root) were left out of `children` but hold
                 // their places in the walk: they are always where the walk puts them.
                 while let Some(&(before, spos)) = stub_iter.peek() {
@@ -94,7 +94,7 @@ impl Reader<'_> {
             return primary;
         }
         for di in 0..walk.dirs.len() {
-            for (ci, &(_, cpos)) in walk.children_of(di).iter().enumerate() {
+            for (ci, cpos) in walk.children_of(di).iter().map(|c| c.pos).enumerate() {
                 if primary.get(cpos).is_none() {
                     primary.set(cpos, (di, ci));
                 }
@@ -175,8 +175,8 @@ impl Reader<'_> {
         for di in 0..dirs.len() {
             let children = walk.children_of(di);
             total += children.len();
-            for (ci, (_, cpos)) in children.iter().enumerate() {
-                if let Some(v) = names.get_mut(cpos) {
+            for (ci, c) in children.iter().enumerate() {
+                if let Some(v) = names.get_mut(&c.pos) {
                     v.push((di, ci));
                 }
             }
@@ -204,7 +204,7 @@ impl Reader<'_> {
             // of the target directory: then the walk order is unchanged.
             let is_primary_at = |p: &Primaries, d: usize, k: usize, n: &u32| p.get(*n) == Some((d, k));
             let mut ok = true;
-            for (k, (_, n)) in walk.children_of(di).iter().enumerate().skip(ci + 1) {
+            for (k, n) in walk.children_of(di).iter().map(|c| &c.pos).enumerate().skip(ci + 1) {
                 budget = budget.saturating_sub(1);
                 if is_primary_at(primary, di, k, n) {
                     ok = false;
@@ -221,7 +221,7 @@ impl Reader<'_> {
                 }
             }
             if ok {
-                for (k, (_, n)) in walk.children_of(ei).iter().enumerate().take(cj) {
+                for (k, n) in walk.children_of(ei).iter().map(|c| &c.pos).enumerate().take(cj) {
                     budget = budget.saturating_sub(1);
                     if is_primary_at(primary, ei, k, n) {
                         ok = false;
@@ -263,7 +263,8 @@ impl Reader<'_> {
         let mut links: Vec<(usize, usize)> = Vec::new();
         for di in 0..dirs.len() {
             let parent = tree_id[di];
-            for (ci, &(name, cpos)) in walk.children_of(di).iter().enumerate() {
+            for (ci, c) in walk.children_of(di).iter().enumerate() {
+                let (name, cpos) = (walk.name(c), c.pos);
                 if primary.get(cpos) != Some((di, ci)) {
                     links.push((di, ci));
                     continue;
@@ -293,9 +294,10 @@ impl Reader<'_> {
             let Some(&parent) = tree_id.get(di) else {
                 continue;
             };
-            let Some(&(name, cpos)) = walk.children_of(di).get(ci) else {
+            let Some(c) = walk.children_of(di).get(ci) else {
                 continue;
             };
+            let (name, cpos) = (walk.name(c), c.pos);
             let Some(&(target, cost)) = linked.get(&cpos) else {
                 continue;
             };
@@ -322,7 +324,8 @@ impl Reader<'_> {
         let mut bytes = root_bytes;
         let (mut entries, mut first_device) = (1u64, None);
         for di in 0..dirs.len() {
-            for (ci, &(name, cpos)) in walk.children_of(di).iter().enumerate() {
+            for (ci, c) in walk.children_of(di).iter().enumerate() {
+                let cpos = c.pos;
                 let Some(ino) = self.inodes.at(cpos as usize) else {
                     continue;
                 };
@@ -331,12 +334,12 @@ impl Reader<'_> {
                     continue;
                 };
                 // (Most names are their inode's primary.)
-                let primary_name =
-                    if (pd, pc) == (di, ci) { name } else { walk.children_of(pd).get(pc).map_or(name, |c| c.0) };
-                bytes = bytes.saturating_add(ino_bytes + primary_name.len() as u64);
+                let primary_len =
+                    if (pd, pc) == (di, ci) { c.len() } else { walk.children_of(pd).get(pc).unwrap_or(c).len() };
+                bytes = bytes.saturating_add(ino_bytes + primary_len as u64);
                 entries += 1;
                 if device && first_device.is_none() {
-                    first_device = Some(show_path(&child_path(dirs, di, name)));
+                    first_device = Some(show_path(&child_path(dirs, di, walk.name(c))));
                 }
             }
         }

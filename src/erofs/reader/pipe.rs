@@ -113,13 +113,18 @@ pub(super) struct Pipe<'s> {
 
 impl Pipe<'_> {
     /// Inode `nid`, which has its pending place in the table, is to be decoded later.
-    pub(super) fn defer(&mut self, nid: u64) {
+    /// True when that filled a batch, handed out now: the walk then collects what came back
+    /// ([`Pipe::collect`]), so that no more than a batch or two of decoded inodes wait at once
+    /// while it reads a large directory.
+    pub(super) fn defer(&mut self, nid: u64) -> bool {
         self.filling.push(nid);
-        if self.filling.len() >= BATCH {
-            let b = std::mem::replace(&mut self.filling, Vec::with_capacity(BATCH));
-            self.shared.push(b);
-            self.out += 1;
+        if self.filling.len() < BATCH {
+            return false;
         }
+        let b = std::mem::replace(&mut self.filling, Vec::with_capacity(BATCH));
+        self.shared.push(b);
+        self.out += 1;
+        true
     }
 
     /// Put the batches the helpers have decoded so far in place. False: give up.

@@ -12,11 +12,13 @@ use crate::tree::{self, Xattr};
 pub(super) struct Walk<'a> {
     /// Directories in walk order (the root first).
     pub(super) dirs: Vec<DirRec<'a>>,
-    /// Every directory's children, one directory after the other in walk order: (name, the
-    /// child inode's place in the [`super::inode::InodeTable`], so that no later phase looks its
-    /// nid up again); a directory's are `children[dir.children]` ([`Walk::children_of`]). One
-    /// list for all directories rather than one allocation each.
-    pub(super) children: Vec<(&'a [u8], u32)>,
+    /// The image the names are in.
+    d: &'a [u8],
+    /// Every directory's children, one directory after the other in walk order (their names
+    /// and the child inodes' places in the [`super::inode::InodeTable`], so that no later phase
+    /// looks a nid up again); a directory's are `children[dir.children]`
+    /// ([`Walk::children_of`]). One list for all directories rather than one allocation each.
+    pub(super) children: Vec<Child>,
     /// Root whiteout stubs: (index of the root child they precede, nid).
     pub(super) stubs: Vec<(usize, u64)>,
     pub(super) stub_names: Vec<&'a [u8]>,
@@ -25,11 +27,45 @@ pub(super) struct Walk<'a> {
     pub(super) bad_nlink: Option<(usize, u32, usize)>,
 }
 
+/// A name in the walk's child list: where it is in the image, its length, and its inode's place
+/// in the table. 12 bytes, where a (name slice, place) pair takes 24: the list holds a record per
+/// name of the image. (Offsets of 48 bits hold any slice's: user address spaces are smaller;
+/// names are at most 255 bytes, longer ones are refused in `dir.rs`.)
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Child {
+    at_low: u32,
+    /// The inode's place in the table.
+    pub(super) pos: u32,
+    at_high: u16,
+    len: u8,
+}
+
+impl Child {
+    /// Its name's length.
+    pub(super) fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+}
+
 impl<'a> Walk<'a> {
     /// The children of directory `di` (none for a directory not in the walk).
-    pub(super) fn children_of(&self, di: usize) -> &[(&'a [u8], u32)] {
+    pub(super) fn children_of(&self, di: usize) -> &[Child] {
         let Some(d) = self.dirs.get(di) else { return &[] };
         self.children.get(d.children.start as usize..d.children.end as usize).unwrap_or(&[])
+    }
+
+    /// A child's name.
+    pub(super) fn name(&self, c: &Child) -> &'a [u8] {
+        let at = (usize::from(c.at_high) << 32) | c.at_low as usize;
+        self.d.get(at..at + usize::from(c.len)).unwrap_or(&[])
+    }
+
+    /// The record of `name`, a name read from the image (a part of `d`, at most 255 bytes:
+    /// [`Walk::name`] gives it back), naming the inode at place `pos`.
+    fn child(&self, name: &'a [u8], pos: u32) -> Child {
+        let at = (name.as_ptr() as usize).wrapping_sub(self.d.as_ptr() as usize);
+        debug_assert!(at <= self.d.len() && name.len() <= usize::from(u8::MAX) && at >> 48 == 0);
+        Child { at_low: at as u32, pos, at_high: (at >> 32) as u16, len: name.len() as u8 }
     }
 }
 
@@ -52,6 +88,7 @@ impl<'a> Reader<'a> {
         let root = DirRec { nid: self.root_nid, name: &[], parent: 0, depth: 0, children: 0..0 };
         let mut st = State {
             walk: Walk {
+                d: self.d,
                 dirs: vec![root],
                 // Room for a name per inode the superblock counts (most images have about as
                 // many names as inodes), made present only as it fills (`walk_dir`): growing the
@@ -126,7 +163,9 @@ impl<'a> Reader<'a> {
             }
             let deferred = match pipe.as_deref_mut() {
                 Some(p) if at != 0 && ftype != FT_DIR && self.inodes.insert_pending(cnid, ftype) => {
-                    p.defer(cnid);
+                    if p.defer(cnid) && !p.collect(&mut self.inodes) {
+                        return Err(super::pipe::gave_up());
+                    }
                     true
                 }
                 _ => false,
@@ -189,7 +228,8 @@ impl<'a> Reader<'a> {
             if st.names_total >= self.limits.tree.max_entries.min(u32::MAX as usize) {
                 return Err(ReadError::Limit(format!("more than {} entries", self.limits.tree.max_entries)));
             }
-            st.walk.children.push((name, cpos as u32));
+            let c = st.walk.child(name, cpos as u32);
+            st.walk.children.push(c);
         }
         if !dot || !dotdot {
             return Err(dir_err(&st.walk.dirs, "missing '.' or '..' entry".into()));
@@ -225,7 +265,7 @@ impl<'a> Reader<'a> {
             }
         };
         let mut seen = [false; 256];
-        for &n in walk.children_of(0).iter().map(|(n, _)| n).chain(stub_names) {
+        for n in walk.children_of(0).iter().map(|c| walk.name(c)).chain(stub_names.iter().copied()) {
             if let Some(i) = hex(n) {
                 seen[i] = true;
             }
