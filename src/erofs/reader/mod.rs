@@ -302,8 +302,20 @@ impl<'a> Reader<'a> {
         self.check_stubs(&walk)?;
         self.check_dir_nlinks(&walk)?;
         // 2. The primary name of each inode (the others are hard links).
-        let mut primary = self.primary_names(&walk);
-        // 3. Whiteout markers settle ambiguous primaries; then they go.
+        let primary = self.primary_names(&walk);
+        self.settle(walk, primary)
+    }
+
+    /// [`Self::check_walk`] with the primary names found already (the vetting on threads finds
+    /// them before its last inodes are decoded: they need only the walk and the places).
+    fn check_walk_with(&mut self, walk: Walk<'a>, primary: Primaries) -> Result<(Walk<'a>, Primaries), ReadError> {
+        self.check_stubs(&walk)?;
+        self.check_dir_nlinks(&walk)?;
+        self.settle(walk, primary)
+    }
+
+    /// 3. Whiteout markers settle ambiguous primaries; then they go.
+    fn settle(&mut self, walk: Walk<'a>, mut primary: Primaries) -> Result<(Walk<'a>, Primaries), ReadError> {
         self.settle_whiteouts(&walk, &mut primary)?;
         Ok((walk, primary))
     }

@@ -56,7 +56,8 @@ impl Reader<'_> {
         // (none left if the root is not among them).
         let mut order = self.inodes.places_in_nid_order().peekable();
         let mut primary = Primaries::new(self.inodes.len());
-        // (Every inode asked for here was decoded: u32::MAX, no place, is never found.)
+        // (Every inode asked for here has a place, decoded or, on threads, still deferred: this
+        // reads places only. u32::MAX, no place, is never found.)
         let place = |nid: u64| self.inodes.pos(nid).map_or(u32::MAX, |p| p as u32);
         let root = place(self.root_nid);
         order.by_ref().any(|p| p == root);

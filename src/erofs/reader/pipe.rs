@@ -248,7 +248,7 @@ impl<'a> Reader<'a> {
             Shared { queue: Mutex::new(Queue { batches: VecDeque::new(), closed: false }), more: Condvar::new() };
         let (send, done) = mpsc::channel();
         let helpers: Vec<Reader<'a>> = (1..threads).map(|_| self.for_helper()).collect();
-        let walk = std::thread::scope(|s| {
+        let (walk, primary) = std::thread::scope(|s| {
             let mut started = Vec::new();
             for h in helpers {
                 let (shared, send) = (&shared, send.clone());
@@ -259,7 +259,13 @@ impl<'a> Reader<'a> {
             }
             drop(send);
             let mut pipe = Pipe { shared: &shared, filling: Vec::with_capacity(BATCH), done, out: 0 };
-            let walk = self.walk_from_root(Some(&mut pipe)).ok().filter(|_| pipe.finish(&mut self));
+            // The primary names need the walk and the places only, not the deferred inodes:
+            // found while the helpers decode the last batches.
+            let walked = self.walk_from_root(Some(&mut pipe)).ok().map(|w| {
+                let primary = self.primary_names(&w);
+                (w, primary)
+            });
+            let walked = walked.filter(|_| pipe.finish(&mut self));
             shared.close(true);
             let mut all = true;
             for t in started {
@@ -268,9 +274,9 @@ impl<'a> Reader<'a> {
                     Err(_) => all = false,
                 }
             }
-            walk.filter(|_| all)
+            walked.filter(|_| all)
         })?;
-        let (walk, primary) = self.check_walk(walk).ok()?;
+        let (walk, primary) = self.check_walk_with(walk, primary).ok()?;
         let (entries, first_device) = self.count_tree(&walk, &primary).ok()?;
         Some(Vetted { info: self.info(), entries, first_device })
     }
