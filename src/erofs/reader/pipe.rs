@@ -67,7 +67,8 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The next batch; waits while there is none yet. `None` once closed and empty.
+    /// The next batch; waits while there is none yet. `None` once closed and empty, or once
+    /// the vetting gave up (`close(true)`).
     fn next(&self) -> Option<Vec<u64>> {
         let mut q = self.lock();
         loop {
@@ -81,12 +82,28 @@ impl Shared {
         }
     }
 
-    fn push(&self, batch: Vec<u64>) {
-        self.lock().batches.push_back(batch);
+    /// Hand `batch` out; returns how many batches wait then.
+    fn push(&self, batch: Vec<u64>) -> usize {
+        let mut q = self.lock();
+        q.batches.push_back(batch);
+        let waiting = q.batches.len();
+        drop(q);
         self.more.notify_one();
+        waiting
     }
 
-    /// No more batches; with `drop_rest`, the ones not taken are dropped too (giving up).
+    /// The oldest waiting batch, if more than `most` wait (no waiting).
+    fn take_if_over(&self, most: usize) -> Option<Vec<u64>> {
+        let mut q = self.lock();
+        if q.batches.len() > most {
+            q.batches.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// No more batches; with `drop_rest`, the ones not taken are dropped too (giving up: a
+    /// helper that fails, the walk's thread when it is done, or unwinding, see [`CloseOnDrop`]).
     fn close(&self, drop_rest: bool) {
         let mut q = self.lock();
         q.closed = true;
@@ -95,6 +112,17 @@ impl Shared {
         }
         drop(q);
         self.more.notify_all();
+    }
+}
+
+/// Closes the queue, dropping what waits, when the walk's thread leaves the scope in any way
+/// (also by a panic: the helpers must not wait for batches then, or the scope, which joins
+/// them before the panic goes on, would never end).
+struct CloseOnDrop<'s>(&'s Shared);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close(true);
     }
 }
 
@@ -109,6 +137,12 @@ pub(super) struct Pipe<'s> {
     done: Receiver<Done>,
     /// Batches handed out and not yet put in place.
     out: usize,
+    /// Inodes deferred, and put in place: equal at the end, or the vetting gives up (no
+    /// pending place may reach the later phases).
+    deferred: usize,
+    settled: usize,
+    /// Most batches that may wait for a helper before the walk decodes the oldest itself.
+    most_waiting: usize,
 }
 
 impl Pipe<'_> {
@@ -118,6 +152,7 @@ impl Pipe<'_> {
     /// while it reads a large directory.
     pub(super) fn defer(&mut self, nid: u64) -> bool {
         self.filling.push(nid);
+        self.deferred += 1;
         if self.filling.len() < BATCH {
             return false;
         }
@@ -125,6 +160,17 @@ impl Pipe<'_> {
         self.shared.push(b);
         self.out += 1;
         true
+    }
+
+    /// When the helpers fall behind (more than two batches per thread wait), the walk decodes
+    /// the oldest batch itself: the queue stays short, and an inode that fails is met about
+    /// when the one-thread vetting would meet it. False: give up.
+    pub(super) fn relieve(&mut self, r: &mut Reader<'_>) -> bool {
+        let Some(batch) = self.shared.take_if_over(self.most_waiting) else {
+            return true;
+        };
+        let inos = decode_batch(r, &batch);
+        self.settle(inos.map(|i| (batch, i)), &mut r.inodes)
     }
 
     /// Put the batches the helpers have decoded so far in place. False: give up.
@@ -142,6 +188,7 @@ impl Pipe<'_> {
             return false;
         };
         self.out = self.out.saturating_sub(1);
+        self.settled += nids.len();
         nids.len() == inos.len() && nids.into_iter().zip(inos).all(|(nid, ino)| inodes.settle(nid, ino))
     }
 
@@ -154,6 +201,10 @@ impl Pipe<'_> {
         }
         self.shared.close(false);
         while let Some(batch) = self.shared.next() {
+            // (A helper that failed meanwhile is seen before more work is done.)
+            if !self.collect(&mut r.inodes) {
+                return false;
+            }
             let inos = decode_batch(r, &batch);
             if !self.settle(inos.map(|i| (batch, i)), &mut r.inodes) {
                 return false;
@@ -168,7 +219,7 @@ impl Pipe<'_> {
                 return false;
             }
         }
-        true
+        self.settled == self.deferred
     }
 }
 
@@ -195,6 +246,8 @@ fn helper<'a>(mut r: Reader<'a>, shared: &Shared, done: Sender<Done>) -> Reader<
                 }
             }
             None => {
+                // The others stop at their next batch; the walk sees `None`.
+                shared.close(true);
                 let _ = done.send(None);
                 break;
             }
@@ -240,7 +293,7 @@ impl<'a> Reader<'a> {
         debug_assert!(!self.keep);
         // Each thread releases the image's pages after its share of `every` bytes read, so that
         // no more of the image is resident at once than on one thread.
-        let threads = threads.max(1);
+        let threads = threads.clamp(1, MAX_THREADS);
         if let Some(r) = &mut self.release {
             r.every = (r.every / threads as u64).max(1);
         }
@@ -258,7 +311,16 @@ impl<'a> Reader<'a> {
                 }
             }
             drop(send);
-            let mut pipe = Pipe { shared: &shared, filling: Vec::with_capacity(BATCH), done, out: 0 };
+            let close = CloseOnDrop(&shared);
+            let mut pipe = Pipe {
+                shared: &shared,
+                filling: Vec::with_capacity(BATCH),
+                done,
+                out: 0,
+                deferred: 0,
+                settled: 0,
+                most_waiting: 2 * threads,
+            };
             // The primary names need the walk and the places only, not the deferred inodes:
             // found while the helpers decode the last batches.
             let walked = self.walk_from_root(Some(&mut pipe)).ok().map(|w| {
@@ -266,7 +328,7 @@ impl<'a> Reader<'a> {
                 (w, primary)
             });
             let walked = walked.filter(|_| pipe.finish(&mut self));
-            shared.close(true);
+            drop(close);
             let mut all = true;
             for t in started {
                 match t.join() {

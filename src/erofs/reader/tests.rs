@@ -773,3 +773,30 @@ fn filter_bits_as_the_kernel_computes_them() {
         }
     }
 }
+
+/// A panic on the walk's thread (here from the release hook) reaches the caller: the helper
+/// threads do not wait for batches forever (the scope joins them before the panic goes on).
+#[test]
+fn a_panic_on_the_walks_thread_does_not_hang_the_vetting() {
+    let text = varied_dump(6, 20);
+    let tree = crate::input::dump::parse(text.as_bytes(), &Default::default()).unwrap();
+    let mut img = Vec::new();
+    crate::erofs::writer::write_image(&tree, &Default::default(), &mut img).unwrap();
+    let (send, recv) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let walker = std::thread::current().id();
+        let hook = move || {
+            if std::thread::current().id() == walker {
+                panic!("the release hook on the walk's thread");
+            }
+        };
+        let r = std::panic::catch_unwind(|| {
+            let mut reader = Reader::new(&img, &ReadLimits::default(), false).unwrap();
+            reader.release = Some(Release { every: 4096, hook: &hook });
+            reader.vet_on_threads(2)
+        });
+        let _ = send.send(r.is_err());
+    });
+    let panicked = recv.recv_timeout(std::time::Duration::from_secs(60)).expect("the vetting hung");
+    assert!(panicked);
+}

@@ -163,7 +163,7 @@ impl<'a> Reader<'a> {
             }
             let deferred = match pipe.as_deref_mut() {
                 Some(p) if at != 0 && ftype != FT_DIR && self.inodes.insert_pending(cnid, ftype) => {
-                    if p.defer(cnid) && !p.collect(&mut self.inodes) {
+                    if p.defer(cnid) && !(p.collect(&mut self.inodes) && p.relieve(self)) {
                         return Err(super::pipe::gave_up());
                     }
                     true
