@@ -162,9 +162,10 @@ impl Pipe<'_> {
         true
     }
 
-    /// When the helpers fall behind (more than two batches per thread wait), the walk decodes
-    /// the oldest batch itself: the queue stays short, and an inode that fails is met about
-    /// when the one-thread vetting would meet it. False: give up.
+    /// When the helpers fall far behind (more than 16 batches per thread wait), the walk decodes
+    /// the oldest batch itself: the queue stays bounded, and an inode that fails is met at most
+    /// that many batches after the one-thread vetting would meet it. (Not fewer: what waits when
+    /// the walk ends is decoded while the walk's thread finds the primary names.) False: give up.
     pub(super) fn relieve(&mut self, r: &mut Reader<'_>) -> bool {
         let Some(batch) = self.shared.take_if_over(self.most_waiting) else {
             return true;
@@ -319,7 +320,7 @@ impl<'a> Reader<'a> {
                 out: 0,
                 deferred: 0,
                 settled: 0,
-                most_waiting: 2 * threads,
+                most_waiting: 16 * threads,
             };
             // The primary names need the walk and the places only, not the deferred inodes:
             // found while the helpers decode the last batches.
