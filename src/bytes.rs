@@ -42,15 +42,22 @@ pub(crate) const fn has_below(x: u64, n: u8) -> u64 {
 /// image (the EROFS reader's dirent and xattr names), `memchr`'s setup per call costs more than the scan.
 #[inline]
 pub(crate) fn has_either(s: &[u8], a: u8, b: u8) -> bool {
-    let (pa, pb) = (splat(a), splat(b));
+    let (found, rest) = whole_words_have_either(s, splat(a), splat(b));
+    found || rest.iter().any(|&c| c == a || c == b)
+}
+
+/// Does a whole eight-byte word of `s` hold a byte of `pa` or `pb` (splatted)? And the bytes
+/// after the last whole word.
+#[inline]
+fn whole_words_have_either(s: &[u8], pa: u64, pb: u64) -> (bool, &[u8]) {
     let mut words = s.chunks_exact(8);
     for w in &mut words {
         let x = word(w);
         if eq_bytes(x, pa) | eq_bytes(x, pb) != 0 {
-            return true;
+            return (true, &[]);
         }
     }
-    words.remainder().iter().any(|&c| c == a || c == b)
+    (false, words.remainder())
 }
 
 /// [`has_either`] of `hay[start..end]`, for a short string inside a larger buffer (a name in a
@@ -64,16 +71,10 @@ pub(crate) fn has_either_in(hay: &[u8], start: usize, end: usize, a: u8, b: u8) 
         return has_either(s, a, b);
     }
     let (pa, pb) = (splat(a), splat(b));
-    let mut words = s.chunks_exact(8);
-    for w in &mut words {
-        let x = word(w);
-        if eq_bytes(x, pa) | eq_bytes(x, pb) != 0 {
-            return true;
-        }
-    }
-    let left = words.remainder().len();
-    if left == 0 {
-        return false;
+    let (found, rest) = whole_words_have_either(s, pa, pb);
+    let left = rest.len();
+    if found || left == 0 {
+        return found;
     }
     // The word's last `left` bytes are the string's; the first 8 - left lie before them.
     let x = word(&hay[end - 8..end]);

@@ -299,23 +299,18 @@ impl<'a> Reader<'a> {
 
     /// The rest of phase 1 (the invariants the walk shows), and phases 2-3.
     fn check_walk(&mut self, walk: Walk<'a>) -> Result<(Walk<'a>, Primaries), ReadError> {
-        self.check_stubs(&walk)?;
-        self.check_dir_nlinks(&walk)?;
-        // 2. The primary name of each inode (the others are hard links).
+        // 2. The primary name of each inode (the others are hard links). It refuses nothing,
+        //    so it may come before the checks of phase 1 that follow.
         let primary = self.primary_names(&walk);
-        self.settle(walk, primary)
+        self.check_walk_with(walk, primary)
     }
 
     /// [`Self::check_walk`] with the primary names found already (the vetting on threads finds
     /// them before its last inodes are decoded: they need only the walk and the places).
-    fn check_walk_with(&mut self, walk: Walk<'a>, primary: Primaries) -> Result<(Walk<'a>, Primaries), ReadError> {
+    fn check_walk_with(&mut self, walk: Walk<'a>, mut primary: Primaries) -> Result<(Walk<'a>, Primaries), ReadError> {
         self.check_stubs(&walk)?;
         self.check_dir_nlinks(&walk)?;
-        self.settle(walk, primary)
-    }
-
-    /// 3. Whiteout markers settle ambiguous primaries; then they go.
-    fn settle(&mut self, walk: Walk<'a>, mut primary: Primaries) -> Result<(Walk<'a>, Primaries), ReadError> {
+        // 3. Whiteout markers settle ambiguous primaries; then they go.
         self.settle_whiteouts(&walk, &mut primary)?;
         Ok((walk, primary))
     }

@@ -571,17 +571,22 @@ fn varied_dump(dirs: usize, files: usize) -> String {
     d
 }
 
+/// The image the writer makes of [`varied_dump`]`(dirs, files)`.
+fn varied_image(dirs: usize, files: usize, opts: &crate::erofs::writer::WriteOptions) -> Vec<u8> {
+    let tree = crate::input::dump::parse(varied_dump(dirs, files).as_bytes(), &Default::default()).unwrap();
+    let mut img = Vec::new();
+    crate::erofs::writer::write_image(&tree, opts, &mut img).unwrap();
+    img
+}
+
 /// For sound images the vetting on threads takes its own path to the end (it does not give
 /// up and leave the work to the one-thread vetting) and finds what it finds.
 #[test]
 fn vetting_on_threads_accepts_sound_images_itself() {
     for (dirs, files) in [(1, 1), (3, 10), (40, 30)] {
-        let text = varied_dump(dirs, files);
-        let tree = crate::input::dump::parse(text.as_bytes(), &Default::default()).unwrap();
         for version in [0, 1] {
             let opts = crate::erofs::writer::WriteOptions { min_version: version, max_version: version };
-            let mut img = Vec::new();
-            crate::erofs::writer::write_image(&tree, &opts, &mut img).unwrap();
+            let img = varied_image(dirs, files, &opts);
             let t = read_image(&img).unwrap();
             let one = vet_image_threads(&img, &ReadLimits::default(), 1).unwrap();
             assert_eq!(one.entries, t.len() as u64);
@@ -600,10 +605,7 @@ fn vetting_on_threads_accepts_sound_images_itself() {
 /// then reports it), whether the inode was decoded by a helper or by the walk.
 #[test]
 fn vetting_on_threads_gives_up_on_what_it_cannot_defer() {
-    let text = varied_dump(4, 12);
-    let tree = crate::input::dump::parse(text.as_bytes(), &Default::default()).unwrap();
-    let mut img = Vec::new();
-    crate::erofs::writer::write_image(&tree, &Default::default(), &mut img).unwrap();
+    let img = varied_image(4, 12, &Default::default());
     let mut flipped = 0;
     // Every entry's file type byte in turn: a regular file's entry said to be a FIFO, ...
     let meta = {
@@ -778,10 +780,7 @@ fn filter_bits_as_the_kernel_computes_them() {
 /// threads do not wait for batches forever (the scope joins them before the panic goes on).
 #[test]
 fn a_panic_on_the_walks_thread_does_not_hang_the_vetting() {
-    let text = varied_dump(6, 20);
-    let tree = crate::input::dump::parse(text.as_bytes(), &Default::default()).unwrap();
-    let mut img = Vec::new();
-    crate::erofs::writer::write_image(&tree, &Default::default(), &mut img).unwrap();
+    let img = varied_image(6, 20, &Default::default());
     let (send, recv) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let walker = std::thread::current().id();
