@@ -1,5 +1,5 @@
 //! Memory advice for large buffers: `madvise(2)` with `MADV_HUGEPAGE` (the builder's) or
-//! `MADV_POPULATE_WRITE` (the image reader's tables, also from another thread: [`Pages`]).
+//! `MADV_POPULATE_WRITE` (the image reader's tables).
 //!
 //! rustix wraps madvise, but as an `unsafe fn` (advice such as `MADV_DONTNEED` discards memory
 //! under live references); these wrappers confine the call to two advices that change no
@@ -42,52 +42,23 @@ pub(crate) fn advise_huge_pages<T>(v: &Vec<T>, n: usize) {
 /// written (`MADV_POPULATE_WRITE`, Linux 5.14). The range should be what will surely be written:
 /// its pages become resident. Best effort: ignores errors (an older kernel says EINVAL; the
 /// first writes then fault as before).
+///
+/// Syscall: madvise(2) (man 2 madvise), advice `MADV_POPULATE_WRITE`.
 pub(crate) fn populate_write<T>(v: &Vec<T>, elems: std::ops::Range<usize>) {
-    if let Some(pages) = Pages::within(v, elems) {
-        pages.populate();
-    }
-}
-
-/// Whole pages of a buffer, as addresses, to be made present with [`Pages::populate`] later,
-/// possibly by another thread while the buffer's owner goes on using it (the image reader's
-/// index, made present by a helper thread while the walk begins: `erofs::reader::pipe`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Pages {
-    first: usize,
-    last: usize,
-}
-
-impl Pages {
-    /// The whole 4 KiB pages within elements `elems` of `v`'s allocated capacity; `None` when
-    /// there is none.
-    pub(crate) fn within<T>(v: &Vec<T>, elems: std::ops::Range<usize>) -> Option<Pages> {
-        // 4 KiB base pages, as for HUGE; where pages are larger an unaligned start makes the call
-        // fail with EINVAL, which is ignored.
-        inner_pages(v, elems, 4096).map(|(first, last)| Pages { first, last })
-    }
-
-    /// Makes the pages present and writable now, in one call (`MADV_POPULATE_WRITE`). Best
-    /// effort, errors ignored: a kernel before 5.14 says EINVAL (the first writes then fault
-    /// as before), and a range no longer mapped says ENOMEM.
-    ///
-    /// Syscall: madvise(2) (man 2 madvise), advice `MADV_POPULATE_WRITE`.
-    pub(crate) fn populate(self) {
-        // SAFETY: [first, last) was inside an allocation of this process when `within` took it
-        // (rounded inwards to page boundaries). MADV_POPULATE_WRITE only makes pages present and
-        // writable, as a write fault would, without writing: a page already present keeps its
-        // contents, a missing one of private anonymous memory comes in zero-filled as it would
-        // on its first touch, and a range that is read-only or no longer mapped by the time the
-        // call runs (the buffer freed) is refused with an error, which is ignored. No contents
-        // and no protections change, so no reference anywhere observes a difference, also while
-        // the buffer's owner writes to it on another thread.
-        let _ = unsafe {
-            rustix::mm::madvise(
-                self.first as *mut std::ffi::c_void,
-                self.last - self.first,
-                rustix::mm::Advice::LinuxPopulateWrite,
-            )
-        };
-    }
+    // 4 KiB base pages, as for HUGE; where pages are larger an unaligned start makes the call
+    // fail with EINVAL, which is ignored.
+    let Some((first, last)) = inner_pages(v, elems, 4096) else {
+        return;
+    };
+    // SAFETY: [first, last) lies inside the allocation `v` owns (rounded inwards to page
+    // boundaries), so the call cannot reach memory of anyone else. MADV_POPULATE_WRITE only
+    // makes the range's pages present and writable, as a write fault would, without writing:
+    // a page already present keeps its contents, a missing one of this private anonymous
+    // memory comes in zero-filled as it would on its first touch. No protection changes, so
+    // no reference into `v` observes a difference.
+    let _ = unsafe {
+        rustix::mm::madvise(first as *mut std::ffi::c_void, last - first, rustix::mm::Advice::LinuxPopulateWrite)
+    };
 }
 
 /// The whole `page`-aligned pages (`page` a power of two) that lie within elements `elems` of
@@ -171,24 +142,6 @@ mod tests {
         populate_write(&small, 0..3);
         assert_eq!(small, [1, 2, 3]);
         populate_write(&Vec::<u32>::new(), 0..10);
-    }
-
-    #[test]
-    fn pages_made_present_on_another_thread_keep_what_the_owner_writes() {
-        // A fresh zeroed 8 MiB buffer (calloc: not touched), its pages made present by another
-        // thread while this one writes into it: every write stays, every other byte is zero.
-        let mut v: Vec<u32> = vec![0; 2 << 20];
-        let pages = Pages::within(&v, 0..v.len()).expect("whole pages");
-        std::thread::scope(|s| {
-            s.spawn(move || pages.populate());
-            for i in (0..v.len()).step_by(997) {
-                v[i] = i as u32 + 1;
-            }
-        });
-        assert!(v.iter().enumerate().all(|(i, &x)| x == if i % 997 == 0 { i as u32 + 1 } else { 0 }));
-        // A buffer without a whole page has none to make present.
-        assert!(Pages::within(&vec![0u8; 100], 0..100).is_none());
-        assert!(Pages::within(&Vec::<u64>::new(), 0..10).is_none());
     }
 
     /// The `VmFlags` line of /proc/self/smaps for the mapping that contains `addr`.

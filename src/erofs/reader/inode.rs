@@ -64,8 +64,6 @@ impl Ino {
 /// directories' data and the tree entries apart (most inodes are not directories, and when
 /// vetting almost none keeps its entry).
 pub(super) struct InodeTable {
-    /// By nid: the inode's place in `list` plus one; 0, none (so that the index starts out as
-    /// fresh zeroed memory, whose pages need not be touched before it is used: see `new`).
     index: Vec<u32>,
     list: Vec<Ino>,
     dirs: Vec<DirData>,
@@ -82,32 +80,22 @@ const LIST_POPULATE_STEP: usize = 4096;
 
 impl InodeTable {
     /// For nids below `slots`; room for `expect` inodes (at most `slots`: the superblock's
-    /// count is hostile). The index is zeroed memory not yet touched (a large zeroed allocation
-    /// comes fresh from the kernel); its pages are made present by [`Self::index_pages`], in one
-    /// call rather than a page fault each, on this thread or another. The list's are made
-    /// present as it fills (`insert`).
+    /// count is hostile).
     pub(super) fn new(slots: u64, expect: u64) -> InodeTable {
         let slots = usize::try_from(slots).unwrap_or(0);
         let expect = usize::try_from(expect).unwrap_or(0).min(slots);
-        InodeTable {
-            index: vec![0; slots],
-            list: Vec::with_capacity(expect),
-            dirs: Vec::new(),
-            entries: Vec::new(),
-            populated: 0,
-        }
-    }
-
-    /// The index's pages, to be made present ([`crate::sys::mem::Pages::populate`]) before the
-    /// index is used, on any thread.
-    pub(super) fn index_pages(&self) -> Option<crate::sys::mem::Pages> {
-        crate::sys::mem::Pages::within(&self.index, 0..self.index.len())
+        // The index is filled whole now: its pages are made present in one call, not faulted in
+        // one by one (crate::sys::mem); the list's as it fills (`insert`).
+        let mut index = Vec::with_capacity(slots);
+        crate::sys::mem::populate_write(&index, 0..slots);
+        index.resize(slots, u32::MAX);
+        InodeTable { index, list: Vec::with_capacity(expect), dirs: Vec::new(), entries: Vec::new(), populated: 0 }
     }
 
     /// The inode's place in the table (in decoding order).
     pub(super) fn pos(&self, nid: u64) -> Option<usize> {
         let i = *self.index.get(usize::try_from(nid).ok()?)?;
-        i.checked_sub(1).map(|p| p as usize)
+        (i != u32::MAX).then_some(i as usize)
     }
 
     pub(super) fn contains_key(&self, nid: &u64) -> bool {
@@ -162,7 +150,7 @@ impl InodeTable {
     pub(super) fn nids_by_pos(&self) -> Vec<u64> {
         let mut v = vec![u64::MAX; self.list.len()];
         for (nid, &i) in self.index.iter().enumerate() {
-            if let Some(n) = i.checked_sub(1).and_then(|p| v.get_mut(p as usize)) {
+            if let Some(n) = v.get_mut(i as usize) {
                 *n = nid as u64;
             }
         }
@@ -170,13 +158,13 @@ impl InodeTable {
     }
 
     /// Only called for nids whose inode decoded, hence inside the slot range (and so fewer
-    /// than 2^32 - 1 of them: the index holds u32 places plus one).
+    /// than 2^32 of them: the index holds u32 places).
     #[inline]
     pub(super) fn insert(&mut self, nid: u64, mut ino: Ino, dir: Option<DirData>, entry: Option<Box<Entry>>) {
         let Some(slot) = usize::try_from(nid).ok().and_then(|n| self.index.get_mut(n)) else {
             return;
         };
-        *slot = self.list.len() as u32 + 1;
+        *slot = self.list.len() as u32;
         if let Some(d) = dir {
             ino.dir = self.dirs.len() as u32;
             self.dirs.push(d);
@@ -244,7 +232,7 @@ impl InodeTable {
 
     /// The place of every inode in the table, in nid order.
     pub(super) fn places_in_nid_order(&self) -> impl Iterator<Item = u32> + '_ {
-        self.index.iter().filter_map(|&i| i.checked_sub(1))
+        self.index.iter().copied().filter(|&i| i != u32::MAX)
     }
 
     /// Room the list was made with: the superblock's inode count, at most the slots (a

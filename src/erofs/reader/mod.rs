@@ -146,14 +146,17 @@ fn vet<'a>(
     release: Option<Release<'a>>,
     threads: usize,
 ) -> Result<Vetted, ReadError> {
-    let reader = |r: Reader<'a>| -> Reader<'a> { Reader { release, ..r } };
+    let reader = || -> Result<Reader<'a>, ReadError> {
+        let mut r = Reader::new(bytes, limits, false)?;
+        r.release = release;
+        Ok(r)
+    };
     if threads > 1 {
-        // The index's pages are made present by a helper thread as the walk begins.
-        if let Some(v) = reader(Reader::unpopulated(bytes, limits, false)?).vet_on_threads(threads) {
+        if let Some(v) = reader()?.vet_on_threads(threads) {
             return Ok(v);
         }
     }
-    reader(Reader::new(bytes, limits, false)?).vet()
+    reader()?.vet()
 }
 
 /// A directory met in the walk (names are borrowed from the image).
@@ -203,19 +206,7 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    /// A reader whose tables are ready: the inode index's pages made present (in one call,
-    /// instead of a page fault each as the walk first writes them).
     fn new(d: &'a [u8], limits: &ReadLimits, keep: bool) -> Result<Reader<'a>, ReadError> {
-        let r = Reader::unpopulated(d, limits, keep)?;
-        if let Some(pages) = r.inodes.index_pages() {
-            pages.populate();
-        }
-        Ok(r)
-    }
-
-    /// A reader whose inode index is still untouched zeroed memory (correct as it is; its
-    /// pages come in as they are first used, unless made present: [`InodeTable::index_pages`]).
-    fn unpopulated(d: &'a [u8], limits: &ReadLimits, keep: bool) -> Result<Reader<'a>, ReadError> {
         let len = d.len() as u64;
         let header = match ImageHeader::decode(d) {
             Err(HeaderError::Short { len }) => return Err(ReadError::TooSmall { len }),

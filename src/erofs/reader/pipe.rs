@@ -26,8 +26,6 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use crate::sys::mem::Pages;
-
 use super::inode::{Ino, InodeTable};
 use super::{ReadError, Reader, Vetted};
 
@@ -240,10 +238,7 @@ fn decode_batch(r: &mut Reader<'_>, batch: &[u64]) -> Option<Vec<Ino>> {
 }
 
 /// A helper thread: decodes batches until there are no more, or until one fails.
-fn helper<'a>(mut r: Reader<'a>, shared: &Shared, done: Sender<Done>, pages: Option<Pages>) -> Reader<'a> {
-    if let Some(p) = pages {
-        p.populate();
-    }
+fn helper<'a>(mut r: Reader<'a>, shared: &Shared, done: Sender<Done>) -> Reader<'a> {
     while let Some(batch) = shared.next() {
         match decode_batch(&mut r, &batch) {
             Some(inos) => {
@@ -307,24 +302,13 @@ impl<'a> Reader<'a> {
             Shared { queue: Mutex::new(Queue { batches: VecDeque::new(), closed: false }), more: Condvar::new() };
         let (send, done) = mpsc::channel();
         let helpers: Vec<Reader<'a>> = (1..threads).map(|_| self.for_helper()).collect();
-        // The inode index (`Reader::unpopulated`) has its pages made present by the first
-        // helper, while this thread reads the root directory: the walk's first writes to it are
-        // then mostly to present pages, and the 0.4-0.5 ms of making them present (cs9) is not
-        // spent before the walk. (Its pages are correct either way: zeroed memory, as a fault
-        // brings it in. The index lives until after the helpers are joined.)
-        let mut pages = self.inodes.index_pages();
         let (walk, primary) = std::thread::scope(|s| {
             let mut started = Vec::new();
             for h in helpers {
-                let (shared, send, pages) = (&shared, send.clone(), pages.take());
-                match std::thread::Builder::new().spawn_scoped(s, move || helper(h, shared, send, pages)) {
+                let (shared, send) = (&shared, send.clone());
+                match std::thread::Builder::new().spawn_scoped(s, move || helper(h, shared, send)) {
                     Ok(t) => started.push(t),
                     Err(_) => break,
-                }
-            }
-            if started.is_empty() {
-                if let Some(p) = pages.take() {
-                    p.populate();
                 }
             }
             drop(send);
