@@ -156,23 +156,6 @@ fn open_inputs(
     kernel: &dyn Kernel,
     store: &RecordStore,
 ) -> Result<(Inputs, DestFd), MountError> {
-    // The user namespaces first: making one forks a child (`crate::sys::mount::UsernsChild`),
-    // and a fork costs more the more memory this process has touched (its page tables are
-    // copied, and its pages then fault once more on their next write). Before the images are
-    // copied and vetted that is about 0.35 ms; after, 0.65-0.85 ms (cs9, docs/helper.md "First
-    // mounts: the user namespace first").
-    let userns = match &req.idmap {
-        None => None,
-        Some(IdmapSpec::Path(p)) => Some(access.open_userns(p)?),
-        Some(IdmapSpec::Maps { uid, gid }) => {
-            access.check_id_maps(uid, gid)?;
-            Some(kernel.create_userns(uid, gid)?)
-        }
-    };
-    let data_userns = match access.data_idmap() {
-        Some((uid, gid)) => Some(kernel.create_userns(&uid, &gid)?),
-        None => None,
-    };
     // Object directories first (before any build reads from them).
     let basedirs = req.basedirs.iter().map(|b| access.open_basedir(b)).collect::<Result<Vec<_>, _>>()?;
     // With verity requested, a TOC build records each object's fs-verity digest (the TOC only
@@ -203,6 +186,18 @@ fn open_inputs(
         Dest::InheritedFd(n) => DestFd::Socket(access.use_socket(
             crate::sys::mount::dup_inherited_fd(*n).map_err(|e| MountError::Usage(format!("--fd-out {n}: {e}")))?,
         )?),
+    };
+    let userns = match &req.idmap {
+        None => None,
+        Some(IdmapSpec::Path(p)) => Some(access.open_userns(p)?),
+        Some(IdmapSpec::Maps { uid, gid }) => {
+            access.check_id_maps(uid, gid)?;
+            Some(kernel.create_userns(uid, gid)?)
+        }
+    };
+    let data_userns = match access.data_idmap() {
+        Some((uid, gid)) => Some(kernel.create_userns(&uid, &gid)?),
+        None => None,
     };
     Ok((Inputs { basedirs, images, upper, userns, data_userns }, dest))
 }
