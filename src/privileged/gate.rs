@@ -666,11 +666,9 @@ fn kept_copy(fd: BorrowedFd<'_>, file: OwnedFd, size: u64) -> Option<(OwnedFd, C
 }
 
 /// Bytes the vetting reads from a mapped image between two releases of its pages: bounds how
-/// much of the image is resident in the helper at once (docs/helper.md "Cost"). 4 MiB: on two
-/// threads each releases after 2 MiB of its reads; every release unmaps the pages of both, so
-/// releasing more often cost 0.5-0.9 ms of a first mount of cs9 for 0.5 MB less peak RSS
-/// (docs/helper.md "First mounts: fewer releases of the mapped copy").
-const VET_RELEASE_EVERY: u64 = 4 << 20;
+/// much of the image is resident in the helper at once (docs/helper.md "Cost"; on threads, the
+/// bytes all threads read: "First mounts: fewer releases of the mapped copy").
+const VET_RELEASE_EVERY: u64 = 1 << 20;
 
 /// A remembered verdict against the caller's limits of now.
 fn within_limits(v: Verdict, limits: &Limits) -> Result<(), AccessError> {

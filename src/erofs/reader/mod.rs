@@ -124,7 +124,7 @@ pub fn vet_image_threads(bytes: &[u8], limits: &ReadLimits, threads: usize) -> R
 }
 
 /// A hook [`vet_image_releasing`] calls after every `every` bytes it has read from the image
-/// (on each thread the vetting runs on: from any of them).
+/// (on threads: bytes all threads read, counted together; the hook is called from any of them).
 #[derive(Clone, Copy)]
 pub struct Release<'a> {
     pub every: u64,
@@ -203,6 +203,17 @@ struct Reader<'a> {
     /// [`vet_image_releasing`]'s hook, and the bytes read since it was last called.
     release: Option<Release<'a>>,
     read_since_release: std::cell::Cell<u64>,
+    /// On threads: the bytes all threads read since the last release (`pipe.rs`), to which
+    /// this thread adds its own now and then ([`publish_every`]).
+    shared_reads: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+/// How many bytes a thread reads before it adds them to the threads' shared count: one counter
+/// written on every read would move between the cores on every read. Small against `every`,
+/// so that the count stays close (all threads together read at most `every` plus a
+/// `publish_every` each between two releases).
+fn publish_every(every: u64) -> u64 {
+    (every / 16).clamp(1, 64 << 10)
 }
 
 impl<'a> Reader<'a> {
@@ -237,17 +248,28 @@ impl<'a> Reader<'a> {
             shared_cache: [None; xattr::SHARED_CACHE],
             release: None,
             read_since_release: std::cell::Cell::new(0),
+            shared_reads: None,
         })
     }
 
     fn bytes(&self, off: u64, len: u64) -> Option<&'a [u8]> {
         if let Some(r) = &self.release {
             let n = self.read_since_release.get().saturating_add(len);
-            if n >= r.every {
-                (r.hook)();
-                self.read_since_release.set(0);
-            } else {
-                self.read_since_release.set(n);
+            match &self.shared_reads {
+                None if n >= r.every => {
+                    (r.hook)();
+                    self.read_since_release.set(0);
+                }
+                Some(total) if n >= publish_every(r.every) => {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    self.read_since_release.set(0);
+                    // The thread whose bytes bring the count to `every` releases (one of them,
+                    // if two get there at once: the one that takes the count back to zero).
+                    if total.fetch_add(n, Relaxed).saturating_add(n) >= r.every && total.swap(0, Relaxed) >= r.every {
+                        (r.hook)();
+                    }
+                }
+                _ => self.read_since_release.set(n),
             }
         }
         let end = off.checked_add(len)?;

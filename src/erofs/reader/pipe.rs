@@ -284,6 +284,7 @@ impl<'a> Reader<'a> {
             shared_cache: [None; super::xattr::SHARED_CACHE],
             release: self.release,
             read_since_release: std::cell::Cell::new(0),
+            shared_reads: self.shared_reads.clone(),
         }
     }
 
@@ -292,11 +293,12 @@ impl<'a> Reader<'a> {
     /// caller then runs the one-thread vetting (see the module's text).
     pub(super) fn vet_on_threads(mut self, threads: usize) -> Option<Vetted> {
         debug_assert!(!self.keep);
-        // Each thread releases the image's pages after its share of `every` bytes read, so that
-        // no more of the image is resident at once than on one thread.
+        // The image's pages are released after every `every` bytes all threads read (counted
+        // together: `Reader::bytes`), so that no more of the image is resident at once than on
+        // one thread, and no more often: each release unmaps the pages of every thread.
         let threads = threads.clamp(1, MAX_THREADS);
-        if let Some(r) = &mut self.release {
-            r.every = (r.every / threads as u64).max(1);
+        if self.release.is_some() {
+            self.shared_reads = Some(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)));
         }
         let shared =
             Shared { queue: Mutex::new(Queue { batches: VecDeque::new(), closed: false }), more: Condvar::new() };

@@ -776,6 +776,34 @@ fn filter_bits_as_the_kernel_computes_them() {
     }
 }
 
+/// On threads the release hook is called after every `every` bytes all threads read together,
+/// as often as on one thread (give or take the bytes a thread has not yet added to the count),
+/// not once per `every` bytes of each thread.
+#[test]
+fn on_threads_releases_count_the_bytes_of_all_threads() {
+    let img = varied_image(40, 400, &Default::default());
+    let calls = |threads: usize| {
+        let n = std::sync::atomic::AtomicU64::new(0);
+        let hook = || {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        let mut reader = Reader::new(&img, &ReadLimits::default(), false).unwrap();
+        reader.release = Some(Release { every: 4096, hook: &hook });
+        let vetted = if threads == 1 { reader.vet().ok() } else { reader.vet_on_threads(threads) };
+        assert!(vetted.is_some(), "{threads} threads");
+        n.into_inner()
+    };
+    let one = calls(1);
+    assert!(one >= 10, "{one} releases for {} bytes", img.len());
+    for threads in [2, 3, 4] {
+        let n = calls(threads);
+        // Not once per `every` bytes of each thread (about `threads` times as many as on one
+        // thread); about as many (a release drops the bytes read past `every`, and threads add
+        // theirs in larger steps, so the counts differ a little).
+        assert!(n <= one + threads as u64 && 2 * n >= one, "{n} releases on {threads} threads, {one} on one");
+    }
+}
+
 /// A panic on the walk's thread (here from the release hook) reaches the caller: the helper
 /// threads do not wait for batches forever (the scope joins them before the panic goes on).
 #[test]
