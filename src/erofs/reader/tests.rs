@@ -819,7 +819,10 @@ fn a_panic_on_the_walks_thread_does_not_hang_the_vetting() {
         };
         let r = std::panic::catch_unwind(|| {
             let mut reader = Reader::new(&img, &ReadLimits::default(), false).unwrap();
-            reader.release = Some(Release { every: 4096, hook: &hook });
+            // Every 16 bytes read: the walk's first read (the root inode), before any helper has
+            // a batch, reaches the threads' shared count and releases, so the hook surely runs
+            // on the walk's thread while the helper waits for work.
+            reader.release = Some(Release { every: 16, hook: &hook });
             reader.vet_on_threads(2)
         });
         let _ = send.send(r.is_err());
