@@ -110,11 +110,18 @@ pub(crate) fn split_basedirs(v: &[OsString]) -> Result<Vec<PathBuf>, MountError>
     Ok(out)
 }
 
-/// `--fd-out S`: a socket path, or the number of an inherited connected socket.
+/// `--fd-out S`: a socket path, or the number of an inherited connected socket. The number must
+/// be an open socket now, while the command line is read: later it could be one of this
+/// process's own fds, if the caller left it closed (the setuid helper opens its state directory,
+/// the caller's files and more before it hands the mount over).
 pub(crate) fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         let n: i32 = s.parse().map_err(|_| MountError::Usage(format!("--fd-out {s}: bad fd number")))?;
-        Ok(Dest::InheritedFd(n))
+        match crate::sys::mount::inherited_socket(n) {
+            Ok(true) => Ok(Dest::InheritedFd(n)),
+            Ok(false) => Err(MountError::Usage(format!("--fd-out {n}: not a socket"))),
+            Err(e) => Err(MountError::Usage(format!("--fd-out {n}: {e}"))),
+        }
     } else {
         Ok(Dest::Socket(PathBuf::from(s)))
     }
@@ -239,4 +246,33 @@ pub(crate) fn umount(a: UmountArgs, mode: &Mode) -> anyhow::Result<()> {
     unmount(&a.target, access.as_ref(), &kernel::Real, &settings)
         .with_context(|| format!("unmounting {}", a.target.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// `--fd-out N` names a socket open when the command line is read, or is refused then (a
+    /// number left closed could later be one of the helper's own fds).
+    #[test]
+    fn fd_out_numbers_must_be_open_sockets() {
+        let (a, _b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let n = a.as_raw_fd();
+        assert!(matches!(parse_dest_fd_out(&n.to_string()), Ok(Dest::InheritedFd(m)) if m == n));
+        let (r, _w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let e = parse_dest_fd_out(&r.as_raw_fd().to_string()).unwrap_err().to_string();
+        assert!(e.contains("not a socket"), "{e}");
+        // A number no fd has (beyond any fd table here: EBADF).
+        let e = parse_dest_fd_out("999999").unwrap_err().to_string();
+        assert!(e.contains("--fd-out 999999:") && !e.contains("not a socket"), "{e}");
+        assert!(matches!(parse_dest_fd_out("/run/user/1000/s"), Ok(Dest::Socket(_))));
+    }
 }
