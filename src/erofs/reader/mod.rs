@@ -155,6 +155,12 @@ fn vet<'a>(
         if let Some(v) = reader()?.vet_on_threads(threads) {
             return Ok(v);
         }
+        // What the threads read since their last release is released before the one-thread
+        // vetting counts from zero again (else up to twice `every` of the image could be
+        // resident during the rerun).
+        if let Some(r) = &release {
+            (r.hook)();
+        }
     }
     reader()?.vet()
 }
@@ -263,9 +269,15 @@ impl<'a> Reader<'a> {
                 Some(total) if n >= publish_every(r.every) => {
                     use std::sync::atomic::Ordering::Relaxed;
                     self.read_since_release.set(0);
-                    // The thread whose bytes bring the count to `every` releases (one of them,
-                    // if two get there at once: the one that takes the count back to zero).
-                    if total.fetch_add(n, Relaxed).saturating_add(n) >= r.every && total.swap(0, Relaxed) >= r.every {
+                    // The thread whose bytes bring the count to `every` releases and takes the
+                    // count back to zero, in one step (two, an addition and then a reset, could
+                    // lose another thread's bytes added in between, and with them a release).
+                    let add = |c: u64| {
+                        let s = c.saturating_add(n);
+                        Some(if s >= r.every { 0 } else { s })
+                    };
+                    let before = total.fetch_update(Relaxed, Relaxed, add).unwrap_or(0);
+                    if before.saturating_add(n) >= r.every {
                         (r.hook)();
                     }
                 }
