@@ -120,6 +120,7 @@ pub(crate) fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
         match crate::sys::mount::inherited_socket(n) {
             Ok(true) => Ok(Dest::InheritedFd(n)),
             Ok(false) => Err(MountError::Usage(format!("--fd-out {n}: not a socket"))),
+            Err(rustix::io::Errno::BADF) => Err(MountError::Usage(format!("--fd-out {n}: not an open fd"))),
             Err(e) => Err(MountError::Usage(format!("--fd-out {n}: {e}"))),
         }
     } else {
@@ -272,7 +273,7 @@ mod tests {
         assert!(e.contains("not a socket"), "{e}");
         // A number no fd has (beyond any fd table here: EBADF).
         let e = parse_dest_fd_out("999999").unwrap_err().to_string();
-        assert!(e.contains("--fd-out 999999:") && !e.contains("not a socket"), "{e}");
+        assert!(e.contains("--fd-out 999999: not an open fd"), "{e}");
         assert!(matches!(parse_dest_fd_out("/run/user/1000/s"), Ok(Dest::Socket(_))));
     }
 }

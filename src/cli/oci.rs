@@ -208,8 +208,11 @@ fn refuse_if_mounted(image: &Path, mode: &crate::privileged::Mode) -> anyhow::Re
 }
 
 fn mount(a: MountArgs, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
+    // Where the mount goes, first: an `--fd-out N` is checked to be an open socket before this
+    // process opens anything of its own (`cli::mount::parse_dest_fd_out`).
+    let dest = super::mount::dest(a.target.as_ref(), a.fd_out.as_deref())?;
     if let crate::privileged::Mode::Helper(ctx) = mode {
-        return helper_mount(a, ctx, mode);
+        return helper_mount(a, dest, ctx, mode);
     }
     // Shared for the whole mount: gc (exclusive) cannot remove objects in the meantime.
     let repo = a.store.open(Lock::Shared)?;
@@ -225,7 +228,7 @@ fn mount(a: MountArgs, mode: &crate::privileged::Mode) -> anyhow::Result<()> {
         let d = Sha256::from_hex(&info.fsverity).context("image.json: fsverity is not 64 hex digits")?;
         digests.push(d.0);
     }
-    let req = request(&a, image, repo.objects_dir(), digests)?;
+    let req = request(&a, dest, image, repo.objects_dir(), digests)?;
     let (access, settings) = super::mount::engine_for(mode);
     crate::mount::mount(&req, access.as_ref(), &crate::mount::kernel::Real, &settings)
         .with_context(|| format!("mounting {} ({key}) at {}", a.reference, shown_dest(&a)))?;
@@ -248,6 +251,7 @@ pub(crate) fn runs_as_caller(argv: &[std::ffi::OsString]) -> bool {
 /// the gate like any `cfsmount mount`.
 fn helper_mount(
     a: MountArgs,
+    dest: crate::mount::Dest,
     ctx: &crate::privileged::init::HelperContext,
     mode: &crate::privileged::Mode,
 ) -> anyhow::Result<()> {
@@ -263,7 +267,7 @@ fn helper_mount(
     };
     let img = crate::privileged::oci::open_store_image(&ctx.caller, &store, &digest)
         .with_context(|| format!("oci mount {digest}"))?;
-    let req = request(&a, img.image.clone(), img.objects.clone(), img.digest.into_iter().collect())?;
+    let req = request(&a, dest, img.image.clone(), img.objects.clone(), img.digest.into_iter().collect())?;
     let (access, settings) = super::mount::engine_for(mode);
     crate::mount::mount(&req, access.as_ref(), &crate::mount::kernel::Real, &settings)
         .with_context(|| format!("mounting {digest} of {} at {}", store.display(), shown_dest(&a)))?;
@@ -299,10 +303,15 @@ fn shown_dest(a: &MountArgs) -> String {
     }
 }
 
-/// The engine request for image `image` over `objects`, with the flags of `a`.
-fn request(a: &MountArgs, image: PathBuf, objects: PathBuf, digests: Vec<[u8; 32]>) -> anyhow::Result<MountRequest> {
+/// The engine request for image `image` over `objects` to `dest`, with the flags of `a`.
+fn request(
+    a: &MountArgs,
+    dest: crate::mount::Dest,
+    image: PathBuf,
+    objects: PathBuf,
+    digests: Vec<[u8; 32]>,
+) -> anyhow::Result<MountRequest> {
     let idmap = super::mount::idmap_spec(a.idmap.as_ref(), &a.uidmap, &a.gidmap)?;
-    let dest = super::mount::dest(a.target.as_ref(), a.fd_out.as_deref())?;
     Ok(MountRequest {
         sources: vec![image],
         kind: crate::mount::SourceKind::Image,

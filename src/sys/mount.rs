@@ -151,14 +151,18 @@ pub(crate) fn dup_inherited_fd(raw: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
-/// Whether the raw fd number `raw` is open and a socket (`fstat(2)` of a duplicate): what
-/// `--fd-out N` must name. Asked when the command line is read, before this process has opened
-/// a socket of its own, so that a socket at N is the caller's (a number the caller left closed
-/// may later be one of this process's own fds).
+/// Whether the raw fd number `raw` is open and a socket (`getsockopt(2)` `SO_TYPE` on a
+/// duplicate: `ENOTSOCK` for anything else, an `O_PATH` fd included, without touching a file):
+/// what `--fd-out N` must name. Asked when the command line is read, before this process has
+/// opened a socket of its own, so that a socket at N is the caller's (a number the caller left
+/// closed may later be one of this process's own fds). `EBADF`: N is not open.
 pub(crate) fn inherited_socket(raw: i32) -> io::Result<bool> {
     let fd = dup_inherited_fd(raw)?;
-    let st = rustix::fs::fstat(&fd)?;
-    Ok(rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
+    match rustix::net::sockopt::socket_type(&fd) {
+        Ok(_) => Ok(true),
+        Err(io::Errno::NOTSOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The number of threads of this process (`Threads:` of /proc/self/status).
