@@ -173,7 +173,8 @@ impl<'a> Reader<'a> {
             if !deferred {
                 self.load(cnid).map_err(|e| with_path(e, || child_path(dirs, at, name)))?;
             }
-            // (Decoded, so it has a place, below u32::MAX: the table's index holds u32 places.)
+            // (Decoded, or deferred with its place given: either way it has a place, below
+            // u32::MAX: the table's index holds u32 places.)
             let Some(cpos) = self.inodes.pos(cnid) else {
                 continue;
             };
