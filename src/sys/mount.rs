@@ -59,60 +59,127 @@ pub(crate) fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: 
     mount_setattr(mnt, attr_set, attr_clr, None)
 }
 
-/// A child process sitting in a new user namespace, waiting for its parent to write its maps and
-/// take a reference to `/proc/PID/ns/user`. Dropping it lets the child exit and reaps it.
+/// A child process born in a new user namespace, holding it while its parent writes the maps.
+/// Dropping it lets the child exit and reaps it.
+///
+/// The child is made by `clone(2)` with `CLONE_VM | CLONE_FILES | CLONE_NEWUSER`: it shares this
+/// process's memory and fd table, so nothing is copied for it (a `fork(2)` after a first mount's
+/// vetting copied the page tables of every page the vetting had touched, and the parent then
+/// took a fault on each page it wrote again: 0.65-0.85 ms). Sharing the memory also means sharing
+/// its dumpability: this helper's memory is not dumpable, so the parent may not open
+/// `/proc/CHILD/ns/user` (that needs `CAP_SYS_PTRACE`); the child opens `/proc/self/ns/user`
+/// itself, into the shared fd table, and sends the number back. rustix has no `clone` (a child
+/// that shares the caller's memory may run only code written for that); the child here runs
+/// [`userns_child`] on a stack of its own and nothing else.
 pub(crate) struct UsernsChild {
     pid: i32,
     /// Write end of the "you may exit" pipe; closing it releases the child.
     release: Option<OwnedFd>,
+    /// The other ends of the two pipes, kept open (the fd table is shared with the child) until
+    /// the child is reaped.
+    _ends: [OwnedFd; 2],
+    /// The child's stack and arguments; freed only once the child is reaped.
+    stack: Option<Box<ChildStack>>,
+}
+
+/// Where [`UsernsChild::spawn`] failed.
+#[derive(Debug)]
+pub(crate) enum SpawnError {
+    /// The pipes, or `clone(2)` itself (EPERM, EINVAL, ENOSPC...: no user namespace for us).
+    Clone(io::Errno),
+    /// The child's `open` of `/proc/self/ns/user` (EIO if it died before it said).
+    Open(io::Errno),
+}
+
+/// Size of [`UsernsChild`]'s stack: [`userns_child`] has a frame of a few words and calls four
+/// syscall wrappers; a signal handler (this process installs none that runs Rust code of its
+/// own) would run on it too.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// The child's stack (16-byte aligned, growing down from its end) and, before it, its arguments.
+#[repr(C, align(16))]
+struct ChildStack {
+    args: ChildArgs,
+    stack: [u8; CHILD_STACK],
+}
+
+#[repr(C)]
+struct ChildArgs {
+    /// Write end of the "ready" pipe: the child sends the number of its ns fd (or the negated
+    /// errno of its `open`) there.
+    ready: i32,
+    /// Read end of the "release" pipe: the child exits at its end of file.
+    release: i32,
+}
+
+/// Runs in the child of [`UsernsChild::spawn`], in its new user namespace, on its own stack,
+/// sharing the parent's memory and fd table: opens `/proc/self/ns/user` (its own namespace: no
+/// ptrace check), sends the fd's number (or the negated errno) and waits for the release pipe's end
+/// of file. It calls only `open`, `write`, `read` and `_exit`, takes no lock and allocates
+/// nothing. The one piece of shared state the wrappers touch is `errno` (the child runs with the
+/// parent's thread pointer): a failed call writes the parent's `errno` while the parent is
+/// blocked in its `read` of the ready pipe, which returns only after the child's `write`, so
+/// the parent never reads a value the child wrote.
+extern "C" fn userns_child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points to the `ChildArgs` inside the parent's `ChildStack`, which the parent
+    // frees only after reaping this child; the fds are open in the shared table until then.
+    unsafe {
+        let args = &*(arg as *const ChildArgs);
+        let fd: i32 = libc::open(c"/proc/self/ns/user".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        let msg = if fd >= 0 { fd } else { -(*libc::__errno_location()).max(1) }.to_ne_bytes();
+        libc::write(args.ready, msg.as_ptr().cast(), msg.len());
+        let mut b = 0u8;
+        while libc::read(args.release, (&mut b as *mut u8).cast(), 1) > 0 {}
+        libc::_exit(0)
+    }
 }
 
 impl UsernsChild {
-    /// Forks a child that calls `unshare(CLONE_NEWUSER)` and then blocks until released.
-    pub(crate) fn spawn() -> io::Result<UsernsChild> {
-        let (ready_r, ready_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let (release_r, release_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let (rr, rw, lr, lw) = (ready_r.as_raw_fd(), ready_w.as_raw_fd(), release_r.as_raw_fd(), release_w.as_raw_fd());
-        // SAFETY: the child only calls async-signal-safe functions (unshare, prctl, write, read, _exit) on
-        // raw fds it inherited, touches no locks or allocator state, and never returns.
-        let pid = unsafe { libc::fork() };
+    /// `clone(CLONE_VM | CLONE_FILES | CLONE_NEWUSER | SIGCHLD)` of a child that opens its user
+    /// namespace and blocks until released (see [`UsernsChild`]). Returns the child and its user
+    /// namespace (`/proc/CHILD/ns/user`), which lives on after the child.
+    pub(crate) fn spawn() -> Result<(UsernsChild, OwnedFd), SpawnError> {
+        let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(SpawnError::Clone);
+        let (ready_r, ready_w) = pipe()?;
+        let (release_r, release_w) = pipe()?;
+        let mut stack = Box::new(ChildStack {
+            args: ChildArgs { ready: ready_w.as_raw_fd(), release: release_r.as_raw_fd() },
+            stack: [0; CHILD_STACK],
+        });
+        let top = stack.stack.as_mut_ptr_range().end;
+        let arg = (&mut stack.args as *mut ChildArgs).cast::<libc::c_void>();
+        let flags = libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_NEWUSER | libc::SIGCHLD;
+        // SAFETY: `top` is the 16-byte aligned end of a stack of CHILD_STACK bytes that lives in
+        // `stack` until the child is reaped (Drop, or below); the child runs `userns_child`,
+        // which is written for a child sharing this memory and fd table (its comment).
+        let pid = unsafe { libc::clone(userns_child, top.cast(), flags, arg) };
         if pid < 0 {
-            return Err(io::Errno::from_raw_os_error(
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO),
-            ));
+            return Err(SpawnError::Clone(io::Errno::from_raw_os_error(
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EPERM),
+            )));
         }
-        if pid == 0 {
-            // Child.
-            // SAFETY: see above; all buffers are on this stack frame.
-            unsafe {
-                libc::close(rr);
-                libc::close(lw);
-                let status: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 { 1 } else { 0 };
-                // Inherited non-dumpability (privileged helper) would make the parent's open of
-                // /proc/PID/ns/user fail; our uids are the parent's, so only it can trace us.
-                libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
-                libc::write(rw, (&status as *const u8).cast(), 1);
-                libc::close(rw);
-                let mut b = 0u8;
-                while libc::read(lr, (&mut b as *mut u8).cast(), 1) > 0 {}
-                libc::_exit(0);
-            }
-        }
-        drop(ready_w);
-        drop(release_r);
-        let child = UsernsChild { pid, release: Some(release_w) };
-        let mut buf = [0u8; 1];
-        let n = loop {
+        let child = UsernsChild { pid, release: Some(release_w), _ends: [ready_w, release_r], stack: Some(stack) };
+        // The child writes its 4 bytes at once (a pipe write of up to PIPE_BUF bytes is atomic),
+        // or dies before it writes anything (end of file: 0 bytes).
+        let mut buf = [0u8; 4];
+        let got = loop {
             match rustix::io::read(&ready_r, &mut buf) {
                 Err(io::Errno::INTR) => continue,
-                r => break r?,
+                r => break r.map_err(SpawnError::Open)?,
             }
         };
-        if n != 1 || buf[0] != 1 {
-            // The child could not unshare (or died): user namespaces unavailable.
-            return Err(io::Errno::PERM);
+        let fd = i32::from_ne_bytes(buf);
+        // On failure `child`'s drop releases and reaps the child.
+        if got != buf.len() {
+            return Err(SpawnError::Open(io::Errno::IO));
         }
-        Ok(child)
+        if fd < 0 {
+            return Err(SpawnError::Open(io::Errno::from_raw_os_error(fd.saturating_neg())));
+        }
+        // SAFETY: the child opened `fd` in the fd table it shares with us, sent its number and
+        // does not touch it again; nobody else owns it.
+        let ns = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok((child, ns))
     }
 
     pub(crate) fn pid(&self) -> i32 {
@@ -124,12 +191,23 @@ impl Drop for UsernsChild {
     fn drop(&mut self) {
         self.release.take();
         let mut status = 0;
-        loop {
+        let reaped = loop {
             // SAFETY: waits for our own child; `status` is a valid out pointer.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-            if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                break;
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
+            if r >= 0 {
+                break true;
             }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // SIGCHLD ignored (inherited): the kernel reaped it, and waitpid returned only
+                // once it had exited.
+                Some(libc::ECHILD) => break true,
+                _ => break false,
+            }
+        };
+        if !reaped {
+            // The child may still run on its stack: never free it.
+            std::mem::forget(self.stack.take());
         }
     }
 }
