@@ -315,6 +315,82 @@ fn terminal_signals_cannot_interrupt_the_helper() {
     assert_eq!(runs, 36);
 }
 
+/// What a caller can leave set across the setuid exec to end the helper at a moment of its
+/// choosing, or to change how its children are reaped: an interval timer (SIGPROF after a few
+/// milliseconds of CPU time: inside the vetting of the image, or the build from a TOC) and an
+/// ignored SIGCHLD (the kernel then reaps the helper's children itself). Early init clears the
+/// timers and restores SIGCHLD; the mounts then succeed as without them, and leave nothing
+/// behind when unmounted.
+#[test]
+fn timers_and_an_ignored_sigchld_left_by_the_caller_are_reset() {
+    use std::os::unix::process::CommandExt;
+    let (_g, e, u) = start();
+    let fx = toc_fixture(u, "timers", 400);
+    // An image whose first mount takes well over the timer's 10 ms of CPU time, and whose start
+    // (exec, early init) takes well under it.
+    let body: String = (0..40000).map(|i| format!("/d{} 4096 40755 2 {{uid}} {{gid}} 0 0.0 - - -\n", i)).collect();
+    let big = fixture(u, "timers-big", &body, &[]);
+    for (what, timer_us, ignore_sigchld) in
+        [("image, SIGPROF timer", 10_000i64, false), ("toc, SIGCHLD ignored", 0, true)]
+    {
+        let before = system_state();
+        let toc = what.starts_with("toc");
+        let fxx = if toc { &fx.toc_fx } else { &big };
+        let mut a = if toc { mount_args(fxx, &["--toc"]) } else { mount_args(fxx, &[]) };
+        if toc {
+            a[1] = fx.toc.display().to_string();
+        }
+        let o = run_as_with(u, &e.bin, &args(&a_strs(&a)), move |c| {
+            // SAFETY: between fork and exec this runs only setitimer(2) and signal(2), both
+            // async-signal-safe, on stack values.
+            unsafe {
+                c.pre_exec(move || {
+                    if timer_us > 0 {
+                        let t = libc::itimerval {
+                            it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
+                            it_value: libc::timeval { tv_sec: 0, tv_usec: timer_us },
+                        };
+                        if libc::setitimer(libc::ITIMER_PROF, &t, std::ptr::null_mut()) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    if ignore_sigchld && libc::signal(libc::SIGCHLD, libc::SIG_IGN) == libc::SIG_ERR {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        });
+        assert!(o.status.success(), "{what}: {:?}: {}", o.status, stderr(&o));
+        assert!(mount_line(&fxx.target).is_some(), "{what}: succeeded but nothing mounted");
+        let o = run_as(u, &["umount", fxx.target.to_str().unwrap()]);
+        assert!(o.status.success(), "{what}: umount: {}", stderr(&o));
+        assert_state_is(&before, what);
+    }
+}
+
+/// /proc mounted `hidepid=ptraceable` puts every `/proc/PID` behind a ptrace-mode check: the
+/// helper's writes of `/proc/CHILD/uid_map` and `gid_map` for its user namespaces pass it (the
+/// child is dumpable while it lives: docs/helper.md, "User namespaces for id maps"). Run in a
+/// private mount namespace with a proc of its own mounted so; the mount made there goes with it.
+#[test]
+fn a_proc_with_hidepid_still_serves_the_helpers_id_maps() {
+    let (_g, e, u) = start();
+    let fx = fixture(u, "hidepid", "", &[b"one object\n".as_slice()]);
+    let before = system_state();
+    let script = format!(
+        "mount -t proc -o hidepid=ptraceable proc /proc && setpriv --reuid={} --regid={} --clear-groups -- {} {} && mountpoint -q {}",
+        u.uid,
+        u.gid,
+        e.bin.display(),
+        mount_args(&fx, &[]).join(" "),
+        fx.target.display()
+    );
+    let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
+    assert_state_is(&before, "hidepid=ptraceable");
+}
+
 struct TocFixture {
     toc: PathBuf,
     toc_fx: Fixture,

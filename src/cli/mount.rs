@@ -118,8 +118,8 @@ pub(crate) fn parse_dest_fd_out(s: &str) -> Result<Dest, MountError> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         let n: i32 = s.parse().map_err(|_| MountError::Usage(format!("--fd-out {s}: bad fd number")))?;
         match crate::sys::mount::inherited_socket(n) {
-            Ok(true) => Ok(Dest::InheritedFd(n)),
-            Ok(false) => Err(MountError::Usage(format!("--fd-out {n}: not a socket"))),
+            Ok(Some(fd)) => Ok(Dest::InheritedFd { n, fd }),
+            Ok(None) => Err(MountError::Usage(format!("--fd-out {n}: not a socket"))),
             Err(rustix::io::Errno::BADF) => Err(MountError::Usage(format!("--fd-out {n}: not an open fd"))),
             Err(e) => Err(MountError::Usage(format!("--fd-out {n}: {e}"))),
         }
@@ -267,7 +267,15 @@ mod tests {
         )
         .unwrap();
         let n = a.as_raw_fd();
-        assert!(matches!(parse_dest_fd_out(&n.to_string()), Ok(Dest::InheritedFd(m)) if m == n));
+        // The socket is kept as a duplicate taken now (the same socket: same inode).
+        match parse_dest_fd_out(&n.to_string()) {
+            Ok(Dest::InheritedFd { n: m, fd }) => {
+                assert_eq!(m, n);
+                assert_ne!(fd.as_raw_fd(), n);
+                assert_eq!(rustix::fs::fstat(&fd).unwrap().st_ino, rustix::fs::fstat(&a).unwrap().st_ino);
+            }
+            other => panic!("{other:?}"),
+        }
         let (r, _w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         let e = parse_dest_fd_out(&r.as_raw_fd().to_string()).unwrap_err().to_string();
         assert!(e.contains("not a socket"), "{e}");

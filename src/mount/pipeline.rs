@@ -183,9 +183,9 @@ fn open_inputs(
     let dest = match &req.dest {
         Dest::Target(t) => DestFd::Target { fd: access.open_target(t)?, path: t.clone() },
         Dest::Socket(p) => DestFd::Socket(access.connect_socket(p)?),
-        Dest::InheritedFd(n) => DestFd::Socket(access.use_socket(
-            crate::sys::mount::dup_inherited_fd(*n).map_err(|e| MountError::Usage(format!("--fd-out {n}: {e}")))?,
-        )?),
+        Dest::InheritedFd { n, fd } => DestFd::Socket(
+            access.use_socket(fd.try_clone().map_err(|e| MountError::Usage(format!("--fd-out {n}: {e}")))?)?,
+        ),
     };
     let userns = match &req.idmap {
         None => None,

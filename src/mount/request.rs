@@ -80,8 +80,9 @@ pub(crate) enum Dest {
     Target(PathBuf),
     /// Sent (SCM_RIGHTS) over a unix socket found at this path.
     Socket(PathBuf),
-    /// Sent over an inherited, connected socket: this fd number.
-    InheritedFd(i32),
+    /// Sent over an inherited, connected socket: the fd number `n` the caller named, and the
+    /// duplicate of it taken when the command line was read (checked to be a socket then).
+    InheritedFd { n: i32, fd: std::os::fd::OwnedFd },
 }
 
 /// One `mount.composefs -o` option, as the one `-o` parser (`crate::cli::mount_composefs`)

@@ -94,6 +94,8 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> Result<HelperContext, Init
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     crate::sys::helper::ignore_sigxfsz().map_err(InitError::Signals)?;
     crate::sys::helper::block_terminal_signals().map_err(InitError::Signals)?;
+    crate::sys::helper::default_sigchld().map_err(InitError::Signals)?;
+    crate::sys::helper::clear_interval_timers().map_err(InitError::Signals)?;
     fix_rlimits()?;
     // 5. Only mount/umount/oci mount are offered to unprivileged callers.
     check_subcommand(argv)?;
@@ -123,13 +125,15 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> Result<HelperContext, Init
     Ok(HelperContext { caller: Caller { uid: ruid, gid: rgid, groups, name }, policy })
 }
 
-/// RLIMIT_CORE 0, RLIMIT_FSIZE → infinity, RLIMIT_NOFILE → 1024; where the hard limit cannot be
-/// raised (no CAP_SYS_RESOURCE in the owning user namespace) the soft limit goes up to the hard
-/// one. A finite RLIMIT_FSIZE then makes writes fail with EFBIG (SIGXFSZ is ignored), reported.
+/// RLIMIT_CORE 0, RLIMIT_FSIZE and RLIMIT_CPU → infinity, RLIMIT_NOFILE → 1024; where the hard
+/// limit cannot be raised (no CAP_SYS_RESOURCE in the owning user namespace) the soft limit goes
+/// up to the hard one. A finite RLIMIT_FSIZE then makes writes fail with EFBIG (SIGXFSZ is
+/// ignored), reported; RLIMIT_CPU is the caller's other way to end the helper at a moment of
+/// its choosing (SIGXCPU at the soft limit, SIGKILL at the hard one).
 fn fix_rlimits() -> Result<(), InitError> {
     use rustix::process::{Resource, Rlimit};
     let _ = rustix::process::setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
-    for (res, want) in [(Resource::Fsize, None), (Resource::Nofile, Some(1024u64))] {
+    for (res, want) in [(Resource::Fsize, None), (Resource::Cpu, None), (Resource::Nofile, Some(1024u64))] {
         if rustix::process::setrlimit(res, Rlimit { current: want, maximum: want }).is_err() {
             let cur = rustix::process::getrlimit(res);
             let _ = rustix::process::setrlimit(res, Rlimit { current: cur.maximum, maximum: cur.maximum });

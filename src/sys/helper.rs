@@ -68,6 +68,39 @@ pub(crate) fn ignore_sigxfsz() -> io::Result<()> {
     Ok(())
 }
 
+/// `signal(2)`: SIGCHLD back to its default disposition. An ignored SIGCHLD survives `execve`,
+/// and with it the kernel reaps this process's children by itself: a `waitpid` then fails with
+/// `ECHILD` and the child's pid is free for reuse while it is still named by number
+/// (`/proc/PID/...`). Same wrapper as [`ignore_sigxfsz`].
+pub(crate) fn default_sigchld() -> io::Result<()> {
+    // SAFETY: SIG_DFL is a valid disposition for SIGCHLD; no handler code runs.
+    let r = unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    if r == libc::SIG_ERR {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+/// `setitimer(2)` (man 2 setitimer) of `ITIMER_REAL`, `ITIMER_VIRTUAL` and `ITIMER_PROF` to zero:
+/// the caller's interval timers survive `execve`, and their signals (SIGALRM, SIGVTALRM,
+/// SIGPROF) end a process by default; cleared, the caller cannot choose the moment the helper
+/// dies (POSIX timers of `timer_create` do not survive `execve`). rustix does not wrap
+/// `setitimer`.
+pub(crate) fn clear_interval_timers() -> io::Result<()> {
+    for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
+        let zero = libc::itimerval {
+            it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
+            it_value: libc::timeval { tv_sec: 0, tv_usec: 0 },
+        };
+        // SAFETY: `zero` is a valid itimerval that setitimer only reads; the old value pointer
+        // is null (not wanted).
+        if unsafe { libc::setitimer(which, &zero, std::ptr::null_mut()) } != 0 {
+            return Err(last_errno());
+        }
+    }
+    Ok(())
+}
+
 const NSIO: libc::c_ulong = 0xb7;
 const NS_GET_PARENT: libc::c_ulong = NSIO << 8 | 0x2; // _IO(0xb7, 0x2)
 const NS_GET_NSTYPE: libc::c_ulong = NSIO << 8 | 0x3; // _IO(0xb7, 0x3)

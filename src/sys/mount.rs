@@ -59,127 +59,136 @@ pub(crate) fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: 
     mount_setattr(mnt, attr_set, attr_clr, None)
 }
 
-/// A child process born in a new user namespace, holding it while its parent writes the maps.
-/// Dropping it lets the child exit and reaps it.
+/// A child process born in a new user namespace, holding it while its parent writes the maps
+/// and opens `/proc/CHILD/ns/user`. Dropping it lets the child exit and reaps it.
 ///
-/// The child is made by `clone(2)` with `CLONE_VM | CLONE_FILES | CLONE_NEWUSER`: it shares this
-/// process's memory and fd table, so nothing is copied for it (a `fork(2)` after a first mount's
-/// vetting copied the page tables of every page the vetting had touched, and the parent then
-/// took a fault on each page it wrote again: 0.65-0.85 ms). Sharing the memory also means sharing
-/// its dumpability: this helper's memory is not dumpable, so the parent may not open
-/// `/proc/CHILD/ns/user` (that needs `CAP_SYS_PTRACE`); the child opens `/proc/self/ns/user`
-/// itself, into the shared fd table, and sends the number back. rustix has no `clone` (a child
-/// that shares the caller's memory may run only code written for that); the child here runs
-/// [`userns_child`] on a stack of its own and nothing else.
+/// The child is made by `clone(2)` with `CLONE_VM | CLONE_NEWUSER`: it shares this process's
+/// memory, so no page table is copied for it (a `fork(2)` after a first mount's vetting copied
+/// those of every page the vetting had touched, and the parent then took a fault on each page it
+/// wrote again: 0.65-0.85 ms). It does not share the fd table: it closes its copy of the release
+/// pipe's write end and waits for end of file, which comes when the parent closes its own, on
+/// purpose or by dying (no orphan can outlive the parent). rustix has no `clone` (a child that
+/// shares the caller's memory may run only code written for that); the child here runs
+/// [`userns_child`] on a stack of its own, mapped with a guard page below it, and nothing else.
+///
+/// Dumpability is a property of the memory, so the child shares the parent's. The parent's
+/// opens of `/proc/CHILD/uid_map`, `gid_map` and `ns/user` need it dumpable (the ptrace-mode
+/// check of `ns/user`, and of every `/proc/CHILD` file where /proc is mounted `hidepid`): from
+/// [`UsernsChild::spawn`] to the drop the process is dumpable, and the drop restores what it was
+/// before. In the setuid helper all ids are 0 then (docs/helper.md "Order of events"), so only a
+/// tracer with fsuid 0 or `CAP_SYS_PTRACE` could attach, as with the forked child before, which
+/// made its copy of this memory dumpable for the same opens.
 pub(crate) struct UsernsChild {
     pid: i32,
     /// Write end of the "you may exit" pipe; closing it releases the child.
     release: Option<OwnedFd>,
-    /// The other ends of the two pipes, kept open (the fd table is shared with the child) until
-    /// the child is reaped.
-    _ends: [OwnedFd; 2],
-    /// The child's stack and arguments; freed only once the child is reaped.
-    stack: Option<Box<ChildStack>>,
+    /// The child's stack mapping (guard page included); unmapped only once the child is reaped.
+    stack: Option<ChildStack>,
+    /// The dumpability to restore at the drop (`None`: nothing to restore).
+    dumpable: Option<rustix::process::DumpableBehavior>,
 }
 
-/// Where [`UsernsChild::spawn`] failed.
-#[derive(Debug)]
-pub(crate) enum SpawnError {
-    /// The pipes, or `clone(2)` itself (EPERM, EINVAL, ENOSPC...: no user namespace for us).
-    Clone(io::Errno),
-    /// The child's `open` of `/proc/self/ns/user` (EIO if it died before it said).
-    Open(io::Errno),
-}
-
-/// Size of [`UsernsChild`]'s stack: [`userns_child`] has a frame of a few words and calls four
-/// syscall wrappers; a signal handler (this process installs none that runs Rust code of its
-/// own) would run on it too.
+/// Bytes of [`UsernsChild`]'s stack: [`userns_child`] has a frame of a few words and makes
+/// three syscalls; the guard page below it is extra.
 const CHILD_STACK: usize = 64 * 1024;
+const GUARD: usize = 4096;
 
-/// The child's stack (16-byte aligned, growing down from its end) and, before it, its arguments.
-#[repr(C, align(16))]
+/// An anonymous mapping: a `PROT_NONE` guard page, then the stack, whose top 16 bytes hold the
+/// child's arguments (two fds) and whose usable end below them is 16-byte aligned.
 struct ChildStack {
-    args: ChildArgs,
-    stack: [u8; CHILD_STACK],
+    base: *mut libc::c_void,
 }
 
-#[repr(C)]
-struct ChildArgs {
-    /// Write end of the "ready" pipe: the child sends the number of its ns fd (or the negated
-    /// errno of its `open`) there.
-    ready: i32,
-    /// Read end of the "release" pipe: the child exits at its end of file.
-    release: i32,
+impl ChildStack {
+    fn map() -> io::Result<ChildStack> {
+        use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
+        // SAFETY: a fresh private anonymous mapping at an address the kernel picks: no existing
+        // memory is affected.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                GUARD + CHILD_STACK,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )?
+        };
+        let stack = ChildStack { base };
+        // SAFETY: the first page of the mapping just made, which nothing references.
+        unsafe { rustix::mm::mprotect(base, GUARD, MprotectFlags::empty())? };
+        Ok(stack)
+    }
+
+    /// The arguments' place (16 bytes at the top) and the stack's top (just below it).
+    fn args_and_top(&self) -> (*mut [i32; 2], *mut libc::c_void) {
+        // The mapping is page-aligned and GUARD + CHILD_STACK is a multiple of 16, so the top
+        // minus 16 is 16-byte aligned.
+        let args = self.base.wrapping_byte_add(GUARD + CHILD_STACK - 16);
+        (args.cast(), args)
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, which no child uses any more (a `ChildStack` is
+        // dropped only after its child was reaped, else forgotten).
+        unsafe {
+            let _ = rustix::mm::munmap(self.base, GUARD + CHILD_STACK);
+        }
+    }
 }
 
 /// Runs in the child of [`UsernsChild::spawn`], in its new user namespace, on its own stack,
-/// sharing the parent's memory and fd table: opens `/proc/self/ns/user` (its own namespace: no
-/// ptrace check), sends the fd's number (or the negated errno) and waits for the release pipe's end
-/// of file. It calls only `open`, `write`, `read` and `_exit`, takes no lock and allocates
-/// nothing. The one piece of shared state the wrappers touch is `errno` (the child runs with the
-/// parent's thread pointer): a failed call writes the parent's `errno` while the parent is
-/// blocked in its `read` of the ready pipe, which returns only after the child's `write`, so
-/// the parent never reads a value the child wrote.
+/// sharing the parent's memory but with its own copy of the fd table: closes its copy of the
+/// release pipe's write end, reads the read end until end of file and exits. `arg` points to
+/// `[release read end, release write end]` at the top of the stack mapping. Its syscalls are
+/// rustix's (raw `syscall` instructions: no `errno`, no thread-local state of the parent's
+/// thread, whose thread pointer the child runs with) and `_exit`, which is glibc's
+/// `exit_group` and ends this child only (it is not in the parent's thread group).
 extern "C" fn userns_child(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` points to the `ChildArgs` inside the parent's `ChildStack`, which the parent
-    // frees only after reaping this child; the fds are open in the shared table until then.
+    // SAFETY: `arg` points to the two fd numbers written before `clone` into the parent's stack
+    // mapping, which stays mapped until this child is reaped; the numbers are open in this
+    // child's copy of the fd table (made by `clone`), which it alone uses.
     unsafe {
-        let args = &*(arg as *const ChildArgs);
-        let fd: i32 = libc::open(c"/proc/self/ns/user".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-        let msg = if fd >= 0 { fd } else { -(*libc::__errno_location()).max(1) }.to_ne_bytes();
-        libc::write(args.ready, msg.as_ptr().cast(), msg.len());
-        let mut b = 0u8;
-        while libc::read(args.release, (&mut b as *mut u8).cast(), 1) > 0 {}
+        let [read_end, write_end] = *(arg as *const [i32; 2]);
+        rustix::io::close(write_end);
+        let fd = BorrowedFd::borrow_raw(read_end);
+        let mut b = [0u8; 1];
+        // Until end of file (or an error other than an interruption: nothing else can come).
+        while matches!(rustix::io::read(fd, &mut b), Ok(1..) | Err(io::Errno::INTR)) {}
         libc::_exit(0)
     }
 }
 
 impl UsernsChild {
-    /// `clone(CLONE_VM | CLONE_FILES | CLONE_NEWUSER | SIGCHLD)` of a child that opens its user
-    /// namespace and blocks until released (see [`UsernsChild`]). Returns the child and its user
-    /// namespace (`/proc/CHILD/ns/user`), which lives on after the child.
-    pub(crate) fn spawn() -> Result<(UsernsChild, OwnedFd), SpawnError> {
-        let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(SpawnError::Clone);
-        let (ready_r, ready_w) = pipe()?;
-        let (release_r, release_w) = pipe()?;
-        let mut stack = Box::new(ChildStack {
-            args: ChildArgs { ready: ready_w.as_raw_fd(), release: release_r.as_raw_fd() },
-            stack: [0; CHILD_STACK],
-        });
-        let top = stack.stack.as_mut_ptr_range().end;
-        let arg = (&mut stack.args as *mut ChildArgs).cast::<libc::c_void>();
-        let flags = libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_NEWUSER | libc::SIGCHLD;
-        // SAFETY: `top` is the 16-byte aligned end of a stack of CHILD_STACK bytes that lives in
-        // `stack` until the child is reaped (Drop, or below); the child runs `userns_child`,
-        // which is written for a child sharing this memory and fd table (its comment).
-        let pid = unsafe { libc::clone(userns_child, top.cast(), flags, arg) };
+    /// `clone(CLONE_VM | CLONE_NEWUSER | SIGCHLD)` of a child that sits in its new user
+    /// namespace until released (see [`UsernsChild`]); the process is dumpable until the drop.
+    /// Fails with `clone`'s errno (EPERM, EINVAL, ENOSPC...: no user namespace for us), or that of
+    /// the pipe, the stack's mapping or `PR_SET_DUMPABLE`.
+    pub(crate) fn spawn() -> io::Result<UsernsChild> {
+        use rustix::process::{dumpable_behavior, set_dumpable_behavior, DumpableBehavior};
+        let (release_r, release_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let stack = ChildStack::map()?;
+        let (args, top) = stack.args_and_top();
+        // SAFETY: `args` is inside the writable part of the mapping just made, aligned for i32s.
+        unsafe { args.write([release_r.as_raw_fd(), release_w.as_raw_fd()]) };
+        let flags = libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD;
+        // SAFETY: `top` is the 16-byte aligned top of a stack of CHILD_STACK - 16 bytes with a
+        // guard page below, mapped until the child is reaped (the drop); the child runs
+        // `userns_child`, which is written for a child sharing this memory (its comment).
+        let pid = unsafe { libc::clone(userns_child, top, flags, args.cast()) };
         if pid < 0 {
-            return Err(SpawnError::Clone(io::Errno::from_raw_os_error(
+            return Err(io::Errno::from_raw_os_error(
                 std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EPERM),
-            )));
+            ));
         }
-        let child = UsernsChild { pid, release: Some(release_w), _ends: [ready_w, release_r], stack: Some(stack) };
-        // The child writes its 4 bytes at once (a pipe write of up to PIPE_BUF bytes is atomic),
-        // or dies before it writes anything (end of file: 0 bytes).
-        let mut buf = [0u8; 4];
-        let got = loop {
-            match rustix::io::read(&ready_r, &mut buf) {
-                Err(io::Errno::INTR) => continue,
-                r => break r.map_err(SpawnError::Open)?,
-            }
-        };
-        let fd = i32::from_ne_bytes(buf);
-        // On failure `child`'s drop releases and reaps the child.
-        if got != buf.len() {
-            return Err(SpawnError::Open(io::Errno::IO));
+        drop(release_r);
+        let mut child = UsernsChild { pid, release: Some(release_w), stack: Some(stack), dumpable: None };
+        let before = dumpable_behavior()?;
+        if before != DumpableBehavior::Dumpable {
+            set_dumpable_behavior(DumpableBehavior::Dumpable)?;
+            child.dumpable = Some(before);
         }
-        if fd < 0 {
-            return Err(SpawnError::Open(io::Errno::from_raw_os_error(fd.saturating_neg())));
-        }
-        // SAFETY: the child opened `fd` in the fd table it shares with us, sent its number and
-        // does not touch it again; nobody else owns it.
-        let ns = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok((child, ns))
+        Ok(child)
     }
 
     pub(crate) fn pid(&self) -> i32 {
@@ -189,24 +198,31 @@ impl UsernsChild {
 
 impl Drop for UsernsChild {
     fn drop(&mut self) {
+        if let Some(before) = self.dumpable.take() {
+            if rustix::process::set_dumpable_behavior(before).is_err() {
+                // Cannot happen (a valid value); if it does, stop rather than run on dumpable.
+                eprintln!("cfsmount: could not make the process undumpable again");
+                std::process::exit(1);
+            }
+        }
         self.release.take();
         let mut status = 0;
         let reaped = loop {
             // SAFETY: waits for our own child; `status` is a valid out pointer.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
+            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
             if r >= 0 {
                 break true;
             }
             match std::io::Error::last_os_error().raw_os_error() {
                 Some(libc::EINTR) => continue,
-                // SIGCHLD ignored (inherited): the kernel reaped it, and waitpid returned only
-                // once it had exited.
+                // SIGCHLD ignored (the helper resets it in early init; a plain run may inherit
+                // it): the kernel reaped the child, and waitpid returned only once it had exited.
                 Some(libc::ECHILD) => break true,
                 _ => break false,
             }
         };
         if !reaped {
-            // The child may still run on its stack: never free it.
+            // The child may still run on its stack: never unmap it.
             std::mem::forget(self.stack.take());
         }
     }
@@ -229,16 +245,18 @@ pub(crate) fn dup_inherited_fd(raw: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
-/// Whether the raw fd number `raw` is open and a socket (`getsockopt(2)` `SO_TYPE` on a
-/// duplicate: `ENOTSOCK` for anything else, an `O_PATH` fd included, without touching a file):
-/// what `--fd-out N` must name. Asked when the command line is read, before this process has
-/// opened a socket of its own, so that a socket at N is the caller's (a number the caller left
-/// closed may later be one of this process's own fds). `EBADF`: N is not open.
-pub(crate) fn inherited_socket(raw: i32) -> io::Result<bool> {
+/// A duplicate of the raw fd number `raw` if it is open and a socket (`getsockopt(2)` `SO_TYPE`
+/// on the duplicate: `ENOTSOCK` for anything else, an `O_PATH` fd included, without touching a
+/// file), `None` if it is open and not a socket: what `--fd-out N` must name. Asked when the
+/// command line is read, before this process has opened a socket of its own, so that a socket
+/// at N is the caller's (a number the caller left closed may later be one of this process's own
+/// fds); the duplicate is what the mount is later sent over, so N is not looked up again.
+/// `EBADF`: N is not open.
+pub(crate) fn inherited_socket(raw: i32) -> io::Result<Option<OwnedFd>> {
     let fd = dup_inherited_fd(raw)?;
     match rustix::net::sockopt::socket_type(&fd) {
-        Ok(_) => Ok(true),
-        Err(io::Errno::NOTSOCK) => Ok(false),
+        Ok(_) => Ok(Some(fd)),
+        Err(io::Errno::NOTSOCK) => Ok(None),
         Err(e) => Err(e),
     }
 }
