@@ -326,10 +326,23 @@ fn timers_and_an_ignored_sigchld_left_by_the_caller_are_reset() {
     use std::os::unix::process::CommandExt;
     let (_g, e, u) = start();
     let fx = toc_fixture(u, "timers", 400);
-    // An image whose first mount takes well over the timer's 10 ms of CPU time, and whose start
-    // (exec, early init) takes well under it.
-    let body: String = (0..40000).map(|i| format!("/d{} 4096 40755 2 {{uid}} {{gid}} 0 0.0 - - -\n", i)).collect();
+    // An image whose first mount takes well over the timer's 10 ms of CPU time (checked below),
+    // and whose start (exec, early init) takes well under it. A first mount: its bytes are new
+    // (a name of this run's), so no remembered verdict skips the vetting.
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let body: String = std::iter::once(format!("/n{nonce} 4096 40755 2 {{uid}} {{gid}} 0 0.0 - - -\n"))
+        .chain((0..40000).map(|i| format!("/d{} 4096 40755 2 {{uid}} {{gid}} 0 0.0 - - -\n", i)))
+        .collect();
     let big = fixture(u, "timers-big", &body, &[]);
+    // CPU time of the finished children of this process (the helper runs as one).
+    let children_cpu = || {
+        // SAFETY: rusage is plain integers; all zeroes is a valid value.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage(2) writes one rusage into `ru`, a valid out pointer.
+        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) }, 0);
+        let us = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
+        us(ru.ru_utime) + us(ru.ru_stime)
+    };
     for (what, timer_us, ignore_sigchld) in
         [("image, SIGPROF timer", 10_000i64, false), ("toc, SIGCHLD ignored", 0, true)]
     {
@@ -340,6 +353,7 @@ fn timers_and_an_ignored_sigchld_left_by_the_caller_are_reset() {
         if toc {
             a[1] = fx.toc.display().to_string();
         }
+        let cpu_before = children_cpu();
         let o = run_as_with(u, &e.bin, &args(&a_strs(&a)), move |c| {
             // SAFETY: between fork and exec this runs only setitimer(2) and signal(2), both
             // async-signal-safe, on stack values.
@@ -361,7 +375,12 @@ fn timers_and_an_ignored_sigchld_left_by_the_caller_are_reset() {
                 });
             }
         });
+        let cpu_us = children_cpu() - cpu_before;
         assert!(o.status.success(), "{what}: {:?}: {}", o.status, stderr(&o));
+        assert!(
+            timer_us == 0 || cpu_us >= 2 * timer_us,
+            "{what}: the helper took {cpu_us} µs of CPU: too little to test"
+        );
         assert!(mount_line(&fxx.target).is_some(), "{what}: succeeded but nothing mounted");
         let o = run_as(u, &["umount", fxx.target.to_str().unwrap()]);
         assert!(o.status.success(), "{what}: umount: {}", stderr(&o));

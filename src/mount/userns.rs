@@ -1,6 +1,6 @@
-//! User namespaces for idmapped mounts made from `--uidmap`/`--gidmap`: a child is cloned into
-//! a new user namespace (`sys::mount::UsernsChild`), we write its maps, keep an fd to
-//! `/proc/CHILD/ns/user`, and reap the child; the namespace lives on through the fd.
+//! User namespaces for idmapped mounts made from `--uidmap`/`--gidmap`: a helper child
+//! unshares a user namespace, we write its maps, keep an fd to `/proc/CHILD/ns/user`, and reap
+//! the child; the namespace lives on through the fd.
 
 use std::os::fd::OwnedFd;
 
@@ -9,19 +9,18 @@ use rustix::fs::{Mode, OFlags};
 use super::error::IdmapError;
 use super::kernel::write_maps;
 use super::request::IdMap;
-use crate::sys::mount::UsernsChild;
 
 /// A user namespace with `uid`/`gid` as its maps.
 pub(crate) fn create(uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, IdmapError> {
     if uid.is_empty() || gid.is_empty() {
         return Err(IdmapError::MissingMap);
     }
-    let child = UsernsChild::spawn().map_err(IdmapError::Create)?;
+    let child = crate::sys::mount::UsernsChild::spawn().map_err(IdmapError::Create)?;
     let pid = child.pid();
     write_maps(pid, uid, gid)?;
     let fd = rustix::fs::open(format!("/proc/{pid}/ns/user"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
         .map_err(IdmapError::Open)?;
-    drop(child); // undumpable again, lets it exit and reaps it; the namespace lives on through `fd`
+    drop(child); // lets it exit and reaps it; the namespace lives on through `fd`
     Ok(fd)
 }
 
@@ -40,32 +39,25 @@ mod tests {
             .collect()
     }
 
-    /// A namespace with the maps asked for, owned by its creator, and the process's
-    /// dumpability as it was before (the child shares it while it lives).
+    /// A namespace with the maps asked for, owned by its creator.
     #[test]
-    fn the_namespace_has_the_maps_and_dumpability_is_restored() {
+    fn the_namespace_has_the_maps() {
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: writing a uid_map of other ids needs root");
             return;
         }
-        use rustix::process::{dumpable_behavior, set_dumpable_behavior, DumpableBehavior};
         let map = [IdMap { inside: 0, outside: 100_000, count: 65_536 }];
-        for before in [DumpableBehavior::NotDumpable, DumpableBehavior::Dumpable] {
-            set_dumpable_behavior(before).unwrap();
-            let fd = create(&map, &map).unwrap();
-            assert_eq!(dumpable_behavior().unwrap(), before);
-            assert_eq!(crate::sys::helper::ns_get_nstype(fd.as_fd()).unwrap(), libc::CLONE_NEWUSER);
-            assert_eq!(crate::sys::helper::ns_get_owner_uid(fd.as_fd()).unwrap(), 0);
-            let (u, g) = crate::sys::helper::read_userns_maps(fd.as_fd()).unwrap();
-            assert_eq!(ids(&u), vec![vec![0, 100_000, 65_536]]);
-            assert_eq!(ids(&g), vec![vec![0, 100_000, 65_536]]);
-        }
-        set_dumpable_behavior(DumpableBehavior::Dumpable).unwrap();
+        let fd = create(&map, &map).unwrap();
+        assert_eq!(crate::sys::helper::ns_get_nstype(fd.as_fd()).unwrap(), libc::CLONE_NEWUSER);
+        assert_eq!(crate::sys::helper::ns_get_owner_uid(fd.as_fd()).unwrap(), 0);
+        let (u, g) = crate::sys::helper::read_userns_maps(fd.as_fd()).unwrap();
+        assert_eq!(ids(&u), vec![vec![0, 100_000, 65_536]]);
+        assert_eq!(ids(&g), vec![vec![0, 100_000, 65_536]]);
     }
 
     /// A parent that dies while its child holds the namespace (it never releases it) takes the
-    /// child with it: the child shares its memory, not its fd table, and reads end of file on
-    /// the release pipe once the parent's end is closed by its exit.
+    /// child with it: the child reads end of file on the release pipe once the parent's end is
+    /// closed by its exit (the child closed its own copy first).
     #[test]
     fn a_dead_parent_leaves_no_child() {
         if std::env::var_os(DIE_AFTER_SPAWN).is_some() {

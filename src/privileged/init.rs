@@ -125,15 +125,26 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> Result<HelperContext, Init
     Ok(HelperContext { caller: Caller { uid: ruid, gid: rgid, groups, name }, policy })
 }
 
-/// RLIMIT_CORE 0, RLIMIT_FSIZE and RLIMIT_CPU → infinity, RLIMIT_NOFILE → 1024; where the hard
-/// limit cannot be raised (no CAP_SYS_RESOURCE in the owning user namespace) the soft limit goes
-/// up to the hard one. A finite RLIMIT_FSIZE then makes writes fail with EFBIG (SIGXFSZ is
-/// ignored), reported; RLIMIT_CPU is the caller's other way to end the helper at a moment of
-/// its choosing (SIGXCPU at the soft limit, SIGKILL at the hard one).
+/// RLIMIT_CORE 0; RLIMIT_FSIZE, RLIMIT_CPU, RLIMIT_RTTIME, RLIMIT_AS and RLIMIT_DATA → infinity;
+/// RLIMIT_STACK → 8 MiB (what the kernel caps it at for a setuid exec; a smaller one stays);
+/// RLIMIT_NOFILE → 1024. Where the hard limit cannot be raised (no CAP_SYS_RESOURCE in the
+/// owning user namespace) the soft limit goes up to the hard one. A finite RLIMIT_FSIZE then
+/// makes writes fail with EFBIG (SIGXFSZ is ignored), reported. The others are the caller's ways
+/// to end the helper at a moment of its choosing: SIGXCPU at the soft RLIMIT_CPU (or
+/// RLIMIT_RTTIME, under a real-time policy the caller may set), SIGKILL at the hard one; a failed
+/// allocation (address space, data) or stack growth aborts.
 fn fix_rlimits() -> Result<(), InitError> {
     use rustix::process::{Resource, Rlimit};
     let _ = rustix::process::setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
-    for (res, want) in [(Resource::Fsize, None), (Resource::Cpu, None), (Resource::Nofile, Some(1024u64))] {
+    for (res, want) in [
+        (Resource::Fsize, None),
+        (Resource::Cpu, None),
+        (Resource::Rttime, None),
+        (Resource::As, None),
+        (Resource::Data, None),
+        (Resource::Stack, Some(8u64 << 20)),
+        (Resource::Nofile, Some(1024u64)),
+    ] {
         if rustix::process::setrlimit(res, Rlimit { current: want, maximum: want }).is_err() {
             let cur = rustix::process::getrlimit(res);
             let _ = rustix::process::setrlimit(res, Rlimit { current: cur.maximum, maximum: cur.maximum });

@@ -59,134 +59,58 @@ pub(crate) fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: 
     mount_setattr(mnt, attr_set, attr_clr, None)
 }
 
-/// A child process born in a new user namespace, holding it while its parent writes the maps
-/// and opens `/proc/CHILD/ns/user`. Dropping it lets the child exit and reaps it.
-///
-/// The child is made by `clone(2)` with `CLONE_VM | CLONE_NEWUSER`: it shares this process's
-/// memory, so no page table is copied for it (a `fork(2)` after a first mount's vetting copied
-/// those of every page the vetting had touched, and the parent then took a fault on each page it
-/// wrote again: 0.65-0.85 ms). It does not share the fd table: it closes its copy of the release
-/// pipe's write end and waits for end of file, which comes when the parent closes its own, on
-/// purpose or by dying (no orphan can outlive the parent). rustix has no `clone` (a child that
-/// shares the caller's memory may run only code written for that); the child here runs
-/// [`userns_child`] on a stack of its own, mapped with a guard page below it, and nothing else.
-///
-/// Dumpability is a property of the memory, so the child shares the parent's. The parent's
-/// opens of `/proc/CHILD/uid_map`, `gid_map` and `ns/user` need it dumpable (the ptrace-mode
-/// check of `ns/user`, and of every `/proc/CHILD` file where /proc is mounted `hidepid`): from
-/// [`UsernsChild::spawn`] to the drop the process is dumpable, and the drop restores what it was
-/// before. In the setuid helper all ids are 0 then (docs/helper.md "Order of events"), so only a
-/// tracer with fsuid 0 or `CAP_SYS_PTRACE` could attach, as with the forked child before, which
-/// made its copy of this memory dumpable for the same opens.
+/// A child process sitting in a new user namespace, waiting for its parent to write its maps and
+/// take a reference to `/proc/PID/ns/user`. Dropping it lets the child exit and reaps it.
 pub(crate) struct UsernsChild {
     pid: i32,
     /// Write end of the "you may exit" pipe; closing it releases the child.
     release: Option<OwnedFd>,
-    /// The child's stack mapping (guard page included); unmapped only once the child is reaped.
-    stack: Option<ChildStack>,
-    /// The dumpability to restore at the drop (`None`: nothing to restore).
-    dumpable: Option<rustix::process::DumpableBehavior>,
-}
-
-/// Bytes of [`UsernsChild`]'s stack: [`userns_child`] has a frame of a few words and makes
-/// three syscalls; the guard page below it is extra.
-const CHILD_STACK: usize = 64 * 1024;
-const GUARD: usize = 4096;
-
-/// An anonymous mapping: a `PROT_NONE` guard page, then the stack, whose top 16 bytes hold the
-/// child's arguments (two fds) and whose usable end below them is 16-byte aligned.
-struct ChildStack {
-    base: *mut libc::c_void,
-}
-
-impl ChildStack {
-    fn map() -> io::Result<ChildStack> {
-        use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
-        // SAFETY: a fresh private anonymous mapping at an address the kernel picks: no existing
-        // memory is affected.
-        let base = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                GUARD + CHILD_STACK,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE,
-            )?
-        };
-        let stack = ChildStack { base };
-        // SAFETY: the first page of the mapping just made, which nothing references.
-        unsafe { rustix::mm::mprotect(base, GUARD, MprotectFlags::empty())? };
-        Ok(stack)
-    }
-
-    /// The arguments' place (16 bytes at the top) and the stack's top (just below it).
-    fn args_and_top(&self) -> (*mut [i32; 2], *mut libc::c_void) {
-        // The mapping is page-aligned and GUARD + CHILD_STACK is a multiple of 16, so the top
-        // minus 16 is 16-byte aligned.
-        let args = self.base.wrapping_byte_add(GUARD + CHILD_STACK - 16);
-        (args.cast(), args)
-    }
-}
-
-impl Drop for ChildStack {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, which no child uses any more (a `ChildStack` is
-        // dropped only after its child was reaped, else forgotten).
-        unsafe {
-            let _ = rustix::mm::munmap(self.base, GUARD + CHILD_STACK);
-        }
-    }
-}
-
-/// Runs in the child of [`UsernsChild::spawn`], in its new user namespace, on its own stack,
-/// sharing the parent's memory but with its own copy of the fd table: closes its copy of the
-/// release pipe's write end, reads the read end until end of file and exits. `arg` points to
-/// `[release read end, release write end]` at the top of the stack mapping. Its syscalls are
-/// rustix's (raw `syscall` instructions: no `errno`, no thread-local state of the parent's
-/// thread, whose thread pointer the child runs with) and `_exit`, which is glibc's
-/// `exit_group` and ends this child only (it is not in the parent's thread group).
-extern "C" fn userns_child(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` points to the two fd numbers written before `clone` into the parent's stack
-    // mapping, which stays mapped until this child is reaped; the numbers are open in this
-    // child's copy of the fd table (made by `clone`), which it alone uses.
-    unsafe {
-        let [read_end, write_end] = *(arg as *const [i32; 2]);
-        rustix::io::close(write_end);
-        let fd = BorrowedFd::borrow_raw(read_end);
-        let mut b = [0u8; 1];
-        // Until end of file (or an error other than an interruption: nothing else can come).
-        while matches!(rustix::io::read(fd, &mut b), Ok(1..) | Err(io::Errno::INTR)) {}
-        libc::_exit(0)
-    }
 }
 
 impl UsernsChild {
-    /// `clone(CLONE_VM | CLONE_NEWUSER | SIGCHLD)` of a child that sits in its new user
-    /// namespace until released (see [`UsernsChild`]); the process is dumpable until the drop.
-    /// Fails with `clone`'s errno (EPERM, EINVAL, ENOSPC...: no user namespace for us), or that of
-    /// the pipe, the stack's mapping or `PR_SET_DUMPABLE`.
+    /// Forks a child that calls `unshare(CLONE_NEWUSER)` and then blocks until released.
     pub(crate) fn spawn() -> io::Result<UsernsChild> {
-        use rustix::process::{dumpable_behavior, set_dumpable_behavior, DumpableBehavior};
+        let (ready_r, ready_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (release_r, release_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let stack = ChildStack::map()?;
-        let (args, top) = stack.args_and_top();
-        // SAFETY: `args` is inside the writable part of the mapping just made, aligned for i32s.
-        unsafe { args.write([release_r.as_raw_fd(), release_w.as_raw_fd()]) };
-        let flags = libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD;
-        // SAFETY: `top` is the 16-byte aligned top of a stack of CHILD_STACK - 16 bytes with a
-        // guard page below, mapped until the child is reaped (the drop); the child runs
-        // `userns_child`, which is written for a child sharing this memory (its comment).
-        let pid = unsafe { libc::clone(userns_child, top, flags, args.cast()) };
+        let (rr, rw, lr, lw) = (ready_r.as_raw_fd(), ready_w.as_raw_fd(), release_r.as_raw_fd(), release_w.as_raw_fd());
+        // SAFETY: the child only calls async-signal-safe functions (unshare, prctl, write, read, _exit) on
+        // raw fds it inherited, touches no locks or allocator state, and never returns.
+        let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(io::Errno::from_raw_os_error(
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EPERM),
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO),
             ));
         }
+        if pid == 0 {
+            // Child.
+            // SAFETY: see above; all buffers are on this stack frame.
+            unsafe {
+                libc::close(rr);
+                libc::close(lw);
+                let status: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 { 1 } else { 0 };
+                // Inherited non-dumpability (privileged helper) would make the parent's open of
+                // /proc/PID/ns/user fail; our uids are the parent's, so only it can trace us.
+                libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+                libc::write(rw, (&status as *const u8).cast(), 1);
+                libc::close(rw);
+                let mut b = 0u8;
+                while libc::read(lr, (&mut b as *mut u8).cast(), 1) > 0 {}
+                libc::_exit(0);
+            }
+        }
+        drop(ready_w);
         drop(release_r);
-        let mut child = UsernsChild { pid, release: Some(release_w), stack: Some(stack), dumpable: None };
-        let before = dumpable_behavior()?;
-        if before != DumpableBehavior::Dumpable {
-            set_dumpable_behavior(DumpableBehavior::Dumpable)?;
-            child.dumpable = Some(before);
+        let child = UsernsChild { pid, release: Some(release_w) };
+        let mut buf = [0u8; 1];
+        let n = loop {
+            match rustix::io::read(&ready_r, &mut buf) {
+                Err(io::Errno::INTR) => continue,
+                r => break r?,
+            }
+        };
+        if n != 1 || buf[0] != 1 {
+            // The child could not unshare (or died): user namespaces unavailable.
+            return Err(io::Errno::PERM);
         }
         Ok(child)
     }
@@ -198,32 +122,14 @@ impl UsernsChild {
 
 impl Drop for UsernsChild {
     fn drop(&mut self) {
-        if let Some(before) = self.dumpable.take() {
-            if rustix::process::set_dumpable_behavior(before).is_err() {
-                // Cannot happen (a valid value); if it does, stop rather than run on dumpable.
-                eprintln!("cfsmount: could not make the process undumpable again");
-                std::process::exit(1);
-            }
-        }
         self.release.take();
         let mut status = 0;
-        let reaped = loop {
+        loop {
             // SAFETY: waits for our own child; `status` is a valid out pointer.
             let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-            if r >= 0 {
-                break true;
+            if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
             }
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) => continue,
-                // SIGCHLD ignored (the helper resets it in early init; a plain run may inherit
-                // it): the kernel reaped the child, and waitpid returned only once it had exited.
-                Some(libc::ECHILD) => break true,
-                _ => break false,
-            }
-        };
-        if !reaped {
-            // The child may still run on its stack: never unmap it.
-            std::mem::forget(self.stack.take());
         }
     }
 }
