@@ -376,14 +376,16 @@ fn timers_and_an_ignored_sigchld_left_by_the_caller_are_reset() {
             }
         });
         let cpu_us = children_cpu() - cpu_before;
+        // Unmounted before any assertion, so that a failed one leaves nothing mounted.
+        let mounted = mount_line(&fxx.target).is_some();
+        let um = mounted.then(|| run_as(u, &["umount", fxx.target.to_str().unwrap()]));
         assert!(o.status.success(), "{what}: {:?}: {}", o.status, stderr(&o));
+        assert!(mounted, "{what}: succeeded but nothing mounted");
+        assert!(um.as_ref().is_some_and(|o| o.status.success()), "{what}: umount: {:?}", um.as_ref().map(stderr));
         assert!(
             timer_us == 0 || cpu_us >= 2 * timer_us,
             "{what}: the helper took {cpu_us} µs of CPU: too little to test"
         );
-        assert!(mount_line(&fxx.target).is_some(), "{what}: succeeded but nothing mounted");
-        let o = run_as(u, &["umount", fxx.target.to_str().unwrap()]);
-        assert!(o.status.success(), "{what}: umount: {}", stderr(&o));
         assert_state_is(&before, what);
     }
 }
@@ -397,15 +399,20 @@ fn a_proc_with_hidepid_still_serves_the_helpers_id_maps() {
     let (_g, e, u) = start();
     let fx = fixture(u, "hidepid", "", &[b"one object\n".as_slice()]);
     let before = system_state();
-    let script = format!(
-        "mount -t proc -o hidepid=ptraceable proc /proc && setpriv --reuid={} --regid={} --clear-groups -- {} {} && mountpoint -q {}",
-        u.uid,
-        u.gid,
-        e.bin.display(),
-        mount_args(&fx, &[]).join(" "),
-        fx.target.display()
-    );
-    let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    // Every value goes to the shell as an argument, none into the script's text.
+    let script = "mount -t proc -o hidepid=ptraceable proc /proc && \
+        setpriv --reuid=\"$1\" --regid=\"$2\" --clear-groups -- \"$3\" mount \"$4\" \"$5\" --basedir \"$6\" && \
+        mountpoint -q \"$5\"";
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(u.uid.to_string())
+        .arg(u.gid.to_string())
+        .arg(&e.bin)
+        .arg(&fx.image)
+        .arg(&fx.target)
+        .arg(&fx.objects)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
     assert_state_is(&before, "hidepid=ptraceable");
 }

@@ -44,6 +44,8 @@ pub(crate) enum InitError {
     Dumpable(Errno),
     #[error("privileged mode: signal dispositions: {0}")]
     Signals(Errno),
+    #[error("privileged mode: clearing interval timers (setitimer): {0}")]
+    Timers(Errno),
     #[error("privileged mode: RLIMIT_NOFILE hard limit is too low ({0:?} < 64)")]
     NofileTooLow(Option<u64>),
     #[error("privileged mode: only `mount` and `umount` are available to unprivileged callers, besides `oci mount` (got {0:?}); run other subcommands from an unprivileged copy of cfsmount")]
@@ -77,6 +79,10 @@ pub(crate) fn early_init(argv: &[OsString]) -> Result<Mode, InitError> {
     let (ruid, euid, rgid, egid) = (getuid().as_raw(), geteuid().as_raw(), getgid().as_raw(), getegid().as_raw());
     let privileged = ruid != euid || rgid != egid || crate::sys::helper::at_secure();
     if !privileged {
+        // An ignored SIGCHLD survives `execve` and breaks every `waitpid` (ECHILD): reset in
+        // plain runs too (a root daemon that ignores it may run `mount.composefs`).
+        // (`signal(SIGCHLD, SIG_DFL)` cannot fail.)
+        let _ = crate::sys::helper::default_sigchld();
         return Ok(Mode::Plain);
     }
     harden(ruid, rgid, argv).map(|c| Mode::Helper(Box::new(c)))
@@ -95,7 +101,7 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> Result<HelperContext, Init
     crate::sys::helper::ignore_sigxfsz().map_err(InitError::Signals)?;
     crate::sys::helper::block_terminal_signals().map_err(InitError::Signals)?;
     crate::sys::helper::default_sigchld().map_err(InitError::Signals)?;
-    crate::sys::helper::clear_interval_timers().map_err(InitError::Signals)?;
+    crate::sys::helper::clear_interval_timers().map_err(InitError::Timers)?;
     fix_rlimits()?;
     // 5. Only mount/umount/oci mount are offered to unprivileged callers.
     check_subcommand(argv)?;
@@ -126,7 +132,8 @@ fn harden(ruid: u32, rgid: u32, argv: &[OsString]) -> Result<HelperContext, Init
 }
 
 /// RLIMIT_CORE 0; RLIMIT_FSIZE, RLIMIT_CPU, RLIMIT_RTTIME, RLIMIT_AS and RLIMIT_DATA → infinity;
-/// RLIMIT_STACK → 8 MiB (what the kernel caps it at for a setuid exec; a smaller one stays);
+/// RLIMIT_STACK → 8 MiB, soft and hard (the kernel caps the soft one at that for a setuid exec,
+/// and leaves a smaller one);
 /// RLIMIT_NOFILE → 1024. Where the hard limit cannot be raised (no CAP_SYS_RESOURCE in the
 /// owning user namespace) the soft limit goes up to the hard one. A finite RLIMIT_FSIZE then
 /// makes writes fail with EFBIG (SIGXFSZ is ignored), reported. The others are the caller's ways

@@ -298,7 +298,7 @@ impl Content {
 
     /// The pieces of the first `size` bytes of `fd` hashed (and copied) on `threads` threads,
     /// by default as many as there are CPUs to run them, at most [`MAX_THREADS`]. A thread that
-    /// cannot be started (the caller's `pids.max`, `RLIMIT_AS`) is done without: the threads
+    /// cannot be started (the caller's `pids.max`; a hard `RLIMIT_AS` with file capabilities) is done without: the threads
     /// that run take its pieces.
     fn of_file_copied(
         fd: BorrowedFd<'_>,

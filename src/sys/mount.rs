@@ -73,8 +73,9 @@ impl UsernsChild {
         let (ready_r, ready_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (release_r, release_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let (rr, rw, lr, lw) = (ready_r.as_raw_fd(), ready_w.as_raw_fd(), release_r.as_raw_fd(), release_w.as_raw_fd());
-        // SAFETY: the child only calls async-signal-safe functions (unshare, prctl, write, read, _exit) on
-        // raw fds it inherited, touches no locks or allocator state, and never returns.
+        // SAFETY: the child only calls async-signal-safe functions (close_range, unshare, prctl,
+        // write, read, _exit) on raw fds it inherited, touches no locks or allocator state, and
+        // never returns.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(io::Errno::from_raw_os_error(
@@ -85,11 +86,30 @@ impl UsernsChild {
             // Child.
             // SAFETY: see above; all buffers are on this stack frame.
             unsafe {
+                // Every fd but stdio and its two pipe ends goes first (`close_range(2)`, Linux
+                // 5.9; where it is missing the fds stay, as before): it is about to become
+                // dumpable, and a process of uid 0 may then read through its fds (it owns every
+                // capability in the new namespace), so it keeps none of the helper's. Closing
+                // the release pipe's write end is what lets it see end of file when the parent
+                // releases it or dies.
+                let (a, b) = (rw.min(lr), rw.max(lr));
+                for (first, last) in [(3, a - 1), (a + 1, b - 1), (b + 1, i32::MAX)] {
+                    if first <= last {
+                        libc::syscall(
+                            libc::SYS_close_range,
+                            first as libc::c_uint,
+                            last as libc::c_uint,
+                            0 as libc::c_uint,
+                        );
+                    }
+                }
                 libc::close(rr);
                 libc::close(lw);
                 let status: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 { 1 } else { 0 };
                 // Inherited non-dumpability (privileged helper) would make the parent's open of
-                // /proc/PID/ns/user fail; our uids are the parent's, so only it can trace us.
+                // /proc/PID/ns/user fail. Our ids are the parent's (all 0 in the helper), so the
+                // caller cannot trace us; a process of uid 0 can (it owns every capability in
+                // our namespace), and finds only this process's own copy of the memory.
                 libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
                 libc::write(rw, (&status as *const u8).cast(), 1);
                 libc::close(rw);
