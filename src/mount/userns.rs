@@ -95,7 +95,14 @@ mod tests {
         };
         let t0 = std::time::Instant::now();
         while state().is_some_and(|s| s != "Z" && s != "X") {
-            assert!(t0.elapsed() < std::time::Duration::from_secs(5), "child {pid} outlived its parent: {:?}", state());
+            if t0.elapsed() > std::time::Duration::from_secs(5) {
+                // Not left behind blocked forever: killed, then the failure.
+                let s = state();
+                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+                panic!("child {pid} outlived its parent: {s:?}");
+            }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }

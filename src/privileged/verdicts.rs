@@ -298,8 +298,8 @@ impl Content {
 
     /// The pieces of the first `size` bytes of `fd` hashed (and copied) on `threads` threads,
     /// by default as many as there are CPUs to run them, at most [`MAX_THREADS`]. A thread that
-    /// cannot be started (the caller's `pids.max`; a hard `RLIMIT_AS` with file capabilities) is done without: the threads
-    /// that run take its pieces.
+    /// cannot be started (the caller's `pids.max`; with file capabilities, a hard `RLIMIT_AS`) is
+    /// done without: the threads that run take its pieces.
     fn of_file_copied(
         fd: BorrowedFd<'_>,
         size: u64,
