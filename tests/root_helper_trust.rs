@@ -330,9 +330,7 @@ fn timers_and_an_ignored_sigchld_left_by_the_caller_are_reset() {
     // and whose start (exec, early init) takes well under it. A first mount: its bytes are new
     // (a name of this run's), so no remembered verdict skips the vetting.
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let body: String = std::iter::once(format!("/n{nonce} 4096 40755 2 {{uid}} {{gid}} 0 0.0 - - -\n"))
-        .chain((0..40000).map(|i| format!("/d{} 4096 40755 2 {{uid}} {{gid}} 0 0.0 - - -\n", i)))
-        .collect();
+    let body = dir_lines(std::iter::once(format!("n{nonce}")).chain((0..40000).map(|i| format!("d{i}"))));
     let big = fixture(u, "timers-big", &body, &[]);
     // CPU time of the finished children of this process (the helper runs as one).
     let children_cpu = || {
@@ -417,6 +415,12 @@ fn a_proc_with_hidepid_still_serves_the_helpers_id_maps() {
     assert_state_is(&before, "hidepid=ptraceable");
 }
 
+/// Dumpfile lines of empty directories of the caller under the root, one per name (for
+/// [`fixture`], which fills in `{uid}` and `{gid}`).
+fn dir_lines(names: impl Iterator<Item = String>) -> String {
+    names.map(|n| format!("/{n} 4096 40755 2 {{uid}} {{gid}} 0 0.0 - - -\n")).collect()
+}
+
 struct TocFixture {
     toc: PathBuf,
     toc_fx: Fixture,
@@ -441,8 +445,7 @@ fn toc_fixture(u: &User, name: &str, n: usize) -> TocFixture {
     let toc = toc_fx.dir.join("layer.toc.json");
     std::fs::write(&toc, serde_json::json!({ "version": 1, "entries": entries }).to_string()).unwrap();
     std::os::unix::fs::chown(&toc, Some(u.uid), Some(u.gid)).unwrap();
-    let body: String = (0..4000).map(|i| format!("/d{} 4096 40755 2 {{uid}} {{gid}} 0 0.0 - - -\n", i)).collect();
-    let image_fx = fixture(u, &format!("{name}-image"), &body, &[]);
+    let image_fx = fixture(u, &format!("{name}-image"), &dir_lines((0..4000).map(|i| format!("d{i}"))), &[]);
     TocFixture { toc, toc_fx, image_fx }
 }
 

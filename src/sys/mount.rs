@@ -92,17 +92,7 @@ impl UsernsChild {
                 // capability in the new namespace), so it keeps none of the helper's. Closing
                 // the release pipe's write end is what lets it see end of file when the parent
                 // releases it or dies.
-                let (a, b) = (rw.min(lr), rw.max(lr));
-                for (first, last) in [(3, a - 1), (a + 1, b - 1), (b + 1, i32::MAX)] {
-                    if first <= last {
-                        libc::syscall(
-                            libc::SYS_close_range,
-                            first as libc::c_uint,
-                            last as libc::c_uint,
-                            0 as libc::c_uint,
-                        );
-                    }
-                }
+                let _ = super::sandbox::close_fds_except(&[0, 1, 2, rw, lr]);
                 libc::close(rr);
                 libc::close(lw);
                 let status: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 { 1 } else { 0 };

@@ -38,16 +38,20 @@ pub fn exit_now(code: i32) -> ! {
 
 /// Closes every file descriptor except those in `keep` (close_range over the gaps).
 ///
-/// Only for the freshly forked sandbox child: objects that own the closed descriptors are never
-/// used or dropped afterwards because the child ends with [`exit_now`].
+/// Only for a freshly forked child (the sandbox child, the user-namespace child of
+/// `sys::mount::UsernsChild`): objects that own the closed descriptors are never used or dropped
+/// afterwards because the child ends with `_exit`. Allocates nothing (the gaps are found by
+/// scanning `keep`, a handful of fds, for the next kept one), so a child forked from a process
+/// that has run threads may call it.
 pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
-    let mut keep: Vec<u32> = keep.iter().filter(|&&fd| fd >= 0).map(|&fd| fd as u32).collect();
-    keep.sort_unstable();
-    keep.dedup();
     let mut first: u32 = 0;
-    for &k in keep.iter().chain(std::iter::once(&u32::MAX)) {
-        if k > first {
-            let last = if k == u32::MAX { u32::MAX } else { k - 1 };
+    loop {
+        let next = keep.iter().filter_map(|&fd| u32::try_from(fd).ok()).filter(|&fd| fd >= first).min();
+        let last = match next {
+            Some(k) => k.checked_sub(1),
+            None => Some(u32::MAX),
+        };
+        if let Some(last) = last.filter(|&last| last >= first) {
             // SAFETY: close_range only closes descriptors; the I/O-safety consequences are covered
             // by the contract above (the child never uses the objects owning them again).
             let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
@@ -55,12 +59,12 @@ pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
                 return Err(io::Error::last_os_error());
             }
         }
-        if k == u32::MAX {
-            break;
+        match next {
+            // A kept fd is an i32, so `k + 1` does not overflow.
+            Some(k) => first = k + 1,
+            None => return Ok(()),
         }
-        first = k + 1;
     }
-    Ok(())
 }
 
 /// Empties the process environment (`clearenv(3)`).
