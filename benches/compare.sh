@@ -10,6 +10,9 @@
 #                                                         benches/kept-copies.sh; KEPT_COPIES=0 off)
 #   the same, a first mount (verdicts, copies removed)     cfsmount (and setpriv alone)
 #   a 1-file image through the helper (its fixed cost)    cfsmount (and setpriv alone)
+#   /bin/true alone (one exec without a launcher)          to put back the exec a runtime's own
+#                                                         launch pays: the helper rows "as a runtime
+#                                                         launches it" (printed below the table)
 #   mkimage --from-dir SRC (no store)                     cfsmount / mkcomposefs / cfsctl mkcomposefs
 #   mkimage --from-dir SRC --digest-store (fresh store)   idem; images AND object trees compared
 #   image from the cs9 dumpfile                           idem (--from-file)
@@ -178,6 +181,9 @@ if has helper; then
     tool "cfsmount (setuid, as nobody, first mount)" "$first_h" "$as_nobody $W/bin/cfsmount-suid mount $W/cs9.img $W/hmnt --basedir $W/hobjs"
     tool "cfsmount (setuid, 1-file image)" "$un_h" "$as_nobody $W/bin/cfsmount-suid mount $W/one.img $W/hmnt --basedir $W/hobjs"
     tool "setpriv alone (exec overhead)" "true" "$as_nobody /bin/true"
+    # The exec a runtime's own launch of the helper still costs: "beyond setpriv alone" takes the
+    # launcher out, and with it one exec of /bin/true, which a direct launch pays too.
+    tool "true alone (one exec, no launcher)" "true" "/bin/true"
     run_case helper "$RUNS_SHORT"
     "$un_h"
 fi
@@ -287,6 +293,31 @@ row() { # row LABEL CASE CFS REF RS [noratio]
     [ -z "$5" ] || [ -z "$s" ] || s="$s ($(ratio "$f" "$3" "$5"))"
     echo "| $1 | $c | ${r:-—} | ${s:-—} |"
 }
+launched() { # the helper rows as a runtime launches the helper (directly, as the user), against root's mount
+    local h=$OUT/helper/summary.tsv m=$OUT/mount/summary.tsv
+    [ -f "$h" ] && [ -f "$m" ] || return 0
+    echo
+    python3 - "$h" "$m" <<'PY'
+import sys
+rows = {}
+for f in sys.argv[1:]:
+    for line in open(f):
+        x = line.rstrip("\n").split("\t")
+        rows[(f, x[0])] = float(x[2]) * 1e3, float(x[7]) * 1e3
+h, m = sys.argv[1], sys.argv[2]
+sp, tr = rows.get((h, "setpriv alone (exec overhead)")), rows.get((h, "true alone (one exec, no launcher)"))
+root = rows.get((m, "cfsmount"))
+if sp and tr and root:
+    print(f"The helper as a runtime launches it (directly, as the user): the row's time - setpriv alone ({sp[0]:.2f} ms)"
+          f" + /bin/true alone ({tr[0]:.2f} ms); means (medians), against root's mount: {root[0]:.2f} ms ({root[1]:.2f})")
+    for name, label in (("cfsmount (setuid, as nobody)", "repeated mount"),
+                        ("cfsmount (setuid, as nobody, first mount)", "first mount"),
+                        ("cfsmount (setuid, 1-file image)", "1-file image")):
+        if (h, name) in rows:
+            t, md = (rows[(h, name)][i] - sp[i] + tr[i] for i in (0, 1))
+            print(f"- {label}: {t:.2f} ms ({md:.2f}): {t / root[0]:.2f}× root's mount ({md / root[1]:.2f}× of the medians)")
+PY
+}
 {
     echo "benches/compare.sh, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r)"
     echo "$("$B" -V | head -1) ($(git rev-parse --short HEAD 2>/dev/null || echo '?')), reference: ${REFERENCE:-not given}, composefs-rs: $([ -n "$CFSCTL" ] && echo "$("$CFSCTL" --version) ($CFSCTL)" || echo "not given")"
@@ -303,6 +334,7 @@ row() { # row LABEL CASE CFS REF RS [noratio]
     row "image from the cs9 dumpfile (64k entries; payloads without .file)" dump cfsmount reference composefs-rs
     row "image from the cs9 TOC JSON (reference column: the reference on the dumpfile, same rounds)" toc cfsmount "reference (dumpfile)" ""
     row "fs-verity digest of 1 GiB (tmpfs; reference column: fsverity digest)" verity cfsmount "fsverity digest" composefs-rs
+    launched
     echo
     echo "Times: wall, mean ± standard deviation over all rounds (and the median, for the millisecond cases); CPU: user + system time of the process and"
     echo "its children (hyperfine), mean; memory: peak RSS of one more run (with children)."
