@@ -13,6 +13,8 @@
 #   /bin/true alone (one exec without a launcher)          to put back the exec a runtime's own
 #                                                         launch pays: the helper rows "as a runtime
 #                                                         launches it" (printed below the table)
+#   the repeated mount and the 1-file image again, with    cfsmount (and /bin/true so launched)
+#   hyperfine itself running as nobody (no launcher)
 #   mkimage --from-dir SRC (no store)                     cfsmount / mkcomposefs / cfsctl mkcomposefs
 #   mkimage --from-dir SRC --digest-store (fresh store)   idem; images AND object trees compared
 #   image from the cs9 dumpfile                           idem (--from-file)
@@ -103,11 +105,13 @@ names=() prepares=() cmds=()
 case_reset() { names=() prepares=() cmds=(); }
 tool() { names+=("$1"); prepares+=("$2"); cmds+=("$3"); }
 
-# run_case ID RUNS_PER_ROUND
+# run_case ID RUNS_PER_ROUND [AS]: AS (a command prefix, e.g. setpriv ...) runs hyperfine itself,
+# the prepares and the peak-RSS runs as another user
 run_case() {
-    local id=$1 per=$2 r i k args
+    local id=$1 per=$2 as=${3:-} r i k args
     rm -rf "${OUT:?}/$id"
     mkdir -p "$OUT/$id"
+    [ -z "$as" ] || chown 65534 "$OUT/$id"
     for r in $(seq 0 "$ROUNDS"); do          # round 0 warms up and is discarded
         # The order rotates from round to round, so that no tool always runs in the same place
         # (first after the warm-up of the round, or right after the same other tool).
@@ -116,7 +120,7 @@ run_case() {
             i=$(((k + r) % ${#names[@]}))
             args+=(--prepare "${prepares[$i]}" -n "${names[$i]}" "${cmds[$i]}")
         done
-        if ! hyperfine -N --style none --runs "$per" --export-json "$OUT/$id/round$r.json" "${args[@]}" \
+        if ! $as hyperfine -N --style none --runs "$per" --export-json "$OUT/$id/round$r.json" "${args[@]}" \
             >/dev/null 2>"$OUT/$id/hyperfine.err"; then
             echo "benches/compare.sh: case $id failed, left out of the table:" >&2
             tail -n 5 "$OUT/$id/hyperfine.err" >&2
@@ -124,9 +128,9 @@ run_case() {
         fi
     done
     for i in "${!names[@]}"; do
-        eval "${prepares[$i]}" >/dev/null 2>&1 || true
+        if [ -z "$as" ]; then eval "${prepares[$i]}"; else $as ${prepares[$i]}; fi >/dev/null 2>&1 || true
         # peak RSS (KiB) of one more run, the tool and its children
-        /usr/bin/time -f %M -o "$OUT/$id/rss.$i" ${cmds[$i]} >/dev/null 2>"$OUT/$id/stderr.$i" || true
+        $as /usr/bin/time -f %M -o "$OUT/$id/rss.$i" ${cmds[$i]} >/dev/null 2>"$OUT/$id/stderr.$i" || true
     done
     python3 - "$OUT/$id" "$ROUNDS" "${names[@]}" <<'EOF'
 import json, statistics, sys, os
@@ -185,6 +189,15 @@ if has helper; then
     # launcher out, and with it one exec of /bin/true, which a direct launch pays too.
     tool "true alone (one exec, no launcher)" "true" "/bin/true"
     run_case helper "$RUNS_SHORT"
+    "$un_h"
+    # The same without a launcher, as a runtime launches the helper: hyperfine itself runs as
+    # nobody and execs the setuid helper (a first mount needs root between runs: not here).
+    case_reset
+    un_hd=$(script un-hd "$W/bin/cfsmount-suid umount $W/hmnt >/dev/null 2>&1 || true")
+    tool "cfsmount (setuid, launched by nobody)" "$un_hd" "$W/bin/cfsmount-suid mount $W/cs9.img $W/hmnt --basedir $W/hobjs"
+    tool "cfsmount (setuid, 1-file image, launched by nobody)" "$un_hd" "$W/bin/cfsmount-suid mount $W/one.img $W/hmnt --basedir $W/hobjs"
+    tool "true (launched by nobody)" "true" "/bin/true"
+    run_case helper-direct "$RUNS_SHORT" "$as_nobody"
     "$un_h"
 fi
 if has dir; then
@@ -294,17 +307,18 @@ row() { # row LABEL CASE CFS REF RS [noratio]
     echo "| $1 | $c | ${r:-—} | ${s:-—} |"
 }
 launched() { # the helper rows as a runtime launches the helper (directly, as the user), against root's mount
-    local h=$OUT/helper/summary.tsv m=$OUT/mount/summary.tsv
+    local h=$OUT/helper/summary.tsv m=$OUT/mount/summary.tsv d=$OUT/helper-direct/summary.tsv
     [ -f "$h" ] && [ -f "$m" ] || return 0
+    [ -f "$d" ] || d=/dev/null
     echo
-    python3 - "$h" "$m" <<'PY'
+    python3 - "$h" "$m" "$d" <<'PY'
 import sys
 rows = {}
 for f in sys.argv[1:]:
     for line in open(f):
         x = line.rstrip("\n").split("\t")
         rows[(f, x[0])] = float(x[2]) * 1e3, float(x[7]) * 1e3
-h, m = sys.argv[1], sys.argv[2]
+h, m, d = sys.argv[1], sys.argv[2], sys.argv[3]
 sp, tr = rows.get((h, "setpriv alone (exec overhead)")), rows.get((h, "true alone (one exec, no launcher)"))
 root = rows.get((m, "cfsmount"))
 if sp and tr and root:
@@ -316,6 +330,13 @@ if sp and tr and root:
         if (h, name) in rows:
             t, md = (rows[(h, name)][i] - sp[i] + tr[i] for i in (0, 1))
             print(f"- {label}: {t:.2f} ms ({md:.2f}): {t / root[0]:.2f}× root's mount ({md / root[1]:.2f}× of the medians)")
+if root:
+    for name, label in (("cfsmount (setuid, launched by nobody)", "repeated mount"),
+                        ("cfsmount (setuid, 1-file image, launched by nobody)", "1-file image")):
+        if (d, name) in rows:
+            t, md = rows[(d, name)]
+            print(f"- {label}, measured so (hyperfine as nobody, no launcher): {t:.2f} ms ({md:.2f}): "
+                  f"{t / root[0]:.2f}× root's mount ({md / root[1]:.2f}× of the medians)")
 PY
 }
 {
@@ -329,6 +350,8 @@ PY
     row "the same through the setuid helper, as nobody (reference column: setpriv exec alone)" helper "cfsmount (setuid, as nobody)" "setpriv alone (exec overhead)" "" noratio
     row "the same, a first mount (no remembered verdict, no kept copy: copied and vetted in full; reference column: setpriv exec alone)" helper "cfsmount (setuid, as nobody, first mount)" "setpriv alone (exec overhead)" "" noratio
     row "a 1-file image through the setuid helper (its fixed cost; reference column: setpriv exec alone)" helper "cfsmount (setuid, 1-file image)" "setpriv alone (exec overhead)" "" noratio
+    row "the repeated helper mount launched by a process of nobody, no launcher (reference column: /bin/true launched so)" helper-direct "cfsmount (setuid, launched by nobody)" "true (launched by nobody)" "" noratio
+    row "the 1-file image so (reference column: /bin/true launched so)" helper-direct "cfsmount (setuid, 1-file image, launched by nobody)" "true (launched by nobody)" "" noratio
     row "mkimage --from-dir $SRC (no store)" dir cfsmount reference composefs-rs
     row "mkimage --from-dir $SRC --digest-store (fresh store)" store cfsmount reference composefs-rs
     row "image from the cs9 dumpfile (64k entries; payloads without .file)" dump cfsmount reference composefs-rs
