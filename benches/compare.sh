@@ -111,7 +111,10 @@ run_case() {
     local id=$1 per=$2 as=${3:-} r i k args
     rm -rf "${OUT:?}/$id"
     mkdir -p "$OUT/$id"
-    [ -z "$as" ] || chown 65534 "$OUT/$id"
+    # Where hyperfine and GNU time write: with AS, a directory of nobody's in $W (OUT may be in a
+    # tree nobody cannot reach), copied to $OUT/$id at the end.
+    local jd=$OUT/$id
+    if [ -n "$as" ]; then jd=$W/out-$id; mkdir -p "$jd"; chown 65534 "$jd"; fi
     for r in $(seq 0 "$ROUNDS"); do          # round 0 warms up and is discarded
         # The order rotates from round to round, so that no tool always runs in the same place
         # (first after the warm-up of the round, or right after the same other tool).
@@ -120,7 +123,7 @@ run_case() {
             i=$(((k + r) % ${#names[@]}))
             args+=(--prepare "${prepares[$i]}" -n "${names[$i]}" "${cmds[$i]}")
         done
-        if ! $as hyperfine -N --style none --runs "$per" --export-json "$OUT/$id/round$r.json" "${args[@]}" \
+        if ! $as hyperfine -N --style none --runs "$per" --export-json "$jd/round$r.json" "${args[@]}" \
             >/dev/null 2>"$OUT/$id/hyperfine.err"; then
             echo "benches/compare.sh: case $id failed, left out of the table:" >&2
             tail -n 5 "$OUT/$id/hyperfine.err" >&2
@@ -130,8 +133,9 @@ run_case() {
     for i in "${!names[@]}"; do
         if [ -z "$as" ]; then eval "${prepares[$i]}"; else $as ${prepares[$i]}; fi >/dev/null 2>&1 || true
         # peak RSS (KiB) of one more run, the tool and its children
-        $as /usr/bin/time -f %M -o "$OUT/$id/rss.$i" ${cmds[$i]} >/dev/null 2>"$OUT/$id/stderr.$i" || true
+        $as /usr/bin/time -f %M -o "$jd/rss.$i" ${cmds[$i]} >/dev/null 2>"$OUT/$id/stderr.$i" || true
     done
+    [ "$jd" = "$OUT/$id" ] || cp "$jd"/* "$OUT/$id"/
     python3 - "$OUT/$id" "$ROUNDS" "${names[@]}" <<'EOF'
 import json, statistics, sys, os
 d, rounds, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
