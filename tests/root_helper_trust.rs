@@ -891,6 +891,71 @@ fn remembered_verdicts_cover_the_bytes_and_the_caller() {
     assert_state_is(&before, "remembered verdicts");
 }
 
+/// `--digest` (issue 17): the fs-verity digest the helper computes of an accepted image's bytes
+/// is kept in that image's verdict, so the next `--digest` mount of the same bytes compares with
+/// it instead of computing it again. It is the digest of the bytes, whatever the caller claimed
+/// (a wrong `--digest` is refused and still leaves the right one); it is really consulted (a
+/// digest root wrote into the verdict decides, one way and the other); a mount without
+/// `--digest` keeps it; and without the verdict it is computed again.
+#[test]
+fn a_computed_digest_is_remembered_with_the_verdict() {
+    let (_g, e, _) = start();
+    let u = &e.user;
+    let before = system_state();
+    let fx = one_file_fixture(u, "verdict-digest", "g", b"verdict digest");
+    let img = std::fs::read(&fx.image).unwrap();
+    let vp = verdict_path(u.uid, &img);
+    let _ = std::fs::remove_file(&vp);
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let good = hex(&cfsmount::fsverity::digest_bytes(&img));
+    let bad = format!("{}{}", if good.starts_with('0') { "1" } else { "0" }, &good[1..]);
+    let planted = "5a".repeat(32);
+    let mps = mountpoints();
+    // --digest implies verity=require for the objects: where the objects have no fs-verity (this
+    // kernel) the overlay refuses after the digest check passed; a mount that succeeds (a kernel
+    // with fs-verity) is unmounted.
+    let digest_passes = |digest: &str, ctx: &str| {
+        let o = run_as_strs(u, &mount_args(&fx, &["--digest", digest]));
+        if o.status.success() {
+            umount_all_under(&fx.dir);
+        } else {
+            assert!(!stderr(&o).contains("does not match"), "{ctx}: {}", stderr(&o));
+            assert_eq!(mps, mountpoints(), "{ctx}");
+        }
+    };
+    let digest_refused = |digest: &str| {
+        let o = run_as_strs(u, &mount_args(&fx, &["--digest", digest]));
+        assert_refused_nothing_mounted(
+            &o,
+            &format!("fs-verity digest {good} does not match the expected {digest}"),
+            &mps,
+        );
+    };
+    let recorded = || {
+        let text = std::fs::read_to_string(&vp).expect("a verdict");
+        text.split_once(" fsverity=").map(|(_, d)| d.trim_end().to_string())
+    };
+
+    digest_refused(&bad);
+    assert_eq!(recorded().as_deref(), Some(good.as_str()), "the bytes' digest is kept, not the claimed one");
+    digest_passes(&good, "the right digest, remembered");
+    assert_eq!(recorded().as_deref(), Some(good.as_str()));
+    // Consulted: a digest root writes into the verdict decides.
+    let text = std::fs::read_to_string(&vp).unwrap();
+    std::fs::write(&vp, text.replace(&good, &planted)).unwrap();
+    let o = run_as_strs(u, &mount_args(&fx, &["--digest", &good]));
+    assert_refused_nothing_mounted(&o, &format!("fs-verity digest {planted} does not match the expected {good}"), &mps);
+    digest_passes(&planted, "the digest the verdict holds");
+    // A mount without --digest leaves the verdict as it is.
+    mount_and_umount(u, &fx, "no --digest");
+    assert_eq!(recorded().as_deref(), Some(planted.as_str()));
+    // Without the verdict: vetted and measured again.
+    std::fs::remove_file(&vp).unwrap();
+    digest_passes(&good, "no verdict");
+    assert_eq!(recorded().as_deref(), Some(good.as_str()));
+    assert_state_is(&before, "remembered digests");
+}
+
 /// The kept copies (`/run/cfsmount/copies/k2-*`) that hold exactly `image`.
 fn kept_copies_of(image: &[u8]) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> =

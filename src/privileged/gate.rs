@@ -45,6 +45,10 @@ pub(crate) struct Gate {
     /// fs-verity files, each with its fs-verity digest; `check_image` and `check_digest` find
     /// an image's entry by its inode.
     pinned: RefCell<Vec<PinnedSource>>,
+    /// The images `check_image` accepted with a verdict key, and their verdicts (remembered or
+    /// just made): `check_digest` takes a remembered fs-verity digest from here and records one
+    /// it computed into that verdict, never into a verdict of an image not accepted.
+    accepted: RefCell<Vec<(Key, Verdict)>>,
 }
 
 /// An image that can no longer change and the digest of its bytes. Device and inode number
@@ -69,7 +73,14 @@ const VERITY_FS: [&str; 3] = ["ext4", "f2fs", "btrfs"];
 impl Gate {
     pub(crate) fn new(ctx: HelperContext) -> Gate {
         let limits = ctx.policy.limits_for(ctx.caller.name.as_deref(), ctx.caller.uid);
-        Gate { caller: ctx.caller, policy: ctx.policy, limits, state_dir: None, pinned: RefCell::default() }
+        Gate {
+            caller: ctx.caller,
+            policy: ctx.policy,
+            limits,
+            state_dir: None,
+            pinned: RefCell::default(),
+            accepted: RefCell::default(),
+        }
     }
 
     /// Remembers verdicts on vetted images in `<state_dir>/verdicts` (see `super::verdicts`).
@@ -285,14 +296,20 @@ impl Access for Gate {
             (Some(key), Some(verdicts)) => verdicts.lookup(key),
             _ => None,
         };
-        if let Some(v) = remembered {
+        let verdict = if let Some(v) = remembered {
             within_limits(v, &self.limits)?;
+            Some(v)
         } else {
             // A kept copy (not sealed) is mapped only when the gate itself pinned it: a key.
             let entries = check_image_content(image, h.inodes(), &self.limits, key.is_some())?;
-            if let (Some(key), Some(verdicts)) = (&key, &verdicts) {
-                verdicts.record(key, Verdict { size: key.size(), entries });
+            let v = key.as_ref().map(|key| Verdict::accepted(key.size(), entries));
+            if let (Some(key), Some(verdicts), Some(v)) = (&key, &verdicts, v) {
+                verdicts.record(key, v);
             }
+            v
+        };
+        if let (Some(key), Some(v)) = (&key, verdict) {
+            self.accepted.borrow_mut().push((key.clone(), v));
         }
         // Accepted: a new copy that may be kept gets its name now (super::kept).
         if let Some(key) = &key {
@@ -310,18 +327,36 @@ impl Access for Gate {
     /// is compared: constant time) or the sealed private copy (a memfd cannot carry fs-verity:
     /// the digest is computed in userspace); neither can change any more, so this proves what
     /// is mounted. A verity file measured with other parameters (block size, salt) than the
-    /// composefs digest's gets its digest computed too.
+    /// composefs digest's gets its digest computed too. A computed digest is kept in the
+    /// verdict `check_image` accepted these bytes with (this caller's, found by the key
+    /// `pinned_content` confirms again here), and taken from there by a later mount of them:
+    /// the verdict's key commits to every byte, so the digest it holds is theirs.
     fn check_digest(&self, image: BorrowedFd<'_>, want: &[u8; 32]) -> Result<(), AccessError> {
         let pinned =
             self.pinned_content(image).map_err(|errno| AccessError::Io { what: "fstat of the image", errno })?;
         if pinned.is_some_and(|c| c.hash() == Hash::FsVerity && c.digest() == want) {
             return Ok(());
         }
-        let f = File::from(rustix::io::dup(image).map_err(|e| AccessError::Io { what: "dup", errno: e })?);
-        let got = crate::fsverity::digest_file(&f).map_err(|e| AccessError::Io {
-            what: "fs-verity digest of the image copy",
-            errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
-        })?;
+        // The verdict `check_image` accepted these very bytes with (found by their key, which
+        // `pinned_content` has just confirmed still holds) may already carry their digest.
+        let accepted = pinned
+            .map(|c| Key::new(self.caller.uid, c))
+            .and_then(|key| self.accepted.borrow().iter().find(|(k, _)| *k == key).cloned());
+        let got = match accepted {
+            Some((_, Verdict { fsverity: Some(d), .. })) => d,
+            _ => {
+                let f = File::from(rustix::io::dup(image).map_err(|e| AccessError::Io { what: "dup", errno: e })?);
+                let got = crate::fsverity::digest_file(&f).map_err(|e| AccessError::Io {
+                    what: "fs-verity digest of the image copy",
+                    errno: rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+                })?;
+                if let (Some((key, v)), Some(verdicts)) = (accepted, self.state_dir.as_deref().and_then(Verdicts::open))
+                {
+                    verdicts.record(&key, Verdict { fsverity: Some(got), ..v });
+                }
+                got
+            }
+        };
         if &got != want {
             let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
             return Err(AccessError::BadImage {
@@ -959,6 +994,68 @@ mod tests {
         let unsealed = rustix::fs::memfd_create("u", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
         assert_eq!(g.key_of(unsealed.as_fd()).unwrap(), None);
         assert_eq!(g.key_of(f.as_fd()).unwrap(), None);
+    }
+
+    /// `--digest` on an accepted copy: the digest computed once is kept in that copy's verdict,
+    /// and a later gate (the next mount of the same bytes) compares with it instead of computing
+    /// it again; a copy not accepted gets no verdict from a digest check.
+    #[test]
+    fn an_accepted_copys_digest_is_remembered_in_its_verdict() {
+        use std::io::Write;
+        let tree = crate::input::dump::parse(
+            b"/ 4096 40755 2 0 0 0 0.0 - - -\n/f 5 100644 1 0 0 0 0.0 ab/cdef - -\n",
+            &Default::default(),
+        )
+        .unwrap();
+        let mut img = Vec::new();
+        crate::erofs::writer::write_image(&tree, &Default::default(), &mut img).unwrap();
+        let good = crate::fsverity::digest_bytes(&img);
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&img).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
+        let gate = || Gate::new(HelperContext { caller: caller.clone(), policy: Policy::builtin().unwrap() });
+        let copy_of = |g: &Gate| {
+            let (copy, content) = sealed_copy(f.as_fd(), img.len() as u64, true).unwrap();
+            g.pin(&copy, content.unwrap()).unwrap();
+            copy
+        };
+        let verdict_file = |g: &Gate, copy: &OwnedFd| {
+            let key = g.key_of(copy.as_fd()).unwrap().unwrap();
+            let name = format!("v{}-1000-{}", super::super::verdicts::VERSION, crate::fsverity::to_hex(key.digest()));
+            state.path().join("verdicts").join(name)
+        };
+        // Not accepted (no check_image): the digest is computed and checked, nothing recorded.
+        let g = gate().with_verdicts(state.path());
+        let copy = copy_of(&g);
+        g.check_digest(copy.as_fd(), &good).unwrap();
+        assert!(!verdict_file(&g, &copy).exists());
+        // Accepted, then checked: the verdict carries the digest.
+        g.check_image(copy.as_fd()).unwrap();
+        let path = verdict_file(&g, &copy);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("fsverity="), "{text}");
+        let e = g.check_digest(copy.as_fd(), &[7; 32]).unwrap_err().to_string();
+        assert!(e.contains("does not match"), "{e}");
+        g.check_digest(copy.as_fd(), &good).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with(&format!(" fsverity={}\n", crate::fsverity::to_hex(&good))), "{text}");
+        // The next mount's gate takes the digest from the verdict: shown by a verdict whose
+        // recorded digest is another one (only the helper's own file could say so).
+        let other = [0x5a; 32];
+        std::fs::write(&path, text.replace(&crate::fsverity::to_hex(&good), &crate::fsverity::to_hex(&other))).unwrap();
+        let g = gate().with_verdicts(state.path());
+        let copy = copy_of(&g);
+        g.check_image(copy.as_fd()).unwrap();
+        g.check_digest(copy.as_fd(), &other).unwrap();
+        let e = g.check_digest(copy.as_fd(), &good).unwrap_err().to_string();
+        assert!(e.contains("does not match"), "{e}");
+        // Without verdicts: computed every time.
+        let g = gate();
+        let copy = copy_of(&g);
+        g.check_image(copy.as_fd()).unwrap();
+        g.check_digest(copy.as_fd(), &good).unwrap();
+        assert!(g.check_digest(copy.as_fd(), &other).is_err());
     }
 
     #[test]

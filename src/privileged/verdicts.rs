@@ -20,6 +20,10 @@
 //! - only accepted images are remembered (a refusal is always recomputed), with the entry count
 //!   the parse found, which is checked against the caller's limit on every use; the header and
 //!   size checks run on every mount anyway;
+//! - a verdict may also hold the composefs (fs-verity) digest of the same bytes, which a
+//!   `--digest` mount computed (`Gate::check_digest`, which only adds it to a verdict its own
+//!   `check_image` just accepted or found): a fact of the bytes the key names, so a later
+//!   `--digest` mount compares with it instead of computing it again;
 //! - verdicts live in `<state dir>/verdicts`, a directory created 0700 by the helper (root) and
 //!   refused unless owned by the helper's euid and not group/world-accessible; each verdict file
 //!   is written under a private temporary name and renamed into place, and is read only if it
@@ -47,7 +51,7 @@ pub(crate) const PER_UID: usize = 64;
 /// Most verdicts kept in all.
 pub(crate) const TOTAL: usize = 1024;
 /// Largest verdict file read.
-const MAX_FILE: u64 = 128;
+const MAX_FILE: u64 = 256;
 
 /// What a verdict says about an accepted image (rechecked against the caller's limits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,20 +60,41 @@ pub(crate) struct Verdict {
     pub(crate) size: u64,
     /// Entries of the tree the reader built from it.
     pub(crate) entries: u64,
+    /// The composefs digest of the same bytes (fs-verity, SHA-256, 4 KiB blocks, no salt), once
+    /// a `--digest` mount has computed it: a fact of the bytes the key names, so a later
+    /// `--digest` mount of them compares with it instead of computing it again.
+    pub(crate) fsverity: Option<[u8; 32]>,
 }
 
 impl Verdict {
+    /// The verdict of an image just vetted: no digest computed yet.
+    pub(crate) fn accepted(size: u64, entries: u64) -> Verdict {
+        Verdict { size, entries, fsverity: None }
+    }
+
     fn encode(&self) -> String {
-        format!("cfsmount verdict v{VERSION} accepted size={} entries={}\n", self.size, self.entries)
+        let mut text = format!("cfsmount verdict v{VERSION} accepted size={} entries={}", self.size, self.entries);
+        if let Some(d) = &self.fsverity {
+            text.push_str(" fsverity=");
+            text.push_str(&crate::fsverity::to_hex(d));
+        }
+        text.push('\n');
+        text
     }
 
     fn decode(text: &[u8]) -> Option<Verdict> {
         let text = std::str::from_utf8(text).ok()?.strip_suffix('\n')?;
         let rest = text.strip_prefix(&format!("cfsmount verdict v{VERSION} accepted "))?;
-        let (size, entries) = rest.split_once(' ')?;
-        let num = |s: &str, key: &str| s.strip_prefix(key)?.parse::<u64>().ok();
-        let v = Verdict { size: num(size, "size=")?, entries: num(entries, "entries=")? };
-        (v.encode() == format!("{text}\n")).then_some(v)
+        let mut fields = rest.split(' ');
+        let num = |s: Option<&str>, key: &str| s?.strip_prefix(key)?.parse::<u64>().ok();
+        let (size, entries) = (num(fields.next(), "size=")?, num(fields.next(), "entries=")?);
+        let fsverity = match fields.next() {
+            None => None,
+            // 64 lower-case hex digits (the same parse as an OCI digest's).
+            Some(f) => Some(crate::oci::Sha256::from_hex(f.strip_prefix("fsverity=")?)?.0),
+        };
+        let v = Verdict { size, entries, fsverity };
+        (fields.next().is_none() && v.encode() == format!("{text}\n")).then_some(v)
     }
 }
 
@@ -654,8 +679,30 @@ mod tests {
 
     #[test]
     fn verdict_text_round_trips_and_nothing_else_parses() {
-        let v = Verdict { size: 10, entries: 3 };
+        let v = Verdict::accepted(10, 3);
         assert_eq!(Verdict::decode(v.encode().as_bytes()), Some(v));
+        assert_eq!(Verdict::decode(b"cfsmount verdict v2 accepted size=10 entries=3\n"), Some(v));
+        let mut d = [0u8; 32];
+        d[0] = 0xab;
+        d[31] = 0x09;
+        let with = Verdict { fsverity: Some(d), ..v };
+        let text = with.encode();
+        assert_eq!(text, format!("cfsmount verdict v2 accepted size=10 entries=3 fsverity=ab{}09\n", "00".repeat(30)));
+        assert!(text.len() as u64 <= MAX_FILE);
+        assert_eq!(Verdict::decode(text.as_bytes()), Some(with));
+        let hex = format!("ab{}09", "00".repeat(30));
+        for bad in [
+            format!("cfsmount verdict v2 accepted size=10 entries=3 fsverity={}\n", hex.to_uppercase()),
+            format!("cfsmount verdict v2 accepted size=10 entries=3 fsverity={}\n", &hex[1..]),
+            format!("cfsmount verdict v2 accepted size=10 entries=3 fsverity={hex}0\n"),
+            format!("cfsmount verdict v2 accepted size=10 entries=3 fsverity={hex} \n"),
+            format!("cfsmount verdict v2 accepted size=10 entries=3 fsverity={hex} fsverity={hex}\n"),
+            format!("cfsmount verdict v2 accepted size=10 entries=3 sha256={hex}\n"),
+            format!("cfsmount verdict v2 accepted size=10 fsverity={hex} entries=3\n"),
+            "cfsmount verdict v2 accepted size=10 entries=3 fsverity=\n".to_string(),
+        ] {
+            assert_eq!(Verdict::decode(bad.as_bytes()), None, "{bad:?}");
+        }
         for bad in [
             "",
             "cfsmount verdict v2 accepted size=10 entries=3",
@@ -692,7 +739,7 @@ mod tests {
         let img = content(b"accepted image");
         let k = Key::new(1000, img);
         assert_eq!(v.lookup(&k), None);
-        let verdict = Verdict { size: k.size(), entries: 7 };
+        let verdict = Verdict::accepted(k.size(), 7);
         v.record(&k, verdict);
         assert_eq!(v.lookup(&k), Some(verdict));
         assert_eq!(v.lookup(&Key::new(1001, img)), None, "another user's verdict");

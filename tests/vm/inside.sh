@@ -499,7 +499,20 @@ t_helper_verity_source() {
         cmp -s "$h/mnt/d" "$W/src/d" || no "d does not read back (copy, $round mount)"
         as_nobody "$HV/cfsmount" umount "$h/mnt" || no "umount as nobody failed"
     done
-    ls "$vd" | grep -v fsverity | grep -q '^v2-65534-[0-9a-f]\{64\}$' || no "no BLAKE3 verdict for the copy: $(ls "$vd" | tr '\n' ' ')"
+    local bv
+    bv=$(ls "$vd" | grep -v fsverity | grep '^v2-65534-[0-9a-f]\{64\}$' | head -1)
+    [ -n "$bv" ] || no "no BLAKE3 verdict for the copy: $(ls "$vd" | tr '\n' ' ')"
+    # --digest on the copy: computed by the first such mount and kept in the copy's verdict,
+    # which the second one compares with; a wrong digest is refused either way.
+    grep -q fsverity= "$vd/$bv" && no "the verdict holds a digest before any --digest mount: $(cat "$vd/$bv")"
+    for round in first repeated; do
+        as_nobody "$HV/cfsmount" mount "$plain" "$h/mnt" --basedir "$h/objs" --digest "$IMG_DIGEST" ||
+            no "$round --digest mount of the image without verity failed"
+        cmp -s "$h/mnt/b" "$W/src/b" || no "b does not read back (--digest mount of the copy, $round)"
+        as_nobody "$HV/cfsmount" umount "$h/mnt" || no "umount as nobody failed"
+        grep -q " fsverity=$IMG_DIGEST\$" "$vd/$bv" || no "the verdict does not hold the digest after the $round --digest mount: $(cat "$vd/$bv")"
+    done
+    M=$h/mnt refused "*does not match*" as_nobody "$HV/cfsmount" mount "$plain" "$h/mnt" --basedir "$h/objs" --digest "${CONTENT_DIGEST[a]}"
     [ "$(stat -c %a:%u "$kept")" = 400:0 ] || no "the kept copy $kept is not root's and read-only"
     [ -z "$own_tmpfs" ] || umount /run/cfsmount/copies || no "unmounting the copies tmpfs failed"
     ! is_mounted "$h/mnt" || no "still mounted"
