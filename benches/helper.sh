@@ -7,7 +7,10 @@
 # Cases: the 1-file image, cs9 (repeated mounts: from the second run on, a helper that remembers
 # verdicts finds this caller's verdict, and one that keeps copies mounts its kept copy), and
 # "cs9 first" (the verdicts and kept copies removed before every run: the first mount of the
-# image), and "root cs9
+# image), "cs9d" (cs9 repeated with `--digest`: the image's fs-verity digest checked on the
+# helper's copy, computed on every mount before the digest was kept with the verdict; this
+# needs an overlay that takes `verity=require`, as 6.18's does with no fs-verity and no object
+# present), and "root cs9
 # (plain)": root mounting the same image with the new binary directly, "root cs9 (plain, via
 # setpriv)" the same through the helper cases' launcher, and the launcher alone (`setpriv` +
 # `sh -c true` as nobody: about 1-1.5 ms of every helper case is this). Then one line
@@ -61,7 +64,8 @@ mkdir -p "$W/objs"
 printf '/ 4096 40755 2 65534 65534 0 0.0 - - -\n/f 5 100644 1 65534 65534 0 0.0 - hello -\n' >"$W/one.dump"
 "$NEW" mkimage --from-dump "$W/one.dump" "$W/one.img"
 zcat "$CONF/composefs-dump/cs9-x86_64-developer.dump.gz" | "$NEW" mkimage --from-dump - "$W/cs9.img"
-CASES="one cs9 cs9-first"
+DIGEST=$("$NEW" verity digest --compact "$W/cs9.img")
+CASES="one cs9 cs9-first cs9d"
 if [ -n "$VERITY" ]; then
     cp "$W/cs9.img" "$W/cs9v.img"
     "$NEW" verity enable "$W/cs9v.img" >/dev/null || { echo "helper.sh: fs-verity cannot be enabled under $W" >&2; exit 1; }
@@ -79,12 +83,13 @@ as_nobody="setpriv --reuid=65534 --regid=65534 --clear-groups --"
 for bin in ${ORDER:-new old}; do
     [ -x "$W/$bin/cfsmount" ] || continue
     for case in $CASES; do
-        img=${case%-first}
+        img=${case%-first} extra=
+        [ "$case" != cs9d ] || { img=cs9 extra="--digest $DIGEST"; }
         t="$W/t-$bin-$case"
         mkdir -p "$t"
         chown 65534:65534 "$t"
         names+=("$bin ${case/-/ }")
-        cmds+=("$as_nobody sh -c '$W/$bin/cfsmount mount $W/$img.img $t --basedir $W/objs && $W/$bin/cfsmount umount $t'")
+        cmds+=("$as_nobody sh -c '$W/$bin/cfsmount mount $W/$img.img $t --basedir $W/objs $extra && $W/$bin/cfsmount umount $t'")
         if [ "${case%-first}" != "$case" ]; then prepares+=("$W/first.sh"); else prepares+=("true"); fi
     done
 done

@@ -352,7 +352,12 @@ impl Access for Gate {
                 })?;
                 if let (Some((key, v)), Some(verdicts)) = (accepted, self.state_dir.as_deref().and_then(Verdicts::open))
                 {
-                    verdicts.record(&key, Verdict { fsverity: Some(got), ..v });
+                    let v = Verdict { fsverity: Some(got), ..v };
+                    verdicts.record(&key, v);
+                    // The same image named twice in this mount (two layers) is not measured again.
+                    for entry in self.accepted.borrow_mut().iter_mut().filter(|(k, _)| *k == key) {
+                        entry.1 = v;
+                    }
                 }
                 got
             }
@@ -1037,6 +1042,19 @@ mod tests {
         assert!(!text.contains("fsverity="), "{text}");
         let e = g.check_digest(copy.as_fd(), &[7; 32]).unwrap_err().to_string();
         assert!(e.contains("does not match"), "{e}");
+        // The digest of the bytes is kept, whatever the caller claimed.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with(&format!(" fsverity={}\n", crate::fsverity::to_hex(&good))), "{text}");
+        std::fs::remove_file(&path).unwrap();
+        // Taken from the gate's own entry now (the same image twice in one mount): the file
+        // is not written again.
+        g.check_digest(copy.as_fd(), &good).unwrap();
+        assert!(!path.exists());
+        // The next mount (a new gate) vets again, and its digest check records again.
+        let g = gate().with_verdicts(state.path());
+        let copy = copy_of(&g);
+        g.check_image(copy.as_fd()).unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("fsverity="));
         g.check_digest(copy.as_fd(), &good).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with(&format!(" fsverity={}\n", crate::fsverity::to_hex(&good))), "{text}");
@@ -1050,6 +1068,23 @@ mod tests {
         g.check_digest(copy.as_fd(), &other).unwrap();
         let e = g.check_digest(copy.as_fd(), &good).unwrap_err().to_string();
         assert!(e.contains("does not match"), "{e}");
+        // A refused image (a device node) gets no verdict from a digest check either.
+        let dev = crate::input::dump::parse(
+            b"/ 4096 40755 2 0 0 0 0.0 - - -\n/null 0 20666 1 0 0 259 0.0 - - -\n",
+            &Default::default(),
+        )
+        .unwrap();
+        let mut devimg = Vec::new();
+        crate::erofs::writer::write_image(&dev, &Default::default(), &mut devimg).unwrap();
+        let mut df = tempfile::tempfile().unwrap();
+        df.write_all(&devimg).unwrap();
+        let g = gate().with_verdicts(state.path());
+        let (copy, content) = sealed_copy(df.as_fd(), devimg.len() as u64, true).unwrap();
+        g.pin(&copy, content.unwrap()).unwrap();
+        let e = g.check_image(copy.as_fd()).unwrap_err().to_string();
+        assert!(e.contains("device node"), "{e}");
+        g.check_digest(copy.as_fd(), &crate::fsverity::digest_bytes(&devimg)).unwrap();
+        assert!(!verdict_file(&g, &copy).exists(), "a refused image got a verdict");
         // Without verdicts: computed every time.
         let g = gate();
         let copy = copy_of(&g);

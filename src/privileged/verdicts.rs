@@ -43,8 +43,10 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 /// Version of the checks a verdict vouches for: bump it whenever `check_image_content` (or the
-/// hostile-input reader under it) refuses something it accepted before, or the key changes
-/// (v1: SHA-256 of the sealed copy read back; v2: BLAKE3 of the copy as it was written).
+/// hostile-input reader under it) refuses something it accepted before, the key changes (v1:
+/// SHA-256 of the sealed copy read back; v2: BLAKE3 of the copy as it was written), or the
+/// digest a verdict may hold is computed differently (`crate::fsverity::digest_file`: a fixed
+/// one then stands in for nothing a verdict of the old version says).
 pub(crate) const VERSION: u32 = 2;
 /// Most verdicts kept per user.
 pub(crate) const PER_UID: usize = 64;
@@ -681,6 +683,9 @@ mod tests {
     fn verdict_text_round_trips_and_nothing_else_parses() {
         let v = Verdict::accepted(10, 3);
         assert_eq!(Verdict::decode(v.encode().as_bytes()), Some(v));
+        let longest = Verdict { fsverity: Some([0xff; 32]), ..Verdict::accepted(u64::MAX, u64::MAX) };
+        assert!(longest.encode().len() as u64 <= MAX_FILE, "{}", longest.encode().len());
+        assert_eq!(Verdict::decode(longest.encode().as_bytes()), Some(longest));
         assert_eq!(Verdict::decode(b"cfsmount verdict v2 accepted size=10 entries=3\n"), Some(v));
         let mut d = [0u8; 32];
         d[0] = 0xab;

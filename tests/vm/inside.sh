@@ -503,7 +503,8 @@ t_helper_verity_source() {
     bv=$(ls "$vd" | grep -v fsverity | grep '^v2-65534-[0-9a-f]\{64\}$' | head -1)
     [ -n "$bv" ] || no "no BLAKE3 verdict for the copy: $(ls "$vd" | tr '\n' ' ')"
     # --digest on the copy: computed by the first such mount and kept in the copy's verdict,
-    # which the second one compares with; a wrong digest is refused either way.
+    # which the second one compares with (shown by a digest root writes there: it decides); a
+    # wrong digest is refused either way.
     grep -q fsverity= "$vd/$bv" && no "the verdict holds a digest before any --digest mount: $(cat "$vd/$bv")"
     for round in first repeated; do
         as_nobody "$HV/cfsmount" mount "$plain" "$h/mnt" --basedir "$h/objs" --digest "$IMG_DIGEST" ||
@@ -513,6 +514,26 @@ t_helper_verity_source() {
         grep -q " fsverity=$IMG_DIGEST\$" "$vd/$bv" || no "the verdict does not hold the digest after the $round --digest mount: $(cat "$vd/$bv")"
     done
     M=$h/mnt refused "*does not match*" as_nobody "$HV/cfsmount" mount "$plain" "$h/mnt" --basedir "$h/objs" --digest "${CONTENT_DIGEST[a]}"
+    sed -i "s/ fsverity=$IMG_DIGEST\$/ fsverity=${CONTENT_DIGEST[a]}/" "$vd/$bv" || no "rewriting the verdict failed"
+    M=$h/mnt refused "*fs-verity digest ${CONTENT_DIGEST[a]} does not match the expected $IMG_DIGEST*" \
+        as_nobody "$HV/cfsmount" mount "$plain" "$h/mnt" --basedir "$h/objs" --digest "$IMG_DIGEST"
+    sed -i "s/ fsverity=${CONTENT_DIGEST[a]}\$/ fsverity=$IMG_DIGEST/" "$vd/$bv" || no "restoring the verdict failed"
+    # An image whose fs-verity has a salt: the kernel's measurement is not the composefs digest,
+    # so --digest is computed (on the caller's file, mounted without a copy) and kept in the
+    # verdict keyed by that measurement.
+    local salted=$h/salted.cfs sm
+    cp "$IMG" "$salted" && fsverity enable --salt=cf50 "$salted" && chown 65534:65534 "$salted" || no "a salted verity image failed"
+    sm=$(fsverity measure "$salted" | sed -n 's/^sha256:\([0-9a-f]\{64\}\) .*/\1/p')
+    [ -n "$sm" ] && [ "$sm" != "$IMG_DIGEST" ] || no "the salted image measures ${sm:-nothing}"
+    for round in first repeated; do
+        as_nobody "$HV/cfsmount" mount "$salted" "$h/mnt" --basedir "$h/objs" --digest "$IMG_DIGEST" ||
+            no "$round --digest mount of the salted image failed"
+        back_files | grep -qx "$salted" || no "the salted image was not mounted from the caller's file: $(back_files | tr '\n' ' ')"
+        as_nobody "$HV/cfsmount" umount "$h/mnt" || no "umount as nobody failed"
+        grep -q " fsverity=$IMG_DIGEST\$" "$vd/v2-65534-fsverity-$sm" ||
+            no "the salted image's verdict does not hold the digest ($round): $(cat "$vd/v2-65534-fsverity-$sm" 2>&1)"
+    done
+    M=$h/mnt refused "*does not match*" as_nobody "$HV/cfsmount" mount "$salted" "$h/mnt" --basedir "$h/objs" --digest "${CONTENT_DIGEST[a]}"
     [ "$(stat -c %a:%u "$kept")" = 400:0 ] || no "the kept copy $kept is not root's and read-only"
     [ -z "$own_tmpfs" ] || umount /run/cfsmount/copies || no "unmounting the copies tmpfs failed"
     ! is_mounted "$h/mnt" || no "still mounted"
