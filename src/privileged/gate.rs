@@ -1007,13 +1007,13 @@ mod tests {
     #[test]
     fn an_accepted_copys_digest_is_remembered_in_its_verdict() {
         use std::io::Write;
-        let tree = crate::input::dump::parse(
-            b"/ 4096 40755 2 0 0 0 0.0 - - -\n/f 5 100644 1 0 0 0 0.0 ab/cdef - -\n",
-            &Default::default(),
-        )
-        .unwrap();
-        let mut img = Vec::new();
-        crate::erofs::writer::write_image(&tree, &Default::default(), &mut img).unwrap();
+        let image_of = |dump: &[u8]| {
+            let tree = crate::input::dump::parse(dump, &Default::default()).unwrap();
+            let mut img = Vec::new();
+            crate::erofs::writer::write_image(&tree, &Default::default(), &mut img).unwrap();
+            img
+        };
+        let img = image_of(b"/ 4096 40755 2 0 0 0 0.0 - - -\n/f 5 100644 1 0 0 0 0.0 ab/cdef - -\n");
         let good = crate::fsverity::digest_bytes(&img);
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&img).unwrap();
@@ -1069,13 +1069,7 @@ mod tests {
         let e = g.check_digest(copy.as_fd(), &good).unwrap_err().to_string();
         assert!(e.contains("does not match"), "{e}");
         // A refused image (a device node) gets no verdict from a digest check either.
-        let dev = crate::input::dump::parse(
-            b"/ 4096 40755 2 0 0 0 0.0 - - -\n/null 0 20666 1 0 0 259 0.0 - - -\n",
-            &Default::default(),
-        )
-        .unwrap();
-        let mut devimg = Vec::new();
-        crate::erofs::writer::write_image(&dev, &Default::default(), &mut devimg).unwrap();
+        let devimg = image_of(b"/ 4096 40755 2 0 0 0 0.0 - - -\n/null 0 20666 1 0 0 259 0.0 - - -\n");
         let mut df = tempfile::tempfile().unwrap();
         df.write_all(&devimg).unwrap();
         let g = gate().with_verdicts(state.path());
