@@ -906,8 +906,7 @@ fn a_computed_digest_is_remembered_with_the_verdict() {
     let img = std::fs::read(&fx.image).unwrap();
     let vp = verdict_path(u.uid, &img);
     let _ = std::fs::remove_file(&vp);
-    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let good = hex(&cfsmount::fsverity::digest_bytes(&img));
+    let good = cfsmount::fsverity::to_hex(&cfsmount::fsverity::digest_bytes(&img));
     let bad = format!("{}{}", if good.starts_with('0') { "1" } else { "0" }, &good[1..]);
     let planted = "5a".repeat(32);
     let mps = mountpoints();

@@ -302,11 +302,13 @@ impl Access for Gate {
         } else {
             // A kept copy (not sealed) is mapped only when the gate itself pinned it: a key.
             let entries = check_image_content(image, h.inodes(), &self.limits, key.is_some())?;
-            let v = key.as_ref().map(|key| Verdict::accepted(key.size(), entries));
-            if let (Some(key), Some(verdicts), Some(v)) = (&key, &verdicts, v) {
-                verdicts.record(key, v);
-            }
-            v
+            key.as_ref().map(|key| {
+                let v = Verdict::accepted(key.size(), entries);
+                if let Some(verdicts) = &verdicts {
+                    verdicts.record(key, v);
+                }
+                v
+            })
         };
         if let (Some(key), Some(v)) = (&key, verdict) {
             self.accepted.borrow_mut().push((key.clone(), v));
@@ -363,7 +365,7 @@ impl Access for Gate {
             }
         };
         if &got != want {
-            let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            let hex = crate::fsverity::to_hex;
             return Err(AccessError::BadImage {
                 reason: format!("fs-verity digest {} does not match the expected {}", hex(&got), hex(want)),
             });
@@ -1027,8 +1029,7 @@ mod tests {
         };
         let verdict_file = |g: &Gate, copy: &OwnedFd| {
             let key = g.key_of(copy.as_fd()).unwrap().unwrap();
-            let name = format!("v{}-1000-{}", super::super::verdicts::VERSION, crate::fsverity::to_hex(key.digest()));
-            state.path().join("verdicts").join(name)
+            state.path().join("verdicts").join(key.file_name())
         };
         // Not accepted (no check_image): the digest is computed and checked, nothing recorded.
         let g = gate().with_verdicts(state.path());

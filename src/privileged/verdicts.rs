@@ -420,7 +420,7 @@ impl Key {
         Key { uid, content }
     }
 
-    fn file_name(&self) -> String {
+    pub(crate) fn file_name(&self) -> String {
         let hex: String = self.content.digest.iter().map(|b| format!("{b:02x}")).collect();
         match self.content.hash {
             Hash::Blake3 => format!("v{VERSION}-{}-{hex}", self.uid),
