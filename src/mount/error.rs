@@ -88,8 +88,10 @@ pub(crate) enum IdmapError {
     Create(Errno),
     #[error("idmap: writing {file} ({text}): {errno}")]
     WriteMap { file: &'static str, text: String, errno: Errno },
-    #[error("idmap: opening the new user namespace: {0}")]
-    Open(Errno),
+    #[error("idmap: opening /proc/CHILD/{file} under a proc instance of our own: {errno}")]
+    OpenMap { file: &'static str, errno: Errno },
+    #[error("idmap: /proc/CHILD/{file}: {errno} (a /proc mounted hidepid=invisible or ptraceable hides the helper's child), and a proc instance of our own could not be mounted: {fs}")]
+    ProcHidden { file: &'static str, errno: Errno, fs: Box<super::fs_context::FsError> },
     #[error("idmap: mount_setattr(MOUNT_ATTR_IDMAP): {errno}{}", match *errno {
         Errno::NOSYS => " (this kernel lacks mount_setattr: idmapped mounts need Linux 5.12+)",
         Errno::INVAL => " (this kernel cannot idmap EROFS mounts: Linux 5.19+)",

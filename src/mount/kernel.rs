@@ -3,7 +3,7 @@
 //! is the kernel (rustix and `crate::sys`); the unit tests drive the same sequence with a
 //! recording fake (`super::testkit`) and no root, and check the engine's decisions.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::StatVfsMountFlags;
@@ -152,7 +152,7 @@ impl Kernel for Real {
     }
 
     fn create_userns(&self, uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, IdmapError> {
-        super::userns::create(uid, gid)
+        super::userns::create(self, uid, gid)
     }
 
     fn legacy_overlay(&self, spec: &LegacyOverlay<'_>) -> Result<Overlay, MountError> {
@@ -183,15 +183,58 @@ impl Kernel for Real {
     }
 }
 
-/// Writes `uid_map`/`gid_map` of process `pid` (used while a user namespace is being made).
-pub(crate) fn write_maps(pid: i32, uid: &[IdMap], gid: &[IdMap]) -> Result<(), IdmapError> {
-    for (file, maps) in [("uid_map", uid), ("gid_map", gid)] {
+/// Writes `uid_map`/`gid_map` of process `pid` (used while a user namespace is being made), each
+/// in one `write`. The files are opened under `/proc`; where that /proc does not show us the
+/// process (`hidepid=invisible|ptraceable` hides a process whose memory is undumpable from
+/// anyone without `CAP_SYS_PTRACE`, which the setuid helper does not hold; or no /proc at all),
+/// under a proc instance of our own instead: `fsopen("proc")` with the defaults (every process
+/// shown), mounted detached (`nosuid,nodev,noexec`) and gone when this returns.
+pub(crate) fn write_maps(kernel: &dyn Kernel, pid: i32, uid: &[IdMap], gid: &[IdMap]) -> Result<(), IdmapError> {
+    use rustix::fs::{Mode, OFlags, CWD};
+    const FILES: [&str; 2] = ["uid_map", "gid_map"];
+    let open = |dir: BorrowedFd<'_>, prefix: &str| -> Result<Vec<OwnedFd>, (&'static str, Errno)> {
+        FILES
+            .iter()
+            .map(|&file| {
+                rustix::fs::openat(
+                    dir,
+                    format!("{prefix}{pid}/{file}"),
+                    OFlags::WRONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|errno| (file, errno))
+            })
+            .collect()
+    };
+    let files = match open(CWD, "/proc/") {
+        Ok(files) => files,
+        Err((file, errno)) => {
+            let proc = private_proc(kernel).map_err(|fs| IdmapError::ProcHidden { file, errno, fs: Box::new(fs) })?;
+            open(proc.as_fd(), "").map_err(|(file, errno)| IdmapError::OpenMap { file, errno })?
+        }
+    };
+    for ((file, maps), fd) in FILES.into_iter().zip([uid, gid]).zip(files) {
         let text = map_text(maps);
-        std::fs::write(format!("/proc/{pid}/{file}"), text.as_bytes()).map_err(|e| IdmapError::WriteMap {
-            file,
-            text: text.trim().replace('\n', ", "),
-            errno: Errno::from_io_error(&e).unwrap_or(Errno::IO),
-        })?;
+        let failed = |errno| IdmapError::WriteMap { file, text: text.trim().replace('\n', ", "), errno };
+        let written = loop {
+            match rustix::io::write(&fd, text.as_bytes()) {
+                Err(Errno::INTR) => continue,
+                r => break r,
+            }
+        };
+        match written {
+            Ok(n) if n == text.len() => {}
+            // The kernel takes a map in one write or not at all.
+            Ok(_) => return Err(failed(Errno::IO)),
+            Err(errno) => return Err(failed(errno)),
+        }
     }
     Ok(())
+}
+
+/// A proc instance of our own, mounted detached: see [`write_maps`].
+fn private_proc(kernel: &dyn Kernel) -> Result<OwnedFd, super::fs_context::FsError> {
+    let fs = super::fs_context::FsContext::open(kernel, "proc")?;
+    fs.create()?;
+    fs.mount(MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV | MountAttrFlags::MOUNT_ATTR_NOEXEC)
 }

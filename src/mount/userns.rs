@@ -1,27 +1,23 @@
-//! User namespaces for idmapped mounts made from `--uidmap`/`--gidmap`: a helper child
-//! unshares a user namespace, we write its maps, keep an fd to `/proc/CHILD/ns/user`, and reap
-//! the child; the namespace lives on through the fd.
+//! User namespaces for idmapped mounts (the helper's data idmap, and `--uidmap`/`--gidmap`): a
+//! child born in a new user namespace sends us its fd, we write its maps and reap the child; the
+//! namespace lives on through the fd (`crate::sys::mount::UsernsChild`).
 
 use std::os::fd::OwnedFd;
 
-use rustix::fs::{Mode, OFlags};
-
 use super::error::IdmapError;
-use super::kernel::write_maps;
+use super::kernel::{write_maps, Kernel};
 use super::request::IdMap;
 
 /// A user namespace with `uid`/`gid` as its maps.
-pub(crate) fn create(uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, IdmapError> {
+pub(crate) fn create(kernel: &dyn Kernel, uid: &[IdMap], gid: &[IdMap]) -> Result<OwnedFd, IdmapError> {
     if uid.is_empty() || gid.is_empty() {
         return Err(IdmapError::MissingMap);
     }
     let child = crate::sys::mount::UsernsChild::spawn().map_err(IdmapError::Create)?;
-    let pid = child.pid();
-    write_maps(pid, uid, gid)?;
-    let fd = rustix::fs::open(format!("/proc/{pid}/ns/user"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(IdmapError::Open)?;
-    drop(child); // lets it exit and reaps it; the namespace lives on through `fd`
-    Ok(fd)
+    let ns = child.namespace().map_err(IdmapError::Create)?;
+    write_maps(kernel, child.pid(), uid, gid)?;
+    drop(child); // lets it exit and reaps it; the namespace lives on through `ns`
+    Ok(ns)
 }
 
 #[cfg(test)]
@@ -31,6 +27,9 @@ mod tests {
 
     /// The child's pid, printed by [`a_dead_parent_leaves_no_child`]'s own process run again.
     const DIE_AFTER_SPAWN: &str = "CFSMOUNT_TEST_USERNS_DIE_AFTER_SPAWN";
+    /// Makes [`the_childs_memory_is_out_of_reach_without_cap_sys_ptrace`]'s own process, run
+    /// again, hold a child until its stdin ends.
+    const HOLD_CHILD: &str = "CFSMOUNT_TEST_USERNS_HOLD_CHILD";
 
     fn ids(text: &[u8]) -> Vec<Vec<u32>> {
         String::from_utf8_lossy(text)
@@ -47,7 +46,7 @@ mod tests {
             return;
         }
         let map = [IdMap { inside: 0, outside: 100_000, count: 65_536 }];
-        let fd = create(&map, &map).unwrap();
+        let fd = create(&crate::mount::kernel::Real, &map, &map).unwrap();
         assert_eq!(crate::sys::helper::ns_get_nstype(fd.as_fd()).unwrap(), libc::CLONE_NEWUSER);
         assert_eq!(crate::sys::helper::ns_get_owner_uid(fd.as_fd()).unwrap(), 0);
         let (u, g) = crate::sys::helper::read_userns_maps(fd.as_fd()).unwrap();
@@ -104,6 +103,68 @@ mod tests {
                 panic!("child {pid} outlived its parent: {s:?}");
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// The child shares its parent's memory. Undumpable (as the setuid helper's is), that memory
+    /// is out of reach of a process of uid 0 without `CAP_SYS_PTRACE`, through the child as
+    /// through the parent, although such a process holds every capability in the child's
+    /// namespace (it is owned by uid 0): `/proc/CHILD/mem` and `/proc/CHILD/ns/user` do not
+    /// open for it, while they do for root with its capabilities (so the check is not vacuous).
+    #[test]
+    fn the_childs_memory_is_out_of_reach_without_cap_sys_ptrace() {
+        if std::env::var_os(HOLD_CHILD).is_some() {
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable).unwrap();
+            let child = crate::sys::mount::UsernsChild::spawn().unwrap();
+            let _ns = child.namespace().unwrap();
+            println!("\nuserns-child-pid={}", child.pid());
+            use std::io::{Read, Write};
+            std::io::stdout().flush().unwrap();
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            drop(child);
+            std::process::exit(0);
+        }
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root (a process of uid 0 without capabilities)");
+            return;
+        }
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut holder = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "mount::userns::tests::the_childs_memory_is_out_of_reach_without_cap_sys_ptrace"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(HOLD_CHILD, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(holder.stdout.take().unwrap()).lines();
+        let pid: u32 = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("userns-child-pid=").map(|p| p.trim().parse().unwrap()))
+            .expect("the holder printed its child's pid");
+        // `sh` opens the file on fd 3 (`exec 3<`) and says so: nothing is read from it.
+        let opens = |path: &str, drop_caps: bool| -> bool {
+            let mut c = Command::new("setpriv");
+            if drop_caps {
+                c.args(["--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]);
+            }
+            let o = c.args(["--", "sh", "-c", "exec 3<\"$1\" && echo opened", "sh", path]).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).contains("opened")
+        };
+        let results: Vec<(String, bool, bool)> = [format!("/proc/{pid}/mem"), format!("/proc/{pid}/ns/user")]
+            .into_iter()
+            .map(|p| {
+                let (without, with) = (opens(&p, true), opens(&p, false));
+                (p, without, with)
+            })
+            .collect();
+        drop(holder.stdin.take()); // releases the holder, which drops its child
+        assert!(holder.wait().unwrap().success());
+        for (path, without_caps, with_caps) in results {
+            assert!(!without_caps, "{path} opened for uid 0 without capabilities");
+            assert!(with_caps, "{path} did not open for root with its capabilities: the check proves nothing");
         }
     }
 }

@@ -59,70 +59,201 @@ pub(crate) fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: 
     mount_setattr(mnt, attr_set, attr_clr, None)
 }
 
-/// A child process sitting in a new user namespace, waiting for its parent to write its maps and
-/// take a reference to `/proc/PID/ns/user`. Dropping it lets the child exit and reaps it.
+/// A child process born in a new user namespace, holding it while its parent writes the maps.
+/// It opens its own `/proc/self/ns/user` and sends that fd to the parent over a socket pair
+/// (`SCM_RIGHTS`): [`UsernsChild::namespace`] receives it. Dropping the `UsernsChild` lets the child
+/// exit and reaps it; the namespace lives on through the fd.
+///
+/// The child is made by `clone(2)` with `CLONE_VM | CLONE_NEWUSER`: it shares this process's
+/// memory, so no page table is copied for it (a `fork(2)` copies those of every page the
+/// process has touched, write-protects them, and the parent then takes a fault on each page it
+/// writes again: 0.5-0.85 ms of a helper mount). Not its fd table: the child has its own copy,
+/// closes its copy of the release pipe's write end first and waits for end of file on the read
+/// end, which comes when the parent closes its own end, on purpose or by dying: no child can
+/// outlive its parent. The child keeps its copies of the parent's other fds until it exits.
+///
+/// Nothing here makes any memory dumpable. The child opens its own namespace (`/proc/self`:
+/// no ptrace-mode check), and the parent writes the maps through `/proc/CHILD/uid_map`, which
+/// belongs to root when the memory is undumpable (`mount::kernel::write_maps`; where /proc hides
+/// other processes, through a proc instance of its own). So the process's memory, which the
+/// child shares, stays as reachable as it was: in the setuid helper, only with
+/// `CAP_SYS_PTRACE` (the child's namespace is owned by uid 0, so any uid-0 process holds every
+/// capability in it, but the ptrace-mode check of an undumpable memory asks for the capability
+/// in the namespace the memory was made in, the initial one).
+///
+/// rustix has no `clone` (a child that shares the caller's memory may run only code written for
+/// that): the child runs [`userns_child`] on a stack of its own, mapped with a guard page below
+/// it, and nothing else.
 pub(crate) struct UsernsChild {
     pid: i32,
     /// Write end of the "you may exit" pipe; closing it releases the child.
     release: Option<OwnedFd>,
+    /// The child's stack mapping (guard page included); unmapped only once the child is reaped.
+    stack: Option<ChildStack>,
+    /// Our end of the socket pair the child sends its namespace's fd over.
+    sock: OwnedFd,
+}
+
+/// Bytes of [`UsernsChild`]'s stack: [`userns_child`] has a frame of a few hundred bytes (the
+/// control message's buffer) and makes six syscalls; the guard page below it is extra.
+const CHILD_STACK: usize = 64 * 1024;
+const GUARD: usize = 4096;
+
+/// The child's arguments, at the top of its stack mapping: fd numbers in its copy of the fd table.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct ChildArgs {
+    /// The child's end of the socket pair: the namespace fd (or an errno) goes out over it.
+    sock: i32,
+    /// The release pipe's read end: end of file there lets the child exit.
+    release_r: i32,
+    /// The release pipe's write end: the child closes its copy first.
+    release_w: i32,
+}
+const _: () = assert!(std::mem::size_of::<ChildArgs>() <= 16);
+
+/// An anonymous mapping: a `PROT_NONE` guard page, then the stack, whose top 16 bytes hold the
+/// child's [`ChildArgs`] and whose usable end below them is 16-byte aligned.
+struct ChildStack {
+    base: *mut libc::c_void,
+}
+
+impl ChildStack {
+    /// Syscalls: mmap(2), mprotect(2).
+    fn map() -> io::Result<ChildStack> {
+        use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
+        // SAFETY: a fresh private anonymous mapping at an address the kernel picks: no existing
+        // memory is affected.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                GUARD + CHILD_STACK,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )?
+        };
+        let stack = ChildStack { base };
+        // SAFETY: the first page of the mapping just made, which nothing references.
+        unsafe { rustix::mm::mprotect(base, GUARD, MprotectFlags::empty())? };
+        Ok(stack)
+    }
+
+    /// The arguments' place (16 bytes at the top) and the stack's top (just below it).
+    fn args_and_top(&self) -> (*mut ChildArgs, *mut libc::c_void) {
+        // The mapping is page-aligned and GUARD + CHILD_STACK is a multiple of 16, so the top
+        // minus 16 is 16-byte aligned.
+        let args = self.base.wrapping_byte_add(GUARD + CHILD_STACK - 16);
+        (args.cast(), args)
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, which no child uses any more (a `ChildStack` is
+        // dropped only after its child was reaped, else forgotten).
+        unsafe {
+            let _ = rustix::mm::munmap(self.base, GUARD + CHILD_STACK);
+        }
+    }
+}
+
+/// The first byte of the child's message: the namespace fd is attached.
+const SENT_NAMESPACE: u8 = b'U';
+/// The first byte of the child's message: it could not open its namespace; the errno follows
+/// (4 bytes, native order).
+const SENT_ERRNO: u8 = b'E';
+
+/// Runs in the child of [`UsernsChild::spawn`], in its new user namespace, on its own stack,
+/// sharing the parent's memory but with its own copy of the fd table. It closes its copy of the
+/// release pipe's write end, opens `/proc/self/ns/user` and sends it over its end of the socket
+/// pair (or the errno of the open), closes both, then reads the release pipe until end of file
+/// and exits. `arg` points to its [`ChildArgs`] at the top of the stack mapping.
+///
+/// Written for a child that shares the parent's memory and runs at the same time: it touches
+/// only its own stack and the arguments; it allocates nothing, takes no lock and cannot panic
+/// (no indexing, no unwrap, no formatting); its syscalls are rustix's (raw `syscall`
+/// instructions: no `errno`, no thread-local state of the parent's thread, whose thread pointer
+/// the child runs with), and `_exit`, glibc's `exit_group`, which ends this child only (it is
+/// not in the parent's thread group).
+extern "C" fn userns_child(arg: *mut libc::c_void) -> libc::c_int {
+    use rustix::fs::{Mode, OFlags};
+    // SAFETY: `arg` points to the `ChildArgs` written before `clone` at the top of this child's
+    // stack mapping, which stays mapped until this child is reaped; the fd numbers are open in
+    // this child's copy of the fd table (made by `clone`), which it alone uses, and each is
+    // closed once, here.
+    unsafe {
+        let args = *(arg as *const ChildArgs);
+        rustix::io::close(args.release_w);
+        let sock = BorrowedFd::borrow_raw(args.sock);
+        let _ = match rustix::fs::open(c"/proc/self/ns/user", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(ns) => send_with_fd(sock, &[SENT_NAMESPACE], Some(ns.as_fd())),
+            Err(e) => {
+                let n = e.raw_os_error().to_ne_bytes();
+                send_with_fd(sock, &[SENT_ERRNO, n[0], n[1], n[2], n[3]], None)
+            }
+        };
+        rustix::io::close(args.sock);
+        let release = BorrowedFd::borrow_raw(args.release_r);
+        let mut b = [0u8; 1];
+        // Until end of file (or an error other than an interruption: nothing else can come).
+        while matches!(rustix::io::read(release, &mut b), Ok(1..) | Err(io::Errno::INTR)) {}
+        libc::_exit(0)
+    }
 }
 
 impl UsernsChild {
-    /// Forks a child that calls `unshare(CLONE_NEWUSER)` and then blocks until released.
+    /// `clone(CLONE_VM | CLONE_NEWUSER | SIGCHLD)` of a child that sits in its new user
+    /// namespace until released (see [`UsernsChild`]). Fails with `clone`'s errno (EPERM,
+    /// EINVAL, ENOSPC...: no user namespace for us), or that of the socket pair, the pipe or the
+    /// stack's mapping. The child opens its namespace meanwhile: [`UsernsChild::namespace`].
+    ///
+    /// Syscalls: socketpair(2), pipe2(2), mmap(2), clone(2).
     pub(crate) fn spawn() -> io::Result<UsernsChild> {
-        let (ready_r, ready_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
         let (release_r, release_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let (rr, rw, lr, lw) = (ready_r.as_raw_fd(), ready_w.as_raw_fd(), release_r.as_raw_fd(), release_w.as_raw_fd());
-        // SAFETY: the child only calls async-signal-safe functions (close_range, unshare, prctl,
-        // write, read, _exit) on raw fds it inherited, touches no locks or allocator state, and
-        // never returns.
-        let pid = unsafe { libc::fork() };
+        let stack = ChildStack::map()?;
+        let (args, top) = stack.args_and_top();
+        let child_args =
+            ChildArgs { sock: theirs.as_raw_fd(), release_r: release_r.as_raw_fd(), release_w: release_w.as_raw_fd() };
+        // SAFETY: `args` is inside the writable part of the mapping just made, aligned for it.
+        unsafe { args.write(child_args) };
+        let flags = libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD;
+        // SAFETY: `top` is the 16-byte aligned top of a stack of CHILD_STACK - 16 bytes with a
+        // guard page below, mapped until the child is reaped (the drop); the child runs
+        // `userns_child`, which is written for a child sharing this memory (its comment). glibc's
+        // `clone` is a thin wrapper: in the child it only calls `userns_child` and `exit`.
+        let pid = unsafe { libc::clone(userns_child, top, flags, args.cast()) };
         if pid < 0 {
             return Err(io::Errno::from_raw_os_error(
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO),
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EPERM),
             ));
         }
-        if pid == 0 {
-            // Child.
-            // SAFETY: see above; all buffers are on this stack frame.
-            unsafe {
-                // Every fd but stdio and its two pipe ends goes first (`close_range(2)`, Linux
-                // 5.9; where it is missing the fds stay, as before): it is about to become
-                // dumpable, and a process of uid 0 may then read through its fds (it owns every
-                // capability in the new namespace), so it keeps none of the helper's. Closing
-                // the release pipe's write end is what lets it see end of file when the parent
-                // releases it or dies.
-                let _ = super::sandbox::close_fds_except(&[0, 1, 2, rw, lr]);
-                libc::close(rr);
-                libc::close(lw);
-                let status: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 { 1 } else { 0 };
-                // Inherited non-dumpability (privileged helper) would make the parent's open of
-                // /proc/PID/ns/user fail. Our ids are the parent's (all 0 in the helper), so the
-                // caller cannot trace us; a process of uid 0 can (it owns every capability in
-                // our namespace), and finds only this process's own copy of the memory.
-                libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
-                libc::write(rw, (&status as *const u8).cast(), 1);
-                libc::close(rw);
-                let mut b = 0u8;
-                while libc::read(lr, (&mut b as *mut u8).cast(), 1) > 0 {}
-                libc::_exit(0);
-            }
-        }
-        drop(ready_w);
+        // The child has its own copies; ours of its socket end goes, so that its exit is end of
+        // file here.
+        drop(theirs);
         drop(release_r);
-        let child = UsernsChild { pid, release: Some(release_w) };
-        let mut buf = [0u8; 1];
-        let n = loop {
-            match rustix::io::read(&ready_r, &mut buf) {
-                Err(io::Errno::INTR) => continue,
-                r => break r?,
+        Ok(UsernsChild { pid, release: Some(release_w), stack: Some(stack), sock: ours })
+    }
+
+    /// The fd of the child's user namespace, as the child sent it, checked to be a user
+    /// namespace (`NS_GET_NSTYPE`). Fails with the child's errno for opening it, or `EPROTO`:
+    /// the child ended without an answer, or sent something else (or this was asked before).
+    ///
+    /// Syscalls: recvmsg(2), ioctl_ns(2).
+    pub(crate) fn namespace(&self) -> io::Result<OwnedFd> {
+        let (msg, fd) = recv_with_fd(self.sock.as_fd())?;
+        let ns = match (msg.first(), fd) {
+            (Some(&SENT_NAMESPACE), Some(fd)) if msg.len() == 1 => fd,
+            (Some(&SENT_ERRNO), None) if msg.len() == 5 => {
+                return Err(io::Errno::from_raw_os_error(i32::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]])))
             }
+            _ => return Err(io::Errno::PROTO),
         };
-        if n != 1 || buf[0] != 1 {
-            // The child could not unshare (or died): user namespaces unavailable.
-            return Err(io::Errno::PERM);
+        if super::helper::ns_get_nstype(ns.as_fd())? != libc::CLONE_NEWUSER {
+            return Err(io::Errno::PROTO);
         }
-        Ok(child)
+        Ok(ns)
     }
 
     pub(crate) fn pid(&self) -> i32 {
@@ -134,12 +265,23 @@ impl Drop for UsernsChild {
     fn drop(&mut self) {
         self.release.take();
         let mut status = 0;
-        loop {
+        let reaped = loop {
             // SAFETY: waits for our own child; `status` is a valid out pointer.
             let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-            if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                break;
+            if r >= 0 {
+                break true;
             }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // SIGCHLD ignored (the helper resets it in early init; a plain run may inherit
+                // it): the kernel reaped the child, and waitpid returned only once it had exited.
+                Some(libc::ECHILD) => break true,
+                _ => break false,
+            }
+        };
+        if !reaped {
+            // The child may still run on its stack: never unmap it.
+            std::mem::forget(self.stack.take());
         }
     }
 }
