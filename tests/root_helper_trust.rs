@@ -388,10 +388,12 @@ fn timers_and_an_ignored_sigchld_left_by_the_caller_are_reset() {
     }
 }
 
-/// /proc mounted `hidepid=ptraceable` puts every `/proc/PID` behind a ptrace-mode check: the
-/// helper's writes of `/proc/CHILD/uid_map` and `gid_map` for its user namespaces pass it (the
-/// child is dumpable while it lives: docs/helper.md, "User namespaces for id maps"). Run in a
-/// private mount namespace with a proc of its own mounted so; the mount made there goes with it.
+/// /proc mounted `hidepid=ptraceable` puts every `/proc/PID` behind a ptrace-mode check, which
+/// the helper fails for its user namespace child (their shared memory is undumpable, and the
+/// helper holds no `CAP_SYS_PTRACE`: `EPERM`); it writes the child's `uid_map` and `gid_map`
+/// through a proc instance of its own instead (docs/helper.md, "User namespaces for id maps").
+/// Run in a private mount namespace with a proc of its own mounted so; the mount made there
+/// goes with it.
 #[test]
 fn a_proc_with_hidepid_still_serves_the_helpers_id_maps() {
     let (_g, e, u) = start();

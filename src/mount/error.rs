@@ -84,13 +84,15 @@ impl MountError {
 pub(crate) enum IdmapError {
     #[error("idmap: both --uidmap and --gidmap are needed")]
     MissingMap,
-    #[error("idmap: creating a user namespace: {0}")]
-    Create(Errno),
+    #[error("idmap: creating a user namespace: {step}: {errno}")]
+    Create { step: &'static str, errno: Errno },
     #[error("idmap: writing {file} ({text}): {errno}")]
     WriteMap { file: &'static str, text: String, errno: Errno },
-    #[error("idmap: opening /proc/CHILD/{file} under a proc instance of our own: {errno}")]
-    OpenMap { file: &'static str, errno: Errno },
-    #[error("idmap: /proc/CHILD/{file}: {errno} (a /proc mounted hidepid=invisible or ptraceable hides the helper's child), and a proc instance of our own could not be mounted: {fs}")]
+    #[error("idmap: opening /proc/CHILD/{file}: {errno}")]
+    OpenHostMap { file: &'static str, errno: Errno },
+    #[error("idmap: /proc/CHILD/{file}: {hidden} (where /proc is mounted hidepid=invisible or ptraceable it hides the child); under a proc instance of our own: {errno}")]
+    OpenMap { file: &'static str, hidden: Errno, errno: Errno },
+    #[error("idmap: /proc/CHILD/{file}: {errno} (where /proc is mounted hidepid=invisible or ptraceable it hides the child), and a proc instance of our own could not be mounted: {fs}")]
     ProcHidden { file: &'static str, errno: Errno, fs: Box<super::fs_context::FsError> },
     #[error("idmap: mount_setattr(MOUNT_ATTR_IDMAP): {errno}{}", match *errno {
         Errno::NOSYS => " (this kernel lacks mount_setattr: idmapped mounts need Linux 5.12+)",

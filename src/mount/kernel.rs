@@ -184,11 +184,13 @@ impl Kernel for Real {
 }
 
 /// Writes `uid_map`/`gid_map` of process `pid` (used while a user namespace is being made), each
-/// in one `write`. The files are opened under `/proc`; where that /proc does not show us the
-/// process (`hidepid=invisible|ptraceable` hides a process whose memory is undumpable from
-/// anyone without `CAP_SYS_PTRACE`, which the setuid helper does not hold; or no /proc at all),
-/// under a proc instance of our own instead: `fsopen("proc")` with the defaults (every process
-/// shown), mounted detached (`nosuid,nodev,noexec`) and gone when this returns.
+/// in one `write`. The files are opened under `/proc` when it is this process's (its `self` link
+/// names our pid: a /proc of another pid namespace would name another process); where it is not,
+/// or does not show us the process (`hidepid=invisible|ptraceable` hides a process whose memory
+/// is undumpable from anyone without `CAP_SYS_PTRACE`, which the setuid helper does not hold:
+/// `ENOENT`, `EPERM` or `EACCES`), under a proc instance of our own instead: `fsopen("proc")`
+/// with the defaults (every process of our pid namespace shown), mounted detached
+/// (`nosuid,nodev,noexec`), never attached anywhere, and gone when this returns.
 pub(crate) fn write_maps(kernel: &dyn Kernel, pid: i32, uid: &[IdMap], gid: &[IdMap]) -> Result<(), IdmapError> {
     use rustix::fs::{Mode, OFlags, CWD};
     const FILES: [&str; 2] = ["uid_map", "gid_map"];
@@ -206,12 +208,16 @@ pub(crate) fn write_maps(kernel: &dyn Kernel, pid: i32, uid: &[IdMap], gid: &[Id
             })
             .collect()
     };
-    let files = match open(CWD, "/proc/") {
+    let ours = rustix::fs::readlink("/proc/self", Vec::new())
+        .is_ok_and(|l| l.to_bytes() == rustix::process::getpid().as_raw_nonzero().to_string().as_bytes());
+    let host = if ours { open(CWD, "/proc/") } else { Err(("uid_map", Errno::NOENT)) };
+    let files = match host {
         Ok(files) => files,
-        Err((file, errno)) => {
+        Err((file, errno)) if matches!(errno, Errno::NOENT | Errno::PERM | Errno::ACCESS) => {
             let proc = private_proc(kernel).map_err(|fs| IdmapError::ProcHidden { file, errno, fs: Box::new(fs) })?;
-            open(proc.as_fd(), "").map_err(|(file, errno)| IdmapError::OpenMap { file, errno })?
+            open(proc.as_fd(), "").map_err(|(file, e)| IdmapError::OpenMap { file, hidden: errno, errno: e })?
         }
+        Err((file, errno)) => return Err(IdmapError::OpenHostMap { file, errno }),
     };
     for ((file, maps), fd) in FILES.into_iter().zip([uid, gid]).zip(files) {
         let text = map_text(maps);

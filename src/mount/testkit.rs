@@ -400,7 +400,7 @@ impl Kernel for Fake {
     }
 
     fn create_userns(&self, _uid: &[IdMap], _gid: &[IdMap]) -> Result<OwnedFd, IdmapError> {
-        self.call("create_userns".into()).map_err(IdmapError::Create)?;
+        self.call("create_userns".into()).map_err(|errno| IdmapError::Create { step: "clone", errno })?;
         Ok(self.new_obj(Obj::Userns).1)
     }
 

@@ -13,8 +13,9 @@ pub(crate) fn create(kernel: &dyn Kernel, uid: &[IdMap], gid: &[IdMap]) -> Resul
     if uid.is_empty() || gid.is_empty() {
         return Err(IdmapError::MissingMap);
     }
-    let child = crate::sys::mount::UsernsChild::spawn().map_err(IdmapError::Create)?;
-    let ns = child.namespace().map_err(IdmapError::Create)?;
+    let failed = |e: crate::sys::mount::ChildError| IdmapError::Create { step: e.step, errno: e.errno };
+    let child = crate::sys::mount::UsernsChild::spawn().map_err(failed)?;
+    let ns = child.namespace().map_err(failed)?;
     write_maps(kernel, child.pid(), uid, gid)?;
     drop(child); // lets it exit and reaps it; the namespace lives on through `ns`
     Ok(ns)
@@ -106,43 +107,64 @@ mod tests {
         }
     }
 
-    /// The child shares its parent's memory. Undumpable (as the setuid helper's is), that memory
-    /// is out of reach of a process of uid 0 without `CAP_SYS_PTRACE`, through the child as
-    /// through the parent, although such a process holds every capability in the child's
-    /// namespace (it is owned by uid 0): `/proc/CHILD/mem` and `/proc/CHILD/ns/user` do not
-    /// open for it, while they do for root with its capabilities (so the check is not vacuous).
+    /// The child shares its parent's memory, and that memory is out of reach of a process of
+    /// uid 0 without `CAP_SYS_PTRACE` through the child as through the parent, although such a
+    /// process holds every capability in the child's namespace (it is owned by uid 0):
+    /// `/proc/CHILD/mem`, `/proc/CHILD/ns/user` and the child's copy of one of the parent's fds
+    /// (`/proc/CHILD/fd/N`) do not open for it, while they do for root with its capabilities
+    /// (so the check is not vacuous). Both for a parent whose memory is undumpable (the setuid
+    /// helper) and for one whose memory is dumpable (a plain run by root: `spawn` makes it
+    /// undumpable while the child lives, and dumpable again after).
     #[test]
     fn the_childs_memory_is_out_of_reach_without_cap_sys_ptrace() {
-        if std::env::var_os(HOLD_CHILD).is_some() {
-            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable).unwrap();
+        use rustix::process::{dumpable_behavior, set_dumpable_behavior, DumpableBehavior};
+        if let Some(mode) = std::env::var_os(HOLD_CHILD) {
+            let undumpable = mode == "undumpable";
+            set_dumpable_behavior(if undumpable { DumpableBehavior::NotDumpable } else { DumpableBehavior::Dumpable })
+                .unwrap();
+            // An fd the child gets a copy of.
+            let null = std::fs::File::open("/dev/null").unwrap();
             let child = crate::sys::mount::UsernsChild::spawn().unwrap();
             let _ns = child.namespace().unwrap();
-            println!("\nuserns-child-pid={}", child.pid());
+            use std::os::fd::AsRawFd;
+            println!("\nuserns-child-pid={} fd={}", child.pid(), null.as_raw_fd());
             use std::io::{Read, Write};
             std::io::stdout().flush().unwrap();
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
             drop(child);
+            // What it was before, once the child is gone.
+            let after = dumpable_behavior().unwrap();
+            assert_eq!(after == DumpableBehavior::NotDumpable, undumpable, "{after:?}");
             std::process::exit(0);
         }
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: needs root (a process of uid 0 without capabilities)");
             return;
         }
+        for mode in ["undumpable", "dumpable"] {
+            check_out_of_reach(mode);
+        }
+    }
+
+    fn check_out_of_reach(mode: &str) {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
         let mut holder = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "mount::userns::tests::the_childs_memory_is_out_of_reach_without_cap_sys_ptrace"])
             .args(["--nocapture", "--test-threads=1"])
-            .env(HOLD_CHILD, "1")
+            .env(HOLD_CHILD, mode)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let mut lines = std::io::BufReader::new(holder.stdout.take().unwrap()).lines();
-        let pid: u32 = lines
+        let (pid, fd): (u32, u32) = lines
             .by_ref()
             .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("userns-child-pid=").map(|p| p.trim().parse().unwrap()))
+            .find_map(|l| {
+                let (p, f) = l.strip_prefix("userns-child-pid=")?.split_once(" fd=")?;
+                Some((p.parse().unwrap(), f.trim().parse().unwrap()))
+            })
             .expect("the holder printed its child's pid");
         // `sh` opens the file on fd 3 (`exec 3<`) and says so: nothing is read from it.
         let opens = |path: &str, drop_caps: bool| -> bool {
@@ -153,7 +175,8 @@ mod tests {
             let o = c.args(["--", "sh", "-c", "exec 3<\"$1\" && echo opened", "sh", path]).output().unwrap();
             String::from_utf8_lossy(&o.stdout).contains("opened")
         };
-        let results: Vec<(String, bool, bool)> = [format!("/proc/{pid}/mem"), format!("/proc/{pid}/ns/user")]
+        let paths = [format!("/proc/{pid}/mem"), format!("/proc/{pid}/ns/user"), format!("/proc/{pid}/fd/{fd}")];
+        let results: Vec<(String, bool, bool)> = paths
             .into_iter()
             .map(|p| {
                 let (without, with) = (opens(&p, true), opens(&p, false));
@@ -161,10 +184,10 @@ mod tests {
             })
             .collect();
         drop(holder.stdin.take()); // releases the holder, which drops its child
-        assert!(holder.wait().unwrap().success());
+        assert!(holder.wait().unwrap().success(), "{mode}: the holder failed");
         for (path, without_caps, with_caps) in results {
-            assert!(!without_caps, "{path} opened for uid 0 without capabilities");
-            assert!(with_caps, "{path} did not open for root with its capabilities: the check proves nothing");
+            assert!(!without_caps, "{mode}: {path} opened for uid 0 without capabilities");
+            assert!(with_caps, "{mode}: {path} did not open for root with its capabilities: the check proves nothing");
         }
     }
 }

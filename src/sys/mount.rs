@@ -2,7 +2,7 @@
 //! process that holds a fresh user namespace while its id maps are written, and the child that
 //! builds a legacy overlay in a private mount namespace.
 
-use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use rustix::io;
 
 /// `MOUNT_ATTR_IDMAP` from `<linux/mount.h>`.
@@ -72,14 +72,17 @@ pub(crate) fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: 
 /// end, which comes when the parent closes its own end, on purpose or by dying: no child can
 /// outlive its parent. The child keeps its copies of the parent's other fds until it exits.
 ///
-/// Nothing here makes any memory dumpable. The child opens its own namespace (`/proc/self`:
-/// no ptrace-mode check), and the parent writes the maps through `/proc/CHILD/uid_map`, which
-/// belongs to root when the memory is undumpable (`mount::kernel::write_maps`; where /proc hides
-/// other processes, through a proc instance of its own). So the process's memory, which the
-/// child shares, stays as reachable as it was: in the setuid helper, only with
-/// `CAP_SYS_PTRACE` (the child's namespace is owned by uid 0, so any uid-0 process holds every
-/// capability in it, but the ptrace-mode check of an undumpable memory asks for the capability
-/// in the namespace the memory was made in, the initial one).
+/// Nothing here makes any memory dumpable, and the memory is undumpable while the child lives:
+/// [`UsernsChild::spawn`] makes it so if it was not (a plain run by root) and the drop restores
+/// it after the child is reaped. Undumpable memory keeps a ptrace-mode check of the child
+/// asking for `CAP_SYS_PTRACE` in the namespace the memory was made in (the initial one). That
+/// matters because the child's namespace is owned by uid 0, so any uid-0 process holds every
+/// capability in it: were the memory dumpable, such a process without a single capability of
+/// its own could write this process's memory, and open its fds, through `/proc/CHILD`. The
+/// child opens its own namespace (`/proc/self`: no ptrace-mode check), and the parent writes
+/// the maps through `/proc/CHILD/uid_map`, which belongs to root when the memory is undumpable
+/// (`mount::kernel::write_maps`; where /proc hides the child, through a proc instance of its
+/// own).
 ///
 /// rustix has no `clone` (a child that shares the caller's memory may run only code written for
 /// that): the child runs [`userns_child`] on a stack of its own, mapped with a guard page below
@@ -92,6 +95,22 @@ pub(crate) struct UsernsChild {
     stack: Option<ChildStack>,
     /// Our end of the socket pair the child sends its namespace's fd over.
     sock: OwnedFd,
+    /// Whether `spawn` made the memory undumpable, to be made dumpable again once the child is
+    /// reaped.
+    restore_dumpable: bool,
+}
+
+/// What [`UsernsChild`] could not do: the step, and the errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChildError {
+    pub(crate) step: &'static str,
+    pub(crate) errno: io::Errno,
+}
+
+impl ChildError {
+    fn at(step: &'static str) -> impl FnOnce(io::Errno) -> ChildError {
+        move |errno| ChildError { step, errno }
+    }
 }
 
 /// Bytes of [`UsernsChild`]'s stack: [`userns_child`] has a frame of a few hundred bytes (the
@@ -171,10 +190,13 @@ const SENT_ERRNO: u8 = b'E';
 ///
 /// Written for a child that shares the parent's memory and runs at the same time: it touches
 /// only its own stack and the arguments; it allocates nothing, takes no lock and cannot panic
-/// (no indexing, no unwrap, no formatting); its syscalls are rustix's (raw `syscall`
-/// instructions: no `errno`, no thread-local state of the parent's thread, whose thread pointer
-/// the child runs with), and `_exit`, glibc's `exit_group`, which ends this child only (it is
-/// not in the parent's thread group).
+/// (no indexing, no unwrap, no formatting: keep it so, a panic would allocate and touch the
+/// parent's thread-local state); its syscalls are rustix's (raw `syscall` instructions: no
+/// `errno`, no thread-local state of the parent's thread, whose thread pointer the child runs
+/// with; no std `OwnedFd` is dropped here, whose drop is glibc's `close`), and `_exit`, glibc's
+/// `exit_group`, which ends this child only (it is not in the parent's thread group). glibc's
+/// `clone` wrapper leaves the parent's thread descriptor alone since glibc 2.24 (it wrote a
+/// cached pid into it before, BZ #19957); Debian 12 has 2.36.
 extern "C" fn userns_child(arg: *mut libc::c_void) -> libc::c_int {
     use rustix::fs::{Mode, OFlags};
     // SAFETY: `arg` points to the `ChildArgs` written before `clone` at the top of this child's
@@ -185,13 +207,18 @@ extern "C" fn userns_child(arg: *mut libc::c_void) -> libc::c_int {
         let args = *(arg as *const ChildArgs);
         rustix::io::close(args.release_w);
         let sock = BorrowedFd::borrow_raw(args.sock);
-        let _ = match rustix::fs::open(c"/proc/self/ns/user", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
-            Ok(ns) => send_with_fd(sock, &[SENT_NAMESPACE], Some(ns.as_fd())),
+        match rustix::fs::open(c"/proc/self/ns/user", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(ns) => {
+                let _ = send_with_fd(sock, &[SENT_NAMESPACE], Some(ns.as_fd()));
+                // rustix's close, not the `OwnedFd`'s drop (glibc's `close`, which may write
+                // `errno` and the thread's cancellation state: the parent's).
+                rustix::io::close(ns.into_raw_fd());
+            }
             Err(e) => {
                 let n = e.raw_os_error().to_ne_bytes();
-                send_with_fd(sock, &[SENT_ERRNO, n[0], n[1], n[2], n[3]], None)
+                let _ = send_with_fd(sock, &[SENT_ERRNO, n[0], n[1], n[2], n[3]], None);
             }
-        };
+        }
         rustix::io::close(args.sock);
         let release = BorrowedFd::borrow_raw(args.release_r);
         let mut b = [0u8; 1];
@@ -203,21 +230,38 @@ extern "C" fn userns_child(arg: *mut libc::c_void) -> libc::c_int {
 
 impl UsernsChild {
     /// `clone(CLONE_VM | CLONE_NEWUSER | SIGCHLD)` of a child that sits in its new user
-    /// namespace until released (see [`UsernsChild`]). Fails with `clone`'s errno (EPERM,
-    /// EINVAL, ENOSPC...: no user namespace for us), or that of the socket pair, the pipe or the
-    /// stack's mapping. The child opens its namespace meanwhile: [`UsernsChild::namespace`].
+    /// namespace until released (see [`UsernsChild`]); the memory is undumpable until the drop.
+    /// Fails naming the step: the socket pair, the pipe, the stack's mapping, the dumpability, or
+    /// `clone` (EPERM, EINVAL, ENOSPC, EAGAIN...: no user namespace or no process for us). The
+    /// child opens its namespace meanwhile: [`UsernsChild::namespace`].
     ///
-    /// Syscalls: socketpair(2), pipe2(2), mmap(2), clone(2).
-    pub(crate) fn spawn() -> io::Result<UsernsChild> {
+    /// Syscalls: socketpair(2), pipe2(2), mmap(2), prctl(2) (`PR_GET/SET_DUMPABLE`), clone(2).
+    pub(crate) fn spawn() -> Result<UsernsChild, ChildError> {
         use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-        let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
-        let (release_r, release_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let stack = ChildStack::map()?;
+        use rustix::process::{dumpable_behavior, set_dumpable_behavior, DumpableBehavior};
+        let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+            .map_err(ChildError::at("socketpair"))?;
+        let (release_r, release_w) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(ChildError::at("pipe2"))?;
+        let stack = ChildStack::map().map_err(ChildError::at("mapping the child's stack"))?;
         let (args, top) = stack.args_and_top();
         let child_args =
             ChildArgs { sock: theirs.as_raw_fd(), release_r: release_r.as_raw_fd(), release_w: release_w.as_raw_fd() };
         // SAFETY: `args` is inside the writable part of the mapping just made, aligned for it.
         unsafe { args.write(child_args) };
+        // Undumpable before the child exists (see `UsernsChild`). Only "dumpable" (1) lets a
+        // ptrace-mode check pass on ids alone; 0 and 2 (`suid_dumpable=2` after a setuid exec)
+        // both ask for the capability, and prctl cannot set 2 back anyway.
+        let dumpable = dumpable_behavior().map_err(ChildError::at("PR_GET_DUMPABLE"))?;
+        let restore_dumpable = dumpable == DumpableBehavior::Dumpable;
+        if restore_dumpable {
+            set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(ChildError::at("PR_SET_DUMPABLE 0"))?;
+        }
+        let restore = || {
+            if restore_dumpable {
+                let _ = set_dumpable_behavior(DumpableBehavior::Dumpable);
+            }
+        };
         let flags = libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD;
         // SAFETY: `top` is the 16-byte aligned top of a stack of CHILD_STACK - 16 bytes with a
         // guard page below, mapped until the child is reaped (the drop); the child runs
@@ -225,33 +269,44 @@ impl UsernsChild {
         // `clone` is a thin wrapper: in the child it only calls `userns_child` and `exit`.
         let pid = unsafe { libc::clone(userns_child, top, flags, args.cast()) };
         if pid < 0 {
-            return Err(io::Errno::from_raw_os_error(
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EPERM),
-            ));
+            let errno =
+                io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EPERM));
+            restore();
+            return Err(ChildError { step: "clone(CLONE_VM|CLONE_NEWUSER)", errno });
         }
         // The child has its own copies; ours of its socket end goes, so that its exit is end of
         // file here.
         drop(theirs);
         drop(release_r);
-        Ok(UsernsChild { pid, release: Some(release_w), stack: Some(stack), sock: ours })
+        Ok(UsernsChild { pid, release: Some(release_w), stack: Some(stack), sock: ours, restore_dumpable })
     }
 
     /// The fd of the child's user namespace, as the child sent it, checked to be a user
-    /// namespace (`NS_GET_NSTYPE`). Fails with the child's errno for opening it, or `EPROTO`:
-    /// the child ended without an answer, or sent something else (or this was asked before).
+    /// namespace (`NS_GET_NSTYPE`). Fails naming the step: the child's open of its namespace
+    /// (with the child's errno), receiving it, the child ending without an answer or sending
+    /// something else (`EPROTO`), or the check.
     ///
     /// Syscalls: recvmsg(2), ioctl_ns(2).
-    pub(crate) fn namespace(&self) -> io::Result<OwnedFd> {
-        let (msg, fd) = recv_with_fd(self.sock.as_fd())?;
+    pub(crate) fn namespace(&self) -> Result<OwnedFd, ChildError> {
+        let (msg, fd) = recv_with_fd(self.sock.as_fd()).map_err(ChildError::at("receiving the child's namespace"))?;
         let ns = match (msg.first(), fd) {
             (Some(&SENT_NAMESPACE), Some(fd)) if msg.len() == 1 => fd,
             (Some(&SENT_ERRNO), None) if msg.len() == 5 => {
-                return Err(io::Errno::from_raw_os_error(i32::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]])))
+                let errno = io::Errno::from_raw_os_error(i32::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]]));
+                return Err(ChildError { step: "the child's open of /proc/self/ns/user", errno });
             }
-            _ => return Err(io::Errno::PROTO),
+            (None, None) => {
+                return Err(ChildError {
+                    step: "the child ended without sending its namespace",
+                    errno: io::Errno::PROTO,
+                })
+            }
+            _ => return Err(ChildError { step: "the child's answer", errno: io::Errno::PROTO }),
         };
-        if super::helper::ns_get_nstype(ns.as_fd())? != libc::CLONE_NEWUSER {
-            return Err(io::Errno::PROTO);
+        let kind = super::helper::ns_get_nstype(ns.as_fd())
+            .map_err(ChildError::at("NS_GET_NSTYPE of the child's namespace"))?;
+        if kind != libc::CLONE_NEWUSER {
+            return Err(ChildError { step: "the child's namespace is not a user namespace", errno: io::Errno::PROTO });
         }
         Ok(ns)
     }
@@ -273,15 +328,20 @@ impl Drop for UsernsChild {
             }
             match std::io::Error::last_os_error().raw_os_error() {
                 Some(libc::EINTR) => continue,
-                // SIGCHLD ignored (the helper resets it in early init; a plain run may inherit
-                // it): the kernel reaped the child, and waitpid returned only once it had exited.
+                // SIGCHLD ignored (early init resets an inherited one, in plain runs too; a caller
+                // of the library may still ignore it): the kernel reaped the child, and waitpid
+                // returned only once it had exited.
                 Some(libc::ECHILD) => break true,
                 _ => break false,
             }
         };
         if !reaped {
-            // The child may still run on its stack: never unmap it.
+            // The child may still run on its stack: never unmap it, and leave the memory
+            // undumpable.
             std::mem::forget(self.stack.take());
+        } else if self.restore_dumpable {
+            // Cannot fail (a valid value); if it did, the process stays undumpable, the safe side.
+            let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable);
         }
     }
 }
