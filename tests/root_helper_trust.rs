@@ -417,6 +417,35 @@ fn a_proc_with_hidepid_still_serves_the_helpers_id_maps() {
     assert_state_is(&before, "hidepid=ptraceable");
 }
 
+/// A /proc of another pid namespace names other processes by the helper's pid numbers: the
+/// helper sees that its `self` link does not name its own pid and writes its user namespace
+/// child's maps through a proc instance of its own (docs/helper.md, "User namespaces for id
+/// maps"). Run in a new pid namespace (and a private mount namespace) that keeps the parent's
+/// /proc; the mount made there goes with it.
+#[test]
+fn a_proc_of_another_pid_namespace_still_serves_the_helpers_id_maps() {
+    let (_g, e, u) = start();
+    let fx = fixture(u, "otherpidns", "", &[b"one object\n".as_slice()]);
+    let before = system_state();
+    // Every value goes to the shell as an argument, none into the script's text. The check that
+    // the shell's /proc is not of its pid namespace: `$$` is 1 there.
+    let script = "[ \"$(readlink /proc/self)\" != \"$$\" ] && \
+        setpriv --reuid=\"$1\" --regid=\"$2\" --clear-groups -- \"$3\" mount \"$4\" \"$5\" --basedir \"$6\" && \
+        mountpoint -q \"$5\"";
+    let o = Command::new("unshare")
+        .args(["-p", "-f", "-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(u.uid.to_string())
+        .arg(u.gid.to_string())
+        .arg(&e.bin)
+        .arg(&fx.image)
+        .arg(&fx.target)
+        .arg(&fx.objects)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
+    assert_state_is(&before, "a /proc of another pid namespace");
+}
+
 /// Dumpfile lines of empty directories of the caller under the root, one per name (for
 /// [`fixture`], which fills in `{uid}` and `{gid}`).
 fn dir_lines(names: impl Iterator<Item = String>) -> String {

@@ -183,6 +183,9 @@ impl Kernel for Real {
     }
 }
 
+/// The map files [`write_maps`] writes, in the order it writes them.
+const MAP_FILES: [&str; 2] = ["uid_map", "gid_map"];
+
 /// Writes `uid_map`/`gid_map` of process `pid` (used while a user namespace is being made), each
 /// in one `write`. The files are opened under `/proc` when it is this process's (its `self` link
 /// names our pid: a /proc of another pid namespace would name another process); where it is not,
@@ -193,9 +196,8 @@ impl Kernel for Real {
 /// (`nosuid,nodev,noexec`), never attached anywhere, and gone when this returns.
 pub(crate) fn write_maps(kernel: &dyn Kernel, pid: i32, uid: &[IdMap], gid: &[IdMap]) -> Result<(), IdmapError> {
     use rustix::fs::{Mode, OFlags, CWD};
-    const FILES: [&str; 2] = ["uid_map", "gid_map"];
     let open = |dir: BorrowedFd<'_>, prefix: &str| -> Result<Vec<OwnedFd>, (&'static str, Errno)> {
-        FILES
+        MAP_FILES
             .iter()
             .map(|&file| {
                 rustix::fs::openat(
@@ -210,8 +212,12 @@ pub(crate) fn write_maps(kernel: &dyn Kernel, pid: i32, uid: &[IdMap], gid: &[Id
     };
     let ours = rustix::fs::readlink("/proc/self", Vec::new())
         .is_ok_and(|l| l.to_bytes() == rustix::process::getpid().as_raw_nonzero().to_string().as_bytes());
-    let host = if ours { open(CWD, "/proc/") } else { Err(("uid_map", Errno::NOENT)) };
-    let files = match host {
+    if !ours {
+        let proc = private_proc(kernel).map_err(|fs| IdmapError::ProcNotOurs { fs: Box::new(fs) })?;
+        let files = open(proc.as_fd(), "").map_err(|(file, errno)| IdmapError::OpenOwnMap { file, errno })?;
+        return write_map_files(files, uid, gid);
+    }
+    let files = match open(CWD, "/proc/") {
         Ok(files) => files,
         Err((file, errno)) if matches!(errno, Errno::NOENT | Errno::PERM | Errno::ACCESS) => {
             let proc = private_proc(kernel).map_err(|fs| IdmapError::ProcHidden { file, errno, fs: Box::new(fs) })?;
@@ -219,7 +225,12 @@ pub(crate) fn write_maps(kernel: &dyn Kernel, pid: i32, uid: &[IdMap], gid: &[Id
         }
         Err((file, errno)) => return Err(IdmapError::OpenHostMap { file, errno }),
     };
-    for ((file, maps), fd) in FILES.into_iter().zip([uid, gid]).zip(files) {
+    write_map_files(files, uid, gid)
+}
+
+/// Writes `uid` into the first of `files`, `gid` into the second ([`write_maps`]).
+fn write_map_files(files: Vec<OwnedFd>, uid: &[IdMap], gid: &[IdMap]) -> Result<(), IdmapError> {
+    for ((file, maps), fd) in MAP_FILES.into_iter().zip([uid, gid]).zip(files) {
         let text = map_text(maps);
         let failed = |errno| IdmapError::WriteMap { file, text: text.trim().replace('\n', ", "), errno };
         let written = loop {

@@ -110,11 +110,11 @@ mod tests {
     /// The child shares its parent's memory, and that memory is out of reach of a process of
     /// uid 0 without `CAP_SYS_PTRACE` through the child as through the parent, although such a
     /// process holds every capability in the child's namespace (it is owned by uid 0):
-    /// `/proc/CHILD/mem`, `/proc/CHILD/ns/user` and the child's copy of one of the parent's fds
-    /// (`/proc/CHILD/fd/N`) do not open for it, while they do for root with its capabilities
-    /// (so the check is not vacuous). Both for a parent whose memory is undumpable (the setuid
+    /// `/proc/CHILD/mem`, `/proc/CHILD/ns/user` and the child's fds (`/proc/CHILD/fd/N`) do not
+    /// open for it, while they do for root with its capabilities (so the check is not vacuous);
+    /// and the child holds only the release pipe's read end, no copy of the parent's fds. Both for a parent whose memory is undumpable (the setuid
     /// helper) and for one whose memory is dumpable (a plain run by root: `spawn` makes it
-    /// undumpable while the child lives, and dumpable again after).
+    /// undumpable, for good).
     #[test]
     fn the_childs_memory_is_out_of_reach_without_cap_sys_ptrace() {
         use rustix::process::{dumpable_behavior, set_dumpable_behavior, DumpableBehavior};
@@ -132,9 +132,8 @@ mod tests {
             std::io::stdout().flush().unwrap();
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
             drop(child);
-            // What it was before, once the child is gone.
-            let after = dumpable_behavior().unwrap();
-            assert_eq!(after == DumpableBehavior::NotDumpable, undumpable, "{after:?}");
+            // Undumpable for good, whatever it was before.
+            assert_eq!(dumpable_behavior().unwrap(), DumpableBehavior::NotDumpable);
             std::process::exit(0);
         }
         if !rustix::process::geteuid().is_root() {
@@ -175,7 +174,13 @@ mod tests {
             let o = c.args(["--", "sh", "-c", "exec 3<\"$1\" && echo opened", "sh", path]).output().unwrap();
             String::from_utf8_lossy(&o.stdout).contains("opened")
         };
-        let paths = [format!("/proc/{pid}/mem"), format!("/proc/{pid}/ns/user"), format!("/proc/{pid}/fd/{fd}")];
+        // Once it has sent its namespace, the child holds one fd, the release pipe's read end,
+        // and no copy of the parent's (`fd`).
+        let held: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+            .collect();
+        let paths = [format!("/proc/{pid}/mem"), format!("/proc/{pid}/ns/user"), format!("/proc/{pid}/fd/{}", held[0])];
         let results: Vec<(String, bool, bool)> = paths
             .into_iter()
             .map(|p| {
@@ -185,6 +190,8 @@ mod tests {
             .collect();
         drop(holder.stdin.take()); // releases the holder, which drops its child
         assert!(holder.wait().unwrap().success(), "{mode}: the holder failed");
+        assert_eq!(held.len(), 1, "{mode}: the child holds {held:?}");
+        assert!(!held.contains(&fd), "{mode}: the child holds a copy of the parent's fd {fd}");
         for (path, without_caps, with_caps) in results {
             assert!(!without_caps, "{mode}: {path} opened for uid 0 without capabilities");
             assert!(with_caps, "{mode}: {path} did not open for root with its capabilities: the check proves nothing");

@@ -73,8 +73,9 @@ pub(crate) fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: 
 /// outlive its parent. The child keeps its copies of the parent's other fds until it exits.
 ///
 /// Nothing here makes any memory dumpable, and the memory is undumpable while the child lives:
-/// [`UsernsChild::spawn`] makes it so if it was not (a plain run by root) and the drop restores
-/// it after the child is reaped. Undumpable memory keeps a ptrace-mode check of the child
+/// [`UsernsChild::spawn`] makes it so if it was not (a plain run by root), for good (restoring
+/// it would need every child of the process gone, and a plain run loses nothing but core dumps
+/// by staying so). Undumpable memory keeps a ptrace-mode check of the child
 /// asking for `CAP_SYS_PTRACE` in the namespace the memory was made in (the initial one). That
 /// matters because the child's namespace is owned by uid 0, so any uid-0 process holds every
 /// capability in it: were the memory dumpable, such a process without a single capability of
@@ -95,9 +96,6 @@ pub(crate) struct UsernsChild {
     stack: Option<ChildStack>,
     /// Our end of the socket pair the child sends its namespace's fd over.
     sock: OwnedFd,
-    /// Whether `spawn` made the memory undumpable, to be made dumpable again once the child is
-    /// reaped.
-    restore_dumpable: bool,
 }
 
 /// What [`UsernsChild`] could not do: the step, and the errno.
@@ -126,8 +124,6 @@ struct ChildArgs {
     sock: i32,
     /// The release pipe's read end: end of file there lets the child exit.
     release_r: i32,
-    /// The release pipe's write end: the child closes its copy first.
-    release_w: i32,
 }
 const _: () = assert!(std::mem::size_of::<ChildArgs>() <= 16);
 
@@ -176,6 +172,49 @@ impl Drop for ChildStack {
     }
 }
 
+/// `close_range(first, last, 0)` (close_range(2), Linux 5.9) as a raw `syscall` instruction:
+/// for [`userns_child`], which must not write `errno` (its thread pointer is the parent's
+/// thread's). rustix has no `close_range`, and glibc's `syscall()` writes `errno` when the
+/// call fails (ENOSYS before 5.9). The result is ignored: where the call fails, the fds stay
+/// open in the child until it exits, as they would without it.
+///
+/// # Safety
+/// Closes the descriptors in `first..=last` of the calling process's fd table: no object that
+/// owns one of them may be used or dropped by this process afterwards.
+#[inline(always)]
+unsafe fn close_range_raw(first: u32, last: u32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the Linux x86_64 syscall convention: number in rax, arguments in rdi, rsi, rdx;
+    // the kernel clobbers rcx and r11 and returns in rax; no memory is read or written.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") libc::SYS_close_range => _,
+            in("rdi") first as usize,
+            in("rsi") last as usize,
+            in("rdx") 0usize,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack, preserves_flags),
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: the Linux aarch64 syscall convention: number in x8, arguments in x0-x2, result in
+    // x0; no memory is read or written.
+    unsafe {
+        core::arch::asm!(
+            "svc 0",
+            in("x8") libc::SYS_close_range,
+            inlateout("x0") first as usize => _,
+            in("x1") last as usize,
+            in("x2") 0usize,
+            options(nostack, preserves_flags),
+        );
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    compile_error!("close_range_raw: only x86_64 and aarch64 are written");
+}
+
 /// The first byte of the child's message: the namespace fd is attached.
 const SENT_NAMESPACE: u8 = b'U';
 /// The first byte of the child's message: it could not open its namespace; the errno follows
@@ -183,8 +222,8 @@ const SENT_NAMESPACE: u8 = b'U';
 const SENT_ERRNO: u8 = b'E';
 
 /// Runs in the child of [`UsernsChild::spawn`], in its new user namespace, on its own stack,
-/// sharing the parent's memory but with its own copy of the fd table. It closes its copy of the
-/// release pipe's write end, opens `/proc/self/ns/user` and sends it over its end of the socket
+/// sharing the parent's memory but with its own copy of the fd table. It closes every fd of that
+/// copy but its end of the socket pair and the release pipe's read end, opens `/proc/self/ns/user` and sends it over its end of the socket
 /// pair (or the errno of the open), closes both, then reads the release pipe until end of file
 /// and exits. `arg` points to its [`ChildArgs`] at the top of the stack mapping.
 ///
@@ -195,8 +234,11 @@ const SENT_ERRNO: u8 = b'E';
 /// `errno`, no thread-local state of the parent's thread, whose thread pointer the child runs
 /// with; no std `OwnedFd` is dropped here, whose drop is glibc's `close`), and `_exit`, glibc's
 /// `exit_group`, which ends this child only (it is not in the parent's thread group). glibc's
-/// `clone` wrapper leaves the parent's thread descriptor alone since glibc 2.24 (it wrote a
-/// cached pid into it before, BZ #19957); Debian 12 has 2.36.
+/// `clone` wrapper leaves the parent's thread descriptor alone since glibc 2.25 (it wrote a
+/// cached pid into it before, BZ #19957); Debian 12 has 2.36. The binary is linked with
+/// `BIND_NOW` (Rust's default full RELRO), so no lazy symbol resolution runs in the child.
+/// Its code has panic paths only for fds of -1 and out-of-bounds slices, neither reachable with
+/// the arguments `spawn` writes.
 extern "C" fn userns_child(arg: *mut libc::c_void) -> libc::c_int {
     use rustix::fs::{Mode, OFlags};
     // SAFETY: `arg` points to the `ChildArgs` written before `clone` at the top of this child's
@@ -205,7 +247,20 @@ extern "C" fn userns_child(arg: *mut libc::c_void) -> libc::c_int {
     // closed once, here.
     unsafe {
         let args = *(arg as *const ChildArgs);
-        rustix::io::close(args.release_w);
+        // Every fd but the two it uses goes first, the release pipe's write end with them (end
+        // of file there needs every copy closed): none of the parent's is held while the child
+        // lives or exits (a kernel without the fix for CVE-2026-46333 skipped the dumpability
+        // check of an exiting task, whose fds `pidfd_getfd` could then take).
+        let (lo, hi) =
+            if args.sock < args.release_r { (args.sock, args.release_r) } else { (args.release_r, args.sock) };
+        let (lo, hi) = (lo as u32, hi as u32);
+        if lo > 0 {
+            close_range_raw(0, lo - 1);
+        }
+        if hi > lo + 1 {
+            close_range_raw(lo + 1, hi - 1);
+        }
+        close_range_raw(hi + 1, u32::MAX);
         let sock = BorrowedFd::borrow_raw(args.sock);
         match rustix::fs::open(c"/proc/self/ns/user", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
             Ok(ns) => {
@@ -230,7 +285,7 @@ extern "C" fn userns_child(arg: *mut libc::c_void) -> libc::c_int {
 
 impl UsernsChild {
     /// `clone(CLONE_VM | CLONE_NEWUSER | SIGCHLD)` of a child that sits in its new user
-    /// namespace until released (see [`UsernsChild`]); the memory is undumpable until the drop.
+    /// namespace until released (see [`UsernsChild`]); the memory is undumpable from here on.
     /// Fails naming the step: the socket pair, the pipe, the stack's mapping, the dumpability, or
     /// `clone` (EPERM, EINVAL, ENOSPC, EAGAIN...: no user namespace or no process for us). The
     /// child opens its namespace meanwhile: [`UsernsChild::namespace`].
@@ -245,23 +300,15 @@ impl UsernsChild {
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(ChildError::at("pipe2"))?;
         let stack = ChildStack::map().map_err(ChildError::at("mapping the child's stack"))?;
         let (args, top) = stack.args_and_top();
-        let child_args =
-            ChildArgs { sock: theirs.as_raw_fd(), release_r: release_r.as_raw_fd(), release_w: release_w.as_raw_fd() };
+        let child_args = ChildArgs { sock: theirs.as_raw_fd(), release_r: release_r.as_raw_fd() };
         // SAFETY: `args` is inside the writable part of the mapping just made, aligned for it.
         unsafe { args.write(child_args) };
-        // Undumpable before the child exists (see `UsernsChild`). Only "dumpable" (1) lets a
-        // ptrace-mode check pass on ids alone; 0 and 2 (`suid_dumpable=2` after a setuid exec)
-        // both ask for the capability, and prctl cannot set 2 back anyway.
-        let dumpable = dumpable_behavior().map_err(ChildError::at("PR_GET_DUMPABLE"))?;
-        let restore_dumpable = dumpable == DumpableBehavior::Dumpable;
-        if restore_dumpable {
+        // Undumpable before the child exists, for good (see `UsernsChild`). Only "dumpable" (1)
+        // lets a ptrace-mode check pass on ids alone; 0 and 2 (`suid_dumpable=2` after a setuid
+        // exec) both ask for the capability.
+        if dumpable_behavior().map_err(ChildError::at("PR_GET_DUMPABLE"))? == DumpableBehavior::Dumpable {
             set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(ChildError::at("PR_SET_DUMPABLE 0"))?;
         }
-        let restore = || {
-            if restore_dumpable {
-                let _ = set_dumpable_behavior(DumpableBehavior::Dumpable);
-            }
-        };
         let flags = libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD;
         // SAFETY: `top` is the 16-byte aligned top of a stack of CHILD_STACK - 16 bytes with a
         // guard page below, mapped until the child is reaped (the drop); the child runs
@@ -271,14 +318,13 @@ impl UsernsChild {
         if pid < 0 {
             let errno =
                 io::Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EPERM));
-            restore();
             return Err(ChildError { step: "clone(CLONE_VM|CLONE_NEWUSER)", errno });
         }
         // The child has its own copies; ours of its socket end goes, so that its exit is end of
         // file here.
         drop(theirs);
         drop(release_r);
-        Ok(UsernsChild { pid, release: Some(release_w), stack: Some(stack), sock: ours, restore_dumpable })
+        Ok(UsernsChild { pid, release: Some(release_w), stack: Some(stack), sock: ours })
     }
 
     /// The fd of the child's user namespace, as the child sent it, checked to be a user
@@ -336,12 +382,8 @@ impl Drop for UsernsChild {
             }
         };
         if !reaped {
-            // The child may still run on its stack: never unmap it, and leave the memory
-            // undumpable.
+            // The child may still run on its stack: never unmap it.
             std::mem::forget(self.stack.take());
-        } else if self.restore_dumpable {
-            // Cannot fail (a valid value); if it did, the process stays undumpable, the safe side.
-            let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable);
         }
     }
 }

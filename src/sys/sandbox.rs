@@ -38,8 +38,7 @@ pub fn exit_now(code: i32) -> ! {
 
 /// Closes every file descriptor except those in `keep` (close_range over the gaps).
 ///
-/// Only for a freshly forked child (the sandbox child, the user-namespace child of
-/// `sys::mount::UsernsChild`): objects that own the closed descriptors are never used or dropped
+/// Only for a freshly forked child (the sandbox child): objects that own the closed descriptors are never used or dropped
 /// afterwards because the child ends with `_exit`. Allocates nothing (the gaps are found by
 /// scanning `keep`, a handful of fds, for the next kept one), so a child forked from a process
 /// that has run threads may call it.
