@@ -92,7 +92,7 @@ pub(crate) enum IdmapError {
     OpenHostMap { file: &'static str, errno: Errno },
     #[error("idmap: opening CHILD/{file} under a proc instance of our own: {errno}")]
     OpenOwnMap { file: &'static str, errno: Errno },
-    #[error("idmap: /proc is not of this process's pid namespace (its self link does not name us), and a proc instance of our own could not be mounted: {fs}")]
+    #[error("idmap: /proc does not show this process's child (a /proc of another pid namespace, or none), and a proc instance of our own could not be mounted: {fs}")]
     ProcNotOurs { fs: Box<super::fs_context::FsError> },
     #[error("idmap: /proc/CHILD/{file}: {hidden} (where /proc is mounted hidepid=invisible or ptraceable it hides the child); under a proc instance of our own: {errno}")]
     OpenMap { file: &'static str, hidden: Errno, errno: Errno },

@@ -186,46 +186,76 @@ impl Kernel for Real {
 /// The map files [`write_maps`] writes, in the order it writes them.
 const MAP_FILES: [&str; 2] = ["uid_map", "gid_map"];
 
-/// Writes `uid_map`/`gid_map` of process `pid` (used while a user namespace is being made), each
-/// in one `write`. The files are opened under `/proc` when it is this process's (its `self` link
-/// names our pid: a /proc of another pid namespace would name another process); where it is not,
-/// or does not show us the process (`hidepid=invisible|ptraceable` hides a process whose memory
-/// is undumpable from anyone without `CAP_SYS_PTRACE`, which the setuid helper does not hold:
-/// `ENOENT`, `EPERM` or `EACCES`), under a proc instance of our own instead: `fsopen("proc")`
-/// with the defaults (every process of our pid namespace shown), mounted detached
-/// (`nosuid,nodev,noexec`), never attached anywhere, and gone when this returns.
+/// Writes `uid_map`/`gid_map` of our child `pid` (used while a user namespace is being made),
+/// each in one `write`. The files are opened under `/proc/PID/`, once `/proc/PID/status` says
+/// that process's parent is us (a /proc of another pid namespace names other processes by our
+/// numbers: its `self` link does not name our pid, or `PID` is not our child there). Where it
+/// is not, or where /proc does not show us the process (`hidepid=invisible|ptraceable` hides a
+/// process whose memory is undumpable from anyone without `CAP_SYS_PTRACE`, which the setuid
+/// helper does not hold: `ENOENT`, `EPERM` or `EACCES`), they are opened under a proc instance
+/// of our own instead: `fsopen("proc")` with the defaults (every process of our pid namespace
+/// shown), mounted detached (`nosuid,nodev,noexec`), never attached anywhere, and gone when this
+/// returns.
 pub(crate) fn write_maps(kernel: &dyn Kernel, pid: i32, uid: &[IdMap], gid: &[IdMap]) -> Result<(), IdmapError> {
-    use rustix::fs::{Mode, OFlags, CWD};
-    let open = |dir: BorrowedFd<'_>, prefix: &str| -> Result<Vec<OwnedFd>, (&'static str, Errno)> {
-        MAP_FILES
-            .iter()
-            .map(|&file| {
-                rustix::fs::openat(
-                    dir,
-                    format!("{prefix}{pid}/{file}"),
-                    OFlags::WRONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|errno| (file, errno))
-            })
-            .collect()
-    };
-    let ours = rustix::fs::readlink("/proc/self", Vec::new())
-        .is_ok_and(|l| l.to_bytes() == rustix::process::getpid().as_raw_nonzero().to_string().as_bytes());
-    if !ours {
-        let proc = private_proc(kernel).map_err(|fs| IdmapError::ProcNotOurs { fs: Box::new(fs) })?;
-        let files = open(proc.as_fd(), "").map_err(|(file, errno)| IdmapError::OpenOwnMap { file, errno })?;
-        return write_map_files(files, uid, gid);
-    }
-    let files = match open(CWD, "/proc/") {
-        Ok(files) => files,
-        Err((file, errno)) if matches!(errno, Errno::NOENT | Errno::PERM | Errno::ACCESS) => {
-            let proc = private_proc(kernel).map_err(|fs| IdmapError::ProcHidden { file, errno, fs: Box::new(fs) })?;
-            open(proc.as_fd(), "").map_err(|(file, e)| IdmapError::OpenMap { file, hidden: errno, errno: e })?
+    use rustix::fs::CWD;
+    let me = rustix::process::getpid().as_raw_nonzero().to_string();
+    let ours = rustix::fs::readlink("/proc/self", Vec::new()).is_ok_and(|l| l.to_bytes() == me.as_bytes());
+    if ours {
+        match open_child_maps(CWD, "/proc/", pid, &me) {
+            Ok(Some(files)) => return write_map_files(files, uid, gid),
+            // Not our child there: a /proc of another pid namespace after all.
+            Ok(None) => {}
+            Err((file, errno)) if matches!(errno, Errno::NOENT | Errno::PERM | Errno::ACCESS) => {
+                let proc =
+                    private_proc(kernel).map_err(|fs| IdmapError::ProcHidden { file, errno, fs: Box::new(fs) })?;
+                return match open_child_maps(proc.as_fd(), "", pid, &me) {
+                    Ok(Some(files)) => write_map_files(files, uid, gid),
+                    Ok(None) => Err(IdmapError::OpenMap { file, hidden: errno, errno: Errno::SRCH }),
+                    Err((file, e)) => Err(IdmapError::OpenMap { file, hidden: errno, errno: e }),
+                };
+            }
+            Err((file, errno)) => return Err(IdmapError::OpenHostMap { file, errno }),
         }
-        Err((file, errno)) => return Err(IdmapError::OpenHostMap { file, errno }),
+    }
+    let proc = private_proc(kernel).map_err(|fs| IdmapError::ProcNotOurs { fs: Box::new(fs) })?;
+    match open_child_maps(proc.as_fd(), "", pid, &me) {
+        Ok(Some(files)) => write_map_files(files, uid, gid),
+        Ok(None) => Err(IdmapError::OpenOwnMap { file: "status", errno: Errno::SRCH }),
+        Err((file, errno)) => Err(IdmapError::OpenOwnMap { file, errno }),
+    }
+}
+
+/// `{prefix}{pid}/uid_map` and `gid_map` under `dir`, opened for writing through one fd of the
+/// process's directory, if its `status` names `me` as its parent (`PPid:`); `None` if not.
+/// Errors name the file.
+fn open_child_maps(
+    dir: BorrowedFd<'_>,
+    prefix: &str,
+    pid: i32,
+    me: &str,
+) -> Result<Option<Vec<OwnedFd>>, (&'static str, Errno)> {
+    use rustix::fs::{Mode, OFlags};
+    let at = |d: BorrowedFd<'_>, path: &str, flags: OFlags, file: &'static str| {
+        rustix::fs::openat(d, path, flags | OFlags::CLOEXEC, Mode::empty()).map_err(|errno| (file, errno))
     };
-    write_map_files(files, uid, gid)
+    let proc_dir = at(dir, &format!("{prefix}{pid}"), OFlags::RDONLY | OFlags::DIRECTORY, "")?;
+    let status = at(proc_dir.as_fd(), "status", OFlags::RDONLY, "status")?;
+    let mut text = Vec::with_capacity(2048);
+    loop {
+        let mut buf = [0u8; 2048];
+        match rustix::io::read(&status, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(Errno::INTR) => continue,
+            Err(errno) => return Err(("status", errno)),
+        }
+    }
+    let parent =
+        String::from_utf8_lossy(&text).lines().find_map(|l| l.strip_prefix("PPid:").map(|v| v.trim().to_string()));
+    if parent.as_deref() != Some(me) {
+        return Ok(None);
+    }
+    MAP_FILES.iter().map(|&file| at(proc_dir.as_fd(), file, OFlags::WRONLY, file)).collect::<Result<_, _>>().map(Some)
 }
 
 /// Writes `uid` into the first of `files`, `gid` into the second ([`write_maps`]).

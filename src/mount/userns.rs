@@ -28,6 +28,9 @@ mod tests {
 
     /// The child's pid, printed by [`a_dead_parent_leaves_no_child`]'s own process run again.
     const DIE_AFTER_SPAWN: &str = "CFSMOUNT_TEST_USERNS_DIE_AFTER_SPAWN";
+    /// Makes [`a_refused_close_range_does_not_hang_the_child`]'s own process, run again, refuse
+    /// `close_range` and make a namespace.
+    const NO_CLOSE_RANGE: &str = "CFSMOUNT_TEST_USERNS_NO_CLOSE_RANGE";
     /// Makes [`the_childs_memory_is_out_of_reach_without_cap_sys_ptrace`]'s own process, run
     /// again, hold a child until its stdin ends.
     const HOLD_CHILD: &str = "CFSMOUNT_TEST_USERNS_HOLD_CHILD";
@@ -175,11 +178,20 @@ mod tests {
             String::from_utf8_lossy(&o.stdout).contains("opened")
         };
         // Once it has sent its namespace, the child holds one fd, the release pipe's read end,
-        // and no copy of the parent's (`fd`).
-        let held: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
-            .collect();
+        // and no copy of the parent's (`fd`): waited for (it closes its socket end after the
+        // send the holder saw), for at most 5 s.
+        let fds = || -> Vec<u32> {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+                .collect()
+        };
+        let t0 = std::time::Instant::now();
+        let mut held = fds();
+        while held.len() > 1 && t0.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            held = fds();
+        }
         let paths = [format!("/proc/{pid}/mem"), format!("/proc/{pid}/ns/user"), format!("/proc/{pid}/fd/{}", held[0])];
         let results: Vec<(String, bool, bool)> = paths
             .into_iter()
@@ -196,5 +208,61 @@ mod tests {
             assert!(!without_caps, "{mode}: {path} opened for uid 0 without capabilities");
             assert!(with_caps, "{mode}: {path} did not open for root with its capabilities: the check proves nothing");
         }
+    }
+
+    /// With `close_range` refused (a seccomp filter answering `ENOSYS`, as a kernel before 5.9
+    /// does, or a container runtime's filter), the child still sees end of file on the release
+    /// pipe and exits: `create` returns, with the maps written (it waited forever when the
+    /// child left its copy of the pipe's write end to `close_range`).
+    #[test]
+    fn a_refused_close_range_does_not_hang_the_child() {
+        if std::env::var_os(NO_CLOSE_RANGE).is_some() {
+            let filter = seccompiler::SeccompFilter::new(
+                [(libc::SYS_close_range, vec![])].into_iter().collect(),
+                seccompiler::SeccompAction::Allow,
+                seccompiler::SeccompAction::Errno(libc::ENOSYS as u32),
+                std::env::consts::ARCH.try_into().unwrap(),
+            )
+            .unwrap();
+            let prog: seccompiler::BpfProgram = filter.try_into().unwrap();
+            seccompiler::apply_filter(&prog).unwrap();
+            let map = [IdMap { inside: 0, outside: 100_000, count: 65_536 }];
+            let fd = create(&crate::mount::kernel::Real, &map, &map).unwrap();
+            let (u, _) = crate::sys::helper::read_userns_maps(fd.as_fd()).unwrap();
+            assert_eq!(ids(&u), vec![vec![0, 100_000, 65_536]]);
+            println!("\ncreated");
+            std::process::exit(0);
+        }
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: writing a uid_map of other ids needs root");
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        let mut run = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "mount::userns::tests::a_refused_close_range_does_not_hang_the_child"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(NO_CLOSE_RANGE, "1")
+            .stdout(std::process::Stdio::piped())
+            // A group of its own: a hung child of it is killed along with it.
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = run.try_wait().unwrap() {
+                break status;
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(20) {
+                let group = rustix::process::Pid::from_raw(run.id() as i32).unwrap();
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+                let _ = run.wait();
+                panic!("create() hung with close_range refused");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let mut out = String::new();
+        use std::io::Read;
+        run.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        assert!(status.success() && out.contains("created"), "{status:?}: {out}");
     }
 }

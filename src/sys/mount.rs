@@ -67,10 +67,11 @@ pub(crate) fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: 
 /// The child is made by `clone(2)` with `CLONE_VM | CLONE_NEWUSER`: it shares this process's
 /// memory, so no page table is copied for it (a `fork(2)` copies those of every page the
 /// process has touched, write-protects them, and the parent then takes a fault on each page it
-/// writes again: 0.5-0.85 ms of a helper mount). Not its fd table: the child has its own copy,
-/// closes its copy of the release pipe's write end first and waits for end of file on the read
-/// end, which comes when the parent closes its own end, on purpose or by dying: no child can
-/// outlive its parent. The child keeps its copies of the parent's other fds until it exits.
+/// writes again: 0.5-0.85 ms of a helper mount). Not its fd table: the child has its own copy.
+/// It closes its copy of the release pipe's write end by name first, then every fd but the two
+/// it uses (`close_range`, where the kernel has it), and waits for end of file on the release
+/// pipe's read end, which comes when the parent closes its own end, on purpose or by dying: no
+/// child can outlive its parent.
 ///
 /// Nothing here makes any memory dumpable, and the memory is undumpable while the child lives:
 /// [`UsernsChild::spawn`] makes it so if it was not (a plain run by root), for good (restoring
@@ -112,7 +113,7 @@ impl ChildError {
 }
 
 /// Bytes of [`UsernsChild`]'s stack: [`userns_child`] has a frame of a few hundred bytes (the
-/// control message's buffer) and makes six syscalls; the guard page below it is extra.
+/// control message's buffer) and makes about ten syscalls; the guard page below it is extra.
 const CHILD_STACK: usize = 64 * 1024;
 const GUARD: usize = 4096;
 
@@ -124,6 +125,8 @@ struct ChildArgs {
     sock: i32,
     /// The release pipe's read end: end of file there lets the child exit.
     release_r: i32,
+    /// The release pipe's write end: the child closes its copy by name, first.
+    release_w: i32,
 }
 const _: () = assert!(std::mem::size_of::<ChildArgs>() <= 16);
 
@@ -175,8 +178,9 @@ impl Drop for ChildStack {
 /// `close_range(first, last, 0)` (close_range(2), Linux 5.9) as a raw `syscall` instruction:
 /// for [`userns_child`], which must not write `errno` (its thread pointer is the parent's
 /// thread's). rustix has no `close_range`, and glibc's `syscall()` writes `errno` when the
-/// call fails (ENOSYS before 5.9). The result is ignored: where the call fails, the fds stay
-/// open in the child until it exits, as they would without it.
+/// call fails (ENOSYS before 5.9, or a seccomp filter's answer). The result is ignored: where
+/// the call fails, the fds stay open in the child until it exits (the child closes its copy of
+/// the release pipe's write end by name before, so that it still sees end of file).
 ///
 /// # Safety
 /// Closes the descriptors in `first..=last` of the calling process's fd table: no object that
@@ -211,8 +215,11 @@ unsafe fn close_range_raw(first: u32, last: u32) {
             options(nostack, preserves_flags),
         );
     }
+    // Elsewhere nothing is closed here: the child then holds copies of the parent's fds until
+    // it exits (its release pipe's write end it closes by name first, so it still sees end of
+    // file).
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    compile_error!("close_range_raw: only x86_64 and aarch64 are written");
+    let _ = (first, last);
 }
 
 /// The first byte of the child's message: the namespace fd is attached.
@@ -222,23 +229,25 @@ const SENT_NAMESPACE: u8 = b'U';
 const SENT_ERRNO: u8 = b'E';
 
 /// Runs in the child of [`UsernsChild::spawn`], in its new user namespace, on its own stack,
-/// sharing the parent's memory but with its own copy of the fd table. It closes every fd of that
-/// copy but its end of the socket pair and the release pipe's read end, opens `/proc/self/ns/user` and sends it over its end of the socket
-/// pair (or the errno of the open), closes both, then reads the release pipe until end of file
-/// and exits. `arg` points to its [`ChildArgs`] at the top of the stack mapping.
+/// sharing the parent's memory but with its own copy of the fd table. It closes its copy of the
+/// release pipe's write end, then every other fd of that copy but its end of the socket pair
+/// and the release pipe's read end, opens `/proc/self/ns/user` and sends it over its end of the
+/// socket pair (or the errno of the open), closes both, then reads the release pipe until end
+/// of file and exits. `arg` points to its [`ChildArgs`] at the top of the stack mapping.
 ///
 /// Written for a child that shares the parent's memory and runs at the same time: it touches
-/// only its own stack and the arguments; it allocates nothing, takes no lock and cannot panic
-/// (no indexing, no unwrap, no formatting: keep it so, a panic would allocate and touch the
-/// parent's thread-local state); its syscalls are rustix's (raw `syscall` instructions: no
-/// `errno`, no thread-local state of the parent's thread, whose thread pointer the child runs
-/// with; no std `OwnedFd` is dropped here, whose drop is glibc's `close`), and `_exit`, glibc's
-/// `exit_group`, which ends this child only (it is not in the parent's thread group). glibc's
-/// `clone` wrapper leaves the parent's thread descriptor alone since glibc 2.25 (it wrote a
-/// cached pid into it before, BZ #19957); Debian 12 has 2.36. The binary is linked with
-/// `BIND_NOW` (Rust's default full RELRO), so no lazy symbol resolution runs in the child.
-/// Its code has panic paths only for fds of -1 and out-of-bounds slices, neither reachable with
-/// the arguments `spawn` writes.
+/// only its own stack and the arguments; it allocates nothing, takes no lock and has no
+/// reachable panic (no indexing, no unwrap, no formatting: keep it so, a panic would allocate
+/// and touch the parent's thread-local state). Its syscalls are rustix's and
+/// [`close_range_raw`]'s (raw `syscall` instructions: no `errno`, no thread-local state of the
+/// parent's thread, whose thread pointer the child runs with; no std `OwnedFd` is dropped here,
+/// whose drop is glibc's `close`), and `_exit`, glibc's `exit_group`, which ends this child only
+/// (it is not in the parent's thread group). glibc's `clone` wrapper leaves the parent's thread
+/// descriptor alone since glibc 2.25 (it wrote a cached pid into it before, BZ #19957); Debian
+/// 12 has 2.36. The binary is linked with `BIND_NOW` (Rust's default full RELRO), so no lazy
+/// symbol resolution runs in the child. The compiled code keeps panic paths (fds of -1,
+/// slice bounds; in debug builds overflow checks), none reachable with the arguments `spawn`
+/// writes.
 extern "C" fn userns_child(arg: *mut libc::c_void) -> libc::c_int {
     use rustix::fs::{Mode, OFlags};
     // SAFETY: `arg` points to the `ChildArgs` written before `clone` at the top of this child's
@@ -247,10 +256,14 @@ extern "C" fn userns_child(arg: *mut libc::c_void) -> libc::c_int {
     // closed once, here.
     unsafe {
         let args = *(arg as *const ChildArgs);
-        // Every fd but the two it uses goes first, the release pipe's write end with them (end
-        // of file there needs every copy closed): none of the parent's is held while the child
-        // lives or exits (a kernel without the fix for CVE-2026-46333 skipped the dumpability
-        // check of an exiting task, whose fds `pidfd_getfd` could then take).
+        // Its copy of the release pipe's write end by name first: end of file there needs every
+        // copy closed, and `close_range` may be missing (before 5.9) or refused (seccomp).
+        rustix::io::close(args.release_w);
+        // Then every fd but the two it uses: none of the parent's is held while the child lives
+        // or exits (a kernel without the fix for CVE-2026-46333 skipped the dumpability check
+        // of an exiting task, whose fds `pidfd_getfd` could then take). A SIGKILL already
+        // pending when the child first runs ends it before this, holding them all: only a
+        // process that may signal the helper itself can send that.
         let (lo, hi) =
             if args.sock < args.release_r { (args.sock, args.release_r) } else { (args.release_r, args.sock) };
         let (lo, hi) = (lo as u32, hi as u32);
@@ -300,7 +313,8 @@ impl UsernsChild {
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(ChildError::at("pipe2"))?;
         let stack = ChildStack::map().map_err(ChildError::at("mapping the child's stack"))?;
         let (args, top) = stack.args_and_top();
-        let child_args = ChildArgs { sock: theirs.as_raw_fd(), release_r: release_r.as_raw_fd() };
+        let child_args =
+            ChildArgs { sock: theirs.as_raw_fd(), release_r: release_r.as_raw_fd(), release_w: release_w.as_raw_fd() };
         // SAFETY: `args` is inside the writable part of the mapping just made, aligned for it.
         unsafe { args.write(child_args) };
         // Undumpable before the child exists, for good (see `UsernsChild`). Only "dumpable" (1)
