@@ -94,9 +94,11 @@ pub(crate) enum IdmapError {
     OpenOwnMap { file: &'static str, errno: Errno },
     #[error("idmap: /proc does not show this process's child (a /proc of another pid namespace, or none), and a proc instance of our own could not be mounted: {fs}")]
     ProcNotOurs { fs: Box<super::fs_context::FsError> },
-    #[error("idmap: /proc/CHILD/{file}: {hidden} (where /proc is mounted hidepid=invisible or ptraceable it hides the child); under a proc instance of our own: {errno}")]
+    #[error("idmap: the new user namespace's child is not this process's child under a proc instance of our own")]
+    NotOurChild,
+    #[error("idmap: /proc/CHILD/{file}: {hidden} (where /proc is mounted hidepid=noaccess, invisible or ptraceable it hides the child); under a proc instance of our own: {errno}")]
     OpenMap { file: &'static str, hidden: Errno, errno: Errno },
-    #[error("idmap: /proc/CHILD/{file}: {errno} (where /proc is mounted hidepid=invisible or ptraceable it hides the child), and a proc instance of our own could not be mounted: {fs}")]
+    #[error("idmap: /proc/CHILD/{file}: {errno} (where /proc is mounted hidepid=noaccess, invisible or ptraceable it hides the child), and a proc instance of our own could not be mounted: {fs}")]
     ProcHidden { file: &'static str, errno: Errno, fs: Box<super::fs_context::FsError> },
     #[error("idmap: mount_setattr(MOUNT_ATTR_IDMAP): {errno}{}", match *errno {
         Errno::NOSYS => " (this kernel lacks mount_setattr: idmapped mounts need Linux 5.12+)",

@@ -192,7 +192,8 @@ const MAP_FILES: [&str; 2] = ["uid_map", "gid_map"];
 /// numbers: its `self` link does not name our pid, or `PID` is not our child there). Where it
 /// is not, or where /proc does not show us the process (`hidepid=invisible|ptraceable` hides a
 /// process whose memory is undumpable from anyone without `CAP_SYS_PTRACE`, which the setuid
-/// helper does not hold: `ENOENT`, `EPERM` or `EACCES`), they are opened under a proc instance
+/// helper does not hold: `ENOENT` for `ptraceable` and `invisible`, `EPERM` for `noaccess`,
+/// `EACCES`), they are opened under a proc instance
 /// of our own instead: `fsopen("proc")` with the defaults (every process of our pid namespace
 /// shown), mounted detached (`nosuid,nodev,noexec`), never attached anywhere, and gone when this
 /// returns.
@@ -210,7 +211,7 @@ pub(crate) fn write_maps(kernel: &dyn Kernel, pid: i32, uid: &[IdMap], gid: &[Id
                     private_proc(kernel).map_err(|fs| IdmapError::ProcHidden { file, errno, fs: Box::new(fs) })?;
                 return match open_child_maps(proc.as_fd(), "", pid, &me) {
                     Ok(Some(files)) => write_map_files(files, uid, gid),
-                    Ok(None) => Err(IdmapError::OpenMap { file, hidden: errno, errno: Errno::SRCH }),
+                    Ok(None) => Err(IdmapError::NotOurChild),
                     Err((file, e)) => Err(IdmapError::OpenMap { file, hidden: errno, errno: e }),
                 };
             }
@@ -220,7 +221,7 @@ pub(crate) fn write_maps(kernel: &dyn Kernel, pid: i32, uid: &[IdMap], gid: &[Id
     let proc = private_proc(kernel).map_err(|fs| IdmapError::ProcNotOurs { fs: Box::new(fs) })?;
     match open_child_maps(proc.as_fd(), "", pid, &me) {
         Ok(Some(files)) => write_map_files(files, uid, gid),
-        Ok(None) => Err(IdmapError::OpenOwnMap { file: "status", errno: Errno::SRCH }),
+        Ok(None) => Err(IdmapError::NotOurChild),
         Err((file, errno)) => Err(IdmapError::OpenOwnMap { file, errno }),
     }
 }
@@ -238,7 +239,7 @@ fn open_child_maps(
     let at = |d: BorrowedFd<'_>, path: &str, flags: OFlags, file: &'static str| {
         rustix::fs::openat(d, path, flags | OFlags::CLOEXEC, Mode::empty()).map_err(|errno| (file, errno))
     };
-    let proc_dir = at(dir, &format!("{prefix}{pid}"), OFlags::RDONLY | OFlags::DIRECTORY, "")?;
+    let proc_dir = at(dir, &format!("{prefix}{pid}"), OFlags::RDONLY | OFlags::DIRECTORY, "(its directory)")?;
     let status = at(proc_dir.as_fd(), "status", OFlags::RDONLY, "status")?;
     let mut text = Vec::with_capacity(2048);
     loop {
@@ -284,4 +285,41 @@ fn private_proc(kernel: &dyn Kernel) -> Result<OwnedFd, super::fs_context::FsErr
     let fs = super::fs_context::FsContext::open(kernel, "proc")?;
     fs.create()?;
     fs.mount(MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV | MountAttrFlags::MOUNT_ATTR_NOEXEC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The map files are opened only for a process whose parent we are: a child, not ourselves,
+    /// not init, not a grandchild; a pid that is gone is an error naming the directory.
+    #[test]
+    fn map_files_open_only_for_our_child() {
+        use rustix::fs::CWD;
+        let me = rustix::process::getpid().as_raw_nonzero().to_string();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        let ours = open_child_maps(CWD, "/proc/", child.id() as i32, &me);
+        let self_ = open_child_maps(CWD, "/proc/", rustix::process::getpid().as_raw_nonzero().get(), &me);
+        let init = open_child_maps(CWD, "/proc/", 1, &me);
+        let grand = open_child_maps(CWD, "/proc/", grandchild, &me);
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(grandchild).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+        child.wait().unwrap();
+        let gone = open_child_maps(CWD, "/proc/", child.id() as i32, &me);
+        assert_eq!(ours.map(|f| f.map(|v| v.len())), Ok(Some(2)));
+        assert!(matches!(self_, Ok(None)), "{self_:?}");
+        assert!(matches!(init, Ok(None)), "{init:?}");
+        assert!(matches!(grand, Ok(None)), "{grand:?}");
+        assert!(matches!(gone, Err(("(its directory)", Errno::NOENT))), "{gone:?}");
+    }
 }

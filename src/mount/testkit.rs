@@ -167,19 +167,18 @@ impl Fake {
     /// Another test of the same process that forks or clones (a `Command`, a user namespace
     /// child) gives its child a copy of every fd, the engine's ends of these pairs included,
     /// until the child closes them or execs: an fd the engine closed can look open for that
-    /// moment. So the live set is sampled until a sample adds nothing to what every sample
-    /// before had in common (at most 50 samples, 2 ms apart): what the engine holds is in
+    /// moment, longer where the child waits for a CPU. So what is live is the intersection of
+    /// 50 samples 2 ms apart (the first empty one ends it early): what the engine holds is in
     /// every sample, a child's passing copy is not.
     pub(crate) fn leftovers(&self) -> Vec<Obj> {
         let mut common = self.live_keys();
         for _ in 0..50 {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-            let next: Vec<u64> = self.live_keys().into_iter().filter(|k| common.contains(k)).collect();
-            let stable = next.len() == common.len();
-            common = next;
-            if stable {
+            if common.is_empty() {
                 break;
             }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let next = self.live_keys();
+            common.retain(|k| next.contains(k));
         }
         common.iter().map(|k| self.objects.borrow()[k].obj.clone()).collect()
     }

@@ -71,7 +71,8 @@ pub(crate) fn mount_setattr_flags(mnt: BorrowedFd<'_>, attr_set: u64, attr_clr: 
 /// It closes its copy of the release pipe's write end by name first, then every fd but the two
 /// it uses (`close_range`, where the kernel has it), and waits for end of file on the release
 /// pipe's read end, which comes when the parent closes its own end, on purpose or by dying: no
-/// child can outlive its parent.
+/// child can outlive its parent. (A process another thread forks meanwhile holds a copy of that
+/// write end until it execs or exits: the helper has one thread when it makes its children.)
 ///
 /// Nothing here makes any memory dumpable, and the memory is undumpable while the child lives:
 /// [`UsernsChild::spawn`] makes it so if it was not (a plain run by root), for good (restoring
@@ -215,11 +216,11 @@ unsafe fn close_range_raw(first: u32, last: u32) {
             options(nostack, preserves_flags),
         );
     }
-    // Elsewhere nothing is closed here: the child then holds copies of the parent's fds until
-    // it exits (its release pipe's write end it closes by name first, so it still sees end of
-    // file).
+    // Elsewhere the child is not written: rustix's raw-syscall backend, which the child's other
+    // calls rely on (no `errno`), is its default only on some architectures, and this asm is
+    // written for two.
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    let _ = (first, last);
+    compile_error!("the user namespace child (userns_child) is written for x86_64 and aarch64 only");
 }
 
 /// The first byte of the child's message: the namespace fd is attached.
@@ -234,6 +235,10 @@ const SENT_ERRNO: u8 = b'E';
 /// and the release pipe's read end, opens `/proc/self/ns/user` and sends it over its end of the
 /// socket pair (or the errno of the open), closes both, then reads the release pipe until end
 /// of file and exits. `arg` points to its [`ChildArgs`] at the top of the stack mapping.
+///
+/// Written for x86_64 and aarch64 (elsewhere the build stops: `close_range_raw`), with rustix on
+/// its raw-syscall backend (its default there; neither its `use-libc` feature nor
+/// `--cfg rustix_use_libc` is set in this build).
 ///
 /// Written for a child that shares the parent's memory and runs at the same time: it touches
 /// only its own stack and the arguments; it allocates nothing, takes no lock and has no
