@@ -396,25 +396,7 @@ fn timers_and_an_ignored_sigchld_left_by_the_caller_are_reset() {
 /// goes with it.
 #[test]
 fn a_proc_with_hidepid_still_serves_the_helpers_id_maps() {
-    let (_g, e, u) = start();
-    let fx = fixture(u, "hidepid", "", &[b"one object\n".as_slice()]);
-    let before = system_state();
-    // Every value goes to the shell as an argument, none into the script's text.
-    let script = "mount -t proc -o hidepid=ptraceable proc /proc && \
-        setpriv --reuid=\"$1\" --regid=\"$2\" --clear-groups -- \"$3\" mount \"$4\" \"$5\" --basedir \"$6\" && \
-        mountpoint -q \"$5\"";
-    let o = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
-        .arg(u.uid.to_string())
-        .arg(u.gid.to_string())
-        .arg(&e.bin)
-        .arg(&fx.image)
-        .arg(&fx.target)
-        .arg(&fx.objects)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
-    assert_state_is(&before, "hidepid=ptraceable");
+    helper_mount_in_namespaces("hidepid", &["-m"], "mount -t proc -o hidepid=ptraceable proc /proc");
 }
 
 /// A /proc of another pid namespace names other processes by the helper's pid numbers: the
@@ -424,16 +406,26 @@ fn a_proc_with_hidepid_still_serves_the_helpers_id_maps() {
 /// /proc; the mount made there goes with it.
 #[test]
 fn a_proc_of_another_pid_namespace_still_serves_the_helpers_id_maps() {
+    // The check that the shell's /proc is not of its pid namespace: `$$` is 1 there.
+    helper_mount_in_namespaces("otherpidns", &["-p", "-f", "-m"], "[ \"$(readlink /proc/self)\" != \"$$\" ]");
+}
+
+/// A helper mount by the test user, from a shell run by `unshare FLAGS --propagation private`
+/// that first runs `prepare`: it must succeed, and nothing may be left once the namespaces are
+/// gone (the mount made there goes with them). Every value goes to the shell as an argument,
+/// none into the script's text.
+fn helper_mount_in_namespaces(name: &str, flags: &[&str], prepare: &str) {
     let (_g, e, u) = start();
-    let fx = fixture(u, "otherpidns", "", &[b"one object\n".as_slice()]);
+    let fx = fixture(u, name, "", &[b"one object\n".as_slice()]);
     let before = system_state();
-    // Every value goes to the shell as an argument, none into the script's text. The check that
-    // the shell's /proc is not of its pid namespace: `$$` is 1 there.
-    let script = "[ \"$(readlink /proc/self)\" != \"$$\" ] && \
+    let script = format!(
+        "{prepare} && \
         setpriv --reuid=\"$1\" --regid=\"$2\" --clear-groups -- \"$3\" mount \"$4\" \"$5\" --basedir \"$6\" && \
-        mountpoint -q \"$5\"";
+        mountpoint -q \"$5\""
+    );
     let o = Command::new("unshare")
-        .args(["-p", "-f", "-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .args(flags)
+        .args(["--propagation", "private", "sh", "-c", &script, "sh"])
         .arg(u.uid.to_string())
         .arg(u.gid.to_string())
         .arg(&e.bin)
@@ -442,8 +434,8 @@ fn a_proc_of_another_pid_namespace_still_serves_the_helpers_id_maps() {
         .arg(&fx.objects)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{:?}: {}", o.status, stderr(&o));
-    assert_state_is(&before, "a /proc of another pid namespace");
+    assert!(o.status.success(), "{name}: {:?}: {}", o.status, stderr(&o));
+    assert_state_is(&before, name);
 }
 
 /// Dumpfile lines of empty directories of the caller under the root, one per name (for
