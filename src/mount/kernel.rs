@@ -201,28 +201,31 @@ pub(crate) fn write_maps(kernel: &dyn Kernel, pid: i32, uid: &[IdMap], gid: &[Id
     use rustix::fs::CWD;
     let me = rustix::process::getpid().as_raw_nonzero().to_string();
     let ours = rustix::fs::readlink("/proc/self", Vec::new()).is_ok_and(|l| l.to_bytes() == me.as_bytes());
+    // Why the proc instance of our own: what hid the child (the file and errno), or `None` for a
+    // /proc that is not of our pid namespace.
+    let mut hidden = None;
     if ours {
         match open_child_maps(CWD, "/proc/", pid, &me) {
             Ok(Some(files)) => return write_map_files(files, uid, gid),
             // Not our child there: a /proc of another pid namespace after all.
             Ok(None) => {}
             Err((file, errno)) if matches!(errno, Errno::NOENT | Errno::PERM | Errno::ACCESS) => {
-                let proc =
-                    private_proc(kernel).map_err(|fs| IdmapError::ProcHidden { file, errno, fs: Box::new(fs) })?;
-                return match open_child_maps(proc.as_fd(), "", pid, &me) {
-                    Ok(Some(files)) => write_map_files(files, uid, gid),
-                    Ok(None) => Err(IdmapError::NotOurChild),
-                    Err((file, e)) => Err(IdmapError::OpenMap { file, hidden: errno, errno: e }),
-                };
+                hidden = Some((file, errno))
             }
             Err((file, errno)) => return Err(IdmapError::OpenHostMap { file, errno }),
         }
     }
-    let proc = private_proc(kernel).map_err(|fs| IdmapError::ProcNotOurs { fs: Box::new(fs) })?;
+    let proc = private_proc(kernel).map_err(|fs| match hidden {
+        Some((file, errno)) => IdmapError::ProcHidden { file, errno, fs: Box::new(fs) },
+        None => IdmapError::ProcNotOurs { fs: Box::new(fs) },
+    })?;
     match open_child_maps(proc.as_fd(), "", pid, &me) {
         Ok(Some(files)) => write_map_files(files, uid, gid),
         Ok(None) => Err(IdmapError::NotOurChild),
-        Err((file, errno)) => Err(IdmapError::OpenOwnMap { file, errno }),
+        Err((file, errno)) => Err(match hidden {
+            Some((_, h)) => IdmapError::OpenMap { file, hidden: h, errno },
+            None => IdmapError::OpenOwnMap { file, errno },
+        }),
     }
 }
 
@@ -242,15 +245,8 @@ fn open_child_maps(
     let proc_dir = at(dir, &format!("{prefix}{pid}"), OFlags::RDONLY | OFlags::DIRECTORY, "(its directory)")?;
     let status = at(proc_dir.as_fd(), "status", OFlags::RDONLY, "status")?;
     let mut text = Vec::with_capacity(2048);
-    loop {
-        let mut buf = [0u8; 2048];
-        match rustix::io::read(&status, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => text.extend_from_slice(&buf[..n]),
-            Err(Errno::INTR) => continue,
-            Err(errno) => return Err(("status", errno)),
-        }
-    }
+    std::io::Read::read_to_end(&mut std::fs::File::from(status), &mut text)
+        .map_err(|e| ("status", Errno::from_io_error(&e).unwrap_or(Errno::IO)))?;
     let parent =
         String::from_utf8_lossy(&text).lines().find_map(|l| l.strip_prefix("PPid:").map(|v| v.trim().to_string()));
     if parent.as_deref() != Some(me) {
