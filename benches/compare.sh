@@ -62,6 +62,14 @@ for t in hyperfine python3 setpriv fsverity; do command -v "$t" >/dev/null || di
 [ -f "$CONF/composefs-dump/cs9-x86_64-developer.dump.gz" ] || die "conformance data not found at $CONF (set CFS_CONFORMANCE)"
 [ -z "$REFERENCE" ] || [ -x "$REFERENCE/mkcomposefs" ] || die "REFERENCE=$REFERENCE has no mkcomposefs"
 [ -z "$CFSCTL" ] || [ -x "$CFSCTL" ] || die "CFSCTL=$CFSCTL is not executable"
+# rs CMD...: true if CFSCTL is given and has the personality CMD (cfsctl before 0.4 has no
+# mount.composefs, mkcomposefs or composefs-info): composefs-rs joins only the cases it can run,
+# and a case never fails as a whole for an optional peer.
+rs() { [ -n "$CFSCTL" ] && "$CFSCTL" "$@" --help >/dev/null 2>&1; }
+rs_missing=
+for p in mount.composefs mkcomposefs "composefs-info measure-file"; do
+    [ -z "$CFSCTL" ] || rs $p || rs_missing="$rs_missing${rs_missing:+, }$p"
+done
 
 cargo build --release --offline --quiet --bin cfsmount
 B=${CARGO_TARGET_DIR:-$PWD/target}/release/cfsmount
@@ -172,7 +180,7 @@ if has mount; then
     un_plain=$(script un-plain "umount $M >/dev/null 2>&1 || true")
     tool cfsmount "$un_cfs" "$B mount $W/cs9.img $M --basedir $W/objs"
     [ -z "$REFERENCE" ] || tool reference "$un_plain" "$REFERENCE/mount.composefs -o basedir=$W/objs $W/cs9.img $M"
-    [ -z "$CFSCTL" ] || tool composefs-rs "$un_plain" "$CFSCTL mount.composefs -o basedir=$W/objs $W/cs9.img $M"
+    ! rs mount.composefs || tool composefs-rs "$un_plain" "$CFSCTL mount.composefs -o basedir=$W/objs $W/cs9.img $M"
     run_case mount "$RUNS_SHORT"
     "$un_cfs"
 fi
@@ -208,7 +216,7 @@ if has dir; then
     case_reset
     tool cfsmount "true" "$B mkimage --from-dir $SRC $W/dir-cfs.img"
     [ -z "$REFERENCE" ] || tool reference "true" "$REFERENCE/mkcomposefs $SRC $W/dir-ref.img"
-    [ -z "$CFSCTL" ] || tool composefs-rs "true" "$CFSCTL mkcomposefs $SRC $W/dir-rs.img"
+    ! rs mkcomposefs || tool composefs-rs "true" "$CFSCTL mkcomposefs $SRC $W/dir-rs.img"
     run_case dir 1
 fi
 if has store; then
@@ -218,7 +226,7 @@ if has store; then
     done
     tool cfsmount "$W/bin/clear-cfs" "$B mkimage --from-dir $SRC $W/store-cfs.img --digest-store $S/obj-cfs"
     [ -z "$REFERENCE" ] || tool reference "$W/bin/clear-ref" "$REFERENCE/mkcomposefs --digest-store=$S/obj-ref $SRC $W/store-ref.img"
-    [ -z "$CFSCTL" ] || tool composefs-rs "$W/bin/clear-rs" "$CFSCTL mkcomposefs --digest-store=$S/obj-rs $SRC $W/store-rs.img"
+    ! rs mkcomposefs || tool composefs-rs "$W/bin/clear-rs" "$CFSCTL mkcomposefs --digest-store=$S/obj-rs $SRC $W/store-rs.img"
     run_case store 1
 fi
 # The image builds: every tool reads the same input file and writes a new file in $W (ext4 on
@@ -231,7 +239,7 @@ if has dump; then
     case_reset
     tool cfsmount "rm -f $W/dump-cfs.img" "$B mkimage --from-dump $W/cs9.dump $W/dump-cfs.img"
     [ -z "$REFERENCE" ] || tool reference "rm -f $W/dump-ref.img" "$REFERENCE/mkcomposefs --from-file $W/cs9.dump $W/dump-ref.img"
-    [ -z "$CFSCTL" ] || tool composefs-rs "rm -f $W/dump-rs.img" "$CFSCTL mkcomposefs --from-file $W/cs9.dump $W/dump-rs.img"
+    ! rs mkcomposefs || tool composefs-rs "rm -f $W/dump-rs.img" "$CFSCTL mkcomposefs --from-file $W/cs9.dump $W/dump-rs.img"
     run_case dump "$RUNS_SHORT"
 fi
 if has toc; then
@@ -246,9 +254,9 @@ if has verity; then
     head -c $((1 << 30)) /dev/urandom >"$V"
     tool cfsmount "true" "$B verity digest $V"
     tool "fsverity digest" "true" "fsverity digest $V"
-    [ -z "$CFSCTL" ] || tool composefs-rs "true" "$CFSCTL composefs-info measure-file $V"
+    ! rs composefs-info measure-file || tool composefs-rs "true" "$CFSCTL composefs-info measure-file $V"
     run_case verity "$RUNS_SHORT"
-    digests=$({ "$B" verity digest "$V"; fsverity digest "$V"; [ -z "$CFSCTL" ] || echo "sha256:$("$CFSCTL" composefs-info measure-file "$V")"; } | awk '{print $1}' | sort -u | wc -l)
+    digests=$({ "$B" verity digest "$V"; fsverity digest "$V"; ! rs composefs-info measure-file || echo "sha256:$("$CFSCTL" composefs-info measure-file "$V")"; } | awk '{print $1}' | sort -u | wc -l)
     rm -f "$V"
 fi
 
@@ -345,7 +353,7 @@ PY
 }
 {
     echo "benches/compare.sh, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r)"
-    echo "$("$B" -V | head -1) ($(git rev-parse --short HEAD 2>/dev/null || echo '?')), reference: ${REFERENCE:-not given}, composefs-rs: $([ -n "$CFSCTL" ] && echo "$("$CFSCTL" --version) ($CFSCTL)" || echo "not given")"
+    echo "$("$B" -V | head -1) ($(git rev-parse --short HEAD 2>/dev/null || echo '?')), reference: ${REFERENCE:-not given}, composefs-rs: $([ -n "$CFSCTL" ] && echo "$("$CFSCTL" --version) ($CFSCTL)${rs_missing:+; without $rs_missing: not in those rows}" || echo "not given")"
     echo "rounds: $ROUNDS (+1 warm-up), runs per round: $RUNS_SHORT for ms cases, 1 otherwise; SRC=$SRC; stores in $(stat -f -c %T "$STORE_DIR") ($STORE_DIR), settle ${SETTLE}s; load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     echo "| work | cfsmount | reference C | composefs-rs |"

@@ -232,13 +232,10 @@ pub(crate) fn resolve_as_caller(
     drop(w);
     let mut answer = Vec::new();
     let read = std::fs::File::from(r).take(MAX_ANSWER as u64).read_to_end(&mut answer);
-    let pid =
-        rustix::process::Pid::from_raw(pid).ok_or(AccessError::Io { what: "fork", errno: rustix::io::Errno::SRCH })?;
-    let status =
-        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()).map_err(|e| io("waitpid", e))?;
+    let status = crate::sys::wait_child(pid).map_err(|e| io("waitpid", e))?;
     read.map_err(|e| io("reading the resolving child's answer", io_errno(&e)))?;
     let text: String = String::from_utf8_lossy(&answer).chars().filter(|c| !c.is_control()).collect();
-    let exited_ok = status.is_some_and(|(_, st)| st.exit_status() == Some(0));
+    let exited_ok = status.exit_status() == Some(0);
     match (text.split_at_checked(1), exited_ok) {
         (Some(("O", d)), true) => Sha256::parse(d).map_err(|e| refuse(format!("the resolving child answered: {e}"))),
         (Some(("E", e)), _) => Err(refuse(e.to_string())),

@@ -23,7 +23,7 @@ pub(super) fn wait_child(
         Err(e) => {
             // Cannot supervise it: kill and reap before reporting.
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            let _ = crate::sys::wait_child(pid.as_raw_nonzero().get());
             return Err(SandboxError::Parent { step: "pidfd_open", source: e.into() });
         }
     };
@@ -66,14 +66,8 @@ pub(super) fn wait_child(
     if timed_out || oversized {
         let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
     }
-    let ws = loop {
-        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
-            Ok(Some((_, ws))) => break ws,
-            Ok(None) => continue,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(SandboxError::Parent { step: "waitpid", source: e.into() }),
-        }
-    };
+    let ws = crate::sys::wait_child(pid.as_raw_nonzero().get())
+        .map_err(|e| SandboxError::Parent { step: "waitpid", source: e.into() })?;
     if timed_out {
         return Err(SandboxError::Timeout { seconds: timeout.as_secs_f64() });
     }

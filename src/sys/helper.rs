@@ -234,22 +234,7 @@ pub fn read_userns_maps(userns: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Vec<u8>)
 
 /// Waits for our child `pid`; its exit status, or None if it died by a signal.
 fn reap(pid: i32) -> Option<i32> {
-    let mut status = 0;
-    loop {
-        // SAFETY: waits for our own child; `status` is a valid out pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r >= 0 {
-            break;
-        }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return None;
-        }
-    }
-    if libc::WIFEXITED(status) {
-        Some(libc::WEXITSTATUS(status))
-    } else {
-        None
-    }
+    super::wait_child(pid).ok()?.exit_status()
 }
 
 /// `umount2("/proc/self/fd/N", MNT_DETACH)` where N is an O_PATH fd opened on

@@ -9,3 +9,18 @@ pub(crate) mod mount;
 pub mod sandbox;
 pub mod verity;
 pub(crate) mod writeback;
+
+/// Waits for our child `pid` to end: `waitpid(2)` (man 2 waitpid) through rustix, again after
+/// `EINTR`. How it ended; `ECHILD` when it is not ours to wait for (or no longer: with SIGCHLD
+/// ignored the kernel reaps an ended child by itself, and waitpid returns once it has ended).
+pub(crate) fn wait_child(pid: i32) -> rustix::io::Result<rustix::process::WaitStatus> {
+    let pid = rustix::process::Pid::from_raw(pid).ok_or(rustix::io::Errno::CHILD)?;
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, status))) => return Ok(status),
+            // (Only with WNOHANG, which is not asked for.)
+            Ok(None) | Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

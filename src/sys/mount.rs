@@ -384,22 +384,10 @@ impl UsernsChild {
 impl Drop for UsernsChild {
     fn drop(&mut self) {
         self.release.take();
-        let mut status = 0;
-        let reaped = loop {
-            // SAFETY: waits for our own child; `status` is a valid out pointer.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-            if r >= 0 {
-                break true;
-            }
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) => continue,
-                // SIGCHLD ignored (early init resets an inherited one, in plain runs too; a caller
-                // of the library may still ignore it): the kernel reaped the child, and waitpid
-                // returned only once it had exited.
-                Some(libc::ECHILD) => break true,
-                _ => break false,
-            }
-        };
+        // ECHILD: SIGCHLD ignored (early init resets an inherited one, in plain runs too; a
+        // caller of the library may still ignore it): the kernel reaped the child, and waitpid
+        // returned only once it had exited.
+        let reaped = matches!(super::wait_child(self.pid), Ok(_) | Err(io::Errno::CHILD));
         if !reaped {
             // The child may still run on its stack: never unmap it.
             std::mem::forget(self.stack.take());
@@ -579,21 +567,13 @@ fn recv_with_fd(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Option<OwnedFd>)> 
 
 /// Waits for our child `pid`; describes how it ended.
 fn reap_child(pid: i32) -> String {
-    let mut status = 0;
-    loop {
-        // SAFETY: waits for our own child; `status` is a valid out pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r >= 0 {
-            break;
-        }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return "not reaped".into();
-        }
-    }
-    if libc::WIFSIGNALED(status) {
-        format!("killed by signal {}", libc::WTERMSIG(status))
-    } else {
-        format!("exit status {}", libc::WEXITSTATUS(status))
+    match super::wait_child(pid) {
+        Ok(status) => match (status.terminating_signal(), status.exit_status()) {
+            (Some(sig), _) => format!("killed by signal {sig}"),
+            (None, Some(code)) => format!("exit status {code}"),
+            (None, None) => format!("wait status {:#x}", status.as_raw()),
+        },
+        Err(e) => format!("not reaped: {e}"),
     }
 }
 
