@@ -7,6 +7,7 @@ pub(crate) mod map;
 pub(crate) mod mem;
 pub(crate) mod mount;
 pub mod sandbox;
+pub(crate) mod tables;
 pub mod verity;
 pub(crate) mod writeback;
 

@@ -2,9 +2,12 @@
 //! data (directory blocks and inline tail, inline file content, symlink target, device number,
 //! an external file's chunk map), the claims on its slots and blocks, and its xattrs.
 
+use std::sync::Arc;
+
 use super::xattr::{has_whiteout_markers, is_raw_whiteout_marker, Applied, RawXattr};
 use super::{ReadError, Reader};
 use crate::erofs::format::*;
+use crate::sys::tables::{Region, Slab};
 use crate::tree::{self, Entry, Inode};
 
 /// Where a directory's entries live: `full_blocks` whole-or-partial blocks at `blocks_off`
@@ -18,7 +21,7 @@ pub(super) struct DirData {
 
 /// What is kept of a decoded inode: 28 bytes (the table holds one per inode of the image; its
 /// tree entry, when there is one, is kept apart).
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Ino {
     /// Decoded bytes of the entry (xattrs, payload, inline content) as the tree holds it: the
     /// whiteout markers' share (`marker_bytes`) goes when they are removed. (At most about
@@ -64,8 +67,8 @@ impl Ino {
 /// directories' data and the tree entries apart (most inodes are not directories, and when
 /// vetting almost none keeps its entry).
 pub(super) struct InodeTable {
-    index: Vec<u32>,
-    list: Vec<Ino>,
+    index: Slab<u32>,
+    list: Slab<Ino>,
     dirs: Vec<DirData>,
     /// `None` once moved into the tree.
     entries: Vec<Option<Box<Entry>>>,
@@ -80,16 +83,33 @@ const LIST_POPULATE_STEP: usize = 4096;
 
 impl InodeTable {
     /// For nids below `slots`; room for `expect` inodes (at most `slots`: the superblock's
-    /// count is hostile).
-    pub(super) fn new(slots: u64, expect: u64) -> InodeTable {
-        let slots = usize::try_from(slots).unwrap_or(0);
-        let expect = usize::try_from(expect).unwrap_or(0).min(slots);
-        // The index is filled whole now: its pages are made present in one call, not faulted in
-        // one by one (crate::sys::mem); the list's as it fills (`insert`).
-        let mut index = Vec::with_capacity(slots);
-        crate::sys::mem::populate_write(&index, 0..slots);
+    /// count is hostile). The index and the list are carved out of `tables` when it is given
+    /// (huge pages: `crate::sys::tables`), else ordinary allocations.
+    pub(super) fn new(slots: u64, expect: u64, tables: Option<&Arc<Region>>) -> InodeTable {
+        let (slots, expect) = Self::sizes(slots, expect);
+        let mut index = Slab::with_capacity_in(tables, slots);
+        // The index is filled whole now: in ordinary memory its pages are made present in one
+        // call, not faulted in one by one (crate::sys::mem); the list's as it fills (`insert`).
+        if let Some(v) = index.heap() {
+            crate::sys::mem::populate_write(v, 0..slots);
+        }
         index.resize(slots, u32::MAX);
-        InodeTable { index, list: Vec::with_capacity(expect), dirs: Vec::new(), entries: Vec::new(), populated: 0 }
+        let list = Slab::with_capacity_in(tables, expect);
+        InodeTable { index, list, dirs: Vec::new(), entries: Vec::new(), populated: 0 }
+    }
+
+    /// (Index entries, list room) of a table for nids below `slots` and `expect` inodes.
+    fn sizes(slots: u64, expect: u64) -> (usize, usize) {
+        let slots = usize::try_from(slots).unwrap_or(0);
+        (slots, usize::try_from(expect).unwrap_or(0).min(slots))
+    }
+
+    /// Bytes of memory the index and the list of [`InodeTable::new`]`(slots, expect)` take.
+    pub(super) fn table_bytes(slots: u64, expect: u64) -> usize {
+        let (slots, expect) = Self::sizes(slots, expect);
+        slots
+            .saturating_mul(std::mem::size_of::<u32>())
+            .saturating_add(expect.saturating_mul(std::mem::size_of::<Ino>()))
     }
 
     /// The inode's place in the table (in decoding order).
@@ -176,10 +196,13 @@ impl InodeTable {
         self.list.push(ino);
         if self.list.len() >= self.populated {
             // (`populated` stops at the capacity: when the list grows into a new allocation,
-            // the next records' pages there are made present from its length on.)
+            // the next records' pages there are made present from its length on. A list in
+            // the tables' region needs none of it: its pages come in 2 MiB at a time.)
             let (len, cap) = (self.list.len(), self.list.capacity());
             let to = len.saturating_add(LIST_POPULATE_STEP).min(cap);
-            crate::sys::mem::populate_write(&self.list, len..to);
+            if let Some(v) = self.list.heap() {
+                crate::sys::mem::populate_write(v, len..to);
+            }
             self.populated = to;
         }
     }

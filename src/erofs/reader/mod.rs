@@ -196,6 +196,10 @@ struct Reader<'a> {
     xattr_filter: bool,
     slots: Claims,
     blocks: Claims,
+    /// Memory for the largest tables (the inode table's index and list, the walk's child list,
+    /// the primary names): one mapping, in huge pages (`crate::sys::tables`); `None` for a
+    /// small image, and in the helper threads of the vetting (which keep no such tables).
+    tables: Option<std::sync::Arc<crate::sys::tables::Region>>,
     inodes: InodeTable,
     dirents: u64,
     decoded: u64,
@@ -212,6 +216,24 @@ struct Reader<'a> {
     /// On threads: the bytes all threads read since the last release (`pipe.rs`), to which
     /// this thread adds its own now and then ([`publish_every`]).
     shared_reads: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+/// Tables smaller than this stay in ordinary allocations: the region pays off only with a whole
+/// 2 MiB page in it. (Any size in the unit tests, so that they cover the region.)
+const MIN_TABLES_REGION: usize = if cfg!(test) { 1 } else { 2 << 20 };
+
+/// The region for the largest tables of an image with `slots` inode slots whose superblock
+/// counts `expect` inodes (hostile, so at most `slots` count; `InodeTable::new`): the inode
+/// table's index and list, and room for as many children in the walk and primary names. All of
+/// it is advised huge pages: for a sound image every part is written (a false count leaves at
+/// most the last touched huge page of each table partly unwritten, and resident).
+fn tables_region(slots: u64, expect: u64) -> Option<std::sync::Arc<crate::sys::tables::Region>> {
+    let per_inode = std::mem::size_of::<walk::Child>() + std::mem::size_of::<(u32, u32)>();
+    let expect_clamped = usize::try_from(expect.min(slots)).ok()?;
+    let bytes = InodeTable::table_bytes(slots, expect)
+        .checked_add(expect_clamped.checked_mul(per_inode)?)?
+        .checked_add(4 * 64)?; // each table starts on a cache line
+    (bytes >= MIN_TABLES_REGION).then(|| crate::sys::tables::Region::new(bytes, bytes)).flatten()
 }
 
 /// How many bytes a thread reads before it adds them to the threads' shared count: one counter
@@ -231,6 +253,8 @@ impl<'a> Reader<'a> {
         };
         header.check_composefs(len)?;
         let meta_off = header.meta_offset();
+        let slots = (len - meta_off) / SLOT_SIZE + 1;
+        let tables = tables_region(slots, header.inodes());
         Ok(Reader {
             d,
             limits: *limits,
@@ -243,9 +267,10 @@ impl<'a> Reader<'a> {
             flags: header.composefs.flags,
             root_nid: u64::from(header.sb.root_nid),
             xattr_filter: header.xattr_filter(),
-            slots: Claims::new((len - meta_off) / SLOT_SIZE + 1),
+            slots: Claims::new(slots),
             blocks: Claims::new(len.div_ceil(BLOCK_SIZE)),
-            inodes: InodeTable::new((len - meta_off) / SLOT_SIZE + 1, header.inodes()),
+            inodes: InodeTable::new(slots, header.inodes(), tables.as_ref()),
+            tables,
             dirents: 0,
             decoded: 0,
             raw_xattrs: Vec::new(),

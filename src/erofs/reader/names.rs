@@ -7,25 +7,30 @@
 //! two names fit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::walk::Walk;
 use super::xattr::is_whiteout_marker;
 use super::{child_path, dir_path, entry_bytes, show_path, tree_err, ReadError, Reader};
+use crate::sys::tables::{Region, Slab};
 use crate::tree::{NodeId, Tree, ROOT};
 
 /// Inode → (directory index in the walk, child index in that directory): a dense table by the
 /// inode's place in the [`super::inode::InodeTable`] (the walk's children name their inodes by place).
-pub(super) struct Primaries(Vec<(u32, u32)>);
+pub(super) struct Primaries(Slab<(u32, u32)>);
 
 /// No primary (yet). Places fit in u32: the walk refuses more than u32::MAX - 1 names.
 const NO_PRIMARY: (u32, u32) = (u32::MAX, u32::MAX);
 
 impl Primaries {
-    fn new(inodes: usize) -> Primaries {
-        // Filled whole now (one slot per decoded inode): its pages made present in one call
-        // rather than faulted in one by one (crate::sys::mem).
-        let mut v = Vec::with_capacity(inodes);
-        crate::sys::mem::populate_write(&v, 0..inodes);
+    fn new(inodes: usize, tables: Option<&Arc<Region>>) -> Primaries {
+        // Filled whole now (one slot per decoded inode): in the tables' region if it has room
+        // (crate::sys::tables), else in ordinary memory whose pages are made present in one
+        // call rather than faulted in one by one (crate::sys::mem).
+        let mut v = Slab::with_capacity_in(tables, inodes);
+        if let Some(h) = v.heap() {
+            crate::sys::mem::populate_write(h, 0..inodes);
+        }
         v.resize(inodes, NO_PRIMARY);
         Primaries(v)
     }
@@ -55,7 +60,7 @@ impl Reader<'_> {
         // The inodes (their places in the table) in nid order, from the one after the root
         // (none left if the root is not among them).
         let mut order = self.inodes.places_in_nid_order().peekable();
-        let mut primary = Primaries::new(self.inodes.len());
+        let mut primary = Primaries::new(self.inodes.len(), self.tables.as_ref());
         // (Every inode asked for here has a place, decoded or, on threads, still deferred: this
         // reads places only. u32::MAX, no place, is never found.)
         let place = |nid: u64| self.inodes.pos(nid).map_or(u32::MAX, |p| p as u32);

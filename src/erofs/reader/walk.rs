@@ -6,6 +6,7 @@
 use super::pipe::Pipe;
 use super::{child_path, dir_path, show_path, with_path, DirRec, ReadError, Reader};
 use crate::erofs::format::*;
+use crate::sys::tables::Slab;
 use crate::tree::{self, Xattr};
 
 /// What the walk found.
@@ -18,7 +19,7 @@ pub(super) struct Walk<'a> {
     /// and the child inodes' places in the [`super::inode::InodeTable`], so that no later phase
     /// looks a nid up again); a directory's are `children[dir.children]`
     /// ([`Walk::children_of`]). One list for all directories rather than one allocation each.
-    pub(super) children: Vec<Child>,
+    pub(super) children: Slab<Child>,
     /// Root whiteout stubs: (index of the root child they precede, nid).
     pub(super) stubs: Vec<(usize, u64)>,
     pub(super) stub_names: Vec<&'a [u8]>,
@@ -93,7 +94,8 @@ impl<'a> Reader<'a> {
                 // Room for a name per inode the superblock counts (most images have about as
                 // many names as inodes), made present only as it fills (`walk_dir`): growing the
                 // list would move it, with the other threads of the vetting held up meanwhile.
-                children: Vec::with_capacity(self.inodes.room()),
+                // In the tables' region when there is one (`crate::sys::tables`).
+                children: Slab::with_capacity_in(self.tables.as_ref(), self.inodes.room()),
                 stubs: Vec::new(),
                 stub_names: Vec::new(),
                 bad_nlink: None,
@@ -142,7 +144,10 @@ impl<'a> Reader<'a> {
         }
         if len + need > st.children_populated {
             let to = (len + need).max(st.children_populated.saturating_add(CHILDREN_POPULATE_STEP)).min(cap);
-            crate::sys::mem::populate_write(&st.walk.children, st.children_populated..to);
+            // (Not in the tables' region: its pages come in 2 MiB at a time.)
+            if let Some(v) = st.walk.children.heap() {
+                crate::sys::mem::populate_write(v, st.children_populated..to);
+            }
             st.children_populated = to;
         }
         let (mut dot, mut dotdot) = (false, false);
