@@ -243,7 +243,8 @@ fn allocation_past_memory_limit_kills_child() {
     assert!(matches!(&e, SandboxError::Job(m) if m.starts_with("alloc")), "{e}");
     // Infallible allocation: the child dies (abort; its signalling syscalls are outside the policy).
     let e = must_fail(&cfg, |_, _| {
-        let v = vec![1u8; 512 << 20];
+        // (black_box: otherwise an optimised build may leave the unused allocation out.)
+        let v = std::hint::black_box(vec![1u8; 512 << 20]);
         Err(format!("allocated {} bytes past the limit", v.len()))
     });
     assert!(matches!(&e, SandboxError::Killed { .. }), "expected the child to be killed, got {e}");

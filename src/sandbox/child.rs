@@ -31,6 +31,11 @@ where
     F: FnOnce(File, File, Option<File>) -> Result<(), String>,
 {
     let status_fd = status.as_raw_fd();
+    // A panic of the job reaches the parent as its message (below); the default hook would also
+    // print it, and capture a backtrace where the parent's std already read RUST_BACKTRACE=1
+    // (it caches the setting, and the child inherits the cache): that opens and maps files, which
+    // the seccomp policy kills as it should, and a panic then read as a policy violation.
+    std::panic::set_hook(Box::new(|_| {}));
     let probe = if proc_status { File::open("/proc/self/status").ok() } else { None };
     match confine(plan, dirs, &input, &output, status_fd, probe.as_ref().map(|f| f.as_raw_fd())) {
         Ok(()) => {}

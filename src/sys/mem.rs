@@ -1,5 +1,6 @@
 //! Memory advice for large buffers: `madvise(2)` with `MADV_HUGEPAGE` (the builder's) or
-//! `MADV_POPULATE_WRITE` (the image reader's tables).
+//! `MADV_POPULATE_WRITE` (the image reader's tables where they are ordinary allocations; its
+//! largest ones share a mapping of huge pages instead: `crate::sys::tables`).
 //!
 //! rustix wraps madvise, but as an `unsafe fn` (advice such as `MADV_DONTNEED` discards memory
 //! under live references); these wrappers confine the call to two advices that change no
