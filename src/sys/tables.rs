@@ -45,10 +45,13 @@ unsafe impl Sync for Region {}
 
 impl Region {
     /// A region of `len` bytes (rounded up to whole 2 MiB pages) whose first `huge` bytes,
-    /// rounded down to whole 2 MiB pages, are advised `MADV_HUGEPAGE`: they should be what will
-    /// surely be written (a huge page is resident as a whole once any byte of it is touched).
-    /// The memory is reserved, not touched: pages come in as the slabs fill. `None` if the
-    /// mapping cannot be made (the slabs then live in ordinary `Vec`s).
+    /// rounded down to whole 2 MiB pages, are advised `MADV_HUGEPAGE`, and the rest
+    /// `MADV_NOHUGEPAGE` (so that the last partial page stays in 4 KiB pages also where huge
+    /// pages are on for all memory, `enabled=always`). A huge page is resident as a whole once
+    /// any byte of it is touched: what is advised is resident once touched, written or not.
+    /// The memory is reserved, not touched: pages come in as the slabs fill or are made present
+    /// ([`Slab::populate`]). `None` if the mapping cannot be made (the slabs then live in
+    /// ordinary `Vec`s).
     pub(crate) fn new(len: usize, huge: usize) -> Option<Arc<Region>> {
         let len = len.checked_next_multiple_of(HUGE)?;
         if len == 0 {
@@ -83,14 +86,17 @@ impl Region {
             }
         }
         let huge = (huge.min(len) / HUGE) * HUGE;
-        if huge > 0 {
-            // SAFETY: [aligned, aligned + huge) lies inside the region, which nothing refers to
-            // yet. MADV_HUGEPAGE only marks the range eligible for transparent huge pages (a
-            // VMA flag): no contents or protections change. Best effort: a kernel without THP
-            // says EINVAL, and the pages then come in 4 KiB at a time as before.
-            let _ = unsafe {
-                rustix::mm::madvise(aligned as *mut std::ffi::c_void, huge, rustix::mm::Advice::LinuxHugepage)
-            };
+        for (from, to, advice) in
+            [(0, huge, rustix::mm::Advice::LinuxHugepage), (huge, len, rustix::mm::Advice::LinuxNoHugepage)]
+        {
+            if to > from {
+                // SAFETY: [aligned + from, aligned + to) lies inside the region, which nothing
+                // refers to yet. MADV_HUGEPAGE and MADV_NOHUGEPAGE only mark the range eligible
+                // or not for transparent huge pages (a VMA flag): no contents or protections
+                // change. Best effort: a kernel without THP says EINVAL, and the pages then come
+                // in 4 KiB at a time.
+                let _ = unsafe { rustix::mm::madvise((aligned + from) as *mut std::ffi::c_void, to - from, advice) };
+            }
         }
         let base = NonNull::new(aligned as *mut u8)?;
         Some(Arc::new(Region { base, len, used: AtomicUsize::new(0) }))
@@ -98,8 +104,10 @@ impl Region {
 
     /// Room for `cap` values of `T` that no other slab has, if the region has it left.
     fn carve<T>(&self, cap: usize) -> Option<NonNull<T>> {
+        // (The base is 2 MiB-aligned and every slab starts on a SLAB_ALIGN boundary.)
+        const { assert!(std::mem::align_of::<T>() <= SLAB_ALIGN) };
         let size = cap.checked_mul(std::mem::size_of::<T>())?;
-        let align = SLAB_ALIGN.max(std::mem::align_of::<T>());
+        let align = SLAB_ALIGN;
         let mut at = 0;
         self.used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
@@ -167,22 +175,16 @@ impl<T: Copy> Slab<T> {
         matches!(self.store, Store::Mapped { .. })
     }
 
-    /// The `Vec` holding the values, if not in a region.
-    pub(crate) fn heap(&self) -> Option<&Vec<T>> {
-        match &self.store {
-            Store::Heap(v) => Some(v),
-            Store::Mapped { .. } => None,
-        }
-    }
-
-    /// Room for `extra` more values: a mapped slab without it moves to a `Vec` (with the room).
+    /// Room for `extra` more values: a mapped slab without it moves to a `Vec` (with room for
+    /// twice its share, or more if `extra` asks for more, as a `Vec` grows).
     pub(crate) fn reserve(&mut self, extra: usize) {
         let short = match &self.store {
             Store::Mapped { len, cap, .. } => cap - len < extra,
             Store::Heap(_) => false,
         };
         if short {
-            let mut v = Vec::with_capacity(self.len().saturating_add(extra));
+            let room = self.capacity().saturating_mul(2).max(self.len().saturating_add(extra)).max(4);
+            let mut v = Vec::with_capacity(room);
             v.extend_from_slice(self);
             self.store = Store::Heap(v);
         } else if let Store::Heap(v) = &mut self.store {
@@ -191,19 +193,54 @@ impl<T: Copy> Slab<T> {
     }
 
     pub(crate) fn push(&mut self, value: T) {
-        if let Store::Mapped { ptr, len, cap, .. } = &mut self.store {
-            if *len < *cap {
+        match &mut self.store {
+            Store::Mapped { ptr, len, cap, .. } if *len < *cap => {
                 // SAFETY: `len < cap`: the slot lies inside this slab's share of the region,
                 // which no one else reads or writes; writing a `Copy` value drops nothing.
                 unsafe { ptr.as_ptr().add(*len).write(value) };
                 *len += 1;
-                return;
             }
+            Store::Mapped { .. } => {
+                // Full: the values move to a Vec with room to grow.
+                self.reserve(1);
+                if let Store::Heap(v) = &mut self.store {
+                    v.push(value);
+                }
+            }
+            Store::Heap(v) => v.push(value),
         }
-        // Full (or in a Vec): the values move to a Vec with room to grow, as a Vec would.
-        self.reserve(self.len().max(1));
-        if let Store::Heap(v) = &mut self.store {
-            v.push(value);
+    }
+
+    /// Makes the pages of values `elems` (of the capacity) present and writable now, in one
+    /// call, rather than one fault per page as they are first written
+    /// (`MADV_POPULATE_WRITE`, as [`super::mem::populate_write`] does for a `Vec`; in the
+    /// region's huge-page part a fault brings 2 MiB, so this costs little there, and it saves
+    /// the faults where huge pages are off). Best effort.
+    pub(crate) fn populate(&self, elems: std::ops::Range<usize>) {
+        match &self.store {
+            Store::Heap(v) => super::mem::populate_write(v, elems),
+            Store::Mapped { ptr, cap, .. } => {
+                let size = std::mem::size_of::<T>();
+                let (start, end) = (elems.start.min(*cap), elems.end.min(*cap));
+                let base = ptr.as_ptr() as usize;
+                // Whole 4 KiB pages inside values [start, end) of this slab's share.
+                let (first, last) = ((base + start * size).next_multiple_of(4096), (base + end * size) & !4095);
+                if first < last {
+                    // SAFETY: [first, last) lies inside this slab's share of the region (values
+                    // below `cap`), rounded inwards to whole pages, so no memory of another
+                    // slab or of anyone else. MADV_POPULATE_WRITE only makes the pages present
+                    // and writable, as a write fault would, without writing: a page already
+                    // present keeps its contents, a missing one comes in zero-filled. No
+                    // reference observes a difference.
+                    let _ = unsafe {
+                        rustix::mm::madvise(
+                            first as *mut std::ffi::c_void,
+                            last - first,
+                            rustix::mm::Advice::LinuxPopulateWrite,
+                        )
+                    };
+                }
+            }
         }
     }
 
@@ -213,7 +250,7 @@ impl<T: Copy> Slab<T> {
         self.reserve(extra);
         match &mut self.store {
             Store::Mapped { ptr, len, cap, .. } => {
-                debug_assert!(*cap - *len >= extra);
+                assert!(*cap - *len >= extra);
                 for i in *len..*len + extra {
                     // SAFETY: `reserve` left room for `extra` more: every slot written lies
                     // inside this slab's share of the region (a `Copy` value drops nothing).
@@ -230,7 +267,8 @@ impl<T: Copy> std::ops::Deref for Slab<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
         match &self.store {
-            // SAFETY: the first `len` values at `ptr` were written by `push` and lie in this
+            // SAFETY: the first `len` values at `ptr` were written by `push` or `resize` (the
+            // only places `len` grows, each after writing) and lie in this
             // slab's share of the region, kept mapped by `_region`; `ptr` is aligned for T.
             Store::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
             Store::Heap(v) => v,
@@ -278,6 +316,21 @@ mod tests {
         assert!(!c.is_mapped() && c.capacity() >= HUGE);
         let none: Slab<u8> = Slab::with_capacity_in(None, 3);
         assert!(!none.is_mapped());
+        // In a Vec it grows as a Vec does: filling its capacity moves nothing.
+        let (mut h, mut v): (Slab<u32>, Vec<u32>) = (Slab::with_capacity_in(None, 1000), Vec::with_capacity(1000));
+        for i in 0..1000 {
+            h.push(i);
+            v.push(i);
+        }
+        assert_eq!((h.capacity(), &h[..]), (v.capacity(), &v[..]));
+        // Made present: the values stay (a mapped share and a Vec alike).
+        let mut p: Slab<u64> = Slab::with_capacity_in(Some(&region), 2048);
+        p.resize(100, 5);
+        p.populate(0..2048);
+        p.populate(3000..4000);
+        assert!(p.is_mapped() && p.len() == 100 && p.iter().all(|&x| x == 5));
+        h.populate(0..5000);
+        assert!(h.iter().enumerate().all(|(i, &x)| x == i as u32));
         // The region outlives its handle while a slab holds it.
         let mut d: Slab<u16> = Slab::with_capacity_in(Some(&region), 4);
         drop(region);
@@ -288,7 +341,8 @@ mod tests {
     #[test]
     fn the_sure_part_is_in_huge_pages_and_the_rest_is_not() {
         // Where the kernel has transparent huge pages and this process may use them (madvise
-        // or always mode; prctl(PR_SET_THP_DISABLE) shows as `THP_enabled: 0`).
+        // or always mode: the tail is advised against them for the latter;
+        // prctl(PR_SET_THP_DISABLE) shows as `THP_enabled: 0`).
         let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let thp_off = status.lines().any(|l| l.starts_with("THP_enabled:") && l.trim_end().ends_with('0'));

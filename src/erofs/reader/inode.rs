@@ -88,11 +88,9 @@ impl InodeTable {
     pub(super) fn new(slots: u64, expect: u64, tables: Option<&Arc<Region>>) -> InodeTable {
         let (slots, expect) = Self::sizes(slots, expect);
         let mut index = Slab::with_capacity_in(tables, slots);
-        // The index is filled whole now: in ordinary memory its pages are made present in one
-        // call, not faulted in one by one (crate::sys::mem); the list's as it fills (`insert`).
-        if let Some(v) = index.heap() {
-            crate::sys::mem::populate_write(v, 0..slots);
-        }
+        // The index is filled whole now: its pages are made present in one call, not faulted in
+        // one by one (`Slab::populate`); the list's as it fills (`insert`).
+        index.populate(0..slots);
         index.resize(slots, u32::MAX);
         let list = Slab::with_capacity_in(tables, expect);
         InodeTable { index, list, dirs: Vec::new(), entries: Vec::new(), populated: 0 }
@@ -196,13 +194,10 @@ impl InodeTable {
         self.list.push(ino);
         if self.list.len() >= self.populated {
             // (`populated` stops at the capacity: when the list grows into a new allocation,
-            // the next records' pages there are made present from its length on. A list in
-            // the tables' region needs none of it: its pages come in 2 MiB at a time.)
+            // the next records' pages there are made present from its length on.)
             let (len, cap) = (self.list.len(), self.list.capacity());
             let to = len.saturating_add(LIST_POPULATE_STEP).min(cap);
-            if let Some(v) = self.list.heap() {
-                crate::sys::mem::populate_write(v, len..to);
-            }
+            self.list.populate(len..to);
             self.populated = to;
         }
     }

@@ -218,6 +218,13 @@ struct Reader<'a> {
     shared_reads: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Readers made on this thread keep their tables in ordinary allocations (the tests compare
+    /// both ways: `tests::without_region`).
+    static NO_TABLES_REGION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Tables smaller than this stay in ordinary allocations: the region pays off only with a whole
 /// 2 MiB page in it. (Any size in the unit tests, so that they cover the region.)
 const MIN_TABLES_REGION: usize = if cfg!(test) { 1 } else { 2 << 20 };
@@ -228,6 +235,10 @@ const MIN_TABLES_REGION: usize = if cfg!(test) { 1 } else { 2 << 20 };
 /// it is advised huge pages: for a sound image every part is written (a false count leaves at
 /// most the last touched huge page of each table partly unwritten, and resident).
 fn tables_region(slots: u64, expect: u64) -> Option<std::sync::Arc<crate::sys::tables::Region>> {
+    #[cfg(test)]
+    if NO_TABLES_REGION.with(std::cell::Cell::get) {
+        return None;
+    }
     let per_inode = std::mem::size_of::<walk::Child>() + std::mem::size_of::<(u32, u32)>();
     let expect_clamped = usize::try_from(expect.min(slots)).ok()?;
     let bytes = InodeTable::table_bytes(slots, expect)

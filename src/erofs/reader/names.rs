@@ -24,13 +24,11 @@ const NO_PRIMARY: (u32, u32) = (u32::MAX, u32::MAX);
 
 impl Primaries {
     fn new(inodes: usize, tables: Option<&Arc<Region>>) -> Primaries {
-        // Filled whole now (one slot per decoded inode): in the tables' region if it has room
-        // (crate::sys::tables), else in ordinary memory whose pages are made present in one
-        // call rather than faulted in one by one (crate::sys::mem).
+        // Filled whole now (one slot per decoded inode), in the tables' region if it has room
+        // (crate::sys::tables): its pages made present in one call rather than faulted in one
+        // by one.
         let mut v = Slab::with_capacity_in(tables, inodes);
-        if let Some(h) = v.heap() {
-            crate::sys::mem::populate_write(h, 0..inodes);
-        }
+        v.populate(0..inodes);
         v.resize(inodes, NO_PRIMARY);
         Primaries(v)
     }

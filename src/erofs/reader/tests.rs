@@ -91,7 +91,20 @@ fn file() -> Vec<u8> {
 /// reader accepts (with the same error), count the tree's entries and find its device nodes.
 fn read_image(img: &[u8]) -> Result<Tree, ReadError> {
     let r = super::read_image(img);
+    // The tables in ordinary allocations (as for images whose tables take less than 2 MiB
+    // outside the tests) give the same tree or error as in the tables' region.
+    // (The nodes: the tree's name index is hashed with a random seed.)
+    let shown = |r: &Result<Tree, ReadError>| format!("{:?}", r.as_ref().map(|t| &t.nodes));
+    assert_eq!(shown(&without_region(|| super::read_image(img))), shown(&r));
     vet_agrees(img, &ReadLimits::default(), r.as_ref());
+    r
+}
+
+/// `f` with the readers made on this thread keeping their tables in ordinary allocations.
+fn without_region<R>(f: impl FnOnce() -> R) -> R {
+    super::NO_TABLES_REGION.with(|c| c.set(true));
+    let r = f();
+    super::NO_TABLES_REGION.with(|c| c.set(false));
     r
 }
 
@@ -103,6 +116,10 @@ fn vet_agrees(img: &[u8], limits: &ReadLimits, read: Result<&Tree, &ReadError>) 
     };
     let released = vet_image_releasing(img, limits, Release { every: 64, hook: &hook });
     assert_eq!(format!("{released:?}"), format!("{:?}", vet_image(img, limits)));
+    for threads in [1, 2] {
+        let plain = without_region(|| vet_image_threads(img, limits, threads));
+        assert_eq!(format!("{plain:?}"), format!("{released:?}"), "tables in ordinary allocations, {threads} threads");
+    }
     if img.len() > 4096 && released.is_ok() {
         assert!(calls.into_inner() > 0, "the hook was never called for {} bytes", img.len());
     }

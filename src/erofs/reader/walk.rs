@@ -144,10 +144,7 @@ impl<'a> Reader<'a> {
         }
         if len + need > st.children_populated {
             let to = (len + need).max(st.children_populated.saturating_add(CHILDREN_POPULATE_STEP)).min(cap);
-            // (Not in the tables' region: its pages come in 2 MiB at a time.)
-            if let Some(v) = st.walk.children.heap() {
-                crate::sys::mem::populate_write(v, st.children_populated..to);
-            }
+            st.walk.children.populate(st.children_populated..to);
             st.children_populated = to;
         }
         let (mut dot, mut dotdot) = (false, false);
