@@ -1,6 +1,6 @@
 //! Memory advice for large buffers: `madvise(2)` with `MADV_HUGEPAGE` (the builder's) or
-//! `MADV_POPULATE_WRITE` (the image reader's tables where they are ordinary allocations; its
-//! largest ones share a mapping of huge pages instead: `crate::sys::tables`).
+//! `MADV_POPULATE_WRITE` (the image reader's tables: here where they are ordinary allocations,
+//! through `crate::sys::tables::Slab::populate` where they share its mapping of huge pages).
 //!
 //! rustix wraps madvise, but as an `unsafe fn` (advice such as `MADV_DONTNEED` discards memory
 //! under live references); these wrappers confine the call to two advices that change no
@@ -46,9 +46,9 @@ pub(crate) fn advise_huge_pages<T>(v: &Vec<T>, n: usize) {
 ///
 /// Syscall: madvise(2) (man 2 madvise), advice `MADV_POPULATE_WRITE`.
 pub(crate) fn populate_write<T>(v: &Vec<T>, elems: std::ops::Range<usize>) {
-    // 4 KiB base pages, as for HUGE; where pages are larger an unaligned start makes the call
-    // fail with EINVAL, which is ignored.
-    let Some((first, last)) = inner_pages(v, elems, 4096) else {
+    // Whole pages of the kernel's size (madvise rounds a length up to it: pages of 4 KiB
+    // against a larger page size could reach past the allocation).
+    let Some((first, last)) = inner_pages(v, elems, rustix::param::page_size()) else {
         return;
     };
     // SAFETY: [first, last) lies inside the allocation `v` owns (rounded inwards to page
@@ -65,12 +65,26 @@ pub(crate) fn populate_write<T>(v: &Vec<T>, elems: std::ops::Range<usize>) {
 /// The whole `page`-aligned pages (`page` a power of two) that lie within elements `elems` of
 /// `v`'s allocated capacity, as byte addresses `[first, last)`; `None` when there is none.
 fn inner_pages<T>(v: &Vec<T>, elems: std::ops::Range<usize>, page: usize) -> Option<(usize, usize)> {
-    let size = std::mem::size_of::<T>();
-    let end_elem = elems.end.min(v.capacity());
+    inner_pages_of(v.as_ptr() as usize, std::mem::size_of::<T>(), v.capacity(), elems, page)
+}
+
+/// The whole `page`-aligned pages (`page` a power of two) that lie within elements `elems`
+/// (clamped to `cap`) of `cap` elements of `size` bytes at address `base`, as byte addresses
+/// `[first, last)`; `None` when there is none (an empty or reversed range among them). Both
+/// ends are rounded inwards, so the pages lie inside `[base, base + cap * size)`; `page` must
+/// be at least the kernel's page size for a madvise over them to stay there (the kernel rounds
+/// a length up to its page size).
+pub(crate) fn inner_pages_of(
+    base: usize,
+    size: usize,
+    cap: usize,
+    elems: std::ops::Range<usize>,
+    page: usize,
+) -> Option<(usize, usize)> {
+    let end_elem = elems.end.min(cap);
     if elems.start >= end_elem {
         return None;
     }
-    let base = v.as_ptr() as usize;
     // No overflow: both ends lie within the allocation (start < end <= capacity).
     let (start, end) = (base + elems.start * size, base + end_elem * size);
     let (first, last) = (start.next_multiple_of(page), end & !(page - 1));

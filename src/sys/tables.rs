@@ -10,14 +10,16 @@
 //! round each one up to 2 MiB of resident memory above it (the helper's peak RSS went from 14
 //! to 17-18 MB that way); the tables one after the other in one mapping give whole huge pages
 //! for all but the last partial one, which stays in 4 KiB pages: no more resident memory than
-//! separate allocations.
+//! separate allocations once the tables are full (a huge page is resident as soon as one of its
+//! bytes is touched, so the memory comes in sooner).
 //!
 //! [`Region`] is the mapping; [`Slab`] a growable list of `Copy` values carved out of it, which
 //! moves to an ordinary `Vec` when it outgrows its share (or when there is no region). The
 //! region lives until its last slab is dropped.
 //!
-//! Syscalls: mmap(2), madvise(2) (`MADV_HUGEPAGE`), munmap(2) (man 2 mmap, man 2 madvise),
-//! through rustix (whose calls are `unsafe fn`: they hand out and take back raw memory).
+//! Syscalls: mmap(2), madvise(2) (`MADV_HUGEPAGE`, `MADV_NOHUGEPAGE`, `MADV_POPULATE_WRITE`),
+//! munmap(2) (man 2 mmap, man 2 madvise), through rustix (whose calls are `unsafe fn`: they hand
+//! out and take back raw memory).
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +30,9 @@ const HUGE: usize = 2 << 20;
 
 /// Every slab starts on its own cache line.
 const SLAB_ALIGN: usize = 64;
+
+// A slab's start (the 2 MiB-aligned base plus a multiple of SLAB_ALIGN) is SLAB_ALIGN-aligned.
+const _: () = assert!(SLAB_ALIGN.is_power_of_two() && HUGE % SLAB_ALIGN == 0);
 
 /// An anonymous private mapping, 2 MiB-aligned, handed out front to back to [`Slab`]s.
 pub(crate) struct Region {
@@ -105,7 +110,7 @@ impl Region {
     /// Room for `cap` values of `T` that no other slab has, if the region has it left.
     fn carve<T>(&self, cap: usize) -> Option<NonNull<T>> {
         // (The base is 2 MiB-aligned and every slab starts on a SLAB_ALIGN boundary.)
-        const { assert!(std::mem::align_of::<T>() <= SLAB_ALIGN) };
+        const { assert!(SLAB_ALIGN % std::mem::align_of::<T>() == 0) };
         let size = cap.checked_mul(std::mem::size_of::<T>())?;
         let align = SLAB_ALIGN;
         let mut at = 0;
@@ -203,9 +208,10 @@ impl<T: Copy> Slab<T> {
             Store::Mapped { .. } => {
                 // Full: the values move to a Vec with room to grow.
                 self.reserve(1);
-                if let Store::Heap(v) = &mut self.store {
-                    v.push(value);
-                }
+                let Store::Heap(v) = &mut self.store else {
+                    unreachable!("a full mapped slab moves to a Vec in reserve");
+                };
+                v.push(value);
             }
             Store::Heap(v) => v.push(value),
         }
@@ -220,14 +226,14 @@ impl<T: Copy> Slab<T> {
         match &self.store {
             Store::Heap(v) => super::mem::populate_write(v, elems),
             Store::Mapped { ptr, cap, .. } => {
+                // Whole pages of the kernel's size inside values `elems` of this slab's share.
+                let page = rustix::param::page_size();
                 let size = std::mem::size_of::<T>();
-                let (start, end) = (elems.start.min(*cap), elems.end.min(*cap));
-                let base = ptr.as_ptr() as usize;
-                // Whole 4 KiB pages inside values [start, end) of this slab's share.
-                let (first, last) = ((base + start * size).next_multiple_of(4096), (base + end * size) & !4095);
-                if first < last {
+                if let Some((first, last)) = super::mem::inner_pages_of(ptr.as_ptr() as usize, size, *cap, elems, page)
+                {
                     // SAFETY: [first, last) lies inside this slab's share of the region (values
-                    // below `cap`), rounded inwards to whole pages, so no memory of another
+                    // below `cap`), rounded inwards to whole pages of the kernel's size (so the
+                    // kernel's rounding of the length adds nothing), so no memory of another
                     // slab or of anyone else. MADV_POPULATE_WRITE only makes the pages present
                     // and writable, as a write fault would, without writing: a page already
                     // present keeps its contents, a missing one comes in zero-filled. No
@@ -304,10 +310,11 @@ mod tests {
         a[7] = 7;
         assert!(a.iter().enumerate().all(|(i, &x)| x == if i == 7 { 7 } else { u32::MAX }));
         assert!(b.iter().enumerate().all(|(i, &(x, y))| x == i as u64 && y == i as u8));
-        // Full: it moves to a Vec, keeping its values; the region keeps the others'.
+        // Full: it moves to a Vec (room for twice its share), keeping its values; the region
+        // keeps the others'.
         b.push((10, 10));
         assert!(!b.is_mapped());
-        assert_eq!(b.len(), 11);
+        assert_eq!((b.len(), b.capacity()), (11, 20));
         assert!(b.iter().enumerate().all(|(i, &(x, _))| x == i as u64));
         a.reserve(5);
         assert!(!a.is_mapped() && a.len() == 1000 && a[7] == 7 && a.capacity() >= 1005);
@@ -328,6 +335,9 @@ mod tests {
         p.resize(100, 5);
         p.populate(0..2048);
         p.populate(3000..4000);
+        let (from, to) = (10, 5); // reversed and empty ranges make no call
+        p.populate(from..to);
+        p.populate(0..0);
         assert!(p.is_mapped() && p.len() == 100 && p.iter().all(|&x| x == 5));
         h.populate(0..5000);
         assert!(h.iter().enumerate().all(|(i, &x)| x == i as u32));
@@ -336,6 +346,20 @@ mod tests {
         drop(region);
         d.push(9);
         assert_eq!(&d[..], &[9]);
+    }
+
+    #[test]
+    fn made_present_only_inside_the_share() {
+        // The pages `populate` advises lie inside the share, whatever the range and page size.
+        let (base, size, cap) = (0x20_0000 + 64, 12, 10_000);
+        for page in [4096, 16384, 65536] {
+            for (a, b) in [(0, cap), (0, 1), (5, 4), (0, 0), (100, 50_000), (cap, cap + 10), (17, 9_999)] {
+                if let Some((first, last)) = crate::sys::mem::inner_pages_of(base, size, cap, a..b, page) {
+                    assert!(first < last && first % page == 0 && last % page == 0);
+                    assert!(first >= base + a * size && last <= base + b.min(cap) * size, "{a}..{b} {page}");
+                }
+            }
+        }
     }
 
     #[test]

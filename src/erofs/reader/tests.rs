@@ -102,10 +102,16 @@ fn read_image(img: &[u8]) -> Result<Tree, ReadError> {
 
 /// `f` with the readers made on this thread keeping their tables in ordinary allocations.
 fn without_region<R>(f: impl FnOnce() -> R) -> R {
+    /// Turns the region back on however `f` ends (a test that catches a panic goes on).
+    struct On;
+    impl Drop for On {
+        fn drop(&mut self) {
+            super::NO_TABLES_REGION.with(|c| c.set(false));
+        }
+    }
     super::NO_TABLES_REGION.with(|c| c.set(true));
-    let r = f();
-    super::NO_TABLES_REGION.with(|c| c.set(false));
-    r
+    let _on = On;
+    f()
 }
 
 fn vet_agrees(img: &[u8], limits: &ReadLimits, read: Result<&Tree, &ReadError>) {
