@@ -167,6 +167,7 @@ impl<T: Copy> Slab<T> {
         Slab { store: mapped.unwrap_or_else(|| Store::Heap(Vec::with_capacity(cap))) }
     }
 
+    #[inline]
     pub(crate) fn capacity(&self) -> usize {
         match &self.store {
             Store::Mapped { cap, .. } => *cap,
@@ -197,6 +198,7 @@ impl<T: Copy> Slab<T> {
         }
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, value: T) {
         match &mut self.store {
             Store::Mapped { ptr, len, cap, .. } if *len < *cap => {
@@ -205,16 +207,20 @@ impl<T: Copy> Slab<T> {
                 unsafe { ptr.as_ptr().add(*len).write(value) };
                 *len += 1;
             }
-            Store::Mapped { .. } => {
-                // Full: the values move to a Vec with room to grow.
-                self.reserve(1);
-                let Store::Heap(v) = &mut self.store else {
-                    unreachable!("a full mapped slab moves to a Vec in reserve");
-                };
-                v.push(value);
-            }
             Store::Heap(v) => v.push(value),
+            Store::Mapped { .. } => self.move_out_and_push(value),
         }
+    }
+
+    /// A full mapped slab: its values move to a Vec with room to grow, then `value` goes there.
+    #[cold]
+    #[inline(never)]
+    fn move_out_and_push(&mut self, value: T) {
+        self.reserve(1);
+        let Store::Heap(v) = &mut self.store else {
+            unreachable!("a full mapped slab moves to a Vec in reserve");
+        };
+        v.push(value);
     }
 
     /// Makes the pages of values `elems` (of the capacity) present and writable now, in one
@@ -271,6 +277,7 @@ impl<T: Copy> Slab<T> {
 
 impl<T: Copy> std::ops::Deref for Slab<T> {
     type Target = [T];
+    #[inline]
     fn deref(&self) -> &[T] {
         match &self.store {
             // SAFETY: the first `len` values at `ptr` were written by `push` or `resize` (the
@@ -283,6 +290,7 @@ impl<T: Copy> std::ops::Deref for Slab<T> {
 }
 
 impl<T: Copy> std::ops::DerefMut for Slab<T> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [T] {
         match &mut self.store {
             // SAFETY: as in `deref`; `&mut self` makes this the only reference to them.
