@@ -232,8 +232,9 @@ const MIN_TABLES_REGION: usize = if cfg!(test) { 1 } else { 2 << 20 };
 /// The region for the largest tables of an image with `slots` inode slots whose superblock
 /// counts `expect` inodes (hostile, so at most `slots` count; `InodeTable::new`): the inode
 /// table's index and list, and room for as many children in the walk and primary names. All of
-/// it is advised huge pages: for a sound image every part is written (a false count leaves at
-/// most the last touched huge page of each table partly unwritten, and resident).
+/// it is advised huge pages: for a sound image every part is written (a false count leaves the
+/// last one or two touched huge pages of each growing table partly unwritten, and resident: the
+/// steps made present ahead can reach into the next one).
 fn tables_region(slots: u64, expect: u64) -> Option<std::sync::Arc<crate::sys::tables::Region>> {
     #[cfg(test)]
     if NO_TABLES_REGION.with(std::cell::Cell::get) {
