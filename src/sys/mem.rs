@@ -17,6 +17,14 @@
 /// Size of a transparent huge page on x86_64 and aarch64 (4 KiB base pages).
 const HUGE: usize = 2 << 20;
 
+/// The largest base page size of the architectures this builds for (x86_64: 4 KiB; aarch64: 4,
+/// 16 or 64 KiB; the build refuses others, see `sys::mount`): ranges rounded inwards to it are
+/// whole pages whatever the kernel's size. A constant rather than the kernel's own size, because
+/// asking for that (rustix's `param::page_size` reads the aux vector, with
+/// `prctl(PR_GET_AUXV)` or from /proc) is outside the sandboxed child's seccomp policy, and the
+/// image reader runs in that child (composefs-info).
+pub(crate) const PAGE_BOUND: usize = if cfg!(target_arch = "aarch64") { 64 << 10 } else { 4 << 10 };
+
 /// Asks the kernel to back the whole 2 MiB-aligned pages within the first `n` elements of `v`'s
 /// allocated capacity with transparent huge pages when they are first touched (`MADV_HUGEPAGE`).
 /// `n` should be what will surely be filled: a huge page is resident as a whole once any byte of
@@ -46,9 +54,9 @@ pub(crate) fn advise_huge_pages<T>(v: &Vec<T>, n: usize) {
 ///
 /// Syscall: madvise(2) (man 2 madvise), advice `MADV_POPULATE_WRITE`.
 pub(crate) fn populate_write<T>(v: &Vec<T>, elems: std::ops::Range<usize>) {
-    // Whole pages of the kernel's size (madvise rounds a length up to it: pages of 4 KiB
-    // against a larger page size could reach past the allocation).
-    let Some((first, last)) = inner_pages(v, elems, rustix::param::page_size()) else {
+    // Whole pages of the largest base size the architecture has (madvise rounds a length up to
+    // the kernel's: pages of 4 KiB against a larger page size could reach past the allocation).
+    let Some((first, last)) = inner_pages(v, elems, PAGE_BOUND) else {
         return;
     };
     // SAFETY: [first, last) lies inside the allocation `v` owns (rounded inwards to page

@@ -232,15 +232,15 @@ impl<T: Copy> Slab<T> {
         match &self.store {
             Store::Heap(v) => super::mem::populate_write(v, elems),
             Store::Mapped { ptr, cap, .. } => {
-                // Whole pages of the kernel's size inside values `elems` of this slab's share.
-                let page = rustix::param::page_size();
-                let size = std::mem::size_of::<T>();
+                // Whole pages inside values `elems` of this slab's share, of the largest base
+                // page size the architecture has (`mem::PAGE_BOUND`).
+                let (size, page) = (std::mem::size_of::<T>(), super::mem::PAGE_BOUND);
                 if let Some((first, last)) = super::mem::inner_pages_of(ptr.as_ptr() as usize, size, *cap, elems, page)
                 {
                     // SAFETY: [first, last) lies inside this slab's share of the region (values
-                    // below `cap`), rounded inwards to whole pages of the kernel's size (so the
-                    // kernel's rounding of the length adds nothing), so no memory of another
-                    // slab or of anyone else. MADV_POPULATE_WRITE only makes the pages present
+                    // below `cap`), rounded inwards to whole pages of at least the kernel's size
+                    // (so its rounding of the length adds nothing), so no memory of another slab
+                    // or of anyone else. MADV_POPULATE_WRITE only makes the pages present
                     // and writable, as a write fault would, without writing: a page already
                     // present keeps its contents, a missing one comes in zero-filled. No
                     // reference observes a difference.
