@@ -99,6 +99,55 @@ pub(crate) fn inner_pages_of(
     (first < last).then_some((first, last))
 }
 
+/// A mapping of /proc/self/smaps (for tests): its address range and its field lines.
+#[cfg(test)]
+pub(crate) struct Smap {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    fields: Vec<(String, String)>,
+}
+
+#[cfg(test)]
+impl Smap {
+    /// The value of field `name` (what follows `name:`, trimmed).
+    pub(crate) fn field(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// A size field (`Rss`, `AnonHugePages`, ...) in kB; 0 if absent.
+    pub(crate) fn kb(&self, name: &str) -> usize {
+        self.field(name).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    }
+}
+
+/// The mappings of this process, from /proc/self/smaps (for tests).
+#[cfg(test)]
+pub(crate) fn smaps() -> Vec<Smap> {
+    let mut maps: Vec<Smap> = Vec::new();
+    for line in std::fs::read_to_string("/proc/self/smaps").unwrap().lines() {
+        let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
+        if let Some((Ok(start), Ok(end))) =
+            range.map(|(a, b)| (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)))
+        {
+            maps.push(Smap { start, end, fields: Vec::new() });
+        } else if let (Some(m), Some((n, v))) = (maps.last_mut(), line.split_once(':')) {
+            m.fields.push((n.to_string(), v.trim().to_string()));
+        }
+    }
+    maps
+}
+
+/// Whether this process may get transparent huge pages where it advises them (for tests): the
+/// kernel has them, not switched off (`[never]`), and not for this process
+/// (prctl(PR_SET_THP_DISABLE) shows as `THP_enabled: 0`).
+#[cfg(test)]
+pub(crate) fn thp_usable() -> bool {
+    let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let thp_off = status.lines().any(|l| l.starts_with("THP_enabled:") && l.trim_end().ends_with('0'));
+    !enabled.is_empty() && !enabled.contains("[never]") && !thp_off
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,11 +160,8 @@ mod tests {
         let mut big: Vec<u64> = (0..(3 * HUGE / 8) as u64).collect();
         advise_huge_pages(&big, big.len());
         // The kernel recorded the advice: the mapping holding the aligned middle of `big` is
-        // flagged `hg` (where the kernel has transparent huge pages at all and this process may
-        // use them: prctl(PR_SET_THP_DISABLE) shows as `THP_enabled: 0`).
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let thp_off = status.lines().any(|l| l.starts_with("THP_enabled:") && l.trim_end().ends_with('0'));
-        if std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() && !thp_off {
+        // flagged `hg` (where this process may have transparent huge pages: `thp_usable`).
+        if thp_usable() {
             let probe = (big.as_ptr() as usize).next_multiple_of(HUGE);
             assert!(vm_flags_at(probe).split_whitespace().any(|f| f == "hg"), "{}", vm_flags_at(probe));
         }
@@ -169,23 +215,10 @@ mod tests {
 
     /// The `VmFlags` line of /proc/self/smaps for the mapping that contains `addr`.
     fn vm_flags_at(addr: usize) -> String {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((a, b)) = range.split_once('-') {
-                    if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
-                        inside = a <= addr && addr < b;
-                        continue;
-                    }
-                }
-            }
-            if inside {
-                if let Some(f) = line.strip_prefix("VmFlags:") {
-                    return f.to_string();
-                }
-            }
-        }
-        panic!("no mapping holds {addr:#x}")
+        smaps()
+            .into_iter()
+            .find(|m| m.start <= addr && addr < m.end)
+            .and_then(|m| m.field("VmFlags").map(str::to_string))
+            .unwrap_or_else(|| panic!("no mapping holds {addr:#x}"))
     }
 }

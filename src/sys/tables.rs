@@ -372,47 +372,23 @@ mod tests {
 
     #[test]
     fn the_sure_part_is_in_huge_pages_and_the_rest_is_not() {
-        // Where the kernel has transparent huge pages and this process may use them (madvise
-        // or always mode: the tail is advised against them for the latter;
-        // prctl(PR_SET_THP_DISABLE) shows as `THP_enabled: 0`).
-        let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let thp_off = status.lines().any(|l| l.starts_with("THP_enabled:") && l.trim_end().ends_with('0'));
-        if enabled.contains("[never]") || enabled.is_empty() || thp_off {
+        // Where this process may have transparent huge pages (madvise or always mode: the tail
+        // is advised against them for the latter).
+        if !crate::sys::mem::thp_usable() {
             return;
         }
         let region = Region::new(HUGE + HUGE / 2, HUGE + HUGE / 2).expect("region");
         let mut s: Slab<u64> = Slab::with_capacity_in(Some(&region), (HUGE + HUGE / 2) / 8);
         s.resize(s.capacity(), 1);
-        let (huge, rss) = smaps_of(region.base.as_ptr() as usize);
+        // The region's mappings (it may be split where its advice changes).
+        let base = region.base.as_ptr() as usize;
+        let maps = crate::sys::mem::smaps();
+        let ours = maps.iter().filter(|m| m.start >= base && m.start < base + 2 * HUGE);
+        let (huge, rss) = ours.fold((0, 0), |(h, r), m| (h + m.kb("AnonHugePages"), r + m.kb("Rss")));
         // The first 2 MiB in one huge page (if the kernel had one free), the half page after it
         // in 4 KiB pages: resident no more than written.
         assert!(huge == 0 || huge == HUGE / 1024, "AnonHugePages {huge} kB");
         assert!(rss <= (HUGE + HUGE / 2) / 1024, "Rss {rss} kB");
         assert!(s.iter().all(|&x| x == 1));
-    }
-
-    /// (AnonHugePages, Rss) in kB of the mappings from `addr` on that belong to the region.
-    fn smaps_of(addr: usize) -> (usize, usize) {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let (mut inside, mut huge, mut rss) = (false, 0, 0);
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((a, b)) = range.split_once('-') {
-                    if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
-                        inside = a >= addr && a < addr + 2 * HUGE && b > a;
-                        continue;
-                    }
-                }
-            }
-            let kb = |l: &str| l.split_whitespace().nth(1).and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
-            if inside && line.starts_with("AnonHugePages:") {
-                huge += kb(line);
-            }
-            if inside && line.starts_with("Rss:") {
-                rss += kb(line);
-            }
-        }
-        (huge, rss)
     }
 }
