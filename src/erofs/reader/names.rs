@@ -68,7 +68,7 @@ impl Reader<'_> {
         // Primaries found in nid order (each inode's at most once).
         let mut found = 0usize;
         for di in 0..walk.dirs.len() {
-            for (ci, cpos) in walk.children_of(di).iter().map(|c| c.pos).enumerate() {
+            for (ci, cpos) in walk.children_of(di).iter().map(|c| c.pos()).enumerate() {
                 // Whiteout stubs (only in the root) were left out of `children` but hold
                 // their places in the walk: they are always where the walk puts them.
                 while let Some(&(before, spos)) = stub_iter.peek() {
@@ -98,7 +98,7 @@ impl Reader<'_> {
             return primary;
         }
         for di in 0..walk.dirs.len() {
-            for (ci, cpos) in walk.children_of(di).iter().map(|c| c.pos).enumerate() {
+            for (ci, cpos) in walk.children_of(di).iter().map(|c| c.pos()).enumerate() {
                 if primary.get(cpos).is_none() {
                     primary.set(cpos, (di, ci));
                 }
@@ -180,7 +180,7 @@ impl Reader<'_> {
             let children = walk.children_of(di);
             total += children.len();
             for (ci, c) in children.iter().enumerate() {
-                if let Some(v) = names.get_mut(&c.pos) {
+                if let Some(v) = names.get_mut(&c.pos()) {
                     v.push((di, ci));
                 }
             }
@@ -206,9 +206,9 @@ impl Reader<'_> {
             // Valid only if the name is the last primary of its directory, every directory
             // walked in between has none, and the new name comes before any other primary
             // of the target directory: then the walk order is unchanged.
-            let is_primary_at = |p: &Primaries, d: usize, k: usize, n: &u32| p.get(*n) == Some((d, k));
+            let is_primary_at = |p: &Primaries, d: usize, k: usize, n: u32| p.get(n) == Some((d, k));
             let mut ok = true;
-            for (k, n) in walk.children_of(di).iter().map(|c| &c.pos).enumerate().skip(ci + 1) {
+            for (k, n) in walk.children_of(di).iter().map(|c| c.pos()).enumerate().skip(ci + 1) {
                 budget = budget.saturating_sub(1);
                 if is_primary_at(primary, di, k, n) {
                     ok = false;
@@ -225,7 +225,7 @@ impl Reader<'_> {
                 }
             }
             if ok {
-                for (k, n) in walk.children_of(ei).iter().map(|c| &c.pos).enumerate().take(cj) {
+                for (k, n) in walk.children_of(ei).iter().map(|c| c.pos()).enumerate().take(cj) {
                     budget = budget.saturating_sub(1);
                     if is_primary_at(primary, ei, k, n) {
                         ok = false;
@@ -268,7 +268,7 @@ impl Reader<'_> {
         for di in 0..dirs.len() {
             let parent = tree_id[di];
             for (ci, c) in walk.children_of(di).iter().enumerate() {
-                let (name, cpos) = (walk.name(c), c.pos);
+                let (name, cpos) = (walk.name(c), c.pos());
                 if primary.get(cpos) != Some((di, ci)) {
                     links.push((di, ci));
                     continue;
@@ -301,7 +301,7 @@ impl Reader<'_> {
             let Some(c) = walk.children_of(di).get(ci) else {
                 continue;
             };
-            let (name, cpos) = (walk.name(c), c.pos);
+            let (name, cpos) = (walk.name(c), c.pos());
             let Some(&(target, cost)) = linked.get(&cpos) else {
                 continue;
             };
@@ -329,7 +329,7 @@ impl Reader<'_> {
         let (mut entries, mut first_device) = (1u64, None);
         for di in 0..dirs.len() {
             for (ci, c) in walk.children_of(di).iter().enumerate() {
-                let cpos = c.pos;
+                let cpos = c.pos();
                 let Some(ino) = self.inodes.at(cpos as usize) else {
                     continue;
                 };

@@ -32,19 +32,35 @@ pub(super) struct Walk<'a> {
 /// in the table. 12 bytes, where a (name slice, place) pair takes 24: the list holds a record per
 /// name of the image. (Offsets of 48 bits hold any slice's: user address spaces are smaller;
 /// names are at most 255 bytes, longer ones are refused in `dir.rs`.)
+///
+/// Two words rather than four fields: a record is made in registers and written with two
+/// stores, and copied with two loads of the same sizes (four narrow stores read back as wider
+/// loads cannot be forwarded from the store buffer, and each such load waits for the stores to
+/// reach the cache: in `perf annotate` of the walk, a fifth of its time). `packed(4)` keeps it
+/// at 12 bytes; its fields are only ever read by value.
 #[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
 pub(super) struct Child {
-    at_low: u32,
-    /// The inode's place in the table.
-    pub(super) pos: u32,
-    at_high: u16,
-    len: u8,
+    /// The name's offset in the image, low 32 bits; the inode's place above.
+    low_pos: u64,
+    /// The name's offset, bits 32 to 47; its length above.
+    high_len: u32,
 }
 
 impl Child {
     /// Its name's length.
     pub(super) fn len(&self) -> usize {
-        usize::from(self.len)
+        (self.high_len >> 16) as usize
+    }
+
+    /// The inode's place in the table.
+    pub(super) fn pos(&self) -> u32 {
+        (self.low_pos >> 32) as u32
+    }
+
+    /// Its name's offset in the image.
+    fn at(&self) -> usize {
+        ((self.high_len as usize & 0xffff) << 32) | (self.low_pos as u32) as usize
     }
 }
 
@@ -57,8 +73,8 @@ impl<'a> Walk<'a> {
 
     /// A child's name.
     pub(super) fn name(&self, c: &Child) -> &'a [u8] {
-        let at = (usize::from(c.at_high) << 32) | c.at_low as usize;
-        self.d.get(at..at + usize::from(c.len)).unwrap_or(&[])
+        let at = c.at();
+        self.d.get(at..at + c.len()).unwrap_or(&[])
     }
 
     /// The record of `name`, a name read from the image (a part of `d`, at most 255 bytes:
@@ -66,7 +82,10 @@ impl<'a> Walk<'a> {
     fn child(&self, name: &'a [u8], pos: u32) -> Child {
         let at = (name.as_ptr() as usize).wrapping_sub(self.d.as_ptr() as usize);
         debug_assert!(at <= self.d.len() && name.len() <= usize::from(u8::MAX) && at >> 48 == 0);
-        Child { at_low: at as u32, pos, at_high: (at >> 32) as u16, len: name.len() as u8 }
+        Child {
+            low_pos: (at as u32) as u64 | (u64::from(pos) << 32),
+            high_len: ((at >> 32) as u32 & 0xffff) | ((name.len() as u32 & 0xff) << 16),
+        }
     }
 }
 

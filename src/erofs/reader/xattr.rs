@@ -161,17 +161,19 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// Interpret the overlay xattrs the writer generates and keep the user-visible ones (in
-    /// `kept`, emptied first: the caller reuses one list for every inode).
+    /// Interpret the overlay xattrs the writer generates into `out` (a fresh [`Applied`], but
+    /// for its list, which the caller reuses for every inode: emptied first), keeping the
+    /// user-visible xattrs there. (Filled in place rather than returned: a returned `Applied`
+    /// is stored field by field and read back with wider loads, which the store buffer cannot
+    /// forward.)
     pub(super) fn apply_xattrs(
         &self,
         nid: u64,
         raw: &[RawXattr<'a>],
         external: bool,
-        mut kept: Vec<RawXattr<'a>>,
-    ) -> Result<Applied<'a>, String> {
-        kept.clear();
-        let mut out = Applied { xattrs: kept, ..Applied::default() };
+        out: &mut Applied<'a>,
+    ) -> Result<(), String> {
+        out.xattrs.clear();
         for x in raw {
             // One look at the name: is it in the overlay namespace, and what follows there.
             let x = match x.overlay_rest() {
@@ -234,7 +236,7 @@ impl<'a> Reader<'a> {
             out.xattrs.push(x);
         }
         out.xattrs.sort_by(|a, b| a.key_cmp(b));
-        Ok(out)
+        Ok(())
     }
 
     /// An escaped user whiteout (empty regular file with both whiteout markers) becomes a
@@ -318,6 +320,7 @@ pub(super) const CANONICAL_INDEXES: [u8; 5] = [
 ];
 
 /// Decode one xattr entry at the start of `b`: the xattr and the entry's size rounded to 4.
+#[inline(always)]
 pub(super) fn parse_xattr_entry(b: &[u8]) -> Result<(RawXattr<'_>, u64), String> {
     let (name_len, index, value_len) = decode_xattr_entry(b).ok_or("entry header beyond the end")?;
     let (name_len, value_len) = (usize::from(name_len), usize::from(value_len));
@@ -348,14 +351,24 @@ pub(super) fn parse_xattr_entry(b: &[u8]) -> Result<(RawXattr<'_>, u64), String>
     // for index 0 and lustre. the full name is put together on the stack (at most
     // XATTR_NAME_MAX bytes) and split as the writer splits names.
     if !CANONICAL_INDEXES.contains(&index) {
-        let mut buf = [0u8; tree::XATTR_NAME_MAX];
-        buf[..prefix.len()].copy_from_slice(prefix);
-        buf[prefix.len()..key_len].copy_from_slice(name);
-        let key = &buf[..key_len];
-        let (canonical, _) = xattr_prefix_split(key);
-        if canonical != index {
-            return Err(format!("{} stored under name index {index}, not {canonical}", tree::show(key)));
-        }
+        check_noncanonical(prefix, name, index)?;
     }
     Ok((RawXattr { prefix, index, name, value }, (end as u64).div_ceil(4) * 4))
+}
+
+/// A name stored under index 0 or `lustre.` must split back to that index (see
+/// [`parse_xattr_entry`]; out of line: the writer never uses these indexes).
+#[cold]
+#[inline(never)]
+fn check_noncanonical(prefix: &[u8], name: &[u8], index: u8) -> Result<(), String> {
+    let key_len = prefix.len() + name.len();
+    let mut buf = [0u8; tree::XATTR_NAME_MAX];
+    buf[..prefix.len()].copy_from_slice(prefix);
+    buf[prefix.len()..key_len].copy_from_slice(name);
+    let key = &buf[..key_len];
+    let (canonical, _) = xattr_prefix_split(key);
+    if canonical != index {
+        return Err(format!("{} stored under name index {index}, not {canonical}", tree::show(key)));
+    }
+    Ok(())
 }
