@@ -241,6 +241,8 @@ impl InodeTable {
         // from there with wider loads, which the store buffer cannot forward.)
         let pos = self.list.len();
         self.insert_inlined(nid, PENDING, None, None);
+        // (Always pushed at `pos`: the nid is below the index's length and not in the table.)
+        debug_assert_eq!(self.list.len(), pos + 1);
         if let Some(p) = self.list.get_mut(pos) {
             p.ftype = ftype;
         }

@@ -161,11 +161,10 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// Interpret the overlay xattrs the writer generates into `out` (a fresh [`Applied`], but
-    /// for its list, which the caller reuses for every inode: emptied first), keeping the
-    /// user-visible xattrs there. (Filled in place rather than returned: a returned `Applied`
-    /// is stored field by field and read back with wider loads, which the store buffer cannot
-    /// forward.)
+    /// Interpret the overlay xattrs the writer generates into `out` (reset first; its list is
+    /// reused from inode to inode), keeping the user-visible xattrs there. (Filled in place
+    /// rather than returned: a returned `Applied` is stored field by field and read back with
+    /// wider loads, which the store buffer cannot forward.)
     pub(super) fn apply_xattrs(
         &self,
         nid: u64,
@@ -174,6 +173,9 @@ impl<'a> Reader<'a> {
         out: &mut Applied<'a>,
     ) -> Result<(), String> {
         out.xattrs.clear();
+        out.marks = OverlayMarks::default();
+        out.payload = None;
+        out.fsverity_digest = None;
         for x in raw {
             // One look at the name: is it in the overlay namespace, and what follows there.
             let x = match x.overlay_rest() {
