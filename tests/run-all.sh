@@ -44,11 +44,23 @@ tier1() {
     bash tests/fuzz-brief.sh || return 1
     bash packaging/build-packages.sh
 }
+# The helper's tests keep a setuid-root copy of the (debug) helper in this directory for the
+# whole run (tests/support/helper.rs); it must not outlive the run, passed or failed.
+helper_test_root=/tmp/cfsmount-helper-test
+remove_helper_test_root() {
+    [ -e "$helper_test_root" ] || return 0
+    findmnt -rn -o TARGET | grep -E "^$helper_test_root(/|\$)" | sort -r | xargs -r -n1 umount -l
+    rm -rf "$helper_test_root"
+}
 tier2() {
     if [ "$(id -u)" != 0 ]; then echo "tier 2 needs root (real mounts, loop devices, setuid helper)"; return 1; fi
-    cargo test "${root_tests[@]}" -- --test-threads=1 || return 1
+    local rc=0
+    cargo test "${root_tests[@]}" -- --test-threads=1 || rc=1
     # The sandbox escape tests need the test-only misbehave hooks (never in a release build).
-    cargo test --features misbehave --test root_sandbox -- --test-threads=1 || return 1
+    [ "$rc" = 0 ] && { cargo test --features misbehave --test root_sandbox -- --test-threads=1 || rc=1; }
+    remove_helper_test_root
+    if [ -e "$helper_test_root" ]; then echo "could not remove $helper_test_root"; rc=1; fi
+    return "$rc"
 }
 tier3() {
     if [ "$(id -u)" != 0 ]; then echo "tier 3 needs root (installs a kernel, builds loop filesystems)"; return 1; fi
