@@ -54,17 +54,30 @@ pub(crate) fn advise_huge_pages<T>(v: &Vec<T>, n: usize) {
 ///
 /// Syscall: madvise(2) (man 2 madvise), advice `MADV_POPULATE_WRITE`.
 pub(crate) fn populate_write<T>(v: &Vec<T>, elems: std::ops::Range<usize>) {
+    // SAFETY: `v` owns its allocation of `capacity` elements, private anonymous memory (the
+    // global allocator's), and the borrow keeps it alive for the call.
+    unsafe { populate_write_in(v.as_ptr() as usize, std::mem::size_of::<T>(), v.capacity(), elems) }
+}
+
+/// [`populate_write`] for elements `elems` (clamped to `cap`) of `cap` elements of `size` bytes
+/// at address `base` (`crate::sys::tables::Slab::populate` for a slab in its region).
+///
+/// # Safety
+/// `[base, base + cap * size)` must be private anonymous memory that the caller owns and that
+/// stays mapped for the call.
+pub(crate) unsafe fn populate_write_in(base: usize, size: usize, cap: usize, elems: std::ops::Range<usize>) {
     // Whole pages of the largest base size the architecture has (madvise rounds a length up to
-    // the kernel's: pages of 4 KiB against a larger page size could reach past the allocation).
-    let Some((first, last)) = inner_pages(v, elems, PAGE_BOUND) else {
+    // the kernel's: pages of 4 KiB against a larger page size could reach past the memory).
+    let Some((first, last)) = inner_pages_of(base, size, cap, elems, PAGE_BOUND) else {
         return;
     };
-    // SAFETY: [first, last) lies inside the allocation `v` owns (rounded inwards to page
-    // boundaries), so the call cannot reach memory of anyone else. MADV_POPULATE_WRITE only
-    // makes the range's pages present and writable, as a write fault would, without writing:
-    // a page already present keeps its contents, a missing one of this private anonymous
-    // memory comes in zero-filled as it would on its first touch. No protection changes, so
-    // no reference into `v` observes a difference.
+    // SAFETY: [first, last) lies inside the caller's memory (rounded inwards to page
+    // boundaries, of at least the kernel's page size, so its rounding of the length adds
+    // nothing), so the call cannot reach memory of anyone else. MADV_POPULATE_WRITE only makes
+    // the range's pages present and writable, as a write fault would, without writing: a page
+    // already present keeps its contents, a missing one of this private anonymous memory comes
+    // in zero-filled as it would on its first touch. No protection changes, so no reference
+    // into the memory observes a difference.
     let _ = unsafe {
         rustix::mm::madvise(first as *mut std::ffi::c_void, last - first, rustix::mm::Advice::LinuxPopulateWrite)
     };

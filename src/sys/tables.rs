@@ -231,28 +231,11 @@ impl<T: Copy> Slab<T> {
     pub(crate) fn populate(&self, elems: std::ops::Range<usize>) {
         match &self.store {
             Store::Heap(v) => super::mem::populate_write(v, elems),
-            Store::Mapped { ptr, cap, .. } => {
-                // Whole pages inside values `elems` of this slab's share, of the largest base
-                // page size the architecture has (`mem::PAGE_BOUND`).
-                let (size, page) = (std::mem::size_of::<T>(), super::mem::PAGE_BOUND);
-                if let Some((first, last)) = super::mem::inner_pages_of(ptr.as_ptr() as usize, size, *cap, elems, page)
-                {
-                    // SAFETY: [first, last) lies inside this slab's share of the region (values
-                    // below `cap`), rounded inwards to whole pages of at least the kernel's size
-                    // (so its rounding of the length adds nothing), so no memory of another slab
-                    // or of anyone else. MADV_POPULATE_WRITE only makes the pages present
-                    // and writable, as a write fault would, without writing: a page already
-                    // present keeps its contents, a missing one comes in zero-filled. No
-                    // reference observes a difference.
-                    let _ = unsafe {
-                        rustix::mm::madvise(
-                            first as *mut std::ffi::c_void,
-                            last - first,
-                            rustix::mm::Advice::LinuxPopulateWrite,
-                        )
-                    };
-                }
-            }
+            // SAFETY: values below `cap` at `ptr` are this slab's share of the region, private
+            // anonymous memory no one else uses, kept mapped by `_region` while `self` lives.
+            Store::Mapped { ptr, cap, .. } => unsafe {
+                super::mem::populate_write_in(ptr.as_ptr() as usize, std::mem::size_of::<T>(), *cap, elems)
+            },
         }
     }
 
