@@ -56,23 +56,6 @@ pub(super) struct Ino {
 
 const NO_DIR: u32 = u32::MAX;
 
-/// The record of a place given before its inode is decoded ([`InodeTable::insert_pending`]);
-/// the naming entry's file type is set in it then.
-const PENDING: Ino = Ino {
-    bytes: 0,
-    marker_bytes: 0,
-    dir: NO_DIR,
-    entry: NO_DIR,
-    names: 0,
-    nlink: 0,
-    ftype: 0,
-    raw_whiteout: false,
-    user_whiteout: false,
-    device: false,
-    marked: false,
-    pending: true,
-};
-
 impl Ino {
     pub(super) fn is_dir(&self) -> bool {
         self.dir != NO_DIR
@@ -195,17 +178,7 @@ impl InodeTable {
     /// Only called for nids whose inode decoded, hence inside the slot range (and so fewer
     /// than 2^32 of them: the index holds u32 places).
     #[inline]
-    pub(super) fn insert(&mut self, nid: u64, ino: Ino, dir: Option<DirData>, entry: Option<Box<Entry>>) {
-        self.insert_inlined(nid, ino, dir, entry);
-    }
-
-    /// [`Self::insert`], always inlined: for [`Self::insert_pending`], whose record is made in
-    /// registers and so stored straight into the list. (Passed by reference to an insert out
-    /// of line, its fields would be stored one by one on the stack and then copied with wider
-    /// loads, which the store buffer cannot forward: each waits for the stores to reach the
-    /// cache. In `perf annotate`, three quarters of the insert's time on the walk's thread.)
-    #[inline(always)]
-    fn insert_inlined(&mut self, nid: u64, mut ino: Ino, dir: Option<DirData>, entry: Option<Box<Entry>>) {
+    pub(super) fn insert(&mut self, nid: u64, mut ino: Ino, dir: Option<DirData>, entry: Option<Box<Entry>>) {
         let Some(slot) = usize::try_from(nid).ok().and_then(|n| self.index.get_mut(n)) else {
             return;
         };
@@ -236,16 +209,21 @@ impl InodeTable {
         if self.contains_key(&nid) || usize::try_from(nid).ok().is_none_or(|n| n >= self.index.len()) {
             return false;
         }
-        // A constant record, stored as such into its place; the file type then goes in alone.
-        // (Built with `ftype` in it, the record is made on the stack byte by byte and copied
-        // from there with wider loads, which the store buffer cannot forward.)
-        let pos = self.list.len();
-        self.insert_inlined(nid, PENDING, None, None);
-        // (Always pushed at `pos`: the nid is below the index's length and not in the table.)
-        debug_assert_eq!(self.list.len(), pos + 1);
-        if let Some(p) = self.list.get_mut(pos) {
-            p.ftype = ftype;
-        }
+        let ino = Ino {
+            bytes: 0,
+            marker_bytes: 0,
+            dir: NO_DIR,
+            entry: NO_DIR,
+            names: 0,
+            nlink: 0,
+            ftype,
+            raw_whiteout: false,
+            user_whiteout: false,
+            device: false,
+            marked: false,
+            pending: true,
+        };
+        self.insert(nid, ino, None, None);
         true
     }
 
