@@ -17,13 +17,16 @@
 #   hyperfine itself running as nobody (no launcher)
 #   mkimage --from-dir SRC (no store)                     cfsmount / mkcomposefs / cfsctl mkcomposefs
 #   mkimage --from-dir SRC --digest-store (fresh store)   idem; images AND object trees compared
+#                                                         (a cfsctl without mkcomposefs: its
+#                                                         create-image into a fresh repository)
 #   image from the cs9 dumpfile                           idem (--from-file)
 #   image from the cs9 TOC JSON                           cfsmount; the reference on the dumpfile (it reads no TOC)
 #   fs-verity digest of 1 GiB (tmpfs)                     cfsmount / fsverity digest / cfsctl composefs-info measure-file
 #
 # The peers are optional inputs, by path (nothing is fetched or built here):
 #   REFERENCE=DIR   a reference C composefs build: DIR/mkcomposefs, DIR/mount.composefs
-#   CFSCTL=FILE     a composefs-rs cfsctl (its mkcomposefs / mount.composefs / composefs-info personalities)
+#   CFSCTL=FILE     a composefs-rs cfsctl (its mkcomposefs / mount.composefs / composefs-info personalities;
+#                   one without mkcomposefs, as 0.3.0, still joins the store case with create-image)
 # Other settings: ROUNDS (10), RUNS_SHORT (5), SRC (/usr/share), STORE_DIR (/dev/shm: where the
 # fresh digest stores go; on a disk filesystem see SETTLE), SETTLE (seconds to wait after deleting
 # a store before the next run; default 0 on tmpfs, 45 elsewhere: on ext4 without a journal, files
@@ -67,6 +70,7 @@ for t in hyperfine python3 setpriv fsverity; do command -v "$t" >/dev/null || di
 # and a case never fails as a whole for an optional peer.
 rs() { [ -n "$CFSCTL" ] && "$CFSCTL" "$@" --help >/dev/null 2>&1; }
 rs_missing=
+rs_repo= # set when the store case runs cfsctl create-image (no mkcomposefs personality)
 for p in mount.composefs mkcomposefs "composefs-info measure-file"; do
     [ -z "$CFSCTL" ] || rs $p || rs_missing="$rs_missing${rs_missing:+, }$p"
 done
@@ -226,7 +230,18 @@ if has store; then
     done
     tool cfsmount "$W/bin/clear-cfs" "$B mkimage --from-dir $SRC $W/store-cfs.img --digest-store $S/obj-cfs"
     [ -z "$REFERENCE" ] || tool reference "$W/bin/clear-ref" "$REFERENCE/mkcomposefs --digest-store=$S/obj-ref $SRC $W/store-ref.img"
-    ! rs mkcomposefs || tool composefs-rs "$W/bin/clear-rs" "$CFSCTL mkcomposefs --digest-store=$S/obj-rs $SRC $W/store-rs.img"
+    if rs mkcomposefs; then
+        tool composefs-rs "$W/bin/clear-rs" "$CFSCTL mkcomposefs --digest-store=$S/obj-rs $SRC $W/store-rs.img"
+    elif rs create-image; then
+        # A cfsctl without the mkcomposefs personality (0.3.0) writes the same objects with
+        # create-image: SRC's files into a repository (made fresh before each run, untimed; no
+        # fs-verity required, as on tmpfs), then the image, committed there as one more object.
+        # --no-propagate-usr-to-root: SRC is not a root filesystem with a /usr.
+        script clear-rs "rm -rf $S/obj-rs" "sleep $SETTLE" \
+            "$CFSCTL init --insecure --algorithm fsverity-sha256-12 $S/obj-rs >/dev/null" >/dev/null
+        tool composefs-rs "$W/bin/clear-rs" "$CFSCTL --repo $S/obj-rs create-image --no-propagate-usr-to-root $SRC"
+        rs_repo=1
+    fi
     run_case store 1
 fi
 # The image builds: every tool reads the same input file and writes a new file in $W (ext4 on
@@ -281,6 +296,21 @@ if has store; then
     listing "$S/obj-cfs" "$W/l-cfs"
     for t in ref rs; do
         [ -d "$S/obj-$t" ] || continue
+        if [ "$t" = rs ] && [ -n "$rs_repo" ]; then
+            # create-image's repository: its objects are cfsmount's and one more, the image it
+            # committed (an EROFS image: its superblock magic at 1024); that one is left out.
+            listing "$S/obj-rs/objects" "$W/l-rs"
+            extra=$(comm -13 "$W/l-cfs" "$W/l-rs")
+            img=${extra%% *}
+            if [ -z "$(comm -23 "$W/l-cfs" "$W/l-rs")" ] && [ "$(printf '%s\n' "$extra" | grep -c .)" = 1 ] &&
+                [ "$(od -An -tx4 -j1024 -N4 "$S/obj-rs/objects/$img" | tr -d ' ')" = e0f5e1e2 ] &&
+                diff -rq -x "${img##*/}" "$S/obj-cfs" "$S/obj-rs/objects" >/dev/null; then
+                check store "object trees cfsmount / rs (cfsctl create-image's repository, less its image): identical ($(wc -l <"$W/l-cfs") objects: names, sizes, modes, contents)"
+            else
+                check store "object trees cfsmount / rs (cfsctl create-image's repository): DIFFER"
+            fi
+            continue
+        fi
         listing "$S/obj-$t" "$W/l-$t"
         if cmp -s "$W/l-cfs" "$W/l-$t" && diff -rq "$S/obj-cfs" "$S/obj-$t" >/dev/null; then
             check store "object trees cfsmount / $t: identical ($(wc -l <"$W/l-cfs") objects: names, sizes, modes, contents)"
@@ -353,7 +383,7 @@ PY
 }
 {
     echo "benches/compare.sh, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r)"
-    echo "$("$B" -V | head -1) ($(git rev-parse --short HEAD 2>/dev/null || echo '?')), reference: ${REFERENCE:-not given}, composefs-rs: $([ -n "$CFSCTL" ] && echo "$("$CFSCTL" --version) ($CFSCTL)${rs_missing:+; without $rs_missing: not in those rows}" || echo "not given")"
+    echo "$("$B" -V | head -1) ($(git rev-parse --short HEAD 2>/dev/null || echo '?')), reference: ${REFERENCE:-not given}, composefs-rs: $([ -n "$CFSCTL" ] && echo "$("$CFSCTL" --version) ($CFSCTL)${rs_missing:+; without $rs_missing: not in those rows${rs_repo:+ but the store case (its create-image)}}" || echo "not given")"
     echo "rounds: $ROUNDS (+1 warm-up), runs per round: $RUNS_SHORT for ms cases, 1 otherwise; SRC=$SRC; stores in $(stat -f -c %T "$STORE_DIR") ($STORE_DIR), settle ${SETTLE}s; load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     echo "| work | cfsmount | reference C | composefs-rs |"
@@ -365,7 +395,7 @@ PY
     row "the repeated helper mount launched by a process of nobody, no launcher (reference column: /bin/true launched so)" helper-direct "cfsmount (setuid, launched by nobody)" "true (launched by nobody)" "" noratio
     row "the 1-file image so (reference column: /bin/true launched so)" helper-direct "cfsmount (setuid, 1-file image, launched by nobody)" "true (launched by nobody)" "" noratio
     row "mkimage --from-dir $SRC (no store)" dir cfsmount reference composefs-rs
-    row "mkimage --from-dir $SRC --digest-store (fresh store)" store cfsmount reference composefs-rs
+    row "mkimage --from-dir $SRC --digest-store (fresh store${rs_repo:+; composefs-rs column: cfsctl create-image into a fresh repository})" store cfsmount reference composefs-rs
     row "image from the cs9 dumpfile (64k entries; payloads without .file)" dump cfsmount reference composefs-rs
     row "image from the cs9 TOC JSON (reference column: the reference on the dumpfile, same rounds)" toc cfsmount "reference (dumpfile)" ""
     row "fs-verity digest of 1 GiB (tmpfs; reference column: fsverity digest)" verity cfsmount "fsverity digest" composefs-rs
