@@ -664,27 +664,53 @@ fn truncate(s: &str) -> String {
 /// memfd and seals it (F_SEAL_WRITE, GROW, SHRINK, SEAL); positioned at 0. With `hash`, also
 /// the hash of exactly the bytes written (`Content::copy_file`: the memfd is this process's
 /// alone until it is sealed, so nothing else can write into it, and its size after sealing is
-/// checked equal to what was hashed). A file that changes size while it is copied is refused.
+/// checked equal to what was hashed); without, the kernel copies it ([`copy_plain`]). A file
+/// that changes size while it is copied is refused.
 fn sealed_copy(fd: BorrowedFd<'_>, max: u64, hash: bool) -> Result<(OwnedFd, Option<Content>), AccessError> {
     use rustix::fs::{MemfdFlags, SealFlags};
     let err = |what, errno| AccessError::Io { what, errno };
+    let changed = || AccessError::BadImage { reason: "the source changed size while it was copied".into() };
     let size = rustix::fs::fstat(fd).map_err(|e| err("fstat of the source", e))?.st_size as u64;
     if size > max {
         return Err(AccessError::Limit { what: "image size", value: size, limit: max });
     }
     let memfd = rustix::fs::memfd_create("cfsmount-source", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
         .map_err(|e| err("memfd_create", e))?;
-    let content = Content::copy_file(fd, size, memfd.as_fd())
-        .map_err(|e| err("copying the source", e))?
-        .ok_or_else(|| AccessError::BadImage { reason: "the source changed size while it was copied".into() })?;
+    let content = if hash {
+        let c = Content::copy_file(fd, size, memfd.as_fd()).map_err(|e| err("copying the source", e))?;
+        Some(c.ok_or_else(changed)?)
+    } else if copy_plain(fd, size, memfd.as_fd()).map_err(|e| err("copying the source", e))? {
+        None
+    } else {
+        return Err(changed());
+    };
     rustix::fs::fcntl_add_seals(&memfd, SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)
         .map_err(|e| err("sealing the source copy", e))?;
     let sealed = rustix::fs::fstat(&memfd).map_err(|e| err("fstat of the source copy", e))?.st_size as u64;
-    if sealed != content.size() {
+    if sealed != size {
         return Err(err("copying the source", rustix::io::Errno::IO));
     }
     rustix::fs::seek(&memfd, rustix::fs::SeekFrom::Start(0)).map_err(|e| err("seek", e))?;
-    Ok((memfd, hash.then_some(content)))
+    Ok((memfd, content))
+}
+
+/// Copies the first `size` bytes of `fd` to `to` (a new memfd, at its file position: its start)
+/// in the kernel, with `sendfile(2)` (no buffer of this process's, nothing hashed; a page of an
+/// fs-verity file that fails verification is an `EIO` error). `false` if `fd` ends before
+/// `size` bytes or is no longer `size` bytes long afterwards (it changed while copied).
+fn copy_plain(fd: BorrowedFd<'_>, size: u64, to: BorrowedFd<'_>) -> Result<bool, rustix::io::Errno> {
+    let mut offset = 0u64;
+    while offset < size {
+        // At most 1 GiB a call (sendfile copies up to 2 GiB - 4 KiB in one).
+        let want = usize::try_from((size - offset).min(1 << 30)).unwrap_or(1 << 30);
+        match rustix::fs::sendfile(to, fd, Some(&mut offset), want) {
+            Ok(0) => return Ok(false),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(rustix::fs::fstat(fd)?.st_size as u64 == size)
 }
 
 /// Copies `fd` into `file`, a new unnamed kept copy (`KeptCopies::new_copy` for `size` bytes:
@@ -736,36 +762,31 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits, pinned:
     if size > limits.max_image_size {
         return Err(AccessError::Limit { what: "image size", value: size, limit: limits.max_image_size });
     }
-    // The helper's sealed copy of a caller's image is vetted through a read-only mapping (its
-    // seals keep the bytes from changing under it), and so is a kept copy the gate pinned
-    // (`pinned`: only root could change it); any other image (one the helper built from a TOC
-    // or dumpfile, or the caller's fs-verity file: a page that fails verification would be a
-    // SIGBUS in a mapping, but is an EIO error here) is read into memory.
+    // Every image is vetted through a read-only mapping of bytes that cannot change under it:
+    // the helper's sealed copy of a caller's image (its seals), or a kept copy the gate pinned
+    // (`pinned`: only root could change it). Any other image (the caller's fs-verity file, one
+    // the helper built from a TOC or dumpfile) is first copied into a memfd sealed the same
+    // way (`sealed_copy`, in the kernel): a page of a verity file that fails verification is
+    // then an EIO error of the copy, not a SIGBUS in a mapping. The copy holds the whole image
+    // (shmem, charged to the caller's memory cgroup) until the vetting ends, as an image read
+    // into memory did; but the vetting releases the copy's mapping as it goes, so the helper's
+    // resident set holds little of it at a time (docs/helper.md "fs-verity first mounts: vetted
+    // through a sealed copy").
     let sealed = crate::sys::map::sealed_against_change(fd).map_err(|e| io("seals of the image", e))?;
-    let map = if sealed || pinned { crate::sys::map::SealedMap::new(fd) } else { Err(rustix::io::Errno::PERM) };
-    let read;
-    let bytes = match &map {
-        Ok(m) => m.bytes(),
-        Err(rustix::io::Errno::PERM) => {
-            read = read_whole(fd, size).map_err(|e| io("reading the image", e))?;
-            &read[..]
-        }
-        Err(e) => return Err(io("mapping the image", *e)),
-    };
+    let mappable = sealed || (pinned && crate::sys::map::unchangeable(fd).map_err(|e| io("seals of the image", e))?);
+    let copy = if mappable { None } else { Some(sealed_copy(fd, limits.max_image_size, false)?.0) };
+    let map = crate::sys::map::SealedMap::new(copy.as_ref().map_or(fd, |c| c.as_fd()))
+        .map_err(|e| io("mapping the image", e))?;
+    let bytes = map.bytes();
     if bytes.len() as u64 > limits.max_image_size {
         return Err(AccessError::Limit { what: "image size", value: bytes.len() as u64, limit: limits.max_image_size });
     }
     let mut rl = crate::erofs::reader::ReadLimits::default();
     rl.tree.max_entries =
         usize::try_from(limits.max_entries.min(inodes.saturating_mul(2) + 1024)).unwrap_or(usize::MAX);
-    // A mapped copy is released every VET_RELEASE_EVERY bytes read (its pages leave the
-    // helper's resident memory; reads map them again from the sealed copy); an image read
-    // into memory has nothing to release.
-    let release = || {
-        if let Ok(m) = &map {
-            m.release();
-        }
-    };
+    // The mapping is released every VET_RELEASE_EVERY bytes read (its pages leave the helper's
+    // resident memory; reads map them again from the unchangeable file).
+    let release = || map.release();
     let release = crate::erofs::reader::Release { every: VET_RELEASE_EVERY, hook: &release };
     let vetted = crate::erofs::reader::vet_image_releasing(bytes, &rl, release)
         .map_err(|e| AccessError::BadImage { reason: e.to_string() })?;
@@ -778,22 +799,6 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits, pinned:
         });
     }
     Ok(vetted.entries)
-}
-
-/// Up to `size` bytes of `fd` from offset 0 (fewer if it ends before).
-fn read_whole(fd: BorrowedFd<'_>, size: u64) -> Result<Vec<u8>, rustix::io::Errno> {
-    let mut bytes = vec![0u8; usize::try_from(size).map_err(|_| rustix::io::Errno::FBIG)?];
-    let mut have = 0;
-    while have < bytes.len() {
-        match rustix::io::pread(fd, &mut bytes[have..], have as u64) {
-            Ok(0) => break,
-            Ok(n) => have += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    bytes.truncate(have);
-    Ok(bytes)
 }
 
 /// What an unprivileged caller names in `als view` / `als view-rm` (issue 14, docs/als.md
@@ -982,8 +987,23 @@ mod tests {
         // Over the size limit: refused.
         let e = sealed_copy(reopen(&mut f).as_fd(), bytes.len() as u64 - 1, true).unwrap_err().to_string();
         assert!(e.contains("image size"), "{e}");
-        // Without verdicts the hash is not handed out (the copy is hashed all the same).
-        assert!(sealed_copy(reopen(&mut f).as_fd(), bytes.len() as u64, false).unwrap().1.is_none());
+        // Without a hash the kernel copies it (sendfile): the same bytes, sealed, at offset 0.
+        let (plain, none) = sealed_copy(reopen(&mut f).as_fd(), bytes.len() as u64, false).unwrap();
+        assert!(none.is_none());
+        assert!(crate::sys::map::sealed_against_change(plain.as_fd()).unwrap());
+        let mut back = Vec::new();
+        File::from(rustix::io::dup(&plain).unwrap()).read_to_end(&mut back).unwrap();
+        assert!(back == bytes, "the plain copy holds the source's bytes");
+        // A source that ends before the size it had (or is longer by the end of the copy) is
+        // not a copy of anything.
+        let short = rustix::fs::memfd_create("s", MemfdFlags::CLOEXEC).unwrap();
+        File::from(rustix::io::dup(&short).unwrap()).write_all(&bytes[..1000]).unwrap();
+        let to = rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC).unwrap();
+        assert!(!copy_plain(short.as_fd(), 1001, to.as_fd()).unwrap(), "ended early");
+        let to = rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC).unwrap();
+        assert!(!copy_plain(short.as_fd(), 999, to.as_fd()).unwrap(), "longer than its size");
+        let to = rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC).unwrap();
+        assert!(copy_plain(short.as_fd(), 1000, to.as_fd()).unwrap());
 
         let caller = Caller { uid: 1000, gid: 1000, groups: vec![], name: None };
         let g = Gate::new(HelperContext { caller, policy: Policy::builtin().unwrap() });
@@ -1002,6 +1022,43 @@ mod tests {
         let unsealed = rustix::fs::memfd_create("u", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
         assert_eq!(g.key_of(unsealed.as_fd()).unwrap(), None);
         assert_eq!(g.key_of(f.as_fd()).unwrap(), None);
+    }
+
+    /// An image the gate cannot map (not sealed; a pinned file that is not a kept copy, as the
+    /// caller's fs-verity file is) is vetted through a sealed copy: accepted or refused on its
+    /// bytes as a sealed image is, and the file itself is neither changed nor mapped.
+    #[test]
+    fn an_image_that_cannot_be_mapped_is_vetted_through_a_sealed_copy() {
+        use std::io::{Read, Write};
+        let image_of = |dump: &[u8]| {
+            let tree = crate::input::dump::parse(dump, &Default::default()).unwrap();
+            let mut img = Vec::new();
+            crate::erofs::writer::write_image(&tree, &Default::default(), &mut img).unwrap();
+            img
+        };
+        let limits = Limits { max_mounts: 1, max_loop_devices: 1, max_image_size: 1 << 20, max_entries: 100 };
+        let file_of = |img: &[u8]| {
+            let mut f = tempfile::tempfile().unwrap();
+            f.write_all(img).unwrap();
+            f
+        };
+        let good = image_of(b"/ 4096 40755 2 0 0 0 0.0 - - -\n/f 5 100644 1 0 0 0 0.0 ab/cdef - -\n");
+        let f = file_of(&good);
+        assert!(!crate::sys::map::unchangeable(f.as_fd()).unwrap(), "a plain file: not mappable");
+        for pinned in [false, true] {
+            assert_eq!(check_image_content(f.as_fd(), 2, &limits, pinned).unwrap(), 2, "pinned {pinned}");
+        }
+        let mut back = Vec::new();
+        File::from(rustix::io::dup(&f).unwrap()).read_to_end(&mut back).unwrap();
+        assert!(back.is_empty(), "read with positioned reads only: the file's offset is still at its end");
+        // A device node: refused through the copy as through a sealed image.
+        let dev = image_of(b"/ 4096 40755 2 0 0 0 0.0 - - -\n/d 0 20644 1 0 0 259 0.0 - - -\n");
+        let e = check_image_content(file_of(&dev).as_fd(), 2, &limits, true).unwrap_err().to_string();
+        assert!(e.contains("device node"), "{e}");
+        // Over the size limit: refused before anything is copied.
+        let small = Limits { max_image_size: good.len() as u64 - 1, ..limits.clone() };
+        let e = check_image_content(f.as_fd(), 2, &small, false).unwrap_err().to_string();
+        assert!(e.contains("image size"), "{e}");
     }
 
     /// `--digest` on an accepted copy: the digest computed once is kept in that copy's verdict,
