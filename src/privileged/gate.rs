@@ -1024,18 +1024,20 @@ mod tests {
         assert_eq!(g.key_of(f.as_fd()).unwrap(), None);
     }
 
+    /// The EROFS image of a dumpfile.
+    fn image_of(dump: &[u8]) -> Vec<u8> {
+        let tree = crate::input::dump::parse(dump, &Default::default()).unwrap();
+        let mut img = Vec::new();
+        crate::erofs::writer::write_image(&tree, &Default::default(), &mut img).unwrap();
+        img
+    }
+
     /// An image the gate cannot map (not sealed; a pinned file that is not a kept copy, as the
     /// caller's fs-verity file is) is vetted through a sealed copy: accepted or refused on its
     /// bytes as a sealed image is, and the file itself is neither changed nor mapped.
     #[test]
     fn an_image_that_cannot_be_mapped_is_vetted_through_a_sealed_copy() {
         use std::io::{Read, Write};
-        let image_of = |dump: &[u8]| {
-            let tree = crate::input::dump::parse(dump, &Default::default()).unwrap();
-            let mut img = Vec::new();
-            crate::erofs::writer::write_image(&tree, &Default::default(), &mut img).unwrap();
-            img
-        };
         let limits = Limits { max_mounts: 1, max_loop_devices: 1, max_image_size: 1 << 20, max_entries: 100 };
         let file_of = |img: &[u8]| {
             let mut f = tempfile::tempfile().unwrap();
@@ -1067,12 +1069,6 @@ mod tests {
     #[test]
     fn an_accepted_copys_digest_is_remembered_in_its_verdict() {
         use std::io::Write;
-        let image_of = |dump: &[u8]| {
-            let tree = crate::input::dump::parse(dump, &Default::default()).unwrap();
-            let mut img = Vec::new();
-            crate::erofs::writer::write_image(&tree, &Default::default(), &mut img).unwrap();
-            img
-        };
         let img = image_of(b"/ 4096 40755 2 0 0 0 0.0 - - -\n/f 5 100644 1 0 0 0 0.0 ab/cdef - -\n");
         let good = crate::fsverity::digest_bytes(&img);
         let mut f = tempfile::tempfile().unwrap();
