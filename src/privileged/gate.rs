@@ -773,7 +773,9 @@ fn check_image_content(fd: BorrowedFd<'_>, inodes: u64, limits: &Limits, pinned:
     // resident set holds little of it at a time (docs/helper.md "fs-verity first mounts: vetted
     // through a sealed copy").
     let sealed = crate::sys::map::sealed_against_change(fd).map_err(|e| io("seals of the image", e))?;
-    let mappable = sealed || (pinned && crate::sys::map::unchangeable(fd).map_err(|e| io("seals of the image", e))?);
+    // (Not sealed: mapped as it is only if it is a kept copy the gate pinned.)
+    let mappable = sealed
+        || (pinned && crate::sys::map::root_read_only_copy(fd).map_err(|e| io("owner and mode of the image", e))?);
     let copy = if mappable { None } else { Some(sealed_copy(fd, limits.max_image_size, false)?.0) };
     let map = crate::sys::map::SealedMap::new(copy.as_ref().map_or(fd, |c| c.as_fd()))
         .map_err(|e| io("mapping the image", e))?;
